@@ -1,0 +1,402 @@
+//! Engine conformance suite: every engine must pass these, unchanged.
+
+use super::{Engine, HistoryQuery, Publish, RoomPosition, SessionRecord};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::outbound::{queue, Outbound, OutboundReceiver};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Builds a fresh engine (empty state) delivering into the given hub.
+pub trait Factory {
+    /// The engine under test.
+    fn make(&self, hub: Arc<Hub>, config: &Config) -> impl Future<Output = Arc<dyn Engine>>;
+}
+
+impl<F: Fn(Arc<Hub>, &Config) -> Arc<dyn Engine>> Factory for F {
+    async fn make(&self, hub: Arc<Hub>, config: &Config) -> Arc<dyn Engine> {
+        self(hub, config)
+    }
+}
+
+/// Runs every conformance check against engines from `factory`.
+pub async fn run_all(factory: &impl Factory) {
+    publish_orders_and_delivers(factory).await;
+    duplicate_msg_id_returns_original_seq(factory).await;
+    history_paging(factory).await;
+    retention_by_count_and_age(factory).await;
+    presence_join_leave(factory).await;
+    sessions_take_once_and_expire(factory).await;
+    inbox_cursor_only_moves_forward(factory).await;
+    concurrent_publishers_keep_seq_order(factory).await;
+}
+
+fn config() -> Config {
+    let mut c = Config::default();
+    c.history.max_messages = 5;
+    c.history.max_age = Duration::from_secs(3600);
+    c.sessions.resume_ttl = Duration::from_millis(300);
+    c
+}
+
+fn publish(room: &str, from: &str, msg_id: &str, body: &str) -> Publish {
+    Publish {
+        room: room.into(),
+        from: from.into(),
+        msg_id: msg_id.into(),
+        body: serde_json::value::RawValue::from_string(body.to_string()).expect("raw body"),
+        traceparent: None,
+    }
+}
+
+/// Subscribes a fake connection to a room in the hub and the engine.
+async fn listen(hub: &Hub, engine: &dyn Engine, room: &str, conn: u64) -> OutboundReceiver {
+    let (q, rx) = queue(10_000, 1 << 30);
+    hub.subscribe(&Arc::from(room), conn, q);
+    engine.subscribe(room).await.expect("subscribe");
+    rx
+}
+
+/// Waits for `n` queued items (the redis engine delivers asynchronously).
+async fn take(rx: &mut OutboundReceiver, n: usize) -> Vec<Outbound> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while out.len() < n && tokio::time::Instant::now() < deadline {
+        match rx.try_recv_for_test() {
+            Some(item) => out.push(item),
+            None => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+    out
+}
+
+fn seqs(items: &[Outbound]) -> Vec<u64> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Outbound::Msg(e) => Some(e.seq),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn publish_orders_and_delivers(f: &impl Factory) {
+    let hub = Arc::new(Hub::default());
+    let engine = f.make(hub.clone(), &config()).await;
+    let mut rx = listen(&hub, &*engine, "r1", 1).await;
+    let a = engine
+        .publish(publish("r1", "alice", "a", r#"{"t":"hi"}"#))
+        .await
+        .expect("publish");
+    let b = engine
+        .publish(publish("r1", "bob", "b", r#""yo""#))
+        .await
+        .expect("publish");
+    assert_eq!((a.seq, b.seq), (1, 2));
+    assert_eq!(a.epoch, b.epoch);
+    assert!(!a.duplicate);
+    let got = take(&mut rx, 2).await;
+    assert_eq!(seqs(&got), [1, 2]);
+    let Outbound::Msg(first) = &got[0] else {
+        panic!("not a msg")
+    };
+    let frame: serde_json::Value = serde_json::from_str(&first.frame).expect("frame is json");
+    assert_eq!(frame["type"], "msg");
+    assert_eq!(frame["room"], "r1");
+    assert_eq!(frame["from"], "alice");
+    assert_eq!(frame["msg_id"], "a");
+    assert_eq!(frame["body"]["t"], "hi");
+    assert_eq!(frame["epoch"], &*a.epoch);
+    assert!(frame["ts"].as_u64().is_some());
+}
+
+async fn duplicate_msg_id_returns_original_seq(f: &impl Factory) {
+    let hub = Arc::new(Hub::default());
+    let engine = f.make(hub.clone(), &config()).await;
+    let mut rx = listen(&hub, &*engine, "r2", 1).await;
+    let a = engine
+        .publish(publish("r2", "alice", "same", "1"))
+        .await
+        .expect("publish");
+    let again = engine
+        .publish(publish("r2", "alice", "same", "1"))
+        .await
+        .expect("publish");
+    let other_sender = engine
+        .publish(publish("r2", "bob", "same", "1"))
+        .await
+        .expect("publish");
+    assert_eq!(again.seq, a.seq);
+    assert!(again.duplicate);
+    assert_eq!(other_sender.seq, a.seq + 1, "ids are per sender");
+    let got = take(&mut rx, 3).await;
+    assert_eq!(seqs(&got), [1, 2], "the duplicate is not delivered");
+    let page = engine
+        .history(
+            "r2",
+            HistoryQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("history");
+    assert_eq!(page.messages.len(), 2);
+}
+
+async fn history_paging(f: &impl Factory) {
+    let hub = Arc::new(Hub::default());
+    let mut c = config();
+    c.history.max_messages = 100;
+    let engine = f.make(hub.clone(), &c).await;
+    for i in 1..=10 {
+        engine
+            .publish(publish("r3", "a", &format!("m{i}"), &i.to_string()))
+            .await
+            .expect("publish");
+    }
+    let q = |since, before, limit| HistoryQuery {
+        since,
+        before,
+        limit,
+    };
+    let page = engine
+        .history("r3", q(None, None, 3))
+        .await
+        .expect("history");
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [8, 9, 10]
+    );
+    assert_eq!((page.top, page.first), (10, 1));
+    let page = engine
+        .history("r3", q(None, Some(8), 3))
+        .await
+        .expect("history");
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [5, 6, 7]
+    );
+    let page = engine
+        .history("r3", q(Some(2), None, 3))
+        .await
+        .expect("history");
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [3, 4, 5]
+    );
+    let page = engine
+        .history("r3", q(Some(2), Some(5), 10))
+        .await
+        .expect("history");
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [3, 4]
+    );
+    let empty = engine
+        .history("never-used", q(None, None, 10))
+        .await
+        .expect("history");
+    assert_eq!((empty.top, empty.first, empty.messages.len()), (0, 1, 0));
+    assert!(empty.covers(0, Some(&empty.epoch)));
+}
+
+async fn retention_by_count_and_age(f: &impl Factory) {
+    let hub = Arc::new(Hub::default());
+    let engine = f.make(hub.clone(), &config()).await;
+    for i in 1..=8 {
+        engine
+            .publish(publish("r4", "a", &format!("m{i}"), "0"))
+            .await
+            .expect("publish");
+    }
+    let page = engine
+        .history(
+            "r4",
+            HistoryQuery {
+                since: Some(0),
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("history");
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [4, 5, 6, 7, 8]
+    );
+    assert_eq!(page.first, 4);
+    assert!(page.covers(3, None));
+    assert!(!page.covers(2, None), "seq 3 was trimmed");
+    assert!(!page.covers(5, Some("other-epoch")));
+
+    let mut c = config();
+    c.history.max_age = Duration::from_millis(200);
+    let engine = f.make(hub.clone(), &c).await;
+    engine
+        .publish(publish("r5", "a", "old", "0"))
+        .await
+        .expect("publish");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    engine
+        .publish(publish("r5", "a", "new", "0"))
+        .await
+        .expect("publish");
+    let page = engine
+        .history(
+            "r5",
+            HistoryQuery {
+                since: Some(0),
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("history");
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [2],
+        "old one aged out"
+    );
+}
+
+async fn presence_join_leave(f: &impl Factory) {
+    let hub = Arc::new(Hub::default());
+    let engine = f.make(hub.clone(), &config()).await;
+    let mut rx = listen(&hub, &*engine, "r6", 1).await;
+    engine
+        .presence_join("r6", "alice", "c1")
+        .await
+        .expect("join");
+    engine
+        .presence_join("r6", "alice", "c2")
+        .await
+        .expect("join");
+    engine.presence_join("r6", "bob", "c3").await.expect("join");
+    assert_eq!(engine.presence("r6").await.expect("list"), ["alice", "bob"]);
+    engine
+        .presence_leave("r6", "alice", "c1")
+        .await
+        .expect("leave");
+    assert_eq!(
+        engine.presence("r6").await.expect("list"),
+        ["alice", "bob"],
+        "alice has c2"
+    );
+    engine
+        .presence_leave("r6", "alice", "c2")
+        .await
+        .expect("leave");
+    assert_eq!(engine.presence("r6").await.expect("list"), ["bob"]);
+    let events: Vec<serde_json::Value> = take(&mut rx, 3)
+        .await
+        .into_iter()
+        .filter_map(|i| match i {
+            Outbound::Frame(f) => serde_json::from_str(&f).ok(),
+            _ => None,
+        })
+        .collect();
+    let summary: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["user"].as_str().unwrap_or("").into(),
+                e["event"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("alice".into(), "join".into()),
+            ("bob".into(), "join".into()),
+            ("alice".into(), "leave".into())
+        ]
+    );
+}
+
+async fn sessions_take_once_and_expire(f: &impl Factory) {
+    let hub = Arc::new(Hub::default());
+    let engine = f.make(hub.clone(), &config()).await;
+    let rec = SessionRecord {
+        user: "alice".into(),
+        node: "n1".into(),
+        rooms: [(
+            "lobby".to_string(),
+            RoomPosition {
+                seq: 4,
+                epoch: "e".into(),
+            },
+        )]
+        .into(),
+        connected_at: 1,
+        last_seen: 2,
+    };
+    engine.save_session("tok1", &rec).await.expect("save");
+    assert_eq!(
+        engine.take_session("tok1").await.expect("take"),
+        Some(rec.clone())
+    );
+    assert_eq!(
+        engine.take_session("tok1").await.expect("take"),
+        None,
+        "taken once"
+    );
+    engine.save_session("tok2", &rec).await.expect("save");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        engine.take_session("tok2").await.expect("take"),
+        None,
+        "expired"
+    );
+    assert_eq!(engine.take_session("unknown").await.expect("take"), None);
+}
+
+async fn inbox_cursor_only_moves_forward(f: &impl Factory) {
+    let hub = Arc::new(Hub::default());
+    let engine = f.make(hub.clone(), &config()).await;
+    assert_eq!(engine.inbox_cursor("zed").await.expect("cursor"), 0);
+    engine.ack_inbox("zed", 5).await.expect("ack");
+    engine.ack_inbox("zed", 3).await.expect("ack");
+    assert_eq!(engine.inbox_cursor("zed").await.expect("cursor"), 5);
+}
+
+async fn concurrent_publishers_keep_seq_order(f: &impl Factory) {
+    let hub = Arc::new(Hub::default());
+    let mut c = config();
+    c.history.max_messages = 1000;
+    let engine = f.make(hub.clone(), &c).await;
+    let mut rx = listen(&hub, &*engine, "r7", 1).await;
+    let mut tasks = Vec::new();
+    for p in 0..8 {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..25 {
+                let r = engine
+                    .publish(publish("r7", &format!("p{p}"), &format!("{i}"), "0"))
+                    .await
+                    .expect("publish");
+                acked.push(r.seq);
+            }
+            acked
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("publisher"));
+    }
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=200).collect::<Vec<u64>>(),
+        "every seq assigned once"
+    );
+    let got = seqs(&take(&mut rx, 200).await);
+    assert_eq!(
+        got,
+        (1..=200).collect::<Vec<u64>>(),
+        "delivered in seq order"
+    );
+}

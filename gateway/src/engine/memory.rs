@@ -1,0 +1,295 @@
+//! The in-memory engine: one node, no dependencies; the embedded default.
+
+use super::{
+    msg_frame, new_epoch, now_ms, presence_frame, Engine, EngineError, Envelope, HistoryPage,
+    HistoryQuery, Publish, Published, SessionRecord,
+};
+use crate::config::{Config, RetentionConfig};
+use crate::hub::Hub;
+use async_trait::async_trait;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// One room's (or inbox's) stream of messages.
+struct Stream {
+    epoch: Arc<str>,
+    top: u64,
+    /// (append time in Unix ms, message), oldest first.
+    msgs: VecDeque<(u64, Arc<Envelope>)>,
+    /// "from\0msg_id" -> (seq, remembered until).
+    dedup: HashMap<String, (u64, Instant)>,
+    dedup_order: VecDeque<(Instant, String)>,
+}
+
+impl Stream {
+    fn new() -> Self {
+        Stream {
+            epoch: new_epoch().into(),
+            top: 0,
+            msgs: VecDeque::new(),
+            dedup: HashMap::new(),
+            dedup_order: VecDeque::new(),
+        }
+    }
+
+    fn trim(&mut self, retention: &RetentionConfig, now: u64) {
+        let max_age = retention.max_age.as_millis() as u64;
+        while self.msgs.len() > retention.max_messages
+            || self
+                .msgs
+                .front()
+                .is_some_and(|(ts, _)| now.saturating_sub(*ts) > max_age)
+        {
+            self.msgs.pop_front();
+        }
+    }
+
+    fn forget_expired_ids(&mut self, now: Instant) {
+        while let Some((until, _)) = self.dedup_order.front() {
+            if *until > now {
+                break;
+            }
+            if let Some((_, key)) = self.dedup_order.pop_front() {
+                if self.dedup.get(&key).is_some_and(|(_, u)| *u <= now) {
+                    self.dedup.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn first(&self) -> u64 {
+        self.msgs.front().map_or(self.top + 1, |(_, m)| m.seq)
+    }
+}
+
+/// Single-node engine keeping everything in process memory.
+pub struct MemoryEngine {
+    hub: Arc<Hub>,
+    history: RetentionConfig,
+    inbox: RetentionConfig,
+    dedup_window: Duration,
+    streams: Mutex<HashMap<Arc<str>, Arc<Mutex<Stream>>>>,
+    /// room -> user -> connections.
+    presence: Mutex<HashMap<String, BTreeMap<String, BTreeSet<String>>>>,
+    sessions: Mutex<HashMap<String, (SessionRecord, Instant)>>,
+    session_ttl: Duration,
+    inbox_cursors: Mutex<HashMap<String, u64>>,
+}
+
+/// Locks a mutex, tolerating poison: the maps stay usable after a panic elsewhere.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl MemoryEngine {
+    /// Creates an engine delivering into `hub`.
+    pub fn new(hub: Arc<Hub>, config: &Config) -> Self {
+        MemoryEngine {
+            hub,
+            history: config.history.clone(),
+            inbox: config.inbox.clone(),
+            dedup_window: config.sessions.dedup_window,
+            streams: Mutex::new(HashMap::new()),
+            presence: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            session_ttl: config.sessions.resume_ttl,
+            inbox_cursors: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn stream(&self, room: &str) -> Arc<Mutex<Stream>> {
+        let mut streams = lock(&self.streams);
+        if let Some(s) = streams.get(room) {
+            return s.clone();
+        }
+        let s = Arc::new(Mutex::new(Stream::new()));
+        streams.insert(room.into(), s.clone());
+        s
+    }
+
+    fn retention(&self, room: &str) -> &RetentionConfig {
+        if room.starts_with(crate::protocol::INBOX_PREFIX) {
+            &self.inbox
+        } else {
+            &self.history
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for MemoryEngine {
+    async fn publish(&self, msg: Publish) -> Result<Published, EngineError> {
+        let stream = self.stream(&msg.room);
+        let mut s = lock(&stream);
+        let now = Instant::now();
+        s.forget_expired_ids(now);
+        let key = format!("{}\0{}", msg.from, msg.msg_id);
+        if let Some((seq, _)) = s.dedup.get(&key) {
+            return Ok(Published {
+                seq: *seq,
+                epoch: s.epoch.clone(),
+                duplicate: true,
+            });
+        }
+        let ts = now_ms();
+        s.top += 1;
+        let seq = s.top;
+        let env = Arc::new(Envelope {
+            room: msg.room.clone(),
+            seq,
+            frame: msg_frame(&msg.room, seq, &s.epoch, &msg, ts).into(),
+        });
+        s.msgs.push_back((ts, env.clone()));
+        s.trim(self.retention(&msg.room), ts);
+        let until = now + self.dedup_window;
+        s.dedup.insert(key.clone(), (seq, until));
+        s.dedup_order.push_back((until, key));
+        // Delivered under the stream lock so hub order equals seq order.
+        self.hub.deliver(&env);
+        Ok(Published {
+            seq,
+            epoch: s.epoch.clone(),
+            duplicate: false,
+        })
+    }
+
+    async fn history(&self, room: &str, q: HistoryQuery) -> Result<HistoryPage, EngineError> {
+        let stream = self.stream(room);
+        let mut s = lock(&stream);
+        s.trim(self.retention(room), now_ms());
+        let in_range =
+            |seq: u64| q.since.is_none_or(|since| seq > since) && q.before.is_none_or(|b| seq < b);
+        let messages: Vec<Arc<Envelope>> = if q.since.is_some() {
+            s.msgs
+                .iter()
+                .map(|(_, m)| m)
+                .filter(|m| in_range(m.seq))
+                .take(q.limit)
+                .cloned()
+                .collect()
+        } else {
+            let mut newest: Vec<Arc<Envelope>> = s
+                .msgs
+                .iter()
+                .rev()
+                .map(|(_, m)| m)
+                .filter(|m| in_range(m.seq))
+                .take(q.limit)
+                .cloned()
+                .collect();
+            newest.reverse();
+            newest
+        };
+        Ok(HistoryPage {
+            epoch: s.epoch.clone(),
+            top: s.top,
+            first: s.first(),
+            messages,
+        })
+    }
+
+    async fn subscribe(&self, _room: &str) -> Result<(), EngineError> {
+        Ok(()) // publish delivers to this node's hub directly
+    }
+
+    async fn unsubscribe(&self, _room: &str) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    async fn presence_join(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError> {
+        let first = {
+            let mut p = lock(&self.presence);
+            let conns = p
+                .entry(room.to_string())
+                .or_default()
+                .entry(user.to_string())
+                .or_default();
+            let first = conns.is_empty();
+            conns.insert(conn.to_string());
+            first
+        };
+        if first {
+            self.hub
+                .broadcast(room, &presence_frame(room, user, true).into());
+        }
+        Ok(())
+    }
+
+    async fn presence_leave(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError> {
+        let last = {
+            let mut p = lock(&self.presence);
+            let Some(users) = p.get_mut(room) else {
+                return Ok(());
+            };
+            let Some(conns) = users.get_mut(user) else {
+                return Ok(());
+            };
+            let last = conns.remove(conn) && conns.is_empty();
+            if conns.is_empty() {
+                users.remove(user);
+            }
+            if users.is_empty() {
+                p.remove(room);
+            }
+            last
+        };
+        if last {
+            self.hub
+                .broadcast(room, &presence_frame(room, user, false).into());
+        }
+        Ok(())
+    }
+
+    async fn presence(&self, room: &str) -> Result<Vec<String>, EngineError> {
+        Ok(lock(&self.presence)
+            .get(room)
+            .map(|users| users.keys().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn save_session(&self, token: &str, session: &SessionRecord) -> Result<(), EngineError> {
+        let now = Instant::now();
+        let mut sessions = lock(&self.sessions);
+        sessions.retain(|_, (_, until)| *until > now);
+        sessions.insert(token.to_string(), (session.clone(), now + self.session_ttl));
+        Ok(())
+    }
+
+    async fn take_session(&self, token: &str) -> Result<Option<SessionRecord>, EngineError> {
+        let now = Instant::now();
+        Ok(lock(&self.sessions)
+            .remove(token)
+            .filter(|(_, until)| *until > now)
+            .map(|(s, _)| s))
+    }
+
+    async fn inbox_cursor(&self, user: &str) -> Result<u64, EngineError> {
+        Ok(lock(&self.inbox_cursors).get(user).copied().unwrap_or(0))
+    }
+
+    async fn ack_inbox(&self, user: &str, seq: u64) -> Result<(), EngineError> {
+        let mut c = lock(&self.inbox_cursors);
+        let cur = c.entry(user.to_string()).or_insert(0);
+        *cur = (*cur).max(seq);
+        Ok(())
+    }
+
+    fn healthy(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(hub: Arc<Hub>, config: &Config) -> Arc<dyn Engine> {
+        Arc::new(MemoryEngine::new(hub, config))
+    }
+
+    #[tokio::test]
+    async fn conformance() {
+        crate::engine::conformance::run_all(&engine).await;
+    }
+}

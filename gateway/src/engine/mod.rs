@@ -1,0 +1,189 @@
+//! Engine: the broker, history, presence and session store behind the hub.
+//!
+//! `memory` serves a single node; `redis` (a later module) serves a cluster. Both deliver
+//! published messages to the node's [`Hub`](crate::hub::Hub) and pass the same
+//! conformance suite (`engine::conformance`).
+
+pub mod memory;
+
+#[cfg(test)]
+pub mod conformance;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// A message ready to go out: its room, its seq and the serialised `msg` frame.
+#[derive(Debug)]
+pub struct Envelope {
+    /// Room (or inbox) the message belongs to.
+    pub room: Arc<str>,
+    /// Position in the room.
+    pub seq: u64,
+    /// The complete `msg` frame, serialised once.
+    pub frame: Utf8Bytes,
+}
+
+/// A message to publish.
+#[derive(Debug)]
+pub struct Publish {
+    /// Target room or `user:<id>` inbox.
+    pub room: Arc<str>,
+    /// Sender's user id.
+    pub from: String,
+    /// Client message id; de-duplicated per (room, sender) within the dedup window.
+    pub msg_id: String,
+    /// The body, kept as the raw JSON the client sent.
+    pub body: Box<RawValue>,
+    /// W3C trace context of the send.
+    pub traceparent: Option<String>,
+}
+
+/// Outcome of a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Seq the message got (the original one for a duplicate).
+    pub seq: u64,
+    /// Epoch of the room.
+    pub epoch: Arc<str>,
+    /// True when the msg id was seen before: nothing was appended or delivered.
+    pub duplicate: bool,
+}
+
+/// Which part of a room's history to read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Only seq > since, oldest first.
+    pub since: Option<u64>,
+    /// Only seq < before; without `since`, the newest `limit` of those.
+    pub before: Option<u64>,
+    /// At most this many messages.
+    pub limit: usize,
+}
+
+/// A slice of history plus where the retained history starts and ends.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    /// Epoch of the room.
+    pub epoch: Arc<str>,
+    /// Highest seq assigned so far (0 when none).
+    pub top: u64,
+    /// Lowest seq still retained (`top + 1` when nothing is retained).
+    pub first: u64,
+    /// Messages, in ascending seq.
+    pub messages: Vec<Arc<Envelope>>,
+}
+
+impl HistoryPage {
+    /// Whether everything after `seq` (in `epoch`) is still retained.
+    pub fn covers(&self, seq: u64, epoch: Option<&str>) -> bool {
+        let same_epoch = epoch.is_none_or(|e| e == &*self.epoch);
+        same_epoch && seq <= self.top && self.first <= seq + 1
+    }
+}
+
+/// Position of a session in one room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomPosition {
+    /// Last seq delivered.
+    pub seq: u64,
+    /// Epoch of that seq.
+    pub epoch: String,
+}
+
+/// What a disconnected session leaves behind for a resume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// User of the session.
+    pub user: String,
+    /// Node that served it.
+    pub node: String,
+    /// Joined rooms and positions.
+    pub rooms: BTreeMap<String, RoomPosition>,
+    /// Unix ms of the connect.
+    pub connected_at: u64,
+    /// Unix ms of the last update.
+    pub last_seen: u64,
+}
+
+/// Engine failures, mapped to protocol error codes by the connection.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    /// The backing store cannot be reached; the client may retry.
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else.
+    #[error("engine error: {0}")]
+    Internal(String),
+}
+
+/// The storage and broker interface of a gateway node.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// Appends to the room's history (deduplicating the msg id) and delivers it to every
+    /// node with subscribers, in seq order.
+    async fn publish(&self, msg: Publish) -> Result<Published, EngineError>;
+    /// Reads history.
+    async fn history(&self, room: &str, query: HistoryQuery) -> Result<HistoryPage, EngineError>;
+    /// This node wants the room's messages (first local subscriber).
+    async fn subscribe(&self, room: &str) -> Result<(), EngineError>;
+    /// This node no longer wants the room's messages (last local subscriber left).
+    async fn unsubscribe(&self, room: &str) -> Result<(), EngineError>;
+    /// Marks a connection of `user` present in a room; announces the user's first one.
+    async fn presence_join(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError>;
+    /// Removes a connection from a room; announces the user's last one leaving.
+    async fn presence_leave(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError>;
+    /// Users present in a room, sorted.
+    async fn presence(&self, room: &str) -> Result<Vec<String>, EngineError>;
+    /// Stores (or refreshes) a session under its resume token.
+    async fn save_session(&self, token: &str, session: &SessionRecord) -> Result<(), EngineError>;
+    /// Removes and returns a session, if it exists and has not expired.
+    async fn take_session(&self, token: &str) -> Result<Option<SessionRecord>, EngineError>;
+    /// Highest inbox seq delivered to any connection of the user.
+    async fn inbox_cursor(&self, user: &str) -> Result<u64, EngineError>;
+    /// Advances the user's inbox cursor (never moves it back).
+    async fn ack_inbox(&self, user: &str, seq: u64) -> Result<(), EngineError>;
+    /// Whether the engine can serve requests now (readiness).
+    fn healthy(&self) -> bool;
+}
+
+/// Serialises the `msg` frame of a published message.
+pub fn msg_frame(room: &str, seq: u64, epoch: &str, msg: &Publish, ts: u64) -> String {
+    crate::protocol::to_json(&crate::protocol::MsgFrame {
+        kind: "msg",
+        room,
+        seq,
+        epoch,
+        msg_id: &msg.msg_id,
+        from: &msg.from,
+        ts,
+        body: &msg.body,
+        traceparent: msg.traceparent.as_deref(),
+    })
+}
+
+/// Serialises a `presence` frame.
+pub fn presence_frame(room: &str, user: &str, join: bool) -> String {
+    crate::protocol::to_json(&crate::protocol::PresenceFrame {
+        kind: "presence",
+        room,
+        user,
+        event: if join { "join" } else { "leave" },
+    })
+}
+
+/// Current Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A fresh random epoch id.
+pub fn new_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}

@@ -1,0 +1,138 @@
+//! Node: the state one gateway process shares between its connections.
+
+use crate::auth::Authenticator;
+use crate::config::{Config, EngineKind};
+use crate::engine::{memory::MemoryEngine, Engine};
+use crate::hub::{ConnId, Hub};
+use crate::metrics::Metrics;
+use crate::outbound::{CloseReason, OutboundQueue};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio_util::sync::CancellationToken;
+
+/// Shared state of a gateway process.
+pub struct Node {
+    /// Node id (pod name) announced in `welcome`.
+    pub id: String,
+    /// Effective configuration.
+    pub config: Config,
+    /// Broker, history, presence, sessions.
+    pub engine: Arc<dyn Engine>,
+    /// Local room subscribers.
+    pub hub: Arc<Hub>,
+    /// Upgrade authentication.
+    pub auth: Authenticator,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Cancelled when the process shuts down.
+    pub shutdown: CancellationToken,
+    conns: Mutex<HashMap<ConnId, OutboundQueue>>,
+    per_ip: Mutex<HashMap<IpAddr, u32>>,
+    next_conn: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Holds one connection slot of a client IP; frees it on drop.
+pub struct IpSlot {
+    node: Arc<Node>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = lock(&self.node.per_ip);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Node {
+    /// Builds the node and its engine from config.
+    pub fn new(config: Config, shutdown: CancellationToken) -> anyhow::Result<Arc<Node>> {
+        config.validate()?;
+        let auth = Authenticator::new(&config.auth)?;
+        let hub = Arc::new(Hub::default());
+        let engine: Arc<dyn Engine> = match config.engine {
+            EngineKind::Memory => Arc::new(MemoryEngine::new(hub.clone(), &config)),
+        };
+        Ok(Arc::new(Node {
+            id: node_id(&config),
+            config,
+            engine,
+            hub,
+            auth,
+            metrics: Metrics::new(),
+            shutdown,
+            conns: Mutex::new(HashMap::new()),
+            per_ip: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+        }))
+    }
+
+    /// Takes a connection slot for `ip`, or None when the IP is at its limit.
+    pub fn take_ip_slot(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let limit = self.config.limits.connections_per_ip;
+        let mut map = lock(&self.per_ip);
+        let n = map.entry(ip).or_insert(0);
+        if limit > 0 && *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            node: self.clone(),
+            ip,
+        })
+    }
+
+    /// Registers a connection's queue so the node can close it; returns its id.
+    pub fn register(&self, queue: OutboundQueue) -> ConnId {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        lock(&self.conns).insert(id, queue);
+        self.metrics.connections.inc();
+        id
+    }
+
+    /// Forgets a closed connection.
+    pub fn unregister(&self, id: ConnId) {
+        if lock(&self.conns).remove(&id).is_some() {
+            self.metrics.connections.dec();
+        }
+    }
+
+    /// Open connections on this node.
+    pub fn connection_count(&self) -> usize {
+        lock(&self.conns).len()
+    }
+
+    /// Asks every open connection to close.
+    pub fn close_all(&self, reason: CloseReason) {
+        for q in lock(&self.conns).values() {
+            q.close(reason);
+        }
+    }
+
+    /// Whether the node should receive traffic.
+    pub fn ready(&self) -> bool {
+        !self.shutdown.is_cancelled() && self.engine.healthy()
+    }
+}
+
+fn node_id(config: &Config) -> String {
+    if !config.node.id.is_empty() {
+        return config.node.id.clone();
+    }
+    ["POD_NAME", "HOSTNAME"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .find(|v| !v.is_empty())
+        .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()))
+}

@@ -1,0 +1,457 @@
+//! The outbound side of a connection: a bounded queue and the single task that writes it.
+//!
+//! Everything a client receives goes through one FIFO queue, so replies, replays and live
+//! messages reach the socket in the order they were queued. The writer also owns ordering
+//! per room: it never writes a `msg` whose seq it already wrote, and while a room is
+//! catching up from history it holds that room's live messages back until the replay
+//! is out. Producers never block: a full queue closes the connection as a slow consumer.
+
+use crate::engine::Envelope;
+use futures_util::{Sink, SinkExt};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+
+/// One item of a connection's queue.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A ready frame (reply, presence, goaway).
+    Frame(Utf8Bytes),
+    /// A live room message.
+    Msg(Arc<Envelope>),
+    /// Hold live messages of this room back until its `Replay` arrives.
+    BeginCatchup(Arc<str>),
+    /// Messages from history, then release held-back live ones. `from` is the position
+    /// the client had; nothing at or below it is written.
+    Replay {
+        /// Room being caught up.
+        room: Arc<str>,
+        /// Client position before the replay.
+        from: u64,
+        /// Messages after `from`, in seq order.
+        msgs: Vec<Arc<Envelope>>,
+    },
+    /// The room was left: stop writing its messages.
+    Forget(Arc<str>),
+}
+
+impl Outbound {
+    /// Bytes counted against the queue's byte limit.
+    fn weight(&self) -> usize {
+        match self {
+            Outbound::Frame(f) => f.len(),
+            Outbound::Msg(e) => e.frame.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// Why and how a connection is being closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseReason {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Short reason sent in the close frame and used as a metrics label.
+    pub reason: &'static str,
+}
+
+struct Shared {
+    bytes: AtomicUsize,
+    max_bytes: usize,
+    high_water: AtomicUsize,
+    closing: CancellationToken,
+    reason: OnceLock<CloseReason>,
+}
+
+/// Producer handle of a connection's outbound queue; cheap to clone.
+#[derive(Clone)]
+pub struct OutboundQueue {
+    tx: mpsc::Sender<Outbound>,
+    shared: Arc<Shared>,
+}
+
+/// Consumer end, handed to [`run_writer`].
+pub struct OutboundReceiver {
+    rx: mpsc::Receiver<Outbound>,
+    shared: Arc<Shared>,
+}
+
+/// Close used when the queue overflows.
+pub const SLOW_CONSUMER: CloseReason = CloseReason {
+    code: crate::protocol::close::TRY_AGAIN_LATER,
+    reason: "slow consumer",
+};
+
+/// Creates a queue bounded by `max_frames` items and `max_bytes` queued bytes.
+pub fn queue(max_frames: usize, max_bytes: usize) -> (OutboundQueue, OutboundReceiver) {
+    let (tx, rx) = mpsc::channel(max_frames.max(1));
+    let shared = Arc::new(Shared {
+        bytes: AtomicUsize::new(0),
+        max_bytes,
+        high_water: AtomicUsize::new(0),
+        closing: CancellationToken::new(),
+        reason: OnceLock::new(),
+    });
+    (
+        OutboundQueue {
+            tx,
+            shared: shared.clone(),
+        },
+        OutboundReceiver { rx, shared },
+    )
+}
+
+impl OutboundQueue {
+    /// Queues an item without waiting. Returns false if the connection is (now) closing;
+    /// an overflow closes it as a slow consumer.
+    pub fn push(&self, item: Outbound) -> bool {
+        if self.shared.closing.is_cancelled() {
+            return false;
+        }
+        let weight = item.weight();
+        let queued = self.shared.bytes.fetch_add(weight, Ordering::Relaxed) + weight;
+        if queued > self.shared.max_bytes {
+            self.shared.bytes.fetch_sub(weight, Ordering::Relaxed);
+            self.close(SLOW_CONSUMER);
+            return false;
+        }
+        self.shared.high_water.fetch_max(queued, Ordering::Relaxed);
+        match self.tx.try_send(item) {
+            Ok(()) => true,
+            Err(err) => {
+                self.shared.bytes.fetch_sub(weight, Ordering::Relaxed);
+                if matches!(err, mpsc::error::TrySendError::Full(_)) {
+                    self.close(SLOW_CONSUMER);
+                }
+                false
+            }
+        }
+    }
+
+    /// Queues a ready frame.
+    pub fn frame(&self, text: impl Into<Utf8Bytes>) -> bool {
+        self.push(Outbound::Frame(text.into()))
+    }
+
+    /// Asks the writer to close the socket; the first reason wins.
+    pub fn close(&self, reason: CloseReason) {
+        let _ = self.shared.reason.set(reason);
+        self.shared.closing.cancel();
+    }
+
+    /// Resolves when the connection starts closing.
+    pub fn closing(&self) -> &CancellationToken {
+        &self.shared.closing
+    }
+
+    /// The close reason, once closing.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.shared.reason.get().copied()
+    }
+
+    /// Bytes queued now.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Largest number of bytes ever queued at once on this connection.
+    pub fn high_water_bytes(&self) -> usize {
+        self.shared.high_water.load(Ordering::Relaxed)
+    }
+}
+
+/// Per-room write position kept by the writer.
+struct RoomCursor {
+    last: u64,
+    held: Option<Vec<Arc<Envelope>>>,
+}
+
+/// What the writer observed when it stopped.
+#[derive(Debug, Default)]
+pub struct WriterOutcome {
+    /// Last seq written per room (the positions a resume would start from).
+    pub positions: HashMap<Arc<str>, u64>,
+    /// Messages written to the socket.
+    pub delivered: u64,
+}
+
+/// Settings of the writer.
+pub struct WriterSettings {
+    /// Ping period.
+    pub heartbeat: Duration,
+    /// Millis since `epoch` of the last frame received, updated by the reader.
+    pub last_seen: Arc<AtomicU64>,
+    /// Reference instant for `last_seen`.
+    pub epoch: Instant,
+    /// Called with (room, seq) after messages of a user's inbox are written.
+    pub on_inbox: Option<Box<dyn Fn(u64) + Send + Sync>>,
+    /// The inbox room of the connection's user.
+    pub inbox: Arc<str>,
+    /// Called once per written message (metrics).
+    pub on_delivered: Box<dyn Fn(&Envelope) + Send + Sync>,
+}
+
+/// Heartbeat close: nothing heard from the client for two ping periods.
+pub const HEARTBEAT_TIMEOUT: CloseReason = CloseReason {
+    code: crate::protocol::close::GOING_AWAY,
+    reason: "heartbeat timeout",
+};
+
+/// Most items written before a flush.
+const BATCH: usize = 64;
+
+/// Writes queued items to `sink` until the connection closes; sends pings and enforces the
+/// idle timeout. Sends the close frame itself.
+pub async fn run_writer<S>(
+    mut sink: S,
+    mut rx: OutboundReceiver,
+    settings: WriterSettings,
+) -> WriterOutcome
+where
+    S: Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    let mut rooms: HashMap<Arc<str>, RoomCursor> = HashMap::new();
+    let mut out = WriterOutcome::default();
+    let mut ping = tokio::time::interval_at(
+        tokio::time::Instant::now() + settings.heartbeat,
+        settings.heartbeat,
+    );
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let idle_limit = (settings.heartbeat * 2).as_millis() as u64;
+    let closing = rx.shared.closing.clone();
+    'outer: loop {
+        tokio::select! {
+            biased;
+            _ = closing.cancelled() => break,
+            _ = ping.tick() => {
+                let now = settings.epoch.elapsed().as_millis() as u64;
+                if now.saturating_sub(settings.last_seen.load(Ordering::Relaxed)) > idle_limit {
+                    let _ = rx.shared.reason.set(HEARTBEAT_TIMEOUT);
+                    rx.shared.closing.cancel();
+                    break;
+                }
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+            }
+            item = rx.rx.recv() => {
+                let Some(item) = item else { break };
+                let mut inbox_seq = None;
+                let mut n = 0;
+                let mut next = Some(item);
+                while let Some(item) = next.take() {
+                    let weight = item.weight();
+                    let res = write_item(&mut sink, &mut rooms, item, &settings, &mut out, &mut inbox_seq).await;
+                    rx.shared.bytes.fetch_sub(weight, Ordering::Relaxed);
+                    if res.is_err() {
+                        break 'outer;
+                    }
+                    n += 1;
+                    if n < BATCH {
+                        next = rx.rx.try_recv().ok();
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    break;
+                }
+                if let (Some(seq), Some(cb)) = (inbox_seq, settings.on_inbox.as_ref()) {
+                    cb(seq);
+                }
+            }
+        }
+    }
+    if let Some(reason) = rx.shared.reason.get() {
+        let frame = CloseFrame {
+            code: CloseCode::from(reason.code),
+            reason: reason.reason.into(),
+        };
+        let send = async {
+            let _ = sink.send(Message::Close(Some(frame))).await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+    }
+    rx.rx.close();
+    out.positions = rooms.into_iter().map(|(r, c)| (r, c.last)).collect();
+    out
+}
+
+async fn write_item<S>(
+    sink: &mut S,
+    rooms: &mut HashMap<Arc<str>, RoomCursor>,
+    item: Outbound,
+    settings: &WriterSettings,
+    out: &mut WriterOutcome,
+    inbox_seq: &mut Option<u64>,
+) -> Result<(), tokio_tungstenite::tungstenite::Error>
+where
+    S: Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    match item {
+        Outbound::Frame(f) => sink.feed(Message::Text(f)).await,
+        Outbound::Msg(env) => {
+            let Some(cursor) = rooms.get_mut(&env.room) else {
+                return Ok(()); // left meanwhile
+            };
+            if let Some(held) = cursor.held.as_mut() {
+                held.push(env);
+                return Ok(());
+            }
+            write_msg(sink, cursor, &env, settings, out, inbox_seq).await
+        }
+        Outbound::BeginCatchup(room) => {
+            rooms
+                .entry(room)
+                .or_insert(RoomCursor {
+                    last: 0,
+                    held: None,
+                })
+                .held
+                .get_or_insert_with(Vec::new);
+            Ok(())
+        }
+        Outbound::Replay { room, from, msgs } => {
+            let cursor = rooms.entry(room).or_insert(RoomCursor {
+                last: 0,
+                held: None,
+            });
+            cursor.last = cursor.last.max(from);
+            let held = cursor.held.take().unwrap_or_default();
+            for env in msgs.iter().chain(held.iter()) {
+                write_msg(sink, cursor, env, settings, out, inbox_seq).await?;
+            }
+            Ok(())
+        }
+        Outbound::Forget(room) => {
+            rooms.remove(&room);
+            Ok(())
+        }
+    }
+}
+
+async fn write_msg<S>(
+    sink: &mut S,
+    cursor: &mut RoomCursor,
+    env: &Envelope,
+    settings: &WriterSettings,
+    out: &mut WriterOutcome,
+    inbox_seq: &mut Option<u64>,
+) -> Result<(), tokio_tungstenite::tungstenite::Error>
+where
+    S: Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    if env.seq <= cursor.last {
+        return Ok(()); // already written: at-least-once upstream, exactly once here
+    }
+    sink.feed(Message::Text(env.frame.clone())).await?;
+    cursor.last = env.seq;
+    out.delivered += 1;
+    (settings.on_delivered)(env);
+    if *env.room == *settings.inbox {
+        *inbox_seq = Some(env.seq);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(room: &str, seq: u64) -> Arc<Envelope> {
+        Arc::new(Envelope {
+            room: room.into(),
+            seq,
+            frame: format!("{{\"seq\":{seq}}}").into(),
+        })
+    }
+
+    #[test]
+    fn overflow_by_bytes_closes_as_slow_consumer() {
+        let (q, _rx) = queue(100, 25);
+        assert!(q.push(Outbound::Msg(env("r", 1))));
+        assert!(q.push(Outbound::Msg(env("r", 2))));
+        assert!(!q.push(Outbound::Msg(env("r", 3))));
+        assert_eq!(q.close_reason(), Some(SLOW_CONSUMER));
+        assert!(q.queued_bytes() <= 25);
+        assert!(!q.frame("late"), "closing queue refuses items");
+    }
+
+    #[test]
+    fn overflow_by_frames_closes_as_slow_consumer() {
+        let (q, _rx) = queue(2, 1 << 20);
+        assert!(q.frame("a"));
+        assert!(q.frame("b"));
+        assert!(!q.frame("c"));
+        assert_eq!(q.close_reason(), Some(SLOW_CONSUMER));
+    }
+
+    #[tokio::test]
+    async fn writer_orders_replay_before_held_live_and_drops_duplicates() {
+        let (q, rx) = queue(100, 1 << 20);
+        let (sink_tx, mut sink_rx) = futures_channel_sink();
+        let room: Arc<str> = "r".into();
+        q.push(Outbound::BeginCatchup(room.clone()));
+        q.push(Outbound::Msg(env("r", 3))); // live, arrives during catch-up
+        q.push(Outbound::Msg(env("r", 4)));
+        q.push(Outbound::Replay {
+            room: room.clone(),
+            from: 1,
+            msgs: vec![env("r", 2), env("r", 3)],
+        });
+        q.push(Outbound::Msg(env("r", 4))); // duplicate
+        q.push(Outbound::Msg(env("r", 5)));
+        q.push(Outbound::Msg(env("other", 9))); // not joined
+        let settings = WriterSettings {
+            heartbeat: Duration::from_secs(60),
+            last_seen: Arc::new(AtomicU64::new(0)),
+            epoch: Instant::now(),
+            on_inbox: None,
+            inbox: "user:x".into(),
+            on_delivered: Box::new(|_| {}),
+        };
+        let closer = q.clone();
+        let task = tokio::spawn(run_writer(sink_tx, rx, settings));
+        let mut seen = Vec::new();
+        while seen.len() < 4 {
+            match sink_rx.recv().await {
+                Some(Message::Text(t)) => seen.push(t.to_string()),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        closer.close(SLOW_CONSUMER);
+        let outcome = task.await.expect("writer");
+        assert_eq!(
+            seen,
+            ["{\"seq\":2}", "{\"seq\":3}", "{\"seq\":4}", "{\"seq\":5}"]
+        );
+        assert_eq!(outcome.positions.get("r"), Some(&5));
+        assert_eq!(outcome.delivered, 4);
+    }
+
+    /// A sink backed by an unbounded channel, standing in for the socket.
+    fn futures_channel_sink() -> (
+        impl Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+        mpsc::UnboundedReceiver<Message>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sink = futures_util::sink::unfold(tx, |tx, msg: Message| async move {
+            let _ = tx.send(msg);
+            Ok::<_, tokio_tungstenite::tungstenite::Error>(tx)
+        });
+        (Box::pin(sink), rx)
+    }
+}
+
+#[cfg(test)]
+impl OutboundReceiver {
+    /// Takes one queued item without a writer (tests only).
+    pub fn try_recv_for_test(&mut self) -> Option<Outbound> {
+        self.rx.try_recv().ok()
+    }
+}
