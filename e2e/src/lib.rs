@@ -1,1 +1,108 @@
+//! Test harness for chatgateway: an in-process gateway on a free port, a gateway process,
+//! a protocol v1 client, and JWT helpers.
 
+pub mod client;
+pub mod jwt;
+
+use chat_gateway::config::{AuthMode, Config};
+use chat_gateway::Gateway;
+pub use client::{Client, Connected};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A gateway running inside the test process on 127.0.0.1 and a free port.
+pub struct TestGateway {
+    /// The running gateway (its `node` can be inspected).
+    pub gateway: Gateway,
+}
+
+/// A config for tests: insecure auth, loopback, port 0, short heartbeat off by default.
+pub fn test_config() -> Config {
+    let mut c = Config::default();
+    c.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.auth.mode = AuthMode::Insecure;
+    c.node.id = "test-node".into();
+    c
+}
+
+impl TestGateway {
+    /// Starts a gateway with `config` (its listen address is forced to a free port).
+    pub async fn start(mut config: Config) -> TestGateway {
+        config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let gateway = Gateway::start(config).await.expect("gateway starts");
+        TestGateway { gateway }
+    }
+
+    /// Starts a gateway with [`test_config`].
+    pub async fn default() -> TestGateway {
+        Self::start(test_config()).await
+    }
+
+    /// `ws://` URL of `/ws` with the given query string.
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/ws?{query}", self.gateway.addr)
+    }
+
+    /// `http://` base URL.
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway.addr)
+    }
+
+    /// Connects as `user` in insecure mode.
+    pub async fn connect(&self, user: &str) -> Client {
+        Client::connect(&self.ws_url(&format!("user={user}")))
+            .await
+            .unwrap_or_else(|e| panic!("connect {user}: {e}"))
+    }
+
+    /// The value of a metric sample line from `/metrics` (0 when absent).
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let body = http_get(self.gateway.addr, "/metrics").await.1;
+        parse_metric(&body, sample)
+    }
+
+    /// Stops the gateway.
+    pub async fn stop(self) {
+        self.gateway.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+/// Finds `sample` (name plus labels, exactly as exposed) in Prometheus text.
+pub fn parse_metric(body: &str, sample: &str) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// A minimal HTTP/1.1 GET over a raw socket: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+/// Sends a raw HTTP/1.1 request and reads the whole response: (status, body).
+pub async fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}

@@ -7,7 +7,7 @@
 use crate::engine::Envelope;
 use crate::outbound::{Outbound, OutboundQueue};
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -35,9 +35,7 @@ impl Default for Hub {
 
 impl Hub {
     fn shard(&self, room: &str) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Room>> {
-        let mut h = self.hasher.build_hasher();
-        room.hash(&mut h);
-        let shard = &self.shards[(h.finish() as usize) % SHARDS];
+        let shard = &self.shards[(self.hasher.hash_one(room) as usize) % SHARDS];
         // A poisoned shard only means a panic elsewhere mid-update of plain maps; the data
         // is still consistent enough to keep serving.
         shard.lock().unwrap_or_else(|p| p.into_inner())

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub drops: IntCounterVec,
     /// Rooms with local subscribers.
     pub rooms: IntGauge,
+    /// Most bytes ever queued for one (closed) connection.
+    pub queue_high_water: IntGauge,
 }
 
 impl Default for Metrics {
@@ -90,6 +92,10 @@ impl Metrics {
             rooms: gauge(
                 "chatgateway_rooms",
                 "Rooms with at least one local subscriber.",
+            ),
+            queue_high_water: gauge(
+                "chatgateway_outbound_queue_high_water_bytes",
+                "Most bytes ever queued for one connection (bounded by limits.outboundQueueBytes).",
             ),
         };
         Metrics { registry, ..m }

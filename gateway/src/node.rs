@@ -29,6 +29,7 @@ pub struct Node {
     /// Cancelled when the process shuts down.
     pub shutdown: CancellationToken,
     conns: Mutex<HashMap<ConnId, OutboundQueue>>,
+    queue_high_water: std::sync::atomic::AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
     next_conn: AtomicU64,
 }
@@ -73,6 +74,7 @@ impl Node {
             metrics: Metrics::new(),
             shutdown,
             conns: Mutex::new(HashMap::new()),
+            queue_high_water: Default::default(),
             per_ip: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
         }))
@@ -103,9 +105,19 @@ impl Node {
 
     /// Forgets a closed connection.
     pub fn unregister(&self, id: ConnId) {
-        if lock(&self.conns).remove(&id).is_some() {
+        if let Some(q) = lock(&self.conns).remove(&id) {
             self.metrics.connections.dec();
+            let hw = self
+                .queue_high_water
+                .fetch_max(q.high_water_bytes(), Ordering::Relaxed)
+                .max(q.high_water_bytes());
+            self.metrics.queue_high_water.set(hw as i64);
         }
+    }
+
+    /// Most bytes ever queued for one closed connection of this node.
+    pub fn queue_high_water(&self) -> usize {
+        self.queue_high_water.load(Ordering::Relaxed)
     }
 
     /// Open connections on this node.

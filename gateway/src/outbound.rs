@@ -225,7 +225,7 @@ where
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let idle_limit = (settings.heartbeat * 2).as_millis() as u64;
     let closing = rx.shared.closing.clone();
-    'outer: loop {
+    loop {
         tokio::select! {
             biased;
             _ = closing.cancelled() => break,
@@ -236,32 +236,31 @@ where
                     rx.shared.closing.cancel();
                     break;
                 }
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                // A blocked socket must not keep us from noticing a close.
+                let sent = tokio::select! {
+                    biased;
+                    _ = closing.cancelled() => break,
+                    r = sink.send(Message::Ping(Default::default())) => r,
+                };
+                if sent.is_err() {
                     break;
                 }
             }
             item = rx.rx.recv() => {
                 let Some(item) = item else { break };
-                let mut inbox_seq = None;
-                let mut n = 0;
-                let mut next = Some(item);
-                while let Some(item) = next.take() {
-                    let weight = item.weight();
-                    let res = write_item(&mut sink, &mut rooms, item, &settings, &mut out, &mut inbox_seq).await;
-                    rx.shared.bytes.fetch_sub(weight, Ordering::Relaxed);
-                    if res.is_err() {
-                        break 'outer;
+                let written = tokio::select! {
+                    biased;
+                    _ = closing.cancelled() => break,
+                    r = write_batch(&mut sink, &mut rx, &mut rooms, item, &settings, &mut out) => r,
+                };
+                match written {
+                    Ok(Some(seq)) => {
+                        if let Some(cb) = settings.on_inbox.as_ref() {
+                            cb(seq);
+                        }
                     }
-                    n += 1;
-                    if n < BATCH {
-                        next = rx.rx.try_recv().ok();
-                    }
-                }
-                if sink.flush().await.is_err() {
-                    break;
-                }
-                if let (Some(seq), Some(cb)) = (inbox_seq, settings.on_inbox.as_ref()) {
-                    cb(seq);
+                    Ok(None) => {}
+                    Err(_) => break,
                 }
             }
         }
@@ -279,6 +278,36 @@ where
     rx.rx.close();
     out.positions = rooms.into_iter().map(|(r, c)| (r, c.last)).collect();
     out
+}
+
+/// Writes `first` and whatever else is queued (up to [`BATCH`]), then flushes once.
+/// Returns the last inbox seq written, if any.
+async fn write_batch<S>(
+    sink: &mut S,
+    rx: &mut OutboundReceiver,
+    rooms: &mut HashMap<Arc<str>, RoomCursor>,
+    first: Outbound,
+    settings: &WriterSettings,
+    out: &mut WriterOutcome,
+) -> Result<Option<u64>, tokio_tungstenite::tungstenite::Error>
+where
+    S: Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    let mut inbox_seq = None;
+    let mut next = Some(first);
+    let mut n = 0;
+    while let Some(item) = next.take() {
+        let weight = item.weight();
+        let res = write_item(sink, rooms, item, settings, out, &mut inbox_seq).await;
+        rx.shared.bytes.fetch_sub(weight, Ordering::Relaxed);
+        res?;
+        n += 1;
+        if n < BATCH {
+            next = rx.rx.try_recv().ok();
+        }
+    }
+    sink.flush().await?;
+    Ok(inbox_seq)
 }
 
 async fn write_item<S>(
@@ -356,6 +385,14 @@ where
         *inbox_seq = Some(env.seq);
     }
     Ok(())
+}
+
+#[cfg(test)]
+impl OutboundReceiver {
+    /// Takes one queued item without a writer (tests only).
+    pub fn try_recv_for_test(&mut self) -> Option<Outbound> {
+        self.rx.try_recv().ok()
+    }
 }
 
 #[cfg(test)]
@@ -445,13 +482,5 @@ mod tests {
             Ok::<_, tokio_tungstenite::tungstenite::Error>(tx)
         });
         (Box::pin(sink), rx)
-    }
-}
-
-#[cfg(test)]
-impl OutboundReceiver {
-    /// Takes one queued item without a writer (tests only).
-    pub fn try_recv_for_test(&mut self) -> Option<Outbound> {
-        self.rx.try_recv().ok()
     }
 }

@@ -107,7 +107,7 @@ fn route(node: Arc<Node>, req: Request<Incoming>, peer: SocketAddr) -> Response<
     }
 }
 
-fn header_str<'a>(req: &'a Request<Incoming>, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 

@@ -1,0 +1,234 @@
+//! A protocol v1 test client over a real socket.
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for an expected frame.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A connected client that has received its `welcome`.
+pub struct Client {
+    ws: Ws,
+    next_id: u64,
+    /// Frames received while waiting for something else, oldest first.
+    pending: VecDeque<Value>,
+    /// The `welcome` frame.
+    pub welcome: Value,
+}
+
+/// Result of an upgrade attempt.
+pub enum Connected {
+    /// Upgrade accepted; the response headers are kept for inspection.
+    Ok(Box<Client>, tungstenite::http::Response<Option<Vec<u8>>>),
+    /// Refused with this HTTP status and body.
+    Refused(u16, String),
+}
+
+impl Client {
+    /// Connects to a `ws://` URL and waits for `welcome`.
+    pub async fn connect(url: &str) -> Result<Client, String> {
+        let req = url.into_client_request().map_err(|e| e.to_string())?;
+        match Self::connect_request(req).await {
+            Connected::Ok(c, _) => Ok(*c),
+            Connected::Refused(status, body) => Err(format!("HTTP {status}: {body}")),
+        }
+    }
+
+    /// Connects with a prepared request (custom headers), reporting refusals.
+    pub async fn connect_request(req: tungstenite::handshake::client::Request) -> Connected {
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((mut ws, resp)) => {
+                let welcome: Value = match tokio::time::timeout(WAIT, ws.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => {
+                        serde_json::from_str(&t).expect("welcome is json")
+                    }
+                    other => panic!("expected welcome, got {other:?}"),
+                };
+                assert_eq!(welcome["type"], "welcome");
+                Connected::Ok(
+                    Box::new(Client {
+                        ws,
+                        next_id: 1,
+                        pending: VecDeque::new(),
+                        welcome,
+                    }),
+                    resp,
+                )
+            }
+            Err(tungstenite::Error::Http(resp)) => {
+                let status = resp.status().as_u16();
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).to_string())
+                    .unwrap_or_default();
+                Connected::Refused(status, body)
+            }
+            Err(e) => panic!("connect failed: {e}"),
+        }
+    }
+
+    /// The resume token from `welcome`.
+    pub fn resume_token(&self) -> String {
+        self.welcome["resume_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Sends a raw WebSocket message.
+    pub async fn send_raw(&mut self, msg: Message) -> Result<(), tungstenite::Error> {
+        self.ws.send(msg).await
+    }
+
+    /// Sends a command without waiting; returns the id it was given.
+    pub async fn send_cmd(&mut self, mut cmd: Value) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        cmd["id"] = json!(id);
+        self.ws
+            .send(Message::text(cmd.to_string()))
+            .await
+            .expect("send command");
+        id
+    }
+
+    /// Sends a command and returns its `ok` or `error` reply; other frames are kept.
+    pub async fn request(&mut self, cmd: Value) -> Value {
+        let id = self.send_cmd(cmd).await;
+        self.reply(id).await
+    }
+
+    /// Waits for the reply to command `id`.
+    pub async fn reply(&mut self, id: u64) -> Value {
+        if let Some(pos) = self.pending.iter().position(|f| f["ref"] == json!(id)) {
+            return self.pending.remove(pos).unwrap_or_default();
+        }
+        loop {
+            let frame = self
+                .read()
+                .await
+                .unwrap_or_else(|| panic!("no reply to command {id}"));
+            if frame["ref"] == json!(id) && (frame["type"] == "ok" || frame["type"] == "error") {
+                return frame;
+            }
+            self.pending.push_back(frame);
+        }
+    }
+
+    /// Joins a room and asserts success.
+    pub async fn join(&mut self, room: &str) -> Value {
+        let r = self.request(json!({"type": "join", "room": room})).await;
+        assert_eq!(r["type"], "ok", "join {room}: {r}");
+        r
+    }
+
+    /// Sends a body to a room and returns the reply.
+    pub async fn send(&mut self, room: &str, body: Value) -> Value {
+        self.request(json!({"type": "send", "room": room, "body": body}))
+            .await
+    }
+
+    /// Reads the next text frame (pending ones first); None on timeout or close.
+    pub async fn next_frame(&mut self) -> Option<Value> {
+        if let Some(f) = self.pending.pop_front() {
+            return Some(f);
+        }
+        self.read().await
+    }
+
+    /// The next `msg` frame, skipping others; panics after [`WAIT`].
+    pub async fn next_msg(&mut self) -> Value {
+        loop {
+            let f = self.next_frame().await.expect("expected a msg frame");
+            if f["type"] == "msg" {
+                return f;
+            }
+        }
+    }
+
+    /// Collects `msg` frames until none arrives for `quiet`.
+    pub async fn drain_msgs(&mut self, quiet: Duration) -> Vec<Value> {
+        let mut out: Vec<Value> = Vec::new();
+        while let Some(f) = self.pending.pop_front() {
+            if f["type"] == "msg" {
+                out.push(f);
+            }
+        }
+        while let Ok(Some(f)) = tokio::time::timeout(quiet, self.read()).await {
+            if f["type"] == "msg" {
+                out.push(f);
+            }
+        }
+        out
+    }
+
+    /// The next frame of a given type, skipping others.
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        if let Some(pos) = self.pending.iter().position(|f| f["type"] == kind) {
+            return self.pending.remove(pos).unwrap_or_default();
+        }
+        loop {
+            let f = self
+                .read()
+                .await
+                .unwrap_or_else(|| panic!("expected a {kind} frame"));
+            if f["type"] == kind {
+                return f;
+            }
+            self.pending.push_back(f);
+        }
+    }
+
+    async fn read(&mut self) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    return Some(serde_json::from_str(&t).expect("server frames are json"))
+                }
+                Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Err(_) | Ok(Some(Err(_))) => {
+                    return None
+                }
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code and reason (None if the
+    /// socket ended without a close frame).
+    pub async fn expect_close(&mut self) -> Option<(u16, String)> {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await {
+                Ok(Some(Ok(Message::Close(Some(f))))) => {
+                    return Some((f.code.into(), f.reason.to_string()))
+                }
+                Ok(Some(Ok(Message::Close(None)))) | Ok(None) | Ok(Some(Err(_))) => return None,
+                Ok(Some(Ok(_))) => continue,
+                Err(_) => panic!("server did not close the connection"),
+            }
+        }
+    }
+
+    /// Reads raw messages for `dur`, returning them (pings included).
+    pub async fn raw_for(&mut self, dur: Duration) -> Vec<(std::time::Instant, Message)> {
+        let until = tokio::time::Instant::now() + dur;
+        let mut out = Vec::new();
+        while let Ok(Some(Ok(m))) = tokio::time::timeout_at(until, self.ws.next()).await {
+            out.push((std::time::Instant::now(), m));
+        }
+        out
+    }
+
+    /// Drops the socket without a close handshake (a lost connection).
+    pub fn kill(self) {
+        drop(self);
+    }
+}

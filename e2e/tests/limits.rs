@@ -1,0 +1,306 @@
+//! Bad input and limits: each gets its documented error or close code, the server stays
+//! up, and other clients keep chatting.
+
+use e2e::{test_config, Client, TestGateway};
+use serde_json::json;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::protocol::frame::{
+    coding::{Data, OpCode},
+    Frame,
+};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Two bystanders chat; panics if they cannot.
+async fn bystanders_still_chat(gw: &TestGateway) {
+    let mut a = gw.connect("by-a").await;
+    let mut b = gw.connect("by-b").await;
+    a.join("calm").await;
+    b.join("calm").await;
+    let ack = a.send("calm", json!("still here")).await;
+    assert_eq!(ack["type"], "ok");
+    let m = b.next_msg().await;
+    assert_eq!(m["body"], "still here");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frame_closes_1009() {
+    let mut c = test_config();
+    c.limits.max_frame_bytes = 4096;
+    c.limits.outbound_queue_bytes = 65536;
+    let gw = TestGateway::start(c).await;
+    let mut bad = gw.connect("big").await;
+    let huge = json!({"type": "send", "room": "r", "body": "x".repeat(10_000), "id": 1});
+    let _ = bad.send_raw(Message::text(huge.to_string())).await;
+    assert_eq!(bad.expect_close().await.map(|c| c.0), Some(1009));
+    bystanders_still_chat(&gw).await;
+    assert_eq!(
+        gw.metric("chatgateway_drops_total{reason=\"oversize\"}")
+            .await,
+        1.0
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_frames_close_1003() {
+    let gw = TestGateway::default().await;
+    let mut bad = gw.connect("bin").await;
+    let _ = bad
+        .send_raw(Message::binary(vec![0xde, 0xad, 0xbe, 0xef, 0, 1, 2]))
+        .await;
+    assert_eq!(bad.expect_close().await.map(|c| c.0), Some(1003));
+    bystanders_still_chat(&gw).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_closes_1007() {
+    let gw = TestGateway::default().await;
+    let mut bad = gw.connect("utf").await;
+    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    let _ = bad.send_raw(Message::Frame(frame)).await;
+    assert_eq!(bad.expect_close().await.map(|c| c.0), Some(1007));
+    bystanders_still_chat(&gw).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_json_deep_nesting_and_unknown_commands_get_error_frames() {
+    let gw = TestGateway::default().await;
+    let mut c = gw.connect("sloppy").await;
+    c.join("r").await;
+    let cases = [
+        ("{not json".to_string(), "bad_request"),
+        ("[1,2,3]".to_string(), "bad_request"),
+        (r#"{"type":"dance","id":5}"#.to_string(), "unknown_command"),
+        (
+            r#"{"type":"send","id":6,"room":"r"}"#.to_string(),
+            "bad_request",
+        ),
+        (
+            r#"{"type":"join","id":7,"room":"bad room!"}"#.to_string(),
+            "invalid_room",
+        ),
+        (
+            format!(
+                r#"{{"type":"send","id":8,"room":"r","body":{}{}}}"#,
+                "[".repeat(10_000),
+                "]".repeat(10_000)
+            ),
+            "bad_request",
+        ),
+        (
+            format!(
+                r#"{{"type":"send","id":9,"room":"r","body":{}1{}}}"#,
+                "{\"a\":".repeat(10_000),
+                "}".repeat(10_000)
+            ),
+            "bad_request",
+        ),
+    ];
+    for (text, code) in &cases {
+        c.send_raw(Message::text(text.clone())).await.expect("send");
+        let f = c.next_of("error").await;
+        assert_eq!(f["code"], *code, "{}: {f}", &text[..text.len().min(60)]);
+    }
+    // Errors reference the command id when it could be read.
+    let f = {
+        c.send_raw(Message::text(r#"{"type":"dance","id":"abc"}"#))
+            .await
+            .expect("send");
+        c.next_of("error").await
+    };
+    assert_eq!(f["ref"], "abc");
+    // After errors, a good command still works (and resets the error streak).
+    assert_eq!(c.request(json!({"type": "ping"})).await["type"], "ok");
+    bystanders_still_chat(&gw).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_errors_in_a_row_closes_1008() {
+    let gw = TestGateway::default().await;
+    let mut c = gw.connect("noisy").await;
+    for _ in 0..20 {
+        if c.send_raw(Message::text("nonsense")).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(c.expect_close().await.map(|c| c.0), Some(1008));
+    bystanders_still_chat(&gw).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flood_above_the_rate_is_rate_limited_then_closed() {
+    let mut cfg = test_config();
+    cfg.limits.message_rate = 5.0;
+    cfg.limits.message_burst = 10;
+    cfg.limits.max_errors_in_row = 30;
+    let gw = TestGateway::start(cfg).await;
+    let mut c = gw.connect("flood").await;
+    let mut ids = Vec::new();
+    for _ in 0..15 {
+        ids.push(c.send_cmd(json!({"type": "ping"})).await);
+    }
+    let mut codes = Vec::new();
+    for id in ids {
+        let r = c.reply(id).await;
+        codes.push(r["code"].as_str().unwrap_or("ok").to_string());
+    }
+    assert_eq!(
+        codes.iter().filter(|c| *c == "ok").count(),
+        10,
+        "the burst passes: {codes:?}"
+    );
+    assert_eq!(
+        codes.iter().filter(|c| *c == "rate_limited").count(),
+        5,
+        "{codes:?}"
+    );
+    // Keep flooding: repeated abuse ends with a policy close.
+    for _ in 0..100 {
+        if c.send_raw(Message::text(r#"{"type":"ping","id":0}"#))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(c.expect_close().await.map(|c| c.0), Some(1008));
+    assert!(
+        gw.metric("chatgateway_drops_total{reason=\"rate_limited\"}")
+            .await
+            >= 30.0
+    );
+    bystanders_still_chat(&gw).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_rooms() {
+    let mut cfg = test_config();
+    cfg.limits.rooms_per_connection = 3;
+    let gw = TestGateway::start(cfg).await;
+    let mut c = gw.connect("joiner").await;
+    for r in ["a", "b", "c"] {
+        c.join(r).await;
+    }
+    let r = c.request(json!({"type": "join", "room": "d"})).await;
+    assert_eq!(r["code"], "too_many_rooms");
+    c.request(json!({"type": "leave", "room": "a"})).await;
+    c.join("d").await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_is_disconnected_and_its_queue_stays_bounded() {
+    let mut cfg = test_config();
+    cfg.limits.message_rate = 100_000.0;
+    cfg.limits.message_burst = 100_000;
+    cfg.limits.outbound_queue_frames = 64;
+    cfg.limits.outbound_queue_bytes = 256 * 1024;
+    let queue_limit = cfg.limits.outbound_queue_bytes;
+    let gw = TestGateway::start(cfg).await;
+    // Joins, then never reads again.
+    let mut slow = gw.connect("sloth").await;
+    slow.join("firehose").await;
+    let mut fast = gw.connect("cheetah").await;
+    fast.join("firehose").await;
+    let mut sender = gw.connect("sender").await;
+    sender.join("firehose").await;
+    let body = "y".repeat(30_000);
+    let mut sent = 0;
+    // Enough bytes to fill loopback socket buffers many times over.
+    while gw
+        .metric("chatgateway_drops_total{reason=\"slow_consumer\"}")
+        .await
+        < 1.0
+    {
+        for _ in 0..50 {
+            let r = sender.send("firehose", json!(body)).await;
+            assert_eq!(r["type"], "ok");
+            sent += 1;
+        }
+        // The fast reader keeps up.
+        for _ in 0..50 {
+            fast.next_msg().await;
+        }
+        assert!(
+            sent < 20_000,
+            "slow consumer never disconnected after {sent} messages"
+        );
+    }
+    assert!(
+        gw.gateway.node.queue_high_water() <= queue_limit,
+        "queue exceeded its byte bound"
+    );
+    assert!(gw.gateway.node.queue_high_water() > 0);
+    assert_eq!(
+        gw.metric("chatgateway_connections_closed_total{reason=\"slow consumer\"}")
+            .await,
+        1.0
+    );
+    // The slow client finds a 1013 close once it reads (after the buffered messages).
+    let frames = slow.raw_for(Duration::from_secs(5)).await;
+    let close = frames.iter().find_map(|(_, m)| match m {
+        Message::Close(Some(f)) => Some(u16::from(f.code)),
+        _ => None,
+    });
+    assert!(close.is_none() || close == Some(1013), "{close:?}");
+    bystanders_still_chat(&gw).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_pings_and_silent_clients_are_closed() {
+    let mut cfg = test_config();
+    cfg.heartbeat.interval = Duration::from_millis(200);
+    let gw = TestGateway::start(cfg).await;
+    // A reading client answers pings (tungstenite replies automatically) and stays.
+    let mut alive = gw.connect("alive").await;
+    let frames = alive.raw_for(Duration::from_millis(1500)).await;
+    let pings: Vec<std::time::Instant> = frames
+        .iter()
+        .filter(|(_, m)| matches!(m, Message::Ping(_)))
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(
+        pings.len() >= 3,
+        "expected pings every 200ms, got {}",
+        pings.len()
+    );
+    for w in pings.windows(2) {
+        assert!(
+            w[1] - w[0] >= Duration::from_millis(150),
+            "pings closer than the interval"
+        );
+    }
+    assert_eq!(
+        alive.request(json!({"type": "ping"})).await["type"],
+        "ok",
+        "still connected"
+    );
+    drop(alive);
+    // A client that never reads never answers pings: closed after two intervals.
+    let mut silent = gw.connect("silent").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        gw.metric("chatgateway_connections_closed_total{reason=\"heartbeat timeout\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(silent.expect_close().await.map(|c| c.0), Some(1001));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insecure_mode_needs_a_user() {
+    let gw = TestGateway::default().await;
+    let err = Client::connect(&gw.ws_url(""))
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.starts_with("HTTP 401"), "{err}");
+    gw.stop().await;
+}
