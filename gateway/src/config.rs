@@ -19,6 +19,8 @@ pub struct Config {
     pub node: NodeConfig,
     /// Which engine holds history, presence and sessions.
     pub engine: EngineKind,
+    /// Redis connection (engine `redis`).
+    pub redis: RedisConfig,
     /// How clients authenticate at the WebSocket upgrade.
     pub auth: AuthConfig,
     /// Keep-alive settings.
@@ -39,6 +41,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             node: NodeConfig::default(),
             engine: EngineKind::Memory,
+            redis: RedisConfig::default(),
             auth: AuthConfig::default(),
             heartbeat: HeartbeatConfig::default(),
             limits: LimitsConfig::default(),
@@ -88,6 +91,32 @@ pub struct NodeConfig {
 pub enum EngineKind {
     /// Single process, everything in memory (the embedded default).
     Memory,
+    /// Any number of processes sharing one Redis.
+    Redis,
+}
+
+/// Redis connection settings (engine `redis`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`; usually set from a Secret via
+    /// `CHATGW_REDIS__URL`.
+    pub url: String,
+    /// Prefix of every key and channel, so several gateways can share one Redis.
+    pub key_prefix: String,
+    /// How long Redis may be unreachable before `/readyz` fails.
+    #[serde(with = "humantime_serde")]
+    pub readiness_grace: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "chatgw".into(),
+            readiness_grace: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Authentication mode.

@@ -64,6 +64,7 @@ impl Node {
         let hub = Arc::new(Hub::default());
         let engine: Arc<dyn Engine> = match config.engine {
             EngineKind::Memory => Arc::new(MemoryEngine::new(hub.clone(), &config)),
+            EngineKind::Redis => anyhow::bail!("engine redis is not available in this build yet"),
         };
         Ok(Arc::new(Node {
             id: node_id(&config),
