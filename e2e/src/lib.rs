@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod jwt;
+pub mod process;
 
 use chat_gateway::config::{AuthMode, Config};
 use chat_gateway::Gateway;
