@@ -4,6 +4,7 @@
 pub mod client;
 pub mod jwt;
 pub mod process;
+pub mod redis;
 
 use chat_gateway::config::{AuthMode, Config};
 use chat_gateway::Gateway;

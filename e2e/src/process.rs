@@ -6,7 +6,26 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Path of a workspace binary built next to the test executable (`target/<profile>/`).
+/// Builds the gateway binary once per test process first: `cargo test -p e2e` alone does
+/// not rebuild other packages' binaries, and a stale binary would test old code.
 pub fn workspace_bin(name: &str) -> PathBuf {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "chat-gateway",
+                "--bin",
+                "chat-gateway",
+            ])
+            .status();
+        if !matches!(status, Ok(s) if s.success()) {
+            eprintln!("warning: could not rebuild chat-gateway ({status:?}); using what is there");
+        }
+    });
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe
         .parent()
@@ -65,7 +84,49 @@ impl GatewayProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("chat-gateway did not listen on {} within {within:?}", self.addr);
+        panic!(
+            "chat-gateway did not listen on {} within {within:?}",
+            self.addr
+        );
+    }
+
+    /// HTTP status of `GET path` (0 when the request fails).
+    pub fn http_status(&self, path: &str) -> u16 {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(self.addr) else {
+            return 0;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        if s.write_all(req.as_bytes()).is_err() {
+            return 0;
+        }
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        buf.split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits until `/readyz` answers `want` (200 or 503); panics after `within`.
+    pub fn wait_ready(&self, want: u16, within: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if self.http_status("/readyz") == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "/readyz of {} never answered {want} within {within:?}",
+            self.addr
+        );
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// `ws://` URL of `/ws` with a query string.

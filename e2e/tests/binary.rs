@@ -14,12 +14,22 @@ fn print_config_shows_every_default_and_applies_overrides() {
         .env("CHATGW_LIMITS__ROOMS_PER_CONNECTION", "7")
         .output()
         .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let printed = chat_gateway::config::Config::from_yaml(&text).expect("printed config parses");
     assert_eq!(printed.limits.rooms_per_connection, 7);
     assert_eq!(printed.server.listen.to_string(), "127.0.0.1:9999");
-    for key in ["maxFrameBytes: 65536", "interval: 25s", "messageRate: 20", "outboundQueueFrames: 1024", "mode: insecure"] {
+    for key in [
+        "maxFrameBytes: 65536",
+        "interval: 25s",
+        "messageRate: 20",
+        "outboundQueueFrames: 1024",
+        "mode: insecure",
+    ] {
         assert!(text.contains(key), "missing {key} in:\n{text}");
     }
 }
@@ -35,7 +45,10 @@ fn bad_config_exits_2_with_a_clear_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("maxFrameByte"), "{err}");
     // jwt mode (the default) without a key refuses to start and says what to set.
-    let out = Command::new(workspace_bin("chat-gateway")).arg("--print-config").output().expect("run");
+    let out = Command::new(workspace_bin("chat-gateway"))
+        .arg("--print-config")
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("auth.jwt.secret"));
 }
@@ -43,13 +56,21 @@ fn bad_config_exits_2_with_a_clear_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_chat_and_exits_on_sigterm() {
     let mut gw = GatewayProcess::start(&[("CHATGW_AUTH__MODE", "insecure")]);
-    let mut a = Client::connect(&gw.ws_url("user=a")).await.expect("connect a");
-    let mut b = Client::connect(&gw.ws_url("user=b")).await.expect("connect b");
+    let mut a = Client::connect(&gw.ws_url("user=a"))
+        .await
+        .expect("connect a");
+    let mut b = Client::connect(&gw.ws_url("user=b"))
+        .await
+        .expect("connect b");
     a.join("x").await;
     b.join("x").await;
     assert_eq!(a.send("x", json!("via the binary")).await["type"], "ok");
     assert_eq!(b.next_msg().await["body"], "via the binary");
     gw.signal("TERM");
     assert_eq!(a.expect_close().await.map(|c| c.0), Some(1001));
-    assert_eq!(gw.wait_exit(Duration::from_secs(15)), Some(0), "exits cleanly after SIGTERM");
+    assert_eq!(
+        gw.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "exits cleanly after SIGTERM"
+    );
 }

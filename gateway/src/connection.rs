@@ -127,6 +127,13 @@ where
         connected_at: crate::engine::now_ms(),
     };
     conn.welcome().await;
+    if let Err(e) = node
+        .engine
+        .register_connection(&conn.user, &conn.conn_key, &node.id)
+        .await
+    {
+        tracing::debug!(error = %e, "connection not registered");
+    }
 
     let max_errors = limits.max_errors_in_row;
     let mut bucket = TokenBucket::new(limits.message_rate, limits.message_burst);
@@ -220,6 +227,13 @@ where
     }
     node.metrics.closed.with_label_values(&[reason]).inc();
     conn.detach_all(&outcome.positions).await;
+    if let Err(e) = node
+        .engine
+        .unregister_connection(&conn.user, &conn.conn_key)
+        .await
+    {
+        tracing::debug!(error = %e, "connection not unregistered");
+    }
     node.unregister(id);
 }
 
@@ -258,7 +272,7 @@ impl Conn {
         self.queue.close(*reason);
     }
 
-    /// Handles one text frame; returns whether it succeeded (for the error streak).
+    /// Handles one text frame; returns false when the client was at fault (error streak).
     async fn handle_text(&mut self, text: &str) -> bool {
         let cmd = match Command::parse(text) {
             Ok(cmd) => cmd,
@@ -312,7 +326,9 @@ impl Conn {
             }
             Err(Refusal(code, message)) => {
                 self.queue.frame(error_frame(Some(&id), code, &message));
-                false
+                // Only the client's own faults count towards the abuse limit: an engine
+                // outage must not get well-behaved clients disconnected.
+                matches!(code, ErrorCode::Unavailable | ErrorCode::Internal)
             }
         }
     }

@@ -128,6 +128,7 @@ mod tests {
         let env = Arc::new(Envelope {
             room: room.clone(),
             seq: 1,
+            epoch: "e".into(),
             frame: "{}".into(),
         });
         assert_eq!(hub.deliver(&env), 1);

@@ -17,6 +17,29 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// How often a node publishes its load in the node registry.
+const REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Publishes this node's connection count and drain state until shutdown.
+async fn report_load(node: Arc<node::Node>) {
+    let mut tick = tokio::time::interval(REPORT_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let report = engine::NodeReport {
+            id: node.id.clone(),
+            connections: node.connection_count() as u64,
+            draining: node.shutdown.is_cancelled(),
+            heartbeat: engine::now_ms(),
+        };
+        if let Err(e) = node.engine.report_node(&report).await {
+            tracing::debug!(error = %e, "node report failed");
+        }
+    }
+}
+
 /// A running gateway: its node, bound address and serving task.
 pub struct Gateway {
     /// Shared node state (inspectable by in-process tests).
@@ -36,6 +59,7 @@ impl Gateway {
         let addr = listener.local_addr()?;
         let node = node::Node::new(config, shutdown)?;
         let task = tokio::spawn(server::run(node.clone(), listener));
+        tokio::spawn(report_load(node.clone()));
         Ok(Gateway { node, addr, task })
     }
 

@@ -2,7 +2,7 @@
 
 use crate::auth::Authenticator;
 use crate::config::{Config, EngineKind};
-use crate::engine::{memory::MemoryEngine, Engine};
+use crate::engine::{memory::MemoryEngine, redis::RedisEngine, Engine};
 use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
 use crate::outbound::{CloseReason, OutboundQueue};
@@ -64,7 +64,7 @@ impl Node {
         let hub = Arc::new(Hub::default());
         let engine: Arc<dyn Engine> = match config.engine {
             EngineKind::Memory => Arc::new(MemoryEngine::new(hub.clone(), &config)),
-            EngineKind::Redis => anyhow::bail!("engine redis is not available in this build yet"),
+            EngineKind::Redis => Arc::new(RedisEngine::new(hub.clone(), &config)?),
         };
         Ok(Arc::new(Node {
             id: node_id(&config),

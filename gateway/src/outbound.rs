@@ -168,6 +168,8 @@ impl OutboundQueue {
 
 /// Per-room write position kept by the writer.
 struct RoomCursor {
+    /// Epoch of `last`; a message of another epoch restarts the count.
+    epoch: Option<Arc<str>>,
     last: u64,
     held: Option<Vec<Arc<Envelope>>>,
 }
@@ -337,6 +339,7 @@ where
             rooms
                 .entry(room)
                 .or_insert(RoomCursor {
+                    epoch: None,
                     last: 0,
                     held: None,
                 })
@@ -346,6 +349,7 @@ where
         }
         Outbound::Replay { room, from, msgs } => {
             let cursor = rooms.entry(room).or_insert(RoomCursor {
+                epoch: None,
                 last: 0,
                 held: None,
             });
@@ -374,9 +378,14 @@ async fn write_msg<S>(
 where
     S: Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
+    if cursor.epoch.as_ref().is_some_and(|e| *e != env.epoch) {
+        // History was lost and restarted (e.g. Redis came back empty): seqs start over.
+        cursor.last = 0;
+    }
     if env.seq <= cursor.last {
         return Ok(()); // already written: at-least-once upstream, exactly once here
     }
+    cursor.epoch = Some(env.epoch.clone());
     sink.feed(Message::Text(env.frame.clone())).await?;
     cursor.last = env.seq;
     out.delivered += 1;
@@ -387,7 +396,7 @@ where
     Ok(())
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 impl OutboundReceiver {
     /// Takes one queued item without a writer (tests only).
     pub fn try_recv_for_test(&mut self) -> Option<Outbound> {
@@ -403,6 +412,7 @@ mod tests {
         Arc::new(Envelope {
             room: room.into(),
             seq,
+            epoch: "e".into(),
             frame: format!("{{\"seq\":{seq}}}").into(),
         })
     }

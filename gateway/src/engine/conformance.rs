@@ -20,7 +20,8 @@ impl<F: Fn(Arc<Hub>, &Config) -> Arc<dyn Engine>> Factory for F {
     }
 }
 
-/// Runs every conformance check against engines from `factory`.
+/// Runs every conformance check against engines from `factory`. Each check asks for a
+/// fresh engine; state must not leak between them (a Redis factory uses a new key prefix).
 pub async fn run_all(factory: &impl Factory) {
     publish_orders_and_delivers(factory).await;
     duplicate_msg_id_returns_original_seq(factory).await;
@@ -30,6 +31,40 @@ pub async fn run_all(factory: &impl Factory) {
     sessions_take_once_and_expire(factory).await;
     inbox_cursor_only_moves_forward(factory).await;
     concurrent_publishers_keep_seq_order(factory).await;
+    connections_and_nodes_registry(factory).await;
+}
+
+async fn connections_and_nodes_registry(f: &impl Factory) {
+    let hub = Arc::new(Hub::default());
+    let engine = f.make(hub.clone(), &config()).await;
+    engine
+        .register_connection("uma", "n1/1", "n1")
+        .await
+        .expect("register");
+    engine
+        .register_connection("uma", "n2/7", "n2")
+        .await
+        .expect("register");
+    assert_eq!(
+        engine.user_connections("uma").await.expect("list"),
+        [
+            ("n1/1".to_string(), "n1".to_string()),
+            ("n2/7".to_string(), "n2".to_string())
+        ]
+    );
+    engine
+        .unregister_connection("uma", "n1/1")
+        .await
+        .expect("unregister");
+    assert_eq!(engine.user_connections("uma").await.expect("list").len(), 1);
+    let report = super::NodeReport {
+        id: "n9".into(),
+        connections: 12,
+        draining: false,
+        heartbeat: super::now_ms(),
+    };
+    engine.report_node(&report).await.expect("report");
+    assert!(engine.nodes().await.expect("nodes").contains(&report));
 }
 
 fn config() -> Config {

@@ -2,7 +2,7 @@
 
 use super::{
     msg_frame, new_epoch, now_ms, presence_frame, Engine, EngineError, Envelope, HistoryPage,
-    HistoryQuery, Publish, Published, SessionRecord,
+    HistoryQuery, NodeReport, Publish, Published, SessionRecord,
 };
 use crate::config::{Config, RetentionConfig};
 use crate::hub::Hub;
@@ -75,6 +75,9 @@ pub struct MemoryEngine {
     sessions: Mutex<HashMap<String, (SessionRecord, Instant)>>,
     session_ttl: Duration,
     inbox_cursors: Mutex<HashMap<String, u64>>,
+    /// user -> connection -> node.
+    user_conns: Mutex<HashMap<String, BTreeMap<String, String>>>,
+    nodes: Mutex<BTreeMap<String, NodeReport>>,
 }
 
 /// Locks a mutex, tolerating poison: the maps stay usable after a panic elsewhere.
@@ -95,6 +98,8 @@ impl MemoryEngine {
             sessions: Mutex::new(HashMap::new()),
             session_ttl: config.sessions.resume_ttl,
             inbox_cursors: Mutex::new(HashMap::new()),
+            user_conns: Mutex::new(HashMap::new()),
+            nodes: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -138,6 +143,7 @@ impl Engine for MemoryEngine {
         let env = Arc::new(Envelope {
             room: msg.room.clone(),
             seq,
+            epoch: s.epoch.clone(),
             frame: msg_frame(&msg.room, seq, &s.epoch, &msg, ts).into(),
         });
         s.msgs.push_back((ts, env.clone()));
@@ -273,6 +279,46 @@ impl Engine for MemoryEngine {
         let cur = c.entry(user.to_string()).or_insert(0);
         *cur = (*cur).max(seq);
         Ok(())
+    }
+
+    async fn register_connection(
+        &self,
+        user: &str,
+        conn: &str,
+        node: &str,
+    ) -> Result<(), EngineError> {
+        lock(&self.user_conns)
+            .entry(user.to_string())
+            .or_default()
+            .insert(conn.to_string(), node.to_string());
+        Ok(())
+    }
+
+    async fn unregister_connection(&self, user: &str, conn: &str) -> Result<(), EngineError> {
+        let mut map = lock(&self.user_conns);
+        if let Some(conns) = map.get_mut(user) {
+            conns.remove(conn);
+            if conns.is_empty() {
+                map.remove(user);
+            }
+        }
+        Ok(())
+    }
+
+    async fn user_connections(&self, user: &str) -> Result<Vec<(String, String)>, EngineError> {
+        Ok(lock(&self.user_conns)
+            .get(user)
+            .map(|c| c.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default())
+    }
+
+    async fn report_node(&self, report: &NodeReport) -> Result<(), EngineError> {
+        lock(&self.nodes).insert(report.id.clone(), report.clone());
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeReport>, EngineError> {
+        Ok(lock(&self.nodes).values().cloned().collect())
     }
 
     fn healthy(&self) -> bool {

@@ -5,8 +5,9 @@
 //! conformance suite (`engine::conformance`).
 
 pub mod memory;
+pub mod redis;
 
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 
 use async_trait::async_trait;
@@ -23,6 +24,8 @@ pub struct Envelope {
     pub room: Arc<str>,
     /// Position in the room.
     pub seq: u64,
+    /// Epoch the seq belongs to.
+    pub epoch: Arc<str>,
     /// The complete `msg` frame, serialised once.
     pub frame: Utf8Bytes,
 }
@@ -146,8 +149,36 @@ pub trait Engine: Send + Sync + 'static {
     async fn inbox_cursor(&self, user: &str) -> Result<u64, EngineError>;
     /// Advances the user's inbox cursor (never moves it back).
     async fn ack_inbox(&self, user: &str, seq: u64) -> Result<(), EngineError>;
+    /// Records a live connection of `user` on `node` (the user -> connections map).
+    async fn register_connection(
+        &self,
+        user: &str,
+        conn: &str,
+        node: &str,
+    ) -> Result<(), EngineError>;
+    /// Forgets a live connection.
+    async fn unregister_connection(&self, user: &str, conn: &str) -> Result<(), EngineError>;
+    /// Live connections of a user: (connection, node), sorted.
+    async fn user_connections(&self, user: &str) -> Result<Vec<(String, String)>, EngineError>;
+    /// Publishes this node's load in the node registry (expires unless refreshed).
+    async fn report_node(&self, report: &NodeReport) -> Result<(), EngineError>;
+    /// Nodes whose reports have not expired, sorted by id.
+    async fn nodes(&self) -> Result<Vec<NodeReport>, EngineError>;
     /// Whether the engine can serve requests now (readiness).
     fn healthy(&self) -> bool;
+}
+
+/// A node's entry in the node registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// Node id.
+    pub id: String,
+    /// Open connections.
+    pub connections: u64,
+    /// Whether the node is draining.
+    pub draining: bool,
+    /// Unix ms of the report.
+    pub heartbeat: u64,
 }
 
 /// Serialises the `msg` frame of a published message.

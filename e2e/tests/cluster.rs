@@ -1,0 +1,325 @@
+//! Several real gateway processes sharing one real Redis behave as one chat service.
+
+use e2e::process::GatewayProcess;
+use e2e::redis::RedisServer;
+use e2e::Client;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+fn cluster(redis: &RedisServer, n: usize, extra: &[(&str, &str)]) -> Vec<GatewayProcess> {
+    let url = redis.url();
+    let prefix = format!("c{:08x}", rand::random::<u32>());
+    (0..n)
+        .map(|i| {
+            let id = format!("gw-{i}");
+            let mut env = vec![
+                ("CHATGW_AUTH__MODE", "insecure"),
+                ("CHATGW_ENGINE", "redis"),
+                ("CHATGW_REDIS__URL", url.as_str()),
+                ("CHATGW_REDIS__KEY_PREFIX", prefix.as_str()),
+                ("CHATGW_NODE__ID", id.as_str()),
+                ("CHATGW_LIMITS__MESSAGE_RATE", "1000"),
+                ("CHATGW_LIMITS__MESSAGE_BURST", "1000"),
+            ];
+            env.extend_from_slice(extra);
+            let p = GatewayProcess::start(&env);
+            p.wait_ready(200, Duration::from_secs(20));
+            p
+        })
+        .collect()
+}
+
+async fn connect(gw: &GatewayProcess, user: &str) -> Client {
+    Client::connect(&gw.ws_url(&format!("user={user}")))
+        .await
+        .unwrap_or_else(|e| panic!("{user}: {e}"))
+}
+
+async fn next_in(c: &mut Client, room: &str) -> Value {
+    loop {
+        let m = c.next_msg().await;
+        if m["room"] == room {
+            return m;
+        }
+    }
+}
+
+fn seqs(msgs: &[Value]) -> Vec<u64> {
+    msgs.iter()
+        .map(|m| m["seq"].as_u64().unwrap_or(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_different_processes_chat_and_dm() {
+    let redis = RedisServer::start();
+    let gws = cluster(&redis, 3, &[]);
+    let mut alice = connect(&gws[0], "alice").await;
+    let mut bob = connect(&gws[1], "bob").await;
+    let mut carol = connect(&gws[2], "carol").await;
+    assert_eq!(bob.welcome["node"], "gw-1");
+    for c in [&mut alice, &mut bob, &mut carol] {
+        c.join("lobby").await;
+    }
+    let ack = alice.send("lobby", json!({"text": "hello cluster"})).await;
+    assert_eq!(ack["type"], "ok", "{ack}");
+    for c in [&mut bob, &mut carol] {
+        let m = c.next_msg().await;
+        assert_eq!(
+            (m["from"].as_str(), m["seq"].as_u64()),
+            (Some("alice"), Some(1))
+        );
+        assert_eq!(m["body"]["text"], "hello cluster");
+    }
+    // Presence is the same seen from every process.
+    for c in [&mut alice, &mut bob, &mut carol] {
+        let p = c
+            .request(json!({"type": "presence", "room": "lobby"}))
+            .await;
+        assert_eq!(p["users"], json!(["alice", "bob", "carol"]), "{p}");
+    }
+    // A DM reaches every connection of the recipient, on every process.
+    let mut alice2 = connect(&gws[1], "alice").await;
+    alice.request(json!({"type": "ping"})).await;
+    alice2.request(json!({"type": "ping"})).await;
+    let ack = carol.send("user:alice", json!("psst")).await;
+    assert_eq!(ack["type"], "ok");
+    for a in [&mut alice, &mut alice2] {
+        let m = next_in(a, "user:alice").await;
+        assert_eq!(
+            (m["from"].as_str(), m["body"].as_str()),
+            (Some("carol"), Some("psst"))
+        );
+    }
+    // Presence leave crosses processes too.
+    drop(carol);
+    let ev = bob.next_of("presence").await;
+    let ev = if ev["event"] == "join" {
+        bob.next_of("presence").await
+    } else {
+        ev
+    };
+    assert_eq!(
+        (ev["user"].as_str(), ev["event"].as_str()),
+        (Some("carol"), Some("leave"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn total_order_across_processes_with_concurrent_senders() {
+    let redis = RedisServer::start();
+    let gws = cluster(&redis, 3, &[]);
+    let mut watchers = Vec::new();
+    for (i, gw) in gws.iter().enumerate() {
+        let mut w = connect(gw, &format!("watcher{i}")).await;
+        w.join("ordered").await;
+        watchers.push(w);
+    }
+    let mut senders = Vec::new();
+    for (i, gw) in gws.iter().enumerate() {
+        let mut s = connect(gw, &format!("sender{i}")).await;
+        s.join("ordered").await;
+        senders.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for k in 0..30 {
+                let r = s.send("ordered", json!({"s": i, "k": k})).await;
+                assert_eq!(r["type"], "ok", "{r}");
+                acked.push(r["seq"].as_u64().unwrap_or(0));
+            }
+            acked
+        }));
+    }
+    let mut all = BTreeSet::new();
+    for s in senders {
+        all.extend(s.await.expect("sender"));
+    }
+    assert_eq!(all, (1..=90).collect::<BTreeSet<u64>>());
+    for w in &mut watchers {
+        let mut got = Vec::new();
+        while got.len() < 90 {
+            got.push(w.next_msg().await);
+        }
+        assert_eq!(
+            seqs(&got),
+            (1..=90).collect::<Vec<u64>>(),
+            "same total order on every process"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_of_a_killed_process_resumes_on_another_exactly() {
+    let redis = RedisServer::start();
+    let mut gws = cluster(&redis, 3, &[]);
+    let mut reader = connect(&gws[0], "reader").await;
+    reader.join("news").await;
+    reader.join("sports").await;
+    let mut sender = connect(&gws[1], "sender").await;
+    sender.join("news").await;
+    sender.join("sports").await;
+    for i in 1..=3 {
+        sender.send("news", json!(i)).await;
+    }
+    let seen = reader.drain_msgs(Duration::from_millis(500)).await;
+    assert_eq!(seqs(&seen), [1, 2, 3]);
+    let token = reader.resume_token();
+    gws[0].signal("KILL");
+    assert!(gws[0].wait_exit(Duration::from_secs(5)).is_none() || !gws[0].alive());
+    drop(reader);
+    for i in 4..=7 {
+        assert_eq!(sender.send("news", json!(i)).await["type"], "ok");
+    }
+    sender.send("sports", json!("goal")).await;
+    let mut reader = connect(&gws[2], "reader").await;
+    let reply = reader
+        .request(json!({"type": "resume", "resume_token": token, "positions": {"news": 3}}))
+        .await;
+    assert_eq!(reply["type"], "ok", "{reply}");
+    assert_eq!(reply["rooms"]["news"]["recovered"], true, "{reply}");
+    assert_eq!(
+        reply["rooms"]["sports"]["recovered"], true,
+        "sports comes from the session in Redis: {reply}"
+    );
+    sender.send("news", json!(8)).await;
+    let got = reader.drain_msgs(Duration::from_millis(700)).await;
+    let news: Vec<u64> = got
+        .iter()
+        .filter(|m| m["room"] == "news")
+        .map(|m| m["seq"].as_u64().unwrap_or(0))
+        .collect();
+    let sports: Vec<u64> = got
+        .iter()
+        .filter(|m| m["room"] == "sports")
+        .map(|m| m["seq"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(
+        news,
+        [4, 5, 6, 7, 8],
+        "exactly the missed ones, then live, none twice"
+    );
+    assert_eq!(sports, [1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_loses_no_acknowledged_message() {
+    let mut redis = RedisServer::start_persistent();
+    let mut gws = cluster(&redis, 2, &[("CHATGW_REDIS__READINESS_GRACE", "1s")]);
+    let mut alice = connect(&gws[0], "alice").await;
+    let mut bob = connect(&gws[1], "bob").await;
+    alice.join("r").await;
+    bob.join("r").await;
+    let mut acked = BTreeSet::new();
+    let mut unavailable = 0;
+    let mut outage_seen = false;
+    for i in 0..120 {
+        if i == 30 {
+            redis.stop();
+        }
+        if i == 60 {
+            // Readiness went false during the outage, on both processes.
+            for gw in &gws {
+                gw.wait_ready(503, Duration::from_secs(10));
+            }
+            outage_seen = true;
+            redis.start_again();
+            for gw in &gws {
+                gw.wait_ready(200, Duration::from_secs(20));
+            }
+        }
+        let r = alice
+            .request(json!({"type": "send", "room": "r", "msg_id": format!("m{i}"), "body": i}))
+            .await;
+        match (r["type"].as_str(), r["code"].as_str()) {
+            (Some("ok"), _) => {
+                acked.insert(r["seq"].as_u64().expect("seq"));
+            }
+            (Some("error"), Some("unavailable")) => unavailable += 1,
+            other => panic!("send {i}: neither ok nor unavailable: {other:?} {r}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        outage_seen && unavailable > 0,
+        "the outage was noticed ({unavailable} unavailable)"
+    );
+    assert!(
+        acked.len() >= 60,
+        "sends before and after the outage succeed: {}",
+        acked.len()
+    );
+    for gw in &mut gws {
+        assert!(gw.alive(), "no process crashed");
+    }
+    // Every acknowledged message is in history and reached bob (who stayed connected).
+    let got: BTreeSet<u64> = seqs(&bob.drain_msgs(Duration::from_millis(1500)).await)
+        .into_iter()
+        .collect();
+    let missing: Vec<_> = acked.difference(&got).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not delivered: {missing:?}"
+    );
+    let h = bob
+        .request(json!({"type": "history", "room": "r", "limit": 500}))
+        .await;
+    let in_history: BTreeSet<u64> = h["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap_or(0))
+        .collect();
+    assert!(
+        acked.is_subset(&in_history),
+        "acknowledged but not in history"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_means_not_recovered_then_new_messages_flow() {
+    let mut redis = RedisServer::start();
+    let gws = cluster(&redis, 2, &[("CHATGW_REDIS__READINESS_GRACE", "1s")]);
+    let mut stayer = connect(&gws[0], "stayer").await;
+    stayer.join("room").await;
+    let mut leaver = connect(&gws[1], "leaver").await;
+    leaver.join("room").await;
+    for i in 1..=3 {
+        stayer.send("room", json!(i)).await;
+    }
+    assert_eq!(
+        seqs(&leaver.drain_msgs(Duration::from_millis(400)).await),
+        [1, 2, 3]
+    );
+    assert_eq!(
+        seqs(&stayer.drain_msgs(Duration::from_millis(100)).await),
+        [1, 2, 3]
+    );
+    let old_epoch = stayer
+        .request(json!({"type": "history", "room": "room", "limit": 1}))
+        .await["epoch"]
+        .clone();
+    let token = leaver.resume_token();
+    drop(leaver);
+    redis.restart_empty();
+    for gw in &gws {
+        gw.wait_ready(200, Duration::from_secs(20));
+    }
+    let mut leaver = connect(&gws[1], "leaver").await;
+    let reply = leaver
+        .request(json!({"type": "resume", "resume_token": token, "positions": {"room": {"seq": 3, "epoch": old_epoch}}}))
+        .await;
+    assert_eq!(reply["type"], "ok", "{reply}");
+    assert_eq!(reply["rooms"]["room"]["recovered"], false, "{reply}");
+    assert_ne!(reply["rooms"]["room"]["epoch"], old_epoch);
+    // New messages flow to both, with the new epoch's seqs.
+    let ack = leaver.send("room", json!("after")).await;
+    assert_eq!(ack["type"], "ok", "{ack}");
+    assert_eq!(ack["seq"], 1);
+    let m = stayer.next_msg().await;
+    assert_eq!(
+        (m["seq"].as_u64(), m["body"].as_str()),
+        (Some(1), Some("after"))
+    );
+    let m = leaver.next_msg().await;
+    assert_eq!(m["seq"], 1);
+}
