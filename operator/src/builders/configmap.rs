@@ -1,0 +1,225 @@
+//! ConfigMap holding the gateway's `config.yaml`, produced from the gateway's own `Config`.
+
+use super::{parse_duration, Owner};
+use crate::crd::{AuthModeSpec, ChatGateway, JwtAlgorithmSpec, RetentionSpec};
+use crate::error::{Error, Result};
+use chat_gateway::config::{AuthMode, Config, EngineKind, JwtAlgorithm, RetentionConfig};
+use k8s_openapi::api::core::v1::ConfigMap;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Key of the config file in the ConfigMap.
+pub const CONFIG_KEY: &str = "config.yaml";
+/// Directory the ConfigMap is mounted at.
+pub const CONFIG_DIR: &str = "/etc/chatgateway";
+/// File the HS256 secret is mounted as.
+pub const JWT_SECRET_FILE: &str = "/etc/chatgateway/secrets/jwt/secret";
+/// File the RS256 public key is mounted as.
+pub const JWT_PUBLIC_KEY_FILE: &str = "/etc/chatgateway/secrets/jwt-public-key/public.pem";
+
+/// The gateway config a spec asks for (validated like the gateway validates it at start).
+pub fn gateway_config(cgw: &ChatGateway) -> Result<Config> {
+    let mut config = Config::default();
+    let Some(g) = &cgw.spec.gateway else {
+        config
+            .validate()
+            .map_err(|e| Error::InvalidSpec(e.to_string()))?;
+        return Ok(config);
+    };
+    config.server.allowed_origins = g.allowed_origins.clone();
+    if let Some(redis) = &g.redis {
+        // The URL itself comes from the Secret through CHATGW_REDIS__URL, never the ConfigMap.
+        config.engine = EngineKind::Redis;
+        if let Some(prefix) = &redis.key_prefix {
+            config.redis.key_prefix = prefix.clone();
+        }
+        config.redis.readiness_grace = parse_duration(
+            "gateway.redis.readinessGrace",
+            redis.readiness_grace.as_deref(),
+            config.redis.readiness_grace,
+        )?;
+    }
+    if let Some(auth) = &g.auth {
+        config.auth.mode = match auth.mode {
+            Some(AuthModeSpec::Insecure) => AuthMode::Insecure,
+            Some(AuthModeSpec::Jwt) | None => AuthMode::Jwt,
+        };
+        if let Some(jwt) = &auth.jwt {
+            let j = &mut config.auth.jwt;
+            j.algorithm = match jwt.algorithm {
+                Some(JwtAlgorithmSpec::RS256) => JwtAlgorithm::RS256,
+                Some(JwtAlgorithmSpec::HS256) | None => JwtAlgorithm::HS256,
+            };
+            if jwt.secret_ref.is_some() {
+                j.secret_file = Some(PathBuf::from(JWT_SECRET_FILE));
+            }
+            if jwt.public_key_secret_ref.is_some() {
+                j.public_key_file = Some(PathBuf::from(JWT_PUBLIC_KEY_FILE));
+            }
+            j.issuer = jwt.issuer.clone();
+            j.audience = jwt.audience.clone();
+            j.leeway = parse_duration("gateway.auth.jwt.leeway", jwt.leeway.as_deref(), j.leeway)?;
+        }
+    }
+    config.heartbeat.interval = parse_duration(
+        "gateway.heartbeatInterval",
+        g.heartbeat_interval.as_deref(),
+        config.heartbeat.interval,
+    )?;
+    if let Some(l) = &g.limits {
+        let c = &mut config.limits;
+        // The schema bounds every value, so these conversions cannot truncate.
+        set(&mut c.max_frame_bytes, l.max_frame_bytes)?;
+        if let Some(rate) = l.message_rate {
+            c.message_rate = rate as f64;
+        }
+        set(&mut c.message_burst, l.message_burst)?;
+        set(&mut c.rooms_per_connection, l.rooms_per_connection)?;
+        set(&mut c.connections_per_ip, l.connections_per_ip)?;
+        set(&mut c.outbound_queue_frames, l.outbound_queue_frames)?;
+        set(&mut c.outbound_queue_bytes, l.outbound_queue_bytes)?;
+        set(&mut c.max_errors_in_row, l.max_errors_in_row)?;
+        set(&mut c.max_room_name, l.max_room_name)?;
+    }
+    retention(&mut config.history, g.history.as_ref(), "gateway.history")?;
+    retention(&mut config.inbox, g.inbox.as_ref(), "gateway.inbox")?;
+    if let Some(s) = &g.sessions {
+        let c = &mut config.sessions;
+        c.resume_ttl = parse_duration(
+            "gateway.sessions.resumeTtl",
+            s.resume_ttl.as_deref(),
+            c.resume_ttl,
+        )?;
+        c.dedup_window = parse_duration(
+            "gateway.sessions.dedupWindow",
+            s.dedup_window.as_deref(),
+            c.dedup_window,
+        )?;
+    }
+    config
+        .validate()
+        .map_err(|e| Error::InvalidSpec(e.to_string()))?;
+    Ok(config)
+}
+
+fn set<T: TryFrom<i64>>(target: &mut T, value: Option<i64>) -> Result<()> {
+    if let Some(v) = value {
+        *target =
+            T::try_from(v).map_err(|_| Error::InvalidSpec(format!("limit {v} out of range")))?;
+    }
+    Ok(())
+}
+
+fn retention(
+    target: &mut RetentionConfig,
+    spec: Option<&RetentionSpec>,
+    field: &str,
+) -> Result<()> {
+    let Some(spec) = spec else { return Ok(()) };
+    set(&mut target.max_messages, spec.max_messages)?;
+    target.max_age = parse_duration(
+        &format!("{field}.maxAge"),
+        spec.max_age.as_deref(),
+        target.max_age,
+    )?;
+    Ok(())
+}
+
+/// The ConfigMap and the hash of its content (for the pod template annotation).
+pub fn build(cgw: &ChatGateway, owner: &Owner) -> Result<(ConfigMap, String)> {
+    let yaml = gateway_config(cgw)?.to_yaml();
+    let hash = format!("{:x}", Sha256::digest(yaml.as_bytes()));
+    let cm = ConfigMap {
+        metadata: owner.meta(&owner.config_map_name()),
+        data: Some(BTreeMap::from([(CONFIG_KEY.to_string(), yaml)])),
+        ..ConfigMap::default()
+    };
+    Ok((cm, hash[..16].to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builders::testing::*;
+
+    fn config_of(spec: &str) -> (ConfigMap, String) {
+        let cgw = cgw(spec);
+        build(&cgw, &Owner::of(&cgw, "default").expect("owner")).expect("build")
+    }
+
+    fn parsed(cm: &ConfigMap) -> Config {
+        let text = cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get(CONFIG_KEY))
+            .expect("config.yaml");
+        let config = Config::from_yaml(text).expect("the gateway parses the operator's config");
+        config.validate().expect("and accepts it");
+        config
+    }
+
+    #[test]
+    fn minimal_spec_gives_gateway_defaults_with_insecure_auth() {
+        let (cm, _) = config_of(MINIMAL);
+        let config = parsed(&cm);
+        assert_eq!(config.auth.mode, AuthMode::Insecure);
+        assert_eq!(config.engine, EngineKind::Memory);
+        assert_eq!(config.limits, Config::default().limits);
+        assert_eq!(cm.metadata.name.as_deref(), Some("chat-config"));
+    }
+
+    #[test]
+    fn full_spec_round_trips_through_the_gateway_loader() {
+        let (cm, _) = config_of(FULL);
+        let c = parsed(&cm);
+        assert_eq!(c.engine, EngineKind::Redis);
+        assert_eq!(c.redis.key_prefix, "prod");
+        assert_eq!(c.auth.mode, AuthMode::Jwt);
+        assert_eq!(c.auth.jwt.secret_file, Some(PathBuf::from(JWT_SECRET_FILE)));
+        assert_eq!(
+            c.auth.jwt.secret, None,
+            "secrets never go into the ConfigMap"
+        );
+        assert_eq!(c.auth.jwt.issuer.as_deref(), Some("https://id.example"));
+        assert_eq!(c.heartbeat.interval.as_secs(), 20);
+        assert_eq!(c.limits.max_frame_bytes, 32768);
+        assert_eq!(c.limits.message_rate, 10.0);
+        assert_eq!(c.history.max_messages, 500);
+        assert_eq!(c.history.max_age.as_secs(), 12 * 3600);
+        assert_eq!(c.sessions.resume_ttl.as_secs(), 600);
+        assert_eq!(c.server.allowed_origins, ["https://chat.example"]);
+    }
+
+    #[test]
+    fn rs256_points_at_the_mounted_public_key() {
+        let (cm, _) = config_of(
+            "gateway: {auth: {jwt: {algorithm: RS256, publicKeySecretRef: {name: k, key: pem}}}}",
+        );
+        let c = parsed(&cm);
+        assert_eq!(c.auth.jwt.algorithm, JwtAlgorithm::RS256);
+        assert_eq!(
+            c.auth.jwt.public_key_file,
+            Some(PathBuf::from(JWT_PUBLIC_KEY_FILE))
+        );
+    }
+
+    #[test]
+    fn jwt_without_a_key_is_refused_like_the_gateway_would() {
+        let cgw = cgw("{}");
+        let err = build(&cgw, &Owner::of(&cgw, "default").expect("owner")).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidSpec(ref m) if m.contains("auth.jwt")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn config_hash_changes_with_the_config_only() {
+        let (_, a) = config_of(MINIMAL);
+        let (_, b) = config_of(MINIMAL);
+        let (_, c) = config_of("gateway: {auth: {mode: insecure}, heartbeatInterval: 10s}");
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+}

@@ -1,0 +1,325 @@
+//! Pure builders: a `ChatGateway` in, the exact child objects the operator applies out.
+//!
+//! Nothing here talks to the API server, so `render` and the tests see exactly what the
+//! reconciler applies.
+
+pub mod configmap;
+pub mod deployment;
+pub mod hpa;
+pub mod pdb;
+pub mod service;
+
+use crate::crd::ChatGateway;
+use crate::error::{Error, Result};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "chatgateway-operator";
+/// Label key naming the application.
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+/// Label key naming the ChatGateway a child belongs to.
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+/// Annotation on the pod template carrying the config hash, so config changes roll pods.
+pub const CONFIG_HASH_ANNOTATION: &str = "chatgateway.io/config-hash";
+/// Container port of the gateway (WebSocket, health and metrics).
+pub const HTTP_PORT: i32 = 8080;
+
+/// What every builder needs to know about the owning resource.
+#[derive(Clone, Debug)]
+pub struct Owner {
+    /// Name of the ChatGateway (and of most children).
+    pub name: String,
+    /// Namespace of the ChatGateway and its children.
+    pub namespace: String,
+    /// Controller reference; absent when rendering a resource that was never stored.
+    pub reference: Option<OwnerReference>,
+}
+
+impl Owner {
+    /// Owner of the children of `cgw`; `default_namespace` is used when it has none.
+    pub fn of(cgw: &ChatGateway, default_namespace: &str) -> Result<Owner> {
+        let name = cgw
+            .metadata
+            .name
+            .clone()
+            .ok_or(Error::MissingObjectKey("metadata.name"))?;
+        Ok(Owner {
+            name,
+            namespace: cgw
+                .namespace()
+                .unwrap_or_else(|| default_namespace.to_string()),
+            reference: cgw.controller_owner_ref(&()),
+        })
+    }
+
+    /// Labels that select this gateway's pods (identical in Deployment, Service, HPA, PDB).
+    pub fn selector_labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (LABEL_NAME.to_string(), "chat-gateway".to_string()),
+            (LABEL_INSTANCE.to_string(), self.name.clone()),
+        ])
+    }
+
+    /// The selector as the string the scale subresource reports.
+    pub fn selector_string(&self) -> String {
+        self.selector_labels()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Metadata of a child object: name, namespace, labels and owner reference.
+    pub fn meta(&self, name: &str) -> ObjectMeta {
+        let mut labels = self.selector_labels();
+        labels.insert(
+            "app.kubernetes.io/managed-by".to_string(),
+            FIELD_MANAGER.to_string(),
+        );
+        ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(labels),
+            owner_references: self.reference.clone().map(|r| vec![r]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    /// Name of the ConfigMap holding `config.yaml`.
+    pub fn config_map_name(&self) -> String {
+        format!("{}-config", self.name)
+    }
+}
+
+/// All children of one ChatGateway; HPA and PDB are `None` when the spec turns them off.
+#[derive(Clone, Debug)]
+pub struct Children {
+    /// Gateway config file.
+    pub config_map: ConfigMap,
+    /// The gateway pods.
+    pub deployment: Deployment,
+    /// Stable address of the pods.
+    pub service: Service,
+    /// Autoscaler, when `autoscaling.enabled`.
+    pub hpa: Option<HorizontalPodAutoscaler>,
+    /// Disruption budget, unless `disruptionBudget.enabled` is false.
+    pub pdb: Option<PodDisruptionBudget>,
+}
+
+/// Builds every child of `cgw`.
+pub fn build(cgw: &ChatGateway, owner: &Owner) -> Result<Children> {
+    let (config_map, hash) = configmap::build(cgw, owner)?;
+    Ok(Children {
+        deployment: deployment::build(cgw, owner, &hash)?,
+        service: service::build(cgw, owner),
+        hpa: hpa::build(cgw, owner),
+        pdb: pdb::build(cgw, owner),
+        config_map,
+    })
+}
+
+impl Children {
+    /// The children as one multi-document YAML stream, in apply order.
+    pub fn to_yaml(&self) -> Result<String> {
+        let mut docs = vec![
+            to_yaml_doc(&self.config_map)?,
+            to_yaml_doc(&self.deployment)?,
+            to_yaml_doc(&self.service)?,
+        ];
+        if let Some(hpa) = &self.hpa {
+            docs.push(to_yaml_doc(hpa)?);
+        }
+        if let Some(pdb) = &self.pdb {
+            docs.push(to_yaml_doc(pdb)?);
+        }
+        Ok(docs.join("---\n"))
+    }
+}
+
+/// One object with its apiVersion and kind, as YAML.
+fn to_yaml_doc<K>(obj: &K) -> Result<String>
+where
+    K: Resource<DynamicType = ()> + serde::Serialize,
+{
+    serde_yaml::to_string(&with_type_meta(obj)?).map_err(|e| Error::Serialize(e.to_string()))
+}
+
+/// `obj` as JSON with `apiVersion` and `kind` set (k8s-openapi leaves them to the caller;
+/// server-side apply and readers need them).
+pub fn with_type_meta<K>(obj: &K) -> Result<serde_json::Value>
+where
+    K: Resource<DynamicType = ()> + serde::Serialize,
+{
+    let mut value = serde_json::to_value(obj).map_err(|e| Error::Serialize(e.to_string()))?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert("apiVersion".into(), K::api_version(&()).into());
+        map.insert("kind".into(), K::kind(&()).into());
+    }
+    // k8s-openapi puts apiVersion/kind last; put them first for human readers of render.
+    let mut ordered = serde_json::Map::new();
+    if let serde_json::Value::Object(map) = value {
+        for key in ["apiVersion", "kind"] {
+            if let Some(v) = map.get(key) {
+                ordered.insert(key.to_string(), v.clone());
+            }
+        }
+        for (k, v) in map {
+            ordered.entry(k).or_insert(v);
+        }
+    }
+    Ok(serde_json::Value::Object(ordered))
+}
+
+/// Parses a humantime duration from the spec, naming the field in the error.
+pub fn parse_duration(field: &str, value: Option<&str>, default: Duration) -> Result<Duration> {
+    match value {
+        None => Ok(default),
+        Some(text) => humantime::parse_duration(text)
+            .map_err(|e| Error::InvalidSpec(format!("{field}: {text:?}: {e}"))),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Spec fixtures shared by the builder tests.
+    use crate::crd::{ChatGateway, ChatGatewaySpec};
+
+    /// A ChatGateway parsed from YAML, with a name, namespace and uid like a stored one.
+    pub fn cgw(spec_yaml: &str) -> ChatGateway {
+        let spec: ChatGatewaySpec = serde_yaml::from_str(spec_yaml).expect("spec fixture");
+        let mut cgw = ChatGateway::new("chat", spec);
+        cgw.metadata.namespace = Some("apps".into());
+        cgw.metadata.uid = Some("0b7d1e3c-uid".into());
+        cgw.metadata.generation = Some(1);
+        cgw
+    }
+
+    /// Minimal valid spec: insecure auth, everything else defaulted.
+    pub const MINIMAL: &str = "gateway: {auth: {mode: insecure}}";
+
+    /// Everything switched on.
+    pub const FULL: &str = r#"
+image: registry.example/chat-gateway:1.2.3
+imagePullPolicy: Always
+replicas: 3
+gateway:
+  allowedOrigins: ["https://chat.example"]
+  redis:
+    urlSecretRef: {name: redis, key: url}
+    keyPrefix: prod
+  auth:
+    mode: jwt
+    jwt: {algorithm: HS256, secretRef: {name: jwt, key: secret}, issuer: https://id.example}
+  heartbeatInterval: 20s
+  limits: {maxFrameBytes: 32768, messageRate: 10}
+  history: {maxMessages: 500, maxAge: 12h}
+  sessions: {resumeTtl: 10m}
+drain: {timeout: 90s, acceptGrace: 5s, evictRate: 200}
+autoscaling:
+  enabled: true
+  minReplicas: 3
+  maxReplicas: 30
+  targetConnectionsPerPod: 5000
+  targetCpuUtilization: 70
+disruptionBudget: {minAvailable: "50%"}
+telemetry: {otlpEndpoint: "http://otel-collector.observability:4317", samplingRatio: 0.25}
+service: {type: LoadBalancer, port: 443, annotations: {example.com/lb: internal}}
+podLabels: {team: chat}
+"#;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+
+    #[test]
+    fn selector_labels_are_consistent_across_children() {
+        let cgw = cgw(FULL);
+        let owner = Owner::of(&cgw, "default").expect("owner");
+        let c = build(&cgw, &owner).expect("build");
+        let want = Some(owner.selector_labels());
+        let dep = c.deployment.spec.as_ref().expect("deployment spec");
+        assert_eq!(dep.selector.match_labels, want);
+        let pod_labels = dep
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone());
+        for (k, v) in owner.selector_labels() {
+            assert_eq!(pod_labels.as_ref().and_then(|l| l.get(&k)), Some(&v));
+        }
+        assert_eq!(
+            c.service.spec.as_ref().and_then(|s| s.selector.clone()),
+            want
+        );
+        let pdb = c.pdb.expect("pdb");
+        assert_eq!(
+            pdb.spec
+                .and_then(|s| s.selector)
+                .and_then(|s| s.match_labels),
+            want
+        );
+        let hpa = c.hpa.expect("hpa");
+        assert_eq!(hpa.spec.expect("hpa spec").scale_target_ref.name, "chat");
+        assert_eq!(
+            owner.selector_string(),
+            "app.kubernetes.io/instance=chat,app.kubernetes.io/name=chat-gateway"
+        );
+    }
+
+    #[test]
+    fn children_carry_the_controller_owner_reference() {
+        let cgw = cgw(MINIMAL);
+        let owner = Owner::of(&cgw, "default").expect("owner");
+        let c = build(&cgw, &owner).expect("build");
+        let refs = c.deployment.metadata.owner_references.expect("owner refs");
+        assert_eq!(refs[0].kind, "ChatGateway");
+        assert_eq!(refs[0].controller, Some(true));
+        assert_eq!(c.config_map.metadata.namespace.as_deref(), Some("apps"));
+    }
+
+    #[test]
+    fn render_yaml_has_type_meta_and_documents_in_order() {
+        let cgw = cgw(FULL);
+        let owner = Owner::of(&cgw, "default").expect("owner");
+        let yaml = build(&cgw, &owner).expect("build").to_yaml().expect("yaml");
+        let kinds: Vec<String> = yaml
+            .split("---\n")
+            .map(|d| {
+                let v: serde_yaml::Value = serde_yaml::from_str(d).expect("doc");
+                format!(
+                    "{}/{}",
+                    v["apiVersion"].as_str().unwrap_or(""),
+                    v["kind"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "v1/ConfigMap",
+                "apps/v1/Deployment",
+                "v1/Service",
+                "autoscaling/v2/HorizontalPodAutoscaler",
+                "policy/v1/PodDisruptionBudget"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_duration_is_an_invalid_spec() {
+        let err = parse_duration("drain.timeout", Some("soon"), Duration::ZERO).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidSpec(ref m) if m.contains("drain.timeout")),
+            "{err}"
+        );
+    }
+}

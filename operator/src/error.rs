@@ -1,0 +1,56 @@
+//! The operator's one error type.
+
+use std::time::Duration;
+
+/// Everything that can go wrong while building or applying a ChatGateway's children.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spec is well-formed for the schema but does not make sense (reported, not retried fast).
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    /// A referenced Secret or key does not exist.
+    #[error("secret {name:?} has no key {key:?} (or does not exist) in namespace {namespace:?}")]
+    SecretRef {
+        /// Namespace looked in.
+        namespace: String,
+        /// Secret name.
+        name: String,
+        /// Key expected in it.
+        key: String,
+    },
+    /// The resource lacks a field the API server always sets (name, namespace, uid).
+    #[error("object has no {0}")]
+    MissingObjectKey(&'static str),
+    /// An API call failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Serialising a child failed.
+    #[error("serialising: {0}")]
+    Serialize(String),
+}
+
+impl Error {
+    /// Short CamelCase reason for conditions and Events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::SecretRef { .. } => "SecretNotFound",
+            Error::MissingObjectKey(_) => "InvalidObject",
+            Error::Kube(_) => "ApiError",
+            Error::Serialize(_) => "InternalError",
+        }
+    }
+
+    /// Whether retrying soon can help (a fixed spec or a created Secret triggers a new
+    /// reconcile anyway, so spec errors back off longer).
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            Error::Kube(_) => Duration::from_secs(5),
+            Error::SecretRef { .. } => Duration::from_secs(30),
+            _ => Duration::from_secs(300),
+        }
+    }
+}
+
+/// Result with the operator's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,13 @@
+//! The chatgateway operator: the `ChatGateway` CRD, pure builders from a spec to the objects
+//! it needs, and a kube-rs controller that applies them with server-side apply.
+
+pub mod builders;
+pub mod crd;
+pub mod error;
+
+use kube::CustomResourceExt;
+
+/// The CRD as the YAML document checked in as `crds/chatgateway.yaml`.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(&crd::ChatGateway::crd())
+}
