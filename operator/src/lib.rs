@@ -4,6 +4,7 @@
 pub mod builders;
 pub mod crd;
 pub mod error;
+pub mod render;
 
 use kube::CustomResourceExt;
 

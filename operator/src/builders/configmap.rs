@@ -13,10 +13,11 @@ use std::path::PathBuf;
 pub const CONFIG_KEY: &str = "config.yaml";
 /// Directory the ConfigMap is mounted at.
 pub const CONFIG_DIR: &str = "/etc/chatgateway";
-/// File the HS256 secret is mounted as.
-pub const JWT_SECRET_FILE: &str = "/etc/chatgateway/secrets/jwt/secret";
+/// File the HS256 secret is mounted as (outside the ConfigMap mount: nested mounts into a
+/// read-only volume fail on some runtimes).
+pub const JWT_SECRET_FILE: &str = "/var/run/secrets/chatgateway/jwt/secret";
 /// File the RS256 public key is mounted as.
-pub const JWT_PUBLIC_KEY_FILE: &str = "/etc/chatgateway/secrets/jwt-public-key/public.pem";
+pub const JWT_PUBLIC_KEY_FILE: &str = "/var/run/secrets/chatgateway/jwt-public-key/public.pem";
 
 /// The gateway config a spec asks for (validated like the gateway validates it at start).
 pub fn gateway_config(cgw: &ChatGateway) -> Result<Config> {

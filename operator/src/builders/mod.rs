@@ -143,16 +143,31 @@ impl Children {
     }
 }
 
-/// One object with its apiVersion and kind, as YAML.
+/// One object with its apiVersion and kind, as YAML (those two first, for human readers).
 fn to_yaml_doc<K>(obj: &K) -> Result<String>
 where
     K: Resource<DynamicType = ()> + serde::Serialize,
 {
-    serde_yaml::to_string(&with_type_meta(obj)?).map_err(|e| Error::Serialize(e.to_string()))
+    let err = |e: serde_yaml::Error| Error::Serialize(e.to_string());
+    let value = serde_yaml::to_value(with_type_meta(obj)?).map_err(err)?;
+    let mut ordered = serde_yaml::Mapping::new();
+    if let serde_yaml::Value::Mapping(map) = value {
+        for key in ["apiVersion", "kind"] {
+            if let Some(v) = map.get(key) {
+                ordered.insert(key.into(), v.clone());
+            }
+        }
+        for (k, v) in map {
+            if !ordered.contains_key(&k) {
+                ordered.insert(k, v);
+            }
+        }
+    }
+    serde_yaml::to_string(&ordered).map_err(err)
 }
 
 /// `obj` as JSON with `apiVersion` and `kind` set (k8s-openapi leaves them to the caller;
-/// server-side apply and readers need them).
+/// server-side apply needs them).
 pub fn with_type_meta<K>(obj: &K) -> Result<serde_json::Value>
 where
     K: Resource<DynamicType = ()> + serde::Serialize,
@@ -162,19 +177,7 @@ where
         map.insert("apiVersion".into(), K::api_version(&()).into());
         map.insert("kind".into(), K::kind(&()).into());
     }
-    // k8s-openapi puts apiVersion/kind last; put them first for human readers of render.
-    let mut ordered = serde_json::Map::new();
-    if let serde_json::Value::Object(map) = value {
-        for key in ["apiVersion", "kind"] {
-            if let Some(v) = map.get(key) {
-                ordered.insert(key.to_string(), v.clone());
-            }
-        }
-        for (k, v) in map {
-            ordered.entry(k).or_insert(v);
-        }
-    }
-    Ok(serde_json::Value::Object(ordered))
+    Ok(value)
 }
 
 /// Parses a humantime duration from the spec, naming the field in the error.

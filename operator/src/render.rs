@@ -1,0 +1,52 @@
+//! `render`: the exact children the reconciler would apply, as YAML, with no cluster.
+
+use crate::builders::{self, Owner};
+use crate::crd::ChatGateway;
+use crate::error::{Error, Result};
+use serde::Deserialize;
+
+/// Renders every ChatGateway in a (multi-document) YAML stream; other kinds are skipped.
+pub fn render(yaml: &str, default_namespace: &str) -> Result<String> {
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let value = serde_yaml::Value::deserialize(doc)
+            .map_err(|e| Error::InvalidSpec(format!("reading YAML: {e}")))?;
+        if value.is_null() || value.get("kind").and_then(|k| k.as_str()) != Some("ChatGateway") {
+            continue;
+        }
+        let cgw: ChatGateway = serde_yaml::from_value(value)
+            .map_err(|e| Error::InvalidSpec(format!("not a valid ChatGateway: {e}")))?;
+        let owner = Owner::of(&cgw, default_namespace)?;
+        out.push(builders::build(&cgw, &owner)?.to_yaml()?);
+    }
+    if out.is_empty() {
+        return Err(Error::InvalidSpec(
+            "no ChatGateway document in the input".into(),
+        ));
+    }
+    Ok(out.join("---\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_each_gateway_and_skips_other_kinds() {
+        let input = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n---\n\
+            apiVersion: chatgateway.io/v1alpha1\nkind: ChatGateway\nmetadata: {name: a}\n\
+            spec: {gateway: {auth: {mode: insecure}}}\n";
+        let out = render(input, "ns1").expect("render");
+        assert_eq!(out.matches("kind: Deployment").count(), 1);
+        assert!(out.contains("namespace: ns1"));
+        assert!(
+            !out.contains("ownerReferences"),
+            "no uid, so no owner reference"
+        );
+    }
+
+    #[test]
+    fn no_gateway_is_an_error() {
+        assert!(render("kind: Secret\n", "d").is_err());
+    }
+}
