@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: run test test-rust lint fmt deps venv crds bench clean
+.PHONY: run test lint fmt deps venv clean bench-redis
 
 ## run: one gateway, in-memory engine, insecure dev auth (?user=NAME), demo page on http://$(LISTEN)/
 run:
@@ -44,3 +44,9 @@ fmt:
 clean:
 	$(CARGO) clean
 	rm -rf $(VENV)
+
+## bench-redis: cross-process delivery latency and publish throughput through Redis (not a test)
+bench-redis: deps
+	$(CARGO) build --release -p e2e --bin redis-bench -p chat-gateway
+	./target/release/redis-bench 20000 64 1
+	./target/release/redis-bench 5000 1 1

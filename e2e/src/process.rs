@@ -10,27 +10,26 @@ use std::time::{Duration, Instant};
 /// not rebuild other packages' binaries, and a stale binary would test old code.
 pub fn workspace_bin(name: &str) -> PathBuf {
     static BUILD: std::sync::Once = std::sync::Once::new();
+    let exe = std::env::current_exe().expect("current exe");
+    // A test lives in target/<profile>/deps/, a binary in target/<profile>/.
+    let dir = exe
+        .ancestors()
+        .find(|p| p.join("deps").is_dir() && p.file_name().is_some_and(|n| n != "deps"))
+        .map(PathBuf::from)
+        .expect("target/<profile> directory");
+    let release = dir.file_name().is_some_and(|n| n == "release");
     BUILD.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "chat-gateway",
-                "--bin",
-                "chat-gateway",
-            ])
-            .status();
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "chat-gateway", "--bin", "chat-gateway"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status();
         if !matches!(status, Ok(s) if s.success()) {
             eprintln!("warning: could not rebuild chat-gateway ({status:?}); using what is there");
         }
     });
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile> directory");
     let path = dir.join(name);
     assert!(
         path.exists(),
