@@ -41,13 +41,13 @@ impl Error {
         }
     }
 
-    /// Whether retrying soon can help (a fixed spec or a created Secret triggers a new
-    /// reconcile anyway, so spec errors back off longer).
+    /// First retry delay, doubled per consecutive failure: API errors are often
+    /// transient; a fixed spec triggers a reconcile by itself, so spec errors wait longer.
     pub fn retry_after(&self) -> Duration {
         match self {
-            Error::Kube(_) => Duration::from_secs(5),
-            Error::SecretRef { .. } => Duration::from_secs(30),
-            _ => Duration::from_secs(300),
+            Error::Kube(_) => Duration::from_secs(2),
+            Error::SecretRef { .. } => Duration::from_secs(10),
+            _ => Duration::from_secs(60),
         }
     }
 }

@@ -4,7 +4,10 @@
 pub mod builders;
 pub mod crd;
 pub mod error;
+pub mod metrics;
+pub mod reconcile;
 pub mod render;
+pub mod status;
 
 use kube::CustomResourceExt;
 

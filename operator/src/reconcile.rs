@@ -1,0 +1,357 @@
+//! The reconcile loop: build the children, apply them with server-side apply, write status.
+
+use crate::builders::{self, with_type_meta, Owner, FIELD_MANAGER};
+use crate::crd::{ChatGateway, ChatGatewaySpec, ChatGatewayStatus};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::status::{self, Observed};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Re-check a healthy gateway this often even without events (drift repair).
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// Longest wait between retries of a failing gateway.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Optional API kinds and whether the cluster serves them (found by discovery at start).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServedKinds {
+    /// autoscaling/v2 HorizontalPodAutoscaler.
+    pub hpa: bool,
+    /// policy/v1 PodDisruptionBudget.
+    pub pdb: bool,
+}
+
+impl ServedKinds {
+    /// Every kind served (a current cluster).
+    pub const ALL: ServedKinds = ServedKinds {
+        hpa: true,
+        pdb: true,
+    };
+
+    /// Asks the API server which optional kinds it serves. A kind is unserved when its
+    /// group version is missing or lacks the resource; other errors are returned.
+    pub async fn discover(client: &Client) -> Result<ServedKinds> {
+        Ok(ServedKinds {
+            hpa: serves(client, "autoscaling/v2", "horizontalpodautoscalers").await?,
+            pdb: serves(client, "policy/v1", "poddisruptionbudgets").await?,
+        })
+    }
+}
+
+async fn serves(client: &Client, group_version: &str, plural: &str) -> Result<bool> {
+    match client.list_api_group_resources(group_version).await {
+        Ok(list) => Ok(list.resources.iter().any(|r| r.name == plural)),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Shared state of the reconciler.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Publishes Events on the ChatGateway; `None` disables Events.
+    pub recorder: Option<Recorder>,
+    /// The operator's metrics.
+    pub metrics: Metrics,
+    /// Optional kinds the cluster serves.
+    pub served: ServedKinds,
+    /// Consecutive failures per gateway, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context publishing Events as `reporter` (usually the operator's pod name).
+    pub fn new(
+        client: Client,
+        served: ServedKinds,
+        metrics: Metrics,
+        reporter: Option<String>,
+    ) -> Context {
+        let recorder = reporter.map(|instance| {
+            Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: FIELD_MANAGER.into(),
+                    instance: Some(instance),
+                },
+            )
+        });
+        Context {
+            client,
+            recorder,
+            metrics,
+            served,
+            failures: Mutex::default(),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        // A poisoned map only loses backoff counts; keep going.
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Reconciles one ChatGateway; on failure it reports a Degraded condition and an Event.
+pub async fn reconcile(cgw: Arc<ChatGateway>, ctx: Arc<Context>) -> Result<Action> {
+    let timer = ctx
+        .metrics
+        .duration
+        .with_label_values(&[] as &[&str])
+        .start_timer();
+    let key = format!("{}/{}", cgw.namespace().unwrap_or_default(), cgw.name_any());
+    let result = apply_all(&cgw, &ctx).await;
+    timer.observe_duration();
+    match &result {
+        Ok(_) => {
+            ctx.metrics.reconciles.with_label_values(&["ok"]).inc();
+            ctx.failures().remove(&key);
+        }
+        Err(e) => {
+            ctx.metrics.reconciles.with_label_values(&["error"]).inc();
+            ctx.metrics.errors.with_label_values(&[e.reason()]).inc();
+            tracing::warn!(gateway = %key, reason = e.reason(), error = %e, "reconcile failed");
+            report_failure(&cgw, &ctx, e).await;
+        }
+    }
+    result
+}
+
+/// Requeue delay after a failure: the error's base delay doubled per consecutive failure.
+pub fn error_policy(cgw: Arc<ChatGateway>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!("{}/{}", cgw.namespace().unwrap_or_default(), cgw.name_any());
+    let mut failures = ctx.failures();
+    let n = failures.entry(key).or_insert(0);
+    let delay = error
+        .retry_after()
+        .saturating_mul(1 << (*n).min(10))
+        .min(MAX_BACKOFF);
+    *n = n.saturating_add(1);
+    Action::requeue(delay)
+}
+
+async fn apply_all(cgw: &ChatGateway, ctx: &Context) -> Result<Action> {
+    let ns = cgw
+        .namespace()
+        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let owner = Owner::of(cgw, &ns)?;
+    let children = builders::build(cgw, &owner)?;
+    let client = &ctx.client;
+    check_secrets(client, &ns, &cgw.spec).await?;
+
+    apply(
+        &Api::<ConfigMap>::namespaced(client.clone(), &ns),
+        &children.config_map,
+    )
+    .await?;
+    let deployment = apply(
+        &Api::<Deployment>::namespaced(client.clone(), &ns),
+        &children.deployment,
+    )
+    .await?;
+    apply(
+        &Api::<Service>::namespaced(client.clone(), &ns),
+        &children.service,
+    )
+    .await?;
+
+    let mut problems = Vec::new();
+    let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns);
+    sync_optional(
+        &hpas,
+        &owner.name,
+        children.hpa.as_ref(),
+        ctx.served.hpa,
+        &mut problems,
+    )
+    .await?;
+    let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns);
+    sync_optional(
+        &pdbs,
+        &owner.name,
+        children.pdb.as_ref(),
+        ctx.served.pdb,
+        &mut problems,
+    )
+    .await?;
+
+    let mut seen = Observed::from_deployment(&deployment);
+    if !problems.is_empty() {
+        seen.problem = Some(("KindNotServed".into(), problems.join("; ")));
+    }
+    let new_status = status::desired(cgw, &seen, &owner.selector_string());
+    patch_status(client, &ns, &owner.name, &new_status).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Fails with [`Error::SecretRef`] unless every referenced Secret key exists.
+async fn check_secrets(client: &Client, ns: &str, spec: &ChatGatewaySpec) -> Result<()> {
+    let g = spec.gateway.as_ref();
+    let jwt = g.and_then(|g| g.auth.as_ref()).and_then(|a| a.jwt.as_ref());
+    let refs = [
+        g.and_then(|g| g.redis.as_ref()).map(|r| &r.url_secret_ref),
+        jwt.and_then(|j| j.secret_ref.as_ref()),
+        jwt.and_then(|j| j.public_key_secret_ref.as_ref()),
+    ];
+    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+    for r in refs.into_iter().flatten() {
+        let secret = secrets.get_opt(&r.name).await?;
+        let has_key = secret.is_some_and(|s| s.data.is_some_and(|d| d.contains_key(&r.key)));
+        if !has_key {
+            return Err(Error::SecretRef {
+                namespace: ns.into(),
+                name: r.name.clone(),
+                key: r.key.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Server-side apply of `obj` under the operator's field manager, taking over conflicts.
+async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let name = obj
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::MissingObjectKey("metadata.name"))?;
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    Ok(api
+        .patch(&name, &params, &Patch::Apply(with_type_meta(obj)?))
+        .await?)
+}
+
+/// Applies or deletes an optional child; records a problem when the kind is not served.
+async fn sync_optional<K>(
+    api: &Api<K>,
+    name: &str,
+    desired: Option<&K>,
+    served: bool,
+    problems: &mut Vec<String>,
+) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let what = format!("{} {}", K::api_version(&()), K::kind(&()));
+    match (desired, served) {
+        (Some(obj), true) => {
+            apply(api, obj).await?;
+        }
+        (Some(_), false) => {
+            problems.push(format!("the cluster does not serve {what}: not created"))
+        }
+        (None, true) => match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => tracing::info!(%what, name, "deleted: turned off in the spec"),
+            Err(kube::Error::Api(s)) if s.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        },
+        (None, false) => {}
+    }
+    Ok(())
+}
+
+async fn patch_status(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    status: &ChatGatewayStatus,
+) -> Result<()> {
+    let api = Api::<ChatGateway>::namespaced(client.clone(), ns);
+    let body = serde_json::json!({
+        "apiVersion": ChatGateway::api_version(&()),
+        "kind": ChatGateway::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Degraded condition and a Warning Event; failures to report are only logged.
+async fn report_failure(cgw: &ChatGateway, ctx: &Context, error: &Error) {
+    let message = error.to_string();
+    if let Some(recorder) = &ctx.recorder {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: error.reason().into(),
+            note: Some(message.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &cgw.object_ref(&())).await {
+            tracing::warn!(error = %e, "publishing event failed");
+        }
+    }
+    let (Some(ns), Some(name)) = (cgw.namespace(), cgw.metadata.name.clone()) else {
+        return;
+    };
+    let owner = Owner {
+        name: name.clone(),
+        namespace: ns.clone(),
+        reference: None,
+    };
+    let failed = status::failed(cgw, error.reason(), &message, &owner.selector_string());
+    if let Err(e) = patch_status(&ctx.client, &ns, &name, &failed).await {
+        tracing::warn!(error = %e, "writing Degraded status failed");
+    }
+}
+
+/// Runs the controller until `shutdown` resolves; children are watched by their label.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let children =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
+    let mut controller = Controller::new(
+        Api::<ChatGateway>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
+    .owns(Api::<Deployment>::all(client.clone()), children.clone())
+    .owns(Api::<Service>::all(client.clone()), children.clone());
+    if ctx.served.hpa {
+        controller = controller.owns(
+            Api::<HorizontalPodAutoscaler>::all(client.clone()),
+            children.clone(),
+        );
+    }
+    if ctx.served.pdb {
+        controller = controller.owns(Api::<PodDisruptionBudget>::all(client.clone()), children);
+    }
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(gateway = %obj, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+#[path = "reconcile_tests.rs"]
+mod tests;

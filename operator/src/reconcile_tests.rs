@@ -1,0 +1,452 @@
+//! Reconcile against a mocked API server (tower-test), asserting the exact requests.
+
+use super::*;
+use crate::builders::testing::{cgw, FULL, MINIMAL};
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use serde_json::{json, Value};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// One expected request and the answer the fake API server gives.
+struct Step {
+    method: Method,
+    path: String,
+    status: StatusCode,
+    /// Answer body; `None` echoes the request body (what an apply returns, near enough).
+    reply: Option<Value>,
+}
+
+fn step(method: Method, path: &str) -> Step {
+    Step {
+        method,
+        path: path.into(),
+        status: StatusCode::OK,
+        reply: None,
+    }
+}
+
+fn not_found(method: Method, path: &str) -> Step {
+    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "reason": "NotFound", "code": 404, "message": "not found"});
+    Step {
+        method,
+        path: path.into(),
+        status: StatusCode::NOT_FOUND,
+        reply: Some(status),
+    }
+}
+
+fn server_error(method: Method, path: &str) -> Step {
+    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "reason": "InternalError", "code": 500, "message": "etcd is on fire"});
+    Step {
+        method,
+        path: path.into(),
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        reply: Some(status),
+    }
+}
+
+fn ok_with(method: Method, path: &str, reply: Value) -> Step {
+    Step {
+        method,
+        path: path.into(),
+        status: StatusCode::OK,
+        reply: Some(reply),
+    }
+}
+
+/// Serves `steps` in order, checking each request; returns the JSON bodies received.
+fn serve(mut handle: Handle, steps: Vec<Step>) -> tokio::task::JoinHandle<Vec<(String, Value)>> {
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        for (i, s) in steps.into_iter().enumerate() {
+            // A missing request fails the test instead of hanging it.
+            let next = tokio::time::timeout(Duration::from_secs(10), handle.next_request()).await;
+            let Ok(Some((request, send))) = next else {
+                panic!("step {i}: no request came for {} {}", s.method, s.path)
+            };
+            let uri = request.uri().clone();
+            assert_eq!(
+                (request.method(), uri.path()),
+                (&s.method, s.path.as_str()),
+                "step {i}: unexpected request {uri}"
+            );
+            if s.method == Method::PATCH {
+                let q = uri.query().unwrap_or_default();
+                assert!(
+                    q.contains("fieldManager=chatgateway-operator") && q.contains("force=true"),
+                    "step {i}: {q}"
+                );
+                assert_eq!(
+                    request
+                        .headers()
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok()),
+                    Some("application/apply-patch+yaml"),
+                    "step {i}: server-side apply"
+                );
+            }
+            let bytes = request
+                .into_body()
+                .collect_bytes()
+                .await
+                .expect("request body");
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let reply = s.reply.clone().unwrap_or_else(|| {
+                // A status apply answers with the whole object, metadata included.
+                let mut echo = body.clone();
+                if let Some(map) = echo.as_object_mut() {
+                    map.entry("metadata")
+                        .or_insert(json!({"name": "chat", "namespace": "apps"}));
+                    map.entry("spec").or_insert(json!({}));
+                }
+                echo
+            });
+            seen.push((format!("{} {}", s.method, s.path), body));
+            let response = Response::builder()
+                .status(s.status)
+                .body(Body::from(serde_json::to_vec(&reply).expect("json")))
+                .expect("response");
+            send.send_response(response);
+        }
+        seen
+    })
+}
+
+fn context(served: ServedKinds, events: bool) -> (Arc<Context>, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let ctx = Context::new(
+        client,
+        served,
+        Metrics::new(),
+        events.then(|| "operator-0".to_string()),
+    );
+    (Arc::new(ctx), handle)
+}
+
+const NS: &str = "/api/v1/namespaces/apps";
+const APPS: &str = "/apis/apps/v1/namespaces/apps";
+const HPA: &str = "/apis/autoscaling/v2/namespaces/apps/horizontalpodautoscalers/chat";
+const PDB: &str = "/apis/policy/v1/namespaces/apps/poddisruptionbudgets/chat";
+const STATUS: &str = "/apis/chatgateway.io/v1alpha1/namespaces/apps/chatgateways/chat/status";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/apps/events";
+
+fn secret(name: &str, key: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "apps"},
+           "data": {key: "c2VjcmV0"}})
+}
+
+fn condition<'a>(status_patch: &'a Value, type_: &str) -> (&'a str, &'a str) {
+    let c = status_patch["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {status_patch}"));
+    (
+        c["status"].as_str().unwrap_or(""),
+        c["reason"].as_str().unwrap_or(""),
+    )
+}
+
+fn paths(seen: &[(String, Value)]) -> Vec<&str> {
+    seen.iter().map(|(p, _)| p.as_str()).collect()
+}
+
+#[tokio::test]
+async fn create_applies_children_deletes_the_absent_hpa_and_writes_status() {
+    let (ctx, handle) = context(ServedKinds::ALL, true);
+    let server = serve(
+        handle,
+        vec![
+            step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
+            step(Method::PATCH, &format!("{APPS}/deployments/chat")),
+            step(Method::PATCH, &format!("{NS}/services/chat")),
+            not_found(Method::DELETE, HPA),
+            step(Method::PATCH, PDB),
+            step(Method::PATCH, STATUS),
+        ],
+    );
+    let action = reconcile(Arc::new(cgw(MINIMAL)), ctx.clone())
+        .await
+        .expect("reconcile");
+    assert_eq!(action, Action::requeue(RESYNC));
+    let seen = server.await.expect("server");
+    let deployment = &seen[1].1;
+    assert_eq!(deployment["kind"], "Deployment");
+    assert_eq!(
+        deployment["metadata"]["ownerReferences"][0]["kind"],
+        "ChatGateway"
+    );
+    let status = &seen[5].1;
+    assert_eq!(status["status"]["observedGeneration"], 1);
+    assert_eq!(
+        status["status"]["selector"],
+        "app.kubernetes.io/instance=chat,app.kubernetes.io/name=chat-gateway"
+    );
+    // Nothing runs the pods in this fake: not ready, rolling out, not degraded.
+    assert_eq!(condition(status, "Ready"), ("False", "PodsNotReady"));
+    assert_eq!(condition(status, "Progressing"), ("True", "RollingOut"));
+    assert_eq!(condition(status, "Degraded"), ("False", "AsExpected"));
+    assert!(ctx
+        .metrics
+        .render()
+        .contains("chatgateway_operator_reconciles_total{outcome=\"ok\"} 1"));
+}
+
+#[tokio::test]
+async fn full_spec_checks_secrets_then_applies_hpa_and_pdb() {
+    let (ctx, handle) = context(ServedKinds::ALL, true);
+    let server = serve(
+        handle,
+        vec![
+            ok_with(
+                Method::GET,
+                &format!("{NS}/secrets/redis"),
+                secret("redis", "url"),
+            ),
+            ok_with(
+                Method::GET,
+                &format!("{NS}/secrets/jwt"),
+                secret("jwt", "secret"),
+            ),
+            step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
+            step(Method::PATCH, &format!("{APPS}/deployments/chat")),
+            step(Method::PATCH, &format!("{NS}/services/chat")),
+            step(Method::PATCH, HPA),
+            step(Method::PATCH, PDB),
+            step(Method::PATCH, STATUS),
+        ],
+    );
+    reconcile(Arc::new(cgw(FULL)), ctx)
+        .await
+        .expect("reconcile");
+    let seen = server.await.expect("server");
+    let hpa = &seen[5].1;
+    assert_eq!(
+        hpa["spec"]["metrics"][0]["pods"]["metric"]["name"],
+        "chatgateway_connections"
+    );
+    assert!(
+        seen[3].1["spec"].get("replicas").is_none(),
+        "the HPA owns replicas"
+    );
+}
+
+#[tokio::test]
+async fn update_that_disables_autoscaling_deletes_the_hpa() {
+    let (ctx, handle) = context(ServedKinds::ALL, true);
+    let server = serve(
+        handle,
+        vec![
+            step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
+            step(Method::PATCH, &format!("{APPS}/deployments/chat")),
+            step(Method::PATCH, &format!("{NS}/services/chat")),
+            ok_with(
+                Method::DELETE,
+                HPA,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+            ),
+            step(Method::PATCH, PDB),
+            step(Method::PATCH, STATUS),
+        ],
+    );
+    let mut c =
+        cgw("gateway: {auth: {mode: insecure}}\nreplicas: 4\nautoscaling: {enabled: false}");
+    c.metadata.generation = Some(2);
+    reconcile(Arc::new(c), ctx).await.expect("reconcile");
+    let seen = server.await.expect("server");
+    assert_eq!(paths(&seen)[3], format!("DELETE {HPA}"));
+    assert_eq!(seen[1].1["spec"]["replicas"], 4);
+    assert_eq!(seen[5].1["status"]["observedGeneration"], 2);
+}
+
+#[tokio::test]
+async fn disabled_pdb_is_deleted() {
+    let (ctx, handle) = context(ServedKinds::ALL, false);
+    let server = serve(
+        handle,
+        vec![
+            step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
+            step(Method::PATCH, &format!("{APPS}/deployments/chat")),
+            step(Method::PATCH, &format!("{NS}/services/chat")),
+            not_found(Method::DELETE, HPA),
+            ok_with(
+                Method::DELETE,
+                PDB,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+            ),
+            step(Method::PATCH, STATUS),
+        ],
+    );
+    reconcile(
+        Arc::new(cgw(
+            "gateway: {auth: {mode: insecure}}\ndisruptionBudget: {enabled: false}",
+        )),
+        ctx,
+    )
+    .await
+    .expect("reconcile");
+    server.await.expect("server");
+}
+
+#[tokio::test]
+async fn missing_secret_is_degraded_with_an_event_and_backs_off() {
+    let (ctx, handle) = context(ServedKinds::ALL, true);
+    let server = serve(
+        handle,
+        vec![
+            not_found(Method::GET, &format!("{NS}/secrets/redis")),
+            step(Method::POST, EVENTS),
+            step(Method::PATCH, STATUS),
+        ],
+    );
+    let c = Arc::new(cgw(FULL));
+    let err = reconcile(c.clone(), ctx.clone()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::SecretRef { ref name, .. } if name == "redis"),
+        "{err}"
+    );
+    let seen = server.await.expect("server");
+    let event = &seen[1].1;
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("Warning"), Some("SecretNotFound"))
+    );
+    assert_eq!(event["regarding"]["name"], "chat");
+    assert_eq!(
+        condition(&seen[2].1, "Degraded"),
+        ("True", "SecretNotFound")
+    );
+    assert_eq!(condition(&seen[2].1, "Ready"), ("False", "SecretNotFound"));
+    // Exponential backoff per gateway.
+    let first = error_policy(c.clone(), &err, ctx.clone());
+    let second = error_policy(c.clone(), &err, ctx.clone());
+    assert_eq!(first, Action::requeue(Duration::from_secs(10)));
+    assert_eq!(second, Action::requeue(Duration::from_secs(20)));
+    assert!(ctx
+        .metrics
+        .render()
+        .contains("reason=\"SecretNotFound\"} 1"));
+}
+
+#[tokio::test]
+async fn secret_without_the_key_is_degraded() {
+    let (ctx, handle) = context(ServedKinds::ALL, false);
+    let server = serve(
+        handle,
+        vec![
+            ok_with(
+                Method::GET,
+                &format!("{NS}/secrets/redis"),
+                secret("redis", "other"),
+            ),
+            step(Method::PATCH, STATUS),
+        ],
+    );
+    let err = reconcile(Arc::new(cgw(FULL)), ctx).await.unwrap_err();
+    assert_eq!(err.reason(), "SecretNotFound");
+    server.await.expect("server");
+}
+
+#[tokio::test]
+async fn failed_apply_is_degraded_and_stops_the_reconcile() {
+    let (ctx, handle) = context(ServedKinds::ALL, true);
+    let server = serve(
+        handle,
+        vec![
+            step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
+            server_error(Method::PATCH, &format!("{APPS}/deployments/chat")),
+            step(Method::POST, EVENTS),
+            step(Method::PATCH, STATUS),
+        ],
+    );
+    let err = reconcile(Arc::new(cgw(MINIMAL)), ctx.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Kube(_)), "{err}");
+    let seen = server.await.expect("server");
+    assert_eq!(condition(&seen[3].1, "Degraded"), ("True", "ApiError"));
+    assert!(ctx
+        .metrics
+        .render()
+        .contains("chatgateway_operator_reconciles_total{outcome=\"error\"} 1"));
+}
+
+#[tokio::test]
+async fn invalid_spec_touches_no_child() {
+    let (ctx, handle) = context(ServedKinds::ALL, true);
+    let server = serve(
+        handle,
+        vec![step(Method::POST, EVENTS), step(Method::PATCH, STATUS)],
+    );
+    let err = reconcile(Arc::new(cgw("{}")), ctx).await.unwrap_err();
+    assert_eq!(err.reason(), "InvalidSpec");
+    let seen = server.await.expect("server");
+    assert_eq!(condition(&seen[1].1, "Degraded"), ("True", "InvalidSpec"));
+}
+
+#[tokio::test]
+async fn unserved_kinds_are_reported_not_fatal() {
+    let (ctx, handle) = context(
+        ServedKinds {
+            hpa: false,
+            pdb: false,
+        },
+        false,
+    );
+    let server = serve(
+        handle,
+        vec![
+            step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
+            step(Method::PATCH, &format!("{APPS}/deployments/chat")),
+            step(Method::PATCH, &format!("{NS}/services/chat")),
+            step(Method::PATCH, STATUS),
+        ],
+    );
+    let c = cgw("gateway: {auth: {mode: insecure}}\nautoscaling: {enabled: true}");
+    reconcile(Arc::new(c), ctx).await.expect("reconcile");
+    let seen = server.await.expect("server");
+    let status = &seen[3].1;
+    assert_eq!(condition(status, "Degraded"), ("True", "KindNotServed"));
+    let message = status["status"]["conditions"][2]["message"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        message.contains("autoscaling/v2 HorizontalPodAutoscaler"),
+        "{message}"
+    );
+    assert!(
+        message.contains("policy/v1 PodDisruptionBudget"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn discovery_tells_served_from_unserved_kinds() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let server = serve(
+        handle,
+        vec![
+            not_found(Method::GET, "/apis/autoscaling/v2"),
+            ok_with(
+                Method::GET,
+                "/apis/policy/v1",
+                json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "policy/v1",
+                       "resources": [{"name": "poddisruptionbudgets", "singularName": "", "namespaced": true,
+                                      "kind": "PodDisruptionBudget", "verbs": ["get"]}]}),
+            ),
+        ],
+    );
+    let served = ServedKinds::discover(&client).await.expect("discover");
+    assert_eq!(
+        served,
+        ServedKinds {
+            hpa: false,
+            pdb: true
+        }
+    );
+    server.await.expect("server");
+}
