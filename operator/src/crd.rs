@@ -506,14 +506,14 @@ pub struct ChatGatewayStatus {
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// Pods of the Deployment.
-    #[serde(default)]
-    pub replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
     /// Pods passing readiness.
-    #[serde(default)]
-    pub ready_replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
     /// Label selector of the pods, for the scale subresource.
-    #[serde(default)]
-    pub selector: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 pub mod builders;
 pub mod crd;
 pub mod error;
+pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod reconcile;
 pub mod render;

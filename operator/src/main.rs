@@ -1,7 +1,14 @@
 //! `chat-gateway-operator`: runs the controller, or renders a ChatGateway's children.
 
-use clap::{Parser, Subcommand};
+use anyhow::Context as _;
+use chat_gateway_operator::leader::LeaderElector;
+use chat_gateway_operator::metrics::Metrics;
+use chat_gateway_operator::reconcile::{self, Context, ServedKinds};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Kubernetes operator for ChatGateway resources.
 #[derive(Parser, Debug)]
@@ -13,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the controller (the default).
+    Run(RunArgs),
     /// Print the objects the operator would apply for the ChatGateway(s) in a file.
     Render {
         /// YAML file with one or more ChatGateway documents; `-` reads standard input.
@@ -26,6 +35,38 @@ enum Command {
     Crd,
 }
 
+#[derive(Parser, Debug)]
+struct RunArgs {
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "OPERATOR_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "OPERATOR_LEASE_NAME",
+        default_value = "chatgateway-operator"
+    )]
+    lease_name: String,
+    /// Namespace of the Lease; defaults to the client's namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long the Lease is held without renewal.
+    #[arg(long, env = "OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// Log format.
+    #[arg(long, env = "OPERATOR_LOG_FORMAT", value_enum, default_value = "json")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -34,7 +75,7 @@ fn main() -> anyhow::Result<()> {
                 std::io::read_to_string(std::io::stdin())?
             } else {
                 std::fs::read_to_string(&file)
-                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?
+                    .with_context(|| format!("reading {}", file.display()))?
             };
             print!(
                 "{}",
@@ -46,6 +87,136 @@ fn main() -> anyhow::Result<()> {
             print!("{}", chat_gateway_operator::crd_yaml()?);
             Ok(())
         }
-        None => anyhow::bail!("the controller is not wired yet"),
+        Some(Command::Run(args)) => run(args),
+        None => run(RunArgs::parse_from(["run"])),
     }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(operate(args))
+}
+
+async fn operate(args: RunArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes client configuration (in-cluster or KUBECONFIG)")?;
+    ensure_crd(&client).await?;
+    let served = ServedKinds::discover(&client)
+        .await
+        .context("discovering API kinds")?;
+    if !served.hpa || !served.pdb {
+        tracing::warn!(hpa = served.hpa, pdb = served.pdb, "the cluster does not serve every optional kind; affected ChatGateways will report it in their Degraded condition");
+    }
+    let metrics = Metrics::new();
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
+    tokio::spawn(chat_gateway_operator::http::serve(
+        listener,
+        metrics.clone(),
+    ));
+
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("operator-{}", std::process::id()))
+    });
+    let namespace = args
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let elector = LeaderElector::new(
+        client.clone(),
+        &namespace,
+        &args.lease_name,
+        &identity,
+        args.lease_duration,
+    );
+
+    // Standby until the Lease is ours (or we are told to stop).
+    let mut stop = Box::pin(shutdown_signal());
+    loop {
+        match elector.try_acquire_or_renew().await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "leader election"),
+        }
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = tokio::time::sleep(elector.renew_interval()) => {}
+        }
+    }
+    tracing::info!(%identity, lease = %format!("{namespace}/{}", args.lease_name), "leading");
+
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        served,
+        metrics,
+        Some(identity.clone()),
+    ));
+    let controller = tokio::spawn(reconcile::run(ctx, async move {
+        let _ = lost_rx.await;
+    }));
+    // Renew until told to stop or the Lease is lost; a replica that lost it must not write.
+    let lost = loop {
+        tokio::select! {
+            _ = &mut stop => break false,
+            _ = tokio::time::sleep(elector.renew_interval()) => {}
+        }
+        match elector.try_acquire_or_renew().await {
+            Ok(true) => {}
+            Ok(false) => break true,
+            Err(e) => tracing::warn!(error = %e, "renewing the leader lease"),
+        }
+    };
+    let _ = lost_tx.send(());
+    let _ = controller.await;
+    if lost {
+        anyhow::bail!("lost the leader lease; exiting so a fresh replica can stand by");
+    }
+    if let Err(e) = elector.release().await {
+        tracing::warn!(error = %e, "releasing the leader lease");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Fails with install instructions unless the API server serves the ChatGateway kind.
+async fn ensure_crd(client: &kube::Client) -> anyhow::Result<()> {
+    match client.list_api_group_resources("chatgateway.io/v1alpha1").await {
+        Ok(list) if list.resources.iter().any(|r| r.name == "chatgateways") => Ok(()),
+        Ok(_) | Err(kube::Error::Api(_)) => anyhow::bail!(
+            "the ChatGateway CRD (chatgateways.chatgateway.io) is not installed in this cluster; install it with \
+             `kubectl apply -f crds/chatgateway.yaml` (or `chat-gateway-operator crd | kubectl apply -f -`), then restart the operator"
+        ),
+        Err(e) => Err(e).context("checking that the ChatGateway CRD is installed"),
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

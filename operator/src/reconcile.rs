@@ -354,4 +354,4 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
 
 #[cfg(test)]
 #[path = "reconcile_tests.rs"]
-mod tests;
+pub(crate) mod tests;

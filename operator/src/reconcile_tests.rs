@@ -6,18 +6,18 @@ use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use serde_json::{json, Value};
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+pub(crate) type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 /// One expected request and the answer the fake API server gives.
-struct Step {
+pub(crate) struct Step {
     method: Method,
     path: String,
-    status: StatusCode,
+    pub(crate) status: StatusCode,
     /// Answer body; `None` echoes the request body (what an apply returns, near enough).
     reply: Option<Value>,
 }
 
-fn step(method: Method, path: &str) -> Step {
+pub(crate) fn step(method: Method, path: &str) -> Step {
     Step {
         method,
         path: path.into(),
@@ -26,7 +26,7 @@ fn step(method: Method, path: &str) -> Step {
     }
 }
 
-fn not_found(method: Method, path: &str) -> Step {
+pub(crate) fn not_found(method: Method, path: &str) -> Step {
     let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
         "reason": "NotFound", "code": 404, "message": "not found"});
     Step {
@@ -37,7 +37,7 @@ fn not_found(method: Method, path: &str) -> Step {
     }
 }
 
-fn server_error(method: Method, path: &str) -> Step {
+pub(crate) fn server_error(method: Method, path: &str) -> Step {
     let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
         "reason": "InternalError", "code": 500, "message": "etcd is on fire"});
     Step {
@@ -48,7 +48,7 @@ fn server_error(method: Method, path: &str) -> Step {
     }
 }
 
-fn ok_with(method: Method, path: &str, reply: Value) -> Step {
+pub(crate) fn ok_with(method: Method, path: &str, reply: Value) -> Step {
     Step {
         method,
         path: path.into(),
@@ -58,7 +58,10 @@ fn ok_with(method: Method, path: &str, reply: Value) -> Step {
 }
 
 /// Serves `steps` in order, checking each request; returns the JSON bodies received.
-fn serve(mut handle: Handle, steps: Vec<Step>) -> tokio::task::JoinHandle<Vec<(String, Value)>> {
+pub(crate) fn serve(
+    mut handle: Handle,
+    steps: Vec<Step>,
+) -> tokio::task::JoinHandle<Vec<(String, Value)>> {
     tokio::spawn(async move {
         let mut seen = Vec::new();
         for (i, s) in steps.into_iter().enumerate() {

@@ -105,9 +105,9 @@ pub fn desired(cgw: &ChatGateway, seen: &Observed, selector: &str) -> ChatGatewa
     ChatGatewayStatus {
         observed_generation: generation,
         conditions,
-        replicas: seen.replicas,
-        ready_replicas: seen.ready,
-        selector: selector.to_string(),
+        replicas: Some(seen.replicas),
+        ready_replicas: Some(seen.ready),
+        selector: Some(selector.to_string()),
     }
 }
 
@@ -146,7 +146,7 @@ pub fn failed(cgw: &ChatGateway, reason: &str, message: &str, selector: &str) ->
         conditions,
         replicas: old.replicas,
         ready_replicas: old.ready_replicas,
-        selector: selector.to_string(),
+        selector: Some(selector.to_string()),
     }
 }
 
@@ -203,9 +203,9 @@ mod tests {
         assert_eq!(get(DEGRADED), Some(("False", "AsExpected")));
         assert_eq!(
             (s.observed_generation, s.replicas, s.ready_replicas),
-            (Some(1), 2, 2)
+            (Some(1), Some(2), Some(2))
         );
-        assert_eq!(s.selector, "a=b");
+        assert_eq!(s.selector.as_deref(), Some("a=b"));
     }
 
     #[test]
