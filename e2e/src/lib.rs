@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod jwt;
+pub mod otlp;
 pub mod process;
 pub mod redis;
 

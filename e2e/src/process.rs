@@ -21,7 +21,14 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     BUILD.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "chat-gateway", "--bin", "chat-gateway"]);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "chat-gateway",
+            "--bin",
+            "chat-gateway",
+        ]);
         if release {
             cmd.arg("--release");
         }

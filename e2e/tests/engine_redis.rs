@@ -19,7 +19,8 @@ impl Factory for Fresh {
         config.redis.url = self.url.clone();
         // A new key prefix per engine: no state leaks between checks.
         config.redis.key_prefix = format!("t{:08x}", rand::random::<u32>());
-        let engine = Arc::new(RedisEngine::new(hub, &config).expect("redis engine"));
+        let engine =
+            Arc::new(RedisEngine::new(hub, &config, Default::default()).expect("redis engine"));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !engine.healthy() {
             assert!(

@@ -9,6 +9,7 @@ use crate::protocol::{
     self, close, error_frame, ok_frame, Command, CommandId, ErrorCode, Position, Welcome,
 };
 use crate::ratelimit::TokenBucket;
+use crate::telemetry;
 use futures_util::{Stream, StreamExt};
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap};
@@ -16,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::{self, Message};
+use tracing::Instrument;
 
 /// How long after `welcome` a client may send `resume` before its inbox is replayed from
 /// the user's inbox cursor (any other first command replays it at once).
@@ -100,6 +102,7 @@ where
         })
     };
     let delivered = node.metrics.delivered.clone();
+    let delivery_seconds = node.metrics.delivery_seconds.clone();
     let writer = tokio::spawn(outbound::run_writer(
         sink,
         rx,
@@ -109,7 +112,13 @@ where
             epoch: started,
             on_inbox: Some(on_inbox),
             inbox: inbox.clone(),
-            on_delivered: Box::new(move |_| delivered.inc()),
+            on_delivered: Box::new(move |env| {
+                delivered.inc();
+                if env.ts > 0 {
+                    let ms = crate::engine::now_ms().saturating_sub(env.ts);
+                    delivery_seconds.observe(ms as f64 / 1000.0);
+                }
+            }),
         },
     ));
 
@@ -567,8 +576,21 @@ impl Conn {
             Some(m) => m,
             None => random_hex(12),
         };
-        let traceparent = traceparent.filter(|t| t.len() <= 128);
+        let mut traceparent = traceparent.filter(|t| t.len() <= 128);
         let room: Arc<str> = room.into();
+        let span = if telemetry::enabled() {
+            let span = tracing::info_span!("send", room = %room, msg_id = %msg_id, user = %self.user, seq = tracing::field::Empty, trace_id = tracing::field::Empty);
+            if let Some(tp) = &traceparent {
+                telemetry::set_parent(&span, tp);
+            }
+            telemetry::record_trace_id(&span);
+            // Receivers continue this trace: the send span's context rides in the message.
+            traceparent = telemetry::traceparent(&span);
+            span
+        } else {
+            tracing::Span::none()
+        };
+        let started = Instant::now();
         let published = self
             .node
             .engine
@@ -579,7 +601,16 @@ impl Conn {
                 body,
                 traceparent,
             })
+            .instrument(span.clone())
             .await?;
+        span.record("seq", published.seq);
+        self.node
+            .metrics
+            .publish_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if !published.duplicate {
+            self.node.metrics.received.inc();
+        }
         let mut fields = serde_json::json!({
             "room": &*room,
             "seq": published.seq,

@@ -68,13 +68,26 @@ impl Hub {
 
     /// Queues a room message to every local subscriber; returns how many took it.
     pub fn deliver(&self, env: &Arc<Envelope>) -> usize {
+        let span = match &env.traceparent {
+            Some(tp) if crate::telemetry::enabled() => {
+                let span = tracing::info_span!("deliver", room = %env.room, seq = env.seq, recipients = tracing::field::Empty, trace_id = tracing::field::Empty);
+                crate::telemetry::set_parent(&span, tp);
+                crate::telemetry::record_trace_id(&span);
+                span
+            }
+            _ => tracing::Span::none(),
+        };
+        let _entered = span.enter();
         let shard = self.shard(&env.room);
         let Some(subs) = shard.get(&env.room) else {
             return 0;
         };
-        subs.values()
+        let n = subs
+            .values()
             .filter(|q| q.push(Outbound::Msg(env.clone())))
-            .count()
+            .count();
+        span.record("recipients", n);
+        n
     }
 
     /// Queues a ready frame (presence) to every local subscriber of a room.
@@ -129,6 +142,8 @@ mod tests {
             room: room.clone(),
             seq: 1,
             epoch: "e".into(),
+            ts: 0,
+            traceparent: None,
             frame: "{}".into(),
         });
         assert_eq!(hub.deliver(&env), 1);

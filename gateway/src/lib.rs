@@ -12,6 +12,7 @@ pub mod outbound;
 pub mod protocol;
 pub mod ratelimit;
 pub mod server;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! `chat-gateway`: the gateway binary.
 
 use chat_gateway::config::{AuthMode, Config};
+use chat_gateway::telemetry::{self, LogFormat};
 use chat_gateway::Gateway;
 use clap::Parser;
 use std::path::PathBuf;
@@ -37,7 +38,6 @@ fn main() -> std::process::ExitCode {
         print!("{}", config.to_yaml());
         return std::process::ExitCode::SUCCESS;
     }
-    init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -48,25 +48,22 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    let format = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        LogFormat::Pretty
+    } else {
+        LogFormat::Json
+    };
+    let telemetry = runtime.block_on(async { telemetry::init(format) });
+    let result = runtime.block_on(run(config));
+    // Spans of the last moments (the drain) are flushed before exit.
+    runtime.block_on(async move { telemetry.shutdown() });
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("chat-gateway: {e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging() {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if std::io::stderr().is_terminal() {
-        builder.with_writer(std::io::stderr).init();
-    } else {
-        builder.json().with_writer(std::io::stderr).init();
     }
 }
 

@@ -1,6 +1,9 @@
 //! Prometheus metrics of a gateway node.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
 
 /// The node's metrics, registered in their own registry.
 pub struct Metrics {
@@ -23,7 +26,23 @@ pub struct Metrics {
     pub rooms: IntGauge,
     /// Most bytes ever queued for one (closed) connection.
     pub queue_high_water: IntGauge,
+    /// Messages accepted from clients (acknowledged sends).
+    pub received: IntCounter,
+    /// Time from a send command to its acknowledgement (engine append + fan-out).
+    pub publish_seconds: Histogram,
+    /// Time from the append to the write on a socket, possibly on another pod.
+    pub delivery_seconds: Histogram,
+    /// Redis operations that failed or timed out.
+    pub redis_errors: IntCounter,
+    /// Reconnections of the Redis pub/sub connection.
+    pub redis_reconnects: IntCounter,
 }
+
+/// Latency buckets, seconds: 100 µs .. 10 s.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -55,6 +74,16 @@ impl Metrics {
                 .register(Box::new(c.clone()))
                 .expect("unique metric");
             c
+        };
+        let histogram = |name: &str, help: &str| {
+            let h = Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("valid metric name");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
         };
         let m = Metrics {
             registry: Registry::new(),
@@ -96,6 +125,26 @@ impl Metrics {
             queue_high_water: gauge(
                 "chatgateway_outbound_queue_high_water_bytes",
                 "Most bytes ever queued for one connection (bounded by limits.outboundQueueBytes).",
+            ),
+            received: counter(
+                "chatgateway_messages_received_total",
+                "Messages accepted from clients (acknowledged sends).",
+            ),
+            publish_seconds: histogram(
+                "chatgateway_publish_duration_seconds",
+                "Time from a send command to its acknowledgement.",
+            ),
+            delivery_seconds: histogram(
+                "chatgateway_delivery_latency_seconds",
+                "Time from the append of a message to its write on a socket (across pods).",
+            ),
+            redis_errors: counter(
+                "chatgateway_redis_errors_total",
+                "Redis operations that failed or timed out.",
+            ),
+            redis_reconnects: counter(
+                "chatgateway_redis_reconnects_total",
+                "Reconnections of the Redis pub/sub connection.",
             ),
         };
         Metrics { registry, ..m }

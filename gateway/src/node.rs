@@ -2,7 +2,8 @@
 
 use crate::auth::Authenticator;
 use crate::config::{Config, EngineKind};
-use crate::engine::{memory::MemoryEngine, redis::RedisEngine, Engine};
+use crate::engine::redis::{RedisCounters, RedisEngine};
+use crate::engine::{memory::MemoryEngine, Engine};
 use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
 use crate::outbound::{CloseReason, OutboundQueue};
@@ -62,9 +63,16 @@ impl Node {
         config.validate()?;
         let auth = Authenticator::new(&config.auth)?;
         let hub = Arc::new(Hub::default());
+        let metrics = Metrics::new();
         let engine: Arc<dyn Engine> = match config.engine {
             EngineKind::Memory => Arc::new(MemoryEngine::new(hub.clone(), &config)),
-            EngineKind::Redis => Arc::new(RedisEngine::new(hub.clone(), &config)?),
+            EngineKind::Redis => {
+                let counters = RedisCounters {
+                    errors: metrics.redis_errors.clone(),
+                    reconnects: metrics.redis_reconnects.clone(),
+                };
+                Arc::new(RedisEngine::new(hub.clone(), &config, counters)?)
+            }
         };
         Ok(Arc::new(Node {
             id: node_id(&config),
@@ -72,7 +80,7 @@ impl Node {
             engine,
             hub,
             auth,
-            metrics: Metrics::new(),
+            metrics,
             shutdown,
             conns: Mutex::new(HashMap::new()),
             queue_high_water: Default::default(),

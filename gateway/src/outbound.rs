@@ -413,6 +413,8 @@ mod tests {
             room: room.into(),
             seq,
             epoch: "e".into(),
+            ts: 0,
+            traceparent: None,
             frame: format!("{{\"seq\":{seq}}}").into(),
         })
     }

@@ -199,6 +199,14 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
             }
         }
     }
+    let span = if crate::telemetry::enabled() {
+        let span = tracing::info_span!("connect", peer = %peer, user = tracing::field::Empty, outcome = tracing::field::Empty, trace_id = tracing::field::Empty);
+        crate::telemetry::record_trace_id(&span);
+        span
+    } else {
+        tracing::Span::none()
+    };
+    let _entered = span.enter();
     let user = match node.auth.authenticate(&presented) {
         Ok(user) => user,
         Err(e) => {
@@ -206,6 +214,7 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
                 AuthError::Missing | AuthError::MissingUser => "auth_missing",
                 _ => "auth_invalid",
             };
+            span.record("outcome", reason);
             let mut r = reject(&node, StatusCode::UNAUTHORIZED, reason, e.to_string());
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -221,6 +230,8 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
         );
     };
 
+    span.record("user", user.as_str());
+    span.record("outcome", "accepted");
     let offered_refs: Vec<&str> = offered.iter().map(String::as_str).collect();
     let chosen = auth::chosen_subprotocol(&offered_refs);
     let on_upgrade = hyper::upgrade::on(&mut req);

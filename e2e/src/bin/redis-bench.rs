@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let total = args.first().copied().unwrap_or(20_000).min(1_000_000);
     let window = args.get(1).copied().unwrap_or(64).max(1);
     let receivers = args.get(2).copied().unwrap_or(1).clamp(1, 100);
@@ -41,7 +44,9 @@ async fn main() {
 
     let mut rx_clients = Vec::new();
     for i in 0..receivers {
-        let mut c = Client::connect(&b.ws_url(&format!("user=rx{i}"))).await.expect("receiver");
+        let mut c = Client::connect(&b.ws_url(&format!("user=rx{i}")))
+            .await
+            .expect("receiver");
         c.join("bench").await;
         rx_clients.push(c);
     }

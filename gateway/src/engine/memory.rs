@@ -144,6 +144,8 @@ impl Engine for MemoryEngine {
             room: msg.room.clone(),
             seq,
             epoch: s.epoch.clone(),
+            ts,
+            traceparent: msg.traceparent.as_deref().map(Arc::from),
             frame: msg_frame(&msg.room, seq, &s.epoch, &msg, ts).into(),
         });
         s.msgs.push_back((ts, env.clone()));

@@ -26,6 +26,10 @@ pub struct Envelope {
     pub seq: u64,
     /// Epoch the seq belongs to.
     pub epoch: Arc<str>,
+    /// Append time, Unix ms (for the end-to-end delivery latency).
+    pub ts: u64,
+    /// W3C trace context of the send, if traced.
+    pub traceparent: Option<Arc<str>>,
     /// The complete `msg` frame, serialised once.
     pub frame: Utf8Bytes,
 }

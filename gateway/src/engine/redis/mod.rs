@@ -97,9 +97,29 @@ pub(crate) struct Shared {
     local_presence: Mutex<HashSet<(String, String, String)>>,
     /// Unix ms since when the pub/sub connection has been down (0 = up).
     pub(crate) pubsub_down_since: AtomicU64,
-    /// Counts of Redis errors and reconnects (metrics read them).
-    pub(crate) errors: AtomicU64,
-    pub(crate) reconnects: AtomicU64,
+    /// Counts of Redis errors and reconnects (metrics).
+    pub(crate) errors: prometheus::IntCounter,
+    pub(crate) reconnects: prometheus::IntCounter,
+}
+
+/// Counters the engine reports to (registered in the node's metrics).
+#[derive(Clone)]
+pub struct RedisCounters {
+    /// Failed or timed-out operations.
+    pub errors: prometheus::IntCounter,
+    /// Pub/sub reconnections.
+    pub reconnects: prometheus::IntCounter,
+}
+
+impl Default for RedisCounters {
+    /// Unregistered counters, for engines outside a node (tests).
+    fn default() -> Self {
+        let c = |n: &str| prometheus::IntCounter::new(n, n).expect("valid counter name");
+        RedisCounters {
+            errors: c("redis_errors"),
+            reconnects: c("redis_reconnects"),
+        }
+    }
 }
 
 impl Shared {
@@ -113,7 +133,7 @@ impl Shared {
 
     /// Maps a Redis error to an engine error and records the outage.
     pub(crate) fn fail(&self, e: redis::RedisError) -> EngineError {
-        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.errors.inc();
         let _ = self.down_since.compare_exchange(
             0,
             now_ms().max(1),
@@ -148,7 +168,7 @@ impl Shared {
             }
             Ok(Err(e)) => Err(self.fail(e)),
             Err(_) => {
-                self.errors.fetch_add(1, Ordering::Relaxed);
+                self.errors.inc();
                 let _ = self.down_since.compare_exchange(
                     0,
                     now_ms().max(1),
@@ -213,6 +233,8 @@ fn parse_history(room: &str, raw: Vec<redis::Value>) -> Result<HistoryPage, Engi
             room: room.clone(),
             seq,
             epoch: epoch.clone(),
+            ts: 0,
+            traceparent: None,
             frame: frame.into(),
         }));
     }
@@ -242,7 +264,11 @@ impl Drop for RedisEngine {
 impl RedisEngine {
     /// Connects lazily (the gateway starts even if Redis is down) and starts the
     /// subscriber and refresh tasks.
-    pub fn new(hub: Arc<Hub>, config: &Config) -> Result<Self, EngineError> {
+    pub fn new(
+        hub: Arc<Hub>,
+        config: &Config,
+        counters: RedisCounters,
+    ) -> Result<Self, EngineError> {
         let client = redis::Client::open(config.redis.url.as_str())
             .map_err(|e| EngineError::Internal(format!("redis.url: {e}")))?;
         let manager_config = ConnectionManagerConfig::new()
@@ -266,8 +292,8 @@ impl RedisEngine {
             readiness_grace: config.redis.readiness_grace,
             local_presence: Mutex::new(HashSet::new()),
             pubsub_down_since: AtomicU64::new(PUBSUB_DOWN_SINCE_START),
-            errors: AtomicU64::new(0),
-            reconnects: AtomicU64::new(0),
+            errors: counters.errors,
+            reconnects: counters.reconnects,
         });
         let stop = CancellationToken::new();
         let pubsub_up = Arc::new(AtomicBool::new(false));
@@ -280,16 +306,6 @@ impl RedisEngine {
             stop,
             pubsub_up,
         })
-    }
-
-    /// Redis errors seen so far.
-    pub fn error_count(&self) -> u64 {
-        self.shared.errors.load(Ordering::Relaxed)
-    }
-
-    /// Pub/sub reconnections so far.
-    pub fn reconnect_count(&self) -> u64 {
-        self.shared.reconnects.load(Ordering::Relaxed)
     }
 }
 
@@ -385,6 +401,7 @@ impl Engine for RedisEngine {
                     .arg(retention.max_messages)
                     .arg(retention.max_age.as_millis() as u64)
                     .arg(s.dedup_window.as_millis() as u64)
+                    .arg(msg.traceparent.as_deref().unwrap_or("-"))
                     .invoke_async(&mut conn),
             )
             .await?;

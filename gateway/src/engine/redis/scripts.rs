@@ -8,14 +8,14 @@
 //!   P:{R}:d:<from>\0<msg_id>   string   seq, expires after the dedup window
 //!   P:{R}:pc  zset   "<user>\0<conn>" scored by expiry ms
 //!   P:{R}:pu  hash   user -> connection count
-//!   P:c:R     channel: "m <seq> <epoch> <frame>" or "p <frame>"
+//!   P:c:R     channel: "m <seq> <epoch> <ts> <traceparent|-> <frame>" or "p <frame>"
 
 use redis::Script;
 use std::sync::LazyLock;
 
 /// Dedup check, next seq, append with retention, PUBLISH. Returns {seq, epoch, dup}.
 /// KEYS: meta, stream, dedup. ARGV: channel, epoch candidate, frame head, frame tail,
-/// max messages, max age ms, dedup window ms.
+/// max messages, max age ms, dedup window ms, traceparent (or `-`).
 pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -39,7 +39,7 @@ end
 redis.call('PEXPIRE', KEYS[1], max_age * 2 + 604800000)
 redis.call('PEXPIRE', KEYS[2], max_age * 2)
 redis.call('SET', KEYS[3], seq, 'PX', ARGV[7])
-redis.call('PUBLISH', ARGV[1], 'm ' .. seq .. ' ' .. epoch .. ' ' .. frame)
+redis.call('PUBLISH', ARGV[1], 'm ' .. seq .. ' ' .. epoch .. ' ' .. now .. ' ' .. ARGV[8] .. ' ' .. frame)
 return {seq, epoch, 0}
 "#,
     )

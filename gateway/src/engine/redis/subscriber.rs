@@ -81,7 +81,7 @@ async fn run(
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "redis pub/sub connect failed");
-                shared.errors.fetch_add(1, Ordering::Relaxed);
+                shared.errors.inc();
                 // Refuse subscription changes while down, without waiting for Redis.
                 let sleep = tokio::time::sleep(backoff);
                 tokio::pin!(sleep);
@@ -114,7 +114,7 @@ async fn run(
             }
         }
         if connected_before {
-            shared.reconnects.fetch_add(1, Ordering::Relaxed);
+            shared.reconnects.inc();
             fill_gaps(&shared, &mut rooms).await;
             tracing::info!(
                 rooms = rooms.len(),
@@ -260,15 +260,25 @@ fn dispatch(shared: &Shared, rooms: &mut Positions, msg: &redis::Msg) {
     let Some(rest) = payload.strip_prefix("m ") else {
         return;
     };
-    let mut parts = rest.splitn(3, ' ');
-    let (Some(seq), Some(epoch), Some(frame)) = (parts.next(), parts.next(), parts.next()) else {
+    let mut parts = rest.splitn(5, ' ');
+    let (Some(seq), Some(epoch), Some(ts), Some(tp), Some(frame)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
         return;
     };
-    let Ok(seq) = seq.parse::<u64>() else { return };
+    let (Ok(seq), Ok(ts)) = (seq.parse::<u64>(), ts.parse::<u64>()) else {
+        return;
+    };
     let env = Arc::new(Envelope {
         room: room.into(),
         seq,
         epoch: epoch.into(),
+        ts,
+        traceparent: (tp != "-").then(|| Arc::from(tp)),
         frame: frame.to_string().into(),
     });
     if let Some(pos) = rooms.get_mut(room) {

@@ -1,0 +1,169 @@
+//! OTLP traces across pods: a message sent on process A and delivered on process B is one
+//! trace (send span on A, deliver span on B as its child), exported to a real OTLP/gRPC
+//! receiver; a client's own traceparent is honoured; without an endpoint nothing connects.
+
+use e2e::otlp::Receiver;
+use e2e::process::GatewayProcess;
+use e2e::redis::RedisServer;
+use e2e::Client;
+use serde_json::json;
+use std::time::Duration;
+
+fn traced(redis: &RedisServer, otlp: &str, name: &str, prefix: &str) -> GatewayProcess {
+    let url = redis.url();
+    let p = GatewayProcess::start(&[
+        ("CHATGW_AUTH__MODE", "insecure"),
+        ("CHATGW_ENGINE", "redis"),
+        ("CHATGW_REDIS__URL", &url),
+        ("CHATGW_REDIS__KEY_PREFIX", prefix),
+        ("CHATGW_NODE__ID", name),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp),
+        ("OTEL_SERVICE_NAME", name),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ]);
+    p.wait_ready(200, Duration::from_secs(20));
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_across_two_processes() {
+    let otlp = Receiver::start().await;
+    let redis = RedisServer::start();
+    let prefix = format!("tr{:08x}", rand::random::<u32>());
+    let a = traced(&redis, &otlp.endpoint(), "gw-a", &prefix);
+    let b = traced(&redis, &otlp.endpoint(), "gw-b", &prefix);
+    let mut alice = Client::connect(&a.ws_url("user=alice"))
+        .await
+        .expect("alice");
+    let mut bob = Client::connect(&b.ws_url("user=bob")).await.expect("bob");
+    alice.join("traced").await;
+    bob.join("traced").await;
+
+    let ack = alice.send("traced", json!("first")).await;
+    assert_eq!(ack["type"], "ok", "{ack}");
+    let got = bob.next_msg().await;
+    let tp = got["traceparent"]
+        .as_str()
+        .expect("the message carries its trace context");
+    let trace_id = tp.split('-').nth(1).expect("trace id").to_string();
+    let send_span_id = tp.split('-').nth(2).expect("span id").to_string();
+
+    let spans = otlp
+        .wait_for(
+            Duration::from_secs(20),
+            "send on gw-a and deliver on gw-b",
+            |s| {
+                s.iter().any(|x| x.name == "send" && x.trace_id == trace_id)
+                    && s.iter().any(|x| {
+                        x.name == "deliver" && x.service == "gw-b" && x.trace_id == trace_id
+                    })
+            },
+        )
+        .await;
+    let send = spans
+        .iter()
+        .find(|x| x.name == "send" && x.trace_id == trace_id)
+        .expect("send");
+    assert_eq!(send.service, "gw-a");
+    assert_eq!(send.span_id, send_span_id);
+    assert_eq!(send.attr("room"), Some("traced"));
+    let deliver = spans
+        .iter()
+        .find(|x| x.name == "deliver" && x.service == "gw-b" && x.trace_id == trace_id)
+        .expect("deliver");
+    assert_eq!(
+        deliver.parent_span_id, send.span_id,
+        "deliver on B is a child of send on A"
+    );
+    assert!(spans
+        .iter()
+        .any(|x| x.name == "connect" && x.attr("user") == Some("bob")));
+
+    // A client that brings its own trace context gets its send joined to that trace.
+    let client_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client_span = "00f067aa0ba902b7";
+    let r = alice
+        .request(json!({"type": "send", "room": "traced", "body": "second",
+                        "traceparent": format!("00-{client_trace}-{client_span}-01")}))
+        .await;
+    assert_eq!(r["type"], "ok");
+    let spans = otlp
+        .wait_for(
+            Duration::from_secs(20),
+            "send and deliver in the client's trace",
+            |s| {
+                s.iter()
+                    .any(|x| x.name == "send" && x.trace_id == client_trace)
+                    && s.iter().any(|x| {
+                        x.name == "deliver" && x.service == "gw-b" && x.trace_id == client_trace
+                    })
+            },
+        )
+        .await;
+    let send = spans
+        .iter()
+        .find(|x| x.name == "send" && x.trace_id == client_trace)
+        .expect("send");
+    assert_eq!(send.parent_span_id, client_span);
+    otlp.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_of_the_last_moments_are_flushed_on_shutdown() {
+    let otlp = Receiver::start().await;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    // A long batch delay: only the flush at exit can deliver the span in time.
+    let mut a = GatewayProcess::start(&[
+        ("CHATGW_AUTH__MODE", "insecure"),
+        ("CHATGW_ENGINE", "redis"),
+        ("CHATGW_REDIS__URL", &url),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.endpoint()),
+        ("OTEL_SERVICE_NAME", "gw-flush"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+    ]);
+    a.wait_ready(200, Duration::from_secs(20));
+    let mut c = Client::connect(&a.ws_url("user=late"))
+        .await
+        .expect("connect");
+    c.join("late").await;
+    assert_eq!(
+        c.send("late", json!("just before exit")).await["type"],
+        "ok"
+    );
+    a.signal("TERM");
+    assert_eq!(a.wait_exit(Duration::from_secs(20)), Some(0));
+    otlp.wait_for(
+        Duration::from_secs(5),
+        "the send span flushed at exit",
+        |s| {
+            s.iter()
+                .any(|x| x.name == "send" && x.service == "gw-flush")
+        },
+    )
+    .await;
+    otlp.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_endpoint_nothing_connects_anywhere() {
+    // The default OTLP/gRPC endpoint is localhost:4317: listen there and count connections.
+    let listener = std::net::TcpListener::bind("127.0.0.1:4317")
+        .expect("port 4317 must be free for this test (the OTLP default)");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let mut gw = GatewayProcess::start(&[("CHATGW_AUTH__MODE", "insecure")]);
+    let mut c = Client::connect(&gw.ws_url("user=quiet"))
+        .await
+        .expect("connect");
+    c.join("q").await;
+    for i in 0..5 {
+        assert_eq!(c.send("q", json!(i)).await["type"], "ok");
+    }
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Ok((_, peer)) => panic!("something connected to the OTLP default port from {peer}"),
+        Err(e) => panic!("accept: {e}"),
+    }
+}
