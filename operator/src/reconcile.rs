@@ -1,6 +1,6 @@
 //! The reconcile loop: build the children, apply them with server-side apply, write status.
 
-use crate::builders::{self, with_type_meta, Owner, FIELD_MANAGER};
+use crate::builders::{self, deployment, with_type_meta, Owner, FIELD_MANAGER};
 use crate::crd::{ChatGateway, ChatGatewaySpec, ChatGatewayStatus};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -151,7 +151,7 @@ async fn apply_all(cgw: &ChatGateway, ctx: &Context) -> Result<Action> {
         .namespace()
         .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
     let owner = Owner::of(cgw, &ns)?;
-    let children = builders::build(cgw, &owner)?;
+    let mut children = builders::build(cgw, &owner)?;
     let client = &ctx.client;
     check_secrets(client, &ns, &cgw.spec).await?;
 
@@ -160,11 +160,17 @@ async fn apply_all(cgw: &ChatGateway, ctx: &Context) -> Result<Action> {
         &children.config_map,
     )
     .await?;
-    let deployment = apply(
-        &Api::<Deployment>::namespaced(client.clone(), &ns),
-        &children.deployment,
-    )
-    .await?;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    if cgw.spec.autoscaling.as_ref().is_some_and(|a| a.enabled) {
+        let live = deployments
+            .get_opt(&owner.name)
+            .await?
+            .and_then(|d| d.spec?.replicas);
+        if let Some(spec) = children.deployment.spec.as_mut() {
+            spec.replicas = Some(deployment::hpa_replicas(cgw, live));
+        }
+    }
+    let deployment = apply(&deployments, &children.deployment).await?;
     apply(
         &Api::<Service>::namespaced(client.clone(), &ns),
         &children.service,

@@ -215,6 +215,13 @@ async fn full_spec_checks_secrets_then_applies_hpa_and_pdb() {
                 secret("jwt", "secret"),
             ),
             step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
+            ok_with(
+                Method::GET,
+                &format!("{APPS}/deployments/chat"),
+                json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                       "metadata": {"name": "chat", "namespace": "apps"},
+                       "spec": {"replicas": 7, "selector": {}, "template": {}}}),
+            ),
             step(Method::PATCH, &format!("{APPS}/deployments/chat")),
             step(Method::PATCH, &format!("{NS}/services/chat")),
             step(Method::PATCH, HPA),
@@ -226,15 +233,13 @@ async fn full_spec_checks_secrets_then_applies_hpa_and_pdb() {
         .await
         .expect("reconcile");
     let seen = server.await.expect("server");
-    let hpa = &seen[5].1;
+    let hpa = &seen[6].1;
     assert_eq!(
         hpa["spec"]["metrics"][0]["pods"]["metric"]["name"],
         "chatgateway_connections"
     );
-    assert!(
-        seen[3].1["spec"].get("replicas").is_none(),
-        "the HPA owns replicas"
-    );
+    // The live count (set by the HPA) is re-applied, so ownership never lapses.
+    assert_eq!(seen[4].1["spec"]["replicas"], 7);
 }
 
 #[tokio::test]
@@ -403,6 +408,7 @@ async fn unserved_kinds_are_reported_not_fatal() {
         handle,
         vec![
             step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
+            not_found(Method::GET, &format!("{APPS}/deployments/chat")),
             step(Method::PATCH, &format!("{APPS}/deployments/chat")),
             step(Method::PATCH, &format!("{NS}/services/chat")),
             step(Method::PATCH, STATUS),
@@ -411,8 +417,12 @@ async fn unserved_kinds_are_reported_not_fatal() {
     let c = cgw("gateway: {auth: {mode: insecure}}\nautoscaling: {enabled: true}");
     reconcile(Arc::new(c), ctx).await.expect("reconcile");
     let seen = server.await.expect("server");
-    let status = &seen[3].1;
+    let status = &seen[4].1;
     assert_eq!(condition(status, "Degraded"), ("True", "KindNotServed"));
+    assert_eq!(
+        seen[2].1["spec"]["replicas"], 2,
+        "a new Deployment starts at minReplicas"
+    );
     let message = status["status"]["conditions"][2]["message"]
         .as_str()
         .unwrap_or("");

@@ -33,7 +33,8 @@ fn validate(file: &Path, version: &str) -> (bool, String) {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("chatgw-kv-{}", std::process::id()));
+    // One directory per test file name, so parallel tests never share a file.
+    let dir = std::env::temp_dir().join(format!("chatgw-kv-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir.join(name)
 }
@@ -69,6 +70,7 @@ fn rendered_examples_are_valid_kubernetes_objects() {
                 "{name} {version}: {report}"
             );
         }
+        let _ = std::fs::remove_dir_all(file.parent().unwrap_or(&file));
     }
 }
 
@@ -88,4 +90,5 @@ fn the_validator_catches_a_wrong_field() {
             "kubernetes-validate {version} accepted a typo: {report}"
         );
     }
+    let _ = std::fs::remove_dir_all(file.parent().unwrap_or(&file));
 }

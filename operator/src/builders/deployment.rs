@@ -201,10 +201,10 @@ pub fn build(cgw: &ChatGateway, owner: &Owner, config_hash: &str) -> Result<Depl
     Ok(Deployment {
         metadata: owner.meta(&owner.name),
         spec: Some(DeploymentSpec {
-            // With autoscaling on, the HPA owns the replica count: leaving the field out of
-            // the apply means the operator never fights it.
+            // With autoscaling on the HPA decides; a new Deployment starts at minReplicas and
+            // the reconciler re-applies the live count (see `hpa_replicas`).
             replicas: if autoscaling {
-                None
+                Some(hpa_replicas(cgw, None))
             } else {
                 Some(spec.replicas.unwrap_or(DEFAULT_REPLICAS))
             },
@@ -233,6 +233,18 @@ pub fn build(cgw: &ChatGateway, owner: &Owner, config_hash: &str) -> Result<Depl
         }),
         status: None,
     })
+}
+
+/// Replicas to apply while the HPA owns scaling: the live count, kept within min..=max.
+///
+/// Leaving the field out of the apply would hand it to nobody, and the API server would
+/// reset it to 1 (server-side apply removes fields an applier stops sending), scaling a
+/// busy gateway down to one pod until the HPA reacts. Re-applying what is live keeps it.
+pub fn hpa_replicas(cgw: &ChatGateway, live: Option<i32>) -> i32 {
+    let a = cgw.spec.autoscaling.clone().unwrap_or_default();
+    let min = a.min_replicas.unwrap_or(super::hpa::DEFAULT_MIN);
+    let max = a.max_replicas.unwrap_or(super::hpa::DEFAULT_MAX).max(min);
+    live.unwrap_or(min).clamp(min, max)
 }
 
 fn field_env(name: &str, path: &str) -> EnvVar {
@@ -419,6 +431,15 @@ mod tests {
     }
 
     #[test]
+    fn autoscaled_replicas_follow_the_live_count_within_bounds() {
+        let c = cgw("autoscaling: {enabled: true, minReplicas: 2, maxReplicas: 4}");
+        assert_eq!(hpa_replicas(&c, None), 2);
+        assert_eq!(hpa_replicas(&c, Some(3)), 3);
+        assert_eq!(hpa_replicas(&c, Some(1)), 2);
+        assert_eq!(hpa_replicas(&c, Some(9)), 4);
+    }
+
+    #[test]
     fn grace_period_is_drain_timeout_plus_margin() {
         let d = deployment("gateway: {auth: {mode: insecure}}\ndrain: {timeout: 2m}");
         assert_eq!(
@@ -505,8 +526,8 @@ mod tests {
         let d = deployment(FULL);
         assert_eq!(
             d.spec.as_ref().and_then(|s| s.replicas),
-            None,
-            "the HPA owns replicas"
+            Some(3),
+            "a new autoscaled Deployment starts at minReplicas"
         );
         let labels = d
             .spec
