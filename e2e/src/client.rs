@@ -30,6 +30,8 @@ pub enum Connected {
     Ok(Box<Client>, tungstenite::http::Response<Option<Vec<u8>>>),
     /// Refused with this HTTP status and body.
     Refused(u16, String),
+    /// No HTTP answer at all (connection refused, reset, bad handshake).
+    Failed(String),
 }
 
 impl Client {
@@ -39,6 +41,7 @@ impl Client {
         match Self::connect_request(req).await {
             Connected::Ok(c, _) => Ok(*c),
             Connected::Refused(status, body) => Err(format!("HTTP {status}: {body}")),
+            Connected::Failed(e) => Err(e),
         }
     }
 
@@ -72,7 +75,7 @@ impl Client {
                     .unwrap_or_default();
                 Connected::Refused(status, body)
             }
-            Err(e) => panic!("connect failed: {e}"),
+            Err(e) => Connected::Failed(e.to_string()),
         }
     }
 
@@ -185,6 +188,20 @@ impl Client {
                 return f;
             }
             self.pending.push_back(f);
+        }
+    }
+
+    /// The next text frame with no time limit (pending ones first); None once closed.
+    pub async fn recv(&mut self) -> Option<Value> {
+        if let Some(f) = self.pending.pop_front() {
+            return Some(f);
+        }
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).ok(),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
         }
     }
 

@@ -6,6 +6,7 @@ pub mod jwt;
 pub mod otlp;
 pub mod process;
 pub mod redis;
+pub mod resilient;
 
 use chat_gateway::config::{AuthMode, Config};
 use chat_gateway::Gateway;

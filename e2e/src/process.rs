@@ -65,7 +65,11 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Starts `chat-gateway` with the given `CHATGW_*` environment and waits for /healthz.
     pub fn start(env: &[(&str, &str)]) -> GatewayProcess {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], free_port())), env)
+    }
+
+    /// Like [`start`](Self::start) on a given address (a restart on the same port).
+    pub fn start_on(addr: SocketAddr, env: &[(&str, &str)]) -> GatewayProcess {
         let mut cmd = Command::new(workspace_bin("chat-gateway"));
         cmd.arg("--listen")
             .arg(addr.to_string())

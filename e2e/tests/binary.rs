@@ -54,8 +54,11 @@ fn bad_config_exits_2_with_a_clear_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serves_chat_and_exits_on_sigterm() {
-    let mut gw = GatewayProcess::start(&[("CHATGW_AUTH__MODE", "insecure")]);
+async fn serves_chat_and_drains_on_sigterm() {
+    let mut gw = GatewayProcess::start(&[
+        ("CHATGW_AUTH__MODE", "insecure"),
+        ("CHATGW_DRAIN__ACCEPT_GRACE", "0s"),
+    ]);
     let mut a = Client::connect(&gw.ws_url("user=a"))
         .await
         .expect("connect a");
@@ -67,7 +70,12 @@ async fn serves_chat_and_exits_on_sigterm() {
     assert_eq!(a.send("x", json!("via the binary")).await["type"], "ok");
     assert_eq!(b.next_msg().await["body"], "via the binary");
     gw.signal("TERM");
-    assert_eq!(a.expect_close().await.map(|c| c.0), Some(1001));
+    let goaway = a.next_of("goaway").await;
+    assert_eq!(goaway["reason"], "draining");
+    assert!(goaway["reconnect_after_ms"]
+        .as_u64()
+        .is_some_and(|ms| ms <= 2000));
+    assert_eq!(a.expect_close().await.map(|c| c.0), Some(1012));
     assert_eq!(
         gw.wait_exit(Duration::from_secs(15)),
         Some(0),

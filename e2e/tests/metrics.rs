@@ -24,8 +24,12 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
         if line.starts_with("# HELP ") {
             continue;
         }
-        let (sample, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line}"));
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line}"));
+        let (sample, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line}"));
         let name = sample.split('{').next().unwrap_or_default();
         let base = ["_bucket", "_sum", "_count"]
             .iter()
@@ -33,7 +37,10 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
             .filter(|b| typed.contains(*b))
             .unwrap_or(name);
         assert!(typed.contains(base), "sample without TYPE: {line}");
-        assert!(!sample.contains("user=") && !sample.contains("room="), "unbounded label: {line}");
+        assert!(
+            !sample.contains("user=") && !sample.contains("room="),
+            "unbounded label: {line}"
+        );
         samples.insert(sample.to_string(), value);
     }
     samples
@@ -89,7 +96,11 @@ async fn scripted_session_gives_exact_metrics() {
     eve.join("flood").await;
     let big = "z".repeat(7000);
     for _ in 0..2000 {
-        if get(&scrape(&gw).await, "chatgateway_drops_total{reason=\"slow_consumer\"}") >= 1.0 {
+        if get(
+            &scrape(&gw).await,
+            "chatgateway_drops_total{reason=\"slow_consumer\"}",
+        ) >= 1.0
+        {
             break;
         }
         for _ in 0..20 {
@@ -103,17 +114,41 @@ async fn scripted_session_gives_exact_metrics() {
     drop((alice, bob, carol, eve));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while gw.gateway.node.connection_count() > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "connections did not close");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connections did not close"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let m = scrape(&gw).await;
     assert_eq!(get(&m, "chatgateway_connections"), 0.0);
     assert_eq!(get(&m, "chatgateway_connections_accepted_total"), 5.0);
     assert_eq!(get(&m, "chatgateway_drops_total{reason=\"oversize\"}"), 1.0);
-    assert_eq!(get(&m, "chatgateway_drops_total{reason=\"slow_consumer\"}"), 1.0);
-    assert_eq!(get(&m, "chatgateway_connections_closed_total{reason=\"message too big\"}"), 1.0);
-    assert_eq!(get(&m, "chatgateway_connections_closed_total{reason=\"slow consumer\"}"), 1.0);
-    assert_eq!(get(&m, "chatgateway_connections_closed_total{reason=\"client closed\"}"), 3.0);
+    assert_eq!(
+        get(&m, "chatgateway_drops_total{reason=\"slow_consumer\"}"),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &m,
+            "chatgateway_connections_closed_total{reason=\"message too big\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &m,
+            "chatgateway_connections_closed_total{reason=\"slow consumer\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &m,
+            "chatgateway_connections_closed_total{reason=\"client closed\"}"
+        ),
+        3.0
+    );
     assert_eq!(get(&m, "chatgateway_rooms"), 0.0);
     assert!(get(&m, "chatgateway_outbound_queue_high_water_bytes") <= 64.0 * 1024.0);
     assert_eq!(get(&m, "chatgateway_redis_errors_total"), 0.0);

@@ -33,6 +33,12 @@ pub struct Config {
     pub inbox: RetentionConfig,
     /// Resume sessions.
     pub sessions: SessionsConfig,
+    /// Graceful drain on SIGTERM.
+    pub drain: DrainConfig,
+    /// Shedding connections from pods well above the cluster mean.
+    pub rebalance: RebalanceConfig,
+    /// Rate of new connections and resumes admitted (reconnect storms).
+    pub admission: AdmissionConfig,
 }
 
 impl Default for Config {
@@ -54,6 +60,9 @@ impl Default for Config {
                 max_age: Duration::from_secs(7 * 24 * 3600),
             },
             sessions: SessionsConfig::default(),
+            drain: DrainConfig::default(),
+            rebalance: RebalanceConfig::default(),
+            admission: AdmissionConfig::default(),
         }
     }
 }
@@ -290,6 +299,82 @@ impl Default for SessionsConfig {
     }
 }
 
+/// Graceful drain on SIGTERM: readiness off, accept grace, evict at a bounded rate, exit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct DrainConfig {
+    /// Upgrades are still accepted this long after SIGTERM (endpoints take time to update).
+    #[serde(with = "humantime_serde")]
+    pub accept_grace: Duration,
+    /// Connections sent `goaway` and closed (1012) per second.
+    pub evict_rate: f64,
+    /// If non-zero, spread the evictions over this period instead (rate = open / period,
+    /// never below `evictRate`).
+    #[serde(with = "humantime_serde")]
+    pub period: Duration,
+    /// Exit at this deadline after SIGTERM even if connections remain (they are closed).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// `goaway.reconnect_after_ms` is drawn uniformly from 0 to this.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_jitter: Duration,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig {
+            accept_grace: Duration::from_secs(5),
+            evict_rate: 100.0,
+            period: Duration::ZERO,
+            timeout: Duration::from_secs(60),
+            reconnect_jitter: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Rebalancing: a pod well above the cluster mean sheds connections slowly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct RebalanceConfig {
+    /// On by default; `false` turns it off.
+    pub enabled: bool,
+    /// Shed only when this many connections above the mean ...
+    pub abs_threshold: u64,
+    /// ... and this fraction above the mean (0.2 = 20 %).
+    pub rel_threshold: f64,
+    /// Connections shed per second while above the thresholds.
+    pub rate: f64,
+    /// How often the node compares itself with the cluster.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for RebalanceConfig {
+    fn default() -> Self {
+        RebalanceConfig {
+            enabled: true,
+            abs_threshold: 100,
+            rel_threshold: 0.2,
+            rate: 5.0,
+            interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Admission of new connections and resumes, cluster-wide with Redis, per pod otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct AdmissionConfig {
+    /// Upgrades admitted per second; over it, 503 with a jittered Retry-After. 0 = no limit.
+    pub rate: u32,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig { rate: 2000 }
+    }
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -416,6 +501,16 @@ impl Config {
         }
         if self.heartbeat.interval < Duration::from_millis(50) {
             return bad("heartbeat.interval must be at least 50ms");
+        }
+        if !(self.drain.evict_rate > 0.0 && self.drain.evict_rate.is_finite()) {
+            return bad("drain.evictRate must be a positive number");
+        }
+        let r = &self.rebalance;
+        let rel_ok = r.rel_threshold.is_finite() && r.rel_threshold >= 0.0;
+        if !(r.rate > 0.0 && r.rate.is_finite() && rel_ok)
+            || r.interval < Duration::from_millis(100)
+        {
+            return bad("rebalance.rate must be positive, rebalance.relThreshold >= 0, rebalance.interval >= 100ms");
         }
         if self.history.max_messages == 0 || self.inbox.max_messages == 0 {
             return bad("history.maxMessages and inbox.maxMessages must be at least 1");

@@ -65,8 +65,8 @@ struct Conn {
     user: String,
     inbox: Arc<str>,
     queue: OutboundQueue,
-    /// Joined rooms (not the inbox) and the epoch seen at join.
-    rooms: HashMap<Arc<str>, Arc<str>>,
+    /// Joined rooms (not the inbox) and the (epoch, top seq) seen at join.
+    rooms: HashMap<Arc<str>, (Arc<str>, u64)>,
     inbox_pending: bool,
     connected_at: u64,
 }
@@ -355,10 +355,12 @@ impl Conn {
                 .metrics
                 .rooms
                 .set(self.node.hub.room_count() as i64);
-            if let Err(e) = self.node.engine.subscribe(room).await {
-                self.unsubscribe(room).await;
-                return Err(e);
-            }
+        }
+        // Every joiner waits for the node's subscription to be live (not only the first):
+        // reading history before that could miss a message.
+        if let Err(e) = self.node.engine.subscribe(room).await {
+            self.unsubscribe(room).await;
+            return Err(e);
         }
         Ok(())
     }
@@ -497,7 +499,8 @@ impl Conn {
                 return Err(e.into());
             }
         };
-        self.rooms.insert(room.clone(), status.epoch.clone());
+        self.rooms
+            .insert(room.clone(), (status.epoch.clone(), status.seq));
         self.persist(&HashMap::new()).await;
         let reply = if since.is_some() {
             ok_frame(
@@ -791,7 +794,7 @@ impl Conn {
         }
         match self.catch_up(&room, Some(seq), epoch).await {
             Ok((status, replay)) => {
-                self.rooms.insert(room, status.epoch.clone());
+                self.rooms.insert(room, (status.epoch.clone(), status.seq));
                 Ok((status, replay))
             }
             Err(e) => {
@@ -801,30 +804,28 @@ impl Conn {
         }
     }
 
-    /// Saves the session for a later resume; `positions` overrides join-time seqs.
-    async fn persist(&self, positions: &HashMap<Arc<str>, u64>) {
+    /// Saves the session for a later resume; `written` (the writer's positions at the
+    /// end) overrides the positions known at join time.
+    async fn persist(&self, written: &HashMap<Arc<str>, (Option<Arc<str>>, u64)>) {
+        let position = |room: &Arc<str>, fallback: Option<&(Arc<str>, u64)>| {
+            let (epoch, seq) = match (written.get(room), fallback) {
+                (Some((Some(e), seq)), _) => (e.clone(), *seq),
+                (_, Some((e, seq))) => (e.clone(), *seq),
+                _ => return None,
+            };
+            Some((
+                room.to_string(),
+                RoomPosition {
+                    seq,
+                    epoch: epoch.to_string(),
+                },
+            ))
+        };
         let rooms = self
             .rooms
             .iter()
-            .map(|(room, epoch)| {
-                let seq = positions.get(room).copied().unwrap_or(0);
-                (
-                    room.to_string(),
-                    RoomPosition {
-                        seq,
-                        epoch: epoch.to_string(),
-                    },
-                )
-            })
-            .chain(positions.get(&self.inbox).map(|seq| {
-                (
-                    self.inbox.to_string(),
-                    RoomPosition {
-                        seq: *seq,
-                        epoch: String::new(),
-                    },
-                )
-            }))
+            .filter_map(|(room, joined)| position(room, Some(joined)))
+            .chain(position(&self.inbox, None))
             .collect();
         let record = SessionRecord {
             user: self.user.clone(),
@@ -844,7 +845,7 @@ impl Conn {
     }
 
     /// Leaves everything after the socket closed and stores the session for a resume.
-    async fn detach_all(&mut self, positions: &HashMap<Arc<str>, u64>) {
+    async fn detach_all(&mut self, positions: &HashMap<Arc<str>, (Option<Arc<str>>, u64)>) {
         let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
         for room in &rooms {
             self.unsubscribe(room).await;

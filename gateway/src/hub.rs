@@ -101,6 +101,11 @@ impl Hub {
             .count()
     }
 
+    /// Whether a room has local subscribers.
+    pub fn has_subscribers(&self, room: &str) -> bool {
+        self.shard(room).get(room).is_some_and(|s| !s.is_empty())
+    }
+
     /// Number of rooms with local subscribers.
     pub fn room_count(&self) -> usize {
         self.shards

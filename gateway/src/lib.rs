@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod config;
 pub mod connection;
+pub mod drain;
 pub mod engine;
 pub mod hub;
 pub mod metrics;
@@ -11,6 +12,7 @@ pub mod node;
 pub mod outbound;
 pub mod protocol;
 pub mod ratelimit;
+pub mod rebalance;
 pub mod server;
 pub mod telemetry;
 
@@ -32,7 +34,7 @@ async fn report_load(node: Arc<node::Node>) {
         let report = engine::NodeReport {
             id: node.id.clone(),
             connections: node.connection_count() as u64,
-            draining: node.shutdown.is_cancelled(),
+            draining: node.is_draining(),
             heartbeat: engine::now_ms(),
         };
         if let Err(e) = node.engine.report_node(&report).await {
@@ -61,7 +63,23 @@ impl Gateway {
         let node = node::Node::new(config, shutdown)?;
         let task = tokio::spawn(server::run(node.clone(), listener));
         tokio::spawn(report_load(node.clone()));
+        tokio::spawn(rebalance::run(node.clone()));
         Ok(Gateway { node, addr, task })
+    }
+
+    /// Drains (see [`drain`]): readiness off, accept grace, goaway at the evict rate, until
+    /// no connection is left or the drain timeout. Cancel `force` to cut it short.
+    pub async fn drain(&self, force: &CancellationToken) -> drain::DrainOutcome {
+        let outcome = drain::drain(&self.node, force).await;
+        // The registry should show the drain until the node disappears.
+        let report = engine::NodeReport {
+            id: self.node.id.clone(),
+            connections: self.node.connection_count() as u64,
+            draining: true,
+            heartbeat: engine::now_ms(),
+        };
+        let _ = self.node.engine.report_node(&report).await;
+        outcome
     }
 
     /// Stops accepting, closes every connection (1001) and waits until they are gone or

@@ -77,8 +77,21 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let gateway = Gateway::start(config).await?;
     tracing::info!(addr = %gateway.addr, node = %gateway.node.id, "chat-gateway listening");
     shutdown_signal().await;
-    tracing::info!("shutting down");
-    gateway.shutdown(Duration::from_secs(10)).await;
+    // A second SIGTERM or SIGINT cuts the drain short.
+    let force = tokio_util::sync::CancellationToken::new();
+    let second = force.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::warn!("second signal: closing everything now");
+        second.cancel();
+    });
+    let outcome = gateway.drain(&force).await;
+    tracing::info!(
+        evicted = outcome.evicted,
+        forced = outcome.forced,
+        "exiting"
+    );
+    gateway.shutdown(Duration::from_secs(2)).await;
     Ok(())
 }
 

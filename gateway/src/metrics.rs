@@ -36,6 +36,16 @@ pub struct Metrics {
     pub redis_errors: IntCounter,
     /// Reconnections of the Redis pub/sub connection.
     pub redis_reconnects: IntCounter,
+    /// 1 while draining.
+    pub draining: IntGauge,
+    /// Connections still open during a drain.
+    pub drain_remaining: IntGauge,
+    /// Connections sent goaway by the drain.
+    pub drain_evicted: IntCounter,
+    /// Connections closed at the drain deadline (or on a forced exit).
+    pub drain_forced: IntCounter,
+    /// Connections shed by rebalancing.
+    pub rebalance_shed: IntCounter,
 }
 
 /// Latency buckets, seconds: 100 µs .. 10 s.
@@ -145,6 +155,23 @@ impl Metrics {
             redis_reconnects: counter(
                 "chatgateway_redis_reconnects_total",
                 "Reconnections of the Redis pub/sub connection.",
+            ),
+            draining: gauge("chatgateway_draining", "1 while this pod drains."),
+            drain_remaining: gauge(
+                "chatgateway_drain_remaining_connections",
+                "Connections still open during a drain.",
+            ),
+            drain_evicted: counter(
+                "chatgateway_drain_evicted_total",
+                "Connections sent goaway by the drain.",
+            ),
+            drain_forced: counter(
+                "chatgateway_drain_forced_closes_total",
+                "Connections closed at the drain deadline or on a forced exit.",
+            ),
+            rebalance_shed: counter(
+                "chatgateway_rebalance_shed_total",
+                "Connections shed by rebalancing.",
             ),
         };
         Metrics { registry, ..m }

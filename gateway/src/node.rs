@@ -29,6 +29,12 @@ pub struct Node {
     pub metrics: Metrics,
     /// Cancelled when the process shuts down.
     pub shutdown: CancellationToken,
+    /// Set when a drain starts: readiness fails from then on.
+    pub draining: std::sync::atomic::AtomicBool,
+    /// Cleared when the drain's accept grace is over: upgrades get 503 from then on.
+    pub accepting: std::sync::atomic::AtomicBool,
+    /// Admission window (memory engine): (unix second, admitted in it).
+    admission: Mutex<(u64, u32)>,
     conns: Mutex<HashMap<ConnId, OutboundQueue>>,
     queue_high_water: std::sync::atomic::AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
@@ -82,6 +88,9 @@ impl Node {
             auth,
             metrics,
             shutdown,
+            draining: Default::default(),
+            accepting: std::sync::atomic::AtomicBool::new(true),
+            admission: Mutex::new((0, 0)),
             conns: Mutex::new(HashMap::new()),
             queue_high_water: Default::default(),
             per_ip: Mutex::new(HashMap::new()),
@@ -143,7 +152,46 @@ impl Node {
 
     /// Whether the node should receive traffic.
     pub fn ready(&self) -> bool {
-        !self.shutdown.is_cancelled() && self.engine.healthy()
+        !self.shutdown.is_cancelled() && !self.is_draining() && self.engine.healthy()
+    }
+
+    /// Whether a drain has started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Whether new upgrades are accepted (false once the drain's accept grace is over).
+    pub fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::Relaxed) && !self.shutdown.is_cancelled()
+    }
+
+    /// A connection that has not been told to go yet (for drain and rebalance).
+    pub fn pick_connection(&self) -> Option<OutboundQueue> {
+        lock(&self.conns)
+            .values()
+            .find(|q| !q.told_to_go())
+            .cloned()
+    }
+
+    /// Admits one new connection under `admission.rate`: cluster-wide through the engine
+    /// when it can count (Redis), else per node. Fails open when the engine cannot answer.
+    pub async fn admit(&self) -> bool {
+        let rate = self.config.admission.rate;
+        if rate == 0 {
+            return true;
+        }
+        match self.engine.admit(rate).await {
+            Ok(Some(admitted)) => admitted,
+            Ok(None) | Err(_) => {
+                let now = crate::engine::now_ms() / 1000;
+                let mut w = lock(&self.admission);
+                if w.0 != now {
+                    *w = (now, 0);
+                }
+                w.1 += 1;
+                w.1 <= rate
+            }
+        }
     }
 }
 

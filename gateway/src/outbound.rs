@@ -39,6 +39,8 @@ pub enum Outbound {
     },
     /// The room was left: stop writing its messages.
     Forget(Arc<str>),
+    /// Close the connection once everything queued before this is written.
+    Close(CloseReason),
 }
 
 impl Outbound {
@@ -67,6 +69,7 @@ struct Shared {
     high_water: AtomicUsize,
     closing: CancellationToken,
     reason: OnceLock<CloseReason>,
+    told: std::sync::atomic::AtomicBool,
 }
 
 /// Producer handle of a connection's outbound queue; cheap to clone.
@@ -97,6 +100,7 @@ pub fn queue(max_frames: usize, max_bytes: usize) -> (OutboundQueue, OutboundRec
         high_water: AtomicUsize::new(0),
         closing: CancellationToken::new(),
         reason: OnceLock::new(),
+        told: Default::default(),
     });
     (
         OutboundQueue {
@@ -139,6 +143,23 @@ impl OutboundQueue {
         self.push(Outbound::Frame(text.into()))
     }
 
+    /// Sends `frame` (a `goaway`) and then closes with `reason`, once; returns false if
+    /// this connection was told already or is closing.
+    pub fn goaway(&self, frame: impl Into<Utf8Bytes>, reason: CloseReason) -> bool {
+        if self.shared.told.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        if !(self.frame(frame) && self.push(Outbound::Close(reason))) {
+            self.close(reason);
+        }
+        true
+    }
+
+    /// Whether [`goaway`](Self::goaway) was called.
+    pub fn told_to_go(&self) -> bool {
+        self.shared.told.load(Ordering::Relaxed)
+    }
+
     /// Asks the writer to close the socket; the first reason wins.
     pub fn close(&self, reason: CloseReason) {
         let _ = self.shared.reason.set(reason);
@@ -177,8 +198,9 @@ struct RoomCursor {
 /// What the writer observed when it stopped.
 #[derive(Debug, Default)]
 pub struct WriterOutcome {
-    /// Last seq written per room (the positions a resume would start from).
-    pub positions: HashMap<Arc<str>, u64>,
+    /// Last (epoch, seq) written per room (the positions a resume would start from); the
+    /// epoch is unknown when nothing was written.
+    pub positions: HashMap<Arc<str>, (Option<Arc<str>>, u64)>,
     /// Messages written to the socket.
     pub delivered: u64,
 }
@@ -278,7 +300,10 @@ where
         let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
     }
     rx.rx.close();
-    out.positions = rooms.into_iter().map(|(r, c)| (r, c.last)).collect();
+    out.positions = rooms
+        .into_iter()
+        .map(|(r, c)| (r, (c.epoch, c.last)))
+        .collect();
     out
 }
 
@@ -299,6 +324,12 @@ where
     let mut next = Some(first);
     let mut n = 0;
     while let Some(item) = next.take() {
+        if let Outbound::Close(reason) = item {
+            sink.flush().await?;
+            let _ = rx.shared.reason.set(reason);
+            rx.shared.closing.cancel();
+            return Ok(inbox_seq);
+        }
         let weight = item.weight();
         let res = write_item(sink, rooms, item, settings, out, &mut inbox_seq).await;
         rx.shared.bytes.fetch_sub(weight, Ordering::Relaxed);
@@ -364,6 +395,7 @@ where
             rooms.remove(&room);
             Ok(())
         }
+        Outbound::Close(_) => Ok(()), // handled by write_batch
     }
 }
 
@@ -479,7 +511,7 @@ mod tests {
             seen,
             ["{\"seq\":2}", "{\"seq\":3}", "{\"seq\":4}", "{\"seq\":5}"]
         );
-        assert_eq!(outcome.positions.get("r"), Some(&5));
+        assert_eq!(outcome.positions.get("r").map(|p| p.1), Some(5));
         assert_eq!(outcome.delivered, 4);
     }
 

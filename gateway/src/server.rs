@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
+use tracing::Instrument;
 
 type Body = Full<Bytes>;
 
@@ -45,7 +46,7 @@ pub async fn run(node: Arc<Node>, listener: TcpListener) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let node = node.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(node, req, peer)) }
+                async move { Ok::<_, std::convert::Infallible>(route(node, req, peer).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -73,9 +74,9 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     r
 }
 
-fn route(node: Arc<Node>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn route(node: Arc<Node>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/ws") => upgrade(node, req, peer),
+        (&Method::GET, "/ws") => upgrade(node, req, peer).await,
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             if node.ready() {
@@ -126,7 +127,21 @@ fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
     }
 }
 
-fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+/// 503 with a jittered `Retry-After` (1 to 3 s) so refused clients do not return in step.
+fn retry_later(node: &Node, reason: &'static str, detail: &str) -> Response<Body> {
+    let mut r = reject(
+        node,
+        StatusCode::SERVICE_UNAVAILABLE,
+        reason,
+        detail.to_string(),
+    );
+    let secs = 1 + rand::random::<u8>() % 3;
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(u16::from(secs)));
+    r
+}
+
+async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let is_ws = header_str(&req, header::UPGRADE)
         .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
         && header_str(&req, header::CONNECTION).is_some_and(|c| {
@@ -149,12 +164,11 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
             "expected a WebSocket upgrade (version 13)".into(),
         );
     }
-    if node.shutdown.is_cancelled() {
-        return reject(
+    if !node.accepting() {
+        return retry_later(
             &node,
-            StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
-            "server shutting down".into(),
+            "server draining; connect to another instance",
         );
     }
     if !origin_allowed(
@@ -221,6 +235,16 @@ fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Res
             return r;
         }
     };
+    // Reconnect storms: admit at most admission.rate upgrades per second (cluster-wide
+    // with Redis); the rest come back after a jittered Retry-After.
+    drop(_entered);
+    if !node.admit().instrument(span.clone()).await {
+        return retry_later(
+            &node,
+            "admission",
+            "too many connections right now; retry shortly",
+        );
+    }
     let Some(slot) = node.take_ip_slot(peer.ip()) else {
         return reject(
             &node,

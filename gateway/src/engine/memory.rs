@@ -323,6 +323,10 @@ impl Engine for MemoryEngine {
         Ok(lock(&self.nodes).values().cloned().collect())
     }
 
+    async fn admit(&self, _rate: u32) -> Result<Option<bool>, EngineError> {
+        Ok(None) // one node: the node's own window is the whole cluster
+    }
+
     fn healthy(&self) -> bool {
         true
     }

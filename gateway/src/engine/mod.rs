@@ -135,7 +135,8 @@ pub trait Engine: Send + Sync + 'static {
     async fn publish(&self, msg: Publish) -> Result<Published, EngineError>;
     /// Reads history.
     async fn history(&self, room: &str, query: HistoryQuery) -> Result<HistoryPage, EngineError>;
-    /// This node wants the room's messages (first local subscriber).
+    /// This node wants the room's messages. Called by every local joiner; returns once
+    /// messages published from now on will reach this node's hub.
     async fn subscribe(&self, room: &str) -> Result<(), EngineError>;
     /// This node no longer wants the room's messages (last local subscriber left).
     async fn unsubscribe(&self, room: &str) -> Result<(), EngineError>;
@@ -168,6 +169,9 @@ pub trait Engine: Send + Sync + 'static {
     async fn report_node(&self, report: &NodeReport) -> Result<(), EngineError>;
     /// Nodes whose reports have not expired, sorted by id.
     async fn nodes(&self) -> Result<Vec<NodeReport>, EngineError>;
+    /// Counts one admission in the current second against a cluster-wide `rate`;
+    /// `None` when the engine has no cluster-wide counter (the node counts itself).
+    async fn admit(&self, rate: u32) -> Result<Option<bool>, EngineError>;
     /// Whether the engine can serve requests now (readiness).
     fn healthy(&self) -> bool;
 }

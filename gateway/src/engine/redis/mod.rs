@@ -76,6 +76,9 @@ impl Keys {
     fn node(&self, id: &str) -> String {
         format!("{}:node:{id}", self.prefix)
     }
+    fn admission(&self, second: u64) -> String {
+        format!("{}:adm:{second}", self.prefix)
+    }
     fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)
     }
@@ -616,6 +619,22 @@ impl Engine for RedisEngine {
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
+    }
+
+    async fn admit(&self, rate: u32) -> Result<Option<bool>, EngineError> {
+        let s = &self.shared;
+        let key = s.keys.admission(now_ms() / 1000);
+        let mut c = s.conn.clone();
+        let (count,): (u64,) = s
+            .run(
+                redis::pipe()
+                    .incr(&key, 1)
+                    .pexpire(&key, 5000)
+                    .ignore()
+                    .query_async(&mut c),
+            )
+            .await?;
+        Ok(Some(count <= u64::from(rate)))
     }
 
     fn healthy(&self) -> bool {

@@ -21,6 +21,8 @@ enum Cmd {
 /// Sends subscription changes to the subscriber task.
 pub(crate) struct Handle {
     tx: mpsc::UnboundedSender<Cmd>,
+    /// Rooms whose subscription Redis has confirmed (the fast path for later joiners).
+    active: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 fn gone() -> EngineError {
@@ -28,8 +30,14 @@ fn gone() -> EngineError {
 }
 
 impl Handle {
-    /// Subscribes this node to a room channel (waits for Redis to confirm).
+    /// Subscribes this node to a room channel; returns once Redis has confirmed it, so a
+    /// joiner that reads history afterwards cannot miss a message in between. Every
+    /// joiner calls this, not only the first: a second joiner must wait too while the
+    /// first one's subscription is still on its way.
     pub(crate) async fn subscribe(&self, room: &str) -> Result<(), EngineError> {
+        if lock(&self.active).contains(room) {
+            return Ok(());
+        }
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Subscribe(room.to_string(), tx))
@@ -55,8 +63,13 @@ pub(crate) fn spawn(
     stop: CancellationToken,
 ) -> Handle {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(client, shared, up, stop, rx));
-    Handle { tx }
+    let active = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    tokio::spawn(run(client, shared, up, stop, rx, active.clone()));
+    Handle { tx, active }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Last (epoch, seq) this node saw per subscribed room.
@@ -68,6 +81,7 @@ async fn run(
     up: Arc<AtomicBool>,
     stop: CancellationToken,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
+    active: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 ) {
     let mut rooms: Positions = HashMap::new();
     let mut backoff = Duration::from_millis(100);
@@ -95,7 +109,10 @@ async fn run(
                                 let _ = reply.send(Err(EngineError::Unavailable("redis is unreachable".into())));
                             }
                             Some(Cmd::Unsubscribe(room, reply)) => {
-                                rooms.remove(&room);
+                                if !shared.hub.has_subscribers(&room) {
+                                    rooms.remove(&room);
+                                    lock(&active).remove(&room);
+                                }
                                 let _ = reply.send(Ok(()));
                             }
                         }
@@ -132,11 +149,16 @@ async fn run(
                 cmd = rx.recv() => match cmd {
                     None => return,
                     Some(Cmd::Subscribe(room, reply)) => {
+                        if rooms.contains_key(&room) {
+                            let _ = reply.send(Ok(()));
+                            continue;
+                        }
                         let res = sink.subscribe(shared.keys.channel(&room)).await;
                         let failed = res.is_err();
                         let res = match res {
                             Ok(()) => {
                                 let top = current_top(&shared, &room).await;
+                                lock(&active).insert(room.clone());
                                 rooms.insert(room, top);
                                 Ok(())
                             }
@@ -148,7 +170,13 @@ async fn run(
                         }
                     }
                     Some(Cmd::Unsubscribe(room, reply)) => {
+                        // A joiner may have arrived since the last one left: keep it then.
+                        if shared.hub.has_subscribers(&room) {
+                            let _ = reply.send(Ok(()));
+                            continue;
+                        }
                         rooms.remove(&room);
+                        lock(&active).remove(&room);
                         let res = sink.unsubscribe(shared.keys.channel(&room)).await;
                         let failed = res.is_err();
                         // Unsubscribing from a dead connection is moot: report success.

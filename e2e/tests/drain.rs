@@ -1,0 +1,516 @@
+//! Graceful drain, rebalancing and reconnect storms, with real gateway processes, a real
+//! Redis and the reference client (`e2e::resilient`).
+
+use e2e::process::GatewayProcess;
+use e2e::redis::RedisServer;
+use e2e::resilient::{Plan, Record, Resilient};
+use e2e::{test_config, Client, TestGateway};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Cluster {
+    env: Vec<(String, String)>,
+    procs: Vec<GatewayProcess>,
+}
+
+impl Cluster {
+    fn start(redis: &RedisServer, n: usize, extra: &[(&str, &str)]) -> Cluster {
+        let prefix = format!("d{:08x}", rand::random::<u32>());
+        let mut env: Vec<(String, String)> = [
+            ("CHATGW_AUTH__MODE", "insecure"),
+            ("CHATGW_ENGINE", "redis"),
+            ("CHATGW_REDIS__URL", redis.url().as_str()),
+            ("CHATGW_REDIS__KEY_PREFIX", prefix.as_str()),
+            ("CHATGW_LIMITS__MESSAGE_RATE", "1000"),
+            ("CHATGW_LIMITS__MESSAGE_BURST", "1000"),
+            ("CHATGW_LIMITS__CONNECTIONS_PER_IP", "0"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut c = Cluster {
+            env,
+            procs: Vec::new(),
+        };
+        for i in 0..n {
+            c.add(
+                SocketAddr::from(([127, 0, 0, 1], e2e::process::free_port())),
+                i,
+            );
+        }
+        c
+    }
+
+    fn add(&mut self, addr: SocketAddr, i: usize) {
+        let mut env = self.env.clone();
+        env.push((
+            "CHATGW_NODE__ID".into(),
+            format!("gw-{i}-{}", rand::random::<u16>()),
+        ));
+        let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let p = GatewayProcess::start_on(addr, &refs);
+        p.wait_ready(200, Duration::from_secs(30));
+        if i < self.procs.len() {
+            self.procs[i] = p;
+        } else {
+            self.procs.push(p);
+        }
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.procs
+            .iter()
+            .map(|p| format!("ws://{}/ws", p.addr))
+            .collect()
+    }
+
+    fn connections(&self, i: usize) -> f64 {
+        metric(&self.procs[i], "chatgateway_connections")
+    }
+}
+
+fn metric(p: &GatewayProcess, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(p.addr) else {
+        return -1.0;
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    e2e::parse_metric(&body, name)
+}
+
+/// Starts `n` reference clients in `rooms` rooms (size n/rooms), each also sending DMs.
+fn clients(
+    urls: &[String],
+    n: usize,
+    rooms: usize,
+    send_every: Option<Duration>,
+) -> Vec<(String, Vec<String>, Resilient)> {
+    (0..n)
+        .map(|i| {
+            let user = format!("u{i}");
+            let my_rooms = vec![format!("room{}", i % rooms)];
+            let plan = Plan {
+                user: user.clone(),
+                urls: urls.to_vec(),
+                rooms: my_rooms.clone(),
+                send_every,
+                dm_to: vec![format!("u{}", (i + 1) % n), format!("u{}", (i + 7) % n)],
+                max_backoff: Duration::from_secs(2),
+            };
+            (user, my_rooms, Resilient::spawn(plan))
+        })
+        .collect()
+}
+
+async fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every acknowledged message reached every member subscribed when it was acknowledged
+/// (and DMs their user), with no gap and nothing reported unrecovered.
+/// A stopped client: user, rooms, observations.
+type Finished = (String, Vec<String>, Arc<Mutex<Record>>);
+
+fn check_no_loss(records: &[Finished]) -> (usize, u64) {
+    let mut members: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, (user, rooms, _)) in records.iter().enumerate() {
+        for r in rooms {
+            members.entry(r.clone()).or_default().push(i);
+        }
+        members.entry(format!("user:{user}")).or_default().push(i);
+    }
+    let recs: Vec<_> = records
+        .iter()
+        .map(|(_, _, r)| r.lock().unwrap_or_else(|p| p.into_inner()))
+        .collect();
+    let mut acked_total = 0;
+    let mut dups = 0;
+    for (i, rec) in recs.iter().enumerate() {
+        assert!(rec.gaps.is_empty(), "client {i} saw gaps: {:?}", rec.gaps);
+        assert!(
+            rec.not_recovered.is_empty(),
+            "client {i}: not recovered {:?}",
+            rec.not_recovered
+        );
+        dups += rec.duplicates;
+        for (room, seq) in &rec.acked {
+            acked_total += 1;
+            for &m in members.get(room).map(Vec::as_slice).unwrap_or(&[]) {
+                if recs[m].joined_at.get(room).is_some_and(|j| seq <= j) {
+                    continue; // acknowledged before that member joined
+                }
+                let got = recs[m].received.get(room).is_some_and(|s| s.contains(seq));
+                assert!(
+                    got,
+                    "{room} seq {seq} (acked by client {i}) never reached client {m}"
+                );
+            }
+        }
+    }
+    (acked_total, dups)
+}
+
+async fn rolling_restart(signal: &str) {
+    let redis = RedisServer::start();
+    let mut cluster = Cluster::start(
+        &redis,
+        3,
+        &[
+            ("CHATGW_DRAIN__ACCEPT_GRACE", "300ms"),
+            ("CHATGW_DRAIN__EVICT_RATE", "200"),
+            ("CHATGW_DRAIN__TIMEOUT", "15s"),
+            ("CHATGW_DRAIN__RECONNECT_JITTER", "500ms"),
+            ("CHATGW_REBALANCE__ENABLED", "false"),
+        ],
+    );
+    let urls = cluster.urls();
+    let n = 200;
+    let cs = clients(&urls, n, 20, Some(Duration::from_millis(700)));
+    wait_until("all clients joined", Duration::from_secs(60), || {
+        cs.iter().all(|(_, _, c)| c.with(|r| r.ready))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in 0..3 {
+        let addr = cluster.procs[i].addr;
+        cluster.procs[i].signal(signal);
+        assert!(
+            cluster.procs[i]
+                .wait_exit(Duration::from_secs(30))
+                .is_some()
+                || !cluster.procs[i].alive(),
+            "gw {i} exited"
+        );
+        cluster.add(addr, i);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    for (_, _, c) in &cs {
+        c.stop_sending();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut records = Vec::new();
+    for (user, rooms, c) in cs {
+        records.push((user, rooms, c.stop().await));
+    }
+    let (acked, dups) = check_no_loss(&records);
+    assert!(
+        acked > 1000,
+        "enough traffic flowed during the restarts: {acked}"
+    );
+    eprintln!("rolling restart ({signal}): {acked} acknowledged messages checked, {dups} duplicates dropped by clients");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_with_sigterm_loses_nothing() {
+    rolling_restart("TERM").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_with_sigkill_loses_nothing_acknowledged() {
+    rolling_restart("KILL").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evict_rate_bounds_the_reconnect_rate() {
+    let redis = RedisServer::start();
+    let rate = 20.0;
+    let mut cluster = Cluster::start(
+        &redis,
+        2,
+        &[
+            ("CHATGW_DRAIN__ACCEPT_GRACE", "0s"),
+            ("CHATGW_DRAIN__EVICT_RATE", "20"),
+            ("CHATGW_DRAIN__RECONNECT_JITTER", "0s"),
+            ("CHATGW_REBALANCE__ENABLED", "false"),
+        ],
+    );
+    let first = vec![cluster.urls()[0].clone(), cluster.urls()[1].clone()];
+    // Everyone starts on process 0 (the first URL), then moves to process 1.
+    let cs: Vec<Resilient> = (0..80)
+        .map(|i| {
+            Resilient::spawn(Plan {
+                user: format!("e{i}"),
+                urls: first.clone(),
+                rooms: vec!["evict".into()],
+                send_every: None,
+                dm_to: vec![],
+                max_backoff: Duration::from_secs(1),
+            })
+        })
+        .collect();
+    wait_until("clients joined", Duration::from_secs(30), || {
+        cs.iter().all(|c| c.with(|r| r.ready))
+    })
+    .await;
+    let on_first = cluster.connections(0) as usize;
+    cluster.procs[0].signal("TERM");
+    assert!(cluster.procs[0]
+        .wait_exit(Duration::from_secs(30))
+        .is_some());
+    wait_until("all reconnected", Duration::from_secs(30), || {
+        cs.iter().all(|c| c.with(|r| r.connected))
+    })
+    .await;
+    // Disconnect times of the clients that were on process 0, in 1 s windows.
+    let mut times: Vec<Instant> = cs
+        .iter()
+        .flat_map(|c| c.with(|r| r.disconnects.clone()))
+        .collect();
+    times.sort();
+    assert_eq!(
+        times.len(),
+        on_first,
+        "each client on the drained process moved once"
+    );
+    let max_in_window = times
+        .iter()
+        .map(|t| {
+            times
+                .iter()
+                .filter(|u| **u >= *t && **u < *t + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        max_in_window as f64 <= rate + 5.0,
+        "{max_in_window} reconnects in one second (rate {rate})"
+    );
+    let span = *times.last().expect("times") - times[0];
+    assert!(
+        span >= Duration::from_secs_f64((on_first as f64 / rate) * 0.7),
+        "evictions spread over {span:?}"
+    );
+    for c in cs {
+        let rec = c.stop().await;
+        let rec = rec.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(rec.not_recovered.is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_spreads_connections_to_new_pods_without_loss() {
+    let redis = RedisServer::start();
+    let extra = [
+        ("CHATGW_REBALANCE__ABS_THRESHOLD", "4"),
+        ("CHATGW_REBALANCE__REL_THRESHOLD", "0.2"),
+        ("CHATGW_REBALANCE__RATE", "10"),
+        ("CHATGW_REBALANCE__INTERVAL", "1s"),
+        ("CHATGW_DRAIN__RECONNECT_JITTER", "200ms"),
+    ];
+    let mut cluster = Cluster::start(&redis, 1, &extra);
+    let a0 = cluster.procs[0].addr;
+    // Two more addresses, known to clients up front (as a Service would be).
+    let a1 = SocketAddr::from(([127, 0, 0, 1], e2e::process::free_port()));
+    let a2 = SocketAddr::from(([127, 0, 0, 1], e2e::process::free_port()));
+    let urls: Vec<String> = [a0, a1, a2]
+        .iter()
+        .map(|a| format!("ws://{a}/ws"))
+        .collect();
+    let n = 60;
+    let cs: Vec<(String, Vec<String>, Resilient)> = (0..n)
+        .map(|i| {
+            let plan = Plan {
+                user: format!("r{i}"),
+                urls: vec![urls[0].clone(), urls[1].clone(), urls[2].clone()],
+                rooms: vec![format!("rb{}", i % 6)],
+                send_every: Some(Duration::from_millis(800)),
+                dm_to: vec![format!("r{}", (i + 1) % n)],
+                max_backoff: Duration::from_secs(1),
+            };
+            (format!("r{i}"), plan.rooms.clone(), Resilient::spawn(plan))
+        })
+        .collect();
+    wait_until("all on the first pod", Duration::from_secs(60), || {
+        cs.iter()
+            .all(|(_, _, c)| c.with(|r| r.ready && r.connected))
+    })
+    .await;
+    assert_eq!(cluster.connections(0) as usize, n);
+    cluster.add(a1, 1);
+    cluster.add(a2, 2);
+    let started = Instant::now();
+    let spread_ok = || {
+        let counts: Vec<f64> = (0..3).map(|i| cluster.connections(i)).collect();
+        let max = counts.iter().cloned().fold(f64::MIN, f64::max);
+        let min = counts.iter().cloned().fold(f64::MAX, f64::min);
+        (
+            max - min <= 12.0 && counts.iter().sum::<f64>() as usize == n,
+            counts,
+        )
+    };
+    loop {
+        let (ok, counts) = spread_ok();
+        if ok {
+            eprintln!("balanced after {:?}: {counts:?}", started.elapsed());
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(45),
+            "not balanced: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for (_, _, c) in &cs {
+        c.stop_sending();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut records = Vec::new();
+    for (user, rooms, c) in cs {
+        records.push((user, rooms, c.stop().await));
+    }
+    let (acked, _) = check_no_loss(&records);
+    assert!(acked > 100, "traffic flowed while rebalancing: {acked}");
+    assert!(metric(&cluster.procs[0], "chatgateway_rebalance_shed_total") >= 20.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_storm_is_admitted_at_the_cluster_rate() {
+    let redis = RedisServer::start();
+    let rate = 150u32;
+    let mut cluster = Cluster::start(
+        &redis,
+        2,
+        &[
+            ("CHATGW_ADMISSION__RATE", "150"),
+            ("CHATGW_REBALANCE__ENABLED", "false"),
+        ],
+    );
+    let n = 1000;
+    let only_first = vec![cluster.urls()[0].clone(), cluster.urls()[1].clone()];
+    let cs: Vec<Resilient> = (0..n)
+        .map(|i| {
+            Resilient::spawn(Plan {
+                user: format!("s{i}"),
+                urls: only_first.clone(),
+                rooms: vec![format!("storm{}", i % 50)],
+                send_every: None,
+                dm_to: vec![],
+                max_backoff: Duration::from_secs(3),
+            })
+        })
+        .collect();
+    wait_until("all connected", Duration::from_secs(90), || {
+        cs.iter().all(|c| c.with(|r| r.ready && r.connected))
+    })
+    .await;
+    // Kill the process holding about half of them: they all reconnect at once.
+    let before: usize = cs.iter().map(|c| c.with(|r| r.connects.len())).sum();
+    cluster.procs[0].signal("KILL");
+    let _ = cluster.procs[0].wait_exit(Duration::from_secs(10));
+    wait_until("all reconnected", Duration::from_secs(90), || {
+        cs.iter().all(|c| c.with(|r| r.connected))
+    })
+    .await;
+    let mut per_second: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut resumed = 0;
+    let mut refused = 0;
+    for c in &cs {
+        c.with(|r| {
+            for (_, wall) in r.connects.iter().skip(1) {
+                let s = wall
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                *per_second.entry(s).or_default() += 1;
+            }
+            resumed += r.resumes;
+            refused += r.refused;
+        });
+    }
+    let moved: usize = cs
+        .iter()
+        .map(|c| c.with(|r| r.connects.len()))
+        .sum::<usize>()
+        - before;
+    assert!(moved >= 300, "a storm happened: {moved} reconnects");
+    assert!(refused > 0, "some were told to come back later");
+    let worst = per_second.values().copied().max().unwrap_or(0);
+    assert!(
+        worst <= rate + rate / 10,
+        "admitted {worst} in one second, limit {rate}: {per_second:?}"
+    );
+    assert_eq!(resumed as usize, moved, "every reconnect resumed");
+    for c in cs {
+        let rec = c.stop().await;
+        assert!(rec
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .not_recovered
+            .is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_without_connections_exits_promptly() {
+    let mut p = GatewayProcess::start(&[
+        ("CHATGW_AUTH__MODE", "insecure"),
+        ("CHATGW_DRAIN__ACCEPT_GRACE", "200ms"),
+    ]);
+    let started = Instant::now();
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_refuses_late_upgrades_and_ends_at_the_timeout_with_forced_closes() {
+    let mut cfg = test_config();
+    cfg.drain.accept_grace = Duration::from_millis(300);
+    cfg.drain.evict_rate = 1.0; // far too slow for 10 clients within the timeout
+    cfg.drain.timeout = Duration::from_secs(3);
+    let gw = TestGateway::start(cfg).await;
+    let mut cs = Vec::new();
+    for i in 0..10 {
+        cs.push(gw.connect(&format!("stay{i}")).await);
+    }
+    let node = gw.gateway.node.clone();
+    let force = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
+    let drain = {
+        let gateway = &gw.gateway;
+        async move { gateway.drain(&force).await }
+    };
+    let probe = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            e2e::http_get(gw.gateway.addr, "/readyz").await.0,
+            503,
+            "readiness off at once"
+        );
+        assert!(
+            Client::connect(&gw.ws_url("user=early")).await.is_ok(),
+            "accepted during the grace"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let refused = Client::connect(&gw.ws_url("user=late"))
+            .await
+            .err()
+            .expect("refused after the grace");
+        assert!(refused.starts_with("HTTP 503"), "{refused}");
+    };
+    let (outcome, ()) = tokio::join!(drain, probe);
+    assert!(
+        started.elapsed() >= Duration::from_secs(3) && started.elapsed() < Duration::from_secs(6)
+    );
+    assert!(outcome.forced > 0, "{outcome:?}");
+    assert!(outcome.evicted >= 2, "{outcome:?}");
+    assert_eq!(node.connection_count(), 0);
+    let forced = gw.metric("chatgateway_drain_forced_closes_total").await;
+    assert_eq!(forced, outcome.forced as f64);
+    drop(cs);
+    let _ = BTreeSet::<u8>::new();
+}
