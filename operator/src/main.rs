@@ -1,6 +1,7 @@
 //! `chat-gateway-operator`: runs the controller, or renders a ChatGateway's children.
 
 use anyhow::Context as _;
+use chat_gateway::telemetry;
 use chat_gateway_operator::leader::LeaderElector;
 use chat_gateway_operator::metrics::Metrics;
 use chat_gateway_operator::reconcile::{self, Context, ServedKinds};
@@ -93,19 +94,29 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    // Logs and OTLP traces exactly like the gateway (standard OTEL_* variables); only the
+    // defaults differ. Set before any thread exists, so changing the environment is safe.
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        std::env::set_var("OTEL_SERVICE_NAME", "chatgateway-operator");
     }
-    tokio::runtime::Builder::new_multi_thread()
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "info,kube=warn");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(operate(args))
+        .build()?;
+    let telemetry = runtime.block_on(async {
+        telemetry::init(match args.log_format {
+            LogFormat::Json => telemetry::LogFormat::Json,
+            LogFormat::Text => telemetry::LogFormat::Pretty,
+        })
+    });
+    let result = runtime.block_on(operate(args));
+    if let Err(e) = &result {
+        tracing::error!(error = format!("{e:#}"), "operator stopped");
+    }
+    telemetry.shutdown();
+    result
 }
 
 async fn operate(args: RunArgs) -> anyhow::Result<()> {

@@ -109,6 +109,7 @@ impl Context {
 }
 
 /// Reconciles one ChatGateway; on failure it reports a Degraded condition and an Event.
+#[tracing::instrument(name = "reconcile", skip_all, fields(gateway = %format!("{}/{}", cgw.namespace().unwrap_or_default(), cgw.name_any())))]
 pub async fn reconcile(cgw: Arc<ChatGateway>, ctx: Arc<Context>) -> Result<Action> {
     let timer = ctx
         .metrics
