@@ -181,15 +181,24 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
         let _ = lost_rx.await;
     }));
     // Renew until told to stop or the Lease is lost; a replica that lost it must not write.
+    // Renewals that keep failing (API server unreachable) also end the term, before the
+    // Lease can expire and a standby starts writing too: never two leaders.
+    let renew_deadline = args.lease_duration * 2 / 3;
+    let mut renewed = std::time::Instant::now();
     let lost = loop {
         tokio::select! {
             _ = &mut stop => break false,
             _ = tokio::time::sleep(elector.renew_interval()) => {}
         }
         match elector.try_acquire_or_renew().await {
-            Ok(true) => {}
+            Ok(true) => renewed = std::time::Instant::now(),
             Ok(false) => break true,
-            Err(e) => tracing::warn!(error = %e, "renewing the leader lease"),
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the leader lease");
+                if renewed.elapsed() >= renew_deadline {
+                    break true;
+                }
+            }
         }
     };
     let _ = lost_tx.send(());

@@ -463,3 +463,42 @@ async fn discovery_tells_served_from_unserved_kinds() {
     );
     server.await.expect("server");
 }
+
+#[tokio::test]
+async fn ready_when_the_deployment_reports_every_pod_ready() {
+    let (ctx, handle) = context(ServedKinds::ALL, false);
+    // The apply answers with the live Deployment, status included.
+    let live = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "chat", "namespace": "apps", "generation": 4},
+        "spec": {"replicas": 2, "selector": {}, "template": {}},
+        "status": {"observedGeneration": 4, "replicas": 2, "readyReplicas": 2, "updatedReplicas": 2}});
+    let server = serve(
+        handle,
+        vec![
+            step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
+            ok_with(Method::PATCH, &format!("{APPS}/deployments/chat"), live),
+            step(Method::PATCH, &format!("{NS}/services/chat")),
+            not_found(Method::DELETE, HPA),
+            step(Method::PATCH, PDB),
+            step(Method::PATCH, STATUS),
+        ],
+    );
+    reconcile(Arc::new(cgw(MINIMAL)), ctx)
+        .await
+        .expect("reconcile");
+    let seen = server.await.expect("server");
+    let status = &seen[5].1;
+    assert_eq!(condition(status, "Ready"), ("True", "AllPodsReady"));
+    assert_eq!(
+        condition(status, "Progressing"),
+        ("False", "RolloutComplete")
+    );
+    assert_eq!(condition(status, "Degraded"), ("False", "AsExpected"));
+    assert_eq!(
+        (
+            status["status"]["replicas"].as_i64(),
+            status["status"]["readyReplicas"].as_i64()
+        ),
+        (Some(2), Some(2))
+    );
+}
