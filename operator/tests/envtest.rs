@@ -440,9 +440,11 @@ async fn operator_against_a_real_apiserver() {
         .create(&PostParams::default(), &secret)
         .await
         .expect("secret");
+    // Healing waits for the next retry: 10 s after the first failure, doubling, and the
+    // Degraded status write itself triggers one more failed attempt, so allow ~3 rounds.
     let healed = eventually(
         "bad heals after the Secret appears",
-        Duration::from_secs(45),
+        Duration::from_secs(75),
         || {
             let cgws = cgws.clone();
             async move {
