@@ -1,6 +1,7 @@
 //! chatgateway: a WebSocket chat gateway (rooms, direct messages, history, presence,
 //! resume) with an in-memory engine for one node and a Redis engine for a cluster.
 
+pub mod assets;
 pub mod auth;
 pub mod config;
 pub mod connection;

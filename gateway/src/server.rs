@@ -22,9 +22,6 @@ use tracing::Instrument;
 
 type Body = Full<Bytes>;
 
-/// Placeholder landing page (the demo chat page replaces it).
-const INDEX_HTML: &str = include_str!("../static/index.html");
-
 /// Accepts connections until `node.shutdown` is cancelled.
 pub async fn run(node: Arc<Node>, listener: TcpListener) {
     let shutdown = node.shutdown.clone();
@@ -93,13 +90,9 @@ async fn route(node: Arc<Node>, req: Request<Incoming>, peer: SocketAddr) -> Res
             );
             r
         }
-        (&Method::GET, "/") => {
-            let mut r = text(StatusCode::OK, INDEX_HTML);
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            r
+        // The demo page and the browser client (embedded; see assets.rs).
+        (&Method::GET | &Method::HEAD, path) if crate::assets::find(path).is_some() => {
+            crate::assets::serve(path, req.headers())
         }
         (_, "/ws" | "/healthz" | "/readyz" | "/metrics" | "/") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")

@@ -1,0 +1,568 @@
+// chatgateway browser client (protocol v1): a plain ES module, no build step, no
+// dependencies. Served by the gateway at /client.js; copy it into your product as is.
+// API: docs/client.md. Wire protocol: docs/protocol.md.
+
+const SUBPROTOCOL = "chatgw.v1";
+const CONNECT_TIMEOUT_MS = 10000;
+
+/** A command refused by the server (`error` frame) or by the client (`code` below). */
+export class ChatError extends Error {
+  constructor(code, message, frame) {
+    super(message || code);
+    this.name = "ChatError";
+    this.code = code; // protocol error code, or "timeout" / "closed" from the client
+    this.frame = frame;
+  }
+}
+
+/**
+ * Reconnect delay with exponential backoff and full jitter: a uniform random delay in
+ * [0, min(max, initial * 2^attempt)]. Full jitter spreads a crowd of clients that lost
+ * the same gateway, so they do not all come back in the same millisecond.
+ */
+export function backoffDelay(attempt, initialMs = 1000, maxMs = 30000, random = Math.random) {
+  const ceiling = Math.min(maxMs, initialMs * 2 ** Math.min(attempt, 30));
+  return Math.floor(random() * ceiling);
+}
+
+function randomId() {
+  const bytes = new Uint8Array(12);
+  globalThis.crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function defaultUrl() {
+  const loc = globalThis.location;
+  if (!loc) throw new Error("ChatClient: no `url` given and no page location to derive it from");
+  return (loc.protocol === "https:" ? "wss://" : "ws://") + loc.host + "/ws";
+}
+
+// `url`, `token` and `user` may be values or (async) functions: a function is called on
+// every connect, so a product can refresh an expiring token or pick another gateway.
+async function resolve(v) {
+  return typeof v === "function" ? await v() : v;
+}
+
+export class ChatClient {
+  /**
+   * @param {object} opts
+   * @param {string|function} [opts.url]   ws(s)://host/ws; defaults to /ws on this page's host
+   * @param {string|function} [opts.token] a JWT, offered as `bearer.<jwt>` subprotocol
+   * @param {string|function} [opts.user]  insecure dev mode: connect as `?user=`
+   * @param {function} [opts.WebSocket]    constructor to use (default: globalThis.WebSocket)
+   * @param {number} [opts.initialDelayMs=1000] first backoff ceiling
+   * @param {number} [opts.maxDelayMs=30000]    backoff ceiling
+   * @param {number} [opts.timeoutMs=15000]     a command's deadline, reconnects included
+   */
+  constructor(opts = {}) {
+    this.opts = {
+      url: opts.url ?? defaultUrl,
+      token: opts.token,
+      user: opts.user,
+      initialDelayMs: opts.initialDelayMs ?? 1000,
+      maxDelayMs: opts.maxDelayMs ?? 30000,
+      timeoutMs: opts.timeoutMs ?? 15000,
+    };
+    this.WebSocketImpl = opts.WebSocket ?? globalThis.WebSocket;
+    if (typeof this.WebSocketImpl !== "function") {
+      throw new Error("ChatClient: no WebSocket (Node 20: run with --experimental-websocket)");
+    }
+    this.state = "idle"; // idle | connecting | resuming | connected | waiting | closed
+    this.welcome = null; // the last welcome frame
+    this.lastResume = null; // the last resume reply (rooms and their recovered flags)
+    this._listeners = new Map();
+    this._ws = null;
+    this._nextId = 1;
+    this._pending = new Map(); // id -> {cmd, resolve, reject, timer, sent}
+    this._queue = []; // pending entries not yet written to the current socket
+    this._rooms = new Set(); // joined rooms (confirmed by `ok`)
+    this._pos = new Map(); // room (and own inbox) -> {seq, epoch}: the last seq delivered
+    this._filling = new Map(); // room -> buffered live msgs while a gap is refilled
+    this._attempt = 0;
+    this._goawayDelay = null;
+    this._timers = new Set();
+    this._lastFrameAt = 0;
+  }
+
+  // ---- events -----------------------------------------------------------------------
+
+  /** Subscribes to an event; returns a function that unsubscribes. */
+  on(event, fn) {
+    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
+    this._listeners.get(event).add(fn);
+    return () => this._listeners.get(event)?.delete(fn);
+  }
+
+  _emit(event, detail) {
+    for (const fn of this._listeners.get(event) ?? []) {
+      // A listener's bug must not break the client's bookkeeping.
+      try {
+        fn(detail);
+      } catch (e) {
+        console.error(`chatgateway client: ${event} listener failed`, e);
+      }
+    }
+  }
+
+  // ---- connection -------------------------------------------------------------------
+
+  /** Connects (and keeps reconnecting until close()). Resolves on the first welcome. */
+  connect() {
+    if (this.state === "connected") return Promise.resolve(this.welcome);
+    if (this.state === "closed") this.state = "idle";
+    const first = new Promise((resolve) => {
+      const off = this.on("connected", (d) => {
+        off();
+        resolve(d.welcome);
+      });
+    });
+    if (this.state === "idle") this._open();
+    return first;
+  }
+
+  /** Closes for good: no reconnect; pending commands fail with code "closed". */
+  close() {
+    this.state = "closed";
+    for (const t of this._timers) clearTimeout(t);
+    this._timers.clear();
+    clearInterval(this._pinger);
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) {
+      try {
+        ws.close(1000, "bye");
+      } catch {
+        /* already closing */
+      }
+    }
+    for (const [id, p] of this._pending) this._fail(id, p, new ChatError("closed", "client closed"));
+    this._queue = [];
+  }
+
+  get connected() {
+    return this.state === "connected";
+  }
+
+  /** Rooms this client is in (resumed automatically after a reconnect). */
+  get rooms() {
+    return [...this._rooms];
+  }
+
+  /** The last seq (and epoch) delivered per room, own inbox included. */
+  positions() {
+    return Object.fromEntries([...this._pos].map(([r, p]) => [r, { ...p }]));
+  }
+
+  _later(ms, fn) {
+    const t = setTimeout(() => {
+      this._timers.delete(t);
+      fn();
+    }, ms);
+    this._timers.add(t);
+    return t;
+  }
+
+  async _open() {
+    this.state = "connecting";
+    let ws;
+    try {
+      const base = await resolve(this.opts.url);
+      const token = await resolve(this.opts.token);
+      const user = await resolve(this.opts.user);
+      if (this.state !== "connecting") return; // closed meanwhile
+      const url = new URL(base);
+      const protocols = [SUBPROTOCOL];
+      // Browsers cannot set Authorization on a WebSocket: the token rides in the
+      // subprotocol list and the server answers with plain chatgw.v1.
+      if (token) protocols.push("bearer." + token);
+      else if (user) url.searchParams.set("user", user);
+      ws = new this.WebSocketImpl(url.toString(), protocols);
+    } catch (e) {
+      this._emit("error", { error: e });
+      this._scheduleReconnect({ code: 0, reason: String(e?.message ?? e) });
+      return;
+    }
+    this._ws = ws;
+    let opened = false;
+    // Runs once per socket, whichever of close, error-before-open or timeout comes first.
+    const gone = (code, reason) => {
+      clearTimeout(openTimer);
+      if (this._ws !== ws) return;
+      this._ws = null;
+      this._onClose({ code, reason, opened });
+    };
+    // A SYN into a black hole can take minutes to fail on its own.
+    const openTimer = setTimeout(() => {
+      if (!opened) {
+        gone(4002, "connect timeout");
+        try {
+          ws.close();
+        } catch {
+          /* never opened */
+        }
+      }
+    }, CONNECT_TIMEOUT_MS);
+    ws.onopen = () => {
+      opened = true;
+      clearTimeout(openTimer);
+    };
+    ws.onmessage = (ev) => {
+      if (this._ws === ws) this._onText(ev.data);
+    };
+    ws.onerror = () => {
+      // Details are not exposed to scripts (a refused upgrade looks like a network
+      // error). Browsers follow with a close event; Node 20's WebSocket may not when
+      // the connection was refused, so a failed connect counts as closed right here.
+      if (this._ws === ws) this._emit("error", { error: new Error("websocket error"), opened });
+      if (!opened) gone(1006, "connect failed");
+    };
+    ws.onclose = (ev) => gone(ev.code, ev.reason);
+  }
+
+  _onClose({ code, reason, opened }) {
+    clearInterval(this._pinger);
+    const wasConnected = this.state === "connected" || this.state === "resuming";
+    // Commands on the dead socket may or may not have reached the server. All of them
+    // are safe to repeat (send keeps its msg_id, which the server dedups), so they go
+    // back to the queue and are sent again after the resume.
+    const resend = [...this._pending.entries()]
+      .filter(([, p]) => p.sent && p.cmd.type !== "resume")
+      .map(([id]) => id);
+    for (const [id, p] of this._pending) {
+      if (p.cmd.type === "resume") this._fail(id, p, new ChatError("closed", "connection lost"));
+    }
+    this._queue = [...resend, ...this._queue.filter((id) => !resend.includes(id))];
+    for (const id of resend) {
+      const p = this._pending.get(id);
+      if (p) p.sent = false;
+    }
+    if (this.state === "closed") return;
+    const delay = this._scheduleReconnect({ code, reason });
+    if (wasConnected || opened) this._emit("disconnected", { code, reason, reconnectInMs: delay });
+  }
+
+  _scheduleReconnect({ code, reason }) {
+    if (this.state === "closed") return null;
+    let delay;
+    if (this._goawayDelay != null) {
+      // The server asked for this delay (drain/rebalance); it already spread clients.
+      delay = this._goawayDelay;
+      this._goawayDelay = null;
+    } else {
+      delay = backoffDelay(this._attempt, this.opts.initialDelayMs, this.opts.maxDelayMs);
+      this._attempt += 1;
+    }
+    this.state = "waiting";
+    this.reconnectAt = Date.now() + delay;
+    this._emit("reconnecting", { delayMs: delay, attempt: this._attempt, code, reason });
+    this._later(delay, () => {
+      if (this.state === "waiting") this._open();
+    });
+    return delay;
+  }
+
+  /** Drops the socket now and reconnects at once (e.g. on the browser's `online`). */
+  reconnectNow() {
+    if (this.state === "waiting") {
+      for (const t of this._timers) clearTimeout(t);
+      this._timers.clear();
+      this._open();
+    } else if (this._ws) {
+      this._ws.close(4000, "reconnect");
+    }
+  }
+
+  _onText(data) {
+    this._lastFrameAt = Date.now();
+    let f;
+    try {
+      f = JSON.parse(data);
+    } catch {
+      this._emit("error", { error: new Error("server sent a frame that is not JSON") });
+      return;
+    }
+    if (!f || typeof f !== "object") return;
+    switch (f.type) {
+      case "welcome":
+        return this._onWelcome(f);
+      case "ok":
+      case "error":
+        return this._onReply(f);
+      case "msg":
+        return this._onMsg(f);
+      case "presence":
+        return this._emit("presence", f);
+      case "goaway":
+        return this._onGoaway(f);
+      default:
+        return; // newer server frames are ignored, not fatal
+    }
+  }
+
+  async _onWelcome(w) {
+    const previous = this.welcome;
+    this.welcome = w;
+    this._startPinger(w.heartbeat_ms);
+    const inbox = "user:" + w.user;
+    if (previous && previous.user !== w.user) {
+      // Another identity (e.g. a new token for another user): nothing to resume.
+      this._pos.clear();
+      this._rooms.clear();
+    }
+    let resumed = null;
+    if (previous && previous.user === w.user) {
+      // resume must be the FIRST command: the server holds the inbox replay for it.
+      this.state = "resuming";
+      const positions = {};
+      for (const room of [...this._rooms, inbox]) {
+        const p = this._pos.get(room);
+        if (p) positions[room] = p.epoch ? { seq: p.seq, epoch: p.epoch } : { seq: p.seq };
+      }
+      try {
+        resumed = await this._command({ type: "resume", resume_token: previous.resume_token, positions }, { now: true });
+        this._applyResume(resumed);
+      } catch (e) {
+        // session_not_found with no positions: nothing to restore. Anything else (the
+        // socket died meanwhile) is handled by the close that follows.
+        if (e.code !== "session_not_found") this._emit("error", { error: e });
+      }
+      if (this._ws === null) return; // lost again during the resume
+    }
+    this.state = "connected";
+    this._attempt = 0;
+    this.lastResume = resumed;
+    this._emit("connected", { welcome: w, resumed: previous != null, rooms: resumed?.rooms ?? {} });
+    this._flush();
+  }
+
+  _applyResume(reply) {
+    const rooms = reply?.rooms ?? {};
+    for (const [room, st] of Object.entries(rooms)) {
+      if (!st || typeof st !== "object") continue;
+      const isInbox = room.startsWith("user:");
+      if (st.error) {
+        // Could not be resumed on this node (e.g. unavailable): the room is dropped;
+        // the app hears about it and may join again.
+        if (!isInbox) this._rooms.delete(room);
+        this._emit("error", { room, error: new ChatError(st.error, st.message) });
+        continue;
+      }
+      if (!isInbox) this._rooms.add(room);
+      if (st.recovered === false) this._refill(room, st);
+      else if (typeof st.epoch === "string" && !this._pos.has(room)) {
+        this._pos.set(room, { seq: 0, epoch: st.epoch });
+      }
+    }
+  }
+
+  // History did not cover our position (new epoch after a gateway lost its memory, or
+  // retention): fetch what we can of the gap ourselves, hold live messages meanwhile,
+  // and deliver everything in seq order, so the app sees one ordered stream per room.
+  _refill(room, st) {
+    const old = this._pos.get(room);
+    const sameEpoch = old && old.epoch === st.epoch;
+    const since = sameEpoch ? old.seq : 0;
+    this._pos.set(room, { seq: since, epoch: st.epoch ?? old?.epoch });
+    this._emit("reset", { room, epoch: st.epoch, seq: st.seq, previous: old ?? null });
+    if (room.startsWith("user:") && this.welcome && room !== "user:" + this.welcome.user) return;
+    if (typeof st.seq !== "number" || st.seq <= since) return;
+    // A refill still running from an earlier reconnect hands its held messages over.
+    const fill = { held: this._filling.get(room)?.held ?? [] };
+    this._filling.set(room, fill);
+    this._command({ type: "history", room, since, limit: 500 }, { now: true })
+      .then((page) => {
+        if (this._filling.get(room) !== fill) return;
+        for (const m of page.messages ?? []) if (m.seq <= st.seq) this._deliver(m, true);
+      })
+      .catch((e) => this._emit("error", { room, error: e }))
+      .finally(() => {
+        if (this._filling.get(room) !== fill) return;
+        this._filling.delete(room);
+        for (const m of fill.held) this._deliver(m, false);
+      });
+  }
+
+  _onMsg(m) {
+    if (typeof m.room !== "string" || typeof m.seq !== "number") return;
+    const fill = this._filling.get(m.room);
+    if (fill) fill.held.push(m);
+    else this._deliver(m, false);
+  }
+
+  // Drops duplicates by (room, seq): delivery is at-least-once across reconnects, and
+  // a room's messages arrive in seq order, so anything at or below the last delivered
+  // seq of the same epoch was seen already.
+  _deliver(m, replayed) {
+    const p = this._pos.get(m.room);
+    if (p && p.epoch === m.epoch && m.seq <= p.seq) {
+      this._emit("duplicate", m);
+      return;
+    }
+    this._pos.set(m.room, { seq: m.seq, epoch: m.epoch });
+    this._emit("message", replayed ? { ...m, replayed: true } : m);
+  }
+
+  _onGoaway(f) {
+    const ms = Number(f.reconnect_after_ms);
+    this._goawayDelay = Number.isFinite(ms) && ms >= 0 ? Math.min(ms, 5 * 60_000) : 0;
+    this._emit("goaway", f);
+    // The server closes with 1012 right after; if that close never comes, close here.
+    const ws = this._ws;
+    this._later(5000, () => {
+      if (ws && this._ws === ws) ws.close(4000, "goaway");
+    });
+  }
+
+  // Browsers answer the server's WebSocket pings, but a page cannot see a dead TCP
+  // connection (laptop lid, NAT timeout) for minutes. An app-level ping every half
+  // heartbeat keeps middleboxes awake and notices silence.
+  _startPinger(heartbeatMs) {
+    clearInterval(this._pinger);
+    const every = Math.max(500, Math.floor((Number(heartbeatMs) || 25000) / 2));
+    this._lastFrameAt = Date.now();
+    this._pinger = setInterval(() => {
+      if (!this._ws) return;
+      if (Date.now() - this._lastFrameAt > 2 * every + 1000) {
+        this._ws.close(4001, "no traffic");
+        return;
+      }
+      if (this.state === "connected") this.ping().catch(() => {});
+    }, every);
+  }
+
+  // ---- commands ---------------------------------------------------------------------
+
+  _command(cmd, { now = false, timeoutMs = this.opts.timeoutMs } = {}) {
+    if (this.state === "closed") return Promise.reject(new ChatError("closed", "client closed"));
+    const id = this._nextId++;
+    return new Promise((resolve, reject) => {
+      const p = { cmd: { ...cmd, id }, resolve, reject, sent: false };
+      p.timer = setTimeout(() => this._fail(id, p, new ChatError("timeout", `${cmd.type} timed out`)), timeoutMs);
+      this._pending.set(id, p);
+      if (now) this._write(id, p);
+      else {
+        this._queue.push(id);
+        if (this.state === "connected") this._flush();
+      }
+    });
+  }
+
+  _write(id, p) {
+    const ws = this._ws;
+    if (!ws || ws.readyState !== 1) return false;
+    try {
+      ws.send(JSON.stringify(p.cmd));
+      p.sent = true;
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  _flush() {
+    while (this._queue.length && this.state === "connected") {
+      const id = this._queue[0];
+      const p = this._pending.get(id);
+      if (p && !this._write(id, p)) return;
+      this._queue.shift();
+    }
+  }
+
+  _fail(id, p, err) {
+    clearTimeout(p.timer);
+    this._pending.delete(id);
+    this._queue = this._queue.filter((q) => q !== id);
+    p.reject(err);
+  }
+
+  _onReply(f) {
+    if (f.ref === undefined || f.ref === null) {
+      // A connection-level error (e.g. inbox unavailable): no command to settle.
+      this._emit("error", { error: new ChatError(f.code, f.message, f) });
+      return;
+    }
+    const p = this._pending.get(f.ref);
+    if (!p) return; // timed out already, or answered before a reconnect
+    clearTimeout(p.timer);
+    this._pending.delete(f.ref);
+    if (f.type === "ok") {
+      this._bookkeep(p.cmd, f);
+      p.resolve(f);
+      return;
+    }
+    // A repeated command after a reconnect may find its work done already.
+    if (p.cmd.type === "join" && f.code === "bad_request" && this._rooms.has(p.cmd.room)) {
+      const pos = this._pos.get(p.cmd.room);
+      p.resolve({ type: "ok", ref: f.ref, room: p.cmd.room, epoch: pos?.epoch, seq: pos?.seq, already: true });
+      return;
+    }
+    if (p.cmd.type === "leave" && f.code === "not_joined") {
+      this._rooms.delete(p.cmd.room);
+      p.resolve({ type: "ok", ref: f.ref, room: p.cmd.room });
+      return;
+    }
+    p.reject(new ChatError(f.code, f.message, f));
+  }
+
+  // Keeps the joined rooms and positions that the next resume will send.
+  _bookkeep(cmd, ok) {
+    if (cmd.type === "join") {
+      this._rooms.add(cmd.room);
+      const pos = this._pos.get(cmd.room);
+      if (cmd.since !== undefined && ok.recovered) {
+        if (!pos || pos.epoch !== ok.epoch) this._pos.set(cmd.room, { seq: cmd.since, epoch: ok.epoch });
+      } else if (!pos || pos.epoch !== ok.epoch || pos.seq < ok.seq) {
+        // Live messages start after `seq`; older ones come from history().
+        this._pos.set(cmd.room, { seq: ok.seq, epoch: ok.epoch });
+      }
+    } else if (cmd.type === "leave") {
+      this._rooms.delete(cmd.room);
+      this._pos.delete(cmd.room);
+      this._filling.delete(cmd.room);
+    }
+  }
+
+  /** Joins a room; `since`/`epoch` also replay what came after `since`. */
+  join(room, { since, epoch } = {}) {
+    const cmd = { type: "join", room };
+    if (since !== undefined) cmd.since = since;
+    if (epoch !== undefined) cmd.epoch = epoch;
+    return this._command(cmd);
+  }
+
+  leave(room) {
+    return this._command({ type: "leave", room });
+  }
+
+  /**
+   * Sends `body` (any JSON) to a room or to `user:<id>` (a direct message). The msg_id
+   * (random unless given) makes a repeat after a reconnect deliver only once.
+   */
+  send(room, body, { msgId } = {}) {
+    return this._command({ type: "send", room, msg_id: msgId ?? randomId(), body });
+  }
+
+  /** Sends a direct message to user `to`. */
+  sendDirect(to, body, opts) {
+    return this.send("user:" + to, body, opts);
+  }
+
+  /** Reads history: newest `limit`, or before/since a seq. Resolves to the ok frame. */
+  history(room, { before, since, limit } = {}) {
+    const cmd = { type: "history", room };
+    if (before !== undefined) cmd.before = before;
+    if (since !== undefined) cmd.since = since;
+    if (limit !== undefined) cmd.limit = limit;
+    return this._command(cmd);
+  }
+
+  /** Who is in a joined room: resolves to an array of user ids. */
+  async presence(room) {
+    const ok = await this._command({ type: "presence", room });
+    return Array.isArray(ok.users) ? ok.users : [];
+  }
+
+  ping() {
+    return this._command({ type: "ping" }, { timeoutMs: 10000 });
+  }
+}
