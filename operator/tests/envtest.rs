@@ -74,6 +74,14 @@ impl Drop for Envtest {
             .status();
         if std::thread::panicking() {
             eprintln!("envtest logs kept in {}", self.dir.display());
+            let log = std::fs::read_to_string(self.dir.join("apiserver.log")).unwrap_or_default();
+            if log.contains("fatal error: fault") && log.contains("reflect2") {
+                eprintln!(
+                    "the envtest kube-apiserver crashed in github.com/modern-go/reflect2: v1.20.2 vendors \
+                     reflect2 1.0.1, which breaks under Go >= 1.18; it must be built with reflect2 1.0.2 \
+                     (Debian golang-github-modern-go-reflect2-dev) in vendor/ (see docs/operator.md, Tests)"
+                );
+            }
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
