@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import readline from "node:readline";
 import url from "node:url";
 
 const A = process.env.GATEWAY_A;
@@ -47,6 +48,15 @@ function once(client, event) {
       resolve(d);
     });
   });
+}
+
+// Asks the Rust test (e2e/tests/client_js.rs) for a server-side action; resolves with
+// its one-line answer.
+const replies = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+async function harness(action) {
+  console.log("@@" + action);
+  const { value } = await replies.next();
+  return value;
 }
 
 // A client whose gateway can be switched or made unreachable, and its log of events.
@@ -151,6 +161,26 @@ assert.ok(Date.now() - t0 >= 380, "waited for reconnect_after_ms");
 await alice.client.send("lobby", { text: "m7" });
 await waitFor("m7", () => bob.texts("lobby").includes("m7"));
 
+step("a real goaway (rebalance): reconnect after reconnect_after_ms, resume");
+if (process.env.CLIENT_JS_HARNESS) {
+  const told = once(bob.client, "goaway");
+  const closed = once(bob.client, "disconnected");
+  const aliceAgain = once(alice.client, "connected");
+  const bobAgain = once(bob.client, "connected");
+  assert.equal(await harness("EVICT_A"), "2"); // alice and bob
+  const goaway = await told;
+  assert.equal(goaway.reason, "rebalance");
+  assert.ok(goaway.reconnect_after_ms >= 0 && goaway.reconnect_after_ms <= 300, JSON.stringify(goaway));
+  const close = await closed;
+  assert.equal(close.code, 1012);
+  assert.equal(close.reconnectInMs, goaway.reconnect_after_ms);
+  const [ra, rb] = await Promise.all([aliceAgain, bobAgain]);
+  assert.equal(ra.rooms.lobby.recovered, true);
+  assert.equal(rb.rooms.lobby.recovered, true);
+  await alice.client.send("lobby", { text: "m7b" });
+  await waitFor("m7b", () => bob.texts("lobby").includes("m7b"));
+}
+
 step("gateway lost its memory (new epoch): resume says recovered:false, the gap is refilled");
 alice.target.url = wsOf(B);
 bob.target.url = DEAD;
@@ -169,9 +199,10 @@ assert.equal(bob.log.messages.find((m) => m.body.text === "m8").replayed, true);
 assert.ok(bob.log.resets.some((r) => r.room === "lobby"));
 await alice.client.send("lobby", { text: "m9" });
 await waitFor("m9", () => bob.texts("lobby").includes("m9"));
-assert.deepEqual(bob.texts("lobby"), ["m1", "m2", "m3", "m4", "m5", "m6", "bob-away", "m7", "m8", "m9"]);
+const m7b = process.env.CLIENT_JS_HARNESS ? ["m7b"] : [];
+assert.deepEqual(bob.texts("lobby"), ["m1", "m2", "m3", "m4", "m5", "m6", "bob-away", "m7", ...m7b, "m8", "m9"]);
 // Alice's own messages come back to her too; bob's queued one exactly once.
-assert.deepEqual(alice.texts("lobby"), ["m1", "m2", "m3", "m4", "m5", "m6", "bob-away", "m7", "m8", "m9"]);
+assert.deepEqual(alice.texts("lobby"), ["m1", "m2", "m3", "m4", "m5", "m6", "bob-away", "m7", ...m7b, "m8", "m9"]);
 
 step("JWT in the subprotocol list; a bad token never connects");
 if (process.env.GATEWAY_JWT) {

@@ -6,9 +6,9 @@
 use chat_gateway::config::AuthMode;
 use e2e::{jwt, test_config, TestGateway};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const SECRET: &str = "client-js-test-secret";
 
@@ -45,7 +45,10 @@ fn node() -> (PathBuf, Vec<&'static str>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_js_chats_reconnects_and_resumes_in_node() {
     let (node, flags) = node();
-    let a = TestGateway::default().await;
+    // A short goaway jitter: the script waits out reconnect_after_ms.
+    let mut config_a = test_config();
+    config_a.drain.reconnect_jitter = Duration::from_millis(300);
+    let a = TestGateway::start(config_a).await;
     let b = TestGateway::default().await;
     // A third one that checks JWTs: the browser way of presenting them is tested too.
     let mut jwt_config = test_config();
@@ -61,17 +64,48 @@ async fn client_js_chats_reconnects_and_resumes_in_node() {
         .env("GATEWAY_JWT", c.http_url(""))
         .env("TOKEN_OK", jwt::hs256(SECRET, "tina", 300))
         .env("TOKEN_BAD", jwt::hs256("not-the-secret", "tina", 300))
+        .env("CLIENT_JS_HARNESS", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+    let mut child = cmd.spawn().expect("node runs");
+    let (Some(mut stdin), Some(stdout), Some(mut stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        panic!("node's pipes");
+    };
+    let stderr_text = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s).await;
+        s
+    });
+    // The script asks for server-side actions with `@@ACTION` lines and waits for a reply.
+    let conversation = async {
+        let mut transcript = String::new();
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            transcript.push_str(&line);
+            transcript.push('\n');
+            if line == "@@EVICT_A" {
+                // What drain and rebalance do: goaway + 1012 to every connection.
+                let mut told = 0;
+                while chat_gateway::drain::evict_one(&a.gateway.node, "rebalance") {
+                    told += 1;
+                }
+                let _ = stdin.write_all(format!("{told}\n").as_bytes()).await;
+            }
+        }
+        transcript
+    };
+    let transcript = tokio::time::timeout(Duration::from_secs(60), conversation)
         .await
-        .expect("client_node.mjs finished within 60 s")
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        .expect("client_node.mjs finished within 60 s");
+    let status = child.wait().await.expect("node exit status");
+    let stderr = stderr_text.await.unwrap_or_default();
     assert!(
-        out.status.success() && stdout.contains("all checks passed"),
-        "client_node.mjs failed ({}):\n{stdout}\n{stderr}",
-        out.status
+        status.success() && transcript.contains("all checks passed"),
+        "client_node.mjs failed ({status}):\n{transcript}\n{stderr}"
     );
     a.stop().await;
     b.stop().await;
