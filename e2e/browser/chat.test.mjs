@@ -90,6 +90,9 @@ async function startGateway(port, redisUrl) {
   const engine = redisUrl ? { CHATGW_ENGINE: "redis", CHATGW_REDIS__URL: redisUrl } : { CHATGW_ENGINE: "memory" };
   const child = run(GATEWAY_BIN, ["--listen", `127.0.0.1:${port}`], {
     CHATGW_AUTH__MODE: "insecure",
+    // SIGTERM drains: goaway + 1012 to every page. No accept grace (there are no
+    // endpoints to update here) keeps the restart short.
+    CHATGW_DRAIN__ACCEPT_GRACE: "0s",
     ...engine,
     RUST_LOG: "warn",
   });
@@ -191,7 +194,14 @@ async function scenario(engine) {
     await bob.click('#rooms button[data-conv="lobby"]');
     await alice.click('#rooms button[data-conv="lobby"]');
 
-    // Restart the gateway process on the same port. Alice writes while it is down.
+    // Restart the gateway process on the same port. SIGTERM drains: each page gets a
+    // goaway (reason "draining") and close 1012. Alice writes while it is down.
+    for (const page of [alice, bob]) {
+      await page.evaluate(() => {
+        window.goaways = [];
+        window.chat.client.on("goaway", (g) => window.goaways.push(g));
+      });
+    }
     await stop(gateway, "SIGTERM");
     await alice.waitForSelector("#status[data-state=reconnecting]");
     await bob.waitForSelector("#status[data-state=reconnecting]");
@@ -218,6 +228,10 @@ async function scenario(engine) {
       ws.close();
     });
 
+    for (const page of [alice, bob]) {
+      const goaways = await page.evaluate(() => window.goaways);
+      assert.equal(goaways[0]?.reason, "draining", JSON.stringify(goaways));
+    }
     await alice.waitForSelector("#status[data-state=connected]", { timeout: 40_000 });
     await bob.waitForSelector("#status[data-state=connected]", { timeout: 40_000 });
     const lobby = ["hello from alice", "hi alice", "written while the gateway was down", "carol 1", "carol 2", "carol 3"];
