@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: run test lint fmt deps venv clean bench-redis
+.PHONY: run test lint fmt deps venv clean bench bench-redis
 
 ## run: one gateway, in-memory engine, insecure dev auth (?user=NAME), demo page on http://$(LISTEN)/
 run:
@@ -44,6 +44,10 @@ fmt:
 clean:
 	$(CARGO) clean
 	rm -rf $(VENV)
+
+## bench: the standard load runs (about 5 min, 2 cores): bench/results.json + bench/summary.md
+bench: deps
+	bench/run.sh
 
 ## bench-redis: cross-process delivery latency and publish throughput through Redis (not a test)
 bench-redis: deps

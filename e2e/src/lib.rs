@@ -3,8 +3,10 @@
 
 pub mod client;
 pub mod jwt;
+pub mod loadgen;
 pub mod otlp;
 pub mod process;
+pub mod procstat;
 pub mod redis;
 pub mod resilient;
 

@@ -135,7 +135,7 @@ where
         inbox_pending: true,
         connected_at: crate::engine::now_ms(),
     };
-    conn.welcome().await;
+    Box::pin(conn.welcome()).await;
     if let Err(e) = node
         .engine
         .register_connection(&conn.user, &conn.conn_key, &node.id)
@@ -154,7 +154,7 @@ where
         let msg = tokio::select! {
             _ = closing.cancelled() => break,
             _ = &mut grace, if conn.inbox_pending => {
-                conn.replay_inbox_from_cursor().await;
+                Box::pin(conn.replay_inbox_from_cursor()).await;
                 continue;
             }
             msg = stream.next() => msg,
@@ -235,7 +235,7 @@ where
             .inc();
     }
     node.metrics.closed.with_label_values(&[reason]).inc();
-    conn.detach_all(&outcome.positions).await;
+    Box::pin(conn.detach_all(&outcome.positions)).await;
     if let Err(e) = node
         .engine
         .unregister_connection(&conn.user, &conn.conn_key)
@@ -293,14 +293,16 @@ impl Conn {
         };
         let is_resume = matches!(cmd, Command::Resume { .. });
         if self.inbox_pending && !is_resume {
-            self.replay_inbox_from_cursor().await;
+            Box::pin(self.replay_inbox_from_cursor()).await;
         }
         let id = cmd.id().clone();
         let reply = match cmd {
             Command::Join {
                 room, since, epoch, ..
-            } => self.join(&id, room, since, epoch).await,
-            Command::Leave { room, .. } => self.leave(&id, room).await,
+            // Rare, large futures are boxed so every idle connection's task stays small;
+            // `send`, the hot path, is not.
+            } => Box::pin(self.join(&id, room, since, epoch)).await,
+            Command::Leave { room, .. } => Box::pin(self.leave(&id, room)).await,
             Command::Send {
                 room,
                 msg_id,
@@ -314,8 +316,8 @@ impl Conn {
                 before,
                 limit,
                 ..
-            } => self.history(&id, room, since, before, limit).await,
-            Command::Presence { room, .. } => self.presence(&id, room).await,
+            } => Box::pin(self.history(&id, room, since, before, limit)).await,
+            Command::Presence { room, .. } => Box::pin(self.presence(&id, room)).await,
             Command::Ping { .. } => Ok(Some(ok_frame(
                 &id,
                 serde_json::json!({"pong": true, "ts": crate::engine::now_ms()}),
@@ -324,7 +326,7 @@ impl Conn {
                 resume_token,
                 positions,
                 ..
-            } => self.resume(&id, resume_token, positions).await,
+            } => Box::pin(self.resume(&id, resume_token, positions)).await,
         };
         match reply {
             Ok(frame) => {

@@ -1,0 +1,505 @@
+//! The three load modes.
+
+use super::stats::{table, Latencies};
+use super::Common;
+use crate::procstat;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Opens connection number `i` as `user` from a spread source address; returns the
+/// socket after `welcome`.
+async fn open(c: &Common, i: usize, user: &str) -> Result<Ws, String> {
+    let src = if c.target.ip().is_ipv4() && c.source_ips > 0 {
+        IpAddr::V4(Ipv4Addr::new(
+            127,
+            0,
+            0,
+            2 + (i % c.source_ips as usize) as u8,
+        ))
+    } else if c.target.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        c.target.ip()
+    };
+    let sock = if c.target.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| format!("socket: {e}"))?;
+    sock.bind(SocketAddr::new(src, 0))
+        .map_err(|e| format!("bind {src}: {e}"))?;
+    let stream = sock
+        .connect(c.target)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let url = match &c.jwt_secret {
+        Some(_) => format!("ws://{}/ws", c.target),
+        None => format!("ws://{}/ws?user={user}", c.target),
+    };
+    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+    if let Some(secret) = &c.jwt_secret {
+        let token = crate::jwt::hs256(secret, user, 3600);
+        let v = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?;
+        req.headers_mut().insert("authorization", v);
+    }
+    let cfg = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0);
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(cfg))
+        .await
+        .map_err(|e| format!("upgrade: {e}"))?;
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) if t.contains("\"welcome\"") => Ok(ws),
+        other => Err(format!("expected welcome, got {other:?}")),
+    }
+}
+
+async fn command(ws: &mut Ws, cmd: serde_json::Value) -> Result<serde_json::Value, String> {
+    let id = cmd["id"].clone();
+    ws.send(Message::text(cmd.to_string()))
+        .await
+        .map_err(|e| e.to_string())?;
+    while let Some(m) = ws.next().await {
+        if let Message::Text(t) = m.map_err(|e| e.to_string())? {
+            let v: serde_json::Value = serde_json::from_str(&t).map_err(|e| e.to_string())?;
+            if v["ref"] == id {
+                return if v["type"] == "ok" {
+                    Ok(v)
+                } else {
+                    Err(v.to_string())
+                };
+            }
+        }
+    }
+    Err("closed".into())
+}
+
+fn gateway_usage(c: &Common) -> Option<procstat::Usage> {
+    c.pid.and_then(|p| procstat::usage(p).ok())
+}
+
+fn finish(c: &Common, mode: &str, mut v: serde_json::Value) -> serde_json::Value {
+    v["mode"] = json!(mode);
+    if !c.label.is_empty() {
+        v["label"] = json!(c.label);
+    }
+    if c.table {
+        eprint!("{}", table(&v));
+    }
+    v
+}
+
+/// `idle`: hold N connections.
+pub async fn idle(
+    c: &Common,
+    n: usize,
+    concurrency: usize,
+    hold: Duration,
+) -> Result<serde_json::Value, String> {
+    let before = gateway_usage(c);
+    let started = Instant::now();
+    let deadline = started + c.max_time;
+    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(n);
+    let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    for i in 0..n {
+        let permit = sem
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| e.to_string())?;
+        let c = c.clone();
+        let errors = errors.clone();
+        let held_tx = held_tx.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let ws = open(&c, i, &format!("idle{i}")).await;
+            drop(permit);
+            match ws {
+                Ok(mut ws) => {
+                    let _ = held_tx.send(());
+                    // Keep reading so pings are answered, until told to stop.
+                    tokio::select! {
+                        _ = stop.notified() => {}
+                        _ = async { while let Some(Ok(_)) = ws.next().await {} } => {}
+                    }
+                    let _ = ws.close(None).await;
+                }
+                Err(e) => {
+                    if errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                        eprintln!("idle: connection {i}: {e}");
+                    }
+                }
+            }
+        }));
+        if Instant::now() > deadline {
+            break;
+        }
+    }
+    drop(held_tx);
+    let mut open_count = 0usize;
+    while open_count + (errors.load(Ordering::Relaxed) as usize) < tasks.len() {
+        match tokio::time::timeout_at(deadline.into(), held_rx.recv()).await {
+            Ok(Some(())) => open_count += 1,
+            _ => break,
+        }
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(hold.min(deadline.saturating_duration_since(Instant::now()))).await;
+    let after = gateway_usage(c);
+    let rss_per_conn = match (before, after) {
+        (Some(b), Some(a)) if open_count > 0 => {
+            Some((a.rss_bytes.saturating_sub(b.rss_bytes)) as f64 / open_count as f64)
+        }
+        _ => None,
+    };
+    stop.notify_waiters();
+    for t in tasks {
+        t.abort();
+    }
+    Ok(finish(
+        c,
+        "idle",
+        json!({
+            "connections": open_count,
+            "errors": errors.load(Ordering::Relaxed),
+            "connect_per_s": (open_count as f64 / connect_secs).round(),
+            "gateway_rss_bytes": after.map(|a| a.rss_bytes),
+            "gateway_rss_per_conn_bytes": rss_per_conn.map(|x| x.round()),
+        }),
+    ))
+}
+
+/// Finds `"t":<digits>` in a frame and parses the digits (no JSON parse per message).
+fn sent_at(frame: &str) -> Option<u64> {
+    let i = frame.find("{\"t\":")? + 5;
+    let digits: &str = &frame[i..];
+    let end = digits
+        .find(|ch: char| !ch.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+struct Shared {
+    epoch: Instant,
+    measuring: AtomicBool,
+    received: AtomicU64,
+    received_in_window: AtomicU64,
+    acked: AtomicU64,
+    errors: AtomicU64,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+/// Shape of a fanout run.
+pub struct Shape {
+    /// Rooms.
+    pub rooms: usize,
+    /// Receivers per room.
+    pub members: usize,
+    /// Publishers.
+    pub publishers: usize,
+    /// Total messages per second (0: as fast as the window allows).
+    pub rate: f64,
+    /// Sends in flight per publisher.
+    pub window: usize,
+    /// Body bytes.
+    pub body: usize,
+    /// Measured window.
+    pub duration: Duration,
+    /// Gateway the publishers use (default: the target).
+    pub publish_to: Option<SocketAddr>,
+}
+
+/// `fanout`: rooms x members with publishers.
+pub async fn fanout(c: &Common, shape: Shape) -> Result<serde_json::Value, String> {
+    let Shape {
+        rooms,
+        members,
+        publishers,
+        rate,
+        window,
+        body,
+        duration,
+        publish_to,
+    } = shape;
+    let sh = Arc::new(Shared {
+        epoch: Instant::now(),
+        measuring: AtomicBool::new(false),
+        received: AtomicU64::new(0),
+        received_in_window: AtomicU64::new(0),
+        acked: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        stop: tokio_util::sync::CancellationToken::new(),
+    });
+    let room_names: Vec<String> = (0..rooms).map(|r| format!("fan{r}")).collect();
+    // Receivers.
+    let mut receivers = Vec::new();
+    let mut conn_no = 0;
+    for (r, room) in room_names.iter().enumerate() {
+        for m in 0..members {
+            let mut ws = open(c, conn_no, &format!("m{r}x{m}")).await?;
+            conn_no += 1;
+            command(&mut ws, json!({"type": "join", "id": 1, "room": room})).await?;
+            let sh = sh.clone();
+            receivers.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                loop {
+                    let m = tokio::select! {
+                        _ = sh.stop.cancelled() => break,
+                        m = ws.next() => m,
+                    };
+                    let Some(Ok(Message::Text(t))) = m else {
+                        if matches!(m, None | Some(Err(_))) {
+                            break;
+                        }
+                        continue;
+                    };
+                    if let Some(sent) = sent_at(&t) {
+                        sh.received.fetch_add(1, Ordering::Relaxed);
+                        if sh.measuring.load(Ordering::Relaxed) {
+                            sh.received_in_window.fetch_add(1, Ordering::Relaxed);
+                            let now = sh.epoch.elapsed().as_nanos() as u64;
+                            lat.push(now.saturating_sub(sent));
+                        }
+                    }
+                }
+                lat
+            }));
+        }
+    }
+    // Publishers: joined to every room (as the protocol requires), reading their replies.
+    let pad = "x".repeat(body.saturating_sub(30));
+    let per_pub_rate = if rate > 0.0 {
+        rate / publishers as f64
+    } else {
+        0.0
+    };
+    let mut pubs = Vec::new();
+    let pub_common = Common {
+        target: publish_to.unwrap_or(c.target),
+        ..c.clone()
+    };
+    for p in 0..publishers {
+        let mut ws = open(&pub_common, conn_no, &format!("pub{p}")).await?;
+        conn_no += 1;
+        for (k, room) in room_names.iter().enumerate() {
+            command(
+                &mut ws,
+                json!({"type": "join", "id": 1000 + k, "room": room}),
+            )
+            .await?;
+        }
+        let sh = sh.clone();
+        let rooms = room_names.clone();
+        let pad = pad.clone();
+        pubs.push(tokio::spawn(async move {
+            let (mut tx, mut rx) = ws.split();
+            let in_flight = Arc::new(tokio::sync::Semaphore::new(window.max(1)));
+            let reader_sh = sh.clone();
+            let reader_sem = in_flight.clone();
+            let reader = tokio::spawn(async move {
+                while let Some(Ok(m)) = rx.next().await {
+                    if let Message::Text(t) = m {
+                        if t.starts_with("{\"type\":\"ok\"") {
+                            reader_sh.acked.fetch_add(1, Ordering::Relaxed);
+                            reader_sem.add_permits(1);
+                        } else if t.starts_with("{\"type\":\"error\"") {
+                            reader_sh.errors.fetch_add(1, Ordering::Relaxed);
+                            reader_sem.add_permits(1);
+                        }
+                    }
+                }
+            });
+            let mut tick = (per_pub_rate > 0.0).then(|| {
+                let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / per_pub_rate));
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                t
+            });
+            let mut n: u64 = 0;
+            loop {
+                if let Some(t) = tick.as_mut() {
+                    tokio::select! { _ = sh.stop.cancelled() => break, _ = t.tick() => {} }
+                } else {
+                    tokio::select! {
+                        _ = sh.stop.cancelled() => break,
+                        p = in_flight.acquire() => match p { Ok(p) => p.forget(), Err(_) => break },
+                    }
+                }
+                n += 1;
+                let room = &rooms[(n as usize) % rooms.len()];
+                let t = sh.epoch.elapsed().as_nanos() as u64;
+                let frame = format!(
+                    r#"{{"type":"send","id":{n},"room":"{room}","body":{{"t":{t},"p":"{pad}"}}}}"#
+                );
+                if tx.send(Message::text(frame)).await.is_err() {
+                    break;
+                }
+            }
+            reader.abort();
+            n
+        }));
+    }
+    let deadline = Instant::now() + c.max_time;
+    // Warm-up, then the measured window.
+    tokio::time::sleep(
+        Duration::from_secs(1).min(deadline.saturating_duration_since(Instant::now())),
+    )
+    .await;
+    let window_len = duration.min(deadline.saturating_duration_since(Instant::now()));
+    let cpu0 = gateway_usage(c);
+    let r0 = sh.received.load(Ordering::Relaxed);
+    sh.measuring.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    tokio::time::sleep(window_len).await;
+    sh.measuring.store(false, Ordering::Relaxed);
+    let secs = t0.elapsed().as_secs_f64();
+    let r1 = sh.received.load(Ordering::Relaxed);
+    let cpu1 = gateway_usage(c);
+    // Stop publishing, let in-flight messages arrive, then count what never did.
+    let acked_at_stop = {
+        sh.stop.cancel();
+        let mut sent = 0;
+        for p in pubs {
+            sent += p.await.unwrap_or(0);
+        }
+        let _ = sent;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        sh.acked.load(Ordering::Relaxed)
+    };
+    let received_total = sh.received.load(Ordering::Relaxed);
+    let mut lat = Vec::new();
+    for r in receivers {
+        r.abort();
+        if let Ok(v) = r.await {
+            lat.extend(v);
+        }
+    }
+    let expected = acked_at_stop * members as u64;
+    let delivered_in_window = r1 - r0;
+    let cpu_us = match (cpu0, cpu1) {
+        (Some(a), Some(b)) if delivered_in_window > 0 => {
+            Some((b.cpu_secs - a.cpu_secs) * 1e6 / delivered_in_window as f64)
+        }
+        _ => None,
+    };
+    let lat = Latencies::new(lat);
+    Ok(finish(
+        c,
+        "fanout",
+        json!({
+            "rooms": rooms, "members": members, "publishers": publishers,
+            "cross_process": publish_to.is_some(),
+            "target_rate": rate, "window": window, "body_bytes": body,
+            "published_per_s": (acked_at_stop as f64 / (secs + 1.0)).round(),
+            "delivered_per_s": (delivered_in_window as f64 / secs).round(),
+            "latency_ms": lat.json(),
+            "drops": expected.saturating_sub(received_total),
+            "send_errors": sh.errors.load(Ordering::Relaxed),
+            "gateway_cpu_us_per_delivery": cpu_us.map(|x| (x * 1000.0).round() / 1000.0),
+            "gateway_rss_bytes": cpu1.map(|u| u.rss_bytes),
+            "note": "receivers only; publishers also receive their rooms' messages (not counted)",
+        }),
+    ))
+}
+
+/// `churn`: connect/auth/join/leave/close cycles at a rate.
+pub async fn churn(
+    c: &Common,
+    rate: f64,
+    concurrency: usize,
+    duration: Duration,
+) -> Result<serde_json::Value, String> {
+    let ok = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let window = duration.min(c.max_time);
+    let cpu0 = gateway_usage(c);
+    let started = Instant::now();
+    let mut i = 0usize;
+    let mut skipped = 0u64;
+    while started.elapsed() < window {
+        tick.tick().await;
+        let Ok(permit) = sem.clone().try_acquire_owned() else {
+            skipped += 1; // the gateway (or this generator) is not keeping up
+            continue;
+        };
+        i += 1;
+        let (c, ok, errors) = (c.clone(), ok.clone(), errors.clone());
+        tokio::spawn(async move {
+            let r = async {
+                let mut ws = open(&c, i, &format!("churn{i}")).await?;
+                command(
+                    &mut ws,
+                    json!({"type": "join", "id": 1, "room": format!("churn{}", i % 100)}),
+                )
+                .await?;
+                command(
+                    &mut ws,
+                    json!({"type": "leave", "id": 2, "room": format!("churn{}", i % 100)}),
+                )
+                .await?;
+                let _ = ws.close(None).await;
+                Ok::<_, String>(())
+            }
+            .await;
+            match r {
+                Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    if errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                        eprintln!("churn: {e}");
+                    }
+                    0
+                }
+            };
+            drop(permit);
+        });
+    }
+    let _ = sem.acquire_many(concurrency.max(1) as u32).await;
+    let secs = started.elapsed().as_secs_f64();
+    let cpu1 = gateway_usage(c);
+    let done = ok.load(Ordering::Relaxed);
+    Ok(finish(
+        c,
+        "churn",
+        json!({
+            "target_rate": rate,
+            "cycles_per_s": (done as f64 / secs).round(),
+            "cycles": done,
+            "errors": errors.load(Ordering::Relaxed),
+            "skipped_at_concurrency_limit": skipped,
+            "jwt": c.jwt_secret.is_some(),
+            "gateway_cpu_us_per_cycle": match (cpu0, cpu1) {
+                (Some(a), Some(b)) if done > 0 => Some(((b.cpu_secs - a.cpu_secs) * 1e6 / done as f64).round()),
+                _ => None,
+            },
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finds_the_send_time() {
+        let f = r#"{"type":"msg","room":"r","seq":3,"body":{"t":123456,"p":"xx"}}"#;
+        assert_eq!(super::sent_at(f), Some(123456));
+        assert_eq!(super::sent_at(r#"{"type":"ok"}"#), None);
+    }
+}

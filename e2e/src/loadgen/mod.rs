@@ -1,0 +1,228 @@
+//! `chat-loadgen`: load against one gateway on loopback, with numbers a human and a
+//! machine can read. Modes: `idle` (hold N connections), `fanout` (rooms x members with
+//! publishers), `churn` (connect/join/leave/close at a rate).
+
+pub mod conn;
+pub mod stats;
+
+use crate::procstat;
+use clap::{Args, Parser, Subcommand};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// Command line of `chat-loadgen`.
+#[derive(Parser, Debug)]
+#[command(about = "Load generator for chatgateway (loopback targets only)")]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub mode: Mode,
+}
+
+/// Options every mode shares.
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Gateway address; only 127.0.0.0/8 and ::1 are accepted.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub target: SocketAddr,
+    /// Gateway pid, for its CPU time and RSS from /proc.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// HS256 secret: sign a JWT per user; without it, insecure dev mode (`?user=`).
+    #[arg(long)]
+    pub jwt_secret: Option<String>,
+    /// Client source addresses 127.0.0.2 .. 127.0.0.(1+N), spread round-robin.
+    #[arg(long, default_value_t = 32)]
+    pub source_ips: u8,
+    /// Hard cap on the run time.
+    #[arg(long, default_value = "60s", value_parser = humantime_parse)]
+    pub max_time: Duration,
+    /// Also print a human-readable table.
+    #[arg(long)]
+    pub table: bool,
+    /// Label for the summary line.
+    #[arg(long, default_value = "")]
+    pub label: String,
+}
+
+/// The modes.
+#[derive(Subcommand, Debug)]
+pub enum Mode {
+    /// Open N authenticated connections, hold them, report connect rate and RSS per conn.
+    Idle {
+        #[command(flatten)]
+        common: Common,
+        /// Connections.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Connections being opened at once.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// How long to hold them before measuring.
+        #[arg(long, default_value = "3s", value_parser = humantime_parse)]
+        hold: Duration,
+    },
+    /// R rooms x M members, P publishers; delivered/s, latency, drops, CPU per delivery.
+    Fanout {
+        #[command(flatten)]
+        common: Common,
+        /// Rooms.
+        #[arg(long, default_value_t = 1)]
+        rooms: usize,
+        /// Members per room (receivers).
+        #[arg(long, default_value_t = 100)]
+        members: usize,
+        /// Publishers (each joins every room, sends round-robin).
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        /// Total messages per second over all publishers; 0 = as fast as possible.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Sends in flight per publisher when running as fast as possible.
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        /// Body size in bytes (approximate).
+        #[arg(long, default_value_t = 100)]
+        body: usize,
+        /// Measured duration (after warm-up).
+        #[arg(long, default_value = "10s", value_parser = humantime_parse)]
+        duration: Duration,
+        /// Publishers connect here instead of `--target` (another gateway process:
+        /// cross-process delivery through Redis).
+        #[arg(long)]
+        publish_to: Option<SocketAddr>,
+    },
+    /// Connect, authenticate, join, leave, close, at a target rate.
+    Churn {
+        #[command(flatten)]
+        common: Common,
+        /// Cycles per second to attempt.
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        /// Cycles in flight at most.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// Measured duration.
+        #[arg(long, default_value = "10s", value_parser = humantime_parse)]
+        duration: Duration,
+    },
+}
+
+fn humantime_parse(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Refuses any target outside loopback: load tests never leave the machine.
+pub fn check_loopback(target: &SocketAddr) -> Result<(), String> {
+    let ok = match target.ip() {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback(),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "refusing target {target}: chat-loadgen only targets loopback (127.0.0.0/8, ::1)"
+        ))
+    }
+}
+
+/// Runs the chosen mode; returns the one-line JSON summary.
+pub async fn run(cli: Cli) -> Result<serde_json::Value, String> {
+    let limit = procstat::raise_fd_limit();
+    match cli.mode {
+        Mode::Idle {
+            common,
+            connections,
+            concurrency,
+            hold,
+        } => {
+            check_loopback(&common.target)?;
+            // Two fds of headroom per hundred for the runtime and stdio.
+            let fit = limit.saturating_sub(64) as usize;
+            if connections > fit {
+                return Err(format!(
+                    "{connections} connections do not fit: open-file limit is {limit} per process (hard limit); use at most {fit}"
+                ));
+            }
+            conn::idle(&common, connections, concurrency, hold).await
+        }
+        Mode::Fanout {
+            common,
+            rooms,
+            members,
+            publishers,
+            rate,
+            window,
+            body,
+            duration,
+            publish_to,
+        } => {
+            check_loopback(&common.target)?;
+            if let Some(p) = &publish_to {
+                check_loopback(p)?;
+            }
+            let needed = rooms * members + publishers;
+            if needed as u64 + 64 > limit {
+                return Err(format!(
+                    "{needed} connections do not fit under the open-file limit {limit}"
+                ));
+            }
+            let shape = conn::Shape {
+                rooms,
+                members,
+                publishers,
+                rate,
+                window,
+                body,
+                duration,
+                publish_to,
+            };
+            conn::fanout(&common, shape).await
+        }
+        Mode::Churn {
+            common,
+            rate,
+            concurrency,
+            duration,
+        } => {
+            check_loopback(&common.target)?;
+            conn::churn(&common, rate, concurrency, duration).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_targets() {
+        assert!(check_loopback(&"127.0.0.1:8080".parse().expect("addr")).is_ok());
+        assert!(check_loopback(&"127.9.9.9:1".parse().expect("addr")).is_ok());
+        assert!(check_loopback(&"[::1]:80".parse().expect("addr")).is_ok());
+        assert!(check_loopback(&"10.0.0.1:8080".parse().expect("addr")).is_err());
+        assert!(check_loopback(&"192.168.1.1:8080".parse().expect("addr")).is_err());
+        assert!(check_loopback(&"8.8.8.8:80".parse().expect("addr")).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(humantime_parse("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(humantime_parse("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(humantime_parse("2m"), Ok(Duration::from_secs(120)));
+        assert!(humantime_parse("3h").is_err());
+    }
+}
