@@ -1,0 +1,220 @@
+"""The Helm chart, linted, rendered and checked with the real Helm engine (helm-python-sdk)."""
+from __future__ import annotations
+
+import re
+
+import helm_python as helm
+import pytest
+import yaml
+
+from conftest import CHART, ROOT, by_kind, crd, example_values, load_values, objects, render
+
+
+def test_lint_is_clean_for_defaults_and_every_example():
+    for values in [{}] + [load_values(p) for p in example_values()]:
+        report = helm.lint(CHART, values, strict=True, namespace="chat-system")
+        assert report["total_charts_linted"] == 1, report
+        assert not report["errors"], report
+        bad = [m for m in report["messages"] if m["severity"] >= 2]
+        assert not bad, f"lint warnings/errors: {bad}"
+
+
+@pytest.mark.parametrize("values_file", example_values(), ids=lambda p: p.name)
+def test_example_values_render(values_file):
+    values = load_values(values_file)
+    objs = objects(values)
+    kinds = {o["kind"] for o in objs}
+    assert {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+            "RoleBinding", "Service"} <= kinds, kinds
+    cgws = by_kind(objs, "ChatGateway")
+    assert len(cgws) == 1, "every example creates its ChatGateway"
+    assert cgws[0]["metadata"]["name"] == values["chatGateway"]["name"]
+    notes = render(values)["chat-gateway/templates/NOTES.txt"]
+    assert f"get cgw {values['chatGateway']['name']}" in notes
+
+
+def test_defaults_render_the_operator_only():
+    objs = objects({})
+    assert sorted(o["kind"] for o in objs) == sorted(
+        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+         "Service", "Deployment"])
+    notes = render({})["chat-gateway/templates/NOTES.txt"]
+    assert "kubectl apply -f manifests/examples/minimal.yaml" in notes
+    assert "chatgateway_connections" in notes
+
+
+def test_optional_objects_follow_their_switches():
+    objs = objects({"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
+                    "prometheusAdapterRules": {"enabled": True}})
+    (sm,) = by_kind(objs, "ServiceMonitor")
+    (svc,) = by_kind(objs, "Service")
+    assert sm["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
+    assert sm["spec"]["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"] == "metrics"
+    (pm,) = by_kind(objs, "PodMonitor")
+    # The gateway pods the operator creates carry these labels and port name (docs/operator.md).
+    assert pm["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "chat-gateway",
+        "app.kubernetes.io/managed-by": "chatgateway-operator"}
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "http"
+    (cm,) = by_kind(objs, "ConfigMap")
+    rules = yaml.safe_load(cm["data"]["config.yaml"])["rules"]
+    assert rules[0]["name"]["as"] == "chatgateway_connections"
+    assert "chatgateway_connections" in rules[0]["seriesQuery"]
+    assert set(rules[0]["resources"]["overrides"]) == {"namespace", "pod"}
+
+
+# Bad values files and the key the error message must name.
+BAD = {
+    "unknown-key.yaml": "replicas",
+    "latest-tag.yaml": "tag",
+    "wrong-type.yaml": "replicaCount",
+    "bad-log-format.yaml": "logFormat",
+    "bad-lease-duration.yaml": "leaseDuration",
+    "root.yaml": "runAsNonRoot",
+    "writable-root.yaml": "readOnlyRootFilesystem",
+    "bad-pull-policy.yaml": "pullPolicy",
+    "bad-instance-name.yaml": "name",
+}
+
+
+def test_every_bad_values_file_is_listed():
+    files = {p.name for p in (ROOT / "e2e" / "chart" / "bad-values").glob("*.yaml")}
+    assert files == set(BAD)
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_values_are_rejected_by_the_schema(name):
+    values = load_values(ROOT / "e2e" / "chart" / "bad-values" / name)
+    chart = helm.Chart.load(CHART)
+    with pytest.raises(helm.HelmValuesError) as err:
+        chart.validate_schema(values)
+    message = str(err.value)
+    assert BAD[name] in message, f"error does not name {BAD[name]!r}: {message}"
+    # And lint (what `helm install`/`helm lint` run) refuses them too.
+    report = helm.lint(CHART, values, namespace="chat-system")
+    assert report["errors"] or any(m["severity"] == 3 for m in report["messages"]), report
+
+
+# --- invariants ---------------------------------------------------------------------------
+
+def documented_rbac() -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) from the RBAC table in docs/operator.md."""
+    text = (ROOT / "docs" / "operator.md").read_text()
+    section = text.split("## RBAC", 1)[1].split("\n## ", 1)[0]
+    grants = set()
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`"):
+            continue
+        group = cells[0].strip("`").replace('""', "")
+        resources = re.findall(r"`([^`]+)`", cells[1])
+        verbs = [v.strip() for v in cells[2].split(",")]
+        grants |= {(group, r, v) for r in resources for v in verbs}
+    assert grants, "no RBAC table found in docs/operator.md"
+    return grants
+
+
+def granted(objs: list[dict]) -> set[tuple[str, str, str]]:
+    out = set()
+    for role in by_kind(objs, "ClusterRole") + by_kind(objs, "Role"):
+        for rule in role["rules"]:
+            for g in rule["apiGroups"]:
+                for r in rule["resources"]:
+                    for v in rule["verbs"]:
+                        out.add((g, r, v))
+    return out
+
+
+def test_rbac_grants_exactly_what_the_operator_documents(default_objects):
+    assert granted(default_objects) == documented_rbac()
+
+
+def test_rbac_has_no_wildcards_and_binds_the_service_account(default_objects):
+    for role in by_kind(default_objects, "ClusterRole") + by_kind(default_objects, "Role"):
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[field], (role["metadata"]["name"], rule)
+            assert "resourceNames" not in rule or rule["resourceNames"]
+            assert "nonResourceURLs" not in rule
+    (sa,) = by_kind(default_objects, "ServiceAccount")
+    (dep,) = by_kind(default_objects, "Deployment")
+    assert dep["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+    for binding in by_kind(default_objects, "ClusterRoleBinding") + by_kind(default_objects, "RoleBinding"):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                                        "namespace": "chat-system"}]
+    # Leases only in the operator's namespace; Secrets only readable one by one.
+    (role,) = by_kind(default_objects, "Role")
+    assert role["metadata"]["namespace"] == "chat-system"
+    assert {r for rule in role["rules"] for r in rule["resources"]} == {"leases"}
+    cluster = granted(by_kind(default_objects, "ClusterRole"))
+    assert {v for g, r, v in cluster if r == "secrets"} == {"get"}
+    assert not any(r == "leases" for _, r, _ in cluster)
+
+
+def test_chart_crd_equals_the_generated_crd():
+    assert (CHART / "crds" / "chatgateway.yaml").read_bytes() == (ROOT / "crds" / "chatgateway.yaml").read_bytes(), \
+        "charts/chat-gateway/crds/chatgateway.yaml differs from crds/chatgateway.yaml: copy it (make manifests)"
+    chart = helm.Chart.load(CHART)
+    assert [c["name"] for c in chart.crds] == ["crds/chatgateway.yaml"], chart.crds
+
+
+def container(objs):
+    (dep,) = by_kind(objs, "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    return dep, c
+
+
+def test_images_and_tags_come_from_values():
+    _, c = container(objects({}))
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert c["image"] == f"ghcr.io/chatgateway/chat-gateway-operator:{chart['appVersion']}"
+    _, c = container(objects({"image": {"repository": "reg.example/op", "tag": "9.9.9", "pullPolicy": "Always"}}))
+    assert (c["image"], c["imagePullPolicy"]) == ("reg.example/op:9.9.9", "Always")
+    digest = "sha256:" + "a" * 64
+    _, c = container(objects({"image": {"repository": "reg.example/op", "tag": "1", "digest": digest}}))
+    assert c["image"] == f"reg.example/op@{digest}"
+    objs = objects({"chatGateway": {"enabled": True, "image": {"repository": "reg.example/gw", "tag": "2.0.0"}}})
+    (cgw,) = by_kind(objs, "ChatGateway")
+    assert cgw["spec"]["image"] == "reg.example/gw:2.0.0"
+    objs = objects({"chatGateway": {"enabled": True}})
+    (cgw,) = by_kind(objs, "ChatGateway")
+    assert cgw["spec"]["image"] == f"ghcr.io/chatgateway/chat-gateway:{chart['appVersion']}"
+    # No image anywhere in the templates is written literally.
+    for tpl in (CHART / "templates").glob("*.yaml"):
+        assert not re.search(r"image:\s*[\"']?[a-z0-9.-]+/", tpl.read_text()), tpl
+
+
+def test_operator_security_context_probes_and_leader_election(default_objects):
+    dep, c = container(default_objects)
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["runAsNonRoot"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    # The binary's flags (operator/src/main.rs) and the downward API for the Lease.
+    assert c["args"][0] == "run"
+    args = dict(a.split("=", 1) for a in c["args"][1:])
+    assert set(args) == {"--metrics-addr", "--lease-name", "--lease-duration", "--log-format"}
+    assert args["--metrics-addr"] == "0.0.0.0:8080"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert c["ports"] == [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}]
+    (svc,) = by_kind(default_objects, "Service")
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
+    # The operator's own selector never matches gateway pods (app.kubernetes.io/name=chat-gateway).
+    assert dep["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] != "chat-gateway"
+
+
+def test_crd_is_the_one_the_operator_serves():
+    c = crd()
+    assert c["metadata"]["name"] == "chatgateways.chatgateway.io"
+    assert c["spec"]["names"]["shortNames"] == ["cgw"]

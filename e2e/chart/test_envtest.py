@@ -1,0 +1,349 @@
+"""The chart and manifests against a real kube-apiserver (v1.20.2 + etcd, RBAC on) from
+../shared/envtest/kube-apiserver.sh: `kubectl apply -f manifests/install.yaml` on a fresh
+server, `helm install` with Helm's install action, and the operator binary running with
+exactly the chart's RBAC (its ServiceAccount's token) reconciling every example.
+
+That server serves neither autoscaling/v2 nor policy/v1: HPA/PDB objects are checked by
+schema only (test_manifests.py) and the operator reports them as KindNotServed."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import helm_python as helm
+import pytest
+import yaml
+
+from conftest import CHART, MANIFESTS, ROOT, load_values, yaml_docs
+
+SCRIPT = ROOT.parent / "shared" / "envtest" / "kube-apiserver.sh"
+INSTALL_NS = "chatgateway-system"
+OPERATOR_SA = "chatgateway-chat-gateway"
+APPS_NS = "apps"
+HELM_NS = "helm-ns"
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+# kind -> (API path prefix, plural, namespaced)
+KINDS = {
+    "Namespace": ("api/v1", "namespaces", False),
+    "CustomResourceDefinition": ("apis/apiextensions.k8s.io/v1", "customresourcedefinitions", False),
+    "ServiceAccount": ("api/v1", "serviceaccounts", True),
+    "ConfigMap": ("api/v1", "configmaps", True),
+    "Secret": ("api/v1", "secrets", True),
+    "Service": ("api/v1", "services", True),
+    "ClusterRole": ("apis/rbac.authorization.k8s.io/v1", "clusterroles", False),
+    "ClusterRoleBinding": ("apis/rbac.authorization.k8s.io/v1", "clusterrolebindings", False),
+    "Role": ("apis/rbac.authorization.k8s.io/v1", "roles", True),
+    "RoleBinding": ("apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
+    "Deployment": ("apis/apps/v1", "deployments", True),
+    "Lease": ("apis/coordination.k8s.io/v1", "leases", True),
+    "ChatGateway": ("apis/chatgateway.io/v1alpha1", "chatgateways", True),
+}
+
+
+class Api:
+    """Just enough of a Kubernetes client (what `kubectl apply` does on a fresh server)."""
+
+    def __init__(self, server: str, token: str):
+        self.server, self.token = server, token
+        self.ctx = ssl.create_default_context()
+        self.ctx.check_hostname = False
+        self.ctx.verify_mode = ssl.CERT_NONE
+
+    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"{self.server}/{path.lstrip('/')}", data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self.token}")
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, context=self.ctx, timeout=30) as resp:
+                return resp.status, json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            text = e.read()
+            try:
+                return e.code, json.loads(text)
+            except ValueError:
+                return e.code, {"message": text.decode(errors="replace")}
+
+    @staticmethod
+    def path(kind: str, namespace: str | None, name: str | None = None) -> str:
+        prefix, plural, namespaced = KINDS[kind]
+        p = f"{prefix}/namespaces/{namespace}/{plural}" if namespaced else f"{prefix}/{plural}"
+        return f"{p}/{name}" if name else p
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict | None:
+        code, body = self.request("GET", self.path(kind, namespace, name))
+        if code == 404:
+            return None
+        assert code == 200, (kind, name, body)
+        return body
+
+    def apply_new(self, obj: dict, namespace: str = "default") -> dict:
+        """`kubectl apply` of an object that does not exist yet: a create that records
+        the last-applied configuration."""
+        obj = json.loads(json.dumps(obj))
+        kind = obj["kind"]
+        ns = obj["metadata"].get("namespace", namespace) if KINDS[kind][2] else None
+        if ns:
+            obj["metadata"]["namespace"] = ns
+        obj["metadata"].setdefault("annotations", {})[LAST_APPLIED] = json.dumps(obj, sort_keys=True)
+        code, body = self.request("POST", self.path(kind, ns), obj)
+        assert code == 201, f"apply {kind}/{obj['metadata']['name']}: HTTP {code}: {body.get('message', body)}"
+        return body
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def eventually(what: str, check, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.25)
+    pytest.fail(f"timed out waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture(scope="module")
+def envtest():
+    if not SCRIPT.exists():
+        pytest.fail(f"{SCRIPT} is missing: the envtest script lives in shared/ beside the repository")
+    workdir = Path(tempfile.mkdtemp(prefix="chatgw-chart-envtest-"))
+    started = subprocess.run(["bash", str(SCRIPT), "start", str(workdir)], capture_output=True, text=True)
+    try:
+        assert started.returncode == 0, f"kube-apiserver.sh start failed:\n{started.stderr}"
+        kubeconfig = yaml.safe_load((workdir / "kubeconfig").read_text())
+        server = kubeconfig["clusters"][0]["cluster"]["server"]
+        token = kubeconfig["users"][0]["user"]["token"]
+        yield {"dir": workdir, "kubeconfig": workdir / "kubeconfig", "server": server,
+               "admin": Api(server, token)}
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "stop", str(workdir)], capture_output=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def wait_crd(api: Api):
+    def established():
+        crd = api.get("CustomResourceDefinition", "chatgateways.chatgateway.io")
+        conds = ((crd or {}).get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
+    eventually("the ChatGateway CRD to be established", established)
+
+
+# The tests below run in file order on one server: install.yaml first, on a fresh server.
+
+def test_install_yaml_applies_on_a_fresh_server(envtest):
+    api = envtest["admin"]
+    code, body = api.request("GET", "apis/chatgateway.io/v1alpha1")
+    assert code == 404, "the server is not fresh"
+    docs = yaml_docs(MANIFESTS / "install.yaml")
+    for obj in docs:
+        api.apply_new(obj)
+        if obj["kind"] == "CustomResourceDefinition":
+            wait_crd(api)
+    for obj in docs:
+        ns = obj["metadata"].get("namespace")
+        live = api.get(obj["kind"], obj["metadata"]["name"], ns)
+        assert live is not None, obj["metadata"]
+        assert LAST_APPLIED in live["metadata"]["annotations"]
+    dep = api.get("Deployment", OPERATOR_SA, INSTALL_NS)
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == OPERATOR_SA
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def helm_install(config: helm.Config, name: str, values: dict, namespace: str) -> dict:
+    """Helm's install action. Client-side apply (`helm install --server-side=false`):
+    Helm 4 server-side applies CRDs by default, and a v1.20 server rejects the CRD's
+    x-kubernetes-validations (CEL, Kubernetes 1.25+) in an apply, while a create drops
+    them. On the supported 1.33+ clusters the default (server-side) works."""
+    from helm_python import _native
+    from helm_python.config import _loads_obj
+
+    payload = _native.call_string(
+        "helm_install", config._raw(), config._context_arg(None), _native.HANDLE(0),
+        str(CHART), name, json.dumps(values),
+        json.dumps({"namespace": namespace, "create_namespace": True, "timeout_seconds": 60,
+                    "server_side_apply": False}))
+    return _loads_obj(payload)
+
+
+def test_helm_install_with_the_real_helm_engine(envtest):
+    api = envtest["admin"]
+    values = load_values(CHART / "examples" / "minimal-values.yaml")
+    config = helm.Config(kubeconfig_path=envtest["kubeconfig"], namespace=HELM_NS)
+    try:
+        release = helm_install(config, "cg-helm", values, HELM_NS)
+        status = config.status("cg-helm")
+    finally:
+        config.close()
+    text = json.dumps(release)
+    assert "cg-helm" in text
+    assert json.dumps(status).count("deployed") >= 1, status
+    assert api.get("Deployment", "cg-helm-chat-gateway", HELM_NS) is not None
+    assert api.get("ServiceAccount", "cg-helm-chat-gateway", HELM_NS) is not None
+    assert api.get("ClusterRole", "cg-helm-chat-gateway") is not None
+    assert api.get("Role", "cg-helm-chat-gateway-leader-election", HELM_NS) is not None
+    assert api.get("Service", "cg-helm-chat-gateway-metrics", HELM_NS) is not None
+    cgw = api.get("ChatGateway", "chat-demo", HELM_NS)
+    assert cgw is not None, "the ChatGateway from values was created"
+    assert cgw["spec"]["image"].startswith("ghcr.io/chatgateway/chat-gateway:")
+    # A bad values file fails the install action with the schema's message.
+    config = helm.Config(kubeconfig_path=envtest["kubeconfig"], namespace=HELM_NS)
+    try:
+        with pytest.raises(helm.HelmError) as err:
+            helm_install(config, "cg-bad", {"replicaCount": "two"}, HELM_NS)
+        assert "replicaCount" in str(err.value)
+    finally:
+        config.close()
+
+
+def sar(api: Api, verb: str, resource: str, group: str = "", namespace: str | None = APPS_NS,
+        subresource: str = "") -> bool:
+    attrs = {"verb": verb, "resource": resource, "group": group}
+    if namespace:
+        attrs["namespace"] = namespace
+    if subresource:
+        attrs["subresource"] = subresource
+    code, body = api.request("POST", "apis/authorization.k8s.io/v1/subjectaccessreviews", {
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": f"system:serviceaccount:{INSTALL_NS}:{OPERATOR_SA}",
+                 "groups": ["system:serviceaccounts", f"system:serviceaccounts:{INSTALL_NS}",
+                            "system:authenticated"],
+                 "resourceAttributes": attrs}})
+    assert code == 201, body
+    return bool(body["status"].get("allowed"))
+
+
+def test_the_service_account_gets_nothing_more(envtest):
+    api = envtest["admin"]
+    assert sar(api, "watch", "chatgateways", "chatgateway.io")
+    assert sar(api, "patch", "chatgateways", "chatgateway.io", subresource="status")
+    assert sar(api, "create", "deployments", "apps")
+    assert sar(api, "get", "secrets")
+    assert sar(api, "update", "leases", "coordination.k8s.io", namespace=INSTALL_NS)
+    denied = [("list", "secrets", ""), ("watch", "secrets", ""), ("create", "chatgateways", "chatgateway.io"),
+              ("delete", "chatgateways", "chatgateway.io"), ("update", "chatgateways", "chatgateway.io"),
+              ("get", "leases", "coordination.k8s.io"), ("create", "pods", ""), ("create", "secrets", ""),
+              ("create", "events", ""), ("escalate", "clusterroles", "rbac.authorization.k8s.io"),
+              ("delete", "customresourcedefinitions", "apiextensions.k8s.io")]
+    allowed = [d for d in denied if sar(api, d[0], d[1], d[2])]
+    assert not allowed, f"the operator's ServiceAccount may do more than it needs: {allowed}"
+
+
+def operator_binary() -> Path:
+    """The operator binary: the one `cargo test --workspace` built (e2e/tests/chart.rs passes
+    it in CHATGW_OPERATOR_BIN), or, run standalone, a fresh debug build."""
+    if "CHATGW_OPERATOR_BIN" in os.environ:
+        path = Path(os.environ["CHATGW_OPERATOR_BIN"])
+    else:
+        path = ROOT / "target" / "debug" / "chat-gateway-operator"
+        subprocess.run(["cargo", "build", "-q", "-p", "chat-gateway-operator", "--bin",
+                        "chat-gateway-operator"], cwd=ROOT, check=True)
+    assert path.exists(), f"{path} is missing: cargo build -p chat-gateway-operator"
+    return path
+
+
+def test_operator_with_the_chart_rbac_reconciles_every_example(envtest):
+    api = envtest["admin"]
+    # A token of the operator's ServiceAccount (TokenRequest): the operator gets exactly the
+    # permissions install.yaml grants it, enforced by the server's RBAC authorizer.
+    code, body = api.request(
+        "POST", f"api/v1/namespaces/{INSTALL_NS}/serviceaccounts/{OPERATOR_SA}/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}})
+    assert code == 201, body
+    sa_token = body["status"]["token"]
+    kubeconfig = envtest["dir"] / "operator.kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "op",
+        "clusters": [{"name": "envtest", "cluster": {"server": envtest["server"], "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "op", "user": {"token": sa_token}}],
+        "contexts": [{"name": "op", "context": {"cluster": "envtest", "user": "op", "namespace": INSTALL_NS}}]}))
+
+    api.apply_new({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": APPS_NS}})
+    for obj in yaml_docs(MANIFESTS / "redis" / "redis.yaml"):
+        if obj["kind"] == "Secret":  # the chat-redis Secret the production example uses
+            api.apply_new(obj, APPS_NS)
+    api.apply_new({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "chat-jwt"},
+                   "stringData": {"secret": "0123456789abcdef0123456789abcdef"}}, APPS_NS)
+
+    port = free_port()
+    log = envtest["dir"] / "operator.log"
+    env = dict(os.environ, KUBECONFIG=str(kubeconfig), POD_NAMESPACE=INSTALL_NS,
+               POD_NAME="operator-0", RUST_LOG="info,chat_gateway_operator=debug")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(operator_binary()), "run", "--log-format", "text",
+                                 "--metrics-addr", f"127.0.0.1:{port}", "--lease-duration", "6s"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=out)
+    try:
+        def leading():
+            assert proc.poll() is None, f"operator exited:\n{log.read_text()}"
+            lease = api.get("Lease", "chatgateway-operator", INSTALL_NS)
+            return lease and lease["spec"].get("holderIdentity") == "operator-0"
+        eventually("the operator to hold the Lease in its namespace", leading)
+
+        expected = {}
+        for example in sorted((MANIFESTS / "examples").glob("*.yaml")):
+            for obj in yaml_docs(example):
+                assert obj["kind"] == "ChatGateway", example
+                created = api.apply_new(obj, APPS_NS)
+                expected[(APPS_NS, obj["metadata"]["name"])] = created
+        expected[(HELM_NS, "chat-demo")] = api.get("ChatGateway", "chat-demo", HELM_NS)
+        assert len(expected) >= 3
+
+        for (ns, name), created in expected.items():
+            def reconciled():
+                assert proc.poll() is None, f"operator exited:\n{log.read_text()}"
+                cgw = api.get("ChatGateway", name, ns)
+                status = cgw.get("status") or {}
+                if status.get("observedGeneration") != cgw["metadata"]["generation"]:
+                    return None
+                return cgw if status.get("conditions") else None
+            cgw = eventually(f"status of ChatGateway {ns}/{name}\n(operator log: {log})", reconciled, 45)
+            uid = cgw["metadata"]["uid"]
+            for kind, child in (("ConfigMap", f"{name}-config"), ("Deployment", name), ("Service", name)):
+                obj = api.get(kind, child, ns)
+                assert obj is not None, f"{ns}/{name}: no {kind} {child}"
+                owners = obj["metadata"].get("ownerReferences", [])
+                assert any(o["uid"] == uid and o.get("controller") for o in owners), (kind, owners)
+            conditions = {c["type"]: c for c in cgw["status"]["conditions"]}
+            assert {"Ready", "Progressing", "Degraded"} <= set(conditions), conditions
+            wants_optional = bool(cgw["spec"].get("autoscaling", {}).get("enabled")) or \
+                cgw["spec"].get("disruptionBudget", {}).get("enabled", True)
+            if wants_optional:
+                # v1.20 serves neither autoscaling/v2 nor policy/v1.
+                assert conditions["Degraded"]["reason"] == "KindNotServed", conditions["Degraded"]
+            assert conditions["Degraded"]["reason"] not in ("ApiError", "SecretNotFound"), conditions["Degraded"]
+        prod = api.get("Deployment", "chat", APPS_NS)
+        assert prod["spec"]["replicas"] == 3, "autoscaling starts at minReplicas"
+        text = log.read_text()
+        assert "forbidden" not in text.lower(), f"the operator hit an RBAC denial:\n{text[-4000:]}"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    # On SIGTERM the leader released its Lease (leases get/update are enough for that).
+    lease = api.get("Lease", "chatgateway-operator", INSTALL_NS)
+    assert not lease["spec"].get("holderIdentity"), lease["spec"]

@@ -1,0 +1,208 @@
+"""Every rendered object and every file under manifests/ against the Kubernetes OpenAPI
+schemas (kubernetes-validate, oldest supported and newest known version); ChatGateways
+against the CRD schema; the generated bundles are fresh; the Dockerfiles follow the rules."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from conftest import (CHART, MANIFESTS, ROOT, by_kind, crd, example_values, k8s_versions,
+                      load_values, objects, yaml_docs)
+
+# Custom kinds kubernetes-validate has no schema for, and the minimal shape checked instead.
+PROMETHEUS_OPERATOR = {"ServiceMonitor": "endpoints", "PodMonitor": "podMetricsEndpoints"}
+
+
+def cgw_validator():
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return jsonschema.Draft7Validator(schema)
+
+
+def check(obj: dict, where: str) -> str:
+    """Validates one object; returns how."""
+    kind = obj.get("kind")
+    if kind == "ChatGateway":
+        assert obj["apiVersion"] == "chatgateway.io/v1alpha1", where
+        errors = sorted(cgw_validator().iter_errors(obj), key=str)
+        assert not errors, f"{where}: ChatGateway invalid against the CRD schema: " + \
+            "; ".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors)
+        return "crd"
+    if kind in PROMETHEUS_OPERATOR:
+        assert obj["apiVersion"] == "monitoring.coreos.com/v1", where
+        assert obj["spec"]["selector"]["matchLabels"] and obj["spec"][PROMETHEUS_OPERATOR[kind]], where
+        return "shape"
+    for version in k8s_versions():
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{where}: {kind}/{obj['metadata'].get('name')} invalid for Kubernetes {version}: {e.message} at {list(e.path)}")
+    return "k8s"
+
+
+def rendered_sets():
+    everything = {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
+                  "prometheusAdapterRules": {"enabled": True}, "replicaCount": 2,
+                  "chatGateway": {"enabled": True, "spec": {"replicas": 3}}}
+    yield "defaults", {}
+    yield "everything-on", everything
+    for p in example_values():
+        yield p.name, load_values(p)
+
+
+@pytest.mark.parametrize("name,values", list(rendered_sets()), ids=lambda v: v if isinstance(v, str) else "")
+def test_rendered_chart_validates(name, values):
+    objs = objects(values)
+    how = [check(o, f"chart {name}") for o in objs]
+    assert how.count("k8s") >= 7
+
+
+def manifest_files():
+    files = sorted(MANIFESTS.rglob("*.yaml"))
+    assert len(files) >= 6, files
+    return files
+
+
+@pytest.mark.parametrize("path", manifest_files(), ids=lambda p: str(p.relative_to(MANIFESTS)))
+def test_manifest_file_validates(path):
+    docs = yaml_docs(path)
+    assert docs, f"{path} has no objects"
+    for d in docs:
+        check(d, str(path.relative_to(ROOT)))
+
+
+def test_validators_catch_mistakes():
+    """Guards against validators that pass everything."""
+    bad_dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
+               "spec": {"replica": 2, "selector": {"matchLabels": {"a": "b"}},
+                        "template": {"metadata": {"labels": {"a": "b"}},
+                                     "spec": {"containers": [{"name": "c", "image": "i"}]}}}}
+    for version in k8s_versions():
+        with pytest.raises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate(bad_dep, version, strict=True)
+    bad_cgw = {"apiVersion": "chatgateway.io/v1alpha1", "kind": "ChatGateway", "metadata": {"name": "x"},
+               "spec": {"replicas": "two", "gateway": {"auth": {"mode": "sometimes"}}}}
+    errors = list(cgw_validator().iter_errors(bad_cgw))
+    assert len(errors) >= 2, errors
+
+
+def test_install_yaml_and_chart_crd_are_fresh():
+    out = subprocess.run([sys.executable, str(ROOT / "charts" / "generate.py"), "--check"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_install_yaml_is_crd_operator_and_rbac():
+    docs = yaml_docs(MANIFESTS / "install.yaml")
+    kinds = [d["kind"] for d in docs]
+    assert kinds[:2] == ["Namespace", "CustomResourceDefinition"], "namespace and CRD first"
+    assert {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+            "Service", "Deployment"} <= set(kinds)
+    assert docs[1] == crd()
+    ns = docs[0]["metadata"]["name"]
+    for d in docs[2:]:
+        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert d["metadata"]["namespace"] == ns, d["metadata"]
+        assert d["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubectl"
+
+
+def test_redis_is_clearly_not_for_production():
+    text = (MANIFESTS / "redis" / "redis.yaml").read_text()
+    assert "NOT FOR PRODUCTION" in text.splitlines()[1]
+    for d in yaml_docs(MANIFESTS / "redis" / "redis.yaml"):
+        assert d["metadata"]["labels"]["chatgateway.io/not-for-production"] == "true"
+    # It provides the Secret the production example refers to.
+    (secret,) = [d for d in yaml_docs(MANIFESTS / "redis" / "redis.yaml") if d["kind"] == "Secret"]
+    example = yaml_docs(MANIFESTS / "examples" / "production.yaml")[0]
+    ref = example["spec"]["gateway"]["redis"]["urlSecretRef"]
+    assert secret["metadata"]["name"] == ref["name"] and ref["key"] in secret["stringData"]
+
+
+def test_jaeger_has_otlp_enabled():
+    docs = yaml_docs(MANIFESTS / "observability" / "jaeger.yaml")
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert {"name": "COLLECTOR_OTLP_ENABLED", "value": "true"} in c["env"]
+    assert not c["image"].endswith(":latest") and ":" in c["image"]
+    (svc,) = [d for d in docs if d["kind"] == "Service"]
+    assert {p["port"] for p in svc["spec"]["ports"]} >= {4317, 4318, 16686}
+
+
+def test_workloads_under_manifests_are_hardened():
+    for path in manifest_files():
+        for d in yaml_docs(path):
+            if d["kind"] != "Deployment":
+                continue
+            pod = d["spec"]["template"]["spec"]
+            assert pod["securityContext"]["runAsNonRoot"] is True, path
+            assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", path
+            for c in pod["containers"]:
+                assert not c["image"].endswith(":latest") and ":" in c["image"].split("/")[-1], (path, c["image"])
+                sc = c["securityContext"]
+                assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True, path
+                assert sc["capabilities"]["drop"] == ["ALL"], path
+                assert c["resources"]["limits"]["memory"], path
+
+
+# --- Dockerfiles (no Docker engine here: linted, not built) --------------------------------
+
+def stages(text: str) -> list[tuple[str, str | None]]:
+    out = []
+    for line in text.splitlines():
+        m = re.match(r"^FROM\s+(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?\s*$", line, re.I)
+        if m:
+            out.append((m.group(1), m.group(2)))
+    return out
+
+
+@pytest.mark.parametrize("crate,binary", [("gateway", "chat-gateway"), ("operator", "chat-gateway-operator")])
+def test_dockerfile(crate, binary):
+    text = (ROOT / crate / "Dockerfile").read_text()
+    args = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, re.M))
+    froms = stages(text)
+    assert len(froms) >= 2, "multi-stage: a build stage and a runtime stage"
+    for image, _ in froms:
+        resolved = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
+        assert ":" in resolved.split("/")[-1] or "@sha256:" in resolved, f"untagged base image {image}"
+        assert not resolved.endswith(":latest"), f"{image} uses :latest"
+    runtime = froms[-1][0]
+    assert runtime.startswith(("gcr.io/distroless/", "scratch", "cgr.dev/chainguard/static")), runtime
+    build_stage = froms[0][1]
+    # The release binary of the right package is built and copied into the runtime stage.
+    assert re.search(rf"cargo build --release --locked -p {crate if crate == 'operator' else 'chat-gateway'}"
+                     rf"(-operator)? --bin {binary}\b", text) or f"--bin {binary}" in text
+    copies = re.findall(r"^COPY --from=(\S+) (\S+) (\S+)", text, re.M)
+    assert any(src == build_stage and path.endswith(f"/{binary}") and dest == f"/usr/local/bin/{binary}"
+               for src, path, dest in copies), copies
+    runtime_part = text.split(f"FROM {runtime}", 1)[1]
+    users = re.findall(r"^USER\s+(\S+)", runtime_part, re.M)
+    assert users, "runtime stage sets USER"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, f"USER must be a numeric non-root uid (runAsNonRoot), got {users[-1]}"
+    entry = re.findall(r"^ENTRYPOINT\s+(\[.*\])", runtime_part, re.M)
+    assert entry and yaml.safe_load(entry[-1]) == [f"/usr/local/bin/{binary}"], entry
+    assert "EXPOSE 8080" in runtime_part
+    # The package name in the build command exists in the workspace.
+    cargo = (ROOT / crate / "Cargo.toml").read_text()
+    assert re.search(rf'^name = "{binary}"', cargo, re.M), f"{crate}/Cargo.toml has no {binary}"
+
+
+def test_dockerignore_keeps_the_context_small():
+    lines = set((ROOT / ".dockerignore").read_text().split())
+    assert {"target", ".git", ".venv"} <= lines
+
+
+def test_images_the_chart_and_operator_use_match_the_dockerfiles():
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["image"]["repository"].endswith("/chat-gateway-operator")
+    assert values["chatGateway"]["image"]["repository"].endswith("/chat-gateway")
+    src = (ROOT / "operator" / "src" / "builders" / "deployment.rs").read_text()
+    assert values["chatGateway"]["image"]["repository"] in src, "the operator's default gateway image"
+    for crate, repo in (("gateway", values["chatGateway"]["image"]["repository"]),
+                        ("operator", values["image"]["repository"])):
+        assert f"-t {repo}:" in (ROOT / crate / "Dockerfile").read_text()

@@ -1,0 +1,82 @@
+//! The Helm chart, manifests/ and the Dockerfiles, checked by the python suite in
+//! e2e/chart (pytest, helm-python-sdk = Helm's Go SDK, kubernetes-validate) from the
+//! project's venv (`make venv`):
+//! - `chart_and_manifests_render_and_validate`: lint and render with the real Helm engine
+//!   (defaults and every example values file), bad values refused by values.schema.json,
+//!   every rendered object and every file under manifests/ valid for Kubernetes 1.33 and
+//!   the newest known version, ChatGateways valid against the CRD schema, RBAC exactly the
+//!   documented needs, chart CRD == crds/, manifests fresh, Dockerfile lint.
+//! - `chart_and_manifests_against_a_real_apiserver`: `kubectl apply` of
+//!   manifests/install.yaml on a fresh kube-apiserver (../shared/envtest), `helm install`,
+//!   and the operator binary under exactly the chart's RBAC reconciling every example.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The operator binary `cargo test --workspace` built next to this test's executable.
+fn operator_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?.parent()?.join("chat-gateway-operator");
+    bin.exists().then_some(bin)
+}
+
+fn pytest(args: &[&str]) {
+    let root = root();
+    let python = root.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `make venv` (the chart tests need pytest, helm-python-sdk and \
+         kubernetes-validate from requirements-dev.txt)",
+        python.display()
+    );
+    let probe = Command::new(&python)
+        .args([
+            "-c",
+            "import pytest, helm_python, kubernetes_validate, jsonschema, yaml",
+        ])
+        .output()
+        .expect("run the venv's python");
+    assert!(
+        probe.status.success(),
+        "the venv lacks a chart-test package ({}); requirements-dev.txt must list pytest, \
+         helm-python-sdk, kubernetes-validate and PyYAML: run `make venv`",
+        String::from_utf8_lossy(&probe.stderr).trim()
+    );
+    let started = Instant::now();
+    let mut cmd = Command::new(&python);
+    cmd.env("PYTHONDONTWRITEBYTECODE", "1")
+        .args(["-m", "pytest", "-p", "no:cacheprovider", "-q", "-rf"])
+        .args(args)
+        .current_dir(&root);
+    if let Some(bin) = operator_binary() {
+        cmd.env("CHATGW_OPERATOR_BIN", bin);
+    }
+    let out = cmd.output().expect("run pytest");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{report}\n(pytest {args:?} took {:?})", started.elapsed());
+    assert!(out.status.success(), "chart tests failed:\n{report}");
+}
+
+#[test]
+fn chart_and_manifests_render_and_validate() {
+    pytest(&["e2e/chart/test_chart.py", "e2e/chart/test_manifests.py"]);
+}
+
+#[test]
+fn chart_and_manifests_against_a_real_apiserver() {
+    assert!(
+        operator_binary().is_some(),
+        "target/debug/chat-gateway-operator is missing: run the workspace tests \
+         (`cargo test --workspace`) or `cargo build -p chat-gateway-operator` first"
+    );
+    pytest(&["e2e/chart/test_envtest.py"]);
+}
