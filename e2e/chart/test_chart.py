@@ -11,8 +11,10 @@ from conftest import CHART, ROOT, by_kind, crd, example_values, load_values, obj
 
 
 def test_lint_is_clean_for_defaults_and_every_example():
-    for values in [{}] + [load_values(p) for p in example_values()]:
-        report = helm.lint(CHART, values, strict=True, namespace="chat-system")
+    cases = [(v, kube) for v in [{}] + [load_values(p) for p in example_values()]
+             for kube in ("v1.33.0", None)]
+    for values, kube in cases:
+        report = helm.lint(CHART, values, strict=True, namespace="chat-system", kube_version=kube)
         assert report["total_charts_linted"] == 1, report
         assert not report["errors"], report
         bad = [m for m in report["messages"] if m["severity"] >= 2]
