@@ -24,6 +24,23 @@ def cgw_validator():
     return jsonschema.Draft7Validator(schema)
 
 
+def unknown_fields(value, schema: dict, path: str = "") -> list[str]:
+    """Fields the CRD schema does not declare: the API server would silently prune them,
+    so a typo in a ChatGateway would pass unnoticed."""
+    out = []
+    if isinstance(value, dict) and "properties" in schema and \
+            not schema.get("x-kubernetes-preserve-unknown-fields") and "additionalProperties" not in schema:
+        for key, v in value.items():
+            if key not in schema["properties"]:
+                out.append(f"{path}.{key}")
+            else:
+                out += unknown_fields(v, schema["properties"][key], f"{path}.{key}")
+    elif isinstance(value, list) and "items" in schema:
+        for i, v in enumerate(value):
+            out += unknown_fields(v, schema["items"], f"{path}[{i}]")
+    return out
+
+
 def check(obj: dict, where: str) -> str:
     """Validates one object; returns how."""
     kind = obj.get("kind")
@@ -32,6 +49,9 @@ def check(obj: dict, where: str) -> str:
         errors = sorted(cgw_validator().iter_errors(obj), key=str)
         assert not errors, f"{where}: ChatGateway invalid against the CRD schema: " + \
             "; ".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors)
+        schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        unknown = unknown_fields(obj["spec"], schema["properties"]["spec"], "spec")
+        assert not unknown, f"{where}: ChatGateway fields the CRD does not declare (pruned by the server): {unknown}"
         return "crd"
     if kind in PROMETHEUS_OPERATOR:
         assert obj["apiVersion"] == "monitoring.coreos.com/v1", where
@@ -89,6 +109,9 @@ def test_validators_catch_mistakes():
                "spec": {"replicas": "two", "gateway": {"auth": {"mode": "sometimes"}}}}
     errors = list(cgw_validator().iter_errors(bad_cgw))
     assert len(errors) >= 2, errors
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert unknown_fields({"replica": 2, "gateway": {"auth": {"mod": "jwt"}}}, schema, "spec") == \
+        ["spec.replica", "spec.gateway.auth.mod"]
 
 
 def test_install_yaml_and_chart_crd_are_fresh():
