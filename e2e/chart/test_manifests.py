@@ -229,3 +229,26 @@ def test_images_the_chart_and_operator_use_match_the_dockerfiles():
     for crate, repo in (("gateway", values["chatGateway"]["image"]["repository"]),
                         ("operator", values["image"]["repository"])):
         assert f"-t {repo}:" in (ROOT / crate / "Dockerfile").read_text()
+
+
+def test_chart_chatgateways_render_to_valid_children():
+    """The operator's own `render` of each ChatGateway the chart creates: the children it
+    would apply are valid Kubernetes objects too."""
+    import os
+    from pathlib import Path
+
+    binary = Path(os.environ.get("CHATGW_OPERATOR_BIN", ROOT / "target" / "debug" / "chat-gateway-operator"))
+    if not binary.exists():
+        pytest.skip(f"{binary} not built (cargo test --workspace builds it)")
+    for p in example_values():
+        (cgw,) = by_kind(objects(load_values(p)), "ChatGateway")
+        out = subprocess.run([str(binary), "render", "-f", "-", "-n", "chat-system"],
+                             input=yaml.safe_dump(cgw), capture_output=True, text=True)
+        assert out.returncode == 0, f"{p.name}: operator render failed: {out.stderr}"
+        children = [d for d in yaml.safe_load_all(out.stdout) if d]
+        kinds = {c["kind"] for c in children}
+        assert {"ConfigMap", "Deployment", "Service"} <= kinds, kinds
+        for child in children:
+            check(child, f"{p.name} -> operator render")
+        (dep,) = [c for c in children if c["kind"] == "Deployment"]
+        assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == cgw["spec"]["image"]
