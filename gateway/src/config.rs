@@ -39,6 +39,8 @@ pub struct Config {
     pub rebalance: RebalanceConfig,
     /// Rate of new connections and resumes admitted (reconnect storms).
     pub admission: AdmissionConfig,
+    /// WebSocket forwarding routes to backend services (longest path prefix wins).
+    pub routes: Vec<RouteConfig>,
 }
 
 impl Default for Config {
@@ -63,6 +65,7 @@ impl Default for Config {
             drain: DrainConfig::default(),
             rebalance: RebalanceConfig::default(),
             admission: AdmissionConfig::default(),
+            routes: Vec::new(),
         }
     }
 }
@@ -375,6 +378,59 @@ impl Default for AdmissionConfig {
     }
 }
 
+/// A WebSocket forwarding route: authenticate at the gateway, then pipe frames to an
+/// upstream WebSocket service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteConfig {
+    /// Short name, used as the metrics label (never the path): `[a-z0-9-]`, unique.
+    pub name: String,
+    /// Requests whose path starts with this (`/bots` matches `/bots` and `/bots/...`).
+    pub path_prefix: String,
+    /// `ws://host:port/base`, or a Kubernetes Service as `name:port` (or
+    /// `name.namespace:port`), or `localhost:port` for a sidecar.
+    pub upstream: String,
+    /// Remove `pathPrefix` from the path sent upstream.
+    pub strip_prefix: bool,
+    /// Extra request headers sent upstream.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Send the authenticated user id as `X-Chat-User`.
+    pub forward_user: bool,
+    /// Send the W3C `traceparent` upstream.
+    pub forward_trace: bool,
+    /// Deadline of one dial (TCP connect + WebSocket handshake).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Extra dial attempts after a failure.
+    pub retries: u32,
+    /// Wait before the first retry; doubles each time.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// Open connections through this route at most (503 beyond); 0 = unlimited.
+    pub max_connections: u32,
+    /// Largest message piped in either direction (close 1009 beyond).
+    pub max_frame_bytes: usize,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        RouteConfig {
+            name: String::new(),
+            path_prefix: String::new(),
+            upstream: String::new(),
+            strip_prefix: false,
+            headers: Default::default(),
+            forward_user: true,
+            forward_trace: true,
+            connect_timeout: Duration::from_secs(2),
+            retries: 2,
+            retry_backoff: Duration::from_millis(200),
+            max_connections: 10_000,
+            max_frame_bytes: 1024 * 1024,
+        }
+    }
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -511,6 +567,42 @@ impl Config {
             || r.interval < Duration::from_millis(100)
         {
             return bad("rebalance.rate must be positive, rebalance.relThreshold >= 0, rebalance.interval >= 100ms");
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let what = |m: &str| {
+                Err(ConfigError::Invalid(format!(
+                    "routes[{i}] ({:?}): {m}",
+                    r.name
+                )))
+            };
+            if r.name.is_empty()
+                || !r
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return what("name must be non-empty [a-z0-9-]");
+            }
+            if !names.insert(r.name.clone()) {
+                return what("name is used twice");
+            }
+            if !r.path_prefix.starts_with('/') || r.path_prefix.len() < 2 {
+                return what("pathPrefix must start with / and name a path (not just /)");
+            }
+            let reserved = ["/ws", "/healthz", "/readyz", "/metrics", "/client.js"];
+            if reserved
+                .iter()
+                .any(|p| r.path_prefix == *p || r.path_prefix.starts_with(&format!("{p}/")))
+            {
+                return what("pathPrefix collides with the gateway's own endpoints");
+            }
+            if let Err(e) = crate::forward::upstream_url(&r.upstream) {
+                return what(&e);
+            }
+            if r.max_frame_bytes < 256 {
+                return what("maxFrameBytes must be at least 256");
+            }
         }
         if self.history.max_messages == 0 || self.inbox.max_messages == 0 {
             return bad("history.maxMessages and inbox.maxMessages must be at least 1");

@@ -7,6 +7,7 @@ pub mod config;
 pub mod connection;
 pub mod drain;
 pub mod engine;
+pub mod forward;
 pub mod hub;
 pub mod metrics;
 pub mod node;

@@ -46,6 +46,14 @@ pub struct Metrics {
     pub drain_forced: IntCounter,
     /// Connections shed by rebalancing.
     pub rebalance_shed: IntCounter,
+    /// Open forwarded connections, by route name.
+    pub forward_connections: prometheus::IntGaugeVec,
+    /// Frames piped, by route and direction (`up`: client to upstream).
+    pub forward_frames: IntCounterVec,
+    /// Payload bytes piped, by route and direction.
+    pub forward_bytes: IntCounterVec,
+    /// Failed upstream dials (each attempt), by route.
+    pub forward_dial_errors: IntCounterVec,
 }
 
 /// Latency buckets, seconds: 100 µs .. 10 s.
@@ -94,6 +102,14 @@ impl Metrics {
                 .register(Box::new(h.clone()))
                 .expect("unique metric");
             h
+        };
+        let vec2 = |name: &str, help: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &["route", "direction"])
+                .expect("valid metric name");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
         };
         let m = Metrics {
             registry: Registry::new(),
@@ -172,6 +188,33 @@ impl Metrics {
             rebalance_shed: counter(
                 "chatgateway_rebalance_shed_total",
                 "Connections shed by rebalancing.",
+            ),
+            forward_connections: {
+                let g = prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "chatgateway_forward_connections",
+                        "Open forwarded connections, by route.",
+                    ),
+                    &["route"],
+                )
+                .expect("valid metric name");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
+            forward_frames: vec2(
+                "chatgateway_forward_frames_total",
+                "Frames piped through forwarding routes, by route and direction.",
+            ),
+            forward_bytes: vec2(
+                "chatgateway_forward_bytes_total",
+                "Payload bytes piped through forwarding routes, by route and direction.",
+            ),
+            forward_dial_errors: counter_vec(
+                "chatgateway_forward_dial_errors_total",
+                "Failed upstream dial attempts, by route.",
+                "route",
             ),
         };
         Metrics { registry, ..m }

@@ -27,6 +27,8 @@ pub struct Node {
     pub auth: Authenticator,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// WebSocket forwarding routes.
+    pub router: crate::forward::Router,
     /// Cancelled when the process shuts down.
     pub shutdown: CancellationToken,
     /// Set when a drain starts: readiness fails from then on.
@@ -70,6 +72,7 @@ impl Node {
         let auth = Authenticator::new(&config.auth)?;
         let hub = Arc::new(Hub::default());
         let metrics = Metrics::new();
+        let router = crate::forward::Router::new(&config.routes).map_err(anyhow::Error::msg)?;
         let engine: Arc<dyn Engine> = match config.engine {
             EngineKind::Memory => Arc::new(MemoryEngine::new(hub.clone(), &config)),
             EngineKind::Redis => {
@@ -87,6 +90,7 @@ impl Node {
             hub,
             auth,
             metrics,
+            router,
             shutdown,
             draining: Default::default(),
             accepting: std::sync::atomic::AtomicBool::new(true),

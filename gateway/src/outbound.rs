@@ -70,6 +70,8 @@ struct Shared {
     closing: CancellationToken,
     reason: OnceLock<CloseReason>,
     told: std::sync::atomic::AtomicBool,
+    /// A forwarded (opaque) connection: nothing can be queued, only a close.
+    opaque: bool,
 }
 
 /// Producer handle of a connection's outbound queue; cheap to clone.
@@ -101,6 +103,7 @@ pub fn queue(max_frames: usize, max_bytes: usize) -> (OutboundQueue, OutboundRec
         closing: CancellationToken::new(),
         reason: OnceLock::new(),
         told: Default::default(),
+        opaque: false,
     });
     (
         OutboundQueue {
@@ -143,11 +146,33 @@ impl OutboundQueue {
         self.push(Outbound::Frame(text.into()))
     }
 
+    /// A close handle for a connection whose frames the gateway does not speak (a
+    /// forwarded one): [`goaway`](Self::goaway) just closes it.
+    pub fn opaque() -> OutboundQueue {
+        let (tx, _rx) = mpsc::channel(1);
+        OutboundQueue {
+            tx,
+            shared: Arc::new(Shared {
+                bytes: AtomicUsize::new(0),
+                max_bytes: 0,
+                high_water: AtomicUsize::new(0),
+                closing: CancellationToken::new(),
+                reason: OnceLock::new(),
+                told: Default::default(),
+                opaque: true,
+            }),
+        }
+    }
+
     /// Sends `frame` (a `goaway`) and then closes with `reason`, once; returns false if
-    /// this connection was told already or is closing.
+    /// this connection was told already or is closing. An opaque connection is closed.
     pub fn goaway(&self, frame: impl Into<Utf8Bytes>, reason: CloseReason) -> bool {
         if self.shared.told.swap(true, Ordering::Relaxed) {
             return false;
+        }
+        if self.shared.opaque {
+            self.close(reason);
+            return true;
         }
         if !(self.frame(frame) && self.push(Outbound::Close(reason))) {
             self.close(reason);

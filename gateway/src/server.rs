@@ -2,7 +2,7 @@
 
 use crate::auth::{self, AuthError, Presented};
 use crate::connection;
-use crate::node::Node;
+use crate::node::{IpSlot, Node};
 use crate::outbound::CloseReason;
 use crate::protocol::close;
 use bytes::Bytes;
@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
-type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
 /// Accepts connections until `node.shutdown` is cancelled.
 pub async fn run(node: Arc<Node>, listener: TcpListener) {
@@ -61,7 +61,7 @@ pub async fn run(node: Arc<Node>, listener: TcpListener) {
     });
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -97,6 +97,11 @@ async fn route(node: Arc<Node>, req: Request<Incoming>, peer: SocketAddr) -> Res
         (_, "/ws" | "/healthz" | "/readyz" | "/metrics" | "/") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
+        // Forwarding routes: longest prefix wins; no match is a 404 before any upgrade.
+        (&Method::GET, path) => match node.router.find(path) {
+            Some(route) => crate::forward::upgrade(node.clone(), route, req, peer).await,
+            None => text(StatusCode::NOT_FOUND, "not found\n"),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -105,7 +110,12 @@ fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str>
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-fn reject(node: &Node, status: StatusCode, reason: &'static str, detail: String) -> Response<Body> {
+pub(crate) fn reject(
+    node: &Node,
+    status: StatusCode,
+    reason: &'static str,
+    detail: String,
+) -> Response<Body> {
     node.metrics.rejected.with_label_values(&[reason]).inc();
     text(status, detail + "\n")
 }
@@ -121,7 +131,7 @@ fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
 }
 
 /// 503 with a jittered `Retry-After` (1 to 3 s) so refused clients do not return in step.
-fn retry_later(node: &Node, reason: &'static str, detail: &str) -> Response<Body> {
+pub(crate) fn retry_later(node: &Node, reason: &'static str, detail: &str) -> Response<Body> {
     let mut r = reject(
         node,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -134,49 +144,69 @@ fn retry_later(node: &Node, reason: &'static str, detail: &str) -> Response<Body
     r
 }
 
-async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    let is_ws = header_str(&req, header::UPGRADE)
+/// An upgrade request that passed every check (headers, drain, origin, authentication,
+/// admission, per-IP limit).
+pub(crate) struct Admitted {
+    /// Authenticated user id.
+    pub user: String,
+    /// `Sec-WebSocket-Key`, for the accept header.
+    pub key: HeaderValue,
+    /// Subprotocols the client offered.
+    pub offered: Vec<String>,
+    /// The client IP's connection slot, held for the connection's life.
+    pub slot: IpSlot,
+    /// The `connect` span.
+    pub span: tracing::Span,
+}
+
+/// Checks an upgrade request; the error is the response that refuses it.
+pub(crate) async fn admit_upgrade(
+    node: &Arc<Node>,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Admitted, Response<Body>> {
+    let is_ws = header_str(req, header::UPGRADE)
         .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
-        && header_str(&req, header::CONNECTION).is_some_and(|c| {
+        && header_str(req, header::CONNECTION).is_some_and(|c| {
             c.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
         });
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
-        return reject(
-            &node,
+        return Err(reject(
+            node,
             StatusCode::BAD_REQUEST,
             "bad_upgrade",
             "expected a WebSocket upgrade".into(),
-        );
+        ));
     };
-    if !is_ws || header_str(&req, header::SEC_WEBSOCKET_VERSION) != Some("13") {
-        return reject(
-            &node,
+    if !is_ws || header_str(req, header::SEC_WEBSOCKET_VERSION) != Some("13") {
+        return Err(reject(
+            node,
             StatusCode::BAD_REQUEST,
             "bad_upgrade",
             "expected a WebSocket upgrade (version 13)".into(),
-        );
+        ));
     }
     if !node.accepting() {
-        return retry_later(
-            &node,
+        return Err(retry_later(
+            node,
             "shutting_down",
             "server draining; connect to another instance",
-        );
+        ));
     }
     if !origin_allowed(
         &node.config.server.allowed_origins,
-        header_str(&req, header::ORIGIN),
+        header_str(req, header::ORIGIN),
     ) {
-        return reject(
-            &node,
+        return Err(reject(
+            node,
             StatusCode::FORBIDDEN,
             "origin",
             "origin not allowed".into(),
-        );
+        ));
     }
 
-    let offered: Vec<String> = header_str(&req, header::SEC_WEBSOCKET_PROTOCOL)
+    let offered: Vec<String> = header_str(req, header::SEC_WEBSOCKET_PROTOCOL)
         .map(|h| {
             auth::parse_subprotocols(h)
                 .into_iter()
@@ -185,7 +215,7 @@ async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) 
         })
         .unwrap_or_default();
     let mut presented = Presented {
-        bearer: header_str(&req, header::AUTHORIZATION)
+        bearer: header_str(req, header::AUTHORIZATION)
             .and_then(|a| {
                 a.strip_prefix("Bearer ")
                     .or_else(|| a.strip_prefix("bearer "))
@@ -222,38 +252,70 @@ async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) 
                 _ => "auth_invalid",
             };
             span.record("outcome", reason);
-            let mut r = reject(&node, StatusCode::UNAUTHORIZED, reason, e.to_string());
+            let mut r = reject(node, StatusCode::UNAUTHORIZED, reason, e.to_string());
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return r;
+            return Err(r);
         }
     };
     // Reconnect storms: admit at most admission.rate upgrades per second (cluster-wide
     // with Redis); the rest come back after a jittered Retry-After.
     drop(_entered);
     if !node.admit().instrument(span.clone()).await {
-        return retry_later(
-            &node,
+        return Err(retry_later(
+            node,
             "admission",
             "too many connections right now; retry shortly",
-        );
+        ));
     }
     let Some(slot) = node.take_ip_slot(peer.ip()) else {
-        return reject(
-            &node,
+        return Err(reject(
+            node,
             StatusCode::TOO_MANY_REQUESTS,
             "per_ip",
             "too many connections from this address".into(),
-        );
+        ));
     };
 
     span.record("user", user.as_str());
     span.record("outcome", "accepted");
-    let offered_refs: Vec<&str> = offered.iter().map(String::as_str).collect();
+    Ok(Admitted {
+        user,
+        key,
+        offered,
+        slot,
+        span,
+    })
+}
+
+/// The 101 response completing a WebSocket handshake.
+pub(crate) fn switching(key: &HeaderValue, protocol: Option<&str>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Some(p) = protocol.and_then(|p| HeaderValue::from_str(p).ok()) {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    r
+}
+
+/// The chat endpoint `/ws`.
+async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let a = match admit_upgrade(&node, &req, peer).await {
+        Ok(a) => a,
+        Err(refused) => return refused,
+    };
+    let offered_refs: Vec<&str> = a.offered.iter().map(String::as_str).collect();
     let chosen = auth::chosen_subprotocol(&offered_refs);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ws_config = ws_config(&node);
     let task_node = node.clone();
+    let (user, slot) = (a.user, a.slot);
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
@@ -268,19 +330,7 @@ async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) 
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
     });
-
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    }
-    if let Some(p) = chosen.and_then(|p| HeaderValue::from_str(&p).ok()) {
-        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
-    }
-    r
+    switching(&a.key, chosen.as_deref())
 }
 
 /// tungstenite's defaults (128 KiB read and write buffers) would dominate the memory of an

@@ -1,0 +1,320 @@
+//! WebSocket forwarding routes against real upstream WebSocket servers written here.
+
+use chat_gateway::config::RouteConfig;
+use e2e::{http_get, test_config, TestGateway};
+use futures_util::{SinkExt, StreamExt};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+
+/// What an upstream saw of one connection.
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    path: String,
+    headers: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Echo,
+    CloseWith(u16),
+    NeverRead,
+}
+
+/// A WebSocket upstream on a free port; returns its address and what it saw.
+async fn upstream(b: Behaviour) -> (String, Arc<Mutex<Vec<Seen>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                // The callback's error type is tungstenite's (a whole HTTP response).
+                #[allow(clippy::result_large_err)]
+                let cb = |req: &Request, resp: Response| {
+                    let headers = req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                        .collect();
+                    log.lock().unwrap_or_else(|p| p.into_inner()).push(Seen {
+                        path: req.uri().to_string(),
+                        headers,
+                    });
+                    Ok(resp)
+                };
+                let cfg = WebSocketConfig::default()
+                    .max_message_size(Some(4 << 20))
+                    .max_frame_size(Some(4 << 20));
+                let Ok(mut ws) =
+                    tokio_tungstenite::accept_hdr_async_with_config(stream, cb, Some(cfg)).await
+                else {
+                    return;
+                };
+                match b {
+                    Behaviour::Echo => {
+                        while let Some(Ok(m)) = ws.next().await {
+                            if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Behaviour::CloseWith(code) => {
+                        let _ = ws.next().await;
+                        let _ = ws
+                            .close(Some(CloseFrame {
+                                code: CloseCode::from(code),
+                                reason: "bye".into(),
+                            }))
+                            .await;
+                        while let Some(Ok(_)) = ws.next().await {}
+                    }
+                    Behaviour::NeverRead => {
+                        tokio::time::sleep(Duration::from_secs(120)).await;
+                        drop(ws);
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn route(name: &str, prefix: &str, upstream: &str, strip: bool) -> RouteConfig {
+    RouteConfig {
+        name: name.into(),
+        path_prefix: prefix.into(),
+        upstream: upstream.into(),
+        strip_prefix: strip,
+        retries: 1,
+        retry_backoff: Duration::from_millis(50),
+        connect_timeout: Duration::from_millis(500),
+        ..Default::default()
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(gw: &TestGateway, path_and_query: &str) -> Result<Ws, u16> {
+    let mut req = format!("ws://{}{path_and_query}", gw.gateway.addr)
+        .into_client_request()
+        .expect("req");
+    req.headers_mut().insert(
+        "traceparent",
+        HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    );
+    let cfg = WebSocketConfig::default()
+        .max_message_size(Some(4 << 20))
+        .max_frame_size(Some(4 << 20));
+    match tokio_tungstenite::connect_async_with_config(req, Some(cfg), true).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("connect: {e}"),
+    }
+}
+
+async fn echo_once(ws: &mut Ws, text: &str) -> String {
+    ws.send(Message::text(text.to_string()))
+        .await
+        .expect("send");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return t.to_string(),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no echo: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn longest_prefix_strip_and_forwarded_headers() {
+    let (up1, seen1) = upstream(Behaviour::Echo).await;
+    let (up2, seen2) = upstream(Behaviour::Echo).await;
+    let mut cfg = test_config();
+    let mut short = route("api", "/api", &up1, true);
+    short.headers.insert("X-Team".into(), "blue".into());
+    let mut deep = route("deep", "/api/deep", &format!("ws://{up2}/base"), false);
+    deep.forward_user = true;
+    cfg.routes = vec![short, deep];
+    let gw = TestGateway::start(cfg).await;
+
+    let mut a = connect(&gw, "/api/deep/x?user=alice&room=5")
+        .await
+        .expect("deep route");
+    assert_eq!(echo_once(&mut a, "hello deep").await, "hello deep");
+    let s = seen2.lock().expect("seen")[0].clone();
+    assert_eq!(
+        s.path, "/base/api/deep/x?room=5",
+        "no strip, credentials removed from the query"
+    );
+    assert_eq!(
+        s.headers.get("x-chat-user").map(String::as_str),
+        Some("alice")
+    );
+    assert_eq!(
+        s.headers.get("traceparent").map(String::as_str),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        "the client's trace context goes through"
+    );
+    let mut b = connect(&gw, "/api/y?user=bob").await.expect("short route");
+    assert_eq!(echo_once(&mut b, "hello short").await, "hello short");
+    let s = seen1.lock().expect("seen")[0].clone();
+    assert_eq!(s.path, "/y", "prefix stripped");
+    assert_eq!(s.headers.get("x-team").map(String::as_str), Some("blue"));
+    assert_eq!(
+        s.headers.get("x-chat-user").map(String::as_str),
+        Some("bob")
+    );
+    assert_eq!(
+        gw.metric("chatgateway_forward_connections{route=\"api\"}")
+            .await,
+        1.0
+    );
+    assert!(
+        gw.metric("chatgateway_forward_frames_total{direction=\"up\",route=\"deep\"}")
+            .await
+            >= 1.0
+    );
+    // Authentication happens at the gateway, before any dial.
+    assert_eq!(connect(&gw, "/api/y").await.err(), Some(401));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_route_is_404_and_a_dead_upstream_is_502_after_retries() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string() // closed again when dropped
+    };
+    let mut cfg = test_config();
+    cfg.routes = vec![route("dead", "/dead", &dead, false)];
+    let gw = TestGateway::start(cfg).await;
+    assert_eq!(connect(&gw, "/nowhere?user=a").await.err(), Some(404));
+    assert_eq!(http_get(gw.gateway.addr, "/nowhere").await.0, 404);
+    assert_eq!(connect(&gw, "/dead/x?user=a").await.err(), Some(502));
+    assert_eq!(
+        gw.metric("chatgateway_forward_dial_errors_total{route=\"dead\"}")
+            .await,
+        2.0,
+        "1 try + 1 retry"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_close_code_reaches_the_client() {
+    let (up, _) = upstream(Behaviour::CloseWith(4001)).await;
+    let mut cfg = test_config();
+    cfg.routes = vec![route("closer", "/closer", &up, false)];
+    let gw = TestGateway::start(cfg).await;
+    let mut ws = connect(&gw, "/closer?user=a").await.expect("connect");
+    ws.send(Message::text("anything")).await.expect("send");
+    let mut code = None;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        if let Message::Close(Some(f)) = m {
+            code = Some((u16::from(f.code), f.reason.to_string()));
+            break;
+        }
+    }
+    assert_eq!(code, Some((4001, "bye".to_string())));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_both_ways() {
+    let (up, _) = upstream(Behaviour::Echo).await;
+    let mut cfg = test_config();
+    cfg.routes = vec![route("big", "/big", &up, false)];
+    let gw = TestGateway::start(cfg).await;
+    let mut ws = connect(&gw, "/big?user=a").await.expect("connect");
+    let payload = "z".repeat(900 * 1024);
+    assert_eq!(echo_once(&mut ws, &payload).await.len(), payload.len());
+    // Over the route's maxFrameBytes (1 MiB): closed with 1009, not buffered.
+    let _ = ws.send(Message::text("q".repeat(2 << 20))).await;
+    let mut code = None;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        if let Message::Close(Some(f)) = m {
+            code = Some(u16::from(f.code));
+            break;
+        }
+    }
+    assert_eq!(code, Some(1009));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upstream_pushes_back_instead_of_filling_the_gateway() {
+    let (up, _) = upstream(Behaviour::NeverRead).await;
+    let (echo, _) = upstream(Behaviour::Echo).await;
+    let mut cfg = test_config();
+    cfg.routes = vec![
+        route("slow", "/slow", &up, false),
+        route("echo", "/echo", &echo, false),
+    ];
+    let gw = TestGateway::start(cfg).await;
+    let mut ws = connect(&gw, "/slow?user=a").await.expect("connect");
+    let chunk = "s".repeat(64 * 1024);
+    let mut sent = 0usize;
+    loop {
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            ws.send(Message::text(chunk.clone())),
+        )
+        .await
+        {
+            Ok(Ok(())) => sent += chunk.len(),
+            Ok(Err(e)) => panic!("send failed instead of blocking: {e}"),
+            Err(_) => break, // blocked: backpressure reached the client
+        }
+        assert!(sent < 256 << 20, "gateway kept accepting: {sent} bytes");
+    }
+    // What is in flight is bounded by socket buffers plus one message per direction.
+    assert!(
+        sent < 64 << 20,
+        "{sent} bytes accepted before the client was pushed back"
+    );
+    let piped = gw
+        .metric("chatgateway_forward_bytes_total{direction=\"up\",route=\"slow\"}")
+        .await;
+    assert!(piped <= sent as f64);
+    // The gateway is still fine for everyone else.
+    assert_eq!(http_get(gw.gateway.addr, "/healthz").await.0, 200);
+    let mut other = connect(&gw, "/echo?user=b").await.expect("other route");
+    assert_eq!(echo_once(&mut other, "still here").await, "still here");
+    eprintln!("slow upstream: client blocked after {} KiB", sent / 1024);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_closes_forwarded_connections_with_1012() {
+    let (up, _) = upstream(Behaviour::Echo).await;
+    let mut cfg = test_config();
+    cfg.routes = vec![route("echo", "/echo", &up, false)];
+    cfg.drain.accept_grace = Duration::ZERO;
+    cfg.drain.timeout = Duration::from_secs(5);
+    let gw = TestGateway::start(cfg).await;
+    let mut ws = connect(&gw, "/echo?user=a").await.expect("connect");
+    assert_eq!(echo_once(&mut ws, "before").await, "before");
+    let force = tokio_util::sync::CancellationToken::new();
+    let outcome = gw.gateway.drain(&force).await;
+    assert_eq!(outcome.evicted, 1);
+    let mut code = None;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        if let Message::Close(Some(f)) = m {
+            code = Some(u16::from(f.code));
+            break;
+        }
+    }
+    assert_eq!(code, Some(1012));
+    gw.stop().await;
+}
