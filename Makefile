@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: run test lint fmt deps venv clean bench bench-redis
+.PHONY: run test lint fmt deps venv clean crds bench bench-redis test-browser manifests image e2e-cluster
 
 ## run: one gateway, in-memory engine, insecure dev auth (?user=NAME), demo page on http://$(LISTEN)/
 run:
@@ -54,3 +54,29 @@ bench-redis: deps
 	$(CARGO) build --release -p e2e --bin redis-bench -p chat-gateway
 	./target/release/redis-bench 20000 64 1
 	./target/release/redis-bench 5000 1 1
+
+## test-browser: the demo page in headless Chromium through gateway restarts (Debian chromium, npm playwright-core)
+test-browser: deps
+	@command -v chromium >/dev/null || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+	$(CARGO) build -p chat-gateway
+	cd e2e/browser && npm ci --no-audit --no-fund && node --test chat.test.mjs
+
+## crds: regenerate crds/chatgateway.yaml from the Rust types, then the chart and install.yaml copies
+crds: venv
+	$(CARGO) run -q -p chat-gateway-operator --bin crdgen > crds/chatgateway.yaml
+	$(VENV)/bin/python charts/generate.py
+
+## manifests: regenerate the chart's CRD copy, manifests/install.yaml and the adapter rules from the chart
+manifests: venv
+	$(VENV)/bin/python charts/generate.py
+
+## image: build both container images (needs a Docker engine; the context is the repo root)
+IMAGE_TAG ?= 0.1.0
+image:
+	docker build -f gateway/Dockerfile -t ghcr.io/chatgateway/chat-gateway:$(IMAGE_TAG) .
+	docker build -f operator/Dockerfile -t ghcr.io/chatgateway/chat-gateway-operator:$(IMAGE_TAG) .
+
+## e2e-cluster: opt-in suite on a real cluster (KUBECONFIG); skipped with a message when none is configured
+e2e-cluster: venv
+	$(VENV)/bin/python -m pytest -p no:cacheprovider e2e/cluster -v -rs
