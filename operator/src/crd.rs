@@ -158,7 +158,7 @@ pub struct GatewaySpec {
     /// Resume sessions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sessions: Option<SessionsSpec>,
-    /// Connection rebalancing between pods (applied once the gateway supports it).
+    /// Connection rebalancing between pods (`rebalance` in the gateway config).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebalance: Option<RebalanceSpec>,
 }
@@ -322,7 +322,7 @@ pub struct RebalanceSpec {
     /// Shed connections from pods well above the mean.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
-    /// Allowed spread above the mean, in percent, before a pod sheds.
+    /// How far above the cluster mean, in percent, a pod may be before it sheds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub tolerance_percent: Option<i32>,

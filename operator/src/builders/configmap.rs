@@ -1,7 +1,7 @@
 //! ConfigMap holding the gateway's `config.yaml`, produced from the gateway's own `Config`.
 
 use super::{parse_duration, Owner};
-use crate::crd::{AuthModeSpec, ChatGateway, JwtAlgorithmSpec, RetentionSpec};
+use crate::crd::{AuthModeSpec, ChatGateway, GatewaySpec, JwtAlgorithmSpec, RetentionSpec};
 use crate::error::{Error, Result};
 use chat_gateway::config::{AuthMode, Config, EngineKind, JwtAlgorithm, RetentionConfig};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -22,12 +22,29 @@ pub const JWT_PUBLIC_KEY_FILE: &str = "/var/run/secrets/chatgateway/jwt-public-k
 /// The gateway config a spec asks for (validated like the gateway validates it at start).
 pub fn gateway_config(cgw: &ChatGateway) -> Result<Config> {
     let mut config = Config::default();
-    let Some(g) = &cgw.spec.gateway else {
-        config
-            .validate()
-            .map_err(|e| Error::InvalidSpec(e.to_string()))?;
-        return Ok(config);
-    };
+    if let Some(g) = &cgw.spec.gateway {
+        gateway_section(&mut config, g)?;
+    }
+    if let Some(d) = &cgw.spec.drain {
+        let c = &mut config.drain;
+        c.accept_grace = parse_duration(
+            "drain.acceptGrace",
+            d.accept_grace.as_deref(),
+            c.accept_grace,
+        )?;
+        if let Some(rate) = d.evict_rate {
+            c.evict_rate = f64::from(rate);
+        }
+        c.timeout = parse_duration("drain.timeout", d.timeout.as_deref(), c.timeout)?;
+    }
+    config
+        .validate()
+        .map_err(|e| Error::InvalidSpec(e.to_string()))?;
+    Ok(config)
+}
+
+/// Applies `spec.gateway` to the config.
+fn gateway_section(config: &mut Config, g: &GatewaySpec) -> Result<()> {
     config.server.allowed_origins = g.allowed_origins.clone();
     if let Some(redis) = &g.redis {
         // The URL itself comes from the Secret through CHATGW_REDIS__URL, never the ConfigMap.
@@ -98,10 +115,19 @@ pub fn gateway_config(cgw: &ChatGateway) -> Result<Config> {
             c.dedup_window,
         )?;
     }
-    config
-        .validate()
-        .map_err(|e| Error::InvalidSpec(e.to_string()))?;
-    Ok(config)
+    if let Some(r) = &g.rebalance {
+        let c = &mut config.rebalance;
+        if let Some(enabled) = r.enabled {
+            c.enabled = enabled;
+        }
+        if let Some(pct) = r.tolerance_percent {
+            c.rel_threshold = f64::from(pct) / 100.0;
+        }
+        if let Some(rate) = r.rate {
+            c.rate = f64::from(rate);
+        }
+    }
+    Ok(())
 }
 
 fn set<T: TryFrom<i64>>(target: &mut T, value: Option<i64>) -> Result<()> {
@@ -190,6 +216,12 @@ mod tests {
         assert_eq!(c.history.max_age.as_secs(), 12 * 3600);
         assert_eq!(c.sessions.resume_ttl.as_secs(), 600);
         assert_eq!(c.server.allowed_origins, ["https://chat.example"]);
+        assert_eq!(c.drain.timeout.as_secs(), 90);
+        assert_eq!(c.drain.accept_grace.as_secs(), 5);
+        assert_eq!(c.drain.evict_rate, 200.0);
+        assert!(c.rebalance.enabled);
+        assert_eq!(c.rebalance.rel_threshold, 0.3);
+        assert_eq!(c.rebalance.rate, 10.0);
     }
 
     #[test]

@@ -27,8 +27,10 @@ pub const DEFAULT_IMAGE: &str = concat!(
 );
 /// Pods when autoscaling is off and the spec says nothing.
 pub const DEFAULT_REPLICAS: i32 = 2;
-/// Drain deadline when the spec says nothing.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Drain deadline when the spec says nothing: the gateway's own default.
+pub fn default_drain_timeout() -> Duration {
+    chat_gateway::config::Config::default().drain.timeout
+}
 /// Time on top of the drain deadline before the kubelet kills the pod: flushing traces and
 /// closing the last sockets happen after the deadline.
 pub const DRAIN_MARGIN_SECONDS: i64 = 15;
@@ -43,13 +45,7 @@ pub fn build(cgw: &ChatGateway, owner: &Owner, config_hash: &str) -> Result<Depl
     let drain_timeout = parse_duration(
         "drain.timeout",
         drain.timeout.as_deref(),
-        DEFAULT_DRAIN_TIMEOUT,
-    )?;
-    // Validated here so a bad value is reported even though the gateway does not read it yet.
-    parse_duration(
-        "drain.acceptGrace",
-        drain.accept_grace.as_deref(),
-        Duration::ZERO,
+        default_drain_timeout(),
     )?;
     let grace = i64::try_from(drain_timeout.as_secs()).unwrap_or(i64::MAX / 2)
         + i64::from(drain_timeout.subsec_nanos() > 0)

@@ -224,6 +224,7 @@ gateway:
   limits: {maxFrameBytes: 32768, messageRate: 10}
   history: {maxMessages: 500, maxAge: 12h}
   sessions: {resumeTtl: 10m}
+  rebalance: {enabled: true, tolerancePercent: 30, rate: 10}
 drain: {timeout: 90s, acceptGrace: 5s, evictRate: 200}
 autoscaling:
   enabled: true
