@@ -63,6 +63,13 @@ impl Stream {
     }
 }
 
+/// Stored sessions by resume token, with their expiry.
+#[derive(Default)]
+struct Sessions {
+    map: HashMap<String, (SessionRecord, Instant)>,
+    swept: Option<Instant>,
+}
+
 /// Single-node engine keeping everything in process memory.
 pub struct MemoryEngine {
     hub: Arc<Hub>,
@@ -72,7 +79,7 @@ pub struct MemoryEngine {
     streams: Mutex<HashMap<Arc<str>, Arc<Mutex<Stream>>>>,
     /// room -> user -> connections.
     presence: Mutex<HashMap<String, BTreeMap<String, BTreeSet<String>>>>,
-    sessions: Mutex<HashMap<String, (SessionRecord, Instant)>>,
+    sessions: Mutex<Sessions>,
     session_ttl: Duration,
     inbox_cursors: Mutex<HashMap<String, u64>>,
     /// user -> connection -> node.
@@ -95,7 +102,7 @@ impl MemoryEngine {
             dedup_window: config.sessions.dedup_window,
             streams: Mutex::new(HashMap::new()),
             presence: Mutex::new(HashMap::new()),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Sessions::default()),
             session_ttl: config.sessions.resume_ttl,
             inbox_cursors: Mutex::new(HashMap::new()),
             user_conns: Mutex::new(HashMap::new()),
@@ -259,14 +266,20 @@ impl Engine for MemoryEngine {
     async fn save_session(&self, token: &str, session: &SessionRecord) -> Result<(), EngineError> {
         let now = Instant::now();
         let mut sessions = lock(&self.sessions);
-        sessions.retain(|_, (_, until)| *until > now);
-        sessions.insert(token.to_string(), (session.clone(), now + self.session_ttl));
+        // Expired sessions are swept at most once a second, not on every save: a sweep
+        // walks every stored session, and saves happen on every join, leave and close.
+        if sessions.swept.is_none_or(|t| now.duration_since(t) > Duration::from_secs(1)) {
+            sessions.map.retain(|_, (_, until)| *until > now);
+            sessions.swept = Some(now);
+        }
+        sessions.map.insert(token.to_string(), (session.clone(), now + self.session_ttl));
         Ok(())
     }
 
     async fn take_session(&self, token: &str) -> Result<Option<SessionRecord>, EngineError> {
         let now = Instant::now();
         Ok(lock(&self.sessions)
+            .map
             .remove(token)
             .filter(|(_, until)| *until > now)
             .map(|(s, _)| s))
