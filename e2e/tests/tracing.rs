@@ -167,3 +167,56 @@ async fn without_an_endpoint_nothing_connects_anywhere() {
         Err(e) => panic!("accept: {e}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_keep_flowing_during_a_drain_until_exit() {
+    // The receiver stands in for a collector sidecar, which outlives the gateway container.
+    let otlp = Receiver::start().await;
+    let mut gw = GatewayProcess::start(&[
+        ("CHATGW_AUTH__MODE", "insecure"),
+        ("CHATGW_DRAIN__ACCEPT_GRACE", "300ms"),
+        ("CHATGW_DRAIN__EVICT_RATE", "4"),
+        ("CHATGW_DRAIN__RECONNECT_JITTER", "0s"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.endpoint()),
+        ("OTEL_SERVICE_NAME", "gw-drain"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ]);
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let mut c = Client::connect(&gw.ws_url(&format!("user=d{i}")))
+            .await
+            .expect("connect");
+        c.join("drain").await;
+        clients.push(c);
+    }
+    gw.signal("TERM");
+    // Each client keeps talking until its goaway: those sends happen during the drain.
+    let mut sent_during_drain = Vec::new();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let msg_id = format!("late-{i}");
+        let r = c
+            .request(json!({"type": "send", "room": "drain", "msg_id": msg_id, "body": i}))
+            .await;
+        assert_eq!(r["type"], "ok", "{r}");
+        sent_during_drain.push(msg_id);
+    }
+    assert_eq!(
+        gw.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "the drain ends and the process exits"
+    );
+    let spans = otlp
+        .wait_for(
+            Duration::from_secs(10),
+            "the send spans of the drained connections",
+            |s| {
+                sent_during_drain.iter().all(|id| {
+                    s.iter()
+                        .any(|x| x.name == "send" && x.attr("msg_id") == Some(id.as_str()))
+                })
+            },
+        )
+        .await;
+    assert!(spans.iter().all(|s| s.service == "gw-drain"));
+    otlp.stop();
+}
