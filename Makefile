@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: run test lint fmt deps venv clean crds bench bench-redis test-browser manifests image e2e-cluster
+.PHONY: run test lint fmt deps venv envtest clean crds bench bench-redis test-browser manifests image e2e-cluster
 
 ## run: one gateway, in-memory engine, insecure dev auth (?user=NAME), demo page on http://$(LISTEN)/
 run:
@@ -12,7 +12,7 @@ run:
 	  $(CARGO) run --release -p chat-gateway -- --listen $(LISTEN)
 
 ## test: everything CI runs (installs what it needs on a fresh Debian machine)
-test: deps venv
+test: deps venv envtest
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
@@ -26,6 +26,10 @@ deps:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
+
+## envtest: a real kube-apiserver + etcd for the operator and chart tests (built once, cached)
+envtest:
+	@bash e2e/envtest/ensure-apiserver.sh >/dev/null
 
 ## venv: Python tools for chart and manifest validation, in a git-ignored venv
 venv: $(VENV)/.installed
