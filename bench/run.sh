@@ -83,9 +83,11 @@ CHATGW_AUTH__JWT__SECRET=$SECRET CHATGW_ENGINE=redis CHATGW_REDIS__URL=redis://1
   CHATGW_REBALANCE__ENABLED=false RUST_LOG=warn taskset -c 0 "$GW" --listen "127.0.0.1:$pb" >>"$TMP/gw-b.log" 2>&1 &
 B=$!; pids+=("$B")
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$pb/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-if [ -n "$QUICK" ]; then XR=500; else XR=10000; fi
-run "redis cross-process 100 rooms x 1, $XR/s" "$B" fanout --target "127.0.0.1:$pb" --publish-to "127.0.0.1:$pa" \
-  --rooms 100 --members 1 --publishers 4 --rate "$XR" --duration "$DUR"
+if [ -n "$QUICK" ]; then RATES="500"; else RATES="2000 10000"; fi
+for XR in $RATES; do
+  run "redis cross-process 100 rooms x 1, $XR/s" "$B" fanout --target "127.0.0.1:$pb" --publish-to "127.0.0.1:$pa" \
+    --rooms 100 --members 1 --publishers 4 --rate "$XR" --duration "$DUR"
+done
 
 mkdir -p "$OUT"
 printf '%s\n' "${results[@]}" | python3 bench/summarize.py "$OUT"
