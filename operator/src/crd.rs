@@ -161,6 +161,65 @@ pub struct GatewaySpec {
     /// Connection rebalancing between pods (`rebalance` in the gateway config).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebalance: Option<RebalanceSpec>,
+    /// WebSocket forwarding routes to backend services (`routes` in the gateway config);
+    /// the longest matching path prefix wins. Names are unique (the list is keyed by name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// One WebSocket forwarding route: authenticate at the gateway, then pipe frames to an
+/// upstream. Unset fields keep the gateway's defaults.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!(self.pathPrefix in ['/ws', '/healthz', '/readyz', '/metrics', '/client.js']) && !['/ws/', '/healthz/', '/readyz/', '/metrics/', '/client.js/'].exists(p, self.pathPrefix.startsWith(p))",
+     "message": "routes[].pathPrefix collides with the gateway's own endpoints"}
+]))]
+pub struct RouteSpec {
+    /// Short name, the metrics label (never the path): `[a-z0-9-]`, unique.
+    #[schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9-]+$"))]
+    pub name: String,
+    /// Requests whose path starts with this (`/bots` matches `/bots` and `/bots/...`).
+    #[schemars(length(min = 2, max = 256), pattern(r"^/.+"))]
+    pub path_prefix: String,
+    /// `ws://host:port/base`, a Service as `name:port` or `name.namespace:port`, or
+    /// `localhost:port` for a sidecar.
+    #[schemars(length(min = 1, max = 512))]
+    pub upstream: String,
+    /// Remove `pathPrefix` from the path sent upstream; default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strip_prefix: Option<bool>,
+    /// Extra request headers sent upstream.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Send the authenticated user id as `X-Chat-User`; default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_user: Option<bool>,
+    /// Send the W3C `traceparent` upstream; default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_trace: Option<bool>,
+    /// Deadline of one dial (TCP connect + WebSocket handshake), e.g. `2s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub connect_timeout: Option<String>,
+    /// Extra dial attempts after a failure; default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10))]
+    pub retries: Option<i32>,
+    /// Wait before the first retry, doubling each time, e.g. `200ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub retry_backoff: Option<String>,
+    /// Open connections through this route at most (503 beyond); 0 = unlimited; default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000000))]
+    pub max_connections: Option<i64>,
+    /// Largest message piped in either direction (close 1009 beyond); default 1 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 256, max = 67108864))]
+    pub max_frame_bytes: Option<i64>,
 }
 
 /// Redis engine settings.
@@ -632,6 +691,7 @@ mod cel_tests {
             "autoscaling: {enabled: true, minReplicas: 3, maxReplicas: 3}",
             "autoscaling: {enabled: true, minReplicas: 8}",
             "disruptionBudget: {minAvailable: 1}",
+            "gateway: {auth: {mode: insecure}, routes: [{name: a, pathPrefix: /wsx, upstream: 's:80'}]}",
             crate::builders::testing::FULL,
         ] {
             assert_eq!(check(spec), Ok(()), "{spec}");
@@ -662,6 +722,14 @@ mod cel_tests {
             (
                 "gateway: {auth: {jwt: {issuer: me}}}",
                 "HS256 needs secretRef",
+            ),
+            (
+                "gateway: {auth: {mode: insecure}, routes: [{name: a, pathPrefix: /metrics, upstream: 's:80'}]}",
+                "collides with the gateway's own endpoints",
+            ),
+            (
+                "gateway: {auth: {mode: insecure}, routes: [{name: a, pathPrefix: /ws/x, upstream: 's:80'}]}",
+                "collides with the gateway's own endpoints",
             ),
         ] {
             let err = check(spec).expect_err(spec);

@@ -63,6 +63,10 @@ fn the_schema_refuses_bad_values() {
         r#"{"spec": {"autoscaling": {"targetCpuUtilization": 0}}}"#,
         r#"{"spec": {"service": {"port": 70000}}}"#,
         r#"{"spec": {"gateway": {"redis": {"keyPrefix": "x"}}}}"#,
+        r#"{"spec": {"gateway": {"routes": [{"name": "Bots", "pathPrefix": "/b", "upstream": "s:1"}]}}}"#,
+        r#"{"spec": {"gateway": {"routes": [{"name": "b", "pathPrefix": "b", "upstream": "s:1"}]}}}"#,
+        r#"{"spec": {"gateway": {"routes": [{"name": "b", "pathPrefix": "/b"}]}}}"#,
+        r#"{"spec": {"gateway": {"routes": [{"name": "b", "pathPrefix": "/b", "upstream": "s:1", "retries": 99}]}}}"#,
     ];
     for doc in bad {
         let value: serde_json::Value = serde_json::from_str(doc).expect("json");

@@ -1,9 +1,13 @@
 //! ConfigMap holding the gateway's `config.yaml`, produced from the gateway's own `Config`.
 
 use super::{parse_duration, Owner};
-use crate::crd::{AuthModeSpec, ChatGateway, GatewaySpec, JwtAlgorithmSpec, RetentionSpec};
+use crate::crd::{
+    AuthModeSpec, ChatGateway, GatewaySpec, JwtAlgorithmSpec, RetentionSpec, RouteSpec,
+};
 use crate::error::{Error, Result};
-use chat_gateway::config::{AuthMode, Config, EngineKind, JwtAlgorithm, RetentionConfig};
+use chat_gateway::config::{
+    AuthMode, Config, EngineKind, JwtAlgorithm, RetentionConfig, RouteConfig,
+};
 use k8s_openapi::api::core::v1::ConfigMap;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -127,7 +131,48 @@ fn gateway_section(config: &mut Config, g: &GatewaySpec) -> Result<()> {
             c.rate = f64::from(rate);
         }
     }
+    config.routes = g
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| route(i, r))
+        .collect::<Result<_>>()?;
     Ok(())
+}
+
+/// One `spec.gateway.routes[i]` as the gateway's route config.
+fn route(i: usize, r: &RouteSpec) -> Result<RouteConfig> {
+    let mut c = RouteConfig {
+        name: r.name.clone(),
+        path_prefix: r.path_prefix.clone(),
+        upstream: r.upstream.clone(),
+        headers: r.headers.clone(),
+        ..RouteConfig::default()
+    };
+    if let Some(strip) = r.strip_prefix {
+        c.strip_prefix = strip;
+    }
+    if let Some(user) = r.forward_user {
+        c.forward_user = user;
+    }
+    if let Some(trace) = r.forward_trace {
+        c.forward_trace = trace;
+    }
+    let field = |f: &str| format!("gateway.routes[{i}].{f}");
+    c.connect_timeout = parse_duration(
+        &field("connectTimeout"),
+        r.connect_timeout.as_deref(),
+        c.connect_timeout,
+    )?;
+    c.retry_backoff = parse_duration(
+        &field("retryBackoff"),
+        r.retry_backoff.as_deref(),
+        c.retry_backoff,
+    )?;
+    set(&mut c.retries, r.retries.map(i64::from))?;
+    set(&mut c.max_connections, r.max_connections)?;
+    set(&mut c.max_frame_bytes, r.max_frame_bytes)?;
+    Ok(c)
 }
 
 fn set<T: TryFrom<i64>>(target: &mut T, value: Option<i64>) -> Result<()> {
@@ -222,6 +267,63 @@ mod tests {
         assert!(c.rebalance.enabled);
         assert_eq!(c.rebalance.rel_threshold, 0.3);
         assert_eq!(c.rebalance.rate, 10.0);
+        assert_eq!(c.routes.len(), 2);
+        let bots = &c.routes[0];
+        assert_eq!(
+            (
+                bots.name.as_str(),
+                bots.path_prefix.as_str(),
+                bots.upstream.as_str()
+            ),
+            ("bots", "/bots", "bot-service:9000")
+        );
+        assert!(bots.strip_prefix);
+        assert_eq!(bots.headers.get("X-Team").map(String::as_str), Some("blue"));
+        assert!(!bots.forward_user);
+        assert!(bots.forward_trace, "unset keeps the gateway default");
+        assert_eq!(bots.connect_timeout, std::time::Duration::from_secs(3));
+        assert_eq!(bots.retries, 4);
+        assert_eq!(bots.retry_backoff, std::time::Duration::from_millis(100));
+        assert_eq!(bots.max_connections, 500);
+        assert_eq!(bots.max_frame_bytes, 65536);
+        let games = &c.routes[1];
+        let defaults = RouteConfig::default();
+        assert_eq!(games.upstream, "ws://localhost:9100/base");
+        assert_eq!(
+            (games.retries, games.max_connections, games.max_frame_bytes),
+            (
+                defaults.retries,
+                defaults.max_connections,
+                defaults.max_frame_bytes
+            )
+        );
+    }
+
+    #[test]
+    fn routes_the_gateway_would_refuse_are_an_invalid_spec() {
+        for (route, want) in [
+            (
+                "{name: a, pathPrefix: /healthz, upstream: svc:80}",
+                "gateway's own endpoints",
+            ),
+            (
+                "{name: a, pathPrefix: /a, upstream: 'http://x'}",
+                "routes[0]",
+            ),
+            (
+                "{name: a, pathPrefix: /a, upstream: svc:80, connectTimeout: soon}",
+                "routes[0].connectTimeout",
+            ),
+        ] {
+            let cgw = cgw(&format!(
+                "gateway: {{auth: {{mode: insecure}}, routes: [{route}]}}"
+            ));
+            let err = build(&cgw, &Owner::of(&cgw, "default").expect("owner")).unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidSpec(ref m) if m.contains(want)),
+                "{route}: {err}"
+            );
+        }
     }
 
     #[test]

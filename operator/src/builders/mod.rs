@@ -225,6 +225,21 @@ gateway:
   history: {maxMessages: 500, maxAge: 12h}
   sessions: {resumeTtl: 10m}
   rebalance: {enabled: true, tolerancePercent: 30, rate: 10}
+  routes:
+    - name: bots
+      pathPrefix: /bots
+      upstream: bot-service:9000
+      stripPrefix: true
+      headers: {X-Team: blue}
+      forwardUser: false
+      connectTimeout: 3s
+      retries: 4
+      retryBackoff: 100ms
+      maxConnections: 500
+      maxFrameBytes: 65536
+    - name: games
+      pathPrefix: /games/live
+      upstream: ws://localhost:9100/base
 drain: {timeout: 90s, acceptGrace: 5s, evictRate: 200}
 autoscaling:
   enabled: true
