@@ -268,11 +268,16 @@ impl Engine for MemoryEngine {
         let mut sessions = lock(&self.sessions);
         // Expired sessions are swept at most once a second, not on every save: a sweep
         // walks every stored session, and saves happen on every join, leave and close.
-        if sessions.swept.is_none_or(|t| now.duration_since(t) > Duration::from_secs(1)) {
+        if sessions
+            .swept
+            .is_none_or(|t| now.duration_since(t) > Duration::from_secs(1))
+        {
             sessions.map.retain(|_, (_, until)| *until > now);
             sessions.swept = Some(now);
         }
-        sessions.map.insert(token.to_string(), (session.clone(), now + self.session_ttl));
+        sessions
+            .map
+            .insert(token.to_string(), (session.clone(), now + self.session_ttl));
         Ok(())
     }
 
