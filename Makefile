@@ -8,7 +8,7 @@ LISTEN ?= 127.0.0.1:8080
 
 ## run: one gateway, in-memory engine, insecure dev auth (?user=NAME), demo page on http://$(LISTEN)/
 run:
-	CHATGW_AUTH__MODE=insecure CHATGW_ENGINE=memory RUST_LOG=$${RUST_LOG:-info} \
+	CHATGW_AUTH__MODE=insecure CHATGW_ENGINE=memory CHATGW_DRAIN__ACCEPT_GRACE=0s RUST_LOG=$${RUST_LOG:-info} \
 	  $(CARGO) run --release -p chat-gateway -- --listen $(LISTEN)
 
 ## test: everything CI runs (installs what it needs on a fresh Debian machine)
