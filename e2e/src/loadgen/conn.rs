@@ -207,22 +207,32 @@ struct Shared {
 }
 
 /// Shape of a fanout run.
+#[derive(clap::Args, Debug, Clone)]
 pub struct Shape {
     /// Rooms.
+    #[arg(long, default_value_t = 1)]
     pub rooms: usize,
-    /// Receivers per room.
+    /// Members per room (receivers).
+    #[arg(long, default_value_t = 100)]
     pub members: usize,
-    /// Publishers.
+    /// Publishers (each joins every room, sends round-robin).
+    #[arg(long, default_value_t = 1)]
     pub publishers: usize,
-    /// Total messages per second (0: as fast as the window allows).
+    /// Total messages per second over all publishers; 0 = as fast as possible.
+    #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
-    /// Sends in flight per publisher.
+    /// Sends in flight per publisher when running as fast as possible.
+    #[arg(long, default_value_t = 16)]
     pub window: usize,
-    /// Body bytes.
+    /// Body size in bytes (approximate).
+    #[arg(long, default_value_t = 100)]
     pub body: usize,
-    /// Measured window.
+    /// Measured duration (after warm-up).
+    #[arg(long, default_value = "10s", value_parser = super::humantime_parse)]
     pub duration: Duration,
-    /// Gateway the publishers use (default: the target).
+    /// Publishers connect here instead of `--target` (another gateway process:
+    /// cross-process delivery through Redis).
+    #[arg(long)]
     pub publish_to: Option<SocketAddr>,
 }
 

@@ -66,31 +66,8 @@ pub enum Mode {
     Fanout {
         #[command(flatten)]
         common: Common,
-        /// Rooms.
-        #[arg(long, default_value_t = 1)]
-        rooms: usize,
-        /// Members per room (receivers).
-        #[arg(long, default_value_t = 100)]
-        members: usize,
-        /// Publishers (each joins every room, sends round-robin).
-        #[arg(long, default_value_t = 1)]
-        publishers: usize,
-        /// Total messages per second over all publishers; 0 = as fast as possible.
-        #[arg(long, default_value_t = 0.0)]
-        rate: f64,
-        /// Sends in flight per publisher when running as fast as possible.
-        #[arg(long, default_value_t = 16)]
-        window: usize,
-        /// Body size in bytes (approximate).
-        #[arg(long, default_value_t = 100)]
-        body: usize,
-        /// Measured duration (after warm-up).
-        #[arg(long, default_value = "10s", value_parser = humantime_parse)]
-        duration: Duration,
-        /// Publishers connect here instead of `--target` (another gateway process:
-        /// cross-process delivery through Redis).
-        #[arg(long)]
-        publish_to: Option<SocketAddr>,
+        #[command(flatten)]
+        shape: conn::Shape,
     },
     /// Connect, authenticate, join, leave, close, at a target rate.
     Churn {
@@ -108,7 +85,7 @@ pub enum Mode {
     },
 }
 
-fn humantime_parse(s: &str) -> Result<Duration, String> {
+pub(crate) fn humantime_parse(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(
         s.find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -159,37 +136,17 @@ pub async fn run(cli: Cli) -> Result<serde_json::Value, String> {
             }
             conn::idle(&common, connections, concurrency, hold).await
         }
-        Mode::Fanout {
-            common,
-            rooms,
-            members,
-            publishers,
-            rate,
-            window,
-            body,
-            duration,
-            publish_to,
-        } => {
+        Mode::Fanout { common, shape } => {
             check_loopback(&common.target)?;
-            if let Some(p) = &publish_to {
+            if let Some(p) = &shape.publish_to {
                 check_loopback(p)?;
             }
-            let needed = rooms * members + publishers;
+            let needed = shape.rooms * shape.members + shape.publishers;
             if needed as u64 + 64 > limit {
                 return Err(format!(
                     "{needed} connections do not fit under the open-file limit {limit}"
                 ));
             }
-            let shape = conn::Shape {
-                rooms,
-                members,
-                publishers,
-                rate,
-                window,
-                body,
-                duration,
-                publish_to,
-            };
             conn::fanout(&common, shape).await
         }
         Mode::Churn {
