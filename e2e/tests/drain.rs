@@ -514,3 +514,27 @@ async fn drain_refuses_late_upgrades_and_ends_at_the_timeout_with_forced_closes(
     drop(cs);
     let _ = BTreeSet::<u8>::new();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_cuts_the_drain_short() {
+    let mut p = GatewayProcess::start(&[
+        ("CHATGW_AUTH__MODE", "insecure"),
+        ("CHATGW_DRAIN__ACCEPT_GRACE", "30s"),
+        ("CHATGW_DRAIN__TIMEOUT", "60s"),
+    ]);
+    let mut c = Client::connect(&p.ws_url("user=stubborn"))
+        .await
+        .expect("connect");
+    p.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(p.alive(), "still in its accept grace");
+    let started = Instant::now();
+    p.signal("INT");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(c.expect_close().await.map(|c| c.0), Some(1012));
+}
