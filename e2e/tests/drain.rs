@@ -5,7 +5,7 @@ use e2e::process::GatewayProcess;
 use e2e::redis::RedisServer;
 use e2e::resilient::{Plan, Record, Resilient};
 use e2e::{test_config, Client, TestGateway};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -512,7 +512,6 @@ async fn drain_refuses_late_upgrades_and_ends_at_the_timeout_with_forced_closes(
     let forced = gw.metric("chatgateway_drain_forced_closes_total").await;
     assert_eq!(forced, outcome.forced as f64);
     drop(cs);
-    let _ = BTreeSet::<u8>::new();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
