@@ -5,7 +5,7 @@
 //! the schema so that bad specs are refused at `kubectl apply` time instead of in the loop.
 
 use k8s_openapi::api::core::v1::{
-    Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+    Affinity, Container, ResourceRequirements, Toleration, TopologySpreadConstraint,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -94,6 +94,20 @@ pub struct ChatGatewaySpec {
     /// Extra annotations on the pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pod_annotations: BTreeMap<String, String>,
+    /// Extra containers in the gateway pod (a team's backend, a bot), added as given after
+    /// the gateway container; forwarding routes can reach them as `localhost:PORT`. Names
+    /// must differ from each other and from `gateway` and `otel-collector`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    #[schemars(extend(
+        "x-kubernetes-list-type" = "map",
+        "x-kubernetes-list-map-keys" = ["name"],
+        "x-kubernetes-validations" = [
+            {"rule": "self.all(c, c.name != 'gateway' && c.name != 'otel-collector')",
+             "message": "sidecars[].name must not be gateway or otel-collector (the operator's own containers)"}
+        ]
+    ))]
+    pub sidecars: Vec<Container>,
 }
 
 /// Kubernetes image pull policy.
@@ -485,6 +499,10 @@ fn default_true() -> bool {
 /// OpenTelemetry tracing export (standard OTEL_* variables).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.collector) || !has(self.collector.enabled) || !self.collector.enabled || has(self.otlpEndpoint)",
+     "message": "telemetry.collector needs telemetry.otlpEndpoint (where the collector exports to)"}
+]))]
 pub struct TelemetrySpec {
     /// OTLP/gRPC endpoint, e.g. `http://otel-collector.observability:4317`; unset disables export.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -497,6 +515,35 @@ pub struct TelemetrySpec {
     /// `service.name` of the spans; default `chat-gateway`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_name: Option<String>,
+    /// An OpenTelemetry Collector in each pod: the gateway exports to it on localhost and it
+    /// forwards to `otlpEndpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector: Option<CollectorSpec>,
+}
+
+/// OpenTelemetry Collector sidecar.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectorSpec {
+    /// Add the collector to the pods; default false.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Collector image; default a pinned `otel/opentelemetry-collector` release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+    /// Image pull policy of the collector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+    /// Collector CPU/memory requests and limits; default requests 50m / 64Mi, limit 256Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Run the collector as a Kubernetes native sidecar (an init container with
+    /// `restartPolicy: Always`: it starts before the gateway and stops after it); default
+    /// true. Set false on clusters without native sidecars (before 1.29) to get a plain
+    /// container, which gives no start or stop ordering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native_sidecar: Option<bool>,
 }
 
 /// Service in front of the pods.
@@ -692,6 +739,8 @@ mod cel_tests {
             "autoscaling: {enabled: true, minReplicas: 8}",
             "disruptionBudget: {minAvailable: 1}",
             "gateway: {auth: {mode: insecure}, routes: [{name: a, pathPrefix: /wsx, upstream: 's:80'}]}",
+            "sidecars: [{name: bot, image: b}]\ntelemetry: {collector: {enabled: false}}",
+            crate::builders::testing::SIDECARS,
             crate::builders::testing::FULL,
         ] {
             assert_eq!(check(spec), Ok(()), "{spec}");
@@ -722,6 +771,18 @@ mod cel_tests {
             (
                 "gateway: {auth: {jwt: {issuer: me}}}",
                 "HS256 needs secretRef",
+            ),
+            (
+                "sidecars: [{name: bot, image: b}, {name: gateway, image: g}]",
+                "must not be gateway or otel-collector",
+            ),
+            (
+                "sidecars: [{name: otel-collector, image: o}]",
+                "must not be gateway or otel-collector",
+            ),
+            (
+                "telemetry: {collector: {enabled: true}}",
+                "needs telemetry.otlpEndpoint",
             ),
             (
                 "gateway: {auth: {mode: insecure}, routes: [{name: a, pathPrefix: /metrics, upstream: 's:80'}]}",

@@ -1,6 +1,6 @@
 //! The reconcile loop: build the children, apply them with server-side apply, write status.
 
-use crate::builders::{self, deployment, with_type_meta, Owner, FIELD_MANAGER};
+use crate::builders::{self, collector, deployment, with_type_meta, Owner, FIELD_MANAGER};
 use crate::crd::{ChatGateway, ChatGatewaySpec, ChatGatewayStatus};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -35,6 +35,9 @@ pub struct ServedKinds {
     pub hpa: bool,
     /// policy/v1 PodDisruptionBudget.
     pub pdb: bool,
+    /// Native sidecars (init containers with `restartPolicy: Always`; on by default from
+    /// Kubernetes 1.29).
+    pub native_sidecars: bool,
 }
 
 impl ServedKinds {
@@ -42,6 +45,7 @@ impl ServedKinds {
     pub const ALL: ServedKinds = ServedKinds {
         hpa: true,
         pdb: true,
+        native_sidecars: true,
     };
 
     /// Asks the API server which optional kinds it serves. A kind is unserved when its
@@ -50,7 +54,25 @@ impl ServedKinds {
         Ok(ServedKinds {
             hpa: serves(client, "autoscaling/v2", "horizontalpodautoscalers").await?,
             pdb: serves(client, "policy/v1", "poddisruptionbudgets").await?,
+            native_sidecars: {
+                let v = client.apiserver_version().await?;
+                has_native_sidecars(&v.major, &v.minor)
+            },
         })
+    }
+}
+
+/// Whether an API server of this version runs native sidecars by default (1.29+). Minor
+/// versions may carry a suffix (`29+` on some managed clusters); unparsable means no.
+pub fn has_native_sidecars(major: &str, minor: &str) -> bool {
+    let num = |s: &str| {
+        s.trim_end_matches(|c: char| !c.is_ascii_digit())
+            .parse::<u32>()
+            .ok()
+    };
+    match (num(major), num(minor)) {
+        (Some(major), Some(minor)) => major > 1 || (major == 1 && minor >= 29),
+        _ => false,
     }
 }
 
@@ -152,15 +174,28 @@ async fn apply_all(cgw: &ChatGateway, ctx: &Context) -> Result<Action> {
         .namespace()
         .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
     let owner = Owner::of(cgw, &ns)?;
+    // On a cluster without native sidecars the collector runs as a plain container (the
+    // API server would refuse the init container's restartPolicy); reported in status.
+    let plain = (!ctx.served.native_sidecars)
+        .then(|| without_native_sidecars(cgw))
+        .flatten();
+    let sidecar_fallback = plain.is_some().then(|| {
+        "the cluster does not run native sidecars (Kubernetes 1.29+): the collector runs as \
+         a plain container (set telemetry.collector.nativeSidecar: false to say so)"
+            .to_string()
+    });
+    let cgw = plain.as_ref().unwrap_or(cgw);
     let mut children = builders::build(cgw, &owner)?;
     let client = &ctx.client;
     check_secrets(client, &ns, &cgw.spec).await?;
 
-    apply(
-        &Api::<ConfigMap>::namespaced(client.clone(), &ns),
-        &children.config_map,
-    )
-    .await?;
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    apply(&config_maps, &children.config_map).await?;
+    // The collector's ConfigMap exists before the pods that mount it, and goes after the
+    // Deployment stopped mounting it.
+    if let Some(cm) = &children.collector_config_map {
+        apply(&config_maps, cm).await?;
+    }
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
     if cgw.spec.autoscaling.as_ref().is_some_and(|a| a.enabled) {
         let live = deployments
@@ -177,6 +212,18 @@ async fn apply_all(cgw: &ChatGateway, ctx: &Context) -> Result<Action> {
         &children.service,
     )
     .await?;
+
+    if children.collector_config_map.is_none() {
+        let mut ignored = Vec::new();
+        sync_optional(
+            &config_maps,
+            &owner.collector_config_map_name(),
+            None,
+            true,
+            &mut ignored,
+        )
+        .await?;
+    }
 
     let mut problems = Vec::new();
     let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns);
@@ -200,11 +247,26 @@ async fn apply_all(cgw: &ChatGateway, ctx: &Context) -> Result<Action> {
 
     let mut seen = Observed::from_deployment(&deployment);
     if !problems.is_empty() {
+        problems.extend(sidecar_fallback);
         seen.problem = Some(("KindNotServed".into(), problems.join("; ")));
+    } else if let Some(message) = sidecar_fallback {
+        seen.problem = Some(("NativeSidecarsNotSupported".into(), message));
     }
     let new_status = status::desired(cgw, &seen, &owner.selector_string());
     patch_status(client, &ns, &owner.name, &new_status).await?;
     Ok(Action::requeue(RESYNC))
+}
+
+/// `cgw` with its native-sidecar collector turned into a plain container; `None` when it
+/// has no native-sidecar collector.
+fn without_native_sidecars(cgw: &ChatGateway) -> Option<ChatGateway> {
+    let mut c = collector::enabled(cgw)
+        .filter(|c| collector::native(c))?
+        .clone();
+    c.native_sidecar = Some(false);
+    let mut plain = cgw.clone();
+    plain.spec.telemetry.as_mut()?.collector = Some(c);
+    Some(plain)
 }
 
 /// Fails with [`Error::SecretRef`] unless every referenced Secret key exists.

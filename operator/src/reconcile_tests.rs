@@ -166,6 +166,10 @@ async fn create_applies_children_deletes_the_absent_hpa_and_writes_status() {
             step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
             step(Method::PATCH, &format!("{APPS}/deployments/chat")),
             step(Method::PATCH, &format!("{NS}/services/chat")),
+            not_found(
+                Method::DELETE,
+                &format!("{NS}/configmaps/chat-otel-collector"),
+            ),
             not_found(Method::DELETE, HPA),
             step(Method::PATCH, PDB),
             step(Method::PATCH, STATUS),
@@ -182,7 +186,7 @@ async fn create_applies_children_deletes_the_absent_hpa_and_writes_status() {
         deployment["metadata"]["ownerReferences"][0]["kind"],
         "ChatGateway"
     );
-    let status = &seen[5].1;
+    let status = &seen[6].1;
     assert_eq!(status["status"]["observedGeneration"], 1);
     assert_eq!(
         status["status"]["selector"],
@@ -224,6 +228,10 @@ async fn full_spec_checks_secrets_then_applies_hpa_and_pdb() {
             ),
             step(Method::PATCH, &format!("{APPS}/deployments/chat")),
             step(Method::PATCH, &format!("{NS}/services/chat")),
+            not_found(
+                Method::DELETE,
+                &format!("{NS}/configmaps/chat-otel-collector"),
+            ),
             step(Method::PATCH, HPA),
             step(Method::PATCH, PDB),
             step(Method::PATCH, STATUS),
@@ -233,7 +241,7 @@ async fn full_spec_checks_secrets_then_applies_hpa_and_pdb() {
         .await
         .expect("reconcile");
     let seen = server.await.expect("server");
-    let hpa = &seen[6].1;
+    let hpa = &seen[7].1;
     assert_eq!(
         hpa["spec"]["metrics"][0]["pods"]["metric"]["name"],
         "chatgateway_connections"
@@ -251,6 +259,10 @@ async fn update_that_disables_autoscaling_deletes_the_hpa() {
             step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
             step(Method::PATCH, &format!("{APPS}/deployments/chat")),
             step(Method::PATCH, &format!("{NS}/services/chat")),
+            not_found(
+                Method::DELETE,
+                &format!("{NS}/configmaps/chat-otel-collector"),
+            ),
             ok_with(
                 Method::DELETE,
                 HPA,
@@ -265,9 +277,9 @@ async fn update_that_disables_autoscaling_deletes_the_hpa() {
     c.metadata.generation = Some(2);
     reconcile(Arc::new(c), ctx).await.expect("reconcile");
     let seen = server.await.expect("server");
-    assert_eq!(paths(&seen)[3], format!("DELETE {HPA}"));
+    assert_eq!(paths(&seen)[4], format!("DELETE {HPA}"));
     assert_eq!(seen[1].1["spec"]["replicas"], 4);
-    assert_eq!(seen[5].1["status"]["observedGeneration"], 2);
+    assert_eq!(seen[6].1["status"]["observedGeneration"], 2);
 }
 
 #[tokio::test]
@@ -279,6 +291,10 @@ async fn disabled_pdb_is_deleted() {
             step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
             step(Method::PATCH, &format!("{APPS}/deployments/chat")),
             step(Method::PATCH, &format!("{NS}/services/chat")),
+            not_found(
+                Method::DELETE,
+                &format!("{NS}/configmaps/chat-otel-collector"),
+            ),
             not_found(Method::DELETE, HPA),
             ok_with(
                 Method::DELETE,
@@ -401,6 +417,7 @@ async fn unserved_kinds_are_reported_not_fatal() {
         ServedKinds {
             hpa: false,
             pdb: false,
+            native_sidecars: true,
         },
         false,
     );
@@ -411,13 +428,17 @@ async fn unserved_kinds_are_reported_not_fatal() {
             not_found(Method::GET, &format!("{APPS}/deployments/chat")),
             step(Method::PATCH, &format!("{APPS}/deployments/chat")),
             step(Method::PATCH, &format!("{NS}/services/chat")),
+            not_found(
+                Method::DELETE,
+                &format!("{NS}/configmaps/chat-otel-collector"),
+            ),
             step(Method::PATCH, STATUS),
         ],
     );
     let c = cgw("gateway: {auth: {mode: insecure}}\nautoscaling: {enabled: true}");
     reconcile(Arc::new(c), ctx).await.expect("reconcile");
     let seen = server.await.expect("server");
-    let status = &seen[4].1;
+    let status = &seen[5].1;
     assert_eq!(condition(status, "Degraded"), ("True", "KindNotServed"));
     assert_eq!(
         seen[2].1["spec"]["replicas"], 2,
@@ -451,6 +472,13 @@ async fn discovery_tells_served_from_unserved_kinds() {
                        "resources": [{"name": "poddisruptionbudgets", "singularName": "", "namespaced": true,
                                       "kind": "PodDisruptionBudget", "verbs": ["get"]}]}),
             ),
+            ok_with(
+                Method::GET,
+                "/version",
+                json!({"major": "1", "minor": "28", "gitVersion": "v1.28.3", "gitCommit": "",
+                       "gitTreeState": "", "buildDate": "", "goVersion": "", "compiler": "",
+                       "platform": "linux/amd64"}),
+            ),
         ],
     );
     let served = ServedKinds::discover(&client).await.expect("discover");
@@ -458,7 +486,8 @@ async fn discovery_tells_served_from_unserved_kinds() {
         served,
         ServedKinds {
             hpa: false,
-            pdb: true
+            pdb: true,
+            native_sidecars: false,
         }
     );
     server.await.expect("server");
@@ -478,6 +507,10 @@ async fn ready_when_the_deployment_reports_every_pod_ready() {
             step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
             ok_with(Method::PATCH, &format!("{APPS}/deployments/chat"), live),
             step(Method::PATCH, &format!("{NS}/services/chat")),
+            not_found(
+                Method::DELETE,
+                &format!("{NS}/configmaps/chat-otel-collector"),
+            ),
             not_found(Method::DELETE, HPA),
             step(Method::PATCH, PDB),
             step(Method::PATCH, STATUS),
@@ -487,7 +520,7 @@ async fn ready_when_the_deployment_reports_every_pod_ready() {
         .await
         .expect("reconcile");
     let seen = server.await.expect("server");
-    let status = &seen[5].1;
+    let status = &seen[6].1;
     assert_eq!(condition(status, "Ready"), ("True", "AllPodsReady"));
     assert_eq!(
         condition(status, "Progressing"),
@@ -500,5 +533,138 @@ async fn ready_when_the_deployment_reports_every_pod_ready() {
             status["status"]["readyReplicas"].as_i64()
         ),
         (Some(2), Some(2))
+    );
+}
+
+const COLLECTOR_CM: &str = "/api/v1/namespaces/apps/configmaps/chat-otel-collector";
+
+#[tokio::test]
+async fn collector_config_map_is_applied_before_the_deployment() {
+    let (ctx, handle) = context(ServedKinds::ALL, false);
+    let server = serve(
+        handle,
+        vec![
+            step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
+            step(Method::PATCH, COLLECTOR_CM),
+            step(Method::PATCH, &format!("{APPS}/deployments/chat")),
+            step(Method::PATCH, &format!("{NS}/services/chat")),
+            not_found(Method::DELETE, HPA),
+            step(Method::PATCH, PDB),
+            step(Method::PATCH, STATUS),
+        ],
+    );
+    reconcile(Arc::new(cgw(crate::builders::testing::SIDECARS)), ctx)
+        .await
+        .expect("reconcile");
+    let seen = server.await.expect("server");
+    assert!(seen[1].1["data"]["collector.yaml"]
+        .as_str()
+        .is_some_and(|c| c.contains("jaeger-collector.observability:4317")));
+    let pod = &seen[2].1["spec"]["template"]["spec"];
+    assert_eq!(pod["initContainers"][0]["name"], "otel-collector");
+    assert_eq!(pod["initContainers"][0]["restartPolicy"], "Always");
+    assert_eq!(pod["containers"][1]["name"], "bot");
+    assert_eq!(condition(&seen[6].1, "Degraded"), ("False", "AsExpected"));
+}
+
+#[tokio::test]
+async fn disabling_the_collector_deletes_its_config_map() {
+    let (ctx, handle) = context(ServedKinds::ALL, false);
+    let server = serve(
+        handle,
+        vec![
+            step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
+            step(Method::PATCH, &format!("{APPS}/deployments/chat")),
+            step(Method::PATCH, &format!("{NS}/services/chat")),
+            ok_with(
+                Method::DELETE,
+                COLLECTOR_CM,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+            ),
+            not_found(Method::DELETE, HPA),
+            step(Method::PATCH, PDB),
+            step(Method::PATCH, STATUS),
+        ],
+    );
+    let spec = crate::builders::testing::SIDECARS.replace("enabled: true", "enabled: false");
+    let mut c = cgw(&spec);
+    c.metadata.generation = Some(2);
+    reconcile(Arc::new(c), ctx).await.expect("reconcile");
+    let seen = server.await.expect("server");
+    assert_eq!(paths(&seen)[3], format!("DELETE {COLLECTOR_CM}"));
+    let pod = &seen[1].1["spec"]["template"]["spec"];
+    assert!(pod.get("initContainers").is_none(), "{pod}");
+    assert_eq!(seen[6].1["status"]["observedGeneration"], 2);
+}
+
+#[tokio::test]
+async fn sidecar_name_clash_is_reported_in_status_and_touches_no_child() {
+    let (ctx, handle) = context(ServedKinds::ALL, true);
+    let server = serve(
+        handle,
+        vec![step(Method::POST, EVENTS), step(Method::PATCH, STATUS)],
+    );
+    let c = cgw("gateway: {auth: {mode: insecure}}\nsidecars: [{name: gateway, image: x}]");
+    let err = reconcile(Arc::new(c), ctx).await.unwrap_err();
+    assert_eq!(err.reason(), "InvalidSpec");
+    let seen = server.await.expect("server");
+    assert_eq!(condition(&seen[1].1, "Degraded"), ("True", "InvalidSpec"));
+    let message = seen[1].1["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Degraded"))
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or("")
+        .to_string();
+    assert!(message.contains("sidecars[0].name"), "{message}");
+}
+
+#[test]
+fn native_sidecars_from_1_29() {
+    assert!(!has_native_sidecars("1", "20"));
+    assert!(!has_native_sidecars("1", "28"));
+    assert!(has_native_sidecars("1", "29"));
+    assert!(has_native_sidecars("1", "33+"));
+    assert!(has_native_sidecars("2", "0"));
+    assert!(!has_native_sidecars("", ""));
+}
+
+#[tokio::test]
+async fn without_native_sidecars_the_collector_is_a_plain_container_and_reported() {
+    let (ctx, handle) = context(
+        ServedKinds {
+            native_sidecars: false,
+            ..ServedKinds::ALL
+        },
+        false,
+    );
+    let server = serve(
+        handle,
+        vec![
+            step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
+            step(Method::PATCH, COLLECTOR_CM),
+            step(Method::PATCH, &format!("{APPS}/deployments/chat")),
+            step(Method::PATCH, &format!("{NS}/services/chat")),
+            not_found(Method::DELETE, HPA),
+            step(Method::PATCH, PDB),
+            step(Method::PATCH, STATUS),
+        ],
+    );
+    reconcile(Arc::new(cgw(crate::builders::testing::SIDECARS)), ctx)
+        .await
+        .expect("reconcile");
+    let seen = server.await.expect("server");
+    let pod = &seen[2].1["spec"]["template"]["spec"];
+    assert!(pod.get("initContainers").is_none(), "{pod}");
+    let names: Vec<_> = pod["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| c["name"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(names, ["gateway", "otel-collector", "bot"]);
+    assert!(pod["containers"][1].get("restartPolicy").is_none());
+    assert_eq!(
+        condition(&seen[6].1, "Degraded"),
+        ("True", "NativeSidecarsNotSupported")
     );
 }

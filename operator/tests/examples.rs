@@ -96,14 +96,26 @@ fn render_prints_the_children_of_every_example() {
                 path.display()
             );
         }
-        // The ConfigMap inside is accepted by the gateway's own loader.
+        // The gateway ConfigMap inside is accepted by the gateway's own loader; a collector
+        // ConfigMap is YAML with a traces pipeline.
+        let mut gateway_configs = 0;
         for doc in serde_yaml::Deserializer::from_str(&stdout) {
             let v: serde_yaml::Value = serde::Deserialize::deserialize(doc).expect("yaml");
-            if v["kind"] == "ConfigMap" {
-                let text = v["data"]["config.yaml"].as_str().expect("config.yaml");
+            if v["kind"] != "ConfigMap" {
+                continue;
+            }
+            if let Some(text) = v["data"]["config.yaml"].as_str() {
                 chat_gateway::config::Config::from_yaml(text).expect("gateway parses it");
+                gateway_configs += 1;
+            } else {
+                let text = v["data"]["collector.yaml"]
+                    .as_str()
+                    .expect("collector.yaml");
+                let c: serde_yaml::Value = serde_yaml::from_str(text).expect("collector YAML");
+                assert!(c["service"]["pipelines"]["traces"].is_mapping(), "{text}");
             }
         }
+        assert_eq!(gateway_configs, 1, "{}", path.display());
     }
 }
 

@@ -92,3 +92,39 @@ fn the_validator_catches_a_wrong_field() {
     }
     let _ = std::fs::remove_dir_all(file.parent().unwrap_or(&file));
 }
+
+#[test]
+fn collector_native_sidecar_needs_a_version_with_native_sidecars_and_the_opt_out_does_not() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples/sidecars.yaml");
+    let text = std::fs::read_to_string(&example).expect("read the sidecars example");
+    let rendered = chat_gateway_operator::render::render(&text, "default").expect("render");
+    assert!(
+        rendered.contains("initContainers:") && rendered.contains("restartPolicy: Always"),
+        "{rendered}"
+    );
+    let file = scratch("collector-native.yaml");
+    std::fs::write(&file, &rendered).expect("write");
+    let (ok, report) = validate(&file, "1.33.0");
+    assert!(ok, "native sidecar invalid for 1.33:\n{report}");
+    // The validator really checks the field: 1.27 has no container restartPolicy.
+    let (ok, report) = validate(&file, "1.27.0");
+    assert!(
+        !ok && report.contains("restartPolicy"),
+        "1.27 accepted a native sidecar: {report}"
+    );
+    let _ = std::fs::remove_dir_all(file.parent().unwrap_or(&file));
+    // The opt-out renders a plain container, valid on old clusters too.
+    let plain = text.replace("enabled: true", "enabled: true\n      nativeSidecar: false");
+    let rendered = chat_gateway_operator::render::render(&plain, "default").expect("render");
+    assert!(!rendered.contains("initContainers:"), "{rendered}");
+    let file = scratch("collector-plain.yaml");
+    std::fs::write(&file, &rendered).expect("write");
+    for version in ["1.27.0", "1.33.0"] {
+        let (ok, report) = validate(&file, version);
+        assert!(
+            ok,
+            "plain collector container invalid for {version}:\n{report}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(file.parent().unwrap_or(&file));
+}

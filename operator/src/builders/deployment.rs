@@ -1,9 +1,10 @@
 //! Deployment of the gateway pods.
 
+use super::collector;
 use super::configmap::{CONFIG_DIR, CONFIG_KEY, JWT_PUBLIC_KEY_FILE, JWT_SECRET_FILE};
 use super::{parse_duration, Owner, CONFIG_HASH_ANNOTATION, HTTP_PORT};
 use crate::crd::ChatGateway;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
@@ -37,8 +38,36 @@ pub const DRAIN_MARGIN_SECONDS: i64 = 15;
 /// Name of the gateway container.
 pub const CONTAINER: &str = "gateway";
 
-/// The Deployment; `config_hash` goes on the pod template so config changes roll the pods.
-pub fn build(cgw: &ChatGateway, owner: &Owner, config_hash: &str) -> Result<Deployment> {
+/// Refuses sidecars named like the operator's own containers or like each other (the
+/// schema refuses them too, but CEL and list keys are not enforced by every API server).
+pub fn check_sidecar_names(cgw: &ChatGateway) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, c) in cgw.spec.sidecars.iter().enumerate() {
+        if c.name == CONTAINER || c.name == collector::CONTAINER {
+            return Err(Error::InvalidSpec(format!(
+                "sidecars[{i}].name {:?} clashes with the operator's own container {:?}",
+                c.name, c.name
+            )));
+        }
+        if !seen.insert(c.name.as_str()) {
+            return Err(Error::InvalidSpec(format!(
+                "sidecars[{i}].name {:?} is used twice",
+                c.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The Deployment; `config_hash` (and `collector_hash` when the collector runs) go on the
+/// pod template so config changes roll the pods.
+pub fn build(
+    cgw: &ChatGateway,
+    owner: &Owner,
+    config_hash: &str,
+    collector_hash: Option<&str>,
+) -> Result<Deployment> {
+    check_sidecar_names(cgw)?;
     let spec = &cgw.spec;
     let autoscaling = spec.autoscaling.as_ref().is_some_and(|a| a.enabled);
     let drain = spec.drain.clone().unwrap_or_default();
@@ -55,6 +84,9 @@ pub fn build(cgw: &ChatGateway, owner: &Owner, config_hash: &str) -> Result<Depl
     pod_labels.extend(owner.selector_labels());
     let mut pod_annotations = spec.pod_annotations.clone();
     pod_annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash.into());
+    if let Some(hash) = collector_hash {
+        pod_annotations.insert(collector::HASH_ANNOTATION.into(), hash.into());
+    }
     pod_annotations.insert("prometheus.io/scrape".into(), "true".into());
     pod_annotations.insert("prometheus.io/port".into(), HTTP_PORT.to_string());
 
@@ -163,13 +195,39 @@ pub fn build(cgw: &ChatGateway, owner: &Owner, config_hash: &str) -> Result<Depl
         ..Container::default()
     };
 
+    let mut containers = vec![container];
+    let mut init_containers = Vec::new();
+    if let Some(c) = collector::enabled(cgw) {
+        volumes.push(Volume {
+            name: collector::VOLUME.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: owner.collector_config_map_name(),
+                items: Some(vec![KeyToPath {
+                    key: collector::CONFIG_KEY.into(),
+                    path: collector::CONFIG_KEY.into(),
+                    mode: None,
+                }]),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        if collector::native(c) {
+            // A native sidecar: started before the gateway, stopped after it.
+            init_containers.push(collector::container(c));
+        } else {
+            containers.push(collector::container(c));
+        }
+    }
+    containers.extend(spec.sidecars.iter().cloned());
+
     let placement = spec.placement.clone().unwrap_or_default();
     let spread = placement
         .topology_spread_constraints
         .clone()
         .unwrap_or_else(|| default_spread(owner));
     let pod = PodSpec {
-        containers: vec![container],
+        containers,
+        init_containers: (!init_containers.is_empty()).then_some(init_containers),
         termination_grace_period_seconds: Some(grace),
         volumes: Some(volumes),
         image_pull_secrets: (!spec.image_pull_secrets.is_empty()).then(|| {
@@ -288,7 +346,13 @@ fn env(cgw: &ChatGateway) -> Vec<EnvVar> {
     }
     if let Some(t) = cgw.spec.telemetry.as_ref() {
         if let Some(endpoint) = &t.otlp_endpoint {
-            env.push(value_env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()));
+            // With the collector in the pod the gateway exports to it; it forwards.
+            let endpoint = if collector::enabled(cgw).is_some() {
+                collector::LOCAL_ENDPOINT.to_string()
+            } else {
+                endpoint.clone()
+            };
+            env.push(value_env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint));
             env.push(value_env(
                 "OTEL_SERVICE_NAME",
                 t.service_name
@@ -363,7 +427,13 @@ mod tests {
 
     fn deployment(spec: &str) -> Deployment {
         let cgw = cgw(spec);
-        build(&cgw, &Owner::of(&cgw, "default").expect("owner"), "abc123").expect("build")
+        build(
+            &cgw,
+            &Owner::of(&cgw, "default").expect("owner"),
+            "abc123",
+            None,
+        )
+        .expect("build")
     }
 
     fn pod(d: &Deployment) -> &PodSpec {
@@ -443,7 +513,7 @@ mod tests {
             Some(120 + DRAIN_MARGIN_SECONDS)
         );
         let cgw = cgw("gateway: {auth: {mode: insecure}}\ndrain: {timeout: later}");
-        let err = build(&cgw, &Owner::of(&cgw, "default").expect("owner"), "h").unwrap_err();
+        let err = build(&cgw, &Owner::of(&cgw, "default").expect("owner"), "h", None).unwrap_err();
         assert!(err.to_string().contains("drain.timeout"), "{err}");
     }
 

@@ -3,6 +3,7 @@
 //! Nothing here talks to the API server, so `render` and the tests see exactly what the
 //! reconciler applies.
 
+pub mod collector;
 pub mod configmap;
 pub mod deployment;
 pub mod hpa;
@@ -96,6 +97,11 @@ impl Owner {
     pub fn config_map_name(&self) -> String {
         format!("{}-config", self.name)
     }
+
+    /// Name of the ConfigMap holding the OpenTelemetry Collector's config.
+    pub fn collector_config_map_name(&self) -> String {
+        format!("{}-otel-collector", self.name)
+    }
 }
 
 /// All children of one ChatGateway; HPA and PDB are `None` when the spec turns them off.
@@ -103,6 +109,8 @@ impl Owner {
 pub struct Children {
     /// Gateway config file.
     pub config_map: ConfigMap,
+    /// OpenTelemetry Collector config, when `telemetry.collector.enabled`.
+    pub collector_config_map: Option<ConfigMap>,
     /// The gateway pods.
     pub deployment: Deployment,
     /// Stable address of the pods.
@@ -116,8 +124,13 @@ pub struct Children {
 /// Builds every child of `cgw`.
 pub fn build(cgw: &ChatGateway, owner: &Owner) -> Result<Children> {
     let (config_map, hash) = configmap::build(cgw, owner)?;
+    let (collector_config_map, collector_hash) = match collector::build_config_map(cgw, owner)? {
+        Some((cm, hash)) => (Some(cm), Some(hash)),
+        None => (None, None),
+    };
     Ok(Children {
-        deployment: deployment::build(cgw, owner, &hash)?,
+        deployment: deployment::build(cgw, owner, &hash, collector_hash.as_deref())?,
+        collector_config_map,
         service: service::build(cgw, owner),
         hpa: hpa::build(cgw, owner),
         pdb: pdb::build(cgw, owner),
@@ -128,11 +141,12 @@ pub fn build(cgw: &ChatGateway, owner: &Owner) -> Result<Children> {
 impl Children {
     /// The children as one multi-document YAML stream, in apply order.
     pub fn to_yaml(&self) -> Result<String> {
-        let mut docs = vec![
-            to_yaml_doc(&self.config_map)?,
-            to_yaml_doc(&self.deployment)?,
-            to_yaml_doc(&self.service)?,
-        ];
+        let mut docs = vec![to_yaml_doc(&self.config_map)?];
+        if let Some(cm) = &self.collector_config_map {
+            docs.push(to_yaml_doc(cm)?);
+        }
+        docs.push(to_yaml_doc(&self.deployment)?);
+        docs.push(to_yaml_doc(&self.service)?);
         if let Some(hpa) = &self.hpa {
             docs.push(to_yaml_doc(hpa)?);
         }
@@ -206,6 +220,25 @@ pub(crate) mod testing {
 
     /// Minimal valid spec: insecure auth, everything else defaulted.
     pub const MINIMAL: &str = "gateway: {auth: {mode: insecure}}";
+
+    /// The collector as a native sidecar, a user sidecar and a route to it.
+    pub const SIDECARS: &str = r#"
+gateway:
+  auth: {mode: insecure}
+  routes:
+    - {name: bots, pathPrefix: /bots, upstream: "localhost:9000"}
+telemetry:
+  otlpEndpoint: http://jaeger-collector.observability:4317
+  collector:
+    enabled: true
+    resources: {requests: {cpu: 20m, memory: 32Mi}, limits: {memory: 128Mi}}
+sidecars:
+  - name: bot
+    image: registry.example/bot:1.0
+    ports: [{name: ws, containerPort: 9000}]
+    readinessProbe: {tcpSocket: {port: 9000}, periodSeconds: 5}
+    resources: {requests: {cpu: 10m, memory: 16Mi}}
+"#;
 
     /// Everything switched on.
     pub const FULL: &str = r#"
