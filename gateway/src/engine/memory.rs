@@ -83,7 +83,7 @@ pub struct MemoryEngine {
     session_ttl: Duration,
     inbox_cursors: Mutex<HashMap<String, u64>>,
     /// user -> connection -> node.
-    user_conns: Mutex<HashMap<String, BTreeMap<String, String>>>,
+    user_conns: Mutex<HashMap<String, HashMap<String, String>>>,
     nodes: Mutex<BTreeMap<String, NodeReport>>,
 }
 
@@ -326,10 +326,12 @@ impl Engine for MemoryEngine {
     }
 
     async fn user_connections(&self, user: &str) -> Result<Vec<(String, String)>, EngineError> {
-        Ok(lock(&self.user_conns)
+        let mut conns: Vec<(String, String)> = lock(&self.user_conns)
             .get(user)
             .map(|c| c.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default())
+            .unwrap_or_default();
+        conns.sort();
+        Ok(conns)
     }
 
     async fn report_node(&self, report: &NodeReport) -> Result<(), EngineError> {
