@@ -504,17 +504,12 @@ impl Conn {
         self.rooms
             .insert(room.clone(), (status.epoch.clone(), status.seq));
         self.persist(&HashMap::new()).await;
-        let reply = if since.is_some() {
-            ok_frame(
-                id,
-                serde_json::json!({"room": &*room, "epoch": &*status.epoch, "seq": status.seq, "recovered": status.recovered}),
-            )
-        } else {
-            ok_frame(
-                id,
-                serde_json::json!({"room": &*room, "epoch": &*status.epoch, "seq": status.seq}),
-            )
-        };
+        let mut fields =
+            serde_json::json!({"room": &*room, "epoch": &*status.epoch, "seq": status.seq});
+        if since.is_some() {
+            fields["recovered"] = status.recovered.into();
+        }
+        let reply = ok_frame(id, fields);
         // The reply goes out before the replay so the client sees the room's state first.
         self.queue.frame(reply);
         self.queue.push(replay);
