@@ -406,9 +406,16 @@ async fn reconnect_storm_is_admitted_at_the_cluster_rate() {
     // Kill the process holding about half of them: they all reconnect at once.
     cluster.procs[0].signal("KILL");
     let _ = cluster.procs[0].wait_exit(Duration::from_secs(10));
-    wait_until("all reconnected", Duration::from_secs(90), || {
-        cs.iter().all(|c| c.with(|r| r.connected))
-    })
+    // Connected and resumed (a client is "connected" a moment before its resume is done).
+    wait_until(
+        "all reconnected and resumed",
+        Duration::from_secs(90),
+        || {
+            cs.iter().all(|c| {
+                c.with(|r| r.connected && r.resumes as usize + 1 == r.connects.len().max(1))
+            })
+        },
+    )
     .await;
     // Client-side times of the reconnects (welcome received). The server counts per
     // wall-clock second and a welcome can land just after its second ends, so the check is
