@@ -115,6 +115,19 @@ async fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Stops sending, lets in-flight messages arrive, then stops every client.
+async fn settle_and_stop(cs: Vec<(String, Vec<String>, Resilient)>) -> Vec<Finished> {
+    for (_, _, c) in &cs {
+        c.stop_sending();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut records = Vec::new();
+    for (user, rooms, c) in cs {
+        records.push((user, rooms, c.stop().await));
+    }
+    records
+}
+
 /// Every acknowledged message reached every member subscribed when it was acknowledged
 /// (and DMs their user), with no gap and nothing reported unrecovered.
 /// A stopped client: user, rooms, observations.
@@ -193,14 +206,7 @@ async fn rolling_restart(signal: &str) {
         cluster.add(addr, i);
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    for (_, _, c) in &cs {
-        c.stop_sending();
-    }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut records = Vec::new();
-    for (user, rooms, c) in cs {
-        records.push((user, rooms, c.stop().await));
-    }
+    let records = settle_and_stop(cs).await;
     let (acked, dups) = check_no_loss(&records);
     assert!(
         acked > 1000,
@@ -360,14 +366,7 @@ async fn rebalance_spreads_connections_to_new_pods_without_loss() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    for (_, _, c) in &cs {
-        c.stop_sending();
-    }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut records = Vec::new();
-    for (user, rooms, c) in cs {
-        records.push((user, rooms, c.stop().await));
-    }
+    let records = settle_and_stop(cs).await;
     let (acked, _) = check_no_loss(&records);
     assert!(acked > 100, "traffic flowed while rebalancing: {acked}");
     assert!(metric(&cluster.procs[0], "chatgateway_rebalance_shed_total") >= 20.0);

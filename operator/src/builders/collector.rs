@@ -5,12 +5,12 @@
 //! `spec.telemetry.otlpEndpoint`. As a native sidecar it starts before the gateway and
 //! stops after it, so spans emitted while the gateway drains still leave the pod.
 
+use super::deployment::field_env;
 use super::Owner;
 use crate::crd::{ChatGateway, CollectorSpec};
 use crate::error::{Error, Result};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, Container, EnvVar, EnvVarSource, ObjectFieldSelector,
-    ResourceRequirements, SecurityContext, VolumeMount,
+    Capabilities, ConfigMap, Container, ResourceRequirements, SecurityContext, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use sha2::{Digest, Sha256};
@@ -130,20 +130,6 @@ pub fn build_config_map(cgw: &ChatGateway, owner: &Owner) -> Result<Option<(Conf
         ..ConfigMap::default()
     };
     Ok(Some((cm, hash[..16].to_string())))
-}
-
-fn field_env(name: &str, path: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: path.into(),
-                api_version: None,
-            }),
-            ..EnvVarSource::default()
-        }),
-        value: None,
-    }
 }
 
 fn default_resources() -> ResourceRequirements {

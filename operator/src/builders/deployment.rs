@@ -301,7 +301,8 @@ pub fn hpa_replicas(cgw: &ChatGateway, live: Option<i32>) -> i32 {
     live.unwrap_or(min).clamp(min, max)
 }
 
-fn field_env(name: &str, path: &str) -> EnvVar {
+/// An env var read from the pod's own fields (downward API).
+pub(super) fn field_env(name: &str, path: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
