@@ -3,7 +3,7 @@
 //! with backpressure in both directions: a slow side slows the other, and at most one
 //! message per direction is in the gateway at a time.
 
-use crate::config::RouteConfig;
+use crate::config::{upstream_url, RouteConfig};
 use crate::node::{IpSlot, Node};
 use crate::outbound::OutboundQueue;
 use crate::protocol::close;
@@ -22,35 +22,6 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
-
-/// Parses a route's upstream: `ws://host:port/base`, or `service:port` (a Kubernetes
-/// Service name, `localhost` for a sidecar), which means `ws://service:port`.
-pub fn upstream_url(upstream: &str) -> Result<url::Url, String> {
-    let full = if upstream.contains("://") {
-        upstream.to_string()
-    } else {
-        format!("ws://{upstream}")
-    };
-    let url = url::Url::parse(&full).map_err(|e| format!("upstream {upstream:?}: {e}"))?;
-    match url.scheme() {
-        "ws" => {}
-        "wss" => {
-            return Err(format!(
-                "upstream {upstream:?}: wss:// is not supported in this build; use ws:// inside the cluster (or a TLS sidecar)"
-            ))
-        }
-        other => return Err(format!("upstream {upstream:?}: scheme {other} is not ws://")),
-    }
-    if url.host_str().is_none_or(str::is_empty) || url.port_or_known_default().is_none() {
-        return Err(format!("upstream {upstream:?}: needs a host and a port"));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!(
-            "upstream {upstream:?}: no query or fragment allowed"
-        ));
-    }
-    Ok(url)
-}
 
 /// One configured route.
 pub struct Route {
@@ -410,21 +381,6 @@ mod tests {
             strip_prefix: strip,
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn upstreams() {
-        assert_eq!(
-            upstream_url("bots:9000").map(|u| u.to_string()),
-            Ok("ws://bots:9000/".into())
-        );
-        assert!(upstream_url("ws://a.b.svc:80/base").is_ok());
-        assert!(upstream_url("wss://x:443")
-            .unwrap_err()
-            .contains("not supported"));
-        assert!(upstream_url("http://x:80").is_err());
-        assert!(upstream_url("ws://x:80/?q=1").is_err());
-        assert!(upstream_url("").is_err());
     }
 
     #[test]

@@ -3,7 +3,6 @@
 
 pub mod assets;
 pub mod auth;
-pub mod config;
 pub mod connection;
 pub mod drain;
 pub mod engine;
@@ -16,7 +15,9 @@ pub mod protocol;
 pub mod ratelimit;
 pub mod rebalance;
 pub mod server;
-pub mod telemetry;
+
+pub use chat_gateway_config as config;
+pub use chat_gateway_telemetry as telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -94,7 +94,7 @@ async fn route(node: Arc<Node>, req: Request<Incoming>, peer: SocketAddr) -> Res
         (&Method::GET | &Method::HEAD, path) if crate::assets::find(path).is_some() => {
             crate::assets::serve(path, req.headers())
         }
-        (_, "/ws" | "/healthz" | "/readyz" | "/metrics" | "/") => {
+        (_, path) if path == "/" || crate::config::RESERVED_PATHS.contains(&path) => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         // Forwarding routes: longest prefix wins; no match is a 404 before any upgrade.
