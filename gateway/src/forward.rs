@@ -4,10 +4,10 @@
 //! message per direction is in the gateway at a time.
 
 use crate::config::{upstream_url, RouteConfig};
+use crate::disconnect::{self, CloseReason};
 use crate::node::{IpSlot, Node};
 use crate::outbound::OutboundQueue;
-use crate::protocol::close;
-use crate::server::{admit_upgrade, reject, retry_later, switching, Body};
+use crate::upgrade::{admit_upgrade, reject, retry_later, switching, Body};
 use futures_util::{SinkExt, StreamExt};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -285,10 +285,10 @@ where
     End::ReadFailed
 }
 
-fn close_frame(code: u16, reason: &str) -> Option<CloseFrame> {
+fn close_frame(reason: CloseReason) -> Option<CloseFrame> {
     Some(CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.to_string().into(),
+        code: CloseCode::from(reason.code),
+        reason: reason.reason.into(),
     })
 }
 
@@ -315,8 +315,8 @@ async fn pipe<C>(
         end = relay(c_rx, &mut u_tx, &node, &name, "up") => (true, end),
         end = relay(u_rx, &mut c_tx, &node, &name, "down") => (false, end),
         _ = handle.closing().cancelled() => {
-            let reason = handle.close_reason().map(|r| (r.code, r.reason)).unwrap_or((close::GOING_AWAY, "server shutting down"));
-            (false, End::Closed(close_frame(reason.0, reason.1)))
+            let reason = handle.close_reason().unwrap_or(disconnect::SHUTTING_DOWN);
+            (false, End::Closed(close_frame(reason)))
         }
     };
     // Pass the close on, with its code, to whichever side is still there.
@@ -330,11 +330,11 @@ async fn pipe<C>(
                 let _ = u_tx.send(Message::Close(frame)).await;
             }
             (up, End::TooBig) => {
-                let frame = close_frame(close::TOO_BIG, "message too big");
+                let frame = close_frame(disconnect::MESSAGE_TOO_BIG);
                 let _ = c_tx.send(Message::Close(frame.clone())).await;
                 let _ = u_tx
                     .send(Message::Close(if up {
-                        close_frame(close::GOING_AWAY, "client gone")
+                        close_frame(disconnect::CLIENT_GONE)
                     } else {
                         frame
                     }))
@@ -343,18 +343,15 @@ async fn pipe<C>(
             (true, End::ReadFailed | End::WriteFailed) => {
                 // The client went away, or the upstream could not take a frame.
                 let _ = c_tx
-                    .send(Message::Close(close_frame(1014, "upstream failed")))
+                    .send(Message::Close(close_frame(disconnect::UPSTREAM_FAILED)))
                     .await;
                 let _ = u_tx
-                    .send(Message::Close(close_frame(
-                        close::GOING_AWAY,
-                        "client gone",
-                    )))
+                    .send(Message::Close(close_frame(disconnect::CLIENT_GONE)))
                     .await;
             }
             (false, End::ReadFailed | End::WriteFailed) => {
                 let _ = c_tx
-                    .send(Message::Close(close_frame(1014, "upstream failed")))
+                    .send(Message::Close(close_frame(disconnect::UPSTREAM_FAILED)))
                     .await;
             }
         }
@@ -365,7 +362,7 @@ async fn pipe<C>(
     node.unregister(id);
     node.metrics
         .closed
-        .with_label_values(&["forward ended"])
+        .with_label_values(&[disconnect::FORWARD_ENDED])
         .inc();
 }
 

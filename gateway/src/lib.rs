@@ -4,6 +4,7 @@
 pub mod assets;
 pub mod auth;
 pub mod connection;
+pub mod disconnect;
 pub mod drain;
 pub mod engine;
 pub mod forward;
@@ -15,6 +16,7 @@ pub mod protocol;
 pub mod ratelimit;
 pub mod rebalance;
 pub mod server;
+pub mod upgrade;
 
 pub use chat_gateway_config as config;
 pub use chat_gateway_telemetry as telemetry;

@@ -1,237 +1,9 @@
-//! Protocol v1: the JSON frames exchanged over `/ws`, error codes and close codes.
-//!
-//! Every frame is a JSON object whose `type` names it. Commands carry a client `id`; each
-//! is answered by exactly one `ok` or `error` whose `ref` is that id.
+//! Commands: what a client sends, parsed into one typed value per command kind.
 
+use super::{Since, MAX_BODY_DEPTH};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
-
-/// Protocol version announced in `welcome`.
-pub const PROTOCOL_VERSION: u32 = 1;
-
-/// Subprotocol name a browser offers alongside `bearer.<jwt>`.
-pub const SUBPROTOCOL: &str = "chatgw.v1";
-
-/// Prefix of the room name of a user's inbox.
-pub const INBOX_PREFIX: &str = "user:";
-
-/// Deepest nesting of arrays/objects accepted in a `send` body (clients parse bodies
-/// recursively; a 10k-deep body would crash some of them).
-pub const MAX_BODY_DEPTH: usize = 32;
-
-/// Maximum messages one `history` call returns.
-pub const MAX_HISTORY_LIMIT: usize = 500;
-
-/// A command sent by a client.
-#[derive(Debug)]
-pub enum Command {
-    /// Subscribe to a room, optionally replaying from a known position.
-    Join {
-        /// Client id of the command.
-        id: CommandId,
-        /// Room to join.
-        room: String,
-        /// Replay messages after this seq (a resume of one room).
-        since: Option<u64>,
-        /// Epoch `since` belongs to.
-        epoch: Option<String>,
-    },
-    /// Unsubscribe from a room.
-    Leave {
-        /// Client id of the command.
-        id: CommandId,
-        /// Room to leave.
-        room: String,
-    },
-    /// Publish to a room, or to a user's inbox (`user:<id>`).
-    Send {
-        /// Client id of the command.
-        id: CommandId,
-        /// Target room or inbox.
-        room: String,
-        /// Client-chosen id for de-duplication of retries.
-        msg_id: Option<String>,
-        /// Any JSON value.
-        body: Box<RawValue>,
-        /// Optional W3C trace context to join.
-        traceparent: Option<String>,
-    },
-    /// Read a room's history.
-    History {
-        /// Client id of the command.
-        id: CommandId,
-        /// Room (or own inbox).
-        room: String,
-        /// Only messages with seq > since.
-        since: Option<u64>,
-        /// Only messages with seq < before.
-        before: Option<u64>,
-        /// At most this many (default 50, max 500).
-        limit: Option<usize>,
-    },
-    /// List who is in a room.
-    Presence {
-        /// Client id of the command.
-        id: CommandId,
-        /// Room to list.
-        room: String,
-    },
-    /// App-level keep-alive for browsers (which cannot send WebSocket pings).
-    Ping {
-        /// Client id of the command.
-        id: CommandId,
-    },
-    /// Restore an earlier session's rooms and replay what was missed.
-    Resume {
-        /// Client id of the command.
-        id: CommandId,
-        /// Token from the earlier session's `welcome`.
-        resume_token: String,
-        /// Last seen seq per room.
-        positions: BTreeMap<String, Position>,
-    },
-}
-
-/// The wire shape of every command: one flat object. Parsed in one pass (an internally
-/// tagged enum would buffer the whole frame and cannot keep `body` raw), then checked.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WireCommand {
-    #[serde(rename = "type")]
-    kind: String,
-    id: Option<CommandId>,
-    room: Option<String>,
-    since: Option<u64>,
-    before: Option<u64>,
-    epoch: Option<String>,
-    limit: Option<usize>,
-    msg_id: Option<String>,
-    body: Option<Box<RawValue>>,
-    traceparent: Option<String>,
-    resume_token: Option<String>,
-    positions: Option<BTreeMap<String, Position>>,
-}
-
-/// Why a text frame is not a valid command.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommandError {
-    /// `bad_request` or `unknown_command`.
-    pub code: ErrorCode,
-    /// What is wrong.
-    pub message: String,
-    /// The command id, when it could be read.
-    pub id: Option<CommandId>,
-}
-
-/// Command names of protocol v1.
-pub const COMMANDS: [&str; 7] = [
-    "join", "leave", "send", "history", "presence", "ping", "resume",
-];
-
-impl Command {
-    /// Parses one text frame.
-    pub fn parse(text: &str) -> Result<Command, CommandError> {
-        let w: WireCommand = serde_json::from_str(text).map_err(|e| CommandError {
-            code: ErrorCode::BadRequest,
-            message: e.to_string(),
-            id: salvage_id(text),
-        })?;
-        let fail =
-            |code, message: String, id: Option<CommandId>| CommandError { code, message, id };
-        if !COMMANDS.contains(&w.kind.as_str()) {
-            return Err(fail(
-                ErrorCode::UnknownCommand,
-                format!("unknown command type {:?}", w.kind),
-                w.id,
-            ));
-        }
-        let Some(id) = w.id else {
-            return Err(fail(
-                ErrorCode::BadRequest,
-                "missing field `id`".into(),
-                None,
-            ));
-        };
-        let need = |v: Option<String>, field: &str| {
-            v.ok_or_else(|| {
-                fail(
-                    ErrorCode::BadRequest,
-                    format!("{} needs `{field}`", w.kind),
-                    Some(id.clone()),
-                )
-            })
-        };
-        Ok(match w.kind.as_str() {
-            "join" => Command::Join {
-                room: need(w.room, "room")?,
-                since: w.since,
-                epoch: w.epoch,
-                id,
-            },
-            "leave" => Command::Leave {
-                room: need(w.room, "room")?,
-                id,
-            },
-            "send" => {
-                let room = need(w.room, "room")?;
-                let Some(body) = w.body else {
-                    return Err(fail(
-                        ErrorCode::BadRequest,
-                        "send needs `body`".into(),
-                        Some(id),
-                    ));
-                };
-                if nesting_depth(body.get()) > MAX_BODY_DEPTH {
-                    return Err(fail(
-                        ErrorCode::BadRequest,
-                        format!("body nested deeper than {MAX_BODY_DEPTH} levels"),
-                        Some(id),
-                    ));
-                }
-                Command::Send {
-                    room,
-                    msg_id: w.msg_id,
-                    body,
-                    traceparent: w.traceparent,
-                    id,
-                }
-            }
-            "history" => Command::History {
-                room: need(w.room, "room")?,
-                since: w.since,
-                before: w.before,
-                limit: w.limit,
-                id,
-            },
-            "presence" => Command::Presence {
-                room: need(w.room, "room")?,
-                id,
-            },
-            "ping" => Command::Ping { id },
-            _ => Command::Resume {
-                resume_token: need(w.resume_token, "resume_token")?,
-                positions: w.positions.unwrap_or_default(),
-                id,
-            },
-        })
-    }
-}
-
-impl Command {
-    /// The client id of the command.
-    pub fn id(&self) -> &CommandId {
-        match self {
-            Command::Join { id, .. }
-            | Command::Leave { id, .. }
-            | Command::Send { id, .. }
-            | Command::History { id, .. }
-            | Command::Presence { id, .. }
-            | Command::Ping { id }
-            | Command::Resume { id, .. } => id,
-        }
-    }
-}
 
 /// A command id: clients may use numbers or strings; it is echoed back as given.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,230 +15,249 @@ pub enum CommandId {
     Str(String),
 }
 
-/// Last seen position in a room: a bare seq, or seq with the epoch it belongs to.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Position {
-    /// Seq with its epoch.
-    Full {
-        /// Last seq seen.
-        seq: u64,
-        /// Epoch of that seq.
-        epoch: Option<String>,
-    },
-    /// Seq only; the session's stored epoch is assumed.
-    Seq(u64),
+/// A command sent by a client.
+#[derive(Debug)]
+pub enum Command {
+    /// Subscribe to a room, optionally replaying from a known position.
+    Join(Join),
+    /// Unsubscribe from a room.
+    Leave(Leave),
+    /// Publish to a room, or to a user's inbox (`user:<id>`).
+    Send(Send),
+    /// Read a room's history.
+    History(History),
+    /// List who is in a room.
+    Presence(Presence),
+    /// App-level keep-alive for browsers (which cannot send WebSocket pings).
+    Ping(Ping),
+    /// Restore an earlier session's rooms and replay what was missed.
+    Resume(Resume),
 }
 
-impl Position {
-    /// The seq part.
-    pub fn seq(&self) -> u64 {
-        match self {
-            Position::Full { seq, .. } | Position::Seq(seq) => *seq,
-        }
-    }
-    /// The epoch part, if given.
-    pub fn epoch(&self) -> Option<&str> {
-        match self {
-            Position::Full { epoch, .. } => epoch.as_deref(),
-            Position::Seq(_) => None,
-        }
-    }
+/// `join`.
+#[derive(Debug)]
+pub struct Join {
+    /// Client id of the command.
+    pub id: CommandId,
+    /// Room to join.
+    pub room: String,
+    /// Replay messages after this position (wire: `since` and `epoch`).
+    pub since: Option<Since>,
 }
 
-/// Stable error codes of `error` frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    /// Not JSON, or not an object with a known shape.
-    BadRequest,
-    /// `type` names no command.
-    UnknownCommand,
-    /// Room name empty, too long or with characters outside the allowed set.
-    InvalidRoom,
-    /// The command needs the room joined first.
-    NotJoined,
-    /// Not allowed for this user (for example another user's inbox).
-    Forbidden,
-    /// `limits.roomsPerConnection` reached.
-    TooManyRooms,
-    /// Over the per-connection command rate.
-    RateLimited,
-    /// Resume token unknown or expired and no positions given.
-    SessionNotFound,
-    /// The engine cannot serve the command now; retry later.
-    Unavailable,
-    /// Unexpected server failure.
-    Internal,
+/// `leave`.
+#[derive(Debug)]
+pub struct Leave {
+    /// Client id of the command.
+    pub id: CommandId,
+    /// Room to leave.
+    pub room: String,
 }
 
-impl ErrorCode {
-    /// Wire name of the code.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadRequest => "bad_request",
-            ErrorCode::UnknownCommand => "unknown_command",
-            ErrorCode::InvalidRoom => "invalid_room",
-            ErrorCode::NotJoined => "not_joined",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::TooManyRooms => "too_many_rooms",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::SessionNotFound => "session_not_found",
-            ErrorCode::Unavailable => "unavailable",
-            ErrorCode::Internal => "internal",
-        }
-    }
+/// `send`.
+#[derive(Debug)]
+pub struct Send {
+    /// Client id of the command.
+    pub id: CommandId,
+    /// Target room or inbox.
+    pub room: String,
+    /// Client-chosen id for de-duplication of retries.
+    pub msg_id: Option<String>,
+    /// Any JSON value, kept as the raw text the client sent.
+    pub body: Box<RawValue>,
+    /// Optional W3C trace context to join.
+    pub traceparent: Option<String>,
 }
 
-/// WebSocket close codes the gateway uses.
-pub mod close {
-    /// Server shutting down with no drain.
-    pub const GOING_AWAY: u16 = 1001;
-    /// Abuse: repeated errors or rate-limit violations.
-    pub const POLICY: u16 = 1008;
-    /// A message over `limits.maxFrameBytes`.
-    pub const TOO_BIG: u16 = 1009;
-    /// Unexpected server error.
-    pub const INTERNAL: u16 = 1011;
-    /// Drain or rebalance: reconnect (elsewhere) and resume.
-    pub const RESTART: u16 = 1012;
-    /// Slow consumer: the outbound queue overflowed.
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-    /// Invalid UTF-8 in a text frame.
-    pub const INVALID_PAYLOAD: u16 = 1007;
-    /// Binary frames are not part of protocol v1.
-    pub const UNSUPPORTED_DATA: u16 = 1003;
+/// `history`.
+#[derive(Debug)]
+pub struct History {
+    /// Client id of the command.
+    pub id: CommandId,
+    /// Room (or own inbox).
+    pub room: String,
+    /// Only messages with seq > since.
+    pub since: Option<u64>,
+    /// Only messages with seq < before.
+    pub before: Option<u64>,
+    /// At most this many (default 50, max 500).
+    pub limit: Option<usize>,
 }
 
-/// An `error` reply or push.
-#[derive(Debug, Serialize)]
-pub struct ErrorFrame<'a> {
-    /// Always `error`.
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// Id of the command this answers; absent when the command could not be read.
-    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-    pub reference: Option<&'a CommandId>,
-    /// Stable code.
-    pub code: ErrorCode,
-    /// Human-readable detail.
-    pub message: &'a str,
+/// `presence`.
+#[derive(Debug)]
+pub struct Presence {
+    /// Client id of the command.
+    pub id: CommandId,
+    /// Room to list.
+    pub room: String,
 }
 
-/// Serialises an `error` frame.
-pub fn error_frame(reference: Option<&CommandId>, code: ErrorCode, message: &str) -> String {
-    to_json(&ErrorFrame {
-        kind: "error",
-        reference,
-        code,
-        message,
-    })
+/// `ping`.
+#[derive(Debug)]
+pub struct Ping {
+    /// Client id of the command.
+    pub id: CommandId,
 }
 
-/// Serialises an `ok` frame: `{"type":"ok","ref":id, ...fields}`.
-pub fn ok_frame<T: Serialize>(reference: &CommandId, fields: T) -> String {
-    #[derive(Serialize)]
-    struct Ok<'a, T> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        #[serde(rename = "ref")]
-        reference: &'a CommandId,
-        #[serde(flatten)]
-        fields: T,
-    }
-    to_json(&Ok {
-        kind: "ok",
-        reference,
-        fields,
-    })
-}
-
-/// Serialises a value the gateway built itself (cannot fail for these types).
-pub fn to_json<T: Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_else(|e| {
-        format!(r#"{{"type":"error","code":"internal","message":"serialise: {e}"}}"#)
-    })
-}
-
-/// The `welcome` push sent once after the upgrade.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Welcome {
-    /// Always `welcome`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Protocol version (1).
-    pub protocol: u32,
-    /// Id of this session.
-    pub session: String,
-    /// Authenticated user id.
-    pub user: String,
-    /// Token to `resume` this session on any node after a disconnect.
+/// `resume`.
+#[derive(Debug)]
+pub struct Resume {
+    /// Client id of the command.
+    pub id: CommandId,
+    /// Token from the earlier session's `welcome`.
     pub resume_token: String,
-    /// Server ping period; send an app `ping` at least this often if you cannot see pings.
-    pub heartbeat_ms: u64,
-    /// Node (pod) that serves this connection.
-    pub node: String,
+    /// Last seen position per room.
+    pub positions: BTreeMap<String, Since>,
 }
 
-/// A message as delivered in `msg` pushes and `history` replies.
-#[derive(Debug, Serialize)]
-pub struct MsgFrame<'a> {
-    /// Always `msg`.
+/// Command kinds of protocol v1, as named by `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    Join,
+    Leave,
+    Send,
+    History,
+    Presence,
+    Ping,
+    Resume,
+    #[serde(other)]
+    Unknown,
+}
+
+/// The wire shape of every command: one flat object, parsed in one pass (an internally
+/// tagged enum would buffer the whole frame and cannot keep `body` raw), then turned into
+/// the [`Command`] its `kind` names: the match below is exhaustive, so a kind cannot fall
+/// through to another command's handling.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireCommand {
     #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// Room (or `user:<id>` inbox).
-    pub room: &'a str,
-    /// Position in the room, strictly increasing within an epoch.
-    pub seq: u64,
-    /// Identity of the room's history; seqs of different epochs are unrelated.
-    pub epoch: &'a str,
-    /// Client-chosen (or server-assigned) message id.
-    pub msg_id: &'a str,
-    /// Sender's user id.
-    pub from: &'a str,
-    /// Server time of the append, Unix milliseconds.
-    pub ts: u64,
-    /// The body as sent.
-    pub body: &'a RawValue,
-    /// W3C trace context of the send, when tracing.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub traceparent: Option<&'a str>,
+    kind: Kind,
+    id: Option<CommandId>,
+    room: Option<String>,
+    since: Option<u64>,
+    before: Option<u64>,
+    epoch: Option<String>,
+    limit: Option<usize>,
+    msg_id: Option<String>,
+    body: Option<Box<RawValue>>,
+    traceparent: Option<String>,
+    resume_token: Option<String>,
+    positions: Option<BTreeMap<String, Since>>,
 }
 
-/// The `presence` push: a user's first connection joined or last one left a room.
-#[derive(Debug, Serialize)]
-pub struct PresenceFrame<'a> {
-    /// Always `presence`.
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// Room concerned.
-    pub room: &'a str,
-    /// User concerned.
-    pub user: &'a str,
-    /// `join` or `leave`.
-    pub event: &'static str,
+/// Why a text frame is not a valid command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandError {
+    /// `bad_request` or `unknown_command`.
+    pub code: super::ErrorCode,
+    /// What is wrong.
+    pub message: String,
+    /// The command id, when it could be read.
+    pub id: Option<CommandId>,
 }
 
-/// Why a room name was refused.
-pub fn validate_room(name: &str, max_len: usize) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("room name is empty".into());
+impl Command {
+    /// Parses one text frame.
+    pub fn parse(text: &str) -> Result<Command, CommandError> {
+        use super::ErrorCode::{BadRequest, UnknownCommand};
+        let w: WireCommand = serde_json::from_str(text).map_err(|e| CommandError {
+            code: BadRequest,
+            message: e.to_string(),
+            id: salvage_id(text),
+        })?;
+        let fail =
+            |code, message: String, id: Option<CommandId>| CommandError { code, message, id };
+        let unknown = |id| {
+            fail(
+                UnknownCommand,
+                format!("unknown command type {:?}", salvage_type(text)),
+                id,
+            )
+        };
+        let id = match (w.kind, w.id) {
+            (Kind::Unknown, id) => return Err(unknown(id)),
+            (_, None) => return Err(fail(BadRequest, "missing field `id`".into(), None)),
+            (_, Some(id)) => id,
+        };
+        let need = |v: Option<String>, field: &str| {
+            v.ok_or_else(|| {
+                let kind = salvage_type(text);
+                fail(
+                    BadRequest,
+                    format!("{kind} needs `{field}`"),
+                    Some(id.clone()),
+                )
+            })
+        };
+        Ok(match w.kind {
+            Kind::Join => Command::Join(Join {
+                room: need(w.room, "room")?,
+                since: w.since.map(|seq| Since {
+                    seq,
+                    epoch: w.epoch.map(Into::into),
+                }),
+                id,
+            }),
+            Kind::Leave => Command::Leave(Leave {
+                room: need(w.room, "room")?,
+                id,
+            }),
+            Kind::Send => {
+                let room = need(w.room, "room")?;
+                let Some(body) = w.body else {
+                    return Err(fail(BadRequest, "send needs `body`".into(), Some(id)));
+                };
+                if nesting_depth(body.get()) > MAX_BODY_DEPTH {
+                    return Err(fail(
+                        BadRequest,
+                        format!("body nested deeper than {MAX_BODY_DEPTH} levels"),
+                        Some(id),
+                    ));
+                }
+                Command::Send(Send {
+                    room,
+                    msg_id: w.msg_id,
+                    body,
+                    traceparent: w.traceparent,
+                    id,
+                })
+            }
+            Kind::History => Command::History(History {
+                room: need(w.room, "room")?,
+                since: w.since,
+                before: w.before,
+                limit: w.limit,
+                id,
+            }),
+            Kind::Presence => Command::Presence(Presence {
+                room: need(w.room, "room")?,
+                id,
+            }),
+            Kind::Ping => Command::Ping(Ping { id }),
+            Kind::Resume => Command::Resume(Resume {
+                resume_token: need(w.resume_token, "resume_token")?,
+                positions: w.positions.unwrap_or_default(),
+                id,
+            }),
+            Kind::Unknown => return Err(unknown(Some(id))),
+        })
     }
-    if name.len() > max_len {
-        return Err(format!("room name longer than {max_len} bytes"));
-    }
-    let ok = name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@'));
-    if !ok {
-        return Err("room names use only A-Z a-z 0-9 _ - . : @".into());
-    }
-    Ok(())
-}
 
-/// The inbox room of a user.
-pub fn inbox_of(user: &str) -> String {
-    format!("{INBOX_PREFIX}{user}")
+    /// The client id of the command.
+    pub fn id(&self) -> &CommandId {
+        match self {
+            Command::Join(c) => &c.id,
+            Command::Leave(c) => &c.id,
+            Command::Send(c) => &c.id,
+            Command::History(c) => &c.id,
+            Command::Presence(c) => &c.id,
+            Command::Ping(c) => &c.id,
+            Command::Resume(c) => &c.id,
+        }
+    }
 }
 
 /// Deepest array/object nesting in (valid) JSON text, without recursion.
@@ -504,25 +295,88 @@ pub fn salvage_id(text: &str) -> Option<CommandId> {
     serde_json::from_str::<Probe>(text).ok().and_then(|p| p.id)
 }
 
+/// The `type` of a frame, for error messages only.
+fn salvage_type(text: &str) -> String {
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    serde_json::from_str::<Probe>(text)
+        .map(|p| p.kind)
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{ErrorCode, StreamPosition};
 
     #[test]
-    fn parses_every_command() {
+    fn parses_every_command_into_its_own_variant() {
         let cases = [
-            r#"{"type":"join","id":1,"room":"lobby"}"#,
-            r#"{"type":"join","id":"a","room":"lobby","since":4,"epoch":"e"}"#,
-            r#"{"type":"leave","id":2,"room":"lobby"}"#,
-            r#"{"type":"send","id":3,"room":"lobby","msg_id":"m1","body":{"text":"hi"}}"#,
-            r#"{"type":"history","id":4,"room":"lobby","before":10,"limit":5}"#,
-            r#"{"type":"presence","id":5,"room":"lobby"}"#,
-            r#"{"type":"ping","id":6}"#,
-            r#"{"type":"resume","id":7,"resume_token":"t","positions":{"lobby":3,"b":{"seq":2,"epoch":"x"}}}"#,
+            (r#"{"type":"join","id":1,"room":"lobby"}"#, "join"),
+            (
+                r#"{"type":"join","id":"a","room":"lobby","since":4,"epoch":"e"}"#,
+                "join",
+            ),
+            (r#"{"type":"leave","id":2,"room":"lobby"}"#, "leave"),
+            (
+                r#"{"type":"send","id":3,"room":"lobby","msg_id":"m1","body":{"text":"hi"}}"#,
+                "send",
+            ),
+            (
+                r#"{"type":"history","id":4,"room":"lobby","before":10,"limit":5}"#,
+                "history",
+            ),
+            (r#"{"type":"presence","id":5,"room":"lobby"}"#, "presence"),
+            (r#"{"type":"ping","id":6}"#, "ping"),
+            (
+                r#"{"type":"resume","id":7,"resume_token":"t","positions":{"lobby":3,"b":{"seq":2,"epoch":"x"}}}"#,
+                "resume",
+            ),
         ];
-        for c in cases {
-            Command::parse(c).unwrap_or_else(|e| panic!("{c}: {e:?}"));
+        for (text, kind) in cases {
+            let cmd = Command::parse(text).unwrap_or_else(|e| panic!("{text}: {e:?}"));
+            let got = match cmd {
+                Command::Join(_) => "join",
+                Command::Leave(_) => "leave",
+                Command::Send(_) => "send",
+                Command::History(_) => "history",
+                Command::Presence(_) => "presence",
+                Command::Ping(_) => "ping",
+                Command::Resume(_) => "resume",
+            };
+            assert_eq!(got, kind, "{text}");
         }
+    }
+
+    #[test]
+    fn fields_land_where_they_belong() {
+        let Ok(Command::Join(j)) =
+            Command::parse(r#"{"type":"join","id":"a","room":"r","since":4,"epoch":"e"}"#)
+        else {
+            panic!("join")
+        };
+        assert_eq!(j.since, Some(StreamPosition::new("e", 4).into()));
+        let Ok(Command::Send(s)) =
+            Command::parse(r#"{"type":"send","id":3,"room":"r","body":{"a": [1, 2]}}"#)
+        else {
+            panic!("send")
+        };
+        assert_eq!(s.body.get(), r#"{"a": [1, 2]}"#, "the body stays raw");
+        let Ok(Command::Resume(r)) =
+            Command::parse(r#"{"type":"resume","id":7,"resume_token":"t","positions":{"a":3}}"#)
+        else {
+            panic!("resume")
+        };
+        assert_eq!(
+            r.positions["a"],
+            Since {
+                seq: 3,
+                epoch: None
+            }
+        );
     }
 
     #[test]
@@ -530,11 +384,14 @@ mod tests {
         let err = Command::parse(r#"{"type":"dance","id":9}"#).expect_err("unknown");
         assert_eq!(err.code, ErrorCode::UnknownCommand);
         assert_eq!(err.id, Some(CommandId::Num(9)));
+        assert!(err.message.contains("dance"), "{}", err.message);
         let err = Command::parse(r#"{"type":"send","id":9,"room":"r"}"#).expect_err("no body");
         assert_eq!(
             (err.code, err.id),
             (ErrorCode::BadRequest, Some(CommandId::Num(9)))
         );
+        let err = Command::parse(r#"{"type":"leave","id":9}"#).expect_err("no room");
+        assert_eq!(err.message, "leave needs `room`");
         let err = Command::parse(r#"{"type":"join","id":"x","room":"r","bogus":1}"#)
             .expect_err("unknown field");
         assert_eq!(
@@ -542,6 +399,8 @@ mod tests {
             (ErrorCode::BadRequest, Some(CommandId::Str("x".into())))
         );
         let err = Command::parse("[1,2]").expect_err("not an object");
+        assert_eq!((err.code, err.id), (ErrorCode::BadRequest, None));
+        let err = Command::parse(r#"{"type":"ping"}"#).expect_err("no id");
         assert_eq!((err.code, err.id), (ErrorCode::BadRequest, None));
     }
 
@@ -555,26 +414,5 @@ mod tests {
         let err = Command::parse(&deep).map(|_| ()).expect_err("too deep");
         assert_eq!(err.code, ErrorCode::BadRequest);
         assert_eq!(nesting_depth(r#"{"a":["[[[",{"b":"\\"}]}"#), 3);
-    }
-
-    #[test]
-    fn room_names() {
-        assert!(validate_room("lobby-1.a:b@c_d", 128).is_ok());
-        assert!(validate_room("", 128).is_err());
-        assert!(validate_room("has space", 128).is_err());
-        assert!(validate_room("ünï", 128).is_err());
-        assert!(validate_room(&"a".repeat(129), 128).is_err());
-    }
-
-    #[test]
-    fn ok_and_error_frames_reference_the_command() {
-        let id = CommandId::Str("x".into());
-        let ok = ok_frame(&id, serde_json::json!({"seq": 3}));
-        assert_eq!(ok, r#"{"type":"ok","ref":"x","seq":3}"#);
-        let err = error_frame(Some(&id), ErrorCode::RateLimited, "slow down");
-        assert_eq!(
-            err,
-            r#"{"type":"error","ref":"x","code":"rate_limited","message":"slow down"}"#
-        );
     }
 }
