@@ -196,7 +196,7 @@ def everything_on() -> dict:
     """Values that switch on every optional object of the chart."""
     on = {"enabled": True}
     return {"serviceMonitor": on, "podMonitor": on, "prometheusAdapterRules": on,
-            "chatGateway": on, "commonLabels": {"team": "chat"}}
+            "chatGateway": on, "networkPolicy": on, "commonLabels": {"team": "chat"}}
 
 
 def test_every_object_carries_the_standard_labels():
@@ -303,3 +303,33 @@ def test_crd_is_the_one_the_operator_serves():
     c = crd()
     assert c["metadata"]["name"] == "chatgateways.chatgateway.io"
     assert c["spec"]["names"]["shortNames"] == ["cgw"]
+
+
+def test_operator_network_policy():
+    assert not by_kind(objects({}), "NetworkPolicy"), "off by default"
+    objs = objects({"networkPolicy": {"enabled": True}})
+    (np,) = by_kind(objs, "NetworkPolicy")
+    dep, c = container(objs)
+    spec = np["spec"]
+    assert spec["podSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    # In: the metrics port only, from anywhere by default.
+    assert spec["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
+    assert c["ports"][0]["name"] == "metrics"
+    # Out: DNS and the API server ports, to any address by default.
+    assert spec["egress"][0]["ports"] == [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+    assert spec["egress"][1] == {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}
+    assert len(spec["egress"]) == 2
+
+    prom = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    otlp = {"to": [{"namespaceSelector": {}}], "ports": [{"port": 4317, "protocol": "TCP"}]}
+    extra_in = {"ports": [{"port": 6443, "protocol": "TCP"}]}
+    (np,) = by_kind(objects({"networkPolicy": {
+        "enabled": True, "metricsFrom": [prom], "extraIngress": [extra_in], "extraEgress": [otlp],
+        "apiServer": {"ports": [6443], "cidrs": ["10.0.0.1/32"]}}}), "NetworkPolicy")
+    assert np["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}], "from": [prom]}, extra_in]
+    assert np["spec"]["egress"][1:] == [
+        {"ports": [{"port": 6443, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}]}, otlp]
+    with pytest.raises(helm.HelmValuesError) as err:
+        helm.Chart.load(CHART).validate_schema({"networkPolicy": {"apiServer": {"cidrs": ["10.0.0.1"]}}})
+    assert "cidrs" in str(err.value)

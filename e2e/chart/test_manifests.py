@@ -68,6 +68,8 @@ def check(obj: dict, where: str) -> str:
 def rendered_sets():
     everything = {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
                   "prometheusAdapterRules": {"enabled": True}, "replicaCount": 2,
+                  "networkPolicy": {"enabled": True, "apiServer": {"cidrs": ["10.96.0.1/32"]},
+                                    "metricsFrom": [{"podSelector": {}}]},
                   "chatGateway": {"enabled": True, "spec": {"replicas": 3}}}
     yield "defaults", {}
     yield "everything-on", everything
