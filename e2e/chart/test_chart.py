@@ -196,7 +196,8 @@ def everything_on() -> dict:
     """Values that switch on every optional object of the chart."""
     on = {"enabled": True}
     return {"serviceMonitor": on, "podMonitor": on, "prometheusAdapterRules": on,
-            "chatGateway": on, "networkPolicy": on, "commonLabels": {"team": "chat"}}
+            "chatGateway": on, "networkPolicy": on, "prometheusRule": on,
+            "commonLabels": {"team": "chat"}}
 
 
 def test_every_object_carries_the_standard_labels():

@@ -53,6 +53,10 @@ def check(obj: dict, where: str) -> str:
         unknown = unknown_fields(obj["spec"], schema["properties"]["spec"], "spec")
         assert not unknown, f"{where}: ChatGateway fields the CRD does not declare (pruned by the server): {unknown}"
         return "crd"
+    if kind == "PrometheusRule":  # its rules: promtool in test_alerts.py
+        assert obj["apiVersion"] == "monitoring.coreos.com/v1", where
+        assert all(g["name"] and g["rules"] for g in obj["spec"]["groups"]), where
+        return "shape"
     if kind in PROMETHEUS_OPERATOR:
         assert obj["apiVersion"] == "monitoring.coreos.com/v1", where
         assert obj["spec"]["selector"]["matchLabels"] and obj["spec"][PROMETHEUS_OPERATOR[kind]], where
@@ -68,6 +72,7 @@ def check(obj: dict, where: str) -> str:
 def rendered_sets():
     everything = {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
                   "prometheusAdapterRules": {"enabled": True}, "replicaCount": 2,
+                  "prometheusRule": {"enabled": True},
                   "networkPolicy": {"enabled": True, "apiServer": {"cidrs": ["10.96.0.1/32"]},
                                     "metricsFrom": [{"podSelector": {}}]},
                   "chatGateway": {"enabled": True, "spec": {"replicas": 3}}}
