@@ -1,6 +1,7 @@
 """The Helm chart, linted, rendered and checked with the real Helm engine (helm-python-sdk)."""
 from __future__ import annotations
 
+import json
 import re
 
 import helm_python as helm
@@ -196,7 +197,7 @@ def everything_on() -> dict:
     """Values that switch on every optional object of the chart."""
     on = {"enabled": True}
     return {"serviceMonitor": on, "podMonitor": on, "prometheusAdapterRules": on,
-            "chatGateway": on, "networkPolicy": on, "prometheusRule": on,
+            "chatGateway": on, "networkPolicy": on, "prometheusRule": on, "grafanaDashboard": on,
             "commonLabels": {"team": "chat"}}
 
 
@@ -334,3 +335,24 @@ def test_operator_network_policy():
     with pytest.raises(helm.HelmValuesError) as err:
         helm.Chart.load(CHART).validate_schema({"networkPolicy": {"apiServer": {"cidrs": ["10.0.0.1"]}}})
     assert "cidrs" in str(err.value)
+
+
+def test_grafana_dashboard_configmap():
+    assert not [o for o in objects({}) if o["metadata"]["name"].endswith("-dashboard")]
+    objs = objects({"grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "chat"}}})
+    (cm,) = [o for o in by_kind(objs, "ConfigMap") if o["metadata"]["name"].endswith("-dashboard")]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1", "the Grafana chart sidecar's default label"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "chat"}
+    assert cm["metadata"]["namespace"] == "chat-system"
+    dashboard = json.loads(cm["data"]["chatgateway.json"])
+    assert dashboard == json.loads((CHART / "files" / "dashboard.json").read_text())
+    titles = {p["title"] for p in dashboard["panels"]}
+    for want in ("Connections per pod", "Upgrades accepted and refused", "Delivery latency",
+                 "Redis errors and reconnects", "Drains", "Rebalancing", "HPA replicas"):
+        assert want in titles, want
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            assert target["expr"] and target["datasource"]["uid"] == "${datasource}", panel["title"]
+    (cm,) = [o for o in by_kind(objects({"grafanaDashboard": {"enabled": True, "namespace": "monitoring"}}),
+                                "ConfigMap") if o["metadata"]["name"].endswith("-dashboard")]
+    assert cm["metadata"]["namespace"] == "monitoring"
