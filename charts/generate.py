@@ -3,8 +3,9 @@
 
     .venv/bin/python charts/generate.py           # write charts/chat-gateway/templates/crds.yaml
                                                   # (crds/ wrapped in crds.enabled/crds.keep),
-                                                  # manifests/install.yaml and
+                                                  # manifests/install.yaml,
                                                   # manifests/observability/prometheus-adapter-rules.yaml
+                                                  # and the chart's README.md (chart_readme.py)
     .venv/bin/python charts/generate.py --check   # exit 1 (with a diff) when they are stale
 
 Renders with the real Helm engine (PyPI helm-python-sdk): release `chatgateway`, namespace
@@ -28,6 +29,7 @@ INSTALL = ROOT / "manifests" / "install.yaml"
 ADAPTER = ROOT / "manifests" / "observability" / "prometheus-adapter-rules.yaml"
 CRD_SOURCE = ROOT / "crds" / "chatgateway.yaml"  # generated from the Rust types
 CRD_TEMPLATE = CHART / "templates" / "crds.yaml"  # the CRD as a template (crds.enabled, crds.keep)
+README = CHART / "README.md"                      # helm-docs style, from values.yaml
 
 # Helm's install order for the kinds the chart renders.
 ORDER = ["Namespace", "CustomResourceDefinition", "ServiceAccount", "ConfigMap", "ClusterRole",
@@ -130,8 +132,10 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="fail when the files are stale")
     args = parser.parse_args()
     stale = []
+    import chart_readme
+
     for path, text in ((CRD_TEMPLATE, crd_template()), (INSTALL, install_yaml()),
-                       (ADAPTER, adapter_yaml())):
+                       (ADAPTER, adapter_yaml()), (README, chart_readme.readme(CHART))):
         current = path.read_text() if path.exists() else ""
         if current == text:
             continue

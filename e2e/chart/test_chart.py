@@ -356,3 +356,45 @@ def test_grafana_dashboard_configmap():
     (cm,) = [o for o in by_kind(objects({"grafanaDashboard": {"enabled": True, "namespace": "monitoring"}}),
                                 "ConfigMap") if o["metadata"]["name"].endswith("-dashboard")]
     assert cm["metadata"]["namespace"] == "monitoring"
+
+
+def test_chart_readme_is_generated_from_values_and_documents_every_value():
+    import chart_readme
+
+    text = (CHART / "values.yaml").read_text()
+    values = yaml.safe_load(text)
+    table = chart_readme.rows(values, chart_readme.descriptions(text))
+    undocumented = [key for key, _, _, desc in table if not desc]
+    assert not undocumented, f"values.yaml keys without a comment right above them: {undocumented}"
+    keys = {key for key, *_ in table}
+
+    def leaves(value, path=()):
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                yield from leaves(v, path + (k,))
+        else:
+            yield ".".join(path)
+    for leaf in leaves(values):
+        assert any(leaf == k or leaf.startswith(k + ".") for k in keys), f"{leaf} is not in the README table"
+    readme = (CHART / "README.md").read_text()
+    assert readme == chart_readme.readme(CHART), "charts/chat-gateway/README.md is stale: run `make manifests`"
+    for key in keys:
+        assert f"| `{key}` |" in readme
+    # Not packaged: the template is the source, README.md the artefact.
+    assert "README.md.tmpl" in (CHART / ".helmignore").read_text().split()
+
+
+def test_chart_readme_parser():
+    import chart_readme
+
+    text = ("# -- Section (a whole mapping).\nres:\n  a: 1\n\n# Not attached (blank line).\n\n"
+            "top:\n  # Inner one,\n  # two lines.\n  inner: x\n  bare: 2\nlist: [1]\n")
+    docs = chart_readme.descriptions(text)
+    assert docs[("res",)] == "Section (a whole mapping)."
+    assert docs[("top",)] == "" and docs[("top", "inner")] == "Inner one, two lines."
+    assert chart_readme.rows(yaml.safe_load(text), docs) == [
+        ("res", "object", '{"a": 1}', "Section (a whole mapping)."),
+        ("top.inner", "string", '"x"', "Inner one, two lines."),
+        ("top.bare", "int", "2", ""),
+        ("list", "list", "[1]", ""),
+    ]
