@@ -10,7 +10,9 @@
 //!   fires on its synthetic series, none on healthy ones).
 //! - `chart_and_manifests_against_a_real_apiserver`: `kubectl apply` of
 //!   manifests/install.yaml on a fresh kube-apiserver (../shared/envtest), `helm install`,
-//!   and the operator binary under exactly the chart's RBAC reconciling every example.
+//!   and the operator binary under exactly the chart's RBAC reconciling every example; on a
+//!   second fresh server the chart's CRD story (crds.enabled installs it, crds.keep keeps it
+//!   on uninstall, a ChatGateway beside its CRD needs install then upgrade).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -84,5 +86,5 @@ fn chart_and_manifests_against_a_real_apiserver() {
         "target/debug/chat-gateway-operator is missing: run the workspace tests \
          (`cargo test --workspace`) or `cargo build -p chat-gateway-operator` first"
     );
-    pytest(&["e2e/chart/test_envtest.py"]);
+    pytest(&["e2e/chart/test_envtest.py", "e2e/chart/test_envtest_crds.py"]);
 }
