@@ -86,5 +86,8 @@ fn chart_and_manifests_against_a_real_apiserver() {
         "target/debug/chat-gateway-operator is missing: run the workspace tests \
          (`cargo test --workspace`) or `cargo build -p chat-gateway-operator` first"
     );
-    pytest(&["e2e/chart/test_envtest.py", "e2e/chart/test_envtest_crds.py"]);
+    pytest(&[
+        "e2e/chart/test_envtest.py",
+        "e2e/chart/test_envtest_crds.py",
+    ]);
 }

@@ -31,22 +31,18 @@ fn chart() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/chat-gateway")
 }
 
-/// PromQL identifiers that are words of the language, not metrics.
-const KEYWORDS: &[&str] = &[
+/// PromQL words followed by a list of label names: `by (a, b)`, `on (a)`, ...
+const GROUPING: &[&str] = &[
     "by",
     "without",
     "on",
     "ignoring",
     "group_left",
     "group_right",
-    "bool",
-    "and",
-    "or",
-    "unless",
-    "offset",
-    "inf",
-    "nan",
 ];
+
+/// Other PromQL identifiers that are words of the language, not metrics.
+const KEYWORDS: &[&str] = &["bool", "and", "or", "unless", "offset", "inf", "nan"];
 
 /// Removes every `open ... close` span, e.g. label matchers, ranges or (open == close)
 /// string literals.
@@ -76,17 +72,10 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     let mut rest = s.as_str();
     let mut cleaned = String::new();
     loop {
-        let next = [
-            "by",
-            "without",
-            "on",
-            "ignoring",
-            "group_left",
-            "group_right",
-        ]
-        .iter()
-        .filter_map(|k| find_word(rest, k).map(|i| (i, k.len())))
-        .min();
+        let next = GROUPING
+            .iter()
+            .filter_map(|k| find_word(rest, k).map(|i| (i, k.len())))
+            .min();
         let Some((at, len)) = next else {
             cleaned.push_str(rest);
             break;
@@ -115,7 +104,8 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
             let variable = start > 0 && bytes[start - 1] == b'$';
             let number = start > 0 && (bytes[start - 1] as char).is_ascii_digit();
             let call = cleaned[i..].trim_start().starts_with('(');
-            if !variable && !number && !call && !KEYWORDS.contains(&word) {
+            let keyword = KEYWORDS.contains(&word) || GROUPING.contains(&word);
+            if !variable && !number && !call && !keyword {
                 names.insert(word.to_string());
             }
         } else {
