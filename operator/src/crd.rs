@@ -7,6 +7,7 @@
 use k8s_openapi::api::core::v1::{
     Affinity, Container, ResourceRequirements, Toleration, TopologySpreadConstraint,
 };
+use k8s_openapi::api::networking::v1::{NetworkPolicyEgressRule, NetworkPolicyPeer};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
@@ -108,6 +109,27 @@ pub struct ChatGatewaySpec {
         ]
     ))]
     pub sidecars: Vec<Container>,
+    /// A NetworkPolicy for the gateway pods; none when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<NetworkPolicySpec>,
+}
+
+/// NetworkPolicy of the gateway pods (needs a CNI that enforces NetworkPolicy). Ingress is
+/// limited to the gateway port; egress only when `egress` is set.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Create the NetworkPolicy; default true when this section is present. Set false to
+    /// remove one created before.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Who may connect to the gateway port (WebSocket, health, metrics); empty: any source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress_from: Vec<NetworkPolicyPeer>,
+    /// Where the pods may connect besides DNS (Redis, the OTLP endpoint, route upstreams);
+    /// all other egress is then denied. Unset: egress is not restricted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Vec<NetworkPolicyEgressRule>>,
 }
 
 /// Kubernetes image pull policy.

@@ -9,6 +9,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -245,6 +246,14 @@ async fn apply_all(cgw: &ChatGateway, ctx: &Context) -> Result<Action> {
     )
     .await?;
 
+    // networking.k8s.io/v1 is served everywhere; gateways without a networkPolicy section
+    // cost no request (set enabled: false to remove a policy).
+    if cgw.spec.network_policy.is_some() {
+        let policies = Api::<NetworkPolicy>::namespaced(client.clone(), &ns);
+        let desired = children.network_policy.as_ref();
+        sync_optional(&policies, &owner.name, desired, true, &mut problems).await?;
+    }
+
     let mut seen = Observed::from_deployment(&deployment);
     if !problems.is_empty() {
         problems.extend(sidecar_fallback);
@@ -399,7 +408,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     )
     .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
     .owns(Api::<Deployment>::all(client.clone()), children.clone())
-    .owns(Api::<Service>::all(client.clone()), children.clone());
+    .owns(Api::<Service>::all(client.clone()), children.clone())
+    .owns(Api::<NetworkPolicy>::all(client.clone()), children.clone());
     if ctx.served.hpa {
         controller = controller.owns(
             Api::<HorizontalPodAutoscaler>::all(client.clone()),

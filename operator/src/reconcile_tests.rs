@@ -668,3 +668,52 @@ async fn without_native_sidecars_the_collector_is_a_plain_container_and_reported
         ("True", "NativeSidecarsNotSupported")
     );
 }
+
+const NETPOL: &str = "/apis/networking.k8s.io/v1/namespaces/apps/networkpolicies/chat";
+
+/// A MINIMAL gateway's requests with a networkPolicy section: `policy` before the status.
+fn with_network_policy(policy: Step) -> Vec<Step> {
+    vec![
+        step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
+        step(Method::PATCH, &format!("{APPS}/deployments/chat")),
+        step(Method::PATCH, &format!("{NS}/services/chat")),
+        not_found(
+            Method::DELETE,
+            &format!("{NS}/configmaps/chat-otel-collector"),
+        ),
+        not_found(Method::DELETE, HPA),
+        step(Method::PATCH, PDB),
+        policy,
+        step(Method::PATCH, STATUS),
+    ]
+}
+
+#[tokio::test]
+async fn network_policy_is_applied_when_set_and_deleted_when_turned_off() {
+    let spec = format!("{MINIMAL}\nnetworkPolicy: {{egress: []}}");
+    let (ctx, handle) = context(ServedKinds::ALL, false);
+    let server = serve(handle, with_network_policy(step(Method::PATCH, NETPOL)));
+    reconcile(Arc::new(cgw(&spec)), ctx)
+        .await
+        .expect("reconcile");
+    let seen = server.await.expect("server");
+    let policy = &seen[6].1;
+    assert_eq!(policy["kind"], "NetworkPolicy");
+    assert_eq!(policy["apiVersion"], "networking.k8s.io/v1");
+    assert_eq!(
+        policy["metadata"]["ownerReferences"][0]["kind"],
+        "ChatGateway"
+    );
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+
+    let spec = format!("{MINIMAL}\nnetworkPolicy: {{enabled: false}}");
+    let (ctx, handle) = context(ServedKinds::ALL, false);
+    let server = serve(
+        handle,
+        with_network_policy(not_found(Method::DELETE, NETPOL)),
+    );
+    reconcile(Arc::new(cgw(&spec)), ctx)
+        .await
+        .expect("reconcile");
+    server.await.expect("server");
+}

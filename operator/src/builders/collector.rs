@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// Collector image when the spec names none (the core distribution, pinned).
-pub const DEFAULT_IMAGE: &str = "otel/opentelemetry-collector:0.116.0";
+pub const DEFAULT_IMAGE: &str = "otel/opentelemetry-collector:0.161.0";
 /// Name of the collector container.
 pub const CONTAINER: &str = "otel-collector";
 /// Key of the collector config in its ConfigMap.
@@ -93,6 +93,8 @@ pub fn config_yaml(otlp_endpoint: &str) -> Result<String> {
             ]},
             "batch": {"timeout": "1s", "send_batch_size": 512},
         },
+        // `otlp` (gRPC) is still accepted by current collectors (0.144+ also call it
+        // `otlp_grpc` and warn about the old name); it keeps older pinned images working.
         "exporters": {"otlp": {
             "endpoint": target,
             "tls": {"insecure": insecure},

@@ -7,6 +7,7 @@ pub mod collector;
 pub mod configmap;
 pub mod deployment;
 pub mod hpa;
+pub mod networkpolicy;
 pub mod pdb;
 pub mod service;
 
@@ -15,6 +16,7 @@ use crate::error::{Error, Result};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
@@ -119,6 +121,8 @@ pub struct Children {
     pub hpa: Option<HorizontalPodAutoscaler>,
     /// Disruption budget, unless `disruptionBudget.enabled` is false.
     pub pdb: Option<PodDisruptionBudget>,
+    /// NetworkPolicy of the pods, when `networkPolicy` is set and enabled.
+    pub network_policy: Option<NetworkPolicy>,
 }
 
 /// Builds every child of `cgw`.
@@ -134,6 +138,7 @@ pub fn build(cgw: &ChatGateway, owner: &Owner) -> Result<Children> {
         service: service::build(cgw, owner),
         hpa: hpa::build(cgw, owner),
         pdb: pdb::build(cgw, owner),
+        network_policy: networkpolicy::build(cgw, owner),
         config_map,
     })
 }
@@ -152,6 +157,9 @@ impl Children {
         }
         if let Some(pdb) = &self.pdb {
             docs.push(to_yaml_doc(pdb)?);
+        }
+        if let Some(np) = &self.network_policy {
+            docs.push(to_yaml_doc(np)?);
         }
         Ok(docs.join("---\n"))
     }
