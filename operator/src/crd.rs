@@ -94,6 +94,10 @@ pub struct ChatGatewaySpec {
     /// Extra annotations on the pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pod_annotations: BTreeMap<String, String>,
+    /// Mount a Kubernetes API token into the pods; default false, since the gateway never
+    /// calls the API. Set true when a sidecar needs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automount_service_account_token: Option<bool>,
     /// Extra containers in the gateway pod (a team's backend, a bot), added as given after
     /// the gateway container; forwarding routes can reach them as `localhost:PORT`. Names
     /// must differ from each other and from `gateway` and `otel-collector`.

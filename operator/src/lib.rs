@@ -9,6 +9,7 @@ pub mod leader;
 pub mod metrics;
 pub mod reconcile;
 pub mod render;
+pub mod served;
 pub mod status;
 
 use kube::CustomResourceExt;

@@ -127,8 +127,9 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
     let served = ServedKinds::discover(&client)
         .await
         .context("discovering API kinds")?;
-    if !served.hpa || !served.pdb {
-        tracing::warn!(hpa = served.hpa, pdb = served.pdb, "the cluster does not serve every optional kind; affected ChatGateways will report it in their Degraded condition");
+    tracing::info!(hpa = ?served.hpa, pdb = ?served.pdb, native_sidecars = served.native_sidecars, "API versions the cluster serves");
+    if served.hpa.is_none() || served.pdb.is_none() {
+        tracing::warn!("the cluster serves no HorizontalPodAutoscaler or PodDisruptionBudget version the operator writes; affected ChatGateways will report it in their Degraded condition");
     }
     let metrics = Metrics::new();
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)

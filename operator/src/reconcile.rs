@@ -4,13 +4,14 @@ use crate::builders::{self, collector, deployment, with_type_meta, Owner, FIELD_
 use crate::crd::{ChatGateway, ChatGatewaySpec, ChatGatewayStatus};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::served::{self, HPA_VERSIONS, PDB_VERSIONS};
 use crate::status::{self, Observed};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
@@ -28,61 +29,7 @@ pub const RESYNC: Duration = Duration::from_secs(300);
 /// Longest wait between retries of a failing gateway.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-/// Optional API kinds and whether the cluster serves them (found by discovery at start).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ServedKinds {
-    /// autoscaling/v2 HorizontalPodAutoscaler.
-    pub hpa: bool,
-    /// policy/v1 PodDisruptionBudget.
-    pub pdb: bool,
-    /// Native sidecars (init containers with `restartPolicy: Always`; on by default from
-    /// Kubernetes 1.29).
-    pub native_sidecars: bool,
-}
-
-impl ServedKinds {
-    /// Every kind served (a current cluster).
-    pub const ALL: ServedKinds = ServedKinds {
-        hpa: true,
-        pdb: true,
-        native_sidecars: true,
-    };
-
-    /// Asks the API server which optional kinds it serves. A kind is unserved when its
-    /// group version is missing or lacks the resource; other errors are returned.
-    pub async fn discover(client: &Client) -> Result<ServedKinds> {
-        Ok(ServedKinds {
-            hpa: serves(client, "autoscaling/v2", "horizontalpodautoscalers").await?,
-            pdb: serves(client, "policy/v1", "poddisruptionbudgets").await?,
-            native_sidecars: {
-                let v = client.apiserver_version().await?;
-                has_native_sidecars(&v.major, &v.minor)
-            },
-        })
-    }
-}
-
-/// Whether an API server of this version runs native sidecars by default (1.29+). Minor
-/// versions may carry a suffix (`29+` on some managed clusters); unparsable means no.
-pub fn has_native_sidecars(major: &str, minor: &str) -> bool {
-    let num = |s: &str| {
-        s.trim_end_matches(|c: char| !c.is_ascii_digit())
-            .parse::<u32>()
-            .ok()
-    };
-    match (num(major), num(minor)) {
-        (Some(major), Some(minor)) => major > 1 || (major == 1 && minor >= 29),
-        _ => false,
-    }
-}
-
-async fn serves(client: &Client, group_version: &str, plural: &str) -> Result<bool> {
-    match client.list_api_group_resources(group_version).await {
-        Ok(list) => Ok(list.resources.iter().any(|r| r.name == plural)),
-        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
+pub use crate::served::ServedKinds;
 
 /// Shared state of the reconciler.
 pub struct Context {
@@ -214,33 +161,27 @@ async fn apply_all(cgw: &ChatGateway, ctx: &Context) -> Result<Action> {
     .await?;
 
     if children.collector_config_map.is_none() {
-        let mut ignored = Vec::new();
-        sync_optional(
-            &config_maps,
-            &owner.collector_config_map_name(),
-            None,
-            true,
-            &mut ignored,
-        )
-        .await?;
+        sync_optional(&config_maps, &owner.collector_config_map_name(), None).await?;
     }
 
     let mut problems = Vec::new();
-    let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns);
-    sync_optional(
-        &hpas,
+    sync_versioned(
+        client,
+        &ns,
         &owner.name,
         children.hpa.as_ref(),
         ctx.served.hpa,
+        HPA_VERSIONS,
         &mut problems,
     )
     .await?;
-    let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns);
-    sync_optional(
-        &pdbs,
+    sync_versioned(
+        client,
+        &ns,
         &owner.name,
         children.pdb.as_ref(),
         ctx.served.pdb,
+        PDB_VERSIONS,
         &mut problems,
     )
     .await?;
@@ -298,42 +239,80 @@ async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
 {
-    let name = obj
-        .meta()
-        .name
-        .clone()
-        .ok_or(Error::MissingObjectKey("metadata.name"))?;
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    Ok(api
-        .patch(&name, &params, &Patch::Apply(with_type_meta(obj)?))
-        .await?)
+    apply_json(api, obj.meta().name.as_deref(), with_type_meta(obj)?).await
 }
 
-/// Applies or deletes an optional child; records a problem when the kind is not served.
-async fn sync_optional<K>(
-    api: &Api<K>,
-    name: &str,
-    desired: Option<&K>,
-    served: bool,
-    problems: &mut Vec<String>,
-) -> Result<()>
+/// Server-side apply of a JSON body (with apiVersion and kind) named `name`.
+async fn apply_json<K>(api: &Api<K>, name: Option<&str>, body: serde_json::Value) -> Result<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let name = name.ok_or(Error::MissingObjectKey("metadata.name"))?;
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    Ok(api.patch(name, &params, &Patch::Apply(body)).await?)
+}
+
+/// Applies or deletes an optional child that is not a versioned kind (the collector
+/// ConfigMap); `desired: None` deletes it if it exists.
+async fn sync_optional<K>(api: &Api<K>, name: &str, desired: Option<&K>) -> Result<()>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
 {
-    let what = format!("{} {}", K::api_version(&()), K::kind(&()));
-    match (desired, served) {
-        (Some(obj), true) => {
+    match desired {
+        Some(obj) => {
             apply(api, obj).await?;
         }
-        (Some(_), false) => {
-            problems.push(format!("the cluster does not serve {what}: not created"))
+        None => delete_if_present(api, name, &K::kind(&())).await?,
+    }
+    Ok(())
+}
+
+/// Applies or deletes an optional child (HPA, PDB) in the version the cluster serves
+/// (`served`, one of `versions`); records a problem when it serves none of them.
+async fn sync_versioned<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    desired: Option<&K>,
+    served: Option<&'static str>,
+    versions: &[&str],
+    problems: &mut Vec<String>,
+) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Serialize,
+{
+    let kind = K::kind(&());
+    let Some(version) = served else {
+        if desired.is_some() {
+            problems.push(format!(
+                "the cluster serves no {kind} version the operator writes ({}): not created",
+                versions.join(", ")
+            ));
         }
-        (None, true) => match api.delete(name, &DeleteParams::default()).await {
-            Ok(_) => tracing::info!(%what, name, "deleted: turned off in the spec"),
-            Err(kube::Error::Api(s)) if s.is_not_found() => {}
-            Err(e) => return Err(e.into()),
-        },
-        (None, false) => {}
+        return Ok(());
+    };
+    let resource = served::api_resource::<K>(version);
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource);
+    match desired {
+        Some(obj) => {
+            let body = serde_json::to_value(served::versioned(obj, version)?)
+                .map_err(|e| Error::Serialize(e.to_string()))?;
+            apply_json(&api, Some(name), body).await?;
+        }
+        None => delete_if_present(&api, name, &format!("{version} {kind}")).await?,
+    }
+    Ok(())
+}
+
+/// Deletes `name` when it exists (the spec turned the child off).
+async fn delete_if_present<K>(api: &Api<K>, name: &str, what: &str) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => tracing::info!(%what, name, "deleted: turned off in the spec"),
+        Err(kube::Error::Api(s)) if s.is_not_found() => {}
+        Err(e) => return Err(e.into()),
     }
     Ok(())
 }
@@ -400,14 +379,22 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
     .owns(Api::<Deployment>::all(client.clone()), children.clone())
     .owns(Api::<Service>::all(client.clone()), children.clone());
-    if ctx.served.hpa {
-        controller = controller.owns(
-            Api::<HorizontalPodAutoscaler>::all(client.clone()),
+    // HPA and PDB in the version the cluster serves (autoscaling/v2beta2 and
+    // policy/v1beta1 on Kubernetes 1.20).
+    let versioned = [
+        ctx.served
+            .hpa
+            .map(served::api_resource::<HorizontalPodAutoscaler>),
+        ctx.served
+            .pdb
+            .map(served::api_resource::<PodDisruptionBudget>),
+    ];
+    for resource in versioned.into_iter().flatten() {
+        controller = controller.owns_with(
+            Api::<DynamicObject>::all_with(client.clone(), &resource),
+            resource,
             children.clone(),
         );
-    }
-    if ctx.served.pdb {
-        controller = controller.owns(Api::<PodDisruptionBudget>::all(client.clone()), children);
     }
     controller
         .graceful_shutdown_on(shutdown)

@@ -415,8 +415,8 @@ async fn invalid_spec_touches_no_child() {
 async fn unserved_kinds_are_reported_not_fatal() {
     let (ctx, handle) = context(
         ServedKinds {
-            hpa: false,
-            pdb: false,
+            hpa: None,
+            pdb: None,
             native_sidecars: true,
         },
         false,
@@ -448,13 +448,139 @@ async fn unserved_kinds_are_reported_not_fatal() {
         .as_str()
         .unwrap_or("");
     assert!(
-        message.contains("autoscaling/v2 HorizontalPodAutoscaler"),
+        message.contains(
+            "HorizontalPodAutoscaler version the operator writes (autoscaling/v2, autoscaling/v2beta2)"
+        ),
         "{message}"
     );
     assert!(
-        message.contains("policy/v1 PodDisruptionBudget"),
+        message.contains(
+            "PodDisruptionBudget version the operator writes (policy/v1, policy/v1beta1)"
+        ),
         "{message}"
     );
+}
+
+#[tokio::test]
+async fn kubernetes_1_20_gets_the_hpa_and_pdb_in_its_versions() {
+    let (ctx, handle) = context(ServedKinds::KUBERNETES_1_20, false);
+    let hpa = "/apis/autoscaling/v2beta2/namespaces/apps/horizontalpodautoscalers/chat";
+    let pdb = "/apis/policy/v1beta1/namespaces/apps/poddisruptionbudgets/chat";
+    let server = serve(
+        handle,
+        vec![
+            step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
+            not_found(Method::GET, &format!("{APPS}/deployments/chat")),
+            step(Method::PATCH, &format!("{APPS}/deployments/chat")),
+            step(Method::PATCH, &format!("{NS}/services/chat")),
+            not_found(
+                Method::DELETE,
+                &format!("{NS}/configmaps/chat-otel-collector"),
+            ),
+            step(Method::PATCH, hpa),
+            step(Method::PATCH, pdb),
+            step(Method::PATCH, STATUS),
+        ],
+    );
+    let c = cgw("gateway: {auth: {mode: insecure}}\nautoscaling: {enabled: true, maxReplicas: 6}");
+    reconcile(Arc::new(c), ctx).await.expect("reconcile");
+    let seen = server.await.expect("server");
+    let (hpa_body, pdb_body) = (&seen[5].1, &seen[6].1);
+    assert_eq!(hpa_body["apiVersion"], "autoscaling/v2beta2");
+    assert_eq!(hpa_body["kind"], "HorizontalPodAutoscaler");
+    assert_eq!(hpa_body["spec"]["maxReplicas"], 6);
+    assert_eq!(
+        hpa_body["spec"]["metrics"][0]["pods"]["metric"]["name"],
+        "chatgateway_connections"
+    );
+    assert_eq!(
+        hpa_body["metadata"]["ownerReferences"][0]["kind"],
+        "ChatGateway"
+    );
+    assert_eq!(pdb_body["apiVersion"], "policy/v1beta1");
+    assert_eq!(pdb_body["spec"]["maxUnavailable"], 1);
+    assert!(
+        pdb_body["spec"].get("unhealthyPodEvictionPolicy").is_none(),
+        "{pdb_body}"
+    );
+    assert_eq!(condition(&seen[7].1, "Degraded"), ("False", "AsExpected"));
+}
+
+#[tokio::test]
+async fn current_clusters_get_policy_v1_with_the_eviction_policy() {
+    let (ctx, handle) = context(ServedKinds::ALL, false);
+    let server = serve(
+        handle,
+        vec![
+            step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
+            step(Method::PATCH, &format!("{APPS}/deployments/chat")),
+            step(Method::PATCH, &format!("{NS}/services/chat")),
+            not_found(
+                Method::DELETE,
+                &format!("{NS}/configmaps/chat-otel-collector"),
+            ),
+            not_found(Method::DELETE, HPA),
+            step(Method::PATCH, PDB),
+            step(Method::PATCH, STATUS),
+        ],
+    );
+    reconcile(Arc::new(cgw(MINIMAL)), ctx)
+        .await
+        .expect("reconcile");
+    let seen = server.await.expect("server");
+    assert_eq!(seen[5].1["apiVersion"], "policy/v1");
+    assert_eq!(
+        seen[5].1["spec"]["unhealthyPodEvictionPolicy"],
+        "AlwaysAllow"
+    );
+}
+
+fn resource_list(group_version: &str, plural: &str, kind: &str) -> Value {
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+           "resources": [{"name": plural, "singularName": "", "namespaced": true,
+                          "kind": kind, "verbs": ["get"]}]})
+}
+
+fn version(minor: &str) -> Value {
+    json!({"major": "1", "minor": minor, "gitVersion": format!("v1.{minor}.0"), "gitCommit": "",
+           "gitTreeState": "", "buildDate": "", "goVersion": "", "compiler": "",
+           "platform": "linux/amd64"})
+}
+
+#[tokio::test]
+async fn discovery_picks_the_newest_served_version() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    // Kubernetes 1.20: autoscaling/v2 and policy/v1 do not exist yet.
+    let server = serve(
+        handle,
+        vec![
+            not_found(Method::GET, "/apis/autoscaling/v2"),
+            ok_with(
+                Method::GET,
+                "/apis/autoscaling/v2beta2",
+                resource_list(
+                    "autoscaling/v2beta2",
+                    "horizontalpodautoscalers",
+                    "HorizontalPodAutoscaler",
+                ),
+            ),
+            not_found(Method::GET, "/apis/policy/v1"),
+            ok_with(
+                Method::GET,
+                "/apis/policy/v1beta1",
+                resource_list(
+                    "policy/v1beta1",
+                    "poddisruptionbudgets",
+                    "PodDisruptionBudget",
+                ),
+            ),
+            ok_with(Method::GET, "/version", version("20")),
+        ],
+    );
+    let served = ServedKinds::discover(&client).await.expect("discover");
+    assert_eq!(served, ServedKinds::KUBERNETES_1_20);
+    server.await.expect("server");
 }
 
 #[tokio::test]
@@ -465,28 +591,27 @@ async fn discovery_tells_served_from_unserved_kinds() {
         handle,
         vec![
             not_found(Method::GET, "/apis/autoscaling/v2"),
+            // The group version exists but without the resource.
+            ok_with(
+                Method::GET,
+                "/apis/autoscaling/v2beta2",
+                json!({"kind": "APIResourceList", "apiVersion": "v1",
+                       "groupVersion": "autoscaling/v2beta2", "resources": []}),
+            ),
             ok_with(
                 Method::GET,
                 "/apis/policy/v1",
-                json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "policy/v1",
-                       "resources": [{"name": "poddisruptionbudgets", "singularName": "", "namespaced": true,
-                                      "kind": "PodDisruptionBudget", "verbs": ["get"]}]}),
+                resource_list("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget"),
             ),
-            ok_with(
-                Method::GET,
-                "/version",
-                json!({"major": "1", "minor": "28", "gitVersion": "v1.28.3", "gitCommit": "",
-                       "gitTreeState": "", "buildDate": "", "goVersion": "", "compiler": "",
-                       "platform": "linux/amd64"}),
-            ),
+            ok_with(Method::GET, "/version", version("28")),
         ],
     );
     let served = ServedKinds::discover(&client).await.expect("discover");
     assert_eq!(
         served,
         ServedKinds {
-            hpa: false,
-            pdb: true,
+            hpa: None,
+            pdb: Some("policy/v1"),
             native_sidecars: false,
         }
     );
@@ -616,16 +741,6 @@ async fn sidecar_name_clash_is_reported_in_status_and_touches_no_child() {
         .unwrap_or("")
         .to_string();
     assert!(message.contains("sidecars[0].name"), "{message}");
-}
-
-#[test]
-fn native_sidecars_from_1_29() {
-    assert!(!has_native_sidecars("1", "20"));
-    assert!(!has_native_sidecars("1", "28"));
-    assert!(has_native_sidecars("1", "29"));
-    assert!(has_native_sidecars("1", "33+"));
-    assert!(has_native_sidecars("2", "0"));
-    assert!(!has_native_sidecars("", ""));
 }
 
 #[tokio::test]

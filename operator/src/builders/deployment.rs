@@ -226,6 +226,14 @@ pub fn build(
         .clone()
         .unwrap_or_else(|| default_spread(owner));
     let pod = PodSpec {
+        // Kubernetes injects `<SERVICE>_PORT=tcp://...` variables for every Service in the
+        // namespace; a Service named `chatgw-...` would produce `CHATGW_*` names, which the
+        // gateway reads as config overrides. The gateway finds Services through DNS.
+        enable_service_links: Some(false),
+        // The gateway never calls the Kubernetes API: no token in the pod unless asked.
+        automount_service_account_token: Some(
+            spec.automount_service_account_token.unwrap_or(false),
+        ),
         containers,
         init_containers: (!init_containers.is_empty()).then_some(init_containers),
         termination_grace_period_seconds: Some(grace),
@@ -495,6 +503,16 @@ mod tests {
             ann.get(CONFIG_HASH_ANNOTATION).map(String::as_str),
             Some("abc123")
         );
+    }
+
+    #[test]
+    fn no_service_links_and_no_token_unless_asked() {
+        let d = deployment(MINIMAL);
+        assert_eq!(pod(&d).enable_service_links, Some(false));
+        assert_eq!(pod(&d).automount_service_account_token, Some(false));
+        let d = deployment("gateway: {auth: {mode: insecure}}\nautomountServiceAccountToken: true");
+        assert_eq!(pod(&d).automount_service_account_token, Some(true));
+        assert_eq!(pod(&d).enable_service_links, Some(false));
     }
 
     #[test]
