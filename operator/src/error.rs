@@ -27,6 +27,9 @@ pub enum Error {
     /// Serialising a child failed.
     #[error("serialising: {0}")]
     Serialize(String),
+    /// An API call did not answer in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
 }
 
 impl Error {
@@ -38,6 +41,7 @@ impl Error {
             Error::MissingObjectKey(_) => "InvalidObject",
             Error::Kube(_) => "ApiError",
             Error::Serialize(_) => "InternalError",
+            Error::Timeout(_) => "Timeout",
         }
     }
 
@@ -45,7 +49,7 @@ impl Error {
     /// transient; a fixed spec triggers a reconcile by itself, so spec errors wait longer.
     pub fn retry_after(&self) -> Duration {
         match self {
-            Error::Kube(_) => Duration::from_secs(2),
+            Error::Kube(_) | Error::Timeout(_) => Duration::from_secs(2),
             Error::SecretRef { .. } => Duration::from_secs(10),
             _ => Duration::from_secs(60),
         }
