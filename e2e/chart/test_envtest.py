@@ -47,7 +47,7 @@ KINDS = {
     "RoleBinding": ("apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
     "Deployment": ("apis/apps/v1", "deployments", True),
     "Lease": ("apis/coordination.k8s.io/v1", "leases", True),
-    "ChatGateway": ("apis/chatgateway.io/v1alpha1", "chatgateways", True),
+    "ChatGateway": ("apis/chatgateway.io/v1beta1", "chatgateways", True),
     # The versions Kubernetes 1.20 serves (the operator picks them by discovery).
     "HorizontalPodAutoscaler": ("apis/autoscaling/v2beta2", "horizontalpodautoscalers", True),
     "PodDisruptionBudget": ("apis/policy/v1beta1", "poddisruptionbudgets", True),
@@ -154,7 +154,7 @@ def wait_crd(api: Api):
 
 def test_install_yaml_applies_on_a_fresh_server(envtest):
     api = envtest["admin"]
-    code, body = api.request("GET", "apis/chatgateway.io/v1alpha1")
+    code, body = api.request("GET", "apis/chatgateway.io/v1beta1")
     assert code == 404, "the server is not fresh"
     docs = yaml_docs(MANIFESTS / "install.yaml")
     for obj in docs:
@@ -242,8 +242,12 @@ def test_the_service_account_gets_nothing_more(envtest):
     assert sar(api, "patch", "chatgateways", "chatgateway.io", subresource="status")
     assert sar(api, "create", "deployments", "apps")
     assert sar(api, "get", "secrets")
+    # Secrets are watched by metadata (rotations), pods annotated (pod-deletion-cost).
+    assert sar(api, "watch", "secrets")
+    assert sar(api, "patch", "pods")
+    assert sar(api, "get", "services")
     assert sar(api, "update", "leases", "coordination.k8s.io", namespace=INSTALL_NS)
-    denied = [("list", "secrets", ""), ("watch", "secrets", ""), ("create", "chatgateways", "chatgateway.io"),
+    denied = [("update", "secrets", ""), ("delete", "pods", ""), ("create", "chatgateways", "chatgateway.io"),
               ("delete", "chatgateways", "chatgateway.io"), ("update", "chatgateways", "chatgateway.io"),
               ("get", "leases", "coordination.k8s.io"), ("create", "pods", ""), ("create", "secrets", ""),
               ("create", "events", ""), ("escalate", "clusterroles", "rbac.authorization.k8s.io"),

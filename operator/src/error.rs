@@ -18,6 +18,19 @@ pub enum Error {
         /// Key expected in it.
         key: String,
     },
+    /// A child's name is taken by an object this ChatGateway does not own; the operator
+    /// never adopts or overwrites it.
+    #[error("{kind} {namespace}/{name} exists and is not owned by this ChatGateway ({owner}); the operator does not take it over: delete or rename it")]
+    NotOwned {
+        /// Kind of the object.
+        kind: String,
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// Who owns it instead, as far as its metadata says.
+        owner: String,
+    },
     /// The resource lacks a field the API server always sets (name, namespace, uid).
     #[error("object has no {0}")]
     MissingObjectKey(&'static str),
@@ -38,6 +51,7 @@ impl Error {
         match self {
             Error::InvalidSpec(_) => "InvalidSpec",
             Error::SecretRef { .. } => "SecretNotFound",
+            Error::NotOwned { .. } => "NotOwned",
             Error::MissingObjectKey(_) => "InvalidObject",
             Error::Kube(_) => "ApiError",
             Error::Serialize(_) => "InternalError",
@@ -50,7 +64,7 @@ impl Error {
     pub fn retry_after(&self) -> Duration {
         match self {
             Error::Kube(_) | Error::Timeout(_) => Duration::from_secs(2),
-            Error::SecretRef { .. } => Duration::from_secs(10),
+            Error::SecretRef { .. } | Error::NotOwned { .. } => Duration::from_secs(10),
             _ => Duration::from_secs(60),
         }
     }

@@ -31,6 +31,9 @@ enum Command {
         /// Namespace for resources that name none.
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
+        /// Gateway image for ChatGateways that name none (as `run --gateway-image`).
+        #[arg(long, env = "OPERATOR_GATEWAY_IMAGE")]
+        gateway_image: Option<String>,
     },
     /// Print the ChatGateway CRD.
     Crd,
@@ -60,6 +63,10 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "OPERATOR_LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
+    /// Gateway image for ChatGateways that name none; default the gateway release
+    /// matching this operator.
+    #[arg(long, env = "OPERATOR_GATEWAY_IMAGE")]
+    gateway_image: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -71,16 +78,24 @@ enum LogFormat {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Render { file, namespace }) => {
+        Some(Command::Render {
+            file,
+            namespace,
+            gateway_image,
+        }) => {
             let text = if file.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin())?
             } else {
                 std::fs::read_to_string(&file)
                     .with_context(|| format!("reading {}", file.display()))?
             };
+            let inputs = chat_gateway_operator::builders::Inputs {
+                default_image: gateway_image,
+                ..Default::default()
+            };
             print!(
                 "{}",
-                chat_gateway_operator::render::render(&text, &namespace)?
+                chat_gateway_operator::render::render_with(&text, &namespace, &inputs)?
             );
             Ok(())
         }
@@ -172,12 +187,10 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(%identity, lease = %format!("{namespace}/{}", args.lease_name), "leading");
 
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        served,
-        metrics,
-        Some(identity.clone()),
-    ));
+    let ctx = Arc::new(
+        Context::new(client.clone(), served, metrics, Some(identity.clone()))
+            .with_default_image(args.gateway_image.clone()),
+    );
     let controller = tokio::spawn(reconcile::run(ctx, async move {
         let _ = lost_rx.await;
     }));
@@ -214,16 +227,43 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fails with install instructions unless the API server serves the ChatGateway kind.
+/// Fails with install instructions unless the API server serves ChatGateways in the
+/// version this operator speaks (an older CRD that serves only v1alpha1 must be upgraded).
 async fn ensure_crd(client: &kube::Client) -> anyhow::Result<()> {
-    match client.list_api_group_resources("chatgateway.io/v1alpha1").await {
-        Ok(list) if list.resources.iter().any(|r| r.name == "chatgateways") => Ok(()),
-        Ok(_) | Err(kube::Error::Api(_)) => anyhow::bail!(
-            "the ChatGateway CRD (chatgateways.chatgateway.io) is not installed in this cluster; install it with \
-             `kubectl apply -f crds/chatgateway.yaml` (or `chat-gateway-operator crd | kubectl apply -f -`), then restart the operator"
-        ),
-        Err(e) => Err(e).context("checking that the ChatGateway CRD is installed"),
+    use chat_gateway_operator::crd::VERSION;
+    let install = "install it with `kubectl apply --server-side -f crds/chatgateway.yaml` \
+        (Kubernetes before 1.25: `kubectl apply --validate=false -f crds/chatgateway.yaml`), \
+        then restart the operator";
+    let served = |gv: &str| {
+        let gv = gv.to_string();
+        async move {
+            match client.list_api_group_resources(&gv).await {
+                Ok(list) => Ok(list.resources.iter().any(|r| r.name == "chatgateways")),
+                Err(kube::Error::Api(_)) => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    let check = "checking that the ChatGateway CRD is installed";
+    if served(&format!("chatgateway.io/{VERSION}"))
+        .await
+        .context(check)?
+    {
+        return Ok(());
     }
+    let old = chat_gateway_operator::crd::OLD_VERSION;
+    if served(&format!("chatgateway.io/{old}"))
+        .await
+        .context(check)?
+    {
+        anyhow::bail!(
+            "the installed ChatGateway CRD serves only chatgateway.io/{old}; this operator needs \
+             chatgateway.io/{VERSION}: upgrade the CRD ({install})"
+        );
+    }
+    anyhow::bail!(
+        "the ChatGateway CRD (chatgateways.chatgateway.io) is not installed in this cluster; {install}"
+    )
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

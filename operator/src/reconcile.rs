@@ -1,20 +1,23 @@
 //! The reconcile loop: build the children, apply them with server-side apply, write status.
 
-use crate::builders::{self, collector, deployment, with_type_meta, Owner, FIELD_MANAGER};
-use crate::crd::{ChatGateway, ChatGatewaySpec, ChatGatewayStatus};
+use crate::builders::{self, collector, pod, with_type_meta, Inputs, Owner, FIELD_MANAGER};
+use crate::builders::{hpa::DEFAULT_MIN, TEMPLATE_HASH_ANNOTATION};
+use crate::children::{self, Found};
+use crate::crd::{ChatGateway, ChatGatewayStatus};
 use crate::error::{Error, Result};
+use crate::handoff::{self, Plan};
 use crate::metrics::Metrics;
 use crate::served::{self, HPA_VERSIONS, PDB_VERSIONS};
-use crate::status::{self, Observed};
-use futures::StreamExt;
+use crate::status::{self, ChildCondition, Observed};
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -24,12 +27,12 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use crate::served::ServedKinds;
+
 /// Re-check a healthy gateway this often even without events (drift repair).
 pub const RESYNC: Duration = Duration::from_secs(300);
 /// Longest wait between retries of a failing gateway.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
-
-pub use crate::served::ServedKinds;
 
 /// Shared state of the reconciler.
 pub struct Context {
@@ -41,6 +44,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Optional kinds the cluster serves.
     pub served: ServedKinds,
+    /// Gateway image for ChatGateways that name none (`--gateway-image`).
+    pub default_image: Option<String>,
     /// Consecutive failures per gateway, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -67,8 +72,15 @@ impl Context {
             recorder,
             metrics,
             served,
+            default_image: None,
             failures: Mutex::default(),
         }
+    }
+
+    /// The same context with a gateway image for ChatGateways that name none.
+    pub fn with_default_image(mut self, image: Option<String>) -> Context {
+        self.default_image = image;
+        self
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
@@ -116,205 +128,234 @@ pub fn error_policy(cgw: Arc<ChatGateway>, error: &Error, ctx: Arc<Context>) -> 
     Action::requeue(delay)
 }
 
+/// An optional child's API in the version the cluster serves (`None`: it serves none).
+fn versioned_api<K: Resource<DynamicType = ()>>(
+    client: &Client,
+    ns: &str,
+    version: Option<&'static str>,
+) -> Option<(Api<DynamicObject>, &'static str)> {
+    let version = version?;
+    let resource = served::api_resource::<K>(version);
+    Some((Api::namespaced_with(client.clone(), ns, &resource), version))
+}
+
+async fn found<K>(api: &Api<K>, name: &str, uid: &str) -> Result<Found>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    Ok(children::classify(
+        children::lookup(api, name).await?.as_ref(),
+        uid,
+    ))
+}
+
 async fn apply_all(cgw: &ChatGateway, ctx: &Context) -> Result<Action> {
     let ns = cgw
         .namespace()
         .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let uid = cgw
+        .metadata
+        .uid
+        .clone()
+        .ok_or(Error::MissingObjectKey("metadata.uid"))?;
     let owner = Owner::of(cgw, &ns)?;
-    // On a cluster without native sidecars the collector runs as a plain container (the
-    // API server would refuse the init container's restartPolicy); reported in status.
-    let plain = (!ctx.served.native_sidecars)
-        .then(|| without_native_sidecars(cgw))
-        .flatten();
-    let sidecar_fallback = plain.is_some().then(|| {
-        "the cluster does not run native sidecars (Kubernetes 1.29+): the collector runs as \
-         a plain container (set telemetry.collector.nativeSidecar: false to say so)"
-            .to_string()
-    });
-    let cgw = plain.as_ref().unwrap_or(cgw);
-    let mut children = builders::build(cgw, &owner)?;
+    let (fitted, mut seen_problems) = fit_to_cluster(cgw, ctx.served);
+    let cgw = fitted.as_ref().unwrap_or(cgw);
+    // A spec that cannot work touches nothing (API servers without CEL let it through):
+    // building is pure, so build once before any call to find every spec error.
+    builders::build(cgw, &owner, &Inputs::default())?;
     let client = &ctx.client;
-    check_secrets(client, &ns, &cgw.spec).await?;
+    let secret_hash = crate::secrets::hash(client, &ns, &cgw.spec).await?;
 
+    // Every child's name is looked up before anything is written: a foreign object there
+    // stops the reconcile with nothing changed.
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    let services = Api::<Service>::namespaced(client.clone(), &ns);
+    let hpas = versioned_api::<HorizontalPodAutoscaler>(client, &ns, ctx.served.hpa);
+    let pdbs = versioned_api::<PodDisruptionBudget>(client, &ns, ctx.served.pdb);
+    let config_found = found(&config_maps, &owner.config_map_name(), &uid).await?;
+    let collector_name = owner.collector_config_map_name();
+    let collector_found = found(&config_maps, &collector_name, &uid).await?;
+    let live = deployments.get_opt(&owner.name).await?;
+    let deployment_found = children::classify(live.as_ref().map(|d| &d.metadata), &uid);
+    let service_found = found(&services, &owner.name, &uid).await?;
+    let hpa_found = match &hpas {
+        Some((api, _)) => found(api, &owner.name, &uid).await?,
+        None => Found::Absent,
+    };
+    let pdb_found = match &pdbs {
+        Some((api, _)) => found(api, &owner.name, &uid).await?,
+        None => Found::Absent,
+    };
+    let live = live.filter(|_| matches!(deployment_found, Found::Owned { .. }));
+
+    let inputs = Inputs {
+        live_replicas: live.as_ref().and_then(|d| d.spec.as_ref()?.replicas),
+        secret_hash,
+        default_image: ctx.default_image.clone(),
+    };
+    let children = builders::build(cgw, &owner, &inputs)?;
+    let name = owner.name.as_str();
+    children::writable(&config_found, "ConfigMap", &ns, &owner.config_map_name())?;
+    if children.collector_config_map.is_some() {
+        children::writable(&collector_found, "ConfigMap", &ns, &collector_name)?;
+    }
+    children::writable(&deployment_found, "Deployment", &ns, name)?;
+    children::writable(&service_found, "Service", &ns, name)?;
+    if children.hpa.is_some() {
+        children::writable(&hpa_found, "HorizontalPodAutoscaler", &ns, name)?;
+    }
+    if children.pdb.is_some() {
+        children::writable(&pdb_found, "PodDisruptionBudget", &ns, name)?;
+    }
+
     apply(&config_maps, &children.config_map).await?;
     // The collector's ConfigMap exists before the pods that mount it, and goes after the
     // Deployment stopped mounting it.
     if let Some(cm) = &children.collector_config_map {
         apply(&config_maps, cm).await?;
     }
-    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
-    if cgw.spec.autoscaling.as_ref().is_some_and(|a| a.enabled) {
-        let live = deployments
-            .get_opt(&owner.name)
-            .await?
-            .and_then(|d| d.spec?.replicas);
-        if let Some(spec) = children.deployment.spec.as_mut() {
-            spec.replicas = Some(deployment::hpa_replicas(cgw, live));
+    // Autoscaling turned off: the HPA goes first, so it cannot scale once the operator
+    // owns the replica count again.
+    if let (None, Some((api, version))) = (&children.hpa, &hpas) {
+        if children::delete_owned(api, name, &hpa_found).await? {
+            deleted(
+                ctx,
+                cgw,
+                &format!("{version} HorizontalPodAutoscaler {name}"),
+            )
+            .await;
         }
     }
-    let deployment = apply(&deployments, &children.deployment).await?;
-    apply(
-        &Api::<Service>::namespaced(client.clone(), &ns),
-        &children.service,
-    )
-    .await?;
-
-    if children.collector_config_map.is_none() {
-        sync_optional(&config_maps, &owner.collector_config_map_name(), None).await?;
+    let autoscaling = cgw.spec.autoscaling.as_ref().filter(|a| a.enabled);
+    let min = autoscaling
+        .and_then(|a| a.min_replicas)
+        .unwrap_or(DEFAULT_MIN);
+    let plan = handoff::plan(autoscaling.is_some(), min, live.as_ref());
+    if let Plan::Before(n) = plan {
+        handoff::take_over(&deployments, name, n).await?;
     }
-
-    let mut problems = Vec::new();
-    sync_versioned(
-        client,
-        &ns,
-        &owner.name,
-        children.hpa.as_ref(),
-        ctx.served.hpa,
-        HPA_VERSIONS,
-        &mut problems,
-    )
-    .await?;
-    sync_versioned(
-        client,
-        &ns,
-        &owner.name,
-        children.pdb.as_ref(),
-        ctx.served.pdb,
-        PDB_VERSIONS,
-        &mut problems,
-    )
-    .await?;
+    let deployment = apply(&deployments, &children.deployment).await?;
+    if let Plan::After(n) = plan {
+        handoff::take_over(&deployments, name, n).await?;
+    }
+    apply(&services, &children.service).await?;
+    if children.collector_config_map.is_none()
+        && children::delete_owned(&config_maps, &collector_name, &collector_found).await?
+    {
+        deleted(ctx, cgw, &format!("ConfigMap {collector_name}")).await;
+    }
 
     let mut seen = Observed::from_deployment(&deployment);
-    if !problems.is_empty() {
-        problems.extend(sidecar_fallback);
-        seen.problem = Some(("KindNotServed".into(), problems.join("; ")));
-    } else if let Some(message) = sidecar_fallback {
-        seen.problem = Some(("NativeSidecarsNotSupported".into(), message));
+    let mut kind_problems = Vec::new();
+    match (&children.hpa, &hpas) {
+        (Some(hpa), Some((api, version))) => {
+            let applied = apply_versioned(api, hpa, version).await?;
+            seen.hpa_conditions(&ChildCondition::list(applied.data.get("status")));
+        }
+        (Some(_), None) => kind_problems.push(unserved::<HorizontalPodAutoscaler>(HPA_VERSIONS)),
+        (None, _) => {}
     }
+    match (&children.pdb, &pdbs) {
+        (Some(pdb), Some((api, version))) => {
+            apply_versioned(api, pdb, version).await?;
+        }
+        (Some(_), None) => kind_problems.push(unserved::<PodDisruptionBudget>(PDB_VERSIONS)),
+        (None, Some((api, version))) => {
+            if children::delete_owned(api, name, &pdb_found).await? {
+                deleted(ctx, cgw, &format!("{version} PodDisruptionBudget {name}")).await;
+            }
+        }
+        (None, None) => {}
+    }
+    if !kind_problems.is_empty() {
+        seen_problems.insert(0, ("KindNotServed".into(), kind_problems.join("; ")));
+    }
+    let children_problems = std::mem::take(&mut seen.problems);
+    seen.problems = seen_problems.into_iter().chain(children_problems).collect();
+
+    announce(ctx, cgw, live.as_ref(), &children.deployment).await;
     let new_status = status::desired(cgw, &seen, &owner.selector_string());
-    patch_status(client, &ns, &owner.name, &new_status).await?;
+    patch_status(client, &ns, name, &new_status).await?;
     Ok(Action::requeue(RESYNC))
 }
 
-/// `cgw` with its native-sidecar collector turned into a plain container; `None` when it
-/// has no native-sidecar collector.
-fn without_native_sidecars(cgw: &ChatGateway) -> Option<ChatGateway> {
-    let mut c = collector::enabled(cgw)
-        .filter(|c| collector::native(c))?
-        .clone();
-    c.native_sidecar = Some(false);
-    let mut plain = cgw.clone();
-    plain.spec.telemetry.as_mut()?.collector = Some(c);
-    Some(plain)
+fn unserved<K: Resource<DynamicType = ()>>(versions: &[&str]) -> String {
+    format!(
+        "the cluster serves no {} version the operator writes ({}): not created",
+        K::kind(&()),
+        versions.join(", ")
+    )
 }
 
-/// Fails with [`Error::SecretRef`] unless every referenced Secret key exists.
-async fn check_secrets(client: &Client, ns: &str, spec: &ChatGatewaySpec) -> Result<()> {
-    let g = spec.gateway.as_ref();
-    let jwt = g.and_then(|g| g.auth.as_ref()).and_then(|a| a.jwt.as_ref());
-    let refs = [
-        g.and_then(|g| g.redis.as_ref()).map(|r| &r.url_secret_ref),
-        jwt.and_then(|j| j.secret_ref.as_ref()),
-        jwt.and_then(|j| j.public_key_secret_ref.as_ref()),
-    ];
-    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
-    for r in refs.into_iter().flatten() {
-        let secret = secrets.get_opt(&r.name).await?;
-        let has_key = secret.is_some_and(|s| s.data.is_some_and(|d| d.contains_key(&r.key)));
-        if !has_key {
-            return Err(Error::SecretRef {
-                namespace: ns.into(),
-                name: r.name.clone(),
-                key: r.key.clone(),
-            });
+/// `cgw` as this cluster can run it: without native sidecars (before 1.29) the collector
+/// and the user sidecars become plain containers (the API server would refuse the init
+/// containers' restartPolicy), with a problem saying so. `None`: run as specified.
+fn fit_to_cluster(
+    cgw: &ChatGateway,
+    served: ServedKinds,
+) -> (Option<ChatGateway>, Vec<(String, String)>) {
+    if served.native_sidecars {
+        return (None, Vec::new());
+    }
+    let mut plain = cgw.clone();
+    let mut fallen_back = Vec::new();
+    if let Some(c) = collector::enabled(cgw).filter(|c| collector::native(c)) {
+        let mut c = c.clone();
+        c.native_sidecar = Some(false);
+        if let Some(t) = plain.spec.telemetry.as_mut() {
+            t.collector = Some(c);
+            fallen_back.push("the collector");
         }
     }
-    Ok(())
+    if !cgw.spec.sidecars.is_empty() && pod::native_sidecars(cgw) {
+        plain.spec.native_sidecars = Some(false);
+        fallen_back.push("spec.sidecars");
+    }
+    if fallen_back.is_empty() {
+        return (None, Vec::new());
+    }
+    let message = format!(
+        "the cluster does not run native sidecars (Kubernetes 1.29+): {} run as plain containers and may stop before the gateway finished draining (set telemetry.collector.nativeSidecar / nativeSidecars: false to say so)",
+        fallen_back.join(" and ")
+    );
+    (
+        Some(plain),
+        vec![("NativeSidecarsNotSupported".into(), message)],
+    )
 }
 
-/// Server-side apply of `obj` under the operator's field manager, taking over conflicts.
+/// Server-side apply of a typed child.
 async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
 {
-    apply_json(api, obj.meta().name.as_deref(), with_type_meta(obj)?).await
+    let name = obj
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::MissingObjectKey("metadata.name"))?;
+    children::apply_json(api, &name, with_type_meta(obj)?).await
 }
 
-/// Server-side apply of a JSON body (with apiVersion and kind) named `name`.
-async fn apply_json<K>(api: &Api<K>, name: Option<&str>, body: serde_json::Value) -> Result<K>
-where
-    K: Resource + Clone + DeserializeOwned + Debug,
-{
-    let name = name.ok_or(Error::MissingObjectKey("metadata.name"))?;
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    Ok(api.patch(name, &params, &Patch::Apply(body)).await?)
-}
-
-/// Applies or deletes an optional child that is not a versioned kind (the collector
-/// ConfigMap); `desired: None` deletes it if it exists.
-async fn sync_optional<K>(api: &Api<K>, name: &str, desired: Option<&K>) -> Result<()>
-where
-    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
-{
-    match desired {
-        Some(obj) => {
-            apply(api, obj).await?;
-        }
-        None => delete_if_present(api, name, &K::kind(&())).await?,
-    }
-    Ok(())
-}
-
-/// Applies or deletes an optional child (HPA, PDB) in the version the cluster serves
-/// (`served`, one of `versions`); records a problem when it serves none of them.
-async fn sync_versioned<K>(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    desired: Option<&K>,
-    served: Option<&'static str>,
-    versions: &[&str],
-    problems: &mut Vec<String>,
-) -> Result<()>
+/// Server-side apply of a child in the version the cluster serves.
+async fn apply_versioned<K>(
+    api: &Api<DynamicObject>,
+    obj: &K,
+    version: &str,
+) -> Result<DynamicObject>
 where
     K: Resource<DynamicType = ()> + Serialize,
 {
-    let kind = K::kind(&());
-    let Some(version) = served else {
-        if desired.is_some() {
-            problems.push(format!(
-                "the cluster serves no {kind} version the operator writes ({}): not created",
-                versions.join(", ")
-            ));
-        }
-        return Ok(());
-    };
-    let resource = served::api_resource::<K>(version);
-    let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource);
-    match desired {
-        Some(obj) => {
-            let body = serde_json::to_value(served::versioned(obj, version)?)
-                .map_err(|e| Error::Serialize(e.to_string()))?;
-            apply_json(&api, Some(name), body).await?;
-        }
-        None => delete_if_present(&api, name, &format!("{version} {kind}")).await?,
-    }
-    Ok(())
-}
-
-/// Deletes `name` when it exists (the spec turned the child off).
-async fn delete_if_present<K>(api: &Api<K>, name: &str, what: &str) -> Result<()>
-where
-    K: Resource + Clone + DeserializeOwned + Debug,
-{
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => tracing::info!(%what, name, "deleted: turned off in the spec"),
-        Err(kube::Error::Api(s)) if s.is_not_found() => {}
-        Err(e) => return Err(e.into()),
-    }
-    Ok(())
+    let name = obj
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::MissingObjectKey("metadata.name"))?;
+    let body = serde_json::to_value(served::versioned(obj, version)?)
+        .map_err(|e| Error::Serialize(e.to_string()))?;
+    children::apply_json(api, &name, body).await
 }
 
 async fn patch_status(
@@ -338,21 +379,89 @@ async fn patch_status(
     Ok(())
 }
 
-/// Degraded condition and a Warning Event; failures to report are only logged.
-async fn report_failure(cgw: &ChatGateway, ctx: &Context, error: &Error) {
-    let message = error.to_string();
-    if let Some(recorder) = &ctx.recorder {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: error.reason().into(),
-            note: Some(message.chars().take(1000).collect()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = recorder.publish(&event, &cgw.object_ref(&())).await {
-            tracing::warn!(error = %e, "publishing event failed");
+/// Publishes an Event on the ChatGateway; failures are only logged.
+async fn publish(ctx: &Context, cgw: &ChatGateway, type_: EventType, reason: &str, note: String) {
+    let Some(recorder) = &ctx.recorder else {
+        return;
+    };
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &cgw.object_ref(&())).await {
+        tracing::warn!(error = %e, "publishing event failed");
+    }
+}
+
+async fn deleted(ctx: &Context, cgw: &ChatGateway, what: &str) {
+    tracing::info!(%what, "deleted: turned off in the spec");
+    publish(
+        ctx,
+        cgw,
+        EventType::Normal,
+        "Deleted",
+        format!("deleted {what}: turned off in the spec"),
+    )
+    .await;
+}
+
+/// Normal Events for what the apply did to the pods: created, scaled, rolled.
+async fn announce(
+    ctx: &Context,
+    cgw: &ChatGateway,
+    live: Option<&Deployment>,
+    applied: &Deployment,
+) {
+    let name = cgw.name_any();
+    let Some(live) = live else {
+        publish(
+            ctx,
+            cgw,
+            EventType::Normal,
+            "Created",
+            format!("created Deployment {name} and its ConfigMap and Service"),
+        )
+        .await;
+        return;
+    };
+    let replicas = |d: &Deployment| d.spec.as_ref().and_then(|s| s.replicas);
+    if let (Some(from), Some(to)) = (replicas(live), replicas(applied)) {
+        if from != to {
+            publish(
+                ctx,
+                cgw,
+                EventType::Normal,
+                "Scaled",
+                format!("scaled Deployment {name} from {from} to {to} pods"),
+            )
+            .await;
         }
     }
+    let hash = |d: &Deployment| {
+        d.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(TEMPLATE_HASH_ANNOTATION).cloned())
+    };
+    if hash(live) != hash(applied) {
+        publish(ctx, cgw, EventType::Normal, "RollingUpdate", format!("the pod template of Deployment {name} changed (config, Secrets, image or pod settings): rolling the pods")).await;
+    }
+}
+
+/// Degraded and not Reconciled, and a Warning Event; failures to report are only logged.
+async fn report_failure(cgw: &ChatGateway, ctx: &Context, error: &Error) {
+    let message = error.to_string();
+    publish(
+        ctx,
+        cgw,
+        EventType::Warning,
+        error.reason(),
+        message.clone(),
+    )
+    .await;
     let (Some(ns), Some(name)) = (cgw.namespace(), cgw.metadata.name.clone()) else {
         return;
     };
@@ -367,8 +476,11 @@ async fn report_failure(cgw: &ChatGateway, ctx: &Context, error: &Error) {
     }
 }
 
-/// Runs the controller until `shutdown` resolves; children are watched by their label.
+/// Runs the controller until `shutdown` resolves. Children are watched by their label;
+/// Secrets by their metadata only (no Secret data in the operator's memory), mapped to the
+/// ChatGateways that reference them.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let shutdown = shutdown.shared();
     let client = ctx.client.clone();
     let children =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
@@ -396,6 +508,27 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             children.clone(),
         );
     }
+    let gateways = controller.store();
+    // Pod deletion costs (the emptiest pod goes first on a scale-down), beside the loop.
+    let costs = tokio::spawn(crate::deletion_cost::run(
+        client.clone(),
+        gateways.clone(),
+        shutdown.clone(),
+    ));
+    let secrets = watcher(
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects();
+    controller = controller.watches_stream(secrets, move |secret: PartialObjectMeta<Secret>| {
+        let state = gateways.state();
+        crate::secrets::gateways_using(
+            &secret.namespace().unwrap_or_default(),
+            &secret.name_any(),
+            state.iter().map(|g| g.as_ref()),
+        )
+    });
     controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -406,6 +539,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             }
         })
         .await;
+    let _ = costs.await;
 }
 
 #[cfg(test)]

@@ -172,7 +172,12 @@ mod tests {
     #[test]
     fn older_versions_carry_the_same_content() {
         let c = cgw(FULL);
-        let children = builders::build(&c, &Owner::of(&c, "d").expect("owner")).expect("build");
+        let children = builders::build(
+            &c,
+            &Owner::of(&c, "d").expect("owner"),
+            &builders::Inputs::default(),
+        )
+        .expect("build");
         let hpa = children.hpa.expect("hpa");
         let v2 =
             serde_json::to_value(versioned(&hpa, "autoscaling/v2").expect("v2")).expect("json");
