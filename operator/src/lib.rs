@@ -3,6 +3,7 @@
 
 pub mod builders;
 pub mod children;
+pub mod controller;
 pub mod crd;
 pub mod deletion_cost;
 pub mod error;

@@ -4,7 +4,7 @@ use anyhow::Context as _;
 use chat_gateway::telemetry;
 use chat_gateway_operator::leader::LeaderElector;
 use chat_gateway_operator::metrics::Metrics;
-use chat_gateway_operator::reconcile::{self, Context, ServedKinds};
+use chat_gateway_operator::reconcile::{Context, ServedKinds};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -191,7 +191,7 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
         Context::new(client.clone(), served, metrics, Some(identity.clone()))
             .with_default_image(args.gateway_image.clone()),
     );
-    let controller = tokio::spawn(reconcile::run(ctx, async move {
+    let controller = tokio::spawn(chat_gateway_operator::controller::run(ctx, async move {
         let _ = lost_rx.await;
     }));
     // Renew until told to stop or the Lease is lost; a replica that lost it must not write.

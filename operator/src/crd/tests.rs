@@ -1,6 +1,7 @@
 //! The generated CRD: in sync with the checked-in file, structural, two versions with one
 //! schema, printer columns, and schema defaults equal to what the code defaults to.
 
+use super::versions::NEWEST_ONLY_RULES;
 use super::*;
 use crate::builders::hpa;
 use chat_gateway::config::Config;
