@@ -39,7 +39,8 @@ struct HolderRecord {
 
 impl LeaderElector {
     /// A candidate named `identity` for Lease `namespace/name`, held for `duration` per
-    /// renewal. Each API call times out after a third of `duration` (the renew interval).
+    /// renewal. Each API call times out after two thirds of `duration` (the renew deadline,
+    /// as client-go's): a slow API server is not a lost lease, a hung call is.
     pub fn new(
         client: Client,
         namespace: &str,
@@ -52,7 +53,7 @@ impl LeaderElector {
             name: name.into(),
             identity: identity.into(),
             duration,
-            call_timeout: (duration / 3).max(Duration::from_millis(100)),
+            call_timeout: (duration * 2 / 3).max(Duration::from_millis(100)),
             observed: Mutex::new(None),
         }
     }

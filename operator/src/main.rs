@@ -195,8 +195,9 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
         let _ = lost_rx.await;
     }));
     // Renew until told to stop or the Lease is lost; a replica that lost it must not write.
-    // Renewals that keep failing (API server unreachable) also end the term, before the
-    // Lease can expire and a standby starts writing too: never two leaders.
+    // Renewals that keep failing or hang (API server unreachable) also end the term at the
+    // renew deadline, a third of the lease before a standby may take over: never two
+    // leaders. Each attempt gets only the time left until that deadline.
     let renew_deadline = args.lease_duration * 2 / 3;
     let mut renewed = std::time::Instant::now();
     let lost = loop {
@@ -204,14 +205,19 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
             _ = &mut stop => break false,
             _ = tokio::time::sleep(elector.renew_interval()) => {}
         }
-        match elector.try_acquire_or_renew().await {
-            Ok(true) => renewed = std::time::Instant::now(),
-            Ok(false) => break true,
-            Err(e) => {
+        let left = renew_deadline.saturating_sub(renewed.elapsed());
+        match tokio::time::timeout(left, elector.try_acquire_or_renew()).await {
+            Ok(Ok(true)) => renewed = std::time::Instant::now(),
+            Ok(Ok(false)) => break true,
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "renewing the leader lease");
                 if renewed.elapsed() >= renew_deadline {
                     break true;
                 }
+            }
+            Err(_) => {
+                tracing::warn!(deadline = ?renew_deadline, "no renewal of the leader lease within the renew deadline");
+                break true;
             }
         }
     };
