@@ -161,12 +161,13 @@ def test_rbac_has_no_wildcards_and_binds_the_service_account(default_objects):
     for binding in by_kind(default_objects, "ClusterRoleBinding") + by_kind(default_objects, "RoleBinding"):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
                                         "namespace": "chat-system"}]
-    # Leases only in the operator's namespace; Secrets only readable one by one.
+    # Leases only in the operator's namespace; Secrets read one by one (and watched, by
+    # metadata, for rotations), never written.
     (role,) = by_kind(default_objects, "Role")
     assert role["metadata"]["namespace"] == "chat-system"
     assert {r for rule in role["rules"] for r in rule["resources"]} == {"leases"}
     cluster = granted(by_kind(default_objects, "ClusterRole"))
-    assert {v for g, r, v in cluster if r == "secrets"} == {"get"}
+    assert {v for g, r, v in cluster if r == "secrets"} == {"get", "list", "watch"}
     assert not any(r == "leases" for _, r, _ in cluster)
 
 
@@ -288,8 +289,12 @@ def test_operator_security_context_probes_and_leader_election(default_objects):
     # The binary's flags (operator/src/main.rs) and the downward API for the Lease.
     assert c["args"][0] == "run"
     args = dict(a.split("=", 1) for a in c["args"][1:])
-    assert set(args) == {"--metrics-addr", "--lease-name", "--lease-duration", "--log-format"}
+    assert set(args) == {"--metrics-addr", "--lease-name", "--lease-duration", "--log-format",
+                         "--gateway-image"}
     assert args["--metrics-addr"] == "0.0.0.0:8080"
+    # ChatGateways that name no image get the gateway release matching the chart.
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert args["--gateway-image"] == f"ghcr.io/chatgateway/chat-gateway:{chart['appVersion']}"
     env = {e["name"]: e for e in c["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"

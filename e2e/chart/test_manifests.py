@@ -45,7 +45,7 @@ def check(obj: dict, where: str) -> str:
     """Validates one object; returns how."""
     kind = obj.get("kind")
     if kind == "ChatGateway":
-        assert obj["apiVersion"] == "chatgateway.io/v1alpha1", where
+        assert obj["apiVersion"] == "chatgateway.io/v1beta1", where
         errors = sorted(cgw_validator().iter_errors(obj), key=str)
         assert not errors, f"{where}: ChatGateway invalid against the CRD schema: " + \
             "; ".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors)
@@ -75,7 +75,9 @@ def rendered_sets():
                   "prometheusRule": {"enabled": True},
                   "networkPolicy": {"enabled": True, "apiServer": {"cidrs": ["10.96.0.1/32"]},
                                     "metricsFrom": [{"podSelector": {}}]},
-                  "chatGateway": {"enabled": True, "spec": {"replicas": 3}}}
+                  "chatGateway": {"enabled": True, "spec": {
+                      "replicas": 3, "gateway": {"auth": {"mode": "insecure"},
+                                                 "redis": {"urlSecretRef": {"name": "r", "key": "url"}}}}}}
     yield "defaults", {}
     yield "everything-on", everything
     for p in example_values():
@@ -112,7 +114,7 @@ def test_validators_catch_mistakes():
     for version in k8s_versions():
         with pytest.raises(kubernetes_validate.ValidationError):
             kubernetes_validate.validate(bad_dep, version, strict=True)
-    bad_cgw = {"apiVersion": "chatgateway.io/v1alpha1", "kind": "ChatGateway", "metadata": {"name": "x"},
+    bad_cgw = {"apiVersion": "chatgateway.io/v1beta1", "kind": "ChatGateway", "metadata": {"name": "x"},
                "spec": {"replicas": "two", "gateway": {"auth": {"mode": "sometimes"}}}}
     errors = list(cgw_validator().iter_errors(bad_cgw))
     assert len(errors) >= 2, errors
@@ -296,7 +298,7 @@ def test_images_the_chart_and_operator_use_match_the_dockerfiles():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["image"]["repository"].endswith("/chat-gateway-operator")
     assert values["chatGateway"]["image"]["repository"].endswith("/chat-gateway")
-    src = (ROOT / "operator" / "src" / "builders" / "deployment.rs").read_text()
+    src = (ROOT / "operator" / "src" / "builders" / "pod.rs").read_text()
     assert values["chatGateway"]["image"]["repository"] in src, "the operator's default gateway image"
     for crate, repo in (("gateway", values["chatGateway"]["image"]["repository"]),
                         ("operator", values["image"]["repository"])):
