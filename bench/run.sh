@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=bench
 TMP=$(mktemp -d)
-SECRET=bench-secret-$$
+SECRET=bench-secret-$$-0123456789abcdef0123456789
 GW=target/release/chat-gateway
 LG=target/release/chat-loadgen
 QUICK=${QUICK:-}            # QUICK=1: tiny runs, to check the script itself
@@ -27,7 +27,7 @@ pids+=($!)
 # start_gateway ENGINE PORT [NODE] -> pid in $GW_PID
 start_gateway() {
   local engine=$1 port=$2 node=${3:-bench}
-  CHATGW_AUTH__JWT__SECRET=$SECRET CHATGW_ENGINE=$engine \
+  CHATGW_AUTH__JWT__SECRET=$SECRET CHATGW_AUTH__JWT__AUDIENCE=chatgateway CHATGW_ENGINE=$engine \
   CHATGW_REDIS__URL=redis://127.0.0.1:$REDIS_PORT CHATGW_REDIS__KEY_PREFIX=bench$port \
   CHATGW_NODE__ID=$node CHATGW_LIMITS__MESSAGE_RATE=1000000 CHATGW_LIMITS__MESSAGE_BURST=1000000 \
   CHATGW_LIMITS__CONNECTIONS_PER_IP=0 CHATGW_ADMISSION__RATE=0 CHATGW_REBALANCE__ENABLED=false \
@@ -77,7 +77,7 @@ pb=$(free_port)
 CHATGW_REDIS__KEY_PREFIX=x start_gateway redis "$pb" bench-b; B=$GW_PID
 # Both must share a key prefix: restart B with A's prefix.
 stop_gateway "$B"
-CHATGW_AUTH__JWT__SECRET=$SECRET CHATGW_ENGINE=redis CHATGW_REDIS__URL=redis://127.0.0.1:$REDIS_PORT \
+CHATGW_AUTH__JWT__SECRET=$SECRET CHATGW_AUTH__JWT__AUDIENCE=chatgateway CHATGW_ENGINE=redis CHATGW_REDIS__URL=redis://127.0.0.1:$REDIS_PORT \
   CHATGW_REDIS__KEY_PREFIX=bench$pa CHATGW_NODE__ID=bench-b CHATGW_LIMITS__MESSAGE_RATE=1000000 \
   CHATGW_LIMITS__MESSAGE_BURST=1000000 CHATGW_LIMITS__CONNECTIONS_PER_IP=0 CHATGW_ADMISSION__RATE=0 \
   CHATGW_REBALANCE__ENABLED=false RUST_LOG=warn taskset -c 0 "$GW" --listen "127.0.0.1:$pb" >>"$TMP/gw-b.log" 2>&1 &

@@ -1,41 +1,61 @@
-//! JWT helpers for tests and the load generator.
+//! JWT helpers for tests and the load generator. Every token names [`AUDIENCE`]: gateways
+//! under test are configured with it (`auth.jwt.audience`), as production ones must be.
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use serde::Serialize;
+use serde_json::{json, Value};
 
-#[derive(Serialize)]
-struct Claims<'a> {
-    sub: &'a str,
-    exp: i64,
-}
+/// The audience test tokens are minted for.
+pub const AUDIENCE: &str = "chatgateway";
 
 fn now() -> i64 {
     jsonwebtoken::get_current_timestamp() as i64
 }
 
-/// An HS256 token for `sub` expiring `ttl_secs` from now (negative: already expired).
-pub fn hs256(secret: &str, sub: &str, ttl_secs: i64) -> String {
+/// Claims of a connection token for `sub` expiring `ttl_secs` from now, plus `extra`.
+pub fn claims(sub: &str, ttl_secs: i64, extra: Value) -> Value {
+    let mut c = json!({"sub": sub, "exp": now() + ttl_secs, "aud": AUDIENCE});
+    if let (Value::Object(c), Value::Object(extra)) = (&mut c, extra) {
+        c.extend(extra);
+    }
+    c
+}
+
+/// Signs `claims` with an HS256 secret, with an optional `kid` header.
+pub fn hs256_with(secret: &str, kid: Option<&str>, claims: &Value) -> String {
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = kid.map(Into::into);
     encode(
-        &Header::new(Algorithm::HS256),
-        &Claims {
-            sub,
-            exp: now() + ttl_secs,
-        },
+        &header,
+        claims,
         &EncodingKey::from_secret(secret.as_bytes()),
     )
     .expect("encode hs256")
 }
 
+/// An HS256 token for `sub` expiring `ttl_secs` from now (negative: already expired).
+pub fn hs256(secret: &str, sub: &str, ttl_secs: i64) -> String {
+    hs256_with(secret, None, &claims(sub, ttl_secs, json!({})))
+}
+
+/// Signs `claims` with a PEM private key of `alg` (RS256, ES256, EdDSA).
+pub fn sign_pem(alg: Algorithm, private_pem: &str, kid: Option<&str>, claims: &Value) -> String {
+    let key = match alg {
+        Algorithm::ES256 => EncodingKey::from_ec_pem(private_pem.as_bytes()),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(private_pem.as_bytes()),
+        _ => EncodingKey::from_rsa_pem(private_pem.as_bytes()),
+    }
+    .expect("private key");
+    let mut header = Header::new(alg);
+    header.kid = kid.map(Into::into);
+    encode(&header, claims, &key).expect("encode")
+}
+
 /// An RS256 token signed with a PEM private key.
 pub fn rs256(private_pem: &str, sub: &str, ttl_secs: i64) -> String {
-    let key = EncodingKey::from_rsa_pem(private_pem.as_bytes()).expect("rsa private key");
-    encode(
-        &Header::new(Algorithm::RS256),
-        &Claims {
-            sub,
-            exp: now() + ttl_secs,
-        },
-        &key,
+    sign_pem(
+        Algorithm::RS256,
+        private_pem,
+        None,
+        &claims(sub, ttl_secs, json!({})),
     )
-    .expect("encode rs256")
 }

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod gateways;
 pub mod jwt;
+pub mod keys;
 pub mod loadgen;
 pub mod otlp;
 pub mod process;
@@ -28,6 +29,8 @@ pub fn test_config() -> Config {
     let mut c = Config::default();
     c.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     c.auth.mode = AuthMode::Insecure;
+    // A test that switches to JWT only needs a key: tokens from `jwt` name this audience.
+    c.auth.jwt.audience = Some(jwt::AUDIENCE.into());
     c.node.id = "test-node".into();
     c
 }

@@ -5,7 +5,7 @@ use e2e::{jwt, test_config, Client, Connected, TestGateway};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-const SECRET: &str = "test-secret-0123456789";
+const SECRET: &str = "test-secret-0123456789-0123456789";
 const PRIVATE: &str = include_str!("fixtures/rs256-test-private.pem");
 const PUBLIC: &str = include_str!("fixtures/rs256-test-public.pem");
 

@@ -57,7 +57,7 @@ fn bad_config_exits_2_with_a_clear_message() {
 fn kubernetes_service_link_variables_do_not_stop_the_gateway() {
     // A Service named `chatgw-redis` in the pod's namespace injects these.
     let out = Command::new(workspace_bin("chat-gateway"))
-        .arg("--print-config")
+        .args(["--print-config", "--listen", "127.0.0.1:9998"])
         .env("CHATGW_AUTH__MODE", "insecure")
         .env("CHATGW_REDIS_PORT", "tcp://10.0.0.1:6379")
         .env("CHATGW_REDIS_PORT_6379_TCP_ADDR", "10.0.0.1")

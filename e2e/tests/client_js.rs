@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-const SECRET: &str = "client-js-test-secret";
+const SECRET: &str = "client-js-test-secret-0123456789ab";
 
 /// The node binary and the flags it needs for a global `WebSocket`.
 fn node() -> (PathBuf, Vec<&'static str>) {
@@ -191,5 +191,41 @@ async fn demo_page_and_client_are_served_with_headers() {
     );
     assert_eq!(exchange(addr, &post).await.0, 405);
     assert_eq!(exchange(addr, &get("/nope.js", "")).await.0, 404);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_js_refreshes_tokens_before_they_expire() {
+    use chat_gateway::config::{JoinPolicy, NamespaceConfig, SendPolicy};
+    let (node, flags) = node();
+    let mut config = test_config();
+    config.auth.mode = AuthMode::Jwt;
+    config.auth.jwt.secret = Some(SECRET.into());
+    config.auth.jwt.leeway = Duration::ZERO;
+    config.auth.expiry_warning = Duration::from_secs(2);
+    config.namespaces = vec![NamespaceConfig {
+        prefix: "vip:".into(),
+        join: JoinPolicy::Grant,
+        send: SendPolicy::Grant,
+        ..Default::default()
+    }];
+    let gw = TestGateway::start(config).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/refresh_node.mjs");
+    let out = tokio::process::Command::new(node)
+        .args(&flags)
+        .arg(&script)
+        .env("GATEWAY", gw.http_url(""))
+        .env("SECRET", SECRET)
+        .env("AUDIENCE", jwt::AUDIENCE)
+        .output()
+        .await
+        .expect("run node");
+    assert!(
+        out.status.success(),
+        "refresh_node.mjs failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok: refreshed in place"));
     gw.stop().await;
 }

@@ -23,6 +23,11 @@ pub mod code {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// A forwarding route's upstream failed.
     pub const BAD_GATEWAY: u16 = 1014;
+    /// The connection token expired without a `refresh` (application range 4000-4999;
+    /// mnemonic: HTTP 401). Get a new token and reconnect.
+    pub const TOKEN_EXPIRED: u16 = 4401;
+    /// The key that verified the connection token was removed (mnemonic: HTTP 403).
+    pub const KEY_REVOKED: u16 = 4403;
 }
 
 /// Why and how a connection is closed: the code and the short reason of the close frame.
@@ -63,6 +68,11 @@ pub const INVALID_UTF8: CloseReason = reason(code::INVALID_PAYLOAD, "invalid utf
 pub const UPSTREAM_FAILED: CloseReason = reason(code::BAD_GATEWAY, "upstream failed");
 /// The client of a forwarded connection went away (sent to the upstream).
 pub const CLIENT_GONE: CloseReason = reason(code::GOING_AWAY, "client gone");
+
+/// The connection token expired (plus `auth.jwt.leeway`) without a `refresh`.
+pub const TOKEN_EXPIRED: CloseReason = reason(code::TOKEN_EXPIRED, "token expired");
+/// The key that verified the connection token is no longer in the key set.
+pub const KEY_REVOKED: CloseReason = reason(code::KEY_REVOKED, "key revoked");
 
 /// Metrics label of a chat connection the client closed (no close reason of ours).
 pub const CLIENT_CLOSED: &str = "client closed";

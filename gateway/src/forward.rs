@@ -5,7 +5,7 @@
 
 use crate::config::{upstream_url, RouteConfig};
 use crate::disconnect::{self, CloseReason};
-use crate::node::{IpSlot, Node};
+use crate::node::{Node, Slots};
 use crate::outbound::OutboundQueue;
 use crate::upgrade::{admit_upgrade, reject, retry_later, switching, Body};
 use futures_util::{SinkExt, StreamExt};
@@ -188,7 +188,7 @@ pub async fn upgrade(
         }
     }
     if route.cfg.forward_user {
-        if let Ok(v) = HeaderValue::from_str(&a.user) {
+        if let Ok(v) = HeaderValue::from_str(&a.identity.user) {
             h.insert("x-chat-user", v);
         }
     }
@@ -228,7 +228,7 @@ pub async fn upgrade(
     let ws_config = route.ws_config();
     let task_node = node.clone();
     let task_route = route.clone();
-    let slot = a.slot;
+    let slots = a.slots;
     tokio::spawn(
         async move {
             match on_upgrade.await {
@@ -239,7 +239,7 @@ pub async fn upgrade(
                         Some(ws_config),
                     )
                     .await;
-                    pipe(task_node, task_route, client, upstream, slot).await;
+                    pipe(task_node, task_route, client, upstream, slots).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "upgrade failed"),
             }
@@ -297,7 +297,7 @@ async fn pipe<C>(
     route: Arc<Route>,
     client: WebSocketStream<C>,
     upstream: Upstream,
-    _slot: IpSlot,
+    _slots: Slots,
 ) where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {

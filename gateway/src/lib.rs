@@ -12,6 +12,7 @@ pub mod hub;
 pub mod metrics;
 pub mod node;
 pub mod outbound;
+pub mod permissions;
 pub mod protocol;
 pub mod ratelimit;
 pub mod rebalance;
@@ -69,6 +70,7 @@ impl Gateway {
         let task = tokio::spawn(server::run(node.clone(), listener));
         tokio::spawn(report_load(node.clone()));
         tokio::spawn(rebalance::run(node.clone()));
+        tokio::spawn(node::reload_keys(node.clone()));
         Ok(Gateway { node, addr, task })
     }
 

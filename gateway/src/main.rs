@@ -1,9 +1,10 @@
 //! `chat-gateway`: the gateway binary.
 
-use chat_gateway::config::{AuthMode, Config};
+use chat_gateway::auth::mint::{self, TokenSpec};
+use chat_gateway::config::{AuthMode, Config, JwtAlgorithm, Overrides};
 use chat_gateway::telemetry::{self, LogFormat};
 use chat_gateway::Gateway;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use std::time::Duration;
 #[command(version, about)]
 struct Args {
     /// YAML config file; `CHATGW_*` environment variables override it.
-    #[arg(long, short = 'c')]
+    #[arg(long, short = 'c', global = true)]
     config: Option<PathBuf>,
     /// Listen address (overrides server.listen).
     #[arg(long)]
@@ -20,20 +21,127 @@ struct Args {
     /// Print the effective configuration, every default included, and exit.
     #[arg(long)]
     print_config: bool,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Mint a token signed with the configured HS256 secret (or --private-key), with the
+    /// configured issuer and audience: for docs, demos and tests.
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct TokenArgs {
+    /// The user (`sub`).
+    #[arg(long)]
+    user: String,
+    /// Lifetime.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Grant rooms in the connection token: `PATTERN` (join and send) or
+    /// `PATTERN=join,send`; repeatable.
+    #[arg(long = "rooms", value_name = "PATTERN[=RIGHTS]")]
+    rooms: Vec<String>,
+    /// Mint a subscription token for this room instead of a connection token.
+    #[arg(long)]
+    room: Option<String>,
+    /// Rights of a subscription token (`join`, `send`; default both).
+    #[arg(long, value_delimiter = ',')]
+    rights: Vec<String>,
+    /// Extra claim `NAME=V1,V2` (for `claim:NAME` policies); repeatable.
+    #[arg(long = "claim", value_name = "NAME=VALUES")]
+    claims: Vec<String>,
+    /// `kid` header (picks a JWKS key).
+    #[arg(long)]
+    kid: Option<String>,
+    /// PEM private key (for RS256, ES256, EdDSA) instead of the configured secret.
+    #[arg(long)]
+    private_key: Option<PathBuf>,
+    /// Algorithm of --private-key.
+    #[arg(long, value_parser = ["RS256", "ES256", "EdDSA"])]
+    alg: Option<String>,
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn token(config: &Config, t: TokenArgs) -> Result<String, String> {
+    let key_text = match &t.private_key {
+        Some(path) => {
+            Some(std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?)
+        }
+        None => None,
+    };
+    let alg = match t.alg.as_deref() {
+        Some("RS256") => JwtAlgorithm::RS256,
+        Some("ES256") => JwtAlgorithm::ES256,
+        Some("EdDSA") => JwtAlgorithm::EdDSA,
+        _ if key_text.is_some() => return Err("--private-key needs --alg".into()),
+        _ => JwtAlgorithm::HS256,
+    };
+    let key = mint::signing_key(&config.auth.jwt, key_text.as_deref().map(|k| (k, alg)))?;
+    let pairs = |items: &[String]| {
+        items
+            .iter()
+            .map(|item| match item.split_once('=') {
+                Some((name, values)) => (name.to_string(), split_list(values)),
+                None => (item.clone(), Vec::new()),
+            })
+            .collect::<Vec<_>>()
+    };
+    let rooms = pairs(&t.rooms)
+        .into_iter()
+        .map(|(pattern, rights)| {
+            let rights = if rights.is_empty() {
+                vec!["join".into(), "send".into()]
+            } else {
+                rights
+            };
+            (pattern, rights)
+        })
+        .collect();
+    let spec = TokenSpec {
+        user: t.user,
+        ttl: t.ttl,
+        room: t.room,
+        rooms,
+        rights: t.rights,
+        kid: t.kid,
+        claims: pairs(&t.claims),
+    };
+    mint::mint(&config.auth.jwt, &spec, key)
 }
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let (mut config, ignored_env) =
-        match Config::load_reporting(args.config.as_deref(), std::env::vars()) {
+    let flags = Overrides {
+        listen: args.listen,
+    };
+    let (config, ignored_env) =
+        match Config::load_reporting(args.config.as_deref(), std::env::vars(), &flags) {
             Ok(loaded) => (loaded.config, loaded.ignored_env),
             Err(e) => {
                 eprintln!("chat-gateway: {e}");
                 return std::process::ExitCode::from(2);
             }
         };
-    if let Some(listen) = args.listen {
-        config.server.listen = listen;
+    if let Some(Cmd::Token(t)) = args.command {
+        return match token(&config, t) {
+            Ok(token) => {
+                println!("{token}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("chat-gateway token: {e}");
+                std::process::ExitCode::from(2)
+            }
+        };
     }
     if args.print_config {
         print!("{}", config.to_yaml());

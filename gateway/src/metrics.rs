@@ -54,6 +54,10 @@ pub struct Metrics {
     pub forward_bytes: IntCounterVec,
     /// Failed upstream dials (each attempt), by route.
     pub forward_dial_errors: IntCounterVec,
+    /// Commands refused with `forbidden`, by action (join, send, dm, history, presence).
+    pub permission_denied: IntCounterVec,
+    /// Key file reloads, by outcome (`changed`, `failed`).
+    pub key_reloads: IntCounterVec,
 }
 
 /// Latency buckets, seconds: 100 µs .. 10 s.
@@ -215,6 +219,16 @@ impl Metrics {
                 "chatgateway_forward_dial_errors_total",
                 "Failed upstream dial attempts, by route.",
                 "route",
+            ),
+            permission_denied: counter_vec(
+                "chatgateway_permission_denied_total",
+                "Commands refused with forbidden, by action.",
+                "action",
+            ),
+            key_reloads: counter_vec(
+                "chatgateway_key_reloads_total",
+                "Reloads of the JWT key files, by outcome (changed, failed).",
+                "outcome",
             ),
         };
         Metrics { registry, ..m }

@@ -1,6 +1,7 @@
 //! Node: the state one gateway process shares between its connections.
 
 use crate::auth::Authenticator;
+use crate::config::Namespaces;
 use crate::config::{Config, EngineKind};
 use crate::disconnect::CloseReason;
 use crate::engine::redis::{RedisCounters, RedisEngine};
@@ -8,6 +9,7 @@ use crate::engine::{memory::MemoryEngine, Engine};
 use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
 use crate::outbound::OutboundQueue;
+use crate::ratelimit::KeyedBuckets;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,39 +40,86 @@ pub struct Node {
     pub accepting: std::sync::atomic::AtomicBool,
     /// Admission window (memory engine): (unix second, admitted in it).
     admission: Mutex<(u64, u32)>,
+    /// Per-IP and per-user admission buckets (checked before the shared rate).
+    ip_buckets: Mutex<KeyedBuckets<IpAddr>>,
+    user_buckets: Mutex<KeyedBuckets<String>>,
     conns: Mutex<HashMap<ConnId, OutboundQueue>>,
     queue_high_water: std::sync::atomic::AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
+    per_user: Mutex<HashMap<String, u32>>,
     next_conn: AtomicU64,
+    /// Room namespaces (permissions and storage rules per room-name prefix).
+    pub namespaces: Namespaces,
+    /// Bumped whenever new verification keys are in force; connections whose key is gone
+    /// close (see [`reload_keys`]).
+    pub keys_changed: tokio::sync::watch::Sender<u64>,
 }
+
+/// Most keys each admission bucket map tracks (about 100 bytes each).
+const MAX_BUCKET_KEYS: usize = 100_000;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Holds one connection slot of a client IP; frees it on drop.
-pub struct IpSlot {
-    node: Arc<Node>,
-    ip: IpAddr,
+/// What a connection slot is counted against.
+enum SlotKey {
+    Ip(IpAddr),
+    User(String),
 }
 
-impl Drop for IpSlot {
+/// Holds one connection slot of a client IP or of a user; frees it on drop.
+pub struct Slot {
+    node: Arc<Node>,
+    key: SlotKey,
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
-        let mut map = lock(&self.node.per_ip);
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
+        match &self.key {
+            SlotKey::Ip(ip) => release(&self.node.per_ip, ip),
+            SlotKey::User(user) => release(&self.node.per_user, user),
         }
     }
+}
+
+/// Counts one more under `key` unless it is at `limit` (0: no limit).
+fn take<K: std::hash::Hash + Eq>(map: &Mutex<HashMap<K, u32>>, key: K, limit: u32) -> bool {
+    let mut map = lock(map);
+    let n = map.entry(key).or_insert(0);
+    if limit > 0 && *n >= limit {
+        return false;
+    }
+    *n += 1;
+    true
+}
+
+fn release<K: std::hash::Hash + Eq>(map: &Mutex<HashMap<K, u32>>, key: &K) {
+    let mut map = lock(map);
+    if let Some(n) = map.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+/// The slots a chat connection holds for its life.
+pub struct Slots {
+    /// Its client IP's.
+    pub ip: Slot,
+    /// Its user's.
+    pub user: Slot,
 }
 
 impl Node {
     /// Builds the node and its engine from config.
     pub fn new(config: Config, shutdown: CancellationToken) -> anyhow::Result<Arc<Node>> {
         config.validate()?;
-        let auth = Authenticator::new(&config.auth)?;
+        let auth = Authenticator::new(&config)?;
+        let a = &config.admission;
+        let ip_buckets = KeyedBuckets::new(a.per_ip_rate, a.per_ip_burst, MAX_BUCKET_KEYS);
+        let user_buckets = KeyedBuckets::new(a.per_user_rate, a.per_user_burst, MAX_BUCKET_KEYS);
         let hub = Arc::new(Hub::default());
         let metrics = Metrics::new();
         let router = crate::forward::Router::new(&config.routes).map_err(anyhow::Error::msg)?;
@@ -86,6 +135,11 @@ impl Node {
         };
         Ok(Arc::new(Node {
             id: node_id(&config),
+            namespaces: Namespaces::new(&config.namespaces),
+            keys_changed: tokio::sync::watch::channel(0).0,
+            ip_buckets: Mutex::new(ip_buckets),
+            user_buckets: Mutex::new(user_buckets),
+            per_user: Mutex::new(HashMap::new()),
             config,
             engine,
             hub,
@@ -104,18 +158,30 @@ impl Node {
     }
 
     /// Takes a connection slot for `ip`, or None when the IP is at its limit.
-    pub fn take_ip_slot(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
-        let limit = self.config.limits.connections_per_ip;
-        let mut map = lock(&self.per_ip);
-        let n = map.entry(ip).or_insert(0);
-        if limit > 0 && *n >= limit {
-            return None;
-        }
-        *n += 1;
-        Some(IpSlot {
+    pub fn take_ip_slot(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        take(&self.per_ip, ip, self.config.limits.connections_per_ip).then(|| Slot {
             node: self.clone(),
-            ip,
+            key: SlotKey::Ip(ip),
         })
+    }
+
+    /// Takes a connection slot for `user`, or None when the user is at its limit.
+    pub fn take_user_slot(self: &Arc<Self>, user: &str) -> Option<Slot> {
+        let limit = self.config.limits.connections_per_user;
+        take(&self.per_user, user.to_string(), limit).then(|| Slot {
+            node: self.clone(),
+            key: SlotKey::User(user.to_string()),
+        })
+    }
+
+    /// One upgrade attempt from `ip` against its admission bucket.
+    pub fn admit_ip(&self, ip: IpAddr) -> bool {
+        lock(&self.ip_buckets).take_at(ip, std::time::Instant::now())
+    }
+
+    /// One upgrade of `user` against its admission bucket.
+    pub fn admit_user(&self, user: &str) -> bool {
+        lock(&self.user_buckets).take_at(user.to_string(), std::time::Instant::now())
     }
 
     /// Registers a connection's queue so the node can close it; returns its id.
@@ -209,4 +275,38 @@ fn node_id(config: &Config) -> String {
         .filter_map(|v| std::env::var(v).ok())
         .find(|v| !v.is_empty())
         .unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()))
+}
+
+/// Re-reads the JWT key files every `auth.jwt.reloadInterval` until shutdown; when new
+/// keys are in force, tells every connection (those verified by a removed `kid` close).
+pub async fn reload_keys(node: Arc<Node>) {
+    if node.auth.insecure() {
+        return;
+    }
+    let mut tick = tokio::time::interval(node.auth.reload_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match node.auth.reload() {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!("new JWT verification keys in force");
+                node.metrics
+                    .key_reloads
+                    .with_label_values(&["changed"])
+                    .inc();
+                node.keys_changed.send_modify(|generation| *generation += 1);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "JWT keys not reloaded; the keys in force stay");
+                node.metrics
+                    .key_reloads
+                    .with_label_values(&["failed"])
+                    .inc();
+            }
+        }
+    }
 }

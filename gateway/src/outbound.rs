@@ -423,6 +423,13 @@ async fn write_msg<S>(
 where
     S: Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
+    if env.seq == 0 {
+        // Ephemeral: never stored, never replayed, so neither deduplicated nor tracked.
+        sink.feed(Message::Text(env.frame.clone())).await?;
+        out.delivered += 1;
+        (settings.on_delivered)(env);
+        return Ok(());
+    }
     // A message of another epoch: history was lost and restarted (e.g. Redis came back
     // empty), seqs start over.
     let last = match &state.written {

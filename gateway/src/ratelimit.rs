@@ -1,5 +1,7 @@
-//! Token bucket for per-connection command rates.
+//! Token buckets: per-connection command rates, and per-key (client IP, user) admission.
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::time::Instant;
 
 /// A token bucket: `rate` tokens per second, at most `burst` saved up.
@@ -39,6 +41,69 @@ impl TokenBucket {
     pub fn take(&mut self) -> bool {
         self.take_at(Instant::now())
     }
+
+    /// Whether the bucket would be full at `now` (an idle key that can be forgotten).
+    fn full_at(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * self.rate >= self.burst
+    }
+}
+
+/// One token bucket per key (a client IP, a user), for admission. Memory is bounded:
+/// buckets that refilled completely are forgotten, and beyond `max_keys` live buckets a
+/// new key is admitted without one (the shared admission rate still applies).
+#[derive(Debug)]
+pub struct KeyedBuckets<K> {
+    rate: f64,
+    burst: u32,
+    max_keys: usize,
+    buckets: HashMap<K, TokenBucket>,
+    calls: u64,
+}
+
+impl<K: Hash + Eq> KeyedBuckets<K> {
+    /// Buckets of `rate` per second and `burst`; `rate` 0 admits everything.
+    pub fn new(rate: f64, burst: u32, max_keys: usize) -> Self {
+        KeyedBuckets {
+            rate,
+            burst: burst.max(1),
+            max_keys,
+            buckets: HashMap::new(),
+            calls: 0,
+        }
+    }
+
+    /// Takes one token of `key`'s bucket at `now`.
+    pub fn take_at(&mut self, key: K, now: Instant) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        self.calls += 1;
+        if self.calls % 1024 == 0 || self.buckets.len() >= self.max_keys {
+            self.buckets.retain(|_, b| !b.full_at(now));
+        }
+        if !self.buckets.contains_key(&key) && self.buckets.len() >= self.max_keys {
+            return true;
+        }
+        let (rate, burst) = (self.rate, self.burst);
+        self.buckets
+            .entry(key)
+            .or_insert_with(|| TokenBucket {
+                last: now,
+                ..TokenBucket::new(rate, burst)
+            })
+            .take_at(now)
+    }
+
+    /// Live buckets.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Whether no bucket is live.
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -58,5 +123,33 @@ mod tests {
         // A long pause refills only up to the burst.
         let t2 = t1 + Duration::from_secs(3600);
         assert_eq!((0..100).filter(|_| b.take_at(t2)).count(), 40);
+    }
+
+    #[test]
+    fn one_key_running_dry_leaves_the_others_alone() {
+        let t0 = Instant::now();
+        let mut k = KeyedBuckets::new(1.0, 3, 100);
+        assert_eq!((0..10).filter(|_| k.take_at("flooder", t0)).count(), 3);
+        assert!(k.take_at("someone else", t0));
+        // A second later the flooder has one token again.
+        assert!(k.take_at("flooder", t0 + Duration::from_secs(1)));
+        assert!(!k.take_at("flooder", t0 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn memory_stays_bounded_and_refilled_keys_are_forgotten() {
+        let t0 = Instant::now();
+        let mut k = KeyedBuckets::new(1.0, 1, 10);
+        for i in 0..50 {
+            assert!(k.take_at(i, t0), "a new key always gets its first token");
+        }
+        assert_eq!(k.len(), 10, "no more than max_keys buckets");
+        // Once every bucket refilled, they are swept on the next call at the bound.
+        assert!(k.take_at(999, t0 + Duration::from_secs(5)));
+        assert_eq!(k.len(), 1);
+        assert!(
+            KeyedBuckets::new(0.0, 1, 1).take_at(1, t0),
+            "rate 0: no limit"
+        );
     }
 }

@@ -3,7 +3,7 @@
 use crate::auth;
 use crate::connection;
 use crate::node::Node;
-use crate::upgrade::{admit_upgrade, switching, text, Body};
+use crate::upgrade::{admit_upgrade, reject, switching, text, Body};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -94,10 +94,26 @@ async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) 
     };
     let offered_refs: Vec<&str> = a.offered.iter().map(String::as_str).collect();
     let chosen = auth::chosen_subprotocol(&offered_refs);
+    let offers_bearer = offered_refs
+        .iter()
+        .any(|p| p.starts_with(auth::SUBPROTOCOL_TOKEN_PREFIX));
+    if chosen.is_none() && offers_bearer {
+        // A browser fails a handshake that echoes none of its offers, and a bearer token
+        // is never echoed (it would land in logs): the client must offer chatgw.v1 too.
+        return reject(
+            &node,
+            StatusCode::BAD_REQUEST,
+            "bad_upgrade",
+            format!(
+                "offer the {} subprotocol (beside bearer.<jwt>)",
+                crate::protocol::SUBPROTOCOL
+            ),
+        );
+    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ws_config = ws_config(&node);
     let task_node = node.clone();
-    let (user, slot) = (a.user, a.slot);
+    let (identity, slots) = (a.identity, a.slots);
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
@@ -107,7 +123,7 @@ async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) 
                     Some(ws_config),
                 )
                 .await;
-                connection::serve(task_node, ws, user, slot).await;
+                connection::serve(task_node, ws, identity, slots).await;
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }

@@ -2,8 +2,8 @@
 //! routes (`forward`): headers, drain, origin, authentication, admission, per-IP limit,
 //! and the responses that refuse or complete an upgrade.
 
-use crate::auth::{self, AuthError, Presented};
-use crate::node::{IpSlot, Node};
+use crate::auth::{self, AuthError, Identity, Presented};
+use crate::node::{Node, Slots};
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -65,16 +65,16 @@ pub(crate) fn retry_later(node: &Node, reason: &'static str, detail: &str) -> Re
 }
 
 /// An upgrade request that passed every check (headers, drain, origin, authentication,
-/// admission, per-IP limit).
+/// admission, per-IP and per-user limits).
 pub(crate) struct Admitted {
-    /// Authenticated user id.
-    pub user: String,
+    /// Who connects and what their token grants.
+    pub identity: Identity,
     /// `Sec-WebSocket-Key`, for the accept header.
     pub key: HeaderValue,
     /// Subprotocols the client offered.
     pub offered: Vec<String>,
-    /// The client IP's connection slot, held for the connection's life.
-    pub slot: IpSlot,
+    /// The client IP's and the user's connection slots, held for the connection's life.
+    pub slots: Slots,
     /// The `connect` span.
     pub span: tracing::Span,
 }
@@ -134,6 +134,15 @@ pub(crate) async fn admit_upgrade(
                 .collect()
         })
         .unwrap_or_default();
+    // A flood from one address is refused before it costs a signature check.
+    if !node.admit_ip(peer.ip()) {
+        return Err(reject(
+            node,
+            StatusCode::TOO_MANY_REQUESTS,
+            "per_ip_rate",
+            "too many connection attempts from this address; slow down".into(),
+        ));
+    }
     let mut presented = Presented {
         bearer: header_str(req, header::AUTHORIZATION)
             .and_then(|a| {
@@ -164,8 +173,8 @@ pub(crate) async fn admit_upgrade(
         tracing::Span::none()
     };
     let _entered = span.enter();
-    let user = match node.auth.authenticate(&presented) {
-        Ok(user) => user,
+    let identity = match node.auth.authenticate(&presented) {
+        Ok(identity) => identity,
         Err(e) => {
             let reason = match e {
                 AuthError::Missing | AuthError::MissingUser => "auth_missing",
@@ -178,9 +187,18 @@ pub(crate) async fn admit_upgrade(
             return Err(r);
         }
     };
+    drop(_entered);
+    // One credential reconnecting in a loop is refused before it uses up the shared rate.
+    if !node.admit_user(&identity.user) {
+        return Err(reject(
+            node,
+            StatusCode::TOO_MANY_REQUESTS,
+            "per_user_rate",
+            "too many connection attempts for this user; slow down".into(),
+        ));
+    }
     // Reconnect storms: admit at most admission.rate upgrades per second (cluster-wide
     // with Redis); the rest come back after a jittered Retry-After.
-    drop(_entered);
     if !node.admit().instrument(span.clone()).await {
         return Err(retry_later(
             node,
@@ -188,7 +206,7 @@ pub(crate) async fn admit_upgrade(
             "too many connections right now; retry shortly",
         ));
     }
-    let Some(slot) = node.take_ip_slot(peer.ip()) else {
+    let Some(ip) = node.take_ip_slot(peer.ip()) else {
         return Err(reject(
             node,
             StatusCode::TOO_MANY_REQUESTS,
@@ -196,14 +214,22 @@ pub(crate) async fn admit_upgrade(
             "too many connections from this address".into(),
         ));
     };
+    let Some(user) = node.take_user_slot(&identity.user) else {
+        return Err(reject(
+            node,
+            StatusCode::TOO_MANY_REQUESTS,
+            "per_user",
+            "too many connections for this user".into(),
+        ));
+    };
 
-    span.record("user", user.as_str());
+    span.record("user", identity.user.as_str());
     span.record("outcome", "accepted");
     Ok(Admitted {
-        user,
+        identity,
         key,
         offered,
-        slot,
+        slots: Slots { ip, user },
         span,
     })
 }

@@ -48,6 +48,11 @@ export class ChatClient {
    * @param {object} opts
    * @param {string|function} [opts.url]   ws(s)://host/ws; defaults to /ws on this page's host
    * @param {string|function} [opts.token] a JWT, offered as `bearer.<jwt>` subprotocol
+   * @param {function} [opts.getToken]    async () => a fresh connection JWT: called when the
+   *   server says the token is `expiring` (then sent in `refresh`, no reconnect) and on
+   *   every connect; defaults to `opts.token` when that is a function
+   * @param {function} [opts.getRoomToken] async (room) => a fresh subscription token for a
+   *   room joined with one, when the server says it is `expiring`
    * @param {string|function} [opts.user]  insecure dev mode: connect as `?user=`
    * @param {function} [opts.WebSocket]    constructor to use (default: globalThis.WebSocket)
    * @param {number} [opts.initialDelayMs=1000] first backoff ceiling
@@ -57,8 +62,9 @@ export class ChatClient {
   constructor(opts = {}) {
     this.opts = {
       url: opts.url ?? defaultUrl,
-      token: opts.token,
+      token: opts.getToken ?? opts.token,
       user: opts.user,
+      getRoomToken: opts.getRoomToken,
       initialDelayMs: opts.initialDelayMs ?? 1000,
       maxDelayMs: opts.maxDelayMs ?? 30000,
       timeoutMs: opts.timeoutMs ?? 15000,
@@ -237,6 +243,9 @@ export class ChatClient {
       if (p) p.sent = false;
     }
     if (this.state === "closed") return;
+    // Token expired (4401) or its key was revoked (4403): reconnect at once with a fresh
+    // token from `token`/`getToken` rather than backing off.
+    if (code === 4401 || code === 4403) this._goawayDelay = 0;
     const delay = this._scheduleReconnect({ code, reason });
     if (wasConnected || opened) this._emit("disconnected", { code, reason, reconnectInMs: delay });
   }
@@ -294,6 +303,14 @@ export class ChatClient {
         return this._emit("presence", f);
       case "goaway":
         return this._onGoaway(f);
+      case "expiring":
+        return this._onExpiring(f);
+      case "unsubscribed":
+        // The server took us out of a room (its subscription token expired).
+        this._rooms.delete(f.room);
+        this._pos.delete(f.room);
+        this._filling.delete(f.room);
+        return this._emit("unsubscribed", f);
       default:
         return; // newer server frames are ignored, not fatal
     }
@@ -383,7 +400,10 @@ export class ChatClient {
   }
 
   _onMsg(m) {
-    if (typeof m.room !== "string" || typeof m.seq !== "number") return;
+    if (typeof m.room !== "string") return;
+    // Ephemeral messages (typing, cursors) have no seq: nothing to order or deduplicate.
+    if (m.ephemeral === true) return this._emit("message", m);
+    if (typeof m.seq !== "number") return;
     const fill = this._filling.get(m.room);
     if (fill) fill.held.push(m);
     else this._deliver(m, false);
@@ -400,6 +420,23 @@ export class ChatClient {
     }
     this._pos.set(m.room, { seq: m.seq, epoch: m.epoch });
     this._emit("message", replayed ? { ...m, replayed: true } : m);
+  }
+
+  // A token expires soon: get a new one from the app and `refresh` it in place. Without
+  // a callback the connection closes at the expiry (4401) and reconnects with whatever
+  // `token` gives then.
+  async _onExpiring(f) {
+    this._emit("expiring", f);
+    const source = f.room ? this.opts.getRoomToken : this.opts.token;
+    if (typeof source !== "function") return;
+    try {
+      const token = f.room ? await source(f.room) : await source();
+      if (!token) return;
+      const cmd = f.room ? { type: "refresh", room: f.room, token } : { type: "refresh", token };
+      await this._command(cmd, { now: true });
+    } catch (e) {
+      this._emit("error", { room: f.room, error: e });
+    }
   }
 
   _onGoaway(f) {
@@ -522,11 +559,13 @@ export class ChatClient {
     }
   }
 
-  /** Joins a room; `since`/`epoch` also replay what came after `since`. */
-  join(room, { since, epoch } = {}) {
+  /** Joins a room; `since`/`epoch` also replay what came after `since`; `token` is a
+   * subscription token for a room that needs one. */
+  join(room, { since, epoch, token } = {}) {
     const cmd = { type: "join", room };
     if (since !== undefined) cmd.since = since;
     if (epoch !== undefined) cmd.epoch = epoch;
+    if (token !== undefined) cmd.token = token;
     return this._command(cmd);
   }
 

@@ -4,17 +4,21 @@
 //! reads is exactly what [`Config::from_yaml`] parses: one source of truth. It lives in its
 //! own small crate so the operator shares it without linking the gateway's network stack.
 //!
-//! - [`types`]: every key and its default;
+//! - [`types`]: every key and its default ([`auth`] and [`namespaces`] apart);
 //! - [`load`]: YAML text or file, environment overrides, printing;
 //! - [`validate`]: relations between values that serde alone cannot check.
 
+pub mod auth;
 pub mod load;
+pub mod namespaces;
 pub mod types;
 pub mod validate;
 
-pub use load::{Loaded, ENV_PREFIX};
+pub use auth::*;
+pub use load::{Loaded, Overrides, ENV_PREFIX};
+pub use namespaces::{DmPolicy, JoinPolicy, NamespaceConfig, Namespaces, SendPolicy};
 pub use types::*;
-pub use validate::upstream_url;
+pub use validate::{upstream_url, MIN_HS256_SECRET};
 
 use std::path::PathBuf;
 

@@ -13,6 +13,13 @@ use crate::{Config, ConfigError};
 /// Prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "CHATGW_";
 
+/// Command-line flags, applied over the file and the environment (before validation).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen`: `server.listen`.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
 /// A loaded config and what the loader skipped on the way.
 #[derive(Debug)]
 pub struct Loaded {
@@ -39,14 +46,15 @@ impl Config {
         file: Option<&std::path::Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        Config::load_reporting(file, env).map(|l| l.config)
+        Config::load_reporting(file, env, &Overrides::default()).map(|l| l.config)
     }
 
-    /// Like [`load`](Config::load), also returning the variables it skipped (for a log line
-    /// once logging is up).
+    /// Like [`load`](Config::load) with flags on top; also returns the variables it
+    /// skipped (for a log line once logging is up).
     pub fn load_reporting(
         file: Option<&std::path::Path>,
         env: impl IntoIterator<Item = (String, String)>,
+        flags: &Overrides,
     ) -> Result<Loaded, ConfigError> {
         let (mut value, origin) = match file {
             Some(path) => {
@@ -83,7 +91,10 @@ impl Config {
         } else {
             origin
         };
-        let config = from_value(value, &origin)?;
+        let mut config = from_value(value, &origin)?;
+        if let Some(listen) = flags.listen {
+            config.server.listen = listen;
+        }
         config.validate()?;
         ignored_env.sort();
         Ok(Loaded {
@@ -247,6 +258,7 @@ mod tests {
             None,
             env(&[
                 ("CHATGW_AUTH__MODE", "insecure"),
+                ("CHATGW_SERVER__LISTEN", "127.0.0.1:8080"),
                 ("CHATGW_LIMITS__MAX_FRAME_BYTES", "1024"),
                 ("CHATGW_HEARTBEAT__INTERVAL", "2s"),
                 ("CHATGW_SERVER__ALLOWED_ORIGINS", "[https://a.example]"),
@@ -270,7 +282,7 @@ mod tests {
         let file = dir.join("c.yaml");
         std::fs::write(
             &file,
-            "auth:\n  mode: insecure\nlimits:\n  roomsPerConnection: 7\n",
+            "auth:\n  mode: insecure\nserver:\n  listen: 127.0.0.1:8080\nlimits:\n  roomsPerConnection: 7\n",
         )
         .expect("write");
         let c = Config::load(
@@ -329,9 +341,10 @@ mod tests {
         ];
         let mut vars = env(&links);
         vars.push(("CHATGW_AUTH__MODE".into(), "insecure".into()));
+        vars.push(("CHATGW_SERVER__LISTEN".into(), "127.0.0.1:8080".into()));
         vars.push(("CHATGW_ENGINE".into(), "redis".into()));
-        let loaded =
-            Config::load_reporting(None, vars).expect("service links do not stop the gateway");
+        let loaded = Config::load_reporting(None, vars, &Overrides::default())
+            .expect("service links do not stop the gateway");
         assert_eq!(loaded.config.engine, crate::EngineKind::Redis);
         let mut expected: Vec<String> = links.iter().map(|(k, _)| k.to_string()).collect();
         expected.sort();

@@ -1,8 +1,9 @@
 //! The configuration types and their defaults: every key the gateway understands, in the
 //! camelCase spelling of the YAML file. Every field has a default.
 
+use crate::{AuthConfig, NamespaceConfig};
 use serde::{Deserialize, Serialize};
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 /// Everything the gateway can be told; every field has a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +37,9 @@ pub struct Config {
     pub admission: AdmissionConfig,
     /// WebSocket forwarding routes to backend services (longest path prefix wins).
     pub routes: Vec<RouteConfig>,
+    /// Room namespaces (longest prefix wins); built-in defaults: a public lobby for rooms
+    /// without a configured prefix and the `user:` inboxes.
+    pub namespaces: Vec<NamespaceConfig>,
 }
 
 impl Default for Config {
@@ -61,6 +65,7 @@ impl Default for Config {
             rebalance: RebalanceConfig::default(),
             admission: AdmissionConfig::default(),
             routes: Vec::new(),
+            namespaces: Vec::new(),
         }
     }
 }
@@ -126,82 +131,6 @@ impl Default for RedisConfig {
     }
 }
 
-/// Authentication mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AuthMode {
-    /// Signed JWT required.
-    Jwt,
-    /// `?user=NAME` is trusted as is. For demos only.
-    Insecure,
-}
-
-/// JWT signature algorithms accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum JwtAlgorithm {
-    /// HMAC-SHA256 with a shared secret.
-    HS256,
-    /// RSA-SHA256 with a PEM public key.
-    RS256,
-}
-
-/// Authentication settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct AuthConfig {
-    /// `jwt` (default) or `insecure`.
-    pub mode: AuthMode,
-    /// JWT verification settings (mode `jwt`).
-    pub jwt: JwtConfig,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        AuthConfig {
-            mode: AuthMode::Jwt,
-            jwt: JwtConfig::default(),
-        }
-    }
-}
-
-/// JWT verification settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct JwtConfig {
-    /// The only algorithm accepted; tokens signed otherwise are refused.
-    pub algorithm: JwtAlgorithm,
-    /// HS256 shared secret.
-    pub secret: Option<String>,
-    /// File holding the HS256 shared secret (trailing newline ignored).
-    pub secret_file: Option<PathBuf>,
-    /// RS256 public key, PEM.
-    pub public_key: Option<String>,
-    /// File holding the RS256 public key, PEM.
-    pub public_key_file: Option<PathBuf>,
-    /// Required `iss` claim, if set.
-    pub issuer: Option<String>,
-    /// Required `aud` claim, if set.
-    pub audience: Option<String>,
-    /// Clock skew tolerated on `exp`/`nbf`.
-    #[serde(with = "humantime_serde")]
-    pub leeway: Duration,
-}
-
-impl Default for JwtConfig {
-    fn default() -> Self {
-        JwtConfig {
-            algorithm: JwtAlgorithm::HS256,
-            secret: None,
-            secret_file: None,
-            public_key: None,
-            public_key_file: None,
-            issuer: None,
-            audience: None,
-            leeway: Duration::from_secs(5),
-        }
-    }
-}
-
 /// Keep-alive settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
@@ -233,6 +162,8 @@ pub struct LimitsConfig {
     pub rooms_per_connection: usize,
     /// Open connections per client IP; 0 disables the limit.
     pub connections_per_ip: u32,
+    /// Open connections per user on one pod; 0 disables the limit.
+    pub connections_per_user: u32,
     /// Frames queued for one connection before it is closed as a slow consumer (1013).
     pub outbound_queue_frames: usize,
     /// Bytes queued for one connection before it is closed as a slow consumer (1013).
@@ -251,6 +182,7 @@ impl Default for LimitsConfig {
             message_burst: 40,
             rooms_per_connection: 100,
             connections_per_ip: 1000,
+            connections_per_user: 100,
             outbound_queue_frames: 1024,
             outbound_queue_bytes: 1024 * 1024,
             max_errors_in_row: 10,
@@ -360,16 +292,32 @@ impl Default for RebalanceConfig {
 }
 
 /// Admission of new connections and resumes, cluster-wide with Redis, per pod otherwise.
+/// Per-IP and per-user buckets come first, so one client or one credential hammering the
+/// door is refused (429) before it uses up the shared rate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct AdmissionConfig {
     /// Upgrades admitted per second; over it, 503 with a jittered Retry-After. 0 = no limit.
     pub rate: u32,
+    /// Upgrades per second from one client IP (per pod); 0 = no limit.
+    pub per_ip_rate: f64,
+    /// Burst of upgrades from one client IP.
+    pub per_ip_burst: u32,
+    /// Upgrades per second of one user (per pod); 0 = no limit.
+    pub per_user_rate: f64,
+    /// Burst of upgrades of one user.
+    pub per_user_burst: u32,
 }
 
 impl Default for AdmissionConfig {
     fn default() -> Self {
-        AdmissionConfig { rate: 2000 }
+        AdmissionConfig {
+            rate: 2000,
+            per_ip_rate: 50.0,
+            per_ip_burst: 100,
+            per_user_rate: 5.0,
+            per_user_burst: 20,
+        }
     }
 }
 

@@ -2,7 +2,11 @@
 //! at start and the operator runs it on the config a ChatGateway asks for, so a spec the
 //! gateway would refuse is reported before any pod starts.
 
-use crate::{is_reserved_prefix, AuthMode, Config, ConfigError, JwtAlgorithm};
+use crate::{is_reserved_prefix, AuthMode, Config, ConfigError, JoinPolicy};
+
+/// Shortest HS256 secret accepted, in bytes (the length of the hash: shorter secrets make
+/// the key brute-forceable).
+pub const MIN_HS256_SECRET: usize = 32;
 use std::time::Duration;
 
 impl Config {
@@ -42,14 +46,77 @@ impl Config {
         if self.history.max_messages == 0 || self.inbox.max_messages == 0 {
             return bad("history.maxMessages and inbox.maxMessages must be at least 1");
         }
-        if self.auth.mode == AuthMode::Jwt {
-            let j = &self.auth.jwt;
-            let ok = match j.algorithm {
-                JwtAlgorithm::HS256 => j.secret.is_some() || j.secret_file.is_some(),
-                JwtAlgorithm::RS256 => j.public_key.is_some() || j.public_key_file.is_some(),
+        self.validate_auth()?;
+        self.validate_namespaces()?;
+        let a = &self.admission;
+        let rate_ok = |r: f64| r.is_finite() && r >= 0.0;
+        if !rate_ok(a.per_ip_rate) || !rate_ok(a.per_user_rate) {
+            return bad("admission.perIpRate and admission.perUserRate must be >= 0");
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let auth = &self.auth;
+        match auth.mode {
+            AuthMode::Insecure => {
+                let ip = self.server.listen.ip();
+                if !ip.is_loopback() && !auth.dangerously_allow_insecure_on_network {
+                    return bad(format!(
+                        "auth.mode is insecure (anyone can connect as any user with ?user=) but \
+                         server.listen is {ip}, not a loopback address: listen on 127.0.0.1, use \
+                         auth.mode: jwt, or set auth.dangerouslyAllowInsecureOnNetwork: true for a \
+                         demo nobody else can reach"
+                    ));
+                }
+            }
+            AuthMode::Jwt => {
+                let j = &auth.jwt;
+                if !j.has_key() {
+                    return bad("auth.mode is jwt but no key is configured: set auth.jwt.secret or auth.jwt.secretFile (HS256), auth.jwt.publicKey or auth.jwt.publicKeyFile (RS256, ES256, EdDSA), or auth.jwt.jwksFile; for local development only, auth.mode: insecure".into());
+                }
+                if j.secret
+                    .as_ref()
+                    .is_some_and(|s| s.len() < MIN_HS256_SECRET)
+                {
+                    return bad(format!(
+                        "auth.jwt.secret is shorter than {MIN_HS256_SECRET} bytes: an HS256 secret must be at least as long as the hash"
+                    ));
+                }
+                if j.audience.is_none() && j.require_audience {
+                    return bad("auth.jwt.audience is not set: name the audience your tokens are minted for (their `aud` claim), or set auth.jwt.requireAudience: false to accept tokens of any audience".into());
+                }
+                if j.reload_interval < Duration::from_millis(100) {
+                    return bad("auth.jwt.reloadInterval must be at least 100ms".into());
+                }
+            }
+        }
+        if auth.expiry_warning.is_zero() {
+            return bad("auth.expiryWarning must be positive".into());
+        }
+        Ok(())
+    }
+
+    fn validate_namespaces(&self) -> Result<(), ConfigError> {
+        let mut prefixes = std::collections::BTreeSet::new();
+        for (i, n) in self.namespaces.iter().enumerate() {
+            let what = |m: &str| {
+                Err(ConfigError::Invalid(format!(
+                    "namespaces[{i}] (prefix {:?}): {m}",
+                    n.prefix
+                )))
             };
-            if !ok {
-                return bad("auth.mode is jwt but no key is configured: set auth.jwt.secret or auth.jwt.secretFile (HS256), or auth.jwt.publicKey or auth.jwt.publicKeyFile (RS256); for local development only, auth.mode: insecure");
+            if !prefixes.insert(n.prefix.as_str()) {
+                return what("prefix is used twice");
+            }
+            if n.join == JoinPolicy::Backend {
+                return what(
+                    "join: backend needs the join hook, which this gateway has not configured",
+                );
+            }
+            if n.retention.as_ref().is_some_and(|r| r.max_messages == 0) {
+                return what("retention.maxMessages must be at least 1");
             }
         }
         Ok(())
@@ -145,6 +212,46 @@ mod tests {
         assert!(e.to_string().contains("auth.jwt.secret"), "{e}");
     }
 
+    fn jwt(secret: &str, audience: Option<&str>) -> Config {
+        let mut c = Config::default();
+        c.auth.jwt.secret = Some(secret.into());
+        c.auth.jwt.audience = audience.map(Into::into);
+        c
+    }
+
+    #[test]
+    fn short_hs256_secrets_and_a_missing_audience_are_refused() {
+        let long = "0123456789abcdef0123456789abcdef";
+        assert!(jwt(long, Some("chat")).validate().is_ok());
+        let e = jwt("too-short", Some("chat"))
+            .validate()
+            .expect_err("short");
+        assert!(e.to_string().contains("shorter than 32 bytes"), "{e}");
+        let e = jwt(long, None).validate().expect_err("no aud");
+        assert!(e.to_string().contains("auth.jwt.audience"), "{e}");
+        let mut any_aud = jwt(long, None);
+        any_aud.auth.jwt.require_audience = false;
+        assert!(any_aud.validate().is_ok(), "explicitly disabled");
+    }
+
+    #[test]
+    fn insecure_mode_stays_on_loopback_unless_told_loudly() {
+        let mut c = Config::default();
+        c.auth.mode = AuthMode::Insecure;
+        let e = c.validate().expect_err("0.0.0.0");
+        assert!(
+            e.to_string().contains("dangerouslyAllowInsecureOnNetwork"),
+            "{e}"
+        );
+        c.server.listen = "127.0.0.1:8080".parse().expect("addr");
+        assert!(c.validate().is_ok());
+        c.server.listen = "[::1]:8080".parse().expect("addr");
+        assert!(c.validate().is_ok());
+        c.server.listen = "0.0.0.0:8080".parse().expect("addr");
+        c.auth.dangerously_allow_insecure_on_network = true;
+        assert!(c.validate().is_ok());
+    }
+
     #[test]
     fn upstreams() {
         assert_eq!(
@@ -165,6 +272,7 @@ mod tests {
         let with_prefix = |p: &str| {
             let mut c = Config::default();
             c.auth.mode = AuthMode::Insecure;
+            c.server.listen = "127.0.0.1:8080".parse().expect("addr");
             c.routes = vec![RouteConfig {
                 name: "r".into(),
                 path_prefix: p.into(),

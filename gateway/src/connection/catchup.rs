@@ -6,9 +6,10 @@
 //! already wrote. Joins and resumes enter rooms through the one path here.
 
 use super::cmd::Refusal;
-use super::session::Session;
+use super::session::{Joined, Session};
 use crate::engine::{EngineError, HistoryQuery, SessionRecord};
 use crate::outbound::Outbound;
+use crate::permissions::Membership;
 use crate::protocol::{ErrorCode, Since, StreamPosition};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -52,12 +53,13 @@ impl Session {
         })
     }
 
-    /// Joins a room (or catches up a room already joined) from `since`: the one path of
-    /// `join` and `resume`. On failure the connection is out of the room.
+    /// Joins a room as `member` (or catches up a room already joined) from `since`: the
+    /// one path of `join` and `resume`. On failure the connection is out of the room.
     pub(super) async fn enter_room(
         &mut self,
         room: &Arc<str>,
         since: Option<&Since>,
+        member: Membership,
     ) -> Result<CaughtUp, Refusal> {
         if self.rooms.contains_key(room) {
             self.queue.push(Outbound::BeginCatchup(room.clone()));
@@ -73,7 +75,12 @@ impl Session {
         }
         match self.catch_up(room, since).await {
             Ok(caught) => {
-                self.rooms.insert(room.clone(), caught.at.clone());
+                let joined = Joined {
+                    at: caught.at.clone(),
+                    member,
+                    warned: false,
+                };
+                self.rooms.insert(room.clone(), joined);
                 Ok(caught)
             }
             Err(e) => {
@@ -89,7 +96,7 @@ impl Session {
         self.inbox_pending = false;
         let inbox = self.inbox.clone();
         let replay = async {
-            let cursor = self.node.engine.inbox_cursor(&self.user).await?;
+            let cursor = self.node.engine.inbox_cursor(self.user()).await?;
             self.catch_up(
                 &inbox,
                 Some(&Since {
@@ -105,7 +112,7 @@ impl Session {
                 self.queue.push(caught.replay);
             }
             Err(e) => {
-                tracing::warn!(user = %self.user, error = %e, "inbox replay failed");
+                tracing::warn!(user = %self.user(), error = %e, "inbox replay failed");
                 self.queue.push(Outbound::Release(inbox));
             }
         }

@@ -8,13 +8,15 @@
 
 mod catchup;
 pub mod cmd;
+mod expiry;
 pub mod session;
 
 #[cfg(test)]
 mod tests;
 
+use crate::auth::Identity;
 use crate::disconnect::{self, CloseReason};
-use crate::node::{IpSlot, Node};
+use crate::node::{Node, Slots};
 use crate::outbound::{self, OutboundQueue, WriterSettings};
 use crate::protocol::{self, error_frame, ok_frame, Command, ErrorCode};
 use crate::ratelimit::TokenBucket;
@@ -56,8 +58,17 @@ fn classify(msg: Option<Result<Message, tungstenite::Error>>, conn: u64) -> Fram
     }
 }
 
+/// The tokio instant of a Unix-ms deadline (far away when there is none).
+fn instant_of(deadline_ms: Option<u64>) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    match deadline_ms {
+        Some(at) => now + Duration::from_millis(at.saturating_sub(crate::engine::now_ms())),
+        None => now + Duration::from_secs(365 * 24 * 3600),
+    }
+}
+
 /// Serves one upgraded socket until it closes.
-pub async fn serve<S>(node: Arc<Node>, ws: S, user: String, _slot: IpSlot)
+pub async fn serve<S>(node: Arc<Node>, ws: S, identity: Identity, _slots: Slots)
 where
     S: Stream<Item = Result<Message, tungstenite::Error>>
         + futures_util::Sink<Message, Error = tungstenite::Error>
@@ -72,7 +83,7 @@ where
     let (sink, mut stream) = ws.split();
     let started = Instant::now();
     let last_seen = Arc::new(AtomicU64::new(0));
-    let mut session = Session::new(node.clone(), id, user, queue.clone());
+    let mut session = Session::new(node.clone(), id, identity, queue.clone());
     let writer = tokio::spawn(outbound::run_writer(
         sink,
         rx,
@@ -84,12 +95,30 @@ where
     let mut errors_in_row = 0u32;
     let grace = tokio::time::sleep(RESUME_GRACE);
     tokio::pin!(grace);
+    let expiry = tokio::time::sleep_until(instant_of(session.next_deadline()));
+    tokio::pin!(expiry);
+    let mut keys = node.keys_changed.subscribe();
     let closing = queue.closing().clone();
     loop {
         let msg = tokio::select! {
             _ = closing.cancelled() => break,
             _ = &mut grace, if session.inbox_pending => {
                 Box::pin(session.replay_inbox_from_cursor()).await;
+                continue;
+            }
+            _ = &mut expiry => {
+                if let Some(reason) = Box::pin(session.on_deadline(crate::engine::now_ms())).await {
+                    queue.close(reason);
+                    break;
+                }
+                expiry.as_mut().reset(instant_of(session.next_deadline()));
+                continue;
+            }
+            Ok(()) = keys.changed(), if session.identity.kid.is_some() => {
+                if session.key_revoked() {
+                    queue.close(disconnect::KEY_REVOKED);
+                    break;
+                }
                 continue;
             }
             msg = stream.next() => msg,
@@ -123,6 +152,8 @@ where
             true
         };
         errors_in_row = if client_fault { errors_in_row + 1 } else { 0 };
+        // A refresh (or a room token) may have moved the next expiry.
+        expiry.as_mut().reset(instant_of(session.next_deadline()));
         if errors_in_row > limits.max_errors_in_row {
             queue.close(disconnect::TOO_MANY_ERRORS);
             break;

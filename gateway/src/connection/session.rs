@@ -2,13 +2,26 @@
 //! operations they share: subscribe (locally and in the engine), presence, and the
 //! session record a later `resume` starts from.
 
-use crate::engine::{EngineError, SessionRecord};
+use crate::auth::Identity;
+use crate::engine::{EngineError, SessionRecord, StoredGrant};
 use crate::hub::ConnId;
 use crate::node::Node;
 use crate::outbound::{Outbound, OutboundQueue};
+use crate::permissions::Membership;
 use crate::protocol::{self, push, StreamPosition};
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// A room the connection is in.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// The position seen when it was (re)joined.
+    pub at: StreamPosition,
+    /// What the grant that let it in allows, and until when.
+    pub member: Membership,
+    /// The `expiring` push for its subscription token went out.
+    pub warned: bool,
+}
 
 /// One client session on this node: who it is, what it joined, where its frames go.
 pub struct Session {
@@ -18,27 +31,31 @@ pub struct Session {
     pub(super) conn_key: String,
     pub(super) session: String,
     pub(super) resume_token: String,
-    pub(super) user: String,
+    /// Who is connected and what their token grants (replaced by `refresh`).
+    pub(super) identity: Identity,
+    /// The `expiring` push for the connection token went out.
+    pub(super) warned: bool,
     pub(super) inbox: Arc<str>,
     pub(super) queue: OutboundQueue,
-    /// Joined rooms (not the inbox) and the position seen when each was (re)joined.
-    pub(super) rooms: HashMap<Arc<str>, StreamPosition>,
+    /// Joined rooms (not the inbox).
+    pub(super) rooms: HashMap<Arc<str>, Joined>,
     /// The inbox's replay waits for `resume` (up to the grace period) or another command.
     pub(super) inbox_pending: bool,
     pub(super) connected_at: u64,
 }
 
 impl Session {
-    /// A new session of `user`, writing to `queue`, registered on the node as `id`.
-    pub fn new(node: Arc<Node>, id: ConnId, user: String, queue: OutboundQueue) -> Session {
+    /// A new session of `identity`, writing to `queue`, registered on the node as `id`.
+    pub fn new(node: Arc<Node>, id: ConnId, identity: Identity, queue: OutboundQueue) -> Session {
         Session {
             conn_key: format!("{}/{}", node.id, id),
             node,
             id,
             session: random_hex(8),
             resume_token: random_hex(16),
-            inbox: protocol::inbox_of(&user).into(),
-            user,
+            inbox: protocol::inbox_of(&identity.user).into(),
+            identity,
+            warned: false,
             queue,
             rooms: HashMap::new(),
             inbox_pending: true,
@@ -48,7 +65,7 @@ impl Session {
 
     /// The user of the session.
     pub fn user(&self) -> &str {
-        &self.user
+        &self.identity.user
     }
 
     /// Sends `welcome` and subscribes the inbox, holding its messages back until the
@@ -58,16 +75,17 @@ impl Session {
             kind: "welcome".into(),
             protocol: protocol::PROTOCOL_VERSION,
             session: self.session.clone(),
-            user: self.user.clone(),
+            user: self.identity.user.clone(),
             resume_token: self.resume_token.clone(),
             heartbeat_ms: self.node.config.heartbeat.interval.as_millis() as u64,
             node: self.node.id.clone(),
+            expires_at: self.identity.expires_at.map(|s| s * 1000),
         };
         self.queue.frame(protocol::to_json(&welcome));
         self.queue.push(Outbound::BeginCatchup(self.inbox.clone()));
         let inbox = self.inbox.clone();
         if let Err(e) = self.subscribe(&inbox).await {
-            tracing::warn!(user = %self.user, error = %e, "inbox subscribe failed");
+            tracing::warn!(user = %self.identity.user, error = %e, "inbox subscribe failed");
             self.queue.frame(protocol::error_frame(
                 None,
                 protocol::ErrorCode::Unavailable,
@@ -116,7 +134,7 @@ impl Session {
             let present = self
                 .node
                 .engine
-                .presence_join(room, &self.user, &self.conn_key)
+                .presence_join(room, &self.identity.user, &self.conn_key)
                 .await;
             if let Err(e) = present {
                 self.unsubscribe(room).await;
@@ -145,7 +163,7 @@ impl Session {
         let left = self
             .node
             .engine
-            .presence_leave(room, &self.user, &self.conn_key)
+            .presence_leave(room, &self.identity.user, &self.conn_key)
             .await;
         if let Err(e) = left {
             // Presence entries expire on their own; a failed leave only shows the user
@@ -173,19 +191,29 @@ impl Session {
             .rooms
             .iter()
             .map(|(room, joined)| {
-                let at = written.get(room).unwrap_or(joined);
+                let at = written.get(room).unwrap_or(&joined.at);
                 (room.to_string(), at.clone())
+            })
+            .collect();
+        let grants = self
+            .rooms
+            .iter()
+            .filter_map(|(room, joined)| {
+                let expires_at = joined.member.expires_at?;
+                let send = joined.member.send;
+                Some((room.to_string(), StoredGrant { send, expires_at }))
             })
             .collect();
         if let Some(at) = written.get(&self.inbox) {
             rooms.insert(self.inbox.to_string(), at.clone());
         }
         let record = SessionRecord {
-            user: self.user.clone(),
+            user: self.identity.user.clone(),
             node: self.node.id.clone(),
             rooms,
             connected_at: self.connected_at,
             last_seen: crate::engine::now_ms(),
+            grants,
         };
         if let Err(e) = self
             .node
@@ -193,7 +221,7 @@ impl Session {
             .save_session(&self.resume_token, &record)
             .await
         {
-            tracing::warn!(user = %self.user, error = %e, "session not saved");
+            tracing::warn!(user = %self.identity.user, error = %e, "session not saved");
         }
     }
 }

@@ -61,6 +61,7 @@ impl Harness {
     async fn fresh(user: &str) -> Harness {
         let mut config = Config::default();
         config.auth.mode = AuthMode::Insecure;
+        config.server.listen = "127.0.0.1:0".parse().expect("addr");
         config.limits.rooms_per_connection = 2;
         Harness::on(Node::new(config, Default::default()).expect("node"), user).await
     }
@@ -69,7 +70,11 @@ impl Harness {
     async fn on(node: Arc<Node>, user: &str) -> Harness {
         let (queue, rx) = outbound::queue(1024, 1 << 20);
         let id = node.register(queue.clone());
-        let mut session = Session::new(node.clone(), id, user.into(), queue.clone());
+        let identity = crate::auth::Identity {
+            user: user.into(),
+            ..Default::default()
+        };
+        let mut session = Session::new(node.clone(), id, identity, queue.clone());
         session.welcome().await;
         let mut h = Harness {
             node,
@@ -396,6 +401,7 @@ async fn another_users_token_is_refused_and_left_in_place() {
         rooms: BTreeMap::new(),
         connected_at: 0,
         last_seen: 0,
+        grants: BTreeMap::new(),
     };
     h.node
         .engine
@@ -427,6 +433,7 @@ fn resume_positions_merge_stored_and_client_ones() {
         ]),
         connected_at: 0,
         last_seen: 0,
+        grants: BTreeMap::new(),
     };
     let client = BTreeMap::from([
         (

@@ -341,6 +341,14 @@ async fn sessions_take_once_and_expire(f: &impl Factory) {
         rooms: [("lobby".to_string(), StreamPosition::new("e", 4))].into(),
         connected_at: 1,
         last_seen: 2,
+        grants: [(
+            "lobby".to_string(),
+            super::StoredGrant {
+                send: false,
+                expires_at: 99,
+            },
+        )]
+        .into(),
     };
     engine.save_session("tok1", &rec).await.expect("save");
     assert_eq!(

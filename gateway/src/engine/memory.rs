@@ -4,7 +4,7 @@ use super::{
     new_epoch, now_ms, Broker, Engine, EngineError, Envelope, History, HistoryPage, HistoryQuery,
     NodeReport, Nodes, PresenceManager, Publish, Published, SessionRecord, Sessions,
 };
-use crate::config::{Config, RetentionConfig};
+use crate::config::{Config, Namespaces, RetentionConfig};
 use crate::hub::Hub;
 use crate::protocol::push::{msg_frame, presence_frame};
 use crate::protocol::StreamPosition;
@@ -22,6 +22,9 @@ struct Stream {
     /// "from\0msg_id" -> (seq, remembered until).
     dedup: HashMap<String, (u64, Instant)>,
     dedup_order: VecDeque<(Instant, String)>,
+    /// Inboxes with a DM quota: sender -> seqs of their messages (those below the first
+    /// retained seq are dropped lazily).
+    by_sender: HashMap<String, VecDeque<u64>>,
 }
 
 impl Stream {
@@ -32,7 +35,23 @@ impl Stream {
             msgs: VecDeque::new(),
             dedup: HashMap::new(),
             dedup_order: VecDeque::new(),
+            by_sender: HashMap::new(),
         }
+    }
+
+    /// Whether `from` has fewer than `quota` retained messages here (0: no quota).
+    fn under_quota(&mut self, from: &str, quota: u32) -> bool {
+        if quota == 0 {
+            return true;
+        }
+        let first = self.first();
+        let Some(seqs) = self.by_sender.get_mut(from) else {
+            return true;
+        };
+        while seqs.front().is_some_and(|s| *s < first) {
+            seqs.pop_front();
+        }
+        seqs.len() < quota as usize
     }
 
     fn trim(&mut self, retention: &RetentionConfig, now: u64) {
@@ -77,6 +96,7 @@ pub struct MemoryEngine {
     hub: Arc<Hub>,
     history: RetentionConfig,
     inbox: RetentionConfig,
+    namespaces: Namespaces,
     dedup_window: Duration,
     streams: Mutex<HashMap<Arc<str>, Arc<Mutex<Stream>>>>,
     /// room -> user -> connections.
@@ -99,6 +119,7 @@ impl MemoryEngine {
             hub,
             history: config.history.clone(),
             inbox: config.inbox.clone(),
+            namespaces: Namespaces::new(&config.namespaces),
             dedup_window: config.sessions.dedup_window,
             streams: Mutex::new(HashMap::new()),
             presence: Mutex::new(HashMap::new()),
@@ -120,17 +141,19 @@ impl MemoryEngine {
     }
 
     fn retention(&self, room: &str) -> &RetentionConfig {
-        if crate::protocol::is_inbox(room) {
-            &self.inbox
-        } else {
-            &self.history
-        }
+        super::retention(&self.namespaces, room, &self.history, &self.inbox)
     }
 }
 
 #[async_trait]
 impl Broker for MemoryEngine {
     async fn publish(&self, msg: Publish) -> Result<Published, EngineError> {
+        let ns = self.namespaces.of(&msg.room);
+        if !ns.keep_history {
+            let env = Arc::new(Envelope::ephemeral(&msg, now_ms()));
+            self.hub.deliver(&env);
+            return Ok(Published::ephemeral());
+        }
         let stream = self.stream(&msg.room);
         let mut s = lock(&stream);
         let now = Instant::now();
@@ -140,7 +163,18 @@ impl Broker for MemoryEngine {
             return Ok(Published {
                 at: StreamPosition::new(s.epoch.clone(), *seq),
                 duplicate: true,
+                ephemeral: false,
             });
+        }
+        let quota = if crate::protocol::is_inbox(&msg.room) {
+            ns.dm_quota
+        } else {
+            0
+        };
+        if !s.under_quota(&msg.from, quota) {
+            return Err(EngineError::Quota(format!(
+                "you have {quota} messages in this inbox already; wait until some expire"
+            )));
         }
         let ts = now_ms();
         s.top += 1;
@@ -158,11 +192,18 @@ impl Broker for MemoryEngine {
         let until = now + self.dedup_window;
         s.dedup.insert(key.clone(), (seq, until));
         s.dedup_order.push_back((until, key));
+        if quota > 0 {
+            s.by_sender
+                .entry(msg.from.clone())
+                .or_default()
+                .push_back(seq);
+        }
         // Delivered under the stream lock so hub order equals seq order.
         self.hub.deliver(&env);
         Ok(Published {
             at: StreamPosition::new(s.epoch.clone(), seq),
             duplicate: false,
+            ephemeral: false,
         })
     }
     async fn subscribe(&self, _room: &str) -> Result<(), EngineError> {
@@ -214,6 +255,10 @@ impl History for MemoryEngine {
 #[async_trait]
 impl PresenceManager for MemoryEngine {
     async fn presence_join(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError> {
+        let ns = self.namespaces.of(room);
+        if !ns.presence {
+            return Ok(());
+        }
         let first = {
             let mut p = lock(&self.presence);
             let conns = p
@@ -225,7 +270,7 @@ impl PresenceManager for MemoryEngine {
             conns.insert(conn.to_string());
             first
         };
-        if first {
+        if first && ns.join_leave_events {
             self.hub
                 .broadcast(room, &presence_frame(room, user, true).into());
         }
@@ -249,11 +294,16 @@ impl PresenceManager for MemoryEngine {
             }
             last
         };
-        if last {
+        if last && self.namespaces.of(room).join_leave_events {
             self.hub
                 .broadcast(room, &presence_frame(room, user, false).into());
         }
         Ok(())
+    }
+    async fn is_present(&self, room: &str, user: &str) -> Result<bool, EngineError> {
+        Ok(lock(&self.presence)
+            .get(room)
+            .is_some_and(|users| users.contains_key(user)))
     }
     async fn presence(&self, room: &str) -> Result<Vec<String>, EngineError> {
         Ok(lock(&self.presence)

@@ -71,6 +71,48 @@ pub struct Published {
     pub at: StreamPosition,
     /// True when the msg id was seen before: nothing was appended or delivered.
     pub duplicate: bool,
+    /// True in a namespace that keeps no history: delivered live, not stored (`at` is
+    /// meaningless then).
+    pub ephemeral: bool,
+}
+
+impl Published {
+    /// The outcome of an ephemeral message.
+    pub fn ephemeral() -> Published {
+        Published {
+            at: StreamPosition::new("", 0),
+            duplicate: false,
+            ephemeral: true,
+        }
+    }
+}
+
+impl Envelope {
+    /// An ephemeral message: seq 0 (the writer neither deduplicates nor tracks it).
+    pub fn ephemeral(msg: &Publish, ts: u64) -> Envelope {
+        Envelope {
+            room: msg.room.clone(),
+            seq: 0,
+            epoch: "".into(),
+            ts,
+            traceparent: msg.traceparent.as_deref().map(Arc::from),
+            frame: crate::protocol::push::ephemeral_msg_frame(msg.content(), ts).into(),
+        }
+    }
+}
+
+/// Retention of a room: its namespace's, else the inbox or history default.
+pub fn retention<'a>(
+    namespaces: &'a crate::config::Namespaces,
+    room: &str,
+    history: &'a crate::config::RetentionConfig,
+    inbox: &'a crate::config::RetentionConfig,
+) -> &'a crate::config::RetentionConfig {
+    match &namespaces.of(room).retention {
+        Some(r) => r,
+        None if crate::protocol::is_inbox(room) => inbox,
+        None => history,
+    }
 }
 
 /// Which part of a room's history to read.
@@ -118,6 +160,19 @@ pub struct SessionRecord {
     pub connected_at: u64,
     /// Unix ms of the last update.
     pub last_seen: u64,
+    /// Rooms joined with a subscription token: what it granted, until when, so a resume
+    /// keeps the membership until the token's expiry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub grants: BTreeMap<String, StoredGrant>,
+}
+
+/// A subscription token's grant, kept in a session record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredGrant {
+    /// It allowed sending.
+    pub send: bool,
+    /// Its expiry, Unix seconds.
+    pub expires_at: u64,
 }
 
 /// Engine failures, mapped to protocol error codes by the connection.
@@ -129,6 +184,9 @@ pub enum EngineError {
     /// Anything else.
     #[error("engine error: {0}")]
     Internal(String),
+    /// The sender's quota in the recipient's inbox is used up (`dmQuota`).
+    #[error("{0}")]
+    Quota(String),
 }
 
 /// Delivers published messages to every node with subscribers (centrifuge's Broker).
@@ -160,6 +218,8 @@ pub trait PresenceManager: Send + Sync {
     async fn presence_leave(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError>;
     /// Users present in a room, sorted.
     async fn presence(&self, room: &str) -> Result<Vec<String>, EngineError>;
+    /// Whether `user` is present in a room.
+    async fn is_present(&self, room: &str, user: &str) -> Result<bool, EngineError>;
 }
 
 /// Sessions a client can resume on any node, and how far each user's inbox was read.

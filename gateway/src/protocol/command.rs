@@ -32,6 +32,8 @@ pub enum Command {
     Ping(Ping),
     /// Restore an earlier session's rooms and replay what was missed.
     Resume(Resume),
+    /// Replace the connection token (or a room's subscription token) before it expires.
+    Refresh(Refresh),
 }
 
 /// `join`.
@@ -43,6 +45,8 @@ pub struct Join {
     pub room: String,
     /// Replay messages after this position (wire: `since` and `epoch`).
     pub since: Option<Since>,
+    /// A subscription token granting this room (a JWT bound to the user and the room).
+    pub token: Option<String>,
 }
 
 /// `leave`.
@@ -111,6 +115,17 @@ pub struct Resume {
     pub positions: BTreeMap<String, Since>,
 }
 
+/// `refresh`.
+#[derive(Debug)]
+pub struct Refresh {
+    /// Client id of the command.
+    pub id: CommandId,
+    /// The new token.
+    pub token: String,
+    /// A joined room whose subscription token this replaces; none: the connection token.
+    pub room: Option<String>,
+}
+
 /// Command kinds of protocol v1, as named by `type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -122,6 +137,7 @@ enum Kind {
     Presence,
     Ping,
     Resume,
+    Refresh,
     #[serde(other)]
     Unknown,
 }
@@ -146,6 +162,7 @@ struct WireCommand {
     traceparent: Option<String>,
     resume_token: Option<String>,
     positions: Option<BTreeMap<String, Since>>,
+    token: Option<String>,
 }
 
 /// Why a text frame is not a valid command.
@@ -199,6 +216,7 @@ impl Command {
                     seq,
                     epoch: w.epoch.map(Into::into),
                 }),
+                token: w.token,
                 id,
             }),
             Kind::Leave => Command::Leave(Leave {
@@ -242,6 +260,11 @@ impl Command {
                 positions: w.positions.unwrap_or_default(),
                 id,
             }),
+            Kind::Refresh => Command::Refresh(Refresh {
+                token: need(w.token, "token")?,
+                room: w.room,
+                id,
+            }),
             Kind::Unknown => return Err(unknown(Some(id))),
         })
     }
@@ -256,6 +279,7 @@ impl Command {
             Command::Presence(c) => &c.id,
             Command::Ping(c) => &c.id,
             Command::Resume(c) => &c.id,
+            Command::Refresh(c) => &c.id,
         }
     }
 }
@@ -335,6 +359,11 @@ mod tests {
                 r#"{"type":"resume","id":7,"resume_token":"t","positions":{"lobby":3,"b":{"seq":2,"epoch":"x"}}}"#,
                 "resume",
             ),
+            (r#"{"type":"refresh","id":8,"token":"t"}"#, "refresh"),
+            (
+                r#"{"type":"refresh","id":9,"token":"t","room":"r"}"#,
+                "refresh",
+            ),
         ];
         for (text, kind) in cases {
             let cmd = Command::parse(text).unwrap_or_else(|e| panic!("{text}: {e:?}"));
@@ -346,6 +375,7 @@ mod tests {
                 Command::Presence(_) => "presence",
                 Command::Ping(_) => "ping",
                 Command::Resume(_) => "resume",
+                Command::Refresh(_) => "refresh",
             };
             assert_eq!(got, kind, "{text}");
         }

@@ -22,6 +22,10 @@ pub struct Welcome {
     pub heartbeat_ms: u64,
     /// Node (pod) that serves this connection.
     pub node: String,
+    /// When the connection token expires, Unix ms (absent without one): `refresh` before
+    /// then, or the connection closes with 4401.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub expires_at: Option<u64>,
 }
 
 /// A message as delivered in `msg` pushes and `history` replies. Field order is the wire
@@ -85,6 +89,73 @@ pub fn msg_frame_around_position(msg: MsgContent<'_>) -> (String, String) {
         Some((head, tail)) => (format!(r#"{head}"seq":"#), tail.to_string()),
         None => (full, String::new()), // unreachable for frames of this shape
     }
+}
+
+/// An ephemeral `msg`: delivered live, never stored, so it has no `seq` or `epoch`.
+#[derive(Debug, Serialize)]
+struct EphemeralFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    room: &'a str,
+    ephemeral: bool,
+    ts: u64,
+    msg_id: &'a str,
+    from: &'a str,
+    body: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<&'a str>,
+}
+
+/// Serialises an ephemeral `msg` frame.
+pub fn ephemeral_msg_frame(msg: MsgContent<'_>, ts: u64) -> String {
+    to_json(&EphemeralFrame {
+        kind: "msg",
+        room: msg.room,
+        ephemeral: true,
+        ts,
+        msg_id: msg.msg_id,
+        from: msg.from,
+        body: msg.body,
+        traceparent: msg.traceparent,
+    })
+}
+
+/// The `expiring` push: a token expires soon; `refresh` it.
+#[derive(Debug, Serialize)]
+struct Expiring<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room: Option<&'a str>,
+    expires_at: u64,
+}
+
+/// Serialises an `expiring` frame: the connection token's (no room) or a room
+/// subscription token's, expiring at Unix ms `expires_at`.
+pub fn expiring_frame(room: Option<&str>, expires_at: u64) -> String {
+    to_json(&Expiring {
+        kind: "expiring",
+        room,
+        expires_at,
+    })
+}
+
+/// The `unsubscribed` push: the server took the connection out of a room.
+#[derive(Debug, Serialize)]
+struct Unsubscribed<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    room: &'a str,
+    reason: &'a str,
+}
+
+/// Serialises an `unsubscribed` frame.
+pub fn unsubscribed_frame(room: &str, reason: &str) -> String {
+    to_json(&Unsubscribed {
+        kind: "unsubscribed",
+        room,
+        reason,
+    })
 }
 
 /// The `presence` push: a user's first connection joined or last one left a room.

@@ -26,6 +26,10 @@ pub enum ErrorCode {
     RateLimited,
     /// Resume token unknown or expired and no positions given.
     SessionNotFound,
+    /// A token in a command (`refresh`, `join`) did not verify.
+    InvalidToken,
+    /// The sender has too many messages in the recipient's inbox (`dmQuota`).
+    QuotaExceeded,
     /// The engine cannot serve the command now; retry later.
     Unavailable,
     /// Unexpected server failure.
@@ -44,6 +48,8 @@ impl ErrorCode {
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::SessionNotFound => "session_not_found",
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -96,6 +102,8 @@ pub enum Reply {
     Pong(Pong),
     /// `resume`.
     Resume(ResumeOk),
+    /// `refresh`.
+    Refresh(RefreshOk),
 }
 
 /// `join` ok: where the room stands now.
@@ -118,19 +126,31 @@ pub struct LeaveOk {
     pub room: Arc<str>,
 }
 
-/// `send` ok: the message is stored at this position.
+/// `send` ok: the message is stored at this position (or, in an ephemeral namespace,
+/// delivered without one).
 #[derive(Debug, Serialize)]
 pub struct SendOk {
     /// Target room or inbox.
     pub room: Arc<str>,
-    /// Seq and epoch the message got (the original ones for a duplicate).
+    /// Seq and epoch the message got (the original ones for a duplicate); none for an
+    /// ephemeral message.
     #[serde(flatten)]
-    pub at: StreamPosition,
+    pub at: Option<StreamPosition>,
     /// The message id (client-chosen or assigned).
     pub msg_id: String,
     /// True when the msg id was seen before: nothing new was stored or delivered.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,
+}
+
+/// `refresh` ok: the token in force and when it expires.
+#[derive(Debug, Serialize)]
+pub struct RefreshOk {
+    /// The room whose subscription token was replaced; absent for the connection token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<Arc<str>>,
+    /// Expiry of the new token, Unix ms.
+    pub expires_at: u64,
 }
 
 /// `history` ok.
@@ -290,7 +310,7 @@ mod tests {
                 &CommandId::Num(1),
                 &Reply::Send(SendOk {
                     room: "r".into(),
-                    at: StreamPosition::new("e", 7),
+                    at: Some(StreamPosition::new("e", 7)),
                     msg_id: "m".into(),
                     duplicate,
                 }),

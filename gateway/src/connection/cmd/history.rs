@@ -2,6 +2,7 @@
 
 use super::{Handled, Refusal, Session};
 use crate::engine::HistoryQuery;
+use crate::permissions::{self, Decision};
 use crate::protocol::command::History;
 use crate::protocol::reply::{HistoryOk, Reply};
 use crate::protocol::{self, ErrorCode};
@@ -11,11 +12,20 @@ const DEFAULT_LIMIT: usize = 50;
 
 pub(super) async fn handle(s: &mut Session, cmd: History) -> Handled {
     s.check_room(&cmd.room)?;
-    if protocol::is_inbox(&cmd.room) && *cmd.room != *s.inbox {
-        return Err(Refusal::new(
-            ErrorCode::Forbidden,
-            "only your own inbox can be read",
-        ));
+    if protocol::is_inbox(&cmd.room) {
+        if *cmd.room != *s.inbox {
+            return Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "only your own inbox can be read",
+            ));
+        }
+    } else if !s.rooms.contains_key(cmd.room.as_str()) {
+        let ns = s.node.namespaces.of(&cmd.room);
+        match permissions::may_read_without_joining(ns, &cmd.room, &s.identity) {
+            Decision::Allow(_) => {}
+            Decision::Deny(reason) => return Err(s.deny("history", reason)),
+            Decision::AskBackend => return Err(s.deny("history", "join the room first")),
+        }
     }
     let limit = cmd
         .limit

@@ -1,6 +1,9 @@
-//! `join`: subscribe to a room, optionally replaying from a position (`since`).
+//! `join`: subscribe to a room, optionally replaying from a position (`since`). Allowed by
+//! the connection token's rooms claim, a subscription token in `token`, or the room's
+//! namespace policy (`permissions`).
 
 use super::{Handled, Outcome, Refusal, Session};
+use crate::permissions::{self, Decision};
 use crate::protocol::command::Join;
 use crate::protocol::reply::{JoinOk, Reply};
 use crate::protocol::{self, ErrorCode};
@@ -19,7 +22,24 @@ pub(super) async fn handle(s: &mut Session, cmd: Join) -> Handled {
     if s.rooms.contains_key(&room) {
         return Err(Refusal::new(ErrorCode::BadRequest, "already joined"));
     }
-    let caught = s.enter_room(&room, cmd.since.as_ref()).await?;
+    let sub = match &cmd.token {
+        Some(token) => {
+            let grant = s
+                .node
+                .auth
+                .room_token(token, s.user(), &room)
+                .map_err(|e| Refusal::new(ErrorCode::InvalidToken, e.to_string()))?;
+            Some((grant.rights, grant.expires_at))
+        }
+        None => None,
+    };
+    let ns = s.node.namespaces.of(&room);
+    let member = match permissions::may_join(ns, &room, &s.identity, sub) {
+        Decision::Allow(member) => member,
+        Decision::Deny(reason) => return Err(s.deny("join", reason)),
+        Decision::AskBackend => return Err(s.deny("join", "no backend decides joins here")),
+    };
+    let caught = s.enter_room(&room, cmd.since.as_ref(), member).await?;
     s.persist(&HashMap::new()).await;
     Ok(Outcome {
         reply: Reply::Join(JoinOk {

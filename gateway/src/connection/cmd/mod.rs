@@ -9,6 +9,7 @@ mod join;
 mod leave;
 mod ping;
 mod presence;
+mod refresh;
 mod resume;
 mod send;
 
@@ -59,6 +60,7 @@ impl From<EngineError> for Refusal {
         match e {
             EngineError::Unavailable(m) => Refusal::new(ErrorCode::Unavailable, m),
             EngineError::Internal(m) => Refusal::new(ErrorCode::Internal, m),
+            EngineError::Quota(m) => Refusal::new(ErrorCode::QuotaExceeded, m),
         }
     }
 }
@@ -83,7 +85,18 @@ impl Session {
             Command::Presence(c) => Box::pin(presence::handle(self, c)).await,
             Command::Ping(c) => ping::handle(c),
             Command::Resume(c) => Box::pin(resume::handle(self, c)).await,
+            Command::Refresh(c) => Box::pin(refresh::handle(self, c)).await,
         }
+    }
+
+    /// A `forbidden` refusal of `action`, counted in `chatgateway_permission_denied_total`.
+    fn deny(&self, action: &str, reason: &str) -> Refusal {
+        self.node
+            .metrics
+            .permission_denied
+            .with_label_values(&[action])
+            .inc();
+        Refusal::new(ErrorCode::Forbidden, reason)
     }
 
     /// Refuses names outside the room-name rules.

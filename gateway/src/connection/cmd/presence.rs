@@ -13,6 +13,12 @@ pub(super) async fn handle(s: &mut Session, cmd: Presence) -> Handled {
             "join the room to see who is in it",
         ));
     }
+    if !s.node.namespaces.of(&cmd.room).presence {
+        return Err(s.deny(
+            "presence",
+            "presence is not tracked in this room's namespace",
+        ));
+    }
     let users = s.node.engine.presence(&cmd.room).await?;
     Ok(Reply::Presence(PresenceOk {
         room: cmd.room,

@@ -3,7 +3,10 @@
 //! inbox comes first: it is already subscribed and only its replay is pending.
 
 use super::{Handled, Outcome, Refusal, Session};
-use crate::connection::catchup::merge_positions;
+use crate::auth::Rights;
+use crate::connection::catchup::{merge_positions, CaughtUp};
+use crate::engine::StoredGrant;
+use crate::permissions::{self, Decision};
 use crate::protocol::command::Resume;
 use crate::protocol::reply::{Reply, ResumeOk, RoomResumed};
 use crate::protocol::{self, ErrorCode, Since};
@@ -14,7 +17,7 @@ pub(super) async fn handle(s: &mut Session, cmd: Resume) -> Handled {
     let engine = s.node.engine.clone();
     let record = engine.take_session(&cmd.resume_token).await?;
     match &record {
-        Some(rec) if rec.user != s.user => {
+        Some(rec) if rec.user != s.user() => {
             // Not ours: put it back untouched.
             engine.save_session(&cmd.resume_token, rec).await?;
             return Err(Refusal::new(
@@ -30,6 +33,10 @@ pub(super) async fn handle(s: &mut Session, cmd: Resume) -> Handled {
         }
         _ => {}
     }
+    let grants = record
+        .as_ref()
+        .map(|r| r.grants.clone())
+        .unwrap_or_default();
     let mut wanted = merge_positions(record.as_ref(), cmd.positions);
     let mut rooms = BTreeMap::new();
     let mut then = Vec::new();
@@ -56,7 +63,8 @@ pub(super) async fn handle(s: &mut Session, cmd: Resume) -> Handled {
         None => {}
     }
     for (room, since) in wanted {
-        let resumed = match resume_room(s, &room, &since).await {
+        let grant = grants.get(&room).copied();
+        let resumed = match resume_room(s, &room, &since, grant).await {
             Ok(caught) => {
                 then.push(caught.replay);
                 RoomResumed::CaughtUp {
@@ -75,15 +83,38 @@ pub(super) async fn handle(s: &mut Session, cmd: Resume) -> Handled {
     })
 }
 
+/// Re-enters one room of the resumed session. Permissions are checked again (the token
+/// may grant less now); a subscription token's grant stored with the session counts until
+/// its expiry.
 async fn resume_room(
     s: &mut Session,
     room: &str,
     since: &Since,
-) -> Result<super::super::catchup::CaughtUp, Refusal> {
+    grant: Option<StoredGrant>,
+) -> Result<CaughtUp, Refusal> {
     s.check_room(room)?;
     if protocol::is_inbox(room) {
         return Err(Refusal::new(ErrorCode::Forbidden, "not your inbox"));
     }
     let room: Arc<str> = room.into();
-    s.enter_room(&room, Some(since)).await
+    let member = match s.rooms.get(&room) {
+        Some(joined) => joined.member,
+        None => {
+            let now = crate::engine::now_ms() / 1000;
+            let sub = grant.filter(|g| g.expires_at > now).map(|g| {
+                let rights = Rights {
+                    join: true,
+                    send: g.send,
+                };
+                (rights, g.expires_at)
+            });
+            let ns = s.node.namespaces.of(&room);
+            match permissions::may_join(ns, &room, &s.identity, sub) {
+                Decision::Allow(member) => member,
+                Decision::Deny(reason) => return Err(s.deny("join", reason)),
+                Decision::AskBackend => return Err(s.deny("join", "no backend decides joins here")),
+            }
+        }
+    };
+    s.enter_room(&room, Some(since), member).await
 }

@@ -3,6 +3,7 @@
 //! the original seq and `duplicate: true`.
 
 use super::{Handled, Refusal, Session};
+use crate::config::DmPolicy;
 use crate::connection::session::random_hex;
 use crate::engine::Publish;
 use crate::protocol::command::Send;
@@ -27,10 +28,24 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
             "user:<id> needs a user id",
         ));
     }
-    if !is_inbox && !s.rooms.contains_key(cmd.room.as_str()) {
+    if is_inbox {
+        may_dm(s, &cmd.room[protocol::INBOX_PREFIX.len()..]).await?;
+    } else {
+        let Some(joined) = s.rooms.get(cmd.room.as_str()) else {
+            return Err(Refusal::new(
+                ErrorCode::NotJoined,
+                "join the room before sending",
+            ));
+        };
+        if !joined.member.send {
+            return Err(s.deny("send", "you may read this room but not send to it"));
+        }
+    }
+    let max_body = s.node.namespaces.of(&cmd.room).max_body_bytes;
+    if max_body > 0 && cmd.body.get().len() > max_body {
         return Err(Refusal::new(
-            ErrorCode::NotJoined,
-            "join the room before sending",
+            ErrorCode::BadRequest,
+            format!("body larger than {max_body} bytes"),
         ));
     }
     let msg_id = match cmd.msg_id {
@@ -46,7 +61,7 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
     let mut traceparent = cmd.traceparent.filter(|t| t.len() <= MAX_TRACEPARENT);
     let room: Arc<str> = cmd.room.into();
     let span = if telemetry::enabled() {
-        let span = tracing::info_span!("send", room = %room, msg_id = %msg_id, user = %s.user, seq = tracing::field::Empty, trace_id = tracing::field::Empty);
+        let span = tracing::info_span!("send", room = %room, msg_id = %msg_id, user = %s.user(), seq = tracing::field::Empty, trace_id = tracing::field::Empty);
         if let Some(tp) = &traceparent {
             telemetry::set_parent(&span, tp);
         }
@@ -63,7 +78,7 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
         .engine
         .publish(Publish {
             room: room.clone(),
-            from: s.user.clone(),
+            from: s.user().to_string(),
             msg_id: msg_id.clone(),
             body: cmd.body,
             traceparent,
@@ -80,9 +95,32 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
     }
     Ok(Reply::Send(SendOk {
         room,
-        at: published.at,
+        at: (!published.ephemeral).then_some(published.at),
         msg_id,
         duplicate: published.duplicate,
     })
     .into())
+}
+
+/// Whether the session's user may send a direct message to `recipient` (the inbox
+/// namespace's `dm` policy).
+async fn may_dm(s: &Session, recipient: &str) -> Result<(), Refusal> {
+    let ns = s.node.namespaces.of(protocol::INBOX_PREFIX);
+    match &ns.dm {
+        DmPolicy::Anyone => return Ok(()),
+        DmPolicy::Claim(claim) if s.identity.claims.lists(claim, recipient) => return Ok(()),
+        DmPolicy::Claim(_) => {
+            return Err(s.deny("dm", "your token's claim does not list this user"))
+        }
+        DmPolicy::SharedRoom => {}
+    }
+    if recipient == s.user() {
+        return Ok(());
+    }
+    for room in s.rooms.keys() {
+        if s.node.namespaces.of(room).presence && s.node.engine.is_present(room, recipient).await? {
+            return Ok(());
+        }
+    }
+    Err(s.deny("dm", "you share no room with this user"))
 }

@@ -9,7 +9,7 @@ use super::{
     new_epoch, now_ms, Broker, Engine, EngineError, Envelope, History, HistoryPage, HistoryQuery,
     NodeReport, Nodes, PresenceManager, Publish, Published, SessionRecord, Sessions,
 };
-use crate::config::{Config, RetentionConfig};
+use crate::config::{Config, Namespaces, RetentionConfig};
 use crate::hub::Hub;
 use crate::protocol::push::{msg_frame_around_position, presence_frame};
 use crate::protocol::StreamPosition;
@@ -54,6 +54,9 @@ impl Keys {
     fn dedup(&self, room: &str, from: &str, msg_id: &str) -> String {
         format!("{}:{{{room}}}:d:{from}\0{msg_id}", self.prefix)
     }
+    fn quota(&self, room: &str, from: &str) -> String {
+        format!("{}:{{{room}}}:q:{from}", self.prefix)
+    }
     fn presence_conns(&self, room: &str) -> String {
         self.room(room, "pc")
     }
@@ -90,6 +93,7 @@ pub(crate) struct Shared {
     pub(crate) hub: Arc<Hub>,
     history: RetentionConfig,
     inbox: RetentionConfig,
+    pub(crate) namespaces: Namespaces,
     dedup_window: Duration,
     session_ttl: Duration,
     /// Unix ms since when Redis has been failing (0 = healthy).
@@ -126,11 +130,7 @@ impl Default for RedisCounters {
 
 impl Shared {
     fn retention(&self, room: &str) -> &RetentionConfig {
-        if crate::protocol::is_inbox(room) {
-            &self.inbox
-        } else {
-            &self.history
-        }
+        super::retention(&self.namespaces, room, &self.history, &self.inbox)
     }
 
     /// Maps a Redis error to an engine error and records the outage.
@@ -288,6 +288,7 @@ impl RedisEngine {
             hub,
             history: config.history.clone(),
             inbox: config.inbox.clone(),
+            namespaces: Namespaces::new(&config.namespaces),
             dedup_window: config.sessions.dedup_window,
             session_ttl: config.sessions.resume_ttl,
             down_since: AtomicU64::new(0),
@@ -370,16 +371,36 @@ async fn refresh_presence(shared: Arc<Shared>, stop: CancellationToken) {
 impl Broker for RedisEngine {
     async fn publish(&self, msg: Publish) -> Result<Published, EngineError> {
         let s = &self.shared;
+        let ns = s.namespaces.of(&msg.room);
+        let mut conn = s.conn.clone();
+        if !ns.keep_history {
+            let env = super::Envelope::ephemeral(&msg, now_ms());
+            let payload = format!(
+                "e {} {} {}",
+                env.ts,
+                msg.traceparent.as_deref().unwrap_or("-"),
+                env.frame.as_str()
+            );
+            let _: i64 = s
+                .run(conn.publish(s.keys.channel(&msg.room), payload))
+                .await?;
+            return Ok(Published::ephemeral());
+        }
+        let quota = if crate::protocol::is_inbox(&msg.room) {
+            ns.dm_quota
+        } else {
+            0
+        };
         // The script completes the frame with seq, epoch and ts: split it around them.
         let (head, tail) = msg_frame_around_position(msg.content());
         let retention = s.retention(&msg.room);
-        let mut conn = s.conn.clone();
         let (seq, epoch, dup): (u64, String, u8) = s
             .run(
                 scripts::PUBLISH
                     .key(s.keys.meta(&msg.room))
                     .key(s.keys.stream(&msg.room))
                     .key(s.keys.dedup(&msg.room, &msg.from, &msg.msg_id))
+                    .key(s.keys.quota(&msg.room, &msg.from))
                     .arg(s.keys.channel(&msg.room))
                     .arg(new_epoch())
                     .arg(head)
@@ -388,12 +409,19 @@ impl Broker for RedisEngine {
                     .arg(retention.max_age.as_millis() as u64)
                     .arg(s.dedup_window.as_millis() as u64)
                     .arg(msg.traceparent.as_deref().unwrap_or("-"))
+                    .arg(quota)
                     .invoke_async(&mut conn),
             )
             .await?;
+        if dup == 2 {
+            return Err(EngineError::Quota(format!(
+                "you have {quota} messages in this inbox already; wait until some expire"
+            )));
+        }
         Ok(Published {
             at: StreamPosition::new(epoch, seq),
             duplicate: dup == 1,
+            ephemeral: false,
         })
     }
     async fn subscribe(&self, room: &str) -> Result<(), EngineError> {
@@ -420,6 +448,16 @@ impl History for RedisEngine {
 impl PresenceManager for RedisEngine {
     async fn presence_join(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError> {
         let s = &self.shared;
+        let ns = s.namespaces.of(room);
+        if !ns.presence {
+            return Ok(());
+        }
+        // An empty frame tells the script not to announce the join.
+        let frame = if ns.join_leave_events {
+            presence_frame(room, user, true)
+        } else {
+            String::new()
+        };
         let expiry = now_ms() + PRESENCE_TTL.as_millis() as u64;
         let mut c = s.conn.clone();
         let _: i64 = s
@@ -431,7 +469,7 @@ impl PresenceManager for RedisEngine {
                     .arg(user)
                     .arg(expiry)
                     .arg(s.keys.channel(room))
-                    .arg(presence_frame(room, user, true))
+                    .arg(frame)
                     .invoke_async(&mut c),
             )
             .await?;
@@ -440,6 +478,15 @@ impl PresenceManager for RedisEngine {
     }
     async fn presence_leave(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError> {
         let s = &self.shared;
+        let ns = s.namespaces.of(room);
+        if !ns.presence {
+            return Ok(());
+        }
+        let frame = if ns.join_leave_events {
+            presence_frame(room, user, false)
+        } else {
+            String::new()
+        };
         lock(&s.local_presence).remove(&(room.to_string(), user.to_string(), conn.to_string()));
         let mut c = s.conn.clone();
         let _: i64 = s
@@ -450,11 +497,16 @@ impl PresenceManager for RedisEngine {
                     .arg(presence_member(user, conn))
                     .arg(user)
                     .arg(s.keys.channel(room))
-                    .arg(presence_frame(room, user, false))
+                    .arg(frame)
                     .invoke_async(&mut c),
             )
             .await?;
         Ok(())
+    }
+    async fn is_present(&self, room: &str, user: &str) -> Result<bool, EngineError> {
+        let s = &self.shared;
+        let mut c = s.conn.clone();
+        s.run(c.hexists(s.keys.presence_users(room), user)).await
     }
     async fn presence(&self, room: &str) -> Result<Vec<String>, EngineError> {
         let s = &self.shared;

@@ -6,16 +6,20 @@
 //!   P:{R}:m   hash   epoch, seq (the top)
 //!   P:{R}:s   stream entries `<seq>-1` with fields f (the msg frame) and t (append ms)
 //!   P:{R}:d:<from>\0<msg_id>   string   seq, expires after the dedup window
+//!   P:{R}:q:<from>  zset   seqs of the sender's retained messages (inboxes with a DM quota)
 //!   P:{R}:pc  zset   "<user>\0<conn>" scored by expiry ms
 //!   P:{R}:pu  hash   user -> connection count
-//!   P:c:R     channel: "m <seq> <epoch> <ts> <traceparent|-> <frame>" or "p <frame>"
+//!   P:c:R     channel: "m <seq> <epoch> <ts> <traceparent|-> <frame>", "p <frame>"
+//!             (presence), or "e <ts> <traceparent|-> <frame>" (ephemeral, never stored)
 
 use redis::Script;
 use std::sync::LazyLock;
 
-/// Dedup check, next seq, append with retention, PUBLISH. Returns {seq, epoch, dup}.
-/// KEYS: meta, stream, dedup. ARGV: channel, epoch candidate, frame head, frame tail,
-/// max messages, max age ms, dedup window ms, traceparent (or `-`).
+/// Dedup check, DM quota, next seq, append with retention, PUBLISH. Returns
+/// {seq, epoch, code}: code 0 appended, 1 duplicate, 2 over the sender's quota.
+/// KEYS: meta, stream, dedup, sender quota. ARGV: channel, epoch candidate, frame head,
+/// frame tail, max messages, max age ms, dedup window ms, traceparent (or `-`), quota (0:
+/// none).
 pub static PUBLISH: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/publish.lua")));
 

@@ -285,6 +285,26 @@ fn dispatch(shared: &Shared, rooms: &mut Positions, msg: &redis::Msg) {
         shared.hub.broadcast(room, &frame.to_string().into());
         return;
     }
+    if let Some(rest) = payload.strip_prefix("e ") {
+        // Ephemeral: no seq, no position to track, nothing to fill after a gap.
+        let mut parts = rest.splitn(3, ' ');
+        let (Some(Ok(ts)), Some(tp), Some(frame)) = (
+            parts.next().map(str::parse::<u64>),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return;
+        };
+        shared.hub.deliver(&Arc::new(Envelope {
+            room: room.into(),
+            seq: 0,
+            epoch: "".into(),
+            ts,
+            traceparent: (tp != "-").then(|| Arc::from(tp)),
+            frame: frame.to_string().into(),
+        }));
+        return;
+    }
     let Some(rest) = payload.strip_prefix("m ") else {
         return;
     };

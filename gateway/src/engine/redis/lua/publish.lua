@@ -5,6 +5,15 @@ if not epoch then
 end
 local dup = redis.call('GET', KEYS[3])
 if dup then return {tonumber(dup), epoch, 1} end
+-- DM quota: the sender's seqs still retained in this inbox (KEYS[4]), at most ARGV[9].
+local quota = tonumber(ARGV[9])
+if quota > 0 then
+  local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+  if oldest then
+    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. string.match(oldest[1], '^%d+'))
+  end
+  if redis.call('ZCARD', KEYS[4]) >= quota then return {0, epoch, 2} end
+end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -18,5 +27,9 @@ end
 redis.call('PEXPIRE', KEYS[1], max_age * 2 + 604800000)
 redis.call('PEXPIRE', KEYS[2], max_age * 2)
 redis.call('SET', KEYS[3], seq, 'PX', ARGV[7])
+if quota > 0 then
+  redis.call('ZADD', KEYS[4], seq, seq)
+  redis.call('PEXPIRE', KEYS[4], max_age * 2)
+end
 redis.call('PUBLISH', ARGV[1], 'm ' .. seq .. ' ' .. epoch .. ' ' .. now .. ' ' .. ARGV[8] .. ' ' .. frame)
 return {seq, epoch, 0}

@@ -1,0 +1,77 @@
+//! Token lifecycle: the connection token and rooms' subscription tokens expire. Ahead of
+//! that (`auth.expiryWarning`) the client gets an `expiring` push and may `refresh`; at
+//! the expiry (plus `auth.jwt.leeway`) the connection closes with 4401, or, for a
+//! subscription token, the connection leaves the room with an `unsubscribed` push.
+
+use super::session::Session;
+use crate::disconnect::{self, CloseReason};
+use crate::protocol::push;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+impl Session {
+    /// Unix ms of the next expiry event (a warning or an expiry), if any.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let warning = self.node.config.auth.expiry_warning.as_millis() as u64;
+        let leeway = self.node.config.auth.jwt.leeway.as_millis() as u64;
+        let event = |expires_at: u64, warned: bool| {
+            let at = expires_at * 1000;
+            if warned {
+                at + leeway
+            } else {
+                at.saturating_sub(warning)
+            }
+        };
+        let conn = self.identity.expires_at.map(|e| event(e, self.warned));
+        let rooms = self
+            .rooms
+            .values()
+            .filter_map(|j| Some(event(j.member.expires_at?, j.warned)));
+        conn.into_iter().chain(rooms).min()
+    }
+
+    /// Handles every expiry event due at `now` (Unix ms). Returns the close reason when
+    /// the connection token expired.
+    pub async fn on_deadline(&mut self, now: u64) -> Option<CloseReason> {
+        let warning = self.node.config.auth.expiry_warning.as_millis() as u64;
+        let leeway = self.node.config.auth.jwt.leeway.as_millis() as u64;
+        if let Some(exp) = self.identity.expires_at.map(|e| e * 1000) {
+            if now >= exp + leeway {
+                return Some(disconnect::TOKEN_EXPIRED);
+            }
+            if !self.warned && now + warning >= exp {
+                self.warned = true;
+                self.queue.frame(push::expiring_frame(None, exp));
+            }
+        }
+        let mut expired: Vec<Arc<str>> = Vec::new();
+        for (room, joined) in &mut self.rooms {
+            let Some(exp) = joined.member.expires_at.map(|e| e * 1000) else {
+                continue;
+            };
+            if now >= exp + leeway {
+                expired.push(room.clone());
+            } else if !joined.warned && now + warning >= exp {
+                joined.warned = true;
+                self.queue.frame(push::expiring_frame(Some(room), exp));
+            }
+        }
+        for room in &expired {
+            self.detach(room).await;
+            self.queue
+                .frame(push::unsubscribed_frame(room, "token expired"));
+        }
+        if !expired.is_empty() {
+            self.persist(&HashMap::new()).await;
+        }
+        None
+    }
+
+    /// Whether the key that verified the connection token was removed from the key set.
+    pub fn key_revoked(&self) -> bool {
+        self.identity
+            .kid
+            .as_deref()
+            .is_some_and(|kid| !self.node.auth.has_kid(kid))
+    }
+}
