@@ -110,6 +110,22 @@ impl Client {
         self.reply(id).await
     }
 
+    /// Sends a command and returns its reply, or None when the connection ends (or stays
+    /// silent for [`WAIT`]) first: for clients that expect to be moved (drain, rebalance).
+    pub async fn try_request(&mut self, mut cmd: Value) -> Option<Value> {
+        let id = self.next_id;
+        self.next_id += 1;
+        cmd["id"] = json!(id);
+        self.ws.send(Message::text(cmd.to_string())).await.ok()?;
+        loop {
+            let frame = self.read().await?;
+            if frame["ref"] == json!(id) && (frame["type"] == "ok" || frame["type"] == "error") {
+                return Some(frame);
+            }
+            self.pending.push_back(frame);
+        }
+    }
+
     /// Waits for the reply to command `id`.
     pub async fn reply(&mut self, id: u64) -> Value {
         if let Some(pos) = self.pending.iter().position(|f| f["ref"] == json!(id)) {

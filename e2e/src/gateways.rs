@@ -45,7 +45,13 @@ impl Gateways {
     /// waits until it is ready. Node ids are `gw-<i>`, and `gw-<i>-<random>` after a
     /// restart (a new process is a new node).
     pub fn restart(&mut self, addr: SocketAddr, i: usize) {
+        self.restart_with(addr, i, &[]);
+    }
+
+    /// [`restart`](Self::restart) with `extra` environment for this one gateway.
+    pub fn restart_with(&mut self, addr: SocketAddr, i: usize, extra: &[(&str, &str)]) {
         let mut env = self.env.clone();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let id = if i < self.procs.len() {
             format!("gw-{i}-{}", rand::random::<u16>())
         } else {

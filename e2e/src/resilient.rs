@@ -187,7 +187,10 @@ async fn run(
 
 async fn join_all(c: &mut Client, plan: &Plan, st: &mut State, record: &Mutex<Record>) -> bool {
     for room in &plan.rooms {
-        let r = c.request(json!({"type": "join", "room": room})).await;
+        // The connection may be moved (goaway) before the reply: reconnect then.
+        let Some(r) = c.try_request(json!({"type": "join", "room": room})).await else {
+            return false;
+        };
         if r["type"] != "ok" {
             return false;
         }
@@ -217,9 +220,10 @@ async fn resume(
         .iter()
         .map(|(room, (epoch, seq))| (room.clone(), json!({"seq": seq, "epoch": epoch})))
         .collect();
-    let r = c
-        .request(json!({"type": "resume", "resume_token": token, "positions": positions}))
-        .await;
+    let resume = json!({"type": "resume", "resume_token": token, "positions": positions});
+    let Some(r) = c.try_request(resume).await else {
+        return false;
+    };
     if r["type"] != "ok" {
         return false;
     }

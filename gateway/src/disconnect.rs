@@ -28,6 +28,10 @@ pub mod code {
     pub const TOKEN_EXPIRED: u16 = 4401;
     /// The key that verified the connection token was removed (mnemonic: HTTP 403).
     pub const KEY_REVOKED: u16 = 4403;
+    /// The application's backend disconnected the user (server API); may reconnect.
+    pub const BACKEND_DISCONNECT: u16 = 4100;
+    /// The application's backend disconnected the user and asks it not to reconnect.
+    pub const BACKEND_BAN: u16 = 4101;
 }
 
 /// Why and how a connection is closed: the code and the short reason of the close frame.
@@ -73,6 +77,12 @@ pub const CLIENT_GONE: CloseReason = reason(code::GOING_AWAY, "client gone");
 pub const TOKEN_EXPIRED: CloseReason = reason(code::TOKEN_EXPIRED, "token expired");
 /// The key that verified the connection token is no longer in the key set.
 pub const KEY_REVOKED: CloseReason = reason(code::KEY_REVOKED, "key revoked");
+
+/// The server API disconnected the user; reconnecting is fine.
+pub const BACKEND_DISCONNECT: CloseReason =
+    reason(code::BACKEND_DISCONNECT, "disconnected by the server");
+/// The server API disconnected the user with "do not reconnect".
+pub const BACKEND_BAN: CloseReason = reason(code::BACKEND_BAN, "disconnected, do not reconnect");
 
 /// Metrics label of a chat connection the client closed (no close reason of ours).
 pub const CLIENT_CLOSED: &str = "client closed";

@@ -229,6 +229,7 @@ pub async fn upgrade(
     let task_node = node.clone();
     let task_route = route.clone();
     let slots = a.slots;
+    let user = a.identity.user;
     tokio::spawn(
         async move {
             match on_upgrade.await {
@@ -239,7 +240,7 @@ pub async fn upgrade(
                         Some(ws_config),
                     )
                     .await;
-                    pipe(task_node, task_route, client, upstream, slots).await;
+                    pipe(task_node, task_route, client, upstream, &user, slots).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "upgrade failed"),
             }
@@ -297,15 +298,17 @@ async fn pipe<C>(
     route: Arc<Route>,
     client: WebSocketStream<C>,
     upstream: Upstream,
+    user: &str,
     _slots: Slots,
 ) where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let name = route.cfg.name.clone();
-    // Registered like a chat connection so drain and rebalance close it too (close 1012:
-    // a goaway cannot be put into a stream the gateway does not speak).
+    // Registered like a chat connection so drain, rebalance and the server API's
+    // disconnect close it too (close 1012 on a drain: a goaway cannot be put into a stream
+    // the gateway does not speak).
     let handle = OutboundQueue::opaque();
-    let id = node.register(handle.clone());
+    let id = node.register(handle.clone(), user, None);
     route.open.fetch_add(1, Ordering::Relaxed);
     let gauge = node.metrics.forward_connections.with_label_values(&[&name]);
     gauge.inc();

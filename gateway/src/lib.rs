@@ -1,13 +1,16 @@
 //! chatgateway: a WebSocket chat gateway (rooms, direct messages, history, presence,
 //! resume) with an in-memory engine for one node and a Redis engine for a cluster.
 
+pub mod api;
 pub mod assets;
 pub mod auth;
 pub mod connection;
+pub mod control;
 pub mod disconnect;
 pub mod drain;
 pub mod engine;
 pub mod forward;
+pub mod hooks;
 pub mod hub;
 pub mod metrics;
 pub mod node;
@@ -55,6 +58,8 @@ pub struct Gateway {
     pub node: Arc<node::Node>,
     /// Address actually bound (useful with port 0).
     pub addr: SocketAddr,
+    /// Address of the server API, when configured.
+    pub api_addr: Option<SocketAddr>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -66,12 +71,41 @@ impl Gateway {
             .await
             .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.server.listen))?;
         let addr = listener.local_addr()?;
+        // The server API: its own port and keys, or nothing.
+        let api = match config.api.listen {
+            Some(listen) => {
+                let keys = api::keys::ApiKeys::new(&config.api)
+                    .map_err(|e| anyhow::anyhow!("api keys: {e}"))?;
+                let l = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("binding api.listen {listen}: {e}"))?;
+                Some((l, Arc::new(keys)))
+            }
+            None => None,
+        };
         let node = node::Node::new(config, shutdown)?;
+        let mut api_addr = None;
+        if let Some((listener, keys)) = api {
+            api_addr = Some(listener.local_addr()?);
+            tokio::spawn(api::run(node.clone(), listener, keys));
+        }
         let task = tokio::spawn(server::run(node.clone(), listener));
         tokio::spawn(report_load(node.clone()));
         tokio::spawn(rebalance::run(node.clone()));
         tokio::spawn(node::reload_keys(node.clone()));
-        Ok(Gateway { node, addr, task })
+        tokio::spawn(control::run(node.clone()));
+        let notifier = node.clone();
+        tokio::spawn(async move {
+            if let Some(events) = &notifier.hooks.events {
+                events.run(notifier.shutdown.clone()).await;
+            }
+        });
+        Ok(Gateway {
+            node,
+            addr,
+            api_addr,
+            task,
+        })
     }
 
     /// Drains (see [`drain`]): readiness off, accept grace, goaway at the evict rate, until
@@ -97,6 +131,10 @@ impl Gateway {
         let until = tokio::time::Instant::now() + deadline;
         while self.node.connection_count() > 0 && tokio::time::Instant::now() < until {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // The last disconnects and messages reach the backend if it answers in time.
+        if let Some(events) = &self.node.hooks.events {
+            let _ = tokio::time::timeout_at(until, events.flush()).await;
         }
     }
 }

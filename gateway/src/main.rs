@@ -192,6 +192,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     let gateway = Gateway::start(config).await?;
     tracing::info!(addr = %gateway.addr, node = %gateway.node.id, "chat-gateway listening");
+    if let Some(api) = gateway.api_addr {
+        tracing::info!(addr = %api, "server API listening");
+    }
     shutdown_signal().await;
     // A second SIGTERM or SIGINT cuts the drain short.
     let force = tokio_util::sync::CancellationToken::new();

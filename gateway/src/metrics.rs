@@ -58,6 +58,14 @@ pub struct Metrics {
     pub permission_denied: IntCounterVec,
     /// Key file reloads, by outcome (`changed`, `failed`).
     pub key_reloads: IntCounterVec,
+    /// Hook calls, by hook and outcome.
+    pub hook_calls: IntCounterVec,
+    /// Hook call latency, by hook.
+    pub hook_seconds: prometheus::HistogramVec,
+    /// Notifications dropped because the queue was full.
+    pub hook_events_dropped: IntCounter,
+    /// Server API requests, by endpoint and HTTP status.
+    pub api_requests: IntCounterVec,
 }
 
 /// Latency buckets, seconds: 100 µs .. 10 s.
@@ -107,9 +115,8 @@ impl Metrics {
                 .expect("unique metric");
             h
         };
-        let vec2 = |name: &str, help: &str| {
-            let c = IntCounterVec::new(Opts::new(name, help), &["route", "direction"])
-                .expect("valid metric name");
+        let labelled = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric name");
             registry
                 .register(Box::new(c.clone()))
                 .expect("unique metric");
@@ -207,13 +214,15 @@ impl Metrics {
                     .expect("unique metric");
                 g
             },
-            forward_frames: vec2(
+            forward_frames: labelled(
                 "chatgateway_forward_frames_total",
                 "Frames piped through forwarding routes, by route and direction.",
+                &["route", "direction"],
             ),
-            forward_bytes: vec2(
+            forward_bytes: labelled(
                 "chatgateway_forward_bytes_total",
                 "Payload bytes piped through forwarding routes, by route and direction.",
+                &["route", "direction"],
             ),
             forward_dial_errors: counter_vec(
                 "chatgateway_forward_dial_errors_total",
@@ -229,6 +238,33 @@ impl Metrics {
                 "chatgateway_key_reloads_total",
                 "Reloads of the JWT key files, by outcome (changed, failed).",
                 "outcome",
+            ),
+            hook_calls: labelled(
+                "chatgateway_hook_calls_total",
+                "Backend hook calls, by hook and outcome (allowed, denied, timeout, unavailable, bad_answer, circuit_open).",
+                &["hook", "outcome"],
+            ),
+            hook_seconds: {
+                let h = prometheus::HistogramVec::new(
+                    HistogramOpts::new(
+                        "chatgateway_hook_seconds",
+                        "Backend hook call latency, by hook.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["hook"],
+                )
+                .expect("valid metric name");
+                registry.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
+            hook_events_dropped: counter(
+                "chatgateway_hook_events_dropped_total",
+                "Backend notifications dropped because their queue was full.",
+            ),
+            api_requests: labelled(
+                "chatgateway_api_requests_total",
+                "Server API requests, by endpoint and HTTP status.",
+                &["endpoint", "status"],
             ),
         };
         Metrics { registry, ..m }

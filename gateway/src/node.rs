@@ -3,6 +3,7 @@
 use crate::auth::Authenticator;
 use crate::config::Namespaces;
 use crate::config::{Config, EngineKind};
+use crate::control::{ConnCtl, SessionCtl};
 use crate::disconnect::CloseReason;
 use crate::engine::redis::{RedisCounters, RedisEngine};
 use crate::engine::{memory::MemoryEngine, Engine};
@@ -38,18 +39,22 @@ pub struct Node {
     pub draining: std::sync::atomic::AtomicBool,
     /// Cleared when the drain's accept grace is over: upgrades get 503 from then on.
     pub accepting: std::sync::atomic::AtomicBool,
+    /// Set once the node listens on the control plane (`control::run`).
+    pub control_ready: std::sync::atomic::AtomicBool,
     /// Admission window (memory engine): (unix second, admitted in it).
     admission: Mutex<(u64, u32)>,
     /// Per-IP and per-user admission buckets (checked before the shared rate).
     ip_buckets: Mutex<KeyedBuckets<IpAddr>>,
     user_buckets: Mutex<KeyedBuckets<String>>,
-    conns: Mutex<HashMap<ConnId, OutboundQueue>>,
+    conns: Mutex<HashMap<ConnId, Registered>>,
     queue_high_water: std::sync::atomic::AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
     per_user: Mutex<HashMap<String, u32>>,
     next_conn: AtomicU64,
     /// Room namespaces (permissions and storage rules per room-name prefix).
     pub namespaces: Namespaces,
+    /// Hooks on the application's backend.
+    pub hooks: crate::hooks::Hooks,
     /// Bumped whenever new verification keys are in force; connections whose key is gone
     /// close (see [`reload_keys`]).
     pub keys_changed: tokio::sync::watch::Sender<u64>,
@@ -60,6 +65,13 @@ const MAX_BUCKET_KEYS: usize = 100_000;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A connection as the node knows it.
+struct Registered {
+    queue: OutboundQueue,
+    user: Arc<str>,
+    ctl: Option<Arc<ConnCtl>>,
 }
 
 /// What a connection slot is counted against.
@@ -136,6 +148,7 @@ impl Node {
         Ok(Arc::new(Node {
             id: node_id(&config),
             namespaces: Namespaces::new(&config.namespaces),
+            hooks: crate::hooks::Hooks::new(&config.hooks, &metrics),
             keys_changed: tokio::sync::watch::channel(0).0,
             ip_buckets: Mutex::new(ip_buckets),
             user_buckets: Mutex::new(user_buckets),
@@ -149,6 +162,7 @@ impl Node {
             shutdown,
             draining: Default::default(),
             accepting: std::sync::atomic::AtomicBool::new(true),
+            control_ready: Default::default(),
             admission: Mutex::new((0, 0)),
             conns: Mutex::new(HashMap::new()),
             queue_high_water: Default::default(),
@@ -184,17 +198,40 @@ impl Node {
         lock(&self.user_buckets).take_at(user.to_string(), std::time::Instant::now())
     }
 
-    /// Registers a connection's queue so the node can close it; returns its id.
-    pub fn register(&self, queue: OutboundQueue) -> ConnId {
+    /// Registers a connection of `user` so the node can close it (drain, the server API);
+    /// a chat connection also gets a control mailbox (`ctl`). Returns its id.
+    pub fn register(&self, queue: OutboundQueue, user: &str, ctl: Option<Arc<ConnCtl>>) -> ConnId {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        lock(&self.conns).insert(id, queue);
+        let entry = Registered {
+            queue,
+            user: user.into(),
+            ctl,
+        };
+        lock(&self.conns).insert(id, entry);
         self.metrics.connections.inc();
         id
     }
 
+    /// Closes every connection of `user` on this node; returns how many.
+    pub fn close_user(&self, user: &str, reason: CloseReason) -> usize {
+        let conns = lock(&self.conns);
+        let of_user = conns.values().filter(|c| &*c.user == user);
+        of_user.map(|c| c.queue.close(reason)).count()
+    }
+
+    /// Tells every chat connection of `user` on this node; returns how many.
+    pub fn tell_user(&self, user: &str, msg: SessionCtl) -> usize {
+        let conns = lock(&self.conns);
+        let of_user = conns.values().filter(|c| &*c.user == user);
+        of_user
+            .filter_map(|c| c.ctl.as_ref())
+            .map(|ctl| ctl.tell(msg.clone()))
+            .count()
+    }
+
     /// Forgets a closed connection.
     pub fn unregister(&self, id: ConnId) {
-        if let Some(q) = lock(&self.conns).remove(&id) {
+        if let Some(Registered { queue: q, .. }) = lock(&self.conns).remove(&id) {
             self.metrics.connections.dec();
             let hw = self
                 .queue_high_water
@@ -216,14 +253,17 @@ impl Node {
 
     /// Asks every open connection to close.
     pub fn close_all(&self, reason: CloseReason) {
-        for q in lock(&self.conns).values() {
-            q.close(reason);
+        for c in lock(&self.conns).values() {
+            c.queue.close(reason);
         }
     }
 
     /// Whether the node should receive traffic.
     pub fn ready(&self) -> bool {
-        !self.shutdown.is_cancelled() && !self.is_draining() && self.engine.healthy()
+        !self.shutdown.is_cancelled()
+            && !self.is_draining()
+            && self.engine.healthy()
+            && self.control_ready.load(Ordering::Relaxed)
     }
 
     /// Whether a drain has started.
@@ -240,6 +280,7 @@ impl Node {
     pub fn pick_connection(&self) -> Option<OutboundQueue> {
         lock(&self.conns)
             .values()
+            .map(|c| &c.queue)
             .find(|q| !q.told_to_go())
             .cloned()
     }

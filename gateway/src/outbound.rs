@@ -449,6 +449,17 @@ where
     Ok(())
 }
 
+impl OutboundReceiver {
+    /// The next item, for a consumer that is not a socket writer (the control plane).
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        let item = self.rx.recv().await?;
+        self.shared
+            .bytes
+            .fetch_sub(item.weight(), Ordering::Relaxed);
+        Some(item)
+    }
+}
+
 #[cfg(any(test, feature = "testing"))]
 impl OutboundReceiver {
     /// Takes one queued item without a writer (tests only).

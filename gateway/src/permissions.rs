@@ -65,6 +65,15 @@ fn membership(ns: &NamespaceConfig, granted_send: bool, expires_at: Option<u64>)
     Membership { send, expires_at }
 }
 
+/// The membership the backend grants (its join hook, or its connect hook's rooms): send
+/// when the backend says so, unless the namespace lets nobody send.
+pub fn backend_grant(ns: &NamespaceConfig, send: bool) -> Membership {
+    Membership {
+        send: send && ns.send != SendPolicy::None,
+        expires_at: None,
+    }
+}
+
 /// Whether `who` may read the history of `room` without being a member.
 pub fn may_read_without_joining(ns: &NamespaceConfig, room: &str, who: &Identity) -> Decision {
     if !ns.history_without_join {

@@ -2,8 +2,9 @@
 
 use crate::auth;
 use crate::connection;
+use crate::hooks::{ConnectRequest, Verdict};
 use crate::node::Node;
-use crate::upgrade::{admit_upgrade, reject, switching, text, Body};
+use crate::upgrade::{admit_upgrade, reject, retry_later, switching, text, Body};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -110,6 +111,20 @@ async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) 
             ),
         );
     }
+    let connect = ConnectRequest {
+        user: &a.identity.user,
+        ip: peer.ip().to_string(),
+    };
+    let extras = match node.hooks.connect(&node.metrics, &connect).await {
+        Verdict::Allow(extras) => extras,
+        Verdict::Deny(reason) => {
+            return reject(&node, StatusCode::FORBIDDEN, "hook_refused", reason);
+        }
+        Verdict::Failed(e) => {
+            let detail = format!("the backend did not decide: {e}");
+            return retry_later(&node, "hook_unavailable", &detail);
+        }
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ws_config = ws_config(&node);
     let task_node = node.clone();
@@ -123,7 +138,7 @@ async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) 
                     Some(ws_config),
                 )
                 .await;
-                connection::serve(task_node, ws, identity, slots).await;
+                connection::serve(task_node, ws, identity, slots, extras).await;
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }

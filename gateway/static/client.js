@@ -243,6 +243,12 @@ export class ChatClient {
       if (p) p.sent = false;
     }
     if (this.state === "closed") return;
+    // The application's backend disconnected this user and asked it not to come back.
+    if (code === 4101) {
+      this.close();
+      this._emit("disconnected", { code, reason, reconnectInMs: null, permanent: true });
+      return;
+    }
     // Token expired (4401) or its key was revoked (4403): reconnect at once with a fresh
     // token from `token`/`getToken` rather than backing off.
     if (code === 4401 || code === 4403) this._goawayDelay = 0;

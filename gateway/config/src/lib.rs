@@ -9,12 +9,14 @@
 //! - [`validate`]: relations between values that serde alone cannot check.
 
 pub mod auth;
+pub mod backend;
 pub mod load;
 pub mod namespaces;
 pub mod types;
 pub mod validate;
 
 pub use auth::*;
+pub use backend::{ApiConfig, EventsConfig, FailurePolicy, HookConfig, HooksConfig};
 pub use load::{Loaded, Overrides, ENV_PREFIX};
 pub use namespaces::{DmPolicy, JoinPolicy, NamespaceConfig, Namespaces, SendPolicy};
 pub use types::*;

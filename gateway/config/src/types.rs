@@ -1,7 +1,7 @@
 //! The configuration types and their defaults: every key the gateway understands, in the
 //! camelCase spelling of the YAML file. Every field has a default.
 
-use crate::{AuthConfig, NamespaceConfig};
+use crate::{ApiConfig, AuthConfig, HooksConfig, NamespaceConfig};
 use serde::{Deserialize, Serialize};
 use std::{net::SocketAddr, time::Duration};
 
@@ -40,6 +40,10 @@ pub struct Config {
     /// Room namespaces (longest prefix wins); built-in defaults: a public lobby for rooms
     /// without a configured prefix and the `user:` inboxes.
     pub namespaces: Vec<NamespaceConfig>,
+    /// The server API for the application's backend (its own port; off by default).
+    pub api: ApiConfig,
+    /// Hooks the gateway calls on the application's backend (off by default).
+    pub hooks: HooksConfig,
 }
 
 impl Default for Config {
@@ -66,6 +70,8 @@ impl Default for Config {
             admission: AdmissionConfig::default(),
             routes: Vec::new(),
             namespaces: Vec::new(),
+            api: ApiConfig::default(),
+            hooks: HooksConfig::default(),
         }
     }
 }

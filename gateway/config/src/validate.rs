@@ -48,6 +48,7 @@ impl Config {
         }
         self.validate_auth()?;
         self.validate_namespaces()?;
+        self.validate_backend()?;
         let a = &self.admission;
         let rate_ok = |r: f64| r.is_finite() && r >= 0.0;
         if !rate_ok(a.per_ip_rate) || !rate_ok(a.per_user_rate) {
@@ -110,13 +111,58 @@ impl Config {
             if !prefixes.insert(n.prefix.as_str()) {
                 return what("prefix is used twice");
             }
-            if n.join == JoinPolicy::Backend {
-                return what(
-                    "join: backend needs the join hook, which this gateway has not configured",
-                );
+            if n.join == JoinPolicy::Backend && self.hooks.join.is_none() {
+                return what("join: backend needs hooks.join (the backend endpoint that decides)");
             }
             if n.retention.as_ref().is_some_and(|r| r.max_messages == 0) {
                 return what("retention.maxMessages must be at least 1");
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_backend(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(api) = self.api.listen {
+            if api.port() == self.server.listen.port() && api.port() != 0 {
+                return bad(format!(
+                    "api.listen {api} is the public port: the server API needs a port of its own"
+                ));
+            }
+            if self.api.keys.is_empty() && self.api.keys_file.is_none() {
+                return bad(
+                    "api.listen is set but no key is: set api.keysFile (or api.keys)".into(),
+                );
+            }
+        }
+        let hooks = [
+            ("connect", &self.hooks.connect),
+            ("join", &self.hooks.join),
+            ("send", &self.hooks.send),
+            ("refresh", &self.hooks.refresh),
+        ];
+        for (name, hook) in hooks {
+            let Some(h) = hook else { continue };
+            if let Err(e) = http_url(&h.url) {
+                return bad(format!("hooks.{name}.url: {e}"));
+            }
+            if h.timeout.is_zero() {
+                return bad(format!("hooks.{name}.timeout must be positive"));
+            }
+        }
+        if let Some(e) = &self.hooks.events {
+            if let Err(err) = http_url(&e.url) {
+                return bad(format!("hooks.events.url: {err}"));
+            }
+            if e.queue_size == 0 || e.batch == 0 {
+                return bad("hooks.events.queueSize and batch must be at least 1".into());
+            }
+            let known = crate::backend::EVENT_KINDS;
+            if let Some(k) = e.kinds.iter().find(|k| !known.contains(&k.as_str())) {
+                return bad(format!(
+                    "hooks.events.kinds: unknown kind {k:?} (known: {})",
+                    known.join(", ")
+                ));
             }
         }
         Ok(())
@@ -157,6 +203,20 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Checks a hook URL: `http://host:port/path` (TLS is a sidecar's job inside a cluster).
+pub fn http_url(url: &str) -> Result<url::Url, String> {
+    let u = url::Url::parse(url).map_err(|e| format!("{url:?}: {e}"))?;
+    if u.scheme() != "http" {
+        return Err(format!(
+            "{url:?}: only http:// is supported (use a TLS sidecar for https)"
+        ));
+    }
+    if u.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{url:?}: needs a host"));
+    }
+    Ok(u)
 }
 
 /// Parses a route's upstream: `ws://host:port/base`, or `service:port` (a Kubernetes

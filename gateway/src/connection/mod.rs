@@ -15,7 +15,9 @@ pub mod session;
 mod tests;
 
 use crate::auth::Identity;
+use crate::control::ConnCtl;
 use crate::disconnect::{self, CloseReason};
+use crate::hooks::ConnectAnswer;
 use crate::node::{Node, Slots};
 use crate::outbound::{self, OutboundQueue, WriterSettings};
 use crate::protocol::{self, error_frame, ok_frame, Command, ErrorCode};
@@ -68,8 +70,13 @@ fn instant_of(deadline_ms: Option<u64>) -> tokio::time::Instant {
 }
 
 /// Serves one upgraded socket until it closes.
-pub async fn serve<S>(node: Arc<Node>, ws: S, identity: Identity, _slots: Slots)
-where
+pub async fn serve<S>(
+    node: Arc<Node>,
+    ws: S,
+    identity: Identity,
+    _slots: Slots,
+    extras: ConnectAnswer,
+) where
     S: Stream<Item = Result<Message, tungstenite::Error>>
         + futures_util::Sink<Message, Error = tungstenite::Error>
         + Unpin
@@ -78,7 +85,8 @@ where
 {
     let limits = &node.config.limits;
     let (queue, rx) = outbound::queue(limits.outbound_queue_frames, limits.outbound_queue_bytes);
-    let id = node.register(queue.clone());
+    let ctl = Arc::new(ConnCtl::default());
+    let id = node.register(queue.clone(), &identity.user, Some(ctl.clone()));
     node.metrics.accepted.inc();
     let (sink, mut stream) = ws.split();
     let started = Instant::now();
@@ -89,7 +97,8 @@ where
         rx,
         writer_settings(&node, &session, last_seen.clone(), started),
     ));
-    Box::pin(session.welcome()).await;
+    Box::pin(session.welcome(extras)).await;
+    session.notify_connected();
 
     let mut bucket = TokenBucket::new(limits.message_rate, limits.message_burst);
     let mut errors_in_row = 0u32;
@@ -112,6 +121,12 @@ where
                     break;
                 }
                 expiry.as_mut().reset(instant_of(session.next_deadline()));
+                continue;
+            }
+            _ = ctl.wait() => {
+                for msg in ctl.take() {
+                    Box::pin(session.on_control(msg)).await;
+                }
                 continue;
             }
             Ok(()) = keys.changed(), if session.identity.kid.is_some() => {
@@ -180,6 +195,7 @@ where
             .inc();
     }
     node.metrics.closed.with_label_values(&[reason]).inc();
+    session.notify_disconnected(reason);
     Box::pin(session.close(&written)).await;
     node.unregister(id);
 }

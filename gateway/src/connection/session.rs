@@ -4,6 +4,7 @@
 
 use crate::auth::Identity;
 use crate::engine::{EngineError, SessionRecord, StoredGrant};
+use crate::hooks::ConnectAnswer;
 use crate::hub::ConnId;
 use crate::node::Node;
 use crate::outbound::{Outbound, OutboundQueue};
@@ -69,8 +70,9 @@ impl Session {
     }
 
     /// Sends `welcome` and subscribes the inbox, holding its messages back until the
-    /// client's inbox position is known (see [`RESUME_GRACE`](super::RESUME_GRACE)).
-    pub async fn welcome(&mut self) {
+    /// client's inbox position is known (see [`RESUME_GRACE`](super::RESUME_GRACE)); then
+    /// joins the rooms the backend's connect hook named.
+    pub async fn welcome(&mut self, extras: ConnectAnswer) {
         let welcome = push::Welcome {
             kind: "welcome".into(),
             protocol: protocol::PROTOCOL_VERSION,
@@ -80,6 +82,8 @@ impl Session {
             heartbeat_ms: self.node.config.heartbeat.interval.as_millis() as u64,
             node: self.node.id.clone(),
             expires_at: self.identity.expires_at.map(|s| s * 1000),
+            rooms: extras.rooms.clone(),
+            data: extras.data,
         };
         self.queue.frame(protocol::to_json(&welcome));
         self.queue.push(Outbound::BeginCatchup(self.inbox.clone()));
@@ -92,6 +96,35 @@ impl Session {
                 "inbox unavailable; resume later to receive direct messages",
             ));
         }
+        for room in extras.rooms {
+            let joined = self.join_for_backend(&room).await;
+            if let Err(e) = joined {
+                tracing::warn!(user = %self.identity.user, %room, error = %e.message, "connect hook room not joined");
+                self.queue.frame(protocol::error_frame(
+                    None,
+                    e.code,
+                    &format!("{room}: {}", e.message),
+                ));
+            }
+        }
+    }
+
+    /// Joins a room the backend granted (connect hook): no `since`, send as the namespace
+    /// allows.
+    async fn join_for_backend(&mut self, room: &str) -> Result<(), super::cmd::Refusal> {
+        protocol::validate_room(room, self.node.config.limits.max_room_name)
+            .map_err(|m| super::cmd::Refusal::new(protocol::ErrorCode::InvalidRoom, m))?;
+        if protocol::is_inbox(room) {
+            return Err(super::cmd::Refusal::new(
+                protocol::ErrorCode::Forbidden,
+                "an inbox",
+            ));
+        }
+        let room: Arc<str> = room.into();
+        let member = crate::permissions::backend_grant(self.node.namespaces.of(&room), true);
+        let caught = self.enter_room(&room, None, member).await?;
+        self.queue.push(caught.replay);
+        Ok(())
     }
 
     /// Subscribes this connection to a room locally and, for the first local subscriber,
@@ -169,6 +202,46 @@ impl Session {
             // Presence entries expire on their own; a failed leave only shows the user
             // for a little longer.
             tracing::warn!(room = %room, error = %e, "presence leave failed");
+        }
+    }
+
+    /// Tells the backend this connection opened (`connected` event).
+    pub fn notify_connected(&self) {
+        if let Some(events) = &self.node.hooks.events {
+            events.notify(crate::hooks::events::Event::Connected {
+                user: self.identity.user.clone(),
+                session: self.session.clone(),
+                node: self.node.id.clone(),
+                ts: crate::engine::now_ms(),
+            });
+        }
+    }
+
+    /// Tells the backend this connection closed (`disconnected` event).
+    pub fn notify_disconnected(&self, reason: &str) {
+        if let Some(events) = &self.node.hooks.events {
+            events.notify(crate::hooks::events::Event::Disconnected {
+                user: self.identity.user.clone(),
+                session: self.session.clone(),
+                node: self.node.id.clone(),
+                ts: crate::engine::now_ms(),
+                reason: reason.to_string(),
+            });
+        }
+    }
+
+    /// Carries out what the node told this session (the server API, through the control
+    /// plane).
+    pub async fn on_control(&mut self, msg: crate::control::SessionCtl) {
+        match msg {
+            crate::control::SessionCtl::Unsubscribe { room, reason } => {
+                let room: Arc<str> = room.into();
+                if self.rooms.contains_key(&room) {
+                    self.detach(&room).await;
+                    self.queue.frame(push::unsubscribed_frame(&room, reason));
+                    self.persist(&HashMap::new()).await;
+                }
+            }
         }
     }
 

@@ -69,13 +69,13 @@ impl Harness {
     /// A second connection on the same node.
     async fn on(node: Arc<Node>, user: &str) -> Harness {
         let (queue, rx) = outbound::queue(1024, 1 << 20);
-        let id = node.register(queue.clone());
+        let id = node.register(queue.clone(), user, None);
         let identity = crate::auth::Identity {
             user: user.into(),
             ..Default::default()
         };
         let mut session = Session::new(node.clone(), id, identity, queue.clone());
-        session.welcome().await;
+        session.welcome(Default::default()).await;
         let mut h = Harness {
             node,
             session,

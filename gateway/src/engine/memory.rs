@@ -149,7 +149,7 @@ impl MemoryEngine {
 impl Broker for MemoryEngine {
     async fn publish(&self, msg: Publish) -> Result<Published, EngineError> {
         let ns = self.namespaces.of(&msg.room);
-        if !ns.keep_history {
+        if !ns.keep_history || crate::protocol::is_internal(&msg.room) {
             let env = Arc::new(Envelope::ephemeral(&msg, now_ms()));
             self.hub.deliver(&env);
             return Ok(Published::ephemeral());
@@ -164,6 +164,7 @@ impl Broker for MemoryEngine {
                 at: StreamPosition::new(s.epoch.clone(), *seq),
                 duplicate: true,
                 ephemeral: false,
+                ts: 0,
             });
         }
         let quota = if crate::protocol::is_inbox(&msg.room) {
@@ -204,6 +205,7 @@ impl Broker for MemoryEngine {
             at: StreamPosition::new(s.epoch.clone(), seq),
             duplicate: false,
             ephemeral: false,
+            ts,
         })
     }
     async fn subscribe(&self, _room: &str) -> Result<(), EngineError> {
@@ -299,6 +301,16 @@ impl PresenceManager for MemoryEngine {
                 .broadcast(room, &presence_frame(room, user, false).into());
         }
         Ok(())
+    }
+    async fn active_rooms(&self, limit: usize) -> Result<Vec<(String, usize)>, EngineError> {
+        let mut rooms: Vec<(String, usize)> = lock(&self.presence)
+            .iter()
+            .filter(|(room, _)| !crate::protocol::is_internal(room))
+            .map(|(room, users)| (room.clone(), users.len()))
+            .collect();
+        rooms.sort();
+        rooms.truncate(limit);
+        Ok(rooms)
     }
     async fn is_present(&self, room: &str, user: &str) -> Result<bool, EngineError> {
         Ok(lock(&self.presence)

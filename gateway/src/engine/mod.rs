@@ -74,6 +74,8 @@ pub struct Published {
     /// True in a namespace that keeps no history: delivered live, not stored (`at` is
     /// meaningless then).
     pub ephemeral: bool,
+    /// Server time of the append, Unix ms (0 for a duplicate).
+    pub ts: u64,
 }
 
 impl Published {
@@ -83,6 +85,7 @@ impl Published {
             at: StreamPosition::new("", 0),
             duplicate: false,
             ephemeral: true,
+            ts: now_ms(),
         }
     }
 }
@@ -220,6 +223,8 @@ pub trait PresenceManager: Send + Sync {
     async fn presence(&self, room: &str) -> Result<Vec<String>, EngineError>;
     /// Whether `user` is present in a room.
     async fn is_present(&self, room: &str, user: &str) -> Result<bool, EngineError>;
+    /// Rooms with someone present and how many users each, at most `limit`, by name.
+    async fn active_rooms(&self, limit: usize) -> Result<Vec<(String, usize)>, EngineError>;
 }
 
 /// Sessions a client can resume on any node, and how far each user's inbox was read.

@@ -115,6 +115,11 @@ pub fn inbox_of(user: &str) -> String {
     format!("{INBOX_PREFIX}{user}")
 }
 
+/// Whether a room is internal to the gateway (`$control`): clients cannot name it.
+pub fn is_internal(room: &str) -> bool {
+    room.starts_with('$')
+}
+
 /// Whether a room name is an inbox (`user:<id>`).
 pub fn is_inbox(room: &str) -> bool {
     room.starts_with(INBOX_PREFIX)

@@ -26,6 +26,12 @@ pub struct Welcome {
     /// then, or the connection closes with 4401.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub expires_at: Option<u64>,
+    /// Rooms the backend's connect hook joined the connection to.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub rooms: Vec<String>,
+    /// Data from the backend's connect hook, as it sent it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub data: Option<serde_json::Value>,
 }
 
 /// A message as delivered in `msg` pushes and `history` replies. Field order is the wire

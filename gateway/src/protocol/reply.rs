@@ -255,25 +255,36 @@ pub fn ok_frame(reference: &CommandId, reply: &Reply) -> String {
         #[serde(flatten)]
         fields: &'a Reply,
     }
-    let mut text = to_json(&Ok {
+    let text = to_json(&Ok {
         kind: "ok",
         reference,
         fields: reply,
     });
-    if let Reply::History(h) = reply {
-        // `{...}` -> `{...,"messages":[m1,m2]}`
-        text.pop();
-        let len: usize = h.messages.iter().map(|m| m.len() + 1).sum();
-        text.reserve(len + 16);
-        text.push_str(r#","messages":["#);
-        for (i, m) in h.messages.iter().enumerate() {
-            if i > 0 {
-                text.push(',');
-            }
-            text.push_str(m.as_str());
-        }
-        text.push_str("]}");
+    match reply {
+        Reply::History(h) => with_messages(text, &h.messages),
+        _ => text,
     }
+}
+
+/// A history page as a JSON object of its own (the server API's answer): the fields of the
+/// `history` reply, messages spliced in raw.
+pub fn history_json(h: &HistoryOk) -> String {
+    with_messages(to_json(h), &h.messages)
+}
+
+/// `{...}` -> `{...,"messages":[m1,m2]}`, the stored frames written as they are.
+fn with_messages(mut text: String, messages: &[Utf8Bytes]) -> String {
+    text.pop();
+    let len: usize = messages.iter().map(|m| m.len() + 1).sum();
+    text.reserve(len + 16);
+    text.push_str(r#","messages":["#);
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(m.as_str());
+    }
+    text.push_str("]}");
     text
 }
 

@@ -3,7 +3,6 @@
 //! namespace policy (`permissions`).
 
 use super::{Handled, Outcome, Refusal, Session};
-use crate::permissions::{self, Decision};
 use crate::protocol::command::Join;
 use crate::protocol::reply::{JoinOk, Reply};
 use crate::protocol::{self, ErrorCode};
@@ -33,12 +32,7 @@ pub(super) async fn handle(s: &mut Session, cmd: Join) -> Handled {
         }
         None => None,
     };
-    let ns = s.node.namespaces.of(&room);
-    let member = match permissions::may_join(ns, &room, &s.identity, sub) {
-        Decision::Allow(member) => member,
-        Decision::Deny(reason) => return Err(s.deny("join", reason)),
-        Decision::AskBackend => return Err(s.deny("join", "no backend decides joins here")),
-    };
+    let member = s.decide_join(&room, sub).await?;
     let caught = s.enter_room(&room, cmd.since.as_ref(), member).await?;
     s.persist(&HashMap::new()).await;
     Ok(Outcome {

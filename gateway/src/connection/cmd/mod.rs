@@ -89,6 +89,37 @@ impl Session {
         }
     }
 
+    /// Whether the session's user may join `room` given a subscription token's rights
+    /// (`sub`): the permission rules, and the backend's join hook where the namespace asks
+    /// it. The one decision of `join`, `resume` and a room `refresh`.
+    async fn decide_join(
+        &self,
+        room: &str,
+        sub: Option<(crate::auth::Rights, u64)>,
+    ) -> Result<crate::permissions::Membership, Refusal> {
+        use crate::hooks::{JoinRequest, Verdict};
+        use crate::permissions::{self, Decision};
+        let ns = self.node.namespaces.of(room);
+        match permissions::may_join(ns, room, &self.identity, sub) {
+            Decision::Allow(member) => Ok(member),
+            Decision::Deny(reason) => Err(self.deny("join", reason)),
+            Decision::AskBackend => {
+                let req = JoinRequest {
+                    user: self.user(),
+                    room,
+                };
+                match self.node.hooks.join(&self.node.metrics, &req).await {
+                    Verdict::Allow(answer) => Ok(permissions::backend_grant(ns, answer.send)),
+                    Verdict::Deny(reason) => Err(self.deny("join", &reason)),
+                    Verdict::Failed(e) => Err(Refusal::new(
+                        ErrorCode::Unavailable,
+                        format!("the backend did not decide: {e}"),
+                    )),
+                }
+            }
+        }
+    }
+
     /// A `forbidden` refusal of `action`, counted in `chatgateway_permission_denied_total`.
     fn deny(&self, action: &str, reason: &str) -> Refusal {
         self.node

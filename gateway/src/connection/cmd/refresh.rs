@@ -2,7 +2,7 @@
 //! effect at once) or, with `room`, a joined room's subscription token, before it expires.
 
 use super::{Handled, Refusal, Session};
-use crate::permissions::{self, Decision};
+use crate::hooks::{RefreshRequest, Verdict};
 use crate::protocol::command::Refresh;
 use crate::protocol::reply::{RefreshOk, Reply};
 use crate::protocol::ErrorCode;
@@ -22,7 +22,11 @@ pub(super) async fn handle(s: &mut Session, cmd: Refresh) -> Handled {
             .auth
             .connection_token(&cmd.token, Some(s.user()))
             .map_err(invalid)?;
-        let expires_at = identity.expires_at.unwrap_or(0) * 1000;
+        let token_expiry = identity.expires_at.unwrap_or(0) * 1000;
+        let expires_at = backend_expiry(s, None, token_expiry).await?;
+        let mut identity = identity;
+        // An earlier expiry from the backend shortens the connection's (whole seconds).
+        identity.expires_at = identity.expires_at.map(|e| e.min(expires_at / 1000));
         s.identity = identity;
         s.warned = false;
         return Ok(Reply::Refresh(RefreshOk {
@@ -43,20 +47,35 @@ pub(super) async fn handle(s: &mut Session, cmd: Refresh) -> Handled {
         .auth
         .room_token(&cmd.token, s.user(), &room)
         .map_err(invalid)?;
-    let ns = s.node.namespaces.of(&room);
     let sub = Some((grant.rights, grant.expires_at));
-    let member = match permissions::may_join(ns, &room, &s.identity, sub) {
-        Decision::Allow(member) => member,
-        Decision::Deny(reason) => return Err(s.deny("join", reason)),
-        Decision::AskBackend => return Err(s.deny("join", "no backend decides joins here")),
-    };
+    let mut member = s.decide_join(&room, sub).await?;
+    let expires_at = backend_expiry(s, Some(&room), grant.expires_at * 1000).await?;
+    member.expires_at = member.expires_at.map(|e| e.min(expires_at / 1000));
     if let Some(joined) = s.rooms.get_mut(&room) {
         joined.member = member;
         joined.warned = false;
     }
     Ok(Reply::Refresh(RefreshOk {
         room: Some(room),
-        expires_at: grant.expires_at * 1000,
+        expires_at: member.expires_at.map_or(expires_at, |e| e * 1000),
     })
     .into())
+}
+
+/// Asks the backend's refresh hook (if any) about a new token expiring at `expires_at`
+/// (Unix ms); returns the expiry in force: the token's, or the backend's earlier one.
+async fn backend_expiry(s: &Session, room: Option<&str>, expires_at: u64) -> Result<u64, Refusal> {
+    let req = RefreshRequest {
+        user: s.user(),
+        room,
+        expires_at,
+    };
+    match s.node.hooks.refresh(&s.node.metrics, &req).await {
+        Verdict::Allow(answer) => Ok(answer.expires_at.map_or(expires_at, |e| e.min(expires_at))),
+        Verdict::Deny(reason) => Err(s.deny("refresh", &reason)),
+        Verdict::Failed(e) => Err(Refusal::new(
+            ErrorCode::Unavailable,
+            format!("the backend did not decide: {e}"),
+        )),
+    }
 }

@@ -6,7 +6,6 @@ use super::{Handled, Outcome, Refusal, Session};
 use crate::auth::Rights;
 use crate::connection::catchup::{merge_positions, CaughtUp};
 use crate::engine::StoredGrant;
-use crate::permissions::{self, Decision};
 use crate::protocol::command::Resume;
 use crate::protocol::reply::{Reply, ResumeOk, RoomResumed};
 use crate::protocol::{self, ErrorCode, Since};
@@ -108,12 +107,7 @@ async fn resume_room(
                 };
                 (rights, g.expires_at)
             });
-            let ns = s.node.namespaces.of(&room);
-            match permissions::may_join(ns, &room, &s.identity, sub) {
-                Decision::Allow(member) => member,
-                Decision::Deny(reason) => return Err(s.deny("join", reason)),
-                Decision::AskBackend => return Err(s.deny("join", "no backend decides joins here")),
-            }
+            s.decide_join(&room, sub).await?
         }
     };
     s.enter_room(&room, Some(since), member).await

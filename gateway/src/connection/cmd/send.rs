@@ -6,6 +6,7 @@ use super::{Handled, Refusal, Session};
 use crate::config::DmPolicy;
 use crate::connection::session::random_hex;
 use crate::engine::Publish;
+use crate::hooks::{SendAnswer, SendRequest, Verdict};
 use crate::protocol::command::Send;
 use crate::protocol::reply::{Reply, SendOk};
 use crate::protocol::{self, ErrorCode};
@@ -59,6 +60,12 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
         None => random_hex(12),
     };
     let mut traceparent = cmd.traceparent.filter(|t| t.len() <= MAX_TRACEPARENT);
+    let body = if s.node.hooks.sends_through(&cmd.room) {
+        backend_body(s, &cmd.room, &msg_id, cmd.body).await?
+    } else {
+        cmd.body
+    };
+    let copy = s.node.hooks.wants_messages().then(|| body.clone());
     let room: Arc<str> = cmd.room.into();
     let span = if telemetry::enabled() {
         let span = tracing::info_span!("send", room = %room, msg_id = %msg_id, user = %s.user(), seq = tracing::field::Empty, trace_id = tracing::field::Empty);
@@ -80,7 +87,7 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
             room: room.clone(),
             from: s.user().to_string(),
             msg_id: msg_id.clone(),
-            body: cmd.body,
+            body,
             traceparent,
         })
         .instrument(span.clone())
@@ -93,6 +100,11 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
     if !published.duplicate {
         metrics.received.inc();
     }
+    if let Some(body) = copy {
+        s.node
+            .hooks
+            .message_stored(&room, s.user(), &msg_id, body, &published);
+    }
     Ok(Reply::Send(SendOk {
         room,
         at: (!published.ephemeral).then_some(published.at),
@@ -100,6 +112,44 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
         duplicate: published.duplicate,
     })
     .into())
+}
+
+/// Asks the backend's send hook: refused, or the body to store (the sent one, or the
+/// backend's replacement, held to the same depth and size rules).
+async fn backend_body(
+    s: &Session,
+    room: &str,
+    msg_id: &str,
+    body: Box<serde_json::value::RawValue>,
+) -> Result<Box<serde_json::value::RawValue>, Refusal> {
+    let req = SendRequest {
+        user: s.user(),
+        room,
+        msg_id,
+        body: &body,
+    };
+    match s.node.hooks.send(&s.node.metrics, &req).await {
+        Verdict::Allow(SendAnswer { body: Some(new) }) => {
+            let new = serde_json::value::to_raw_value(&new)
+                .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
+            let max = s.node.config.limits.max_frame_bytes;
+            if protocol::command::nesting_depth(new.get()) > protocol::MAX_BODY_DEPTH
+                || new.get().len() > max
+            {
+                return Err(Refusal::new(
+                    ErrorCode::Internal,
+                    "the backend's replacement body is too deep or too large",
+                ));
+            }
+            Ok(new)
+        }
+        Verdict::Allow(SendAnswer { body: None }) => Ok(body),
+        Verdict::Deny(reason) => Err(s.deny("send", &reason)),
+        Verdict::Failed(e) => Err(Refusal::new(
+            ErrorCode::Unavailable,
+            format!("the backend did not decide: {e}"),
+        )),
+    }
 }
 
 /// Whether the session's user may send a direct message to `recipient` (the inbox

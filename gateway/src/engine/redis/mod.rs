@@ -63,6 +63,13 @@ impl Keys {
     fn presence_users(&self, room: &str) -> String {
         self.room(room, "pu")
     }
+    fn room_of_presence_users(&self, key: &str) -> Option<String> {
+        let inner = key
+            .strip_prefix(&self.prefix)?
+            .strip_prefix(":{")?
+            .strip_suffix("}:pu")?;
+        Some(inner.to_string())
+    }
     pub(crate) fn channel(&self, room: &str) -> String {
         format!("{}:c:{room}", self.prefix)
     }
@@ -373,7 +380,7 @@ impl Broker for RedisEngine {
         let s = &self.shared;
         let ns = s.namespaces.of(&msg.room);
         let mut conn = s.conn.clone();
-        if !ns.keep_history {
+        if !ns.keep_history || crate::protocol::is_internal(&msg.room) {
             let env = super::Envelope::ephemeral(&msg, now_ms());
             let payload = format!(
                 "e {} {} {}",
@@ -394,7 +401,7 @@ impl Broker for RedisEngine {
         // The script completes the frame with seq, epoch and ts: split it around them.
         let (head, tail) = msg_frame_around_position(msg.content());
         let retention = s.retention(&msg.room);
-        let (seq, epoch, dup): (u64, String, u8) = s
+        let (seq, epoch, dup, ts): (u64, String, u8, u64) = s
             .run(
                 scripts::PUBLISH
                     .key(s.keys.meta(&msg.room))
@@ -422,6 +429,7 @@ impl Broker for RedisEngine {
             at: StreamPosition::new(epoch, seq),
             duplicate: dup == 1,
             ephemeral: false,
+            ts,
         })
     }
     async fn subscribe(&self, room: &str) -> Result<(), EngineError> {
@@ -502,6 +510,44 @@ impl PresenceManager for RedisEngine {
             )
             .await?;
         Ok(())
+    }
+    async fn active_rooms(&self, limit: usize) -> Result<Vec<(String, usize)>, EngineError> {
+        let s = &self.shared;
+        let mut c = s.conn.clone();
+        // Presence hashes are the rooms someone is in: SCAN them (an admin call, bounded
+        // by `limit`; SCAN never blocks Redis for long).
+        let pattern = s.keys.presence_users("*");
+        let mut names = std::collections::BTreeSet::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = s
+                .run(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut c),
+                )
+                .await?;
+            names.extend(keys.iter().filter_map(|k| s.keys.room_of_presence_users(k)));
+            cursor = next;
+            if cursor == 0 || names.len() >= limit {
+                break;
+            }
+        }
+        let names: Vec<String> = names.into_iter().take(limit).collect();
+        let mut pipe = redis::pipe();
+        for room in &names {
+            pipe.hlen(s.keys.presence_users(room));
+        }
+        let counts: Vec<usize> = s.run(pipe.query_async(&mut c)).await?;
+        Ok(names
+            .into_iter()
+            .zip(counts)
+            .filter(|(_, n)| *n > 0)
+            .collect())
     }
     async fn is_present(&self, room: &str, user: &str) -> Result<bool, EngineError> {
         let s = &self.shared;

@@ -16,7 +16,7 @@ use redis::Script;
 use std::sync::LazyLock;
 
 /// Dedup check, DM quota, next seq, append with retention, PUBLISH. Returns
-/// {seq, epoch, code}: code 0 appended, 1 duplicate, 2 over the sender's quota.
+/// {seq, epoch, code, ts}: code 0 appended, 1 duplicate, 2 over the sender's quota.
 /// KEYS: meta, stream, dedup, sender quota. ARGV: channel, epoch candidate, frame head,
 /// frame tail, max messages, max age ms, dedup window ms, traceparent (or `-`), quota (0:
 /// none).

@@ -4,7 +4,7 @@ if not epoch then
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
 end
 local dup = redis.call('GET', KEYS[3])
-if dup then return {tonumber(dup), epoch, 1} end
+if dup then return {tonumber(dup), epoch, 1, 0} end
 -- DM quota: the sender's seqs still retained in this inbox (KEYS[4]), at most ARGV[9].
 local quota = tonumber(ARGV[9])
 if quota > 0 then
@@ -12,7 +12,7 @@ if quota > 0 then
   if oldest then
     redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. string.match(oldest[1], '^%d+'))
   end
-  if redis.call('ZCARD', KEYS[4]) >= quota then return {0, epoch, 2} end
+  if redis.call('ZCARD', KEYS[4]) >= quota then return {0, epoch, 2, 0} end
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local t = redis.call('TIME')
@@ -32,4 +32,4 @@ if quota > 0 then
   redis.call('PEXPIRE', KEYS[4], max_age * 2)
 end
 redis.call('PUBLISH', ARGV[1], 'm ' .. seq .. ' ' .. epoch .. ' ' .. now .. ' ' .. ARGV[8] .. ' ' .. frame)
-return {seq, epoch, 0}
+return {seq, epoch, 0, now}

@@ -1,0 +1,258 @@
+//! The server API for the application's backend: JSON over HTTP on its own port (never the
+//! public one), every request authenticated with an API key (`Authorization: Bearer
+//! <key>` or `X-Api-Key`). docs/backend.md; the schema is docs/openapi.json, served at
+//! `GET /api/v1/openapi.json`.
+
+mod handlers;
+pub mod keys;
+
+use crate::node::Node;
+use crate::upgrade::{text, Body};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use keys::ApiKeys;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// The OpenAPI document of this API (checked in; a test keeps it in step with the routes).
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+
+/// Every route: method, path, and its name in metrics.
+pub const ROUTES: [(&str, &str, &str); 9] = [
+    ("POST", "/api/v1/publish", "publish"),
+    ("POST", "/api/v1/broadcast", "broadcast"),
+    ("POST", "/api/v1/disconnect", "disconnect"),
+    ("POST", "/api/v1/unsubscribe", "unsubscribe"),
+    ("GET", "/api/v1/presence", "presence"),
+    ("GET", "/api/v1/rooms", "rooms"),
+    ("GET", "/api/v1/nodes", "nodes"),
+    ("GET", "/api/v1/history", "history"),
+    ("GET", "/api/v1/openapi.json", "openapi"),
+];
+
+/// An API error: status and a JSON body `{"error": code, "message": ...}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl From<crate::engine::EngineError> for ApiError {
+    fn from(e: crate::engine::EngineError) -> Self {
+        use crate::engine::EngineError::*;
+        match e {
+            Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+            Internal(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
+            Quota(m) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", m),
+        }
+    }
+}
+
+/// A JSON response.
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(crate::protocol::to_json(value))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error_response(e: &ApiError) -> Response<Body> {
+    #[derive(Serialize)]
+    struct Error<'a> {
+        error: &'a str,
+        message: &'a str,
+    }
+    let mut r = json(
+        e.status,
+        &Error {
+            error: e.code,
+            message: &e.message,
+        },
+    );
+    if e.status == StatusCode::UNAUTHORIZED {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+/// Serves the API until shutdown; the keys file is re-read every `reloadInterval`.
+pub async fn run(node: Arc<Node>, listener: TcpListener, keys: Arc<ApiKeys>) {
+    let reload = {
+        let (node, keys) = (node.clone(), keys.clone());
+        async move {
+            let mut tick = tokio::time::interval(node.config.api.reload_interval);
+            loop {
+                tokio::select! {
+                    _ = node.shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                match keys.reload() {
+                    Ok(true) => tracing::info!("new API keys in force"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "API keys not reloaded; the keys in force stay")
+                    }
+                }
+            }
+        }
+    };
+    tokio::spawn(reload);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "api accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (node, keys) = (node.clone(), keys.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let (node, keys) = (node.clone(), keys.clone());
+                async move { Ok::<_, std::convert::Infallible>(route(&node, &keys, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "api connection ended with error");
+            }
+        });
+    }
+}
+
+/// The key presented in `Authorization: Bearer` or `X-Api-Key`.
+fn presented_key(req: &Request<Incoming>) -> Option<&str> {
+    let h = req.headers();
+    h.get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .or_else(|| h.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+}
+
+async fn route(node: &Arc<Node>, keys: &ApiKeys, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let route = ROUTES
+        .iter()
+        .find(|(method, p, _)| *p == path && req.method().as_str() == *method);
+    let Some((_, _, name)) = route else {
+        let known = ROUTES.iter().any(|(_, p, _)| *p == path);
+        return if known {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        } else {
+            text(StatusCode::NOT_FOUND, "not found\n")
+        };
+    };
+    let result = if *name == "openapi" {
+        let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        Ok(r)
+    } else if !presented_key(&req).is_some_and(|k| keys.accepts(k)) {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid API key is required (Authorization: Bearer <key>)",
+        ))
+    } else {
+        let query = req.uri().query().unwrap_or_default().to_string();
+        let traceparent = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = if req.method() == Method::POST {
+            read_body(node, req).await
+        } else {
+            Ok(Bytes::new())
+        };
+        match body {
+            Ok(body) => handlers::handle(node, name, &query, &body, traceparent).await,
+            Err(e) => Err(e),
+        }
+    };
+    let response = result.unwrap_or_else(|e| error_response(&e));
+    node.metrics
+        .api_requests
+        .with_label_values(&[name, response.status().as_str()])
+        .inc();
+    response
+}
+
+/// The request body, at most twice `limits.maxFrameBytes`.
+async fn read_body(node: &Node, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let max = node.config.limits.max_frame_bytes * 2;
+    http_body_util::Limited::new(req.into_body(), max)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("request body: {e} (at most {max} bytes)"),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_describes_exactly_the_served_routes() {
+        let doc: serde_json::Value =
+            serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON");
+        assert_eq!(doc["openapi"], "3.0.3");
+        let paths = doc["paths"].as_object().expect("paths");
+        let mut documented: Vec<(String, String)> = paths
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object()
+                    .into_iter()
+                    .flat_map(|o| o.keys())
+                    .map(move |m| (m.to_uppercase(), path.clone()))
+            })
+            .collect();
+        let mut served: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p, _)| (m.to_string(), p.to_string()))
+            .collect();
+        documented.sort();
+        served.sort();
+        assert_eq!(documented, served);
+    }
+}

@@ -1,0 +1,192 @@
+//! One hook endpoint: a JSON POST with a deadline, retries only where the request cannot
+//! have had an effect, and a circuit breaker so a dead backend costs nothing per call.
+
+use crate::config::HookConfig;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Largest answer read from a hook.
+const MAX_ANSWER_BYTES: usize = 1 << 20;
+
+/// Why a hook call did not produce an answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HookError {
+    /// No answer within the deadline (the backend may have acted: not retried).
+    #[error("timed out")]
+    Timeout,
+    /// Could not connect, or a 5xx: the backend did not take the request.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// An answer that is not the expected JSON (or a 4xx).
+    #[error("bad answer: {0}")]
+    BadAnswer(String),
+    /// The breaker is open after repeated failures.
+    #[error("circuit open after repeated failures")]
+    CircuitOpen,
+}
+
+impl HookError {
+    /// Metrics label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            HookError::Timeout => "timeout",
+            HookError::Unavailable(_) => "unavailable",
+            HookError::BadAnswer(_) => "bad_answer",
+            HookError::CircuitOpen => "circuit_open",
+        }
+    }
+}
+
+/// Consecutive failures and, once they reach the threshold, when the breaker closes.
+#[derive(Debug, Default)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+/// A configured hook endpoint.
+pub struct HookClient {
+    /// Its configuration.
+    pub cfg: HookConfig,
+    client: Client<HttpConnector, Full<Bytes>>,
+    breaker: Mutex<Breaker>,
+}
+
+impl HookClient {
+    /// A client of `cfg.url` (validated by the config: http://).
+    pub fn new(cfg: HookConfig) -> HookClient {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(cfg.timeout));
+        connector.set_nodelay(true);
+        HookClient {
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector),
+            cfg,
+            breaker: Mutex::new(Breaker::default()),
+        }
+    }
+
+    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// POSTs `request` and decodes the answer, retrying what cannot have had an effect.
+    pub async fn call<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        request: &Q,
+        traceparent: Option<&str>,
+    ) -> Result<A, HookError> {
+        if self.cfg.breaker_failures > 0 {
+            let b = self.breaker();
+            if b.open_until.is_some_and(|t| Instant::now() < t) {
+                return Err(HookError::CircuitOpen);
+            }
+        }
+        let body = serde_json::to_vec(request).map_err(|e| HookError::BadAnswer(e.to_string()))?;
+        let mut attempt = 0;
+        let result = loop {
+            let r = self.post(Bytes::from(body.clone()), traceparent).await;
+            match r {
+                Err(HookError::Unavailable(_)) if attempt < self.cfg.retries => attempt += 1,
+                other => break other,
+            }
+        };
+        self.record(result.is_ok());
+        let text = result?;
+        serde_json::from_slice(&text).map_err(|e| HookError::BadAnswer(e.to_string()))
+    }
+
+    fn record(&self, ok: bool) {
+        if self.cfg.breaker_failures == 0 {
+            return;
+        }
+        let mut b = self.breaker();
+        if ok {
+            *b = Breaker::default();
+            return;
+        }
+        b.failures += 1;
+        if b.failures >= self.cfg.breaker_failures {
+            // Open, or re-open after the one trial call failed.
+            b.open_until = Some(Instant::now() + self.cfg.breaker_cooldown);
+        }
+    }
+
+    async fn post(&self, body: Bytes, traceparent: Option<&str>) -> Result<Bytes, HookError> {
+        let mut req = http::Request::post(&self.cfg.url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::ACCEPT, "application/json");
+        if let Some(tp) = traceparent {
+            req = req.header("traceparent", tp);
+        }
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| HookError::Unavailable(e.to_string()))?;
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| HookError::Unavailable(e.to_string()))?;
+            let status = resp.status();
+            if status.is_server_error() {
+                return Err(HookError::Unavailable(format!("HTTP {status}")));
+            }
+            let limited = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES);
+            let bytes = limited
+                .collect()
+                .await
+                .map_err(|e| HookError::BadAnswer(e.to_string()))?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(HookError::BadAnswer(format!("HTTP {status}")));
+            }
+            Ok(bytes)
+        };
+        tokio::time::timeout(self.cfg.timeout, exchange)
+            .await
+            .unwrap_or(Err(HookError::Timeout))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_breaker_opens_after_the_configured_failures_and_closes_on_success() {
+        let c = HookClient::new(HookConfig {
+            url: "http://127.0.0.1:1/".into(),
+            breaker_failures: 2,
+            breaker_cooldown: Duration::from_secs(60),
+            ..Default::default()
+        });
+        c.record(false);
+        assert!(c.breaker().open_until.is_none(), "one failure");
+        c.record(false);
+        assert!(c.breaker().open_until.is_some(), "two: open");
+        c.record(true);
+        assert!(c.breaker().open_until.is_none(), "a success closes it");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_unavailable_and_opens_the_breaker() {
+        let c = HookClient::new(HookConfig {
+            url: "http://127.0.0.1:1/hook".into(),
+            retries: 1,
+            breaker_failures: 1,
+            ..Default::default()
+        });
+        let r: Result<serde_json::Value, _> = c.call(&serde_json::json!({}), None).await;
+        assert!(matches!(r, Err(HookError::Unavailable(_))), "{r:?}");
+        let r: Result<serde_json::Value, _> = c.call(&serde_json::json!({}), None).await;
+        assert_eq!(r, Err(HookError::CircuitOpen));
+    }
+}
