@@ -17,7 +17,7 @@ pub mod validate;
 
 pub use auth::*;
 pub use backend::{ApiConfig, EventsConfig, FailurePolicy, HookConfig, HooksConfig};
-pub use load::{Loaded, Overrides, ENV_PREFIX};
+pub use load::{to_yaml, Loaded, Overrides, ENV_PREFIX};
 pub use namespaces::{DmPolicy, JoinPolicy, NamespaceConfig, Namespaces, SendPolicy};
 pub use types::*;
 pub use validate::{upstream_url, MIN_HS256_SECRET};
@@ -51,14 +51,14 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// YAML did not match the schema.
-    #[error("invalid config{origin}: {path}{source}")]
+    #[error("invalid config{origin}: {path}{message}")]
     Parse {
         /// Where the YAML came from, for the message.
         origin: String,
         /// Key path of the offending value (`heartbeat.interval: `), if known.
         path: String,
-        /// Underlying parse error.
-        source: serde_yaml::Error,
+        /// What the parser said.
+        message: String,
     },
     /// An environment override named no known key or had a bad value.
     #[error("environment variable {var}: {message}")]

@@ -9,6 +9,7 @@
 //! [`Loaded::ignored_env`] instead of stopping the gateway.
 
 use crate::{Config, ConfigError};
+use serde_json::Value;
 
 /// Prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "CHATGW_";
@@ -32,13 +33,7 @@ pub struct Loaded {
 impl Config {
     /// Parses YAML text (an empty document gives the defaults).
     pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
-        let value: serde_yaml::Value =
-            serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
-                origin: String::new(),
-                path: String::new(),
-                source,
-            })?;
-        from_value(value, "")
+        from_value(parse_yaml(text, "")?, "")
     }
 
     /// Loads the file (if any), then applies `CHATGW_*` overrides from `env`, and validates.
@@ -63,15 +58,9 @@ impl Config {
                     source,
                 })?;
                 let origin = format!(" in {}", path.display());
-                let value: serde_yaml::Value =
-                    serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
-                        origin: origin.clone(),
-                        path: String::new(),
-                        source,
-                    })?;
-                (value, origin)
+                (parse_yaml(&text, &origin)?, origin)
             }
-            None => (serde_yaml::Value::Null, String::new()),
+            None => (Value::Null, String::new()),
         };
         let mut overridden = false;
         let mut ignored_env = Vec::new();
@@ -105,13 +94,38 @@ impl Config {
 
     /// The effective config as YAML, every default spelled out.
     pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+        to_yaml(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
 }
 
-fn from_value(value: serde_yaml::Value, origin: &str) -> Result<Config, ConfigError> {
+/// YAML options of every document the gateway reads: YAML 1.2 booleans only (`yes` and
+/// `on` stay strings, as in the YAML the operator writes).
+fn yaml_options() -> serde_saphyr::Options {
+    let mut o = serde_saphyr::Options::default();
+    o.strict_booleans = true;
+    o
+}
+
+/// Parses YAML text into a tree the loader can edit (an empty document is `null`).
+fn parse_yaml(text: &str, origin: &str) -> Result<Value, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| ConfigError::Parse {
+        origin: origin.to_string(),
+        path: String::new(),
+        message: e.to_string(),
+    })
+}
+
+/// Serialises anything as YAML (the printed config, the ConfigMap the operator writes).
+pub fn to_yaml<T: serde::Serialize>(value: &T) -> Result<String, String> {
+    serde_saphyr::to_string(value).map_err(|e| e.to_string())
+}
+
+fn from_value(value: Value, origin: &str) -> Result<Config, ConfigError> {
     let value = if value.is_null() {
-        serde_yaml::Value::Mapping(Default::default())
+        Value::Object(Default::default())
     } else {
         value
     };
@@ -124,7 +138,7 @@ fn from_value(value: serde_yaml::Value, origin: &str) -> Result<Config, ConfigEr
             } else {
                 format!("{path}: ")
             },
-            source: e.into_inner(),
+            message: e.into_inner().to_string(),
         }
     })
 }
@@ -189,7 +203,7 @@ fn env_path(rest: &str) -> Vec<String> {
 }
 
 fn apply_env_override(
-    root: &mut serde_yaml::Value,
+    root: &mut Value,
     var: &str,
     rest: &str,
     raw: &str,
@@ -201,31 +215,33 @@ fn apply_env_override(
             message: "expected CHATGW_SECTION__KEY (double underscore between levels)".into(),
         });
     }
-    // Parse as a YAML scalar so numbers, booleans and durations keep their type; fall back
-    // to a plain string for values YAML would reject (for example a PEM key).
-    let value: serde_yaml::Value =
-        serde_yaml::from_str(raw).unwrap_or_else(|_| serde_yaml::Value::String(raw.to_string()));
-    let mut node = root;
-    let (last, parents) = match path.split_last() {
-        Some(split) => split,
-        None => return Ok(()),
+    // A one-line value is read as YAML so numbers, booleans, durations and flow lists keep
+    // their type; anything YAML rejects, and every multi-line value (a PEM key: YAML would
+    // fold its lines), stays the plain string it is.
+    let value = if raw.contains('\n') {
+        Value::String(raw.to_string())
+    } else {
+        serde_saphyr::from_str_with_options(raw, yaml_options())
+            .unwrap_or_else(|_| Value::String(raw.to_string()))
     };
+    let Some((last, parents)) = path.split_last() else {
+        return Ok(());
+    };
+    let mut node = root;
     for key in parents {
-        if !node.is_mapping() {
-            *node = serde_yaml::Value::Mapping(Default::default());
+        if !node.is_object() {
+            *node = Value::Object(Default::default());
         }
-        let serde_yaml::Value::Mapping(map) = node else {
-            return Ok(()); // made a mapping just above
+        let Value::Object(map) = node else {
+            return Ok(()); // made an object just above
         };
-        node = map
-            .entry(serde_yaml::Value::String(key.clone()))
-            .or_insert(serde_yaml::Value::Null);
+        node = map.entry(key.clone()).or_insert(Value::Null);
     }
-    if !node.is_mapping() {
-        *node = serde_yaml::Value::Mapping(Default::default());
+    if !node.is_object() {
+        *node = Value::Object(Default::default());
     }
-    if let serde_yaml::Value::Mapping(map) = node {
-        map.insert(serde_yaml::Value::String(last.clone()), value);
+    if let Value::Object(map) = node {
+        map.insert(last.clone(), value);
     }
     Ok(())
 }

@@ -253,7 +253,7 @@ mod tests {
 
     #[test]
     fn policies_read_from_yaml() {
-        let n: NamespaceConfig = serde_yaml::from_str(
+        let n: NamespaceConfig = serde_saphyr::from_str(
             "prefix: 'team:'\njoin: claim:teams\nsend: grant\nkeepHistory: false\ndm: sharedRoom\n",
         )
         .expect("yaml");
@@ -261,10 +261,11 @@ mod tests {
         assert_eq!(n.send, SendPolicy::Grant);
         assert!(!n.keep_history);
         assert_eq!(n.dm, DmPolicy::SharedRoom);
-        let e = serde_yaml::from_str::<NamespaceConfig>("join: claim:\n").expect_err("empty claim");
+        let e =
+            serde_saphyr::from_str::<NamespaceConfig>("join: claim:\n").expect_err("empty claim");
         assert!(e.to_string().contains("claim:<name>"), "{e}");
         let back: NamespaceConfig =
-            serde_yaml::from_str(&serde_yaml::to_string(&n).expect("print")).expect("parse");
+            serde_saphyr::from_str(&crate::to_yaml(&n).expect("print")).expect("parse");
         assert_eq!(back, n);
     }
 }
