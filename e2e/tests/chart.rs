@@ -7,7 +7,7 @@
 //!   the newest known version, ChatGateways valid against the CRD schema, RBAC exactly the
 //!   documented needs, chart CRD == crds/, manifests fresh, Dockerfile lint.
 //! - `chart_and_manifests_against_a_real_apiserver`: `kubectl apply` of
-//!   manifests/install.yaml on a fresh kube-apiserver (../shared/envtest), `helm install`,
+//!   manifests/install.yaml on a fresh kube-apiserver (e2e/k8s/envtest.sh), `helm install`,
 //!   and the operator binary under exactly the chart's RBAC reconciling every example.
 
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
 //! Integration test against a real kube-apiserver + etcd (v1.20.2) started by
-//! `../shared/envtest/kube-apiserver.sh`. That server has no controllers, no CEL, and
+//! `e2e/k8s/envtest.sh` (built from Debian's source by `e2e/k8s/build.sh`). That server has no controllers, no CEL, and
 //! serves neither autoscaling/v2 nor policy/v1, so the operator must report those kinds
 //! in a condition. The real operator binary runs against it.
 
@@ -29,12 +29,8 @@ struct Envtest {
 impl Envtest {
     fn start() -> Envtest {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let script = root.join("../shared/envtest/kube-apiserver.sh");
-        assert!(
-            script.exists(),
-            "{} is missing: the envtest script lives in shared/ beside the repository",
-            script.display()
-        );
+        let script = root.join("e2e/k8s/envtest.sh");
+        assert!(script.exists(), "{} is missing", script.display());
         let dir = std::env::temp_dir().join(format!("chatgw-envtest-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let guard = Envtest { script, dir };
@@ -43,10 +39,10 @@ impl Envtest {
             .arg("start")
             .arg(&guard.dir)
             .status()
-            .expect("run kube-apiserver.sh");
+            .expect("run e2e/k8s/envtest.sh");
         assert!(
             status.success(),
-            "kube-apiserver.sh start failed; see {}",
+            "e2e/k8s/envtest.sh start failed; see {}",
             guard.dir.display()
         );
         guard
