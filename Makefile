@@ -29,9 +29,10 @@ deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-## envtest: a real kube-apiserver + etcd for the operator and chart tests (built once, cached)
+## envtest: a real kube-apiserver + etcd for the operator and chart tests (built once from
+## Debian's kubernetes source into $CHATGW_K8S_CACHE, default /var/cache/chatgateway-k8s)
 envtest:
-	@bash e2e/envtest/ensure-apiserver.sh >/dev/null
+	@bash e2e/k8s/build.sh ensure >/dev/null
 
 ## venv: Python tools for chart and manifest validation, in a git-ignored venv
 venv: $(VENV)/.installed

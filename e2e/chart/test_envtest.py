@@ -1,5 +1,5 @@
 """The chart and manifests against a real kube-apiserver (v1.20.2 + etcd, RBAC on) from
-../shared/envtest/kube-apiserver.sh: `kubectl apply -f manifests/install.yaml` on a fresh
+e2e/k8s/envtest.sh: `kubectl apply -f manifests/install.yaml` on a fresh
 server, `helm install` with Helm's install action, and the operator binary running with
 exactly the chart's RBAC (its ServiceAccount's token) reconciling every example.
 
@@ -26,7 +26,7 @@ import yaml
 
 from conftest import CHART, MANIFESTS, ROOT, load_values, yaml_docs
 
-SCRIPT = ROOT.parent / "shared" / "envtest" / "kube-apiserver.sh"
+SCRIPT = ROOT / "e2e" / "k8s" / "envtest.sh"
 INSTALL_NS = "chatgateway-system"
 OPERATOR_SA = "chatgateway-chat-gateway"
 APPS_NS = "apps"
@@ -127,11 +127,11 @@ def eventually(what: str, check, timeout: float = 30.0):
 @pytest.fixture(scope="module")
 def envtest():
     if not SCRIPT.exists():
-        pytest.fail(f"{SCRIPT} is missing: the envtest script lives in shared/ beside the repository")
+        pytest.fail(f"{SCRIPT} is missing")
     workdir = Path(tempfile.mkdtemp(prefix="chatgw-chart-envtest-"))
     started = subprocess.run(["bash", str(SCRIPT), "start", str(workdir)], capture_output=True, text=True)
     try:
-        assert started.returncode == 0, f"kube-apiserver.sh start failed:\n{started.stderr}"
+        assert started.returncode == 0, f"e2e/k8s/envtest.sh start failed:\n{started.stderr}"
         kubeconfig = yaml.safe_load((workdir / "kubeconfig").read_text())
         server = kubeconfig["clusters"][0]["cluster"]["server"]
         token = kubeconfig["users"][0]["user"]["token"]

@@ -9,7 +9,7 @@
 //!   PrometheusRule through `promtool check rules` and `promtool test rules` (each alert
 //!   fires on its synthetic series, none on healthy ones).
 //! - `chart_and_manifests_against_a_real_apiserver`: `kubectl apply` of
-//!   manifests/install.yaml on a fresh kube-apiserver (../shared/envtest), `helm install`,
+//!   manifests/install.yaml on a fresh kube-apiserver (e2e/k8s/envtest.sh), `helm install`,
 //!   and the operator binary under exactly the chart's RBAC reconciling every example; on a
 //!   second fresh server the chart's CRD story (crds.enabled installs it, crds.keep keeps it
 //!   on uninstall, a ChatGateway beside its CRD needs install then upgrade).

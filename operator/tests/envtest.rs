@@ -1,5 +1,5 @@
 //! Integration test against a real kube-apiserver + etcd (v1.20.2) started by
-//! `../shared/envtest/kube-apiserver.sh`. That server has no controllers and no CEL, and
+//! `e2e/k8s/envtest.sh` (built from Debian's source by `e2e/k8s/build.sh`). That server has no controllers and no CEL, and
 //! serves the HPA and PDB only as autoscaling/v2beta2 and policy/v1beta1, so the operator
 //! must write them in those versions. The real operator binary runs against it.
 

@@ -1,5 +1,6 @@
 //! A real kube-apiserver + etcd (v1.20.2) for the operator's integration tests, started by
-//! `../shared/envtest/kube-apiserver.sh`, and the operator binary run against it. That
+//! `e2e/k8s/envtest.sh` (built from Debian's source by `e2e/k8s/build.sh`), and the
+//! operator binary run against it. That
 //! server has no controllers and no CEL, and serves the HPA and PDB only as
 //! autoscaling/v2beta2 and policy/v1beta1.
 #![allow(dead_code)] // each test binary uses a different part
@@ -28,12 +29,8 @@ pub struct Envtest {
 impl Envtest {
     pub fn start() -> Envtest {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let script = root.join("../shared/envtest/kube-apiserver.sh");
-        assert!(
-            script.exists(),
-            "{} is missing: the envtest script lives in shared/ beside the repository",
-            script.display()
-        );
+        let script = root.join("e2e/k8s/envtest.sh");
+        assert!(script.exists(), "{} is missing", script.display());
         let dir = std::env::temp_dir().join(format!("chatgw-envtest-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let guard = Envtest { script, dir };
@@ -42,10 +39,10 @@ impl Envtest {
             .arg("start")
             .arg(&guard.dir)
             .status()
-            .expect("run kube-apiserver.sh");
+            .expect("run e2e/k8s/envtest.sh");
         assert!(
             status.success(),
-            "kube-apiserver.sh start failed; see {}",
+            "e2e/k8s/envtest.sh start failed; see {}",
             guard.dir.display()
         );
         guard
