@@ -3,6 +3,7 @@
 
 pub mod builders;
 pub mod crd;
+pub mod custom_metrics;
 pub mod error;
 pub mod http;
 pub mod leader;
