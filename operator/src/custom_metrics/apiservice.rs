@@ -3,8 +3,8 @@
 //! APIServices that point at the operator's Service.
 //!
 //! The chart creates the APIServices (`v1beta1` and `v1beta2` of `custom.metrics.k8s.io`)
-//! so that `helm uninstall` removes them; the operator only patches their `caBundle`
-//! (RBAC: `get`/`patch` on those two names). An APIService that points elsewhere — say,
+//! so that `helm uninstall` removes them; the operator only writes their `caBundle`
+//! (RBAC: `get`/`update` on those two names). An APIService that points elsewhere — say,
 //! at prometheus-adapter — belongs to another provider: it is left alone, logged, counted
 //! in `chatgateway_operator_custom_metrics_apiservice{provider="other"}` and reported on
 //! autoscaled ChatGateways as a Warning Event.
@@ -15,9 +15,8 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use k8s_openapi::ByteString;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::Client;
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -150,24 +149,23 @@ impl Upkeep {
         let Some(material) = material else {
             return Ok(rotated);
         };
-        for (name, provider, found) in &live {
-            if *provider == Provider::Operator
-                && bundle_of(found.as_ref()).as_deref() != Some(material.bundle.as_str())
-            {
-                let patch = json!({
-                    "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
-                    "metadata": {"name": name},
-                    "spec": {"caBundle": ByteString(material.bundle.clone().into_bytes())},
-                });
-                self.apiservices
-                    .patch(
-                        name,
-                        &PatchParams::apply(FIELD_MANAGER).force(),
-                        &Patch::Apply(patch),
-                    )
-                    .await?;
-                tracing::info!(apiservice = %name, "caBundle updated");
+        for (name, provider, found) in live {
+            let Some(mut apiservice) = found.filter(|_| provider == Provider::Operator) else {
+                continue;
+            };
+            if bundle_of(Some(&apiservice)).as_deref() == Some(material.bundle.as_str()) {
+                continue;
             }
+            // A replace of what was just read (its resourceVersion makes a concurrent
+            // change a 409, retried next pass), not a server-side apply: the API server's
+            // aggregator before Kubernetes 1.21 cannot apply APIServices.
+            if let Some(spec) = apiservice.spec.as_mut() {
+                spec.ca_bundle = Some(ByteString(material.bundle.clone().into_bytes()));
+            }
+            self.apiservices
+                .replace(name, &PostParams::default(), &apiservice)
+                .await?;
+            tracing::info!(apiservice = %name, "caBundle updated");
         }
         Ok(rotated)
     }

@@ -4,7 +4,7 @@ use super::*;
 use crate::reconcile::tests::{not_found, ok_with, serve, step, Handle, Step};
 use http::{Method, Request, Response};
 use kube::client::Body;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const SECRETS: &str = "/api/v1/namespaces/ops/secrets";
 const SECRET: &str = "/api/v1/namespaces/ops/secrets/cm-tls";
@@ -93,8 +93,8 @@ async fn first_pass_creates_the_secret_and_publishes_its_ca() {
             found(V1B1, ("ops", "cm"), None),
             found(V1B2, ("ops", "cm"), None),
             step(Method::POST, SECRETS),
-            step(Method::PATCH, V1B1),
-            step(Method::PATCH, V1B2),
+            step(Method::PUT, V1B1),
+            step(Method::PUT, V1B2),
         ],
     );
     assert!(!u.pass(SystemTime::now()).await.expect("pass"));
@@ -109,12 +109,9 @@ async fn first_pass_creates_the_secret_and_publishes_its_ca() {
     assert!(bundle.starts_with("-----BEGIN CERTIFICATE-----"));
     for patch in [&seen[4].1, &seen[5].1] {
         assert_eq!(decoded(&patch["spec"]["caBundle"]), bundle);
-        // Only the caBundle is ours; the chart owns the rest of the spec.
-        assert_eq!(
-            patch["spec"].as_object().map(|o| o.len()),
-            Some(1),
-            "{patch}"
-        );
+        // Only the caBundle changes; the rest of the chart's spec is kept as read.
+        assert_eq!(patch["spec"]["service"]["name"], "cm");
+        assert_eq!(patch["spec"]["versionPriority"], 200);
     }
     assert_eq!(
         u.providers.get()["v1beta2.custom.metrics.k8s.io"],
@@ -193,7 +190,7 @@ async fn a_rotated_ca_is_published_and_the_secret_replaced_with_its_version() {
             found(V1B1, ("ops", "cm"), Some(&m.bundle)),
             not_found(Method::GET, V1B2),
             step(Method::PUT, SECRET),
-            step(Method::PATCH, V1B1),
+            step(Method::PUT, V1B1),
         ],
     );
     assert!(u.pass(SystemTime::now()).await.expect("pass"), "rotated");
