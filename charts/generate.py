@@ -30,7 +30,7 @@ CRD_COPY = CHART / "crds" / "chatgateway.yaml"   # Helm installs crds/ before th
 
 # Helm's install order for the kinds the chart renders.
 ORDER = ["Namespace", "CustomResourceDefinition", "ServiceAccount", "ConfigMap", "ClusterRole",
-         "ClusterRoleBinding", "Role", "RoleBinding", "Service", "Deployment"]
+         "ClusterRoleBinding", "Role", "RoleBinding", "Service", "Deployment", "APIService"]
 
 
 def render_chart(values: dict | None = None, *, name: str = RELEASE,

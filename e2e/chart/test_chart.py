@@ -7,7 +7,8 @@ import helm_python as helm
 import pytest
 import yaml
 
-from conftest import CHART, ROOT, by_kind, crd, example_values, load_values, objects, render
+from conftest import (CHART, MANIFESTS, ROOT, by_kind, crd, example_values, load_values, objects,
+                      operator_render, render)
 
 
 def test_lint_is_clean_for_defaults_and_every_example():
@@ -39,7 +40,10 @@ def test_defaults_render_the_operator_only():
     objs = objects({})
     assert sorted(o["kind"] for o in objs) == sorted(
         ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
-         "Service", "Deployment"])
+         "Service", "Deployment",
+         # the custom metrics API (customMetrics.enabled, on by default)
+         "APIService", "APIService", "Service", "ClusterRole", "ClusterRoleBinding", "Role",
+         "RoleBinding", "RoleBinding"])
     notes = render({})["chat-gateway/templates/NOTES.txt"]
     assert "kubectl apply -f manifests/examples/minimal.yaml" in notes
     assert "chatgateway_connections" in notes
@@ -49,20 +53,102 @@ def test_optional_objects_follow_their_switches():
     objs = objects({"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
                     "prometheusAdapterRules": {"enabled": True}})
     (sm,) = by_kind(objs, "ServiceMonitor")
-    (svc,) = by_kind(objs, "Service")
+    (svc,) = [o for o in by_kind(objs, "Service") if o["metadata"]["name"] == "cg-chat-gateway-metrics"]
     assert sm["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
     assert sm["spec"]["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"] == "metrics"
-    (pm,) = by_kind(objs, "PodMonitor")
-    # The gateway pods the operator creates carry these labels and port name (docs/operator.md).
-    assert pm["spec"]["selector"]["matchLabels"] == {
-        "app.kubernetes.io/name": "chat-gateway",
-        "app.kubernetes.io/managed-by": "chatgateway-operator"}
-    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "http"
+    assert len(by_kind(objs, "PodMonitor")) == 1
     (cm,) = by_kind(objs, "ConfigMap")
     rules = yaml.safe_load(cm["data"]["config.yaml"])["rules"]
     assert rules[0]["name"]["as"] == "chatgateway_connections"
     assert "chatgateway_connections" in rules[0]["seriesQuery"]
     assert set(rules[0]["resources"]["overrides"]) == {"namespace", "pod"}
+
+
+def matches(selector: dict, labels: dict) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) against labels."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e["key"], e["operator"], e.get("values") or []
+        ok = {"In": key in labels and labels[key] in values,
+              "NotIn": key not in labels or labels[key] not in values,
+              "Exists": key in labels, "DoesNotExist": key not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("example", sorted((MANIFESTS / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_pod_monitor_selects_the_gateway_pods_the_operator_renders(example):
+    """Against the pod templates `chat-gateway-operator render` produces (labels and port
+    names as the operator really writes them), not a hand-kept copy."""
+    (pm,) = by_kind(objects({"podMonitor": {"enabled": True}}), "PodMonitor")
+    assert pm["spec"]["namespaceSelector"] == {"any": True}
+    deployments = [o for o in operator_render(example) if o["kind"] == "Deployment"]
+    assert deployments, f"render of {example.name} produced no Deployment"
+    for dep in deployments:
+        template = dep["spec"]["template"]
+        labels = template["metadata"]["labels"]
+        assert matches(pm["spec"]["selector"], labels), \
+            f"the PodMonitor selector {pm['spec']['selector']} misses {example.name}'s pods {labels}"
+        ports = {p.get("name") for c in template["spec"]["containers"] for p in c.get("ports") or []}
+        assert pm["spec"]["podMetricsEndpoints"][0]["port"] in ports, ports
+    # And nothing else: not the operator's own pods, not another app's.
+    (op,) = by_kind(objects({}), "Deployment")
+    assert not matches(pm["spec"]["selector"], op["spec"]["template"]["metadata"]["labels"])
+    assert not matches(pm["spec"]["selector"], {"app.kubernetes.io/name": "chat-gateway"}), \
+        "a pod without a ChatGateway instance label"
+
+
+def test_custom_metrics_api_objects_fit_together(default_objects):
+    """The APIServices point at the Service, whose port reaches the operator's TLS port;
+    the operator's flags name that Service and the Secret its Role lets it write."""
+    (dep,) = by_kind(default_objects, "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    args = dict(a.split("=", 1) for a in c["args"][1:])
+    (svc,) = [o for o in by_kind(default_objects, "Service") if o["metadata"]["name"].endswith("-custom-metrics")]
+    assert args["--custom-metrics-service"] == svc["metadata"]["name"]
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    (port,) = svc["spec"]["ports"]
+    container_port = {p["name"]: p["containerPort"] for p in c["ports"]}[port["targetPort"]]
+    assert args["--custom-metrics-addr"] == f"0.0.0.0:{container_port}"
+    apiservices = by_kind(default_objects, "APIService")
+    assert sorted(a["metadata"]["name"] for a in apiservices) == \
+        ["v1beta1.custom.metrics.k8s.io", "v1beta2.custom.metrics.k8s.io"]
+    for a in apiservices:
+        spec = a["spec"]
+        assert spec["group"] == "custom.metrics.k8s.io"
+        assert a["metadata"]["name"] == f"{spec['version']}.custom.metrics.k8s.io"
+        assert spec["service"] == {"namespace": "chat-system", "name": svc["metadata"]["name"],
+                                   "port": port["port"]}
+        # The operator writes the CA; nothing may switch verification off.
+        assert "caBundle" not in spec and not spec.get("insecureSkipTLSVerify")
+    priority = {a["spec"]["version"]: a["spec"]["versionPriority"] for a in apiservices}
+    assert priority["v1beta2"] > priority["v1beta1"], "the HPA should prefer v1beta2"
+    # The serving certificate's names come from the flag and the pod's namespace.
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    secret_rules = [r for role in by_kind(default_objects, "Role") for r in role["rules"]
+                    if "secrets" in r["resources"] and r.get("resourceNames")]
+    assert secret_rules and all(r["resourceNames"] == [args["--custom-metrics-secret"]] for r in secret_rules)
+    (reader,) = [b for b in by_kind(default_objects, "RoleBinding") if b["metadata"]["namespace"] == "kube-system"]
+    assert reader["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                 "name": "extension-apiserver-authentication-reader"}
+    notes = render({})["chat-gateway/templates/NOTES.txt"]
+    assert "kubectl get --raw" in notes and "custom.metrics.k8s.io" in notes
+
+
+def test_custom_metrics_off_renders_none_of_it():
+    objs = objects({"customMetrics": {"enabled": False}})
+    assert not by_kind(objs, "APIService")
+    assert [o["metadata"]["name"] for o in by_kind(objs, "Service")] == ["cg-chat-gateway-metrics"]
+    (dep,) = by_kind(objs, "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert not [a for a in c["args"] if a.startswith("--custom-metrics")]
+    assert [p["name"] for p in c["ports"]] == ["metrics"]
+    assert not any("custom-metrics" in o["metadata"]["name"] for o in objs)
+    notes = render({"customMetrics": {"enabled": False}})["chat-gateway/templates/NOTES.txt"]
+    assert "prometheus-adapter" in notes
 
 
 # Bad values files and the key the error message must name.
@@ -145,9 +231,20 @@ def test_rbac_has_no_wildcards_and_binds_the_service_account(default_objects):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
                                         "namespace": "chat-system"}]
     # Leases only in the operator's namespace; Secrets only readable one by one.
-    (role,) = by_kind(default_objects, "Role")
+    (role,) = [r for r in by_kind(default_objects, "Role") if r["metadata"]["name"].endswith("-leader-election")]
     assert role["metadata"]["namespace"] == "chat-system"
     assert {r for rule in role["rules"] for r in rule["resources"]} == {"leases"}
+    # The custom metrics Secret: written only in the operator's namespace, updated by name.
+    for role in by_kind(default_objects, "Role"):
+        assert role["metadata"]["namespace"] == "chat-system", role["metadata"]
+        for rule in role["rules"]:
+            if "update" in rule["verbs"] or "get" in rule["verbs"]:
+                assert rule.get("resourceNames") or rule["resources"] == ["leases"], rule
+    apiservice_rules = [r for role in by_kind(default_objects, "ClusterRole") for r in role["rules"]
+                        if "apiservices" in r["resources"]]
+    assert apiservice_rules and all(r["resourceNames"] == ["v1beta1.custom.metrics.k8s.io",
+                                                           "v1beta2.custom.metrics.k8s.io"]
+                                    for r in apiservice_rules)
     cluster = granted(by_kind(default_objects, "ClusterRole"))
     assert {v for g, r, v in cluster if r == "secrets"} == {"get"}
     assert not any(r == "leases" for _, r, _ in cluster)
@@ -203,13 +300,16 @@ def test_operator_security_context_probes_and_leader_election(default_objects):
     # The binary's flags (operator/src/main.rs) and the downward API for the Lease.
     assert c["args"][0] == "run"
     args = dict(a.split("=", 1) for a in c["args"][1:])
-    assert set(args) == {"--metrics-addr", "--lease-name", "--lease-duration", "--log-format"}
+    assert set(args) == {"--metrics-addr", "--lease-name", "--lease-duration", "--log-format",
+                         "--custom-metrics-addr", "--custom-metrics-service",
+                         "--custom-metrics-secret", "--custom-metrics-scrape-interval"}
     assert args["--metrics-addr"] == "0.0.0.0:8080"
     env = {e["name"]: e for e in c["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    assert c["ports"] == [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}]
-    (svc,) = by_kind(default_objects, "Service")
+    assert c["ports"] == [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"},
+                          {"name": "custom-metrics", "containerPort": 6443, "protocol": "TCP"}]
+    (svc,) = [o for o in by_kind(default_objects, "Service") if o["metadata"]["name"] == "cg-chat-gateway-metrics"]
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
     # The operator's own selector never matches gateway pods (app.kubernetes.io/name=chat-gateway).
