@@ -17,14 +17,16 @@ test: deps venv envtest
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
 
-## deps: system packages the tests use (Debian; needs root)
+## deps: system packages the tests use (Debian; needs root): redis-server, and promtool from
+## prometheus for the alert tests (on a systemd machine Debian also enables a Prometheus service)
 deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
 ## envtest: a real kube-apiserver + etcd for the operator and chart tests (built once, cached)

@@ -1,6 +1,7 @@
 """The Helm chart, linted, rendered and checked with the real Helm engine (helm-python-sdk)."""
 from __future__ import annotations
 
+import json
 import re
 
 import helm_python as helm
@@ -36,17 +37,33 @@ def test_example_values_render(values_file):
     assert f"get cgw {values['chatGateway']['name']}" in notes
 
 
-def test_defaults_render_the_operator_only():
+def test_defaults_render_the_crd_and_the_operator_only():
     objs = objects({})
     assert sorted(o["kind"] for o in objs) == sorted(
-        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
-         "Service", "Deployment",
+        ["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+         "RoleBinding", "Service", "Deployment",
          # the custom metrics API (customMetrics.enabled, on by default)
          "APIService", "APIService", "Service", "ClusterRole", "ClusterRoleBinding", "Role",
          "RoleBinding", "RoleBinding"])
     notes = render({})["chat-gateway/templates/NOTES.txt"]
-    assert "kubectl apply -f manifests/examples/minimal.yaml" in notes
+    assert "kind: ChatGateway" in notes and "kubectl get cgw chat-demo" in notes
     assert "chatgateway_connections" in notes
+
+
+@pytest.mark.parametrize("values", [{}, {"chatGateway": {"enabled": True}}, {"crds": {"enabled": False}}],
+                         ids=["defaults", "instance", "no-crds"])
+def test_notes_suit_a_packaged_chart(values):
+    """Someone who installed a packaged chart has no repository checkout: NOTES names no
+    file of it, and says plainly that the images must be built and pushed."""
+    notes = render(values)["chat-gateway/templates/NOTES.txt"]
+    paths = re.findall(r"(?<![\w/.:-])(?:manifests|charts|docs|crds|e2e|operator|gateway)/[\w./-]+", notes)
+    assert not paths, f"NOTES.txt names repository paths: {paths}"
+    assert "does not publish container images yet" in notes
+    assert "build both" in notes and "push them" in notes
+    assert "image.repository=" in notes and "chatGateway.image.repository=" in notes
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["home"] in notes
+    assert ("did not install the ChatGateway CRD" in notes) == (values == {"crds": {"enabled": False}})
 
 
 def test_optional_objects_follow_their_switches():
@@ -230,7 +247,9 @@ def test_rbac_has_no_wildcards_and_binds_the_service_account(default_objects):
     for binding in by_kind(default_objects, "ClusterRoleBinding") + by_kind(default_objects, "RoleBinding"):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
                                         "namespace": "chat-system"}]
-    # Leases only in the operator's namespace; Secrets only readable one by one.
+    # Leases only in the operator's namespace; Secrets read one by one (and watched, by
+    # metadata, for rotations), never written cluster-wide (the custom metrics Secret only,
+    # in the operator's namespace, below).
     (role,) = [r for r in by_kind(default_objects, "Role") if r["metadata"]["name"].endswith("-leader-election")]
     assert role["metadata"]["namespace"] == "chat-system"
     assert {r for rule in role["rules"] for r in rule["resources"]} == {"leases"}
@@ -246,15 +265,83 @@ def test_rbac_has_no_wildcards_and_binds_the_service_account(default_objects):
                                                            "v1beta2.custom.metrics.k8s.io"]
                                     for r in apiservice_rules)
     cluster = granted(by_kind(default_objects, "ClusterRole"))
-    assert {v for g, r, v in cluster if r == "secrets"} == {"get"}
+    assert {v for g, r, v in cluster if r == "secrets"} == {"get", "list", "watch"}
     assert not any(r == "leases" for _, r, _ in cluster)
 
 
 def test_chart_crd_equals_the_generated_crd():
-    assert (CHART / "crds" / "chatgateway.yaml").read_bytes() == (ROOT / "crds" / "chatgateway.yaml").read_bytes(), \
-        "charts/chat-gateway/crds/chatgateway.yaml differs from crds/chatgateway.yaml: copy it (make manifests)"
-    chart = helm.Chart.load(CHART)
-    assert [c["name"] for c in chart.crds] == ["crds/chatgateway.yaml"], chart.crds
+    """The CRD template renders crds/chatgateway.yaml exactly, plus the release's labels and
+    (crds.keep) Helm's keep annotation; crds.enabled=false leaves it out."""
+    (rendered,) = by_kind(objects({}), "CustomResourceDefinition")
+    want = crd()
+    meta = rendered.pop("metadata")
+    assert meta["name"] == want.pop("metadata")["name"]
+    assert rendered == want, "templates/crds.yaml differs from crds/chatgateway.yaml: run `make manifests`"
+    assert meta["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert meta["labels"]["app.kubernetes.io/component"] == "crds"
+    (dropped,) = by_kind(objects({"crds": {"keep": False}}), "CustomResourceDefinition")
+    assert "annotations" not in dropped["metadata"]
+    assert not by_kind(objects({"crds": {"enabled": False}}), "CustomResourceDefinition")
+    # Not in Helm's crds/ directory: that one is never upgraded and cannot be switched off.
+    assert helm.Chart.load(CHART).crds == []
+
+
+# The labels every object carries (https://kubernetes.io/docs/concepts/overview/working-with-objects/common-labels/).
+STANDARD_LABELS = ["helm.sh/chart", "app.kubernetes.io/name", "app.kubernetes.io/instance",
+                   "app.kubernetes.io/component", "app.kubernetes.io/part-of",
+                   "app.kubernetes.io/version", "app.kubernetes.io/managed-by"]
+
+
+def everything_on() -> dict:
+    """Values that switch on every optional object of the chart."""
+    on = {"enabled": True}
+    return {"serviceMonitor": on, "podMonitor": on, "prometheusAdapterRules": on,
+            "chatGateway": on, "networkPolicy": on, "prometheusRule": on, "grafanaDashboard": on,
+            "commonLabels": {"team": "chat"}}
+
+
+def test_every_object_carries_the_standard_labels():
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    objs = objects(everything_on(), name="rel")
+    assert len(objs) >= 12
+    for obj in objs:
+        labels = obj["metadata"].get("labels") or {}
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        missing = [k for k in STANDARD_LABELS if not labels.get(k)]
+        assert not missing, f"{where} lacks {missing}"
+        assert labels["helm.sh/chart"] == f"{chart['name']}-{chart['version']}", where
+        assert labels["app.kubernetes.io/instance"] == "rel", where
+        assert labels["app.kubernetes.io/part-of"] == "chatgateway", where
+        assert labels["app.kubernetes.io/version"] == chart["appVersion"], where
+        assert labels["app.kubernetes.io/managed-by"] == "Helm", where
+        assert labels["team"] == "chat", f"{where}: commonLabels missing"
+        if obj["kind"] == "Deployment":
+            pod = obj["spec"]["template"]["metadata"]["labels"]
+            assert {k: labels[k] for k in STANDARD_LABELS} == {k: pod[k] for k in STANDARD_LABELS}
+            assert "team" not in obj["spec"]["selector"]["matchLabels"], "commonLabels stay out of selectors"
+    # A commonLabels key may not override a selector label.
+    with pytest.raises(helm.HelmValuesError):
+        helm.Chart.load(CHART).validate_schema({"commonLabels": {"app.kubernetes.io/name": "x"}})
+
+
+def test_kube_version_admits_the_oldest_tested_cluster():
+    """Helm refuses to install on a cluster outside kubeVersion; the envtest suite installs
+    the chart on a real v1.20.2 API server, which proves the range admits it."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["kubeVersion"] == ">=1.20.0-0"
+
+
+def test_operator_probes_come_from_values():
+    _, c = container(objects({"livenessProbe": {"periodSeconds": 30, "failureThreshold": 6},
+                              "readinessProbe": {"enabled": False}}))
+    live = c["livenessProbe"]
+    assert live["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert (live["periodSeconds"], live["failureThreshold"], live["initialDelaySeconds"]) == (30, 6, 5)
+    assert "enabled" not in live
+    assert "readinessProbe" not in c
+    with pytest.raises(helm.HelmValuesError) as err:
+        helm.Chart.load(CHART).validate_schema({"livenessProbe": {"periodSeconds": 0}})
+    assert "periodSeconds" in str(err.value)
 
 
 def container(objs):
@@ -301,9 +388,13 @@ def test_operator_security_context_probes_and_leader_election(default_objects):
     assert c["args"][0] == "run"
     args = dict(a.split("=", 1) for a in c["args"][1:])
     assert set(args) == {"--metrics-addr", "--lease-name", "--lease-duration", "--log-format",
+                         "--gateway-image",
                          "--custom-metrics-addr", "--custom-metrics-service",
                          "--custom-metrics-secret", "--custom-metrics-scrape-interval"}
     assert args["--metrics-addr"] == "0.0.0.0:8080"
+    # ChatGateways that name no image get the gateway release matching the chart.
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert args["--gateway-image"] == f"ghcr.io/chatgateway/chat-gateway:{chart['appVersion']}"
     env = {e["name"]: e for e in c["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
@@ -320,3 +411,96 @@ def test_crd_is_the_one_the_operator_serves():
     c = crd()
     assert c["metadata"]["name"] == "chatgateways.chatgateway.io"
     assert c["spec"]["names"]["shortNames"] == ["cgw"]
+
+
+def test_operator_network_policy():
+    assert not by_kind(objects({}), "NetworkPolicy"), "off by default"
+    objs = objects({"networkPolicy": {"enabled": True}})
+    (np,) = by_kind(objs, "NetworkPolicy")
+    dep, c = container(objs)
+    spec = np["spec"]
+    assert spec["podSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    # In: the metrics port only, from anywhere by default.
+    assert spec["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
+    assert c["ports"][0]["name"] == "metrics"
+    # Out: DNS and the API server ports, to any address by default.
+    assert spec["egress"][0]["ports"] == [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+    assert spec["egress"][1] == {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}
+    assert len(spec["egress"]) == 2
+
+    prom = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    otlp = {"to": [{"namespaceSelector": {}}], "ports": [{"port": 4317, "protocol": "TCP"}]}
+    extra_in = {"ports": [{"port": 6443, "protocol": "TCP"}]}
+    (np,) = by_kind(objects({"networkPolicy": {
+        "enabled": True, "metricsFrom": [prom], "extraIngress": [extra_in], "extraEgress": [otlp],
+        "apiServer": {"ports": [6443], "cidrs": ["10.0.0.1/32"]}}}), "NetworkPolicy")
+    assert np["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}], "from": [prom]}, extra_in]
+    assert np["spec"]["egress"][1:] == [
+        {"ports": [{"port": 6443, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}]}, otlp]
+    with pytest.raises(helm.HelmValuesError) as err:
+        helm.Chart.load(CHART).validate_schema({"networkPolicy": {"apiServer": {"cidrs": ["10.0.0.1"]}}})
+    assert "cidrs" in str(err.value)
+
+
+def test_grafana_dashboard_configmap():
+    assert not [o for o in objects({}) if o["metadata"]["name"].endswith("-dashboard")]
+    objs = objects({"grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "chat"}}})
+    (cm,) = [o for o in by_kind(objs, "ConfigMap") if o["metadata"]["name"].endswith("-dashboard")]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1", "the Grafana chart sidecar's default label"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "chat"}
+    assert cm["metadata"]["namespace"] == "chat-system"
+    dashboard = json.loads(cm["data"]["chatgateway.json"])
+    assert dashboard == json.loads((CHART / "files" / "dashboard.json").read_text())
+    titles = {p["title"] for p in dashboard["panels"]}
+    for want in ("Connections per pod", "Upgrades accepted and refused", "Delivery latency",
+                 "Redis errors and reconnects", "Drains", "Rebalancing", "HPA replicas"):
+        assert want in titles, want
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            assert target["expr"] and target["datasource"]["uid"] == "${datasource}", panel["title"]
+    (cm,) = [o for o in by_kind(objects({"grafanaDashboard": {"enabled": True, "namespace": "monitoring"}}),
+                                "ConfigMap") if o["metadata"]["name"].endswith("-dashboard")]
+    assert cm["metadata"]["namespace"] == "monitoring"
+
+
+def test_chart_readme_is_generated_from_values_and_documents_every_value():
+    import chart_readme
+
+    text = (CHART / "values.yaml").read_text()
+    values = yaml.safe_load(text)
+    table = chart_readme.rows(values, chart_readme.descriptions(text))
+    undocumented = [key for key, _, _, desc in table if not desc]
+    assert not undocumented, f"values.yaml keys without a comment right above them: {undocumented}"
+    keys = {key for key, *_ in table}
+
+    def leaves(value, path=()):
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                yield from leaves(v, path + (k,))
+        else:
+            yield ".".join(path)
+    for leaf in leaves(values):
+        assert any(leaf == k or leaf.startswith(k + ".") for k in keys), f"{leaf} is not in the README table"
+    readme = (CHART / "README.md").read_text()
+    assert readme == chart_readme.readme(CHART), "charts/chat-gateway/README.md is stale: run `make manifests`"
+    for key in keys:
+        assert f"| `{key}` |" in readme
+    # Not packaged: the template is the source, README.md the artefact.
+    assert "README.md.tmpl" in (CHART / ".helmignore").read_text().split()
+
+
+def test_chart_readme_parser():
+    import chart_readme
+
+    text = ("# -- Section (a whole mapping).\nres:\n  a: 1\n\n# Not attached (blank line).\n\n"
+            "top:\n  # Inner one,\n  # two lines.\n  inner: x\n  bare: 2\nlist: [1]\n")
+    docs = chart_readme.descriptions(text)
+    assert docs[("res",)] == "Section (a whole mapping)."
+    assert docs[("top",)] == "" and docs[("top", "inner")] == "Inner one, two lines."
+    assert chart_readme.rows(yaml.safe_load(text), docs) == [
+        ("res", "object", '{"a": 1}', "Section (a whole mapping)."),
+        ("top.inner", "string", '"x"', "Inner one, two lines."),
+        ("top.bare", "int", "2", ""),
+        ("list", "list", "[1]", ""),
+    ]

@@ -45,7 +45,7 @@ def check(obj: dict, where: str) -> str:
     """Validates one object; returns how."""
     kind = obj.get("kind")
     if kind == "ChatGateway":
-        assert obj["apiVersion"] == "chatgateway.io/v1alpha1", where
+        assert obj["apiVersion"] == "chatgateway.io/v1beta1", where
         errors = sorted(cgw_validator().iter_errors(obj), key=str)
         assert not errors, f"{where}: ChatGateway invalid against the CRD schema: " + \
             "; ".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors)
@@ -53,6 +53,10 @@ def check(obj: dict, where: str) -> str:
         unknown = unknown_fields(obj["spec"], schema["properties"]["spec"], "spec")
         assert not unknown, f"{where}: ChatGateway fields the CRD does not declare (pruned by the server): {unknown}"
         return "crd"
+    if kind == "PrometheusRule":  # its rules: promtool in test_alerts.py
+        assert obj["apiVersion"] == "monitoring.coreos.com/v1", where
+        assert all(g["name"] and g["rules"] for g in obj["spec"]["groups"]), where
+        return "shape"
     if kind in PROMETHEUS_OPERATOR:
         assert obj["apiVersion"] == "monitoring.coreos.com/v1", where
         assert obj["spec"]["selector"]["matchLabels"] and obj["spec"][PROMETHEUS_OPERATOR[kind]], where
@@ -68,7 +72,12 @@ def check(obj: dict, where: str) -> str:
 def rendered_sets():
     everything = {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
                   "prometheusAdapterRules": {"enabled": True}, "replicaCount": 2,
-                  "chatGateway": {"enabled": True, "spec": {"replicas": 3}}}
+                  "prometheusRule": {"enabled": True},
+                  "networkPolicy": {"enabled": True, "apiServer": {"cidrs": ["10.96.0.1/32"]},
+                                    "metricsFrom": [{"podSelector": {}}]},
+                  "chatGateway": {"enabled": True, "spec": {
+                      "replicas": 3, "gateway": {"auth": {"mode": "insecure"},
+                                                 "redis": {"urlSecretRef": {"name": "r", "key": "url"}}}}}}
     yield "defaults", {}
     yield "everything-on", everything
     for p in example_values():
@@ -105,7 +114,7 @@ def test_validators_catch_mistakes():
     for version in k8s_versions():
         with pytest.raises(kubernetes_validate.ValidationError):
             kubernetes_validate.validate(bad_dep, version, strict=True)
-    bad_cgw = {"apiVersion": "chatgateway.io/v1alpha1", "kind": "ChatGateway", "metadata": {"name": "x"},
+    bad_cgw = {"apiVersion": "chatgateway.io/v1beta1", "kind": "ChatGateway", "metadata": {"name": "x"},
                "spec": {"replicas": "two", "gateway": {"auth": {"mode": "sometimes"}}}}
     errors = list(cgw_validator().iter_errors(bad_cgw))
     assert len(errors) >= 2, errors
@@ -153,14 +162,79 @@ def test_redis_is_clearly_not_for_production():
     assert secret["metadata"]["name"] == ref["name"] and ref["key"] in secret["stringData"]
 
 
-def test_jaeger_has_otlp_enabled():
+def test_jaeger_is_v2_with_otlp():
+    """Jaeger v2 (the v1 all-in-one image is past end of life): one config file in the
+    Collector's layout, OTLP on 4317/4318 on every interface, stored in memory, UI on 16686."""
     docs = yaml_docs(MANIFESTS / "observability" / "jaeger.yaml")
     (dep,) = [d for d in docs if d["kind"] == "Deployment"]
-    (c,) = dep["spec"]["template"]["spec"]["containers"]
-    assert {"name": "COLLECTOR_OTLP_ENABLED", "value": "true"} in c["env"]
-    assert not c["image"].endswith(":latest") and ":" in c["image"]
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    repo, tag = c["image"].rsplit(":", 1)
+    assert repo == "jaegertracing/jaeger" and int(tag.split(".")[0]) >= 2, c["image"]
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "config")
+    assert c["args"] == ["--config", f"{mount['mountPath']}/config.yaml"]
+    assert any(v["name"] == "config" and v["configMap"]["name"] == cm["metadata"]["name"] for v in pod["volumes"])
+    config = yaml.safe_load(cm["data"]["config.yaml"])
+    protocols = config["receivers"]["otlp"]["protocols"]
+    assert protocols["grpc"]["endpoint"] == "0.0.0.0:4317" and protocols["http"]["endpoint"] == "0.0.0.0:4318"
+    pipeline = config["service"]["pipelines"]["traces"]
+    assert pipeline["receivers"] == ["otlp"] and pipeline["exporters"] == ["jaeger_storage_exporter"]
+    storage = config["exporters"]["jaeger_storage_exporter"]["trace_storage"]
+    assert storage == config["extensions"]["jaeger_query"]["storage"]["traces"]
+    assert "memory" in config["extensions"]["jaeger_storage"]["backends"][storage]
+    assert set(config["service"]["extensions"]) >= {"jaeger_storage", "jaeger_query", "healthcheckv2"}
+    health = config["extensions"]["healthcheckv2"]["http"]
+    port = int(health["endpoint"].rsplit(":", 1)[1])
+    assert c["readinessProbe"]["httpGet"]["path"] == health["status"]["path"]
+    assert {p["name"]: p["containerPort"] for p in c["ports"]}[c["readinessProbe"]["httpGet"]["port"]] == port
     (svc,) = [d for d in docs if d["kind"] == "Service"]
     assert {p["port"] for p in svc["spec"]["ports"]} >= {4317, 4318, 16686}
+
+
+def repo_services() -> dict[tuple[str, str], set[int]]:
+    """(namespace, name) -> ports of every Service under manifests/."""
+    out = {}
+    for path in manifest_files():
+        for d in yaml_docs(path):
+            if d["kind"] == "Service":
+                key = (d["metadata"].get("namespace", "default"), d["metadata"]["name"])
+                out[key] = {p["port"] for p in d["spec"]["ports"]}
+    return out
+
+
+def otlp_endpoints() -> list[tuple[str, str]]:
+    """(where, endpoint) of every OTLP endpoint in the example manifests and chart examples."""
+    found = []
+    for path in sorted((MANIFESTS / "examples").glob("*.yaml")):
+        for d in yaml_docs(path):
+            endpoint = (d["spec"].get("telemetry") or {}).get("otlpEndpoint")
+            if endpoint:
+                found.append((path.name, endpoint))
+    for path in example_values():
+        spec = load_values(path).get("chatGateway", {}).get("spec", {})
+        endpoint = (spec.get("telemetry") or {}).get("otlpEndpoint")
+        if endpoint:
+            found.append((path.name, endpoint))
+    return found
+
+
+def test_example_otlp_endpoints_are_services_the_repo_creates():
+    services = repo_services()
+    endpoints = otlp_endpoints()
+    assert len(endpoints) >= 3, endpoints
+    for where, endpoint in endpoints:
+        m = re.fullmatch(r"https?://([a-z0-9.-]+):(\d+)/?", endpoint)
+        assert m, f"{where}: {endpoint} is not scheme://host:port"
+        host, port = m.group(1), int(m.group(2))
+        # A namespaced Service name: NAME.NAMESPACE[.svc[.cluster.local]] (a bare name would
+        # depend on the namespace the example is applied in).
+        parts = host.removesuffix(".cluster.local").removesuffix(".svc").split(".")
+        assert len(parts) == 2, f"{where}: {host} is not NAME.NAMESPACE"
+        name, namespace = parts
+        assert (namespace, name) in services, \
+            f"{where}: {endpoint} names Service {namespace}/{name}, which no file under manifests/ creates"
+        assert port in services[(namespace, name)], f"{where}: {endpoint}: the Service has no port {port}"
 
 
 def test_workloads_under_manifests_are_hardened():
@@ -231,7 +305,7 @@ def test_images_the_chart_and_operator_use_match_the_dockerfiles():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["image"]["repository"].endswith("/chat-gateway-operator")
     assert values["chatGateway"]["image"]["repository"].endswith("/chat-gateway")
-    src = (ROOT / "operator" / "src" / "builders" / "deployment.rs").read_text()
+    src = (ROOT / "operator" / "src" / "builders" / "pod.rs").read_text()
     assert values["chatGateway"]["image"]["repository"] in src, "the operator's default gateway image"
     for crate, repo in (("gateway", values["chatGateway"]["image"]["repository"]),
                         ("operator", values["image"]["repository"])):

@@ -12,9 +12,29 @@ script=$(cd "$here/../../.." && pwd)/shared/envtest/kube-apiserver.sh
 CACHE=${ENVTEST_CACHE:-/var/cache/chatgateway-envtest}
 bin=$(bash "$script" ensure)
 marker=$CACHE/bin/.reflect2-1.0.2
-[ -f "$marker" ] && { echo "$bin"; exit 0; }
 
 log() { echo "envtest: $*" >&2; }
+
+# A build from the source tarball (not a git checkout) reports v0.0.0-master on /version,
+# which Helm's kubeVersion check (the chart says >=1.20.0-0) refuses. Stamp the version the
+# way Kubernetes' own build does (hack/lib/version.sh), relinking only (seconds).
+stamp_version() {
+  "$CACHE/bin/kube-apiserver" --version 2>/dev/null | grep -q ' v1\.20\.2$' && return 0
+  log "stamping kube-apiserver with version v1.20.2"
+  local flags="" pkg
+  for pkg in component-base/version client-go/pkg/version; do
+    pkg=k8s.io/kubernetes/vendor/k8s.io/$pkg
+    flags="$flags -X $pkg.gitVersion=v1.20.2 -X $pkg.gitMajor=1 -X $pkg.gitMinor=20"
+  done
+  (
+    cd "$CACHE/gopath/src/k8s.io/kubernetes"
+    GO111MODULE=off GOPATH=$CACHE/gopath GOCACHE=$CACHE/gocache CGO_ENABLED=0 \
+      nice /usr/lib/go-1.19/bin/go build -ldflags "$flags" -o "$CACHE/bin/kube-apiserver.new" ./cmd/kube-apiserver >&2
+  )
+  mv "$CACHE/bin/kube-apiserver.new" "$CACHE/bin/kube-apiserver"
+}
+[ -f "$marker" ] && { stamp_version; echo "$bin"; exit 0; }
+
 src=$(ls -d "$CACHE"/src/kubernetes-* 2>/dev/null | head -n1)
 [ -n "$src" ] || { log "kubernetes source not found under $CACHE/src"; exit 1; }
 if [ ! -d /usr/share/gocode/src/github.com/modern-go/reflect2 ]; then
@@ -35,4 +55,5 @@ rm -f "$vendored"/*_test.go
 mv "$CACHE/bin/kube-apiserver.new" "$CACHE/bin/kube-apiserver"
 touch "$marker"
 log "kube-apiserver rebuilt with reflect2 1.0.2"
+stamp_version
 echo "$bin"

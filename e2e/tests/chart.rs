@@ -5,10 +5,14 @@
 //!   (defaults and every example values file), bad values refused by values.schema.json,
 //!   every rendered object and every file under manifests/ valid for Kubernetes 1.33 and
 //!   the newest known version, ChatGateways valid against the CRD schema, RBAC exactly the
-//!   documented needs, chart CRD == crds/, manifests fresh, Dockerfile lint.
+//!   documented needs, chart CRD == crds/, manifests fresh, Dockerfile lint; the
+//!   PrometheusRule through `promtool check rules` and `promtool test rules` (each alert
+//!   fires on its synthetic series, none on healthy ones).
 //! - `chart_and_manifests_against_a_real_apiserver`: `kubectl apply` of
 //!   manifests/install.yaml on a fresh kube-apiserver (../shared/envtest), `helm install`,
-//!   and the operator binary under exactly the chart's RBAC reconciling every example.
+//!   and the operator binary under exactly the chart's RBAC reconciling every example; on a
+//!   second fresh server the chart's CRD story (crds.enabled installs it, crds.keep keeps it
+//!   on uninstall, a ChatGateway beside its CRD needs install then upgrade).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -68,7 +72,11 @@ fn pytest(args: &[&str]) {
 
 #[test]
 fn chart_and_manifests_render_and_validate() {
-    pytest(&["e2e/chart/test_chart.py", "e2e/chart/test_manifests.py"]);
+    pytest(&[
+        "e2e/chart/test_chart.py",
+        "e2e/chart/test_manifests.py",
+        "e2e/chart/test_alerts.py",
+    ]);
 }
 
 #[test]
@@ -78,5 +86,8 @@ fn chart_and_manifests_against_a_real_apiserver() {
         "target/debug/chat-gateway-operator is missing: run the workspace tests \
          (`cargo test --workspace`) or `cargo build -p chat-gateway-operator` first"
     );
-    pytest(&["e2e/chart/test_envtest.py"]);
+    pytest(&[
+        "e2e/chart/test_envtest.py",
+        "e2e/chart/test_envtest_crds.py",
+    ]);
 }

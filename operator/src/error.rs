@@ -18,6 +18,19 @@ pub enum Error {
         /// Key expected in it.
         key: String,
     },
+    /// A child's name is taken by an object this ChatGateway does not own; the operator
+    /// never adopts or overwrites it.
+    #[error("{kind} {namespace}/{name} exists and is not owned by this ChatGateway ({owner}); the operator does not take it over: delete or rename it")]
+    NotOwned {
+        /// Kind of the object.
+        kind: String,
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// Who owns it instead, as far as its metadata says.
+        owner: String,
+    },
     /// The resource lacks a field the API server always sets (name, namespace, uid).
     #[error("object has no {0}")]
     MissingObjectKey(&'static str),
@@ -27,6 +40,9 @@ pub enum Error {
     /// Serialising a child failed.
     #[error("serialising: {0}")]
     Serialize(String),
+    /// An API call did not answer in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
 }
 
 impl Error {
@@ -35,9 +51,11 @@ impl Error {
         match self {
             Error::InvalidSpec(_) => "InvalidSpec",
             Error::SecretRef { .. } => "SecretNotFound",
+            Error::NotOwned { .. } => "NotOwned",
             Error::MissingObjectKey(_) => "InvalidObject",
             Error::Kube(_) => "ApiError",
             Error::Serialize(_) => "InternalError",
+            Error::Timeout(_) => "Timeout",
         }
     }
 
@@ -45,8 +63,8 @@ impl Error {
     /// transient; a fixed spec triggers a reconcile by itself, so spec errors wait longer.
     pub fn retry_after(&self) -> Duration {
         match self {
-            Error::Kube(_) => Duration::from_secs(2),
-            Error::SecretRef { .. } => Duration::from_secs(10),
+            Error::Kube(_) | Error::Timeout(_) => Duration::from_secs(2),
+            Error::SecretRef { .. } | Error::NotOwned { .. } => Duration::from_secs(10),
             _ => Duration::from_secs(60),
         }
     }

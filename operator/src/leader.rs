@@ -1,16 +1,22 @@
 //! Leader election on a coordination.k8s.io/v1 Lease: only the holder reconciles.
 //!
-//! The holder renews the Lease every `renew` interval; another replica takes it over once
-//! `renewTime + leaseDurationSeconds` has passed. Writes carry the Lease's resourceVersion,
-//! so two candidates can never both win the same round.
+//! The holder renews the Lease every `renew` interval. Another replica takes it over once
+//! it has seen the same holder record (holder, renewTime) unchanged for
+//! `leaseDurationSeconds` on its *own* monotonic clock, as client-go does: the holder's
+//! `renewTime` is a wall-clock time written by another machine, and a holder whose clock
+//! runs behind would otherwise look expired while it still renews. Writes carry the
+//! Lease's resourceVersion, so two candidates can never both win the same round, and every
+//! API call has a deadline, so a hung call cannot keep a leader believing it still leads.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use kube::Client;
-use std::time::Duration;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// One candidate for the Lease.
 pub struct LeaderElector {
@@ -18,10 +24,23 @@ pub struct LeaderElector {
     name: String,
     identity: String,
     duration: Duration,
+    call_timeout: Duration,
+    /// Another holder's record as last seen, and when this replica first saw it.
+    observed: Mutex<Option<(HolderRecord, Instant)>>,
+}
+
+/// What changes when a holder renews: compared, never interpreted as a time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct HolderRecord {
+    holder: String,
+    renew_time: Option<MicroTime>,
+    lease_duration_seconds: Option<i32>,
 }
 
 impl LeaderElector {
-    /// A candidate named `identity` for Lease `namespace/name`, held for `duration` per renewal.
+    /// A candidate named `identity` for Lease `namespace/name`, held for `duration` per
+    /// renewal. Each API call times out after two thirds of `duration` (the renew deadline,
+    /// as client-go's): a slow API server is not a lost lease, a hung call is.
     pub fn new(
         client: Client,
         namespace: &str,
@@ -34,7 +53,15 @@ impl LeaderElector {
             name: name.into(),
             identity: identity.into(),
             duration,
+            call_timeout: (duration * 2 / 3).max(Duration::from_millis(100)),
+            observed: Mutex::new(None),
         }
+    }
+
+    /// The same candidate with another deadline per API call.
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
     }
 
     /// How often the holder should renew: a third of the lease, so two renewals may fail.
@@ -44,9 +71,14 @@ impl LeaderElector {
 
     /// Takes or renews the Lease; `true` when this candidate holds it afterwards.
     pub async fn try_acquire_or_renew(&self) -> Result<bool> {
-        let now = Timestamp::now();
+        self.try_acquire_or_renew_at(Instant::now()).await
+    }
+
+    /// [`Self::try_acquire_or_renew`] with `now` as this replica's monotonic time.
+    pub async fn try_acquire_or_renew_at(&self, now: Instant) -> Result<bool> {
+        let wall = Timestamp::now();
         let seconds = i32::try_from(self.duration.as_secs()).unwrap_or(i32::MAX);
-        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+        let Some(mut lease) = self.deadline(self.api.get_opt(&self.name)).await?? else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),
@@ -55,44 +87,61 @@ impl LeaderElector {
                 spec: Some(LeaseSpec {
                     holder_identity: Some(self.identity.clone()),
                     lease_duration_seconds: Some(seconds),
-                    acquire_time: Some(MicroTime(now)),
-                    renew_time: Some(MicroTime(now)),
+                    acquire_time: Some(MicroTime(wall)),
+                    renew_time: Some(MicroTime(wall)),
                     lease_transitions: Some(0),
                     ..LeaseSpec::default()
                 }),
             };
-            return conflict_is_false(self.api.create(&PostParams::default(), &lease).await);
+            let params = PostParams::default();
+            let created = self.api.create(&params, &lease);
+            return conflict_is_false(self.deadline(created).await);
         };
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         let holder = spec.holder_identity.clone().unwrap_or_default();
         if holder != self.identity {
-            let held_for = SignedDuration::from_secs(i64::from(
-                spec.lease_duration_seconds.unwrap_or(seconds),
-            ));
-            let expired = match &spec.renew_time {
-                Some(MicroTime(t)) => *t + held_for < now,
-                None => true,
+            let record = HolderRecord {
+                holder: holder.clone(),
+                renew_time: spec.renew_time.clone(),
+                lease_duration_seconds: spec.lease_duration_seconds,
             };
-            if !holder.is_empty() && !expired {
+            let held_for = Duration::from_secs(
+                u64::try_from(spec.lease_duration_seconds.unwrap_or(seconds)).unwrap_or(0),
+            );
+            if !holder.is_empty() && !self.expired(record, held_for, now) {
                 return Ok(false);
             }
             spec.holder_identity = Some(self.identity.clone());
-            spec.acquire_time = Some(MicroTime(now));
+            spec.acquire_time = Some(MicroTime(wall));
             spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
             tracing::info!(previous = %holder, identity = %self.identity, "taking over the leader lease");
         }
         spec.lease_duration_seconds = Some(seconds);
-        spec.renew_time = Some(MicroTime(now));
-        conflict_is_false(
-            self.api
-                .replace(&self.name, &PostParams::default(), &lease)
-                .await,
-        )
+        spec.renew_time = Some(MicroTime(wall));
+        let params = PostParams::default();
+        let replaced = self.api.replace(&self.name, &params, &lease);
+        conflict_is_false(self.deadline(replaced).await)
+    }
+
+    /// Whether `record` has stayed the same for `held_for` by this replica's clock; a new
+    /// record restarts the count.
+    fn expired(&self, record: HolderRecord, held_for: Duration, now: Instant) -> bool {
+        // A poisoned lock only loses the observation; starting over is safe (it waits).
+        let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        match observed.as_ref() {
+            Some((seen, since)) if *seen == record => {
+                now.saturating_duration_since(*since) >= held_for
+            }
+            _ => {
+                *observed = Some((record, now));
+                false
+            }
+        }
     }
 
     /// Gives the Lease up (on shutdown) so a standby takes over without waiting it out.
     pub async fn release(&self) -> Result<()> {
-        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+        let Some(mut lease) = self.deadline(self.api.get_opt(&self.name)).await?? else {
             return Ok(());
         };
         let Some(spec) = lease.spec.as_mut() else {
@@ -103,18 +152,25 @@ impl LeaderElector {
         }
         spec.holder_identity = None;
         spec.renew_time = None;
-        conflict_is_false(
-            self.api
-                .replace(&self.name, &PostParams::default(), &lease)
-                .await,
-        )
-        .map(|_| ())
+        let params = PostParams::default();
+        let replaced = self.api.replace(&self.name, &params, &lease);
+        conflict_is_false(self.deadline(replaced).await).map(|_| ())
+    }
+
+    /// Runs one API call with the per-call deadline.
+    async fn deadline<T>(
+        &self,
+        call: impl Future<Output = kube::Result<T>>,
+    ) -> Result<kube::Result<T>> {
+        tokio::time::timeout(self.call_timeout, call)
+            .await
+            .map_err(|_| Error::Timeout(format!("lease call took over {:?}", self.call_timeout)))
     }
 }
 
 /// A write that lost a race (409 Conflict, or AlreadyExists on create) means "not leader".
-fn conflict_is_false(result: kube::Result<Lease>) -> Result<bool> {
-    match result {
+fn conflict_is_false(result: Result<kube::Result<Lease>>) -> Result<bool> {
+    match result? {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
         Err(e) => Err(e.into()),
@@ -126,6 +182,7 @@ mod tests {
     use super::*;
     use crate::reconcile::tests::{not_found, ok_with, serve, step};
     use http::{Method, Request, Response};
+    use k8s_openapi::jiff::SignedDuration;
     use kube::client::Body;
     use serde_json::json;
 
@@ -175,24 +232,95 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn takes_over_an_expired_lease_with_its_resource_version() {
+    async fn takes_over_a_lease_seen_unchanged_for_its_duration() {
         let (e, handle) = elector();
+        let stale = lease("other", 60);
         let server = serve(
             handle,
             vec![
-                ok_with(Method::GET, LEASE, lease("other", 60)),
+                ok_with(Method::GET, LEASE, stale.clone()),
+                ok_with(Method::GET, LEASE, stale.clone()),
+                ok_with(Method::GET, LEASE, stale),
                 step(Method::PUT, LEASE),
             ],
         );
-        assert!(e.try_acquire_or_renew().await.expect("election"));
+        let t0 = Instant::now();
+        // A renewTime a minute old proves nothing about the holder's clock: first watch it.
+        assert!(!e.try_acquire_or_renew_at(t0).await.expect("election"));
+        assert!(!e
+            .try_acquire_or_renew_at(t0 + Duration::from_secs(14))
+            .await
+            .expect("election"));
+        assert!(e
+            .try_acquire_or_renew_at(t0 + Duration::from_secs(15))
+            .await
+            .expect("election"));
         let seen = server.await.expect("server");
-        let put = &seen[1].1;
+        let put = &seen[3].1;
         assert_eq!(put["spec"]["holderIdentity"], "me");
         assert_eq!(put["spec"]["leaseTransitions"], 4);
         assert_eq!(
             put["metadata"]["resourceVersion"], "7",
             "optimistic concurrency"
         );
+    }
+
+    #[tokio::test]
+    async fn a_holder_whose_clock_lags_keeps_the_lease_while_it_renews() {
+        let (e, handle) = elector();
+        // Each renewal writes a renewTime far in the past (the holder's clock is behind);
+        // what counts is that the record changes.
+        let server = serve(
+            handle,
+            vec![
+                ok_with(Method::GET, LEASE, lease("other", 3600)),
+                ok_with(Method::GET, LEASE, lease("other", 3590)),
+                ok_with(Method::GET, LEASE, lease("other", 3580)),
+            ],
+        );
+        let t0 = Instant::now();
+        for step in [0, 10, 20] {
+            assert!(
+                !e.try_acquire_or_renew_at(t0 + Duration::from_secs(step))
+                    .await
+                    .expect("election"),
+                "taken over at +{step}s from a holder that renews"
+            );
+        }
+        server.await.expect("server");
+    }
+
+    #[tokio::test]
+    async fn a_released_lease_is_taken_at_once() {
+        let (e, handle) = elector();
+        let mut released = lease("", 0);
+        released["spec"]
+            .as_object_mut()
+            .map(|s| s.remove("holderIdentity"));
+        let server = serve(
+            handle,
+            vec![
+                ok_with(Method::GET, LEASE, released),
+                step(Method::PUT, LEASE),
+            ],
+        );
+        assert!(e.try_acquire_or_renew().await.expect("election"));
+        server.await.expect("server");
+    }
+
+    #[tokio::test]
+    async fn a_call_that_hangs_times_out() {
+        let (e, mut handle) = elector();
+        let e = e.with_call_timeout(Duration::from_millis(200));
+        // The fake API server takes the request and never answers.
+        let server = tokio::spawn(async move {
+            let request = handle.next_request().await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            drop(request);
+        });
+        let err = e.try_acquire_or_renew().await.expect_err("timed out");
+        assert!(matches!(err, Error::Timeout(_)), "{err}");
+        server.abort();
     }
 
     #[tokio::test]

@@ -2,19 +2,24 @@
 //! it needs, and a kube-rs controller that applies them with server-side apply.
 
 pub mod builders;
+pub mod children;
+pub mod controller;
 pub mod crd;
 pub mod custom_metrics;
+pub mod deletion_cost;
 pub mod error;
+pub mod handoff;
 pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
 pub mod render;
+pub mod secrets;
+pub mod served;
 pub mod status;
-
-use kube::CustomResourceExt;
+pub mod validate;
 
 /// The CRD as the YAML document checked in as `crds/chatgateway.yaml`.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    serde_yaml::to_string(&crd::ChatGateway::crd())
+    serde_yaml::to_string(&crd::crd())
 }

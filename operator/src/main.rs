@@ -4,7 +4,7 @@ use anyhow::Context as _;
 use chat_gateway_operator::custom_metrics::{self, CustomMetrics};
 use chat_gateway_operator::leader::LeaderElector;
 use chat_gateway_operator::metrics::Metrics;
-use chat_gateway_operator::reconcile::{self, Context, ServedKinds};
+use chat_gateway_operator::reconcile::{Context, ServedKinds};
 use chat_gateway_telemetry as telemetry;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -32,6 +32,9 @@ enum Command {
         /// Namespace for resources that name none.
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
+        /// Gateway image for ChatGateways that name none (as `run --gateway-image`).
+        #[arg(long, env = "OPERATOR_GATEWAY_IMAGE")]
+        gateway_image: Option<String>,
     },
     /// Print the ChatGateway CRD.
     Crd,
@@ -61,6 +64,10 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "OPERATOR_LOG_FORMAT", value_enum, default_value = "json")]
     log_format: LogFormat,
+    /// Gateway image for ChatGateways that name none; default the gateway release
+    /// matching this operator.
+    #[arg(long, env = "OPERATOR_GATEWAY_IMAGE")]
+    gateway_image: Option<String>,
     /// The custom metrics API (served when --custom-metrics-addr is set).
     #[command(flatten)]
     custom_metrics: custom_metrics::Args,
@@ -75,16 +82,24 @@ enum LogFormat {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Render { file, namespace }) => {
+        Some(Command::Render {
+            file,
+            namespace,
+            gateway_image,
+        }) => {
             let text = if file.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin())?
             } else {
                 std::fs::read_to_string(&file)
                     .with_context(|| format!("reading {}", file.display()))?
             };
+            let inputs = chat_gateway_operator::builders::Inputs {
+                default_image: gateway_image,
+                ..Default::default()
+            };
             print!(
                 "{}",
-                chat_gateway_operator::render::render(&text, &namespace)?
+                chat_gateway_operator::render::render_with(&text, &namespace, &inputs)?
             );
             Ok(())
         }
@@ -131,8 +146,9 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
     let served = ServedKinds::discover(&client)
         .await
         .context("discovering API kinds")?;
-    if !served.hpa || !served.pdb {
-        tracing::warn!(hpa = served.hpa, pdb = served.pdb, "the cluster does not serve every optional kind; affected ChatGateways will report it in their Degraded condition");
+    tracing::info!(hpa = ?served.hpa, pdb = ?served.pdb, native_sidecars = served.native_sidecars, "API versions the cluster serves");
+    if served.hpa.is_none() || served.pdb.is_none() {
+        tracing::warn!("the cluster serves no HorizontalPodAutoscaler or PodDisruptionBudget version the operator writes; affected ChatGateways will report it in their Degraded condition");
     }
     let metrics = Metrics::new();
     let namespace = args
@@ -192,18 +208,17 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
 
     let leading = custom_metrics.as_ref().map(|cm| cm.lead(&identity));
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        served,
-        metrics,
-        Some(identity.clone()),
-    ));
-    let controller = tokio::spawn(reconcile::run(ctx, async move {
+    let ctx = Arc::new(
+        Context::new(client.clone(), served, metrics, Some(identity.clone()))
+            .with_default_image(args.gateway_image.clone()),
+    );
+    let controller = tokio::spawn(chat_gateway_operator::controller::run(ctx, async move {
         let _ = lost_rx.await;
     }));
     // Renew until told to stop or the Lease is lost; a replica that lost it must not write.
-    // Renewals that keep failing (API server unreachable) also end the term, before the
-    // Lease can expire and a standby starts writing too: never two leaders.
+    // Renewals that keep failing or hang (API server unreachable) also end the term at the
+    // renew deadline, a third of the lease before a standby may take over: never two
+    // leaders. Each attempt gets only the time left until that deadline.
     let renew_deadline = args.lease_duration * 2 / 3;
     let mut renewed = std::time::Instant::now();
     let lost = loop {
@@ -211,14 +226,19 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
             _ = &mut stop => break false,
             _ = tokio::time::sleep(elector.renew_interval()) => {}
         }
-        match elector.try_acquire_or_renew().await {
-            Ok(true) => renewed = std::time::Instant::now(),
-            Ok(false) => break true,
-            Err(e) => {
+        let left = renew_deadline.saturating_sub(renewed.elapsed());
+        match tokio::time::timeout(left, elector.try_acquire_or_renew()).await {
+            Ok(Ok(true)) => renewed = std::time::Instant::now(),
+            Ok(Ok(false)) => break true,
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "renewing the leader lease");
                 if renewed.elapsed() >= renew_deadline {
                     break true;
                 }
+            }
+            Err(_) => {
+                tracing::warn!(deadline = ?renew_deadline, "no renewal of the leader lease within the renew deadline");
+                break true;
             }
         }
     };
@@ -235,16 +255,43 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fails with install instructions unless the API server serves the ChatGateway kind.
+/// Fails with install instructions unless the API server serves ChatGateways in the
+/// version this operator speaks (an older CRD that serves only v1alpha1 must be upgraded).
 async fn ensure_crd(client: &kube::Client) -> anyhow::Result<()> {
-    match client.list_api_group_resources("chatgateway.io/v1alpha1").await {
-        Ok(list) if list.resources.iter().any(|r| r.name == "chatgateways") => Ok(()),
-        Ok(_) | Err(kube::Error::Api(_)) => anyhow::bail!(
-            "the ChatGateway CRD (chatgateways.chatgateway.io) is not installed in this cluster; install it with \
-             `kubectl apply -f crds/chatgateway.yaml` (or `chat-gateway-operator crd | kubectl apply -f -`), then restart the operator"
-        ),
-        Err(e) => Err(e).context("checking that the ChatGateway CRD is installed"),
+    use chat_gateway_operator::crd::VERSION;
+    let install = "install it with `kubectl apply --server-side -f crds/chatgateway.yaml` \
+        (Kubernetes before 1.25: `kubectl apply --validate=false -f crds/chatgateway.yaml`), \
+        then restart the operator";
+    let served = |gv: &str| {
+        let gv = gv.to_string();
+        async move {
+            match client.list_api_group_resources(&gv).await {
+                Ok(list) => Ok(list.resources.iter().any(|r| r.name == "chatgateways")),
+                Err(kube::Error::Api(_)) => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    let check = "checking that the ChatGateway CRD is installed";
+    if served(&format!("chatgateway.io/{VERSION}"))
+        .await
+        .context(check)?
+    {
+        return Ok(());
     }
+    let old = chat_gateway_operator::crd::OLD_VERSION;
+    if served(&format!("chatgateway.io/{old}"))
+        .await
+        .context(check)?
+    {
+        anyhow::bail!(
+            "the installed ChatGateway CRD serves only chatgateway.io/{old}; this operator needs \
+             chatgateway.io/{VERSION}: upgrade the CRD ({install})"
+        );
+    }
+    anyhow::bail!(
+        "the ChatGateway CRD (chatgateways.chatgateway.io) is not installed in this cluster; {install}"
+    )
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

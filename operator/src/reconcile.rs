@@ -1,88 +1,37 @@
-//! The reconcile loop: build the children, apply them with server-side apply, write status.
+//! One reconcile: build the children, check they are ours, apply them with server-side
+//! apply, write status. `controller` decides when it runs.
 
-use crate::builders::{self, collector, deployment, with_type_meta, Owner, FIELD_MANAGER};
-use crate::crd::{ChatGateway, ChatGatewaySpec, ChatGatewayStatus};
+use crate::builders::{self, collector, pod, with_type_meta, Inputs, Owner, FIELD_MANAGER};
+use crate::builders::{hpa::DEFAULT_MIN, TEMPLATE_HASH_ANNOTATION};
+use crate::children::{self, Found};
+use crate::crd::{ChatGateway, ChatGatewayStatus};
 use crate::error::{Error, Result};
+use crate::handoff::{self, Plan};
 use crate::metrics::Metrics;
-use crate::status::{self, Observed};
-use futures::StreamExt;
+use crate::served::{self, HPA_VERSIONS, PDB_VERSIONS};
+use crate::status::{self, ChildCondition, Observed};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+pub use crate::served::ServedKinds;
 
 /// Re-check a healthy gateway this often even without events (drift repair).
 pub const RESYNC: Duration = Duration::from_secs(300);
 /// Longest wait between retries of a failing gateway.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
-
-/// Optional API kinds and whether the cluster serves them (found by discovery at start).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ServedKinds {
-    /// autoscaling/v2 HorizontalPodAutoscaler.
-    pub hpa: bool,
-    /// policy/v1 PodDisruptionBudget.
-    pub pdb: bool,
-    /// Native sidecars (init containers with `restartPolicy: Always`; on by default from
-    /// Kubernetes 1.29).
-    pub native_sidecars: bool,
-}
-
-impl ServedKinds {
-    /// Every kind served (a current cluster).
-    pub const ALL: ServedKinds = ServedKinds {
-        hpa: true,
-        pdb: true,
-        native_sidecars: true,
-    };
-
-    /// Asks the API server which optional kinds it serves. A kind is unserved when its
-    /// group version is missing or lacks the resource; other errors are returned.
-    pub async fn discover(client: &Client) -> Result<ServedKinds> {
-        Ok(ServedKinds {
-            hpa: serves(client, "autoscaling/v2", "horizontalpodautoscalers").await?,
-            pdb: serves(client, "policy/v1", "poddisruptionbudgets").await?,
-            native_sidecars: {
-                let v = client.apiserver_version().await?;
-                has_native_sidecars(&v.major, &v.minor)
-            },
-        })
-    }
-}
-
-/// Whether an API server of this version runs native sidecars by default (1.29+). Minor
-/// versions may carry a suffix (`29+` on some managed clusters); unparsable means no.
-pub fn has_native_sidecars(major: &str, minor: &str) -> bool {
-    let num = |s: &str| {
-        s.trim_end_matches(|c: char| !c.is_ascii_digit())
-            .parse::<u32>()
-            .ok()
-    };
-    match (num(major), num(minor)) {
-        (Some(major), Some(minor)) => major > 1 || (major == 1 && minor >= 29),
-        _ => false,
-    }
-}
-
-async fn serves(client: &Client, group_version: &str, plural: &str) -> Result<bool> {
-    match client.list_api_group_resources(group_version).await {
-        Ok(list) => Ok(list.resources.iter().any(|r| r.name == plural)),
-        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
 
 /// Shared state of the reconciler.
 pub struct Context {
@@ -94,6 +43,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Optional kinds the cluster serves.
     pub served: ServedKinds,
+    /// Gateway image for ChatGateways that name none (`--gateway-image`).
+    pub default_image: Option<String>,
     /// Consecutive failures per gateway, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -120,8 +71,15 @@ impl Context {
             recorder,
             metrics,
             served,
+            default_image: None,
             failures: Mutex::default(),
         }
+    }
+
+    /// The same context with a gateway image for ChatGateways that name none.
+    pub fn with_default_image(mut self, image: Option<String>) -> Context {
+        self.default_image = image;
+        self
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
@@ -169,131 +127,227 @@ pub fn error_policy(cgw: Arc<ChatGateway>, error: &Error, ctx: Arc<Context>) -> 
     Action::requeue(delay)
 }
 
+/// An optional child's API in the version the cluster serves (`None`: it serves none).
+fn versioned_api<K: Resource<DynamicType = ()>>(
+    client: &Client,
+    ns: &str,
+    version: Option<&'static str>,
+) -> Option<(Api<DynamicObject>, &'static str)> {
+    let version = version?;
+    let resource = served::api_resource::<K>(version);
+    Some((Api::namespaced_with(client.clone(), ns, &resource), version))
+}
+
+async fn found<K>(api: &Api<K>, name: &str, uid: &str) -> Result<Found>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    Ok(children::classify(
+        children::lookup(api, name).await?.as_ref(),
+        uid,
+    ))
+}
+
 async fn apply_all(cgw: &ChatGateway, ctx: &Context) -> Result<Action> {
     let ns = cgw
         .namespace()
         .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let uid = cgw
+        .metadata
+        .uid
+        .clone()
+        .ok_or(Error::MissingObjectKey("metadata.uid"))?;
     let owner = Owner::of(cgw, &ns)?;
-    // On a cluster without native sidecars the collector runs as a plain container (the
-    // API server would refuse the init container's restartPolicy); reported in status.
-    let plain = (!ctx.served.native_sidecars)
-        .then(|| without_native_sidecars(cgw))
-        .flatten();
-    let sidecar_fallback = plain.is_some().then(|| {
-        "the cluster does not run native sidecars (Kubernetes 1.29+): the collector runs as \
-         a plain container (set telemetry.collector.nativeSidecar: false to say so)"
-            .to_string()
-    });
-    let cgw = plain.as_ref().unwrap_or(cgw);
-    let mut children = builders::build(cgw, &owner)?;
+    let (fitted, mut seen_problems) = fit_to_cluster(cgw, ctx.served);
+    let cgw = fitted.as_ref().unwrap_or(cgw);
+    // A spec that cannot work touches nothing (API servers without CEL let it through):
+    // building is pure, so build once before any call to find every spec error.
+    builders::build(cgw, &owner, &Inputs::default())?;
     let client = &ctx.client;
-    check_secrets(client, &ns, &cgw.spec).await?;
+    let secret_hash = crate::secrets::hash(client, &ns, &cgw.spec).await?;
 
+    // Every child's name is looked up before anything is written: a foreign object there
+    // stops the reconcile with nothing changed.
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    let services = Api::<Service>::namespaced(client.clone(), &ns);
+    let hpas = versioned_api::<HorizontalPodAutoscaler>(client, &ns, ctx.served.hpa);
+    let pdbs = versioned_api::<PodDisruptionBudget>(client, &ns, ctx.served.pdb);
+    let config_found = found(&config_maps, &owner.config_map_name(), &uid).await?;
+    let collector_name = owner.collector_config_map_name();
+    let collector_found = found(&config_maps, &collector_name, &uid).await?;
+    let live = deployments.get_opt(&owner.name).await?;
+    let deployment_found = children::classify(live.as_ref().map(|d| &d.metadata), &uid);
+    let service_found = found(&services, &owner.name, &uid).await?;
+    let hpa_found = match &hpas {
+        Some((api, _)) => found(api, &owner.name, &uid).await?,
+        None => Found::Absent,
+    };
+    let pdb_found = match &pdbs {
+        Some((api, _)) => found(api, &owner.name, &uid).await?,
+        None => Found::Absent,
+    };
+    // networking.k8s.io/v1 is served everywhere; gateways without a networkPolicy section
+    // cost no request (set enabled: false to remove a policy).
+    let policies = Api::<NetworkPolicy>::namespaced(client.clone(), &ns);
+    let policy_found = match cgw.spec.network_policy {
+        Some(_) => found(&policies, &owner.name, &uid).await?,
+        None => Found::Absent,
+    };
+    let live = live.filter(|_| matches!(deployment_found, Found::Owned { .. }));
+
+    let inputs = Inputs {
+        live_replicas: live.as_ref().and_then(|d| d.spec.as_ref()?.replicas),
+        secret_hash,
+        default_image: ctx.default_image.clone(),
+    };
+    let children = builders::build(cgw, &owner, &inputs)?;
+    let name = owner.name.as_str();
+    children::writable(&config_found, "ConfigMap", &ns, &owner.config_map_name())?;
+    if children.collector_config_map.is_some() {
+        children::writable(&collector_found, "ConfigMap", &ns, &collector_name)?;
+    }
+    children::writable(&deployment_found, "Deployment", &ns, name)?;
+    children::writable(&service_found, "Service", &ns, name)?;
+    if children.hpa.is_some() {
+        children::writable(&hpa_found, "HorizontalPodAutoscaler", &ns, name)?;
+    }
+    if children.pdb.is_some() {
+        children::writable(&pdb_found, "PodDisruptionBudget", &ns, name)?;
+    }
+    if children.network_policy.is_some() {
+        children::writable(&policy_found, "NetworkPolicy", &ns, name)?;
+    }
+
     apply(&config_maps, &children.config_map).await?;
     // The collector's ConfigMap exists before the pods that mount it, and goes after the
     // Deployment stopped mounting it.
     if let Some(cm) = &children.collector_config_map {
         apply(&config_maps, cm).await?;
     }
-    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
-    if cgw.spec.autoscaling.as_ref().is_some_and(|a| a.enabled) {
-        let live = deployments
-            .get_opt(&owner.name)
-            .await?
-            .and_then(|d| d.spec?.replicas);
-        if let Some(spec) = children.deployment.spec.as_mut() {
-            spec.replicas = Some(deployment::hpa_replicas(cgw, live));
+    // Autoscaling turned off: the HPA goes first, so it cannot scale once the operator
+    // owns the replica count again.
+    if let (None, Some((api, version))) = (&children.hpa, &hpas) {
+        if children::delete_owned(api, name, &hpa_found).await? {
+            deleted(
+                ctx,
+                cgw,
+                &format!("{version} HorizontalPodAutoscaler {name}"),
+            )
+            .await;
         }
     }
+    let autoscaling = cgw.spec.autoscaling.as_ref().filter(|a| a.enabled);
+    let min = autoscaling
+        .and_then(|a| a.min_replicas)
+        .unwrap_or(DEFAULT_MIN);
+    let plan = handoff::plan(autoscaling.is_some(), min, live.as_ref());
+    if let Plan::Before(n) = plan {
+        handoff::take_over(&deployments, name, n).await?;
+    }
     let deployment = apply(&deployments, &children.deployment).await?;
-    apply(
-        &Api::<Service>::namespaced(client.clone(), &ns),
-        &children.service,
-    )
-    .await?;
-
-    if children.collector_config_map.is_none() {
-        let mut ignored = Vec::new();
-        sync_optional(
-            &config_maps,
-            &owner.collector_config_map_name(),
-            None,
-            true,
-            &mut ignored,
-        )
-        .await?;
+    if let Plan::After(n) = plan {
+        handoff::take_over(&deployments, name, n).await?;
+    }
+    apply(&services, &children.service).await?;
+    if children.collector_config_map.is_none()
+        && children::delete_owned(&config_maps, &collector_name, &collector_found).await?
+    {
+        deleted(ctx, cgw, &format!("ConfigMap {collector_name}")).await;
     }
 
-    let mut problems = Vec::new();
-    let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns);
-    sync_optional(
-        &hpas,
-        &owner.name,
-        children.hpa.as_ref(),
-        ctx.served.hpa,
-        &mut problems,
-    )
-    .await?;
-    let pdbs = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns);
-    sync_optional(
-        &pdbs,
-        &owner.name,
-        children.pdb.as_ref(),
-        ctx.served.pdb,
-        &mut problems,
-    )
-    .await?;
+    match &children.network_policy {
+        Some(policy) => {
+            apply(&policies, policy).await?;
+        }
+        None if cgw.spec.network_policy.is_some() => {
+            if children::delete_owned(&policies, name, &policy_found).await? {
+                deleted(ctx, cgw, &format!("NetworkPolicy {name}")).await;
+            }
+        }
+        None => {}
+    }
 
     let mut seen = Observed::from_deployment(&deployment);
-    if !problems.is_empty() {
-        problems.extend(sidecar_fallback);
-        seen.problem = Some(("KindNotServed".into(), problems.join("; ")));
-    } else if let Some(message) = sidecar_fallback {
-        seen.problem = Some(("NativeSidecarsNotSupported".into(), message));
+    let mut kind_problems = Vec::new();
+    match (&children.hpa, &hpas) {
+        (Some(hpa), Some((api, version))) => {
+            let applied = apply_versioned(api, hpa, version).await?;
+            seen.hpa_conditions(&ChildCondition::list(applied.data.get("status")));
+        }
+        (Some(_), None) => kind_problems.push(unserved::<HorizontalPodAutoscaler>(HPA_VERSIONS)),
+        (None, _) => {}
     }
+    match (&children.pdb, &pdbs) {
+        (Some(pdb), Some((api, version))) => {
+            apply_versioned(api, pdb, version).await?;
+        }
+        (Some(_), None) => kind_problems.push(unserved::<PodDisruptionBudget>(PDB_VERSIONS)),
+        (None, Some((api, version))) => {
+            if children::delete_owned(api, name, &pdb_found).await? {
+                deleted(ctx, cgw, &format!("{version} PodDisruptionBudget {name}")).await;
+            }
+        }
+        (None, None) => {}
+    }
+    if !kind_problems.is_empty() {
+        seen_problems.insert(0, ("KindNotServed".into(), kind_problems.join("; ")));
+    }
+    let children_problems = std::mem::take(&mut seen.problems);
+    seen.problems = seen_problems.into_iter().chain(children_problems).collect();
+
+    announce(ctx, cgw, live.as_ref(), &children.deployment).await;
     let new_status = status::desired(cgw, &seen, &owner.selector_string());
-    patch_status(client, &ns, &owner.name, &new_status).await?;
+    patch_status(client, &ns, name, &new_status).await?;
     Ok(Action::requeue(RESYNC))
 }
 
-/// `cgw` with its native-sidecar collector turned into a plain container; `None` when it
-/// has no native-sidecar collector.
-fn without_native_sidecars(cgw: &ChatGateway) -> Option<ChatGateway> {
-    let mut c = collector::enabled(cgw)
-        .filter(|c| collector::native(c))?
-        .clone();
-    c.native_sidecar = Some(false);
-    let mut plain = cgw.clone();
-    plain.spec.telemetry.as_mut()?.collector = Some(c);
-    Some(plain)
+fn unserved<K: Resource<DynamicType = ()>>(versions: &[&str]) -> String {
+    format!(
+        "the cluster serves no {} version the operator writes ({}): not created",
+        K::kind(&()),
+        versions.join(", ")
+    )
 }
 
-/// Fails with [`Error::SecretRef`] unless every referenced Secret key exists.
-async fn check_secrets(client: &Client, ns: &str, spec: &ChatGatewaySpec) -> Result<()> {
-    let g = spec.gateway.as_ref();
-    let jwt = g.and_then(|g| g.auth.as_ref()).and_then(|a| a.jwt.as_ref());
-    let refs = [
-        g.and_then(|g| g.redis.as_ref()).map(|r| &r.url_secret_ref),
-        jwt.and_then(|j| j.secret_ref.as_ref()),
-        jwt.and_then(|j| j.public_key_secret_ref.as_ref()),
-    ];
-    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
-    for r in refs.into_iter().flatten() {
-        let secret = secrets.get_opt(&r.name).await?;
-        let has_key = secret.is_some_and(|s| s.data.is_some_and(|d| d.contains_key(&r.key)));
-        if !has_key {
-            return Err(Error::SecretRef {
-                namespace: ns.into(),
-                name: r.name.clone(),
-                key: r.key.clone(),
-            });
+/// `cgw` as this cluster can run it: without native sidecars (before 1.29) the collector
+/// and the user sidecars become plain containers (the API server would refuse the init
+/// containers' restartPolicy), with a problem saying so. `None`: run as specified.
+fn fit_to_cluster(
+    cgw: &ChatGateway,
+    served: ServedKinds,
+) -> (Option<ChatGateway>, Vec<(String, String)>) {
+    if served.native_sidecars {
+        return (None, Vec::new());
+    }
+    let mut plain = cgw.clone();
+    let mut fallen_back = Vec::new();
+    if let Some(c) = collector::enabled(cgw).filter(|c| collector::native(c)) {
+        let mut c = c.clone();
+        c.native_sidecar = Some(false);
+        if let Some(t) = plain.spec.telemetry.as_mut() {
+            t.collector = Some(c);
+            fallen_back.push("the collector");
         }
     }
-    Ok(())
+    if !cgw.spec.sidecars.is_empty() && pod::native_sidecars(cgw) {
+        plain.spec.native_sidecars = Some(false);
+        fallen_back.push("spec.sidecars");
+    }
+    if fallen_back.is_empty() {
+        return (None, Vec::new());
+    }
+    let message = format!(
+        "the cluster does not run native sidecars (Kubernetes 1.29+): {} run as plain containers and may stop before the gateway finished draining (set telemetry.collector.nativeSidecar / nativeSidecars: false to say so)",
+        fallen_back.join(" and ")
+    );
+    (
+        Some(plain),
+        vec![("NativeSidecarsNotSupported".into(), message)],
+    )
 }
 
-/// Server-side apply of `obj` under the operator's field manager, taking over conflicts.
+/// Server-side apply of a typed child.
 async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
@@ -303,39 +357,26 @@ where
         .name
         .clone()
         .ok_or(Error::MissingObjectKey("metadata.name"))?;
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    Ok(api
-        .patch(&name, &params, &Patch::Apply(with_type_meta(obj)?))
-        .await?)
+    children::apply_json(api, &name, with_type_meta(obj)?).await
 }
 
-/// Applies or deletes an optional child; records a problem when the kind is not served.
-async fn sync_optional<K>(
-    api: &Api<K>,
-    name: &str,
-    desired: Option<&K>,
-    served: bool,
-    problems: &mut Vec<String>,
-) -> Result<()>
+/// Server-side apply of a child in the version the cluster serves.
+async fn apply_versioned<K>(
+    api: &Api<DynamicObject>,
+    obj: &K,
+    version: &str,
+) -> Result<DynamicObject>
 where
-    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+    K: Resource<DynamicType = ()> + Serialize,
 {
-    let what = format!("{} {}", K::api_version(&()), K::kind(&()));
-    match (desired, served) {
-        (Some(obj), true) => {
-            apply(api, obj).await?;
-        }
-        (Some(_), false) => {
-            problems.push(format!("the cluster does not serve {what}: not created"))
-        }
-        (None, true) => match api.delete(name, &DeleteParams::default()).await {
-            Ok(_) => tracing::info!(%what, name, "deleted: turned off in the spec"),
-            Err(kube::Error::Api(s)) if s.is_not_found() => {}
-            Err(e) => return Err(e.into()),
-        },
-        (None, false) => {}
-    }
-    Ok(())
+    let name = obj
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::MissingObjectKey("metadata.name"))?;
+    let body = serde_json::to_value(served::versioned(obj, version)?)
+        .map_err(|e| Error::Serialize(e.to_string()))?;
+    children::apply_json(api, &name, body).await
 }
 
 async fn patch_status(
@@ -359,21 +400,89 @@ async fn patch_status(
     Ok(())
 }
 
-/// Degraded condition and a Warning Event; failures to report are only logged.
-async fn report_failure(cgw: &ChatGateway, ctx: &Context, error: &Error) {
-    let message = error.to_string();
-    if let Some(recorder) = &ctx.recorder {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: error.reason().into(),
-            note: Some(message.chars().take(1000).collect()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = recorder.publish(&event, &cgw.object_ref(&())).await {
-            tracing::warn!(error = %e, "publishing event failed");
+/// Publishes an Event on the ChatGateway; failures are only logged.
+async fn publish(ctx: &Context, cgw: &ChatGateway, type_: EventType, reason: &str, note: String) {
+    let Some(recorder) = &ctx.recorder else {
+        return;
+    };
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &cgw.object_ref(&())).await {
+        tracing::warn!(error = %e, "publishing event failed");
+    }
+}
+
+async fn deleted(ctx: &Context, cgw: &ChatGateway, what: &str) {
+    tracing::info!(%what, "deleted: turned off in the spec");
+    publish(
+        ctx,
+        cgw,
+        EventType::Normal,
+        "Deleted",
+        format!("deleted {what}: turned off in the spec"),
+    )
+    .await;
+}
+
+/// Normal Events for what the apply did to the pods: created, scaled, rolled.
+async fn announce(
+    ctx: &Context,
+    cgw: &ChatGateway,
+    live: Option<&Deployment>,
+    applied: &Deployment,
+) {
+    let name = cgw.name_any();
+    let Some(live) = live else {
+        publish(
+            ctx,
+            cgw,
+            EventType::Normal,
+            "Created",
+            format!("created Deployment {name} and its ConfigMap and Service"),
+        )
+        .await;
+        return;
+    };
+    let replicas = |d: &Deployment| d.spec.as_ref().and_then(|s| s.replicas);
+    if let (Some(from), Some(to)) = (replicas(live), replicas(applied)) {
+        if from != to {
+            publish(
+                ctx,
+                cgw,
+                EventType::Normal,
+                "Scaled",
+                format!("scaled Deployment {name} from {from} to {to} pods"),
+            )
+            .await;
         }
     }
+    let hash = |d: &Deployment| {
+        d.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(TEMPLATE_HASH_ANNOTATION).cloned())
+    };
+    if hash(live) != hash(applied) {
+        publish(ctx, cgw, EventType::Normal, "RollingUpdate", format!("the pod template of Deployment {name} changed (config, Secrets, image or pod settings): rolling the pods")).await;
+    }
+}
+
+/// Degraded and not Reconciled, and a Warning Event; failures to report are only logged.
+async fn report_failure(cgw: &ChatGateway, ctx: &Context, error: &Error) {
+    let message = error.to_string();
+    publish(
+        ctx,
+        cgw,
+        EventType::Warning,
+        error.reason(),
+        message.clone(),
+    )
+    .await;
     let (Some(ns), Some(name)) = (cgw.namespace(), cgw.metadata.name.clone()) else {
         return;
     };
@@ -386,39 +495,6 @@ async fn report_failure(cgw: &ChatGateway, ctx: &Context, error: &Error) {
     if let Err(e) = patch_status(&ctx.client, &ns, &name, &failed).await {
         tracing::warn!(error = %e, "writing Degraded status failed");
     }
-}
-
-/// Runs the controller until `shutdown` resolves; children are watched by their label.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
-    let client = ctx.client.clone();
-    let children =
-        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
-    let mut controller = Controller::new(
-        Api::<ChatGateway>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
-    .owns(Api::<Deployment>::all(client.clone()), children.clone())
-    .owns(Api::<Service>::all(client.clone()), children.clone());
-    if ctx.served.hpa {
-        controller = controller.owns(
-            Api::<HorizontalPodAutoscaler>::all(client.clone()),
-            children.clone(),
-        );
-    }
-    if ctx.served.pdb {
-        controller = controller.owns(Api::<PodDisruptionBudget>::all(client.clone()), children);
-    }
-    controller
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => tracing::debug!(gateway = %obj, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
-            }
-        })
-        .await;
 }
 
 #[cfg(test)]

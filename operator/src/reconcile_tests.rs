@@ -1,10 +1,18 @@
 //! Reconcile against a mocked API server (tower-test), asserting the exact requests.
+//! Fixtures keep each test to its request sequence: `lookups` for the ownership checks
+//! every reconcile starts with, `step`/`ok_with`/`not_found` for the rest.
 
 use super::*;
-use crate::builders::testing::{cgw, FULL, MINIMAL};
+use crate::builders::testing::{cgw, FULL, MINIMAL, SIDECARS};
+use crate::handoff::HANDOVER_MANAGER;
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use serde_json::{json, Value};
+
+#[path = "reconcile_day2_tests.rs"]
+mod day2;
+#[path = "reconcile_sidecar_tests.rs"]
+mod sidecars;
 
 pub(crate) type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -15,6 +23,8 @@ pub(crate) struct Step {
     pub(crate) status: StatusCode,
     /// Answer body; `None` echoes the request body (what an apply returns, near enough).
     reply: Option<Value>,
+    /// For a PATCH: the field manager and whether it forces (default: the operator, forced).
+    pub(crate) apply_as: (&'static str, bool),
 }
 
 pub(crate) fn step(method: Method, path: &str) -> Step {
@@ -23,37 +33,51 @@ pub(crate) fn step(method: Method, path: &str) -> Step {
         path: path.into(),
         status: StatusCode::OK,
         reply: None,
+        apply_as: (FIELD_MANAGER, true),
     }
 }
 
+fn status_body(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+           "reason": reason, "code": code, "message": message})
+}
+
 pub(crate) fn not_found(method: Method, path: &str) -> Step {
-    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-        "reason": "NotFound", "code": 404, "message": "not found"});
     Step {
-        method,
-        path: path.into(),
         status: StatusCode::NOT_FOUND,
-        reply: Some(status),
+        reply: Some(status_body(404, "NotFound", "not found")),
+        ..step(method, path)
     }
 }
 
 pub(crate) fn server_error(method: Method, path: &str) -> Step {
-    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-        "reason": "InternalError", "code": 500, "message": "etcd is on fire"});
     Step {
-        method,
-        path: path.into(),
         status: StatusCode::INTERNAL_SERVER_ERROR,
-        reply: Some(status),
+        reply: Some(status_body(500, "InternalError", "etcd is on fire")),
+        ..step(method, path)
+    }
+}
+
+pub(crate) fn conflict(method: Method, path: &str) -> Step {
+    Step {
+        status: StatusCode::CONFLICT,
+        reply: Some(status_body(409, "Conflict", "conflict")),
+        ..step(method, path)
     }
 }
 
 pub(crate) fn ok_with(method: Method, path: &str, reply: Value) -> Step {
     Step {
-        method,
-        path: path.into(),
-        status: StatusCode::OK,
         reply: Some(reply),
+        ..step(method, path)
+    }
+}
+
+/// The non-forced apply of `spec.replicas` under the hand-off manager.
+pub(crate) fn handover(path: &str) -> Step {
+    Step {
+        apply_as: (HANDOVER_MANAGER, false),
+        ..step(Method::PATCH, path)
     }
 }
 
@@ -78,10 +102,13 @@ pub(crate) fn serve(
             );
             if s.method == Method::PATCH {
                 let q = uri.query().unwrap_or_default();
+                let (manager, force) = s.apply_as;
                 assert!(
-                    q.contains("fieldManager=chatgateway-operator") && q.contains("force=true"),
+                    q.contains(&format!("fieldManager={manager}&"))
+                        || q.ends_with(&format!("fieldManager={manager}")),
                     "step {i}: {q}"
                 );
+                assert_eq!(q.contains("force=true"), force, "step {i}: {q}");
                 assert_eq!(
                     request
                         .headers()
@@ -118,7 +145,7 @@ pub(crate) fn serve(
     })
 }
 
-fn context(served: ServedKinds, events: bool) -> (Arc<Context>, Handle) {
+pub(crate) fn context(served: ServedKinds, events: bool) -> (Arc<Context>, Handle) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let ctx = Context::new(
@@ -130,19 +157,52 @@ fn context(served: ServedKinds, events: bool) -> (Arc<Context>, Handle) {
     (Arc::new(ctx), handle)
 }
 
-const NS: &str = "/api/v1/namespaces/apps";
-const APPS: &str = "/apis/apps/v1/namespaces/apps";
-const HPA: &str = "/apis/autoscaling/v2/namespaces/apps/horizontalpodautoscalers/chat";
-const PDB: &str = "/apis/policy/v1/namespaces/apps/poddisruptionbudgets/chat";
-const STATUS: &str = "/apis/chatgateway.io/v1alpha1/namespaces/apps/chatgateways/chat/status";
-const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/apps/events";
+pub(crate) const NS: &str = "/api/v1/namespaces/apps";
+pub(crate) const CM: &str = "/api/v1/namespaces/apps/configmaps/chat-config";
+pub(crate) const COLLECTOR_CM: &str = "/api/v1/namespaces/apps/configmaps/chat-otel-collector";
+pub(crate) const DEPLOY: &str = "/apis/apps/v1/namespaces/apps/deployments/chat";
+pub(crate) const SVC: &str = "/api/v1/namespaces/apps/services/chat";
+pub(crate) const HPA: &str = "/apis/autoscaling/v2/namespaces/apps/horizontalpodautoscalers/chat";
+pub(crate) const PDB: &str = "/apis/policy/v1/namespaces/apps/poddisruptionbudgets/chat";
+pub(crate) const STATUS: &str =
+    "/apis/chatgateway.io/v1beta1/namespaces/apps/chatgateways/chat/status";
+pub(crate) const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/apps/events";
+/// The uid of the `cgw` fixture.
+pub(crate) const UID: &str = "0b7d1e3c-uid";
 
-fn secret(name: &str, key: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "apps"},
-           "data": {key: "c2VjcmV0"}})
+/// The ownership lookups every reconcile starts with, for a cluster serving `served`
+/// (HPA and PDB paths of the current versions), everything absent.
+pub(crate) fn lookups() -> Vec<Step> {
+    [CM, COLLECTOR_CM, DEPLOY, SVC, HPA, PDB]
+        .into_iter()
+        .map(|p| not_found(Method::GET, p))
+        .collect()
 }
 
-fn condition<'a>(status_patch: &'a Value, type_: &str) -> (&'a str, &'a str) {
+/// Metadata of a child this gateway owns.
+pub(crate) fn owned_meta(name: &str) -> Value {
+    json!({"name": name, "namespace": "apps", "uid": format!("{name}-child-uid"),
+           "ownerReferences": [{"apiVersion": "chatgateway.io/v1beta1", "kind": "ChatGateway",
+                                "name": "chat", "uid": UID, "controller": true}]})
+}
+
+/// A lookup that finds a child this gateway owns.
+pub(crate) fn owned(path: &str, name: &str) -> Step {
+    ok_with(
+        Method::GET,
+        path,
+        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+               "metadata": owned_meta(name)}),
+    )
+}
+
+pub(crate) fn secret(name: &str, key: &str, value: &str) -> Value {
+    use k8s_openapi::ByteString;
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "apps"},
+           "data": {key: ByteString(value.as_bytes().to_vec())}})
+}
+
+pub(crate) fn condition<'a>(status_patch: &'a Value, type_: &str) -> (&'a str, &'a str) {
     let c = status_patch["status"]["conditions"]
         .as_array()
         .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
@@ -153,48 +213,71 @@ fn condition<'a>(status_patch: &'a Value, type_: &str) -> (&'a str, &'a str) {
     )
 }
 
-fn paths(seen: &[(String, Value)]) -> Vec<&str> {
+pub(crate) fn message<'a>(status_patch: &'a Value, type_: &str) -> &'a str {
+    status_patch["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or("")
+}
+
+pub(crate) fn paths(seen: &[(String, Value)]) -> Vec<&str> {
     seen.iter().map(|(p, _)| p.as_str()).collect()
 }
 
+fn with(mut steps: Vec<Step>, rest: Vec<Step>) -> Vec<Step> {
+    steps.extend(rest);
+    steps
+}
+
 #[tokio::test]
-async fn create_applies_children_deletes_the_absent_hpa_and_writes_status() {
+async fn create_applies_children_and_writes_status() {
     let (ctx, handle) = context(ServedKinds::ALL, true);
     let server = serve(
         handle,
-        vec![
-            step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
-            step(Method::PATCH, &format!("{APPS}/deployments/chat")),
-            step(Method::PATCH, &format!("{NS}/services/chat")),
-            not_found(
-                Method::DELETE,
-                &format!("{NS}/configmaps/chat-otel-collector"),
-            ),
-            not_found(Method::DELETE, HPA),
-            step(Method::PATCH, PDB),
-            step(Method::PATCH, STATUS),
-        ],
+        with(
+            lookups(),
+            vec![
+                step(Method::PATCH, CM),
+                step(Method::PATCH, DEPLOY),
+                step(Method::PATCH, SVC),
+                step(Method::PATCH, PDB),
+                step(Method::POST, EVENTS),
+                step(Method::PATCH, STATUS),
+            ],
+        ),
     );
     let action = reconcile(Arc::new(cgw(MINIMAL)), ctx.clone())
         .await
         .expect("reconcile");
     assert_eq!(action, Action::requeue(RESYNC));
     let seen = server.await.expect("server");
-    let deployment = &seen[1].1;
+    let deployment = &seen[7].1;
     assert_eq!(deployment["kind"], "Deployment");
     assert_eq!(
         deployment["metadata"]["ownerReferences"][0]["kind"],
         "ChatGateway"
     );
-    let status = &seen[6].1;
+    assert_eq!(deployment["spec"]["replicas"], 1, "memory engine: one pod");
+    let event = &seen[10].1;
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("Normal"), Some("Created"))
+    );
+    let status = &seen[11].1;
     assert_eq!(status["status"]["observedGeneration"], 1);
     assert_eq!(
         status["status"]["selector"],
         "app.kubernetes.io/instance=chat,app.kubernetes.io/name=chat-gateway"
     );
-    // Nothing runs the pods in this fake: not ready, rolling out, not degraded.
+    // Nothing runs the pods in this fake: not ready, rolling out, applied, not degraded.
     assert_eq!(condition(status, "Ready"), ("False", "PodsNotReady"));
+    assert_eq!(condition(status, "Available"), ("False", "NoPodsAvailable"));
     assert_eq!(condition(status, "Progressing"), ("True", "RollingOut"));
+    assert_eq!(
+        condition(status, "Reconciled"),
+        ("True", "ReconcileSucceeded")
+    );
     assert_eq!(condition(status, "Degraded"), ("False", "AsExpected"));
     assert!(ctx
         .metrics
@@ -204,115 +287,97 @@ async fn create_applies_children_deletes_the_absent_hpa_and_writes_status() {
 
 #[tokio::test]
 async fn full_spec_checks_secrets_then_applies_hpa_and_pdb() {
-    let (ctx, handle) = context(ServedKinds::ALL, true);
+    let (ctx, handle) = context(ServedKinds::ALL, false);
+    let secrets = vec![
+        ok_with(
+            Method::GET,
+            &format!("{NS}/secrets/redis"),
+            secret("redis", "url", "redis://r:6379"),
+        ),
+        ok_with(
+            Method::GET,
+            &format!("{NS}/secrets/jwt"),
+            secret("jwt", "secret", "k1"),
+        ),
+    ];
     let server = serve(
         handle,
-        vec![
-            ok_with(
-                Method::GET,
-                &format!("{NS}/secrets/redis"),
-                secret("redis", "url"),
-            ),
-            ok_with(
-                Method::GET,
-                &format!("{NS}/secrets/jwt"),
-                secret("jwt", "secret"),
-            ),
-            step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
-            ok_with(
-                Method::GET,
-                &format!("{APPS}/deployments/chat"),
-                json!({"apiVersion": "apps/v1", "kind": "Deployment",
-                       "metadata": {"name": "chat", "namespace": "apps"},
-                       "spec": {"replicas": 7, "selector": {}, "template": {}}}),
-            ),
-            step(Method::PATCH, &format!("{APPS}/deployments/chat")),
-            step(Method::PATCH, &format!("{NS}/services/chat")),
-            not_found(
-                Method::DELETE,
-                &format!("{NS}/configmaps/chat-otel-collector"),
-            ),
-            step(Method::PATCH, HPA),
-            step(Method::PATCH, PDB),
-            step(Method::PATCH, STATUS),
-        ],
+        with(
+            with(secrets, lookups()),
+            vec![
+                step(Method::PATCH, CM),
+                step(Method::PATCH, DEPLOY),
+                handover(DEPLOY),
+                step(Method::PATCH, SVC),
+                step(Method::PATCH, HPA),
+                step(Method::PATCH, PDB),
+                step(Method::PATCH, STATUS),
+            ],
+        ),
     );
     reconcile(Arc::new(cgw(FULL)), ctx)
         .await
         .expect("reconcile");
     let seen = server.await.expect("server");
-    let hpa = &seen[7].1;
+    let hpa = &seen[12].1;
     assert_eq!(
         hpa["spec"]["metrics"][0]["pods"]["metric"]["name"],
         "chatgateway_connections"
     );
-    // The live count (set by the HPA) is re-applied, so ownership never lapses.
-    assert_eq!(seen[4].1["spec"]["replicas"], 7);
+    // A new autoscaled Deployment starts at minReplicas, and the count is handed over.
+    assert_eq!(seen[9].1["spec"]["replicas"], 3);
+    assert_eq!(
+        seen[10].1,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "chat"}, "spec": {"replicas": 3}})
+    );
+    let annotations = &seen[9].1["spec"]["template"]["metadata"]["annotations"];
+    let redis = crate::crd::SecretKeyRef {
+        name: "redis".into(),
+        key: "url".into(),
+    };
+    let jwt = crate::crd::SecretKeyRef {
+        name: "jwt".into(),
+        key: "secret".into(),
+    };
+    assert_eq!(
+        annotations["chatgateway.io/secret-hash"],
+        crate::secrets::digest(
+            &[&redis, &jwt],
+            &[b"redis://r:6379".to_vec(), b"k1".to_vec()]
+        )
+    );
 }
 
 #[tokio::test]
-async fn update_that_disables_autoscaling_deletes_the_hpa() {
-    let (ctx, handle) = context(ServedKinds::ALL, true);
+async fn disabled_pdb_is_deleted_only_as_the_object_it_owns() {
+    let (ctx, handle) = context(ServedKinds::ALL, false);
+    let mut steps = lookups();
+    steps[5] = owned(PDB, "chat");
     let server = serve(
         handle,
-        vec![
-            step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
-            step(Method::PATCH, &format!("{APPS}/deployments/chat")),
-            step(Method::PATCH, &format!("{NS}/services/chat")),
-            not_found(
-                Method::DELETE,
-                &format!("{NS}/configmaps/chat-otel-collector"),
-            ),
-            ok_with(
-                Method::DELETE,
-                HPA,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
-            ),
-            step(Method::PATCH, PDB),
-            step(Method::PATCH, STATUS),
-        ],
+        with(
+            steps,
+            vec![
+                step(Method::PATCH, CM),
+                step(Method::PATCH, DEPLOY),
+                step(Method::PATCH, SVC),
+                ok_with(
+                    Method::DELETE,
+                    PDB,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+                ),
+                step(Method::PATCH, STATUS),
+            ],
+        ),
     );
-    let mut c =
-        cgw("gateway: {auth: {mode: insecure}}\nreplicas: 4\nautoscaling: {enabled: false}");
-    c.metadata.generation = Some(2);
+    let c = cgw("gateway: {auth: {mode: insecure}}\ndisruptionBudget: {enabled: false}");
     reconcile(Arc::new(c), ctx).await.expect("reconcile");
     let seen = server.await.expect("server");
-    assert_eq!(paths(&seen)[4], format!("DELETE {HPA}"));
-    assert_eq!(seen[1].1["spec"]["replicas"], 4);
-    assert_eq!(seen[6].1["status"]["observedGeneration"], 2);
-}
-
-#[tokio::test]
-async fn disabled_pdb_is_deleted() {
-    let (ctx, handle) = context(ServedKinds::ALL, false);
-    let server = serve(
-        handle,
-        vec![
-            step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
-            step(Method::PATCH, &format!("{APPS}/deployments/chat")),
-            step(Method::PATCH, &format!("{NS}/services/chat")),
-            not_found(
-                Method::DELETE,
-                &format!("{NS}/configmaps/chat-otel-collector"),
-            ),
-            not_found(Method::DELETE, HPA),
-            ok_with(
-                Method::DELETE,
-                PDB,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
-            ),
-            step(Method::PATCH, STATUS),
-        ],
+    assert_eq!(
+        seen[9].1["preconditions"]["uid"], "chat-child-uid",
+        "a child recreated by someone else in the meantime is not deleted"
     );
-    reconcile(
-        Arc::new(cgw(
-            "gateway: {auth: {mode: insecure}}\ndisruptionBudget: {enabled: false}",
-        )),
-        ctx,
-    )
-    .await
-    .expect("reconcile");
-    server.await.expect("server");
 }
 
 #[tokio::test]
@@ -339,11 +404,11 @@ async fn missing_secret_is_degraded_with_an_event_and_backs_off() {
         (Some("Warning"), Some("SecretNotFound"))
     );
     assert_eq!(event["regarding"]["name"], "chat");
-    assert_eq!(
-        condition(&seen[2].1, "Degraded"),
-        ("True", "SecretNotFound")
-    );
-    assert_eq!(condition(&seen[2].1, "Ready"), ("False", "SecretNotFound"));
+    let status = &seen[2].1;
+    assert_eq!(condition(status, "Degraded"), ("True", "SecretNotFound"));
+    assert_eq!(condition(status, "Reconciled"), ("False", "SecretNotFound"));
+    // A failure says nothing new about the pods: never reconciled, so Unknown.
+    assert_eq!(condition(status, "Ready"), ("Unknown", "NotReconciled"));
     // Exponential backoff per gateway.
     let first = error_policy(c.clone(), &err, ctx.clone());
     let second = error_policy(c.clone(), &err, ctx.clone());
@@ -364,7 +429,7 @@ async fn secret_without_the_key_is_degraded() {
             ok_with(
                 Method::GET,
                 &format!("{NS}/secrets/redis"),
-                secret("redis", "other"),
+                secret("redis", "other", "x"),
             ),
             step(Method::PATCH, STATUS),
         ],
@@ -379,19 +444,23 @@ async fn failed_apply_is_degraded_and_stops_the_reconcile() {
     let (ctx, handle) = context(ServedKinds::ALL, true);
     let server = serve(
         handle,
-        vec![
-            step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
-            server_error(Method::PATCH, &format!("{APPS}/deployments/chat")),
-            step(Method::POST, EVENTS),
-            step(Method::PATCH, STATUS),
-        ],
+        with(
+            lookups(),
+            vec![
+                step(Method::PATCH, CM),
+                server_error(Method::PATCH, DEPLOY),
+                step(Method::POST, EVENTS),
+                step(Method::PATCH, STATUS),
+            ],
+        ),
     );
     let err = reconcile(Arc::new(cgw(MINIMAL)), ctx.clone())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Kube(_)), "{err}");
     let seen = server.await.expect("server");
-    assert_eq!(condition(&seen[3].1, "Degraded"), ("True", "ApiError"));
+    assert_eq!(condition(&seen[9].1, "Degraded"), ("True", "ApiError"));
+    assert_eq!(condition(&seen[9].1, "Reconciled"), ("False", "ApiError"));
     assert!(ctx
         .metrics
         .render()
@@ -399,98 +468,29 @@ async fn failed_apply_is_degraded_and_stops_the_reconcile() {
 }
 
 #[tokio::test]
-async fn invalid_spec_touches_no_child() {
-    let (ctx, handle) = context(ServedKinds::ALL, true);
-    let server = serve(
-        handle,
-        vec![step(Method::POST, EVENTS), step(Method::PATCH, STATUS)],
-    );
-    let err = reconcile(Arc::new(cgw("{}")), ctx).await.unwrap_err();
-    assert_eq!(err.reason(), "InvalidSpec");
-    let seen = server.await.expect("server");
-    assert_eq!(condition(&seen[1].1, "Degraded"), ("True", "InvalidSpec"));
-}
-
-#[tokio::test]
-async fn unserved_kinds_are_reported_not_fatal() {
-    let (ctx, handle) = context(
-        ServedKinds {
-            hpa: false,
-            pdb: false,
-            native_sidecars: true,
-        },
-        false,
-    );
-    let server = serve(
-        handle,
-        vec![
-            step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
-            not_found(Method::GET, &format!("{APPS}/deployments/chat")),
-            step(Method::PATCH, &format!("{APPS}/deployments/chat")),
-            step(Method::PATCH, &format!("{NS}/services/chat")),
-            not_found(
-                Method::DELETE,
-                &format!("{NS}/configmaps/chat-otel-collector"),
-            ),
-            step(Method::PATCH, STATUS),
-        ],
-    );
-    let c = cgw("gateway: {auth: {mode: insecure}}\nautoscaling: {enabled: true}");
-    reconcile(Arc::new(c), ctx).await.expect("reconcile");
-    let seen = server.await.expect("server");
-    let status = &seen[5].1;
-    assert_eq!(condition(status, "Degraded"), ("True", "KindNotServed"));
-    assert_eq!(
-        seen[2].1["spec"]["replicas"], 2,
-        "a new Deployment starts at minReplicas"
-    );
-    let message = status["status"]["conditions"][2]["message"]
-        .as_str()
-        .unwrap_or("");
-    assert!(
-        message.contains("autoscaling/v2 HorizontalPodAutoscaler"),
-        "{message}"
-    );
-    assert!(
-        message.contains("policy/v1 PodDisruptionBudget"),
-        "{message}"
-    );
-}
-
-#[tokio::test]
-async fn discovery_tells_served_from_unserved_kinds() {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "default");
-    let server = serve(
-        handle,
-        vec![
-            not_found(Method::GET, "/apis/autoscaling/v2"),
-            ok_with(
-                Method::GET,
-                "/apis/policy/v1",
-                json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "policy/v1",
-                       "resources": [{"name": "poddisruptionbudgets", "singularName": "", "namespaced": true,
-                                      "kind": "PodDisruptionBudget", "verbs": ["get"]}]}),
-            ),
-            ok_with(
-                Method::GET,
-                "/version",
-                json!({"major": "1", "minor": "28", "gitVersion": "v1.28.3", "gitCommit": "",
-                       "gitTreeState": "", "buildDate": "", "goVersion": "", "compiler": "",
-                       "platform": "linux/amd64"}),
-            ),
-        ],
-    );
-    let served = ServedKinds::discover(&client).await.expect("discover");
-    assert_eq!(
-        served,
-        ServedKinds {
-            hpa: false,
-            pdb: true,
-            native_sidecars: false,
-        }
-    );
-    server.await.expect("server");
+async fn a_spec_that_cannot_work_touches_no_child() {
+    for (spec, want) in [
+        ("{}", "spec.gateway.auth is required"),
+        (
+            "gateway: {auth: {mode: insecure}}\nreplicas: 3",
+            "needs gateway.redis",
+        ),
+        (
+            "gateway: {auth: {mode: insecure}}\nsidecars: [{name: gateway, image: x}]",
+            "sidecars[0].name",
+        ),
+    ] {
+        let (ctx, handle) = context(ServedKinds::ALL, true);
+        let server = serve(
+            handle,
+            vec![step(Method::POST, EVENTS), step(Method::PATCH, STATUS)],
+        );
+        let err = reconcile(Arc::new(cgw(spec)), ctx).await.unwrap_err();
+        assert_eq!(err.reason(), "InvalidSpec");
+        let seen = server.await.expect("server");
+        assert_eq!(condition(&seen[1].1, "Degraded"), ("True", "InvalidSpec"));
+        assert!(message(&seen[1].1, "Degraded").contains(want), "{spec}");
+    }
 }
 
 #[tokio::test]
@@ -499,29 +499,29 @@ async fn ready_when_the_deployment_reports_every_pod_ready() {
     // The apply answers with the live Deployment, status included.
     let live = json!({"apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "chat", "namespace": "apps", "generation": 4},
-        "spec": {"replicas": 2, "selector": {}, "template": {}},
-        "status": {"observedGeneration": 4, "replicas": 2, "readyReplicas": 2, "updatedReplicas": 2}});
+        "spec": {"replicas": 1, "selector": {}, "template": {}},
+        "status": {"observedGeneration": 4, "replicas": 1, "readyReplicas": 1,
+                   "availableReplicas": 1, "updatedReplicas": 1}});
     let server = serve(
         handle,
-        vec![
-            step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
-            ok_with(Method::PATCH, &format!("{APPS}/deployments/chat"), live),
-            step(Method::PATCH, &format!("{NS}/services/chat")),
-            not_found(
-                Method::DELETE,
-                &format!("{NS}/configmaps/chat-otel-collector"),
-            ),
-            not_found(Method::DELETE, HPA),
-            step(Method::PATCH, PDB),
-            step(Method::PATCH, STATUS),
-        ],
+        with(
+            lookups(),
+            vec![
+                step(Method::PATCH, CM),
+                ok_with(Method::PATCH, DEPLOY, live),
+                step(Method::PATCH, SVC),
+                step(Method::PATCH, PDB),
+                step(Method::PATCH, STATUS),
+            ],
+        ),
     );
     reconcile(Arc::new(cgw(MINIMAL)), ctx)
         .await
         .expect("reconcile");
     let seen = server.await.expect("server");
-    let status = &seen[6].1;
+    let status = &seen[10].1;
     assert_eq!(condition(status, "Ready"), ("True", "AllPodsReady"));
+    assert_eq!(condition(status, "Available"), ("True", "PodsAvailable"));
     assert_eq!(
         condition(status, "Progressing"),
         ("False", "RolloutComplete")
@@ -532,139 +532,57 @@ async fn ready_when_the_deployment_reports_every_pod_ready() {
             status["status"]["replicas"].as_i64(),
             status["status"]["readyReplicas"].as_i64()
         ),
-        (Some(2), Some(2))
+        (Some(1), Some(1))
     );
 }
 
-const COLLECTOR_CM: &str = "/api/v1/namespaces/apps/configmaps/chat-otel-collector";
+const NETPOL: &str = "/apis/networking.k8s.io/v1/namespaces/apps/networkpolicies/chat";
+
+/// A MINIMAL gateway's requests with a networkPolicy section: the policy's lookup after
+/// the others, `policy` after the Service.
+fn with_network_policy(lookup: Step, policy: Step) -> Vec<Step> {
+    let mut steps = lookups();
+    steps.push(lookup);
+    steps.extend([
+        step(Method::PATCH, CM),
+        step(Method::PATCH, DEPLOY),
+        step(Method::PATCH, SVC),
+        policy,
+        step(Method::PATCH, PDB),
+        step(Method::PATCH, STATUS),
+    ]);
+    steps
+}
 
 #[tokio::test]
-async fn collector_config_map_is_applied_before_the_deployment() {
+async fn network_policy_is_applied_when_set_and_deleted_when_turned_off() {
+    let spec = format!("{MINIMAL}\nnetworkPolicy: {{egress: []}}");
     let (ctx, handle) = context(ServedKinds::ALL, false);
     let server = serve(
         handle,
-        vec![
-            step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
-            step(Method::PATCH, COLLECTOR_CM),
-            step(Method::PATCH, &format!("{APPS}/deployments/chat")),
-            step(Method::PATCH, &format!("{NS}/services/chat")),
-            not_found(Method::DELETE, HPA),
-            step(Method::PATCH, PDB),
-            step(Method::PATCH, STATUS),
-        ],
+        with_network_policy(not_found(Method::GET, NETPOL), step(Method::PATCH, NETPOL)),
     );
-    reconcile(Arc::new(cgw(crate::builders::testing::SIDECARS)), ctx)
+    reconcile(Arc::new(cgw(&spec)), ctx)
         .await
         .expect("reconcile");
     let seen = server.await.expect("server");
-    assert!(seen[1].1["data"]["collector.yaml"]
-        .as_str()
-        .is_some_and(|c| c.contains("jaeger-collector.observability:4317")));
-    let pod = &seen[2].1["spec"]["template"]["spec"];
-    assert_eq!(pod["initContainers"][0]["name"], "otel-collector");
-    assert_eq!(pod["initContainers"][0]["restartPolicy"], "Always");
-    assert_eq!(pod["containers"][1]["name"], "bot");
-    assert_eq!(condition(&seen[6].1, "Degraded"), ("False", "AsExpected"));
-}
-
-#[tokio::test]
-async fn disabling_the_collector_deletes_its_config_map() {
-    let (ctx, handle) = context(ServedKinds::ALL, false);
-    let server = serve(
-        handle,
-        vec![
-            step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
-            step(Method::PATCH, &format!("{APPS}/deployments/chat")),
-            step(Method::PATCH, &format!("{NS}/services/chat")),
-            ok_with(
-                Method::DELETE,
-                COLLECTOR_CM,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
-            ),
-            not_found(Method::DELETE, HPA),
-            step(Method::PATCH, PDB),
-            step(Method::PATCH, STATUS),
-        ],
-    );
-    let spec = crate::builders::testing::SIDECARS.replace("enabled: true", "enabled: false");
-    let mut c = cgw(&spec);
-    c.metadata.generation = Some(2);
-    reconcile(Arc::new(c), ctx).await.expect("reconcile");
-    let seen = server.await.expect("server");
-    assert_eq!(paths(&seen)[3], format!("DELETE {COLLECTOR_CM}"));
-    let pod = &seen[1].1["spec"]["template"]["spec"];
-    assert!(pod.get("initContainers").is_none(), "{pod}");
-    assert_eq!(seen[6].1["status"]["observedGeneration"], 2);
-}
-
-#[tokio::test]
-async fn sidecar_name_clash_is_reported_in_status_and_touches_no_child() {
-    let (ctx, handle) = context(ServedKinds::ALL, true);
-    let server = serve(
-        handle,
-        vec![step(Method::POST, EVENTS), step(Method::PATCH, STATUS)],
-    );
-    let c = cgw("gateway: {auth: {mode: insecure}}\nsidecars: [{name: gateway, image: x}]");
-    let err = reconcile(Arc::new(c), ctx).await.unwrap_err();
-    assert_eq!(err.reason(), "InvalidSpec");
-    let seen = server.await.expect("server");
-    assert_eq!(condition(&seen[1].1, "Degraded"), ("True", "InvalidSpec"));
-    let message = seen[1].1["status"]["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == "Degraded"))
-        .and_then(|c| c["message"].as_str())
-        .unwrap_or("")
-        .to_string();
-    assert!(message.contains("sidecars[0].name"), "{message}");
-}
-
-#[test]
-fn native_sidecars_from_1_29() {
-    assert!(!has_native_sidecars("1", "20"));
-    assert!(!has_native_sidecars("1", "28"));
-    assert!(has_native_sidecars("1", "29"));
-    assert!(has_native_sidecars("1", "33+"));
-    assert!(has_native_sidecars("2", "0"));
-    assert!(!has_native_sidecars("", ""));
-}
-
-#[tokio::test]
-async fn without_native_sidecars_the_collector_is_a_plain_container_and_reported() {
-    let (ctx, handle) = context(
-        ServedKinds {
-            native_sidecars: false,
-            ..ServedKinds::ALL
-        },
-        false,
-    );
-    let server = serve(
-        handle,
-        vec![
-            step(Method::PATCH, &format!("{NS}/configmaps/chat-config")),
-            step(Method::PATCH, COLLECTOR_CM),
-            step(Method::PATCH, &format!("{APPS}/deployments/chat")),
-            step(Method::PATCH, &format!("{NS}/services/chat")),
-            not_found(Method::DELETE, HPA),
-            step(Method::PATCH, PDB),
-            step(Method::PATCH, STATUS),
-        ],
-    );
-    reconcile(Arc::new(cgw(crate::builders::testing::SIDECARS)), ctx)
-        .await
-        .expect("reconcile");
-    let seen = server.await.expect("server");
-    let pod = &seen[2].1["spec"]["template"]["spec"];
-    assert!(pod.get("initContainers").is_none(), "{pod}");
-    let names: Vec<_> = pod["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| c["name"].as_str().unwrap_or(""))
-        .collect();
-    assert_eq!(names, ["gateway", "otel-collector", "bot"]);
-    assert!(pod["containers"][1].get("restartPolicy").is_none());
+    let policy = &seen[10].1;
+    assert_eq!(policy["kind"], "NetworkPolicy");
+    assert_eq!(policy["apiVersion"], "networking.k8s.io/v1");
     assert_eq!(
-        condition(&seen[6].1, "Degraded"),
-        ("True", "NativeSidecarsNotSupported")
+        policy["metadata"]["ownerReferences"][0]["kind"],
+        "ChatGateway"
     );
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+
+    let spec = format!("{MINIMAL}\nnetworkPolicy: {{enabled: false}}");
+    let (ctx, handle) = context(ServedKinds::ALL, false);
+    let server = serve(
+        handle,
+        with_network_policy(owned(NETPOL, "chat"), step(Method::DELETE, NETPOL)),
+    );
+    reconcile(Arc::new(cgw(&spec)), ctx)
+        .await
+        .expect("reconcile");
+    server.await.expect("server");
 }

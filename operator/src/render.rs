@@ -7,6 +7,15 @@ use serde::Deserialize;
 
 /// Renders every ChatGateway in a (multi-document) YAML stream; other kinds are skipped.
 pub fn render(yaml: &str, default_namespace: &str) -> Result<String> {
+    render_with(yaml, default_namespace, &builders::Inputs::default())
+}
+
+/// [`render`] with what the reconciler would know (e.g. the operator's default image).
+pub fn render_with(
+    yaml: &str,
+    default_namespace: &str,
+    inputs: &builders::Inputs,
+) -> Result<String> {
     let mut out = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(yaml) {
         let value = serde_yaml::Value::deserialize(doc)
@@ -17,7 +26,7 @@ pub fn render(yaml: &str, default_namespace: &str) -> Result<String> {
         let cgw: ChatGateway = serde_yaml::from_value(value)
             .map_err(|e| Error::InvalidSpec(format!("not a valid ChatGateway: {e}")))?;
         let owner = Owner::of(&cgw, default_namespace)?;
-        out.push(builders::build(&cgw, &owner)?.to_yaml()?);
+        out.push(builders::build(&cgw, &owner, inputs)?.to_yaml()?);
     }
     if out.is_empty() {
         return Err(Error::InvalidSpec(
@@ -34,7 +43,7 @@ mod tests {
     #[test]
     fn renders_each_gateway_and_skips_other_kinds() {
         let input = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n---\n\
-            apiVersion: chatgateway.io/v1alpha1\nkind: ChatGateway\nmetadata: {name: a}\n\
+            apiVersion: chatgateway.io/v1beta1\nkind: ChatGateway\nmetadata: {name: a}\n\
             spec: {gateway: {auth: {mode: insecure}}}\n";
         let out = render(input, "ns1").expect("render");
         assert_eq!(out.matches("kind: Deployment").count(), 1);

@@ -1,14 +1,26 @@
 //! Status of a ChatGateway: conditions computed from what the reconcile saw.
+//!
+//! `Reconciled` says whether the last apply worked; `Available` whether gateways serve;
+//! `Ready` whether every pod runs the current spec and is ready; `Progressing` whether a
+//! rollout is under way; `Degraded` whether something the spec asks for cannot be done,
+//! including what the children say about themselves (an HPA that cannot read its metric,
+//! a Deployment past its progress deadline). A failed reconcile says nothing new about the
+//! pods, so it changes only `Reconciled` and `Degraded`: the old pods keep serving and
+//! `Available`/`Ready` keep saying so.
 
 use crate::crd::{ChatGateway, ChatGatewayStatus};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-/// Condition: all desired pods are ready.
+/// Condition: every desired pod runs the current spec and is ready (the printer column).
 pub const READY: &str = "Ready";
+/// Condition: at least one gateway pod serves.
+pub const AVAILABLE: &str = "Available";
 /// Condition: a rollout is under way.
 pub const PROGRESSING: &str = "Progressing";
+/// Condition: the last reconcile applied every child.
+pub const RECONCILED: &str = "Reconciled";
 /// Condition: something the spec asks for cannot be done.
 pub const DEGRADED: &str = "Degraded";
 
@@ -21,31 +33,102 @@ pub struct Observed {
     pub replicas: i32,
     /// Pods passing readiness.
     pub ready: i32,
+    /// Pods ready for at least `minReadySeconds`.
+    pub available: i32,
     /// Pods on the newest template.
     pub updated: i32,
     /// Whether the Deployment controller has seen the newest Deployment spec.
     pub deployment_current: bool,
-    /// Reason and message when the spec cannot be fully honoured (Degraded=True).
-    pub problem: Option<(String, String)>,
+    /// Reasons and messages of what cannot be done (Degraded=True), first one wins the reason.
+    pub problems: Vec<(String, String)>,
+}
+
+/// A child's own condition, as the reconcile read it from the child's status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildCondition {
+    /// Condition type, e.g. `ScalingActive`.
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// Reason, e.g. `FailedGetPodsMetric`.
+    pub reason: String,
+    /// Message.
+    pub message: String,
+}
+
+impl ChildCondition {
+    /// The conditions of a child's status (`status.conditions`), from its JSON.
+    pub fn list(status: Option<&serde_json::Value>) -> Vec<ChildCondition> {
+        let text = |c: &serde_json::Value, k: &str| c[k].as_str().unwrap_or_default().to_string();
+        status
+            .and_then(|s| s["conditions"].as_array())
+            .into_iter()
+            .flatten()
+            .map(|c| ChildCondition {
+                type_: text(c, "type"),
+                status: text(c, "status"),
+                reason: text(c, "reason"),
+                message: text(c, "message"),
+            })
+            .collect()
+    }
 }
 
 impl Observed {
-    /// Reads the counts from an applied Deployment.
+    /// Reads the counts and the Deployment's own conditions from an applied Deployment.
     pub fn from_deployment(d: &Deployment) -> Observed {
         let status = d.status.clone().unwrap_or_default();
-        Observed {
+        let mut seen = Observed {
             desired: d.spec.as_ref().and_then(|s| s.replicas),
             replicas: status.replicas.unwrap_or(0),
             ready: status.ready_replicas.unwrap_or(0),
+            available: status.available_replicas.unwrap_or(0),
             updated: status.updated_replicas.unwrap_or(0),
             deployment_current: status.observed_generation.is_some()
                 && status.observed_generation >= d.metadata.generation,
-            problem: None,
+            problems: Vec::new(),
+        };
+        for c in status.conditions.iter().flatten() {
+            let message = c.message.clone().unwrap_or_default();
+            let reason = c.reason.clone().unwrap_or_default();
+            if c.type_ == "Progressing"
+                && c.status == "False"
+                && reason == "ProgressDeadlineExceeded"
+            {
+                seen.problem("ProgressDeadlineExceeded", format!("Deployment: {message}"));
+            }
+            if c.type_ == "ReplicaFailure" && c.status == "True" {
+                seen.problem("ReplicaFailure", format!("Deployment: {reason}: {message}"));
+            }
+        }
+        seen
+    }
+
+    /// Records something the spec asks for that cannot be done.
+    pub fn problem(&mut self, reason: &str, message: String) {
+        self.problems.push((reason.to_string(), message));
+    }
+
+    /// Degrades on an HPA that cannot scale or cannot read its metrics.
+    pub fn hpa_conditions(&mut self, conditions: &[ChildCondition]) {
+        for c in conditions.iter().filter(|c| c.status == "False") {
+            match c.type_.as_str() {
+                "ScalingActive" => self.problem(
+                    "AutoscalerInactive",
+                    format!("HorizontalPodAutoscaler: {}: {}", c.reason, c.message),
+                ),
+                "AbleToScale" => self.problem(
+                    "AutoscalerUnableToScale",
+                    format!("HorizontalPodAutoscaler: {}: {}", c.reason, c.message),
+                ),
+                _ => {}
+            }
         }
     }
 }
 
-/// The status to write: conditions keep their transition time while their status holds.
+/// The status after a successful reconcile; conditions keep their transition time while
+/// their status holds.
 pub fn desired(cgw: &ChatGateway, seen: &Observed, selector: &str) -> ChatGatewayStatus {
     let old = cgw.status.clone().unwrap_or_default();
     let generation = cgw.metadata.generation;
@@ -53,18 +136,20 @@ pub fn desired(cgw: &ChatGateway, seen: &Observed, selector: &str) -> ChatGatewa
     let rolled_out =
         seen.deployment_current && seen.updated >= desired && seen.replicas == seen.updated;
     let ready = seen.ready >= desired && desired > 0 && rolled_out;
-    let (ready_reason, ready_msg) = if ready {
-        (
-            "AllPodsReady",
-            format!("{}/{} pods ready", seen.ready, desired),
-        )
-    } else if desired == 0 {
-        ("ScaledToZero", "no pods requested".to_string())
-    } else {
-        (
-            "PodsNotReady",
-            format!("{}/{} pods ready", seen.ready, desired),
-        )
+    let pods = format!("{}/{} pods ready", seen.ready, desired);
+    let (ready_reason, ready_msg) = match (ready, desired) {
+        (true, _) => ("AllPodsReady", pods),
+        (false, 0) => ("ScaledToZero", "no pods requested".to_string()),
+        (false, _) => ("PodsNotReady", pods),
+    };
+    let (available_status, available_reason, available_msg) = match (seen.available, desired) {
+        (0, 0) => ("False", "ScaledToZero", "no pods requested".to_string()),
+        (0, _) => (
+            "False",
+            "NoPodsAvailable",
+            "no gateway pod serves".to_string(),
+        ),
+        (n, _) => ("True", "PodsAvailable", format!("{n} gateway pods serve")),
     };
     let (prog_status, prog_reason, prog_msg) = if rolled_out {
         (
@@ -79,32 +164,39 @@ pub fn desired(cgw: &ChatGateway, seen: &Observed, selector: &str) -> ChatGatewa
             format!("{}/{} pods updated", seen.updated, desired),
         )
     };
-    let (deg_status, deg_reason, deg_msg) = match &seen.problem {
-        Some((reason, message)) => ("True", reason.as_str(), message.clone()),
-        None => ("False", "AsExpected", "every child is applied".to_string()),
+    let (deg_status, deg_reason, deg_msg) = match seen.problems.first() {
+        Some((reason, _)) => {
+            let all: Vec<_> = seen.problems.iter().map(|(_, m)| m.as_str()).collect();
+            ("True", reason.as_str(), all.join("; "))
+        }
+        None => (
+            "False",
+            "AsExpected",
+            "every child is applied and healthy".to_string(),
+        ),
     };
-    let conditions = vec![
-        condition(
-            &old,
-            generation,
-            READY,
-            if ready { "True" } else { "False" },
-            ready_reason,
-            ready_msg,
-        ),
-        condition(
-            &old,
-            generation,
-            PROGRESSING,
-            prog_status,
-            prog_reason,
-            prog_msg,
-        ),
-        condition(&old, generation, DEGRADED, deg_status, deg_reason, deg_msg),
-    ];
+    let c = |type_, status, reason, message| {
+        condition(&old, generation, type_, status, reason, message)
+    };
     ChatGatewayStatus {
         observed_generation: generation,
-        conditions,
+        conditions: vec![
+            c(
+                READY,
+                if ready { "True" } else { "False" },
+                ready_reason,
+                ready_msg,
+            ),
+            c(AVAILABLE, available_status, available_reason, available_msg),
+            c(PROGRESSING, prog_status, prog_reason, prog_msg),
+            c(
+                RECONCILED,
+                "True",
+                "ReconcileSucceeded",
+                "every child is applied".to_string(),
+            ),
+            c(DEGRADED, deg_status, deg_reason, deg_msg),
+        ],
         replicas: Some(seen.replicas),
         ready_replicas: Some(seen.ready),
         selector: Some(selector.to_string()),
@@ -112,39 +204,37 @@ pub fn desired(cgw: &ChatGateway, seen: &Observed, selector: &str) -> ChatGatewa
     }
 }
 
-/// Status after a failed reconcile: Degraded with the error, counts as last seen.
+/// The status after a failed reconcile: `Reconciled=False` and `Degraded=True` with the
+/// error; what the status said about the pods stays (`Unknown` if it never said anything).
 pub fn failed(cgw: &ChatGateway, reason: &str, message: &str, selector: &str) -> ChatGatewayStatus {
     let old = cgw.status.clone().unwrap_or_default();
     let generation = cgw.metadata.generation;
-    let conditions = vec![
-        condition(
-            &old,
-            generation,
-            READY,
-            "False",
-            reason,
-            message.to_string(),
-        ),
-        condition(
-            &old,
-            generation,
-            PROGRESSING,
-            "False",
-            reason,
-            message.to_string(),
-        ),
-        condition(
-            &old,
-            generation,
-            DEGRADED,
-            "True",
-            reason,
-            message.to_string(),
-        ),
-    ];
+    let kept = |type_: &str| {
+        old.conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .cloned()
+            .unwrap_or_else(|| {
+                condition(
+                    &old,
+                    generation,
+                    type_,
+                    "Unknown",
+                    "NotReconciled",
+                    "no reconcile has succeeded yet".to_string(),
+                )
+            })
+    };
+    let c = |type_, status| condition(&old, generation, type_, status, reason, message.to_string());
     ChatGatewayStatus {
         observed_generation: generation,
-        conditions,
+        conditions: vec![
+            kept(READY),
+            kept(AVAILABLE),
+            kept(PROGRESSING),
+            c(RECONCILED, "False"),
+            c(DEGRADED, "True"),
+        ],
         replicas: old.replicas,
         ready_replicas: old.ready_replicas,
         selector: Some(selector.to_string()),
@@ -181,72 +271,5 @@ pub fn condition_status<'a>(status: &'a ChatGatewayStatus, type_: &str) -> Optio
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::builders::testing::{cgw, MINIMAL};
-
-    fn seen(desired: i32, replicas: i32, ready: i32, updated: i32) -> Observed {
-        Observed {
-            desired: Some(desired),
-            replicas,
-            ready,
-            updated,
-            deployment_current: true,
-            problem: None,
-        }
-    }
-
-    #[test]
-    fn ready_when_every_pod_is_ready_and_updated() {
-        let s = desired(&cgw(MINIMAL), &seen(2, 2, 2, 2), "a=b");
-        let get = |t| condition_status(&s, t).map(|c| (c.status.as_str(), c.reason.as_str()));
-        assert_eq!(get(READY), Some(("True", "AllPodsReady")));
-        assert_eq!(get(PROGRESSING), Some(("False", "RolloutComplete")));
-        assert_eq!(get(DEGRADED), Some(("False", "AsExpected")));
-        assert_eq!(
-            (s.observed_generation, s.replicas, s.ready_replicas),
-            (Some(1), Some(2), Some(2))
-        );
-        assert_eq!(s.selector.as_deref(), Some("a=b"));
-    }
-
-    #[test]
-    fn rolling_out_and_problems() {
-        let mut o = seen(3, 4, 3, 1);
-        o.problem = Some(("KindNotServed".into(), "no policy/v1".into()));
-        let s = desired(&cgw(MINIMAL), &o, "a=b");
-        let get = |t| condition_status(&s, t).map(|c| (c.status.as_str(), c.reason.as_str()));
-        assert_eq!(get(READY), Some(("False", "PodsNotReady")));
-        assert_eq!(get(PROGRESSING), Some(("True", "RollingOut")));
-        assert_eq!(get(DEGRADED), Some(("True", "KindNotServed")));
-    }
-
-    #[test]
-    fn transition_time_is_kept_while_the_status_holds() {
-        let mut c = cgw(MINIMAL);
-        let first = desired(&c, &seen(2, 2, 2, 2), "a=b");
-        let mut old = first.clone();
-        old.conditions[0].last_transition_time = Time(Timestamp::UNIX_EPOCH);
-        c.status = Some(old);
-        let again = desired(&c, &seen(2, 2, 2, 2), "a=b");
-        assert_eq!(
-            again.conditions[0].last_transition_time,
-            Time(Timestamp::UNIX_EPOCH)
-        );
-        let changed = desired(&c, &seen(2, 2, 1, 2), "a=b");
-        assert_ne!(
-            changed.conditions[0].last_transition_time,
-            Time(Timestamp::UNIX_EPOCH)
-        );
-    }
-
-    #[test]
-    fn failure_is_degraded_with_the_reason() {
-        let s = failed(&cgw(MINIMAL), "SecretNotFound", "secret x", "a=b");
-        let d = condition_status(&s, DEGRADED).expect("degraded");
-        assert_eq!(
-            (d.status.as_str(), d.reason.as_str()),
-            ("True", "SecretNotFound")
-        );
-    }
-}
+#[path = "status_tests.rs"]
+mod tests;

@@ -113,8 +113,11 @@ fn collector_native_sidecar_needs_a_version_with_native_sidecars_and_the_opt_out
         "1.27 accepted a native sidecar: {report}"
     );
     let _ = std::fs::remove_dir_all(file.parent().unwrap_or(&file));
-    // The opt-out renders a plain container, valid on old clusters too.
-    let plain = text.replace("enabled: true", "enabled: true\n      nativeSidecar: false");
+    // The opt-outs render plain containers, valid on old clusters too.
+    let plain = format!(
+        "{}  nativeSidecars: false\n",
+        text.replace("enabled: true", "enabled: true\n      nativeSidecar: false")
+    );
     let rendered = chat_gateway_operator::render::render(&plain, "default").expect("render");
     assert!(!rendered.contains("initContainers:"), "{rendered}");
     let file = scratch("collector-plain.yaml");

@@ -23,13 +23,36 @@ app.kubernetes.io/name: {{ include "chat-gateway.name" . }}-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* Labels of the operator's objects: the selector labels plus the common ones. */}}
 {{- define "chat-gateway.labels" -}}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+helm.sh/chart: {{ include "chat-gateway.chart" . }}
 {{ include "chat-gateway.selectorLabels" . }}
 app.kubernetes.io/component: operator
+{{ include "chat-gateway.commonLabels" . }}
+{{- end -}}
+
+{{/* Labels of an object that is not the operator's: `component` names what it is. */}}
+{{- define "chat-gateway.componentLabels" -}}
+helm.sh/chart: {{ include "chat-gateway.chart" .ctx }}
+app.kubernetes.io/name: {{ include "chat-gateway.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{ include "chat-gateway.commonLabels" .ctx }}
+{{- end -}}
+
+{{/* The standard labels every object of the release carries besides chart, name, instance
+     and component, then the user's commonLabels. A test checks them on every object. */}}
+{{- define "chat-gateway.commonLabels" -}}
 app.kubernetes.io/part-of: chatgateway
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "chat-gateway.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{- define "chat-gateway.serviceAccountName" -}}

@@ -5,7 +5,7 @@
 //! `spec.telemetry.otlpEndpoint`. As a native sidecar it starts before the gateway and
 //! stops after it, so spans emitted while the gateway drains still leave the pod.
 
-use super::deployment::field_env;
+use super::pod::field_env;
 use super::Owner;
 use crate::crd::{ChatGateway, CollectorSpec};
 use crate::error::{Error, Result};
@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// Collector image when the spec names none (the core distribution, pinned).
-pub const DEFAULT_IMAGE: &str = "otel/opentelemetry-collector:0.116.0";
+pub const DEFAULT_IMAGE: &str = "otel/opentelemetry-collector:0.161.0";
 /// Name of the collector container.
 pub const CONTAINER: &str = "otel-collector";
 /// Key of the collector config in its ConfigMap.
@@ -93,6 +93,8 @@ pub fn config_yaml(otlp_endpoint: &str) -> Result<String> {
             ]},
             "batch": {"timeout": "1s", "send_batch_size": 512},
         },
+        // `otlp` (gRPC) is still accepted by current collectors (0.144+ also call it
+        // `otlp_grpc` and warn about the old name); it keeps older pinned images working.
         "exporters": {"otlp": {
             "endpoint": target,
             "tls": {"insecure": insecure},
@@ -224,7 +226,11 @@ mod pod_tests {
 
     fn children(spec: &str) -> Result<Children> {
         let cgw = cgw(spec);
-        build(&cgw, &Owner::of(&cgw, "default").expect("owner"))
+        build(
+            &cgw,
+            &Owner::of(&cgw, "default").expect("owner"),
+            &crate::builders::Inputs::default(),
+        )
     }
 
     fn pod(c: &Children) -> &PodSpec {
@@ -249,7 +255,8 @@ mod pod_tests {
         let c = children(SIDECARS).expect("build");
         let pod = pod(&c);
         let init = pod.init_containers.as_ref().expect("init containers");
-        assert_eq!(init.len(), 1);
+        // The collector first: it is up before the user's sidecars and the gateway.
+        assert_eq!(init.len(), 2);
         let col = &init[0];
         assert_eq!(col.name, CONTAINER);
         assert_eq!(col.restart_policy.as_deref(), Some("Always"));
@@ -383,9 +390,14 @@ mod pod_tests {
     }
 
     #[test]
-    fn user_sidecars_are_added_unchanged() {
+    fn user_sidecars_are_added_unchanged_but_for_the_restart_policy() {
         let cgw = cgw(SIDECARS);
         let c = children(SIDECARS).expect("build");
+        let mut native = pod(&c).init_containers.as_ref().expect("init")[1].clone();
+        assert_eq!(native.restart_policy.take().as_deref(), Some("Always"));
+        assert_eq!(native, cgw.spec.sidecars[0]);
+        let plain = format!("{SIDECARS}\nnativeSidecars: false");
+        let c = children(&plain).expect("build");
         let containers = &pod(&c).containers;
         let names: Vec<_> = containers.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["gateway", "bot"]);
@@ -427,7 +439,11 @@ mod pod_tests {
         let c = children(&off).expect("build");
         assert!(c.collector_config_map.is_none());
         let pod = pod(&c);
-        assert_eq!(pod.init_containers, None);
+        assert!(pod
+            .init_containers
+            .iter()
+            .flatten()
+            .all(|c| c.name != CONTAINER));
         assert!(pod.containers.iter().all(|c| c.name != CONTAINER));
         assert!(pod.volumes.iter().flatten().all(|v| v.name != VOLUME));
         assert_eq!(
@@ -445,7 +461,7 @@ mod pod_tests {
             "enabled: true",
             "enabled: true\n    nativeSidecar: false\n    image: registry.example/otelcol:1",
         );
-        let c = children(&spec).expect("build");
+        let c = children(&format!("{spec}\nnativeSidecars: false")).expect("build");
         let pod = pod(&c);
         assert_eq!(pod.init_containers, None);
         let names: Vec<_> = pod.containers.iter().map(|c| c.name.as_str()).collect();

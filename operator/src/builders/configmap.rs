@@ -23,9 +23,33 @@ pub const JWT_SECRET_FILE: &str = "/var/run/secrets/chatgateway/jwt/secret";
 /// File the RS256 public key is mounted as.
 pub const JWT_PUBLIC_KEY_FILE: &str = "/var/run/secrets/chatgateway/jwt-public-key/public.pem";
 
-/// The gateway config a spec asks for (validated like the gateway validates it at start).
+/// Keys of `gateway.config` the operator controls itself, and what to use instead.
+const RESERVED: &[(&[&str], &str)] = &[
+    (
+        &["server", "listen"],
+        "the pods listen on port 8080, where the probes and the Service point",
+    ),
+    (&["node"], "node.id is the pod name"),
+    (&["engine"], "the engine follows gateway.redis"),
+    (
+        &["redis", "url"],
+        "the URL comes from gateway.redis.urlSecretRef",
+    ),
+    (&["auth"], "use gateway.auth, whose keys come from Secrets"),
+    (
+        &["drain", "timeout"],
+        "use spec.drain.timeout, which also sets the pods' grace period",
+    ),
+];
+
+/// The gateway config a spec asks for: `gateway.config` first, the typed fields over it,
+/// validated like the gateway validates it at start.
 pub fn gateway_config(cgw: &ChatGateway) -> Result<Config> {
-    let mut config = Config::default();
+    let free_form = cgw.spec.gateway.as_ref().and_then(|g| g.config.as_ref());
+    let mut config = match free_form {
+        Some(value) => free_form_config(value)?,
+        None => Config::default(),
+    };
     if let Some(g) = &cgw.spec.gateway {
         gateway_section(&mut config, g)?;
     }
@@ -39,7 +63,13 @@ pub fn gateway_config(cgw: &ChatGateway) -> Result<Config> {
         if let Some(rate) = d.evict_rate {
             c.evict_rate = f64::from(rate);
         }
+        c.period = parse_duration("drain.period", d.period.as_deref(), c.period)?;
         c.timeout = parse_duration("drain.timeout", d.timeout.as_deref(), c.timeout)?;
+        c.reconnect_jitter = parse_duration(
+            "drain.reconnectJitter",
+            d.reconnect_jitter.as_deref(),
+            c.reconnect_jitter,
+        )?;
     }
     config
         .validate()
@@ -47,9 +77,30 @@ pub fn gateway_config(cgw: &ChatGateway) -> Result<Config> {
     Ok(config)
 }
 
+/// `gateway.config` read by the gateway's own loader (unknown keys and bad values are
+/// refused with the gateway's message), after refusing the keys the operator controls.
+fn free_form_config(value: &serde_json::Value) -> Result<Config> {
+    for (path, instead) in RESERVED {
+        let mut node = Some(value);
+        for key in *path {
+            node = node.and_then(|n| n.get(key));
+        }
+        if node.is_some() {
+            return Err(Error::InvalidSpec(format!(
+                "gateway.config.{} is set by the operator: {instead}",
+                path.join(".")
+            )));
+        }
+    }
+    let yaml = serde_yaml::to_string(value).map_err(|e| Error::Serialize(e.to_string()))?;
+    Config::from_yaml(&yaml).map_err(|e| Error::InvalidSpec(format!("gateway.config: {e}")))
+}
+
 /// Applies `spec.gateway` to the config.
 fn gateway_section(config: &mut Config, g: &GatewaySpec) -> Result<()> {
-    config.server.allowed_origins = g.allowed_origins.clone();
+    if !g.allowed_origins.is_empty() {
+        config.server.allowed_origins = g.allowed_origins.clone();
+    }
     if let Some(redis) = &g.redis {
         // The URL itself comes from the Secret through CHATGW_REDIS__URL, never the ConfigMap.
         config.engine = EngineKind::Redis;
@@ -84,11 +135,17 @@ fn gateway_section(config: &mut Config, g: &GatewaySpec) -> Result<()> {
             j.leeway = parse_duration("gateway.auth.jwt.leeway", jwt.leeway.as_deref(), j.leeway)?;
         }
     }
-    config.heartbeat.interval = parse_duration(
-        "gateway.heartbeatInterval",
-        g.heartbeat_interval.as_deref(),
-        config.heartbeat.interval,
-    )?;
+    // `heartbeatInterval` is the v1alpha1 spelling; `validate` refuses both at once.
+    let (field, interval) = match g.heartbeat.as_ref().and_then(|h| h.interval.as_deref()) {
+        Some(i) => ("gateway.heartbeat.interval", Some(i)),
+        None => ("gateway.heartbeatInterval", g.heartbeat_interval.as_deref()),
+    };
+    config.heartbeat.interval = parse_duration(field, interval, config.heartbeat.interval)?;
+    if let Some(rate) = g.admission.as_ref().and_then(|a| a.rate) {
+        config.admission.rate = u32::try_from(rate).map_err(|_| {
+            Error::InvalidSpec(format!("gateway.admission.rate {rate} out of range"))
+        })?;
+    }
     if let Some(l) = &g.limits {
         let c = &mut config.limits;
         // The schema bounds every value, so these conversions cannot truncate.
@@ -130,13 +187,25 @@ fn gateway_section(config: &mut Config, g: &GatewaySpec) -> Result<()> {
         if let Some(rate) = r.rate {
             c.rate = f64::from(rate);
         }
+        if let Some(abs) = r.abs_threshold {
+            c.abs_threshold = u64::try_from(abs).map_err(|_| {
+                Error::InvalidSpec(format!("gateway.rebalance.absThreshold {abs} out of range"))
+            })?;
+        }
+        c.interval = parse_duration(
+            "gateway.rebalance.interval",
+            r.interval.as_deref(),
+            c.interval,
+        )?;
     }
-    config.routes = g
-        .routes
-        .iter()
-        .enumerate()
-        .map(|(i, r)| route(i, r))
-        .collect::<Result<_>>()?;
+    if !g.routes.is_empty() {
+        config.routes = g
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| route(i, r))
+            .collect::<Result<_>>()?;
+    }
     Ok(())
 }
 
@@ -267,6 +336,16 @@ mod tests {
         assert!(c.rebalance.enabled);
         assert_eq!(c.rebalance.rel_threshold, 0.3);
         assert_eq!(c.rebalance.rate, 10.0);
+        assert_eq!(c.rebalance.abs_threshold, 50);
+        assert_eq!(c.rebalance.interval.as_secs(), 5);
+        assert_eq!(c.admission.rate, 500);
+        assert_eq!(c.drain.period.as_secs(), 30);
+        assert_eq!(c.drain.reconnect_jitter.as_secs(), 3);
+        // gateway.config fills in what the typed fields leave out; typed fields win.
+        assert_eq!(c.limits.max_errors_in_row, 7);
+        assert_eq!(c.limits.max_frame_bytes, 32768, "the typed field wins");
+        assert_eq!(c.sessions.dedup_window.as_secs(), 120);
+        assert_eq!(c.sessions.resume_ttl.as_secs(), 600);
         assert_eq!(c.routes.len(), 2);
         let bots = &c.routes[0];
         assert_eq!(
@@ -324,6 +403,74 @@ mod tests {
                 "{route}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn free_form_config_is_checked_by_the_gateway_and_keeps_out_of_operator_keys() {
+        for (config, want) in [
+            (
+                "{server: {listen: '0.0.0.0:9000'}}",
+                "gateway.config.server.listen is set by the operator",
+            ),
+            (
+                "{node: {id: x}}",
+                "gateway.config.node is set by the operator",
+            ),
+            (
+                "{engine: redis}",
+                "gateway.config.engine is set by the operator",
+            ),
+            (
+                "{redis: {url: 'redis://x'}}",
+                "gateway.config.redis.url is set by the operator",
+            ),
+            (
+                "{auth: {mode: insecure}}",
+                "gateway.config.auth is set by the operator",
+            ),
+            (
+                "{drain: {timeout: 5m}}",
+                "gateway.config.drain.timeout is set by the operator",
+            ),
+            // The gateway's own loader: unknown keys, wrong types, then its validation.
+            (
+                "{limits: {maxFrameBytez: 1}}",
+                "gateway.config: invalid config: limits",
+            ),
+            (
+                "{heartbeat: {interval: often}}",
+                "gateway.config: invalid config: heartbeat.interval",
+            ),
+            (
+                "{limits: {messageBurst: 0}}",
+                "limits.messageBurst must be at least 1",
+            ),
+        ] {
+            let cgw = cgw(&format!(
+                "gateway: {{auth: {{mode: insecure}}, config: {config}}}"
+            ));
+            let err = build(&cgw, &Owner::of(&cgw, "default").expect("owner")).unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidSpec(ref m) if m.contains(want)),
+                "{config}: {err}"
+            );
+        }
+        let (cm, _) = config_of(
+            "gateway: {auth: {mode: insecure}, config: {redis: {keyPrefix: x}, routes: [{name: a, pathPrefix: /a, upstream: 'svc:80'}]}}",
+        );
+        let c = parsed(&cm);
+        assert_eq!(c.redis.key_prefix, "x");
+        assert_eq!(
+            c.routes.len(),
+            1,
+            "routes from gateway.config stay without typed routes"
+        );
+    }
+
+    #[test]
+    fn the_old_heartbeat_spelling_still_works() {
+        let (cm, _) = config_of("gateway: {auth: {mode: insecure}, heartbeatInterval: 7s}");
+        assert_eq!(parsed(&cm).heartbeat.interval.as_secs(), 7);
     }
 
     #[test]

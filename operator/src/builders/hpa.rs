@@ -2,6 +2,7 @@
 
 use super::Owner;
 use crate::crd::ChatGateway;
+use crate::error::Result;
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HPAScalingPolicy, HPAScalingRules, HorizontalPodAutoscaler,
     HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec,
@@ -17,10 +18,24 @@ pub const DEFAULT_MIN: i32 = 2;
 pub const DEFAULT_MAX: i32 = 10;
 /// Connections per pod aimed for by default.
 pub const DEFAULT_TARGET_CONNECTIONS: i64 = 1000;
+/// Seconds of lower recommendations before a scale-down, by default.
+pub const DEFAULT_STABILIZATION_SECONDS: i32 = 300;
+/// Longest scale-down period the HPA accepts.
+const MAX_PERIOD_SECONDS: i64 = 1800;
+
+/// Scale-down period when the spec names none: the pods' grace period (drain timeout plus
+/// margin), so a removed pod has finished draining before the next removal starts and two
+/// drains never overlap (their clients would land on each other's pods).
+pub fn default_scale_down_period(cgw: &ChatGateway) -> Result<i32> {
+    let grace = super::pod::grace_period_seconds(cgw)?;
+    Ok(i32::try_from(grace.clamp(1, MAX_PERIOD_SECONDS)).unwrap_or(60))
+}
 
 /// The HPA, or `None` when autoscaling is off.
-pub fn build(cgw: &ChatGateway, owner: &Owner) -> Option<HorizontalPodAutoscaler> {
-    let a = cgw.spec.autoscaling.as_ref().filter(|a| a.enabled)?;
+pub fn build(cgw: &ChatGateway, owner: &Owner) -> Result<Option<HorizontalPodAutoscaler>> {
+    let Some(a) = cgw.spec.autoscaling.as_ref().filter(|a| a.enabled) else {
+        return Ok(None);
+    };
     let mut metrics = vec![MetricSpec {
         type_: "Pods".into(),
         pods: Some(PodsMetricSource {
@@ -55,7 +70,11 @@ pub fn build(cgw: &ChatGateway, owner: &Owner) -> Option<HorizontalPodAutoscaler
         });
     }
     let down = a.scale_down.clone().unwrap_or_default();
-    Some(HorizontalPodAutoscaler {
+    let period = match down.period_seconds {
+        Some(p) => p,
+        None => default_scale_down_period(cgw)?,
+    };
+    Ok(Some(HorizontalPodAutoscaler {
         metadata: owner.meta(&owner.name),
         spec: Some(HorizontalPodAutoscalerSpec {
             scale_target_ref: CrossVersionObjectReference {
@@ -71,13 +90,14 @@ pub fn build(cgw: &ChatGateway, owner: &Owner) -> Option<HorizontalPodAutoscaler
             behavior: Some(HorizontalPodAutoscalerBehavior {
                 scale_down: Some(HPAScalingRules {
                     stabilization_window_seconds: Some(
-                        down.stabilization_window_seconds.unwrap_or(300),
+                        down.stabilization_window_seconds
+                            .unwrap_or(DEFAULT_STABILIZATION_SECONDS),
                     ),
                     select_policy: Some("Min".into()),
                     policies: Some(vec![HPAScalingPolicy {
                         type_: "Pods".into(),
                         value: down.pods_per_period.unwrap_or(1),
-                        period_seconds: down.period_seconds.unwrap_or(60),
+                        period_seconds: period,
                     }]),
                     ..HPAScalingRules::default()
                 }),
@@ -85,7 +105,7 @@ pub fn build(cgw: &ChatGateway, owner: &Owner) -> Option<HorizontalPodAutoscaler
             }),
         }),
         status: None,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -95,7 +115,7 @@ mod tests {
 
     fn hpa(spec: &str) -> Option<HorizontalPodAutoscaler> {
         let c = cgw(spec);
-        build(&c, &Owner::of(&c, "d").expect("owner"))
+        build(&c, &Owner::of(&c, "d").expect("owner")).expect("build")
     }
 
     #[test]
@@ -124,9 +144,43 @@ mod tests {
             .expect("scale down");
         assert_eq!(down.stabilization_window_seconds, Some(300));
         let p = &down.policies.expect("policies")[0];
+        // drain.timeout 90s + 15 s margin: one removal drains before the next.
         assert_eq!(
             (p.type_.as_str(), p.value, p.period_seconds),
-            ("Pods", 1, 60)
+            ("Pods", 1, 105)
+        );
+    }
+
+    #[test]
+    fn scale_down_period_follows_the_drain_unless_set() {
+        let period = |spec: &str| {
+            hpa(spec)
+                .and_then(|h| h.spec?.behavior?.scale_down?.policies)
+                .map(|p| p[0].period_seconds)
+        };
+        let redis = "gateway: {auth: {mode: insecure}, redis: {urlSecretRef: {name: r, key: u}}}";
+        assert_eq!(
+            period(&format!("{redis}\nautoscaling: {{enabled: true}}")),
+            Some(60 + 15)
+        );
+        assert_eq!(
+            period(&format!(
+                "{redis}\nautoscaling: {{enabled: true}}\ndrain: {{timeout: 5m}}"
+            )),
+            Some(300 + 15)
+        );
+        assert_eq!(
+            period(&format!(
+                "{redis}\nautoscaling: {{enabled: true}}\ndrain: {{timeout: 2h}}"
+            )),
+            Some(1800),
+            "the HPA's maximum"
+        );
+        assert_eq!(
+            period(&format!(
+                "{redis}\nautoscaling: {{enabled: true, scaleDown: {{periodSeconds: 30}}}}"
+            )),
+            Some(30)
         );
     }
 

@@ -7,7 +7,10 @@ pub mod collector;
 pub mod configmap;
 pub mod deployment;
 pub mod hpa;
+pub mod networkpolicy;
 pub mod pdb;
+pub mod pod;
+pub mod rollout;
 pub mod service;
 
 use crate::crd::ChatGateway;
@@ -15,6 +18,7 @@ use crate::error::{Error, Result};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
@@ -29,6 +33,12 @@ pub const LABEL_NAME: &str = "app.kubernetes.io/name";
 pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
 /// Annotation on the pod template carrying the config hash, so config changes roll pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "chatgateway.io/config-hash";
+/// Annotation on the pod template carrying a hash of the referenced Secret keys, so a
+/// rotated key rolls the pods (the gateway reads keys once, at start).
+pub const SECRET_HASH_ANNOTATION: &str = "chatgateway.io/secret-hash";
+/// Annotation on the Deployment carrying a hash of its pod template: when it changes, the
+/// apply starts a rollout (an Event says so).
+pub const TEMPLATE_HASH_ANNOTATION: &str = "chatgateway.io/template-hash";
 /// Container port of the gateway (WebSocket, health and metrics).
 pub const HTTP_PORT: i32 = 8080;
 
@@ -119,21 +129,42 @@ pub struct Children {
     pub hpa: Option<HorizontalPodAutoscaler>,
     /// Disruption budget, unless `disruptionBudget.enabled` is false.
     pub pdb: Option<PodDisruptionBudget>,
+    /// NetworkPolicy of the pods, when `networkPolicy` is set and enabled.
+    pub network_policy: Option<NetworkPolicy>,
 }
 
-/// Builds every child of `cgw`.
-pub fn build(cgw: &ChatGateway, owner: &Owner) -> Result<Children> {
+/// What the reconciler learned from the cluster that shapes the children. `render` has no
+/// cluster and uses the default: a new gateway, no Secret hash, the built-in image.
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    /// Replicas of the live Deployment, when it exists.
+    pub live_replicas: Option<i32>,
+    /// Hash of the referenced Secret keys (see [`SECRET_HASH_ANNOTATION`]).
+    pub secret_hash: Option<String>,
+    /// Gateway image when the spec names none (the operator's `--gateway-image`).
+    pub default_image: Option<String>,
+}
+
+/// Builds every child of `cgw`, after refusing a spec that cannot work.
+pub fn build(cgw: &ChatGateway, owner: &Owner, inputs: &Inputs) -> Result<Children> {
+    crate::validate::check(&cgw.spec)?;
     let (config_map, hash) = configmap::build(cgw, owner)?;
     let (collector_config_map, collector_hash) = match collector::build_config_map(cgw, owner)? {
         Some((cm, hash)) => (Some(cm), Some(hash)),
         None => (None, None),
     };
+    let hashes = deployment::Hashes {
+        config: &hash,
+        collector: collector_hash.as_deref(),
+        secrets: inputs.secret_hash.as_deref(),
+    };
     Ok(Children {
-        deployment: deployment::build(cgw, owner, &hash, collector_hash.as_deref())?,
+        deployment: deployment::build(cgw, owner, &hashes, inputs)?,
         collector_config_map,
         service: service::build(cgw, owner),
-        hpa: hpa::build(cgw, owner),
+        hpa: hpa::build(cgw, owner)?,
         pdb: pdb::build(cgw, owner),
+        network_policy: networkpolicy::build(cgw, owner),
         config_map,
     })
 }
@@ -152,6 +183,9 @@ impl Children {
         }
         if let Some(pdb) = &self.pdb {
             docs.push(to_yaml_doc(pdb)?);
+        }
+        if let Some(np) = &self.network_policy {
+            docs.push(to_yaml_doc(np)?);
         }
         Ok(docs.join("---\n"))
     }
@@ -218,7 +252,7 @@ pub(crate) mod testing {
         cgw
     }
 
-    /// Minimal valid spec: insecure auth, everything else defaulted.
+    /// Minimal valid spec: insecure auth, everything else defaulted (one pod, memory engine).
     pub const MINIMAL: &str = "gateway: {auth: {mode: insecure}}";
 
     /// The collector as a native sidecar, a user sidecar and a route to it.
@@ -253,11 +287,12 @@ gateway:
   auth:
     mode: jwt
     jwt: {algorithm: HS256, secretRef: {name: jwt, key: secret}, issuer: https://id.example}
-  heartbeatInterval: 20s
+  heartbeat: {interval: 20s}
   limits: {maxFrameBytes: 32768, messageRate: 10}
   history: {maxMessages: 500, maxAge: 12h}
   sessions: {resumeTtl: 10m}
-  rebalance: {enabled: true, tolerancePercent: 30, rate: 10}
+  rebalance: {enabled: true, tolerancePercent: 30, rate: 10, absThreshold: 50, interval: 5s}
+  admission: {rate: 500}
   routes:
     - name: bots
       pathPrefix: /bots
@@ -273,7 +308,11 @@ gateway:
     - name: games
       pathPrefix: /games/live
       upstream: ws://localhost:9100/base
-drain: {timeout: 90s, acceptGrace: 5s, evictRate: 200}
+  config:
+    limits: {maxErrorsInRow: 7, maxFrameBytes: 1024}
+    sessions: {dedupWindow: 2m}
+drain: {timeout: 90s, acceptGrace: 5s, evictRate: 200, period: 30s, reconnectJitter: 3s}
+rollout: {minReadySeconds: 20}
 autoscaling:
   enabled: true
   minReplicas: 3
@@ -284,6 +323,10 @@ disruptionBudget: {minAvailable: "50%"}
 telemetry: {otlpEndpoint: "http://otel-collector.observability:4317", samplingRatio: 0.25}
 service: {type: LoadBalancer, port: 443, annotations: {example.com/lb: internal}}
 podLabels: {team: chat}
+env: [{name: RUST_LOG, value: "info,chat_gateway=debug"}]
+envFrom: [{configMapRef: {name: proxy-settings}}]
+priorityClassName: chat-critical
+serviceAccountName: chat-gateway
 "#;
 }
 
@@ -296,7 +339,7 @@ mod tests {
     fn selector_labels_are_consistent_across_children() {
         let cgw = cgw(FULL);
         let owner = Owner::of(&cgw, "default").expect("owner");
-        let c = build(&cgw, &owner).expect("build");
+        let c = build(&cgw, &owner, &Inputs::default()).expect("build");
         let want = Some(owner.selector_labels());
         let dep = c.deployment.spec.as_ref().expect("deployment spec");
         assert_eq!(dep.selector.match_labels, want);
@@ -331,7 +374,7 @@ mod tests {
     fn children_carry_the_controller_owner_reference() {
         let cgw = cgw(MINIMAL);
         let owner = Owner::of(&cgw, "default").expect("owner");
-        let c = build(&cgw, &owner).expect("build");
+        let c = build(&cgw, &owner, &Inputs::default()).expect("build");
         let refs = c.deployment.metadata.owner_references.expect("owner refs");
         assert_eq!(refs[0].kind, "ChatGateway");
         assert_eq!(refs[0].controller, Some(true));
@@ -342,7 +385,10 @@ mod tests {
     fn render_yaml_has_type_meta_and_documents_in_order() {
         let cgw = cgw(FULL);
         let owner = Owner::of(&cgw, "default").expect("owner");
-        let yaml = build(&cgw, &owner).expect("build").to_yaml().expect("yaml");
+        let yaml = build(&cgw, &owner, &Inputs::default())
+            .expect("build")
+            .to_yaml()
+            .expect("yaml");
         let kinds: Vec<String> = yaml
             .split("---\n")
             .map(|d| {

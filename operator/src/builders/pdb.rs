@@ -30,7 +30,10 @@ pub fn build(cgw: &ChatGateway, owner: &Owner) -> Option<PodDisruptionBudget> {
             } else {
                 d.min_available.clone()
             },
-            ..PodDisruptionBudgetSpec::default()
+            // A pod that is not ready serves nobody: let a node drain evict it even while
+            // the budget is used up, or a crash-looping gateway would block drains forever.
+            // (policy/v1 only; dropped when written as policy/v1beta1.)
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
         }),
         status: None,
     })
@@ -49,6 +52,10 @@ mod tests {
     #[test]
     fn variants() {
         let s = pdb(MINIMAL).expect("on by default");
+        assert_eq!(
+            s.unhealthy_pod_eviction_policy.as_deref(),
+            Some("AlwaysAllow")
+        );
         assert_eq!(
             (s.max_unavailable, s.min_available),
             (Some(IntOrString::Int(1)), None)

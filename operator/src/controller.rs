@@ -1,0 +1,86 @@
+//! The controller: what triggers a reconcile (ChatGateways, their children, the Secrets
+//! they reference), and the pod-deletion-cost pass beside it.
+
+use crate::builders::FIELD_MANAGER;
+use crate::crd::ChatGateway;
+use crate::reconcile::{error_policy, reconcile, Context};
+use crate::served;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DynamicObject, PartialObjectMeta};
+use kube::runtime::controller::Controller;
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::ResourceExt;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Runs the controller until `shutdown` resolves. Children are watched by their label;
+/// Secrets by their metadata only (no Secret data in the operator's memory), mapped to the
+/// ChatGateways that reference them.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let shutdown = shutdown.shared();
+    let client = ctx.client.clone();
+    let children =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
+    let mut controller = Controller::new(
+        Api::<ChatGateway>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
+    .owns(Api::<Deployment>::all(client.clone()), children.clone())
+    .owns(Api::<Service>::all(client.clone()), children.clone())
+    .owns(Api::<NetworkPolicy>::all(client.clone()), children.clone());
+    // HPA and PDB in the version the cluster serves (autoscaling/v2beta2 and
+    // policy/v1beta1 on Kubernetes 1.20).
+    let versioned = [
+        ctx.served
+            .hpa
+            .map(served::api_resource::<HorizontalPodAutoscaler>),
+        ctx.served
+            .pdb
+            .map(served::api_resource::<PodDisruptionBudget>),
+    ];
+    for resource in versioned.into_iter().flatten() {
+        controller = controller.owns_with(
+            Api::<DynamicObject>::all_with(client.clone(), &resource),
+            resource,
+            children.clone(),
+        );
+    }
+    let gateways = controller.store();
+    // Pod deletion costs (the emptiest pod goes first on a scale-down), beside the loop.
+    let costs = tokio::spawn(crate::deletion_cost::run(
+        client.clone(),
+        gateways.clone(),
+        shutdown.clone(),
+    ));
+    let secrets = watcher(
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects();
+    controller = controller.watches_stream(secrets, move |secret: PartialObjectMeta<Secret>| {
+        let state = gateways.state();
+        crate::secrets::gateways_using(
+            &secret.namespace().unwrap_or_default(),
+            &secret.name_any(),
+            state.iter().map(|g| g.as_ref()),
+        )
+    });
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(gateway = %obj, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
+            }
+        })
+        .await;
+    let _ = costs.await;
+}

@@ -1,0 +1,234 @@
+//! The CEL rules, evaluated client-side by kube's CEL validator against both versions'
+//! schemas: the envtest apiserver (v1.20) ignores them, and a rule that fails to compile
+//! would make a 1.25+ cluster refuse the whole CRD. Each refused spec is also refused by
+//! the operator's own checks (`builders::build`), for API servers without CEL.
+
+use super::*;
+use crate::builders::testing::{FULL, MINIMAL, SIDECARS};
+use crate::builders::{self, Owner};
+use kube::core::cel::Validator;
+use serde_json::Value;
+
+/// The object as the API server would see it in `version`.
+fn object(spec: &str, version: &str) -> Value {
+    let spec: Value = serde_yaml::from_str(spec).expect("spec");
+    serde_json::json!({
+        "apiVersion": format!("chatgateway.io/{version}"), "kind": "ChatGateway",
+        "metadata": {"name": "x", "namespace": "apps"}, "spec": spec,
+    })
+}
+
+fn schema(version: &str) -> &'static Value {
+    static CRD: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    let crd = CRD.get_or_init(|| serde_json::to_value(crd()).expect("json"));
+    crd["spec"]["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == version)
+        .map(|v| &v["schema"]["openAPIV3Schema"])
+        .expect("version")
+}
+
+fn cel(spec: &str, version: &str) -> Result<(), String> {
+    Validator::new()
+        .validate(schema(version), &object(spec, version), None)
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// `builders::build`, which runs every check the operator makes before applying.
+fn operator(spec: &str) -> Result<(), String> {
+    let spec: ChatGatewaySpec = serde_yaml::from_str(spec).expect("spec");
+    let mut cgw = ChatGateway::new("x", spec);
+    cgw.metadata.namespace = Some("apps".into());
+    let owner = Owner::of(&cgw, "apps").map_err(|e| e.to_string())?;
+    builders::build(&cgw, &owner, &builders::Inputs::default())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+const REDIS: &str = "gateway: {auth: {mode: insecure}, redis: {urlSecretRef: {name: r, key: url}}}";
+
+#[test]
+fn valid_specs_pass_both_versions_and_the_operator() {
+    let with_redis = |rest: &str| format!("{REDIS}\n{rest}");
+    for spec in [
+        MINIMAL.to_string(),
+        "gateway: {auth: {jwt: {secretRef: {name: s, key: k}}}}".into(),
+        "gateway: {auth: {mode: jwt, jwt: {algorithm: RS256, publicKeySecretRef: {name: s, key: k}}}}".into(),
+        with_redis("autoscaling: {enabled: true, minReplicas: 3, maxReplicas: 3}"),
+        with_redis("autoscaling: {enabled: true, minReplicas: 8}"),
+        with_redis("replicas: 3\ndisruptionBudget: {minAvailable: 2}"),
+        with_redis("disruptionBudget: {minAvailable: 1}"),
+        with_redis("autoscaling: {enabled: true, minReplicas: 4}\ndisruptionBudget: {minAvailable: 3}"),
+        with_redis("disruptionBudget: {minAvailable: '50%'}"),
+        "gateway: {auth: {mode: insecure}}\nreplicas: 1\ndisruptionBudget: {enabled: false, minAvailable: 1}".into(),
+        "gateway: {auth: {mode: insecure}}\ndisruptionBudget: {maxUnavailable: '25%'}".into(),
+        "gateway: {auth: {mode: insecure}}\ndrain: {acceptGrace: 5s, timeout: 6s}".into(),
+        "gateway: {auth: {mode: insecure}}\ndrain: {acceptGrace: 1m, timeout: 1m30s}".into(),
+        "gateway: {auth: {mode: insecure}}\nrollout: {strategy: Rolling, maxSurge: 2}".into(),
+        "gateway: {auth: {mode: insecure}}\nrollout: {strategy: SurgeAll, minReadySeconds: 0}".into(),
+        "gateway: {auth: {mode: insecure}, heartbeat: {interval: 10s}}".into(),
+        "gateway: {auth: {mode: insecure}, routes: [{name: a, pathPrefix: /wsx, upstream: 's:80'}]}".into(),
+        "gateway: {auth: {mode: insecure}}\nsidecars: [{name: bot, image: b}]\ntelemetry: {collector: {enabled: false}}".into(),
+        "gateway: {auth: {mode: insecure}, config: {limits: {maxFrameBytes: 4096}}}".into(),
+        SIDECARS.to_string(),
+        FULL.to_string(),
+    ] {
+        for version in [VERSION, OLD_VERSION] {
+            assert_eq!(cel(&spec, version), Ok(()), "{version}: {spec}");
+        }
+        assert_eq!(operator(&spec), Ok(()), "operator: {spec}");
+    }
+}
+
+#[test]
+fn invalid_specs_are_refused_by_cel_and_by_the_operator() {
+    let with_redis = |rest: &str| format!("{REDIS}\n{rest}");
+    for (spec, message) in [
+        (
+            with_redis("autoscaling: {minReplicas: 5, maxReplicas: 4}"),
+            "must not exceed maxReplicas",
+        ),
+        (
+            with_redis("autoscaling: {minReplicas: 20}"),
+            "must not exceed maxReplicas",
+        ),
+        (
+            with_redis("disruptionBudget: {minAvailable: 1, maxUnavailable: 1}"),
+            "not both",
+        ),
+        ("gateway: {auth: {mode: jwt}}".into(), "auth.jwt is required"),
+        ("gateway: {auth: {}}".into(), "auth.jwt is required"),
+        (
+            "gateway: {auth: {jwt: {algorithm: RS256}}}".into(),
+            "RS256 needs publicKeySecretRef",
+        ),
+        (
+            "gateway: {auth: {jwt: {issuer: me}}}".into(),
+            "HS256 needs secretRef",
+        ),
+        (
+            "gateway: {auth: {mode: insecure}}\nsidecars: [{name: bot, image: b}, {name: gateway, image: g}]".into(),
+            "must not be gateway or otel-collector",
+        ),
+        (
+            "gateway: {auth: {mode: insecure}}\nsidecars: [{name: otel-collector, image: o}]".into(),
+            "must not be gateway or otel-collector",
+        ),
+        (
+            "gateway: {auth: {mode: insecure}}\ntelemetry: {collector: {enabled: true}}".into(),
+            "needs telemetry.otlpEndpoint",
+        ),
+        (
+            "gateway: {auth: {mode: insecure}, routes: [{name: a, pathPrefix: /metrics, upstream: 's:80'}]}".into(),
+            "collides with the gateway's own endpoints",
+        ),
+        (
+            "gateway: {auth: {mode: insecure}, routes: [{name: a, pathPrefix: /ws/x, upstream: 's:80'}]}".into(),
+            "collides with the gateway's own endpoints",
+        ),
+        // The memory engine: every pod its own chat server.
+        (
+            "gateway: {auth: {mode: insecure}}\nreplicas: 2".into(),
+            "more than one replica or autoscaling needs gateway.redis",
+        ),
+        (
+            "gateway: {auth: {mode: insecure}}\nautoscaling: {enabled: true}".into(),
+            "more than one replica or autoscaling needs gateway.redis",
+        ),
+        // A budget no eviction can ever satisfy.
+        (
+            with_redis("replicas: 3\ndisruptionBudget: {minAvailable: 3}"),
+            "minAvailable must stay below the replica floor",
+        ),
+        (
+            with_redis("disruptionBudget: {minAvailable: 2}"),
+            "minAvailable must stay below the replica floor",
+        ),
+        (
+            with_redis("autoscaling: {enabled: true, minReplicas: 3}\ndisruptionBudget: {minAvailable: 3}"),
+            "minAvailable must stay below the replica floor",
+        ),
+        (
+            "gateway: {auth: {mode: insecure}}\ndisruptionBudget: {minAvailable: 1}".into(),
+            "minAvailable must stay below the replica floor",
+        ),
+        (
+            with_redis("disruptionBudget: {minAvailable: '100%'}"),
+            "minAvailable must stay below the replica floor",
+        ),
+        (
+            with_redis("disruptionBudget: {maxUnavailable: 0}"),
+            "must allow at least one pod down",
+        ),
+        (
+            with_redis("disruptionBudget: {maxUnavailable: '0%'}"),
+            "must allow at least one pod down",
+        ),
+        // A drain that ends before the pod stops accepting.
+        (
+            "gateway: {auth: {mode: insecure}}\ndrain: {acceptGrace: 60s}".into(),
+            "must be shorter than drain.timeout",
+        ),
+        (
+            "gateway: {auth: {mode: insecure}}\ndrain: {acceptGrace: 10s, timeout: 10s}".into(),
+            "must be shorter than drain.timeout",
+        ),
+        (
+            "gateway: {auth: {mode: insecure}}\ndrain: {timeout: 2s}".into(),
+            "must be shorter than drain.timeout",
+        ),
+        (
+            "gateway: {auth: {mode: insecure}}\nrollout: {maxSurge: 2}".into(),
+            "applies to strategy Rolling only",
+        ),
+        (
+            "gateway: {auth: {mode: insecure}, heartbeatInterval: 10s, heartbeat: {interval: 20s}}".into(),
+            "not both",
+        ),
+    ] {
+        for version in [VERSION, OLD_VERSION] {
+            let err = cel(&spec, version).expect_err(&spec);
+            assert!(err.contains(message), "{version}: {spec}: {err}");
+        }
+        let err = operator(&spec).expect_err(&spec);
+        assert!(err.starts_with("invalid spec:"), "operator: {spec}: {err}");
+    }
+}
+
+#[test]
+fn the_old_heartbeat_spelling_is_v1alpha1_only() {
+    let spec = "gateway: {auth: {mode: insecure}, heartbeatInterval: 10s}";
+    assert_eq!(cel(spec, OLD_VERSION), Ok(()));
+    let err = cel(spec, VERSION).expect_err("refused in v1beta1");
+    assert!(err.contains("use gateway.heartbeat.interval"), "{err}");
+    // The operator reads every object as v1beta1 and still honours the old spelling.
+    assert_eq!(operator(spec), Ok(()));
+}
+
+#[test]
+fn route_rule_refuses_exactly_the_gateways_reserved_paths() {
+    let route = |prefix: &str| {
+        format!("gateway: {{auth: {{mode: insecure}}, routes: [{{name: a, pathPrefix: '{prefix}', upstream: 's:80'}}]}}")
+    };
+    for path in chat_gateway_config::RESERVED_PATHS {
+        for version in [VERSION, OLD_VERSION] {
+            assert!(
+                cel(&route(path), version).is_err(),
+                "{path} must be refused"
+            );
+            let under = format!("{path}/x");
+            assert!(
+                cel(&route(&under), version).is_err(),
+                "{under} must be refused"
+            );
+            let other = format!("{path}x");
+            assert_eq!(
+                cel(&route(&other), version),
+                Ok(()),
+                "{other} is another path"
+            );
+        }
+    }
+}

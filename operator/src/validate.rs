@@ -1,0 +1,190 @@
+//! Specs that cannot work, refused before anything is applied.
+//!
+//! The CRD refuses these at admission with CEL rules, but API servers before 1.25 ignore
+//! CEL, and `render` has no API server at all: the operator checks them again and reports
+//! `InvalidSpec`. Every rule with a CEL twin in `crd.rs` is run on the same specs as its
+//! twin in `crd/cel_tests.rs`, so the two cannot drift apart.
+
+use crate::crd::{AuthModeSpec, ChatGatewaySpec, JwtAlgorithmSpec, RolloutStrategy};
+use crate::error::{Error, Result};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::time::Duration;
+
+/// Environment variables the operator sets on the gateway container itself.
+pub const OPERATOR_ENV: &[&str] = &[
+    "POD_NAME",
+    "POD_NAMESPACE",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_RESOURCE_ATTRIBUTES",
+];
+
+/// Replicas of a new gateway whose spec names none: one chat server with the memory engine
+/// (every pod would be a separate one), two with Redis.
+pub fn default_replicas(spec: &ChatGatewaySpec) -> i32 {
+    if uses_redis(spec) {
+        2
+    } else {
+        1
+    }
+}
+
+/// Whether the gateways share state through Redis (otherwise: the memory engine).
+pub fn uses_redis(spec: &ChatGatewaySpec) -> bool {
+    spec.gateway.as_ref().is_some_and(|g| g.redis.is_some())
+}
+
+/// Fails with the first rule `spec` breaks.
+pub fn check(spec: &ChatGatewaySpec) -> Result<()> {
+    let invalid = |m: &str| Err(Error::InvalidSpec(m.to_string()));
+    let Some(auth) = spec.gateway.as_ref().and_then(|g| g.auth.as_ref()) else {
+        return invalid(
+            "spec.gateway.auth is required: `mode: insecure` for demos, or `jwt` with a key Secret",
+        );
+    };
+    if auth.mode != Some(AuthModeSpec::Insecure) {
+        let Some(jwt) = &auth.jwt else {
+            return invalid("auth.jwt is required unless auth.mode is insecure");
+        };
+        match jwt.algorithm.unwrap_or(JwtAlgorithmSpec::HS256) {
+            JwtAlgorithmSpec::RS256 if jwt.public_key_secret_ref.is_none() => {
+                return invalid("RS256 needs publicKeySecretRef")
+            }
+            JwtAlgorithmSpec::HS256 if jwt.secret_ref.is_none() => {
+                return invalid("HS256 needs secretRef")
+            }
+            _ => {}
+        }
+    }
+    if let Some(g) = &spec.gateway {
+        if g.heartbeat_interval.is_some()
+            && g.heartbeat.as_ref().is_some_and(|h| h.interval.is_some())
+        {
+            return invalid(
+                "set gateway.heartbeat.interval or the old gateway.heartbeatInterval, not both",
+            );
+        }
+    }
+    let autoscaling = spec.autoscaling.as_ref().filter(|a| a.enabled);
+    if !uses_redis(spec) && (spec.replicas.is_some_and(|r| r > 1) || autoscaling.is_some()) {
+        return invalid("the memory engine makes every pod its own chat server: more than one replica or autoscaling needs gateway.redis");
+    }
+    if let Some(a) = &spec.autoscaling {
+        if a.min_replicas.unwrap_or(2) > a.max_replicas.unwrap_or(10) {
+            return invalid(
+                "autoscaling.minReplicas (default 2) must not exceed maxReplicas (default 10)",
+            );
+        }
+    }
+    if let Some(d) = spec.disruption_budget.as_ref().filter(|d| d.enabled) {
+        if d.max_unavailable.is_some() && d.min_available.is_some() {
+            return invalid("set maxUnavailable or minAvailable, not both");
+        }
+        let floor = match autoscaling {
+            Some(a) => a.min_replicas.unwrap_or(2),
+            None => spec.replicas.unwrap_or_else(|| default_replicas(spec)),
+        };
+        let blocks = match &d.min_available {
+            Some(IntOrString::Int(n)) => *n >= floor,
+            Some(IntOrString::String(s)) => s == "100%",
+            None => false,
+        };
+        if blocks {
+            return invalid("disruptionBudget.minAvailable must stay below the replica floor (autoscaling.minReplicas, or replicas): otherwise no pod can ever be evicted and node drains block forever");
+        }
+        let none_down = match &d.max_unavailable {
+            Some(IntOrString::Int(n)) => *n <= 0,
+            Some(IntOrString::String(s)) => s == "0%",
+            None => false,
+        };
+        if none_down {
+            return invalid("disruptionBudget.maxUnavailable must allow at least one pod down: 0 blocks node drains forever");
+        }
+    }
+    if let Some(d) = &spec.drain {
+        let grace = duration(
+            "drain.acceptGrace",
+            d.accept_grace.as_deref(),
+            Duration::from_secs(5),
+        )?;
+        let timeout = duration(
+            "drain.timeout",
+            d.timeout.as_deref(),
+            Duration::from_secs(60),
+        )?;
+        if grace >= timeout {
+            return invalid("drain.acceptGrace (default 5s) must be shorter than drain.timeout (default 60s): the drain would end before the pod stopped accepting");
+        }
+    }
+    if let Some(r) = &spec.rollout {
+        if r.max_surge.is_some() && r.strategy != Some(RolloutStrategy::Rolling) {
+            return invalid("rollout.maxSurge applies to strategy Rolling only (SurgeAll starts every new pod first)");
+        }
+    }
+    for (i, e) in spec.env.iter().enumerate() {
+        if e.name.starts_with(chat_gateway_config::ENV_PREFIX) {
+            return Err(Error::InvalidSpec(format!(
+                "env[{i}].name {:?}: CHATGW_* variables would bypass the checked config; use gateway.config",
+                e.name
+            )));
+        }
+        if OPERATOR_ENV.contains(&e.name.as_str()) {
+            return Err(Error::InvalidSpec(format!(
+                "env[{i}].name {:?} is set by the operator",
+                e.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn duration(field: &str, text: Option<&str>, default: Duration) -> Result<Duration> {
+    crate::builders::parse_duration(field, text, default)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builders::testing::{FULL, MINIMAL, SIDECARS};
+
+    fn check_yaml(spec: &str) -> Result<()> {
+        check(&serde_yaml::from_str(spec).expect("spec"))
+    }
+
+    #[test]
+    fn the_fixtures_pass() {
+        for spec in [MINIMAL, FULL, SIDECARS] {
+            assert!(check_yaml(spec).is_ok(), "{spec}");
+        }
+    }
+
+    #[test]
+    fn operator_only_rules() {
+        for (spec, want) in [
+            (
+                "gateway: {auth: {mode: insecure}}\nenv: [{name: CHATGW_ENGINE, value: redis}]",
+                "env[0].name \"CHATGW_ENGINE\"",
+            ),
+            (
+                "gateway: {auth: {mode: insecure}}\nenv: [{name: RUST_LOG, value: debug}, {name: POD_NAME, value: x}]",
+                "env[1].name \"POD_NAME\" is set by the operator",
+            ),
+        ] {
+            let err = check_yaml(spec).expect_err(spec);
+            assert!(err.to_string().contains(want), "{spec}: {err}");
+        }
+        assert!(check_yaml(
+            "gateway: {auth: {mode: insecure}}\nenv: [{name: RUST_LOG, value: debug}]"
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn default_replicas_follow_the_engine() {
+        let spec = |s: &str| serde_yaml::from_str::<ChatGatewaySpec>(s).expect("spec");
+        assert_eq!(default_replicas(&spec(MINIMAL)), 1);
+        assert_eq!(default_replicas(&spec(FULL)), 2);
+    }
+}
