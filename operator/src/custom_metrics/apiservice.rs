@@ -1,6 +1,7 @@
 //! The leader's upkeep of the aggregated API: the Secret with the CA and serving
 //! certificate (created, renewed, rotated: [`super::certs`]) and the `caBundle` of the
-//! APIServices that point at the operator's Service.
+//! APIServices that point at the operator's Service. The `caBundle` is always written
+//! before the Secret, so no replica serves a certificate the API server does not trust.
 //!
 //! The chart creates the APIServices (`v1beta1` and `v1beta2` of `custom.metrics.k8s.io`)
 //! so that `helm uninstall` removes them; the operator only writes their `caBundle`
@@ -135,37 +136,37 @@ impl Upkeep {
                 _ => false,
             });
         let renewal = certs::renew(material.as_ref(), &self.policy, now, published)?;
-        let mut rotated = false;
-        let material = match renewal {
-            None => material,
-            Some(r) => {
-                rotated = r.reason.contains("CA rotated");
-                tracing::info!(secret = %format!("{}/{}", self.namespace, self.secret), reason = %r.reason,
-                    "custom metrics certificate renewed");
-                self.store(secret, &r.material).await?;
-                Some(r.material)
-            }
-        };
-        let Some(material) = material else {
+        let rotated = renewal
+            .as_ref()
+            .is_some_and(|r| r.reason.contains("CA rotated"));
+        let Some(next) = renewal.as_ref().map(|r| &r.material).or(material.as_ref()) else {
             return Ok(rotated);
         };
+        // Trust first: the APIServices get the new bundle before any replica can serve a
+        // certificate that needs it (the bundle keeps the old CA, so what is served now
+        // stays trusted). A failure here leaves the Secret untouched for the next pass.
         for (name, provider, found) in live {
             let Some(mut apiservice) = found.filter(|_| provider == Provider::Operator) else {
                 continue;
             };
-            if bundle_of(Some(&apiservice)).as_deref() == Some(material.bundle.as_str()) {
+            if bundle_of(Some(&apiservice)).as_deref() == Some(next.bundle.as_str()) {
                 continue;
             }
             // A replace of what was just read (its resourceVersion makes a concurrent
             // change a 409, retried next pass), not a server-side apply: the API server's
             // aggregator before Kubernetes 1.21 cannot apply APIServices.
             if let Some(spec) = apiservice.spec.as_mut() {
-                spec.ca_bundle = Some(ByteString(material.bundle.clone().into_bytes()));
+                spec.ca_bundle = Some(ByteString(next.bundle.clone().into_bytes()));
             }
             self.apiservices
                 .replace(name, &PostParams::default(), &apiservice)
                 .await?;
             tracing::info!(apiservice = %name, "caBundle updated");
+        }
+        if let Some(r) = renewal {
+            tracing::info!(secret = %format!("{}/{}", self.namespace, self.secret), reason = %r.reason,
+                "custom metrics certificate renewed");
+            self.store(secret, &r.material).await?;
         }
         Ok(rotated)
     }

@@ -92,14 +92,15 @@ async fn first_pass_creates_the_secret_and_publishes_its_ca() {
             not_found(Method::GET, SECRET),
             found(V1B1, ("ops", "cm"), None),
             found(V1B2, ("ops", "cm"), None),
-            step(Method::POST, SECRETS),
+            // The APIServices trust the new CA before the Secret carries it.
             step(Method::PUT, V1B1),
             step(Method::PUT, V1B2),
+            step(Method::POST, SECRETS),
         ],
     );
     assert!(!u.pass(SystemTime::now()).await.expect("pass"));
     let seen = server.await.expect("server");
-    let created = &seen[3].1;
+    let created = &seen[5].1;
     assert_eq!(created["type"], "kubernetes.io/tls");
     assert_eq!(
         created["metadata"]["labels"]["app.kubernetes.io/managed-by"],
@@ -107,7 +108,7 @@ async fn first_pass_creates_the_secret_and_publishes_its_ca() {
     );
     let bundle = decoded(&created["data"]["ca.crt"]);
     assert!(bundle.starts_with("-----BEGIN CERTIFICATE-----"));
-    for patch in [&seen[4].1, &seen[5].1] {
+    for patch in [&seen[3].1, &seen[4].1] {
         assert_eq!(decoded(&patch["spec"]["caBundle"]), bundle);
         // Only the caBundle changes; the rest of the chart's spec is kept as read.
         assert_eq!(patch["spec"]["service"]["name"], "cm");
@@ -189,18 +190,18 @@ async fn a_rotated_ca_is_published_and_the_secret_replaced_with_its_version() {
             ok_with(Method::GET, SECRET, secret_of(&m)),
             found(V1B1, ("ops", "cm"), Some(&m.bundle)),
             not_found(Method::GET, V1B2),
-            step(Method::PUT, SECRET),
             step(Method::PUT, V1B1),
+            step(Method::PUT, SECRET),
         ],
     );
     assert!(u.pass(SystemTime::now()).await.expect("pass"), "rotated");
     let seen = server.await.expect("server");
-    assert_eq!(seen[3].1["metadata"]["resourceVersion"], "5");
-    let stored = decoded(&seen[3].1["data"]["ca.crt"]);
+    assert_eq!(seen[4].1["metadata"]["resourceVersion"], "5");
+    let stored = decoded(&seen[4].1["data"]["ca.crt"]);
     assert_eq!(certs::parse_bundle(&stored).len(), 2, "new and old CA");
-    assert_eq!(decoded(&seen[4].1["spec"]["caBundle"]), stored);
+    assert_eq!(decoded(&seen[3].1["spec"]["caBundle"]), stored);
     assert_eq!(
-        decoded(&seen[3].1["data"]["tls.crt"]),
+        decoded(&seen[4].1["data"]["tls.crt"]),
         m.cert,
         "the serving certificate moves only after publication"
     );
