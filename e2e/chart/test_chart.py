@@ -421,13 +421,21 @@ def test_operator_network_policy():
     spec = np["spec"]
     assert spec["podSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
     assert spec["policyTypes"] == ["Ingress", "Egress"]
-    # In: the metrics port only, from anywhere by default.
-    assert spec["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
-    assert c["ports"][0]["name"] == "metrics"
-    # Out: DNS and the API server ports, to any address by default.
+    # In: the metrics port, from anywhere by default, and the custom metrics API (the
+    # aggregator comes from the control plane's addresses).
+    assert spec["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]},
+                               {"ports": [{"port": "custom-metrics", "protocol": "TCP"}]}]
+    assert [p["name"] for p in c["ports"]] == ["metrics", "custom-metrics"]
+    # Out: DNS and the API server ports, to any address by default, and the gateway pods'
+    # http port (their /metrics), by the label every gateway pod carries.
     assert spec["egress"][0]["ports"] == [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
     assert spec["egress"][1] == {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}
-    assert len(spec["egress"]) == 2
+    assert spec["egress"][2] == {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "chat-gateway"}}}], "ports": [{"port": "http", "protocol": "TCP"}]}
+    assert len(spec["egress"]) == 3
+    off = objects({"networkPolicy": {"enabled": True}, "customMetrics": {"enabled": False}})
+    (np_off,) = by_kind(off, "NetworkPolicy")
+    assert np_off["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
 
     prom = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
     otlp = {"to": [{"namespaceSelector": {}}], "ports": [{"port": 4317, "protocol": "TCP"}]}
@@ -435,9 +443,11 @@ def test_operator_network_policy():
     (np,) = by_kind(objects({"networkPolicy": {
         "enabled": True, "metricsFrom": [prom], "extraIngress": [extra_in], "extraEgress": [otlp],
         "apiServer": {"ports": [6443], "cidrs": ["10.0.0.1/32"]}}}), "NetworkPolicy")
-    assert np["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}], "from": [prom]}, extra_in]
-    assert np["spec"]["egress"][1:] == [
-        {"ports": [{"port": 6443, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}]}, otlp]
+    assert np["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}], "from": [prom]},
+                                     {"ports": [{"port": "custom-metrics", "protocol": "TCP"}]}, extra_in]
+    assert np["spec"]["egress"][1] == \
+        {"ports": [{"port": 6443, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}]}
+    assert np["spec"]["egress"][3:] == [otlp]
     with pytest.raises(helm.HelmValuesError) as err:
         helm.Chart.load(CHART).validate_schema({"networkPolicy": {"apiServer": {"cidrs": ["10.0.0.1"]}}})
     assert "cidrs" in str(err.value)
