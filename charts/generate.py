@@ -33,7 +33,7 @@ README = CHART / "README.md"                      # helm-docs style, from values
 
 # Helm's install order for the kinds the chart renders.
 ORDER = ["Namespace", "CustomResourceDefinition", "ServiceAccount", "ConfigMap", "ClusterRole",
-         "ClusterRoleBinding", "Role", "RoleBinding", "Service", "Deployment"]
+         "ClusterRoleBinding", "Role", "RoleBinding", "Service", "Deployment", "APIService"]
 
 
 def render_chart(values: dict | None = None, *, name: str = RELEASE,

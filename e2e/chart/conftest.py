@@ -2,6 +2,8 @@
 `.venv/bin/python -m pytest e2e/chart -q` from the repository root)."""
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -60,3 +62,24 @@ def crd() -> dict:
 @pytest.fixture(scope="session")
 def default_objects() -> list[dict]:
     return objects({})
+
+
+def operator_binary() -> Path:
+    """The operator binary: the one `cargo test --workspace` built (e2e/tests/chart.rs passes
+    it in CHATGW_OPERATOR_BIN), or, run standalone, a fresh debug build."""
+    if "CHATGW_OPERATOR_BIN" in os.environ:
+        path = Path(os.environ["CHATGW_OPERATOR_BIN"])
+    else:
+        path = ROOT / "target" / "debug" / "chat-gateway-operator"
+        subprocess.run(["cargo", "build", "-q", "-p", "chat-gateway-operator", "--bin",
+                        "chat-gateway-operator"], cwd=ROOT, check=True)
+    assert path.exists(), f"{path} is missing: cargo build -p chat-gateway-operator"
+    return path
+
+
+def operator_render(path: Path) -> list[dict]:
+    """The objects the operator applies for the ChatGateways in `path` (`chat-gateway-operator
+    render`): the real pod templates, not a copy of their labels."""
+    out = subprocess.run([str(operator_binary()), "render", "-f", str(path)], capture_output=True,
+                         text=True, check=True)
+    return [d for d in yaml.safe_load_all(out.stdout) if d]

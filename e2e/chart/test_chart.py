@@ -8,7 +8,8 @@ import helm_python as helm
 import pytest
 import yaml
 
-from conftest import CHART, ROOT, by_kind, crd, example_values, load_values, objects, render
+from conftest import (CHART, MANIFESTS, ROOT, by_kind, crd, example_values, load_values, objects,
+                      operator_render, render)
 
 
 def test_lint_is_clean_for_defaults_and_every_example():
@@ -40,7 +41,10 @@ def test_defaults_render_the_crd_and_the_operator_only():
     objs = objects({})
     assert sorted(o["kind"] for o in objs) == sorted(
         ["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
-         "RoleBinding", "Service", "Deployment"])
+         "RoleBinding", "Service", "Deployment",
+         # the custom metrics API (customMetrics.enabled, on by default)
+         "APIService", "APIService", "Service", "ClusterRole", "ClusterRoleBinding", "Role",
+         "RoleBinding", "RoleBinding"])
     notes = render({})["chat-gateway/templates/NOTES.txt"]
     assert "kind: ChatGateway" in notes and "kubectl get cgw chat-demo" in notes
     assert "chatgateway_connections" in notes
@@ -66,20 +70,102 @@ def test_optional_objects_follow_their_switches():
     objs = objects({"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
                     "prometheusAdapterRules": {"enabled": True}})
     (sm,) = by_kind(objs, "ServiceMonitor")
-    (svc,) = by_kind(objs, "Service")
+    (svc,) = [o for o in by_kind(objs, "Service") if o["metadata"]["name"] == "cg-chat-gateway-metrics"]
     assert sm["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
     assert sm["spec"]["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"] == "metrics"
-    (pm,) = by_kind(objs, "PodMonitor")
-    # The gateway pods the operator creates carry these labels and port name (docs/operator.md).
-    assert pm["spec"]["selector"]["matchLabels"] == {
-        "app.kubernetes.io/name": "chat-gateway",
-        "app.kubernetes.io/managed-by": "chatgateway-operator"}
-    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "http"
+    assert len(by_kind(objs, "PodMonitor")) == 1
     (cm,) = by_kind(objs, "ConfigMap")
     rules = yaml.safe_load(cm["data"]["config.yaml"])["rules"]
     assert rules[0]["name"]["as"] == "chatgateway_connections"
     assert "chatgateway_connections" in rules[0]["seriesQuery"]
     assert set(rules[0]["resources"]["overrides"]) == {"namespace", "pod"}
+
+
+def matches(selector: dict, labels: dict) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) against labels."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e["key"], e["operator"], e.get("values") or []
+        ok = {"In": key in labels and labels[key] in values,
+              "NotIn": key not in labels or labels[key] not in values,
+              "Exists": key in labels, "DoesNotExist": key not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("example", sorted((MANIFESTS / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_pod_monitor_selects_the_gateway_pods_the_operator_renders(example):
+    """Against the pod templates `chat-gateway-operator render` produces (labels and port
+    names as the operator really writes them), not a hand-kept copy."""
+    (pm,) = by_kind(objects({"podMonitor": {"enabled": True}}), "PodMonitor")
+    assert pm["spec"]["namespaceSelector"] == {"any": True}
+    deployments = [o for o in operator_render(example) if o["kind"] == "Deployment"]
+    assert deployments, f"render of {example.name} produced no Deployment"
+    for dep in deployments:
+        template = dep["spec"]["template"]
+        labels = template["metadata"]["labels"]
+        assert matches(pm["spec"]["selector"], labels), \
+            f"the PodMonitor selector {pm['spec']['selector']} misses {example.name}'s pods {labels}"
+        ports = {p.get("name") for c in template["spec"]["containers"] for p in c.get("ports") or []}
+        assert pm["spec"]["podMetricsEndpoints"][0]["port"] in ports, ports
+    # And nothing else: not the operator's own pods, not another app's.
+    (op,) = by_kind(objects({}), "Deployment")
+    assert not matches(pm["spec"]["selector"], op["spec"]["template"]["metadata"]["labels"])
+    assert not matches(pm["spec"]["selector"], {"app.kubernetes.io/name": "chat-gateway"}), \
+        "a pod without a ChatGateway instance label"
+
+
+def test_custom_metrics_api_objects_fit_together(default_objects):
+    """The APIServices point at the Service, whose port reaches the operator's TLS port;
+    the operator's flags name that Service and the Secret its Role lets it write."""
+    (dep,) = by_kind(default_objects, "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    args = dict(a.split("=", 1) for a in c["args"][1:])
+    (svc,) = [o for o in by_kind(default_objects, "Service") if o["metadata"]["name"].endswith("-custom-metrics")]
+    assert args["--custom-metrics-service"] == svc["metadata"]["name"]
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    (port,) = svc["spec"]["ports"]
+    container_port = {p["name"]: p["containerPort"] for p in c["ports"]}[port["targetPort"]]
+    assert args["--custom-metrics-addr"] == f"0.0.0.0:{container_port}"
+    apiservices = by_kind(default_objects, "APIService")
+    assert sorted(a["metadata"]["name"] for a in apiservices) == \
+        ["v1beta1.custom.metrics.k8s.io", "v1beta2.custom.metrics.k8s.io"]
+    for a in apiservices:
+        spec = a["spec"]
+        assert spec["group"] == "custom.metrics.k8s.io"
+        assert a["metadata"]["name"] == f"{spec['version']}.custom.metrics.k8s.io"
+        assert spec["service"] == {"namespace": "chat-system", "name": svc["metadata"]["name"],
+                                   "port": port["port"]}
+        # The operator writes the CA; nothing may switch verification off.
+        assert "caBundle" not in spec and not spec.get("insecureSkipTLSVerify")
+    priority = {a["spec"]["version"]: a["spec"]["versionPriority"] for a in apiservices}
+    assert priority["v1beta2"] > priority["v1beta1"], "the HPA should prefer v1beta2"
+    # The serving certificate's names come from the flag and the pod's namespace.
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    secret_rules = [r for role in by_kind(default_objects, "Role") for r in role["rules"]
+                    if "secrets" in r["resources"] and r.get("resourceNames")]
+    assert secret_rules and all(r["resourceNames"] == [args["--custom-metrics-secret"]] for r in secret_rules)
+    (reader,) = [b for b in by_kind(default_objects, "RoleBinding") if b["metadata"]["namespace"] == "kube-system"]
+    assert reader["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                 "name": "extension-apiserver-authentication-reader"}
+    notes = render({})["chat-gateway/templates/NOTES.txt"]
+    assert "kubectl get --raw" in notes and "custom.metrics.k8s.io" in notes
+
+
+def test_custom_metrics_off_renders_none_of_it():
+    objs = objects({"customMetrics": {"enabled": False}})
+    assert not by_kind(objs, "APIService")
+    assert [o["metadata"]["name"] for o in by_kind(objs, "Service")] == ["cg-chat-gateway-metrics"]
+    (dep,) = by_kind(objs, "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert not [a for a in c["args"] if a.startswith("--custom-metrics")]
+    assert [p["name"] for p in c["ports"]] == ["metrics"]
+    assert not any("custom-metrics" in o["metadata"]["name"] for o in objs)
+    notes = render({"customMetrics": {"enabled": False}})["chat-gateway/templates/NOTES.txt"]
+    assert "prometheus-adapter" in notes
 
 
 # Bad values files and the key the error message must name.
@@ -162,10 +248,22 @@ def test_rbac_has_no_wildcards_and_binds_the_service_account(default_objects):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
                                         "namespace": "chat-system"}]
     # Leases only in the operator's namespace; Secrets read one by one (and watched, by
-    # metadata, for rotations), never written.
-    (role,) = by_kind(default_objects, "Role")
+    # metadata, for rotations), never written cluster-wide (the custom metrics Secret only,
+    # in the operator's namespace, below).
+    (role,) = [r for r in by_kind(default_objects, "Role") if r["metadata"]["name"].endswith("-leader-election")]
     assert role["metadata"]["namespace"] == "chat-system"
     assert {r for rule in role["rules"] for r in rule["resources"]} == {"leases"}
+    # The custom metrics Secret: written only in the operator's namespace, updated by name.
+    for role in by_kind(default_objects, "Role"):
+        assert role["metadata"]["namespace"] == "chat-system", role["metadata"]
+        for rule in role["rules"]:
+            if "update" in rule["verbs"] or "get" in rule["verbs"]:
+                assert rule.get("resourceNames") or rule["resources"] == ["leases"], rule
+    apiservice_rules = [r for role in by_kind(default_objects, "ClusterRole") for r in role["rules"]
+                        if "apiservices" in r["resources"]]
+    assert apiservice_rules and all(r["resourceNames"] == ["v1beta1.custom.metrics.k8s.io",
+                                                           "v1beta2.custom.metrics.k8s.io"]
+                                    for r in apiservice_rules)
     cluster = granted(by_kind(default_objects, "ClusterRole"))
     assert {v for g, r, v in cluster if r == "secrets"} == {"get", "list", "watch"}
     assert not any(r == "leases" for _, r, _ in cluster)
@@ -290,7 +388,9 @@ def test_operator_security_context_probes_and_leader_election(default_objects):
     assert c["args"][0] == "run"
     args = dict(a.split("=", 1) for a in c["args"][1:])
     assert set(args) == {"--metrics-addr", "--lease-name", "--lease-duration", "--log-format",
-                         "--gateway-image"}
+                         "--gateway-image",
+                         "--custom-metrics-addr", "--custom-metrics-service",
+                         "--custom-metrics-secret", "--custom-metrics-scrape-interval"}
     assert args["--metrics-addr"] == "0.0.0.0:8080"
     # ChatGateways that name no image get the gateway release matching the chart.
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
@@ -298,8 +398,9 @@ def test_operator_security_context_probes_and_leader_election(default_objects):
     env = {e["name"]: e for e in c["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    assert c["ports"] == [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}]
-    (svc,) = by_kind(default_objects, "Service")
+    assert c["ports"] == [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"},
+                          {"name": "custom-metrics", "containerPort": 6443, "protocol": "TCP"}]
+    (svc,) = [o for o in by_kind(default_objects, "Service") if o["metadata"]["name"] == "cg-chat-gateway-metrics"]
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
     # The operator's own selector never matches gateway pods (app.kubernetes.io/name=chat-gateway).
@@ -320,13 +421,21 @@ def test_operator_network_policy():
     spec = np["spec"]
     assert spec["podSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
     assert spec["policyTypes"] == ["Ingress", "Egress"]
-    # In: the metrics port only, from anywhere by default.
-    assert spec["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
-    assert c["ports"][0]["name"] == "metrics"
-    # Out: DNS and the API server ports, to any address by default.
+    # In: the metrics port, from anywhere by default, and the custom metrics API (the
+    # aggregator comes from the control plane's addresses).
+    assert spec["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]},
+                               {"ports": [{"port": "custom-metrics", "protocol": "TCP"}]}]
+    assert [p["name"] for p in c["ports"]] == ["metrics", "custom-metrics"]
+    # Out: DNS and the API server ports, to any address by default, and the gateway pods'
+    # http port (their /metrics), by the label every gateway pod carries.
     assert spec["egress"][0]["ports"] == [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
     assert spec["egress"][1] == {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}
-    assert len(spec["egress"]) == 2
+    assert spec["egress"][2] == {"to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "chat-gateway"}}}], "ports": [{"port": "http", "protocol": "TCP"}]}
+    assert len(spec["egress"]) == 3
+    off = objects({"networkPolicy": {"enabled": True}, "customMetrics": {"enabled": False}})
+    (np_off,) = by_kind(off, "NetworkPolicy")
+    assert np_off["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
 
     prom = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
     otlp = {"to": [{"namespaceSelector": {}}], "ports": [{"port": 4317, "protocol": "TCP"}]}
@@ -334,9 +443,11 @@ def test_operator_network_policy():
     (np,) = by_kind(objects({"networkPolicy": {
         "enabled": True, "metricsFrom": [prom], "extraIngress": [extra_in], "extraEgress": [otlp],
         "apiServer": {"ports": [6443], "cidrs": ["10.0.0.1/32"]}}}), "NetworkPolicy")
-    assert np["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}], "from": [prom]}, extra_in]
-    assert np["spec"]["egress"][1:] == [
-        {"ports": [{"port": 6443, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}]}, otlp]
+    assert np["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}], "from": [prom]},
+                                     {"ports": [{"port": "custom-metrics", "protocol": "TCP"}]}, extra_in]
+    assert np["spec"]["egress"][1] == \
+        {"ports": [{"port": 6443, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}]}
+    assert np["spec"]["egress"][3:] == [otlp]
     with pytest.raises(helm.HelmValuesError) as err:
         helm.Chart.load(CHART).validate_schema({"networkPolicy": {"apiServer": {"cidrs": ["10.0.0.1"]}}})
     assert "cidrs" in str(err.value)

@@ -24,7 +24,7 @@ import helm_python as helm
 import pytest
 import yaml
 
-from conftest import CHART, MANIFESTS, ROOT, load_values, yaml_docs
+from conftest import CHART, MANIFESTS, ROOT, load_values, operator_binary, yaml_docs
 
 SCRIPT = ROOT / "e2e" / "k8s" / "envtest.sh"
 INSTALL_NS = "chatgateway-system"
@@ -47,11 +47,15 @@ KINDS = {
     "RoleBinding": ("apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
     "Deployment": ("apis/apps/v1", "deployments", True),
     "Lease": ("apis/coordination.k8s.io/v1", "leases", True),
+    "Endpoints": ("api/v1", "endpoints", True),
     "ChatGateway": ("apis/chatgateway.io/v1beta1", "chatgateways", True),
     # The versions Kubernetes 1.20 serves (the operator picks them by discovery).
     "HorizontalPodAutoscaler": ("apis/autoscaling/v2beta2", "horizontalpodautoscalers", True),
     "PodDisruptionBudget": ("apis/policy/v1beta1", "poddisruptionbudgets", True),
+    "APIService": ("apis/apiregistration.k8s.io/v1", "apiservices", False),
 }
+CUSTOM_METRICS_SERVICE = f"{OPERATOR_SA}-custom-metrics"
+CUSTOM_METRICS_SECRET = f"{OPERATOR_SA}-custom-metrics-tls"
 
 
 class Api:
@@ -105,6 +109,16 @@ class Api:
         code, body = self.request("POST", self.path(kind, ns), obj)
         assert code == 201, f"apply {kind}/{obj['metadata']['name']}: HTTP {code}: {body.get('message', body)}"
         return body
+
+
+def host_address() -> str:
+    """A non-loopback IPv4 address of this machine: Endpoints may not name loopback, and
+    the API server's aggregator dials the endpoint directly (--enable-aggregator-routing)."""
+    out = subprocess.run(["ip", "-o", "-4", "addr", "show", "scope", "global"],
+                         capture_output=True, text=True, check=True).stdout
+    addresses = [line.split()[3].split("/")[0] for line in out.splitlines() if len(line.split()) > 3]
+    assert addresses, "this machine has no non-loopback IPv4 address for the Endpoints"
+    return addresses[0]
 
 
 def free_port() -> int:
@@ -210,6 +224,13 @@ def test_helm_install_with_the_real_helm_engine(envtest):
     assert api.get("Service", "cg-helm-chat-gateway-metrics", HELM_NS) is not None
     cgw = api.get("ChatGateway", "chat-demo", HELM_NS)
     assert cgw is not None, "the ChatGateway from values was created"
+    # install.yaml (applied above) owns custom.metrics.k8s.io: Helm's lookup saw another
+    # provider, so this release installed no APIService and left those alone.
+    for version in ("v1beta1", "v1beta2"):
+        owner = api.get("APIService", f"{version}.custom.metrics.k8s.io")["spec"]["service"]
+        assert owner == {"namespace": INSTALL_NS, "name": CUSTOM_METRICS_SERVICE, "port": 443}, owner
+    assert "Another provider already serves custom.metrics.k8s.io" in text, "NOTES say so"
+    assert api.get("Service", "cg-helm-chat-gateway-custom-metrics", HELM_NS) is not None
     assert cgw["spec"]["image"].startswith("ghcr.io/chatgateway/chat-gateway:")
     # A bad values file fails the install action with the schema's message.
     config = helm.Config(kubeconfig_path=envtest["kubeconfig"], namespace=HELM_NS)
@@ -222,8 +243,10 @@ def test_helm_install_with_the_real_helm_engine(envtest):
 
 
 def sar(api: Api, verb: str, resource: str, group: str = "", namespace: str | None = APPS_NS,
-        subresource: str = "") -> bool:
+        subresource: str = "", name: str = "") -> bool:
     attrs = {"verb": verb, "resource": resource, "group": group}
+    if name:
+        attrs["name"] = name
     if namespace:
         attrs["namespace"] = namespace
     if subresource:
@@ -258,19 +281,21 @@ def test_the_service_account_gets_nothing_more(envtest):
               ("delete", "services", ""), ("get", "chatgateways", "chatgateway.io")]
     allowed = [d for d in denied if sar(api, d[0], d[1], d[2])]
     assert not allowed, f"the operator's ServiceAccount may do more than it needs: {allowed}"
-
-
-def operator_binary() -> Path:
-    """The operator binary: the one `cargo test --workspace` built (e2e/tests/chart.rs passes
-    it in CHATGW_OPERATOR_BIN), or, run standalone, a fresh debug build."""
-    if "CHATGW_OPERATOR_BIN" in os.environ:
-        path = Path(os.environ["CHATGW_OPERATOR_BIN"])
-    else:
-        path = ROOT / "target" / "debug" / "chat-gateway-operator"
-        subprocess.run(["cargo", "build", "-q", "-p", "chat-gateway-operator", "--bin",
-                        "chat-gateway-operator"], cwd=ROOT, check=True)
-    assert path.exists(), f"{path} is missing: cargo build -p chat-gateway-operator"
-    return path
+    # The custom metrics API: exactly its pods, reviews, Secret and two APIServices.
+    assert sar(api, "watch", "pods", namespace=None)
+    assert sar(api, "create", "subjectaccessreviews", "authorization.k8s.io", namespace=None)
+    for version in ("v1beta1", "v1beta2"):
+        assert sar(api, "update", "apiservices", "apiregistration.k8s.io", namespace=None,
+                   name=f"{version}.custom.metrics.k8s.io")
+    assert sar(api, "create", "secrets", namespace=INSTALL_NS)
+    assert sar(api, "update", "secrets", namespace=INSTALL_NS, name=CUSTOM_METRICS_SECRET)
+    assert sar(api, "get", "configmaps", namespace="kube-system", name="extension-apiserver-authentication")
+    too_much = [("update", "apiservices", "apiregistration.k8s.io", None, "v1.apps"),
+                ("create", "apiservices", "apiregistration.k8s.io", None, ""),
+                ("update", "secrets", "", INSTALL_NS, "someone-elses"),
+                ("get", "pods", "", APPS_NS, "a-pod"), ("delete", "pods", "", APPS_NS, "")]
+    allowed = [d for d in too_much if sar(api, d[0], d[1], d[2], namespace=d[3], name=d[4])]
+    assert not allowed, f"the custom metrics rules grant more than they need: {allowed}"
 
 
 def test_operator_with_the_chart_rbac_reconciles_every_example(envtest):
@@ -301,8 +326,21 @@ def test_operator_with_the_chart_rbac_reconciles_every_example(envtest):
     env = dict(os.environ, KUBECONFIG=str(kubeconfig), POD_NAMESPACE=INSTALL_NS,
                POD_NAME="operator-0", RUST_LOG="info,chat_gateway_operator=debug")
     with open(log, "w") as out:
+        # The custom metrics API on too, as the chart runs it (its Service and Secret names),
+        # on an address of this machine that the Service's Endpoints name (no kube-proxy or
+        # endpoints controller here: the test writes them, as for a pod).
+        host = host_address()
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            cm_port = probe.getsockname()[1]
+        api.apply_new({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": CUSTOM_METRICS_SERVICE},
+                       "subsets": [{"addresses": [{"ip": host}], "ports": [{"name": "https", "port": cm_port}]}]},
+                      INSTALL_NS)
         proc = subprocess.Popen([str(operator_binary()), "run", "--log-format", "text",
-                                 "--metrics-addr", f"127.0.0.1:{port}", "--lease-duration", "6s"],
+                                 "--metrics-addr", f"127.0.0.1:{port}", "--lease-duration", "6s",
+                                 "--custom-metrics-addr", f"{host}:{cm_port}",
+                                 "--custom-metrics-service", CUSTOM_METRICS_SERVICE,
+                                 "--custom-metrics-secret", CUSTOM_METRICS_SECRET],
                                 env=env, stdout=subprocess.DEVNULL, stderr=out)
     try:
         def leading():
@@ -351,6 +389,26 @@ def test_operator_with_the_chart_rbac_reconciles_every_example(envtest):
             # Only the collector's native sidecar is missing on v1.20 (a plain container).
             assert conditions["Degraded"]["reason"] in ("AsExpected", "NativeSidecarsNotSupported"), \
                 conditions["Degraded"]
+        # Under the chart's RBAC the leader created its certificate Secret and wrote its CA
+        # into both APIServices install.yaml created.
+        def ca_published():
+            secret = api.get("Secret", CUSTOM_METRICS_SECRET, INSTALL_NS)
+            if not secret:
+                return None
+            bundle = secret["data"]["ca.crt"]
+            services = [api.get("APIService", f"{v}.custom.metrics.k8s.io") for v in ("v1beta1", "v1beta2")]
+            return all(a["spec"].get("caBundle") == bundle for a in services)
+        eventually(f"the custom metrics CA in the APIServices\n(operator log: {log})", ca_published, 30)
+        # The aggregator reaches the operator through install.yaml's APIServices and Service
+        # (port name https), checks the serving certificate against that CA: Available. A
+        # metric read through it answers (no gateway pod runs here: an empty list).
+        def available():
+            conds = [(api.get("APIService", f"{v}.custom.metrics.k8s.io").get("status") or {}).get("conditions") or []
+                     for v in ("v1beta1", "v1beta2")]
+            return all(any(c["type"] == "Available" and c["status"] == "True" for c in cs) for cs in conds)
+        eventually(f"the custom metrics APIServices to become Available\n(operator log: {log})", available, 60)
+        code, body = api.request("GET", f"apis/custom.metrics.k8s.io/v1beta2/namespaces/{APPS_NS}/pods/*/chatgateway_connections")
+        assert (code, body.get("kind"), body.get("items")) == (200, "MetricValueList", []), body
         prod = api.get("Deployment", "chat", APPS_NS)
         assert prod["spec"]["replicas"] == 3, "autoscaling starts at minReplicas"
         text = log.read_text()

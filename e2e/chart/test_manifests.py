@@ -138,9 +138,16 @@ def test_install_yaml_is_crd_operator_and_rbac():
     assert docs[1] == crd()
     ns = docs[0]["metadata"]["name"]
     for d in docs[2:]:
-        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if d["kind"] in ("ClusterRole", "ClusterRoleBinding", "APIService"):
+            assert "namespace" not in d["metadata"], d["metadata"]
+        elif d["metadata"]["name"].endswith("-auth-reader"):
+            # The one object outside: the binding to the front-proxy CA reader role.
+            assert (d["kind"], d["metadata"]["namespace"]) == ("RoleBinding", "kube-system")
+        else:
             assert d["metadata"]["namespace"] == ns, d["metadata"]
         assert d["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubectl"
+    # APIServices last: their Service exists when the aggregator first checks them.
+    assert kinds[-2:] == ["APIService", "APIService"]
 
 
 def test_redis_is_clearly_not_for_production():

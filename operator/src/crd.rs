@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{
     TopologySpreadConstraint,
 };
 use k8s_openapi::api::networking::v1::{NetworkPolicyEgressRule, NetworkPolicyPeer};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -67,6 +67,11 @@ pub const OLD_VERSION: &str = "v1alpha1";
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
         priority = 1
+    ),
+    printcolumn(
+        name = "Connections-Per-Pod",
+        type_ = "integer",
+        json_path = ".status.connections.perPod"
     ),
     printcolumn(
         name = "Connections-Target",
@@ -493,6 +498,33 @@ pub struct ChatGatewayStatus {
     /// Label selector of the pods, for the scale subresource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// Open connections the operator reads from the pods (what an HPA on
+    /// `chatgateway_connections` sees); written by the custom metrics API's reporter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<ConnectionsStatus>,
+}
+
+/// Open WebSocket connections per the pods' own `chatgateway_connections` gauges, as the
+/// operator's custom metrics API serves them.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionsStatus {
+    /// Average over the pods read: the value an HPA compares with
+    /// `targetConnectionsPerPod`. Absent when no pod could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_pod: Option<i64>,
+    /// Sum over the pods read.
+    #[serde(default)]
+    pub total: i64,
+    /// Running pods whose /metrics was read.
+    #[serde(default)]
+    pub pods_read: i32,
+    /// Running pods that could not be read: left out of `total` and `perPod`.
+    #[serde(default)]
+    pub pods_unread: i32,
+    /// When the pods were read (refreshed at least every 5 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<Time>,
 }
 
 #[cfg(test)]

@@ -10,6 +10,15 @@ use tokio::net::TcpListener;
 
 /// Serves the endpoints on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Metrics) {
+    serve_with_readiness(listener, metrics, || true).await
+}
+
+/// Like [`serve`], with `/readyz` answering 503 while `ready()` is false (a replica
+/// serving the custom metrics API is ready once it has its certificate).
+pub async fn serve_with_readiness<R>(listener: TcpListener, metrics: Metrics, ready: R)
+where
+    R: Fn() -> bool + Clone + Send + Sync + 'static,
+{
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(conn) => conn,
@@ -20,9 +29,10 @@ pub async fn serve(listener: TcpListener, metrics: Metrics) {
                 continue;
             }
         };
-        let metrics = metrics.clone();
+        let (metrics, ready) = (metrics.clone(), ready.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(req, metrics.clone()));
+            let service =
+                hyper::service::service_fn(move |req| handle(req, metrics.clone(), ready()));
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await
@@ -36,6 +46,7 @@ pub async fn serve(listener: TcpListener, metrics: Metrics) {
 async fn handle(
     req: Request<Incoming>,
     metrics: Metrics,
+    ready: bool,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, content_type, body) = match req.uri().path() {
         "/metrics" => (
@@ -43,7 +54,13 @@ async fn handle(
             "text/plain; version=0.0.4",
             metrics.render(),
         ),
-        "/healthz" | "/readyz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/readyz" if ready => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: no custom metrics serving certificate yet\n".to_string(),
+        ),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

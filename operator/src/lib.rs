@@ -5,6 +5,7 @@ pub mod builders;
 pub mod children;
 pub mod controller;
 pub mod crd;
+pub mod custom_metrics;
 pub mod deletion_cost;
 pub mod error;
 pub mod handoff;

@@ -1,6 +1,7 @@
 //! `chat-gateway-operator`: runs the controller, or renders a ChatGateway's children.
 
 use anyhow::Context as _;
+use chat_gateway_operator::custom_metrics::{self, CustomMetrics};
 use chat_gateway_operator::leader::LeaderElector;
 use chat_gateway_operator::metrics::Metrics;
 use chat_gateway_operator::reconcile::{Context, ServedKinds};
@@ -22,7 +23,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the controller (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the objects the operator would apply for the ChatGateway(s) in a file.
     Render {
         /// YAML file with one or more ChatGateway documents; `-` reads standard input.
@@ -67,6 +68,9 @@ struct RunArgs {
     /// matching this operator.
     #[arg(long, env = "OPERATOR_GATEWAY_IMAGE")]
     gateway_image: Option<String>,
+    /// The custom metrics API (served when --custom-metrics-addr is set).
+    #[command(flatten)]
+    custom_metrics: custom_metrics::Args,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -103,7 +107,7 @@ fn main() -> anyhow::Result<()> {
             print!("{}", chat_gateway_operator::crd_yaml()?);
             Ok(())
         }
-        Some(Command::Run(args)) => run(args),
+        Some(Command::Run(args)) => run(*args),
         None => run(RunArgs::parse_from(["run"])),
     }
 }
@@ -147,22 +151,38 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
         tracing::warn!("the cluster serves no HorizontalPodAutoscaler or PodDisruptionBudget version the operator writes; affected ChatGateways will report it in their Degraded condition");
     }
     let metrics = Metrics::new();
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
-        .with_context(|| format!("binding {}", args.metrics_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
-    tokio::spawn(chat_gateway_operator::http::serve(
-        listener,
-        metrics.clone(),
-    ));
-
-    let identity = args.identity.clone().unwrap_or_else(|| {
-        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("operator-{}", std::process::id()))
-    });
     let namespace = args
         .lease_namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_string());
+    // Every replica serves the custom metrics API, leader or not (custom_metrics docs).
+    let custom_metrics = match args.custom_metrics.addr {
+        Some(_) => Some(
+            CustomMetrics::start(client.clone(), &args.custom_metrics, &namespace, &metrics)
+                .await
+                .context("starting the custom metrics API")?,
+        ),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
+    match &custom_metrics {
+        Some(cm) => tokio::spawn(chat_gateway_operator::http::serve_with_readiness(
+            listener,
+            metrics.clone(),
+            cm.readiness(),
+        )),
+        None => tokio::spawn(chat_gateway_operator::http::serve(
+            listener,
+            metrics.clone(),
+        )),
+    };
+
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("operator-{}", std::process::id()))
+    });
     let elector = LeaderElector::new(
         client.clone(),
         &namespace,
@@ -186,6 +206,7 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
     }
     tracing::info!(%identity, lease = %format!("{namespace}/{}", args.lease_name), "leading");
 
+    let leading = custom_metrics.as_ref().map(|cm| cm.lead(&identity));
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
     let ctx = Arc::new(
         Context::new(client.clone(), served, metrics, Some(identity.clone()))
@@ -223,6 +244,7 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
     };
     let _ = lost_tx.send(());
     let _ = controller.await;
+    drop(leading);
     if lost {
         anyhow::bail!("lost the leader lease; exiting so a fresh replica can stand by");
     }

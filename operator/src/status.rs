@@ -200,6 +200,7 @@ pub fn desired(cgw: &ChatGateway, seen: &Observed, selector: &str) -> ChatGatewa
         replicas: Some(seen.replicas),
         ready_replicas: Some(seen.ready),
         selector: Some(selector.to_string()),
+        connections: None,
     }
 }
 
@@ -237,6 +238,7 @@ pub fn failed(cgw: &ChatGateway, reason: &str, message: &str, selector: &str) ->
         replicas: old.replicas,
         ready_replicas: old.ready_replicas,
         selector: Some(selector.to_string()),
+        connections: None,
     }
 }
 

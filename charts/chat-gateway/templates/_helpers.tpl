@@ -75,3 +75,32 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "chat-gateway.gatewayImage" -}}
 {{- printf "%s:%s" .Values.chatGateway.image.repository (default .Chart.AppVersion .Values.chatGateway.image.tag) -}}
 {{- end -}}
+
+{{/* The Service in front of the operator's custom metrics API. */}}
+{{- define "chat-gateway.customMetricsService" -}}
+{{- printf "%s-custom-metrics" (include "chat-gateway.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The Secret holding the custom metrics API's CA and serving certificate. */}}
+{{- define "chat-gateway.customMetricsSecret" -}}
+{{- printf "%s-custom-metrics-tls" (include "chat-gateway.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* "namespace/service" of another provider owning a custom.metrics.k8s.io APIService
+     (install-time lookup), or nothing. Without a cluster (helm template) lookup finds nothing. */}}
+{{- define "chat-gateway.customMetricsOtherProvider" -}}
+{{- $ours := include "chat-gateway.customMetricsService" . -}}
+{{- $found := list -}}
+{{- range $version := list "v1beta1" "v1beta2" -}}
+{{- $a := lookup "apiregistration.k8s.io/v1" "APIService" "" (printf "%s.custom.metrics.k8s.io" $version) -}}
+{{- if $a -}}
+{{- $svc := dig "spec" "service" dict $a -}}
+{{- if not $svc -}}
+{{- $found = append $found (printf "%s: local" $version) -}}
+{{- else if not (and (eq (dig "namespace" "" $svc) $.Release.Namespace) (eq (dig "name" "" $svc) $ours)) -}}
+{{- $found = append $found (printf "%s: %s/%s" $version (dig "namespace" "" $svc) (dig "name" "" $svc)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- join ", " $found -}}
+{{- end -}}

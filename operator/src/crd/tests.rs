@@ -116,6 +116,7 @@ fn subresources_and_columns() {
                 "Replicas",
                 "Ready-Replicas",
                 "Reason",
+                "Connections-Per-Pod",
                 "Connections-Target",
                 "Age"
             ]
