@@ -256,16 +256,12 @@ async fn apply_all(cgw: &ChatGateway, ctx: &Context) -> Result<Action> {
         deleted(ctx, cgw, &format!("ConfigMap {collector_name}")).await;
     }
 
-    match &children.network_policy {
-        Some(policy) => {
-            apply(&policies, policy).await?;
-        }
-        None if cgw.spec.network_policy.is_some() => {
-            if children::delete_owned(&policies, name, &policy_found).await? {
-                deleted(ctx, cgw, &format!("NetworkPolicy {name}")).await;
-            }
-        }
-        None => {}
+    if let Some(policy) = &children.network_policy {
+        apply(&policies, policy).await?;
+    } else if cgw.spec.network_policy.is_some()
+        && children::delete_owned(&policies, name, &policy_found).await?
+    {
+        deleted(ctx, cgw, &format!("NetworkPolicy {name}")).await;
     }
 
     let mut seen = Observed::from_deployment(&deployment);
