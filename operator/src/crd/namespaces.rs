@@ -4,9 +4,9 @@
 //! are the gateway's own validation, run by the operator before anything is applied.
 //!
 //! The gateway writes the default namespace as `prefix: ""`. The CRD gives it a field of
-//! its own instead: API servers before 1.2x validate `""` in a non-nullable string as null
-//! and refuse it (a real v1.20.2 apiserver says "prefix in body must be of type string:
-//! \"null\""), and a list keyed by `prefix` needs the key non-null.
+//! its own instead: some API servers (v1.20.2, found by e2e/chart/test_envtest.py) validate `""`
+//! in a non-nullable string as null and refuse the object ("prefix in body must be of type
+//! string: \"null\""), and a list keyed by `prefix` needs a non-null key.
 
 use super::RetentionSpec;
 use schemars::JsonSchema;
