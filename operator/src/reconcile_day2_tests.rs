@@ -7,7 +7,7 @@ use super::*;
 const REDIS: &str =
     "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, redis: {urlSecretRef: {name: redis, key: url}}}";
 
-pub(crate) fn redis_secret() -> Step {
+fn redis_secret() -> Step {
     ok_with(
         Method::GET,
         &format!("{NS}/secrets/redis"),

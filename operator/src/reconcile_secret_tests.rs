@@ -2,43 +2,45 @@
 //! needs new pods hashed onto the template, the key set checked but left out of the hash, and
 //! a missing or unusable key reported instead of applied.
 
-use super::day2::redis_secret;
 use super::*;
+
+/// The reads of FULL's three Secrets (Redis URL, HS256 key, key set), in order.
+fn full_secrets(jwt_key: &str, jwks: &str) -> Vec<Step> {
+    [
+        ("redis", "url", "redis://r:6379"),
+        ("jwt", "secret", jwt_key),
+        ("jwks", "jwks.json", jwks),
+    ]
+    .into_iter()
+    .map(|(name, key, value)| {
+        ok_with(
+            Method::GET,
+            &format!("{NS}/secrets/{name}"),
+            secret(name, key, value),
+        )
+    })
+    .collect()
+}
+
+/// Everything a new FULL gateway applies after its Secrets were read.
+fn full_applies() -> Vec<Step> {
+    vec![
+        step(Method::PATCH, CM),
+        step(Method::PATCH, DEPLOY),
+        handover(DEPLOY),
+        step(Method::PATCH, SVC),
+        step(Method::PATCH, HPA),
+        step(Method::PATCH, PDB),
+        step(Method::PATCH, STATUS),
+    ]
+}
 
 #[tokio::test]
 async fn full_spec_checks_secrets_then_applies_hpa_and_pdb() {
     let (ctx, handle) = context(ServedKinds::ALL, false);
-    let secrets = vec![
-        ok_with(
-            Method::GET,
-            &format!("{NS}/secrets/redis"),
-            secret("redis", "url", "redis://r:6379"),
-        ),
-        ok_with(
-            Method::GET,
-            &format!("{NS}/secrets/jwt"),
-            secret("jwt", "secret", JWT_KEY),
-        ),
-        ok_with(
-            Method::GET,
-            &format!("{NS}/secrets/jwks"),
-            secret("jwks", "jwks.json", JWKS),
-        ),
-    ];
     let server = serve(
         handle,
-        with(
-            with(secrets, lookups()),
-            vec![
-                step(Method::PATCH, CM),
-                step(Method::PATCH, DEPLOY),
-                handover(DEPLOY),
-                step(Method::PATCH, SVC),
-                step(Method::PATCH, HPA),
-                step(Method::PATCH, PDB),
-                step(Method::PATCH, STATUS),
-            ],
-        ),
+        with(with(full_secrets(JWT_KEY, JWKS), lookups()), full_applies()),
     );
     reconcile(Arc::new(cgw(FULL)), ctx)
         .await
@@ -88,23 +90,7 @@ async fn a_key_the_gateway_would_refuse_is_degraded_and_nothing_is_applied() {
         ),
     ] {
         let (ctx, handle) = context(ServedKinds::ALL, true);
-        let mut steps = vec![
-            ok_with(
-                Method::GET,
-                &format!("{NS}/secrets/redis"),
-                secret("redis", "url", "redis://r:6379"),
-            ),
-            ok_with(
-                Method::GET,
-                &format!("{NS}/secrets/jwt"),
-                secret("jwt", "secret", jwt),
-            ),
-            ok_with(
-                Method::GET,
-                &format!("{NS}/secrets/jwks"),
-                secret("jwks", "jwks.json", jwks),
-            ),
-        ];
+        let mut steps = full_secrets(jwt, jwks);
         steps.truncate(reads);
         let server = serve(
             handle,
@@ -185,33 +171,9 @@ async fn secret_without_the_key_is_degraded() {
 
 async fn deployment_with_keys(jwt_key: &str, jwks: &str) -> Value {
     let (ctx, handle) = context(ServedKinds::ALL, false);
-    let secrets = vec![
-        redis_secret(),
-        ok_with(
-            Method::GET,
-            &format!("{NS}/secrets/jwt"),
-            secret("jwt", "secret", jwt_key),
-        ),
-        ok_with(
-            Method::GET,
-            &format!("{NS}/secrets/jwks"),
-            secret("jwks", "jwks.json", jwks),
-        ),
-    ];
     let server = serve(
         handle,
-        with(
-            with(secrets, lookups()),
-            vec![
-                step(Method::PATCH, CM),
-                step(Method::PATCH, DEPLOY),
-                handover(DEPLOY),
-                step(Method::PATCH, SVC),
-                step(Method::PATCH, HPA),
-                step(Method::PATCH, PDB),
-                step(Method::PATCH, STATUS),
-            ],
-        ),
+        with(with(full_secrets(jwt_key, jwks), lookups()), full_applies()),
     );
     reconcile(Arc::new(cgw(FULL)), ctx)
         .await
