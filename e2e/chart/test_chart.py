@@ -179,6 +179,7 @@ BAD = {
     "writable-root.yaml": "readOnlyRootFilesystem",
     "bad-pull-policy.yaml": "pullPolicy",
     "bad-instance-name.yaml": "name",
+    "short-jwt-secret.yaml": "jwtSecret",
 }
 
 

@@ -232,6 +232,10 @@ def test_helm_install_with_the_real_helm_engine(envtest):
     assert "Another provider already serves custom.metrics.k8s.io" in text, "NOTES say so"
     assert api.get("Service", "cg-helm-chat-gateway-custom-metrics", HELM_NS) is not None
     assert cgw["spec"]["image"].startswith("ghcr.io/chatgateway/chat-gateway:")
+    # Its demo key, created by the release, is the Secret the ChatGateway names.
+    ref = cgw["spec"]["gateway"]["auth"]["jwt"]["secretRef"]
+    secret = api.get("Secret", ref["name"], HELM_NS)
+    assert secret is not None and ref["key"] in secret["data"], ref
     # A bad values file fails the install action with the schema's message.
     config = helm.Config(kubeconfig_path=envtest["kubeconfig"], namespace=HELM_NS)
     try:
@@ -318,6 +322,7 @@ def test_operator_with_the_chart_rbac_reconciles_every_example(envtest):
     for obj in yaml_docs(MANIFESTS / "redis" / "redis.yaml"):
         if obj["kind"] == "Secret":  # the chat-redis Secret the production example uses
             api.apply_new(obj, APPS_NS)
+    # What production.yaml's comments tell users to create (`openssl rand -hex 32`).
     api.apply_new({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "chat-jwt"},
                    "stringData": {"secret": "0123456789abcdef0123456789abcdef"}}, APPS_NS)
 
@@ -351,10 +356,12 @@ def test_operator_with_the_chart_rbac_reconciles_every_example(envtest):
 
         expected = {}
         for example in sorted((MANIFESTS / "examples").glob("*.yaml")):
+            # `kubectl apply -f example`: the demo examples carry their JWT Secret.
             for obj in yaml_docs(example):
-                assert obj["kind"] == "ChatGateway", example
+                assert obj["kind"] in ("ChatGateway", "Secret"), example
                 created = api.apply_new(obj, APPS_NS)
-                expected[(APPS_NS, obj["metadata"]["name"])] = created
+                if obj["kind"] == "ChatGateway":
+                    expected[(APPS_NS, obj["metadata"]["name"])] = created
         expected[(HELM_NS, "chat-demo")] = api.get("ChatGateway", "chat-demo", HELM_NS)
         assert len(expected) >= 3
 

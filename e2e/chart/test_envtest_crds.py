@@ -65,7 +65,7 @@ def test_install_creates_the_crd_with_labels_and_keep(envtest, config):  # noqa:
 def test_upgrade_then_adds_the_chatgateway(envtest, config):  # noqa: F811
     api = envtest["admin"]
     helm_upgrade(config, "cg", {"chatGateway": {"enabled": True, "name": "chat-demo",
-                                                "spec": {"gateway": {"auth": {"mode": "insecure"}}}}}, NS)
+                                                "spec": {"gateway": {"auth": {"mode": "insecure", "dangerouslyAllowInsecureOnNetwork": True}}}}}, NS)
     cgw = api.get("ChatGateway", "chat-demo", NS)
     assert cgw is not None, "the upgrade created the ChatGateway"
     assert cgw["metadata"]["labels"]["app.kubernetes.io/instance"] == "cg"

@@ -7,7 +7,9 @@
 //!   the newest known version, ChatGateways valid against the CRD schema, RBAC exactly the
 //!   documented needs, chart CRD == crds/, manifests fresh, Dockerfile lint; the
 //!   PrometheusRule through `promtool check rules` and `promtool test rules` (each alert
-//!   fires on its synthetic series, none on healthy ones).
+//!   fires on its synthetic series, none on healthy ones); every example's documented
+//!   test token (`chat-gateway token`, in the pod and locally) accepted by the real gateway
+//!   binary running the config the operator renders for it.
 //! - `chart_and_manifests_against_a_real_apiserver`: `kubectl apply` of
 //!   manifests/install.yaml on a fresh kube-apiserver (e2e/k8s/envtest.sh), `helm install`,
 //!   and the operator binary under exactly the chart's RBAC reconciling every example; on a
@@ -60,6 +62,11 @@ fn pytest(args: &[&str]) {
     if let Some(bin) = operator_binary() {
         cmd.env("CHATGW_OPERATOR_BIN", bin);
     }
+    // Rebuilt first when stale (`cargo test -p e2e` alone builds no other package's binary).
+    cmd.env(
+        "CHATGW_GATEWAY_BIN",
+        e2e::process::workspace_bin("chat-gateway"),
+    );
     let out = cmd.output().expect("run pytest");
     let report = format!(
         "{}{}",
@@ -76,6 +83,7 @@ fn chart_and_manifests_render_and_validate() {
         "e2e/chart/test_chart.py",
         "e2e/chart/test_manifests.py",
         "e2e/chart/test_alerts.py",
+        "e2e/chart/test_example_tokens.py",
     ]);
 }
 

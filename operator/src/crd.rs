@@ -6,10 +6,14 @@
 //! of in the loop; `crate::validate` repeats the CEL rules for API servers without CEL.
 //! Schema defaults spell out what the builders default to, so `kubectl explain` shows them.
 
+mod auth;
 mod gateway;
+mod namespaces;
 mod versions;
 
+pub use auth::*;
 pub use gateway::*;
+pub use namespaces::*;
 pub use versions::crd;
 
 use k8s_openapi::api::core::v1::{

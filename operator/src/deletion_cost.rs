@@ -273,7 +273,7 @@ mod tests {
         let server = serve(handle, vec![ok_with(Method::GET, pods_path, list), patch]);
         let written = update_gateway(
             &ctx.client,
-            &cgw("gateway: {auth: {mode: insecure}}"),
+            &cgw("gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}"),
             addr.port(),
         )
         .await

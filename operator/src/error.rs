@@ -18,6 +18,18 @@ pub enum Error {
         /// Key expected in it.
         key: String,
     },
+    /// A referenced Secret key holds a value the gateway would refuse.
+    #[error("secret {name:?} key {key:?} in namespace {namespace:?}: {problem}")]
+    SecretValue {
+        /// Namespace of the Secret.
+        namespace: String,
+        /// Secret name.
+        name: String,
+        /// The key.
+        key: String,
+        /// What is wrong with the value (never the value).
+        problem: String,
+    },
     /// A child's name is taken by an object this ChatGateway does not own; the operator
     /// never adopts or overwrites it.
     #[error("{kind} {namespace}/{name} exists and is not owned by this ChatGateway ({owner}); the operator does not take it over: delete or rename it")]
@@ -51,6 +63,7 @@ impl Error {
         match self {
             Error::InvalidSpec(_) => "InvalidSpec",
             Error::SecretRef { .. } => "SecretNotFound",
+            Error::SecretValue { .. } => "InvalidSecret",
             Error::NotOwned { .. } => "NotOwned",
             Error::MissingObjectKey(_) => "InvalidObject",
             Error::Kube(_) => "ApiError",
@@ -64,7 +77,9 @@ impl Error {
     pub fn retry_after(&self) -> Duration {
         match self {
             Error::Kube(_) | Error::Timeout(_) => Duration::from_secs(2),
-            Error::SecretRef { .. } | Error::NotOwned { .. } => Duration::from_secs(10),
+            Error::SecretRef { .. } | Error::SecretValue { .. } | Error::NotOwned { .. } => {
+                Duration::from_secs(10)
+            }
             _ => Duration::from_secs(60),
         }
     }

@@ -11,6 +11,8 @@ use serde_json::{json, Value};
 
 #[path = "reconcile_day2_tests.rs"]
 mod day2;
+#[path = "reconcile_secret_tests.rs"]
+mod secrets;
 #[path = "reconcile_sidecar_tests.rs"]
 mod sidecars;
 
@@ -196,6 +198,11 @@ pub(crate) fn owned(path: &str, name: &str) -> Step {
     )
 }
 
+/// An HS256 secret the gateway accepts (32 bytes).
+pub(crate) const JWT_KEY: &str = "0123456789abcdef0123456789abcdef";
+/// A key set with one key.
+pub(crate) const JWKS: &str = r#"{"keys": [{"kty": "oct", "kid": "k1", "k": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}]}"#;
+
 pub(crate) fn secret(name: &str, key: &str, value: &str) -> Value {
     use k8s_openapi::ByteString;
     json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "apps"},
@@ -225,7 +232,7 @@ pub(crate) fn paths(seen: &[(String, Value)]) -> Vec<&str> {
     seen.iter().map(|(p, _)| p.as_str()).collect()
 }
 
-fn with(mut steps: Vec<Step>, rest: Vec<Step>) -> Vec<Step> {
+pub(crate) fn with(mut steps: Vec<Step>, rest: Vec<Step>) -> Vec<Step> {
     steps.extend(rest);
     steps
 }
@@ -286,70 +293,6 @@ async fn create_applies_children_and_writes_status() {
 }
 
 #[tokio::test]
-async fn full_spec_checks_secrets_then_applies_hpa_and_pdb() {
-    let (ctx, handle) = context(ServedKinds::ALL, false);
-    let secrets = vec![
-        ok_with(
-            Method::GET,
-            &format!("{NS}/secrets/redis"),
-            secret("redis", "url", "redis://r:6379"),
-        ),
-        ok_with(
-            Method::GET,
-            &format!("{NS}/secrets/jwt"),
-            secret("jwt", "secret", "k1"),
-        ),
-    ];
-    let server = serve(
-        handle,
-        with(
-            with(secrets, lookups()),
-            vec![
-                step(Method::PATCH, CM),
-                step(Method::PATCH, DEPLOY),
-                handover(DEPLOY),
-                step(Method::PATCH, SVC),
-                step(Method::PATCH, HPA),
-                step(Method::PATCH, PDB),
-                step(Method::PATCH, STATUS),
-            ],
-        ),
-    );
-    reconcile(Arc::new(cgw(FULL)), ctx)
-        .await
-        .expect("reconcile");
-    let seen = server.await.expect("server");
-    let hpa = &seen[12].1;
-    assert_eq!(
-        hpa["spec"]["metrics"][0]["pods"]["metric"]["name"],
-        "chatgateway_connections"
-    );
-    // A new autoscaled Deployment starts at minReplicas, and the count is handed over.
-    assert_eq!(seen[9].1["spec"]["replicas"], 3);
-    assert_eq!(
-        seen[10].1,
-        json!({"apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "chat"}, "spec": {"replicas": 3}})
-    );
-    let annotations = &seen[9].1["spec"]["template"]["metadata"]["annotations"];
-    let redis = crate::crd::SecretKeyRef {
-        name: "redis".into(),
-        key: "url".into(),
-    };
-    let jwt = crate::crd::SecretKeyRef {
-        name: "jwt".into(),
-        key: "secret".into(),
-    };
-    assert_eq!(
-        annotations["chatgateway.io/secret-hash"],
-        crate::secrets::digest(
-            &[&redis, &jwt],
-            &[b"redis://r:6379".to_vec(), b"k1".to_vec()]
-        )
-    );
-}
-
-#[tokio::test]
 async fn disabled_pdb_is_deleted_only_as_the_object_it_owns() {
     let (ctx, handle) = context(ServedKinds::ALL, false);
     let mut steps = lookups();
@@ -371,72 +314,13 @@ async fn disabled_pdb_is_deleted_only_as_the_object_it_owns() {
             ],
         ),
     );
-    let c = cgw("gateway: {auth: {mode: insecure}}\ndisruptionBudget: {enabled: false}");
+    let c = cgw("gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\ndisruptionBudget: {enabled: false}");
     reconcile(Arc::new(c), ctx).await.expect("reconcile");
     let seen = server.await.expect("server");
     assert_eq!(
         seen[9].1["preconditions"]["uid"], "chat-child-uid",
         "a child recreated by someone else in the meantime is not deleted"
     );
-}
-
-#[tokio::test]
-async fn missing_secret_is_degraded_with_an_event_and_backs_off() {
-    let (ctx, handle) = context(ServedKinds::ALL, true);
-    let server = serve(
-        handle,
-        vec![
-            not_found(Method::GET, &format!("{NS}/secrets/redis")),
-            step(Method::POST, EVENTS),
-            step(Method::PATCH, STATUS),
-        ],
-    );
-    let c = Arc::new(cgw(FULL));
-    let err = reconcile(c.clone(), ctx.clone()).await.unwrap_err();
-    assert!(
-        matches!(err, Error::SecretRef { ref name, .. } if name == "redis"),
-        "{err}"
-    );
-    let seen = server.await.expect("server");
-    let event = &seen[1].1;
-    assert_eq!(
-        (event["type"].as_str(), event["reason"].as_str()),
-        (Some("Warning"), Some("SecretNotFound"))
-    );
-    assert_eq!(event["regarding"]["name"], "chat");
-    let status = &seen[2].1;
-    assert_eq!(condition(status, "Degraded"), ("True", "SecretNotFound"));
-    assert_eq!(condition(status, "Reconciled"), ("False", "SecretNotFound"));
-    // A failure says nothing new about the pods: never reconciled, so Unknown.
-    assert_eq!(condition(status, "Ready"), ("Unknown", "NotReconciled"));
-    // Exponential backoff per gateway.
-    let first = error_policy(c.clone(), &err, ctx.clone());
-    let second = error_policy(c.clone(), &err, ctx.clone());
-    assert_eq!(first, Action::requeue(Duration::from_secs(10)));
-    assert_eq!(second, Action::requeue(Duration::from_secs(20)));
-    assert!(ctx
-        .metrics
-        .render()
-        .contains("reason=\"SecretNotFound\"} 1"));
-}
-
-#[tokio::test]
-async fn secret_without_the_key_is_degraded() {
-    let (ctx, handle) = context(ServedKinds::ALL, false);
-    let server = serve(
-        handle,
-        vec![
-            ok_with(
-                Method::GET,
-                &format!("{NS}/secrets/redis"),
-                secret("redis", "other", "x"),
-            ),
-            step(Method::PATCH, STATUS),
-        ],
-    );
-    let err = reconcile(Arc::new(cgw(FULL)), ctx).await.unwrap_err();
-    assert_eq!(err.reason(), "SecretNotFound");
-    server.await.expect("server");
 }
 
 #[tokio::test]
@@ -472,11 +356,11 @@ async fn a_spec_that_cannot_work_touches_no_child() {
     for (spec, want) in [
         ("{}", "spec.gateway.auth is required"),
         (
-            "gateway: {auth: {mode: insecure}}\nreplicas: 3",
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nreplicas: 3",
             "needs gateway.redis",
         ),
         (
-            "gateway: {auth: {mode: insecure}}\nsidecars: [{name: gateway, image: x}]",
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nsidecars: [{name: gateway, image: x}]",
             "sidecars[0].name",
         ),
     ] {

@@ -44,7 +44,7 @@ mod tests {
     fn renders_each_gateway_and_skips_other_kinds() {
         let input = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n---\n\
             apiVersion: chatgateway.io/v1beta1\nkind: ChatGateway\nmetadata: {name: a}\n\
-            spec: {gateway: {auth: {mode: insecure}}}\n";
+            spec: {gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}}\n";
         let out = render(input, "ns1").expect("render");
         assert_eq!(out.matches("kind: Deployment").count(), 1);
         assert!(out.contains("namespace: ns1"));

@@ -1,44 +1,85 @@
-//! The Secrets a ChatGateway references: checked and hashed on every reconcile, watched so
-//! that a rotated key rolls the pods and a Secret created late is picked up at once.
+//! The Secrets a ChatGateway references: checked on every reconcile, partly hashed, and
+//! watched so that a rotated key takes effect and a Secret created late is picked up at once.
 //!
-//! The gateway reads its keys once, at start (the Redis URL from the environment, the JWT
-//! key from a mounted file), so a rotation only reaches it through new pods. The hash of
-//! every referenced key goes on the pod template: a changed key changes the template and
-//! the Deployment rolls the pods through the normal drain. The operator never copies a
-//! Secret's value anywhere; the hash is one-way and covers all keys at once.
+//! The gateway reads the Redis URL from its environment, once, at start, so a new URL only
+//! reaches it through new pods; a single JWT key (`secretRef`, `publicKeySecretRef`) is a
+//! hard cut-over that new pods make at once everywhere. The hash of those keys goes on the
+//! pod template: a changed key changes the template and the Deployment rolls the pods
+//! through the normal drain. A key set (`jwksSecretRef`) is left out of the hash: the
+//! kubelet rewrites the mounted file when the Secret changes and every gateway re-reads it
+//! (`auth.jwt.reloadInterval`), so keys rotate with no rollout and no reconnects. The
+//! operator never copies a Secret's value anywhere; the hash is one-way.
+//!
+//! What the operator can see of a value it checks, so a key the gateway would refuse is
+//! reported on the ChatGateway instead of as crash-looping pods: an HS256 secret's length,
+//! and that a key set is a JWKS document whose keys have a `kid` (the gateway still checks
+//! the key material itself, at start and at every reload).
 
-use crate::crd::{ChatGateway, ChatGatewaySpec, SecretKeyRef};
+use crate::builders::auth::key_files;
+use crate::crd::{ChatGateway, ChatGatewaySpec, JwtAlgorithmSpec, SecretKeyRef};
 use crate::error::{Error, Result};
+use chat_gateway_config::MIN_HS256_SECRET;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, ResourceExt};
 use sha2::{Digest, Sha256};
 
-/// Every Secret key the spec references, in a fixed order.
-pub fn refs(spec: &ChatGatewaySpec) -> Vec<&SecretKeyRef> {
-    let g = spec.gateway.as_ref();
-    let jwt = g.and_then(|g| g.auth.as_ref()).and_then(|a| a.jwt.as_ref());
-    [
-        g.and_then(|g| g.redis.as_ref()).map(|r| &r.url_secret_ref),
-        jwt.and_then(|j| j.secret_ref.as_ref()),
-        jwt.and_then(|j| j.public_key_secret_ref.as_ref()),
-    ]
-    .into_iter()
-    .flatten()
-    .collect()
+/// What a referenced Secret key holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// The `redis://` URL.
+    RedisUrl,
+    /// The HS256 shared secret (checked only when the algorithm is HS256).
+    Hs256Secret {
+        /// Whether HS256 is the configured algorithm.
+        in_use: bool,
+    },
+    /// A PEM public key.
+    PublicKey,
+    /// A JSON Web Key Set.
+    KeySet,
 }
 
-/// Reads every referenced key and returns the hash of their values (`None` when the spec
-/// references none); fails with [`Error::SecretRef`] for a missing Secret or key.
+impl Purpose {
+    /// Whether a change of the value needs new pods (and so goes into the hash).
+    pub fn rolls_pods(self) -> bool {
+        self != Purpose::KeySet
+    }
+}
+
+/// Every Secret key the spec references and what for, in a fixed order.
+pub fn refs(spec: &ChatGatewaySpec) -> Vec<(&SecretKeyRef, Purpose)> {
+    let g = spec.gateway.as_ref();
+    let jwt = g.and_then(|g| g.auth.as_ref()).and_then(|a| a.jwt.as_ref());
+    let hs256 = jwt
+        .is_some_and(|j| j.algorithm.unwrap_or(JwtAlgorithmSpec::HS256) == JwtAlgorithmSpec::HS256);
+    let redis = g
+        .and_then(|g| g.redis.as_ref())
+        .map(|r| (&r.url_secret_ref, Purpose::RedisUrl));
+    let keys = key_files(spec).into_iter().map(|k| {
+        let purpose = match k.volume {
+            "jwt-secret" => Purpose::Hs256Secret { in_use: hs256 },
+            "jwt-jwks" => Purpose::KeySet,
+            _ => Purpose::PublicKey,
+        };
+        (k.secret, purpose)
+    });
+    redis.into_iter().chain(keys).collect()
+}
+
+/// Reads every referenced key, checks what it can of each value, and returns the hash of
+/// the values whose change needs new pods (`None` when there are none). Fails with
+/// [`Error::SecretRef`] for a missing Secret or key, [`Error::SecretValue`] for a value the
+/// gateway would refuse.
 pub async fn hash(client: &Client, ns: &str, spec: &ChatGatewaySpec) -> Result<Option<String>> {
     let refs = refs(spec);
     if refs.is_empty() {
         return Ok(None);
     }
     let secrets = Api::<Secret>::namespaced(client.clone(), ns);
-    let mut values = Vec::with_capacity(refs.len());
-    for r in &refs {
+    let (mut hashed, mut values) = (Vec::new(), Vec::new());
+    for (r, purpose) in &refs {
         let value = secrets
             .get_opt(&r.name)
             .await?
@@ -51,9 +92,53 @@ pub async fn hash(client: &Client, ns: &str, spec: &ChatGatewaySpec) -> Result<O
                 key: r.key.clone(),
             });
         };
-        values.push(value.0);
+        check(*purpose, &value.0).map_err(|problem| Error::SecretValue {
+            namespace: ns.into(),
+            name: r.name.clone(),
+            key: r.key.clone(),
+            problem,
+        })?;
+        if purpose.rolls_pods() {
+            hashed.push(*r);
+            values.push(value.0);
+        }
     }
-    Ok(Some(digest(&refs, &values)))
+    Ok((!hashed.is_empty()).then(|| digest(&hashed, &values)))
+}
+
+/// What the operator can tell about a value without the gateway's key parsers.
+pub fn check(purpose: Purpose, value: &[u8]) -> Result<(), String> {
+    match purpose {
+        Purpose::Hs256Secret { in_use: true } => {
+            // The gateway ignores a trailing newline (`echo secret > file`).
+            let len = value
+                .iter()
+                .rposition(|b| !matches!(b, b'\n' | b'\r'))
+                .map_or(0, |last| last + 1);
+            if len < MIN_HS256_SECRET {
+                return Err(format!(
+                    "the HS256 secret is {len} bytes; the gateway needs at least {MIN_HS256_SECRET} (it would refuse to start): e.g. `openssl rand -hex 32`"
+                ));
+            }
+        }
+        Purpose::KeySet => {
+            let doc: serde_json::Value = serde_json::from_slice(value)
+                .map_err(|e| format!("not a JSON Web Key Set (JSON): {e}"))?;
+            let Some(keys) = doc.get("keys").and_then(|k| k.as_array()) else {
+                return Err("not a JSON Web Key Set: no `keys` array".into());
+            };
+            if keys.is_empty() {
+                return Err("the key set has no keys".into());
+            }
+            if let Some(i) = keys.iter().position(|k| !k["kid"].is_string()) {
+                return Err(format!(
+                    "keys[{i}] has no `kid`: the gateway picks keys by kid"
+                ));
+            }
+        }
+        Purpose::Hs256Secret { in_use: false } | Purpose::RedisUrl | Purpose::PublicKey => {}
+    }
+    Ok(())
 }
 
 /// Hash over each reference and its value; lengths are included so that no two different
@@ -70,7 +155,8 @@ pub fn digest(refs: &[&SecretKeyRef], values: &[Vec<u8>]) -> String {
 }
 
 /// The ChatGateways in `namespace` that reference the Secret `name` (the Secret watch's
-/// mapper: a created, changed or deleted Secret reconciles exactly these).
+/// mapper: a created, changed or deleted Secret reconciles exactly these; a key set's
+/// change too, so a key set the gateway would refuse is reported).
 pub fn gateways_using<'a>(
     namespace: &str,
     name: &str,
@@ -79,7 +165,7 @@ pub fn gateways_using<'a>(
     gateways
         .into_iter()
         .filter(|g| g.namespace().as_deref() == Some(namespace))
-        .filter(|g| refs(&g.spec).iter().any(|r| r.name == name))
+        .filter(|g| refs(&g.spec).iter().any(|(r, _)| r.name == name))
         .map(ObjectRef::from_obj)
         .collect()
 }
@@ -97,14 +183,54 @@ mod tests {
     }
 
     #[test]
-    fn refs_in_order() {
+    fn refs_in_order_and_only_the_key_set_stays_out_of_the_hash() {
         let c = cgw(FULL);
         let names: Vec<_> = refs(&c.spec)
             .iter()
-            .map(|r| format!("{}/{}", r.name, r.key))
+            .map(|(r, p)| format!("{}/{} {p:?} {}", r.name, r.key, p.rolls_pods()))
             .collect();
-        assert_eq!(names, ["redis/url", "jwt/secret"]);
+        assert_eq!(
+            names,
+            [
+                "redis/url RedisUrl true",
+                "jwt/secret Hs256Secret { in_use: true } true",
+                "jwks/jwks.json KeySet false",
+            ]
+        );
         assert!(refs(&cgw(MINIMAL).spec).is_empty());
+        let rs = cgw("gateway: {auth: {jwt: {algorithm: RS256, publicKeySecretRef: {name: k, key: pem}, secretRef: {name: s, key: k}, audience: a}}}");
+        let purposes: Vec<_> = refs(&rs.spec).into_iter().map(|(_, p)| p).collect();
+        assert_eq!(
+            purposes,
+            [Purpose::Hs256Secret { in_use: false }, Purpose::PublicKey]
+        );
+    }
+
+    #[test]
+    fn values_the_gateway_would_refuse_are_reported() {
+        let hs = Purpose::Hs256Secret { in_use: true };
+        let short = check(hs, b"0123456789abcdef0123456789abcde\n").unwrap_err();
+        assert!(
+            short.contains("31 bytes") && short.contains("at least 32"),
+            "{short}"
+        );
+        assert_eq!(check(hs, b"0123456789abcdef0123456789abcdef\n"), Ok(()));
+        assert!(check(hs, b"\n\n").unwrap_err().contains("0 bytes"));
+        // A secret the configured algorithm does not use is nobody's business.
+        assert_eq!(check(Purpose::Hs256Secret { in_use: false }, b"k"), Ok(()));
+        let set = |v: &str| check(Purpose::KeySet, v.as_bytes());
+        assert!(set("{").unwrap_err().contains("JSON"));
+        assert!(set(r#"{"kid": "a"}"#)
+            .unwrap_err()
+            .contains("no `keys` array"));
+        assert!(set(r#"{"keys": []}"#).unwrap_err().contains("no keys"));
+        let e = set(r#"{"keys": [{"kid": "a", "kty": "oct"}, {"kty": "oct"}]}"#).unwrap_err();
+        assert!(e.contains("keys[1] has no `kid`"), "{e}");
+        assert_eq!(
+            set(r#"{"keys": [{"kid": "a", "kty": "oct", "k": "x"}]}"#),
+            Ok(())
+        );
+        assert_eq!(check(Purpose::RedisUrl, b""), Ok(()));
     }
 
     #[test]
@@ -135,8 +261,9 @@ mod tests {
 
     #[test]
     fn a_secret_maps_to_the_gateways_that_use_it() {
-        let full = cgw(FULL); // apps/chat uses redis and jwt
-        let mut other = cgw("gateway: {auth: {jwt: {secretRef: {name: jwt, key: k}}}}");
+        let full = cgw(FULL); // apps/chat uses redis, jwt and jwks
+        let mut other =
+            cgw("gateway: {auth: {jwt: {secretRef: {name: jwt, key: k}, audience: a}}}");
         other.metadata.name = Some("other".into());
         let mut elsewhere = cgw(FULL);
         elsewhere.metadata.namespace = Some("team-b".into());
@@ -149,6 +276,8 @@ mod tests {
         };
         assert_eq!(names("apps", "redis"), ["apps/chat"]);
         assert_eq!(names("apps", "jwt"), ["apps/chat", "apps/other"]);
+        // The key set is not hashed, but its Secret is watched: a bad one is reported.
+        assert_eq!(names("apps", "jwks"), ["apps/chat"]);
         assert_eq!(names("team-b", "jwt"), ["team-b/chat"]);
         assert!(names("apps", "unrelated").is_empty());
     }

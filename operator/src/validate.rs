@@ -5,7 +5,7 @@
 //! `InvalidSpec`. Every rule with a CEL twin in `crd.rs` is run on the same specs as its
 //! twin in `crd/cel_tests.rs`, so the two cannot drift apart.
 
-use crate::crd::{AuthModeSpec, ChatGatewaySpec, JwtAlgorithmSpec, RolloutStrategy};
+use crate::crd::{AuthModeSpec, AuthSpec, ChatGatewaySpec, JwtAlgorithmSpec, RolloutStrategy};
 use crate::error::{Error, Result};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::time::Duration;
@@ -41,23 +41,10 @@ pub fn check(spec: &ChatGatewaySpec) -> Result<()> {
     let invalid = |m: &str| Err(Error::InvalidSpec(m.to_string()));
     let Some(auth) = spec.gateway.as_ref().and_then(|g| g.auth.as_ref()) else {
         return invalid(
-            "spec.gateway.auth is required: `mode: insecure` for demos, or `jwt` with a key Secret",
+            "spec.gateway.auth is required: `jwt` with a key Secret, or `mode: insecure` for demos",
         );
     };
-    if auth.mode != Some(AuthModeSpec::Insecure) {
-        let Some(jwt) = &auth.jwt else {
-            return invalid("auth.jwt is required unless auth.mode is insecure");
-        };
-        match jwt.algorithm.unwrap_or(JwtAlgorithmSpec::HS256) {
-            JwtAlgorithmSpec::RS256 if jwt.public_key_secret_ref.is_none() => {
-                return invalid("RS256 needs publicKeySecretRef")
-            }
-            JwtAlgorithmSpec::HS256 if jwt.secret_ref.is_none() => {
-                return invalid("HS256 needs secretRef")
-            }
-            _ => {}
-        }
-    }
+    check_auth(auth)?;
     if let Some(g) = &spec.gateway {
         if g.heartbeat_interval.is_some()
             && g.heartbeat.as_ref().is_some_and(|h| h.interval.is_some())
@@ -140,6 +127,37 @@ pub fn check(spec: &ChatGatewaySpec) -> Result<()> {
     Ok(())
 }
 
+/// The CEL rules of `gateway.auth` and `gateway.auth.jwt` (crd/auth.rs), same messages.
+fn check_auth(auth: &AuthSpec) -> Result<()> {
+    let invalid = |m: &str| Err(Error::InvalidSpec(m.to_string()));
+    let insecure = auth.mode == Some(AuthModeSpec::Insecure);
+    if !insecure && auth.jwt.is_none() {
+        return invalid("auth.jwt is required unless auth.mode is insecure");
+    }
+    if insecure && auth.dangerously_allow_insecure_on_network != Some(true) {
+        return invalid("auth.mode insecure lets anyone who reaches a pod connect as any user (?user=NAME), and the pods listen on the network: use auth.mode jwt, or set auth.dangerouslyAllowInsecureOnNetwork: true for a demo nobody else can reach");
+    }
+    let Some(jwt) = &auth.jwt else { return Ok(()) };
+    let key_set = jwt.jwks_secret_ref.is_some();
+    match jwt.algorithm.unwrap_or(JwtAlgorithmSpec::HS256) {
+        JwtAlgorithmSpec::HS256 if jwt.secret_ref.is_none() && !key_set => {
+            return invalid("HS256 needs secretRef (or a key set: jwksSecretRef)")
+        }
+        JwtAlgorithmSpec::RS256 | JwtAlgorithmSpec::ES256 | JwtAlgorithmSpec::EdDSA
+            if jwt.public_key_secret_ref.is_none() && !key_set =>
+        {
+            return invalid(
+                "RS256, ES256 and EdDSA need publicKeySecretRef (or a key set: jwksSecretRef)",
+            )
+        }
+        _ => {}
+    }
+    if jwt.audience.is_none() && jwt.require_audience != Some(false) {
+        return invalid("auth.jwt.audience is required (the aud claim your tokens are minted for), unless requireAudience: false");
+    }
+    Ok(())
+}
+
 fn duration(field: &str, text: Option<&str>, default: Duration) -> Result<Duration> {
     crate::builders::parse_duration(field, text, default)
 }
@@ -164,11 +182,11 @@ mod tests {
     fn operator_only_rules() {
         for (spec, want) in [
             (
-                "gateway: {auth: {mode: insecure}}\nenv: [{name: CHATGW_ENGINE, value: redis}]",
+                "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nenv: [{name: CHATGW_ENGINE, value: redis}]",
                 "env[0].name \"CHATGW_ENGINE\"",
             ),
             (
-                "gateway: {auth: {mode: insecure}}\nenv: [{name: RUST_LOG, value: debug}, {name: POD_NAME, value: x}]",
+                "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nenv: [{name: RUST_LOG, value: debug}, {name: POD_NAME, value: x}]",
                 "env[1].name \"POD_NAME\" is set by the operator",
             ),
         ] {
@@ -176,7 +194,7 @@ mod tests {
             assert!(err.to_string().contains(want), "{spec}: {err}");
         }
         assert!(check_yaml(
-            "gateway: {auth: {mode: insecure}}\nenv: [{name: RUST_LOG, value: debug}]"
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nenv: [{name: RUST_LOG, value: debug}]"
         )
         .is_ok());
     }

@@ -66,7 +66,7 @@ async fn operator_against_a_real_apiserver() {
         &PostParams::default(),
         &gateway(
             "chat",
-            json!({"replicas": 2, "gateway": {"auth": {"mode": "insecure"}, "redis": redis}}),
+            json!({"replicas": 2, "gateway": {"auth": {"mode": "insecure", "dangerouslyAllowInsecureOnNetwork": true}, "redis": redis}}),
         ),
     )
     .await
@@ -220,7 +220,7 @@ async fn operator_against_a_real_apiserver() {
 
     // --- a missing Secret is a Degraded condition and an Event, and heals once created.
     let bad_spec = json!({
-        "gateway": {"redis": {"urlSecretRef": {"name": "redis", "key": "url"}}, "auth": {"mode": "insecure"}},
+        "gateway": {"redis": {"urlSecretRef": {"name": "redis", "key": "url"}}, "auth": {"mode": "insecure", "dangerouslyAllowInsecureOnNetwork": true}},
         "autoscaling": {"enabled": true, "minReplicas": 2, "maxReplicas": 4},
     });
     cgws.create(&PostParams::default(), &gateway("bad", bad_spec))

@@ -23,6 +23,12 @@ fn replicas_owners(d: &Deployment) -> Vec<String> {
     chat_gateway_operator::handoff::replicas_owners(d)
 }
 
+/// A key set with one HS256 key of id `kid`.
+fn jwks(kid: &str) -> String {
+    json!({"keys": [{"kty": "oct", "kid": kid, "k": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"}]})
+        .to_string()
+}
+
 async fn create_secret(client: &kube::Client, name: &str, key: &str, value: &str) {
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": name}, "stringData": {key: value}
@@ -80,7 +86,7 @@ async fn day_two_against_a_real_apiserver() {
     let old: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "chatgateway.io/v1alpha1", "kind": "ChatGateway",
         "metadata": {"name": "old"},
-        "spec": {"gateway": {"auth": {"mode": "insecure"}, "heartbeatInterval": "10s"}, "drain": {}},
+        "spec": {"gateway": {"auth": {"mode": "insecure", "dangerouslyAllowInsecureOnNetwork": true}, "heartbeatInterval": "10s"}, "drain": {}},
     }))
     .expect("old");
     old_api
@@ -102,7 +108,7 @@ async fn day_two_against_a_real_apiserver() {
         &PostParams::default(),
         &gateway(
             "split",
-            json!({"replicas": 3, "gateway": {"auth": {"mode": "insecure"}}}),
+            json!({"replicas": 3, "gateway": {"auth": {"mode": "insecure", "dangerouslyAllowInsecureOnNetwork": true}}}),
         ),
     )
     .await
@@ -121,20 +127,27 @@ async fn day_two_against_a_real_apiserver() {
         .expect("service");
     cgws.create(
         &PostParams::default(),
-        &gateway("taken", json!({"gateway": {"auth": {"mode": "insecure"}}})),
+        &gateway("taken", json!({"gateway": {"auth": {"mode": "insecure", "dangerouslyAllowInsecureOnNetwork": true}}})),
     )
     .await
     .expect("taken");
 
     // --- An autoscaled gateway, and one whose JWT key will rotate.
     create_secret(&client, "redis", "url", "redis://redis:6379").await;
-    create_secret(&client, "jwt", "secret", "first-key-0123456789abcdef").await;
+    create_secret(
+        &client,
+        "jwt",
+        "secret",
+        "first-key-0123456789abcdef-0123456",
+    )
+    .await;
+    create_secret(&client, "jwks", "jwks.json", &jwks("k1")).await;
     let redis = json!({"urlSecretRef": {"name": "redis", "key": "url"}});
     cgws.create(
         &PostParams::default(),
         &gateway(
             "scaled",
-            json!({"gateway": {"auth": {"mode": "insecure"}, "redis": redis},
+            json!({"gateway": {"auth": {"mode": "insecure", "dangerouslyAllowInsecureOnNetwork": true}, "redis": redis},
                    "autoscaling": {"enabled": true, "minReplicas": 2, "maxReplicas": 10}}),
         ),
     )
@@ -144,7 +157,9 @@ async fn day_two_against_a_real_apiserver() {
         &PostParams::default(),
         &gateway(
             "rotating",
-            json!({"gateway": {"auth": {"jwt": {"secretRef": {"name": "jwt", "key": "secret"}}}}}),
+            json!({"gateway": {"auth": {"jwt": {"secretRef": {"name": "jwt", "key": "secret"},
+                                                "jwksSecretRef": {"name": "jwks", "key": "jwks.json"},
+                                                "audience": "chat"}}}}),
         ),
     )
     .await
@@ -295,11 +310,58 @@ async fn day_two_against_a_real_apiserver() {
     };
     eventually("rotating reconciled", LONG, reconciled("rotating", 1)).await;
     let first = hash(&deployments.get("rotating").await.expect("Deployment")).expect("hash");
-    Api::<Secret>::namespaced(client.clone(), NS)
+    let template = |d: &Deployment| {
+        d.metadata
+            .annotations
+            .as_ref()?
+            .get("chatgateway.io/template-hash")
+            .cloned()
+    };
+    let first_template = template(&deployments.get("rotating").await.expect("Deployment"));
+    // The key set is watched and checked, but rotates in place: a bad one is reported (the
+    // pods keep the keys they have), a good one clears it, and neither touches the pods.
+    let secrets = Api::<Secret>::namespaced(client.clone(), NS);
+    let set_jwks = |value: String| {
+        let secrets = secrets.clone();
+        async move {
+            secrets
+                .patch(
+                    "jwks",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"stringData": {"jwks.json": value}})),
+                )
+                .await
+                .expect("patch the key set")
+        }
+    };
+    let degraded = |want: &'static str| {
+        let cgws = cgws.clone();
+        move || {
+            let cgws = cgws.clone();
+            async move {
+                let c = cgws.get("rotating").await.ok()?;
+                (condition(&c, "Degraded")?.1 == want).then_some(c)
+            }
+        }
+    };
+    set_jwks(r#"{"keys": [{"kty": "oct"}]}"#.into()).await;
+    let bad = eventually("a bad key set is reported", LONG, degraded("InvalidSecret")).await;
+    let message = condition(&bad, "Degraded").map(|c| c.2).unwrap_or_default();
+    assert!(message.contains("keys[0] has no `kid`"), "{message}");
+    set_jwks(jwks("k2")).await;
+    eventually("a good key set clears it", LONG, degraded("AsExpected")).await;
+    let now = deployments.get("rotating").await.expect("Deployment");
+    assert_eq!(
+        hash(&now).as_deref(),
+        Some(first.as_str()),
+        "a key set never rolls the pods"
+    );
+    assert_eq!(template(&now), first_template);
+    secrets
         .patch(
             "jwt",
             &PatchParams::default(),
-            &Patch::Merge(json!({"stringData": {"secret": "second-key-0123456789abcdef"}})),
+            &Patch::Merge(json!({"stringData": {"secret": "second-key-0123456789abcdef-012345"}})),
         )
         .await
         .expect("rotate");

@@ -84,25 +84,51 @@ fn the_schema_refuses_bad_values() {
         r#"{"spec": {}}"#,
         r#"{"spec": {"gateway": {}}}"#,
         r#"{"spec": {"rollout": {"strategy": "Sometimes"}}}"#,
-        r#"{"spec": {"gateway": {"auth": {"mode": "insecure"}, "config": "limits: {}"}}}"#,
+        r#"{"spec": {"gateway": {"auth": {"mode": "insecure", "dangerouslyAllowInsecureOnNetwork": true}, "config": "limits: {}"}}}"#,
         r#"{"spec": {"replicas": -1}}"#,
         r#"{"spec": {"imagePullPolicy": "Sometimes"}}"#,
         r#"{"spec": {"drain": {"timeout": "soon"}}}"#,
         r#"{"spec": {"telemetry": {"samplingRatio": 2}}}"#,
         r#"{"spec": {"autoscaling": {"targetCpuUtilization": 0}}}"#,
         r#"{"spec": {"service": {"port": 70000}}}"#,
-        r#"{"spec": {"gateway": {"auth": {"mode": "insecure"}, "redis": {"keyPrefix": "x"}}}}"#,
+        r#"{"spec": {"gateway": {"auth": {"mode": "insecure", "dangerouslyAllowInsecureOnNetwork": true}, "redis": {"keyPrefix": "x"}}}}"#,
         r#"{"spec": {"gateway": {"routes": [{"name": "Bots", "pathPrefix": "/b", "upstream": "s:1"}]}}}"#,
         r#"{"spec": {"gateway": {"routes": [{"name": "b", "pathPrefix": "b", "upstream": "s:1"}]}}}"#,
         r#"{"spec": {"gateway": {"routes": [{"name": "b", "pathPrefix": "/b"}]}}}"#,
         r#"{"spec": {"gateway": {"routes": [{"name": "b", "pathPrefix": "/b", "upstream": "s:1", "retries": 99}]}}}"#,
+        // Namespaces: the gateway's spellings only, a prefix (the default namespace is
+        // gateway.defaultNamespace), bounds.
+        r#"{"spec": {"gateway": {"namespaces": [{"join": "public"}]}}}"#,
+        r#"{"spec": {"gateway": {"namespaces": [{"prefix": ""}]}}}"#,
+        r#"{"spec": {"gateway": {"namespaces": [{"prefix": "a:", "join": "everyone"}]}}}"#,
+        r#"{"spec": {"gateway": {"namespaces": [{"prefix": "a:", "join": "claim:"}]}}}"#,
+        r#"{"spec": {"gateway": {"namespaces": [{"prefix": "a:", "send": "all"}]}}}"#,
+        r#"{"spec": {"gateway": {"namespaces": [{"prefix": "a:", "dm": "friends"}]}}}"#,
+        r#"{"spec": {"gateway": {"namespaces": [{"prefix": "a:", "dmQuota": -1}]}}}"#,
+        r#"{"spec": {"gateway": {"namespaces": [{"prefix": "a:", "retention": {"maxMessages": 0}}]}}}"#,
+        r#"{"spec": {"gateway": {"defaultNamespace": {"join": "claim:"}}}}"#,
+        r#"{"spec": {"gateway": {"defaultNamespace": {"keepHistory": "no"}}}}"#,
+        // Auth: known algorithms, durations, an audience that says something.
+        r#"{"spec": {"gateway": {"auth": {"jwt": {"algorithm": "HS512"}}}}}"#,
+        r#"{"spec": {"gateway": {"auth": {"jwt": {"audience": ""}}}}}"#,
+        r#"{"spec": {"gateway": {"auth": {"mode": "insecure", "expiryWarning": "soon"}}}}"#,
+        r#"{"spec": {"gateway": {"auth": {"jwt": {"reloadInterval": "often"}}}}}"#,
+        r#"{"spec": {"gateway": {"limits": {"connectionsPerUser": -1}}}}"#,
+        r#"{"spec": {"gateway": {"admission": {"perUserBurst": 0}}}}"#,
     ];
     for doc in bad {
         let mut value: serde_json::Value = serde_json::from_str(doc).expect("json");
-        // Everything but the missing-gateway cases has a valid gateway, so the schema
-        // refuses the field under test.
-        if doc != r#"{"spec": {}}"# && value["spec"].get("gateway").is_none() {
-            value["spec"]["gateway"] = serde_json::json!({"auth": {"mode": "insecure"}});
+        // Everything but the two missing-section cases gets a valid `gateway.auth`, so the
+        // schema refuses the field under test, not the missing section.
+        if doc != r#"{"spec": {}}"# && doc != r#"{"spec": {"gateway": {}}}"# {
+            let gateway = value["spec"]
+                .as_object_mut()
+                .expect("spec")
+                .entry("gateway")
+                .or_insert_with(|| serde_json::json!({}));
+            if gateway.get("auth").is_none() {
+                gateway["auth"] = serde_json::json!({"mode": "insecure", "dangerouslyAllowInsecureOnNetwork": true});
+            }
         }
         for (version, validator) in &validators {
             assert!(
@@ -112,7 +138,7 @@ fn the_schema_refuses_bad_values() {
         }
     }
     let good: serde_json::Value =
-        serde_json::from_str(r#"{"spec": {"gateway": {"auth": {"mode": "insecure"}}}}"#)
+        serde_json::from_str(r#"{"spec": {"gateway": {"auth": {"mode": "insecure", "dangerouslyAllowInsecureOnNetwork": true}}}}"#)
             .expect("json");
     for (version, validator) in &validators {
         assert!(

@@ -418,7 +418,7 @@ mod pod_tests {
             ),
         ] {
             let spec = format!(
-                "gateway: {{auth: {{mode: insecure}}}}\nsidecars: [{{name: {name}, image: x}}]"
+                "gateway: {{auth: {{mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}}}\nsidecars: [{{name: {name}, image: x}}]"
             );
             let err = children(&spec).unwrap_err();
             assert!(
@@ -427,7 +427,7 @@ mod pod_tests {
             );
         }
         let err = children(
-            "gateway: {auth: {mode: insecure}}\nsidecars: [{name: a, image: x}, {name: a, image: y}]",
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nsidecars: [{name: a, image: x}, {name: a, image: y}]",
         )
         .unwrap_err();
         assert!(err.to_string().contains("used twice"), "{err}");
@@ -475,7 +475,7 @@ mod pod_tests {
     #[test]
     fn collector_without_an_endpoint_is_an_invalid_spec() {
         let err =
-            children("gateway: {auth: {mode: insecure}}\ntelemetry: {collector: {enabled: true}}")
+            children("gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\ntelemetry: {collector: {enabled: true}}")
                 .unwrap_err();
         assert!(
             matches!(err, Error::InvalidSpec(ref m) if m.contains("otlpEndpoint")),

@@ -1,27 +1,17 @@
 //! ConfigMap holding the gateway's `config.yaml`, produced from the gateway's own `Config`.
 
-use super::{parse_duration, Owner};
-use crate::crd::{
-    AuthModeSpec, ChatGateway, GatewaySpec, JwtAlgorithmSpec, RetentionSpec, RouteSpec,
-};
+use super::{auth, namespaces, parse_duration, set, Owner};
+use crate::crd::{AdmissionSpec, ChatGateway, GatewaySpec, RetentionSpec, RouteSpec};
 use crate::error::{Error, Result};
-use chat_gateway_config::{
-    AuthMode, Config, EngineKind, JwtAlgorithm, RetentionConfig, RouteConfig,
-};
+use chat_gateway_config::{AdmissionConfig, Config, EngineKind, RetentionConfig, RouteConfig};
 use k8s_openapi::api::core::v1::ConfigMap;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 /// Key of the config file in the ConfigMap.
 pub const CONFIG_KEY: &str = "config.yaml";
 /// Directory the ConfigMap is mounted at.
 pub const CONFIG_DIR: &str = "/etc/chatgateway";
-/// File the HS256 secret is mounted as (outside the ConfigMap mount: nested mounts into a
-/// read-only volume fail on some runtimes).
-pub const JWT_SECRET_FILE: &str = "/var/run/secrets/chatgateway/jwt/secret";
-/// File the RS256 public key is mounted as.
-pub const JWT_PUBLIC_KEY_FILE: &str = "/var/run/secrets/chatgateway/jwt-public-key/public.pem";
 
 /// Keys of `gateway.config` the operator controls itself, and what to use instead.
 const RESERVED: &[(&[&str], &str)] = &[
@@ -113,27 +103,8 @@ fn gateway_section(config: &mut Config, g: &GatewaySpec) -> Result<()> {
             config.redis.readiness_grace,
         )?;
     }
-    if let Some(auth) = &g.auth {
-        config.auth.mode = match auth.mode {
-            Some(AuthModeSpec::Insecure) => AuthMode::Insecure,
-            Some(AuthModeSpec::Jwt) | None => AuthMode::Jwt,
-        };
-        if let Some(jwt) = &auth.jwt {
-            let j = &mut config.auth.jwt;
-            j.algorithm = match jwt.algorithm {
-                Some(JwtAlgorithmSpec::RS256) => JwtAlgorithm::RS256,
-                Some(JwtAlgorithmSpec::HS256) | None => JwtAlgorithm::HS256,
-            };
-            if jwt.secret_ref.is_some() {
-                j.secret_file = Some(PathBuf::from(JWT_SECRET_FILE));
-            }
-            if jwt.public_key_secret_ref.is_some() {
-                j.public_key_file = Some(PathBuf::from(JWT_PUBLIC_KEY_FILE));
-            }
-            j.issuer = jwt.issuer.clone();
-            j.audience = jwt.audience.clone();
-            j.leeway = parse_duration("gateway.auth.jwt.leeway", jwt.leeway.as_deref(), j.leeway)?;
-        }
+    if let Some(a) = &g.auth {
+        auth::apply(&mut config.auth, a)?;
     }
     // `heartbeatInterval` is the v1alpha1 spelling; `validate` refuses both at once.
     let (field, interval) = match g.heartbeat.as_ref().and_then(|h| h.interval.as_deref()) {
@@ -141,10 +112,8 @@ fn gateway_section(config: &mut Config, g: &GatewaySpec) -> Result<()> {
         None => ("gateway.heartbeatInterval", g.heartbeat_interval.as_deref()),
     };
     config.heartbeat.interval = parse_duration(field, interval, config.heartbeat.interval)?;
-    if let Some(rate) = g.admission.as_ref().and_then(|a| a.rate) {
-        config.admission.rate = u32::try_from(rate).map_err(|_| {
-            Error::InvalidSpec(format!("gateway.admission.rate {rate} out of range"))
-        })?;
+    if let Some(a) = &g.admission {
+        admission(&mut config.admission, a)?;
     }
     if let Some(l) = &g.limits {
         let c = &mut config.limits;
@@ -156,6 +125,7 @@ fn gateway_section(config: &mut Config, g: &GatewaySpec) -> Result<()> {
         set(&mut c.message_burst, l.message_burst)?;
         set(&mut c.rooms_per_connection, l.rooms_per_connection)?;
         set(&mut c.connections_per_ip, l.connections_per_ip)?;
+        set(&mut c.connections_per_user, l.connections_per_user)?;
         set(&mut c.outbound_queue_frames, l.outbound_queue_frames)?;
         set(&mut c.outbound_queue_bytes, l.outbound_queue_bytes)?;
         set(&mut c.max_errors_in_row, l.max_errors_in_row)?;
@@ -163,6 +133,15 @@ fn gateway_section(config: &mut Config, g: &GatewaySpec) -> Result<()> {
     }
     retention(&mut config.history, g.history.as_ref(), "gateway.history")?;
     retention(&mut config.inbox, g.inbox.as_ref(), "gateway.inbox")?;
+    if !g.namespaces.is_empty() || g.default_namespace.is_some() {
+        // After `history` and `inbox`: a namespace's own retention starts from them.
+        config.namespaces = namespaces::namespaces(
+            &g.namespaces,
+            g.default_namespace.as_ref(),
+            &config.history,
+            &config.inbox,
+        )?;
+    }
     if let Some(s) = &g.sessions {
         let c = &mut config.sessions;
         c.resume_ttl = parse_duration(
@@ -244,11 +223,19 @@ fn route(i: usize, r: &RouteSpec) -> Result<RouteConfig> {
     Ok(c)
 }
 
-fn set<T: TryFrom<i64>>(target: &mut T, value: Option<i64>) -> Result<()> {
-    if let Some(v) = value {
-        *target =
-            T::try_from(v).map_err(|_| Error::InvalidSpec(format!("limit {v} out of range")))?;
+/// `spec.gateway.admission`; rates are whole numbers in the CRD (CRDs avoid floats).
+fn admission(c: &mut AdmissionConfig, a: &AdmissionSpec) -> Result<()> {
+    set(&mut c.rate, a.rate)?;
+    for (target, rate) in [
+        (&mut c.per_ip_rate, a.per_ip_rate),
+        (&mut c.per_user_rate, a.per_user_rate),
+    ] {
+        if let Some(r) = rate {
+            *target = r as f64; // bounded by the schema, exact in an f64
+        }
     }
+    set(&mut c.per_ip_burst, a.per_ip_burst)?;
+    set(&mut c.per_user_burst, a.per_user_burst)?;
     Ok(())
 }
 
@@ -280,228 +267,5 @@ pub fn build(cgw: &ChatGateway, owner: &Owner) -> Result<(ConfigMap, String)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::builders::testing::*;
-
-    fn config_of(spec: &str) -> (ConfigMap, String) {
-        let cgw = cgw(spec);
-        build(&cgw, &Owner::of(&cgw, "default").expect("owner")).expect("build")
-    }
-
-    fn parsed(cm: &ConfigMap) -> Config {
-        let text = cm
-            .data
-            .as_ref()
-            .and_then(|d| d.get(CONFIG_KEY))
-            .expect("config.yaml");
-        let config = Config::from_yaml(text).expect("the gateway parses the operator's config");
-        config.validate().expect("and accepts it");
-        config
-    }
-
-    #[test]
-    fn minimal_spec_gives_gateway_defaults_with_insecure_auth() {
-        let (cm, _) = config_of(MINIMAL);
-        let config = parsed(&cm);
-        assert_eq!(config.auth.mode, AuthMode::Insecure);
-        assert_eq!(config.engine, EngineKind::Memory);
-        assert_eq!(config.limits, Config::default().limits);
-        assert_eq!(cm.metadata.name.as_deref(), Some("chat-config"));
-    }
-
-    #[test]
-    fn full_spec_round_trips_through_the_gateway_loader() {
-        let (cm, _) = config_of(FULL);
-        let c = parsed(&cm);
-        assert_eq!(c.engine, EngineKind::Redis);
-        assert_eq!(c.redis.key_prefix, "prod");
-        assert_eq!(c.auth.mode, AuthMode::Jwt);
-        assert_eq!(c.auth.jwt.secret_file, Some(PathBuf::from(JWT_SECRET_FILE)));
-        assert_eq!(
-            c.auth.jwt.secret, None,
-            "secrets never go into the ConfigMap"
-        );
-        assert_eq!(c.auth.jwt.issuer.as_deref(), Some("https://id.example"));
-        assert_eq!(c.heartbeat.interval.as_secs(), 20);
-        assert_eq!(c.limits.max_frame_bytes, 32768);
-        assert_eq!(c.limits.message_rate, 10.0);
-        assert_eq!(c.history.max_messages, 500);
-        assert_eq!(c.history.max_age.as_secs(), 12 * 3600);
-        assert_eq!(c.sessions.resume_ttl.as_secs(), 600);
-        assert_eq!(c.server.allowed_origins, ["https://chat.example"]);
-        assert_eq!(c.drain.timeout.as_secs(), 90);
-        assert_eq!(c.drain.accept_grace.as_secs(), 5);
-        assert_eq!(c.drain.evict_rate, 200.0);
-        assert!(c.rebalance.enabled);
-        assert_eq!(c.rebalance.rel_threshold, 0.3);
-        assert_eq!(c.rebalance.rate, 10.0);
-        assert_eq!(c.rebalance.abs_threshold, 50);
-        assert_eq!(c.rebalance.interval.as_secs(), 5);
-        assert_eq!(c.admission.rate, 500);
-        assert_eq!(c.drain.period.as_secs(), 30);
-        assert_eq!(c.drain.reconnect_jitter.as_secs(), 3);
-        // gateway.config fills in what the typed fields leave out; typed fields win.
-        assert_eq!(c.limits.max_errors_in_row, 7);
-        assert_eq!(c.limits.max_frame_bytes, 32768, "the typed field wins");
-        assert_eq!(c.sessions.dedup_window.as_secs(), 120);
-        assert_eq!(c.sessions.resume_ttl.as_secs(), 600);
-        assert_eq!(c.routes.len(), 2);
-        let bots = &c.routes[0];
-        assert_eq!(
-            (
-                bots.name.as_str(),
-                bots.path_prefix.as_str(),
-                bots.upstream.as_str()
-            ),
-            ("bots", "/bots", "bot-service:9000")
-        );
-        assert!(bots.strip_prefix);
-        assert_eq!(bots.headers.get("X-Team").map(String::as_str), Some("blue"));
-        assert!(!bots.forward_user);
-        assert!(bots.forward_trace, "unset keeps the gateway default");
-        assert_eq!(bots.connect_timeout, std::time::Duration::from_secs(3));
-        assert_eq!(bots.retries, 4);
-        assert_eq!(bots.retry_backoff, std::time::Duration::from_millis(100));
-        assert_eq!(bots.max_connections, 500);
-        assert_eq!(bots.max_frame_bytes, 65536);
-        let games = &c.routes[1];
-        let defaults = RouteConfig::default();
-        assert_eq!(games.upstream, "ws://localhost:9100/base");
-        assert_eq!(
-            (games.retries, games.max_connections, games.max_frame_bytes),
-            (
-                defaults.retries,
-                defaults.max_connections,
-                defaults.max_frame_bytes
-            )
-        );
-    }
-
-    #[test]
-    fn routes_the_gateway_would_refuse_are_an_invalid_spec() {
-        for (route, want) in [
-            (
-                "{name: a, pathPrefix: /healthz, upstream: svc:80}",
-                "gateway's own endpoints",
-            ),
-            (
-                "{name: a, pathPrefix: /a, upstream: 'http://x'}",
-                "routes[0]",
-            ),
-            (
-                "{name: a, pathPrefix: /a, upstream: svc:80, connectTimeout: soon}",
-                "routes[0].connectTimeout",
-            ),
-        ] {
-            let cgw = cgw(&format!(
-                "gateway: {{auth: {{mode: insecure}}, routes: [{route}]}}"
-            ));
-            let err = build(&cgw, &Owner::of(&cgw, "default").expect("owner")).unwrap_err();
-            assert!(
-                matches!(err, Error::InvalidSpec(ref m) if m.contains(want)),
-                "{route}: {err}"
-            );
-        }
-    }
-
-    #[test]
-    fn free_form_config_is_checked_by_the_gateway_and_keeps_out_of_operator_keys() {
-        for (config, want) in [
-            (
-                "{server: {listen: '0.0.0.0:9000'}}",
-                "gateway.config.server.listen is set by the operator",
-            ),
-            (
-                "{node: {id: x}}",
-                "gateway.config.node is set by the operator",
-            ),
-            (
-                "{engine: redis}",
-                "gateway.config.engine is set by the operator",
-            ),
-            (
-                "{redis: {url: 'redis://x'}}",
-                "gateway.config.redis.url is set by the operator",
-            ),
-            (
-                "{auth: {mode: insecure}}",
-                "gateway.config.auth is set by the operator",
-            ),
-            (
-                "{drain: {timeout: 5m}}",
-                "gateway.config.drain.timeout is set by the operator",
-            ),
-            // The gateway's own loader: unknown keys, wrong types, then its validation.
-            (
-                "{limits: {maxFrameBytez: 1}}",
-                "gateway.config: invalid config: limits",
-            ),
-            (
-                "{heartbeat: {interval: often}}",
-                "gateway.config: invalid config: heartbeat.interval",
-            ),
-            (
-                "{limits: {messageBurst: 0}}",
-                "limits.messageBurst must be at least 1",
-            ),
-        ] {
-            let cgw = cgw(&format!(
-                "gateway: {{auth: {{mode: insecure}}, config: {config}}}"
-            ));
-            let err = build(&cgw, &Owner::of(&cgw, "default").expect("owner")).unwrap_err();
-            assert!(
-                matches!(err, Error::InvalidSpec(ref m) if m.contains(want)),
-                "{config}: {err}"
-            );
-        }
-        let (cm, _) = config_of(
-            "gateway: {auth: {mode: insecure}, config: {redis: {keyPrefix: x}, routes: [{name: a, pathPrefix: /a, upstream: 'svc:80'}]}}",
-        );
-        let c = parsed(&cm);
-        assert_eq!(c.redis.key_prefix, "x");
-        assert_eq!(
-            c.routes.len(),
-            1,
-            "routes from gateway.config stay without typed routes"
-        );
-    }
-
-    #[test]
-    fn the_old_heartbeat_spelling_still_works() {
-        let (cm, _) = config_of("gateway: {auth: {mode: insecure}, heartbeatInterval: 7s}");
-        assert_eq!(parsed(&cm).heartbeat.interval.as_secs(), 7);
-    }
-
-    #[test]
-    fn rs256_points_at_the_mounted_public_key() {
-        let (cm, _) = config_of(
-            "gateway: {auth: {jwt: {algorithm: RS256, publicKeySecretRef: {name: k, key: pem}}}}",
-        );
-        let c = parsed(&cm);
-        assert_eq!(c.auth.jwt.algorithm, JwtAlgorithm::RS256);
-        assert_eq!(
-            c.auth.jwt.public_key_file,
-            Some(PathBuf::from(JWT_PUBLIC_KEY_FILE))
-        );
-    }
-
-    #[test]
-    fn jwt_without_a_key_is_refused_like_the_gateway_would() {
-        let cgw = cgw("{}");
-        let err = build(&cgw, &Owner::of(&cgw, "default").expect("owner")).unwrap_err();
-        assert!(
-            matches!(err, Error::InvalidSpec(ref m) if m.contains("auth.jwt")),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn config_hash_changes_with_the_config_only() {
-        let (_, a) = config_of(MINIMAL);
-        let (_, b) = config_of(MINIMAL);
-        let (_, c) = config_of("gateway: {auth: {mode: insecure}, heartbeatInterval: 10s}");
-        assert_eq!(a, b);
-        assert_ne!(a, c);
-    }
-}
+#[path = "configmap_tests.rs"]
+mod tests;

@@ -1,6 +1,7 @@
 //! The Deployment and its pod template.
 
 use super::*;
+use crate::builders::configmap;
 use crate::builders::testing::*;
 use k8s_openapi::api::core::v1::{EnvVar, PodSpec, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -49,7 +50,7 @@ fn annotation(d: &Deployment, key: &str) -> Option<String> {
         .and_then(|a| a.get(key).cloned())
 }
 
-const REDIS: &str = "gateway: {auth: {mode: insecure}, redis: {urlSecretRef: {name: r, key: url}}}";
+const REDIS: &str = "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, redis: {urlSecretRef: {name: r, key: url}}}";
 
 #[test]
 fn defaults_probes_replicas_image_and_grace_period() {
@@ -120,7 +121,7 @@ fn no_service_links_and_no_token_unless_asked() {
     let d = deployment(MINIMAL);
     assert_eq!(pod(&d).enable_service_links, Some(false));
     assert_eq!(pod(&d).automount_service_account_token, Some(false));
-    let d = deployment("gateway: {auth: {mode: insecure}}\nautomountServiceAccountToken: true");
+    let d = deployment("gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nautomountServiceAccountToken: true");
     assert_eq!(pod(&d).automount_service_account_token, Some(true));
     assert_eq!(pod(&d).enable_service_links, Some(false));
 }
@@ -198,12 +199,12 @@ fn hashes_go_on_the_template_and_the_template_hash_on_the_deployment() {
 
 #[test]
 fn grace_period_is_drain_timeout_plus_margin() {
-    let d = deployment("gateway: {auth: {mode: insecure}}\ndrain: {timeout: 2m}");
+    let d = deployment("gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\ndrain: {timeout: 2m}");
     assert_eq!(
         pod(&d).termination_grace_period_seconds,
         Some(120 + DRAIN_MARGIN_SECONDS)
     );
-    let cgw = cgw("gateway: {auth: {mode: insecure}}\ndrain: {timeout: later}");
+    let cgw = cgw("gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\ndrain: {timeout: later}");
     let err = build(
         &cgw,
         &Owner::of(&cgw, "default").expect("owner"),
@@ -228,7 +229,7 @@ fn topology_spread_by_zone_and_node_unless_overridden() {
         ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
     );
     let d =
-        deployment("gateway: {auth: {mode: insecure}}\nplacement: {topologySpreadConstraints: []}");
+        deployment("gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nplacement: {topologySpreadConstraints: []}");
     assert_eq!(pod(&d).topology_spread_constraints, None);
 }
 
@@ -355,4 +356,67 @@ fn user_sidecars_are_native_unless_turned_off() {
         .map(|c| (c.name.as_str(), c.restart_policy.as_deref()))
         .collect();
     assert_eq!(names, [("gateway", None), ("bot", None)]);
+}
+
+#[test]
+fn every_key_file_the_config_names_is_mounted_there_and_readable_by_the_gateway() {
+    for spec in [
+        FULL,
+        "gateway: {auth: {jwt: {algorithm: EdDSA, publicKeySecretRef: {name: pub, key: ed.pem}, audience: a}}}",
+    ] {
+        let c = cgw(spec);
+        let config = configmap::gateway_config(&c).expect("config");
+        let d = deployment(spec);
+        let pod = pod(&d);
+        let gateway = &pod.containers[0];
+        let files: Vec<_> = [
+            &config.auth.jwt.secret_file,
+            &config.auth.jwt.public_key_file,
+            &config.auth.jwt.jwks_file,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        assert!(!files.is_empty(), "{spec}");
+        for file in files {
+            let (dir, base) = (file.parent().expect("dir"), file.file_name().expect("name"));
+            let mount = gateway
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| std::path::Path::new(&m.mount_path) == dir)
+                .unwrap_or_else(|| panic!("{spec}: nothing mounted at {}", dir.display()));
+            // A whole-volume mount: the kubelet updates it in place (subPath mounts never are).
+            assert_eq!(mount.sub_path, None);
+            assert_eq!(mount.read_only, Some(true));
+            let volume = pod
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == mount.name)
+                .and_then(|v| v.secret.as_ref())
+                .expect("a Secret volume");
+            let item = &volume.items.as_ref().expect("items")[0];
+            assert_eq!(std::ffi::OsStr::new(&item.path), base, "{spec}");
+            assert_eq!(item.mode, Some(0o440));
+            let referenced = crate::secrets::refs(&c.spec)
+                .into_iter()
+                .any(|(r, _)| Some(&r.name) == volume.secret_name.as_ref() && r.key == item.key);
+            assert!(referenced, "{spec}: {} from an unreferenced key", file.display());
+        }
+        // The kubelet writes the files as root; the fsGroup makes them readable by the
+        // image's non-root user (and by `kubectl exec ... chat-gateway token`).
+        let security = pod.security_context.as_ref().expect("pod security context");
+        assert_eq!(security.fs_group, Some(pod::GATEWAY_GROUP));
+    }
+    let volumes = |spec: &str| -> Vec<String> {
+        pod(&deployment(spec))
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.clone())
+            .collect()
+    };
+    assert_eq!(volumes(FULL), ["config", "jwt-secret", "jwt-jwks"]);
+    assert_eq!(volumes(MINIMAL), ["config"]);
 }

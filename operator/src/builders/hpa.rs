@@ -158,7 +158,7 @@ mod tests {
                 .and_then(|h| h.spec?.behavior?.scale_down?.policies)
                 .map(|p| p[0].period_seconds)
         };
-        let redis = "gateway: {auth: {mode: insecure}, redis: {urlSecretRef: {name: r, key: u}}}";
+        let redis = "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, redis: {urlSecretRef: {name: r, key: u}}}";
         assert_eq!(
             period(&format!("{redis}\nautoscaling: {{enabled: true}}")),
             Some(60 + 15)

@@ -3,10 +3,12 @@
 //! Nothing here talks to the API server, so `render` and the tests see exactly what the
 //! reconciler applies.
 
+pub mod auth;
 pub mod collector;
 pub mod configmap;
 pub mod deployment;
 pub mod hpa;
+pub mod namespaces;
 pub mod networkpolicy;
 pub mod pdb;
 pub mod pod;
@@ -237,6 +239,16 @@ pub fn parse_duration(field: &str, value: Option<&str>, default: Duration) -> Re
     }
 }
 
+/// Sets `target` from a spec integer, if given (the schema bounds every value; a value
+/// the target type cannot hold is an invalid spec, never a truncation).
+pub(crate) fn set<T: TryFrom<i64>>(target: &mut T, value: Option<i64>) -> Result<()> {
+    if let Some(v) = value {
+        *target =
+            T::try_from(v).map_err(|_| Error::InvalidSpec(format!("limit {v} out of range")))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     //! Spec fixtures shared by the builder tests.
@@ -252,13 +264,15 @@ pub(crate) mod testing {
         cgw
     }
 
-    /// Minimal valid spec: insecure auth, everything else defaulted (one pod, memory engine).
-    pub const MINIMAL: &str = "gateway: {auth: {mode: insecure}}";
+    /// Minimal valid spec: insecure auth (with its opt-in), everything else defaulted (one
+    /// pod, memory engine).
+    pub const MINIMAL: &str =
+        "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}";
 
     /// The collector as a native sidecar, a user sidecar and a route to it.
     pub const SIDECARS: &str = r#"
 gateway:
-  auth: {mode: insecure}
+  auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}
   routes:
     - {name: bots, pathPrefix: /bots, upstream: "localhost:9000"}
 telemetry:
@@ -286,13 +300,28 @@ gateway:
     keyPrefix: prod
   auth:
     mode: jwt
-    jwt: {algorithm: HS256, secretRef: {name: jwt, key: secret}, issuer: https://id.example}
+    queryToken: false
+    expiryWarning: 2m
+    jwt:
+      algorithm: HS256
+      secretRef: {name: jwt, key: secret}
+      jwksSecretRef: {name: jwks, key: jwks.json}
+      issuer: https://id.example
+      audience: chat.example
+      reloadInterval: 30s
+      leeway: 10s
+      roomsClaim: chat_rooms
   heartbeat: {interval: 20s}
-  limits: {maxFrameBytes: 32768, messageRate: 10}
+  limits: {maxFrameBytes: 32768, messageRate: 10, connectionsPerUser: 20}
   history: {maxMessages: 500, maxAge: 12h}
   sessions: {resumeTtl: 10m}
   rebalance: {enabled: true, tolerancePercent: 30, rate: 10, absThreshold: 50, interval: 5s}
-  admission: {rate: 500}
+  admission: {rate: 500, perIpRate: 10, perIpBurst: 30, perUserRate: 2, perUserBurst: 8}
+  namespaces:
+    - {prefix: "team:", join: "claim:teams", send: grant, retention: {maxAge: 1h}}
+    - {prefix: "typing:", keepHistory: false, presence: false}
+    - {prefix: "user:", dm: sharedRoom, dmQuota: 20, retention: {maxMessages: 50}}
+  defaultNamespace: {join: grant, historyWithoutJoin: true, joinLeaveEvents: false, maxBodyBytes: 4096}
   routes:
     - name: bots
       pathPrefix: /bots

@@ -1,8 +1,8 @@
 //! The gateway pod: its containers, volumes, environment and security settings.
 
 use super::collector;
-use super::configmap::{CONFIG_DIR, CONFIG_KEY, JWT_PUBLIC_KEY_FILE, JWT_SECRET_FILE};
-use super::{parse_duration, Owner, HTTP_PORT};
+use super::configmap::{CONFIG_DIR, CONFIG_KEY};
+use super::{auth, parse_duration, Owner, HTTP_PORT};
 use crate::crd::ChatGateway;
 use crate::error::{Error, Result};
 use k8s_openapi::api::core::v1::{
@@ -29,6 +29,11 @@ pub const DEFAULT_IMAGE: &str = concat!(
 pub const DRAIN_MARGIN_SECONDS: i64 = 15;
 /// Name of the gateway container.
 pub const CONTAINER: &str = "gateway";
+/// Group of the gateway image's user (gateway/Dockerfile: `USER 65532:65532`), set as the
+/// pod's `fsGroup`: the kubelet writes Secret files as root, and only with an fsGroup are
+/// the key files (mode 0440) readable by a non-root gateway — and by
+/// `kubectl exec ... chat-gateway token`, which runs as the same user.
+pub const GATEWAY_GROUP: i64 = 65532;
 
 /// Drain deadline when the spec says nothing: the gateway's own default.
 pub fn default_drain_timeout() -> Duration {
@@ -171,6 +176,7 @@ pub fn spec(cgw: &ChatGateway, owner: &Owner, image: &str) -> Result<PodSpec> {
         topology_spread_constraints: (!spread.is_empty()).then_some(spread),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
+            fs_group: Some(GATEWAY_GROUP),
             seccomp_profile: Some(SeccompProfile {
                 type_: "RuntimeDefault".into(),
                 localhost_profile: None,
@@ -181,7 +187,7 @@ pub fn spec(cgw: &ChatGateway, owner: &Owner, image: &str) -> Result<PodSpec> {
     })
 }
 
-/// The config volume and the JWT key files from their Secrets, with their mounts.
+/// The config volume and the key files from their Secrets, with their mounts.
 fn volumes(cgw: &ChatGateway, owner: &Owner) -> (Vec<Volume>, Vec<VolumeMount>) {
     let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
     volumes.push(Volume {
@@ -203,27 +209,8 @@ fn volumes(cgw: &ChatGateway, owner: &Owner) -> (Vec<Volume>, Vec<VolumeMount>) 
         read_only: Some(true),
         ..VolumeMount::default()
     });
-    let jwt = cgw
-        .spec
-        .gateway
-        .as_ref()
-        .and_then(|g| g.auth.as_ref())
-        .and_then(|a| a.jwt.as_ref());
-    let secret_files = [
-        (
-            "jwt-secret",
-            jwt.and_then(|j| j.secret_ref.as_ref()),
-            JWT_SECRET_FILE,
-        ),
-        (
-            "jwt-public-key",
-            jwt.and_then(|j| j.public_key_secret_ref.as_ref()),
-            JWT_PUBLIC_KEY_FILE,
-        ),
-    ];
-    for (name, secret, file) in secret_files {
-        let Some(secret) = secret else { continue };
-        let file = Path::new(file);
+    for key in auth::key_files(&cgw.spec) {
+        let file = Path::new(key.path);
         let dir = file
             .parent()
             .map(|d| d.display().to_string())
@@ -232,12 +219,14 @@ fn volumes(cgw: &ChatGateway, owner: &Owner) -> (Vec<Volume>, Vec<VolumeMount>) 
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default();
+        // A whole-volume mount (no subPath), so the kubelet updates the file in place when
+        // the Secret changes: how a key set rotates without new pods.
         volumes.push(Volume {
-            name: name.into(),
+            name: key.volume.into(),
             secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.name.clone()),
+                secret_name: Some(key.secret.name.clone()),
                 items: Some(vec![KeyToPath {
-                    key: secret.key.clone(),
+                    key: key.secret.key.clone(),
                     path: base,
                     mode: Some(0o440),
                 }]),
@@ -246,7 +235,7 @@ fn volumes(cgw: &ChatGateway, owner: &Owner) -> (Vec<Volume>, Vec<VolumeMount>) 
             ..Volume::default()
         });
         mounts.push(VolumeMount {
-            name: name.into(),
+            name: key.volume.into(),
             mount_path: dir,
             read_only: Some(true),
             ..VolumeMount::default()

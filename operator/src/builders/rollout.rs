@@ -79,7 +79,7 @@ mod tests {
     }
 
     const REDIS: &str =
-        "gateway: {auth: {mode: insecure}, redis: {urlSecretRef: {name: r, key: u}}}";
+        "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, redis: {urlSecretRef: {name: r, key: u}}}";
 
     #[test]
     fn surge_all_by_default_without_autoscaling() {

@@ -47,31 +47,41 @@ fn operator(spec: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-const REDIS: &str = "gateway: {auth: {mode: insecure}, redis: {urlSecretRef: {name: r, key: url}}}";
+const REDIS: &str = "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, redis: {urlSecretRef: {name: r, key: url}}}";
 
 #[test]
 fn valid_specs_pass_both_versions_and_the_operator() {
     let with_redis = |rest: &str| format!("{REDIS}\n{rest}");
     for spec in [
         MINIMAL.to_string(),
-        "gateway: {auth: {jwt: {secretRef: {name: s, key: k}}}}".into(),
-        "gateway: {auth: {mode: jwt, jwt: {algorithm: RS256, publicKeySecretRef: {name: s, key: k}}}}".into(),
+        "gateway: {auth: {jwt: {secretRef: {name: s, key: k}, audience: chat}}}".into(),
+        "gateway: {auth: {mode: jwt, jwt: {algorithm: RS256, publicKeySecretRef: {name: s, key: k}, audience: chat}}}".into(),
+        "gateway: {auth: {jwt: {algorithm: ES256, publicKeySecretRef: {name: s, key: k}, audience: chat}}}".into(),
+        "gateway: {auth: {jwt: {algorithm: EdDSA, publicKeySecretRef: {name: s, key: k}, audience: chat}}}".into(),
+        // A key set alone, for the default algorithm or another one.
+        "gateway: {auth: {jwt: {jwksSecretRef: {name: s, key: jwks.json}, audience: chat}}}".into(),
+        "gateway: {auth: {jwt: {algorithm: ES256, jwksSecretRef: {name: s, key: jwks.json}, audience: chat}}}".into(),
+        // No audience, said explicitly.
+        "gateway: {auth: {jwt: {secretRef: {name: s, key: k}, requireAudience: false}}}".into(),
+        "gateway: {auth: {queryToken: false, expiryWarning: 2m, jwt: {secretRef: {name: s, key: k}, audience: chat, reloadInterval: 30s, roomsClaim: grants}}}".into(),
+        "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, namespaces: [{prefix: 'team:', join: 'claim:teams', send: grant}, {prefix: 'user:', dm: sharedRoom, dmQuota: 5}], defaultNamespace: {join: grant}}".into(),
+        "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, limits: {connectionsPerUser: 3}, admission: {perIpRate: 0, perUserRate: 1, perUserBurst: 2}}".into(),
         with_redis("autoscaling: {enabled: true, minReplicas: 3, maxReplicas: 3}"),
         with_redis("autoscaling: {enabled: true, minReplicas: 8}"),
         with_redis("replicas: 3\ndisruptionBudget: {minAvailable: 2}"),
         with_redis("disruptionBudget: {minAvailable: 1}"),
         with_redis("autoscaling: {enabled: true, minReplicas: 4}\ndisruptionBudget: {minAvailable: 3}"),
         with_redis("disruptionBudget: {minAvailable: '50%'}"),
-        "gateway: {auth: {mode: insecure}}\nreplicas: 1\ndisruptionBudget: {enabled: false, minAvailable: 1}".into(),
-        "gateway: {auth: {mode: insecure}}\ndisruptionBudget: {maxUnavailable: '25%'}".into(),
-        "gateway: {auth: {mode: insecure}}\ndrain: {acceptGrace: 5s, timeout: 6s}".into(),
-        "gateway: {auth: {mode: insecure}}\ndrain: {acceptGrace: 1m, timeout: 1m30s}".into(),
-        "gateway: {auth: {mode: insecure}}\nrollout: {strategy: Rolling, maxSurge: 2}".into(),
-        "gateway: {auth: {mode: insecure}}\nrollout: {strategy: SurgeAll, minReadySeconds: 0}".into(),
-        "gateway: {auth: {mode: insecure}, heartbeat: {interval: 10s}}".into(),
-        "gateway: {auth: {mode: insecure}, routes: [{name: a, pathPrefix: /wsx, upstream: 's:80'}]}".into(),
-        "gateway: {auth: {mode: insecure}}\nsidecars: [{name: bot, image: b}]\ntelemetry: {collector: {enabled: false}}".into(),
-        "gateway: {auth: {mode: insecure}, config: {limits: {maxFrameBytes: 4096}}}".into(),
+        "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nreplicas: 1\ndisruptionBudget: {enabled: false, minAvailable: 1}".into(),
+        "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\ndisruptionBudget: {maxUnavailable: '25%'}".into(),
+        "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\ndrain: {acceptGrace: 5s, timeout: 6s}".into(),
+        "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\ndrain: {acceptGrace: 1m, timeout: 1m30s}".into(),
+        "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nrollout: {strategy: Rolling, maxSurge: 2}".into(),
+        "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nrollout: {strategy: SurgeAll, minReadySeconds: 0}".into(),
+        "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, heartbeat: {interval: 10s}}".into(),
+        "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, routes: [{name: a, pathPrefix: /wsx, upstream: 's:80'}]}".into(),
+        "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nsidecars: [{name: bot, image: b}]\ntelemetry: {collector: {enabled: false}}".into(),
+        "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, config: {limits: {maxFrameBytes: 4096}}}".into(),
         SIDECARS.to_string(),
         FULL.to_string(),
     ] {
@@ -101,40 +111,64 @@ fn invalid_specs_are_refused_by_cel_and_by_the_operator() {
         ("gateway: {auth: {mode: jwt}}".into(), "auth.jwt is required"),
         ("gateway: {auth: {}}".into(), "auth.jwt is required"),
         (
-            "gateway: {auth: {jwt: {algorithm: RS256}}}".into(),
-            "RS256 needs publicKeySecretRef",
+            "gateway: {auth: {jwt: {algorithm: RS256, audience: a}}}".into(),
+            "RS256, ES256 and EdDSA need publicKeySecretRef",
         ),
         (
-            "gateway: {auth: {jwt: {issuer: me}}}".into(),
+            "gateway: {auth: {jwt: {algorithm: EdDSA, secretRef: {name: s, key: k}, audience: a}}}".into(),
+            "RS256, ES256 and EdDSA need publicKeySecretRef",
+        ),
+        (
+            "gateway: {auth: {jwt: {issuer: me, audience: a}}}".into(),
             "HS256 needs secretRef",
         ),
         (
-            "gateway: {auth: {mode: insecure}}\nsidecars: [{name: bot, image: b}, {name: gateway, image: g}]".into(),
+            "gateway: {auth: {jwt: {publicKeySecretRef: {name: s, key: k}, audience: a}}}".into(),
+            "HS256 needs secretRef",
+        ),
+        (
+            "gateway: {auth: {jwt: {secretRef: {name: s, key: k}}}}".into(),
+            "auth.jwt.audience is required",
+        ),
+        (
+            "gateway: {auth: {jwt: {secretRef: {name: s, key: k}, requireAudience: true}}}".into(),
+            "auth.jwt.audience is required",
+        ),
+        (
+            "gateway: {auth: {mode: insecure}}".into(),
+            "auth.dangerouslyAllowInsecureOnNetwork: true",
+        ),
+        (
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: false}}".into(),
+            "auth.dangerouslyAllowInsecureOnNetwork: true",
+        ),
+        (
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nsidecars: [{name: bot, image: b}, {name: gateway, image: g}]".into(),
             "must not be gateway or otel-collector",
         ),
         (
-            "gateway: {auth: {mode: insecure}}\nsidecars: [{name: otel-collector, image: o}]".into(),
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nsidecars: [{name: otel-collector, image: o}]".into(),
             "must not be gateway or otel-collector",
         ),
         (
-            "gateway: {auth: {mode: insecure}}\ntelemetry: {collector: {enabled: true}}".into(),
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\ntelemetry: {collector: {enabled: true}}".into(),
             "needs telemetry.otlpEndpoint",
         ),
         (
-            "gateway: {auth: {mode: insecure}, routes: [{name: a, pathPrefix: /metrics, upstream: 's:80'}]}".into(),
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, routes: [{name: a, pathPrefix: /metrics, upstream: 's:80'}]}".into(),
             "collides with the gateway's own endpoints",
         ),
         (
-            "gateway: {auth: {mode: insecure}, routes: [{name: a, pathPrefix: /ws/x, upstream: 's:80'}]}".into(),
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, routes: [{name: a, pathPrefix: /ws/x, upstream: 's:80'}]}".into(),
             "collides with the gateway's own endpoints",
         ),
         // The memory engine: every pod its own chat server.
         (
-            "gateway: {auth: {mode: insecure}}\nreplicas: 2".into(),
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nreplicas: 2".into(),
             "more than one replica or autoscaling needs gateway.redis",
         ),
         (
-            "gateway: {auth: {mode: insecure}}\nautoscaling: {enabled: true}".into(),
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nautoscaling: {enabled: true}".into(),
             "more than one replica or autoscaling needs gateway.redis",
         ),
         // A budget no eviction can ever satisfy.
@@ -151,7 +185,7 @@ fn invalid_specs_are_refused_by_cel_and_by_the_operator() {
             "minAvailable must stay below the replica floor",
         ),
         (
-            "gateway: {auth: {mode: insecure}}\ndisruptionBudget: {minAvailable: 1}".into(),
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\ndisruptionBudget: {minAvailable: 1}".into(),
             "minAvailable must stay below the replica floor",
         ),
         (
@@ -168,23 +202,23 @@ fn invalid_specs_are_refused_by_cel_and_by_the_operator() {
         ),
         // A drain that ends before the pod stops accepting.
         (
-            "gateway: {auth: {mode: insecure}}\ndrain: {acceptGrace: 60s}".into(),
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\ndrain: {acceptGrace: 60s}".into(),
             "must be shorter than drain.timeout",
         ),
         (
-            "gateway: {auth: {mode: insecure}}\ndrain: {acceptGrace: 10s, timeout: 10s}".into(),
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\ndrain: {acceptGrace: 10s, timeout: 10s}".into(),
             "must be shorter than drain.timeout",
         ),
         (
-            "gateway: {auth: {mode: insecure}}\ndrain: {timeout: 2s}".into(),
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\ndrain: {timeout: 2s}".into(),
             "must be shorter than drain.timeout",
         ),
         (
-            "gateway: {auth: {mode: insecure}}\nrollout: {maxSurge: 2}".into(),
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nrollout: {maxSurge: 2}".into(),
             "applies to strategy Rolling only",
         ),
         (
-            "gateway: {auth: {mode: insecure}, heartbeatInterval: 10s, heartbeat: {interval: 20s}}".into(),
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, heartbeatInterval: 10s, heartbeat: {interval: 20s}}".into(),
             "not both",
         ),
     ] {
@@ -199,7 +233,7 @@ fn invalid_specs_are_refused_by_cel_and_by_the_operator() {
 
 #[test]
 fn the_old_heartbeat_spelling_is_v1alpha1_only() {
-    let spec = "gateway: {auth: {mode: insecure}, heartbeatInterval: 10s}";
+    let spec = "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, heartbeatInterval: 10s}";
     assert_eq!(cel(spec, OLD_VERSION), Ok(()));
     let err = cel(spec, VERSION).expect_err("refused in v1beta1");
     assert!(err.contains("use gateway.heartbeat.interval"), "{err}");
@@ -210,7 +244,7 @@ fn the_old_heartbeat_spelling_is_v1alpha1_only() {
 #[test]
 fn route_rule_refuses_exactly_the_gateways_reserved_paths() {
     let route = |prefix: &str| {
-        format!("gateway: {{auth: {{mode: insecure}}, routes: [{{name: a, pathPrefix: '{prefix}', upstream: 's:80'}}]}}")
+        format!("gateway: {{auth: {{mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}, routes: [{{name: a, pathPrefix: '{prefix}', upstream: 's:80'}}]}}")
     };
     for path in chat_gateway_config::RESERVED_PATHS {
         for version in [VERSION, OLD_VERSION] {
@@ -231,4 +265,32 @@ fn route_rule_refuses_exactly_the_gateways_reserved_paths() {
             );
         }
     }
+}
+
+#[test]
+fn auth_rules_say_the_same_in_cel_and_in_the_operator() {
+    // API servers without CEL store these; the operator then reports the same words.
+    for spec in [
+        "gateway: {auth: {mode: insecure}}",
+        "gateway: {auth: {jwt: {secretRef: {name: s, key: k}}}}",
+        "gateway: {auth: {jwt: {algorithm: ES256, audience: a}}}",
+        "gateway: {auth: {jwt: {audience: a}}}",
+        "gateway: {auth: {mode: jwt}}",
+    ] {
+        let cel = cel(spec, VERSION).expect_err(spec);
+        let operator = operator(spec).expect_err(spec);
+        let message = operator
+            .strip_prefix("invalid spec: ")
+            .unwrap_or_else(|| panic!("{spec}: {operator}"));
+        assert!(
+            cel.contains(&format!("message: {message:?}")),
+            "{spec}: the operator says {message:?}, CEL {cel}"
+        );
+    }
+    // The insecure opt-in names the field.
+    let err = operator("gateway: {auth: {mode: insecure}}").expect_err("refused");
+    assert!(
+        err.contains("auth.dangerouslyAllowInsecureOnNetwork"),
+        "{err}"
+    );
 }

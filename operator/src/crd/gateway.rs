@@ -1,7 +1,8 @@
 //! The `gateway` section of the spec: what goes into the gateway's config file, and the
 //! Secrets its keys come from. Field names follow the gateway's config (docs/configuration.md).
+//! Authentication is in `auth.rs`, room namespaces in `namespaces.rs`.
 
-use super::DURATION_PATTERN;
+use super::{AuthSpec, NamespaceRules, NamespaceSpec, DURATION_PATTERN};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -32,7 +33,7 @@ pub struct GatewaySpec {
     /// Redis engine; without it each pod runs the single-node memory engine (one pod).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisSpec>,
-    /// Client authentication (required: `mode: insecure` for demos, or `jwt` keys).
+    /// Client authentication (required: `jwt` keys, or `mode: insecure` for demos).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
     /// Keep-alive (`heartbeat` in the gateway config).
@@ -60,6 +61,16 @@ pub struct GatewaySpec {
     /// Admission of new connections (`admission` in the gateway config).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admission: Option<AdmissionSpec>,
+    /// Room namespaces (`namespaces` in the gateway config): rules per room-name prefix, the
+    /// longest matching prefix wins; keyed by `prefix`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["prefix"]))]
+    pub namespaces: Vec<NamespaceSpec>,
+    /// Rules of the rooms no `namespaces[].prefix` matches (the gateway's `prefix: ""`
+    /// namespace); unset: a public lobby.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_namespace: Option<NamespaceRules>,
     /// WebSocket forwarding routes to backend services (`routes` in the gateway config);
     /// the longest matching path prefix wins. Names are unique (the list is keyed by name).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -102,6 +113,24 @@ pub struct AdmissionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000000), extend("default" = 2000))]
     pub rate: Option<i64>,
+    /// Upgrades per second from one client IP (per pod), checked before the token is
+    /// verified; 429 beyond. 0 = no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000), extend("default" = 50))]
+    pub per_ip_rate: Option<i64>,
+    /// Burst of upgrades from one client IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000), extend("default" = 100))]
+    pub per_ip_burst: Option<i64>,
+    /// Upgrades per second of one user (per pod), checked before the shared `rate`; 429
+    /// beyond. 0 = no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000), extend("default" = 5))]
+    pub per_user_rate: Option<i64>,
+    /// Burst of upgrades of one user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000), extend("default" = 20))]
+    pub per_user_burst: Option<i64>,
 }
 
 /// One WebSocket forwarding route: authenticate at the gateway, then pipe frames to an
@@ -173,74 +202,6 @@ pub struct RedisSpec {
     pub readiness_grace: Option<String>,
 }
 
-/// Authentication settings.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "(has(self.mode) && self.mode == 'insecure') || has(self.jwt)",
-     "message": "auth.jwt is required unless auth.mode is insecure"}
-]))]
-pub struct AuthSpec {
-    /// `jwt` or `insecure` (demo only: `?user=NAME` is trusted).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("default" = "jwt"))]
-    pub mode: Option<AuthModeSpec>,
-    /// JWT verification.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwt: Option<JwtSpec>,
-}
-
-/// Authentication mode.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum AuthModeSpec {
-    /// Signed JWT required.
-    Jwt,
-    /// Trust `?user=NAME`; for demos only.
-    Insecure,
-}
-
-/// JWT algorithm.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum JwtAlgorithmSpec {
-    /// HMAC-SHA256 with a shared secret.
-    HS256,
-    /// RSA-SHA256 with a PEM public key.
-    RS256,
-}
-
-/// JWT verification settings; keys come from Secrets mounted as files.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "!has(self.algorithm) || self.algorithm != 'RS256' || has(self.publicKeySecretRef)",
-     "message": "RS256 needs publicKeySecretRef"},
-    {"rule": "(has(self.algorithm) && self.algorithm == 'RS256') || has(self.secretRef)",
-     "message": "HS256 needs secretRef"}
-]))]
-pub struct JwtSpec {
-    /// HS256 or RS256.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("default" = "HS256"))]
-    pub algorithm: Option<JwtAlgorithmSpec>,
-    /// Secret key holding the HS256 shared secret.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret_ref: Option<SecretKeyRef>,
-    /// Secret key holding the RS256 PEM public key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub public_key_secret_ref: Option<SecretKeyRef>,
-    /// Required `iss` claim.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub issuer: Option<String>,
-    /// Required `aud` claim.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audience: Option<String>,
-    /// Clock skew tolerated, e.g. `5s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(DURATION_PATTERN), extend("default" = "5s"))]
-    pub leeway: Option<String>,
-}
-
 /// Per-connection limits; unset fields keep the gateway's defaults.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -265,6 +226,10 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000000))]
     pub connections_per_ip: Option<i64>,
+    /// Open connections of one user on one pod (429 beyond); 0 disables the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub connections_per_user: Option<i64>,
     /// Frames queued per connection before it is closed as a slow consumer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]

@@ -186,8 +186,42 @@ fn schema_defaults_are_what_the_code_defaults_to() {
         ("gateway.rebalance.rate", json!(gw.rebalance.rate as i64)),
         ("gateway.rebalance.interval", secs(gw.rebalance.interval)),
         ("gateway.auth.mode", json!("jwt")),
+        (
+            "gateway.auth.dangerouslyAllowInsecureOnNetwork",
+            json!(gw.auth.dangerously_allow_insecure_on_network),
+        ),
+        ("gateway.auth.queryToken", json!(gw.auth.query_token)),
+        ("gateway.auth.expiryWarning", secs(gw.auth.expiry_warning)),
         ("gateway.auth.jwt.algorithm", json!("HS256")),
         ("gateway.auth.jwt.leeway", secs(gw.auth.jwt.leeway)),
+        (
+            "gateway.auth.jwt.reloadInterval",
+            secs(gw.auth.jwt.reload_interval),
+        ),
+        (
+            "gateway.auth.jwt.requireAudience",
+            json!(gw.auth.jwt.require_audience),
+        ),
+        (
+            "gateway.auth.jwt.roomsClaim",
+            json!(gw.auth.jwt.rooms_claim),
+        ),
+        (
+            "gateway.admission.perIpRate",
+            json!(gw.admission.per_ip_rate as i64),
+        ),
+        (
+            "gateway.admission.perIpBurst",
+            json!(gw.admission.per_ip_burst),
+        ),
+        (
+            "gateway.admission.perUserRate",
+            json!(gw.admission.per_user_rate as i64),
+        ),
+        (
+            "gateway.admission.perUserBurst",
+            json!(gw.admission.per_user_burst),
+        ),
         ("autoscaling.minReplicas", json!(hpa::DEFAULT_MIN)),
         ("autoscaling.maxReplicas", json!(hpa::DEFAULT_MAX)),
         (
@@ -219,6 +253,25 @@ fn schema_defaults_are_what_the_code_defaults_to() {
     ] {
         assert_eq!(default_at(path), want, "spec.{path}");
     }
+    // A namespace's fields default to the gateway's default namespace (a public lobby).
+    let ns = chat_gateway_config::NamespaceConfig::default();
+    let gateway = &schema["properties"]["spec"]["properties"]["gateway"]["properties"];
+    for (field, want) in [
+        ("join", json!(String::from(ns.join))),
+        ("send", serde_json::to_value(ns.send).expect("send")),
+        ("historyWithoutJoin", json!(ns.history_without_join)),
+        ("keepHistory", json!(ns.keep_history)),
+        ("presence", json!(ns.presence)),
+        ("joinLeaveEvents", json!(ns.join_leave_events)),
+        ("maxBodyBytes", json!(ns.max_body_bytes)),
+        ("dm", json!(String::from(ns.dm))),
+        ("dmQuota", json!(ns.dm_quota)),
+    ] {
+        let item = &gateway["namespaces"]["items"]["properties"][field];
+        assert_eq!(item["default"], want, "namespaces[].{field}");
+        let default = &gateway["defaultNamespace"]["properties"][field];
+        assert_eq!(default["default"], want, "defaultNamespace.{field}");
+    }
     // Derived from other fields, so deliberately without a schema default.
     for path in [
         "replicas",
@@ -230,6 +283,64 @@ fn schema_defaults_are_what_the_code_defaults_to() {
             node = &node["properties"][key];
         }
         assert!(node.get("default").is_none(), "spec.{path} has a default");
+    }
+}
+
+#[test]
+fn namespaces_are_a_list_keyed_by_prefix_with_the_gateways_spellings() {
+    let gateway = &schema_of(VERSION)["properties"]["spec"]["properties"]["gateway"];
+    let ns = &gateway["properties"]["namespaces"];
+    assert_eq!(ns["x-kubernetes-list-type"], "map");
+    assert_eq!(ns["x-kubernetes-list-map-keys"], json!(["prefix"]));
+    // A list-map key must be required (the API server refuses the CRD otherwise), and
+    // non-empty: older API servers read "" as null (the default namespace has its own field).
+    assert_eq!(ns["items"]["required"], json!(["prefix"]));
+    assert_eq!(ns["items"]["properties"]["prefix"]["minLength"], 1);
+    assert!(gateway["properties"]["defaultNamespace"]["properties"]
+        .get("prefix")
+        .is_none());
+    // Every spelling the pattern admits is one the gateway parses, and the other way round.
+    let item = &ns["items"]["properties"];
+    let matcher = |schema: &Value| {
+        let v = jsonschema::validator_for(schema).expect("a valid schema");
+        move |text: &str| v.is_valid(&json!(text))
+    };
+    let (join, dm) = (matcher(&item["join"]), matcher(&item["dm"]));
+    for text in [
+        "public",
+        "grant",
+        "backend",
+        "claim:teams",
+        "claim:",
+        "claim",
+        "Public",
+        "anyone",
+        "x",
+    ] {
+        let parses = chat_gateway_config::JoinPolicy::try_from(text.to_string()).is_ok();
+        assert_eq!(join(text), parses, "join {text:?}");
+    }
+    for text in [
+        "anyone",
+        "sharedRoom",
+        "claim:friends",
+        "claim:",
+        "shared",
+        "public",
+    ] {
+        let parses = chat_gateway_config::DmPolicy::try_from(text.to_string()).is_ok();
+        assert_eq!(dm(text), parses, "dm {text:?}");
+    }
+    let send: Vec<_> = item["send"]["enum"].as_array().expect("send enum").clone();
+    for value in &send {
+        serde_json::from_value::<chat_gateway_config::SendPolicy>(value.clone())
+            .unwrap_or_else(|e| panic!("send {value}: {e}"));
+    }
+    assert_eq!(send.len(), 3);
+    let algorithms = &gateway["properties"]["auth"]["properties"]["jwt"]["properties"]["algorithm"];
+    for value in algorithms["enum"].as_array().expect("algorithm enum") {
+        serde_json::from_value::<chat_gateway_config::JwtAlgorithm>(value.clone())
+            .unwrap_or_else(|e| panic!("algorithm {value}: {e}"));
     }
 }
 

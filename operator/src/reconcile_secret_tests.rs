@@ -1,0 +1,205 @@
+//! The Secrets a gateway references: read before anything is applied, the keys whose change
+//! needs new pods hashed onto the template, the key set checked but left out of the hash, and
+//! a missing or unusable key reported instead of applied.
+
+use super::*;
+
+/// The reads of FULL's three Secrets (Redis URL, HS256 key, key set), in order.
+fn full_secrets(jwt_key: &str, jwks: &str) -> Vec<Step> {
+    [
+        ("redis", "url", "redis://r:6379"),
+        ("jwt", "secret", jwt_key),
+        ("jwks", "jwks.json", jwks),
+    ]
+    .into_iter()
+    .map(|(name, key, value)| {
+        ok_with(
+            Method::GET,
+            &format!("{NS}/secrets/{name}"),
+            secret(name, key, value),
+        )
+    })
+    .collect()
+}
+
+/// Everything a new FULL gateway applies after its Secrets were read.
+fn full_applies() -> Vec<Step> {
+    vec![
+        step(Method::PATCH, CM),
+        step(Method::PATCH, DEPLOY),
+        handover(DEPLOY),
+        step(Method::PATCH, SVC),
+        step(Method::PATCH, HPA),
+        step(Method::PATCH, PDB),
+        step(Method::PATCH, STATUS),
+    ]
+}
+
+#[tokio::test]
+async fn full_spec_checks_secrets_then_applies_hpa_and_pdb() {
+    let (ctx, handle) = context(ServedKinds::ALL, false);
+    let server = serve(
+        handle,
+        with(with(full_secrets(JWT_KEY, JWKS), lookups()), full_applies()),
+    );
+    reconcile(Arc::new(cgw(FULL)), ctx)
+        .await
+        .expect("reconcile");
+    let seen = server.await.expect("server");
+    let hpa = &seen[13].1;
+    assert_eq!(
+        hpa["spec"]["metrics"][0]["pods"]["metric"]["name"],
+        "chatgateway_connections"
+    );
+    // A new autoscaled Deployment starts at minReplicas, and the count is handed over.
+    assert_eq!(seen[10].1["spec"]["replicas"], 3);
+    assert_eq!(
+        seen[11].1,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "chat"}, "spec": {"replicas": 3}})
+    );
+    let annotations = &seen[10].1["spec"]["template"]["metadata"]["annotations"];
+    let redis = crate::crd::SecretKeyRef {
+        name: "redis".into(),
+        key: "url".into(),
+    };
+    let jwt = crate::crd::SecretKeyRef {
+        name: "jwt".into(),
+        key: "secret".into(),
+    };
+    assert_eq!(
+        annotations["chatgateway.io/secret-hash"],
+        crate::secrets::digest(
+            &[&redis, &jwt],
+            &[b"redis://r:6379".to_vec(), JWT_KEY.as_bytes().to_vec()]
+        ),
+        "the key set is read (it must exist) but not hashed: it rotates in place"
+    );
+}
+
+#[tokio::test]
+async fn a_key_the_gateway_would_refuse_is_degraded_and_nothing_is_applied() {
+    // The reads stop at the first bad value.
+    for (jwt, jwks, reads, problem) in [
+        ("too-short", JWKS, 2, "the HS256 secret is 9 bytes"),
+        (
+            JWT_KEY,
+            r#"{"keys": [{"kty": "oct"}]}"#,
+            3,
+            "keys[0] has no `kid`",
+        ),
+    ] {
+        let (ctx, handle) = context(ServedKinds::ALL, true);
+        let mut steps = full_secrets(jwt, jwks);
+        steps.truncate(reads);
+        let server = serve(
+            handle,
+            with(
+                steps,
+                vec![step(Method::POST, EVENTS), step(Method::PATCH, STATUS)],
+            ),
+        );
+        let err = reconcile(Arc::new(cgw(FULL)), ctx).await.unwrap_err();
+        assert_eq!(err.reason(), "InvalidSecret", "{err}");
+        let seen = server.await.expect("server");
+        let status = &seen[reads + 1].1;
+        assert_eq!(condition(status, "Degraded"), ("True", "InvalidSecret"));
+        let m = message(status, "Degraded");
+        assert!(m.contains(problem), "{m}");
+        assert!(!m.contains("too-short"), "the value never shows: {m}");
+    }
+}
+
+#[tokio::test]
+async fn missing_secret_is_degraded_with_an_event_and_backs_off() {
+    let (ctx, handle) = context(ServedKinds::ALL, true);
+    let server = serve(
+        handle,
+        vec![
+            not_found(Method::GET, &format!("{NS}/secrets/redis")),
+            step(Method::POST, EVENTS),
+            step(Method::PATCH, STATUS),
+        ],
+    );
+    let c = Arc::new(cgw(FULL));
+    let err = reconcile(c.clone(), ctx.clone()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::SecretRef { ref name, .. } if name == "redis"),
+        "{err}"
+    );
+    let seen = server.await.expect("server");
+    let event = &seen[1].1;
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("Warning"), Some("SecretNotFound"))
+    );
+    assert_eq!(event["regarding"]["name"], "chat");
+    let status = &seen[2].1;
+    assert_eq!(condition(status, "Degraded"), ("True", "SecretNotFound"));
+    assert_eq!(condition(status, "Reconciled"), ("False", "SecretNotFound"));
+    // A failure says nothing new about the pods: never reconciled, so Unknown.
+    assert_eq!(condition(status, "Ready"), ("Unknown", "NotReconciled"));
+    // Exponential backoff per gateway.
+    let first = error_policy(c.clone(), &err, ctx.clone());
+    let second = error_policy(c.clone(), &err, ctx.clone());
+    assert_eq!(first, Action::requeue(Duration::from_secs(10)));
+    assert_eq!(second, Action::requeue(Duration::from_secs(20)));
+    assert!(ctx
+        .metrics
+        .render()
+        .contains("reason=\"SecretNotFound\"} 1"));
+}
+
+#[tokio::test]
+async fn secret_without_the_key_is_degraded() {
+    let (ctx, handle) = context(ServedKinds::ALL, false);
+    let server = serve(
+        handle,
+        vec![
+            ok_with(
+                Method::GET,
+                &format!("{NS}/secrets/redis"),
+                secret("redis", "other", "x"),
+            ),
+            step(Method::PATCH, STATUS),
+        ],
+    );
+    let err = reconcile(Arc::new(cgw(FULL)), ctx).await.unwrap_err();
+    assert_eq!(err.reason(), "SecretNotFound");
+    server.await.expect("server");
+}
+
+async fn deployment_with_keys(jwt_key: &str, jwks: &str) -> Value {
+    let (ctx, handle) = context(ServedKinds::ALL, false);
+    let server = serve(
+        handle,
+        with(with(full_secrets(jwt_key, jwks), lookups()), full_applies()),
+    );
+    reconcile(Arc::new(cgw(FULL)), ctx)
+        .await
+        .expect("reconcile");
+    let mut seen = server.await.expect("server");
+    seen.swap_remove(10).1
+}
+
+#[tokio::test]
+async fn a_rotated_key_changes_the_pod_template_and_a_rotated_key_set_does_not() {
+    let other_key = "fedcba9876543210fedcba9876543210";
+    let other_set = JWKS.replace("\"k1\"", "\"k2\"");
+    let before = deployment_with_keys(JWT_KEY, JWKS).await;
+    let again = deployment_with_keys(JWT_KEY, JWKS).await;
+    let after = deployment_with_keys(other_key, JWKS).await;
+    let set_rotated = deployment_with_keys(JWT_KEY, &other_set).await;
+    let hash = |d: &Value| {
+        d["spec"]["template"]["metadata"]["annotations"]["chatgateway.io/secret-hash"].clone()
+    };
+    assert_eq!(hash(&before), hash(&again));
+    assert_ne!(hash(&before), hash(&after), "a new key rolls the pods");
+    let template = |d: &Value| d["metadata"]["annotations"]["chatgateway.io/template-hash"].clone();
+    assert_ne!(template(&before), template(&after));
+    // The kubelet rewrites the mounted key set and the gateway re-reads it: same pods.
+    assert_eq!(hash(&before), hash(&set_rotated));
+    assert_eq!(template(&before), template(&set_rotated));
+    // The key itself never leaves the Secret.
+    assert!(!after.to_string().contains(other_key));
+}
