@@ -9,6 +9,7 @@ pub mod drain;
 pub mod engine;
 pub mod forward;
 pub mod hub;
+pub mod linger;
 pub mod metrics;
 pub mod node;
 pub mod outbound;
@@ -96,5 +97,7 @@ impl Gateway {
         while self.node.connection_count() > 0 && tokio::time::Instant::now() < until {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+        // Presence of the connections just closed would otherwise linger past the process.
+        let _ = tokio::time::timeout_at(until, self.node.linger.flush()).await;
     }
 }

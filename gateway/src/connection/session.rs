@@ -25,7 +25,15 @@ pub struct Session {
     pub(super) rooms: HashMap<Arc<str>, StreamPosition>,
     /// The inbox's replay waits for `resume` (up to the grace period) or another command.
     pub(super) inbox_pending: bool,
+    /// This device's acknowledged inbox position: where its inbox replay started, moved
+    /// on by `ack` (and by the inbox position of a `resume`). Saved with the session, so
+    /// the device's next resume replays every direct message it has not acknowledged.
+    pub(super) inbox_acked: Option<StreamPosition>,
     pub(super) connected_at: u64,
+    /// The presence entry of each joined room (`<conn_key>.<n>`: a fresh one per join, so
+    /// a lingering leave of an earlier join never removes a later one).
+    pub(super) members: HashMap<Arc<str>, String>,
+    joins: u64,
 }
 
 impl Session {
@@ -42,7 +50,10 @@ impl Session {
             queue,
             rooms: HashMap::new(),
             inbox_pending: true,
+            inbox_acked: None,
             connected_at: crate::engine::now_ms(),
+            members: HashMap::new(),
+            joins: 0,
         }
     }
 
@@ -107,28 +118,40 @@ impl Session {
             .set(self.node.hub.room_count() as i64);
     }
 
-    /// Starts holding a room's live messages, subscribes and marks presence. On failure
+    /// Starts holding a room's live messages, subscribes and marks presence (taking back
+    /// this connection's lingering entry if it left the room a moment ago). On failure
     /// nothing of it remains.
     pub(super) async fn attach(&mut self, room: &Arc<str>) -> Result<(), EngineError> {
         self.queue.push(Outbound::BeginCatchup(room.clone()));
+        self.joins += 1;
+        let fresh = format!("{}.{}", self.conn_key, self.joins);
         let attached = async {
             self.subscribe(room).await?;
+            if let Some(member) = self.node.linger.rejoin(room, &self.conn_key) {
+                return Ok(member);
+            }
             let present = self
                 .node
                 .engine
-                .presence_join(room, &self.user, &self.conn_key)
+                .presence_join(room, &self.user, &fresh)
                 .await;
             if let Err(e) = present {
                 self.unsubscribe(room).await;
                 return Err(e);
             }
-            Ok(())
+            Ok(fresh)
         }
         .await;
-        if attached.is_err() {
-            self.queue.push(Outbound::Forget(room.clone()));
+        match attached {
+            Ok(member) => {
+                self.members.insert(room.clone(), member);
+                Ok(())
+            }
+            Err(e) => {
+                self.queue.push(Outbound::Forget(room.clone()));
+                Err(e)
+            }
         }
-        attached
     }
 
     /// Takes the connection out of a room: the writer forgets it, the node unsubscribes
@@ -136,38 +159,57 @@ impl Session {
     pub(super) async fn detach(&mut self, room: &Arc<str>) {
         self.rooms.remove(room);
         self.queue.push(Outbound::Forget(room.clone()));
-        self.release(room).await;
+        let member = self.members.remove(room);
+        self.release(room, member).await;
     }
 
-    /// The engine side of leaving a room (the writer is not involved).
-    async fn release(&self, room: &Arc<str>) {
+    /// The engine side of leaving a room (the writer is not involved): unsubscribes, and
+    /// hands the presence entry to the linger (its leave is announced a moment later).
+    async fn release(&self, room: &Arc<str>, member: Option<String>) {
         self.unsubscribe(room).await;
-        let left = self
-            .node
-            .engine
-            .presence_leave(room, &self.user, &self.conn_key)
-            .await;
-        if let Err(e) = left {
-            // Presence entries expire on their own; a failed leave only shows the user
-            // for a little longer.
-            tracing::warn!(room = %room, error = %e, "presence leave failed");
+        if let Some(member) = member {
+            self.node
+                .linger
+                .leave(room, &self.user, &self.conn_key, member)
+                .await;
         }
     }
 
     /// After the socket closed: leaves every room and the inbox, and stores the session
-    /// for a resume, starting from what the writer actually `written` per room.
+    /// for a resume, starting from what the writer actually `written` per room. The rooms
+    /// are left concurrently: with Redis unreachable each step waits for its deadline,
+    /// and a close must not take rooms × deadline.
     pub async fn close(&mut self, written: &HashMap<Arc<str>, StreamPosition>) {
-        let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
-        for room in &rooms {
-            self.release(room).await;
-        }
+        let members = std::mem::take(&mut self.members);
+        let leaving = self.rooms.keys().map(|room| {
+            let member = members.get(room).cloned();
+            self.release(room, member)
+        });
         let inbox = self.inbox.clone();
-        self.unsubscribe(&inbox).await;
+        futures_util::future::join(
+            futures_util::future::join_all(leaving),
+            self.unsubscribe(&inbox),
+        )
+        .await;
         self.persist(written).await;
     }
 
+    /// This device has the inbox up to `at`: its own position and the user's cursor
+    /// move on (within an epoch never back; another epoch replaces them).
+    pub(super) async fn acknowledge_inbox(
+        &mut self,
+        at: StreamPosition,
+    ) -> Result<(), EngineError> {
+        match &mut self.inbox_acked {
+            Some(cur) if cur.epoch == at.epoch => cur.seq = cur.seq.max(at.seq),
+            _ => self.inbox_acked = Some(at.clone()),
+        }
+        self.node.engine.ack_inbox(&self.user, &at).await
+    }
+
     /// Saves the session for a later resume; `written` (the writer's positions at the
-    /// end) overrides the positions known at join time.
+    /// end) overrides the positions known at join time. The inbox's position is the
+    /// acknowledged one, not the written one: bytes reaching a socket are not a read.
     pub(super) async fn persist(&self, written: &HashMap<Arc<str>, StreamPosition>) {
         let mut rooms: std::collections::BTreeMap<String, StreamPosition> = self
             .rooms
@@ -177,7 +219,7 @@ impl Session {
                 (room.to_string(), at.clone())
             })
             .collect();
-        if let Some(at) = written.get(&self.inbox) {
+        if let Some(at) = &self.inbox_acked {
             rooms.insert(self.inbox.to_string(), at.clone());
         }
         let record = SessionRecord {

@@ -32,6 +32,8 @@ pub enum Command {
     Ping(Ping),
     /// Restore an earlier session's rooms and replay what was missed.
     Resume(Resume),
+    /// Acknowledge the own inbox up to a seq (this device has its direct messages).
+    Ack(Ack),
 }
 
 /// `join`.
@@ -111,6 +113,17 @@ pub struct Resume {
     pub positions: BTreeMap<String, Since>,
 }
 
+/// `ack`: this device has the own inbox's messages up to `seq`.
+#[derive(Debug)]
+pub struct Ack {
+    /// Client id of the command.
+    pub id: CommandId,
+    /// Last inbox seq the device has.
+    pub seq: u64,
+    /// Epoch of that seq, if the client knows it.
+    pub epoch: Option<std::sync::Arc<str>>,
+}
+
 /// Command kinds of protocol v1, as named by `type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -122,6 +135,7 @@ enum Kind {
     Presence,
     Ping,
     Resume,
+    Ack,
     #[serde(other)]
     Unknown,
 }
@@ -146,6 +160,7 @@ struct WireCommand {
     traceparent: Option<String>,
     resume_token: Option<String>,
     positions: Option<BTreeMap<String, Since>>,
+    seq: Option<u64>,
 }
 
 /// Why a text frame is not a valid command.
@@ -242,6 +257,16 @@ impl Command {
                 positions: w.positions.unwrap_or_default(),
                 id,
             }),
+            Kind::Ack => {
+                let Some(seq) = w.seq else {
+                    return Err(fail(BadRequest, "ack needs `seq`".into(), Some(id)));
+                };
+                Command::Ack(Ack {
+                    seq,
+                    epoch: w.epoch.map(Into::into),
+                    id,
+                })
+            }
             Kind::Unknown => return Err(unknown(Some(id))),
         })
     }
@@ -256,6 +281,7 @@ impl Command {
             Command::Presence(c) => &c.id,
             Command::Ping(c) => &c.id,
             Command::Resume(c) => &c.id,
+            Command::Ack(c) => &c.id,
         }
     }
 }
@@ -335,6 +361,7 @@ mod tests {
                 r#"{"type":"resume","id":7,"resume_token":"t","positions":{"lobby":3,"b":{"seq":2,"epoch":"x"}}}"#,
                 "resume",
             ),
+            (r#"{"type":"ack","id":8,"seq":3,"epoch":"x"}"#, "ack"),
         ];
         for (text, kind) in cases {
             let cmd = Command::parse(text).unwrap_or_else(|e| panic!("{text}: {e:?}"));
@@ -346,6 +373,7 @@ mod tests {
                 Command::Presence(_) => "presence",
                 Command::Ping(_) => "ping",
                 Command::Resume(_) => "resume",
+                Command::Ack(_) => "ack",
             };
             assert_eq!(got, kind, "{text}");
         }
@@ -392,6 +420,8 @@ mod tests {
         );
         let err = Command::parse(r#"{"type":"leave","id":9}"#).expect_err("no room");
         assert_eq!(err.message, "leave needs `room`");
+        let err = Command::parse(r#"{"type":"ack","id":9}"#).expect_err("no seq");
+        assert_eq!(err.message, "ack needs `seq`");
         let err = Command::parse(r#"{"type":"join","id":"x","room":"r","bogus":1}"#)
             .expect_err("unknown field");
         assert_eq!(

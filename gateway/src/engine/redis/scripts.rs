@@ -5,7 +5,7 @@
 //! share one cluster slot):
 //!   P:{R}:m   hash   epoch, seq (the top)
 //!   P:{R}:s   stream entries `<seq>-1` with fields f (the msg frame) and t (append ms)
-//!   P:{R}:d:<from>\0<msg_id>   string   seq, expires after the dedup window
+//!   P:{R}:d:<from>\0<msg_id>   string   "<seq> <epoch>", expires after the dedup window
 //!   P:{R}:pc  zset   "<user>\0<conn>" scored by expiry ms
 //!   P:{R}:pu  hash   user -> connection count
 //!   P:c:R     channel: "m <seq> <epoch> <ts> <traceparent|-> <frame>" or "p <frame>"
@@ -13,20 +13,27 @@
 use redis::Script;
 use std::sync::LazyLock;
 
-/// Dedup check, next seq, append with retention, PUBLISH. Returns {seq, epoch, dup}.
-/// KEYS: meta, stream, dedup. ARGV: channel, epoch candidate, frame head, frame tail,
-/// max messages, max age ms, dedup window ms, traceparent (or `-`).
+/// The epoch rule, dedup check, next seq, append with retention, PUBLISH. Returns
+/// {seq, epoch, dup}. KEYS: meta, stream, dedup. ARGV: channel, epoch candidate, frame
+/// head, frame tail, max messages, max age ms, dedup window ms, traceparent (or `-`),
+/// epoch this node saw (or ``), seq this node saw in it.
 pub static PUBLISH: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/publish.lua")));
 
-/// Reads history. Returns {epoch, top, first, seq1, frame1, seq2, frame2, ...}.
-/// KEYS: meta, stream. ARGV: start id, end id, reverse (0/1), limit, max age ms,
-/// epoch candidate.
+/// Reads a page of history, creating nothing. Returns {epoch (`` without meta), top,
+/// first, more, seq1, frame1, seq2, frame2, ...}. KEYS: meta, stream. ARGV: start id, end
+/// id, reverse (0/1), limit, max age ms, max bytes (0: no cap).
 pub static HISTORY: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/history.lua")));
 
+/// The epoch rule on its own: a new epoch if the room is still in the given epoch below
+/// the given seq. Returns {bumped (0/1), epoch}. KEYS: meta, stream. ARGV: epoch seen, seq
+/// seen, new epoch, meta ttl ms.
+pub static EPOCH_BUMP: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/epoch_bump.lua")));
+
 /// Adds a connection to a room's presence; announces the user's first one.
-/// KEYS: pc, pu. ARGV: member, user, expiry ms, channel, join frame.
+/// KEYS: pc, pu. ARGV: member, user, expiry ms, channel, join frame, key ttl ms.
 pub static PRESENCE_JOIN: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/presence_join.lua")));
 
@@ -40,6 +47,12 @@ pub static PRESENCE_LEAVE: LazyLock<Script> =
 pub static PRESENCE_LIST: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/presence_list.lua")));
 
-/// Moves a counter forward only. KEYS: key. ARGV: value, ttl ms.
-pub static MAX_SET: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/max_set.lua")));
+/// Refreshes a node's presence entries of a room, drops expired ones (announcing their
+/// users' leave) and extends the keys' lifetime. KEYS: pc, pu. ARGV: now ms, expiry ms,
+/// key ttl ms, channel, room, member...
+pub static PRESENCE_REFRESH: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/presence_refresh.lua")));
+
+/// Advances a user's inbox cursor `"<seq> <epoch>"`. KEYS: cursor. ARGV: seq, epoch, ttl ms.
+pub static INBOX_ACK: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/inbox_ack.lua")));

@@ -1,10 +1,23 @@
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch and epoch == ARGV[9]
+    and tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') < tonumber(ARGV[10]) then
+  -- The epoch rule: the store is behind what the publishing node has seen of this epoch
+  -- (restored from an older snapshot, or a lagging replica took over). Numbering on would
+  -- reuse seqs clients already have; a new epoch makes them see the gap instead.
+  redis.call('DEL', KEYS[2])
+  epoch = false
+end
 if not epoch then
   epoch = ARGV[2]
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
 end
 local dup = redis.call('GET', KEYS[3])
-if dup then return {tonumber(dup), epoch, 1} end
+if dup then
+  local dseq, depoch = string.match(dup, '^(%d+) (.+)$')
+  if not dseq then return {tonumber(dup), epoch, 1} end
+  -- An id is a duplicate within its epoch; one stored in a replaced epoch is stored again.
+  if depoch == epoch then return {tonumber(dseq), epoch, 1} end
+end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -17,6 +30,6 @@ end
 -- The seq counter outlives the messages by a week so an idle room keeps its epoch.
 redis.call('PEXPIRE', KEYS[1], max_age * 2 + 604800000)
 redis.call('PEXPIRE', KEYS[2], max_age * 2)
-redis.call('SET', KEYS[3], seq, 'PX', ARGV[7])
+redis.call('SET', KEYS[3], seq .. ' ' .. epoch, 'PX', ARGV[7])
 redis.call('PUBLISH', ARGV[1], 'm ' .. seq .. ' ' .. epoch .. ' ' .. now .. ' ' .. ARGV[8] .. ' ' .. frame)
 return {seq, epoch, 0}
