@@ -230,6 +230,10 @@ async fn history_paging(f: &impl Factory) {
     assert_eq!(&*empty.epoch, EMPTY_EPOCH, "a read creates no epoch");
     assert!(empty.covers(0, Some(&empty.epoch)));
     assert!(empty.covers(0, Some("any")), "seq 0 has seen nothing");
+    assert!(
+        !empty.covers(1, Some("other")),
+        "a seq the room never reached"
+    );
     // The first write starts a real epoch, and a position at seq 0 is covered by it.
     let p = engine
         .publish(publish("never-used", "a", "m", "1"))

@@ -439,6 +439,9 @@ mod tests {
             *lock(&e.pruned) = past;
         }
         e.history("ghost", q).await.expect("history");
-        assert!(lock(&e.streams).is_empty(), "aged out and forgotten: pruned");
+        assert!(
+            lock(&e.streams).is_empty(),
+            "aged out and forgotten: pruned"
+        );
     }
 }

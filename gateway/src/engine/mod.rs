@@ -110,9 +110,10 @@ pub struct HistoryPage {
 
 impl HistoryPage {
     /// Whether everything after `seq` (in `epoch`) is still retained. Seq 0 means "nothing
-    /// seen yet": any epoch covers it while nothing was trimmed.
+    /// seen yet": any epoch covers it while nothing was trimmed. [`EMPTY_EPOCH`] says no
+    /// more than a missing epoch (a position taken before the room's first message).
     pub fn covers(&self, seq: u64, epoch: Option<&str>) -> bool {
-        let same_epoch = seq == 0 || epoch.is_none_or(|e| e == &*self.epoch);
+        let same_epoch = seq == 0 || epoch.is_none_or(|e| e == &*self.epoch || e == EMPTY_EPOCH);
         same_epoch && seq <= self.top && self.first <= seq + 1
     }
 
