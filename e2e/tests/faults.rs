@@ -2,7 +2,11 @@
 //! from an older snapshot, a Redis behind a black hole (a TCP proxy that stops forwarding
 //! without a reset), and reads that must not create state.
 
-use chat_gateway::config::EngineKind;
+use chat_gateway::config::{Config, EngineKind};
+use chat_gateway::engine::redis::RedisEngine;
+use chat_gateway::engine::{Broker, Engine, History, HistoryQuery, Publish};
+use chat_gateway::hub::Hub;
+use chat_gateway::outbound::{Outbound, OutboundReceiver};
 use e2e::blackhole::BlackHole;
 use e2e::gateways::Gateways;
 use e2e::process::GatewayProcess;
@@ -10,6 +14,7 @@ use e2e::redis::RedisServer;
 use e2e::{test_config, Client, TestGateway};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// An in-process gateway on `redis` under a fresh key prefix, ready.
@@ -148,8 +153,8 @@ async fn a_redis_restored_from_an_older_snapshot_yields_a_new_epoch_and_drops_no
     for p in &gws.procs {
         p.wait_ready(200, Duration::from_secs(30));
     }
-    let ack = alice.send("r", json!("after")).await;
-    assert_eq!(ack["type"], "ok", "{ack}");
+    // The first call may meet a connection the restart broke: resend with the msg id.
+    let ack = send_retrying(&mut alice, "r", "after").await;
     assert_ne!(
         ack["epoch"], old_epoch,
         "a new epoch, not seq 4 of the old one"
@@ -164,8 +169,7 @@ async fn a_redis_restored_from_an_older_snapshot_yields_a_new_epoch_and_drops_no
     }
     // A sender on a process that never saw carol's inbox.
     let mut eve = connect_to(&urls[2], "eve").await;
-    let dm = eve.send("user:carol", json!("after")).await;
-    assert_eq!(dm["type"], "ok", "{dm}");
+    send_retrying(&mut eve, "user:carol", "after").await;
     let m = carol.next_msg().await;
     assert_eq!(m["body"], "after", "{m}");
     assert_ne!(m["epoch"], old_inbox_epoch, "{m}");
@@ -176,6 +180,25 @@ async fn a_redis_restored_from_an_older_snapshot_yields_a_new_epoch_and_drops_no
         .await;
     assert_eq!(j["recovered"], false, "{j}");
     drop(gws.procs.drain(..));
+}
+
+/// Sends `body` with one msg id until it is acknowledged, as a client does after
+/// `unknown_outcome` or `unavailable`.
+async fn send_retrying(c: &mut Client, room: &str, body: &str) -> Value {
+    let msg_id = format!("retry-{}", rand::random::<u32>());
+    for _ in 0..20 {
+        let r = c
+            .request(json!({"type": "send", "room": room, "msg_id": msg_id, "body": body}))
+            .await;
+        match r["code"].as_str() {
+            None => return r,
+            Some("unknown_outcome" | "unavailable") => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Some(_) => panic!("send {body}: {r}"),
+        }
+    }
+    panic!("send {body} never acknowledged");
 }
 
 /// `GET /readyz` of a process until it answers `want`; how long that took.
@@ -286,4 +309,117 @@ async fn reading_rooms_that_do_not_exist_creates_nothing_in_redis() {
     }
     assert_eq!(room_keys(), before, "history of unknown rooms wrote no key");
     gw.stop().await;
+}
+
+async fn engine_on(redis: &RedisServer, prefix: &str, hub: Arc<Hub>) -> Arc<RedisEngine> {
+    let mut config = Config::default();
+    config.redis.url = redis.url();
+    config.redis.key_prefix = prefix.into();
+    let engine = Arc::new(RedisEngine::new(hub, &config, Default::default()).expect("engine"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !engine.healthy() {
+        assert!(
+            Instant::now() < deadline,
+            "redis engine never became healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    engine
+}
+
+fn publish(room: &str, from: &str, msg_id: &str, body: &str) -> Publish {
+    Publish {
+        room: room.into(),
+        from: from.into(),
+        msg_id: msg_id.into(),
+        body: serde_json::value::RawValue::from_string(body.into()).expect("raw"),
+        traceparent: None,
+    }
+}
+
+/// The epoch rule's third witness: a node subscribed to a room sees a seq appended a
+/// second time by a node that never saw the room (Redis fell behind in between, and the
+/// subscribed node has not reconnected). It starts a new epoch and publishes the message
+/// again, so it is not dropped as a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribed_node_repairs_a_seq_numbered_again_by_a_node_that_never_saw_the_room() {
+    let redis = RedisServer::start();
+    let prefix = format!("rep{:08x}", rand::random::<u32>());
+    let hub = Arc::new(Hub::default());
+    let watcher = engine_on(&redis, &prefix, hub.clone()).await;
+    let writer = engine_on(&redis, &prefix, Arc::new(Hub::default())).await;
+    let (queue, mut rx) = chat_gateway::outbound::queue(10_000, 1 << 30);
+    hub.subscribe(&Arc::from("r"), 1, queue);
+    watcher.subscribe("r").await.expect("subscribe");
+    let mut old = None;
+    for i in 1..=5 {
+        let p = writer
+            .publish(publish("r", "w", &format!("m{i}"), "0"))
+            .await
+            .expect("publish");
+        old = Some(p.at.epoch);
+    }
+    let old = old.expect("epoch");
+    let delivered = |rx: &mut OutboundReceiver| -> Vec<(u64, String, String)> {
+        std::iter::from_fn(|| rx.try_recv_for_test())
+            .filter_map(|i| match i {
+                Outbound::Msg(e) => {
+                    let v: Value = serde_json::from_str(&e.frame).ok()?;
+                    Some((e.seq, e.epoch.to_string(), v["body"].to_string()))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let mut got = Vec::new();
+    until_async(Duration::from_secs(5), || {
+        got.extend(delivered(&mut rx));
+        got.len() >= 5
+    })
+    .await;
+    // Redis falls behind (as after a restore) and a node that never saw the room sends.
+    watcher.rewind_for_test("r", Some(3)).await;
+    let stranger = engine_on(&redis, &prefix, Arc::new(Hub::default())).await;
+    let p = stranger
+        .publish(publish("r", "s", "late", "\"late\""))
+        .await
+        .expect("publish");
+    assert_eq!(
+        (p.at.seq, &p.at.epoch),
+        (4, &old),
+        "the stranger numbers on"
+    );
+    let mut after = Vec::new();
+    until_async(Duration::from_secs(10), || {
+        after.extend(delivered(&mut rx));
+        after.iter().any(|(_, e, b)| *e != *old && b == "\"late\"")
+    })
+    .await;
+    let (seq, epoch, _) = after
+        .iter()
+        .find(|(_, e, b)| *e != *old && b == "\"late\"")
+        .cloned()
+        .expect("repaired");
+    assert_eq!(seq, 1, "numbered from 1 in the new epoch");
+    let page = watcher
+        .history(
+            "r",
+            HistoryQuery {
+                since: Some(0),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("history");
+    assert_eq!(*page.epoch, *epoch);
+    assert_eq!(page.messages.len(), 1);
+}
+
+async fn until_async(within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -106,8 +106,11 @@ pub(crate) fn spawn(
 #[derive(Clone, Default)]
 struct Seen {
     epoch: Option<Arc<str>>,
+    /// Where a gap fill after a reconnect starts.
     seq: u64,
-    /// Highest append time seen (Redis' clock).
+    /// Highest seq of the epoch this node delivered (0: none yet).
+    delivered: u64,
+    /// Highest append time of those (Redis' clock).
     ts: u64,
 }
 
@@ -302,6 +305,7 @@ impl Task {
             Ok((epoch, seq)) => Seen {
                 epoch: epoch.map(Into::into),
                 seq: seq.unwrap_or(0),
+                delivered: 0,
                 ts: 0,
             },
             Err(_) => Seen::default(),
@@ -335,8 +339,7 @@ impl Task {
                     restarted = true;
                     seen = Seen {
                         epoch: Some(page.epoch.clone()),
-                        seq: 0,
-                        ts: seen.ts,
+                        ..Seen::default()
                     };
                     continue;
                 }
@@ -344,6 +347,7 @@ impl Task {
                 for env in &page.messages {
                     self.shared.hub.deliver(env);
                     seen.seq = env.seq;
+                    seen.delivered = seen.delivered.max(env.seq);
                     seen.ts = seen.ts.max(frame_ts(&env.frame).unwrap_or(0));
                 }
                 if page.messages.is_empty() {
@@ -383,16 +387,24 @@ impl Task {
                 });
                 if let Some(seen) = self.rooms.get_mut(room) {
                     let same = seen.epoch.as_deref() == Some(epoch);
-                    if same && seq <= seen.seq && ts > seen.ts && seen.ts > 0 {
-                        // A seq this node already had, appended after the last message it
-                        // saw: the store numbers an epoch again from an older point.
+                    if same && seen.delivered > 0 && seq <= seen.delivered && ts > seen.ts {
+                        // A seq this node delivered already, appended after everything it
+                        // delivered: the store numbers the epoch again from an older point.
+                        // (A message delivered twice after a reconnect is older, not newer.)
                         let _ = self.repair.send(env.clone());
                     }
-                    if !same || seq > seen.seq {
-                        seen.epoch = Some(env.epoch.clone());
-                        seen.seq = seq;
+                    if same {
+                        seen.seq = seen.seq.max(seq);
+                        seen.delivered = seen.delivered.max(seq);
+                        seen.ts = seen.ts.max(ts);
+                    } else {
+                        *seen = Seen {
+                            epoch: Some(env.epoch.clone()),
+                            seq,
+                            delivered: seq,
+                            ts,
+                        };
                     }
-                    seen.ts = seen.ts.max(ts);
                 }
                 self.shared.seen.observe(room, epoch, seq);
                 self.shared.hub.deliver(&env);
