@@ -91,6 +91,18 @@ impl Harness {
             .collect()
     }
 
+    /// The reply to command `id` among what was queued since the last drain.
+    pub(super) fn reply_of(&mut self, id: u64) -> Value {
+        let items = self.drain();
+        items
+            .iter()
+            .find_map(|i| match i {
+                Item::Frame(f) if f["ref"] == id => Some(f.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no reply to {id}: {items:?}"))
+    }
+
     /// The only frame queued since the last drain, which must be a reply.
     pub(super) fn reply(&mut self) -> Value {
         let items = self.drain();

@@ -458,3 +458,28 @@ async fn a_join_leave_loop_announces_one_join_and_one_leave() {
         ["watcher"]
     );
 }
+
+#[tokio::test]
+async fn a_session_saved_at_the_join_of_an_empty_room_resumes_by_the_clients_seq() {
+    let mut a = Harness::new("alice").await;
+    a.cmd(json!({"type": "join", "id": 1, "room": "r"})).await;
+    let joined = a.reply_of(1);
+    assert_eq!(
+        joined["epoch"],
+        crate::engine::EMPTY_EPOCH,
+        "nothing written yet"
+    );
+    for i in 1..=3 {
+        a.publish("r", "bob", &format!("m{i}")).await;
+    }
+    // The node dies: the session is the one saved at the join, with the empty epoch.
+    let token = a.session.resume_token.clone();
+    let mut b = Harness::on(a.node.clone(), "alice").await;
+    b.cmd(json!({"type": "resume", "id": 2, "resume_token": token, "positions": {"r": 2}}))
+        .await;
+    let items = b.drain();
+    assert!(
+        items.contains(&Item::Replay("r".into(), 2, vec![3])),
+        "the client's seq in the room's real epoch: {items:?}"
+    );
+}
