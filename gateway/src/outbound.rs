@@ -153,16 +153,15 @@ impl OutboundQueue {
     /// connection closes first.
     pub async fn push_paced(&self, item: Outbound) -> bool {
         let weight = item.weight();
+        let fits = |q: &Self| {
+            let queued = q.shared.bytes.load(Ordering::Relaxed);
+            (queued == 0 || queued + weight <= q.shared.max_bytes) && q.tx.capacity() > 0
+        };
         loop {
             if self.shared.closing.is_cancelled() {
                 return false;
             }
-            let drained = self.shared.drained.notified();
-            tokio::pin!(drained);
-            drained.as_mut().enable();
-            let queued = self.shared.bytes.load(Ordering::Relaxed);
-            let fits = queued == 0 || queued + weight <= self.shared.max_bytes;
-            if fits && self.tx.capacity() > 0 {
+            if fits(self) {
                 let queued = self.shared.bytes.fetch_add(weight, Ordering::Relaxed) + weight;
                 self.shared.high_water.fetch_max(queued, Ordering::Relaxed);
                 return match self.tx.try_send(item) {
@@ -172,6 +171,14 @@ impl OutboundQueue {
                         false
                     }
                 };
+            }
+            // No room: wait for the writer to take items off (registered before the
+            // second look, so a wake-up in between is not lost).
+            let drained = self.shared.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if fits(self) {
+                continue;
             }
             tokio::select! {
                 _ = self.shared.closing.cancelled() => return false,
