@@ -423,3 +423,23 @@ async fn until_async(within: Duration, mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_keys_expire_unless_a_live_node_refreshes_them() {
+    let redis = RedisServer::start();
+    let gw = gateway_on(&redis).await;
+    let prefix = gw.gateway.node.config.redis.key_prefix.clone();
+    let mut c = gw.connect("present").await;
+    c.join("here").await;
+    for suffix in ["pc", "pu"] {
+        let key = format!("{prefix}:{{here}}:{suffix}");
+        let ttl = match redis.command(&["PTTL", &key]) {
+            Ok(redis::Value::Int(ms)) => ms,
+            other => panic!("PTTL {key}: {other:?}"),
+        };
+        // A crashed node refreshes nothing: its entries (and the keys, if it was the last
+        // node in the room) go by themselves.
+        assert!(ttl > 0 && ttl <= 90_000, "{key} expires: {ttl} ms");
+    }
+    gw.stop().await;
+}
