@@ -61,6 +61,31 @@ impl RedisServer {
         assert_eq!(reply, redis::Value::Okay, "SAVE: {reply:?}");
     }
 
+    /// A Redis engine outside any gateway on this server, under `prefix`, delivering into
+    /// `hub`; returns once it is healthy.
+    pub async fn engine(
+        &self,
+        prefix: &str,
+        hub: std::sync::Arc<chat_gateway::hub::Hub>,
+    ) -> std::sync::Arc<chat_gateway::engine::redis::RedisEngine> {
+        use chat_gateway::engine::Engine;
+        let mut config = chat_gateway::config::Config::default();
+        config.redis.url = self.url();
+        config.redis.key_prefix = prefix.into();
+        let engine =
+            chat_gateway::engine::redis::RedisEngine::new(hub, &config, Default::default())
+                .expect("redis engine");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !engine.healthy() {
+            assert!(
+                Instant::now() < deadline,
+                "redis engine never became healthy"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        std::sync::Arc::new(engine)
+    }
+
     /// Runs one command on the server (test set-up and inspection).
     pub fn command(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
         let client = redis::Client::open(self.url())?;

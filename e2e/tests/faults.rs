@@ -2,8 +2,7 @@
 //! from an older snapshot, a Redis behind a black hole (a TCP proxy that stops forwarding
 //! without a reset), and reads that must not create state.
 
-use chat_gateway::config::{Config, EngineKind};
-use chat_gateway::engine::redis::RedisEngine;
+use chat_gateway::config::EngineKind;
 use chat_gateway::engine::{Broker, Engine, History, HistoryQuery, Publish};
 use chat_gateway::hub::Hub;
 use chat_gateway::outbound::{Outbound, OutboundReceiver};
@@ -311,22 +310,6 @@ async fn reading_rooms_that_do_not_exist_creates_nothing_in_redis() {
     gw.stop().await;
 }
 
-async fn engine_on(redis: &RedisServer, prefix: &str, hub: Arc<Hub>) -> Arc<RedisEngine> {
-    let mut config = Config::default();
-    config.redis.url = redis.url();
-    config.redis.key_prefix = prefix.into();
-    let engine = Arc::new(RedisEngine::new(hub, &config, Default::default()).expect("engine"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !engine.healthy() {
-        assert!(
-            Instant::now() < deadline,
-            "redis engine never became healthy"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    engine
-}
-
 fn publish(room: &str, from: &str, msg_id: &str, body: &str) -> Publish {
     Publish {
         room: room.into(),
@@ -346,8 +329,8 @@ async fn a_subscribed_node_repairs_a_seq_numbered_again_by_a_node_that_never_saw
     let redis = RedisServer::start();
     let prefix = format!("rep{:08x}", rand::random::<u32>());
     let hub = Arc::new(Hub::default());
-    let watcher = engine_on(&redis, &prefix, hub.clone()).await;
-    let writer = engine_on(&redis, &prefix, Arc::new(Hub::default())).await;
+    let watcher = redis.engine(&prefix, hub.clone()).await;
+    let writer = redis.engine(&prefix, Arc::new(Hub::default())).await;
     let (queue, mut rx) = chat_gateway::outbound::queue(10_000, 1 << 30);
     hub.subscribe(&Arc::from("r"), 1, queue);
     watcher.subscribe("r").await.expect("subscribe");
@@ -379,7 +362,7 @@ async fn a_subscribed_node_repairs_a_seq_numbered_again_by_a_node_that_never_saw
     .await;
     // Redis falls behind (as after a restore) and a node that never saw the room sends.
     watcher.rewind_for_test("r", Some(3)).await;
-    let stranger = engine_on(&redis, &prefix, Arc::new(Hub::default())).await;
+    let stranger = redis.engine(&prefix, Arc::new(Hub::default())).await;
     let p = stranger
         .publish(publish("r", "s", "late", "\"late\""))
         .await

@@ -3,9 +3,8 @@
 //! reading, a second device and unacknowledged DMs, a traceparent built to break the
 //! pub/sub payload, and forwarded paths that try to leave their route.
 
-use chat_gateway::config::{Config, RouteConfig};
-use chat_gateway::engine::redis::RedisEngine;
-use chat_gateway::engine::{Broker, Engine, Publish};
+use chat_gateway::config::RouteConfig;
+use chat_gateway::engine::{Broker, Publish};
 use chat_gateway::hub::Hub;
 use e2e::gateways::Gateways;
 use e2e::process::GatewayProcess;
@@ -30,19 +29,7 @@ const BOMB_RSS_BOUND: u64 = 32 << 20;
 /// Writes 500 messages of 63 KB into one room of a Redis, through the engine itself (a
 /// client would need minutes at the default send rate; the room is the same).
 async fn poison(redis: &RedisServer, prefix: &str, room: &str) {
-    let mut config = Config::default();
-    config.redis.url = redis.url();
-    config.redis.key_prefix = prefix.into();
-    let engine =
-        RedisEngine::new(Arc::new(Hub::default()), &config, Default::default()).expect("engine");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !engine.healthy() {
-        assert!(
-            Instant::now() < deadline,
-            "redis engine never became healthy"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let engine = redis.engine(prefix, Arc::new(Hub::default())).await;
     let body = serde_json::value::to_raw_value(&"x".repeat(63_000)).expect("raw");
     for i in 0..500 {
         engine

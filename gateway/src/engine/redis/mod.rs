@@ -167,7 +167,7 @@ async fn refresh_presence(shared: Arc<Shared>, stop: CancellationToken) {
         // A pipeline does not load a missing script by itself (a restarted Redis).
         let loaded = shared
             .run(
-                scripts::PRESENCE_REFRESH
+                scripts::PRESENCE_SWEEP
                     .prepare_invoke()
                     .load_async(&mut conn),
             )
@@ -178,7 +178,7 @@ async fn refresh_presence(shared: Arc<Shared>, stop: CancellationToken) {
         }
         let mut pipe = redis::pipe();
         for (room, members) in &by_room {
-            let mut call = scripts::PRESENCE_REFRESH.key(shared.keys.presence_conns(room));
+            let mut call = scripts::PRESENCE_SWEEP.key(shared.keys.presence_conns(room));
             call.key(shared.keys.presence_users(room))
                 .arg(now)
                 .arg(now + PRESENCE_TTL.as_millis() as u64)
@@ -310,10 +310,12 @@ impl PresenceManager for RedisEngine {
         let mut c = s.conn();
         let users: Vec<String> = s
             .run(
-                scripts::PRESENCE_LIST
+                scripts::PRESENCE_SWEEP
                     .key(s.keys.presence_conns(room))
                     .key(s.keys.presence_users(room))
                     .arg(now_ms())
+                    .arg(0)
+                    .arg(0)
                     .arg(s.keys.channel(room))
                     .arg(room)
                     .invoke_async(&mut c),

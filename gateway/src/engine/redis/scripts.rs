@@ -42,16 +42,12 @@ pub static PRESENCE_JOIN: LazyLock<Script> =
 pub static PRESENCE_LEAVE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/presence_leave.lua")));
 
-/// Drops expired presence entries (announcing users who left with them), then lists
-/// the users present. KEYS: pc, pu. ARGV: now ms, channel, room.
-pub static PRESENCE_LIST: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/presence_list.lua")));
-
-/// Refreshes a node's presence entries of a room, drops expired ones (announcing their
-/// users' leave) and extends the keys' lifetime. KEYS: pc, pu. ARGV: now ms, expiry ms,
-/// key ttl ms, channel, room, member...
-pub static PRESENCE_REFRESH: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/presence_refresh.lua")));
+/// Drops expired presence entries (announcing users who left with them) and lists the
+/// users present; a node refreshing its connections first passes their members and a key
+/// ttl. KEYS: pc, pu. ARGV: now ms, expiry ms, key ttl ms (0: leave), channel, room,
+/// member...
+pub static PRESENCE_SWEEP: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/presence_sweep.lua")));
 
 /// Advances a user's inbox cursor `"<seq> <epoch>"`. KEYS: cursor. ARGV: seq, epoch, ttl ms.
 pub static INBOX_ACK: LazyLock<Script> =

@@ -1,5 +1,7 @@
--- A node keeps its connections' entries alive, drops entries nobody refreshed (a crashed
--- node's, announcing users who left with them) and extends the keys' lifetime.
+-- Drops a room's presence entries nobody refreshed (a crashed node's), announcing the
+-- users who left with them, and lists the users present. A node refreshing its own
+-- connections passes their members (refreshed first) and a key ttl (the keys then live
+-- that much longer; 0 leaves them as they are).
 -- ARGV: now ms, expiry ms, key ttl ms, channel, room, member...
 for i = 6, #ARGV do
   redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[i])
@@ -15,6 +17,8 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])) do
     end
   end
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return 1
+if tonumber(ARGV[3]) > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+return redis.call('HKEYS', KEYS[2])
