@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: run test lint fmt deps venv envtest clean crds bench bench-redis test-browser manifests image e2e-cluster
+.PHONY: run test lint fmt deps venv envtest clean crds bench bench-redis test-browser manifests image e2e-cluster fuzz fuzz-smoke fuzz-tools
 
 ## run: one gateway, in-memory engine, insecure dev auth (?user=NAME), demo page on http://$(LISTEN)/
 run:
@@ -83,6 +83,25 @@ IMAGE_TAG ?= 0.1.0
 image:
 	docker build -f gateway/Dockerfile -t ghcr.io/chatgateway/chat-gateway:$(IMAGE_TAG) .
 	docker build -f operator/Dockerfile -t ghcr.io/chatgateway/chat-gateway-operator:$(IMAGE_TAG) .
+
+## fuzz: every cargo-fuzz target of gateway/fuzz for FUZZ_SECONDS each (the stable
+## toolchain with RUSTC_BOOTSTRAP=1 and AddressSanitizer; corpus in gateway/fuzz/corpus)
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := command config_env pubsub_payload
+fuzz: fuzz-tools
+	@set -o pipefail; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p gateway/fuzz/corpus/$$t; \
+	  echo "fuzzing $$t for $(FUZZ_SECONDS) s"; \
+	  (cd gateway/fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t corpus/$$t seeds/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 2>&1 | tail -n 12) || exit 1; \
+	done
+
+## fuzz-smoke: the short fuzz run CI does after `make test` (10 s per target)
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_SECONDS=10
+
+fuzz-tools:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
 
 ## e2e-cluster: opt-in suite on a real cluster (KUBECONFIG); skipped with a message when none is configured
 e2e-cluster: venv

@@ -1,6 +1,7 @@
 //! Test harness for chatgateway: an in-process gateway on a free port, a gateway process,
 //! a protocol v1 client, and JWT helpers.
 
+pub mod blackhole;
 pub mod client;
 pub mod gateways;
 pub mod jwt;

@@ -123,9 +123,13 @@ async fn offline_dms_are_kept_and_delivered_in_order_on_next_connect() {
         .map(|m| m["body"]["n"].as_i64().unwrap_or(-1))
         .collect();
     assert_eq!(bodies, [0, 1, 2, 3, 4]);
+    // Delivered is not read: dave's device acknowledges them.
+    let last = got.last().and_then(|m| m["seq"].as_u64()).expect("seq");
+    let ack = dave.request(json!({"type": "ack", "seq": last})).await;
+    assert_eq!(ack["type"], "ok", "{ack}");
     drop(dave);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    // Delivered ones are not delivered again on the next connect; new ones are.
+    // Acknowledged ones are not delivered again on the next connect; new ones are.
     alice.send("user:dave", json!({"n": 5})).await;
     let mut dave = gw.connect("dave").await;
     dave.request(json!({"type": "ping"})).await;

@@ -49,6 +49,12 @@ const fn reason(code: u16, reason: &'static str) -> CloseReason {
 
 /// The outbound queue overflowed (frames or bytes).
 pub const SLOW_CONSUMER: CloseReason = reason(code::TRY_AGAIN_LATER, "slow consumer");
+/// A write to the client's socket did not complete within two heartbeat periods: the
+/// client stopped reading (while it may still be sending).
+pub const WRITE_TIMEOUT: CloseReason = reason(code::TRY_AGAIN_LATER, "write timeout");
+/// A replay (join with `since`, resume, inbox) could not be finished: the engine failed
+/// or history changed under it. Reconnect and resume: it continues from what was written.
+pub const REPLAY_INTERRUPTED: CloseReason = reason(code::TRY_AGAIN_LATER, "replay interrupted");
 /// Nothing heard from the client for two heartbeat periods.
 pub const HEARTBEAT_TIMEOUT: CloseReason = reason(code::GOING_AWAY, "heartbeat timeout");
 /// Told to go by a drain (after a `goaway`).
@@ -72,6 +78,9 @@ pub const INVALID_UTF8: CloseReason = reason(code::INVALID_PAYLOAD, "invalid utf
 pub const UPSTREAM_FAILED: CloseReason = reason(code::BAD_GATEWAY, "upstream failed");
 /// The client of a forwarded connection went away (sent to the upstream).
 pub const CLIENT_GONE: CloseReason = reason(code::GOING_AWAY, "client gone");
+/// A forwarded connection saw no frame in either direction for the route's `idleTimeout`
+/// (sent to both sides).
+pub const IDLE_TIMEOUT: CloseReason = reason(code::GOING_AWAY, "idle timeout");
 
 /// The connection token expired (plus `auth.jwt.leeway`) without a `refresh`.
 pub const TOKEN_EXPIRED: CloseReason = reason(code::TOKEN_EXPIRED, "token expired");
