@@ -162,6 +162,12 @@ dockerd_up() {
     --bridge=none --storage-driver=overlay2 --exec-opt native.cgroupdriver=cgroupfs \
     --add-runtime "chatgw-runc=$STATE/runc-wrapper" --default-runtime chatgw-runc
   wait_for dockerd 60 "$DOCKER" -H "unix://$DOCKER_SOCK" info
+  if [ ! -d "$STATE/etcd" ]; then
+    # A new cluster: containers left in the engine's data root by one whose processes
+    # were ended without `down` belong to pods that no longer exist.
+    local old; old=$("$DOCKER" -H "unix://$DOCKER_SOCK" ps -aq)
+    [ -z "$old" ] || "$DOCKER" -H "unix://$DOCKER_SOCK" rm -f $old >/dev/null
+  fi
   # The pod sandbox image, under kubelet's default name so nothing is pulled.
   if ! "$DOCKER" -H "unix://$DOCKER_SOCK" image inspect "$PAUSE_IMAGE" >/dev/null 2>&1; then
     log "importing $PAUSE_IMAGE (built from build/pause/linux/pause.c)"
