@@ -100,23 +100,30 @@ impl GatewayProcess {
         );
     }
 
-    /// HTTP status of `GET path` (0 when the request fails).
-    pub fn http_status(&self, path: &str) -> u16 {
+    /// `GET path` over a plain socket: (status, body), or None when the request fails.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
         use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(self.addr) else {
-            return 0;
-        };
+        let mut s = std::net::TcpStream::connect(self.addr).ok()?;
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
         let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-        if s.write_all(req.as_bytes()).is_err() {
-            return 0;
-        }
+        s.write_all(req.as_bytes()).ok()?;
         let mut buf = String::new();
         let _ = s.read_to_string(&mut buf);
-        buf.split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0)
+        let status = buf.split(' ').nth(1).and_then(|c| c.parse().ok())?;
+        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+        Some((status, body.unwrap_or_default()))
+    }
+
+    /// HTTP status of `GET path` (0 when the request fails).
+    pub fn http_status(&self, path: &str) -> u16 {
+        self.get(path).map_or(0, |(status, _)| status)
+    }
+
+    /// A sample of `/metrics` (name plus labels, exactly as exposed; 0 when absent, -1
+    /// when the gateway cannot be read).
+    pub fn metric(&self, sample: &str) -> f64 {
+        self.get("/metrics")
+            .map_or(-1.0, |(_, body)| crate::parse_metric(&body, sample))
     }
 
     /// Waits until `/readyz` answers `want` (200 or 503); panics after `within`.

@@ -53,6 +53,27 @@ fn bad_config_exits_2_with_a_clear_message() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("auth.jwt.secret"));
 }
 
+#[test]
+fn kubernetes_service_link_variables_do_not_stop_the_gateway() {
+    // A Service named `chatgw-redis` in the pod's namespace injects these.
+    let out = Command::new(workspace_bin("chat-gateway"))
+        .arg("--print-config")
+        .env("CHATGW_AUTH__MODE", "insecure")
+        .env("CHATGW_REDIS_PORT", "tcp://10.0.0.1:6379")
+        .env("CHATGW_REDIS_PORT_6379_TCP_ADDR", "10.0.0.1")
+        .env("CHATGW_REDIS_SERVICE_HOST", "10.0.0.1")
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = chat_gateway::config::Config::from_yaml(&String::from_utf8_lossy(&out.stdout))
+        .expect("printed config parses");
+    assert_eq!(printed.redis, chat_gateway::config::RedisConfig::default());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_chat_and_drains_on_sigterm() {
     let mut gw = GatewayProcess::start(&[

@@ -90,7 +90,10 @@ async fn client_js_chats_reconnects_and_resumes_in_node() {
             if line == "@@EVICT_A" {
                 // What drain and rebalance do: goaway + 1012 to every connection.
                 let mut told = 0;
-                while chat_gateway::drain::evict_one(&a.gateway.node, "rebalance") {
+                while chat_gateway::drain::evict_one(
+                    &a.gateway.node,
+                    chat_gateway::disconnect::REBALANCE,
+                ) {
                     told += 1;
                 }
                 let _ = stdin.write_all(format!("{told}\n").as_bytes()).await;

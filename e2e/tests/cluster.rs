@@ -1,5 +1,6 @@
 //! Several real gateway processes sharing one real Redis behave as one chat service.
 
+use e2e::gateways::Gateways;
 use e2e::process::GatewayProcess;
 use e2e::redis::RedisServer;
 use e2e::Client;
@@ -8,26 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 fn cluster(redis: &RedisServer, n: usize, extra: &[(&str, &str)]) -> Vec<GatewayProcess> {
-    let url = redis.url();
-    let prefix = format!("c{:08x}", rand::random::<u32>());
-    (0..n)
-        .map(|i| {
-            let id = format!("gw-{i}");
-            let mut env = vec![
-                ("CHATGW_AUTH__MODE", "insecure"),
-                ("CHATGW_ENGINE", "redis"),
-                ("CHATGW_REDIS__URL", url.as_str()),
-                ("CHATGW_REDIS__KEY_PREFIX", prefix.as_str()),
-                ("CHATGW_NODE__ID", id.as_str()),
-                ("CHATGW_LIMITS__MESSAGE_RATE", "1000"),
-                ("CHATGW_LIMITS__MESSAGE_BURST", "1000"),
-            ];
-            env.extend_from_slice(extra);
-            let p = GatewayProcess::start(&env);
-            p.wait_ready(200, Duration::from_secs(20));
-            p
-        })
-        .collect()
+    Gateways::start(redis, n, extra).procs
 }
 
 async fn connect(gw: &GatewayProcess, user: &str) -> Client {

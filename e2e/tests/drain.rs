@@ -2,85 +2,13 @@
 //! Redis and the reference client (`e2e::resilient`).
 
 use e2e::fleet;
+use e2e::gateways::Gateways;
 use e2e::process::GatewayProcess;
 use e2e::redis::RedisServer;
 use e2e::resilient::{Plan, Resilient};
 use e2e::{test_config, Client, TestGateway};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-struct Cluster {
-    env: Vec<(String, String)>,
-    procs: Vec<GatewayProcess>,
-}
-
-impl Cluster {
-    fn start(redis: &RedisServer, n: usize, extra: &[(&str, &str)]) -> Cluster {
-        let prefix = format!("d{:08x}", rand::random::<u32>());
-        let mut env: Vec<(String, String)> = [
-            ("CHATGW_AUTH__MODE", "insecure"),
-            ("CHATGW_ENGINE", "redis"),
-            ("CHATGW_REDIS__URL", redis.url().as_str()),
-            ("CHATGW_REDIS__KEY_PREFIX", prefix.as_str()),
-            ("CHATGW_LIMITS__MESSAGE_RATE", "1000"),
-            ("CHATGW_LIMITS__MESSAGE_BURST", "1000"),
-            ("CHATGW_LIMITS__CONNECTIONS_PER_IP", "0"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let mut c = Cluster {
-            env,
-            procs: Vec::new(),
-        };
-        for i in 0..n {
-            c.add(
-                SocketAddr::from(([127, 0, 0, 1], e2e::process::free_port())),
-                i,
-            );
-        }
-        c
-    }
-
-    fn add(&mut self, addr: SocketAddr, i: usize) {
-        let mut env = self.env.clone();
-        env.push((
-            "CHATGW_NODE__ID".into(),
-            format!("gw-{i}-{}", rand::random::<u16>()),
-        ));
-        let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let p = GatewayProcess::start_on(addr, &refs);
-        p.wait_ready(200, Duration::from_secs(30));
-        if i < self.procs.len() {
-            self.procs[i] = p;
-        } else {
-            self.procs.push(p);
-        }
-    }
-
-    fn urls(&self) -> Vec<String> {
-        self.procs
-            .iter()
-            .map(|p| format!("ws://{}/ws", p.addr))
-            .collect()
-    }
-
-    fn connections(&self, i: usize) -> f64 {
-        metric(&self.procs[i], "chatgateway_connections")
-    }
-}
-
-fn metric(p: &GatewayProcess, name: &str) -> f64 {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(p.addr) else {
-        return -1.0;
-    };
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    e2e::parse_metric(&body, name)
-}
 
 async fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
@@ -100,7 +28,7 @@ fn check_no_loss(records: &[fleet::Finished]) -> (usize, u64) {
 
 async fn rolling_restart(signal: &str) {
     let redis = RedisServer::start();
-    let mut cluster = Cluster::start(
+    let mut cluster = Gateways::start(
         &redis,
         3,
         &[
@@ -129,7 +57,7 @@ async fn rolling_restart(signal: &str) {
                 || !cluster.procs[i].alive(),
             "gw {i} exited"
         );
-        cluster.add(addr, i);
+        cluster.restart(addr, i);
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let records = fleet::settle_and_stop(cs, Duration::from_secs(3)).await;
@@ -155,7 +83,7 @@ async fn rolling_restart_with_sigkill_loses_nothing_acknowledged() {
 async fn evict_rate_bounds_the_reconnect_rate() {
     let redis = RedisServer::start();
     let rate = 20.0;
-    let mut cluster = Cluster::start(
+    let mut cluster = Gateways::start(
         &redis,
         2,
         &[
@@ -239,7 +167,7 @@ async fn rebalance_spreads_connections_to_new_pods_without_loss() {
         ("CHATGW_REBALANCE__INTERVAL", "1s"),
         ("CHATGW_DRAIN__RECONNECT_JITTER", "200ms"),
     ];
-    let mut cluster = Cluster::start(&redis, 1, &extra);
+    let mut cluster = Gateways::start(&redis, 1, &extra);
     let a0 = cluster.procs[0].addr;
     // Two more addresses, known to clients up front (as a Service would be).
     let a1 = SocketAddr::from(([127, 0, 0, 1], e2e::process::free_port()));
@@ -268,8 +196,8 @@ async fn rebalance_spreads_connections_to_new_pods_without_loss() {
     })
     .await;
     assert_eq!(cluster.connections(0) as usize, n);
-    cluster.add(a1, 1);
-    cluster.add(a2, 2);
+    cluster.restart(a1, 1);
+    cluster.restart(a2, 2);
     let started = Instant::now();
     let spread_ok = || {
         let counts: Vec<f64> = (0..3).map(|i| cluster.connections(i)).collect();
@@ -295,14 +223,14 @@ async fn rebalance_spreads_connections_to_new_pods_without_loss() {
     let records = fleet::settle_and_stop(cs, Duration::from_secs(3)).await;
     let (acked, _) = check_no_loss(&records);
     assert!(acked > 100, "traffic flowed while rebalancing: {acked}");
-    assert!(metric(&cluster.procs[0], "chatgateway_rebalance_shed_total") >= 20.0);
+    assert!(cluster.procs[0].metric("chatgateway_rebalance_shed_total") >= 20.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_storm_is_admitted_at_the_cluster_rate() {
     let redis = RedisServer::start();
     let rate = 150u32;
-    let mut cluster = Cluster::start(
+    let mut cluster = Gateways::start(
         &redis,
         2,
         &[

@@ -5,9 +5,9 @@
 //! bounded rate, each keeping its resume token valid on any pod -> exit when none is
 //! left, or at `drain.timeout` after closing the rest.
 
+use crate::disconnect::{self, CloseReason};
 use crate::node::Node;
-use crate::outbound::CloseReason;
-use crate::protocol::{close, to_json};
+use crate::protocol::push::goaway_frame;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -22,17 +22,10 @@ pub struct DrainOutcome {
     pub forced: u64,
 }
 
-/// Close used after a `goaway`.
-pub fn goaway_close(reason: &'static str) -> CloseReason {
-    CloseReason {
-        code: close::RESTART,
-        reason,
-    }
-}
-
-/// Tells one connection to go: `goaway` with a jittered reconnect hint, then close 1012.
-/// Returns false when no connection was left to tell.
-pub fn evict_one(node: &Node, reason: &'static str) -> bool {
+/// Tells one connection to go: `goaway` with a jittered reconnect hint, then the close
+/// `reason` (1012: [`DRAINING`](disconnect::DRAINING) or
+/// [`REBALANCE`](disconnect::REBALANCE)). Returns false when no connection was left to tell.
+pub fn evict_one(node: &Node, reason: CloseReason) -> bool {
     let Some(queue) = node.pick_connection() else {
         return false;
     };
@@ -42,12 +35,7 @@ pub fn evict_one(node: &Node, reason: &'static str) -> bool {
     } else {
         rand::random::<u64>() % (jitter + 1)
     };
-    let frame = to_json(&serde_json::json!({
-        "type": "goaway",
-        "reason": reason,
-        "reconnect_after_ms": after,
-    }));
-    queue.goaway(frame, goaway_close(reason))
+    queue.goaway(goaway_frame(reason.reason, after), reason)
 }
 
 /// Runs a drain to the end. Cancelling `force` (a second signal) skips the rest and
@@ -93,7 +81,7 @@ pub async fn drain(node: &Arc<Node>, force: &CancellationToken) -> DrainOutcome 
             _ = force.cancelled() => break,
             _ = tokio::time::sleep_until(deadline) => break,
         }
-        if evict_one(node, "draining") {
+        if evict_one(node, disconnect::DRAINING) {
             out.evicted += 1;
             node.metrics.drain_evicted.inc();
         } else {
@@ -109,7 +97,7 @@ pub async fn drain(node: &Arc<Node>, force: &CancellationToken) -> DrainOutcome 
     if remaining > 0 {
         out.forced = remaining;
         node.metrics.drain_forced.inc_by(remaining);
-        node.close_all(goaway_close("drain timeout"));
+        node.close_all(disconnect::DRAIN_TIMEOUT);
         let until = Instant::now() + Duration::from_secs(2);
         while node.connection_count() > 0 && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -3,11 +3,11 @@
 //! with backpressure in both directions: a slow side slows the other, and at most one
 //! message per direction is in the gateway at a time.
 
-use crate::config::RouteConfig;
+use crate::config::{upstream_url, RouteConfig};
+use crate::disconnect::{self, CloseReason};
 use crate::node::{IpSlot, Node};
 use crate::outbound::OutboundQueue;
-use crate::protocol::close;
-use crate::server::{admit_upgrade, reject, retry_later, switching, Body};
+use crate::upgrade::{admit_upgrade, reject, retry_later, switching, Body};
 use futures_util::{SinkExt, StreamExt};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -22,35 +22,6 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
-
-/// Parses a route's upstream: `ws://host:port/base`, or `service:port` (a Kubernetes
-/// Service name, `localhost` for a sidecar), which means `ws://service:port`.
-pub fn upstream_url(upstream: &str) -> Result<url::Url, String> {
-    let full = if upstream.contains("://") {
-        upstream.to_string()
-    } else {
-        format!("ws://{upstream}")
-    };
-    let url = url::Url::parse(&full).map_err(|e| format!("upstream {upstream:?}: {e}"))?;
-    match url.scheme() {
-        "ws" => {}
-        "wss" => {
-            return Err(format!(
-                "upstream {upstream:?}: wss:// is not supported in this build; use ws:// inside the cluster (or a TLS sidecar)"
-            ))
-        }
-        other => return Err(format!("upstream {upstream:?}: scheme {other} is not ws://")),
-    }
-    if url.host_str().is_none_or(str::is_empty) || url.port_or_known_default().is_none() {
-        return Err(format!("upstream {upstream:?}: needs a host and a port"));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!(
-            "upstream {upstream:?}: no query or fragment allowed"
-        ));
-    }
-    Ok(url)
-}
 
 /// One configured route.
 pub struct Route {
@@ -314,10 +285,10 @@ where
     End::ReadFailed
 }
 
-fn close_frame(code: u16, reason: &str) -> Option<CloseFrame> {
+fn close_frame(reason: CloseReason) -> Option<CloseFrame> {
     Some(CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.to_string().into(),
+        code: CloseCode::from(reason.code),
+        reason: reason.reason.into(),
     })
 }
 
@@ -344,8 +315,8 @@ async fn pipe<C>(
         end = relay(c_rx, &mut u_tx, &node, &name, "up") => (true, end),
         end = relay(u_rx, &mut c_tx, &node, &name, "down") => (false, end),
         _ = handle.closing().cancelled() => {
-            let reason = handle.close_reason().map(|r| (r.code, r.reason)).unwrap_or((close::GOING_AWAY, "server shutting down"));
-            (false, End::Closed(close_frame(reason.0, reason.1)))
+            let reason = handle.close_reason().unwrap_or(disconnect::SHUTTING_DOWN);
+            (false, End::Closed(close_frame(reason)))
         }
     };
     // Pass the close on, with its code, to whichever side is still there.
@@ -359,11 +330,11 @@ async fn pipe<C>(
                 let _ = u_tx.send(Message::Close(frame)).await;
             }
             (up, End::TooBig) => {
-                let frame = close_frame(close::TOO_BIG, "message too big");
+                let frame = close_frame(disconnect::MESSAGE_TOO_BIG);
                 let _ = c_tx.send(Message::Close(frame.clone())).await;
                 let _ = u_tx
                     .send(Message::Close(if up {
-                        close_frame(close::GOING_AWAY, "client gone")
+                        close_frame(disconnect::CLIENT_GONE)
                     } else {
                         frame
                     }))
@@ -372,18 +343,15 @@ async fn pipe<C>(
             (true, End::ReadFailed | End::WriteFailed) => {
                 // The client went away, or the upstream could not take a frame.
                 let _ = c_tx
-                    .send(Message::Close(close_frame(1014, "upstream failed")))
+                    .send(Message::Close(close_frame(disconnect::UPSTREAM_FAILED)))
                     .await;
                 let _ = u_tx
-                    .send(Message::Close(close_frame(
-                        close::GOING_AWAY,
-                        "client gone",
-                    )))
+                    .send(Message::Close(close_frame(disconnect::CLIENT_GONE)))
                     .await;
             }
             (false, End::ReadFailed | End::WriteFailed) => {
                 let _ = c_tx
-                    .send(Message::Close(close_frame(1014, "upstream failed")))
+                    .send(Message::Close(close_frame(disconnect::UPSTREAM_FAILED)))
                     .await;
             }
         }
@@ -394,7 +362,7 @@ async fn pipe<C>(
     node.unregister(id);
     node.metrics
         .closed
-        .with_label_values(&["forward ended"])
+        .with_label_values(&[disconnect::FORWARD_ENDED])
         .inc();
 }
 
@@ -410,21 +378,6 @@ mod tests {
             strip_prefix: strip,
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn upstreams() {
-        assert_eq!(
-            upstream_url("bots:9000").map(|u| u.to_string()),
-            Ok("ws://bots:9000/".into())
-        );
-        assert!(upstream_url("ws://a.b.svc:80/base").is_ok());
-        assert!(upstream_url("wss://x:443")
-            .unwrap_err()
-            .contains("not supported"));
-        assert!(upstream_url("http://x:80").is_err());
-        assert!(upstream_url("ws://x:80/?q=1").is_err());
-        assert!(upstream_url("").is_err());
     }
 
     #[test]

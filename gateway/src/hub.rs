@@ -142,7 +142,7 @@ mod tests {
         let (q2, _r2) = queue(8, 1024);
         hub.subscribe(&room, 1, q1);
         hub.subscribe(&room, 2, q2.clone());
-        q2.close(crate::outbound::SLOW_CONSUMER);
+        q2.close(crate::disconnect::SLOW_CONSUMER);
         let env = Arc::new(Envelope {
             room: room.clone(),
             seq: 1,

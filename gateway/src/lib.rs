@@ -3,8 +3,8 @@
 
 pub mod assets;
 pub mod auth;
-pub mod config;
 pub mod connection;
+pub mod disconnect;
 pub mod drain;
 pub mod engine;
 pub mod forward;
@@ -16,7 +16,10 @@ pub mod protocol;
 pub mod ratelimit;
 pub mod rebalance;
 pub mod server;
-pub mod telemetry;
+pub mod upgrade;
+
+pub use chat_gateway_config as config;
+pub use chat_gateway_telemetry as telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -24,13 +24,14 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let mut config = match Config::load(args.config.as_deref(), std::env::vars()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("chat-gateway: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
+    let (mut config, ignored_env) =
+        match Config::load_reporting(args.config.as_deref(), std::env::vars()) {
+            Ok(loaded) => (loaded.config, loaded.ignored_env),
+            Err(e) => {
+                eprintln!("chat-gateway: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        };
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
@@ -54,6 +55,13 @@ fn main() -> std::process::ExitCode {
         LogFormat::Json
     };
     let telemetry = runtime.block_on(async { telemetry::init(format) });
+    if !ignored_env.is_empty() {
+        tracing::info!(
+            variables = %ignored_env.join(","),
+            "ignoring {}* variables that Kubernetes injects as service links (set enableServiceLinks: false on the pod to drop them)",
+            chat_gateway::config::ENV_PREFIX
+        );
+    }
     let result = runtime.block_on(run(config));
     // Spans of the last moments (the drain) are flushed before exit.
     runtime.block_on(async move { telemetry.shutdown() });

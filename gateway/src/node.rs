@@ -2,11 +2,12 @@
 
 use crate::auth::Authenticator;
 use crate::config::{Config, EngineKind};
+use crate::disconnect::CloseReason;
 use crate::engine::redis::{RedisCounters, RedisEngine};
 use crate::engine::{memory::MemoryEngine, Engine};
 use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
-use crate::outbound::{CloseReason, OutboundQueue};
+use crate::outbound::OutboundQueue;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -6,7 +6,9 @@
 //! catching up from history it holds that room's live messages back until the replay
 //! is out. Producers never block: a full queue closes the connection as a slow consumer.
 
+use crate::disconnect::{CloseReason, HEARTBEAT_TIMEOUT, SLOW_CONSUMER};
 use crate::engine::Envelope;
+use crate::protocol::StreamPosition;
 use futures_util::{Sink, SinkExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -33,10 +35,12 @@ pub enum Outbound {
         /// Room being caught up.
         room: Arc<str>,
         /// Client position before the replay.
-        from: u64,
+        from: StreamPosition,
         /// Messages after `from`, in seq order.
         msgs: Vec<Arc<Envelope>>,
     },
+    /// Release held-back live messages without a replay (the catch-up failed).
+    Release(Arc<str>),
     /// The room was left: stop writing its messages.
     Forget(Arc<str>),
     /// Close the connection once everything queued before this is written.
@@ -52,15 +56,6 @@ impl Outbound {
             _ => 0,
         }
     }
-}
-
-/// Why and how a connection is being closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CloseReason {
-    /// WebSocket close code.
-    pub code: u16,
-    /// Short reason sent in the close frame and used as a metrics label.
-    pub reason: &'static str,
 }
 
 struct Shared {
@@ -86,12 +81,6 @@ pub struct OutboundReceiver {
     rx: mpsc::Receiver<Outbound>,
     shared: Arc<Shared>,
 }
-
-/// Close used when the queue overflows.
-pub const SLOW_CONSUMER: CloseReason = CloseReason {
-    code: crate::protocol::close::TRY_AGAIN_LATER,
-    reason: "slow consumer",
-};
 
 /// Creates a queue bounded by `max_frames` items and `max_bytes` queued bytes.
 pub fn queue(max_frames: usize, max_bytes: usize) -> (OutboundQueue, OutboundReceiver) {
@@ -212,20 +201,22 @@ impl OutboundQueue {
     }
 }
 
-/// Per-room write position kept by the writer.
-struct RoomCursor {
-    /// Epoch of `last`; a message of another epoch restarts the count.
-    epoch: Option<Arc<str>>,
-    last: u64,
+/// The writer's state of one room: the last position written, and live messages held
+/// back while the room catches up.
+#[derive(Default)]
+struct WriterRoom {
+    /// Unknown until a replay or a message says the epoch; a message of another epoch
+    /// restarts the count.
+    written: Option<StreamPosition>,
     held: Option<Vec<Arc<Envelope>>>,
 }
 
 /// What the writer observed when it stopped.
 #[derive(Debug, Default)]
 pub struct WriterOutcome {
-    /// Last (epoch, seq) written per room (the positions a resume would start from); the
-    /// epoch is unknown when nothing was written.
-    pub positions: HashMap<Arc<str>, (Option<Arc<str>>, u64)>,
+    /// Last position written per room (where a resume would start), for the rooms whose
+    /// epoch the writer learned.
+    pub positions: HashMap<Arc<str>, StreamPosition>,
     /// Messages written to the socket.
     pub delivered: u64,
 }
@@ -246,12 +237,6 @@ pub struct WriterSettings {
     pub on_delivered: Box<dyn Fn(&Envelope) + Send + Sync>,
 }
 
-/// Heartbeat close: nothing heard from the client for two ping periods.
-pub const HEARTBEAT_TIMEOUT: CloseReason = CloseReason {
-    code: crate::protocol::close::GOING_AWAY,
-    reason: "heartbeat timeout",
-};
-
 /// Most items written before a flush.
 const BATCH: usize = 64;
 
@@ -265,7 +250,7 @@ pub async fn run_writer<S>(
 where
     S: Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
-    let mut rooms: HashMap<Arc<str>, RoomCursor> = HashMap::new();
+    let mut rooms: HashMap<Arc<str>, WriterRoom> = HashMap::new();
     let mut out = WriterOutcome::default();
     let mut ping = tokio::time::interval_at(
         tokio::time::Instant::now() + settings.heartbeat,
@@ -327,7 +312,7 @@ where
     rx.rx.close();
     out.positions = rooms
         .into_iter()
-        .map(|(r, c)| (r, (c.epoch, c.last)))
+        .filter_map(|(r, c)| Some((r, c.written?)))
         .collect();
     out
 }
@@ -337,7 +322,7 @@ where
 async fn write_batch<S>(
     sink: &mut S,
     rx: &mut OutboundReceiver,
-    rooms: &mut HashMap<Arc<str>, RoomCursor>,
+    rooms: &mut HashMap<Arc<str>, WriterRoom>,
     first: Outbound,
     settings: &WriterSettings,
     out: &mut WriterOutcome,
@@ -370,7 +355,7 @@ where
 
 async fn write_item<S>(
     sink: &mut S,
-    rooms: &mut HashMap<Arc<str>, RoomCursor>,
+    rooms: &mut HashMap<Arc<str>, WriterRoom>,
     item: Outbound,
     settings: &WriterSettings,
     out: &mut WriterOutcome,
@@ -382,37 +367,40 @@ where
     match item {
         Outbound::Frame(f) => sink.feed(Message::Text(f)).await,
         Outbound::Msg(env) => {
-            let Some(cursor) = rooms.get_mut(&env.room) else {
+            let Some(state) = rooms.get_mut(&env.room) else {
                 return Ok(()); // left meanwhile
             };
-            if let Some(held) = cursor.held.as_mut() {
+            if let Some(held) = state.held.as_mut() {
                 held.push(env);
                 return Ok(());
             }
-            write_msg(sink, cursor, &env, settings, out, inbox_seq).await
+            write_msg(sink, state, &env, settings, out, inbox_seq).await
         }
         Outbound::BeginCatchup(room) => {
             rooms
                 .entry(room)
-                .or_insert(RoomCursor {
-                    epoch: None,
-                    last: 0,
-                    held: None,
-                })
+                .or_default()
                 .held
                 .get_or_insert_with(Vec::new);
             Ok(())
         }
         Outbound::Replay { room, from, msgs } => {
-            let cursor = rooms.entry(room).or_insert(RoomCursor {
-                epoch: None,
-                last: 0,
-                held: None,
-            });
-            cursor.last = cursor.last.max(from);
-            let held = cursor.held.take().unwrap_or_default();
+            let state = rooms.entry(room).or_default();
+            match &mut state.written {
+                Some(w) if w.epoch == from.epoch => w.seq = w.seq.max(from.seq),
+                _ => state.written = Some(from),
+            }
+            let held = state.held.take().unwrap_or_default();
             for env in msgs.iter().chain(held.iter()) {
-                write_msg(sink, cursor, env, settings, out, inbox_seq).await?;
+                write_msg(sink, state, env, settings, out, inbox_seq).await?;
+            }
+            Ok(())
+        }
+        Outbound::Release(room) => {
+            let state = rooms.entry(room).or_default();
+            let held = state.held.take().unwrap_or_default();
+            for env in &held {
+                write_msg(sink, state, env, settings, out, inbox_seq).await?;
             }
             Ok(())
         }
@@ -426,7 +414,7 @@ where
 
 async fn write_msg<S>(
     sink: &mut S,
-    cursor: &mut RoomCursor,
+    state: &mut WriterRoom,
     env: &Envelope,
     settings: &WriterSettings,
     out: &mut WriterOutcome,
@@ -435,16 +423,17 @@ async fn write_msg<S>(
 where
     S: Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
-    if cursor.epoch.as_ref().is_some_and(|e| *e != env.epoch) {
-        // History was lost and restarted (e.g. Redis came back empty): seqs start over.
-        cursor.last = 0;
-    }
-    if env.seq <= cursor.last {
+    // A message of another epoch: history was lost and restarted (e.g. Redis came back
+    // empty), seqs start over.
+    let last = match &state.written {
+        Some(w) if w.epoch == env.epoch => w.seq,
+        _ => 0,
+    };
+    if env.seq <= last {
         return Ok(()); // already written: at-least-once upstream, exactly once here
     }
-    cursor.epoch = Some(env.epoch.clone());
     sink.feed(Message::Text(env.frame.clone())).await?;
-    cursor.last = env.seq;
+    state.written = Some(StreamPosition::new(env.epoch.clone(), env.seq));
     out.delivered += 1;
     (settings.on_delivered)(env);
     if *env.room == *settings.inbox {
@@ -506,7 +495,7 @@ mod tests {
         q.push(Outbound::Msg(env("r", 4)));
         q.push(Outbound::Replay {
             room: room.clone(),
-            from: 1,
+            from: StreamPosition::new("e", 1),
             msgs: vec![env("r", 2), env("r", 3)],
         });
         q.push(Outbound::Msg(env("r", 4))); // duplicate
@@ -536,7 +525,10 @@ mod tests {
             seen,
             ["{\"seq\":2}", "{\"seq\":3}", "{\"seq\":4}", "{\"seq\":5}"]
         );
-        assert_eq!(outcome.positions.get("r").map(|p| p.1), Some(5));
+        assert_eq!(
+            outcome.positions.get("r"),
+            Some(&StreamPosition::new("e", 5))
+        );
         assert_eq!(outcome.delivered, 4);
     }
 

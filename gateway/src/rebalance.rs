@@ -74,7 +74,7 @@ pub async fn run(node: Arc<Node>) {
             if node.is_draining() || (node.connection_count() as u64) <= floor {
                 break;
             }
-            if evict_one(&node, "rebalance") {
+            if evict_one(&node, crate::disconnect::REBALANCE) {
                 node.metrics.rebalance_shed.inc();
             }
             tokio::select! {

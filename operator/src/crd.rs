@@ -748,6 +748,25 @@ mod cel_tests {
     }
 
     #[test]
+    fn route_rule_refuses_exactly_the_gateways_reserved_paths() {
+        let route = |prefix: &str| {
+            format!("gateway: {{auth: {{mode: insecure}}, routes: [{{name: a, pathPrefix: '{prefix}', upstream: 's:80'}}]}}")
+        };
+        for path in chat_gateway_config::RESERVED_PATHS {
+            assert!(check(&route(path)).is_err(), "{path} must be refused");
+            assert!(
+                check(&route(&format!("{path}/x"))).is_err(),
+                "{path}/x must be refused"
+            );
+            assert_eq!(
+                check(&route(&format!("{path}x"))),
+                Ok(()),
+                "{path}x is another path"
+            );
+        }
+    }
+
+    #[test]
     fn invalid_specs_are_refused_with_the_rule_message() {
         for (spec, message) in [
             (

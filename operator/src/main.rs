@@ -1,10 +1,10 @@
 //! `chat-gateway-operator`: runs the controller, or renders a ChatGateway's children.
 
 use anyhow::Context as _;
-use chat_gateway::telemetry;
 use chat_gateway_operator::leader::LeaderElector;
 use chat_gateway_operator::metrics::Metrics;
 use chat_gateway_operator::reconcile::{self, Context, ServedKinds};
+use chat_gateway_telemetry as telemetry;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;

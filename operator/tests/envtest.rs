@@ -317,8 +317,7 @@ async fn operator_against_a_real_apiserver() {
         .as_ref()
         .and_then(|d| d.get("config.yaml"))
         .expect("config.yaml");
-    chat_gateway::config::Config::from_yaml(text)
-        .expect("the gateway parses the applied ConfigMap");
+    chat_gateway_config::Config::from_yaml(text).expect("the gateway parses the applied ConfigMap");
     let managers: Vec<_> = cm
         .metadata
         .managed_fields

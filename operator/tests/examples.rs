@@ -105,7 +105,7 @@ fn render_prints_the_children_of_every_example() {
                 continue;
             }
             if let Some(text) = v["data"]["config.yaml"].as_str() {
-                chat_gateway::config::Config::from_yaml(text).expect("gateway parses it");
+                chat_gateway_config::Config::from_yaml(text).expect("gateway parses it");
                 gateway_configs += 1;
             } else {
                 let text = v["data"]["collector.yaml"]

@@ -1,9 +1,10 @@
 //! Engine conformance suite: every engine must pass these, unchanged.
 
-use super::{Engine, HistoryQuery, Publish, RoomPosition, SessionRecord};
+use super::{Engine, HistoryQuery, Publish, SessionRecord};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::outbound::{queue, Outbound, OutboundReceiver};
+use crate::protocol::StreamPosition;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,32 +32,12 @@ pub async fn run_all(factory: &impl Factory) {
     sessions_take_once_and_expire(factory).await;
     inbox_cursor_only_moves_forward(factory).await;
     concurrent_publishers_keep_seq_order(factory).await;
-    connections_and_nodes_registry(factory).await;
+    nodes_registry(factory).await;
 }
 
-async fn connections_and_nodes_registry(f: &impl Factory) {
+async fn nodes_registry(f: &impl Factory) {
     let hub = Arc::new(Hub::default());
     let engine = f.make(hub.clone(), &config()).await;
-    engine
-        .register_connection("uma", "n1/1", "n1")
-        .await
-        .expect("register");
-    engine
-        .register_connection("uma", "n2/7", "n2")
-        .await
-        .expect("register");
-    assert_eq!(
-        engine.user_connections("uma").await.expect("list"),
-        [
-            ("n1/1".to_string(), "n1".to_string()),
-            ("n2/7".to_string(), "n2".to_string())
-        ]
-    );
-    engine
-        .unregister_connection("uma", "n1/1")
-        .await
-        .expect("unregister");
-    assert_eq!(engine.user_connections("uma").await.expect("list").len(), 1);
     let report = super::NodeReport {
         id: "n9".into(),
         connections: 12,
@@ -128,8 +109,8 @@ async fn publish_orders_and_delivers(f: &impl Factory) {
         .publish(publish("r1", "bob", "b", r#""yo""#))
         .await
         .expect("publish");
-    assert_eq!((a.seq, b.seq), (1, 2));
-    assert_eq!(a.epoch, b.epoch);
+    assert_eq!((a.at.seq, b.at.seq), (1, 2));
+    assert_eq!(a.at.epoch, b.at.epoch);
     assert!(!a.duplicate);
     let got = take(&mut rx, 2).await;
     assert_eq!(seqs(&got), [1, 2]);
@@ -142,7 +123,7 @@ async fn publish_orders_and_delivers(f: &impl Factory) {
     assert_eq!(frame["from"], "alice");
     assert_eq!(frame["msg_id"], "a");
     assert_eq!(frame["body"]["t"], "hi");
-    assert_eq!(frame["epoch"], &*a.epoch);
+    assert_eq!(frame["epoch"], &*a.at.epoch);
     assert!(frame["ts"].as_u64().is_some());
 }
 
@@ -162,9 +143,9 @@ async fn duplicate_msg_id_returns_original_seq(f: &impl Factory) {
         .publish(publish("r2", "bob", "same", "1"))
         .await
         .expect("publish");
-    assert_eq!(again.seq, a.seq);
+    assert_eq!(again.at, a.at);
     assert!(again.duplicate);
-    assert_eq!(other_sender.seq, a.seq + 1, "ids are per sender");
+    assert_eq!(other_sender.at.seq, a.at.seq + 1, "ids are per sender");
     let got = take(&mut rx, 3).await;
     assert_eq!(seqs(&got), [1, 2], "the duplicate is not delivered");
     let page = engine
@@ -357,14 +338,7 @@ async fn sessions_take_once_and_expire(f: &impl Factory) {
     let rec = SessionRecord {
         user: "alice".into(),
         node: "n1".into(),
-        rooms: [(
-            "lobby".to_string(),
-            RoomPosition {
-                seq: 4,
-                epoch: "e".into(),
-            },
-        )]
-        .into(),
+        rooms: [("lobby".to_string(), StreamPosition::new("e", 4))].into(),
         connected_at: 1,
         last_seen: 2,
     };
@@ -413,7 +387,7 @@ async fn concurrent_publishers_keep_seq_order(f: &impl Factory) {
                     .publish(publish("r7", &format!("p{p}"), &format!("{i}"), "0"))
                     .await
                     .expect("publish");
-                acked.push(r.seq);
+                acked.push(r.at.seq);
             }
             acked
         }));

@@ -1,11 +1,13 @@
 //! The in-memory engine: one node, no dependencies; the embedded default.
 
 use super::{
-    msg_frame, new_epoch, now_ms, presence_frame, Engine, EngineError, Envelope, HistoryPage,
-    HistoryQuery, NodeReport, Publish, Published, SessionRecord,
+    new_epoch, now_ms, Broker, Engine, EngineError, Envelope, History, HistoryPage, HistoryQuery,
+    NodeReport, Nodes, PresenceManager, Publish, Published, SessionRecord, Sessions,
 };
 use crate::config::{Config, RetentionConfig};
 use crate::hub::Hub;
+use crate::protocol::push::{msg_frame, presence_frame};
+use crate::protocol::StreamPosition;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -65,7 +67,7 @@ impl Stream {
 
 /// Stored sessions by resume token, with their expiry.
 #[derive(Default)]
-struct Sessions {
+struct SessionStore {
     map: HashMap<String, (SessionRecord, Instant)>,
     swept: Option<Instant>,
 }
@@ -79,11 +81,9 @@ pub struct MemoryEngine {
     streams: Mutex<HashMap<Arc<str>, Arc<Mutex<Stream>>>>,
     /// room -> user -> connections.
     presence: Mutex<HashMap<String, BTreeMap<String, BTreeSet<String>>>>,
-    sessions: Mutex<Sessions>,
+    sessions: Mutex<SessionStore>,
     session_ttl: Duration,
     inbox_cursors: Mutex<HashMap<String, u64>>,
-    /// user -> connection -> node.
-    user_conns: Mutex<HashMap<String, HashMap<String, String>>>,
     nodes: Mutex<BTreeMap<String, NodeReport>>,
 }
 
@@ -102,10 +102,9 @@ impl MemoryEngine {
             dedup_window: config.sessions.dedup_window,
             streams: Mutex::new(HashMap::new()),
             presence: Mutex::new(HashMap::new()),
-            sessions: Mutex::new(Sessions::default()),
+            sessions: Mutex::new(SessionStore::default()),
             session_ttl: config.sessions.resume_ttl,
             inbox_cursors: Mutex::new(HashMap::new()),
-            user_conns: Mutex::new(HashMap::new()),
             nodes: Mutex::new(BTreeMap::new()),
         }
     }
@@ -121,7 +120,7 @@ impl MemoryEngine {
     }
 
     fn retention(&self, room: &str) -> &RetentionConfig {
-        if room.starts_with(crate::protocol::INBOX_PREFIX) {
+        if crate::protocol::is_inbox(room) {
             &self.inbox
         } else {
             &self.history
@@ -130,7 +129,7 @@ impl MemoryEngine {
 }
 
 #[async_trait]
-impl Engine for MemoryEngine {
+impl Broker for MemoryEngine {
     async fn publish(&self, msg: Publish) -> Result<Published, EngineError> {
         let stream = self.stream(&msg.room);
         let mut s = lock(&stream);
@@ -139,8 +138,7 @@ impl Engine for MemoryEngine {
         let key = format!("{}\0{}", msg.from, msg.msg_id);
         if let Some((seq, _)) = s.dedup.get(&key) {
             return Ok(Published {
-                seq: *seq,
-                epoch: s.epoch.clone(),
+                at: StreamPosition::new(s.epoch.clone(), *seq),
                 duplicate: true,
             });
         }
@@ -153,7 +151,7 @@ impl Engine for MemoryEngine {
             epoch: s.epoch.clone(),
             ts,
             traceparent: msg.traceparent.as_deref().map(Arc::from),
-            frame: msg_frame(&msg.room, seq, &s.epoch, &msg, ts).into(),
+            frame: msg_frame(msg.content(), seq, &s.epoch, ts).into(),
         });
         s.msgs.push_back((ts, env.clone()));
         s.trim(self.retention(&msg.room), ts);
@@ -163,12 +161,20 @@ impl Engine for MemoryEngine {
         // Delivered under the stream lock so hub order equals seq order.
         self.hub.deliver(&env);
         Ok(Published {
-            seq,
-            epoch: s.epoch.clone(),
+            at: StreamPosition::new(s.epoch.clone(), seq),
             duplicate: false,
         })
     }
+    async fn subscribe(&self, _room: &str) -> Result<(), EngineError> {
+        Ok(()) // publish delivers to this node's hub directly
+    }
+    async fn unsubscribe(&self, _room: &str) -> Result<(), EngineError> {
+        Ok(())
+    }
+}
 
+#[async_trait]
+impl History for MemoryEngine {
     async fn history(&self, room: &str, q: HistoryQuery) -> Result<HistoryPage, EngineError> {
         let stream = self.stream(room);
         let mut s = lock(&stream);
@@ -203,15 +209,10 @@ impl Engine for MemoryEngine {
             messages,
         })
     }
+}
 
-    async fn subscribe(&self, _room: &str) -> Result<(), EngineError> {
-        Ok(()) // publish delivers to this node's hub directly
-    }
-
-    async fn unsubscribe(&self, _room: &str) -> Result<(), EngineError> {
-        Ok(())
-    }
-
+#[async_trait]
+impl PresenceManager for MemoryEngine {
     async fn presence_join(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError> {
         let first = {
             let mut p = lock(&self.presence);
@@ -230,7 +231,6 @@ impl Engine for MemoryEngine {
         }
         Ok(())
     }
-
     async fn presence_leave(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError> {
         let last = {
             let mut p = lock(&self.presence);
@@ -255,14 +255,16 @@ impl Engine for MemoryEngine {
         }
         Ok(())
     }
-
     async fn presence(&self, room: &str) -> Result<Vec<String>, EngineError> {
         Ok(lock(&self.presence)
             .get(room)
             .map(|users| users.keys().cloned().collect())
             .unwrap_or_default())
     }
+}
 
+#[async_trait]
+impl Sessions for MemoryEngine {
     async fn save_session(&self, token: &str, session: &SessionRecord) -> Result<(), EngineError> {
         let now = Instant::now();
         let mut sessions = lock(&self.sessions);
@@ -280,7 +282,6 @@ impl Engine for MemoryEngine {
             .insert(token.to_string(), (session.clone(), now + self.session_ttl));
         Ok(())
     }
-
     async fn take_session(&self, token: &str) -> Result<Option<SessionRecord>, EngineError> {
         let now = Instant::now();
         Ok(lock(&self.sessions)
@@ -289,64 +290,32 @@ impl Engine for MemoryEngine {
             .filter(|(_, until)| *until > now)
             .map(|(s, _)| s))
     }
-
     async fn inbox_cursor(&self, user: &str) -> Result<u64, EngineError> {
         Ok(lock(&self.inbox_cursors).get(user).copied().unwrap_or(0))
     }
-
     async fn ack_inbox(&self, user: &str, seq: u64) -> Result<(), EngineError> {
         let mut c = lock(&self.inbox_cursors);
         let cur = c.entry(user.to_string()).or_insert(0);
         *cur = (*cur).max(seq);
         Ok(())
     }
+}
 
-    async fn register_connection(
-        &self,
-        user: &str,
-        conn: &str,
-        node: &str,
-    ) -> Result<(), EngineError> {
-        lock(&self.user_conns)
-            .entry(user.to_string())
-            .or_default()
-            .insert(conn.to_string(), node.to_string());
-        Ok(())
-    }
-
-    async fn unregister_connection(&self, user: &str, conn: &str) -> Result<(), EngineError> {
-        let mut map = lock(&self.user_conns);
-        if let Some(conns) = map.get_mut(user) {
-            conns.remove(conn);
-            if conns.is_empty() {
-                map.remove(user);
-            }
-        }
-        Ok(())
-    }
-
-    async fn user_connections(&self, user: &str) -> Result<Vec<(String, String)>, EngineError> {
-        let mut conns: Vec<(String, String)> = lock(&self.user_conns)
-            .get(user)
-            .map(|c| c.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default();
-        conns.sort();
-        Ok(conns)
-    }
-
+#[async_trait]
+impl Nodes for MemoryEngine {
     async fn report_node(&self, report: &NodeReport) -> Result<(), EngineError> {
         lock(&self.nodes).insert(report.id.clone(), report.clone());
         Ok(())
     }
-
     async fn nodes(&self) -> Result<Vec<NodeReport>, EngineError> {
         Ok(lock(&self.nodes).values().cloned().collect())
     }
-
     async fn admit(&self, _rate: u32) -> Result<Option<bool>, EngineError> {
         Ok(None) // one node: the node's own window is the whole cluster
     }
+}
 
+impl Engine for MemoryEngine {
     fn healthy(&self) -> bool {
         true
     }

@@ -10,6 +10,8 @@ pub mod redis;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 
+use crate::protocol::push::MsgContent;
+use crate::protocol::StreamPosition;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -49,13 +51,24 @@ pub struct Publish {
     pub traceparent: Option<String>,
 }
 
+impl Publish {
+    /// What its `msg` frame says besides the position.
+    pub fn content(&self) -> MsgContent<'_> {
+        MsgContent {
+            room: &self.room,
+            msg_id: &self.msg_id,
+            from: &self.from,
+            body: &self.body,
+            traceparent: self.traceparent.as_deref(),
+        }
+    }
+}
+
 /// Outcome of a publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
-    /// Seq the message got (the original one for a duplicate).
-    pub seq: u64,
-    /// Epoch of the room.
-    pub epoch: Arc<str>,
+    /// Seq and epoch the message got (the original ones for a duplicate).
+    pub at: StreamPosition,
     /// True when the msg id was seen before: nothing was appended or delivered.
     pub duplicate: bool,
 }
@@ -92,15 +105,6 @@ impl HistoryPage {
     }
 }
 
-/// Position of a session in one room.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RoomPosition {
-    /// Last seq delivered.
-    pub seq: u64,
-    /// Epoch of that seq.
-    pub epoch: String,
-}
-
 /// What a disconnected session leaves behind for a resume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
@@ -108,8 +112,8 @@ pub struct SessionRecord {
     pub user: String,
     /// Node that served it.
     pub node: String,
-    /// Joined rooms and positions.
-    pub rooms: BTreeMap<String, RoomPosition>,
+    /// Joined rooms (and the inbox) and the last position delivered in each.
+    pub rooms: BTreeMap<String, StreamPosition>,
     /// Unix ms of the connect.
     pub connected_at: u64,
     /// Unix ms of the last update.
@@ -127,25 +131,40 @@ pub enum EngineError {
     Internal(String),
 }
 
-/// The storage and broker interface of a gateway node.
+/// Delivers published messages to every node with subscribers (centrifuge's Broker).
 #[async_trait]
-pub trait Engine: Send + Sync + 'static {
+pub trait Broker: Send + Sync {
     /// Appends to the room's history (deduplicating the msg id) and delivers it to every
     /// node with subscribers, in seq order.
     async fn publish(&self, msg: Publish) -> Result<Published, EngineError>;
-    /// Reads history.
-    async fn history(&self, room: &str, query: HistoryQuery) -> Result<HistoryPage, EngineError>;
     /// This node wants the room's messages. Called by every local joiner; returns once
     /// messages published from now on will reach this node's hub.
     async fn subscribe(&self, room: &str) -> Result<(), EngineError>;
     /// This node no longer wants the room's messages (last local subscriber left).
     async fn unsubscribe(&self, room: &str) -> Result<(), EngineError>;
+}
+
+/// Stored messages of rooms and inboxes.
+#[async_trait]
+pub trait History: Send + Sync {
+    /// Reads history.
+    async fn history(&self, room: &str, query: HistoryQuery) -> Result<HistoryPage, EngineError>;
+}
+
+/// Who is in a room (centrifuge's PresenceManager).
+#[async_trait]
+pub trait PresenceManager: Send + Sync {
     /// Marks a connection of `user` present in a room; announces the user's first one.
     async fn presence_join(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError>;
     /// Removes a connection from a room; announces the user's last one leaving.
     async fn presence_leave(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError>;
     /// Users present in a room, sorted.
     async fn presence(&self, room: &str) -> Result<Vec<String>, EngineError>;
+}
+
+/// Sessions a client can resume on any node, and how far each user's inbox was read.
+#[async_trait]
+pub trait Sessions: Send + Sync {
     /// Stores (or refreshes) a session under its resume token.
     async fn save_session(&self, token: &str, session: &SessionRecord) -> Result<(), EngineError>;
     /// Removes and returns a session, if it exists and has not expired.
@@ -154,17 +173,11 @@ pub trait Engine: Send + Sync + 'static {
     async fn inbox_cursor(&self, user: &str) -> Result<u64, EngineError>;
     /// Advances the user's inbox cursor (never moves it back).
     async fn ack_inbox(&self, user: &str, seq: u64) -> Result<(), EngineError>;
-    /// Records a live connection of `user` on `node` (the user -> connections map).
-    async fn register_connection(
-        &self,
-        user: &str,
-        conn: &str,
-        node: &str,
-    ) -> Result<(), EngineError>;
-    /// Forgets a live connection.
-    async fn unregister_connection(&self, user: &str, conn: &str) -> Result<(), EngineError>;
-    /// Live connections of a user: (connection, node), sorted.
-    async fn user_connections(&self, user: &str) -> Result<Vec<(String, String)>, EngineError>;
+}
+
+/// The cluster's nodes: their load (for rebalancing) and the admission counter.
+#[async_trait]
+pub trait Nodes: Send + Sync {
     /// Publishes this node's load in the node registry (expires unless refreshed).
     async fn report_node(&self, report: &NodeReport) -> Result<(), EngineError>;
     /// Nodes whose reports have not expired, sorted by id.
@@ -172,6 +185,11 @@ pub trait Engine: Send + Sync + 'static {
     /// Counts one admission in the current second against a cluster-wide `rate`;
     /// `None` when the engine has no cluster-wide counter (the node counts itself).
     async fn admit(&self, rate: u32) -> Result<Option<bool>, EngineError>;
+}
+
+/// Everything a gateway node needs from its engine. Both engines pass one conformance
+/// suite (`engine::conformance`).
+pub trait Engine: Broker + History + PresenceManager + Sessions + Nodes + 'static {
     /// Whether the engine can serve requests now (readiness).
     fn healthy(&self) -> bool;
 }
@@ -187,31 +205,6 @@ pub struct NodeReport {
     pub draining: bool,
     /// Unix ms of the report.
     pub heartbeat: u64,
-}
-
-/// Serialises the `msg` frame of a published message.
-pub fn msg_frame(room: &str, seq: u64, epoch: &str, msg: &Publish, ts: u64) -> String {
-    crate::protocol::to_json(&crate::protocol::MsgFrame {
-        kind: "msg",
-        room,
-        seq,
-        epoch,
-        msg_id: &msg.msg_id,
-        from: &msg.from,
-        ts,
-        body: &msg.body,
-        traceparent: msg.traceparent.as_deref(),
-    })
-}
-
-/// Serialises a `presence` frame.
-pub fn presence_frame(room: &str, user: &str, join: bool) -> String {
-    crate::protocol::to_json(&crate::protocol::PresenceFrame {
-        kind: "presence",
-        room,
-        user,
-        event: if join { "join" } else { "leave" },
-    })
 }
 
 /// Current Unix time in milliseconds.

@@ -5,7 +5,7 @@ use crate::crd::{
     AuthModeSpec, ChatGateway, GatewaySpec, JwtAlgorithmSpec, RetentionSpec, RouteSpec,
 };
 use crate::error::{Error, Result};
-use chat_gateway::config::{
+use chat_gateway_config::{
     AuthMode, Config, EngineKind, JwtAlgorithm, RetentionConfig, RouteConfig,
 };
 use k8s_openapi::api::core::v1::ConfigMap;

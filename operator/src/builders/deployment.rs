@@ -30,7 +30,7 @@ pub const DEFAULT_IMAGE: &str = concat!(
 pub const DEFAULT_REPLICAS: i32 = 2;
 /// Drain deadline when the spec says nothing: the gateway's own default.
 pub fn default_drain_timeout() -> Duration {
-    chat_gateway::config::Config::default().drain.timeout
+    chat_gateway_config::Config::default().drain.timeout
 }
 /// Time on top of the drain deadline before the kubelet kills the pod: flushing traces and
 /// closing the last sockets happen after the deadline.

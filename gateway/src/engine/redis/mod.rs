@@ -6,11 +6,13 @@ mod scripts;
 mod subscriber;
 
 use super::{
-    new_epoch, now_ms, presence_frame, Engine, EngineError, Envelope, HistoryPage, HistoryQuery,
-    NodeReport, Publish, Published, SessionRecord,
+    new_epoch, now_ms, Broker, Engine, EngineError, Envelope, History, HistoryPage, HistoryQuery,
+    NodeReport, Nodes, PresenceManager, Publish, Published, SessionRecord, Sessions,
 };
 use crate::config::{Config, RetentionConfig};
 use crate::hub::Hub;
+use crate::protocol::push::{msg_frame_around_position, presence_frame};
+use crate::protocol::StreamPosition;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
@@ -70,9 +72,6 @@ impl Keys {
     fn inbox_cursor(&self, user: &str) -> String {
         format!("{}:ic:{user}", self.prefix)
     }
-    fn user_conns(&self, user: &str) -> String {
-        format!("{}:uc:{user}", self.prefix)
-    }
     fn node(&self, id: &str) -> String {
         format!("{}:node:{id}", self.prefix)
     }
@@ -127,7 +126,7 @@ impl Default for RedisCounters {
 
 impl Shared {
     fn retention(&self, room: &str) -> &RetentionConfig {
-        if room.starts_with(crate::protocol::INBOX_PREFIX) {
+        if crate::protocol::is_inbox(room) {
             &self.inbox
         } else {
             &self.history
@@ -368,27 +367,11 @@ async fn refresh_presence(shared: Arc<Shared>, stop: CancellationToken) {
 }
 
 #[async_trait]
-impl Engine for RedisEngine {
+impl Broker for RedisEngine {
     async fn publish(&self, msg: Publish) -> Result<Published, EngineError> {
         let s = &self.shared;
         // The script completes the frame with seq, epoch and ts: split it around them.
-        let head = format!(
-            r#"{{"type":"msg","room":{},"seq":"#,
-            crate::protocol::to_json(&&*msg.room)
-        );
-        let mut tail = format!(
-            r#","msg_id":{},"from":{},"body":{}"#,
-            crate::protocol::to_json(&msg.msg_id),
-            crate::protocol::to_json(&msg.from),
-            msg.body.get()
-        );
-        if let Some(tp) = &msg.traceparent {
-            tail.push_str(&format!(
-                r#","traceparent":{}"#,
-                crate::protocol::to_json(tp)
-            ));
-        }
-        tail.push('}');
+        let (head, tail) = msg_frame_around_position(msg.content());
         let retention = s.retention(&msg.room);
         let mut conn = s.conn.clone();
         let (seq, epoch, dup): (u64, String, u8) = s
@@ -409,16 +392,10 @@ impl Engine for RedisEngine {
             )
             .await?;
         Ok(Published {
-            seq,
-            epoch: epoch.into(),
+            at: StreamPosition::new(epoch, seq),
             duplicate: dup == 1,
         })
     }
-
-    async fn history(&self, room: &str, q: HistoryQuery) -> Result<HistoryPage, EngineError> {
-        self.shared.history(room, q).await
-    }
-
     async fn subscribe(&self, room: &str) -> Result<(), EngineError> {
         if !self.pubsub_up.load(Ordering::Relaxed) {
             return Err(EngineError::Unavailable(
@@ -427,11 +404,20 @@ impl Engine for RedisEngine {
         }
         self.subscriber.subscribe(room).await
     }
-
     async fn unsubscribe(&self, room: &str) -> Result<(), EngineError> {
         self.subscriber.unsubscribe(room).await
     }
+}
 
+#[async_trait]
+impl History for RedisEngine {
+    async fn history(&self, room: &str, q: HistoryQuery) -> Result<HistoryPage, EngineError> {
+        self.shared.history(room, q).await
+    }
+}
+
+#[async_trait]
+impl PresenceManager for RedisEngine {
     async fn presence_join(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError> {
         let s = &self.shared;
         let expiry = now_ms() + PRESENCE_TTL.as_millis() as u64;
@@ -452,7 +438,6 @@ impl Engine for RedisEngine {
         lock(&s.local_presence).insert((room.to_string(), user.to_string(), conn.to_string()));
         Ok(())
     }
-
     async fn presence_leave(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError> {
         let s = &self.shared;
         lock(&s.local_presence).remove(&(room.to_string(), user.to_string(), conn.to_string()));
@@ -471,7 +456,6 @@ impl Engine for RedisEngine {
             .await?;
         Ok(())
     }
-
     async fn presence(&self, room: &str) -> Result<Vec<String>, EngineError> {
         let s = &self.shared;
         let mut c = s.conn.clone();
@@ -492,7 +476,10 @@ impl Engine for RedisEngine {
             .into_iter()
             .collect())
     }
+}
 
+#[async_trait]
+impl Sessions for RedisEngine {
     async fn save_session(&self, token: &str, session: &SessionRecord) -> Result<(), EngineError> {
         let s = &self.shared;
         let json =
@@ -507,7 +494,6 @@ impl Engine for RedisEngine {
             .await?;
         Ok(())
     }
-
     async fn take_session(&self, token: &str) -> Result<Option<SessionRecord>, EngineError> {
         let s = &self.shared;
         let mut c = s.conn.clone();
@@ -519,14 +505,12 @@ impl Engine for RedisEngine {
                 .map_err(|e| EngineError::Internal(format!("stored session: {e}"))),
         }
     }
-
     async fn inbox_cursor(&self, user: &str) -> Result<u64, EngineError> {
         let s = &self.shared;
         let mut c = s.conn.clone();
         let v: Option<u64> = s.run(c.get(s.keys.inbox_cursor(user))).await?;
         Ok(v.unwrap_or(0))
     }
-
     async fn ack_inbox(&self, user: &str, seq: u64) -> Result<(), EngineError> {
         let s = &self.shared;
         let mut c = s.conn.clone();
@@ -541,44 +525,10 @@ impl Engine for RedisEngine {
             .await?;
         Ok(())
     }
+}
 
-    async fn register_connection(
-        &self,
-        user: &str,
-        conn: &str,
-        node: &str,
-    ) -> Result<(), EngineError> {
-        let s = &self.shared;
-        let mut c = s.conn.clone();
-        let key = s.keys.user_conns(user);
-        let _: () = s
-            .run(
-                redis::pipe()
-                    .hset(&key, conn, node)
-                    .ignore()
-                    .pexpire(&key, 24 * 3600 * 1000)
-                    .ignore()
-                    .query_async(&mut c),
-            )
-            .await?;
-        Ok(())
-    }
-
-    async fn unregister_connection(&self, user: &str, conn: &str) -> Result<(), EngineError> {
-        let s = &self.shared;
-        let mut c = s.conn.clone();
-        let _: i64 = s.run(c.hdel(s.keys.user_conns(user), conn)).await?;
-        Ok(())
-    }
-
-    async fn user_connections(&self, user: &str) -> Result<Vec<(String, String)>, EngineError> {
-        let s = &self.shared;
-        let mut c = s.conn.clone();
-        let map: std::collections::BTreeMap<String, String> =
-            s.run(c.hgetall(s.keys.user_conns(user))).await?;
-        Ok(map.into_iter().collect())
-    }
-
+#[async_trait]
+impl Nodes for RedisEngine {
     async fn report_node(&self, r: &NodeReport) -> Result<(), EngineError> {
         let s = &self.shared;
         let mut c = s.conn.clone();
@@ -602,7 +552,6 @@ impl Engine for RedisEngine {
             .await?;
         Ok(())
     }
-
     async fn nodes(&self) -> Result<Vec<NodeReport>, EngineError> {
         let s = &self.shared;
         let mut c = s.conn.clone();
@@ -620,7 +569,6 @@ impl Engine for RedisEngine {
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
-
     async fn admit(&self, rate: u32) -> Result<Option<bool>, EngineError> {
         let s = &self.shared;
         let key = s.keys.admission(now_ms() / 1000);
@@ -636,7 +584,9 @@ impl Engine for RedisEngine {
             .await?;
         Ok(Some(count <= u64::from(rate)))
     }
+}
 
+impl Engine for RedisEngine {
     fn healthy(&self) -> bool {
         let grace = self.shared.readiness_grace.as_millis() as u64;
         let now = now_ms();

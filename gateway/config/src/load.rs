@@ -1,0 +1,340 @@
+//! Loading: YAML text or a file, then `CHATGW_*` environment overrides; printing back.
+//!
+//! An override names a key path with `__` between levels and `_` between words:
+//! `CHATGW_LIMITS__MAX_FRAME_BYTES` sets `limits.maxFrameBytes`. Unknown keys are errors
+//! (a typo must not pass silently), with one exception: Kubernetes injects service-link
+//! variables for every Service in the namespace (`<SERVICE>_PORT=tcp://…`,
+//! `<SERVICE>_SERVICE_HOST`, …), so a Service named `chatgw-redis` produces
+//! `CHATGW_REDIS_PORT`. Those are recognised by their shape, skipped and reported in
+//! [`Loaded::ignored_env`] instead of stopping the gateway.
+
+use crate::{Config, ConfigError};
+
+/// Prefix of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "CHATGW_";
+
+/// A loaded config and what the loader skipped on the way.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The validated configuration.
+    pub config: Config,
+    /// `CHATGW_*` variables skipped because they look like Kubernetes service links.
+    pub ignored_env: Vec<String>,
+}
+
+impl Config {
+    /// Parses YAML text (an empty document gives the defaults).
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        let value: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
+                origin: String::new(),
+                path: String::new(),
+                source,
+            })?;
+        from_value(value, "")
+    }
+
+    /// Loads the file (if any), then applies `CHATGW_*` overrides from `env`, and validates.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        Config::load_reporting(file, env).map(|l| l.config)
+    }
+
+    /// Like [`load`](Config::load), also returning the variables it skipped (for a log line
+    /// once logging is up).
+    pub fn load_reporting(
+        file: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Loaded, ConfigError> {
+        let (mut value, origin) = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                let origin = format!(" in {}", path.display());
+                let value: serde_yaml::Value =
+                    serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+                        origin: origin.clone(),
+                        path: String::new(),
+                        source,
+                    })?;
+                (value, origin)
+            }
+            None => (serde_yaml::Value::Null, String::new()),
+        };
+        let mut overridden = false;
+        let mut ignored_env = Vec::new();
+        for (var, raw) in env {
+            let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if is_service_link(rest, &raw) {
+                ignored_env.push(var);
+                continue;
+            }
+            apply_env_override(&mut value, &var, rest, &raw)?;
+            overridden = true;
+        }
+        let origin = if overridden {
+            format!("{origin} (after {ENV_PREFIX}* overrides)")
+        } else {
+            origin
+        };
+        let config = from_value(value, &origin)?;
+        config.validate()?;
+        ignored_env.sort();
+        Ok(Loaded {
+            config,
+            ignored_env,
+        })
+    }
+
+    /// The effective config as YAML, every default spelled out.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+}
+
+fn from_value(value: serde_yaml::Value, origin: &str) -> Result<Config, ConfigError> {
+    let value = if value.is_null() {
+        serde_yaml::Value::Mapping(Default::default())
+    } else {
+        value
+    };
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        ConfigError::Parse {
+            origin: origin.to_string(),
+            path: if path == "." {
+                String::new()
+            } else {
+                format!("{path}: ")
+            },
+            source: e.into_inner(),
+        }
+    })
+}
+
+/// Whether `CHATGW_<rest>=<value>` has the shape of a variable Kubernetes injects for a
+/// Service (docker-links compatible): `S_SERVICE_HOST`, `S_SERVICE_PORT[_NAME]`,
+/// `S_PORT=proto://ip:port`, `S_PORT_<n>_<PROTO>[_PROTO|_PORT|_ADDR]`. Overrides of
+/// nested keys always contain `__`, and no top-level key is named like these, so a real
+/// override never matches.
+fn is_service_link(rest: &str, value: &str) -> bool {
+    if rest.contains("__") {
+        return false;
+    }
+    let name = format!("_{rest}"); // the Service part may be empty (a Service named `chatgw`)
+    if name.ends_with("_SERVICE_HOST") || name.ends_with("_SERVICE_PORT") {
+        return true;
+    }
+    if let Some(i) = name.rfind("_SERVICE_PORT_") {
+        return name[i + "_SERVICE_PORT_".len()..]
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    }
+    let is_url = ["tcp://", "udp://", "sctp://"]
+        .iter()
+        .any(|p| value.starts_with(p));
+    if name.ends_with("_PORT") && is_url {
+        return true;
+    }
+    // `…_PORT_6379_TCP`, then optionally `_PROTO`, `_PORT` or `_ADDR`.
+    let parts: Vec<&str> = name.rsplit('_').collect();
+    let proto = |s: &str| matches!(s, "TCP" | "UDP" | "SCTP");
+    let port = |s: &str| !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit());
+    match parts.as_slice() {
+        [p, n, "PORT", ..] if proto(p) && port(n) => is_url,
+        [field, p, n, "PORT", ..] if proto(p) && port(n) => {
+            matches!(*field, "PROTO" | "PORT" | "ADDR")
+        }
+        _ => false,
+    }
+}
+
+/// `AUTH__JWT__PUBLIC_KEY_FILE` -> `["auth", "jwt", "publicKeyFile"]`.
+fn env_path(rest: &str) -> Vec<String> {
+    rest.split("__")
+        .map(|segment| {
+            let mut out = String::new();
+            for (i, word) in segment.split('_').filter(|w| !w.is_empty()).enumerate() {
+                let lower = word.to_ascii_lowercase();
+                if i == 0 {
+                    out.push_str(&lower);
+                } else {
+                    let mut chars = lower.chars();
+                    if let Some(first) = chars.next() {
+                        out.push(first.to_ascii_uppercase());
+                        out.extend(chars);
+                    }
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+fn apply_env_override(
+    root: &mut serde_yaml::Value,
+    var: &str,
+    rest: &str,
+    raw: &str,
+) -> Result<(), ConfigError> {
+    let path = env_path(rest);
+    if path.iter().any(String::is_empty) {
+        return Err(ConfigError::Env {
+            var: var.to_string(),
+            message: "expected CHATGW_SECTION__KEY (double underscore between levels)".into(),
+        });
+    }
+    // Parse as a YAML scalar so numbers, booleans and durations keep their type; fall back
+    // to a plain string for values YAML would reject (for example a PEM key).
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(raw).unwrap_or_else(|_| serde_yaml::Value::String(raw.to_string()));
+    let mut node = root;
+    let (last, parents) = match path.split_last() {
+        Some(split) => split,
+        None => return Ok(()),
+    };
+    for key in parents {
+        if !node.is_mapping() {
+            *node = serde_yaml::Value::Mapping(Default::default());
+        }
+        let serde_yaml::Value::Mapping(map) = node else {
+            return Ok(()); // made a mapping just above
+        };
+        node = map
+            .entry(serde_yaml::Value::String(key.clone()))
+            .or_insert(serde_yaml::Value::Null);
+    }
+    if !node.is_mapping() {
+        *node = serde_yaml::Value::Mapping(Default::default());
+    }
+    if let serde_yaml::Value::Mapping(map) = node {
+        map.insert(serde_yaml::Value::String(last.clone()), value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::AuthMode;
+    use std::time::Duration;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn printed_config_round_trips() {
+        let mut c = Config::default();
+        c.auth.jwt.secret = Some("s".into());
+        let back = Config::from_yaml(&c.to_yaml()).expect("parse printed config");
+        assert_eq!(back, c);
+        assert!(c.to_yaml().contains("interval: 25s"));
+    }
+
+    #[test]
+    fn env_overrides_nested_camel_case_keys() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("CHATGW_AUTH__MODE", "insecure"),
+                ("CHATGW_LIMITS__MAX_FRAME_BYTES", "1024"),
+                ("CHATGW_HEARTBEAT__INTERVAL", "2s"),
+                ("CHATGW_SERVER__ALLOWED_ORIGINS", "[https://a.example]"),
+                ("OTHER", "ignored"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(c.auth.mode, AuthMode::Insecure);
+        assert_eq!(c.limits.max_frame_bytes, 1024);
+        assert_eq!(c.heartbeat.interval, Duration::from_secs(2));
+        assert_eq!(
+            c.server.allowed_origins,
+            vec!["https://a.example".to_string()]
+        );
+    }
+
+    #[test]
+    fn env_override_beats_file() {
+        let dir = std::env::temp_dir().join(format!("chatgw-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let file = dir.join("c.yaml");
+        std::fs::write(
+            &file,
+            "auth:\n  mode: insecure\nlimits:\n  roomsPerConnection: 7\n",
+        )
+        .expect("write");
+        let c = Config::load(
+            Some(&file),
+            env(&[("CHATGW_LIMITS__ROOMS_PER_CONNECTION", "9")]),
+        )
+        .expect("load");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(c.limits.rooms_per_connection, 9);
+        assert_eq!(c.auth.mode, AuthMode::Insecure);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let e = Config::from_yaml("limits:\n  maxFrameByte: 3\n").expect_err("typo");
+        assert!(e.to_string().contains("maxFrameByte"), "{e}");
+        let e = Config::load(None, env(&[("CHATGW_NOPE__X", "1")])).expect_err("unknown env key");
+        assert!(e.to_string().contains("nope"), "{e}");
+        let e = Config::load(
+            None,
+            env(&[
+                ("CHATGW_AUTH__MODE", "insecure"),
+                ("CHATGW_HEARTBEAT__INTERVAL", "soon"),
+            ]),
+        )
+        .expect_err("bad duration");
+        assert!(e.to_string().contains("heartbeat"), "{e}");
+        // A top-level typo is still an error, even one ending in _PORT.
+        let e = Config::load(
+            None,
+            env(&[
+                ("CHATGW_AUTH__MODE", "insecure"),
+                ("CHATGW_REDIS_PORT", "6379"),
+            ]),
+        )
+        .expect_err("not a service link: no proto:// value");
+        assert!(e.to_string().contains("redisPort"), "{e}");
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_skipped_and_reported() {
+        // What Kubernetes injects for a Service `chatgw-redis` (port 6379, named `redis`)
+        // and for a Service named `chatgw` (port 80).
+        let links = [
+            ("CHATGW_REDIS_SERVICE_HOST", "10.0.0.1"),
+            ("CHATGW_REDIS_SERVICE_PORT", "6379"),
+            ("CHATGW_REDIS_SERVICE_PORT_REDIS", "6379"),
+            ("CHATGW_REDIS_PORT", "tcp://10.0.0.1:6379"),
+            ("CHATGW_REDIS_PORT_6379_TCP", "tcp://10.0.0.1:6379"),
+            ("CHATGW_REDIS_PORT_6379_TCP_PROTO", "tcp"),
+            ("CHATGW_REDIS_PORT_6379_TCP_PORT", "6379"),
+            ("CHATGW_REDIS_PORT_6379_TCP_ADDR", "10.0.0.1"),
+            ("CHATGW_SERVICE_HOST", "10.0.0.2"),
+            ("CHATGW_PORT", "tcp://10.0.0.2:80"),
+            ("CHATGW_PORT_80_TCP_ADDR", "10.0.0.2"),
+        ];
+        let mut vars = env(&links);
+        vars.push(("CHATGW_AUTH__MODE".into(), "insecure".into()));
+        vars.push(("CHATGW_ENGINE".into(), "redis".into()));
+        let loaded =
+            Config::load_reporting(None, vars).expect("service links do not stop the gateway");
+        assert_eq!(loaded.config.engine, crate::EngineKind::Redis);
+        let mut expected: Vec<String> = links.iter().map(|(k, _)| k.to_string()).collect();
+        expected.sort();
+        assert_eq!(loaded.ignored_env, expected);
+    }
+}

@@ -1,0 +1,470 @@
+//! The command handlers against the memory engine, without sockets: what each command
+//! queues, in which order, and each refusal.
+
+use super::catchup::merge_positions;
+use super::run_command;
+use super::session::Session;
+use crate::config::{AuthMode, Config};
+use crate::engine::{Publish, SessionRecord};
+use crate::node::Node;
+use crate::outbound::{self, Outbound, OutboundQueue, OutboundReceiver};
+use crate::protocol::{Since, StreamPosition};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// One queued item, simplified for assertions.
+#[derive(Debug, PartialEq)]
+enum Item {
+    Frame(Value),
+    Msg(String, u64),
+    Hold(String),
+    Replay(String, u64, Vec<u64>),
+    Release(String),
+    Forget(String),
+    Close(u16),
+}
+
+fn simplify(item: Outbound) -> Item {
+    match item {
+        Outbound::Frame(f) => Item::Frame(serde_json::from_str(&f).expect("frame is JSON")),
+        Outbound::Msg(e) => Item::Msg(e.room.to_string(), e.seq),
+        Outbound::BeginCatchup(r) => Item::Hold(r.to_string()),
+        Outbound::Replay { room, from, msgs } => Item::Replay(
+            room.to_string(),
+            from.seq,
+            msgs.iter().map(|m| m.seq).collect(),
+        ),
+        Outbound::Release(r) => Item::Release(r.to_string()),
+        Outbound::Forget(r) => Item::Forget(r.to_string()),
+        Outbound::Close(c) => Item::Close(c.code),
+    }
+}
+
+struct Harness {
+    node: Arc<Node>,
+    session: Session,
+    queue: OutboundQueue,
+    rx: OutboundReceiver,
+}
+
+impl Harness {
+    /// A connection whose inbox replay already happened (a `ping` went first).
+    async fn new(user: &str) -> Harness {
+        let mut h = Harness::fresh(user).await;
+        h.cmd(json!({"type": "ping", "id": 0})).await;
+        h.drain();
+        h
+    }
+
+    /// A connection right after `welcome`: its inbox replay is still pending.
+    async fn fresh(user: &str) -> Harness {
+        let mut config = Config::default();
+        config.auth.mode = AuthMode::Insecure;
+        config.limits.rooms_per_connection = 2;
+        Harness::on(Node::new(config, Default::default()).expect("node"), user).await
+    }
+
+    /// A second connection on the same node.
+    async fn on(node: Arc<Node>, user: &str) -> Harness {
+        let (queue, rx) = outbound::queue(1024, 1 << 20);
+        let id = node.register(queue.clone());
+        let mut session = Session::new(node.clone(), id, user.into(), queue.clone());
+        session.welcome().await;
+        let mut h = Harness {
+            node,
+            session,
+            queue,
+            rx,
+        };
+        let welcome = h.drain();
+        assert_eq!(welcome.len(), 2, "{welcome:?}");
+        assert!(matches!(&welcome[0], Item::Frame(f) if f["type"] == "welcome"));
+        assert_eq!(welcome[1], Item::Hold(format!("user:{user}")));
+        h
+    }
+
+    /// Runs a command; returns whether it counted as a client error.
+    async fn cmd(&mut self, cmd: Value) -> bool {
+        run_command(&mut self.session, &self.queue, &cmd.to_string()).await
+    }
+
+    /// Everything queued since the last drain, except presence pushes.
+    fn drain(&mut self) -> Vec<Item> {
+        std::iter::from_fn(|| self.rx.try_recv_for_test())
+            .map(simplify)
+            .filter(|i| !matches!(i, Item::Frame(f) if f["type"] == "presence"))
+            .collect()
+    }
+
+    /// The only frame queued since the last drain, which must be a reply.
+    fn reply(&mut self) -> Value {
+        let items = self.drain();
+        match items.as_slice() {
+            [Item::Frame(f)] => f.clone(),
+            other => panic!("expected one reply, got {other:?}"),
+        }
+    }
+
+    async fn publish(&self, room: &str, from: &str, msg_id: &str) -> u64 {
+        let body = serde_json::value::to_raw_value(&json!("hi")).expect("raw");
+        self.node
+            .engine
+            .publish(Publish {
+                room: room.into(),
+                from: from.into(),
+                msg_id: msg_id.into(),
+                body,
+                traceparent: None,
+            })
+            .await
+            .expect("publish")
+            .at
+            .seq
+    }
+}
+
+fn error_code(reply: &Value) -> &str {
+    assert_eq!(reply["type"], "error", "{reply}");
+    reply["code"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn join_reply_goes_out_before_its_replay() {
+    let mut h = Harness::new("alice").await;
+    for i in 0..3 {
+        h.publish("r", "bob", &format!("m{i}")).await;
+    }
+    let epoch = h
+        .node
+        .engine
+        .history("r", Default::default())
+        .await
+        .expect("page")
+        .epoch;
+    assert!(
+        !h.cmd(json!({"type": "join", "id": 1, "room": "r", "since": 1, "epoch": &*epoch}))
+            .await
+    );
+    let items = h.drain();
+    assert_eq!(items.len(), 3, "{items:?}");
+    assert_eq!(
+        items[0],
+        Item::Hold("r".into()),
+        "live messages of r are held first"
+    );
+    assert_eq!(
+        items[1],
+        Item::Frame(
+            json!({"type": "ok", "ref": 1, "room": "r", "epoch": &*epoch, "seq": 3, "recovered": true})
+        )
+    );
+    assert_eq!(items[2], Item::Replay("r".into(), 1, vec![2, 3]));
+}
+
+#[tokio::test]
+async fn join_without_since_replays_nothing_and_a_stale_epoch_is_not_recovered() {
+    let mut h = Harness::new("alice").await;
+    h.publish("r", "bob", "m1").await;
+    h.cmd(json!({"type": "join", "id": 1, "room": "r"})).await;
+    let items = h.drain();
+    assert!(matches!(&items[1], Item::Frame(f) if f.get("recovered").is_none() && f["seq"] == 1));
+    assert_eq!(items[2], Item::Replay("r".into(), 1, vec![]));
+
+    h.cmd(json!({"type": "join", "id": 2, "room": "s", "since": 0, "epoch": "gone"}))
+        .await;
+    let items = h.drain();
+    assert!(
+        matches!(&items[1], Item::Frame(f) if f["recovered"] == false),
+        "{items:?}"
+    );
+}
+
+#[tokio::test]
+async fn every_refusal_has_its_code_and_counts_as_a_client_error() {
+    let mut h = Harness::new("alice").await;
+    let cases = [
+        (
+            json!({"type": "join", "id": 1, "room": "bad room"}),
+            "invalid_room",
+        ),
+        (
+            json!({"type": "join", "id": 2, "room": "user:bob"}),
+            "forbidden",
+        ),
+        (json!({"type": "leave", "id": 3, "room": "r"}), "not_joined"),
+        (
+            json!({"type": "send", "id": 4, "room": "r", "body": 1}),
+            "not_joined",
+        ),
+        (
+            json!({"type": "presence", "id": 5, "room": "r"}),
+            "not_joined",
+        ),
+        (
+            json!({"type": "history", "id": 6, "room": "user:bob"}),
+            "forbidden",
+        ),
+        (
+            json!({"type": "send", "id": 7, "room": "user:", "body": 1}),
+            "invalid_room",
+        ),
+        (
+            json!({"type": "send", "id": 8, "room": "user:bob", "body": 1, "msg_id": ""}),
+            "bad_request",
+        ),
+        (
+            json!({"type": "resume", "id": 9, "resume_token": "nope"}),
+            "session_not_found",
+        ),
+        (json!({"type": "dance", "id": 10}), "unknown_command"),
+    ];
+    for (cmd, code) in cases {
+        let id = cmd["id"].clone();
+        assert!(h.cmd(cmd.clone()).await, "{cmd} counts as a client error");
+        let reply = h.reply();
+        assert_eq!(error_code(&reply), code, "{cmd}");
+        assert_eq!(reply["ref"], id, "{cmd}");
+    }
+    // Room limit (2 in this harness) and a second join of the same room.
+    for (id, room) in [(20, "a"), (21, "b")] {
+        h.cmd(json!({"type": "join", "id": id, "room": room})).await;
+        h.drain();
+    }
+    h.cmd(json!({"type": "join", "id": 22, "room": "a"})).await;
+    assert_eq!(error_code(&h.reply()), "bad_request");
+    h.cmd(json!({"type": "join", "id": 23, "room": "c"})).await;
+    let items = h.drain();
+    assert!(
+        matches!(items.last(), Some(Item::Frame(f)) if f["code"] == "too_many_rooms"),
+        "{items:?}"
+    );
+    assert!(
+        !items.iter().any(|i| *i == Item::Hold("c".into())),
+        "nothing of c is left"
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_msg_id_gets_the_original_seq_and_is_stored_once() {
+    let mut h = Harness::new("alice").await;
+    h.cmd(json!({"type": "join", "id": 1, "room": "r"})).await;
+    h.drain();
+    let send = json!({"type": "send", "id": 2, "room": "r", "msg_id": "x", "body": {"t": 1}});
+    assert!(!h.cmd(send.clone()).await);
+    let first: Vec<Item> = h.drain();
+    let Some(Item::Frame(first)) = first.into_iter().find(|i| matches!(i, Item::Frame(_))) else {
+        panic!("no reply")
+    };
+    assert!(first.get("duplicate").is_none());
+    assert!(!h.cmd(send).await);
+    let again = h.reply();
+    assert_eq!(
+        (again["seq"].clone(), again["duplicate"].clone()),
+        (first["seq"].clone(), json!(true))
+    );
+    let page = h
+        .node
+        .engine
+        .history(
+            "r",
+            crate::engine::HistoryQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("history");
+    assert_eq!(page.messages.len(), 1);
+}
+
+#[tokio::test]
+async fn the_inbox_waits_for_resume_and_any_other_command_replays_it_first() {
+    let mut h = Harness::fresh("alice").await;
+    h.publish("user:alice", "bob", "d1").await;
+    h.publish("user:alice", "bob", "d2").await;
+    let held = h.drain();
+    assert_eq!(
+        held,
+        [
+            Item::Msg("user:alice".into(), 1),
+            Item::Msg("user:alice".into(), 2)
+        ],
+        "live DMs queue behind the hold"
+    );
+    h.cmd(json!({"type": "ping", "id": 1})).await;
+    let items = h.drain();
+    assert_eq!(
+        items[0],
+        Item::Replay("user:alice".into(), 0, vec![1, 2]),
+        "inbox replay from the cursor first"
+    );
+    assert!(matches!(&items[1], Item::Frame(f) if f["pong"] == true));
+    // A resume now comes too late for the inbox.
+    h.cmd(json!({"type": "resume", "id": 2, "resume_token": "t", "positions": {"user:alice": 0}}))
+        .await;
+    let reply = h.reply();
+    assert_eq!(
+        reply["rooms"]["user:alice"],
+        json!({"recovered": false, "reason": "resume came too late"})
+    );
+}
+
+#[tokio::test]
+async fn resume_replays_the_inbox_from_the_clients_position() {
+    let mut h = Harness::fresh("alice").await;
+    h.publish("user:alice", "bob", "d1").await;
+    h.publish("user:alice", "bob", "d2").await;
+    h.drain();
+    let epoch = h
+        .node
+        .engine
+        .history("user:alice", Default::default())
+        .await
+        .expect("page")
+        .epoch;
+    h.cmd(json!({"type": "resume", "id": 1, "resume_token": "t", "positions": {"user:alice": {"seq": 1, "epoch": &*epoch}}}))
+        .await;
+    let items = h.drain();
+    assert_eq!(
+        items[0],
+        Item::Frame(
+            json!({"type": "ok", "ref": 1, "rooms": {"user:alice": {"recovered": true, "epoch": &*epoch, "seq": 2}}})
+        )
+    );
+    assert_eq!(items[1], Item::Replay("user:alice".into(), 1, vec![2]));
+    assert_eq!(items.len(), 2, "{items:?}");
+}
+
+#[tokio::test]
+async fn resume_restores_a_closed_sessions_rooms_on_a_new_connection() {
+    let mut a = Harness::new("alice").await;
+    a.cmd(json!({"type": "join", "id": 1, "room": "r"})).await;
+    a.publish("r", "bob", "m1").await;
+    a.drain();
+    let token = a.session.resume_token.clone();
+    // The writer wrote seq 1 of r before the socket closed.
+    let epoch = a
+        .node
+        .engine
+        .history("r", Default::default())
+        .await
+        .expect("page")
+        .epoch;
+    let written = HashMap::from([(Arc::from("r"), StreamPosition::new(epoch.clone(), 1))]);
+    a.session.close(&written).await;
+    a.publish("r", "bob", "m2").await;
+
+    let mut b = Harness::on(a.node.clone(), "alice").await; // inbox still pending
+    b.cmd(json!({"type": "resume", "id": 5, "resume_token": token}))
+        .await;
+    let items = b.drain();
+    let reply = items
+        .iter()
+        .find_map(|i| match i {
+            Item::Frame(f) if f["type"] == "ok" => Some(f.clone()),
+            _ => None,
+        })
+        .expect("ok");
+    assert_eq!(
+        reply["rooms"]["r"],
+        json!({"recovered": true, "epoch": &*epoch, "seq": 2})
+    );
+    assert_eq!(
+        items.last(),
+        Some(&Item::Replay("r".into(), 1, vec![2])),
+        "{items:?}"
+    );
+    assert!(b.session.rooms.contains_key("r"));
+    assert_eq!(
+        b.node.engine.presence("r").await.expect("presence"),
+        ["alice"]
+    );
+
+    // The token is used up.
+    b.cmd(json!({"type": "resume", "id": 6, "resume_token": token}))
+        .await;
+    assert_eq!(error_code(&b.reply()), "session_not_found");
+}
+
+#[tokio::test]
+async fn another_users_token_is_refused_and_left_in_place() {
+    let h = Harness::new("alice").await;
+    let record = SessionRecord {
+        user: "bob".into(),
+        node: "n".into(),
+        rooms: BTreeMap::new(),
+        connected_at: 0,
+        last_seen: 0,
+    };
+    h.node
+        .engine
+        .save_session("bobs", &record)
+        .await
+        .expect("save");
+    let mut h = h;
+    h.cmd(json!({"type": "resume", "id": 1, "resume_token": "bobs"}))
+        .await;
+    let items = h.drain();
+    assert!(
+        matches!(items.last(), Some(Item::Frame(f)) if f["code"] == "forbidden"),
+        "{items:?}"
+    );
+    assert_eq!(
+        h.node.engine.take_session("bobs").await.expect("take"),
+        Some(record)
+    );
+}
+
+#[test]
+fn resume_positions_merge_stored_and_client_ones() {
+    let stored = SessionRecord {
+        user: "u".into(),
+        node: "n".into(),
+        rooms: BTreeMap::from([
+            ("a".to_string(), StreamPosition::new("e1", 5)),
+            ("b".to_string(), StreamPosition::new("e2", 7)),
+        ]),
+        connected_at: 0,
+        last_seen: 0,
+    };
+    let client = BTreeMap::from([
+        (
+            "a".to_string(),
+            Since {
+                seq: 3,
+                epoch: None,
+            },
+        ),
+        (
+            "c".to_string(),
+            Since {
+                seq: 2,
+                epoch: Some("x".into()),
+            },
+        ),
+    ]);
+    let merged = merge_positions(Some(&stored), client.clone());
+    assert_eq!(
+        merged,
+        BTreeMap::from([
+            (
+                "a".to_string(),
+                Since {
+                    seq: 3,
+                    epoch: Some("e1".into())
+                }
+            ),
+            ("b".to_string(), StreamPosition::new("e2", 7).into()),
+            (
+                "c".to_string(),
+                Since {
+                    seq: 2,
+                    epoch: Some("x".into())
+                }
+            ),
+        ]),
+        "the client's seq wins and keeps the stored epoch; stored rooms stay"
+    );
+    assert_eq!(merge_positions(None, client.clone()), client);
+}

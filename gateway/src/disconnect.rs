@@ -1,0 +1,70 @@
+//! Why the gateway closes a WebSocket: every close code it sends and every named reason,
+//! in one place (the connection, the drain, rebalancing, forwarding routes and the server
+//! all close through these). The reason text goes into the close frame and is the `reason`
+//! label of `chatgateway_connections_closed_total`; docs/protocol.md lists them.
+
+/// WebSocket close codes the gateway uses (RFC 6455 section 7.4 and the IANA registry).
+pub mod code {
+    /// Server shutting down without a drain, or a silent client (heartbeat timeout).
+    pub const GOING_AWAY: u16 = 1001;
+    /// Binary frames are not part of protocol v1.
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// Invalid UTF-8 in a text frame.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// Abuse: repeated errors.
+    pub const POLICY: u16 = 1008;
+    /// A message over the frame size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// Unexpected server error.
+    pub const INTERNAL: u16 = 1011;
+    /// Drain or rebalance: reconnect (elsewhere) and resume.
+    pub const RESTART: u16 = 1012;
+    /// Slow consumer: the outbound queue overflowed; reconnect later and resume.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// A forwarding route's upstream failed.
+    pub const BAD_GATEWAY: u16 = 1014;
+}
+
+/// Why and how a connection is closed: the code and the short reason of the close frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseReason {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Short reason sent in the close frame and used as the metrics label.
+    pub reason: &'static str,
+}
+
+const fn reason(code: u16, reason: &'static str) -> CloseReason {
+    CloseReason { code, reason }
+}
+
+/// The outbound queue overflowed (frames or bytes).
+pub const SLOW_CONSUMER: CloseReason = reason(code::TRY_AGAIN_LATER, "slow consumer");
+/// Nothing heard from the client for two heartbeat periods.
+pub const HEARTBEAT_TIMEOUT: CloseReason = reason(code::GOING_AWAY, "heartbeat timeout");
+/// Told to go by a drain (after a `goaway`).
+pub const DRAINING: CloseReason = reason(code::RESTART, "draining");
+/// Told to go by rebalancing (after a `goaway`).
+pub const REBALANCE: CloseReason = reason(code::RESTART, "rebalance");
+/// Still open when the drain deadline passed (or a second signal cut the drain short).
+pub const DRAIN_TIMEOUT: CloseReason = reason(code::RESTART, "drain timeout");
+/// The process stops without a drain.
+pub const SHUTTING_DOWN: CloseReason = reason(code::GOING_AWAY, "server shutting down");
+/// More than `limits.maxErrorsInRow` refused commands in a row.
+pub const TOO_MANY_ERRORS: CloseReason = reason(code::POLICY, "too many errors");
+/// A binary frame on the chat protocol.
+pub const BINARY_FRAME: CloseReason =
+    reason(code::UNSUPPORTED_DATA, "binary frames are not supported");
+/// A message over `limits.maxFrameBytes` (or a route's `maxFrameBytes`).
+pub const MESSAGE_TOO_BIG: CloseReason = reason(code::TOO_BIG, "message too big");
+/// A text frame that is not UTF-8.
+pub const INVALID_UTF8: CloseReason = reason(code::INVALID_PAYLOAD, "invalid utf-8");
+/// A forwarding route's upstream went away or could not take a frame (sent to the client).
+pub const UPSTREAM_FAILED: CloseReason = reason(code::BAD_GATEWAY, "upstream failed");
+/// The client of a forwarded connection went away (sent to the upstream).
+pub const CLIENT_GONE: CloseReason = reason(code::GOING_AWAY, "client gone");
+
+/// Metrics label of a chat connection the client closed (no close reason of ours).
+pub const CLIENT_CLOSED: &str = "client closed";
+/// Metrics label of every forwarded connection that ended.
+pub const FORWARD_ENDED: &str = "forward ended";

@@ -1,0 +1,157 @@
+//! Protocol v1: the JSON frames exchanged over `/ws` (docs/protocol.md).
+//!
+//! Every frame is a JSON object whose `type` names it. Commands carry a client `id`; each
+//! is answered by exactly one `ok` or `error` whose `ref` is that id. This module owns
+//! every frame shape: [`command`] parses what clients send, [`reply`] builds the answers,
+//! [`push`] the frames the server sends on its own (welcome, msg, presence, goaway).
+//! Nothing else in the crate writes a frame by hand.
+
+pub mod command;
+pub mod push;
+pub mod reply;
+
+pub use command::{Command, CommandError, CommandId};
+pub use reply::{error_frame, ok_frame, ErrorCode, Reply};
+
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Protocol version announced in `welcome`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Subprotocol name a browser offers alongside `bearer.<jwt>`.
+pub const SUBPROTOCOL: &str = "chatgw.v1";
+
+/// Prefix of the room name of a user's inbox.
+pub const INBOX_PREFIX: &str = "user:";
+
+/// Deepest nesting of arrays/objects accepted in a `send` body (clients parse bodies
+/// recursively; a 10k-deep body would crash some of them).
+pub const MAX_BODY_DEPTH: usize = 32;
+
+/// Maximum messages one `history` call returns.
+pub const MAX_HISTORY_LIMIT: usize = 500;
+
+/// A position in a room's message stream: the last seq of an epoch. The engine stores it
+/// in sessions, the writer tracks the last one written per room, the connection keeps the
+/// one seen at join, and replies carry it (as `epoch` and `seq` fields).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPosition {
+    /// Identity of the room's history; seqs of different epochs are unrelated.
+    pub epoch: Arc<str>,
+    /// Last seq (0 before the first message).
+    pub seq: u64,
+}
+
+impl StreamPosition {
+    /// A position.
+    pub fn new(epoch: impl Into<Arc<str>>, seq: u64) -> Self {
+        StreamPosition {
+            epoch: epoch.into(),
+            seq,
+        }
+    }
+}
+
+/// Where a client says it stands in a room (`join` with `since`, `resume` positions): a
+/// [`StreamPosition`] whose epoch the client may leave out. On the wire a bare seq
+/// (`3`) or `{"seq": 3, "epoch": "…"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "SinceWire")]
+pub struct Since {
+    /// Last seq the client saw.
+    pub seq: u64,
+    /// Epoch of that seq, if the client knows it.
+    pub epoch: Option<Arc<str>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SinceWire {
+    Full { seq: u64, epoch: Option<String> },
+    Seq(u64),
+}
+
+impl From<SinceWire> for Since {
+    fn from(w: SinceWire) -> Since {
+        match w {
+            SinceWire::Full { seq, epoch } => Since {
+                seq,
+                epoch: epoch.map(Into::into),
+            },
+            SinceWire::Seq(seq) => Since { seq, epoch: None },
+        }
+    }
+}
+
+impl From<StreamPosition> for Since {
+    fn from(p: StreamPosition) -> Since {
+        Since {
+            seq: p.seq,
+            epoch: Some(p.epoch),
+        }
+    }
+}
+
+/// Why a room name was refused.
+pub fn validate_room(name: &str, max_len: usize) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("room name is empty".into());
+    }
+    if name.len() > max_len {
+        return Err(format!("room name longer than {max_len} bytes"));
+    }
+    let ok = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@'));
+    if !ok {
+        return Err("room names use only A-Z a-z 0-9 _ - . : @".into());
+    }
+    Ok(())
+}
+
+/// The inbox room of a user.
+pub fn inbox_of(user: &str) -> String {
+    format!("{INBOX_PREFIX}{user}")
+}
+
+/// Whether a room name is an inbox (`user:<id>`).
+pub fn is_inbox(room: &str) -> bool {
+    room.starts_with(INBOX_PREFIX)
+}
+
+/// Serialises a frame the gateway built itself (cannot fail for these types).
+pub fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|e| {
+        format!(r#"{{"type":"error","code":"internal","message":"serialise: {e}"}}"#)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names() {
+        assert!(validate_room("lobby-1.a:b@c_d", 128).is_ok());
+        assert!(validate_room("", 128).is_err());
+        assert!(validate_room("has space", 128).is_err());
+        assert!(validate_room("ünï", 128).is_err());
+        assert!(validate_room(&"a".repeat(129), 128).is_err());
+    }
+
+    #[test]
+    fn since_is_a_bare_seq_or_a_position() {
+        let bare: Since = serde_json::from_str("3").expect("bare");
+        assert_eq!(
+            bare,
+            Since {
+                seq: 3,
+                epoch: None
+            }
+        );
+        let full: Since = serde_json::from_str(r#"{"seq":2,"epoch":"x"}"#).expect("full");
+        assert_eq!(full, StreamPosition::new("x", 2).into());
+        assert!(serde_json::from_str::<Since>(r#""3""#).is_err());
+    }
+}

@@ -1,0 +1,240 @@
+//! The WebSocket upgrade checks shared by the chat endpoint (`server`) and forwarding
+//! routes (`forward`): headers, drain, origin, authentication, admission, per-IP limit,
+//! and the responses that refuse or complete an upgrade.
+
+use crate::auth::{self, AuthError, Presented};
+use crate::node::{IpSlot, Node};
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tracing::Instrument;
+
+/// Body of every plain HTTP response the gateway writes.
+pub(crate) type Body = Full<Bytes>;
+
+pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+pub(crate) fn reject(
+    node: &Node,
+    status: StatusCode,
+    reason: &'static str,
+    detail: String,
+) -> Response<Body> {
+    node.metrics.rejected.with_label_values(&[reason]).inc();
+    text(status, detail + "\n")
+}
+
+fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
+    match origin {
+        None => true, // not a browser
+        Some(_) if allowed.is_empty() => true,
+        Some(o) => allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(o)),
+    }
+}
+
+/// 503 with a jittered `Retry-After` (1 to 3 s) so refused clients do not return in step.
+pub(crate) fn retry_later(node: &Node, reason: &'static str, detail: &str) -> Response<Body> {
+    let mut r = reject(
+        node,
+        StatusCode::SERVICE_UNAVAILABLE,
+        reason,
+        detail.to_string(),
+    );
+    let secs = 1 + rand::random::<u8>() % 3;
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(u16::from(secs)));
+    r
+}
+
+/// An upgrade request that passed every check (headers, drain, origin, authentication,
+/// admission, per-IP limit).
+pub(crate) struct Admitted {
+    /// Authenticated user id.
+    pub user: String,
+    /// `Sec-WebSocket-Key`, for the accept header.
+    pub key: HeaderValue,
+    /// Subprotocols the client offered.
+    pub offered: Vec<String>,
+    /// The client IP's connection slot, held for the connection's life.
+    pub slot: IpSlot,
+    /// The `connect` span.
+    pub span: tracing::Span,
+}
+
+/// Checks an upgrade request; the error is the response that refuses it.
+pub(crate) async fn admit_upgrade(
+    node: &Arc<Node>,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Admitted, Response<Body>> {
+    let is_ws = header_str(req, header::UPGRADE)
+        .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+        && header_str(req, header::CONNECTION).is_some_and(|c| {
+            c.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return Err(reject(
+            node,
+            StatusCode::BAD_REQUEST,
+            "bad_upgrade",
+            "expected a WebSocket upgrade".into(),
+        ));
+    };
+    if !is_ws || header_str(req, header::SEC_WEBSOCKET_VERSION) != Some("13") {
+        return Err(reject(
+            node,
+            StatusCode::BAD_REQUEST,
+            "bad_upgrade",
+            "expected a WebSocket upgrade (version 13)".into(),
+        ));
+    }
+    if !node.accepting() {
+        return Err(retry_later(
+            node,
+            "shutting_down",
+            "server draining; connect to another instance",
+        ));
+    }
+    if !origin_allowed(
+        &node.config.server.allowed_origins,
+        header_str(req, header::ORIGIN),
+    ) {
+        return Err(reject(
+            node,
+            StatusCode::FORBIDDEN,
+            "origin",
+            "origin not allowed".into(),
+        ));
+    }
+
+    let offered: Vec<String> = header_str(req, header::SEC_WEBSOCKET_PROTOCOL)
+        .map(|h| {
+            auth::parse_subprotocols(h)
+                .into_iter()
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut presented = Presented {
+        bearer: header_str(req, header::AUTHORIZATION)
+            .and_then(|a| {
+                a.strip_prefix("Bearer ")
+                    .or_else(|| a.strip_prefix("bearer "))
+            })
+            .map(|t| t.trim().to_string()),
+        subprotocol: offered
+            .iter()
+            .find_map(|p| p.strip_prefix(auth::SUBPROTOCOL_TOKEN_PREFIX))
+            .map(str::to_string),
+        ..Default::default()
+    };
+    if let Some(query) = req.uri().query() {
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            match &*k {
+                "token" => presented.query_token = Some(v.into_owned()),
+                "user" => presented.query_user = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+    }
+    let span = if crate::telemetry::enabled() {
+        let span = tracing::info_span!("connect", peer = %peer, user = tracing::field::Empty, outcome = tracing::field::Empty, trace_id = tracing::field::Empty);
+        crate::telemetry::record_trace_id(&span);
+        span
+    } else {
+        tracing::Span::none()
+    };
+    let _entered = span.enter();
+    let user = match node.auth.authenticate(&presented) {
+        Ok(user) => user,
+        Err(e) => {
+            let reason = match e {
+                AuthError::Missing | AuthError::MissingUser => "auth_missing",
+                _ => "auth_invalid",
+            };
+            span.record("outcome", reason);
+            let mut r = reject(node, StatusCode::UNAUTHORIZED, reason, e.to_string());
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return Err(r);
+        }
+    };
+    // Reconnect storms: admit at most admission.rate upgrades per second (cluster-wide
+    // with Redis); the rest come back after a jittered Retry-After.
+    drop(_entered);
+    if !node.admit().instrument(span.clone()).await {
+        return Err(retry_later(
+            node,
+            "admission",
+            "too many connections right now; retry shortly",
+        ));
+    }
+    let Some(slot) = node.take_ip_slot(peer.ip()) else {
+        return Err(reject(
+            node,
+            StatusCode::TOO_MANY_REQUESTS,
+            "per_ip",
+            "too many connections from this address".into(),
+        ));
+    };
+
+    span.record("user", user.as_str());
+    span.record("outcome", "accepted");
+    Ok(Admitted {
+        user,
+        key,
+        offered,
+        slot,
+        span,
+    })
+}
+
+/// The 101 response completing a WebSocket handshake.
+pub(crate) fn switching(key: &HeaderValue, protocol: Option<&str>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Some(p) = protocol.and_then(|p| HeaderValue::from_str(p).ok()) {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_allow_list() {
+        assert!(origin_allowed(&[], Some("https://evil.example")));
+        let list = vec!["https://app.example".to_string()];
+        assert!(origin_allowed(&list, Some("https://app.example")));
+        assert!(!origin_allowed(&list, Some("https://evil.example")));
+        assert!(origin_allowed(&list, None));
+        assert!(origin_allowed(&["*".to_string()], Some("https://x")));
+    }
+}
