@@ -154,6 +154,16 @@ build() {
   docker_build redis --network none --build-arg BASE_IMAGE=chatgateway-local/redis-base:bookworm \
     -t "$REDIS_IMAGE" "$root/e2e/images/redis"
   log "images built in $((SECONDS - started)) s"
+  prune "$b"
+}
+
+# Disk is scarce here: builders of an older Cargo.lock and images replaced by a rebuild go.
+prune() {
+  local keep=$1 tag
+  for tag in $("$DOCKER" images --format '{{.Repository}}:{{.Tag}}' chatgateway-local/rust); do
+    [ "$tag" = "$keep" ] || "$DOCKER" image rm "$tag" >/dev/null 2>&1 || true
+  done
+  "$DOCKER" image prune -f >/dev/null
 }
 
 list() { printf '%s\n' "$GATEWAY_IMAGE" "$OPERATOR_IMAGE" "$REDIS_IMAGE" "$OTLP_IMAGE"; }
