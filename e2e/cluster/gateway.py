@@ -141,11 +141,16 @@ class Gateway:
         with urllib.request.urlopen(f"http://{ip}:8080/metrics", timeout=10) as r:
             return r.read().decode()
 
-    def connections(self, pod: dict) -> float:
+    def metric(self, pod: dict, name: str) -> float:
+        """A metric of the pod's /metrics (summed over its label sets; 0 when absent)."""
+        total = 0.0
         for line in self.metrics(pod).splitlines():
-            if line.startswith("chatgateway_connections") and not line.startswith("chatgateway_connections_"):
-                return float(line.split()[-1])
-        return 0.0
+            if line.split("{")[0].split(" ")[0] == name:
+                total += float(line.split()[-1])
+        return total
+
+    def connections(self, pod: dict) -> float:
+        return self.metric(pod, "chatgateway_connections")
 
 
 def hs256(secret: str, claims: dict) -> str:

@@ -86,9 +86,9 @@ def fail(flow: str, why: str, ns: str | None = None, selector: str | None = None
 
 
 def eventually(flow: str, what: str, check, timeout: float, ns: str | None = None,
-               selector: str | None = None, every: float = 1.0):
+               selector: str | None = None, every: float = 1.0, detail=None):
     """Polls `check` until it returns something truthy; otherwise fails the flow with the
-    last value and the namespace's diagnosis."""
+    last value, `detail()` (what the check saw) and the namespace's diagnosis."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -100,4 +100,5 @@ def eventually(flow: str, what: str, check, timeout: float, ns: str | None = Non
             if last:
                 return last
         time.sleep(every)
-    fail(flow, f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})", ns, selector)
+    seen = f"; {detail()}" if detail else ""
+    fail(flow, f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r}{seen})", ns, selector)

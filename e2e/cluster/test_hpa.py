@@ -12,7 +12,8 @@ from conftest import RUN_ID
 from gateway import Fleet, redis_gateway
 
 FLOW = "HPA on connections"
-TARGET = 20
+TARGET = 100
+CLIENTS = 300
 
 
 def test_hpa_scales_up_rebalances_and_scales_down(namespace, cluster):
@@ -20,34 +21,50 @@ def test_hpa_scales_up_rebalances_and_scales_down(namespace, cluster):
         namespace, cluster, FLOW,
         autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 3, "targetConnectionsPerPod": TARGET,
                      "scaleDown": {"stabilizationWindowSeconds": 15, "podsPerPeriod": 1, "periodSeconds": 15}},
-        gateway={"rebalance": {"enabled": True, "tolerancePercent": 20, "rate": 20}})
-    hpa = kube.eventually(FLOW, "the ChatGateway's HorizontalPodAutoscaler (autoscaling/v2, or v2beta2 where "
-                          "v2 is not served)", lambda: kube.get("hpa", gw.name, gw.ns), 60, gw.ns, gw.selector)
+        gateway={"rebalance": {"enabled": True, "tolerancePercent": 20, "rate": 20},
+                 "limits": {"messageRate": 200, "messageBurst": 200}})
+    # kubectl's default HPA version (autoscaling/v1) has no metrics list: ask for v2.
+    version = "v2" if "autoscaling/v2\n" in kube.kubectl("api-versions") else "v2beta2"
+    kind = f"horizontalpodautoscalers.{version}.autoscaling"
+    hpa = kube.eventually(FLOW, f"the ChatGateway's HorizontalPodAutoscaler (autoscaling/{version}, the newest "
+                          "the cluster serves)", lambda: kube.get(kind, gw.name, gw.ns), 60, gw.ns, gw.selector)
     (metric,) = [m for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
     assert metric["pods"]["metric"]["name"] == "chatgateway_connections", metric
+    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": str(TARGET)}, metric
 
     def reads_the_metric():
-        st = (kube.get("hpa", gw.name, gw.ns) or {}).get("status") or {}
+        st = (kube.get(kind, gw.name, gw.ns) or {}).get("status") or {}
         current = [m for m in st.get("currentMetrics") or [] if m.get("type") == "Pods"]
         return current or None
     kube.eventually(FLOW, "the HPA reading chatgateway_connections through custom.metrics.k8s.io (HPA "
                     "conditions and `kubectl get apiservice v1beta1.custom.metrics.k8s.io` tell why not)",
                     reads_the_metric, 120, gw.ns, gw.selector, every=3)
 
-    # 60 idle-ish clients at a target of 20 per pod: 3 pods (the maximum).
-    fleet = Fleet(gw.url(), f"hpa{RUN_ID}u", clients=60, rooms=6, send_every_ms=5000)
+    # 300 clients at a target of 100 per pod: 3 pods (the maximum). They all connect to
+    # the one pod there is; the HPA adds two, which get no new connections: only
+    # rebalancing (a pod at least `absThreshold`, 100 by default, and 20 % above the
+    # mean sheds through goaway + resume) moves clients onto them.
+    first = {p["metadata"]["name"] for p in gw.ready_pods()}
+    fleet = Fleet(gw.url(), f"hpa{RUN_ID}u", clients=CLIENTS, rooms=10, send_every_ms=5000)
     try:
         with gw.failing_with_diagnosis():
             fleet.wait_ready()
             kube.eventually(FLOW, "the Deployment scaled up to 3 Ready pods",
                             lambda: len(gw.ready_pods()) == 3, 180, gw.ns, gw.selector, every=3)
+            seen: dict[str, float] = {}
 
-            def balanced():
-                counts = [gw.connections(p) for p in gw.ready_pods()]
-                return counts if len(counts) == 3 and sum(counts) == 60 and min(counts) >= 10 else None
-            counts = kube.eventually(FLOW, "rebalancing to spread the 60 connections over the 3 pods",
-                                     balanced, 120, gw.ns, gw.selector, every=2)
-            print(f"[{FLOW}] connections per pod after rebalancing: {counts}")
+            def moved():
+                seen.clear()
+                seen.update({p["metadata"]["name"]: gw.connections(p) for p in gw.ready_pods()})
+                added = [n for name, n in seen.items() if name not in first]
+                return len(added) == 2 and min(added) >= 20
+            kube.eventually(FLOW, "rebalancing to move at least 20 connections onto each pod the HPA added",
+                            moved, 120, gw.ns, gw.selector, every=2, detail=lambda: f"connections per pod {seen}")
+            shed = sum(gw.metric(p, "chatgateway_rebalance_shed_total") for p in gw.ready_pods()
+                       if p["metadata"]["name"] in first)
+            if shed < 20:
+                gw.fail(f"the added pods got their connections without rebalancing ({shed} shed): {seen}")
+            print(f"[{FLOW}] connections per pod after rebalancing: {seen} (first pod: {first}, {shed:.0f} shed)")
             verdict = fleet.stop()
     finally:
         fleet.kill()
