@@ -303,11 +303,26 @@ down() {
   for c in scheduler controller-manager dnsmasq dns-sync apiserver etcd; do stop_pidfile "$RUN/$c.pid"; done
   stop_pidfile "$RUN/dockerd.pid" 60
   # Volumes kubelet mounted (Secrets, ServiceAccount tokens) before the directory goes.
-  grep -o " $STATE/[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  { grep -o " $STATE/[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   local table
   for table in filter mangle; do
-    iptables -w -t "$table" -S 2>/dev/null | grep -- "--comment $TAG" | sed 's/^-A /-D /' \
+    { iptables -w -t "$table" -S 2>/dev/null | grep -- "--comment $TAG" || true; } | sed 's/^-A /-D /' \
       | while read -r r; do eval "iptables -w -t $table $r" || true; done
+  done
+  # The KUBE-* chains of our kubelet (KUBE-FIREWALL, KUBE-MARK-*, canaries), which
+  # kube-proxy --cleanup leaves: no other Kubernetes runs on these machines.
+  local ipt chain
+  for ipt in iptables ip6tables; do
+    for table in filter nat mangle; do
+      { "$ipt" -w -t "$table" -S 2>/dev/null | grep -E -- '^-A [A-Z]+ .*-j KUBE-' | grep -v -- '^-A KUBE-' || true; } \
+        | sed 's/^-A /-D /' | while read -r r; do eval "$ipt -w -t $table $r" || true; done
+      for chain in $("$ipt" -w -t "$table" -S 2>/dev/null | sed -n 's/^-N \(KUBE-[^ ]*\)$/\1/p'); do
+        "$ipt" -w -t "$table" -F "$chain" 2>/dev/null || true
+      done
+      for chain in $("$ipt" -w -t "$table" -S 2>/dev/null | sed -n 's/^-N \(KUBE-[^ ]*\)$/\1/p'); do
+        "$ipt" -w -t "$table" -X "$chain" 2>/dev/null || true
+      done
+    done
   done
   ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE"
   if [ -f "$STATE/sysctl.saved" ]; then

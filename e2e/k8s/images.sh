@@ -44,8 +44,8 @@ has_image() { "$DOCKER" image inspect "$1" >/dev/null 2>&1; }
 # The Debian mirror apt already uses (deb822 or one-line sources).
 mirror() {
   local m
-  m=$(grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v security | head -n1)
-  [ -n "$m" ] || m=$(grep -h '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}' | grep -v security | head -n1)
+  m=$(grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v security | head -n1 || true)
+  [ -n "$m" ] || m=$(grep -h '^deb ' /etc/apt/sources.list 2>/dev/null | awk '{print $2}' | grep -v security | head -n1 || true)
   echo "${m:-http://deb.debian.org/debian}"
 }
 
