@@ -38,7 +38,9 @@ if [ -n "${KUBECONFIG:-}" ]; then
 fi
 
 was_up=false
-if bash "$here/cluster.sh" status 2>/dev/null | grep -q "^apiserver: running"; then
+# (Not `status | grep -q`: grep leaving early fails the pipeline under pipefail.)
+status=$(bash "$here/cluster.sh" status 2>/dev/null || true)
+if grep -q "^apiserver: running" <<<"$status"; then
   was_up=true
 else
   # Leftovers of a cluster whose processes were ended (a finished session): start clean.
