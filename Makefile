@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: run test lint fmt deps venv envtest clean crds bench bench-redis test-browser manifests image e2e-cluster fuzz fuzz-smoke fuzz-tools
+.PHONY: run test lint fmt deps venv envtest clean crds bench bench-redis test-browser manifests image e2e-cluster cluster-up cluster-down fuzz fuzz-smoke fuzz-tools
 
 ## run: one gateway, in-memory engine, insecure dev auth (?user=NAME), demo page on http://$(LISTEN)/
 run:
@@ -78,11 +78,13 @@ crds: venv
 manifests: venv
 	$(VENV)/bin/python charts/generate.py
 
-## image: build both container images (needs a Docker engine; the context is the repo root)
+## image: build both container images (needs a Docker engine with BuildKit; the context is the
+## repo root). DOCKER_BUILD_ARGS swaps base images, e.g. --build-arg BUILDER_IMAGE=...
 IMAGE_TAG ?= 0.1.0
+DOCKER_BUILD_ARGS ?=
 image:
-	docker build -f gateway/Dockerfile -t ghcr.io/chatgateway/chat-gateway:$(IMAGE_TAG) .
-	docker build -f operator/Dockerfile -t ghcr.io/chatgateway/chat-gateway-operator:$(IMAGE_TAG) .
+	DOCKER_BUILDKIT=1 docker build $(DOCKER_BUILD_ARGS) -f gateway/Dockerfile -t ghcr.io/chatgateway/chat-gateway:$(IMAGE_TAG) .
+	DOCKER_BUILDKIT=1 docker build $(DOCKER_BUILD_ARGS) -f operator/Dockerfile -t ghcr.io/chatgateway/chat-gateway-operator:$(IMAGE_TAG) .
 
 ## fuzz: every cargo-fuzz target of gateway/fuzz for FUZZ_SECONDS each (the stable
 ## toolchain with RUSTC_BOOTSTRAP=1 and AddressSanitizer; corpus in gateway/fuzz/corpus)
@@ -103,6 +105,16 @@ fuzz-smoke:
 fuzz-tools:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
 
-## e2e-cluster: opt-in suite on a real cluster (KUBECONFIG); skipped with a message when none is configured
+## e2e-cluster: the cluster suite (e2e/cluster). With KUBECONFIG set, against that cluster;
+## otherwise it starts the local single-node Kubernetes (built from source, first run ~30 min),
+## builds the images into it, runs the suite and stops it. Needs root.
 e2e-cluster: venv
-	$(VENV)/bin/python -m pytest -p no:cacheprovider e2e/cluster -v -rs
+	bash e2e/k8s/suite.sh
+
+## cluster-up / cluster-down: the local single-node cluster alone, with the images built into
+## it; then `eval "$(bash e2e/k8s/cluster.sh env)"` gives KUBECONFIG, DOCKER_HOST and kubectl
+cluster-up:
+	bash e2e/k8s/cluster.sh up
+	bash -c 'eval "$$(bash e2e/k8s/cluster.sh env)" && bash e2e/k8s/images.sh build'
+cluster-down:
+	bash e2e/k8s/cluster.sh down

@@ -3,6 +3,7 @@
 
 pub mod blackhole;
 pub mod client;
+pub mod fleet;
 pub mod gateways;
 pub mod jwt;
 pub mod keys;

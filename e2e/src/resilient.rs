@@ -35,6 +35,11 @@ pub struct Record {
     pub received: BTreeMap<String, BTreeSet<u64>>,
     /// Messages seen again (dropped by (room, seq)).
     pub duplicates: u64,
+    /// Accepted messages per room by `msg_id`: one sender id must map to one seq.
+    pub msg_ids: BTreeMap<String, BTreeMap<String, u64>>,
+    /// (room, msg_id, first seq, other seq): one message stored twice (a retried send the
+    /// server did not deduplicate).
+    pub twice: Vec<(String, String, u64, u64)>,
     /// (room, expected seq, got seq) where a seq was skipped.
     pub gaps: Vec<(String, u64, u64)>,
     /// Rooms a resume reported as not recovered.
@@ -322,5 +327,16 @@ fn accept(f: &Value, st: &mut State, record: &Mutex<Record>) {
         _ => {} // first message of a room (the inbox) or a new epoch
     }
     st.positions.insert(room.clone(), (epoch, seq));
+    if let Some(id) = f["msg_id"].as_str() {
+        let first = *rec
+            .msg_ids
+            .entry(room.clone())
+            .or_default()
+            .entry(id.to_string())
+            .or_insert(seq);
+        if first != seq {
+            rec.twice.push((room.clone(), id.to_string(), first, seq));
+        }
+    }
     rec.received.entry(room).or_default().insert(seq);
 }

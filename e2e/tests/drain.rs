@@ -1,39 +1,14 @@
 //! Graceful drain, rebalancing and reconnect storms, with real gateway processes, a real
 //! Redis and the reference client (`e2e::resilient`).
 
+use e2e::fleet;
 use e2e::gateways::Gateways;
 use e2e::process::GatewayProcess;
 use e2e::redis::RedisServer;
-use e2e::resilient::{Plan, Record, Resilient};
+use e2e::resilient::{Plan, Resilient};
 use e2e::{test_config, Client, TestGateway};
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Starts `n` reference clients in `rooms` rooms (size n/rooms), each also sending DMs.
-fn clients(
-    urls: &[String],
-    n: usize,
-    rooms: usize,
-    send_every: Option<Duration>,
-) -> Vec<(String, Vec<String>, Resilient)> {
-    (0..n)
-        .map(|i| {
-            let user = format!("u{i}");
-            let my_rooms = vec![format!("room{}", i % rooms)];
-            let plan = Plan {
-                user: user.clone(),
-                urls: urls.to_vec(),
-                rooms: my_rooms.clone(),
-                send_every,
-                dm_to: vec![format!("u{}", (i + 1) % n), format!("u{}", (i + 7) % n)],
-                max_backoff: Duration::from_secs(2),
-            };
-            (user, my_rooms, Resilient::spawn(plan))
-        })
-        .collect()
-}
 
 async fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
@@ -43,61 +18,12 @@ async fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// Stops sending, lets in-flight messages arrive, then stops every client.
-async fn settle_and_stop(cs: Vec<(String, Vec<String>, Resilient)>) -> Vec<Finished> {
-    for (_, _, c) in &cs {
-        c.stop_sending();
-    }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut records = Vec::new();
-    for (user, rooms, c) in cs {
-        records.push((user, rooms, c.stop().await));
-    }
-    records
-}
-
 /// Every acknowledged message reached every member subscribed when it was acknowledged
-/// (and DMs their user), with no gap and nothing reported unrecovered.
-/// A stopped client: user, rooms, observations.
-type Finished = (String, Vec<String>, Arc<Mutex<Record>>);
-
-fn check_no_loss(records: &[Finished]) -> (usize, u64) {
-    let mut members: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (i, (user, rooms, _)) in records.iter().enumerate() {
-        for r in rooms {
-            members.entry(r.clone()).or_default().push(i);
-        }
-        members.entry(format!("user:{user}")).or_default().push(i);
-    }
-    let recs: Vec<_> = records
-        .iter()
-        .map(|(_, _, r)| r.lock().unwrap_or_else(|p| p.into_inner()))
-        .collect();
-    let mut acked_total = 0;
-    let mut dups = 0;
-    for (i, rec) in recs.iter().enumerate() {
-        assert!(rec.gaps.is_empty(), "client {i} saw gaps: {:?}", rec.gaps);
-        assert!(
-            rec.not_recovered.is_empty(),
-            "client {i}: not recovered {:?}",
-            rec.not_recovered
-        );
-        dups += rec.duplicates;
-        for (room, seq) in &rec.acked {
-            acked_total += 1;
-            for &m in members.get(room).map(Vec::as_slice).unwrap_or(&[]) {
-                if recs[m].joined_at.get(room).is_some_and(|j| seq <= j) {
-                    continue; // acknowledged before that member joined
-                }
-                let got = recs[m].received.get(room).is_some_and(|s| s.contains(seq));
-                assert!(
-                    got,
-                    "{room} seq {seq} (acked by client {i}) never reached client {m}"
-                );
-            }
-        }
-    }
-    (acked_total, dups)
+/// (and DMs their user), with no gap, nothing unrecovered and nothing stored twice.
+fn check_no_loss(records: &[fleet::Finished]) -> (usize, u64) {
+    let v = fleet::verdict(records, false);
+    assert!(v.problems.is_empty(), "{:#?}", v.problems);
+    (v.acked, v.duplicates_dropped)
 }
 
 async fn rolling_restart(signal: &str) {
@@ -115,7 +41,7 @@ async fn rolling_restart(signal: &str) {
     );
     let urls = cluster.urls();
     let n = 200;
-    let cs = clients(&urls, n, 20, Some(Duration::from_millis(700)));
+    let cs = fleet::spawn("u", &urls, n, 20, Some(Duration::from_millis(700)));
     wait_until("all clients joined", Duration::from_secs(60), || {
         cs.iter().all(|(_, _, c)| c.with(|r| r.ready))
     })
@@ -134,7 +60,7 @@ async fn rolling_restart(signal: &str) {
         cluster.restart(addr, i);
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let records = settle_and_stop(cs).await;
+    let records = fleet::settle_and_stop(cs, Duration::from_secs(3)).await;
     let (acked, dups) = check_no_loss(&records);
     assert!(
         acked > 1000,
@@ -294,7 +220,7 @@ async fn rebalance_spreads_connections_to_new_pods_without_loss() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let records = settle_and_stop(cs).await;
+    let records = fleet::settle_and_stop(cs, Duration::from_secs(3)).await;
     let (acked, _) = check_no_loss(&records);
     assert!(acked > 100, "traffic flowed while rebalancing: {acked}");
     assert!(cluster.procs[0].metric("chatgateway_rebalance_shed_total") >= 20.0);
