@@ -135,14 +135,21 @@ impl Authenticator {
         validation.leeway = jwt.leeway.as_secs();
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer or audience is required: jsonwebtoken checks `iss` only when
+        // the token has one, unless it is listed as a required claim.
+        let mut required = vec!["exp", "sub"];
         if let Some(iss) = &jwt.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
         match &jwt.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         Ok(Authenticator {
             mode: config.mode,
             key,
