@@ -471,7 +471,9 @@ mod tests {
         assert!(q.push(Outbound::Msg(env("r", 1))));
         assert!(q.push(Outbound::Msg(env("r", 2))));
         assert!(!q.push(Outbound::Msg(env("r", 3))));
-        assert_eq!(q.close_reason(), Some(SLOW_CONSUMER));
+        // The number clients see (docs/protocol.md), not only the constant's name.
+        let closed = q.close_reason().map(|r| (r.code, r.reason));
+        assert_eq!(closed, Some((1013, "slow consumer")));
         assert!(q.queued_bytes() <= 25);
         assert!(!q.frame("late"), "closing queue refuses items");
     }
@@ -482,7 +484,8 @@ mod tests {
         assert!(q.frame("a"));
         assert!(q.frame("b"));
         assert!(!q.frame("c"));
-        assert_eq!(q.close_reason(), Some(SLOW_CONSUMER));
+        let closed = q.close_reason().map(|r| (r.code, r.reason));
+        assert_eq!(closed, Some((1013, "slow consumer")));
     }
 
     #[tokio::test]
@@ -530,6 +533,14 @@ mod tests {
             Some(&StreamPosition::new("e", 5))
         );
         assert_eq!(outcome.delivered, 4);
+        // The writer ends with the close frame of the reason, code and text.
+        let mut close = None;
+        while let Ok(m) = sink_rx.try_recv() {
+            if let Message::Close(f) = m {
+                close = f.map(|f| (u16::from(f.code), f.reason.to_string()));
+            }
+        }
+        assert_eq!(close, Some((1013, "slow consumer".to_string())));
     }
 
     /// A sink backed by an unbounded channel, standing in for the socket.
