@@ -127,4 +127,3 @@ fn ws_config(node: &Node) -> WebSocketConfig {
         .max_message_size(Some(limits.max_frame_bytes))
         .max_frame_size(Some(limits.max_frame_bytes))
 }
-
