@@ -1,7 +1,9 @@
 //! Several `chat-gateway` processes sharing one real Redis: the cross-pod cases.
 
+use crate::client::Client;
 use crate::process::{free_port, GatewayProcess};
 use crate::redis::RedisServer;
+use crate::resilient::Credentials;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -9,6 +11,7 @@ use std::time::Duration;
 /// tests sharing a Redis).
 pub struct Gateways {
     env: Vec<(String, String)>,
+    credentials: Credentials,
     /// The processes, by index; [`restart`](Gateways::restart) replaces one in place.
     pub procs: Vec<GatewayProcess>,
 }
@@ -17,9 +20,26 @@ impl Gateways {
     /// Starts `n` gateways (insecure auth, generous rate limits, node ids `gw-<i>-…`) with
     /// `extra` environment on top, each ready before this returns.
     pub fn start(redis: &RedisServer, n: usize, extra: &[(&str, &str)]) -> Gateways {
+        Self::start_with(redis, n, extra, Credentials::Insecure)
+    }
+
+    /// Like [`start`](Self::start), but the gateways verify HS256 JWTs (as in production)
+    /// signed with a secret of their own: connect with [`token`](Self::token) or
+    /// [`connect`](Self::connect), or give [`credentials`](Self::credentials) to a
+    /// reference client.
+    pub fn start_jwt(redis: &RedisServer, n: usize, extra: &[(&str, &str)]) -> Gateways {
+        let secret = format!("gw-secret-{:016x}", rand::random::<u64>());
+        Self::start_with(redis, n, extra, Credentials::Hs256 { secret })
+    }
+
+    fn start_with(
+        redis: &RedisServer,
+        n: usize,
+        extra: &[(&str, &str)],
+        credentials: Credentials,
+    ) -> Gateways {
         let prefix = format!("g{:08x}", rand::random::<u32>());
         let mut env: Vec<(String, String)> = [
-            ("CHATGW_AUTH__MODE", "insecure"),
             ("CHATGW_ENGINE", "redis"),
             ("CHATGW_REDIS__URL", redis.url().as_str()),
             ("CHATGW_REDIS__KEY_PREFIX", prefix.as_str()),
@@ -30,9 +50,17 @@ impl Gateways {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+        match &credentials {
+            Credentials::Insecure => env.push(("CHATGW_AUTH__MODE".into(), "insecure".into())),
+            Credentials::Hs256 { secret } => {
+                env.push(("CHATGW_AUTH__MODE".into(), "jwt".into()));
+                env.push(("CHATGW_AUTH__JWT__SECRET".into(), secret.clone()));
+            }
+        }
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut gws = Gateways {
             env,
+            credentials,
             procs: Vec::new(),
         };
         for i in 0..n {
@@ -45,6 +73,11 @@ impl Gateways {
     /// waits until it is ready. Node ids are `gw-<i>`, and `gw-<i>-<random>` after a
     /// restart (a new process is a new node).
     pub fn restart(&mut self, addr: SocketAddr, i: usize) {
+        self.restart_with(addr, i, &[]);
+    }
+
+    /// Like [`restart`](Self::restart) with `extra` environment for this process only.
+    pub fn restart_with(&mut self, addr: SocketAddr, i: usize, extra: &[(&str, &str)]) {
         let mut env = self.env.clone();
         let id = if i < self.procs.len() {
             format!("gw-{i}-{}", rand::random::<u16>())
@@ -52,6 +85,7 @@ impl Gateways {
             format!("gw-{i}")
         };
         env.push(("CHATGW_NODE__ID".into(), id));
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let p = GatewayProcess::start_on(addr, &refs);
         p.wait_ready(200, Duration::from_secs(30));
@@ -70,7 +104,37 @@ impl Gateways {
             .collect()
     }
 
-    /// `chatgateway_connections` of gateway `i` (-1 when it cannot be read).
+    /// How clients authenticate to these gateways.
+    pub fn credentials(&self) -> Credentials {
+        self.credentials.clone()
+    }
+
+    /// A JWT for `user` valid for 5 minutes; panics in insecure mode.
+    pub fn token(&self, user: &str) -> String {
+        match &self.credentials {
+            Credentials::Hs256 { secret } => crate::jwt::hs256(secret, user, 300),
+            Credentials::Insecure => panic!("these gateways run in insecure mode: no tokens"),
+        }
+    }
+
+    /// Connects `user` to gateway `i` (a bearer token in JWT mode, `?user=` otherwise).
+    pub async fn connect(&self, i: usize, user: &str) -> Client {
+        let connected = match &self.credentials {
+            Credentials::Insecure => {
+                Client::connect(&self.procs[i].ws_url(&format!("user={user}"))).await
+            }
+            Credentials::Hs256 { .. } => {
+                Client::connect_bearer(
+                    &format!("ws://{}/ws", self.procs[i].addr),
+                    &self.token(user),
+                )
+                .await
+            }
+        };
+        connected.unwrap_or_else(|e| panic!("connect {user} to gw {i}: {e}"))
+    }
+
+    /// `chatgateway_connections` of gateway `i`; panics when it cannot be read.
     pub fn connections(&self, i: usize) -> f64 {
         self.procs[i].metric("chatgateway_connections")
     }

@@ -39,3 +39,19 @@ pub fn rs256(private_pem: &str, sub: &str, ttl_secs: i64) -> String {
     )
     .expect("encode rs256")
 }
+
+/// An HS256 token with exactly these claims (for `iss`, `aud`, `nbf` and malformed-claim
+/// cases); `now()` gives the clock they are relative to.
+pub fn hs256_claims(secret: &str, claims: &serde_json::Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode hs256")
+}
+
+/// Seconds since the Unix epoch, the clock of `exp`/`nbf`.
+pub fn unix_now() -> i64 {
+    now()
+}
