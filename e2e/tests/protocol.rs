@@ -44,37 +44,48 @@ async fn two_users_chat_in_a_room() {
 async fn every_command_gets_exactly_one_reply() {
     let gw = TestGateway::default().await;
     let mut c = gw.connect("carol").await;
+    let mut other = gw.connect("dan").await;
+    other.join("r").await;
+    let token = other.resume_token();
     let cmds = [
         json!({"type": "ping"}),
         json!({"type": "join", "room": "r"}),
         json!({"type": "join", "room": "r"}), // already joined -> error
         json!({"type": "send", "room": "r", "body": 1}),
         json!({"type": "send", "room": "nope", "body": 1}), // not joined -> error
+        json!({"type": "send", "room": "user:dan", "body": "dm"}),
         json!({"type": "history", "room": "r"}),
         json!({"type": "presence", "room": "r"}),
+        json!({"type": "join", "room": "r2", "since": 0}),
         json!({"type": "leave", "room": "r"}),
         json!({"type": "leave", "room": "r"}),
+        json!({"type": "resume", "resume_token": token}), // another user's -> error
+        json!({"type": "resume", "resume_token": "0123"}), // unknown -> error
     ];
     let mut ids = Vec::new();
     for cmd in cmds {
         ids.push(c.send_cmd(cmd).await);
     }
+    // Read everything the commands caused (the replies, the message, presence).
+    let frames = c.frames_for(Duration::from_millis(500)).await;
     let mut kinds = Vec::new();
     for id in &ids {
-        kinds.push(
-            c.reply(*id).await["type"]
-                .as_str()
-                .unwrap_or("")
-                .to_string(),
-        );
+        let replies: Vec<&Value> = frames.iter().filter(|f| f["ref"] == json!(id)).collect();
+        assert_eq!(replies.len(), 1, "command {id}: {replies:?}");
+        kinds.push(replies[0]["type"].as_str().unwrap_or("").to_string());
     }
     assert_eq!(
         kinds,
-        ["ok", "ok", "error", "ok", "error", "ok", "ok", "ok", "error"]
+        [
+            "ok", "ok", "error", "ok", "error", "ok", "ok", "ok", "ok", "ok", "error", "error",
+            "error"
+        ]
     );
-    // Nothing else answers those ids.
-    let rest = c.drain_msgs(Duration::from_millis(300)).await;
-    assert!(rest.iter().all(|f| f.get("ref").is_none()), "{rest:?}");
+    let refs = frames.iter().filter(|f| !f["ref"].is_null()).count();
+    assert_eq!(refs, ids.len(), "nothing else carries a ref: {frames:?}");
+    // The replies came in command order (one queue, one writer).
+    let order: Vec<u64> = frames.iter().filter_map(|f| f["ref"].as_u64()).collect();
+    assert_eq!(order, ids);
     gw.stop().await;
 }
 
@@ -135,6 +146,86 @@ async fn offline_dms_are_kept_and_delivered_in_order_on_next_connect() {
         .map(|m| m["body"]["n"].as_i64().unwrap_or(-1))
         .collect();
     assert_eq!(bodies, [5]);
+    gw.stop().await;
+}
+
+fn bodies(msgs: &[Value]) -> Vec<i64> {
+    msgs.iter()
+        .map(|m| m["body"]["n"].as_i64().unwrap_or(-1))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passive_client_gets_its_offline_dms_after_the_resume_grace() {
+    let gw = TestGateway::default().await;
+    let mut alice = gw.connect("alice").await;
+    for i in 0..3 {
+        assert_eq!(alice.send("user:pat", json!({"n": i})).await["type"], "ok");
+    }
+    // Pat connects and sends nothing at all: no resume comes, so after the grace (1 s)
+    // the inbox is replayed from the cursor.
+    let mut pat = gw.connect("pat").await;
+    let got = pat.drain_msgs(Duration::from_millis(2500)).await;
+    assert_eq!(bodies(&got), [0, 1, 2], "{got:?}");
+    assert!(got.iter().all(|m| m["room"] == "user:pat"));
+    // Live DMs follow, once.
+    alice.send("user:pat", json!({"n": 3})).await;
+    assert_eq!(
+        bodies(&pat.drain_msgs(Duration::from_millis(300)).await),
+        [3]
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_resume_reports_the_inbox_not_recovered() {
+    let gw = TestGateway::default().await;
+    let mut alice = gw.connect("alice").await;
+    let mut lee = gw.connect("lee").await;
+    lee.request(json!({"type": "ping"})).await;
+    alice.send("user:lee", json!({"n": 0})).await;
+    assert_eq!(
+        bodies(&lee.drain_msgs(Duration::from_millis(300)).await),
+        [0]
+    );
+    let token = lee.resume_token();
+    drop(lee);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    alice.send("user:lee", json!({"n": 1})).await;
+
+    // After another first command: the inbox was replayed from the cursor at once.
+    let mut lee = gw.connect("lee").await;
+    lee.request(json!({"type": "ping"})).await;
+    assert_eq!(
+        bodies(&lee.drain_msgs(Duration::from_millis(300)).await),
+        [1]
+    );
+    let reply = lee
+        .request(json!({"type": "resume", "resume_token": token, "positions": {"user:lee": 0}}))
+        .await;
+    assert_eq!(reply["type"], "ok", "{reply}");
+    assert_eq!(reply["rooms"]["user:lee"]["recovered"], false, "{reply}");
+    assert!(
+        lee.drain_msgs(Duration::from_millis(300)).await.is_empty(),
+        "nothing is replayed twice"
+    );
+    let token = lee.resume_token();
+    drop(lee);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    alice.send("user:lee", json!({"n": 2})).await;
+
+    // After the grace, with no command at all.
+    let mut lee = gw.connect("lee").await;
+    assert_eq!(
+        bodies(&lee.drain_msgs(Duration::from_millis(2000)).await),
+        [2]
+    );
+    let reply = lee
+        .request(json!({"type": "resume", "resume_token": token, "positions": {"user:lee": 1}}))
+        .await;
+    assert_eq!(reply["type"], "ok", "{reply}");
+    assert_eq!(reply["rooms"]["user:lee"]["recovered"], false, "{reply}");
+    assert!(lee.drain_msgs(Duration::from_millis(300)).await.is_empty());
     gw.stop().await;
 }
 
