@@ -1,6 +1,7 @@
 //! Graceful drain, rebalancing and reconnect storms, with real gateway processes, a real
 //! Redis and the reference client (`e2e::resilient`).
 
+use e2e::client::Upgrade;
 use e2e::gateways::Gateways;
 use e2e::process::GatewayProcess;
 use e2e::redis::RedisServer;
@@ -10,9 +11,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// Starts `n` reference clients in `rooms` rooms (size n/rooms), each also sending DMs.
 fn clients(
+    cluster: &Gateways,
     urls: &[String],
     n: usize,
     rooms: usize,
@@ -30,7 +33,11 @@ fn clients(
                 dm_to: vec![format!("u{}", (i + 1) % n), format!("u{}", (i + 7) % n)],
                 max_backoff: Duration::from_secs(2),
             };
-            (user, my_rooms, Resilient::spawn(plan))
+            (
+                user,
+                my_rooms,
+                Resilient::spawn_with(plan, cluster.credentials()),
+            )
         })
         .collect()
 }
@@ -61,7 +68,17 @@ async fn settle_and_stop(cs: Vec<(String, Vec<String>, Resilient)>) -> Vec<Finis
 /// A stopped client: user, rooms, observations.
 type Finished = (String, Vec<String>, Arc<Mutex<Record>>);
 
-fn check_no_loss(records: &[Finished]) -> (usize, u64) {
+/// What the clients saw in total, for the checks a test adds.
+#[derive(Debug, Default)]
+struct Totals {
+    acked: usize,
+    duplicates: u64,
+    goaways: u64,
+    ended_without_goaway: u64,
+    refused: u64,
+}
+
+fn check_no_loss(records: &[Finished]) -> Totals {
     let mut members: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, (user, rooms, _)) in records.iter().enumerate() {
         for r in rooms {
@@ -73,8 +90,7 @@ fn check_no_loss(records: &[Finished]) -> (usize, u64) {
         .iter()
         .map(|(_, _, r)| r.lock().unwrap_or_else(|p| p.into_inner()))
         .collect();
-    let mut acked_total = 0;
-    let mut dups = 0;
+    let mut t = Totals::default();
     for (i, rec) in recs.iter().enumerate() {
         assert!(rec.gaps.is_empty(), "client {i} saw gaps: {:?}", rec.gaps);
         assert!(
@@ -82,9 +98,20 @@ fn check_no_loss(records: &[Finished]) -> (usize, u64) {
             "client {i}: not recovered {:?}",
             rec.not_recovered
         );
-        dups += rec.duplicates;
+        assert_eq!(rec.stray_replies, 0, "client {i}: replies to no command");
+        assert!(
+            rec.retry_after
+                .iter()
+                .all(|s| s.is_some_and(|s| (1..=3).contains(&s))),
+            "client {i}: a 503 without a 1-3 s Retry-After: {:?}",
+            rec.retry_after
+        );
+        t.duplicates += rec.duplicates;
+        t.goaways += rec.goaways;
+        t.ended_without_goaway += rec.ended_without_goaway;
+        t.refused += rec.refused;
         for (room, seq) in &rec.acked {
-            acked_total += 1;
+            t.acked += 1;
             for &m in members.get(room).map(Vec::as_slice).unwrap_or(&[]) {
                 if recs[m].joined_at.get(room).is_some_and(|j| seq <= j) {
                     continue; // acknowledged before that member joined
@@ -97,12 +124,12 @@ fn check_no_loss(records: &[Finished]) -> (usize, u64) {
             }
         }
     }
-    (acked_total, dups)
+    t
 }
 
-async fn rolling_restart(signal: &str) {
+async fn rolling_restart(signal: &str) -> Totals {
     let redis = RedisServer::start();
-    let mut cluster = Gateways::start(
+    let mut cluster = Gateways::start_jwt(
         &redis,
         3,
         &[
@@ -115,7 +142,7 @@ async fn rolling_restart(signal: &str) {
     );
     let urls = cluster.urls();
     let n = 200;
-    let cs = clients(&urls, n, 20, Some(Duration::from_millis(700)));
+    let cs = clients(&cluster, &urls, n, 20, Some(Duration::from_millis(700)));
     wait_until("all clients joined", Duration::from_secs(60), || {
         cs.iter().all(|(_, _, c)| c.with(|r| r.ready))
     })
@@ -123,41 +150,57 @@ async fn rolling_restart(signal: &str) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     for i in 0..3 {
         let addr = cluster.procs[i].addr;
-        cluster.procs[i].signal(signal);
-        assert!(
-            cluster.procs[i]
-                .wait_exit(Duration::from_secs(30))
-                .is_some()
-                || !cluster.procs[i].alive(),
-            "gw {i} exited"
-        );
+        if signal == "KILL" {
+            cluster.procs[i].kill_and_reap();
+        } else {
+            cluster.procs[i].signal(signal);
+            assert_eq!(
+                cluster.procs[i].wait_exit(Duration::from_secs(30)),
+                Some(0),
+                "gw {i} exits cleanly after SIG{signal}"
+            );
+        }
         cluster.restart(addr, i);
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let records = settle_and_stop(cs).await;
-    let (acked, dups) = check_no_loss(&records);
     assert!(
-        acked > 1000,
-        "enough traffic flowed during the restarts: {acked}"
+        cs.iter().all(|(_, _, c)| !c.crashed()),
+        "a reference client crashed"
     );
-    eprintln!("rolling restart ({signal}): {acked} acknowledged messages checked, {dups} duplicates dropped by clients");
+    let records = settle_and_stop(cs).await;
+    let totals = check_no_loss(&records);
+    assert!(
+        totals.acked > 1000,
+        "enough traffic flowed during the restarts: {totals:?}"
+    );
+    eprintln!("rolling restart (SIG{signal}): {totals:?}");
+    totals
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_with_sigterm_loses_nothing() {
-    rolling_restart("TERM").await;
+    let t = rolling_restart("TERM").await;
+    // A drain tells every connection to go before closing it, and resume positions make
+    // the replay start exactly after what each client had.
+    assert!(t.goaways >= 200, "every client was told to go: {t:?}");
+    assert_eq!(t.ended_without_goaway, 0, "{t:?}");
+    assert_eq!(t.duplicates, 0, "{t:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_with_sigkill_loses_nothing_acknowledged() {
-    rolling_restart("KILL").await;
+    let t = rolling_restart("KILL").await;
+    assert!(
+        t.ended_without_goaway > 50,
+        "killed connections end without goaway: {t:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evict_rate_bounds_the_reconnect_rate() {
     let redis = RedisServer::start();
     let rate = 20.0;
-    let mut cluster = Gateways::start(
+    let mut cluster = Gateways::start_jwt(
         &redis,
         2,
         &[
@@ -171,14 +214,15 @@ async fn evict_rate_bounds_the_reconnect_rate() {
     // Everyone starts on process 0 (the first URL), then moves to process 1.
     let cs: Vec<Resilient> = (0..80)
         .map(|i| {
-            Resilient::spawn(Plan {
+            let plan = Plan {
                 user: format!("e{i}"),
                 urls: first.clone(),
                 rooms: vec!["evict".into()],
                 send_every: None,
                 dm_to: vec![],
                 max_backoff: Duration::from_secs(1),
-            })
+            };
+            Resilient::spawn_with(plan, cluster.credentials())
         })
         .collect();
     wait_until("clients joined", Duration::from_secs(30), || {
@@ -187,9 +231,7 @@ async fn evict_rate_bounds_the_reconnect_rate() {
     .await;
     let on_first = cluster.connections(0) as usize;
     cluster.procs[0].signal("TERM");
-    assert!(cluster.procs[0]
-        .wait_exit(Duration::from_secs(30))
-        .is_some());
+    assert_eq!(cluster.procs[0].wait_exit(Duration::from_secs(30)), Some(0));
     wait_until("all reconnected", Duration::from_secs(30), || {
         cs.iter().all(|c| c.with(|r| r.connected))
     })
@@ -228,6 +270,7 @@ async fn evict_rate_bounds_the_reconnect_rate() {
         let rec = c.stop().await;
         let rec = rec.lock().unwrap_or_else(|p| p.into_inner());
         assert!(rec.not_recovered.is_empty());
+        assert_eq!(rec.ended_without_goaway, 0, "evicted with a goaway first");
     }
 }
 
@@ -241,7 +284,7 @@ async fn rebalance_spreads_connections_to_new_pods_without_loss() {
         ("CHATGW_REBALANCE__INTERVAL", "1s"),
         ("CHATGW_DRAIN__RECONNECT_JITTER", "200ms"),
     ];
-    let mut cluster = Gateways::start(&redis, 1, &extra);
+    let mut cluster = Gateways::start_jwt(&redis, 1, &extra);
     let a0 = cluster.procs[0].addr;
     // Two more addresses, known to clients up front (as a Service would be).
     let a1 = SocketAddr::from(([127, 0, 0, 1], e2e::process::free_port()));
@@ -261,7 +304,9 @@ async fn rebalance_spreads_connections_to_new_pods_without_loss() {
                 dm_to: vec![format!("r{}", (i + 1) % n)],
                 max_backoff: Duration::from_secs(1),
             };
-            (format!("r{i}"), plan.rooms.clone(), Resilient::spawn(plan))
+            let rooms = plan.rooms.clone();
+            let client = Resilient::spawn_with(plan, cluster.credentials());
+            (format!("r{i}"), rooms, client)
         })
         .collect();
     wait_until("all on the first pod", Duration::from_secs(60), || {
@@ -295,8 +340,9 @@ async fn rebalance_spreads_connections_to_new_pods_without_loss() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let records = settle_and_stop(cs).await;
-    let (acked, _) = check_no_loss(&records);
-    assert!(acked > 100, "traffic flowed while rebalancing: {acked}");
+    let t = check_no_loss(&records);
+    assert!(t.acked > 100, "traffic flowed while rebalancing: {t:?}");
+    assert_eq!(t.ended_without_goaway, 0, "shed with a goaway first: {t:?}");
     assert!(cluster.procs[0].metric("chatgateway_rebalance_shed_total") >= 20.0);
 }
 
@@ -304,7 +350,7 @@ async fn rebalance_spreads_connections_to_new_pods_without_loss() {
 async fn reconnect_storm_is_admitted_at_the_cluster_rate() {
     let redis = RedisServer::start();
     let rate = 150u32;
-    let mut cluster = Gateways::start(
+    let mut cluster = Gateways::start_jwt(
         &redis,
         2,
         &[
@@ -316,14 +362,15 @@ async fn reconnect_storm_is_admitted_at_the_cluster_rate() {
     let only_first = vec![cluster.urls()[0].clone(), cluster.urls()[1].clone()];
     let cs: Vec<Resilient> = (0..n)
         .map(|i| {
-            Resilient::spawn(Plan {
+            let plan = Plan {
                 user: format!("s{i}"),
                 urls: only_first.clone(),
                 rooms: vec![format!("storm{}", i % 50)],
                 send_every: None,
                 dm_to: vec![],
                 max_backoff: Duration::from_secs(3),
-            })
+            };
+            Resilient::spawn_with(plan, cluster.credentials())
         })
         .collect();
     wait_until("all connected", Duration::from_secs(90), || {
@@ -331,8 +378,7 @@ async fn reconnect_storm_is_admitted_at_the_cluster_rate() {
     })
     .await;
     // Kill the process holding about half of them: they all reconnect at once.
-    cluster.procs[0].signal("KILL");
-    let _ = cluster.procs[0].wait_exit(Duration::from_secs(10));
+    cluster.procs[0].kill_and_reap();
     // Connected and resumed (a client is "connected" a moment before its resume is done).
     wait_until(
         "all reconnected and resumed",
@@ -350,13 +396,22 @@ async fn reconnect_storm_is_admitted_at_the_cluster_rate() {
     let mut times: Vec<std::time::SystemTime> = Vec::new();
     let mut resumed = 0;
     let mut refused = 0;
+    let mut retry_after = Vec::new();
     for c in &cs {
         c.with(|r| {
             times.extend(r.connects.iter().skip(1).map(|(_, wall)| *wall));
             resumed += r.resumes;
             refused += r.refused;
+            retry_after.extend(r.retry_after.iter().copied());
         });
     }
+    assert_eq!(retry_after.len() as u64, refused);
+    assert!(
+        retry_after
+            .iter()
+            .all(|s| s.is_some_and(|s| (1..=3).contains(&s))),
+        "every 503 carries Retry-After 1-3 s: {retry_after:?}"
+    );
     times.sort();
     let moved = times.len();
     assert!(moved >= 300, "a storm happened: {moved} reconnects");
@@ -431,11 +486,15 @@ async fn drain_refuses_late_upgrades_and_ends_at_the_timeout_with_forced_closes(
             "accepted during the grace"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let refused = Client::connect(&gw.ws_url("user=late"))
-            .await
-            .err()
-            .expect("refused after the grace");
-        assert!(refused.starts_with("HTTP 503"), "{refused}");
+        let req = gw.ws_url("user=late").into_client_request().expect("req");
+        let Upgrade::Refused(refused) = Client::upgrade(req).await else {
+            panic!("an upgrade after the accept grace must be refused");
+        };
+        assert_eq!(refused.status, 503, "{refused:?}");
+        assert!(
+            refused.retry_after().is_some_and(|s| (1..=3).contains(&s)),
+            "a draining gateway says when to retry (1-3 s): {refused:?}"
+        );
     };
     let (outcome, ()) = tokio::join!(drain, probe);
     assert!(
@@ -471,4 +530,75 @@ async fn a_second_signal_cuts_the_drain_short() {
         started.elapsed()
     );
     assert_eq!(c.expect_close().await.map(|c| c.0), Some(1012));
+}
+
+/// In-process gateways on one Redis (the node registry is shared), rebalancing every
+/// 200 ms above a low threshold.
+async fn redis_gateway(redis: &RedisServer, prefix: &str, id: &str) -> TestGateway {
+    let mut cfg = test_config();
+    cfg.engine = chat_gateway::config::EngineKind::Redis;
+    cfg.redis.url = redis.url();
+    cfg.redis.key_prefix = prefix.into();
+    cfg.node.id = id.into();
+    cfg.rebalance.abs_threshold = 2;
+    cfg.rebalance.rel_threshold = 0.2;
+    cfg.rebalance.rate = 50.0;
+    cfg.rebalance.interval = Duration::from_millis(200);
+    cfg.drain.accept_grace = Duration::from_secs(120);
+    TestGateway::start(cfg).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_never_sheds_while_a_pod_drains() {
+    let redis = RedisServer::start();
+    let prefix = format!("rb{:08x}", rand::random::<u32>());
+    let idle = redis_gateway(&redis, &prefix, "idle").await;
+    let draining = redis_gateway(&redis, &prefix, "draining").await;
+    // The drain stays in its accept grace until forced.
+    let force = tokio_util::sync::CancellationToken::new();
+    let drain = {
+        let force = force.clone();
+        let node = draining.gateway.node.clone();
+        tokio::spawn(async move { chat_gateway::drain::drain(&node, &force).await })
+    };
+    let busy = redis_gateway(&redis, &prefix, "busy").await;
+    // Wait until the busy node sees the drain in the registry (reports every 2 s).
+    let engine = busy.gateway.node.engine.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let nodes = engine.nodes().await.expect("node registry");
+        if nodes.iter().any(|n| n.id == "draining" && n.draining)
+            && nodes.iter().any(|n| n.id == "idle")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "drain never reported: {nodes:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut clients = Vec::new();
+    for i in 0..30 {
+        clients.push(busy.connect(&format!("b{i}")).await);
+    }
+    // 30 against a mean of 10: far above both thresholds, but a pod drains. Ten
+    // rebalance intervals and two load reports pass.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(busy.metric("chatgateway_rebalance_shed_total").await, 0.0);
+    assert_eq!(busy.gateway.node.connection_count(), 30);
+    // The control: once the draining pod is gone from the registry (its entry expires),
+    // the same imbalance is shed.
+    force.cancel();
+    drain.await.expect("drain task");
+    draining.stop().await;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while busy.gateway.node.connection_count() > 20 {
+        assert!(
+            Instant::now() < deadline,
+            "never rebalanced after the drain ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(busy.metric("chatgateway_rebalance_shed_total").await >= 1.0);
+    drop(clients);
+    busy.stop().await;
+    idle.stop().await;
 }
