@@ -543,6 +543,52 @@ mod tests {
         assert_eq!(close, Some((1013, "slow consumer".to_string())));
     }
 
+    /// A room caught up again on the same connection (a resume or re-join from an older
+    /// position): the replay overlaps what was written, and nothing is written twice.
+    #[tokio::test]
+    async fn a_second_catchup_of_a_room_writes_nothing_twice() {
+        let (q, rx) = queue(100, 1 << 20);
+        let (sink_tx, mut sink_rx) = futures_channel_sink();
+        let room: Arc<str> = "r".into();
+        q.push(Outbound::BeginCatchup(room.clone()));
+        q.push(Outbound::Replay {
+            room: room.clone(),
+            from: StreamPosition::new("e", 0),
+            msgs: vec![env("r", 1), env("r", 2), env("r", 3)],
+        });
+        q.push(Outbound::BeginCatchup(room.clone()));
+        q.push(Outbound::Replay {
+            room: room.clone(),
+            from: StreamPosition::new("e", 1),
+            msgs: vec![env("r", 2), env("r", 3), env("r", 4)],
+        });
+        let settings = WriterSettings {
+            heartbeat: Duration::from_secs(60),
+            last_seen: Arc::new(AtomicU64::new(0)),
+            epoch: Instant::now(),
+            on_inbox: None,
+            inbox: "user:x".into(),
+            on_delivered: Box::new(|_| {}),
+        };
+        let closer = q.clone();
+        let task = tokio::spawn(run_writer(sink_tx, rx, settings));
+        let mut seen = Vec::new();
+        while seen.len() < 4 {
+            match sink_rx.recv().await {
+                Some(Message::Text(t)) => seen.push(t.to_string()),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        closer.close(SLOW_CONSUMER);
+        let outcome = task.await.expect("writer");
+        assert_eq!(
+            seen,
+            ["{\"seq\":1}", "{\"seq\":2}", "{\"seq\":3}", "{\"seq\":4}"]
+        );
+        assert_eq!(outcome.delivered, 4, "nothing written twice");
+    }
+
     /// A sink backed by an unbounded channel, standing in for the socket.
     fn futures_channel_sink() -> (
         impl Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
