@@ -71,7 +71,7 @@ test-browser: deps
 ## set in .cargo/mutants.toml, report in mutants.out/, results in docs/testing.md. Options:
 ## MUTANTS_ARGS, e.g. "--shard 0/12 --sharding round-robin" for a sample.
 CARGO_MUTANTS_VERSION := 27.1.0
-MUTANTS_TESTS := -p chat-gateway -p e2e --lib --test protocol --test engine_redis
+MUTANTS_TESTS := -p chat-gateway -p e2e --lib --test protocol --test inbox --test engine_redis
 mutants: deps
 	@cargo-mutants --version 2>/dev/null | grep -qF "$(CARGO_MUTANTS_VERSION)" || \
 	  $(CARGO) install --locked --version $(CARGO_MUTANTS_VERSION) cargo-mutants

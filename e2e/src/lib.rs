@@ -2,6 +2,7 @@
 //! a protocol v1 client, and JWT helpers.
 
 pub mod client;
+pub mod fleet;
 pub mod gateways;
 pub mod jwt;
 pub mod loadgen;
