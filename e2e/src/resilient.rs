@@ -132,7 +132,8 @@ impl Resilient {
         self.record
     }
 
-    /// Whether the client task ended early (it only does by panicking).
+    /// Whether the client task ended before [`stop`](Self::stop): it panicked (or was
+    /// given a URL it cannot use).
     pub fn crashed(&self) -> bool {
         self.task.is_finished() && !self.stop.is_cancelled()
     }
