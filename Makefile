@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: run test lint fmt deps venv envtest clean crds bench bench-redis test-browser manifests image e2e-cluster cluster-up cluster-down fuzz fuzz-smoke fuzz-tools
+.PHONY: run test lint fmt deps venv envtest clean crds bench bench-redis test-browser manifests image e2e-cluster cluster-up cluster-down fuzz fuzz-smoke fuzz-tools mutants
 
 ## run: one gateway, in-memory engine, insecure dev auth (?user=NAME), demo page on http://$(LISTEN)/
 run:
@@ -68,6 +68,20 @@ test-browser: deps
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 	$(CARGO) build -p chat-gateway
 	cd e2e/browser && npm ci --no-audit --no-fund && node --test chat.test.mjs
+
+## mutants: mutation testing of the gateway's connection, outbound, protocol, drain and engine
+## modules (cargo-mutants, installed once into ~/.cargo/bin); slow, not in CI. Scope and test
+## set in .cargo/mutants.toml, report in mutants.out/, results in docs/testing.md. Options:
+## MUTANTS_ARGS, e.g. "--shard 0/12 --sharding round-robin" for a sample.
+CARGO_MUTANTS_VERSION := 27.1.0
+MUTANTS_TESTS := -p chat-gateway -p e2e --lib --test protocol --test inbox --test engine_redis
+mutants: deps
+	@cargo-mutants --version 2>/dev/null | grep -qF "$(CARGO_MUTANTS_VERSION)" || \
+	  $(CARGO) install --locked --version $(CARGO_MUTANTS_VERSION) cargo-mutants
+	@# The unmutated baseline is run here: cargo-mutants' own baseline runs only the mutated
+	@# package's tests, where the e2e test targets do not exist.
+	$(CARGO) test $(MUTANTS_TESTS)
+	nice $(CARGO) mutants --baseline skip --timeout 240 $(MUTANTS_ARGS)
 
 ## crds: regenerate crds/chatgateway.yaml from the Rust types, then the chart and install.yaml copies
 crds: venv

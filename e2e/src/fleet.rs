@@ -1,26 +1,33 @@
-//! A fleet of reference clients ([`Resilient`]) in rooms, and the verdict the drain tests
-//! and the cluster suite judge it by: every acknowledged message reached every member
-//! subscribed when it was acknowledged (and DMs their user), no gap, nothing reported
-//! unrecovered, no message stored twice, and every client that lost its connection
-//! resumed its session.
+//! Many reference clients ([`Resilient`]) at once: start them in rooms, let traffic
+//! settle, and judge what they saw. The verdict is the no-loss check of the drain,
+//! rebalance and storm tests and of the cluster suite (`chat-fleet`): every acknowledged
+//! message reached every member subscribed when it was acknowledged (and DMs their user),
+//! no gap, nothing reported unrecovered, no message stored twice, no reply to no command,
+//! a 1-3 s `Retry-After` on every 503, and (where asked) every client that lost its
+//! connection resumed its session.
 
-use crate::resilient::{Plan, Record, Resilient};
+use crate::gateways::Gateways;
+use crate::resilient::{Credentials, Plan, Record, Resilient};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// A running client: user, rooms, the client.
+pub type Running = (String, Vec<String>, Resilient);
 
 /// A stopped client: user, rooms, observations.
 pub type Finished = (String, Vec<String>, Arc<Mutex<Record>>);
 
 /// Starts `n` clients `{prefix}{i}` in `rooms` rooms `{prefix}room{k}` (size n/rooms),
-/// each also sending DMs to two others.
+/// each also sending DMs to two others, authenticating with `credentials`.
 pub fn spawn(
     prefix: &str,
     urls: &[String],
     n: usize,
     rooms: usize,
     send_every: Option<Duration>,
-) -> Vec<(String, Vec<String>, Resilient)> {
+    credentials: &Credentials,
+) -> Vec<Running> {
     (0..n)
         .map(|i| {
             let user = format!("{prefix}{i}");
@@ -36,16 +43,34 @@ pub fn spawn(
                 ],
                 max_backoff: Duration::from_secs(2),
             };
-            (user, my_rooms, Resilient::spawn(plan))
+            let client = Resilient::spawn_with(plan, credentials.clone());
+            (user, my_rooms, client)
         })
         .collect()
 }
 
+/// [`spawn`] for the gateways of `cluster` (users `u{i}`), authenticating as they expect.
+pub fn clients(
+    cluster: &Gateways,
+    urls: &[String],
+    n: usize,
+    rooms: usize,
+    send_every: Option<Duration>,
+) -> Vec<Running> {
+    spawn("u", urls, n, rooms, send_every, &cluster.credentials())
+}
+
+/// Polls `f` every 50 ms; panics naming `what` after `within`.
+pub async fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Stops sending, lets in-flight messages arrive for `settle`, then stops every client.
-pub async fn settle_and_stop(
-    cs: Vec<(String, Vec<String>, Resilient)>,
-    settle: Duration,
-) -> Vec<Finished> {
+pub async fn settle_and_stop_after(cs: Vec<Running>, settle: Duration) -> Vec<Finished> {
     for (_, _, c) in &cs {
         c.stop_sending();
     }
@@ -55,6 +80,11 @@ pub async fn settle_and_stop(
         records.push((user, rooms, c.stop().await));
     }
     records
+}
+
+/// [`settle_and_stop_after`] with the 3 s the in-process tests allow.
+pub async fn settle_and_stop(cs: Vec<Running>) -> Vec<Finished> {
+    settle_and_stop_after(cs, Duration::from_secs(3)).await
 }
 
 /// What a fleet's records show.
@@ -68,6 +98,12 @@ pub struct Verdict {
     pub reconnected: usize,
     /// Successful resumes, all clients together.
     pub resumes: u64,
+    /// `goaway` frames received.
+    pub goaways: u64,
+    /// Connections the server ended without a `goaway`.
+    pub ended_without_goaway: u64,
+    /// Upgrades refused with 503.
+    pub refused: u64,
     /// Everything wrong, one line each (empty: the fleet saw nothing lost or doubled).
     pub problems: Vec<String>,
 }
@@ -101,6 +137,22 @@ pub fn verdict(records: &[Finished], require_resume: bool) -> Verdict {
                 "{user}: {room} msg_id {id} delivered as seq {a} and {b}"
             ));
         }
+        if rec.stray_replies > 0 {
+            v.problems.push(format!(
+                "{user}: {} replies to no command",
+                rec.stray_replies
+            ));
+        }
+        let bad_retry: Vec<_> = rec
+            .retry_after
+            .iter()
+            .filter(|s| !s.is_some_and(|s| (1..=3).contains(&s)))
+            .collect();
+        if !bad_retry.is_empty() {
+            v.problems.push(format!(
+                "{user}: a 503 without a 1-3 s Retry-After: {bad_retry:?}"
+            ));
+        }
         if rec.connects.len() > 1 {
             v.reconnected += 1;
             if require_resume && rec.resumes == 0 {
@@ -112,6 +164,9 @@ pub fn verdict(records: &[Finished], require_resume: bool) -> Verdict {
         }
         v.resumes += rec.resumes;
         v.duplicates_dropped += rec.duplicates;
+        v.goaways += rec.goaways;
+        v.ended_without_goaway += rec.ended_without_goaway;
+        v.refused += rec.refused;
         for (room, seq) in &rec.acked {
             v.acked += 1;
             for &m in members.get(room).map(Vec::as_slice).unwrap_or(&[]) {
@@ -127,5 +182,18 @@ pub fn verdict(records: &[Finished], require_resume: bool) -> Verdict {
             }
         }
     }
+    v
+}
+
+/// The verdict of an in-process test, which must show no problem (the first 20 are
+/// printed otherwise).
+pub fn check_no_loss(records: &[Finished]) -> Verdict {
+    let v = verdict(records, false);
+    assert!(
+        v.problems.is_empty(),
+        "{} problems, first 20: {:#?}",
+        v.problems.len(),
+        &v.problems[..v.problems.len().min(20)]
+    );
     v
 }

@@ -163,6 +163,14 @@ impl RedisServer {
         s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
     }
 
+    /// A connection for administrative commands that stays open: it keeps working while
+    /// `CONFIG SET maxclients` refuses new connections.
+    pub fn admin(&self) -> RedisAdmin {
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        RedisAdmin { stream }
+    }
+
     /// Kills the server (SIGKILL); its data is gone.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -188,5 +196,30 @@ impl Drop for RedisServer {
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+/// A raw connection to a test's Redis, for commands with one-line replies.
+pub struct RedisAdmin {
+    stream: TcpStream,
+}
+
+impl RedisAdmin {
+    /// Sends a command and returns the first line of its reply (`+OK`, `:1`, `-ERR ...`).
+    pub fn command(&mut self, args: &[&str]) -> String {
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        self.stream
+            .write_all(req.as_bytes())
+            .expect("write to redis");
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while self.stream.read_exact(&mut byte).is_ok() && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        assert!(!line.is_empty(), "no reply from redis to {args:?}");
+        String::from_utf8_lossy(&line).trim_end().to_string()
     }
 }

@@ -97,3 +97,53 @@ pub const BACKEND_BAN: CloseReason = reason(code::BACKEND_BAN, "disconnected, do
 pub const CLIENT_CLOSED: &str = "client closed";
 /// Metrics label of every forwarded connection that ended.
 pub const FORWARD_ENDED: &str = "forward ended";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every close a client can see is in the table of docs/protocol.md with the same
+    /// code and reason: clients branch on these numbers, so the code must not drift from
+    /// the documented contract (a test against the constants alone could not notice).
+    #[test]
+    fn every_close_reason_is_the_one_documented() {
+        let doc = include_str!("../../docs/protocol.md");
+        let table = doc
+            .split("## Close codes")
+            .nth(1)
+            .expect("docs/protocol.md has a Close codes section");
+        let documented = |c: &CloseReason| {
+            table.lines().any(|l| {
+                l.starts_with(&format!("| {} |", c.code))
+                    && l.split('|')
+                        .nth(2)
+                        .is_some_and(|cell| cell.contains(&format!("`{}`", c.reason)))
+            })
+        };
+        for c in [
+            SLOW_CONSUMER,
+            HEARTBEAT_TIMEOUT,
+            DRAINING,
+            REBALANCE,
+            DRAIN_TIMEOUT,
+            SHUTTING_DOWN,
+            TOO_MANY_ERRORS,
+            BINARY_FRAME,
+            MESSAGE_TOO_BIG,
+            INVALID_UTF8,
+            UPSTREAM_FAILED,
+        ] {
+            assert!(documented(&c), "{c:?} is not in docs/protocol.md's table");
+        }
+        // The ones clients act on, by number.
+        assert_eq!(
+            (SLOW_CONSUMER.code, SLOW_CONSUMER.reason),
+            (1013, "slow consumer")
+        );
+        assert_eq!(
+            (DRAINING.code, REBALANCE.code, DRAIN_TIMEOUT.code),
+            (1012, 1012, 1012)
+        );
+        assert_eq!(TOO_MANY_ERRORS.code, 1008);
+    }
+}

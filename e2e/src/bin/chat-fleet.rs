@@ -7,10 +7,13 @@
 //!   {"event":"status",...}     answer to a `status` line on stdin
 //!   {"event":"done",...}       after `stop` (or end of stdin): the fleet's verdict
 //! (`e2e::fleet::Verdict`: acknowledged sends, resumes, problems). Exits 0 when it could
-//! judge; the suite asserts on `problems`.
+//! judge; the suite asserts on `problems`. With `--jwt-secret` (or `CHAT_FLEET_JWT_SECRET`)
+//! every connection carries a fresh HS256 token for `--jwt-audience`, as the example
+//! gateways require; without, `?user=` (gateways in insecure mode).
 
 use clap::Parser;
 use e2e::fleet;
+use e2e::resilient::Credentials;
 use serde_json::json;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -36,6 +39,12 @@ struct Args {
     /// How long every client may take to join (seconds).
     #[arg(long, default_value_t = 120)]
     join_timeout_secs: u64,
+    /// HS256 secret of the gateways' `auth.jwt` (their Secret's value).
+    #[arg(long, env = "CHAT_FLEET_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// The gateways' `auth.jwt.audience`.
+    #[arg(long, default_value = e2e::jwt::AUDIENCE)]
+    jwt_audience: String,
     /// After `stop`: time for in-flight messages to arrive (seconds).
     #[arg(long, default_value_t = 5)]
     settle_secs: u64,
@@ -54,12 +63,20 @@ async fn main() -> anyhow::Result<()> {
     let join_timeout = Duration::from_secs(args.join_timeout_secs);
     let reconnect_timeout = Duration::from_secs(args.reconnect_timeout_secs);
     anyhow::ensure!(args.clients >= 2, "--clients must be at least 2");
+    let credentials = match &args.jwt_secret {
+        Some(secret) => Credentials::Hs256 {
+            secret: secret.clone(),
+            audience: args.jwt_audience.clone(),
+        },
+        None => Credentials::Insecure,
+    };
     let cs = fleet::spawn(
         &args.prefix,
         &args.url,
         args.clients,
         args.rooms,
         Some(Duration::from_millis(args.send_every_ms)),
+        &credentials,
     );
     let started = Instant::now();
     loop {
@@ -113,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
         .filter(|(_, _, c)| !c.with(|r| r.connected))
         .map(|(u, _, _)| u.clone())
         .collect();
-    let records = fleet::settle_and_stop(cs, Duration::from_secs(args.settle_secs)).await;
+    let records = fleet::settle_and_stop_after(cs, Duration::from_secs(args.settle_secs)).await;
     let mut v = fleet::verdict(&records, true);
     if !offline.is_empty() {
         v.problems.push(format!(

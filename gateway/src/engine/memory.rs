@@ -507,4 +507,32 @@ mod tests {
             "aged out and forgotten: pruned"
         );
     }
+
+    /// Sessions nobody resumes must not pile up: expired ones are swept on a later save
+    /// (at most once a second), so memory stays bounded by the sessions of the last TTL.
+    #[tokio::test]
+    async fn expired_sessions_are_swept() {
+        let mut config = Config::default();
+        config.sessions.resume_ttl = Duration::from_millis(100);
+        let engine = MemoryEngine::new(Arc::new(Hub::default()), &config);
+        let record = SessionRecord {
+            user: "u".into(),
+            node: "n".into(),
+            rooms: Default::default(),
+            connected_at: 0,
+            last_seen: 0,
+            grants: Default::default(),
+        };
+        for i in 0..10 {
+            engine
+                .save_session(&format!("t{i}"), &record)
+                .await
+                .expect("save");
+        }
+        assert_eq!(lock(&engine.sessions).map.len(), 10);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        engine.save_session("fresh", &record).await.expect("save");
+        let left: Vec<String> = lock(&engine.sessions).map.keys().cloned().collect();
+        assert_eq!(left, ["fresh"]);
+    }
 }

@@ -25,7 +25,9 @@ fn overflow_by_bytes_closes_as_slow_consumer() {
     assert!(q.push(Outbound::Msg(env("r", 1))));
     assert!(q.push(Outbound::Msg(env("r", 2))));
     assert!(!q.push(Outbound::Msg(env("r", 3))));
-    assert_eq!(q.close_reason(), Some(SLOW_CONSUMER));
+    // The number clients see (docs/protocol.md), not only the constant's name.
+    let closed = q.close_reason().map(|r| (r.code, r.reason));
+    assert_eq!(closed, Some((1013, "slow consumer")));
     assert!(q.queued_bytes() <= 25);
     assert!(!q.frame("late"), "closing queue refuses items");
 }
@@ -36,7 +38,8 @@ fn overflow_by_frames_closes_as_slow_consumer() {
     assert!(q.frame("a"));
     assert!(q.frame("b"));
     assert!(!q.frame("c"));
-    assert_eq!(q.close_reason(), Some(SLOW_CONSUMER));
+    let closed = q.close_reason().map(|r| (r.code, r.reason));
+    assert_eq!(closed, Some((1013, "slow consumer")));
 }
 
 #[tokio::test]
@@ -77,6 +80,54 @@ async fn writer_orders_replay_before_held_live_and_drops_duplicates() {
         Some(&StreamPosition::new("e", 5))
     );
     assert_eq!(outcome.delivered, 4);
+    // The writer ends with the close frame of the reason, code and text.
+    let mut close = None;
+    while let Ok(m) = sink_rx.try_recv() {
+        if let Message::Close(f) = m {
+            close = f.map(|f| (u16::from(f.code), f.reason.to_string()));
+        }
+    }
+    assert_eq!(close, Some((1013, "slow consumer".to_string())));
+}
+
+/// A room caught up again on the same connection (a resume or re-join from an older
+/// position): the replay overlaps what was written, and nothing is written twice.
+#[tokio::test]
+async fn a_second_catchup_of_a_room_writes_nothing_twice() {
+    let (q, rx) = queue(100, 1 << 20);
+    let (sink_tx, mut sink_rx) = futures_channel_sink();
+    let room: Arc<str> = "r".into();
+    q.push(Outbound::BeginCatchup(room.clone()));
+    q.push(Outbound::Replay {
+        room: room.clone(),
+        from: StreamPosition::new("e", 0),
+        msgs: vec![env("r", 1), env("r", 2), env("r", 3)],
+    });
+    q.push(Outbound::Release(room.clone()));
+    q.push(Outbound::BeginCatchup(room.clone()));
+    q.push(Outbound::Replay {
+        room: room.clone(),
+        from: StreamPosition::new("e", 1),
+        msgs: vec![env("r", 2), env("r", 3), env("r", 4)],
+    });
+    q.push(Outbound::Release(room.clone()));
+    let closer = q.clone();
+    let task = tokio::spawn(run_writer(sink_tx, rx, settings(60_000)));
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        match sink_rx.recv().await {
+            Some(Message::Text(t)) => seen.push(t.to_string()),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    closer.close(SLOW_CONSUMER);
+    let outcome = task.await.expect("writer");
+    assert_eq!(
+        seen,
+        ["{\"seq\":1}", "{\"seq\":2}", "{\"seq\":3}", "{\"seq\":4}"]
+    );
+    assert_eq!(outcome.delivered, 4, "nothing written twice");
 }
 
 fn settings(heartbeat_ms: u64) -> WriterSettings {
