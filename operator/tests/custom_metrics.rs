@@ -336,7 +336,8 @@ async fn hpa_metric_from_real_gateways_through_the_aggregated_api() {
 
     // The CRD, namespaces, and what the chart installs for the aggregated API.
     let crd: CustomResourceDefinition =
-        serde_yaml::from_str(&chat_gateway_operator::crd_yaml().expect("crd")).expect("crd yaml");
+        chat_gateway_operator::yaml::from_str(&chat_gateway_operator::crd_yaml().expect("crd"))
+            .expect("crd yaml");
     Api::<CustomResourceDefinition>::all(client.clone())
         .create(&PostParams::default(), &crd)
         .await

@@ -232,7 +232,8 @@ pub async fn install_crd(client: &Client) {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/chatgateway.yaml"),
     )
     .expect("crds/chatgateway.yaml");
-    let crd: CustomResourceDefinition = serde_yaml::from_str(&crd_text).expect("crd yaml");
+    let crd: CustomResourceDefinition =
+        chat_gateway_operator::yaml::from_str(&crd_text).expect("crd yaml");
     let crds = Api::<CustomResourceDefinition>::all(client.clone());
     crds.create(&PostParams::default(), &crd)
         .await
