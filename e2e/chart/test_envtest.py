@@ -272,8 +272,10 @@ def test_the_service_account_gets_nothing_more(envtest):
     assert sar(api, "patch", "chatgateways", "chatgateway.io", subresource="status")
     assert sar(api, "create", "deployments", "apps")
     assert sar(api, "get", "secrets")
-    # Secrets are watched by metadata (rotations), pods annotated (pod-deletion-cost).
+    # Secrets are watched by metadata (rotations); gateway pods watched (the one reading of
+    # their /metrics) and annotated (pod-deletion-cost).
     assert sar(api, "watch", "secrets")
+    assert sar(api, "watch", "pods", namespace=None)
     assert sar(api, "patch", "pods")
     assert sar(api, "get", "services")
     assert sar(api, "update", "leases", "coordination.k8s.io", namespace=INSTALL_NS)
@@ -286,8 +288,7 @@ def test_the_service_account_gets_nothing_more(envtest):
               ("delete", "services", ""), ("get", "chatgateways", "chatgateway.io")]
     allowed = [d for d in denied if sar(api, d[0], d[1], d[2])]
     assert not allowed, f"the operator's ServiceAccount may do more than it needs: {allowed}"
-    # The custom metrics API: exactly its pods, reviews, Secret and two APIServices.
-    assert sar(api, "watch", "pods", namespace=None)
+    # The custom metrics API: exactly its reviews, Secret and two APIServices.
     assert sar(api, "create", "subjectaccessreviews", "authorization.k8s.io", namespace=None)
     for version in ("v1beta1", "v1beta2"):
         assert sar(api, "update", "apiservices", "apiregistration.k8s.io", namespace=None,
