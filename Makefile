@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: run test lint fmt deps venv envtest clean crds bench bench-redis test-browser manifests image e2e-cluster
+.PHONY: run test lint fmt deps venv envtest clean crds bench bench-redis test-browser manifests image e2e-cluster cluster-up cluster-down fuzz fuzz-smoke fuzz-tools mutants
 
 ## run: one gateway, in-memory engine, insecure dev auth (?user=NAME), demo page on http://$(LISTEN)/
 run:
@@ -75,6 +75,20 @@ test-browser: deps
 	$(CARGO) build -p chat-gateway
 	cd e2e/browser && npm ci --no-audit --no-fund && node --test chat.test.mjs
 
+## mutants: mutation testing of the gateway's connection, outbound, protocol, drain and engine
+## modules (cargo-mutants, installed once into ~/.cargo/bin); slow, not in CI. Scope and test
+## set in .cargo/mutants.toml, report in mutants.out/, results in docs/testing.md. Options:
+## MUTANTS_ARGS, e.g. "--shard 0/12 --sharding round-robin" for a sample.
+CARGO_MUTANTS_VERSION := 27.1.0
+MUTANTS_TESTS := -p chat-gateway -p e2e --lib --test protocol --test inbox --test engine_redis
+mutants: deps
+	@cargo-mutants --version 2>/dev/null | grep -qF "$(CARGO_MUTANTS_VERSION)" || \
+	  $(CARGO) install --locked --version $(CARGO_MUTANTS_VERSION) cargo-mutants
+	@# The unmutated baseline is run here: cargo-mutants' own baseline runs only the mutated
+	@# package's tests, where the e2e test targets do not exist.
+	$(CARGO) test $(MUTANTS_TESTS)
+	nice $(CARGO) mutants --baseline skip --timeout 240 $(MUTANTS_ARGS)
+
 ## crds: regenerate crds/chatgateway.yaml from the Rust types, then the chart and install.yaml copies
 crds: venv
 	$(CARGO) run -q -p chat-gateway-operator --bin crdgen > crds/chatgateway.yaml
@@ -84,12 +98,43 @@ crds: venv
 manifests: venv
 	$(VENV)/bin/python charts/generate.py
 
-## image: build both container images (needs a Docker engine; the context is the repo root)
+## image: build both container images (needs a Docker engine with BuildKit; the context is the
+## repo root). DOCKER_BUILD_ARGS swaps base images, e.g. --build-arg BUILDER_IMAGE=...
 IMAGE_TAG ?= 0.1.0
+DOCKER_BUILD_ARGS ?=
 image:
-	docker build -f gateway/Dockerfile -t ghcr.io/chatgateway/chat-gateway:$(IMAGE_TAG) .
-	docker build -f operator/Dockerfile -t ghcr.io/chatgateway/chat-gateway-operator:$(IMAGE_TAG) .
+	DOCKER_BUILDKIT=1 docker build $(DOCKER_BUILD_ARGS) -f gateway/Dockerfile -t ghcr.io/chatgateway/chat-gateway:$(IMAGE_TAG) .
+	DOCKER_BUILDKIT=1 docker build $(DOCKER_BUILD_ARGS) -f operator/Dockerfile -t ghcr.io/chatgateway/chat-gateway-operator:$(IMAGE_TAG) .
 
-## e2e-cluster: opt-in suite on a real cluster (KUBECONFIG); skipped with a message when none is configured
+## fuzz: every cargo-fuzz target of gateway/fuzz for FUZZ_SECONDS each (the stable
+## toolchain with RUSTC_BOOTSTRAP=1 and AddressSanitizer; corpus in gateway/fuzz/corpus)
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := command config_env pubsub_payload
+fuzz: fuzz-tools
+	@set -o pipefail; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p gateway/fuzz/corpus/$$t; \
+	  echo "fuzzing $$t for $(FUZZ_SECONDS) s"; \
+	  (cd gateway/fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t corpus/$$t seeds/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 2>&1 | tail -n 12) || exit 1; \
+	done
+
+## fuzz-smoke: the short fuzz run CI does after `make test` (10 s per target)
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_SECONDS=10
+
+fuzz-tools:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+
+## e2e-cluster: the cluster suite (e2e/cluster). With KUBECONFIG set, against that cluster;
+## otherwise it starts the local single-node Kubernetes (built from source, first run ~30 min),
+## builds the images into it, runs the suite and stops it. Needs root.
 e2e-cluster: venv
-	$(VENV)/bin/python -m pytest -p no:cacheprovider e2e/cluster -v -rs
+	bash e2e/k8s/suite.sh
+
+## cluster-up / cluster-down: the local single-node cluster alone, with the images built into
+## it; then `eval "$(bash e2e/k8s/cluster.sh env)"` gives KUBECONFIG, DOCKER_HOST and kubectl
+cluster-up:
+	bash e2e/k8s/cluster.sh up
+	bash -c 'eval "$$(bash e2e/k8s/cluster.sh env)" && bash e2e/k8s/images.sh build'
+cluster-down:
+	bash e2e/k8s/cluster.sh down

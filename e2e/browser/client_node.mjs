@@ -19,6 +19,33 @@ if (typeof WebSocket !== "function") {
   process.exit(2);
 }
 
+// Every command gets exactly one reply (docs/protocol.md). client.js settles a command on
+// its first reply and ignores the rest, so the count is kept here, under client.js: every
+// socket it opens counts the ok/error frames per ref and fails the script on a second one.
+class CountingWebSocket extends WebSocket {
+  constructor(...args) {
+    super(...args);
+    const replies = new Map();
+    this.addEventListener("message", (ev) => {
+      let f;
+      try {
+        f = JSON.parse(ev.data);
+      } catch {
+        return;
+      }
+      if ((f.type === "ok" || f.type === "error") && f.ref != null) {
+        const n = (replies.get(f.ref) ?? 0) + 1;
+        replies.set(f.ref, n);
+        if (n > 1) {
+          console.log(`FAILED: command ${f.ref} got reply number ${n}: ${ev.data}`);
+          process.exit(1);
+        }
+      }
+    });
+  }
+}
+globalThis.WebSocket = CountingWebSocket;
+
 // Import the client exactly as the gateway serves it.
 const res = await fetch(A + "/client.js");
 assert.equal(res.status, 200);
@@ -41,9 +68,25 @@ async function waitFor(what, pred, ms = 5000) {
   }
 }
 
+// client.js catches what a listener throws (a listener's bug must not break the client)
+// and only logs it: an assertion inside a listener would be lost. Every listener here
+// goes through `listen`, which fails the script at once (a waiting step would otherwise
+// hang until the Rust test's time limit); the Rust test also fails on the client's
+// "listener failed" log line.
+function listen(client, event, fn) {
+  return client.on(event, (d) => {
+    try {
+      fn(d);
+    } catch (e) {
+      console.log(`FAILED in a ${event} listener: ${e?.stack ?? e}`);
+      process.exit(1);
+    }
+  });
+}
+
 function once(client, event) {
   return new Promise((resolve) => {
-    const off = client.on(event, (d) => {
+    const off = listen(client, event, (d) => {
       off();
       resolve(d);
     });
@@ -64,11 +107,11 @@ function makeUser(name) {
   const target = { url: wsOf(A) };
   const client = new ChatClient({ url: () => target.url, user: name, initialDelayMs: 50, maxDelayMs: 200 });
   const log = { messages: [], presence: [], duplicates: 0, resets: [], errors: [] };
-  client.on("message", (m) => log.messages.push(m));
-  client.on("presence", (p) => log.presence.push(p));
-  client.on("duplicate", () => (log.duplicates += 1));
-  client.on("reset", (r) => log.resets.push(r));
-  client.on("error", (e) => log.errors.push(e));
+  listen(client, "message", (m) => log.messages.push(m));
+  listen(client, "presence", (p) => log.presence.push(p));
+  listen(client, "duplicate", () => (log.duplicates += 1));
+  listen(client, "reset", (r) => log.resets.push(r));
+  listen(client, "error", (e) => log.errors.push(e));
   return { client, target, log, texts: (room) => log.messages.filter((m) => m.room === room).map((m) => m.body.text ?? m.body) };
 }
 
@@ -213,8 +256,8 @@ if (process.env.GATEWAY_JWT) {
   tina.close();
   const eve = new ChatClient({ url: wsOf(process.env.GATEWAY_JWT), token: process.env.TOKEN_BAD, initialDelayMs: 20, maxDelayMs: 50 });
   const failures = [];
-  eve.on("reconnecting", (r) => failures.push(r));
-  eve.on("connected", () => assert.fail("a bad token connected"));
+  listen(eve, "reconnecting", (r) => failures.push(r));
+  listen(eve, "connected", () => assert.fail("a bad token connected"));
   eve.connect();
   await waitFor("refused attempts", () => failures.length >= 3);
   assert.equal(eve.state === "connected", false);

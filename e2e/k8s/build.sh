@@ -138,6 +138,9 @@ ensure() {
     local c
     for c in kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do build_go "$c"; done
     build_pause
+    # Everything is built: the unpacked tree and Go's build cache (about 2 GB) go, since
+    # these machines have little disk. A recipe change rebuilds from the source package.
+    rm -rf "$K8S_CACHE/src" "$K8S_CACHE/gopath" "$K8S_CACHE/gocache"
   fi
 }
 

@@ -2,7 +2,7 @@
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -20,8 +20,46 @@ pub struct Client {
     next_id: u64,
     /// Frames received while waiting for something else, oldest first.
     pending: VecDeque<Value>,
+    /// Ids given to commands by [`send_cmd`](Client::send_cmd).
+    issued: HashSet<u64>,
+    /// Replies (`ok`/`error` frames with a `ref`) read so far, per `ref`.
+    replies: HashMap<String, u32>,
     /// The `welcome` frame.
     pub welcome: Value,
+}
+
+/// An upgrade the server refused with an HTTP status.
+#[derive(Debug)]
+pub struct Refusal {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers.
+    pub headers: tungstenite::http::HeaderMap,
+    /// Response body.
+    pub body: String,
+}
+
+impl Refusal {
+    /// The `Retry-After` header in whole seconds, if present and a number.
+    pub fn retry_after(&self) -> Option<u64> {
+        self.headers
+            .get("retry-after")?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+/// Result of an upgrade attempt, with the headers of a refusal.
+pub enum Upgrade {
+    /// Upgrade accepted; the response headers are kept for inspection.
+    Ok(Box<Client>, tungstenite::http::Response<Option<Vec<u8>>>),
+    /// Refused with an HTTP response.
+    Refused(Refusal),
+    /// No HTTP answer at all (connection refused, reset, bad handshake).
+    Failed(String),
 }
 
 /// Result of an upgrade attempt.
@@ -45,8 +83,32 @@ impl Client {
         }
     }
 
+    /// Connects with a `Authorization: Bearer` token and waits for `welcome`.
+    pub async fn connect_bearer(url: &str, token: &str) -> Result<Client, String> {
+        let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        req.headers_mut().insert("authorization", value);
+        match Self::connect_request(req).await {
+            Connected::Ok(c, _) => Ok(*c),
+            Connected::Refused(status, body) => Err(format!("HTTP {status}: {body}")),
+            Connected::Failed(e) => Err(e),
+        }
+    }
+
     /// Connects with a prepared request (custom headers), reporting refusals.
     pub async fn connect_request(req: tungstenite::handshake::client::Request) -> Connected {
+        match Self::upgrade(req).await {
+            Upgrade::Ok(c, resp) => Connected::Ok(c, resp),
+            Upgrade::Refused(r) => Connected::Refused(r.status, r.body),
+            Upgrade::Failed(e) => Connected::Failed(e),
+        }
+    }
+
+    /// Like [`connect_request`](Self::connect_request), keeping a refusal's headers
+    /// (`Retry-After`, `WWW-Authenticate`).
+    pub async fn upgrade(req: tungstenite::handshake::client::Request) -> Upgrade {
         match tokio_tungstenite::connect_async(req).await {
             Ok((mut ws, resp)) => {
                 let welcome: Value = match tokio::time::timeout(WAIT, ws.next()).await {
@@ -56,27 +118,59 @@ impl Client {
                     other => panic!("expected welcome, got {other:?}"),
                 };
                 assert_eq!(welcome["type"], "welcome");
-                Connected::Ok(
+                Upgrade::Ok(
                     Box::new(Client {
                         ws,
                         next_id: 1,
                         pending: VecDeque::new(),
+                        issued: HashSet::new(),
+                        replies: HashMap::new(),
                         welcome,
                     }),
                     resp,
                 )
             }
             Err(tungstenite::Error::Http(resp)) => {
-                let status = resp.status().as_u16();
                 let body = resp
                     .body()
                     .as_ref()
                     .map(|b| String::from_utf8_lossy(b).to_string())
                     .unwrap_or_default();
-                Connected::Refused(status, body)
+                Upgrade::Refused(Refusal {
+                    status: resp.status().as_u16(),
+                    headers: resp.headers().clone(),
+                    body,
+                })
             }
-            Err(e) => Connected::Failed(e.to_string()),
+            Err(e) => Upgrade::Failed(e.to_string()),
         }
+    }
+
+    /// Counts a reply. Every command gets exactly one (docs/protocol.md): a second reply
+    /// to a command this client sent with [`send_cmd`](Self::send_cmd) fails the test at
+    /// once, wherever it is read (commands sent raw may reuse ids on purpose; use
+    /// [`replies_to`](Self::replies_to) for those).
+    fn note(&mut self, frame: &Value) {
+        if !(frame["type"] == "ok" || frame["type"] == "error") || frame["ref"].is_null() {
+            return;
+        }
+        let n = self.replies.entry(frame["ref"].to_string()).or_insert(0);
+        *n += 1;
+        if *n > 1
+            && frame["ref"]
+                .as_u64()
+                .is_some_and(|id| self.issued.contains(&id))
+        {
+            panic!(
+                "command {} got reply number {n}: {frame} (every command gets exactly one)",
+                frame["ref"]
+            );
+        }
+    }
+
+    /// How many replies (`ok` or `error`) with this `ref` were read so far.
+    pub fn replies_to(&self, id: &Value) -> u32 {
+        self.replies.get(&id.to_string()).copied().unwrap_or(0)
     }
 
     /// The resume token from `welcome`.
@@ -96,6 +190,7 @@ impl Client {
     pub async fn send_cmd(&mut self, mut cmd: Value) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
+        self.issued.insert(id);
         cmd["id"] = json!(id);
         self.ws
             .send(Message::text(cmd.to_string()))
@@ -110,34 +205,37 @@ impl Client {
         self.reply(id).await
     }
 
-    /// Sends a command and returns its reply, or None when the connection ends (or stays
-    /// silent for [`WAIT`]) first: for clients that expect to be moved (drain, rebalance).
-    pub async fn try_request(&mut self, mut cmd: Value) -> Option<Value> {
-        let id = self.next_id;
-        self.next_id += 1;
-        cmd["id"] = json!(id);
-        self.ws.send(Message::text(cmd.to_string())).await.ok()?;
-        loop {
-            let frame = self.read().await?;
-            if frame["ref"] == json!(id) && (frame["type"] == "ok" || frame["type"] == "error") {
-                return Some(frame);
-            }
-            self.pending.push_back(frame);
-        }
-    }
-
     /// Waits for the reply to command `id`.
     pub async fn reply(&mut self, id: u64) -> Value {
-        if let Some(pos) = self.pending.iter().position(|f| f["ref"] == json!(id)) {
-            return self.pending.remove(pos).unwrap_or_default();
+        self.try_reply(id)
+            .await
+            .unwrap_or_else(|| panic!("no reply to command {id}"))
+    }
+
+    /// Sends a command and returns its reply, or None when the connection ends (or
+    /// nothing comes within [`WAIT`]) first.
+    pub async fn try_request(&mut self, cmd: Value) -> Option<Value> {
+        let mut cmd = cmd;
+        let id = self.next_id;
+        self.next_id += 1;
+        self.issued.insert(id);
+        cmd["id"] = json!(id);
+        self.ws.send(Message::text(cmd.to_string())).await.ok()?;
+        self.try_reply(id).await
+    }
+
+    /// Waits for the reply to command `id`; None when the connection ends (or nothing
+    /// comes within [`WAIT`]) first. Other frames are kept.
+    pub async fn try_reply(&mut self, id: u64) -> Option<Value> {
+        let is_reply =
+            |f: &Value| f["ref"] == json!(id) && (f["type"] == "ok" || f["type"] == "error");
+        if let Some(pos) = self.pending.iter().position(is_reply) {
+            return self.pending.remove(pos);
         }
         loop {
-            let frame = self
-                .read()
-                .await
-                .unwrap_or_else(|| panic!("no reply to command {id}"));
-            if frame["ref"] == json!(id) && (frame["type"] == "ok" || frame["type"] == "error") {
-                return frame;
+            let frame = self.read().await?;
+            if is_reply(&frame) {
+                return Some(frame);
             }
             self.pending.push_back(frame);
         }
@@ -190,6 +288,31 @@ impl Client {
         out
     }
 
+    /// Collects every text frame (pending ones first) until none arrives for `quiet`.
+    pub async fn frames_for(&mut self, quiet: Duration) -> Vec<Value> {
+        let mut out: Vec<Value> = self.pending.drain(..).collect();
+        while let Ok(Some(f)) = tokio::time::timeout(quiet, self.read()).await {
+            out.push(f);
+        }
+        out
+    }
+
+    /// The next WebSocket message of any kind (pings and the close frame included); None
+    /// after [`WAIT`] or when the socket ended. Frames already read are not returned.
+    pub async fn next_raw(&mut self) -> Option<Message> {
+        match tokio::time::timeout(WAIT, self.ws.next()).await {
+            Ok(Some(Ok(m))) => {
+                if let Message::Text(t) = &m {
+                    if let Ok(frame) = serde_json::from_str::<Value>(t) {
+                        self.note(&frame);
+                    }
+                }
+                Some(m)
+            }
+            _ => None,
+        }
+    }
+
     /// The next frame of a given type, skipping others.
     pub async fn next_of(&mut self, kind: &str) -> Value {
         if let Some(pos) = self.pending.iter().position(|f| f["type"] == kind) {
@@ -214,7 +337,11 @@ impl Client {
         }
         loop {
             match self.ws.next().await {
-                Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).ok(),
+                Some(Ok(Message::Text(t))) => {
+                    let frame: Value = serde_json::from_str(&t).ok()?;
+                    self.note(&frame);
+                    return Some(frame);
+                }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
                 Some(Ok(_)) => continue,
             }
@@ -225,7 +352,9 @@ impl Client {
         loop {
             match tokio::time::timeout(WAIT, self.ws.next()).await {
                 Ok(Some(Ok(Message::Text(t)))) => {
-                    return Some(serde_json::from_str(&t).expect("server frames are json"))
+                    let frame: Value = serde_json::from_str(&t).expect("server frames are json");
+                    self.note(&frame);
+                    return Some(frame);
                 }
                 Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Err(_) | Ok(Some(Err(_))) => {
                     return None

@@ -37,6 +37,13 @@ pub fn hs256(secret: &str, sub: &str, ttl_secs: i64) -> String {
     hs256_with(secret, None, &claims(sub, ttl_secs, json!({})))
 }
 
+/// An HS256 token for `sub` naming `audience` (gateways configured with another one, e.g.
+/// the examples' `chat-demo`).
+pub fn hs256_for(secret: &str, audience: &str, sub: &str, ttl_secs: i64) -> String {
+    let claims = claims(sub, ttl_secs, json!({ "aud": audience }));
+    hs256_with(secret, None, &claims)
+}
+
 /// Signs `claims` with a PEM private key of `alg` (RS256, ES256, EdDSA).
 pub fn sign_pem(alg: Algorithm, private_pem: &str, kid: Option<&str>, claims: &Value) -> String {
     let key = match alg {
@@ -58,4 +65,20 @@ pub fn rs256(private_pem: &str, sub: &str, ttl_secs: i64) -> String {
         None,
         &claims(sub, ttl_secs, json!({})),
     )
+}
+
+/// An HS256 token with exactly these claims (for `iss`, `aud`, `nbf` and malformed-claim
+/// cases); `now()` gives the clock they are relative to.
+pub fn hs256_claims(secret: &str, claims: &serde_json::Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode hs256")
+}
+
+/// Seconds since the Unix epoch, the clock of `exp`/`nbf`.
+pub fn unix_now() -> i64 {
+    now()
 }

@@ -1,7 +1,9 @@
 //! Test harness for chatgateway: an in-process gateway on a free port, a gateway process,
 //! a protocol v1 client, and JWT helpers.
 
+pub mod blackhole;
 pub mod client;
+pub mod fleet;
 pub mod gateways;
 pub mod jwt;
 pub mod keys;
@@ -65,10 +67,18 @@ impl TestGateway {
             .unwrap_or_else(|e| panic!("connect {user}: {e}"))
     }
 
-    /// The value of a metric sample line from `/metrics` (0 when absent).
+    /// The value of a metric sample from `/metrics`; panics when the sample is absent (a
+    /// renamed metric or label must not read as 0).
     pub async fn metric(&self, sample: &str) -> f64 {
         let body = http_get(self.gateway.addr, "/metrics").await.1;
         parse_metric(&body, sample)
+    }
+
+    /// The value of a metric sample, or None while it does not exist yet (a labelled
+    /// series appears with its first increment): for polling until something happened.
+    pub async fn sample(&self, sample: &str) -> Option<f64> {
+        let body = http_get(self.gateway.addr, "/metrics").await.1;
+        find_metric(&body, sample)
     }
 
     /// Stops the gateway.
@@ -77,15 +87,25 @@ impl TestGateway {
     }
 }
 
-/// Finds `sample` (name plus labels, exactly as exposed) in Prometheus text.
+/// The value of `sample` (name plus labels, exactly as exposed) in Prometheus text;
+/// panics, listing the samples of that metric that do exist, when it is absent.
 pub fn parse_metric(body: &str, sample: &str) -> f64 {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == sample).then(|| value.parse().ok())?
-        })
-        .unwrap_or(0.0)
+    find_metric(body, sample).unwrap_or_else(|| {
+        let name = sample.split('{').next().unwrap_or(sample);
+        let similar: Vec<&str> = body
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.starts_with(name))
+            .collect();
+        panic!("no sample {sample} in /metrics; samples of {name}: {similar:?}")
+    })
+}
+
+/// Finds `sample` (name plus labels, exactly as exposed) in Prometheus text.
+pub fn find_metric(body: &str, sample: &str) -> Option<f64> {
+    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == sample).then(|| value.parse().ok())?
+    })
 }
 
 /// A minimal HTTP/1.1 GET over a raw socket: (status, body).

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One received span, ids in lowercase hex.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Span {
     /// `service.name` of the exporting process.
     pub service: String,
@@ -27,6 +27,8 @@ pub struct Span {
     pub parent_span_id: String,
     /// String and integer attributes.
     pub attributes: Vec<(String, String)>,
+    /// String attributes of the exporting process's resource (`k8s.pod.name`, ...).
+    pub resource: Vec<(String, String)>,
 }
 
 impl Span {
@@ -54,16 +56,19 @@ impl TraceService for Sink {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let mut out = self.0.lock().unwrap_or_else(|p| p.into_inner());
         for rs in request.into_inner().resource_spans {
-            let service = rs
+            let resource: Vec<(String, String)> = rs
                 .resource
                 .iter()
                 .flat_map(|r| r.attributes.iter())
-                .find(|kv| kv.key == "service.name")
-                .and_then(|kv| kv.value.as_ref())
-                .and_then(|v| match &v.value {
-                    Some(AnyValue::StringValue(s)) => Some(s.clone()),
+                .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                    AnyValue::StringValue(s) => Some((kv.key.clone(), s.clone())),
                     _ => None,
                 })
+                .collect();
+            let service = resource
+                .iter()
+                .find(|(k, _)| k == "service.name")
+                .map(|(_, v)| v.clone())
                 .unwrap_or_default();
             for ss in rs.scope_spans {
                 for s in ss.spans {
@@ -88,6 +93,7 @@ impl TraceService for Sink {
                         span_id: hex(&s.span_id),
                         parent_span_id: hex(&s.parent_span_id),
                         attributes,
+                        resource: resource.clone(),
                     });
                 }
             }
@@ -109,10 +115,15 @@ pub struct Receiver {
 impl Receiver {
     /// Starts on a free loopback port.
     pub async fn start() -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Receiver::start_on("127.0.0.1:0".parse().expect("loopback address"))
             .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
+            .expect("bind a loopback port")
+    }
+
+    /// Starts on `addr` (the `otlp-receiver` binary listens on all interfaces in a pod).
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Receiver> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
         let spans = Sink::default();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let svc = TraceServiceServer::new(spans.clone());
@@ -125,7 +136,7 @@ impl Receiver {
                 })
                 .await;
         });
-        Receiver { addr, spans, stop }
+        Ok(Receiver { addr, spans, stop })
     }
 
     /// The endpoint URL.

@@ -5,11 +5,18 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Path of a workspace binary built next to the test executable (`target/<profile>/`).
-/// Builds the gateway binary once per test process first: `cargo test -p e2e` alone does
-/// not rebuild other packages' binaries, and a stale binary would test old code.
+/// Path of the `chat-gateway` binary (or another binary of that package) built next to
+/// the test executable (`target/<profile>/`), rebuilt first: see [`package_bin`].
 pub fn workspace_bin(name: &str) -> PathBuf {
-    static BUILD: std::sync::Once = std::sync::Once::new();
+    package_bin("chat-gateway", name)
+}
+
+/// Path of binary `name` of workspace package `package`, built next to the test executable
+/// (`target/<profile>/`). Builds it once per test process first: `cargo test -p e2e`
+/// alone does not rebuild other packages' binaries, and a stale binary would test old
+/// code. A failed build fails the test.
+pub fn package_bin(package: &str, name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let exe = std::env::current_exe().expect("current exe");
     // A test lives in target/<profile>/deps/, a binary in target/<profile>/.
     let dir = exe
@@ -18,31 +25,26 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         .map(PathBuf::from)
         .expect("target/<profile> directory");
     let release = dir.file_name().is_some_and(|n| n == "release");
-    BUILD.call_once(|| {
+    let key = format!("{package}/{name}");
+    // Held during the build: concurrent tests wait for the one build.
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !built.contains(&key) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "chat-gateway",
-            "--bin",
-            "chat-gateway",
-        ]);
+        cmd.args(["build", "--quiet", "-p", package, "--bin", name]);
         if release {
             cmd.arg("--release");
         }
         let status = cmd.status();
-        if !matches!(status, Ok(s) if s.success()) {
-            eprintln!("warning: could not rebuild chat-gateway ({status:?}); using what is there");
-        }
-    });
+        assert!(
+            matches!(status, Ok(s) if s.success()),
+            "`cargo build -p {package} --bin {name}` failed ({status:?}): a stale or \
+             missing binary would test old code"
+        );
+        built.push(key);
+    }
     let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not built: run `cargo build -p chat-gateway` (cargo test --workspace builds it)",
-        path.display()
-    );
+    assert!(path.exists(), "{} not built", path.display());
     path
 }
 
@@ -119,11 +121,23 @@ impl GatewayProcess {
         self.get(path).map_or(0, |(status, _)| status)
     }
 
-    /// A sample of `/metrics` (name plus labels, exactly as exposed; 0 when absent, -1
-    /// when the gateway cannot be read).
+    /// A sample of `/metrics` (name plus labels, exactly as exposed); panics when the
+    /// gateway cannot be read or the sample is absent.
     pub fn metric(&self, sample: &str) -> f64 {
-        self.get("/metrics")
-            .map_or(-1.0, |(_, body)| crate::parse_metric(&body, sample))
+        crate::parse_metric(&self.metrics_text(), sample)
+    }
+
+    /// A sample of `/metrics`, or None while it does not exist yet; panics when the
+    /// gateway cannot be read.
+    pub fn sample(&self, sample: &str) -> Option<f64> {
+        crate::find_metric(&self.metrics_text(), sample)
+    }
+
+    fn metrics_text(&self) -> String {
+        match self.get("/metrics") {
+            Some((200, body)) => body,
+            other => panic!("GET /metrics of {} failed: {other:?}", self.addr),
+        }
     }
 
     /// Waits until `/readyz` answers `want` (200 or 503); panics after `within`.
@@ -159,16 +173,36 @@ impl GatewayProcess {
             .status();
     }
 
-    /// Waits up to `within` for the process to exit; returns its exit code.
+    /// Waits up to `within` for the process to exit; returns its exit code (None when it
+    /// did not exit in time, or was ended by a signal: see [`wait_status`](Self::wait_status)).
     pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        self.wait_status(within).and_then(|s| s.code())
+    }
+
+    /// Waits up to `within` for the process to exit; returns how it ended, or None when it
+    /// is still running.
+    pub fn wait_status(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let start = Instant::now();
         while start.elapsed() < within {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
+                return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// Kills the process with SIGKILL and asserts that the signal is what ended it.
+    pub fn kill_and_reap(&mut self) {
+        use std::os::unix::process::ExitStatusExt;
+        self.signal("KILL");
+        let status = self.wait_status(Duration::from_secs(10));
+        assert_eq!(
+            status.and_then(|s| s.signal()),
+            Some(9),
+            "{} was not ended by SIGKILL: {status:?}",
+            self.addr
+        );
     }
 }
 

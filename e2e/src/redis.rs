@@ -13,6 +13,8 @@ pub struct RedisServer {
     pub port: u16,
     /// Data directory when persistent (append-only file, fsync always).
     dir: Option<std::path::PathBuf>,
+    /// Persistence is by explicit snapshots only ([`snapshot`](Self::snapshot)).
+    snapshots: bool,
 }
 
 impl RedisServer {
@@ -22,25 +24,83 @@ impl RedisServer {
             child: None,
             port: free_port(),
             dir: None,
+            snapshots: false,
         };
         r.spawn();
         r
     }
 
-    /// Starts a server that keeps its data across [`stop`](Self::stop) and
-    /// [`start_again`](Self::start_again) (append-only file, fsync on every write).
-    pub fn start_persistent() -> RedisServer {
+    /// Starts a server that keeps only what [`snapshot`](Self::snapshot) saved: after
+    /// [`stop`](Self::stop) and [`start_again`](Self::start_again) it comes back as of the
+    /// last snapshot (a restore from an older backup, or a replica that lagged).
+    pub fn start_with_snapshots() -> RedisServer {
+        let mut r = RedisServer::start_persistent_without_spawn();
+        r.snapshots = true;
+        r.spawn();
+        r
+    }
+
+    fn start_persistent_without_spawn() -> RedisServer {
         let dir = std::env::temp_dir().join(format!(
             "chatgw-redis-{}-{}",
             std::process::id(),
             free_port()
         ));
         std::fs::create_dir_all(&dir).expect("redis data dir");
-        let mut r = RedisServer {
+        RedisServer {
             child: None,
             port: free_port(),
             dir: Some(dir),
-        };
+            snapshots: false,
+        }
+    }
+
+    /// Saves a snapshot (SAVE) that the next start loads.
+    pub fn snapshot(&self) {
+        let reply = self.command(&["SAVE"]).expect("SAVE");
+        assert_eq!(reply, redis::Value::Okay, "SAVE: {reply:?}");
+    }
+
+    /// A Redis engine outside any gateway on this server, under `prefix`, delivering into
+    /// `hub`; returns once it is healthy.
+    pub async fn engine(
+        &self,
+        prefix: &str,
+        hub: std::sync::Arc<chat_gateway::hub::Hub>,
+    ) -> std::sync::Arc<chat_gateway::engine::redis::RedisEngine> {
+        use chat_gateway::engine::Engine;
+        let mut config = chat_gateway::config::Config::default();
+        config.redis.url = self.url();
+        config.redis.key_prefix = prefix.into();
+        let engine =
+            chat_gateway::engine::redis::RedisEngine::new(hub, &config, Default::default())
+                .expect("redis engine");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !engine.healthy() {
+            assert!(
+                Instant::now() < deadline,
+                "redis engine never became healthy"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        std::sync::Arc::new(engine)
+    }
+
+    /// Runs one command on the server (test set-up and inspection).
+    pub fn command(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let client = redis::Client::open(self.url())?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut conn)
+    }
+
+    /// Starts a server that keeps its data across [`stop`](Self::stop) and
+    /// [`start_again`](Self::start_again) (append-only file, fsync on every write).
+    pub fn start_persistent() -> RedisServer {
+        let mut r = RedisServer::start_persistent_without_spawn();
         r.spawn();
         r
     }
@@ -63,6 +123,7 @@ impl RedisServer {
             "",
         ]);
         match &self.dir {
+            Some(dir) if self.snapshots => cmd.args(["--appendonly", "no", "--dir"]).arg(dir),
             Some(dir) => cmd
                 .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
                 .arg(dir),
@@ -102,6 +163,14 @@ impl RedisServer {
         s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
     }
 
+    /// A connection for administrative commands that stays open: it keeps working while
+    /// `CONFIG SET maxclients` refuses new connections.
+    pub fn admin(&self) -> RedisAdmin {
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        RedisAdmin { stream }
+    }
+
     /// Kills the server (SIGKILL); its data is gone.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -127,5 +196,30 @@ impl Drop for RedisServer {
         if let Some(dir) = &self.dir {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+/// A raw connection to a test's Redis, for commands with one-line replies.
+pub struct RedisAdmin {
+    stream: TcpStream,
+}
+
+impl RedisAdmin {
+    /// Sends a command and returns the first line of its reply (`+OK`, `:1`, `-ERR ...`).
+    pub fn command(&mut self, args: &[&str]) -> String {
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        self.stream
+            .write_all(req.as_bytes())
+            .expect("write to redis");
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while self.stream.read_exact(&mut byte).is_ok() && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        assert!(!line.is_empty(), "no reply from redis to {args:?}");
+        String::from_utf8_lossy(&line).trim_end().to_string()
     }
 }

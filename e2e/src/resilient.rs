@@ -1,9 +1,10 @@
 //! A reference client that behaves as the protocol docs ask real clients to: reconnect
 //! with exponential backoff and full jitter, honour `goaway`, `resume` with its last
-//! positions, retry unacknowledged sends with the same `msg_id`, and drop duplicates by
-//! (room, seq). It records what it saw so tests can check for loss and gaps.
+//! positions, retry unacknowledged sends with the same `msg_id`, wait at least
+//! `Retry-After` after a 503, and drop duplicates by (room, seq). It records what it saw so
+//! tests can check for loss, gaps and duplicates.
 
-use crate::client::{Client, Connected};
+use crate::client::{Client, Upgrade};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -11,10 +12,25 @@ use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
 
+/// How a client proves who it is.
+#[derive(Clone, Debug)]
+pub enum Credentials {
+    /// `?user=NAME` (gateways in insecure dev mode).
+    Insecure,
+    /// A fresh HS256 JWT (`Authorization: Bearer`) on every connection attempt, as a real
+    /// client refreshes its token before reconnecting.
+    Hs256 {
+        /// The gateways' shared secret.
+        secret: String,
+        /// Their `auth.jwt.audience`.
+        audience: String,
+    },
+}
+
 /// What a client should do.
 #[derive(Clone)]
 pub struct Plan {
-    /// User id (insecure dev mode).
+    /// User id (the JWT `sub`, or `?user=` in insecure dev mode).
     pub user: String,
     /// Gateway base URLs (`ws://host:port/ws`); reconnects go round-robin.
     pub urls: Vec<String>,
@@ -35,6 +51,11 @@ pub struct Record {
     pub received: BTreeMap<String, BTreeSet<u64>>,
     /// Messages seen again (dropped by (room, seq)).
     pub duplicates: u64,
+    /// Accepted messages per room by `msg_id`: one sender id must map to one seq.
+    pub msg_ids: BTreeMap<String, BTreeMap<String, u64>>,
+    /// (room, msg_id, first seq, other seq): one message stored twice (a retried send the
+    /// server did not deduplicate).
+    pub twice: Vec<(String, String, u64, u64)>,
     /// (room, expected seq, got seq) where a seq was skipped.
     pub gaps: Vec<(String, u64, u64)>,
     /// Rooms a resume reported as not recovered.
@@ -49,6 +70,14 @@ pub struct Record {
     pub resumes: u64,
     /// Upgrades refused with 503.
     pub refused: u64,
+    /// The `Retry-After` of every 503, in seconds (None: the header was missing).
+    pub retry_after: Vec<Option<u64>>,
+    /// `goaway` frames received.
+    pub goaways: u64,
+    /// Connections the server ended (closed or dropped) without a `goaway` first.
+    pub ended_without_goaway: u64,
+    /// Replies whose `ref` is no command this client has in flight.
+    pub stray_replies: u64,
     /// Whether the initial joins are done.
     pub ready: bool,
     /// The room's top seq when first joined: later messages must all arrive.
@@ -67,12 +96,23 @@ pub struct Resilient {
 }
 
 impl Resilient {
-    /// Starts the client task.
+    /// Starts the client task (insecure dev mode: `?user=`).
     pub fn spawn(plan: Plan) -> Resilient {
+        Self::spawn_with(plan, Credentials::Insecure)
+    }
+
+    /// Starts the client task, authenticating with `credentials`.
+    pub fn spawn_with(plan: Plan, credentials: Credentials) -> Resilient {
         let record = Arc::new(Mutex::new(Record::default()));
         let stop = CancellationToken::new();
         let quiet = CancellationToken::new();
-        let task = tokio::spawn(run(plan, record.clone(), quiet.clone(), stop.clone()));
+        let task = tokio::spawn(run(
+            plan,
+            credentials,
+            record.clone(),
+            quiet.clone(),
+            stop.clone(),
+        ));
         Resilient {
             record,
             quiet,
@@ -87,11 +127,22 @@ impl Resilient {
         self.quiet.cancel();
     }
 
-    /// Stops sending and closes.
+    /// Stops sending and closes. A panic of the client task (a broken guarantee it
+    /// checks, such as a second reply to one command) fails the caller.
     pub async fn stop(self) -> Arc<Mutex<Record>> {
         self.stop.cancel();
-        let _ = self.task.await;
+        if let Err(e) = self.task.await {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
         self.record
+    }
+
+    /// Whether the client task ended before [`stop`](Self::stop): it panicked (or was
+    /// given a URL it cannot use).
+    pub fn crashed(&self) -> bool {
+        self.task.is_finished() && !self.stop.is_cancelled()
     }
 
     /// Reads the record.
@@ -109,8 +160,27 @@ struct State {
     counter: u64,
 }
 
+/// An upgrade request for `url` carrying `credentials` for `user`.
+fn request(
+    url: &str,
+    user: &str,
+    credentials: &Credentials,
+) -> Option<tokio_tungstenite::tungstenite::handshake::client::Request> {
+    match credentials {
+        Credentials::Insecure => format!("{url}?user={user}").into_client_request().ok(),
+        Credentials::Hs256 { secret, audience } => {
+            let mut req = url.into_client_request().ok()?;
+            let token = crate::jwt::hs256_for(secret, audience, user, 300);
+            let value = format!("Bearer {token}").parse().ok()?;
+            req.headers_mut().insert("authorization", value);
+            Some(req)
+        }
+    }
+}
+
 async fn run(
     plan: Plan,
+    credentials: Credentials,
     record: Arc<Mutex<Record>>,
     quiet: CancellationToken,
     stop: CancellationToken,
@@ -137,31 +207,36 @@ async fn run(
             });
             tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(wait) => {} }
         }
-        let url = format!(
-            "{}?user={}",
-            plan.urls[next_url % plan.urls.len()],
-            plan.user
-        );
+        let url = &plan.urls[next_url % plan.urls.len()];
         next_url += 1;
-        let Ok(req) = url.as_str().into_client_request() else {
+        let Some(req) = request(url, &plan.user, &credentials) else {
             return;
         };
-        let mut c =
-            match tokio::time::timeout(Duration::from_secs(10), Client::connect_request(req)).await
-            {
-                Ok(Connected::Ok(c, _)) => *c,
-                Ok(Connected::Refused(status, _)) => {
-                    if status == 503 {
-                        rec(&mut |r| r.refused += 1);
+        let mut c = match tokio::time::timeout(Duration::from_secs(10), Client::upgrade(req)).await
+        {
+            Ok(Upgrade::Ok(c, _)) => *c,
+            Ok(Upgrade::Refused(refusal)) => {
+                attempt += 1;
+                if refusal.status == 503 {
+                    let after = refusal.retry_after();
+                    rec(&mut |r| {
+                        r.refused += 1;
+                        r.retry_after.push(after);
+                    });
+                    // Wait at least Retry-After (plus jitter, so that clients refused in
+                    // the same second do not return in step).
+                    if let Some(secs) = after {
+                        let jitter = Duration::from_millis(100).mul_f64(rand::random::<f64>());
+                        hint = Some(Duration::from_secs(secs) + jitter);
                     }
-                    attempt += 1;
-                    continue;
                 }
-                Ok(Connected::Failed(_)) | Err(_) => {
-                    attempt += 1;
-                    continue;
-                }
-            };
+                continue;
+            }
+            Ok(Upgrade::Failed(_)) | Err(_) => {
+                attempt += 1;
+                continue;
+            }
+        };
         rec(&mut |r| {
             r.connects
                 .push((Instant::now(), std::time::SystemTime::now()));
@@ -249,6 +324,7 @@ async fn session(
     stop: &CancellationToken,
 ) -> Option<Duration> {
     let mut hint = None;
+    let mut told = false;
     let mut tick = plan.send_every.map(tokio::time::interval);
     let mut in_flight: Option<u64> = None;
     if let Some(p) = st.pending.clone() {
@@ -278,10 +354,17 @@ async fn session(
                 in_flight = Some(c.send_cmd(cmd).await);
             }
             frame = c.recv() => {
-                let Some(f) = frame else { return hint };
+                let Some(f) = frame else {
+                    if !told {
+                        record.lock().unwrap_or_else(|p| p.into_inner()).ended_without_goaway += 1;
+                    }
+                    return hint;
+                };
                 match f["type"].as_str() {
                     Some("msg") => accept(&f, st, record),
                     Some("goaway") => {
+                        told = true;
+                        record.lock().unwrap_or_else(|p| p.into_inner()).goaways += 1;
                         hint = f["reconnect_after_ms"].as_u64().map(Duration::from_millis);
                     }
                     Some("ok") if in_flight.is_some() && f["ref"].as_u64() == in_flight => {
@@ -295,6 +378,9 @@ async fn session(
                     Some("error") if in_flight.is_some() && f["ref"].as_u64() == in_flight => {
                         in_flight = None; // unavailable etc.: retried on the next tick
                         st.pending = None;
+                    }
+                    Some("ok" | "error") if !f["ref"].is_null() => {
+                        record.lock().unwrap_or_else(|p| p.into_inner()).stray_replies += 1;
                     }
                     _ => {}
                 }
@@ -322,5 +408,16 @@ fn accept(f: &Value, st: &mut State, record: &Mutex<Record>) {
         _ => {} // first message of a room (the inbox) or a new epoch
     }
     st.positions.insert(room.clone(), (epoch, seq));
+    if let Some(id) = f["msg_id"].as_str() {
+        let first = *rec
+            .msg_ids
+            .entry(room.clone())
+            .or_default()
+            .entry(id.to_string())
+            .or_insert(seq);
+        if first != seq {
+            rec.twice.push((room.clone(), id.to_string(), first, seq));
+        }
+    }
     rec.received.entry(room).or_default().insert(seq);
 }

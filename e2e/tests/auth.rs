@@ -2,6 +2,7 @@
 
 use chat_gateway::config::{AuthMode, JwtAlgorithm};
 use e2e::{jwt, test_config, Client, Connected, TestGateway};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
@@ -80,6 +81,104 @@ async fn hs256_bad_tokens_get_401() {
             .await
             >= 5.0
     );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_and_audience_are_required_when_configured() {
+    let mut c = test_config();
+    c.auth.mode = AuthMode::Jwt;
+    c.auth.jwt.secret = Some(SECRET.into());
+    c.auth.jwt.issuer = Some("https://id.example".into());
+    c.auth.jwt.audience = Some("chat".into());
+    let gw = TestGateway::start(c).await;
+    let exp = jwt::unix_now() + 60;
+    let token = |claims: serde_json::Value| jwt::hs256_claims(SECRET, &claims);
+    let cases = [
+        (
+            json!({"sub": "ida", "exp": exp, "iss": "https://id.example", "aud": "chat"}),
+            101,
+            "both right",
+        ),
+        (
+            json!({"sub": "ida", "exp": exp, "iss": "https://id.example", "aud": ["other", "chat"]}),
+            101,
+            "aud list",
+        ),
+        (
+            json!({"sub": "ida", "exp": exp, "aud": "chat"}),
+            401,
+            "no iss",
+        ),
+        (
+            json!({"sub": "ida", "exp": exp, "iss": "https://evil.example", "aud": "chat"}),
+            401,
+            "wrong iss",
+        ),
+        (
+            json!({"sub": "ida", "exp": exp, "iss": "https://id.example"}),
+            401,
+            "no aud",
+        ),
+        (
+            json!({"sub": "ida", "exp": exp, "iss": "https://id.example", "aud": "mail"}),
+            401,
+            "wrong aud",
+        ),
+        (
+            json!({"sub": "ida", "iss": "https://id.example", "aud": "chat"}),
+            401,
+            "no exp",
+        ),
+    ];
+    for (claims, want, what) in cases {
+        assert_eq!(
+            status_with_bearer(&gw, &token(claims)).await,
+            want,
+            "{what}"
+        );
+    }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exp_and_nbf_are_enforced_with_the_leeway() {
+    let mut c = test_config();
+    c.auth.mode = AuthMode::Jwt;
+    c.auth.jwt.secret = Some(SECRET.into());
+    c.auth.jwt.leeway = std::time::Duration::from_secs(30);
+    let gw = TestGateway::start(c).await;
+    let now = jwt::unix_now();
+    let token = |claims: serde_json::Value| jwt::hs256_claims(SECRET, &claims);
+    let cases = [
+        (
+            json!({"sub": "lee", "exp": now - 10, "aud": jwt::AUDIENCE}),
+            101,
+            "expired 10 s ago, within the leeway",
+        ),
+        (
+            json!({"sub": "lee", "exp": now - 90, "aud": jwt::AUDIENCE}),
+            401,
+            "expired 90 s ago",
+        ),
+        (
+            json!({"sub": "lee", "exp": now + 60, "nbf": now + 10, "aud": jwt::AUDIENCE}),
+            101,
+            "valid in 10 s, within the leeway",
+        ),
+        (
+            json!({"sub": "lee", "exp": now + 600, "nbf": now + 90, "aud": jwt::AUDIENCE}),
+            401,
+            "valid only in 90 s",
+        ),
+    ];
+    for (claims, want, what) in cases {
+        assert_eq!(
+            status_with_bearer(&gw, &token(claims)).await,
+            want,
+            "{what}"
+        );
+    }
     gw.stop().await;
 }
 

@@ -24,11 +24,10 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The operator binary `cargo test --workspace` built next to this test's executable.
-fn operator_binary() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe.parent()?.parent()?.join("chat-gateway-operator");
-    bin.exists().then_some(bin)
+/// The operator binary, (re)built next to this test's executable: a missing or stale one
+/// fails the test instead of being skipped or testing old code.
+fn operator_binary() -> PathBuf {
+    e2e::process::package_bin("chat-gateway-operator", "chat-gateway-operator")
 }
 
 fn pytest(args: &[&str]) {
@@ -59,9 +58,7 @@ fn pytest(args: &[&str]) {
         .args(["-m", "pytest", "-p", "no:cacheprovider", "-q", "-rf"])
         .args(args)
         .current_dir(&root);
-    if let Some(bin) = operator_binary() {
-        cmd.env("CHATGW_OPERATOR_BIN", bin);
-    }
+    cmd.env("CHATGW_OPERATOR_BIN", operator_binary());
     // Rebuilt first when stale (`cargo test -p e2e` alone builds no other package's binary).
     cmd.env(
         "CHATGW_GATEWAY_BIN",
@@ -89,11 +86,6 @@ fn chart_and_manifests_render_and_validate() {
 
 #[test]
 fn chart_and_manifests_against_a_real_apiserver() {
-    assert!(
-        operator_binary().is_some(),
-        "target/debug/chat-gateway-operator is missing: run the workspace tests \
-         (`cargo test --workspace`) or `cargo build -p chat-gateway-operator` first"
-    );
     pytest(&[
         "e2e/chart/test_envtest.py",
         "e2e/chart/test_envtest_crds.py",

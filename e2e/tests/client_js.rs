@@ -110,6 +110,12 @@ async fn client_js_chats_reconnects_and_resumes_in_node() {
         status.success() && transcript.contains("all checks passed"),
         "client_node.mjs failed ({status}):\n{transcript}\n{stderr}"
     );
+    // client.js catches and logs what a listener throws; the script's assertions inside
+    // listeners must not vanish that way.
+    assert!(
+        !stderr.contains("listener failed"),
+        "a listener in client_node.mjs failed:\n{stderr}"
+    );
     a.stop().await;
     b.stop().await;
     c.stop().await;

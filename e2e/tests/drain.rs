@@ -1,108 +1,19 @@
-//! Graceful drain, rebalancing and reconnect storms, with real gateway processes, a real
-//! Redis and the reference client (`e2e::resilient`).
+//! Graceful drain and reconnect storms, with real gateway processes, a real Redis and the
+//! reference client (`e2e::resilient`). Rebalancing: `rebalance.rs`.
 
+use e2e::client::Upgrade;
+use e2e::fleet::{check_no_loss, clients, settle_and_stop, wait_until, Verdict};
 use e2e::gateways::Gateways;
 use e2e::process::GatewayProcess;
 use e2e::redis::RedisServer;
-use e2e::resilient::{Plan, Record, Resilient};
+use e2e::resilient::{Plan, Resilient};
 use e2e::{test_config, Client, TestGateway};
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-/// Starts `n` reference clients in `rooms` rooms (size n/rooms), each also sending DMs.
-fn clients(
-    urls: &[String],
-    n: usize,
-    rooms: usize,
-    send_every: Option<Duration>,
-) -> Vec<(String, Vec<String>, Resilient)> {
-    (0..n)
-        .map(|i| {
-            let user = format!("u{i}");
-            let my_rooms = vec![format!("room{}", i % rooms)];
-            let plan = Plan {
-                user: user.clone(),
-                urls: urls.to_vec(),
-                rooms: my_rooms.clone(),
-                send_every,
-                dm_to: vec![format!("u{}", (i + 1) % n), format!("u{}", (i + 7) % n)],
-                max_backoff: Duration::from_secs(2),
-            };
-            (user, my_rooms, Resilient::spawn(plan))
-        })
-        .collect()
-}
-
-async fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Stops sending, lets in-flight messages arrive, then stops every client.
-async fn settle_and_stop(cs: Vec<(String, Vec<String>, Resilient)>) -> Vec<Finished> {
-    for (_, _, c) in &cs {
-        c.stop_sending();
-    }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut records = Vec::new();
-    for (user, rooms, c) in cs {
-        records.push((user, rooms, c.stop().await));
-    }
-    records
-}
-
-/// Every acknowledged message reached every member subscribed when it was acknowledged
-/// (and DMs their user), with no gap and nothing reported unrecovered.
-/// A stopped client: user, rooms, observations.
-type Finished = (String, Vec<String>, Arc<Mutex<Record>>);
-
-fn check_no_loss(records: &[Finished]) -> (usize, u64) {
-    let mut members: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (i, (user, rooms, _)) in records.iter().enumerate() {
-        for r in rooms {
-            members.entry(r.clone()).or_default().push(i);
-        }
-        members.entry(format!("user:{user}")).or_default().push(i);
-    }
-    let recs: Vec<_> = records
-        .iter()
-        .map(|(_, _, r)| r.lock().unwrap_or_else(|p| p.into_inner()))
-        .collect();
-    let mut acked_total = 0;
-    let mut dups = 0;
-    for (i, rec) in recs.iter().enumerate() {
-        assert!(rec.gaps.is_empty(), "client {i} saw gaps: {:?}", rec.gaps);
-        assert!(
-            rec.not_recovered.is_empty(),
-            "client {i}: not recovered {:?}",
-            rec.not_recovered
-        );
-        dups += rec.duplicates;
-        for (room, seq) in &rec.acked {
-            acked_total += 1;
-            for &m in members.get(room).map(Vec::as_slice).unwrap_or(&[]) {
-                if recs[m].joined_at.get(room).is_some_and(|j| seq <= j) {
-                    continue; // acknowledged before that member joined
-                }
-                let got = recs[m].received.get(room).is_some_and(|s| s.contains(seq));
-                assert!(
-                    got,
-                    "{room} seq {seq} (acked by client {i}) never reached client {m}"
-                );
-            }
-        }
-    }
-    (acked_total, dups)
-}
-
-async fn rolling_restart(signal: &str) {
+async fn rolling_restart(signal: &str) -> Verdict {
     let redis = RedisServer::start();
-    let mut cluster = Gateways::start(
+    let mut cluster = Gateways::start_jwt(
         &redis,
         3,
         &[
@@ -115,7 +26,7 @@ async fn rolling_restart(signal: &str) {
     );
     let urls = cluster.urls();
     let n = 200;
-    let cs = clients(&urls, n, 20, Some(Duration::from_millis(700)));
+    let cs = clients(&cluster, &urls, n, 20, Some(Duration::from_millis(700)));
     wait_until("all clients joined", Duration::from_secs(60), || {
         cs.iter().all(|(_, _, c)| c.with(|r| r.ready))
     })
@@ -123,41 +34,57 @@ async fn rolling_restart(signal: &str) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     for i in 0..3 {
         let addr = cluster.procs[i].addr;
-        cluster.procs[i].signal(signal);
-        assert!(
-            cluster.procs[i]
-                .wait_exit(Duration::from_secs(30))
-                .is_some()
-                || !cluster.procs[i].alive(),
-            "gw {i} exited"
-        );
+        if signal == "KILL" {
+            cluster.procs[i].kill_and_reap();
+        } else {
+            cluster.procs[i].signal(signal);
+            assert_eq!(
+                cluster.procs[i].wait_exit(Duration::from_secs(30)),
+                Some(0),
+                "gw {i} exits cleanly after SIG{signal}"
+            );
+        }
         cluster.restart(addr, i);
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let records = settle_and_stop(cs).await;
-    let (acked, dups) = check_no_loss(&records);
     assert!(
-        acked > 1000,
-        "enough traffic flowed during the restarts: {acked}"
+        cs.iter().all(|(_, _, c)| !c.crashed()),
+        "a reference client crashed"
     );
-    eprintln!("rolling restart ({signal}): {acked} acknowledged messages checked, {dups} duplicates dropped by clients");
+    let records = settle_and_stop(cs).await;
+    let totals = check_no_loss(&records);
+    assert!(
+        totals.acked > 1000,
+        "enough traffic flowed during the restarts: {totals:?}"
+    );
+    eprintln!("rolling restart (SIG{signal}): {totals:?}");
+    totals
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_with_sigterm_loses_nothing() {
-    rolling_restart("TERM").await;
+    let t = rolling_restart("TERM").await;
+    // A drain tells every connection to go before closing it, and resume positions make
+    // the replay start exactly after what each client had.
+    assert!(t.goaways >= 200, "every client was told to go: {t:?}");
+    assert_eq!(t.ended_without_goaway, 0, "{t:?}");
+    assert_eq!(t.duplicates_dropped, 0, "{t:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_with_sigkill_loses_nothing_acknowledged() {
-    rolling_restart("KILL").await;
+    let t = rolling_restart("KILL").await;
+    assert!(
+        t.ended_without_goaway > 50,
+        "killed connections end without goaway: {t:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evict_rate_bounds_the_reconnect_rate() {
     let redis = RedisServer::start();
     let rate = 20.0;
-    let mut cluster = Gateways::start(
+    let mut cluster = Gateways::start_jwt(
         &redis,
         2,
         &[
@@ -171,14 +98,15 @@ async fn evict_rate_bounds_the_reconnect_rate() {
     // Everyone starts on process 0 (the first URL), then moves to process 1.
     let cs: Vec<Resilient> = (0..80)
         .map(|i| {
-            Resilient::spawn(Plan {
+            let plan = Plan {
                 user: format!("e{i}"),
                 urls: first.clone(),
                 rooms: vec!["evict".into()],
                 send_every: None,
                 dm_to: vec![],
                 max_backoff: Duration::from_secs(1),
-            })
+            };
+            Resilient::spawn_with(plan, cluster.credentials())
         })
         .collect();
     wait_until("clients joined", Duration::from_secs(30), || {
@@ -187,9 +115,7 @@ async fn evict_rate_bounds_the_reconnect_rate() {
     .await;
     let on_first = cluster.connections(0) as usize;
     cluster.procs[0].signal("TERM");
-    assert!(cluster.procs[0]
-        .wait_exit(Duration::from_secs(30))
-        .is_some());
+    assert_eq!(cluster.procs[0].wait_exit(Duration::from_secs(30)), Some(0));
     wait_until("all reconnected", Duration::from_secs(30), || {
         cs.iter().all(|c| c.with(|r| r.connected))
     })
@@ -228,83 +154,15 @@ async fn evict_rate_bounds_the_reconnect_rate() {
         let rec = c.stop().await;
         let rec = rec.lock().unwrap_or_else(|p| p.into_inner());
         assert!(rec.not_recovered.is_empty());
+        assert_eq!(rec.ended_without_goaway, 0, "evicted with a goaway first");
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rebalance_spreads_connections_to_new_pods_without_loss() {
-    let redis = RedisServer::start();
-    let extra = [
-        ("CHATGW_REBALANCE__ABS_THRESHOLD", "4"),
-        ("CHATGW_REBALANCE__REL_THRESHOLD", "0.2"),
-        ("CHATGW_REBALANCE__RATE", "10"),
-        ("CHATGW_REBALANCE__INTERVAL", "1s"),
-        ("CHATGW_DRAIN__RECONNECT_JITTER", "200ms"),
-    ];
-    let mut cluster = Gateways::start(&redis, 1, &extra);
-    let a0 = cluster.procs[0].addr;
-    // Two more addresses, known to clients up front (as a Service would be).
-    let a1 = SocketAddr::from(([127, 0, 0, 1], e2e::process::free_port()));
-    let a2 = SocketAddr::from(([127, 0, 0, 1], e2e::process::free_port()));
-    let urls: Vec<String> = [a0, a1, a2]
-        .iter()
-        .map(|a| format!("ws://{a}/ws"))
-        .collect();
-    let n = 60;
-    let cs: Vec<(String, Vec<String>, Resilient)> = (0..n)
-        .map(|i| {
-            let plan = Plan {
-                user: format!("r{i}"),
-                urls: vec![urls[0].clone(), urls[1].clone(), urls[2].clone()],
-                rooms: vec![format!("rb{}", i % 6)],
-                send_every: Some(Duration::from_millis(800)),
-                dm_to: vec![format!("r{}", (i + 1) % n)],
-                max_backoff: Duration::from_secs(1),
-            };
-            (format!("r{i}"), plan.rooms.clone(), Resilient::spawn(plan))
-        })
-        .collect();
-    wait_until("all on the first pod", Duration::from_secs(60), || {
-        cs.iter()
-            .all(|(_, _, c)| c.with(|r| r.ready && r.connected))
-    })
-    .await;
-    assert_eq!(cluster.connections(0) as usize, n);
-    cluster.restart(a1, 1);
-    cluster.restart(a2, 2);
-    let started = Instant::now();
-    let spread_ok = || {
-        let counts: Vec<f64> = (0..3).map(|i| cluster.connections(i)).collect();
-        let max = counts.iter().cloned().fold(f64::MIN, f64::max);
-        let min = counts.iter().cloned().fold(f64::MAX, f64::min);
-        (
-            max - min <= 12.0 && counts.iter().sum::<f64>() as usize == n,
-            counts,
-        )
-    };
-    loop {
-        let (ok, counts) = spread_ok();
-        if ok {
-            eprintln!("balanced after {:?}: {counts:?}", started.elapsed());
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(45),
-            "not balanced: {counts:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let records = settle_and_stop(cs).await;
-    let (acked, _) = check_no_loss(&records);
-    assert!(acked > 100, "traffic flowed while rebalancing: {acked}");
-    assert!(cluster.procs[0].metric("chatgateway_rebalance_shed_total") >= 20.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_storm_is_admitted_at_the_cluster_rate() {
     let redis = RedisServer::start();
     let rate = 150u32;
-    let mut cluster = Gateways::start(
+    let mut cluster = Gateways::start_jwt(
         &redis,
         2,
         &[
@@ -316,14 +174,15 @@ async fn reconnect_storm_is_admitted_at_the_cluster_rate() {
     let only_first = vec![cluster.urls()[0].clone(), cluster.urls()[1].clone()];
     let cs: Vec<Resilient> = (0..n)
         .map(|i| {
-            Resilient::spawn(Plan {
+            let plan = Plan {
                 user: format!("s{i}"),
                 urls: only_first.clone(),
                 rooms: vec![format!("storm{}", i % 50)],
                 send_every: None,
                 dm_to: vec![],
                 max_backoff: Duration::from_secs(3),
-            })
+            };
+            Resilient::spawn_with(plan, cluster.credentials())
         })
         .collect();
     wait_until("all connected", Duration::from_secs(90), || {
@@ -331,8 +190,7 @@ async fn reconnect_storm_is_admitted_at_the_cluster_rate() {
     })
     .await;
     // Kill the process holding about half of them: they all reconnect at once.
-    cluster.procs[0].signal("KILL");
-    let _ = cluster.procs[0].wait_exit(Duration::from_secs(10));
+    cluster.procs[0].kill_and_reap();
     // Connected and resumed (a client is "connected" a moment before its resume is done).
     wait_until(
         "all reconnected and resumed",
@@ -350,13 +208,22 @@ async fn reconnect_storm_is_admitted_at_the_cluster_rate() {
     let mut times: Vec<std::time::SystemTime> = Vec::new();
     let mut resumed = 0;
     let mut refused = 0;
+    let mut retry_after = Vec::new();
     for c in &cs {
         c.with(|r| {
             times.extend(r.connects.iter().skip(1).map(|(_, wall)| *wall));
             resumed += r.resumes;
             refused += r.refused;
+            retry_after.extend(r.retry_after.iter().copied());
         });
     }
+    assert_eq!(retry_after.len() as u64, refused);
+    assert!(
+        retry_after
+            .iter()
+            .all(|s| s.is_some_and(|s| (1..=3).contains(&s))),
+        "every 503 carries Retry-After 1-3 s: {retry_after:?}"
+    );
     times.sort();
     let moved = times.len();
     assert!(moved >= 300, "a storm happened: {moved} reconnects");
@@ -431,11 +298,15 @@ async fn drain_refuses_late_upgrades_and_ends_at_the_timeout_with_forced_closes(
             "accepted during the grace"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let refused = Client::connect(&gw.ws_url("user=late"))
-            .await
-            .err()
-            .expect("refused after the grace");
-        assert!(refused.starts_with("HTTP 503"), "{refused}");
+        let req = gw.ws_url("user=late").into_client_request().expect("req");
+        let Upgrade::Refused(refused) = Client::upgrade(req).await else {
+            panic!("an upgrade after the accept grace must be refused");
+        };
+        assert_eq!(refused.status, 503, "{refused:?}");
+        assert!(
+            refused.retry_after().is_some_and(|s| (1..=3).contains(&s)),
+            "a draining gateway says when to retry (1-3 s): {refused:?}"
+        );
     };
     let (outcome, ()) = tokio::join!(drain, probe);
     assert!(

@@ -3,7 +3,7 @@
 use chat_gateway::config::Config;
 use chat_gateway::engine::conformance::{run_all, Factory};
 use chat_gateway::engine::redis::RedisEngine;
-use chat_gateway::engine::Engine;
+use chat_gateway::engine::{Broker, Engine};
 use chat_gateway::hub::Hub;
 use e2e::redis::RedisServer;
 use std::sync::Arc;
@@ -37,4 +37,142 @@ impl Factory for Fresh {
 async fn redis_engine_passes_the_conformance_suite() {
     let redis = RedisServer::start();
     run_all(&Fresh { url: redis.url() }).await;
+}
+
+async fn engine_with_prefix(url: &str, prefix: &str) -> Arc<dyn Engine> {
+    let mut config = Config::default();
+    config.redis.url = url.to_string();
+    config.redis.key_prefix = prefix.to_string();
+    let hub = Arc::new(Hub::default());
+    let engine =
+        Arc::new(RedisEngine::new(hub, &config, Default::default()).expect("redis engine"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !engine.healthy() {
+        assert!(tokio::time::Instant::now() < deadline, "never healthy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    engine
+}
+
+/// The node registry lists every node of a cluster (rebalancing compares against all of
+/// them), and only that cluster's: two key prefixes on one Redis are two clusters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_registry_lists_every_node_of_its_prefix_only() {
+    use chat_gateway::engine::NodeReport;
+    let redis = RedisServer::start();
+    let ours = format!("t{:08x}", rand::random::<u32>());
+    let theirs = format!("t{:08x}", rand::random::<u32>());
+    let engine = engine_with_prefix(&redis.url(), &ours).await;
+    let other = engine_with_prefix(&redis.url(), &theirs).await;
+    let report = |id: &str, connections: u64| NodeReport {
+        id: id.into(),
+        connections,
+        draining: false,
+        heartbeat: chat_gateway::engine::now_ms(),
+    };
+    for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
+        engine
+            .report_node(&report(id, i as u64))
+            .await
+            .expect("report");
+    }
+    other
+        .report_node(&report("stranger", 9))
+        .await
+        .expect("report");
+    let nodes = engine.nodes().await.expect("nodes");
+    let seen: Vec<(String, u64)> = nodes
+        .iter()
+        .map(|n| (n.id.clone(), n.connections))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("a".into(), 0),
+            ("b".into(), 1),
+            ("c".into(), 2),
+            ("d".into(), 3)
+        ]
+    );
+    let theirs: Vec<String> = other
+        .nodes()
+        .await
+        .expect("nodes")
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(theirs, ["stranger"]);
+}
+
+/// Messages published while a node's pub/sub connection is reconnecting are filled in
+/// from history once it is back, from the position each room had: the first message of a
+/// room subscribed while empty included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_published_while_pubsub_reconnects_are_delivered() {
+    use chat_gateway::engine::Publish;
+    use chat_gateway::outbound::{queue, Outbound};
+    let redis = RedisServer::start();
+    let prefix = format!("t{:08x}", rand::random::<u32>());
+    let mut config = Config::default();
+    config.redis.url = redis.url();
+    config.redis.key_prefix = prefix.clone();
+    let hub = Arc::new(Hub::default());
+    let subscriber =
+        Arc::new(RedisEngine::new(hub.clone(), &config, Default::default()).expect("engine"));
+    let publisher = engine_with_prefix(&redis.url(), &prefix).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !subscriber.healthy() {
+        assert!(tokio::time::Instant::now() < deadline, "never healthy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rooms: Vec<String> = (0..20).map(|i| format!("gap{i}")).collect();
+    let mut receivers = Vec::new();
+    for (i, room) in rooms.iter().enumerate() {
+        let (q, rx) = queue(100, 1 << 20);
+        hub.subscribe(&Arc::from(room.as_str()), i as u64 + 1, q);
+        subscriber.subscribe(room).await.expect("subscribe");
+        receivers.push(rx);
+    }
+    // Pub/sub connections are killed and new connections refused for a while: the
+    // publisher's open connection goes on, the subscriber cannot reconnect yet.
+    let mut admin = redis.admin();
+    assert_eq!(admin.command(&["CONFIG", "SET", "maxclients", "1"]), "+OK");
+    let killed = admin.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(killed.starts_with(':') && killed != ":0", "{killed}");
+    for room in &rooms {
+        let published = publisher
+            .publish(Publish {
+                room: room.as_str().into(),
+                from: "p".into(),
+                msg_id: format!("{room}-1"),
+                body: serde_json::value::RawValue::from_string("1".into()).expect("body"),
+                traceparent: None,
+            })
+            .await
+            .expect("publish");
+        assert_eq!(published.at.seq, 1);
+    }
+    assert_eq!(
+        admin.command(&["CONFIG", "SET", "maxclients", "10000"]),
+        "+OK"
+    );
+    for (room, mut rx) in rooms.iter().zip(receivers) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match rx.try_recv_for_test() {
+                Some(Outbound::Msg(env)) => {
+                    assert_eq!((&*env.room, env.seq), (room.as_str(), 1));
+                    break;
+                }
+                Some(_) => {}
+                None => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "{room}: seq 1 never delivered"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
 }

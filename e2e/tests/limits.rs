@@ -1,9 +1,11 @@
 //! Bad input and limits: each gets its documented error or close code, the server stays
 //! up, and other clients keep chatting.
 
+use e2e::client::Upgrade;
 use e2e::{test_config, Client, TestGateway};
 use serde_json::json;
 use std::time::Duration;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::{
     coding::{Data, OpCode},
     Frame,
@@ -194,7 +196,7 @@ async fn too_many_rooms() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_consumer_is_disconnected_and_its_queue_stays_bounded() {
+async fn slow_consumer_is_closed_1013_and_its_queue_stays_bounded() {
     let mut cfg = test_config();
     cfg.limits.message_rate = 100_000.0;
     cfg.limits.message_burst = 100_000;
@@ -202,20 +204,38 @@ async fn slow_consumer_is_disconnected_and_its_queue_stays_bounded() {
     cfg.limits.outbound_queue_bytes = 256 * 1024;
     let queue_limit = cfg.limits.outbound_queue_bytes;
     let gw = TestGateway::start(cfg).await;
-    // Joins, then never reads again.
     let mut slow = gw.connect("sloth").await;
     slow.join("firehose").await;
     let mut fast = gw.connect("cheetah").await;
     fast.join("firehose").await;
     let mut sender = gw.connect("sender").await;
     sender.join("firehose").await;
+    // The slow client reads one frame every 20 ms, far slower than the room fills: its
+    // queue overflows. Because it keeps reading, the socket drains and the close frame
+    // can reach it (a client that never reads again gets the TCP close only).
+    let slow_reader = tokio::spawn(async move {
+        let mut msgs = 0;
+        loop {
+            match slow.next_raw().await {
+                Some(Message::Text(_)) => msgs += 1,
+                Some(Message::Close(frame)) => {
+                    return (
+                        msgs,
+                        frame.map(|f| (u16::from(f.code), f.reason.to_string())),
+                    )
+                }
+                Some(_) => {}
+                None => panic!("the slow consumer's socket ended without a close frame"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
     let body = "y".repeat(30_000);
     let mut sent = 0;
-    // Enough bytes to fill loopback socket buffers many times over.
     while gw
-        .metric("chatgateway_drops_total{reason=\"slow_consumer\"}")
+        .sample("chatgateway_connections_closed_total{reason=\"slow consumer\"}")
         .await
-        < 1.0
+        .is_none()
     {
         for _ in 0..50 {
             let r = sender.send("firehose", json!(body)).await;
@@ -231,6 +251,16 @@ async fn slow_consumer_is_disconnected_and_its_queue_stays_bounded() {
             "slow consumer never disconnected after {sent} messages"
         );
     }
+    let (read, close) = tokio::time::timeout(Duration::from_secs(60), slow_reader)
+        .await
+        .expect("the slow consumer reaches its close frame")
+        .expect("slow reader");
+    assert_eq!(
+        close,
+        Some((1013, "slow consumer".to_string())),
+        "after {read} messages"
+    );
+    assert!(read < sent, "it did not get everything: {read} of {sent}");
     assert!(
         gw.gateway.node.queue_high_water() <= queue_limit,
         "queue exceeded its byte bound"
@@ -241,14 +271,53 @@ async fn slow_consumer_is_disconnected_and_its_queue_stays_bounded() {
             .await,
         1.0
     );
-    // The slow client finds a 1013 close once it reads (after the buffered messages).
-    let frames = slow.raw_for(Duration::from_secs(5)).await;
-    let close = frames.iter().find_map(|(_, m)| match m {
-        Message::Close(Some(f)) => Some(u16::from(f.code)),
-        _ => None,
-    });
-    assert!(close.is_none() || close == Some(1013), "{close:?}");
+    assert_eq!(
+        gw.metric("chatgateway_drops_total{reason=\"slow_consumer\"}")
+            .await,
+        1.0
+    );
     bystanders_still_chat(&gw).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_refuses_a_burst_with_503_and_retry_after() {
+    let mut cfg = test_config();
+    cfg.admission.rate = 2;
+    let gw = TestGateway::start(cfg).await;
+    let mut admitted = Vec::new();
+    let mut refusals = Vec::new();
+    // Within a second or two at most 2 per second get in; the rest are told when to retry.
+    for i in 0..12 {
+        let req = gw
+            .ws_url(&format!("user=burst{i}"))
+            .into_client_request()
+            .expect("request");
+        match Client::upgrade(req).await {
+            Upgrade::Ok(c, _) => admitted.push(c),
+            Upgrade::Refused(r) => refusals.push(r),
+            Upgrade::Failed(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        !admitted.is_empty() && admitted.len() <= 6,
+        "{} admitted",
+        admitted.len()
+    );
+    assert!(refusals.len() >= 6, "{} refused", refusals.len());
+    for r in &refusals {
+        assert_eq!(r.status, 503, "{r:?}");
+        let after = r.retry_after();
+        assert!(
+            after.is_some_and(|s| (1..=3).contains(&s)),
+            "Retry-After must be 1-3 s: {r:?}"
+        );
+    }
+    assert_eq!(
+        gw.metric("chatgateway_upgrades_rejected_total{reason=\"admission\"}")
+            .await,
+        refusals.len() as f64
+    );
     gw.stop().await;
 }
 

@@ -49,6 +49,12 @@ const fn reason(code: u16, reason: &'static str) -> CloseReason {
 
 /// The outbound queue overflowed (frames or bytes).
 pub const SLOW_CONSUMER: CloseReason = reason(code::TRY_AGAIN_LATER, "slow consumer");
+/// A write to the client's socket did not complete within two heartbeat periods: the
+/// client stopped reading (while it may still be sending).
+pub const WRITE_TIMEOUT: CloseReason = reason(code::TRY_AGAIN_LATER, "write timeout");
+/// A replay (join with `since`, resume, inbox) could not be finished: the engine failed
+/// or history changed under it. Reconnect and resume: it continues from what was written.
+pub const REPLAY_INTERRUPTED: CloseReason = reason(code::TRY_AGAIN_LATER, "replay interrupted");
 /// Nothing heard from the client for two heartbeat periods.
 pub const HEARTBEAT_TIMEOUT: CloseReason = reason(code::GOING_AWAY, "heartbeat timeout");
 /// Told to go by a drain (after a `goaway`).
@@ -72,6 +78,9 @@ pub const INVALID_UTF8: CloseReason = reason(code::INVALID_PAYLOAD, "invalid utf
 pub const UPSTREAM_FAILED: CloseReason = reason(code::BAD_GATEWAY, "upstream failed");
 /// The client of a forwarded connection went away (sent to the upstream).
 pub const CLIENT_GONE: CloseReason = reason(code::GOING_AWAY, "client gone");
+/// A forwarded connection saw no frame in either direction for the route's `idleTimeout`
+/// (sent to both sides).
+pub const IDLE_TIMEOUT: CloseReason = reason(code::GOING_AWAY, "idle timeout");
 
 /// The connection token expired (plus `auth.jwt.leeway`) without a `refresh`.
 pub const TOKEN_EXPIRED: CloseReason = reason(code::TOKEN_EXPIRED, "token expired");
@@ -88,3 +97,53 @@ pub const BACKEND_BAN: CloseReason = reason(code::BACKEND_BAN, "disconnected, do
 pub const CLIENT_CLOSED: &str = "client closed";
 /// Metrics label of every forwarded connection that ended.
 pub const FORWARD_ENDED: &str = "forward ended";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every close a client can see is in the table of docs/protocol.md with the same
+    /// code and reason: clients branch on these numbers, so the code must not drift from
+    /// the documented contract (a test against the constants alone could not notice).
+    #[test]
+    fn every_close_reason_is_the_one_documented() {
+        let doc = include_str!("../../docs/protocol.md");
+        let table = doc
+            .split("## Close codes")
+            .nth(1)
+            .expect("docs/protocol.md has a Close codes section");
+        let documented = |c: &CloseReason| {
+            table.lines().any(|l| {
+                l.starts_with(&format!("| {} |", c.code))
+                    && l.split('|')
+                        .nth(2)
+                        .is_some_and(|cell| cell.contains(&format!("`{}`", c.reason)))
+            })
+        };
+        for c in [
+            SLOW_CONSUMER,
+            HEARTBEAT_TIMEOUT,
+            DRAINING,
+            REBALANCE,
+            DRAIN_TIMEOUT,
+            SHUTTING_DOWN,
+            TOO_MANY_ERRORS,
+            BINARY_FRAME,
+            MESSAGE_TOO_BIG,
+            INVALID_UTF8,
+            UPSTREAM_FAILED,
+        ] {
+            assert!(documented(&c), "{c:?} is not in docs/protocol.md's table");
+        }
+        // The ones clients act on, by number.
+        assert_eq!(
+            (SLOW_CONSUMER.code, SLOW_CONSUMER.reason),
+            (1013, "slow consumer")
+        );
+        assert_eq!(
+            (DRAINING.code, REBALANCE.code, DRAIN_TIMEOUT.code),
+            (1012, 1012, 1012)
+        );
+        assert_eq!(TOO_MANY_ERRORS.code, 1008);
+    }
+}

@@ -109,3 +109,99 @@ pub async fn drain(node: &Arc<Node>, force: &CancellationToken) -> DrainOutcome 
     tracing::info!(evicted = out.evicted, forced = out.forced, took = ?started.elapsed(), "drain finished");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbound::{self, Outbound};
+
+    /// Stand-ins for connections: each waits for its `goaway` and close (as the writer
+    /// would write them), then leaves the node, as a reconnecting client does.
+    fn connections(node: &Arc<Node>, n: usize) -> Vec<tokio::task::JoinHandle<(String, u16)>> {
+        (0..n)
+            .map(|_| {
+                let (queue, mut rx) = outbound::queue(16, 1 << 16);
+                let id = node.register(queue, "u", None);
+                let node = node.clone();
+                tokio::spawn(async move {
+                    let mut goaway = String::new();
+                    loop {
+                        match rx.try_recv_for_test() {
+                            Some(Outbound::Frame(f)) => goaway = f.to_string(),
+                            Some(Outbound::Close(reason)) => {
+                                node.unregister(id);
+                                return (goaway, reason.code);
+                            }
+                            Some(_) => {}
+                            None => tokio::time::sleep(Duration::from_millis(1)).await,
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn every_connection_is_told_to_go_and_the_drain_ends_when_none_is_left() {
+        let mut config = crate::config::Config::default();
+        config.auth.mode = crate::config::AuthMode::Insecure;
+        config.server.listen = "127.0.0.1:0".parse().expect("addr");
+        config.drain.accept_grace = Duration::ZERO;
+        config.drain.evict_rate = 1000.0;
+        config.drain.reconnect_jitter = Duration::from_millis(100);
+        let node = Node::new(config, CancellationToken::new()).expect("node");
+        let conns = connections(&node, 5);
+        let outcome = drain(&node, &CancellationToken::new()).await;
+        assert_eq!(
+            outcome,
+            DrainOutcome {
+                evicted: 5,
+                forced: 0
+            }
+        );
+        assert!(node.is_draining() && !node.accepting());
+        for c in conns {
+            let (goaway, code) = c.await.expect("connection");
+            let f: serde_json::Value = serde_json::from_str(&goaway).expect("goaway json");
+            assert_eq!(
+                (f["type"].as_str(), f["reason"].as_str()),
+                (Some("goaway"), Some("draining"))
+            );
+            assert!(
+                f["reconnect_after_ms"].as_u64().is_some_and(|ms| ms <= 100),
+                "{f}"
+            );
+            assert_eq!(code, 1012);
+        }
+        assert_eq!(node.metrics.drain_evicted.get(), 5);
+    }
+
+    #[tokio::test]
+    async fn connections_left_at_the_deadline_are_closed_and_counted() {
+        let mut config = crate::config::Config::default();
+        config.auth.mode = crate::config::AuthMode::Insecure;
+        config.server.listen = "127.0.0.1:0".parse().expect("addr");
+        config.drain.accept_grace = Duration::ZERO;
+        config.drain.evict_rate = 1.0; // 1 per second: not all are told by the deadline
+        config.drain.timeout = Duration::from_millis(1500);
+        let node = Node::new(config, CancellationToken::new()).expect("node");
+        // Connections that never leave.
+        let queues: Vec<_> = (0..4)
+            .map(|_| {
+                let (q, rx) = outbound::queue(16, 1 << 16);
+                node.register(q.clone(), "u", None);
+                (q, rx)
+            })
+            .collect();
+        let outcome = drain(&node, &CancellationToken::new()).await;
+        // Told or not, none left: all four are closed at the deadline.
+        assert_eq!(outcome.forced, 4, "{outcome:?}");
+        assert!((1..4).contains(&outcome.evicted), "{outcome:?}");
+        assert_eq!(node.metrics.drain_forced.get(), outcome.forced);
+        let timed_out = queues
+            .iter()
+            .filter(|(q, _)| q.close_reason() == Some(disconnect::DRAIN_TIMEOUT))
+            .count() as u64;
+        assert_eq!(timed_out, outcome.forced);
+    }
+}

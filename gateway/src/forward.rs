@@ -2,24 +2,27 @@
 //! frames to an upstream WebSocket service (a bot, a game server, a sidecar) and back,
 //! with backpressure in both directions: a slow side slows the other, and at most one
 //! message per direction is in the gateway at a time.
+//!
+//! What the client controls stays in its lane: the path is normalised and refused (400)
+//! if it would leave the route's prefix (dot segments, also percent-encoded; encoded
+//! slashes), the user id is percent-encoded into `X-Chat-User`, a `traceparent` is passed
+//! on only when it is one. A connection idle in both directions for the route's
+//! `idleTimeout` is closed, and `maxConnections` counts dials in progress.
+
+mod pipe;
 
 use crate::config::{upstream_url, RouteConfig};
-use crate::disconnect::{self, CloseReason};
-use crate::node::{Node, Slots};
-use crate::outbound::OutboundQueue;
+use crate::node::Node;
 use crate::upgrade::{admit_upgrade, reject, retry_later, switching, Body};
-use futures_util::{SinkExt, StreamExt};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use pipe::pipe;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
@@ -29,6 +32,16 @@ pub struct Route {
     pub cfg: RouteConfig,
     base: url::Url,
     open: AtomicU32,
+}
+
+/// One of a route's `maxConnections`, taken before the dial and held for the life of the
+/// connection.
+struct RouteSlot(Arc<Route>);
+
+impl Drop for RouteSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Routes, longest prefix first.
@@ -70,6 +83,55 @@ impl Router {
 }
 
 impl Route {
+    /// Takes a connection slot, or None at `maxConnections` (dials in progress count).
+    fn reserve(self: &Arc<Self>) -> Option<RouteSlot> {
+        let max = self.cfg.max_connections;
+        let mut cur = self.open.load(Ordering::Relaxed);
+        loop {
+            if max > 0 && cur >= max {
+                return None;
+            }
+            match self
+                .open
+                .compare_exchange(cur, cur + 1, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(RouteSlot(self.clone())),
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// The request path with its dot segments resolved (`%2e` is a dot too), or None when
+    /// it cannot be forwarded as it is meant: a backslash or an encoded slash or
+    /// backslash (read differently by different servers), or a path that climbs out of
+    /// the route's prefix.
+    fn normalize(&self, path: &str) -> Option<String> {
+        let lower = path.to_ascii_lowercase();
+        if path.contains('\\') || lower.contains("%2f") || lower.contains("%5c") {
+            return None;
+        }
+        let mut kept: Vec<&str> = Vec::new();
+        let segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
+        let last = segments.len() - 1;
+        for (i, seg) in segments.iter().enumerate() {
+            match seg.to_ascii_lowercase().replace("%2e", ".").as_str() {
+                "." => {}
+                ".." => {
+                    kept.pop()?;
+                }
+                _ if seg.is_empty() && i != last => {} // `//`
+                _ => kept.push(seg),
+            }
+        }
+        let normal = format!("/{}", kept.join("/"));
+        let prefix = self.cfg.path_prefix.trim_end_matches('/');
+        let inside = normal == prefix
+            || normal
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('/'));
+        inside.then_some(normal)
+    }
+
     /// The upstream URL for a client request path and query.
     fn target(&self, path: &str, query: Option<&str>) -> url::Url {
         let prefix = self.cfg.path_prefix.trim_end_matches('/');
@@ -82,6 +144,10 @@ impl Route {
         let base = self.base.path().trim_end_matches('/');
         let joined = format!("{base}{}", if rest.is_empty() { "/" } else { rest });
         url.set_path(&joined);
+        if !url.path().starts_with(base) {
+            // Cannot happen after `normalize`; never forward outside the base anyway.
+            url.set_path(if base.is_empty() { "/" } else { base });
+        }
         // The credentials stay at the gateway.
         let kept: Vec<(String, String)> = query
             .map(|q| {
@@ -159,16 +225,23 @@ pub async fn upgrade(
     mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
+    let Some(path) = route.normalize(req.uri().path()) else {
+        return reject(
+            &node,
+            StatusCode::BAD_REQUEST,
+            "bad_path",
+            format!("path leaves route {}", route.cfg.name),
+        );
+    };
     let a = match admit_upgrade(&node, &req, peer).await {
         Ok(a) => a,
         Err(refused) => return refused,
     };
-    let max = route.cfg.max_connections;
-    if max > 0 && route.open.load(Ordering::Relaxed) >= max {
+    let Some(route_slot) = route.reserve() else {
         return retry_later(&node, "route_limit", "route at its connection limit");
-    }
+    };
     let span = tracing::info_span!(parent: &a.span, "forward", route = %route.cfg.name, upstream = tracing::field::Empty);
-    let target = route.target(req.uri().path(), req.uri().query());
+    let target = route.target(&path, req.uri().query());
     span.record("upstream", tracing::field::display(&target));
     let Ok(mut up_req) = target.as_str().into_client_request() else {
         return reject(
@@ -188,15 +261,14 @@ pub async fn upgrade(
         }
     }
     if route.cfg.forward_user {
-        if let Ok(v) = HeaderValue::from_str(&a.identity.user) {
-            h.insert("x-chat-user", v);
-        }
+        h.insert("x-chat-user", user_header(&a.identity.user));
     }
     if route.cfg.forward_trace {
         let tp = crate::telemetry::traceparent(&span).or_else(|| {
             req.headers()
                 .get("traceparent")
                 .and_then(|v| v.to_str().ok())
+                .filter(|t| crate::protocol::valid_traceparent(t))
                 .map(str::to_string)
         });
         if let Some(v) = tp.and_then(|t| HeaderValue::from_str(&t).ok()) {
@@ -240,7 +312,15 @@ pub async fn upgrade(
                         Some(ws_config),
                     )
                     .await;
-                    pipe(task_node, task_route, client, upstream, &user, slots).await;
+                    pipe(
+                        task_node,
+                        task_route,
+                        client,
+                        upstream,
+                        &user,
+                        (slots, route_slot),
+                    )
+                    .await;
                 }
                 Err(e) => tracing::debug!(error = %e, "upgrade failed"),
             }
@@ -250,123 +330,19 @@ pub async fn upgrade(
     switching(&a.key, chosen.as_deref())
 }
 
-/// How one direction of a pipe ended.
-enum End {
-    /// The sender closed, with this frame (passed on to the other side).
-    Closed(Option<CloseFrame>),
-    /// The sender's socket failed.
-    ReadFailed,
-    /// The sender sent a message over the route's `maxFrameBytes`.
-    TooBig,
-    /// The receiving side could not be written.
-    WriteFailed,
-}
-
-async fn relay<R, W>(mut from: R, to: &mut W, node: &Node, route: &str, dir: &str) -> End
-where
-    R: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-    W: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
-{
-    let frames = node.metrics.forward_frames.with_label_values(&[route, dir]);
-    let bytes = node.metrics.forward_bytes.with_label_values(&[route, dir]);
-    while let Some(msg) = from.next().await {
-        let msg = match msg {
-            Ok(Message::Close(frame)) => return End::Closed(frame),
-            Ok(m) => m,
-            Err(tokio_tungstenite::tungstenite::Error::Capacity(_)) => return End::TooBig,
-            Err(_) => return End::ReadFailed,
-        };
-        frames.inc();
-        bytes.inc_by(msg.len() as u64);
-        // Awaiting the write is the backpressure: nothing more is read meanwhile.
-        if to.send(msg).await.is_err() {
-            return End::WriteFailed;
+/// The user id as a header value: bytes that are not visible ASCII, and `%` itself,
+/// percent-encoded (UTF-8), so every id gets through and decodes back to itself.
+fn user_header(user: &str) -> HeaderValue {
+    let mut out = String::with_capacity(user.len());
+    for b in user.bytes() {
+        if (0x21..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
         }
     }
-    End::ReadFailed
-}
-
-fn close_frame(reason: CloseReason) -> Option<CloseFrame> {
-    Some(CloseFrame {
-        code: CloseCode::from(reason.code),
-        reason: reason.reason.into(),
-    })
-}
-
-async fn pipe<C>(
-    node: Arc<Node>,
-    route: Arc<Route>,
-    client: WebSocketStream<C>,
-    upstream: Upstream,
-    user: &str,
-    _slots: Slots,
-) where
-    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let name = route.cfg.name.clone();
-    // Registered like a chat connection so drain, rebalance and the server API's
-    // disconnect close it too (close 1012 on a drain: a goaway cannot be put into a stream
-    // the gateway does not speak).
-    let handle = OutboundQueue::opaque();
-    let id = node.register(handle.clone(), user, None);
-    route.open.fetch_add(1, Ordering::Relaxed);
-    let gauge = node.metrics.forward_connections.with_label_values(&[&name]);
-    gauge.inc();
-    let (mut c_tx, c_rx) = client.split();
-    let (mut u_tx, u_rx) = upstream.split();
-    let outcome = tokio::select! {
-        end = relay(c_rx, &mut u_tx, &node, &name, "up") => (true, end),
-        end = relay(u_rx, &mut c_tx, &node, &name, "down") => (false, end),
-        _ = handle.closing().cancelled() => {
-            let reason = handle.close_reason().unwrap_or(disconnect::SHUTTING_DOWN);
-            (false, End::Closed(close_frame(reason)))
-        }
-    };
-    // Pass the close on, with its code, to whichever side is still there.
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        match outcome {
-            (true, End::Closed(frame)) => {
-                let _ = u_tx.send(Message::Close(frame)).await;
-            }
-            (false, End::Closed(frame)) => {
-                let _ = c_tx.send(Message::Close(frame.clone())).await;
-                let _ = u_tx.send(Message::Close(frame)).await;
-            }
-            (up, End::TooBig) => {
-                let frame = close_frame(disconnect::MESSAGE_TOO_BIG);
-                let _ = c_tx.send(Message::Close(frame.clone())).await;
-                let _ = u_tx
-                    .send(Message::Close(if up {
-                        close_frame(disconnect::CLIENT_GONE)
-                    } else {
-                        frame
-                    }))
-                    .await;
-            }
-            (true, End::ReadFailed | End::WriteFailed) => {
-                // The client went away, or the upstream could not take a frame.
-                let _ = c_tx
-                    .send(Message::Close(close_frame(disconnect::UPSTREAM_FAILED)))
-                    .await;
-                let _ = u_tx
-                    .send(Message::Close(close_frame(disconnect::CLIENT_GONE)))
-                    .await;
-            }
-            (false, End::ReadFailed | End::WriteFailed) => {
-                let _ = c_tx
-                    .send(Message::Close(close_frame(disconnect::UPSTREAM_FAILED)))
-                    .await;
-            }
-        }
-    })
-    .await;
-    gauge.dec();
-    route.open.fetch_sub(1, Ordering::Relaxed);
-    node.unregister(id);
-    node.metrics
-        .closed
-        .with_label_values(&[disconnect::FORWARD_ENDED])
-        .inc();
+    // Only visible ASCII is left: always a valid header value.
+    HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static("%3F"))
 }
 
 #[cfg(test)]
@@ -405,6 +381,60 @@ mod tests {
             "not a segment boundary"
         );
         assert!(r.find("/other").is_none());
+    }
+
+    #[test]
+    fn paths_that_leave_the_route_are_refused() {
+        let r =
+            Router::new(&[route("/bots", "ws://127.0.0.1:19000/public", true)]).expect("router");
+        let bots = r.find("/bots/x").expect("route");
+        for bad in [
+            "/bots/%2e%2e/%2e%2e/admin",
+            "/bots/../admin",
+            "/bots/%2E%2e/x",
+            "/bots/a/../../admin",
+            "/bots/..",
+            "/bots/a%2fb",
+            "/bots/a%5C..%5Cadmin",
+            "/bots/a\\b",
+        ] {
+            assert_eq!(bots.normalize(bad), None, "{bad}");
+        }
+        for (ok, normal) in [
+            ("/bots", "/bots"),
+            ("/bots/", "/bots/"),
+            ("/bots/x/./y", "/bots/x/y"),
+            ("/bots/x/%2e%2e/y", "/bots/y"),
+            ("/bots//x", "/bots/x"),
+            ("/bots/a%2eb", "/bots/a%2eb"),
+        ] {
+            assert_eq!(bots.normalize(ok).as_deref(), Some(normal), "{ok}");
+        }
+        let path = bots.normalize("/bots/x/../y").expect("inside");
+        assert_eq!(
+            bots.target(&path, None).as_str(),
+            "ws://127.0.0.1:19000/public/y"
+        );
+    }
+
+    #[test]
+    fn user_ids_are_encoded_not_dropped() {
+        assert_eq!(user_header("alice@example.com"), "alice@example.com");
+        assert_eq!(user_header("a b%c"), "a%20b%25c");
+        assert_eq!(user_header("zoë\r\nX-Evil: 1"), "zo%C3%AB%0D%0AX-Evil:%201");
+    }
+
+    #[test]
+    fn dials_in_progress_count_against_the_cap() {
+        let mut cfg = route("/bots", "b:9", false);
+        cfg.max_connections = 2;
+        let r = Router::new(&[cfg]).expect("router");
+        let bots = r.find("/bots").expect("route");
+        let a = bots.reserve().expect("first");
+        let _b = bots.reserve().expect("second");
+        assert!(bots.reserve().is_none(), "at the cap");
+        drop(a);
+        assert!(bots.reserve().is_some(), "a slot came back");
     }
 
     #[test]

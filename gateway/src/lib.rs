@@ -12,6 +12,7 @@ pub mod engine;
 pub mod forward;
 pub mod hooks;
 pub mod hub;
+pub mod linger;
 pub mod metrics;
 pub mod node;
 pub mod outbound;
@@ -136,5 +137,7 @@ impl Gateway {
         if let Some(events) = &self.node.hooks.events {
             let _ = tokio::time::timeout_at(until, events.flush()).await;
         }
+        // Presence of the connections just closed would otherwise linger past the process.
+        let _ = tokio::time::timeout_at(until, self.node.linger.flush()).await;
     }
 }

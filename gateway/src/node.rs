@@ -17,6 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio_util::sync::CancellationToken;
 
+/// Builds an engine delivering into the node's hub (instead of the configured one).
+type MakeEngine = Box<dyn FnOnce(Arc<Hub>) -> Arc<dyn Engine>>;
+
 /// Shared state of a gateway process.
 pub struct Node {
     /// Node id (pod name) announced in `welcome`.
@@ -27,6 +30,8 @@ pub struct Node {
     pub engine: Arc<dyn Engine>,
     /// Local room subscribers.
     pub hub: Arc<Hub>,
+    /// Deferred presence leaves (`limits.presenceLinger`).
+    pub linger: Arc<crate::linger::Linger>,
     /// Upgrade authentication.
     pub auth: Authenticator,
     /// Prometheus metrics.
@@ -127,6 +132,23 @@ pub struct Slots {
 impl Node {
     /// Builds the node and its engine from config.
     pub fn new(config: Config, shutdown: CancellationToken) -> anyhow::Result<Arc<Node>> {
+        Node::build(config, shutdown, None)
+    }
+
+    /// A node on an engine made by `make` (tests: an engine that fails on demand).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn with_engine(
+        config: Config,
+        make: impl FnOnce(Arc<Hub>) -> Arc<dyn Engine> + 'static,
+    ) -> anyhow::Result<Arc<Node>> {
+        Node::build(config, CancellationToken::new(), Some(Box::new(make)))
+    }
+
+    fn build(
+        config: Config,
+        shutdown: CancellationToken,
+        make: Option<MakeEngine>,
+    ) -> anyhow::Result<Arc<Node>> {
         config.validate()?;
         let auth = Authenticator::new(&config)?;
         let a = &config.admission;
@@ -135,9 +157,10 @@ impl Node {
         let hub = Arc::new(Hub::default());
         let metrics = Metrics::new();
         let router = crate::forward::Router::new(&config.routes).map_err(anyhow::Error::msg)?;
-        let engine: Arc<dyn Engine> = match config.engine {
-            EngineKind::Memory => Arc::new(MemoryEngine::new(hub.clone(), &config)),
-            EngineKind::Redis => {
+        let engine: Arc<dyn Engine> = match (make, config.engine) {
+            (Some(make), _) => make(hub.clone()),
+            (None, EngineKind::Memory) => Arc::new(MemoryEngine::new(hub.clone(), &config)),
+            (None, EngineKind::Redis) => {
                 let counters = RedisCounters {
                     errors: metrics.redis_errors.clone(),
                     reconnects: metrics.redis_reconnects.clone(),
@@ -145,6 +168,7 @@ impl Node {
                 Arc::new(RedisEngine::new(hub.clone(), &config, counters)?)
             }
         };
+        let linger = crate::linger::Linger::new(engine.clone(), config.limits.presence_linger);
         Ok(Arc::new(Node {
             id: node_id(&config),
             namespaces: Namespaces::new(&config.namespaces),
@@ -156,6 +180,7 @@ impl Node {
             config,
             engine,
             hub,
+            linger,
             auth,
             metrics,
             router,

@@ -99,7 +99,7 @@ function render() {
         { class: "msg" + (m.pending ? " pending" : "") + (m.from === me ? " mine" : ""), dataset: { from: m.from, seq: m.seq ?? "", epoch: m.epoch ?? "" } },
         el("span", { class: "from", textContent: m.from }),
         timeOf(m.ts),
-        m.pending ? el("span", { class: "state", textContent: "sending…" }) : "",
+        m.pending ? el("span", { class: "state", textContent: m.retrying ? "retrying…" : "sending…" }) : "",
         el("span", { class: "text", textContent: bodyText(m.body) }),
       );
     }),
@@ -281,6 +281,17 @@ function start({ name, token }) {
     setStatus("reconnecting", `reconnecting in ${(delayMs / 1000).toFixed(1)} s${hint}`);
   });
   client.on("disconnected", ({ code }) => setStatus("reconnecting", `disconnected (${code})`));
+  // The server could not tell whether a send was stored (unknown_outcome): the client
+  // sends it again with the same msg_id, which stores it at most once.
+  client.on("retrying", ({ command }) => {
+    for (const c of convs.values()) {
+      for (const key of ["local:" + command.msg_id, "sent:" + command.msg_id]) {
+        const echo = c.msgs.get(key);
+        if (echo) echo.retrying = true;
+      }
+    }
+    render();
+  });
   client.on("message", (m) => {
     onServerMsg(m);
     render();

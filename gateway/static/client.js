@@ -58,6 +58,8 @@ export class ChatClient {
    * @param {number} [opts.initialDelayMs=1000] first backoff ceiling
    * @param {number} [opts.maxDelayMs=30000]    backoff ceiling
    * @param {number} [opts.timeoutMs=15000]     a command's deadline, reconnects included
+   * @param {boolean} [opts.autoAck=true]       acknowledge direct messages once delivered
+   *                                            to the app (false: call ackInbox yourself)
    */
   constructor(opts = {}) {
     this.opts = {
@@ -68,6 +70,7 @@ export class ChatClient {
       initialDelayMs: opts.initialDelayMs ?? 1000,
       maxDelayMs: opts.maxDelayMs ?? 30000,
       timeoutMs: opts.timeoutMs ?? 15000,
+      autoAck: opts.autoAck ?? true,
     };
     this.WebSocketImpl = opts.WebSocket ?? globalThis.WebSocket;
     if (typeof this.WebSocketImpl !== "function") {
@@ -88,6 +91,7 @@ export class ChatClient {
     this._goawayDelay = null;
     this._timers = new Set();
     this._lastFrameAt = 0;
+    this._ackTimer = null;
   }
 
   // ---- events -----------------------------------------------------------------------
@@ -132,6 +136,7 @@ export class ChatClient {
     for (const t of this._timers) clearTimeout(t);
     this._timers.clear();
     clearInterval(this._pinger);
+    clearTimeout(this._ackTimer);
     const ws = this._ws;
     this._ws = null;
     if (ws) {
@@ -392,11 +397,18 @@ export class ChatClient {
     // A refill still running from an earlier reconnect hands its held messages over.
     const fill = { held: this._filling.get(room)?.held ?? [] };
     this._filling.set(room, fill);
-    this._command({ type: "history", room, since, limit: 500 }, { now: true })
-      .then((page) => {
-        if (this._filling.get(room) !== fill) return;
-        for (const m of page.messages ?? []) if (m.seq <= st.seq) this._deliver(m, true);
-      })
+    // Pages are capped by bytes as well as count: page on while the server says `more`.
+    const page = async (from) => {
+      const ok = await this._command({ type: "history", room, since: from, limit: 500 }, { now: true });
+      if (this._filling.get(room) !== fill) return;
+      let last = from;
+      for (const m of ok.messages ?? []) {
+        if (m.seq <= st.seq) this._deliver(m, true);
+        last = Math.max(last, m.seq);
+      }
+      if (ok.more && last > from && last < st.seq) await page(last);
+    };
+    page(since)
       .catch((e) => this._emit("error", { room, error: e }))
       .finally(() => {
         if (this._filling.get(room) !== fill) return;
@@ -426,6 +438,19 @@ export class ChatClient {
     }
     this._pos.set(m.room, { seq: m.seq, epoch: m.epoch });
     this._emit("message", replayed ? { ...m, replayed: true } : m);
+    if (this.opts.autoAck && this.welcome && m.room === "user:" + this.welcome.user) this._scheduleAck();
+  }
+
+  // Direct messages are replayed to this device until it acknowledges them: one `ack` for
+  // a burst of them, shortly after they reached the app.
+  _scheduleAck() {
+    if (this._ackTimer) return;
+    this._ackTimer = setTimeout(() => {
+      this._ackTimer = null;
+      this.ackInbox().catch(() => {
+        /* retried with the next DM, and implied by the next resume */
+      });
+    }, 200);
   }
 
   // A token expires soon: get a new one from the app and `refresh` it in place. Without
@@ -479,7 +504,7 @@ export class ChatClient {
     if (this.state === "closed") return Promise.reject(new ChatError("closed", "client closed"));
     const id = this._nextId++;
     return new Promise((resolve, reject) => {
-      const p = { cmd: { ...cmd, id }, resolve, reject, sent: false };
+      const p = { cmd: { ...cmd, id }, resolve, reject, sent: false, deadline: Date.now() + timeoutMs };
       p.timer = setTimeout(() => this._fail(id, p, new ChatError("timeout", `${cmd.type} timed out`)), timeoutMs);
       this._pending.set(id, p);
       if (now) this._write(id, p);
@@ -544,6 +569,23 @@ export class ChatClient {
       p.resolve({ type: "ok", ref: f.ref, room: p.cmd.room });
       return;
     }
+    if (p.cmd.type === "send" && f.code === "unknown_outcome") {
+      // The server could not tell whether it stored the message: send it again with the
+      // same msg_id (the server answers a stored one with its original seq) until the
+      // command's deadline.
+      this._pending.set(f.ref, p);
+      p.sent = false;
+      p.retries = (p.retries ?? 0) + 1;
+      const left = Math.max(0, p.deadline - Date.now());
+      p.timer = setTimeout(() => this._fail(f.ref, p, new ChatError("timeout", "send timed out")), left);
+      this._emit("retrying", { command: p.cmd, code: f.code, attempt: p.retries });
+      this._later(Math.min(4000, 250 * 2 ** (p.retries - 1)), () => {
+        if (this._pending.get(f.ref) !== p) return; // timed out or settled meanwhile
+        this._queue.push(f.ref);
+        if (this.state === "connected") this._flush();
+      });
+      return;
+    }
     p.reject(new ChatError(f.code, f.message, f));
   }
 
@@ -598,6 +640,19 @@ export class ChatClient {
     if (before !== undefined) cmd.before = before;
     if (since !== undefined) cmd.since = since;
     if (limit !== undefined) cmd.limit = limit;
+    return this._command(cmd);
+  }
+
+  /**
+   * Acknowledges your inbox up to `seq` (default: the last direct message delivered):
+   * this device is not sent those again. Done automatically unless `autoAck: false`.
+   */
+  ackInbox(seq, epoch) {
+    if (!this.welcome) return Promise.reject(new ChatError("closed", "not connected yet"));
+    const pos = this._pos.get("user:" + this.welcome.user);
+    const cmd = { type: "ack", seq: seq ?? pos?.seq ?? 0 };
+    const e = epoch ?? (seq === undefined ? pos?.epoch : undefined);
+    if (e) cmd.epoch = e;
     return this._command(cmd);
   }
 

@@ -178,6 +178,17 @@ pub struct LimitsConfig {
     pub max_errors_in_row: u32,
     /// Longest room name, in bytes.
     pub max_room_name: usize,
+    /// Most bytes of messages in one `history` reply (at least one message is always
+    /// returned); `more: true` says there is more to page through. Capped at half of
+    /// `outboundQueueBytes`.
+    pub history_page_bytes: usize,
+    /// Bytes of history read and queued at a time while a replay (join with `since`,
+    /// resume, inbox) streams at the client's pace. Capped at half of `outboundQueueBytes`.
+    pub replay_chunk_bytes: usize,
+    /// A connection's presence in a room outlives its `leave` (or its close) by this long,
+    /// so a join/leave loop announces one join and one leave, not one per turn.
+    #[serde(with = "humantime_serde")]
+    pub presence_linger: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -193,7 +204,26 @@ impl Default for LimitsConfig {
             outbound_queue_bytes: 1024 * 1024,
             max_errors_in_row: 10,
             max_room_name: 128,
+            history_page_bytes: 256 * 1024,
+            replay_chunk_bytes: 128 * 1024,
+            presence_linger: Duration::from_secs(1),
         }
+    }
+}
+
+impl LimitsConfig {
+    /// `historyPageBytes` as used: at most half the outbound queue.
+    pub fn history_page_cap(&self) -> usize {
+        self.history_page_bytes
+            .min(self.outbound_queue_bytes / 2)
+            .max(1)
+    }
+
+    /// `replayChunkBytes` as used: at most half the outbound queue.
+    pub fn replay_chunk_cap(&self) -> usize {
+        self.replay_chunk_bytes
+            .min(self.outbound_queue_bytes / 2)
+            .max(1)
     }
 }
 
@@ -359,6 +389,10 @@ pub struct RouteConfig {
     pub max_connections: u32,
     /// Largest message piped in either direction (close 1009 beyond).
     pub max_frame_bytes: usize,
+    /// Close a forwarded connection after this long without a frame in either direction
+    /// (pings included); 0 = never.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for RouteConfig {
@@ -376,6 +410,7 @@ impl Default for RouteConfig {
             retry_backoff: Duration::from_millis(200),
             max_connections: 10_000,
             max_frame_bytes: 1024 * 1024,
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }

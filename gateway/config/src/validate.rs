@@ -29,6 +29,13 @@ impl Config {
         if l.max_room_name == 0 || l.max_room_name > 1024 {
             return bad("limits.maxRoomName must be between 1 and 1024");
         }
+        // (Both are also capped at half the outbound queue where they are used, so a page
+        // or a chunk always fits next to what is queued already.)
+        if l.history_page_bytes < 1024 || l.replay_chunk_bytes < 1024 {
+            return bad(
+                "limits.historyPageBytes and limits.replayChunkBytes must be at least 1024",
+            );
+        }
         if self.heartbeat.interval < Duration::from_millis(50) {
             return bad("heartbeat.interval must be at least 50ms");
         }
@@ -262,6 +269,13 @@ mod tests {
         assert_eq!(c.limits.rooms_per_connection, 100);
         assert_eq!(c.limits.outbound_queue_frames, 1024);
         assert_eq!(c.limits.outbound_queue_bytes, 1 << 20);
+        assert_eq!(c.limits.history_page_bytes, 256 << 10);
+        assert_eq!(c.limits.replay_chunk_bytes, 128 << 10);
+        assert_eq!(c.limits.presence_linger, Duration::from_secs(1));
+        assert_eq!(
+            RouteConfig::default().idle_timeout,
+            Duration::from_secs(300)
+        );
         assert_eq!(c.heartbeat.interval, Duration::from_secs(25));
         assert_eq!(c.auth.mode, AuthMode::Jwt);
     }

@@ -316,6 +316,7 @@ async fn history(node: &Node, query: &str) -> Result<Response<Body>, ApiError> {
                 since: number(query, "since")?,
                 before: number(query, "before")?,
                 limit,
+                max_bytes: node.config.limits.history_page_cap(),
             },
         )
         .await?;
@@ -324,6 +325,7 @@ async fn history(node: &Node, query: &str) -> Result<Response<Body>, ApiError> {
         epoch: page.epoch,
         top: page.top,
         first: page.first,
+        more: page.more,
         messages: page.messages.iter().map(|m| m.frame.clone()).collect(),
     };
     let mut r = Response::new(http_body_util::Full::new(bytes::Bytes::from(history_json(

@@ -63,6 +63,10 @@ impl From<crate::engine::EngineError> for ApiError {
         use crate::engine::EngineError::*;
         match e {
             Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+            // The publish may be stored: a retry with the same msg_id is safe.
+            UnknownOutcome(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unknown_outcome", m)
+            }
             Internal(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
             Quota(m) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", m),
         }

@@ -1,18 +1,36 @@
 //! Catch-up: replaying what a client missed in a room before its live messages.
 //!
 //! The order that makes this gap-free: the writer starts holding the room's live messages
-//! (`BeginCatchup`), the node subscribes, history is read, the reply goes out, then the
-//! replay; the writer writes the replay, then the held live messages, and drops any seq it
-//! already wrote. Joins and resumes enter rooms through the one path here.
+//! (`BeginCatchup`), the node subscribes, the room's top is read, the reply goes out, then
+//! the replay streams history up to that top in chunks, each queued only when the queue has
+//! room for it (the client's pace, never a slow-consumer close); then `Release` hands the
+//! held live messages over, and the writer drops any seq it already wrote. Joins, resumes
+//! and the inbox enter rooms through the one path here.
+//!
+//! A replay that cannot be finished (the engine fails, or history moved under it: a new
+//! epoch, messages trimmed) closes the connection with 1013 `replay interrupted`: the
+//! client resumes from what was written, which is exact, instead of seeing a silent gap.
 
 use super::cmd::Refusal;
 use super::session::{Joined, Session};
+use crate::disconnect;
 use crate::engine::{EngineError, HistoryQuery, SessionRecord};
 use crate::outbound::Outbound;
 use crate::permissions::Membership;
-use crate::protocol::{ErrorCode, Since, StreamPosition};
+use crate::protocol::{ErrorCode, Since, StreamPosition, MAX_HISTORY_LIMIT};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+/// A room's replay still to stream after the reply: history after `from` up to `until`.
+#[derive(Debug)]
+pub struct Replay {
+    /// Room being caught up.
+    pub room: Arc<str>,
+    /// Where the client stands (nothing at or below it is written).
+    pub from: StreamPosition,
+    /// The room's top when the catch-up began; later messages are live (held).
+    pub until: u64,
+}
 
 /// Where a room stands after a catch-up, and the replay that brings the client there.
 pub(super) struct CaughtUp {
@@ -20,37 +38,89 @@ pub(super) struct CaughtUp {
     pub recovered: bool,
     /// The room's epoch and top seq.
     pub at: StreamPosition,
-    /// The `Outbound::Replay` to queue after the reply.
-    pub replay: Outbound,
+    /// To stream after the reply.
+    pub replay: Replay,
 }
 
 impl Session {
-    /// Reads what a client at `since` missed (nothing, without `since`).
+    /// Where a client at `since` stands (without `since`: at the top, nothing to replay).
+    /// Reads only the room's position; the messages are read while streaming.
     pub(super) async fn catch_up(
         &self,
         room: &Arc<str>,
         since: Option<&Since>,
     ) -> Result<CaughtUp, EngineError> {
-        let query = HistoryQuery {
-            since: since.map(|s| s.seq),
-            before: None,
-            limit: if since.is_some() { usize::MAX } else { 0 },
-        };
-        let page = self.node.engine.history(room, query).await?;
+        let page = self
+            .node
+            .engine
+            .history(room, HistoryQuery::default())
+            .await?;
         let recovered = since.is_some_and(|s| page.covers(s.seq, s.epoch.as_deref()));
-        let (from, msgs) = match since {
-            Some(s) if recovered => (s.seq, page.messages),
-            _ => (page.top, Vec::new()),
+        let from = match since {
+            Some(s) if recovered => s.seq,
+            _ => page.top,
         };
         Ok(CaughtUp {
             recovered,
             at: StreamPosition::new(page.epoch.clone(), page.top),
-            replay: Outbound::Replay {
+            replay: Replay {
                 room: room.clone(),
                 from: StreamPosition::new(page.epoch, from),
-                msgs,
+                until: page.top,
             },
         })
+    }
+
+    /// Streams a replay into the queue chunk by chunk at the client's pace, then releases
+    /// the room's held live messages. Returns false when the connection is closing.
+    pub(super) async fn stream(&self, r: Replay) -> bool {
+        let chunk = self.node.config.limits.replay_chunk_cap();
+        let mut next = r.from.seq;
+        let mut sent = false;
+        while next < r.until {
+            let q = HistoryQuery {
+                since: Some(next),
+                before: Some(r.until + 1),
+                limit: MAX_HISTORY_LIMIT,
+                max_bytes: chunk,
+            };
+            let page = match self.node.engine.history(&r.room, q).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(room = %r.room, error = %e, "replay failed");
+                    self.queue.close(disconnect::REPLAY_INTERRUPTED);
+                    return false;
+                }
+            };
+            let contiguous = page.messages.first().is_some_and(|m| m.seq == next + 1);
+            if page.epoch != r.from.epoch || !contiguous {
+                tracing::info!(room = %r.room, "history changed during a replay");
+                self.queue.close(disconnect::REPLAY_INTERRUPTED);
+                return false;
+            }
+            next = page.messages.last().map_or(r.until, |m| m.seq);
+            let item = Outbound::Replay {
+                room: r.room.clone(),
+                from: r.from.clone(),
+                msgs: page.messages,
+            };
+            if !self.queue.push_paced(item).await {
+                return false;
+            }
+            sent = true;
+        }
+        if !sent {
+            // The writer learns the room's position (and epoch) from a replay.
+            let item = Outbound::Replay {
+                room: r.room.clone(),
+                from: r.from,
+                msgs: Vec::new(),
+            };
+            if !self.queue.push_paced(item).await {
+                return false;
+            }
+        }
+        self.queue.push(Outbound::Release(r.room))
     }
 
     /// Joins a room as `member` (or catches up a room already joined) from `since`: the
@@ -90,30 +160,44 @@ impl Session {
         }
     }
 
-    /// Replays the inbox from the user's inbox cursor (no `resume` said otherwise). On an
-    /// engine error the held-back inbox messages are released without a replay.
-    pub(super) async fn replay_inbox_from_cursor(&mut self) {
+    /// The inbox replay of a connection that did not resume it: from the user's inbox
+    /// cursor (what any of the user's devices acknowledged), or everything retained when
+    /// the cursor is of another epoch (the inbox started a new one: none of it was
+    /// acknowledged). This device's acknowledged position starts there. On an engine error
+    /// the held-back inbox messages are released without a replay (nothing is acknowledged,
+    /// so a later connection replays them).
+    pub(super) async fn replay_inbox_from_cursor(&mut self) -> Option<Replay> {
         self.inbox_pending = false;
         let inbox = self.inbox.clone();
-        let replay = async {
+        let start = async {
             let cursor = self.node.engine.inbox_cursor(self.user()).await?;
-            self.catch_up(
-                &inbox,
-                Some(&Since {
-                    seq: cursor,
-                    epoch: None,
-                }),
-            )
-            .await
+            let page = self
+                .node
+                .engine
+                .history(&inbox, HistoryQuery::default())
+                .await?;
+            let acked = cursor
+                .filter(|c| c.epoch == page.epoch)
+                .map_or(0, |c| c.seq.min(page.top));
+            // Retention may have dropped some of what was never acknowledged.
+            let since = acked.max(page.first.saturating_sub(1));
+            let from = StreamPosition::new(page.epoch, since);
+            Ok::<_, EngineError>(Replay {
+                room: inbox.clone(),
+                from,
+                until: page.top,
+            })
         }
         .await;
-        match replay {
-            Ok(caught) => {
-                self.queue.push(caught.replay);
+        match start {
+            Ok(replay) => {
+                self.inbox_acked = Some(replay.from.clone());
+                Some(replay)
             }
             Err(e) => {
                 tracing::warn!(user = %self.user(), error = %e, "inbox replay failed");
                 self.queue.push(Outbound::Release(inbox));
+                None
             }
         }
     }

@@ -5,6 +5,10 @@
 //! - [`session`]: the per-connection state and room membership;
 //! - [`cmd`]: one handler per command, each returning the reply and what follows it;
 //! - [`catchup`]: replaying what a client missed before its live messages.
+//!
+//! While a command's output is queued (a replay goes at the client's pace, possibly for a
+//! long time) the socket is still read: pongs keep the heartbeat alive, and commands wait
+//! in a small backlog until it is their turn.
 
 mod catchup;
 pub mod cmd;
@@ -13,17 +17,21 @@ pub mod session;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_bounded;
 
 use crate::auth::Identity;
 use crate::control::ConnCtl;
 use crate::disconnect::{self, CloseReason};
 use crate::hooks::ConnectAnswer;
 use crate::node::{Node, Slots};
-use crate::outbound::{self, OutboundQueue, WriterSettings};
+use crate::outbound::{self, Outbound, OutboundQueue, WriterSettings};
 use crate::protocol::{self, error_frame, ok_frame, Command, ErrorCode};
 use crate::ratelimit::TokenBucket;
+use catchup::Replay;
 use futures_util::{Stream, StreamExt};
 use session::Session;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,6 +77,75 @@ fn instant_of(deadline_ms: Option<u64>) -> tokio::time::Instant {
     }
 }
 
+/// The reading half of the socket and what reading it updates.
+struct Reader<S> {
+    stream: futures_util::stream::SplitStream<S>,
+    node: Arc<Node>,
+    id: u64,
+    queue: OutboundQueue,
+    last_seen: Arc<AtomicU64>,
+    started: Instant,
+}
+
+/// What one read means for the loop.
+enum Read {
+    Command(tungstenite::Utf8Bytes),
+    Skip,
+    Stop,
+}
+
+impl<S> Reader<S> {
+    fn take(&self, msg: Option<Result<Message, tungstenite::Error>>) -> Read {
+        self.last_seen
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        match classify(msg, self.id) {
+            Frame::Text(text) => Read::Command(text),
+            Frame::Skip => Read::Skip,
+            Frame::Gone => Read::Stop,
+            Frame::Refuse(reason) => {
+                if reason == disconnect::MESSAGE_TOO_BIG {
+                    self.node
+                        .metrics
+                        .drops
+                        .with_label_values(&["oversize"])
+                        .inc();
+                }
+                self.queue.close(reason);
+                Read::Stop
+            }
+        }
+    }
+}
+
+/// Commands read while a command's output was still being queued wait here; beyond this
+/// many the socket is not read until they ran (TCP pushes back on the client).
+const MAX_BACKLOG: usize = 32;
+
+/// Runs `work` (queueing a command's output: possibly a long replay at the client's pace)
+/// while still reading the socket, so the client's pongs keep the heartbeat alive;
+/// commands read meanwhile wait in `backlog`. False when the connection must stop.
+async fn pump<S>(
+    work: impl std::future::Future<Output = bool>,
+    reader: &mut Reader<S>,
+    backlog: &mut VecDeque<tungstenite::Utf8Bytes>,
+) -> bool
+where
+    S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut work => return done,
+            msg = reader.stream.next(), if backlog.len() < MAX_BACKLOG => match reader.take(msg) {
+                Read::Command(text) => backlog.push_back(text),
+                Read::Skip => {}
+                Read::Stop => return false,
+            },
+        }
+    }
+}
+
 /// Serves one upgraded socket until it closes.
 pub async fn serve<S>(
     node: Arc<Node>,
@@ -88,18 +165,31 @@ pub async fn serve<S>(
     let ctl = Arc::new(ConnCtl::default());
     let id = node.register(queue.clone(), &identity.user, Some(ctl.clone()));
     node.metrics.accepted.inc();
-    let (sink, mut stream) = ws.split();
+    let (sink, stream) = ws.split();
     let started = Instant::now();
     let last_seen = Arc::new(AtomicU64::new(0));
     let mut session = Session::new(node.clone(), id, identity, queue.clone());
     let writer = tokio::spawn(outbound::run_writer(
         sink,
         rx,
-        writer_settings(&node, &session, last_seen.clone(), started),
+        writer_settings(&node, last_seen.clone(), started),
     ));
-    Box::pin(session.welcome(extras)).await;
+    let joined = Box::pin(session.welcome(extras)).await;
     session.notify_connected();
 
+    let mut reader = Reader {
+        stream,
+        node: node.clone(),
+        id,
+        queue: queue.clone(),
+        last_seen,
+        started,
+    };
+    let mut backlog = VecDeque::new();
+    let steps = joined.into_iter().map(Step::Replay).collect();
+    if !pump(session.deliver(steps), &mut reader, &mut backlog).await {
+        queue.closing().cancel(); // a connect-hook room's replay ended the connection
+    }
     let mut bucket = TokenBucket::new(limits.message_rate, limits.message_burst);
     let mut errors_in_row = 0u32;
     let grace = tokio::time::sleep(RESUME_GRACE);
@@ -109,63 +199,70 @@ pub async fn serve<S>(
     let mut keys = node.keys_changed.subscribe();
     let closing = queue.closing().clone();
     loop {
-        let msg = tokio::select! {
-            _ = closing.cancelled() => break,
-            _ = &mut grace, if session.inbox_pending => {
-                Box::pin(session.replay_inbox_from_cursor()).await;
-                continue;
-            }
-            _ = &mut expiry => {
-                if let Some(reason) = Box::pin(session.on_deadline(crate::engine::now_ms())).await {
-                    queue.close(reason);
-                    break;
+        if closing.is_cancelled() {
+            break; // commands left in the backlog have nobody to answer
+        }
+        let text = match backlog.pop_front() {
+            Some(text) => text,
+            None => {
+                let msg = tokio::select! {
+                    _ = closing.cancelled() => break,
+                    _ = &mut grace, if session.inbox_pending => {
+                        let replay = Box::pin(session.replay_inbox_from_cursor()).await;
+                        let steps = replay.into_iter().map(Step::Replay).collect();
+                        if !pump(session.deliver(steps), &mut reader, &mut backlog).await {
+                            break;
+                        }
+                        continue;
+                    }
+                    _ = &mut expiry => {
+                        if let Some(reason) = Box::pin(session.on_deadline(crate::engine::now_ms())).await {
+                            queue.close(reason);
+                            break;
+                        }
+                        expiry.as_mut().reset(instant_of(session.next_deadline()));
+                        continue;
+                    }
+                    _ = ctl.wait() => {
+                        for msg in ctl.take() {
+                            Box::pin(session.on_control(msg)).await;
+                        }
+                        continue;
+                    }
+                    Ok(()) = keys.changed(), if session.identity.kid.is_some() => {
+                        if session.key_revoked() {
+                            queue.close(disconnect::KEY_REVOKED);
+                            break;
+                        }
+                        continue;
+                    }
+                    msg = reader.stream.next() => msg,
+                };
+                match reader.take(msg) {
+                    Read::Command(text) => text,
+                    Read::Skip => continue,
+                    Read::Stop => break,
                 }
-                expiry.as_mut().reset(instant_of(session.next_deadline()));
-                continue;
-            }
-            _ = ctl.wait() => {
-                for msg in ctl.take() {
-                    Box::pin(session.on_control(msg)).await;
-                }
-                continue;
-            }
-            Ok(()) = keys.changed(), if session.identity.kid.is_some() => {
-                if session.key_revoked() {
-                    queue.close(disconnect::KEY_REVOKED);
-                    break;
-                }
-                continue;
-            }
-            msg = stream.next() => msg,
-        };
-        last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let text = match classify(msg, id) {
-            Frame::Text(text) => text,
-            Frame::Skip => continue,
-            Frame::Gone => break,
-            Frame::Refuse(reason) => {
-                if reason == disconnect::MESSAGE_TOO_BIG {
-                    node.metrics.drops.with_label_values(&["oversize"]).inc();
-                }
-                queue.close(reason);
-                break;
             }
         };
         node.metrics.commands.inc();
-        let client_fault = if bucket.take() {
-            run_command(&mut session, &queue, &text).await
+        let (client_fault, steps) = if bucket.take() {
+            run_command(&mut session, &text).await
         } else {
             node.metrics
                 .drops
                 .with_label_values(&["rate_limited"])
                 .inc();
-            queue.frame(error_frame(
+            let refused = error_frame(
                 protocol::command::salvage_id(&text).as_ref(),
                 ErrorCode::RateLimited,
                 "over the command rate limit; slow down",
-            ));
-            true
+            );
+            (true, vec![Step::Frame(refused)])
         };
+        if !pump(session.deliver(steps), &mut reader, &mut backlog).await {
+            break;
+        }
         errors_in_row = if client_fault { errors_in_row + 1 } else { 0 };
         // A refresh (or a room token) may have moved the next expiry.
         expiry.as_mut().reset(instant_of(session.next_deadline()));
@@ -200,63 +297,84 @@ pub async fn serve<S>(
     node.unregister(id);
 }
 
-/// Parses and runs one command and queues its reply (then what follows it). Returns
-/// whether the client was at fault (for the error streak).
-async fn run_command(session: &mut Session, queue: &OutboundQueue, text: &str) -> bool {
+/// What a command puts on the queue, in order.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// A reply (`ok` or `error`).
+    Frame(String),
+    /// A room's replay, streamed at the client's pace.
+    Replay(Replay),
+}
+
+/// Parses and runs one command. Returns whether the client was at fault (for the error
+/// streak) and what to queue: the reply, then the replays it started.
+async fn run_command(session: &mut Session, text: &str) -> (bool, Vec<Step>) {
     let cmd = match Command::parse(text) {
         Ok(cmd) => cmd,
         Err(err) => {
-            queue.frame(error_frame(err.id.as_ref(), err.code, &err.message));
-            return true;
+            let refused = error_frame(err.id.as_ref(), err.code, &err.message);
+            return (true, vec![Step::Frame(refused)]);
         }
     };
+    let mut steps = Vec::new();
+    // The inbox replay waits for a `resume`; any other command means none is coming, so
+    // the inbox is replayed from the user's cursor first.
+    if session.inbox_pending && !matches!(cmd, Command::Resume(_)) {
+        if let Some(replay) = Box::pin(session.replay_inbox_from_cursor()).await {
+            steps.push(Step::Replay(replay));
+        }
+    }
     let id = cmd.id().clone();
-    match session.handle(cmd).await {
+    let client_fault = match session.handle(cmd).await {
         Ok(outcome) => {
-            queue.frame(ok_frame(&id, &outcome.reply));
-            for item in outcome.then {
-                queue.push(item);
-            }
+            steps.push(Step::Frame(ok_frame(&id, &outcome.reply)));
+            steps.extend(outcome.then.into_iter().map(Step::Replay));
             false
         }
         Err(refusal) => {
-            queue.frame(error_frame(Some(&id), refusal.code, &refusal.message));
+            steps.push(Step::Frame(error_frame(
+                Some(&id),
+                refusal.code,
+                &refusal.message,
+            )));
             // Only the client's own faults count towards the abuse limit: an engine
             // outage must not get well-behaved clients disconnected.
             !refusal.code.is_server_fault()
         }
+    };
+    (client_fault, steps)
+}
+
+impl Session {
+    /// Queues a command's steps in order: frames once the queue has room, replays at the
+    /// client's pace. False when the connection is closing.
+    pub(crate) async fn deliver(&self, steps: Vec<Step>) -> bool {
+        for step in steps {
+            let queued = match step {
+                Step::Frame(f) => self.queue.push_paced(Outbound::Frame(f.into())).await,
+                Step::Replay(r) => self.stream(r).await,
+            };
+            if !queued {
+                return false;
+            }
+        }
+        true
     }
 }
 
 /// What the writer needs: the heartbeat, where the reader notes activity, and the
-/// callbacks that advance the inbox cursor and count deliveries.
+/// callback that counts deliveries.
 fn writer_settings(
     node: &Arc<Node>,
-    session: &Session,
     last_seen: Arc<AtomicU64>,
     started: Instant,
 ) -> WriterSettings {
-    let on_inbox = {
-        let engine = node.engine.clone();
-        let user = session.user().to_string();
-        Box::new(move |seq: u64| {
-            let engine = engine.clone();
-            let user = user.clone();
-            tokio::spawn(async move {
-                if let Err(e) = engine.ack_inbox(&user, seq).await {
-                    tracing::debug!(%user, seq, error = %e, "inbox cursor not advanced");
-                }
-            });
-        })
-    };
     let delivered = node.metrics.delivered.clone();
     let delivery_seconds = node.metrics.delivery_seconds.clone();
     WriterSettings {
         heartbeat: node.config.heartbeat.interval,
         last_seen,
         epoch: started,
-        on_inbox: Some(on_inbox),
-        inbox: session.inbox.clone(),
         on_delivered: Box::new(move |env| {
             delivered.inc();
             if env.ts > 0 {

@@ -42,7 +42,15 @@ pub struct Session {
     pub(super) rooms: HashMap<Arc<str>, Joined>,
     /// The inbox's replay waits for `resume` (up to the grace period) or another command.
     pub(super) inbox_pending: bool,
+    /// This device's acknowledged inbox position: where its inbox replay started, moved
+    /// on by `ack` (and by the inbox position of a `resume`). Saved with the session, so
+    /// the device's next resume replays every direct message it has not acknowledged.
+    pub(super) inbox_acked: Option<StreamPosition>,
     pub(super) connected_at: u64,
+    /// The presence entry of each joined room (`<conn_key>.<n>`: a fresh one per join, so
+    /// a lingering leave of an earlier join never removes a later one).
+    pub(super) members: HashMap<Arc<str>, String>,
+    joins: u64,
 }
 
 impl Session {
@@ -60,7 +68,10 @@ impl Session {
             queue,
             rooms: HashMap::new(),
             inbox_pending: true,
+            inbox_acked: None,
             connected_at: crate::engine::now_ms(),
+            members: HashMap::new(),
+            joins: 0,
         }
     }
 
@@ -71,8 +82,9 @@ impl Session {
 
     /// Sends `welcome` and subscribes the inbox, holding its messages back until the
     /// client's inbox position is known (see [`RESUME_GRACE`](super::RESUME_GRACE)); then
-    /// joins the rooms the backend's connect hook named.
-    pub async fn welcome(&mut self, extras: ConnectAnswer) {
+    /// joins the rooms the backend's connect hook named. Returns their replays, for the
+    /// socket loop to stream.
+    pub async fn welcome(&mut self, extras: ConnectAnswer) -> Vec<super::catchup::Replay> {
         let welcome = push::Welcome {
             kind: "welcome".into(),
             protocol: protocol::PROTOCOL_VERSION,
@@ -96,22 +108,29 @@ impl Session {
                 "inbox unavailable; resume later to receive direct messages",
             ));
         }
+        let mut replays = Vec::new();
         for room in extras.rooms {
-            let joined = self.join_for_backend(&room).await;
-            if let Err(e) = joined {
-                tracing::warn!(user = %self.identity.user, %room, error = %e.message, "connect hook room not joined");
-                self.queue.frame(protocol::error_frame(
-                    None,
-                    e.code,
-                    &format!("{room}: {}", e.message),
-                ));
+            match self.join_for_backend(&room).await {
+                Ok(replay) => replays.push(replay),
+                Err(e) => {
+                    tracing::warn!(user = %self.identity.user, %room, error = %e.message, "connect hook room not joined");
+                    self.queue.frame(protocol::error_frame(
+                        None,
+                        e.code,
+                        &format!("{room}: {}", e.message),
+                    ));
+                }
             }
         }
+        replays
     }
 
     /// Joins a room the backend granted (connect hook): no `since`, send as the namespace
     /// allows.
-    async fn join_for_backend(&mut self, room: &str) -> Result<(), super::cmd::Refusal> {
+    async fn join_for_backend(
+        &mut self,
+        room: &str,
+    ) -> Result<super::catchup::Replay, super::cmd::Refusal> {
         protocol::validate_room(room, self.node.config.limits.max_room_name)
             .map_err(|m| super::cmd::Refusal::new(protocol::ErrorCode::InvalidRoom, m))?;
         if protocol::is_inbox(room) {
@@ -123,8 +142,7 @@ impl Session {
         let room: Arc<str> = room.into();
         let member = crate::permissions::backend_grant(self.node.namespaces.of(&room), true);
         let caught = self.enter_room(&room, None, member).await?;
-        self.queue.push(caught.replay);
-        Ok(())
+        Ok(caught.replay)
     }
 
     /// Subscribes this connection to a room locally and, for the first local subscriber,
@@ -152,34 +170,47 @@ impl Session {
     }
 
     fn update_room_gauge(&self) {
-        self.node
-            .metrics
-            .rooms
-            .set(self.node.hub.room_count() as i64);
+        // The node's own control room is not a chat room.
+        let hub = &self.node.hub;
+        let own = usize::from(hub.has_subscribers(crate::control::CONTROL_ROOM));
+        let rooms = hub.room_count().saturating_sub(own);
+        self.node.metrics.rooms.set(rooms as i64);
     }
 
-    /// Starts holding a room's live messages, subscribes and marks presence. On failure
+    /// Starts holding a room's live messages, subscribes and marks presence (taking back
+    /// this connection's lingering entry if it left the room a moment ago). On failure
     /// nothing of it remains.
     pub(super) async fn attach(&mut self, room: &Arc<str>) -> Result<(), EngineError> {
         self.queue.push(Outbound::BeginCatchup(room.clone()));
+        self.joins += 1;
+        let fresh = format!("{}.{}", self.conn_key, self.joins);
         let attached = async {
             self.subscribe(room).await?;
+            if let Some(member) = self.node.linger.rejoin(room, &self.conn_key) {
+                return Ok(member);
+            }
             let present = self
                 .node
                 .engine
-                .presence_join(room, &self.identity.user, &self.conn_key)
+                .presence_join(room, &self.identity.user, &fresh)
                 .await;
             if let Err(e) = present {
                 self.unsubscribe(room).await;
                 return Err(e);
             }
-            Ok(())
+            Ok(fresh)
         }
         .await;
-        if attached.is_err() {
-            self.queue.push(Outbound::Forget(room.clone()));
+        match attached {
+            Ok(member) => {
+                self.members.insert(room.clone(), member);
+                Ok(())
+            }
+            Err(e) => {
+                self.queue.push(Outbound::Forget(room.clone()));
+                Err(e)
+            }
         }
-        attached
     }
 
     /// Takes the connection out of a room: the writer forgets it, the node unsubscribes
@@ -187,21 +218,19 @@ impl Session {
     pub(super) async fn detach(&mut self, room: &Arc<str>) {
         self.rooms.remove(room);
         self.queue.push(Outbound::Forget(room.clone()));
-        self.release(room).await;
+        let member = self.members.remove(room);
+        self.release(room, member).await;
     }
 
-    /// The engine side of leaving a room (the writer is not involved).
-    async fn release(&self, room: &Arc<str>) {
+    /// The engine side of leaving a room (the writer is not involved): unsubscribes, and
+    /// hands the presence entry to the linger (its leave is announced a moment later).
+    async fn release(&self, room: &Arc<str>, member: Option<String>) {
         self.unsubscribe(room).await;
-        let left = self
-            .node
-            .engine
-            .presence_leave(room, &self.identity.user, &self.conn_key)
-            .await;
-        if let Err(e) = left {
-            // Presence entries expire on their own; a failed leave only shows the user
-            // for a little longer.
-            tracing::warn!(room = %room, error = %e, "presence leave failed");
+        if let Some(member) = member {
+            self.node
+                .linger
+                .leave(room, &self.identity.user, &self.conn_key, member)
+                .await;
         }
     }
 
@@ -246,19 +275,40 @@ impl Session {
     }
 
     /// After the socket closed: leaves every room and the inbox, and stores the session
-    /// for a resume, starting from what the writer actually `written` per room.
+    /// for a resume, starting from what the writer actually `written` per room. The rooms
+    /// are left concurrently: with Redis unreachable each step waits for its deadline,
+    /// and a close must not take rooms × deadline.
     pub async fn close(&mut self, written: &HashMap<Arc<str>, StreamPosition>) {
-        let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
-        for room in &rooms {
-            self.release(room).await;
-        }
+        let members = std::mem::take(&mut self.members);
+        let leaving = self.rooms.keys().map(|room| {
+            let member = members.get(room).cloned();
+            self.release(room, member)
+        });
         let inbox = self.inbox.clone();
-        self.unsubscribe(&inbox).await;
+        futures_util::future::join(
+            futures_util::future::join_all(leaving),
+            self.unsubscribe(&inbox),
+        )
+        .await;
         self.persist(written).await;
     }
 
+    /// This device has the inbox up to `at`: its own position and the user's cursor
+    /// move on (within an epoch never back; another epoch replaces them).
+    pub(super) async fn acknowledge_inbox(
+        &mut self,
+        at: StreamPosition,
+    ) -> Result<(), EngineError> {
+        match &mut self.inbox_acked {
+            Some(cur) if cur.epoch == at.epoch => cur.seq = cur.seq.max(at.seq),
+            _ => self.inbox_acked = Some(at.clone()),
+        }
+        self.node.engine.ack_inbox(&self.identity.user, &at).await
+    }
+
     /// Saves the session for a later resume; `written` (the writer's positions at the
-    /// end) overrides the positions known at join time.
+    /// end) overrides the positions known at join time. The inbox's position is the
+    /// acknowledged one, not the written one: bytes reaching a socket are not a read.
     pub(super) async fn persist(&self, written: &HashMap<Arc<str>, StreamPosition>) {
         let mut rooms: std::collections::BTreeMap<String, StreamPosition> = self
             .rooms
@@ -277,7 +327,7 @@ impl Session {
                 Some((room.to_string(), StoredGrant { send, expires_at }))
             })
             .collect();
-        if let Some(at) = written.get(&self.inbox) {
+        if let Some(at) = &self.inbox_acked {
             rooms.insert(self.inbox.to_string(), at.clone());
         }
         let record = SessionRecord {

@@ -7,7 +7,7 @@ use super::session::Session;
 use crate::config::{AuthMode, Config};
 use crate::engine::{Publish, SessionRecord};
 use crate::node::Node;
-use crate::outbound::{self, Outbound, OutboundQueue, OutboundReceiver};
+use crate::outbound::{self, Outbound, OutboundReceiver};
 use crate::protocol::{Since, StreamPosition};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 /// One queued item, simplified for assertions.
 #[derive(Debug, PartialEq)]
-enum Item {
+pub(super) enum Item {
     Frame(Value),
     Msg(String, u64),
     Hold(String),
@@ -25,7 +25,7 @@ enum Item {
     Close(u16),
 }
 
-fn simplify(item: Outbound) -> Item {
+pub(super) fn simplify(item: Outbound) -> Item {
     match item {
         Outbound::Frame(f) => Item::Frame(serde_json::from_str(&f).expect("frame is JSON")),
         Outbound::Msg(e) => Item::Msg(e.room.to_string(), e.seq),
@@ -41,16 +41,15 @@ fn simplify(item: Outbound) -> Item {
     }
 }
 
-struct Harness {
-    node: Arc<Node>,
-    session: Session,
-    queue: OutboundQueue,
-    rx: OutboundReceiver,
+pub(super) struct Harness {
+    pub(super) node: Arc<Node>,
+    pub(super) session: Session,
+    pub(super) rx: OutboundReceiver,
 }
 
 impl Harness {
     /// A connection whose inbox replay already happened (a `ping` went first).
-    async fn new(user: &str) -> Harness {
+    pub(super) async fn new(user: &str) -> Harness {
         let mut h = Harness::fresh(user).await;
         h.cmd(json!({"type": "ping", "id": 0})).await;
         h.drain();
@@ -58,16 +57,12 @@ impl Harness {
     }
 
     /// A connection right after `welcome`: its inbox replay is still pending.
-    async fn fresh(user: &str) -> Harness {
-        let mut config = Config::default();
-        config.auth.mode = AuthMode::Insecure;
-        config.server.listen = "127.0.0.1:0".parse().expect("addr");
-        config.limits.rooms_per_connection = 2;
-        Harness::on(Node::new(config, Default::default()).expect("node"), user).await
+    pub(super) async fn fresh(user: &str) -> Harness {
+        Harness::on(Node::new(config(), Default::default()).expect("node"), user).await
     }
 
     /// A second connection on the same node.
-    async fn on(node: Arc<Node>, user: &str) -> Harness {
+    pub(super) async fn on(node: Arc<Node>, user: &str) -> Harness {
         let (queue, rx) = outbound::queue(1024, 1 << 20);
         let id = node.register(queue.clone(), user, None);
         let identity = crate::auth::Identity {
@@ -75,13 +70,9 @@ impl Harness {
             ..Default::default()
         };
         let mut session = Session::new(node.clone(), id, identity, queue.clone());
-        session.welcome(Default::default()).await;
-        let mut h = Harness {
-            node,
-            session,
-            queue,
-            rx,
-        };
+        let joined = session.welcome(Default::default()).await;
+        assert!(joined.is_empty(), "no connect hook, no rooms");
+        let mut h = Harness { node, session, rx };
         let welcome = h.drain();
         assert_eq!(welcome.len(), 2, "{welcome:?}");
         assert!(matches!(&welcome[0], Item::Frame(f) if f["type"] == "welcome"));
@@ -89,21 +80,36 @@ impl Harness {
         h
     }
 
-    /// Runs a command; returns whether it counted as a client error.
-    async fn cmd(&mut self, cmd: Value) -> bool {
-        run_command(&mut self.session, &self.queue, &cmd.to_string()).await
+    /// Runs a command and queues what it produced (as the socket loop does); returns
+    /// whether it counted as a client error.
+    pub(super) async fn cmd(&mut self, cmd: Value) -> bool {
+        let (fault, steps) = run_command(&mut self.session, &cmd.to_string()).await;
+        self.session.deliver(steps).await;
+        fault
     }
 
     /// Everything queued since the last drain, except presence pushes.
-    fn drain(&mut self) -> Vec<Item> {
+    pub(super) fn drain(&mut self) -> Vec<Item> {
         std::iter::from_fn(|| self.rx.try_recv_for_test())
             .map(simplify)
             .filter(|i| !matches!(i, Item::Frame(f) if f["type"] == "presence"))
             .collect()
     }
 
+    /// The reply to command `id` among what was queued since the last drain.
+    pub(super) fn reply_of(&mut self, id: u64) -> Value {
+        let items = self.drain();
+        items
+            .iter()
+            .find_map(|i| match i {
+                Item::Frame(f) if f["ref"] == id => Some(f.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no reply to {id}: {items:?}"))
+    }
+
     /// The only frame queued since the last drain, which must be a reply.
-    fn reply(&mut self) -> Value {
+    pub(super) fn reply(&mut self) -> Value {
         let items = self.drain();
         match items.as_slice() {
             [Item::Frame(f)] => f.clone(),
@@ -111,7 +117,7 @@ impl Harness {
         }
     }
 
-    async fn publish(&self, room: &str, from: &str, msg_id: &str) -> u64 {
+    pub(super) async fn publish(&self, room: &str, from: &str, msg_id: &str) -> u64 {
         let body = serde_json::value::to_raw_value(&json!("hi")).expect("raw");
         self.node
             .engine
@@ -129,7 +135,16 @@ impl Harness {
     }
 }
 
-fn error_code(reply: &Value) -> &str {
+/// The harness's configuration: insecure auth, two rooms per connection.
+pub(super) fn config() -> Config {
+    let mut config = Config::default();
+    config.auth.mode = AuthMode::Insecure;
+    config.server.listen = "127.0.0.1:0".parse().expect("addr");
+    config.limits.rooms_per_connection = 2;
+    config
+}
+
+pub(super) fn error_code(reply: &Value) -> &str {
     assert_eq!(reply["type"], "error", "{reply}");
     reply["code"].as_str().unwrap_or_default()
 }
@@ -152,7 +167,7 @@ async fn join_reply_goes_out_before_its_replay() {
             .await
     );
     let items = h.drain();
-    assert_eq!(items.len(), 3, "{items:?}");
+    assert_eq!(items.len(), 4, "{items:?}");
     assert_eq!(
         items[0],
         Item::Hold("r".into()),
@@ -165,6 +180,7 @@ async fn join_reply_goes_out_before_its_replay() {
         )
     );
     assert_eq!(items[2], Item::Replay("r".into(), 1, vec![2, 3]));
+    assert_eq!(items[3], Item::Release("r".into()), "then the live ones");
 }
 
 #[tokio::test]
@@ -175,12 +191,35 @@ async fn join_without_since_replays_nothing_and_a_stale_epoch_is_not_recovered()
     let items = h.drain();
     assert!(matches!(&items[1], Item::Frame(f) if f.get("recovered").is_none() && f["seq"] == 1));
     assert_eq!(items[2], Item::Replay("r".into(), 1, vec![]));
+    assert_eq!(items[3], Item::Release("r".into()));
 
-    h.cmd(json!({"type": "join", "id": 2, "room": "s", "since": 0, "epoch": "gone"}))
+    h.publish("s", "bob", "m1").await;
+    h.publish("s", "bob", "m2").await;
+    h.cmd(json!({"type": "join", "id": 2, "room": "s", "since": 1, "epoch": "gone"}))
         .await;
     let items = h.drain();
     assert!(
         matches!(&items[1], Item::Frame(f) if f["recovered"] == false),
+        "{items:?}"
+    );
+    assert_eq!(
+        items[2],
+        Item::Replay("s".into(), 2, vec![]),
+        "nothing replayed"
+    );
+    // Seq 0 has seen nothing: any epoch covers it.
+    h.cmd(json!({"type": "leave", "id": 3, "room": "s"})).await;
+    h.cmd(json!({"type": "join", "id": 4, "room": "s", "since": 0, "epoch": "gone"}))
+        .await;
+    let items = h.drain();
+    assert!(
+        items
+            .iter()
+            .any(|i| matches!(i, Item::Frame(f) if f["recovered"] == true)),
+        "{items:?}"
+    );
+    assert!(
+        items.contains(&Item::Replay("s".into(), 0, vec![1, 2])),
         "{items:?}"
     );
 }
@@ -304,7 +343,8 @@ async fn the_inbox_waits_for_resume_and_any_other_command_replays_it_first() {
         Item::Replay("user:alice".into(), 0, vec![1, 2]),
         "inbox replay from the cursor first"
     );
-    assert!(matches!(&items[1], Item::Frame(f) if f["pong"] == true));
+    assert_eq!(items[1], Item::Release("user:alice".into()));
+    assert!(matches!(&items[2], Item::Frame(f) if f["pong"] == true));
     // A resume now comes too late for the inbox.
     h.cmd(json!({"type": "resume", "id": 2, "resume_token": "t", "positions": {"user:alice": 0}}))
         .await;
@@ -338,7 +378,8 @@ async fn resume_replays_the_inbox_from_the_clients_position() {
         )
     );
     assert_eq!(items[1], Item::Replay("user:alice".into(), 1, vec![2]));
-    assert_eq!(items.len(), 2, "{items:?}");
+    assert_eq!(items[2], Item::Release("user:alice".into()));
+    assert_eq!(items.len(), 3, "{items:?}");
 }
 
 #[tokio::test]
@@ -376,8 +417,11 @@ async fn resume_restores_a_closed_sessions_rooms_on_a_new_connection() {
         json!({"recovered": true, "epoch": &*epoch, "seq": 2})
     );
     assert_eq!(
-        items.last(),
-        Some(&Item::Replay("r".into(), 1, vec![2])),
+        items[items.len() - 2..],
+        [
+            Item::Replay("r".into(), 1, vec![2]),
+            Item::Release("r".into())
+        ],
         "{items:?}"
     );
     assert!(b.session.rooms.contains_key("r"));

@@ -1,6 +1,8 @@
 //! Engine conformance suite: every engine must pass these, unchanged.
 
-use super::{Engine, HistoryQuery, Publish, SessionRecord};
+mod bounded;
+
+use super::{Engine, HistoryQuery, Publish, SessionRecord, EMPTY_EPOCH};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::outbound::{queue, Outbound, OutboundReceiver};
@@ -33,6 +35,9 @@ pub async fn run_all(factory: &impl Factory) {
     inbox_cursor_only_moves_forward(factory).await;
     concurrent_publishers_keep_seq_order(factory).await;
     nodes_registry(factory).await;
+    bounded::history_pages_by_bytes_and_says_more(factory).await;
+    bounded::a_store_behind_this_node_starts_a_new_epoch(factory).await;
+    bounded::a_lost_room_starts_a_new_epoch(factory).await;
 }
 
 async fn nodes_registry(f: &impl Factory) {
@@ -176,6 +181,7 @@ async fn history_paging(f: &impl Factory) {
         since,
         before,
         limit,
+        max_bytes: 0,
     };
     let page = engine
         .history("r3", q(None, None, 3))
@@ -210,12 +216,35 @@ async fn history_paging(f: &impl Factory) {
         page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
         [3, 4]
     );
+    assert!(!page.more, "nothing left out");
+    let page = engine
+        .history("r3", q(None, Some(8), 3))
+        .await
+        .expect("history");
+    assert!(page.more, "seqs 1-4 are older");
     let empty = engine
         .history("never-used", q(None, None, 10))
         .await
         .expect("history");
     assert_eq!((empty.top, empty.first, empty.messages.len()), (0, 1, 0));
+    assert_eq!(&*empty.epoch, EMPTY_EPOCH, "a read creates no epoch");
     assert!(empty.covers(0, Some(&empty.epoch)));
+    assert!(empty.covers(0, Some("any")), "seq 0 has seen nothing");
+    assert!(
+        !empty.covers(1, Some("other")),
+        "a seq the room never reached"
+    );
+    // The first write starts a real epoch, and a position at seq 0 is covered by it.
+    let p = engine
+        .publish(publish("never-used", "a", "m", "1"))
+        .await
+        .expect("publish");
+    assert_ne!(&*p.at.epoch, EMPTY_EPOCH);
+    let page = engine
+        .history("never-used", q(Some(0), None, 10))
+        .await
+        .expect("history");
+    assert!(page.covers(0, Some(EMPTY_EPOCH)));
 }
 
 async fn retention_by_count_and_age(f: &impl Factory) {
@@ -373,10 +402,20 @@ async fn sessions_take_once_and_expire(f: &impl Factory) {
 async fn inbox_cursor_only_moves_forward(f: &impl Factory) {
     let hub = Arc::new(Hub::default());
     let engine = f.make(hub.clone(), &config()).await;
-    assert_eq!(engine.inbox_cursor("zed").await.expect("cursor"), 0);
-    engine.ack_inbox("zed", 5).await.expect("ack");
-    engine.ack_inbox("zed", 3).await.expect("ack");
-    assert_eq!(engine.inbox_cursor("zed").await.expect("cursor"), 5);
+    assert_eq!(engine.inbox_cursor("zed").await.expect("cursor"), None);
+    let at = |e: &str, s| StreamPosition::new(e, s);
+    engine.ack_inbox("zed", &at("e1", 5)).await.expect("ack");
+    engine.ack_inbox("zed", &at("e1", 3)).await.expect("ack");
+    assert_eq!(
+        engine.inbox_cursor("zed").await.expect("cursor"),
+        Some(at("e1", 5))
+    );
+    engine.ack_inbox("zed", &at("e2", 1)).await.expect("ack");
+    assert_eq!(
+        engine.inbox_cursor("zed").await.expect("cursor"),
+        Some(at("e2", 1)),
+        "a new epoch replaces the cursor"
+    );
 }
 
 async fn concurrent_publishers_keep_seq_order(f: &impl Factory) {

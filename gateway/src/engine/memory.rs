@@ -1,8 +1,9 @@
 //! The in-memory engine: one node, no dependencies; the embedded default.
 
+use super::seen::SeenTops;
 use super::{
-    new_epoch, now_ms, Broker, Engine, EngineError, Envelope, History, HistoryPage, HistoryQuery,
-    NodeReport, Nodes, PresenceManager, Publish, Published, SessionRecord, Sessions,
+    cut_page, new_epoch, now_ms, Broker, Engine, EngineError, Envelope, History, HistoryPage,
+    HistoryQuery, NodeReport, Nodes, PresenceManager, Publish, Published, SessionRecord, Sessions,
 };
 use crate::config::{Config, Namespaces, RetentionConfig};
 use crate::hub::Hub;
@@ -13,14 +14,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// How often idle streams are swept (trimmed by age; dropped when nothing is left).
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
 /// One room's (or inbox's) stream of messages.
 struct Stream {
     epoch: Arc<str>,
     top: u64,
     /// (append time in Unix ms, message), oldest first.
     msgs: VecDeque<(u64, Arc<Envelope>)>,
-    /// "from\0msg_id" -> (seq, remembered until).
-    dedup: HashMap<String, (u64, Instant)>,
+    /// "from\0msg_id" -> (seq, its epoch, remembered until).
+    dedup: HashMap<String, (u64, Arc<str>, Instant)>,
     dedup_order: VecDeque<(Instant, String)>,
     /// Inboxes with a DM quota: sender -> seqs of their messages (those below the first
     /// retained seq are dropped lazily).
@@ -54,6 +58,14 @@ impl Stream {
         seqs.len() < quota as usize
     }
 
+    /// The epoch rule: a new epoch, numbering from 1 again; the old epoch's messages go.
+    fn restart_epoch(&mut self) {
+        self.epoch = new_epoch().into();
+        self.top = 0;
+        self.msgs.clear();
+        self.by_sender.clear();
+    }
+
     fn trim(&mut self, retention: &RetentionConfig, now: u64) {
         let max_age = retention.max_age.as_millis() as u64;
         while self.msgs.len() > retention.max_messages
@@ -72,7 +84,7 @@ impl Stream {
                 break;
             }
             if let Some((_, key)) = self.dedup_order.pop_front() {
-                if self.dedup.get(&key).is_some_and(|(_, u)| *u <= now) {
+                if self.dedup.get(&key).is_some_and(|(_, _, u)| *u <= now) {
                     self.dedup.remove(&key);
                 }
             }
@@ -81,6 +93,27 @@ impl Stream {
 
     fn first(&self) -> u64 {
         self.msgs.front().map_or(self.top + 1, |(_, m)| m.seq)
+    }
+
+    fn page(&self, q: HistoryQuery) -> HistoryPage {
+        let in_range =
+            |seq: u64| q.since.is_none_or(|since| seq > since) && q.before.is_none_or(|b| seq < b);
+        let all = self.msgs.iter().map(|(_, m)| m);
+        let (messages, more) = if q.since.is_some() {
+            cut_page(all.filter(|m| in_range(m.seq)), q.limit, q.max_bytes)
+        } else {
+            let (mut newest, more) =
+                cut_page(all.rev().filter(|m| in_range(m.seq)), q.limit, q.max_bytes);
+            newest.reverse();
+            (newest, more)
+        };
+        HistoryPage {
+            epoch: self.epoch.clone(),
+            top: self.top,
+            first: self.first(),
+            messages,
+            more,
+        }
     }
 }
 
@@ -103,8 +136,12 @@ pub struct MemoryEngine {
     presence: Mutex<HashMap<String, BTreeMap<String, BTreeSet<String>>>>,
     sessions: Mutex<SessionStore>,
     session_ttl: Duration,
-    inbox_cursors: Mutex<HashMap<String, u64>>,
+    inbox_cursors: Mutex<HashMap<String, StreamPosition>>,
     nodes: Mutex<BTreeMap<String, NodeReport>>,
+    /// What this engine handed out (the epoch rule's witness, see [`SeenTops`]).
+    seen: SeenTops,
+    /// When idle streams were last swept.
+    pruned: Mutex<Instant>,
 }
 
 /// Locks a mutex, tolerating poison: the maps stay usable after a panic elsewhere.
@@ -127,9 +164,12 @@ impl MemoryEngine {
             session_ttl: config.sessions.resume_ttl,
             inbox_cursors: Mutex::new(HashMap::new()),
             nodes: Mutex::new(BTreeMap::new()),
+            seen: SeenTops::default(),
+            pruned: Mutex::new(Instant::now()),
         }
     }
 
+    /// The room's stream, created for a write.
     fn stream(&self, room: &str) -> Arc<Mutex<Stream>> {
         let mut streams = lock(&self.streams);
         if let Some(s) = streams.get(room) {
@@ -140,6 +180,35 @@ impl MemoryEngine {
         s
     }
 
+    /// The room's stream if it has one: reads create nothing.
+    fn existing(&self, room: &str) -> Option<Arc<Mutex<Stream>>> {
+        lock(&self.streams).get(room).cloned()
+    }
+
+    /// Drops streams with nothing left (every message aged out, no msg id remembered), at
+    /// most every [`PRUNE_EVERY`]. A stream someone holds right now is kept: only the map
+    /// holds an idle one (publishers clone it under the same map lock).
+    fn prune_idle(&self) {
+        let now = Instant::now();
+        {
+            let mut last = lock(&self.pruned);
+            if now.duration_since(*last) < PRUNE_EVERY {
+                return;
+            }
+            *last = now;
+        }
+        let now_ms = now_ms();
+        lock(&self.streams).retain(|room, stream| {
+            if Arc::strong_count(stream) > 1 {
+                return true;
+            }
+            let mut s = lock(stream);
+            s.trim(self.retention(room), now_ms);
+            s.forget_expired_ids(now);
+            !(s.msgs.is_empty() && s.dedup.is_empty())
+        });
+    }
+
     fn retention(&self, room: &str) -> &RetentionConfig {
         super::retention(&self.namespaces, room, &self.history, &self.inbox)
     }
@@ -148,6 +217,7 @@ impl MemoryEngine {
 #[async_trait]
 impl Broker for MemoryEngine {
     async fn publish(&self, msg: Publish) -> Result<Published, EngineError> {
+        self.prune_idle();
         let ns = self.namespaces.of(&msg.room);
         if !ns.keep_history || crate::protocol::is_internal(&msg.room) {
             let env = Arc::new(Envelope::ephemeral(&msg, now_ms()));
@@ -156,10 +226,15 @@ impl Broker for MemoryEngine {
         }
         let stream = self.stream(&msg.room);
         let mut s = lock(&stream);
+        if self.seen.behind(&msg.room, &s.epoch, s.top) {
+            s.restart_epoch();
+        }
         let now = Instant::now();
         s.forget_expired_ids(now);
         let key = format!("{}\0{}", msg.from, msg.msg_id);
-        if let Some((seq, _)) = s.dedup.get(&key) {
+        // An id is a duplicate within its epoch; one stored in an epoch since replaced is
+        // stored again (its old copy went with that epoch).
+        if let Some((seq, _, _)) = s.dedup.get(&key).filter(|(_, e, _)| *e == s.epoch) {
             return Ok(Published {
                 at: StreamPosition::new(s.epoch.clone(), *seq),
                 duplicate: true,
@@ -191,7 +266,8 @@ impl Broker for MemoryEngine {
         s.msgs.push_back((ts, env.clone()));
         s.trim(self.retention(&msg.room), ts);
         let until = now + self.dedup_window;
-        s.dedup.insert(key.clone(), (seq, until));
+        let epoch = s.epoch.clone();
+        s.dedup.insert(key.clone(), (seq, epoch, until));
         s.dedup_order.push_back((until, key));
         if quota > 0 {
             s.by_sender
@@ -199,6 +275,7 @@ impl Broker for MemoryEngine {
                 .or_default()
                 .push_back(seq);
         }
+        self.seen.observe(&msg.room, &s.epoch, seq);
         // Delivered under the stream lock so hub order equals seq order.
         self.hub.deliver(&env);
         Ok(Published {
@@ -219,38 +296,16 @@ impl Broker for MemoryEngine {
 #[async_trait]
 impl History for MemoryEngine {
     async fn history(&self, room: &str, q: HistoryQuery) -> Result<HistoryPage, EngineError> {
-        let stream = self.stream(room);
-        let mut s = lock(&stream);
-        s.trim(self.retention(room), now_ms());
-        let in_range =
-            |seq: u64| q.since.is_none_or(|since| seq > since) && q.before.is_none_or(|b| seq < b);
-        let messages: Vec<Arc<Envelope>> = if q.since.is_some() {
-            s.msgs
-                .iter()
-                .map(|(_, m)| m)
-                .filter(|m| in_range(m.seq))
-                .take(q.limit)
-                .cloned()
-                .collect()
-        } else {
-            let mut newest: Vec<Arc<Envelope>> = s
-                .msgs
-                .iter()
-                .rev()
-                .map(|(_, m)| m)
-                .filter(|m| in_range(m.seq))
-                .take(q.limit)
-                .cloned()
-                .collect();
-            newest.reverse();
-            newest
+        self.prune_idle();
+        let Some(stream) = self.existing(room) else {
+            return Ok(HistoryPage::empty());
         };
-        Ok(HistoryPage {
-            epoch: s.epoch.clone(),
-            top: s.top,
-            first: s.first(),
-            messages,
-        })
+        let mut s = lock(&stream);
+        if self.seen.behind(room, &s.epoch, s.top) {
+            s.restart_epoch();
+        }
+        s.trim(self.retention(room), now_ms());
+        Ok(s.page(q))
     }
 }
 
@@ -352,13 +407,17 @@ impl Sessions for MemoryEngine {
             .filter(|(_, until)| *until > now)
             .map(|(s, _)| s))
     }
-    async fn inbox_cursor(&self, user: &str) -> Result<u64, EngineError> {
-        Ok(lock(&self.inbox_cursors).get(user).copied().unwrap_or(0))
+    async fn inbox_cursor(&self, user: &str) -> Result<Option<StreamPosition>, EngineError> {
+        Ok(lock(&self.inbox_cursors).get(user).cloned())
     }
-    async fn ack_inbox(&self, user: &str, seq: u64) -> Result<(), EngineError> {
+    async fn ack_inbox(&self, user: &str, at: &StreamPosition) -> Result<(), EngineError> {
         let mut c = lock(&self.inbox_cursors);
-        let cur = c.entry(user.to_string()).or_insert(0);
-        *cur = (*cur).max(seq);
+        match c.get_mut(user) {
+            Some(cur) if cur.epoch == at.epoch => cur.seq = cur.seq.max(at.seq),
+            _ => {
+                c.insert(user.to_string(), at.clone());
+            }
+        }
         Ok(())
     }
 }
@@ -377,9 +436,26 @@ impl Nodes for MemoryEngine {
     }
 }
 
+#[async_trait]
 impl Engine for MemoryEngine {
     fn healthy(&self) -> bool {
         true
+    }
+
+    #[cfg(any(test, feature = "testing"))]
+    async fn rewind_for_test(&self, room: &str, keep: Option<u64>) {
+        match keep {
+            None => {
+                lock(&self.streams).remove(room);
+            }
+            Some(keep) => {
+                if let Some(stream) = self.existing(room) {
+                    let mut s = lock(&stream);
+                    s.msgs.retain(|(_, m)| m.seq <= keep);
+                    s.top = s.top.min(keep);
+                }
+            }
+        }
     }
 }
 
@@ -394,5 +470,69 @@ mod tests {
     #[tokio::test]
     async fn conformance() {
         crate::engine::conformance::run_all(&engine).await;
+    }
+
+    #[tokio::test]
+    async fn reads_create_nothing_and_idle_empty_streams_are_pruned() {
+        let mut c = Config::default();
+        c.history.max_age = Duration::from_millis(50);
+        c.sessions.dedup_window = Duration::from_millis(50);
+        let e = MemoryEngine::new(Arc::new(Hub::default()), &c);
+        let q = HistoryQuery {
+            limit: 10,
+            ..Default::default()
+        };
+        for i in 0..100 {
+            e.history(&format!("ghost{i}"), q).await.expect("history");
+        }
+        assert!(lock(&e.streams).is_empty(), "reading made no stream");
+        let body = serde_json::value::RawValue::from_string("1".into()).expect("raw");
+        e.publish(Publish {
+            room: "r".into(),
+            from: "a".into(),
+            msg_id: "m".into(),
+            body,
+            traceparent: None,
+        })
+        .await
+        .expect("publish");
+        assert_eq!(lock(&e.streams).len(), 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(past) = Instant::now().checked_sub(PRUNE_EVERY * 2) {
+            *lock(&e.pruned) = past;
+        }
+        e.history("ghost", q).await.expect("history");
+        assert!(
+            lock(&e.streams).is_empty(),
+            "aged out and forgotten: pruned"
+        );
+    }
+
+    /// Sessions nobody resumes must not pile up: expired ones are swept on a later save
+    /// (at most once a second), so memory stays bounded by the sessions of the last TTL.
+    #[tokio::test]
+    async fn expired_sessions_are_swept() {
+        let mut config = Config::default();
+        config.sessions.resume_ttl = Duration::from_millis(100);
+        let engine = MemoryEngine::new(Arc::new(Hub::default()), &config);
+        let record = SessionRecord {
+            user: "u".into(),
+            node: "n".into(),
+            rooms: Default::default(),
+            connected_at: 0,
+            last_seen: 0,
+            grants: Default::default(),
+        };
+        for i in 0..10 {
+            engine
+                .save_session(&format!("t{i}"), &record)
+                .await
+                .expect("save");
+        }
+        assert_eq!(lock(&engine.sessions).map.len(), 10);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        engine.save_session("fresh", &record).await.expect("save");
+        let left: Vec<String> = lock(&engine.sessions).map.keys().cloned().collect();
+        assert_eq!(left, ["fresh"]);
     }
 }

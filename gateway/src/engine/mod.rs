@@ -6,6 +6,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod seen;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
@@ -127,7 +128,15 @@ pub struct HistoryQuery {
     pub before: Option<u64>,
     /// At most this many messages.
     pub limit: usize,
+    /// At most this many bytes of frames (0: no cap). The first message of the page is
+    /// always included, so a page makes progress whatever the cap.
+    pub max_bytes: usize,
 }
+
+/// The epoch a room without any stored message reports. Reading a room creates nothing,
+/// so a room nobody wrote to has no epoch of its own yet; its first message starts a
+/// random one. A client position at seq 0 is covered in any epoch (it has seen nothing).
+pub const EMPTY_EPOCH: &str = "0000000000000000";
 
 /// A slice of history plus where the retained history starts and ends.
 #[derive(Debug, Clone)]
@@ -140,14 +149,51 @@ pub struct HistoryPage {
     pub first: u64,
     /// Messages, in ascending seq.
     pub messages: Vec<Arc<Envelope>>,
+    /// Messages of the asked range were left out by `limit` or `max_bytes`.
+    pub more: bool,
 }
 
 impl HistoryPage {
-    /// Whether everything after `seq` (in `epoch`) is still retained.
+    /// Whether everything after `seq` (in `epoch`) is still retained. Seq 0 means "nothing
+    /// seen yet": any epoch covers it while nothing was trimmed. [`EMPTY_EPOCH`] says no
+    /// more than a missing epoch (a position taken before the room's first message).
     pub fn covers(&self, seq: u64, epoch: Option<&str>) -> bool {
-        let same_epoch = epoch.is_none_or(|e| e == &*self.epoch);
+        let same_epoch = seq == 0 || epoch.is_none_or(|e| e == &*self.epoch || e == EMPTY_EPOCH);
         same_epoch && seq <= self.top && self.first <= seq + 1
     }
+
+    /// An empty page of a room with no stored message.
+    pub fn empty() -> HistoryPage {
+        HistoryPage {
+            epoch: EMPTY_EPOCH.into(),
+            top: 0,
+            first: 1,
+            messages: Vec::new(),
+            more: false,
+        }
+    }
+}
+
+/// Cuts a run of messages (in the order a page is filled: oldest first for `since`,
+/// newest first otherwise) to `limit` messages and `max_bytes` bytes (0: no byte cap),
+/// always keeping the first one. Returns the kept ones and whether any were left out.
+pub fn cut_page<'a>(
+    run: impl Iterator<Item = &'a Arc<Envelope>>,
+    limit: usize,
+    max_bytes: usize,
+) -> (Vec<Arc<Envelope>>, bool) {
+    let mut out: Vec<Arc<Envelope>> = Vec::new();
+    let mut bytes = 0usize;
+    for env in run {
+        let full = out.len() >= limit
+            || (max_bytes > 0 && !out.is_empty() && bytes + env.frame.len() > max_bytes);
+        if full {
+            return (out, true);
+        }
+        bytes += env.frame.len();
+        out.push(env.clone());
+    }
+    (out, false)
 }
 
 /// What a disconnected session leaves behind for a resume.
@@ -184,6 +230,10 @@ pub enum EngineError {
     /// The backing store cannot be reached; the client may retry.
     #[error("engine unavailable: {0}")]
     Unavailable(String),
+    /// A write whose outcome is unknown: the store was asked but did not answer in time
+    /// (it may have done it). Retrying with the same msg id is safe (de-duplicated).
+    #[error("outcome unknown: {0}")]
+    UnknownOutcome(String),
     /// Anything else.
     #[error("engine error: {0}")]
     Internal(String),
@@ -227,17 +277,20 @@ pub trait PresenceManager: Send + Sync {
     async fn active_rooms(&self, limit: usize) -> Result<Vec<(String, usize)>, EngineError>;
 }
 
-/// Sessions a client can resume on any node, and how far each user's inbox was read.
+/// Sessions a client can resume on any node, and how far each user's inbox was
+/// acknowledged.
 #[async_trait]
 pub trait Sessions: Send + Sync {
     /// Stores (or refreshes) a session under its resume token.
     async fn save_session(&self, token: &str, session: &SessionRecord) -> Result<(), EngineError>;
     /// Removes and returns a session, if it exists and has not expired.
     async fn take_session(&self, token: &str) -> Result<Option<SessionRecord>, EngineError>;
-    /// Highest inbox seq delivered to any connection of the user.
-    async fn inbox_cursor(&self, user: &str) -> Result<u64, EngineError>;
-    /// Advances the user's inbox cursor (never moves it back).
-    async fn ack_inbox(&self, user: &str, seq: u64) -> Result<(), EngineError>;
+    /// The user's inbox cursor: the highest position any of the user's devices
+    /// acknowledged (where a connection without a session starts its inbox replay).
+    async fn inbox_cursor(&self, user: &str) -> Result<Option<StreamPosition>, EngineError>;
+    /// Advances the user's inbox cursor: never back within an epoch; a position of
+    /// another epoch replaces it (the inbox started a new epoch).
+    async fn ack_inbox(&self, user: &str, at: &StreamPosition) -> Result<(), EngineError>;
 }
 
 /// The cluster's nodes: their load (for rebalancing) and the admission counter.
@@ -254,9 +307,24 @@ pub trait Nodes: Send + Sync {
 
 /// Everything a gateway node needs from its engine. Both engines pass one conformance
 /// suite (`engine::conformance`).
+///
+/// **The epoch rule.** A room's (or inbox's) messages are numbered within an epoch. The
+/// store starts a new epoch for a room when it has none (a room never written, or one the
+/// store lost) and when its stored top is *below* what this node has seen of the same
+/// epoch ([`seen::SeenTops`]): a store restored from an older snapshot or failed over to a
+/// lagging replica. Numbering on in the old epoch would hand out seqs clients already
+/// have, and every writer and client would drop those messages as duplicates; a new epoch
+/// makes clients see the gap (`recovered: false`, a new `epoch` in `msg`) instead.
+#[async_trait]
 pub trait Engine: Broker + History + PresenceManager + Sessions + Nodes + 'static {
     /// Whether the engine can serve requests now (readiness).
     fn healthy(&self) -> bool;
+
+    /// Tests only: makes the store forget a room's messages after `keep` (a restore from
+    /// an older snapshot), or the whole room with `None` (a store that lost it), without
+    /// telling the node — as a real store would not.
+    #[cfg(any(test, feature = "testing"))]
+    async fn rewind_for_test(&self, room: &str, keep: Option<u64>);
 }
 
 /// A node's entry in the node registry.

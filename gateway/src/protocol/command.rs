@@ -34,6 +34,8 @@ pub enum Command {
     Resume(Resume),
     /// Replace the connection token (or a room's subscription token) before it expires.
     Refresh(Refresh),
+    /// Acknowledge the own inbox up to a seq (this device has its direct messages).
+    Ack(Ack),
 }
 
 /// `join`.
@@ -126,6 +128,17 @@ pub struct Refresh {
     pub room: Option<String>,
 }
 
+/// `ack`: this device has the own inbox's messages up to `seq`.
+#[derive(Debug)]
+pub struct Ack {
+    /// Client id of the command.
+    pub id: CommandId,
+    /// Last inbox seq the device has.
+    pub seq: u64,
+    /// Epoch of that seq, if the client knows it.
+    pub epoch: Option<std::sync::Arc<str>>,
+}
+
 /// Command kinds of protocol v1, as named by `type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -138,6 +151,7 @@ enum Kind {
     Ping,
     Resume,
     Refresh,
+    Ack,
     #[serde(other)]
     Unknown,
 }
@@ -163,6 +177,7 @@ struct WireCommand {
     resume_token: Option<String>,
     positions: Option<BTreeMap<String, Since>>,
     token: Option<String>,
+    seq: Option<u64>,
 }
 
 /// Why a text frame is not a valid command.
@@ -265,6 +280,16 @@ impl Command {
                 room: w.room,
                 id,
             }),
+            Kind::Ack => {
+                let Some(seq) = w.seq else {
+                    return Err(fail(BadRequest, "ack needs `seq`".into(), Some(id)));
+                };
+                Command::Ack(Ack {
+                    seq,
+                    epoch: w.epoch.map(Into::into),
+                    id,
+                })
+            }
             Kind::Unknown => return Err(unknown(Some(id))),
         })
     }
@@ -280,6 +305,7 @@ impl Command {
             Command::Ping(c) => &c.id,
             Command::Resume(c) => &c.id,
             Command::Refresh(c) => &c.id,
+            Command::Ack(c) => &c.id,
         }
     }
 }
@@ -364,6 +390,7 @@ mod tests {
                 r#"{"type":"refresh","id":9,"token":"t","room":"r"}"#,
                 "refresh",
             ),
+            (r#"{"type":"ack","id":10,"seq":3,"epoch":"x"}"#, "ack"),
         ];
         for (text, kind) in cases {
             let cmd = Command::parse(text).unwrap_or_else(|e| panic!("{text}: {e:?}"));
@@ -376,6 +403,7 @@ mod tests {
                 Command::Ping(_) => "ping",
                 Command::Resume(_) => "resume",
                 Command::Refresh(_) => "refresh",
+                Command::Ack(_) => "ack",
             };
             assert_eq!(got, kind, "{text}");
         }
@@ -422,6 +450,8 @@ mod tests {
         );
         let err = Command::parse(r#"{"type":"leave","id":9}"#).expect_err("no room");
         assert_eq!(err.message, "leave needs `room`");
+        let err = Command::parse(r#"{"type":"ack","id":9}"#).expect_err("no seq");
+        assert_eq!(err.message, "ack needs `seq`");
         let err = Command::parse(r#"{"type":"join","id":"x","room":"r","bogus":1}"#)
             .expect_err("unknown field");
         assert_eq!(

@@ -125,6 +125,29 @@ pub fn is_inbox(room: &str) -> bool {
     room.starts_with(INBOX_PREFIX)
 }
 
+/// Whether `tp` is a W3C `traceparent` (version 00 form: `vv-<32 hex>-<16 hex>-ff`, lowercase
+/// hex, version not `ff`, neither id all zeros). Anything else a client sends is dropped
+/// before it can reach a pub/sub payload or an upstream header.
+pub fn valid_traceparent(tp: &str) -> bool {
+    let b = tp.as_bytes();
+    let hex = |r: std::ops::Range<usize>| {
+        b[r].iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
+    let zeros = |r: std::ops::Range<usize>| b[r].iter().all(|c| *c == b'0');
+    b.len() == 55
+        && b[2] == b'-'
+        && b[35] == b'-'
+        && b[52] == b'-'
+        && hex(0..2)
+        && hex(3..35)
+        && hex(36..52)
+        && hex(53..55)
+        && &b[0..2] != b"ff"
+        && !zeros(3..35)
+        && !zeros(36..52)
+}
+
 /// Serialises a frame the gateway built itself (cannot fail for these types).
 pub fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|e| {
@@ -143,6 +166,25 @@ mod tests {
         assert!(validate_room("has space", 128).is_err());
         assert!(validate_room("ünï", 128).is_err());
         assert!(validate_room(&"a".repeat(129), 128).is_err());
+    }
+
+    #[test]
+    fn traceparents() {
+        assert!(valid_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 m 9 x",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7 01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e47é-00f067aa0ba902b7-01",
+        ] {
+            assert!(!valid_traceparent(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub enum ErrorCode {
     QuotaExceeded,
     /// The engine cannot serve the command now; retry later.
     Unavailable,
+    /// A `send` whose store call timed out after it may have run: retry with the same
+    /// `msg_id` (the retry is de-duplicated, so it is never posted twice).
+    UnknownOutcome,
     /// Unexpected server failure.
     Internal,
 }
@@ -51,6 +54,7 @@ impl ErrorCode {
             ErrorCode::InvalidToken => "invalid_token",
             ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::UnknownOutcome => "unknown_outcome",
             ErrorCode::Internal => "internal",
         }
     }
@@ -58,7 +62,10 @@ impl ErrorCode {
     /// Whether the server, not the client, is at fault (such errors do not count towards
     /// the client's error streak: an engine outage must not disconnect good clients).
     pub fn is_server_fault(self) -> bool {
-        matches!(self, ErrorCode::Unavailable | ErrorCode::Internal)
+        matches!(
+            self,
+            ErrorCode::Unavailable | ErrorCode::UnknownOutcome | ErrorCode::Internal
+        )
     }
 }
 
@@ -104,6 +111,8 @@ pub enum Reply {
     Resume(ResumeOk),
     /// `refresh`.
     Refresh(RefreshOk),
+    /// `ack`.
+    Ack(AckOk),
 }
 
 /// `join` ok: where the room stands now.
@@ -164,9 +173,22 @@ pub struct HistoryOk {
     pub top: u64,
     /// Lowest seq still retained.
     pub first: u64,
+    /// Messages of the asked range were left out (by `limit` or by the page's byte cap):
+    /// page on from the first (backwards) or last (forwards) seq of this page.
+    pub more: bool,
     /// The `msg` frames as stored, oldest first; written raw, never re-parsed.
     #[serde(skip)]
     pub messages: Vec<Utf8Bytes>,
+}
+
+/// `ack` ok: where this device's inbox position stands now.
+#[derive(Debug, Serialize)]
+pub struct AckOk {
+    /// The own inbox.
+    pub room: Arc<str>,
+    /// The device's acknowledged position.
+    #[serde(flatten)]
+    pub at: StreamPosition,
 }
 
 /// `presence` ok.
@@ -344,6 +366,7 @@ mod tests {
                 epoch: "e".into(),
                 top: 2,
                 first: 1,
+                more: false,
                 messages: frames.iter().map(|f| Utf8Bytes::from(*f)).collect(),
             }),
         );
@@ -357,10 +380,14 @@ mod tests {
                 epoch: "e".into(),
                 top: 0,
                 first: 1,
+                more: false,
                 messages: Vec::new(),
             }),
         );
-        assert!(empty.ends_with(r#""first":1,"messages":[]}"#), "{empty}");
+        assert!(
+            empty.ends_with(r#""first":1,"more":false,"messages":[]}"#),
+            "{empty}"
+        );
     }
 
     #[test]

@@ -31,10 +31,12 @@ pub(super) async fn handle(s: &mut Session, cmd: History) -> Handled {
         .limit
         .unwrap_or(DEFAULT_LIMIT)
         .min(protocol::MAX_HISTORY_LIMIT);
+    // Bytes as well as count: 500 messages of 64 KiB would be a 32 MB frame.
     let query = HistoryQuery {
         since: cmd.since,
         before: cmd.before,
         limit,
+        max_bytes: s.node.config.limits.history_page_cap(),
     };
     let page = s.node.engine.history(&cmd.room, query).await?;
     Ok(Reply::History(HistoryOk {
@@ -42,6 +44,7 @@ pub(super) async fn handle(s: &mut Session, cmd: History) -> Handled {
         epoch: page.epoch,
         top: page.top,
         first: page.first,
+        more: page.more,
         messages: page.messages.iter().map(|m| m.frame.clone()).collect(),
     })
     .into())

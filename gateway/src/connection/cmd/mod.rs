@@ -4,6 +4,7 @@
 //! queues the outcome in order, so "the reply goes out before the replay" holds by
 //! construction.
 
+mod ack;
 mod history;
 mod join;
 mod leave;
@@ -13,9 +14,9 @@ mod refresh;
 mod resume;
 mod send;
 
+use super::catchup::Replay;
 use super::session::Session;
 use crate::engine::EngineError;
-use crate::outbound::Outbound;
 use crate::protocol::{self, Command, ErrorCode, Reply};
 
 /// What a command produced.
@@ -23,8 +24,8 @@ use crate::protocol::{self, Command, ErrorCode, Reply};
 pub struct Outcome {
     /// The `ok` reply.
     pub reply: Reply,
-    /// Queued after the reply, in order (replays of the rooms the command caught up).
-    pub then: Vec<Outbound>,
+    /// Streamed after the reply, in order (replays of the rooms the command caught up).
+    pub then: Vec<Replay>,
 }
 
 impl From<Reply> for Outcome {
@@ -59,6 +60,7 @@ impl From<EngineError> for Refusal {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::Unavailable(m) => Refusal::new(ErrorCode::Unavailable, m),
+            EngineError::UnknownOutcome(m) => Refusal::new(ErrorCode::UnknownOutcome, m),
             EngineError::Internal(m) => Refusal::new(ErrorCode::Internal, m),
             EngineError::Quota(m) => Refusal::new(ErrorCode::QuotaExceeded, m),
         }
@@ -69,12 +71,9 @@ impl From<EngineError> for Refusal {
 pub type Handled = Result<Outcome, Refusal>;
 
 impl Session {
-    /// Runs one command. The inbox replay waits for a `resume`; any other command means
-    /// none is coming, so the inbox is replayed from the user's cursor first.
+    /// Runs one command. (The socket loop replays a pending inbox before any command but
+    /// `resume`.)
     pub async fn handle(&mut self, cmd: Command) -> Handled {
-        if self.inbox_pending && !matches!(cmd, Command::Resume(_)) {
-            Box::pin(self.replay_inbox_from_cursor()).await;
-        }
         // Rare, large futures are boxed so every idle connection's task stays small;
         // `send`, the hot path, is not.
         match cmd {
@@ -86,6 +85,7 @@ impl Session {
             Command::Ping(c) => ping::handle(c),
             Command::Resume(c) => Box::pin(resume::handle(self, c)).await,
             Command::Refresh(c) => Box::pin(refresh::handle(self, c)).await,
+            Command::Ack(c) => Box::pin(ack::handle(self, c)).await,
         }
     }
 

@@ -1,14 +1,19 @@
 //! `resume`: restore an earlier session (from any node) and replay what was missed. The
 //! stored session says which rooms and where; the client's positions override it. The
 //! inbox comes first: it is already subscribed and only its replay is pending.
+//!
+//! Nothing fails half-way: once the stored session is taken, every room (the inbox
+//! included) gets its own outcome, and a room that could not be caught up is left
+//! entirely (or, for the inbox, its held-back live messages are released).
 
 use super::{Handled, Outcome, Refusal, Session};
 use crate::auth::Rights;
-use crate::connection::catchup::{merge_positions, CaughtUp};
+use crate::connection::catchup::{merge_positions, CaughtUp, Replay};
 use crate::engine::StoredGrant;
+use crate::outbound::Outbound;
 use crate::protocol::command::Resume;
 use crate::protocol::reply::{Reply, ResumeOk, RoomResumed};
-use crate::protocol::{self, ErrorCode, Since};
+use crate::protocol::{self, ErrorCode, Since, StreamPosition};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -41,24 +46,16 @@ pub(super) async fn handle(s: &mut Session, cmd: Resume) -> Handled {
     let mut then = Vec::new();
     match wanted.remove(&*s.inbox) {
         Some(since) if s.inbox_pending => {
-            s.inbox_pending = false;
-            let inbox = s.inbox.clone();
-            let caught = s.catch_up(&inbox, Some(&since)).await?;
-            rooms.insert(
-                inbox.to_string(),
-                RoomResumed::CaughtUp {
-                    recovered: caught.recovered,
-                    at: caught.at,
-                },
-            );
-            then.push(caught.replay);
+            let (outcome, replay) = resume_inbox(s, &since).await;
+            rooms.insert(s.inbox.to_string(), outcome);
+            then.extend(replay);
         }
         // The inbox was already replayed from the cursor; earlier gaps cannot be filled
         // on this connection without reordering.
         Some(_) => {
             rooms.insert(s.inbox.to_string(), RoomResumed::too_late());
         }
-        None if s.inbox_pending => s.replay_inbox_from_cursor().await,
+        None if s.inbox_pending => then.extend(s.replay_inbox_from_cursor().await),
         None => {}
     }
     for (room, since) in wanted {
@@ -80,6 +77,41 @@ pub(super) async fn handle(s: &mut Session, cmd: Resume) -> Handled {
         reply: Reply::Resume(ResumeOk { rooms }),
         then,
     })
+}
+
+/// The inbox from the device's position: the position it resumes from is one it has, so
+/// it counts as an acknowledgement. A position history no longer covers (retention, a new
+/// epoch) replays what no device acknowledged instead, reported `recovered: false`.
+async fn resume_inbox(s: &mut Session, since: &Since) -> (RoomResumed, Option<Replay>) {
+    s.inbox_pending = false;
+    let inbox = s.inbox.clone();
+    let caught = match s.catch_up(&inbox, Some(since)).await {
+        Ok(caught) => caught,
+        Err(e) => {
+            // Nothing may stay held back: live direct messages flow again; nothing was
+            // acknowledged, so a later resume replays what this one could not.
+            s.queue.push(Outbound::Release(inbox));
+            let refusal = Refusal::from(e);
+            return (RoomResumed::refused(refusal.code, refusal.message), None);
+        }
+    };
+    if !caught.recovered {
+        let replay = s.replay_inbox_from_cursor().await;
+        let outcome = RoomResumed::CaughtUp {
+            recovered: false,
+            at: caught.at,
+        };
+        return (outcome, replay);
+    }
+    let at = StreamPosition::new(caught.at.epoch.clone(), since.seq);
+    if let Err(e) = s.acknowledge_inbox(at).await {
+        tracing::debug!(user = %s.user(), error = %e, "inbox cursor not advanced");
+    }
+    let outcome = RoomResumed::CaughtUp {
+        recovered: true,
+        at: caught.at,
+    };
+    (outcome, Some(caught.replay))
 }
 
 /// Re-enters one room of the resumed session. Permissions are checked again (the token

@@ -17,8 +17,6 @@ use tracing::Instrument;
 
 /// Longest client `msg_id`, in bytes.
 const MAX_MSG_ID: usize = 128;
-/// Longest `traceparent` accepted (longer ones are dropped, not refused).
-const MAX_TRACEPARENT: usize = 128;
 
 pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
     s.check_room(&cmd.room)?;
@@ -59,7 +57,9 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
         Some(m) => m,
         None => random_hex(12),
     };
-    let mut traceparent = cmd.traceparent.filter(|t| t.len() <= MAX_TRACEPARENT);
+    // Only a well-formed W3C traceparent goes on (dropped, not refused, otherwise): it
+    // rides in the pub/sub payload and the msg frame of every member.
+    let mut traceparent = cmd.traceparent.filter(|t| protocol::valid_traceparent(t));
     let body = if s.node.hooks.sends_through(&cmd.room) {
         backend_body(s, &cmd.room, &msg_id, cmd.body).await?
     } else {

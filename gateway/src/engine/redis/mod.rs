@@ -2,118 +2,44 @@
 //! service. Commands go through a [`ConnectionManager`] (reconnects by itself); room
 //! traffic arrives on a dedicated pub/sub connection owned by the [`subscriber`] task.
 
+mod payload;
+mod repair;
 mod scripts;
+mod shared;
 mod subscriber;
 
+pub use payload::{parse_payload, Payload};
+
 use super::{
-    new_epoch, now_ms, Broker, Engine, EngineError, Envelope, History, HistoryPage, HistoryQuery,
-    NodeReport, Nodes, PresenceManager, Publish, Published, SessionRecord, Sessions,
+    new_epoch, now_ms, Broker, Engine, EngineError, History, HistoryPage, HistoryQuery, NodeReport,
+    Nodes, PresenceManager, Publish, Published, SessionRecord, Sessions,
 };
-use crate::config::{Config, Namespaces, RetentionConfig};
+use crate::config::{Config, Namespaces};
 use crate::hub::Hub;
 use crate::protocol::push::{msg_frame_around_position, presence_frame};
 use crate::protocol::StreamPosition;
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::AsyncCommands;
-use std::collections::{BTreeSet, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use shared::{lock, Keys, Shared, SharedParts};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Longest wait for one Redis operation before answering `unavailable`.
-const OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often presence entries of local connections are refreshed.
 const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
 /// Presence entries not refreshed for this long are expired (a node died).
 const PRESENCE_TTL: Duration = Duration::from_secs(30);
+/// A room's presence keys expire this long after the last refresh by any live node.
+const PRESENCE_KEY_TTL: Duration = Duration::from_secs(90);
 /// `pubsub_down_since` before the first connection: long ago, so not ready until connected.
 pub(crate) const PUBSUB_DOWN_SINCE_START: u64 = 1;
 /// How often Redis is pinged to notice outages and recoveries without traffic.
 const HEALTH_PING: Duration = Duration::from_secs(1);
 /// Node registry entries expire after this long without a report.
 const NODE_TTL: Duration = Duration::from_secs(15);
-
-/// Key names of the engine.
-#[derive(Clone)]
-pub(crate) struct Keys {
-    prefix: String,
-}
-
-impl Keys {
-    fn room(&self, room: &str, suffix: &str) -> String {
-        format!("{}:{{{room}}}:{suffix}", self.prefix)
-    }
-    pub(crate) fn meta(&self, room: &str) -> String {
-        self.room(room, "m")
-    }
-    pub(crate) fn stream(&self, room: &str) -> String {
-        self.room(room, "s")
-    }
-    fn dedup(&self, room: &str, from: &str, msg_id: &str) -> String {
-        format!("{}:{{{room}}}:d:{from}\0{msg_id}", self.prefix)
-    }
-    fn quota(&self, room: &str, from: &str) -> String {
-        format!("{}:{{{room}}}:q:{from}", self.prefix)
-    }
-    fn presence_conns(&self, room: &str) -> String {
-        self.room(room, "pc")
-    }
-    fn presence_users(&self, room: &str) -> String {
-        self.room(room, "pu")
-    }
-    fn room_of_presence_users(&self, key: &str) -> Option<String> {
-        let inner = key
-            .strip_prefix(&self.prefix)?
-            .strip_prefix(":{")?
-            .strip_suffix("}:pu")?;
-        Some(inner.to_string())
-    }
-    pub(crate) fn channel(&self, room: &str) -> String {
-        format!("{}:c:{room}", self.prefix)
-    }
-    pub(crate) fn room_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
-        channel.strip_prefix(&self.prefix)?.strip_prefix(":c:")
-    }
-    fn session(&self, token: &str) -> String {
-        format!("{}:sess:{token}", self.prefix)
-    }
-    fn inbox_cursor(&self, user: &str) -> String {
-        format!("{}:ic:{user}", self.prefix)
-    }
-    fn node(&self, id: &str) -> String {
-        format!("{}:node:{id}", self.prefix)
-    }
-    fn admission(&self, second: u64) -> String {
-        format!("{}:adm:{second}", self.prefix)
-    }
-    fn nodes(&self) -> String {
-        format!("{}:nodes", self.prefix)
-    }
-}
-
-/// Shared by the engine and its background tasks.
-pub(crate) struct Shared {
-    pub(crate) keys: Keys,
-    pub(crate) conn: ConnectionManager,
-    pub(crate) hub: Arc<Hub>,
-    history: RetentionConfig,
-    inbox: RetentionConfig,
-    pub(crate) namespaces: Namespaces,
-    dedup_window: Duration,
-    session_ttl: Duration,
-    /// Unix ms since when Redis has been failing (0 = healthy).
-    down_since: AtomicU64,
-    readiness_grace: Duration,
-    /// (room, user, conn) present through this node, refreshed periodically.
-    local_presence: Mutex<HashSet<(String, String, String)>>,
-    /// Unix ms since when the pub/sub connection has been down (0 = up).
-    pub(crate) pubsub_down_since: AtomicU64,
-    /// Counts of Redis errors and reconnects (metrics).
-    pub(crate) errors: prometheus::IntCounter,
-    pub(crate) reconnects: prometheus::IntCounter,
-}
 
 /// Counters the engine reports to (registered in the node's metrics).
 #[derive(Clone)]
@@ -133,126 +59,6 @@ impl Default for RedisCounters {
             reconnects: c("redis_reconnects"),
         }
     }
-}
-
-impl Shared {
-    fn retention(&self, room: &str) -> &RetentionConfig {
-        super::retention(&self.namespaces, room, &self.history, &self.inbox)
-    }
-
-    /// Maps a Redis error to an engine error and records the outage.
-    pub(crate) fn fail(&self, e: redis::RedisError) -> EngineError {
-        self.errors.inc();
-        let _ = self.down_since.compare_exchange(
-            0,
-            now_ms().max(1),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-        if e.is_io_error()
-            || e.is_connection_dropped()
-            || e.is_timeout()
-            || e.is_connection_refusal()
-        {
-            EngineError::Unavailable(format!("redis: {e}"))
-        } else {
-            EngineError::Internal(format!("redis: {e}"))
-        }
-    }
-
-    pub(crate) fn ok(&self) {
-        self.down_since.store(0, Ordering::Relaxed);
-    }
-
-    /// Runs one Redis operation with a deadline: a stalled or unreachable Redis turns into
-    /// `unavailable` within [`OP_TIMEOUT`] instead of a hanging command.
-    pub(crate) async fn run<T>(
-        &self,
-        op: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, EngineError> {
-        match tokio::time::timeout(OP_TIMEOUT, op).await {
-            Ok(Ok(v)) => {
-                self.ok();
-                Ok(v)
-            }
-            Ok(Err(e)) => Err(self.fail(e)),
-            Err(_) => {
-                self.errors.inc();
-                let _ = self.down_since.compare_exchange(
-                    0,
-                    now_ms().max(1),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-                Err(EngineError::Unavailable(
-                    "redis did not answer in time".into(),
-                ))
-            }
-        }
-    }
-
-    /// Reads history (also used by the subscriber to fill gaps after a reconnect).
-    pub(crate) async fn history(
-        &self,
-        room: &str,
-        q: HistoryQuery,
-    ) -> Result<HistoryPage, EngineError> {
-        let (start, end, reverse) = match (q.since, q.before) {
-            (_, Some(b)) if b <= 1 => ("-".to_string(), "-".to_string(), false),
-            (Some(s), Some(b)) => (format!("{}-0", s + 1), format!("{}-1", b - 1), false),
-            (Some(s), None) => (format!("{}-0", s + 1), "+".to_string(), false),
-            (None, Some(b)) => ("-".to_string(), format!("{}-1", b - 1), true),
-            (None, None) => ("-".to_string(), "+".to_string(), true),
-        };
-        let empty = matches!(q.before, Some(b) if b <= 1);
-        let limit = if empty { 0 } else { q.limit.min(1_000_000) };
-        let max_age = self.retention(room).max_age.as_millis() as u64;
-        let mut conn = self.conn.clone();
-        let raw: Vec<redis::Value> = self
-            .run(
-                scripts::HISTORY
-                    .key(self.keys.meta(room))
-                    .key(self.keys.stream(room))
-                    .arg(start)
-                    .arg(end)
-                    .arg(if reverse { "1" } else { "0" })
-                    .arg(limit)
-                    .arg(max_age)
-                    .arg(new_epoch())
-                    .invoke_async(&mut conn),
-            )
-            .await?;
-        parse_history(room, raw)
-    }
-}
-
-fn parse_history(room: &str, raw: Vec<redis::Value>) -> Result<HistoryPage, EngineError> {
-    let bad = || EngineError::Internal("unexpected history reply from redis".into());
-    let mut it = raw.into_iter();
-    let epoch: String = redis::from_redis_value(it.next().ok_or_else(bad)?).map_err(|_| bad())?;
-    let top: u64 = redis::from_redis_value(it.next().ok_or_else(bad)?).map_err(|_| bad())?;
-    let first: u64 = redis::from_redis_value(it.next().ok_or_else(bad)?).map_err(|_| bad())?;
-    let epoch: Arc<str> = epoch.into();
-    let room: Arc<str> = room.into();
-    let mut messages = Vec::new();
-    while let (Some(seq), Some(frame)) = (it.next(), it.next()) {
-        let seq: u64 = redis::from_redis_value(seq).map_err(|_| bad())?;
-        let frame: String = redis::from_redis_value(frame).map_err(|_| bad())?;
-        messages.push(Arc::new(Envelope {
-            room: room.clone(),
-            seq,
-            epoch: epoch.clone(),
-            ts: 0,
-            traceparent: None,
-            frame: frame.into(),
-        }));
-    }
-    Ok(HistoryPage {
-        epoch,
-        top,
-        first,
-        messages,
-    })
 }
 
 /// Engine backed by one Redis server.
@@ -282,29 +88,26 @@ impl RedisEngine {
             .map_err(|e| EngineError::Internal(format!("redis.url: {e}")))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(shared::OP_TIMEOUT))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-            .map_err(|e| EngineError::Internal(format!("redis: {e}")))?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Shared::new(SharedParts {
             keys: Keys {
                 prefix: config.redis.key_prefix.clone(),
             },
-            conn,
+            client: client.clone(),
+            manager_config,
             hub,
             history: config.history.clone(),
             inbox: config.inbox.clone(),
             namespaces: Namespaces::new(&config.namespaces),
             dedup_window: config.sessions.dedup_window,
             session_ttl: config.sessions.resume_ttl,
-            down_since: AtomicU64::new(0),
             readiness_grace: config.redis.readiness_grace,
-            local_presence: Mutex::new(HashSet::new()),
-            pubsub_down_since: AtomicU64::new(PUBSUB_DOWN_SINCE_START),
+            pubsub_down_since: PUBSUB_DOWN_SINCE_START,
             errors: counters.errors,
             reconnects: counters.reconnects,
-        });
+        })?);
         let stop = CancellationToken::new();
         let pubsub_up = Arc::new(AtomicBool::new(false));
         let subscriber = subscriber::spawn(client, shared.clone(), pubsub_up.clone(), stop.clone());
@@ -319,10 +122,6 @@ impl RedisEngine {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn presence_member(user: &str, conn: &str) -> String {
     format!("{user}\0{conn}")
 }
@@ -335,7 +134,7 @@ async fn health(shared: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let mut conn = shared.conn.clone();
+        let mut conn = shared.conn();
         if let Err(e) = shared
             .run(redis::cmd("PING").query_async::<String>(&mut conn))
             .await
@@ -345,7 +144,8 @@ async fn health(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-/// Keeps this node's presence entries alive; entries of a dead node expire.
+/// Keeps this node's presence entries alive and sweeps entries nobody refreshed (a
+/// crashed node's); a room's presence keys expire once no live node refreshes them.
 async fn refresh_presence(shared: Arc<Shared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(PRESENCE_REFRESH);
     loop {
@@ -353,84 +153,136 @@ async fn refresh_presence(shared: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let entries: Vec<_> = lock(&shared.local_presence).iter().cloned().collect();
-        if entries.is_empty() {
+        let mut by_room: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (room, user, member) in lock(&shared.local_presence).iter() {
+            by_room
+                .entry(room.clone())
+                .or_default()
+                .push(presence_member(user, member));
+        }
+        if by_room.is_empty() {
             continue;
         }
-        let expiry = now_ms() + PRESENCE_TTL.as_millis() as u64;
-        let mut pipe = redis::pipe();
-        for (room, user, conn) in &entries {
-            pipe.cmd("ZADD")
-                .arg(shared.keys.presence_conns(room))
-                .arg("XX")
-                .arg(expiry)
-                .arg(presence_member(user, conn))
-                .ignore();
+        let now = now_ms();
+        let mut conn = shared.conn();
+        // A pipeline does not load a missing script by itself (a restarted Redis).
+        let loaded = shared
+            .run(
+                scripts::PRESENCE_SWEEP
+                    .prepare_invoke()
+                    .load_async(&mut conn),
+            )
+            .await;
+        if let Err(e) = loaded {
+            tracing::warn!(error = %e, "presence refresh failed");
+            continue;
         }
-        let mut conn = shared.conn.clone();
+        let mut pipe = redis::pipe();
+        for (room, members) in &by_room {
+            let mut call = scripts::PRESENCE_SWEEP.key(shared.keys.presence_conns(room));
+            call.key(shared.keys.presence_users(room))
+                .arg(now)
+                .arg(now + PRESENCE_TTL.as_millis() as u64)
+                .arg(PRESENCE_KEY_TTL.as_millis() as u64)
+                .arg(shared.leave_channel(room))
+                .arg(room);
+            for m in members {
+                call.arg(m);
+            }
+            pipe.invoke_script(&call).ignore();
+        }
         if let Err(e) = shared.run(pipe.query_async::<()>(&mut conn)).await {
             tracing::warn!(error = %e, "presence refresh failed");
         }
     }
 }
 
+/// Publishes through the script (also used by the subscriber to move a message out of an
+/// epoch the store fell behind in).
+pub(crate) async fn publish(s: &Shared, msg: &Publish) -> Result<Published, EngineError> {
+    let ns = s.namespaces.of(&msg.room);
+    if !ns.keep_history || crate::protocol::is_internal(&msg.room) {
+        return publish_ephemeral(s, msg).await;
+    }
+    let quota = if crate::protocol::is_inbox(&msg.room) {
+        ns.dm_quota
+    } else {
+        0
+    };
+    // The script completes the frame with seq, epoch and ts: split it around them. A
+    // traceparent that is not one would break the pub/sub payload for every member.
+    let traceparent = msg
+        .traceparent
+        .as_deref()
+        .filter(|t| crate::protocol::valid_traceparent(t));
+    let content = crate::protocol::push::MsgContent {
+        traceparent,
+        ..msg.content()
+    };
+    let (head, tail) = msg_frame_around_position(content);
+    let retention = s.retention(&msg.room);
+    let seen = s.seen.get(&msg.room);
+    let mut conn = s.conn();
+    let (seq, epoch, code, ts): (u64, String, u8, u64) = s
+        .run_write(
+            scripts::PUBLISH
+                .key(s.keys.meta(&msg.room))
+                .key(s.keys.stream(&msg.room))
+                .key(s.keys.dedup(&msg.room, &msg.from, &msg.msg_id))
+                .key(s.keys.quota(&msg.room, &msg.from))
+                .arg(s.keys.channel(&msg.room))
+                .arg(new_epoch())
+                .arg(head)
+                .arg(tail)
+                .arg(retention.max_messages)
+                .arg(retention.max_age.as_millis() as u64)
+                .arg(s.dedup_window.as_millis() as u64)
+                .arg(traceparent.unwrap_or("-"))
+                .arg(seen.as_ref().map_or("", |p| &*p.epoch))
+                .arg(seen.as_ref().map_or(0, |p| p.seq))
+                .arg(quota)
+                .invoke_async(&mut conn),
+        )
+        .await?;
+    if code == 2 {
+        return Err(EngineError::Quota(format!(
+            "you have {quota} messages in this inbox already; wait until some expire"
+        )));
+    }
+    s.seen.observe(&msg.room, &epoch, seq);
+    Ok(Published {
+        at: StreamPosition::new(epoch, seq),
+        duplicate: code == 1,
+        ephemeral: false,
+        ts,
+    })
+}
+
+/// A message of a namespace that keeps no history (or of an internal room): straight to
+/// the room's channel, no seq.
+async fn publish_ephemeral(s: &Shared, msg: &Publish) -> Result<Published, EngineError> {
+    let traceparent = msg
+        .traceparent
+        .as_deref()
+        .filter(|t| crate::protocol::valid_traceparent(t));
+    let env = super::Envelope::ephemeral(msg, now_ms());
+    let payload = format!(
+        "e {} {} {}",
+        env.ts,
+        traceparent.unwrap_or("-"),
+        env.frame.as_str()
+    );
+    let mut conn = s.conn();
+    let _: i64 = s
+        .run_write(conn.publish(s.keys.channel(&msg.room), payload))
+        .await?;
+    Ok(Published::ephemeral())
+}
+
 #[async_trait]
 impl Broker for RedisEngine {
     async fn publish(&self, msg: Publish) -> Result<Published, EngineError> {
-        let s = &self.shared;
-        let ns = s.namespaces.of(&msg.room);
-        let mut conn = s.conn.clone();
-        if !ns.keep_history || crate::protocol::is_internal(&msg.room) {
-            let env = super::Envelope::ephemeral(&msg, now_ms());
-            let payload = format!(
-                "e {} {} {}",
-                env.ts,
-                msg.traceparent.as_deref().unwrap_or("-"),
-                env.frame.as_str()
-            );
-            let _: i64 = s
-                .run(conn.publish(s.keys.channel(&msg.room), payload))
-                .await?;
-            return Ok(Published::ephemeral());
-        }
-        let quota = if crate::protocol::is_inbox(&msg.room) {
-            ns.dm_quota
-        } else {
-            0
-        };
-        // The script completes the frame with seq, epoch and ts: split it around them.
-        let (head, tail) = msg_frame_around_position(msg.content());
-        let retention = s.retention(&msg.room);
-        let (seq, epoch, dup, ts): (u64, String, u8, u64) = s
-            .run(
-                scripts::PUBLISH
-                    .key(s.keys.meta(&msg.room))
-                    .key(s.keys.stream(&msg.room))
-                    .key(s.keys.dedup(&msg.room, &msg.from, &msg.msg_id))
-                    .key(s.keys.quota(&msg.room, &msg.from))
-                    .arg(s.keys.channel(&msg.room))
-                    .arg(new_epoch())
-                    .arg(head)
-                    .arg(tail)
-                    .arg(retention.max_messages)
-                    .arg(retention.max_age.as_millis() as u64)
-                    .arg(s.dedup_window.as_millis() as u64)
-                    .arg(msg.traceparent.as_deref().unwrap_or("-"))
-                    .arg(quota)
-                    .invoke_async(&mut conn),
-            )
-            .await?;
-        if dup == 2 {
-            return Err(EngineError::Quota(format!(
-                "you have {quota} messages in this inbox already; wait until some expire"
-            )));
-        }
-        Ok(Published {
-            at: StreamPosition::new(epoch, seq),
-            duplicate: dup == 1,
-            ephemeral: false,
-            ts,
-        })
+        publish(&self.shared, &msg).await
     }
     async fn subscribe(&self, room: &str) -> Result<(), EngineError> {
         if !self.pubsub_up.load(Ordering::Relaxed) {
@@ -467,7 +319,7 @@ impl PresenceManager for RedisEngine {
             String::new()
         };
         let expiry = now_ms() + PRESENCE_TTL.as_millis() as u64;
-        let mut c = s.conn.clone();
+        let mut c = s.conn();
         let _: i64 = s
             .run(
                 scripts::PRESENCE_JOIN
@@ -478,6 +330,7 @@ impl PresenceManager for RedisEngine {
                     .arg(expiry)
                     .arg(s.keys.channel(room))
                     .arg(frame)
+                    .arg(PRESENCE_KEY_TTL.as_millis() as u64)
                     .invoke_async(&mut c),
             )
             .await?;
@@ -496,7 +349,7 @@ impl PresenceManager for RedisEngine {
             String::new()
         };
         lock(&s.local_presence).remove(&(room.to_string(), user.to_string(), conn.to_string()));
-        let mut c = s.conn.clone();
+        let mut c = s.conn();
         let _: i64 = s
             .run(
                 scripts::PRESENCE_LEAVE
@@ -513,7 +366,7 @@ impl PresenceManager for RedisEngine {
     }
     async fn active_rooms(&self, limit: usize) -> Result<Vec<(String, usize)>, EngineError> {
         let s = &self.shared;
-        let mut c = s.conn.clone();
+        let mut c = s.conn();
         // Presence hashes are the rooms someone is in: SCAN them (an admin call, bounded
         // by `limit`; SCAN never blocks Redis for long).
         let pattern = s.keys.presence_users("*");
@@ -551,19 +404,21 @@ impl PresenceManager for RedisEngine {
     }
     async fn is_present(&self, room: &str, user: &str) -> Result<bool, EngineError> {
         let s = &self.shared;
-        let mut c = s.conn.clone();
+        let mut c = s.conn();
         s.run(c.hexists(s.keys.presence_users(room), user)).await
     }
     async fn presence(&self, room: &str) -> Result<Vec<String>, EngineError> {
         let s = &self.shared;
-        let mut c = s.conn.clone();
+        let mut c = s.conn();
         let users: Vec<String> = s
             .run(
-                scripts::PRESENCE_LIST
+                scripts::PRESENCE_SWEEP
                     .key(s.keys.presence_conns(room))
                     .key(s.keys.presence_users(room))
                     .arg(now_ms())
-                    .arg(s.keys.channel(room))
+                    .arg(0)
+                    .arg(0)
+                    .arg(s.leave_channel(room))
                     .arg(room)
                     .invoke_async(&mut c),
             )
@@ -582,7 +437,7 @@ impl Sessions for RedisEngine {
         let s = &self.shared;
         let json =
             serde_json::to_string(session).map_err(|e| EngineError::Internal(e.to_string()))?;
-        let mut c = s.conn.clone();
+        let mut c = s.conn();
         let _: () = s
             .run(c.pset_ex(
                 s.keys.session(token),
@@ -594,7 +449,7 @@ impl Sessions for RedisEngine {
     }
     async fn take_session(&self, token: &str) -> Result<Option<SessionRecord>, EngineError> {
         let s = &self.shared;
-        let mut c = s.conn.clone();
+        let mut c = s.conn();
         let json: Option<String> = s.run(c.get_del(s.keys.session(token))).await?;
         match json {
             None => Ok(None),
@@ -603,20 +458,25 @@ impl Sessions for RedisEngine {
                 .map_err(|e| EngineError::Internal(format!("stored session: {e}"))),
         }
     }
-    async fn inbox_cursor(&self, user: &str) -> Result<u64, EngineError> {
+    async fn inbox_cursor(&self, user: &str) -> Result<Option<StreamPosition>, EngineError> {
         let s = &self.shared;
-        let mut c = s.conn.clone();
-        let v: Option<u64> = s.run(c.get(s.keys.inbox_cursor(user))).await?;
-        Ok(v.unwrap_or(0))
+        let mut c = s.conn();
+        let v: Option<String> = s.run(c.get(s.keys.inbox_cursor(user))).await?;
+        // "<seq> <epoch>"; anything else (a cursor of an older version) counts as none.
+        Ok(v.and_then(|v| {
+            let (seq, epoch) = v.split_once(' ')?;
+            Some(StreamPosition::new(epoch, seq.parse().ok()?))
+        }))
     }
-    async fn ack_inbox(&self, user: &str, seq: u64) -> Result<(), EngineError> {
+    async fn ack_inbox(&self, user: &str, at: &StreamPosition) -> Result<(), EngineError> {
         let s = &self.shared;
-        let mut c = s.conn.clone();
+        let mut c = s.conn();
         let _: i64 = s
             .run(
-                scripts::MAX_SET
+                scripts::INBOX_ACK
                     .key(s.keys.inbox_cursor(user))
-                    .arg(seq)
+                    .arg(at.seq)
+                    .arg(&*at.epoch)
                     .arg(s.inbox.max_age.as_millis() as u64 * 2)
                     .invoke_async(&mut c),
             )
@@ -629,7 +489,7 @@ impl Sessions for RedisEngine {
 impl Nodes for RedisEngine {
     async fn report_node(&self, r: &NodeReport) -> Result<(), EngineError> {
         let s = &self.shared;
-        let mut c = s.conn.clone();
+        let mut c = s.conn();
         let key = s.keys.node(&r.id);
         let json = serde_json::to_string(r).map_err(|e| EngineError::Internal(e.to_string()))?;
         let _: () = s
@@ -652,7 +512,7 @@ impl Nodes for RedisEngine {
     }
     async fn nodes(&self) -> Result<Vec<NodeReport>, EngineError> {
         let s = &self.shared;
-        let mut c = s.conn.clone();
+        let mut c = s.conn();
         let ids: Vec<String> = s.run(c.zrange(s.keys.nodes(), 0, -1)).await?;
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -670,7 +530,7 @@ impl Nodes for RedisEngine {
     async fn admit(&self, rate: u32) -> Result<Option<bool>, EngineError> {
         let s = &self.shared;
         let key = s.keys.admission(now_ms() / 1000);
-        let mut c = s.conn.clone();
+        let mut c = s.conn();
         let (count,): (u64,) = s
             .run(
                 redis::pipe()
@@ -684,6 +544,7 @@ impl Nodes for RedisEngine {
     }
 }
 
+#[async_trait]
 impl Engine for RedisEngine {
     fn healthy(&self) -> bool {
         let grace = self.shared.readiness_grace.as_millis() as u64;
@@ -691,5 +552,28 @@ impl Engine for RedisEngine {
         let within = |since: u64| since == 0 || now.saturating_sub(since) < grace;
         within(self.shared.down_since.load(Ordering::Relaxed))
             && within(self.shared.pubsub_down_since.load(Ordering::Relaxed))
+    }
+
+    #[cfg(any(test, feature = "testing"))]
+    async fn rewind_for_test(&self, room: &str, keep: Option<u64>) {
+        // What a restore from an older snapshot leaves: the meta at `keep` and a stream
+        // whose entries (and last id) end there.
+        const REWIND: &str = r"
+            if ARGV[1] == '' then return redis.call('DEL', KEYS[1], KEYS[2]) end
+            local kept = redis.call('XRANGE', KEYS[2], '-', ARGV[1] .. '-1')
+            redis.call('DEL', KEYS[2])
+            for _, e in ipairs(kept) do redis.call('XADD', KEYS[2], e[1], unpack(e[2])) end
+            redis.call('HSET', KEYS[1], 'seq', ARGV[1])
+            return 1";
+        let s = &self.shared;
+        let mut c = s.conn();
+        let keep = keep.map_or(String::new(), |k| k.to_string());
+        let done: redis::RedisResult<i64> = redis::Script::new(REWIND)
+            .key(s.keys.meta(room))
+            .key(s.keys.stream(room))
+            .arg(keep)
+            .invoke_async(&mut c)
+            .await;
+        done.expect("rewind a room in redis");
     }
 }

@@ -5,7 +5,7 @@
 //! share one cluster slot):
 //!   P:{R}:m   hash   epoch, seq (the top)
 //!   P:{R}:s   stream entries `<seq>-1` with fields f (the msg frame) and t (append ms)
-//!   P:{R}:d:<from>\0<msg_id>   string   seq, expires after the dedup window
+//!   P:{R}:d:<from>\0<msg_id>   string   "<seq> <epoch>", expires after the dedup window
 //!   P:{R}:q:<from>  zset   seqs of the sender's retained messages (inboxes with a DM quota)
 //!   P:{R}:pc  zset   "<user>\0<conn>" scored by expiry ms
 //!   P:{R}:pu  hash   user -> connection count
@@ -15,22 +15,28 @@
 use redis::Script;
 use std::sync::LazyLock;
 
-/// Dedup check, DM quota, next seq, append with retention, PUBLISH. Returns
-/// {seq, epoch, code, ts}: code 0 appended, 1 duplicate, 2 over the sender's quota.
-/// KEYS: meta, stream, dedup, sender quota. ARGV: channel, epoch candidate, frame head,
-/// frame tail, max messages, max age ms, dedup window ms, traceparent (or `-`), quota (0:
-/// none).
+/// The epoch rule, dedup check, DM quota, next seq, append with retention, PUBLISH.
+/// Returns {seq, epoch, code, ts}: code 0 appended, 1 duplicate, 2 over the sender's
+/// quota. KEYS: meta, stream, dedup, sender quota. ARGV: channel, epoch candidate, frame
+/// head, frame tail, max messages, max age ms, dedup window ms, traceparent (or `-`),
+/// epoch this node saw (or ``), seq this node saw in it, quota (0: none).
 pub static PUBLISH: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/publish.lua")));
 
-/// Reads history. Returns {epoch, top, first, seq1, frame1, seq2, frame2, ...}.
-/// KEYS: meta, stream. ARGV: start id, end id, reverse (0/1), limit, max age ms,
-/// epoch candidate.
+/// Reads a page of history, creating nothing. Returns {epoch (`` without meta), top,
+/// first, more, seq1, frame1, seq2, frame2, ...}. KEYS: meta, stream. ARGV: start id, end
+/// id, reverse (0/1), limit, max age ms, max bytes (0: no cap).
 pub static HISTORY: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/history.lua")));
 
+/// The epoch rule on its own: a new epoch if the room is still in the given epoch below
+/// the given seq. Returns {bumped (0/1), epoch}. KEYS: meta, stream. ARGV: epoch seen, seq
+/// seen, new epoch, meta ttl ms.
+pub static EPOCH_BUMP: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/epoch_bump.lua")));
+
 /// Adds a connection to a room's presence; announces the user's first one.
-/// KEYS: pc, pu. ARGV: member, user, expiry ms, channel, join frame.
+/// KEYS: pc, pu. ARGV: member, user, expiry ms, channel, join frame, key ttl ms.
 pub static PRESENCE_JOIN: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/presence_join.lua")));
 
@@ -39,11 +45,13 @@ pub static PRESENCE_JOIN: LazyLock<Script> =
 pub static PRESENCE_LEAVE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/presence_leave.lua")));
 
-/// Drops expired presence entries (announcing users who left with them), then lists
-/// the users present. KEYS: pc, pu. ARGV: now ms, channel, room.
-pub static PRESENCE_LIST: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/presence_list.lua")));
+/// Drops expired presence entries (announcing users who left with them) and lists the
+/// users present; a node refreshing its connections first passes their members and a key
+/// ttl. KEYS: pc, pu. ARGV: now ms, expiry ms, key ttl ms (0: leave), channel (``: no
+/// announcement), room, member...
+pub static PRESENCE_SWEEP: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/presence_sweep.lua")));
 
-/// Moves a counter forward only. KEYS: key. ARGV: value, ttl ms.
-pub static MAX_SET: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/max_set.lua")));
+/// Advances a user's inbox cursor `"<seq> <epoch>"`. KEYS: cursor. ARGV: seq, epoch, ttl ms.
+pub static INBOX_ACK: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/inbox_ack.lua")));

@@ -2,16 +2,28 @@
 //! subscribes to a room channel while this node has local members, hands every message
 //! to the hub, and after a reconnect re-subscribes and fills the gap from history before
 //! passing on live traffic again (connections drop what they already wrote by seq).
+//!
+//! Every call into Redis here has a deadline ([`OP_TIMEOUT`]) and the connection is pinged
+//! every second: a Redis that stops answering (a black hole: no reset, no reply) turns
+//! into a reconnect loop and refused subscriptions within seconds, never a hang.
 
-use super::{Shared, PUBSUB_DOWN_SINCE_START};
+use super::payload::{frame_ts, parse_payload, Payload};
+use super::shared::{lock, Shared, OP_TIMEOUT};
+use super::PUBSUB_DOWN_SINCE_START;
 use crate::engine::{EngineError, Envelope, HistoryQuery};
 use futures_util::StreamExt;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+
+/// How often the pub/sub connection is pinged.
+const PING_EVERY: Duration = Duration::from_secs(1);
+/// A gap fill reads history in pages of at most this many messages and bytes.
+const FILL_MESSAGES: usize = 500;
+const FILL_BYTES: usize = 512 * 1024;
 
 enum Cmd {
     Subscribe(String, oneshot::Sender<Result<(), EngineError>>),
@@ -22,18 +34,23 @@ enum Cmd {
 pub(crate) struct Handle {
     tx: mpsc::UnboundedSender<Cmd>,
     /// Rooms whose subscription Redis has confirmed (the fast path for later joiners).
-    active: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    active: Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
 fn gone() -> EngineError {
     EngineError::Unavailable("redis subscriber stopped".into())
 }
 
+fn too_slow() -> EngineError {
+    EngineError::Unavailable("redis pub/sub did not answer in time".into())
+}
+
 impl Handle {
     /// Subscribes this node to a room channel; returns once Redis has confirmed it, so a
     /// joiner that reads history afterwards cannot miss a message in between. Every
     /// joiner calls this, not only the first: a second joiner must wait too while the
-    /// first one's subscription is still on its way.
+    /// first one's subscription is still on its way. Bounded: the task may be busy (a
+    /// reconnect, a gap fill), so the wait has a deadline of its own.
     pub(crate) async fn subscribe(&self, room: &str) -> Result<(), EngineError> {
         if lock(&self.active).contains(room) {
             return Ok(());
@@ -42,20 +59,26 @@ impl Handle {
         self.tx
             .send(Cmd::Subscribe(room.to_string(), tx))
             .map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
+        match tokio::time::timeout(OP_TIMEOUT * 2, rx).await {
+            Ok(reply) => reply.map_err(|_| gone())?,
+            Err(_) => Err(too_slow()),
+        }
     }
 
-    /// Unsubscribes this node from a room channel.
+    /// Unsubscribes this node from a room channel (bounded like `subscribe`).
     pub(crate) async fn unsubscribe(&self, room: &str) -> Result<(), EngineError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Unsubscribe(room.to_string(), tx))
             .map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
+        match tokio::time::timeout(OP_TIMEOUT * 2, rx).await {
+            Ok(reply) => reply.map_err(|_| gone())?,
+            Err(_) => Err(too_slow()),
+        }
     }
 }
 
-/// Starts the subscriber task.
+/// Starts the subscriber task (and the task that repairs messages of a reused epoch).
 pub(crate) fn spawn(
     client: redis::Client,
     shared: Arc<Shared>,
@@ -63,274 +86,353 @@ pub(crate) fn spawn(
     stop: CancellationToken,
 ) -> Handle {
     let (tx, rx) = mpsc::unbounded_channel();
-    let active = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
-    tokio::spawn(run(client, shared, up, stop, rx, active.clone()));
+    let (repair_tx, repair_rx) = mpsc::unbounded_channel();
+    let active = Arc::new(std::sync::Mutex::new(HashSet::new()));
+    let task = Task {
+        client,
+        shared: shared.clone(),
+        up,
+        stop: stop.clone(),
+        active: active.clone(),
+        rooms: HashMap::new(),
+        repair: repair_tx,
+    };
+    tokio::spawn(task.run(rx));
+    tokio::spawn(super::repair::repair(shared, repair_rx, stop));
     Handle { tx, active }
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// What this node last saw of a subscribed room on the channel.
+#[derive(Clone, Default)]
+struct Seen {
+    epoch: Option<Arc<str>>,
+    /// Where a gap fill after a reconnect starts.
+    seq: u64,
+    /// Highest seq of the epoch this node delivered (0: none yet).
+    delivered: u64,
+    /// Highest append time of those (Redis' clock).
+    ts: u64,
 }
 
-/// Last (epoch, seq) this node saw per subscribed room.
-type Positions = HashMap<String, (Option<Arc<str>>, u64)>;
-
-async fn run(
+struct Task {
     client: redis::Client,
     shared: Arc<Shared>,
     up: Arc<AtomicBool>,
     stop: CancellationToken,
-    mut rx: mpsc::UnboundedReceiver<Cmd>,
-    active: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
-) {
-    let mut rooms: Positions = HashMap::new();
-    let mut backoff = Duration::from_millis(100);
-    let mut connected_before = false;
-    loop {
-        let pubsub = tokio::select! {
-            _ = stop.cancelled() => return,
-            p = client.get_async_pubsub() => p,
-        };
-        let pubsub = match pubsub {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "redis pub/sub connect failed");
-                shared.errors.inc();
-                // Refuse subscription changes while down, without waiting for Redis.
-                let sleep = tokio::time::sleep(backoff);
-                tokio::pin!(sleep);
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = &mut sleep => break,
-                        cmd = rx.recv() => match cmd {
-                            None => return,
-                            Some(Cmd::Subscribe(_, reply)) => {
-                                let _ = reply.send(Err(EngineError::Unavailable("redis is unreachable".into())));
-                            }
-                            Some(Cmd::Unsubscribe(room, reply)) => {
-                                if !shared.hub.has_subscribers(&room) {
-                                    rooms.remove(&room);
-                                    lock(&active).remove(&room);
-                                }
-                                let _ = reply.send(Ok(()));
-                            }
-                        }
-                    }
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        let (mut sink, mut stream) = pubsub.split();
-        let channels: Vec<String> = rooms.keys().map(|r| shared.keys.channel(r)).collect();
-        if !channels.is_empty() {
-            if let Err(e) = sink.subscribe(channels).await {
-                tracing::warn!(error = %e, "redis re-subscribe failed");
-                continue;
-            }
-        }
-        if connected_before {
-            shared.reconnects.inc();
-            fill_gaps(&shared, &mut rooms).await;
-            tracing::info!(
-                rooms = rooms.len(),
-                "redis pub/sub reconnected and re-subscribed"
-            );
-        }
-        connected_before = true;
-        backoff = Duration::from_millis(100);
-        up.store(true, Ordering::Relaxed);
-        shared.pubsub_down_since.store(0, Ordering::Relaxed);
+    active: Arc<std::sync::Mutex<HashSet<String>>>,
+    rooms: HashMap<String, Seen>,
+    repair: mpsc::UnboundedSender<Arc<Envelope>>,
+}
 
+type Sink = redis::aio::PubSubSink;
+
+impl Task {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+        let stop = self.stop.clone();
+        let mut backoff = Duration::from_millis(100);
+        let mut connected_before = false;
         loop {
-            tokio::select! {
+            let connect = tokio::time::timeout(OP_TIMEOUT, self.client.get_async_pubsub());
+            let pubsub = tokio::select! {
                 _ = stop.cancelled() => return,
-                cmd = rx.recv() => match cmd {
-                    None => return,
-                    Some(Cmd::Subscribe(room, reply)) => {
-                        if rooms.contains_key(&room) {
-                            let _ = reply.send(Ok(()));
-                            continue;
-                        }
-                        let res = sink.subscribe(shared.keys.channel(&room)).await;
-                        let failed = res.is_err();
-                        let res = match res {
-                            Ok(()) => {
-                                let top = current_top(&shared, &room).await;
-                                lock(&active).insert(room.clone());
-                                rooms.insert(room, top);
-                                Ok(())
-                            }
-                            Err(e) => Err(shared.fail(e)),
-                        };
-                        let _ = reply.send(res);
-                        if failed {
-                            break;
-                        }
+                p = connect => p,
+            };
+            let pubsub = match pubsub {
+                Ok(Ok(p)) => p,
+                failed => {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "no answer in time".into(),
+                    };
+                    tracing::warn!(error = %why, retry_in = ?backoff, "redis pub/sub connect failed");
+                    self.shared.errors.inc();
+                    if !self.refuse_while_down(&mut rx, backoff).await {
+                        return;
                     }
-                    Some(Cmd::Unsubscribe(room, reply)) => {
-                        // A joiner may have arrived since the last one left: keep it then.
-                        if shared.hub.has_subscribers(&room) {
-                            let _ = reply.send(Ok(()));
-                            continue;
-                        }
-                        rooms.remove(&room);
-                        lock(&active).remove(&room);
-                        let res = sink.unsubscribe(shared.keys.channel(&room)).await;
-                        let failed = res.is_err();
-                        // Unsubscribing from a dead connection is moot: report success.
-                        let _ = reply.send(Ok(()));
-                        if failed {
-                            break;
-                        }
-                    }
-                },
-                msg = stream.next() => match msg {
-                    None => break,
-                    Some(msg) => dispatch(&shared, &mut rooms, &msg),
-                },
-            }
-        }
-        up.store(false, Ordering::Relaxed);
-        let _ = shared.pubsub_down_since.compare_exchange(
-            0,
-            crate::engine::now_ms().max(PUBSUB_DOWN_SINCE_START),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-        tracing::warn!("redis pub/sub connection lost; reconnecting");
-    }
-}
-
-/// The room's (epoch, top) now, so a gap after a reconnect can be filled from there.
-async fn current_top(shared: &Shared, room: &str) -> (Option<Arc<str>>, u64) {
-    let mut conn = shared.conn.clone();
-    let mut cmd = redis::cmd("HMGET");
-    cmd.arg(shared.keys.meta(room)).arg("epoch").arg("seq");
-    match shared
-        .run(cmd.query_async::<(Option<String>, Option<u64>)>(&mut conn))
-        .await
-    {
-        Ok((epoch, seq)) => (epoch.map(Into::into), seq.unwrap_or(0)),
-        Err(_) => (None, 0),
-    }
-}
-
-/// Delivers what was published while the pub/sub connection was down.
-async fn fill_gaps(shared: &Shared, rooms: &mut Positions) {
-    let names: Vec<String> = rooms.keys().cloned().collect();
-    for room in names {
-        let Some((epoch, seq)) = rooms.get(&room).cloned() else {
-            continue;
-        };
-        let mut page = match shared
-            .history(
-                &room,
-                HistoryQuery {
-                    since: Some(seq),
-                    before: None,
-                    limit: usize::MAX,
-                },
-            )
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(%room, error = %e, "gap fill failed");
-                continue;
-            }
-        };
-        if epoch.as_ref().is_some_and(|e| *e != page.epoch) {
-            // History was lost (Redis restarted empty): everything of the new epoch is new.
-            match shared
-                .history(
-                    &room,
-                    HistoryQuery {
-                        since: Some(0),
-                        before: None,
-                        limit: usize::MAX,
-                    },
-                )
-                .await
-            {
-                Ok(p) => page = p,
-                Err(e) => {
-                    tracing::warn!(%room, error = %e, "gap fill failed");
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            let (mut sink, mut stream) = pubsub.split();
+            let channels: Vec<String> = self
+                .rooms
+                .keys()
+                .map(|r| self.shared.keys.channel(r))
+                .collect();
+            if !channels.is_empty() {
+                let resubscribed = tokio::time::timeout(OP_TIMEOUT, sink.subscribe(channels)).await;
+                if !matches!(resubscribed, Ok(Ok(()))) {
+                    tracing::warn!("redis re-subscribe failed");
                     continue;
                 }
             }
+            if connected_before {
+                self.shared.reconnects.inc();
+                self.fill_gaps().await;
+                tracing::info!(
+                    rooms = self.rooms.len(),
+                    "redis pub/sub reconnected and re-subscribed"
+                );
+            }
+            connected_before = true;
+            backoff = Duration::from_millis(100);
+            self.up.store(true, Ordering::Relaxed);
+            self.shared.pubsub_down_since.store(0, Ordering::Relaxed);
+
+            let mut ping = tokio::time::interval(PING_EVERY);
+            ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = ping.tick() => {
+                        // A pub/sub connection is otherwise silent: only a ping notices
+                        // a Redis that stopped answering.
+                        let pong = tokio::time::timeout(OP_TIMEOUT, sink.ping::<redis::Value>()).await;
+                        if !matches!(pong, Ok(Ok(_))) {
+                            self.shared.errors.inc();
+                            break;
+                        }
+                    }
+                    cmd = rx.recv() => match cmd {
+                        None => return,
+                        Some(cmd) => {
+                            if !self.command(&mut sink, cmd).await {
+                                break;
+                            }
+                        }
+                    },
+                    msg = stream.next() => match msg {
+                        None => break,
+                        Some(msg) => self.dispatch(&msg),
+                    },
+                }
+            }
+            self.up.store(false, Ordering::Relaxed);
+            let _ = self.shared.pubsub_down_since.compare_exchange(
+                0,
+                crate::engine::now_ms().max(PUBSUB_DOWN_SINCE_START),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            tracing::warn!("redis pub/sub connection lost; reconnecting");
         }
-        let mut last = (Some(page.epoch.clone()), page.top.max(seq));
-        for env in &page.messages {
-            shared.hub.deliver(env);
-            last.1 = env.seq;
+    }
+
+    /// Answers subscription changes without Redis for `wait`; false when stopping.
+    async fn refuse_while_down(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Cmd>,
+        wait: Duration,
+    ) -> bool {
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        let stop = self.stop.clone();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return false,
+                _ = &mut sleep => return true,
+                cmd = rx.recv() => match cmd {
+                    None => return false,
+                    Some(Cmd::Subscribe(_, reply)) => {
+                        let _ = reply.send(Err(EngineError::Unavailable("redis is unreachable".into())));
+                    }
+                    Some(Cmd::Unsubscribe(room, reply)) => {
+                        if !self.shared.hub.has_subscribers(&room) {
+                            self.rooms.remove(&room);
+                            lock(&self.active).remove(&room);
+                        }
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+            }
         }
-        if page.messages.is_empty() {
-            last.1 = page.top;
+    }
+
+    /// Runs one subscription change; false when the connection must be replaced.
+    async fn command(&mut self, sink: &mut Sink, cmd: Cmd) -> bool {
+        match cmd {
+            Cmd::Subscribe(room, reply) => {
+                if self.rooms.contains_key(&room) {
+                    let _ = reply.send(Ok(()));
+                    return true;
+                }
+                let channel = self.shared.keys.channel(&room);
+                match tokio::time::timeout(OP_TIMEOUT, sink.subscribe(channel)).await {
+                    Ok(Ok(())) => {
+                        let seen = self.current_top(&room).await;
+                        lock(&self.active).insert(room.clone());
+                        self.rooms.insert(room, seen);
+                        let _ = reply.send(Ok(()));
+                        true
+                    }
+                    Ok(Err(e)) => {
+                        let _ = reply.send(Err(self.shared.fail_pubsub(&e)));
+                        false
+                    }
+                    Err(_) => {
+                        let _ = reply.send(Err(too_slow()));
+                        false
+                    }
+                }
+            }
+            Cmd::Unsubscribe(room, reply) => {
+                // A joiner may have arrived since the last one left: keep it then.
+                if self.shared.hub.has_subscribers(&room) {
+                    let _ = reply.send(Ok(()));
+                    return true;
+                }
+                self.rooms.remove(&room);
+                lock(&self.active).remove(&room);
+                let channel = self.shared.keys.channel(&room);
+                let done = tokio::time::timeout(OP_TIMEOUT, sink.unsubscribe(channel)).await;
+                // Unsubscribing from a dead connection is moot: report success.
+                let _ = reply.send(Ok(()));
+                matches!(done, Ok(Ok(())))
+            }
         }
-        rooms.insert(room, last);
+    }
+
+    /// The room's epoch and top now, so a gap after a reconnect can be filled from there.
+    async fn current_top(&self, room: &str) -> Seen {
+        let mut conn = self.shared.conn();
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.shared.keys.meta(room)).arg("epoch").arg("seq");
+        match self
+            .shared
+            .run(cmd.query_async::<(Option<String>, Option<u64>)>(&mut conn))
+            .await
+        {
+            Ok((epoch, seq)) => Seen {
+                epoch: epoch.map(Into::into),
+                seq: seq.unwrap_or(0),
+                delivered: 0,
+                ts: 0,
+            },
+            Err(_) => Seen::default(),
+        }
+    }
+
+    /// Delivers what was published while the pub/sub connection was down, page by page.
+    async fn fill_gaps(&mut self) {
+        let names: Vec<String> = self.rooms.keys().cloned().collect();
+        for room in names {
+            let Some(mut seen) = self.rooms.get(&room).cloned() else {
+                continue;
+            };
+            let mut restarted = false;
+            loop {
+                let q = HistoryQuery {
+                    since: Some(seen.seq),
+                    before: None,
+                    limit: FILL_MESSAGES,
+                    max_bytes: FILL_BYTES,
+                };
+                let page = match self.shared.history(&room, q).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(%room, error = %e, "gap fill failed");
+                        break;
+                    }
+                };
+                if seen.epoch.as_ref().is_some_and(|e| *e != page.epoch) && !restarted {
+                    // History was lost or a new epoch started: all of the new one is new.
+                    restarted = true;
+                    seen = Seen {
+                        epoch: Some(page.epoch.clone()),
+                        ..Seen::default()
+                    };
+                    continue;
+                }
+                seen.epoch = Some(page.epoch.clone());
+                for env in &page.messages {
+                    self.shared.hub.deliver(env);
+                    seen.seq = env.seq;
+                    seen.delivered = seen.delivered.max(env.seq);
+                    seen.ts = seen.ts.max(frame_ts(&env.frame).unwrap_or(0));
+                }
+                if page.messages.is_empty() {
+                    seen.seq = seen.seq.max(page.top); // trimmed meanwhile: nothing to fill
+                }
+                if !page.more || page.messages.is_empty() {
+                    break;
+                }
+            }
+            self.rooms.insert(room, seen);
+        }
+    }
+
+    /// Hands one pub/sub message to the hub.
+    fn dispatch(&mut self, msg: &redis::Msg) {
+        let Some(room) = self.shared.keys.room_of_channel(msg.get_channel_name()) else {
+            return;
+        };
+        match parse_payload(msg.get_payload_bytes()) {
+            Some(Payload::Presence(frame)) => {
+                self.shared.hub.broadcast(room, &frame.to_string().into());
+            }
+            Some(Payload::Msg {
+                seq,
+                epoch,
+                ts,
+                traceparent,
+                frame,
+            }) => {
+                let env = Arc::new(Envelope {
+                    room: room.into(),
+                    seq,
+                    epoch: epoch.into(),
+                    ts,
+                    traceparent: traceparent.map(Arc::from),
+                    frame: frame.to_string().into(),
+                });
+                if let Some(seen) = self.rooms.get_mut(room) {
+                    let same = seen.epoch.as_deref() == Some(epoch);
+                    if same && seen.delivered > 0 && seq <= seen.delivered && ts > seen.ts {
+                        // A seq this node delivered already, appended after everything it
+                        // delivered: the store numbers the epoch again from an older point.
+                        // (A message delivered twice after a reconnect is older, not newer.)
+                        let _ = self.repair.send(env.clone());
+                    }
+                    if same {
+                        seen.seq = seen.seq.max(seq);
+                        seen.delivered = seen.delivered.max(seq);
+                        seen.ts = seen.ts.max(ts);
+                    } else {
+                        *seen = Seen {
+                            epoch: Some(env.epoch.clone()),
+                            seq,
+                            delivered: seq,
+                            ts,
+                        };
+                    }
+                }
+                self.shared.seen.observe(room, epoch, seq);
+                self.shared.hub.deliver(&env);
+            }
+            Some(Payload::Ephemeral {
+                ts,
+                traceparent,
+                frame,
+            }) => {
+                // No seq: no position to track, nothing to fill after a gap.
+                self.shared.hub.deliver(&Arc::new(Envelope {
+                    room: room.into(),
+                    seq: 0,
+                    epoch: "".into(),
+                    ts,
+                    traceparent: traceparent.map(Arc::from),
+                    frame: frame.to_string().into(),
+                }));
+            }
+            None => {}
+        }
     }
 }
 
-/// Hands one pub/sub message to the hub.
-fn dispatch(shared: &Shared, rooms: &mut Positions, msg: &redis::Msg) {
-    let Some(room) = shared.keys.room_of_channel(msg.get_channel_name()) else {
-        return;
-    };
-    let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else {
-        return;
-    };
-    if let Some(frame) = payload.strip_prefix("p ") {
-        shared.hub.broadcast(room, &frame.to_string().into());
-        return;
+impl Shared {
+    /// Counts a pub/sub failure and maps it (the connection is replaced by the caller).
+    fn fail_pubsub(&self, e: &redis::RedisError) -> EngineError {
+        self.errors.inc();
+        EngineError::Unavailable(format!("redis pub/sub: {e}"))
     }
-    if let Some(rest) = payload.strip_prefix("e ") {
-        // Ephemeral: no seq, no position to track, nothing to fill after a gap.
-        let mut parts = rest.splitn(3, ' ');
-        let (Some(Ok(ts)), Some(tp), Some(frame)) = (
-            parts.next().map(str::parse::<u64>),
-            parts.next(),
-            parts.next(),
-        ) else {
-            return;
-        };
-        shared.hub.deliver(&Arc::new(Envelope {
-            room: room.into(),
-            seq: 0,
-            epoch: "".into(),
-            ts,
-            traceparent: (tp != "-").then(|| Arc::from(tp)),
-            frame: frame.to_string().into(),
-        }));
-        return;
-    }
-    let Some(rest) = payload.strip_prefix("m ") else {
-        return;
-    };
-    let mut parts = rest.splitn(5, ' ');
-    let (Some(seq), Some(epoch), Some(ts), Some(tp), Some(frame)) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return;
-    };
-    let (Ok(seq), Ok(ts)) = (seq.parse::<u64>(), ts.parse::<u64>()) else {
-        return;
-    };
-    let env = Arc::new(Envelope {
-        room: room.into(),
-        seq,
-        epoch: epoch.into(),
-        ts,
-        traceparent: (tp != "-").then(|| Arc::from(tp)),
-        frame: frame.to_string().into(),
-    });
-    if let Some(pos) = rooms.get_mut(room) {
-        *pos = (Some(env.epoch.clone()), seq);
-    }
-    shared.hub.deliver(&env);
 }

@@ -1,12 +1,10 @@
+-- Reads a page of history; creates nothing (a room without meta reports epoch '').
+-- Messages are taken in batches until `limit` or `max bytes` is reached, so neither this
+-- script nor its reply ever holds more than a page (plus one batch) of a huge history.
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then return {'', 0, 1, 0} end
 local top = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
 local max_age = tonumber(ARGV[5])
-if not epoch then
-  epoch = ARGV[6]
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
-  redis.call('PEXPIRE', KEYS[1], max_age * 2 + 604800000)
-  top = 0
-end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for _, e in ipairs(redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 32)) do
@@ -15,21 +13,39 @@ end
 local first = top + 1
 local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
 if oldest[1] then first = tonumber(string.match(oldest[1][1], '^(%d+)')) end
-local out = {epoch, top, first}
 local limit = tonumber(ARGV[4])
+local max_bytes = tonumber(ARGV[6])
+local reverse = ARGV[3] == '1'
+local from, to = ARGV[1], ARGV[2]
+local got, bytes, more = {}, 0, 0
 if limit > 0 then
-  local entries
-  if ARGV[3] == '1' then
-    entries = redis.call('XREVRANGE', KEYS[2], ARGV[2], ARGV[1], 'COUNT', limit)
-  else
-    entries = redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[2], 'COUNT', limit)
+  while true do
+    local entries
+    if reverse then
+      entries = redis.call('XREVRANGE', KEYS[2], to, from, 'COUNT', 16)
+    else
+      entries = redis.call('XRANGE', KEYS[2], from, to, 'COUNT', 16)
+    end
+    for _, e in ipairs(entries) do
+      local f = e[2][2]
+      if #got >= limit or (max_bytes > 0 and #got > 0 and bytes + #f > max_bytes) then
+        more = 1
+        break
+      end
+      bytes = bytes + #f
+      table.insert(got, e)
+    end
+    if more == 1 or #entries < 16 then break end
+    local last = entries[#entries][1]
+    if reverse then to = '(' .. last else from = '(' .. last end
   end
-  local n = #entries
-  for i = 1, n do
-    local e = entries[i]
-    if ARGV[3] == '1' then e = entries[n + 1 - i] end
-    table.insert(out, tonumber(string.match(e[1], '^(%d+)')))
-    table.insert(out, e[2][2])
-  end
+end
+local out = {epoch, top, first, more}
+local n = #got
+for i = 1, n do
+  local e = got[i]
+  if reverse then e = got[n + 1 - i] end
+  table.insert(out, tonumber(string.match(e[1], '^(%d+)')))
+  table.insert(out, e[2][2])
 end
 return out

@@ -3,4 +3,8 @@ if redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) == 1 then
     if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[4], 'p ' .. ARGV[5]) end
   end
 end
+-- Both keys expire unless a live node refreshes them: a room whose every node crashed
+-- leaves nothing behind.
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
 return 1

@@ -1,16 +1,32 @@
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch and epoch == ARGV[9]
+    and tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') < tonumber(ARGV[10]) then
+  -- The epoch rule: the store is behind what the publishing node has seen of this epoch
+  -- (restored from an older snapshot, or a lagging replica took over). Numbering on would
+  -- reuse seqs clients already have; a new epoch makes them see the gap instead.
+  redis.call('DEL', KEYS[2])
+  epoch = false
+end
 if not epoch then
   epoch = ARGV[2]
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
 end
 local dup = redis.call('GET', KEYS[3])
-if dup then return {tonumber(dup), epoch, 1, 0} end
--- DM quota: the sender's seqs still retained in this inbox (KEYS[4]), at most ARGV[9].
-local quota = tonumber(ARGV[9])
+if dup then
+  local dseq, depoch = string.match(dup, '^(%d+) (.+)$')
+  if not dseq then return {tonumber(dup), epoch, 1, 0} end
+  -- An id is a duplicate within its epoch; one stored in a replaced epoch is stored again.
+  if depoch == epoch then return {tonumber(dseq), epoch, 1, 0} end
+end
+-- DM quota: the sender's seqs still retained in this inbox (KEYS[4]), at most ARGV[11].
+local quota = tonumber(ARGV[11])
 if quota > 0 then
   local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
   if oldest then
     redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. string.match(oldest[1], '^%d+'))
+  else
+    -- Nothing retained (expired, or a new epoch): none of the sender's seqs count.
+    redis.call('DEL', KEYS[4])
   end
   if redis.call('ZCARD', KEYS[4]) >= quota then return {0, epoch, 2, 0} end
 end
@@ -26,7 +42,7 @@ end
 -- The seq counter outlives the messages by a week so an idle room keeps its epoch.
 redis.call('PEXPIRE', KEYS[1], max_age * 2 + 604800000)
 redis.call('PEXPIRE', KEYS[2], max_age * 2)
-redis.call('SET', KEYS[3], seq, 'PX', ARGV[7])
+redis.call('SET', KEYS[3], seq .. ' ' .. epoch, 'PX', ARGV[7])
 if quota > 0 then
   redis.call('ZADD', KEYS[4], seq, seq)
   redis.call('PEXPIRE', KEYS[4], max_age * 2)

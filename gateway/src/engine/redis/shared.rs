@@ -1,0 +1,410 @@
+//! What the Redis engine and its background tasks share: key names, the command
+//! connection, the deadline every operation runs under, and the history read (which the
+//! subscriber also uses to fill gaps).
+
+use super::scripts;
+use crate::config::{Namespaces, RetentionConfig};
+use crate::engine::seen::SeenTops;
+use crate::engine::{
+    new_epoch, now_ms, EngineError, Envelope, HistoryPage, HistoryQuery, EMPTY_EPOCH,
+};
+use crate::hub::Hub;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Longest wait for one Redis operation (and for a pub/sub subscribe, unsubscribe, ping
+/// or connect) before answering `unavailable` (or `unknown_outcome` for a write).
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Key names of the engine.
+#[derive(Clone)]
+pub(crate) struct Keys {
+    pub(crate) prefix: String,
+}
+
+impl Keys {
+    fn room(&self, room: &str, suffix: &str) -> String {
+        format!("{}:{{{room}}}:{suffix}", self.prefix)
+    }
+    pub(crate) fn meta(&self, room: &str) -> String {
+        self.room(room, "m")
+    }
+    pub(crate) fn stream(&self, room: &str) -> String {
+        self.room(room, "s")
+    }
+    pub(crate) fn dedup(&self, room: &str, from: &str, msg_id: &str) -> String {
+        format!("{}:{{{room}}}:d:{from}\0{msg_id}", self.prefix)
+    }
+    pub(crate) fn quota(&self, room: &str, from: &str) -> String {
+        format!("{}:{{{room}}}:q:{from}", self.prefix)
+    }
+    pub(crate) fn presence_conns(&self, room: &str) -> String {
+        self.room(room, "pc")
+    }
+    pub(crate) fn presence_users(&self, room: &str) -> String {
+        self.room(room, "pu")
+    }
+    pub(crate) fn room_of_presence_users(&self, key: &str) -> Option<String> {
+        let inner = key
+            .strip_prefix(&self.prefix)?
+            .strip_prefix(":{")?
+            .strip_suffix("}:pu")?;
+        Some(inner.to_string())
+    }
+    pub(crate) fn channel(&self, room: &str) -> String {
+        format!("{}:c:{room}", self.prefix)
+    }
+    pub(crate) fn room_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel.strip_prefix(&self.prefix)?.strip_prefix(":c:")
+    }
+    pub(crate) fn session(&self, token: &str) -> String {
+        format!("{}:sess:{token}", self.prefix)
+    }
+    pub(crate) fn inbox_cursor(&self, user: &str) -> String {
+        format!("{}:ic:{user}", self.prefix)
+    }
+    pub(crate) fn node(&self, id: &str) -> String {
+        format!("{}:node:{id}", self.prefix)
+    }
+    pub(crate) fn admission(&self, second: u64) -> String {
+        format!("{}:adm:{second}", self.prefix)
+    }
+    pub(crate) fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+}
+
+/// Why an operation failed, as far as its effect goes.
+enum Failure {
+    /// Redis refused the connection or is not connected: the operation did not run.
+    NotRun(String),
+    /// Redis was asked and did not answer (a timeout, a connection dropped mid-call): the
+    /// operation may have run.
+    Unknown(String),
+    /// Redis answered with an error.
+    Error(String),
+}
+
+/// Shared by the engine and its background tasks.
+pub(crate) struct Shared {
+    pub(crate) keys: Keys,
+    client: redis::Client,
+    manager_config: ConnectionManagerConfig,
+    /// The command connection; replaced when Redis stopped answering (see [`Shared::run`]).
+    conn: Mutex<ConnectionManager>,
+    /// Unix ms of the last replacement of `conn`.
+    replaced_at: AtomicU64,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) history: RetentionConfig,
+    pub(crate) inbox: RetentionConfig,
+    pub(crate) namespaces: Namespaces,
+    pub(crate) dedup_window: Duration,
+    pub(crate) session_ttl: Duration,
+    /// Unix ms since when Redis has been failing (0 = healthy).
+    pub(crate) down_since: AtomicU64,
+    pub(crate) readiness_grace: Duration,
+    /// (room, user, member) present through this node, refreshed periodically.
+    pub(crate) local_presence: Mutex<HashSet<(String, String, String)>>,
+    /// Unix ms since when the pub/sub connection has been down (0 = up).
+    pub(crate) pubsub_down_since: AtomicU64,
+    /// Counts of Redis errors and reconnects (metrics).
+    pub(crate) errors: prometheus::IntCounter,
+    pub(crate) reconnects: prometheus::IntCounter,
+    /// What this node has seen of each room (the epoch rule's witness).
+    pub(crate) seen: SeenTops,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What [`Shared::new`] needs besides the config sections it copies.
+pub(crate) struct SharedParts {
+    pub keys: Keys,
+    pub client: redis::Client,
+    pub manager_config: ConnectionManagerConfig,
+    pub hub: Arc<Hub>,
+    pub history: RetentionConfig,
+    pub inbox: RetentionConfig,
+    pub namespaces: Namespaces,
+    pub dedup_window: Duration,
+    pub session_ttl: Duration,
+    pub readiness_grace: Duration,
+    pub pubsub_down_since: u64,
+    pub errors: prometheus::IntCounter,
+    pub reconnects: prometheus::IntCounter,
+}
+
+impl Shared {
+    pub(crate) fn new(p: SharedParts) -> Result<Shared, EngineError> {
+        let conn =
+            ConnectionManager::new_lazy_with_config(p.client.clone(), p.manager_config.clone())
+                .map_err(|e| EngineError::Internal(format!("redis: {e}")))?;
+        Ok(Shared {
+            keys: p.keys,
+            client: p.client,
+            manager_config: p.manager_config,
+            conn: Mutex::new(conn),
+            replaced_at: AtomicU64::new(now_ms()),
+            hub: p.hub,
+            history: p.history,
+            inbox: p.inbox,
+            namespaces: p.namespaces,
+            dedup_window: p.dedup_window,
+            session_ttl: p.session_ttl,
+            down_since: AtomicU64::new(0),
+            readiness_grace: p.readiness_grace,
+            local_presence: Mutex::new(HashSet::new()),
+            pubsub_down_since: AtomicU64::new(p.pubsub_down_since),
+            errors: p.errors,
+            reconnects: p.reconnects,
+            seen: SeenTops::default(),
+        })
+    }
+
+    /// A handle on the command connection (cheap; clones share the connection).
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        lock(&self.conn).clone()
+    }
+
+    pub(crate) fn retention(&self, room: &str) -> &RetentionConfig {
+        crate::engine::retention(&self.namespaces, room, &self.history, &self.inbox)
+    }
+
+    fn mark_down(&self) {
+        self.errors.inc();
+        let _ = self.down_since.compare_exchange(
+            0,
+            now_ms().max(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    pub(crate) fn ok(&self) {
+        self.down_since.store(0, Ordering::Relaxed);
+    }
+
+    /// Redis asked and silent: after `readinessGrace` of that, the command connection is
+    /// replaced (at most once per grace). A TCP connection into a black hole (the peer
+    /// vanished without a reset) otherwise only fails after the kernel's retransmission
+    /// timeout, many minutes later, even when Redis answers again on a new connection.
+    fn unanswered(&self) {
+        let grace = self.readiness_grace.as_millis() as u64;
+        let now = now_ms();
+        let since = self.down_since.load(Ordering::Relaxed);
+        let replaced = self.replaced_at.load(Ordering::Relaxed);
+        if since == 0 || now.saturating_sub(since) < grace || now.saturating_sub(replaced) < grace {
+            return;
+        }
+        if self
+            .replaced_at
+            .compare_exchange(replaced, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return; // another call replaces it
+        }
+        match ConnectionManager::new_lazy_with_config(
+            self.client.clone(),
+            self.manager_config.clone(),
+        ) {
+            Ok(fresh) => {
+                *lock(&self.conn) = fresh;
+                tracing::warn!("redis did not answer for {grace} ms; replaced the connection");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot replace the redis connection"),
+        }
+    }
+
+    async fn attempt<T>(
+        &self,
+        op: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Failure> {
+        match tokio::time::timeout(OP_TIMEOUT, op).await {
+            Ok(Ok(v)) => {
+                self.ok();
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                self.mark_down();
+                let text = format!("redis: {e}");
+                if e.is_connection_refusal() {
+                    Err(Failure::NotRun(text))
+                } else if e.is_timeout() || e.is_connection_dropped() || e.is_io_error() {
+                    if e.is_timeout() {
+                        self.unanswered();
+                    }
+                    Err(Failure::Unknown(text))
+                } else {
+                    // Redis answered: it is up, the operation itself failed.
+                    self.ok();
+                    Err(Failure::Error(text))
+                }
+            }
+            Err(_) => {
+                self.mark_down();
+                self.unanswered();
+                Err(Failure::Unknown("redis did not answer in time".into()))
+            }
+        }
+    }
+
+    /// Runs one Redis operation with a deadline: a stalled or unreachable Redis turns into
+    /// `unavailable` within [`OP_TIMEOUT`] instead of a hanging command.
+    pub(crate) async fn run<T>(
+        &self,
+        op: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, EngineError> {
+        self.attempt(op).await.map_err(|f| match f {
+            Failure::NotRun(m) | Failure::Unknown(m) => EngineError::Unavailable(m),
+            Failure::Error(m) => EngineError::Internal(m),
+        })
+    }
+
+    /// Like [`run`](Self::run) for a write that must not be repeated blindly: when Redis
+    /// was asked but did not answer, the error says the outcome is unknown.
+    pub(crate) async fn run_write<T>(
+        &self,
+        op: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, EngineError> {
+        self.attempt(op).await.map_err(|f| match f {
+            Failure::NotRun(m) => EngineError::Unavailable(m),
+            Failure::Unknown(m) => EngineError::UnknownOutcome(m),
+            Failure::Error(m) => EngineError::Internal(m),
+        })
+    }
+
+    /// Where the presence sweep announces the leaves it finds: the room's channel, or
+    /// nowhere (``) in a namespace without join/leave events.
+    pub(crate) fn leave_channel(&self, room: &str) -> String {
+        if self.namespaces.of(room).join_leave_events {
+            self.keys.channel(room)
+        } else {
+            String::new()
+        }
+    }
+
+    /// Meta keys live this long past the last message (an idle room keeps its epoch).
+    pub(crate) fn meta_ttl_ms(&self, room: &str) -> u64 {
+        self.retention(room).max_age.as_millis() as u64 * 2 + 604_800_000
+    }
+
+    /// Reads history (also used by the subscriber to fill gaps after a reconnect). A page
+    /// showing the store behind what this node saw starts a new epoch first (the rule).
+    pub(crate) async fn history(
+        &self,
+        room: &str,
+        q: HistoryQuery,
+    ) -> Result<HistoryPage, EngineError> {
+        let page = self.read_history(room, q).await?;
+        if !self.seen.behind(room, &page.epoch, page.top) {
+            if *page.epoch != *EMPTY_EPOCH {
+                self.seen.observe(room, &page.epoch, page.top);
+            }
+            return Ok(page);
+        }
+        let seen = self.seen.get(room).map_or(0, |s| s.seq);
+        self.bump_epoch(room, &page.epoch, seen).await?;
+        let page = self.read_history(room, q).await?;
+        if *page.epoch != *EMPTY_EPOCH {
+            self.seen.observe(room, &page.epoch, page.top);
+        }
+        Ok(page)
+    }
+
+    /// Starts a new epoch for `room` if it is still in `epoch` below `seen` (the rule);
+    /// returns the room's epoch afterwards and whether this call started it.
+    pub(crate) async fn bump_epoch(
+        &self,
+        room: &str,
+        epoch: &str,
+        seen: u64,
+    ) -> Result<(bool, String), EngineError> {
+        let mut conn = self.conn();
+        let (bumped, now_epoch): (u8, String) = self
+            .run(
+                scripts::EPOCH_BUMP
+                    .key(self.keys.meta(room))
+                    .key(self.keys.stream(room))
+                    .arg(epoch)
+                    .arg(seen)
+                    .arg(new_epoch())
+                    .arg(self.meta_ttl_ms(room))
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        if bumped == 1 {
+            tracing::warn!(room, old_epoch = epoch, seen, new_epoch = %now_epoch,
+                "redis is behind what this node saw (older snapshot or lagging replica): new epoch");
+            self.seen.observe(room, &now_epoch, 0);
+        }
+        Ok((bumped == 1, now_epoch))
+    }
+
+    async fn read_history(&self, room: &str, q: HistoryQuery) -> Result<HistoryPage, EngineError> {
+        let (start, end, reverse) = match (q.since, q.before) {
+            (_, Some(b)) if b <= 1 => ("-".to_string(), "-".to_string(), false),
+            (Some(s), Some(b)) => (format!("{}-0", s + 1), format!("{}-1", b - 1), false),
+            (Some(s), None) => (format!("{}-0", s + 1), "+".to_string(), false),
+            (None, Some(b)) => ("-".to_string(), format!("{}-1", b - 1), true),
+            (None, None) => ("-".to_string(), "+".to_string(), true),
+        };
+        let empty = matches!(q.before, Some(b) if b <= 1);
+        let limit = if empty { 0 } else { q.limit.min(1_000_000) };
+        let max_age = self.retention(room).max_age.as_millis() as u64;
+        let mut conn = self.conn();
+        let raw: Vec<redis::Value> = self
+            .run(
+                scripts::HISTORY
+                    .key(self.keys.meta(room))
+                    .key(self.keys.stream(room))
+                    .arg(start)
+                    .arg(end)
+                    .arg(if reverse { "1" } else { "0" })
+                    .arg(limit)
+                    .arg(max_age)
+                    .arg(q.max_bytes)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        parse_history(room, raw)
+    }
+}
+
+fn parse_history(room: &str, raw: Vec<redis::Value>) -> Result<HistoryPage, EngineError> {
+    let bad = || EngineError::Internal("unexpected history reply from redis".into());
+    let mut it = raw.into_iter();
+    let mut next = || it.next().ok_or_else(bad);
+    let epoch: String = redis::from_redis_value(next()?).map_err(|_| bad())?;
+    let top: u64 = redis::from_redis_value(next()?).map_err(|_| bad())?;
+    let first: u64 = redis::from_redis_value(next()?).map_err(|_| bad())?;
+    let more: u8 = redis::from_redis_value(next()?).map_err(|_| bad())?;
+    if epoch.is_empty() {
+        return Ok(HistoryPage::empty());
+    }
+    let epoch: Arc<str> = epoch.into();
+    let room: Arc<str> = room.into();
+    let mut messages = Vec::new();
+    while let (Some(seq), Some(frame)) = (it.next(), it.next()) {
+        let seq: u64 = redis::from_redis_value(seq).map_err(|_| bad())?;
+        let frame: String = redis::from_redis_value(frame).map_err(|_| bad())?;
+        messages.push(Arc::new(Envelope {
+            room: room.clone(),
+            seq,
+            epoch: epoch.clone(),
+            ts: 0,
+            traceparent: None,
+            frame: frame.into(),
+        }));
+    }
+    Ok(HistoryPage {
+        epoch,
+        top,
+        first,
+        messages,
+        more: more == 1,
+    })
+}

@@ -1,0 +1,182 @@
+//! The pipe of one forwarded connection: a relay per direction, each awaiting its write
+//! before reading on (backpressure), an idle timeout over both, and the close passed on
+//! with its code to whichever side is still there.
+
+use super::{Route, RouteSlot, Upstream};
+use crate::disconnect::{self, CloseReason};
+use crate::node::{Node, Slots};
+use crate::outbound::OutboundQueue;
+use futures_util::{SinkExt, StreamExt};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// How one direction of a pipe ended.
+enum End {
+    /// The sender closed, with this frame (passed on to the other side).
+    Closed(Option<CloseFrame>),
+    /// The sender's socket failed.
+    ReadFailed,
+    /// The sender sent a message over the route's `maxFrameBytes`.
+    TooBig,
+    /// The receiving side could not be written.
+    WriteFailed,
+    /// Nothing in either direction for the route's idle timeout.
+    Idle,
+}
+
+/// Milliseconds since `start` of the last frame in either direction.
+struct Activity {
+    start: std::time::Instant,
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing happened for `limit` (never, for a zero limit).
+    async fn idle_for(&self, limit: Duration) {
+        if limit.is_zero() {
+            return std::future::pending().await;
+        }
+        loop {
+            let now = self.start.elapsed().as_millis() as u64;
+            let quiet =
+                Duration::from_millis(now.saturating_sub(self.last.load(Ordering::Relaxed)));
+            if quiet >= limit {
+                return;
+            }
+            tokio::time::sleep(limit - quiet).await;
+        }
+    }
+}
+
+async fn relay<R, W>(
+    mut from: R,
+    to: &mut W,
+    node: &Node,
+    route: &str,
+    dir: &str,
+    activity: &Activity,
+) -> End
+where
+    R: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+    W: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    let frames = node.metrics.forward_frames.with_label_values(&[route, dir]);
+    let bytes = node.metrics.forward_bytes.with_label_values(&[route, dir]);
+    while let Some(msg) = from.next().await {
+        activity.touch();
+        let msg = match msg {
+            Ok(Message::Close(frame)) => return End::Closed(frame),
+            Ok(m) => m,
+            Err(tokio_tungstenite::tungstenite::Error::Capacity(_)) => return End::TooBig,
+            Err(_) => return End::ReadFailed,
+        };
+        frames.inc();
+        bytes.inc_by(msg.len() as u64);
+        // Awaiting the write is the backpressure: nothing more is read meanwhile.
+        if to.send(msg).await.is_err() {
+            return End::WriteFailed;
+        }
+    }
+    End::ReadFailed
+}
+
+fn close_frame(reason: CloseReason) -> Option<CloseFrame> {
+    Some(CloseFrame {
+        code: CloseCode::from(reason.code),
+        reason: reason.reason.into(),
+    })
+}
+
+pub(super) async fn pipe<C>(
+    node: Arc<Node>,
+    route: Arc<Route>,
+    client: WebSocketStream<C>,
+    upstream: Upstream,
+    user: &str,
+    _slots: (Slots, RouteSlot),
+) where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let name = route.cfg.name.clone();
+    // Registered like a chat connection so drain, rebalance and the server API's
+    // disconnect close it too (close 1012 on a drain: a goaway cannot be put into a stream
+    // the gateway does not speak).
+    let handle = OutboundQueue::opaque();
+    let id = node.register(handle.clone(), user, None);
+    let gauge = node.metrics.forward_connections.with_label_values(&[&name]);
+    gauge.inc();
+    let (mut c_tx, c_rx) = client.split();
+    let (mut u_tx, u_rx) = upstream.split();
+    let activity = Activity {
+        start: std::time::Instant::now(),
+        last: AtomicU64::new(0),
+    };
+    let outcome = tokio::select! {
+        end = relay(c_rx, &mut u_tx, &node, &name, "up", &activity) => (true, end),
+        end = relay(u_rx, &mut c_tx, &node, &name, "down", &activity) => (false, end),
+        _ = activity.idle_for(route.cfg.idle_timeout) => (false, End::Idle),
+        _ = handle.closing().cancelled() => {
+            let reason = handle.close_reason().unwrap_or(disconnect::SHUTTING_DOWN);
+            (false, End::Closed(close_frame(reason)))
+        }
+    };
+    // Pass the close on, with its code, to whichever side is still there.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        match outcome {
+            (true, End::Closed(frame)) => {
+                let _ = u_tx.send(Message::Close(frame)).await;
+            }
+            (false, End::Closed(frame)) => {
+                let _ = c_tx.send(Message::Close(frame.clone())).await;
+                let _ = u_tx.send(Message::Close(frame)).await;
+            }
+            (up, End::TooBig) => {
+                let frame = close_frame(disconnect::MESSAGE_TOO_BIG);
+                let _ = c_tx.send(Message::Close(frame.clone())).await;
+                let _ = u_tx
+                    .send(Message::Close(if up {
+                        close_frame(disconnect::CLIENT_GONE)
+                    } else {
+                        frame
+                    }))
+                    .await;
+            }
+            (true, End::ReadFailed | End::WriteFailed) => {
+                // The client went away, or the upstream could not take a frame.
+                let _ = c_tx
+                    .send(Message::Close(close_frame(disconnect::UPSTREAM_FAILED)))
+                    .await;
+                let _ = u_tx
+                    .send(Message::Close(close_frame(disconnect::CLIENT_GONE)))
+                    .await;
+            }
+            (false, End::ReadFailed | End::WriteFailed) => {
+                let _ = c_tx
+                    .send(Message::Close(close_frame(disconnect::UPSTREAM_FAILED)))
+                    .await;
+            }
+            (_, End::Idle) => {
+                let frame = close_frame(disconnect::IDLE_TIMEOUT);
+                let _ = c_tx.send(Message::Close(frame.clone())).await;
+                let _ = u_tx.send(Message::Close(frame)).await;
+            }
+        }
+    })
+    .await;
+    gauge.dec();
+    node.unregister(id);
+    node.metrics
+        .closed
+        .with_label_values(&[disconnect::FORWARD_ENDED])
+        .inc();
+}

@@ -1,0 +1,239 @@
+//! The queue and the writer: overflow, pacing, holding, ordering, the write timeout.
+
+use super::*;
+use crate::disconnect::WRITE_TIMEOUT;
+use crate::protocol::StreamPosition;
+use futures_util::Sink;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+fn env(room: &str, seq: u64) -> Arc<Envelope> {
+    Arc::new(Envelope {
+        room: room.into(),
+        seq,
+        epoch: "e".into(),
+        ts: 0,
+        traceparent: None,
+        frame: format!("{{\"seq\":{seq}}}").into(),
+    })
+}
+
+#[test]
+fn overflow_by_bytes_closes_as_slow_consumer() {
+    let (q, _rx) = queue(100, 25);
+    assert!(q.push(Outbound::Msg(env("r", 1))));
+    assert!(q.push(Outbound::Msg(env("r", 2))));
+    assert!(!q.push(Outbound::Msg(env("r", 3))));
+    // The number clients see (docs/protocol.md), not only the constant's name.
+    let closed = q.close_reason().map(|r| (r.code, r.reason));
+    assert_eq!(closed, Some((1013, "slow consumer")));
+    assert!(q.queued_bytes() <= 25);
+    assert!(!q.frame("late"), "closing queue refuses items");
+}
+
+#[test]
+fn overflow_by_frames_closes_as_slow_consumer() {
+    let (q, _rx) = queue(2, 1 << 20);
+    assert!(q.frame("a"));
+    assert!(q.frame("b"));
+    assert!(!q.frame("c"));
+    let closed = q.close_reason().map(|r| (r.code, r.reason));
+    assert_eq!(closed, Some((1013, "slow consumer")));
+}
+
+#[tokio::test]
+async fn writer_orders_replay_before_held_live_and_drops_duplicates() {
+    let (q, rx) = queue(100, 1 << 20);
+    let (sink_tx, mut sink_rx) = futures_channel_sink();
+    let room: Arc<str> = "r".into();
+    q.push(Outbound::BeginCatchup(room.clone()));
+    q.push(Outbound::Msg(env("r", 3))); // live, arrives during catch-up
+    q.push(Outbound::Msg(env("r", 4)));
+    q.push(Outbound::Replay {
+        room: room.clone(),
+        from: StreamPosition::new("e", 1),
+        msgs: vec![env("r", 2), env("r", 3)],
+    });
+    q.push(Outbound::Release(room.clone()));
+    q.push(Outbound::Msg(env("r", 4))); // duplicate
+    q.push(Outbound::Msg(env("r", 5)));
+    q.push(Outbound::Msg(env("other", 9))); // not joined
+    let closer = q.clone();
+    let task = tokio::spawn(run_writer(sink_tx, rx, settings(60_000)));
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        match sink_rx.recv().await {
+            Some(Message::Text(t)) => seen.push(t.to_string()),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    closer.close(SLOW_CONSUMER);
+    let outcome = task.await.expect("writer");
+    assert_eq!(
+        seen,
+        ["{\"seq\":2}", "{\"seq\":3}", "{\"seq\":4}", "{\"seq\":5}"]
+    );
+    assert_eq!(
+        outcome.positions.get("r"),
+        Some(&StreamPosition::new("e", 5))
+    );
+    assert_eq!(outcome.delivered, 4);
+    // The writer ends with the close frame of the reason, code and text.
+    let mut close = None;
+    while let Ok(m) = sink_rx.try_recv() {
+        if let Message::Close(f) = m {
+            close = f.map(|f| (u16::from(f.code), f.reason.to_string()));
+        }
+    }
+    assert_eq!(close, Some((1013, "slow consumer".to_string())));
+}
+
+/// A room caught up again on the same connection (a resume or re-join from an older
+/// position): the replay overlaps what was written, and nothing is written twice.
+#[tokio::test]
+async fn a_second_catchup_of_a_room_writes_nothing_twice() {
+    let (q, rx) = queue(100, 1 << 20);
+    let (sink_tx, mut sink_rx) = futures_channel_sink();
+    let room: Arc<str> = "r".into();
+    q.push(Outbound::BeginCatchup(room.clone()));
+    q.push(Outbound::Replay {
+        room: room.clone(),
+        from: StreamPosition::new("e", 0),
+        msgs: vec![env("r", 1), env("r", 2), env("r", 3)],
+    });
+    q.push(Outbound::Release(room.clone()));
+    q.push(Outbound::BeginCatchup(room.clone()));
+    q.push(Outbound::Replay {
+        room: room.clone(),
+        from: StreamPosition::new("e", 1),
+        msgs: vec![env("r", 2), env("r", 3), env("r", 4)],
+    });
+    q.push(Outbound::Release(room.clone()));
+    let closer = q.clone();
+    let task = tokio::spawn(run_writer(sink_tx, rx, settings(60_000)));
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        match sink_rx.recv().await {
+            Some(Message::Text(t)) => seen.push(t.to_string()),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    closer.close(SLOW_CONSUMER);
+    let outcome = task.await.expect("writer");
+    assert_eq!(
+        seen,
+        ["{\"seq\":1}", "{\"seq\":2}", "{\"seq\":3}", "{\"seq\":4}"]
+    );
+    assert_eq!(outcome.delivered, 4, "nothing written twice");
+}
+
+fn settings(heartbeat_ms: u64) -> WriterSettings {
+    WriterSettings {
+        heartbeat: Duration::from_millis(heartbeat_ms),
+        last_seen: Arc::new(AtomicU64::new(0)),
+        epoch: Instant::now(),
+        on_delivered: Box::new(|_| {}),
+    }
+}
+
+#[tokio::test]
+async fn live_messages_held_behind_a_catch_up_count_against_the_byte_limit() {
+    let (q, rx) = queue(100, 40);
+    let (sink_tx, _sink_rx) = futures_channel_sink();
+    let task = tokio::spawn(run_writer(sink_tx, rx, settings(60_000)));
+    q.push(Outbound::BeginCatchup("r".into()));
+    // Each is written (taken off the queue) into the hold: the queue stays small...
+    for seq in 1..=6 {
+        let _ = q.push_paced(Outbound::Msg(env("r", seq))).await;
+    }
+    // ...but the hold is over 40 bytes: the connection closes as a slow consumer.
+    let outcome = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("writer stops")
+        .expect("writer");
+    assert_eq!(q.close_reason(), Some(SLOW_CONSUMER));
+    assert_eq!(outcome.delivered, 0);
+}
+
+#[tokio::test]
+async fn a_paced_push_waits_for_room_instead_of_overflowing() {
+    let (q, mut rx) = queue(100, 30);
+    assert!(q.push(Outbound::Msg(env("r", 1)))); // 9 bytes
+    let chunk = Outbound::Replay {
+        room: "r".into(),
+        from: StreamPosition::new("e", 1),
+        msgs: vec![env("r", 2), env("r", 3)], // 18 bytes: 27 <= 30 fits
+    };
+    assert!(q.push_paced(chunk).await);
+    let big = Outbound::Replay {
+        room: "r".into(),
+        from: StreamPosition::new("e", 3),
+        msgs: vec![env("r", 4), env("r", 5)],
+    };
+    let pusher = q.clone();
+    let waiting = tokio::spawn(async move { pusher.push_paced(big).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "no room: the push waits");
+    assert_eq!(q.close_reason(), None, "and does not overflow");
+    // The writer takes the first two items off the queue.
+    let (sink_tx, _sink_rx) = futures_channel_sink();
+    let taken = [
+        rx.rx.try_recv().expect("item"),
+        rx.rx.try_recv().expect("item"),
+    ];
+    for item in &taken {
+        rx.shared.bytes.fetch_sub(item.weight(), Ordering::Relaxed);
+    }
+    rx.shared.drained.notify_waiters();
+    assert!(tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("woken")
+        .expect("task"));
+    drop(sink_tx);
+}
+
+#[tokio::test]
+async fn a_write_that_never_completes_closes_within_two_heartbeats() {
+    let (q, rx) = queue(100, 1 << 20);
+    // A socket whose peer stopped reading: every send stays pending.
+    let stalled = futures_util::sink::unfold((), |_, _msg: Message| async move {
+        std::future::pending::<()>().await;
+        Ok::<_, tokio_tungstenite::tungstenite::Error>(())
+    });
+    let s = settings(100);
+    // The client keeps sending (pings, commands): the idle check sees activity.
+    let last_seen = s.last_seen.clone();
+    let epoch = s.epoch;
+    let keep_alive = tokio::spawn(async move {
+        loop {
+            last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let started = Instant::now();
+    let task = tokio::spawn(run_writer(Box::pin(stalled), rx, s));
+    assert!(q.frame("hello"));
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("writer gives up")
+        .expect("writer");
+    keep_alive.abort();
+    assert_eq!(q.close_reason(), Some(WRITE_TIMEOUT));
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+/// A sink backed by an unbounded channel, standing in for the socket.
+fn futures_channel_sink() -> (
+    impl Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+    mpsc::UnboundedReceiver<Message>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sink = futures_util::sink::unfold(tx, |tx, msg: Message| async move {
+        let _ = tx.send(msg);
+        Ok::<_, tokio_tungstenite::tungstenite::Error>(tx)
+    });
+    (Box::pin(sink), rx)
+}

@@ -1,0 +1,286 @@
+//! The writer: the one task that writes a connection's queue to its socket, in order,
+//! never a `(room, seq)` twice, holding a catching-up room's live messages until its
+//! replay is out; with pings, the idle timeout and the write timeout.
+
+use super::{Outbound, OutboundReceiver};
+use crate::disconnect::{HEARTBEAT_TIMEOUT, SLOW_CONSUMER, WRITE_TIMEOUT};
+use crate::engine::Envelope;
+use crate::protocol::StreamPosition;
+use futures_util::{Sink, SinkExt};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The writer's state of one room: the last position written, and live messages held
+/// back while the room catches up.
+#[derive(Default)]
+struct WriterRoom {
+    /// Unknown until a replay or a message says the epoch; a message of another epoch
+    /// restarts the count.
+    written: Option<StreamPosition>,
+    held: Option<Vec<Arc<Envelope>>>,
+}
+
+/// The writer's per-connection state.
+struct Writer {
+    rooms: HashMap<Arc<str>, WriterRoom>,
+    /// Bytes of live messages held back while their rooms catch up.
+    held_bytes: usize,
+    out: WriterOutcome,
+}
+
+/// What the writer observed when it stopped.
+#[derive(Debug, Default)]
+pub struct WriterOutcome {
+    /// Last position written per room (where a resume would start), for the rooms whose
+    /// epoch the writer learned.
+    pub positions: HashMap<Arc<str>, StreamPosition>,
+    /// Messages written to the socket.
+    pub delivered: u64,
+}
+
+/// Settings of the writer.
+pub struct WriterSettings {
+    /// Ping period.
+    pub heartbeat: Duration,
+    /// Millis since `epoch` of the last frame received, updated by the reader.
+    pub last_seen: Arc<AtomicU64>,
+    /// Reference instant for `last_seen`.
+    pub epoch: Instant,
+    /// Called once per written message (metrics).
+    pub on_delivered: Box<dyn Fn(&Envelope) + Send + Sync>,
+}
+
+/// Most items written before a flush.
+const BATCH: usize = 64;
+
+/// Writes queued items to `sink` until the connection closes; sends pings, enforces the
+/// idle timeout and the write timeout (both two heartbeat periods). Sends the close frame
+/// itself.
+pub async fn run_writer<S>(
+    mut sink: S,
+    mut rx: OutboundReceiver,
+    settings: WriterSettings,
+) -> WriterOutcome
+where
+    S: Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    let mut w = Writer {
+        rooms: HashMap::new(),
+        held_bytes: 0,
+        out: WriterOutcome::default(),
+    };
+    let mut ping = tokio::time::interval_at(
+        tokio::time::Instant::now() + settings.heartbeat,
+        settings.heartbeat,
+    );
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let idle_limit = (settings.heartbeat * 2).as_millis() as u64;
+    let write_timeout = settings.heartbeat * 2;
+    let closing = rx.shared.closing.clone();
+    let stop = |rx: &OutboundReceiver, reason| {
+        let _ = rx.shared.reason.set(reason);
+        rx.shared.closing.cancel();
+    };
+    loop {
+        tokio::select! {
+            biased;
+            _ = closing.cancelled() => break,
+            _ = ping.tick() => {
+                let now = settings.epoch.elapsed().as_millis() as u64;
+                if now.saturating_sub(settings.last_seen.load(Ordering::Relaxed)) > idle_limit {
+                    stop(&rx, HEARTBEAT_TIMEOUT);
+                    break;
+                }
+                // A blocked socket must not keep us from noticing a close.
+                let sent = tokio::select! {
+                    biased;
+                    _ = closing.cancelled() => break,
+                    _ = tokio::time::sleep(write_timeout) => {
+                        stop(&rx, WRITE_TIMEOUT);
+                        break;
+                    }
+                    r = sink.send(Message::Ping(Default::default())) => r,
+                };
+                if sent.is_err() {
+                    break;
+                }
+            }
+            item = rx.rx.recv() => {
+                let Some(item) = item else { break };
+                // A client that stopped reading blocks this write (its TCP window is
+                // shut); it may still be sending, so the idle check cannot see it.
+                let written = tokio::select! {
+                    biased;
+                    _ = closing.cancelled() => break,
+                    _ = tokio::time::sleep(write_timeout) => {
+                        stop(&rx, WRITE_TIMEOUT);
+                        break;
+                    }
+                    r = write_batch(&mut sink, &mut rx, &mut w, item, &settings) => r,
+                };
+                rx.shared.drained.notify_waiters();
+                if written.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(reason) = rx.shared.reason.get() {
+        let frame = CloseFrame {
+            code: CloseCode::from(reason.code),
+            reason: reason.reason.into(),
+        };
+        let send = async {
+            let _ = sink.send(Message::Close(Some(frame))).await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+    }
+    rx.rx.close();
+    rx.shared.drained.notify_waiters();
+    let mut out = w.out;
+    out.positions = w
+        .rooms
+        .into_iter()
+        .filter_map(|(r, c)| Some((r, c.written?)))
+        .collect();
+    out
+}
+
+/// Writes `first` and whatever else is queued (up to [`BATCH`]), then flushes once.
+async fn write_batch<S>(
+    sink: &mut S,
+    rx: &mut OutboundReceiver,
+    w: &mut Writer,
+    first: Outbound,
+    settings: &WriterSettings,
+) -> Result<(), tokio_tungstenite::tungstenite::Error>
+where
+    S: Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    let mut next = Some(first);
+    let mut n = 0;
+    while let Some(item) = next.take() {
+        if let Outbound::Close(reason) = item {
+            sink.flush().await?;
+            let _ = rx.shared.reason.set(reason);
+            rx.shared.closing.cancel();
+            return Ok(());
+        }
+        let weight = item.weight();
+        let res = write_item(sink, w, item, settings).await;
+        rx.shared.bytes.fetch_sub(weight, Ordering::Relaxed);
+        res?;
+        if w.held_bytes > rx.shared.max_bytes {
+            // Live messages pile up behind a catch-up faster than the client reads.
+            let _ = rx.shared.reason.set(SLOW_CONSUMER);
+            rx.shared.closing.cancel();
+            return Ok(());
+        }
+        n += 1;
+        if n < BATCH {
+            next = rx.rx.try_recv().ok();
+        }
+    }
+    sink.flush().await
+}
+
+async fn write_item<S>(
+    sink: &mut S,
+    w: &mut Writer,
+    item: Outbound,
+    settings: &WriterSettings,
+) -> Result<(), tokio_tungstenite::tungstenite::Error>
+where
+    S: Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    match item {
+        Outbound::Frame(f) => sink.feed(Message::Text(f)).await,
+        Outbound::Msg(env) => {
+            let Some(state) = w.rooms.get_mut(&env.room) else {
+                return Ok(()); // left meanwhile
+            };
+            if let Some(held) = state.held.as_mut() {
+                w.held_bytes += env.frame.len();
+                held.push(env);
+                return Ok(());
+            }
+            write_msg(sink, state, &env, settings, &mut w.out).await
+        }
+        Outbound::BeginCatchup(room) => {
+            w.rooms
+                .entry(room)
+                .or_default()
+                .held
+                .get_or_insert_with(Vec::new);
+            Ok(())
+        }
+        Outbound::Replay { room, from, msgs } => {
+            let state = w.rooms.entry(room).or_default();
+            match &mut state.written {
+                Some(wr) if wr.epoch == from.epoch => wr.seq = wr.seq.max(from.seq),
+                _ => state.written = Some(from),
+            }
+            for env in &msgs {
+                write_msg(sink, state, env, settings, &mut w.out).await?;
+            }
+            Ok(())
+        }
+        Outbound::Release(room) => {
+            let state = w.rooms.entry(room).or_default();
+            let held = state.held.take().unwrap_or_default();
+            let bytes: usize = held.iter().map(|m| m.frame.len()).sum();
+            w.held_bytes = w.held_bytes.saturating_sub(bytes);
+            for env in &held {
+                write_msg(sink, state, env, settings, &mut w.out).await?;
+            }
+            Ok(())
+        }
+        Outbound::Forget(room) => {
+            if let Some(state) = w.rooms.remove(&room) {
+                let held = state.held.unwrap_or_default();
+                let bytes: usize = held.iter().map(|m| m.frame.len()).sum();
+                w.held_bytes = w.held_bytes.saturating_sub(bytes);
+            }
+            Ok(())
+        }
+        Outbound::Close(_) => Ok(()), // handled by write_batch
+    }
+}
+
+async fn write_msg<S>(
+    sink: &mut S,
+    state: &mut WriterRoom,
+    env: &Envelope,
+    settings: &WriterSettings,
+    out: &mut WriterOutcome,
+) -> Result<(), tokio_tungstenite::tungstenite::Error>
+where
+    S: Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    if env.seq == 0 {
+        // Ephemeral: never stored, never replayed, so neither deduplicated nor tracked.
+        sink.feed(Message::Text(env.frame.clone())).await?;
+        out.delivered += 1;
+        (settings.on_delivered)(env);
+        return Ok(());
+    }
+    // A message of another epoch: history was lost and restarted (e.g. Redis came back
+    // empty), seqs start over.
+    let last = match &state.written {
+        Some(w) if w.epoch == env.epoch => w.seq,
+        _ => 0,
+    };
+    if env.seq <= last {
+        return Ok(()); // already written: at-least-once upstream, exactly once here
+    }
+    sink.feed(Message::Text(env.frame.clone())).await?;
+    state.written = Some(StreamPosition::new(env.epoch.clone(), env.seq));
+    out.delivered += 1;
+    (settings.on_delivered)(env);
+    Ok(())
+}
