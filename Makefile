@@ -15,11 +15,17 @@ run:
 test: deps venv envtest
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) deny check bans licenses sources
 	$(CARGO) test --workspace
 
 ## deps: system packages the tests use (Debian; needs root): redis-server, and promtool from
-## prometheus for the alert tests (on a systemd machine Debian also enables a Prometheus service)
+## prometheus for the alert tests (on a systemd machine Debian also enables a Prometheus service);
+## and cargo-deny (deny.toml), built into ~/.cargo/bin when missing (about 3 minutes on 2 cores)
+CARGO_DENY_VERSION := 0.20.2
 deps:
+	@$(CARGO) deny --version 2>/dev/null | grep -qx 'cargo-deny $(CARGO_DENY_VERSION)' || { \
+	  echo "installing cargo-deny $(CARGO_DENY_VERSION) into ~/.cargo/bin"; \
+	  $(CARGO) install --locked --quiet cargo-deny --version $(CARGO_DENY_VERSION); }
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \

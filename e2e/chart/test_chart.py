@@ -50,6 +50,19 @@ def test_defaults_render_the_crd_and_the_operator_only():
     assert "chatgateway_connections" in notes
 
 
+def test_notes_show_the_server_api_where_the_gateway_has_one():
+    on = {"chatGateway": {"enabled": True, "name": "chat", "spec": {"gateway": {
+        "auth": {"mode": "jwt", "jwt": {"secretRef": {"name": "k", "key": "s"}, "audience": "a"}},
+        "api": {"port": 9443, "keysSecretRef": {"name": "chat-api-keys", "key": "keys"}}}}}}
+    notes = render(on)["chat-gateway/templates/NOTES.txt"]
+    assert "http://chat-api.chat-system:9443/api/v1/nodes" in notes, notes
+    assert "Secret\nchat-api-keys" in notes or "Secret chat-api-keys" in notes, notes
+    on["chatGateway"]["spec"]["gateway"]["api"]["enabled"] = False
+    assert "-api." not in render(on)["chat-gateway/templates/NOTES.txt"]
+    del on["chatGateway"]["spec"]["gateway"]["api"]
+    assert "-api." not in render(on)["chat-gateway/templates/NOTES.txt"]
+
+
 @pytest.mark.parametrize("values", [{}, {"chatGateway": {"enabled": True}}, {"crds": {"enabled": False}}],
                          ids=["defaults", "instance", "no-crds"])
 def test_notes_suit_a_packaged_chart(values):

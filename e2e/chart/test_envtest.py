@@ -53,6 +53,7 @@ KINDS = {
     "HorizontalPodAutoscaler": ("apis/autoscaling/v2beta2", "horizontalpodautoscalers", True),
     "PodDisruptionBudget": ("apis/policy/v1beta1", "poddisruptionbudgets", True),
     "APIService": ("apis/apiregistration.k8s.io/v1", "apiservices", False),
+    "NetworkPolicy": ("apis/networking.k8s.io/v1", "networkpolicies", True),
 }
 CUSTOM_METRICS_SERVICE = f"{OPERATOR_SA}-custom-metrics"
 CUSTOM_METRICS_SECRET = f"{OPERATOR_SA}-custom-metrics-tls"
@@ -271,8 +272,10 @@ def test_the_service_account_gets_nothing_more(envtest):
     assert sar(api, "patch", "chatgateways", "chatgateway.io", subresource="status")
     assert sar(api, "create", "deployments", "apps")
     assert sar(api, "get", "secrets")
-    # Secrets are watched by metadata (rotations), pods annotated (pod-deletion-cost).
+    # Secrets are watched by metadata (rotations); gateway pods watched (the one reading of
+    # their /metrics) and annotated (pod-deletion-cost).
     assert sar(api, "watch", "secrets")
+    assert sar(api, "watch", "pods", namespace=None)
     assert sar(api, "patch", "pods")
     assert sar(api, "get", "services")
     assert sar(api, "update", "leases", "coordination.k8s.io", namespace=INSTALL_NS)
@@ -285,8 +288,7 @@ def test_the_service_account_gets_nothing_more(envtest):
               ("delete", "services", ""), ("get", "chatgateways", "chatgateway.io")]
     allowed = [d for d in denied if sar(api, d[0], d[1], d[2])]
     assert not allowed, f"the operator's ServiceAccount may do more than it needs: {allowed}"
-    # The custom metrics API: exactly its pods, reviews, Secret and two APIServices.
-    assert sar(api, "watch", "pods", namespace=None)
+    # The custom metrics API: exactly its reviews, Secret and two APIServices.
     assert sar(api, "create", "subjectaccessreviews", "authorization.k8s.io", namespace=None)
     for version in ("v1beta1", "v1beta2"):
         assert sar(api, "update", "apiservices", "apiregistration.k8s.io", namespace=None,
@@ -325,6 +327,8 @@ def test_operator_with_the_chart_rbac_reconciles_every_example(envtest):
     # What production.yaml's comments tell users to create (`openssl rand -hex 32`).
     api.apply_new({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "chat-jwt"},
                    "stringData": {"secret": "0123456789abcdef0123456789abcdef"}}, APPS_NS)
+    api.apply_new({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "chat-api-keys"},
+                   "stringData": {"keys": "fedcba9876543210fedcba9876543210\n"}}, APPS_NS)
 
     port = free_port()
     log = envtest["dir"] / "operator.log"
@@ -382,11 +386,15 @@ def test_operator_with_the_chart_rbac_reconciles_every_example(envtest):
                 assert any(o["uid"] == uid and o.get("controller") for o in owners), (kind, owners)
             conditions = {c["type"]: c for c in cgw["status"]["conditions"]}
             assert {"Ready", "Progressing", "Degraded"} <= set(conditions), conditions
-            optional = [("HorizontalPodAutoscaler", bool(cgw["spec"].get("autoscaling", {}).get("enabled"))),
-                        ("PodDisruptionBudget", cgw["spec"].get("disruptionBudget", {}).get("enabled", True))]
-            for kind, wanted in optional:
+            api_on = "api" in cgw["spec"]["gateway"]
+            optional = [("HorizontalPodAutoscaler", name, bool(cgw["spec"].get("autoscaling", {}).get("enabled"))),
+                        ("PodDisruptionBudget", name, cgw["spec"].get("disruptionBudget", {}).get("enabled", True)),
+                        ("NetworkPolicy", name, "networkPolicy" in cgw["spec"]),
+                        # The server API's own Service (production.yaml turns the API on).
+                        ("Service", f"{name}-api", api_on)]
+            for kind, child, wanted in optional:
                 # v1.20 serves them as autoscaling/v2beta2 and policy/v1beta1.
-                obj = api.get(kind, name, ns)
+                obj = api.get(kind, child, ns)
                 if wanted:
                     assert obj is not None, f"{ns}/{name}: no {kind}"
                     owners = obj["metadata"].get("ownerReferences", [])
@@ -418,6 +426,17 @@ def test_operator_with_the_chart_rbac_reconciles_every_example(envtest):
         assert (code, body.get("kind"), body.get("items")) == (200, "MetricValueList", []), body
         prod = api.get("Deployment", "chat", APPS_NS)
         assert prod["spec"]["replicas"] == 3, "autoscaling starts at minReplicas"
+        # The API on a ClusterIP Service of its own, to the pods' api port; the public one
+        # (a LoadBalancer in this example) never carries it.
+        api_service = api.get("Service", "chat-api", APPS_NS)
+        assert api_service["spec"]["type"] == "ClusterIP"
+        assert [(p["name"], p["port"], p["targetPort"]) for p in api_service["spec"]["ports"]] == [("api", 9090, "api")]
+        assert [p["name"] for p in api.get("Service", "chat", APPS_NS)["spec"]["ports"]] == ["http"]
+        ports = prod["spec"]["template"]["spec"]["containers"][0]["ports"]
+        assert {"name": "api", "containerPort": 9090, "protocol": "TCP"} in ports, ports
+        ingress = api.get("NetworkPolicy", "chat", APPS_NS)["spec"]["ingress"]
+        assert ingress[1]["ports"] == [{"port": "api", "protocol": "TCP"}], ingress
+        assert ingress[1]["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "chat-backend"}}}]
         text = log.read_text()
         assert "forbidden" not in text.lower(), f"the operator hit an RBAC denial:\n{text[-4000:]}"
     finally:

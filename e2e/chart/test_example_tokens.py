@@ -120,9 +120,27 @@ class Pod:
         # Secrets a production example expects the user to create, as its comments say.
         jwt = cgw["spec"]["gateway"]["auth"]["jwt"]
         values.setdefault((jwt["secretRef"]["name"], jwt["secretRef"]["key"]), secrets.token_hex(32).encode())
-        self.jwt, self.engine = jwt, yaml.safe_load(config["data"]["config.yaml"])["engine"]
+        api = cgw["spec"]["gateway"].get("api")
+        self.api_key = None
+        if api:
+            ref = api["keysSecretRef"]
+            values.setdefault((ref["name"], ref["key"]), (secrets.token_hex(32) + "\n").encode())
+            self.api_key = values[(ref["name"], ref["key"])].decode().split()[0]
+        parsed = yaml.safe_load(config["data"]["config.yaml"])
+        self.jwt, self.engine = jwt, parsed["engine"]
         self.secret = values[(jwt["secretRef"]["name"], jwt["secretRef"]["key"])]
-        text = config["data"]["config.yaml"]
+        # The pods' ports and the backend's hooks are the operator's and the cluster's: here
+        # the API listens on loopback, and a hook would only reach a closed local port (the
+        # login is under test, not the backend; no name is resolved outside this machine).
+        self.api_listen = parsed.get("api", {}).get("listen")
+        hooks = parsed.get("hooks") or {}
+        for hook in hooks.values():
+            if hook:
+                hook["url"] = f"http://127.0.0.1:{free_port()}/hook"
+        if self.api_listen:
+            parsed["api"]["listen"] = f"127.0.0.1:{free_port()}"
+            self.api_listen = parsed["api"]["listen"]
+        text = yaml.safe_dump(parsed, sort_keys=False)
         volumes = {v["name"]: v for v in pod["volumes"]}
         mounted = 0
         for m in container["volumeMounts"]:
@@ -147,6 +165,18 @@ def run(args: list[str], env: dict[str, str]) -> str:
                          env={"PATH": os.environ.get("PATH", "")} | env, timeout=60)
     assert out.returncode == 0, f"chat-gateway {' '.join(args)}: {out.stderr}"
     return out.stdout.strip()
+
+
+def api_get(port: int, key: str, path: str = "/api/v1/nodes") -> tuple[int, str]:
+    """GET on the server API with `Authorization: Bearer key`: the status and the body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n"
+                  "Connection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body.decode(errors="replace")
 
 
 def free_port() -> int:
@@ -227,6 +257,12 @@ def test_the_documented_token_recipe_opens_a_socket(name, docs, tmp_path):
             assert status == 101, f"{name}: {user}'s token refused ({status}):\n{log.read_text()}"
             assert welcome["type"] == "welcome" and welcome["user"] == user, welcome
         assert upgrade(port)[0] == 401, f"{name}: no token, no socket"
+        if pod.api_listen:
+            # The server API with the key from the mounted Secret, only on its own port.
+            host, api_port = pod.api_listen.rsplit(":", 1)
+            assert api_get(int(api_port), pod.api_key)[0] == 200, f"{name}: the API refused its key"
+            assert api_get(int(api_port), "not-" + pod.api_key)[0] == 401
+            assert api_get(port, pod.api_key)[0] == 404, f"{name}: the API is served on the public port"
         assert upgrade(port, headers={"Authorization": "Bearer x.y.z"})[0] == 401
         status, _ = upgrade(port, path=f"/ws?token={in_pod}")
         assert status == (101 if pod.query_token else 401), f"{name}: ?token= with queryToken {pod.query_token}"

@@ -7,12 +7,13 @@
 //! child name is looked up (metadata only) before anything is written, so a conflict
 //! leaves the cluster untouched.
 
-use crate::builders::FIELD_MANAGER;
+use crate::builders::{with_type_meta, FIELD_MANAGER};
 use crate::error::{Error, Result};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::Resource;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::fmt::Debug;
 
 /// What is at a child's name now.
@@ -86,6 +87,72 @@ where
 {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     Ok(api.patch(name, &params, &Patch::Apply(body)).await?)
+}
+
+/// Server-side apply of a typed child.
+pub async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let name = obj
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::MissingObjectKey("metadata.name"))?;
+    apply_json(api, &name, with_type_meta(obj)?).await
+}
+
+/// A child only some specs have (a NetworkPolicy, the API's Service), looked up only when
+/// its section of the spec is present: gateways without the section cost no request, so
+/// removing the section leaves the child; `enabled: false` removes it.
+pub struct Optional<K> {
+    api: Api<K>,
+    name: String,
+    kind: String,
+    found: Found,
+}
+
+impl<K> Optional<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+{
+    /// Looks `name` up when `section` is present.
+    pub async fn lookup(
+        api: Api<K>,
+        name: String,
+        section: bool,
+        owner_uid: &str,
+    ) -> Result<Optional<K>> {
+        let found = match section {
+            true => classify(lookup(&api, &name).await?.as_ref(), owner_uid),
+            false => Found::Absent,
+        };
+        Ok(Optional {
+            api,
+            name,
+            kind: K::kind(&()).into_owned(),
+            found,
+        })
+    }
+
+    /// Fails with [`Error::NotOwned`] when `desired` would be written over someone's object.
+    pub fn writable(&self, desired: Option<&K>, namespace: &str) -> Result<()> {
+        match desired {
+            Some(_) => writable(&self.found, &self.kind, namespace, &self.name),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies `desired`, or deletes the owned child its section turned off. Returns what
+    /// was deleted, for the Event.
+    pub async fn settle(&self, desired: Option<&K>) -> Result<Option<String>> {
+        if let Some(obj) = desired {
+            apply(&self.api, obj).await?;
+            return Ok(None);
+        }
+        let deleted = delete_owned(&self.api, &self.name, &self.found).await?;
+        Ok(deleted.then(|| format!("{} {}", self.kind, self.name)))
+    }
 }
 
 /// Deletes an owned child (the spec turned it off); `true` when something was deleted.

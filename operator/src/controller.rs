@@ -1,11 +1,11 @@
 //! The controller: what triggers a reconcile (ChatGateways, their children, the Secrets
-//! they reference), and the pod-deletion-cost pass beside it.
+//! they reference).
 
 use crate::builders::FIELD_MANAGER;
 use crate::crd::ChatGateway;
 use crate::reconcile::{error_policy, reconcile, Context};
 use crate::served;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
@@ -22,7 +22,6 @@ use std::sync::Arc;
 /// Secrets by their metadata only (no Secret data in the operator's memory), mapped to the
 /// ChatGateways that reference them.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
-    let shutdown = shutdown.shared();
     let client = ctx.client.clone();
     let children =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
@@ -52,12 +51,6 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         );
     }
     let gateways = controller.store();
-    // Pod deletion costs (the emptiest pod goes first on a scale-down), beside the loop.
-    let costs = tokio::spawn(crate::deletion_cost::run(
-        client.clone(),
-        gateways.clone(),
-        shutdown.clone(),
-    ));
     let secrets = watcher(
         Api::<PartialObjectMeta<Secret>>::all(client.clone()),
         watcher::Config::default(),
@@ -82,5 +75,4 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             }
         })
         .await;
-    let _ = costs.await;
 }

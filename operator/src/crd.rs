@@ -7,11 +7,13 @@
 //! Schema defaults spell out what the builders default to, so `kubectl explain` shows them.
 
 mod auth;
+mod backend;
 mod gateway;
 mod namespaces;
 mod versions;
 
 pub use auth::*;
+pub use backend::*;
 pub use gateway::*;
 pub use namespaces::*;
 pub use versions::crd;

@@ -18,8 +18,9 @@ pub mod secrets;
 pub mod served;
 pub mod status;
 pub mod validate;
+pub mod yaml;
 
 /// The CRD as the YAML document checked in as `crds/chatgateway.yaml`.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    serde_yaml::to_string(&crd::crd())
+pub fn crd_yaml() -> Result<String, error::Error> {
+    yaml::to_string(&crd::crd()).map_err(error::Error::Serialize)
 }

@@ -1,7 +1,9 @@
 //! `chat-gateway-operator`: runs the controller, or renders a ChatGateway's children.
 
 use anyhow::Context as _;
+use chat_gateway_operator::custom_metrics::readings::Readings;
 use chat_gateway_operator::custom_metrics::{self, CustomMetrics};
+use chat_gateway_operator::deletion_cost;
 use chat_gateway_operator::leader::LeaderElector;
 use chat_gateway_operator::metrics::Metrics;
 use chat_gateway_operator::reconcile::{Context, ServedKinds};
@@ -155,14 +157,25 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
         .lease_namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_string());
-    // Every replica serves the custom metrics API, leader or not (custom_metrics docs).
-    let custom_metrics = match args.custom_metrics.addr {
-        Some(_) => Some(
-            CustomMetrics::start(client.clone(), &args.custom_metrics, &namespace, &metrics)
-                .await
-                .context("starting the custom metrics API")?,
-        ),
-        None => None,
+    // Every replica serves the custom metrics API, leader or not (custom_metrics docs), from
+    // the one reading of the gateway pods, which the leader's pod-deletion cost shares.
+    let interval = args.custom_metrics.scrape_interval;
+    let (custom_metrics, mut readings) = match args.custom_metrics.addr {
+        Some(_) => {
+            let readings = Readings::start(client.clone(), interval, &metrics)
+                .context("reading the gateway pods")?;
+            let api = CustomMetrics::start(
+                client.clone(),
+                &args.custom_metrics,
+                &namespace,
+                &metrics,
+                &readings,
+            )
+            .await
+            .context("starting the custom metrics API")?;
+            (Some(api), Some(readings))
+        }
+        None => (None, None),
     };
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
@@ -207,6 +220,17 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(%identity, lease = %format!("{namespace}/{}", args.lease_name), "leading");
 
     let leading = custom_metrics.as_ref().map(|cm| cm.lead(&identity));
+    // Without the custom metrics API nobody reads the pods yet: the leader does, for the
+    // deletion cost alone.
+    if readings.is_none() {
+        readings = Some(
+            Readings::start(client.clone(), interval, &metrics)
+                .context("reading the gateway pods")?,
+        );
+    }
+    let costs = readings
+        .as_ref()
+        .map(|r| tokio::spawn(deletion_cost::run(client.clone(), r.values(), r.pods())));
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
     let ctx = Arc::new(
         Context::new(client.clone(), served, metrics, Some(identity.clone()))
@@ -244,6 +268,9 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
     };
     let _ = lost_tx.send(());
     let _ = controller.await;
+    if let Some(costs) = costs {
+        costs.abort();
+    }
     drop(leading);
     if lost {
         anyhow::bail!("lost the leader lease; exiting so a fresh replica can stand by");

@@ -1,9 +1,9 @@
 //! One reconcile: build the children, check they are ours, apply them with server-side
 //! apply, write status. `controller` decides when it runs.
 
-use crate::builders::{self, collector, pod, with_type_meta, Inputs, Owner, FIELD_MANAGER};
+use crate::builders::{self, collector, pod, Inputs, Owner, FIELD_MANAGER};
 use crate::builders::{hpa::DEFAULT_MIN, TEMPLATE_HASH_ANNOTATION};
-use crate::children::{self, Found};
+use crate::children::{self, apply, Found, Optional};
 use crate::crd::{ChatGateway, ChatGatewayStatus};
 use crate::error::{Error, Result};
 use crate::handoff::{self, Plan};
@@ -187,13 +187,22 @@ async fn apply_all(cgw: &ChatGateway, ctx: &Context) -> Result<Action> {
         Some((api, _)) => found(api, &owner.name, &uid).await?,
         None => Found::Absent,
     };
-    // networking.k8s.io/v1 is served everywhere; gateways without a networkPolicy section
-    // cost no request (set enabled: false to remove a policy).
-    let policies = Api::<NetworkPolicy>::namespaced(client.clone(), &ns);
-    let policy_found = match cgw.spec.network_policy {
-        Some(_) => found(&policies, &owner.name, &uid).await?,
-        None => Found::Absent,
-    };
+    // networking.k8s.io/v1 is served everywhere. Gateways without a networkPolicy or
+    // gateway.api section cost no request (enabled: false removes the child).
+    let policy = Optional::<NetworkPolicy>::lookup(
+        Api::namespaced(client.clone(), &ns),
+        owner.name.clone(),
+        cgw.spec.network_policy.is_some(),
+        &uid,
+    )
+    .await?;
+    let api_service = Optional::<Service>::lookup(
+        services.clone(),
+        owner.api_service_name(),
+        cgw.spec.gateway.as_ref().is_some_and(|g| g.api.is_some()),
+        &uid,
+    )
+    .await?;
     let live = live.filter(|_| matches!(deployment_found, Found::Owned { .. }));
 
     let inputs = Inputs {
@@ -215,9 +224,8 @@ async fn apply_all(cgw: &ChatGateway, ctx: &Context) -> Result<Action> {
     if children.pdb.is_some() {
         children::writable(&pdb_found, "PodDisruptionBudget", &ns, name)?;
     }
-    if children.network_policy.is_some() {
-        children::writable(&policy_found, "NetworkPolicy", &ns, name)?;
-    }
+    policy.writable(children.network_policy.as_ref(), &ns)?;
+    api_service.writable(children.api_service.as_ref(), &ns)?;
 
     apply(&config_maps, &children.config_map).await?;
     // The collector's ConfigMap exists before the pods that mount it, and goes after the
@@ -250,18 +258,17 @@ async fn apply_all(cgw: &ChatGateway, ctx: &Context) -> Result<Action> {
         handoff::take_over(&deployments, name, n).await?;
     }
     apply(&services, &children.service).await?;
+    if let Some(what) = api_service.settle(children.api_service.as_ref()).await? {
+        deleted(ctx, cgw, &what).await;
+    }
     if children.collector_config_map.is_none()
         && children::delete_owned(&config_maps, &collector_name, &collector_found).await?
     {
         deleted(ctx, cgw, &format!("ConfigMap {collector_name}")).await;
     }
 
-    if let Some(policy) = &children.network_policy {
-        apply(&policies, policy).await?;
-    } else if cgw.spec.network_policy.is_some()
-        && children::delete_owned(&policies, name, &policy_found).await?
-    {
-        deleted(ctx, cgw, &format!("NetworkPolicy {name}")).await;
+    if let Some(what) = policy.settle(children.network_policy.as_ref()).await? {
+        deleted(ctx, cgw, &what).await;
     }
 
     let mut seen = Observed::from_deployment(&deployment);
@@ -341,19 +348,6 @@ fn fit_to_cluster(
         Some(plain),
         vec![("NativeSidecarsNotSupported".into(), message)],
     )
-}
-
-/// Server-side apply of a typed child.
-async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K>
-where
-    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
-{
-    let name = obj
-        .meta()
-        .name
-        .clone()
-        .ok_or(Error::MissingObjectKey("metadata.name"))?;
-    children::apply_json(api, &name, with_type_meta(obj)?).await
 }
 
 /// Server-side apply of a child in the version the cluster serves.

@@ -9,6 +9,8 @@ use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use serde_json::{json, Value};
 
+#[path = "reconcile_api_tests.rs"]
+mod api;
 #[path = "reconcile_day2_tests.rs"]
 mod day2;
 #[path = "reconcile_secret_tests.rs"]

@@ -3,7 +3,6 @@
 use crate::builders::{self, Owner};
 use crate::crd::ChatGateway;
 use crate::error::{Error, Result};
-use serde::Deserialize;
 
 /// Renders every ChatGateway in a (multi-document) YAML stream; other kinds are skipped.
 pub fn render(yaml: &str, default_namespace: &str) -> Result<String> {
@@ -17,13 +16,13 @@ pub fn render_with(
     inputs: &builders::Inputs,
 ) -> Result<String> {
     let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let value = serde_yaml::Value::deserialize(doc)
-            .map_err(|e| Error::InvalidSpec(format!("reading YAML: {e}")))?;
-        if value.is_null() || value.get("kind").and_then(|k| k.as_str()) != Some("ChatGateway") {
+    let docs = crate::yaml::documents(yaml)
+        .map_err(|e| Error::InvalidSpec(format!("reading YAML: {e}")))?;
+    for value in docs {
+        if value.get("kind").and_then(|k| k.as_str()) != Some("ChatGateway") {
             continue;
         }
-        let cgw: ChatGateway = serde_yaml::from_value(value)
+        let cgw: ChatGateway = serde_json::from_value(value)
             .map_err(|e| Error::InvalidSpec(format!("not a valid ChatGateway: {e}")))?;
         let owner = Owner::of(&cgw, default_namespace)?;
         out.push(builders::build(&cgw, &owner, inputs)?.to_yaml()?);
@@ -57,5 +56,18 @@ mod tests {
     #[test]
     fn no_gateway_is_an_error() {
         assert!(render("kind: Secret\n", "d").is_err());
+        assert!(render("", "d").is_err());
+    }
+
+    #[test]
+    fn bad_yaml_and_bad_gateways_are_invalid_specs_naming_the_problem() {
+        let err = render("kind: ChatGateway\nspec: [1\n", "d").unwrap_err();
+        assert!(err.to_string().contains("reading YAML"), "{err}");
+        let err = render(
+            "kind: ChatGateway\nmetadata: {name: a}\nspec: {replicas: many}\n",
+            "d",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not a valid ChatGateway"), "{err}");
     }
 }

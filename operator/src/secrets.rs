@@ -7,13 +7,16 @@
 //! pod template: a changed key changes the template and the Deployment rolls the pods
 //! through the normal drain. A key set (`jwksSecretRef`) is left out of the hash: the
 //! kubelet rewrites the mounted file when the Secret changes and every gateway re-reads it
-//! (`auth.jwt.reloadInterval`), so keys rotate with no rollout and no reconnects. The
-//! operator never copies a Secret's value anywhere; the hash is one-way.
+//! (`auth.jwt.reloadInterval`), so keys rotate with no rollout and no reconnects. The server
+//! API's keys (`gateway.api.keysSecretRef`) are left out the same way: the gateway re-reads
+//! its keys file (`api.reloadInterval`). The operator never copies a Secret's value
+//! anywhere; the hash is one-way.
 //!
 //! What the operator can see of a value it checks, so a key the gateway would refuse is
 //! reported on the ChatGateway instead of as crash-looping pods: an HS256 secret's length,
-//! and that a key set is a JWKS document whose keys have a `kid` (the gateway still checks
-//! the key material itself, at start and at every reload).
+//! that a key set is a JWKS document whose keys have a `kid` (the gateway still checks
+//! the key material itself, at start and at every reload), and that the API keys hold at
+//! least one key.
 
 use crate::builders::auth::key_files;
 use crate::crd::{ChatGateway, ChatGatewaySpec, JwtAlgorithmSpec, SecretKeyRef};
@@ -39,12 +42,15 @@ pub enum Purpose {
     PublicKey,
     /// A JSON Web Key Set.
     KeySet,
+    /// The server API's keys, one per line.
+    ApiKeys,
 }
 
 impl Purpose {
-    /// Whether a change of the value needs new pods (and so goes into the hash).
+    /// Whether a change of the value needs new pods (and so goes into the hash): not for
+    /// the files the gateway re-reads when they change.
     pub fn rolls_pods(self) -> bool {
-        self != Purpose::KeySet
+        !matches!(self, Purpose::KeySet | Purpose::ApiKeys)
     }
 }
 
@@ -61,6 +67,7 @@ pub fn refs(spec: &ChatGatewaySpec) -> Vec<(&SecretKeyRef, Purpose)> {
         let purpose = match k.volume {
             "jwt-secret" => Purpose::Hs256Secret { in_use: hs256 },
             "jwt-jwks" => Purpose::KeySet,
+            crate::builders::auth::API_KEYS_VOLUME => Purpose::ApiKeys,
             _ => Purpose::PublicKey,
         };
         (k.secret, purpose)
@@ -136,6 +143,18 @@ pub fn check(purpose: Purpose, value: &[u8]) -> Result<(), String> {
                 ));
             }
         }
+        Purpose::ApiKeys => {
+            // The gateway's reading: one key per line, blank lines and `#` comments skipped.
+            let text = String::from_utf8_lossy(value);
+            let keys = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .count();
+            if keys == 0 {
+                return Err("no API key in it (one per line; blank lines and # comments are skipped): the gateway would refuse to start".into());
+            }
+        }
         Purpose::Hs256Secret { in_use: false } | Purpose::RedisUrl | Purpose::PublicKey => {}
     }
     Ok(())
@@ -204,6 +223,40 @@ mod tests {
             purposes,
             [Purpose::Hs256Secret { in_use: false }, Purpose::PublicKey]
         );
+    }
+
+    #[test]
+    fn the_api_keys_are_checked_and_watched_but_not_hashed() {
+        let c = cgw(crate::builders::testing::BACKEND);
+        let refs = refs(&c.spec);
+        assert_eq!(refs.len(), 1, "{refs:?}");
+        let (r, purpose) = refs[0];
+        assert_eq!((r.name.as_str(), r.key.as_str()), ("chat-api", "keys"));
+        assert_eq!(purpose, Purpose::ApiKeys);
+        assert!(!purpose.rolls_pods(), "the gateway re-reads its keys file");
+        let names: Vec<_> = gateways_using("apps", "chat-api", [&c])
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(
+            names,
+            ["chat"],
+            "a new or emptied keys Secret is reported at once"
+        );
+        // Turned off: neither mounted nor read.
+        let off = cgw("gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, api: {enabled: false, keysSecretRef: {name: chat-api, key: keys}}}");
+        assert!(super::refs(&off.spec).is_empty());
+
+        let keys = |v: &str| check(Purpose::ApiKeys, v.as_bytes());
+        assert_eq!(keys("k1\n"), Ok(()));
+        assert_eq!(
+            keys("# rotated 2026-01-01\n\n  new-key  \nold-key\n"),
+            Ok(())
+        );
+        for empty in ["", "\n\n", "# only a comment\n   \n"] {
+            let e = keys(empty).unwrap_err();
+            assert!(e.contains("no API key"), "{empty:?}: {e}");
+        }
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! `InvalidSpec`. Every rule with a CEL twin in `crd.rs` is run on the same specs as its
 //! twin in `crd/cel_tests.rs`, so the two cannot drift apart.
 
-use crate::crd::{AuthModeSpec, AuthSpec, ChatGatewaySpec, JwtAlgorithmSpec, RolloutStrategy};
+use crate::builders::HTTP_PORT;
+use crate::crd::{
+    ApiSpec, AuthModeSpec, AuthSpec, ChatGatewaySpec, JwtAlgorithmSpec, RolloutStrategy,
+};
 use crate::error::{Error, Result};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::time::Duration;
@@ -45,6 +48,9 @@ pub fn check(spec: &ChatGatewaySpec) -> Result<()> {
         );
     };
     check_auth(auth)?;
+    if let Some(api) = spec.gateway.as_ref().and_then(|g| g.api.as_ref()) {
+        check_api(spec, api)?;
+    }
     if let Some(g) = &spec.gateway {
         if g.heartbeat_interval.is_some()
             && g.heartbeat.as_ref().is_some_and(|h| h.interval.is_some())
@@ -158,6 +164,31 @@ fn check_auth(auth: &AuthSpec) -> Result<()> {
     Ok(())
 }
 
+/// The CEL rules of `gateway.api` (crd/backend.rs), same messages, and a port clash only
+/// the operator checks.
+fn check_api(spec: &ChatGatewaySpec, api: &ApiSpec) -> Result<()> {
+    let invalid = |m: &str| Err(Error::InvalidSpec(m.to_string()));
+    if api.enabled && api.keys_secret_ref.is_none() {
+        return invalid("gateway.api needs keysSecretRef: the API keys, one per line, in a Secret");
+    }
+    if api.port == Some(HTTP_PORT) {
+        return invalid("gateway.api.port must not be 8080, the gateway's public port: the server API needs a port of its own");
+    }
+    let port = crate::builders::backend::api_port(spec);
+    let collector = spec
+        .telemetry
+        .as_ref()
+        .and_then(|t| t.collector.as_ref())
+        .is_some_and(|c| c.enabled);
+    if collector && matches!(port, Some(4317 | 4318)) {
+        return Err(Error::InvalidSpec(format!(
+            "gateway.api.port {} is the OpenTelemetry Collector's in the same pod (4317, 4318): pick another",
+            port.unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
 fn duration(field: &str, text: Option<&str>, default: Duration) -> Result<Duration> {
     crate::builders::parse_duration(field, text, default)
 }
@@ -165,15 +196,15 @@ fn duration(field: &str, text: Option<&str>, default: Duration) -> Result<Durati
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builders::testing::{FULL, MINIMAL, SIDECARS};
+    use crate::builders::testing::{BACKEND, FULL, MINIMAL, SIDECARS};
 
     fn check_yaml(spec: &str) -> Result<()> {
-        check(&serde_yaml::from_str(spec).expect("spec"))
+        check(&crate::yaml::from_str(spec).expect("spec"))
     }
 
     #[test]
     fn the_fixtures_pass() {
-        for spec in [MINIMAL, FULL, SIDECARS] {
+        for spec in [MINIMAL, FULL, SIDECARS, BACKEND] {
             assert!(check_yaml(spec).is_ok(), "{spec}");
         }
     }
@@ -200,8 +231,26 @@ mod tests {
     }
 
     #[test]
+    fn the_api_port_must_not_be_the_collectors() {
+        let spec = |port: u16, collector: bool| {
+            format!(
+                "gateway: {{auth: {{mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}, api: {{port: {port}, keysSecretRef: {{name: k, key: keys}}}}}}\ntelemetry: {{otlpEndpoint: 'http://c:4317', collector: {{enabled: {collector}}}}}"
+            )
+        };
+        for port in [4317, 4318] {
+            let err = check_yaml(&spec(port, true)).expect_err("clash");
+            assert!(err.to_string().contains("OpenTelemetry Collector"), "{err}");
+            assert!(
+                check_yaml(&spec(port, false)).is_ok(),
+                "no collector, no clash"
+            );
+        }
+        assert!(check_yaml(&spec(9090, true)).is_ok());
+    }
+
+    #[test]
     fn default_replicas_follow_the_engine() {
-        let spec = |s: &str| serde_yaml::from_str::<ChatGatewaySpec>(s).expect("spec");
+        let spec = |s: &str| crate::yaml::from_str::<ChatGatewaySpec>(s).expect("spec");
         assert_eq!(default_replicas(&spec(MINIMAL)), 1);
         assert_eq!(default_replicas(&spec(FULL)), 2);
     }

@@ -11,20 +11,22 @@
 //!   endpoints; `--enable-aggregator-routing` dials the endpoint directly), where the
 //!   operator listens. Traffic stays on this machine.
 
+mod support;
+
 use chat_gateway_operator::crd::ChatGateway;
+use chat_gateway_operator::deletion_cost::ANNOTATION;
 use e2e::process::GatewayProcess;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::Client;
+use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::{eventually, Envtest, Operator};
 
 const OPS: &str = "cm-system";
 const APPS: &str = "apps";
@@ -32,88 +34,6 @@ const SERVICE: &str = "chatgateway-custom-metrics";
 const SECRET: &str = "chatgateway-custom-metrics-tls";
 const PODS_V1B1: &str =
     "/apis/custom.metrics.k8s.io/v1beta1/namespaces/apps/pods/*/chatgateway_connections";
-
-/// etcd + kube-apiserver in a fresh directory, stopped on drop (also on panic).
-struct Envtest {
-    script: PathBuf,
-    dir: PathBuf,
-}
-
-impl Envtest {
-    fn start() -> Envtest {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let script = root.join("e2e/k8s/envtest.sh");
-        assert!(script.exists(), "{} is missing", script.display());
-        let dir = std::env::temp_dir().join(format!("chatgw-cm-envtest-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let guard = Envtest { script, dir };
-        let status = Command::new("bash")
-            .arg(&guard.script)
-            .arg("start")
-            .arg(&guard.dir)
-            .status()
-            .expect("run e2e/k8s/envtest.sh");
-        assert!(
-            status.success(),
-            "envtest.sh start failed; see {}",
-            guard.dir.display()
-        );
-        guard
-    }
-
-    /// A value of DIR/env (`export NAME=value` lines).
-    fn env(&self, name: &str) -> String {
-        let text = std::fs::read_to_string(self.dir.join("env")).expect("envtest env file");
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(&format!("export {name}="))
-                    .map(str::to_string)
-            })
-            .unwrap_or_else(|| panic!("{name} missing from the envtest env file"))
-    }
-
-    async fn client(&self) -> Client {
-        let kc = Kubeconfig::read_from(self.dir.join("kubeconfig")).expect("read kubeconfig");
-        let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .expect("kubeconfig");
-        Client::try_from(config).expect("client")
-    }
-}
-
-impl Drop for Envtest {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(&self.script)
-            .arg("stop")
-            .arg(&self.dir)
-            .status();
-        if std::thread::panicking() {
-            eprintln!("envtest logs kept in {}", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-/// The operator binary, killed on drop.
-struct Operator {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Operator {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A WebSocket client that stays connected like a real one (reading, so the gateway's
 /// pings are answered); dropping it closes the connection.
@@ -152,21 +72,6 @@ fn host_address() -> IpAddr {
 fn free_port_on(ip: IpAddr) -> u16 {
     let l = std::net::TcpListener::bind((ip, 0)).expect("bind");
     l.local_addr().expect("addr").port()
-}
-
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// `kubectl get --raw PATH` through the API client: the aggregator proxies it.
@@ -212,7 +117,7 @@ where
         .expect("create")
 }
 
-/// A gateway pod as the kubelet would report it: running at 127.0.0.1 on `port`.
+/// A gateway pod as the kubelet would report it: running and ready at 127.0.0.1 on `port`.
 async fn gateway_pod(client: &Client, name: &str, port: u16) {
     let pods = Api::<Pod>::namespaced(client.clone(), APPS);
     create(
@@ -227,7 +132,8 @@ async fn gateway_pod(client: &Client, name: &str, port: u16) {
         name,
         &PatchParams::default(),
         &Patch::Merge(json!({"status": {"phase": "Running", "podIP": "127.0.0.1",
-            "podIPs": [{"ip": "127.0.0.1"}]}})),
+            "podIPs": [{"ip": "127.0.0.1"}],
+            "conditions": [{"type": "Ready", "status": "True"}]}})),
     )
     .await
     .expect("pod status");
@@ -336,7 +242,8 @@ async fn hpa_metric_from_real_gateways_through_the_aggregated_api() {
 
     // The CRD, namespaces, and what the chart installs for the aggregated API.
     let crd: CustomResourceDefinition =
-        serde_yaml::from_str(&chat_gateway_operator::crd_yaml().expect("crd")).expect("crd yaml");
+        chat_gateway_operator::yaml::from_str(&chat_gateway_operator::crd_yaml().expect("crd"))
+            .expect("crd yaml");
     Api::<CustomResourceDefinition>::all(client.clone())
         .create(&PostParams::default(), &crd)
         .await
@@ -404,43 +311,31 @@ async fn hpa_metric_from_real_gateways_through_the_aggregated_api() {
     gateway_pod(&client, "chat-b", gw_b.addr.port()).await;
     gateway_pod(&client, "chat-dead", dead_port).await;
 
-    let log = env.dir.join("operator.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_chat-gateway-operator"))
-        .args([
-            "run",
-            "--log-format",
-            "text",
+    let metrics_addr = format!("127.0.0.1:{}", e2e::process::free_port());
+    let cm_addr = operator_addr.to_string();
+    let mut op = Operator::start_with(
+        &env,
+        "op-0",
+        &[
             "--lease-namespace",
             OPS,
-            "--identity",
-            "op-0",
-        ])
-        .args([
             "--metrics-addr",
-            &format!("127.0.0.1:{}", e2e::process::free_port()),
-        ])
-        .args(["--custom-metrics-addr", &operator_addr.to_string()])
-        .args([
+            &metrics_addr,
+            "--custom-metrics-addr",
+            &cm_addr,
             "--custom-metrics-service",
             SERVICE,
             "--custom-metrics-secret",
             SECRET,
-        ])
-        .args(["--custom-metrics-scrape-interval", "1s"])
-        // Short lifetimes so the test sees a serving-certificate renewal and a CA rotation.
-        .args([
+            "--custom-metrics-scrape-interval",
+            "1s",
+            // Short lifetimes so the test sees a serving-certificate renewal and a CA rotation.
             "--custom-metrics-ca-validity",
             "90s",
             "--custom-metrics-cert-validity",
             "30s",
-        ])
-        .env("KUBECONFIG", env.dir.join("kubeconfig"))
-        .env("RUST_LOG", "info,chat_gateway_operator=debug")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("start the operator");
-    let mut op = Operator { child, log };
+        ],
+    );
 
     // The aggregator checks discovery through the Service with the caBundle the operator
     // wrote: Available.
@@ -452,8 +347,7 @@ async fn hpa_metric_from_real_gateways_through_the_aggregated_api() {
             &format!("{name} Available"),
             Duration::from_secs(60),
             || {
-                let (apiservices, op_alive) =
-                    (apiservices.clone(), matches!(op.child.try_wait(), Ok(None)));
+                let (apiservices, op_alive) = (apiservices.clone(), op.running());
                 async move {
                     assert!(op_alive, "the operator exited");
                     apiservices.get(name).await.ok().filter(available)
@@ -623,6 +517,24 @@ async fn hpa_metric_from_real_gateways_through_the_aggregated_api() {
     );
     let log = op.log();
     assert!(log.contains("CA rotated"), "{log}");
+
+    // The leader's pod-deletion cost ranks the ready pods by the same readings (the
+    // operator reads each pod once per interval for both). chat-b had 5 connections, then
+    // 3: whichever the first pass (30 s after leading) saw stays, as a move of 2 is too
+    // small to rewrite.
+    let pods = Api::<Pod>::namespaced(client.clone(), APPS);
+    let costs = eventually("pod-deletion costs", Duration::from_secs(45), || {
+        let pods = pods.clone();
+        async move {
+            let cost = |p: Pod| p.annotations().get(ANNOTATION).cloned();
+            let a = cost(pods.get("chat-a").await.ok()?)?;
+            let b = cost(pods.get("chat-b").await.ok()?)?;
+            Some((a, b))
+        }
+    })
+    .await;
+    assert_eq!(costs.0, "3", "{}", op.log());
+    assert!(["3", "5"].contains(&costs.1.as_str()), "{costs:?}");
 
     drop(clients_a);
     drop(clients_b);

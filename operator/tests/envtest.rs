@@ -218,6 +218,119 @@ async fn operator_against_a_real_apiserver() {
         Some(selector.as_str())
     );
 
+    // --- the server API: a Service of its own, the keys mounted from their Secret and
+    // rotated without a rollout, and the Service deleted when the API is turned off.
+    let secrets = Api::<Secret>::namespaced(client.clone(), "team-a");
+    let keys = |value: &str| {
+        serde_json::from_value::<Secret>(json!({
+            "metadata": {"name": "chat-api-keys"}, "stringData": {"keys": value}
+        }))
+        .expect("secret")
+    };
+    secrets
+        .create(&PostParams::default(), &keys("key-1\n"))
+        .await
+        .expect("keys secret");
+    let api_on = json!({"spec": {"gateway": {"api": {"keysSecretRef": {"name": "chat-api-keys", "key": "keys"}}}}});
+    cgws.patch("chat", &PatchParams::default(), &Patch::Merge(api_on))
+        .await
+        .expect("API on");
+    let services = Api::<Service>::namespaced(client.clone(), "team-a");
+    let api_service = eventually("the chat-api Service", WAIT, || {
+        let services = services.clone();
+        async move { services.get_opt("chat-api").await.ok()? }
+    })
+    .await;
+    let spec = api_service.spec.clone().expect("spec");
+    assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+    let ports: Vec<_> = spec
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.clone().unwrap_or_default(), p.port))
+        .collect();
+    assert_eq!(ports, [("api".to_string(), 9090)]);
+    assert_eq!(
+        api_service
+            .metadata
+            .owner_references
+            .map(|r| r[0].name.clone()),
+        Some("chat".into())
+    );
+    let template_hash = |d: &Deployment| {
+        d.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("chatgateway.io/template-hash").cloned())
+    };
+    let dep = deployments.get("chat").await.expect("Deployment");
+    let pod = dep
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .expect("pod");
+    assert!(
+        pod.containers[0]
+            .ports
+            .iter()
+            .flatten()
+            .any(|p| p.name.as_deref() == Some("api") && p.container_port == 9090),
+        "{:?}",
+        pod.containers[0].ports
+    );
+    let volume = pod.volumes.iter().flatten().find(|v| v.name == "api-keys");
+    assert_eq!(
+        volume
+            .and_then(|v| v.secret.as_ref()?.secret_name.clone())
+            .as_deref(),
+        Some("chat-api-keys")
+    );
+    let with_api = template_hash(&dep).expect("template hash");
+    // A keys Secret without a key is reported; a good one clears it; neither rolls the pods.
+    let degraded = |want: &'static str| {
+        let cgws = cgws.clone();
+        move || {
+            let cgws = cgws.clone();
+            async move {
+                let c = cgws.get("chat").await.ok()?;
+                (condition(&c, "Degraded")?.1 == want).then_some(c)
+            }
+        }
+    };
+    for (value, want) in [
+        ("# none\n", "InvalidSecret"),
+        ("key-2\nkey-1\n", "AsExpected"),
+    ] {
+        secrets
+            .replace("chat-api-keys", &PostParams::default(), &keys(value))
+            .await
+            .expect("rotate the keys");
+        eventually(want, WAIT, degraded(want)).await;
+        let dep = deployments.get("chat").await.expect("Deployment");
+        assert_eq!(
+            template_hash(&dep).as_deref(),
+            Some(with_api.as_str()),
+            "{want}"
+        );
+    }
+    let api_off = json!({"spec": {"gateway": {"api": {"enabled": false}}}});
+    cgws.patch("chat", &PatchParams::default(), &Patch::Merge(api_off))
+        .await
+        .expect("API off");
+    eventually("the chat-api Service deleted", WAIT, || {
+        let services = services.clone();
+        async move {
+            services
+                .get_opt("chat-api")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    eprintln!("server API scenario done after {:?}", started.elapsed());
+
     // --- a missing Secret is a Degraded condition and an Event, and heals once created.
     let bad_spec = json!({
         "gateway": {"redis": {"urlSecretRef": {"name": "redis", "key": "url"}}, "auth": {"mode": "insecure", "dangerouslyAllowInsecureOnNetwork": true}},

@@ -52,7 +52,8 @@ async fn day_two_against_a_real_apiserver() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/chatgateway.yaml"),
     )
     .expect("crds/chatgateway.yaml");
-    let crd: serde_json::Value = serde_yaml::from_str(&crd_text).expect("crd yaml");
+    let crd: serde_json::Value =
+        chat_gateway_operator::yaml::from_str(&crd_text).expect("crd yaml");
     let refused = Api::<CustomResourceDefinition>::all(client.clone())
         .patch(
             "chatgateways.chatgateway.io",

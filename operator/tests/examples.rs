@@ -41,9 +41,10 @@ fn crd_validators() -> Vec<(String, jsonschema::Validator)> {
 
 fn docs(path: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(path).expect("read example");
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
-        .filter(|v: &serde_json::Value| v["kind"] == "ChatGateway")
+    chat_gateway_operator::yaml::documents(&text)
+        .expect("yaml")
+        .into_iter()
+        .filter(|v| v["kind"] == "ChatGateway")
         .collect()
 }
 
@@ -173,8 +174,7 @@ fn render_prints_the_children_of_every_example() {
         // The gateway ConfigMap inside is accepted by the gateway's own loader; a collector
         // ConfigMap is YAML with a traces pipeline.
         let mut gateway_configs = 0;
-        for doc in serde_yaml::Deserializer::from_str(&stdout) {
-            let v: serde_yaml::Value = serde::Deserialize::deserialize(doc).expect("yaml");
+        for v in chat_gateway_operator::yaml::documents(&stdout).expect("yaml") {
             if v["kind"] != "ConfigMap" {
                 continue;
             }
@@ -185,8 +185,9 @@ fn render_prints_the_children_of_every_example() {
                 let text = v["data"]["collector.yaml"]
                     .as_str()
                     .expect("collector.yaml");
-                let c: serde_yaml::Value = serde_yaml::from_str(text).expect("collector YAML");
-                assert!(c["service"]["pipelines"]["traces"].is_mapping(), "{text}");
+                let c: serde_json::Value =
+                    chat_gateway_operator::yaml::from_str(text).expect("collector YAML");
+                assert!(c["service"]["pipelines"]["traces"].is_object(), "{text}");
             }
         }
         assert_eq!(gateway_configs, 1, "{}", path.display());

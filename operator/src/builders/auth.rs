@@ -1,10 +1,11 @@
-//! `gateway.auth` as the gateway's `auth` config, and the Secret keys it reads as files.
+//! `gateway.auth` as the gateway's `auth` config, and every Secret key the gateway reads as
+//! a file (its JWT keys and the server API's keys).
 //!
 //! Keys never go into the ConfigMap: each referenced Secret key is mounted as a file under
 //! `/var/run/secrets/chatgateway/` (outside the ConfigMap mount: nested mounts into a
 //! read-only volume fail on some runtimes) and the config names the file.
 
-use super::parse_duration;
+use super::{backend, parse_duration};
 use crate::crd::{AuthModeSpec, AuthSpec, ChatGatewaySpec, JwtAlgorithmSpec, SecretKeyRef};
 use crate::error::Result;
 use chat_gateway_config::{AuthConfig, AuthMode, JwtAlgorithm};
@@ -17,6 +18,8 @@ pub const JWT_PUBLIC_KEY_FILE: &str = "/var/run/secrets/chatgateway/jwt-public-k
 /// File the JSON Web Key Set is mounted as. The kubelet rewrites it in place when the
 /// Secret changes and the gateway re-reads it: keys rotate without new pods.
 pub const JWT_JWKS_FILE: &str = "/var/run/secrets/chatgateway/jwks/jwks.json";
+/// Volume of the API keys (`gateway.api.keysSecretRef`, mounted at `backend::API_KEYS_FILE`).
+pub const API_KEYS_VOLUME: &str = "api-keys";
 
 /// A Secret key the gateway reads as a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,32 +32,37 @@ pub struct KeyFile<'a> {
     pub path: &'static str,
 }
 
-/// Every key file the spec asks for, in a fixed order.
+/// Every key file the spec asks for, in a fixed order: the JWT keys, then the API keys of
+/// `gateway.api` when it is on.
 pub fn key_files(spec: &ChatGatewaySpec) -> Vec<KeyFile<'_>> {
     let jwt = spec
         .gateway
         .as_ref()
         .and_then(|g| g.auth.as_ref())
         .and_then(|a| a.jwt.as_ref());
-    let Some(jwt) = jwt else { return Vec::new() };
-    [
-        ("jwt-secret", &jwt.secret_ref, JWT_SECRET_FILE),
-        (
-            "jwt-public-key",
-            &jwt.public_key_secret_ref,
-            JWT_PUBLIC_KEY_FILE,
-        ),
-        ("jwt-jwks", &jwt.jwks_secret_ref, JWT_JWKS_FILE),
-    ]
-    .into_iter()
-    .filter_map(|(volume, secret, path)| {
-        Some(KeyFile {
-            volume,
-            secret: secret.as_ref()?,
-            path,
+    let jwt_keys = jwt.into_iter().flat_map(|jwt| {
+        [
+            ("jwt-secret", &jwt.secret_ref, JWT_SECRET_FILE),
+            (
+                "jwt-public-key",
+                &jwt.public_key_secret_ref,
+                JWT_PUBLIC_KEY_FILE,
+            ),
+            ("jwt-jwks", &jwt.jwks_secret_ref, JWT_JWKS_FILE),
+        ]
+    });
+    let api_keys =
+        backend::api(spec).map(|a| (API_KEYS_VOLUME, &a.keys_secret_ref, backend::API_KEYS_FILE));
+    jwt_keys
+        .chain(api_keys)
+        .filter_map(|(volume, secret, path)| {
+            Some(KeyFile {
+                volume,
+                secret: secret.as_ref()?,
+                path,
+            })
         })
-    })
-    .collect()
+        .collect()
 }
 
 /// Applies `spec.gateway.auth` to the config.

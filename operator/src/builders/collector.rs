@@ -105,7 +105,7 @@ pub fn config_yaml(otlp_endpoint: &str) -> Result<String> {
             "exporters": ["otlp"],
         }}},
     });
-    serde_yaml::to_string(&config).map_err(|e| Error::Serialize(e.to_string()))
+    crate::yaml::to_string(&config).map_err(Error::Serialize)
 }
 
 /// The collector ConfigMap and the hash of its content; `None` when the collector is off.
@@ -337,7 +337,7 @@ mod pod_tests {
             .as_ref()
             .and_then(|d| d.get(CONFIG_KEY))
             .expect("collector.yaml");
-        let y: serde_yaml::Value = serde_yaml::from_str(text).expect("valid YAML");
+        let y: serde_json::Value = crate::yaml::from_str(text).expect("valid YAML");
         let protocols = &y["receivers"]["otlp"]["protocols"];
         assert_eq!(
             protocols["grpc"]["endpoint"].as_str(),
@@ -348,8 +348,8 @@ mod pod_tests {
             Some("localhost:4318")
         );
         let traces = &y["service"]["pipelines"]["traces"];
-        let names = |v: &serde_yaml::Value| -> Vec<String> {
-            v.as_sequence()
+        let names = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
                 .into_iter()
                 .flatten()
                 .filter_map(|s| s.as_str().map(String::from))
@@ -358,9 +358,9 @@ mod pod_tests {
         assert_eq!(names(&traces["receivers"]), ["otlp"]);
         assert_eq!(names(&traces["processors"]), ["resource", "batch"]);
         assert_eq!(names(&traces["exporters"]), ["otlp"]);
-        assert!(y["processors"]["batch"].is_mapping());
+        assert!(y["processors"]["batch"].is_object());
         let attrs: Vec<(String, String)> = y["processors"]["resource"]["attributes"]
-            .as_sequence()
+            .as_array()
             .into_iter()
             .flatten()
             .map(|a| {
@@ -489,7 +489,7 @@ mod pod_tests {
         let names: Vec<String> = yaml
             .split("---\n")
             .map(|d| {
-                let v: serde_yaml::Value = serde_yaml::from_str(d).expect("doc");
+                let v: serde_json::Value = crate::yaml::from_str(d).expect("doc");
                 format!(
                     "{}/{}",
                     v["kind"].as_str().unwrap_or(""),

@@ -1,6 +1,6 @@
 //! ConfigMap holding the gateway's `config.yaml`, produced from the gateway's own `Config`.
 
-use super::{auth, namespaces, parse_duration, set, Owner};
+use super::{auth, backend, namespaces, parse_duration, set, Owner};
 use crate::crd::{AdmissionSpec, ChatGateway, GatewaySpec, RetentionSpec, RouteSpec};
 use crate::error::{Error, Result};
 use chat_gateway_config::{AdmissionConfig, Config, EngineKind, RetentionConfig, RouteConfig};
@@ -29,6 +29,18 @@ const RESERVED: &[(&[&str], &str)] = &[
     (
         &["drain", "timeout"],
         "use spec.drain.timeout, which also sets the pods' grace period",
+    ),
+    (
+        &["api", "listen"],
+        "use gateway.api.port: the pods' api port, where the <name>-api Service points",
+    ),
+    (
+        &["api", "keysFile"],
+        "use gateway.api.keysSecretRef, mounted as that file",
+    ),
+    (
+        &["api", "keys"],
+        "API keys belong in a Secret (gateway.api.keysSecretRef), not in the ConfigMap",
     ),
 ];
 
@@ -82,7 +94,7 @@ fn free_form_config(value: &serde_json::Value) -> Result<Config> {
             )));
         }
     }
-    let yaml = serde_yaml::to_string(value).map_err(|e| Error::Serialize(e.to_string()))?;
+    let yaml = chat_gateway_config::to_yaml(value).map_err(Error::Serialize)?;
     Config::from_yaml(&yaml).map_err(|e| Error::InvalidSpec(format!("gateway.config: {e}")))
 }
 
@@ -176,6 +188,12 @@ fn gateway_section(config: &mut Config, g: &GatewaySpec) -> Result<()> {
             r.interval.as_deref(),
             c.interval,
         )?;
+    }
+    if let Some(api) = &g.api {
+        backend::apply_api(&mut config.api, api)?;
+    }
+    if let Some(hooks) = &g.hooks {
+        backend::apply_hooks(&mut config.hooks, hooks)?;
     }
     if !g.routes.is_empty() {
         config.routes = g

@@ -317,7 +317,7 @@ fn typed_namespaces_replace_those_of_gateway_config() {
 #[test]
 fn namespaces_the_gateway_would_refuse_are_an_invalid_spec() {
     for (namespaces, want) in [
-        // No backend join hook in this gateway: its validation refuses `backend`.
+        // No join hook (gateway.hooks.join): the gateway's validation refuses `backend`.
         ("[{prefix: 'vip:', join: backend}]", "join: backend"),
         (
             "[{prefix: 'a:'}, {prefix: 'a:', send: none}]",

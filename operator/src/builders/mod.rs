@@ -4,6 +4,7 @@
 //! reconciler applies.
 
 pub mod auth;
+pub mod backend;
 pub mod collector;
 pub mod configmap;
 pub mod deployment;
@@ -110,6 +111,11 @@ impl Owner {
         format!("{}-config", self.name)
     }
 
+    /// Name of the server API's Service.
+    pub fn api_service_name(&self) -> String {
+        format!("{}-api", self.name)
+    }
+
     /// Name of the ConfigMap holding the OpenTelemetry Collector's config.
     pub fn collector_config_map_name(&self) -> String {
         format!("{}-otel-collector", self.name)
@@ -127,6 +133,8 @@ pub struct Children {
     pub deployment: Deployment,
     /// Stable address of the pods.
     pub service: Service,
+    /// The server API's own Service, when `gateway.api` is on.
+    pub api_service: Option<Service>,
     /// Autoscaler, when `autoscaling.enabled`.
     pub hpa: Option<HorizontalPodAutoscaler>,
     /// Disruption budget, unless `disruptionBudget.enabled` is false.
@@ -164,6 +172,7 @@ pub fn build(cgw: &ChatGateway, owner: &Owner, inputs: &Inputs) -> Result<Childr
         deployment: deployment::build(cgw, owner, &hashes, inputs)?,
         collector_config_map,
         service: service::build(cgw, owner),
+        api_service: service::build_api(cgw, owner),
         hpa: hpa::build(cgw, owner)?,
         pdb: pdb::build(cgw, owner),
         network_policy: networkpolicy::build(cgw, owner),
@@ -180,6 +189,9 @@ impl Children {
         }
         docs.push(to_yaml_doc(&self.deployment)?);
         docs.push(to_yaml_doc(&self.service)?);
+        if let Some(svc) = &self.api_service {
+            docs.push(to_yaml_doc(svc)?);
+        }
         if let Some(hpa) = &self.hpa {
             docs.push(to_yaml_doc(hpa)?);
         }
@@ -198,22 +210,24 @@ fn to_yaml_doc<K>(obj: &K) -> Result<String>
 where
     K: Resource<DynamicType = ()> + serde::Serialize,
 {
-    let err = |e: serde_yaml::Error| Error::Serialize(e.to_string());
-    let value = serde_yaml::to_value(with_type_meta(obj)?).map_err(err)?;
-    let mut ordered = serde_yaml::Mapping::new();
-    if let serde_yaml::Value::Mapping(map) = value {
-        for key in ["apiVersion", "kind"] {
-            if let Some(v) = map.get(key) {
-                ordered.insert(key.into(), v.clone());
-            }
-        }
-        for (k, v) in map {
-            if !ordered.contains_key(&k) {
-                ordered.insert(k, v);
-            }
-        }
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Doc {
+        api_version: serde_json::Value,
+        kind: serde_json::Value,
+        #[serde(flatten)]
+        rest: serde_json::Map<String, serde_json::Value>,
     }
-    serde_yaml::to_string(&ordered).map_err(err)
+    let mut rest = match with_type_meta(obj)? {
+        serde_json::Value::Object(map) => map,
+        other => return Err(Error::Serialize(format!("not an object: {other}"))),
+    };
+    let doc = Doc {
+        api_version: rest.remove("apiVersion").unwrap_or_default(),
+        kind: rest.remove("kind").unwrap_or_default(),
+        rest,
+    };
+    crate::yaml::to_string(&doc).map_err(Error::Serialize)
 }
 
 /// `obj` as JSON with `apiVersion` and `kind` set (k8s-openapi leaves them to the caller;
@@ -256,7 +270,7 @@ pub(crate) mod testing {
 
     /// A ChatGateway parsed from YAML, with a name, namespace and uid like a stored one.
     pub fn cgw(spec_yaml: &str) -> ChatGateway {
-        let spec: ChatGatewaySpec = serde_yaml::from_str(spec_yaml).expect("spec fixture");
+        let spec: ChatGatewaySpec = crate::yaml::from_str(spec_yaml).expect("spec fixture");
         let mut cgw = ChatGateway::new("chat", spec);
         cgw.metadata.namespace = Some("apps".into());
         cgw.metadata.uid = Some("0b7d1e3c-uid".into());
@@ -286,6 +300,30 @@ sidecars:
     ports: [{name: ws, containerPort: 9000}]
     readinessProbe: {tcpSocket: {port: 9000}, periodSeconds: 5}
     resources: {requests: {cpu: 10m, memory: 16Mi}}
+"#;
+
+    /// The application's backend in the loop: the server API and every hook, a namespace
+    /// whose joins the backend decides, and a NetworkPolicy.
+    pub const BACKEND: &str = r#"
+gateway:
+  auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}
+  api:
+    port: 9443
+    keysSecretRef: {name: chat-api, key: keys}
+    reloadInterval: 30s
+    defaultSender: announcer
+    allowFrom: [{namespaceSelector: {matchLabels: {team: backend}}}]
+  hooks:
+    connect: {url: "http://backend:8000/connect", timeout: 300ms, onFailure: allow}
+    join: {url: "http://backend:8000/join", retries: 0, breakerFailures: 3, breakerCooldown: 10s, rooms: ["team:*"]}
+    send: {url: "http://backend:8000/send", rooms: ["support:*", "lobby"]}
+    refresh: {url: "http://backend:8000/refresh"}
+    events: {url: "http://backend:8000/events", timeout: 5s, queueSize: 500, batch: 20, kinds: [message]}
+  namespaces:
+    - {prefix: "team:", join: backend}
+  config:
+    api: {maxBroadcastRooms: 50}
+networkPolicy: {}
 "#;
 
     /// Everything switched on.
@@ -421,7 +459,7 @@ mod tests {
         let kinds: Vec<String> = yaml
             .split("---\n")
             .map(|d| {
-                let v: serde_yaml::Value = serde_yaml::from_str(d).expect("doc");
+                let v: serde_json::Value = crate::yaml::from_str(d).expect("doc");
                 format!(
                     "{}/{}",
                     v["apiVersion"].as_str().unwrap_or(""),

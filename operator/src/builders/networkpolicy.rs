@@ -1,15 +1,17 @@
 //! NetworkPolicy of the gateway pods (networking.k8s.io/v1), from `spec.networkPolicy`.
 //!
-//! In: only the gateway's `http` port (WebSocket, health probes, metrics), from
-//! `ingressFrom` or from anywhere. Out: unrestricted unless `egress` lists rules; then DNS
+//! In: the gateway's `http` port (WebSocket, health probes, metrics), from `ingressFrom` or
+//! from anywhere; and, with the server API on, its `api` port from `gateway.api.allowFrom`
+//! or the pods of the gateway's own namespace, never from anywhere (the API publishes and
+//! disconnects on anyone's behalf). Out: unrestricted unless `egress` lists rules; then DNS
 //! plus those rules, because a gateway that cannot resolve Redis or its OTLP endpoint fails
 //! in ways that look like Redis or tracing outages.
 
-use super::Owner;
+use super::{backend, Owner};
 use crate::crd::ChatGateway;
 use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPort,
-    NetworkPolicySpec,
+    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -22,10 +24,28 @@ pub fn build(cgw: &ChatGateway, owner: &Owner) -> Option<NetworkPolicy> {
         protocol: Some(protocol.to_string()),
         end_port: None,
     };
-    let ingress = NetworkPolicyIngressRule {
+    let mut ingress = vec![NetworkPolicyIngressRule {
         ports: Some(vec![port(IntOrString::String("http".into()), "TCP")]),
         from: (!spec.ingress_from.is_empty()).then(|| spec.ingress_from.clone()),
-    };
+    }];
+    if let Some(api) = backend::api(&cgw.spec) {
+        let from = if api.allow_from.is_empty() {
+            // An empty pod selector without a namespace selector: this namespace's pods.
+            vec![NetworkPolicyPeer {
+                pod_selector: Some(LabelSelector::default()),
+                ..NetworkPolicyPeer::default()
+            }]
+        } else {
+            api.allow_from.clone()
+        };
+        ingress.push(NetworkPolicyIngressRule {
+            ports: Some(vec![port(
+                IntOrString::String(backend::PORT_NAME.into()),
+                "TCP",
+            )]),
+            from: Some(from),
+        });
+    }
     let mut policy_types = vec!["Ingress".to_string()];
     let egress = spec.egress.as_ref().map(|rules| {
         policy_types.push("Egress".to_string());
@@ -46,7 +66,7 @@ pub fn build(cgw: &ChatGateway, owner: &Owner) -> Option<NetworkPolicy> {
                 match_expressions: None,
             }),
             policy_types: Some(policy_types),
-            ingress: Some(vec![ingress]),
+            ingress: Some(ingress),
             egress,
         }),
     })
@@ -132,5 +152,41 @@ networkPolicy:
         // An empty list denies all egress but DNS.
         let p = policy("networkPolicy: {egress: []}").expect("policy");
         assert_eq!(p.egress.map(|e| e.len()), Some(1));
+    }
+
+    #[test]
+    fn the_api_port_only_from_its_peers_or_the_namespace() {
+        let base = "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, api: {keysSecretRef: {name: k, key: keys}";
+        let p = policy(&format!("{base}}}}}\nnetworkPolicy: {{}}")).expect("policy");
+        let ingress = p.ingress.expect("ingress");
+        assert_eq!(ingress.len(), 2, "{ingress:?}");
+        assert_eq!(ingress[0].from, None, "the public port: any source");
+        let api = &ingress[1];
+        assert_eq!(
+            api.ports.clone().expect("ports")[0].port,
+            Some(IntOrString::String("api".into()))
+        );
+        let from = api.from.clone().expect("never any source");
+        assert_eq!(from.len(), 1);
+        assert_eq!(from[0].pod_selector, Some(LabelSelector::default()));
+        assert_eq!(from[0].namespace_selector, None, "this namespace only");
+
+        let p = policy(&format!(
+            "{base}, allowFrom: [{{namespaceSelector: {{matchLabels: {{team: backend}}}}}}]}}}}\nnetworkPolicy: {{}}"
+        ))
+        .expect("policy");
+        let from = p.ingress.expect("ingress")[1].from.clone().expect("from");
+        let labels = from[0]
+            .namespace_selector
+            .clone()
+            .and_then(|s| s.match_labels)
+            .expect("namespace selector");
+        assert_eq!(labels["team"], "backend");
+
+        // The API turned off, or no policy: no rule.
+        let p =
+            policy(&format!("{base}, enabled: false}}}}\nnetworkPolicy: {{}}")).expect("policy");
+        assert_eq!(p.ingress.map(|i| i.len()), Some(1));
+        assert!(policy(&format!("{base}}}}}")).is_none());
     }
 }

@@ -2,7 +2,7 @@
 
 use super::collector;
 use super::configmap::{CONFIG_DIR, CONFIG_KEY};
-use super::{auth, parse_duration, Owner, HTTP_PORT};
+use super::{auth, backend, parse_duration, Owner, HTTP_PORT};
 use crate::crd::ChatGateway;
 use crate::error::{Error, Result};
 use k8s_openapi::api::core::v1::{
@@ -92,12 +92,7 @@ pub fn spec(cgw: &ChatGateway, owner: &Owner, image: &str) -> Result<PodSpec> {
             "--config".into(),
             format!("{CONFIG_DIR}/{CONFIG_KEY}"),
         ]),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: HTTP_PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(ports(cgw)),
         env: Some(env(cgw)),
         env_from: (!spec.env_from.is_empty()).then(|| spec.env_from.clone()),
         resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
@@ -185,6 +180,20 @@ pub fn spec(cgw: &ChatGateway, owner: &Owner, image: &str) -> Result<PodSpec> {
         }),
         ..PodSpec::default()
     })
+}
+
+/// `http` (WebSocket, probes, metrics), and `api` when the server API is on.
+fn ports(cgw: &ChatGateway) -> Vec<ContainerPort> {
+    let port = |name: &str, container_port: i32| ContainerPort {
+        name: Some(name.into()),
+        container_port,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    };
+    let api = backend::api_port(&cgw.spec).map(|p| port(backend::PORT_NAME, p));
+    std::iter::once(port("http", HTTP_PORT))
+        .chain(api)
+        .collect()
 }
 
 /// The config volume and the key files from their Secrets, with their mounts.

@@ -1,6 +1,6 @@
-//! Service in front of the gateway pods.
+//! Services in front of the gateway pods: the public one, and the server API's own.
 
-use super::Owner;
+use super::{backend, Owner};
 use crate::crd::ChatGateway;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -38,6 +38,29 @@ pub fn build(cgw: &ChatGateway, owner: &Owner) -> Service {
     }
 }
 
+/// The server API's Service `<name>-api` when the API is on: ClusterIP always (the API is
+/// for the backend inside the cluster, never behind the public Service or a load balancer),
+/// one `api` port to the pods' `api` port.
+pub fn build_api(cgw: &ChatGateway, owner: &Owner) -> Option<Service> {
+    let port = backend::api_port(&cgw.spec)?;
+    Some(Service {
+        metadata: owner.meta(&owner.api_service_name()),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(owner.selector_labels()),
+            ports: Some(vec![ServicePort {
+                name: Some(backend::PORT_NAME.into()),
+                port,
+                target_port: Some(IntOrString::String(backend::PORT_NAME.into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,5 +84,46 @@ mod tests {
         let port = &spec.ports.expect("ports")[0];
         assert_eq!(port.port, 443);
         assert_eq!(port.target_port, Some(IntOrString::String("http".into())));
+    }
+
+    #[test]
+    fn the_api_gets_a_cluster_ip_service_of_its_own() {
+        assert!(build_api(
+            &cgw(MINIMAL),
+            &Owner::of(&cgw(MINIMAL), "d").expect("owner")
+        )
+        .is_none());
+        let off = cgw("gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, api: {enabled: false, keysSecretRef: {name: k, key: keys}}}");
+        assert!(build_api(&off, &Owner::of(&off, "d").expect("owner")).is_none());
+        // Even when the public Service is a load balancer.
+        let c = cgw(
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, api: {port: 9443, keysSecretRef: {name: k, key: keys}}}\nservice: {type: LoadBalancer, port: 443}",
+        );
+        let owner = Owner::of(&c, "d").expect("owner");
+        let svc = build_api(&c, &owner).expect("api service");
+        assert_eq!(svc.metadata.name.as_deref(), Some("chat-api"));
+        assert_eq!(
+            svc.metadata.owner_references,
+            owner.meta("x").owner_references
+        );
+        let spec = svc.spec.expect("spec");
+        assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+        assert_eq!(spec.selector, Some(owner.selector_labels()));
+        let ports = spec.ports.expect("ports");
+        assert_eq!(ports.len(), 1);
+        assert_eq!(
+            (ports[0].name.as_deref(), ports[0].port),
+            (Some("api"), 9443)
+        );
+        assert_eq!(
+            ports[0].target_port,
+            Some(IntOrString::String("api".into()))
+        );
+        // The public Service never carries the API.
+        let public = build(&c, &owner).spec.expect("spec").ports.expect("ports");
+        assert!(
+            public.iter().all(|p| p.name.as_deref() == Some("http")),
+            "{public:?}"
+        );
     }
 }

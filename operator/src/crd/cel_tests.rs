@@ -4,14 +4,14 @@
 //! the operator's own checks (`builders::build`), for API servers without CEL.
 
 use super::*;
-use crate::builders::testing::{FULL, MINIMAL, SIDECARS};
+use crate::builders::testing::{BACKEND, FULL, MINIMAL, SIDECARS};
 use crate::builders::{self, Owner};
 use kube::core::cel::Validator;
 use serde_json::Value;
 
 /// The object as the API server would see it in `version`.
 fn object(spec: &str, version: &str) -> Value {
-    let spec: Value = serde_yaml::from_str(spec).expect("spec");
+    let spec: Value = crate::yaml::from_str(spec).expect("spec");
     serde_json::json!({
         "apiVersion": format!("chatgateway.io/{version}"), "kind": "ChatGateway",
         "metadata": {"name": "x", "namespace": "apps"}, "spec": spec,
@@ -38,7 +38,7 @@ fn cel(spec: &str, version: &str) -> Result<(), String> {
 
 /// `builders::build`, which runs every check the operator makes before applying.
 fn operator(spec: &str) -> Result<(), String> {
-    let spec: ChatGatewaySpec = serde_yaml::from_str(spec).expect("spec");
+    let spec: ChatGatewaySpec = crate::yaml::from_str(spec).expect("spec");
     let mut cgw = ChatGateway::new("x", spec);
     cgw.metadata.namespace = Some("apps".into());
     let owner = Owner::of(&cgw, "apps").map_err(|e| e.to_string())?;
@@ -84,6 +84,11 @@ fn valid_specs_pass_both_versions_and_the_operator() {
         "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, config: {limits: {maxFrameBytes: 4096}}}".into(),
         SIDECARS.to_string(),
         FULL.to_string(),
+        BACKEND.to_string(),
+        // The server API: keys required only while it is on.
+        "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, api: {keysSecretRef: {name: k, key: keys}}}".into(),
+        "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, api: {enabled: false}}".into(),
+        "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, api: {port: 8081, keysSecretRef: {name: k, key: keys}}}".into(),
     ] {
         for version in [VERSION, OLD_VERSION] {
             assert_eq!(cel(&spec, version), Ok(()), "{version}: {spec}");
@@ -221,6 +226,18 @@ fn invalid_specs_are_refused_by_cel_and_by_the_operator() {
             "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, heartbeatInterval: 10s, heartbeat: {interval: 20s}}".into(),
             "not both",
         ),
+        (
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, api: {}}".into(),
+            "gateway.api needs keysSecretRef",
+        ),
+        (
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, api: {enabled: true, port: 9091}}".into(),
+            "gateway.api needs keysSecretRef",
+        ),
+        (
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, api: {port: 8080, keysSecretRef: {name: k, key: keys}}}".into(),
+            "gateway.api.port must not be 8080",
+        ),
     ] {
         for version in [VERSION, OLD_VERSION] {
             let err = cel(&spec, version).expect_err(&spec);
@@ -264,6 +281,24 @@ fn route_rule_refuses_exactly_the_gateways_reserved_paths() {
                 "{other} is another path"
             );
         }
+    }
+}
+
+#[test]
+fn api_rules_say_the_same_in_cel_and_in_the_operator() {
+    for spec in [
+        "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, api: {}}",
+        "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, api: {port: 8080, keysSecretRef: {name: k, key: keys}}}",
+    ] {
+        let cel = cel(spec, VERSION).expect_err(spec);
+        let operator = operator(spec).expect_err(spec);
+        let message = operator
+            .strip_prefix("invalid spec: ")
+            .unwrap_or_else(|| panic!("{spec}: {operator}"));
+        assert!(
+            cel.contains(&format!("message: {message:?}")),
+            "{spec}: the operator says {message:?}, CEL {cel}"
+        );
     }
 }
 

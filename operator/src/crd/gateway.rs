@@ -2,7 +2,7 @@
 //! Secrets its keys come from. Field names follow the gateway's config (docs/configuration.md).
 //! Authentication is in `auth.rs`, room namespaces in `namespaces.rs`.
 
-use super::{AuthSpec, NamespaceRules, NamespaceSpec, DURATION_PATTERN};
+use super::{ApiSpec, AuthSpec, HooksSpec, NamespaceRules, NamespaceSpec, DURATION_PATTERN};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -77,10 +77,18 @@ pub struct GatewaySpec {
     #[schemars(length(max = 100))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub routes: Vec<RouteSpec>,
+    /// The server API for the application's backend, on a port and a Service of its own
+    /// (`api` in the gateway config, docs/backend.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiSpec>,
+    /// Calls to the application's backend: decisions on connect, join, send and refresh,
+    /// and notifications (`hooks` in the gateway config, docs/backend.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<HooksSpec>,
     /// Any other gateway config (docs/configuration.md), merged under the typed fields
     /// above (they win) and checked by the gateway's own validation. Keys the operator
     /// controls are refused: `server.listen`, `node`, `engine`, `redis.url`, `auth`,
-    /// `drain.timeout`.
+    /// `drain.timeout`, `api.listen`, `api.keysFile`, `api.keys`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form")]
     pub config: Option<serde_json::Value>,

@@ -4,7 +4,7 @@
 use super::versions::NEWEST_ONLY_RULES;
 use super::*;
 use crate::builders::hpa;
-use chat_gateway_config::Config;
+use chat_gateway_config::{Config, EventsConfig, HookConfig};
 use serde_json::{json, Value};
 
 /// Path of the checked-in CRD, relative to this crate.
@@ -250,6 +250,26 @@ fn schema_defaults_are_what_the_code_defaults_to() {
         ),
         ("automountServiceAccountToken", json!(false)),
         ("nativeSidecars", json!(true)),
+        ("gateway.api.enabled", json!(true)),
+        ("gateway.api.port", json!(DEFAULT_API_PORT)),
+        ("gateway.api.reloadInterval", secs(gw.api.reload_interval)),
+        ("gateway.api.defaultSender", json!(gw.api.default_sender)),
+        (
+            "gateway.hooks.events.timeout",
+            secs(EventsConfig::default().timeout),
+        ),
+        (
+            "gateway.hooks.events.queueSize",
+            json!(EventsConfig::default().queue_size),
+        ),
+        (
+            "gateway.hooks.events.batch",
+            json!(EventsConfig::default().batch),
+        ),
+        (
+            "gateway.hooks.events.kinds",
+            json!(EventsConfig::default().kinds),
+        ),
     ] {
         assert_eq!(default_at(path), want, "spec.{path}");
     }
@@ -271,6 +291,51 @@ fn schema_defaults_are_what_the_code_defaults_to() {
         assert_eq!(item["default"], want, "namespaces[].{field}");
         let default = &gateway["defaultNamespace"]["properties"][field];
         assert_eq!(default["default"], want, "defaultNamespace.{field}");
+    }
+    // Every decision hook's fields default to the gateway's HookConfig.
+    let hook = HookConfig::default();
+    let hooks = &schema["properties"]["spec"]["properties"]["gateway"]["properties"]["hooks"];
+    for name in ["connect", "join", "send", "refresh"] {
+        let props = &hooks["properties"][name]["properties"];
+        let duration = |field: &str| {
+            let text = props[field]["default"].as_str().unwrap_or_default();
+            humantime::parse_duration(text).unwrap_or_else(|e| panic!("{name}.{field}: {e}"))
+        };
+        assert_eq!(duration("timeout"), hook.timeout, "{name}.timeout");
+        assert_eq!(duration("breakerCooldown"), hook.breaker_cooldown, "{name}");
+        assert_eq!(props["retries"]["default"], json!(hook.retries), "{name}");
+        assert_eq!(
+            props["breakerFailures"]["default"],
+            json!(hook.breaker_failures),
+            "{name}"
+        );
+        assert_eq!(
+            props["onFailure"]["default"],
+            serde_json::to_value(hook.on_failure).expect("policy"),
+            "{name}"
+        );
+        assert_eq!(
+            hooks["properties"][name]["required"],
+            json!(["url"]),
+            "{name}"
+        );
+    }
+    // The CRD's spellings are the gateway's.
+    let events = &hooks["properties"]["events"]["properties"];
+    let kinds: Vec<_> = events["kinds"]["items"]["enum"]
+        .as_array()
+        .expect("kinds enum")
+        .clone();
+    assert_eq!(
+        json!(kinds),
+        json!(chat_gateway_config::backend::EVENT_KINDS)
+    );
+    for policy in hooks["properties"]["join"]["properties"]["onFailure"]["enum"]
+        .as_array()
+        .expect("onFailure enum")
+    {
+        serde_json::from_value::<chat_gateway_config::FailurePolicy>(policy.clone())
+            .unwrap_or_else(|e| panic!("onFailure {policy}: {e}"));
     }
     // Derived from other fields, so deliberately without a schema default.
     for path in [

@@ -59,6 +59,7 @@ const EMBEDDED_KUBERNETES_TYPES: &[&[&str]] = &[
     &["placement", "tolerations"],
     &["placement", "topologySpreadConstraints"],
     &["telemetry", "collector", "resources"],
+    &["gateway", "api", "allowFrom"],
 ];
 
 /// The schema of `spec.<path>` in `version`.

@@ -4,6 +4,8 @@
 //!
 //! One job per module:
 //! - [`scrape`]: finds the running pods of every ChatGateway and reads their gauge;
+//! - [`readings`]: the watches and the scrape loop, the operator's one reader of the
+//!   gauge (the pod-deletion cost uses the same readings);
 //! - [`api`] (with [`selector`]): discovery documents and metric lists;
 //! - [`authn`]: the API server's front-proxy client certificate and the user it names;
 //! - [`authz`]: a SubjectAccessReview for that user;
@@ -13,9 +15,9 @@
 //! - [`server`]: the HTTPS listener that runs a request through all of the above;
 //! - [`report`]: `status.connections` and Events on the ChatGateways.
 //!
-//! Every replica serves, the same data: each scrapes the pods itself and serves the
-//! certificate from the shared Secret, so the Service behind the APIService can route
-//! to any ready replica and the HPA keeps its metric through a leader hand-over. Only
+//! Every replica serves, the same data: each reads the pods itself ([`readings`]) and
+//! serves the certificate from the shared Secret, so the Service behind the APIService can
+//! route to any ready replica and the HPA keeps its metric through a leader hand-over. Only
 //! the leader writes (the Secret, the caBundle, the status).
 
 pub mod api;
@@ -23,6 +25,7 @@ pub mod apiservice;
 pub mod authn;
 pub mod authz;
 pub mod certs;
+pub mod readings;
 pub mod report;
 pub mod scrape;
 pub mod selector;
@@ -36,13 +39,10 @@ use crate::builders::FIELD_MANAGER;
 use crate::crd::ChatGateway;
 use crate::metrics::Metrics;
 use anyhow::Context as _;
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::Store;
 use kube::Client;
+use readings::Readings;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,7 +77,8 @@ pub struct Args {
         default_value = "v1beta1.custom.metrics.k8s.io,v1beta2.custom.metrics.k8s.io"
     )]
     pub api_services: Vec<String>,
-    /// How often every gateway pod's /metrics is read.
+    /// How often every gateway pod's /metrics is read (for the custom metrics API and the
+    /// pod-deletion cost; without the API only the leader reads, for the cost).
     #[arg(long = "custom-metrics-scrape-interval", default_value = "5s", value_parser = humantime::parse_duration)]
     pub scrape_interval: Duration,
     /// Lifetime of the CA in the APIServices' caBundle (rotated with a third left).
@@ -93,7 +94,7 @@ impl Args {
     /// Refuses settings that cannot work.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            self.scrape_interval >= Duration::from_millis(500),
+            self.scrape_interval >= readings::MIN_INTERVAL,
             "--custom-metrics-scrape-interval must be at least 500ms"
         );
         anyhow::ensure!(
@@ -122,7 +123,6 @@ impl Args {
 #[derive(Clone)]
 struct Counters {
     requests: prometheus::IntCounterVec,
-    scrapes: prometheus::IntCounterVec,
     apiservices: prometheus::IntGaugeVec,
 }
 
@@ -135,13 +135,6 @@ impl Counters {
             ),
             &["code"],
         )?;
-        let scrapes = prometheus::IntCounterVec::new(
-            prometheus::Opts::new(
-                "chatgateway_operator_pod_scrapes_total",
-                "Reads of gateway pods' /metrics, by outcome (ok, error).",
-            ),
-            &["outcome"],
-        )?;
         let apiservices = prometheus::IntGaugeVec::new(
             prometheus::Opts::new(
                 "chatgateway_operator_custom_metrics_apiservice",
@@ -150,11 +143,9 @@ impl Counters {
             &["apiservice", "provider"],
         )?;
         metrics.registry.register(Box::new(requests.clone()))?;
-        metrics.registry.register(Box::new(scrapes.clone()))?;
         metrics.registry.register(Box::new(apiservices.clone()))?;
         Ok(Counters {
             requests,
-            scrapes,
             apiservices,
         })
     }
@@ -173,13 +164,14 @@ pub struct CustomMetrics {
 }
 
 impl CustomMetrics {
-    /// Binds the listener and starts what every replica runs: watching pods and
-    /// ChatGateways, scraping, following the Secret and the front-proxy settings, serving.
+    /// Binds the listener and starts what every replica runs besides the `readings`:
+    /// following the Secret and the front-proxy settings, serving.
     pub async fn start(
         client: Client,
         args: &Args,
         namespace: &str,
         metrics: &Metrics,
+        readings: &Readings,
     ) -> anyhow::Result<CustomMetrics> {
         args.validate()?;
         let addr = args.addr.context("--custom-metrics-addr is not set")?;
@@ -189,24 +181,7 @@ impl CustomMetrics {
             .with_context(|| format!("binding {addr}"))?;
         let serving = Arc::new(tls::ServingCert::default());
         let tls_config = Arc::new(tls::server_config(serving.clone())?);
-        let values = scrape::Values::new(args.scrape_interval * 3 + Duration::from_secs(3));
-
-        let (pods, pod_writer) = reflector::store::<Pod>();
-        let (gateways, gateway_writer) = reflector::store::<ChatGateway>();
-        let pod_watch = watcher(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default().labels("app.kubernetes.io/name=chat-gateway"),
-        )
-        .default_backoff()
-        .reflect(pod_writer)
-        .for_each(|_| futures::future::ready(()));
-        let gateway_watch = watcher(
-            Api::<ChatGateway>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .reflect(gateway_writer)
-        .for_each(|_| futures::future::ready(()));
+        let (values, gateways) = (readings.values(), readings.gateways());
 
         let front_proxy = authn::FrontProxyConfig::default();
         let state = Arc::new(server::State {
@@ -215,24 +190,8 @@ impl CustomMetrics {
             values: values.clone(),
             requests: counters.requests.clone(),
         });
-        let scraper = {
-            let (pods, gateways, values) = (pods.clone(), gateways.clone(), values.clone());
-            let (interval, scrapes) = (args.scrape_interval, counters.scrapes.clone());
-            async move {
-                // The first round waits for both caches: an empty cache is not "no pods".
-                if pods.wait_until_ready().await.is_err()
-                    || gateways.wait_until_ready().await.is_err()
-                {
-                    return;
-                }
-                scrape::run(pods, gateways, values, interval, scrapes).await;
-            }
-        };
         tracing::info!(%addr, service = %args.service, "serving custom.metrics.k8s.io (chatgateway_connections)");
         let tasks = vec![
-            tokio::spawn(pod_watch),
-            tokio::spawn(gateway_watch),
-            tokio::spawn(scraper),
             tokio::spawn(front_proxy.refresh(client.clone(), Duration::from_secs(30))),
             tokio::spawn(tls::follow_secret(
                 client.clone(),

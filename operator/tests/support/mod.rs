@@ -1,6 +1,6 @@
 //! A real kube-apiserver + etcd (v1.20.2) for the operator's integration tests, started by
-//! `e2e/k8s/envtest.sh` (built from Debian's source by `e2e/k8s/build.sh`), and the
-//! operator binary run against it. That
+//! `e2e/k8s/envtest.sh` (built from Debian's source by `e2e/k8s/build.sh`; the aggregation
+//! layer is on), and the operator binary run against it. That
 //! server has no controllers and no CEL, and serves the HPA and PDB only as
 //! autoscaling/v2beta2 and policy/v1beta1.
 #![allow(dead_code)] // each test binary uses a different part
@@ -52,6 +52,17 @@ impl Envtest {
         self.dir.join("kubeconfig")
     }
 
+    /// A value of DIR/env (`export NAME=value` lines), e.g. the front proxy's certificate.
+    pub fn env(&self, name: &str) -> String {
+        let text = std::fs::read_to_string(self.dir.join("env")).expect("envtest env file");
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("export {name}="))
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| panic!("{name} missing from the envtest env file"))
+    }
+
     pub async fn client(&self) -> Client {
         let kc = Kubeconfig::read_from(self.kubeconfig()).expect("read kubeconfig");
         let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
@@ -91,25 +102,25 @@ pub struct Operator {
 }
 
 impl Operator {
+    /// The operator holding its Lease in `default`, /metrics on 127.0.0.1:`metrics_port`.
     pub fn start(env: &Envtest, identity: &str, metrics_port: u16) -> Operator {
+        let metrics = format!("127.0.0.1:{metrics_port}");
+        Operator::start_with(
+            env,
+            identity,
+            &["--lease-namespace", "default", "--metrics-addr", &metrics],
+        )
+    }
+
+    /// The operator with `args` after `run --log-format text --identity IDENTITY
+    /// --lease-duration 6s`.
+    pub fn start_with(env: &Envtest, identity: &str, args: &[&str]) -> Operator {
         let log = env.dir.join(format!("operator-{identity}.log"));
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_chat-gateway-operator"))
-            .args([
-                "run",
-                "--log-format",
-                "text",
-                "--lease-namespace",
-                "default",
-                "--identity",
-                identity,
-            ])
-            .args([
-                "--metrics-addr",
-                &format!("127.0.0.1:{metrics_port}"),
-                "--lease-duration",
-                "6s",
-            ])
+            .args(["run", "--log-format", "text", "--identity", identity])
+            .args(["--lease-duration", "6s"])
+            .args(args)
             .env("KUBECONFIG", env.kubeconfig())
             .env("RUST_LOG", "info,chat_gateway_operator=debug")
             .stdout(Stdio::null())
@@ -117,6 +128,11 @@ impl Operator {
             .spawn()
             .expect("start the operator");
         Operator { child, log }
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     pub fn log(&self) -> String {
@@ -232,7 +248,8 @@ pub async fn install_crd(client: &Client) {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/chatgateway.yaml"),
     )
     .expect("crds/chatgateway.yaml");
-    let crd: CustomResourceDefinition = serde_yaml::from_str(&crd_text).expect("crd yaml");
+    let crd: CustomResourceDefinition =
+        chat_gateway_operator::yaml::from_str(&crd_text).expect("crd yaml");
     let crds = Api::<CustomResourceDefinition>::all(client.clone());
     crds.create(&PostParams::default(), &crd)
         .await
