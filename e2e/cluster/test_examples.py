@@ -43,12 +43,15 @@ def test_example_chatgateway_runs(example, namespace, cluster):
     spec = cgw["spec"]
     gateway = spec["gateway"]
     # What the example's comments tell a user to create first: the Redis URL Secret (the
-    # repository's Redis writes it) and a JWT secret when the file does not carry a demo one.
+    # repository's Redis writes it), and random values for every other Secret it refers
+    # to and does not carry itself (a JWT secret, the server API's keys).
     if gateway.get("redis"):
         deploy_redis(ns, cluster.images["redis"], flow)
-    ref = gateway["auth"]["jwt"]["secretRef"]["name"]
-    if not any(d["kind"] == "Secret" and d["metadata"]["name"] == ref for d in docs):
-        kube.kubectl("create", "secret", "generic", ref, f"--from-literal=secret={secrets.token_hex(32)}", ns=ns)
+    carried = {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"} | {"chat-redis"}
+    for name, keys in sorted(secret_refs(spec).items()):
+        if name not in carried:
+            literals = [f"--from-literal={k}={secrets.token_hex(32)}" for k in sorted(keys)]
+            kube.kubectl("create", "secret", "generic", name, *literals, ns=ns)
     image = cluster.images["gateway"]
     if image != DEFAULT_GATEWAY_IMAGE:
         spec.setdefault("image", image)
@@ -123,6 +126,21 @@ def test_example_chatgateway_runs(example, namespace, cluster):
         carol.close()
     alice.close()
     bob.close()
+
+
+def secret_refs(node, found: dict | None = None) -> dict[str, set[str]]:
+    """Every `...SecretRef: {name, key}` of a spec: Secret name -> keys."""
+    found = {} if found is None else found
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k.lower().endswith("secretref") and isinstance(v, dict) and "name" in v:
+                found.setdefault(v["name"], set()).add(v.get("key", "secret"))
+            else:
+                secret_refs(v, found)
+    elif isinstance(node, list):
+        for v in node:
+            secret_refs(v, found)
+    return found
 
 
 def mint(gw: Gateway, user: str, *args: str) -> str:

@@ -70,8 +70,9 @@ pub async fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> boo
 }
 
 /// Stops sending, then waits until every client is back in its rooms (joined, or resumed
-/// after its last reconnect) and none has been disconnected for `settle` (in-flight
-/// messages and replays arrive meanwhile), at most `back_within` beyond that; then stops
+/// after its last reconnect) and `settle` has passed since the stop and since the last
+/// disconnect (in-flight messages and replays arrive meanwhile), at most `back_within`
+/// beyond that; then stops
 /// every client. A client stopped between a `goaway` and its resume cannot have what was
 /// sent while it was away: the verdict names such clients instead of counting their
 /// misses as loss.
@@ -83,18 +84,20 @@ pub async fn settle_and_stop_after(
     for (_, _, c) in &cs {
         c.stop_sending();
     }
-    let deadline = Instant::now() + settle + back_within;
+    let stopped_sending = Instant::now();
+    let deadline = stopped_sending + settle + back_within;
     loop {
         let now = Instant::now();
-        let mut last_disconnect = None::<Instant>;
+        // The settle time counts from the later of the stop and the last disconnect.
+        let mut since = stopped_sending;
         let mut all_back = true;
         for (_, _, c) in &cs {
             c.with(|r| {
                 all_back &= r.in_session;
-                last_disconnect = last_disconnect.max(r.disconnects.last().copied());
+                since = since.max(r.disconnects.last().copied().unwrap_or(since));
             });
         }
-        let quiet = last_disconnect.is_none_or(|t| now.duration_since(t) >= settle);
+        let quiet = now.duration_since(since) >= settle;
         if (all_back && quiet) || now >= deadline {
             break;
         }
