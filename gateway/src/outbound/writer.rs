@@ -110,7 +110,7 @@ where
                     break;
                 }
             }
-            item = rx.rx.recv() => {
+            item = rx.next() => {
                 let Some(item) = item else { break };
                 // A client that stopped reading blocks this write (its TCP window is
                 // shut); it may still be sending, so the idle check cannot see it.
@@ -140,7 +140,7 @@ where
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
     }
-    rx.rx.close();
+    rx.close_queue();
     rx.shared.drained.notify_waiters();
     let mut out = w.out;
     out.positions = w
@@ -183,7 +183,7 @@ where
         }
         n += 1;
         if n < BATCH {
-            next = rx.rx.try_recv().ok();
+            next = rx.try_next().ok();
         }
     }
     sink.flush().await
