@@ -23,7 +23,7 @@ use crate::disconnect::{CloseReason, SLOW_CONSUMER};
 use crate::engine::Envelope;
 use crate::protocol::StreamPosition;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
@@ -68,6 +68,9 @@ impl Outbound {
 }
 
 struct Shared {
+    /// Set with `closing`: producers check this on every push, which the token (a mutex
+    /// per connection) made a cache miss and a lock per delivery.
+    stopping: AtomicBool,
     bytes: AtomicUsize,
     max_bytes: usize,
     high_water: AtomicUsize,
@@ -103,6 +106,7 @@ const KEEP_EMPTY: usize = 4;
 impl Shared {
     fn new(max_frames: usize, max_bytes: usize, opaque: bool) -> Shared {
         Shared {
+            stopping: AtomicBool::new(false),
             bytes: AtomicUsize::new(0),
             max_bytes,
             high_water: AtomicUsize::new(0),
@@ -119,6 +123,15 @@ impl Shared {
             max_frames: max_frames.max(1),
             queued: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Starts closing: with `reason` if none was given yet.
+    fn stop(&self, reason: Option<CloseReason>) {
+        if let Some(reason) = reason {
+            let _ = self.reason.set(reason);
+        }
+        self.stopping.store(true, Ordering::Relaxed);
+        self.closing.cancel();
     }
 
     fn items(&self) -> MutexGuard<'_, Items> {
@@ -186,7 +199,7 @@ impl OutboundQueue {
     /// Queues an item without waiting. Returns false if the connection is (now) closing;
     /// an overflow closes it as a slow consumer.
     pub fn push(&self, item: Outbound) -> bool {
-        if self.shared.closing.is_cancelled() {
+        if self.shared.stopping.load(Ordering::Relaxed) {
             return false;
         }
         let weight = item.weight();
@@ -306,11 +319,17 @@ impl OutboundQueue {
 
     /// Asks the writer to close the socket; the first reason wins.
     pub fn close(&self, reason: CloseReason) {
-        let _ = self.shared.reason.set(reason);
-        self.shared.closing.cancel();
+        self.shared.stop(Some(reason));
     }
 
-    /// Resolves when the connection starts closing.
+    /// Stops writing without a reason (the client left, or a command ended the
+    /// connection): nothing more is queued.
+    pub fn stop(&self) {
+        self.shared.stop(None);
+    }
+
+    /// Resolves when the connection starts closing. (Cancel it through
+    /// [`close`](Self::close) or [`stop`](Self::stop), which also stop producers.)
     pub fn closing(&self) -> &CancellationToken {
         &self.shared.closing
     }

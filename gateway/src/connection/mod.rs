@@ -188,7 +188,7 @@ pub async fn serve<S>(
     let mut backlog = VecDeque::new();
     let steps = joined.into_iter().map(Step::Replay).collect();
     if !pump(session.deliver(steps), &mut reader, &mut backlog).await {
-        queue.closing().cancel(); // a connect-hook room's replay ended the connection
+        queue.stop(); // a connect-hook room's replay ended the connection
     }
     let mut bucket = TokenBucket::new(limits.message_rate, limits.message_burst);
     let mut errors_in_row = 0u32;
@@ -273,7 +273,7 @@ pub async fn serve<S>(
     }
 
     if queue.close_reason().is_none() {
-        queue.closing().cancel(); // the client left; nothing more to write
+        queue.stop(); // the client left; nothing more to write
     }
     let written = match writer.await {
         Ok(outcome) => outcome.positions,

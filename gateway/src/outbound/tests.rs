@@ -130,10 +130,7 @@ async fn a_paced_push_waits_for_room_instead_of_overflowing() {
     assert_eq!(q.close_reason(), None, "and does not overflow");
     // The writer takes the first two items off the queue.
     let (sink_tx, _sink_rx) = futures_channel_sink();
-    let taken = [
-        rx.try_next().expect("item"),
-        rx.try_next().expect("item"),
-    ];
+    let taken = [rx.try_next().expect("item"), rx.try_next().expect("item")];
     for item in &taken {
         rx.shared.bytes.fetch_sub(item.weight(), Ordering::Relaxed);
     }
