@@ -10,12 +10,13 @@ cd "$(dirname "$0")/.."
 OUT=bench
 TMP=$(mktemp -d)
 SECRET=bench-secret-$$-0123456789abcdef0123456789
-GW=target/release/chat-gateway
-LG=target/release/chat-loadgen
+GW=${GW:-target/release/chat-gateway}  # GW=path: measure another build (A/B on one machine)
+LG=${LG:-target/release/chat-loadgen}
 QUICK=${QUICK:-}            # QUICK=1: tiny runs, to check the script itself
+ONLY=${ONLY:-}              # ONLY=memory: the memory engine's runs only
 ulimit -n "$(ulimit -Hn)" || true
 
-cargo build --release -q -p chat-gateway -p e2e --bin chat-gateway --bin chat-loadgen
+[ -n "${NO_BUILD:-}" ] || cargo build --release -q -p chat-gateway -p e2e --bin chat-gateway --bin chat-loadgen
 
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 pids=()
@@ -70,7 +71,7 @@ run() { # run LABEL PID ARGS... (loadgen on core 1; AUTH=user: insecure ?user= c
 
 if [ -n "$QUICK" ]; then N_IDLE=500; MEMBERS=100; DUR=2s; CHURN=200; else N_IDLE=15000; MEMBERS=1000; DUR=10s; CHURN=10000; fi
 
-for engine in memory redis; do
+for engine in ${ONLY:-memory redis}; do
   port=$(free_port)
   start_gateway "$engine" "$port"
   T=127.0.0.1:$port
@@ -86,6 +87,7 @@ for engine in memory redis; do
 done
 
 # Cross-process through Redis: publishers on gateway A, receivers on gateway B.
+if [ -z "$ONLY" ] || [ "$ONLY" = redis ]; then
 pa=$(free_port); start_gateway redis "$pa" bench-a; A=$GW_PID
 pb=$(free_port)
 CHATGW_REDIS__KEY_PREFIX=x start_gateway redis "$pb" bench-b; B=$GW_PID
@@ -107,6 +109,8 @@ for XR in $RATES; do
   last=${results[-1]}
   results[-1]="{\"redis_commands\":$(( $(redis_calls) - before )),\"duration_s\":${DUR%s},${last#\{}"
 done
+fi
 
+OUT=${BENCH_OUT:-$OUT}       # BENCH_OUT=dir: write there (beside that dir's results.json)
 mkdir -p "$OUT"
 printf '%s\n' "${results[@]}" | python3 bench/summarize.py "$OUT"
