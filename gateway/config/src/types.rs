@@ -84,13 +84,22 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Browser origins allowed to open a socket; empty allows any. `*` matches all.
     pub allowed_origins: Vec<String>,
+    /// Length of the listen socket's queue of connections not yet accepted (the kernel
+    /// caps it at `net.core.somaxconn`). A burst of connects beyond it loses SYNs, which
+    /// clients retry only after a second.
+    pub listen_backlog: u32,
 }
+
+/// Default [`ServerConfig::listen_backlog`]: a burst of thousands of reconnects (a node
+/// going away) fits, where the usual 128 drops most of it.
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             allowed_origins: Vec::new(),
+            listen_backlog: DEFAULT_LISTEN_BACKLOG,
         }
     }
 }
