@@ -3,6 +3,7 @@
 
 pub mod blackhole;
 pub mod client;
+pub mod engines;
 pub mod gateways;
 pub mod jwt;
 pub mod keys;
@@ -11,6 +12,7 @@ pub mod otlp;
 pub mod process;
 pub mod procstat;
 pub mod redis;
+pub mod redis_cluster;
 pub mod resilient;
 
 use chat_gateway::config::{AuthMode, Config};

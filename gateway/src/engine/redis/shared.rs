@@ -2,6 +2,7 @@
 //! connection, the deadline every operation runs under, and the history read (which the
 //! subscriber also uses to fill gaps).
 
+use super::conn::{Backend, Conn};
 use super::scripts;
 use crate::config::{Namespaces, RetentionConfig};
 use crate::engine::seen::SeenTops;
@@ -9,7 +10,7 @@ use crate::engine::{
     new_epoch, now_ms, EngineError, Envelope, HistoryPage, HistoryQuery, EMPTY_EPOCH,
 };
 use crate::hub::Hub;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,15 +20,48 @@ use std::time::Duration;
 /// or connect) before answering `unavailable` (or `unknown_outcome` for a write).
 pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Key names of the engine.
+/// Inbox buckets in cluster mode: an inbox's keys carry the tag of its bucket, and each
+/// bucket has one shard channel every node subscribes (see [`Keys::route`]).
+pub(crate) const INBOX_BUCKETS: u32 = 256;
+
+/// Where a room's traffic is published: its channel, what its payloads start with, and
+/// the publish command of the mode.
+pub(crate) struct Route {
+    /// The channel.
+    pub(crate) channel: String,
+    /// `` for a room channel; `r <room> ` on a node-wide inbox channel.
+    pub(crate) prefix: String,
+    /// `PUBLISH`, or `SPUBLISH` (sharded) in a Redis Cluster.
+    pub(crate) command: &'static str,
+}
+
+/// Key and channel names of the engine. Every key of a room shares the room's hash tag
+/// (one cluster slot, so each script stays single-slot); in cluster mode an inbox's keys
+/// share its bucket's tag instead, which its bucket's channel carries too.
 #[derive(Clone)]
 pub(crate) struct Keys {
     pub(crate) prefix: String,
+    /// Redis Cluster layout: sharded channels named with hash tags, inbox buckets.
+    pub(crate) cluster: bool,
+}
+
+/// The bucket of an inbox (FNV-1a of its name: stable across processes and versions).
+pub(crate) fn bucket(room: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in room.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    h % INBOX_BUCKETS
 }
 
 impl Keys {
     fn room(&self, room: &str, suffix: &str) -> String {
-        format!("{}:{{{room}}}:{suffix}", self.prefix)
+        if self.cluster && crate::protocol::is_inbox(room) {
+            // `#` is never in a room name: no room's tag can equal a bucket's.
+            format!("{}:{{#{}}}:{room}:{suffix}", self.prefix, bucket(room))
+        } else {
+            format!("{}:{{{room}}}:{suffix}", self.prefix)
+        }
     }
     pub(crate) fn meta(&self, room: &str) -> String {
         self.room(room, "m")
@@ -36,10 +70,10 @@ impl Keys {
         self.room(room, "s")
     }
     pub(crate) fn dedup(&self, room: &str, from: &str, msg_id: &str) -> String {
-        format!("{}:{{{room}}}:d:{from}\0{msg_id}", self.prefix)
+        self.room(room, &format!("d:{from}\0{msg_id}"))
     }
     pub(crate) fn quota(&self, room: &str, from: &str) -> String {
-        format!("{}:{{{room}}}:q:{from}", self.prefix)
+        self.room(room, &format!("q:{from}"))
     }
     pub(crate) fn presence_conns(&self, room: &str) -> String {
         self.room(room, "pc")
@@ -54,11 +88,64 @@ impl Keys {
             .strip_suffix("}:pu")?;
         Some(inner.to_string())
     }
+    /// The channel of a room (not an inbox: see [`route`](Self::route)).
     pub(crate) fn channel(&self, room: &str) -> String {
-        format!("{}:c:{room}", self.prefix)
+        if self.cluster {
+            format!("{}:{{{room}}}:c", self.prefix)
+        } else {
+            format!("{}:c:{room}", self.prefix)
+        }
     }
+    /// The room a room channel belongs to.
     pub(crate) fn room_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
-        channel.strip_prefix(&self.prefix)?.strip_prefix(":c:")
+        let rest = channel.strip_prefix(&self.prefix)?;
+        if self.cluster {
+            rest.strip_prefix(":{")?.strip_suffix("}:c")
+        } else {
+            rest.strip_prefix(":c:")
+        }
+    }
+    /// The node-wide inbox channels every node subscribes: one (single, sentinel), or
+    /// one per bucket (cluster: each in its bucket's slot).
+    pub(crate) fn inbox_channels(&self) -> Vec<String> {
+        if self.cluster {
+            (0..INBOX_BUCKETS)
+                .map(|b| format!("{}:{{#{b}}}:i", self.prefix))
+                .collect()
+        } else {
+            vec![format!("{}:i", self.prefix)]
+        }
+    }
+    /// Whether a channel is a node-wide inbox channel.
+    pub(crate) fn is_inbox_channel(&self, channel: &str) -> bool {
+        channel
+            .strip_prefix(&self.prefix)
+            .is_some_and(|rest| rest == ":i" || (rest.starts_with(":{#") && rest.ends_with("}:i")))
+    }
+    /// Where a room's (or an inbox's) traffic goes. An inbox has no channel of its own:
+    /// its messages go to the node-wide inbox channel (its bucket's in a cluster) with the
+    /// inbox named in the payload, and each node hands them to the users it holds. No node
+    /// subscribes per user.
+    pub(crate) fn route(&self, room: &str) -> Route {
+        let command = if self.cluster { "SPUBLISH" } else { "PUBLISH" };
+        if crate::protocol::is_inbox(room) {
+            let channel = if self.cluster {
+                format!("{}:{{#{}}}:i", self.prefix, bucket(room))
+            } else {
+                format!("{}:i", self.prefix)
+            };
+            Route {
+                channel,
+                prefix: format!("r {room} "),
+                command,
+            }
+        } else {
+            Route {
+                channel: self.channel(room),
+                prefix: String::new(),
+                command,
+            }
+        }
     }
     pub(crate) fn session(&self, token: &str) -> String {
         format!("{}:sess:{token}", self.prefix)
@@ -91,10 +178,12 @@ enum Failure {
 /// Shared by the engine and its background tasks.
 pub(crate) struct Shared {
     pub(crate) keys: Keys,
-    client: redis::Client,
+    /// Where Redis is (one server, a cluster, or the master Sentinel names).
+    pub(crate) backend: Backend,
     manager_config: ConnectionManagerConfig,
-    /// The command connection; replaced when Redis stopped answering (see [`Shared::run`]).
-    conn: Mutex<ConnectionManager>,
+    /// The command connection; replaced when Redis stopped answering (see [`Shared::run`])
+    /// and when Sentinel names another master.
+    conn: Mutex<Conn>,
     /// Unix ms of the last replacement of `conn`.
     replaced_at: AtomicU64,
     pub(crate) hub: Arc<Hub>,
@@ -115,6 +204,8 @@ pub(crate) struct Shared {
     pub(crate) reconnects: prometheus::IntCounter,
     /// What this node has seen of each room (the epoch rule's witness).
     pub(crate) seen: SeenTops,
+    /// Bumped when Sentinel names another master: the subscriber moves to it.
+    pub(crate) generation: AtomicU64,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -124,7 +215,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// What [`Shared::new`] needs besides the config sections it copies.
 pub(crate) struct SharedParts {
     pub keys: Keys,
-    pub client: redis::Client,
+    pub backend: Backend,
     pub manager_config: ConnectionManagerConfig,
     pub hub: Arc<Hub>,
     pub history: RetentionConfig,
@@ -140,12 +231,10 @@ pub(crate) struct SharedParts {
 
 impl Shared {
     pub(crate) fn new(p: SharedParts) -> Result<Shared, EngineError> {
-        let conn =
-            ConnectionManager::new_lazy_with_config(p.client.clone(), p.manager_config.clone())
-                .map_err(|e| EngineError::Internal(format!("redis: {e}")))?;
+        let conn = p.backend.connect(&p.manager_config)?;
         Ok(Shared {
             keys: p.keys,
-            client: p.client,
+            backend: p.backend,
             manager_config: p.manager_config,
             conn: Mutex::new(conn),
             replaced_at: AtomicU64::new(now_ms()),
@@ -162,12 +251,24 @@ impl Shared {
             errors: p.errors,
             reconnects: p.reconnects,
             seen: SeenTops::default(),
+            generation: AtomicU64::new(0),
         })
     }
 
     /// A handle on the command connection (cheap; clones share the connection).
-    pub(crate) fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> Conn {
         lock(&self.conn).clone()
+    }
+
+    /// Replaces the command connection with a fresh one (Sentinel named a new master).
+    pub(crate) fn reconnect(&self) {
+        match self.backend.connect(&self.manager_config) {
+            Ok(fresh) => {
+                *lock(&self.conn) = fresh;
+                self.replaced_at.store(now_ms(), Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot replace the redis connection"),
+        }
     }
 
     pub(crate) fn retention(&self, room: &str) -> &RetentionConfig {
@@ -207,10 +308,7 @@ impl Shared {
         {
             return; // another call replaces it
         }
-        match ConnectionManager::new_lazy_with_config(
-            self.client.clone(),
-            self.manager_config.clone(),
-        ) {
+        match self.backend.connect(&self.manager_config) {
             Ok(fresh) => {
                 *lock(&self.conn) = fresh;
                 tracing::warn!("redis did not answer for {grace} ms; replaced the connection");
@@ -277,13 +375,77 @@ impl Shared {
         })
     }
 
-    /// Where the presence sweep announces the leaves it finds: the room's channel, or
-    /// nowhere (``) in a namespace without join/leave events.
-    pub(crate) fn leave_channel(&self, room: &str) -> String {
-        if self.namespaces.of(room).join_leave_events {
-            self.keys.channel(room)
-        } else {
-            String::new()
+    /// Where a SCAN must run to see every key: the one server, or every master of a
+    /// cluster (from `CLUSTER SLOTS`).
+    pub(crate) async fn scan_targets(&self) -> Result<Vec<Option<(String, u16)>>, EngineError> {
+        if !self.keys.cluster {
+            return Ok(vec![None]);
+        }
+        let mut conn = self.conn();
+        let slots: Vec<redis::Value> = self
+            .run(redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut conn))
+            .await?;
+        let mut masters = std::collections::BTreeSet::new();
+        for range in slots {
+            // [start, end, [host, port, id, ...], replicas...]
+            let parts: Vec<redis::Value> = redis::from_redis_value(range).unwrap_or_default();
+            if let Some(master) = parts.into_iter().nth(2) {
+                let node: (String, u16) = redis::from_redis_value::<Vec<redis::Value>>(master)
+                    .ok()
+                    .and_then(|n| {
+                        let mut it = n.into_iter();
+                        let host = redis::from_redis_value(it.next()?).ok()?;
+                        let port = redis::from_redis_value(it.next()?).ok()?;
+                        Some((host, port))
+                    })
+                    .ok_or_else(|| {
+                        EngineError::Internal("unexpected CLUSTER SLOTS reply".into())
+                    })?;
+                masters.insert(node);
+            }
+        }
+        Ok(masters.into_iter().map(Some).collect())
+    }
+
+    /// SCANs one node (`None`: the one server) for `pattern`, handing each key to `seen`,
+    /// which returns how many it has collected; stops at `limit` of those.
+    pub(crate) async fn scan_into(
+        &self,
+        node: Option<(String, u16)>,
+        pattern: &str,
+        limit: usize,
+        seen: &mut (dyn FnMut(&str) -> usize + Send),
+    ) -> Result<(), EngineError> {
+        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        let mut cursor: u64 = 0;
+        loop {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let mut conn = self.conn();
+            let reply: (u64, Vec<String>) = match (&node, &mut conn) {
+                (Some((host, port)), Conn::Cluster(c)) => {
+                    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port: *port,
+                    });
+                    let v = self.run(c.route_command(cmd, routing)).await?;
+                    redis::from_redis_value(v)
+                        .map_err(|e| EngineError::Internal(format!("SCAN reply: {e}")))?
+                }
+                _ => self.run(cmd.query_async(&mut conn)).await?,
+            };
+            let mut n = 0;
+            for k in &reply.1 {
+                n = seen(k);
+            }
+            cursor = reply.0;
+            if cursor == 0 || n >= limit {
+                return Ok(());
+            }
         }
     }
 
