@@ -17,19 +17,26 @@ impl Gateways {
     /// Starts `n` gateways (insecure auth, generous rate limits, node ids `gw-<i>-…`) with
     /// `extra` environment on top, each ready before this returns.
     pub fn start(redis: &RedisServer, n: usize, extra: &[(&str, &str)]) -> Gateways {
+        Gateways::start_on(&[("CHATGW_REDIS__URL".into(), redis.url())], n, extra)
+    }
+
+    /// [`start`](Self::start) on the Redis deployment `redis_env` names (a cluster's or
+    /// Sentinel's `env()`).
+    pub fn start_on(redis_env: &[(String, String)], n: usize, extra: &[(&str, &str)]) -> Gateways {
         let prefix = format!("g{:08x}", rand::random::<u32>());
-        let mut env: Vec<(String, String)> = [
-            ("CHATGW_AUTH__MODE", "insecure"),
-            ("CHATGW_ENGINE", "redis"),
-            ("CHATGW_REDIS__URL", redis.url().as_str()),
-            ("CHATGW_REDIS__KEY_PREFIX", prefix.as_str()),
-            ("CHATGW_LIMITS__MESSAGE_RATE", "1000"),
-            ("CHATGW_LIMITS__MESSAGE_BURST", "1000"),
-            ("CHATGW_LIMITS__CONNECTIONS_PER_IP", "0"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        let mut env: Vec<(String, String)> = redis_env.to_vec();
+        env.extend(
+            [
+                ("CHATGW_AUTH__MODE", "insecure"),
+                ("CHATGW_ENGINE", "redis"),
+                ("CHATGW_REDIS__KEY_PREFIX", prefix.as_str()),
+                ("CHATGW_LIMITS__MESSAGE_RATE", "1000"),
+                ("CHATGW_LIMITS__MESSAGE_BURST", "1000"),
+                ("CHATGW_LIMITS__CONNECTIONS_PER_IP", "0"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut gws = Gateways {
             env,

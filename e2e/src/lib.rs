@@ -13,7 +13,9 @@ pub mod process;
 pub mod procstat;
 pub mod redis;
 pub mod redis_cluster;
+pub mod redis_sentinel;
 pub mod resilient;
+pub mod traffic;
 
 use chat_gateway::config::{AuthMode, Config};
 use chat_gateway::Gateway;
