@@ -6,6 +6,7 @@
 
 mod conn;
 mod delivery;
+mod keys;
 mod payload;
 mod presence;
 mod repair;
@@ -17,6 +18,12 @@ mod subscriber;
 
 pub use payload::{parse_payload, parse_routed, Payload};
 
+/// The hash tag of an inbox's keys and channel in a Redis Cluster (`#<bucket>`): which
+/// slot, so which master, holds it (operations and tests).
+pub fn inbox_tag(room: &str) -> String {
+    format!("#{}", keys::bucket(room))
+}
+
 use super::{
     new_epoch, now_ms, Broker, Engine, EngineError, History, HistoryPage, HistoryQuery, Publish,
     Published,
@@ -26,8 +33,9 @@ use crate::hub::Hub;
 use crate::protocol::push::msg_frame_around_position;
 use crate::protocol::StreamPosition;
 use async_trait::async_trait;
+use keys::Keys;
 use redis::aio::ConnectionManagerConfig;
-use shared::{Keys, Shared, SharedParts};
+use shared::{Shared, SharedParts};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
