@@ -17,11 +17,14 @@ test: deps venv envtest
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
 
-## deps: system packages the tests use (Debian; needs root): redis-server, and promtool from
-## prometheus for the alert tests (on a systemd machine Debian also enables a Prometheus service)
+## deps: system packages the tests use (Debian; needs root): redis-server (Redis 7: the
+## cluster and Sentinel tests run it as cluster nodes and as `redis-server --sentinel`),
+## redis-tools (redis-cli: `--cluster create`/`reshard`), and promtool from prometheus for
+## the alert tests (on a systemd machine Debian also enables a Prometheus service)
 deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
