@@ -58,6 +58,8 @@ pub struct Outcome {
     pub lost: Vec<(String, Position)>,
     /// Acknowledged, not delivered, but the member saw the room move on to a new epoch.
     pub signalled: usize,
+    /// Those per (member, room, epoch of the message).
+    pub signalled_by: BTreeMap<(String, String, String), usize>,
     /// Receivers whose connection ended before the end.
     pub closed: Vec<String>,
     /// Epochs seen per room.
@@ -212,6 +214,9 @@ impl Traffic {
                     .is_some_and(|e| at(e) > at(&pos.1));
                 if moved_on {
                     out.signalled += 1;
+                    *out.signalled_by
+                        .entry((name.clone(), pos.0.clone(), pos.1.clone()))
+                        .or_insert(0) += 1;
                 } else {
                     out.lost.push((name.clone(), pos.clone()));
                 }

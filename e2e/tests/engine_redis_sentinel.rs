@@ -54,8 +54,8 @@ async fn sentinel_engine_passes_the_conformance_suite_and_follows_failovers() {
 
     let out = traffic.finish().await;
     eprintln!(
-        "acked {} errors {:?} signalled {} epochs {:?}",
-        out.acked, out.errors, out.signalled, out.epochs
+        "acked {} errors {:?} signalled {} {:?} epochs {:?}",
+        out.acked, out.errors, out.signalled, out.signalled_by, out.epochs
     );
     if !out.lost.is_empty() || !out.closed.is_empty() || out.errors.contains_key("internal") {
         for (i, gw) in gws.procs.iter().enumerate() {
