@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: run test lint fmt deps venv envtest clean crds bench bench-redis test-browser manifests image e2e-cluster fuzz fuzz-smoke fuzz-tools
+.PHONY: run test lint fmt deps venv envtest clean crds bench bench-redis bench-redis-cluster test-browser manifests image e2e-cluster fuzz fuzz-smoke fuzz-tools
 
 ## run: one gateway, in-memory engine, insecure dev auth (?user=NAME), demo page on http://$(LISTEN)/
 run:
@@ -58,12 +58,19 @@ clean:
 ## bench: the standard load runs (about 5 min, 2 cores): bench/results.json + bench/summary.md
 bench: deps
 	bench/run.sh
+	$(MAKE) bench-redis-cluster
 
 ## bench-redis: cross-process delivery latency and publish throughput through Redis (not a test)
 bench-redis: deps
 	$(CARGO) build --release -p e2e --bin redis-bench -p chat-gateway
 	./target/release/redis-bench 20000 64 1
 	./target/release/redis-bench 5000 1 1
+
+## bench-redis-cluster: Redis calls per connection and per message on a local 3+3 Redis Cluster
+## (INFO commandstats), and publish throughput through two gateways (not a test)
+bench-redis-cluster: deps
+	$(CARGO) build --release -p e2e --bin redis-cluster-bench -p chat-gateway
+	./target/release/redis-cluster-bench 20000 12 200 64
 
 ## test-browser: the demo page in headless Chromium through gateway restarts (Debian chromium, npm playwright-core)
 test-browser: deps
