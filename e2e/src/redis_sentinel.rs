@@ -155,6 +155,16 @@ impl RedisSentinel {
         panic!("no sentinel names a master")
     }
 
+    /// The port of a live replica.
+    pub fn replica_port(&self) -> u16 {
+        let master = self.master_port();
+        self.servers
+            .iter()
+            .find(|p| p.port != master && p.child.is_some())
+            .map(|p| p.port)
+            .expect("a live replica")
+    }
+
     /// Sentinel URLs.
     pub fn addresses(&self) -> Vec<String> {
         self.sentinels
@@ -224,12 +234,7 @@ impl RedisSentinel {
         let master = self.master_port();
         let acl = command(master, &["ACL", "SETUSER", "default", "-psync", "-sync"]);
         assert!(acl.is_ok(), "ACL SETUSER on the master: {acl:?}");
-        let replica = self
-            .servers
-            .iter()
-            .find(|p| p.port != master && p.child.is_some())
-            .map(|p| p.port)
-            .expect("a live replica");
+        let replica = self.replica_port();
         let _ = command(master, &["CLIENT", "KILL", "TYPE", "replica"]);
         self.wait("the replica's link down", || {
             text(command(replica, &["INFO", "replication"])).contains("master_link_status:down")

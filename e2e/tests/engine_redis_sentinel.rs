@@ -8,6 +8,7 @@
 use chat_gateway::engine::conformance::run_all;
 use e2e::engines::Fresh;
 use e2e::gateways::Gateways;
+use e2e::redis_cluster::command;
 use e2e::redis_sentinel::RedisSentinel;
 use e2e::traffic::Traffic;
 use std::time::Duration;
@@ -31,10 +32,24 @@ async fn sentinel_engine_passes_the_conformance_suite_and_follows_failovers() {
         .wait_for_progress(100, Duration::from_secs(20))
         .await;
 
-    // 1. A planned failover: the replica becomes the master, the gateways follow.
+    // 1. A planned failover: the replica becomes the master, the gateways follow. The
+    //    replica refuses SUBSCRIBE for a while (an ACL; PUBLISH inside the publish script
+    //    still runs), so what is published on it before the gateways' subscriptions are
+    //    made again reaches members only through the gap fill.
     let first = sentinel.master_port();
+    let next = sentinel.replica_port();
+    let acl = |rule: &str| {
+        let done = command(next, &["ACL", "SETUSER", "default", rule]);
+        assert!(done.is_ok(), "ACL SETUSER {rule}: {done:?}");
+    };
+    acl("-subscribe");
     let promoted = tokio::task::block_in_place(|| sentinel.failover());
+    assert_eq!(next, promoted);
     assert_ne!(first, promoted);
+    traffic
+        .wait_for_progress(100, Duration::from_secs(30))
+        .await;
+    acl("+subscribe");
     traffic
         .wait_for_progress(100, Duration::from_secs(30))
         .await;
