@@ -165,6 +165,13 @@ impl RedisSentinel {
             .expect("a live replica")
     }
 
+    /// Kills sentinel `i` (of [`addresses`](Self::addresses)); the others keep quorum.
+    pub fn kill_sentinel(&mut self, i: usize) {
+        if let Some(x) = self.sentinels.get_mut(i) {
+            x.kill();
+        }
+    }
+
     /// Sentinel URLs.
     pub fn addresses(&self) -> Vec<String> {
         self.sentinels
