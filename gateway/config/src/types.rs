@@ -1,7 +1,7 @@
 //! The configuration types and their defaults: every key the gateway understands, in the
 //! camelCase spelling of the YAML file. Every field has a default.
 
-use crate::{ApiConfig, AuthConfig, HooksConfig, NamespaceConfig};
+use crate::{ApiConfig, AuthConfig, HooksConfig, NamespaceConfig, RedisConfig};
 use serde::{Deserialize, Serialize};
 use std::{net::SocketAddr, time::Duration};
 
@@ -120,30 +120,6 @@ pub enum EngineKind {
     Memory,
     /// Any number of processes sharing one Redis.
     Redis,
-}
-
-/// Redis connection settings (engine `redis`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`; usually set from a Secret via
-    /// `CHATGW_REDIS__URL`.
-    pub url: String,
-    /// Prefix of every key and channel, so several gateways can share one Redis.
-    pub key_prefix: String,
-    /// How long Redis may be unreachable before `/readyz` fails.
-    #[serde(with = "humantime_serde")]
-    pub readiness_grace: Duration,
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        RedisConfig {
-            url: "redis://127.0.0.1:6379".into(),
-            key_prefix: "chatgw".into(),
-            readiness_grace: Duration::from_secs(5),
-        }
-    }
 }
 
 /// Keep-alive settings.

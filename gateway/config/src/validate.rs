@@ -57,6 +57,7 @@ impl Config {
             return bad("history.maxMessages and inbox.maxMessages must be at least 1");
         }
         self.validate_auth()?;
+        self.redis.validate()?;
         self.validate_namespaces()?;
         self.validate_backend()?;
         let a = &self.admission;
