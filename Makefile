@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: run test lint fmt deps venv envtest clean crds bench bench-redis test-browser manifests image e2e-cluster cluster-up cluster-down fuzz fuzz-smoke fuzz-tools mutants
+.PHONY: run test lint fmt deps venv envtest clean crds bench bench-redis bench-redis-cluster test-browser manifests image e2e-cluster cluster-up cluster-down fuzz fuzz-smoke fuzz-tools mutants
 
 ## run: one gateway, in-memory engine, insecure dev auth (?user=NAME), demo page on http://$(LISTEN)/
 run:
@@ -18,9 +18,11 @@ test: deps venv envtest
 	$(CARGO) deny check bans licenses sources
 	$(CARGO) test --workspace
 
-## deps: system packages the tests use (Debian; needs root): redis-server, and promtool from
-## prometheus for the alert tests (on a systemd machine Debian also enables a Prometheus service);
-## and cargo-deny (deny.toml), built into ~/.cargo/bin when missing (about 3 minutes on 2 cores)
+## deps: system packages the tests use (Debian; needs root): redis-server (Redis 7: the
+## cluster and Sentinel tests run it as cluster nodes and as `redis-server --sentinel`),
+## redis-tools (redis-cli: `--cluster create`/`reshard`), and promtool from prometheus for
+## the alert tests (on a systemd machine Debian also enables a Prometheus service); and
+## cargo-deny (deny.toml), built into ~/.cargo/bin when missing (about 3 minutes on 2 cores)
 CARGO_DENY_VERSION := 0.20.2
 deps:
 	@$(CARGO) deny --version 2>/dev/null | grep -qx 'cargo-deny $(CARGO_DENY_VERSION)' || { \
@@ -28,6 +30,7 @@ deps:
 	  $(CARGO) install --locked --quiet cargo-deny --version $(CARGO_DENY_VERSION); }
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
@@ -61,12 +64,19 @@ clean:
 ## bench: the standard load runs (about 5 min, 2 cores): bench/results.json + bench/summary.md
 bench: deps
 	bench/run.sh
+	$(MAKE) bench-redis-cluster
 
 ## bench-redis: cross-process delivery latency and publish throughput through Redis (not a test)
 bench-redis: deps
 	$(CARGO) build --release -p e2e --bin redis-bench -p chat-gateway
 	./target/release/redis-bench 20000 64 1
 	./target/release/redis-bench 5000 1 1
+
+## bench-redis-cluster: Redis calls per connection and per message on a local 3+3 Redis Cluster
+## (INFO commandstats), and publish throughput through two gateways (not a test)
+bench-redis-cluster: deps
+	$(CARGO) build --release -p e2e --bin redis-cluster-bench -p chat-gateway
+	./target/release/redis-cluster-bench 20000 12 200 64
 
 ## test-browser: the demo page in headless Chromium through gateway restarts (Debian chromium, npm playwright-core)
 test-browser: deps

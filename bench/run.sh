@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # `make bench`: a small standard set of load runs (about 5 minutes on 2 cores) against the
 # memory engine and against Redis. The gateway runs on core 0 and the load generator on
-# core 1 (taskset). Writes bench/results.json (one object per run) and bench/summary.md.
-# Loopback only. Not a test: numbers vary with the machine.
+# core 1 (taskset). Writes bench/results.json (one object per run, with the machine's load
+# average before it) and bench/summary.md: every figure of issue 23's target list beside
+# the previous bench/results.json. Loopback only. Not a test: numbers vary with the machine
+# (and with whatever else runs on it: the load average says how busy it was).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=bench
 TMP=$(mktemp -d)
 SECRET=bench-secret-$$-0123456789abcdef0123456789
-GW=target/release/chat-gateway
-LG=target/release/chat-loadgen
+GW=${GW:-target/release/chat-gateway}  # GW=path: measure another build (A/B on one machine)
+LG=${LG:-target/release/chat-loadgen}
 QUICK=${QUICK:-}            # QUICK=1: tiny runs, to check the script itself
+ONLY=${ONLY:-}              # ONLY=memory: the memory engine's runs only
 ulimit -n "$(ulimit -Hn)" || true
 
-cargo build --release -q -p chat-gateway -p e2e --bin chat-gateway --bin chat-loadgen
+[ -n "${NO_BUILD:-}" ] || cargo build --release -q -p chat-gateway -p e2e --bin chat-gateway --bin chat-loadgen
 
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 pids=()
@@ -24,13 +27,14 @@ REDIS_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$TMP/redis.log" 2>&1 &
 pids+=($!)
 
-# start_gateway ENGINE PORT [NODE] -> pid in $GW_PID
+# start_gateway ENGINE PORT [NODE] [AUTH_MODE] -> pid in $GW_PID
 start_gateway() {
-  local engine=$1 port=$2 node=${3:-bench}
-  CHATGW_AUTH__JWT__SECRET=$SECRET CHATGW_AUTH__JWT__AUDIENCE=chatgateway CHATGW_ENGINE=$engine \
+  local engine=$1 port=$2 node=${3:-bench} auth=${4:-jwt}
+  CHATGW_AUTH__MODE=$auth CHATGW_AUTH__JWT__SECRET=$SECRET CHATGW_AUTH__JWT__AUDIENCE=chatgateway CHATGW_ENGINE=$engine \
   CHATGW_REDIS__URL=redis://127.0.0.1:$REDIS_PORT CHATGW_REDIS__KEY_PREFIX=bench$port \
   CHATGW_NODE__ID=$node CHATGW_LIMITS__MESSAGE_RATE=1000000 CHATGW_LIMITS__MESSAGE_BURST=1000000 \
   CHATGW_LIMITS__CONNECTIONS_PER_IP=0 CHATGW_ADMISSION__RATE=0 CHATGW_REBALANCE__ENABLED=false \
+  CHATGW_ADMISSION__PER_IP_RATE=0 CHATGW_ADMISSION__PER_USER_RATE=0 \
   RUST_LOG=warn taskset -c 0 "$GW" --listen "127.0.0.1:$port" >>"$TMP/gw-$port.log" 2>&1 &
   GW_PID=$!
   pids+=("$GW_PID")
@@ -44,34 +48,46 @@ start_gateway() {
 stop_gateway() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 results=()
-run() { # run LABEL PID ARGS... (loadgen on core 1)
+# Redis commands executed so far (INFO commandstats), for commands per message.
+redis_calls() {
+  redis-cli -p "$REDIS_PORT" INFO commandstats |
+    python3 -c 'import re,sys; print(sum(int(m) for m in re.findall(r"calls=(\d+)", sys.stdin.read())))'
+}
+
+run() { # run LABEL PID ARGS... (loadgen on core 1; AUTH=user: insecure ?user= connects)
   local label=$1 pid=$2; shift 2
   echo "== $label" >&2
-  local line
-  if line=$(taskset -c 1 "$LG" "$@" --pid "$pid" --jwt-secret "$SECRET" --label "$label" --max-time 120s); then
+  local line load auth=(--jwt-secret "$SECRET")
+  [ "${AUTH:-}" = user ] && auth=()
+  load=$(cut -d' ' -f1-3 /proc/loadavg)
+  if line=$(taskset -c 1 "$LG" "$@" --pid "$pid" "${auth[@]}" --label "$label" --max-time 120s); then
     echo "$line" >&2
-    results+=("$line")
+    results+=("{\"load_before\":\"$load\",${line#\{}")
   else
     echo "   (failed)" >&2
-    results+=("{\"label\":\"$label\",\"failed\":true}")
+    results+=("{\"label\":\"$label\",\"failed\":true,\"load_before\":\"$load\"}")
   fi
 }
 
 if [ -n "$QUICK" ]; then N_IDLE=500; MEMBERS=100; DUR=2s; CHURN=200; else N_IDLE=15000; MEMBERS=1000; DUR=10s; CHURN=10000; fi
 
-for engine in memory redis; do
+for engine in ${ONLY:-memory redis}; do
   port=$(free_port)
   start_gateway "$engine" "$port"
   T=127.0.0.1:$port
   run "$engine idle $N_IDLE" "$GW_PID" idle --target "$T" --connections "$N_IDLE" --hold 3s --source-ips 64
+  stop_gateway "$GW_PID"; port=$(free_port); start_gateway "$engine" "$port" bench insecure; T=127.0.0.1:$port
+  AUTH=user run "$engine idle $N_IDLE ?user=" "$GW_PID" idle --target "$T" --connections "$N_IDLE" --hold 3s --source-ips 64
   stop_gateway "$GW_PID"; port=$(free_port); start_gateway "$engine" "$port"; T=127.0.0.1:$port
   run "$engine fanout 1x$MEMBERS 50/s" "$GW_PID" fanout --target "$T" --members "$MEMBERS" --rate 50 --duration "$DUR"
+  run "$engine fanout 1x$MEMBERS 200/s" "$GW_PID" fanout --target "$T" --members "$MEMBERS" --rate 200 --duration "$DUR"
   run "$engine fanout 1x$MEMBERS max" "$GW_PID" fanout --target "$T" --members "$MEMBERS" --window 8 --duration "$DUR"
   run "$engine churn $CHURN/s" "$GW_PID" churn --target "$T" --rate "$CHURN" --concurrency 512 --duration "$DUR"
   stop_gateway "$GW_PID"
 done
 
 # Cross-process through Redis: publishers on gateway A, receivers on gateway B.
+if [ -z "$ONLY" ] || [ "$ONLY" = redis ]; then
 pa=$(free_port); start_gateway redis "$pa" bench-a; A=$GW_PID
 pb=$(free_port)
 CHATGW_REDIS__KEY_PREFIX=x start_gateway redis "$pb" bench-b; B=$GW_PID
@@ -80,14 +96,21 @@ stop_gateway "$B"
 CHATGW_AUTH__JWT__SECRET=$SECRET CHATGW_AUTH__JWT__AUDIENCE=chatgateway CHATGW_ENGINE=redis CHATGW_REDIS__URL=redis://127.0.0.1:$REDIS_PORT \
   CHATGW_REDIS__KEY_PREFIX=bench$pa CHATGW_NODE__ID=bench-b CHATGW_LIMITS__MESSAGE_RATE=1000000 \
   CHATGW_LIMITS__MESSAGE_BURST=1000000 CHATGW_LIMITS__CONNECTIONS_PER_IP=0 CHATGW_ADMISSION__RATE=0 \
-  CHATGW_REBALANCE__ENABLED=false RUST_LOG=warn taskset -c 0 "$GW" --listen "127.0.0.1:$pb" >>"$TMP/gw-b.log" 2>&1 &
+  CHATGW_REBALANCE__ENABLED=false CHATGW_ADMISSION__PER_IP_RATE=0 CHATGW_ADMISSION__PER_USER_RATE=0 \
+  RUST_LOG=warn taskset -c 0 "$GW" --listen "127.0.0.1:$pb" >>"$TMP/gw-b.log" 2>&1 &
 B=$!; pids+=("$B")
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$pb/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 if [ -n "$QUICK" ]; then RATES="500"; else RATES="2000 10000"; fi
 for XR in $RATES; do
+  before=$(redis_calls)
   run "redis cross-process 100 rooms x 1, $XR/s" "$B" fanout --target "127.0.0.1:$pb" --publish-to "127.0.0.1:$pa" \
     --rooms 100 --members 1 --publishers 4 --rate "$XR" --duration "$DUR"
+  # Every Redis command during the run (both gateways, set-up and idle work included).
+  last=${results[-1]}
+  results[-1]="{\"redis_commands\":$(( $(redis_calls) - before )),\"duration_s\":${DUR%s},${last#\{}"
 done
+fi
 
+OUT=${BENCH_OUT:-$OUT}       # BENCH_OUT=dir: write there (beside that dir's results.json)
 mkdir -p "$OUT"
 printf '%s\n' "${results[@]}" | python3 bench/summarize.py "$OUT"

@@ -20,7 +20,13 @@ impl Gateways {
     /// Starts `n` gateways (insecure auth, generous rate limits, node ids `gw-<i>-…`) with
     /// `extra` environment on top, each ready before this returns.
     pub fn start(redis: &RedisServer, n: usize, extra: &[(&str, &str)]) -> Gateways {
-        Self::start_with(redis, n, extra, Credentials::Insecure)
+        Self::start_on(&[("CHATGW_REDIS__URL".into(), redis.url())], n, extra)
+    }
+
+    /// [`start`](Self::start) on the Redis deployment `redis_env` names (a cluster's or
+    /// Sentinel's `env()`).
+    pub fn start_on(redis_env: &[(String, String)], n: usize, extra: &[(&str, &str)]) -> Gateways {
+        Self::start_with(redis_env, n, extra, Credentials::Insecure)
     }
 
     /// Like [`start`](Self::start), but the gateways verify HS256 JWTs (as in production)
@@ -31,27 +37,29 @@ impl Gateways {
         // At least 32 bytes: the gateway refuses a shorter HS256 secret.
         let secret = format!("gw-secret-{:032x}", rand::random::<u128>());
         let audience = crate::jwt::AUDIENCE.to_string();
-        Self::start_with(redis, n, extra, Credentials::Hs256 { secret, audience })
+        let url = [("CHATGW_REDIS__URL".to_string(), redis.url())];
+        Self::start_with(&url, n, extra, Credentials::Hs256 { secret, audience })
     }
 
     fn start_with(
-        redis: &RedisServer,
+        redis_env: &[(String, String)],
         n: usize,
         extra: &[(&str, &str)],
         credentials: Credentials,
     ) -> Gateways {
         let prefix = format!("g{:08x}", rand::random::<u32>());
-        let mut env: Vec<(String, String)> = [
-            ("CHATGW_ENGINE", "redis"),
-            ("CHATGW_REDIS__URL", redis.url().as_str()),
-            ("CHATGW_REDIS__KEY_PREFIX", prefix.as_str()),
-            ("CHATGW_LIMITS__MESSAGE_RATE", "1000"),
-            ("CHATGW_LIMITS__MESSAGE_BURST", "1000"),
-            ("CHATGW_LIMITS__CONNECTIONS_PER_IP", "0"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        let mut env: Vec<(String, String)> = redis_env.to_vec();
+        env.extend(
+            [
+                ("CHATGW_ENGINE", "redis"),
+                ("CHATGW_REDIS__KEY_PREFIX", prefix.as_str()),
+                ("CHATGW_LIMITS__MESSAGE_RATE", "1000"),
+                ("CHATGW_LIMITS__MESSAGE_BURST", "1000"),
+                ("CHATGW_LIMITS__CONNECTIONS_PER_IP", "0"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
         match &credentials {
             Credentials::Insecure => env.push(("CHATGW_AUTH__MODE".into(), "insecure".into())),
             Credentials::Hs256 { secret, audience } => {

@@ -3,6 +3,7 @@
 
 pub mod blackhole;
 pub mod client;
+pub mod engines;
 pub mod fleet;
 pub mod gateways;
 pub mod jwt;
@@ -12,7 +13,10 @@ pub mod otlp;
 pub mod process;
 pub mod procstat;
 pub mod redis;
+pub mod redis_cluster;
+pub mod redis_sentinel;
 pub mod resilient;
+pub mod traffic;
 
 use chat_gateway::config::{AuthMode, Config};
 use chat_gateway::Gateway;

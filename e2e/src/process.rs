@@ -1,8 +1,10 @@
 //! A `chat-gateway` process started by a test, on a free loopback port.
 
+use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Path of the `chat-gateway` binary (or another binary of that package) built next to
@@ -62,6 +64,33 @@ pub struct GatewayProcess {
     pub child: Child,
     /// Its listen address.
     pub addr: SocketAddr,
+    /// The last lines it logged (stderr is read all along: an unread pipe fills up at
+    /// 64 KiB and then blocks the gateway in its next log write, a failover's warnings
+    /// are enough for that).
+    log: Arc<Mutex<VecDeque<String>>>,
+}
+
+/// Lines of a gateway's log kept for [`GatewayProcess::log_tail`].
+const LOG_LINES: usize = 1000;
+
+/// Reads a child's stderr to its end, keeping the last [`LOG_LINES`] lines.
+fn keep_log(child: &mut Child) -> Arc<Mutex<VecDeque<String>>> {
+    use std::io::BufRead;
+    let log = Arc::new(Mutex::new(VecDeque::new()));
+    if let Some(err) = child.stderr.take() {
+        let keep = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines() {
+                let Ok(line) = line else { return };
+                let mut l = keep.lock().unwrap_or_else(|p| p.into_inner());
+                if l.len() == LOG_LINES {
+                    l.pop_front();
+                }
+                l.push_back(line);
+            }
+        });
+    }
+    log
 }
 
 impl GatewayProcess {
@@ -82,8 +111,9 @@ impl GatewayProcess {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("spawn chat-gateway");
-        let p = GatewayProcess { child, addr };
+        let mut child = cmd.spawn().expect("spawn chat-gateway");
+        let log = keep_log(&mut child);
+        let p = GatewayProcess { child, addr, log };
         p.wait_healthy(Duration::from_secs(20));
         p
     }
@@ -153,6 +183,12 @@ impl GatewayProcess {
             "/readyz of {} never answered {want} within {within:?}",
             self.addr
         );
+    }
+
+    /// The last lines the gateway logged (for failure messages).
+    pub fn log_tail(&self) -> String {
+        let l = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        l.iter().cloned().collect::<Vec<_>>().join("\n")
     }
 
     /// Whether the process is still running.

@@ -68,8 +68,7 @@ impl Gateway {
     /// Binds `config.server.listen` and starts serving.
     pub async fn start(config: config::Config) -> anyhow::Result<Gateway> {
         let shutdown = CancellationToken::new();
-        let listener = tokio::net::TcpListener::bind(config.server.listen)
-            .await
+        let listener = server::bind(config.server.listen, config.server.listen_backlog)
             .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.server.listen))?;
         let addr = listener.local_addr()?;
         // The server API: its own port and keys, or nothing.

@@ -22,9 +22,9 @@ pub use writer::{run_writer, WriterOutcome, WriterSettings};
 use crate::disconnect::{CloseReason, SLOW_CONSUMER};
 use crate::engine::Envelope;
 use crate::protocol::StreamPosition;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use tokio::sync::mpsc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +68,9 @@ impl Outbound {
 }
 
 struct Shared {
+    /// Set with `closing`: producers check this on every push, which the token (a mutex
+    /// per connection) made a cache miss and a lock per delivery.
+    stopping: AtomicBool,
     bytes: AtomicUsize,
     max_bytes: usize,
     high_water: AtomicUsize,
@@ -78,40 +81,117 @@ struct Shared {
     opaque: bool,
     /// Woken after the writer took items off the queue (paced producers wait on it).
     drained: tokio::sync::Notify,
+    /// The items. A plain deque rather than a channel: an idle connection's queue holds
+    /// no allocation (a bounded tokio channel keeps a 32-slot block, ~2.4 KiB, per
+    /// connection for its whole life).
+    items: Mutex<Items>,
+    max_frames: usize,
+    /// Woken when an item is queued, or the last producer or the writer went (the
+    /// writer waits on it; one waiter, so a wake-up before it waits is kept).
+    queued: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Items {
+    queue: VecDeque<Outbound>,
+    /// Producer handles alive.
+    senders: usize,
+    /// The consumer is gone (or stopped): nothing can be queued any more.
+    closed: bool,
+}
+
+/// Spare slots an empty queue keeps; beyond that its memory goes back.
+const KEEP_EMPTY: usize = 4;
+
+impl Shared {
+    fn new(max_frames: usize, max_bytes: usize, opaque: bool) -> Shared {
+        Shared {
+            stopping: AtomicBool::new(false),
+            bytes: AtomicUsize::new(0),
+            max_bytes,
+            high_water: AtomicUsize::new(0),
+            closing: CancellationToken::new(),
+            reason: OnceLock::new(),
+            told: Default::default(),
+            opaque,
+            drained: tokio::sync::Notify::new(),
+            items: Mutex::new(Items {
+                senders: 1,
+                closed: opaque,
+                ..Default::default()
+            }),
+            max_frames: max_frames.max(1),
+            queued: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Starts closing: with `reason` if none was given yet.
+    fn stop(&self, reason: Option<CloseReason>) {
+        if let Some(reason) = reason {
+            let _ = self.reason.set(reason);
+        }
+        self.stopping.store(true, Ordering::Relaxed);
+        self.closing.cancel();
+    }
+
+    fn items(&self) -> MutexGuard<'_, Items> {
+        // Poisoned only by a panic mid-push or mid-pop of a deque: still a valid deque.
+        self.items.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Why an item was not queued.
+enum Refused {
+    Full,
+    Closed,
 }
 
 /// Producer handle of a connection's outbound queue; cheap to clone.
-#[derive(Clone)]
 pub struct OutboundQueue {
-    tx: mpsc::Sender<Outbound>,
     shared: Arc<Shared>,
+}
+
+impl Clone for OutboundQueue {
+    fn clone(&self) -> Self {
+        self.shared.items().senders += 1;
+        OutboundQueue {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for OutboundQueue {
+    fn drop(&mut self) {
+        let last = {
+            let mut items = self.shared.items();
+            items.senders -= 1;
+            items.senders == 0
+        };
+        if last {
+            self.shared.queued.notify_one(); // the writer sees the end
+        }
+    }
 }
 
 /// Consumer end, handed to [`run_writer`].
 pub struct OutboundReceiver {
-    rx: mpsc::Receiver<Outbound>,
     shared: Arc<Shared>,
+}
+
+impl Drop for OutboundReceiver {
+    fn drop(&mut self) {
+        self.close_queue();
+    }
 }
 
 /// Creates a queue bounded by `max_frames` items and `max_bytes` queued bytes.
 pub fn queue(max_frames: usize, max_bytes: usize) -> (OutboundQueue, OutboundReceiver) {
-    let (tx, rx) = mpsc::channel(max_frames.max(1));
-    let shared = Arc::new(Shared {
-        bytes: AtomicUsize::new(0),
-        max_bytes,
-        high_water: AtomicUsize::new(0),
-        closing: CancellationToken::new(),
-        reason: OnceLock::new(),
-        told: Default::default(),
-        opaque: false,
-        drained: tokio::sync::Notify::new(),
-    });
+    let shared = Arc::new(Shared::new(max_frames, max_bytes, false));
     (
         OutboundQueue {
-            tx,
             shared: shared.clone(),
         },
-        OutboundReceiver { rx, shared },
+        OutboundReceiver { shared },
     )
 }
 
@@ -119,7 +199,7 @@ impl OutboundQueue {
     /// Queues an item without waiting. Returns false if the connection is (now) closing;
     /// an overflow closes it as a slow consumer.
     pub fn push(&self, item: Outbound) -> bool {
-        if self.shared.closing.is_cancelled() {
+        if self.shared.stopping.load(Ordering::Relaxed) {
             return false;
         }
         let weight = item.weight();
@@ -130,16 +210,37 @@ impl OutboundQueue {
             return false;
         }
         self.shared.high_water.fetch_max(queued, Ordering::Relaxed);
-        match self.tx.try_send(item) {
+        match self.try_send(item) {
             Ok(()) => true,
-            Err(err) => {
+            Err(refused) => {
                 self.shared.bytes.fetch_sub(weight, Ordering::Relaxed);
-                if matches!(err, mpsc::error::TrySendError::Full(_)) {
+                if matches!(refused, Refused::Full) {
                     self.close(SLOW_CONSUMER);
                 }
                 false
             }
         }
+    }
+
+    /// Appends an item if the queue has a slot and a consumer.
+    fn try_send(&self, item: Outbound) -> Result<(), Refused> {
+        {
+            let mut items = self.shared.items();
+            if items.closed {
+                return Err(Refused::Closed);
+            }
+            if items.queue.len() >= self.shared.max_frames {
+                return Err(Refused::Full);
+            }
+            items.queue.push_back(item);
+        }
+        self.shared.queued.notify_one();
+        Ok(())
+    }
+
+    /// Whether one more item fits by count.
+    fn has_slot(&self) -> bool {
+        self.shared.items().queue.len() < self.shared.max_frames
     }
 
     /// Queues a ready frame.
@@ -155,7 +256,7 @@ impl OutboundQueue {
         let weight = item.weight();
         let fits = |q: &Self| {
             let queued = q.shared.bytes.load(Ordering::Relaxed);
-            (queued == 0 || queued + weight <= q.shared.max_bytes) && q.tx.capacity() > 0
+            (queued == 0 || queued + weight <= q.shared.max_bytes) && q.has_slot()
         };
         loop {
             if self.shared.closing.is_cancelled() {
@@ -164,7 +265,7 @@ impl OutboundQueue {
             if fits(self) {
                 let queued = self.shared.bytes.fetch_add(weight, Ordering::Relaxed) + weight;
                 self.shared.high_water.fetch_max(queued, Ordering::Relaxed);
-                return match self.tx.try_send(item) {
+                return match self.try_send(item) {
                     Ok(()) => true,
                     Err(_) => {
                         self.shared.bytes.fetch_sub(weight, Ordering::Relaxed);
@@ -190,19 +291,8 @@ impl OutboundQueue {
     /// A close handle for a connection whose frames the gateway does not speak (a
     /// forwarded one): [`goaway`](Self::goaway) just closes it.
     pub fn opaque() -> OutboundQueue {
-        let (tx, _rx) = mpsc::channel(1);
         OutboundQueue {
-            tx,
-            shared: Arc::new(Shared {
-                bytes: AtomicUsize::new(0),
-                max_bytes: 0,
-                high_water: AtomicUsize::new(0),
-                closing: CancellationToken::new(),
-                reason: OnceLock::new(),
-                told: Default::default(),
-                opaque: true,
-                drained: tokio::sync::Notify::new(),
-            }),
+            shared: Arc::new(Shared::new(1, 0, true)),
         }
     }
 
@@ -229,11 +319,17 @@ impl OutboundQueue {
 
     /// Asks the writer to close the socket; the first reason wins.
     pub fn close(&self, reason: CloseReason) {
-        let _ = self.shared.reason.set(reason);
-        self.shared.closing.cancel();
+        self.shared.stop(Some(reason));
     }
 
-    /// Resolves when the connection starts closing.
+    /// Stops writing without a reason (the client left, or a command ended the
+    /// connection): nothing more is queued.
+    pub fn stop(&self) {
+        self.shared.stop(None);
+    }
+
+    /// Resolves when the connection starts closing. (Cancel it through
+    /// [`close`](Self::close) or [`stop`](Self::stop), which also stop producers.)
     pub fn closing(&self) -> &CancellationToken {
         &self.shared.closing
     }
@@ -257,11 +353,44 @@ impl OutboundQueue {
 impl OutboundReceiver {
     /// The next item, for a consumer that is not a socket writer (the control plane).
     pub async fn recv(&mut self) -> Option<Outbound> {
-        let item = self.rx.recv().await?;
+        let item = self.next().await?;
         self.shared
             .bytes
             .fetch_sub(item.weight(), Ordering::Relaxed);
         Some(item)
+    }
+
+    /// The next item, waiting for one; `None` once every producer is gone and the queue
+    /// is empty, or after [`close_queue`](Self::close_queue). Cancel-safe: an item is
+    /// only taken by the poll that returns it.
+    async fn next(&mut self) -> Option<Outbound> {
+        loop {
+            match self.try_next() {
+                Ok(item) => return Some(item),
+                Err(true) => return None,
+                Err(false) => self.shared.queued.notified().await,
+            }
+        }
+    }
+
+    /// The next item if one is queued; `Err(true)` when none ever will be.
+    fn try_next(&mut self) -> Result<Outbound, bool> {
+        let mut items = self.shared.items();
+        if let Some(item) = items.queue.pop_front() {
+            if items.queue.is_empty() && items.queue.capacity() > KEEP_EMPTY {
+                // A burst is over: give its memory back (idle connections hold none).
+                items.queue = VecDeque::new();
+            }
+            return Ok(item);
+        }
+        Err(items.closed || items.senders == 0)
+    }
+
+    /// Stops the queue: what is queued is dropped and nothing more is taken.
+    fn close_queue(&mut self) {
+        let mut items = self.shared.items();
+        items.closed = true;
+        items.queue = VecDeque::new();
     }
 }
 
@@ -269,6 +398,6 @@ impl OutboundReceiver {
 impl OutboundReceiver {
     /// Takes one queued item without a writer (tests only).
     pub fn try_recv_for_test(&mut self) -> Option<Outbound> {
-        self.rx.try_recv().ok()
+        self.try_next().ok()
     }
 }

@@ -16,6 +16,22 @@ use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+/// Binds the public port with a listen queue of `backlog` connections (tokio's own `bind`
+/// asks for 128, as std does): a burst of reconnects beyond the queue loses SYNs, which
+/// clients resend only a second later.
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std's and tokio's `bind`: a restarted gateway may rebind while old connections
+    // of the previous process linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// Accepts connections until `node.shutdown` is cancelled.
 pub async fn run(node: Arc<Node>, listener: TcpListener) {
     let shutdown = node.shutdown.clone();
@@ -157,4 +173,38 @@ fn ws_config(node: &Node) -> WebSocketConfig {
         .max_write_buffer_size(limits.outbound_queue_bytes + limits.max_frame_bytes + 4096)
         .max_message_size(Some(limits.max_frame_bytes))
         .max_frame_size(Some(limits.max_frame_bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Connections the kernel completes while nobody accepts: all of them when the queue
+    /// is long enough, about `backlog` otherwise (the rest lose their SYNs and hang).
+    async fn completed_without_accept(backlog: u32, n: usize) -> usize {
+        let listener = bind("127.0.0.1:0".parse().expect("addr"), backlog).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connects = (0..n).map(|_| {
+            tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
+        });
+        let done = futures_util::future::join_all(connects).await;
+        drop(listener);
+        done.iter().filter(|r| matches!(r, Ok(Ok(_)))).count()
+    }
+
+    #[tokio::test]
+    async fn a_burst_beyond_a_short_backlog_fits_a_long_one() {
+        // 300 > 128 (the usual default) but well under the default of 4096.
+        let long = completed_without_accept(config_default_backlog(), 300).await;
+        assert_eq!(long, 300, "every connect of the burst completes");
+        let short = completed_without_accept(16, 300).await;
+        assert!(
+            short < 100,
+            "a 16-long queue took {short} connects: backlog not applied"
+        );
+    }
+
+    fn config_default_backlog() -> u32 {
+        crate::config::Config::default().server.listen_backlog
+    }
 }

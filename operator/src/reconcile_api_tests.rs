@@ -29,15 +29,7 @@ async fn the_api_gets_its_own_service_after_the_public_one() {
     let (ctx, handle) = context(ServedKinds::ALL, false);
     let steps = with(
         reads("key-1\n", true, not_found(Method::GET, API_SVC)),
-        vec![
-            step(Method::PATCH, CM),
-            step(Method::PATCH, DEPLOY),
-            step(Method::PATCH, SVC),
-            step(Method::PATCH, API_SVC),
-            step(Method::PATCH, NETPOL),
-            step(Method::PATCH, PDB),
-            step(Method::PATCH, STATUS),
-        ],
+        applies(&[CM, DEPLOY, SVC, API_SVC, NETPOL, PDB, STATUS]),
     );
     let server = serve(handle, steps);
     reconcile(Arc::new(cgw(BACKEND)), ctx)

@@ -131,16 +131,7 @@ async fn current_clusters_get_policy_v1_with_the_eviction_policy() {
     let (ctx, handle) = context(ServedKinds::ALL, false);
     let server = serve(
         handle,
-        with(
-            lookups(),
-            vec![
-                step(Method::PATCH, CM),
-                step(Method::PATCH, DEPLOY),
-                step(Method::PATCH, SVC),
-                step(Method::PATCH, PDB),
-                step(Method::PATCH, STATUS),
-            ],
-        ),
+        with(lookups(), applies(&[CM, DEPLOY, SVC, PDB, STATUS])),
     );
     reconcile(Arc::new(cgw(MINIMAL)), ctx)
         .await
@@ -281,14 +272,7 @@ async fn while_the_hpa_owns_replicas_the_apply_leaves_them_out() {
         handle,
         with(
             with(vec![redis_secret()], steps),
-            vec![
-                step(Method::PATCH, CM),
-                step(Method::PATCH, DEPLOY),
-                step(Method::PATCH, SVC),
-                step(Method::PATCH, HPA),
-                step(Method::PATCH, PDB),
-                step(Method::PATCH, STATUS),
-            ],
+            applies(&[CM, DEPLOY, SVC, HPA, PDB, STATUS]),
         ),
     );
     let c = cgw(&format!("{REDIS}\nautoscaling: {{enabled: true}}"));
@@ -407,16 +391,7 @@ async fn an_hpa_it_does_not_own_is_not_deleted() {
     );
     let server = serve(
         handle,
-        with(
-            steps,
-            vec![
-                step(Method::PATCH, CM),
-                step(Method::PATCH, DEPLOY),
-                step(Method::PATCH, SVC),
-                step(Method::PATCH, PDB),
-                step(Method::PATCH, STATUS),
-            ],
-        ),
+        with(steps, applies(&[CM, DEPLOY, SVC, PDB, STATUS])),
     );
     reconcile(Arc::new(cgw(MINIMAL)), ctx)
         .await

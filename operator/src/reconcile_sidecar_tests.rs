@@ -10,14 +10,7 @@ async fn collector_config_map_is_applied_before_the_deployment() {
         handle,
         with(
             lookups(),
-            vec![
-                step(Method::PATCH, CM),
-                step(Method::PATCH, COLLECTOR_CM),
-                step(Method::PATCH, DEPLOY),
-                step(Method::PATCH, SVC),
-                step(Method::PATCH, PDB),
-                step(Method::PATCH, STATUS),
-            ],
+            applies(&[CM, COLLECTOR_CM, DEPLOY, SVC, PDB, STATUS]),
         ),
     );
     reconcile(Arc::new(cgw(SIDECARS)), ctx)
@@ -87,14 +80,7 @@ async fn without_native_sidecars_all_sidecars_are_plain_containers_and_reported(
         handle,
         with(
             lookups(),
-            vec![
-                step(Method::PATCH, CM),
-                step(Method::PATCH, COLLECTOR_CM),
-                step(Method::PATCH, DEPLOY),
-                step(Method::PATCH, SVC),
-                step(Method::PATCH, PDB),
-                step(Method::PATCH, STATUS),
-            ],
+            applies(&[CM, COLLECTOR_CM, DEPLOY, SVC, PDB, STATUS]),
         ),
     );
     reconcile(Arc::new(cgw(SIDECARS)), ctx)

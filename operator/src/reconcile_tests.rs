@@ -234,6 +234,12 @@ pub(crate) fn paths(seen: &[(String, Value)]) -> Vec<&str> {
     seen.iter().map(|(p, _)| p.as_str()).collect()
 }
 
+/// Server-side applies of these paths, in this order (the operator's field manager,
+/// forced): the usual tail of a reconcile.
+pub(crate) fn applies(paths: &[&str]) -> Vec<Step> {
+    paths.iter().map(|p| step(Method::PATCH, p)).collect()
+}
+
 pub(crate) fn with(mut steps: Vec<Step>, rest: Vec<Step>) -> Vec<Step> {
     steps.extend(rest);
     steps

@@ -4,7 +4,7 @@
 //! reads is exactly what [`Config::from_yaml`] parses: one source of truth. It lives in its
 //! own small crate so the operator shares it without linking the gateway's network stack.
 //!
-//! - [`types`]: every key and its default ([`auth`] and [`namespaces`] apart);
+//! - [`types`]: every key and its default ([`auth`], [`namespaces`] and [`redis`] apart);
 //! - [`load`]: YAML text or file, environment overrides, printing;
 //! - [`validate`]: relations between values that serde alone cannot check.
 
@@ -12,6 +12,7 @@ pub mod auth;
 pub mod backend;
 pub mod load;
 pub mod namespaces;
+pub mod redis;
 pub mod types;
 pub mod validate;
 
@@ -19,6 +20,7 @@ pub use auth::*;
 pub use backend::{ApiConfig, EventsConfig, FailurePolicy, HookConfig, HooksConfig};
 pub use load::{to_yaml, Loaded, Overrides, ENV_PREFIX};
 pub use namespaces::{DmPolicy, JoinPolicy, NamespaceConfig, Namespaces, SendPolicy};
+pub use redis::{RedisConfig, RedisMode, SentinelConfig};
 pub use types::*;
 pub use validate::{upstream_url, MIN_HS256_SECRET};
 

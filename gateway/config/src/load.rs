@@ -216,9 +216,12 @@ fn apply_env_override(
         });
     }
     // A one-line value is read as YAML so numbers, booleans, durations and flow lists keep
-    // their type; anything YAML rejects, and every multi-line value (a PEM key: YAML would
-    // fold its lines), stays the plain string it is.
-    let value = if raw.contains('\n') {
+    // their type; anything YAML rejects, every multi-line value (a PEM key: YAML would
+    // fold its lines) and the Redis URL and credentials (Secrets) stay the plain string.
+    let verbatim = crate::redis::VERBATIM_ENV_PATHS
+        .iter()
+        .any(|p| p.iter().copied().eq(path.iter().map(String::as_str)));
+    let value = if raw.contains('\n') || verbatim {
         Value::String(raw.to_string())
     } else {
         serde_saphyr::from_str_with_options(raw, yaml_options())

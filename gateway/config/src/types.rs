@@ -1,7 +1,7 @@
 //! The configuration types and their defaults: every key the gateway understands, in the
 //! camelCase spelling of the YAML file. Every field has a default.
 
-use crate::{ApiConfig, AuthConfig, HooksConfig, NamespaceConfig};
+use crate::{ApiConfig, AuthConfig, HooksConfig, NamespaceConfig, RedisConfig};
 use serde::{Deserialize, Serialize};
 use std::{net::SocketAddr, time::Duration};
 
@@ -84,13 +84,22 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Browser origins allowed to open a socket; empty allows any. `*` matches all.
     pub allowed_origins: Vec<String>,
+    /// Length of the listen socket's queue of connections not yet accepted (the kernel
+    /// caps it at `net.core.somaxconn`). A burst of connects beyond it loses SYNs, which
+    /// clients retry only after a second.
+    pub listen_backlog: u32,
 }
+
+/// Default [`ServerConfig::listen_backlog`]: a burst of thousands of reconnects (a node
+/// going away) fits, where the usual 128 drops most of it.
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 4096;
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             allowed_origins: Vec::new(),
+            listen_backlog: DEFAULT_LISTEN_BACKLOG,
         }
     }
 }
@@ -111,30 +120,6 @@ pub enum EngineKind {
     Memory,
     /// Any number of processes sharing one Redis.
     Redis,
-}
-
-/// Redis connection settings (engine `redis`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`; usually set from a Secret via
-    /// `CHATGW_REDIS__URL`.
-    pub url: String,
-    /// Prefix of every key and channel, so several gateways can share one Redis.
-    pub key_prefix: String,
-    /// How long Redis may be unreachable before `/readyz` fails.
-    #[serde(with = "humantime_serde")]
-    pub readiness_grace: Duration,
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        RedisConfig {
-            url: "redis://127.0.0.1:6379".into(),
-            key_prefix: "chatgw".into(),
-            readiness_grace: Duration::from_secs(5),
-        }
-    }
 }
 
 /// Keep-alive settings.

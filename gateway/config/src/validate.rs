@@ -36,6 +36,9 @@ impl Config {
                 "limits.historyPageBytes and limits.replayChunkBytes must be at least 1024",
             );
         }
+        if self.server.listen_backlog == 0 || self.server.listen_backlog > i32::MAX as u32 {
+            return bad("server.listenBacklog must be between 1 and 2147483647");
+        }
         if self.heartbeat.interval < Duration::from_millis(50) {
             return bad("heartbeat.interval must be at least 50ms");
         }
@@ -54,6 +57,7 @@ impl Config {
             return bad("history.maxMessages and inbox.maxMessages must be at least 1");
         }
         self.validate_auth()?;
+        self.redis.validate()?;
         self.validate_namespaces()?;
         self.validate_backend()?;
         let a = &self.admission;
@@ -278,6 +282,18 @@ mod tests {
         );
         assert_eq!(c.heartbeat.interval, Duration::from_secs(25));
         assert_eq!(c.auth.mode, AuthMode::Jwt);
+        assert_eq!(c.server.listen_backlog, 4096);
+    }
+
+    #[test]
+    fn a_listen_backlog_of_zero_is_refused() {
+        let mut c = Config::default();
+        c.auth.mode = AuthMode::Insecure;
+        c.server.listen = "127.0.0.1:8080".parse().expect("addr");
+        c.validate().expect("valid");
+        c.server.listen_backlog = 0;
+        let err = c.validate().expect_err("refused");
+        assert!(err.to_string().contains("server.listenBacklog"), "{err}");
     }
 
     #[test]

@@ -187,8 +187,8 @@ pub async fn serve<S>(
     };
     let mut backlog = VecDeque::new();
     let steps = joined.into_iter().map(Step::Replay).collect();
-    if !pump(session.deliver(steps), &mut reader, &mut backlog).await {
-        queue.closing().cancel(); // a connect-hook room's replay ended the connection
+    if !pump(Box::pin(session.deliver(steps)), &mut reader, &mut backlog).await {
+        queue.stop(); // a connect-hook room's replay ended the connection
     }
     let mut bucket = TokenBucket::new(limits.message_rate, limits.message_burst);
     let mut errors_in_row = 0u32;
@@ -210,7 +210,7 @@ pub async fn serve<S>(
                     _ = &mut grace, if session.inbox_pending => {
                         let replay = Box::pin(session.replay_inbox_from_cursor()).await;
                         let steps = replay.into_iter().map(Step::Replay).collect();
-                        if !pump(session.deliver(steps), &mut reader, &mut backlog).await {
+                        if !pump(Box::pin(session.deliver(steps)), &mut reader, &mut backlog).await {
                             break;
                         }
                         continue;
@@ -247,7 +247,9 @@ pub async fn serve<S>(
         };
         node.metrics.commands.inc();
         let (client_fault, steps) = if bucket.take() {
-            run_command(&mut session, &text).await
+            // Boxed, as every occasional step of this loop: the future of a command is
+            // ~2 KiB, which the task of every idle connection would otherwise carry.
+            Box::pin(run_command(&mut session, &text)).await
         } else {
             node.metrics
                 .drops
@@ -260,7 +262,7 @@ pub async fn serve<S>(
             );
             (true, vec![Step::Frame(refused)])
         };
-        if !pump(session.deliver(steps), &mut reader, &mut backlog).await {
+        if !pump(Box::pin(session.deliver(steps)), &mut reader, &mut backlog).await {
             break;
         }
         errors_in_row = if client_fault { errors_in_row + 1 } else { 0 };
@@ -273,7 +275,7 @@ pub async fn serve<S>(
     }
 
     if queue.close_reason().is_none() {
-        queue.closing().cancel(); // the client left; nothing more to write
+        queue.stop(); // the client left; nothing more to write
     }
     let written = match writer.await {
         Ok(outcome) => outcome.positions,

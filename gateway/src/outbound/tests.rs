@@ -6,6 +6,7 @@ use crate::protocol::StreamPosition;
 use futures_util::Sink;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 fn env(room: &str, seq: u64) -> Arc<Envelope> {
@@ -180,10 +181,7 @@ async fn a_paced_push_waits_for_room_instead_of_overflowing() {
     assert_eq!(q.close_reason(), None, "and does not overflow");
     // The writer takes the first two items off the queue.
     let (sink_tx, _sink_rx) = futures_channel_sink();
-    let taken = [
-        rx.rx.try_recv().expect("item"),
-        rx.rx.try_recv().expect("item"),
-    ];
+    let taken = [rx.try_next().expect("item"), rx.try_next().expect("item")];
     for item in &taken {
         rx.shared.bytes.fetch_sub(item.weight(), Ordering::Relaxed);
     }
@@ -236,4 +234,38 @@ fn futures_channel_sink() -> (
         Ok::<_, tokio_tungstenite::tungstenite::Error>(tx)
     });
     (Box::pin(sink), rx)
+}
+
+#[test]
+fn an_emptied_queue_gives_its_memory_back_and_ends_with_its_last_producer() {
+    let (q, mut rx) = queue(100, 1 << 20);
+    for i in 0..50 {
+        assert!(q.frame(format!("{i}")));
+    }
+    let mut n = 0;
+    while rx.try_next().is_ok() {
+        n += 1;
+    }
+    assert_eq!(n, 50, "in order, all of them");
+    assert!(rx.shared.items().queue.capacity() <= KEEP_EMPTY);
+    let q2 = q.clone();
+    drop(q);
+    assert!(matches!(rx.try_next(), Err(false)), "a producer is left");
+    drop(q2);
+    assert!(
+        matches!(rx.try_next(), Err(true)),
+        "no producer left: the end"
+    );
+}
+
+#[test]
+fn without_a_writer_nothing_is_queued_and_nobody_is_blamed() {
+    let (q, rx) = queue(100, 1 << 20);
+    drop(rx);
+    assert!(!q.frame("late"));
+    assert_eq!(q.close_reason(), None, "not a slow consumer");
+    assert!(
+        !OutboundQueue::opaque().frame("x"),
+        "an opaque queue takes no frame"
+    );
 }

@@ -8,8 +8,10 @@ use crate::engine::Envelope;
 use crate::protocol::StreamPosition;
 use futures_util::{Sink, SinkExt};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -81,15 +83,16 @@ where
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let idle_limit = (settings.heartbeat * 2).as_millis() as u64;
     let write_timeout = settings.heartbeat * 2;
+    let shared = rx.shared.clone();
     let closing = rx.shared.closing.clone();
-    let stop = |rx: &OutboundReceiver, reason| {
-        let _ = rx.shared.reason.set(reason);
-        rx.shared.closing.cancel();
-    };
+    let stop = |rx: &OutboundReceiver, reason| rx.shared.stop(Some(reason));
+    // Registered once, not once per item: polling a fresh one takes the token's lock.
+    let cancelled = closing.cancelled();
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
             biased;
-            _ = closing.cancelled() => break,
+            _ = &mut cancelled => break,
             _ = ping.tick() => {
                 let now = settings.epoch.elapsed().as_millis() as u64;
                 if now.saturating_sub(settings.last_seen.load(Ordering::Relaxed)) > idle_limit {
@@ -110,19 +113,30 @@ where
                     break;
                 }
             }
-            item = rx.rx.recv() => {
+            item = rx.next() => {
                 let Some(item) = item else { break };
-                // A client that stopped reading blocks this write (its TCP window is
-                // shut); it may still be sending, so the idle check cannot see it.
-                let written = tokio::select! {
-                    biased;
-                    _ = closing.cancelled() => break,
-                    _ = tokio::time::sleep(write_timeout) => {
-                        stop(&rx, WRITE_TIMEOUT);
-                        break;
+                let written = {
+                    let batch = write_batch(&mut sink, &mut rx, &mut w, item, &settings);
+                    tokio::pin!(batch);
+                    // Usually the socket takes the batch at once: then no timer is armed.
+                    let first =
+                        std::future::poll_fn(|cx| Poll::Ready(batch.as_mut().poll(cx))).await;
+                    match first {
+                        Poll::Ready(r) => Some(r),
+                        // A client that stopped reading blocks this write (its TCP window
+                        // is shut); it may still be sending, so the idle check cannot see it.
+                        Poll::Pending => tokio::select! {
+                            biased;
+                            _ = &mut cancelled => None,
+                            _ = tokio::time::sleep(write_timeout) => {
+                                shared.stop(Some(WRITE_TIMEOUT));
+                                None
+                            }
+                            r = &mut batch => Some(r),
+                        },
                     }
-                    r = write_batch(&mut sink, &mut rx, &mut w, item, &settings) => r,
                 };
+                let Some(written) = written else { break };
                 rx.shared.drained.notify_waiters();
                 if written.is_err() {
                     break;
@@ -140,7 +154,7 @@ where
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
     }
-    rx.rx.close();
+    rx.close_queue();
     rx.shared.drained.notify_waiters();
     let mut out = w.out;
     out.positions = w
@@ -167,8 +181,7 @@ where
     while let Some(item) = next.take() {
         if let Outbound::Close(reason) = item {
             sink.flush().await?;
-            let _ = rx.shared.reason.set(reason);
-            rx.shared.closing.cancel();
+            rx.shared.stop(Some(reason));
             return Ok(());
         }
         let weight = item.weight();
@@ -177,13 +190,12 @@ where
         res?;
         if w.held_bytes > rx.shared.max_bytes {
             // Live messages pile up behind a catch-up faster than the client reads.
-            let _ = rx.shared.reason.set(SLOW_CONSUMER);
-            rx.shared.closing.cancel();
+            rx.shared.stop(Some(SLOW_CONSUMER));
             return Ok(());
         }
         n += 1;
         if n < BATCH {
-            next = rx.rx.try_recv().ok();
+            next = rx.try_next().ok();
         }
     }
     sink.flush().await

@@ -1,39 +1,46 @@
-//! The Redis engine: any number of gateway processes sharing one Redis behave as one chat
-//! service. Commands go through a [`ConnectionManager`] (reconnects by itself); room
-//! traffic arrives on a dedicated pub/sub connection owned by the [`subscriber`] task.
+//! The Redis engine: any number of gateway processes sharing one Redis (one server, a
+//! Redis Cluster, or a Sentinel-managed master: `redis.mode`) behave as one chat service.
+//! Commands go through the mode's connection ([`conn`]: reconnects and re-routes by
+//! itself); room traffic arrives on a dedicated pub/sub connection owned by the
+//! [`subscriber`] task ([`sharded`] in a cluster).
 
+mod conn;
+mod delivery;
+mod keys;
 mod payload;
+mod presence;
 mod repair;
 mod scripts;
+mod sharded;
 mod shared;
+mod store;
 mod subscriber;
 
-pub use payload::{parse_payload, Payload};
+pub use payload::{parse_payload, parse_routed, Payload};
+
+/// The hash tag of an inbox's keys and channel in a Redis Cluster (`#<bucket>`): which
+/// slot, so which master, holds it (operations and tests).
+pub fn inbox_tag(room: &str) -> String {
+    format!("#{}", keys::bucket(room))
+}
 
 use super::{
-    new_epoch, now_ms, Broker, Engine, EngineError, History, HistoryPage, HistoryQuery, NodeReport,
-    Nodes, PresenceManager, Publish, Published, SessionRecord, Sessions,
+    new_epoch, now_ms, Broker, Engine, EngineError, History, HistoryPage, HistoryQuery, Publish,
+    Published,
 };
 use crate::config::{Config, Namespaces};
 use crate::hub::Hub;
-use crate::protocol::push::{msg_frame_around_position, presence_frame};
+use crate::protocol::push::msg_frame_around_position;
 use crate::protocol::StreamPosition;
 use async_trait::async_trait;
+use keys::Keys;
 use redis::aio::ConnectionManagerConfig;
-use redis::AsyncCommands;
-use shared::{lock, Keys, Shared, SharedParts};
-use std::collections::{BTreeMap, BTreeSet};
+use shared::{Shared, SharedParts};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// How often presence entries of local connections are refreshed.
-const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
-/// Presence entries not refreshed for this long are expired (a node died).
-const PRESENCE_TTL: Duration = Duration::from_secs(30);
-/// A room's presence keys expire this long after the last refresh by any live node.
-const PRESENCE_KEY_TTL: Duration = Duration::from_secs(90);
 /// `pubsub_down_since` before the first connection: long ago, so not ready until connected.
 pub(crate) const PUBSUB_DOWN_SINCE_START: u64 = 1;
 /// How often Redis is pinged to notice outages and recoveries without traffic.
@@ -61,7 +68,7 @@ impl Default for RedisCounters {
     }
 }
 
-/// Engine backed by one Redis server.
+/// Engine backed by Redis (one server, a cluster, or Sentinel's master).
 pub struct RedisEngine {
     shared: Arc<Shared>,
     subscriber: subscriber::Handle,
@@ -84,8 +91,7 @@ impl RedisEngine {
         config: &Config,
         counters: RedisCounters,
     ) -> Result<Self, EngineError> {
-        let client = redis::Client::open(config.redis.url.as_str())
-            .map_err(|e| EngineError::Internal(format!("redis.url: {e}")))?;
+        let backend = conn::Backend::new(&config.redis, shared::OP_TIMEOUT)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(shared::OP_TIMEOUT))
@@ -94,8 +100,9 @@ impl RedisEngine {
         let shared = Arc::new(Shared::new(SharedParts {
             keys: Keys {
                 prefix: config.redis.key_prefix.clone(),
+                cluster: backend.is_cluster(),
             },
-            client: client.clone(),
+            backend,
             manager_config,
             hub,
             history: config.history.clone(),
@@ -110,8 +117,8 @@ impl RedisEngine {
         })?);
         let stop = CancellationToken::new();
         let pubsub_up = Arc::new(AtomicBool::new(false));
-        let subscriber = subscriber::spawn(client, shared.clone(), pubsub_up.clone(), stop.clone());
-        tokio::spawn(refresh_presence(shared.clone(), stop.clone()));
+        let subscriber = subscriber::spawn(shared.clone(), pubsub_up.clone(), stop.clone());
+        tokio::spawn(presence::refresh_presence(shared.clone(), stop.clone()));
         tokio::spawn(health(shared.clone(), stop.clone()));
         Ok(RedisEngine {
             shared,
@@ -122,11 +129,8 @@ impl RedisEngine {
     }
 }
 
-fn presence_member(user: &str, conn: &str) -> String {
-    format!("{user}\0{conn}")
-}
-
-/// Pings Redis so outages and recoveries are noticed without traffic.
+/// Pings Redis so outages and recoveries are noticed without traffic; in sentinel mode
+/// also asks where the master is, and moves every connection to a new one.
 async fn health(shared: Arc<Shared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(HEALTH_PING);
     loop {
@@ -134,65 +138,22 @@ async fn health(shared: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        if let conn::Backend::Sentinel(target) = &shared.backend {
+            match target.refresh().await {
+                Ok(true) => {
+                    shared.reconnect();
+                    shared.generation.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot ask the sentinels for the master"),
+            }
+        }
         let mut conn = shared.conn();
         if let Err(e) = shared
             .run(redis::cmd("PING").query_async::<String>(&mut conn))
             .await
         {
             tracing::debug!(error = %e, "redis ping failed");
-        }
-    }
-}
-
-/// Keeps this node's presence entries alive and sweeps entries nobody refreshed (a
-/// crashed node's); a room's presence keys expire once no live node refreshes them.
-async fn refresh_presence(shared: Arc<Shared>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(PRESENCE_REFRESH);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let mut by_room: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (room, user, member) in lock(&shared.local_presence).iter() {
-            by_room
-                .entry(room.clone())
-                .or_default()
-                .push(presence_member(user, member));
-        }
-        if by_room.is_empty() {
-            continue;
-        }
-        let now = now_ms();
-        let mut conn = shared.conn();
-        // A pipeline does not load a missing script by itself (a restarted Redis).
-        let loaded = shared
-            .run(
-                scripts::PRESENCE_SWEEP
-                    .prepare_invoke()
-                    .load_async(&mut conn),
-            )
-            .await;
-        if let Err(e) = loaded {
-            tracing::warn!(error = %e, "presence refresh failed");
-            continue;
-        }
-        let mut pipe = redis::pipe();
-        for (room, members) in &by_room {
-            let mut call = scripts::PRESENCE_SWEEP.key(shared.keys.presence_conns(room));
-            call.key(shared.keys.presence_users(room))
-                .arg(now)
-                .arg(now + PRESENCE_TTL.as_millis() as u64)
-                .arg(PRESENCE_KEY_TTL.as_millis() as u64)
-                .arg(shared.leave_channel(room))
-                .arg(room);
-            for m in members {
-                call.arg(m);
-            }
-            pipe.invoke_script(&call).ignore();
-        }
-        if let Err(e) = shared.run(pipe.query_async::<()>(&mut conn)).await {
-            tracing::warn!(error = %e, "presence refresh failed");
         }
     }
 }
@@ -222,6 +183,7 @@ pub(crate) async fn publish(s: &Shared, msg: &Publish) -> Result<Published, Engi
     let (head, tail) = msg_frame_around_position(content);
     let retention = s.retention(&msg.room);
     let seen = s.seen.get(&msg.room);
+    let route = s.keys.route(&msg.room);
     let mut conn = s.conn();
     let (seq, epoch, code, ts): (u64, String, u8, u64) = s
         .run_write(
@@ -230,7 +192,7 @@ pub(crate) async fn publish(s: &Shared, msg: &Publish) -> Result<Published, Engi
                 .key(s.keys.stream(&msg.room))
                 .key(s.keys.dedup(&msg.room, &msg.from, &msg.msg_id))
                 .key(s.keys.quota(&msg.room, &msg.from))
-                .arg(s.keys.channel(&msg.room))
+                .arg(&route.channel)
                 .arg(new_epoch())
                 .arg(head)
                 .arg(tail)
@@ -241,6 +203,8 @@ pub(crate) async fn publish(s: &Shared, msg: &Publish) -> Result<Published, Engi
                 .arg(seen.as_ref().map_or("", |p| &*p.epoch))
                 .arg(seen.as_ref().map_or(0, |p| p.seq))
                 .arg(quota)
+                .arg(&route.prefix)
+                .arg(route.command)
                 .invoke_async(&mut conn),
         )
         .await?;
@@ -266,16 +230,18 @@ async fn publish_ephemeral(s: &Shared, msg: &Publish) -> Result<Published, Engin
         .as_deref()
         .filter(|t| crate::protocol::valid_traceparent(t));
     let env = super::Envelope::ephemeral(msg, now_ms());
+    let route = s.keys.route(&msg.room);
     let payload = format!(
-        "e {} {} {}",
+        "{}e {} {} {}",
+        route.prefix,
         env.ts,
         traceparent.unwrap_or("-"),
         env.frame.as_str()
     );
     let mut conn = s.conn();
-    let _: i64 = s
-        .run_write(conn.publish(s.keys.channel(&msg.room), payload))
-        .await?;
+    let mut cmd = redis::cmd(route.command);
+    cmd.arg(&route.channel).arg(payload);
+    let _: i64 = s.run_write(cmd.query_async(&mut conn)).await?;
     Ok(Published::ephemeral())
 }
 
@@ -301,246 +267,6 @@ impl Broker for RedisEngine {
 impl History for RedisEngine {
     async fn history(&self, room: &str, q: HistoryQuery) -> Result<HistoryPage, EngineError> {
         self.shared.history(room, q).await
-    }
-}
-
-#[async_trait]
-impl PresenceManager for RedisEngine {
-    async fn presence_join(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError> {
-        let s = &self.shared;
-        let ns = s.namespaces.of(room);
-        if !ns.presence {
-            return Ok(());
-        }
-        // An empty frame tells the script not to announce the join.
-        let frame = if ns.join_leave_events {
-            presence_frame(room, user, true)
-        } else {
-            String::new()
-        };
-        let expiry = now_ms() + PRESENCE_TTL.as_millis() as u64;
-        let mut c = s.conn();
-        let _: i64 = s
-            .run(
-                scripts::PRESENCE_JOIN
-                    .key(s.keys.presence_conns(room))
-                    .key(s.keys.presence_users(room))
-                    .arg(presence_member(user, conn))
-                    .arg(user)
-                    .arg(expiry)
-                    .arg(s.keys.channel(room))
-                    .arg(frame)
-                    .arg(PRESENCE_KEY_TTL.as_millis() as u64)
-                    .invoke_async(&mut c),
-            )
-            .await?;
-        lock(&s.local_presence).insert((room.to_string(), user.to_string(), conn.to_string()));
-        Ok(())
-    }
-    async fn presence_leave(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError> {
-        let s = &self.shared;
-        let ns = s.namespaces.of(room);
-        if !ns.presence {
-            return Ok(());
-        }
-        let frame = if ns.join_leave_events {
-            presence_frame(room, user, false)
-        } else {
-            String::new()
-        };
-        lock(&s.local_presence).remove(&(room.to_string(), user.to_string(), conn.to_string()));
-        let mut c = s.conn();
-        let _: i64 = s
-            .run(
-                scripts::PRESENCE_LEAVE
-                    .key(s.keys.presence_conns(room))
-                    .key(s.keys.presence_users(room))
-                    .arg(presence_member(user, conn))
-                    .arg(user)
-                    .arg(s.keys.channel(room))
-                    .arg(frame)
-                    .invoke_async(&mut c),
-            )
-            .await?;
-        Ok(())
-    }
-    async fn active_rooms(&self, limit: usize) -> Result<Vec<(String, usize)>, EngineError> {
-        let s = &self.shared;
-        let mut c = s.conn();
-        // Presence hashes are the rooms someone is in: SCAN them (an admin call, bounded
-        // by `limit`; SCAN never blocks Redis for long).
-        let pattern = s.keys.presence_users("*");
-        let mut names = std::collections::BTreeSet::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = s
-                .run(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut c),
-                )
-                .await?;
-            names.extend(keys.iter().filter_map(|k| s.keys.room_of_presence_users(k)));
-            cursor = next;
-            if cursor == 0 || names.len() >= limit {
-                break;
-            }
-        }
-        let names: Vec<String> = names.into_iter().take(limit).collect();
-        let mut pipe = redis::pipe();
-        for room in &names {
-            pipe.hlen(s.keys.presence_users(room));
-        }
-        let counts: Vec<usize> = s.run(pipe.query_async(&mut c)).await?;
-        Ok(names
-            .into_iter()
-            .zip(counts)
-            .filter(|(_, n)| *n > 0)
-            .collect())
-    }
-    async fn is_present(&self, room: &str, user: &str) -> Result<bool, EngineError> {
-        let s = &self.shared;
-        let mut c = s.conn();
-        s.run(c.hexists(s.keys.presence_users(room), user)).await
-    }
-    async fn presence(&self, room: &str) -> Result<Vec<String>, EngineError> {
-        let s = &self.shared;
-        let mut c = s.conn();
-        let users: Vec<String> = s
-            .run(
-                scripts::PRESENCE_SWEEP
-                    .key(s.keys.presence_conns(room))
-                    .key(s.keys.presence_users(room))
-                    .arg(now_ms())
-                    .arg(0)
-                    .arg(0)
-                    .arg(s.leave_channel(room))
-                    .arg(room)
-                    .invoke_async(&mut c),
-            )
-            .await?;
-        Ok(users
-            .into_iter()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect())
-    }
-}
-
-#[async_trait]
-impl Sessions for RedisEngine {
-    async fn save_session(&self, token: &str, session: &SessionRecord) -> Result<(), EngineError> {
-        let s = &self.shared;
-        let json =
-            serde_json::to_string(session).map_err(|e| EngineError::Internal(e.to_string()))?;
-        let mut c = s.conn();
-        let _: () = s
-            .run(c.pset_ex(
-                s.keys.session(token),
-                json,
-                s.session_ttl.as_millis() as u64,
-            ))
-            .await?;
-        Ok(())
-    }
-    async fn take_session(&self, token: &str) -> Result<Option<SessionRecord>, EngineError> {
-        let s = &self.shared;
-        let mut c = s.conn();
-        let json: Option<String> = s.run(c.get_del(s.keys.session(token))).await?;
-        match json {
-            None => Ok(None),
-            Some(j) => serde_json::from_str(&j)
-                .map(Some)
-                .map_err(|e| EngineError::Internal(format!("stored session: {e}"))),
-        }
-    }
-    async fn inbox_cursor(&self, user: &str) -> Result<Option<StreamPosition>, EngineError> {
-        let s = &self.shared;
-        let mut c = s.conn();
-        let v: Option<String> = s.run(c.get(s.keys.inbox_cursor(user))).await?;
-        // "<seq> <epoch>"; anything else (a cursor of an older version) counts as none.
-        Ok(v.and_then(|v| {
-            let (seq, epoch) = v.split_once(' ')?;
-            Some(StreamPosition::new(epoch, seq.parse().ok()?))
-        }))
-    }
-    async fn ack_inbox(&self, user: &str, at: &StreamPosition) -> Result<(), EngineError> {
-        let s = &self.shared;
-        let mut c = s.conn();
-        let _: i64 = s
-            .run(
-                scripts::INBOX_ACK
-                    .key(s.keys.inbox_cursor(user))
-                    .arg(at.seq)
-                    .arg(&*at.epoch)
-                    .arg(s.inbox.max_age.as_millis() as u64 * 2)
-                    .invoke_async(&mut c),
-            )
-            .await?;
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Nodes for RedisEngine {
-    async fn report_node(&self, r: &NodeReport) -> Result<(), EngineError> {
-        let s = &self.shared;
-        let mut c = s.conn();
-        let key = s.keys.node(&r.id);
-        let json = serde_json::to_string(r).map_err(|e| EngineError::Internal(e.to_string()))?;
-        let _: () = s
-            .run(
-                redis::pipe()
-                    .pset_ex(&key, json, NODE_TTL.as_millis() as u64)
-                    .ignore()
-                    .zadd(s.keys.nodes(), &r.id, r.heartbeat)
-                    .ignore()
-                    .zrembyscore(
-                        s.keys.nodes(),
-                        "-inf",
-                        r.heartbeat.saturating_sub(NODE_TTL.as_millis() as u64),
-                    )
-                    .ignore()
-                    .query_async(&mut c),
-            )
-            .await?;
-        Ok(())
-    }
-    async fn nodes(&self) -> Result<Vec<NodeReport>, EngineError> {
-        let s = &self.shared;
-        let mut c = s.conn();
-        let ids: Vec<String> = s.run(c.zrange(s.keys.nodes(), 0, -1)).await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = ids.iter().map(|id| s.keys.node(id)).collect();
-        let values: Vec<Option<String>> = s.run(c.mget(keys)).await?;
-        let mut out: Vec<NodeReport> = values
-            .into_iter()
-            .flatten()
-            .filter_map(|j| serde_json::from_str(&j).ok())
-            .collect();
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
-    }
-    async fn admit(&self, rate: u32) -> Result<Option<bool>, EngineError> {
-        let s = &self.shared;
-        let key = s.keys.admission(now_ms() / 1000);
-        let mut c = s.conn();
-        let (count,): (u64,) = s
-            .run(
-                redis::pipe()
-                    .incr(&key, 1)
-                    .pexpire(&key, 5000)
-                    .ignore()
-                    .query_async(&mut c),
-            )
-            .await?;
-        Ok(Some(count <= u64::from(rate)))
     }
 }
 

@@ -40,6 +40,18 @@ pub enum Payload<'a> {
     },
 }
 
+/// Splits a payload of a node-wide inbox channel, `r <inbox> <payload>`, into the inbox
+/// and its room payload; None for anything else.
+pub fn parse_routed(payload: &[u8]) -> Option<(&str, &[u8])> {
+    let rest = payload.strip_prefix(b"r ")?;
+    let end = rest.iter().position(|&b| b == b' ')?;
+    let room = std::str::from_utf8(&rest[..end]).ok()?;
+    if room.is_empty() || !crate::protocol::is_inbox(room) {
+        return None;
+    }
+    Some((room, &rest[end + 1..]))
+}
+
 /// Parses a room channel payload; None for anything malformed (it is skipped).
 pub fn parse_payload(payload: &[u8]) -> Option<Payload<'_>> {
     let payload = std::str::from_utf8(payload).ok()?;
@@ -124,6 +136,22 @@ mod tests {
             &[b'm', b' ', 0xff, 0xfe],
         ] {
             assert_eq!(parse_payload(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn routed_payloads_name_their_inbox() {
+        assert_eq!(
+            parse_routed(b"r user:bob m 1 ab 2 - {}"),
+            Some(("user:bob", &b"m 1 ab 2 - {}"[..]))
+        );
+        for bad in [
+            &b"r  m 1"[..],
+            b"r lobby m 1",
+            b"m 1 ab 2 - {}",
+            b"r user:bob",
+        ] {
+            assert_eq!(parse_routed(bad), None, "{bad:?}");
         }
     }
 

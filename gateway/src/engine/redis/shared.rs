@@ -1,7 +1,9 @@
-//! What the Redis engine and its background tasks share: key names, the command
-//! connection, the deadline every operation runs under, and the history read (which the
-//! subscriber also uses to fill gaps).
+//! What the Redis engine and its background tasks share: the command connection, the
+//! deadline every operation runs under, and the history read (which the subscriber also
+//! uses to fill gaps). Key and channel names are in [`keys`](super::keys).
 
+use super::conn::{Backend, Conn};
+use super::keys::Keys;
 use super::scripts;
 use crate::config::{Namespaces, RetentionConfig};
 use crate::engine::seen::SeenTops;
@@ -9,7 +11,7 @@ use crate::engine::{
     new_epoch, now_ms, EngineError, Envelope, HistoryPage, HistoryQuery, EMPTY_EPOCH,
 };
 use crate::hub::Hub;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,64 +20,6 @@ use std::time::Duration;
 /// Longest wait for one Redis operation (and for a pub/sub subscribe, unsubscribe, ping
 /// or connect) before answering `unavailable` (or `unknown_outcome` for a write).
 pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Key names of the engine.
-#[derive(Clone)]
-pub(crate) struct Keys {
-    pub(crate) prefix: String,
-}
-
-impl Keys {
-    fn room(&self, room: &str, suffix: &str) -> String {
-        format!("{}:{{{room}}}:{suffix}", self.prefix)
-    }
-    pub(crate) fn meta(&self, room: &str) -> String {
-        self.room(room, "m")
-    }
-    pub(crate) fn stream(&self, room: &str) -> String {
-        self.room(room, "s")
-    }
-    pub(crate) fn dedup(&self, room: &str, from: &str, msg_id: &str) -> String {
-        format!("{}:{{{room}}}:d:{from}\0{msg_id}", self.prefix)
-    }
-    pub(crate) fn quota(&self, room: &str, from: &str) -> String {
-        format!("{}:{{{room}}}:q:{from}", self.prefix)
-    }
-    pub(crate) fn presence_conns(&self, room: &str) -> String {
-        self.room(room, "pc")
-    }
-    pub(crate) fn presence_users(&self, room: &str) -> String {
-        self.room(room, "pu")
-    }
-    pub(crate) fn room_of_presence_users(&self, key: &str) -> Option<String> {
-        let inner = key
-            .strip_prefix(&self.prefix)?
-            .strip_prefix(":{")?
-            .strip_suffix("}:pu")?;
-        Some(inner.to_string())
-    }
-    pub(crate) fn channel(&self, room: &str) -> String {
-        format!("{}:c:{room}", self.prefix)
-    }
-    pub(crate) fn room_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
-        channel.strip_prefix(&self.prefix)?.strip_prefix(":c:")
-    }
-    pub(crate) fn session(&self, token: &str) -> String {
-        format!("{}:sess:{token}", self.prefix)
-    }
-    pub(crate) fn inbox_cursor(&self, user: &str) -> String {
-        format!("{}:ic:{user}", self.prefix)
-    }
-    pub(crate) fn node(&self, id: &str) -> String {
-        format!("{}:node:{id}", self.prefix)
-    }
-    pub(crate) fn admission(&self, second: u64) -> String {
-        format!("{}:adm:{second}", self.prefix)
-    }
-    pub(crate) fn nodes(&self) -> String {
-        format!("{}:nodes", self.prefix)
-    }
-}
 
 /// Why an operation failed, as far as its effect goes.
 enum Failure {
@@ -88,13 +32,37 @@ enum Failure {
     Error(String),
 }
 
+/// Redis refused the command before running it for a passing reason of the deployment: a
+/// slot elsewhere or in mid-migration (`MOVED`, `ASK`, `TRYAGAIN`: the cluster client
+/// follows them, this is what is left when its retries ran out during a failover), a
+/// cluster or master down (`CLUSTERDOWN`, `MASTERDOWN`), a node loading its data
+/// (`LOADING`), a demoted master (`READONLY`, until the new one is found). The client may
+/// retry: `unavailable`, not `internal`.
+fn refused_unrun(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind as S};
+    matches!(
+        e.kind(),
+        ErrorKind::Server(
+            S::Moved
+                | S::Ask
+                | S::TryAgain
+                | S::ClusterDown
+                | S::MasterDown
+                | S::BusyLoading
+                | S::ReadOnly
+        )
+    )
+}
+
 /// Shared by the engine and its background tasks.
 pub(crate) struct Shared {
     pub(crate) keys: Keys,
-    client: redis::Client,
+    /// Where Redis is (one server, a cluster, or the master Sentinel names).
+    pub(crate) backend: Backend,
     manager_config: ConnectionManagerConfig,
-    /// The command connection; replaced when Redis stopped answering (see [`Shared::run`]).
-    conn: Mutex<ConnectionManager>,
+    /// The command connection; replaced when Redis stopped answering (see [`Shared::run`])
+    /// and when Sentinel names another master.
+    conn: Mutex<Conn>,
     /// Unix ms of the last replacement of `conn`.
     replaced_at: AtomicU64,
     pub(crate) hub: Arc<Hub>,
@@ -115,6 +83,8 @@ pub(crate) struct Shared {
     pub(crate) reconnects: prometheus::IntCounter,
     /// What this node has seen of each room (the epoch rule's witness).
     pub(crate) seen: SeenTops,
+    /// Bumped when Sentinel names another master: the subscriber moves to it.
+    pub(crate) generation: AtomicU64,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -124,7 +94,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// What [`Shared::new`] needs besides the config sections it copies.
 pub(crate) struct SharedParts {
     pub keys: Keys,
-    pub client: redis::Client,
+    pub backend: Backend,
     pub manager_config: ConnectionManagerConfig,
     pub hub: Arc<Hub>,
     pub history: RetentionConfig,
@@ -140,12 +110,10 @@ pub(crate) struct SharedParts {
 
 impl Shared {
     pub(crate) fn new(p: SharedParts) -> Result<Shared, EngineError> {
-        let conn =
-            ConnectionManager::new_lazy_with_config(p.client.clone(), p.manager_config.clone())
-                .map_err(|e| EngineError::Internal(format!("redis: {e}")))?;
+        let conn = p.backend.connect(&p.manager_config)?;
         Ok(Shared {
             keys: p.keys,
-            client: p.client,
+            backend: p.backend,
             manager_config: p.manager_config,
             conn: Mutex::new(conn),
             replaced_at: AtomicU64::new(now_ms()),
@@ -162,12 +130,24 @@ impl Shared {
             errors: p.errors,
             reconnects: p.reconnects,
             seen: SeenTops::default(),
+            generation: AtomicU64::new(0),
         })
     }
 
     /// A handle on the command connection (cheap; clones share the connection).
-    pub(crate) fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> Conn {
         lock(&self.conn).clone()
+    }
+
+    /// Replaces the command connection with a fresh one (Sentinel named a new master).
+    pub(crate) fn reconnect(&self) {
+        match self.backend.connect(&self.manager_config) {
+            Ok(fresh) => {
+                *lock(&self.conn) = fresh;
+                self.replaced_at.store(now_ms(), Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot replace the redis connection"),
+        }
     }
 
     pub(crate) fn retention(&self, room: &str) -> &RetentionConfig {
@@ -207,10 +187,7 @@ impl Shared {
         {
             return; // another call replaces it
         }
-        match ConnectionManager::new_lazy_with_config(
-            self.client.clone(),
-            self.manager_config.clone(),
-        ) {
+        match self.backend.connect(&self.manager_config) {
             Ok(fresh) => {
                 *lock(&self.conn) = fresh;
                 tracing::warn!("redis did not answer for {grace} ms; replaced the connection");
@@ -231,7 +208,7 @@ impl Shared {
             Ok(Err(e)) => {
                 self.mark_down();
                 let text = format!("redis: {e}");
-                if e.is_connection_refusal() {
+                if e.is_connection_refusal() || refused_unrun(&e) {
                     Err(Failure::NotRun(text))
                 } else if e.is_timeout() || e.is_connection_dropped() || e.is_io_error() {
                     if e.is_timeout() {
@@ -277,13 +254,77 @@ impl Shared {
         })
     }
 
-    /// Where the presence sweep announces the leaves it finds: the room's channel, or
-    /// nowhere (``) in a namespace without join/leave events.
-    pub(crate) fn leave_channel(&self, room: &str) -> String {
-        if self.namespaces.of(room).join_leave_events {
-            self.keys.channel(room)
-        } else {
-            String::new()
+    /// Where a SCAN must run to see every key: the one server, or every master of a
+    /// cluster (from `CLUSTER SLOTS`).
+    pub(crate) async fn scan_targets(&self) -> Result<Vec<Option<(String, u16)>>, EngineError> {
+        if !self.keys.cluster {
+            return Ok(vec![None]);
+        }
+        let mut conn = self.conn();
+        let slots: Vec<redis::Value> = self
+            .run(redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut conn))
+            .await?;
+        let mut masters = std::collections::BTreeSet::new();
+        for range in slots {
+            // [start, end, [host, port, id, ...], replicas...]
+            let parts: Vec<redis::Value> = redis::from_redis_value(range).unwrap_or_default();
+            if let Some(master) = parts.into_iter().nth(2) {
+                let node: (String, u16) = redis::from_redis_value::<Vec<redis::Value>>(master)
+                    .ok()
+                    .and_then(|n| {
+                        let mut it = n.into_iter();
+                        let host = redis::from_redis_value(it.next()?).ok()?;
+                        let port = redis::from_redis_value(it.next()?).ok()?;
+                        Some((host, port))
+                    })
+                    .ok_or_else(|| {
+                        EngineError::Internal("unexpected CLUSTER SLOTS reply".into())
+                    })?;
+                masters.insert(node);
+            }
+        }
+        Ok(masters.into_iter().map(Some).collect())
+    }
+
+    /// SCANs one node (`None`: the one server) for `pattern`, handing each key to `seen`,
+    /// which returns how many it has collected; stops at `limit` of those.
+    pub(crate) async fn scan_into(
+        &self,
+        node: Option<(String, u16)>,
+        pattern: &str,
+        limit: usize,
+        seen: &mut (dyn FnMut(&str) -> usize + Send),
+    ) -> Result<(), EngineError> {
+        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        let mut cursor: u64 = 0;
+        loop {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let mut conn = self.conn();
+            let reply: (u64, Vec<String>) = match (&node, &mut conn) {
+                (Some((host, port)), Conn::Cluster(c)) => {
+                    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                        host: host.clone(),
+                        port: *port,
+                    });
+                    let v = self.run(c.route_command(cmd, routing)).await?;
+                    redis::from_redis_value(v)
+                        .map_err(|e| EngineError::Internal(format!("SCAN reply: {e}")))?
+                }
+                _ => self.run(cmd.query_async(&mut conn)).await?,
+            };
+            let mut n = 0;
+            for k in &reply.1 {
+                n = seen(k);
+            }
+            cursor = reply.0;
+            if cursor == 0 || n >= limit {
+                return Ok(());
+            }
         }
     }
 

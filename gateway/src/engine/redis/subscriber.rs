@@ -1,18 +1,21 @@
-//! The pub/sub side of the Redis engine: one task owns the dedicated pub/sub connection,
-//! subscribes to a room channel while this node has local members, hands every message
-//! to the hub, and after a reconnect re-subscribes and fills the gap from history before
-//! passing on live traffic again (connections drop what they already wrote by seq).
+//! The pub/sub side of the Redis engine on one server (mode single, or the master
+//! Sentinel names): one task owns the dedicated pub/sub connection, subscribes to the
+//! node-wide inbox channel and to a room channel while this node has local members, hands
+//! every message to the hub ([`Delivery`]), and after a reconnect re-subscribes and fills
+//! the gap from history before passing on live traffic again (connections drop what they
+//! already wrote by seq). A Redis Cluster has its own loop ([`sharded`](super::sharded));
+//! both take the same commands through [`Handle`].
 //!
 //! Every call into Redis here has a deadline ([`OP_TIMEOUT`]) and the connection is pinged
 //! every second: a Redis that stops answering (a black hole: no reset, no reply) turns
 //! into a reconnect loop and refused subscriptions within seconds, never a hang.
 
-use super::payload::{frame_ts, parse_payload, Payload};
+use super::delivery::Delivery;
 use super::shared::{lock, Shared, OP_TIMEOUT};
 use super::PUBSUB_DOWN_SINCE_START;
-use crate::engine::{EngineError, Envelope, HistoryQuery};
+use crate::engine::EngineError;
 use futures_util::StreamExt;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,27 +24,23 @@ use tokio_util::sync::CancellationToken;
 
 /// How often the pub/sub connection is pinged.
 const PING_EVERY: Duration = Duration::from_secs(1);
-/// A gap fill reads history in pages of at most this many messages and bytes.
-const FILL_MESSAGES: usize = 500;
-const FILL_BYTES: usize = 512 * 1024;
-
-enum Cmd {
+pub(super) enum Cmd {
     Subscribe(String, oneshot::Sender<Result<(), EngineError>>),
     Unsubscribe(String, oneshot::Sender<Result<(), EngineError>>),
 }
 
 /// Sends subscription changes to the subscriber task.
 pub(crate) struct Handle {
-    tx: mpsc::UnboundedSender<Cmd>,
+    pub(super) tx: mpsc::UnboundedSender<Cmd>,
     /// Rooms whose subscription Redis has confirmed (the fast path for later joiners).
     active: Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
-fn gone() -> EngineError {
+pub(super) fn gone() -> EngineError {
     EngineError::Unavailable("redis subscriber stopped".into())
 }
 
-fn too_slow() -> EngineError {
+pub(super) fn too_slow() -> EngineError {
     EngineError::Unavailable("redis pub/sub did not answer in time".into())
 }
 
@@ -78,50 +77,39 @@ impl Handle {
     }
 }
 
-/// Starts the subscriber task (and the task that repairs messages of a reused epoch).
-pub(crate) fn spawn(
-    client: redis::Client,
-    shared: Arc<Shared>,
-    up: Arc<AtomicBool>,
-    stop: CancellationToken,
-) -> Handle {
+/// Starts the subscriber task of the mode (and the task that repairs messages of a
+/// reused epoch).
+pub(crate) fn spawn(shared: Arc<Shared>, up: Arc<AtomicBool>, stop: CancellationToken) -> Handle {
     let (tx, rx) = mpsc::unbounded_channel();
     let (repair_tx, repair_rx) = mpsc::unbounded_channel();
     let active = Arc::new(std::sync::Mutex::new(HashSet::new()));
-    let task = Task {
-        client,
-        shared: shared.clone(),
-        up,
-        stop: stop.clone(),
-        active: active.clone(),
-        rooms: HashMap::new(),
-        repair: repair_tx,
-    };
-    tokio::spawn(task.run(rx));
+    let delivery = Delivery::new(shared.clone(), active.clone(), repair_tx);
+    if shared.backend.is_cluster() {
+        tokio::spawn(super::sharded::run(
+            shared.clone(),
+            delivery,
+            up,
+            stop.clone(),
+            rx,
+        ));
+    } else {
+        let task = Task {
+            shared: shared.clone(),
+            up,
+            stop: stop.clone(),
+            delivery,
+        };
+        tokio::spawn(task.run(rx));
+    }
     tokio::spawn(super::repair::repair(shared, repair_rx, stop));
     Handle { tx, active }
 }
 
-/// What this node last saw of a subscribed room on the channel.
-#[derive(Clone, Default)]
-struct Seen {
-    epoch: Option<Arc<str>>,
-    /// Where a gap fill after a reconnect starts.
-    seq: u64,
-    /// Highest seq of the epoch this node delivered (0: none yet).
-    delivered: u64,
-    /// Highest append time of those (Redis' clock).
-    ts: u64,
-}
-
 struct Task {
-    client: redis::Client,
     shared: Arc<Shared>,
     up: Arc<AtomicBool>,
     stop: CancellationToken,
-    active: Arc<std::sync::Mutex<HashSet<String>>>,
-    rooms: HashMap<String, Seen>,
-    repair: mpsc::UnboundedSender<Arc<Envelope>>,
+    delivery: Delivery,
 }
 
 type Sink = redis::aio::PubSubSink;
@@ -132,18 +120,25 @@ impl Task {
         let mut backoff = Duration::from_millis(100);
         let mut connected_before = false;
         loop {
-            let connect = tokio::time::timeout(OP_TIMEOUT, self.client.get_async_pubsub());
+            // Sentinel mode: the master as last found (it changes with a failover).
+            let generation = self.shared.generation.load(Ordering::Relaxed);
+            let client = self.shared.backend.pubsub_client();
+            let connect = async {
+                match client {
+                    Some(c) => tokio::time::timeout(OP_TIMEOUT, c.get_async_pubsub())
+                        .await
+                        .map_err(|_| "no answer in time".to_string())?
+                        .map_err(|e| e.to_string()),
+                    None => Err("no redis master known yet".to_string()),
+                }
+            };
             let pubsub = tokio::select! {
                 _ = stop.cancelled() => return,
                 p = connect => p,
             };
             let pubsub = match pubsub {
-                Ok(Ok(p)) => p,
-                failed => {
-                    let why = match failed {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "no answer in time".into(),
-                    };
+                Ok(p) => p,
+                Err(why) => {
                     tracing::warn!(error = %why, retry_in = ?backoff, "redis pub/sub connect failed");
                     self.shared.errors.inc();
                     if !self.refuse_while_down(&mut rx, backoff).await {
@@ -154,23 +149,22 @@ impl Task {
                 }
             };
             let (mut sink, mut stream) = pubsub.split();
-            let channels: Vec<String> = self
-                .rooms
-                .keys()
-                .map(|r| self.shared.keys.channel(r))
-                .collect();
-            if !channels.is_empty() {
-                let resubscribed = tokio::time::timeout(OP_TIMEOUT, sink.subscribe(channels)).await;
-                if !matches!(resubscribed, Ok(Ok(()))) {
-                    tracing::warn!("redis re-subscribe failed");
-                    continue;
+            // The node-wide inbox channel and every room this node delivers.
+            let mut channels = self.shared.keys.inbox_channels();
+            channels.extend(self.delivery.room_channels());
+            let resubscribed = tokio::time::timeout(OP_TIMEOUT, sink.subscribe(channels)).await;
+            if !matches!(resubscribed, Ok(Ok(()))) {
+                tracing::warn!("redis (re-)subscribe failed");
+                if !self.refuse_while_down(&mut rx, backoff).await {
+                    return;
                 }
+                continue;
             }
             if connected_before {
                 self.shared.reconnects.inc();
-                self.fill_gaps().await;
+                self.delivery.fill_all().await;
                 tracing::info!(
-                    rooms = self.rooms.len(),
+                    rooms = self.delivery.len(),
                     "redis pub/sub reconnected and re-subscribed"
                 );
             }
@@ -185,6 +179,10 @@ impl Task {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = ping.tick() => {
+                        if self.shared.generation.load(Ordering::Relaxed) != generation {
+                            tracing::warn!("redis master changed (sentinel): moving pub/sub to it");
+                            break;
+                        }
                         // A pub/sub connection is otherwise silent: only a ping notices
                         // a Redis that stopped answering.
                         let pong = tokio::time::timeout(OP_TIMEOUT, sink.ping::<redis::Value>()).await;
@@ -203,7 +201,7 @@ impl Task {
                     },
                     msg = stream.next() => match msg {
                         None => break,
-                        Some(msg) => self.dispatch(&msg),
+                        Some(msg) => self.delivery.dispatch(msg.get_channel_name(), msg.get_payload_bytes()),
                     },
                 }
             }
@@ -238,8 +236,7 @@ impl Task {
                     }
                     Some(Cmd::Unsubscribe(room, reply)) => {
                         if !self.shared.hub.has_subscribers(&room) {
-                            self.rooms.remove(&room);
-                            lock(&self.active).remove(&room);
+                            self.delivery.remove(&room);
                         }
                         let _ = reply.send(Ok(()));
                     }
@@ -252,16 +249,20 @@ impl Task {
     async fn command(&mut self, sink: &mut Sink, cmd: Cmd) -> bool {
         match cmd {
             Cmd::Subscribe(room, reply) => {
-                if self.rooms.contains_key(&room) {
+                if self.delivery.has(&room) {
+                    let _ = reply.send(Ok(()));
+                    return true;
+                }
+                if crate::protocol::is_inbox(&room) {
+                    // The node-wide inbox channel carries it already: no Redis command.
+                    self.delivery.add(&room).await;
                     let _ = reply.send(Ok(()));
                     return true;
                 }
                 let channel = self.shared.keys.channel(&room);
                 match tokio::time::timeout(OP_TIMEOUT, sink.subscribe(channel)).await {
                     Ok(Ok(())) => {
-                        let seen = self.current_top(&room).await;
-                        lock(&self.active).insert(room.clone());
-                        self.rooms.insert(room, seen);
+                        self.delivery.add(&room).await;
                         let _ = reply.send(Ok(()));
                         true
                     }
@@ -281,8 +282,11 @@ impl Task {
                     let _ = reply.send(Ok(()));
                     return true;
                 }
-                self.rooms.remove(&room);
-                lock(&self.active).remove(&room);
+                self.delivery.remove(&room);
+                if crate::protocol::is_inbox(&room) {
+                    let _ = reply.send(Ok(()));
+                    return true;
+                }
                 let channel = self.shared.keys.channel(&room);
                 let done = tokio::time::timeout(OP_TIMEOUT, sink.unsubscribe(channel)).await;
                 // Unsubscribing from a dead connection is moot: report success.
@@ -291,147 +295,11 @@ impl Task {
             }
         }
     }
-
-    /// The room's epoch and top now, so a gap after a reconnect can be filled from there.
-    async fn current_top(&self, room: &str) -> Seen {
-        let mut conn = self.shared.conn();
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(self.shared.keys.meta(room)).arg("epoch").arg("seq");
-        match self
-            .shared
-            .run(cmd.query_async::<(Option<String>, Option<u64>)>(&mut conn))
-            .await
-        {
-            Ok((epoch, seq)) => Seen {
-                epoch: epoch.map(Into::into),
-                seq: seq.unwrap_or(0),
-                delivered: 0,
-                ts: 0,
-            },
-            Err(_) => Seen::default(),
-        }
-    }
-
-    /// Delivers what was published while the pub/sub connection was down, page by page.
-    async fn fill_gaps(&mut self) {
-        let names: Vec<String> = self.rooms.keys().cloned().collect();
-        for room in names {
-            let Some(mut seen) = self.rooms.get(&room).cloned() else {
-                continue;
-            };
-            let mut restarted = false;
-            loop {
-                let q = HistoryQuery {
-                    since: Some(seen.seq),
-                    before: None,
-                    limit: FILL_MESSAGES,
-                    max_bytes: FILL_BYTES,
-                };
-                let page = match self.shared.history(&room, q).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::warn!(%room, error = %e, "gap fill failed");
-                        break;
-                    }
-                };
-                if seen.epoch.as_ref().is_some_and(|e| *e != page.epoch) && !restarted {
-                    // History was lost or a new epoch started: all of the new one is new.
-                    restarted = true;
-                    seen = Seen {
-                        epoch: Some(page.epoch.clone()),
-                        ..Seen::default()
-                    };
-                    continue;
-                }
-                seen.epoch = Some(page.epoch.clone());
-                for env in &page.messages {
-                    self.shared.hub.deliver(env);
-                    seen.seq = env.seq;
-                    seen.delivered = seen.delivered.max(env.seq);
-                    seen.ts = seen.ts.max(frame_ts(&env.frame).unwrap_or(0));
-                }
-                if page.messages.is_empty() {
-                    seen.seq = seen.seq.max(page.top); // trimmed meanwhile: nothing to fill
-                }
-                if !page.more || page.messages.is_empty() {
-                    break;
-                }
-            }
-            self.rooms.insert(room, seen);
-        }
-    }
-
-    /// Hands one pub/sub message to the hub.
-    fn dispatch(&mut self, msg: &redis::Msg) {
-        let Some(room) = self.shared.keys.room_of_channel(msg.get_channel_name()) else {
-            return;
-        };
-        match parse_payload(msg.get_payload_bytes()) {
-            Some(Payload::Presence(frame)) => {
-                self.shared.hub.broadcast(room, &frame.to_string().into());
-            }
-            Some(Payload::Msg {
-                seq,
-                epoch,
-                ts,
-                traceparent,
-                frame,
-            }) => {
-                let env = Arc::new(Envelope {
-                    room: room.into(),
-                    seq,
-                    epoch: epoch.into(),
-                    ts,
-                    traceparent: traceparent.map(Arc::from),
-                    frame: frame.to_string().into(),
-                });
-                if let Some(seen) = self.rooms.get_mut(room) {
-                    let same = seen.epoch.as_deref() == Some(epoch);
-                    if same && seen.delivered > 0 && seq <= seen.delivered && ts > seen.ts {
-                        // A seq this node delivered already, appended after everything it
-                        // delivered: the store numbers the epoch again from an older point.
-                        // (A message delivered twice after a reconnect is older, not newer.)
-                        let _ = self.repair.send(env.clone());
-                    }
-                    if same {
-                        seen.seq = seen.seq.max(seq);
-                        seen.delivered = seen.delivered.max(seq);
-                        seen.ts = seen.ts.max(ts);
-                    } else {
-                        *seen = Seen {
-                            epoch: Some(env.epoch.clone()),
-                            seq,
-                            delivered: seq,
-                            ts,
-                        };
-                    }
-                }
-                self.shared.seen.observe(room, epoch, seq);
-                self.shared.hub.deliver(&env);
-            }
-            Some(Payload::Ephemeral {
-                ts,
-                traceparent,
-                frame,
-            }) => {
-                // No seq: no position to track, nothing to fill after a gap.
-                self.shared.hub.deliver(&Arc::new(Envelope {
-                    room: room.into(),
-                    seq: 0,
-                    epoch: "".into(),
-                    ts,
-                    traceparent: traceparent.map(Arc::from),
-                    frame: frame.to_string().into(),
-                }));
-            }
-            None => {}
-        }
-    }
 }
 
 impl Shared {
     /// Counts a pub/sub failure and maps it (the connection is replaced by the caller).
-    fn fail_pubsub(&self, e: &redis::RedisError) -> EngineError {
+    pub(super) fn fail_pubsub(&self, e: &redis::RedisError) -> EngineError {
         self.errors.inc();
         EngineError::Unavailable(format!("redis pub/sub: {e}"))
     }

@@ -1,6 +1,6 @@
 if redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) == 1 then
   if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then
-    if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[4], 'p ' .. ARGV[5]) end
+    if ARGV[5] ~= '' then redis.call(ARGV[7], ARGV[4], ARGV[8] .. 'p ' .. ARGV[5]) end
   end
 end
 -- Both keys expire unless a live node refreshes them: a room whose every node crashed

@@ -2,8 +2,9 @@
 -- users who left with them, and lists the users present. A node refreshing its own
 -- connections passes their members (refreshed first) and a key ttl (the keys then live
 -- that much longer; 0 leaves them as they are).
--- ARGV: now ms, expiry ms, key ttl ms, channel (`` announces nothing), room, member...
-for i = 6, #ARGV do
+-- ARGV: now ms, expiry ms, key ttl ms, channel (`` announces nothing), room, publish
+-- command, payload prefix, member...
+for i = 8, #ARGV do
   redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[i])
 end
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])) do
@@ -13,7 +14,7 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])) do
     local user = string.sub(m, 1, cut - 1)
     if redis.call('HINCRBY', KEYS[2], user, -1) <= 0 then
       redis.call('HDEL', KEYS[2], user)
-      if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], 'p ' .. cjson.encode({type = 'presence', room = ARGV[5], user = user, event = 'leave'})) end
+      if ARGV[4] ~= '' then redis.call(ARGV[6], ARGV[4], ARGV[7] .. 'p ' .. cjson.encode({type = 'presence', room = ARGV[5], user = user, event = 'leave'})) end
     end
   end
 end

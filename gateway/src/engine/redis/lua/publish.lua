@@ -47,5 +47,7 @@ if quota > 0 then
   redis.call('ZADD', KEYS[4], seq, seq)
   redis.call('PEXPIRE', KEYS[4], max_age * 2)
 end
-redis.call('PUBLISH', ARGV[1], 'm ' .. seq .. ' ' .. epoch .. ' ' .. now .. ' ' .. ARGV[8] .. ' ' .. frame)
+-- ARGV[13] is PUBLISH, or SPUBLISH in a cluster (the channel shares the keys' slot);
+-- ARGV[12] names the inbox on a node-wide inbox channel.
+redis.call(ARGV[13], ARGV[1], ARGV[12] .. 'm ' .. seq .. ' ' .. epoch .. ' ' .. now .. ' ' .. ARGV[8] .. ' ' .. frame)
 return {seq, epoch, 0, now}

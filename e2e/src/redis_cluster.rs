@@ -1,0 +1,408 @@
+//! A real local Redis Cluster for tests: three masters and three replicas, each a
+//! `redis-server --cluster-enabled yes` process on a free loopback port (its cluster bus on
+//! port + 10000, also free), joined by `redis-cli --cluster create`. Killed and removed
+//! on drop.
+
+use crate::process::free_port;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One node of the cluster.
+pub struct Node {
+    child: Option<Child>,
+    /// Its port on 127.0.0.1 (the cluster bus is on port + 10000).
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Node {
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                // Fast failure detection: a killed master's replica takes over in ~2 s.
+                "--cluster-node-timeout",
+                "1000",
+                "--cluster-replica-validity-factor",
+                "0",
+                "--appendonly",
+                "no",
+                "--save",
+                "",
+            ])
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (make deps installs it: apt-get install redis-server)");
+        self.child = Some(child);
+    }
+
+    /// Runs one command on this node.
+    pub fn command(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        command(self.port, args)
+    }
+
+    /// `redis://` URL of the node.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the process runs.
+    pub fn alive(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Kills the node (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs one command on the server at `port` (5 s timeouts).
+pub fn command(port: u16, args: &[&str]) -> redis::RedisResult<redis::Value> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(&mut conn)
+}
+
+fn text(v: redis::RedisResult<redis::Value>) -> String {
+    match v {
+        Ok(v) => redis::from_redis_value::<String>(v).unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// A port whose cluster bus port (+10000) is free as well.
+fn cluster_port() -> u16 {
+    loop {
+        let p = free_port();
+        if p < 55_000 && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// Three masters, three replicas.
+pub struct RedisCluster {
+    /// Every node; which are masters changes with failovers ([`masters`](Self::masters)).
+    pub nodes: Vec<Node>,
+    root: PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts six nodes and creates the cluster; returns once every node reports
+    /// `cluster_state:ok` and agrees on the slots.
+    pub fn start() -> RedisCluster {
+        let root = std::env::temp_dir().join(format!(
+            "chatgw-cluster-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let mut nodes = Vec::new();
+        for _ in 0..6 {
+            let port = cluster_port();
+            let dir = root.join(port.to_string());
+            std::fs::create_dir_all(&dir).expect("cluster node dir");
+            let mut n = Node {
+                child: None,
+                port,
+                dir,
+            };
+            n.spawn();
+            nodes.push(n);
+        }
+        let cluster = RedisCluster { nodes, root };
+        for n in &cluster.nodes {
+            cluster.wait(&format!("node {} up", n.port), || {
+                text(n.command(&["PING"])) == "PONG"
+            });
+        }
+        let addrs: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli (make deps installs it: apt-get install redis-tools)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        cluster.wait_stable();
+        cluster
+    }
+
+    fn wait(&self, what: &str, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ok() {
+            assert!(Instant::now() < deadline, "redis cluster: {what} timed out");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until every live node reports `cluster_state:ok` and `redis-cli --cluster
+    /// check` finds every slot covered and the nodes agreeing.
+    pub fn wait_stable(&self) {
+        self.wait("cluster state ok", || {
+            self.nodes
+                .iter()
+                .filter(|n| n.alive())
+                .all(|n| text(n.command(&["CLUSTER", "INFO"])).contains("cluster_state:ok"))
+                && self.check()
+        });
+    }
+
+    fn check(&self) -> bool {
+        let Some(n) = self.nodes.iter().find(|n| n.alive()) else {
+            return false;
+        };
+        Command::new("redis-cli")
+            .args(["--cluster", "check", &format!("127.0.0.1:{}", n.port)])
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| {
+                let s = String::from_utf8_lossy(&o.stdout);
+                o.status.success()
+                    && s.contains("[OK] All 16384 slots covered")
+                    && !s.contains("[ERR]")
+                    && !s.contains("[WARNING]")
+            })
+            .unwrap_or(false)
+    }
+
+    /// A Redis engine config for this cluster under `prefix`.
+    pub fn config(&self, prefix: &str) -> chat_gateway::config::Config {
+        let mut config = chat_gateway::config::Config::default();
+        config.engine = chat_gateway::config::EngineKind::Redis;
+        config.redis.mode = chat_gateway::config::RedisMode::Cluster;
+        config.redis.nodes = self.seeds();
+        config.redis.key_prefix = prefix.into();
+        config
+    }
+
+    /// Environment for a gateway process on this cluster.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("CHATGW_REDIS__MODE".into(), "cluster".into()),
+            (
+                "CHATGW_REDIS__NODES".into(),
+                format!("[{}]", self.seeds().join(", ")),
+            ),
+        ]
+    }
+
+    /// Seed URLs (every live node).
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| n.alive())
+            .map(Node::url)
+            .collect()
+    }
+
+    /// `(node id, port)` of the live masters that own slots, by port.
+    pub fn masters(&self) -> Vec<(String, u16)> {
+        let mut out: Vec<(String, u16)> = self
+            .cluster_nodes()
+            .into_iter()
+            .filter(|l| {
+                l.flags.contains("master") && !l.flags.contains("fail") && !l.slots.is_empty()
+            })
+            .map(|l| (l.id, l.port))
+            .collect();
+        out.sort_by_key(|m| m.1);
+        out
+    }
+
+    /// The port of the master serving `slot` now.
+    pub fn master_of_slot(&self, slot: u16) -> u16 {
+        self.cluster_nodes()
+            .into_iter()
+            .find(|l| {
+                l.flags.contains("master")
+                    && !l.flags.contains("fail")
+                    && l.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+            })
+            .map(|l| l.port)
+            .expect("a master serves every slot")
+    }
+
+    fn cluster_nodes(&self) -> Vec<NodeLine> {
+        let Some(n) = self.nodes.iter().find(|n| n.alive()) else {
+            return Vec::new();
+        };
+        text(n.command(&["CLUSTER", "NODES"]))
+            .lines()
+            .filter_map(NodeLine::parse)
+            .collect()
+    }
+
+    /// Kills the master serving `slot` and waits until its replica took over.
+    pub fn kill_master_of_slot(&mut self, slot: u16) -> u16 {
+        let port = self.master_of_slot(slot);
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.port == port) {
+            n.kill();
+        }
+        self.wait("a replica promoted", || {
+            self.cluster_nodes().iter().any(|l| {
+                l.port != port
+                    && l.flags.contains("master")
+                    && !l.flags.contains("fail")
+                    && l.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+            })
+        });
+        port
+    }
+
+    /// Moves `count` slots from the master on port `from` to the one on port `to` with
+    /// `redis-cli --cluster reshard` (keys migrate with them), while traffic may run.
+    pub fn reshard(&self, from: u16, to: u16, count: u32) {
+        let id = |port: u16| {
+            self.masters()
+                .into_iter()
+                .find(|m| m.1 == port)
+                .map(|m| m.0)
+                .expect("a master on that port")
+        };
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{to}")])
+            .args(["--cluster-from", &id(from), "--cluster-to", &id(to)])
+            .args(["--cluster-slots", &count.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli --cluster reshard");
+        assert!(
+            out.status.success(),
+            "reshard: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Sums `INFO commandstats` calls of each command over the live masters.
+    pub fn command_calls(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        for (_, port) in self.masters() {
+            for line in text(command(port, &["INFO", "commandstats"])).lines() {
+                let Some(rest) = line.strip_prefix("cmdstat_") else {
+                    continue;
+                };
+                let Some((name, stats)) = rest.split_once(':') else {
+                    continue;
+                };
+                let calls = stats
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix("calls="))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+                *out.entry(name.to_string()).or_insert(0) += calls;
+            }
+        }
+        out
+    }
+
+    /// Resets the command statistics of every live node.
+    pub fn reset_stats(&self) {
+        for n in self.nodes.iter().filter(|n| n.alive()) {
+            let _ = n.command(&["CONFIG", "RESETSTAT"]);
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// One line of `CLUSTER NODES`.
+struct NodeLine {
+    id: String,
+    port: u16,
+    flags: String,
+    slots: Vec<(u16, u16)>,
+}
+
+impl NodeLine {
+    fn parse(line: &str) -> Option<NodeLine> {
+        let f: Vec<&str> = line.split(' ').collect();
+        let addr = f.get(1)?.split('@').next()?;
+        let port = addr.rsplit(':').next()?.parse().ok()?;
+        let slots = f
+            .iter()
+            .skip(8)
+            .filter(|s| !s.starts_with('['))
+            .filter_map(|s| match s.split_once('-') {
+                Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                None => s.parse().ok().map(|x| (x, x)),
+            })
+            .collect();
+        Some(NodeLine {
+            id: f.first()?.to_string(),
+            port,
+            flags: f.get(2)?.to_string(),
+            slots,
+        })
+    }
+}
+
+/// The cluster slot of a key (CRC16 of its hash tag, mod 16384), as Redis computes it.
+pub fn slot(key: &str) -> u16 {
+    let k = key.as_bytes();
+    let tagged = k.iter().position(|&b| b == b'{').and_then(|open| {
+        let close = k[open + 1..].iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &k[open + 1..open + 1 + close])
+    });
+    let k = tagged.unwrap_or(k);
+    let mut crc: u16 = 0;
+    for &b in k {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn slots_match_redis() {
+        // Values from the Redis Cluster specification and CLUSTER KEYSLOT.
+        assert_eq!(super::slot("123456789"), 12739);
+        assert_eq!(super::slot("{user1000}.following"), super::slot("user1000"));
+        assert_eq!(super::slot("foo{}{bar}"), super::slot("foo{}{bar}"));
+        assert_eq!(super::slot("foo"), 12182);
+    }
+}

@@ -1,0 +1,274 @@
+//! A real local Redis with Sentinel for tests: one master, one replica and three
+//! sentinels (`redis-server <conf> --sentinel`), each a process on a free loopback port.
+//! Killed and removed on drop.
+
+use crate::process::free_port;
+use crate::redis_cluster::command;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The master's name in the sentinels' configuration.
+pub const MASTER_NAME: &str = "chat";
+
+struct Proc {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Proc {
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn text(v: redis::RedisResult<redis::Value>) -> String {
+    match v {
+        Ok(v) => redis::from_redis_value::<String>(v).unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// One master, one replica, three sentinels (quorum 2, a master is down after 1 s).
+pub struct RedisSentinel {
+    servers: Vec<Proc>,
+    sentinels: Vec<Proc>,
+    root: PathBuf,
+}
+
+fn spawn(args: &[&str], dir: &PathBuf) -> Child {
+    Command::new("redis-server")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server (make deps installs it: apt-get install redis-server)")
+}
+
+impl RedisSentinel {
+    /// Starts the five processes; returns once the replica is in sync and every sentinel
+    /// knows the master, the replica and the other sentinels (so a failover can happen).
+    pub fn start() -> RedisSentinel {
+        let root = std::env::temp_dir().join(format!(
+            "chatgw-sentinel-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&root).expect("sentinel dir");
+        let master = free_port();
+        let mut s = RedisSentinel {
+            servers: Vec::new(),
+            sentinels: Vec::new(),
+            root,
+        };
+        for replica_of in [None, Some(master)] {
+            let port = if replica_of.is_none() {
+                master
+            } else {
+                free_port()
+            };
+            let p = port.to_string();
+            let mut args = vec![
+                "--port",
+                &p,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ];
+            let of = replica_of.map(|m| m.to_string());
+            if let Some(of) = &of {
+                args.extend(["--replicaof", "127.0.0.1", of]);
+            }
+            let child = spawn(&args, &s.root);
+            s.servers.push(Proc {
+                child: Some(child),
+                port,
+            });
+        }
+        for i in 0..3 {
+            let port = free_port();
+            let conf = s.root.join(format!("sentinel-{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\nsentinel monitor {MASTER_NAME} 127.0.0.1 {master} 2\n\
+                     sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                     sentinel failover-timeout {MASTER_NAME} 5000\n\
+                     sentinel parallel-syncs {MASTER_NAME} 1\n"
+                ),
+            )
+            .expect("sentinel.conf");
+            let conf = conf.to_string_lossy().to_string();
+            let child = spawn(&[&conf, "--sentinel"], &s.root);
+            s.sentinels.push(Proc {
+                child: Some(child),
+                port,
+            });
+        }
+        s.wait("replica in sync", || {
+            text(command(s.servers[1].port, &["INFO", "replication"]))
+                .contains("master_link_status:up")
+        });
+        s.wait("sentinels see each other and the replica", || {
+            s.sentinels.iter().all(|x| {
+                let count = |what: &str| match command(x.port, &["SENTINEL", what, MASTER_NAME]) {
+                    Ok(redis::Value::Array(v)) => v.len(),
+                    _ => 0,
+                };
+                count("replicas") >= 1 && count("sentinels") >= 2
+            })
+        });
+        s
+    }
+
+    fn wait(&self, what: &str, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while !ok() {
+            assert!(
+                Instant::now() < deadline,
+                "redis sentinel: {what} timed out"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The port of the master as the first live sentinel names it.
+    pub fn master_port(&self) -> u16 {
+        for x in self.sentinels.iter().filter(|x| x.child.is_some()) {
+            let reply = command(
+                x.port,
+                &["SENTINEL", "get-master-addr-by-name", MASTER_NAME],
+            );
+            if let Ok(v) = reply {
+                if let Ok((_, port)) = redis::from_redis_value::<(String, u16)>(v) {
+                    return port;
+                }
+            }
+        }
+        panic!("no sentinel names a master")
+    }
+
+    /// The port of a live replica.
+    pub fn replica_port(&self) -> u16 {
+        let master = self.master_port();
+        self.servers
+            .iter()
+            .find(|p| p.port != master && p.child.is_some())
+            .map(|p| p.port)
+            .expect("a live replica")
+    }
+
+    /// Kills sentinel `i` (of [`addresses`](Self::addresses)); the others keep quorum.
+    pub fn kill_sentinel(&mut self, i: usize) {
+        if let Some(x) = self.sentinels.get_mut(i) {
+            x.kill();
+        }
+    }
+
+    /// Sentinel URLs.
+    pub fn addresses(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|x| format!("redis://127.0.0.1:{}", x.port))
+            .collect()
+    }
+
+    /// A Redis engine config for this setup under `prefix`.
+    pub fn config(&self, prefix: &str) -> chat_gateway::config::Config {
+        let mut config = chat_gateway::config::Config::default();
+        config.engine = chat_gateway::config::EngineKind::Redis;
+        config.redis.mode = chat_gateway::config::RedisMode::Sentinel;
+        config.redis.sentinel.master_name = MASTER_NAME.into();
+        config.redis.sentinel.addresses = self.addresses();
+        config.redis.key_prefix = prefix.into();
+        config
+    }
+
+    /// Environment for a gateway process on this setup.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("CHATGW_REDIS__MODE".into(), "sentinel".into()),
+            (
+                "CHATGW_REDIS__SENTINEL__MASTER_NAME".into(),
+                MASTER_NAME.into(),
+            ),
+            (
+                "CHATGW_REDIS__SENTINEL__ADDRESSES".into(),
+                format!("[{}]", self.addresses().join(", ")),
+            ),
+        ]
+    }
+
+    /// Runs one command on the current master.
+    pub fn command(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        command(self.master_port(), args)
+    }
+
+    /// `SENTINEL FAILOVER` (the replica promoted while the master is up, as for
+    /// maintenance); waits until the old master follows the new one, in sync. Returns the
+    /// new master's port.
+    pub fn failover(&self) -> u16 {
+        let old = self.master_port();
+        let asked = self
+            .sentinels
+            .iter()
+            .map(|x| command(x.port, &["SENTINEL", "FAILOVER", MASTER_NAME]))
+            .find(|r| r.is_ok());
+        assert!(asked.is_some(), "no sentinel accepted SENTINEL FAILOVER");
+        let mut now = old;
+        self.wait("the replica promoted", || {
+            now = self.master_port();
+            now != old && text(command(now, &["INFO", "replication"])).contains("role:master")
+        });
+        self.wait("the old master in sync with the new one", || {
+            text(command(old, &["INFO", "replication"])).contains("master_link_status:up")
+        });
+        now
+    }
+
+    /// Makes the replica fall behind: the master refuses it re-synchronising (an ACL
+    /// without `PSYNC`/`SYNC` for the default user; the engine needs neither) and drops its
+    /// link. Writes from now on exist on the master only, so a failover after this one
+    /// hands the service a master with older data (what the epoch rule is for).
+    pub fn cut_replication(&self) {
+        let master = self.master_port();
+        let acl = command(master, &["ACL", "SETUSER", "default", "-psync", "-sync"]);
+        assert!(acl.is_ok(), "ACL SETUSER on the master: {acl:?}");
+        let replica = self.replica_port();
+        let _ = command(master, &["CLIENT", "KILL", "TYPE", "replica"]);
+        self.wait("the replica's link down", || {
+            text(command(replica, &["INFO", "replication"])).contains("master_link_status:down")
+        });
+    }
+
+    /// Kills the master (SIGKILL) and waits until the sentinels promoted the replica;
+    /// returns the new master's port.
+    pub fn kill_master(&mut self) -> u16 {
+        let old = self.master_port();
+        if let Some(p) = self.servers.iter_mut().find(|p| p.port == old) {
+            p.kill();
+        }
+        let mut now = old;
+        self.wait("failover to the replica", || {
+            now = self.master_port();
+            now != old && text(command(now, &["INFO", "replication"])).contains("role:master")
+        });
+        now
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        for p in self.servers.iter_mut().chain(self.sentinels.iter_mut()) {
+            p.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}

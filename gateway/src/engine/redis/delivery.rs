@@ -1,0 +1,263 @@
+//! What both subscribers (one server or Sentinel's master: [`subscriber`](super::subscriber);
+//! a Redis Cluster: [`sharded`](super::sharded)) do with what arrives: the rooms this node
+//! delivers and how far it got in each, handing payloads to the hub, and filling the gap
+//! from history after a subscription was lost and made again.
+
+use super::payload::{frame_ts, parse_payload, parse_routed, Payload};
+use super::shared::{lock, Shared};
+use crate::engine::{Envelope, HistoryQuery};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+/// A gap fill reads history in pages of at most this many messages and bytes.
+const FILL_MESSAGES: usize = 500;
+const FILL_BYTES: usize = 512 * 1024;
+
+/// What this node last saw of a room it delivers.
+#[derive(Clone, Default)]
+struct Seen {
+    epoch: Option<Arc<str>>,
+    /// Where a gap fill starts.
+    seq: u64,
+    /// Highest seq of the epoch this node delivered (0: none yet).
+    delivered: u64,
+    /// Highest append time of those (Redis' clock).
+    ts: u64,
+}
+
+/// The rooms (and inboxes) this node delivers.
+pub(super) struct Delivery {
+    shared: Arc<Shared>,
+    /// Rooms whose subscription is in place (the fast path for later joiners).
+    pub(super) active: Arc<Mutex<HashSet<String>>>,
+    rooms: HashMap<String, Seen>,
+    repair: mpsc::UnboundedSender<Arc<Envelope>>,
+}
+
+impl Delivery {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        active: Arc<Mutex<HashSet<String>>>,
+        repair: mpsc::UnboundedSender<Arc<Envelope>>,
+    ) -> Delivery {
+        Delivery {
+            shared,
+            active,
+            rooms: HashMap::new(),
+            repair,
+        }
+    }
+
+    pub(super) fn has(&self, room: &str) -> bool {
+        self.rooms.contains_key(room)
+    }
+
+    /// Rooms with a channel of their own (every room but the inboxes).
+    pub(super) fn room_channels(&self) -> Vec<String> {
+        self.rooms
+            .keys()
+            .filter(|r| !crate::protocol::is_inbox(r))
+            .map(|r| self.shared.keys.channel(r))
+            .collect()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Starts delivering a room whose subscription is in place, from its top now (where a
+    /// gap fill after a reconnect starts).
+    pub(super) async fn add(&mut self, room: &str) {
+        let seen = self.current_top(room).await;
+        lock(&self.active).insert(room.to_string());
+        self.rooms.insert(room.to_string(), seen);
+    }
+
+    /// Stops delivering a room.
+    pub(super) fn remove(&mut self, room: &str) {
+        self.rooms.remove(room);
+        lock(&self.active).remove(room);
+    }
+
+    /// The room's epoch and top now.
+    async fn current_top(&self, room: &str) -> Seen {
+        let mut conn = self.shared.conn();
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.shared.keys.meta(room)).arg("epoch").arg("seq");
+        match self
+            .shared
+            .run(cmd.query_async::<(Option<String>, Option<u64>)>(&mut conn))
+            .await
+        {
+            Ok((epoch, seq)) => Seen {
+                epoch: epoch.map(Into::into),
+                seq: seq.unwrap_or(0),
+                delivered: 0,
+                ts: 0,
+            },
+            Err(_) => Seen::default(),
+        }
+    }
+
+    /// Fills the gap of every room (a lost connection to one server).
+    pub(super) async fn fill_all(&mut self) {
+        let names: Vec<String> = self.rooms.keys().cloned().collect();
+        for room in names {
+            self.fill(&room).await;
+        }
+    }
+
+    /// Fills the gap of what a channel carries: its room, or the local inboxes of an
+    /// inbox channel (a subscription made again in a cluster).
+    pub(super) async fn fill_channel(&mut self, channel: &str) {
+        let keys = &self.shared.keys;
+        let names: Vec<String> = if keys.is_inbox_channel(channel) {
+            self.rooms
+                .keys()
+                .filter(|r| crate::protocol::is_inbox(r))
+                .filter(|r| !keys.cluster || keys.route(r).channel == channel)
+                .cloned()
+                .collect()
+        } else {
+            keys.room_of_channel(channel)
+                .filter(|r| self.rooms.contains_key(*r))
+                .map(|r| vec![r.to_string()])
+                .unwrap_or_default()
+        };
+        for room in names {
+            self.fill(&room).await;
+        }
+    }
+
+    /// Delivers what was published to a room since this node last saw it, page by page.
+    async fn fill(&mut self, room: &str) {
+        let Some(mut seen) = self.rooms.get(room).cloned() else {
+            return;
+        };
+        let mut restarted = false;
+        loop {
+            let q = HistoryQuery {
+                since: Some(seen.seq),
+                before: None,
+                limit: FILL_MESSAGES,
+                max_bytes: FILL_BYTES,
+            };
+            let page = match self.shared.history(room, q).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(%room, error = %e, "gap fill failed");
+                    break;
+                }
+            };
+            if seen.epoch.as_ref().is_some_and(|e| *e != page.epoch) && !restarted {
+                // History was lost or a new epoch started: all of the new one is new.
+                restarted = true;
+                seen = Seen {
+                    epoch: Some(page.epoch.clone()),
+                    ..Seen::default()
+                };
+                continue;
+            }
+            seen.epoch = Some(page.epoch.clone());
+            for env in &page.messages {
+                self.shared.hub.deliver(env);
+                seen.seq = env.seq;
+                seen.delivered = seen.delivered.max(env.seq);
+                seen.ts = seen.ts.max(frame_ts(&env.frame).unwrap_or(0));
+            }
+            if page.messages.is_empty() {
+                seen.seq = seen.seq.max(page.top); // trimmed meanwhile: nothing to fill
+            }
+            if !page.more || page.messages.is_empty() {
+                break;
+            }
+        }
+        // The room may have been left while the fill ran.
+        if let Some(slot) = self.rooms.get_mut(room) {
+            *slot = seen;
+        }
+    }
+
+    /// Hands one pub/sub message to the hub.
+    pub(super) fn dispatch(&mut self, channel: &str, payload: &[u8]) {
+        let keys = &self.shared.keys;
+        let (room, payload) = if keys.is_inbox_channel(channel) {
+            // Every inbox message reaches every node: only those holding the user go on.
+            match parse_routed(payload) {
+                Some((room, rest)) if self.rooms.contains_key(room) => {
+                    if keys.cluster && keys.route(room).channel != channel {
+                        return; // not this inbox's bucket: forged or stale
+                    }
+                    (room, rest)
+                }
+                _ => return,
+            }
+        } else {
+            match keys.room_of_channel(channel) {
+                Some(room) => (room, payload),
+                None => return,
+            }
+        };
+        match parse_payload(payload) {
+            Some(Payload::Presence(frame)) => {
+                self.shared.hub.broadcast(room, &frame.to_string().into());
+            }
+            Some(Payload::Msg {
+                seq,
+                epoch,
+                ts,
+                traceparent,
+                frame,
+            }) => {
+                let env = Arc::new(Envelope {
+                    room: room.into(),
+                    seq,
+                    epoch: epoch.into(),
+                    ts,
+                    traceparent: traceparent.map(Arc::from),
+                    frame: frame.to_string().into(),
+                });
+                if let Some(seen) = self.rooms.get_mut(room) {
+                    let same = seen.epoch.as_deref() == Some(epoch);
+                    if same && seen.delivered > 0 && seq <= seen.delivered && ts > seen.ts {
+                        // A seq this node delivered already, appended after everything it
+                        // delivered: the store numbers the epoch again from an older point.
+                        // (A message delivered twice after a reconnect is older, not newer.)
+                        let _ = self.repair.send(env.clone());
+                    }
+                    if same {
+                        seen.seq = seen.seq.max(seq);
+                        seen.delivered = seen.delivered.max(seq);
+                        seen.ts = seen.ts.max(ts);
+                    } else {
+                        *seen = Seen {
+                            epoch: Some(env.epoch.clone()),
+                            seq,
+                            delivered: seq,
+                            ts,
+                        };
+                    }
+                }
+                self.shared.seen.observe(room, epoch, seq);
+                self.shared.hub.deliver(&env);
+            }
+            Some(Payload::Ephemeral {
+                ts,
+                traceparent,
+                frame,
+            }) => {
+                // No seq: no position to track, nothing to fill after a gap.
+                self.shared.hub.deliver(&Arc::new(Envelope {
+                    room: room.into(),
+                    seq: 0,
+                    epoch: "".into(),
+                    ts,
+                    traceparent: traceparent.map(Arc::from),
+                    frame: frame.to_string().into(),
+                }));
+            }
+            None => {}
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Presence on Redis: a room's presence keys share its hash tag, every change and its
+//! announcement run in one script, and each node refreshes its own connections' entries
+//! (entries nobody refreshes, a crashed node's, are swept).
+
+use super::shared::{lock, Shared};
+use super::{scripts, RedisEngine};
+use crate::engine::{now_ms, EngineError, PresenceManager};
+use crate::protocol::push::presence_frame;
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often presence entries of local connections are refreshed.
+const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
+/// Presence entries not refreshed for this long are expired (a node died).
+const PRESENCE_TTL: Duration = Duration::from_secs(30);
+/// A room's presence keys expire this long after the last refresh by any live node.
+const PRESENCE_KEY_TTL: Duration = Duration::from_secs(90);
+/// Refresh scripts in flight at once (each room is its own slot in a cluster, so they
+/// cannot share one pipeline; a multiplexed connection pipelines them on the wire).
+const REFRESH_PARALLEL: usize = 64;
+
+fn presence_member(user: &str, conn: &str) -> String {
+    format!("{user}\0{conn}")
+}
+
+/// The sweep script's call for a room, up to its members.
+fn sweep(
+    s: &Shared,
+    room: &str,
+    now: u64,
+    expiry: u64,
+    key_ttl: u64,
+) -> redis::ScriptInvocation<'static> {
+    let route = s.keys.route(room);
+    let mut call = scripts::PRESENCE_SWEEP.key(s.keys.presence_conns(room));
+    call.key(s.keys.presence_users(room))
+        .arg(now)
+        .arg(expiry)
+        .arg(key_ttl)
+        .arg(if s.namespaces.of(room).join_leave_events {
+            route.channel.as_str()
+        } else {
+            ""
+        })
+        .arg(room)
+        .arg(route.command)
+        .arg(route.prefix);
+    call
+}
+
+/// Keeps this node's presence entries alive and sweeps entries nobody refreshed (a
+/// crashed node's); a room's presence keys expire once no live node refreshes them.
+pub(super) async fn refresh_presence(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(PRESENCE_REFRESH);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let mut by_room: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (room, user, member) in lock(&shared.local_presence).iter() {
+            by_room
+                .entry(room.clone())
+                .or_default()
+                .push(presence_member(user, member));
+        }
+        let now = now_ms();
+        let expiry = now + PRESENCE_TTL.as_millis() as u64;
+        let key_ttl = PRESENCE_KEY_TTL.as_millis() as u64;
+        let failed = futures_util::stream::iter(by_room)
+            .map(|(room, members)| {
+                let shared = shared.clone();
+                async move {
+                    let mut call = sweep(&shared, &room, now, expiry, key_ttl);
+                    for m in &members {
+                        call.arg(m);
+                    }
+                    let mut conn = shared.conn();
+                    shared
+                        .run(call.invoke_async::<Vec<String>>(&mut conn))
+                        .await
+                        .err()
+                }
+            })
+            .buffer_unordered(REFRESH_PARALLEL)
+            .filter_map(|e| async move { e })
+            .collect::<Vec<_>>()
+            .await;
+        if let Some(e) = failed.first() {
+            tracing::warn!(error = %e, failed = failed.len(), "presence refresh failed");
+        }
+    }
+}
+
+#[async_trait]
+impl PresenceManager for RedisEngine {
+    async fn presence_join(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError> {
+        let s = &self.shared;
+        let ns = s.namespaces.of(room);
+        if !ns.presence {
+            return Ok(());
+        }
+        // An empty frame tells the script not to announce the join.
+        let frame = if ns.join_leave_events {
+            presence_frame(room, user, true)
+        } else {
+            String::new()
+        };
+        let route = s.keys.route(room);
+        let expiry = now_ms() + PRESENCE_TTL.as_millis() as u64;
+        let mut c = s.conn();
+        let _: i64 = s
+            .run(
+                scripts::PRESENCE_JOIN
+                    .key(s.keys.presence_conns(room))
+                    .key(s.keys.presence_users(room))
+                    .arg(presence_member(user, conn))
+                    .arg(user)
+                    .arg(expiry)
+                    .arg(&route.channel)
+                    .arg(frame)
+                    .arg(PRESENCE_KEY_TTL.as_millis() as u64)
+                    .arg(route.command)
+                    .arg(&route.prefix)
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        lock(&s.local_presence).insert((room.to_string(), user.to_string(), conn.to_string()));
+        Ok(())
+    }
+
+    async fn presence_leave(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError> {
+        let s = &self.shared;
+        let ns = s.namespaces.of(room);
+        if !ns.presence {
+            return Ok(());
+        }
+        let frame = if ns.join_leave_events {
+            presence_frame(room, user, false)
+        } else {
+            String::new()
+        };
+        let route = s.keys.route(room);
+        lock(&s.local_presence).remove(&(room.to_string(), user.to_string(), conn.to_string()));
+        let mut c = s.conn();
+        let _: i64 = s
+            .run(
+                scripts::PRESENCE_LEAVE
+                    .key(s.keys.presence_conns(room))
+                    .key(s.keys.presence_users(room))
+                    .arg(presence_member(user, conn))
+                    .arg(user)
+                    .arg(&route.channel)
+                    .arg(frame)
+                    .arg(route.command)
+                    .arg(&route.prefix)
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn active_rooms(&self, limit: usize) -> Result<Vec<(String, usize)>, EngineError> {
+        let s = &self.shared;
+        // Presence hashes are the rooms someone is in: SCAN them (an admin call, bounded
+        // by `limit`; SCAN never blocks Redis for long) on every master of a cluster.
+        let mut names = BTreeSet::new();
+        for node in s.scan_targets().await? {
+            s.scan_into(node, &s.keys.presence_users("*"), limit, &mut |k| {
+                if let Some(room) = s.keys.room_of_presence_users(k) {
+                    names.insert(room);
+                }
+                names.len()
+            })
+            .await?;
+            if names.len() >= limit {
+                break;
+            }
+        }
+        let names: Vec<String> = names.into_iter().take(limit).collect();
+        // One HLEN per room (each its own slot in a cluster); `limit` bounds them.
+        let counts = futures_util::future::join_all(names.iter().map(|room| {
+            let key = s.keys.presence_users(room);
+            let mut c = s.conn();
+            async move {
+                s.run(redis::AsyncCommands::hlen::<_, usize>(&mut c, key))
+                    .await
+            }
+        }))
+        .await;
+        let mut out = Vec::new();
+        for (room, n) in names.into_iter().zip(counts) {
+            let n = n?;
+            if n > 0 {
+                out.push((room, n));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn is_present(&self, room: &str, user: &str) -> Result<bool, EngineError> {
+        let s = &self.shared;
+        let mut c = s.conn();
+        s.run(redis::AsyncCommands::hexists(
+            &mut c,
+            s.keys.presence_users(room),
+            user,
+        ))
+        .await
+    }
+
+    async fn presence(&self, room: &str) -> Result<Vec<String>, EngineError> {
+        let s = &self.shared;
+        let mut c = s.conn();
+        let users: Vec<String> = s
+            .run(sweep(s, room, now_ms(), 0, 0).invoke_async(&mut c))
+            .await?;
+        Ok(users
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect())
+    }
+}

@@ -1,0 +1,242 @@
+//! The pub/sub side in a Redis Cluster: sharded pub/sub (`SSUBSCRIBE`), so a room's
+//! messages travel only within the shard that owns the room's slot. The redis crate's
+//! cluster connection (RESP3) routes each `SSUBSCRIBE` to the owner of the channel's slot
+//! and hands every push to this task. It does not follow everything by itself, so this
+//! task does:
+//! - a slot that moves away (`redis-cli --cluster reshard`) makes the old owner send
+//!   `sunsubscribe` for its channels: a channel still wanted is subscribed again (the
+//!   crate then learns the new owner from `MOVED`);
+//! - a node that drops (a killed master) sends `Disconnection`: every channel is
+//!   subscribed again, retried until the promoted replica answers;
+//! - every confirmation after a channel's first one means the subscription was made
+//!   again, so messages may have been missed: the gap is filled from history before any
+//!   later push of the channel is handed on (pushes arrive in order on one queue).
+
+use super::conn::CONNECT_TIMEOUT;
+use super::delivery::Delivery;
+use super::shared::{Shared, OP_TIMEOUT};
+use super::subscriber::{too_slow, Cmd};
+use super::PUBSUB_DOWN_SINCE_START;
+use crate::engine::EngineError;
+use futures_util::StreamExt;
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind, Value};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How often channels waiting to be subscribed again are retried.
+const RETRY_EVERY: Duration = Duration::from_millis(200);
+/// At most this many subscriptions are in flight at once (the inbox buckets at start).
+const PARALLEL: usize = 32;
+
+struct Task {
+    shared: Arc<Shared>,
+    delivery: Delivery,
+    conn: ClusterConnection,
+    /// Channels Redis confirmed at least once (a later confirmation is a re-subscription).
+    confirmed: HashSet<String>,
+    /// Channels to subscribe again.
+    lost: HashSet<String>,
+    up: Arc<AtomicBool>,
+}
+
+/// Runs the cluster subscriber until stopped.
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    delivery: Delivery,
+    up: Arc<AtomicBool>,
+    stop: CancellationToken,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+) {
+    let (push_tx, mut pushes) = mpsc::unbounded_channel::<PushInfo>();
+    let conn = match connect(&shared, push_tx) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "redis cluster pub/sub client");
+            return;
+        }
+    };
+    let mut task = Task {
+        lost: shared.keys.inbox_channels().into_iter().collect(),
+        shared,
+        delivery,
+        conn,
+        confirmed: HashSet::new(),
+        up,
+    };
+    let mut retry = tokio::time::interval(RETRY_EVERY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = retry.tick() => task.subscribe_lost().await,
+            cmd = rx.recv() => match cmd {
+                None => return,
+                Some(cmd) => task.command(cmd).await,
+            },
+            push = pushes.recv() => match push {
+                None => return,
+                Some(push) => task.push(push).await,
+            },
+        }
+    }
+}
+
+fn connect(
+    shared: &Shared,
+    push_tx: mpsc::UnboundedSender<PushInfo>,
+) -> Result<ClusterConnection, EngineError> {
+    let super::conn::Backend::Cluster { seeds, .. } = &shared.backend else {
+        return Err(EngineError::Internal("not a cluster".into()));
+    };
+    let client = ClusterClientBuilder::new(seeds.clone())
+        .use_protocol(redis::ProtocolVersion::RESP3)
+        .push_sender(push_tx)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(OP_TIMEOUT)
+        .retries(2)
+        .build()
+        .map_err(|e| EngineError::Internal(format!("redis cluster: {e}")))?;
+    Ok(client.get_pending_async_connection_with_config(redis::cluster::ClusterConfig::new()))
+}
+
+fn text(v: &Value) -> Option<String> {
+    redis::from_redis_value_ref::<String>(v).ok()
+}
+
+impl Task {
+    /// Subscribes the lost channels again (a few at a time); the node is ready again
+    /// (`/readyz`, joins) once none is left.
+    async fn subscribe_lost(&mut self) {
+        if self.lost.is_empty() {
+            return;
+        }
+        let channels: Vec<String> = self.lost.iter().cloned().collect();
+        let conn = self.conn.clone();
+        let done: Vec<(String, bool)> = futures_util::stream::iter(channels)
+            .map(|ch| {
+                let mut conn = conn.clone();
+                async move {
+                    let ok = tokio::time::timeout(OP_TIMEOUT, conn.ssubscribe(&ch)).await;
+                    (ch, matches!(ok, Ok(Ok(()))))
+                }
+            })
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+        for (ch, ok) in done {
+            if ok {
+                self.lost.remove(&ch);
+            }
+        }
+        if self.lost.is_empty() {
+            self.up.store(true, Ordering::Relaxed);
+            self.shared.pubsub_down_since.store(0, Ordering::Relaxed);
+        } else {
+            self.shared.errors.inc();
+        }
+    }
+
+    fn lose(&mut self, channels: impl IntoIterator<Item = String>) {
+        self.lost.extend(channels);
+        let _ = self.shared.pubsub_down_since.compare_exchange(
+            0,
+            crate::engine::now_ms().max(PUBSUB_DOWN_SINCE_START),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Whether a channel is still wanted: an inbox channel, or a room this node delivers.
+    fn wanted(&self, channel: &str) -> bool {
+        let keys = &self.shared.keys;
+        keys.is_inbox_channel(channel)
+            || keys
+                .room_of_channel(channel)
+                .is_some_and(|r| self.delivery.has(r))
+    }
+
+    async fn push(&mut self, push: PushInfo) {
+        let channel = push.data.first().and_then(text);
+        match (push.kind, channel) {
+            (PushKind::SMessage, Some(ch)) => {
+                if let Some(Value::BulkString(payload)) = push.data.get(1) {
+                    self.delivery.dispatch(&ch, payload);
+                }
+            }
+            // A confirmation after the channel's first: it was subscribed again.
+            (PushKind::SSubscribe, Some(ch)) if !self.confirmed.insert(ch.clone()) => {
+                self.shared.reconnects.inc();
+                self.delivery.fill_channel(&ch).await;
+            }
+            (PushKind::SUnsubscribe, Some(ch)) => {
+                self.confirmed.remove(&ch);
+                if self.wanted(&ch) {
+                    // The slot moved (or its node stepped down): subscribe where it is now.
+                    // The confirmation then counts as a first one, so fill here as well.
+                    tracing::info!(channel = %ch, "redis cluster moved a channel's slot; subscribing again");
+                    self.confirmed.insert(ch.clone());
+                    self.lose([ch]);
+                }
+            }
+            (PushKind::Disconnection, _) => {
+                tracing::warn!(
+                    "a redis cluster node dropped its pub/sub connection; subscribing again"
+                );
+                let mut all = self.shared.keys.inbox_channels();
+                all.extend(self.delivery.room_channels());
+                self.lose(all);
+            }
+            _ => {}
+        }
+    }
+
+    async fn command(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Subscribe(room, reply) => {
+                if self.delivery.has(&room) {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                if crate::protocol::is_inbox(&room) {
+                    // Its bucket's channel is subscribed already: no Redis command.
+                    self.delivery.add(&room).await;
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                let channel = self.shared.keys.channel(&room);
+                match tokio::time::timeout(OP_TIMEOUT, self.conn.ssubscribe(&channel)).await {
+                    Ok(Ok(())) => {
+                        self.delivery.add(&room).await;
+                        let _ = reply.send(Ok(()));
+                    }
+                    Ok(Err(e)) => {
+                        let _ = reply.send(Err(self.shared.fail_pubsub(&e)));
+                    }
+                    Err(_) => {
+                        let _ = reply.send(Err(too_slow()));
+                    }
+                }
+            }
+            Cmd::Unsubscribe(room, reply) => {
+                if self.shared.hub.has_subscribers(&room) {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                self.delivery.remove(&room);
+                if !crate::protocol::is_inbox(&room) {
+                    let channel = self.shared.keys.channel(&room);
+                    self.lost.remove(&channel);
+                    let _ =
+                        tokio::time::timeout(OP_TIMEOUT, self.conn.sunsubscribe(&channel)).await;
+                }
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+}

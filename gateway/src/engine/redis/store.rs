@@ -1,0 +1,123 @@
+//! Sessions, inbox cursors and the node registry on Redis: each is one key per call
+//! (single-slot in a cluster), except the registry read, an MGET the cluster client splits
+//! by slot.
+
+use super::RedisEngine;
+use super::{scripts, NODE_TTL};
+use crate::engine::{now_ms, EngineError, NodeReport, Nodes, SessionRecord, Sessions};
+use crate::protocol::StreamPosition;
+use async_trait::async_trait;
+use redis::AsyncCommands;
+
+#[async_trait]
+impl Sessions for RedisEngine {
+    async fn save_session(&self, token: &str, session: &SessionRecord) -> Result<(), EngineError> {
+        let s = &self.shared;
+        let json =
+            serde_json::to_string(session).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let mut c = s.conn();
+        let _: () = s
+            .run(c.pset_ex(
+                s.keys.session(token),
+                json,
+                s.session_ttl.as_millis() as u64,
+            ))
+            .await?;
+        Ok(())
+    }
+    async fn take_session(&self, token: &str) -> Result<Option<SessionRecord>, EngineError> {
+        let s = &self.shared;
+        let mut c = s.conn();
+        let json: Option<String> = s.run(c.get_del(s.keys.session(token))).await?;
+        match json {
+            None => Ok(None),
+            Some(j) => serde_json::from_str(&j)
+                .map(Some)
+                .map_err(|e| EngineError::Internal(format!("stored session: {e}"))),
+        }
+    }
+    async fn inbox_cursor(&self, user: &str) -> Result<Option<StreamPosition>, EngineError> {
+        let s = &self.shared;
+        let mut c = s.conn();
+        let v: Option<String> = s.run(c.get(s.keys.inbox_cursor(user))).await?;
+        // "<seq> <epoch>"; anything else (a cursor of an older version) counts as none.
+        Ok(v.and_then(|v| {
+            let (seq, epoch) = v.split_once(' ')?;
+            Some(StreamPosition::new(epoch, seq.parse().ok()?))
+        }))
+    }
+    async fn ack_inbox(&self, user: &str, at: &StreamPosition) -> Result<(), EngineError> {
+        let s = &self.shared;
+        let mut c = s.conn();
+        let _: i64 = s
+            .run(
+                scripts::INBOX_ACK
+                    .key(s.keys.inbox_cursor(user))
+                    .arg(at.seq)
+                    .arg(&*at.epoch)
+                    .arg(s.inbox.max_age.as_millis() as u64 * 2)
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Nodes for RedisEngine {
+    async fn report_node(&self, r: &NodeReport) -> Result<(), EngineError> {
+        let s = &self.shared;
+        let mut c = s.conn();
+        let key = s.keys.node(&r.id);
+        let json = serde_json::to_string(r).map_err(|e| EngineError::Internal(e.to_string()))?;
+        // The entry and the registry are two keys (two slots in a cluster): two calls.
+        let mut c2 = c.clone();
+        let entry = s.run(c.pset_ex::<_, _, ()>(&key, json, NODE_TTL.as_millis() as u64));
+        let mut pipe = redis::pipe();
+        pipe.zadd(s.keys.nodes(), &r.id, r.heartbeat)
+            .ignore()
+            .zrembyscore(
+                s.keys.nodes(),
+                "-inf",
+                r.heartbeat.saturating_sub(NODE_TTL.as_millis() as u64),
+            )
+            .ignore();
+        let registry = s.run(pipe.query_async::<()>(&mut c2));
+        let (a, b) = futures_util::future::join(entry, registry).await;
+        a?;
+        b?;
+        Ok(())
+    }
+    async fn nodes(&self) -> Result<Vec<NodeReport>, EngineError> {
+        let s = &self.shared;
+        let mut c = s.conn();
+        let ids: Vec<String> = s.run(c.zrange(s.keys.nodes(), 0, -1)).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| s.keys.node(id)).collect();
+        let values: Vec<Option<String>> = s.run(c.mget(keys)).await?;
+        let mut out: Vec<NodeReport> = values
+            .into_iter()
+            .flatten()
+            .filter_map(|j| serde_json::from_str(&j).ok())
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+    async fn admit(&self, rate: u32) -> Result<Option<bool>, EngineError> {
+        let s = &self.shared;
+        let key = s.keys.admission(now_ms() / 1000);
+        let mut c = s.conn();
+        let (count,): (u64,) = s
+            .run(
+                redis::pipe()
+                    .incr(&key, 1)
+                    .pexpire(&key, 5000)
+                    .ignore()
+                    .query_async(&mut c),
+            )
+            .await?;
+        Ok(Some(count <= u64::from(rate)))
+    }
+}
