@@ -216,13 +216,18 @@ mod tests {
         }
     }
 
+    /// Each reference as `secret/key purpose rolls-pods`, in the order refs() gives.
+    fn described(c: &ChatGateway) -> Vec<String> {
+        refs(&c.spec)
+            .iter()
+            .map(|(r, p)| format!("{}/{} {p:?} {}", r.name, r.key, p.rolls_pods()))
+            .collect()
+    }
+
     #[test]
     fn refs_in_order_and_only_the_key_set_stays_out_of_the_hash() {
         let c = cgw(FULL);
-        let names: Vec<_> = refs(&c.spec)
-            .iter()
-            .map(|(r, p)| format!("{}/{} {p:?} {}", r.name, r.key, p.rolls_pods()))
-            .collect();
+        let names = described(&c);
         assert_eq!(
             names,
             [
@@ -243,10 +248,7 @@ mod tests {
     #[test]
     fn every_redis_credential_is_read_hashed_and_watched() {
         let c = cgw("gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, redis: {mode: sentinel, usernameSecretRef: {name: acl, key: user}, passwordSecretRef: {name: acl, key: pw}, sentinel: {masterName: m, addresses: ['redis://s:26379'], usernameSecretRef: {name: sen, key: user}, passwordSecretRef: {name: sen, key: pw}}}}");
-        let names: Vec<_> = refs(&c.spec)
-            .iter()
-            .map(|(r, p)| format!("{}/{} {p:?} {}", r.name, r.key, p.rolls_pods()))
-            .collect();
+        let names = described(&c);
         assert_eq!(
             names,
             [
