@@ -29,6 +29,7 @@ import pytest
 import kube
 
 ROOT = Path(__file__).resolve().parents[2]
+CRD = "chatgateways.chatgateway.io"
 RUN_ID = uuid.uuid4().hex[:6]
 APP_VERSION = re.search(r'^appVersion:\s*"?([^"\s]+)', (ROOT / "charts/chat-gateway/Chart.yaml").read_text(), re.M)[1]
 
@@ -108,6 +109,9 @@ def operator(cluster):
               "operator": {"logFormat": "text", "logLevel": "info,chat_gateway_operator=debug,kube=warn"}}
     kube.kubectl("create", "namespace", ns)
     config = helm.Config(kubeconfig_path=os.environ["KUBECONFIG"], namespace=ns)
+    # `helm uninstall` keeps the CRD (its keep annotation): the suite deletes it after if
+    # this install created it, so that the next run can install again.
+    crd_was_there = kube.get("crd", CRD) is not None
     try:
         try:
             helm_install(config, release, values, ns, server_side=cluster.version >= (1, 25))
@@ -121,6 +125,8 @@ def operator(cluster):
             print(f"helm uninstall: {e}")
         config.close()
         kube.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        if not crd_was_there:
+            kube.kubectl("delete", "crd", CRD, "--wait=false", check=False)
 
 
 @pytest.fixture

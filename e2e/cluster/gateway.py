@@ -9,6 +9,7 @@ import hmac
 import json
 import os
 import queue
+import secrets
 import subprocess
 import tempfile
 import threading
@@ -39,21 +40,36 @@ def deploy_redis(ns: str, image: str, flow: str) -> None:
         "pods", ns, "app.kubernetes.io/name=redis")), 180, ns, "app.kubernetes.io/name=redis")
 
 
+class Jwt:
+    """How a ChatGateway's clients log in: HS256 tokens with its secret, audience and
+    issuer (and extra claims, e.g. a `rooms` grant)."""
+
+    def __init__(self, secret: str, audience: str, issuer: str | None = None, claims: dict | None = None):
+        self.secret, self.audience, self.issuer, self.claims = secret, audience, issuer, claims or {}
+
+    def token(self, user: str, ttl: int = 600) -> str:
+        claims = {"sub": user, "aud": self.audience, "exp": int(time.time()) + ttl, **self.claims}
+        if self.issuer:
+            claims["iss"] = self.issuer
+        return hs256(self.secret, claims)
+
+
 class Gateway:
-    def __init__(self, ns: str, name: str, flow: str):
-        self.ns, self.name, self.flow = ns, name, flow
+    def __init__(self, ns: str, name: str, flow: str, jwt: Jwt | None = None):
+        self.ns, self.name, self.flow, self.jwt = ns, name, flow, jwt
         self.selector = SELECTOR.format(name=name)
 
     @classmethod
-    def apply(cls, ns: str, name: str, spec: dict, flow: str, image: str | None = None) -> "Gateway":
+    def apply(cls, ns: str, name: str, spec: dict, flow: str, image: str | None = None,
+              jwt: Jwt | None = None) -> "Gateway":
         spec = json.loads(json.dumps(spec))
         if image:
             spec.setdefault("image", image)
             spec.setdefault("imagePullPolicy", "IfNotPresent")
-        cgw = {"apiVersion": "chatgateway.io/v1alpha1", "kind": "ChatGateway",
+        cgw = {"apiVersion": "chatgateway.io/v1beta1", "kind": "ChatGateway",
                "metadata": {"name": name}, "spec": spec}
         kube.apply(cgw, ns)
-        return cls(ns, name, flow)
+        return cls(ns, name, flow, jwt)
 
     def cgw(self) -> dict:
         cgw = kube.get("chatgateway", self.name, self.ns)
@@ -109,14 +125,17 @@ class Gateway:
         return f"ws://{ip}:{port}/ws"
 
     def connect(self, user: str, token: str | None = None) -> tuple[WebSocket, dict]:
-        """A client through the Service (insecure auth: ?user=, JWT: ?token=); returns it
-        and its welcome frame."""
+        """A client through the Service with a token in the Authorization header (`token`,
+        or one minted for `user` with the gateway's JWT settings); `?user=` when the
+        gateway runs without JWT. Returns it and its welcome frame."""
         ip, port = self.service()
-        query = f"token={token}" if token else f"user={user}"
+        if token is None and self.jwt:
+            token = self.jwt.token(user)
+        path, headers = ("/ws", {"Authorization": f"Bearer {token}"}) if token else (f"/ws?user={user}", {})
         last = None
         for _ in range(30):
             try:
-                ws = WebSocket(ip, port, f"/ws?{query}")
+                ws = WebSocket(ip, port, path, headers=headers)
                 welcome = ws.recv()
                 if welcome.get("type") == "welcome":
                     return ws, welcome
@@ -186,7 +205,8 @@ class Fleet:
     """`chat-fleet` (e2e/src/bin/chat-fleet.rs): reference clients that reconnect,
     resume, retry and deduplicate, and report what they lost."""
 
-    def __init__(self, url: str, prefix: str, clients: int, rooms: int, send_every_ms: int = 700):
+    def __init__(self, url: str, prefix: str, clients: int, rooms: int, send_every_ms: int = 700,
+                 jwt: Jwt | None = None):
         binary = Path(os.environ.get("CHATGW_FLEET_BIN", ROOT / "target" / "release" / "chat-fleet"))
         if not binary.exists():
             subprocess.run(["cargo", "build", "--release", "-q", "-p", "e2e", "--bin", "chat-fleet"],
@@ -194,7 +214,10 @@ class Fleet:
         self.stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             [str(binary), "--url", url, "--prefix", prefix, "--clients", str(clients), "--rooms", str(rooms),
-             "--send-every-ms", str(send_every_ms)],
+             "--send-every-ms", str(send_every_ms),
+             *(["--jwt-audience", jwt.audience] if jwt else [])],
+            # The secret through the environment, not the command line (ps shows that).
+            env={**os.environ, **({"CHAT_FLEET_JWT_SECRET": jwt.secret} if jwt else {})},
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True, bufsize=1)
         # Its output through a queue, so that no read can hang a test.
         self.lines: queue.Queue[str | None] = queue.Queue()
@@ -239,13 +262,19 @@ class Fleet:
             self.proc.wait(10)
 
 
+AUDIENCE = "chatgateway"  # what chat-fleet mints for by default (e2e::jwt::AUDIENCE)
+
+
 def redis_gateway(ns: str, cluster, flow: str, name: str = "chat", replicas: int = 2, **spec) -> Gateway:
-    """The repository's Redis and a ChatGateway on it (insecure auth, room for a test's
-    traffic in the rate limits), Ready with `replicas` pods."""
+    """The repository's Redis and a ChatGateway on it (JWT logins with a fresh HS256 secret
+    in a Secret, room for a test's traffic in the rate limits), Ready with `replicas` pods."""
     deploy_redis(ns, cluster.images["redis"], flow)
+    jwt = Jwt(secrets.token_hex(32), AUDIENCE)
+    kube.kubectl("create", "secret", "generic", f"{name}-jwt", f"--from-literal=secret={jwt.secret}", ns=ns)
     full = {
         "replicas": replicas,
-        "gateway": {"auth": {"mode": "insecure"},
+        "gateway": {"auth": {"mode": "jwt", "jwt": {"algorithm": "HS256", "audience": jwt.audience,
+                                                   "secretRef": {"name": f"{name}-jwt", "key": "secret"}}},
                     "redis": {"urlSecretRef": {"name": "chat-redis", "key": "url"}},
                     "limits": {"messageRate": 200, "messageBurst": 200}},
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
@@ -255,7 +284,7 @@ def redis_gateway(ns: str, cluster, flow: str, name: str = "chat", replicas: int
             full[k] = {**full[k], **v}
         else:
             full[k] = v
-    gw = Gateway.apply(ns, name, full, flow, cluster.images["gateway"])
+    gw = Gateway.apply(ns, name, full, flow, cluster.images["gateway"], jwt)
     gw.wait_ready(replicas if not (full.get("autoscaling") or {}).get("enabled")
                   else full["autoscaling"].get("minReplicas", 2))
     return gw

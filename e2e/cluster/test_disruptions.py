@@ -33,7 +33,7 @@ def test_rolling_update_while_200_clients_send(namespace, cluster):
     flow = "rolling update"
     gw = redis_gateway(namespace, cluster, flow, replicas=2, drain={"timeout": "30s"})
     old = {p["metadata"]["name"] for p in gw.pods()}
-    fleet = Fleet(gw.url(), f"roll{RUN_ID}u", clients=200, rooms=20, send_every_ms=1000)
+    fleet = Fleet(gw.url(), f"roll{RUN_ID}u", clients=200, rooms=20, send_every_ms=1000, jwt=gw.jwt)
     try:
         with gw.failing_with_diagnosis():
             fleet.wait_ready()
@@ -57,7 +57,7 @@ def test_docker_kill_of_a_gateway_container(namespace, cluster):
     if not cluster.docker_host:
         pytest.skip("docker kill needs the node's Docker engine (DOCKER_HOST): the local cluster has it")
     gw = redis_gateway(namespace, cluster, flow, replicas=2)
-    fleet = Fleet(gw.url(), f"kill{RUN_ID}u", clients=100, rooms=10, send_every_ms=700)
+    fleet = Fleet(gw.url(), f"kill{RUN_ID}u", clients=100, rooms=10, send_every_ms=700, jwt=gw.jwt)
     try:
         with gw.failing_with_diagnosis():
             fleet.wait_ready()
@@ -106,7 +106,7 @@ def test_eviction_respects_the_disruption_budget(namespace, cluster):
                           "writes it in the newest policy version the cluster serves)", budget, 90, gw.ns,
                           gw.selector)
     assert pdb["spec"]["maxUnavailable"] == 1, pdb["spec"]
-    fleet = Fleet(gw.url(), f"evict{RUN_ID}u", clients=100, rooms=10, send_every_ms=700)
+    fleet = Fleet(gw.url(), f"evict{RUN_ID}u", clients=100, rooms=10, send_every_ms=700, jwt=gw.jwt)
     try:
         with gw.failing_with_diagnosis():
             fleet.wait_ready()

@@ -45,7 +45,7 @@ def test_hpa_scales_up_rebalances_and_scales_down(namespace, cluster):
     # rebalancing (a pod at least `absThreshold`, 100 by default, and 20 % above the
     # mean sheds through goaway + resume) moves clients onto them.
     first = {p["metadata"]["name"] for p in gw.ready_pods()}
-    fleet = Fleet(gw.url(), f"hpa{RUN_ID}u", clients=CLIENTS, rooms=10, send_every_ms=5000)
+    fleet = Fleet(gw.url(), f"hpa{RUN_ID}u", clients=CLIENTS, rooms=10, send_every_ms=5000, jwt=gw.jwt)
     try:
         with gw.failing_with_diagnosis():
             fleet.wait_ready()

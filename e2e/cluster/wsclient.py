@@ -14,11 +14,13 @@ class Closed(Exception):
 
 
 class WebSocket:
-    def __init__(self, host: str, port: int, path: str, timeout: float = 10.0):
+    def __init__(self, host: str, port: int, path: str, timeout: float = 10.0,
+                 headers: dict[str, str] | None = None):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         key = base64.b64encode(os.urandom(16)).decode()
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n{extra}"
                            "Sec-WebSocket-Version: 13\r\n\r\n").encode())
         head = b""
         while b"\r\n\r\n" not in head:

@@ -3,8 +3,8 @@
 //! rebalance and storm tests and of the cluster suite (`chat-fleet`): every acknowledged
 //! message reached every member subscribed when it was acknowledged (and DMs their user),
 //! no gap, nothing reported unrecovered, no message stored twice, no reply to no command,
-//! a 1-3 s `Retry-After` on every 503, and (where asked) every client that lost its
-//! connection resumed its session.
+//! a 1-3 s `Retry-After` on every 503, every client back in its rooms when stopped, and
+//! (where asked) every client that lost its connection resumed its session.
 
 use crate::gateways::Gateways;
 use crate::resilient::{Credentials, Plan, Record, Resilient};
@@ -69,12 +69,40 @@ pub async fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> boo
     }
 }
 
-/// Stops sending, lets in-flight messages arrive for `settle`, then stops every client.
-pub async fn settle_and_stop_after(cs: Vec<Running>, settle: Duration) -> Vec<Finished> {
+/// Stops sending, then waits until every client is back in its rooms (joined, or resumed
+/// after its last reconnect) and `settle` has passed since the stop and since the last
+/// disconnect (in-flight messages and replays arrive meanwhile), at most `back_within`
+/// beyond that; then stops
+/// every client. A client stopped between a `goaway` and its resume cannot have what was
+/// sent while it was away: the verdict names such clients instead of counting their
+/// misses as loss.
+pub async fn settle_and_stop_after(
+    cs: Vec<Running>,
+    settle: Duration,
+    back_within: Duration,
+) -> Vec<Finished> {
     for (_, _, c) in &cs {
         c.stop_sending();
     }
-    tokio::time::sleep(settle).await;
+    let stopped_sending = Instant::now();
+    let deadline = stopped_sending + settle + back_within;
+    loop {
+        let now = Instant::now();
+        // The settle time counts from the later of the stop and the last disconnect.
+        let mut since = stopped_sending;
+        let mut all_back = true;
+        for (_, _, c) in &cs {
+            c.with(|r| {
+                all_back &= r.in_session;
+                since = since.max(r.disconnects.last().copied().unwrap_or(since));
+            });
+        }
+        let quiet = now.duration_since(since) >= settle;
+        if (all_back && quiet) || now >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut records = Vec::new();
     for (user, rooms, c) in cs {
         records.push((user, rooms, c.stop().await));
@@ -82,9 +110,10 @@ pub async fn settle_and_stop_after(cs: Vec<Running>, settle: Duration) -> Vec<Fi
     records
 }
 
-/// [`settle_and_stop_after`] with the 3 s the in-process tests allow.
+/// [`settle_and_stop_after`] with the 3 s the in-process tests allow (and 30 s more for
+/// clients to come back).
 pub async fn settle_and_stop(cs: Vec<Running>) -> Vec<Finished> {
-    settle_and_stop_after(cs, Duration::from_secs(3)).await
+    settle_and_stop_after(cs, Duration::from_secs(3), Duration::from_secs(30)).await
 }
 
 /// What a fleet's records show.
@@ -153,12 +182,19 @@ pub fn verdict(records: &[Finished], require_resume: bool) -> Verdict {
                 "{user}: a 503 without a 1-3 s Retry-After: {bad_retry:?}"
             ));
         }
+        if !rec.in_session {
+            v.problems.push(format!(
+                "{user} was not back in its rooms when stopped (connected: {}; failed resumes: {:?})",
+                rec.connected, rec.resume_failures
+            ));
+        }
         if rec.connects.len() > 1 {
             v.reconnected += 1;
             if require_resume && rec.resumes == 0 {
                 v.problems.push(format!(
-                    "{user} reconnected {} times and never resumed",
-                    rec.connects.len() - 1
+                    "{user} reconnected {} times and never resumed (failed resumes: {:?})",
+                    rec.connects.len() - 1,
+                    rec.resume_failures
                 ));
             }
         }

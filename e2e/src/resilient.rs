@@ -68,6 +68,8 @@ pub struct Record {
     pub connects: Vec<(Instant, std::time::SystemTime)>,
     /// Successful resumes.
     pub resumes: u64,
+    /// Resumes that failed: the error reply, or why there was none (the last 5).
+    pub resume_failures: Vec<String>,
     /// Upgrades refused with 503.
     pub refused: u64,
     /// The `Retry-After` of every 503, in seconds (None: the header was missing).
@@ -82,8 +84,12 @@ pub struct Record {
     pub ready: bool,
     /// The room's top seq when first joined: later messages must all arrive.
     pub joined_at: BTreeMap<String, u64>,
-    /// Whether the client is connected right now.
+    /// Whether the client is connected right now (upgraded: its resume may be pending).
     pub connected: bool,
+    /// Whether the client is back in its rooms on its current connection: joined them, or
+    /// resumed after a reconnect. Until then it cannot have what was sent while it was
+    /// away; a stop leaves the flag as it was, so a verdict can tell.
+    pub in_session: bool,
 }
 
 /// A running reference client.
@@ -251,11 +257,14 @@ async fn run(
         };
         st.token = Some(new_token);
         if ok {
+            rec(&mut |r| r.in_session = true);
             hint = session(&mut c, &plan, &mut st, &record, &quiet, &stop).await;
         }
+        let stopped = stop.is_cancelled();
         rec(&mut |r| {
             r.disconnects.push(Instant::now());
             r.connected = false;
+            r.in_session &= stopped;
         });
     }
 }
@@ -296,11 +305,19 @@ async fn resume(
         .map(|(room, (epoch, seq))| (room.clone(), json!({"seq": seq, "epoch": epoch})))
         .collect();
     let resume = json!({"type": "resume", "resume_token": token, "positions": positions});
+    let failed = |why: String| {
+        let mut rec = record.lock().unwrap_or_else(|p| p.into_inner());
+        if rec.resume_failures.len() == 5 {
+            rec.resume_failures.remove(0);
+        }
+        rec.resume_failures.push(why);
+        false
+    };
     let Some(r) = c.try_request(resume).await else {
-        return false;
+        return failed("no reply (connection ended or 10 s passed)".into());
     };
     if r["type"] != "ok" {
-        return false;
+        return failed(r.to_string());
     }
     let mut rec = record.lock().unwrap_or_else(|p| p.into_inner());
     rec.resumes += 1;

@@ -2,7 +2,7 @@
 //! resume, without loss, and never while a pod drains. Real gateway processes (or
 //! in-process gateways) on a real Redis, JWT auth, the reference client.
 
-use e2e::fleet::{check_no_loss, settle_and_stop, wait_until};
+use e2e::fleet::{check_no_loss, settle_and_stop, verdict, wait_until, Running};
 use e2e::gateways::Gateways;
 use e2e::redis::RedisServer;
 use e2e::resilient::{Plan, Resilient};
@@ -10,32 +10,27 @@ use e2e::{test_config, TestGateway};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rebalance_spreads_connections_to_new_pods_without_loss() {
-    let redis = RedisServer::start();
-    let extra = [
-        ("CHATGW_REBALANCE__ABS_THRESHOLD", "4"),
-        ("CHATGW_REBALANCE__REL_THRESHOLD", "0.2"),
-        ("CHATGW_REBALANCE__RATE", "10"),
-        ("CHATGW_REBALANCE__INTERVAL", "1s"),
-        ("CHATGW_DRAIN__RECONNECT_JITTER", "200ms"),
-    ];
-    let mut cluster = Gateways::start_jwt(&redis, 1, &extra);
+/// One gateway process with `n` reference clients (rooms of 10, a DM neighbour each) and
+/// two addresses where more will start (a Service's pods that do not exist yet).
+async fn fleet_on_one_pod(
+    redis: &RedisServer,
+    n: usize,
+    extra: &[(&str, &str)],
+) -> (Gateways, Vec<Running>, [SocketAddr; 2]) {
+    let cluster = Gateways::start_jwt(redis, 1, extra);
     let a0 = cluster.procs[0].addr;
-    // Two more addresses, known to clients up front (as a Service would be).
     let a1 = SocketAddr::from(([127, 0, 0, 1], e2e::process::free_port()));
     let a2 = SocketAddr::from(([127, 0, 0, 1], e2e::process::free_port()));
     let urls: Vec<String> = [a0, a1, a2]
         .iter()
         .map(|a| format!("ws://{a}/ws"))
         .collect();
-    let n = 60;
-    let cs: Vec<(String, Vec<String>, Resilient)> = (0..n)
+    let cs: Vec<Running> = (0..n)
         .map(|i| {
             let plan = Plan {
                 user: format!("r{i}"),
-                urls: vec![urls[0].clone(), urls[1].clone(), urls[2].clone()],
-                rooms: vec![format!("rb{}", i % 6)],
+                urls: urls.clone(),
+                rooms: vec![format!("rb{}", i % (n / 10).max(1))],
                 send_every: Some(Duration::from_millis(800)),
                 dm_to: vec![format!("r{}", (i + 1) % n)],
                 max_backoff: Duration::from_secs(1),
@@ -51,6 +46,21 @@ async fn rebalance_spreads_connections_to_new_pods_without_loss() {
     })
     .await;
     assert_eq!(cluster.connections(0) as usize, n);
+    (cluster, cs, [a1, a2])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_spreads_connections_to_new_pods_without_loss() {
+    let redis = RedisServer::start();
+    let extra = [
+        ("CHATGW_REBALANCE__ABS_THRESHOLD", "4"),
+        ("CHATGW_REBALANCE__REL_THRESHOLD", "0.2"),
+        ("CHATGW_REBALANCE__RATE", "10"),
+        ("CHATGW_REBALANCE__INTERVAL", "1s"),
+        ("CHATGW_DRAIN__RECONNECT_JITTER", "200ms"),
+    ];
+    let n = 60;
+    let (mut cluster, cs, [a1, a2]) = fleet_on_one_pod(&redis, n, &extra).await;
     cluster.restart(a1, 1);
     cluster.restart(a2, 2);
     let started = Instant::now();
@@ -80,6 +90,45 @@ async fn rebalance_spreads_connections_to_new_pods_without_loss() {
     assert!(t.acked > 100, "traffic flowed while rebalancing: {t:?}");
     assert_eq!(t.ended_without_goaway, 0, "shed with a goaway first: {t:?}");
     assert!(cluster.procs[0].metric("chatgateway_rebalance_shed_total") >= 20.0);
+}
+
+/// The cluster suite's HPA flow in small: the clients are stopped and judged while the
+/// first pod still sheds (the new pods have their first connections, far from the mean),
+/// with the default 2 s reconnect jitter. Clients told to go in the last seconds are
+/// still away or resuming then; the verdict must judge each client once it is back in
+/// its rooms, and every one must have resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_stopped_while_a_pod_still_sheds_are_judged_after_their_resume() {
+    let redis = RedisServer::start();
+    let extra = [
+        ("CHATGW_REBALANCE__ABS_THRESHOLD", "4"),
+        ("CHATGW_REBALANCE__REL_THRESHOLD", "0.2"),
+        ("CHATGW_REBALANCE__RATE", "4"),
+        ("CHATGW_REBALANCE__INTERVAL", "1s"),
+    ];
+    let (mut cluster, cs, [a1, a2]) = fleet_on_one_pod(&redis, 60, &extra).await;
+    cluster.restart(a1, 1);
+    cluster.restart(a2, 2);
+    // 60 against a mean of 20: 40 to shed at 4/s, for 10 s. Stop once the first few were told to go.
+    wait_until("the first pod shedding", Duration::from_secs(45), || {
+        cluster.procs[0].metric("chatgateway_rebalance_shed_total") >= 4.0
+    })
+    .await;
+    let shed_at_stop = cluster.procs[0].metric("chatgateway_rebalance_shed_total");
+    let records = settle_and_stop(cs).await;
+    let shed = cluster.procs[0].metric("chatgateway_rebalance_shed_total");
+    assert!(
+        shed >= shed_at_stop + 8.0,
+        "the first pod went on shedding while the clients stopped ({shed_at_stop} -> {shed})"
+    );
+    let v = verdict(&records, true);
+    assert!(
+        v.problems.is_empty(),
+        "{} problems, first 20: {:#?}",
+        v.problems.len(),
+        &v.problems[..v.problems.len().min(20)]
+    );
+    assert!(v.reconnected >= 10, "clients moved: {v:?}");
 }
 
 /// In-process gateways on one Redis (the node registry is shared), rebalancing every

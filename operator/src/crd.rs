@@ -10,12 +10,14 @@ mod auth;
 mod backend;
 mod gateway;
 mod namespaces;
+mod redis;
 mod versions;
 
 pub use auth::*;
 pub use backend::*;
 pub use gateway::*;
 pub use namespaces::*;
+pub use redis::*;
 pub use versions::crd;
 
 use k8s_openapi::api::core::v1::{

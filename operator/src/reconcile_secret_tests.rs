@@ -203,3 +203,85 @@ async fn a_rotated_key_changes_the_pod_template_and_a_rotated_key_set_does_not()
     // The key itself never leaves the Secret.
     assert!(!after.to_string().contains(other_key));
 }
+
+/// A sentinel-mode gateway whose Redis and Sentinel passwords come from two Secrets.
+const SENTINEL: &str = "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, redis: {mode: sentinel, passwordSecretRef: {name: acl, key: pw}, sentinel: {masterName: chat, addresses: ['redis://s-0.s:26379', 'redis://s-1.s:26379'], passwordSecretRef: {name: sen, key: pw}}}}";
+
+/// Reconciles SENTINEL with these passwords; returns every request body.
+async fn sentinel_gateway(redis_pw: &str, sentinel_pw: &str) -> Vec<(String, Value)> {
+    let (ctx, handle) = context(ServedKinds::ALL, false);
+    let reads = vec![
+        ok_with(
+            Method::GET,
+            &format!("{NS}/secrets/acl"),
+            secret("acl", "pw", redis_pw),
+        ),
+        ok_with(
+            Method::GET,
+            &format!("{NS}/secrets/sen"),
+            secret("sen", "pw", sentinel_pw),
+        ),
+    ];
+    let server = serve(
+        handle,
+        with(
+            with(reads, lookups()),
+            applies(&[CM, DEPLOY, SVC, PDB, STATUS]),
+        ),
+    );
+    reconcile(Arc::new(cgw(SENTINEL)), ctx)
+        .await
+        .expect("reconcile");
+    server.await.expect("server")
+}
+
+#[tokio::test]
+async fn sentinel_mode_reads_both_password_secrets_and_a_new_sentinel_password_rolls_the_pods() {
+    let seen = sentinel_gateway("redis-pw", "sentinel-pw").await;
+    assert_eq!(
+        paths(&seen)[..2],
+        [
+            "GET /api/v1/namespaces/apps/secrets/acl",
+            "GET /api/v1/namespaces/apps/secrets/sen"
+        ]
+    );
+    let config = seen[8].1["data"]["config.yaml"].as_str().expect("config");
+    assert!(
+        config.contains("mode: sentinel") && config.contains("masterName: chat"),
+        "{config}"
+    );
+    let deployment = &seen[9].1;
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    for var in ["CHATGW_REDIS__PASSWORD", "CHATGW_REDIS__SENTINEL__PASSWORD"] {
+        assert!(env.contains(var), "{env}");
+    }
+    let everything = serde_json::to_string(&seen).expect("json");
+    assert!(!everything.contains("redis-pw") && !everything.contains("sentinel-pw"));
+    let hash = |seen: &[(String, Value)]| {
+        seen[9].1["spec"]["template"]["metadata"]["annotations"]["chatgateway.io/secret-hash"]
+            .clone()
+    };
+    let (acl, sen) = (
+        crate::crd::SecretKeyRef {
+            name: "acl".into(),
+            key: "pw".into(),
+        },
+        crate::crd::SecretKeyRef {
+            name: "sen".into(),
+            key: "pw".into(),
+        },
+    );
+    assert_eq!(
+        hash(&seen),
+        crate::secrets::digest(
+            &[&acl, &sen],
+            &[b"redis-pw".to_vec(), b"sentinel-pw".to_vec()]
+        )
+    );
+    let rotated = sentinel_gateway("redis-pw", "new-sentinel-pw").await;
+    assert_ne!(
+        hash(&seen),
+        hash(&rotated),
+        "a new sentinel password rolls the pods"
+    );
+}

@@ -1,8 +1,8 @@
 //! The Secrets a ChatGateway references: checked on every reconcile, partly hashed, and
 //! watched so that a rotated key takes effect and a Secret created late is picked up at once.
 //!
-//! The gateway reads the Redis URL from its environment, once, at start, so a new URL only
-//! reaches it through new pods; a single JWT key (`secretRef`, `publicKeySecretRef`) is a
+//! The gateway reads the Redis URL and credentials (Redis and Sentinel user and password)
+//! from its environment, once, at start, so a new value only reaches it through new pods; a single JWT key (`secretRef`, `publicKeySecretRef`) is a
 //! hard cut-over that new pods make at once everywhere. The hash of those keys goes on the
 //! pod template: a changed key changes the template and the Deployment rolls the pods
 //! through the normal drain. A key set (`jwksSecretRef`) is left out of the hash: the
@@ -33,6 +33,8 @@ use sha2::{Digest, Sha256};
 pub enum Purpose {
     /// The `redis://` URL.
     RedisUrl,
+    /// A user or password of the Redis nodes or of the Sentinels.
+    RedisCredential,
     /// The HS256 shared secret (checked only when the algorithm is HS256).
     Hs256Secret {
         /// Whether HS256 is the configured algorithm.
@@ -62,7 +64,17 @@ pub fn refs(spec: &ChatGatewaySpec) -> Vec<(&SecretKeyRef, Purpose)> {
         .is_some_and(|j| j.algorithm.unwrap_or(JwtAlgorithmSpec::HS256) == JwtAlgorithmSpec::HS256);
     let redis = g
         .and_then(|g| g.redis.as_ref())
-        .map(|r| (&r.url_secret_ref, Purpose::RedisUrl));
+        .map(crate::builders::redis_env)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(var, r)| {
+            let purpose = if var == crate::builders::REDIS_URL_ENV {
+                Purpose::RedisUrl
+            } else {
+                Purpose::RedisCredential
+            };
+            (r, purpose)
+        });
     let keys = key_files(spec).into_iter().map(|k| {
         let purpose = match k.volume {
             "jwt-secret" => Purpose::Hs256Secret { in_use: hs256 },
@@ -72,7 +84,7 @@ pub fn refs(spec: &ChatGatewaySpec) -> Vec<(&SecretKeyRef, Purpose)> {
         };
         (k.secret, purpose)
     });
-    redis.into_iter().chain(keys).collect()
+    redis.chain(keys).collect()
 }
 
 /// Reads every referenced key, checks what it can of each value, and returns the hash of
@@ -155,7 +167,10 @@ pub fn check(purpose: Purpose, value: &[u8]) -> Result<(), String> {
                 return Err("no API key in it (one per line; blank lines and # comments are skipped): the gateway would refuse to start".into());
             }
         }
-        Purpose::Hs256Secret { in_use: false } | Purpose::RedisUrl | Purpose::PublicKey => {}
+        Purpose::Hs256Secret { in_use: false }
+        | Purpose::RedisUrl
+        | Purpose::RedisCredential
+        | Purpose::PublicKey => {}
     }
     Ok(())
 }
@@ -201,13 +216,18 @@ mod tests {
         }
     }
 
+    /// Each reference as `secret/key purpose rolls-pods`, in the order refs() gives.
+    fn described(c: &ChatGateway) -> Vec<String> {
+        refs(&c.spec)
+            .iter()
+            .map(|(r, p)| format!("{}/{} {p:?} {}", r.name, r.key, p.rolls_pods()))
+            .collect()
+    }
+
     #[test]
     fn refs_in_order_and_only_the_key_set_stays_out_of_the_hash() {
         let c = cgw(FULL);
-        let names: Vec<_> = refs(&c.spec)
-            .iter()
-            .map(|(r, p)| format!("{}/{} {p:?} {}", r.name, r.key, p.rolls_pods()))
-            .collect();
+        let names = described(&c);
         assert_eq!(
             names,
             [
@@ -223,6 +243,27 @@ mod tests {
             purposes,
             [Purpose::Hs256Secret { in_use: false }, Purpose::PublicKey]
         );
+    }
+
+    #[test]
+    fn every_redis_credential_is_read_hashed_and_watched() {
+        let c = cgw("gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, redis: {mode: sentinel, usernameSecretRef: {name: acl, key: user}, passwordSecretRef: {name: acl, key: pw}, sentinel: {masterName: m, addresses: ['redis://s:26379'], usernameSecretRef: {name: sen, key: user}, passwordSecretRef: {name: sen, key: pw}}}}");
+        let names = described(&c);
+        assert_eq!(
+            names,
+            [
+                "acl/user RedisCredential true",
+                "acl/pw RedisCredential true",
+                "sen/user RedisCredential true",
+                "sen/pw RedisCredential true",
+            ],
+            "the gateway reads them once, at start: a new value needs new pods"
+        );
+        for secret in ["acl", "sen"] {
+            assert_eq!(gateways_using("apps", secret, [&c]).len(), 1, "{secret}");
+        }
+        // Taken as they are: an empty password is Redis's business.
+        assert_eq!(check(Purpose::RedisCredential, b""), Ok(()));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use crate::builders::HTTP_PORT;
 use crate::crd::{
-    ApiSpec, AuthModeSpec, AuthSpec, ChatGatewaySpec, JwtAlgorithmSpec, RolloutStrategy,
+    ApiSpec, AuthModeSpec, AuthSpec, ChatGatewaySpec, JwtAlgorithmSpec, RedisSpec, RolloutStrategy,
 };
 use crate::error::{Error, Result};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -50,6 +50,9 @@ pub fn check(spec: &ChatGatewaySpec) -> Result<()> {
     check_auth(auth)?;
     if let Some(api) = spec.gateway.as_ref().and_then(|g| g.api.as_ref()) {
         check_api(spec, api)?;
+    }
+    if let Some(redis) = spec.gateway.as_ref().and_then(|g| g.redis.as_ref()) {
+        check_redis(redis)?;
     }
     if let Some(g) = &spec.gateway {
         if g.heartbeat_interval.is_some()
@@ -187,6 +190,56 @@ fn check_api(spec: &ChatGatewaySpec, api: &ApiSpec) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The CEL rules of `gateway.redis` (crd/redis.rs), same messages.
+fn check_redis(r: &RedisSpec) -> Result<()> {
+    use crate::crd::{
+        BAD_ADDRESS, CLUSTER_NEEDS_SEEDS, NODES_ONLY_CLUSTER, NO_URL_WITH_SENTINEL,
+        SENTINEL_NEEDS_MASTER, SENTINEL_ONLY_SENTINEL, SINGLE_NEEDS_URL,
+    };
+    use chat_gateway_config::RedisMode;
+    let invalid = |m: &str| Err(Error::InvalidSpec(m.to_string()));
+    let mode = r.mode();
+    let sentinel = r.sentinel.as_ref();
+    if mode == RedisMode::Single && r.url_secret_ref.is_none() {
+        return invalid(SINGLE_NEEDS_URL);
+    }
+    if mode == RedisMode::Cluster && r.url_secret_ref.is_none() && r.nodes.is_empty() {
+        return invalid(CLUSTER_NEEDS_SEEDS);
+    }
+    if mode == RedisMode::Sentinel
+        && !sentinel.is_some_and(|s| s.master_name.is_some() && !s.addresses.is_empty())
+    {
+        return invalid(SENTINEL_NEEDS_MASTER);
+    }
+    if !r.nodes.is_empty() && mode != RedisMode::Cluster {
+        return invalid(NODES_ONLY_CLUSTER);
+    }
+    if r.sentinel.is_some() && mode != RedisMode::Sentinel {
+        return invalid(SENTINEL_ONLY_SENTINEL);
+    }
+    if r.url_secret_ref.is_some() && mode == RedisMode::Sentinel {
+        return invalid(NO_URL_WITH_SENTINEL);
+    }
+    let addresses = sentinel.map(|s| s.addresses.as_slice()).unwrap_or_default();
+    if !r.nodes.iter().chain(addresses).all(|a| redis_address(a)) {
+        return invalid(BAD_ADDRESS);
+    }
+    Ok(())
+}
+
+/// What `crd::REDIS_ADDRESS_PATTERN` accepts: `redis://` or `rediss://`, then a host and
+/// port without `/`, `@` or spaces, and at most a trailing `/`.
+fn redis_address(a: &str) -> bool {
+    let Some(rest) = a
+        .strip_prefix("redis://")
+        .or_else(|| a.strip_prefix("rediss://"))
+    else {
+        return false;
+    };
+    let host = rest.strip_suffix('/').unwrap_or(rest);
+    !host.is_empty() && !host.contains(['/', '@', ' '])
 }
 
 fn duration(field: &str, text: Option<&str>, default: Duration) -> Result<Duration> {

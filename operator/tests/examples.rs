@@ -92,7 +92,11 @@ fn the_schema_refuses_bad_values() {
         r#"{"spec": {"telemetry": {"samplingRatio": 2}}}"#,
         r#"{"spec": {"autoscaling": {"targetCpuUtilization": 0}}}"#,
         r#"{"spec": {"service": {"port": 70000}}}"#,
-        r#"{"spec": {"gateway": {"auth": {"mode": "insecure", "dangerouslyAllowInsecureOnNetwork": true}, "redis": {"keyPrefix": "x"}}}}"#,
+        // Redis: the gateway's modes and a prefix without braces (a missing urlSecretRef
+        // is a CEL rule: crd/cel_redis_tests.rs).
+        r#"{"spec": {"gateway": {"redis": {"mode": "shards", "urlSecretRef": {"name": "r", "key": "u"}}}}}"#,
+        r#"{"spec": {"gateway": {"redis": {"keyPrefix": "a{b}", "urlSecretRef": {"name": "r", "key": "u"}}}}}"#,
+        r#"{"spec": {"gateway": {"redis": {"mode": "cluster", "nodes": ["redis://a:1"], "passwordSecretRef": {"name": "r"}}}}}"#,
         r#"{"spec": {"gateway": {"routes": [{"name": "Bots", "pathPrefix": "/b", "upstream": "s:1"}]}}}"#,
         r#"{"spec": {"gateway": {"routes": [{"name": "b", "pathPrefix": "b", "upstream": "s:1"}]}}}"#,
         r#"{"spec": {"gateway": {"routes": [{"name": "b", "pathPrefix": "/b"}]}}}"#,

@@ -1,6 +1,6 @@
 //! ConfigMap holding the gateway's `config.yaml`, produced from the gateway's own `Config`.
 
-use super::{auth, backend, namespaces, parse_duration, set, Owner};
+use super::{auth, backend, namespaces, parse_duration, redis, set, Owner};
 use crate::crd::{AdmissionSpec, ChatGateway, GatewaySpec, RetentionSpec, RouteSpec};
 use crate::error::{Error, Result};
 use chat_gateway_config::{AdmissionConfig, Config, EngineKind, RetentionConfig, RouteConfig};
@@ -24,6 +24,20 @@ const RESERVED: &[(&[&str], &str)] = &[
     (
         &["redis", "url"],
         "the URL comes from gateway.redis.urlSecretRef",
+    ),
+    (&["redis", "mode"], "use gateway.redis.mode"),
+    (&["redis", "nodes"], "use gateway.redis.nodes"),
+    (
+        &["redis", "sentinel"],
+        "use gateway.redis.sentinel, whose credentials come from Secrets",
+    ),
+    (
+        &["redis", "username"],
+        "the user comes from gateway.redis.usernameSecretRef",
+    ),
+    (
+        &["redis", "password"],
+        "a password belongs in a Secret: gateway.redis.passwordSecretRef",
     ),
     (&["auth"], "use gateway.auth, whose keys come from Secrets"),
     (
@@ -103,17 +117,11 @@ fn gateway_section(config: &mut Config, g: &GatewaySpec) -> Result<()> {
     if !g.allowed_origins.is_empty() {
         config.server.allowed_origins = g.allowed_origins.clone();
     }
-    if let Some(redis) = &g.redis {
-        // The URL itself comes from the Secret through CHATGW_REDIS__URL, never the ConfigMap.
+    if let Some(r) = &g.redis {
+        // The URL and credentials come from Secrets through the environment, never the
+        // ConfigMap (builders::redis).
         config.engine = EngineKind::Redis;
-        if let Some(prefix) = &redis.key_prefix {
-            config.redis.key_prefix = prefix.clone();
-        }
-        config.redis.readiness_grace = parse_duration(
-            "gateway.redis.readinessGrace",
-            redis.readiness_grace.as_deref(),
-            config.redis.readiness_grace,
-        )?;
+        redis::apply(&mut config.redis, r)?;
     }
     if let Some(a) = &g.auth {
         auth::apply(&mut config.auth, a)?;

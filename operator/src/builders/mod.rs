@@ -13,8 +13,11 @@ pub mod namespaces;
 pub mod networkpolicy;
 pub mod pdb;
 pub mod pod;
+pub mod redis;
 pub mod rollout;
 pub mod service;
+
+pub use redis::{redis_env, REDIS_URL_ENV};
 
 use crate::crd::ChatGateway;
 use crate::error::{Error, Result};

@@ -8,8 +8,8 @@ use crate::error::{Error, Result};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, KeyToPath, LocalObjectReference, ObjectFieldSelector, PodSecurityContext,
-    PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
-    SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
+    PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
+    TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -290,8 +290,8 @@ fn value_env(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
-/// Environment: pod identity from the downward API, Redis URL from its Secret, OTEL_*,
-/// then the spec's own `env` (checked not to clash: `validate`).
+/// Environment: pod identity from the downward API, Redis URL and credentials from their
+/// Secrets, OTEL_*, then the spec's own `env` (checked not to clash: `validate`).
 fn env(cgw: &ChatGateway) -> Vec<EnvVar> {
     // POD_NAME and POD_NAMESPACE come first: later values reference them as $(VAR).
     let mut env = vec![
@@ -299,18 +299,7 @@ fn env(cgw: &ChatGateway) -> Vec<EnvVar> {
         field_env("POD_NAMESPACE", "metadata.namespace"),
     ];
     if let Some(redis) = cgw.spec.gateway.as_ref().and_then(|g| g.redis.as_ref()) {
-        env.push(EnvVar {
-            name: "CHATGW_REDIS__URL".into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: redis.url_secret_ref.name.clone(),
-                    key: redis.url_secret_ref.key.clone(),
-                    optional: Some(false),
-                }),
-                ..EnvVarSource::default()
-            }),
-            value: None,
-        });
+        env.extend(super::redis::env(redis));
     }
     if let Some(t) = cgw.spec.telemetry.as_ref() {
         if let Some(endpoint) = &t.otlp_endpoint {

@@ -329,3 +329,6 @@ fn auth_rules_say_the_same_in_cel_and_in_the_operator() {
         "{err}"
     );
 }
+
+#[path = "cel_redis_tests.rs"]
+mod redis;

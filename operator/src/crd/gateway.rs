@@ -2,7 +2,9 @@
 //! Secrets its keys come from. Field names follow the gateway's config (docs/configuration.md).
 //! Authentication is in `auth.rs`, room namespaces in `namespaces.rs`.
 
-use super::{ApiSpec, AuthSpec, HooksSpec, NamespaceRules, NamespaceSpec, DURATION_PATTERN};
+use super::{
+    ApiSpec, AuthSpec, HooksSpec, NamespaceRules, NamespaceSpec, RedisSpec, DURATION_PATTERN,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -87,7 +89,8 @@ pub struct GatewaySpec {
     pub hooks: Option<HooksSpec>,
     /// Any other gateway config (docs/configuration.md), merged under the typed fields
     /// above (they win) and checked by the gateway's own validation. Keys the operator
-    /// controls are refused: `server.listen`, `node`, `engine`, `redis.url`, `auth`,
+    /// controls are refused: `server.listen`, `node`, `engine`, `redis.url`, `redis.mode`,
+    /// `redis.nodes`, `redis.sentinel`, `redis.username`, `redis.password`, `auth`,
     /// `drain.timeout`, `api.listen`, `api.keysFile`, `api.keys`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form")]
@@ -192,22 +195,6 @@ pub struct RouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 256, max = 67108864))]
     pub max_frame_bytes: Option<i64>,
-}
-
-/// Redis engine settings.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RedisSpec {
-    /// Secret key holding the `redis://` URL (it may carry a password).
-    pub url_secret_ref: SecretKeyRef,
-    /// Prefix of every key and channel.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
-    pub key_prefix: Option<String>,
-    /// How long Redis may be unreachable before readiness fails, e.g. `5s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(DURATION_PATTERN))]
-    pub readiness_grace: Option<String>,
 }
 
 /// Per-connection limits; unset fields keep the gateway's defaults.

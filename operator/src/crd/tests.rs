@@ -186,6 +186,7 @@ fn schema_defaults_are_what_the_code_defaults_to() {
         ("gateway.rebalance.rate", json!(gw.rebalance.rate as i64)),
         ("gateway.rebalance.interval", secs(gw.rebalance.interval)),
         ("gateway.auth.mode", json!("jwt")),
+        ("gateway.redis.mode", json!(gw.redis.mode)),
         (
             "gateway.auth.dangerouslyAllowInsecureOnNetwork",
             json!(gw.auth.dangerously_allow_insecure_on_network),
