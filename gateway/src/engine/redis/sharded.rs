@@ -7,7 +7,9 @@
 //!   `sunsubscribe` for its channels: a channel still wanted is subscribed again (the
 //!   crate then learns the new owner from `MOVED`);
 //! - a node that drops (a killed master) sends `Disconnection`: every channel is
-//!   subscribed again, retried until the promoted replica answers;
+//!   subscribed again, retried until the promoted replica answers. The retries run beside
+//!   this loop, not in it: a channel whose node is gone can take seconds per attempt, and
+//!   meanwhile the pushes of every other channel must keep flowing;
 //! - every confirmation after a channel's first one means the subscription was made
 //!   again, so messages may have been missed: the gap is filled from history before any
 //!   later push of the channel is handed on (pushes arrive in order on one queue).
@@ -22,7 +24,7 @@ use futures_util::StreamExt;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind, Value};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,8 +42,11 @@ struct Task {
     conn: ClusterConnection,
     /// Channels Redis confirmed at least once (a later confirmation is a re-subscription).
     confirmed: HashSet<String>,
-    /// Channels to subscribe again.
-    lost: HashSet<String>,
+    /// Channels to subscribe again, each with the loss that put it here: an attempt that
+    /// started before a later loss (a node dropped again meanwhile) does not count.
+    lost: HashMap<String, u64>,
+    /// Number of losses so far.
+    losses: u64,
     up: Arc<AtomicBool>,
 }
 
@@ -62,7 +67,13 @@ pub(super) async fn run(
         }
     };
     let mut task = Task {
-        lost: shared.keys.inbox_channels().into_iter().collect(),
+        lost: shared
+            .keys
+            .inbox_channels()
+            .into_iter()
+            .map(|ch| (ch, 0))
+            .collect(),
+        losses: 0,
         shared,
         delivery,
         conn,
@@ -71,10 +82,19 @@ pub(super) async fn run(
     };
     let mut retry = tokio::time::interval(RETRY_EVERY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One round of re-subscriptions at a time, reporting back here.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Vec<Attempt>>();
+    let mut resubscribing = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = retry.tick() => task.subscribe_lost().await,
+            _ = retry.tick(), if !resubscribing => {
+                resubscribing = task.subscribe_lost(done_tx.clone());
+            }
+            Some(done) = done_rx.recv() => {
+                resubscribing = false;
+                task.subscribed(done);
+            }
             cmd = rx.recv() => match cmd {
                 None => return,
                 Some(cmd) => task.command(cmd).await,
@@ -105,32 +125,45 @@ fn connect(
     Ok(client.get_pending_async_connection_with_config(redis::cluster::ClusterConfig::new()))
 }
 
+/// One re-subscription: the channel, the loss it answers, and whether Redis confirmed it.
+type Attempt = (String, u64, bool);
+
 fn text(v: &Value) -> Option<String> {
     redis::from_redis_value_ref::<String>(v).ok()
 }
 
 impl Task {
-    /// Subscribes the lost channels again (a few at a time); the node is ready again
-    /// (`/readyz`, joins) once none is left.
-    async fn subscribe_lost(&mut self) {
+    /// Starts subscribing the lost channels again (a few at a time) in a task of its own,
+    /// which reports on `done`; false when nothing is lost.
+    fn subscribe_lost(&mut self, done: mpsc::UnboundedSender<Vec<Attempt>>) -> bool {
         if self.lost.is_empty() {
-            return;
+            return false;
         }
-        let channels: Vec<String> = self.lost.iter().cloned().collect();
+        let channels: Vec<(String, u64)> = self.lost.iter().map(|(c, l)| (c.clone(), *l)).collect();
         let conn = self.conn.clone();
-        let done: Vec<(String, bool)> = futures_util::stream::iter(channels)
-            .map(|ch| {
-                let mut conn = conn.clone();
-                async move {
-                    let ok = tokio::time::timeout(OP_TIMEOUT, conn.ssubscribe(&ch)).await;
-                    (ch, matches!(ok, Ok(Ok(()))))
-                }
-            })
-            .buffer_unordered(PARALLEL)
-            .collect()
-            .await;
-        for (ch, ok) in done {
-            if ok {
+        tokio::spawn(async move {
+            let attempts: Vec<Attempt> = futures_util::stream::iter(channels)
+                .map(|(ch, loss)| {
+                    let mut conn = conn.clone();
+                    async move {
+                        let ok = tokio::time::timeout(OP_TIMEOUT, conn.ssubscribe(&ch)).await;
+                        (ch, loss, matches!(ok, Ok(Ok(()))))
+                    }
+                })
+                .buffer_unordered(PARALLEL)
+                .collect()
+                .await;
+            // The loop may have stopped meanwhile: then nobody wants the report.
+            let _ = done.send(attempts);
+        });
+        true
+    }
+
+    /// Takes a round's results: a channel is found again if Redis confirmed it after its
+    /// latest loss. The node is ready again (`/readyz`, joins) once none is left.
+    fn subscribed(&mut self, attempts: Vec<Attempt>) {
+        for (ch, loss, ok) in attempts {
+            if ok && self.lost.get(&ch) == Some(&loss) {
                 self.lost.remove(&ch);
             }
         }
@@ -143,7 +176,9 @@ impl Task {
     }
 
     fn lose(&mut self, channels: impl IntoIterator<Item = String>) {
-        self.lost.extend(channels);
+        self.losses += 1;
+        let loss = self.losses;
+        self.lost.extend(channels.into_iter().map(|ch| (ch, loss)));
         let _ = self.shared.pubsub_down_since.compare_exchange(
             0,
             crate::engine::now_ms().max(PUBSUB_DOWN_SINCE_START),
