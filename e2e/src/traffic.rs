@@ -226,6 +226,13 @@ impl Traffic {
     }
 }
 
+/// How long receivers keep reading after the senders stop. A gateway that lost a node
+/// subscribes again only once the failover is done (node timeout, election, the client's
+/// slot refresh) and then fills the gap from history: messages published meanwhile are
+/// late, not lost, and must be given the time to arrive before anything is judged. CI saw
+/// 3 s end the run while one gateway of three was still waiting for the promoted replica.
+const SETTLE: Duration = Duration::from_secs(10);
+
 /// Reads `msg` frames until stopped; after the stop, drains what is still on its way.
 async fn receive(mut c: Client, stop: CancellationToken) -> ReceiverLog {
     let mut log = ReceiverLog::default();
@@ -239,7 +246,7 @@ async fn receive(mut c: Client, stop: CancellationToken) -> ReceiverLog {
         } else {
             tokio::select! {
                 _ = stop.cancelled() => {
-                    settle = Some(tokio::time::Instant::now() + Duration::from_secs(3));
+                    settle = Some(tokio::time::Instant::now() + SETTLE);
                     continue;
                 }
                 f = c.recv() => f,
