@@ -180,7 +180,7 @@ impl Delivery {
     }
 
     /// Hands one pub/sub message to the hub.
-    pub(super) fn dispatch(&mut self, channel: &str, payload: &[u8]) {
+    pub(super) async fn dispatch(&mut self, channel: &str, payload: &[u8]) {
         let keys = &self.shared.keys;
         let (room, payload) = if keys.is_inbox_channel(channel) {
             // Every inbox message reaches every node: only those holding the user go on.
@@ -210,6 +210,25 @@ impl Delivery {
                 traceparent,
                 frame,
             }) => {
+                // A new epoch met mid-way: the store started numbering again (a failover
+                // to a replica that was behind) while this node was not listening, so what
+                // came before this message in the new epoch never reached it. Fill from
+                // history first; the fill delivers this message too, in order.
+                let jumped = self
+                    .rooms
+                    .get(room)
+                    .is_some_and(|s| s.epoch.as_deref().is_some_and(|e| e != epoch) && seq > 1);
+                if jumped {
+                    self.fill(room).await;
+                    let filled = self
+                        .rooms
+                        .get(room)
+                        .is_some_and(|s| s.epoch.as_deref() == Some(epoch) && s.seq >= seq);
+                    if filled {
+                        self.shared.seen.observe(room, epoch, seq);
+                        return;
+                    }
+                }
                 let env = Arc::new(Envelope {
                     room: room.into(),
                     seq,

@@ -201,7 +201,7 @@ impl Task {
         match (push.kind, channel) {
             (PushKind::SMessage, Some(ch)) => {
                 if let Some(Value::BulkString(payload)) = push.data.get(1) {
-                    self.delivery.dispatch(&ch, payload);
+                    self.delivery.dispatch(&ch, payload).await;
                 }
             }
             // A confirmation after the channel's first: it was subscribed again.

@@ -201,7 +201,7 @@ impl Task {
                     },
                     msg = stream.next() => match msg {
                         None => break,
-                        Some(msg) => self.delivery.dispatch(msg.get_channel_name(), msg.get_payload_bytes()),
+                        Some(msg) => self.delivery.dispatch(msg.get_channel_name(), msg.get_payload_bytes()).await,
                     },
                 }
             }
