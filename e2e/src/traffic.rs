@@ -313,3 +313,38 @@ async fn send(
     }
     log
 }
+
+impl Outcome {
+    /// The failover tests' verdict: no `internal` error, no dropped connection, nothing
+    /// acknowledged and silently missing; the gateways' log tails are printed when not.
+    pub fn assert_nothing_lost(&self, gws: &crate::gateways::Gateways) {
+        if !self.lost.is_empty() || !self.closed.is_empty() || self.errors.contains_key("internal")
+        {
+            for (i, gw) in gws.procs.iter().enumerate() {
+                eprintln!("--- gateway {i} log (tail)\n{}", gw.log_tail());
+            }
+        }
+        // Redis refusing a command it did not run (a slot mid-migration, a demoted master)
+        // is `unavailable`, which clients retry; `internal` would be a bug.
+        assert!(
+            !self.errors.contains_key("internal"),
+            "internal errors: {:?}, e.g. {:?}",
+            self.errors,
+            self.error_samples
+        );
+        assert!(
+            self.closed.is_empty(),
+            "connections dropped: {:?}",
+            self.closed
+        );
+        assert!(
+            self.lost.is_empty(),
+            "acknowledged, never delivered, no new epoch: {} e.g. {:?}; lost per member {:?}, \
+             delivered {:?}",
+            self.lost.len(),
+            &self.lost[..self.lost.len().min(5)],
+            self.lost_by_member(),
+            self.delivered
+        );
+    }
+}
