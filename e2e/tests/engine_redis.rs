@@ -3,7 +3,7 @@
 use chat_gateway::config::Config;
 use chat_gateway::engine::conformance::{run_all, Factory};
 use chat_gateway::engine::redis::RedisEngine;
-use chat_gateway::engine::{Broker, Engine};
+use chat_gateway::engine::Engine;
 use chat_gateway::hub::Hub;
 use e2e::redis::RedisServer;
 use std::sync::Arc;
@@ -40,10 +40,14 @@ async fn redis_engine_passes_the_conformance_suite() {
 }
 
 async fn engine_with_prefix(url: &str, prefix: &str) -> Arc<dyn Engine> {
+    engine_on_hub(Arc::new(Hub::default()), url, prefix).await
+}
+
+/// A Redis engine delivering to `hub`, once healthy.
+async fn engine_on_hub(hub: Arc<Hub>, url: &str, prefix: &str) -> Arc<dyn Engine> {
     let mut config = Config::default();
     config.redis.url = url.to_string();
     config.redis.key_prefix = prefix.to_string();
-    let hub = Arc::new(Hub::default());
     let engine =
         Arc::new(RedisEngine::new(hub, &config, Default::default()).expect("redis engine"));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -110,21 +114,12 @@ async fn the_node_registry_lists_every_node_of_its_prefix_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_published_while_pubsub_reconnects_are_delivered() {
     use chat_gateway::engine::Publish;
-    use chat_gateway::outbound::{queue, Outbound};
+    use chat_gateway::outbound::queue;
     let redis = RedisServer::start();
     let prefix = format!("t{:08x}", rand::random::<u32>());
-    let mut config = Config::default();
-    config.redis.url = redis.url();
-    config.redis.key_prefix = prefix.clone();
     let hub = Arc::new(Hub::default());
-    let subscriber =
-        Arc::new(RedisEngine::new(hub.clone(), &config, Default::default()).expect("engine"));
+    let subscriber = engine_on_hub(hub.clone(), &redis.url(), &prefix).await;
     let publisher = engine_with_prefix(&redis.url(), &prefix).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !subscriber.healthy() {
-        assert!(tokio::time::Instant::now() < deadline, "never healthy");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let rooms: Vec<String> = (0..20).map(|i| format!("gap{i}")).collect();
     let mut receivers = Vec::new();
     for (i, room) in rooms.iter().enumerate() {
@@ -157,22 +152,98 @@ async fn messages_published_while_pubsub_reconnects_are_delivered() {
         "+OK"
     );
     for (room, mut rx) in rooms.iter().zip(receivers) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            match rx.try_recv_for_test() {
-                Some(Outbound::Msg(env)) => {
-                    assert_eq!((&*env.room, env.seq), (room.as_str(), 1));
-                    break;
-                }
-                Some(_) => {}
-                None => {
-                    assert!(
-                        tokio::time::Instant::now() < deadline,
-                        "{room}: seq 1 never delivered"
-                    );
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
+        assert_eq!(next_msg(&mut rx).await, Some((room.clone(), 1)), "{room}");
+    }
+}
+
+/// The next message the queue hands out within 10 s, as (room, seq).
+async fn next_msg(rx: &mut chat_gateway::outbound::OutboundReceiver) -> Option<(String, u64)> {
+    use chat_gateway::outbound::Outbound;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match rx.try_recv_for_test() {
+            Some(Outbound::Msg(env)) => return Some((env.room.to_string(), env.seq)),
+            Some(_) => {}
+            None if tokio::time::Instant::now() > deadline => return None,
+            None => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
+}
+
+/// A gap fill that fails (here the store refuses the subscribing node's scripts for a
+/// while, as a stale route to a dead node does after a failover) is tried again until it
+/// succeeds; the room's live messages wait meanwhile, so the gap is never skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_gap_fill_is_tried_again_before_live_messages_go_on() {
+    use chat_gateway::engine::Publish;
+    let redis = RedisServer::start();
+    let mut admin = redis.admin();
+    let user = ["ACL", "SETUSER", "sub", "on", ">pw", "~*", "&*", "+@all"];
+    assert_eq!(admin.command(&user), "+OK");
+    let prefix = format!("t{:08x}", rand::random::<u32>());
+    let url = redis.url().replace("redis://", "redis://sub:pw@");
+    let hub = Arc::new(Hub::default());
+    let subscriber = engine_on_hub(hub.clone(), &url, &prefix).await;
+    let publisher = engine_with_prefix(&redis.url(), &prefix).await;
+    let (q, mut rx) = chat_gateway::outbound::queue(100, 1 << 20);
+    hub.subscribe(&Arc::from("held"), 1, q);
+    subscriber.subscribe("held").await.expect("subscribe");
+    let send = |n: u64| {
+        publisher.publish(Publish {
+            room: "held".into(),
+            from: "p".into(),
+            msg_id: format!("m{n}"),
+            body: serde_json::value::RawValue::from_string(n.to_string()).expect("body"),
+            traceparent: None,
+        })
+    };
+    send(1).await.expect("publish 1");
+    assert_eq!(next_msg(&mut rx).await, Some(("held".into(), 1)));
+
+    // From now on every gap fill fails. Pub/sub drops and cannot come back while 2 and 3
+    // are published: a gap.
+    assert_eq!(
+        admin.command(&["ACL", "SETUSER", "sub", "-evalsha", "-eval"]),
+        "+OK"
+    );
+    assert_eq!(admin.command(&["CONFIG", "SET", "maxclients", "1"]), "+OK");
+    let killed = admin.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(killed.starts_with(':') && killed != ":0", "{killed}");
+    for n in 2..=3 {
+        send(n).await.expect("publish");
+    }
+    assert_eq!(
+        admin.command(&["CONFIG", "SET", "maxclients", "10000"]),
+        "+OK"
+    );
+    // Once the subscriber is back (its fill failing), live messages reach it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pubsub = redis.command(&["CLIENT", "LIST", "TYPE", "pubsub"]);
+        if matches!(&pubsub, Ok(redis::Value::BulkString(b)) if !b.is_empty()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pub/sub never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in 4..=8 {
+        send(n).await.expect("publish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(admin.command(&["ACL", "SETUSER", "sub", "+@all"]), "+OK");
+    let mut got = Vec::new();
+    while let Some((_, seq)) = next_msg(&mut rx).await {
+        got.push(seq);
+        if seq == 8 {
+            break;
+        }
+    }
+    assert_eq!(
+        got,
+        (2..=8).collect::<Vec<_>>(),
+        "the gap first, then live, in order"
+    );
 }

@@ -2,17 +2,28 @@
 //! a Redis Cluster: [`sharded`](super::sharded)) do with what arrives: the rooms this node
 //! delivers and how far it got in each, handing payloads to the hub, and filling the gap
 //! from history after a subscription was lost and made again.
+//!
+//! A gap fill can fail: right after a failover the command connection may still point at
+//! the node that died while pub/sub already reaches the promoted one. A room whose fill
+//! failed is held: its live messages are not handed on (each one is in history already,
+//! stored before it was published) and the fill is tried again until it succeeds, which
+//! delivers them in order. Handing them on instead would skip the gap for good.
 
 use super::payload::{frame_ts, parse_payload, parse_routed, Payload};
 use super::shared::{lock, Shared};
 use crate::engine::{Envelope, HistoryQuery};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// A gap fill reads history in pages of at most this many messages and bytes.
 const FILL_MESSAGES: usize = 500;
 const FILL_BYTES: usize = 512 * 1024;
+/// A failed gap fill is tried again after this long, doubling up to [`FILL_RETRY_MAX`].
+const FILL_RETRY: Duration = Duration::from_millis(100);
+const FILL_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// What this node last saw of a room it delivers.
 #[derive(Clone, Default)]
@@ -24,6 +35,9 @@ struct Seen {
     delivered: u64,
     /// Highest append time of those (Redis' clock).
     ts: u64,
+    /// Set while a gap fill is owed (the last one failed): when to try again, and the wait
+    /// after that.
+    held: Option<(Instant, Duration)>,
 }
 
 /// The rooms (and inboxes) this node delivers.
@@ -32,6 +46,8 @@ pub(super) struct Delivery {
     /// Rooms whose subscription is in place (the fast path for later joiners).
     pub(super) active: Arc<Mutex<HashSet<String>>>,
     rooms: HashMap<String, Seen>,
+    /// Rooms with a gap fill owed (see [`Seen::held`]).
+    owed: HashSet<String>,
     repair: mpsc::UnboundedSender<Arc<Envelope>>,
 }
 
@@ -45,6 +61,7 @@ impl Delivery {
             shared,
             active,
             rooms: HashMap::new(),
+            owed: HashSet::new(),
             repair,
         }
     }
@@ -77,6 +94,7 @@ impl Delivery {
     /// Stops delivering a room.
     pub(super) fn remove(&mut self, room: &str) {
         self.rooms.remove(room);
+        self.owed.remove(room);
         lock(&self.active).remove(room);
     }
 
@@ -93,8 +111,7 @@ impl Delivery {
             Ok((epoch, seq)) => Seen {
                 epoch: epoch.map(Into::into),
                 seq: seq.unwrap_or(0),
-                delivered: 0,
-                ts: 0,
+                ..Seen::default()
             },
             Err(_) => Seen::default(),
         }
@@ -130,12 +147,37 @@ impl Delivery {
         }
     }
 
+    /// Tries the owed gap fills whose wait is over (see the module docs). A round ends at
+    /// its first failure: the rest likely wait for the same node, and each failure can
+    /// take [`OP_TIMEOUT`](super::shared::OP_TIMEOUT) while live messages of other rooms
+    /// queue behind it.
+    pub(super) async fn fill_held(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .owed
+            .iter()
+            .filter(|r| {
+                let held = self.rooms.get(*r).and_then(|s| s.held);
+                held.is_some_and(|(at, _)| at <= now)
+            })
+            .cloned()
+            .collect();
+        for room in due {
+            if !self.fill(&room).await {
+                break;
+            }
+        }
+    }
+
     /// Delivers what was published to a room since this node last saw it, page by page.
-    async fn fill(&mut self, room: &str) {
+    /// On a failure (false) the room is held (what was delivered so far counts) until a
+    /// later fill succeeds.
+    async fn fill(&mut self, room: &str) -> bool {
         let Some(mut seen) = self.rooms.get(room).cloned() else {
-            return;
+            return true;
         };
         let mut restarted = false;
+        let mut failed = false;
         loop {
             let q = HistoryQuery {
                 since: Some(seen.seq),
@@ -146,7 +188,9 @@ impl Delivery {
             let page = match self.shared.history(room, q).await {
                 Ok(p) => p,
                 Err(e) => {
-                    tracing::warn!(%room, error = %e, "gap fill failed");
+                    tracing::warn!(%room, error = %e, "gap fill failed; the room's messages wait for the next try");
+                    self.shared.errors.inc();
+                    failed = true;
                     break;
                 }
             };
@@ -155,6 +199,7 @@ impl Delivery {
                 restarted = true;
                 seen = Seen {
                     epoch: Some(page.epoch.clone()),
+                    held: seen.held,
                     ..Seen::default()
                 };
                 continue;
@@ -173,10 +218,23 @@ impl Delivery {
                 break;
             }
         }
+        seen.held = match (failed, seen.held) {
+            (false, _) => None,
+            (true, None) => Some((Instant::now() + FILL_RETRY, FILL_RETRY * 2)),
+            (true, Some((_, wait))) => {
+                Some((Instant::now() + wait, (wait * 2).min(FILL_RETRY_MAX)))
+            }
+        };
         // The room may have been left while the fill ran.
         if let Some(slot) = self.rooms.get_mut(room) {
+            if seen.held.is_some() {
+                self.owed.insert(room.to_string());
+            } else {
+                self.owed.remove(room);
+            }
             *slot = seen;
         }
+        !failed
     }
 
     /// Hands one pub/sub message to the hub.
@@ -212,19 +270,25 @@ impl Delivery {
             }) => {
                 // A new epoch met mid-way: the store started numbering again (a failover
                 // to a replica that was behind) while this node was not listening, so what
-                // came before this message in the new epoch never reached it. Fill from
-                // history first; the fill delivers this message too, in order.
-                let jumped = self
-                    .rooms
-                    .get(room)
-                    .is_some_and(|s| s.epoch.as_deref().is_some_and(|e| e != epoch) && seq > 1);
-                if jumped {
+                // came before this message in the new epoch never reached it. Or a gap
+                // fill is owed. Fill from history first; the fill delivers this message
+                // too, in order.
+                let (jumped, held) = self.rooms.get(room).map_or((false, None), |s| {
+                    let other = s.epoch.as_deref().is_some_and(|e| e != epoch);
+                    (other && seq > 1, s.held)
+                });
+                if held.is_some_and(|(at, _)| at > Instant::now()) {
+                    return; // in history: the next try delivers it
+                }
+                if jumped || held.is_some() {
                     self.fill(room).await;
-                    let filled = self
-                        .rooms
-                        .get(room)
-                        .is_some_and(|s| s.epoch.as_deref() == Some(epoch) && s.seq >= seq);
-                    if filled {
+                    let Some(s) = self.rooms.get(room) else {
+                        return;
+                    };
+                    if s.held.is_some() {
+                        return; // failed again: still in history for the next try
+                    }
+                    if s.epoch.as_deref() == Some(epoch) && s.seq >= seq {
                         self.shared.seen.observe(room, epoch, seq);
                         return;
                     }
@@ -255,6 +319,7 @@ impl Delivery {
                             seq,
                             delivered: seq,
                             ts,
+                            held: None,
                         };
                     }
                 }

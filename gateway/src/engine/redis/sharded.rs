@@ -12,7 +12,8 @@
 //!   meanwhile the pushes of every other channel must keep flowing;
 //! - every confirmation after a channel's first one means the subscription was made
 //!   again, so messages may have been missed: the gap is filled from history before any
-//!   later push of the channel is handed on (pushes arrive in order on one queue).
+//!   later push of the channel is handed on (pushes arrive in order on one queue); a fill
+//!   that failed is tried again on a timer until it succeeds ([`Delivery::fill_held`]).
 
 use super::conn::CONNECT_TIMEOUT;
 use super::delivery::Delivery;
@@ -85,9 +86,12 @@ pub(super) async fn run(
     // One round of re-subscriptions at a time, reporting back here.
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Vec<Attempt>>();
     let mut resubscribing = false;
+    let mut held = tokio::time::interval(RETRY_EVERY);
+    held.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
+            _ = held.tick() => task.delivery.fill_held().await,
             _ = retry.tick(), if !resubscribing => {
                 resubscribing = task.subscribe_lost(done_tx.clone());
             }

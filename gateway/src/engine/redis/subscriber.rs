@@ -179,6 +179,8 @@ impl Task {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = ping.tick() => {
+                        // Gap fills that failed since the reconnect, tried again.
+                        self.delivery.fill_held().await;
                         if self.shared.generation.load(Ordering::Relaxed) != generation {
                             tracing::warn!("redis master changed (sentinel): moving pub/sub to it");
                             break;
