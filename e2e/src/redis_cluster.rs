@@ -262,8 +262,21 @@ impl RedisCluster {
     }
 
     /// Kills the master serving `slot` and waits until its replica took over.
-    pub fn kill_master_of_slot(&mut self, slot: u16) -> u16 {
+    /// With `lag`, the replica is made to fall behind first: the master refuses `PSYNC`
+    /// and drops its replica link, then takes writes for that long, which the promoted
+    /// replica never gets.
+    pub fn kill_master_of_slot(&mut self, slot: u16, lag: Option<Duration>) -> u16 {
         let port = self.master_of_slot(slot);
+        if let Some(lag) = lag {
+            for cmd in [
+                &["ACL", "SETUSER", "default", "-psync", "-sync"][..],
+                &["CLIENT", "KILL", "TYPE", "replica"],
+            ] {
+                let done = command(port, cmd);
+                assert!(done.is_ok(), "{cmd:?}: {done:?}");
+            }
+            std::thread::sleep(lag);
+        }
         if let Some(n) = self.nodes.iter_mut().find(|n| n.port == port) {
             n.kill();
         }
