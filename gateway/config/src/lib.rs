@@ -20,7 +20,7 @@ pub use auth::*;
 pub use backend::{ApiConfig, EventsConfig, FailurePolicy, HookConfig, HooksConfig};
 pub use load::{to_yaml, Loaded, Overrides, ENV_PREFIX};
 pub use namespaces::{DmPolicy, JoinPolicy, NamespaceConfig, Namespaces, SendPolicy};
-pub use redis::{RedisConfig, RedisMode, SentinelConfig};
+pub use redis::{RedisConfig, RedisMode, RedisTlsConfig, SentinelConfig};
 pub use types::*;
 pub use validate::{upstream_url, MIN_HS256_SECRET};
 
