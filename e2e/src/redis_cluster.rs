@@ -95,7 +95,7 @@ pub fn command(port: u16, args: &[&str]) -> redis::RedisResult<redis::Value> {
 }
 
 /// Runs one command on the server at `port`, over TLS with `tls`'s certificates.
-fn command_on(
+pub fn command_on(
     port: u16,
     tls: Option<&TlsFiles>,
     args: &[&str],

@@ -1,7 +1,8 @@
-//! The Redis engine over TLS (`rediss://` with `redis.tls`) against a redis-server that
-//! speaks TLS only, with a CA of the test's own: the conformance suite unchanged with the
-//! CA trusted; mutual TLS with and without the client certificate; a server certificate
-//! from an unknown CA, and unreadable files.
+//! The Redis engine over TLS (`rediss://` with `redis.tls`) against redis-servers that
+//! speak TLS only, with a CA of the test's own: the conformance suite unchanged with the
+//! CA trusted (one server, and Sentinel mode); mutual TLS with and without the client
+//! certificate; a server certificate from an unknown CA, and unreadable files. (The
+//! cluster over TLS: engine_redis_cluster.rs.)
 
 use chat_gateway::config::{Config, RedisTlsConfig};
 use chat_gateway::engine::conformance::run_all;
@@ -10,6 +11,7 @@ use chat_gateway::engine::{Broker, Engine, Publish};
 use chat_gateway::hub::Hub;
 use e2e::engines::{fresh, Fresh};
 use e2e::redis::RedisServer;
+use e2e::redis_sentinel::RedisSentinel;
 use e2e::tls::TlsFiles;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
@@ -75,6 +77,17 @@ async fn redis_engine_over_tls_passes_the_conformance_suite() {
     let tls = redis.tls().expect("a tls server");
     assert!(redis.url().starts_with("rediss://"));
     run_all(&Fresh(config(&redis, tls.config(false)))).await;
+}
+
+/// Sentinel mode over TLS: the certificates reach the Sentinels (asked for the master)
+/// and the master they name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_engine_over_tls_passes_the_conformance_suite() {
+    let sentinel = RedisSentinel::start_tls();
+    let config = sentinel.config("unused");
+    assert!(config.redis.sentinel.addresses[0].starts_with("rediss://"));
+    config.redis.validate().expect("a valid redis section");
+    run_all(&Fresh(config)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
