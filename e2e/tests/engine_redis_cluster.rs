@@ -25,5 +25,9 @@ async fn redis_cluster_engine_over_tls_passes_the_conformance_suite() {
         .iter()
         .all(|n| n.starts_with("rediss://")));
     config.redis.validate().expect("a valid redis section");
+    config
+        .redis
+        .validate_tls_scheme()
+        .expect("rediss:// for redis.tls");
     run_all(&Fresh(config)).await;
 }

@@ -24,6 +24,9 @@ fn config(redis: &RedisServer, tls: RedisTlsConfig) -> Config {
     c.redis.tls = tls;
     // Built by hand: make sure it is one the gateway would start with.
     c.redis.validate().expect("a valid redis section");
+    c.redis
+        .validate_tls_scheme()
+        .expect("rediss:// for redis.tls");
     c
 }
 
@@ -87,6 +90,10 @@ async fn sentinel_engine_over_tls_passes_the_conformance_suite() {
     let config = sentinel.config("unused");
     assert!(config.redis.sentinel.addresses[0].starts_with("rediss://"));
     config.redis.validate().expect("a valid redis section");
+    config
+        .redis
+        .validate_tls_scheme()
+        .expect("rediss:// for redis.tls");
     run_all(&Fresh(config)).await;
 }
 
@@ -131,6 +138,9 @@ fn unreadable_or_empty_tls_files_stop_the_engine_naming_the_file() {
         c.redis.url = "rediss://127.0.0.1:1".into();
         c.redis.tls = tls;
         c.redis.validate().expect("a valid redis section");
+        c.redis
+            .validate_tls_scheme()
+            .expect("rediss:// for redis.tls");
         match RedisEngine::new(Arc::new(Hub::default()), &c, Default::default()) {
             Ok(_) => panic!("started with {:?}", c.redis.tls),
             Err(e) => e.to_string(),
@@ -161,4 +171,12 @@ fn unreadable_or_empty_tls_files_stop_the_engine_naming_the_file() {
         e.contains("redis.tls.keyFile") && e.contains("no PEM private key"),
         "{e}"
     );
+    // Certificates with a redis:// URL, in a config built in code (config loading refuses
+    // it already): refused, not silently ignored.
+    let mut c = Config::default();
+    c.redis.tls = files.config(false);
+    match RedisEngine::new(Arc::new(Hub::default()), &c, Default::default()) {
+        Ok(_) => panic!("started with redis.tls over redis://"),
+        Err(e) => assert!(e.to_string().contains("not rediss://"), "{e}"),
+    }
 }

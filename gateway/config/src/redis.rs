@@ -160,8 +160,29 @@ impl RedisConfig {
         if self.readiness_grace.is_zero() {
             return bad("redis.readinessGrace must be positive".into());
         }
-        let tls = self.mode_uses_tls()?;
-        self.validate_tls(tls)
+        self.mode_uses_tls()?;
+        self.validate_tls_files()
+    }
+
+    /// Checks that `redis.tls` has something to do: the mode's URLs are `rediss://`
+    /// (else the files would silently do nothing). Not part of [`validate`](Self::validate):
+    /// it needs the real URLs, and the operator validates a config whose URL is still in a
+    /// Secret. The gateway runs it once the environment (those Secrets) is applied.
+    pub fn validate_tls_scheme(&self) -> Result<(), ConfigError> {
+        let keys = self.tls.set_keys();
+        if keys.is_empty() || self.mode_uses_tls()? {
+            return Ok(());
+        }
+        let (urls, mode) = match self.mode {
+            RedisMode::Single => ("redis.url", "single"),
+            RedisMode::Cluster if self.nodes.is_empty() => ("redis.url", "cluster"),
+            RedisMode::Cluster => ("redis.nodes", "cluster"),
+            RedisMode::Sentinel => ("redis.sentinel.addresses", "sentinel"),
+        };
+        Err(ConfigError::Invalid(format!(
+            "{} set but {urls} (mode {mode}) is redis://, not rediss://: the certificates would do nothing; use rediss:// for TLS, or remove redis.tls",
+            keys.join(", "),
+        )))
     }
 
     /// Checks the URLs of the mode; whether they speak TLS (`rediss://`).
@@ -218,10 +239,10 @@ impl RedisConfig {
         }
     }
 
-    /// Checks `redis.tls` against the mode's URLs: its files do something only over TLS,
-    /// and a client certificate needs its key. (The files themselves are read when the
-    /// engine starts: the operator validates this config where they are not mounted.)
-    fn validate_tls(&self, tls: bool) -> Result<(), ConfigError> {
+    /// Checks `redis.tls` on its own: a client certificate needs its key. (The files
+    /// themselves are read when the engine starts: the operator validates this config
+    /// where they are not mounted.)
+    fn validate_tls_files(&self) -> Result<(), ConfigError> {
         let t = &self.tls;
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if t.cert_file.is_some() != t.key_file.is_some() {
@@ -232,24 +253,6 @@ impl RedisConfig {
             };
             return bad(format!(
                 "redis.tls.{set} is set but redis.tls.{unset} is not: a client certificate for mutual TLS needs both (or neither)"
-            ));
-        }
-        let keys = t.set_keys();
-        if !keys.is_empty() && !tls {
-            let urls = match self.mode {
-                RedisMode::Single => "redis.url",
-                RedisMode::Cluster if self.nodes.is_empty() => "redis.url",
-                RedisMode::Cluster => "redis.nodes",
-                RedisMode::Sentinel => "redis.sentinel.addresses",
-            };
-            return bad(format!(
-                "{} set but {urls} (mode {}) is redis://, not rediss://: the certificates would do nothing; use rediss:// for TLS, or remove redis.tls",
-                keys.join(", "),
-                match self.mode {
-                    RedisMode::Single => "single",
-                    RedisMode::Cluster => "cluster",
-                    RedisMode::Sentinel => "sentinel",
-                },
             ));
         }
         for (key, path) in [
@@ -477,6 +480,20 @@ mod tests {
         ])
         .expect("cluster over tls");
         load(&[tls, ca]).expect("single over tls");
+    }
+
+    #[test]
+    fn tls_files_are_valid_without_the_url_the_operator_does_not_know() {
+        // The operator validates the config it writes (the caFile it mounts) while the URL
+        // is still in a Secret: that must pass, and the gateway, with the URL, decides.
+        let yaml = "auth: {mode: insecure}\nserver: {listen: 127.0.0.1:8080}\nredis:\n  tls: {caFile: /etc/chatgateway/redis-tls/ca.crt}\n";
+        let c = Config::from_yaml(yaml).expect("parsed");
+        c.validate().expect("valid for the operator");
+        let e = c.redis.validate_tls_scheme().expect_err("redis:// default");
+        assert!(e.to_string().contains("redis.url (mode single)"), "{e}");
+        let mut secure = c.redis.clone();
+        secure.url = "rediss://r:6380".into();
+        secure.validate_tls_scheme().expect("rediss://");
     }
 
     #[test]

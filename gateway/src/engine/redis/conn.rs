@@ -106,6 +106,10 @@ impl Backend {
         response_timeout: Duration,
     ) -> Result<Backend, EngineError> {
         let bad = |e: redis::RedisError| EngineError::Internal(format!("redis: {e}"));
+        // Also checked at config load; here too for configs built in code, since the
+        // cluster builder would turn redis:// seeds into TLS once given certificates.
+        cfg.validate_tls_scheme()
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
         let certs = super::tls::certificates(&cfg.tls)?;
         match cfg.mode {
             RedisMode::Single => {
