@@ -13,6 +13,7 @@ pub mod backend;
 pub mod load;
 pub mod namespaces;
 pub mod redis;
+pub mod redis_tls;
 pub mod types;
 pub mod validate;
 
@@ -20,7 +21,8 @@ pub use auth::*;
 pub use backend::{ApiConfig, EventsConfig, FailurePolicy, HookConfig, HooksConfig};
 pub use load::{to_yaml, Loaded, Overrides, ENV_PREFIX};
 pub use namespaces::{DmPolicy, JoinPolicy, NamespaceConfig, Namespaces, SendPolicy};
-pub use redis::{RedisConfig, RedisMode, RedisTlsConfig, SentinelConfig};
+pub use redis::{RedisConfig, RedisMode, SentinelConfig};
+pub use redis_tls::RedisTlsConfig;
 pub use types::*;
 pub use validate::{upstream_url, MIN_HS256_SECRET};
 
