@@ -16,6 +16,7 @@ pub mod redis;
 pub mod redis_cluster;
 pub mod redis_sentinel;
 pub mod resilient;
+pub mod tls;
 pub mod traffic;
 
 use chat_gateway::config::{AuthMode, Config};

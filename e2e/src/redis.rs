@@ -1,6 +1,8 @@
-//! A real `redis-server` process on a free loopback port, for tests.
+//! A real `redis-server` process on a free loopback port, for tests; plain, or serving
+//! TLS only ([`RedisServer::start_tls`]).
 
 use crate::process::free_port;
+use crate::tls::TlsFiles;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -15,6 +17,8 @@ pub struct RedisServer {
     dir: Option<std::path::PathBuf>,
     /// Persistence is by explicit snapshots only ([`snapshot`](Self::snapshot)).
     snapshots: bool,
+    /// TLS only (no plain port): the certificates, and whether clients must show one.
+    tls: Option<(TlsFiles, bool)>,
 }
 
 impl RedisServer {
@@ -25,9 +29,30 @@ impl RedisServer {
             port: free_port(),
             dir: None,
             snapshots: false,
+            tls: None,
         };
         r.spawn();
         r
+    }
+
+    /// Starts an empty, non-persistent server that speaks TLS only, with a certificate
+    /// for 127.0.0.1 from a CA of its own ([`tls`](Self::tls)); with `mutual`, clients
+    /// must show a certificate from that CA (`--tls-auth-clients yes`).
+    pub fn start_tls(mutual: bool) -> RedisServer {
+        let mut r = RedisServer {
+            child: None,
+            port: free_port(),
+            dir: None,
+            snapshots: false,
+            tls: Some((TlsFiles::generate("chatgw test redis CA"), mutual)),
+        };
+        r.spawn();
+        r
+    }
+
+    /// The certificates of a TLS server.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref().map(|t| &t.0)
     }
 
     /// Starts a server that keeps only what [`snapshot`](Self::snapshot) saved: after
@@ -52,6 +77,7 @@ impl RedisServer {
             port: free_port(),
             dir: Some(dir),
             snapshots: false,
+            tls: None,
         }
     }
 
@@ -72,6 +98,9 @@ impl RedisServer {
         let mut config = chat_gateway::config::Config::default();
         config.redis.url = self.url();
         config.redis.key_prefix = prefix.into();
+        if let Some((files, mutual)) = &self.tls {
+            config.redis.tls = files.config(*mutual);
+        }
         let engine =
             chat_gateway::engine::redis::RedisEngine::new(hub, &config, Default::default())
                 .expect("redis engine");
@@ -88,7 +117,12 @@ impl RedisServer {
 
     /// Runs one command on the server (test set-up and inspection).
     pub fn command(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
-        let client = redis::Client::open(self.url())?;
+        let client = match &self.tls {
+            Some((files, _)) => {
+                redis::Client::build_with_tls(self.url(), files.redis_certificates())?
+            }
+            None => redis::Client::open(self.url())?,
+        };
         let mut conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
         let mut cmd = redis::cmd(args[0]);
         for a in &args[1..] {
@@ -114,14 +148,11 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         let mut cmd = Command::new("redis-server");
-        cmd.args([
-            "--port",
-            &self.port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ]);
+        match &self.tls {
+            Some((files, mutual)) => cmd.args(files.server_args(self.port, *mutual)),
+            None => cmd.args(["--port", &self.port.to_string()]),
+        };
+        cmd.args(["--bind", "127.0.0.1", "--save", ""]);
         match &self.dir {
             Some(dir) if self.snapshots => cmd.args(["--appendonly", "no", "--dir"]).arg(dir),
             Some(dir) => cmd
@@ -145,13 +176,22 @@ impl RedisServer {
         panic!("redis-server did not start on port {}", self.port);
     }
 
-    /// `redis://` URL of the server.
+    /// URL of the server: `redis://`, or `rediss://` when it speaks TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Whether the server answers PING.
     pub fn ping(&self) -> bool {
+        if self.tls.is_some() {
+            // Through the redis crate's TLS (with the CA and the client certificate).
+            return matches!(self.command(&["PING"]), Ok(redis::Value::SimpleString(s)) if s == "PONG");
+        }
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
@@ -164,8 +204,12 @@ impl RedisServer {
     }
 
     /// A connection for administrative commands that stays open: it keeps working while
-    /// `CONFIG SET maxclients` refuses new connections.
+    /// `CONFIG SET maxclients` refuses new connections. Plain servers only.
     pub fn admin(&self) -> RedisAdmin {
+        assert!(
+            self.tls.is_none(),
+            "admin() speaks plain TCP: use command() over TLS"
+        );
         let stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to redis");
         let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
         RedisAdmin { stream }

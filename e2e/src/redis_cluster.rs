@@ -1,12 +1,15 @@
 //! A real local Redis Cluster for tests: three masters and three replicas, each a
 //! `redis-server --cluster-enabled yes` process on a free loopback port (its cluster bus on
 //! port + 10000, also free), joined by `redis-cli --cluster create`. Killed and removed
-//! on drop.
+//! on drop. [`RedisCluster::start_tls`] starts one that speaks TLS only, on its cluster bus
+//! and between replicas too.
 
 use crate::process::free_port;
+use crate::tls::TlsFiles;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// One node of the cluster.
@@ -15,14 +18,24 @@ pub struct Node {
     /// Its port on 127.0.0.1 (the cluster bus is on port + 10000).
     pub port: u16,
     dir: PathBuf,
+    tls: Option<Arc<TlsFiles>>,
 }
 
 impl Node {
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        let mut cmd = Command::new("redis-server");
+        match &self.tls {
+            // The bus (port + 10000) and replication speak TLS as well: no plain port.
+            Some(files) => cmd.args(files.server_args(self.port, false)).args([
+                "--tls-cluster",
+                "yes",
+                "--tls-replication",
+                "yes",
+            ]),
+            None => cmd.args(["--port", &self.port.to_string()]),
+        };
+        let child = cmd
             .args([
-                "--port",
-                &self.port.to_string(),
                 "--bind",
                 "127.0.0.1",
                 "--cluster-enabled",
@@ -49,12 +62,17 @@ impl Node {
 
     /// Runs one command on this node.
     pub fn command(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
-        command(self.port, args)
+        command_on(self.port, self.tls.as_deref(), args)
     }
 
-    /// `redis://` URL of the node.
+    /// URL of the node: `redis://`, `rediss://` in a TLS cluster.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Whether the process runs.
@@ -73,7 +91,22 @@ impl Node {
 
 /// Runs one command on the server at `port` (5 s timeouts).
 pub fn command(port: u16, args: &[&str]) -> redis::RedisResult<redis::Value> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    command_on(port, None, args)
+}
+
+/// Runs one command on the server at `port`, over TLS with `tls`'s certificates.
+pub fn command_on(
+    port: u16,
+    tls: Option<&TlsFiles>,
+    args: &[&str],
+) -> redis::RedisResult<redis::Value> {
+    let client = match tls {
+        Some(files) => redis::Client::build_with_tls(
+            format!("rediss://127.0.0.1:{port}"),
+            files.redis_certificates(),
+        )?,
+        None => redis::Client::open(format!("redis://127.0.0.1:{port}"))?,
+    };
     let mut conn = client.get_connection_with_timeout(Duration::from_secs(5))?;
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut cmd = redis::cmd(args[0]);
@@ -105,12 +138,39 @@ pub struct RedisCluster {
     /// Every node; which are masters changes with failovers ([`masters`](Self::masters)).
     pub nodes: Vec<Node>,
     root: PathBuf,
+    tls: Option<Arc<TlsFiles>>,
 }
 
 impl RedisCluster {
     /// Starts six nodes and creates the cluster; returns once every node reports
     /// `cluster_state:ok` and agrees on the slots.
     pub fn start() -> RedisCluster {
+        RedisCluster::start_with(None)
+    }
+
+    /// The same over TLS only (clients, cluster bus, replication), with a CA of its own
+    /// ([`tls`](Self::tls)); [`config`](Self::config) then trusts it.
+    pub fn start_tls() -> RedisCluster {
+        RedisCluster::start_with(Some(Arc::new(TlsFiles::generate("chatgw test cluster CA"))))
+    }
+
+    /// `redis-cli` with the TLS options of this cluster.
+    fn redis_cli(&self) -> Command {
+        let mut cli = Command::new("redis-cli");
+        if let Some(files) = &self.tls {
+            cli.arg("--tls")
+                .arg("--cacert")
+                .arg(files.ca())
+                .arg("--cert")
+                .arg(files.client_cert())
+                .arg("--key")
+                .arg(files.client_key());
+        }
+        cli.stdin(Stdio::null());
+        cli
+    }
+
+    fn start_with(tls: Option<Arc<TlsFiles>>) -> RedisCluster {
         let root = std::env::temp_dir().join(format!(
             "chatgw-cluster-{}-{}",
             std::process::id(),
@@ -125,11 +185,12 @@ impl RedisCluster {
                 child: None,
                 port,
                 dir,
+                tls: tls.clone(),
             };
             n.spawn();
             nodes.push(n);
         }
-        let cluster = RedisCluster { nodes, root };
+        let cluster = RedisCluster { nodes, root, tls };
         for n in &cluster.nodes {
             cluster.wait(&format!("node {} up", n.port), || {
                 text(n.command(&["PING"])) == "PONG"
@@ -140,11 +201,11 @@ impl RedisCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let out = Command::new("redis-cli")
+        let out = cluster
+            .redis_cli()
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .stdin(Stdio::null())
             .output()
             .expect("redis-cli (make deps installs it: apt-get install redis-tools)");
         assert!(
@@ -180,9 +241,8 @@ impl RedisCluster {
         let Some(n) = self.nodes.iter().find(|n| n.alive()) else {
             return false;
         };
-        Command::new("redis-cli")
+        self.redis_cli()
             .args(["--cluster", "check", &format!("127.0.0.1:{}", n.port)])
-            .stdin(Stdio::null())
             .output()
             .map(|o| {
                 let s = String::from_utf8_lossy(&o.stdout);
@@ -201,18 +261,26 @@ impl RedisCluster {
         config.redis.mode = chat_gateway::config::RedisMode::Cluster;
         config.redis.nodes = self.seeds();
         config.redis.key_prefix = prefix.into();
+        if let Some(files) = &self.tls {
+            config.redis.tls = files.config(false);
+        }
         config
     }
 
     /// Environment for a gateway process on this cluster.
     pub fn env(&self) -> Vec<(String, String)> {
-        vec![
+        let mut env = vec![
             ("CHATGW_REDIS__MODE".into(), "cluster".into()),
             (
                 "CHATGW_REDIS__NODES".into(),
                 format!("[{}]", self.seeds().join(", ")),
             ),
-        ]
+        ];
+        if let Some(files) = &self.tls {
+            let ca = files.ca().display().to_string();
+            env.push(("CHATGW_REDIS__TLS__CA_FILE".into(), ca));
+        }
+        env
     }
 
     /// Seed URLs (every live node).
@@ -272,7 +340,7 @@ impl RedisCluster {
                 &["ACL", "SETUSER", "default", "-psync", "-sync"][..],
                 &["CLIENT", "KILL", "TYPE", "replica"],
             ] {
-                let done = command(port, cmd);
+                let done = command_on(port, self.tls.as_deref(), cmd);
                 assert!(done.is_ok(), "{cmd:?}: {done:?}");
             }
             std::thread::sleep(lag);
@@ -301,11 +369,11 @@ impl RedisCluster {
                 .map(|m| m.0)
                 .expect("a master on that port")
         };
-        let out = Command::new("redis-cli")
+        let out = self
+            .redis_cli()
             .args(["--cluster", "reshard", &format!("127.0.0.1:{to}")])
             .args(["--cluster-from", &id(from), "--cluster-to", &id(to)])
             .args(["--cluster-slots", &count.to_string(), "--cluster-yes"])
-            .stdin(Stdio::null())
             .output()
             .expect("redis-cli --cluster reshard");
         assert!(
@@ -320,7 +388,13 @@ impl RedisCluster {
     pub fn command_calls(&self) -> std::collections::BTreeMap<String, u64> {
         let mut out = std::collections::BTreeMap::new();
         for (_, port) in self.masters() {
-            for line in text(command(port, &["INFO", "commandstats"])).lines() {
+            for line in text(command_on(
+                port,
+                self.tls.as_deref(),
+                &["INFO", "commandstats"],
+            ))
+            .lines()
+            {
                 let Some(rest) = line.strip_prefix("cmdstat_") else {
                     continue;
                 };

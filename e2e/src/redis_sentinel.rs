@@ -1,9 +1,10 @@
 //! A real local Redis with Sentinel for tests: one master, one replica and three
 //! sentinels (`redis-server <conf> --sentinel`), each a process on a free loopback port.
-//! Killed and removed on drop.
+//! Killed and removed on drop. [`RedisSentinel::start_tls`]: all of them speak TLS only.
 
 use crate::process::free_port;
-use crate::redis_cluster::command;
+use crate::redis_cluster::command_on;
+use crate::tls::TlsFiles;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,6 +38,7 @@ pub struct RedisSentinel {
     servers: Vec<Proc>,
     sentinels: Vec<Proc>,
     root: PathBuf,
+    tls: Option<TlsFiles>,
 }
 
 fn spawn(args: &[&str], dir: &PathBuf) -> Child {
@@ -53,6 +55,16 @@ impl RedisSentinel {
     /// Starts the five processes; returns once the replica is in sync and every sentinel
     /// knows the master, the replica and the other sentinels (so a failover can happen).
     pub fn start() -> RedisSentinel {
+        RedisSentinel::start_with(None)
+    }
+
+    /// The same over TLS only: clients, replication, and the Sentinels (to each other and
+    /// to the servers), with a CA of its own that [`config`](Self::config) trusts.
+    pub fn start_tls() -> RedisSentinel {
+        RedisSentinel::start_with(Some(TlsFiles::generate("chatgw test sentinel CA")))
+    }
+
+    fn start_with(tls: Option<TlsFiles>) -> RedisSentinel {
         let root = std::env::temp_dir().join(format!(
             "chatgw-sentinel-{}-{}",
             std::process::id(),
@@ -64,6 +76,7 @@ impl RedisSentinel {
             servers: Vec::new(),
             sentinels: Vec::new(),
             root,
+            tls,
         };
         for replica_of in [None, Some(master)] {
             let port = if replica_of.is_none() {
@@ -72,16 +85,15 @@ impl RedisSentinel {
                 free_port()
             };
             let p = port.to_string();
-            let mut args = vec![
-                "--port",
-                &p,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ];
+            let tls_args = s.tls.as_ref().map(|f| f.server_args(port, false));
+            let mut args: Vec<&str> = match &tls_args {
+                Some(a) => a.iter().map(String::as_str).collect(),
+                None => vec!["--port", &p],
+            };
+            if tls_args.is_some() {
+                args.extend(["--tls-replication", "yes"]);
+            }
+            args.extend(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
             let of = replica_of.map(|m| m.to_string());
             if let Some(of) = &of {
                 args.extend(["--replicaof", "127.0.0.1", of]);
@@ -95,10 +107,20 @@ impl RedisSentinel {
         for i in 0..3 {
             let port = free_port();
             let conf = s.root.join(format!("sentinel-{i}.conf"));
+            let listen = match &s.tls {
+                Some(f) => format!(
+                    "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\n\
+                     tls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n",
+                    f.server_cert().display(),
+                    f.server_key().display(),
+                    f.ca().display()
+                ),
+                None => format!("port {port}\n"),
+            };
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\nsentinel monitor {MASTER_NAME} 127.0.0.1 {master} 2\n\
+                    "{listen}bind 127.0.0.1\nsentinel monitor {MASTER_NAME} 127.0.0.1 {master} 2\n\
                      sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
                      sentinel failover-timeout {MASTER_NAME} 5000\n\
                      sentinel parallel-syncs {MASTER_NAME} 1\n"
@@ -113,12 +135,12 @@ impl RedisSentinel {
             });
         }
         s.wait("replica in sync", || {
-            text(command(s.servers[1].port, &["INFO", "replication"]))
+            text(s.run(s.servers[1].port, &["INFO", "replication"]))
                 .contains("master_link_status:up")
         });
         s.wait("sentinels see each other and the replica", || {
             s.sentinels.iter().all(|x| {
-                let count = |what: &str| match command(x.port, &["SENTINEL", what, MASTER_NAME]) {
+                let count = |what: &str| match s.run(x.port, &["SENTINEL", what, MASTER_NAME]) {
                     Ok(redis::Value::Array(v)) => v.len(),
                     _ => 0,
                 };
@@ -142,7 +164,7 @@ impl RedisSentinel {
     /// The port of the master as the first live sentinel names it.
     pub fn master_port(&self) -> u16 {
         for x in self.sentinels.iter().filter(|x| x.child.is_some()) {
-            let reply = command(
+            let reply = self.run(
                 x.port,
                 &["SENTINEL", "get-master-addr-by-name", MASTER_NAME],
             );
@@ -176,7 +198,14 @@ impl RedisSentinel {
     pub fn addresses(&self) -> Vec<String> {
         self.sentinels
             .iter()
-            .map(|x| format!("redis://127.0.0.1:{}", x.port))
+            .map(|x| {
+                let scheme = if self.tls.is_some() {
+                    "rediss"
+                } else {
+                    "redis"
+                };
+                format!("{scheme}://127.0.0.1:{}", x.port)
+            })
             .collect()
     }
 
@@ -188,12 +217,15 @@ impl RedisSentinel {
         config.redis.sentinel.master_name = MASTER_NAME.into();
         config.redis.sentinel.addresses = self.addresses();
         config.redis.key_prefix = prefix.into();
+        if let Some(files) = &self.tls {
+            config.redis.tls = files.config(false);
+        }
         config
     }
 
     /// Environment for a gateway process on this setup.
     pub fn env(&self) -> Vec<(String, String)> {
-        vec![
+        let mut env = vec![
             ("CHATGW_REDIS__MODE".into(), "sentinel".into()),
             (
                 "CHATGW_REDIS__SENTINEL__MASTER_NAME".into(),
@@ -203,12 +235,22 @@ impl RedisSentinel {
                 "CHATGW_REDIS__SENTINEL__ADDRESSES".into(),
                 format!("[{}]", self.addresses().join(", ")),
             ),
-        ]
+        ];
+        if let Some(files) = &self.tls {
+            let ca = files.ca().display().to_string();
+            env.push(("CHATGW_REDIS__TLS__CA_FILE".into(), ca));
+        }
+        env
     }
 
     /// Runs one command on the current master.
     pub fn command(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
-        command(self.master_port(), args)
+        self.run(self.master_port(), args)
+    }
+
+    /// Runs one command on the server or sentinel at `port` (over TLS in a TLS set-up).
+    fn run(&self, port: u16, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        command_on(port, self.tls.as_ref(), args)
     }
 
     /// `SENTINEL FAILOVER` (the replica promoted while the master is up, as for
@@ -219,16 +261,16 @@ impl RedisSentinel {
         let asked = self
             .sentinels
             .iter()
-            .map(|x| command(x.port, &["SENTINEL", "FAILOVER", MASTER_NAME]))
+            .map(|x| self.run(x.port, &["SENTINEL", "FAILOVER", MASTER_NAME]))
             .find(|r| r.is_ok());
         assert!(asked.is_some(), "no sentinel accepted SENTINEL FAILOVER");
         let mut now = old;
         self.wait("the replica promoted", || {
             now = self.master_port();
-            now != old && text(command(now, &["INFO", "replication"])).contains("role:master")
+            now != old && text(self.run(now, &["INFO", "replication"])).contains("role:master")
         });
         self.wait("the old master in sync with the new one", || {
-            text(command(old, &["INFO", "replication"])).contains("master_link_status:up")
+            text(self.run(old, &["INFO", "replication"])).contains("master_link_status:up")
         });
         now
     }
@@ -239,12 +281,12 @@ impl RedisSentinel {
     /// hands the service a master with older data (what the epoch rule is for).
     pub fn cut_replication(&self) {
         let master = self.master_port();
-        let acl = command(master, &["ACL", "SETUSER", "default", "-psync", "-sync"]);
+        let acl = self.run(master, &["ACL", "SETUSER", "default", "-psync", "-sync"]);
         assert!(acl.is_ok(), "ACL SETUSER on the master: {acl:?}");
         let replica = self.replica_port();
-        let _ = command(master, &["CLIENT", "KILL", "TYPE", "replica"]);
+        let _ = self.run(master, &["CLIENT", "KILL", "TYPE", "replica"]);
         self.wait("the replica's link down", || {
-            text(command(replica, &["INFO", "replication"])).contains("master_link_status:down")
+            text(self.run(replica, &["INFO", "replication"])).contains("master_link_status:down")
         });
     }
 
@@ -258,7 +300,7 @@ impl RedisSentinel {
         let mut now = old;
         self.wait("failover to the replica", || {
             now = self.master_port();
-            now != old && text(command(now, &["INFO", "replication"])).contains("role:master")
+            now != old && text(self.run(now, &["INFO", "replication"])).contains("role:master")
         });
         now
     }

@@ -13,6 +13,7 @@ pub mod backend;
 pub mod load;
 pub mod namespaces;
 pub mod redis;
+pub mod redis_tls;
 pub mod types;
 pub mod validate;
 
@@ -21,6 +22,7 @@ pub use backend::{ApiConfig, EventsConfig, FailurePolicy, HookConfig, HooksConfi
 pub use load::{to_yaml, Loaded, Overrides, ENV_PREFIX};
 pub use namespaces::{DmPolicy, JoinPolicy, NamespaceConfig, Namespaces, SendPolicy};
 pub use redis::{RedisConfig, RedisMode, SentinelConfig};
+pub use redis_tls::RedisTlsConfig;
 pub use types::*;
 pub use validate::{upstream_url, MIN_HS256_SECRET};
 

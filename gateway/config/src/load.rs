@@ -85,6 +85,9 @@ impl Config {
             config.server.listen = listen;
         }
         config.validate()?;
+        // With the environment applied the Redis URLs are the real ones (the operator's
+        // validation, without its Secrets, cannot make this check).
+        config.redis.validate_tls_scheme()?;
         ignored_env.sort();
         Ok(Loaded {
             config,

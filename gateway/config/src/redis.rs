@@ -2,6 +2,7 @@
 //! Redis Cluster, or a master found through Sentinel), its credentials and TLS, and the
 //! checks that turn a wrong combination into one clear error at start.
 
+use crate::redis_tls::RedisTlsConfig;
 use crate::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -41,6 +42,9 @@ pub struct RedisConfig {
     /// `CHATGW_REDIS__PASSWORD` (taken verbatim, never read as YAML).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+    /// Certificates for `rediss://`: a private CA, a client certificate for mutual TLS.
+    #[serde(skip_serializing_if = "RedisTlsConfig::is_empty")]
+    pub tls: RedisTlsConfig,
     /// Prefix of every key and channel, so several gateways can share one Redis.
     pub key_prefix: String,
     /// How long Redis may be unreachable before `/readyz` fails.
@@ -57,6 +61,7 @@ impl Default for RedisConfig {
             sentinel: SentinelConfig::default(),
             username: None,
             password: None,
+            tls: RedisTlsConfig::default(),
             key_prefix: "chatgw".into(),
             readiness_grace: Duration::from_secs(5),
         }
@@ -82,13 +87,17 @@ pub struct SentinelConfig {
 }
 
 /// Config paths whose environment overrides are taken verbatim, never parsed as YAML: a
-/// password `0123` or `true` from a Secret must stay the string it is.
-pub const VERBATIM_ENV_PATHS: [&[&str]; 5] = [
+/// password `0123` or `true` from a Secret must stay the string it is, and so must a file
+/// path (`/certs/true` is fine as YAML, but a path is never a number or a boolean).
+pub const VERBATIM_ENV_PATHS: [&[&str]; 8] = [
     &["redis", "url"],
     &["redis", "username"],
     &["redis", "password"],
     &["redis", "sentinel", "username"],
     &["redis", "sentinel", "password"],
+    &["redis", "tls", "caFile"],
+    &["redis", "tls", "certFile"],
+    &["redis", "tls", "keyFile"],
 ];
 
 impl RedisConfig {
@@ -113,8 +122,14 @@ impl RedisConfig {
         if self.readiness_grace.is_zero() {
             return bad("redis.readinessGrace must be positive".into());
         }
+        self.mode_uses_tls()?;
+        self.validate_tls_files()
+    }
+    /// Checks the URLs of the mode; whether they speak TLS (`rediss://`).
+    pub(crate) fn mode_uses_tls(&self) -> Result<bool, ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
         match self.mode {
-            RedisMode::Single => redis_url("redis.url", &self.url).map(|_| ()),
+            RedisMode::Single => Ok(redis_url("redis.url", &self.url)?.scheme() == "rediss"),
             RedisMode::Cluster => {
                 let seeds = self.seeds();
                 let mut tls = None;
@@ -141,7 +156,7 @@ impl RedisConfig {
                         return bad("redis.nodes mix redis:// and rediss://: use TLS for every node or for none".into());
                     }
                 }
-                Ok(())
+                Ok(tls == Some(true))
             }
             RedisMode::Sentinel => {
                 let s = &self.sentinel;
@@ -159,7 +174,7 @@ impl RedisConfig {
                         return bad("redis.sentinel.addresses mix redis:// and rediss://".into());
                     }
                 }
-                Ok(())
+                Ok(tls == Some(true))
             }
         }
     }

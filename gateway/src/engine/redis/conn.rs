@@ -1,7 +1,8 @@
 //! Where the engine's Redis is and how it reaches it, per `redis.mode`: one server, a
 //! Redis Cluster (the redis crate's cluster client routes every command by its keys' slot
 //! and follows `MOVED`/`ASK`), or the master Sentinel names (asked once a second, so a
-//! failover is followed without a restart).
+//! failover is followed without a restart). Over `rediss://`, the certificates of
+//! `redis.tls` ([`super::tls`]) go to every client of the mode.
 
 use crate::config::{RedisConfig, RedisMode};
 use crate::engine::EngineError;
@@ -10,7 +11,8 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
-    Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, TlsMode, Value,
+    Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture,
+    TlsCertificates, TlsMode, Value,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -82,11 +84,12 @@ fn info(url: &str, cfg: &RedisConfig) -> Result<ConnectionInfo, EngineError> {
 pub(crate) enum Backend {
     /// One server.
     Single(Box<redis::Client>),
-    /// A Redis Cluster: the command client (RESP2), and the seeds the subscriber builds
-    /// its pub/sub client from (RESP3: pushes go to the subscriber).
+    /// A Redis Cluster: the command client (RESP2), and the seeds and certificates the
+    /// subscriber builds its pub/sub client from (RESP3: pushes go to the subscriber).
     Cluster {
         commands: Box<ClusterClient>,
         seeds: Vec<ConnectionInfo>,
+        certs: Option<TlsCertificates>,
     },
     /// The master Sentinel names.
     Sentinel(Arc<SentinelTarget>),
@@ -96,23 +99,35 @@ pub(crate) enum Backend {
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Backend {
-    /// The backend `cfg` describes (validated config: errors here are unexpected).
+    /// The backend `cfg` describes (validated config: errors here are unexpected, apart
+    /// from `redis.tls` files that cannot be read or hold no PEM).
     pub(crate) fn new(
         cfg: &RedisConfig,
         response_timeout: Duration,
     ) -> Result<Backend, EngineError> {
         let bad = |e: redis::RedisError| EngineError::Internal(format!("redis: {e}"));
+        // Also checked at config load; here too for configs built in code, since the
+        // cluster builder would turn redis:// seeds into TLS once given certificates.
+        cfg.validate_tls_scheme()
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let certs = super::tls::certificates(&cfg.tls)?;
         match cfg.mode {
-            RedisMode::Single => Ok(Backend::Single(Box::new(
-                redis::Client::open(info(&cfg.url, cfg)?).map_err(bad)?,
-            ))),
+            RedisMode::Single => {
+                let info = info(&cfg.url, cfg)?;
+                let client = match certs {
+                    // Replaces the system roots with the CA (and adds a client identity).
+                    Some(certs) => redis::Client::build_with_tls(info, certs),
+                    None => redis::Client::open(info),
+                };
+                Ok(Backend::Single(Box::new(client.map_err(bad)?)))
+            }
             RedisMode::Cluster => {
                 let seeds = cfg
                     .seeds()
                     .into_iter()
                     .map(|u| info(u, cfg))
                     .collect::<Result<Vec<_>, _>>()?;
-                let commands = ClusterClientBuilder::new(seeds.clone())
+                let commands = cluster_builder(seeds.clone(), certs.clone())
                     .connection_timeout(CONNECT_TIMEOUT)
                     .response_timeout(response_timeout)
                     .retries(3)
@@ -121,9 +136,12 @@ impl Backend {
                 Ok(Backend::Cluster {
                     commands: Box::new(commands),
                     seeds,
+                    certs,
                 })
             }
-            RedisMode::Sentinel => Ok(Backend::Sentinel(Arc::new(SentinelTarget::new(cfg)?))),
+            RedisMode::Sentinel => Ok(Backend::Sentinel(Arc::new(SentinelTarget::new(
+                cfg, certs,
+            )?))),
         }
     }
 
@@ -165,6 +183,20 @@ impl Backend {
     }
 }
 
+/// A cluster client builder on `seeds`, with the `redis.tls` certificates when there are
+/// any: they reach every node the client discovers, not only the seeds. (Without
+/// `certs`, a `rediss://` seed still means TLS with the system roots.)
+pub(crate) fn cluster_builder(
+    seeds: Vec<ConnectionInfo>,
+    certs: Option<TlsCertificates>,
+) -> ClusterClientBuilder {
+    let builder = ClusterClientBuilder::new(seeds);
+    match certs {
+        Some(certs) => builder.certs(certs),
+        None => builder,
+    }
+}
+
 /// The master Sentinel names, as last found.
 pub(crate) struct SentinelTarget {
     master_name: String,
@@ -175,7 +207,10 @@ pub(crate) struct SentinelTarget {
 }
 
 impl SentinelTarget {
-    fn new(cfg: &RedisConfig) -> Result<SentinelTarget, EngineError> {
+    fn new(
+        cfg: &RedisConfig,
+        certs: Option<TlsCertificates>,
+    ) -> Result<SentinelTarget, EngineError> {
         let bad = |e: redis::RedisError| EngineError::Internal(format!("redis sentinel: {e}"));
         let mut addrs = Vec::new();
         let mut tls = false;
@@ -194,6 +229,14 @@ impl SentinelTarget {
             b = b
                 .set_client_to_redis_tls_mode(TlsMode::Secure)
                 .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+            // One CA and client certificate for both: the Sentinels and the servers they
+            // watch share a TLS setup (config validation allows `redis.tls` only with
+            // rediss:// Sentinels, where the crate takes certificates for both sides).
+            if let Some(certs) = certs {
+                b = b
+                    .set_client_to_sentinel_certificates(certs.clone())
+                    .set_client_to_redis_certificates(certs);
+            }
         }
         if let Some(u) = &cfg.username {
             b = b.set_client_to_redis_username(u);

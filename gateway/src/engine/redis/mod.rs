@@ -15,6 +15,7 @@ mod sharded;
 mod shared;
 mod store;
 mod subscriber;
+mod tls;
 
 pub use payload::{parse_payload, parse_routed, Payload};
 

@@ -22,7 +22,6 @@ use super::subscriber::{too_slow, Cmd};
 use super::PUBSUB_DOWN_SINCE_START;
 use crate::engine::EngineError;
 use futures_util::StreamExt;
-use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind, Value};
 use std::collections::{HashMap, HashSet};
@@ -115,10 +114,12 @@ fn connect(
     shared: &Shared,
     push_tx: mpsc::UnboundedSender<PushInfo>,
 ) -> Result<ClusterConnection, EngineError> {
-    let super::conn::Backend::Cluster { seeds, .. } = &shared.backend else {
+    let super::conn::Backend::Cluster { seeds, certs, .. } = &shared.backend else {
         return Err(EngineError::Internal("not a cluster".into()));
     };
-    let client = ClusterClientBuilder::new(seeds.clone())
+    // The same certificates as the command client's: the pub/sub connections go to the
+    // same nodes.
+    let client = super::conn::cluster_builder(seeds.clone(), certs.clone())
         .use_protocol(redis::ProtocolVersion::RESP3)
         .push_sender(push_tx)
         .connection_timeout(CONNECT_TIMEOUT)
