@@ -285,3 +285,156 @@ async fn sentinel_mode_reads_both_password_secrets_and_a_new_sentinel_password_r
         "a new sentinel password rolls the pods"
     );
 }
+
+/// A single-mode gateway over TLS: its URL, a private CA, and a client certificate and key
+/// from a second Secret.
+const TLS: &str = "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, redis: {urlSecretRef: {name: redis, key: url}, tls: {caSecretRef: {name: redis-tls, key: ca.crt}, clientCertSecretRef: {name: redis-client, key: tls.crt}, clientKeySecretRef: {name: redis-client, key: tls.key}}}}";
+
+/// A PEM certificate and its PEM key.
+fn pem_pair() -> (String, String) {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["redis.apps".into()]).expect("cert");
+    (cert.pem(), signing_key.serialize_pem())
+}
+
+/// The reads of TLS's Secrets, in order: URL, CA, client certificate, client key.
+fn tls_secrets(ca: &str, cert: &str, key: &str) -> Vec<Step> {
+    [
+        ("redis", "url", "rediss://redis.apps:6380"),
+        ("redis-tls", "ca.crt", ca),
+        ("redis-client", "tls.crt", cert),
+        ("redis-client", "tls.key", key),
+    ]
+    .into_iter()
+    .map(|(name, key, value)| {
+        ok_with(
+            Method::GET,
+            &format!("{NS}/secrets/{name}"),
+            secret(name, key, value),
+        )
+    })
+    .collect()
+}
+
+/// Reconciles TLS with these PEM files; returns every request body.
+async fn tls_gateway(ca: &str, cert: &str, key: &str) -> Vec<(String, Value)> {
+    let (ctx, handle) = context(ServedKinds::ALL, false);
+    let server = serve(
+        handle,
+        with(
+            with(tls_secrets(ca, cert, key), lookups()),
+            applies(&[CM, DEPLOY, SVC, PDB, STATUS]),
+        ),
+    );
+    reconcile(Arc::new(cgw(TLS)), ctx).await.expect("reconcile");
+    server.await.expect("server")
+}
+
+#[tokio::test]
+async fn the_redis_tls_secrets_are_read_mounted_and_a_rotated_ca_rolls_the_pods() {
+    let ((ca, _), (cert, key)) = (pem_pair(), pem_pair());
+    let seen = tls_gateway(&ca, &cert, &key).await;
+    assert_eq!(
+        paths(&seen)[..4],
+        [
+            "GET /api/v1/namespaces/apps/secrets/redis",
+            "GET /api/v1/namespaces/apps/secrets/redis-tls",
+            "GET /api/v1/namespaces/apps/secrets/redis-client",
+            "GET /api/v1/namespaces/apps/secrets/redis-client",
+        ]
+    );
+    let config = seen[10].1["data"]["config.yaml"].as_str().expect("config");
+    assert!(
+        config.contains("caFile: /var/run/secrets/chatgateway/redis-tls/ca.crt"),
+        "{config}"
+    );
+    let pod = &seen[11].1["spec"]["template"]["spec"];
+    assert!(pod["volumes"].to_string().contains("redis-client"), "{pod}");
+    let hash = |seen: &[(String, Value)]| {
+        seen[11].1["spec"]["template"]["metadata"]["annotations"]["chatgateway.io/secret-hash"]
+            .clone()
+    };
+    let r = |name: &str, key: &str| crate::crd::SecretKeyRef {
+        name: name.into(),
+        key: key.into(),
+    };
+    let refs = [
+        r("redis", "url"),
+        r("redis-tls", "ca.crt"),
+        r("redis-client", "tls.crt"),
+        r("redis-client", "tls.key"),
+    ];
+    let values = ["rediss://redis.apps:6380", &ca, &cert, &key].map(|v| v.as_bytes().to_vec());
+    assert_eq!(
+        hash(&seen),
+        crate::secrets::digest(&refs.iter().collect::<Vec<_>>(), &values)
+    );
+    let everything = serde_json::to_string(&seen[4..]).expect("json");
+    assert!(
+        !everything.contains(key.lines().nth(1).unwrap_or("-")),
+        "the key never leaves its Secret"
+    );
+    assert_eq!(hash(&seen), hash(&tls_gateway(&ca, &cert, &key).await));
+    let (new_ca, _) = pem_pair();
+    assert_ne!(
+        hash(&seen),
+        hash(&tls_gateway(&new_ca, &cert, &key).await),
+        "a new CA rolls the pods"
+    );
+    let (new_cert, new_key) = pem_pair();
+    assert_ne!(
+        hash(&seen),
+        hash(&tls_gateway(&ca, &new_cert, &new_key).await),
+        "a new client certificate rolls the pods"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_ca_secret_or_a_plain_url_is_degraded_and_nothing_is_applied() {
+    let (ctx, handle) = context(ServedKinds::ALL, true);
+    let server = serve(
+        handle,
+        vec![
+            ok_with(
+                Method::GET,
+                &format!("{NS}/secrets/redis"),
+                secret("redis", "url", "rediss://redis.apps:6380"),
+            ),
+            not_found(Method::GET, &format!("{NS}/secrets/redis-tls")),
+            step(Method::POST, EVENTS),
+            step(Method::PATCH, STATUS),
+        ],
+    );
+    let err = reconcile(Arc::new(cgw(TLS)), ctx).await.unwrap_err();
+    assert!(
+        matches!(err, Error::SecretRef { ref name, ref key, .. } if name == "redis-tls" && key == "ca.crt"),
+        "{err}"
+    );
+    let seen = server.await.expect("server");
+    assert_eq!(seen[2].1["reason"], "SecretNotFound");
+    assert_eq!(
+        condition(&seen[3].1, "Degraded"),
+        ("True", "SecretNotFound")
+    );
+
+    // TLS asked for, but the URL in the Secret is plain text: reported, not crash-looping.
+    let (ctx, handle) = context(ServedKinds::ALL, true);
+    let server = serve(
+        handle,
+        vec![
+            ok_with(
+                Method::GET,
+                &format!("{NS}/secrets/redis"),
+                secret("redis", "url", "redis://:hunter2@redis.apps:6379"),
+            ),
+            step(Method::POST, EVENTS),
+            step(Method::PATCH, STATUS),
+        ],
+    );
+    let err = reconcile(Arc::new(cgw(TLS)), ctx).await.unwrap_err();
+    assert_eq!(err.reason(), "InvalidSecret", "{err}");
+    let seen = server.await.expect("server");
+    let m = message(&seen[2].1, "Degraded");
+    assert!(m.contains("use rediss://"), "{m}");
+    assert!(!m.contains("hunter2"), "the value never shows: {m}");
+}

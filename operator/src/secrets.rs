@@ -2,21 +2,23 @@
 //! watched so that a rotated key takes effect and a Secret created late is picked up at once.
 //!
 //! The gateway reads the Redis URL and credentials (Redis and Sentinel user and password)
-//! from its environment, once, at start, so a new value only reaches it through new pods; a single JWT key (`secretRef`, `publicKeySecretRef`) is a
-//! hard cut-over that new pods make at once everywhere. The hash of those keys goes on the
-//! pod template: a changed key changes the template and the Deployment rolls the pods
-//! through the normal drain. A key set (`jwksSecretRef`) is left out of the hash: the
-//! kubelet rewrites the mounted file when the Secret changes and every gateway re-reads it
-//! (`auth.jwt.reloadInterval`), so keys rotate with no rollout and no reconnects. The server
-//! API's keys (`gateway.api.keysSecretRef`) are left out the same way: the gateway re-reads
-//! its keys file (`api.reloadInterval`). The operator never copies a Secret's value
-//! anywhere; the hash is one-way.
+//! from its environment, and its Redis TLS files (CA, client certificate and key), once, at
+//! start, so a new value only reaches it through new pods; a single JWT key (`secretRef`,
+//! `publicKeySecretRef`) is a hard cut-over that new pods make at once everywhere. The hash
+//! of those keys goes on the pod template: a changed key changes the template and the
+//! Deployment rolls the pods through the normal drain. A key set (`jwksSecretRef`) is left
+//! out of the hash: the kubelet rewrites the mounted file when the Secret changes and every
+//! gateway re-reads it (`auth.jwt.reloadInterval`), so keys rotate with no rollout and no
+//! reconnects. The server API's keys (`gateway.api.keysSecretRef`) are left out the same
+//! way: the gateway re-reads its keys file (`api.reloadInterval`). The operator never
+//! copies a Secret's value anywhere; the hash is one-way.
 //!
 //! What the operator can see of a value it checks, so a key the gateway would refuse is
 //! reported on the ChatGateway instead of as crash-looping pods: an HS256 secret's length,
 //! that a key set is a JWKS document whose keys have a `kid` (the gateway still checks
-//! the key material itself, at start and at every reload), and that the API keys hold at
-//! least one key.
+//! the key material itself, at start and at every reload), that the API keys hold at least
+//! one key, that the Redis TLS files hold PEM certificates and a PEM private key, and that
+//! a URL meant for TLS is not `redis://`.
 
 use crate::builders::auth::key_files;
 use crate::crd::{ChatGateway, ChatGatewaySpec, JwtAlgorithmSpec, SecretKeyRef};
@@ -31,8 +33,12 @@ use sha2::{Digest, Sha256};
 /// What a referenced Secret key holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
-    /// The `redis://` URL.
-    RedisUrl,
+    /// The `redis://` URL; `tls` when `gateway.redis.tls` is set and the URL is what the
+    /// gateway connects to (mode single, or mode cluster's seed without `nodes`).
+    RedisUrl {
+        /// Whether the URL must be `rediss://`.
+        tls: bool,
+    },
     /// A user or password of the Redis nodes or of the Sentinels.
     RedisCredential,
     /// The HS256 shared secret (checked only when the algorithm is HS256).
@@ -46,6 +52,12 @@ pub enum Purpose {
     KeySet,
     /// The server API's keys, one per line.
     ApiKeys,
+    /// The PEM CA certificate(s) the gateway trusts for `rediss://`.
+    RedisCa,
+    /// The PEM client certificate the gateway presents to Redis.
+    RedisClientCert,
+    /// The PEM private key of that client certificate.
+    RedisClientKey,
 }
 
 impl Purpose {
@@ -62,16 +74,30 @@ pub fn refs(spec: &ChatGatewaySpec) -> Vec<(&SecretKeyRef, Purpose)> {
     let jwt = g.and_then(|g| g.auth.as_ref()).and_then(|a| a.jwt.as_ref());
     let hs256 = jwt
         .is_some_and(|j| j.algorithm.unwrap_or(JwtAlgorithmSpec::HS256) == JwtAlgorithmSpec::HS256);
-    let redis = g
-        .and_then(|g| g.redis.as_ref())
+    let redis_spec = g.and_then(|g| g.redis.as_ref());
+    // With nodes, the URL is not the cluster's seed (and sentinel mode has no URL).
+    let url_tls = redis_spec.is_some_and(|r| r.tls.is_some() && r.nodes.is_empty());
+    let redis = redis_spec
         .map(crate::builders::redis_env)
         .unwrap_or_default()
         .into_iter()
         .map(|(var, r)| {
             let purpose = if var == crate::builders::REDIS_URL_ENV {
-                Purpose::RedisUrl
+                Purpose::RedisUrl { tls: url_tls }
             } else {
                 Purpose::RedisCredential
+            };
+            (r, purpose)
+        });
+    let tls = redis_spec
+        .map(crate::builders::redis::tls_files)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(file, r)| {
+            let purpose = match file {
+                crate::builders::redis::TLS_CA => Purpose::RedisCa,
+                crate::builders::redis::TLS_CERT => Purpose::RedisClientCert,
+                _ => Purpose::RedisClientKey,
             };
             (r, purpose)
         });
@@ -84,7 +110,7 @@ pub fn refs(spec: &ChatGatewaySpec) -> Vec<(&SecretKeyRef, Purpose)> {
         };
         (k.secret, purpose)
     });
-    redis.chain(keys).collect()
+    redis.chain(tls).chain(keys).collect()
 }
 
 /// Reads every referenced key, checks what it can of each value, and returns the hash of
@@ -167,12 +193,47 @@ pub fn check(purpose: Purpose, value: &[u8]) -> Result<(), String> {
                 return Err("no API key in it (one per line; blank lines and # comments are skipped): the gateway would refuse to start".into());
             }
         }
+        Purpose::RedisUrl { tls: true } => {
+            // Only the scheme: the rest of the URL may hold a password.
+            if String::from_utf8_lossy(value)
+                .trim_start()
+                .starts_with("redis://")
+            {
+                return Err("gateway.redis.tls is set, but the URL is redis:// (no TLS): the gateway would connect in plain text or refuse; use rediss://".into());
+            }
+        }
+        Purpose::RedisCa | Purpose::RedisClientCert => {
+            pem_block(
+                value,
+                |tag| tag == "CERTIFICATE",
+                "-----BEGIN CERTIFICATE-----",
+            )?;
+        }
+        Purpose::RedisClientKey => {
+            // PKCS#8, PKCS#1 (RSA) or SEC1 (EC), as rustls reads them.
+            pem_block(
+                value,
+                |tag| tag.ends_with("PRIVATE KEY") && !tag.contains("ENCRYPTED"),
+                "-----BEGIN PRIVATE KEY----- (unencrypted)",
+            )?;
+        }
         Purpose::Hs256Secret { in_use: false }
-        | Purpose::RedisUrl
+        | Purpose::RedisUrl { tls: false }
         | Purpose::RedisCredential
         | Purpose::PublicKey => {}
     }
     Ok(())
+}
+
+/// Whether `value` holds a PEM block whose tag `wanted` accepts; the error names the
+/// block expected (never the value). The gateway still parses the DER at start.
+fn pem_block(value: &[u8], wanted: impl Fn(&str) -> bool, expected: &str) -> Result<(), String> {
+    let blocks = pem::parse_many(value).map_err(|_| format!("not PEM: expected {expected}"))?;
+    if blocks.iter().any(|b| wanted(b.tag())) {
+        return Ok(());
+    }
+    let found: Vec<_> = blocks.iter().map(|b| b.tag()).collect();
+    Err(format!("no {expected} block in it (found: {found:?})"))
 }
 
 /// Hash over each reference and its value; lengths are included so that no two different
@@ -231,7 +292,7 @@ mod tests {
         assert_eq!(
             names,
             [
-                "redis/url RedisUrl true",
+                "redis/url RedisUrl { tls: false } true",
                 "jwt/secret Hs256Secret { in_use: true } true",
                 "jwks/jwks.json KeySet false",
             ]
@@ -324,7 +385,7 @@ mod tests {
             set(r#"{"keys": [{"kid": "a", "kty": "oct", "k": "x"}]}"#),
             Ok(())
         );
-        assert_eq!(check(Purpose::RedisUrl, b""), Ok(()));
+        assert_eq!(check(Purpose::RedisUrl { tls: false }, b""), Ok(()));
     }
 
     #[test]
@@ -376,3 +437,7 @@ mod tests {
         assert!(names("apps", "unrelated").is_empty());
     }
 }
+
+#[cfg(test)]
+#[path = "secrets_tls_tests.rs"]
+mod tls_tests;

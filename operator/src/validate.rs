@@ -195,8 +195,9 @@ fn check_api(spec: &ChatGatewaySpec, api: &ApiSpec) -> Result<()> {
 /// The CEL rules of `gateway.redis` (crd/redis.rs), same messages.
 fn check_redis(r: &RedisSpec) -> Result<()> {
     use crate::crd::{
-        BAD_ADDRESS, CLUSTER_NEEDS_SEEDS, NODES_ONLY_CLUSTER, NO_URL_WITH_SENTINEL,
-        SENTINEL_NEEDS_MASTER, SENTINEL_ONLY_SENTINEL, SINGLE_NEEDS_URL,
+        BAD_ADDRESS, CLIENT_CERT_AND_KEY, CLUSTER_NEEDS_SEEDS, NODES_ONLY_CLUSTER,
+        NO_URL_WITH_SENTINEL, SENTINEL_NEEDS_MASTER, SENTINEL_ONLY_SENTINEL, SINGLE_NEEDS_URL,
+        TLS_NEEDS_REDISS,
     };
     use chat_gateway_config::RedisMode;
     let invalid = |m: &str| Err(Error::InvalidSpec(m.to_string()));
@@ -225,6 +226,20 @@ fn check_redis(r: &RedisSpec) -> Result<()> {
     let addresses = sentinel.map(|s| s.addresses.as_slice()).unwrap_or_default();
     if !r.nodes.iter().chain(addresses).all(|a| redis_address(a)) {
         return invalid(BAD_ADDRESS);
+    }
+    if let Some(tls) = &r.tls {
+        // The addresses the mode uses; a URL in a Secret is checked when it is read.
+        let listed = match mode {
+            RedisMode::Cluster => r.nodes.as_slice(),
+            RedisMode::Sentinel => addresses,
+            RedisMode::Single => &[],
+        };
+        if !listed.is_empty() && !listed.iter().any(|a| a.starts_with("rediss://")) {
+            return invalid(TLS_NEEDS_REDISS);
+        }
+        if tls.client_cert_secret_ref.is_some() != tls.client_key_secret_ref.is_some() {
+            return invalid(CLIENT_CERT_AND_KEY);
+        }
     }
     Ok(())
 }

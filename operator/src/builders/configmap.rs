@@ -39,6 +39,10 @@ const RESERVED: &[(&[&str], &str)] = &[
         &["redis", "password"],
         "a password belongs in a Secret: gateway.redis.passwordSecretRef",
     ),
+    (
+        &["redis", "tls"],
+        "use gateway.redis.tls, whose CA and client certificate come from Secrets, mounted as those files",
+    ),
     (&["auth"], "use gateway.auth, whose keys come from Secrets"),
     (
         &["drain", "timeout"],
@@ -282,7 +286,8 @@ fn retention(
 
 /// The ConfigMap and the hash of its content (for the pod template annotation).
 pub fn build(cgw: &ChatGateway, owner: &Owner) -> Result<(ConfigMap, String)> {
-    let yaml = gateway_config(cgw)?.to_yaml();
+    let redis = cgw.spec.gateway.as_ref().and_then(|g| g.redis.as_ref());
+    let yaml = redis::config_yaml(&gateway_config(cgw)?, redis)?;
     let hash = format!("{:x}", Sha256::digest(yaml.as_bytes()));
     let cm = ConfigMap {
         metadata: owner.meta(&owner.config_map_name()),

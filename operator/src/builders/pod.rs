@@ -196,7 +196,8 @@ fn ports(cgw: &ChatGateway) -> Vec<ContainerPort> {
         .collect()
 }
 
-/// The config volume and the key files from their Secrets, with their mounts.
+/// The config volume, the key files from their Secrets and the Redis TLS files, with their
+/// mounts.
 fn volumes(cgw: &ChatGateway, owner: &Owner) -> (Vec<Volume>, Vec<VolumeMount>) {
     let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
     volumes.push(Volume {
@@ -249,6 +250,11 @@ fn volumes(cgw: &ChatGateway, owner: &Owner) -> (Vec<Volume>, Vec<VolumeMount>) 
             read_only: Some(true),
             ..VolumeMount::default()
         });
+    }
+    let redis = cgw.spec.gateway.as_ref().and_then(|g| g.redis.as_ref());
+    if let Some((volume, mount)) = redis.and_then(super::redis::tls_volume) {
+        volumes.push(volume);
+        mounts.push(mount);
     }
     (volumes, mounts)
 }

@@ -2,13 +2,18 @@
 //! cluster seeds, the Sentinels and the master's name, key prefix, readiness grace) goes
 //! into the ConfigMap; the URL and every credential reach the pod only as environment
 //! variables from their Secrets (`secretKeyRef`), under the names the gateway's loader
-//! takes verbatim (`chat_gateway_config::redis::VERBATIM_ENV_PATHS`).
+//! takes verbatim (`chat_gateway_config::redis::VERBATIM_ENV_PATHS`). The TLS CA and
+//! client certificate are files: one projected volume holds each referenced Secret key
+//! under a fixed name, and the ConfigMap's `redis.tls` names the files.
 
 use super::parse_duration;
 use crate::crd::{RedisSpec, SecretKeyRef};
-use crate::error::Result;
-use chat_gateway_config::RedisConfig;
-use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, SecretKeySelector};
+use crate::error::{Error, Result};
+use chat_gateway_config::{Config, RedisConfig};
+use k8s_openapi::api::core::v1::{
+    EnvVar, EnvVarSource, KeyToPath, ProjectedVolumeSource, SecretKeySelector, SecretProjection,
+    Volume, VolumeMount, VolumeProjection,
+};
 
 /// The Redis URL's variable (`redis.url`).
 pub const REDIS_URL_ENV: &str = "CHATGW_REDIS__URL";
@@ -73,6 +78,126 @@ pub fn apply(c: &mut RedisConfig, r: &RedisSpec) -> Result<()> {
     Ok(())
 }
 
+/// Volume of the Redis TLS files.
+pub const TLS_VOLUME: &str = "redis-tls";
+/// Where the Redis TLS files are mounted: beside the JWT keys under
+/// `/var/run/secrets/chatgateway/`, not under the ConfigMap's `/etc/chatgateway` (a mount
+/// nested in a read-only volume fails on some runtimes: the mount point cannot be made).
+pub const TLS_DIR: &str = "/var/run/secrets/chatgateway/redis-tls";
+/// File of the CA certificate(s) (`redis.tls.caFile`).
+pub const TLS_CA: &str = "ca.crt";
+/// File of the client certificate (`redis.tls.certFile`).
+pub const TLS_CERT: &str = "tls.crt";
+/// File of the client certificate's private key (`redis.tls.keyFile`).
+pub const TLS_KEY: &str = "tls.key";
+
+/// The Secret keys of `gateway.redis.tls` and the file each one becomes under [`TLS_DIR`],
+/// in a fixed order: CA, client certificate, client key.
+pub fn tls_files(r: &RedisSpec) -> Vec<(&'static str, &SecretKeyRef)> {
+    let Some(tls) = &r.tls else { return Vec::new() };
+    [
+        (TLS_CA, tls.ca_secret_ref.as_ref()),
+        (TLS_CERT, tls.client_cert_secret_ref.as_ref()),
+        (TLS_KEY, tls.client_key_secret_ref.as_ref()),
+    ]
+    .into_iter()
+    .filter_map(|(file, secret)| secret.map(|s| (file, s)))
+    .collect()
+}
+
+/// The volume holding the TLS files and its read-only mount in the gateway container;
+/// `None` without any. One projected volume, so the CA and the client certificate may come
+/// from different Secrets yet sit in one directory. Mode 0440: readable by the pod's
+/// fsGroup (`pod::GATEWAY_GROUP`, the non-root gateway's group), by nobody else. A
+/// whole-volume mount (no subPath): the kubelet keeps the files current.
+pub fn tls_volume(r: &RedisSpec) -> Option<(Volume, VolumeMount)> {
+    let files = tls_files(r);
+    if files.is_empty() {
+        return None;
+    }
+    let sources = files
+        .into_iter()
+        .map(|(file, secret)| VolumeProjection {
+            secret: Some(SecretProjection {
+                name: secret.name.clone(),
+                items: Some(vec![KeyToPath {
+                    key: secret.key.clone(),
+                    path: file.into(),
+                    mode: Some(0o440),
+                }]),
+                optional: Some(false),
+            }),
+            ..VolumeProjection::default()
+        })
+        .collect();
+    let volume = Volume {
+        name: TLS_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(0o440),
+            sources: Some(sources),
+        }),
+        ..Volume::default()
+    };
+    let mount = VolumeMount {
+        name: TLS_VOLUME.into(),
+        mount_path: TLS_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    Some((volume, mount))
+}
+
+/// The gateway's `redis.tls` section: the path of each mounted file.
+#[derive(serde::Serialize, Debug, Default, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsConfig {
+    /// `redis.tls.caFile`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// `redis.tls.certFile`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    /// `redis.tls.keyFile`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+}
+
+/// `redis.tls` for the spec; `None` when no file is referenced.
+pub fn tls_config(r: &RedisSpec) -> Option<TlsConfig> {
+    let tls = r.tls.as_ref()?;
+    let path = |secret: &Option<SecretKeyRef>, file: &str| {
+        secret.as_ref().map(|_| format!("{TLS_DIR}/{file}"))
+    };
+    let c = TlsConfig {
+        ca_file: path(&tls.ca_secret_ref, TLS_CA),
+        cert_file: path(&tls.client_cert_secret_ref, TLS_CERT),
+        key_file: path(&tls.client_key_secret_ref, TLS_KEY),
+    };
+    (c != TlsConfig::default()).then_some(c)
+}
+
+/// The gateway's config file: `config` as YAML, with `redis.tls` added when the spec
+/// mounts TLS files.
+// The gateway config crate's typed `RedisConfig` has no `tls` section yet (it is added on
+// the gateway side in parallel), so the section is written into the document here; once
+// the typed field exists this becomes `config.redis.tls = ...` before `to_yaml`.
+pub fn config_yaml(config: &Config, r: Option<&RedisSpec>) -> Result<String> {
+    let Some(tls) = r.and_then(tls_config) else {
+        return Ok(config.to_yaml());
+    };
+    let mut doc = serde_json::to_value(config).map_err(|e| Error::Serialize(e.to_string()))?;
+    let tls = serde_json::to_value(tls).map_err(|e| Error::Serialize(e.to_string()))?;
+    let Some(redis) = doc.get_mut("redis").and_then(|v| v.as_object_mut()) else {
+        return Err(Error::Serialize("the config has no redis section".into()));
+    };
+    redis.insert("tls".into(), tls);
+    chat_gateway_config::to_yaml(&doc).map_err(Error::Serialize)
+}
+
 #[cfg(test)]
 #[path = "redis_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "redis_tls_tests.rs"]
+mod tls_tests;

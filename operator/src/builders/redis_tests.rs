@@ -211,6 +211,10 @@ fn gateway_config_cannot_set_what_gateway_redis_owns() {
             "{redis: {password: hunter2}}",
             "a password belongs in a Secret",
         ),
+        (
+            "{redis: {tls: {caFile: /etc/ssl/ca.pem}}}",
+            "gateway.config.redis.tls is set by the operator: use gateway.redis.tls",
+        ),
     ] {
         let c = cgw(&format!(
             "gateway: {{{AUTH}, redis: {{urlSecretRef: {{name: r, key: u}}}}, config: {config}}}"

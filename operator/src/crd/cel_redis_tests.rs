@@ -1,4 +1,4 @@
-//! The rules of `gateway.redis` (modes, seeds, Sentinels, credentials): accepted and
+//! The rules of `gateway.redis` (modes, seeds, Sentinels, credentials, TLS): accepted and
 //! refused the same by CEL in both versions and by the operator, in the same words.
 
 use super::*;
@@ -20,6 +20,15 @@ fn every_mode_is_accepted_with_its_addresses_and_credentials() {
         "{mode: cluster, nodes: ['redis://r-0.r:6379'], urlSecretRef: {name: r, key: url}}",
         "{mode: sentinel, sentinel: {masterName: chat, addresses: ['redis://s-0.s:26379']}}",
         "{mode: sentinel, sentinel: {masterName: chat, addresses: ['rediss://s-0.s:26379', 'rediss://s-1.s:26379'], usernameSecretRef: {name: s, key: user}, passwordSecretRef: {name: s, key: pw}}, passwordSecretRef: {name: r, key: pw}}",
+        // TLS: a private CA, a client certificate with its key, or both.
+        "{urlSecretRef: {name: r, key: url}, tls: {caSecretRef: {name: t, key: ca.crt}}}",
+        "{urlSecretRef: {name: r, key: url}, tls: {caSecretRef: {name: t, key: ca.crt}, clientCertSecretRef: {name: c, key: tls.crt}, clientKeySecretRef: {name: c, key: tls.key}}}",
+        "{urlSecretRef: {name: r, key: url}, tls: {clientCertSecretRef: {name: c, key: tls.crt}, clientKeySecretRef: {name: c, key: tls.key}}}",
+        "{urlSecretRef: {name: r, key: url}, tls: {}}",
+        "{mode: cluster, nodes: ['rediss://r-0.r:6379', 'rediss://r-1.r:6379'], tls: {caSecretRef: {name: t, key: ca.crt}}}",
+        // The seed is in a Secret: the operator checks its scheme when it reads it.
+        "{mode: cluster, urlSecretRef: {name: r, key: url}, tls: {caSecretRef: {name: t, key: ca.crt}}}",
+        "{mode: sentinel, sentinel: {masterName: chat, addresses: ['rediss://s-0.s:26379']}, tls: {caSecretRef: {name: t, key: ca.crt}, clientCertSecretRef: {name: c, key: tls.crt}, clientKeySecretRef: {name: c, key: tls.key}}}",
     ] {
         let spec = redis(section);
         for version in [VERSION, OLD_VERSION] {
@@ -74,6 +83,28 @@ fn wrong_combinations_are_refused_by_cel_and_the_operator_in_the_same_words() {
         (
             "{mode: sentinel, sentinel: {masterName: m, addresses: ['redis://s:26379', 'http://t:26379']}}",
             BAD_ADDRESS,
+        ),
+        // A client certificate needs its key and a key its certificate.
+        (
+            "{urlSecretRef: {name: r, key: url}, tls: {clientCertSecretRef: {name: c, key: tls.crt}}}",
+            CLIENT_CERT_AND_KEY,
+        ),
+        (
+            "{urlSecretRef: {name: r, key: url}, tls: {caSecretRef: {name: t, key: ca.crt}, clientKeySecretRef: {name: c, key: tls.key}}}",
+            CLIENT_CERT_AND_KEY,
+        ),
+        // TLS settings for connections that are all plain text.
+        (
+            "{mode: cluster, nodes: ['redis://r-0.r:6379', 'redis://r-1.r:6379'], tls: {caSecretRef: {name: t, key: ca.crt}}}",
+            TLS_NEEDS_REDISS,
+        ),
+        (
+            "{mode: cluster, nodes: ['redis://r-0.r:6379'], urlSecretRef: {name: r, key: url}, tls: {caSecretRef: {name: t, key: ca.crt}}}",
+            TLS_NEEDS_REDISS,
+        ),
+        (
+            "{mode: sentinel, sentinel: {masterName: m, addresses: ['redis://s-0.s:26379', 'redis://s-1.s:26379']}, tls: {clientCertSecretRef: {name: c, key: tls.crt}, clientKeySecretRef: {name: c, key: tls.key}}}",
+            TLS_NEEDS_REDISS,
         ),
     ] {
         let spec = redis(section);

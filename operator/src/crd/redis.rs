@@ -2,7 +2,8 @@
 //! Redis Cluster, or a master found through Sentinel) and the Secrets its URL and
 //! credentials come from. The mode is the gateway's own `RedisMode` (docs/configuration.md);
 //! addresses are not secret and go into the ConfigMap, credentials only into the pods'
-//! environment from their Secrets.
+//! environment from their Secrets, and the TLS CA and client certificate only into files
+//! mounted from their Secrets.
 
 use super::SecretKeyRef;
 use chat_gateway_config::RedisMode;
@@ -34,6 +35,13 @@ pub const NO_URL_WITH_SENTINEL: &str =
 pub const BAD_ADDRESS: &str =
     "gateway.redis.nodes and sentinel.addresses are redis://host:port or rediss://host:port (TLS), without credentials or a path: credentials come from the *SecretRef fields";
 
+/// `tls` while every listed node or Sentinel is plain `redis://`.
+pub const TLS_NEEDS_REDISS: &str =
+    "gateway.redis.tls is for rediss:// (TLS) connections, but every listed address is redis://: list mode cluster's nodes or mode sentinel's sentinel.addresses as rediss://host:port";
+/// A client certificate without its key, or a key without its certificate.
+pub const CLIENT_CERT_AND_KEY: &str =
+    "gateway.redis.tls.clientCertSecretRef and clientKeySecretRef go together: the client certificate and its private key";
+
 /// Redis engine settings.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -49,7 +57,11 @@ pub const BAD_ADDRESS: &str =
     {"rule": "!has(self.sentinel) || (has(self.mode) && self.mode == 'sentinel')",
      "message": SENTINEL_ONLY_SENTINEL},
     {"rule": "!has(self.urlSecretRef) || !has(self.mode) || self.mode != 'sentinel'",
-     "message": NO_URL_WITH_SENTINEL}
+     "message": NO_URL_WITH_SENTINEL},
+    // Only the listed addresses can be seen here: a URL in a Secret is checked when the
+    // operator reads it (secrets::check), and mode single has nothing else.
+    {"rule": "!has(self.tls) || !has(self.mode) || (self.mode != 'cluster' || !has(self.nodes) || size(self.nodes) == 0 || self.nodes.exists(n, n.startsWith('rediss://'))) && (self.mode != 'sentinel' || !has(self.sentinel) || !has(self.sentinel.addresses) || size(self.sentinel.addresses) == 0 || self.sentinel.addresses.exists(a, a.startsWith('rediss://')))",
+     "message": TLS_NEEDS_REDISS}
 ]))]
 pub struct RedisSpec {
     /// `single` (one server at the URL), `cluster` (a Redis Cluster, Redis 7 or later) or
@@ -85,6 +97,32 @@ pub struct RedisSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(super::DURATION_PATTERN))]
     pub readiness_grace: Option<String>,
+    /// TLS of `rediss://` connections: a private CA to trust and a client certificate to
+    /// present. Not needed when the servers' certificates chain to a public CA and no
+    /// client certificate is asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RedisTlsSpec>,
+}
+
+/// The files of `redis.tls`, each from a Secret key (mounted into the pods, never copied).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.clientCertSecretRef) == has(self.clientKeySecretRef)",
+     "message": CLIENT_CERT_AND_KEY}
+]))]
+pub struct RedisTlsSpec {
+    /// Secret key holding the PEM certificate(s) of the CA that signed the Redis servers'
+    /// (and Sentinels') certificates, trusted instead of the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// Secret key holding the PEM client certificate (chain) the gateway presents, for
+    /// servers that require one (`tls-auth-clients yes`); with clientKeySecretRef.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_secret_ref: Option<SecretKeyRef>,
+    /// Secret key holding the PEM private key of the client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_secret_ref: Option<SecretKeyRef>,
 }
 
 /// Where the gateway asks for the master (mode sentinel).
