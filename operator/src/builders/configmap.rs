@@ -287,7 +287,7 @@ fn retention(
 /// The ConfigMap and the hash of its content (for the pod template annotation).
 pub fn build(cgw: &ChatGateway, owner: &Owner) -> Result<(ConfigMap, String)> {
     let redis = cgw.spec.gateway.as_ref().and_then(|g| g.redis.as_ref());
-    let yaml = redis::config_yaml(&gateway_config(cgw)?, redis)?;
+    let yaml = redis::config_yaml(&gateway_config(cgw)?, redis);
     let hash = format!("{:x}", Sha256::digest(yaml.as_bytes()));
     let cm = ConfigMap {
         metadata: owner.meta(&owner.config_map_name()),

@@ -8,12 +8,13 @@
 
 use super::parse_duration;
 use crate::crd::{RedisSpec, SecretKeyRef};
-use crate::error::{Error, Result};
-use chat_gateway_config::{Config, RedisConfig};
+use crate::error::Result;
+use chat_gateway_config::{Config, RedisConfig, RedisTlsConfig};
 use k8s_openapi::api::core::v1::{
     EnvVar, EnvVarSource, KeyToPath, ProjectedVolumeSource, SecretKeySelector, SecretProjection,
     Volume, VolumeMount, VolumeProjection,
 };
+use std::path::PathBuf;
 
 /// The Redis URL's variable (`redis.url`).
 pub const REDIS_URL_ENV: &str = "CHATGW_REDIS__URL";
@@ -147,51 +148,32 @@ pub fn tls_volume(r: &RedisSpec) -> Option<(Volume, VolumeMount)> {
     Some((volume, mount))
 }
 
-/// The gateway's `redis.tls` section: the path of each mounted file.
-#[derive(serde::Serialize, Debug, Default, Clone, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct TlsConfig {
-    /// `redis.tls.caFile`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<String>,
-    /// `redis.tls.certFile`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cert_file: Option<String>,
-    /// `redis.tls.keyFile`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key_file: Option<String>,
-}
-
-/// `redis.tls` for the spec; `None` when no file is referenced.
-pub fn tls_config(r: &RedisSpec) -> Option<TlsConfig> {
+/// `redis.tls` for the spec: the path of each mounted file; `None` when no file is
+/// referenced.
+pub fn tls_config(r: &RedisSpec) -> Option<RedisTlsConfig> {
     let tls = r.tls.as_ref()?;
     let path = |secret: &Option<SecretKeyRef>, file: &str| {
-        secret.as_ref().map(|_| format!("{TLS_DIR}/{file}"))
+        secret
+            .as_ref()
+            .map(|_| PathBuf::from(format!("{TLS_DIR}/{file}")))
     };
-    let c = TlsConfig {
+    let c = RedisTlsConfig {
         ca_file: path(&tls.ca_secret_ref, TLS_CA),
         cert_file: path(&tls.client_cert_secret_ref, TLS_CERT),
         key_file: path(&tls.client_key_secret_ref, TLS_KEY),
     };
-    (c != TlsConfig::default()).then_some(c)
+    (!c.is_empty()).then_some(c)
 }
 
-/// The gateway's config file: `config` as YAML, with `redis.tls` added when the spec
-/// mounts TLS files.
-// The gateway config crate's typed `RedisConfig` has no `tls` section yet (it is added on
-// the gateway side in parallel), so the section is written into the document here; once
-// the typed field exists this becomes `config.redis.tls = ...` before `to_yaml`.
-pub fn config_yaml(config: &Config, r: Option<&RedisSpec>) -> Result<String> {
+/// The gateway's config file: `config` as YAML, with `redis.tls` naming the mounted files
+/// when the spec references TLS Secrets.
+pub fn config_yaml(config: &Config, r: Option<&RedisSpec>) -> String {
     let Some(tls) = r.and_then(tls_config) else {
-        return Ok(config.to_yaml());
+        return config.to_yaml();
     };
-    let mut doc = serde_json::to_value(config).map_err(|e| Error::Serialize(e.to_string()))?;
-    let tls = serde_json::to_value(tls).map_err(|e| Error::Serialize(e.to_string()))?;
-    let Some(redis) = doc.get_mut("redis").and_then(|v| v.as_object_mut()) else {
-        return Err(Error::Serialize("the config has no redis section".into()));
-    };
-    redis.insert("tls".into(), tls);
-    chat_gateway_config::to_yaml(&doc).map_err(Error::Serialize)
+    let mut config = config.clone();
+    config.redis.tls = tls;
+    config.to_yaml()
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ fn secret_env(c: &Children) -> BTreeMap<String, String> {
 
 /// What a gateway pod loads: the ConfigMap's file, then its environment with each Secret
 /// key replaced by `values[secret/key]`.
-fn gateway_loads(c: &Children, values: &[(&str, &str)]) -> Config {
+pub(super) fn gateway_loads(c: &Children, values: &[(&str, &str)]) -> Config {
     let dir = std::env::temp_dir().join(format!(
         "chatgw-op-redis-{}-{:?}",
         std::process::id(),

@@ -169,3 +169,13 @@ fn the_tls_section_is_the_only_addition_to_the_gateways_config() {
     let text = crate::yaml::to_string(&with_tls).expect("yaml");
     Config::from_yaml(&text).expect("the gateway parses the rest");
 }
+
+#[test]
+fn the_gateway_loads_the_tls_files_the_operator_writes() {
+    let c = children(&format!("{{{URL}, {MUTUAL}}}"));
+    let loaded = super::tests::gateway_loads(&c, &[("redis/url", "rediss://redis.chat:6379")]);
+    let file = |name: &str| Some(std::path::PathBuf::from(format!("{TLS_DIR}/{name}")));
+    assert_eq!(loaded.redis.tls.ca_file, file(TLS_CA));
+    assert_eq!(loaded.redis.tls.cert_file, file(TLS_CERT));
+    assert_eq!(loaded.redis.tls.key_file, file(TLS_KEY));
+}
