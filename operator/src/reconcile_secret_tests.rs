@@ -4,22 +4,27 @@
 
 use super::*;
 
+/// One successful read per (Secret, key, value), in order.
+fn secret_reads(secrets: &[(&str, &str, &str)]) -> Vec<Step> {
+    secrets
+        .iter()
+        .map(|(name, key, value)| {
+            ok_with(
+                Method::GET,
+                &format!("{NS}/secrets/{name}"),
+                secret(name, key, value),
+            )
+        })
+        .collect()
+}
+
 /// The reads of FULL's three Secrets (Redis URL, HS256 key, key set), in order.
 fn full_secrets(jwt_key: &str, jwks: &str) -> Vec<Step> {
-    [
+    secret_reads(&[
         ("redis", "url", "redis://r:6379"),
         ("jwt", "secret", jwt_key),
         ("jwks", "jwks.json", jwks),
-    ]
-    .into_iter()
-    .map(|(name, key, value)| {
-        ok_with(
-            Method::GET,
-            &format!("{NS}/secrets/{name}"),
-            secret(name, key, value),
-        )
-    })
-    .collect()
+    ])
 }
 
 /// Everything a new FULL gateway applies after its Secrets were read.
@@ -299,21 +304,12 @@ fn pem_pair() -> (String, String) {
 
 /// The reads of TLS's Secrets, in order: URL, CA, client certificate, client key.
 fn tls_secrets(ca: &str, cert: &str, key: &str) -> Vec<Step> {
-    [
+    secret_reads(&[
         ("redis", "url", "rediss://redis.apps:6380"),
         ("redis-tls", "ca.crt", ca),
         ("redis-client", "tls.crt", cert),
         ("redis-client", "tls.key", key),
-    ]
-    .into_iter()
-    .map(|(name, key, value)| {
-        ok_with(
-            Method::GET,
-            &format!("{NS}/secrets/{name}"),
-            secret(name, key, value),
-        )
-    })
-    .collect()
+    ])
 }
 
 /// Reconciles TLS with these PEM files; returns every request body.

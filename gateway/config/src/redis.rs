@@ -205,11 +205,12 @@ fn redact(raw: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::Config;
 
-    fn load(env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    /// Loads a config valid apart from the redis section, with `env` on top.
+    pub(crate) fn load(env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         // A config valid apart from the redis section.
         let base = [
             ("CHATGW_AUTH__MODE", "insecure"),

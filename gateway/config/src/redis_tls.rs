@@ -99,21 +99,8 @@ impl RedisConfig {
 
 #[cfg(test)]
 mod tests {
-    use crate::{Config, ConfigError};
-
-    fn load(env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        // A config valid apart from the redis section.
-        let base = [
-            ("CHATGW_AUTH__MODE", "insecure"),
-            ("CHATGW_SERVER__LISTEN", "127.0.0.1:8080"),
-        ];
-        Config::load(
-            None,
-            base.iter()
-                .chain(env)
-                .map(|(k, v)| (k.to_string(), v.to_string())),
-        )
-    }
+    use crate::redis::tests::load;
+    use crate::Config;
 
     #[test]
     fn tls_files_load_from_the_environment_and_the_file() {

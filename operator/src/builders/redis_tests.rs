@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 const AUTH: &str = "auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}";
 
-fn children(redis: &str) -> Children {
+pub(super) fn children(redis: &str) -> Children {
     let c = cgw(&format!("gateway: {{{AUTH}, redis: {redis}}}"));
     build(
         &c,
@@ -21,7 +21,7 @@ fn children(redis: &str) -> Children {
     .expect("build")
 }
 
-fn config_yaml(c: &Children) -> &str {
+pub(super) fn config_yaml(c: &Children) -> &str {
     c.config_map
         .data
         .as_ref()

@@ -2,30 +2,18 @@
 //! Secret key under its fixed file name, mounted read-only into the gateway container, and
 //! the ConfigMap's `redis.tls` naming those files.
 
+use super::tests::{children, config_yaml};
 use super::*;
-use crate::builders::configmap::CONFIG_KEY;
 use crate::builders::pod::{CONTAINER, GATEWAY_GROUP};
-use crate::builders::testing::cgw;
-use crate::builders::{build, Children, Inputs, Owner};
+use crate::builders::Children;
 use chat_gateway_config::Config;
 use k8s_openapi::api::core::v1::PodSpec;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
-const AUTH: &str = "auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}";
 const URL: &str = "urlSecretRef: {name: redis, key: url}";
 /// The CA from one Secret, the client certificate and key from another.
 const MUTUAL: &str = "tls: {caSecretRef: {name: redis-tls, key: ca.crt}, clientCertSecretRef: {name: redis-client, key: tls.crt}, clientKeySecretRef: {name: redis-client, key: tls.key}}";
-
-fn children(redis: &str) -> Children {
-    let c = cgw(&format!("gateway: {{{AUTH}, redis: {redis}}}"));
-    build(
-        &c,
-        &Owner::of(&c, "apps").expect("owner"),
-        &Inputs::default(),
-    )
-    .expect("build")
-}
 
 fn pod(c: &Children) -> &PodSpec {
     c.deployment
@@ -58,13 +46,7 @@ fn tls_volume_and_mount(c: &Children) -> Option<(Value, Value)> {
 
 /// The ConfigMap's config.yaml as a tree.
 fn config(c: &Children) -> Value {
-    let text = c
-        .config_map
-        .data
-        .as_ref()
-        .and_then(|d| d.get(CONFIG_KEY))
-        .expect("config.yaml");
-    crate::yaml::from_str(text).expect("yaml")
+    crate::yaml::from_str(config_yaml(c)).expect("yaml")
 }
 
 #[test]
