@@ -19,6 +19,8 @@ pub mod session;
 mod tests;
 #[cfg(test)]
 mod tests_bounded;
+#[cfg(test)]
+mod tests_resume;
 
 use crate::auth::Identity;
 use crate::control::ConnCtl;

@@ -1,0 +1,209 @@
+//! The handlers' resume path against the memory engine, without sockets: the inbox held
+//! back until `resume` decides, positions merged from the stored session and the client,
+//! a closed session's rooms restored, another user's token refused.
+
+use super::catchup::merge_positions;
+use super::tests::*;
+use crate::engine::SessionRecord;
+use crate::protocol::{Since, StreamPosition};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+#[tokio::test]
+async fn the_inbox_waits_for_resume_and_any_other_command_replays_it_first() {
+    let mut h = Harness::fresh("alice").await;
+    h.publish("user:alice", "bob", "d1").await;
+    h.publish("user:alice", "bob", "d2").await;
+    let held = h.drain();
+    assert_eq!(
+        held,
+        [
+            Item::Msg("user:alice".into(), 1),
+            Item::Msg("user:alice".into(), 2)
+        ],
+        "live DMs queue behind the hold"
+    );
+    h.cmd(json!({"type": "ping", "id": 1})).await;
+    let items = h.drain();
+    assert_eq!(
+        items[0],
+        Item::Replay("user:alice".into(), 0, vec![1, 2]),
+        "inbox replay from the cursor first"
+    );
+    assert_eq!(items[1], Item::Release("user:alice".into()));
+    assert!(matches!(&items[2], Item::Frame(f) if f["pong"] == true));
+    // A resume now comes too late for the inbox.
+    h.cmd(json!({"type": "resume", "id": 2, "resume_token": "t", "positions": {"user:alice": 0}}))
+        .await;
+    let reply = h.reply();
+    assert_eq!(
+        reply["rooms"]["user:alice"],
+        json!({"recovered": false, "reason": "resume came too late"})
+    );
+}
+
+#[tokio::test]
+async fn resume_replays_the_inbox_from_the_clients_position() {
+    let mut h = Harness::fresh("alice").await;
+    h.publish("user:alice", "bob", "d1").await;
+    h.publish("user:alice", "bob", "d2").await;
+    h.drain();
+    let epoch = h
+        .node
+        .engine
+        .history("user:alice", Default::default())
+        .await
+        .expect("page")
+        .epoch;
+    h.cmd(json!({"type": "resume", "id": 1, "resume_token": "t", "positions": {"user:alice": {"seq": 1, "epoch": &*epoch}}}))
+        .await;
+    let items = h.drain();
+    assert_eq!(
+        items[0],
+        Item::Frame(
+            json!({"type": "ok", "ref": 1, "rooms": {"user:alice": {"recovered": true, "epoch": &*epoch, "seq": 2}}})
+        )
+    );
+    assert_eq!(items[1], Item::Replay("user:alice".into(), 1, vec![2]));
+    assert_eq!(items[2], Item::Release("user:alice".into()));
+    assert_eq!(items.len(), 3, "{items:?}");
+}
+
+#[tokio::test]
+async fn resume_restores_a_closed_sessions_rooms_on_a_new_connection() {
+    let mut a = Harness::new("alice").await;
+    a.cmd(json!({"type": "join", "id": 1, "room": "r"})).await;
+    a.publish("r", "bob", "m1").await;
+    a.drain();
+    let token = a.session.resume_token.clone();
+    // The writer wrote seq 1 of r before the socket closed.
+    let epoch = a
+        .node
+        .engine
+        .history("r", Default::default())
+        .await
+        .expect("page")
+        .epoch;
+    let written = HashMap::from([(Arc::from("r"), StreamPosition::new(epoch.clone(), 1))]);
+    a.session.close(&written).await;
+    a.publish("r", "bob", "m2").await;
+
+    let mut b = Harness::on(a.node.clone(), "alice").await; // inbox still pending
+    b.cmd(json!({"type": "resume", "id": 5, "resume_token": token}))
+        .await;
+    let items = b.drain();
+    let reply = items
+        .iter()
+        .find_map(|i| match i {
+            Item::Frame(f) if f["type"] == "ok" => Some(f.clone()),
+            _ => None,
+        })
+        .expect("ok");
+    assert_eq!(
+        reply["rooms"]["r"],
+        json!({"recovered": true, "epoch": &*epoch, "seq": 2})
+    );
+    assert_eq!(
+        items[items.len() - 2..],
+        [
+            Item::Replay("r".into(), 1, vec![2]),
+            Item::Release("r".into())
+        ],
+        "{items:?}"
+    );
+    assert!(b.session.rooms.contains_key("r"));
+    assert_eq!(
+        b.node.engine.presence("r").await.expect("presence"),
+        ["alice"]
+    );
+
+    // The token is used up.
+    b.cmd(json!({"type": "resume", "id": 6, "resume_token": token}))
+        .await;
+    assert_eq!(error_code(&b.reply()), "session_not_found");
+}
+
+#[tokio::test]
+async fn another_users_token_is_refused_and_left_in_place() {
+    let h = Harness::new("alice").await;
+    let record = SessionRecord {
+        user: "bob".into(),
+        node: "n".into(),
+        rooms: BTreeMap::new(),
+        connected_at: 0,
+        last_seen: 0,
+        grants: BTreeMap::new(),
+    };
+    h.node
+        .engine
+        .save_session("bobs", &record)
+        .await
+        .expect("save");
+    let mut h = h;
+    h.cmd(json!({"type": "resume", "id": 1, "resume_token": "bobs"}))
+        .await;
+    let items = h.drain();
+    assert!(
+        matches!(items.last(), Some(Item::Frame(f)) if f["code"] == "forbidden"),
+        "{items:?}"
+    );
+    assert_eq!(
+        h.node.engine.take_session("bobs").await.expect("take"),
+        Some(record)
+    );
+}
+
+#[test]
+fn resume_positions_merge_stored_and_client_ones() {
+    let stored = SessionRecord {
+        user: "u".into(),
+        node: "n".into(),
+        rooms: BTreeMap::from([
+            ("a".to_string(), StreamPosition::new("e1", 5)),
+            ("b".to_string(), StreamPosition::new("e2", 7)),
+        ]),
+        connected_at: 0,
+        last_seen: 0,
+        grants: BTreeMap::new(),
+    };
+    let client = BTreeMap::from([
+        (
+            "a".to_string(),
+            Since {
+                seq: 3,
+                epoch: None,
+            },
+        ),
+        (
+            "c".to_string(),
+            Since {
+                seq: 2,
+                epoch: Some("x".into()),
+            },
+        ),
+    ]);
+    let merged = merge_positions(Some(&stored), client.clone());
+    assert_eq!(
+        merged,
+        BTreeMap::from([
+            (
+                "a".to_string(),
+                Since {
+                    seq: 3,
+                    epoch: Some("e1".into())
+                }
+            ),
+            ("b".to_string(), StreamPosition::new("e2", 7).into()),
+            (
+                "c".to_string(),
+                Since {
+                    seq: 2,
+                    epoch: Some("x".into())
+                }
+            ),
+        ]),
+        "the client's seq wins and keeps the stored epoch; stored rooms stay"
+    );
+    assert_eq!(merge_positions(None, client.clone()), client);
+}
