@@ -7,14 +7,13 @@ use crate::builders::testing::BACKEND;
 
 const API_SVC: &str = "/api/v1/namespaces/apps/services/chat-api";
 const NETPOL: &str = "/apis/networking.k8s.io/v1/namespaces/apps/networkpolicies/chat";
-const KEYS: &str = "/api/v1/namespaces/apps/secrets/chat-api";
 
 /// The keys Secret read, then the lookups of a gateway with `gateway.api` (and, for
 /// BACKEND, a networkPolicy section): the policy's, then the API Service's.
 fn reads(keys: &str, netpol: bool, api_service: Step) -> Vec<Step> {
     let mut steps = Vec::new();
     if !keys.is_empty() {
-        steps.push(ok_with(Method::GET, KEYS, secret("chat-api", "keys", keys)));
+        steps.push(secret_read("chat-api", "keys", keys));
     }
     steps.extend(lookups());
     if netpol {
@@ -148,11 +147,7 @@ async fn a_keys_secret_without_a_key_is_reported_not_applied() {
     let server = serve(
         handle,
         vec![
-            ok_with(
-                Method::GET,
-                KEYS,
-                secret("chat-api", "keys", "# none yet\n"),
-            ),
+            secret_read("chat-api", "keys", "# none yet\n"),
             step(Method::PATCH, STATUS),
         ],
     );

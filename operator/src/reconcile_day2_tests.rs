@@ -8,11 +8,7 @@ const REDIS: &str =
     "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, redis: {urlSecretRef: {name: redis, key: url}}}";
 
 fn redis_secret() -> Step {
-    ok_with(
-        Method::GET,
-        &format!("{NS}/secrets/redis"),
-        secret("redis", "url", "redis://r:6379"),
-    )
+    secret_read("redis", "url", "redis://r:6379")
 }
 
 /// The live Deployment this gateway owns, with `replicas` owned by `managers`.

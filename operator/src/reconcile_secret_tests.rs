@@ -8,13 +8,7 @@ use super::*;
 fn secret_reads(secrets: &[(&str, &str, &str)]) -> Vec<Step> {
     secrets
         .iter()
-        .map(|(name, key, value)| {
-            ok_with(
-                Method::GET,
-                &format!("{NS}/secrets/{name}"),
-                secret(name, key, value),
-            )
-        })
+        .map(|(name, key, value)| secret_read(name, key, value))
         .collect()
 }
 
@@ -161,11 +155,7 @@ async fn secret_without_the_key_is_degraded() {
     let server = serve(
         handle,
         vec![
-            ok_with(
-                Method::GET,
-                &format!("{NS}/secrets/redis"),
-                secret("redis", "other", "x"),
-            ),
+            secret_read("redis", "other", "x"),
             step(Method::PATCH, STATUS),
         ],
     );
@@ -216,16 +206,8 @@ const SENTINEL: &str = "gateway: {auth: {mode: insecure, dangerouslyAllowInsecur
 async fn sentinel_gateway(redis_pw: &str, sentinel_pw: &str) -> Vec<(String, Value)> {
     let (ctx, handle) = context(ServedKinds::ALL, false);
     let reads = vec![
-        ok_with(
-            Method::GET,
-            &format!("{NS}/secrets/acl"),
-            secret("acl", "pw", redis_pw),
-        ),
-        ok_with(
-            Method::GET,
-            &format!("{NS}/secrets/sen"),
-            secret("sen", "pw", sentinel_pw),
-        ),
+        secret_read("acl", "pw", redis_pw),
+        secret_read("sen", "pw", sentinel_pw),
     ];
     let server = serve(
         handle,
@@ -391,11 +373,7 @@ async fn a_missing_ca_secret_or_a_plain_url_is_degraded_and_nothing_is_applied()
     let server = serve(
         handle,
         vec![
-            ok_with(
-                Method::GET,
-                &format!("{NS}/secrets/redis"),
-                secret("redis", "url", "rediss://redis.apps:6380"),
-            ),
+            secret_read("redis", "url", "rediss://redis.apps:6380"),
             not_found(Method::GET, &format!("{NS}/secrets/redis-tls")),
             step(Method::POST, EVENTS),
             step(Method::PATCH, STATUS),
@@ -418,11 +396,7 @@ async fn a_missing_ca_secret_or_a_plain_url_is_degraded_and_nothing_is_applied()
     let server = serve(
         handle,
         vec![
-            ok_with(
-                Method::GET,
-                &format!("{NS}/secrets/redis"),
-                secret("redis", "url", "redis://:hunter2@redis.apps:6379"),
-            ),
+            secret_read("redis", "url", "redis://:hunter2@redis.apps:6379"),
             step(Method::POST, EVENTS),
             step(Method::PATCH, STATUS),
         ],

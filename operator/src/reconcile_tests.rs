@@ -211,6 +211,15 @@ pub(crate) fn secret(name: &str, key: &str, value: &str) -> Value {
            "data": {key: ByteString(value.as_bytes().to_vec())}})
 }
 
+/// A successful read of Secret `name` holding `key: value`.
+pub(crate) fn secret_read(name: &str, key: &str, value: &str) -> Step {
+    ok_with(
+        Method::GET,
+        &format!("{NS}/secrets/{name}"),
+        secret(name, key, value),
+    )
+}
+
 pub(crate) fn condition<'a>(status_patch: &'a Value, type_: &str) -> (&'a str, &'a str) {
     let c = status_patch["status"]["conditions"]
         .as_array()
