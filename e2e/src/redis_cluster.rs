@@ -384,6 +384,35 @@ impl RedisCluster {
         );
     }
 
+    /// What each live node serves of sharded pub/sub, for a failed test's diagnosis: one
+    /// line per node (port, role) with every shard channel and its subscriber count there.
+    pub fn shard_subscriptions(&self) -> String {
+        let mut out = String::new();
+        for n in self.nodes.iter().filter(|n| n.alive()) {
+            let tls = self.tls.as_deref();
+            let role = match command_on(n.port, tls, &["ROLE"]) {
+                Ok(redis::Value::Array(v)) => v.first().map(|r| text(Ok(r.clone()))),
+                _ => None,
+            };
+            let channels: Vec<String> = command_on(n.port, tls, &["PUBSUB", "SHARDCHANNELS"])
+                .ok()
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .unwrap_or_default();
+            let mut args = vec!["PUBSUB", "SHARDNUMSUB"];
+            args.extend(channels.iter().map(String::as_str));
+            let counts: Vec<(String, u64)> = command_on(n.port, tls, &args)
+                .ok()
+                .and_then(|v| redis::from_redis_value(v).ok())
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "node {} ({}): {counts:?}\n",
+                n.port,
+                role.unwrap_or_default()
+            ));
+        }
+        out
+    }
+
     /// Sums `INFO commandstats` calls of each command over the live masters.
     pub fn command_calls(&self) -> std::collections::BTreeMap<String, u64> {
         let mut out = std::collections::BTreeMap::new();
