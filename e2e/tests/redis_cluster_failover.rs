@@ -81,7 +81,8 @@ async fn gateways_ride_out_a_reshard_and_a_master_kill() {
     //    refuses SSUBSCRIBE for a while (an ACL; SPUBLISH inside the publish script still
     //    runs): messages are stored and published there while no gateway is subscribed
     //    yet, so they reach members only through the gap fill after the subscription is
-    //    made again.
+    //    made again. The refusal lasts until every gateway gave up on its pub/sub client
+    //    and started a new one.
     let c = cluster.clone();
     let to = others[0];
     let acl = |rule: &str| {
@@ -93,6 +94,19 @@ async fn gateways_ride_out_a_reshard_and_a_master_kill() {
         .await
         .expect("reshard");
     assert_eq!(master_of(slot(&moving)), to, "the room's slot moved");
+    traffic
+        .wait_for_progress(100, Duration::from_secs(20))
+        .await;
+    // Refused long enough, each gateway replaces its pub/sub client, whose every channel
+    // is then subscribed (and filled) again while that master still refuses.
+    for (i, gw) in gws.procs.iter().enumerate() {
+        let renewed = || gw.log_tail().contains("connecting a new client");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !renewed() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(renewed(), "gateway {i} renewed its pub/sub client");
+    }
     traffic
         .wait_for_progress(100, Duration::from_secs(20))
         .await;
@@ -122,6 +136,13 @@ async fn gateways_ride_out_a_reshard_and_a_master_kill() {
         "acked {} errors {:?} signalled {} epochs {:?}",
         out.acked, out.errors, out.signalled, out.epochs
     );
+    if !out.lost.is_empty() {
+        // Where each gateway's subscriptions ended up (3 per channel: one per gateway).
+        eprintln!(
+            "shard channels per node:\n{}",
+            cluster.lock().expect("cluster").shard_subscriptions()
+        );
+    }
     out.assert_nothing_lost(&gws);
     let doomed_epochs = out.epochs.get(&rooms[2]).map_or(0, |e| e.len());
     assert!(

@@ -10,6 +10,9 @@
 //!   subscribed again, retried until the promoted replica answers. The retries run beside
 //!   this loop, not in it: a channel whose node is gone can take seconds per attempt, and
 //!   meanwhile the pushes of every other channel must keep flowing;
+//! - a channel counts as subscribed only once Redis' confirmation push for it arrives,
+//!   never on a command's reply (the crate can hand a reply to the wrong command); a
+//!   client that still cannot subscribe everything after seconds of trying is replaced;
 //! - every confirmation after a channel's first one means the subscription was made
 //!   again, so messages may have been missed: the gap is filled from history before any
 //!   later push of the channel is handed on (pushes arrive in order on one queue); a fill
@@ -24,17 +27,21 @@ use crate::engine::EngineError;
 use futures_util::StreamExt;
 use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How often channels waiting to be subscribed again are retried.
 const RETRY_EVERY: Duration = Duration::from_millis(200);
 /// At most this many subscriptions are in flight at once (the inbox buckets at start).
 const PARALLEL: usize = 32;
+/// Channels still not confirmed after this long of failed rounds: the pub/sub client is
+/// replaced by a new one (see [`Task::renew`]).
+const RENEW_AFTER: Duration = Duration::from_secs(5);
 
 struct Task {
     shared: Arc<Shared>,
@@ -42,11 +49,11 @@ struct Task {
     conn: ClusterConnection,
     /// Channels Redis confirmed at least once (a later confirmation is a re-subscription).
     confirmed: HashSet<String>,
-    /// Channels to subscribe again, each with the loss that put it here: an attempt that
-    /// started before a later loss (a node dropped again meanwhile) does not count.
-    lost: HashMap<String, u64>,
-    /// Number of losses so far.
-    losses: u64,
+    /// Channels not subscribed (lost, or not confirmed yet): retried every
+    /// [`RETRY_EVERY`] until Redis confirms them.
+    lost: HashSet<String>,
+    /// Since when rounds have failed (logged once per outage; see [`RENEW_AFTER`]).
+    failing_since: Option<Instant>,
     up: Arc<AtomicBool>,
 }
 
@@ -58,8 +65,7 @@ pub(super) async fn run(
     stop: CancellationToken,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
 ) {
-    let (push_tx, mut pushes) = mpsc::unbounded_channel::<PushInfo>();
-    let conn = match connect(&shared, push_tx) {
+    let (conn, mut pushes) = match connect(&shared) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "redis cluster pub/sub client");
@@ -67,13 +73,8 @@ pub(super) async fn run(
         }
     };
     let mut task = Task {
-        lost: shared
-            .keys
-            .inbox_channels()
-            .into_iter()
-            .map(|ch| (ch, 0))
-            .collect(),
-        losses: 0,
+        lost: shared.keys.inbox_channels().into_iter().collect(),
+        failing_since: None,
         shared,
         delivery,
         conn,
@@ -96,7 +97,11 @@ pub(super) async fn run(
             }
             Some(done) = done_rx.recv() => {
                 resubscribing = false;
-                task.subscribed(done);
+                if let Some(renewed) = task.subscribed(done) {
+                    // The old client's pushes still queued are dropped with its receiver:
+                    // none of them may confirm a channel the new client has not subscribed.
+                    pushes = renewed;
+                }
             }
             cmd = rx.recv() => match cmd {
                 None => return,
@@ -110,13 +115,14 @@ pub(super) async fn run(
     }
 }
 
+/// A pub/sub client and the queue its pushes arrive on.
 fn connect(
     shared: &Shared,
-    push_tx: mpsc::UnboundedSender<PushInfo>,
-) -> Result<ClusterConnection, EngineError> {
+) -> Result<(ClusterConnection, mpsc::UnboundedReceiver<PushInfo>), EngineError> {
     let super::conn::Backend::Cluster { seeds, certs, .. } = &shared.backend else {
         return Err(EngineError::Internal("not a cluster".into()));
     };
+    let (push_tx, pushes) = mpsc::unbounded_channel::<PushInfo>();
     // The same certificates as the command client's: the pub/sub connections go to the
     // same nodes.
     let client = super::conn::cluster_builder(seeds.clone(), certs.clone())
@@ -127,11 +133,13 @@ fn connect(
         .retries(2)
         .build()
         .map_err(|e| EngineError::Internal(format!("redis cluster: {e}")))?;
-    Ok(client.get_pending_async_connection_with_config(redis::cluster::ClusterConfig::new()))
+    let conn =
+        client.get_pending_async_connection_with_config(redis::cluster::ClusterConfig::new());
+    Ok((conn, pushes))
 }
 
-/// One re-subscription: the channel, the loss it answers, and whether Redis confirmed it.
-type Attempt = (String, u64, bool);
+/// One re-subscription: the channel and, if it failed, why.
+type Attempt = (String, Option<String>);
 
 fn text(v: &Value) -> Option<String> {
     redis::from_redis_value_ref::<String>(v).ok()
@@ -144,15 +152,20 @@ impl Task {
         if self.lost.is_empty() {
             return false;
         }
-        let channels: Vec<(String, u64)> = self.lost.iter().map(|(c, l)| (c.clone(), *l)).collect();
+        let channels: Vec<String> = self.lost.iter().cloned().collect();
         let conn = self.conn.clone();
         tokio::spawn(async move {
             let attempts: Vec<Attempt> = futures_util::stream::iter(channels)
-                .map(|(ch, loss)| {
+                .map(|ch| {
                     let mut conn = conn.clone();
                     async move {
-                        let ok = tokio::time::timeout(OP_TIMEOUT, conn.ssubscribe(&ch)).await;
-                        (ch, loss, matches!(ok, Ok(Ok(()))))
+                        let err = match tokio::time::timeout(OP_TIMEOUT, conn.ssubscribe(&ch)).await
+                        {
+                            Ok(Ok(())) => None,
+                            Ok(Err(e)) => Some(e.to_string()),
+                            Err(_) => Some("timed out".to_string()),
+                        };
+                        (ch, err)
                     }
                 })
                 .buffer_unordered(PARALLEL)
@@ -164,26 +177,70 @@ impl Task {
         true
     }
 
-    /// Takes a round's results: a channel is found again if Redis confirmed it after its
-    /// latest loss. The node is ready again (`/readyz`, joins) once none is left.
-    fn subscribed(&mut self, attempts: Vec<Attempt>) {
-        for (ch, loss, ok) in attempts {
-            if ok && self.lost.get(&ch) == Some(&loss) {
-                self.lost.remove(&ch);
-            }
-        }
+    /// Takes a round's results. A command's `Ok` does not make a channel subscribed: the
+    /// redis crate can pair a reply with the wrong command on a node connection (its own
+    /// re-subscription sends one `SSUBSCRIBE` for many channels and waits for one
+    /// confirmation; the others answer later commands), so only a confirmation push does
+    /// ([`Self::found`]); a channel still unconfirmed is simply tried again next round.
+    /// Failures are logged once per outage; if channels are still lost after
+    /// [`RENEW_AFTER`] of failed rounds, the client is renewed and its push queue returned.
+    fn subscribed(&mut self, attempts: Vec<Attempt>) -> Option<mpsc::UnboundedReceiver<PushInfo>> {
+        let (channel, error) = attempts
+            .into_iter()
+            .find_map(|(ch, err)| err.map(|e| (ch, e)))?;
         if self.lost.is_empty() {
+            return None;
+        }
+        self.shared.errors.inc();
+        let left = self.lost.len();
+        let since = *self.failing_since.get_or_insert_with(|| {
+            tracing::warn!(%channel, %error, left,
+                "redis cluster pub/sub: channels not subscribed yet; retrying");
+            Instant::now()
+        });
+        if since.elapsed() < RENEW_AFTER {
+            return None;
+        }
+        self.renew()
+    }
+
+    /// Replaces the pub/sub client: a client that keeps failing to subscribe (or whose
+    /// replies went astray) is dropped with every subscription it holds, and a new one
+    /// subscribes everything again; each confirmation then fills its gap from history.
+    fn renew(&mut self) -> Option<mpsc::UnboundedReceiver<PushInfo>> {
+        let (conn, pushes) = match connect(&self.shared) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "redis cluster pub/sub client");
+                return None;
+            }
+        };
+        tracing::warn!(
+            left = self.lost.len(),
+            "redis cluster pub/sub: channels still not subscribed; connecting a new client"
+        );
+        self.conn = conn;
+        self.failing_since = Some(Instant::now());
+        let mut all = self.shared.keys.inbox_channels();
+        all.extend(self.delivery.room_channels());
+        self.lose(all);
+        Some(pushes)
+    }
+
+    /// A channel Redis confirmed: no longer lost. The node is ready again (`/readyz`,
+    /// joins) once none is left.
+    fn found(&mut self, channel: &str) {
+        if self.lost.remove(channel) && self.lost.is_empty() {
+            if self.failing_since.take().is_some() {
+                tracing::info!("redis cluster pub/sub: every channel is subscribed again");
+            }
             self.up.store(true, Ordering::Relaxed);
             self.shared.pubsub_down_since.store(0, Ordering::Relaxed);
-        } else {
-            self.shared.errors.inc();
         }
     }
 
     fn lose(&mut self, channels: impl IntoIterator<Item = String>) {
-        self.losses += 1;
-        let loss = self.losses;
-        self.lost.extend(channels.into_iter().map(|ch| (ch, loss)));
+        self.lost.extend(channels);
         let _ = self.shared.pubsub_down_since.compare_exchange(
             0,
             crate::engine::now_ms().max(PUBSUB_DOWN_SINCE_START),
@@ -209,10 +266,13 @@ impl Task {
                     self.delivery.dispatch(&ch, payload).await;
                 }
             }
-            // A confirmation after the channel's first: it was subscribed again.
-            (PushKind::SSubscribe, Some(ch)) if !self.confirmed.insert(ch.clone()) => {
-                self.shared.reconnects.inc();
-                self.delivery.fill_channel(&ch).await;
+            (PushKind::SSubscribe, Some(ch)) => {
+                self.found(&ch);
+                // A confirmation after the channel's first: it was subscribed again.
+                if !self.confirmed.insert(ch.clone()) {
+                    self.shared.reconnects.inc();
+                    self.delivery.fill_channel(&ch).await;
+                }
             }
             (PushKind::SUnsubscribe, Some(ch)) => {
                 self.confirmed.remove(&ch);
@@ -252,6 +312,10 @@ impl Task {
                 let channel = self.shared.keys.channel(&room);
                 match tokio::time::timeout(OP_TIMEOUT, self.conn.ssubscribe(&channel)).await {
                     Ok(Ok(())) => {
+                        // Counted as subscribed once its confirmation is taken (next in
+                        // the push queue, unless the reply was another command's): until
+                        // then the retry rounds treat it as lost.
+                        self.lost.insert(channel);
                         self.delivery.add(&room).await;
                         let _ = reply.send(Ok(()));
                     }
