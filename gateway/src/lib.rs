@@ -139,8 +139,8 @@ impl Gateway {
         }
         // Presence of the connections just closed would otherwise linger past the process.
         let _ = tokio::time::timeout_at(until, self.node.linger.flush()).await;
-        // Presence changes waiting for their window go out now rather than with the
-        // process (the members still connected hear of the leaves just fired).
+        // Presence changes waiting for their window are flushed, not dropped: whoever is
+        // still connected hears of them (other nodes batch these leaves themselves).
         self.node.hub.flush_presence();
     }
 }
