@@ -264,4 +264,52 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
     }
+
+    fn presence_frames(rx: &mut crate::outbound::OutboundReceiver) -> Vec<PresencePush> {
+        std::iter::from_fn(|| rx.try_recv_for_test())
+            .filter_map(|i| match i {
+                Outbound::Frame(f) => PresencePush::parse(&f),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_full_presence_batch_goes_out_before_its_window_ends() {
+        // A window no test waits for: only a full batch or a flush pushes anything.
+        let hub = Arc::new(Hub::new(Duration::from_secs(5)));
+        let room: Arc<str> = "r".into();
+        let (q, mut rx) = queue(64, 1 << 20);
+        hub.subscribe(&room, 1, q);
+        for i in 0..crate::presence::MAX_USERS + 1 {
+            hub.presence("r", &format!("u{i}"), true);
+        }
+        hub.presence("elsewhere", "x", true); // no member here: nothing kept
+        let frames = presence_frames(&mut rx);
+        assert_eq!(frames.len(), 1, "the full batch");
+        assert_eq!(frames[0].joined.len(), crate::presence::MAX_USERS);
+        hub.flush_presence();
+        let frames = presence_frames(&mut rx);
+        let last = format!("u{}", crate::presence::MAX_USERS);
+        assert_eq!(frames, [PresencePush::new("r", vec![last], vec![])]);
+        hub.flush_presence();
+        assert!(presence_frames(&mut rx).is_empty(), "nothing left pending");
+    }
+
+    #[test]
+    fn without_a_window_each_change_is_its_own_frame() {
+        let hub = Arc::new(Hub::default());
+        let room: Arc<str> = "r".into();
+        let (q, mut rx) = queue(8, 1024);
+        hub.subscribe(&room, 1, q);
+        hub.presence("r", "a", true);
+        hub.presence("r", "a", false);
+        assert_eq!(
+            presence_frames(&mut rx),
+            [
+                PresencePush::change("r", "a", true),
+                PresencePush::change("r", "a", false)
+            ]
+        );
+    }
 }
