@@ -14,6 +14,7 @@ GW=${GW:-target/release/chat-gateway}  # GW=path: measure another build (A/B on 
 LG=${LG:-target/release/chat-loadgen}
 QUICK=${QUICK:-}            # QUICK=1: tiny runs, to check the script itself
 ONLY=${ONLY:-}              # ONLY=memory: the memory engine's runs only
+RUNS=${RUNS:-}              # RUNS="storm": only these kinds of run (idle fanout churn storm cross)
 ulimit -n "$(ulimit -Hn)" || true
 
 [ -n "${NO_BUILD:-}" ] || cargo build --release -q -p chat-gateway -p e2e --bin chat-gateway --bin chat-loadgen
@@ -69,25 +70,40 @@ run() { # run LABEL PID ARGS... (loadgen on core 1; AUTH=user: insecure ?user= c
   fi
 }
 
-if [ -n "$QUICK" ]; then N_IDLE=500; MEMBERS=100; DUR=2s; CHURN=200; else N_IDLE=15000; MEMBERS=1000; DUR=10s; CHURN=10000; fi
+if [ -n "$QUICK" ]; then N_IDLE=500; MEMBERS=100; DUR=2s; CHURN=200; STORM=100; else N_IDLE=15000; MEMBERS=1000; DUR=10s; CHURN=10000; STORM=1000; fi
+want() { [ -z "$RUNS" ] || [[ " $RUNS " == *" $1 "* ]]; }
 
 for engine in ${ONLY:-memory redis}; do
-  port=$(free_port)
-  start_gateway "$engine" "$port"
-  T=127.0.0.1:$port
-  run "$engine idle $N_IDLE" "$GW_PID" idle --target "$T" --connections "$N_IDLE" --hold 3s --source-ips 64
-  stop_gateway "$GW_PID"; port=$(free_port); start_gateway "$engine" "$port" bench insecure; T=127.0.0.1:$port
-  AUTH=user run "$engine idle $N_IDLE ?user=" "$GW_PID" idle --target "$T" --connections "$N_IDLE" --hold 3s --source-ips 64
-  stop_gateway "$GW_PID"; port=$(free_port); start_gateway "$engine" "$port"; T=127.0.0.1:$port
-  run "$engine fanout 1x$MEMBERS 50/s" "$GW_PID" fanout --target "$T" --members "$MEMBERS" --rate 50 --duration "$DUR"
-  run "$engine fanout 1x$MEMBERS 200/s" "$GW_PID" fanout --target "$T" --members "$MEMBERS" --rate 200 --duration "$DUR"
-  run "$engine fanout 1x$MEMBERS max" "$GW_PID" fanout --target "$T" --members "$MEMBERS" --window 8 --duration "$DUR"
-  run "$engine churn $CHURN/s" "$GW_PID" churn --target "$T" --rate "$CHURN" --concurrency 512 --duration "$DUR"
-  stop_gateway "$GW_PID"
+  if want idle; then
+    port=$(free_port)
+    start_gateway "$engine" "$port"
+    T=127.0.0.1:$port
+    run "$engine idle $N_IDLE" "$GW_PID" idle --target "$T" --connections "$N_IDLE" --hold 3s --source-ips 64
+    stop_gateway "$GW_PID"; port=$(free_port); start_gateway "$engine" "$port" bench insecure; T=127.0.0.1:$port
+    AUTH=user run "$engine idle $N_IDLE ?user=" "$GW_PID" idle --target "$T" --connections "$N_IDLE" --hold 3s --source-ips 64
+    stop_gateway "$GW_PID"
+  fi
+  if want fanout || want churn; then
+    port=$(free_port); start_gateway "$engine" "$port"; T=127.0.0.1:$port
+    if want fanout; then
+      run "$engine fanout 1x$MEMBERS 50/s" "$GW_PID" fanout --target "$T" --members "$MEMBERS" --rate 50 --duration "$DUR"
+      run "$engine fanout 1x$MEMBERS 200/s" "$GW_PID" fanout --target "$T" --members "$MEMBERS" --rate 200 --duration "$DUR"
+      run "$engine fanout 1x$MEMBERS max" "$GW_PID" fanout --target "$T" --members "$MEMBERS" --window 8 --duration "$DUR"
+    fi
+    want churn && run "$engine churn $CHURN/s" "$GW_PID" churn --target "$T" --rate "$CHURN" --concurrency 512 --duration "$DUR"
+    stop_gateway "$GW_PID"
+  fi
+  # Join storm (issue 23): STORM members join one room at once on a fresh gateway; the
+  # presence frames they receive, against N²/2 for one frame per join and member.
+  if want storm; then
+    port=$(free_port); start_gateway "$engine" "$port"; T=127.0.0.1:$port
+    run "$engine join storm $STORM" "$GW_PID" storm --target "$T" --members "$STORM"
+    stop_gateway "$GW_PID"
+  fi
 done
 
 # Cross-process through Redis: publishers on gateway A, receivers on gateway B.
-if [ -z "$ONLY" ] || [ "$ONLY" = redis ]; then
+if { [ -z "$ONLY" ] || [ "$ONLY" = redis ]; } && want cross; then
 pa=$(free_port); start_gateway redis "$pa" bench-a; A=$GW_PID
 pb=$(free_port)
 CHATGW_REDIS__KEY_PREFIX=x start_gateway redis "$pb" bench-b; B=$GW_PID

@@ -63,6 +63,13 @@ for r in rows:
             f"| {label} | {r['cycles_per_s']} cycles/s | | {get(r, 'gateway_cpu_us_per_cycle')} µs/cycle "
             f"| | {r['errors']} | {load} |"
         )
+    elif mode == "storm":
+        lines.append(
+            f"| {label} | {r['presence_frames']} presence frames to {r['members']} members "
+            f"({r['presence_frames_per_member']} each, max {r['presence_frames_per_member_max']}; "
+            f"one per join: {r['one_per_join_would_be']}), joins took {r['join_secs']} s "
+            f"| | {get(r, 'gateway_cpu_ms')} ms CPU | | {r['errors']} | {load} |"
+        )
 
 
 def redis_per_message(r):
@@ -126,7 +133,24 @@ for name, pattern, value, target, met in TARGETS:
     ok = "" if v is None else ("yes" if met(v, p) else "**no**")
     show = lambda x: "not measured" if x is None else x
     lines.append(f"| {name} | {target} | {show(v)} | {show(p)} | {ok} |")
-lines.append("| presence frames of a 1000-member join storm | not O(N²) | not measured | not measured | |")
+
+
+def storm(r):
+    if r is None:
+        return "not measured"
+    return (f"{r['presence_frames']} ({r['presence_frames_per_member']}/member; "
+            f"N²/2 = {r['one_per_join_would_be']})")
+
+
+# Met: linear in N (at most 10 frames per member) and every member heard the last join.
+for engine in ("memory", "redis"):
+    pattern = rf"^{engine} join storm"
+    row, old = find(rows, pattern), find(previous, pattern)
+    ok = "" if row is None else (
+        "yes" if row["presence_frames"] <= 10 * max(row["members"], 1)
+        and row["members_complete"] == row["members"] else "**no**")
+    lines.append(f"| presence frames of a 1000-member join storm, {engine} | not O(N²) "
+                 f"| {storm(row)} | {storm(old)} | {ok} |")
 
 notes = os.environ.get("BENCH_NOTE")
 if notes:

@@ -143,7 +143,7 @@ assert.equal(wb.user, "bob");
 const ja = await alice.client.join("lobby");
 assert.equal(ja.room, "lobby");
 await bob.client.join("lobby");
-await waitFor("bob's presence", () => alice.log.presence.some((p) => p.user === "bob" && p.event === "join"));
+await waitFor("bob's presence", () => alice.log.presence.some((p) => p.room === "lobby" && p.joined.includes("bob")));
 assert.deepEqual((await alice.client.presence("lobby")).sort(), ["alice", "bob"]);
 
 step("chat and DM");

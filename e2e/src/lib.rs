@@ -10,6 +10,7 @@ pub mod jwt;
 pub mod keys;
 pub mod loadgen;
 pub mod otlp;
+pub mod presence;
 pub mod process;
 pub mod procstat;
 pub mod redis;

@@ -247,3 +247,39 @@ async fn a_failed_gap_fill_is_tried_again_before_live_messages_go_on() {
         "the gap first, then live, in order"
     );
 }
+
+/// A crashed node's presence entries are swept (here by a `presence` listing on another
+/// node) and the leave the sweep script announces reaches members elsewhere as the
+/// `presence` frame every other change uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swept_entry_is_announced_as_a_left_user() {
+    use chat_gateway::outbound::{queue, Outbound};
+    let redis = RedisServer::start();
+    let prefix = format!("t{:08x}", rand::random::<u32>());
+    let hub = Arc::new(Hub::default());
+    let member = engine_on_hub(hub.clone(), &redis.url(), &prefix).await;
+    let other = engine_with_prefix(&redis.url(), &prefix).await;
+    let (q, mut rx) = queue(100, 1 << 20);
+    hub.subscribe(&Arc::from("swept"), 1, q);
+    member.subscribe("swept").await.expect("subscribe");
+    // What a node that died left behind: an entry whose expiry has passed.
+    let mut admin = redis.admin();
+    let pc = format!("{prefix}:{{swept}}:pc");
+    let pu = format!("{prefix}:{{swept}}:pu");
+    assert_eq!(admin.command(&["ZADD", &pc, "1", "ghost\0dead.1"]), ":1");
+    assert_eq!(admin.command(&["HINCRBY", &pu, "ghost", "1"]), ":1");
+    assert!(other.presence("swept").await.expect("list").is_empty());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let frame = loop {
+        match rx.try_recv_for_test() {
+            Some(Outbound::Frame(f)) => break f,
+            Some(_) => {}
+            None if tokio::time::Instant::now() > deadline => panic!("no presence frame"),
+            None => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    };
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&frame).expect("json"),
+        serde_json::json!({"type": "presence", "room": "swept", "joined": [], "left": ["ghost"]})
+    );
+}

@@ -1,5 +1,6 @@
 //! Protocol v1 over real sockets against an in-process gateway (memory engine).
 
+use e2e::presence::join_storm;
 use e2e::{test_config, TestGateway};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -199,6 +200,10 @@ async fn history_paging() {
     gw.stop().await;
 }
 
+fn users(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|u| u.to_string()).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_join_and_leave() {
     let gw = TestGateway::default().await;
@@ -206,36 +211,56 @@ async fn presence_join_and_leave() {
     a.join("p").await;
     let mut b = gw.connect("bob").await;
     b.join("p").await;
-    let ev = a.next_of("presence").await;
-    assert_eq!(
-        (ev["user"].as_str(), ev["event"].as_str()),
-        (Some("alice"), Some("join"))
-    );
-    let ev = a.next_of("presence").await;
-    assert_eq!(
-        (ev["user"].as_str(), ev["event"].as_str()),
-        (Some("bob"), Some("join"))
-    );
+    // Both joins are announced (in one frame or two: the node batches a window's worth).
+    let mut seen = BTreeSet::new();
+    a.presence_until("p", &mut seen, &users(&["alice", "bob"]))
+        .await;
     let list = a.request(json!({"type": "presence", "room": "p"})).await;
     assert_eq!(list["users"], json!(["alice", "bob"]));
     b.request(json!({"type": "leave", "room": "p"})).await;
-    let ev = a.next_of("presence").await;
+    // The leave comes after the linger, in a window of its own.
     assert_eq!(
-        (ev["user"].as_str(), ev["event"].as_str()),
-        (Some("bob"), Some("leave"))
+        a.next_of("presence").await,
+        json!({"type": "presence", "room": "p", "joined": [], "left": ["bob"]})
     );
     // A dropped socket also leaves.
     let mut c = gw.connect("carol").await;
     c.join("p").await;
-    assert_eq!(a.next_of("presence").await["user"], "carol");
+    let mut seen = users(&["alice"]);
+    a.presence_until("p", &mut seen, &users(&["alice", "carol"]))
+        .await;
     c.kill();
-    let ev = a.next_of("presence").await;
-    assert_eq!(
-        (ev["user"].as_str(), ev["event"].as_str()),
-        (Some("carol"), Some("leave"))
-    );
+    a.presence_until("p", &mut seen, &users(&["alice"])).await;
     let list = a.request(json!({"type": "presence", "room": "p"})).await;
     assert_eq!(list["users"], json!(["alice"]));
+    gw.stop().await;
+}
+
+/// Issue 23: N members joining one room cost each member a few presence frames, not one
+/// per join (N²/2 in all), and each still learns who is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_storm_costs_each_member_a_few_presence_frames() {
+    const N: usize = 60;
+    let mut config = test_config();
+    // Longer than the storm takes on any machine (its joins are sent back to back).
+    config.limits.presence_batch = Duration::from_secs(1);
+    let gw = TestGateway::start(config).await;
+    let mut members = Vec::new();
+    for i in 0..N {
+        members.push(gw.connect(&format!("u{i:02}")).await);
+    }
+    let mut last = gw.connect("last").await;
+    let frames = join_storm(&mut members, &mut last, "storm").await;
+    let total: usize = frames.iter().sum();
+    assert!(
+        frames.iter().all(|&f| f <= N / 10),
+        "frames per member: {frames:?}"
+    );
+    assert!(
+        total <= N * 3,
+        "{total} frames in all, one per join: {}",
+        N * N / 2
+    );
     gw.stop().await;
 }
 

@@ -3,12 +3,20 @@
 //! The engine hands every message for a room to the hub once; the hub queues the same
 //! serialised bytes (an `Arc`) to each local subscriber, so fan-out costs one atomic
 //! increment per recipient, not one serialisation.
+//!
+//! Presence changes are batched per room for `limits.presenceBatch` (see
+//! [`crate::presence`]): the engines report each change here, on every node alike, and
+//! one task per node pushes each room's batch as one frame when its window ends.
 
 use crate::engine::Envelope;
 use crate::outbound::{Outbound, OutboundQueue};
+use crate::presence::Batch;
+use crate::protocol::push::PresencePush;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Locally unique id of a connection.
@@ -22,18 +30,35 @@ type Room = HashMap<ConnId, OutboundQueue>;
 pub struct Hub {
     shards: Vec<Mutex<HashMap<Arc<str>, Room>>>,
     hasher: std::collections::hash_map::RandomState,
+    /// How long presence changes are collected (0: each is pushed at once).
+    presence_window: Duration,
+    /// Rooms with presence changes waiting for the end of the window.
+    pending: Mutex<HashMap<Arc<str>, Batch>>,
+    /// Tells the flush task that a window started.
+    wake: Notify,
+    started: OnceLock<()>,
 }
 
 impl Default for Hub {
+    /// A hub pushing each presence change at once (tests, tools).
     fn default() -> Self {
-        Hub {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: Default::default(),
-        }
+        Hub::new(Duration::ZERO)
     }
 }
 
 impl Hub {
+    /// A hub batching presence changes for `presence_window` (`limits.presenceBatch`).
+    pub fn new(presence_window: Duration) -> Self {
+        Hub {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: Default::default(),
+            presence_window,
+            pending: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            started: OnceLock::new(),
+        }
+    }
+
     fn shard(&self, room: &str) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Room>> {
         let shard = &self.shards[(self.hasher.hash_one(room) as usize) % SHARDS];
         // A poisoned shard only means a panic elsewhere mid-update of plain maps; the data
@@ -90,8 +115,8 @@ impl Hub {
         n
     }
 
-    /// Queues a ready frame (presence) to every local subscriber of a room.
-    pub fn broadcast(&self, room: &str, frame: &Utf8Bytes) -> usize {
+    /// Queues a ready frame to every local subscriber of a room.
+    fn broadcast(&self, room: &str, frame: &Utf8Bytes) -> usize {
         let shard = self.shard(room);
         let Some(subs) = shard.get(room) else {
             return 0;
@@ -99,6 +124,68 @@ impl Hub {
         subs.values()
             .filter(|q| q.push(Outbound::Frame(frame.clone())))
             .count()
+    }
+
+    /// A user's first connection joined (`true`) or last one left `room`: the local
+    /// members hear of it in the room's next `presence` frame, at the end of the window
+    /// or sooner when the batch is full.
+    pub fn presence(self: &Arc<Self>, room: &str, user: &str, joined: bool) {
+        if self.presence_window.is_zero() {
+            let frame = PresencePush::change(room, user, joined).frame();
+            self.broadcast(room, &frame.into());
+            return;
+        }
+        if !self.has_subscribers(room) {
+            return; // nobody here to tell
+        }
+        let mut pending = self.lock_pending();
+        let first = pending.is_empty();
+        let full = match pending.get_mut(room) {
+            Some(batch) => batch.add(user, joined),
+            None => {
+                let mut batch = Batch::default();
+                let full = batch.add(user, joined);
+                pending.insert(room.into(), batch);
+                full
+            }
+        };
+        if full {
+            if let Some(batch) = pending.remove(room) {
+                self.push_batch(room, batch);
+            }
+        }
+        drop(pending);
+        if first {
+            self.started.get_or_init(|| {
+                tokio::spawn(run_presence_flush(Arc::downgrade(self)));
+            });
+            self.wake.notify_one();
+        }
+    }
+
+    /// Pushes every waiting presence batch now (the end of a window, and shutdown: the
+    /// changes are flushed to whoever is still connected, never dropped).
+    pub fn flush_presence(&self) {
+        let mut pending = self.lock_pending();
+        for (room, batch) in pending.drain() {
+            self.push_batch(&room, batch);
+        }
+    }
+
+    /// Pushes one room's batch. Callers hold the pending lock, so a room's frames leave in
+    /// the order of their windows even when a full batch and a window end race.
+    fn push_batch(&self, room: &str, batch: Batch) {
+        let changes = batch.into_changes();
+        let frame = PresencePush::new(room, changes.joined, changes.left).frame();
+        self.broadcast(room, &frame.into());
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Batch>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.lock_pending().is_empty()
     }
 
     /// Whether a room has local subscribers.
@@ -112,6 +199,24 @@ impl Hub {
             .iter()
             .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
             .sum()
+    }
+}
+
+/// Flushes presence batches a window after the first change of each, until the hub is
+/// gone. It holds the hub weakly (only while waiting, each wait bounded), like the linger.
+async fn run_presence_flush(hub: Weak<Hub>) {
+    loop {
+        let Some(h) = hub.upgrade() else { return };
+        if h.has_pending() {
+            tokio::time::sleep(h.presence_window).await;
+            h.flush_presence();
+            continue;
+        }
+        let wake = h.wake.notified();
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = wake => {}
+        }
     }
 }
 
@@ -158,5 +263,53 @@ mod tests {
             Outbound::Msg(e) => assert!(Arc::ptr_eq(&e, &env)),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    fn presence_frames(rx: &mut crate::outbound::OutboundReceiver) -> Vec<PresencePush> {
+        std::iter::from_fn(|| rx.try_recv_for_test())
+            .filter_map(|i| match i {
+                Outbound::Frame(f) => PresencePush::parse(&f),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_full_presence_batch_goes_out_before_its_window_ends() {
+        // A window no test waits for: only a full batch or a flush pushes anything.
+        let hub = Arc::new(Hub::new(Duration::from_secs(5)));
+        let room: Arc<str> = "r".into();
+        let (q, mut rx) = queue(64, 1 << 20);
+        hub.subscribe(&room, 1, q);
+        for i in 0..crate::presence::MAX_USERS + 1 {
+            hub.presence("r", &format!("u{i}"), true);
+        }
+        hub.presence("elsewhere", "x", true); // no member here: nothing kept
+        let frames = presence_frames(&mut rx);
+        assert_eq!(frames.len(), 1, "the full batch");
+        assert_eq!(frames[0].joined.len(), crate::presence::MAX_USERS);
+        hub.flush_presence();
+        let frames = presence_frames(&mut rx);
+        let last = format!("u{}", crate::presence::MAX_USERS);
+        assert_eq!(frames, [PresencePush::new("r", vec![last], vec![])]);
+        hub.flush_presence();
+        assert!(presence_frames(&mut rx).is_empty(), "nothing left pending");
+    }
+
+    #[test]
+    fn without_a_window_each_change_is_its_own_frame() {
+        let hub = Arc::new(Hub::default());
+        let room: Arc<str> = "r".into();
+        let (q, mut rx) = queue(8, 1024);
+        hub.subscribe(&room, 1, q);
+        hub.presence("r", "a", true);
+        hub.presence("r", "a", false);
+        assert_eq!(
+            presence_frames(&mut rx),
+            [
+                PresencePush::change("r", "a", true),
+                PresencePush::change("r", "a", false)
+            ]
+        );
     }
 }

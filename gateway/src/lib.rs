@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod node;
 pub mod outbound;
 pub mod permissions;
+pub mod presence;
 pub mod protocol;
 pub mod ratelimit;
 pub mod rebalance;
@@ -138,5 +139,8 @@ impl Gateway {
         }
         // Presence of the connections just closed would otherwise linger past the process.
         let _ = tokio::time::timeout_at(until, self.node.linger.flush()).await;
+        // Presence changes waiting for their window are flushed, not dropped: whoever is
+        // still connected hears of them (other nodes batch these leaves themselves).
+        self.node.hub.flush_presence();
     }
 }

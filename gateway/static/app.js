@@ -300,10 +300,11 @@ function start({ name, token }) {
     if (previous && !room.startsWith("user:")) note(room, "the server lost this room's history; showing what it has now");
     render();
   });
-  client.on("presence", ({ room, user, event }) => {
+  // One frame per room and batching window: who joined and who left (each user in one list).
+  client.on("presence", ({ room, joined, left }) => {
     const set = presence.get(room) ?? new Set();
-    if (event === "join") set.add(user);
-    else set.delete(user);
+    for (const user of joined) set.add(user);
+    for (const user of left) set.delete(user);
     presence.set(room, set);
     renderPresence();
   });

@@ -311,6 +311,7 @@ export class ChatClient {
       case "msg":
         return this._onMsg(f);
       case "presence":
+        // `{room, joined, left}`: the room's changes of one batching window.
         return this._emit("presence", f);
       case "goaway":
         return this._onGoaway(f);

@@ -20,7 +20,7 @@ type Ws = WebSocketStream<TcpStream>;
 
 /// Opens connection number `i` as `user` from a spread source address; returns the
 /// socket after `welcome`.
-async fn open(c: &Common, i: usize, user: &str) -> Result<Ws, String> {
+pub(super) async fn open(c: &Common, i: usize, user: &str) -> Result<Ws, String> {
     let src = if c.target.ip().is_ipv4() && c.source_ips > 0 {
         IpAddr::V4(Ipv4Addr::new(
             127,
@@ -68,7 +68,10 @@ async fn open(c: &Common, i: usize, user: &str) -> Result<Ws, String> {
     }
 }
 
-async fn command(ws: &mut Ws, cmd: serde_json::Value) -> Result<serde_json::Value, String> {
+pub(super) async fn command(
+    ws: &mut Ws,
+    cmd: serde_json::Value,
+) -> Result<serde_json::Value, String> {
     let id = cmd["id"].clone();
     ws.send(Message::text(cmd.to_string()))
         .await
@@ -88,11 +91,11 @@ async fn command(ws: &mut Ws, cmd: serde_json::Value) -> Result<serde_json::Valu
     Err("closed".into())
 }
 
-fn gateway_usage(c: &Common) -> Option<procstat::Usage> {
+pub(super) fn gateway_usage(c: &Common) -> Option<procstat::Usage> {
     c.pid.and_then(|p| procstat::usage(p).ok())
 }
 
-fn finish(c: &Common, mode: &str, mut v: serde_json::Value) -> serde_json::Value {
+pub(super) fn finish(c: &Common, mode: &str, mut v: serde_json::Value) -> serde_json::Value {
     v["mode"] = json!(mode);
     if !c.label.is_empty() {
         v["label"] = json!(c.label);

@@ -1,9 +1,11 @@
 //! `chat-loadgen`: load against one gateway on loopback, with numbers a human and a
 //! machine can read. Modes: `idle` (hold N connections), `fanout` (rooms x members with
-//! publishers), `churn` (connect/join/leave/close at a rate).
+//! publishers), `churn` (connect/join/leave/close at a rate), `storm` (N members join one
+//! room at once; presence frames counted).
 
 pub mod conn;
 pub mod stats;
+pub mod storm;
 
 use crate::procstat;
 use clap::{Args, Parser, Subcommand};
@@ -83,6 +85,20 @@ pub enum Mode {
         #[arg(long, default_value = "10s", value_parser = humantime_parse)]
         duration: Duration,
     },
+    /// N members join one room at once; presence frames they receive (vs N²/2).
+    Storm {
+        #[command(flatten)]
+        common: Common,
+        /// Members joining.
+        #[arg(long, default_value_t = 1000)]
+        members: usize,
+        /// Connections being opened at once (before the storm).
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// The room.
+        #[arg(long, default_value = "storm")]
+        room: String,
+    },
 }
 
 pub(crate) fn humantime_parse(s: &str) -> Result<Duration, String> {
@@ -157,6 +173,20 @@ pub async fn run(cli: Cli) -> Result<serde_json::Value, String> {
         } => {
             check_loopback(&common.target)?;
             conn::churn(&common, rate, concurrency, duration).await
+        }
+        Mode::Storm {
+            common,
+            members,
+            concurrency,
+            room,
+        } => {
+            check_loopback(&common.target)?;
+            if members as u64 + 64 > limit {
+                return Err(format!(
+                    "{members} connections do not fit under the open-file limit {limit}"
+                ));
+            }
+            storm::storm(&common, members, concurrency, &room).await
         }
     }
 }

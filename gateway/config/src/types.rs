@@ -174,6 +174,11 @@ pub struct LimitsConfig {
     /// so a join/leave loop announces one join and one leave, not one per turn.
     #[serde(with = "humantime_serde")]
     pub presence_linger: Duration,
+    /// Presence changes of a room are collected this long on each node and pushed to its
+    /// members as one `presence` frame, so N joins cost each member about one frame per
+    /// window, not N (issue 23). `0s`: one frame per change.
+    #[serde(with = "humantime_serde")]
+    pub presence_batch: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -192,6 +197,7 @@ impl Default for LimitsConfig {
             history_page_bytes: 256 * 1024,
             replay_chunk_bytes: 128 * 1024,
             presence_linger: Duration::from_secs(1),
+            presence_batch: Duration::from_millis(100),
         }
     }
 }

@@ -36,6 +36,11 @@ impl Config {
                 "limits.historyPageBytes and limits.replayChunkBytes must be at least 1024",
             );
         }
+        // A longer window only delays presence without saving more frames than it costs
+        // in staleness; the bound also keeps a typo (`100s`) from hiding presence.
+        if l.presence_batch > Duration::from_secs(5) {
+            return bad("limits.presenceBatch must be at most 5s");
+        }
         if self.server.listen_backlog == 0 || self.server.listen_backlog > i32::MAX as u32 {
             return bad("server.listenBacklog must be between 1 and 2147483647");
         }
@@ -276,6 +281,7 @@ mod tests {
         assert_eq!(c.limits.history_page_bytes, 256 << 10);
         assert_eq!(c.limits.replay_chunk_bytes, 128 << 10);
         assert_eq!(c.limits.presence_linger, Duration::from_secs(1));
+        assert_eq!(c.limits.presence_batch, Duration::from_millis(100));
         assert_eq!(
             RouteConfig::default().idle_timeout,
             Duration::from_secs(300)
@@ -294,6 +300,18 @@ mod tests {
         c.server.listen_backlog = 0;
         let err = c.validate().expect_err("refused");
         assert!(err.to_string().contains("server.listenBacklog"), "{err}");
+    }
+
+    #[test]
+    fn a_presence_batch_over_5s_is_refused() {
+        let mut c = Config::default();
+        c.auth.mode = AuthMode::Insecure;
+        c.server.listen = "127.0.0.1:8080".parse().expect("addr");
+        c.limits.presence_batch = Duration::from_secs(5);
+        c.validate().expect("valid");
+        c.limits.presence_batch = Duration::from_millis(5001);
+        let err = c.validate().expect_err("refused");
+        assert!(err.to_string().contains("limits.presenceBatch"), "{err}");
     }
 
     #[test]

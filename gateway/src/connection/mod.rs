@@ -20,6 +20,8 @@ mod tests;
 #[cfg(test)]
 mod tests_bounded;
 #[cfg(test)]
+mod tests_presence;
+#[cfg(test)]
 mod tests_resume;
 
 use crate::auth::Identity;

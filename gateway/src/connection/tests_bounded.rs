@@ -1,7 +1,7 @@
 //! Handlers under hostile clients and faults (issue 18), against the memory engine and a
 //! wrapper of it that fails on demand: pages and replays bounded by bytes, direct messages
 //! per device until acknowledged, a resume that fails half-way, ambiguous sends, untrusted
-//! trace context, and presence of a join/leave loop.
+//! trace context. (Presence of a join/leave loop: tests_presence.rs.)
 
 use super::tests::{config, error_code, Harness, Item};
 use crate::config::Config;
@@ -12,14 +12,12 @@ use crate::engine::{
 };
 use crate::hub::Hub;
 use crate::node::Node;
-use crate::outbound::Outbound;
 use crate::protocol::StreamPosition;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// A body of about `n` bytes.
 fn body(n: usize) -> Box<serde_json::value::RawValue> {
@@ -408,63 +406,6 @@ async fn a_traceparent_that_is_not_one_never_reaches_the_stored_message() {
     let frame: Value = serde_json::from_str(&page.messages[0].frame).expect("json");
     assert!(frame.get("traceparent").is_none(), "{frame}");
     assert!(page.messages[0].traceparent.is_none());
-}
-
-/// (user, event) of the presence frames queued since the last look.
-fn presence_events(h: &mut Harness) -> Vec<(String, String)> {
-    std::iter::from_fn(|| h.rx.try_recv_for_test())
-        .filter_map(|i| match i {
-            Outbound::Frame(f) => serde_json::from_str::<Value>(&f).ok(),
-            _ => None,
-        })
-        .filter(|f| f["type"] == "presence")
-        .map(|f| {
-            let s = |k: &str| f[k].as_str().unwrap_or_default().to_string();
-            (s("user"), s("event"))
-        })
-        .collect()
-}
-
-#[tokio::test]
-async fn a_join_leave_loop_announces_one_join_and_one_leave() {
-    let mut c = config();
-    c.limits.presence_linger = Duration::from_millis(200);
-    let node = Node::new(c, Default::default()).expect("node");
-    let mut watcher = Harness::on(node.clone(), "watcher").await;
-    watcher
-        .cmd(json!({"type": "join", "id": 1, "room": "r"}))
-        .await;
-    let mut churn = Harness::on(node.clone(), "churn").await;
-    presence_events(&mut watcher);
-    for i in 0..10 {
-        churn
-            .cmd(json!({"type": "join", "id": 2 * i, "room": "r"}))
-            .await;
-        churn
-            .cmd(json!({"type": "leave", "id": 2 * i + 1, "room": "r"}))
-            .await;
-    }
-    // A new connection of the same user joining and closing is coalesced as well.
-    for _ in 0..3 {
-        let mut again = Harness::on(node.clone(), "churn").await;
-        again
-            .cmd(json!({"type": "join", "id": 1, "room": "r"}))
-            .await;
-        again.session.close(&HashMap::new()).await;
-    }
-    assert_eq!(
-        presence_events(&mut watcher),
-        [("churn".into(), "join".into())]
-    );
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(
-        presence_events(&mut watcher),
-        [("churn".into(), "leave".into())]
-    );
-    assert_eq!(
-        node.engine.presence("r").await.expect("presence"),
-        ["watcher"]
-    );
 }
 
 #[tokio::test]

@@ -342,13 +342,16 @@ async fn presence_join_leave(f: &impl Factory) {
             _ => None,
         })
         .collect();
+    // A hub without a window pushes each change as its own frame, in order.
     let summary: Vec<(String, String)> = events
         .iter()
-        .map(|e| {
-            (
-                e["user"].as_str().unwrap_or("").into(),
-                e["event"].as_str().unwrap_or("").into(),
-            )
+        .flat_map(|e| {
+            let of = |list: &str, event: &str| -> Vec<(String, String)> {
+                let users = e[list].as_array().cloned().unwrap_or_default();
+                let user = |u: serde_json::Value| u.as_str().unwrap_or("").to_string();
+                users.into_iter().map(|u| (user(u), event.into())).collect()
+            };
+            [of("joined", "join"), of("left", "leave")].concat()
         })
         .collect();
     assert_eq!(

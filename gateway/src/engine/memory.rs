@@ -7,7 +7,7 @@ use super::{
 };
 use crate::config::{Config, Namespaces, RetentionConfig};
 use crate::hub::Hub;
-use crate::protocol::push::{msg_frame, presence_frame};
+use crate::protocol::push::msg_frame;
 use crate::protocol::StreamPosition;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -328,8 +328,7 @@ impl PresenceManager for MemoryEngine {
             first
         };
         if first && ns.join_leave_events {
-            self.hub
-                .broadcast(room, &presence_frame(room, user, true).into());
+            self.hub.presence(room, user, true);
         }
         Ok(())
     }
@@ -352,8 +351,7 @@ impl PresenceManager for MemoryEngine {
             last
         };
         if last && self.namespaces.of(room).join_leave_events {
-            self.hub
-                .broadcast(room, &presence_frame(room, user, false).into());
+            self.hub.presence(room, user, false);
         }
         Ok(())
     }

@@ -164,24 +164,56 @@ pub fn unsubscribed_frame(room: &str, reason: &str) -> String {
     })
 }
 
-/// The `presence` push: a user's first connection joined or last one left a room.
-#[derive(Debug, Serialize)]
-struct PresenceFrame<'a> {
+/// The `presence` push: users whose first connection joined or last connection left a
+/// room since the previous one (the node batches changes, `limits.presenceBatch`). Each
+/// user is in one list. Also the payload a Redis node announces a single change with
+/// (a list absent from it is empty).
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresencePush {
+    /// Always `presence`.
     #[serde(rename = "type")]
-    kind: &'static str,
-    room: &'a str,
-    user: &'a str,
-    event: &'static str,
+    pub kind: String,
+    /// The room.
+    pub room: String,
+    /// Users who joined.
+    #[serde(default)]
+    pub joined: Vec<String>,
+    /// Users who left.
+    #[serde(default)]
+    pub left: Vec<String>,
 }
 
-/// Serialises a `presence` frame (`join` or `leave`).
-pub fn presence_frame(room: &str, user: &str, join: bool) -> String {
-    to_json(&PresenceFrame {
-        kind: "presence",
-        room,
-        user,
-        event: if join { "join" } else { "leave" },
-    })
+impl PresencePush {
+    /// The push for `room`.
+    pub fn new(room: &str, joined: Vec<String>, left: Vec<String>) -> Self {
+        PresencePush {
+            kind: "presence".into(),
+            room: room.into(),
+            joined,
+            left,
+        }
+    }
+
+    /// The push of one user's change (`join` true or false).
+    pub fn change(room: &str, user: &str, join: bool) -> Self {
+        let one = vec![user.to_string()];
+        match join {
+            true => Self::new(room, one, Vec::new()),
+            false => Self::new(room, Vec::new(), one),
+        }
+    }
+
+    /// Serialises the frame.
+    pub fn frame(&self) -> String {
+        to_json(self)
+    }
+
+    /// Parses a `presence` frame; None unless it is one.
+    pub fn parse(frame: &str) -> Option<Self> {
+        serde_json::from_str::<Self>(frame)
+            .ok()
+            .filter(|p| p.kind == "presence")
+    }
 }
 
 /// The `goaway` push before a drain or rebalance close: reconnect (after a pause) and
@@ -239,8 +271,23 @@ mod tests {
             r#"{"type":"goaway","reason":"draining","reconnect_after_ms":5}"#
         );
         assert_eq!(
-            presence_frame("r", "u", false),
-            r#"{"type":"presence","room":"r","user":"u","event":"leave"}"#
+            PresencePush::change("r", "u", false).frame(),
+            r#"{"type":"presence","room":"r","joined":[],"left":["u"]}"#
         );
+        assert_eq!(
+            PresencePush::new("r", vec!["a".into(), "b".into()], vec!["c".into()]).frame(),
+            r#"{"type":"presence","room":"r","joined":["a","b"],"left":["c"]}"#
+        );
+    }
+
+    #[test]
+    fn presence_frames_parse_back_and_others_do_not() {
+        let p = PresencePush::change("r", "u", true);
+        assert_eq!(PresencePush::parse(&p.frame()), Some(p));
+        // The sweep script leaves out the empty list.
+        let p = PresencePush::parse(r#"{"type":"presence","room":"r","left":["u"]}"#);
+        assert_eq!(p, Some(PresencePush::change("r", "u", false)));
+        assert!(PresencePush::parse(r#"{"type":"msg","room":"r"}"#).is_none());
+        assert!(PresencePush::parse("not json").is_none());
     }
 }

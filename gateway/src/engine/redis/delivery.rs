@@ -12,6 +12,7 @@
 use super::payload::{frame_ts, parse_payload, parse_routed, Payload};
 use super::shared::{lock, Shared};
 use crate::engine::{Envelope, HistoryQuery};
+use crate::protocol::push::PresencePush;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -259,7 +260,16 @@ impl Delivery {
         };
         match parse_payload(payload) {
             Some(Payload::Presence(frame)) => {
-                self.shared.hub.broadcast(room, &frame.to_string().into());
+                // One change per payload; the hub batches them for this node's members.
+                // (A frame of another room or shape is forged or stale: skipped.)
+                if let Some(p) = PresencePush::parse(frame).filter(|p| p.room == room) {
+                    for user in &p.joined {
+                        self.shared.hub.presence(room, user, true);
+                    }
+                    for user in &p.left {
+                        self.shared.hub.presence(room, user, false);
+                    }
+                }
             }
             Some(Payload::Msg {
                 seq,

@@ -14,7 +14,8 @@ pub(super) fn frame_ts(frame: &str) -> Option<u64> {
 /// One pub/sub payload of a room channel.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Payload<'a> {
-    /// `p <frame>`: a presence frame for the room's members.
+    /// `p <frame>`: a `presence` frame of one change; each node batches them for its
+    /// members.
     Presence(&'a str),
     /// `m <seq> <epoch> <ts> <traceparent|-> <frame>`: a message.
     Msg {

@@ -5,7 +5,7 @@
 use super::shared::{lock, Shared};
 use super::{scripts, RedisEngine};
 use crate::engine::{now_ms, EngineError, PresenceManager};
-use crate::protocol::push::presence_frame;
+use crate::protocol::push::PresencePush;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use std::collections::{BTreeMap, BTreeSet};
@@ -106,7 +106,7 @@ impl PresenceManager for RedisEngine {
         }
         // An empty frame tells the script not to announce the join.
         let frame = if ns.join_leave_events {
-            presence_frame(room, user, true)
+            PresencePush::change(room, user, true).frame()
         } else {
             String::new()
         };
@@ -140,7 +140,7 @@ impl PresenceManager for RedisEngine {
             return Ok(());
         }
         let frame = if ns.join_leave_events {
-            presence_frame(room, user, false)
+            PresencePush::change(room, user, false).frame()
         } else {
             String::new()
         };

@@ -14,7 +14,7 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])) do
     local user = string.sub(m, 1, cut - 1)
     if redis.call('HINCRBY', KEYS[2], user, -1) <= 0 then
       redis.call('HDEL', KEYS[2], user)
-      if ARGV[4] ~= '' then redis.call(ARGV[6], ARGV[4], ARGV[7] .. 'p ' .. cjson.encode({type = 'presence', room = ARGV[5], user = user, event = 'leave'})) end
+      if ARGV[4] ~= '' then redis.call(ARGV[6], ARGV[4], ARGV[7] .. 'p ' .. cjson.encode({type = 'presence', room = ARGV[5], left = {user}})) end
     end
   end
 end
