@@ -102,3 +102,19 @@ pub async fn join_storm(members: &mut [Client], last: &mut Client, room: &str) -
     }
     frames
 }
+
+/// The join-storm verdict for `frames` (per member, from [`join_storm`]) of `n` members:
+/// each member got at most one frame per ten joins, and all of them about one per join
+/// in total, not the n²/2 of one frame per join per member.
+pub fn assert_storm_batched(frames: &[usize], n: usize) {
+    let total: usize = frames.iter().sum();
+    assert!(
+        frames.iter().all(|&f| f <= n / 10),
+        "frames per member: {frames:?}"
+    );
+    assert!(
+        total <= n * 3,
+        "{total} frames in all, one per join: {}",
+        n * n / 2
+    );
+}
