@@ -4,6 +4,7 @@
 //! itself); room traffic arrives on a dedicated pub/sub connection owned by the
 //! [`subscriber`] task ([`sharded`] in a cluster).
 
+mod channels;
 mod conn;
 mod delivery;
 mod keys;

@@ -18,6 +18,7 @@
 //!   later push of the channel is handed on (pushes arrive in order on one queue); a fill
 //!   that failed is tried again on a timer until it succeeds ([`Delivery::fill_held`]).
 
+use super::channels::{Channels, Failed};
 use super::conn::CONNECT_TIMEOUT;
 use super::delivery::Delivery;
 use super::shared::{Shared, OP_TIMEOUT};
@@ -27,7 +28,6 @@ use crate::engine::EngineError;
 use futures_util::StreamExt;
 use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind, Value};
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,21 +39,13 @@ use tokio_util::sync::CancellationToken;
 const RETRY_EVERY: Duration = Duration::from_millis(200);
 /// At most this many subscriptions are in flight at once (the inbox buckets at start).
 const PARALLEL: usize = 32;
-/// Channels still not confirmed after this long of failed rounds: the pub/sub client is
-/// replaced by a new one (see [`Task::renew`]).
-const RENEW_AFTER: Duration = Duration::from_secs(5);
 
 struct Task {
     shared: Arc<Shared>,
     delivery: Delivery,
     conn: ClusterConnection,
-    /// Channels Redis confirmed at least once (a later confirmation is a re-subscription).
-    confirmed: HashSet<String>,
-    /// Channels not subscribed (lost, or not confirmed yet): retried every
-    /// [`RETRY_EVERY`] until Redis confirms them.
-    lost: HashSet<String>,
-    /// Since when rounds have failed (logged once per outage; see [`RENEW_AFTER`]).
-    failing_since: Option<Instant>,
+    /// Which channels are held; the lost ones are retried every [`RETRY_EVERY`].
+    channels: Channels,
     up: Arc<AtomicBool>,
 }
 
@@ -73,12 +65,10 @@ pub(super) async fn run(
         }
     };
     let mut task = Task {
-        lost: shared.keys.inbox_channels().into_iter().collect(),
-        failing_since: None,
+        channels: Channels::new(shared.keys.inbox_channels()),
         shared,
         delivery,
         conn,
-        confirmed: HashSet::new(),
         up,
     };
     let mut retry = tokio::time::interval(RETRY_EVERY);
@@ -149,10 +139,10 @@ impl Task {
     /// Starts subscribing the lost channels again (a few at a time) in a task of its own,
     /// which reports on `done`; false when nothing is lost.
     fn subscribe_lost(&mut self, done: mpsc::UnboundedSender<Vec<Attempt>>) -> bool {
-        if self.lost.is_empty() {
+        let channels = self.channels.lost();
+        if channels.is_empty() {
             return false;
         }
-        let channels: Vec<String> = self.lost.iter().cloned().collect();
         let conn = self.conn.clone();
         tokio::spawn(async move {
             let attempts: Vec<Attempt> = futures_util::stream::iter(channels)
@@ -177,31 +167,25 @@ impl Task {
         true
     }
 
-    /// Takes a round's results. A command's `Ok` does not make a channel subscribed: the
-    /// redis crate can pair a reply with the wrong command on a node connection (its own
-    /// re-subscription sends one `SSUBSCRIBE` for many channels and waits for one
-    /// confirmation; the others answer later commands), so only a confirmation push does
-    /// ([`Self::found`]); a channel still unconfirmed is simply tried again next round.
-    /// Failures are logged once per outage; if channels are still lost after
-    /// [`RENEW_AFTER`] of failed rounds, the client is renewed and its push queue returned.
+    /// Takes a round's results: only a confirmation push makes a channel subscribed
+    /// ([`Channels`]), so an `Ok` counts for nothing here and a channel still unconfirmed
+    /// is tried again next round. A failure is logged once per outage; after
+    /// [`RENEW_AFTER`](super::channels::RENEW_AFTER) of them the client is renewed and its push queue returned.
     fn subscribed(&mut self, attempts: Vec<Attempt>) -> Option<mpsc::UnboundedReceiver<PushInfo>> {
         let (channel, error) = attempts
             .into_iter()
             .find_map(|(ch, err)| err.map(|e| (ch, e)))?;
-        if self.lost.is_empty() {
-            return None;
-        }
+        let failed = self.channels.round_failed(Instant::now())?;
         self.shared.errors.inc();
-        let left = self.lost.len();
-        let since = *self.failing_since.get_or_insert_with(|| {
-            tracing::warn!(%channel, %error, left,
-                "redis cluster pub/sub: channels not subscribed yet; retrying");
-            Instant::now()
-        });
-        if since.elapsed() < RENEW_AFTER {
-            return None;
+        match failed {
+            Failed::First => {
+                tracing::warn!(%channel, %error, left = self.channels.lost_count(),
+                    "redis cluster pub/sub: channels not subscribed yet; retrying");
+                None
+            }
+            Failed::Ongoing => None,
+            Failed::Renew => self.renew(),
         }
-        self.renew()
     }
 
     /// Replaces the pub/sub client: a client that keeps failing to subscribe (or whose
@@ -216,31 +200,20 @@ impl Task {
             }
         };
         tracing::warn!(
-            left = self.lost.len(),
+            left = self.channels.lost_count(),
             "redis cluster pub/sub: channels still not subscribed; connecting a new client"
         );
         self.conn = conn;
-        self.failing_since = Some(Instant::now());
         let mut all = self.shared.keys.inbox_channels();
         all.extend(self.delivery.room_channels());
-        self.lose(all);
+        self.channels.renewed(Instant::now(), all);
+        self.down();
         Some(pushes)
     }
 
-    /// A channel Redis confirmed: no longer lost. The node is ready again (`/readyz`,
-    /// joins) once none is left.
-    fn found(&mut self, channel: &str) {
-        if self.lost.remove(channel) && self.lost.is_empty() {
-            if self.failing_since.take().is_some() {
-                tracing::info!("redis cluster pub/sub: every channel is subscribed again");
-            }
-            self.up.store(true, Ordering::Relaxed);
-            self.shared.pubsub_down_since.store(0, Ordering::Relaxed);
-        }
-    }
-
-    fn lose(&mut self, channels: impl IntoIterator<Item = String>) {
-        self.lost.extend(channels);
+    /// Channels were lost: `/readyz` fails after `redis.readinessGrace` unless they are
+    /// back by then.
+    fn down(&self) {
         let _ = self.shared.pubsub_down_since.compare_exchange(
             0,
             crate::engine::now_ms().max(PUBSUB_DOWN_SINCE_START),
@@ -267,21 +240,26 @@ impl Task {
                 }
             }
             (PushKind::SSubscribe, Some(ch)) => {
-                self.found(&ch);
-                // A confirmation after the channel's first: it was subscribed again.
-                if !self.confirmed.insert(ch.clone()) {
+                let confirmed = self.channels.confirm(&ch);
+                if confirmed.outage_over {
+                    tracing::info!("redis cluster pub/sub: every channel is subscribed again");
+                }
+                if confirmed.all_back {
+                    // The node is ready again (`/readyz`, joins).
+                    self.up.store(true, Ordering::Relaxed);
+                    self.shared.pubsub_down_since.store(0, Ordering::Relaxed);
+                }
+                if confirmed.again {
                     self.shared.reconnects.inc();
                     self.delivery.fill_channel(&ch).await;
                 }
             }
             (PushKind::SUnsubscribe, Some(ch)) => {
-                self.confirmed.remove(&ch);
-                if self.wanted(&ch) {
-                    // The slot moved (or its node stepped down): subscribe where it is now.
-                    // The confirmation then counts as a first one, so fill here as well.
+                // The slot moved (or its node stepped down): subscribe where it is now.
+                let wanted = self.wanted(&ch);
+                if self.channels.unsubscribed(&ch, wanted) {
                     tracing::info!(channel = %ch, "redis cluster moved a channel's slot; subscribing again");
-                    self.confirmed.insert(ch.clone());
-                    self.lose([ch]);
+                    self.down();
                 }
             }
             (PushKind::Disconnection, _) => {
@@ -290,7 +268,8 @@ impl Task {
                 );
                 let mut all = self.shared.keys.inbox_channels();
                 all.extend(self.delivery.room_channels());
-                self.lose(all);
+                self.channels.lose(all);
+                self.down();
             }
             _ => {}
         }
@@ -315,7 +294,7 @@ impl Task {
                         // Counted as subscribed once its confirmation is taken (next in
                         // the push queue, unless the reply was another command's): until
                         // then the retry rounds treat it as lost.
-                        self.lost.insert(channel);
+                        self.channels.await_confirmation(channel);
                         self.delivery.add(&room).await;
                         let _ = reply.send(Ok(()));
                     }
@@ -335,7 +314,7 @@ impl Task {
                 self.delivery.remove(&room);
                 if !crate::protocol::is_inbox(&room) {
                     let channel = self.shared.keys.channel(&room);
-                    self.lost.remove(&channel);
+                    self.channels.forget(&channel);
                     let _ =
                         tokio::time::timeout(OP_TIMEOUT, self.conn.sunsubscribe(&channel)).await;
                 }
