@@ -220,9 +220,31 @@ impl RedisCluster {
     fn wait(&self, what: &str, mut ok: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !ok() {
-            assert!(Instant::now() < deadline, "redis cluster: {what} timed out");
+            if Instant::now() >= deadline {
+                panic!(
+                    "redis cluster: {what} timed out; each live node's view:\n{}",
+                    self.views()
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// `CLUSTER NODES` as each live node sees it, for a failure message.
+    fn views(&self) -> String {
+        self.nodes
+            .iter()
+            .filter(|n| n.alive())
+            .map(|n| {
+                let nodes = text(command_on(
+                    n.port,
+                    self.tls.as_deref(),
+                    &["CLUSTER", "NODES"],
+                ));
+                format!("node {}:\n{nodes}", n.port)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Waits until every live node reports `cluster_state:ok` and `redis-cli --cluster
