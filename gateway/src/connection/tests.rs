@@ -45,6 +45,12 @@ pub(super) struct Harness {
 }
 
 impl Harness {
+    /// The room's current epoch in the engine.
+    pub(super) async fn epoch(&self, room: &str) -> Arc<str> {
+        let page = self.node.engine.history(room, Default::default()).await;
+        page.expect("page").epoch
+    }
+
     /// A connection whose inbox replay already happened (a `ping` went first).
     pub(super) async fn new(user: &str) -> Harness {
         let mut h = Harness::fresh(user).await;
@@ -152,13 +158,7 @@ async fn join_reply_goes_out_before_its_replay() {
     for i in 0..3 {
         h.publish("r", "bob", &format!("m{i}")).await;
     }
-    let epoch = h
-        .node
-        .engine
-        .history("r", Default::default())
-        .await
-        .expect("page")
-        .epoch;
+    let epoch = h.epoch("r").await;
     assert!(
         !h.cmd(json!({"type": "join", "id": 1, "room": "r", "since": 1, "epoch": &*epoch}))
             .await

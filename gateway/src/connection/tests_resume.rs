@@ -49,13 +49,7 @@ async fn resume_replays_the_inbox_from_the_clients_position() {
     h.publish("user:alice", "bob", "d1").await;
     h.publish("user:alice", "bob", "d2").await;
     h.drain();
-    let epoch = h
-        .node
-        .engine
-        .history("user:alice", Default::default())
-        .await
-        .expect("page")
-        .epoch;
+    let epoch = h.epoch("user:alice").await;
     h.cmd(json!({"type": "resume", "id": 1, "resume_token": "t", "positions": {"user:alice": {"seq": 1, "epoch": &*epoch}}}))
         .await;
     let items = h.drain();
@@ -78,13 +72,7 @@ async fn resume_restores_a_closed_sessions_rooms_on_a_new_connection() {
     a.drain();
     let token = a.session.resume_token.clone();
     // The writer wrote seq 1 of r before the socket closed.
-    let epoch = a
-        .node
-        .engine
-        .history("r", Default::default())
-        .await
-        .expect("page")
-        .epoch;
+    let epoch = a.epoch("r").await;
     let written = HashMap::from([(Arc::from("r"), StreamPosition::new(epoch.clone(), 1))]);
     a.session.close(&written).await;
     a.publish("r", "bob", "m2").await;
