@@ -2,13 +2,14 @@
 //! never a `(room, seq)` twice, holding a catching-up room's live messages until its
 //! replay is out; with pings, the idle timeout and the write timeout.
 
-use super::{Outbound, OutboundReceiver};
+use super::{Outbound, OutboundReceiver, Shared};
 use crate::disconnect::{HEARTBEAT_TIMEOUT, SLOW_CONSUMER, WRITE_TIMEOUT};
 use crate::engine::Envelope;
 use crate::protocol::StreamPosition;
 use futures_util::{Sink, SinkExt};
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::WaitForCancellationFuture;
 
 /// The writer's state of one room: the last position written, and live messages held
 /// back while the room catches up.
@@ -63,106 +65,110 @@ const BATCH: usize = 64;
 /// Writes queued items to `sink` until the connection closes; sends pings, enforces the
 /// idle timeout and the write timeout (both two heartbeat periods). Sends the close frame
 /// itself.
-pub async fn run_writer<S>(
+///
+/// An async block rather than an async fn: an async fn keeps a second copy of its
+/// arguments in its state, which every connection's task would carry.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn run_writer<S>(
     mut sink: S,
     mut rx: OutboundReceiver,
     settings: WriterSettings,
-) -> WriterOutcome
+) -> impl Future<Output = WriterOutcome>
 where
     S: Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
-    let mut w = Writer {
-        rooms: HashMap::new(),
-        held_bytes: 0,
-        out: WriterOutcome::default(),
-    };
-    let mut ping = tokio::time::interval_at(
-        tokio::time::Instant::now() + settings.heartbeat,
-        settings.heartbeat,
-    );
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let idle_limit = (settings.heartbeat * 2).as_millis() as u64;
-    let write_timeout = settings.heartbeat * 2;
-    let shared = rx.shared.clone();
-    let closing = rx.shared.closing.clone();
-    let stop = |rx: &OutboundReceiver, reason| rx.shared.stop(Some(reason));
-    // Registered once, not once per item: polling a fresh one takes the token's lock.
-    let cancelled = closing.cancelled();
-    tokio::pin!(cancelled);
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut cancelled => break,
-            _ = ping.tick() => {
-                let now = settings.epoch.elapsed().as_millis() as u64;
-                if now.saturating_sub(settings.last_seen.load(Ordering::Relaxed)) > idle_limit {
-                    stop(&rx, HEARTBEAT_TIMEOUT);
-                    break;
-                }
-                // A blocked socket must not keep us from noticing a close.
-                let sent = tokio::select! {
-                    biased;
-                    _ = closing.cancelled() => break,
-                    _ = tokio::time::sleep(write_timeout) => {
-                        stop(&rx, WRITE_TIMEOUT);
+    async move {
+        let mut w = Writer {
+            rooms: HashMap::new(),
+            held_bytes: 0,
+            out: WriterOutcome::default(),
+        };
+        let mut ping = tokio::time::interval_at(
+            tokio::time::Instant::now() + settings.heartbeat,
+            settings.heartbeat,
+        );
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let idle_limit = (settings.heartbeat * 2).as_millis() as u64;
+        let write_timeout = settings.heartbeat * 2;
+        let shared = rx.shared.clone();
+        let closing = rx.shared.closing.clone();
+        // Registered once, not once per item: polling a fresh one takes the token's lock.
+        let cancelled = closing.cancelled();
+        tokio::pin!(cancelled);
+        // Every write below is boxed: its futures (the batch, the write timeout's timer) would
+        // otherwise be part of this task for the connection's whole life, and most of the
+        // time the connection is idle. One allocation per batch is cheap beside its syscall.
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut cancelled => break,
+                _ = ping.tick() => {
+                    let now = settings.epoch.elapsed().as_millis() as u64;
+                    if now.saturating_sub(settings.last_seen.load(Ordering::Relaxed)) > idle_limit {
+                        shared.stop(Some(HEARTBEAT_TIMEOUT));
                         break;
                     }
-                    r = sink.send(Message::Ping(Default::default())) => r,
-                };
-                if sent.is_err() {
-                    break;
-                }
-            }
-            item = rx.next() => {
-                let Some(item) = item else { break };
-                let written = {
-                    let batch = write_batch(&mut sink, &mut rx, &mut w, item, &settings);
-                    tokio::pin!(batch);
-                    // Usually the socket takes the batch at once: then no timer is armed.
-                    let first =
-                        std::future::poll_fn(|cx| Poll::Ready(batch.as_mut().poll(cx))).await;
-                    match first {
-                        Poll::Ready(r) => Some(r),
-                        // A client that stopped reading blocks this write (its TCP window
-                        // is shut); it may still be sending, so the idle check cannot see it.
-                        Poll::Pending => tokio::select! {
-                            biased;
-                            _ = &mut cancelled => None,
-                            _ = tokio::time::sleep(write_timeout) => {
-                                shared.stop(Some(WRITE_TIMEOUT));
-                                None
-                            }
-                            r = &mut batch => Some(r),
-                        },
+                    let send = sink.send(Message::Ping(Default::default()));
+                    let sent = Box::pin(within(send, cancelled.as_mut(), write_timeout, &shared)).await;
+                    if !matches!(sent, Some(Ok(()))) {
+                        break;
                     }
-                };
-                let Some(written) = written else { break };
-                rx.shared.drained.notify_waiters();
-                if written.is_err() {
-                    break;
+                }
+                item = rx.next() => {
+                    let Some(item) = item else { break };
+                    let batch = write_batch(&mut sink, &mut rx, &mut w, item, &settings);
+                    let written = Box::pin(within(batch, cancelled.as_mut(), write_timeout, &shared)).await;
+                    let Some(written) = written else { break };
+                    shared.drained.notify_waiters();
+                    if written.is_err() {
+                        break;
+                    }
                 }
             }
         }
+        if let Some(reason) = shared.reason.get() {
+            let frame = CloseFrame {
+                code: CloseCode::from(reason.code),
+                reason: reason.reason.into(),
+            };
+            let send = sink.send(Message::Close(Some(frame)));
+            let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), send)).await;
+        }
+        rx.close_queue();
+        rx.shared.drained.notify_waiters();
+        let mut out = w.out;
+        out.positions = w
+            .rooms
+            .into_iter()
+            .filter_map(|(r, c)| Some((r, c.written?)))
+            .collect();
+        out
     }
-    if let Some(reason) = rx.shared.reason.get() {
-        let frame = CloseFrame {
-            code: CloseCode::from(reason.code),
-            reason: reason.reason.into(),
-        };
-        let send = async {
-            let _ = sink.send(Message::Close(Some(frame))).await;
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(1), send).await;
+}
+
+/// Runs `write`; `None` if the connection closes first or the write does not complete
+/// within `limit` (which closes it with [`WRITE_TIMEOUT`]). A client that stopped reading
+/// blocks a write (its TCP window is shut) while it may still be sending, so the idle
+/// check cannot see it. Usually the socket takes the bytes at once: then no timer is armed.
+async fn within<F: Future>(
+    write: F,
+    cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
+    limit: Duration,
+    shared: &Shared,
+) -> Option<F::Output> {
+    tokio::pin!(write);
+    match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        Poll::Ready(r) => Some(r),
+        Poll::Pending => tokio::select! {
+            biased;
+            _ = cancelled => None,
+            _ = tokio::time::sleep(limit) => {
+                shared.stop(Some(WRITE_TIMEOUT));
+                None
+            }
+            r = &mut write => Some(r),
+        },
     }
-    rx.close_queue();
-    rx.shared.drained.notify_waiters();
-    let mut out = w.out;
-    out.positions = w
-        .rooms
-        .into_iter()
-        .filter_map(|(r, c)| Some((r, c.written?)))
-        .collect();
-    out
 }
 
 /// Writes `first` and whatever else is queued (up to [`BATCH`]), then flushes once.
