@@ -20,6 +20,8 @@ mod tests;
 #[cfg(test)]
 mod tests_bounded;
 #[cfg(test)]
+mod tests_footprint;
+#[cfg(test)]
 mod tests_presence;
 #[cfg(test)]
 mod tests_resume;
@@ -33,6 +35,7 @@ use crate::outbound::{self, Outbound, OutboundQueue, WriterSettings};
 use crate::protocol::{self, error_frame, ok_frame, Command, ErrorCode};
 use crate::ratelimit::TokenBucket;
 use catchup::Replay;
+use futures_util::future::OptionFuture;
 use futures_util::{Stream, StreamExt};
 use session::Session;
 use std::collections::VecDeque;
@@ -150,14 +153,33 @@ where
     }
 }
 
-/// Serves one upgraded socket until it closes.
-pub async fn serve<S>(
+/// Queues a command's steps (see [`Session::deliver`]) while reading the socket. Boxed
+/// where it is awaited, as every occasional step of the socket loop: what a step holds
+/// while it waits would otherwise be part of every idle connection's task.
+async fn deliver_reading<S>(
+    session: &Session,
+    steps: Vec<Step>,
+    reader: &mut Reader<S>,
+    backlog: &mut VecDeque<tungstenite::Utf8Bytes>,
+) -> bool
+where
+    S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    pump(session.deliver(steps), reader, backlog).await
+}
+
+/// Serves one upgraded socket until it closes. The set-up happens here, before the
+/// returned future runs: an async fn keeps its arguments (the socket before its split,
+/// the connect hook's answer) in its state for the connection's whole life, and that
+/// state is most of what an idle connection costs.
+pub fn serve<S>(
     node: Arc<Node>,
     ws: S,
     identity: Identity,
-    _slots: Slots,
+    slots: Slots,
     extras: ConnectAnswer,
-) where
+) -> impl std::future::Future<Output = ()> + Send
+where
     S: Stream<Item = Result<Message, tungstenite::Error>>
         + futures_util::Sink<Message, Error = tungstenite::Error>
         + Unpin
@@ -172,135 +194,178 @@ pub async fn serve<S>(
     let (sink, stream) = ws.split();
     let started = Instant::now();
     let last_seen = Arc::new(AtomicU64::new(0));
-    let mut session = Session::new(node.clone(), id, identity, queue.clone());
+    let session = Session::new(node.clone(), id, identity, queue.clone());
     let writer = tokio::spawn(outbound::run_writer(
         sink,
         rx,
         writer_settings(&node, last_seen.clone(), started),
     ));
-    let joined = Box::pin(session.welcome(extras)).await;
-    session.notify_connected();
-
-    let mut reader = Reader {
+    let reader = Reader {
         stream,
-        node: node.clone(),
+        node,
         id,
-        queue: queue.clone(),
+        queue,
         last_seen,
         started,
     };
-    let mut backlog = VecDeque::new();
-    let steps = joined.into_iter().map(Step::Replay).collect();
-    if !pump(Box::pin(session.deliver(steps)), &mut reader, &mut backlog).await {
-        queue.stop(); // a connect-hook room's replay ended the connection
-    }
-    let mut bucket = TokenBucket::new(limits.message_rate, limits.message_burst);
-    let mut errors_in_row = 0u32;
-    let grace = tokio::time::sleep(RESUME_GRACE);
-    tokio::pin!(grace);
-    let expiry = tokio::time::sleep_until(instant_of(session.next_deadline()));
-    tokio::pin!(expiry);
-    let mut keys = node.keys_changed.subscribe();
-    let closing = queue.closing().clone();
-    loop {
-        if closing.is_cancelled() {
-            break; // commands left in the backlog have nobody to answer
+    run(
+        session,
+        reader,
+        writer,
+        ctl,
+        Box::new(slots),
+        Box::new(extras),
+    )
+}
+
+/// The socket loop of [`serve`]: `slots` are released when it ends; `extras` is the
+/// connect hook's answer (boxed, as the slots: what the loop captures stays in its state).
+/// An async block rather than an async fn, which would keep a second copy of its
+/// arguments (the session among them) in the state of every connection's task.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn run<S>(
+    mut session: Session,
+    mut reader: Reader<S>,
+    writer: tokio::task::JoinHandle<outbound::WriterOutcome>,
+    ctl: Arc<ConnCtl>,
+    slots: Box<Slots>,
+    extras: Box<ConnectAnswer>,
+) -> impl std::future::Future<Output = ()>
+where
+    S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    async move {
+        let node = reader.node.clone();
+        let queue = reader.queue.clone();
+        let id = reader.id;
+        let limits = &node.config.limits;
+        let joined = Box::pin(session.welcome(*extras)).await;
+        session.notify_connected();
+
+        let mut backlog = VecDeque::new();
+        let steps = joined.into_iter().map(Step::Replay).collect();
+        if !Box::pin(deliver_reading(&session, steps, &mut reader, &mut backlog)).await {
+            queue.stop(); // a connect-hook room's replay ended the connection
         }
-        let text = match backlog.pop_front() {
-            Some(text) => text,
-            None => {
-                let msg = tokio::select! {
-                    _ = closing.cancelled() => break,
-                    _ = &mut grace, if session.inbox_pending => {
-                        let replay = Box::pin(session.replay_inbox_from_cursor()).await;
-                        let steps = replay.into_iter().map(Step::Replay).collect();
-                        if !pump(Box::pin(session.deliver(steps)), &mut reader, &mut backlog).await {
-                            break;
+        let mut bucket = TokenBucket::new(limits.message_rate, limits.message_burst);
+        let mut errors_in_row = 0u32;
+        // Boxed and dropped once the inbox is replayed: most connections are long past it.
+        let mut grace = Some(Box::pin(tokio::time::sleep(RESUME_GRACE)));
+        let expiry = tokio::time::sleep_until(instant_of(session.next_deadline()));
+        tokio::pin!(expiry);
+        let mut keys = node.keys_changed.subscribe();
+        let closing = queue.closing().clone();
+        loop {
+            if closing.is_cancelled() {
+                break; // commands left in the backlog have nobody to answer
+            }
+            let text = match backlog.pop_front() {
+                Some(text) => text,
+                None => {
+                    let msg = tokio::select! {
+                        _ = closing.cancelled() => break,
+                        _ = OptionFuture::from(grace.as_mut()), if session.inbox_pending && grace.is_some() => {
+                            grace = None;
+                            let replayed = Box::pin(async {
+                                let replay = session.replay_inbox_from_cursor().await;
+                                let steps = replay.into_iter().map(Step::Replay).collect();
+                                deliver_reading(&session, steps, &mut reader, &mut backlog).await
+                            });
+                            if !replayed.await {
+                                break;
+                            }
+                            continue;
                         }
-                        continue;
-                    }
-                    _ = &mut expiry => {
-                        if let Some(reason) = Box::pin(session.on_deadline(crate::engine::now_ms())).await {
-                            queue.close(reason);
-                            break;
+                        _ = &mut expiry => {
+                            if let Some(reason) = Box::pin(session.on_deadline(crate::engine::now_ms())).await {
+                                queue.close(reason);
+                                break;
+                            }
+                            expiry.as_mut().reset(instant_of(session.next_deadline()));
+                            continue;
                         }
-                        expiry.as_mut().reset(instant_of(session.next_deadline()));
-                        continue;
-                    }
-                    _ = ctl.wait() => {
-                        for msg in ctl.take() {
-                            Box::pin(session.on_control(msg)).await;
+                        _ = ctl.wait() => {
+                            Box::pin(async {
+                                for msg in ctl.take() {
+                                    session.on_control(msg).await;
+                                }
+                            })
+                            .await;
+                            continue;
                         }
-                        continue;
-                    }
-                    Ok(()) = keys.changed(), if session.identity.kid.is_some() => {
-                        if session.key_revoked() {
-                            queue.close(disconnect::KEY_REVOKED);
-                            break;
+                        Ok(()) = keys.changed(), if session.identity.kid.is_some() => {
+                            if session.key_revoked() {
+                                queue.close(disconnect::KEY_REVOKED);
+                                break;
+                            }
+                            continue;
                         }
-                        continue;
+                        msg = reader.stream.next() => msg,
+                    };
+                    match reader.take(msg) {
+                        Read::Command(text) => text,
+                        Read::Skip => continue,
+                        Read::Stop => break,
                     }
-                    msg = reader.stream.next() => msg,
-                };
-                match reader.take(msg) {
-                    Read::Command(text) => text,
-                    Read::Skip => continue,
-                    Read::Stop => break,
                 }
+            };
+            node.metrics.commands.inc();
+            let (client_fault, steps) = if bucket.take() {
+                // Boxed, as every occasional step of this loop: the future of a command is
+                // ~2 KiB, which the task of every idle connection would otherwise carry.
+                Box::pin(run_command(&mut session, &text)).await
+            } else {
+                node.metrics
+                    .drops
+                    .with_label_values(&["rate_limited"])
+                    .inc();
+                let refused = error_frame(
+                    protocol::command::salvage_id(&text).as_ref(),
+                    ErrorCode::RateLimited,
+                    "over the command rate limit; slow down",
+                );
+                (true, vec![Step::Frame(refused)])
+            };
+            if !Box::pin(deliver_reading(&session, steps, &mut reader, &mut backlog)).await {
+                break;
+            }
+            if !session.inbox_pending {
+                grace = None;
+            }
+            errors_in_row = if client_fault { errors_in_row + 1 } else { 0 };
+            // A refresh (or a room token) may have moved the next expiry.
+            expiry.as_mut().reset(instant_of(session.next_deadline()));
+            if errors_in_row > limits.max_errors_in_row {
+                queue.close(disconnect::TOO_MANY_ERRORS);
+                break;
+            }
+        }
+
+        if queue.close_reason().is_none() {
+            queue.stop(); // the client left; nothing more to write
+        }
+        let written = match writer.await {
+            Ok(outcome) => outcome.positions,
+            Err(e) => {
+                tracing::error!(conn = id, error = %e, "writer task failed");
+                Default::default()
             }
         };
-        node.metrics.commands.inc();
-        let (client_fault, steps) = if bucket.take() {
-            // Boxed, as every occasional step of this loop: the future of a command is
-            // ~2 KiB, which the task of every idle connection would otherwise carry.
-            Box::pin(run_command(&mut session, &text)).await
-        } else {
+        let reason = queue
+            .close_reason()
+            .map_or(disconnect::CLIENT_CLOSED, |r| r.reason);
+        if reason == disconnect::SLOW_CONSUMER.reason {
             node.metrics
                 .drops
-                .with_label_values(&["rate_limited"])
+                .with_label_values(&["slow_consumer"])
                 .inc();
-            let refused = error_frame(
-                protocol::command::salvage_id(&text).as_ref(),
-                ErrorCode::RateLimited,
-                "over the command rate limit; slow down",
-            );
-            (true, vec![Step::Frame(refused)])
-        };
-        if !pump(Box::pin(session.deliver(steps)), &mut reader, &mut backlog).await {
-            break;
         }
-        errors_in_row = if client_fault { errors_in_row + 1 } else { 0 };
-        // A refresh (or a room token) may have moved the next expiry.
-        expiry.as_mut().reset(instant_of(session.next_deadline()));
-        if errors_in_row > limits.max_errors_in_row {
-            queue.close(disconnect::TOO_MANY_ERRORS);
-            break;
-        }
+        node.metrics.closed.with_label_values(&[reason]).inc();
+        session.notify_disconnected(reason);
+        Box::pin(session.close(&written)).await;
+        node.unregister(id);
+        drop(slots); // held until here: the connection counted against its IP and user
     }
-
-    if queue.close_reason().is_none() {
-        queue.stop(); // the client left; nothing more to write
-    }
-    let written = match writer.await {
-        Ok(outcome) => outcome.positions,
-        Err(e) => {
-            tracing::error!(conn = id, error = %e, "writer task failed");
-            Default::default()
-        }
-    };
-    let reason = queue
-        .close_reason()
-        .map_or(disconnect::CLIENT_CLOSED, |r| r.reason);
-    if reason == disconnect::SLOW_CONSUMER.reason {
-        node.metrics
-            .drops
-            .with_label_values(&["slow_consumer"])
-            .inc();
-    }
-    node.metrics.closed.with_label_values(&[reason]).inc();
-    session.notify_disconnected(reason);
-    Box::pin(session.close(&written)).await;
-    node.unregister(id);
 }
 
 /// What a command puts on the queue, in order.
