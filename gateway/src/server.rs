@@ -51,9 +51,13 @@ pub async fn run(node: Arc<Node>, listener: TcpListener) {
         let _ = stream.set_nodelay(true);
         let node = node.clone();
         tokio::spawn(async move {
+            // The request's future is boxed: inline, hyper would keep it (authentication,
+            // the connect hook: several KiB) in this task's state, which is moved into
+            // place for every connection the gateway accepts.
             let service = service_fn(move |req| {
                 let node = node.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(node, req, peer).await) }
+                let handled = Box::pin(route(node, req, peer));
+                async move { Ok::<_, std::convert::Infallible>(handled.await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -142,33 +146,38 @@ async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) 
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let ws_config = ws_config(&node);
     let task_node = node.clone();
-    let (identity, slots) = (a.identity, a.slots);
+    // Boxed, and unpacked in a block that ends before the connection's future is awaited:
+    // whatever this task captures or holds across that await stays in it for the
+    // connection's whole life.
+    let start = Box::new((a.identity, a.slots, extras));
     tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(ws_config),
-                )
-                .await;
-                connection::serve(task_node, ws, identity, slots, extras).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-        }
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
+        };
+        let connection = {
+            let config = ws_config(&task_node);
+            let io = TokioIo::new(upgraded);
+            let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+            let (identity, slots, extras) = *start;
+            connection::serve(task_node, ws, identity, slots, extras)
+        };
+        connection.await;
     });
     switching(&a.key, chosen.as_deref())
 }
 
 /// tungstenite's defaults (128 KiB read and write buffers) would dominate the memory of an
-/// idle connection; chat frames are small. Writes collect up to 16 KiB and go out in one
-/// syscall per batch (the writer flushes after each batch) instead of one per frame.
+/// idle connection; chat frames are small. The read buffer is allocated with the
+/// connection and kept for its life, and is also the most one read takes from the
+/// socket: 512 bytes hold a typical command (a larger frame takes a read per 512 bytes).
+/// Writes collect up to 16 KiB and go out in one syscall per batch (the writer flushes
+/// after each batch) instead of one per frame.
 fn ws_config(node: &Node) -> WebSocketConfig {
     let limits = &node.config.limits;
     WebSocketConfig::default()
-        .read_buffer_size(1024)
+        .read_buffer_size(512)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(limits.outbound_queue_bytes + limits.max_frame_bytes + 4096)
         .max_message_size(Some(limits.max_frame_bytes))
