@@ -47,7 +47,9 @@ for r in rows:
     mode = r.get("mode")
     if mode == "idle":
         lines.append(
-            f"| {label} | {r['connect_per_s']} conn/s ({r['connections']} held) | | "
+            f"| {label} | {r['connect_per_s']} conn/s ({r['connections']} held) | "
+            f"| {get(r, 'gateway_cpu_us_per_connect')} µs/connect "
+            f"(load generator {get(r, 'loadgen_cpu_us_per_connect')}) "
             f"| {get(r, 'gateway_rss_per_conn_bytes')} B | {r['errors']} | {load} |"
         )
     elif mode == "fanout":

@@ -4,6 +4,7 @@
 //! room at once; presence frames counted).
 
 pub mod conn;
+pub mod idle;
 pub mod stats;
 pub mod storm;
 
@@ -150,7 +151,7 @@ pub async fn run(cli: Cli) -> Result<serde_json::Value, String> {
                     "{connections} connections do not fit: open-file limit is {limit} per process (hard limit); use at most {fit}"
                 ));
             }
-            conn::idle(&common, connections, concurrency, hold).await
+            idle::idle(&common, connections, concurrency, hold).await
         }
         Mode::Fanout { common, shape } => {
             check_loopback(&common.target)?;
