@@ -25,9 +25,12 @@ use tokio_util::sync::CancellationToken;
 /// How often the pub/sub connection is pinged.
 const PING_EVERY: Duration = Duration::from_secs(1);
 pub(super) enum Cmd {
-    Subscribe(String, oneshot::Sender<Result<(), EngineError>>),
-    Unsubscribe(String, oneshot::Sender<Result<(), EngineError>>),
+    Subscribe(String, Reply),
+    Unsubscribe(String, Reply),
 }
+
+/// Where the caller of a subscription change waits for its outcome.
+pub(super) type Reply = oneshot::Sender<Result<(), EngineError>>;
 
 /// Sends subscription changes to the subscriber task.
 pub(crate) struct Handle {
@@ -387,9 +390,9 @@ const BATCH: usize = 256;
 #[derive(Default)]
 struct Batch {
     /// Rooms (and inboxes) to subscribe, with the callers waiting for each.
-    subscribe: Vec<(String, Vec<oneshot::Sender<Result<(), EngineError>>>)>,
+    subscribe: Vec<(String, Vec<Reply>)>,
     /// Rooms to unsubscribe, with their callers.
-    unsubscribe: Vec<(String, oneshot::Sender<Result<(), EngineError>>)>,
+    unsubscribe: Vec<(String, Reply)>,
 }
 
 impl Batch {
