@@ -170,12 +170,18 @@ impl Session {
         self.inbox_pending = false;
         let inbox = self.inbox.clone();
         let start = async {
-            let cursor = self.node.engine.inbox_cursor(self.user()).await?;
             let page = self
                 .node
                 .engine
                 .history(&inbox, HistoryQuery::default())
                 .await?;
+            // An inbox with nothing in it has nothing to replay: the cursor would change
+            // nothing (a round trip per connection of every user without direct messages).
+            let cursor = if page.top == 0 {
+                None
+            } else {
+                self.node.engine.inbox_cursor(self.user()).await?
+            };
             let acked = cursor
                 .filter(|c| c.epoch == page.epoch)
                 .map_or(0, |c| c.seq.min(page.top));

@@ -26,9 +26,28 @@ const FILL_BYTES: usize = 512 * 1024;
 const FILL_RETRY: Duration = Duration::from_millis(100);
 const FILL_RETRY_MAX: Duration = Duration::from_secs(2);
 
+/// The room's epoch and top now (a failed read: nothing seen, a later gap fill reads the
+/// room from its start).
+async fn current_top(shared: &Shared, room: &str) -> Seen {
+    let mut conn = shared.conn();
+    let mut cmd = redis::cmd("HMGET");
+    cmd.arg(shared.keys.meta(room)).arg("epoch").arg("seq");
+    match shared
+        .run(cmd.query_async::<(Option<String>, Option<u64>)>(&mut conn))
+        .await
+    {
+        Ok((epoch, seq)) => Seen {
+            epoch: epoch.map(Into::into),
+            seq: seq.unwrap_or(0),
+            ..Seen::default()
+        },
+        Err(_) => Seen::default(),
+    }
+}
+
 /// What this node last saw of a room it delivers.
 #[derive(Clone, Default)]
-struct Seen {
+pub(super) struct Seen {
     epoch: Option<Arc<str>>,
     /// Where a gap fill starts.
     seq: u64,
@@ -88,8 +107,36 @@ impl Delivery {
     /// gap fill after a reconnect starts).
     pub(super) async fn add(&mut self, room: &str) {
         let seen = self.current_top(room).await;
+        self.insert(room, seen);
+    }
+
+    /// Starts delivering rooms whose subscriptions are in place, from the tops
+    /// [`tops`](Self::tops) read for them.
+    pub(super) fn insert_all(&mut self, rooms: impl IntoIterator<Item = (String, Seen)>) {
+        for (room, seen) in rooms {
+            self.insert(&room, seen);
+        }
+    }
+
+    fn insert(&mut self, room: &str, seen: Seen) {
         lock(&self.active).insert(room.to_string());
         self.rooms.insert(room.to_string(), seen);
+    }
+
+    /// The tops of `rooms` now, read concurrently (one round trip for all of them on the
+    /// multiplexed connection, each its own command: single-slot in a cluster). A top read
+    /// before the room's subscription is confirmed is safe: a gap fill from it only hands
+    /// on a few messages more, which connections drop by seq.
+    pub(super) fn tops(
+        &self,
+        rooms: Vec<String>,
+    ) -> impl std::future::Future<Output = Vec<(String, Seen)>> + Send + 'static {
+        let shared = self.shared.clone();
+        async move {
+            let reads = rooms.iter().map(|r| current_top(&shared, r));
+            let seen = futures_util::future::join_all(reads).await;
+            rooms.into_iter().zip(seen).collect()
+        }
     }
 
     /// Stops delivering a room.
@@ -101,21 +148,7 @@ impl Delivery {
 
     /// The room's epoch and top now.
     async fn current_top(&self, room: &str) -> Seen {
-        let mut conn = self.shared.conn();
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(self.shared.keys.meta(room)).arg("epoch").arg("seq");
-        match self
-            .shared
-            .run(cmd.query_async::<(Option<String>, Option<u64>)>(&mut conn))
-            .await
-        {
-            Ok((epoch, seq)) => Seen {
-                epoch: epoch.map(Into::into),
-                seq: seq.unwrap_or(0),
-                ..Seen::default()
-            },
-            Err(_) => Seen::default(),
-        }
+        current_top(&self.shared, room).await
     }
 
     /// Fills the gap of every room (a lost connection to one server).

@@ -22,7 +22,7 @@ use super::channels::{Channels, Failed};
 use super::conn::CONNECT_TIMEOUT;
 use super::delivery::Delivery;
 use super::shared::{Shared, OP_TIMEOUT};
-use super::subscriber::{too_slow, Cmd};
+use super::subscriber::{too_slow, Cmd, Reply};
 use super::PUBSUB_DOWN_SINCE_START;
 use crate::engine::EngineError;
 use futures_util::StreamExt;
@@ -37,6 +37,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How often channels waiting to be subscribed again are retried.
 const RETRY_EVERY: Duration = Duration::from_millis(200);
+/// Most subscription changes taken into one batch.
+const BATCH: usize = 256;
 /// At most this many subscriptions are in flight at once (the inbox buckets at start).
 const PARALLEL: usize = 32;
 
@@ -95,7 +97,7 @@ pub(super) async fn run(
             }
             cmd = rx.recv() => match cmd {
                 None => return,
-                Some(cmd) => task.command(cmd).await,
+                Some(cmd) => task.commands(cmd, &mut rx).await,
             },
             push = pushes.recv() => match push {
                 None => return,
@@ -275,6 +277,54 @@ impl Task {
         }
     }
 
+    /// Runs `first` and the changes queued behind it (up to [`BATCH`]), in order. Inbox
+    /// subscriptions (every connect makes one) need no Redis command but their tops: those
+    /// of consecutive ones are read together, not one round trip each in this loop.
+    async fn commands(&mut self, first: Cmd, rx: &mut mpsc::UnboundedReceiver<Cmd>) {
+        let mut inboxes: Vec<(String, Vec<Reply>)> = Vec::new();
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(cmd) = next.take() {
+            taken += 1;
+            match cmd {
+                Cmd::Subscribe(room, reply)
+                    if crate::protocol::is_inbox(&room) && !self.delivery.has(&room) =>
+                {
+                    match inboxes.iter_mut().find(|(r, _)| *r == room) {
+                        Some((_, waiting)) => waiting.push(reply),
+                        None => inboxes.push((room, vec![reply])),
+                    }
+                }
+                cmd => {
+                    self.add_inboxes(std::mem::take(&mut inboxes)).await;
+                    self.command(cmd).await;
+                }
+            }
+            if taken < BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        self.add_inboxes(inboxes).await;
+    }
+
+    /// Starts delivering inboxes (their bucket's channel is subscribed already: no Redis
+    /// command but their tops, read concurrently) and answers their callers.
+    async fn add_inboxes(&mut self, inboxes: Vec<(String, Vec<Reply>)>) {
+        if inboxes.is_empty() {
+            return;
+        }
+        let tops = self
+            .delivery
+            .tops(inboxes.iter().map(|(r, _)| r.clone()).collect())
+            .await;
+        self.delivery.insert_all(tops);
+        for (_, waiting) in inboxes {
+            for reply in waiting {
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
     async fn command(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Subscribe(room, reply) => {
@@ -289,19 +339,22 @@ impl Task {
                     return;
                 }
                 let channel = self.shared.keys.channel(&room);
-                match tokio::time::timeout(OP_TIMEOUT, self.conn.ssubscribe(&channel)).await {
-                    Ok(Ok(())) => {
+                // The room's top is read meanwhile (see `Delivery::tops`).
+                let top = self.delivery.tops(vec![room]);
+                let subscribe = tokio::time::timeout(OP_TIMEOUT, self.conn.ssubscribe(&channel));
+                match futures_util::future::join(subscribe, top).await {
+                    (Ok(Ok(())), top) => {
                         // Counted as subscribed once its confirmation is taken (next in
                         // the push queue, unless the reply was another command's): until
                         // then the retry rounds treat it as lost.
                         self.channels.await_confirmation(channel);
-                        self.delivery.add(&room).await;
+                        self.delivery.insert_all(top);
                         let _ = reply.send(Ok(()));
                     }
-                    Ok(Err(e)) => {
+                    (Ok(Err(e)), _) => {
                         let _ = reply.send(Err(self.shared.fail_pubsub(&e)));
                     }
-                    Err(_) => {
+                    (Err(_), _) => {
                         let _ = reply.send(Err(too_slow()));
                     }
                 }

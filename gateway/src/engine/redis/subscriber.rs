@@ -25,9 +25,12 @@ use tokio_util::sync::CancellationToken;
 /// How often the pub/sub connection is pinged.
 const PING_EVERY: Duration = Duration::from_secs(1);
 pub(super) enum Cmd {
-    Subscribe(String, oneshot::Sender<Result<(), EngineError>>),
-    Unsubscribe(String, oneshot::Sender<Result<(), EngineError>>),
+    Subscribe(String, Reply),
+    Unsubscribe(String, Reply),
 }
+
+/// Where the caller of a subscription change waits for its outcome.
+pub(super) type Reply = oneshot::Sender<Result<(), EngineError>>;
 
 /// Sends subscription changes to the subscriber task.
 pub(crate) struct Handle {
@@ -196,7 +199,7 @@ impl Task {
                     cmd = rx.recv() => match cmd {
                         None => return,
                         Some(cmd) => {
-                            if !self.command(&mut sink, cmd).await {
+                            if !self.commands(&mut sink, cmd, &mut rx).await {
                                 break;
                             }
                         }
@@ -233,68 +236,171 @@ impl Task {
                 _ = &mut sleep => return true,
                 cmd = rx.recv() => match cmd {
                     None => return false,
-                    Some(Cmd::Subscribe(_, reply)) => {
-                        let _ = reply.send(Err(EngineError::Unavailable("redis is unreachable".into())));
-                    }
-                    Some(Cmd::Unsubscribe(room, reply)) => {
-                        if !self.shared.hub.has_subscribers(&room) {
-                            self.delivery.remove(&room);
-                        }
-                        let _ = reply.send(Ok(()));
-                    }
+                    Some(cmd) => self.refuse(cmd),
                 }
             }
         }
     }
 
-    /// Runs one subscription change; false when the connection must be replaced.
-    async fn command(&mut self, sink: &mut Sink, cmd: Cmd) -> bool {
+    /// Answers a change while Redis is unreachable: no subscription, and a room left by
+    /// everyone is dropped (its subscription is not made again with the connection).
+    fn refuse(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Subscribe(_, reply) => {
+                let _ = reply.send(Err(EngineError::Unavailable("redis is unreachable".into())));
+            }
+            Cmd::Unsubscribe(room, reply) => {
+                if !self.shared.hub.has_subscribers(&room) {
+                    self.delivery.remove(&room);
+                }
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    /// Runs `first` and the subscription changes queued behind it (up to [`BATCH`]) with
+    /// one SUBSCRIBE and one UNSUBSCRIBE for all of them, and their rooms' tops read
+    /// meanwhile: a churn of joins and leaves costs a round trip per batch, not per join
+    /// (one at a time, the round trips of this one task capped the node's joins per
+    /// second). Changes are applied in order: a room both subscribed and unsubscribed in
+    /// one batch splits it. False when the connection must be replaced.
+    async fn commands(
+        &mut self,
+        sink: &mut Sink,
+        first: Cmd,
+        rx: &mut mpsc::UnboundedReceiver<Cmd>,
+    ) -> bool {
+        let mut batch = Batch::default();
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(cmd) = next.take() {
+            taken += 1;
+            if batch.conflicts(&cmd) && !self.flush(sink, &mut batch).await {
+                self.refuse(cmd);
+                return false;
+            }
+            self.stage(&mut batch, cmd);
+            if taken < BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        self.flush(sink, &mut batch).await
+    }
+
+    /// Answers what needs no Redis command at once and stages the rest.
+    fn stage(&mut self, batch: &mut Batch, cmd: Cmd) {
         match cmd {
             Cmd::Subscribe(room, reply) => {
                 if self.delivery.has(&room) {
                     let _ = reply.send(Ok(()));
-                    return true;
-                }
-                if crate::protocol::is_inbox(&room) {
-                    // The node-wide inbox channel carries it already: no Redis command.
-                    self.delivery.add(&room).await;
-                    let _ = reply.send(Ok(()));
-                    return true;
-                }
-                let channel = self.shared.keys.channel(&room);
-                match tokio::time::timeout(OP_TIMEOUT, sink.subscribe(channel)).await {
-                    Ok(Ok(())) => {
-                        self.delivery.add(&room).await;
-                        let _ = reply.send(Ok(()));
-                        true
-                    }
-                    Ok(Err(e)) => {
-                        let _ = reply.send(Err(self.shared.fail_pubsub(&e)));
-                        false
-                    }
-                    Err(_) => {
-                        let _ = reply.send(Err(too_slow()));
-                        false
-                    }
+                } else if let Some((_, waiting)) =
+                    batch.subscribe.iter_mut().find(|(r, _)| *r == room)
+                {
+                    waiting.push(reply);
+                } else {
+                    batch.subscribe.push((room, vec![reply]));
                 }
             }
             Cmd::Unsubscribe(room, reply) => {
                 // A joiner may have arrived since the last one left: keep it then.
                 if self.shared.hub.has_subscribers(&room) {
                     let _ = reply.send(Ok(()));
-                    return true;
+                    return;
                 }
                 self.delivery.remove(&room);
                 if crate::protocol::is_inbox(&room) {
+                    // Carried by the node-wide inbox channel: no Redis command.
                     let _ = reply.send(Ok(()));
-                    return true;
+                    return;
                 }
-                let channel = self.shared.keys.channel(&room);
-                let done = tokio::time::timeout(OP_TIMEOUT, sink.unsubscribe(channel)).await;
-                // Unsubscribing from a dead connection is moot: report success.
-                let _ = reply.send(Ok(()));
-                matches!(done, Ok(Ok(())))
+                batch.unsubscribe.push((room, reply));
             }
+        }
+    }
+
+    /// Sends the staged SUBSCRIBE and UNSUBSCRIBE and answers their callers; false when
+    /// the connection must be replaced.
+    async fn flush(&mut self, sink: &mut Sink, batch: &mut Batch) -> bool {
+        let subscribe = std::mem::take(&mut batch.subscribe);
+        let unsubscribe = std::mem::take(&mut batch.unsubscribe);
+        let mut ok = true;
+        if !subscribe.is_empty() {
+            // An inbox is carried by the node-wide inbox channel: no channel of its own.
+            let channels: Vec<String> = subscribe
+                .iter()
+                .filter(|(r, _)| !crate::protocol::is_inbox(r))
+                .map(|(r, _)| self.shared.keys.channel(r))
+                .collect();
+            let tops = self
+                .delivery
+                .tops(subscribe.iter().map(|(r, _)| r.clone()).collect());
+            let subscribed = async {
+                if channels.is_empty() {
+                    return Ok(());
+                }
+                match tokio::time::timeout(OP_TIMEOUT, sink.subscribe(channels)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(self.shared.fail_pubsub(&e)),
+                    Err(_) => Err(too_slow()),
+                }
+            };
+            let (subscribed, tops) = futures_util::future::join(subscribed, tops).await;
+            ok = subscribed.is_ok();
+            // The inboxes are in place either way (their channel is subscribed again with
+            // the connection); rooms only once Redis confirmed their channels.
+            let (rooms, inboxes): (Vec<_>, Vec<_>) = subscribe
+                .into_iter()
+                .zip(tops)
+                .partition(|((r, _), _)| !crate::protocol::is_inbox(r));
+            for ((_, waiting), top) in inboxes {
+                self.delivery.insert_all([top]);
+                for reply in waiting {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            for ((_, waiting), top) in rooms {
+                if subscribed.is_ok() {
+                    self.delivery.insert_all([top]);
+                }
+                for reply in waiting {
+                    let _ = reply.send(subscribed.clone());
+                }
+            }
+        }
+        if !unsubscribe.is_empty() {
+            let channels: Vec<String> = unsubscribe
+                .iter()
+                .map(|(r, _)| self.shared.keys.channel(r))
+                .collect();
+            let done = tokio::time::timeout(OP_TIMEOUT, sink.unsubscribe(channels)).await;
+            // Unsubscribing from a dead connection is moot: report success.
+            for (_, reply) in unsubscribe {
+                let _ = reply.send(Ok(()));
+            }
+            ok &= matches!(done, Ok(Ok(())));
+        }
+        ok
+    }
+}
+
+/// Most subscription changes taken into one batch.
+const BATCH: usize = 256;
+
+/// Subscription changes staged for one SUBSCRIBE and one UNSUBSCRIBE.
+#[derive(Default)]
+struct Batch {
+    /// Rooms (and inboxes) to subscribe, with the callers waiting for each.
+    subscribe: Vec<(String, Vec<Reply>)>,
+    /// Rooms to unsubscribe, with their callers.
+    unsubscribe: Vec<(String, Reply)>,
+}
+
+impl Batch {
+    /// Whether `cmd` concerns a room staged the other way (the batch is sent first).
+    fn conflicts(&self, cmd: &Cmd) -> bool {
+        match cmd {
+            Cmd::Subscribe(room, _) => self.unsubscribe.iter().any(|(r, _)| r == room),
+            Cmd::Unsubscribe(room, _) => self.subscribe.iter().any(|(r, _)| r == room),
         }
     }
 }
