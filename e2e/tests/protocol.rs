@@ -393,3 +393,48 @@ async fn http_endpoints() {
     assert_eq!(gw.metric("chatgateway_connections").await, 1.0);
     gw.stop().await;
 }
+
+/// A client may send its first command in the same packet as its upgrade request: the
+/// bytes the HTTP parser read past the request are the start of the WebSocket stream
+/// (the gateway takes the socket back from hyper, with what hyper read ahead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_sent_with_the_upgrade_request_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = TestGateway::default().await;
+    let addr = gw.gateway.addr;
+    let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut packet = format!(
+        "GET /ws?user=early HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chatgw.v1\r\n\r\n"
+    )
+    .into_bytes();
+    // One masked text frame (a client's frames are masked), right behind the request.
+    let command = br#"{"type":"ping","id":7}"#;
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    packet.extend([0x81, 0x80 | command.len() as u8]);
+    packet.extend(mask);
+    packet.extend(command.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    sock.write_all(&packet).await.expect("write");
+    // The 101, the welcome, then the reply to id 7 (`"ref":7`) (server frames are not masked).
+    let mut seen = Vec::new();
+    let answered = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+            if String::from_utf8_lossy(&seen).contains(r#""ref":7"#) {
+                return true;
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        answered,
+        Ok(true),
+        "no reply to the command sent with the upgrade; got: {}",
+        String::from_utf8_lossy(&seen)
+    );
+}

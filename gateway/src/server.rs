@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
@@ -156,10 +156,23 @@ async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) 
             Ok(upgraded) => upgraded,
             Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
         };
+        // The socket itself rather than hyper's Upgraded: that one keeps hyper's 8 KiB
+        // read buffer until the first read (after the welcome, which on Redis waits for
+        // round trips: thousands of them at once in a connect burst) and puts every read
+        // and write of the connection behind a boxed trait object.
+        let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => parts,
+            Err(_) => return tracing::error!("upgraded connection of an unexpected type"),
+        };
         let connection = {
             let config = ws_config(&task_node);
-            let io = TokioIo::new(upgraded);
-            let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+            let read_ahead = parts.read_buf.to_vec();
+            drop(parts.read_buf); // hyper's read buffer goes now
+            let io = parts.io.into_inner();
+            let ws =
+                WebSocketStream::from_partially_read(io, read_ahead, Role::Server, Some(config))
+                    .await;
+            let start = start; // freed here, not when the connection ends
             let (identity, slots, extras) = *start;
             connection::serve(task_node, ws, identity, slots, extras)
         };
