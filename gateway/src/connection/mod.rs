@@ -239,7 +239,10 @@ where
         let queue = reader.queue.clone();
         let id = reader.id;
         let limits = &node.config.limits;
-        let joined = Box::pin(session.welcome(*extras)).await;
+        let joined = {
+            let extras = extras; // freed after the welcome, not when the connection ends
+            Box::pin(session.welcome(*extras)).await
+        };
         session.notify_connected();
 
         let mut backlog = VecDeque::new();
