@@ -4,6 +4,7 @@ use crate::auth;
 use crate::connection;
 use crate::hooks::{ConnectRequest, Verdict};
 use crate::node::Node;
+use crate::outbound::{Wire, WireIo};
 use crate::upgrade::{admit_upgrade, reject, retry_later, switching, text, Body};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -168,13 +169,14 @@ async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) 
             let config = ws_config(&task_node);
             let read_ahead = parts.read_buf.to_vec();
             drop(parts.read_buf); // hyper's read buffer goes now
-            let io = parts.io.into_inner();
+            let wire = Wire::new(parts.io.into_inner());
+            let io = WireIo(wire.clone());
             let ws =
                 WebSocketStream::from_partially_read(io, read_ahead, Role::Server, Some(config))
                     .await;
             let start = start; // freed here, not when the connection ends
             let (identity, slots, extras) = *start;
-            connection::serve(task_node, ws, identity, slots, extras)
+            connection::serve(task_node, ws, Some(wire), identity, slots, extras)
         };
         connection.await;
     });

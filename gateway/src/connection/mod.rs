@@ -172,9 +172,12 @@ where
 /// returned future runs: an async fn keeps its arguments (the socket before its split,
 /// the connect hook's answer) in its state for the connection's whole life, and that
 /// state is most of what an idle connection costs.
+/// `wire`, when the socket is one, lets live messages go straight to it (see
+/// [`outbound`]'s fast path).
 pub fn serve<S>(
     node: Arc<Node>,
     ws: S,
+    wire: Option<Arc<outbound::Wire>>,
     identity: Identity,
     slots: Slots,
     extras: ConnectAnswer,
@@ -195,11 +198,11 @@ where
     let started = Instant::now();
     let last_seen = Arc::new(AtomicU64::new(0));
     let session = Session::new(node.clone(), id, identity, queue.clone());
-    let writer = tokio::spawn(outbound::run_writer(
-        sink,
-        rx,
-        writer_settings(&node, last_seen.clone(), started),
-    ));
+    let settings = writer_settings(&node, last_seen.clone(), started);
+    if let Some(wire) = wire {
+        queue.attach(wire, settings.on_delivered.clone());
+    }
+    let writer = tokio::spawn(outbound::run_writer(sink, rx, settings));
     let reader = Reader {
         stream,
         node,
@@ -449,7 +452,7 @@ fn writer_settings(
         heartbeat: node.config.heartbeat.interval,
         last_seen,
         epoch: started,
-        on_delivered: Box::new(move |env| {
+        on_delivered: Arc::new(move |env| {
             delivered.inc();
             if env.ts > 0 {
                 let ms = crate::engine::now_ms().saturating_sub(env.ts);

@@ -20,6 +20,7 @@ pub(super) enum Item {
     Release(String),
     Forget(String),
     Close(u16),
+    Flush,
 }
 
 pub(super) fn simplify(item: Outbound) -> Item {
@@ -35,6 +36,7 @@ pub(super) fn simplify(item: Outbound) -> Item {
         Outbound::Release(r) => Item::Release(r.to_string()),
         Outbound::Forget(r) => Item::Forget(r.to_string()),
         Outbound::Close(c) => Item::Close(c.code),
+        Outbound::Flush => Item::Flush,
     }
 }
 

@@ -32,6 +32,7 @@ async fn an_idle_connections_tasks_stay_small() {
     let socket_loop = super::serve(
         h.node.clone(),
         socket().await,
+        None,
         identity,
         slots,
         Default::default(),

@@ -136,7 +136,7 @@ fn settings(heartbeat_ms: u64) -> WriterSettings {
         heartbeat: Duration::from_millis(heartbeat_ms),
         last_seen: Arc::new(AtomicU64::new(0)),
         epoch: Instant::now(),
-        on_delivered: Box::new(|_| {}),
+        on_delivered: Arc::new(|_| {}),
     }
 }
 

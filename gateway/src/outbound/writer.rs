@@ -1,7 +1,9 @@
 //! The writer: the one task that writes a connection's queue to its socket, in order,
 //! never a `(room, seq)` twice, holding a catching-up room's live messages until its
-//! replay is out; with pings, the idle timeout and the write timeout.
+//! replay is out (the rules are in [`order`](super::order)); with pings, the idle timeout
+//! and the write timeout.
 
+use super::order::Live;
 use super::{Outbound, OutboundReceiver, Shared};
 use crate::disconnect::{HEARTBEAT_TIMEOUT, SLOW_CONSUMER, WRITE_TIMEOUT};
 use crate::engine::Envelope;
@@ -19,23 +21,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::WaitForCancellationFuture;
 
-/// The writer's state of one room: the last position written, and live messages held
-/// back while the room catches up.
-#[derive(Default)]
-struct WriterRoom {
-    /// Unknown until a replay or a message says the epoch; a message of another epoch
-    /// restarts the count.
-    written: Option<StreamPosition>,
-    held: Option<Vec<Arc<Envelope>>>,
-}
-
-/// The writer's per-connection state.
-struct Writer {
-    rooms: HashMap<Arc<str>, WriterRoom>,
-    /// Bytes of live messages held back while their rooms catch up.
-    held_bytes: usize,
-    out: WriterOutcome,
-}
+/// Counts a delivery (metrics); shared by the writer and the fast path.
+pub type OnDelivered = Arc<dyn Fn(&Envelope) + Send + Sync>;
 
 /// What the writer observed when it stopped.
 #[derive(Debug, Default)]
@@ -56,7 +43,7 @@ pub struct WriterSettings {
     /// Reference instant for `last_seen`.
     pub epoch: Instant,
     /// Called once per written message (metrics).
-    pub on_delivered: Box<dyn Fn(&Envelope) + Send + Sync>,
+    pub on_delivered: OnDelivered,
 }
 
 /// Most items written before a flush.
@@ -78,11 +65,6 @@ where
     S: Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
     async move {
-        let mut w = Writer {
-            rooms: HashMap::new(),
-            held_bytes: 0,
-            out: WriterOutcome::default(),
-        };
         let mut ping = tokio::time::interval_at(
             tokio::time::Instant::now() + settings.heartbeat,
             settings.heartbeat,
@@ -116,16 +98,19 @@ where
                 }
                 item = rx.next() => {
                     let Some(item) = item else { break };
-                    let batch = write_batch(&mut sink, &mut rx, &mut w, item, &settings);
+                    let batch = write_batch(&mut sink, &mut rx, item, &settings);
                     let written = Box::pin(within(batch, cancelled.as_mut(), write_timeout, &shared)).await;
                     let Some(written) = written else { break };
                     shared.drained.notify_waiters();
                     if written.is_err() {
                         break;
                     }
+                    rx.settle();
                 }
             }
         }
+        // The fast path lets go of the socket before the close frame goes out.
+        rx.close_queue();
         if let Some(reason) = shared.reason.get() {
             let frame = CloseFrame {
                 code: CloseCode::from(reason.code),
@@ -134,15 +119,12 @@ where
             let send = sink.send(Message::Close(Some(frame)));
             let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), send)).await;
         }
-        rx.close_queue();
         rx.shared.drained.notify_waiters();
-        let mut out = w.out;
-        out.positions = w
-            .rooms
-            .into_iter()
-            .filter_map(|(r, c)| Some((r, c.written?)))
-            .collect();
-        out
+        let mut items = rx.shared.items();
+        WriterOutcome {
+            positions: items.order.positions(),
+            delivered: items.order.delivered,
+        }
     }
 }
 
@@ -175,7 +157,6 @@ async fn within<F: Future>(
 async fn write_batch<S>(
     sink: &mut S,
     rx: &mut OutboundReceiver,
-    w: &mut Writer,
     first: Outbound,
     settings: &WriterSettings,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error>
@@ -191,10 +172,10 @@ where
             return Ok(());
         }
         let weight = item.weight();
-        let res = write_item(sink, w, item, settings).await;
+        let res = write_item(sink, &rx.shared, item, settings).await;
         rx.shared.bytes.fetch_sub(weight, Ordering::Relaxed);
         res?;
-        if w.held_bytes > rx.shared.max_bytes {
+        if rx.shared.items().order.held_bytes > rx.shared.max_bytes {
             // Live messages pile up behind a catch-up faster than the client reads.
             rx.shared.stop(Some(SLOW_CONSUMER));
             return Ok(());
@@ -207,98 +188,53 @@ where
     sink.flush().await
 }
 
+/// Writes one item: what the ordering rules let through, decided under the queue's lock
+/// and written after it.
 async fn write_item<S>(
     sink: &mut S,
-    w: &mut Writer,
+    shared: &Shared,
     item: Outbound,
     settings: &WriterSettings,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error>
 where
     S: Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
-    match item {
-        Outbound::Frame(f) => sink.feed(Message::Text(f)).await,
-        Outbound::Msg(env) => {
-            let Some(state) = w.rooms.get_mut(&env.room) else {
-                return Ok(()); // left meanwhile
-            };
-            if let Some(held) = state.held.as_mut() {
-                w.held_bytes += env.frame.len();
-                held.push(env);
+    if let Outbound::Frame(f) = item {
+        return sink.feed(Message::Text(f)).await;
+    }
+    let msgs = {
+        let mut items = shared.items();
+        let order = &mut items.order;
+        match item {
+            Outbound::Frame(_) => return Ok(()), // written above
+            Outbound::Msg(env) => match order.live(&env) {
+                Live::Write => {
+                    order.written(&env);
+                    vec![env]
+                }
+                Live::Hold => {
+                    order.hold(env);
+                    return Ok(());
+                }
+                Live::Skip => return Ok(()),
+            },
+            Outbound::BeginCatchup(room) => {
+                order.begin_catchup(room);
                 return Ok(());
             }
-            write_msg(sink, state, &env, settings, &mut w.out).await
-        }
-        Outbound::BeginCatchup(room) => {
-            w.rooms
-                .entry(room)
-                .or_default()
-                .held
-                .get_or_insert_with(Vec::new);
-            Ok(())
-        }
-        Outbound::Replay { room, from, msgs } => {
-            let state = w.rooms.entry(room).or_default();
-            match &mut state.written {
-                Some(wr) if wr.epoch == from.epoch => wr.seq = wr.seq.max(from.seq),
-                _ => state.written = Some(from),
+            Outbound::Replay { room, from, msgs } => order.replay(room, from, msgs),
+            Outbound::Release(room) => order.release(room),
+            Outbound::Forget(room) => {
+                order.forget(&room);
+                return Ok(());
             }
-            for env in &msgs {
-                write_msg(sink, state, env, settings, &mut w.out).await?;
-            }
-            Ok(())
+            // The batch's flush sends what is pending; a close is handled by write_batch.
+            Outbound::Flush | Outbound::Close(_) => return Ok(()),
         }
-        Outbound::Release(room) => {
-            let state = w.rooms.entry(room).or_default();
-            let held = state.held.take().unwrap_or_default();
-            let bytes: usize = held.iter().map(|m| m.frame.len()).sum();
-            w.held_bytes = w.held_bytes.saturating_sub(bytes);
-            for env in &held {
-                write_msg(sink, state, env, settings, &mut w.out).await?;
-            }
-            Ok(())
-        }
-        Outbound::Forget(room) => {
-            if let Some(state) = w.rooms.remove(&room) {
-                let held = state.held.unwrap_or_default();
-                let bytes: usize = held.iter().map(|m| m.frame.len()).sum();
-                w.held_bytes = w.held_bytes.saturating_sub(bytes);
-            }
-            Ok(())
-        }
-        Outbound::Close(_) => Ok(()), // handled by write_batch
-    }
-}
-
-async fn write_msg<S>(
-    sink: &mut S,
-    state: &mut WriterRoom,
-    env: &Envelope,
-    settings: &WriterSettings,
-    out: &mut WriterOutcome,
-) -> Result<(), tokio_tungstenite::tungstenite::Error>
-where
-    S: Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
-{
-    if env.seq == 0 {
-        // Ephemeral: never stored, never replayed, so neither deduplicated nor tracked.
-        sink.feed(Message::Text(env.frame.clone())).await?;
-        out.delivered += 1;
-        (settings.on_delivered)(env);
-        return Ok(());
-    }
-    // A message of another epoch: history was lost and restarted (e.g. Redis came back
-    // empty), seqs start over.
-    let last = match &state.written {
-        Some(w) if w.epoch == env.epoch => w.seq,
-        _ => 0,
     };
-    if env.seq <= last {
-        return Ok(()); // already written: at-least-once upstream, exactly once here
+    for env in &msgs {
+        sink.feed(Message::Text(env.frame.clone())).await?;
+        (settings.on_delivered)(env);
     }
-    sink.feed(Message::Text(env.frame.clone())).await?;
-    state.written = Some(StreamPosition::new(env.epoch.clone(), env.seq));
-    out.delivered += 1;
-    (settings.on_delivered)(env);
     Ok(())
 }

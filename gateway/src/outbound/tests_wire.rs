@@ -1,0 +1,193 @@
+//! The fast path on a real socket: a live message goes straight to the socket when
+//! nothing is ahead of it, and the byte stream holds whole frames in order whatever the
+//! socket accepts.
+
+use super::*;
+use crate::protocol::StreamPosition;
+use futures_util::{SinkExt, StreamExt};
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+type Client = WebSocketStream<TcpStream>;
+
+fn env(seq: u64, body: usize) -> Arc<Envelope> {
+    Arc::new(Envelope {
+        room: "r".into(),
+        seq,
+        epoch: "e".into(),
+        ts: 0,
+        traceparent: None,
+        frame: format!("{{\"seq\":{seq},\"pad\":\"{}\"}}", "x".repeat(body)).into(),
+    })
+}
+
+/// A connection over loopback: the queue (with the fast path attached), the writer and a
+/// reader of the server's side (which answers pings), and the client's socket. The room
+/// `r` is joined (replayed from 0) before it returns.
+struct Conn {
+    q: OutboundQueue,
+    delivered: Arc<AtomicU64>,
+    client: Client,
+    writer: tokio::task::JoinHandle<WriterOutcome>,
+}
+
+async fn connect(max_bytes: usize) -> Conn {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    let client =
+        WebSocketStream::from_raw_socket(client.expect("connect"), Role::Client, None).await;
+    let wire = Wire::new(accepted.expect("accept").0);
+    let server = WebSocketStream::from_raw_socket(WireIo(wire.clone()), Role::Server, None).await;
+    let (sink, mut stream) = server.split();
+    tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+    let (q, rx) = queue(100_000, max_bytes);
+    let delivered = Arc::new(AtomicU64::new(0));
+    let counter = delivered.clone();
+    let on_delivered: OnDelivered = Arc::new(move |_| {
+        counter.fetch_add(1, Ordering::Relaxed);
+    });
+    q.attach(wire, on_delivered.clone());
+    let settings = WriterSettings {
+        heartbeat: Duration::from_secs(60),
+        last_seen: Arc::new(AtomicU64::new(0)),
+        epoch: Instant::now(),
+        on_delivered,
+    };
+    let writer = tokio::spawn(run_writer(sink, rx, settings));
+    let mut conn = Conn {
+        q,
+        delivered,
+        client,
+        writer,
+    };
+    let joined = Outbound::Replay {
+        room: "r".into(),
+        from: StreamPosition::new("e", 0),
+        msgs: Vec::new(),
+    };
+    assert!(conn.q.push(joined));
+    assert!(conn.q.frame("joined"));
+    assert_eq!(conn.text().await, "joined");
+    conn.settled().await;
+    conn
+}
+
+impl Conn {
+    async fn text(&mut self) -> String {
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(10), self.client.next());
+            match next.await.expect("a frame in time") {
+                Some(Ok(Message::Text(t))) => return t.to_string(),
+                Some(Ok(_)) => continue,
+                other => panic!("the stream ended or broke: {other:?}"),
+            }
+        }
+    }
+
+    /// Waits until the writer is idle with nothing queued.
+    async fn settled(&self) {
+        for _ in 0..1000 {
+            {
+                let items = self.q.shared.items();
+                if !items.busy && items.queue.is_empty() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("the writer never settled");
+    }
+}
+
+#[tokio::test]
+async fn an_idle_connection_gets_a_live_message_without_its_writer() {
+    let mut c = connect(1 << 20).await;
+    // No await between the push and the look: the writer task cannot have run, so a
+    // counted delivery was written by the push itself.
+    assert!(c.q.push(Outbound::Msg(env(1, 10))));
+    assert_eq!(c.delivered.load(Ordering::Relaxed), 1);
+    assert!(
+        c.q.push(Outbound::Msg(env(1, 10))),
+        "a duplicate is taken..."
+    );
+    assert_eq!(c.delivered.load(Ordering::Relaxed), 1, "...and dropped");
+    assert!(c.q.push(Outbound::Msg(env(2, 10))));
+    assert!(c.q.frame("reply"), "a frame goes through the writer");
+    assert!(
+        c.q.push(Outbound::Msg(env(3, 10))),
+        "and one behind it waits"
+    );
+    assert!(c.text().await.starts_with("{\"seq\":1,"));
+    assert!(c.text().await.starts_with("{\"seq\":2,"));
+    assert_eq!(c.text().await, "reply");
+    assert!(c.text().await.starts_with("{\"seq\":3,"));
+    c.settled().await;
+    // A catch-up holds live messages: not written until its replay is out.
+    assert!(c.q.push(Outbound::BeginCatchup("r".into())));
+    c.settled().await;
+    assert!(c.q.push(Outbound::Msg(env(5, 10))));
+    assert_eq!(c.delivered.load(Ordering::Relaxed), 3, "held, not written");
+    let replay = Outbound::Replay {
+        room: "r".into(),
+        from: StreamPosition::new("e", 3),
+        msgs: vec![env(4, 10)],
+    };
+    assert!(c.q.push(replay));
+    assert!(c.q.push(Outbound::Release("r".into())));
+    assert!(c.text().await.starts_with("{\"seq\":4,"));
+    assert!(c.text().await.starts_with("{\"seq\":5,"));
+    c.q.close(crate::disconnect::SLOW_CONSUMER);
+    let outcome = c.writer.await.expect("writer");
+    assert_eq!(outcome.delivered, 5);
+    assert_eq!(
+        outcome.positions.get("r"),
+        Some(&StreamPosition::new("e", 5))
+    );
+}
+
+/// A client that does not read fills the socket: the fast path's last frame goes in part,
+/// the rest waits in the wire, and what follows queues behind it. Meanwhile the client's
+/// pings are answered. Once it reads, every frame arrives whole and in order.
+#[tokio::test]
+async fn a_full_socket_leaves_only_whole_frames_in_order() {
+    let mut c = connect(64 << 20).await;
+    let mut sent = 0u64;
+    while sent < 5_000 {
+        sent += 1;
+        assert!(
+            c.q.push(Outbound::Msg(env(sent, 8000))),
+            "queued or written"
+        );
+        if !c.q.shared.items().queue.is_empty() {
+            break; // the socket is full
+        }
+    }
+    assert!(sent < 5_000, "the socket never filled");
+    let fast = c.delivered.load(Ordering::Relaxed);
+    for _ in 0..200 {
+        sent += 1;
+        assert!(c.q.push(Outbound::Msg(env(sent, 8000))));
+    }
+    c.client
+        .send(Message::Ping("p".into()))
+        .await
+        .expect("ping");
+    for seq in 1..=sent {
+        let text = c.text().await;
+        let want = format!("{{\"seq\":{seq},");
+        assert!(
+            text.starts_with(&want),
+            "frame {seq}: {}",
+            &text[..20.min(text.len())]
+        );
+        assert_eq!(text.len(), env(seq, 8000).frame.len(), "frame {seq} whole");
+    }
+    assert!(fast > 1, "the first ones took the fast path");
+    c.settled().await;
+    assert_eq!(c.delivered.load(Ordering::Relaxed), sent);
+}
