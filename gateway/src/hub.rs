@@ -103,12 +103,21 @@ impl Hub {
             _ => tracing::Span::none(),
         };
         let _entered = span.enter();
-        let shard = self.shard(&env.room);
-        let Some(subs) = shard.get(&env.room) else {
-            return 0;
+        // The members are taken under the shard's lock and served after it: a member's
+        // push may write to its socket (the fast path), and a shard's lock held for a
+        // whole room's syscalls would stall every room of the shard on every thread.
+        // Order within a room does not rest on this lock: each engine delivers a room's
+        // messages one at a time (the memory engine under the room's lock, Redis from its
+        // one delivery task).
+        let targets: Vec<_> = {
+            let shard = self.shard(&env.room);
+            let Some(subs) = shard.get(&env.room) else {
+                return 0;
+            };
+            subs.values().map(OutboundQueue::pusher).collect()
         };
-        let n = subs
-            .values()
+        let n = targets
+            .iter()
             .filter(|q| q.push(Outbound::Msg(env.clone())))
             .count();
         span.record("recipients", n);
