@@ -180,6 +180,14 @@ impl AsyncWrite for WireIo {
     }
 }
 
+/// Appends the text frame of `payload` to `buf`.
+pub(super) fn encode_text(buf: &mut Vec<u8>, payload: &[u8]) {
+    let (head, n) = text_header(payload.len());
+    buf.reserve(n + payload.len());
+    buf.extend_from_slice(&head[..n]);
+    buf.extend_from_slice(payload);
+}
+
 /// The header of an unmasked, final text frame of `len` bytes (RFC 6455 §5.2), and how
 /// many of its bytes are used.
 fn text_header(len: usize) -> ([u8; 10], usize) {
@@ -201,18 +209,17 @@ fn text_header(len: usize) -> ([u8; 10], usize) {
 
 #[cfg(test)]
 mod tests {
-    use super::text_header;
+    use super::encode_text;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
     use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 
-    /// The header written by hand is the one tungstenite writes, in each length form.
+    /// The frame written by hand is the one tungstenite writes, in each length form.
     #[test]
-    fn text_headers_match_tungstenite() {
+    fn text_frames_match_tungstenite() {
         for len in [0usize, 1, 125, 126, 127, 65_535, 65_536, 70_000] {
             let payload = vec![b'a'; len];
-            let (head, n) = text_header(len);
-            let mut ours = head[..n].to_vec();
-            ours.extend_from_slice(&payload);
+            let mut ours = Vec::new();
+            encode_text(&mut ours, &payload);
             let mut theirs = Vec::new();
             Frame::message(payload, OpCode::Data(Data::Text), true)
                 .format(&mut theirs)

@@ -4,6 +4,7 @@
 //! and the write timeout.
 
 use super::order::Live;
+use super::wire::{encode_text, Wire, WireIo};
 use super::{Outbound, OutboundReceiver, Shared};
 use crate::disconnect::{HEARTBEAT_TIMEOUT, SLOW_CONSUMER, WRITE_TIMEOUT};
 use crate::engine::Envelope;
@@ -16,9 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error, Message, Utf8Bytes};
 use tokio_util::sync::WaitForCancellationFuture;
 
 /// Counts a delivery (metrics); shared by the writer and the fast path.
@@ -62,7 +64,7 @@ pub fn run_writer<S>(
     settings: WriterSettings,
 ) -> impl Future<Output = WriterOutcome>
 where
-    S: Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+    S: Sink<Message, Error = Error> + Unpin,
 {
     async move {
         let mut ping = tokio::time::interval_at(
@@ -73,6 +75,7 @@ where
         let idle_limit = (settings.heartbeat * 2).as_millis() as u64;
         let write_timeout = settings.heartbeat * 2;
         let shared = rx.shared.clone();
+        let wire = shared.items().fast.as_ref().map(|f| f.wire.clone());
         let closing = rx.shared.closing.clone();
         // Registered once, not once per item: polling a fresh one takes the token's lock.
         let cancelled = closing.cancelled();
@@ -98,7 +101,8 @@ where
                 }
                 item = rx.next() => {
                     let Some(item) = item else { break };
-                    let batch = write_batch(&mut sink, &mut rx, item, &settings);
+                    let texts = Texts { wire: wire.as_ref(), buf: Vec::new() };
+                    let batch = write_batch(&mut sink, texts, &mut rx, item, &settings);
                     let written = Box::pin(within(batch, cancelled.as_mut(), write_timeout, &shared)).await;
                     let Some(written) = written else { break };
                     shared.drained.notify_waiters();
@@ -156,23 +160,24 @@ async fn within<F: Future>(
 /// Writes `first` and whatever else is queued (up to [`BATCH`]), then flushes once.
 async fn write_batch<S>(
     sink: &mut S,
+    mut texts: Texts<'_>,
     rx: &mut OutboundReceiver,
     first: Outbound,
     settings: &WriterSettings,
-) -> Result<(), tokio_tungstenite::tungstenite::Error>
+) -> Result<(), Error>
 where
-    S: Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+    S: Sink<Message, Error = Error> + Unpin,
 {
     let mut next = Some(first);
     let mut n = 0;
     while let Some(item) = next.take() {
         if let Outbound::Close(reason) = item {
-            sink.flush().await?;
+            texts.finish(sink).await?;
             rx.shared.stop(Some(reason));
             return Ok(());
         }
         let weight = item.weight();
-        let res = write_item(sink, &rx.shared, item, settings).await;
+        let res = write_item(sink, &mut texts, &rx.shared, item, settings).await;
         rx.shared.bytes.fetch_sub(weight, Ordering::Relaxed);
         res?;
         if rx.shared.items().order.held_bytes > rx.shared.max_bytes {
@@ -185,22 +190,62 @@ where
             next = rx.try_next().ok();
         }
     }
-    sink.flush().await
+    texts.finish(sink).await
+}
+
+/// A batch's text frames. With a wire (the socket itself) they are encoded into one
+/// buffer, written in one go at the end of the batch: tungstenite's write buffer, which
+/// keeps its largest size for the connection's life, then only ever holds pings, pongs
+/// and the close frame. Without one (a socket that is not a wire) they go to the sink.
+struct Texts<'a> {
+    wire: Option<&'a Arc<Wire>>,
+    buf: Vec<u8>,
+}
+
+impl Texts<'_> {
+    async fn write<S>(&mut self, sink: &mut S, text: Utf8Bytes) -> Result<(), Error>
+    where
+        S: Sink<Message, Error = Error> + Unpin,
+    {
+        match self.wire {
+            Some(_) => {
+                encode_text(&mut self.buf, text.as_bytes());
+                Ok(())
+            }
+            None => sink.feed(Message::Text(text)).await,
+        }
+    }
+
+    /// Writes the buffer, then flushes the sink (its own frames, and what waits in the
+    /// wire): ready once everything is on the socket.
+    async fn finish<S>(&mut self, sink: &mut S) -> Result<(), Error>
+    where
+        S: Sink<Message, Error = Error> + Unpin,
+    {
+        if let Some(wire) = self.wire {
+            if !self.buf.is_empty() {
+                WireIo(wire.clone()).write_all(&self.buf).await?;
+                self.buf = Vec::new();
+            }
+        }
+        sink.flush().await
+    }
 }
 
 /// Writes one item: what the ordering rules let through, decided under the queue's lock
 /// and written after it.
 async fn write_item<S>(
     sink: &mut S,
+    texts: &mut Texts<'_>,
     shared: &Shared,
     item: Outbound,
     settings: &WriterSettings,
-) -> Result<(), tokio_tungstenite::tungstenite::Error>
+) -> Result<(), Error>
 where
-    S: Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+    S: Sink<Message, Error = Error> + Unpin,
 {
     if let Outbound::Frame(f) = item {
-        return sink.feed(Message::Text(f)).await;
+        return texts.write(sink, f).await;
     }
     let msgs = {
         let mut items = shared.items();
@@ -233,7 +278,7 @@ where
         }
     };
     for env in &msgs {
-        sink.feed(Message::Text(env.frame.clone())).await?;
+        texts.write(sink, env.frame.clone()).await?;
         (settings.on_delivered)(env);
     }
     Ok(())
