@@ -15,7 +15,7 @@ use crate::protocol::push::PresencePush;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -24,7 +24,44 @@ pub type ConnId = u64;
 
 const SHARDS: usize = 16;
 
-type Room = HashMap<ConnId, OutboundQueue>;
+/// A room's local members, and what decides how its messages reach them.
+///
+/// A fan-out writes straight to each member's socket (the fast path: one syscall per
+/// delivery, no task woken) while the room's messages come far enough apart. When they
+/// come so fast that such fan-outs would keep the delivering task busy most of the time
+/// (each message waiting for the one before), they go through the members' writers
+/// instead, which batch what piles up: several frames per syscall. The room keeps the
+/// time its last direct fan-out took, and a message goes direct if it comes at least
+/// that long and a quarter after the previous one.
+#[derive(Default)]
+struct Room {
+    subs: HashMap<ConnId, OutboundQueue>,
+    /// When the last fan-out started.
+    last_start: Option<Instant>,
+    /// How long the last direct fan-out took.
+    direct_cost: Duration,
+}
+
+impl Room {
+    /// Whether a message arriving `now` fans out direct.
+    fn direct(&self, now: Instant) -> bool {
+        self.last_start
+            .is_none_or(|last| now.saturating_duration_since(last) >= self.direct_cost * 5 / 4)
+    }
+}
+
+impl std::ops::Deref for Room {
+    type Target = HashMap<ConnId, OutboundQueue>;
+    fn deref(&self) -> &Self::Target {
+        &self.subs
+    }
+}
+
+impl std::ops::DerefMut for Room {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.subs
+    }
+}
 
 /// Local room -> subscriber map, sharded by room to keep lock hold times short.
 pub struct Hub {
@@ -64,6 +101,14 @@ impl Hub {
         // A poisoned shard only means a panic elsewhere mid-update of plain maps; the data
         // is still consistent enough to keep serving.
         shard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets what the last direct fan-out of `room` took (tests).
+    #[cfg(test)]
+    pub(crate) fn set_direct_cost(&self, room: &str, cost: Duration) {
+        if let Some(room) = self.shard(room).get_mut(room) {
+            room.direct_cost = cost;
+        }
     }
 
     /// Adds a subscriber; true when it is the room's first local subscriber.
@@ -109,17 +154,23 @@ impl Hub {
         // Order within a room does not rest on this lock: each engine delivers a room's
         // messages one at a time (the memory engine under the room's lock, Redis from its
         // one delivery task).
-        let targets: Vec<_> = {
-            let shard = self.shard(&env.room);
-            let Some(subs) = shard.get(&env.room) else {
+        let start = Instant::now();
+        let (targets, direct) = {
+            let mut shard = self.shard(&env.room);
+            let Some(room) = shard.get_mut(&env.room) else {
                 return 0;
             };
-            subs.values().map(OutboundQueue::pusher).collect()
+            let direct = room.direct(start);
+            room.last_start = Some(start);
+            let targets: Vec<_> = room.values().map(OutboundQueue::pusher).collect();
+            (targets, direct)
         };
-        let n = targets
-            .iter()
-            .filter(|q| q.push(Outbound::Msg(env.clone())))
-            .count();
+        let n = targets.iter().filter(|q| q.deliver(env, direct)).count();
+        if direct {
+            if let Some(room) = self.shard(&env.room).get_mut(&env.room) {
+                room.direct_cost = start.elapsed();
+            }
+        }
         span.record("recipients", n);
         n
     }
@@ -231,6 +282,26 @@ async fn run_presence_flush(hub: Weak<Hub>) {
 
 #[cfg(test)]
 mod tests {
+    use super::Room;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_room_fans_out_direct_unless_its_fan_outs_would_keep_up_no_more() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut room = Room::default();
+        assert!(room.direct(t0), "the first message");
+        room.last_start = Some(t0);
+        room.direct_cost = ms(4);
+        assert!(!room.direct(t0 + ms(4)), "busy 4 ms of every 4: batch");
+        assert!(
+            !room.direct(t0 + ms(4) + ms(9) / 10),
+            "4 of every 4.9 ms: batch"
+        );
+        assert!(room.direct(t0 + ms(5)), "4 of every 5 ms: direct");
+        assert!(room.direct(t0 + ms(20)), "apart: direct");
+    }
+
     use super::*;
     use crate::outbound::queue;
 

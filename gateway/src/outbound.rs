@@ -171,11 +171,6 @@ impl Shared {
         if self.stopping.load(Ordering::Relaxed) {
             return false;
         }
-        if let Outbound::Msg(env) = &item {
-            if let Some(queued) = self.write_now(env) {
-                return queued;
-            }
-        }
         let weight = item.weight();
         let queued = self.bytes.fetch_add(weight, Ordering::Relaxed) + weight;
         if queued > self.max_bytes {
@@ -228,9 +223,16 @@ pub struct OutboundQueue {
 pub struct Pusher(Arc<Shared>);
 
 impl Pusher {
-    /// As [`OutboundQueue::push`].
-    pub fn push(&self, item: Outbound) -> bool {
-        self.0.push(item)
+    /// Delivers a live message: with `direct`, straight to the socket if nothing is ahead
+    /// of it (the fast path, [`wire`]), else (or then) queued as by
+    /// [`OutboundQueue::push`]. False if the connection is closing.
+    pub fn deliver(&self, env: &Arc<Envelope>, direct: bool) -> bool {
+        if direct && !self.0.stopping.load(Ordering::Relaxed) {
+            if let Some(taken) = self.0.write_now(env) {
+                return taken;
+            }
+        }
+        self.0.push(Outbound::Msg(env.clone()))
     }
 }
 
@@ -280,8 +282,7 @@ pub fn queue(max_frames: usize, max_bytes: usize) -> (OutboundQueue, OutboundRec
 
 impl OutboundQueue {
     /// Queues an item without waiting. Returns false if the connection is (now) closing;
-    /// an overflow closes it as a slow consumer. A live message may be written at once
-    /// (the fast path, [`wire`]).
+    /// an overflow closes it as a slow consumer.
     pub fn push(&self, item: Outbound) -> bool {
         self.shared.push(item)
     }

@@ -78,6 +78,11 @@ async fn connect(max_bytes: usize) -> Conn {
 }
 
 impl Conn {
+    /// Delivers a live message as the hub does when the room is not busy.
+    fn live(&self, env: Arc<Envelope>) -> bool {
+        self.q.pusher().deliver(&env, true)
+    }
+
     async fn text(&mut self) -> String {
         loop {
             let next = tokio::time::timeout(Duration::from_secs(10), self.client.next());
@@ -109,19 +114,13 @@ async fn an_idle_connection_gets_a_live_message_without_its_writer() {
     let mut c = connect(1 << 20).await;
     // No await between the push and the look: the writer task cannot have run, so a
     // counted delivery was written by the push itself.
-    assert!(c.q.push(Outbound::Msg(env(1, 10))));
+    assert!(c.live(env(1, 10)));
     assert_eq!(c.delivered.load(Ordering::Relaxed), 1);
-    assert!(
-        c.q.push(Outbound::Msg(env(1, 10))),
-        "a duplicate is taken..."
-    );
+    assert!(c.live(env(1, 10)), "a duplicate is taken...");
     assert_eq!(c.delivered.load(Ordering::Relaxed), 1, "...and dropped");
-    assert!(c.q.push(Outbound::Msg(env(2, 10))));
+    assert!(c.live(env(2, 10)));
     assert!(c.q.frame("reply"), "a frame goes through the writer");
-    assert!(
-        c.q.push(Outbound::Msg(env(3, 10))),
-        "and one behind it waits"
-    );
+    assert!(c.live(env(3, 10)), "and one behind it waits");
     assert!(c.text().await.starts_with("{\"seq\":1,"));
     assert!(c.text().await.starts_with("{\"seq\":2,"));
     assert_eq!(c.text().await, "reply");
@@ -130,7 +129,7 @@ async fn an_idle_connection_gets_a_live_message_without_its_writer() {
     // A catch-up holds live messages: not written until its replay is out.
     assert!(c.q.push(Outbound::BeginCatchup("r".into())));
     c.settled().await;
-    assert!(c.q.push(Outbound::Msg(env(5, 10))));
+    assert!(c.live(env(5, 10)));
     assert_eq!(c.delivered.load(Ordering::Relaxed), 3, "held, not written");
     let replay = Outbound::Replay {
         room: "r".into(),
@@ -159,10 +158,7 @@ async fn a_full_socket_leaves_only_whole_frames_in_order() {
     let mut sent = 0u64;
     while sent < 5_000 {
         sent += 1;
-        assert!(
-            c.q.push(Outbound::Msg(env(sent, 8000))),
-            "queued or written"
-        );
+        assert!(c.live(env(sent, 8000)), "queued or written");
         if !c.q.shared.items().queue.is_empty() {
             break; // the socket is full
         }
@@ -171,7 +167,7 @@ async fn a_full_socket_leaves_only_whole_frames_in_order() {
     let fast = c.delivered.load(Ordering::Relaxed);
     for _ in 0..200 {
         sent += 1;
-        assert!(c.q.push(Outbound::Msg(env(sent, 8000))));
+        assert!(c.live(env(sent, 8000)));
     }
     c.client
         .send(Message::Ping("p".into()))
@@ -190,4 +186,26 @@ async fn a_full_socket_leaves_only_whole_frames_in_order() {
     assert!(fast > 1, "the first ones took the fast path");
     c.settled().await;
     assert_eq!(c.delivered.load(Ordering::Relaxed), sent);
+}
+
+/// The hub writes a room's message straight to the socket unless the room is busy: then
+/// the writer takes it (and batches).
+#[tokio::test]
+async fn a_busy_room_goes_through_the_writers() {
+    let mut c = connect(1 << 20).await;
+    let hub = crate::hub::Hub::default();
+    let room: Arc<str> = "r".into();
+    hub.subscribe(&room, 1, c.q.clone());
+    assert_eq!(hub.deliver(&env(1, 10)), 1);
+    assert_eq!(c.delivered.load(Ordering::Relaxed), 1, "written by the hub");
+    // As if that fan-out had taken an hour: the next message comes too soon after it.
+    hub.set_direct_cost("r", Duration::from_secs(3600));
+    assert_eq!(hub.deliver(&env(2, 10)), 1);
+    assert_eq!(
+        c.delivered.load(Ordering::Relaxed),
+        1,
+        "queued for the writer"
+    );
+    assert!(c.text().await.starts_with("{\"seq\":1,"));
+    assert!(c.text().await.starts_with("{\"seq\":2,"));
 }
