@@ -63,6 +63,8 @@ pub struct Node {
     /// Bumped whenever new verification keys are in force; connections whose key is gone
     /// close (see [`reload_keys`]).
     pub keys_changed: tokio::sync::watch::Sender<u64>,
+    /// Counts a delivery; one for all connections (it only touches the node's metrics).
+    pub on_delivered: crate::outbound::OnDelivered,
 }
 
 /// Most keys each admission bucket map tracks (about 100 bytes each).
@@ -174,6 +176,7 @@ impl Node {
             namespaces: Namespaces::new(&config.namespaces),
             hooks: crate::hooks::Hooks::new(&config.hooks, &metrics),
             keys_changed: tokio::sync::watch::channel(0).0,
+            on_delivered: crate::connection::count_deliveries(&metrics),
             ip_buckets: Mutex::new(ip_buckets),
             user_buckets: Mutex::new(user_buckets),
             per_user: Mutex::new(HashMap::new()),

@@ -446,18 +446,23 @@ fn writer_settings(
     last_seen: Arc<AtomicU64>,
     started: Instant,
 ) -> WriterSettings {
-    let delivered = node.metrics.delivered.clone();
-    let delivery_seconds = node.metrics.delivery_seconds.clone();
     WriterSettings {
         heartbeat: node.config.heartbeat.interval,
         last_seen,
         epoch: started,
-        on_delivered: Arc::new(move |env| {
-            delivered.inc();
-            if env.ts > 0 {
-                let ms = crate::engine::now_ms().saturating_sub(env.ts);
-                delivery_seconds.observe(ms as f64 / 1000.0);
-            }
-        }),
+        on_delivered: node.on_delivered.clone(),
     }
+}
+
+/// Counts each delivery, and its end-to-end latency when the message has a time.
+pub(crate) fn count_deliveries(metrics: &crate::metrics::Metrics) -> outbound::OnDelivered {
+    let delivered = metrics.delivered.clone();
+    let delivery_seconds = metrics.delivery_seconds.clone();
+    Arc::new(move |env| {
+        delivered.inc();
+        if env.ts > 0 {
+            let ms = crate::engine::now_ms().saturating_sub(env.ts);
+            delivery_seconds.observe(ms as f64 / 1000.0);
+        }
+    })
 }
