@@ -50,19 +50,6 @@ impl Room {
     }
 }
 
-impl std::ops::Deref for Room {
-    type Target = HashMap<ConnId, OutboundQueue>;
-    fn deref(&self) -> &Self::Target {
-        &self.subs
-    }
-}
-
-impl std::ops::DerefMut for Room {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.subs
-    }
-}
-
 /// Local room -> subscriber map, sharded by room to keep lock hold times short.
 pub struct Hub {
     shards: Vec<Mutex<HashMap<Arc<str>, Room>>>,
@@ -114,7 +101,7 @@ impl Hub {
     /// Adds a subscriber; true when it is the room's first local subscriber.
     pub fn subscribe(&self, room: &Arc<str>, conn: ConnId, queue: OutboundQueue) -> bool {
         let mut shard = self.shard(room);
-        let subs = shard.entry(room.clone()).or_default();
+        let subs = &mut shard.entry(room.clone()).or_default().subs;
         let first = subs.is_empty();
         subs.insert(conn, queue);
         first
@@ -123,7 +110,7 @@ impl Hub {
     /// Removes a subscriber; true when the room has no local subscriber left.
     pub fn unsubscribe(&self, room: &str, conn: ConnId) -> bool {
         let mut shard = self.shard(room);
-        let Some(subs) = shard.get_mut(room) else {
+        let Some(subs) = shard.get_mut(room).map(|r| &mut r.subs) else {
             return false;
         };
         if subs.remove(&conn).is_none() {
@@ -136,7 +123,8 @@ impl Hub {
         false
     }
 
-    /// Queues a room message to every local subscriber; returns how many took it.
+    /// Delivers a room message to every local subscriber, straight to its socket or
+    /// through its queue (see [`Room`]); returns how many took it.
     pub fn deliver(&self, env: &Arc<Envelope>) -> usize {
         let span = match &env.traceparent {
             Some(tp) if crate::telemetry::enabled() => {
@@ -162,7 +150,7 @@ impl Hub {
             };
             let direct = room.direct(start);
             room.last_start = Some(start);
-            let targets: Vec<_> = room.values().map(OutboundQueue::pusher).collect();
+            let targets: Vec<_> = room.subs.values().map(OutboundQueue::pusher).collect();
             (targets, direct)
         };
         let n = targets.iter().filter(|q| q.deliver(env, direct)).count();
@@ -178,10 +166,11 @@ impl Hub {
     /// Queues a ready frame to every local subscriber of a room.
     fn broadcast(&self, room: &str, frame: &Utf8Bytes) -> usize {
         let shard = self.shard(room);
-        let Some(subs) = shard.get(room) else {
+        let Some(room) = shard.get(room) else {
             return 0;
         };
-        subs.values()
+        room.subs
+            .values()
             .filter(|q| q.push(Outbound::Frame(frame.clone())))
             .count()
     }
@@ -250,7 +239,9 @@ impl Hub {
 
     /// Whether a room has local subscribers.
     pub fn has_subscribers(&self, room: &str) -> bool {
-        self.shard(room).get(room).is_some_and(|s| !s.is_empty())
+        self.shard(room)
+            .get(room)
+            .is_some_and(|r| !r.subs.is_empty())
     }
 
     /// Number of rooms with local subscribers.
@@ -282,8 +273,8 @@ async fn run_presence_flush(hub: Weak<Hub>) {
 
 #[cfg(test)]
 mod tests {
-    use super::Room;
-    use std::time::{Duration, Instant};
+    use super::*;
+    use crate::outbound::queue;
 
     #[test]
     fn a_room_fans_out_direct_unless_its_fan_outs_would_keep_up_no_more() {
@@ -301,9 +292,6 @@ mod tests {
         assert!(room.direct(t0 + ms(5)), "4 of every 5 ms: direct");
         assert!(room.direct(t0 + ms(20)), "apart: direct");
     }
-
-    use super::*;
-    use crate::outbound::queue;
 
     #[test]
     fn first_and_last_subscriber_are_reported() {

@@ -172,6 +172,7 @@ where
 /// returned future runs: an async fn keeps its arguments (the socket before its split,
 /// the connect hook's answer) in its state for the connection's whole life, and that
 /// state is most of what an idle connection costs.
+///
 /// `wire`, when the socket is one, lets live messages go straight to it (see
 /// [`outbound`]'s fast path).
 pub fn serve<S>(

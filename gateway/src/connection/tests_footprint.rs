@@ -1,5 +1,5 @@
 //! What an idle connection weighs: the state of its two tasks, most of an idle
-//! connection's memory (docs/operations.md, "Sizing"). Every field such a task holds
+//! connection's memory (the idle rows of bench/summary.md). Every field such a task holds
 //! across an await is paid by every connection for its whole life, so a timer, a second
 //! copy of a function's arguments (an async fn keeps one) or a command's future that
 //! slips into them shows here. Sizes are the compiler's layout, the same in every build
