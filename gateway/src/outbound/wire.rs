@@ -23,6 +23,7 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
+use tokio::io::Interest;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -58,9 +59,16 @@ impl Wire {
         let (head, head_len) = text_header(payload.len());
         let head = &head[..head_len];
         let bufs = [IoSlice::new(head), IoSlice::new(payload)];
-        // Any error but a full socket also leaves it to the writer, whose own write then
-        // meets the error and ends the connection as it always does.
-        let n = self.tcp.try_write_vectored(&bufs).ok()?;
+        // sendmsg rather than tokio's writev: a write on a file takes the file's position
+        // lock and goes through the VFS first, ~10% of a delivery's CPU at 50 msgs/s
+        // (perf). try_io keeps tokio's readiness right when the socket is full. Any error
+        // but a full socket also leaves it to the writer, whose own write then meets the
+        // error and ends the connection as it always does.
+        let sock = socket2::SockRef::from(&self.tcp);
+        let n = self
+            .tcp
+            .try_io(Interest::WRITABLE, || sock.send_vectored(&bufs))
+            .ok()?;
         if n == 0 {
             return None;
         }
