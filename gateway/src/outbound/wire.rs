@@ -26,6 +26,8 @@ use std::task::{ready, Context, Poll};
 use tokio::io::Interest;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
 /// A connection's socket and the bytes taken for it that it has not accepted yet.
 pub struct Wire {
@@ -196,23 +198,18 @@ pub(super) fn encode_text(buf: &mut Vec<u8>, payload: &[u8]) {
     buf.extend_from_slice(payload);
 }
 
-/// The header of an unmasked, final text frame of `len` bytes (RFC 6455 §5.2), and how
-/// many of its bytes are used.
+/// The header of a final, unmasked text frame of `len` bytes, as tungstenite writes it,
+/// and how many of its bytes are used.
 fn text_header(len: usize) -> ([u8; 10], usize) {
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
     let mut head = [0u8; 10];
-    head[0] = 0x81; // FIN, text
-    if len < 126 {
-        head[1] = len as u8;
-        (head, 2)
-    } else if let Ok(short) = u16::try_from(len) {
-        head[1] = 126;
-        head[2..4].copy_from_slice(&short.to_be_bytes());
-        (head, 4)
-    } else {
-        head[1] = 127;
-        head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-        (head, 10)
-    }
+    // Ten bytes hold every header without a mask: the write cannot run short.
+    let formatted = header.format(len as u64, &mut &mut head[..]).is_ok();
+    debug_assert!(formatted);
+    (head, header.len(len as u64))
 }
 
 #[cfg(test)]
