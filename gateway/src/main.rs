@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// WebSocket chat gateway.
 #[derive(Parser, Debug)]
 #[command(version, about)]
