@@ -126,9 +126,6 @@ struct FastPath {
     on_delivered: OnDelivered,
 }
 
-/// Spare slots an empty queue keeps; beyond that its memory goes back.
-const KEEP_EMPTY: usize = 4;
-
 impl Shared {
     fn new(max_frames: usize, max_bytes: usize, opaque: bool) -> Shared {
         Shared {
@@ -440,8 +437,10 @@ impl OutboundReceiver {
         let mut items = self.shared.items();
         if let Some(item) = items.queue.pop_front() {
             items.busy = true;
-            if items.queue.is_empty() && items.queue.capacity() > KEEP_EMPTY {
-                // A burst is over: give its memory back (idle connections hold none).
+            if items.queue.is_empty() {
+                // Give the memory back, even a single reply's few slots: most connections
+                // are idle most of the time, and an idle one holds none (256 bytes each
+                // with four slots kept). A busy socket allocates once per batch again.
                 items.queue = VecDeque::new();
             }
             return Ok(item);
