@@ -8,10 +8,13 @@
 //! [`crate::presence`]): the engines report each change here, on every node alike, and
 //! one task per node pushes each room's batch as one frame when its window ends.
 
+mod members;
+
 use crate::engine::Envelope;
 use crate::outbound::{Outbound, OutboundQueue};
 use crate::presence::Batch;
 use crate::protocol::push::PresencePush;
+use members::Members;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -35,7 +38,7 @@ const SHARDS: usize = 16;
 /// that long and a quarter after the previous one.
 #[derive(Default)]
 struct Room {
-    subs: HashMap<ConnId, OutboundQueue>,
+    subs: Members,
     /// When the last fan-out started.
     last_start: Option<Instant>,
     /// How long the last direct fan-out took.
@@ -113,7 +116,7 @@ impl Hub {
         let Some(subs) = shard.get_mut(room).map(|r| &mut r.subs) else {
             return false;
         };
-        if subs.remove(&conn).is_none() {
+        if !subs.remove(conn) {
             return false;
         }
         if subs.is_empty() {
@@ -150,7 +153,7 @@ impl Hub {
             };
             let direct = room.direct(start);
             room.last_start = Some(start);
-            let targets: Vec<_> = room.subs.values().map(OutboundQueue::pusher).collect();
+            let targets: Vec<_> = room.subs.queues().map(OutboundQueue::pusher).collect();
             (targets, direct)
         };
         let n = targets.iter().filter(|q| q.deliver(env, direct)).count();
@@ -170,7 +173,7 @@ impl Hub {
             return 0;
         };
         room.subs
-            .values()
+            .queues()
             .filter(|q| q.push(Outbound::Frame(frame.clone())))
             .count()
     }
