@@ -10,6 +10,7 @@ pub mod disconnect;
 pub mod drain;
 pub mod engine;
 pub mod forward;
+pub mod heartbeat;
 pub mod hooks;
 pub mod hub;
 pub mod linger;
@@ -95,6 +96,7 @@ impl Gateway {
         tokio::spawn(rebalance::run(node.clone()));
         tokio::spawn(node::reload_keys(node.clone()));
         tokio::spawn(control::run(node.clone()));
+        tokio::spawn(heartbeat::run(node.clone()));
         let notifier = node.clone();
         tokio::spawn(async move {
             if let Some(events) = &notifier.hooks.events {

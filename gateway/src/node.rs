@@ -65,6 +65,8 @@ pub struct Node {
     pub keys_changed: tokio::sync::watch::Sender<u64>,
     /// Counts a delivery; one for all connections (it only touches the node's metrics).
     pub on_delivered: crate::outbound::OnDelivered,
+    /// The node's clock starts here (see [`clock_ms`](Self::clock_ms)).
+    started: tokio::time::Instant,
 }
 
 /// Most keys each admission bucket map tracks (about 100 bytes each).
@@ -196,6 +198,7 @@ impl Node {
             queue_high_water: Default::default(),
             per_ip: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
+            started: tokio::time::Instant::now(),
         }))
     }
 
@@ -238,6 +241,22 @@ impl Node {
         lock(&self.conns).insert(id, entry);
         self.metrics.connections.inc();
         id
+    }
+
+    /// Milliseconds since the node started: when its connections were last heard from.
+    /// The runtime's clock, which tests can pause.
+    pub fn clock_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// The queues of the chat connections (not the forwarded ones) whose id is
+    /// `slice` modulo `slices`: the [`heartbeat`](crate::heartbeat)'s round.
+    pub fn chat_queues(&self, slice: u64, slices: u64) -> Vec<OutboundQueue> {
+        lock(&self.conns)
+            .iter()
+            .filter(|(id, c)| *id % slices.max(1) == slice && c.ctl.is_some())
+            .map(|(_, c)| c.queue.clone())
+            .collect()
     }
 
     /// Closes every connection of `user` on this node; returns how many.

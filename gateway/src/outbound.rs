@@ -34,7 +34,7 @@ use crate::engine::Envelope;
 use crate::protocol::StreamPosition;
 use order::Order;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
@@ -66,6 +66,8 @@ pub enum Outbound {
     Close(CloseReason),
     /// Send what the fast path left pending in the wire.
     Flush,
+    /// A WebSocket ping (the node's [`heartbeat`](crate::heartbeat)).
+    Ping,
 }
 
 impl Outbound {
@@ -102,6 +104,9 @@ struct Shared {
     /// Woken when an item is queued, or the last producer or the writer went (the
     /// writer waits on it; one waiter, so a wake-up before it waits is kept).
     queued: tokio::sync::Notify,
+    /// When the client was last heard from, in ms on the node's clock (the reader notes
+    /// every frame; the heartbeat closes a connection silent for too long).
+    heard: AtomicU64,
 }
 
 #[derive(Default)]
@@ -145,6 +150,7 @@ impl Shared {
             }),
             max_frames: max_frames.max(1),
             queued: tokio::sync::Notify::new(),
+            heard: AtomicU64::new(0),
         }
     }
 
@@ -368,6 +374,23 @@ impl OutboundQueue {
             self.close(reason);
         }
         true
+    }
+
+    /// The client was heard from (a frame arrived) at `at_ms` on the node's clock.
+    pub fn heard(&self, at_ms: u64) {
+        self.shared.heard.store(at_ms, Ordering::Relaxed);
+    }
+
+    /// When the client was last heard from (see [`heard`](Self::heard)).
+    pub fn heard_at(&self) -> u64 {
+        self.shared.heard.load(Ordering::Relaxed)
+    }
+
+    /// Queues a ping. Unlike a message, a ping that finds the queue full is dropped, not
+    /// an overflow: the client is being written to anyway. False if not queued.
+    pub fn ping(&self) -> bool {
+        !self.shared.stopping.load(Ordering::Relaxed)
+            && self.shared.try_send(Outbound::Ping).is_ok()
     }
 
     /// Whether [`goaway`](Self::goaway) was called.

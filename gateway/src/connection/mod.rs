@@ -39,9 +39,8 @@ use futures_util::future::OptionFuture;
 use futures_util::{Stream, StreamExt};
 use session::Session;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 /// How long after `welcome` a client may send `resume` before its inbox is replayed from
@@ -90,8 +89,6 @@ struct Reader<S> {
     node: Arc<Node>,
     id: u64,
     queue: OutboundQueue,
-    last_seen: Arc<AtomicU64>,
-    started: Instant,
 }
 
 /// What one read means for the loop.
@@ -103,8 +100,7 @@ enum Read {
 
 impl<S> Reader<S> {
     fn take(&self, msg: Option<Result<Message, tungstenite::Error>>) -> Read {
-        self.last_seen
-            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.queue.heard(self.node.clock_ms());
         match classify(msg, self.id) {
             Frame::Text(text) => Read::Command(text),
             Frame::Skip => Read::Skip,
@@ -195,11 +191,10 @@ where
     let ctl = Arc::new(ConnCtl::default());
     let id = node.register(queue.clone(), &identity.user, Some(ctl.clone()));
     node.metrics.accepted.inc();
+    queue.heard(node.clock_ms());
     let (sink, stream) = ws.split();
-    let started = Instant::now();
-    let last_seen = Arc::new(AtomicU64::new(0));
     let session = Session::new(node.clone(), id, identity, queue.clone());
-    let settings = writer_settings(&node, last_seen.clone(), started);
+    let settings = writer_settings(&node);
     if let Some(wire) = wire {
         queue.attach(wire, settings.on_delivered.clone());
     }
@@ -209,8 +204,6 @@ where
         node,
         id,
         queue,
-        last_seen,
-        started,
     };
     run(
         session,
@@ -440,17 +433,11 @@ impl Session {
     }
 }
 
-/// What the writer needs: the heartbeat, where the reader notes activity, and the
-/// callback that counts deliveries.
-fn writer_settings(
-    node: &Arc<Node>,
-    last_seen: Arc<AtomicU64>,
-    started: Instant,
-) -> WriterSettings {
+/// What the writer needs: the heartbeat (for the write timeout) and the callback that
+/// counts deliveries.
+fn writer_settings(node: &Arc<Node>) -> WriterSettings {
     WriterSettings {
         heartbeat: node.config.heartbeat.interval,
-        last_seen,
-        epoch: started,
         on_delivered: node.on_delivered.clone(),
     }
 }

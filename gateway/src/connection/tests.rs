@@ -21,6 +21,7 @@ pub(super) enum Item {
     Forget(String),
     Close(u16),
     Flush,
+    Ping,
 }
 
 pub(super) fn simplify(item: Outbound) -> Item {
@@ -37,6 +38,7 @@ pub(super) fn simplify(item: Outbound) -> Item {
         Outbound::Forget(r) => Item::Forget(r.to_string()),
         Outbound::Close(c) => Item::Close(c.code),
         Outbound::Flush => Item::Flush,
+        Outbound::Ping => Item::Ping,
     }
 }
 

@@ -4,7 +4,6 @@ use super::*;
 use crate::disconnect::WRITE_TIMEOUT;
 use crate::protocol::StreamPosition;
 use futures_util::Sink;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -134,8 +133,6 @@ async fn a_second_catchup_of_a_room_writes_nothing_twice() {
 fn settings(heartbeat_ms: u64) -> WriterSettings {
     WriterSettings {
         heartbeat: Duration::from_millis(heartbeat_ms),
-        last_seen: Arc::new(AtomicU64::new(0)),
-        epoch: Instant::now(),
         on_delivered: Arc::new(|_| {}),
     }
 }
@@ -202,15 +199,6 @@ async fn a_write_that_never_completes_closes_within_two_heartbeats() {
         Ok::<_, tokio_tungstenite::tungstenite::Error>(())
     });
     let s = settings(100);
-    // The client keeps sending (pings, commands): the idle check sees activity.
-    let last_seen = s.last_seen.clone();
-    let epoch = s.epoch;
-    let keep_alive = tokio::spawn(async move {
-        loop {
-            last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    });
     let started = Instant::now();
     let task = tokio::spawn(run_writer(Box::pin(stalled), rx, s));
     assert!(q.frame("hello"));
@@ -218,7 +206,6 @@ async fn a_write_that_never_completes_closes_within_two_heartbeats() {
         .await
         .expect("writer gives up")
         .expect("writer");
-    keep_alive.abort();
     assert_eq!(q.close_reason(), Some(WRITE_TIMEOUT));
     assert!(started.elapsed() >= Duration::from_millis(200));
 }

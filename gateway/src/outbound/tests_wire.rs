@@ -6,7 +6,7 @@ use super::*;
 use crate::protocol::StreamPosition;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
@@ -54,8 +54,6 @@ async fn connect(max_bytes: usize) -> Conn {
     q.attach(wire, on_delivered.clone());
     let settings = WriterSettings {
         heartbeat: Duration::from_secs(60),
-        last_seen: Arc::new(AtomicU64::new(0)),
-        epoch: Instant::now(),
         on_delivered,
     };
     let writer = tokio::spawn(run_writer(sink, rx, settings));

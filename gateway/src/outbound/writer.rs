@@ -1,22 +1,22 @@
 //! The writer: the one task that writes a connection's queue to its socket, in order,
 //! never a `(room, seq)` twice, holding a catching-up room's live messages until its
-//! replay is out (the rules are in [`order`](super::order)); with pings, the idle timeout
-//! and the write timeout.
+//! replay is out (the rules are in [`order`](super::order)); with the write timeout. The
+//! pings come through the queue (the node's [`heartbeat`](crate::heartbeat)).
 
 use super::order::Live;
 use super::wire::{encode_text, Wire, WireIo};
 use super::{Outbound, OutboundReceiver, Shared};
-use crate::disconnect::{HEARTBEAT_TIMEOUT, SLOW_CONSUMER, WRITE_TIMEOUT};
+use crate::disconnect::{SLOW_CONSUMER, WRITE_TIMEOUT};
 use crate::engine::Envelope;
 use crate::protocol::StreamPosition;
 use futures_util::{Sink, SinkExt};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -38,12 +38,8 @@ pub struct WriterOutcome {
 
 /// Settings of the writer.
 pub struct WriterSettings {
-    /// Ping period.
+    /// The heartbeat period: a write not done within two closes the connection.
     pub heartbeat: Duration,
-    /// Millis since `epoch` of the last frame received, updated by the reader.
-    pub last_seen: Arc<AtomicU64>,
-    /// Reference instant for `last_seen`.
-    pub epoch: Instant,
     /// Called once per written message (metrics).
     pub on_delivered: OnDelivered,
 }
@@ -51,9 +47,8 @@ pub struct WriterSettings {
 /// Most items written before a flush.
 const BATCH: usize = 64;
 
-/// Writes queued items to `sink` until the connection closes; sends pings, enforces the
-/// idle timeout and the write timeout (both two heartbeat periods). Sends the close frame
-/// itself.
+/// Writes queued items to `sink` until the connection closes; enforces the write timeout
+/// (two heartbeat periods). Sends the close frame itself.
 ///
 /// An async block rather than an async fn: an async fn keeps a second copy of its
 /// arguments in its state, which every connection's task would carry.
@@ -67,12 +62,6 @@ where
     S: Sink<Message, Error = Error> + Unpin,
 {
     async move {
-        let mut ping = tokio::time::interval_at(
-            tokio::time::Instant::now() + settings.heartbeat,
-            settings.heartbeat,
-        );
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let idle_limit = (settings.heartbeat * 2).as_millis() as u64;
         let write_timeout = settings.heartbeat * 2;
         let shared = rx.shared.clone();
         let wire = shared.items().fast.as_ref().map(|f| f.wire.clone());
@@ -87,18 +76,6 @@ where
             tokio::select! {
                 biased;
                 _ = &mut cancelled => break,
-                _ = ping.tick() => {
-                    let now = settings.epoch.elapsed().as_millis() as u64;
-                    if now.saturating_sub(settings.last_seen.load(Ordering::Relaxed)) > idle_limit {
-                        shared.stop(Some(HEARTBEAT_TIMEOUT));
-                        break;
-                    }
-                    let send = sink.send(Message::Ping(Default::default()));
-                    let sent = Box::pin(within(send, cancelled.as_mut(), write_timeout, &shared)).await;
-                    if !matches!(sent, Some(Ok(()))) {
-                        break;
-                    }
-                }
                 item = rx.next() => {
                     let Some(item) = item else { break };
                     let texts = Texts { wire: wire.as_ref(), buf: Vec::new() };
@@ -244,14 +221,17 @@ async fn write_item<S>(
 where
     S: Sink<Message, Error = Error> + Unpin,
 {
-    if let Outbound::Frame(f) = item {
-        return texts.write(sink, f).await;
+    match item {
+        Outbound::Frame(f) => return texts.write(sink, f).await,
+        // In tungstenite's buffer until the batch's flush, after the batch's texts.
+        Outbound::Ping => return sink.feed(Message::Ping(Default::default())).await,
+        _ => {}
     }
     let msgs = {
         let mut items = shared.items();
         let order = &mut items.order;
         match item {
-            Outbound::Frame(_) => return Ok(()), // written above
+            Outbound::Frame(_) | Outbound::Ping => return Ok(()), // written above
             Outbound::Msg(env) => match order.live(&env) {
                 Live::Write => {
                     order.written(&env);

@@ -1,0 +1,123 @@
+//! Heartbeat: one task per node pings every chat connection once per
+//! `heartbeat.interval` and closes those it has not heard from for two (close 1001,
+//! `heartbeat timeout`).
+//!
+//! One task rather than a timer per connection: each connection's writer used to hold a
+//! ping timer, which every idle connection carried (about 180 bytes and an entry in the
+//! runtime's timer wheel) and which woke it once an interval. The interval is cut into
+//! [`SLICES`] ticks, each visiting one slice of the connections (by id), so a node's
+//! pings are spread over the interval instead of leaving in one burst.
+
+use crate::disconnect::HEARTBEAT_TIMEOUT;
+use crate::node::Node;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Ticks per interval; each visits one slice of the connections.
+pub const SLICES: u64 = 16;
+
+/// What the heartbeat does to a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Beat {
+    Ping,
+    Close,
+}
+
+/// The beat of a connection last heard from at `heard`, at `now` (both in ms on the
+/// node's clock): closed once silent for more than two intervals. Checked once an
+/// interval, a silent client goes between two and three intervals after its last frame.
+pub fn beat(now: u64, heard: u64, interval: Duration) -> Beat {
+    if now.saturating_sub(heard) > 2 * interval.as_millis() as u64 {
+        Beat::Close
+    } else {
+        Beat::Ping
+    }
+}
+
+/// Runs the node's heartbeat until shutdown.
+pub async fn run(node: Arc<Node>) {
+    let interval = node.config.heartbeat.interval;
+    let tick = interval / SLICES as u32;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for slice in (0..SLICES).cycle() {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let now = node.clock_ms();
+        for queue in node.chat_queues(slice, SLICES) {
+            match beat(now, queue.heard_at(), interval) {
+                // A queue too full for a ping is being written to: no ping needed.
+                Beat::Ping => _ = queue.ping(),
+                Beat::Close => queue.close(HEARTBEAT_TIMEOUT),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbound::{self, Outbound, OutboundQueue};
+
+    #[test]
+    fn silent_for_more_than_two_intervals_closes() {
+        let i = Duration::from_millis(100);
+        assert_eq!(beat(1_000, 1_000, i), Beat::Ping);
+        assert_eq!(beat(1_200, 1_000, i), Beat::Ping, "two intervals exactly");
+        assert_eq!(beat(1_201, 1_000, i), Beat::Close);
+        assert_eq!(
+            beat(900, 1_000, i),
+            Beat::Ping,
+            "heard after `now` was read"
+        );
+    }
+
+    /// A chat connection registered on `node` as the socket loop does, heard from now.
+    fn connect(node: &Arc<Node>) -> (OutboundQueue, outbound::OutboundReceiver) {
+        let (queue, rx) = outbound::queue(8, 1024);
+        queue.heard(node.clock_ms());
+        node.register(queue.clone(), "u", Some(Default::default()));
+        (queue, rx)
+    }
+
+    fn pings(rx: &mut outbound::OutboundReceiver) -> usize {
+        std::iter::from_fn(|| rx.try_recv_for_test())
+            .filter(|item| matches!(item, Outbound::Ping))
+            .count()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_chat_connection_is_pinged_once_an_interval_and_the_silent_ones_close() {
+        let mut config = crate::config::Config::default();
+        config.auth.mode = crate::config::AuthMode::Insecure;
+        config.server.listen = "127.0.0.1:0".parse().expect("addr");
+        config.heartbeat.interval = Duration::from_secs(10);
+        let node = Node::new(config, Default::default()).expect("node");
+        let (talks, mut talks_rx) = connect(&node);
+        let (silent, mut silent_rx) = connect(&node);
+        let forwarded = OutboundQueue::opaque();
+        node.register(forwarded.clone(), "f", None);
+        tokio::spawn(run(node.clone()));
+
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            talks.heard(node.clock_ms());
+            assert_eq!(pings(&mut talks_rx), 1, "one ping an interval");
+        }
+        assert_eq!(
+            pings(&mut silent_rx),
+            2,
+            "pinged until silent for two intervals"
+        );
+        assert_eq!(silent.close_reason(), Some(HEARTBEAT_TIMEOUT));
+        assert_eq!(talks.close_reason(), None);
+        assert_eq!(
+            forwarded.close_reason(),
+            None,
+            "a forwarded socket is not ours to ping"
+        );
+        node.shutdown.cancel();
+    }
+}
