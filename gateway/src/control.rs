@@ -57,6 +57,8 @@ pub enum SessionCtl {
 #[derive(Default)]
 pub struct ConnCtl {
     pending: Mutex<Vec<SessionCtl>>,
+    /// New verification keys came in force since the session last looked.
+    keys_changed: std::sync::atomic::AtomicBool,
     notify: Notify,
 }
 
@@ -70,7 +72,20 @@ impl ConnCtl {
         self.notify.notify_one();
     }
 
-    /// Waits until a message is left.
+    /// New verification keys are in force: the session checks its token's key.
+    pub fn keys_changed(&self) {
+        self.keys_changed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    /// Whether keys changed since the last call.
+    pub fn take_keys_changed(&self) -> bool {
+        self.keys_changed
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until a message is left (or the keys changed).
     pub async fn wait(&self) {
         self.notify.notified().await;
     }

@@ -60,9 +60,6 @@ pub struct Node {
     pub namespaces: Namespaces,
     /// Hooks on the application's backend.
     pub hooks: crate::hooks::Hooks,
-    /// Bumped whenever new verification keys are in force; connections whose key is gone
-    /// close (see [`reload_keys`]).
-    pub keys_changed: tokio::sync::watch::Sender<u64>,
     /// Counts a delivery; one for all connections (it only touches the node's metrics).
     pub on_delivered: crate::outbound::OnDelivered,
     /// The node's clock starts here (see [`clock_ms`](Self::clock_ms)).
@@ -177,7 +174,6 @@ impl Node {
             id: node_id(&config),
             namespaces: Namespaces::new(&config.namespaces),
             hooks: crate::hooks::Hooks::new(&config.hooks, &metrics),
-            keys_changed: tokio::sync::watch::channel(0).0,
             on_delivered: crate::connection::count_deliveries(&metrics),
             ip_buckets: Mutex::new(ip_buckets),
             user_buckets: Mutex::new(user_buckets),
@@ -257,6 +253,16 @@ impl Node {
             .filter(|(id, c)| *id % slices.max(1) == slice && c.ctl.is_some())
             .map(|(_, c)| c.queue.clone())
             .collect()
+    }
+
+    /// Tells every chat connection that new verification keys are in force: those whose
+    /// token's key is gone close (see [`reload_keys`]). A walk over the connections
+    /// rather than a channel each connection waits on, which every idle connection's task
+    /// would carry for a rare event.
+    pub fn tell_keys_changed(&self) {
+        for ctl in lock(&self.conns).values().filter_map(|c| c.ctl.as_ref()) {
+            ctl.keys_changed();
+        }
     }
 
     /// Closes every connection of `user` on this node; returns how many.
@@ -386,7 +392,7 @@ pub async fn reload_keys(node: Arc<Node>) {
                     .key_reloads
                     .with_label_values(&["changed"])
                     .inc();
-                node.keys_changed.send_modify(|generation| *generation += 1);
+                node.tell_keys_changed();
             }
             Err(e) => {
                 tracing::warn!(error = %e, "JWT keys not reloaded; the keys in force stay");

@@ -253,7 +253,6 @@ where
         let mut grace = Some(Box::pin(tokio::time::sleep(RESUME_GRACE)));
         let expiry = tokio::time::sleep_until(instant_of(session.next_deadline()));
         tokio::pin!(expiry);
-        let mut keys = node.keys_changed.subscribe();
         let closing = queue.closing().clone();
         loop {
             if closing.is_cancelled() {
@@ -285,19 +284,16 @@ where
                             continue;
                         }
                         _ = ctl.wait() => {
+                            if ctl.take_keys_changed() && session.key_revoked() {
+                                queue.close(disconnect::KEY_REVOKED);
+                                break;
+                            }
                             Box::pin(async {
                                 for msg in ctl.take() {
                                     session.on_control(msg).await;
                                 }
                             })
                             .await;
-                            continue;
-                        }
-                        Ok(()) = keys.changed(), if session.identity.kid.is_some() => {
-                            if session.key_revoked() {
-                                queue.close(disconnect::KEY_REVOKED);
-                                break;
-                            }
                             continue;
                         }
                         msg = reader.stream.next() => msg,
