@@ -1,6 +1,6 @@
 //! Heartbeat: one task per node pings every chat connection once per
-//! `heartbeat.interval` and closes those it has not heard from for two (close 1001,
-//! `heartbeat timeout`).
+//! `heartbeat.interval` and closes those it has not heard from for more than two
+//! intervals (close 1001, `heartbeat timeout`).
 //!
 //! One task rather than a timer per connection: each connection's writer used to hold a
 //! ping timer, which every idle connection carried (about 180 bytes and an entry in the
