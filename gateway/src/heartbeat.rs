@@ -46,13 +46,13 @@ pub async fn run(node: Arc<Node>) {
             _ = ticks.tick() => {}
         }
         let now = node.clock_ms();
-        for queue in node.chat_queues(slice, SLICES) {
+        node.each_chat_queue(slice, SLICES, |queue| {
             match beat(now, queue.heard_at(), interval) {
                 // A queue too full for a ping is being written to: no ping needed.
                 Beat::Ping => _ = queue.ping(),
                 Beat::Close => queue.close(HEARTBEAT_TIMEOUT),
             }
-        }
+        });
     }
 }
 

@@ -245,14 +245,17 @@ impl Node {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// The queues of the chat connections (not the forwarded ones) whose id is
-    /// `slice` modulo `slices`: the [`heartbeat`](crate::heartbeat)'s round.
-    pub fn chat_queues(&self, slice: u64, slices: u64) -> Vec<OutboundQueue> {
-        lock(&self.conns)
+    /// Calls `visit` with the queue of each chat connection (not the forwarded ones)
+    /// whose id is `slice` modulo `slices`: the [`heartbeat`](crate::heartbeat)'s round.
+    /// In place, under the registry's lock: a clone of each queue would take its lock
+    /// twice more, for a ping or a close that takes it once.
+    pub fn each_chat_queue(&self, slice: u64, slices: u64, mut visit: impl FnMut(&OutboundQueue)) {
+        for (_, c) in lock(&self.conns)
             .iter()
             .filter(|(id, c)| *id % slices.max(1) == slice && c.ctl.is_some())
-            .map(|(_, c)| c.queue.clone())
-            .collect()
+        {
+            visit(&c.queue);
+        }
     }
 
     /// Tells every chat connection that new verification keys are in force: those whose
