@@ -7,6 +7,7 @@ pub mod conn;
 pub mod idle;
 pub mod stats;
 pub mod storm;
+mod upgrade;
 
 use crate::procstat;
 use clap::{Args, Parser, Subcommand};
