@@ -45,7 +45,8 @@ async fn current_top(shared: &Shared, room: &str) -> Seen {
     }
 }
 
-/// What this node last saw of a room it delivers.
+/// What this node last saw of a room it delivers. One per local room and per local
+/// user's inbox, so kept small: a room owed a gap fill keeps its retry in [`Owed`].
 #[derive(Clone, Default)]
 pub(super) struct Seen {
     epoch: Option<Arc<str>>,
@@ -55,19 +56,20 @@ pub(super) struct Seen {
     delivered: u64,
     /// Highest append time of those (Redis' clock).
     ts: u64,
-    /// Set while a gap fill is owed (the last one failed): when to try again, and the wait
-    /// after that.
-    held: Option<(Instant, Duration)>,
 }
+
+/// A gap fill owed (the last one failed): when to try again, and the wait after that.
+type Owed = (Instant, Duration);
 
 /// The rooms (and inboxes) this node delivers.
 pub(super) struct Delivery {
     shared: Arc<Shared>,
-    /// Rooms whose subscription is in place (the fast path for later joiners).
+    /// Rooms whose subscription is in place (the fast path for later joiners). Not the
+    /// inboxes: a user's second device asks the subscriber task, which answers at once.
     pub(super) active: Arc<Mutex<HashSet<String>>>,
-    rooms: HashMap<String, Seen>,
-    /// Rooms with a gap fill owed (see [`Seen::held`]).
-    owed: HashSet<String>,
+    rooms: HashMap<Box<str>, Seen>,
+    /// Rooms whose last gap fill failed: they are held (see the module docs).
+    owed: HashMap<Box<str>, Owed>,
     repair: mpsc::UnboundedSender<Arc<Envelope>>,
 }
 
@@ -81,7 +83,7 @@ impl Delivery {
             shared,
             active,
             rooms: HashMap::new(),
-            owed: HashSet::new(),
+            owed: HashMap::new(),
             repair,
         }
     }
@@ -119,8 +121,10 @@ impl Delivery {
     }
 
     fn insert(&mut self, room: &str, seen: Seen) {
-        lock(&self.active).insert(room.to_string());
-        self.rooms.insert(room.to_string(), seen);
+        if !crate::protocol::is_inbox(room) {
+            lock(&self.active).insert(room.to_string());
+        }
+        self.rooms.insert(room.into(), seen);
     }
 
     /// The tops of `rooms` now, read concurrently (one round trip for all of them on the
@@ -153,7 +157,7 @@ impl Delivery {
 
     /// Fills the gap of every room (a lost connection to one server).
     pub(super) async fn fill_all(&mut self) {
-        let names: Vec<String> = self.rooms.keys().cloned().collect();
+        let names: Vec<String> = self.rooms.keys().map(|r| r.to_string()).collect();
         for room in names {
             self.fill(&room).await;
         }
@@ -168,7 +172,7 @@ impl Delivery {
                 .keys()
                 .filter(|r| crate::protocol::is_inbox(r))
                 .filter(|r| !keys.cluster || keys.route(r).channel == channel)
-                .cloned()
+                .map(|r| r.to_string())
                 .collect()
         } else {
             keys.room_of_channel(channel)
@@ -190,11 +194,8 @@ impl Delivery {
         let due: Vec<String> = self
             .owed
             .iter()
-            .filter(|r| {
-                let held = self.rooms.get(*r).and_then(|s| s.held);
-                held.is_some_and(|(at, _)| at <= now)
-            })
-            .cloned()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(r, _)| r.to_string())
             .collect();
         for room in due {
             if !self.fill(&room).await {
@@ -233,7 +234,6 @@ impl Delivery {
                 restarted = true;
                 seen = Seen {
                     epoch: Some(page.epoch.clone()),
-                    held: seen.held,
                     ..Seen::default()
                 };
                 continue;
@@ -252,21 +252,18 @@ impl Delivery {
                 break;
             }
         }
-        seen.held = match (failed, seen.held) {
-            (false, _) => None,
-            (true, None) => Some((Instant::now() + FILL_RETRY, FILL_RETRY * 2)),
-            (true, Some((_, wait))) => {
-                Some((Instant::now() + wait, (wait * 2).min(FILL_RETRY_MAX)))
-            }
-        };
         // The room may have been left while the fill ran.
         if let Some(slot) = self.rooms.get_mut(room) {
-            if seen.held.is_some() {
-                self.owed.insert(room.to_string());
+            *slot = seen;
+            if failed {
+                let next = match self.owed.get(room) {
+                    None => (Instant::now() + FILL_RETRY, FILL_RETRY * 2),
+                    Some((_, wait)) => (Instant::now() + *wait, (*wait * 2).min(FILL_RETRY_MAX)),
+                };
+                self.owed.insert(room.into(), next);
             } else {
                 self.owed.remove(room);
             }
-            *slot = seen;
         }
         !failed
     }
@@ -316,10 +313,11 @@ impl Delivery {
                 // came before this message in the new epoch never reached it. Or a gap
                 // fill is owed. Fill from history first; the fill delivers this message
                 // too, in order.
-                let (jumped, held) = self.rooms.get(room).map_or((false, None), |s| {
+                let jumped = self.rooms.get(room).is_some_and(|s| {
                     let other = s.epoch.as_deref().is_some_and(|e| e != epoch);
-                    (other && seq > 1, s.held)
+                    other && seq > 1
                 });
+                let held = self.owed.get(room).copied();
                 if held.is_some_and(|(at, _)| at > Instant::now()) {
                     return; // in history: the next try delivers it
                 }
@@ -328,7 +326,7 @@ impl Delivery {
                     let Some(s) = self.rooms.get(room) else {
                         return;
                     };
-                    if s.held.is_some() {
+                    if self.owed.contains_key(room) {
                         return; // failed again: still in history for the next try
                     }
                     if s.epoch.as_deref() == Some(epoch) && s.seq >= seq {
@@ -362,7 +360,6 @@ impl Delivery {
                             seq,
                             delivered: seq,
                             ts,
-                            held: None,
                         };
                     }
                 }
