@@ -161,6 +161,8 @@ impl Shared {
         }
         self.stopping.store(true, Ordering::Relaxed);
         self.closing.cancel();
+        // The writer waits on the queue alone: its task holds no future of the token.
+        self.queued.notify_one();
     }
 
     fn items(&self) -> MutexGuard<'_, Items> {
@@ -446,6 +448,9 @@ impl OutboundReceiver {
     /// only taken by the poll that returns it.
     async fn next(&mut self) -> Option<Outbound> {
         loop {
+            if self.shared.stopping.load(Ordering::Relaxed) {
+                return None; // closing: what is still queued is not written
+            }
             match self.try_next() {
                 Ok(item) => return Some(item),
                 Err(true) => return None,

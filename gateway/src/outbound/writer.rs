@@ -12,7 +12,6 @@ use crate::protocol::StreamPosition;
 use futures_util::{Sink, SinkExt};
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
@@ -21,7 +20,6 @@ use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error, Message, Utf8Bytes};
-use tokio_util::sync::WaitForCancellationFuture;
 
 /// Counts a delivery (metrics); shared by the writer and the fast path.
 pub type OnDelivered = Arc<dyn Fn(&Envelope) + Send + Sync>;
@@ -65,30 +63,24 @@ where
         let write_timeout = settings.heartbeat * 2;
         let shared = rx.shared.clone();
         let wire = shared.items().fast.as_ref().map(|f| f.wire.clone());
-        let closing = rx.shared.closing.clone();
-        // Registered once, not once per item: polling a fresh one takes the token's lock.
-        let cancelled = closing.cancelled();
-        tokio::pin!(cancelled);
         // Every write below is boxed: its futures (the batch, the write timeout's timer) would
         // otherwise be part of this task for the connection's whole life, and most of the
         // time the connection is idle. One allocation per batch is cheap beside its syscall.
-        loop {
-            tokio::select! {
-                biased;
-                _ = &mut cancelled => break,
-                item = rx.next() => {
-                    let Some(item) = item else { break };
-                    let texts = Texts { wire: wire.as_ref(), buf: Vec::new() };
-                    let batch = write_batch(&mut sink, texts, &mut rx, item, &settings);
-                    let written = Box::pin(within(batch, cancelled.as_mut(), write_timeout, &shared)).await;
-                    let Some(written) = written else { break };
-                    shared.drained.notify_waiters();
-                    if written.is_err() {
-                        break;
-                    }
-                    rx.settle();
-                }
+        // Closing wakes the queue's waiter ([`OutboundReceiver::next`] then ends), so the
+        // task holds no future of the closing token either (72 bytes).
+        while let Some(item) = rx.next().await {
+            let texts = Texts {
+                wire: wire.as_ref(),
+                buf: Vec::new(),
+            };
+            let batch = write_batch(&mut sink, texts, &mut rx, item, &settings);
+            let written = Box::pin(within(batch, write_timeout, &shared)).await;
+            let Some(written) = written else { break };
+            shared.drained.notify_waiters();
+            if written.is_err() {
+                break;
             }
+            rx.settle();
         }
         // The fast path lets go of the socket before the close frame goes out.
         rx.close_queue();
@@ -113,18 +105,13 @@ where
 /// within `limit` (which closes it with [`WRITE_TIMEOUT`]). A client that stopped reading
 /// blocks a write (its TCP window is shut) while it may still be sending, so the idle
 /// check cannot see it. Usually the socket takes the bytes at once: then no timer is armed.
-async fn within<F: Future>(
-    write: F,
-    cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
-    limit: Duration,
-    shared: &Shared,
-) -> Option<F::Output> {
+async fn within<F: Future>(write: F, limit: Duration, shared: &Shared) -> Option<F::Output> {
     tokio::pin!(write);
     match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
         Poll::Ready(r) => Some(r),
         Poll::Pending => tokio::select! {
             biased;
-            _ = cancelled => None,
+            _ = shared.closing.cancelled() => None,
             _ = tokio::time::sleep(limit) => {
                 shared.stop(Some(WRITE_TIMEOUT));
                 None
