@@ -6,11 +6,11 @@ use crate::hooks::{ConnectRequest, Verdict};
 use crate::node::Node;
 use crate::outbound::{Wire, WireIo};
 use crate::upgrade::{admit_upgrade, reject, retry_later, switching, text, Body};
+use futures_util::future::{Either, FutureExt};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use futures_util::future::{Either, FutureExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -164,10 +164,15 @@ async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) 
 /// connection's, which put every connection's task in the allocator's next size class
 /// (1,280 bytes against 1,024; `connection::tests_footprint`). `start` is boxed for the
 /// same reason, and freed once unpacked.
+#[allow(clippy::async_yields_async)] // on purpose: the block yields the loop, run by flatten
 pub(crate) fn connection_task(
     on_upgrade: hyper::upgrade::OnUpgrade,
     node: Arc<Node>,
-    start: Box<(auth::Identity, crate::node::Slots, crate::hooks::ConnectAnswer)>,
+    start: Box<(
+        auth::Identity,
+        crate::node::Slots,
+        crate::hooks::ConnectAnswer,
+    )>,
 ) -> impl std::future::Future<Output = ()> + Send {
     let upgraded = async move {
         let upgraded = match on_upgrade.await {

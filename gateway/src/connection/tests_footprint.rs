@@ -74,4 +74,3 @@ async fn an_idle_connections_tasks_stay_small() {
     let size = std::mem::size_of_val(&writer);
     assert!(size <= WRITER_MAX, "the writer's future is {size} bytes");
 }
-
