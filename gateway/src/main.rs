@@ -22,6 +22,8 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
 static malloc_conf: Option<&'static std::ffi::c_char> =
+    // SAFETY: the pointer is to the first byte of a static, NUL-terminated C string
+    // literal, valid for the program's life; jemalloc only reads it.
     Some(unsafe { &*c"background_thread:true,dirty_decay_ms:1000".as_ptr() });
 
 /// WebSocket chat gateway.
