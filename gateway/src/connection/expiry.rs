@@ -2,6 +2,8 @@
 //! that (`auth.expiryWarning`) the client gets an `expiring` push and may `refresh`; at
 //! the expiry (plus `auth.jwt.leeway`) the connection closes with 4401, or, for a
 //! subscription token, the connection leaves the room with an `unsubscribed` push.
+//! The same timer saves the session record a moment after a join or a leave
+//! ([`SAVE_DELAY`](super::session::SAVE_DELAY)).
 
 use super::session::Session;
 use crate::disconnect::{self, CloseReason};
@@ -27,12 +29,15 @@ impl Session {
             .rooms
             .values()
             .filter_map(|j| Some(event(j.member.expires_at?, j.warned)));
-        conn.into_iter().chain(rooms).min()
+        conn.into_iter().chain(rooms).chain(self.save_due).min()
     }
 
-    /// Handles every expiry event due at `now` (Unix ms). Returns the close reason when
-    /// the connection token expired.
+    /// Handles every expiry event due at `now` (Unix ms), and a session save that is due.
+    /// Returns the close reason when the connection token expired.
     pub async fn on_deadline(&mut self, now: u64) -> Option<CloseReason> {
+        if self.save_due.is_some_and(|at| now >= at) {
+            self.persist(&HashMap::new()).await;
+        }
         let warning = self.node.config.auth.expiry_warning.as_millis() as u64;
         let leeway = self.node.config.auth.jwt.leeway.as_millis() as u64;
         if let Some(exp) = self.identity.expires_at.map(|e| e * 1000) {
@@ -62,7 +67,7 @@ impl Session {
                 .frame(push::unsubscribed_frame(room, "token expired"));
         }
         if !expired.is_empty() {
-            self.persist(&HashMap::new()).await;
+            self.persist_soon();
         }
         None
     }

@@ -297,6 +297,8 @@ where
                                 }
                             })
                             .await;
+                            // Leaving a room puts a session save on the timer.
+                            expiry.as_mut().reset(instant_of(session.next_deadline()));
                             continue;
                         }
                         msg = reader.stream.next() => msg,

@@ -51,7 +51,18 @@ pub struct Session {
     /// a lingering leave of an earlier join never removes a later one).
     pub(super) members: HashMap<Arc<str>, String>,
     joins: u64,
+    /// Unix ms by which the session record is saved (see [`SAVE_DELAY`]); none when the
+    /// saved record is current.
+    pub(super) save_due: Option<u64>,
 }
+
+/// A join or a leave saves the session record this long after it (a resume after the
+/// node died starts from that record), not at once: one save then covers every change
+/// of the moment, and a connection that joins, leaves and closes within it (a reconnect
+/// storm, a page load) saves once, at the close. A node that dies loses what its sessions
+/// changed in the last `SAVE_DELAY` from their records; a resume's `positions` still name
+/// those rooms (`/client.js` sends every room it joined).
+pub const SAVE_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Session {
     /// A new session of `identity`, writing to `queue`, registered on the node as `id`.
@@ -72,6 +83,7 @@ impl Session {
             connected_at: crate::engine::now_ms(),
             members: HashMap::new(),
             joins: 0,
+            save_due: None,
         }
     }
 
@@ -268,7 +280,7 @@ impl Session {
                 if self.rooms.contains_key(&room) {
                     self.detach(&room).await;
                     self.queue.frame(push::unsubscribed_frame(&room, reason));
-                    self.persist(&HashMap::new()).await;
+                    self.persist_soon();
                 }
             }
         }
@@ -306,10 +318,20 @@ impl Session {
         self.node.engine.ack_inbox(&self.identity.user, &at).await
     }
 
-    /// Saves the session for a later resume; `written` (the writer's positions at the
+    /// Saves the session within [`SAVE_DELAY`] (the socket loop's timer runs
+    /// [`on_deadline`](Self::on_deadline)); a save already due stays due, so a session that
+    /// keeps changing is not put off.
+    pub(super) fn persist_soon(&mut self) {
+        if self.save_due.is_none() {
+            self.save_due = Some(crate::engine::now_ms() + SAVE_DELAY.as_millis() as u64);
+        }
+    }
+
+    /// Saves the session for a later resume now; `written` (the writer's positions at the
     /// end) overrides the positions known at join time. The inbox's position is the
     /// acknowledged one, not the written one: bytes reaching a socket are not a read.
-    pub(super) async fn persist(&self, written: &HashMap<Arc<str>, StreamPosition>) {
+    pub(super) async fn persist(&mut self, written: &HashMap<Arc<str>, StreamPosition>) {
+        self.save_due = None;
         let mut rooms: std::collections::BTreeMap<String, StreamPosition> = self
             .rooms
             .iter()

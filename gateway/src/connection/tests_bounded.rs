@@ -421,7 +421,10 @@ async fn a_session_saved_at_the_join_of_an_empty_room_resumes_by_the_clients_seq
     for i in 1..=3 {
         a.publish("r", "bob", &format!("m{i}")).await;
     }
-    // The node dies: the session is the one saved at the join, with the empty epoch.
+    // The join's save is done (the socket loop's timer, a moment later), then the node
+    // dies: the session is the one saved for the join, with the empty epoch.
+    let due = a.session.next_deadline().expect("the join's save is due");
+    assert_eq!(a.session.on_deadline(due).await, None);
     let token = a.session.resume_token.clone();
     let mut b = Harness::on(a.node.clone(), "alice").await;
     b.cmd(json!({"type": "resume", "id": 2, "resume_token": token, "positions": {"r": 2}}))

@@ -3,6 +3,7 @@
 //! a closed session's rooms restored, another user's token refused.
 
 use super::catchup::merge_positions;
+use super::session::SAVE_DELAY;
 use super::tests::*;
 use crate::engine::SessionRecord;
 use crate::protocol::{Since, StreamPosition};
@@ -139,6 +140,48 @@ async fn another_users_token_is_refused_and_left_in_place() {
     assert_eq!(
         h.node.engine.take_session("bobs").await.expect("take"),
         Some(record)
+    );
+}
+
+/// The rooms of the session record saved under `token` (taking it).
+async fn saved_rooms(h: &Harness, token: &str) -> Option<Vec<String>> {
+    let record = h.node.engine.take_session(token).await.expect("take");
+    record.map(|r| r.rooms.into_keys().collect())
+}
+
+#[tokio::test]
+async fn joins_and_leaves_are_saved_once_a_moment_later_and_a_close_saves_at_once() {
+    let mut a = Harness::new("alice").await;
+    let token = a.session.resume_token.clone();
+    let delay = SAVE_DELAY.as_millis() as u64;
+    let before = crate::engine::now_ms();
+    a.cmd(json!({"type": "join", "id": 1, "room": "r1"})).await;
+    let after = crate::engine::now_ms();
+    a.cmd(json!({"type": "join", "id": 2, "room": "r2"})).await;
+    a.cmd(json!({"type": "leave", "id": 3, "room": "r2"})).await;
+    assert_eq!(saved_rooms(&a, &token).await, None, "nothing saved yet");
+    let due = a.session.next_deadline().expect("a save is due");
+    assert!(
+        (before + delay..=after + delay).contains(&due),
+        "due {due}: the first join's time plus {delay} ms, not put off by what followed"
+    );
+    assert_eq!(a.session.on_deadline(due - 1).await, None);
+    assert_eq!(saved_rooms(&a, &token).await, None, "not due yet");
+    assert_eq!(a.session.on_deadline(due).await, None);
+    assert_eq!(
+        saved_rooms(&a, &token).await,
+        Some(vec!["r1".into(), "user:alice".into()]),
+        "one save for the three changes (and the inbox's acknowledged position)"
+    );
+    assert_eq!(a.session.next_deadline(), None, "nothing more to save");
+
+    // A close saves at once, whatever is due.
+    a.cmd(json!({"type": "join", "id": 4, "room": "r3"})).await;
+    assert!(a.session.next_deadline().is_some());
+    a.session.close(&HashMap::new()).await;
+    assert_eq!(
+        saved_rooms(&a, &token).await,
+        Some(vec!["r1".into(), "r3".into(), "user:alice".into()])
     );
 }
 

@@ -6,7 +6,6 @@ use super::{Handled, Outcome, Refusal, Session};
 use crate::protocol::command::Join;
 use crate::protocol::reply::{JoinOk, Reply};
 use crate::protocol::{self, ErrorCode};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 pub(super) async fn handle(s: &mut Session, cmd: Join) -> Handled {
@@ -34,7 +33,7 @@ pub(super) async fn handle(s: &mut Session, cmd: Join) -> Handled {
     };
     let member = s.decide_join(&room, sub).await?;
     let caught = s.enter_room(&room, cmd.since.as_ref(), member).await?;
-    s.persist(&HashMap::new()).await;
+    s.persist_soon();
     Ok(Outcome {
         reply: Reply::Join(JoinOk {
             room,

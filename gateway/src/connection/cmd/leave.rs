@@ -4,7 +4,6 @@ use super::{Handled, Refusal, Session};
 use crate::protocol::command::Leave;
 use crate::protocol::reply::{LeaveOk, Reply};
 use crate::protocol::ErrorCode;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 pub(super) async fn handle(s: &mut Session, cmd: Leave) -> Handled {
@@ -17,6 +16,6 @@ pub(super) async fn handle(s: &mut Session, cmd: Leave) -> Handled {
         ));
     }
     s.detach(&room).await;
-    s.persist(&HashMap::new()).await;
+    s.persist_soon();
     Ok(Reply::Leave(LeaveOk { room }).into())
 }
