@@ -14,7 +14,9 @@ pub(super) enum Members {
     #[default]
     None,
     One(ConnId, OutboundQueue),
-    Many(HashMap<ConnId, OutboundQueue>),
+    /// Boxed: inline, the map (48 bytes) would size every room, inboxes included.
+    #[allow(clippy::box_collection)] // on purpose: see above
+    Many(Box<HashMap<ConnId, OutboundQueue>>),
 }
 
 impl Members {
@@ -29,7 +31,7 @@ impl Members {
             Members::One(id, q) if *id == conn => *q = queue,
             Members::One(..) => {
                 if let Members::One(id, q) = std::mem::take(self) {
-                    *self = Members::Many(HashMap::from([(id, q), (conn, queue)]));
+                    *self = Members::Many(Box::new(HashMap::from([(id, q), (conn, queue)])));
                 }
             }
             Members::Many(map) => {
