@@ -213,13 +213,15 @@ pub(crate) fn connection_task(
 /// tungstenite's defaults (128 KiB read and write buffers) would dominate the memory of an
 /// idle connection; chat frames are small. The read buffer is allocated with the
 /// connection and kept for its life, and is also the most one read takes from the
-/// socket: 512 bytes hold a typical command (a larger frame takes a read per 512 bytes).
+/// socket: 256 bytes hold a typical command (a `send` of a 100-byte body is about 180;
+/// a larger frame takes a read per 256 bytes). 512 cost every idle connection 256 bytes
+/// more (bench/summary.md).
 /// Writes collect up to 16 KiB and go out in one syscall per batch (the writer flushes
 /// after each batch) instead of one per frame.
 fn ws_config(node: &Node) -> WebSocketConfig {
     let limits = &node.config.limits;
     WebSocketConfig::default()
-        .read_buffer_size(512)
+        .read_buffer_size(256)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(limits.outbound_queue_bytes + limits.max_frame_bytes + 4096)
         .max_message_size(Some(limits.max_frame_bytes))
