@@ -57,7 +57,7 @@ impl Rooms {
             Err(i) => {
                 // Grown one room at a time: a Vec's first growth makes room for four,
                 // 256 bytes that every idle connection (one room, its inbox) would carry.
-                // A join is rare beside a delivery, and most such growths stay in place.
+                // A join is rare beside a delivery: a reallocation per join is cheap.
                 self.0.reserve_exact(1);
                 self.0.insert(i, (room, RoomOrder::default()));
                 i
