@@ -7,11 +7,15 @@
 //! Presence changes are batched per room for `limits.presenceBatch` (see
 //! [`crate::presence`]): the engines report each change here, on every node alike, and
 //! one task per node pushes each room's batch as one frame when its window ends.
+//!
+//! A busy room's messages wake its members' writers once per `limits.fanoutBatch`
+//! ([`wakes`]).
 
 mod members;
+mod wakes;
 
 use crate::engine::Envelope;
-use crate::outbound::{Outbound, OutboundQueue};
+use crate::outbound::{Outbound, OutboundQueue, Via};
 use crate::presence::Batch;
 use crate::protocol::push::PresencePush;
 use members::Members;
@@ -35,7 +39,9 @@ const SHARDS: usize = 16;
 /// (each message waiting for the one before), they go through the members' writers
 /// instead, which batch what piles up: several frames per syscall. The room keeps the
 /// time its last direct fan-out took, and a message goes direct if it comes at least
-/// that long and a quarter after the previous one.
+/// that long and a quarter after the previous one. One that does not is queued without
+/// waking the writers, and they are woken once a window later (`limits.fanoutBatch`,
+/// [`wakes`]), when each has the window's messages to write at once.
 ///
 /// Every local user's inbox is a room here, so a room is kept small: 48 bytes, 64 with
 /// its name in the shard's table (104 with the cost as a `Duration` and the members' map
@@ -47,6 +53,9 @@ struct Room {
     last_start: Option<Instant>,
     /// How long the last direct fan-out took, in ns (at most ~4.3 s).
     direct_ns: u32,
+    /// Messages were queued quietly and the room waits in [`wakes`] for its writers'
+    /// wake: until then its messages are queued quietly too.
+    wake_due: bool,
 }
 
 impl Room {
@@ -74,18 +83,24 @@ pub struct Hub {
     /// Tells the flush task that a window started.
     wake: Notify,
     started: OnceLock<()>,
+    /// How long a busy room's messages wait for their writers' wake (0: none waits).
+    fanout_window: Duration,
+    wakes: wakes::Wakes,
+    wakes_started: OnceLock<()>,
 }
 
 impl Default for Hub {
-    /// A hub pushing each presence change at once (tests, tools).
+    /// A hub pushing each presence change at once and waking writers per message (tests,
+    /// tools).
     fn default() -> Self {
-        Hub::new(Duration::ZERO)
+        Hub::new(Duration::ZERO, Duration::ZERO)
     }
 }
 
 impl Hub {
-    /// A hub batching presence changes for `presence_window` (`limits.presenceBatch`).
-    pub fn new(presence_window: Duration) -> Self {
+    /// A hub batching presence changes for `presence_window` (`limits.presenceBatch`),
+    /// and a busy room's wakes for `fanout_window` (`limits.fanoutBatch`).
+    pub fn new(presence_window: Duration, fanout_window: Duration) -> Self {
         Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: Default::default(),
@@ -93,6 +108,9 @@ impl Hub {
             pending: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             started: OnceLock::new(),
+            fanout_window,
+            wakes: Default::default(),
+            wakes_started: OnceLock::new(),
         }
     }
 
@@ -123,13 +141,16 @@ impl Hub {
     /// Removes a subscriber; true when the room has no local subscriber left.
     pub fn unsubscribe(&self, room: &str, conn: ConnId) -> bool {
         let mut shard = self.shard(room);
-        let Some(subs) = shard.get_mut(room).map(|r| &mut r.subs) else {
+        let Some(r) = shard.get_mut(room) else {
             return false;
         };
-        if !subs.remove(conn) {
+        let Some(queue) = r.subs.remove(conn) else {
             return false;
+        };
+        if r.wake_due {
+            queue.pusher().wake(); // the room's wake will not reach it now
         }
-        if subs.is_empty() {
+        if r.subs.is_empty() {
             shard.remove(room);
             return true;
         }
@@ -138,7 +159,7 @@ impl Hub {
 
     /// Delivers a room message to every local subscriber, straight to its socket or
     /// through its queue (see [`Room`]); returns how many took it.
-    pub fn deliver(&self, env: &Arc<Envelope>) -> usize {
+    pub fn deliver(self: &Arc<Self>, env: &Arc<Envelope>) -> usize {
         let span = match &env.traceparent {
             Some(tp) if crate::telemetry::enabled() => {
                 let span = tracing::info_span!("deliver", room = %env.room, seq = env.seq, recipients = tracing::field::Empty, trace_id = tracing::field::Empty);
@@ -156,24 +177,70 @@ impl Hub {
         // messages one at a time (the memory engine under the room's lock, Redis from its
         // one delivery task).
         let start = Instant::now();
-        let (targets, direct) = {
+        let mut newly_due = false;
+        let (targets, via) = {
             let mut shard = self.shard(&env.room);
             let Some(room) = shard.get_mut(&env.room) else {
                 return 0;
             };
-            let direct = room.direct(start);
+            let via = if room.wake_due {
+                Via::Quiet
+            } else if room.direct(start) {
+                Via::Direct
+            } else if self.fanout_window.is_zero() {
+                Via::Queue
+            } else {
+                room.wake_due = true;
+                newly_due = true;
+                Via::Quiet
+            };
             room.last_start = Some(start);
             let targets: Vec<_> = room.subs.queues().map(OutboundQueue::pusher).collect();
-            (targets, direct)
+            (targets, via)
         };
-        let n = targets.iter().filter(|q| q.deliver(env, direct)).count();
-        if direct {
-            if let Some(room) = self.shard(&env.room).get_mut(&env.room) {
-                room.set_cost(start.elapsed());
+        if newly_due {
+            self.wakes_started.get_or_init(|| {
+                tokio::spawn(wakes::run(Arc::downgrade(self)));
+            });
+            self.wakes.add(start + self.fanout_window, env.room.clone());
+        }
+        let n = targets.iter().filter(|q| q.deliver(env, via)).count();
+        match via {
+            Via::Direct => {
+                if let Some(room) = self.shard(&env.room).get_mut(&env.room) {
+                    room.set_cost(start.elapsed());
+                }
             }
+            Via::Quiet => {
+                // The queues were filled after the lock: if the room's wake came in between,
+                // it missed these messages, and they are woken for here.
+                let waiting = self
+                    .shard(&env.room)
+                    .get(&env.room)
+                    .is_some_and(|r| r.wake_due);
+                if !waiting {
+                    targets.iter().for_each(|q| q.wake());
+                }
+            }
+            Via::Queue => {}
         }
         span.record("recipients", n);
         n
+    }
+
+    /// Wakes the writers of the rooms due by `now` ([`wakes`]).
+    fn wake_due(&self, now: Instant) {
+        for name in self.wakes.take_due(now) {
+            let targets: Vec<_> = {
+                let mut shard = self.shard(&name);
+                let Some(room) = shard.get_mut(&name) else {
+                    continue; // emptied meanwhile: each leaving member was woken
+                };
+                room.wake_due = false;
+                room.subs.queues().map(OutboundQueue::pusher).collect()
+            };
+            targets.iter().for_each(|q| q.wake());
+        }
     }
 
     /// Queues a ready frame to every local subscriber of a room.
@@ -285,122 +352,4 @@ async fn run_presence_flush(hub: Weak<Hub>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::outbound::queue;
-
-    #[test]
-    fn a_room_fans_out_direct_unless_its_fan_outs_would_keep_up_no_more() {
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        let mut room = Room::default();
-        assert!(room.direct(t0), "the first message");
-        room.last_start = Some(t0);
-        room.set_cost(ms(4));
-        assert!(!room.direct(t0 + ms(4)), "busy 4 ms of every 4: batch");
-        assert!(
-            !room.direct(t0 + ms(4) + ms(9) / 10),
-            "4 of every 4.9 ms: batch"
-        );
-        assert!(room.direct(t0 + ms(5)), "4 of every 5 ms: direct");
-        assert!(room.direct(t0 + ms(20)), "apart: direct");
-        // A cost beyond what the room keeps (~4.3 s) saturates rather than wraps.
-        room.set_cost(Duration::from_secs(10));
-        assert!(!room.direct(t0 + Duration::from_secs(5)), "still busy");
-    }
-
-    #[test]
-    fn a_room_and_its_name_fit_64_bytes() {
-        // Every local user's inbox is one: the shard's table holds one per connection.
-        let entry = std::mem::size_of::<(Arc<str>, Room)>();
-        assert!(entry <= 64, "a room's entry is {entry} bytes");
-    }
-
-    #[test]
-    fn first_and_last_subscriber_are_reported() {
-        let hub = Hub::default();
-        let room: Arc<str> = "r".into();
-        let (q1, _r1) = queue(8, 1024);
-        let (q2, _r2) = queue(8, 1024);
-        assert!(hub.subscribe(&room, 1, q1));
-        assert!(!hub.subscribe(&room, 2, q2));
-        assert!(!hub.unsubscribe("r", 1));
-        assert!(!hub.unsubscribe("r", 1), "second unsubscribe is a no-op");
-        assert!(hub.unsubscribe("r", 2));
-        assert_eq!(hub.room_count(), 0);
-    }
-
-    #[test]
-    fn deliver_shares_one_frame_and_skips_closed_subscribers() {
-        let hub = Hub::default();
-        let room: Arc<str> = "r".into();
-        let (q1, mut r1) = queue(8, 1024);
-        let (q2, _r2) = queue(8, 1024);
-        hub.subscribe(&room, 1, q1);
-        hub.subscribe(&room, 2, q2.clone());
-        q2.close(crate::disconnect::SLOW_CONSUMER);
-        let env = Arc::new(Envelope {
-            room: room.clone(),
-            seq: 1,
-            epoch: "e".into(),
-            ts: 0,
-            traceparent: None,
-            frame: "{}".into(),
-        });
-        assert_eq!(hub.deliver(&env), 1);
-        drop(hub);
-        let got = r1.try_recv_for_test().expect("queued");
-        match got {
-            Outbound::Msg(e) => assert!(Arc::ptr_eq(&e, &env)),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    fn presence_frames(rx: &mut crate::outbound::OutboundReceiver) -> Vec<PresencePush> {
-        std::iter::from_fn(|| rx.try_recv_for_test())
-            .filter_map(|i| match i {
-                Outbound::Frame(f) => PresencePush::parse(&f),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[tokio::test]
-    async fn a_full_presence_batch_goes_out_before_its_window_ends() {
-        // A window no test waits for: only a full batch or a flush pushes anything.
-        let hub = Arc::new(Hub::new(Duration::from_secs(5)));
-        let room: Arc<str> = "r".into();
-        let (q, mut rx) = queue(64, 1 << 20);
-        hub.subscribe(&room, 1, q);
-        for i in 0..crate::presence::MAX_USERS + 1 {
-            hub.presence("r", &format!("u{i}"), true);
-        }
-        hub.presence("elsewhere", "x", true); // no member here: nothing kept
-        let frames = presence_frames(&mut rx);
-        assert_eq!(frames.len(), 1, "the full batch");
-        assert_eq!(frames[0].joined.len(), crate::presence::MAX_USERS);
-        hub.flush_presence();
-        let frames = presence_frames(&mut rx);
-        let last = format!("u{}", crate::presence::MAX_USERS);
-        assert_eq!(frames, [PresencePush::new("r", vec![last], vec![])]);
-        hub.flush_presence();
-        assert!(presence_frames(&mut rx).is_empty(), "nothing left pending");
-    }
-
-    #[test]
-    fn without_a_window_each_change_is_its_own_frame() {
-        let hub = Arc::new(Hub::default());
-        let room: Arc<str> = "r".into();
-        let (q, mut rx) = queue(8, 1024);
-        hub.subscribe(&room, 1, q);
-        hub.presence("r", "a", true);
-        hub.presence("r", "a", false);
-        assert_eq!(
-            presence_frames(&mut rx),
-            [
-                PresencePush::change("r", "a", true),
-                PresencePush::change("r", "a", false)
-            ]
-        );
-    }
-}
+mod tests;

@@ -16,9 +16,12 @@
 //! A live message that finds the queue empty and the writer idle skips both: the
 //! publishing task writes it to the socket itself ([`wire`]), under the queue's lock and
 //! by the same ordering rules ([`order`]). At the rates real rooms see, that is most
-//! deliveries, and each then costs one syscall and no task wake-up.
+//! deliveries, and each then costs one syscall and no task wake-up. A busy room's
+//! messages are queued without waking the writer ([`Via::Quiet`]): the hub wakes it a
+//! window later, to write them all at once.
 
 mod order;
+mod pusher;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -26,6 +29,7 @@ mod tests_wire;
 mod wire;
 mod writer;
 
+pub use pusher::{Pusher, Via};
 pub use wire::{Wire, WireIo};
 pub use writer::{run_writer, OnDelivered, WriterOutcome, WriterSettings};
 
@@ -170,9 +174,14 @@ impl Shared {
         self.items.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues an item without waiting. Returns false if the connection is (now) closing;
-    /// an overflow closes it as a slow consumer.
+    /// Queues an item without waiting, waking the writer unless `quiet` (someone wakes it
+    /// later: [`Pusher::wake`]). Returns false if the connection is (now) closing; an
+    /// overflow closes it as a slow consumer.
     fn push(&self, item: Outbound) -> bool {
+        self.push_waking(item, true)
+    }
+
+    fn push_waking(&self, item: Outbound, wake: bool) -> bool {
         if self.stopping.load(Ordering::Relaxed) {
             return false;
         }
@@ -184,7 +193,7 @@ impl Shared {
             return false;
         }
         self.high_water.fetch_max(queued, Ordering::Relaxed);
-        match self.try_send(item) {
+        match self.try_send(item, wake) {
             Ok(()) => true,
             Err(refused) => {
                 self.bytes.fetch_sub(weight, Ordering::Relaxed);
@@ -197,7 +206,7 @@ impl Shared {
     }
 
     /// Appends an item if the queue has a slot and a consumer.
-    fn try_send(&self, item: Outbound) -> Result<(), Refused> {
+    fn try_send(&self, item: Outbound, wake: bool) -> Result<(), Refused> {
         {
             let mut items = self.items();
             if items.closed {
@@ -208,7 +217,9 @@ impl Shared {
             }
             items.queue.push_back(item);
         }
-        self.queued.notify_one();
+        if wake {
+            self.queued.notify_one();
+        }
         Ok(())
     }
 }
@@ -222,23 +233,6 @@ enum Refused {
 /// Producer handle of a connection's outbound queue; cheap to clone.
 pub struct OutboundQueue {
     shared: Arc<Shared>,
-}
-
-/// A queue handle for one fan-out (see [`OutboundQueue::pusher`]).
-pub struct Pusher(Arc<Shared>);
-
-impl Pusher {
-    /// Delivers a live message: with `direct`, straight to the socket if nothing is ahead
-    /// of it (the fast path, [`wire`]), else (or then) queued as by
-    /// [`OutboundQueue::push`]. False if the connection is closing.
-    pub fn deliver(&self, env: &Arc<Envelope>, direct: bool) -> bool {
-        if direct && !self.0.stopping.load(Ordering::Relaxed) {
-            if let Some(taken) = self.0.write_now(env) {
-                return taken;
-            }
-        }
-        self.0.push(Outbound::Msg(env.clone()))
-    }
 }
 
 impl Clone for OutboundQueue {
@@ -331,7 +325,7 @@ impl OutboundQueue {
             if fits(self) {
                 let queued = self.shared.bytes.fetch_add(weight, Ordering::Relaxed) + weight;
                 self.shared.high_water.fetch_max(queued, Ordering::Relaxed);
-                return match self.shared.try_send(item) {
+                return match self.shared.try_send(item, true) {
                     Ok(()) => true,
                     Err(_) => {
                         self.shared.bytes.fetch_sub(weight, Ordering::Relaxed);
@@ -392,7 +386,7 @@ impl OutboundQueue {
     /// an overflow: the client is being written to anyway. False if not queued.
     pub fn ping(&self) -> bool {
         !self.shared.stopping.load(Ordering::Relaxed)
-            && self.shared.try_send(Outbound::Ping).is_ok()
+            && self.shared.try_send(Outbound::Ping, true).is_ok()
     }
 
     /// Whether [`goaway`](Self::goaway) was called.
@@ -500,5 +494,10 @@ impl OutboundReceiver {
     /// Takes one queued item without a writer (tests only).
     pub fn try_recv_for_test(&mut self) -> Option<Outbound> {
         self.try_next().ok()
+    }
+
+    /// Waits for an item as the writer does, woken as it is (tests only).
+    pub async fn recv_for_test(&mut self) -> Option<Outbound> {
+        self.next().await
     }
 }

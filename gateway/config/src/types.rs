@@ -179,6 +179,12 @@ pub struct LimitsConfig {
     /// window, not N (issue 23). `0s`: one frame per change.
     #[serde(with = "humantime_serde")]
     pub presence_batch: Duration,
+    /// A room whose messages come faster than its members' sockets take them one by one
+    /// queues them to its members quietly and wakes their writers once this long after
+    /// the first, so each writes several frames per syscall (issue 23). A latency bought
+    /// for CPU, and only where messages are that frequent; `0s`: woken per message.
+    #[serde(with = "humantime_serde")]
+    pub fanout_batch: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -198,6 +204,7 @@ impl Default for LimitsConfig {
             replay_chunk_bytes: 128 * 1024,
             presence_linger: Duration::from_secs(1),
             presence_batch: Duration::from_millis(100),
+            fanout_batch: Duration::from_millis(30),
         }
     }
 }

@@ -40,22 +40,18 @@ impl Members {
         }
     }
 
-    /// Removes `conn`; false if it was not a member. A map left with one member goes
-    /// back inline, and its memory with it.
-    pub fn remove(&mut self, conn: ConnId) -> bool {
+    /// Removes `conn`, giving back its queue; none if it was not a member. A map left with
+    /// one member goes back inline, and its memory with it.
+    pub fn remove(&mut self, conn: ConnId) -> Option<OutboundQueue> {
         match self {
-            Members::None => false,
-            Members::One(id, _) => {
-                let found = *id == conn;
-                if found {
-                    *self = Members::None;
-                }
-                found
-            }
+            Members::None => None,
+            Members::One(id, _) if *id != conn => None,
+            Members::One(..) => match std::mem::take(self) {
+                Members::One(_, q) => Some(q),
+                _ => None,
+            },
             Members::Many(map) => {
-                if map.remove(&conn).is_none() {
-                    return false;
-                }
+                let removed = map.remove(&conn)?;
                 if map.len() <= 1 {
                     let last = map.drain().next();
                     *self = match last {
@@ -63,7 +59,7 @@ impl Members {
                         None => Members::None,
                     };
                 }
-                true
+                Some(removed)
             }
         }
     }
@@ -112,16 +108,16 @@ mod tests {
         for id in 1..=3 {
             m.insert(id, q());
         }
-        assert!(!m.remove(9), "not a member");
-        assert!(m.remove(2));
+        assert!(m.remove(9).is_none(), "not a member");
+        assert!(m.remove(2).is_some());
         assert!(matches!(&m, Members::Many(map) if map.len() == 2));
-        assert!(m.remove(1));
+        assert!(m.remove(1).is_some());
         assert!(
             matches!(m, Members::One(3, _)),
             "the last one goes back inline"
         );
-        assert!(!m.remove(1), "already removed");
-        assert!(m.remove(3));
+        assert!(m.remove(1).is_none(), "already removed");
+        assert!(m.remove(3).is_some());
         assert!(m.is_empty());
         assert_eq!(ids(&m), 0);
     }

@@ -43,6 +43,34 @@ fn overflow_by_frames_closes_as_slow_consumer() {
 }
 
 #[tokio::test]
+async fn a_quiet_delivery_waits_for_its_wake_and_a_queued_one_does_not() {
+    let (q, mut rx) = queue(8, 1024);
+    let writer = tokio::spawn(async move {
+        let first = rx.next().await;
+        (first, rx)
+    });
+    tokio::task::yield_now().await; // the writer waits on an empty queue
+    assert!(q.pusher().deliver(&env("r", 1), Via::Quiet));
+    assert!(q.pusher().deliver(&env("r", 2), Via::Quiet));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!writer.is_finished(), "a quiet delivery woke the writer");
+    q.pusher().wake();
+    let (first, mut rx) = writer.await.expect("writer");
+    assert!(matches!(first, Some(Outbound::Msg(e)) if e.seq == 1));
+    assert!(matches!(rx.try_next(), Ok(Outbound::Msg(e)) if e.seq == 2));
+    rx.settle();
+
+    let writer = tokio::spawn(async move { rx.next().await.map(|_| ()) });
+    tokio::task::yield_now().await;
+    assert!(q.pusher().deliver(&env("r", 3), Via::Queue));
+    let woken = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    assert!(
+        matches!(woken, Ok(Ok(Some(())))),
+        "a queued delivery wakes the writer"
+    );
+}
+
+#[tokio::test]
 async fn writer_orders_replay_before_held_live_and_drops_duplicates() {
     let (q, rx) = queue(100, 1 << 20);
     let (sink_tx, mut sink_rx) = futures_channel_sink();

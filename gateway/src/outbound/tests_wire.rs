@@ -78,7 +78,7 @@ async fn connect(max_bytes: usize) -> Conn {
 impl Conn {
     /// Delivers a live message as the hub does when the room is not busy.
     fn live(&self, env: Arc<Envelope>) -> bool {
-        self.q.pusher().deliver(&env, true)
+        self.q.pusher().deliver(&env, Via::Direct)
     }
 
     async fn text(&mut self) -> String {
@@ -191,7 +191,7 @@ async fn a_full_socket_leaves_only_whole_frames_in_order() {
 #[tokio::test]
 async fn a_busy_room_goes_through_the_writers() {
     let mut c = connect(1 << 20).await;
-    let hub = crate::hub::Hub::default();
+    let hub = Arc::new(crate::hub::Hub::default());
     let room: Arc<str> = "r".into();
     hub.subscribe(&room, 1, c.q.clone());
     assert_eq!(hub.deliver(&env(1, 10)), 1);

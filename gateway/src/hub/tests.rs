@@ -1,0 +1,213 @@
+//! The hub: rooms, fan-out modes, presence batches.
+
+use super::*;
+use crate::outbound::{queue, OutboundReceiver};
+
+#[test]
+fn a_room_fans_out_direct_unless_its_fan_outs_would_keep_up_no_more() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let mut room = Room::default();
+    assert!(room.direct(t0), "the first message");
+    room.last_start = Some(t0);
+    room.set_cost(ms(4));
+    assert!(!room.direct(t0 + ms(4)), "busy 4 ms of every 4: batch");
+    assert!(
+        !room.direct(t0 + ms(4) + ms(9) / 10),
+        "4 of every 4.9 ms: batch"
+    );
+    assert!(room.direct(t0 + ms(5)), "4 of every 5 ms: direct");
+    assert!(room.direct(t0 + ms(20)), "apart: direct");
+    // A cost beyond what the room keeps (~4.3 s) saturates rather than wraps.
+    room.set_cost(Duration::from_secs(10));
+    assert!(!room.direct(t0 + Duration::from_secs(5)), "still busy");
+}
+
+#[test]
+fn a_room_and_its_name_fit_64_bytes() {
+    // Every local user's inbox is one: the shard's table holds one per connection.
+    let entry = std::mem::size_of::<(Arc<str>, Room)>();
+    assert!(entry <= 64, "a room's entry is {entry} bytes");
+}
+
+#[test]
+fn first_and_last_subscriber_are_reported() {
+    let hub = Hub::default();
+    let room: Arc<str> = "r".into();
+    let (q1, _r1) = queue(8, 1024);
+    let (q2, _r2) = queue(8, 1024);
+    assert!(hub.subscribe(&room, 1, q1));
+    assert!(!hub.subscribe(&room, 2, q2));
+    assert!(!hub.unsubscribe("r", 1));
+    assert!(!hub.unsubscribe("r", 1), "second unsubscribe is a no-op");
+    assert!(hub.unsubscribe("r", 2));
+    assert_eq!(hub.room_count(), 0);
+}
+
+#[test]
+fn deliver_shares_one_frame_and_skips_closed_subscribers() {
+    let hub = Arc::new(Hub::default());
+    let room: Arc<str> = "r".into();
+    let (q1, mut r1) = queue(8, 1024);
+    let (q2, _r2) = queue(8, 1024);
+    hub.subscribe(&room, 1, q1);
+    hub.subscribe(&room, 2, q2.clone());
+    q2.close(crate::disconnect::SLOW_CONSUMER);
+    let env = Arc::new(Envelope {
+        room: room.clone(),
+        seq: 1,
+        epoch: "e".into(),
+        ts: 0,
+        traceparent: None,
+        frame: "{}".into(),
+    });
+    assert_eq!(hub.deliver(&env), 1);
+    drop(hub);
+    let got = r1.try_recv_for_test().expect("queued");
+    match got {
+        Outbound::Msg(e) => assert!(Arc::ptr_eq(&e, &env)),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn presence_frames(rx: &mut crate::outbound::OutboundReceiver) -> Vec<PresencePush> {
+    std::iter::from_fn(|| rx.try_recv_for_test())
+        .filter_map(|i| match i {
+            Outbound::Frame(f) => PresencePush::parse(&f),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_full_presence_batch_goes_out_before_its_window_ends() {
+    // A window no test waits for: only a full batch or a flush pushes anything.
+    let hub = Arc::new(Hub::new(Duration::from_secs(5), Duration::ZERO));
+    let room: Arc<str> = "r".into();
+    let (q, mut rx) = queue(64, 1 << 20);
+    hub.subscribe(&room, 1, q);
+    for i in 0..crate::presence::MAX_USERS + 1 {
+        hub.presence("r", &format!("u{i}"), true);
+    }
+    hub.presence("elsewhere", "x", true); // no member here: nothing kept
+    let frames = presence_frames(&mut rx);
+    assert_eq!(frames.len(), 1, "the full batch");
+    assert_eq!(frames[0].joined.len(), crate::presence::MAX_USERS);
+    hub.flush_presence();
+    let frames = presence_frames(&mut rx);
+    let last = format!("u{}", crate::presence::MAX_USERS);
+    assert_eq!(frames, [PresencePush::new("r", vec![last], vec![])]);
+    hub.flush_presence();
+    assert!(presence_frames(&mut rx).is_empty(), "nothing left pending");
+}
+
+#[test]
+fn without_a_window_each_change_is_its_own_frame() {
+    let hub = Arc::new(Hub::default());
+    let room: Arc<str> = "r".into();
+    let (q, mut rx) = queue(8, 1024);
+    hub.subscribe(&room, 1, q);
+    hub.presence("r", "a", true);
+    hub.presence("r", "a", false);
+    assert_eq!(
+        presence_frames(&mut rx),
+        [
+            PresencePush::change("r", "a", true),
+            PresencePush::change("r", "a", false)
+        ]
+    );
+}
+
+fn msg(seq: u64) -> Arc<Envelope> {
+    Arc::new(Envelope {
+        room: "r".into(),
+        seq,
+        epoch: "e".into(),
+        ts: 0,
+        traceparent: None,
+        frame: "{}".into(),
+    })
+}
+
+fn seq_of(item: Option<Outbound>) -> Option<u64> {
+    match item {
+        Some(Outbound::Msg(e)) => Some(e.seq),
+        _ => None,
+    }
+}
+
+/// A hub whose room "r" is busy (its last direct fan-out took an hour) after one
+/// message, which its member `rx` has taken.
+async fn busy_room(window: Duration) -> (Arc<Hub>, OutboundQueue, OutboundReceiver) {
+    let hub = Arc::new(Hub::new(Duration::ZERO, window));
+    let (q, mut rx) = queue(64, 1 << 20);
+    hub.subscribe(&"r".into(), 1, q.clone());
+    assert_eq!(
+        hub.deliver(&msg(1)),
+        1,
+        "the first message goes as it comes"
+    );
+    assert_eq!(seq_of(rx.recv_for_test().await), Some(1));
+    hub.set_direct_cost("r", Duration::from_secs(3600));
+    (hub, q, rx)
+}
+
+#[tokio::test]
+async fn a_busy_rooms_messages_wake_its_writers_once_a_window_after_the_first() {
+    let window = Duration::from_millis(300);
+    let (hub, _q, mut rx) = busy_room(window).await;
+    // The writer waits on its empty queue, as an idle one does.
+    let writer = tokio::spawn(async move {
+        let got = seq_of(rx.recv_for_test().await);
+        (got, Instant::now(), rx)
+    });
+    tokio::task::yield_now().await;
+    let first = Instant::now();
+    assert_eq!(hub.deliver(&msg(2)), 1);
+    assert_eq!(hub.deliver(&msg(3)), 1);
+    let (got, woken, mut rx) = tokio::time::timeout(Duration::from_secs(10), writer)
+        .await
+        .expect("woken")
+        .expect("writer");
+    // Not before the window: the writer never wakes early (a late one is the
+    // machine's; nothing here bounds it).
+    assert!(woken >= first + window, "woken {:?} after", woken - first);
+    assert_eq!(got, Some(2));
+    assert_eq!(
+        seq_of(rx.try_recv_for_test()),
+        Some(3),
+        "the window's messages are all there for one write"
+    );
+    // The next busy message opens a new window.
+    let writer = tokio::spawn(async move { seq_of(rx.recv_for_test().await) });
+    tokio::task::yield_now().await;
+    let again = Instant::now();
+    assert_eq!(hub.deliver(&msg(4)), 1);
+    let got = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    assert_eq!(got.ok().and_then(Result::ok), Some(Some(4)));
+    assert!(Instant::now() >= again + window, "a window again");
+}
+
+#[tokio::test]
+async fn without_a_window_a_busy_rooms_messages_wake_their_writers_at_once() {
+    let (hub, _q, mut rx) = busy_room(Duration::ZERO).await;
+    let writer = tokio::spawn(async move { seq_of(rx.recv_for_test().await) });
+    tokio::task::yield_now().await;
+    assert_eq!(hub.deliver(&msg(2)), 1);
+    let got = tokio::time::timeout(Duration::from_secs(10), writer).await;
+    assert_eq!(got.ok().and_then(Result::ok), Some(Some(2)));
+}
+
+#[tokio::test]
+async fn a_member_leaving_a_room_that_waits_for_its_wake_is_woken_as_it_leaves() {
+    // A window longer than the test: only the leave can wake the writer in time.
+    let (hub, _q, mut rx) = busy_room(Duration::from_secs(1)).await;
+    let (other, _other_rx) = queue(64, 1 << 20);
+    hub.subscribe(&"r".into(), 2, other);
+    let writer = tokio::spawn(async move { seq_of(rx.recv_for_test().await) });
+    tokio::task::yield_now().await;
+    assert_eq!(hub.deliver(&msg(2)), 2);
+    assert!(!hub.unsubscribe("r", 1));
+    let got = tokio::time::timeout(Duration::from_millis(900), writer).await;
+    assert_eq!(got.ok().and_then(Result::ok), Some(Some(2)));
+}
