@@ -193,6 +193,7 @@ impl Shared {
             return false;
         }
         self.high_water.fetch_max(queued, Ordering::Relaxed);
+        let wake = wake || queued * 2 >= self.max_bytes; // (see try_send)
         match self.try_send(item, wake) {
             Ok(()) => true,
             Err(refused) => {
@@ -206,7 +207,7 @@ impl Shared {
     }
 
     /// Appends an item if the queue has a slot and a consumer.
-    fn try_send(&self, item: Outbound, wake: bool) -> Result<(), Refused> {
+    fn try_send(&self, item: Outbound, mut wake: bool) -> Result<(), Refused> {
         {
             let mut items = self.items();
             if items.closed {
@@ -216,6 +217,10 @@ impl Shared {
                 return Err(Refused::Full);
             }
             items.queue.push_back(item);
+            // A quiet item wakes the writer anyway once the writer's batch is full or the
+            // queue half so: waiting for the window would only risk an overflow (a
+            // burst, a gap filled from history) and save nothing more per syscall.
+            wake = wake || items.queue.len() >= (self.max_frames / 2).clamp(1, writer::BATCH);
         }
         if wake {
             self.queued.notify_one();

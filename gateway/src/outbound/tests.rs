@@ -70,6 +70,31 @@ async fn a_quiet_delivery_waits_for_its_wake_and_a_queued_one_does_not() {
     );
 }
 
+/// Quiet deliveries into `q` until the waiting writer wakes: how many it took.
+async fn quiet_until_woken(q: &OutboundQueue, mut rx: OutboundReceiver) -> usize {
+    let writer = tokio::spawn(async move { rx.next().await.is_some() });
+    tokio::task::yield_now().await;
+    for seq in 1..=100 {
+        assert!(q.pusher().deliver(&env("r", seq), Via::Quiet), "queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if writer.is_finished() {
+            return seq as usize;
+        }
+    }
+    panic!("never woken");
+}
+
+#[tokio::test]
+async fn quiet_deliveries_wake_the_writer_once_the_queue_is_half_full_or_a_batch() {
+    let (q, rx) = queue(8, 1 << 20);
+    assert_eq!(quiet_until_woken(&q, rx).await, 4, "half of 8 frames");
+    let (q, rx) = queue(1000, 1 << 20);
+    assert_eq!(quiet_until_woken(&q, rx).await, 64, "the writer's batch");
+    // Each `{"seq":N}` below 10 weighs 9 bytes: the third reaches half of 50.
+    let (q, rx) = queue(1000, 50);
+    assert_eq!(quiet_until_woken(&q, rx).await, 3, "half of the bytes");
+}
+
 #[tokio::test]
 async fn writer_orders_replay_before_held_live_and_drops_duplicates() {
     let (q, rx) = queue(100, 1 << 20);

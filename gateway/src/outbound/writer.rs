@@ -43,7 +43,7 @@ pub struct WriterSettings {
 }
 
 /// Most items written before a flush.
-const BATCH: usize = 64;
+pub(super) const BATCH: usize = 64;
 
 /// Writes queued items to `sink` until the connection closes; enforces the write timeout
 /// (two heartbeat periods). Sends the close frame itself.
