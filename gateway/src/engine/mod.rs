@@ -103,6 +103,19 @@ impl Envelope {
             frame: crate::protocol::push::ephemeral_msg_frame(msg.content(), ts).into(),
         }
     }
+
+    /// A message of `room` at `seq` in epoch "e", its frame as given (tests).
+    #[cfg(test)]
+    pub fn for_test(room: &str, seq: u64, frame: String) -> Arc<Envelope> {
+        Arc::new(Envelope {
+            room: room.into(),
+            seq,
+            epoch: "e".into(),
+            ts: 0,
+            traceparent: None,
+            frame: frame.into(),
+        })
+    }
 }
 
 /// Retention of a room: its namespace's, else the inbox or history default.

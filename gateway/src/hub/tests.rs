@@ -53,14 +53,7 @@ fn deliver_shares_one_frame_and_skips_closed_subscribers() {
     hub.subscribe(&room, 1, q1);
     hub.subscribe(&room, 2, q2.clone());
     q2.close(crate::disconnect::SLOW_CONSUMER);
-    let env = Arc::new(Envelope {
-        room: room.clone(),
-        seq: 1,
-        epoch: "e".into(),
-        ts: 0,
-        traceparent: None,
-        frame: "{}".into(),
-    });
+    let env = msg(1);
     assert_eq!(hub.deliver(&env), 1);
     drop(hub);
     let got = r1.try_recv_for_test().expect("queued");
@@ -119,14 +112,7 @@ fn without_a_window_each_change_is_its_own_frame() {
 }
 
 fn msg(seq: u64) -> Arc<Envelope> {
-    Arc::new(Envelope {
-        room: "r".into(),
-        seq,
-        epoch: "e".into(),
-        ts: 0,
-        traceparent: None,
-        frame: "{}".into(),
-    })
+    Envelope::for_test("r", seq, "{}".into())
 }
 
 fn seq_of(item: Option<Outbound>) -> Option<u64> {

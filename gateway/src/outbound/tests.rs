@@ -9,14 +9,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 fn env(room: &str, seq: u64) -> Arc<Envelope> {
-    Arc::new(Envelope {
-        room: room.into(),
-        seq,
-        epoch: "e".into(),
-        ts: 0,
-        traceparent: None,
-        frame: format!("{{\"seq\":{seq}}}").into(),
-    })
+    Envelope::for_test(room, seq, format!("{{\"seq\":{seq}}}"))
 }
 
 #[test]

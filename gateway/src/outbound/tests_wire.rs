@@ -15,14 +15,8 @@ use tokio_tungstenite::WebSocketStream;
 type Client = WebSocketStream<TcpStream>;
 
 fn env(seq: u64, body: usize) -> Arc<Envelope> {
-    Arc::new(Envelope {
-        room: "r".into(),
-        seq,
-        epoch: "e".into(),
-        ts: 0,
-        traceparent: None,
-        frame: format!("{{\"seq\":{seq},\"pad\":\"{}\"}}", "x".repeat(body)).into(),
-    })
+    let frame = format!("{{\"seq\":{seq},\"pad\":\"{}\"}}", "x".repeat(body));
+    Envelope::for_test("r", seq, frame)
 }
 
 /// A connection over loopback: the queue (with the fast path attached), the writer and a
