@@ -93,6 +93,14 @@ for engine in ${ONLY:-memory redis}; do
     want churn && run "$engine churn $CHURN/s" "$GW_PID" churn --target "$T" --rate "$CHURN" --concurrency 512 --duration "$DUR"
     stop_gateway "$GW_PID"
   fi
+  # The busy-room runs again without limits.fanoutBatch: what the window buys (CPU per
+  # delivery, saturation) and costs (latency), on this machine, next to the runs above.
+  if want fanout; then
+    port=$(free_port); CHATGW_LIMITS__FANOUT_BATCH=0s start_gateway "$engine" "$port"; T=127.0.0.1:$port
+    run "$engine fanout 1x$MEMBERS 200/s, fanoutBatch 0s" "$GW_PID" fanout --target "$T" --members "$MEMBERS" --rate 200 --duration "$DUR"
+    run "$engine fanout 1x$MEMBERS max, fanoutBatch 0s" "$GW_PID" fanout --target "$T" --members "$MEMBERS" --window 8 --duration "$DUR"
+    stop_gateway "$GW_PID"
+  fi
   # Join storm (issue 23): STORM members join one room at once on a fresh gateway; the
   # presence frames they receive, against N²/2 for one frame per join and member.
   if want storm; then
