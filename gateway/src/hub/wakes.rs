@@ -5,7 +5,7 @@
 //! queues each message to its members without waking their writers, and is listed here,
 //! due one window after the first such message. When it is due, the node's one wake task
 //! wakes its members' writers once, and each writes what piled up in one syscall. Per
-//! delivery, the syscall (about two thirds of a delivery's CPU, most of it the loopback's
+//! delivery, the syscall (about two thirds of a delivery's CPU, half of that the loopback's
 //! receive path) and the wake-up are then shared by every frame of the window, for a
 //! latency of at most one window, paid only where messages are that frequent.
 
