@@ -15,7 +15,7 @@ mod members;
 mod wakes;
 
 use crate::engine::Envelope;
-use crate::outbound::{Outbound, OutboundQueue, Via};
+use crate::outbound::{Outbound, OutboundQueue, Pusher, Via};
 use crate::presence::Batch;
 use crate::protocol::push::PresencePush;
 use members::Members;
@@ -64,6 +64,11 @@ impl Room {
         let cost = Duration::from_nanos(u64::from(self.direct_ns));
         self.last_start
             .is_none_or(|last| now.saturating_duration_since(last) >= cost * 5 / 4)
+    }
+
+    /// A handle on each member's queue, to serve them after the shard's lock.
+    fn pushers(&self) -> Vec<Pusher> {
+        self.subs.queues().map(OutboundQueue::pusher).collect()
     }
 
     /// Notes how long the last direct fan-out took.
@@ -195,8 +200,7 @@ impl Hub {
                 Via::Quiet
             };
             room.last_start = Some(start);
-            let targets: Vec<_> = room.subs.queues().map(OutboundQueue::pusher).collect();
-            (targets, via)
+            (room.pushers(), via)
         };
         if newly_due {
             self.wakes_started.get_or_init(|| {
@@ -231,13 +235,13 @@ impl Hub {
     /// Wakes the writers of the rooms due by `now` ([`wakes`]).
     fn wake_due(&self, now: Instant) {
         for name in self.wakes.take_due(now) {
-            let targets: Vec<_> = {
+            let targets = {
                 let mut shard = self.shard(&name);
                 let Some(room) = shard.get_mut(&name) else {
                     continue; // emptied meanwhile: each leaving member was woken
                 };
                 room.wake_due = false;
-                room.subs.queues().map(OutboundQueue::pusher).collect()
+                room.pushers()
             };
             targets.iter().for_each(|q| q.wake());
         }

@@ -174,13 +174,14 @@ impl Shared {
         self.items.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues an item without waiting, waking the writer unless `quiet` (someone wakes it
-    /// later: [`Pusher::wake`]). Returns false if the connection is (now) closing; an
-    /// overflow closes it as a slow consumer.
+    /// Queues an item without waiting and wakes the writer. Returns false if the
+    /// connection is (now) closing; an overflow closes it as a slow consumer.
     fn push(&self, item: Outbound) -> bool {
         self.push_waking(item, true)
     }
 
+    /// [`push`](Self::push), waking the writer only if `wake` (or the queue fills, see
+    /// `try_send`); else whoever queued it wakes it later ([`Pusher::wake`]).
     fn push_waking(&self, item: Outbound, wake: bool) -> bool {
         if self.stopping.load(Ordering::Relaxed) {
             return false;
