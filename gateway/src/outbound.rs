@@ -41,7 +41,6 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tokio_util::sync::CancellationToken;
 
 /// One item of a connection's queue.
 #[derive(Debug)]
@@ -87,13 +86,14 @@ impl Outbound {
 }
 
 struct Shared {
-    /// Set with `closing`: producers check this on every push, which the token (a mutex
-    /// per connection) made a cache miss and a lock per delivery.
+    /// Closing: producers check this on every push, waiters see it through `closed`.
     stopping: AtomicBool,
     bytes: AtomicUsize,
     max_bytes: usize,
     high_water: AtomicUsize,
-    closing: CancellationToken,
+    /// Woken once, when closing starts. A Notify rather than a cancellation token: the
+    /// token is a separate allocation (112 bytes) every connection paid for its life.
+    closed: tokio::sync::Notify,
     reason: OnceLock<CloseReason>,
     told: std::sync::atomic::AtomicBool,
     /// A forwarded (opaque) connection: nothing can be queued, only a close.
@@ -111,6 +111,34 @@ struct Shared {
     /// When the client was last heard from, in ms on the node's clock (the reader notes
     /// every frame; the heartbeat closes a connection silent for too long).
     heard: AtomicU64,
+}
+
+pin_project_lite::pin_project! {
+    /// [`Shared::closed`]'s future. Written out rather than an async fn: it sits in the
+    /// socket loop's `select!`, whose state every connection carries for its life, and
+    /// an async fn's state (the `Notified`, a reference, its own state) was 24 bytes more.
+    struct Closed<'a> {
+        // Created with the future: it sees every `notify_waiters` from then on, and the
+        // flag covers a stop before it, so a stop in between is not missed.
+        #[pin]
+        notified: tokio::sync::futures::Notified<'a>,
+        stopping: &'a AtomicBool,
+    }
+}
+
+impl std::future::Future for Closed<'_> {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let this = self.project();
+        if this.stopping.load(Ordering::Acquire) {
+            return std::task::Poll::Ready(());
+        }
+        this.notified.poll(cx)
+    }
 }
 
 #[derive(Default)]
@@ -142,7 +170,7 @@ impl Shared {
             bytes: AtomicUsize::new(0),
             max_bytes,
             high_water: AtomicUsize::new(0),
-            closing: CancellationToken::new(),
+            closed: tokio::sync::Notify::new(),
             reason: OnceLock::new(),
             told: Default::default(),
             opaque,
@@ -163,10 +191,18 @@ impl Shared {
         if let Some(reason) = reason {
             let _ = self.reason.set(reason);
         }
-        self.stopping.store(true, Ordering::Relaxed);
-        self.closing.cancel();
-        // The writer waits on the queue alone: its task holds no future of the token.
+        self.stopping.store(true, Ordering::Release);
+        self.closed.notify_waiters();
+        // The writer waits on the queue alone: its task holds no future of `closed`.
         self.queued.notify_one();
+    }
+
+    /// Resolves once closing has started.
+    fn closed(&self) -> Closed<'_> {
+        Closed {
+            notified: self.closed.notified(),
+            stopping: &self.stopping,
+        }
     }
 
     fn items(&self) -> MutexGuard<'_, Items> {
@@ -325,7 +361,7 @@ impl OutboundQueue {
             (queued == 0 || queued + weight <= q.shared.max_bytes) && q.has_slot()
         };
         loop {
-            if self.shared.closing.is_cancelled() {
+            if self.is_closing() {
                 return false;
             }
             if fits(self) {
@@ -348,7 +384,7 @@ impl OutboundQueue {
                 continue;
             }
             tokio::select! {
-                _ = self.shared.closing.cancelled() => return false,
+                _ = self.shared.closed() => return false,
                 _ = drained => {}
             }
         }
@@ -411,10 +447,15 @@ impl OutboundQueue {
         self.shared.stop(None);
     }
 
-    /// Resolves when the connection starts closing. (Cancel it through
-    /// [`close`](Self::close) or [`stop`](Self::stop), which also stop producers.)
-    pub fn closing(&self) -> &CancellationToken {
-        &self.shared.closing
+    /// Resolves when the connection starts closing (through [`close`](Self::close) or
+    /// [`stop`](Self::stop), which also stop producers).
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        self.shared.closed()
+    }
+
+    /// Whether the connection is closing.
+    pub fn is_closing(&self) -> bool {
+        self.shared.stopping.load(Ordering::Acquire)
     }
 
     /// The close reason, once closing.

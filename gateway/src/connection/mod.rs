@@ -256,16 +256,15 @@ where
         let mut expiry = Box::pin(tokio::time::sleep_until(instant_of(
             session.next_deadline(),
         )));
-        let closing = queue.closing().clone();
         loop {
-            if closing.is_cancelled() {
+            if queue.is_closing() {
                 break; // commands left in the backlog have nobody to answer
             }
             let text = match backlog.pop_front() {
                 Some(text) => text,
                 None => {
                     let msg = tokio::select! {
-                        _ = closing.cancelled() => break,
+                        _ = queue.closed() => break,
                         _ = OptionFuture::from(grace.as_mut()), if session.inbox_pending && grace.is_some() => {
                             grace = None;
                             let replayed = Box::pin(async {

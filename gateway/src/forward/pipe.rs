@@ -125,7 +125,7 @@ pub(super) async fn pipe<C>(
         end = relay(c_rx, &mut u_tx, &node, &name, "up", &activity) => (true, end),
         end = relay(u_rx, &mut c_tx, &node, &name, "down", &activity) => (false, end),
         _ = activity.idle_for(route.cfg.idle_timeout) => (false, End::Idle),
-        _ = handle.closing().cancelled() => {
+        _ = handle.closed() => {
             let reason = handle.close_reason().unwrap_or(disconnect::SHUTTING_DOWN);
             (false, End::Closed(close_frame(reason)))
         }

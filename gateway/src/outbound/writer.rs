@@ -111,7 +111,7 @@ async fn within<F: Future>(write: F, limit: Duration, shared: &Shared) -> Option
         Poll::Ready(r) => Some(r),
         Poll::Pending => tokio::select! {
             biased;
-            _ = shared.closing.cancelled() => None,
+            _ = shared.closed() => None,
             _ = tokio::time::sleep(limit) => {
                 shared.stop(Some(WRITE_TIMEOUT));
                 None
