@@ -9,6 +9,7 @@ use super::session::Session;
 use crate::disconnect::{self, CloseReason};
 use crate::protocol::push;
 use std::collections::HashMap;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 impl Session {
@@ -29,13 +30,16 @@ impl Session {
             .rooms
             .values()
             .filter_map(|j| Some(event(j.member.expires_at?, j.warned)));
-        conn.into_iter().chain(rooms).chain(self.save_due).min()
+        conn.into_iter()
+            .chain(rooms)
+            .chain(self.save_due.map(NonZeroU64::get))
+            .min()
     }
 
     /// Handles every expiry event due at `now` (Unix ms), and a session save that is due.
     /// Returns the close reason when the connection token expired.
     pub async fn on_deadline(&mut self, now: u64) -> Option<CloseReason> {
-        if self.save_due.is_some_and(|at| now >= at) {
+        if self.save_due.is_some_and(|at| now >= at.get()) {
             self.persist(&HashMap::new()).await;
         }
         let warning = self.node.config.auth.expiry_warning.as_millis() as u64;

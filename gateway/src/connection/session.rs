@@ -10,7 +10,8 @@ use crate::node::Node;
 use crate::outbound::{Outbound, OutboundQueue};
 use crate::permissions::Membership;
 use crate::protocol::{self, push, StreamPosition};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 /// A room the connection is in.
@@ -28,10 +29,8 @@ pub struct Joined {
 pub struct Session {
     pub(super) node: Arc<Node>,
     pub(super) id: ConnId,
-    /// `node/conn`: the connection's name in presence entries.
-    pub(super) conn_key: String,
-    pub(super) session: String,
-    pub(super) resume_token: String,
+    pub(super) session: Hex<8>,
+    pub(super) resume_token: Hex<16>,
     /// Who is connected and what their token grants (replaced by `refresh`).
     pub(super) identity: Identity,
     /// The `expiring` push for the connection token went out.
@@ -39,7 +38,7 @@ pub struct Session {
     pub(super) inbox: Arc<str>,
     pub(super) queue: OutboundQueue,
     /// Joined rooms (not the inbox).
-    pub(super) rooms: HashMap<Arc<str>, Joined>,
+    pub(super) rooms: BTreeMap<Arc<str>, Joined>,
     /// The inbox's replay waits for `resume` (up to the grace period) or another command.
     pub(super) inbox_pending: bool,
     /// This device's acknowledged inbox position: where its inbox replay started, moved
@@ -49,11 +48,13 @@ pub struct Session {
     pub(super) connected_at: u64,
     /// The presence entry of each joined room (`<conn_key>.<n>`: a fresh one per join, so
     /// a lingering leave of an earlier join never removes a later one).
-    pub(super) members: HashMap<Arc<str>, String>,
-    joins: u64,
+    pub(super) members: BTreeMap<Arc<str>, String>,
+    /// Joins so far, naming each join's presence entry (wraps after 2^32: the entry of a
+    /// join that long ago is gone).
+    joins: u32,
     /// Unix ms by which the session record is saved (see [`SAVE_DELAY`]); none when the
     /// saved record is current.
-    pub(super) save_due: Option<u64>,
+    pub(super) save_due: Option<NonZeroU64>,
 }
 
 /// A join or a leave saves the session record this long after it (a resume after the
@@ -68,23 +69,28 @@ impl Session {
     /// A new session of `identity`, writing to `queue`, registered on the node as `id`.
     pub fn new(node: Arc<Node>, id: ConnId, identity: Identity, queue: OutboundQueue) -> Session {
         Session {
-            conn_key: format!("{}/{}", node.id, id),
             node,
             id,
-            session: random_hex(8),
-            resume_token: random_hex(16),
+            session: Hex::random(),
+            resume_token: Hex::random(),
             inbox: protocol::inbox_of(&identity.user).into(),
             identity,
             warned: false,
             queue,
-            rooms: HashMap::new(),
+            rooms: BTreeMap::new(),
             inbox_pending: true,
             inbox_acked: None,
             connected_at: crate::engine::now_ms(),
-            members: HashMap::new(),
+            members: BTreeMap::new(),
             joins: 0,
             save_due: None,
         }
+    }
+
+    /// `node/conn`: the connection's name in presence entries. Made when needed (a join
+    /// or a leave) rather than kept: every connection would carry it for its life.
+    fn conn_key(&self) -> String {
+        format!("{}/{}", self.node.id, self.id)
     }
 
     /// The user of the session.
@@ -100,9 +106,9 @@ impl Session {
         let welcome = push::Welcome {
             kind: "welcome".into(),
             protocol: protocol::PROTOCOL_VERSION,
-            session: self.session.clone(),
+            session: self.session.to_string(),
             user: self.identity.user.clone(),
-            resume_token: self.resume_token.clone(),
+            resume_token: self.resume_token.to_string(),
             heartbeat_ms: self.node.config.heartbeat.interval.as_millis() as u64,
             node: self.node.id.clone(),
             expires_at: self.identity.expires_at.map(|s| s * 1000),
@@ -194,11 +200,12 @@ impl Session {
     /// nothing of it remains.
     pub(super) async fn attach(&mut self, room: &Arc<str>) -> Result<(), EngineError> {
         self.queue.push(Outbound::BeginCatchup(room.clone()));
-        self.joins += 1;
-        let fresh = format!("{}.{}", self.conn_key, self.joins);
+        self.joins = self.joins.wrapping_add(1);
+        let conn_key = self.conn_key();
+        let fresh = format!("{conn_key}.{}", self.joins);
         let attached = async {
             self.subscribe(room).await?;
-            if let Some(member) = self.node.linger.rejoin(room, &self.conn_key) {
+            if let Some(member) = self.node.linger.rejoin(room, &conn_key) {
                 return Ok(member);
             }
             let present = self
@@ -241,7 +248,7 @@ impl Session {
         if let Some(member) = member {
             self.node
                 .linger
-                .leave(room, &self.identity.user, &self.conn_key, member)
+                .leave(room, &self.identity.user, &self.conn_key(), member)
                 .await;
         }
     }
@@ -251,7 +258,7 @@ impl Session {
         if let Some(events) = &self.node.hooks.events {
             events.notify(crate::hooks::events::Event::Connected {
                 user: self.identity.user.clone(),
-                session: self.session.clone(),
+                session: self.session.to_string(),
                 node: self.node.id.clone(),
                 ts: crate::engine::now_ms(),
             });
@@ -263,7 +270,7 @@ impl Session {
         if let Some(events) = &self.node.hooks.events {
             events.notify(crate::hooks::events::Event::Disconnected {
                 user: self.identity.user.clone(),
-                session: self.session.clone(),
+                session: self.session.to_string(),
                 node: self.node.id.clone(),
                 ts: crate::engine::now_ms(),
                 reason: reason.to_string(),
@@ -323,7 +330,8 @@ impl Session {
     /// keeps changing is not put off.
     pub(super) fn persist_soon(&mut self) {
         if self.save_due.is_none() {
-            self.save_due = Some(crate::engine::now_ms() + SAVE_DELAY.as_millis() as u64);
+            self.save_due =
+                NonZeroU64::new(crate::engine::now_ms() + SAVE_DELAY.as_millis() as u64);
         }
     }
 
@@ -363,7 +371,7 @@ impl Session {
         if let Err(e) = self
             .node
             .engine
-            .save_session(&self.resume_token, &record)
+            .save_session(&self.resume_token.to_string(), &record)
             .await
         {
             tracing::warn!(user = %self.identity.user, error = %e, "session not saved");
@@ -376,4 +384,29 @@ pub(crate) fn random_hex(bytes: usize) -> String {
     (0..bytes)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
         .collect()
+}
+
+/// `N` random bytes, shown as lowercase hex: a session's id and resume token. Kept as
+/// bytes, in the session itself, rather than as strings: two strings were two allocations
+/// (48 bytes) and 48 bytes of the socket loop's state that every connection carried.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Hex<const N: usize>(pub(super) [u8; N]);
+
+impl<const N: usize> Hex<N> {
+    /// Fresh random bytes.
+    pub fn random() -> Self {
+        Hex(rand::random())
+    }
+}
+
+impl<const N: usize> std::fmt::Display for Hex<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl<const N: usize> std::fmt::Debug for Hex<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }

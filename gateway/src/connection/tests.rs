@@ -322,3 +322,12 @@ async fn a_repeated_msg_id_gets_the_original_seq_and_is_stored_once() {
         .expect("history");
     assert_eq!(page.messages.len(), 1);
 }
+
+#[test]
+fn a_session_id_shows_as_lowercase_hex_of_its_bytes() {
+    let id = super::session::Hex([0x00, 0x0f, 0xa0, 0xff]);
+    assert_eq!(id.to_string(), "000fa0ff");
+    let token = super::session::Hex::<16>::random();
+    assert_eq!(token.to_string().len(), 32);
+    assert_ne!(token, super::session::Hex::<16>::random(), "random");
+}

@@ -153,7 +153,7 @@ async fn dms_reach_a_second_device_until_a_device_acknowledges_them() {
     );
 
     // The laptop never acknowledged: its resumed session replays them again.
-    let token = laptop.session.resume_token.clone();
+    let token = laptop.session.resume_token.to_string();
     laptop.session.close(&HashMap::new()).await;
     let mut again = Harness::on(node.clone(), "bob").await;
     again
@@ -425,7 +425,7 @@ async fn a_session_saved_at_the_join_of_an_empty_room_resumes_by_the_clients_seq
     // dies: the session is the one saved for the join, with the empty epoch.
     let due = a.session.next_deadline().expect("the join's save is due");
     assert_eq!(a.session.on_deadline(due).await, None);
-    let token = a.session.resume_token.clone();
+    let token = a.session.resume_token.to_string();
     let mut b = Harness::on(a.node.clone(), "alice").await;
     b.cmd(json!({"type": "resume", "id": 2, "resume_token": token, "positions": {"r": 2}}))
         .await;

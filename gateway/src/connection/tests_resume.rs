@@ -71,7 +71,7 @@ async fn resume_restores_a_closed_sessions_rooms_on_a_new_connection() {
     a.cmd(json!({"type": "join", "id": 1, "room": "r"})).await;
     a.publish("r", "bob", "m1").await;
     a.drain();
-    let token = a.session.resume_token.clone();
+    let token = a.session.resume_token.to_string();
     // The writer wrote seq 1 of r before the socket closed.
     let epoch = a.epoch("r").await;
     let written = HashMap::from([(Arc::from("r"), StreamPosition::new(epoch.clone(), 1))]);
@@ -152,7 +152,7 @@ async fn saved_rooms(h: &Harness, token: &str) -> Option<Vec<String>> {
 #[tokio::test]
 async fn joins_and_leaves_are_saved_once_a_moment_later_and_a_close_saves_at_once() {
     let mut a = Harness::new("alice").await;
-    let token = a.session.resume_token.clone();
+    let token = a.session.resume_token.to_string();
     let delay = SAVE_DELAY.as_millis() as u64;
     let before = crate::engine::now_ms();
     a.cmd(json!({"type": "join", "id": 1, "room": "r1"})).await;

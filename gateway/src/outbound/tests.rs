@@ -318,8 +318,14 @@ async fn closed_resolves_for_a_stop_made_before_or_after_it() {
     q.close(WRITE_TIMEOUT);
     assert!(q.is_closing());
     assert!(waiting.now_or_never().is_some(), "a polled waiter is woken");
-    assert!(made_before_polled.now_or_never().is_some(), "an unpolled one too");
-    assert!(q.closed().now_or_never().is_some(), "made after: resolves at once");
+    assert!(
+        made_before_polled.now_or_never().is_some(),
+        "an unpolled one too"
+    );
+    assert!(
+        q.closed().now_or_never().is_some(),
+        "made after: resolves at once"
+    );
 }
 
 /// Every connection's queue is one allocation of `Shared` behind an `Arc` (two counts):
