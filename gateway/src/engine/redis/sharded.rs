@@ -22,7 +22,7 @@ use super::channels::{Channels, Failed};
 use super::conn::CONNECT_TIMEOUT;
 use super::delivery::Delivery;
 use super::shared::{Shared, OP_TIMEOUT};
-use super::subscriber::{too_slow, Cmd, Reply};
+use super::subscriber::{too_slow, Cmd, Reply, BATCH};
 use super::PUBSUB_DOWN_SINCE_START;
 use crate::engine::EngineError;
 use futures_util::StreamExt;
@@ -37,8 +37,6 @@ use tokio_util::sync::CancellationToken;
 
 /// How often channels waiting to be subscribed again are retried.
 const RETRY_EVERY: Duration = Duration::from_millis(200);
-/// Most subscription changes taken into one batch.
-const BATCH: usize = 256;
 /// At most this many subscriptions are in flight at once (the inbox buckets at start).
 const PARALLEL: usize = 32;
 

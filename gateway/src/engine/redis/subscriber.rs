@@ -383,8 +383,8 @@ impl Task {
     }
 }
 
-/// Most subscription changes taken into one batch.
-const BATCH: usize = 256;
+/// Most subscription changes taken into one batch (by both subscribers).
+pub(super) const BATCH: usize = 256;
 
 /// Subscription changes staged for one SUBSCRIBE and one UNSUBSCRIBE.
 #[derive(Default)]
