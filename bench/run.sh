@@ -90,7 +90,16 @@ for engine in ${ONLY:-memory redis}; do
       run "$engine fanout 1x$MEMBERS 200/s" "$GW_PID" fanout --target "$T" --members "$MEMBERS" --rate 200 --duration "$DUR"
       run "$engine fanout 1x$MEMBERS max" "$GW_PID" fanout --target "$T" --members "$MEMBERS" --window 8 --duration "$DUR"
     fi
-    want churn && run "$engine churn $CHURN/s" "$GW_PID" churn --target "$T" --rate "$CHURN" --concurrency 512 --duration "$DUR"
+    if want churn; then
+      before=$(redis_calls)
+      run "$engine churn $CHURN/s" "$GW_PID" churn --target "$T" --rate "$CHURN" --concurrency 512 --duration "$DUR"
+      # Redis' own count of commands during the run (those a script runs included): per
+      # cycle, what the churn costs Redis whatever the machine's speed.
+      if [ "$engine" = redis ]; then
+        last=${results[-1]}
+        results[-1]="{\"redis_commands\":$(( $(redis_calls) - before )),${last#\{}"
+      fi
+    fi
     stop_gateway "$GW_PID"
   fi
   # The busy-room runs again without limits.fanoutBatch: what the window buys (CPU per
