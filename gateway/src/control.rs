@@ -104,7 +104,7 @@ pub async fn send(node: &Node, msg: &Control) -> Result<(), crate::engine::Engin
         .publish(Publish {
             room: CONTROL_ROOM.into(),
             from: node.id.clone(),
-            msg_id: crate::connection::session::random_hex(12),
+            msg_id: crate::connection::session::new_msg_id(),
             body,
             traceparent: None,
         })

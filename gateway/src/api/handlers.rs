@@ -166,7 +166,7 @@ fn message_parts(
             return Err(ApiError::bad("msg_id must be 1..128 bytes"))
         }
         Some(m) => m,
-        None => crate::connection::session::random_hex(12),
+        None => crate::connection::session::new_msg_id(),
     };
     let from = from.unwrap_or_else(|| node.config.api.default_sender.clone());
     if from.is_empty() || from.len() > crate::auth::MAX_USER_LEN {

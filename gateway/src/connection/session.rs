@@ -379,16 +379,15 @@ impl Session {
     }
 }
 
-/// A random lowercase hex string of `bytes` bytes.
-pub(crate) fn random_hex(bytes: usize) -> String {
-    (0..bytes)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect()
+/// A message id for a message sent without one: 12 random bytes in hex.
+pub(crate) fn new_msg_id() -> String {
+    Hex::<12>::random().to_string()
 }
 
-/// `N` random bytes, shown as lowercase hex: a session's id and resume token. Kept as
-/// bytes, in the session itself, rather than as strings: two strings were two allocations
-/// (48 bytes) and 48 bytes of the socket loop's state that every connection carried.
+/// `N` random bytes, shown as lowercase hex: a session's id and resume token, generated
+/// message ids. A session keeps its id and token as bytes rather than as strings: two
+/// strings were two allocations (48 bytes) and 48 bytes of the socket loop's state that
+/// every connection carried.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Hex<const N: usize>(pub(super) [u8; N]);
 

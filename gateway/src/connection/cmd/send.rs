@@ -4,7 +4,7 @@
 
 use super::{Handled, Refusal, Session};
 use crate::config::DmPolicy;
-use crate::connection::session::random_hex;
+use crate::connection::session::new_msg_id;
 use crate::engine::Publish;
 use crate::hooks::{SendAnswer, SendRequest, Verdict};
 use crate::protocol::command::Send;
@@ -55,7 +55,7 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
             ))
         }
         Some(m) => m,
-        None => random_hex(12),
+        None => new_msg_id(),
     };
     // Only a well-formed W3C traceparent goes on (dropped, not refused, otherwise): it
     // rides in the pub/sub payload and the msg frame of every member.
