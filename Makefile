@@ -85,7 +85,7 @@ test-browser: deps
 	$(CARGO) build -p chat-gateway
 	cd e2e/browser && npm ci --no-audit --no-fund && node --test chat.test.mjs
 
-## mutants: mutation testing of the gateway's connection, outbound, protocol, drain and engine
+## mutants: mutation testing of the gateway's connection, outbound, hub, heartbeat, protocol, drain and engine
 ## modules (cargo-mutants, installed once into ~/.cargo/bin); slow, not in CI. Scope and test
 ## set in .cargo/mutants.toml, report in mutants.out/, results in docs/testing.md. Options:
 ## MUTANTS_ARGS, e.g. "--shard 0/12 --sharding round-robin" for a sample.
