@@ -52,6 +52,10 @@ impl Wakes {
     }
 }
 
+/// How long the idle wake task waits for a listing before it looks whether the hub is
+/// still there. A listing into an empty list wakes it at once ([`Wakes::add`]).
+pub(super) const IDLE_POLL: Duration = Duration::from_secs(5);
+
 /// Wakes each listed room's writers when it falls due, until the hub is gone. It holds
 /// the hub weakly but while waiting (each wait bounded), as the presence flush does.
 pub(super) async fn run(hub: Weak<Hub>) {
@@ -65,7 +69,7 @@ pub(super) async fn run(hub: Weak<Hub>) {
             None => {
                 let added = h.wakes.added.notified();
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
                     _ = added => {}
                 }
             }

@@ -67,7 +67,7 @@ where
         // otherwise be part of this task for the connection's whole life, and most of the
         // time the connection is idle. One allocation per batch is cheap beside its syscall.
         // Closing wakes the queue's waiter ([`OutboundReceiver::next`] then ends), so the
-        // task holds no future of the closing token either (72 bytes).
+        // task holds no future of the queue's `closed` either (72 bytes).
         while let Some(item) = rx.next().await {
             let texts = Texts {
                 wire: wire.as_ref(),
