@@ -1,6 +1,7 @@
 //! Engine conformance suite: every engine must pass these, unchanged.
 
 mod bounded;
+mod trace;
 
 use super::{Engine, HistoryQuery, Publish, SessionRecord, EMPTY_EPOCH};
 use crate::config::Config;
@@ -38,6 +39,7 @@ pub async fn run_all(factory: &impl Factory) {
     bounded::history_pages_by_bytes_and_says_more(factory).await;
     bounded::a_store_behind_this_node_starts_a_new_epoch(factory).await;
     bounded::a_lost_room_starts_a_new_epoch(factory).await;
+    trace::only_a_valid_traceparent_travels(factory).await;
 }
 
 async fn nodes_registry(f: &impl Factory) {

@@ -260,7 +260,7 @@ impl Broker for MemoryEngine {
             seq,
             epoch: s.epoch.clone(),
             ts,
-            traceparent: msg.traceparent.as_deref().map(Arc::from),
+            traceparent: msg.trace().map(Arc::from),
             frame: msg_frame(msg.content(), seq, &s.epoch, ts).into(),
         });
         s.msgs.push_back((ts, env.clone()));

@@ -60,8 +60,17 @@ impl Publish {
             msg_id: &self.msg_id,
             from: &self.from,
             body: &self.body,
-            traceparent: self.traceparent.as_deref(),
+            traceparent: self.trace(),
         }
+    }
+
+    /// The send's trace context if it is a W3C `traceparent`. Every engine reads it
+    /// through here, so whatever a caller passed (an API request's header, say) reaches
+    /// no frame, pub/sub payload or envelope unless it is one.
+    pub fn trace(&self) -> Option<&str> {
+        self.traceparent
+            .as_deref()
+            .filter(|t| crate::protocol::valid_traceparent(t))
     }
 }
 
@@ -99,7 +108,7 @@ impl Envelope {
             seq: 0,
             epoch: "".into(),
             ts,
-            traceparent: msg.traceparent.as_deref().map(Arc::from),
+            traceparent: msg.trace().map(Arc::from),
             frame: crate::protocol::push::ephemeral_msg_frame(msg.content(), ts).into(),
         }
     }

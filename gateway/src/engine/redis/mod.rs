@@ -172,17 +172,10 @@ pub(crate) async fn publish(s: &Shared, msg: &Publish) -> Result<Published, Engi
     } else {
         0
     };
-    // The script completes the frame with seq, epoch and ts: split it around them. A
-    // traceparent that is not one would break the pub/sub payload for every member.
-    let traceparent = msg
-        .traceparent
-        .as_deref()
-        .filter(|t| crate::protocol::valid_traceparent(t));
-    let content = crate::protocol::push::MsgContent {
-        traceparent,
-        ..msg.content()
-    };
-    let (head, tail) = msg_frame_around_position(content);
+    // The script completes the frame with seq, epoch and ts: split it around them. (A
+    // traceparent that is not one would break the pub/sub payload: `trace` drops it.)
+    let traceparent = msg.trace();
+    let (head, tail) = msg_frame_around_position(msg.content());
     let retention = s.retention(&msg.room);
     let seen = s.seen.get(&msg.room);
     let route = s.keys.route(&msg.room);
@@ -227,10 +220,7 @@ pub(crate) async fn publish(s: &Shared, msg: &Publish) -> Result<Published, Engi
 /// A message of a namespace that keeps no history (or of an internal room): straight to
 /// the room's channel, no seq.
 async fn publish_ephemeral(s: &Shared, msg: &Publish) -> Result<Published, EngineError> {
-    let traceparent = msg
-        .traceparent
-        .as_deref()
-        .filter(|t| crate::protocol::valid_traceparent(t));
+    let traceparent = msg.trace();
     let env = super::Envelope::ephemeral(msg, now_ms());
     let route = s.keys.route(&msg.room);
     let payload = format!(
