@@ -156,6 +156,57 @@ async fn messages_published_while_pubsub_reconnects_are_delivered() {
     }
 }
 
+/// A gap fill starts where the node was in each room, not from the room's start (a
+/// reconnect must not re-read every local room whole), unless the room was lost and
+/// numbered again meanwhile: then all of its new epoch is new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_fill_starts_at_the_rooms_top_or_over_in_a_new_epoch() {
+    use chat_gateway::engine::Publish;
+    use chat_gateway::outbound::queue;
+    let redis = RedisServer::start();
+    let prefix = format!("t{:08x}", rand::random::<u32>());
+    let hub = Arc::new(Hub::default());
+    let subscriber = engine_on_hub(hub.clone(), &redis.url(), &prefix).await;
+    let publisher = engine_with_prefix(&redis.url(), &prefix).await;
+    let send = |room: &'static str, n: u64| {
+        publisher.publish(Publish {
+            room: room.into(),
+            from: "p".into(),
+            msg_id: format!("{room}-{n}"),
+            body: serde_json::value::RawValue::from_string(n.to_string()).expect("body"),
+            traceparent: None,
+        })
+    };
+    let mut receivers = Vec::new();
+    for (i, room) in ["kept", "lost"].into_iter().enumerate() {
+        // Three messages before the node subscribes: its top is 3 in this epoch.
+        for n in 1..=3 {
+            send(room, n).await.expect("publish");
+        }
+        let (q, rx) = queue(100, 1 << 20);
+        hub.subscribe(&Arc::from(room), i as u64 + 1, q);
+        subscriber.subscribe(room).await.expect("subscribe");
+        receivers.push(rx);
+    }
+    let mut admin = redis.admin();
+    assert_eq!(admin.command(&["CONFIG", "SET", "maxclients", "1"]), "+OK");
+    let killed = admin.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(killed.starts_with(':') && killed != ":0", "{killed}");
+    assert_eq!(send("kept", 4).await.expect("publish").at.seq, 4);
+    // "lost" loses its history and starts again: seq 1 of a new epoch.
+    publisher.rewind_for_test("lost", None).await;
+    let renumbered = send("lost", 1).await.expect("publish");
+    assert_eq!(renumbered.at.seq, 1);
+    assert_eq!(
+        admin.command(&["CONFIG", "SET", "maxclients", "10000"]),
+        "+OK"
+    );
+    let mut rx = receivers.into_iter();
+    let (mut kept, mut lost) = (rx.next().expect("kept"), rx.next().expect("lost"));
+    assert_eq!(next_msg(&mut kept).await, Some(("kept".into(), 4)));
+    assert_eq!(next_msg(&mut lost).await, Some(("lost".into(), 1)));
+}
+
 /// The next message the queue hands out within 10 s, as (room, seq).
 async fn next_msg(rx: &mut chat_gateway::outbound::OutboundReceiver) -> Option<(String, u64)> {
     use chat_gateway::outbound::Outbound;
