@@ -58,6 +58,42 @@ async fn engine_on_hub(hub: Arc<Hub>, url: &str, prefix: &str) -> Arc<dyn Engine
     engine
 }
 
+/// A subscribing engine on a hub (at `sub_url`) and a publishing one (at `pub_url`)
+/// sharing a fresh key prefix: two nodes of one deployment.
+async fn two_nodes(sub_url: &str, pub_url: &str) -> (Arc<Hub>, Arc<dyn Engine>, Arc<dyn Engine>) {
+    let prefix = format!("t{:08x}", rand::random::<u32>());
+    let hub = Arc::new(Hub::default());
+    let subscriber = engine_on_hub(hub.clone(), sub_url, &prefix).await;
+    let publisher = engine_with_prefix(pub_url, &prefix).await;
+    (hub, subscriber, publisher)
+}
+
+/// Message `n` of `room` (its body is `n`).
+fn message(room: &str, n: u64) -> chat_gateway::engine::Publish {
+    chat_gateway::engine::Publish {
+        room: room.into(),
+        from: "p".into(),
+        msg_id: format!("{room}-{n}"),
+        body: serde_json::value::RawValue::from_string(n.to_string()).expect("body"),
+        traceparent: None,
+    }
+}
+
+/// Kills the pub/sub connections and refuses new connections until [`end_outage`]: the
+/// publisher's open connection goes on, the subscriber cannot reconnect yet.
+fn start_outage(admin: &mut e2e::redis::RedisAdmin) {
+    assert_eq!(admin.command(&["CONFIG", "SET", "maxclients", "1"]), "+OK");
+    let killed = admin.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(killed.starts_with(':') && killed != ":0", "{killed}");
+}
+
+fn end_outage(admin: &mut e2e::redis::RedisAdmin) {
+    assert_eq!(
+        admin.command(&["CONFIG", "SET", "maxclients", "10000"]),
+        "+OK"
+    );
+}
+
 /// The node registry lists every node of a cluster (rebalancing compares against all of
 /// them), and only that cluster's: two key prefixes on one Redis are two clusters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,13 +149,9 @@ async fn the_node_registry_lists_every_node_of_its_prefix_only() {
 /// room subscribed while empty included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_published_while_pubsub_reconnects_are_delivered() {
-    use chat_gateway::engine::Publish;
     use chat_gateway::outbound::queue;
     let redis = RedisServer::start();
-    let prefix = format!("t{:08x}", rand::random::<u32>());
-    let hub = Arc::new(Hub::default());
-    let subscriber = engine_on_hub(hub.clone(), &redis.url(), &prefix).await;
-    let publisher = engine_with_prefix(&redis.url(), &prefix).await;
+    let (hub, subscriber, publisher) = two_nodes(&redis.url(), &redis.url()).await;
     let rooms: Vec<String> = (0..20).map(|i| format!("gap{i}")).collect();
     let mut receivers = Vec::new();
     for (i, room) in rooms.iter().enumerate() {
@@ -128,29 +160,13 @@ async fn messages_published_while_pubsub_reconnects_are_delivered() {
         subscriber.subscribe(room).await.expect("subscribe");
         receivers.push(rx);
     }
-    // Pub/sub connections are killed and new connections refused for a while: the
-    // publisher's open connection goes on, the subscriber cannot reconnect yet.
     let mut admin = redis.admin();
-    assert_eq!(admin.command(&["CONFIG", "SET", "maxclients", "1"]), "+OK");
-    let killed = admin.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
-    assert!(killed.starts_with(':') && killed != ":0", "{killed}");
+    start_outage(&mut admin);
     for room in &rooms {
-        let published = publisher
-            .publish(Publish {
-                room: room.as_str().into(),
-                from: "p".into(),
-                msg_id: format!("{room}-1"),
-                body: serde_json::value::RawValue::from_string("1".into()).expect("body"),
-                traceparent: None,
-            })
-            .await
-            .expect("publish");
+        let published = publisher.publish(message(room, 1)).await.expect("publish");
         assert_eq!(published.at.seq, 1);
     }
-    assert_eq!(
-        admin.command(&["CONFIG", "SET", "maxclients", "10000"]),
-        "+OK"
-    );
+    end_outage(&mut admin);
     for (room, mut rx) in rooms.iter().zip(receivers) {
         assert_eq!(next_msg(&mut rx).await, Some((room.clone(), 1)), "{room}");
     }
@@ -161,22 +177,10 @@ async fn messages_published_while_pubsub_reconnects_are_delivered() {
 /// numbered again meanwhile: then all of its new epoch is new.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_fill_starts_at_the_rooms_top_or_over_in_a_new_epoch() {
-    use chat_gateway::engine::Publish;
     use chat_gateway::outbound::queue;
     let redis = RedisServer::start();
-    let prefix = format!("t{:08x}", rand::random::<u32>());
-    let hub = Arc::new(Hub::default());
-    let subscriber = engine_on_hub(hub.clone(), &redis.url(), &prefix).await;
-    let publisher = engine_with_prefix(&redis.url(), &prefix).await;
-    let send = |room: &'static str, n: u64| {
-        publisher.publish(Publish {
-            room: room.into(),
-            from: "p".into(),
-            msg_id: format!("{room}-{n}"),
-            body: serde_json::value::RawValue::from_string(n.to_string()).expect("body"),
-            traceparent: None,
-        })
-    };
+    let (hub, subscriber, publisher) = two_nodes(&redis.url(), &redis.url()).await;
+    let send = |room: &str, n: u64| publisher.publish(message(room, n));
     let mut receivers = Vec::new();
     for (i, room) in ["kept", "lost"].into_iter().enumerate() {
         // Three messages before the node subscribes: its top is 3 in this epoch.
@@ -189,18 +193,13 @@ async fn a_gap_fill_starts_at_the_rooms_top_or_over_in_a_new_epoch() {
         receivers.push(rx);
     }
     let mut admin = redis.admin();
-    assert_eq!(admin.command(&["CONFIG", "SET", "maxclients", "1"]), "+OK");
-    let killed = admin.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
-    assert!(killed.starts_with(':') && killed != ":0", "{killed}");
+    start_outage(&mut admin);
     assert_eq!(send("kept", 4).await.expect("publish").at.seq, 4);
     // "lost" loses its history and starts again: seq 1 of a new epoch.
     publisher.rewind_for_test("lost", None).await;
     let renumbered = send("lost", 1).await.expect("publish");
     assert_eq!(renumbered.at.seq, 1);
-    assert_eq!(
-        admin.command(&["CONFIG", "SET", "maxclients", "10000"]),
-        "+OK"
-    );
+    end_outage(&mut admin);
     let mut rx = receivers.into_iter();
     let (mut kept, mut lost) = (rx.next().expect("kept"), rx.next().expect("lost"));
     assert_eq!(next_msg(&mut kept).await, Some(("kept".into(), 4)));
@@ -226,28 +225,16 @@ async fn next_msg(rx: &mut chat_gateway::outbound::OutboundReceiver) -> Option<(
 /// succeeds; the room's live messages wait meanwhile, so the gap is never skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_gap_fill_is_tried_again_before_live_messages_go_on() {
-    use chat_gateway::engine::Publish;
     let redis = RedisServer::start();
     let mut admin = redis.admin();
     let user = ["ACL", "SETUSER", "sub", "on", ">pw", "~*", "&*", "+@all"];
     assert_eq!(admin.command(&user), "+OK");
-    let prefix = format!("t{:08x}", rand::random::<u32>());
     let url = redis.url().replace("redis://", "redis://sub:pw@");
-    let hub = Arc::new(Hub::default());
-    let subscriber = engine_on_hub(hub.clone(), &url, &prefix).await;
-    let publisher = engine_with_prefix(&redis.url(), &prefix).await;
+    let (hub, subscriber, publisher) = two_nodes(&url, &redis.url()).await;
     let (q, mut rx) = chat_gateway::outbound::queue(100, 1 << 20);
     hub.subscribe(&Arc::from("held"), 1, q);
     subscriber.subscribe("held").await.expect("subscribe");
-    let send = |n: u64| {
-        publisher.publish(Publish {
-            room: "held".into(),
-            from: "p".into(),
-            msg_id: format!("m{n}"),
-            body: serde_json::value::RawValue::from_string(n.to_string()).expect("body"),
-            traceparent: None,
-        })
-    };
+    let send = |n: u64| publisher.publish(message("held", n));
     send(1).await.expect("publish 1");
     assert_eq!(next_msg(&mut rx).await, Some(("held".into(), 1)));
 
@@ -257,16 +244,11 @@ async fn a_failed_gap_fill_is_tried_again_before_live_messages_go_on() {
         admin.command(&["ACL", "SETUSER", "sub", "-evalsha", "-eval"]),
         "+OK"
     );
-    assert_eq!(admin.command(&["CONFIG", "SET", "maxclients", "1"]), "+OK");
-    let killed = admin.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
-    assert!(killed.starts_with(':') && killed != ":0", "{killed}");
+    start_outage(&mut admin);
     for n in 2..=3 {
         send(n).await.expect("publish");
     }
-    assert_eq!(
-        admin.command(&["CONFIG", "SET", "maxclients", "10000"]),
-        "+OK"
-    );
+    end_outage(&mut admin);
     // Once the subscriber is back (its fill failing), live messages reach it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
