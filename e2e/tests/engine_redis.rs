@@ -206,6 +206,63 @@ async fn a_gap_fill_starts_at_the_rooms_top_or_over_in_a_new_epoch() {
     assert_eq!(next_msg(&mut lost).await, Some(("lost".into(), 1)));
 }
 
+/// An inbox's subscription on a node that does not deliver it yet hands back the head the
+/// subscriber read to start delivering it (the connection's catch-up reads no head of its
+/// own: one round trip per connect fewer); a later one, on the fast path, nothing. A gap
+/// fill after a pub/sub outage starts at that head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbox_subscription_hands_back_the_head_it_started_from() {
+    use chat_gateway::outbound::queue;
+    let redis = RedisServer::start();
+    let (hub, subscriber, publisher) = two_nodes(&redis.url(), &redis.url()).await;
+    // Every inbox travels on the node's one channel, in order: once the node delivered
+    // one to another inbox, Bob's three before it are behind it (none in flight).
+    let (q, mut other) = queue(100, 1 << 20);
+    hub.subscribe(&Arc::from("user:other"), 9, q);
+    subscriber.subscribe("user:other").await.expect("subscribe");
+    for n in 1..=3 {
+        publisher
+            .publish(message("user:bob", n))
+            .await
+            .expect("publish");
+    }
+    publisher
+        .publish(message("user:other", 1))
+        .await
+        .expect("publish");
+    assert_eq!(next_msg(&mut other).await, Some(("user:other".into(), 1)));
+
+    let (q, mut phone) = queue(100, 1 << 20);
+    hub.subscribe(&Arc::from("user:bob"), 1, q);
+    let head = subscriber.subscribe("user:bob").await.expect("subscribe");
+    let head = head.expect("the head the subscriber read");
+    let now = publisher
+        .history("user:bob", Default::default())
+        .await
+        .expect("history");
+    assert_eq!((head.top, &*head.epoch), (3, &*now.epoch));
+
+    let (q, _laptop) = queue(100, 1 << 20);
+    hub.subscribe(&Arc::from("user:bob"), 2, q);
+    let again = subscriber.subscribe("user:bob").await.expect("subscribe");
+    assert!(again.is_none(), "delivered already: nothing read for it");
+
+    let mut admin = redis.admin();
+    start_outage(&mut admin);
+    assert_eq!(
+        publisher
+            .publish(message("user:bob", 4))
+            .await
+            .expect("publish")
+            .at
+            .seq,
+        4
+    );
+    end_outage(&mut admin);
+    // A fill from the inbox's start would hand on 1 first.
+    assert_eq!(next_msg(&mut phone).await, Some(("user:bob".into(), 4)));
+}
+
 /// The next message the queue hands out within 10 s, as (room, seq).
 async fn next_msg(rx: &mut chat_gateway::outbound::OutboundReceiver) -> Option<(String, u64)> {
     use chat_gateway::outbound::Outbound;

@@ -14,7 +14,7 @@
 use super::cmd::Refusal;
 use super::session::{Joined, Session};
 use crate::disconnect;
-use crate::engine::{EngineError, HistoryQuery, SessionRecord};
+use crate::engine::{EngineError, HistoryPage, HistoryQuery, SessionRecord};
 use crate::outbound::Outbound;
 use crate::permissions::Membership;
 use crate::protocol::{ErrorCode, Since, StreamPosition, MAX_HISTORY_LIMIT};
@@ -44,17 +44,18 @@ pub(super) struct CaughtUp {
 
 impl Session {
     /// Where a client at `since` stands (without `since`: at the top, nothing to replay).
-    /// Reads only the room's position; the messages are read while streaming.
+    /// Reads only the room's position (unless the engine read it while subscribing:
+    /// `head`); the messages are read while streaming.
     pub(super) async fn catch_up(
         &self,
         room: &Arc<str>,
         since: Option<&Since>,
+        head: Option<HistoryPage>,
     ) -> Result<CaughtUp, EngineError> {
-        let page = self
-            .node
-            .engine
-            .history(room, HistoryQuery::default())
-            .await?;
+        let page = match head {
+            Some(page) => page,
+            None => self.head_of(room).await?,
+        };
         let recovered = since.is_some_and(|s| page.covers(s.seq, s.epoch.as_deref()));
         let from = match since {
             Some(s) if recovered => s.seq,
@@ -69,6 +70,14 @@ impl Session {
                 until: page.top,
             },
         })
+    }
+
+    /// The room's head: its epoch, top and first retained seq, no messages.
+    async fn head_of(&self, room: &str) -> Result<HistoryPage, EngineError> {
+        self.node
+            .engine
+            .history(room, HistoryQuery::default())
+            .await
     }
 
     /// Streams a replay into the queue chunk by chunk at the client's pace, then releases
@@ -131,6 +140,7 @@ impl Session {
         since: Option<&Since>,
         member: Membership,
     ) -> Result<CaughtUp, Refusal> {
+        let mut head = None;
         if self.rooms.contains_key(room) {
             self.queue.push(Outbound::BeginCatchup(room.clone()));
         } else {
@@ -141,9 +151,9 @@ impl Session {
                     format!("at most {max} rooms per connection"),
                 ));
             }
-            self.attach(room).await?;
+            head = self.attach(room).await?;
         }
-        match self.catch_up(room, since).await {
+        match self.catch_up(room, since, head).await {
             Ok(caught) => {
                 let joined = Joined {
                     at: caught.at.clone(),
@@ -169,12 +179,12 @@ impl Session {
     pub(super) async fn replay_inbox_from_cursor(&mut self) -> Option<Replay> {
         self.inbox_pending = false;
         let inbox = self.inbox.clone();
+        let head = self.inbox_head.take();
         let start = async {
-            let page = self
-                .node
-                .engine
-                .history(&inbox, HistoryQuery::default())
-                .await?;
+            let page = match head {
+                Some(page) => *page,
+                None => self.head_of(&inbox).await?,
+            };
             // An inbox with nothing in it has nothing to replay: the cursor would change
             // nothing (a round trip per connection of every user without direct messages).
             let cursor = if page.top == 0 {

@@ -3,7 +3,7 @@
 //! session record a later `resume` starts from.
 
 use crate::auth::Identity;
-use crate::engine::{EngineError, SessionRecord, StoredGrant};
+use crate::engine::{EngineError, HistoryPage, SessionRecord, StoredGrant};
 use crate::hooks::ConnectAnswer;
 use crate::hub::ConnId;
 use crate::node::Node;
@@ -41,6 +41,11 @@ pub struct Session {
     pub(super) rooms: BTreeMap<Arc<str>, Joined>,
     /// The inbox's replay waits for `resume` (up to the grace period) or another command.
     pub(super) inbox_pending: bool,
+    /// The inbox's head as the engine read it when it started delivering the inbox (see
+    /// [`Broker::subscribe`](crate::engine::Broker::subscribe)), for that replay to start
+    /// from instead of reading it again. Boxed: held only until the replay starts, and
+    /// every connection's task would carry it inline.
+    pub(super) inbox_head: Option<Box<HistoryPage>>,
     /// This device's acknowledged inbox position: where its inbox replay started, moved
     /// on by `ack` (and by the inbox position of a `resume`). Saved with the session, so
     /// the device's next resume replays every direct message it has not acknowledged.
@@ -79,6 +84,7 @@ impl Session {
             queue,
             rooms: BTreeMap::new(),
             inbox_pending: true,
+            inbox_head: None,
             inbox_acked: None,
             connected_at: crate::engine::now_ms(),
             members: BTreeMap::new(),
@@ -118,13 +124,16 @@ impl Session {
         self.queue.frame(protocol::to_json(&welcome));
         self.queue.push(Outbound::BeginCatchup(self.inbox.clone()));
         let inbox = self.inbox.clone();
-        if let Err(e) = self.subscribe(&inbox).await {
-            tracing::warn!(user = %self.identity.user, error = %e, "inbox subscribe failed");
-            self.queue.frame(protocol::error_frame(
-                None,
-                protocol::ErrorCode::Unavailable,
-                "inbox unavailable; resume later to receive direct messages",
-            ));
+        match self.subscribe(&inbox).await {
+            Ok(head) => self.inbox_head = head.map(Box::new),
+            Err(e) => {
+                tracing::warn!(user = %self.identity.user, error = %e, "inbox subscribe failed");
+                self.queue.frame(protocol::error_frame(
+                    None,
+                    protocol::ErrorCode::Unavailable,
+                    "inbox unavailable; resume later to receive direct messages",
+                ));
+            }
         }
         let mut replays = Vec::new();
         for room in extras.rooms {
@@ -164,18 +173,24 @@ impl Session {
     }
 
     /// Subscribes this connection to a room locally and, for the first local subscriber,
-    /// in the engine. Undone on failure.
-    pub(super) async fn subscribe(&self, room: &Arc<str>) -> Result<(), EngineError> {
+    /// in the engine; returns the room's head if the engine read one meanwhile (see
+    /// [`Broker::subscribe`](crate::engine::Broker::subscribe)). Undone on failure.
+    pub(super) async fn subscribe(
+        &self,
+        room: &Arc<str>,
+    ) -> Result<Option<HistoryPage>, EngineError> {
         if self.node.hub.subscribe(room, self.id, self.queue.clone()) {
             self.update_room_gauge();
         }
         // Every joiner waits for the node's subscription to be live (not only the first):
         // reading history before that could miss a message.
-        if let Err(e) = self.node.engine.subscribe(room).await {
-            self.unsubscribe(room).await;
-            return Err(e);
+        match self.node.engine.subscribe(room).await {
+            Ok(head) => Ok(head),
+            Err(e) => {
+                self.unsubscribe(room).await;
+                Err(e)
+            }
         }
-        Ok(())
     }
 
     async fn unsubscribe(&self, room: &str) {
@@ -196,17 +211,20 @@ impl Session {
     }
 
     /// Starts holding a room's live messages, subscribes and marks presence (taking back
-    /// this connection's lingering entry if it left the room a moment ago). On failure
-    /// nothing of it remains.
-    pub(super) async fn attach(&mut self, room: &Arc<str>) -> Result<(), EngineError> {
+    /// this connection's lingering entry if it left the room a moment ago); returns the
+    /// head the engine read while subscribing, if any. On failure nothing of it remains.
+    pub(super) async fn attach(
+        &mut self,
+        room: &Arc<str>,
+    ) -> Result<Option<HistoryPage>, EngineError> {
         self.queue.push(Outbound::BeginCatchup(room.clone()));
         self.joins = self.joins.wrapping_add(1);
         let conn_key = self.conn_key();
         let fresh = format!("{conn_key}.{}", self.joins);
         let attached = async {
-            self.subscribe(room).await?;
+            let head = self.subscribe(room).await?;
             if let Some(member) = self.node.linger.rejoin(room, &conn_key) {
-                return Ok(member);
+                return Ok((member, head));
             }
             let present = self
                 .node
@@ -217,13 +235,13 @@ impl Session {
                 self.unsubscribe(room).await;
                 return Err(e);
             }
-            Ok(fresh)
+            Ok((fresh, head))
         }
         .await;
         match attached {
-            Ok(member) => {
+            Ok((member, head)) => {
                 self.members.insert(room.clone(), member);
-                Ok(())
+                Ok(head)
             }
             Err(e) => {
                 self.queue.push(Outbound::Forget(room.clone()));

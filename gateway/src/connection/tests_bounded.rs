@@ -1,23 +1,17 @@
 //! Handlers under hostile clients and faults (issue 18), against the memory engine and a
 //! wrapper of it that fails on demand: pages and replays bounded by bytes, direct messages
 //! per device until acknowledged, a resume that fails half-way, ambiguous sends, untrusted
-//! trace context. (Presence of a join/leave loop: tests_presence.rs.)
+//! trace context, an inbox head the engine read while subscribing. (Presence of a
+//! join/leave loop: tests_presence.rs; the failing engine: tests_faulty.rs.)
 
 use super::tests::{config, error_code, Harness, Item};
-use crate::config::Config;
-use crate::engine::memory::MemoryEngine;
-use crate::engine::{
-    Broker, Engine, EngineError, History, HistoryPage, HistoryQuery, NodeReport, Nodes,
-    PresenceManager, Publish, Published, SessionRecord, Sessions,
-};
-use crate::hub::Hub;
+use super::tests_faulty::Faulty;
+use crate::engine::{HistoryQuery, Publish};
 use crate::node::Node;
 use crate::protocol::StreamPosition;
-use async_trait::async_trait;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 
 /// A body of about `n` bytes.
 fn body(n: usize) -> Box<serde_json::value::RawValue> {
@@ -192,132 +186,6 @@ async fn a_resume_position_counts_as_an_acknowledgement() {
     );
 }
 
-/// The memory engine, with faults on demand.
-struct Faulty {
-    inner: MemoryEngine,
-    /// History reads of this room fail (engine unavailable).
-    history_of: Mutex<Option<String>>,
-    /// Publishes fail as if Redis had not answered.
-    publish_unknown: AtomicBool,
-}
-
-impl Faulty {
-    fn node(config: Config) -> (Arc<Node>, Arc<Faulty>) {
-        let slot: Arc<Mutex<Option<Arc<Faulty>>>> = Arc::default();
-        let keep = slot.clone();
-        let engine_config = config.clone();
-        let node = Node::with_engine(config, move |hub: Arc<Hub>| {
-            let f = Arc::new(Faulty {
-                inner: MemoryEngine::new(hub, &engine_config),
-                history_of: Mutex::new(None),
-                publish_unknown: AtomicBool::new(false),
-            });
-            *keep.lock().unwrap_or_else(|p| p.into_inner()) = Some(f.clone());
-            f
-        })
-        .expect("node");
-        let faulty = slot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .expect("engine made");
-        (node, faulty)
-    }
-
-    fn fail_history_of(&self, room: Option<&str>) {
-        *self.history_of.lock().unwrap_or_else(|p| p.into_inner()) = room.map(Into::into);
-    }
-}
-
-#[async_trait]
-impl Broker for Faulty {
-    async fn publish(&self, msg: Publish) -> Result<Published, EngineError> {
-        if self.publish_unknown.load(Ordering::Relaxed) {
-            return Err(EngineError::UnknownOutcome("no answer in time".into()));
-        }
-        self.inner.publish(msg).await
-    }
-    async fn subscribe(&self, room: &str) -> Result<(), EngineError> {
-        self.inner.subscribe(room).await
-    }
-    async fn unsubscribe(&self, room: &str) -> Result<(), EngineError> {
-        self.inner.unsubscribe(room).await
-    }
-}
-
-#[async_trait]
-impl History for Faulty {
-    async fn history(&self, room: &str, q: HistoryQuery) -> Result<HistoryPage, EngineError> {
-        let failing = self
-            .history_of
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if failing.as_deref() == Some(room) {
-            return Err(EngineError::Unavailable("injected".into()));
-        }
-        self.inner.history(room, q).await
-    }
-}
-
-#[async_trait]
-impl PresenceManager for Faulty {
-    async fn presence_join(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError> {
-        self.inner.presence_join(room, user, conn).await
-    }
-    async fn presence_leave(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError> {
-        self.inner.presence_leave(room, user, conn).await
-    }
-    async fn presence(&self, room: &str) -> Result<Vec<String>, EngineError> {
-        self.inner.presence(room).await
-    }
-    async fn is_present(&self, room: &str, user: &str) -> Result<bool, EngineError> {
-        self.inner.is_present(room, user).await
-    }
-    async fn active_rooms(&self, limit: usize) -> Result<Vec<(String, usize)>, EngineError> {
-        self.inner.active_rooms(limit).await
-    }
-}
-
-#[async_trait]
-impl Sessions for Faulty {
-    async fn save_session(&self, token: &str, s: &SessionRecord) -> Result<(), EngineError> {
-        self.inner.save_session(token, s).await
-    }
-    async fn take_session(&self, token: &str) -> Result<Option<SessionRecord>, EngineError> {
-        self.inner.take_session(token).await
-    }
-    async fn inbox_cursor(&self, user: &str) -> Result<Option<StreamPosition>, EngineError> {
-        self.inner.inbox_cursor(user).await
-    }
-    async fn ack_inbox(&self, user: &str, at: &StreamPosition) -> Result<(), EngineError> {
-        self.inner.ack_inbox(user, at).await
-    }
-}
-
-#[async_trait]
-impl Nodes for Faulty {
-    async fn report_node(&self, r: &NodeReport) -> Result<(), EngineError> {
-        self.inner.report_node(r).await
-    }
-    async fn nodes(&self) -> Result<Vec<NodeReport>, EngineError> {
-        self.inner.nodes().await
-    }
-    async fn admit(&self, rate: u32) -> Result<Option<bool>, EngineError> {
-        self.inner.admit(rate).await
-    }
-}
-
-#[async_trait]
-impl Engine for Faulty {
-    fn healthy(&self) -> bool {
-        true
-    }
-    async fn rewind_for_test(&self, room: &str, keep: Option<u64>) {
-        self.inner.rewind_for_test(room, keep).await
-    }
-}
-
 #[tokio::test]
 async fn a_resume_whose_inbox_fails_releases_the_held_inbox_and_says_so() {
     let (node, faulty) = Faulty::node(config());
@@ -434,4 +302,44 @@ async fn a_session_saved_at_the_join_of_an_empty_room_resumes_by_the_clients_seq
         items.contains(&Item::Replay("r".into(), 2, vec![3])),
         "the client's seq in the room's real epoch: {items:?}"
     );
+}
+
+/// An engine that read an inbox's head while starting to deliver it (the Redis engine:
+/// one round trip per connect fewer) hands it to the connection, whose inbox replay or
+/// resume starts there without reading it again; what came after it is live.
+#[tokio::test]
+async fn an_inbox_head_read_by_the_subscription_is_not_read_again() {
+    let (node, faulty) = Faulty::node(config());
+    faulty.inbox_heads.store(true, Ordering::Relaxed);
+    let alice = Harness::on(node.clone(), "alice").await;
+    alice.publish("user:bob", "alice", "d1").await;
+    alice.publish("user:bob", "alice", "d2").await;
+    let epoch = alice.epoch("user:bob").await;
+    let reads = || faulty.inbox_head_reads.load(Ordering::Relaxed);
+    let before = reads();
+
+    let mut phone = Harness::on(node.clone(), "bob").await;
+    alice.publish("user:bob", "alice", "d3").await;
+    phone.cmd(json!({"type": "ping", "id": 1})).await;
+    let items = phone.drain();
+    assert!(
+        items.contains(&Item::Replay("user:bob".into(), 0, vec![1, 2])),
+        "replayed up to the head read at the subscription, the rest live: {items:?}"
+    );
+    assert!(
+        items.contains(&Item::Msg("user:bob".into(), 3)),
+        "{items:?}"
+    );
+
+    let mut tablet = Harness::on(node.clone(), "bob").await;
+    tablet
+        .cmd(json!({"type": "resume", "id": 2, "resume_token": "none",
+            "positions": {"user:bob": {"seq": 1, "epoch": &*epoch}}}))
+        .await;
+    let items = tablet.drain();
+    assert!(
+        items.contains(&Item::Replay("user:bob".into(), 1, vec![2, 3])),
+        "{items:?}"
+    );
+    assert_eq!(reads(), before, "neither connection read the inbox's head");
 }

@@ -1,6 +1,7 @@
 //! Engine conformance suite: every engine must pass these, unchanged.
 
 mod bounded;
+mod head;
 mod trace;
 
 use super::{Engine, HistoryQuery, Publish, SessionRecord, EMPTY_EPOCH};
@@ -40,6 +41,7 @@ pub async fn run_all(factory: &impl Factory) {
     bounded::a_store_behind_this_node_starts_a_new_epoch(factory).await;
     bounded::a_lost_room_starts_a_new_epoch(factory).await;
     trace::only_a_valid_traceparent_travels(factory).await;
+    head::a_head_handed_back_is_the_rooms_head(factory).await;
 }
 
 async fn nodes_registry(f: &impl Factory) {

@@ -285,8 +285,8 @@ impl Broker for MemoryEngine {
             ts,
         })
     }
-    async fn subscribe(&self, _room: &str) -> Result<(), EngineError> {
-        Ok(()) // publish delivers to this node's hub directly
+    async fn subscribe(&self, _room: &str) -> Result<Option<HistoryPage>, EngineError> {
+        Ok(None) // publish delivers to this node's hub directly
     }
     async fn unsubscribe(&self, _room: &str) -> Result<(), EngineError> {
         Ok(())

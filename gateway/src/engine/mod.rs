@@ -270,9 +270,14 @@ pub trait Broker: Send + Sync {
     /// Appends to the room's history (deduplicating the msg id) and delivers it to every
     /// node with subscribers, in seq order.
     async fn publish(&self, msg: Publish) -> Result<Published, EngineError>;
-    /// This node wants the room's messages. Called by every local joiner; returns once
-    /// messages published from now on will reach this node's hub.
-    async fn subscribe(&self, room: &str) -> Result<(), EngineError>;
+    /// This node wants the room's messages. Called by every local joiner (registered in
+    /// the hub first); returns once messages published from now on will reach this node's
+    /// hub. An engine that read the room's head (epoch, top, first; no messages) while
+    /// subscribing, at a point from which every later message reaches the hub, returns it:
+    /// the caller's catch-up may start there instead of reading the head again (the Redis
+    /// engine reads an inbox's when it starts delivering it: one round trip per connect
+    /// fewer).
+    async fn subscribe(&self, room: &str) -> Result<Option<HistoryPage>, EngineError>;
     /// This node no longer wants the room's messages (last local subscriber left).
     async fn unsubscribe(&self, room: &str) -> Result<(), EngineError>;
 }

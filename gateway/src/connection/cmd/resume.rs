@@ -85,7 +85,8 @@ pub(super) async fn handle(s: &mut Session, cmd: Resume) -> Handled {
 async fn resume_inbox(s: &mut Session, since: &Since) -> (RoomResumed, Option<Replay>) {
     s.inbox_pending = false;
     let inbox = s.inbox.clone();
-    let caught = match s.catch_up(&inbox, Some(since)).await {
+    let head = s.inbox_head.take().map(|page| *page);
+    let caught = match s.catch_up(&inbox, Some(since), head).await {
         Ok(caught) => caught,
         Err(e) => {
             // Nothing may stay held back: live direct messages flow again; nothing was

@@ -11,7 +11,7 @@
 
 use super::payload::{frame_ts, parse_payload, parse_routed, Payload};
 use super::shared::{lock, Shared};
-use crate::engine::{Envelope, HistoryQuery};
+use crate::engine::{Envelope, HistoryPage, HistoryQuery, EMPTY_EPOCH};
 use crate::protocol::push::PresencePush;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -27,12 +27,26 @@ const FILL_RETRY: Duration = Duration::from_millis(100);
 const FILL_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// The room's epoch and top now (a failed read: nothing seen, a later gap fill reads the
-/// room from its start).
-async fn current_top(shared: &Shared, room: &str) -> Seen {
+/// room from its start). An inbox's is read as its head, handed to the connections that
+/// asked for it ([`Top`]); a room's with a plain `HMGET`.
+async fn current_top(shared: &Shared, room: &str) -> Top {
+    if crate::protocol::is_inbox(room) {
+        return match shared.history(room, HistoryQuery::default()).await {
+            Ok(page) => Top {
+                seen: Seen {
+                    epoch: (*page.epoch != *EMPTY_EPOCH).then(|| page.epoch.clone()),
+                    seq: page.top,
+                    ..Seen::default()
+                },
+                head: Some(page),
+            },
+            Err(_) => Top::default(),
+        };
+    }
     let mut conn = shared.conn();
     let mut cmd = redis::cmd("HMGET");
     cmd.arg(shared.keys.meta(room)).arg("epoch").arg("seq");
-    match shared
+    let seen = match shared
         .run(cmd.query_async::<(Option<String>, Option<u64>)>(&mut conn))
         .await
     {
@@ -42,7 +56,24 @@ async fn current_top(shared: &Shared, room: &str) -> Seen {
             ..Seen::default()
         },
         Err(_) => Seen::default(),
-    }
+    };
+    Top { seen, head: None }
+}
+
+/// Where this node starts delivering a room, and the room's head when that is a valid
+/// catch-up head for the connections waiting on the subscription.
+///
+/// Only an inbox's is: its channel (the node's, or its bucket's in a cluster) is
+/// subscribed before any inbox is added, the waiting connections registered in the hub
+/// before asking, and nothing is dispatched while the subscriber awaits the read. So a
+/// message after the head reaches them live, or (pub/sub down) from the gap fill that
+/// starts at the head. A room's top may be read before its SUBSCRIBE is confirmed, when
+/// a message can still slip past both: good enough for a gap fill's start, not for a
+/// catch-up.
+#[derive(Default)]
+pub(super) struct Top {
+    pub(super) seen: Seen,
+    pub(super) head: Option<HistoryPage>,
 }
 
 /// What this node last saw of a room it delivers. One per local room and per local
@@ -106,18 +137,18 @@ impl Delivery {
     }
 
     /// Starts delivering a room whose subscription is in place, from its top now (where a
-    /// gap fill after a reconnect starts).
-    pub(super) async fn add(&mut self, room: &str) {
-        let seen = self.current_top(room).await;
-        self.insert(room, seen);
+    /// gap fill after a reconnect starts); returns an inbox's head (see [`Top`]).
+    pub(super) async fn add(&mut self, room: &str) -> Option<HistoryPage> {
+        let top = current_top(&self.shared, room).await;
+        self.insert(room, top.seen);
+        top.head
     }
 
-    /// Starts delivering rooms whose subscriptions are in place, from the tops
-    /// [`tops`](Self::tops) read for them.
-    pub(super) fn insert_all(&mut self, rooms: impl IntoIterator<Item = (String, Seen)>) {
-        for (room, seen) in rooms {
-            self.insert(&room, seen);
-        }
+    /// Starts delivering a room whose subscription is in place, from the top
+    /// [`tops`](Self::tops) read for it; returns an inbox's head (see [`Top`]).
+    pub(super) fn start(&mut self, room: &str, top: Top) -> Option<HistoryPage> {
+        self.insert(room, top.seen);
+        top.head
     }
 
     fn insert(&mut self, room: &str, seen: Seen) {
@@ -134,7 +165,7 @@ impl Delivery {
     pub(super) fn tops(
         &self,
         rooms: Vec<String>,
-    ) -> impl std::future::Future<Output = Vec<(String, Seen)>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Vec<(String, Top)>> + Send + 'static {
         let shared = self.shared.clone();
         async move {
             let reads = rooms.iter().map(|r| current_top(&shared, r));
@@ -148,11 +179,6 @@ impl Delivery {
         self.rooms.remove(room);
         self.owed.remove(room);
         lock(&self.active).remove(room);
-    }
-
-    /// The room's epoch and top now.
-    async fn current_top(&self, room: &str) -> Seen {
-        current_top(&self.shared, room).await
     }
 
     /// Fills the gap of every room (a lost connection to one server).

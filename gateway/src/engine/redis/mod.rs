@@ -242,7 +242,7 @@ impl Broker for RedisEngine {
     async fn publish(&self, msg: Publish) -> Result<Published, EngineError> {
         publish(&self.shared, &msg).await
     }
-    async fn subscribe(&self, room: &str) -> Result<(), EngineError> {
+    async fn subscribe(&self, room: &str) -> Result<Option<HistoryPage>, EngineError> {
         if !self.pubsub_up.load(Ordering::Relaxed) {
             return Err(EngineError::Unavailable(
                 "redis pub/sub connection is down".into(),

@@ -315,10 +315,10 @@ impl Task {
             .delivery
             .tops(inboxes.iter().map(|(r, _)| r.clone()).collect())
             .await;
-        self.delivery.insert_all(tops);
-        for (_, waiting) in inboxes {
+        for ((_, waiting), (room, top)) in inboxes.into_iter().zip(tops) {
+            let head = self.delivery.start(&room, top);
             for reply in waiting {
-                let _ = reply.send(Ok(()));
+                let _ = reply.send(Ok(head.clone()));
             }
         }
     }
@@ -327,13 +327,13 @@ impl Task {
         match cmd {
             Cmd::Subscribe(room, reply) => {
                 if self.delivery.has(&room) {
-                    let _ = reply.send(Ok(()));
+                    let _ = reply.send(Ok(None));
                     return;
                 }
                 if crate::protocol::is_inbox(&room) {
                     // Its bucket's channel is subscribed already: no Redis command.
-                    self.delivery.add(&room).await;
-                    let _ = reply.send(Ok(()));
+                    let head = self.delivery.add(&room).await;
+                    let _ = reply.send(Ok(head));
                     return;
                 }
                 let channel = self.shared.keys.channel(&room);
@@ -346,8 +346,10 @@ impl Task {
                         // the push queue, unless the reply was another command's): until
                         // then the retry rounds treat it as lost.
                         self.channels.await_confirmation(channel);
-                        self.delivery.insert_all(top);
-                        let _ = reply.send(Ok(()));
+                        for (room, top) in top {
+                            self.delivery.start(&room, top);
+                        }
+                        let _ = reply.send(Ok(None));
                     }
                     (Ok(Err(e)), _) => {
                         let _ = reply.send(Err(self.shared.fail_pubsub(&e)));
@@ -359,7 +361,7 @@ impl Task {
             }
             Cmd::Unsubscribe(room, reply) => {
                 if self.shared.hub.has_subscribers(&room) {
-                    let _ = reply.send(Ok(()));
+                    let _ = reply.send(Ok(None));
                     return;
                 }
                 self.delivery.remove(&room);
@@ -369,7 +371,7 @@ impl Task {
                     let _ =
                         tokio::time::timeout(OP_TIMEOUT, self.conn.sunsubscribe(&channel)).await;
                 }
-                let _ = reply.send(Ok(()));
+                let _ = reply.send(Ok(None));
             }
         }
     }

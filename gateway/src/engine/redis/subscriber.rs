@@ -13,7 +13,7 @@
 use super::delivery::Delivery;
 use super::shared::{lock, Shared, OP_TIMEOUT};
 use super::PUBSUB_DOWN_SINCE_START;
-use crate::engine::EngineError;
+use crate::engine::{EngineError, HistoryPage};
 use futures_util::StreamExt;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,8 +29,9 @@ pub(super) enum Cmd {
     Unsubscribe(String, Reply),
 }
 
-/// Where the caller of a subscription change waits for its outcome.
-pub(super) type Reply = oneshot::Sender<Result<(), EngineError>>;
+/// Where the caller of a subscription change waits for its outcome (and a subscription's
+/// caller for the head read meanwhile, if any: [`Top`](super::delivery::Top)).
+pub(super) type Reply = oneshot::Sender<Result<Option<HistoryPage>, EngineError>>;
 
 /// Sends subscription changes to the subscriber task.
 pub(crate) struct Handle {
@@ -53,9 +54,9 @@ impl Handle {
     /// joiner calls this, not only the first: a second joiner must wait too while the
     /// first one's subscription is still on its way. Bounded: the task may be busy (a
     /// reconnect, a gap fill), so the wait has a deadline of its own.
-    pub(crate) async fn subscribe(&self, room: &str) -> Result<(), EngineError> {
+    pub(crate) async fn subscribe(&self, room: &str) -> Result<Option<HistoryPage>, EngineError> {
         if lock(&self.active).contains(room) {
-            return Ok(());
+            return Ok(None);
         }
         let (tx, rx) = oneshot::channel();
         self.tx
@@ -74,7 +75,7 @@ impl Handle {
             .send(Cmd::Unsubscribe(room.to_string(), tx))
             .map_err(|_| gone())?;
         match tokio::time::timeout(OP_TIMEOUT * 2, rx).await {
-            Ok(reply) => reply.map_err(|_| gone())?,
+            Ok(reply) => reply.map_err(|_| gone())?.map(drop),
             Err(_) => Err(too_slow()),
         }
     }
@@ -253,7 +254,7 @@ impl Task {
                 if !self.shared.hub.has_subscribers(&room) {
                     self.delivery.remove(&room);
                 }
-                let _ = reply.send(Ok(()));
+                let _ = reply.send(Ok(None));
             }
         }
     }
@@ -292,7 +293,7 @@ impl Task {
         match cmd {
             Cmd::Subscribe(room, reply) => {
                 if self.delivery.has(&room) {
-                    let _ = reply.send(Ok(()));
+                    let _ = reply.send(Ok(None));
                 } else if let Some((_, waiting)) =
                     batch.subscribe.iter_mut().find(|(r, _)| *r == room)
                 {
@@ -304,13 +305,13 @@ impl Task {
             Cmd::Unsubscribe(room, reply) => {
                 // A joiner may have arrived since the last one left: keep it then.
                 if self.shared.hub.has_subscribers(&room) {
-                    let _ = reply.send(Ok(()));
+                    let _ = reply.send(Ok(None));
                     return;
                 }
                 self.delivery.remove(&room);
                 if crate::protocol::is_inbox(&room) {
                     // Carried by the node-wide inbox channel: no Redis command.
-                    let _ = reply.send(Ok(()));
+                    let _ = reply.send(Ok(None));
                     return;
                 }
                 batch.unsubscribe.push((room, reply));
@@ -352,18 +353,18 @@ impl Task {
                 .into_iter()
                 .zip(tops)
                 .partition(|((r, _), _)| !crate::protocol::is_inbox(r));
-            for ((_, waiting), top) in inboxes {
-                self.delivery.insert_all([top]);
+            for ((_, waiting), (room, top)) in inboxes {
+                let head = self.delivery.start(&room, top);
                 for reply in waiting {
-                    let _ = reply.send(Ok(()));
+                    let _ = reply.send(Ok(head.clone()));
                 }
             }
-            for ((_, waiting), top) in rooms {
+            for ((_, waiting), (room, top)) in rooms {
                 if subscribed.is_ok() {
-                    self.delivery.insert_all([top]);
+                    self.delivery.start(&room, top);
                 }
                 for reply in waiting {
-                    let _ = reply.send(subscribed.clone());
+                    let _ = reply.send(subscribed.clone().map(|()| None));
                 }
             }
         }
@@ -375,7 +376,7 @@ impl Task {
             let done = tokio::time::timeout(OP_TIMEOUT, sink.unsubscribe(channels)).await;
             // Unsubscribing from a dead connection is moot: report success.
             for (_, reply) in unsubscribe {
-                let _ = reply.send(Ok(()));
+                let _ = reply.send(Ok(None));
             }
             ok &= matches!(done, Ok(Ok(())));
         }
