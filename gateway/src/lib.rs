@@ -12,6 +12,7 @@ pub mod engine;
 pub mod forward;
 pub mod heartbeat;
 pub mod hooks;
+pub mod httpio;
 pub mod hub;
 pub mod linger;
 pub mod metrics;

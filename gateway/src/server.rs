@@ -3,6 +3,7 @@
 use crate::auth;
 use crate::connection;
 use crate::hooks::{ConnectRequest, Verdict};
+use crate::httpio::{HoldHandshake, HttpIo};
 use crate::node::Node;
 use crate::outbound::{Wire, WireIo};
 use crate::upgrade::{admit_upgrade, reject, retry_later, switching, text, Body};
@@ -14,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
@@ -53,18 +54,19 @@ pub async fn run(node: Arc<Node>, listener: TcpListener) {
         let _ = stream.set_nodelay(true);
         let node = node.clone();
         tokio::spawn(async move {
+            let (io, hold) = HttpIo::new(stream);
             // The request's future is boxed: inline, hyper would keep it (authentication,
             // the connect hook: several KiB) in this task's state, which is moved into
             // place for every connection the gateway accepts.
             let service = service_fn(move |req| {
                 let node = node.clone();
-                let handled = Box::pin(route(node, req, peer));
+                let handled = Box::pin(route(node, req, peer, hold.clone()));
                 async move { Ok::<_, std::convert::Infallible>(handled.await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "http connection ended with error");
@@ -74,9 +76,14 @@ pub async fn run(node: Arc<Node>, listener: TcpListener) {
     node.close_all(crate::disconnect::SHUTTING_DOWN);
 }
 
-async fn route(node: Arc<Node>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn route(
+    node: Arc<Node>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    hold: HoldHandshake,
+) -> Response<Body> {
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/ws") => upgrade(node, req, peer).await,
+        (&Method::GET, "/ws") => upgrade(node, req, peer, hold).await,
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             if node.ready() {
@@ -109,8 +116,14 @@ async fn route(node: Arc<Node>, req: Request<Incoming>, peer: SocketAddr) -> Res
     }
 }
 
-/// The chat endpoint `/ws`.
-async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+/// The chat endpoint `/ws`. Its 101 goes out with the welcome (`hold`: see
+/// [`HttpIo`]).
+async fn upgrade(
+    node: Arc<Node>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    hold: HoldHandshake,
+) -> Response<Body> {
     let a = match admit_upgrade(&node, &req, peer).await {
         Ok(a) => a,
         Err(refused) => return refused,
@@ -153,6 +166,7 @@ async fn upgrade(node: Arc<Node>, mut req: Request<Incoming>, peer: SocketAddr) 
         node.clone(),
         Box::new((a.identity, a.slots, extras)),
     ));
+    hold.hold();
     switching(&a.key, chosen.as_deref())
 }
 
@@ -186,14 +200,16 @@ pub(crate) fn connection_task(
         // read buffer until the first read (after the welcome, which on Redis waits for
         // round trips: thousands of them at once in a connect burst) and puts every read
         // and write of the connection behind a boxed trait object.
-        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+        let Ok(parts) = upgraded.downcast::<TokioIo<HttpIo>>() else {
             tracing::error!("upgraded connection of an unexpected type");
             return Either::Right(std::future::ready(()));
         };
         let config = ws_config(&node);
         let read_ahead = parts.read_buf.to_vec();
         drop(parts.read_buf); // hyper's read buffer goes now
-        let wire = Wire::new(parts.io.into_inner());
+                              // The 101, held back: it goes out with the first frame.
+        let (tcp, held) = parts.io.into_inner().into_parts();
+        let wire = Wire::with_pending(tcp, held);
         let io = WireIo(wire.clone());
         let ws =
             WebSocketStream::from_partially_read(io, read_ahead, Role::Server, Some(config)).await;

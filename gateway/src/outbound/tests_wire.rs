@@ -201,3 +201,28 @@ async fn a_busy_room_goes_through_the_writers() {
     assert!(c.text().await.starts_with("{\"seq\":1,"));
     assert!(c.text().await.starts_with("{\"seq\":2,"));
 }
+
+/// Bytes the wire starts with (the chat endpoint's 101, held back) go out first, in the
+/// same write as the first frame; the fast path does not pass them.
+#[tokio::test]
+async fn what_the_wire_starts_with_goes_out_with_the_first_write() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    let mut client = client.expect("connect");
+    let held = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
+    let wire = Wire::with_pending(accepted.expect("accept").0, held.to_vec());
+    assert_eq!(wire.try_text(b"live"), None, "held bytes go first");
+    let mut io = WireIo(wire.clone());
+    io.write_all(b"welcome").await.expect("write");
+    io.flush().await.expect("flush");
+    let mut got = vec![0u8; held.len() + 7];
+    client.read_exact(&mut got).await.expect("read");
+    assert_eq!(got, [&held[..], b"welcome"].concat());
+    assert_eq!(
+        wire.try_text(b"live"),
+        Some(true),
+        "nothing pending any more"
+    );
+}

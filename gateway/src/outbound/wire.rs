@@ -39,9 +39,15 @@ impl Wire {
     /// The socket, to be read and written through [`WireIo`] and written by the fast
     /// path of the connection's queue ([`OutboundQueue::attach`](super::OutboundQueue::attach)).
     pub fn new(tcp: TcpStream) -> Arc<Wire> {
+        Wire::with_pending(tcp, Vec::new())
+    }
+
+    /// The socket with bytes to send before anything else: the chat endpoint's 101,
+    /// held back to go out with the welcome (see [`HttpIo`](crate::httpio::HttpIo)).
+    pub fn with_pending(tcp: TcpStream, pending: Vec<u8>) -> Arc<Wire> {
         Arc::new(Wire {
             tcp,
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new(pending),
         })
     }
 
@@ -169,7 +175,29 @@ impl AsyncWrite for WireIo {
     ) -> Poll<io::Result<usize>> {
         let wire = &self.0;
         let mut pending = wire.pending();
-        ready!(wire.drain(&mut pending, cx))?;
+        // What is pending goes first, with this write in the same syscall (the held 101
+        // and the welcome: one delivery to the client, not two); this write is taken
+        // only once all of what was pending went.
+        while !pending.is_empty() {
+            ready!(wire.tcp.poll_write_ready(cx))?;
+            let sock = socket2::SockRef::from(&wire.tcp);
+            let bufs = [IoSlice::new(&pending), IoSlice::new(buf)];
+            match wire
+                .tcp
+                .try_io(Interest::WRITABLE, || sock.send_vectored(&bufs))
+            {
+                Ok(n) if n >= pending.len() => {
+                    let taken = n - pending.len();
+                    *pending = buf[taken..].to_vec();
+                    return Poll::Ready(Ok(buf.len()));
+                }
+                Ok(n) => {
+                    pending.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
         match wire.tcp.try_write(buf) {
             Ok(n) => pending.extend_from_slice(&buf[n..]),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => pending.extend_from_slice(buf),
