@@ -394,6 +394,27 @@ async fn http_endpoints() {
     gw.stop().await;
 }
 
+/// RFC 6455 upgrades HTTP/1.1: an HTTP/1.0 upgrade request is refused with a reason, not
+/// answered 101 and closed (hyper upgrades nothing older).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_over_http_1_0_is_refused_with_a_reason() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = TestGateway::default().await;
+    let mut sock = tokio::net::TcpStream::connect(gw.gateway.addr)
+        .await
+        .expect("connect");
+    let request = "GET /ws?user=old HTTP/1.0\r\nHost: t\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n";
+    sock.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut answer));
+    read.await.expect("answered in time").expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.0 400"), "{answer}");
+    assert!(answer.contains("needs HTTP/1.1"), "{answer}");
+}
+
 /// A client may send its first command in the same packet as its upgrade request: the
 /// bytes the HTTP parser read past the request are the start of the WebSocket stream
 /// (the gateway takes the socket back from hyper, with what hyper read ahead).

@@ -107,6 +107,16 @@ pub(crate) async fn admit_upgrade(
             "expected a WebSocket upgrade (version 13)".into(),
         ));
     }
+    // RFC 6455 upgrades HTTP/1.1; hyper upgrades nothing older, so a 101 to HTTP/1.0
+    // would be followed by the connection closing.
+    if req.version() != http::Version::HTTP_11 {
+        return Err(reject(
+            node,
+            StatusCode::BAD_REQUEST,
+            "bad_upgrade",
+            "a WebSocket upgrade needs HTTP/1.1".into(),
+        ));
+    }
     if !node.accepting() {
         return Err(retry_later(
             node,
