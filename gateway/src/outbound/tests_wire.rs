@@ -226,3 +226,30 @@ async fn what_the_wire_starts_with_goes_out_with_the_first_write() {
         "nothing pending any more"
     );
 }
+
+/// Pending bytes the socket takes only part of go on from where it stopped, and the
+/// write behind them is taken only once all of them went.
+#[tokio::test]
+async fn pending_bytes_the_socket_takes_in_parts_go_first_and_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    let mut client = client.expect("connect");
+    // More than any socket buffer takes at once.
+    let held: Vec<u8> = (0..16 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let expected = [&held[..], b"tail"].concat();
+    let wire = Wire::with_pending(accepted.expect("accept").0, held);
+    let reader = tokio::spawn(async move {
+        let mut got = vec![0u8; expected.len()];
+        client.read_exact(&mut got).await.expect("read");
+        got == expected
+    });
+    let mut io = WireIo(wire);
+    io.write_all(b"tail").await.expect("write");
+    io.flush().await.expect("flush");
+    assert!(
+        reader.await.expect("reader"),
+        "the bytes in order, none lost"
+    );
+}
