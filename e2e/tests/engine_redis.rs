@@ -215,21 +215,18 @@ async fn an_inbox_subscription_hands_back_the_head_it_started_from() {
     use chat_gateway::outbound::queue;
     let redis = RedisServer::start();
     let (hub, subscriber, publisher) = two_nodes(&redis.url(), &redis.url()).await;
+    let send = |room: &str, n: u64| publisher.publish(message(room, n));
     // Every inbox travels on the node's one channel, in order: once the node delivered
-    // one to another inbox, Bob's three before it are behind it (none in flight).
+    // one to another inbox, the three each of Bob and Dave had before it are behind it
+    // (none in flight).
     let (q, mut other) = queue(100, 1 << 20);
     hub.subscribe(&Arc::from("user:other"), 9, q);
     subscriber.subscribe("user:other").await.expect("subscribe");
     for n in 1..=3 {
-        publisher
-            .publish(message("user:bob", n))
-            .await
-            .expect("publish");
+        send("user:bob", n).await.expect("publish");
+        send("user:dave", n).await.expect("publish");
     }
-    publisher
-        .publish(message("user:other", 1))
-        .await
-        .expect("publish");
+    send("user:other", 1).await.expect("publish");
     assert_eq!(next_msg(&mut other).await, Some(("user:other".into(), 1)));
 
     let (q, mut phone) = queue(100, 1 << 20);
@@ -247,20 +244,21 @@ async fn an_inbox_subscription_hands_back_the_head_it_started_from() {
     let again = subscriber.subscribe("user:bob").await.expect("subscribe");
     assert!(again.is_none(), "delivered already: nothing read for it");
 
+    let (q, mut dave) = queue(100, 1 << 20);
+    hub.subscribe(&Arc::from("user:dave"), 3, q);
+    subscriber.subscribe("user:dave").await.expect("subscribe");
+
+    // During an outage Bob gets a fourth DM; Dave's inbox is lost and starts again.
     let mut admin = redis.admin();
     start_outage(&mut admin);
-    assert_eq!(
-        publisher
-            .publish(message("user:bob", 4))
-            .await
-            .expect("publish")
-            .at
-            .seq,
-        4
-    );
+    assert_eq!(send("user:bob", 4).await.expect("publish").at.seq, 4);
+    publisher.rewind_for_test("user:dave", None).await;
+    assert_eq!(send("user:dave", 1).await.expect("publish").at.seq, 1);
     end_outage(&mut admin);
-    // A fill from the inbox's start would hand on 1 first.
+    // The fill starts at the head (from the inbox's start it would hand on 1 first), or
+    // over in the new epoch.
     assert_eq!(next_msg(&mut phone).await, Some(("user:bob".into(), 4)));
+    assert_eq!(next_msg(&mut dave).await, Some(("user:dave".into(), 1)));
 }
 
 /// The next message the queue hands out within 10 s, as (room, seq).
