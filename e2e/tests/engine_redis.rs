@@ -261,6 +261,42 @@ async fn an_inbox_subscription_hands_back_the_head_it_started_from() {
     assert_eq!(next_msg(&mut dave).await, Some(("user:dave".into(), 1)));
 }
 
+/// Entering a room (presence) hands back the room's head read in the same script: the
+/// joiner's catch-up reads no head of its own. Unless the store is behind what the node
+/// saw (restored from an older snapshot): then nothing, and the joiner's own read starts
+/// a new epoch (the rule).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entering_a_room_hands_back_its_head_unless_the_store_is_behind() {
+    let redis = RedisServer::start();
+    let (_hub, node, publisher) = two_nodes(&redis.url(), &redis.url()).await;
+    for n in 1..=3 {
+        publisher
+            .publish(message("lobby", n))
+            .await
+            .expect("publish");
+    }
+    let head = node.enter("lobby", "bob", "n/1.1").await.expect("enter");
+    let head = head.expect("the head read with the presence entry");
+    let now = node
+        .history("lobby", Default::default())
+        .await
+        .expect("history");
+    assert_eq!((head.top, &*head.epoch, head.first), (3, &*now.epoch, 1));
+    assert_eq!(node.presence("lobby").await.expect("presence"), ["bob"]);
+
+    publisher.rewind_for_test("lobby", Some(1)).await;
+    let behind = node.enter("lobby", "carol", "n/2.1").await.expect("enter");
+    assert!(behind.is_none(), "a store behind this node: {behind:?}");
+    let renumbered = node
+        .history("lobby", Default::default())
+        .await
+        .expect("history");
+    assert_ne!(
+        renumbered.epoch, now.epoch,
+        "the joiner's own read starts a new epoch"
+    );
+}
+
 /// The next message the queue hands out within 10 s, as (room, seq).
 async fn next_msg(rx: &mut chat_gateway::outbound::OutboundReceiver) -> Option<(String, u64)> {
     use chat_gateway::outbound::Outbound;

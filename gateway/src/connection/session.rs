@@ -212,7 +212,8 @@ impl Session {
 
     /// Starts holding a room's live messages, subscribes and marks presence (taking back
     /// this connection's lingering entry if it left the room a moment ago); returns the
-    /// head the engine read while subscribing, if any. On failure nothing of it remains.
+    /// head the engine read while subscribing or marking presence, if any (see
+    /// [`Engine::enter`](crate::engine::Engine::enter)). On failure nothing of it remains.
     pub(super) async fn attach(
         &mut self,
         room: &Arc<str>,
@@ -226,16 +227,18 @@ impl Session {
             if let Some(member) = self.node.linger.rejoin(room, &conn_key) {
                 return Ok((member, head));
             }
-            let present = self
+            let entered = self
                 .node
                 .engine
-                .presence_join(room, &self.identity.user, &fresh)
+                .enter(room, &self.identity.user, &fresh)
                 .await;
-            if let Err(e) = present {
-                self.unsubscribe(room).await;
-                return Err(e);
+            match entered {
+                Ok(read) => Ok((fresh, read.or(head))),
+                Err(e) => {
+                    self.unsubscribe(room).await;
+                    Err(e)
+                }
             }
-            Ok((fresh, head))
         }
         .await;
         match attached {

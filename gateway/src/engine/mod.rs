@@ -347,6 +347,20 @@ pub trait Engine: Broker + History + PresenceManager + Sessions + Nodes + 'stati
     /// Whether the engine can serve requests now (readiness).
     fn healthy(&self) -> bool;
 
+    /// Marks a connection present in a room it has just subscribed to (as
+    /// [`PresenceManager::presence_join`]) and returns the room's head if the engine read
+    /// it in the same step: read after the subscription, it is where the joiner's catch-up
+    /// may start instead of reading it again (the Redis engine: one script for both, one
+    /// round trip per join fewer). None: the caller reads the head itself.
+    async fn enter(
+        &self,
+        room: &str,
+        user: &str,
+        conn: &str,
+    ) -> Result<Option<HistoryPage>, EngineError> {
+        self.presence_join(room, user, conn).await.map(|()| None)
+    }
+
     /// Tests only: makes the store forget a room's messages after `keep` (a restore from
     /// an older snapshot), or the whole room with `None` (a store that lost it), without
     /// telling the node — as a real store would not.

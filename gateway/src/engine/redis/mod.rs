@@ -264,6 +264,15 @@ impl History for RedisEngine {
 
 #[async_trait]
 impl Engine for RedisEngine {
+    async fn enter(
+        &self,
+        room: &str,
+        user: &str,
+        conn: &str,
+    ) -> Result<Option<HistoryPage>, EngineError> {
+        presence::enter(&self.shared, room, user, conn).await
+    }
+
     fn healthy(&self) -> bool {
         let grace = self.shared.readiness_grace.as_millis() as u64;
         let now = now_ms();

@@ -2,9 +2,9 @@
 //! announcement run in one script, and each node refreshes its own connections' entries
 //! (entries nobody refreshes, a crashed node's, are swept).
 
-use super::shared::{lock, Shared};
+use super::shared::{lock, parse_history, Shared};
 use super::{scripts, RedisEngine};
-use crate::engine::{now_ms, EngineError, PresenceManager};
+use crate::engine::{now_ms, EngineError, HistoryPage, PresenceManager};
 use crate::protocol::push::PresencePush;
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -96,41 +96,57 @@ pub(super) async fn refresh_presence(shared: Arc<Shared>, stop: CancellationToke
     }
 }
 
+/// Marks a connection present (the presence join script) and returns the room's head the
+/// script read after that: the joiner subscribed first, so its catch-up may start there.
+/// None when the namespace keeps no presence (nothing to run), or when the head shows the
+/// store behind what this node saw (the caller's own read applies the epoch rule).
+pub(super) async fn enter(
+    s: &Shared,
+    room: &str,
+    user: &str,
+    conn: &str,
+) -> Result<Option<HistoryPage>, EngineError> {
+    let ns = s.namespaces.of(room);
+    if !ns.presence {
+        return Ok(None);
+    }
+    // An empty frame tells the script not to announce the join.
+    let frame = if ns.join_leave_events {
+        PresencePush::change(room, user, true).frame()
+    } else {
+        String::new()
+    };
+    let route = s.keys.route(room);
+    let expiry = now_ms() + PRESENCE_TTL.as_millis() as u64;
+    let mut c = s.conn();
+    let raw: Vec<redis::Value> = s
+        .run(
+            scripts::PRESENCE_JOIN
+                .key(s.keys.presence_conns(room))
+                .key(s.keys.presence_users(room))
+                .key(s.keys.meta(room))
+                .key(s.keys.stream(room))
+                .arg(presence_member(user, conn))
+                .arg(user)
+                .arg(expiry)
+                .arg(&route.channel)
+                .arg(frame)
+                .arg(PRESENCE_KEY_TTL.as_millis() as u64)
+                .arg(route.command)
+                .arg(&route.prefix)
+                .arg(s.retention(room).max_age.as_millis() as u64)
+                .invoke_async(&mut c),
+        )
+        .await?;
+    lock(&s.local_presence).insert((room.to_string(), user.to_string(), conn.to_string()));
+    let head = parse_history(room, raw)?;
+    Ok(s.unless_behind(room, head).ok())
+}
+
 #[async_trait]
 impl PresenceManager for RedisEngine {
     async fn presence_join(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError> {
-        let s = &self.shared;
-        let ns = s.namespaces.of(room);
-        if !ns.presence {
-            return Ok(());
-        }
-        // An empty frame tells the script not to announce the join.
-        let frame = if ns.join_leave_events {
-            PresencePush::change(room, user, true).frame()
-        } else {
-            String::new()
-        };
-        let route = s.keys.route(room);
-        let expiry = now_ms() + PRESENCE_TTL.as_millis() as u64;
-        let mut c = s.conn();
-        let _: i64 = s
-            .run(
-                scripts::PRESENCE_JOIN
-                    .key(s.keys.presence_conns(room))
-                    .key(s.keys.presence_users(room))
-                    .arg(presence_member(user, conn))
-                    .arg(user)
-                    .arg(expiry)
-                    .arg(&route.channel)
-                    .arg(frame)
-                    .arg(PRESENCE_KEY_TTL.as_millis() as u64)
-                    .arg(route.command)
-                    .arg(&route.prefix)
-                    .invoke_async(&mut c),
-            )
-            .await?;
-        lock(&s.local_presence).insert((room.to_string(), user.to_string(), conn.to_string()));
-        Ok(())
+        enter(&self.shared, room, user, conn).await.map(drop)
     }
 
     async fn presence_leave(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError> {

@@ -26,8 +26,12 @@ pub static PUBLISH: LazyLock<Script> =
 /// Reads a page of history, creating nothing. Returns {epoch (`` without meta), top,
 /// first, more, seq1, frame1, seq2, frame2, ...}. KEYS: meta, stream. ARGV: start id, end
 /// id, reverse (0/1), limit, max age ms, max bytes (0: no cap).
-pub static HISTORY: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/history.lua")));
+pub static HISTORY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/head.lua"),
+        include_str!("lua/history.lua")
+    ))
+});
 
 /// The epoch rule on its own: a new epoch if the room is still in the given epoch below
 /// the given seq. Returns {bumped (0/1), epoch}. KEYS: meta, stream. ARGV: epoch seen, seq
@@ -35,10 +39,16 @@ pub static HISTORY: LazyLock<Script> =
 pub static EPOCH_BUMP: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/epoch_bump.lua")));
 
-/// Adds a connection to a room's presence; announces the user's first one.
-/// KEYS: pc, pu. ARGV: member, user, expiry ms, channel, join frame, key ttl ms.
-pub static PRESENCE_JOIN: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/presence_join.lua")));
+/// Adds a connection to a room's presence; announces the user's first one. Returns the
+/// room's head as [`HISTORY`] does with no messages: {epoch, top, first, 0}.
+/// KEYS: pc, pu, meta, stream. ARGV: member, user, expiry ms, channel, join frame, key
+/// ttl ms, publish command, channel prefix, max age ms.
+pub static PRESENCE_JOIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/head.lua"),
+        include_str!("lua/presence_join.lua")
+    ))
+});
 
 /// Removes a connection from a room's presence; announces the user's last one leaving.
 /// KEYS: pc, pu. ARGV: member, user, channel, leave frame.

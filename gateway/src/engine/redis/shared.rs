@@ -340,16 +340,29 @@ impl Shared {
         room: &str,
         q: HistoryQuery,
     ) -> Result<HistoryPage, EngineError> {
-        let page = self.read_history(room, q).await?;
-        if !self.seen.behind(room, &page.epoch, page.top) {
-            if *page.epoch != *EMPTY_EPOCH {
-                self.seen.observe(room, &page.epoch, page.top);
-            }
-            return Ok(page);
-        }
+        let page = match self.unless_behind(room, self.read_history(room, q).await?) {
+            Ok(page) => return Ok(page),
+            Err(behind) => behind,
+        };
         let seen = self.seen.get(room).map_or(0, |s| s.seq);
         self.bump_epoch(room, &page.epoch, seen).await?;
         let page = self.read_history(room, q).await?;
+        if *page.epoch != *EMPTY_EPOCH {
+            self.seen.observe(room, &page.epoch, page.top);
+        }
+        Ok(page)
+    }
+
+    /// A page read from the store, noted as seen; or back as `Err` when it shows the store
+    /// behind what this node saw (the epoch rule is then the caller's to apply).
+    pub(crate) fn unless_behind(
+        &self,
+        room: &str,
+        page: HistoryPage,
+    ) -> Result<HistoryPage, HistoryPage> {
+        if self.seen.behind(room, &page.epoch, page.top) {
+            return Err(page);
+        }
         if *page.epoch != *EMPTY_EPOCH {
             self.seen.observe(room, &page.epoch, page.top);
         }
@@ -415,7 +428,10 @@ impl Shared {
     }
 }
 
-fn parse_history(room: &str, raw: Vec<redis::Value>) -> Result<HistoryPage, EngineError> {
+pub(super) fn parse_history(
+    room: &str,
+    raw: Vec<redis::Value>,
+) -> Result<HistoryPage, EngineError> {
     let bad = || EngineError::Internal("unexpected history reply from redis".into());
     let mut it = raw.into_iter();
     let mut next = || it.next().ok_or_else(bad);

@@ -1,23 +1,9 @@
 -- Reads a page of history; creates nothing (a room without meta reports epoch '').
 -- Messages are taken in batches until `limit` or `max bytes` is reached, so neither this
 -- script nor its reply ever holds more than a page (plus one batch) of a huge history.
-local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
-local epoch = meta[1]
-if not epoch then return {'', 0, 1, 0} end
-local top = tonumber(meta[2] or '0')
-local max_age = tonumber(ARGV[5])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
--- Expired messages go from the front; the oldest alone is looked at first (see publish).
-local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-if oldest[1] and now - tonumber(oldest[1][2][4]) > max_age then
-  for _, e in ipairs(redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 32)) do
-    if now - tonumber(e[2][4]) > max_age then redis.call('XDEL', KEYS[2], e[1]) else break end
-  end
-  oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-end
-local first = top + 1
-if oldest[1] then first = tonumber(string.match(oldest[1][1], '^(%d+)')) end
+-- (`head` comes from head.lua, which this script starts with.)
+local epoch, top, first = head(KEYS[1], KEYS[2], tonumber(ARGV[5]))
+if epoch == '' then return {'', 0, 1, 0} end
 local limit = tonumber(ARGV[4])
 local max_bytes = tonumber(ARGV[6])
 local reverse = ARGV[3] == '1'
