@@ -98,8 +98,9 @@ pub(super) async fn refresh_presence(shared: Arc<Shared>, stop: CancellationToke
 
 /// Marks a connection present (the presence join script) and returns the room's head the
 /// script read after that: the joiner subscribed first, so its catch-up may start there.
-/// None when the namespace keeps no presence (nothing to run), or when the head shows the
-/// store behind what this node saw (the caller's own read applies the epoch rule).
+/// None when the namespace keeps no presence (nothing to run), when the head shows the
+/// store behind what this node saw (the caller's own read applies the epoch rule), or
+/// when the reply is not one.
 pub(super) async fn enter(
     s: &Shared,
     room: &str,
@@ -139,8 +140,14 @@ pub(super) async fn enter(
         )
         .await?;
     lock(&s.local_presence).insert((room.to_string(), user.to_string(), conn.to_string()));
-    let head = parse_history(room, raw)?;
-    Ok(s.unless_behind(room, head).ok())
+    // The entry is in: a head that does not parse only means the caller reads its own.
+    match parse_history(room, raw) {
+        Ok(head) => Ok(s.unless_behind(room, head).ok()),
+        Err(e) => {
+            tracing::warn!(room, error = %e, "presence join: the room's head did not parse");
+            Ok(None)
+        }
+    }
 }
 
 #[async_trait]
