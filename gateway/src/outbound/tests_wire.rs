@@ -30,12 +30,9 @@ struct Conn {
 }
 
 async fn connect(max_bytes: usize) -> Conn {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-    let client =
-        WebSocketStream::from_raw_socket(client.expect("connect"), Role::Client, None).await;
-    let wire = Wire::new(accepted.expect("accept").0);
+    let (client, accepted) = socket_pair().await;
+    let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+    let wire = Wire::new(accepted);
     let server = WebSocketStream::from_raw_socket(WireIo(wire.clone()), Role::Server, None).await;
     let (sink, mut stream) = server.split();
     tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
@@ -202,17 +199,22 @@ async fn a_busy_room_goes_through_the_writers() {
     assert!(c.text().await.starts_with("{\"seq\":2,"));
 }
 
+/// A client's socket and the server's end of it, over loopback.
+async fn socket_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    (client.expect("connect"), accepted.expect("accept").0)
+}
+
 /// Bytes the wire starts with (the chat endpoint's 101, held back) go out first, in the
 /// same write as the first frame; the fast path does not pass them.
 #[tokio::test]
 async fn what_the_wire_starts_with_goes_out_with_the_first_write() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-    let mut client = client.expect("connect");
+    let (mut client, accepted) = socket_pair().await;
     let held = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
-    let wire = Wire::with_pending(accepted.expect("accept").0, held.to_vec());
+    let wire = Wire::with_pending(accepted, held.to_vec());
     assert_eq!(wire.try_text(b"live"), None, "held bytes go first");
     let mut io = WireIo(wire.clone());
     io.write_all(b"welcome").await.expect("write");
@@ -232,14 +234,11 @@ async fn what_the_wire_starts_with_goes_out_with_the_first_write() {
 #[tokio::test]
 async fn pending_bytes_the_socket_takes_in_parts_go_first_and_whole() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-    let mut client = client.expect("connect");
+    let (mut client, accepted) = socket_pair().await;
     // More than any socket buffer takes at once.
     let held: Vec<u8> = (0..16 << 20).map(|i: u32| (i % 251) as u8).collect();
     let expected = [&held[..], b"tail"].concat();
-    let wire = Wire::with_pending(accepted.expect("accept").0, held);
+    let wire = Wire::with_pending(accepted, held);
     let reader = tokio::spawn(async move {
         let mut got = vec![0u8; expected.len()];
         client.read_exact(&mut got).await.expect("read");
