@@ -3,8 +3,9 @@
 use chat_gateway::config::Config;
 use chat_gateway::engine::conformance::{run_all, Factory};
 use chat_gateway::engine::redis::RedisEngine;
-use chat_gateway::engine::Engine;
+use chat_gateway::engine::{Engine, HistoryPage};
 use chat_gateway::hub::Hub;
+use chat_gateway::outbound::OutboundReceiver;
 use e2e::redis::RedisServer;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +67,20 @@ async fn two_nodes(sub_url: &str, pub_url: &str) -> (Arc<Hub>, Arc<dyn Engine>, 
     let subscriber = engine_on_hub(hub.clone(), sub_url, &prefix).await;
     let publisher = engine_with_prefix(pub_url, &prefix).await;
     (hub, subscriber, publisher)
+}
+
+/// A connection `conn` in `room` on `hub` and its node's subscription, which may hand back
+/// the room's head (see `Broker::subscribe`).
+async fn listen(
+    hub: &Hub,
+    engine: &dyn Engine,
+    room: &str,
+    conn: u64,
+) -> (OutboundReceiver, Option<HistoryPage>) {
+    let (q, rx) = chat_gateway::outbound::queue(100, 1 << 20);
+    hub.subscribe(&Arc::from(room), conn, q);
+    let head = engine.subscribe(room).await.expect("subscribe");
+    (rx, head)
 }
 
 /// Message `n` of `room` (its body is `n`).
@@ -149,16 +164,12 @@ async fn the_node_registry_lists_every_node_of_its_prefix_only() {
 /// room subscribed while empty included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_published_while_pubsub_reconnects_are_delivered() {
-    use chat_gateway::outbound::queue;
     let redis = RedisServer::start();
     let (hub, subscriber, publisher) = two_nodes(&redis.url(), &redis.url()).await;
     let rooms: Vec<String> = (0..20).map(|i| format!("gap{i}")).collect();
     let mut receivers = Vec::new();
     for (i, room) in rooms.iter().enumerate() {
-        let (q, rx) = queue(100, 1 << 20);
-        hub.subscribe(&Arc::from(room.as_str()), i as u64 + 1, q);
-        subscriber.subscribe(room).await.expect("subscribe");
-        receivers.push(rx);
+        receivers.push(listen(&hub, &*subscriber, room, i as u64 + 1).await.0);
     }
     let mut admin = redis.admin();
     start_outage(&mut admin);
@@ -177,7 +188,6 @@ async fn messages_published_while_pubsub_reconnects_are_delivered() {
 /// numbered again meanwhile: then all of its new epoch is new.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_fill_starts_at_the_rooms_top_or_over_in_a_new_epoch() {
-    use chat_gateway::outbound::queue;
     let redis = RedisServer::start();
     let (hub, subscriber, publisher) = two_nodes(&redis.url(), &redis.url()).await;
     let send = |room: &str, n: u64| publisher.publish(message(room, n));
@@ -187,10 +197,7 @@ async fn a_gap_fill_starts_at_the_rooms_top_or_over_in_a_new_epoch() {
         for n in 1..=3 {
             send(room, n).await.expect("publish");
         }
-        let (q, rx) = queue(100, 1 << 20);
-        hub.subscribe(&Arc::from(room), i as u64 + 1, q);
-        subscriber.subscribe(room).await.expect("subscribe");
-        receivers.push(rx);
+        receivers.push(listen(&hub, &*subscriber, room, i as u64 + 1).await.0);
     }
     let mut admin = redis.admin();
     start_outage(&mut admin);
@@ -212,16 +219,13 @@ async fn a_gap_fill_starts_at_the_rooms_top_or_over_in_a_new_epoch() {
 /// fill after a pub/sub outage starts at that head.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inbox_subscription_hands_back_the_head_it_started_from() {
-    use chat_gateway::outbound::queue;
     let redis = RedisServer::start();
     let (hub, subscriber, publisher) = two_nodes(&redis.url(), &redis.url()).await;
     let send = |room: &str, n: u64| publisher.publish(message(room, n));
     // Every inbox travels on the node's one channel, in order: once the node delivered
     // one to another inbox, the three each of Bob and Dave had before it are behind it
     // (none in flight).
-    let (q, mut other) = queue(100, 1 << 20);
-    hub.subscribe(&Arc::from("user:other"), 9, q);
-    subscriber.subscribe("user:other").await.expect("subscribe");
+    let (mut other, _) = listen(&hub, &*subscriber, "user:other", 9).await;
     for n in 1..=3 {
         send("user:bob", n).await.expect("publish");
         send("user:dave", n).await.expect("publish");
@@ -229,9 +233,7 @@ async fn an_inbox_subscription_hands_back_the_head_it_started_from() {
     send("user:other", 1).await.expect("publish");
     assert_eq!(next_msg(&mut other).await, Some(("user:other".into(), 1)));
 
-    let (q, mut phone) = queue(100, 1 << 20);
-    hub.subscribe(&Arc::from("user:bob"), 1, q);
-    let head = subscriber.subscribe("user:bob").await.expect("subscribe");
+    let (mut phone, head) = listen(&hub, &*subscriber, "user:bob", 1).await;
     let head = head.expect("the head the subscriber read");
     let now = publisher
         .history("user:bob", Default::default())
@@ -239,14 +241,10 @@ async fn an_inbox_subscription_hands_back_the_head_it_started_from() {
         .expect("history");
     assert_eq!((head.top, &*head.epoch), (3, &*now.epoch));
 
-    let (q, _laptop) = queue(100, 1 << 20);
-    hub.subscribe(&Arc::from("user:bob"), 2, q);
-    let again = subscriber.subscribe("user:bob").await.expect("subscribe");
+    let (_laptop, again) = listen(&hub, &*subscriber, "user:bob", 2).await;
     assert!(again.is_none(), "delivered already: nothing read for it");
 
-    let (q, mut dave) = queue(100, 1 << 20);
-    hub.subscribe(&Arc::from("user:dave"), 3, q);
-    subscriber.subscribe("user:dave").await.expect("subscribe");
+    let (mut dave, _) = listen(&hub, &*subscriber, "user:dave", 3).await;
 
     // During an outage Bob gets a fourth DM; Dave's inbox is lost and starts again.
     let mut admin = redis.admin();
@@ -322,9 +320,7 @@ async fn a_failed_gap_fill_is_tried_again_before_live_messages_go_on() {
     assert_eq!(admin.command(&user), "+OK");
     let url = redis.url().replace("redis://", "redis://sub:pw@");
     let (hub, subscriber, publisher) = two_nodes(&url, &redis.url()).await;
-    let (q, mut rx) = chat_gateway::outbound::queue(100, 1 << 20);
-    hub.subscribe(&Arc::from("held"), 1, q);
-    subscriber.subscribe("held").await.expect("subscribe");
+    let (mut rx, _) = listen(&hub, &*subscriber, "held", 1).await;
     let send = |n: u64| publisher.publish(message("held", n));
     send(1).await.expect("publish 1");
     assert_eq!(next_msg(&mut rx).await, Some(("held".into(), 1)));
@@ -377,15 +373,13 @@ async fn a_failed_gap_fill_is_tried_again_before_live_messages_go_on() {
 /// `presence` frame every other change uses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swept_entry_is_announced_as_a_left_user() {
-    use chat_gateway::outbound::{queue, Outbound};
+    use chat_gateway::outbound::Outbound;
     let redis = RedisServer::start();
     let prefix = format!("t{:08x}", rand::random::<u32>());
     let hub = Arc::new(Hub::default());
     let member = engine_on_hub(hub.clone(), &redis.url(), &prefix).await;
     let other = engine_with_prefix(&redis.url(), &prefix).await;
-    let (q, mut rx) = queue(100, 1 << 20);
-    hub.subscribe(&Arc::from("swept"), 1, q);
-    member.subscribe("swept").await.expect("subscribe");
+    let (mut rx, _) = listen(&hub, &*member, "swept", 1).await;
     // What a node that died left behind: an entry whose expiry has passed.
     let mut admin = redis.admin();
     let pc = format!("{prefix}:{{swept}}:pc");

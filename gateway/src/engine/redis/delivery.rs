@@ -140,8 +140,7 @@ impl Delivery {
     /// gap fill after a reconnect starts); returns an inbox's head (see [`Top`]).
     pub(super) async fn add(&mut self, room: &str) -> Option<HistoryPage> {
         let top = current_top(&self.shared, room).await;
-        self.insert(room, top.seen);
-        top.head
+        self.start(room, top)
     }
 
     /// Starts delivering a room whose subscription is in place, from the top
