@@ -43,6 +43,23 @@ pub struct CloseReason {
     pub reason: &'static str,
 }
 
+impl CloseReason {
+    /// Whether the close frame may take the write timeout to reach a client still reading
+    /// what was sent before it. Not when the client is known to read nothing (a write or
+    /// heartbeat timeout) or when the server is going away (a drain waits for its
+    /// connections to end, and a client that stopped reading would hold it up).
+    pub fn waits_for_the_reader(self) -> bool {
+        ![
+            WRITE_TIMEOUT,
+            HEARTBEAT_TIMEOUT,
+            DRAINING,
+            DRAIN_TIMEOUT,
+            SHUTTING_DOWN,
+        ]
+        .contains(&self)
+    }
+}
+
 const fn reason(code: u16, reason: &'static str) -> CloseReason {
     CloseReason { code, reason }
 }

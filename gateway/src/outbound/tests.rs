@@ -239,14 +239,8 @@ async fn a_paced_push_waits_for_room_instead_of_overflowing() {
 #[tokio::test]
 async fn a_write_that_never_completes_closes_within_two_heartbeats() {
     let (q, rx) = queue(100, 1 << 20);
-    // A socket whose peer stopped reading: every send stays pending.
-    let stalled = futures_util::sink::unfold((), |_, _msg: Message| async move {
-        std::future::pending::<()>().await;
-        Ok::<_, tokio_tungstenite::tungstenite::Error>(())
-    });
-    let s = settings(100);
     let started = Instant::now();
-    let task = tokio::spawn(run_writer(Box::pin(stalled), rx, s));
+    let task = tokio::spawn(run_writer(stalled_sink(), rx, settings(100)));
     assert!(q.frame("hello"));
     tokio::time::timeout(Duration::from_secs(5), task)
         .await
@@ -254,6 +248,39 @@ async fn a_write_that_never_completes_closes_within_two_heartbeats() {
         .expect("writer");
     assert_eq!(q.close_reason(), Some(WRITE_TIMEOUT));
     assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+/// A socket whose peer stopped reading: every send stays pending.
+fn stalled_sink() -> impl Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin {
+    Box::pin(futures_util::sink::unfold(
+        (),
+        |_, _msg: Message| async move {
+            std::future::pending::<()>().await;
+            Ok::<_, tokio_tungstenite::tungstenite::Error>(())
+        },
+    ))
+}
+
+/// The close frame is a write like any other: after a slow-consumer close it gets the
+/// write timeout (a client still reading gets it behind its backlog); after a write
+/// timeout (the socket is known stalled) or in a drain it gets one second.
+#[tokio::test(start_paused = true)]
+async fn the_close_frame_gets_the_write_timeout_unless_the_write_timed_out() {
+    let draining = crate::disconnect::DRAINING;
+    for (close, took) in [(Some(SLOW_CONSUMER), 20), (None, 21), (Some(draining), 1)] {
+        let (q, rx) = queue(100, 1 << 20);
+        let started = tokio::time::Instant::now();
+        let task = tokio::spawn(run_writer(stalled_sink(), rx, settings(10_000)));
+        assert!(q.frame("hello"));
+        tokio::task::yield_now().await;
+        if let Some(reason) = close {
+            q.close(reason);
+        }
+        task.await.expect("writer");
+        // Paused time: the clock moves only to the next timer, so this is exact.
+        assert_eq!(started.elapsed().as_secs(), took, "{close:?}");
+        assert_eq!(q.close_reason(), Some(close.unwrap_or(WRITE_TIMEOUT)));
+    }
 }
 
 /// A sink backed by an unbounded channel, standing in for the socket.

@@ -177,6 +177,75 @@ async fn a_full_socket_leaves_only_whole_frames_in_order() {
     assert_eq!(c.delivered.load(Ordering::Relaxed), sent);
 }
 
+/// A writer's batch stops at [`writer::BATCH_BYTES`]: what it takes out of the queue no
+/// longer counts against the queue's byte bound, so a batch of many large frames would
+/// hold far more than the bound (and a slow reader's close frame would wait behind it).
+#[tokio::test]
+async fn a_batch_of_large_frames_takes_only_its_byte_bound_from_the_queue() {
+    let c = connect(64 << 20).await;
+    fill(&c, 8000);
+    // The socket is full and the client does not read: the writer, woken for the queued
+    // message, takes one batch in one go and then waits on the socket.
+    let big = "z".repeat(30_000);
+    for _ in 0..40 {
+        assert!(c.q.frame(big.clone()));
+    }
+    let queued = 41;
+    let mut left = queued;
+    for _ in 0..5000 {
+        left = c.q.shared.items().queue.len();
+        if left < queued {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let taken = queued - left;
+    assert!(taken > 0, "the writer took nothing");
+    let most = 1 + writer::BATCH_BYTES.div_ceil(big.len());
+    assert!(
+        taken <= most,
+        "one batch took {taken} items, at most {most} fit"
+    );
+}
+
+/// Fills the client's socket through the fast path (the client does not read) until a
+/// message has to queue; returns how many messages of `body` bytes went.
+fn fill(c: &Conn, body: usize) -> u64 {
+    let mut sent = 0u64;
+    while c.q.shared.items().queue.is_empty() {
+        sent += 1;
+        assert!(sent < 5_000, "the socket never filled");
+        assert!(c.live(env(sent, body)), "queued or written");
+    }
+    sent
+}
+
+/// A slow consumer that keeps reading gets its close frame behind everything the socket
+/// holds for it, though reading that backlog takes longer than the close frame's grace
+/// on a socket that takes nothing.
+#[tokio::test]
+async fn a_client_still_reading_gets_its_close_frame_behind_its_backlog() {
+    let mut c = connect(64 << 20).await;
+    let sent = fill(&c, 8000);
+    c.q.close(crate::disconnect::SLOW_CONSUMER);
+    // Paced so that the whole backlog takes 4 s to read.
+    let pace = (Duration::from_millis(4000) / sent as u32).max(Duration::from_millis(1));
+    let mut read = 0u64;
+    let close = loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), c.client.next());
+        match next.await.expect("a frame in time") {
+            Some(Ok(Message::Text(_))) => read += 1,
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            other => panic!("after {read} of {sent} frames: {other:?}"),
+        }
+        tokio::time::sleep(pace).await;
+    };
+    assert_eq!(close, Some(1013));
+    assert!(read >= sent - 1, "read {read} of {sent}");
+    c.writer.await.expect("writer");
+}
+
 /// The hub writes a room's message straight to the socket unless the room is busy: then
 /// the writer takes it (and batches).
 #[tokio::test]

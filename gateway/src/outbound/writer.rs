@@ -6,7 +6,7 @@
 use super::order::Live;
 use super::wire::{encode_text, Wire, WireIo};
 use super::{Outbound, OutboundReceiver, Shared};
-use crate::disconnect::{SLOW_CONSUMER, WRITE_TIMEOUT};
+use crate::disconnect::{CloseReason, SLOW_CONSUMER, WRITE_TIMEOUT};
 use crate::engine::Envelope;
 use crate::protocol::StreamPosition;
 use futures_util::{Sink, SinkExt};
@@ -44,6 +44,12 @@ pub struct WriterSettings {
 
 /// Most items written before a flush.
 pub(super) const BATCH: usize = 64;
+
+/// A batch stops taking items once its frames reach this many bytes. Items taken out of
+/// the queue no longer count against its byte bound, so without this a batch of large
+/// frames (64 of `limits.maxFrameBytes`) would hold many times the queue's bound on top of
+/// it, and a slow reader's close frame would wait behind all of it.
+pub(super) const BATCH_BYTES: usize = 64 * 1024;
 
 /// Writes queued items to `sink` until the connection closes; enforces the write timeout
 /// (two heartbeat periods). Sends the close frame itself.
@@ -85,12 +91,7 @@ where
         // The fast path lets go of the socket before the close frame goes out.
         rx.close_queue();
         if let Some(reason) = shared.reason.get() {
-            let frame = CloseFrame {
-                code: CloseCode::from(reason.code),
-                reason: reason.reason.into(),
-            };
-            let send = sink.send(Message::Close(Some(frame)));
-            let _ = Box::pin(tokio::time::timeout(Duration::from_secs(1), send)).await;
+            Box::pin(send_close(&mut sink, *reason, write_timeout)).await;
         }
         rx.shared.drained.notify_waiters();
         let mut items = rx.shared.items();
@@ -99,6 +100,31 @@ where
             delivered: items.order.delivered,
         }
     }
+}
+
+/// How long the close frame may wait where waiting for the client is pointless.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Sends the close frame, behind what the socket still holds for the client. It is a write
+/// like any other and gets the write timeout: a client that keeps reading (a slow consumer,
+/// one whose replay was cut) gets it behind its backlog, which can take seconds to read
+/// through the kernel's buffers. Where waiting is pointless or holds up a drain
+/// ([`CloseReason::waits_for_the_reader`]) it gets [`CLOSE_GRACE`].
+async fn send_close<S>(sink: &mut S, reason: CloseReason, write_timeout: Duration)
+where
+    S: Sink<Message, Error = Error> + Unpin,
+{
+    let frame = CloseFrame {
+        code: CloseCode::from(reason.code),
+        reason: reason.reason.into(),
+    };
+    let limit = if reason.waits_for_the_reader() {
+        write_timeout
+    } else {
+        CLOSE_GRACE
+    };
+    let send = sink.send(Message::Close(Some(frame)));
+    let _ = tokio::time::timeout(limit, send).await;
 }
 
 /// Runs `write`; `None` if the connection closes first or the write does not complete
@@ -121,7 +147,8 @@ async fn within<F: Future>(write: F, limit: Duration, shared: &Shared) -> Option
     }
 }
 
-/// Writes `first` and whatever else is queued (up to [`BATCH`]), then flushes once.
+/// Writes `first` and whatever else is queued (up to [`BATCH`] items or [`BATCH_BYTES`]),
+/// then flushes once.
 async fn write_batch<S>(
     sink: &mut S,
     mut texts: Texts<'_>,
@@ -150,7 +177,7 @@ where
             return Ok(());
         }
         n += 1;
-        if n < BATCH {
+        if n < BATCH && texts.buf.len() < BATCH_BYTES {
             next = rx.try_next().ok();
         }
     }
