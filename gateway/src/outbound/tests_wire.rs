@@ -321,3 +321,41 @@ async fn pending_bytes_the_socket_takes_in_parts_go_first_and_whole() {
         "the bytes in order, none lost"
     );
 }
+
+/// A read shorter than its buffer emptied the socket: the socket's read readiness goes
+/// with it, so the next read waits for the kernel's event instead of making a syscall that
+/// finds nothing. A read that filled its buffer keeps it (more may be waiting), and the end
+/// of the stream stays readable.
+#[tokio::test]
+async fn a_short_read_drops_the_read_readiness_and_loses_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client, accepted) = socket_pair().await;
+    let wire = Wire::new(accepted);
+    let mut io = WireIo(wire.clone());
+    let ready_now = || {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        wire.tcp().poll_read_ready(&mut cx).is_ready()
+    };
+    let mut buf = [0u8; 64];
+    let within = |secs| Duration::from_secs(secs);
+    client.write_all(b"hello").await.expect("write");
+    let n = tokio::time::timeout(within(5), io.read(&mut buf)).await;
+    assert_eq!(n.expect("read in time").expect("read"), 5);
+    assert!(!ready_now(), "a short read left the socket marked readable");
+    // More bytes bring a new event: nothing is missed.
+    client.write_all(&[b'x'; 100]).await.expect("write");
+    let n = tokio::time::timeout(within(5), io.read(&mut buf)).await;
+    assert_eq!(n.expect("read in time").expect("read"), 64);
+    assert!(
+        ready_now(),
+        "a full read must keep the readiness: 36 bytes wait"
+    );
+    let n = tokio::time::timeout(within(5), io.read(&mut buf)).await;
+    assert_eq!(n.expect("the rest without a new event").expect("read"), 36);
+    drop(client);
+    for _ in 0..2 {
+        let n = tokio::time::timeout(within(5), io.read(&mut buf)).await;
+        assert_eq!(n.expect("end of stream in time").expect("read"), 0);
+    }
+}

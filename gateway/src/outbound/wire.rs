@@ -19,7 +19,7 @@
 use super::order::Live;
 use super::{Outbound, Shared};
 use crate::engine::Envelope;
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Read};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
@@ -49,6 +49,11 @@ impl Wire {
             tcp,
             pending: Mutex::new(pending),
         })
+    }
+
+    #[cfg(test)]
+    pub(super) fn tcp(&self) -> &TcpStream {
+        &self.tcp
     }
 
     fn pending(&self) -> MutexGuard<'_, Vec<u8>> {
@@ -152,16 +157,33 @@ impl AsyncRead for WireIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let tcp = &self.0.tcp;
+        let sock = socket2::SockRef::from(tcp);
         loop {
             ready!(tcp.poll_read_ready(cx))?;
-            match tcp.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
+            let unfilled = buf.initialize_unfilled();
+            let room = unfilled.len();
+            let mut got = None;
+            // A read shorter than the buffer emptied the socket. Reported to tokio as
+            // `WouldBlock`, it drops the socket's read readiness (as tokio's own
+            // `poll_read` does; `try_read` does not): otherwise the next read, once the
+            // frame is handled, would be a syscall that finds nothing. Readiness is only
+            // dropped if no new event came meanwhile, so no data is missed.
+            let read = tcp.try_io(Interest::READABLE, || {
+                let n = (&*sock).read(unfilled)?;
+                got = Some(n);
+                if n > 0 && n < room {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(n)
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+            });
+            let n = match (got, read) {
+                (Some(n), _) | (None, Ok(n)) => n,
+                (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                (None, Err(e)) => return Poll::Ready(Err(e)),
+            };
+            buf.advance(n);
+            return Poll::Ready(Ok(()));
         }
     }
 }
