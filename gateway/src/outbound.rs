@@ -346,6 +346,16 @@ impl OutboundQueue {
     /// than the whole byte limit goes into an empty queue. Returns false if the
     /// connection closes first.
     pub async fn push_paced(&self, item: Outbound) -> bool {
+        // A reply with nothing ahead of it goes to the socket from here, without a wake-up
+        // of the writer (most replies: the client waits for them before sending more).
+        if let Outbound::Frame(text) = &item {
+            if self.is_closing() {
+                return false;
+            }
+            if let Some(written) = self.shared.write_frame_now(text.as_bytes()) {
+                return written;
+            }
+        }
         let weight = item.weight();
         let fits = |q: &Self| {
             let queued = q.shared.bytes.load(Ordering::Relaxed);

@@ -138,6 +138,38 @@ async fn an_idle_connection_gets_a_live_message_without_its_writer() {
     );
 }
 
+/// A reply with nothing ahead of it is written by the task that makes it: on this
+/// single-threaded runtime the writer cannot run between the push and the look, so an
+/// empty queue means the push wrote it. A reply behind a queued frame waits its turn.
+#[tokio::test]
+async fn a_reply_with_nothing_ahead_goes_out_without_the_writer() {
+    use futures_util::FutureExt;
+    let mut c = connect(1 << 20).await;
+    let pushed =
+        c.q.push_paced(Outbound::Frame("reply".into()))
+            .now_or_never();
+    assert_eq!(pushed, Some(true));
+    assert!(c.q.shared.items().queue.is_empty(), "queued, not written");
+    assert_eq!(c.text().await, "reply");
+    assert!(c.q.frame("first"), "a frame() goes through the writer");
+    let pushed =
+        c.q.push_paced(Outbound::Frame("second".into()))
+            .now_or_never();
+    assert_eq!(pushed, Some(true));
+    assert_eq!(
+        c.q.shared.items().queue.len(),
+        2,
+        "behind the first, queued"
+    );
+    assert_eq!(c.text().await, "first");
+    assert_eq!(c.text().await, "second");
+    c.q.close(crate::disconnect::SLOW_CONSUMER);
+    let closed =
+        c.q.push_paced(Outbound::Frame("late".into()))
+            .now_or_never();
+    assert_eq!(closed, Some(false), "nothing is written once closing");
+}
+
 /// A client that does not read fills the socket: the fast path's last frame goes in part,
 /// the rest waits in the wire, and what follows queues behind it. Meanwhile the client's
 /// pings are answered. Once it reads, every frame arrives whole and in order.

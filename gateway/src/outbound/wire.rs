@@ -17,7 +17,7 @@
 //! [`OutboundQueue::push`]: super::OutboundQueue::push
 
 use super::order::Live;
-use super::{Outbound, Shared};
+use super::{Items, Outbound, Shared};
 use crate::engine::Envelope;
 use std::io::{self, IoSlice, Read};
 use std::pin::Pin;
@@ -138,12 +138,36 @@ impl Shared {
         items.order.written(env);
         (fast.on_delivered)(env);
         if !whole {
-            // The socket took part of it; the writer sends the rest before anything else.
-            items.queue.push_back(Outbound::Flush);
-            drop(guard);
-            self.queued.notify_one();
+            self.rest_to_writer(guard);
         }
         Some(true)
+    }
+
+    /// The fast path of a reply: writes a ready frame at once under the same condition as
+    /// [`write_now`](Self::write_now) (nothing ahead of it), so the socket loop that made
+    /// the reply sends it without waking the writer. `None` when it must be queued;
+    /// `Some(false)` when the connection is closing.
+    pub(super) fn write_frame_now(&self, text: &[u8]) -> Option<bool> {
+        let mut guard = self.items();
+        let items = &mut *guard;
+        let fast = items.fast.as_ref()?;
+        if items.closed {
+            return Some(false);
+        }
+        if items.busy || !items.queue.is_empty() {
+            return None;
+        }
+        if !fast.wire.try_text(text)? {
+            self.rest_to_writer(guard);
+        }
+        Some(true)
+    }
+
+    /// The socket took part of a frame: the writer sends the rest before anything else.
+    fn rest_to_writer(&self, mut items: MutexGuard<'_, Items>) {
+        items.queue.push_back(Outbound::Flush);
+        drop(items);
+        self.queued.notify_one();
     }
 }
 
