@@ -338,7 +338,21 @@ impl OutboundQueue {
 
     /// Queues a ready frame.
     pub fn frame(&self, text: impl Into<Utf8Bytes>) -> bool {
-        self.push(Outbound::Frame(text.into()))
+        let text = text.into();
+        match self.frame_now(&text) {
+            Some(written) => written,
+            None => self.push(Outbound::Frame(text)),
+        }
+    }
+
+    /// Writes a ready frame to the socket at once if nothing is ahead of it: from the
+    /// task that makes it (a reply, the welcome), without a wake-up of the writer. `None`
+    /// when it must be queued; `Some(false)` when the connection is closing.
+    fn frame_now(&self, text: &Utf8Bytes) -> Option<bool> {
+        if self.is_closing() {
+            return Some(false);
+        }
+        self.shared.write_frame_now(text.as_bytes())
     }
 
     /// Queues an item once there is room for it: waits while the queue holds too many
@@ -346,13 +360,9 @@ impl OutboundQueue {
     /// than the whole byte limit goes into an empty queue. Returns false if the
     /// connection closes first.
     pub async fn push_paced(&self, item: Outbound) -> bool {
-        // A reply with nothing ahead of it goes to the socket from here, without a wake-up
-        // of the writer (most replies: the client waits for them before sending more).
+        // Most replies: the client waits for them before sending more.
         if let Outbound::Frame(text) = &item {
-            if self.is_closing() {
-                return false;
-            }
-            if let Some(written) = self.shared.write_frame_now(text.as_bytes()) {
+            if let Some(written) = self.frame_now(text) {
                 return written;
             }
         }

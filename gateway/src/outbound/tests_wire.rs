@@ -151,7 +151,13 @@ async fn a_reply_with_nothing_ahead_goes_out_without_the_writer() {
     assert_eq!(pushed, Some(true));
     assert!(c.q.shared.items().queue.is_empty(), "queued, not written");
     assert_eq!(c.text().await, "reply");
-    assert!(c.q.frame("first"), "a frame() goes through the writer");
+    assert!(c.q.frame("direct"));
+    assert!(c.q.shared.items().queue.is_empty(), "frame() takes it too");
+    assert_eq!(c.text().await, "direct");
+    assert!(
+        c.q.push(Outbound::Frame("first".into())),
+        "push() always queues"
+    );
     let pushed =
         c.q.push_paced(Outbound::Frame("second".into()))
             .now_or_never();
@@ -309,14 +315,23 @@ async fn socket_pair() -> (TcpStream, TcpStream) {
 }
 
 /// Bytes the wire starts with (the chat endpoint's 101, held back) go out first, in the
-/// same write as the first frame; the fast path does not pass them.
+/// same write as the first frame, whether the fast path or the writer sends it.
 #[tokio::test]
 async fn what_the_wire_starts_with_goes_out_with_the_first_write() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut client, accepted) = socket_pair().await;
     let held = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
+    let mut live = Vec::new();
+    wire::encode_text(&mut live, b"live");
+    // The fast path: held bytes, then the frame.
+    let (mut client, accepted) = socket_pair().await;
     let wire = Wire::with_pending(accepted, held.to_vec());
-    assert_eq!(wire.try_text(b"live"), None, "held bytes go first");
+    assert_eq!(wire.try_text(b"live"), Some(true));
+    let mut got = vec![0u8; held.len() + live.len()];
+    client.read_exact(&mut got).await.expect("read");
+    assert_eq!(got, [&held[..], &live].concat());
+    // The writer's (tungstenite's) write: held bytes, then the write.
+    let (mut client, accepted) = socket_pair().await;
+    let wire = Wire::with_pending(accepted, held.to_vec());
     let mut io = WireIo(wire.clone());
     io.write_all(b"welcome").await.expect("write");
     io.flush().await.expect("flush");
@@ -328,6 +343,9 @@ async fn what_the_wire_starts_with_goes_out_with_the_first_write() {
         Some(true),
         "nothing pending any more"
     );
+    let mut got = vec![0u8; live.len()];
+    client.read_exact(&mut got).await.expect("read");
+    assert_eq!(got, live);
 }
 
 /// Pending bytes the socket takes only part of go on from where it stopped, and the
@@ -352,6 +370,27 @@ async fn pending_bytes_the_socket_takes_in_parts_go_first_and_whole() {
         reader.await.expect("reader"),
         "the bytes in order, none lost"
     );
+}
+
+/// The fast path behind pending bytes the socket takes only part of: what it did not
+/// take (the rest of those bytes, then the frame) waits for the flush, in order.
+#[tokio::test]
+async fn a_frame_behind_pending_bytes_the_socket_takes_in_part_follows_them_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client, accepted) = socket_pair().await;
+    let held: Vec<u8> = (0..16 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let mut frame = Vec::new();
+    wire::encode_text(&mut frame, b"tail");
+    let expected = [&held[..], &frame].concat();
+    let wire = Wire::with_pending(accepted, held);
+    assert_eq!(wire.try_text(b"tail"), Some(false), "16 MiB at once?");
+    let reader = tokio::spawn(async move {
+        let mut got = vec![0u8; expected.len()];
+        client.read_exact(&mut got).await.expect("read");
+        got == expected
+    });
+    WireIo(wire).flush().await.expect("flush");
+    assert!(reader.await.expect("reader"), "in order, none lost");
 }
 
 /// A read shorter than its buffer emptied the socket: the socket's read readiness goes

@@ -6,13 +6,14 @@
 //! fast path writes the frame's two-to-ten-byte header and the shared payload with one
 //! `writev`, with no per-member encoding or copy, and no task woken. It runs only when
 //! nothing else is on its way to the socket (see [`OutboundQueue::push`]): an empty
-//! queue, an idle writer, nothing pending here.
+//! queue, an idle writer. Replies to commands take the same path.
 //!
 //! The stream never carries part of a frame followed by another frame: a write taken
 //! here is taken whole. What the socket does not accept at once waits in `pending`, and
-//! the next write (or flush) sends it first. A write arriving while something is pending
-//! waits instead (tungstenite keeps its frames until then), so `pending` holds at most one
-//! write: one frame of the fast path, or one flush of tungstenite's write buffer.
+//! the next write (or flush) sends it first, in the same syscall: the fast path sends
+//! pending bytes and its frame together (a new connection's held 101 and its welcome). A
+//! write through [`WireIo`] arriving while something is pending waits instead
+//! (tungstenite keeps its frames until then), so `pending` holds at most one such write.
 //!
 //! [`OutboundQueue::push`]: super::OutboundQueue::push
 
@@ -61,17 +62,19 @@ impl Wire {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes the text frame of `payload` now, if nothing is pending: `None` when nothing
-    /// was written (the caller queues it), `Some(true)` when the socket took all of it,
-    /// `Some(false)` when the rest waits in `pending` for the next flush.
+    /// Writes the text frame of `payload` now, behind whatever is pending (the held 101
+    /// of a new connection), in one `sendmsg`: `None` when the socket took nothing (the
+    /// caller queues the frame), `Some(true)` when it took all of it, `Some(false)` when
+    /// the rest waits in `pending` for the next flush.
     pub(super) fn try_text(&self, payload: &[u8]) -> Option<bool> {
         let mut pending = self.pending();
-        if !pending.is_empty() {
-            return None;
-        }
         let (head, head_len) = text_header(payload.len());
         let head = &head[..head_len];
-        let bufs = [IoSlice::new(head), IoSlice::new(payload)];
+        let bufs = [
+            IoSlice::new(&pending),
+            IoSlice::new(head),
+            IoSlice::new(payload),
+        ];
         // sendmsg rather than tokio's writev: a write on a file takes the file's position
         // lock and goes through the VFS first, ~10% of a delivery's CPU at 50 msgs/s
         // (perf). try_io keeps tokio's readiness right when the socket is full. Any error
@@ -85,15 +88,23 @@ impl Wire {
         if n == 0 {
             return None;
         }
-        if n == head.len() + payload.len() {
+        let total = pending.len() + head.len() + payload.len();
+        if n == total {
+            if !pending.is_empty() {
+                *pending = Vec::new();
+            }
             return Some(true);
         }
-        if n < head.len() {
-            pending.extend_from_slice(&head[n..]);
-            pending.extend_from_slice(payload);
-        } else {
-            pending.extend_from_slice(&payload[n - head.len()..]);
+        // What the socket did not take, in order: the rest of the pending bytes, then of
+        // the frame.
+        let mut rest = Vec::with_capacity(total - n);
+        let mut skip = n;
+        for part in [&pending[..], head, payload] {
+            let from = skip.min(part.len());
+            rest.extend_from_slice(&part[from..]);
+            skip -= from;
         }
+        *pending = rest;
         Some(false)
     }
 
