@@ -122,6 +122,26 @@ impl<S> Reader<S> {
     }
 }
 
+/// How long a connection the gateway closed is still read for the client's close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// The end of the close handshake (RFC 6455, 7.1.1) when the gateway closed: the client
+/// may still be sending. A socket closed with bytes unread makes the kernel answer with a
+/// reset, and a client that meets it while writing may never read the close frame it was
+/// sent. So the socket is read, and what arrives dropped, until the client's own close
+/// frame or the end of the stream, for at most [`CLOSE_LINGER`].
+async fn linger<S>(stream: &mut S)
+where
+    S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    let until = tokio::time::Instant::now() + CLOSE_LINGER;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until, stream.next()).await {
+        if msg.is_close() {
+            return;
+        }
+    }
+}
+
 /// Commands read while a command's output was still being queued wait here; beyond this
 /// many the socket is not read until they ran (TCP pushes back on the client).
 const MAX_BACKLOG: usize = 32;
@@ -367,6 +387,10 @@ where
         Box::pin(session.close(&written)).await;
         node.unregister(id);
         drop(slots); // held until here: the connection counted against its IP and user
+        if queue.close_reason().is_some() {
+            // Last: the connection is gone from every count, only its socket is left.
+            Box::pin(linger(&mut reader.stream)).await;
+        }
     }
 }
 
