@@ -131,20 +131,17 @@ impl Shared {
     /// of it (an empty queue, an idle writer, nothing pending in the wire) and its room
     /// takes it now. `None` when it must be queued instead.
     pub(super) fn write_now(&self, env: &Arc<Envelope>) -> Option<bool> {
-        let mut guard = self.items();
+        let mut guard = match self.nothing_ahead() {
+            Ok(guard) => guard,
+            Err(answer) => return answer,
+        };
         let items = &mut *guard;
-        let fast = items.fast.as_ref()?;
-        if items.closed {
-            return Some(false);
-        }
-        if items.busy || !items.queue.is_empty() {
-            return None;
-        }
         match items.order.live(env) {
             Live::Write => {}
             Live::Skip => return Some(true),
             Live::Hold => return None,
         }
+        let fast = items.fast.as_ref()?;
         let whole = fast.wire.try_text(env.frame.as_bytes())?;
         items.order.written(env);
         (fast.on_delivered)(env);
@@ -159,19 +156,31 @@ impl Shared {
     /// the reply sends it without waking the writer. `None` when it must be queued;
     /// `Some(false)` when the connection is closing.
     pub(super) fn write_frame_now(&self, text: &[u8]) -> Option<bool> {
-        let mut guard = self.items();
-        let items = &mut *guard;
-        let fast = items.fast.as_ref()?;
-        if items.closed {
-            return Some(false);
-        }
-        if items.busy || !items.queue.is_empty() {
-            return None;
-        }
-        if !fast.wire.try_text(text)? {
+        let guard = match self.nothing_ahead() {
+            Ok(guard) => guard,
+            Err(answer) => return answer,
+        };
+        if !guard.fast.as_ref()?.wire.try_text(text)? {
             self.rest_to_writer(guard);
         }
         Some(true)
+    }
+
+    /// The queue's items, locked, when a fast-path write may go: the fast path attached,
+    /// the queue empty and the writer idle. Otherwise the caller's answer: `None` (queue
+    /// it instead) or `Some(false)` (closed).
+    fn nothing_ahead(&self) -> Result<MutexGuard<'_, Items>, Option<bool>> {
+        let items = self.items();
+        if items.fast.is_none() {
+            return Err(None);
+        }
+        if items.closed {
+            return Err(Some(false));
+        }
+        if items.busy || !items.queue.is_empty() {
+            return Err(None);
+        }
+        Ok(items)
     }
 
     /// The socket took part of a frame: the writer sends the rest before anything else.
