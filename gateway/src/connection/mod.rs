@@ -130,7 +130,7 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// reset, and a client that meets it while writing may never read the close frame it was
 /// sent. So the socket is read, and what arrives dropped, until the client's own close
 /// frame or the end of the stream, for at most [`CLOSE_LINGER`].
-async fn linger<S>(stream: &mut S)
+async fn linger<S>(mut stream: S)
 where
     S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
@@ -251,7 +251,7 @@ fn run<S>(
     extras: Box<ConnectAnswer>,
 ) -> impl std::future::Future<Output = ()>
 where
-    S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+    S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin + Send + 'static,
 {
     async move {
         let node = reader.node.clone();
@@ -388,8 +388,10 @@ where
         node.unregister(id);
         drop(slots); // held until here: the connection counted against its IP and user
         if queue.close_reason().is_some() {
-            // Last: the connection is gone from every count, only its socket is left.
-            Box::pin(linger(&mut reader.stream)).await;
+            // Last: the connection is gone from every count, only its socket is left. In
+            // a task of its own: one more wait here would grow the state every
+            // connection's task carries for its whole life (tests_footprint).
+            tokio::spawn(linger(reader.stream));
         }
     }
 }
