@@ -123,18 +123,18 @@ impl<S> Reader<S> {
 }
 
 /// How long a connection the gateway closed is still read for the client's close frame.
-const CLOSE_LINGER: Duration = Duration::from_secs(1);
+const CLOSE_HANDSHAKE_WAIT: Duration = Duration::from_secs(1);
 
 /// The end of the close handshake (RFC 6455, 7.1.1) when the gateway closed: the client
 /// may still be sending. A socket closed with bytes unread makes the kernel answer with a
 /// reset, and a client that meets it while writing may never read the close frame it was
 /// sent. So the socket is read, and what arrives dropped, until the client's own close
-/// frame or the end of the stream, for at most [`CLOSE_LINGER`].
-async fn linger<S>(mut stream: S)
+/// frame or the end of the stream, for at most [`CLOSE_HANDSHAKE_WAIT`].
+async fn finish_close_handshake<S>(mut stream: S)
 where
     S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
-    let until = tokio::time::Instant::now() + CLOSE_LINGER;
+    let until = tokio::time::Instant::now() + CLOSE_HANDSHAKE_WAIT;
     while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until, stream.next()).await {
         if msg.is_close() {
             return;
@@ -391,7 +391,7 @@ where
             // Last: the connection is gone from every count, only its socket is left. In
             // a task of its own: one more wait here would grow the state every
             // connection's task carries for its whole life (tests_footprint).
-            tokio::spawn(linger(reader.stream));
+            tokio::spawn(finish_close_handshake(reader.stream));
         }
     }
 }
