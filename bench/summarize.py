@@ -57,7 +57,8 @@ for r in rows:
         lines.append(
             f"| {label} | {r['delivered_per_s']} delivered/s ({r['published_per_s']} sent/s) "
             f"| {lat['p50']} / {lat['p99']} / {lat['max']} "
-            f"| {get(r, 'gateway_cpu_us_per_delivery')} µs/delivery | | {r['drops']} / {r['send_errors']} "
+            f"| {get(r, 'gateway_cpu_us_per_delivery')} µs/delivery "
+            f"(load generator {get(r, 'loadgen_cpu_us_per_delivery')}) | | {r['drops']} / {r['send_errors']} "
             f"| {load} |"
         )
     elif mode == "churn":

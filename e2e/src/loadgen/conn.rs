@@ -1,6 +1,6 @@
 //! The three load modes.
 
-use super::stats::{table, Latencies};
+use super::stats::{cpu_us_per, table, Latencies};
 use super::upgrade::upgrade;
 use super::Common;
 use crate::procstat;
@@ -305,6 +305,7 @@ pub async fn fanout(c: &Common, shape: Shape) -> Result<serde_json::Value, Strin
     .await;
     let window_len = duration.min(deadline.saturating_duration_since(Instant::now()));
     let cpu0 = gateway_usage(c);
+    let own0 = procstat::usage(std::process::id()).ok();
     let r0 = sh.received.load(Ordering::Relaxed);
     sh.measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
@@ -313,6 +314,7 @@ pub async fn fanout(c: &Common, shape: Shape) -> Result<serde_json::Value, Strin
     let secs = t0.elapsed().as_secs_f64();
     let r1 = sh.received.load(Ordering::Relaxed);
     let cpu1 = gateway_usage(c);
+    let own1 = procstat::usage(std::process::id()).ok();
     // Stop publishing, let in-flight messages arrive, then count what never did.
     let acked_at_stop = {
         sh.stop.cancel();
@@ -354,6 +356,9 @@ pub async fn fanout(c: &Common, shape: Shape) -> Result<serde_json::Value, Strin
             "drops": expected.saturating_sub(received_total),
             "send_errors": sh.errors.load(Ordering::Relaxed),
             "gateway_cpu_us_per_delivery": cpu_us.map(|x| (x * 1000.0).round() / 1000.0),
+            // One thread reads every member's socket: when its cost per delivery is near
+            // the gateway's, the client's pace is part of the latency.
+            "loadgen_cpu_us_per_delivery": cpu_us_per(own0, own1, delivered_in_window),
             "gateway_rss_bytes": cpu1.map(|u| u.rss_bytes),
             "note": "receivers only; each publisher also receives its own rooms' messages (not counted)",
         }),

@@ -2,6 +2,7 @@
 //! connect cost on both sides, and the gateway's resident memory per connection.
 
 use super::conn::{finish, gateway_usage, open};
+use super::stats::cpu_us_per;
 use super::Common;
 use crate::procstat;
 use futures_util::StreamExt;
@@ -94,22 +95,8 @@ pub async fn idle(
             "connect_per_s": (open_count as f64 / connect_secs).round(),
             "gateway_rss_bytes": after.map(|a| a.rss_bytes),
             "gateway_rss_per_conn_bytes": rss_per_conn.map(|x| x.round()),
-            "gateway_cpu_us_per_connect": per_connect(before, connected, open_count),
-            "loadgen_cpu_us_per_connect": per_connect(own_before, own_connected, open_count),
+            "gateway_cpu_us_per_connect": cpu_us_per(before, connected, open_count as u64),
+            "loadgen_cpu_us_per_connect": cpu_us_per(own_before, own_connected, open_count as u64),
         }),
     ))
-}
-
-/// CPU microseconds per connection between two readings of one process.
-fn per_connect(
-    from: Option<procstat::Usage>,
-    to: Option<procstat::Usage>,
-    n: usize,
-) -> Option<f64> {
-    match (from, to) {
-        (Some(a), Some(b)) if n > 0 => {
-            Some(((b.cpu_secs - a.cpu_secs) * 1e6 / n as f64 * 10.0).round() / 10.0)
-        }
-        _ => None,
-    }
 }

@@ -63,3 +63,18 @@ mod tests {
         assert!(Latencies::new(vec![]).ms(0.5).is_nan());
     }
 }
+
+/// CPU microseconds per event (a connect, a delivery) between two readings of one process,
+/// to a tenth.
+pub fn cpu_us_per(
+    from: Option<crate::procstat::Usage>,
+    to: Option<crate::procstat::Usage>,
+    n: u64,
+) -> Option<f64> {
+    match (from, to) {
+        (Some(a), Some(b)) if n > 0 => {
+            Some(((b.cpu_secs - a.cpu_secs) * 1e6 / n as f64 * 10.0).round() / 10.0)
+        }
+        _ => None,
+    }
+}
