@@ -162,6 +162,7 @@ for engine in ("memory", "redis"):
     lines.append(f"| presence frames of a 1000-member join storm, {engine} | not O(N²) "
                  f"| {storm(row)} | {storm(old)} | {ok} |")
 
+lines += ["", "A/B figures of single changes, run between full runs: bench/ab.md."]
 notes = os.environ.get("BENCH_NOTE")
 if notes:
     lines += ["", notes]
