@@ -136,14 +136,14 @@ impl Shared {
             Err(answer) => return answer,
         };
         let items = &mut *guard;
-        match items.order.live(env) {
-            Live::Write => {}
+        let slot = match items.order.live(env) {
+            Live::Write(slot) => slot,
             Live::Skip => return Some(true),
             Live::Hold => return None,
-        }
+        };
         let fast = items.fast.as_ref()?;
         let whole = fast.wire.try_text(env.frame.as_bytes())?;
-        items.order.written(env);
+        items.order.written(slot, env);
         (fast.on_delivered)(env);
         if !whole {
             self.rest_to_writer(guard);

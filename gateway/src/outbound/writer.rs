@@ -247,8 +247,8 @@ where
         match item {
             Outbound::Frame(_) | Outbound::Ping => return Ok(()), // written above
             Outbound::Msg(env) => match order.live(&env) {
-                Live::Write => {
-                    order.written(&env);
+                Live::Write(slot) => {
+                    order.written(slot, &env);
                     vec![env]
                 }
                 Live::Hold => {
