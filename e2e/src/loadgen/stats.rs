@@ -50,20 +50,6 @@ pub fn table(summary: &serde_json::Value) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles() {
-        let l = Latencies::new((1..=100).map(|i| i * 1_000_000).collect());
-        assert_eq!(l.ms(0.5), 51.0);
-        assert_eq!(l.ms(0.99), 99.0);
-        assert_eq!(l.ms(1.0), 100.0);
-        assert!(Latencies::new(vec![]).ms(0.5).is_nan());
-    }
-}
-
 /// CPU microseconds per event (a connect, a delivery) between two readings of one process,
 /// to a tenth.
 pub fn cpu_us_per(
@@ -76,5 +62,19 @@ pub fn cpu_us_per(
             Some(((b.cpu_secs - a.cpu_secs) * 1e6 / n as f64 * 10.0).round() / 10.0)
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let l = Latencies::new((1..=100).map(|i| i * 1_000_000).collect());
+        assert_eq!(l.ms(0.5), 51.0);
+        assert_eq!(l.ms(0.99), 99.0);
+        assert_eq!(l.ms(1.0), 100.0);
+        assert!(Latencies::new(vec![]).ms(0.5).is_nan());
     }
 }
