@@ -24,6 +24,37 @@ fn a_room_fans_out_direct_unless_its_fan_outs_would_keep_up_no_more() {
 }
 
 #[test]
+fn one_slow_fan_out_does_not_make_a_quiet_room_busy() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let mut room = Room {
+        last_start: Some(t0),
+        ..Room::default()
+    };
+    room.note_cost(ms(6));
+    assert!(room.direct(t0 + ms(8)), "the first cost is taken as it is");
+    // Messages 20 ms apart whose fan-outs take 6 ms, and one that took 17 (something
+    // else had the core): the next message 20 ms on still goes direct.
+    for _ in 0..8 {
+        room.note_cost(ms(6));
+    }
+    room.note_cost(ms(17));
+    assert!(
+        room.direct(t0 + ms(20)),
+        "one slow fan-out among quick ones"
+    );
+    // Fan-outs that stay that slow do make it busy.
+    for _ in 0..8 {
+        room.note_cost(ms(17));
+    }
+    assert!(!room.direct(t0 + ms(20)), "17 of every 20 ms: batch");
+    // A cost beyond what the room keeps (~4.3 s) saturates rather than wraps.
+    room.note_cost(Duration::MAX);
+    room.note_cost(Duration::MAX);
+    assert!(!room.direct(t0 + Duration::from_secs(1)), "still busy");
+}
+
+#[test]
 fn a_room_and_its_name_fit_64_bytes() {
     // Every local user's inbox is one: the shard's table holds one per connection.
     let entry = std::mem::size_of::<(Arc<str>, Room)>();
