@@ -77,13 +77,11 @@ impl Room {
     /// (from nothing): one fan-out slowed by something else on the core (at 50 messages/s
     /// to 1,000 members, one in a hundred took 2.5 times the median) would otherwise
     /// alone make a quiet room's next messages wait for the batch window, and with them
-    /// its p99 latency. A room's first fan-out meets cold sockets and caches (9.5 to 19 ms
-    /// against medians of 6.5 to 9.3, in nine runs): taken as it was, it made messages
-    /// exactly 20 ms apart batch until one came later than it and a quarter, which a
-    /// load generator's regular ticks may never do (in one run of nine 191 of 500
-    /// messages batched, p99 42 ms against 8 to 12). Nothing measures a room's fan-outs
-    /// while it batches, so an estimate that is too high stays until such a gap: real
-    /// rooms' messages are rarely that regular.
+    /// its p99 latency. So would a room's first, on cold sockets (9.5 to 19 ms against
+    /// medians of 6.5 to 9.3; bench/ab.md, 4 December). Nothing measures a room's
+    /// fan-outs while it batches: an estimate too high stays until a message comes a
+    /// quarter more than it after the last, which messages exactly that regular (a load
+    /// generator's ticks) may never do.
     fn note_cost(&mut self, cost: Duration) {
         let cost = u64::try_from(cost.as_nanos()).unwrap_or(u64::MAX);
         let old = u64::from(self.direct_ns);
