@@ -42,7 +42,10 @@ const SHARDS: usize = 16;
 /// [`Room::note_cost`]), and a message goes direct if it comes at least that long and a
 /// quarter after the previous one. One that does not is queued without
 /// waking the writers, and they are woken once a window later (`limits.fanoutBatch`,
-/// [`wakes`]), when each has the window's messages to write at once.
+/// [`wakes`]), when each has the window's messages to write at once. Every
+/// [`PROBE_AFTER`] wakes, a busy room's next message goes direct whatever its gap: its
+/// fan-outs are measured again, so an estimate left too high by a slow moment cannot
+/// keep the room batching.
 ///
 /// Every local user's inbox is a room here, so a room is kept small: 48 bytes, 64 with
 /// its name in the shard's table (104 with the cost as a `Duration` and the members' map
@@ -58,14 +61,29 @@ struct Room {
     /// Messages were queued quietly and the room waits in [`wakes`] for its writers'
     /// wake: until then its messages are queued quietly too.
     wake_due: bool,
+    /// Wakes since the room's last direct fan-out (saturating; see [`PROBE_AFTER`]).
+    wakes_since_direct: u16,
 }
+
+/// After this many wakes without a direct fan-out (about eight seconds at the default
+/// 30 ms `limits.fanoutBatch`), a busy room's next message goes direct: nothing else
+/// measures what its fan-out takes while it batches. An estimate too high (fan-outs
+/// slowed by something else on the core) would otherwise stay until a message came a
+/// quarter more than it after the last, which messages that regular (a ticker, a load
+/// generator) may never do. The probe's cost counts a quarter like any other. It is rare
+/// because it holds up the writers just woken: probing every 32 wakes raised the p99
+/// latency of 200 messages/s to 1,000 members from 35-37 to 42-51 ms; every 255 (the
+/// build measured) left it within the noise (bench/ab.md, 4 December, afternoon).
+const PROBE_AFTER: u16 = 256;
 
 impl Room {
     /// Whether a message arriving `now` fans out direct.
     fn direct(&self, now: Instant) -> bool {
         let cost = Duration::from_nanos(u64::from(self.direct_ns));
-        self.last_start
-            .is_none_or(|last| now.saturating_duration_since(last) >= cost * 5 / 4)
+        self.wakes_since_direct >= PROBE_AFTER
+            || self
+                .last_start
+                .is_none_or(|last| now.saturating_duration_since(last) >= cost * 5 / 4)
     }
 
     /// A handle on each member's queue, to serve them after the shard's lock.
@@ -78,10 +96,8 @@ impl Room {
     /// to 1,000 members, one in a hundred took 2.5 times the median) would otherwise
     /// alone make a quiet room's next messages wait for the batch window, and with them
     /// its p99 latency. So would a room's first, on cold sockets (9.5 to 19 ms against
-    /// medians of 6.5 to 9.3; bench/ab.md, 4 December). Nothing measures a room's
-    /// fan-outs while it batches: an estimate too high stays until a message comes a
-    /// quarter more than it after the last, which messages exactly that regular (a load
-    /// generator's ticks) may never do.
+    /// medians of 6.5 to 9.3; bench/ab.md, 4 December). While the room batches, only
+    /// its probes ([`PROBE_AFTER`]) measure it.
     fn note_cost(&mut self, cost: Duration) {
         let cost = u64::try_from(cost.as_nanos()).unwrap_or(u64::MAX);
         let old = u64::from(self.direct_ns);
@@ -209,6 +225,7 @@ impl Hub {
             let via = if room.wake_due {
                 Via::Quiet
             } else if room.direct(start) {
+                room.wakes_since_direct = 0;
                 Via::Direct
             } else if self.fanout_window.is_zero() {
                 Via::Queue
@@ -259,6 +276,7 @@ impl Hub {
                     continue; // emptied meanwhile: each leaving member was woken
                 };
                 room.wake_due = false;
+                room.wakes_since_direct = room.wakes_since_direct.saturating_add(1);
                 room.pushers()
             };
             targets.iter().for_each(|q| q.wake());

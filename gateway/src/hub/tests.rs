@@ -55,6 +55,38 @@ fn one_slow_fan_out_does_not_make_a_quiet_room_busy() {
     assert!(!room.direct(t0 + Duration::from_secs(1)), "still busy");
 }
 
+#[tokio::test]
+async fn a_busy_room_probes_its_fan_out_once_every_so_many_wakes() {
+    // An estimate left too high (an hour) by a slow moment, and messages that come
+    // exactly as regularly as it says they must not: each waits for the window.
+    let hub = Arc::new(Hub::new(Duration::ZERO, Duration::from_secs(3600)));
+    let (q, mut rx) = queue(8, 1 << 20);
+    hub.subscribe(&"r".into(), 1, q);
+    hub.deliver(&msg(1));
+    hub.set_direct_cost("r", Duration::from_secs(3600));
+    let state = || {
+        let shard = hub.shard("r");
+        let room = shard.get("r").expect("the room");
+        (room.wake_due, room.direct_ns)
+    };
+    let estimate = state().1;
+    for seq in 2..2 + u64::from(PROBE_AFTER) {
+        assert_eq!(hub.deliver(&msg(seq)), 1);
+        assert!(state().0, "message {seq} waits for the room's wake");
+        // The window ends (the wake task, without waiting for it); the writer writes.
+        hub.wake_due(Instant::now() + Duration::from_secs(7200));
+        while rx.try_recv_for_test().is_some() {}
+    }
+    // So many wakes on: the next message goes direct, and is measured.
+    assert_eq!(hub.deliver(&msg(1000)), 1);
+    let (waits, probed) = state();
+    assert!(!waits, "the probe does not wait for a wake");
+    assert!(probed < estimate, "the probe counts: {probed} ns");
+    // One probe moves the estimate a quarter: the room batches again.
+    assert_eq!(hub.deliver(&msg(1001)), 1);
+    assert!(state().0, "busy again after the probe");
+}
+
 #[test]
 fn a_room_and_its_name_fit_64_bytes() {
     // Every local user's inbox is one: the shard's table holds one per connection.
