@@ -71,10 +71,8 @@ struct Room {
 /// slowed by something else on the core) would otherwise stay until a message came a
 /// quarter more than it after the last, which messages that regular (a ticker, a load
 /// generator) may never do. The probe's cost counts a quarter like any other. It is rare
-/// because it costs latency (likely by holding up the writers just woken): probing every
-/// 32 wakes raised the p99 latency of 200 messages/s to 1,000 members from 35-37 to
-/// 42-51 ms; every 255 (the build measured) left it within the noise (bench/ab.md,
-/// 4 December, afternoon).
+/// because it costs the room's other messages latency: every 32 wakes showed in the p99,
+/// every 255 did not (bench/ab.md, 4 December, afternoon).
 const PROBE_AFTER: u16 = 256;
 
 impl Room {
