@@ -14,7 +14,7 @@ GW=${GW:-target/release/chat-gateway}  # GW=path: measure another build (A/B on 
 LG=${LG:-target/release/chat-loadgen}
 QUICK=${QUICK:-}            # QUICK=1: tiny runs, to check the script itself
 ONLY=${ONLY:-}              # ONLY=memory: the memory engine's runs only
-RUNS=${RUNS:-}              # RUNS="storm": only these kinds of run (idle fanout churn storm cross)
+RUNS=${RUNS:-}              # RUNS="storm": only these kinds of run (idle fanout floor churn storm cross)
 ulimit -n "$(ulimit -Hn)" || true
 
 [ -n "${NO_BUILD:-}" ] || cargo build --release -q -p chat-gateway -p e2e --bin chat-gateway --bin chat-loadgen
@@ -55,13 +55,14 @@ redis_calls() {
     python3 -c 'import re,sys; print(sum(int(m) for m in re.findall(r"calls=(\d+)", sys.stdin.read())))'
 }
 
-run() { # run LABEL PID ARGS... (loadgen on core 1; AUTH=user: insecure ?user= connects)
+run() { # run LABEL PID ARGS... (loadgen on core 1; AUTH=user: insecure ?user= connects; PID -: no gateway)
   local label=$1 pid=$2; shift 2
   echo "== $label" >&2
-  local line load auth=(--jwt-secret "$SECRET")
-  [ "${AUTH:-}" = user ] && auth=()
+  local line load gw=(--pid "$pid" --jwt-secret "$SECRET" --max-time 120s)
+  [ "${AUTH:-}" = user ] && gw=(--pid "$pid" --max-time 120s)
+  [ "$pid" = - ] && gw=()
   load=$(cut -d' ' -f1-3 /proc/loadavg)
-  if line=$(taskset -c 1 "$LG" "$@" --pid "$pid" "${auth[@]}" --label "$label" --max-time 120s); then
+  if line=$(taskset -c 1 "$LG" "$@" "${gw[@]}" --label "$label"); then
     echo "$line" >&2
     results+=("{\"load_before\":\"$load\",${line#\{}")
   else
@@ -82,6 +83,11 @@ for engine in ${ONLY:-memory redis}; do
     stop_gateway "$GW_PID"; port=$(free_port); start_gateway "$engine" "$port" bench insecure; T=127.0.0.1:$port
     AUTH=user run "$engine idle $N_IDLE ?user=" "$GW_PID" idle --target "$T" --connections "$N_IDLE" --hold 3s --source-ips 64
     stop_gateway "$GW_PID"
+  fi
+  # No gateway: the same 50/s fan-out written by a bare loop (its thread on core 0), right
+  # before the gateway's: what the kernel alone costs per delivery on this machine now.
+  if want floor; then
+    run "loopback floor 1x$MEMBERS 50/s, before $engine" - floor --members "$MEMBERS" --rate 50 --duration "$DUR" --writer-cpu 0
   fi
   if want fanout || want churn; then
     port=$(free_port); start_gateway "$engine" "$port"; T=127.0.0.1:$port

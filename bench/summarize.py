@@ -61,6 +61,15 @@ for r in rows:
             f"(load generator {get(r, 'loadgen_cpu_us_per_delivery')}) | | {r['drops']} / {r['send_errors']} "
             f"| {load} |"
         )
+    elif mode == "floor":
+        lat, span = r["latency_ms"], r["fanout_ms"]
+        lines.append(
+            f"| {label} | {r['written_per_s']} written/s, no gateway "
+            f"| {lat['p50']} / {lat['p99']} / {lat['max']} (writing all {r['members']}: "
+            f"{span['p50']} / {span['p99']}) "
+            f"| {get(r, 'writer_cpu_us_per_delivery')} µs/delivery (the writer thread) "
+            f"| | {r['drops']} / {r['write_errors']} | {load} |"
+        )
     elif mode == "churn":
         lines.append(
             f"| {label} | {r['cycles_per_s']} cycles/s | | {get(r, 'gateway_cpu_us_per_cycle')} µs/cycle "
@@ -105,8 +114,15 @@ for engine in ("memory", "redis"):
     TARGETS += [
         (f"server CPU µs/delivery at 50 msgs/s × members, {engine}", rf"^{engine} fanout 1x\d+ 50/s$",
          lambda r: r.get("gateway_cpu_us_per_delivery"), "≤ 5", lambda v, p: v <= 5),
+        (f"the same written by a bare loop, no gateway (loopback floor, run just before), {engine}",
+         rf"^loopback floor 1x\d+ 50/s, before {engine}$",
+         lambda r: r.get("writer_cpu_us_per_delivery"), "context", None),
         (f"p99 latency at 50 msgs/s × members (ms), {engine}", rf"^{engine} fanout 1x\d+ 50/s$",
          lambda r: get(r, "latency_ms", "p99") or None, "≤ 6", lambda v, p: v <= 6),
+        (f"the bare loop's p99 (ms), and (p50) its time to write to every member, {engine}",
+         rf"^loopback floor 1x\d+ 50/s, before {engine}$",
+         lambda r: (f"{get(r, 'latency_ms', 'p99')} ({get(r, 'fanout_ms', 'p50')})"
+                    if r.get("latency_ms") else None), "context", None),
         (f"server CPU µs/delivery at 200 msgs/s × members, {engine}", rf"^{engine} fanout 1x\d+ 200/s$",
          lambda r: r.get("gateway_cpu_us_per_delivery"), "≤ 2.5", lambda v, p: v <= 2.5),
         (f"saturation deliveries/s, {engine}", rf"^{engine} fanout 1x\d+ max$",
@@ -140,7 +156,7 @@ for name, pattern, value, target, met in TARGETS:
     row, old = find(rows, pattern), find(previous, pattern)
     v = value(row) if row else None
     p = value(old) if old else None
-    ok = "" if v is None else ("yes" if met(v, p) else "**no**")
+    ok = "" if v is None or met is None else ("yes" if met(v, p) else "**no**")
     show = lambda x: "not measured" if x is None else x
     lines.append(f"| {name} | {target} | {show(v)} | {show(p)} | {ok} |")
 

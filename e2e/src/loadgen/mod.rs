@@ -1,9 +1,11 @@
 //! `chat-loadgen`: load against one gateway on loopback, with numbers a human and a
 //! machine can read. Modes: `idle` (hold N connections), `fanout` (rooms x members with
 //! publishers), `churn` (connect/join/leave/close at a rate), `storm` (N members join one
-//! room at once; presence frames counted).
+//! room at once; presence frames counted), `floor` (no gateway: what the kernel alone costs
+//! a fan-out here).
 
 pub mod conn;
+pub mod floor;
 pub mod idle;
 pub mod stats;
 pub mod storm;
@@ -101,6 +103,12 @@ pub enum Mode {
         #[arg(long, default_value = "storm")]
         room: String,
     },
+    /// No gateway: one thread writes a `msg` frame to N loopback sockets in turn at a
+    /// rate; its CPU per delivery is the kernel's floor under the `fanout` figures.
+    Floor {
+        #[command(flatten)]
+        shape: floor::FloorShape,
+    },
 }
 
 pub(crate) fn humantime_parse(s: &str) -> Result<Duration, String> {
@@ -189,6 +197,16 @@ pub async fn run(cli: Cli) -> Result<serde_json::Value, String> {
                 ));
             }
             storm::storm(&common, members, concurrency, &room).await
+        }
+        Mode::Floor { shape } => {
+            // Both ends of every socket are in this process.
+            if 2 * shape.members as u64 + 64 > limit {
+                return Err(format!(
+                    "{} sockets do not fit under the open-file limit {limit}",
+                    2 * shape.members
+                ));
+            }
+            floor::floor(shape).await
         }
     }
 }

@@ -1,0 +1,377 @@
+//! `floor`: what the kernel alone costs a fan-out on this machine, for reading the
+//! gateway's fan-out figures beside it. No gateway: one writer thread (pinned where the
+//! gateway would run) writes the frame a gateway would send, a `msg` of the same size
+//! made by the gateway's own `protocol`, to N loopback sockets in turn, one `write` each,
+//! at the fan-out run's rate; this process reads them as `fanout` reads its members (one
+//! WebSocket stream per socket on this thread). The writer's CPU per delivery is the floor
+//! for any server that writes each delivery with one syscall: on loopback it includes the
+//! receiving side's TCP work and the reader's wake-up, as the gateway's figure does.
+
+use super::stats::Latencies;
+use chat_gateway::engine::{new_epoch, now_ms};
+use chat_gateway::protocol::push::{msg_frame, MsgContent};
+use futures_util::StreamExt;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// Shape of a floor run.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FloorShape {
+    /// Sockets written to (the room's members).
+    #[arg(long, default_value_t = 100)]
+    pub members: usize,
+    /// Messages per second (each written to every socket).
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+    /// Body size in bytes (approximate), as `fanout --body`.
+    #[arg(long, default_value_t = 100)]
+    pub body: usize,
+    /// Measured duration (after a second of warm-up).
+    #[arg(long, default_value = "10s", value_parser = super::humantime_parse)]
+    pub duration: Duration,
+    /// The core the writer thread runs on (where `make bench` pins the gateway).
+    #[arg(long, default_value_t = 0)]
+    pub writer_cpu: usize,
+    /// Label for the summary line.
+    #[arg(long, default_value = "")]
+    pub label: String,
+}
+
+/// What the writer measured over the measured messages.
+struct Written {
+    cpu: Duration,
+    /// Per measured message: from its first write to its last (ns).
+    spans: Vec<u64>,
+    writes: u64,
+    errors: u64,
+    pinned: bool,
+    /// The last frame's size on the wire.
+    frame_bytes: usize,
+}
+
+/// The measured messages: `first..end` by seq (the ones before warm the sockets up).
+#[derive(Clone, Copy)]
+struct Window {
+    first: u64,
+    end: u64,
+}
+
+impl Window {
+    fn holds(&self, seq: u64) -> bool {
+        (self.first..self.end).contains(&seq)
+    }
+}
+
+/// `floor`: see the module.
+pub async fn floor(shape: FloorShape) -> Result<serde_json::Value, String> {
+    if !(shape.rate > 0.0 && shape.rate.is_finite()) {
+        return Err("floor needs --rate above 0 (messages per second)".into());
+    }
+    if shape.members == 0 {
+        return Err("floor needs at least one member".into());
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| format!("bind: {e}"))?;
+    let (readers, writers) = pairs(&listener, addr, shape.members).await?;
+    let warm = shape.rate.ceil() as u64;
+    let window = Window {
+        first: warm,
+        end: warm + (shape.rate * shape.duration.as_secs_f64()).round() as u64,
+    };
+    let epoch = Instant::now();
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut tasks = Vec::with_capacity(readers.len());
+    for ws in readers {
+        tasks.push(tokio::spawn(read(
+            ws,
+            epoch,
+            window,
+            received.clone(),
+            stop.clone(),
+        )));
+    }
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let s = shape.clone();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(write(writers, &s, epoch, window));
+    });
+    let written = done_rx
+        .await
+        .map_err(|_| "the writer thread panicked".to_string())?;
+    // What is in flight arrives within milliseconds; the readers stop after.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.map_err(|e| format!("reader: {e}"))?);
+    }
+    let delivered = received.load(Ordering::Relaxed);
+    let expected = (window.end - window.first) * shape.members as u64;
+    let secs = shape.duration.as_secs_f64();
+    let per = |n: u64| {
+        if n == 0 {
+            None
+        } else {
+            Some((written.cpu.as_secs_f64() * 1e6 / n as f64 * 100.0).round() / 100.0)
+        }
+    };
+    Ok(serde_json::json!({
+        "mode": "floor",
+        "label": shape.label,
+        "members": shape.members,
+        "target_rate": shape.rate,
+        "frame_bytes": written.frame_bytes,
+        "written_per_s": (written.writes as f64 / secs).round(),
+        "delivered": delivered,
+        "drops": expected.saturating_sub(delivered),
+        "write_errors": written.errors,
+        "writer_cpu": shape.writer_cpu,
+        "writer_pinned": written.pinned,
+        "writer_cpu_us_per_delivery": per(written.writes),
+        "latency_ms": Latencies::new(lat).json(),
+        "fanout_ms": Latencies::new(written.spans).json(),
+    }))
+}
+
+/// N connected pairs: this thread's WebSocket readers, the writer's plain sockets.
+async fn pairs(
+    listener: &TcpListener,
+    addr: SocketAddr,
+    n: usize,
+) -> Result<(Vec<WebSocketStream<tokio::net::TcpStream>>, Vec<TcpStream>), String> {
+    let mut readers = Vec::with_capacity(n);
+    let mut writers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let client = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        // The connect is complete: the accept finds it queued and does not block.
+        let (server, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+        // As the gateway sets its sockets.
+        server
+            .set_nodelay(true)
+            .map_err(|e| format!("nodelay: {e}"))?;
+        readers.push(WebSocketStream::from_raw_socket(client, Role::Client, None).await);
+        writers.push(server);
+    }
+    Ok((readers, writers))
+}
+
+/// One member: the latencies of the measured messages it read.
+async fn read(
+    mut ws: WebSocketStream<tokio::net::TcpStream>,
+    epoch: Instant,
+    window: Window,
+    received: Arc<AtomicU64>,
+    stop: tokio_util::sync::CancellationToken,
+) -> Vec<u64> {
+    let mut lat = Vec::new();
+    loop {
+        let m = tokio::select! {
+            _ = stop.cancelled() => break,
+            m = ws.next() => m,
+        };
+        let Some(Ok(Message::Text(t))) = m else {
+            if matches!(m, None | Some(Err(_))) {
+                break;
+            }
+            continue;
+        };
+        let (Some(seq), Some(sent)) = (number_after(&t, "\"seq\":"), number_after(&t, "{\"t\":"))
+        else {
+            continue;
+        };
+        if window.holds(seq) {
+            received.fetch_add(1, Ordering::Relaxed);
+            let now = epoch.elapsed().as_nanos() as u64;
+            lat.push(now.saturating_sub(sent));
+        }
+    }
+    lat
+}
+
+/// The writer thread: every `1/rate` seconds, one frame made once and written to every
+/// socket. Its CPU is counted over the measured messages only (not while it sleeps).
+fn write(mut sockets: Vec<TcpStream>, s: &FloorShape, epoch: Instant, window: Window) -> Written {
+    let pinned = pin_to(s.writer_cpu);
+    let gap = Duration::from_secs_f64(1.0 / s.rate);
+    let start = Instant::now();
+    let mut open: Vec<bool> = vec![true; sockets.len()];
+    let mut cpu_from = Duration::ZERO;
+    let mut written = Written {
+        cpu: Duration::ZERO,
+        spans: Vec::with_capacity((window.end - window.first) as usize),
+        writes: 0,
+        errors: 0,
+        pinned,
+        frame_bytes: 0,
+    };
+    for seq in 0..window.end {
+        // Messages behind their time go at once, as the fan-out run's publisher sends them.
+        let due = start + gap.mul_f64(seq as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        if seq == window.first {
+            cpu_from = thread_cpu();
+        }
+        let begun = Instant::now();
+        let bytes = frame(seq, epoch.elapsed().as_nanos() as u64, s.body);
+        written.frame_bytes = bytes.len();
+        for (socket, ok) in sockets.iter_mut().zip(open.iter_mut()) {
+            if !*ok {
+                continue;
+            }
+            match socket.write_all(&bytes) {
+                Ok(()) if window.holds(seq) => written.writes += 1,
+                Ok(()) => {}
+                Err(_) => {
+                    *ok = false;
+                    written.errors += 1;
+                }
+            }
+        }
+        if window.holds(seq) {
+            written.spans.push(begun.elapsed().as_nanos() as u64);
+        }
+    }
+    written.cpu = thread_cpu().saturating_sub(cpu_from);
+    written
+}
+
+/// A server's `msg` frame for message `seq` sent at `t` (ns since the run's epoch), as
+/// one unmasked WebSocket text frame.
+fn frame(seq: u64, t: u64, body: usize) -> Vec<u8> {
+    let pad = "x".repeat(body.saturating_sub(30));
+    let body_json = format!(r#"{{"t":{t},"p":"{pad}"}}"#);
+    let text = match serde_json::value::RawValue::from_string(body_json) {
+        Ok(raw) => msg_frame(
+            MsgContent {
+                room: "fan0",
+                msg_id: "0123456789abcdef01234567",
+                from: "pub0",
+                body: &raw,
+                traceparent: None,
+            },
+            seq,
+            &new_epoch(),
+            now_ms(),
+        ),
+        // The body is made above and always valid JSON.
+        Err(_) => String::new(),
+    };
+    let mut out = Vec::with_capacity(text.len() + 10);
+    out.push(0x81); // FIN, text
+    match text.len() {
+        n @ 0..=125 => out.push(n as u8),
+        n @ 126..=65535 => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(text.as_bytes());
+    out
+}
+
+/// The unsigned integer right after `key` in `text`.
+fn number_after(text: &str, key: &str) -> Option<u64> {
+    let rest = &text[text.find(key)? + key.len()..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// This thread's CPU time so far.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write into.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Moves this thread to `cpu`; false when it cannot (no such core).
+fn pin_to(cpu: usize) -> bool {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return false;
+    }
+    // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET stays within it (checked
+    // above); sched_setaffinity reads size_of::<cpu_set_t>() bytes of it, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_is_one_unmasked_text_frame_of_a_msg_the_reader_can_time() {
+        let f = frame(7, 123_456, 100);
+        assert_eq!(f[0], 0x81);
+        let (len, text) = match f[1] {
+            126 => (u16::from_be_bytes([f[2], f[3]]) as usize, &f[4..]),
+            n => (n as usize, &f[2..]),
+        };
+        assert_eq!(len, text.len());
+        let text = std::str::from_utf8(text).expect("utf-8");
+        let v: serde_json::Value = serde_json::from_str(text).expect("json");
+        assert_eq!(v["type"], "msg");
+        assert_eq!(number_after(text, "\"seq\":"), Some(7));
+        assert_eq!(number_after(text, "{\"t\":"), Some(123_456));
+        assert!(number_after(text, "\"nope\":").is_none());
+    }
+
+    #[tokio::test]
+    async fn every_member_reads_every_measured_message_once() {
+        let out = floor(FloorShape {
+            members: 5,
+            rate: 200.0,
+            body: 100,
+            duration: Duration::from_millis(100),
+            writer_cpu: 0,
+            label: String::new(),
+        })
+        .await
+        .expect("floor");
+        // 200/s for 0.1 s: 20 measured messages to each of 5 members.
+        assert_eq!(out["delivered"], 100);
+        assert_eq!(out["drops"], 0);
+        assert_eq!(out["write_errors"], 0);
+        assert_eq!(out["written_per_s"], 1000.0);
+        assert!(out["writer_cpu_us_per_delivery"].as_f64().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_rate_of_zero_is_refused() {
+        let shape = FloorShape {
+            members: 1,
+            rate: 0.0,
+            body: 100,
+            duration: Duration::from_millis(10),
+            writer_cpu: 0,
+            label: String::new(),
+        };
+        let err = floor(shape).await.expect_err("refused");
+        assert!(err.contains("--rate"), "{err}");
+    }
+}
