@@ -22,6 +22,13 @@ type Ws = WebSocketStream<TcpStream>;
 /// frame a 16 KiB memset.
 const READ_BUFFER: usize = 4 * 1024;
 
+/// A member's WebSocket settings (`floor` reads with the same).
+pub(super) fn member_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+}
+
 /// Opens connection number `i` as `user` from a spread source address; returns the
 /// socket after `welcome`.
 pub(super) async fn open(c: &Common, i: usize, user: &str) -> Result<Ws, String> {
@@ -58,10 +65,7 @@ pub(super) async fn open(c: &Common, i: usize, user: &str) -> Result<Ws, String>
         .jwt_secret
         .as_ref()
         .map(|secret| crate::jwt::hs256(secret, user, 3600));
-    let cfg = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0);
-    let mut ws = upgrade(stream, c.target, &path, token.as_deref(), cfg).await?;
+    let mut ws = upgrade(stream, c.target, &path, token.as_deref(), member_config()).await?;
     match ws.next().await {
         Some(Ok(Message::Text(t))) if t.contains("\"welcome\"") => Ok(ws),
         other => Err(format!("expected welcome, got {other:?}")),

@@ -46,6 +46,8 @@ pub struct FloorShape {
 /// What the writer measured over the measured messages.
 struct Written {
     cpu: Duration,
+    /// The thread's CPU over the whole run, warm-up included.
+    cpu_all: Duration,
     /// Per measured message: from its first write to its last (ns).
     spans: Vec<u64>,
     writes: u64,
@@ -97,6 +99,8 @@ pub async fn floor(shape: FloorShape) -> Result<serde_json::Value, String> {
             stop.clone(),
         )));
     }
+    let own = || crate::procstat::usage(std::process::id()).ok();
+    let own_from = own();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let s = shape.clone();
     std::thread::spawn(move || {
@@ -107,6 +111,7 @@ pub async fn floor(shape: FloorShape) -> Result<serde_json::Value, String> {
         .map_err(|_| "the writer thread panicked".to_string())?;
     // What is in flight arrives within milliseconds; the readers stop after.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let own_to = own();
     stop.cancel();
     let mut lat = Vec::new();
     for t in tasks {
@@ -135,9 +140,24 @@ pub async fn floor(shape: FloorShape) -> Result<serde_json::Value, String> {
         "writer_cpu": shape.writer_cpu,
         "writer_pinned": written.pinned,
         "writer_cpu_us_per_delivery": per(written.writes),
+        // This process's CPU but the writer's, over every message (warm-up included): the
+        // readers' pace, which bounds the latency when the writer is the faster.
+        "reader_cpu_us_per_delivery": reader_cpu(own_from, own_to, written.cpu_all, window.end * shape.members as u64),
         "latency_ms": Latencies::new(lat).json(),
         "fanout_ms": Latencies::new(written.spans).json(),
     }))
+}
+
+/// CPU µs per delivery of this process but the writer thread, to a tenth.
+fn reader_cpu(
+    from: Option<crate::procstat::Usage>,
+    to: Option<crate::procstat::Usage>,
+    writer: Duration,
+    n: u64,
+) -> Option<f64> {
+    let (from, to) = (from?, to?);
+    let readers = (to.cpu_secs - from.cpu_secs - writer.as_secs_f64()).max(0.0);
+    (n > 0).then(|| (readers * 1e6 / n as f64 * 10.0).round() / 10.0)
 }
 
 /// N connected pairs: this thread's WebSocket readers, the writer's plain sockets.
@@ -154,11 +174,13 @@ async fn pairs(
             .map_err(|e| format!("connect: {e}"))?;
         // The connect is complete: the accept finds it queued and does not block.
         let (server, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
-        // As the gateway sets its sockets.
+        // Both ends as the gateway and the fan-out run's members set theirs.
         server
             .set_nodelay(true)
             .map_err(|e| format!("nodelay: {e}"))?;
-        readers.push(WebSocketStream::from_raw_socket(client, Role::Client, None).await);
+        let _ = client.set_nodelay(true);
+        let config = Some(super::conn::member_config());
+        readers.push(WebSocketStream::from_raw_socket(client, Role::Client, config).await);
         writers.push(server);
     }
     Ok((readers, writers))
@@ -205,8 +227,10 @@ fn write(mut sockets: Vec<TcpStream>, s: &FloorShape, epoch: Instant, window: Wi
     let start = Instant::now();
     let mut open: Vec<bool> = vec![true; sockets.len()];
     let mut cpu_from = Duration::ZERO;
+    let cpu_start = thread_cpu();
     let mut written = Written {
         cpu: Duration::ZERO,
+        cpu_all: Duration::ZERO,
         spans: Vec::with_capacity((window.end - window.first) as usize),
         writes: 0,
         errors: 0,
@@ -242,7 +266,9 @@ fn write(mut sockets: Vec<TcpStream>, s: &FloorShape, epoch: Instant, window: Wi
             written.spans.push(begun.elapsed().as_nanos() as u64);
         }
     }
-    written.cpu = thread_cpu().saturating_sub(cpu_from);
+    let cpu_end = thread_cpu();
+    written.cpu = cpu_end.saturating_sub(cpu_from);
+    written.cpu_all = cpu_end.saturating_sub(cpu_start);
     written
 }
 
