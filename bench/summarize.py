@@ -67,7 +67,8 @@ for r in rows:
             f"| {label} | {r['written_per_s']} written/s, no gateway "
             f"| {lat['p50']} / {lat['p99']} / {lat['max']} (writing all {r['members']}: "
             f"{span['p50']} / {span['p99']}) "
-            f"| {get(r, 'writer_cpu_us_per_delivery')} µs/delivery (the writer thread) "
+            f"| {get(r, 'writer_cpu_us_per_delivery')} µs/delivery (the writer thread; "
+            f"its readers {get(r, 'reader_cpu_us_per_delivery')}) "
             f"| | {r['drops']} / {r['write_errors']} | {load} |"
         )
     elif mode == "churn":
