@@ -74,7 +74,26 @@ run() { # run LABEL PID ARGS... (loadgen on core 1; AUTH=user: insecure ?user= c
 if [ -n "$QUICK" ]; then N_IDLE=500; MEMBERS=100; DUR=2s; CHURN=200; STORM=100; else N_IDLE=15000; MEMBERS=1000; DUR=10s; CHURN=10000; STORM=1000; fi
 want() { [ -z "$RUNS" ] || [[ " $RUNS " == *" $1 "* ]]; }
 
+# start_stub PORT -> pid in $STUB_PID: a bare WebSocket endpoint on core 0 (chat-loadgen stub)
+start_stub() {
+  taskset -c 0 "$LG" stub --listen "127.0.0.1:$1" >"$TMP/stub-$1.out" 2>&1 &
+  STUB_PID=$!
+  pids+=("$STUB_PID")
+  for _ in $(seq 1 100); do
+    [ -s "$TMP/stub-$1.out" ] && return 0
+    sleep 0.1
+  done
+  echo "stub on $1 did not start" >&2; cat "$TMP/stub-$1.out" >&2; return 1
+}
+
 for engine in ${ONLY:-memory redis}; do
+  # No gateway: the ?user= connects against a bare endpoint, right before the gateway's:
+  # how many connects per second this load generator reaches here with nothing behind them.
+  if want floor; then
+    port=$(free_port); start_stub "$port"
+    AUTH=user run "connect floor $N_IDLE ?user=, before $engine" "$STUB_PID" idle --target "127.0.0.1:$port" --connections "$N_IDLE" --hold 1s --source-ips 64
+    stop_gateway "$STUB_PID"
+  fi
   if want idle; then
     port=$(free_port)
     start_gateway "$engine" "$port"

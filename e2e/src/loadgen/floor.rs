@@ -293,6 +293,11 @@ fn frame(seq: u64, t: u64, body: usize) -> Vec<u8> {
         // The body is made above and always valid JSON.
         Err(_) => String::new(),
     };
+    text_frame(&text)
+}
+
+/// `text` as one unmasked WebSocket text frame (what a server sends).
+pub(super) fn text_frame(text: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(text.len() + 10);
     out.push(0x81); // FIN, text
     match text.len() {

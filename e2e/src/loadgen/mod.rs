@@ -2,13 +2,14 @@
 //! machine can read. Modes: `idle` (hold N connections), `fanout` (rooms x members with
 //! publishers), `churn` (connect/join/leave/close at a rate), `storm` (N members join one
 //! room at once; presence frames counted), `floor` (no gateway: what the kernel alone costs
-//! a fan-out here).
+//! a fan-out here), `stub` (a bare WebSocket endpoint: the connect floor).
 
 pub mod conn;
 pub mod floor;
 pub mod idle;
 pub mod stats;
 pub mod storm;
+pub mod stub;
 mod upgrade;
 
 use crate::procstat;
@@ -109,6 +110,13 @@ pub enum Mode {
         #[command(flatten)]
         shape: floor::FloorShape,
     },
+    /// Serve as a bare WebSocket endpoint (a `101` and a `welcome`, nothing more) until
+    /// killed: `idle` against it measures connects with no gateway behind them.
+    Stub {
+        /// Where to listen (loopback only; port 0 picks one, printed first).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
 }
 
 pub(crate) fn humantime_parse(s: &str) -> Result<Duration, String> {
@@ -208,6 +216,7 @@ pub async fn run(cli: Cli) -> Result<serde_json::Value, String> {
             }
             floor::floor(shape).await
         }
+        Mode::Stub { listen } => stub::stub(listen).await,
     }
 }
 
