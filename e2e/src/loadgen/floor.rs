@@ -7,7 +7,7 @@
 //! for any server that writes each delivery with one syscall: on loopback it includes the
 //! receiving side's TCP work and the reader's wake-up, as the gateway's figure does.
 
-use super::stats::Latencies;
+use super::stats::{cpu_us_per, Latencies};
 use chat_gateway::engine::{new_epoch, now_ms};
 use chat_gateway::protocol::push::{msg_frame, MsgContent};
 use futures_util::StreamExt;
@@ -155,9 +155,11 @@ fn reader_cpu(
     writer: Duration,
     n: u64,
 ) -> Option<f64> {
-    let (from, to) = (from?, to?);
-    let readers = (to.cpu_secs - from.cpu_secs - writer.as_secs_f64()).max(0.0);
-    (n > 0).then(|| (readers * 1e6 / n as f64 * 10.0).round() / 10.0)
+    let to = to.map(|u| crate::procstat::Usage {
+        cpu_secs: u.cpu_secs - writer.as_secs_f64(),
+        ..u
+    });
+    cpu_us_per(from, to, n).map(|us| us.max(0.0))
 }
 
 /// N connected pairs: this thread's WebSocket readers, the writer's plain sockets.
@@ -168,6 +170,7 @@ async fn pairs(
 ) -> Result<(Vec<WebSocketStream<tokio::net::TcpStream>>, Vec<TcpStream>), String> {
     let mut readers = Vec::with_capacity(n);
     let mut writers = Vec::with_capacity(n);
+    let config = super::conn::member_config();
     for _ in 0..n {
         let client = tokio::net::TcpStream::connect(addr)
             .await
@@ -179,8 +182,7 @@ async fn pairs(
             .set_nodelay(true)
             .map_err(|e| format!("nodelay: {e}"))?;
         let _ = client.set_nodelay(true);
-        let config = Some(super::conn::member_config());
-        readers.push(WebSocketStream::from_raw_socket(client, Role::Client, config).await);
+        readers.push(WebSocketStream::from_raw_socket(client, Role::Client, Some(config)).await);
         writers.push(server);
     }
     Ok((readers, writers))
@@ -225,7 +227,9 @@ fn write(mut sockets: Vec<TcpStream>, s: &FloorShape, epoch: Instant, window: Wi
     let pinned = pin_to(s.writer_cpu);
     let gap = Duration::from_secs_f64(1.0 / s.rate);
     let start = Instant::now();
-    let mut open: Vec<bool> = vec![true; sockets.len()];
+    // One room's: its epoch and a body of the run's size, as the publisher pads it.
+    let room_epoch = new_epoch();
+    let pad = pad(s.body);
     let mut cpu_from = Duration::ZERO;
     let cpu_start = thread_cpu();
     let mut written = Written {
@@ -247,21 +251,19 @@ fn write(mut sockets: Vec<TcpStream>, s: &FloorShape, epoch: Instant, window: Wi
             cpu_from = thread_cpu();
         }
         let begun = Instant::now();
-        let bytes = frame(seq, epoch.elapsed().as_nanos() as u64, s.body);
+        let bytes = frame(seq, epoch.elapsed().as_nanos() as u64, &pad, &room_epoch);
         written.frame_bytes = bytes.len();
-        for (socket, ok) in sockets.iter_mut().zip(open.iter_mut()) {
-            if !*ok {
-                continue;
+        // A socket that fails a write is dropped from the run.
+        sockets.retain_mut(|socket| match socket.write_all(&bytes) {
+            Ok(()) => {
+                written.writes += u64::from(window.holds(seq));
+                true
             }
-            match socket.write_all(&bytes) {
-                Ok(()) if window.holds(seq) => written.writes += 1,
-                Ok(()) => {}
-                Err(_) => {
-                    *ok = false;
-                    written.errors += 1;
-                }
+            Err(_) => {
+                written.errors += 1;
+                false
             }
-        }
+        });
         if window.holds(seq) {
             written.spans.push(begun.elapsed().as_nanos() as u64);
         }
@@ -272,10 +274,14 @@ fn write(mut sockets: Vec<TcpStream>, s: &FloorShape, epoch: Instant, window: Wi
     written
 }
 
-/// A server's `msg` frame for message `seq` sent at `t` (ns since the run's epoch), as
-/// one unmasked WebSocket text frame.
-fn frame(seq: u64, t: u64, body: usize) -> Vec<u8> {
-    let pad = "x".repeat(body.saturating_sub(30));
+/// The padding that makes a body about `body` bytes, as `fanout`'s publisher makes it.
+fn pad(body: usize) -> String {
+    "x".repeat(body.saturating_sub(30))
+}
+
+/// A server's `msg` frame for message `seq` of a room in `epoch`, sent at `t` (ns since
+/// the run's start), as one unmasked WebSocket text frame.
+fn frame(seq: u64, t: u64, pad: &str, epoch: &str) -> Vec<u8> {
     let body_json = format!(r#"{{"t":{t},"p":"{pad}"}}"#);
     let text = match serde_json::value::RawValue::from_string(body_json) {
         Ok(raw) => msg_frame(
@@ -287,7 +293,7 @@ fn frame(seq: u64, t: u64, body: usize) -> Vec<u8> {
                 traceparent: None,
             },
             seq,
-            &new_epoch(),
+            epoch,
             now_ms(),
         ),
         // The body is made above and always valid JSON.
@@ -357,7 +363,7 @@ mod tests {
 
     #[test]
     fn a_frame_is_one_unmasked_text_frame_of_a_msg_the_reader_can_time() {
-        let f = frame(7, 123_456, 100);
+        let f = frame(7, 123_456, &pad(100), &new_epoch());
         assert_eq!(f[0], 0x81);
         let (len, text) = match f[1] {
             126 => (u16::from_be_bytes([f[2], f[3]]) as usize, &f[4..]),

@@ -9,7 +9,7 @@ use chat_gateway::config::DEFAULT_LISTEN_BACKLOG;
 use chat_gateway::protocol::push::Welcome;
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// The most an upgrade request may take (the gateway's limit on request heads is larger;
@@ -24,6 +24,12 @@ pub async fn stub(listen: SocketAddr) -> Result<serde_json::Value, String> {
         .map_err(|e| format!("bind {listen}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     println!("{}", serde_json::json!({ "mode": "stub", "listen": bound }));
+    serve_all(listener).await;
+    Err("the listener stopped".into())
+}
+
+/// Accepts connections for ever, each served in a task of its own.
+async fn serve_all(listener: TcpListener) {
     let welcome = welcome_frame();
     loop {
         match listener.accept().await {
@@ -33,9 +39,9 @@ pub async fn stub(listen: SocketAddr) -> Result<serde_json::Value, String> {
                     let _ = serve(stream, &welcome).await;
                 });
             }
-            // Out of files, or a connection reset before it was taken: go on, as the
-            // gateway does.
-            Err(_) => tokio::task::yield_now().await,
+            // Out of files, or a connection reset before it was taken: back off and go
+            // on, as the gateway does (yielding alone would spin while out of files).
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
         }
     }
 }
@@ -123,16 +129,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_run_connects_to_the_stub_and_reads_its_welcome() {
-        let listener =
-            chat_gateway::server::bind("127.0.0.1:0".parse().expect("addr"), 128).expect("bind");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let target = listener.local_addr().expect("addr");
-        let welcome = welcome_frame();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
-                let w = welcome.clone();
-                tokio::spawn(async move { serve(s, &w).await });
-            }
-        });
+        tokio::spawn(serve_all(listener));
         let common = Common {
             target,
             pid: None,
@@ -151,15 +150,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_without_a_key_is_refused() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            if let Ok((s, _)) = listener.accept().await {
-                let _ = serve(s, b"").await;
-            }
-        });
+        tokio::spawn(serve_all(listener));
         let mut c = TcpStream::connect(addr).await.expect("connect");
         c.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
