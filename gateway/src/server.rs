@@ -22,6 +22,10 @@ use tokio_tungstenite::WebSocketStream;
 /// Binds the public port with a listen queue of `backlog` connections (tokio's own `bind`
 /// asks for 128, as std does): a burst of reconnects beyond the queue loses SYNs, which
 /// clients resend only a second later.
+///
+/// `TCP_NODELAY` is set here, once: Linux copies it to every connection the listener
+/// accepts, which saves a `setsockopt` per connect (a syscall is a measurable part of a
+/// connect on a slow VM). Frames must not wait for Nagle behind an unacknowledged one.
 pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
@@ -31,6 +35,7 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     // As std's and tokio's `bind`: a restarted gateway may rebind while old connections
     // of the previous process linger in TIME_WAIT.
     socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(backlog)
 }
@@ -51,7 +56,6 @@ pub async fn run(node: Arc<Node>, listener: TcpListener) {
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
         let node = node.clone();
         tokio::spawn(async move {
             let (io, hold) = HttpIo::new(stream);
@@ -271,6 +275,29 @@ mod tests {
             short < 100,
             "a 16-long queue took {short} connects: backlog not applied"
         );
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_inherit_nodelay_from_the_listener() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr"), 16).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        // The accept loop sets nothing on the accepted socket: this is all it gets.
+        assert!(
+            accepted.nodelay().expect("getsockopt"),
+            "an accepted connection would send small frames behind Nagle's algorithm"
+        );
+        // And an ordinary listener's connections do not have it: the test can fail.
+        let plain = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let _c = tokio::net::TcpStream::connect(plain.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (other, _) = plain.accept().await.expect("accept");
+        assert!(!other.nodelay().expect("getsockopt"));
+        drop(client);
     }
 
     fn config_default_backlog() -> u32 {
