@@ -24,7 +24,7 @@ const PRESENCE_KEY_TTL: Duration = Duration::from_secs(90);
 const REFRESH_PARALLEL: usize = 64;
 
 fn presence_member(user: &str, conn: &str) -> String {
-    format!("{user}\0{conn}")
+    [user, "\0", conn].concat()
 }
 
 /// The sweep script's call for a room, up to its members.
