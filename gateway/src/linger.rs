@@ -8,15 +8,14 @@
 //! One task per node fires the deferred leaves in due order; it holds the linger weakly
 //! and ends with the node.
 
-use crate::engine::Engine;
-use futures_util::future::join_all;
+use crate::engine::{Engine, Leave};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// Leaves fired concurrently at most (a mass close during an outage must not queue them
+/// Leaves fired at once at most (a mass close during an outage must not queue them
 /// behind one another's timeouts).
 const BATCH: usize = 256;
 
@@ -142,13 +141,20 @@ impl Linger {
         out
     }
 
+    /// Fires leaves all at once: the engine may take them in a few round trips (Redis:
+    /// one script call for many), not one each.
     async fn fire(&self, due: Vec<(Arc<str>, Pending)>) {
-        let leaves = due.iter().map(|(room, p)| async move {
-            if let Err(e) = self.engine.presence_leave(room, &p.user, &p.member).await {
-                tracing::warn!(room = %room, error = %e, "presence leave failed");
-            }
-        });
-        join_all(leaves).await;
+        let leaves: Vec<Leave> = due
+            .iter()
+            .map(|(room, p)| Leave {
+                room,
+                user: &p.user,
+                conn: &p.member,
+            })
+            .collect();
+        if let Err(e) = self.engine.presence_leave_all(&leaves).await {
+            tracing::warn!(leaves = leaves.len(), error = %e, "presence leaves failed");
+        }
     }
 
     fn next_due(&self) -> Option<Instant> {

@@ -2,6 +2,7 @@
 
 mod bounded;
 mod head;
+mod presence;
 mod trace;
 
 use super::{Engine, HistoryQuery, Publish, SessionRecord, EMPTY_EPOCH};
@@ -33,6 +34,7 @@ pub async fn run_all(factory: &impl Factory) {
     history_paging(factory).await;
     retention_by_count_and_age(factory).await;
     presence_join_leave(factory).await;
+    presence::many_leaves_at_once_are_each_a_leave(factory).await;
     sessions_take_once_and_expire(factory).await;
     inbox_cursor_only_moves_forward(factory).await;
     concurrent_publishers_keep_seq_order(factory).await;

@@ -289,6 +289,17 @@ pub trait History: Send + Sync {
     async fn history(&self, room: &str, query: HistoryQuery) -> Result<HistoryPage, EngineError>;
 }
 
+/// A connection leaving a room's presence ([`PresenceManager::presence_leave_all`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Leave<'a> {
+    /// The room.
+    pub room: &'a str,
+    /// The connection's user.
+    pub user: &'a str,
+    /// The presence entry the connection's join made.
+    pub conn: &'a str,
+}
+
 /// Who is in a room (centrifuge's PresenceManager).
 #[async_trait]
 pub trait PresenceManager: Send + Sync {
@@ -296,6 +307,19 @@ pub trait PresenceManager: Send + Sync {
     async fn presence_join(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError>;
     /// Removes a connection from a room; announces the user's last one leaving.
     async fn presence_leave(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError>;
+    /// Removes many connections from their rooms, each as [`presence_leave`] would (the
+    /// linger's due leaves): an engine may take them in fewer round trips than one each.
+    /// Returns the first error; the other leaves are done, and a failed one's entry
+    /// expires on its own.
+    ///
+    /// [`presence_leave`]: PresenceManager::presence_leave
+    async fn presence_leave_all(&self, leaves: &[Leave<'_>]) -> Result<(), EngineError> {
+        let each = leaves
+            .iter()
+            .map(|l| self.presence_leave(l.room, l.user, l.conn));
+        let done = futures_util::future::join_all(each).await;
+        done.into_iter().find_map(Result::err).map_or(Ok(()), Err)
+    }
     /// Users present in a room, sorted.
     async fn presence(&self, room: &str) -> Result<Vec<String>, EngineError>;
     /// Whether `user` is present in a room.

@@ -4,7 +4,7 @@
 
 use super::shared::{lock, parse_history, Shared};
 use super::{scripts, RedisEngine};
-use crate::engine::{now_ms, EngineError, HistoryPage, PresenceManager};
+use crate::engine::{now_ms, EngineError, HistoryPage, Leave, PresenceManager};
 use crate::protocol::push::PresencePush;
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -19,6 +19,9 @@ const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
 const PRESENCE_TTL: Duration = Duration::from_secs(30);
 /// A room's presence keys expire this long after the last refresh by any live node.
 const PRESENCE_KEY_TTL: Duration = Duration::from_secs(90);
+/// Leaves one presence leave script takes at most (each is a few commands inside it: a
+/// call stays short, and Redis runs nothing else meanwhile).
+const LEAVES_PER_CALL: usize = 64;
 /// Refresh scripts in flight at once (each room is its own slot in a cluster, so they
 /// cannot share one pipeline; a multiplexed connection pipelines them on the wire).
 const REFRESH_PARALLEL: usize = 64;
@@ -157,34 +160,59 @@ impl PresenceManager for RedisEngine {
     }
 
     async fn presence_leave(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError> {
+        self.presence_leave_all(&[Leave { room, user, conn }]).await
+    }
+
+    async fn presence_leave_all(&self, leaves: &[Leave<'_>]) -> Result<(), EngineError> {
         let s = &self.shared;
-        let ns = s.namespaces.of(room);
-        if !ns.presence {
-            return Ok(());
+        let leaves: Vec<&Leave> = leaves
+            .iter()
+            .filter(|l| s.namespaces.of(l.room).presence)
+            .collect();
+        {
+            let mut local = lock(&s.local_presence);
+            for l in &leaves {
+                local.remove(&(l.room.to_string(), l.user.to_string(), l.conn.to_string()));
+            }
         }
-        let frame = if ns.join_leave_events {
-            PresencePush::change(room, user, false).frame()
+        // One script call takes many leaves; in a cluster a call stays in one slot, so
+        // there each room's leaves go together.
+        let mut groups: Vec<Vec<&Leave>> = Vec::new();
+        if s.keys.cluster {
+            let mut by_room: BTreeMap<&str, Vec<&Leave>> = BTreeMap::new();
+            for l in leaves {
+                by_room.entry(l.room).or_default().push(l);
+            }
+            for group in by_room.into_values() {
+                groups.extend(group.chunks(LEAVES_PER_CALL).map(<[_]>::to_vec));
+            }
         } else {
-            String::new()
-        };
-        let route = s.keys.route(room);
-        lock(&s.local_presence).remove(&(room.to_string(), user.to_string(), conn.to_string()));
-        let mut c = s.conn();
-        let _: i64 = s
-            .run(
-                scripts::PRESENCE_LEAVE
-                    .key(s.keys.presence_conns(room))
-                    .key(s.keys.presence_users(room))
-                    .arg(presence_member(user, conn))
-                    .arg(user)
+            groups.extend(leaves.chunks(LEAVES_PER_CALL).map(<[_]>::to_vec));
+        }
+        let calls = groups.into_iter().map(|group| async move {
+            let mut call = scripts::PRESENCE_LEAVE.prepare_invoke();
+            for l in group {
+                let ns = s.namespaces.of(l.room);
+                let frame = if ns.join_leave_events {
+                    PresencePush::change(l.room, l.user, false).frame()
+                } else {
+                    String::new()
+                };
+                let route = s.keys.route(l.room);
+                call.key(s.keys.presence_conns(l.room))
+                    .key(s.keys.presence_users(l.room))
+                    .arg(presence_member(l.user, l.conn))
+                    .arg(l.user)
                     .arg(&route.channel)
                     .arg(frame)
                     .arg(route.command)
-                    .arg(&route.prefix)
-                    .invoke_async(&mut c),
-            )
-            .await?;
-        Ok(())
+                    .arg(&route.prefix);
+            }
+            let mut c = s.conn();
+            s.run(call.invoke_async::<i64>(&mut c)).await.map(drop)
+        });
+        let done = futures_util::future::join_all(calls).await;
+        done.into_iter().find_map(Result::err).map_or(Ok(()), Err)
     }
 
     async fn active_rooms(&self, limit: usize) -> Result<Vec<(String, usize)>, EngineError> {

@@ -50,8 +50,10 @@ pub static PRESENCE_JOIN: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
-/// Removes a connection from a room's presence; announces the user's last one leaving.
-/// KEYS: pc, pu. ARGV: member, user, channel, leave frame.
+/// Removes connections from rooms' presence; announces each user's last one leaving.
+/// Any number of leaves, in order: KEYS two per leave (pc, pu), ARGV six per leave
+/// (member, user, channel, leave frame or `` for none, publish command, channel prefix).
+/// Keys of several rooms in one call only outside a cluster (one slot per call there).
 pub static PRESENCE_LEAVE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/presence_leave.lua")));
 

@@ -1,0 +1,96 @@
+//! Many leaves at once ([`PresenceManager::presence_leave_all`]): each as one leave would
+//! be, across rooms, beyond what one engine call takes, and with members that are not
+//! there.
+//!
+//! [`PresenceManager::presence_leave_all`]: crate::engine::PresenceManager::presence_leave_all
+
+use super::{config, listen, take, Factory};
+use crate::engine::Leave;
+use crate::hub::Hub;
+use crate::outbound::Outbound;
+use std::sync::Arc;
+
+/// The users a room's presence frames announced leaving, in order.
+fn left(items: &[Outbound]) -> Vec<String> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Outbound::Frame(f) => serde_json::from_str::<serde_json::Value>(f).ok(),
+            _ => None,
+        })
+        .flat_map(|e| e["left"].as_array().cloned().unwrap_or_default())
+        .filter_map(|u| u.as_str().map(str::to_string))
+        .collect()
+}
+
+pub(super) async fn many_leaves_at_once_are_each_a_leave(f: &impl Factory) {
+    let hub = Arc::new(Hub::default());
+    let engine = f.make(hub.clone(), &config()).await;
+    let mut crowd_rx = listen(&hub, &*engine, "crowd", 1).await;
+    let mut side_rx = listen(&hub, &*engine, "side", 2).await;
+    // More users than one call of an engine that batches takes (64 for Redis).
+    let users: Vec<String> = (0..70).map(|i| format!("u{i:02}")).collect();
+    for u in &users {
+        engine.presence_join("crowd", u, "c1").await.expect("join");
+    }
+    engine
+        .presence_join("crowd", "u00", "c2")
+        .await
+        .expect("join");
+    engine
+        .presence_join("side", "carol", "c1")
+        .await
+        .expect("join");
+    let joins = take(&mut crowd_rx, 70).await.len() + take(&mut side_rx, 1).await.len();
+    assert_eq!(joins, 71, "one join announced per user");
+
+    let mut leaves: Vec<Leave> = users
+        .iter()
+        .map(|u| Leave {
+            room: "crowd",
+            user: u,
+            conn: "c1",
+        })
+        .collect();
+    leaves.push(Leave {
+        room: "side",
+        user: "carol",
+        conn: "c1",
+    });
+    // Never joined: nothing to remove, nothing announced, no error.
+    leaves.push(Leave {
+        room: "side",
+        user: "dave",
+        conn: "c9",
+    });
+    engine.presence_leave_all(&leaves).await.expect("leave all");
+
+    assert_eq!(
+        engine.presence("crowd").await.expect("list"),
+        ["u00"],
+        "u00 is still there by its second connection"
+    );
+    assert!(engine.presence("side").await.expect("list").is_empty());
+    let crowd_left = left(&take(&mut crowd_rx, 69).await);
+    let expected: Vec<String> = users[1..].to_vec();
+    assert_eq!(
+        crowd_left, expected,
+        "each last connection's user, in order"
+    );
+    assert_eq!(left(&take(&mut side_rx, 1).await), ["carol"]);
+    // Nothing more (a room's frames come in order): the next frame of each room is the
+    // next change, not an announcement of u00's first connection or of dave.
+    engine
+        .presence_leave("crowd", "u00", "c2")
+        .await
+        .expect("leave");
+    assert_eq!(left(&take(&mut crowd_rx, 1).await), ["u00"]);
+    engine
+        .presence_join("side", "erin", "c1")
+        .await
+        .expect("join");
+    let next = take(&mut side_rx, 1).await;
+    assert!(left(&next).is_empty(), "no leave after carol's");
+    assert_eq!(next.len(), 1, "erin's join");
+    assert!(engine.presence_leave_all(&[]).await.is_ok());
+}
