@@ -71,7 +71,9 @@ run() { # run LABEL PID ARGS... (loadgen on core 1; AUTH=user: insecure ?user= c
   fi
 }
 
-if [ -n "$QUICK" ]; then N_IDLE=500; MEMBERS=100; DUR=2s; CHURN=200; STORM=100; else N_IDLE=15000; MEMBERS=1000; DUR=10s; CHURN=10000; STORM=1000; fi
+# The churn is offered more cycles than its target (10,000/s): offered exactly the target,
+# no gateway could show it, since the cycles still in flight at the end count against it.
+if [ -n "$QUICK" ]; then N_IDLE=500; MEMBERS=100; DUR=2s; CHURN=200; STORM=100; else N_IDLE=15000; MEMBERS=1000; DUR=10s; CHURN=12000; STORM=1000; fi
 want() { [ -z "$RUNS" ] || [[ " $RUNS " == *" $1 "* ]]; }
 
 # start_stub PORT -> pid in $STUB_PID: a bare WebSocket endpoint on core 0 (chat-loadgen stub)
