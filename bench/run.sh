@@ -27,6 +27,7 @@ trap cleanup EXIT
 REDIS_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$TMP/redis.log" 2>&1 &
 pids+=($!)
+REDIS_PID=$!
 
 # start_gateway ENGINE PORT [NODE] [AUTH_MODE] -> pid in $GW_PID
 start_gateway() {
@@ -50,6 +51,12 @@ stop_gateway() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 results=()
 # Redis commands executed so far (INFO commandstats), for commands per message.
+# redis-server's user+system CPU so far, in microseconds (it shares core 1 with the load
+# generator: the kernel places it, nothing pins it).
+redis_cpu_us() {
+  awk -v tck="$(getconf CLK_TCK)" '{ printf "%d\n", ($14 + $15) * 1000000 / tck }' "/proc/$REDIS_PID/stat"
+}
+
 redis_calls() {
   redis-cli -p "$REDIS_PORT" INFO commandstats |
     python3 -c 'import re,sys; print(sum(int(m) for m in re.findall(r"calls=(\d+)", sys.stdin.read())))'
@@ -118,13 +125,13 @@ for engine in ${ONLY:-memory redis}; do
       run "$engine fanout 1x$MEMBERS max" "$GW_PID" fanout --target "$T" --members "$MEMBERS" --window 8 --duration "$DUR"
     fi
     if want churn; then
-      before=$(redis_calls)
+      before=$(redis_calls) cpu_before=$(redis_cpu_us)
       run "$engine churn $CHURN/s" "$GW_PID" churn --target "$T" --rate "$CHURN" --concurrency 512 --duration "$DUR"
       # Redis' own count of commands during the run (those a script runs included): per
-      # cycle, what the churn costs Redis whatever the machine's speed.
+      # cycle, what the churn costs Redis whatever the machine's speed; and its CPU.
       if [ "$engine" = redis ]; then
         last=${results[-1]}
-        results[-1]="{\"redis_commands\":$(( $(redis_calls) - before )),${last#\{}"
+        results[-1]="{\"redis_commands\":$(( $(redis_calls) - before )),\"redis_cpu_us\":$(( $(redis_cpu_us) - cpu_before )),${last#\{}"
       fi
     fi
     stop_gateway "$GW_PID"

@@ -27,6 +27,20 @@ def get(row, *keys):
     return "" if row is None else row
 
 
+def redis_cpu_per_cycle(r):
+    us, cycles = r.get("redis_cpu_us"), r.get("cycles")
+    return round(us / cycles, 1) if us is not None and cycles else None
+
+
+def core1_per_cycle(r):
+    """The load generator's and redis-server's CPU per cycle: both share core 1."""
+    own, redis = r.get("loadgen_cpu_us_per_cycle"), redis_cpu_per_cycle(r)
+    if own is None or redis is None:
+        return None
+    busy = round((own + redis) * r["cycles_per_s"] / 1e4)
+    return f"{own} + {redis} (core 1 {busy}% busy)"
+
+
 lines = [
     "# Benchmark summary",
     "",
@@ -72,9 +86,12 @@ for r in rows:
             f"| | {r['drops']} / {r['write_errors']} | {load} |"
         )
     elif mode == "churn":
+        beside = f"load generator {get(r, 'loadgen_cpu_us_per_cycle')}"
+        if redis_cpu_per_cycle(r) is not None:
+            beside += f", redis-server {redis_cpu_per_cycle(r)}"
         lines.append(
             f"| {label} | {r['cycles_per_s']} cycles/s | | {get(r, 'gateway_cpu_us_per_cycle')} µs/cycle "
-            f"| | {r['errors']} | {load} |"
+            f"({beside}) | | {r['errors']} | {load} |"
         )
     elif mode == "storm":
         lines.append(
@@ -143,6 +160,8 @@ TARGETS += [
      lambda r: r.get("gateway_cpu_us_per_cycle"), "context", None),
     ("the same cycle on the memory engine (no Redis), run at the same target rate", r"^memory churn",
      lambda r: r.get("gateway_cpu_us_per_cycle"), "context", None),
+    ("the load generator's and redis-server's CPU per cycle (µs; they share the other core)",
+     r"^redis churn", core1_per_cycle, "context", None),
     ("Redis commands per churn cycle (INFO commandstats, scripts' own included)", r"^redis churn",
      redis_per_cycle, "stated", lambda v, p: True),
     ("cross-process p99 at 10000 msgs/s (ms)", r"^redis cross-process .*10000/s$",

@@ -1,4 +1,5 @@
-//! The three load modes.
+//! The load generator's connections (open one, send a command and read its reply, the
+//! members' WebSocket settings, the summary line) and the `fanout` mode.
 
 use super::stats::{cpu_us_per, table, Latencies};
 use super::upgrade::upgrade;
@@ -365,82 +366,6 @@ pub async fn fanout(c: &Common, shape: Shape) -> Result<serde_json::Value, Strin
             "loadgen_cpu_us_per_delivery": cpu_us_per(own0, own1, delivered_in_window),
             "gateway_rss_bytes": cpu1.map(|u| u.rss_bytes),
             "note": "receivers only; each publisher also receives its own rooms' messages (not counted)",
-        }),
-    ))
-}
-
-/// `churn`: connect/auth/join/leave/close cycles at a rate.
-pub async fn churn(
-    c: &Common,
-    rate: f64,
-    concurrency: usize,
-    duration: Duration,
-) -> Result<serde_json::Value, String> {
-    let ok = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let window = duration.min(c.max_time);
-    let cpu0 = gateway_usage(c);
-    let started = Instant::now();
-    let mut i = 0usize;
-    let mut skipped = 0u64;
-    while started.elapsed() < window {
-        tick.tick().await;
-        let Ok(permit) = sem.clone().try_acquire_owned() else {
-            skipped += 1; // the gateway (or this generator) is not keeping up
-            continue;
-        };
-        i += 1;
-        let (c, ok, errors) = (c.clone(), ok.clone(), errors.clone());
-        tokio::spawn(async move {
-            let r = async {
-                let mut ws = open(&c, i, &format!("churn{i}")).await?;
-                command(
-                    &mut ws,
-                    json!({"type": "join", "id": 1, "room": format!("churn{}", i % 100)}),
-                )
-                .await?;
-                command(
-                    &mut ws,
-                    json!({"type": "leave", "id": 2, "room": format!("churn{}", i % 100)}),
-                )
-                .await?;
-                let _ = ws.close(None).await;
-                Ok::<_, String>(())
-            }
-            .await;
-            match r {
-                Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                Err(e) => {
-                    if errors.fetch_add(1, Ordering::Relaxed) < 3 {
-                        eprintln!("churn: {e}");
-                    }
-                    0
-                }
-            };
-            drop(permit);
-        });
-    }
-    let _ = sem.acquire_many(concurrency.max(1) as u32).await;
-    let secs = started.elapsed().as_secs_f64();
-    let cpu1 = gateway_usage(c);
-    let done = ok.load(Ordering::Relaxed);
-    Ok(finish(
-        c,
-        "churn",
-        json!({
-            "target_rate": rate,
-            "cycles_per_s": (done as f64 / secs).round(),
-            "cycles": done,
-            "errors": errors.load(Ordering::Relaxed),
-            "skipped_at_concurrency_limit": skipped,
-            "jwt": c.jwt_secret.is_some(),
-            "gateway_cpu_us_per_cycle": match (cpu0, cpu1) {
-                (Some(a), Some(b)) if done > 0 => Some(((b.cpu_secs - a.cpu_secs) * 1e6 / done as f64).round()),
-                _ => None,
-            },
         }),
     ))
 }

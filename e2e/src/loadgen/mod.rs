@@ -4,6 +4,7 @@
 //! room at once; presence frames counted), `floor` (no gateway: what the kernel alone costs
 //! a fan-out here), `stub` (a bare WebSocket endpoint: the connect floor).
 
+pub mod churn;
 pub mod conn;
 pub mod floor;
 pub mod idle;
@@ -190,7 +191,7 @@ pub async fn run(cli: Cli) -> Result<serde_json::Value, String> {
             duration,
         } => {
             check_loopback(&common.target)?;
-            conn::churn(&common, rate, concurrency, duration).await
+            churn::churn(&common, rate, concurrency, duration).await
         }
         Mode::Storm {
             common,
