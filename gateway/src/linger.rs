@@ -8,7 +8,7 @@
 //! One task per node fires the deferred leaves in due order; it holds the linger weakly
 //! and ends with the node.
 
-use crate::engine::{Engine, Leave};
+use crate::engine::{Engine, PresenceLeave};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -144,9 +144,9 @@ impl Linger {
     /// Fires leaves all at once: the engine may take them in a few round trips (Redis:
     /// one script call for many), not one each.
     async fn fire(&self, due: Vec<(Arc<str>, Pending)>) {
-        let leaves: Vec<Leave> = due
+        let leaves: Vec<PresenceLeave> = due
             .iter()
-            .map(|(room, p)| Leave {
+            .map(|(room, p)| PresenceLeave {
                 room,
                 user: &p.user,
                 conn: &p.member,

@@ -291,7 +291,7 @@ pub trait History: Send + Sync {
 
 /// A connection leaving a room's presence ([`PresenceManager::presence_leave_all`]).
 #[derive(Clone, Copy, Debug)]
-pub struct Leave<'a> {
+pub struct PresenceLeave<'a> {
     /// The room.
     pub room: &'a str,
     /// The connection's user.
@@ -309,11 +309,11 @@ pub trait PresenceManager: Send + Sync {
     async fn presence_leave(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError>;
     /// Removes many connections from their rooms, each as [`presence_leave`] would (the
     /// linger's due leaves): an engine may take them in fewer round trips than one each.
-    /// Returns the first error; the other leaves are done, and a failed one's entry
-    /// expires on its own.
+    /// Returns the first error. A leave that failed (with the others of its round trip,
+    /// where the engine batches) leaves its entry to expire on its own.
     ///
     /// [`presence_leave`]: PresenceManager::presence_leave
-    async fn presence_leave_all(&self, leaves: &[Leave<'_>]) -> Result<(), EngineError> {
+    async fn presence_leave_all(&self, leaves: &[PresenceLeave<'_>]) -> Result<(), EngineError> {
         let each = leaves
             .iter()
             .map(|l| self.presence_leave(l.room, l.user, l.conn));

@@ -5,7 +5,7 @@
 //! [`PresenceManager::presence_leave_all`]: crate::engine::PresenceManager::presence_leave_all
 
 use super::{config, listen, take, Factory};
-use crate::engine::Leave;
+use crate::engine::PresenceLeave;
 use crate::hub::Hub;
 use crate::outbound::Outbound;
 use std::sync::Arc;
@@ -44,21 +44,21 @@ pub(super) async fn many_leaves_at_once_are_each_a_leave(f: &impl Factory) {
     let joins = take(&mut crowd_rx, 70).await.len() + take(&mut side_rx, 1).await.len();
     assert_eq!(joins, 71, "one join announced per user");
 
-    let mut leaves: Vec<Leave> = users
+    let mut leaves: Vec<PresenceLeave> = users
         .iter()
-        .map(|u| Leave {
+        .map(|u| PresenceLeave {
             room: "crowd",
             user: u,
             conn: "c1",
         })
         .collect();
-    leaves.push(Leave {
+    leaves.push(PresenceLeave {
         room: "side",
         user: "carol",
         conn: "c1",
     });
     // Never joined: nothing to remove, nothing announced, no error.
-    leaves.push(Leave {
+    leaves.push(PresenceLeave {
         room: "side",
         user: "dave",
         conn: "c9",

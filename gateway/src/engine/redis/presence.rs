@@ -4,7 +4,7 @@
 
 use super::shared::{lock, parse_history, Shared};
 use super::{scripts, RedisEngine};
-use crate::engine::{now_ms, EngineError, HistoryPage, Leave, PresenceManager};
+use crate::engine::{now_ms, EngineError, HistoryPage, PresenceLeave, PresenceManager};
 use crate::protocol::push::PresencePush;
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -160,12 +160,13 @@ impl PresenceManager for RedisEngine {
     }
 
     async fn presence_leave(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError> {
-        self.presence_leave_all(&[Leave { room, user, conn }]).await
+        self.presence_leave_all(&[PresenceLeave { room, user, conn }])
+            .await
     }
 
-    async fn presence_leave_all(&self, leaves: &[Leave<'_>]) -> Result<(), EngineError> {
+    async fn presence_leave_all(&self, leaves: &[PresenceLeave<'_>]) -> Result<(), EngineError> {
         let s = &self.shared;
-        let leaves: Vec<&Leave> = leaves
+        let leaves: Vec<&PresenceLeave> = leaves
             .iter()
             .filter(|l| s.namespaces.of(l.room).presence)
             .collect();
@@ -177,9 +178,9 @@ impl PresenceManager for RedisEngine {
         }
         // One script call takes many leaves; in a cluster a call stays in one slot, so
         // there each room's leaves go together.
-        let mut groups: Vec<Vec<&Leave>> = Vec::new();
+        let mut groups: Vec<Vec<&PresenceLeave>> = Vec::new();
         if s.keys.cluster {
-            let mut by_room: BTreeMap<&str, Vec<&Leave>> = BTreeMap::new();
+            let mut by_room: BTreeMap<&str, Vec<&PresenceLeave>> = BTreeMap::new();
             for l in leaves {
                 by_room.entry(l.room).or_default().push(l);
             }
