@@ -150,8 +150,12 @@ impl RedisSentinel {
         s
     }
 
-    fn wait(&self, what: &str, mut ok: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(40);
+    fn wait(&self, what: &str, ok: impl FnMut() -> bool) {
+        self.wait_up_to(what, Duration::from_secs(40), ok)
+    }
+
+    fn wait_up_to(&self, what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + limit;
         while !ok() {
             assert!(
                 Instant::now() < deadline,
@@ -269,7 +273,11 @@ impl RedisSentinel {
             now = self.master_port();
             now != old && text(self.run(now, &["INFO", "replication"])).contains("role:master")
         });
-        self.wait("the old master in sync with the new one", || {
+        // Sentinel turns the old master into a replica only after it has reported itself
+        // master for a while (INFO every 10 s), then the sync waits out the diskless
+        // delay: ~16 s on an idle machine here; one CI run went past 40 s.
+        let demoted = Duration::from_secs(90);
+        self.wait_up_to("the old master in sync with the new one", demoted, || {
             text(self.run(old, &["INFO", "replication"])).contains("master_link_status:up")
         });
         now
