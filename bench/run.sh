@@ -50,13 +50,13 @@ start_gateway() {
 stop_gateway() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 results=()
-# Redis commands executed so far (INFO commandstats), for commands per message.
 # redis-server's user+system CPU so far, in microseconds (it shares core 1 with the load
 # generator: the kernel places it, nothing pins it).
 redis_cpu_us() {
   awk -v tck="$(getconf CLK_TCK)" '{ printf "%d\n", ($14 + $15) * 1000000 / tck }' "/proc/$REDIS_PID/stat"
 }
 
+# Redis commands executed so far (INFO commandstats), for commands per message.
 redis_calls() {
   redis-cli -p "$REDIS_PORT" INFO commandstats |
     python3 -c 'import re,sys; print(sum(int(m) for m in re.findall(r"calls=(\d+)", sys.stdin.read())))'
