@@ -401,3 +401,68 @@ async fn a_swept_entry_is_announced_as_a_left_user() {
         serde_json::json!({"type": "presence", "room": "swept", "joined": [], "left": ["ghost"]})
     );
 }
+
+/// The room channels of `prefix` this Redis has a subscriber for.
+fn room_channels(redis: &RedisServer, prefix: &str) -> Vec<String> {
+    let pattern = format!("{prefix}:c:*");
+    let listed = redis
+        .command(&["PUBSUB", "CHANNELS", &pattern])
+        .expect("PUBSUB CHANNELS");
+    redis::from_redis_value(listed).expect("channel names")
+}
+
+/// SUBSCRIBE calls this Redis has served so far.
+fn subscribe_calls(redis: &RedisServer) -> u64 {
+    let info = redis
+        .command(&["INFO", "commandstats"])
+        .expect("INFO commandstats");
+    let info: String = redis::from_redis_value(info).expect("INFO text");
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_subscribe:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A room left by its last local member stays subscribed for a while (the subscription
+/// linger): a member back within it costs no SUBSCRIBE and gets the room's messages; once
+/// the room has stayed empty, its channel goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_room_lingers_subscribed_then_its_channel_goes() {
+    let redis = RedisServer::start();
+    let prefix = format!("t{:08x}", rand::random::<u32>());
+    let hub = Arc::new(Hub::default());
+    let node = engine_on_hub(hub.clone(), &redis.url(), &prefix).await;
+    let publisher = engine_with_prefix(&redis.url(), &prefix).await;
+    let room: Arc<str> = Arc::from("quiet");
+
+    let _first = listen(&hub, &*node, &room, 1).await;
+    assert_eq!(room_channels(&redis, &prefix).len(), 1, "subscribed");
+    assert!(hub.unsubscribe(&room, 1), "the last local member left");
+    node.unsubscribe(&room).await.expect("unsubscribe");
+    assert_eq!(
+        room_channels(&redis, &prefix).len(),
+        1,
+        "the channel outlives its last member"
+    );
+
+    let subscribes = subscribe_calls(&redis);
+    let (mut rx, _) = listen(&hub, &*node, &room, 2).await;
+    assert_eq!(
+        subscribe_calls(&redis),
+        subscribes,
+        "a member back: no SUBSCRIBE"
+    );
+    publisher.publish(message(&room, 1)).await.expect("publish");
+    assert_eq!(next_msg(&mut rx).await, Some(("quiet".into(), 1)));
+
+    assert!(hub.unsubscribe(&room, 2));
+    node.unsubscribe(&room).await.expect("unsubscribe");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !room_channels(&redis, &prefix).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the emptied room's channel never went"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
