@@ -402,9 +402,9 @@ async fn a_swept_entry_is_announced_as_a_left_user() {
     );
 }
 
-/// The room channels of `prefix` this Redis has a subscriber for.
-fn room_channels(redis: &RedisServer, prefix: &str) -> Vec<String> {
-    let pattern = format!("{prefix}:c:*");
+/// The channels of `room` this Redis has a subscriber for (its own server: any prefix).
+fn room_channels(redis: &RedisServer, room: &str) -> Vec<String> {
+    let pattern = format!("*:c:{room}");
     let listed = redis
         .command(&["PUBSUB", "CHANNELS", &pattern])
         .expect("PUBSUB CHANNELS");
@@ -429,18 +429,15 @@ fn subscribe_calls(redis: &RedisServer) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_emptied_room_lingers_subscribed_then_its_channel_goes() {
     let redis = RedisServer::start();
-    let prefix = format!("t{:08x}", rand::random::<u32>());
-    let hub = Arc::new(Hub::default());
-    let node = engine_on_hub(hub.clone(), &redis.url(), &prefix).await;
-    let publisher = engine_with_prefix(&redis.url(), &prefix).await;
+    let (hub, node, publisher) = two_nodes(&redis.url(), &redis.url()).await;
     let room: Arc<str> = Arc::from("quiet");
 
     let _first = listen(&hub, &*node, &room, 1).await;
-    assert_eq!(room_channels(&redis, &prefix).len(), 1, "subscribed");
+    assert_eq!(room_channels(&redis, &room).len(), 1, "subscribed");
     assert!(hub.unsubscribe(&room, 1), "the last local member left");
     node.unsubscribe(&room).await.expect("unsubscribe");
     assert_eq!(
-        room_channels(&redis, &prefix).len(),
+        room_channels(&redis, &room).len(),
         1,
         "the channel outlives its last member"
     );
@@ -457,12 +454,10 @@ async fn an_emptied_room_lingers_subscribed_then_its_channel_goes() {
 
     assert!(hub.unsubscribe(&room, 2));
     node.unsubscribe(&room).await.expect("unsubscribe");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !room_channels(&redis, &prefix).is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the emptied room's channel never went"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    e2e::fleet::wait_until(
+        "the emptied room's channel to go",
+        Duration::from_secs(20),
+        || room_channels(&redis, &room).is_empty(),
+    )
+    .await;
 }
