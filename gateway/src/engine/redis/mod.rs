@@ -7,7 +7,6 @@
 mod channels;
 mod conn;
 mod delivery;
-mod keep;
 mod keys;
 mod payload;
 mod presence;
@@ -16,6 +15,7 @@ mod scripts;
 mod sharded;
 mod shared;
 mod store;
+mod sub_linger;
 mod subscriber;
 mod tls;
 

@@ -1,7 +1,7 @@
 //! The pub/sub side of the Redis engine on one server (mode single, or the master
 //! Sentinel names): one task owns the dedicated pub/sub connection, subscribes to the
 //! node-wide inbox channel and to a room channel while this node has local members (and
-//! for a linger after the last one left: [`keep`](super::keep)), hands every message to
+//! for a linger after the last one left: [`sub_linger`](super::sub_linger)), hands every message to
 //! the hub ([`Delivery`]), and after a reconnect re-subscribes and fills the gap from
 //! history before passing on live traffic again (connections drop what they already wrote
 //! by seq). A Redis Cluster has its own loop ([`sharded`](super::sharded)); both take the
@@ -12,8 +12,8 @@
 //! into a reconnect loop and refused subscriptions within seconds, never a hang.
 
 use super::delivery::Delivery;
-use super::keep::Keep;
 use super::shared::{lock, Shared, OP_TIMEOUT};
+use super::sub_linger::SubLinger;
 use super::PUBSUB_DOWN_SINCE_START;
 use crate::engine::{EngineError, HistoryPage};
 use futures_util::StreamExt;
@@ -41,7 +41,7 @@ pub(crate) struct Handle {
     /// Rooms whose subscription Redis has confirmed (the fast path for later joiners).
     active: Arc<std::sync::Mutex<HashSet<String>>>,
     /// Rooms left by their last local member, still subscribed for a while.
-    keep: Arc<Keep>,
+    linger: Arc<SubLinger>,
 }
 
 pub(super) fn gone() -> EngineError {
@@ -59,7 +59,7 @@ impl Handle {
     /// first one's subscription is still on its way. Bounded: the task may be busy (a
     /// reconnect, a gap fill), so the wait has a deadline of its own.
     pub(crate) async fn subscribe(&self, room: &str) -> Result<Option<HistoryPage>, EngineError> {
-        self.keep.release(room);
+        self.linger.release(room);
         if lock(&self.active).contains(room) {
             return Ok(None);
         }
@@ -74,9 +74,9 @@ impl Handle {
     }
 
     /// Unsubscribes this node from a room channel (bounded like `subscribe`): after the
-    /// subscription linger ([`keep`](super::keep)) unless it is full, at once for an inbox.
+    /// subscription linger ([`sub_linger`](super::sub_linger)) unless it is full, at once for an inbox.
     pub(crate) async fn unsubscribe(&self, room: &str) -> Result<(), EngineError> {
-        if !crate::protocol::is_inbox(room) && self.keep.hold(room) {
+        if !crate::protocol::is_inbox(room) && self.linger.hold(room) {
             return Ok(());
         }
         let (tx, rx) = oneshot::channel();
@@ -115,13 +115,13 @@ pub(crate) fn spawn(shared: Arc<Shared>, up: Arc<AtomicBool>, stop: Cancellation
         tokio::spawn(task.run(rx));
     }
     tokio::spawn(super::repair::repair(shared, repair_rx, stop.clone()));
-    let keep = Arc::new(Keep::default());
-    tokio::spawn(super::keep::run(
-        Arc::downgrade(&keep),
+    let linger = Arc::new(SubLinger::default());
+    tokio::spawn(super::sub_linger::run(
+        Arc::downgrade(&linger),
         tx.downgrade(),
         stop,
     ));
-    Handle { tx, active, keep }
+    Handle { tx, active, linger }
 }
 
 struct Task {

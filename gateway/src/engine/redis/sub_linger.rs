@@ -38,11 +38,11 @@ const TICK: Duration = Duration::from_millis(250);
 
 /// The rooms lingering now, with when each is due to be unsubscribed.
 #[derive(Default)]
-pub(super) struct Keep {
+pub(super) struct SubLinger {
     due: Mutex<HashMap<String, Instant>>,
 }
 
-impl Keep {
+impl SubLinger {
     /// Keeps `room` subscribed for [`LINGER`] from now; false when the table is full (the
     /// caller unsubscribes at once).
     pub(super) fn hold(&self, room: &str) -> bool {
@@ -85,7 +85,7 @@ impl Keep {
 /// Sends the unsubscribes of due rooms to the subscriber until stopped or the engine is
 /// gone. Nobody waits for their outcome: the leave that started the linger has returned.
 pub(super) async fn run(
-    keep: Weak<Keep>,
+    linger: Weak<SubLinger>,
     tx: mpsc::WeakUnboundedSender<Cmd>,
     stop: CancellationToken,
 ) {
@@ -95,8 +95,8 @@ pub(super) async fn run(
         tokio::select! {
             _ = stop.cancelled() => return,
             now = tick.tick() => {
-                let (Some(keep), Some(tx)) = (keep.upgrade(), tx.upgrade()) else { return };
-                for room in keep.take_due(now) {
+                let (Some(linger), Some(tx)) = (linger.upgrade(), tx.upgrade()) else { return };
+                for room in linger.take_due(now) {
                     let (reply, _) = tokio::sync::oneshot::channel();
                     if tx.send(Cmd::Unsubscribe(room, reply)).is_err() {
                         return;
@@ -114,51 +114,51 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_room_is_due_after_the_linger_and_a_rejoin_takes_it_back() {
-        let keep = Keep::default();
-        assert!(keep.hold("a"));
-        assert!(keep.hold("b"));
+        let linger = SubLinger::default();
+        assert!(linger.hold("a"));
+        assert!(linger.hold("b"));
         tokio::time::advance(LINGER / 2).await;
-        assert!(keep.take_due(Instant::now()).is_empty(), "not yet");
+        assert!(linger.take_due(Instant::now()).is_empty(), "not yet");
         // "a" left again: its linger starts over; "b" has a member again.
-        assert!(keep.hold("a"));
-        keep.release("b");
+        assert!(linger.hold("a"));
+        linger.release("b");
         tokio::time::advance(LINGER / 2).await;
         assert!(
-            keep.take_due(Instant::now()).is_empty(),
+            linger.take_due(Instant::now()).is_empty(),
             "a's linger started over"
         );
         tokio::time::advance(LINGER / 2).await;
-        assert_eq!(keep.take_due(Instant::now()), vec!["a".to_string()]);
-        assert!(keep.take_due(Instant::now()).is_empty(), "taken once");
+        assert_eq!(linger.take_due(Instant::now()), vec!["a".to_string()]);
+        assert!(linger.take_due(Instant::now()).is_empty(), "taken once");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_full_table_turns_a_room_away() {
-        let keep = Keep::default();
+        let linger = SubLinger::default();
         for i in 0..MAX_LINGERING {
-            assert!(keep.hold(&format!("r{i}")));
+            assert!(linger.hold(&format!("r{i}")));
         }
-        assert!(!keep.hold("one more"), "full: unsubscribed at once");
-        assert!(keep.hold("r0"), "a room already lingering is held again");
+        assert!(!linger.hold("one more"), "full: unsubscribed at once");
+        assert!(linger.hold("r0"), "a room already lingering is held again");
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_task_sends_each_due_room_once_and_ends_with_the_engine() {
-        let keep = Arc::new(Keep::default());
+        let linger = Arc::new(SubLinger::default());
         let (tx, mut rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(
-            Arc::downgrade(&keep),
+            Arc::downgrade(&linger),
             tx.downgrade(),
             CancellationToken::new(),
         ));
-        assert!(keep.hold("room"));
+        assert!(linger.hold("room"));
         tokio::time::sleep(LINGER + TICK * 2).await;
         match rx.try_recv() {
             Ok(Cmd::Unsubscribe(room, _)) => assert_eq!(room, "room"),
             _ => panic!("no unsubscribe for the due room"),
         }
         assert!(rx.try_recv().is_err(), "sent once");
-        drop(keep);
+        drop(linger);
         tokio::time::sleep(TICK * 2).await;
         assert!(task.is_finished(), "ends once the engine's table is gone");
     }
