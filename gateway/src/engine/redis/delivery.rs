@@ -9,12 +9,13 @@
 //! stored before it was published) and the fill is tried again until it succeeds, which
 //! delivers them in order. Handing them on instead would skip the gap for good.
 
+use super::fast_path::FastPath;
 use super::payload::{frame_ts, parse_payload, parse_routed, Payload};
-use super::shared::{lock, Shared};
+use super::shared::Shared;
 use crate::engine::{Envelope, HistoryPage, HistoryQuery, EMPTY_EPOCH};
 use crate::protocol::push::PresencePush;
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -95,9 +96,8 @@ type Owed = (Instant, Duration);
 /// The rooms (and inboxes) this node delivers.
 pub(super) struct Delivery {
     shared: Arc<Shared>,
-    /// Rooms whose subscription is in place (the fast path for later joiners). Not the
-    /// inboxes: a user's second device asks the subscriber task, which answers at once.
-    pub(super) active: Arc<Mutex<HashSet<String>>>,
+    /// Rooms whose subscription is in place (the fast path for later joiners).
+    active: Arc<FastPath>,
     rooms: HashMap<Box<str>, Seen>,
     /// Rooms whose last gap fill failed: they are held (see the module docs).
     owed: HashMap<Box<str>, Owed>,
@@ -107,7 +107,7 @@ pub(super) struct Delivery {
 impl Delivery {
     pub(super) fn new(
         shared: Arc<Shared>,
-        active: Arc<Mutex<HashSet<String>>>,
+        active: Arc<FastPath>,
         repair: mpsc::UnboundedSender<Arc<Envelope>>,
     ) -> Delivery {
         Delivery {
@@ -152,7 +152,7 @@ impl Delivery {
 
     fn insert(&mut self, room: &str, seen: Seen) {
         if !crate::protocol::is_inbox(room) {
-            lock(&self.active).insert(room.to_string());
+            self.active.open(room);
         }
         self.rooms.insert(room.into(), seen);
     }
@@ -173,11 +173,16 @@ impl Delivery {
         }
     }
 
-    /// Stops delivering a room.
-    pub(super) fn remove(&mut self, room: &str) {
+    /// Stops delivering a room unless a local member joined it since the last one left;
+    /// true when it stopped (see [`FastPath::close_unless`] for the order of the checks).
+    pub(super) fn remove_unused(&mut self, room: &str) -> bool {
+        let hub = &self.shared.hub;
+        if !self.active.close_unless(room, |r| hub.has_subscribers(r)) {
+            return false;
+        }
         self.rooms.remove(room);
         self.owed.remove(room);
-        lock(&self.active).remove(room);
+        true
     }
 
     /// Fills the gap of every room (a lost connection to one server).

@@ -7,6 +7,7 @@
 mod channels;
 mod conn;
 mod delivery;
+mod fast_path;
 mod keys;
 mod payload;
 mod presence;

@@ -360,11 +360,10 @@ impl Task {
                 }
             }
             Cmd::Unsubscribe(room, reply) => {
-                if self.shared.hub.has_subscribers(&room) {
+                if !self.delivery.remove_unused(&room) {
                     let _ = reply.send(Ok(None));
                     return;
                 }
-                self.delivery.remove(&room);
                 if !crate::protocol::is_inbox(&room) {
                     let channel = self.shared.keys.channel(&room);
                     self.channels.forget(&channel);

@@ -12,12 +12,12 @@
 //! into a reconnect loop and refused subscriptions within seconds, never a hang.
 
 use super::delivery::Delivery;
-use super::shared::{lock, Shared, OP_TIMEOUT};
+use super::fast_path::FastPath;
+use super::shared::{Shared, OP_TIMEOUT};
 use super::sub_linger::SubLinger;
 use super::PUBSUB_DOWN_SINCE_START;
 use crate::engine::{EngineError, HistoryPage};
 use futures_util::StreamExt;
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +39,7 @@ pub(super) type Reply = oneshot::Sender<Result<Option<HistoryPage>, EngineError>
 pub(crate) struct Handle {
     pub(super) tx: mpsc::UnboundedSender<Cmd>,
     /// Rooms whose subscription Redis has confirmed (the fast path for later joiners).
-    active: Arc<std::sync::Mutex<HashSet<String>>>,
+    active: Arc<FastPath>,
     /// Rooms left by their last local member, still subscribed for a while.
     linger: Arc<SubLinger>,
 }
@@ -60,7 +60,7 @@ impl Handle {
     /// reconnect, a gap fill), so the wait has a deadline of its own.
     pub(crate) async fn subscribe(&self, room: &str) -> Result<Option<HistoryPage>, EngineError> {
         self.linger.release(room);
-        if lock(&self.active).contains(room) {
+        if self.active.contains(room) {
             return Ok(None);
         }
         let (tx, rx) = oneshot::channel();
@@ -95,7 +95,7 @@ impl Handle {
 pub(crate) fn spawn(shared: Arc<Shared>, up: Arc<AtomicBool>, stop: CancellationToken) -> Handle {
     let (tx, rx) = mpsc::unbounded_channel();
     let (repair_tx, repair_rx) = mpsc::unbounded_channel();
-    let active = Arc::new(std::sync::Mutex::new(HashSet::new()));
+    let active = Arc::new(FastPath::default());
     let delivery = Delivery::new(shared.clone(), active.clone(), repair_tx);
     if shared.backend.is_cluster() {
         tokio::spawn(super::sharded::run(
@@ -266,9 +266,7 @@ impl Task {
                 let _ = reply.send(Err(EngineError::Unavailable("redis is unreachable".into())));
             }
             Cmd::Unsubscribe(room, reply) => {
-                if !self.shared.hub.has_subscribers(&room) {
-                    self.delivery.remove(&room);
-                }
+                self.delivery.remove_unused(&room);
                 let _ = reply.send(Ok(None));
             }
         }
@@ -319,11 +317,10 @@ impl Task {
             }
             Cmd::Unsubscribe(room, reply) => {
                 // A joiner may have arrived since the last one left: keep it then.
-                if self.shared.hub.has_subscribers(&room) {
+                if !self.delivery.remove_unused(&room) {
                     let _ = reply.send(Ok(None));
                     return;
                 }
-                self.delivery.remove(&room);
                 if crate::protocol::is_inbox(&room) {
                     // Carried by the node-wide inbox channel: no Redis command.
                     let _ = reply.send(Ok(None));
