@@ -231,7 +231,7 @@ impl RedisCluster {
     }
 
     /// `CLUSTER NODES` as each live node sees it, for a failure message.
-    fn views(&self) -> String {
+    pub fn views(&self) -> String {
         self.nodes
             .iter()
             .filter(|n| n.alive())
@@ -247,8 +247,9 @@ impl RedisCluster {
             .join("\n")
     }
 
-    /// Waits until every live node reports `cluster_state:ok` and `redis-cli --cluster
-    /// check` finds every slot covered and the nodes agreeing.
+    /// Waits until every live node reports `cluster_state:ok`, `redis-cli --cluster
+    /// check` finds every slot covered and the nodes agreeing, and the node the helpers
+    /// ask ([`masters`](Self::masters) and the like) flags no live node as failing.
     pub fn wait_stable(&self) {
         self.wait("cluster state ok", || {
             self.nodes
@@ -256,7 +257,19 @@ impl RedisCluster {
                 .filter(|n| n.alive())
                 .all(|n| text(n.command(&["CLUSTER", "INFO"])).contains("cluster_state:ok"))
                 && self.check()
+                && self.live_nodes_seen_up()
         });
+    }
+
+    /// Whether `CLUSTER NODES` shows every live node without `fail` or `fail?`. A node
+    /// merely suspected (`fail?`, a ping late by the node timeout on a busy machine)
+    /// leaves `cluster_state:ok`, but `masters()` leaves such a master out.
+    fn live_nodes_seen_up(&self) -> bool {
+        let view = self.cluster_nodes();
+        self.nodes.iter().filter(|n| n.alive()).all(|n| {
+            view.iter()
+                .any(|l| l.port == n.port && !l.flags.contains("fail"))
+        })
     }
 
     fn check(&self) -> bool {

@@ -39,7 +39,12 @@ async fn gateways_ride_out_a_reshard_and_a_master_kill() {
         let c = cluster.lock().expect("cluster");
         (c.env(), c.masters())
     };
-    assert_eq!(masters.len(), 3);
+    assert_eq!(
+        masters.len(),
+        3,
+        "{}",
+        cluster.lock().expect("cluster").views()
+    );
     let gws = Gateways::start_on(&env, 3, GATEWAY_ENV);
     let urls = gws.urls();
     let master_of = |s: u16| cluster.lock().expect("cluster").master_of_slot(s);
