@@ -35,12 +35,12 @@ const SHARDS: usize = 16;
 ///
 /// A fan-out writes straight to each member's socket (the fast path: one syscall per
 /// delivery, no task woken) while the room's messages come far enough apart. When they
-/// come so fast that such fan-outs would keep the delivering task busy most of the time
-/// (each message waiting for the one before), they go through the members' writers
-/// instead, which batch what piles up: several frames per syscall. The room keeps what
-/// its direct fan-outs take (smoothed: each new one counts a quarter, see
-/// [`Room::note_cost`]), and a message goes direct if it comes at least that long and a
-/// quarter after the previous one. One that does not is queued without
+/// come so fast that such fan-outs would keep the delivering task busy half the time or
+/// more, they go through the members' writers instead, which batch what piles up:
+/// several frames per syscall. The room keeps what its direct fan-outs take (smoothed:
+/// each new one counts a quarter, see [`Room::note_cost`]), and a message goes direct if
+/// it comes at least [`DIRECT_GAP`] times that long after the previous one. One that
+/// does not is queued without
 /// waking the writers, and they are woken once a window later (`limits.fanoutBatch`,
 /// [`wakes`]), when each has the window's messages to write at once. Every
 /// [`PROBE_AFTER`] wakes, a busy room's next message goes direct whatever its gap: its
@@ -65,11 +65,21 @@ struct Room {
     wakes_since_direct: u16,
 }
 
+/// A message fans out direct if it comes at least this many times what the room's direct
+/// fan-out takes after the previous one. At 5/4 (batching only rooms whose fan-outs
+/// would keep the task 80% busy) a 1,000-member room at 200 messages/s sat on the edge
+/// here (its fan-outs take 2.5 to 3.3 ms of the 5 between messages) and went direct or
+/// batched with the machine's speed: 2.4 to 2.9 µs of CPU per delivery, p99 39 to 48 ms.
+/// At 2 it batches: 1.2 to 1.8 µs, p99 35 to 41 ms (bench/ab.md, 4 December, midnight).
+/// A quiet room keeps its margin: at 50 messages/s it would batch only once its fan-outs
+/// took 10 ms (10 µs per member of 1,000; they take 3 to 6).
+const DIRECT_GAP: u32 = 2;
+
 /// After this many wakes without a direct fan-out (about eight seconds at the default
 /// 30 ms `limits.fanoutBatch`), a busy room's next message goes direct: nothing else
 /// measures what its fan-out takes while it batches. An estimate too high (fan-outs
-/// slowed by something else on the core) would otherwise stay until a message came a
-/// quarter more than it after the last, which messages that regular (a ticker, a load
+/// slowed by something else on the core) would otherwise stay until a message came
+/// [`DIRECT_GAP`] times it after the last, which messages that regular (a ticker, a load
 /// generator) may never do. The probe's cost counts a quarter like any other. It is rare
 /// because it costs the room's other messages latency: every 32 wakes showed in the p99,
 /// every 255 did not (bench/ab.md, 4 December, afternoon).
@@ -82,7 +92,7 @@ impl Room {
         self.wakes_since_direct >= PROBE_AFTER
             || self
                 .last_start
-                .is_none_or(|last| now.saturating_duration_since(last) >= cost * 5 / 4)
+                .is_none_or(|last| now.saturating_duration_since(last) >= cost * DIRECT_GAP)
     }
 
     /// A handle on each member's queue, to serve them after the shard's lock.

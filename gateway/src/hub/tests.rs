@@ -12,11 +12,12 @@ fn a_room_fans_out_direct_unless_its_fan_outs_would_keep_up_no_more() {
     room.last_start = Some(t0);
     room.set_cost(ms(4));
     assert!(!room.direct(t0 + ms(4)), "busy 4 ms of every 4: batch");
+    assert!(!room.direct(t0 + ms(5)), "4 of every 5 ms: batch");
     assert!(
-        !room.direct(t0 + ms(4) + ms(9) / 10),
-        "4 of every 4.9 ms: batch"
+        !room.direct(t0 + ms(7) + ms(9) / 10),
+        "4 of every 7.9 ms: batch"
     );
-    assert!(room.direct(t0 + ms(5)), "4 of every 5 ms: direct");
+    assert!(room.direct(t0 + ms(8)), "4 of every 8 ms: direct");
     assert!(room.direct(t0 + ms(20)), "apart: direct");
     // A cost beyond what the room keeps (~4.3 s) saturates rather than wraps.
     room.set_cost(Duration::from_secs(10));
