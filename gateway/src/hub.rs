@@ -177,6 +177,18 @@ impl Hub {
         }
     }
 
+    /// The hub's own copy of a room's name while the room has local members, else `room`.
+    /// A joiner takes it, so every member's tables (session, write order) share one
+    /// allocation of the name instead of one each. A fan-out looks the room up in each
+    /// member's write-order table: it then compares against one copy in cache rather
+    /// than loading one per member (that lookup's share of a delivery's CPU at 50
+    /// messages/s to 1,000 members: 4.2% before, 3.1% after; bench/ab.md).
+    pub fn shared_name(&self, room: &Arc<str>) -> Arc<str> {
+        self.shard(room)
+            .get_key_value(&**room)
+            .map_or_else(|| room.clone(), |(name, _)| name.clone())
+    }
+
     /// Adds a subscriber; true when it is the room's first local subscriber.
     pub fn subscribe(&self, room: &Arc<str>, conn: ConnId, queue: OutboundQueue) -> bool {
         let mut shard = self.shard(room);

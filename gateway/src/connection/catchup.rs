@@ -140,6 +140,7 @@ impl Session {
         since: Option<&Since>,
         member: Membership,
     ) -> Result<CaughtUp, Refusal> {
+        let room = &self.node.hub.shared_name(room);
         let mut head = None;
         if self.rooms.contains_key(room) {
             self.queue.push(Outbound::BeginCatchup(room.clone()));

@@ -77,3 +77,22 @@ async fn an_idle_connections_tasks_stay_small() {
     let size = std::mem::size_of_val(&writer);
     assert!(size <= WRITER_MAX, "the writer's future is {size} bytes");
 }
+
+/// A room's local members share one copy of its name, the hub's (`Hub::shared_name`):
+/// each member's tables hold a pointer to it, not an allocation of their own.
+#[tokio::test]
+async fn a_rooms_members_share_one_copy_of_its_name() {
+    let mut a = Harness::new("a").await;
+    let mut b = Harness::on(a.node.clone(), "b").await;
+    for h in [&mut a, &mut b] {
+        let fault = h
+            .cmd(serde_json::json!({"type": "join", "id": 1, "room": "r"}))
+            .await;
+        assert!(!fault, "join");
+    }
+    let name = |h: &Harness| {
+        let joined = h.session.rooms.keys().find(|r| &***r == "r").cloned();
+        joined.expect("joined")
+    };
+    assert!(std::sync::Arc::ptr_eq(&name(&a), &name(&b)));
+}

@@ -96,6 +96,23 @@ fn a_room_and_its_name_fit_64_bytes() {
 }
 
 #[test]
+fn joiners_take_the_hubs_copy_of_a_rooms_name() {
+    let hub = Hub::default();
+    let first: Arc<str> = "r".into();
+    let later: Arc<str> = "r".into();
+    // No member yet: the joiner keeps its own.
+    assert!(Arc::ptr_eq(&hub.shared_name(&first), &first));
+    let (q, _r) = queue(8, 1024);
+    hub.subscribe(&first, 1, q);
+    assert!(Arc::ptr_eq(&hub.shared_name(&later), &first));
+    hub.unsubscribe("r", 1);
+    assert!(
+        Arc::ptr_eq(&hub.shared_name(&later), &later),
+        "the room is gone"
+    );
+}
+
+#[test]
 fn first_and_last_subscriber_are_reported() {
     let hub = Hub::default();
     let room: Arc<str> = "r".into();
