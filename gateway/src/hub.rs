@@ -40,12 +40,11 @@ const SHARDS: usize = 16;
 /// several frames per syscall. The room keeps what its direct fan-outs take (smoothed:
 /// each new one counts a quarter, see [`Room::note_cost`]), and a message goes direct if
 /// it comes at least [`DIRECT_GAP`] times that long after the previous one. One that
-/// does not is queued without
-/// waking the writers, and they are woken once a window later (`limits.fanoutBatch`,
-/// [`wakes`]), when each has the window's messages to write at once. Every
-/// [`PROBE_AFTER`] wakes, a busy room's next message goes direct whatever its gap: its
-/// fan-outs are measured again, so an estimate left too high by a slow moment cannot
-/// keep the room batching.
+/// does not is queued without waking the writers, and they are woken once a window later
+/// (`limits.fanoutBatch`, [`wakes`]), when each has the window's messages to write at
+/// once. Every [`PROBE_AFTER`] wakes, a busy room's next message goes direct whatever
+/// its gap: its fan-outs are measured again, so an estimate left too high by a slow
+/// moment cannot keep the room batching.
 ///
 /// Every local user's inbox is a room here, so a room is kept small: 48 bytes, 64 with
 /// its name in the shard's table (104 with the cost as a `Duration` and the members' map
