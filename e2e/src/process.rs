@@ -50,12 +50,26 @@ pub fn package_bin(package: &str, name: &str) -> PathBuf {
     path
 }
 
-/// A free TCP port on 127.0.0.1 (released before returning; fine for tests).
+/// A free TCP port on 127.0.0.1, never one this process handed out before.
+///
+/// The port is released before returning, and the server meant to take it binds it some
+/// time later (a child process starting up): meanwhile the kernel may offer the same port
+/// to the next caller, say the next node of a Redis Cluster still being spawned. Keeping
+/// the handed-out ports closes that race between the tests of one process (they run in
+/// parallel threads); other processes are left to the kernel's random choice.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// A running gateway process; killed on drop.

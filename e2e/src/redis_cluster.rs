@@ -1,12 +1,11 @@
 //! A real local Redis Cluster for tests: three masters and three replicas, each a
 //! `redis-server --cluster-enabled yes` process on a free loopback port (its cluster bus on
-//! port + 10000, also free), joined by `redis-cli --cluster create`. Killed and removed
+//! another, given with `--cluster-port`), joined by `redis-cli --cluster create`. Killed and removed
 //! on drop. [`RedisCluster::start_tls`] starts one that speaks TLS only, on its cluster bus
 //! and between replicas too.
 
 use crate::process::free_port;
 use crate::tls::TlsFiles;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -15,8 +14,11 @@ use std::time::{Duration, Instant};
 /// One node of the cluster.
 pub struct Node {
     child: Option<Child>,
-    /// Its port on 127.0.0.1 (the cluster bus is on port + 10000).
+    /// Its port on 127.0.0.1.
     pub port: u16,
+    /// Its cluster bus port. Not the default port + 10000: that one is only checked free,
+    /// and the next node's [`free_port`] may be handed it before this node binds it.
+    bus_port: u16,
     dir: PathBuf,
     tls: Option<Arc<TlsFiles>>,
 }
@@ -25,7 +27,7 @@ impl Node {
     fn spawn(&mut self) {
         let mut cmd = Command::new("redis-server");
         match &self.tls {
-            // The bus (port + 10000) and replication speak TLS as well: no plain port.
+            // The bus and replication speak TLS as well: no plain port.
             Some(files) => cmd.args(files.server_args(self.port, false)).args([
                 "--tls-cluster",
                 "yes",
@@ -35,6 +37,7 @@ impl Node {
             None => cmd.args(["--port", &self.port.to_string()]),
         };
         let child = cmd
+            .args(["--cluster-port", &self.bus_port.to_string()])
             .args([
                 "--bind",
                 "127.0.0.1",
@@ -123,16 +126,6 @@ fn text(v: redis::RedisResult<redis::Value>) -> String {
     }
 }
 
-/// A port whose cluster bus port (+10000) is free as well.
-fn cluster_port() -> u16 {
-    loop {
-        let p = free_port();
-        if p < 55_000 && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
-            return p;
-        }
-    }
-}
-
 /// Three masters, three replicas.
 pub struct RedisCluster {
     /// Every node; which are masters changes with failovers ([`masters`](Self::masters)).
@@ -178,12 +171,13 @@ impl RedisCluster {
         ));
         let mut nodes = Vec::new();
         for _ in 0..6 {
-            let port = cluster_port();
+            let port = free_port();
             let dir = root.join(port.to_string());
             std::fs::create_dir_all(&dir).expect("cluster node dir");
             let mut n = Node {
                 child: None,
                 port,
+                bus_port: free_port(),
                 dir,
                 tls: tls.clone(),
             };
