@@ -131,6 +131,28 @@ impl RedisServer {
         cmd.query(&mut conn)
     }
 
+    /// How many times this server ran `command` (lowercase) without an error so far, a
+    /// script's own commands included; 0 for one it never ran. From `INFO commandstats`,
+    /// whose `calls` also counts the failures: an `EVALSHA` answered `NOSCRIPT` (the
+    /// client then loads the script and calls again) would count twice.
+    pub fn calls(&self, command: &str) -> u64 {
+        let info = self
+            .command(&["INFO", "commandstats"])
+            .expect("INFO commandstats");
+        let info: String = redis::from_redis_value(info).expect("INFO text");
+        let prefix = format!("cmdstat_{command}:");
+        let Some(stats) = info.lines().find_map(|l| l.strip_prefix(&prefix)) else {
+            return 0;
+        };
+        let field = |name: &str| -> u64 {
+            stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+                .unwrap_or(0)
+        };
+        field("calls").saturating_sub(field("failed_calls"))
+    }
+
     /// Starts a server that keeps its data across [`stop`](Self::stop) and
     /// [`start_again`](Self::start_again) (append-only file, fsync on every write).
     pub fn start_persistent() -> RedisServer {

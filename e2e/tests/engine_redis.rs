@@ -259,6 +259,52 @@ async fn an_inbox_subscription_hands_back_the_head_it_started_from() {
     assert_eq!(next_msg(&mut dave).await, Some(("user:dave".into(), 1)));
 }
 
+/// Inboxes subscribed at once (a connect storm) have their heads read many to a script
+/// call, and each subscription hands back its own inbox's head: some inboxes hold
+/// messages, the others were never written to, and rooms subscribed in the same batch
+/// get none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inboxes_subscribed_at_once_share_their_head_reads() {
+    let redis = RedisServer::start();
+    let (hub, node, publisher) = two_nodes(&redis.url(), &redis.url()).await;
+    let names: Vec<String> = (0..100)
+        .flat_map(|i| [format!("user:u{i}"), format!("room{i}")])
+        .filter(|name| name.starts_with("user:") || name.ends_with('0'))
+        .collect();
+    for (i, name) in names.iter().enumerate().step_by(3) {
+        for n in 1..=(i as u64 % 4 + 1) {
+            publisher.publish(message(name, n)).await.expect("publish");
+        }
+    }
+    let before = redis.calls("evalsha");
+    let subscribed = names
+        .iter()
+        .zip(1..)
+        .map(|(name, conn)| listen(&hub, &*node, name, conn));
+    let heads = futures_util::future::join_all(subscribed).await;
+    let calls = redis.calls("evalsha") - before;
+    for (name, (_, head)) in names.iter().zip(heads) {
+        if !name.starts_with("user:") {
+            assert!(
+                head.is_none(),
+                "{name}: a room's subscription reads no head"
+            );
+            continue;
+        }
+        let head = head.expect("an inbox's subscription hands back its head");
+        let own = publisher
+            .history(name, Default::default())
+            .await
+            .expect("history");
+        assert_eq!(
+            (&*head.epoch, head.top, head.first),
+            (&*own.epoch, own.top, own.first),
+            "{name}"
+        );
+    }
+    assert!(calls <= 20, "{calls} script calls for 100 inboxes' heads");
+}
+
 /// Entering a room (presence) hands back the room's head read in the same script: the
 /// joiner's catch-up reads no head of its own. Unless the store is behind what the node
 /// saw (restored from an older snapshot): then nothing, and the joiner's own read starts
@@ -411,18 +457,6 @@ fn room_channels(redis: &RedisServer, room: &str) -> Vec<String> {
     redis::from_redis_value(listed).expect("channel names")
 }
 
-/// SUBSCRIBE calls this Redis has served so far.
-fn subscribe_calls(redis: &RedisServer) -> u64 {
-    let info = redis
-        .command(&["INFO", "commandstats"])
-        .expect("INFO commandstats");
-    let info: String = redis::from_redis_value(info).expect("INFO text");
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_subscribe:calls="))
-        .and_then(|rest| rest.split(',').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// A room left by its last local member stays subscribed for a while (the subscription
 /// linger): a member back within it costs no SUBSCRIBE and gets the room's messages; once
 /// the room has stayed empty, its channel goes.
@@ -442,10 +476,10 @@ async fn an_emptied_room_lingers_subscribed_then_its_channel_goes() {
         "the channel outlives its last member"
     );
 
-    let subscribes = subscribe_calls(&redis);
+    let subscribes = redis.calls("subscribe");
     let (mut rx, _) = listen(&hub, &*node, &room, 2).await;
     assert_eq!(
-        subscribe_calls(&redis),
+        redis.calls("subscribe"),
         subscribes,
         "a member back: no SUBSCRIBE"
     );

@@ -12,7 +12,7 @@
 use super::fast_path::FastPath;
 use super::payload::{frame_ts, parse_payload, parse_routed, Payload};
 use super::shared::Shared;
-use crate::engine::{Envelope, HistoryPage, HistoryQuery, EMPTY_EPOCH};
+use crate::engine::{EngineError, Envelope, HistoryPage, HistoryQuery, EMPTY_EPOCH};
 use crate::protocol::push::PresencePush;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,17 +32,7 @@ const FILL_RETRY_MAX: Duration = Duration::from_secs(2);
 /// asked for it ([`Top`]); a room's with a plain `HMGET`.
 async fn current_top(shared: &Shared, room: &str) -> Top {
     if crate::protocol::is_inbox(room) {
-        return match shared.history(room, HistoryQuery::default()).await {
-            Ok(page) => Top {
-                seen: Seen {
-                    epoch: (*page.epoch != *EMPTY_EPOCH).then(|| page.epoch.clone()),
-                    seq: page.top,
-                    ..Seen::default()
-                },
-                head: Some(page),
-            },
-            Err(_) => Top::default(),
-        };
+        return Top::of_inbox(shared.history(room, HistoryQuery::default()).await);
     }
     let mut conn = shared.conn();
     let mut cmd = redis::cmd("HMGET");
@@ -75,6 +65,23 @@ async fn current_top(shared: &Shared, room: &str) -> Top {
 pub(super) struct Top {
     pub(super) seen: Seen,
     pub(super) head: Option<HistoryPage>,
+}
+
+impl Top {
+    /// An inbox's, from its head.
+    fn of_inbox(head: Result<HistoryPage, EngineError>) -> Top {
+        match head {
+            Ok(page) => Top {
+                seen: Seen {
+                    epoch: (*page.epoch != *EMPTY_EPOCH).then(|| page.epoch.clone()),
+                    seq: page.top,
+                    ..Seen::default()
+                },
+                head: Some(page),
+            },
+            Err(_) => Top::default(),
+        }
+    }
 }
 
 /// What this node last saw of a room it delivers. One per local room and per local
@@ -158,18 +165,38 @@ impl Delivery {
     }
 
     /// The tops of `rooms` now, read concurrently (one round trip for all of them on the
-    /// multiplexed connection, each its own command: single-slot in a cluster). A top read
-    /// before the room's subscription is confirmed is safe: a gap fill from it only hands
-    /// on a few messages more, which connections drop by seq.
+    /// multiplexed connection): the inboxes' heads in as few script calls as
+    /// [`heads`](super::heads::heads) can, each room's its own command. A top read before
+    /// the room's subscription is confirmed is safe: a gap fill from it only hands on a few
+    /// messages more, which connections drop by seq.
     pub(super) fn tops(
         &self,
         rooms: Vec<String>,
     ) -> impl std::future::Future<Output = Vec<(String, Top)>> + Send + 'static {
         let shared = self.shared.clone();
         async move {
-            let reads = rooms.iter().map(|r| current_top(&shared, r));
-            let seen = futures_util::future::join_all(reads).await;
-            rooms.into_iter().zip(seen).collect()
+            let inboxes: Vec<String> = rooms
+                .iter()
+                .filter(|r| crate::protocol::is_inbox(r))
+                .cloned()
+                .collect();
+            let others = rooms.iter().filter(|r| !crate::protocol::is_inbox(r));
+            let heads = super::heads::heads(&shared, &inboxes);
+            let reads = futures_util::future::join_all(others.map(|r| current_top(&shared, r)));
+            let (heads, seen) = futures_util::future::join(heads, reads).await;
+            // Back in the order asked: the callers pair each top with its waiting callers.
+            let (mut heads, mut seen) = (heads.into_iter(), seen.into_iter());
+            rooms
+                .into_iter()
+                .map(|room| {
+                    let top = if crate::protocol::is_inbox(&room) {
+                        heads.next().map(Top::of_inbox)
+                    } else {
+                        seen.next()
+                    };
+                    (room, top.unwrap_or_default())
+                })
+                .collect()
         }
     }
 

@@ -8,6 +8,7 @@ mod channels;
 mod conn;
 mod delivery;
 mod fast_path;
+mod heads;
 mod keys;
 mod payload;
 mod presence;

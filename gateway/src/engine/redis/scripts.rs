@@ -33,6 +33,16 @@ pub static HISTORY: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
+/// The heads of several rooms: for each, what [`HISTORY`] returns for a page of no
+/// messages, {epoch, top, first, 0}. KEYS: meta, stream per room. ARGV: max age ms per
+/// room. Keys of several rooms in one call only outside a cluster.
+pub static HEADS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/head.lua"),
+        include_str!("lua/heads.lua")
+    ))
+});
+
 /// The epoch rule on its own: a new epoch if the room is still in the given epoch below
 /// the given seq. Returns {bumped (0/1), epoch}. KEYS: meta, stream. ARGV: epoch seen, seq
 /// seen, new epoch, meta ttl ms.
