@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench`: a small standard set of load runs (about 8 minutes on 2 cores) against the
+# `make bench`: a small standard set of load runs (about 9 minutes on 2 cores) against the
 # memory engine and against Redis. The gateway runs on core 0 and the load generator on
 # core 1 (taskset). Writes bench/results.json (one object per run, with the machine's load
 # average before it) and bench/summary.md: every figure of issue 23's target list beside
