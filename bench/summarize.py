@@ -219,6 +219,33 @@ for name, pattern, value, target, met in TARGETS:
     lines.append(f"| {name} | {target} | {show(v, runs)} | {show(p, old_runs)} | {ok} |")
 
 
+def against_floor(table, figure, floor, how):
+    """A gateway figure set against its floor's in the same run (medians of both)."""
+    (g, _), (f, _) = median(table, *figure), median(table, *floor)
+    return None if g is None or f is None else how(g, f)
+
+
+# The gateway's figures against the floors measured beside them: what the gateway itself
+# adds, which moves less with the machine than the figures do (context, not targets).
+minus = lambda g, f: round(g - f, 2)
+for engine in ("memory", "redis"):
+    fanout = rf"^{engine} fanout 1x\d+ 50/s$"
+    loop = rf"^loopback floor 1x\d+ 50/s, before {engine}$"
+    p99 = lambda r: get(r, "latency_ms", "p99") or None
+    for name, figure, floor, how in [
+        (f"50/s µs per delivery over the bare loop's, {engine}",
+         (fanout, lambda r: r.get("gateway_cpu_us_per_delivery")),
+         (loop, lambda r: r.get("writer_cpu_us_per_delivery")), minus),
+        (f"50/s p99 over the bare loop's (ms), {engine}", (fanout, p99), (loop, p99), minus),
+        (f"?user= connects as a share of the connect floor's (%), {engine}",
+         (rf"^{engine} idle \d+ \?user=$", lambda r: r.get("connect_per_s")),
+         (rf"^connect floor \d+ \?user=, before {engine}$", lambda r: r.get("connect_per_s")),
+         lambda g, f: round(100 * g / f)),
+    ]:
+        v, p = against_floor(rows, figure, floor, how), against_floor(previous, figure, floor, how)
+        lines.append(f"| {name} | context | {show(v, [])} | {show(p, [])} |  |")
+
+
 def storm(r):
     if r is None:
         return "not measured"
