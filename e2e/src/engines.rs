@@ -14,8 +14,12 @@ pub async fn fresh(base: &Config, hub: Arc<Hub>, config: &Config) -> Arc<RedisEn
     let mut config = config.clone();
     config.redis = base.redis.clone();
     config.redis.key_prefix = format!("t{:08x}", rand::random::<u32>());
-    let engine =
-        Arc::new(RedisEngine::new(hub, &config, Default::default()).expect("redis engine"));
+    start(&config, hub).await
+}
+
+/// A Redis engine of exactly `config`, delivering into `hub`; returns once it is healthy.
+pub async fn start(config: &Config, hub: Arc<Hub>) -> Arc<RedisEngine> {
+    let engine = Arc::new(RedisEngine::new(hub, config, Default::default()).expect("redis engine"));
     let deadline = Instant::now() + Duration::from_secs(20);
     while !engine.healthy() {
         assert!(

@@ -271,6 +271,21 @@ pub struct RedisAdmin {
 }
 
 impl RedisAdmin {
+    /// Kills the pub/sub connections and refuses new connections until
+    /// [`end_outage`](Self::end_outage): the engines' open command connections go on, their
+    /// subscribers cannot reconnect yet.
+    pub fn start_pubsub_outage(&mut self) {
+        assert_eq!(self.command(&["CONFIG", "SET", "maxclients", "1"]), "+OK");
+        let killed = self.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        assert!(killed.starts_with(':') && killed != ":0", "{killed}");
+    }
+
+    /// Accepts new connections again.
+    pub fn end_outage(&mut self) {
+        let reply = self.command(&["CONFIG", "SET", "maxclients", "10000"]);
+        assert_eq!(reply, "+OK");
+    }
+
     /// Sends a command and returns the first line of its reply (`+OK`, `:1`, `-ERR ...`).
     pub fn command(&mut self, args: &[&str]) -> String {
         let mut req = format!("*{}\r\n", args.len());

@@ -1,8 +1,8 @@
 //! A real local Redis Cluster for tests: three masters and three replicas, each a
 //! `redis-server --cluster-enabled yes` process on a free loopback port (its cluster bus on
-//! another, given with `--cluster-port`), joined by `redis-cli --cluster create`. Killed and removed
-//! on drop. [`RedisCluster::start_tls`] starts one that speaks TLS only, on its cluster bus
-//! and between replicas too.
+//! another, given with `--cluster-port`), joined by `redis-cli --cluster create`. Killed
+//! and removed on drop. [`RedisCluster::start_tls`] starts one that speaks TLS only, on its
+//! cluster bus and between replicas too.
 
 use crate::process::free_port;
 use crate::tls::TlsFiles;

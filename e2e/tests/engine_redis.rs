@@ -1,8 +1,7 @@
 //! The engine conformance suite, unchanged, against a real redis-server.
 
 use chat_gateway::config::Config;
-use chat_gateway::engine::conformance::{run_all, Factory};
-use chat_gateway::engine::redis::RedisEngine;
+use chat_gateway::engine::conformance::run_all;
 use chat_gateway::engine::{Engine, HistoryPage};
 use chat_gateway::hub::Hub;
 use chat_gateway::outbound::OutboundReceiver;
@@ -10,34 +9,12 @@ use e2e::redis::RedisServer;
 use std::sync::Arc;
 use std::time::Duration;
 
-struct Fresh {
-    url: String,
-}
-
-impl Factory for Fresh {
-    async fn make(&self, hub: Arc<Hub>, config: &Config) -> Arc<dyn Engine> {
-        let mut config = config.clone();
-        config.redis.url = self.url.clone();
-        // A new key prefix per engine: no state leaks between checks.
-        config.redis.key_prefix = format!("t{:08x}", rand::random::<u32>());
-        let engine =
-            Arc::new(RedisEngine::new(hub, &config, Default::default()).expect("redis engine"));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !engine.healthy() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis engine never became healthy"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        engine
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_engine_passes_the_conformance_suite() {
     let redis = RedisServer::start();
-    run_all(&Fresh { url: redis.url() }).await;
+    let mut base = Config::default();
+    base.redis.url = redis.url();
+    run_all(&e2e::engines::Fresh(base)).await;
 }
 
 async fn engine_with_prefix(url: &str, prefix: &str) -> Arc<dyn Engine> {
@@ -49,14 +26,7 @@ async fn engine_on_hub(hub: Arc<Hub>, url: &str, prefix: &str) -> Arc<dyn Engine
     let mut config = Config::default();
     config.redis.url = url.to_string();
     config.redis.key_prefix = prefix.to_string();
-    let engine =
-        Arc::new(RedisEngine::new(hub, &config, Default::default()).expect("redis engine"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !engine.healthy() {
-        assert!(tokio::time::Instant::now() < deadline, "never healthy");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    engine
+    e2e::engines::start(&config, hub).await
 }
 
 /// A subscribing engine on a hub (at `sub_url`) and a publishing one (at `pub_url`)
@@ -92,21 +62,6 @@ fn message(room: &str, n: u64) -> chat_gateway::engine::Publish {
         body: serde_json::value::RawValue::from_string(n.to_string()).expect("body"),
         traceparent: None,
     }
-}
-
-/// Kills the pub/sub connections and refuses new connections until [`end_outage`]: the
-/// publisher's open connection goes on, the subscriber cannot reconnect yet.
-fn start_outage(admin: &mut e2e::redis::RedisAdmin) {
-    assert_eq!(admin.command(&["CONFIG", "SET", "maxclients", "1"]), "+OK");
-    let killed = admin.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
-    assert!(killed.starts_with(':') && killed != ":0", "{killed}");
-}
-
-fn end_outage(admin: &mut e2e::redis::RedisAdmin) {
-    assert_eq!(
-        admin.command(&["CONFIG", "SET", "maxclients", "10000"]),
-        "+OK"
-    );
 }
 
 /// The node registry lists every node of a cluster (rebalancing compares against all of
@@ -172,12 +127,12 @@ async fn messages_published_while_pubsub_reconnects_are_delivered() {
         receivers.push(listen(&hub, &*subscriber, room, i as u64 + 1).await.0);
     }
     let mut admin = redis.admin();
-    start_outage(&mut admin);
+    admin.start_pubsub_outage();
     for room in &rooms {
         let published = publisher.publish(message(room, 1)).await.expect("publish");
         assert_eq!(published.at.seq, 1);
     }
-    end_outage(&mut admin);
+    admin.end_outage();
     for (room, mut rx) in rooms.iter().zip(receivers) {
         assert_eq!(next_msg(&mut rx).await, Some((room.clone(), 1)), "{room}");
     }
@@ -200,13 +155,13 @@ async fn a_gap_fill_starts_at_the_rooms_top_or_over_in_a_new_epoch() {
         receivers.push(listen(&hub, &*subscriber, room, i as u64 + 1).await.0);
     }
     let mut admin = redis.admin();
-    start_outage(&mut admin);
+    admin.start_pubsub_outage();
     assert_eq!(send("kept", 4).await.expect("publish").at.seq, 4);
     // "lost" loses its history and starts again: seq 1 of a new epoch.
     publisher.rewind_for_test("lost", None).await;
     let renumbered = send("lost", 1).await.expect("publish");
     assert_eq!(renumbered.at.seq, 1);
-    end_outage(&mut admin);
+    admin.end_outage();
     let mut rx = receivers.into_iter();
     let (mut kept, mut lost) = (rx.next().expect("kept"), rx.next().expect("lost"));
     assert_eq!(next_msg(&mut kept).await, Some(("kept".into(), 4)));
@@ -248,11 +203,11 @@ async fn an_inbox_subscription_hands_back_the_head_it_started_from() {
 
     // During an outage Bob gets a fourth DM; Dave's inbox is lost and starts again.
     let mut admin = redis.admin();
-    start_outage(&mut admin);
+    admin.start_pubsub_outage();
     assert_eq!(send("user:bob", 4).await.expect("publish").at.seq, 4);
     publisher.rewind_for_test("user:dave", None).await;
     assert_eq!(send("user:dave", 1).await.expect("publish").at.seq, 1);
-    end_outage(&mut admin);
+    admin.end_outage();
     // The fill starts at the head (from the inbox's start it would hand on 1 first), or
     // over in the new epoch.
     assert_eq!(next_msg(&mut phone).await, Some(("user:bob".into(), 4)));
@@ -303,6 +258,45 @@ async fn inboxes_subscribed_at_once_share_their_head_reads() {
         );
     }
     assert!(calls <= 20, "{calls} script calls for 100 inboxes' heads");
+}
+
+/// An inbox whose store is behind what the node saw (restored from an older snapshot),
+/// subscribed again among others at once: its head is not the batch's stale read but the
+/// one of its own read, which starts a new epoch (the rule).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbox_behind_the_node_gets_a_new_epoch_in_a_batch_too() {
+    let redis = RedisServer::start();
+    let (hub, node, publisher) = two_nodes(&redis.url(), &redis.url()).await;
+    for n in 1..=3 {
+        let sent = publisher.publish(message("user:a", n)).await;
+        sent.expect("publish");
+    }
+    let (_, seen) = listen(&hub, &*node, "user:a", 1).await;
+    let seen = seen.expect("the head the subscriber read");
+    assert!(hub.unsubscribe("user:a", 1));
+    node.unsubscribe("user:a").await.expect("unsubscribe");
+    publisher.rewind_for_test("user:a", Some(1)).await;
+
+    let others: Vec<String> = (0..20).map(|i| format!("user:o{i}")).collect();
+    let names = others.iter().map(String::as_str).chain(["user:a"]);
+    let subscribed = names
+        .zip(2..)
+        .map(|(name, conn)| listen(&hub, &*node, name, conn));
+    let before = redis.calls("evalsha");
+    let mut heads = futures_util::future::join_all(subscribed).await;
+    let calls = redis.calls("evalsha") - before;
+    let head = heads
+        .pop()
+        .and_then(|(_, head)| head)
+        .expect("user:a's head");
+    let now = publisher.history("user:a", Default::default()).await;
+    let now = now.expect("history");
+    assert_ne!(
+        head.epoch, seen.epoch,
+        "a store behind the node: a new epoch"
+    );
+    assert_eq!((&*head.epoch, head.top), (&*now.epoch, now.top));
+    assert!(calls < 10, "{calls} script calls for 21 inboxes' heads");
 }
 
 /// Entering a room (presence) hands back the room's head read in the same script: the
@@ -377,11 +371,11 @@ async fn a_failed_gap_fill_is_tried_again_before_live_messages_go_on() {
         admin.command(&["ACL", "SETUSER", "sub", "-evalsha", "-eval"]),
         "+OK"
     );
-    start_outage(&mut admin);
+    admin.start_pubsub_outage();
     for n in 2..=3 {
         send(n).await.expect("publish");
     }
-    end_outage(&mut admin);
+    admin.end_outage();
     // Once the subscriber is back (its fill failing), live messages reach it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
