@@ -140,17 +140,10 @@ impl RedisServer {
             .command(&["INFO", "commandstats"])
             .expect("INFO commandstats");
         let info: String = redis::from_redis_value(info).expect("INFO text");
-        let prefix = format!("cmdstat_{command}:");
-        let Some(stats) = info.lines().find_map(|l| l.strip_prefix(&prefix)) else {
-            return 0;
-        };
-        let field = |name: &str| -> u64 {
-            stats
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
-                .unwrap_or(0)
-        };
-        field("calls").saturating_sub(field("failed_calls"))
+        let ran = command_stats(&info)
+            .find(|(name, _)| *name == command)
+            .map_or(0, |(_, s)| s.calls.saturating_sub(s.failed_calls));
+        ran
     }
 
     /// Starts a server that keeps its data across [`stop`](Self::stop) and
@@ -263,6 +256,36 @@ impl Drop for RedisServer {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// One command's line of `INFO commandstats`.
+pub struct CommandStats {
+    /// Every call, the failed ones included.
+    pub calls: u64,
+    /// The calls answered with an error.
+    pub failed_calls: u64,
+}
+
+/// The commands of an `INFO commandstats` reply, each with its counts (0 for a count the
+/// server does not report).
+pub fn command_stats(info: &str) -> impl Iterator<Item = (&str, CommandStats)> {
+    info.lines().filter_map(|line| {
+        let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+        let field = |key: &str| -> u64 {
+            stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+                .unwrap_or(0)
+        };
+        let (calls, failed_calls) = (field("calls"), field("failed_calls"));
+        Some((
+            name,
+            CommandStats {
+                calls,
+                failed_calls,
+            },
+        ))
+    })
 }
 
 /// A raw connection to a test's Redis, for commands with one-line replies.

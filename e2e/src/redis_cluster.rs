@@ -446,25 +446,13 @@ impl RedisCluster {
     pub fn command_calls(&self) -> std::collections::BTreeMap<String, u64> {
         let mut out = std::collections::BTreeMap::new();
         for (_, port) in self.masters() {
-            for line in text(command_on(
+            let info = text(command_on(
                 port,
                 self.tls.as_deref(),
                 &["INFO", "commandstats"],
-            ))
-            .lines()
-            {
-                let Some(rest) = line.strip_prefix("cmdstat_") else {
-                    continue;
-                };
-                let Some((name, stats)) = rest.split_once(':') else {
-                    continue;
-                };
-                let calls = stats
-                    .split(',')
-                    .find_map(|kv| kv.strip_prefix("calls="))
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
-                *out.entry(name.to_string()).or_insert(0) += calls;
+            ));
+            for (name, stats) in crate::redis::command_stats(&info) {
+                *out.entry(name.to_string()).or_insert(0) += stats.calls;
             }
         }
         out

@@ -175,28 +175,27 @@ impl Delivery {
     ) -> impl std::future::Future<Output = Vec<(String, Top)>> + Send + 'static {
         let shared = self.shared.clone();
         async move {
-            let inboxes: Vec<String> = rooms
+            let (inboxes, others): (Vec<&str>, Vec<&str>) = rooms
                 .iter()
-                .filter(|r| crate::protocol::is_inbox(r))
-                .cloned()
-                .collect();
-            let others = rooms.iter().filter(|r| !crate::protocol::is_inbox(r));
+                .map(String::as_str)
+                .partition(|r| crate::protocol::is_inbox(r));
             let heads = super::heads::heads(&shared, &inboxes);
-            let reads = futures_util::future::join_all(others.map(|r| current_top(&shared, r)));
+            let reads =
+                futures_util::future::join_all(others.iter().map(|r| current_top(&shared, r)));
             let (heads, seen) = futures_util::future::join(heads, reads).await;
             // Back in the order asked: the callers pair each top with its waiting callers.
-            let (mut heads, mut seen) = (heads.into_iter(), seen.into_iter());
-            rooms
-                .into_iter()
-                .map(|room| {
-                    let top = if crate::protocol::is_inbox(&room) {
-                        heads.next().map(Top::of_inbox)
+            let (mut heads, mut seen) = (heads.into_iter().map(Top::of_inbox), seen.into_iter());
+            let tops: Vec<Top> = rooms
+                .iter()
+                .filter_map(|room| {
+                    if crate::protocol::is_inbox(room) {
+                        heads.next()
                     } else {
                         seen.next()
-                    };
-                    (room, top.unwrap_or_default())
+                    }
                 })
-                .collect()
+                .collect();
+            rooms.into_iter().zip(tops).collect()
         }
     }
 

@@ -19,7 +19,7 @@ const PER_CALL: usize = 64;
 /// each (all sent at once on the multiplexed connection).
 pub(super) async fn heads(
     shared: &Shared,
-    rooms: &[String],
+    rooms: &[&str],
 ) -> Vec<Result<HistoryPage, EngineError>> {
     if shared.keys.cluster || rooms.len() == 1 {
         let reads = rooms
@@ -27,12 +27,10 @@ pub(super) async fn heads(
             .map(|r| shared.history(r, HistoryQuery::default()));
         return futures_util::future::join_all(reads).await;
     }
-    let calls = rooms.chunks(PER_CALL).map(|chunk| read(shared, chunk));
+    let chunks: Vec<&[&str]> = rooms.chunks(PER_CALL).collect();
+    let pages = futures_util::future::join_all(chunks.iter().map(|chunk| read(shared, chunk)));
     let mut heads = Vec::with_capacity(rooms.len());
-    for (chunk, pages) in rooms
-        .chunks(PER_CALL)
-        .zip(futures_util::future::join_all(calls).await)
-    {
+    for (chunk, pages) in chunks.iter().zip(pages.await) {
         for (room, page) in chunk.iter().zip(pages) {
             heads.push(match page.map(|p| shared.unless_behind(room, p)) {
                 Ok(Ok(page)) => Ok(page),
@@ -47,7 +45,7 @@ pub(super) async fn heads(
 }
 
 /// One script call for `rooms`' heads: one page each, or the call's error for every one.
-async fn read(shared: &Shared, rooms: &[String]) -> Vec<Result<HistoryPage, EngineError>> {
+async fn read(shared: &Shared, rooms: &[&str]) -> Vec<Result<HistoryPage, EngineError>> {
     let mut call = scripts::HEADS.prepare_invoke();
     for room in rooms {
         call.key(shared.keys.meta(room))
