@@ -187,16 +187,19 @@ impl Client {
     }
 
     /// Sends a command without waiting; returns the id it was given.
-    pub async fn send_cmd(&mut self, mut cmd: Value) -> u64 {
+    pub async fn send_cmd(&mut self, cmd: Value) -> u64 {
+        self.try_send_cmd(cmd).await.expect("send command")
+    }
+
+    /// Sends a command without waiting; returns the id it was given, or None when the
+    /// connection is gone (a client that reconnects treats that as the end of it).
+    pub async fn try_send_cmd(&mut self, mut cmd: Value) -> Option<u64> {
         let id = self.next_id;
         self.next_id += 1;
         self.issued.insert(id);
         cmd["id"] = json!(id);
-        self.ws
-            .send(Message::text(cmd.to_string()))
-            .await
-            .expect("send command");
-        id
+        self.ws.send(Message::text(cmd.to_string())).await.ok()?;
+        Some(id)
     }
 
     /// Sends a command and returns its `ok` or `error` reply; other frames are kept.
@@ -215,12 +218,7 @@ impl Client {
     /// Sends a command and returns its reply, or None when the connection ends (or
     /// nothing comes within [`WAIT`]) first.
     pub async fn try_request(&mut self, cmd: Value) -> Option<Value> {
-        let mut cmd = cmd;
-        let id = self.next_id;
-        self.next_id += 1;
-        self.issued.insert(id);
-        cmd["id"] = json!(id);
-        self.ws.send(Message::text(cmd.to_string())).await.ok()?;
+        let id = self.try_send_cmd(cmd).await?;
         self.try_reply(id).await
     }
 

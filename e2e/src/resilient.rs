@@ -344,8 +344,22 @@ async fn session(
     let mut told = false;
     let mut tick = plan.send_every.map(tokio::time::interval);
     let mut in_flight: Option<u64> = None;
+    // A send that fails (the gateway was killed under it) ends the connection as a
+    // failed read does; the pending command is sent again on the next one.
+    let ended = |record: &Mutex<Record>, told: bool| {
+        if !told {
+            record
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .ended_without_goaway += 1;
+        }
+    };
     if let Some(p) = st.pending.clone() {
-        in_flight = Some(c.send_cmd(p).await);
+        let Some(id) = c.try_send_cmd(p).await else {
+            ended(record, told);
+            return hint;
+        };
+        in_flight = Some(id);
     }
     loop {
         let tick_fut = async {
@@ -368,13 +382,15 @@ async fn session(
                 };
                 let cmd = json!({"type": "send", "room": room, "msg_id": format!("{}-{n}", plan.user), "body": {"n": n}});
                 st.pending = Some(cmd.clone());
-                in_flight = Some(c.send_cmd(cmd).await);
+                let Some(id) = c.try_send_cmd(cmd).await else {
+                    ended(record, told);
+                    return hint;
+                };
+                in_flight = Some(id);
             }
             frame = c.recv() => {
                 let Some(f) = frame else {
-                    if !told {
-                        record.lock().unwrap_or_else(|p| p.into_inner()).ended_without_goaway += 1;
-                    }
+                    ended(record, told);
                     return hint;
                 };
                 match f["type"].as_str() {
