@@ -21,6 +21,7 @@ use crate::protocol::push::PresencePush;
 use members::Members;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -122,6 +123,10 @@ impl Room {
 /// Local room -> subscriber map, sharded by room to keep lock hold times short.
 pub struct Hub {
     shards: Vec<Mutex<HashMap<Arc<str>, Room>>>,
+    /// Rooms with local subscribers (the shards' sizes summed), kept as they change: the
+    /// rooms gauge reads it at every connection's inbox subscribe and unsubscribe, and
+    /// summing the shards there took a lock of each of them.
+    rooms: AtomicUsize,
     hasher: std::collections::hash_map::RandomState,
     /// How long presence changes are collected (0: each is pushed at once).
     presence_window: Duration,
@@ -150,6 +155,7 @@ impl Hub {
     pub fn new(presence_window: Duration, fanout_window: Duration) -> Self {
         Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            rooms: AtomicUsize::new(0),
             hasher: Default::default(),
             presence_window,
             pending: Mutex::new(HashMap::new()),
@@ -194,6 +200,9 @@ impl Hub {
         let subs = &mut shard.entry(room.clone()).or_default().subs;
         let first = subs.is_empty();
         subs.insert(conn, queue);
+        if first {
+            self.rooms.fetch_add(1, Ordering::Relaxed);
+        }
         first
     }
 
@@ -211,6 +220,7 @@ impl Hub {
         }
         if r.subs.is_empty() {
             shard.remove(room);
+            self.rooms.fetch_sub(1, Ordering::Relaxed);
             return true;
         }
         false
@@ -386,10 +396,7 @@ impl Hub {
 
     /// Number of rooms with local subscribers.
     pub fn room_count(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
+        self.rooms.load(Ordering::Relaxed)
     }
 }
 

@@ -127,6 +127,35 @@ fn first_and_last_subscriber_are_reported() {
 }
 
 #[test]
+fn room_count_follows_rooms_with_local_subscribers() {
+    let hub = Hub::default();
+    let rooms: Vec<Arc<str>> = (0..40).map(|i| format!("r{i}").into()).collect();
+    let mut keep = Vec::new();
+    for (i, room) in rooms.iter().enumerate() {
+        for conn in [1, 2] {
+            let (q, r) = queue(8, 1024);
+            keep.push(r);
+            hub.subscribe(room, conn + 10 * i as u64, q);
+        }
+    }
+    assert_eq!(
+        hub.room_count(),
+        40,
+        "a room counts once, whatever its members"
+    );
+    for (i, room) in rooms.iter().enumerate().take(20) {
+        hub.unsubscribe(room, 1 + 10 * i as u64);
+        hub.unsubscribe(room, 99); // never subscribed: changes nothing
+    }
+    assert_eq!(hub.room_count(), 40, "each still has a member");
+    for (i, room) in rooms.iter().enumerate().take(20) {
+        hub.unsubscribe(room, 2 + 10 * i as u64);
+        hub.unsubscribe(room, 2 + 10 * i as u64); // again: already gone
+    }
+    assert_eq!(hub.room_count(), 20);
+}
+
+#[test]
 fn deliver_shares_one_frame_and_skips_closed_subscribers() {
     let hub = Arc::new(Hub::default());
     let room: Arc<str> = "r".into();
