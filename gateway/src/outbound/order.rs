@@ -34,6 +34,10 @@ pub(super) enum Live {
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Slot(usize);
 
+/// Tables up to this size are scanned for the very name (a pointer compare each) before
+/// the binary search compares names.
+const SAME_NAME_SCAN: usize = 8;
+
 /// The rooms of one connection, sorted by name: a connection has its inbox and at most
 /// `limits.roomsPerConnection` rooms (100 by default), so a binary search is a few
 /// comparisons, and an idle connection's one room (its inbox) takes 64 bytes where a
@@ -43,6 +47,17 @@ struct Rooms(Vec<(Arc<str>, RoomOrder)>);
 
 impl Rooms {
     fn find(&self, room: &str) -> Result<usize, usize> {
+        // A delivery's room name is the hub's copy, the one this table holds too (see
+        // `Hub::shared_name`): for the few rooms of most connections, the same pointer
+        // finds it without comparing names.
+        if self.0.len() <= SAME_NAME_SCAN {
+            let same = |(name, _): &(Arc<str>, RoomOrder)| {
+                std::ptr::eq(name.as_ptr(), room.as_ptr()) && name.len() == room.len()
+            };
+            if let Some(i) = self.0.iter().position(same) {
+                return Ok(i);
+            }
+        }
         self.0.binary_search_by(|(name, _)| (**name).cmp(room))
     }
 
@@ -248,6 +263,23 @@ mod tests {
         for name in ["a", "b", "m", "user:x", "z"] {
             assert!(rooms.get_mut(name).is_some(), "{name} still there");
         }
+    }
+
+    /// A room is found by its very name (the hub's copy) and by an equal copy alike; the
+    /// same pointer with another length is another name.
+    #[test]
+    fn a_room_is_found_by_its_own_name_or_an_equal_copy() {
+        let long: Arc<str> = "fan0x".into();
+        let mut rooms = Rooms::default();
+        rooms.entry(long.clone());
+        rooms.entry("fan0".into());
+        rooms.entry("user:x".into());
+        let at = |room: &str| rooms.find(room).map(|i| rooms.0[i].0.to_string());
+        assert_eq!(at(&long), Ok("fan0x".to_string()));
+        assert_eq!(at("fan0x"), Ok("fan0x".to_string()));
+        // `fan0` starts at the same address as the table's `fan0x`.
+        assert_eq!(at(&long[..4]), Ok("fan0".to_string()));
+        assert_eq!(at(&long[..3]), Err(0), "`fan` is in neither");
     }
 
     /// Through the slot `live` hands out, each message is written once per room, whether

@@ -66,7 +66,12 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
         cmd.body
     };
     let copy = s.node.hooks.wants_messages().then(|| body.clone());
-    let room: Arc<str> = cmd.room.into();
+    // A joined room's name as the session holds it, the hub's copy: each member's write
+    // order then finds the room by pointer (outbound/order.rs).
+    let room: Arc<str> = match s.rooms.get_key_value(cmd.room.as_str()) {
+        Some((name, _)) => name.clone(),
+        None => cmd.room.into(),
+    };
     let span = if telemetry::enabled() {
         let span = tracing::info_span!("send", room = %room, msg_id = %msg_id, user = %s.user(), seq = tracing::field::Empty, trace_id = tracing::field::Empty);
         if let Some(tp) = &traceparent {
