@@ -189,9 +189,19 @@ impl Hub {
     /// than loading one per member (that lookup's share of a delivery's CPU at 50
     /// messages/s to 1,000 members: 4.2% before, 3.1% after; bench/ab.md).
     pub fn shared_name(&self, room: &Arc<str>) -> Arc<str> {
+        self.copy_of(room).unwrap_or_else(|| room.clone())
+    }
+
+    /// The hub's copy of `room`'s name, else a new one: for a message arriving by name (a
+    /// Redis delivery), allocated only when no local member holds the room.
+    pub fn name_of(&self, room: &str) -> Arc<str> {
+        self.copy_of(room).unwrap_or_else(|| room.into())
+    }
+
+    fn copy_of(&self, room: &str) -> Option<Arc<str>> {
         self.shard(room)
-            .get_key_value(&**room)
-            .map_or_else(|| room.clone(), |(name, _)| name.clone())
+            .get_key_value(room)
+            .map(|(name, _)| name.clone())
     }
 
     /// Adds a subscriber; true when it is the room's first local subscriber.

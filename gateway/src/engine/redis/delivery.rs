@@ -391,7 +391,7 @@ impl Delivery {
                     }
                 }
                 let env = Arc::new(Envelope {
-                    room: self.shared.hub.shared_name(&room.into()),
+                    room: self.shared.hub.name_of(room),
                     seq,
                     epoch: epoch.into(),
                     ts,
@@ -429,7 +429,7 @@ impl Delivery {
             }) => {
                 // No seq: no position to track, nothing to fill after a gap.
                 self.shared.hub.deliver(&Arc::new(Envelope {
-                    room: self.shared.hub.shared_name(&room.into()),
+                    room: self.shared.hub.name_of(room),
                     seq: 0,
                     epoch: "".into(),
                     ts,
