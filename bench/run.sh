@@ -102,38 +102,39 @@ start_stub() {
 }
 
 for engine in ${ONLY:-memory redis}; do
-  # No gateway: the ?user= connects against a bare endpoint, right before the gateway's:
-  # how many connects per second this load generator reaches here with nothing behind them.
-  if want floor; then
-    for k in $(repeats); do
+  for k in $(repeats); do
+    # No gateway: the ?user= connects against a bare endpoint, right before the gateway's:
+    # how many connects per second this load generator reaches here with nothing behind
+    # them.
+    if want floor; then
       port=$(free_port); start_stub "$port"
       AUTH=user run "connect floor $N_IDLE ?user=, before $engine$(nth "$k")" "$STUB_PID" idle --target "127.0.0.1:$port" --connections "$N_IDLE" --hold 1s --source-ips 64
       stop_gateway "$STUB_PID"
-    done
-  fi
-  if want idle; then
-    # A fresh gateway for each run: its memory per connection is measured too.
-    for k in $(repeats); do
+    fi
+    if want idle; then
+      # A fresh gateway for each run: its memory per connection is measured too.
       port=$(free_port); start_gateway "$engine" "$port"; T=127.0.0.1:$port
       run "$engine idle $N_IDLE$(nth "$k")" "$GW_PID" idle --target "$T" --connections "$N_IDLE" --hold 3s --source-ips 64
       stop_gateway "$GW_PID"; port=$(free_port); start_gateway "$engine" "$port" bench insecure; T=127.0.0.1:$port
       AUTH=user run "$engine idle $N_IDLE ?user=$(nth "$k")" "$GW_PID" idle --target "$T" --connections "$N_IDLE" --hold 3s --source-ips 64
       stop_gateway "$GW_PID"
-    done
-  fi
-  # No gateway: the same 50/s fan-out written by a bare loop (its thread on core 0), right
-  # before the gateway's: what the kernel alone costs per delivery on this machine now.
-  if want floor; then
-    for k in $(repeats); do
-      run "loopback floor 1x$MEMBERS 50/s, before $engine$(nth "$k")" - floor --members "$MEMBERS" --rate 50 --duration "$DUR" --writer-cpu 0
-    done
-  fi
-  if want fanout || want churn; then
+    fi
+  done
+  if want floor || want fanout || want churn; then
     port=$(free_port); start_gateway "$engine" "$port"; T=127.0.0.1:$port
-    if want fanout; then
-      for k in $(repeats); do
+    # Each 50/s run right after the same fan-out written by a bare loop (its thread on
+    # core 0, the gateway idle): what the kernel alone costs per delivery on this machine
+    # at that moment. Pairs side by side in time: the machine's speed drifts by more
+    # than the gateway's own cost between runs minutes apart.
+    for k in $(repeats); do
+      if want floor; then
+        run "loopback floor 1x$MEMBERS 50/s, before $engine$(nth "$k")" - floor --members "$MEMBERS" --rate 50 --duration "$DUR" --writer-cpu 0
+      fi
+      if want fanout; then
         run "$engine fanout 1x$MEMBERS 50/s$(nth "$k")" "$GW_PID" fanout --target "$T" --members "$MEMBERS" --rate 50 --duration "$DUR"
-      done
+      fi
+    done
+    if want fanout; then
       run "$engine fanout 1x$MEMBERS 200/s" "$GW_PID" fanout --target "$T" --members "$MEMBERS" --rate 200 --duration "$DUR"
       run "$engine fanout 1x$MEMBERS max" "$GW_PID" fanout --target "$T" --members "$MEMBERS" --window 8 --duration "$DUR"
     fi
