@@ -1,5 +1,7 @@
-local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'e')
 local epoch = meta[1]
+-- Until when the room's keys were last given to live (ms; see the end).
+local lives_until = tonumber(meta[3] or '0')
 if epoch and epoch == ARGV[9] and tonumber(meta[2] or '0') < tonumber(ARGV[10]) then
   -- The epoch rule: the store is behind what the publishing node has seen of this epoch
   -- (restored from an older snapshot, or a lagging replica took over). Numbering on would
@@ -10,6 +12,7 @@ end
 if not epoch then
   epoch = ARGV[2]
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+  lives_until = 0
 end
 local dup = redis.call('GET', KEYS[3])
 if dup then
@@ -44,9 +47,17 @@ if oldest and now - tonumber(oldest[2][4]) > max_age then
     if now - tonumber(e[2][4]) > max_age then redis.call('XDEL', KEYS[2], e[1]) else break end
   end
 end
--- The seq counter outlives the messages by a week so an idle room keeps its epoch.
-redis.call('PEXPIRE', KEYS[1], max_age * 2 + 604800000)
-redis.call('PEXPIRE', KEYS[2], max_age * 2)
+-- The stream lives two max ages after its last refresh, the meta (the seq counter) a week
+-- longer so an idle room keeps its epoch. Refreshing them on every publish cost two of its
+-- commands; now only once less than one and a half max ages are left (a message appended
+-- now still outlives its own max age; a longer max age in the config refreshes at once),
+-- or when this message is the stream's oldest: the stream is new (a new room or epoch, or
+-- it expired or was evicted under its meta) and has no expiry yet.
+if lives_until - now < max_age * 1.5 or (oldest and oldest[1] == seq .. '-1') then
+  redis.call('PEXPIRE', KEYS[1], max_age * 2 + 604800000)
+  redis.call('PEXPIRE', KEYS[2], max_age * 2)
+  redis.call('HSET', KEYS[1], 'e', now + max_age * 2)
+end
 redis.call('SET', KEYS[3], seq .. ' ' .. epoch, 'PX', ARGV[7])
 if quota > 0 then
   redis.call('ZADD', KEYS[4], seq, seq)
