@@ -187,12 +187,12 @@ if [ -n "$QUICK" ]; then RATES="500"; else RATES="2000 10000"; fi
 # each measured that round trip (~0.5 ms on a busy machine caps a connection at ~2,000/s),
 # not the path between two gateways.
 for XR in $RATES; do
-  before=$(redis_calls)
+  before=$(redis_calls) cpu_before=$(redis_cpu_us)
   run "redis cross-process 100 rooms x 1, $XR/s" "$B" fanout --target "127.0.0.1:$pb" --publish-to "127.0.0.1:$pa" \
     --rooms 100 --members 1 --publishers 100 --rate "$XR" --duration "$DUR"
   # Every Redis command during the run (both gateways, set-up and idle work included).
   last=${results[-1]}
-  results[-1]="{\"redis_commands\":$(( $(redis_calls) - before )),\"duration_s\":${DUR%s},${last#\{}"
+  results[-1]="{\"redis_commands\":$(( $(redis_calls) - before )),\"redis_cpu_us\":$(( $(redis_cpu_us) - cpu_before )),\"duration_s\":${DUR%s},${last#\{}"
 done
 fi
 

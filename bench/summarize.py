@@ -108,6 +108,12 @@ def redis_per_message(r):
     return round(n / msgs, 2) if n is not None and msgs else None
 
 
+def redis_cpu_per_message(r):
+    us = r.get("redis_cpu_us")
+    msgs = (r.get("published_per_s") or 0) * (r.get("duration_s") or 0)
+    return round(us / msgs, 1) if us is not None and msgs else None
+
+
 def redis_per_cycle(r):
     n, cycles = r.get("redis_commands"), r.get("cycles")
     return round(n / cycles, 2) if n is not None and cycles else None
@@ -175,6 +181,8 @@ TARGETS += [
      lambda r: get(r, "latency_ms", "p99") or None, "≤ 10", lambda v, p: v <= 10),
     ("Redis commands per message (INFO commandstats, whole run)", r"^redis cross-process .*10000/s$",
      redis_per_message, "stated", lambda v, p: True),
+    ("redis-server's CPU per message (µs, whole run: both gateways' set-up and idle work too)",
+     r"^redis cross-process .*10000/s$", redis_cpu_per_message, "context", None),
 ]
 
 
