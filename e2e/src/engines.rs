@@ -3,7 +3,7 @@
 
 use chat_gateway::config::Config;
 use chat_gateway::engine::redis::RedisEngine;
-use chat_gateway::engine::Engine;
+use chat_gateway::engine::{Engine, Publish};
 use chat_gateway::hub::Hub;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +29,17 @@ pub async fn start(config: &Config, hub: Arc<Hub>) -> Arc<RedisEngine> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     engine
+}
+
+/// Message `n` of `room`: from `p`, its msg id `<room>-<n>`, its body `n`.
+pub fn message(room: &str, n: u64) -> Publish {
+    Publish {
+        room: room.into(),
+        from: "p".into(),
+        msg_id: format!("{room}-{n}"),
+        body: serde_json::value::RawValue::from_string(n.to_string()).expect("body"),
+        traceparent: None,
+    }
 }
 
 /// The conformance factory of a Redis deployment.

@@ -5,6 +5,7 @@ use chat_gateway::engine::conformance::run_all;
 use chat_gateway::engine::{Engine, HistoryPage};
 use chat_gateway::hub::Hub;
 use chat_gateway::outbound::OutboundReceiver;
+use e2e::engines::message;
 use e2e::redis::RedisServer;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,17 +52,6 @@ async fn listen(
     hub.subscribe(&Arc::from(room), conn, q);
     let head = engine.subscribe(room).await.expect("subscribe");
     (rx, head)
-}
-
-/// Message `n` of `room` (its body is `n`).
-fn message(room: &str, n: u64) -> chat_gateway::engine::Publish {
-    chat_gateway::engine::Publish {
-        room: room.into(),
-        from: "p".into(),
-        msg_id: format!("{room}-{n}"),
-        body: serde_json::value::RawValue::from_string(n.to_string()).expect("body"),
-        traceparent: None,
-    }
 }
 
 /// The node registry lists every node of a cluster (rebalancing compares against all of

@@ -7,9 +7,9 @@
 use chat_gateway::config::{Config, RedisTlsConfig};
 use chat_gateway::engine::conformance::run_all;
 use chat_gateway::engine::redis::RedisEngine;
-use chat_gateway::engine::{Broker, Engine, Publish};
+use chat_gateway::engine::{Broker, Engine};
 use chat_gateway::hub::Hub;
-use e2e::engines::{fresh, Fresh};
+use e2e::engines::{fresh, message, Fresh};
 use e2e::redis::RedisServer;
 use e2e::redis_sentinel::RedisSentinel;
 use e2e::tls::TlsFiles;
@@ -57,21 +57,11 @@ async fn never_healthy(config: &Config, what: &str) {
         assert!(!engine.healthy(), "{what}: healthy");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let sent = engine.publish(publish("r", 1)).await;
+    let sent = engine.publish(message("r", 1)).await;
     assert!(sent.is_err(), "{what}: publish succeeded: {sent:?}");
     drop(engine);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(PANICS.load(Ordering::SeqCst), panics, "{what}: panicked");
-}
-
-fn publish(room: &str, n: u64) -> Publish {
-    Publish {
-        room: room.into(),
-        from: "p".into(),
-        msg_id: format!("m{n}"),
-        body: serde_json::value::RawValue::from_string(n.to_string()).expect("body"),
-        traceparent: None,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,8 +99,8 @@ async fn mutual_tls_works_with_the_client_certificate_only() {
 
     let with_cert = config(&redis, tls.config(true));
     let engine = fresh(&with_cert, Arc::new(Hub::default()), &Config::default()).await;
-    let first = engine.publish(publish("mtls", 1)).await.expect("publish");
-    let second = engine.publish(publish("mtls", 2)).await.expect("publish");
+    let first = engine.publish(message("mtls", 1)).await.expect("publish");
+    let second = engine.publish(message("mtls", 2)).await.expect("publish");
     assert_eq!((first.at.seq, second.at.seq), (1, 2));
 }
 

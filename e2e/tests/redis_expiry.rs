@@ -3,8 +3,9 @@
 //! and a half max ages are left or the stream has none yet, not on every message.
 
 use chat_gateway::config::Config;
-use chat_gateway::engine::{Engine, Publish};
+use chat_gateway::engine::Engine;
 use chat_gateway::hub::Hub;
+use e2e::engines::message;
 use e2e::redis::RedisServer;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,16 +20,6 @@ async fn engine(redis: &RedisServer, prefix: &str, max_age: Duration) -> Arc<dyn
     config.redis.key_prefix = prefix.into();
     config.history.max_age = max_age;
     e2e::engines::start(&config, Arc::new(Hub::default())).await
-}
-
-fn message(room: &str, n: u64) -> Publish {
-    Publish {
-        room: room.into(),
-        from: "p".into(),
-        msg_id: format!("{room}-{n}"),
-        body: serde_json::value::RawValue::from_string(n.to_string()).expect("body"),
-        traceparent: None,
-    }
 }
 
 async fn publish(engine: &dyn Engine, room: &str, n: u64) {
