@@ -1,6 +1,6 @@
 local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'e')
 local epoch = meta[1]
--- Until when the room's keys were last given to live (ms; see the end).
+-- Until when the stream was last given to live (ms; the meta a week more; see the end).
 local lives_until = tonumber(meta[3] or '0')
 if epoch and epoch == ARGV[9] and tonumber(meta[2] or '0') < tonumber(ARGV[10]) then
   -- The epoch rule: the store is behind what the publishing node has seen of this epoch
