@@ -102,16 +102,19 @@ for r in rows:
         )
 
 
-def redis_per_message(r):
-    n = r.get("redis_commands")
+def per_message(r, key, digits):
+    """A figure of the whole run (`redis_commands`, `redis_cpu_us`) per message sent."""
+    n = r.get(key)
     msgs = (r.get("published_per_s") or 0) * (r.get("duration_s") or 0)
-    return round(n / msgs, 2) if n is not None and msgs else None
+    return round(n / msgs, digits) if n is not None and msgs else None
+
+
+def redis_per_message(r):
+    return per_message(r, "redis_commands", 2)
 
 
 def redis_cpu_per_message(r):
-    us = r.get("redis_cpu_us")
-    msgs = (r.get("published_per_s") or 0) * (r.get("duration_s") or 0)
-    return round(us / msgs, 1) if us is not None and msgs else None
+    return per_message(r, "redis_cpu_us", 1)
 
 
 def redis_per_cycle(r):
@@ -186,7 +189,7 @@ TARGETS += [
 ]
 
 
-REPEAT = re.compile(r" \(run \d+ of \d+\)$")
+REPEAT = re.compile(r" \(run (\d+) of \d+\)$")
 
 
 def matching(table, pattern):
@@ -207,9 +210,14 @@ def median(table, pattern, value):
     values = [v for v in (value(r) for r in matching(table, pattern)) if v is not None]
     if not values:
         return None, []
-    # A text figure (the floor's "p99 (p50)") is ordered by the number it starts with.
+    return lower_middle(values), values
+
+
+def lower_middle(values):
+    """The median of `values`, the lower middle of an even count; None for none. A text
+    figure (the floor's "p99 (p50)") is ordered by the number it starts with."""
     ordered = sorted(values, key=lambda v: float(str(v).split()[0]))
-    return ordered[(len(ordered) - 1) // 2], values
+    return ordered[(len(ordered) - 1) // 2] if ordered else None
 
 
 lines += [
@@ -234,11 +242,8 @@ for name, pattern, value, target, met in TARGETS:
     lines.append(f"| {name} | {target} | {show(v, runs)} | {show(p, old_runs)} | {ok} |")
 
 
-RUN_NO = re.compile(r" \(run (\d+) of \d+\)$")
-
-
 def run_no(row):
-    m = RUN_NO.search(row.get("label", ""))
+    m = REPEAT.search(row.get("label", ""))
     return int(m.group(1)) if m else 1
 
 
@@ -253,8 +258,7 @@ def against_floor(table, figure, floor, how):
     if len(pairs) != len(matching(table, pattern)) or len(floors) != len(pairs):
         (g, _), (f, _) = median(table, *figure), median(table, *floor)
         return (None if g is None or f is None else how(g, f)), []
-    ordered = sorted(pairs)
-    return (ordered[(len(ordered) - 1) // 2] if ordered else None), pairs
+    return lower_middle(pairs), pairs
 
 
 # The gateway's figures against the floors measured beside them: what the gateway itself
