@@ -6,6 +6,7 @@
 
 pub mod churn;
 pub mod conn;
+pub mod fanout;
 pub mod floor;
 pub mod idle;
 pub mod stats;
@@ -75,7 +76,7 @@ pub enum Mode {
         #[command(flatten)]
         common: Common,
         #[command(flatten)]
-        shape: conn::Shape,
+        shape: fanout::Shape,
     },
     /// Connect, authenticate, join, leave, close, at a target rate.
     Churn {
@@ -182,7 +183,7 @@ pub async fn run(cli: Cli) -> Result<serde_json::Value, String> {
                     "{needed} connections do not fit under the open-file limit {limit}"
                 ));
             }
-            conn::fanout(&common, shape).await
+            fanout::fanout(&common, shape).await
         }
         Mode::Churn {
             common,

@@ -1,0 +1,306 @@
+//! `fanout`: rooms x members with publishers; delivered/s, latency, drops, CPU per
+//! delivery.
+
+use super::conn::{command, finish, gateway_usage, open};
+use super::stats::{cpu_us_per, Latencies};
+use super::Common;
+use crate::procstat;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Finds `"t":<digits>` in a frame and parses the digits (no JSON parse per message).
+fn sent_at(frame: &str) -> Option<u64> {
+    let i = frame.find("{\"t\":")? + 5;
+    let digits: &str = &frame[i..];
+    let end = digits
+        .find(|ch: char| !ch.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+struct Shared {
+    epoch: Instant,
+    measuring: AtomicBool,
+    received: AtomicU64,
+    received_in_window: AtomicU64,
+    acked: AtomicU64,
+    errors: AtomicU64,
+    /// Publishers stop.
+    stop: tokio_util::sync::CancellationToken,
+    /// Receivers stop: after the publishers, once what was in flight had time to arrive.
+    done: tokio_util::sync::CancellationToken,
+}
+
+/// Shape of a fanout run.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Shape {
+    /// Rooms.
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
+    /// Members per room (receivers).
+    #[arg(long, default_value_t = 100)]
+    pub members: usize,
+    /// Publishers. The rooms are dealt out among them (publisher p sends to rooms p, p+P,
+    /// ...; with more publishers than rooms, each has one room): each joins only the rooms
+    /// it sends to, as the protocol requires, and sends to them round-robin.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Total messages per second over all publishers; 0 = as fast as possible.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Sends in flight per publisher when running as fast as possible.
+    #[arg(long, default_value_t = 16)]
+    pub window: usize,
+    /// Body size in bytes (approximate).
+    #[arg(long, default_value_t = 100)]
+    pub body: usize,
+    /// Measured duration (after warm-up).
+    #[arg(long, default_value = "10s", value_parser = super::humantime_parse)]
+    pub duration: Duration,
+    /// Publishers connect here instead of `--target` (another gateway process:
+    /// cross-process delivery through Redis).
+    #[arg(long)]
+    pub publish_to: Option<SocketAddr>,
+}
+
+/// `fanout`: rooms x members with publishers.
+pub async fn fanout(c: &Common, shape: Shape) -> Result<serde_json::Value, String> {
+    let Shape {
+        rooms,
+        members,
+        publishers,
+        rate,
+        window,
+        body,
+        duration,
+        publish_to,
+    } = shape;
+    let sh = Arc::new(Shared {
+        epoch: Instant::now(),
+        measuring: AtomicBool::new(false),
+        received: AtomicU64::new(0),
+        received_in_window: AtomicU64::new(0),
+        acked: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        stop: tokio_util::sync::CancellationToken::new(),
+        done: tokio_util::sync::CancellationToken::new(),
+    });
+    let room_names: Vec<String> = (0..rooms).map(|r| format!("fan{r}")).collect();
+    // Receivers.
+    let mut receivers = Vec::new();
+    let mut conn_no = 0;
+    for (r, room) in room_names.iter().enumerate() {
+        for m in 0..members {
+            let mut ws = open(c, conn_no, &format!("m{r}x{m}")).await?;
+            conn_no += 1;
+            command(&mut ws, json!({"type": "join", "id": 1, "room": room})).await?;
+            let sh = sh.clone();
+            receivers.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                loop {
+                    let m = tokio::select! {
+                        // Not at `stop`: messages acknowledged just before it are still
+                        // on their way, and counting them missing made up drops.
+                        _ = sh.done.cancelled() => break,
+                        m = ws.next() => m,
+                    };
+                    let Some(Ok(Message::Text(t))) = m else {
+                        if matches!(m, None | Some(Err(_))) {
+                            break;
+                        }
+                        continue;
+                    };
+                    if let Some(sent) = sent_at(&t) {
+                        sh.received.fetch_add(1, Ordering::Relaxed);
+                        if sh.measuring.load(Ordering::Relaxed) {
+                            sh.received_in_window.fetch_add(1, Ordering::Relaxed);
+                            let now = sh.epoch.elapsed().as_nanos() as u64;
+                            lat.push(now.saturating_sub(sent));
+                        }
+                    }
+                }
+                lat
+            }));
+        }
+    }
+    // Publishers: each joined to the rooms it sends to (as the protocol requires), reading
+    // its replies. Each receives its own rooms' messages too, so it holds only its share:
+    // joined to every room, P publishers made the publishing gateway deliver every message
+    // P more times (and this process read them), work that is no part of the measurement.
+    let pad = "x".repeat(body.saturating_sub(30));
+    let per_pub_rate = if rate > 0.0 {
+        rate / publishers as f64
+    } else {
+        0.0
+    };
+    let mut pubs = Vec::new();
+    let pub_common = Common {
+        target: publish_to.unwrap_or(c.target),
+        ..c.clone()
+    };
+    for p in 0..publishers {
+        let mut ws = open(&pub_common, conn_no, &format!("pub{p}")).await?;
+        conn_no += 1;
+        let mine = publisher_rooms(&room_names, p, publishers);
+        for (k, room) in mine.iter().enumerate() {
+            command(
+                &mut ws,
+                json!({"type": "join", "id": 1000 + k, "room": room}),
+            )
+            .await?;
+        }
+        let sh = sh.clone();
+        let rooms = mine;
+        let pad = pad.clone();
+        pubs.push(tokio::spawn(async move {
+            let (mut tx, mut rx) = ws.split();
+            let in_flight = Arc::new(tokio::sync::Semaphore::new(window.max(1)));
+            let reader_sh = sh.clone();
+            let reader_sem = in_flight.clone();
+            let reader = tokio::spawn(async move {
+                while let Some(Ok(m)) = rx.next().await {
+                    if let Message::Text(t) = m {
+                        if t.starts_with("{\"type\":\"ok\"") {
+                            reader_sh.acked.fetch_add(1, Ordering::Relaxed);
+                            reader_sem.add_permits(1);
+                        } else if t.starts_with("{\"type\":\"error\"") {
+                            reader_sh.errors.fetch_add(1, Ordering::Relaxed);
+                            reader_sem.add_permits(1);
+                        }
+                    }
+                }
+            });
+            let mut tick = (per_pub_rate > 0.0).then(|| {
+                let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / per_pub_rate));
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                t
+            });
+            let mut n: u64 = 0;
+            loop {
+                if let Some(t) = tick.as_mut() {
+                    tokio::select! { _ = sh.stop.cancelled() => break, _ = t.tick() => {} }
+                } else {
+                    tokio::select! {
+                        _ = sh.stop.cancelled() => break,
+                        p = in_flight.acquire() => match p { Ok(p) => p.forget(), Err(_) => break },
+                    }
+                }
+                n += 1;
+                let room = &rooms[(n as usize) % rooms.len()];
+                let t = sh.epoch.elapsed().as_nanos() as u64;
+                let frame = format!(
+                    r#"{{"type":"send","id":{n},"room":"{room}","body":{{"t":{t},"p":"{pad}"}}}}"#
+                );
+                if tx.send(Message::text(frame)).await.is_err() {
+                    break;
+                }
+            }
+            reader.abort();
+            n
+        }));
+    }
+    let deadline = Instant::now() + c.max_time;
+    // Warm-up, then the measured window.
+    tokio::time::sleep(
+        Duration::from_secs(1).min(deadline.saturating_duration_since(Instant::now())),
+    )
+    .await;
+    let window_len = duration.min(deadline.saturating_duration_since(Instant::now()));
+    let cpu0 = gateway_usage(c);
+    let own0 = procstat::usage(std::process::id()).ok();
+    let r0 = sh.received.load(Ordering::Relaxed);
+    sh.measuring.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    tokio::time::sleep(window_len).await;
+    sh.measuring.store(false, Ordering::Relaxed);
+    let secs = t0.elapsed().as_secs_f64();
+    let r1 = sh.received.load(Ordering::Relaxed);
+    let cpu1 = gateway_usage(c);
+    let own1 = procstat::usage(std::process::id()).ok();
+    // Stop publishing, let in-flight messages arrive, then count what never did.
+    let acked_at_stop = {
+        sh.stop.cancel();
+        let mut sent = 0;
+        for p in pubs {
+            sent += p.await.unwrap_or(0);
+        }
+        let _ = sent;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        sh.acked.load(Ordering::Relaxed)
+    };
+    let received_total = sh.received.load(Ordering::Relaxed);
+    let mut lat = Vec::new();
+    sh.done.cancel();
+    for r in receivers {
+        if let Ok(v) = r.await {
+            lat.extend(v);
+        }
+    }
+    let expected = acked_at_stop * members as u64;
+    let delivered_in_window = r1 - r0;
+    let cpu_us = match (cpu0, cpu1) {
+        (Some(a), Some(b)) if delivered_in_window > 0 => {
+            Some((b.cpu_secs - a.cpu_secs) * 1e6 / delivered_in_window as f64)
+        }
+        _ => None,
+    };
+    let lat = Latencies::new(lat);
+    Ok(finish(
+        c,
+        "fanout",
+        json!({
+            "rooms": rooms, "members": members, "publishers": publishers,
+            "cross_process": publish_to.is_some(),
+            "target_rate": rate, "window": window, "body_bytes": body,
+            "published_per_s": (acked_at_stop as f64 / (secs + 1.0)).round(),
+            "delivered_per_s": (delivered_in_window as f64 / secs).round(),
+            "latency_ms": lat.json(),
+            "drops": expected.saturating_sub(received_total),
+            "send_errors": sh.errors.load(Ordering::Relaxed),
+            "gateway_cpu_us_per_delivery": cpu_us.map(|x| (x * 1000.0).round() / 1000.0),
+            // One thread reads every member's socket: when its cost per delivery is near
+            // the gateway's, the client's pace is part of the latency.
+            "loadgen_cpu_us_per_delivery": cpu_us_per(own0, own1, delivered_in_window),
+            "gateway_rss_bytes": cpu1.map(|u| u.rss_bytes),
+            "note": "receivers only; each publisher also receives its own rooms' messages (not counted)",
+        }),
+    ))
+}
+
+/// The rooms publisher `p` of `publishers` sends to: every `publishers`-th room from the
+/// `p`-th (each room has one publisher), or one room when there are more publishers.
+fn publisher_rooms(rooms: &[String], p: usize, publishers: usize) -> Vec<String> {
+    if rooms.is_empty() {
+        return Vec::new();
+    }
+    if publishers >= rooms.len() {
+        return vec![rooms[p % rooms.len()].clone()];
+    }
+    rooms.iter().skip(p).step_by(publishers).cloned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn deals_rooms_out_among_publishers() {
+        let rooms: Vec<String> = (0..5).map(|r| format!("r{r}")).collect();
+        let all: Vec<Vec<String>> = (0..2)
+            .map(|p| super::publisher_rooms(&rooms, p, 2))
+            .collect();
+        assert_eq!(all, [vec!["r0", "r2", "r4"], vec!["r1", "r3"]]);
+        assert_eq!(super::publisher_rooms(&rooms, 6, 7), ["r1"]);
+        assert_eq!(super::publisher_rooms(&rooms, 0, 1), rooms);
+    }
+
+    #[test]
+    fn finds_the_send_time() {
+        let f = r#"{"type":"msg","room":"r","seq":3,"body":{"t":123456,"p":"xx"}}"#;
+        assert_eq!(super::sent_at(f), Some(123456));
+        assert_eq!(super::sent_at(r#"{"type":"ok"}"#), None);
+    }
+}
