@@ -126,13 +126,18 @@ for engine in ${ONLY:-memory redis}; do
     # core 0, the gateway idle): what the kernel alone costs per delivery on this machine
     # at that moment. Pairs side by side in time: the machine's speed drifts by more
     # than the gateway's own cost between runs minutes apart.
+    # Then the same pair read by the raw reader (one epoll thread, no runtime: ~1 µs a
+    # delivery cheaper than the default reader, whose pace is the p99's other bound).
     for k in $(repeats); do
-      if want floor; then
-        run "loopback floor 1x$MEMBERS 50/s, before $engine$(nth "$k")" - floor --members "$MEMBERS" --rate 50 --duration "$DUR" --writer-cpu 0
-      fi
-      if want fanout; then
-        run "$engine fanout 1x$MEMBERS 50/s$(nth "$k")" "$GW_PID" fanout --target "$T" --members "$MEMBERS" --rate 50 --duration "$DUR"
-      fi
+      for reader in tungstenite raw; do
+        as=; [ "$reader" = raw ] && as=", raw reader"
+        if want floor; then
+          run "loopback floor 1x$MEMBERS 50/s$as, before $engine$(nth "$k")" - floor --members "$MEMBERS" --rate 50 --duration "$DUR" --writer-cpu 0 --reader "$reader"
+        fi
+        if want fanout; then
+          run "$engine fanout 1x$MEMBERS 50/s$as$(nth "$k")" "$GW_PID" fanout --target "$T" --members "$MEMBERS" --rate 50 --duration "$DUR" --reader "$reader"
+        fi
+      done
     done
     if want fanout; then
       run "$engine fanout 1x$MEMBERS 200/s" "$GW_PID" fanout --target "$T" --members "$MEMBERS" --rate 200 --duration "$DUR"

@@ -100,13 +100,8 @@ mod tests {
     async fn a_churn_run_completes_its_cycles_and_reports_both_cpus() {
         let gw = crate::TestGateway::default().await;
         let common = Common {
-            target: gw.gateway.addr,
             pid: Some(std::process::id()),
-            jwt_secret: None,
-            source_ips: 2,
-            max_time: std::time::Duration::from_secs(30),
-            table: false,
-            label: String::new(),
+            ..Common::for_test(gw.gateway.addr)
         };
         let out = churn(&common, 100.0, 8, std::time::Duration::from_millis(500))
             .await

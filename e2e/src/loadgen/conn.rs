@@ -30,6 +30,17 @@ pub(super) fn member_config() -> WebSocketConfig {
 /// Opens connection number `i` as `user` from a spread source address; returns the
 /// socket after `welcome`.
 pub(super) async fn open(c: &Common, i: usize, user: &str) -> Result<Ws, String> {
+    let stream = connect(c, i).await?;
+    let (path, token) = request(c, user);
+    let mut ws = upgrade(stream, c.target, &path, token.as_deref(), member_config()).await?;
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) if t.contains("\"welcome\"") => Ok(ws),
+        other => Err(format!("expected welcome, got {other:?}")),
+    }
+}
+
+/// Connection number `i`'s TCP connect, from a spread source address.
+pub(super) async fn connect(c: &Common, i: usize) -> Result<TcpStream, String> {
     let src = if c.target.ip().is_ipv4() && c.source_ips > 0 {
         IpAddr::V4(Ipv4Addr::new(
             127,
@@ -55,18 +66,15 @@ pub(super) async fn open(c: &Common, i: usize, user: &str) -> Result<Ws, String>
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let path = match &c.jwt_secret {
-        Some(_) => "/ws".to_string(),
-        None => format!("/ws?user={user}"),
-    };
-    let token = c
-        .jwt_secret
-        .as_ref()
-        .map(|secret| crate::jwt::hs256(secret, user, 3600));
-    let mut ws = upgrade(stream, c.target, &path, token.as_deref(), member_config()).await?;
-    match ws.next().await {
-        Some(Ok(Message::Text(t))) if t.contains("\"welcome\"") => Ok(ws),
-        other => Err(format!("expected welcome, got {other:?}")),
+    Ok(stream)
+}
+
+/// The upgrade's path and bearer token for `user`: a signed JWT with a secret, `?user=`
+/// (the gateway's insecure dev mode) without.
+pub(super) fn request(c: &Common, user: &str) -> (String, Option<String>) {
+    match &c.jwt_secret {
+        Some(secret) => ("/ws".into(), Some(crate::jwt::hs256(secret, user, 3600))),
+        None => (format!("/ws?user={user}"), None),
     }
 }
 

@@ -2,8 +2,9 @@
 //! delivery.
 
 use super::conn::{command, finish, gateway_usage, open};
-use super::stats::{cpu_us_per, Latencies};
+use super::stats::{cpu_us_per, number_after, Latencies};
 use super::Common;
+use super::{raw, Reader};
 use crate::procstat;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
@@ -13,14 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
-/// Finds `"t":<digits>` in a frame and parses the digits (no JSON parse per message).
+/// When a message frame was sent (its body's `t`, ns on the run's clock).
 fn sent_at(frame: &str) -> Option<u64> {
-    let i = frame.find("{\"t\":")? + 5;
-    let digits: &str = &frame[i..];
-    let end = digits
-        .find(|ch: char| !ch.is_ascii_digit())
-        .unwrap_or(digits.len());
-    digits[..end].parse().ok()
+    number_after(frame, "{\"t\":")
 }
 
 struct Shared {
@@ -66,6 +62,10 @@ pub struct Shape {
     /// cross-process delivery through Redis).
     #[arg(long)]
     pub publish_to: Option<SocketAddr>,
+    /// How the members read: a tokio task and a tungstenite stream each, or one thread of
+    /// raw frames over epoll (see `raw`).
+    #[arg(long, value_enum, default_value_t = Reader::Tungstenite)]
+    pub reader: Reader,
 }
 
 /// `fanout`: rooms x members with publishers.
@@ -79,6 +79,7 @@ pub async fn fanout(c: &Common, shape: Shape) -> Result<serde_json::Value, Strin
         body,
         duration,
         publish_to,
+        reader,
     } = shape;
     let sh = Arc::new(Shared {
         epoch: Instant::now(),
@@ -92,42 +93,7 @@ pub async fn fanout(c: &Common, shape: Shape) -> Result<serde_json::Value, Strin
     });
     let room_names: Vec<String> = (0..rooms).map(|r| format!("fan{r}")).collect();
     // Receivers.
-    let mut receivers = Vec::new();
-    let mut conn_no = 0;
-    for (r, room) in room_names.iter().enumerate() {
-        for m in 0..members {
-            let mut ws = open(c, conn_no, &format!("m{r}x{m}")).await?;
-            conn_no += 1;
-            command(&mut ws, json!({"type": "join", "id": 1, "room": room})).await?;
-            let sh = sh.clone();
-            receivers.push(tokio::spawn(async move {
-                let mut lat = Vec::new();
-                loop {
-                    let m = tokio::select! {
-                        // Not at `stop`: messages acknowledged just before it are still
-                        // on their way, and counting them missing made up drops.
-                        _ = sh.done.cancelled() => break,
-                        m = ws.next() => m,
-                    };
-                    let Some(Ok(Message::Text(t))) = m else {
-                        if matches!(m, None | Some(Err(_))) {
-                            break;
-                        }
-                        continue;
-                    };
-                    if let Some(sent) = sent_at(&t) {
-                        sh.received.fetch_add(1, Ordering::Relaxed);
-                        if sh.measuring.load(Ordering::Relaxed) {
-                            sh.received_in_window.fetch_add(1, Ordering::Relaxed);
-                            let now = sh.epoch.elapsed().as_nanos() as u64;
-                            lat.push(now.saturating_sub(sent));
-                        }
-                    }
-                }
-                lat
-            }));
-        }
-    }
+    let receivers = receivers(c, &sh, &room_names, members, reader).await?;
     // Publishers: each joined to the rooms it sends to (as the protocol requires), reading
     // its replies. Each receives its own rooms' messages too, so it holds only its share:
     // joined to every room, P publishers made the publishing gateway deliver every message
@@ -144,8 +110,7 @@ pub async fn fanout(c: &Common, shape: Shape) -> Result<serde_json::Value, Strin
         ..c.clone()
     };
     for p in 0..publishers {
-        let mut ws = open(&pub_common, conn_no, &format!("pub{p}")).await?;
-        conn_no += 1;
+        let mut ws = open(&pub_common, rooms * members + p, &format!("pub{p}")).await?;
         let mine = publisher_rooms(&room_names, p, publishers);
         for (k, room) in mine.iter().enumerate() {
             command(
@@ -234,13 +199,8 @@ pub async fn fanout(c: &Common, shape: Shape) -> Result<serde_json::Value, Strin
         sh.acked.load(Ordering::Relaxed)
     };
     let received_total = sh.received.load(Ordering::Relaxed);
-    let mut lat = Vec::new();
     sh.done.cancel();
-    for r in receivers {
-        if let Ok(v) = r.await {
-            lat.extend(v);
-        }
-    }
+    let (lat, members_dropped) = receivers.finish().await;
     let expected = acked_at_stop * members as u64;
     let delivered_in_window = r1 - r0;
     let cpu_us = match (cpu0, cpu1) {
@@ -267,9 +227,117 @@ pub async fn fanout(c: &Common, shape: Shape) -> Result<serde_json::Value, Strin
             // the gateway's, the client's pace is part of the latency.
             "loadgen_cpu_us_per_delivery": cpu_us_per(own0, own1, delivered_in_window),
             "gateway_rss_bytes": cpu1.map(|u| u.rss_bytes),
+            "reader": reader,
+            "members_dropped": members_dropped,
             "note": "receivers only; each publisher also receives its own rooms' messages (not counted)",
         }),
     ))
+}
+
+/// A received frame: counted if it is a timed message, and its latency kept if it came
+/// in the measured window.
+fn received(sh: &Shared, frame: &str, lat: &mut Vec<u64>) {
+    if let Some(sent) = sent_at(frame) {
+        sh.received.fetch_add(1, Ordering::Relaxed);
+        if sh.measuring.load(Ordering::Relaxed) {
+            sh.received_in_window.fetch_add(1, Ordering::Relaxed);
+            let now = sh.epoch.elapsed().as_nanos() as u64;
+            lat.push(now.saturating_sub(sent));
+        }
+    }
+}
+
+/// The members, reading.
+enum Receivers {
+    /// One task each; each hands back its latencies.
+    Tasks(Vec<tokio::task::JoinHandle<Vec<u64>>>),
+    /// One thread for all.
+    Raw(raw::Reading<Timed>),
+}
+
+/// The raw reader's part: [`received`] for every text frame.
+struct Timed {
+    sh: Arc<Shared>,
+    lat: Vec<u64>,
+}
+
+impl raw::OnText for Timed {
+    fn text(&mut self, payload: &[u8]) {
+        if let Ok(frame) = std::str::from_utf8(payload) {
+            received(&self.sh, frame, &mut self.lat);
+        }
+    }
+}
+
+impl Receivers {
+    /// Stops them (`done` has been cancelled): every latency, and how many members the
+    /// raw reader dropped.
+    async fn finish(self) -> (Vec<u64>, u64) {
+        match self {
+            Receivers::Tasks(tasks) => {
+                let mut lat = Vec::new();
+                for t in tasks {
+                    if let Ok(v) = t.await {
+                        lat.extend(v);
+                    }
+                }
+                (lat, 0)
+            }
+            Receivers::Raw(reading) => match reading.stop().await {
+                Ok(f) => (f.on_text.lat, f.dropped),
+                Err(_) => (Vec::new(), 0),
+            },
+        }
+    }
+}
+
+/// Opens and joins every room's members, and starts them reading.
+async fn receivers(
+    c: &Common,
+    sh: &Arc<Shared>,
+    rooms: &[String],
+    members: usize,
+    reader: Reader,
+) -> Result<Receivers, String> {
+    let mut tasks = Vec::new();
+    let mut raw_members = Vec::new();
+    for (r, room) in rooms.iter().enumerate() {
+        for m in 0..members {
+            let (i, user) = (r * members + m, format!("m{r}x{m}"));
+            if reader == Reader::Raw {
+                raw_members.push(raw::join(c, i, &user, room).await?);
+                continue;
+            }
+            let mut ws = open(c, i, &user).await?;
+            command(&mut ws, json!({"type": "join", "id": 1, "room": room})).await?;
+            let sh = sh.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                loop {
+                    let m = tokio::select! {
+                        // Not at `stop`: messages acknowledged just before it are still
+                        // on their way, and counting them missing made up drops.
+                        _ = sh.done.cancelled() => break,
+                        m = ws.next() => m,
+                    };
+                    match m {
+                        Some(Ok(Message::Text(t))) => received(&sh, &t, &mut lat),
+                        None | Some(Err(_)) => break,
+                        Some(Ok(_)) => {}
+                    }
+                }
+                lat
+            }));
+        }
+    }
+    if reader == Reader::Tungstenite {
+        return Ok(Receivers::Tasks(tasks));
+    }
+    let timed = Timed {
+        sh: sh.clone(),
+        lat: Vec::new(),
+    };
+    Ok(Receivers::Raw(raw::Reading::start(raw_members, timed)?))
 }
 
 /// The rooms publisher `p` of `publishers` sends to: every `publishers`-th room from the
@@ -286,6 +354,49 @@ fn publisher_rooms(rooms: &[String], p: usize, publishers: usize) -> Vec<String>
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A short fan-out against an in-process gateway whose heartbeat would close a member
+    /// that does not answer its pings well within the run: each reader reads every copy of
+    /// every message and keeps every member.
+    async fn every_member_reads_every_message(reader: Reader) {
+        let mut config = crate::test_config();
+        config.heartbeat.interval = Duration::from_millis(150);
+        config.limits.message_rate = 1000.0;
+        config.limits.message_burst = 1000;
+        let gw = crate::TestGateway::start(config).await;
+        let common = Common::for_test(gw.gateway.addr);
+        let shape = Shape {
+            rooms: 2,
+            members: 5,
+            publishers: 1,
+            rate: 40.0,
+            window: 16,
+            body: 100,
+            duration: Duration::from_millis(800),
+            publish_to: None,
+            reader,
+        };
+        let out = fanout(&common, shape).await.expect("fanout");
+        assert_eq!(out["drops"], 0, "{out}");
+        assert_eq!(out["members_dropped"], 0, "{out}");
+        assert_eq!(out["send_errors"], 0, "{out}");
+        // 40/s over 2 rooms of 5 for 0.8 s: about 320 copies in the window, each timed.
+        let delivered = out["delivered_per_s"].as_f64().unwrap_or(0.0);
+        assert!(delivered > 150.0, "{out}");
+        assert!(out["latency_ms"]["p99"].as_f64().is_some(), "{out}");
+    }
+
+    #[tokio::test]
+    async fn the_tungstenite_reader_reads_every_copy() {
+        every_member_reads_every_message(Reader::Tungstenite).await;
+    }
+
+    #[tokio::test]
+    async fn the_raw_reader_reads_every_copy_and_answers_pings() {
+        every_member_reads_every_message(Reader::Raw).await;
+    }
+
     #[test]
     fn deals_rooms_out_among_publishers() {
         let rooms: Vec<String> = (0..5).map(|r| format!("r{r}")).collect();

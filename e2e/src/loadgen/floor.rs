@@ -7,7 +7,8 @@
 //! for any server that writes each delivery with one syscall: on loopback it includes the
 //! receiving side's TCP work and the reader's wake-up, as the gateway's figure does.
 
-use super::stats::{cpu_us_per, Latencies};
+use super::stats::{cpu_us_per, number_after, Latencies};
+use super::{raw, Reader};
 use chat_gateway::engine::{new_epoch, now_ms};
 use chat_gateway::protocol::push::{msg_frame, MsgContent};
 use futures_util::StreamExt;
@@ -38,6 +39,9 @@ pub struct FloorShape {
     /// The core the writer thread runs on (where `make bench` pins the gateway).
     #[arg(long, default_value_t = 0)]
     pub writer_cpu: usize,
+    /// How the members read, as `fanout --reader`.
+    #[arg(long, value_enum, default_value_t = Reader::Tungstenite)]
+    pub reader: Reader,
     /// Label for the summary line.
     #[arg(long, default_value = "")]
     pub label: String,
@@ -89,16 +93,34 @@ pub async fn floor(shape: FloorShape) -> Result<serde_json::Value, String> {
     let epoch = Instant::now();
     let received = Arc::new(AtomicU64::new(0));
     let stop = tokio_util::sync::CancellationToken::new();
-    let mut tasks = Vec::with_capacity(readers.len());
-    for ws in readers {
-        tasks.push(tokio::spawn(read(
-            ws,
-            epoch,
-            window,
-            received.clone(),
-            stop.clone(),
-        )));
-    }
+    let timed = Timed {
+        epoch,
+        window,
+        received: received.clone(),
+        lat: Vec::new(),
+    };
+    let readers = match shape.reader {
+        Reader::Tungstenite => {
+            let config = super::conn::member_config();
+            let mut tasks = Vec::with_capacity(readers.len());
+            for socket in readers {
+                let ws = WebSocketStream::from_raw_socket(socket, Role::Client, Some(config)).await;
+                tasks.push(tokio::spawn(read(ws, timed.clone(), stop.clone())));
+            }
+            Readers::Tasks(tasks)
+        }
+        Reader::Raw => {
+            let mut members = Vec::with_capacity(readers.len());
+            for socket in readers {
+                let socket = socket.into_std().map_err(|e| format!("socket: {e}"))?;
+                members.push(raw::Member {
+                    socket,
+                    pending: Vec::new(),
+                });
+            }
+            Readers::Raw(raw::Reading::start(members, timed)?)
+        }
+    };
     let own = || crate::procstat::usage(std::process::id()).ok();
     let own_from = own();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -113,10 +135,16 @@ pub async fn floor(shape: FloorShape) -> Result<serde_json::Value, String> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let own_to = own();
     stop.cancel();
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.map_err(|e| format!("reader: {e}"))?);
-    }
+    let lat = match readers {
+        Readers::Tasks(tasks) => {
+            let mut lat = Vec::new();
+            for t in tasks {
+                lat.extend(t.await.map_err(|e| format!("reader: {e}"))?);
+            }
+            lat
+        }
+        Readers::Raw(reading) => reading.stop().await?.on_text.lat,
+    };
     let delivered = received.load(Ordering::Relaxed);
     let expected = (window.end - window.first) * shape.members as u64;
     let secs = shape.duration.as_secs_f64();
@@ -162,15 +190,14 @@ fn reader_cpu(
     cpu_us_per(from, to, n).map(|us| us.max(0.0))
 }
 
-/// N connected pairs: this thread's WebSocket readers, the writer's plain sockets.
+/// N connected pairs: the readers' sockets, the writer's.
 async fn pairs(
     listener: &TcpListener,
     addr: SocketAddr,
     n: usize,
-) -> Result<(Vec<WebSocketStream<tokio::net::TcpStream>>, Vec<TcpStream>), String> {
+) -> Result<(Vec<tokio::net::TcpStream>, Vec<TcpStream>), String> {
     let mut readers = Vec::with_capacity(n);
     let mut writers = Vec::with_capacity(n);
-    let config = super::conn::member_config();
     for _ in 0..n {
         let client = tokio::net::TcpStream::connect(addr)
             .await
@@ -182,43 +209,65 @@ async fn pairs(
             .set_nodelay(true)
             .map_err(|e| format!("nodelay: {e}"))?;
         let _ = client.set_nodelay(true);
-        readers.push(WebSocketStream::from_raw_socket(client, Role::Client, Some(config)).await);
+        readers.push(client);
         writers.push(server);
     }
     Ok((readers, writers))
 }
 
-/// One member: the latencies of the measured messages it read.
-async fn read(
-    mut ws: WebSocketStream<tokio::net::TcpStream>,
+/// The members, reading.
+enum Readers {
+    Tasks(Vec<tokio::task::JoinHandle<Vec<u64>>>),
+    Raw(raw::Reading<Timed>),
+}
+
+/// What a member does with a frame: the measured messages' latencies, counted.
+#[derive(Clone)]
+struct Timed {
     epoch: Instant,
     window: Window,
     received: Arc<AtomicU64>,
+    lat: Vec<u64>,
+}
+
+impl raw::OnText for Timed {
+    fn text(&mut self, payload: &[u8]) {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return;
+        };
+        let (Some(seq), Some(sent)) = (
+            number_after(text, "\"seq\":"),
+            number_after(text, "{\"t\":"),
+        ) else {
+            return;
+        };
+        if self.window.holds(seq) {
+            self.received.fetch_add(1, Ordering::Relaxed);
+            let now = self.epoch.elapsed().as_nanos() as u64;
+            self.lat.push(now.saturating_sub(sent));
+        }
+    }
+}
+
+/// One member read by a task: the latencies of the measured messages it read.
+async fn read(
+    mut ws: WebSocketStream<tokio::net::TcpStream>,
+    mut timed: Timed,
     stop: tokio_util::sync::CancellationToken,
 ) -> Vec<u64> {
-    let mut lat = Vec::new();
+    use raw::OnText;
     loop {
         let m = tokio::select! {
             _ = stop.cancelled() => break,
             m = ws.next() => m,
         };
-        let Some(Ok(Message::Text(t))) = m else {
-            if matches!(m, None | Some(Err(_))) {
-                break;
-            }
-            continue;
-        };
-        let (Some(seq), Some(sent)) = (number_after(&t, "\"seq\":"), number_after(&t, "{\"t\":"))
-        else {
-            continue;
-        };
-        if window.holds(seq) {
-            received.fetch_add(1, Ordering::Relaxed);
-            let now = epoch.elapsed().as_nanos() as u64;
-            lat.push(now.saturating_sub(sent));
+        match m {
+            Some(Ok(Message::Text(t))) => timed.text(t.as_bytes()),
+            None | Some(Err(_)) => break,
+            Some(Ok(_)) => {}
         }
     }
-    lat
+    timed.lat
 }
 
 /// The writer thread: every `1/rate` seconds, one frame made once and written to every
@@ -321,15 +370,6 @@ pub(super) fn text_frame(text: &str) -> Vec<u8> {
     out
 }
 
-/// The unsigned integer right after `key` in `text`.
-fn number_after(text: &str, key: &str) -> Option<u64> {
-    let rest = &text[text.find(key)? + key.len()..];
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
-}
-
 /// This thread's CPU time so far.
 fn thread_cpu() -> Duration {
     let mut ts = libc::timespec {
@@ -378,14 +418,14 @@ mod tests {
         assert!(number_after(text, "\"nope\":").is_none());
     }
 
-    #[tokio::test]
-    async fn every_member_reads_every_measured_message_once() {
+    async fn every_member_reads_every_measured_message_once(reader: Reader) {
         let out = floor(FloorShape {
             members: 5,
             rate: 200.0,
             body: 100,
             duration: Duration::from_millis(100),
             writer_cpu: 0,
+            reader,
             label: String::new(),
         })
         .await
@@ -399,6 +439,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_tungstenite_reader_reads_every_measured_message_once() {
+        every_member_reads_every_measured_message_once(Reader::Tungstenite).await;
+    }
+
+    #[tokio::test]
+    async fn the_raw_reader_reads_every_measured_message_once() {
+        every_member_reads_every_measured_message_once(Reader::Raw).await;
+    }
+
+    #[tokio::test]
     async fn a_rate_of_zero_is_refused() {
         let shape = FloorShape {
             members: 1,
@@ -406,6 +456,7 @@ mod tests {
             body: 100,
             duration: Duration::from_millis(10),
             writer_cpu: 0,
+            reader: Reader::Tungstenite,
             label: String::new(),
         };
         let err = floor(shape).await.expect_err("refused");

@@ -9,6 +9,7 @@ pub mod conn;
 pub mod fanout;
 pub mod floor;
 pub mod idle;
+mod raw;
 pub mod stats;
 pub mod storm;
 pub mod stub;
@@ -18,6 +19,16 @@ use crate::procstat;
 use clap::{Args, Parser, Subcommand};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
+
+/// How a run's members read what the gateway sends them.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reader {
+    /// A tokio task and a tungstenite stream per member (the default).
+    Tungstenite,
+    /// One thread reading every member's raw frames over one epoll (`raw`).
+    Raw,
+}
 
 /// Command line of `chat-loadgen`.
 #[derive(Parser, Debug)]
@@ -52,6 +63,23 @@ pub struct Common {
     /// Label for the summary line.
     #[arg(long, default_value = "")]
     pub label: String,
+}
+
+#[cfg(test)]
+impl Common {
+    /// A test run's options against `target`: `?user=` connects from two source
+    /// addresses, no gateway pid, 30 s at most.
+    pub(crate) fn for_test(target: SocketAddr) -> Common {
+        Common {
+            target,
+            pid: None,
+            jwt_secret: None,
+            source_ips: 2,
+            max_time: Duration::from_secs(30),
+            table: false,
+            label: String::new(),
+        }
+    }
 }
 
 /// The modes.

@@ -28,6 +28,16 @@ impl Latencies {
     }
 }
 
+/// The unsigned integer right after `key` in `text` (a frame's `seq` or send time: no
+/// JSON parse per message).
+pub(super) fn number_after(text: &str, key: &str) -> Option<u64> {
+    let rest = &text[text.find(key)? + key.len()..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
 /// Prints the summary object as an aligned two-column table.
 pub fn table(summary: &serde_json::Value) -> String {
     let mut out = String::new();

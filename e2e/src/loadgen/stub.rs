@@ -132,15 +132,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let target = listener.local_addr().expect("addr");
         tokio::spawn(serve_all(listener));
-        let common = Common {
-            target,
-            pid: None,
-            jwt_secret: None,
-            source_ips: 2,
-            max_time: Duration::from_secs(30),
-            table: false,
-            label: String::new(),
-        };
+        let common = Common::for_test(target);
         let out = idle(&common, 20, 4, Duration::from_millis(10))
             .await
             .expect("idle");

@@ -23,12 +23,24 @@ const MAX_HEAD: usize = 8 * 1024;
 /// Upgrades `stream` (connected to `host`) at `path` (with its query), sending `bearer`
 /// as the `Authorization` token if given.
 pub(super) async fn upgrade(
-    mut stream: TcpStream,
+    stream: TcpStream,
     host: SocketAddr,
     path: &str,
     bearer: Option<&str>,
     config: WebSocketConfig,
 ) -> Result<WebSocketStream<TcpStream>, String> {
+    let (stream, rest) = handshake(stream, host, path, bearer).await?;
+    Ok(WebSocketStream::from_partially_read(stream, rest, Role::Client, Some(config)).await)
+}
+
+/// The upgrade's request and response: the socket, and what was read after the
+/// response's headers (the start of the first frames).
+pub(super) async fn handshake(
+    mut stream: TcpStream,
+    host: SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+) -> Result<(TcpStream, Vec<u8>), String> {
     let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
     let mut request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -62,7 +74,7 @@ pub(super) async fn upgrade(
     };
     let rest = read.split_off(end);
     check_response(&read, &derive_accept_key(key.as_bytes()))?;
-    Ok(WebSocketStream::from_partially_read(stream, rest, Role::Client, Some(config)).await)
+    Ok((stream, rest))
 }
 
 /// Where the response's headers end (after the blank line), if they have.
