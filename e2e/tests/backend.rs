@@ -2,15 +2,18 @@
 //! sharing a real Redis) and the hooks, answered by a real backend process
 //! (`chat-backend`, the worked example of docs/backend.md).
 
-use chat_gateway::config::{FailurePolicy, HookConfig, JoinPolicy, NamespaceConfig};
+use chat_gateway::config::HookConfig;
 use e2e::gateways::Gateways;
 use e2e::process::free_port;
 use e2e::redis::RedisServer;
-use e2e::{http_request, test_config, Client, Connected, TestGateway};
+use e2e::{http_request, Client};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "backend/hooks.rs"]
+mod hooks;
 
 const KEY: &str = "backend-test-key";
 
@@ -338,165 +341,5 @@ async fn disconnect_and_unsubscribe_reach_the_user_on_every_process() {
         again.expect_close().await.map(|c| c.0),
         Some(4100),
         "reconnect allowed"
-    );
-}
-
-/// A gateway whose hooks call `backend` (the connect hook only `with_connect`); `team:`
-/// rooms are decided by the join hook.
-async fn hooked(
-    backend: &Backend,
-    on_failure: FailurePolicy,
-    timeout: Duration,
-    with_connect: bool,
-) -> TestGateway {
-    let mut c = test_config();
-    let hook = |path: &str| HookConfig {
-        timeout,
-        on_failure,
-        breaker_failures: 0,
-        ..backend.hook(path)
-    };
-    c.hooks.connect = with_connect.then(|| hook("/connect"));
-    c.hooks.join = Some(hook("/join"));
-    c.hooks.send = Some(hook("/send"));
-    c.hooks.events = Some(chat_gateway::config::EventsConfig {
-        url: format!("http://{}/events", backend.addr),
-        ..Default::default()
-    });
-    c.namespaces = vec![NamespaceConfig {
-        prefix: "team:".into(),
-        join: JoinPolicy::Backend,
-        ..Default::default()
-    }];
-    TestGateway::start(c).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hooks_decide_connects_joins_and_sends_and_hear_what_happened() {
-    let backend = Backend::start(0);
-    let gw = hooked(
-        &backend,
-        FailurePolicy::Refuse,
-        Duration::from_secs(2),
-        true,
-    )
-    .await;
-    match Client::connect_request(
-        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-            gw.ws_url("user=mallory"),
-        )
-        .expect("request"),
-    )
-    .await
-    {
-        Connected::Refused(status, body) => assert_eq!((status, body.trim()), (403, "banned")),
-        _ => panic!("mallory got in"),
-    }
-    let mut alice = gw.connect("alice").await;
-    assert_eq!(alice.welcome["data"], json!({"plan": "pro"}));
-    assert_eq!(alice.welcome["rooms"], json!(["announcements"]));
-    let mut bob = gw.connect("bob").await;
-    assert_eq!(
-        alice
-            .request(json!({"type": "join", "room": "team:secret"}))
-            .await["code"],
-        "forbidden"
-    );
-    alice.join("team:blue").await;
-    bob.join("team:blue").await;
-    let r = bob
-        .request(json!({"type": "join", "room": "team:readonly:x"}))
-        .await;
-    assert_eq!(r["type"], "ok", "{r}");
-    assert_eq!(
-        bob.request(json!({"type": "send", "room": "team:readonly:x", "body": 1}))
-            .await["code"],
-        "forbidden"
-    );
-    // The send hook: refused, and rewritten before it is stored.
-    assert_eq!(
-        alice
-            .request(json!({"type": "send", "room": "team:blue", "body": "spam"}))
-            .await["code"],
-        "forbidden"
-    );
-    assert_eq!(
-        alice.send("team:blue", json!("oh darn")).await["type"],
-        "ok"
-    );
-    let seen = loop {
-        let m = bob.next_msg().await;
-        if m["room"] == "team:blue" {
-            break m;
-        }
-    };
-    assert_eq!(seen["body"], "oh ****", "members see the backend's body");
-    let page = bob
-        .request(json!({"type": "history", "room": "team:blue"}))
-        .await;
-    assert_eq!(
-        page["messages"][0]["body"], "oh ****",
-        "and so does history"
-    );
-    // Backend-granted room from the connect hook works like a joined one.
-    assert_eq!(
-        alice.send("announcements", json!("hello")).await["type"],
-        "ok"
-    );
-    drop(bob);
-    // Notifications arrive after the fact, in order.
-    let until = Instant::now() + Duration::from_secs(10);
-    let events = loop {
-        let events = backend.events().await;
-        let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
-        if kinds.contains(&"disconnected") && kinds.iter().filter(|k| **k == "message").count() >= 2
-        {
-            break events;
-        }
-        assert!(Instant::now() < until, "events so far: {events:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let message = events
-        .iter()
-        .find(|e| e["kind"] == "message" && e["room"] == "team:blue")
-        .expect("message event");
-    assert_eq!(
-        (message["body"].clone(), message["from"].clone()),
-        (json!("oh ****"), json!("alice"))
-    );
-    assert!(events
-        .iter()
-        .any(|e| e["kind"] == "connected" && e["user"] == "alice"));
-    assert_eq!(
-        gw.metric("chatgateway_hook_calls_total{hook=\"join\",outcome=\"denied\"}")
-            .await,
-        1.0
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_backend_gets_the_failure_policy_within_the_hook_timeout() {
-    let backend = Backend::start(5000);
-    let timeout = Duration::from_millis(300);
-    let refuse = hooked(&backend, FailurePolicy::Refuse, timeout, false).await;
-    let mut c = refuse.connect("carol").await;
-    let started = Instant::now();
-    let r = c.request(json!({"type": "join", "room": "team:x"})).await;
-    assert_eq!(r["code"], "unavailable", "{r}");
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "answered before the backend did"
-    );
-    assert!(
-        refuse
-            .metric("chatgateway_hook_calls_total{hook=\"join\",outcome=\"timeout\"}")
-            .await
-            >= 1.0
-    );
-    let allow = hooked(&backend, FailurePolicy::Allow, timeout, false).await;
-    let mut d = allow.connect("dave").await;
-    assert_eq!(
-        d.request(json!({"type": "join", "room": "team:x"})).await["type"],
-        "ok"
     );
 }
