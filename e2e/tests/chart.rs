@@ -78,6 +78,7 @@ fn pytest(args: &[&str]) {
 fn chart_and_manifests_render_and_validate() {
     pytest(&[
         "e2e/chart/test_chart.py",
+        "e2e/chart/test_chart_rbac.py",
         "e2e/chart/test_manifests.py",
         "e2e/chart/test_alerts.py",
         "e2e/chart/test_example_tokens.py",
