@@ -61,7 +61,7 @@ clean:
 	$(CARGO) clean
 	rm -rf $(VENV)
 
-## bench: the standard load runs (about 9 min, 2 cores): bench/results.json + bench/summary.md
+## bench: the standard load runs (about 12 min, 2 cores): bench/results.json + bench/summary.md
 bench: deps
 	bench/run.sh
 	$(MAKE) bench-redis-cluster
