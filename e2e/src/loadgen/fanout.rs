@@ -1,5 +1,6 @@
 //! `fanout`: rooms x members with publishers; delivered/s, latency, drops, CPU per
-//! delivery.
+//! delivery. The members read with `--reader`: a tokio task and a tungstenite stream
+//! each, or all of them on the raw reader's thread (`raw`).
 
 use super::conn::{command, finish, gateway_usage, open};
 use super::stats::{cpu_us_per, number_after, Latencies};

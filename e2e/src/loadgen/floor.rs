@@ -2,8 +2,9 @@
 //! gateway's fan-out figures beside it. No gateway: one writer thread (pinned where the
 //! gateway would run) writes the frame a gateway would send, a `msg` of the same size
 //! made by the gateway's own `protocol`, to N loopback sockets in turn, one `write` each,
-//! at the fan-out run's rate; this process reads them as `fanout` reads its members (one
-//! WebSocket stream per socket on this thread). The writer's CPU per delivery is the floor
+//! at the fan-out run's rate; this process reads them as `fanout` reads its members, with
+//! either `--reader` (a WebSocket stream per socket on this thread, or the raw reader's
+//! thread). The writer's CPU per delivery is the floor
 //! for any server that writes each delivery with one syscall: on loopback it includes the
 //! receiving side's TCP work and the reader's wake-up, as the gateway's figure does.
 
