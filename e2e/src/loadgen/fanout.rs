@@ -3,9 +3,10 @@
 //! each, or all of them on the raw reader's thread (`raw`).
 
 use super::conn::{command, finish, gateway_usage, open};
+use super::raw::{self, Readers};
 use super::stats::{cpu_us_per, number_after, Latencies};
 use super::Common;
-use super::{raw, Reader};
+use super::Reader;
 use crate::procstat;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
@@ -201,7 +202,11 @@ pub async fn fanout(c: &Common, shape: Shape) -> Result<serde_json::Value, Strin
     };
     let received_total = sh.received.load(Ordering::Relaxed);
     sh.done.cancel();
-    let (lat, members_dropped) = receivers.finish().await;
+    // A failed task's latencies are missing; the raw reader's thread panicking loses all.
+    let (lat, members_dropped) = match receivers.stop(|timed| timed.lat).await {
+        Ok(stopped) => (stopped.latencies, stopped.dropped),
+        Err(_) => (Vec::new(), 0),
+    };
     let expected = acked_at_stop * members as u64;
     let delivered_in_window = r1 - r0;
     let cpu_us = match (cpu0, cpu1) {
@@ -248,14 +253,6 @@ fn received(sh: &Shared, frame: &str, lat: &mut Vec<u64>) {
     }
 }
 
-/// The members, reading.
-enum Receivers {
-    /// One task each; each hands back its latencies.
-    Tasks(Vec<tokio::task::JoinHandle<Vec<u64>>>),
-    /// One thread for all.
-    Raw(raw::Reading<Timed>),
-}
-
 /// The raw reader's part: [`received`] for every text frame.
 struct Timed {
     sh: Arc<Shared>,
@@ -270,28 +267,6 @@ impl raw::OnText for Timed {
     }
 }
 
-impl Receivers {
-    /// Stops them (`done` has been cancelled): every latency, and how many members the
-    /// raw reader dropped.
-    async fn finish(self) -> (Vec<u64>, u64) {
-        match self {
-            Receivers::Tasks(tasks) => {
-                let mut lat = Vec::new();
-                for t in tasks {
-                    if let Ok(v) = t.await {
-                        lat.extend(v);
-                    }
-                }
-                (lat, 0)
-            }
-            Receivers::Raw(reading) => match reading.stop().await {
-                Ok(f) => (f.on_text.lat, f.dropped),
-                Err(_) => (Vec::new(), 0),
-            },
-        }
-    }
-}
-
 /// Opens and joins every room's members, and starts them reading.
 async fn receivers(
     c: &Common,
@@ -299,7 +274,7 @@ async fn receivers(
     rooms: &[String],
     members: usize,
     reader: Reader,
-) -> Result<Receivers, String> {
+) -> Result<Readers<Timed>, String> {
     let mut tasks = Vec::new();
     let mut raw_members = Vec::new();
     for (r, room) in rooms.iter().enumerate() {
@@ -332,13 +307,13 @@ async fn receivers(
         }
     }
     if reader == Reader::Tungstenite {
-        return Ok(Receivers::Tasks(tasks));
+        return Ok(Readers::Tasks(tasks));
     }
     let timed = Timed {
         sh: sh.clone(),
         lat: Vec::new(),
     };
-    Ok(Receivers::Raw(raw::Reading::start(raw_members, timed)?))
+    Ok(Readers::Raw(raw::Reading::start(raw_members, timed)?))
 }
 
 /// The rooms publisher `p` of `publishers` sends to: every `publishers`-th room from the

@@ -8,8 +8,9 @@
 //! for any server that writes each delivery with one syscall: on loopback it includes the
 //! receiving side's TCP work and the reader's wake-up, as the gateway's figure does.
 
+use super::raw::{self, Readers};
 use super::stats::{cpu_us_per, number_after, Latencies};
-use super::{raw, Reader};
+use super::Reader;
 use chat_gateway::engine::{new_epoch, now_ms};
 use chat_gateway::protocol::push::{msg_frame, MsgContent};
 use futures_util::StreamExt;
@@ -136,16 +137,11 @@ pub async fn floor(shape: FloorShape) -> Result<serde_json::Value, String> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let own_to = own();
     stop.cancel();
-    let lat = match readers {
-        Readers::Tasks(tasks) => {
-            let mut lat = Vec::new();
-            for t in tasks {
-                lat.extend(t.await.map_err(|e| format!("reader: {e}"))?);
-            }
-            lat
-        }
-        Readers::Raw(reading) => reading.stop().await?.on_text.lat,
-    };
+    let stopped = readers.stop(|timed| timed.lat).await?;
+    if stopped.failed > 0 {
+        return Err(format!("{} reader tasks failed", stopped.failed));
+    }
+    let lat = stopped.latencies;
     let delivered = received.load(Ordering::Relaxed);
     let expected = (window.end - window.first) * shape.members as u64;
     let secs = shape.duration.as_secs_f64();
@@ -214,12 +210,6 @@ async fn pairs(
         writers.push(server);
     }
     Ok((readers, writers))
-}
-
-/// The members, reading.
-enum Readers {
-    Tasks(Vec<tokio::task::JoinHandle<Vec<u64>>>),
-    Raw(raw::Reading<Timed>),
 }
 
 /// What a member does with a frame: the measured messages' latencies, counted.

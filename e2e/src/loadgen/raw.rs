@@ -247,6 +247,56 @@ impl<T: OnText> Reading<T> {
     }
 }
 
+/// A run's members, reading: a tokio task each (each hands back its latencies), or all of
+/// them on the raw reader's thread.
+pub(super) enum Readers<T> {
+    Tasks(Vec<tokio::task::JoinHandle<Vec<u64>>>),
+    Raw(Reading<T>),
+}
+
+/// What the members read, once stopped.
+pub(super) struct Stopped {
+    pub latencies: Vec<u64>,
+    /// Members the raw reader dropped.
+    pub dropped: u64,
+    /// Reader tasks that failed (their latencies are missing).
+    pub failed: u64,
+}
+
+impl<T: OnText> Readers<T> {
+    /// Waits for the tasks (told to stop by the caller) or stops the thread; `latencies`
+    /// takes the raw reader's from its [`OnText`].
+    pub(super) async fn stop(
+        self,
+        latencies: impl FnOnce(T) -> Vec<u64>,
+    ) -> Result<Stopped, String> {
+        match self {
+            Readers::Tasks(tasks) => {
+                let mut stopped = Stopped {
+                    latencies: Vec::new(),
+                    dropped: 0,
+                    failed: 0,
+                };
+                for t in tasks {
+                    match t.await {
+                        Ok(v) => stopped.latencies.extend(v),
+                        Err(_) => stopped.failed += 1,
+                    }
+                }
+                Ok(stopped)
+            }
+            Readers::Raw(reading) => {
+                let finished = reading.stop().await?;
+                Ok(Stopped {
+                    latencies: latencies(finished.on_text),
+                    dropped: finished.dropped,
+                    failed: 0,
+                })
+            }
+        }
+    }
+}
+
 /// The reader thread's loop. mio's readiness is edge-triggered: a ready member is read
 /// until it would block.
 fn read_all<T: OnText>(

@@ -15,11 +15,7 @@ fn children(spec: &str) -> Result<Children> {
 }
 
 fn pod(c: &Children) -> &PodSpec {
-    c.deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .expect("pod spec")
+    pod_spec(&c.deployment)
 }
 
 fn gateway_env(c: &Children, name: &str) -> Option<String> {

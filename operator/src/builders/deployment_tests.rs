@@ -28,10 +28,7 @@ fn deployment(spec: &str) -> Deployment {
 }
 
 fn pod(d: &Deployment) -> &PodSpec {
-    d.spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .expect("pod spec")
+    pod_spec(d)
 }
 
 fn env_of<'a>(d: &'a Deployment, name: &str) -> Option<&'a EnvVar> {

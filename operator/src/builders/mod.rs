@@ -270,6 +270,16 @@ pub(crate) fn set<T: TryFrom<i64>>(target: &mut T, value: Option<i64>) -> Result
 pub(crate) mod testing {
     //! Spec fixtures shared by the builder tests.
     use crate::crd::{ChatGateway, ChatGatewaySpec};
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::PodSpec;
+
+    /// The Deployment's pod spec.
+    pub fn pod_spec(d: &Deployment) -> &PodSpec {
+        d.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("pod spec")
+    }
 
     /// A ChatGateway parsed from YAML, with a name, namespace and uid like a stored one.
     pub fn cgw(spec_yaml: &str) -> ChatGateway {

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::builders::configmap::CONFIG_KEY;
-use crate::builders::testing::cgw;
+use crate::builders::testing::{cgw, pod_spec};
 use crate::builders::{build, Children, Inputs, Owner};
 use crate::error::Error;
 use chat_gateway_config::{Config, EngineKind, RedisMode};
@@ -31,12 +31,7 @@ pub(super) fn config_yaml(c: &Children) -> &str {
 
 /// The gateway container's variables that come from Secrets: name -> `secret/key`.
 fn secret_env(c: &Children) -> BTreeMap<String, String> {
-    let pod = c
-        .deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .expect("pod spec");
+    let pod = pod_spec(&c.deployment);
     pod.containers[0]
         .env
         .iter()

@@ -5,6 +5,7 @@
 use super::tests::{children, config_yaml};
 use super::*;
 use crate::builders::pod::{CONTAINER, GATEWAY_GROUP};
+use crate::builders::testing::pod_spec;
 use crate::builders::Children;
 use chat_gateway_config::Config;
 use k8s_openapi::api::core::v1::PodSpec;
@@ -16,11 +17,7 @@ const URL: &str = "urlSecretRef: {name: redis, key: url}";
 const MUTUAL: &str = "tls: {caSecretRef: {name: redis-tls, key: ca.crt}, clientCertSecretRef: {name: redis-client, key: tls.crt}, clientKeySecretRef: {name: redis-client, key: tls.key}}";
 
 fn pod(c: &Children) -> &PodSpec {
-    c.deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .expect("pod spec")
+    pod_spec(&c.deployment)
 }
 
 /// The `redis-tls` volume and the gateway container's mount of it, as JSON.
