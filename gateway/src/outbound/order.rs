@@ -94,14 +94,16 @@ impl Rooms {
     }
 }
 
-/// The ordering state of one connection.
+/// The ordering state of one connection. What every delivery reads and writes comes
+/// first (see the queue's `Shared`).
 #[derive(Default)]
+#[repr(C)]
 pub(super) struct Order {
     rooms: Rooms,
-    /// Bytes of live messages held back while their rooms catch up.
-    pub(super) held_bytes: usize,
     /// Messages written to the socket.
     pub(super) delivered: u64,
+    /// Bytes of live messages held back while their rooms catch up.
+    pub(super) held_bytes: usize,
 }
 
 impl Order {

@@ -362,3 +362,32 @@ fn the_queues_shared_state_stays_in_its_size_class() {
     let size = std::mem::size_of::<Shared>() + 16;
     assert!(size <= 320, "the queue's allocation is {size} bytes");
 }
+
+/// What a fast-path delivery reads of a member's queue lies in the first two cache lines
+/// of its allocation (the `Arc`'s two counts, then `Shared`): a fan-out meets every
+/// member's lines cold, and each more line is a miss per delivery (see `Shared`).
+#[test]
+fn the_fast_paths_fields_fill_the_first_two_cache_lines() {
+    let (q, _rx) = queue(8, 1024);
+    // `Arc`'s allocation holds its strong and weak counts, then the value.
+    let start = Arc::as_ptr(&q.shared) as usize - 2 * std::mem::size_of::<usize>();
+    let end_of = |p: usize, size: usize| p + size - start;
+    fn at<T>(field: &T) -> (usize, usize) {
+        (field as *const T as usize, std::mem::size_of::<T>())
+    }
+    let shared = &*q.shared;
+    let items = shared.items();
+    let (p, n) = at(&shared.stopping);
+    let first_line = [
+        end_of(p, n),
+        end_of(at(&shared.items).0, 8), // the lock's word
+        end_of(at(&items.closed).0, 1),
+        end_of(at(&items.busy).0, 1),
+        end_of(at(&items.fast).0, at(&items.fast).1),
+    ];
+    assert!(first_line.iter().all(|&end| end <= 64), "{first_line:?}");
+    let (p, n) = at(&items.queue);
+    let (r, m) = at(&items.order.delivered);
+    let second_line = [end_of(p, n), end_of(r, m)];
+    assert!(second_line.iter().all(|&end| end <= 128), "{second_line:?}");
+}
