@@ -283,7 +283,13 @@ impl Hub {
             });
             self.wakes.add(start + self.fanout_window, env.room.clone());
         }
-        let n = targets.iter().filter(|q| q.deliver(env, via)).count();
+        let mut n = 0;
+        for (i, q) in targets.iter().enumerate() {
+            if let Some(next) = targets.get(i + 1) {
+                next.prefetch();
+            }
+            n += usize::from(q.deliver(env, via));
+        }
         match via {
             Via::Direct => {
                 if let Some(room) = self.shard(&env.room).get_mut(&env.room) {
