@@ -32,7 +32,7 @@ mod writer;
 
 pub use pusher::{Pusher, Via};
 pub use receiver::OutboundReceiver;
-pub use wire::{Wire, WireIo};
+pub use wire::{text_frame, Wire, WireIo};
 pub use writer::{run_writer, OnDelivered, WriterOutcome, WriterSettings};
 
 use crate::disconnect::{CloseReason, SLOW_CONSUMER};

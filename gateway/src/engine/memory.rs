@@ -255,14 +255,16 @@ impl Broker for MemoryEngine {
         let ts = now_ms();
         s.top += 1;
         let seq = s.top;
-        let env = Arc::new(Envelope {
-            room: msg.room.clone(),
+        let frame = msg_frame(msg.content(), seq, &s.epoch, ts);
+        let trace = msg.trace().map(Arc::from);
+        let env = Arc::new(Envelope::new(
+            msg.room.clone(),
             seq,
-            epoch: s.epoch.clone(),
+            s.epoch.clone(),
             ts,
-            traceparent: msg.trace().map(Arc::from),
-            frame: msg_frame(msg.content(), seq, &s.epoch, ts).into(),
-        });
+            trace,
+            &frame,
+        ));
         s.msgs.push_back((ts, env.clone()));
         s.trim(self.retention(&msg.room), ts);
         let until = now + self.dedup_window;

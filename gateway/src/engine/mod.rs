@@ -14,6 +14,7 @@ pub mod conformance;
 use crate::protocol::push::MsgContent;
 use crate::protocol::StreamPosition;
 use async_trait::async_trait;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
@@ -35,6 +36,9 @@ pub struct Envelope {
     pub traceparent: Option<Arc<str>>,
     /// The complete `msg` frame, serialised once.
     pub frame: Utf8Bytes,
+    /// `frame` as the WebSocket text frame that carries it, header included: `frame` is
+    /// its tail, in the same allocation (see [`Envelope::new`]).
+    wire: Bytes,
 }
 
 /// A message to publish.
@@ -101,29 +105,48 @@ impl Published {
 }
 
 impl Envelope {
+    /// A message of `room` at `seq` in `epoch`, appended at `ts` (Unix ms; 0 if not
+    /// known), and its `msg` frame. The frame is laid out once as the WebSocket text
+    /// frame that carries it ([`wire`](Self::wire)): a fan-out sends those same bytes to
+    /// every member, each with one `send` of one buffer. (A header and the frame as two
+    /// buffers of a `sendmsg` cost ~0.3 µs a delivery more at 50 messages/s, perf: the
+    /// kernel copies in and walks the iovec.)
+    pub fn new(
+        room: Arc<str>,
+        seq: u64,
+        epoch: Arc<str>,
+        ts: u64,
+        traceparent: Option<Arc<str>>,
+        frame: &str,
+    ) -> Envelope {
+        let (wire, frame) = crate::outbound::text_frame(frame);
+        Envelope {
+            room,
+            seq,
+            epoch,
+            ts,
+            traceparent,
+            frame,
+            wire,
+        }
+    }
+
     /// An ephemeral message: seq 0 (the writer neither deduplicates nor tracks it).
     pub fn ephemeral(msg: &Publish, ts: u64) -> Envelope {
-        Envelope {
-            room: msg.room.clone(),
-            seq: 0,
-            epoch: "".into(),
-            ts,
-            traceparent: msg.trace().map(Arc::from),
-            frame: crate::protocol::push::ephemeral_msg_frame(msg.content(), ts).into(),
-        }
+        let frame = crate::protocol::push::ephemeral_msg_frame(msg.content(), ts);
+        let trace = msg.trace().map(Arc::from);
+        Envelope::new(msg.room.clone(), 0, "".into(), ts, trace, &frame)
+    }
+
+    /// [`frame`](Self::frame) as a whole WebSocket text frame: what goes on the socket.
+    pub fn wire(&self) -> &[u8] {
+        &self.wire
     }
 
     /// A message of `room` at `seq` in epoch "e", its frame as given (tests).
     #[cfg(test)]
     pub fn for_test(room: &str, seq: u64, frame: String) -> Arc<Envelope> {
-        Arc::new(Envelope {
-            room: room.into(),
-            seq,
-            epoch: "e".into(),
-            ts: 0,
-            traceparent: None,
-            frame: frame.into(),
-        })
+        Arc::new(Envelope::new(room.into(), seq, "e".into(), 0, None, &frame))
     }
 }
 

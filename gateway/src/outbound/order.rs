@@ -297,13 +297,8 @@ mod tests {
                 Vec::new(),
             );
         }
-        let msg = |room: &str, epoch: &Arc<str>, seq| Envelope {
-            room: room.into(),
-            seq,
-            epoch: epoch.clone(),
-            ts: 0,
-            traceparent: None,
-            frame: "x".into(),
+        let msg = |room: &str, epoch: &Arc<str>, seq| {
+            Envelope::new(room.into(), seq, epoch.clone(), 0, None, "x")
         };
         let mut write = |env: Envelope| match order.live(&env) {
             Live::Write(slot) => {

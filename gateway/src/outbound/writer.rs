@@ -207,6 +207,20 @@ impl Texts<'_> {
         }
     }
 
+    /// A message: its whole frame as it is, into the buffer.
+    async fn write_msg<S>(&mut self, sink: &mut S, env: &Envelope) -> Result<(), Error>
+    where
+        S: Sink<Message, Error = Error> + Unpin,
+    {
+        match self.wire {
+            Some(_) => {
+                self.buf.extend_from_slice(env.wire());
+                Ok(())
+            }
+            None => sink.feed(Message::Text(env.frame.clone())).await,
+        }
+    }
+
     /// Writes the buffer, then flushes the sink (its own frames, and what waits in the
     /// wire): ready once everything is on the socket.
     async fn finish<S>(&mut self, sink: &mut S) -> Result<(), Error>
@@ -272,7 +286,7 @@ where
         }
     };
     for env in &msgs {
-        texts.write(sink, env.frame.clone()).await?;
+        texts.write_msg(sink, env).await?;
         (settings.on_delivered)(env);
     }
     Ok(())

@@ -390,14 +390,14 @@ impl Delivery {
                         return;
                     }
                 }
-                let env = Arc::new(Envelope {
-                    room: self.shared.hub.name_of(room),
+                let env = Arc::new(Envelope::new(
+                    self.shared.hub.name_of(room),
                     seq,
-                    epoch: epoch.into(),
+                    epoch.into(),
                     ts,
-                    traceparent: traceparent.map(Arc::from),
-                    frame: frame.to_string().into(),
-                });
+                    traceparent.map(Arc::from),
+                    frame,
+                ));
                 if let Some(seen) = self.rooms.get_mut(room) {
                     let same = seen.epoch.as_deref() == Some(epoch);
                     if same && seen.delivered > 0 && seq <= seen.delivered && ts > seen.ts {
@@ -428,14 +428,14 @@ impl Delivery {
                 frame,
             }) => {
                 // No seq: no position to track, nothing to fill after a gap.
-                self.shared.hub.deliver(&Arc::new(Envelope {
-                    room: self.shared.hub.name_of(room),
-                    seq: 0,
-                    epoch: "".into(),
+                self.shared.hub.deliver(&Arc::new(Envelope::new(
+                    self.shared.hub.name_of(room),
+                    0,
+                    "".into(),
                     ts,
-                    traceparent: traceparent.map(Arc::from),
-                    frame: frame.to_string().into(),
-                }));
+                    traceparent.map(Arc::from),
+                    frame,
+                )));
             }
             None => {}
         }

@@ -448,14 +448,14 @@ pub(super) fn parse_history(
     while let (Some(seq), Some(frame)) = (it.next(), it.next()) {
         let seq: u64 = redis::from_redis_value(seq).map_err(|_| bad())?;
         let frame: String = redis::from_redis_value(frame).map_err(|_| bad())?;
-        messages.push(Arc::new(Envelope {
-            room: room.clone(),
+        messages.push(Arc::new(Envelope::new(
+            room.clone(),
             seq,
-            epoch: epoch.clone(),
-            ts: 0,
-            traceparent: None,
-            frame: frame.into(),
-        }));
+            epoch.clone(),
+            0,
+            None,
+            &frame,
+        )));
     }
     Ok(HistoryPage {
         epoch,
