@@ -15,10 +15,10 @@ mod members;
 mod wakes;
 
 use crate::engine::Envelope;
-use crate::outbound::{Outbound, OutboundQueue, Pusher, Via};
+use crate::outbound::{Outbound, OutboundQueue, Via};
 use crate::presence::Batch;
 use crate::protocol::push::PresencePush;
-use members::Members;
+use members::{Members, Targets};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -96,8 +96,8 @@ impl Room {
     }
 
     /// A handle on each member's queue, to serve them after the shard's lock.
-    fn pushers(&self) -> Vec<Pusher> {
-        self.subs.queues().map(OutboundQueue::pusher).collect()
+    fn pushers(&mut self) -> Targets {
+        self.subs.pushers()
     }
 
     /// Notes how long a direct fan-out took. Each counts a quarter, the room's first too

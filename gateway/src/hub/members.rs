@@ -1,8 +1,10 @@
-//! A room's local members.
+//! A room's local members, and the handles a fan-out serves them through.
 
 use super::ConnId;
-use crate::outbound::OutboundQueue;
+use crate::outbound::{OutboundQueue, Pusher};
 use std::collections::HashMap;
+use std::ops::Deref;
+use std::sync::Arc;
 
 /// A room's local members: inline while there is one, a map from the second on.
 ///
@@ -15,8 +17,41 @@ pub(super) enum Members {
     None,
     One(ConnId, OutboundQueue),
     /// Boxed: inline, the map (48 bytes) would size every room, inboxes included.
-    #[allow(clippy::box_collection)] // on purpose: see above
-    Many(Box<HashMap<ConnId, OutboundQueue>>),
+    Many(Box<Many>),
+}
+
+/// Two members or more, and the handles of the last fan-out while they stay the same.
+///
+/// A fan-out used to take a handle on each member (an `Arc` clone: an atomic increment
+/// on the member's queue) under the shard's lock, and drop them all after: two atomic
+/// operations per delivery, the first on a line the kernel's writes had evicted since the
+/// last message, one member after the other with the lock held. Rooms that fan out often
+/// keep their members for many messages, so the handles are kept until a member comes or
+/// goes, and a fan-out takes one `Arc` of them all.
+#[derive(Default)]
+pub(super) struct Many {
+    map: HashMap<ConnId, OutboundQueue>,
+    /// Set at a fan-out, dropped when the members change.
+    pushers: Option<Arc<[Pusher]>>,
+}
+
+/// The members a fan-out serves, taken under the shard's lock and served after it.
+pub(super) enum Targets {
+    None,
+    One(Pusher),
+    Many(Arc<[Pusher]>),
+}
+
+impl Deref for Targets {
+    type Target = [Pusher];
+
+    fn deref(&self) -> &[Pusher] {
+        match self {
+            Targets::None => &[],
+            Targets::One(p) => std::slice::from_ref(p),
+            Targets::Many(all) => all,
+        }
+    }
 }
 
 impl Members {
@@ -31,11 +66,15 @@ impl Members {
             Members::One(id, q) if *id == conn => *q = queue,
             Members::One(..) => {
                 if let Members::One(id, q) = std::mem::take(self) {
-                    *self = Members::Many(Box::new(HashMap::from([(id, q), (conn, queue)])));
+                    *self = Members::Many(Box::new(Many {
+                        map: HashMap::from([(id, q), (conn, queue)]),
+                        pushers: None,
+                    }));
                 }
             }
-            Members::Many(map) => {
-                map.insert(conn, queue);
+            Members::Many(many) => {
+                many.map.insert(conn, queue);
+                many.pushers = None;
             }
         }
     }
@@ -50,10 +89,11 @@ impl Members {
                 Members::One(_, q) => Some(q),
                 _ => None,
             },
-            Members::Many(map) => {
-                let removed = map.remove(&conn)?;
-                if map.len() <= 1 {
-                    let last = map.drain().next();
+            Members::Many(many) => {
+                let removed = many.map.remove(&conn)?;
+                many.pushers = None;
+                if many.map.len() <= 1 {
+                    let last = many.map.drain().next();
                     *self = match last {
                         Some((id, q)) => Members::One(id, q),
                         None => Members::None,
@@ -69,9 +109,24 @@ impl Members {
         let (one, many) = match self {
             Members::None => (None, None),
             Members::One(_, q) => (Some(q), None),
-            Members::Many(map) => (None, Some(map.values())),
+            Members::Many(many) => (None, Some(many.map.values())),
         };
         one.into_iter().chain(many.into_iter().flatten())
+    }
+
+    /// A handle on each member's queue for a fan-out: the same handles as the last
+    /// fan-out's while no member came or went (see [`Many`]).
+    pub fn pushers(&mut self) -> Targets {
+        match self {
+            Members::None => Targets::None,
+            Members::One(_, q) => Targets::One(q.pusher()),
+            Members::Many(many) => {
+                let Many { map, pushers } = &mut **many;
+                let all = pushers
+                    .get_or_insert_with(|| map.values().map(OutboundQueue::pusher).collect());
+                Targets::Many(all.clone())
+            }
+        }
     }
 }
 
@@ -97,7 +152,7 @@ mod tests {
         m.insert(1, q());
         assert!(matches!(m, Members::One(1, _)), "the same member again");
         m.insert(2, q());
-        assert!(matches!(&m, Members::Many(map) if map.len() == 2));
+        assert!(matches!(&m, Members::Many(many) if many.map.len() == 2));
         m.insert(3, q());
         assert_eq!(ids(&m), 3);
     }
@@ -110,7 +165,7 @@ mod tests {
         }
         assert!(m.remove(9).is_none(), "not a member");
         assert!(m.remove(2).is_some());
-        assert!(matches!(&m, Members::Many(map) if map.len() == 2));
+        assert!(matches!(&m, Members::Many(many) if many.map.len() == 2));
         assert!(m.remove(1).is_some());
         assert!(
             matches!(m, Members::One(3, _)),
@@ -120,5 +175,43 @@ mod tests {
         assert!(m.remove(3).is_some());
         assert!(m.is_empty());
         assert_eq!(ids(&m), 0);
+    }
+
+    fn same(a: &Targets, b: &Targets) -> bool {
+        matches!((a, b), (Targets::Many(a), Targets::Many(b)) if Arc::ptr_eq(a, b))
+    }
+
+    #[test]
+    fn a_fan_outs_handles_are_kept_until_a_member_comes_or_goes() {
+        let mut m = Members::default();
+        assert_eq!(m.pushers().len(), 0);
+        m.insert(1, q());
+        assert!(
+            matches!(m.pushers(), Targets::One(_)),
+            "one member: no snapshot"
+        );
+        m.insert(2, q());
+        let first = m.pushers();
+        assert_eq!(first.len(), 2);
+        assert!(same(&first, &m.pushers()), "no change: the same handles");
+        m.insert(3, q());
+        let joined = m.pushers();
+        assert_eq!(
+            joined.len(),
+            3,
+            "a joiner is served from the next fan-out on"
+        );
+        assert!(!same(&first, &joined));
+        assert!(m.remove(9).is_none());
+        assert!(same(&joined, &m.pushers()), "not a member: nothing changed");
+        assert!(m.remove(1).is_some());
+        let left = m.pushers();
+        assert_eq!(left.len(), 2, "a leaver is not served by the next fan-out");
+        assert!(!same(&joined, &left));
+        m.insert(2, q());
+        assert!(
+            !same(&left, &m.pushers()),
+            "a member's new queue replaces its handle"
+        );
     }
 }
