@@ -15,7 +15,8 @@ mod members;
 mod wakes;
 
 use crate::engine::Envelope;
-use crate::outbound::{Outbound, OutboundQueue, Via};
+use crate::metrics::Deliveries;
+use crate::outbound::{Delivered, Outbound, OutboundQueue, Via};
 use crate::presence::Batch;
 use crate::protocol::push::PresencePush;
 use members::{Members, Targets};
@@ -139,6 +140,8 @@ pub struct Hub {
     fanout_window: Duration,
     wakes: wakes::Wakes,
     wakes_started: OnceLock<()>,
+    /// Counts what a fan-out writes itself (none: not counted; tests, tools).
+    deliveries: Option<Deliveries>,
 }
 
 impl Default for Hub {
@@ -164,6 +167,16 @@ impl Hub {
             fanout_window,
             wakes: Default::default(),
             wakes_started: OnceLock::new(),
+            deliveries: None,
+        }
+    }
+
+    /// The hub, counting what its fan-outs write to sockets in `deliveries` (the writers
+    /// count what they write).
+    pub fn counting(self, deliveries: Deliveries) -> Self {
+        Hub {
+            deliveries: Some(deliveries),
+            ..self
         }
     }
 
@@ -284,12 +297,18 @@ impl Hub {
             self.wakes.add(start + self.fanout_window, env.room.clone());
         }
         let mut n = 0;
+        let mut tally = self.deliveries.as_ref().map(Deliveries::tally);
         for (i, q) in targets.iter().enumerate() {
             if let Some(next) = targets.get(i + 1) {
                 next.prefetch();
             }
-            n += usize::from(q.deliver(env, via));
+            let done = q.deliver(env, via);
+            if let (Delivered::Written, Some(tally)) = (done, &mut tally) {
+                tally.written(env.ts);
+            }
+            n += usize::from(done.taken());
         }
+        drop(tally);
         match via {
             Via::Direct => {
                 if let Some(room) = self.shard(&env.room).get_mut(&env.room) {

@@ -1,5 +1,9 @@
 //! Prometheus metrics of a gateway node.
 
+mod deliveries;
+
+pub use deliveries::{Deliveries, Tally};
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
@@ -268,6 +272,11 @@ impl Metrics {
             ),
         };
         Metrics { registry, ..m }
+    }
+
+    /// The delivery counter and latency histogram, for the hub's fan-outs and the writers.
+    pub fn deliveries(&self) -> Deliveries {
+        Deliveries::new(self.delivered.clone(), self.delivery_seconds.clone())
     }
 
     /// Prometheus text exposition of every metric.

@@ -155,11 +155,11 @@ impl Node {
         let a = &config.admission;
         let ip_buckets = KeyedBuckets::new(a.per_ip_rate, a.per_ip_burst, MAX_BUCKET_KEYS);
         let user_buckets = KeyedBuckets::new(a.per_user_rate, a.per_user_burst, MAX_BUCKET_KEYS);
-        let hub = Arc::new(Hub::new(
-            config.limits.presence_batch,
-            config.limits.fanout_batch,
-        ));
         let metrics = Metrics::new();
+        let hub = Arc::new(
+            Hub::new(config.limits.presence_batch, config.limits.fanout_batch)
+                .counting(metrics.deliveries()),
+        );
         let router = crate::forward::Router::new(&config.routes).map_err(anyhow::Error::msg)?;
         let engine: Arc<dyn Engine> = match (make, config.engine) {
             (Some(make), _) => make(hub.clone()),

@@ -30,7 +30,7 @@ mod tests_wire;
 mod wire;
 mod writer;
 
-pub use pusher::{Pusher, Via};
+pub use pusher::{Delivered, Pusher, Via};
 pub use receiver::OutboundReceiver;
 pub use wire::{text_frame, Wire, WireIo};
 pub use writer::{run_writer, OnDelivered, WriterOutcome, WriterSettings};
@@ -162,18 +162,12 @@ struct Items {
     /// behind them rather than take the fast path.
     busy: bool,
     /// The socket, for the fast path (none for a consumer that is not a socket).
-    fast: Option<FastPath>,
+    fast: Option<Arc<wire::Wire>>,
     queue: VecDeque<Outbound>,
     /// What was written per room, and what is held back.
     order: Order,
     /// Producer handles alive.
     senders: usize,
-}
-
-/// What the fast path writes to and counts with.
-struct FastPath {
-    wire: Arc<wire::Wire>,
-    on_delivered: OnDelivered,
 }
 
 impl Shared {
@@ -336,10 +330,11 @@ impl OutboundQueue {
         Pusher(self.shared.clone())
     }
 
-    /// Lets the fast path write to `wire` (the socket the writer writes through), counting
-    /// each message it writes with `on_delivered`.
-    pub fn attach(&self, wire: Arc<wire::Wire>, on_delivered: OnDelivered) {
-        self.shared.items().fast = Some(FastPath { wire, on_delivered });
+    /// Lets the fast path write to `wire` (the socket the writer writes through). What it
+    /// writes is counted by the fan-out ([`Delivered::Written`]), the writer's own by the
+    /// writer.
+    pub fn attach(&self, wire: Arc<wire::Wire>) {
+        self.shared.items().fast = Some(wire);
     }
 
     /// Whether one more item fits by count.

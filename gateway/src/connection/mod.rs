@@ -218,7 +218,7 @@ where
     let session = Session::new(node.clone(), id, identity, queue.clone());
     let settings = writer_settings(&node);
     if let Some(wire) = wire {
-        queue.attach(wire, settings.on_delivered.clone());
+        queue.attach(wire);
     }
     let writer = tokio::spawn(outbound::run_writer(sink, rx, settings));
     let reader = Reader {
@@ -470,15 +470,9 @@ fn writer_settings(node: &Arc<Node>) -> WriterSettings {
     }
 }
 
-/// Counts each delivery, and its end-to-end latency when the message has a time.
+/// Counts each delivery a writer makes, and its end-to-end latency when the message has
+/// a time (a fan-out counts what it writes itself: [`crate::hub::Hub::counting`]).
 pub(crate) fn count_deliveries(metrics: &crate::metrics::Metrics) -> outbound::OnDelivered {
-    let delivered = metrics.delivered.clone();
-    let delivery_seconds = metrics.delivery_seconds.clone();
-    Arc::new(move |env| {
-        delivered.inc();
-        if env.ts > 0 {
-            let ms = crate::engine::now_ms().saturating_sub(env.ts);
-            delivery_seconds.observe(ms as f64 / 1000.0);
-        }
-    })
+    let deliveries = metrics.deliveries();
+    Arc::new(move |env| deliveries.one(env))
 }

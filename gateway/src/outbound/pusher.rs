@@ -22,17 +22,42 @@ pub enum Via {
     Quiet,
 }
 
+/// What became of a live message handed to a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivered {
+    /// Written to the socket by the fast path: the fan-out counts it (metrics).
+    Written,
+    /// Queued for the writer, which counts it when it writes it.
+    Queued,
+    /// Dropped: the member has it already, or left its room.
+    Skipped,
+    /// The connection is closing.
+    Closing,
+}
+
+impl Delivered {
+    /// Whether the member took it (written, queued or had it): not closing.
+    pub fn taken(self) -> bool {
+        self != Delivered::Closing
+    }
+}
+
 impl Pusher {
-    /// Delivers a live message `via` the fast path or the queue. False if the connection
-    /// is closing.
-    pub fn deliver(&self, env: &Arc<Envelope>, via: Via) -> bool {
+    /// Delivers a live message `via` the fast path or the queue.
+    pub fn deliver(&self, env: &Arc<Envelope>, via: Via) -> Delivered {
         if via == Via::Direct && !self.0.stopping.load(Ordering::Relaxed) {
-            if let Some(taken) = self.0.write_now(env) {
-                return taken;
+            if let Some(done) = self.0.write_now(env) {
+                return done;
             }
         }
-        self.0
+        if self
+            .0
             .push_waking(Outbound::Msg(env.clone()), via != Via::Quiet)
+        {
+            Delivered::Queued
+        } else {
+            Delivered::Closing
+        }
     }
 
     /// Asks the CPU to fetch what [`deliver`](Self::deliver) reads of this member's queue

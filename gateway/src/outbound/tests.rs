@@ -43,8 +43,14 @@ async fn a_quiet_delivery_waits_for_its_wake_and_a_queued_one_does_not() {
         (first, rx)
     });
     tokio::task::yield_now().await; // the writer waits on an empty queue
-    assert!(q.pusher().deliver(&env("r", 1), Via::Quiet));
-    assert!(q.pusher().deliver(&env("r", 2), Via::Quiet));
+    assert_eq!(
+        q.pusher().deliver(&env("r", 1), Via::Quiet),
+        Delivered::Queued
+    );
+    assert_eq!(
+        q.pusher().deliver(&env("r", 2), Via::Quiet),
+        Delivered::Queued
+    );
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!writer.is_finished(), "a quiet delivery woke the writer");
     q.pusher().wake();
@@ -55,7 +61,10 @@ async fn a_quiet_delivery_waits_for_its_wake_and_a_queued_one_does_not() {
 
     let writer = tokio::spawn(async move { rx.next().await.map(|_| ()) });
     tokio::task::yield_now().await;
-    assert!(q.pusher().deliver(&env("r", 3), Via::Queue));
+    assert_eq!(
+        q.pusher().deliver(&env("r", 3), Via::Queue),
+        Delivered::Queued
+    );
     let woken = tokio::time::timeout(Duration::from_secs(5), writer).await;
     assert!(
         matches!(woken, Ok(Ok(Some(())))),
@@ -68,7 +77,11 @@ async fn quiet_until_woken(q: &OutboundQueue, mut rx: OutboundReceiver) -> usize
     let writer = tokio::spawn(async move { rx.next().await.is_some() });
     tokio::task::yield_now().await;
     for seq in 1..=100 {
-        assert!(q.pusher().deliver(&env("r", seq), Via::Quiet), "queued");
+        assert_eq!(
+            q.pusher().deliver(&env("r", seq), Via::Quiet),
+            Delivered::Queued,
+            "queued"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
         if writer.is_finished() {
             return seq as usize;

@@ -19,7 +19,7 @@
 //! [`OutboundQueue::push`]: super::OutboundQueue::push
 
 use super::order::Live;
-use super::{Items, Outbound, Shared};
+use super::{Delivered, Items, Outbound, Shared};
 use crate::engine::Envelope;
 use bytes::Bytes;
 use std::io::{self, IoSlice, Read};
@@ -153,25 +153,24 @@ impl Shared {
     /// The fast path: writes a live message to the socket at once if nothing is ahead
     /// of it (an empty queue, an idle writer, nothing pending in the wire) and its room
     /// takes it now. `None` when it must be queued instead.
-    pub(super) fn write_now(&self, env: &Arc<Envelope>) -> Option<bool> {
+    pub(super) fn write_now(&self, env: &Arc<Envelope>) -> Option<Delivered> {
         let mut guard = match self.nothing_ahead() {
             Ok(guard) => guard,
-            Err(answer) => return answer,
+            Err(None) => return None,
+            Err(Some(_)) => return Some(Delivered::Closing),
         };
         let items = &mut *guard;
         let slot = match items.order.live(env) {
             Live::Write(slot) => slot,
-            Live::Skip => return Some(true),
+            Live::Skip => return Some(Delivered::Skipped),
             Live::Hold => return None,
         };
-        let fast = items.fast.as_ref()?;
-        let whole = fast.wire.try_frame(env.wire())?;
+        let whole = items.fast.as_ref()?.try_frame(env.wire())?;
         items.order.written(slot, env);
-        (fast.on_delivered)(env);
         if !whole {
             self.rest_to_writer(guard);
         }
-        Some(true)
+        Some(Delivered::Written)
     }
 
     /// The fast path of a reply: writes a ready frame at once under the same condition as
@@ -183,7 +182,7 @@ impl Shared {
             Ok(guard) => guard,
             Err(answer) => return answer,
         };
-        if !guard.fast.as_ref()?.wire.try_text(text)? {
+        if !guard.fast.as_ref()?.try_text(text)? {
             self.rest_to_writer(guard);
         }
         Some(true)

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error, Message, Utf8Bytes};
 
-/// Counts a delivery (metrics); shared by the writer and the fast path.
+/// Counts a delivery the writer made (metrics).
 pub type OnDelivered = Arc<dyn Fn(&Envelope) + Send + Sync>;
 
 /// What the writer observed when it stopped.
@@ -68,7 +68,7 @@ where
     async move {
         let write_timeout = settings.heartbeat * 2;
         let shared = rx.shared.clone();
-        let wire = shared.items().fast.as_ref().map(|f| f.wire.clone());
+        let wire = shared.items().fast.clone();
         // Every write below is boxed: its futures (the batch, the write timeout's timer) would
         // otherwise be part of this task for the connection's whole life, and most of the
         // time the connection is idle. One allocation per batch is cheap beside its syscall.
