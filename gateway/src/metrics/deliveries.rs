@@ -40,7 +40,8 @@ impl Deliveries {
         Tally {
             of: self,
             written: 0,
-            latency: self.latency.local(),
+            first: None,
+            latency: None,
             now: 0,
             until_clock: 0,
         }
@@ -48,10 +49,16 @@ impl Deliveries {
 }
 
 /// One fan-out's deliveries, counted without atomics; added to [`Deliveries`] on drop.
+///
+/// A local histogram is an allocation of its own, so a fan-out that writes one timed
+/// message (a one-member room: an inbox, a direct message) observes it in the shared
+/// histogram as before, and only a second makes one.
 pub struct Tally<'a> {
     of: &'a Deliveries,
     written: u64,
-    latency: LocalHistogram,
+    /// The first timed write's age (s), until a second one comes.
+    first: Option<f64>,
+    latency: Option<LocalHistogram>,
     /// The clock at the last read (ms).
     now: u64,
     /// Writes until the clock is read again.
@@ -70,7 +77,17 @@ impl Tally<'_> {
             self.until_clock = CLOCK_EVERY;
         }
         self.until_clock -= 1;
-        self.latency.observe(age_s(self.now, ts));
+        let age = age_s(self.now, ts);
+        if let Some(local) = &self.latency {
+            local.observe(age);
+        } else if let Some(first) = self.first.take() {
+            let local = self.of.latency.local();
+            local.observe(first);
+            local.observe(age);
+            self.latency = Some(local);
+        } else {
+            self.first = Some(age);
+        }
     }
 }
 
@@ -78,8 +95,11 @@ impl Drop for Tally<'_> {
     fn drop(&mut self) {
         if self.written > 0 {
             self.of.delivered.inc_by(self.written);
-            self.latency.flush();
         }
+        if let Some(first) = self.first {
+            self.of.latency.observe(first);
+        }
+        // A local histogram adds itself to the shared one when dropped, after this.
     }
 }
 
@@ -118,10 +138,21 @@ mod tests {
         assert_eq!(d.latency.get_sample_count(), 40);
         let mean = d.latency.get_sample_sum() / 40.0;
         assert!((5.0..6.0).contains(&mean), "ages of ~5 s, not {mean}");
-        // A time ahead of this clock (another pod's) is an age of 0.
+        // One timed write (no local histogram); a time ahead of this clock (another
+        // pod's) is an age of 0.
         d.tally().written(now + 60_000);
+        assert_eq!(d.delivered.get(), 42);
         assert_eq!(d.latency.get_sample_count(), 41);
         assert!(d.latency.get_sample_sum() / 41.0 < mean);
+        // Two: both in the local histogram, added once.
+        {
+            let mut t = d.tally();
+            t.written(now - 1_000);
+            t.written(now - 1_000);
+        }
+        assert_eq!(d.latency.get_sample_count(), 43);
+        d.tally(); // nothing written: nothing added
+        assert_eq!(d.delivered.get(), 44);
     }
 
     #[test]
