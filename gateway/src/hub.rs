@@ -16,7 +16,7 @@ mod wakes;
 
 use crate::engine::Envelope;
 use crate::metrics::Deliveries;
-use crate::outbound::{Delivered, Outbound, OutboundQueue, Via};
+use crate::outbound::{Delivered, Outbound, OutboundQueue, Pusher, Via};
 use crate::presence::Batch;
 use crate::protocol::push::PresencePush;
 use members::{Members, Targets};
@@ -298,9 +298,15 @@ impl Hub {
         }
         let mut n = 0;
         let mut tally = self.deliveries.as_ref().map(Deliveries::tally);
+        // Each member's memory is cold (see `Pusher::prefetch`): its queue's lines are
+        // asked for two members ahead, its socket one ahead (found in those lines).
+        targets.iter().take(2).for_each(Pusher::prefetch);
         for (i, q) in targets.iter().enumerate() {
-            if let Some(next) = targets.get(i + 1) {
+            if let Some(next) = targets.get(i + 2) {
                 next.prefetch();
+            }
+            if let Some(next) = targets.get(i + 1) {
+                next.prefetch_wire();
             }
             let done = q.deliver(env, via);
             if let (Delivered::Written, Some(tally)) = (done, &mut tally) {

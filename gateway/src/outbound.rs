@@ -40,7 +40,7 @@ use crate::engine::Envelope;
 use crate::protocol::StreamPosition;
 use order::Order;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -102,6 +102,10 @@ struct Shared {
     told: AtomicBool,
     /// A forwarded (opaque) connection: nothing can be queued, only a close.
     opaque: bool,
+    /// Where the fast path's socket (`Items::fast`) is, null without one: only for a
+    /// fan-out to prefetch it ([`Pusher::prefetch_wire`]), never read through. The
+    /// socket's allocation is the fast path's next miss after these lines.
+    wire_at: AtomicPtr<u8>,
     /// The items. A plain deque rather than a channel: an idle connection's queue holds
     /// no allocation (a bounded tokio channel keeps a 32-slot block, ~2.4 KiB, per
     /// connection for its whole life).
@@ -181,6 +185,7 @@ impl Shared {
             reason: OnceLock::new(),
             told: Default::default(),
             opaque,
+            wire_at: AtomicPtr::new(std::ptr::null_mut()),
             drained: tokio::sync::Notify::new(),
             items: Mutex::new(Items {
                 senders: 1,
@@ -334,7 +339,9 @@ impl OutboundQueue {
     /// writes is counted by the fan-out ([`Delivered::Written`]), the writer's own by the
     /// writer.
     pub fn attach(&self, wire: Arc<wire::Wire>) {
+        let at = Arc::as_ptr(&wire).cast::<u8>().cast_mut();
         self.shared.items().fast = Some(wire);
+        self.shared.wire_at.store(at, Ordering::Relaxed);
     }
 
     /// Whether one more item fits by count.

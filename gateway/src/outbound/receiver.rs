@@ -76,6 +76,10 @@ impl OutboundReceiver {
         items.closed = true;
         items.queue = VecDeque::new();
         items.fast = None;
+        drop(items);
+        self.shared
+            .wire_at
+            .store(std::ptr::null_mut(), Ordering::Relaxed);
     }
 }
 

@@ -440,3 +440,17 @@ async fn a_short_read_drops_the_read_readiness_and_loses_nothing() {
         assert_eq!(n.expect("end of stream in time").expect("read"), 0);
     }
 }
+
+/// A fan-out prefetches a member's socket from where its queue says it is: the attached
+/// socket, and nothing once the queue let go of it.
+#[tokio::test]
+async fn the_queue_says_where_its_socket_is_while_it_has_one() {
+    let c = connect(1 << 20).await;
+    let at = |q: &OutboundQueue| q.shared.wire_at.load(Ordering::Relaxed).cast_const();
+    let fast = c.q.shared.items().fast.as_ref().map(Arc::as_ptr);
+    assert_eq!(fast.map(|w| w.cast::<u8>()), Some(at(&c.q)));
+    c.q.close(crate::disconnect::SLOW_CONSUMER);
+    c.writer.await.expect("writer");
+    assert!(c.q.shared.items().fast.is_none());
+    assert!(at(&c.q).is_null());
+}
