@@ -62,9 +62,10 @@ impl Pusher {
 
     /// Asks the CPU to fetch what [`deliver`](Self::deliver) reads of this member's queue
     /// (the first two cache lines of its allocation: see `Shared`), without waiting for
-    /// it. A fan-out calls it for the next member before it writes to this one: each
-    /// write takes microseconds of kernel time, long enough for the lines to arrive, and
-    /// the writes in between have evicted them since the last message. Only a hint: on
+    /// it. A fan-out calls it two members ahead of the one it writes to: each write takes
+    /// microseconds of kernel time, long enough for the lines to arrive, and the writes in
+    /// between have evicted them since the last message. (Two, not one: the member after
+    /// this one has its socket prefetched from these lines, [`prefetch_wire`](Self::prefetch_wire).) Only a hint: on
     /// other targets than x86_64 it does nothing.
     pub fn prefetch(&self) {
         #[cfg(target_arch = "x86_64")]
