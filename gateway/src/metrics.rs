@@ -2,7 +2,7 @@
 
 mod deliveries;
 
-pub use deliveries::{Deliveries, Tally};
+pub use deliveries::Deliveries;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,

@@ -68,19 +68,9 @@ impl Pusher {
     /// this one has its socket prefetched from these lines, [`prefetch_wire`](Self::prefetch_wire).) Only a hint: on
     /// other targets than x86_64 it does nothing.
     pub fn prefetch(&self) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            // The value starts after the Arc's two counts: `p` is in the allocation's
-            // first line, `p + 64` in its second.
-            let p = Arc::as_ptr(&self.0).cast::<i8>();
-            // SAFETY: SSE is part of every x86_64 CPU (the target's baseline), and a
-            // prefetch dereferences nothing: it cannot fault, whatever the address.
-            unsafe {
-                _mm_prefetch::<_MM_HINT_T0>(p);
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
-            }
-        }
+        // The value starts after the Arc's two counts: the pointer is in the
+        // allocation's first line, 64 bytes on in its second.
+        prefetch_two_lines(Arc::as_ptr(&self.0).cast());
     }
 
     /// Asks the CPU to fetch this member's socket (the `Wire` the fast path sends
@@ -89,24 +79,11 @@ impl Pusher {
     /// member after [`prefetch`](Self::prefetch): for the next member, whose lines were
     /// asked for a delivery earlier.
     pub fn prefetch_wire(&self) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let p = self
-                .0
-                .wire_at
-                .load(Ordering::Relaxed)
-                .cast::<i8>()
-                .cast_const();
-            if p.is_null() {
-                return;
-            }
-            // SAFETY: as in `prefetch`: nothing is dereferenced, so a socket freed
-            // since (its queue closed meanwhile) costs a useless fetch, no fault.
-            unsafe {
-                _mm_prefetch::<_MM_HINT_T0>(p);
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
-            }
+        let p = self.0.wire_at.load(Ordering::Relaxed).cast_const();
+        // A socket freed since (its queue closed meanwhile) costs a useless fetch, no
+        // fault: a prefetch reads nothing.
+        if !p.is_null() {
+            prefetch_two_lines(p);
         }
     }
 
@@ -114,4 +91,23 @@ impl Pusher {
     pub fn wake(&self) {
         self.0.queued.notify_one();
     }
+}
+
+/// Asks the CPU for the cache line at `p` and the one after it, without waiting. Only a
+/// hint: on other targets than x86_64 it does nothing.
+#[inline(always)]
+fn prefetch_two_lines(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = p.cast::<i8>();
+        // SAFETY: SSE is part of every x86_64 CPU (the target's baseline), and a
+        // prefetch dereferences nothing: it cannot fault, whatever the address.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(p);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
