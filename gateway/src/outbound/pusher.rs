@@ -65,8 +65,8 @@ impl Pusher {
     /// it. A fan-out calls it two members ahead of the one it writes to: each write takes
     /// microseconds of kernel time, long enough for the lines to arrive, and the writes in
     /// between have evicted them since the last message. (Two, not one: the member after
-    /// this one has its socket prefetched from these lines, [`prefetch_wire`](Self::prefetch_wire).) Only a hint: on
-    /// other targets than x86_64 it does nothing.
+    /// this one has its socket prefetched from these lines by
+    /// [`prefetch_wire`](Self::prefetch_wire).)
     pub fn prefetch(&self) {
         // The value starts after the Arc's two counts: the pointer is in the
         // allocation's first line, 64 bytes on in its second.
