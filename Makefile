@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 LISTEN ?= 127.0.0.1:8080
 
-.PHONY: run test lint fmt deps venv envtest clean crds bench bench-redis bench-redis-cluster test-browser manifests image e2e-cluster cluster-up cluster-down fuzz fuzz-smoke fuzz-tools mutants
+.PHONY: run test lint doc fmt deps venv envtest clean crds bench bench-redis bench-redis-cluster test-browser manifests image e2e-cluster cluster-up cluster-down fuzz fuzz-smoke fuzz-tools mutants
 
 ## run: one gateway, in-memory engine, insecure dev auth (?user=NAME), demo page on http://$(LISTEN)/
 run:
@@ -15,6 +15,7 @@ run:
 test: deps venv envtest
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(MAKE) doc
 	$(CARGO) deny check bans licenses sources
 	$(CARGO) test --workspace
 
@@ -53,6 +54,11 @@ $(VENV)/.installed: requirements-dev.txt
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(MAKE) doc
+
+## doc: the crates' docs, internals included (target/doc); a broken link or tag fails it
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --document-private-items
 
 fmt:
 	$(CARGO) fmt --all

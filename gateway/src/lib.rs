@@ -1,6 +1,10 @@
 //! chatgateway: a WebSocket chat gateway (rooms, direct messages, history, presence,
 //! resume) with an in-memory engine for one node and a Redis engine for a cluster.
 
+// The module docs link to the private parts they are built from: read them with
+// `make doc` (`--document-private-items`), where those links resolve.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod api;
 pub mod assets;
 pub mod auth;

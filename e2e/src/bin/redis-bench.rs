@@ -6,7 +6,7 @@
 //! `{"published":N,"publish_per_s":..,"latency_ms":{"p50":..,"p90":..,"p99":..,"max":..}}`.
 //! Latency is measured in this one process with one monotonic clock.
 //!
-//! Usage: redis-bench [messages] [in-flight] [receivers]
+//! Usage: `redis-bench [messages] [in-flight] [receivers]`
 
 use e2e::process::GatewayProcess;
 use e2e::redis::RedisServer;

@@ -12,7 +12,7 @@
 //! `{"mode":"cluster","connections":N,"calls_per_connection":{..},"messages":M,
 //! "publish_per_s":..,"calls_per_message":{..},"delivered":..}`.
 //!
-//! Usage: redis-cluster-bench [messages] [rooms] [connections] [in-flight]
+//! Usage: `redis-cluster-bench [messages] [rooms] [connections] [in-flight]`
 
 use e2e::process::GatewayProcess;
 use e2e::redis_cluster::RedisCluster;

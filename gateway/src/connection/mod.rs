@@ -1,5 +1,5 @@
 //! Connection: one client socket. This task reads frames and runs commands; a second task
-//! (see [`outbound`](crate::outbound)) writes everything the client receives.
+//! (see [`outbound`]) writes everything the client receives.
 //!
 //! - this file: the socket loop — classify a frame, rate limit, error streak, teardown;
 //! - [`session`]: the per-connection state and room membership;

@@ -1,5 +1,5 @@
 //! The operator's one reader of every gateway pod's `chatgateway_connections`: watches of
-//! the gateway pods and the ChatGateways, and the [`scrape`](super::scrape) loop over them.
+//! the gateway pods and the ChatGateways, and the [`scrape`] loop over them.
 //! The custom metrics API serves its readings to the HPA, and the pod-deletion cost
 //! (`crate::deletion_cost`) ranks pods by the same numbers, so each pod is read once per
 //! interval however many features use the count.

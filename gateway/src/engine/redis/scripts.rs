@@ -3,14 +3,16 @@
 //!
 //! Key layout (`P` = key prefix, `R` = room; `{R}` is a hash tag so all keys of a room
 //! share one cluster slot):
-//!   P:{R}:m   hash   epoch, seq (the top), e (until when the stream was last given to live)
-//!   P:{R}:s   stream entries `<seq>-1` with fields f (the msg frame) and t (append ms)
-//!   P:{R}:d:<from>\0<msg_id>   string   "<seq> <epoch>", expires after the dedup window
-//!   P:{R}:q:<from>  zset   seqs of the sender's retained messages (inboxes with a DM quota)
-//!   P:{R}:pc  zset   "<user>\0<conn>" scored by expiry ms
-//!   P:{R}:pu  hash   user -> connection count
-//!   P:c:R     channel: "m <seq> <epoch> <ts> <traceparent|-> <frame>", "p <frame>"
-//!             (presence), or "e <ts> <traceparent|-> <frame>" (ephemeral, never stored)
+//! ```text
+//! P:{R}:m   hash   epoch, seq (the top), e (until when the stream was last given to live)
+//! P:{R}:s   stream entries <seq>-1 with fields f (the msg frame) and t (append ms)
+//! P:{R}:d:<from>\0<msg_id>   string   "<seq> <epoch>", expires after the dedup window
+//! P:{R}:q:<from>  zset   seqs of the sender's retained messages (inboxes with a DM quota)
+//! P:{R}:pc  zset   "<user>\0<conn>" scored by expiry ms
+//! P:{R}:pu  hash   user -> connection count
+//! P:c:R     channel: "m <seq> <epoch> <ts> <traceparent|-> <frame>", "p <frame>"
+//!           (presence), or "e <ts> <traceparent|-> <frame>" (ephemeral, never stored)
+//! ```
 
 use redis::Script;
 use std::sync::LazyLock;
