@@ -13,9 +13,7 @@ run:
 
 ## test: everything CI runs (installs what it needs on a fresh Debian machine)
 test: deps venv envtest
-	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(MAKE) doc
+	$(MAKE) lint
 	$(CARGO) deny check bans licenses sources
 	$(CARGO) test --workspace
 
