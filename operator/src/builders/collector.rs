@@ -5,14 +5,13 @@
 //! `spec.telemetry.otlpEndpoint`. As a native sidecar it starts before the gateway and
 //! stops after it, so spans emitted while the gateway drains still leave the pod.
 
-use super::pod::field_env;
+use super::pod::{field_env, requests_and_memory_limit};
 use super::Owner;
 use crate::crd::{ChatGateway, CollectorSpec};
 use crate::error::{Error, Result};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, Container, ResourceRequirements, SecurityContext, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
@@ -135,17 +134,7 @@ pub fn build_config_map(cgw: &ChatGateway, owner: &Owner) -> Result<Option<(Conf
 }
 
 fn default_resources() -> ResourceRequirements {
-    ResourceRequirements {
-        requests: Some(BTreeMap::from([
-            ("cpu".into(), Quantity("50m".into())),
-            ("memory".into(), Quantity("64Mi".into())),
-        ])),
-        limits: Some(BTreeMap::from([(
-            "memory".into(),
-            Quantity("256Mi".into()),
-        )])),
-        ..ResourceRequirements::default()
-    }
+    requests_and_memory_limit("50m", "64Mi", "256Mi")
 }
 
 /// Whether the collector runs as a native sidecar (an init container with

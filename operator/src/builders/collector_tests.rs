@@ -4,6 +4,7 @@ use super::*;
 use crate::builders::testing::*;
 use crate::builders::{build, Children, CONFIG_HASH_ANNOTATION};
 use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 fn children(spec: &str) -> Result<Children> {
     let cgw = cgw(spec);

@@ -3,8 +3,10 @@
 use super::*;
 use crate::builders::configmap;
 use crate::builders::testing::*;
-use k8s_openapi::api::core::v1::{EnvVar, PodSpec, Probe};
+use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, Probe};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
 
 const HASHES: Hashes<'static> = Hashes {
     config: "abc123",
@@ -416,4 +418,32 @@ fn every_key_file_the_config_names_is_mounted_there_and_readable_by_the_gateway(
     };
     assert_eq!(volumes(FULL), ["config", "jwt-secret", "jwt-jwks"]);
     assert_eq!(volumes(MINIMAL), ["config"]);
+}
+
+/// A spec that names no resources gets docs/operator.md's: CPU and memory requests and a
+/// memory limit, no CPU limit, for the gateway and (smaller) for the collector.
+#[test]
+fn containers_without_resources_get_the_documented_defaults() {
+    let spec = format!(
+        "{MINIMAL}\ntelemetry: {{otlpEndpoint: http://j:4317, collector: {{enabled: true}}}}"
+    );
+    let d = deployment(&spec);
+    let pod = pod(&d);
+    let resources = |c: &Container| {
+        let r = c.resources.clone().expect("resources");
+        let (requests, limits) = (r.requests.unwrap_or_default(), r.limits.unwrap_or_default());
+        let get = |m: &BTreeMap<String, Quantity>, k: &str| m.get(k).map(|q| q.0.clone());
+        let (cpu, memory) = (get(&requests, "cpu"), get(&requests, "memory"));
+        (cpu, memory, get(&limits, "memory"), get(&limits, "cpu"))
+    };
+    let some = |s: &str| Some(s.to_string());
+    assert_eq!(
+        resources(&pod.containers[0]),
+        (some("100m"), some("128Mi"), some("512Mi"), None)
+    );
+    let collector = pod.init_containers.as_ref().expect("init containers");
+    assert_eq!(
+        resources(&collector[0]),
+        (some("50m"), some("64Mi"), some("256Mi"), None)
+    );
 }

@@ -354,15 +354,23 @@ fn probe(path: &str, period: i32, failures: i32) -> Probe {
 fn default_resources() -> ResourceRequirements {
     // Requests make CPU-based autoscaling possible; a memory limit bounds a leak, no CPU
     // limit so bursts of fan-out are not throttled.
+    requests_and_memory_limit("100m", "128Mi", "512Mi")
+}
+
+/// CPU and memory requests and a memory limit, no CPU limit: the defaults of the
+/// gateway's container and of the collector sidecar.
+pub(super) fn requests_and_memory_limit(
+    cpu: &str,
+    memory: &str,
+    memory_limit: &str,
+) -> ResourceRequirements {
+    let quantity = |q: &str| Quantity(q.to_string());
     ResourceRequirements {
         requests: Some(BTreeMap::from([
-            ("cpu".into(), Quantity("100m".into())),
-            ("memory".into(), Quantity("128Mi".into())),
+            ("cpu".into(), quantity(cpu)),
+            ("memory".into(), quantity(memory)),
         ])),
-        limits: Some(BTreeMap::from([(
-            "memory".into(),
-            Quantity("512Mi".into()),
-        )])),
+        limits: Some(BTreeMap::from([("memory".into(), quantity(memory_limit))])),
         ..ResourceRequirements::default()
     }
 }
