@@ -140,78 +140,67 @@ async fn current_clusters_get_policy_v1_with_the_eviction_policy() {
     );
 }
 
-fn resource_list(group_version: &str, plural: &str, kind: &str) -> Value {
-    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
-           "resources": [{"name": plural, "singularName": "", "namespaced": true,
-                          "kind": kind, "verbs": ["get"]}]})
+/// The discovery document of `group_version`, serving one namespaced resource.
+fn serves(group_version: &str, plural: &str, kind: &str) -> Step {
+    let list = json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+                      "resources": [{"name": plural, "singularName": "", "namespaced": true,
+                                     "kind": kind, "verbs": ["get"]}]});
+    ok_with(Method::GET, &format!("/apis/{group_version}"), list)
 }
 
-fn version(minor: &str) -> Value {
-    json!({"major": "1", "minor": minor, "gitVersion": format!("v1.{minor}.0"), "gitCommit": "",
-           "gitTreeState": "", "buildDate": "", "goVersion": "", "compiler": "",
-           "platform": "linux/amd64"})
+fn version(minor: &str) -> Step {
+    let info = json!({"major": "1", "minor": minor, "gitVersion": format!("v1.{minor}.0"),
+                      "gitCommit": "", "gitTreeState": "", "buildDate": "", "goVersion": "",
+                      "compiler": "", "platform": "linux/amd64"});
+    ok_with(Method::GET, "/version", info)
+}
+
+/// What the operator discovers from a server answering exactly `steps`.
+async fn discovered(steps: Vec<Step>) -> ServedKinds {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = serve(handle, steps);
+    let served = ServedKinds::discover(&Client::new(service, "default")).await;
+    server.await.expect("server");
+    served.expect("discover")
 }
 
 #[tokio::test]
 async fn discovery_picks_the_newest_served_version() {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "default");
     // Kubernetes 1.20: autoscaling/v2 and policy/v1 do not exist yet.
-    let server = serve(
-        handle,
-        vec![
-            not_found(Method::GET, "/apis/autoscaling/v2"),
-            ok_with(
-                Method::GET,
-                "/apis/autoscaling/v2beta2",
-                resource_list(
-                    "autoscaling/v2beta2",
-                    "horizontalpodautoscalers",
-                    "HorizontalPodAutoscaler",
-                ),
-            ),
-            not_found(Method::GET, "/apis/policy/v1"),
-            ok_with(
-                Method::GET,
-                "/apis/policy/v1beta1",
-                resource_list(
-                    "policy/v1beta1",
-                    "poddisruptionbudgets",
-                    "PodDisruptionBudget",
-                ),
-            ),
-            ok_with(Method::GET, "/version", version("20")),
-        ],
-    );
-    let served = ServedKinds::discover(&client).await.expect("discover");
+    let served = discovered(vec![
+        not_found(Method::GET, "/apis/autoscaling/v2"),
+        serves(
+            "autoscaling/v2beta2",
+            "horizontalpodautoscalers",
+            "HorizontalPodAutoscaler",
+        ),
+        not_found(Method::GET, "/apis/policy/v1"),
+        serves(
+            "policy/v1beta1",
+            "poddisruptionbudgets",
+            "PodDisruptionBudget",
+        ),
+        version("20"),
+    ])
+    .await;
     assert_eq!(served, ServedKinds::KUBERNETES_1_20);
-    server.await.expect("server");
 }
 
 #[tokio::test]
 async fn discovery_tells_served_from_unserved_kinds() {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "default");
-    let server = serve(
-        handle,
-        vec![
-            not_found(Method::GET, "/apis/autoscaling/v2"),
-            // The group version exists but without the resource.
-            ok_with(
-                Method::GET,
-                "/apis/autoscaling/v2beta2",
-                json!({"kind": "APIResourceList", "apiVersion": "v1",
-                       "groupVersion": "autoscaling/v2beta2", "resources": []}),
-            ),
-            ok_with(
-                Method::GET,
-                "/apis/policy/v1",
-                resource_list("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget"),
-            ),
-            ok_with(Method::GET, "/version", version("28")),
-        ],
-    );
-    let served = ServedKinds::discover(&client).await.expect("discover");
+    let served = discovered(vec![
+        not_found(Method::GET, "/apis/autoscaling/v2"),
+        // The group version exists but without the resource.
+        ok_with(
+            Method::GET,
+            "/apis/autoscaling/v2beta2",
+            json!({"kind": "APIResourceList", "apiVersion": "v1",
+                   "groupVersion": "autoscaling/v2beta2", "resources": []}),
+        ),
+        serves("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+        version("28"),
+    ])
+    .await;
     assert_eq!(
         served,
         ServedKinds {
@@ -220,7 +209,6 @@ async fn discovery_tells_served_from_unserved_kinds() {
             native_sidecars: false,
         }
     );
-    server.await.expect("server");
 }
 
 #[tokio::test]
