@@ -80,11 +80,7 @@ async fn turning_the_api_off_deletes_the_service_it_owns() {
             step(Method::PATCH, CM),
             step(Method::PATCH, DEPLOY),
             step(Method::PATCH, SVC),
-            ok_with(
-                Method::DELETE,
-                API_SVC,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
-            ),
+            deleted(API_SVC),
             step(Method::POST, EVENTS),
             step(Method::PATCH, PDB),
             step(Method::POST, EVENTS),

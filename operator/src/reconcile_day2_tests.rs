@@ -223,11 +223,7 @@ async fn turning_autoscaling_off_deletes_the_hpa_first_and_keeps_the_live_count(
             with(vec![redis_secret()], steps),
             vec![
                 step(Method::PATCH, CM),
-                ok_with(
-                    Method::DELETE,
-                    HPA,
-                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
-                ),
+                deleted(HPA),
                 step(Method::PATCH, DEPLOY),
                 step(Method::PATCH, SVC),
                 step(Method::PATCH, PDB),

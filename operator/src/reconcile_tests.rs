@@ -77,6 +77,12 @@ pub(crate) fn ok_with(method: Method, path: &str, reply: Value) -> Step {
     }
 }
 
+/// A DELETE the API server carries out.
+pub(crate) fn deleted(path: &str) -> Step {
+    let done = json!({"kind": "Status", "apiVersion": "v1", "status": "Success"});
+    ok_with(Method::DELETE, path, done)
+}
+
 /// The non-forced apply of `spec.replicas` under the hand-off manager.
 pub(crate) fn handover(path: &str) -> Step {
     Step {
@@ -322,11 +328,7 @@ async fn disabled_pdb_is_deleted_only_as_the_object_it_owns() {
                 step(Method::PATCH, CM),
                 step(Method::PATCH, DEPLOY),
                 step(Method::PATCH, SVC),
-                ok_with(
-                    Method::DELETE,
-                    PDB,
-                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
-                ),
+                deleted(PDB),
                 step(Method::PATCH, STATUS),
             ],
         ),
