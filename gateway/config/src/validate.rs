@@ -156,6 +156,10 @@ impl Config {
                 );
             }
         }
+        // The keys file's reload timer: a zero period would panic the API's task.
+        if self.api.reload_interval < Duration::from_millis(100) {
+            return bad("api.reloadInterval must be at least 100ms".into());
+        }
         let hooks = [
             ("connect", &self.hooks.connect),
             ("join", &self.hooks.join),
@@ -295,6 +299,18 @@ mod tests {
         assert_eq!(c.heartbeat.interval, Duration::from_secs(25));
         assert_eq!(c.auth.mode, AuthMode::Jwt);
         assert_eq!(c.server.listen_backlog, 4096);
+    }
+
+    #[test]
+    fn an_api_reload_interval_under_100ms_is_refused() {
+        let mut c = Config::default();
+        c.auth.mode = AuthMode::Insecure;
+        c.server.listen = "127.0.0.1:8080".parse().expect("addr");
+        c.api.reload_interval = Duration::from_millis(100);
+        c.validate().expect("valid");
+        c.api.reload_interval = Duration::ZERO;
+        let err = c.validate().expect_err("refused");
+        assert!(err.to_string().contains("api.reloadInterval"), "{err}");
     }
 
     #[test]
