@@ -1,6 +1,8 @@
 //! Prometheus metrics of a gateway node.
 
 mod deliveries;
+#[cfg(test)]
+mod tests_docs;
 
 pub use deliveries::Deliveries;
 
