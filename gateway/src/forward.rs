@@ -13,8 +13,9 @@ mod pipe;
 
 use crate::config::{upstream_url, RouteConfig};
 use crate::node::Node;
-use crate::upgrade::{admit_upgrade, reject, retry_later, switching, Body};
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use crate::rejection::Rejection;
+use crate::upgrade::{admit_upgrade, reject, switching, Body};
+use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use pipe::pipe;
@@ -228,8 +229,7 @@ pub async fn upgrade(
     let Some(path) = route.normalize(req.uri().path()) else {
         return reject(
             &node,
-            StatusCode::BAD_REQUEST,
-            "bad_path",
+            Rejection::BadPath,
             format!("path leaves route {}", route.cfg.name),
         );
     };
@@ -238,18 +238,17 @@ pub async fn upgrade(
         Err(refused) => return refused,
     };
     let Some(route_slot) = route.reserve() else {
-        return retry_later(&node, "route_limit", "route at its connection limit");
+        return reject(
+            &node,
+            Rejection::RouteLimit,
+            "route at its connection limit",
+        );
     };
     let span = tracing::info_span!(parent: &a.span, "forward", route = %route.cfg.name, upstream = tracing::field::Empty);
     let target = route.target(&path, req.uri().query());
     span.record("upstream", tracing::field::display(&target));
     let Ok(mut up_req) = target.as_str().into_client_request() else {
-        return reject(
-            &node,
-            StatusCode::BAD_GATEWAY,
-            "upstream_url",
-            "bad upstream URL".into(),
-        );
+        return reject(&node, Rejection::UpstreamUrl, "bad upstream URL");
     };
     let h = up_req.headers_mut();
     for (k, v) in &route.cfg.headers {
@@ -291,8 +290,7 @@ pub async fn upgrade(
     else {
         return reject(
             &node,
-            StatusCode::BAD_GATEWAY,
-            "upstream_down",
+            Rejection::UpstreamDown,
             format!("upstream of route {} unavailable", route.cfg.name),
         );
     };

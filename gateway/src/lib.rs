@@ -27,6 +27,7 @@ pub mod presence;
 pub mod protocol;
 pub mod ratelimit;
 pub mod rebalance;
+pub mod rejection;
 pub mod server;
 pub mod upgrade;
 

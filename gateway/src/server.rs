@@ -6,7 +6,8 @@ use crate::hooks::{ConnectRequest, Verdict};
 use crate::httpio::{HoldHandshake, HttpIo};
 use crate::node::Node;
 use crate::outbound::{Wire, WireIo};
-use crate::upgrade::{admit_upgrade, reject, retry_later, switching, text, Body};
+use crate::rejection::Rejection;
+use crate::upgrade::{admit_upgrade, reject, switching, text, Body};
 use futures_util::future::{Either, FutureExt};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -142,8 +143,7 @@ async fn upgrade(
         // is never echoed (it would land in logs): the client must offer chatgw.v1 too.
         return reject(
             &node,
-            StatusCode::BAD_REQUEST,
-            "bad_upgrade",
+            Rejection::BadUpgrade,
             format!(
                 "offer the {} subprotocol (beside bearer.<jwt>)",
                 crate::protocol::SUBPROTOCOL
@@ -157,11 +157,11 @@ async fn upgrade(
     let extras = match node.hooks.connect(&node.metrics, &connect).await {
         Verdict::Allow(extras) => extras,
         Verdict::Deny(reason) => {
-            return reject(&node, StatusCode::FORBIDDEN, "hook_refused", reason);
+            return reject(&node, Rejection::HookRefused, reason);
         }
         Verdict::Failed(e) => {
             let detail = format!("the backend did not decide: {e}");
-            return retry_later(&node, "hook_unavailable", &detail);
+            return reject(&node, Rejection::HookUnavailable, detail);
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);

@@ -4,6 +4,7 @@
 
 use crate::auth::{self, AuthError, Identity, Presented};
 use crate::node::{Node, Slots};
+use crate::rejection::Rejection;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -30,14 +31,28 @@ fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<&str>
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-pub(crate) fn reject(
-    node: &Node,
-    status: StatusCode,
-    reason: &'static str,
-    detail: String,
-) -> Response<Body> {
-    node.metrics.rejected.with_label_values(&[reason]).inc();
-    text(status, detail + "\n")
+/// Refuses an upgrade: the status of `why`, `detail` as the body, counted under its
+/// reason. A 401 says `WWW-Authenticate: Bearer`; a 503 carries a jittered `Retry-After`
+/// (1 to 3 s) so refused clients do not return in step.
+pub(crate) fn reject(node: &Node, why: Rejection, detail: impl Into<String>) -> Response<Body> {
+    node.metrics
+        .rejected
+        .with_label_values(&[why.reason()])
+        .inc();
+    let mut r = text(why.status(), detail.into() + "\n");
+    match why.status() {
+        StatusCode::UNAUTHORIZED => {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        StatusCode::SERVICE_UNAVAILABLE => {
+            let secs = 1 + rand::random::<u8>() % 3;
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(u16::from(secs)));
+        }
+        _ => {}
+    }
+    r
 }
 
 fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
@@ -48,20 +63,6 @@ fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
             .iter()
             .any(|a| a == "*" || a.eq_ignore_ascii_case(o)),
     }
-}
-
-/// 503 with a jittered `Retry-After` (1 to 3 s) so refused clients do not return in step.
-pub(crate) fn retry_later(node: &Node, reason: &'static str, detail: &str) -> Response<Body> {
-    let mut r = reject(
-        node,
-        StatusCode::SERVICE_UNAVAILABLE,
-        reason,
-        detail.to_string(),
-    );
-    let secs = 1 + rand::random::<u8>() % 3;
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(u16::from(secs)));
-    r
 }
 
 /// An upgrade request that passed every check (headers, drain, origin, authentication,
@@ -94,17 +95,15 @@ pub(crate) async fn admit_upgrade(
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return Err(reject(
             node,
-            StatusCode::BAD_REQUEST,
-            "bad_upgrade",
-            "expected a WebSocket upgrade".into(),
+            Rejection::BadUpgrade,
+            "expected a WebSocket upgrade",
         ));
     };
     if !is_ws || header_str(req, header::SEC_WEBSOCKET_VERSION) != Some("13") {
         return Err(reject(
             node,
-            StatusCode::BAD_REQUEST,
-            "bad_upgrade",
-            "expected a WebSocket upgrade (version 13)".into(),
+            Rejection::BadUpgrade,
+            "expected a WebSocket upgrade (version 13)",
         ));
     }
     // RFC 6455 upgrades HTTP/1.1; hyper upgrades nothing older, so a 101 to HTTP/1.0
@@ -112,15 +111,14 @@ pub(crate) async fn admit_upgrade(
     if req.version() != http::Version::HTTP_11 {
         return Err(reject(
             node,
-            StatusCode::BAD_REQUEST,
-            "bad_upgrade",
-            "a WebSocket upgrade needs HTTP/1.1".into(),
+            Rejection::BadUpgrade,
+            "a WebSocket upgrade needs HTTP/1.1",
         ));
     }
     if !node.accepting() {
-        return Err(retry_later(
+        return Err(reject(
             node,
-            "shutting_down",
+            Rejection::ShuttingDown,
             "server draining; connect to another instance",
         ));
     }
@@ -128,12 +126,7 @@ pub(crate) async fn admit_upgrade(
         &node.config.server.allowed_origins,
         header_str(req, header::ORIGIN),
     ) {
-        return Err(reject(
-            node,
-            StatusCode::FORBIDDEN,
-            "origin",
-            "origin not allowed".into(),
-        ));
+        return Err(reject(node, Rejection::Origin, "origin not allowed"));
     }
 
     let offered: Vec<String> = header_str(req, header::SEC_WEBSOCKET_PROTOCOL)
@@ -148,9 +141,8 @@ pub(crate) async fn admit_upgrade(
     if !node.admit_ip(peer.ip()) {
         return Err(reject(
             node,
-            StatusCode::TOO_MANY_REQUESTS,
-            "per_ip_rate",
-            "too many connection attempts from this address; slow down".into(),
+            Rejection::PerIpRate,
+            "too many connection attempts from this address; slow down",
         ));
     }
     let mut presented = Presented {
@@ -186,15 +178,12 @@ pub(crate) async fn admit_upgrade(
     let identity = match node.auth.authenticate(&presented) {
         Ok(identity) => identity,
         Err(e) => {
-            let reason = match e {
-                AuthError::Missing | AuthError::MissingUser => "auth_missing",
-                _ => "auth_invalid",
+            let why = match e {
+                AuthError::Missing | AuthError::MissingUser => Rejection::AuthMissing,
+                _ => Rejection::AuthInvalid,
             };
-            span.record("outcome", reason);
-            let mut r = reject(node, StatusCode::UNAUTHORIZED, reason, e.to_string());
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return Err(r);
+            span.record("outcome", why.reason());
+            return Err(reject(node, why, e.to_string()));
         }
     };
     drop(_entered);
@@ -202,34 +191,31 @@ pub(crate) async fn admit_upgrade(
     if !node.admit_user(&identity.user) {
         return Err(reject(
             node,
-            StatusCode::TOO_MANY_REQUESTS,
-            "per_user_rate",
-            "too many connection attempts for this user; slow down".into(),
+            Rejection::PerUserRate,
+            "too many connection attempts for this user; slow down",
         ));
     }
     // Reconnect storms: admit at most admission.rate upgrades per second (cluster-wide
     // with Redis); the rest come back after a jittered Retry-After.
     if !node.admit().instrument(span.clone()).await {
-        return Err(retry_later(
+        return Err(reject(
             node,
-            "admission",
+            Rejection::Admission,
             "too many connections right now; retry shortly",
         ));
     }
     let Some(ip) = node.take_ip_slot(peer.ip()) else {
         return Err(reject(
             node,
-            StatusCode::TOO_MANY_REQUESTS,
-            "per_ip",
-            "too many connections from this address".into(),
+            Rejection::PerIp,
+            "too many connections from this address",
         ));
     };
     let Some(user) = node.take_user_slot(&identity.user) else {
         return Err(reject(
             node,
-            StatusCode::TOO_MANY_REQUESTS,
-            "per_user",
-            "too many connections for this user".into(),
+            Rejection::PerUser,
+            "too many connections for this user",
         ));
     };
 
