@@ -40,6 +40,23 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code (a new one goes here too: the docs test reads this list).
+    pub const ALL: [ErrorCode; 13] = [
+        ErrorCode::BadRequest,
+        ErrorCode::UnknownCommand,
+        ErrorCode::InvalidRoom,
+        ErrorCode::NotJoined,
+        ErrorCode::Forbidden,
+        ErrorCode::TooManyRooms,
+        ErrorCode::RateLimited,
+        ErrorCode::SessionNotFound,
+        ErrorCode::InvalidToken,
+        ErrorCode::QuotaExceeded,
+        ErrorCode::Unavailable,
+        ErrorCode::UnknownOutcome,
+        ErrorCode::Internal,
+    ];
+
     /// Wire name of the code.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -313,6 +330,30 @@ fn with_messages(mut text: String, messages: &[Utf8Bytes]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// docs/protocol.md's "Error codes" table lists exactly the codes the gateway sends,
+    /// spelled as they go on the wire.
+    #[test]
+    fn every_error_code_is_the_one_documented() {
+        let doc = include_str!("../../../docs/protocol.md");
+        let table = doc
+            .split("## Error codes")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("docs/protocol.md has an Error codes section");
+        let mut documented: Vec<&str> = table
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+            .collect();
+        let mut sent: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        for c in ErrorCode::ALL {
+            let wire = serde_json::to_value(c).expect("serialises");
+            assert_eq!(wire, c.as_str(), "serde and as_str disagree");
+        }
+        documented.sort_unstable();
+        sent.sort_unstable();
+        assert_eq!(documented, sent);
+    }
 
     #[test]
     fn ok_and_error_frames_reference_the_command() {
