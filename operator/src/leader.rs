@@ -18,6 +18,23 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// The shortest Lease `--lease-duration` accepts. A Lease is held for whole seconds, the
+/// holder renews every third of it and each API call may take two thirds: under 3 s the
+/// Lease rounds to nothing held or the renewals spin against the API server.
+pub const MIN_LEASE_DURATION: Duration = Duration::from_secs(3);
+
+/// `--lease-duration`: a duration such as `15s`, at least [`MIN_LEASE_DURATION`].
+pub fn parse_lease_duration(text: &str) -> std::result::Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d < MIN_LEASE_DURATION {
+        return Err(format!(
+            "{text} is shorter than {}: a Lease is held for whole seconds and renewed every third of it",
+            humantime::format_duration(MIN_LEASE_DURATION)
+        ));
+    }
+    Ok(d)
+}
+
 /// One candidate for the Lease.
 pub struct LeaderElector {
     api: Api<Lease>,
@@ -180,6 +197,17 @@ fn conflict_is_false(result: Result<kube::Result<Lease>>) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_under_three_seconds_is_refused() {
+        assert_eq!(parse_lease_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_lease_duration("3s"), Ok(MIN_LEASE_DURATION));
+        for short in ["0s", "2s", "2999ms"] {
+            let err = parse_lease_duration(short).expect_err(short);
+            assert!(err.contains("shorter than 3s"), "{err}");
+        }
+        assert!(parse_lease_duration("soon").is_err());
+    }
     use crate::reconcile::tests::{not_found, ok_with, serve, step};
     use http::{Method, Request, Response};
     use k8s_openapi::jiff::SignedDuration;

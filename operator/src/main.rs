@@ -61,7 +61,8 @@ struct RunArgs {
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
     /// How long the Lease is held without renewal.
-    #[arg(long, env = "OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    /// At least 3s.
+    #[arg(long, env = "OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = chat_gateway_operator::leader::parse_lease_duration)]
     lease_duration: Duration,
     /// Log format.
     #[arg(long, env = "OPERATOR_LOG_FORMAT", value_enum, default_value = "json")]
