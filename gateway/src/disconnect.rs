@@ -119,6 +119,20 @@ pub const FORWARD_ENDED: &str = "forward ended";
 mod tests {
     use super::*;
 
+    /// The two labels of `chatgateway_connections_closed_total` that are no close reason
+    /// are in docs/operations.md's row for it, beside the reasons it points to.
+    #[test]
+    fn the_labels_beside_the_close_reasons_are_documented() {
+        let doc = include_str!("../../docs/operations.md");
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with("| `chatgateway_connections_closed_total{reason}`"))
+            .expect("docs/operations.md has the closed-connections row");
+        for label in [CLIENT_CLOSED, FORWARD_ENDED] {
+            assert!(row.contains(&format!("`{label}`")), "{label} not in {row}");
+        }
+    }
+
     /// Every close a client can see is in the table of docs/protocol.md with the same
     /// code and reason: clients branch on these numbers, so the code must not drift from
     /// the documented contract (a test against the constants alone could not notice).
