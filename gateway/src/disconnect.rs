@@ -118,16 +118,16 @@ pub const FORWARD_ENDED: &str = "forward ended";
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::doc_tables;
 
     /// The two labels of `chatgateway_connections_closed_total` that are no close reason
     /// are in docs/operations.md's row for it, beside the reasons it points to.
     #[test]
     fn the_labels_beside_the_close_reasons_are_documented() {
-        let doc = include_str!("../../docs/operations.md");
-        let row = doc
-            .lines()
-            .find(|l| l.starts_with("| `chatgateway_connections_closed_total{reason}`"))
-            .expect("docs/operations.md has the closed-connections row");
+        let row = doc_tables::row(
+            doc_tables::OPERATIONS,
+            "`chatgateway_connections_closed_total{reason}`",
+        );
         for label in [CLIENT_CLOSED, FORWARD_ENDED] {
             assert!(row.contains(&format!("`{label}`")), "{label} not in {row}");
         }
@@ -138,11 +138,7 @@ mod tests {
     /// the documented contract (a test against the constants alone could not notice).
     #[test]
     fn every_close_reason_is_the_one_documented() {
-        let doc = include_str!("../../docs/protocol.md");
-        let table = doc
-            .split("## Close codes")
-            .nth(1)
-            .expect("docs/protocol.md has a Close codes section");
+        let table = doc_tables::section(doc_tables::PROTOCOL, "Close codes");
         let documented = |c: &CloseReason| {
             table.lines().any(|l| {
                 l.starts_with(&format!("| {} |", c.code))

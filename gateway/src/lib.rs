@@ -31,6 +31,9 @@ pub mod rejection;
 pub mod server;
 pub mod upgrade;
 
+#[cfg(test)]
+mod doc_tables;
+
 pub use chat_gateway_config as config;
 pub use chat_gateway_telemetry as telemetry;
 

@@ -114,11 +114,10 @@ mod tests {
     /// reason with its status, and no other: `` `a`, `b` (429) `` gives both 429.
     #[test]
     fn every_rejection_is_the_one_documented() {
-        let doc = include_str!("../../docs/operations.md");
-        let row = doc
-            .lines()
-            .find(|l| l.starts_with("| `chatgateway_upgrades_rejected_total{reason}`"))
-            .expect("docs/operations.md has the rejected-upgrades row");
+        let row = crate::doc_tables::row(
+            crate::doc_tables::OPERATIONS,
+            "`chatgateway_upgrades_rejected_total{reason}`",
+        );
         let meaning = row.split(" | ").nth(2).expect("a meaning cell");
         // The cell's reasons in order, each with the status of the next parenthesis.
         let mut documented = Vec::new();

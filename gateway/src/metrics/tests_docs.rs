@@ -6,16 +6,9 @@
 use super::Metrics;
 use std::collections::BTreeSet;
 
-const DOC: &str = include_str!("../../../docs/operations.md");
-
 /// The metric names of the `## Metrics` table (a row's first cell, labels dropped).
 fn documented() -> BTreeSet<String> {
-    let section = DOC
-        .split("\n## Metrics\n")
-        .nth(1)
-        .and_then(|s| s.split("\n## ").next())
-        .expect("docs/operations.md has a Metrics section");
-    section
+    crate::doc_tables::section(crate::doc_tables::OPERATIONS, "Metrics")
         .lines()
         .filter_map(|l| l.strip_prefix("| `chatgateway_"))
         .map(|l| {

@@ -335,12 +335,7 @@ mod tests {
     /// spelled as they go on the wire.
     #[test]
     fn every_error_code_is_the_one_documented() {
-        let doc = include_str!("../../../docs/protocol.md");
-        let table = doc
-            .split("## Error codes")
-            .nth(1)
-            .and_then(|s| s.split("\n## ").next())
-            .expect("docs/protocol.md has an Error codes section");
+        let table = crate::doc_tables::section(crate::doc_tables::PROTOCOL, "Error codes");
         let mut documented: Vec<&str> = table
             .lines()
             .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
