@@ -5,13 +5,11 @@
 //! `spec.telemetry.otlpEndpoint`. As a native sidecar it starts before the gateway and
 //! stops after it, so spans emitted while the gateway drains still leave the pod.
 
-use super::pod::{field_env, requests_and_memory_limit};
+use super::pod::{field_env, requests_and_memory_limit, restricted};
 use super::Owner;
 use crate::crd::{ChatGateway, CollectorSpec};
 use crate::error::{Error, Result};
-use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, Container, ResourceRequirements, SecurityContext, VolumeMount,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, ResourceRequirements, VolumeMount};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
@@ -168,16 +166,7 @@ pub fn container(spec: &CollectorSpec) -> Container {
             read_only: Some(true),
             ..VolumeMount::default()
         }]),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted()),
         ..Container::default()
     }
 }

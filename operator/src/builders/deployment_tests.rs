@@ -447,3 +447,35 @@ fn containers_without_resources_get_the_documented_defaults() {
         (some("50m"), some("64Mi"), some("256Mi"), None)
     );
 }
+
+/// The restricted Pod Security Standard, which a namespace may enforce: every container the
+/// operator builds (the gateway and the collector sidecar) runs as non-root on a read-only
+/// root filesystem, with no privilege escalation and no capabilities.
+#[test]
+fn every_container_is_restricted() {
+    let spec = format!(
+        "{MINIMAL}\ntelemetry: {{otlpEndpoint: http://j:4317, collector: {{enabled: true}}}}"
+    );
+    let d = deployment(&spec);
+    let pod = pod(&d);
+    let containers: Vec<&Container> = pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten())
+        .collect();
+    assert_eq!(containers.len(), 2, "the gateway and the collector");
+    for c in containers {
+        let s = c.security_context.as_ref().expect("a security context");
+        assert_eq!(s.allow_privilege_escalation, Some(false), "{}", c.name);
+        assert_eq!(s.read_only_root_filesystem, Some(true), "{}", c.name);
+        assert_eq!(s.run_as_non_root, Some(true), "{}", c.name);
+        let caps = s.capabilities.as_ref().expect("capabilities");
+        assert_eq!(
+            caps.drop.as_deref(),
+            Some(&["ALL".to_string()][..]),
+            "{}",
+            c.name
+        );
+        assert_eq!(caps.add, None, "{}", c.name);
+    }
+}
