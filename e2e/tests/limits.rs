@@ -179,6 +179,55 @@ async fn flood_above_the_rate_is_rate_limited_then_closed() {
     gw.stop().await;
 }
 
+/// Pings, and the empty fragments of a message that never ends, are frames the message
+/// rate never sees (tungstenite answers and joins them before a command exists): a flood
+/// of either closes with 1008 `too many frames`, while pings within the budget and
+/// commands (whole text messages, left to the message rate) go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_and_fragment_floods_close_1008_too_many_frames() {
+    let mut cfg = test_config();
+    cfg.limits.frame_rate = 10.0;
+    cfg.limits.frame_burst = 100;
+    (cfg.limits.message_rate, cfg.limits.message_burst) = (1000.0, 1000);
+    let gw = TestGateway::start(cfg).await;
+    let too_many_frames = Some((1008, "too many frames".to_string()));
+
+    let mut pinger = gw.connect("pinger").await;
+    for _ in 0..1000 {
+        if pinger.send_raw(Message::Ping("p".into())).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(pinger.expect_close().await, too_many_frames);
+
+    let mut fragments = gw.connect("fragmenter").await;
+    let start = Frame::message(Vec::new(), OpCode::Data(Data::Text), false);
+    let _ = fragments.send_raw(Message::Frame(start)).await;
+    for _ in 0..1000 {
+        let empty = Frame::message(Vec::new(), OpCode::Data(Data::Continue), false);
+        if fragments.send_raw(Message::Frame(empty)).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(fragments.expect_close().await, too_many_frames);
+
+    // Fifty pings, then commands past the frame burst: all within their budgets.
+    let mut calm = gw.connect("calm").await;
+    for _ in 0..50 {
+        calm.send_raw(Message::Ping("p".into()))
+            .await
+            .expect("ping");
+    }
+    for _ in 0..120 {
+        let r = calm.request(json!({"type": "ping"})).await;
+        assert_eq!(r["type"], "ok", "{r}");
+    }
+    bystanders_still_chat(&gw).await;
+    let closed = "chatgateway_connections_closed_total{reason=\"too many frames\"}";
+    assert_eq!(gw.metric(closed).await, 2.0);
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_rooms() {
     let mut cfg = test_config();

@@ -84,6 +84,9 @@ pub const DRAIN_TIMEOUT: CloseReason = reason(code::RESTART, "drain timeout");
 pub const SHUTTING_DOWN: CloseReason = reason(code::GOING_AWAY, "server shutting down");
 /// More than `limits.maxErrorsInRow` refused commands in a row.
 pub const TOO_MANY_ERRORS: CloseReason = reason(code::POLICY, "too many errors");
+/// More pings, pongs and fragments than `limits.frameRate` and `limits.frameBurst`
+/// allow ([`crate::inbound`]).
+pub const TOO_MANY_FRAMES: CloseReason = reason(code::POLICY, "too many frames");
 /// A binary frame on the chat protocol.
 pub const BINARY_FRAME: CloseReason =
     reason(code::UNSUPPORTED_DATA, "binary frames are not supported");
@@ -155,6 +158,7 @@ mod tests {
             DRAIN_TIMEOUT,
             SHUTTING_DOWN,
             TOO_MANY_ERRORS,
+            TOO_MANY_FRAMES,
             BINARY_FRAME,
             MESSAGE_TOO_BIG,
             INVALID_UTF8,

@@ -18,6 +18,7 @@ pub mod heartbeat;
 pub mod hooks;
 pub mod httpio;
 pub mod hub;
+pub mod inbound;
 pub mod linger;
 pub mod metrics;
 pub mod node;

@@ -26,11 +26,17 @@ impl TokenBucket {
 
     /// Takes one token at `now`; false when the bucket is empty.
     pub fn take_at(&mut self, now: Instant) -> bool {
+        self.take_n_at(1, now)
+    }
+
+    /// Takes `n` tokens at `now`; false (and none taken) when fewer are left.
+    pub fn take_n_at(&mut self, n: u32, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let n = f64::from(n);
+        if self.tokens >= n {
+            self.tokens -= n;
             true
         } else {
             false
@@ -123,6 +129,20 @@ mod tests {
         // A long pause refills only up to the burst.
         let t2 = t1 + Duration::from_secs(3600);
         assert_eq!((0..100).filter(|_| b.take_at(t2)).count(), 40);
+    }
+
+    #[test]
+    fn several_tokens_at_once_or_none() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10.0, 100);
+        b.last = t0;
+        assert!(b.take_n_at(60, t0));
+        assert!(!b.take_n_at(41, t0), "40 left");
+        assert!(b.take_n_at(40, t0), "the refused take took nothing");
+        // 100 ms at 10/s refills one.
+        let t1 = t0 + Duration::from_millis(100);
+        assert!(!b.take_n_at(2, t1));
+        assert!(b.take_n_at(1, t1));
     }
 
     #[test]

@@ -4,6 +4,7 @@ use crate::auth;
 use crate::connection;
 use crate::hooks::{ConnectRequest, Verdict};
 use crate::httpio::{HoldHandshake, HttpIo};
+use crate::inbound::Metered;
 use crate::node::Node;
 use crate::outbound::{Wire, WireIo};
 use crate::rejection::Rejection;
@@ -214,7 +215,13 @@ pub(crate) fn connection_task(
                               // The 101, held back: it goes out with the first frame.
         let (tcp, held) = parts.io.into_inner().into_parts();
         let wire = Wire::with_pending(tcp, held);
-        let io = WireIo(wire.clone());
+        let limits = &node.config.limits;
+        let io = Metered::new(
+            WireIo(wire.clone()),
+            limits.frame_rate,
+            limits.frame_burst,
+            &read_ahead,
+        );
         let ws =
             WebSocketStream::from_partially_read(io, read_ahead, Role::Server, Some(config)).await;
         let (identity, slots, extras) = *start;

@@ -149,6 +149,13 @@ pub struct LimitsConfig {
     pub message_rate: f64,
     /// Token bucket size: commands allowed in a burst.
     pub message_burst: u32,
+    /// Frames other than whole text messages (pings, pongs, a message's fragments) per
+    /// second per connection (token bucket refill); beyond, close 1008. Bounds the CPU
+    /// one client can cost below the message rate, which counts whole commands only.
+    /// 0 disables the limit.
+    pub frame_rate: f64,
+    /// Token bucket size: frames allowed in a burst.
+    pub frame_burst: u32,
     /// Rooms one connection may be joined to (the own inbox not counted).
     pub rooms_per_connection: usize,
     /// Open connections per client IP; 0 disables the limit.
@@ -193,6 +200,8 @@ impl Default for LimitsConfig {
             max_frame_bytes: 64 * 1024,
             message_rate: 20.0,
             message_burst: 40,
+            frame_rate: 500.0,
+            frame_burst: 1000,
             rooms_per_connection: 100,
             connections_per_ip: 1000,
             connections_per_user: 100,

@@ -23,6 +23,11 @@ impl Config {
         if l.message_burst == 0 {
             return bad("limits.messageBurst must be at least 1");
         }
+        if !(l.frame_rate >= 0.0 && l.frame_rate.is_finite())
+            || (l.frame_rate > 0.0 && l.frame_burst == 0)
+        {
+            return bad("limits.frameRate must be 0 (no limit) or a positive number, with limits.frameBurst at least 1");
+        }
         if l.outbound_queue_frames == 0 || l.outbound_queue_bytes < l.max_frame_bytes {
             return bad("limits.outboundQueueFrames must be >= 1 and limits.outboundQueueBytes >= limits.maxFrameBytes");
         }
@@ -333,6 +338,25 @@ mod tests {
         c.limits.fanout_batch = Duration::from_millis(1001);
         let err = c.validate().expect_err("refused");
         assert!(err.to_string().contains("limits.fanoutBatch"), "{err}");
+    }
+
+    #[test]
+    fn a_frame_budget_needs_a_rate_and_a_burst() {
+        let mut c = Config::default();
+        c.auth.mode = AuthMode::Insecure;
+        c.server.listen = "127.0.0.1:8080".parse().expect("addr");
+        (c.limits.frame_rate, c.limits.frame_burst) = (0.5, 1);
+        c.validate().expect("valid");
+        (c.limits.frame_rate, c.limits.frame_burst) = (0.0, 0);
+        c.validate().expect("0: no limit");
+        for (rate, burst) in [(10.0, 0), (-1.0, 100), (f64::NAN, 100), (f64::INFINITY, 1)] {
+            (c.limits.frame_rate, c.limits.frame_burst) = (rate, burst);
+            let err = c.validate().expect_err("refused");
+            assert!(
+                err.to_string().contains("limits.frameRate"),
+                "{rate} {burst}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -69,6 +69,9 @@ fn classify(msg: Option<Result<Message, tungstenite::Error>>, conn: u64) -> Fram
         Some(Ok(Message::Binary(_))) => Frame::Refuse(disconnect::BINARY_FRAME),
         Some(Err(tungstenite::Error::Capacity(_))) => Frame::Refuse(disconnect::MESSAGE_TOO_BIG),
         Some(Err(tungstenite::Error::Utf8(_))) => Frame::Refuse(disconnect::INVALID_UTF8),
+        Some(Err(e)) if crate::inbound::too_many_frames(&e) => {
+            Frame::Refuse(disconnect::TOO_MANY_FRAMES)
+        }
         Some(Err(e)) => {
             tracing::debug!(conn, error = %e, "read failed");
             Frame::Gone
