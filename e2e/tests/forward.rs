@@ -10,7 +10,8 @@ use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -136,6 +137,16 @@ async fn echo_once(ws: &mut Ws, text: &str) -> String {
     }
 }
 
+/// The code and reason of the close frame the gateway sends (frames before it skipped).
+async fn close_of(ws: &mut Ws) -> Option<(u16, String)> {
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        if let Message::Close(Some(f)) = m {
+            return Some((u16::from(f.code), f.reason.to_string()));
+        }
+    }
+    None
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn longest_prefix_strip_and_forwarded_headers() {
     let (up1, seen1) = upstream(Behaviour::Echo).await;
@@ -219,14 +230,7 @@ async fn upstream_close_code_reaches_the_client() {
     let gw = TestGateway::start(cfg).await;
     let mut ws = connect(&gw, "/closer?user=a").await.expect("connect");
     ws.send(Message::text("anything")).await.expect("send");
-    let mut code = None;
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-        if let Message::Close(Some(f)) = m {
-            code = Some((u16::from(f.code), f.reason.to_string()));
-            break;
-        }
-    }
-    assert_eq!(code, Some((4001, "bye".to_string())));
+    assert_eq!(close_of(&mut ws).await, Some((4001, "bye".to_string())));
     gw.stop().await;
 }
 
@@ -241,14 +245,7 @@ async fn large_messages_both_ways() {
     assert_eq!(echo_once(&mut ws, &payload).await.len(), payload.len());
     // Over the route's maxFrameBytes (1 MiB): closed with 1009, not buffered.
     let _ = ws.send(Message::text("q".repeat(2 << 20))).await;
-    let mut code = None;
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-        if let Message::Close(Some(f)) = m {
-            code = Some(u16::from(f.code));
-            break;
-        }
-    }
-    assert_eq!(code, Some(1009));
+    assert_eq!(close_of(&mut ws).await.map(|c| c.0), Some(1009));
     gw.stop().await;
 }
 
@@ -308,13 +305,46 @@ async fn drain_closes_forwarded_connections_with_1012() {
     let force = tokio_util::sync::CancellationToken::new();
     let outcome = gw.gateway.drain(&force).await;
     assert_eq!(outcome.evicted, 1);
-    let mut code = None;
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-        if let Message::Close(Some(f)) = m {
-            code = Some(u16::from(f.code));
+    assert_eq!(close_of(&mut ws).await.map(|c| c.0), Some(1012));
+    gw.stop().await;
+}
+
+/// A route's client is metered as a chat client is: a message's empty fragments that never
+/// end (no message, so the upstream sees nothing) close with 1008, while whole messages,
+/// text or binary, pass beyond the frame burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fragment_flood_on_a_route_closes_1008_and_whole_messages_pass() {
+    let (up, _) = upstream(Behaviour::Echo).await;
+    let mut cfg = test_config();
+    (cfg.limits.frame_rate, cfg.limits.frame_burst) = (10.0, 50);
+    cfg.routes = vec![route("echo", "/echo", &up, false)];
+    let gw = TestGateway::start(cfg).await;
+    let mut ws = connect(&gw, "/echo?user=a").await.expect("connect");
+    for i in 0..100 {
+        assert_eq!(echo_once(&mut ws, &format!("{i}")).await, format!("{i}"));
+    }
+    for _ in 0..100 {
+        ws.send(Message::binary(vec![7u8; 10]))
+            .await
+            .expect("binary");
+    }
+    let mut binary = 0;
+    while binary < 100 {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => binary += usize::from(b.len() == 10),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no echo: {other:?}"),
+        }
+    }
+    let start = Frame::message(Vec::new(), OpCode::Data(Data::Text), false);
+    let _ = ws.send(Message::Frame(start)).await;
+    for _ in 0..1000 {
+        let empty = Frame::message(Vec::new(), OpCode::Data(Data::Continue), false);
+        if ws.send(Message::Frame(empty)).await.is_err() {
             break;
         }
     }
-    assert_eq!(code, Some(1012));
+    let expected = Some((1008, "too many frames".to_string()));
+    assert_eq!(close_of(&mut ws).await, expected);
     gw.stop().await;
 }

@@ -12,6 +12,7 @@
 mod pipe;
 
 use crate::config::{upstream_url, RouteConfig};
+use crate::inbound::Metered;
 use crate::node::Node;
 use crate::rejection::Rejection;
 use crate::upgrade::{admit_upgrade, reject, switching, Body};
@@ -304,12 +305,17 @@ pub async fn upgrade(
         async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let client = WebSocketStream::from_raw_socket(
+                    // Metered as the chat endpoint is: pings and fragments cost the
+                    // gateway CPU the upstream never sees.
+                    let limits = &task_node.config.limits;
+                    let io = Metered::new(
                         TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(ws_config),
-                    )
-                    .await;
+                        limits.frame_rate,
+                        limits.frame_burst,
+                        &[],
+                    );
+                    let client =
+                        WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
                     pipe(
                         task_node,
                         task_route,

@@ -5,10 +5,11 @@
 //! client sending pings, or a message's empty fragments that never end, at the speed of
 //! its link kept a gateway core busy on its own and was never refused (one such client:
 //! 500,000 pings or 7 million empty fragments a second, a whole core). [`Metered`] sits
-//! between tungstenite and the socket, finds the frame headers in the bytes read
-//! ([`FrameScan`]), and takes a token for each frame that is not a whole text message
-//! (those are commands, for the message rate) from a bucket of `limits.frameRate` a
-//! second and `limits.frameBurst` at once; a read that finds the bucket short fails with
+//! between tungstenite and the socket (a chat client's, and a forwarding route's
+//! client's, whose fragments never reach the upstream either), finds the frame headers in
+//! the bytes read ([`FrameScan`]), and takes a token for each frame that is not a whole
+//! message (those are commands, for the message rate) from a bucket of `limits.frameRate`
+//! a second and `limits.frameBurst` at once; a read that finds the bucket short fails with
 //! [`TooManyFrames`], which the connection turns into a 1008 close
 //! ([`disconnect::TOO_MANY_FRAMES`](crate::disconnect::TOO_MANY_FRAMES)). At the
 //! defaults a client pinging just under the budget (480 a second, 100-byte pings) cost
@@ -37,8 +38,8 @@ pub enum FrameScan {
 
 impl FrameScan {
     /// Moves over `bytes`, which follow what was fed before; returns how many frames
-    /// other than whole text messages start in them (pings, pongs, fragments, binary
-    /// and close frames). A payload is skipped whole, not read byte by byte.
+    /// other than whole messages start in them (pings, pongs, fragments, close
+    /// frames). A payload is skipped whole, not read byte by byte.
     pub fn feed(&mut self, mut bytes: &[u8]) -> u32 {
         let mut frames = 0u32;
         while let Some((&b, rest)) = bytes.split_first() {
@@ -51,9 +52,11 @@ impl FrameScan {
                     continue;
                 }
                 FrameScan::Head => {
-                    // A whole text message (FIN set, opcode 1) is a command, which the
-                    // message rate counts; every other frame is counted here.
-                    if b & 0x8f != 0x81 {
+                    // A whole message (FIN set, opcode 1 or 2) is a command, which the
+                    // message rate counts (on the chat endpoint a binary one closes the
+                    // connection; a forwarding route's upstream paces it); every other
+                    // frame is counted here.
+                    if !matches!(b & 0x8f, 0x81 | 0x82) {
                         frames = frames.saturating_add(1);
                     }
                     FrameScan::Length

@@ -21,8 +21,9 @@ enum End {
     Closed(Option<CloseFrame>),
     /// The sender's socket failed.
     ReadFailed,
-    /// The sender sent a message over the route's `maxFrameBytes`.
-    TooBig,
+    /// The sender broke a limit: a message over the route's `maxFrameBytes`, or (the
+    /// client) more pings and fragments than `limits.frameRate` allows.
+    Refused(CloseReason),
     /// The receiving side could not be written.
     WriteFailed,
     /// Nothing in either direction for the route's idle timeout.
@@ -77,7 +78,12 @@ where
         let msg = match msg {
             Ok(Message::Close(frame)) => return End::Closed(frame),
             Ok(m) => m,
-            Err(tokio_tungstenite::tungstenite::Error::Capacity(_)) => return End::TooBig,
+            Err(tokio_tungstenite::tungstenite::Error::Capacity(_)) => {
+                return End::Refused(disconnect::MESSAGE_TOO_BIG)
+            }
+            Err(e) if crate::inbound::too_many_frames(&e) => {
+                return End::Refused(disconnect::TOO_MANY_FRAMES)
+            }
             Err(_) => return End::ReadFailed,
         };
         frames.inc();
@@ -140,8 +146,8 @@ pub(super) async fn pipe<C>(
                 let _ = c_tx.send(Message::Close(frame.clone())).await;
                 let _ = u_tx.send(Message::Close(frame)).await;
             }
-            (up, End::TooBig) => {
-                let frame = close_frame(disconnect::MESSAGE_TOO_BIG);
+            (up, End::Refused(reason)) => {
+                let frame = close_frame(reason);
                 let _ = c_tx.send(Message::Close(frame.clone())).await;
                 let _ = u_tx
                     .send(Message::Close(if up {

@@ -8,7 +8,7 @@ use tokio_tungstenite::WebSocketStream;
 
 /// Frames of every length class (7-bit, 16-bit and 64-bit lengths, and their edges), as
 /// tungstenite writes them, masked as a client's are or not; and how many of them count
-/// (all but the whole text messages).
+/// (all but the whole messages).
 fn frames(masked: bool) -> (Vec<u8>, u32) {
     let mut out = Vec::new();
     let mut counted = 0;
@@ -20,7 +20,7 @@ fn frames(masked: bool) -> (Vec<u8>, u32) {
             2 => (OpCode::Data(Data::Continue), i % 3 == 0),
             _ => (OpCode::Data(Data::Binary), true),
         };
-        counted += u32::from(!(opcode == OpCode::Data(Data::Text) && fin));
+        counted += u32::from(!(fin && matches!(opcode, OpCode::Data(Data::Text | Data::Binary))));
         let mut f = Frame::message(vec![b'a'; len], opcode, fin);
         if masked {
             f.header_mut().mask = Some([1, 2, 3, 4]);
@@ -36,10 +36,10 @@ fn frames(masked: bool) -> (Vec<u8>, u32) {
 }
 
 #[test]
-fn counts_every_frame_but_whole_text_messages_however_the_bytes_are_split() {
+fn counts_every_frame_but_whole_messages_however_the_bytes_are_split() {
     for masked in [true, false] {
         let (bytes, n) = frames(masked);
-        assert_eq!(n, 8, "3 whole text messages of 11 frames");
+        assert_eq!(n, 6, "5 whole messages of 11 frames");
         assert_eq!(FrameScan::default().feed(&bytes), n, "in one piece");
         // Splits at every offset of a header, including inside the extended lengths.
         for chunk in [1, 2, 3, 5, 7, 11, 256, 4096] {
@@ -57,9 +57,12 @@ fn empty_frames_each_count() {
     let empty = [0x00u8, 0x80, 1, 2, 3, 4];
     let bytes: Vec<u8> = empty.iter().copied().cycle().take(6 * 1000).collect();
     assert_eq!(FrameScan::default().feed(&bytes), 1000);
-    // Empty unmasked pings; then empty whole text messages, which are commands.
+    // Empty unmasked pings; then empty whole messages, which are commands.
     assert_eq!(FrameScan::default().feed(&[0x89u8, 0x00].repeat(10)), 10);
-    assert_eq!(FrameScan::default().feed(&[0x81u8, 0x00].repeat(10)), 0);
+    assert_eq!(
+        FrameScan::default().feed(&[0x81u8, 0x00, 0x82, 0x00].repeat(10)),
+        0
+    );
 }
 
 type Server = WebSocketStream<Metered<tokio::io::DuplexStream>>;
