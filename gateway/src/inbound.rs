@@ -43,56 +43,60 @@ impl FrameScan {
     pub fn feed(&mut self, mut bytes: &[u8]) -> u32 {
         let mut frames = 0u32;
         while let Some((&b, rest)) = bytes.split_first() {
-            *self = match *self {
-                FrameScan::Skip(n) => {
-                    let k = usize::try_from(n).map_or(bytes.len(), |n| n.min(bytes.len()));
-                    bytes = &bytes[k..];
-                    // k ≤ n: what is left of the payload, if anything.
-                    *self = FrameScan::body(n - k as u64, false);
-                    continue;
-                }
-                FrameScan::Head => {
-                    // A whole message (FIN set, opcode 1 or 2) is a command, which the
-                    // message rate counts (on the chat endpoint a binary one closes the
-                    // connection; a forwarding route's upstream paces it); every other
-                    // frame is counted here.
-                    if !matches!(b & 0x8f, 0x81 | 0x82) {
-                        frames = frames.saturating_add(1);
-                    }
-                    FrameScan::Length
-                }
-                FrameScan::Length => {
-                    let masked = b & 0x80 != 0;
-                    match b & 0x7f {
-                        126 => FrameScan::Extended {
-                            left: 2,
-                            masked,
-                            len: 0,
-                        },
-                        127 => FrameScan::Extended {
-                            left: 8,
-                            masked,
-                            len: 0,
-                        },
-                        n => FrameScan::body(u64::from(n), masked),
-                    }
-                }
-                FrameScan::Extended { left, masked, len } => {
-                    // At most 8 bytes: no bit of the length is shifted out.
-                    let len = len << 8 | u64::from(b);
-                    match left {
-                        1 => FrameScan::body(len, masked),
-                        _ => FrameScan::Extended {
-                            left: left - 1,
-                            masked,
-                            len,
-                        },
-                    }
-                }
-            };
+            if let FrameScan::Skip(n) = *self {
+                let k = usize::try_from(n).map_or(bytes.len(), |n| n.min(bytes.len()));
+                bytes = &bytes[k..];
+                // k ≤ n: what is left of the payload, if anything.
+                *self = FrameScan::body(n - k as u64, false);
+                continue;
+            }
+            // A whole message (FIN set, opcode 1 or 2) is a command, which the message
+            // rate counts (on the chat endpoint a binary one closes the connection; a
+            // forwarding route's upstream paces it); every other frame is counted here.
+            if *self == FrameScan::Head && !matches!(b & 0x8f, 0x81 | 0x82) {
+                frames = frames.saturating_add(1);
+            }
+            *self = self.after(b);
             bytes = rest;
         }
         frames
+    }
+
+    /// Where a frame's header is after its next byte `b` (a payload is skipped by
+    /// [`feed`](Self::feed), not here).
+    fn after(self, b: u8) -> FrameScan {
+        match self {
+            FrameScan::Head => FrameScan::Length,
+            FrameScan::Length => {
+                let masked = b & 0x80 != 0;
+                match b & 0x7f {
+                    126 => FrameScan::extended(2, masked),
+                    127 => FrameScan::extended(8, masked),
+                    n => FrameScan::body(u64::from(n), masked),
+                }
+            }
+            FrameScan::Extended { left, masked, len } => {
+                // At most 8 bytes: no bit of the length is shifted out.
+                let len = len << 8 | u64::from(b);
+                match left {
+                    1 => FrameScan::body(len, masked),
+                    _ => FrameScan::Extended {
+                        left: left - 1,
+                        masked,
+                        len,
+                    },
+                }
+            }
+            skip @ FrameScan::Skip(_) => skip,
+        }
+    }
+
+    fn extended(left: u8, masked: bool) -> FrameScan {
+        FrameScan::Extended {
+            left,
+            masked,
+            len: 0,
+        }
     }
 
     /// After a frame's length: its masking key (if any) and payload, then the next frame.
@@ -133,9 +137,9 @@ pub struct Metered<IO> {
 }
 
 impl<IO> Metered<IO> {
-    /// `io` allowed `rate` counted frames a second (0: no limit) and `burst` at once; `read_ahead`
-    /// is what was read from it already (after the upgrade request), counted now (too
-    /// many frames in it and the first read fails).
+    /// `io` allowed `rate` counted frames a second (0: no limit) and `burst` at once;
+    /// `read_ahead` is what was read from it already (after the upgrade request), counted
+    /// now (too many frames in it and the first read fails).
     pub fn new(io: IO, rate: f64, burst: u32, read_ahead: &[u8]) -> Self {
         let mut metered = Metered {
             io,
