@@ -392,3 +392,16 @@ impl Client {
         drop(self);
     }
 }
+
+/// A text message that never ends: its first fragment, then `n` empty continuations, as
+/// raw frames (what a fragment flood sends; the gateway counts each against
+/// `limits.frameRate`).
+pub fn endless_message(n: usize) -> impl Iterator<Item = Message> {
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tungstenite::protocol::frame::Frame;
+    let start = Frame::message(Vec::new(), OpCode::Data(Data::Text), false);
+    let empty = || Frame::message(Vec::new(), OpCode::Data(Data::Continue), false);
+    std::iter::once(start)
+        .chain(std::iter::repeat_with(empty).take(n))
+        .map(Message::Frame)
+}

@@ -10,8 +10,7 @@ use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -336,11 +335,8 @@ async fn a_fragment_flood_on_a_route_closes_1008_and_whole_messages_pass() {
             other => panic!("no echo: {other:?}"),
         }
     }
-    let start = Frame::message(Vec::new(), OpCode::Data(Data::Text), false);
-    let _ = ws.send(Message::Frame(start)).await;
-    for _ in 0..1000 {
-        let empty = Frame::message(Vec::new(), OpCode::Data(Data::Continue), false);
-        if ws.send(Message::Frame(empty)).await.is_err() {
+    for frame in e2e::client::endless_message(1000) {
+        if ws.send(frame).await.is_err() {
             break;
         }
     }

@@ -201,11 +201,8 @@ async fn ping_and_fragment_floods_close_1008_too_many_frames() {
     assert_eq!(pinger.expect_close().await, too_many_frames);
 
     let mut fragments = gw.connect("fragmenter").await;
-    let start = Frame::message(Vec::new(), OpCode::Data(Data::Text), false);
-    let _ = fragments.send_raw(Message::Frame(start)).await;
-    for _ in 0..1000 {
-        let empty = Frame::message(Vec::new(), OpCode::Data(Data::Continue), false);
-        if fragments.send_raw(Message::Frame(empty)).await.is_err() {
+    for frame in e2e::client::endless_message(1000) {
+        if fragments.send_raw(frame).await.is_err() {
             break;
         }
     }

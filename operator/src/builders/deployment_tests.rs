@@ -420,14 +420,16 @@ fn every_key_file_the_config_names_is_mounted_there_and_readable_by_the_gateway(
     assert_eq!(volumes(MINIMAL), ["config"]);
 }
 
+/// The minimal spec with the collector sidecar: both containers the operator builds.
+fn with_collector() -> String {
+    format!("{MINIMAL}\ntelemetry: {{otlpEndpoint: http://j:4317, collector: {{enabled: true}}}}")
+}
+
 /// A spec that names no resources gets docs/operator.md's: CPU and memory requests and a
 /// memory limit, no CPU limit, for the gateway and (smaller) for the collector.
 #[test]
 fn containers_without_resources_get_the_documented_defaults() {
-    let spec = format!(
-        "{MINIMAL}\ntelemetry: {{otlpEndpoint: http://j:4317, collector: {{enabled: true}}}}"
-    );
-    let d = deployment(&spec);
+    let d = deployment(&with_collector());
     let pod = pod(&d);
     let resources = |c: &Container| {
         let r = c.resources.clone().expect("resources");
@@ -453,10 +455,7 @@ fn containers_without_resources_get_the_documented_defaults() {
 /// root filesystem, with no privilege escalation and no capabilities.
 #[test]
 fn every_container_is_restricted() {
-    let spec = format!(
-        "{MINIMAL}\ntelemetry: {{otlpEndpoint: http://j:4317, collector: {{enabled: true}}}}"
-    );
-    let d = deployment(&spec);
+    let d = deployment(&with_collector());
     let pod = pod(&d);
     let containers: Vec<&Container> = pod
         .containers
