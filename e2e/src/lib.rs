@@ -17,6 +17,7 @@ pub mod otlp;
 pub mod presence;
 pub mod process;
 pub mod procstat;
+pub mod rawws;
 pub mod redis;
 pub mod redis_cluster;
 pub mod redis_sentinel;

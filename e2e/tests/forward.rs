@@ -26,6 +26,8 @@ enum Behaviour {
     Echo,
     CloseWith(u16),
     NeverRead,
+    /// Answers each text message with it twice over.
+    Double,
 }
 
 /// A WebSocket upstream on a free port; returns its address and what it saw.
@@ -77,6 +79,13 @@ async fn upstream(b: Behaviour) -> (String, Arc<Mutex<Vec<Seen>>>) {
                             }))
                             .await;
                         while let Some(Ok(_)) = ws.next().await {}
+                    }
+                    Behaviour::Double => {
+                        while let Some(Ok(Message::Text(t))) = ws.next().await {
+                            if ws.send(Message::text(t.repeat(2))).await.is_err() {
+                                break;
+                            }
+                        }
                     }
                     Behaviour::NeverRead => {
                         tokio::time::sleep(Duration::from_secs(120)).await;
@@ -233,6 +242,31 @@ async fn upstream_close_code_reaches_the_client() {
     gw.stop().await;
 }
 
+/// An upstream that breaks the route's limit is the upstream's failure, not the client's:
+/// the client gets 1014 (before, the 1009 meant for the upstream). Read raw: tungstenite
+/// reports a 1014 it receives as 1002 (it predates the code's registration).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_message_over_the_limit_closes_the_client_1014() {
+    use e2e::rawws::{masked_header, read_to_end, upgrade};
+    use tokio::io::AsyncWriteExt;
+    let (up, _) = upstream(Behaviour::Double).await;
+    let mut cfg = test_config();
+    let mut double = route("double", "/double", &up, false);
+    double.max_frame_bytes = 4096;
+    cfg.routes = vec![double];
+    let gw = TestGateway::start(cfg).await;
+    let mut ws = connect(&gw, "/double?user=a").await.expect("connect");
+    assert_eq!(echo_once(&mut ws, &"a".repeat(2000)).await.len(), 4000);
+    let mut tcp = upgrade(gw.gateway.addr, "/double?user=b").await;
+    let doubled_too_big = [masked_header(0x1, 3000), vec![b'b'; 3000]].concat();
+    tcp.write_all(&doubled_too_big).await.expect("send");
+    let ending = tokio::time::timeout(Duration::from_secs(10), read_to_end(&mut tcp))
+        .await
+        .expect("closed");
+    assert_eq!(ending.close_code, Some(1014), "{ending:?}");
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_messages_both_ways() {
     let (up, _) = upstream(Behaviour::Echo).await;
@@ -342,5 +376,24 @@ async fn a_fragment_flood_on_a_route_closes_1008_and_whole_messages_pass() {
     }
     let expected = Some((1008, "too many frames".to_string()));
     assert_eq!(close_of(&mut ws).await, expected);
+    gw.stop().await;
+}
+
+/// A route's client refused for what it sent (too big, not UTF-8, a broken frame, too many
+/// frames) reads its close code and an orderly end even while it writes on (see the same
+/// test of the chat endpoint in limits.rs); before, invalid UTF-8 and broken frames were
+/// reported to it as 1014 `upstream failed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_route_client_that_writes_on_reads_its_close_and_a_clean_end() {
+    use e2e::rawws::{assert_refused, refused_frames};
+    let (up, _) = upstream(Behaviour::Echo).await;
+    let mut cfg = test_config();
+    (cfg.limits.frame_rate, cfg.limits.frame_burst) = (10.0, 100);
+    let mut echo = route("echo", "/echo", &up, false);
+    echo.max_frame_bytes = 4096;
+    cfg.routes = vec![echo];
+    let gw = TestGateway::start(cfg).await;
+    let path = |user: &str| format!("/echo?user={user}");
+    assert_refused(gw.gateway.addr, path, refused_frames()).await;
     gw.stop().await;
 }

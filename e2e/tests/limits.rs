@@ -225,6 +225,26 @@ async fn ping_and_fragment_floods_close_1008_too_many_frames() {
     gw.stop().await;
 }
 
+/// A client refused for what it sent may still be sending: a socket closed with bytes
+/// unread answers with a reset, which can reach the client before it reads its close
+/// frame. So the gateway reads and drops what follows for up to a second, and each refused
+/// client below, writing on after the refusal, reads its close code and then an orderly
+/// end of the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_client_that_writes_on_reads_its_close_and_a_clean_end() {
+    use e2e::rawws::{assert_refused, masked_header, refused_frames};
+    let mut cfg = test_config();
+    cfg.limits.max_frame_bytes = 4096;
+    (cfg.limits.frame_rate, cfg.limits.frame_burst) = (10.0, 100);
+    let gw = TestGateway::start(cfg).await;
+    let mut cases = refused_frames();
+    let binary = [&masked_header(0x2, 2)[..], b"hi"].concat();
+    cases.push(("binary", binary, 1003));
+    assert_refused(gw.gateway.addr, |user| format!("/ws?user={user}"), cases).await;
+    bystanders_still_chat(&gw).await;
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_rooms() {
     let mut cfg = test_config();

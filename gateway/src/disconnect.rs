@@ -7,6 +7,9 @@
 pub mod code {
     /// Server shutting down without a drain, or a silent client (heartbeat timeout).
     pub const GOING_AWAY: u16 = 1001;
+    /// A frame that breaks RFC 6455 (unmasked, reserved bits or opcodes, a control frame
+    /// fragmented or over 125 bytes, a continuation with nothing to continue).
+    pub const PROTOCOL_ERROR: u16 = 1002;
     /// Binary frames are not part of protocol v1.
     pub const UNSUPPORTED_DATA: u16 = 1003;
     /// Invalid UTF-8 in a text frame.
@@ -92,6 +95,8 @@ pub const BINARY_FRAME: CloseReason =
     reason(code::UNSUPPORTED_DATA, "binary frames are not supported");
 /// A message over `limits.maxFrameBytes` (or a route's `maxFrameBytes`).
 pub const MESSAGE_TOO_BIG: CloseReason = reason(code::TOO_BIG, "message too big");
+/// A frame that breaks the WebSocket protocol (RFC 6455, 5 and 7.1.7).
+pub const PROTOCOL_ERROR: CloseReason = reason(code::PROTOCOL_ERROR, "protocol error");
 /// A text frame that is not UTF-8.
 pub const INVALID_UTF8: CloseReason = reason(code::INVALID_PAYLOAD, "invalid utf-8");
 /// A forwarding route's upstream went away or could not take a frame (sent to the client).
@@ -162,7 +167,15 @@ mod tests {
             BINARY_FRAME,
             MESSAGE_TOO_BIG,
             INVALID_UTF8,
+            PROTOCOL_ERROR,
             UPSTREAM_FAILED,
+            WRITE_TIMEOUT,
+            REPLAY_INTERRUPTED,
+            IDLE_TIMEOUT,
+            TOKEN_EXPIRED,
+            KEY_REVOKED,
+            BACKEND_DISCONNECT,
+            BACKEND_BAN,
         ] {
             assert!(documented(&c), "{c:?} is not in docs/protocol.md's table");
         }

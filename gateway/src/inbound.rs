@@ -11,10 +11,11 @@
 //! message (those are commands, for the message rate) from a bucket of `limits.frameRate`
 //! a second and `limits.frameBurst` at once; a read that finds the bucket short fails with
 //! [`TooManyFrames`], which the connection turns into a 1008 close
-//! ([`disconnect::TOO_MANY_FRAMES`](crate::disconnect::TOO_MANY_FRAMES)). At the
+//! ([`disconnect::TOO_MANY_FRAMES`]). At the
 //! defaults a client pinging just under the budget (480 a second, 100-byte pings) cost
 //! the gateway 1% of a core; the floods above are closed after their first thousand.
 
+use crate::disconnect::{self, CloseReason};
 use crate::ratelimit::TokenBucket;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -121,9 +122,34 @@ impl std::fmt::Display for TooManyFrames {
 impl std::error::Error for TooManyFrames {}
 
 /// Whether tungstenite failed because the client sent too many frames.
-pub fn too_many_frames(e: &tungstenite::Error) -> bool {
+fn too_many_frames(e: &tungstenite::Error) -> bool {
     matches!(e, tungstenite::Error::Io(io)
         if io.get_ref().is_some_and(|inner| inner.is::<TooManyFrames>()))
+}
+
+/// Why a read that failed for what the peer sent closes its connection; `None` where the
+/// socket failed or the peer went away without a close frame (nothing to refuse).
+pub fn refusal(e: &tungstenite::Error) -> Option<CloseReason> {
+    use tungstenite::error::ProtocolError as P;
+    match e {
+        tungstenite::Error::Capacity(_) => Some(disconnect::MESSAGE_TOO_BIG),
+        tungstenite::Error::Utf8(_) => Some(disconnect::INVALID_UTF8),
+        tungstenite::Error::Protocol(
+            P::NonZeroReservedBits
+            | P::UnmaskedFrameFromClient
+            | P::MaskedFrameFromServer
+            | P::FragmentedControlFrame
+            | P::ControlFrameTooBig
+            | P::UnknownControlFrameType(_)
+            | P::UnknownDataFrameType(_)
+            | P::UnexpectedContinueFrame
+            | P::ExpectedFragment(_)
+            | P::InvalidOpcode(_)
+            | P::InvalidCloseSequence,
+        ) => Some(disconnect::PROTOCOL_ERROR),
+        e if too_many_frames(e) => Some(disconnect::TOO_MANY_FRAMES),
+        _ => None,
+    }
 }
 
 /// A socket whose reads are counted in frames against a token bucket; writes pass through.
@@ -149,6 +175,12 @@ impl<IO> Metered<IO> {
         };
         metered.count(read_ahead);
         metered
+    }
+
+    /// The socket itself, to be read past the meter once the connection is closed
+    /// ([`closing`](crate::closing)).
+    pub fn get_mut(&mut self) -> &mut IO {
+        &mut self.io
     }
 
     fn count(&mut self, bytes: &[u8]) {

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod assets;
 pub mod auth;
+pub mod closing;
 pub mod connection;
 pub mod control;
 pub mod disconnect;

@@ -67,15 +67,13 @@ fn classify(msg: Option<Result<Message, tungstenite::Error>>, conn: u64) -> Fram
         Some(Ok(Message::Text(text))) => Frame::Text(text),
         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Frame::Skip,
         Some(Ok(Message::Binary(_))) => Frame::Refuse(disconnect::BINARY_FRAME),
-        Some(Err(tungstenite::Error::Capacity(_))) => Frame::Refuse(disconnect::MESSAGE_TOO_BIG),
-        Some(Err(tungstenite::Error::Utf8(_))) => Frame::Refuse(disconnect::INVALID_UTF8),
-        Some(Err(e)) if crate::inbound::too_many_frames(&e) => {
-            Frame::Refuse(disconnect::TOO_MANY_FRAMES)
-        }
-        Some(Err(e)) => {
-            tracing::debug!(conn, error = %e, "read failed");
-            Frame::Gone
-        }
+        Some(Err(e)) => match crate::inbound::refusal(&e) {
+            Some(reason) => Frame::Refuse(reason),
+            None => {
+                tracing::debug!(conn, error = %e, "read failed");
+                Frame::Gone
+            }
+        },
     }
 }
 
@@ -121,26 +119,6 @@ impl<S> Reader<S> {
                 self.queue.close(reason);
                 Read::Stop
             }
-        }
-    }
-}
-
-/// How long a connection the gateway closed is still read for the client's close frame.
-const CLOSE_HANDSHAKE_WAIT: Duration = Duration::from_secs(1);
-
-/// The end of the close handshake (RFC 6455, 7.1.1) when the gateway closed: the client
-/// may still be sending. A socket closed with bytes unread makes the kernel answer with a
-/// reset, and a client that meets it while writing may never read the close frame it was
-/// sent. So the socket is read, and what arrives dropped, until the client's own close
-/// frame or the end of the stream, for at most [`CLOSE_HANDSHAKE_WAIT`].
-async fn finish_close_handshake<S>(mut stream: S)
-where
-    S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
-{
-    let until = tokio::time::Instant::now() + CLOSE_HANDSHAKE_WAIT;
-    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until, stream.next()).await {
-        if msg.is_close() {
-            return;
         }
     }
 }
@@ -369,13 +347,10 @@ where
         if queue.close_reason().is_none() {
             queue.stop(); // the client left; nothing more to write
         }
-        let written = match writer.await {
-            Ok(outcome) => outcome.positions,
-            Err(e) => {
-                tracing::error!(conn = id, error = %e, "writer task failed");
-                Default::default()
-            }
-        };
+        let outcome = writer.await.unwrap_or_else(|e| {
+            tracing::error!(conn = id, error = %e, "writer task failed");
+            Default::default()
+        });
         let reason = queue
             .close_reason()
             .map_or(disconnect::CLIENT_CLOSED, |r| r.reason);
@@ -387,14 +362,15 @@ where
         }
         node.metrics.closed.with_label_values(&[reason]).inc();
         session.notify_disconnected(reason);
-        Box::pin(session.close(&written)).await;
+        Box::pin(session.close(&outcome.positions)).await;
         node.unregister(id);
         drop(slots); // held until here: the connection counted against its IP and user
         if queue.close_reason().is_some() {
             // Last: the connection is gone from every count, only its socket is left. In
             // a task of its own: one more wait here would grow the state every
             // connection's task carries for its whole life (tests_footprint).
-            tokio::spawn(finish_close_handshake(reader.stream));
+            let raw = outcome.wire.map(outbound::WireIo);
+            tokio::spawn(crate::closing::finish(reader.stream, raw));
         }
     }
 }

@@ -331,26 +331,3 @@ fn a_session_id_shows_as_lowercase_hex_of_its_bytes() {
     assert_eq!(token.to_string().len(), 32);
     assert_ne!(token, super::session::Hex::<16>::random(), "random");
 }
-
-/// After the gateway closed, the socket is read until the client's close frame (and no
-/// further), or for at most `CLOSE_HANDSHAKE_WAIT` when it never comes.
-#[tokio::test(start_paused = true)]
-async fn a_closed_connection_is_read_until_the_clients_close_or_the_wait_ends() {
-    use futures_util::{stream, StreamExt};
-    use tokio_tungstenite::tungstenite::{Error, Message};
-    let ok = |m: Message| Ok::<_, Error>(m);
-    let mut answered = stream::iter([
-        ok(Message::text("late")),
-        ok(Message::text("later")),
-        ok(Message::Close(None)),
-        ok(Message::text("after the close")),
-    ]);
-    super::finish_close_handshake(&mut answered).await;
-    let next = answered.next().await.map(|m| m.ok());
-    assert_eq!(next, Some(Some(Message::text("after the close"))));
-
-    let started = tokio::time::Instant::now();
-    let mut silent = stream::iter([ok(Message::text("late"))]).chain(stream::pending());
-    super::finish_close_handshake(&mut silent).await;
-    assert_eq!(started.elapsed(), super::CLOSE_HANDSHAKE_WAIT);
-}

@@ -3,7 +3,9 @@
 //! with its code to whichever side is still there.
 
 use super::{Route, RouteSlot, Upstream};
+use crate::closing;
 use crate::disconnect::{self, CloseReason};
+use crate::inbound::Metered;
 use crate::node::{Node, Slots};
 use crate::outbound::OutboundQueue;
 use futures_util::{SinkExt, StreamExt};
@@ -21,8 +23,9 @@ enum End {
     Closed(Option<CloseFrame>),
     /// The sender's socket failed.
     ReadFailed,
-    /// The sender broke a limit: a message over the route's `maxFrameBytes`, or (the
-    /// client) more pings and fragments than `limits.frameRate` allows.
+    /// The sender broke a limit or the protocol: a message over the route's
+    /// `maxFrameBytes`, invalid UTF-8, a broken frame, or (the client) more pings and
+    /// fragments than `limits.frameRate` allows.
     Refused(CloseReason),
     /// The receiving side could not be written.
     WriteFailed,
@@ -78,13 +81,9 @@ where
         let msg = match msg {
             Ok(Message::Close(frame)) => return End::Closed(frame),
             Ok(m) => m,
-            Err(tokio_tungstenite::tungstenite::Error::Capacity(_)) => {
-                return End::Refused(disconnect::MESSAGE_TOO_BIG)
+            Err(e) => {
+                return crate::inbound::refusal(&e).map_or(End::ReadFailed, End::Refused);
             }
-            Err(e) if crate::inbound::too_many_frames(&e) => {
-                return End::Refused(disconnect::TOO_MANY_FRAMES)
-            }
-            Err(_) => return End::ReadFailed,
         };
         frames.inc();
         bytes.inc_by(msg.len() as u64);
@@ -106,10 +105,10 @@ fn close_frame(reason: CloseReason) -> Option<CloseFrame> {
 pub(super) async fn pipe<C>(
     node: Arc<Node>,
     route: Arc<Route>,
-    client: WebSocketStream<C>,
+    client: WebSocketStream<Metered<C>>,
     upstream: Upstream,
     user: &str,
-    _slots: (Slots, RouteSlot),
+    slots: (Slots, RouteSlot),
 ) where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -121,14 +120,14 @@ pub(super) async fn pipe<C>(
     let id = node.register(handle.clone(), user, None);
     let gauge = node.metrics.forward_connections.with_label_values(&[&name]);
     gauge.inc();
-    let (mut c_tx, c_rx) = client.split();
+    let (mut c_tx, mut c_rx) = client.split();
     let (mut u_tx, u_rx) = upstream.split();
     let activity = Activity {
         start: std::time::Instant::now(),
         last: AtomicU64::new(0),
     };
     let outcome = tokio::select! {
-        end = relay(c_rx, &mut u_tx, &node, &name, "up", &activity) => (true, end),
+        end = relay(&mut c_rx, &mut u_tx, &node, &name, "up", &activity) => (true, end),
         end = relay(u_rx, &mut c_tx, &node, &name, "down", &activity) => (false, end),
         _ = activity.idle_for(route.cfg.idle_timeout) => (false, End::Idle),
         _ = handle.closed() => {
@@ -136,6 +135,8 @@ pub(super) async fn pipe<C>(
             (false, End::Closed(close_frame(reason)))
         }
     };
+    // The client closed, or its socket failed: nothing of it is left to read.
+    let client_ended = matches!(outcome, (true, End::Closed(_) | End::ReadFailed));
     // Pass the close on, with its code, to whichever side is still there.
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         match outcome {
@@ -146,16 +147,19 @@ pub(super) async fn pipe<C>(
                 let _ = c_tx.send(Message::Close(frame.clone())).await;
                 let _ = u_tx.send(Message::Close(frame)).await;
             }
-            (up, End::Refused(reason)) => {
-                let frame = close_frame(reason);
-                let _ = c_tx.send(Message::Close(frame.clone())).await;
+            // Whoever sent what was refused is told why; the other side that its peer
+            // is gone (to the client, a failed upstream).
+            (true, End::Refused(reason)) => {
+                let _ = c_tx.send(Message::Close(close_frame(reason))).await;
                 let _ = u_tx
-                    .send(Message::Close(if up {
-                        close_frame(disconnect::CLIENT_GONE)
-                    } else {
-                        frame
-                    }))
+                    .send(Message::Close(close_frame(disconnect::CLIENT_GONE)))
                     .await;
+            }
+            (false, End::Refused(reason)) => {
+                let _ = c_tx
+                    .send(Message::Close(close_frame(disconnect::UPSTREAM_FAILED)))
+                    .await;
+                let _ = u_tx.send(Message::Close(close_frame(reason))).await;
             }
             (true, End::ReadFailed | End::WriteFailed) => {
                 // The client went away, or the upstream could not take a frame.
@@ -185,4 +189,14 @@ pub(super) async fn pipe<C>(
         .closed
         .with_label_values(&[disconnect::FORWARD_ENDED])
         .inc();
+    drop(slots); // the connection no longer counts against its IP, user and route
+    if !client_ended {
+        // The gateway closed the client, which may still be sending (see `closing`).
+        let until = tokio::time::Instant::now() + closing::CLOSE_HANDSHAKE_WAIT;
+        if !closing::hear_close(&mut c_rx, until).await {
+            if let Ok(mut client) = c_rx.reunite(c_tx) {
+                closing::discard(client.get_mut().get_mut(), until).await;
+            }
+        }
+    }
 }

@@ -34,6 +34,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// A connection's socket and the bytes taken for it that it has not accepted yet.
+#[derive(Debug)]
 pub struct Wire {
     tcp: TcpStream,
     pending: Mutex<Vec<u8>>,

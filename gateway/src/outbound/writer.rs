@@ -32,6 +32,9 @@ pub struct WriterOutcome {
     pub positions: HashMap<Arc<str>, StreamPosition>,
     /// Messages written to the socket.
     pub delivered: u64,
+    /// The socket, where the connection has one: read past tungstenite at the end of the
+    /// close handshake ([`closing`](crate::closing)).
+    pub wire: Option<Arc<Wire>>,
 }
 
 /// Settings of the writer.
@@ -98,6 +101,7 @@ where
         WriterOutcome {
             positions: items.order.positions(),
             delivered: items.order.delivered,
+            wire,
         }
     }
 }
