@@ -59,6 +59,7 @@ pub async fn run(node: Arc<Node>, listener: TcpListener) {
             },
         };
         let node = node.clone();
+        let max_head = node.config.server.max_header_bytes;
         tokio::spawn(async move {
             let (io, hold) = HttpIo::new(stream);
             // The request's future is boxed: inline, hyper would keep it (authentication,
@@ -72,6 +73,7 @@ pub async fn run(node: Arc<Node>, listener: TcpListener) {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
+                .max_buf_size(max_head)
                 .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();
             if let Err(e) = conn.await {

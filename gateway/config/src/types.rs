@@ -88,7 +88,16 @@ pub struct ServerConfig {
     /// caps it at `net.core.somaxconn`). A burst of connects beyond it loses SYNs, which
     /// clients retry only after a second.
     pub listen_backlog: u32,
+    /// Most bytes of a request's head (request line and headers) read before it is
+    /// refused with 431, on this port and the server API's. A head that never ends costs
+    /// its connection this much memory until the 10 s header timeout; hyper's own bound is
+    /// ~408 KiB. At least 8192 (hyper's floor).
+    pub max_header_bytes: usize,
 }
+
+/// Default [`ServerConfig::max_header_bytes`]: as much as nginx reads by default (four
+/// 8 KiB buffers), twice Node's 16 KiB; a head with a JWT and cookies fits.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// Default [`ServerConfig::listen_backlog`]: a burst of thousands of reconnects (a node
 /// going away) fits, where the usual 128 drops most of it.
@@ -100,6 +109,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             allowed_origins: Vec::new(),
             listen_backlog: DEFAULT_LISTEN_BACKLOG,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
         }
     }
 }

@@ -54,6 +54,10 @@ impl Config {
         if self.server.listen_backlog == 0 || self.server.listen_backlog > i32::MAX as u32 {
             return bad("server.listenBacklog must be between 1 and 2147483647");
         }
+        // hyper's floor: below it, its builder panics.
+        if self.server.max_header_bytes < 8192 {
+            return bad("server.maxHeaderBytes must be at least 8192");
+        }
         if self.heartbeat.interval < Duration::from_millis(50) {
             return bad("heartbeat.interval must be at least 50ms");
         }
@@ -314,6 +318,18 @@ mod tests {
         c.server.listen_backlog = 0;
         let err = c.validate().expect_err("refused");
         assert!(err.to_string().contains("server.listenBacklog"), "{err}");
+    }
+
+    #[test]
+    fn a_max_header_bytes_under_hypers_floor_is_refused() {
+        let mut c = Config::default();
+        c.auth.mode = AuthMode::Insecure;
+        c.server.listen = "127.0.0.1:8080".parse().expect("addr");
+        c.server.max_header_bytes = 8192;
+        c.validate().expect("valid");
+        c.server.max_header_bytes = 8191;
+        let err = c.validate().expect_err("refused");
+        assert!(err.to_string().contains("server.maxHeaderBytes"), "{err}");
     }
 
     #[test]

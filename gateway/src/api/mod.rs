@@ -139,6 +139,7 @@ pub async fn run(node: Arc<Node>, listener: TcpListener, keys: Arc<ApiKeys>) {
             },
         };
         let (node, keys) = (node.clone(), keys.clone());
+        let max_head = node.config.server.max_header_bytes;
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let (node, keys) = (node.clone(), keys.clone());
@@ -147,6 +148,7 @@ pub async fn run(node: Arc<Node>, listener: TcpListener, keys: Arc<ApiKeys>) {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
+                .max_buf_size(max_head)
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "api connection ended with error");
