@@ -217,6 +217,7 @@ async fn presence_join_and_leave() {
         .await;
     let list = a.request(json!({"type": "presence", "room": "p"})).await;
     assert_eq!(list["users"], json!(["alice", "bob"]));
+    assert_eq!(list["count"], 2);
     b.request(json!({"type": "leave", "room": "p"})).await;
     // The leave comes after the linger, in a window of its own.
     assert_eq!(
@@ -233,6 +234,29 @@ async fn presence_join_and_leave() {
     a.presence_until("p", &mut seen, &users(&["alice"])).await;
     let list = a.request(json!({"type": "presence", "room": "p"})).await;
     assert_eq!(list["users"], json!(["alice"]));
+    gw.stop().await;
+}
+
+/// A `presence` reply lists at most `limits.presenceUsers` users and counts all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_presence_reply_lists_at_most_presence_users_and_counts_all() {
+    let mut config = test_config();
+    config.limits.presence_users = 2;
+    let gw = TestGateway::start(config).await;
+    let mut members = Vec::new();
+    for user in ["ann", "bob", "cid"] {
+        let mut c = gw.connect(user).await;
+        c.join("p").await;
+        members.push(c);
+    }
+    let list = members[2]
+        .request(json!({"type": "presence", "room": "p"}))
+        .await;
+    // The memory engine lists the first users by name.
+    assert_eq!(
+        (&list["users"], &list["count"]),
+        (&json!(["ann", "bob"]), &json!(3))
+    );
     gw.stop().await;
 }
 

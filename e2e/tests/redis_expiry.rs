@@ -1,6 +1,7 @@
 //! A room's keys in a real redis-server expire (its stream two max ages after the last
 //! refresh, its meta a week later), and a publish refreshes them only when less than one
-//! and a half max ages are left or the stream has none yet, not on every message.
+//! and a half max ages are left or the stream has none yet, not on every message. A
+//! listing of some of a big room's users costs Redis what it lists, not the room.
 
 use chat_gateway::config::Config;
 use chat_gateway::engine::Engine;
@@ -97,4 +98,33 @@ async fn a_longer_max_age_refreshes_the_expiry_at_once() {
         s > 24 * HOUR_MS && s <= 48 * HOUR_MS,
         "message 2 outlives its day: {s} ms"
     );
+}
+
+/// Listing 100 users of a room of 1,000 pages through the hash's scan, a page or two:
+/// Redis never lists them all (HKEYS, 50 ms for a room of 100,000, during which it serves
+/// nothing else), so what a client's `presence` costs it grows with the limit, not the
+/// room. The full listing (the server API's) still takes them all at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_some_of_a_big_rooms_users_never_lists_them_all() {
+    let redis = RedisServer::start();
+    let engine = engine(&redis, "big", Duration::from_secs(3600)).await;
+    for i in 0..1000 {
+        let user = format!("u{i:04}");
+        engine
+            .presence_join("hall", &user, "c1")
+            .await
+            .expect("join");
+    }
+    let (hkeys, hscan) = (redis.calls("hkeys"), redis.calls("hscan"));
+    let some = engine.presence_upto("hall", 100).await.expect("list");
+    assert_eq!((some.users.len(), some.count), (100, 1000));
+    assert_eq!(redis.calls("hkeys"), hkeys, "the listing took every user");
+    // COUNT is a hint: a page holds about 100; scanning all 1,000 takes about ten.
+    let pages = redis.calls("hscan") - hscan;
+    assert!(
+        (1..=3).contains(&pages),
+        "{pages} HSCAN pages for 100 users"
+    );
+    assert_eq!(engine.presence("hall").await.expect("all").len(), 1000);
+    assert_eq!(redis.calls("hkeys"), hkeys + 1);
 }

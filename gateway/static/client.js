@@ -657,7 +657,8 @@ export class ChatClient {
     return this._command(cmd);
   }
 
-  /** Who is in a joined room: resolves to an array of user ids. */
+  /** Who is in a joined room: resolves to an array of user ids (of a room bigger than
+   *  the gateway's `limits.presenceUsers`, 1000 by default, that many of them). */
   async presence(room) {
     const ok = await this._command({ type: "presence", room });
     return Array.isArray(ok.users) ? ok.users : [];

@@ -187,6 +187,9 @@ pub struct LimitsConfig {
     /// Bytes of history read and queued at a time while a replay (join with `since`,
     /// resume, inbox) streams at the client's pace. Capped at half of `outboundQueueBytes`.
     pub replay_chunk_bytes: usize,
+    /// Most users a `presence` reply lists (its `count` says how many there are): what a
+    /// call costs the engine and the gateway grows with this, not with the room.
+    pub presence_users: usize,
     /// A connection's presence in a room outlives its `leave` (or its close) by this long,
     /// so a join/leave loop announces one join and one leave, not one per turn.
     #[serde(with = "humantime_serde")]
@@ -221,6 +224,7 @@ impl Default for LimitsConfig {
             max_room_name: 128,
             history_page_bytes: 256 * 1024,
             replay_chunk_bytes: 128 * 1024,
+            presence_users: 1000,
             presence_linger: Duration::from_secs(1),
             presence_batch: Duration::from_millis(100),
             fanout_batch: Duration::from_millis(30),

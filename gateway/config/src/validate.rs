@@ -43,6 +43,9 @@ impl Config {
         }
         // A longer window only delays presence without saving more frames than it costs
         // in staleness; the bound also keeps a typo (`100s`) from hiding presence.
+        if l.presence_users == 0 {
+            return bad("limits.presenceUsers must be at least 1");
+        }
         if l.presence_batch > Duration::from_secs(5) {
             return bad("limits.presenceBatch must be at most 5s");
         }
@@ -330,6 +333,17 @@ mod tests {
         c.server.max_header_bytes = 8191;
         let err = c.validate().expect_err("refused");
         assert!(err.to_string().contains("server.maxHeaderBytes"), "{err}");
+    }
+
+    #[test]
+    fn a_presence_users_of_zero_is_refused() {
+        let mut c = Config::default();
+        c.auth.mode = AuthMode::Insecure;
+        c.limits.presence_users = 1;
+        c.validate().expect("valid");
+        c.limits.presence_users = 0;
+        let err = c.validate().expect_err("refused");
+        assert!(err.to_string().contains("limits.presenceUsers"), "{err}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::{
     Broker, Engine, EngineError, History, HistoryPage, HistoryQuery, NodeReport, Nodes,
-    PresenceManager, Publish, Published, SessionRecord, Sessions,
+    PresenceManager, Present, Publish, Published, SessionRecord, Sessions,
 };
 use crate::hub::Hub;
 use crate::node::Node;
@@ -107,8 +107,8 @@ impl PresenceManager for Faulty {
     async fn presence_leave(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError> {
         self.inner.presence_leave(room, user, conn).await
     }
-    async fn presence(&self, room: &str) -> Result<Vec<String>, EngineError> {
-        self.inner.presence(room).await
+    async fn presence_upto(&self, room: &str, limit: usize) -> Result<Present, EngineError> {
+        self.inner.presence_upto(room, limit).await
     }
     async fn is_present(&self, room: &str, user: &str) -> Result<bool, EngineError> {
         self.inner.is_present(room, user).await

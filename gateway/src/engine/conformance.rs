@@ -35,6 +35,7 @@ pub async fn run_all(factory: &impl Factory) {
     retention_by_count_and_age(factory).await;
     presence_join_leave(factory).await;
     presence::many_leaves_at_once_are_each_a_leave(factory).await;
+    presence::a_listing_holds_at_most_its_limit_and_counts_all(factory).await;
     sessions_take_once_and_expire(factory).await;
     inbox_cursor_only_moves_forward(factory).await;
     concurrent_publishers_keep_seq_order(factory).await;

@@ -3,7 +3,8 @@
 use super::seen::SeenTops;
 use super::{
     cut_page, new_epoch, now_ms, Broker, Engine, EngineError, Envelope, History, HistoryPage,
-    HistoryQuery, NodeReport, Nodes, PresenceManager, Publish, Published, SessionRecord, Sessions,
+    HistoryQuery, NodeReport, Nodes, PresenceManager, Present, Publish, Published, SessionRecord,
+    Sessions,
 };
 use crate::config::{Config, Namespaces, RetentionConfig};
 use crate::hub::Hub;
@@ -372,10 +373,13 @@ impl PresenceManager for MemoryEngine {
             .get(room)
             .is_some_and(|users| users.contains_key(user)))
     }
-    async fn presence(&self, room: &str) -> Result<Vec<String>, EngineError> {
+    async fn presence_upto(&self, room: &str, limit: usize) -> Result<Present, EngineError> {
         Ok(lock(&self.presence)
             .get(room)
-            .map(|users| users.keys().cloned().collect())
+            .map(|users| Present {
+                users: users.keys().take(limit).cloned().collect(),
+                count: users.len(),
+            })
             .unwrap_or_default())
     }
 }

@@ -323,6 +323,16 @@ pub struct PresenceLeave<'a> {
     pub conn: &'a str,
 }
 
+/// Some of the users present in a room, and how many there are
+/// ([`PresenceManager::presence_upto`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Present {
+    /// Users present, sorted: all of them, or as many as asked for.
+    pub users: Vec<String>,
+    /// How many users are present.
+    pub count: usize,
+}
+
 /// Who is in a room (centrifuge's PresenceManager).
 #[async_trait]
 pub trait PresenceManager: Send + Sync {
@@ -343,8 +353,15 @@ pub trait PresenceManager: Send + Sync {
         let done = futures_util::future::join_all(each).await;
         done.into_iter().find_map(Result::err).map_or(Ok(()), Err)
     }
-    /// Users present in a room, sorted.
-    async fn presence(&self, room: &str) -> Result<Vec<String>, EngineError>;
+    /// Users present in a room, sorted: all of them, however many (the server API; tests).
+    async fn presence(&self, room: &str) -> Result<Vec<String>, EngineError> {
+        Ok(self.presence_upto(room, usize::MAX).await?.users)
+    }
+    /// At most `limit` of the users present in a room, sorted (which ones, when there are
+    /// more, is the engine's choice), and how many there are. What a call costs the
+    /// store grows with `limit`, not with the room: a client's `presence` of a room of
+    /// 100,000 users took Redis 50 ms when it listed them all.
+    async fn presence_upto(&self, room: &str, limit: usize) -> Result<Present, EngineError>;
     /// Whether `user` is present in a room.
     async fn is_present(&self, room: &str, user: &str) -> Result<bool, EngineError>;
     /// Rooms with someone present and how many users each, at most `limit`, by name.

@@ -213,8 +213,11 @@ pub struct AckOk {
 pub struct PresenceOk {
     /// Room listed.
     pub room: String,
-    /// Users present, sorted.
+    /// Users present, sorted: at most `limits.presenceUsers` of them.
     pub users: Vec<String>,
+    /// How many users are present (more than `users` holds when the room has more than
+    /// `limits.presenceUsers`).
+    pub count: usize,
 }
 
 /// `ping` ok.

@@ -19,10 +19,12 @@ pub(super) async fn handle(s: &mut Session, cmd: Presence) -> Handled {
             "presence is not tracked in this room's namespace",
         ));
     }
-    let users = s.node.engine.presence(&cmd.room).await?;
+    let limit = s.node.config.limits.presence_users;
+    let present = s.node.engine.presence_upto(&cmd.room, limit).await?;
     Ok(Reply::Presence(PresenceOk {
         room: cmd.room,
-        users,
+        users: present.users,
+        count: present.count,
     })
     .into())
 }

@@ -1,8 +1,9 @@
 //! Many leaves at once ([`PresenceManager::presence_leave_all`]): each as one leave would
 //! be, across rooms, beyond what one engine call takes, and with members that are not
-//! there.
+//! there. A listing up to a limit ([`PresenceManager::presence_upto`]).
 //!
 //! [`PresenceManager::presence_leave_all`]: crate::engine::PresenceManager::presence_leave_all
+//! [`PresenceManager::presence_upto`]: crate::engine::PresenceManager::presence_upto
 
 use super::{config, listen, take, Factory};
 use crate::engine::PresenceLeave;
@@ -93,4 +94,45 @@ pub(super) async fn many_leaves_at_once_are_each_a_leave(f: &impl Factory) {
     assert!(left(&next).is_empty(), "no leave after carol's");
     assert_eq!(next.len(), 1, "erin's join");
     assert!(engine.presence_leave_all(&[]).await.is_ok());
+}
+
+/// A listing up to a limit: that many distinct users present, sorted, and the count of
+/// all; all of them within the limit. 300 users: past what Redis keeps as a listpack
+/// (128), so its listing pages through the hash's scan.
+pub(super) async fn a_listing_holds_at_most_its_limit_and_counts_all(f: &impl Factory) {
+    let engine = f.make(Arc::new(Hub::default()), &config()).await;
+    let users: Vec<String> = (0..300).map(|i| format!("u{i:03}")).collect();
+    for u in &users {
+        engine.presence_join("big", u, "c1").await.expect("join");
+    }
+    engine
+        .presence_join("big", "u000", "c2")
+        .await
+        .expect("join");
+    for limit in [1, 7, 100, 299] {
+        let some = engine.presence_upto("big", limit).await.expect("list");
+        assert_eq!(some.count, 300, "limit {limit}");
+        assert_eq!(some.users.len(), limit, "limit {limit}");
+        assert!(
+            some.users.is_sorted(),
+            "sorted, each once: {:?}",
+            some.users
+        );
+        assert!(
+            some.users.windows(2).all(|w| w[0] != w[1]),
+            "{:?}",
+            some.users
+        );
+        assert!(
+            some.users.iter().all(|u| users.contains(u)),
+            "{:?}",
+            some.users
+        );
+    }
+    for limit in [300, 1000, usize::MAX] {
+        let all = engine.presence_upto("big", limit).await.expect("list");
+        assert_eq!((all.users.as_slice(), all.count), (&users[..], 300));
+    }
+    let none = engine.presence_upto("empty", 10).await.expect("list");
+    assert_eq!((none.users.len(), none.count), (0, 0));
 }

@@ -4,7 +4,7 @@
 
 use super::shared::{lock, parse_history, Shared};
 use super::{scripts, RedisEngine};
-use crate::engine::{now_ms, EngineError, HistoryPage, PresenceLeave, PresenceManager};
+use crate::engine::{now_ms, EngineError, HistoryPage, PresenceLeave, PresenceManager, Present};
 use crate::protocol::push::PresencePush;
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -30,6 +30,15 @@ fn presence_member(user: &str, conn: &str) -> String {
     [user, "\0", conn].concat()
 }
 
+/// What the sweep script lists of a room's users.
+#[derive(Clone, Copy)]
+enum List {
+    /// Their count alone (a refresh).
+    Count,
+    /// At most this many of them.
+    UpTo(usize),
+}
+
 /// The sweep script's call for a room, up to its members.
 fn sweep(
     s: &Shared,
@@ -37,6 +46,7 @@ fn sweep(
     now: u64,
     expiry: u64,
     key_ttl: u64,
+    list: List,
 ) -> redis::ScriptInvocation<'static> {
     let route = s.keys.route(room);
     let mut call = scripts::PRESENCE_SWEEP.key(s.keys.presence_conns(room));
@@ -51,7 +61,12 @@ fn sweep(
         })
         .arg(room)
         .arg(route.command)
-        .arg(route.prefix);
+        .arg(route.prefix)
+        .arg(match list {
+            List::Count => 0,
+            // `-1`: all of them (no HSCAN asked for more than Redis counts in an i64).
+            List::UpTo(n) => i64::try_from(n).unwrap_or(-1),
+        });
     call
 }
 
@@ -78,13 +93,13 @@ pub(super) async fn refresh_presence(shared: Arc<Shared>, stop: CancellationToke
             .map(|(room, members)| {
                 let shared = shared.clone();
                 async move {
-                    let mut call = sweep(&shared, &room, now, expiry, key_ttl);
+                    let mut call = sweep(&shared, &room, now, expiry, key_ttl, List::Count);
                     for m in &members {
                         call.arg(m);
                     }
                     let mut conn = shared.conn();
                     shared
-                        .run(call.invoke_async::<Vec<String>>(&mut conn))
+                        .run(call.invoke_async::<(usize, Vec<String>)>(&mut conn))
                         .await
                         .err()
                 }
@@ -265,16 +280,16 @@ impl PresenceManager for RedisEngine {
         .await
     }
 
-    async fn presence(&self, room: &str) -> Result<Vec<String>, EngineError> {
+    async fn presence_upto(&self, room: &str, limit: usize) -> Result<Present, EngineError> {
         let s = &self.shared;
         let mut c = s.conn();
-        let users: Vec<String> = s
-            .run(sweep(s, room, now_ms(), 0, 0).invoke_async(&mut c))
-            .await?;
-        Ok(users
-            .into_iter()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect())
+        let call = sweep(s, room, now_ms(), 0, 0, List::UpTo(limit));
+        let (count, users): (usize, Vec<String>) = s.run(call.invoke_async(&mut c)).await?;
+        // Sorted, and once each: a scan may return a user twice while Redis rehashes.
+        let users: BTreeSet<String> = users.into_iter().collect();
+        Ok(Present {
+            users: users.into_iter().take(limit).collect(),
+            count,
+        })
     }
 }

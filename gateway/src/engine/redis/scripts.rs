@@ -69,10 +69,11 @@ pub static PRESENCE_JOIN: LazyLock<Script> = LazyLock::new(|| {
 pub static PRESENCE_LEAVE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/presence_leave.lua")));
 
-/// Drops expired presence entries (announcing users who left with them) and lists the
-/// users present; a node refreshing its connections first passes their members and a key
-/// ttl. KEYS: pc, pu. ARGV: now ms, expiry ms, key ttl ms (0: leave), channel (``: no
-/// announcement), room, member...
+/// Drops expired presence entries (announcing users who left with them) and returns the
+/// number of users present and up to `limit` of them; a node refreshing its connections
+/// first passes their members and a key ttl. KEYS: pc, pu. ARGV: now ms, expiry ms, key
+/// ttl ms (0: leave), channel (``: no announcement), room, publish command, payload
+/// prefix, limit (0: the count alone, -1: all), member...
 pub static PRESENCE_SWEEP: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/presence_sweep.lua")));
 

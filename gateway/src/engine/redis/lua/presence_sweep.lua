@@ -1,10 +1,10 @@
 -- Drops a room's presence entries nobody refreshed (a crashed node's), announcing the
--- users who left with them, and lists the users present. A node refreshing its own
--- connections passes their members (refreshed first) and a key ttl (the keys then live
--- that much longer; 0 leaves them as they are).
+-- users who left with them, and returns how many users are present and up to `limit` of
+-- them. A node refreshing its own connections passes their members (refreshed first) and
+-- a key ttl (the keys then live that much longer; 0 leaves them as they are).
 -- ARGV: now ms, expiry ms, key ttl ms, channel (`` announces nothing), room, publish
--- command, payload prefix, member...
-for i = 8, #ARGV do
+-- command, payload prefix, limit (0: the count alone, -1: every user), member...
+for i = 9, #ARGV do
   redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[i])
 end
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])) do
@@ -22,4 +22,18 @@ if tonumber(ARGV[3]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
 end
-return redis.call('HKEYS', KEYS[2])
+-- The users, in pages of the hash's scan rather than HKEYS: listing a room of 100,000
+-- users took 50 ms, and Redis runs nothing else meanwhile.
+local limit = tonumber(ARGV[8])
+local count = redis.call('HLEN', KEYS[2])
+if limit == 0 then return {count, {}} end
+if limit < 0 or limit >= count then return {count, redis.call('HKEYS', KEYS[2])} end
+local users, cursor = {}, '0'
+repeat
+  local page = redis.call('HSCAN', KEYS[2], cursor, 'COUNT', limit)
+  cursor = page[1]
+  for i = 1, #page[2], 2 do
+    if #users < limit then users[#users + 1] = page[2][i] end
+  end
+until cursor == '0' or #users >= limit
+return {count, users}
