@@ -1,7 +1,7 @@
 //! The hooks, answered by the `chat-backend` process.
 
 use super::Backend;
-use chat_gateway::config::{FailurePolicy, HookConfig, JoinPolicy, NamespaceConfig};
+use chat_gateway::config::{Config, FailurePolicy, HookConfig, JoinPolicy, NamespaceConfig};
 use e2e::{test_config, Client, Connected, TestGateway};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -14,6 +14,16 @@ async fn hooked(
     timeout: Duration,
     with_connect: bool,
 ) -> TestGateway {
+    TestGateway::start(hooked_config(backend, on_failure, timeout, with_connect)).await
+}
+
+/// The config of [`hooked`].
+fn hooked_config(
+    backend: &Backend,
+    on_failure: FailurePolicy,
+    timeout: Duration,
+    with_connect: bool,
+) -> Config {
     let mut c = test_config();
     let hook = |path: &str| HookConfig {
         timeout,
@@ -33,7 +43,7 @@ async fn hooked(
         join: JoinPolicy::Backend,
         ..Default::default()
     }];
-    TestGateway::start(c).await
+    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,4 +174,41 @@ async fn a_slow_backend_gets_the_failure_policy_within_the_hook_timeout() {
         d.request(json!({"type": "join", "room": "team:x"})).await["type"],
         "ok"
     );
+}
+
+/// A connection holding `limits.roomsPerConnection` rooms asks the backend about none
+/// more, by `join` or by `resume` (whose positions are bounded by the rooms a connection
+/// holds): before, a resume naming thousands of rooms asked the join hook about each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_connection_asks_the_backend_about_no_room_more() {
+    let backend = Backend::start(0);
+    let mut c = hooked_config(
+        &backend,
+        FailurePolicy::Refuse,
+        Duration::from_secs(2),
+        false,
+    );
+    c.limits.rooms_per_connection = 1;
+    let gw = TestGateway::start(c).await;
+    let mut erin = gw.connect("erin").await;
+    erin.join("lobby").await;
+    let r = erin
+        .request(json!({"type": "join", "room": "team:x"}))
+        .await;
+    assert_eq!(r["code"], "too_many_rooms", "{r}");
+    let token = erin.resume_token();
+    let positions = json!({"team:a": 0, "team:b": 0});
+    let r = erin
+        .request(json!({"type": "resume", "resume_token": token, "positions": positions}))
+        .await;
+    assert_eq!(r["rooms"]["team:a"]["error"], "too_many_rooms", "{r}");
+    let three = json!({"team:a": 0, "team:b": 0, "team:c": 0});
+    let r = erin
+        .request(json!({"type": "resume", "resume_token": token, "positions": three}))
+        .await;
+    assert_eq!(r["code"], "bad_request", "{r}");
+    for outcome in ["allowed", "denied"] {
+        let calls = format!("chatgateway_hook_calls_total{{hook=\"join\",outcome=\"{outcome}\"}}");
+        assert_eq!(gw.sample(&calls).await, None, "{outcome}");
+    }
 }

@@ -132,6 +132,20 @@ impl Session {
         self.queue.push(Outbound::Release(r.room))
     }
 
+    /// Refuses a room more once the connection holds `limits.roomsPerConnection`: checked
+    /// again before a join is decided, so a full connection asks nobody (the backend's
+    /// join hook) about a room it cannot take.
+    pub(super) fn room_to_spare(&self) -> Result<(), Refusal> {
+        let max = self.node.config.limits.rooms_per_connection;
+        if self.rooms.len() >= max {
+            return Err(Refusal::new(
+                ErrorCode::TooManyRooms,
+                format!("at most {max} rooms per connection"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Joins a room as `member` (or catches up a room already joined) from `since`: the
     /// one path of `join` and `resume`. On failure the connection is out of the room.
     pub(super) async fn enter_room(
@@ -145,13 +159,7 @@ impl Session {
         if self.rooms.contains_key(room) {
             self.queue.push(Outbound::BeginCatchup(room.clone()));
         } else {
-            let max = self.node.config.limits.rooms_per_connection;
-            if self.rooms.len() >= max {
-                return Err(Refusal::new(
-                    ErrorCode::TooManyRooms,
-                    format!("at most {max} rooms per connection"),
-                ));
-            }
+            self.room_to_spare()?;
             head = self.attach(room).await?;
         }
         match self.catch_up(room, since, head).await {

@@ -116,14 +116,7 @@ async fn resume_restores_a_closed_sessions_rooms_on_a_new_connection() {
 #[tokio::test]
 async fn another_users_token_is_refused_and_left_in_place() {
     let h = Harness::new("alice").await;
-    let record = SessionRecord {
-        user: "bob".into(),
-        node: "n".into(),
-        rooms: BTreeMap::new(),
-        connected_at: 0,
-        last_seen: 0,
-        grants: BTreeMap::new(),
-    };
+    let record = no_rooms("bob");
     h.node
         .engine
         .save_session("bobs", &record)
@@ -141,6 +134,41 @@ async fn another_users_token_is_refused_and_left_in_place() {
         h.node.engine.take_session("bobs").await.expect("take"),
         Some(record)
     );
+}
+
+/// More positions than a connection's rooms and its inbox (2 + 1 here) are refused before
+/// the stored session is taken: each would cost a join decision (a backend hook call).
+#[tokio::test]
+async fn a_resume_naming_more_rooms_than_a_connection_holds_is_refused() {
+    let mut h = Harness::new("alice").await;
+    let record = no_rooms("alice");
+    h.node
+        .engine
+        .save_session("t", &record)
+        .await
+        .expect("save");
+    let positions: BTreeMap<String, u64> = (0..4).map(|i| (format!("r{i}"), 0)).collect();
+    h.cmd(json!({"type": "resume", "id": 1, "resume_token": "t", "positions": positions}))
+        .await;
+    let reply = h.reply();
+    assert_eq!(error_code(&reply), "bad_request");
+    assert!(reply["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("at most 3 positions")));
+    let kept = h.node.engine.take_session("t").await.expect("take");
+    assert_eq!(kept, Some(record), "the token stays good");
+}
+
+/// A stored session of `user` without rooms.
+fn no_rooms(user: &str) -> SessionRecord {
+    SessionRecord {
+        user: user.into(),
+        node: "n".into(),
+        rooms: BTreeMap::new(),
+        connected_at: 0,
+        last_seen: 0,
+        grants: BTreeMap::new(),
+    }
 }
 
 /// The rooms of the session record saved under `token` (taking it).

@@ -20,6 +20,7 @@ pub(super) async fn handle(s: &mut Session, cmd: Join) -> Handled {
     if s.rooms.contains_key(&room) {
         return Err(Refusal::new(ErrorCode::BadRequest, "already joined"));
     }
+    s.room_to_spare()?;
     let sub = match &cmd.token {
         Some(token) => {
             let grant = s

@@ -18,6 +18,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 pub(super) async fn handle(s: &mut Session, cmd: Resume) -> Handled {
+    // More positions than rooms a connection can hold (and its inbox) cannot all be
+    // resumed; each would cost a join decision, the backend's hook among them. Refused
+    // before the stored session is taken, so the token stays good.
+    let max = s.node.config.limits.rooms_per_connection + 1;
+    if cmd.positions.len() > max {
+        return Err(Refusal::new(
+            ErrorCode::BadRequest,
+            format!("at most {max} positions: limits.roomsPerConnection rooms and the inbox"),
+        ));
+    }
     let engine = s.node.engine.clone();
     let record = engine.take_session(&cmd.resume_token).await?;
     match &record {
@@ -132,6 +142,7 @@ async fn resume_room(
     let member = match s.rooms.get(&room) {
         Some(joined) => joined.member,
         None => {
+            s.room_to_spare()?;
             let now = crate::engine::now_ms() / 1000;
             let sub = grant.filter(|g| g.expires_at > now).map(|g| {
                 let rights = Rights {
