@@ -339,6 +339,7 @@ mod tests {
     fn a_presence_users_of_zero_is_refused() {
         let mut c = Config::default();
         c.auth.mode = AuthMode::Insecure;
+        c.server.listen = "127.0.0.1:8080".parse().expect("addr");
         c.limits.presence_users = 1;
         c.validate().expect("valid");
         c.limits.presence_users = 0;
