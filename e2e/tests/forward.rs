@@ -397,3 +397,66 @@ async fn a_refused_route_client_that_writes_on_reads_its_close_and_a_clean_end()
     assert_refused(gw.gateway.addr, path, refused_frames()).await;
     gw.stop().await;
 }
+
+/// TIME_WAIT sockets on this machine whose local port is `local` and remote port is
+/// `remote` (either may be 0: any), from /proc/net/tcp (IPv4; state 06).
+fn time_waits(local: u16, remote: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let port = |addr: &str| {
+        let hex = addr.rsplit(':').next().unwrap_or_default();
+        u16::from_str_radix(hex, 16).unwrap_or_default()
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3
+                && f[3] == "06"
+                && (local == 0 || port(f[1]) == local)
+                && (remote == 0 || port(f[2]) == remote)
+        })
+        .count()
+}
+
+/// The gateway is its upstream's client: after the close handshake it leaves closing the
+/// socket to the upstream (RFC 6455, 7.1.1), so each connection the client closed ends
+/// in order, the TIME_WAIT on the upstream's side. Before, the gateway shut its socket
+/// right after its close frame and the upstream's close reply met a reset: no connection
+/// ended in order (no TIME_WAIT on either side).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_closes_its_socket_first_and_keeps_the_time_wait() {
+    let (up, _) = upstream(Behaviour::Echo).await;
+    let up_port: u16 = up
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let mut cfg = test_config();
+    cfg.routes = vec![route("echo", "/echo", &up, false)];
+    let gw = TestGateway::start(cfg).await;
+    for i in 0..20 {
+        let mut ws = connect(&gw, &format!("/echo?user=u{i}"))
+            .await
+            .expect("connect");
+        assert_eq!(echo_once(&mut ws, "hi").await, "hi");
+        ws.close(None).await.expect("close");
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+    }
+    // Each connection's last socket closes within the close handshake's second.
+    let mut upstream_side = 0;
+    for _ in 0..50 {
+        upstream_side = time_waits(up_port, 0);
+        if upstream_side >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        time_waits(0, up_port),
+        0,
+        "TIME_WAITs on the gateway's side"
+    );
+    assert_eq!(upstream_side, 20, "TIME_WAITs on the upstream's side");
+    gw.stop().await;
+}

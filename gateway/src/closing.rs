@@ -53,6 +53,18 @@ where
     false
 }
 
+/// Reads and drops messages until the stream ends or `until` passes: the gateway as a
+/// client (a forwarding route's upstream connection), having sent its close frame, waits
+/// for the server's close frame and for the server to close the socket, which then keeps
+/// the TIME_WAIT (RFC 6455, 7.1.1). Shut right after the close frame, the gateway's
+/// socket answered the upstream's close reply with a reset.
+pub async fn hear_end<S>(stream: &mut S, until: Instant)
+where
+    S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    while let Ok(Some(Ok(_))) = tokio::time::timeout_at(until, stream.next()).await {}
+}
+
 /// Reads and drops bytes until the end of the stream, an error, `until`, or
 /// [`DISCARD_LIMIT`] bytes.
 pub async fn discard<R: AsyncRead + Unpin>(raw: &mut R, until: Instant) {

@@ -31,6 +31,9 @@ enum End {
     WriteFailed,
     /// Nothing in either direction for the route's idle timeout.
     Idle,
+    /// The gateway closed the connection (drain, rebalance, the server API), with this
+    /// frame for both sides.
+    Evicted(Option<CloseFrame>),
 }
 
 /// Milliseconds since `start` of the last frame in either direction.
@@ -121,29 +124,31 @@ pub(super) async fn pipe<C>(
     let gauge = node.metrics.forward_connections.with_label_values(&[&name]);
     gauge.inc();
     let (mut c_tx, mut c_rx) = client.split();
-    let (mut u_tx, u_rx) = upstream.split();
+    let (mut u_tx, mut u_rx) = upstream.split();
     let activity = Activity {
         start: std::time::Instant::now(),
         last: AtomicU64::new(0),
     };
     let outcome = tokio::select! {
         end = relay(&mut c_rx, &mut u_tx, &node, &name, "up", &activity) => (true, end),
-        end = relay(u_rx, &mut c_tx, &node, &name, "down", &activity) => (false, end),
+        end = relay(&mut u_rx, &mut c_tx, &node, &name, "down", &activity) => (false, end),
         _ = activity.idle_for(route.cfg.idle_timeout) => (false, End::Idle),
         _ = handle.closed() => {
             let reason = handle.close_reason().unwrap_or(disconnect::SHUTTING_DOWN);
-            (false, End::Closed(close_frame(reason)))
+            (false, End::Evicted(close_frame(reason)))
         }
     };
     // The client closed, or its socket failed: nothing of it is left to read.
     let client_ended = matches!(outcome, (true, End::Closed(_) | End::ReadFailed));
+    // The same of the upstream.
+    let upstream_ended = matches!(outcome, (false, End::Closed(_) | End::ReadFailed));
     // Pass the close on, with its code, to whichever side is still there.
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         match outcome {
             (true, End::Closed(frame)) => {
                 let _ = u_tx.send(Message::Close(frame)).await;
             }
-            (false, End::Closed(frame)) => {
+            (false, End::Closed(frame)) | (_, End::Evicted(frame)) => {
                 let _ = c_tx.send(Message::Close(frame.clone())).await;
                 let _ = u_tx.send(Message::Close(frame)).await;
             }
@@ -190,13 +195,23 @@ pub(super) async fn pipe<C>(
         .with_label_values(&[disconnect::FORWARD_ENDED])
         .inc();
     drop(slots); // the connection no longer counts against its IP, user and route
-    if !client_ended {
-        // The gateway closed the client, which may still be sending (see `closing`).
-        let until = tokio::time::Instant::now() + closing::CLOSE_HANDSHAKE_WAIT;
-        if !closing::hear_close(&mut c_rx, until).await {
-            if let Ok(mut client) = c_rx.reunite(c_tx) {
-                closing::discard(client.get_mut().get_mut(), until).await;
+    let until = tokio::time::Instant::now() + closing::CLOSE_HANDSHAKE_WAIT;
+    let client = async move {
+        if !client_ended {
+            // The gateway closed the client, which may still be sending (see `closing`).
+            if !closing::hear_close(&mut c_rx, until).await {
+                if let Ok(mut client) = c_rx.reunite(c_tx) {
+                    closing::discard(client.get_mut().get_mut(), until).await;
+                }
             }
         }
-    }
+    };
+    let upstream = async {
+        if !upstream_ended {
+            // The gateway is the upstream's client: it leaves closing the socket to the
+            // server (RFC 6455, 7.1.1), which then holds the TIME_WAIT, not the gateway.
+            closing::hear_end(&mut u_rx, until).await;
+        }
+    };
+    tokio::join!(client, upstream);
 }
