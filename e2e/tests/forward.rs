@@ -460,3 +460,35 @@ async fn the_upstream_closes_its_socket_first_and_keeps_the_time_wait() {
     assert_eq!(upstream_side, 20, "TIME_WAITs on the upstream's side");
     gw.stop().await;
 }
+
+/// A client's close frame is answered, on a route as on the chat endpoint, before the
+/// socket ends: before, tungstenite's answer waited for a write that never came, and the
+/// client saw its socket end unanswered (tungstenite: a reset without a closing
+/// handshake; a browser: 1006).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_close_is_answered_on_a_route_and_on_the_chat_endpoint() {
+    let (up, _) = upstream(Behaviour::Echo).await;
+    let mut cfg = test_config();
+    cfg.routes = vec![route("echo", "/echo", &up, false)];
+    let gw = TestGateway::start(cfg).await;
+    for path in ["/echo?user=a", "/ws?user=b"] {
+        let mut ws = connect(&gw, path).await.expect("connect");
+        ws.send(Message::text("{}")).await.expect("send");
+        let bye = CloseFrame {
+            code: CloseCode::from(4000),
+            reason: "bye".into(),
+        };
+        ws.close(Some(bye)).await.expect("close");
+        let answer = loop {
+            match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("{path}: no answer to the close: {other:?}"),
+            }
+        };
+        assert_eq!(answer, Some(4000), "{path}");
+        let end = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+        assert!(matches!(end, Ok(None)), "{path}: {end:?}");
+    }
+    gw.stop().await;
+}

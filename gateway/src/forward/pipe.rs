@@ -146,6 +146,8 @@ pub(super) async fn pipe<C>(
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         match outcome {
             (true, End::Closed(frame)) => {
+                // tungstenite's answer to the client's close goes out with a flush.
+                let _ = c_tx.flush().await;
                 let _ = u_tx.send(Message::Close(frame)).await;
             }
             (false, End::Closed(frame)) | (_, End::Evicted(frame)) => {

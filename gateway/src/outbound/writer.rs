@@ -93,8 +93,9 @@ where
         }
         // The fast path lets go of the socket before the close frame goes out.
         rx.close_queue();
-        if let Some(reason) = shared.reason.get() {
-            Box::pin(send_close(&mut sink, *reason, write_timeout)).await;
+        match shared.reason.get() {
+            Some(reason) => Box::pin(send_close(&mut sink, *reason, write_timeout)).await,
+            None => Box::pin(answer_close(&mut sink)).await,
         }
         rx.shared.drained.notify_waiters();
         let mut items = rx.shared.items();
@@ -129,6 +130,17 @@ where
     };
     let send = sink.send(Message::Close(Some(frame)));
     let _ = tokio::time::timeout(limit, send).await;
+}
+
+/// Sends tungstenite's answer to the client's close frame, which it queues when it reads
+/// the frame and writes on the next write or flush: once the client closed, nothing else
+/// writes, and the client saw its socket end unanswered (a browser reports such a close
+/// as 1006, not clean). Where the socket failed instead, there is nothing to flush.
+async fn answer_close<S>(sink: &mut S)
+where
+    S: Sink<Message, Error = Error> + Unpin,
+{
+    let _ = tokio::time::timeout(CLOSE_GRACE, sink.flush()).await;
 }
 
 /// Runs `write`; `None` if the connection closes first or the write does not complete
