@@ -99,16 +99,18 @@ pub async fn refused_while_writing(addr: SocketAddr, path: &str, refused: &[u8])
         let more = tcp.write_all(&[b'x'; 10_000]).await;
         more.unwrap_or_else(|e| panic!("{path}: the server still reads: {e}"));
     }
-    let wait = std::time::Duration::from_secs(10);
-    tokio::time::timeout(wait, read_to_end(&mut tcp))
-        .await
-        .expect("the server ends the socket")
+    read_to_end(&mut tcp).await
 }
 
-/// Reads the server frames of `tcp` to the socket's end and finds the close frame.
+/// Reads the server frames of `tcp` to the socket's end (which must come within 10 s) and
+/// finds the close frame.
 pub async fn read_to_end(tcp: &mut TcpStream) -> Ending {
     let mut frames = Vec::new();
-    let end = tcp.read_to_end(&mut frames).await.map(drop);
+    let wait = std::time::Duration::from_secs(10);
+    let end = tokio::time::timeout(wait, tcp.read_to_end(&mut frames))
+        .await
+        .expect("the server ends the socket")
+        .map(drop);
     Ending {
         close_code: close_code(&frames),
         end,

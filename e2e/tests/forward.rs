@@ -260,9 +260,7 @@ async fn an_upstream_message_over_the_limit_closes_the_client_1014() {
     let mut tcp = upgrade(gw.gateway.addr, "/double?user=b").await;
     let doubled_too_big = [masked_header(0x1, 3000), vec![b'b'; 3000]].concat();
     tcp.write_all(&doubled_too_big).await.expect("send");
-    let ending = tokio::time::timeout(Duration::from_secs(10), read_to_end(&mut tcp))
-        .await
-        .expect("closed");
+    let ending = read_to_end(&mut tcp).await;
     assert_eq!(ending.close_code, Some(1014), "{ending:?}");
     gw.stop().await;
 }

@@ -11,9 +11,9 @@
 //! message (those are commands, for the message rate) from a bucket of `limits.frameRate`
 //! a second and `limits.frameBurst` at once; a read that finds the bucket short fails with
 //! [`TooManyFrames`], which the connection turns into a 1008 close
-//! ([`disconnect::TOO_MANY_FRAMES`]). At the
-//! defaults a client pinging just under the budget (480 a second, 100-byte pings) cost
-//! the gateway 1% of a core; the floods above are closed after their first thousand.
+//! ([`disconnect::TOO_MANY_FRAMES`]). At the defaults a client pinging just under the
+//! budget (480 a second, 100-byte pings) cost the gateway 1% of a core; the floods above
+//! are closed after their first thousand.
 
 use crate::disconnect::{self, CloseReason};
 use crate::ratelimit::TokenBucket;

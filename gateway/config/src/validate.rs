@@ -300,82 +300,83 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_api_reload_interval_under_100ms_is_refused() {
+    /// A config that validates: insecure auth, as the tests use it, on loopback (insecure
+    /// auth refuses any other address).
+    fn on_loopback() -> Config {
         let mut c = Config::default();
         c.auth.mode = AuthMode::Insecure;
         c.server.listen = "127.0.0.1:8080".parse().expect("addr");
-        c.api.reload_interval = Duration::from_millis(100);
+        c
+    }
+
+    /// A setting at its edge (`at`) is valid; past it (`past`) it is refused, the error
+    /// naming `key`.
+    fn holds_the_edge(key: &str, at: impl FnOnce(&mut Config), past: impl FnOnce(&mut Config)) {
+        let mut c = on_loopback();
+        at(&mut c);
         c.validate().expect("valid");
-        c.api.reload_interval = Duration::ZERO;
+        past(&mut c);
         let err = c.validate().expect_err("refused");
-        assert!(err.to_string().contains("api.reloadInterval"), "{err}");
+        assert!(err.to_string().contains(key), "{err}");
+    }
+
+    #[test]
+    fn an_api_reload_interval_under_100ms_is_refused() {
+        holds_the_edge(
+            "api.reloadInterval",
+            |c| c.api.reload_interval = Duration::from_millis(100),
+            |c| c.api.reload_interval = Duration::ZERO,
+        );
     }
 
     #[test]
     fn a_listen_backlog_of_zero_is_refused() {
-        let mut c = Config::default();
-        c.auth.mode = AuthMode::Insecure;
-        c.server.listen = "127.0.0.1:8080".parse().expect("addr");
-        c.validate().expect("valid");
-        c.server.listen_backlog = 0;
-        let err = c.validate().expect_err("refused");
-        assert!(err.to_string().contains("server.listenBacklog"), "{err}");
+        holds_the_edge(
+            "server.listenBacklog",
+            |_| {},
+            |c| c.server.listen_backlog = 0,
+        );
     }
 
     #[test]
     fn a_max_header_bytes_under_hypers_floor_is_refused() {
-        let mut c = Config::default();
-        c.auth.mode = AuthMode::Insecure;
-        c.server.listen = "127.0.0.1:8080".parse().expect("addr");
-        c.server.max_header_bytes = 8192;
-        c.validate().expect("valid");
-        c.server.max_header_bytes = 8191;
-        let err = c.validate().expect_err("refused");
-        assert!(err.to_string().contains("server.maxHeaderBytes"), "{err}");
+        holds_the_edge(
+            "server.maxHeaderBytes",
+            |c| c.server.max_header_bytes = 8192,
+            |c| c.server.max_header_bytes = 8191,
+        );
     }
 
     #[test]
     fn a_presence_users_of_zero_is_refused() {
-        let mut c = Config::default();
-        c.auth.mode = AuthMode::Insecure;
-        c.server.listen = "127.0.0.1:8080".parse().expect("addr");
-        c.limits.presence_users = 1;
-        c.validate().expect("valid");
-        c.limits.presence_users = 0;
-        let err = c.validate().expect_err("refused");
-        assert!(err.to_string().contains("limits.presenceUsers"), "{err}");
+        holds_the_edge(
+            "limits.presenceUsers",
+            |c| c.limits.presence_users = 1,
+            |c| c.limits.presence_users = 0,
+        );
     }
 
     #[test]
     fn a_presence_batch_over_5s_is_refused() {
-        let mut c = Config::default();
-        c.auth.mode = AuthMode::Insecure;
-        c.server.listen = "127.0.0.1:8080".parse().expect("addr");
-        c.limits.presence_batch = Duration::from_secs(5);
-        c.validate().expect("valid");
-        c.limits.presence_batch = Duration::from_millis(5001);
-        let err = c.validate().expect_err("refused");
-        assert!(err.to_string().contains("limits.presenceBatch"), "{err}");
+        holds_the_edge(
+            "limits.presenceBatch",
+            |c| c.limits.presence_batch = Duration::from_secs(5),
+            |c| c.limits.presence_batch = Duration::from_millis(5001),
+        );
     }
 
     #[test]
     fn a_fanout_batch_over_1s_is_refused() {
-        let mut c = Config::default();
-        c.auth.mode = AuthMode::Insecure;
-        c.server.listen = "127.0.0.1:8080".parse().expect("addr");
-        c.limits.fanout_batch = Duration::from_secs(1);
-        c.validate().expect("valid");
-        c.limits.fanout_batch = Duration::from_millis(1001);
-        let err = c.validate().expect_err("refused");
-        assert!(err.to_string().contains("limits.fanoutBatch"), "{err}");
+        holds_the_edge(
+            "limits.fanoutBatch",
+            |c| c.limits.fanout_batch = Duration::from_secs(1),
+            |c| c.limits.fanout_batch = Duration::from_millis(1001),
+        );
     }
 
     #[test]
     fn a_frame_budget_needs_a_rate_and_a_burst() {
-        let mut c = Config::default();
-        c.auth.mode = AuthMode::Insecure;
-        c.server.listen = "127.0.0.1:8080".parse().expect("addr");
+        let mut c = on_loopback();
         (c.limits.frame_rate, c.limits.frame_burst) = (0.5, 1);
         c.validate().expect("valid");
         (c.limits.frame_rate, c.limits.frame_burst) = (0.0, 0);
@@ -454,9 +455,7 @@ mod tests {
     #[test]
     fn routes_may_not_shadow_the_gateways_own_paths() {
         let with_prefix = |p: &str| {
-            let mut c = Config::default();
-            c.auth.mode = AuthMode::Insecure;
-            c.server.listen = "127.0.0.1:8080".parse().expect("addr");
+            let mut c = on_loopback();
             c.routes = vec![RouteConfig {
                 name: "r".into(),
                 path_prefix: p.into(),
