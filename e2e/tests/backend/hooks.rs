@@ -150,18 +150,16 @@ async fn hooks_decide_connects_joins_and_sends_and_hear_what_happened() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// The backend answers after an hour, so any answer the client reads is the failure
+/// policy's, given when the hook timed out: no clock in the assertion (the client's own
+/// wait, `e2e::WAIT`, is what fails the test if the gateway waited for the backend).
 async fn a_slow_backend_gets_the_failure_policy_within_the_hook_timeout() {
-    let backend = Backend::start(5000);
+    let backend = Backend::start(3_600_000);
     let timeout = Duration::from_millis(300);
     let refuse = hooked(&backend, FailurePolicy::Refuse, timeout, false).await;
     let mut c = refuse.connect("carol").await;
-    let started = Instant::now();
     let r = c.request(json!({"type": "join", "room": "team:x"})).await;
     assert_eq!(r["code"], "unavailable", "{r}");
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "answered before the backend did"
-    );
     assert!(
         refuse
             .metric("chatgateway_hook_calls_total{hook=\"join\",outcome=\"timeout\"}")
