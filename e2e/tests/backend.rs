@@ -202,21 +202,40 @@ async fn api_publish_reaches_clients_on_another_process_in_order_once_per_msg_id
         None,
     )
     .await;
-    assert_eq!(p["users"], json!(["bob"]));
+    assert_eq!((&p["users"], &p["count"]), (&json!(["bob"]), &json!(1)));
+    // A listing holds at most `limit` users; `count` is of all of them.
+    let mut carol = Client::connect(&gws.procs[0].ws_url("user=carol"))
+        .await
+        .expect("carol");
+    carol.join("news").await;
+    let presence = |query: &'static str| api(apis[0], "GET", query, Some(KEY), None);
+    let (_, all) = presence("/api/v1/presence?room=news").await;
+    assert_eq!(
+        (&all["users"], &all["count"]),
+        (&json!(["bob", "carol"]), &json!(2))
+    );
+    let (_, one) = presence("/api/v1/presence?room=news&limit=1").await;
+    assert_eq!(
+        (one["users"].as_array().map(Vec::len), &one["count"]),
+        (Some(1), &json!(2)),
+        "{one}"
+    );
+    let (status, bad) = presence("/api/v1/presence?room=news&limit=all").await;
+    assert_eq!((status, &bad["error"]), (400, &json!("bad_request")));
     let (_, rooms) = api(apis[0], "GET", "/api/v1/rooms", Some(KEY), None).await;
     assert!(
         rooms["rooms"]
             .as_array()
-            .is_some_and(|r| r.contains(&json!({"room": "news", "users": 1}))),
+            .is_some_and(|r| r.contains(&json!({"room": "news", "users": 2}))),
         "{rooms}"
     );
-    // Nodes report every 2 s: bob's connection shows up within a few reports.
+    // Nodes report every 2 s: bob's and carol's connections show up within a few reports.
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, nodes) = api(apis[0], "GET", "/api/v1/nodes", Some(KEY), None).await;
         let list = nodes["nodes"].as_array().cloned().unwrap_or_default();
         let total: u64 = list.iter().filter_map(|n| n["connections"].as_u64()).sum();
-        if list.len() == 2 && total == 1 {
+        if list.len() == 2 && total == 2 {
             break;
         }
         assert!(Instant::now() < until, "{nodes}");

@@ -353,7 +353,10 @@ pub trait PresenceManager: Send + Sync {
         let done = futures_util::future::join_all(each).await;
         done.into_iter().find_map(Result::err).map_or(Ok(()), Err)
     }
-    /// Users present in a room, sorted: all of them, however many (the server API; tests).
+    /// Users present in a room, sorted: all of them, however many (tests: every caller
+    /// in the product bounds its listing with [`presence_upto`]).
+    ///
+    /// [`presence_upto`]: PresenceManager::presence_upto
     async fn presence(&self, room: &str) -> Result<Vec<String>, EngineError> {
         Ok(self.presence_upto(room, usize::MAX).await?.users)
     }
