@@ -56,6 +56,7 @@ impl Gateways {
                 ("CHATGW_LIMITS__MESSAGE_RATE", "1000"),
                 ("CHATGW_LIMITS__MESSAGE_BURST", "1000"),
                 ("CHATGW_LIMITS__CONNECTIONS_PER_IP", "0"),
+                ("CHATGW_LIMITS__HANDSHAKES_PER_IP", "0"),
             ]
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string())),

@@ -271,6 +271,75 @@ async fn a_request_head_over_max_header_bytes_is_refused_431() {
     gw.stop().await;
 }
 
+/// What a connection reads back after sending a whole request for `/healthz`.
+async fn healthz_answer(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A write or read error is an answer too: a closed socket's.
+    let _ = stream.write_all(b"Connection: close\r\n\r\n").await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(e2e::client::WAIT, stream.read_to_end(&mut got)).await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// `limits.handshakesPerIp` connections from one address that have not finished their
+/// request are all it may hold; the next is closed as it is accepted, unanswered. Before,
+/// connections in the header phase counted against nothing: one client could hold as many
+/// as the fd limit allows, each up to `server.maxHeaderBytes` for the header timeout.
+/// WebSockets do not count, and a finished request frees its connection's slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_are_not_websockets_yet_are_bounded_per_ip() {
+    use tokio::io::AsyncWriteExt;
+    let mut cfg = test_config();
+    cfg.limits.handshakes_per_ip = 3;
+    let gw = TestGateway::start(cfg).await;
+    let addr = gw.gateway.addr;
+    let mut sockets = Vec::new();
+    for user in ["ws-a", "ws-b", "ws-c"] {
+        sockets.push(gw.connect(user).await);
+    }
+    let mut partial = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+            .await
+            .expect("a head's first lines");
+        partial.push(s);
+    }
+    let mut fourth = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    fourth
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .ok();
+    let answer = healthz_answer(&mut fourth).await;
+    assert!(
+        answer.is_empty(),
+        "the fourth is closed unanswered: {answer}"
+    );
+    for mut s in partial {
+        let answer = healthz_answer(&mut s).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "held and served: {answer}"
+        );
+    }
+    // Their slots are free once the gateway has closed them (just after they read the end).
+    let until = tokio::time::Instant::now() + e2e::client::WAIT;
+    while e2e::http_request(
+        addr,
+        "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .0 != 200
+    {
+        assert!(tokio::time::Instant::now() < until, "no slot came free");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gw.metric("chatgateway_connections_refused_total").await >= 1.0);
+    bystanders_still_chat(&gw).await;
+    drop(sockets);
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_rooms() {
     let mut cfg = test_config();

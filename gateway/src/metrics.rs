@@ -20,6 +20,8 @@ pub struct Metrics {
     pub accepted: IntCounter,
     /// Upgrades refused, by reason.
     pub rejected: IntCounterVec,
+    /// Connections closed as they were accepted (`limits.handshakesPerIp`).
+    pub refused: IntCounter,
     /// Connections closed, by reason.
     pub closed: IntCounterVec,
     /// Commands received.
@@ -142,6 +144,10 @@ impl Metrics {
                 "chatgateway_upgrades_rejected_total",
                 "Upgrade requests refused, by reason.",
                 "reason",
+            ),
+            refused: counter(
+                "chatgateway_connections_refused_total",
+                "Connections closed as they were accepted: their IP held limits.handshakesPerIp connections that were not WebSockets yet.",
             ),
             closed: counter_vec(
                 "chatgateway_connections_closed_total",

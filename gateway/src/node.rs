@@ -54,6 +54,7 @@ pub struct Node {
     conns: Mutex<HashMap<ConnId, Registered>>,
     queue_high_water: std::sync::atomic::AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
+    handshakes_per_ip: Mutex<HashMap<IpAddr, u32>>,
     per_user: Mutex<HashMap<String, u32>>,
     next_conn: AtomicU64,
     /// Room namespaces (permissions and storage rules per room-name prefix).
@@ -84,6 +85,7 @@ struct Registered {
 enum SlotKey {
     Ip(IpAddr),
     User(String),
+    Handshake(IpAddr),
 }
 
 /// Holds one connection slot of a client IP or of a user; frees it on drop.
@@ -97,6 +99,7 @@ impl Drop for Slot {
         match &self.key {
             SlotKey::Ip(ip) => release(&self.node.per_ip, ip),
             SlotKey::User(user) => release(&self.node.per_user, user),
+            SlotKey::Handshake(ip) => release(&self.node.handshakes_per_ip, ip),
         }
     }
 }
@@ -196,6 +199,7 @@ impl Node {
             conns: Mutex::new(HashMap::new()),
             queue_high_water: Default::default(),
             per_ip: Mutex::new(HashMap::new()),
+            handshakes_per_ip: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             started: tokio::time::Instant::now(),
         }))
@@ -206,6 +210,17 @@ impl Node {
         take(&self.per_ip, ip, self.config.limits.connections_per_ip).then(|| Slot {
             node: self.clone(),
             key: SlotKey::Ip(ip),
+        })
+    }
+
+    /// Takes a slot for a connection from `ip` that is not a WebSocket yet, or None when
+    /// the IP is at `limits.handshakesPerIp`. Held from accept to the upgrade (or the
+    /// connection's end).
+    pub fn take_handshake_slot(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let limit = self.config.limits.handshakes_per_ip;
+        take(&self.handshakes_per_ip, ip, limit).then(|| Slot {
+            node: self.clone(),
+            key: SlotKey::Handshake(ip),
         })
     }
 

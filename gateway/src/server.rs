@@ -58,6 +58,17 @@ pub async fn run(node: Arc<Node>, listener: TcpListener) {
                 }
             },
         };
+        // Before hyper buffers a byte: a client that opens connections and never
+        // finishes a request would otherwise hold up to `server.maxHeaderBytes` in each
+        // until the header timeout, as many as the fd limit allows (connectionsPerIp
+        // counts upgrades). Closed unanswered, as HAProxy's `tcp-request connection
+        // reject` does: no request has been read to answer.
+        let Some(handshake) = node.take_handshake_slot(peer.ip()) else {
+            node.metrics.refused.inc();
+            tracing::debug!(%peer, "closed at accept: limits.handshakesPerIp");
+            drop(stream);
+            continue;
+        };
         let node = node.clone();
         let max_head = node.config.server.max_header_bytes;
         tokio::spawn(async move {
@@ -79,6 +90,9 @@ pub async fn run(node: Arc<Node>, listener: TcpListener) {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "http connection ended with error");
             }
+            // The connection is a WebSocket now (hyper has handed its socket over) or
+            // gone: either way no longer a handshake of its IP.
+            drop(handshake);
         });
     }
     node.close_all(crate::disconnect::SHUTTING_DOWN);

@@ -55,6 +55,7 @@ async fn main() {
         ("CHATGW_LIMITS__MESSAGE_RATE", "1000000"),
         ("CHATGW_LIMITS__MESSAGE_BURST", "1000000"),
         ("CHATGW_LIMITS__CONNECTIONS_PER_IP", "0"),
+        ("CHATGW_LIMITS__HANDSHAKES_PER_IP", "0"),
         ("CHATGW_ADMISSION__PER_IP_RATE", "0"),
         ("CHATGW_HISTORY__MAX_MESSAGES", "1000"),
         ("CHATGW_NAMESPACES", "[{prefix: 'user:', dmQuota: 0}]"),

@@ -152,7 +152,7 @@ async fn hooks_decide_connects_joins_and_sends_and_hear_what_happened() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 /// The backend answers after an hour, so any answer the client reads is the failure
 /// policy's, given when the hook timed out: no clock in the assertion (the client's own
-/// wait, `e2e::WAIT`, is what fails the test if the gateway waited for the backend).
+/// wait, `e2e::client::WAIT`, is what fails the test if the gateway waited for the backend).
 async fn a_slow_backend_gets_the_failure_policy_within_the_hook_timeout() {
     let backend = Backend::start(3_600_000);
     let timeout = Duration::from_millis(300);

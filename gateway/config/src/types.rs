@@ -170,6 +170,13 @@ pub struct LimitsConfig {
     pub rooms_per_connection: usize,
     /// Open connections per client IP; 0 disables the limit.
     pub connections_per_ip: u32,
+    /// Connections per client IP that are not (yet) WebSockets: sending a request head,
+    /// waiting for authentication or the connect hook, or idle between HTTP requests.
+    /// Beyond, a new connection from the IP is closed as it is accepted. Bounds what one
+    /// client can hold before `connectionsPerIp` (which counts upgrades) applies: each
+    /// such connection holds up to `server.maxHeaderBytes` for the 10 s header timeout.
+    /// 0 disables the limit.
+    pub handshakes_per_ip: u32,
     /// Open connections per user on one pod; 0 disables the limit.
     pub connections_per_user: u32,
     /// Frames queued for one connection before it is closed as a slow consumer (1013).
@@ -217,6 +224,7 @@ impl Default for LimitsConfig {
             frame_burst: 1000,
             rooms_per_connection: 100,
             connections_per_ip: 1000,
+            handshakes_per_ip: 256,
             connections_per_user: 100,
             outbound_queue_frames: 1024,
             outbound_queue_bytes: 1024 * 1024,
