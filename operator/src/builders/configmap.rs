@@ -154,6 +154,22 @@ fn gateway_section(config: &mut Config, g: &GatewaySpec) -> Result<()> {
         set(&mut c.outbound_queue_bytes, l.outbound_queue_bytes)?;
         set(&mut c.max_errors_in_row, l.max_errors_in_row)?;
         set(&mut c.max_room_name, l.max_room_name)?;
+        if let Some(rate) = l.frame_rate {
+            c.frame_rate = rate as f64;
+        }
+        set(&mut c.frame_burst, l.frame_burst)?;
+        set(&mut c.handshakes_per_ip, l.handshakes_per_ip)?;
+        set(&mut c.history_page_bytes, l.history_page_bytes)?;
+        set(&mut c.replay_chunk_bytes, l.replay_chunk_bytes)?;
+        set(&mut c.presence_users, l.presence_users)?;
+        for (target, value, field) in [
+            (&mut c.presence_linger, &l.presence_linger, "presenceLinger"),
+            (&mut c.presence_batch, &l.presence_batch, "presenceBatch"),
+            (&mut c.fanout_batch, &l.fanout_batch, "fanoutBatch"),
+        ] {
+            let field = format!("gateway.limits.{field}");
+            *target = parse_duration(&field, value.as_deref(), *target)?;
+        }
     }
     retention(&mut config.history, g.history.as_ref(), "gateway.history")?;
     retention(&mut config.inbox, g.inbox.as_ref(), "gateway.inbox")?;

@@ -71,6 +71,25 @@ fn full_spec_round_trips_through_the_gateway_loader() {
     assert_eq!(c.heartbeat.interval.as_secs(), 20);
     assert_eq!(c.limits.max_frame_bytes, 32768);
     assert_eq!(c.limits.message_rate, 10.0);
+    let l = &c.limits;
+    assert_eq!(
+        (
+            l.frame_rate,
+            l.frame_burst,
+            l.handshakes_per_ip,
+            l.presence_users
+        ),
+        (50.0, 80, 32, 200)
+    );
+    assert_eq!((l.history_page_bytes, l.replay_chunk_bytes), (65536, 32768));
+    assert_eq!(
+        (l.presence_linger, l.presence_batch, l.fanout_batch),
+        (
+            Duration::from_secs(2),
+            Duration::from_millis(250),
+            Duration::from_millis(10)
+        )
+    );
     assert_eq!(c.history.max_messages, 500);
     assert_eq!(c.history.max_age.as_secs(), 12 * 3600);
     assert_eq!(c.sessions.resume_ttl.as_secs(), 600);

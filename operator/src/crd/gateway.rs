@@ -241,6 +241,42 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1024))]
     pub max_room_name: Option<i64>,
+    /// Pings, pongs and fragments per second per connection; 0 disables the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub frame_rate: Option<i64>,
+    /// Frames other than whole messages allowed in a burst.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub frame_burst: Option<i64>,
+    /// Connections per client IP that are not WebSockets yet; 0 disables the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub handshakes_per_ip: Option<i64>,
+    /// Most bytes of messages in one history reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 1073741824))]
+    pub history_page_bytes: Option<i64>,
+    /// Bytes of history read and queued at a time while a replay streams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 1073741824))]
+    pub replay_chunk_bytes: Option<i64>,
+    /// Most users a presence reply lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub presence_users: Option<i64>,
+    /// How long presence outlives a leave, e.g. `1s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub presence_linger: Option<String>,
+    /// How long a room's presence changes are collected into one frame (at most `5s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub presence_batch: Option<String>,
+    /// How long a busy room's writers wait to send several frames at once (at most `1s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub fanout_batch: Option<String>,
 }
 
 /// Retention of a message stream.

@@ -410,6 +410,40 @@ fn namespaces_are_a_list_keyed_by_prefix_with_the_gateways_spellings() {
     }
 }
 
+/// docs/operator.md promises these sections under the gateway config's own names: every
+/// key of the gateway's section is a field of the CRD's, and no other. Before, nine of
+/// `limits` were missing, which an API server drops from a ChatGateway without a word.
+#[test]
+fn typed_sections_carry_every_key_of_the_gateway_config() {
+    let schema = schema_of("v1beta1");
+    let gateway = &schema["properties"]["spec"]["properties"]["gateway"]["properties"];
+    let config = serde_json::to_value(Config::default()).expect("config serialises");
+    for section in [
+        "limits",
+        "admission",
+        "history",
+        "inbox",
+        "sessions",
+        "heartbeat",
+    ] {
+        let keys = |v: &Value| -> Vec<String> {
+            let mut k: Vec<_> = v
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, _)| k.clone())
+                .collect();
+            k.sort();
+            k
+        };
+        assert_eq!(
+            keys(&gateway[section]["properties"]),
+            keys(&config[section]),
+            "spec.gateway.{section}"
+        );
+    }
+}
+
 #[test]
 fn schema_is_structural() {
     // The API server refuses schemas whose shape depends on values: no anyOf/oneOf
