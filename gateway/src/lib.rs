@@ -8,6 +8,7 @@
 pub mod api;
 pub mod assets;
 pub mod auth;
+pub mod client_ip;
 pub mod closing;
 pub mod connection;
 pub mod control;

@@ -1,6 +1,7 @@
 //! Node: the state one gateway process shares between its connections.
 
 use crate::auth::Authenticator;
+use crate::client_ip::limit_key;
 use crate::config::Namespaces;
 use crate::config::{Config, EngineKind};
 use crate::control::{ConnCtl, SessionCtl};
@@ -205,8 +206,10 @@ impl Node {
         }))
     }
 
-    /// Takes a connection slot for `ip`, or None when the IP is at its limit.
+    /// Takes a connection slot for `ip`, or None when its client ([`limit_key`]) is at
+    /// `limits.connectionsPerIp`.
     pub fn take_ip_slot(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let ip = limit_key(ip);
         take(&self.per_ip, ip, self.config.limits.connections_per_ip).then(|| Slot {
             node: self.clone(),
             key: SlotKey::Ip(ip),
@@ -214,9 +217,10 @@ impl Node {
     }
 
     /// Takes a slot for a connection from `ip` that is not a WebSocket yet, or None when
-    /// the IP is at `limits.handshakesPerIp`. Held from accept to the upgrade (or the
-    /// connection's end).
+    /// the client is at `limits.handshakesPerIp`. Held from accept to the upgrade (or the
+    /// connection's end). Like every per-address limit, counted by [`limit_key`].
     pub fn take_handshake_slot(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let ip = limit_key(ip);
         let limit = self.config.limits.handshakes_per_ip;
         take(&self.handshakes_per_ip, ip, limit).then(|| Slot {
             node: self.clone(),
@@ -233,9 +237,9 @@ impl Node {
         })
     }
 
-    /// One upgrade attempt from `ip` against its admission bucket.
+    /// One upgrade attempt from `ip` against its client's ([`limit_key`]) admission bucket.
     pub fn admit_ip(&self, ip: IpAddr) -> bool {
-        lock(&self.ip_buckets).take_at(ip, std::time::Instant::now())
+        lock(&self.ip_buckets).take_at(limit_key(ip), std::time::Instant::now())
     }
 
     /// One upgrade of `user` against its admission bucket.
