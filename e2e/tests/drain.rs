@@ -252,20 +252,17 @@ async fn reconnect_storm_is_admitted_at_the_cluster_rate() {
     }
 }
 
+/// With nothing to drain the process exits after its accept grace, not at the drain's
+/// timeout: an hour, so exiting within the wait is the proof (no clock in the assertion).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_without_connections_exits_promptly() {
     let mut p = GatewayProcess::start(&[
         ("CHATGW_AUTH__MODE", "insecure"),
         ("CHATGW_DRAIN__ACCEPT_GRACE", "200ms"),
+        ("CHATGW_DRAIN__TIMEOUT", "1h"),
     ]);
-    let started = Instant::now();
     p.signal("TERM");
     assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "took {:?}",
-        started.elapsed()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,6 +271,7 @@ async fn drain_refuses_late_upgrades_and_ends_at_the_timeout_with_forced_closes(
     cfg.drain.accept_grace = Duration::from_millis(300);
     cfg.drain.evict_rate = 1.0; // far too slow for 10 clients within the timeout
     cfg.drain.timeout = Duration::from_secs(3);
+    let cfg_timeout = cfg.drain.timeout;
     let gw = TestGateway::start(cfg).await;
     let mut cs = Vec::new();
     for i in 0..10 {
@@ -308,10 +306,13 @@ async fn drain_refuses_late_upgrades_and_ends_at_the_timeout_with_forced_closes(
             "a draining gateway says when to retry (1-3 s): {refused:?}"
         );
     };
-    let (outcome, ()) = tokio::join!(drain, probe);
-    assert!(
-        started.elapsed() >= Duration::from_secs(3) && started.elapsed() < Duration::from_secs(6)
-    );
+    // Ends at its timeout (3 s), by force: evicting at 1/s would take 10 s. The bound on
+    // the wait only keeps a hung drain from hanging the test.
+    let waited = tokio::time::timeout(cfg_timeout + e2e::client::WAIT, async {
+        tokio::join!(drain, probe)
+    });
+    let (outcome, ()) = waited.await.expect("the drain ends at its timeout");
+    assert!(started.elapsed() >= cfg_timeout, "{:?}", started.elapsed());
     assert!(outcome.forced > 0, "{outcome:?}");
     assert!(outcome.evicted >= 2, "{outcome:?}");
     assert_eq!(node.connection_count(), 0);
@@ -333,13 +334,8 @@ async fn a_second_signal_cuts_the_drain_short() {
     p.signal("TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(p.alive(), "still in its accept grace");
-    let started = Instant::now();
+    // The grace has 30 s to run and the drain 60 s: an exit within the wait is the cut.
     p.signal("INT");
     assert_eq!(p.wait_exit(Duration::from_secs(10)), Some(0));
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
     assert_eq!(c.expect_close().await.map(|c| c.0), Some(1012));
 }
