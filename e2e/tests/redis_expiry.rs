@@ -103,7 +103,8 @@ async fn a_longer_max_age_refreshes_the_expiry_at_once() {
 /// Listing 100 users of a room of 1,000 pages through the hash's scan, a page or two:
 /// Redis never lists them all (HKEYS, 50 ms for a room of 100,000, during which it serves
 /// nothing else), so what a client's `presence` costs it grows with the limit, not the
-/// room. The full listing (the server API's) still takes them all at once.
+/// room. The full listing (`presence`, which only tests call now: the server API takes a
+/// `limit` too) still takes them all at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_some_of_a_big_rooms_users_never_lists_them_all() {
     let redis = RedisServer::start();
