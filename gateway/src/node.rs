@@ -89,7 +89,8 @@ enum SlotKey {
     Handshake(IpAddr),
 }
 
-/// Holds one connection slot of a client IP or of a user; frees it on drop.
+/// Holds one slot of a client (a connection or a handshake of its address) or of a user;
+/// frees it on drop.
 pub struct Slot {
     node: Arc<Node>,
     key: SlotKey,

@@ -1,9 +1,11 @@
 //! ConfigMap holding the gateway's `config.yaml`, produced from the gateway's own `Config`.
 
 use super::{auth, backend, namespaces, parse_duration, redis, set, Owner};
-use crate::crd::{AdmissionSpec, ChatGateway, GatewaySpec, RetentionSpec, RouteSpec};
+use crate::crd::{AdmissionSpec, ChatGateway, GatewaySpec, LimitsSpec, RetentionSpec, RouteSpec};
 use crate::error::{Error, Result};
-use chat_gateway_config::{AdmissionConfig, Config, EngineKind, RetentionConfig, RouteConfig};
+use chat_gateway_config::{
+    AdmissionConfig, Config, EngineKind, LimitsConfig, RetentionConfig, RouteConfig,
+};
 use k8s_openapi::api::core::v1::ConfigMap;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -140,36 +142,7 @@ fn gateway_section(config: &mut Config, g: &GatewaySpec) -> Result<()> {
         admission(&mut config.admission, a)?;
     }
     if let Some(l) = &g.limits {
-        let c = &mut config.limits;
-        // The schema bounds every value, so these conversions cannot truncate.
-        set(&mut c.max_frame_bytes, l.max_frame_bytes)?;
-        if let Some(rate) = l.message_rate {
-            c.message_rate = rate as f64;
-        }
-        set(&mut c.message_burst, l.message_burst)?;
-        set(&mut c.rooms_per_connection, l.rooms_per_connection)?;
-        set(&mut c.connections_per_ip, l.connections_per_ip)?;
-        set(&mut c.connections_per_user, l.connections_per_user)?;
-        set(&mut c.outbound_queue_frames, l.outbound_queue_frames)?;
-        set(&mut c.outbound_queue_bytes, l.outbound_queue_bytes)?;
-        set(&mut c.max_errors_in_row, l.max_errors_in_row)?;
-        set(&mut c.max_room_name, l.max_room_name)?;
-        if let Some(rate) = l.frame_rate {
-            c.frame_rate = rate as f64;
-        }
-        set(&mut c.frame_burst, l.frame_burst)?;
-        set(&mut c.handshakes_per_ip, l.handshakes_per_ip)?;
-        set(&mut c.history_page_bytes, l.history_page_bytes)?;
-        set(&mut c.replay_chunk_bytes, l.replay_chunk_bytes)?;
-        set(&mut c.presence_users, l.presence_users)?;
-        for (target, value, field) in [
-            (&mut c.presence_linger, &l.presence_linger, "presenceLinger"),
-            (&mut c.presence_batch, &l.presence_batch, "presenceBatch"),
-            (&mut c.fanout_batch, &l.fanout_batch, "fanoutBatch"),
-        ] {
-            let field = format!("gateway.limits.{field}");
-            *target = parse_duration(&field, value.as_deref(), *target)?;
-        }
+        limits(&mut config.limits, l)?;
     }
     retention(&mut config.history, g.history.as_ref(), "gateway.history")?;
     retention(&mut config.inbox, g.inbox.as_ref(), "gateway.inbox")?;
@@ -272,16 +245,47 @@ fn route(i: usize, r: &RouteSpec) -> Result<RouteConfig> {
 /// `spec.gateway.admission`; rates are whole numbers in the CRD (CRDs avoid floats).
 fn admission(c: &mut AdmissionConfig, a: &AdmissionSpec) -> Result<()> {
     set(&mut c.rate, a.rate)?;
-    for (target, rate) in [
-        (&mut c.per_ip_rate, a.per_ip_rate),
-        (&mut c.per_user_rate, a.per_user_rate),
-    ] {
-        if let Some(r) = rate {
-            *target = r as f64; // bounded by the schema, exact in an f64
-        }
-    }
+    set_rate(&mut c.per_ip_rate, a.per_ip_rate);
+    set_rate(&mut c.per_user_rate, a.per_user_rate);
     set(&mut c.per_ip_burst, a.per_ip_burst)?;
     set(&mut c.per_user_burst, a.per_user_burst)?;
+    Ok(())
+}
+
+/// Sets a per-second rate from a spec integer, if given (bounded by the schema, so exact
+/// in an f64).
+fn set_rate(target: &mut f64, value: Option<i64>) {
+    if let Some(v) = value {
+        *target = v as f64;
+    }
+}
+
+fn limits(c: &mut LimitsConfig, l: &LimitsSpec) -> Result<()> {
+    // The schema bounds every value, so these conversions cannot truncate.
+    set(&mut c.max_frame_bytes, l.max_frame_bytes)?;
+    set_rate(&mut c.message_rate, l.message_rate);
+    set(&mut c.message_burst, l.message_burst)?;
+    set_rate(&mut c.frame_rate, l.frame_rate);
+    set(&mut c.frame_burst, l.frame_burst)?;
+    set(&mut c.rooms_per_connection, l.rooms_per_connection)?;
+    set(&mut c.connections_per_ip, l.connections_per_ip)?;
+    set(&mut c.handshakes_per_ip, l.handshakes_per_ip)?;
+    set(&mut c.connections_per_user, l.connections_per_user)?;
+    set(&mut c.outbound_queue_frames, l.outbound_queue_frames)?;
+    set(&mut c.outbound_queue_bytes, l.outbound_queue_bytes)?;
+    set(&mut c.max_errors_in_row, l.max_errors_in_row)?;
+    set(&mut c.max_room_name, l.max_room_name)?;
+    set(&mut c.history_page_bytes, l.history_page_bytes)?;
+    set(&mut c.replay_chunk_bytes, l.replay_chunk_bytes)?;
+    set(&mut c.presence_users, l.presence_users)?;
+    for (target, value, field) in [
+        (&mut c.presence_linger, &l.presence_linger, "presenceLinger"),
+        (&mut c.presence_batch, &l.presence_batch, "presenceBatch"),
+        (&mut c.fanout_batch, &l.fanout_batch, "fanoutBatch"),
+    ] {
+        let field = format!("gateway.limits.{field}");
+        *target = parse_duration(&field, value.as_deref(), *target)?;
+    }
     Ok(())
 }
 
