@@ -14,6 +14,7 @@ pub mod connection;
 pub mod control;
 pub mod disconnect;
 pub mod drain;
+pub mod ended_sessions;
 pub mod engine;
 pub mod forward;
 pub mod heartbeat;

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     /// Connections closed as they were accepted (`limits.handshakesPerIp`).
     pub refused: IntCounter,
+    /// Stored sessions of ended connections dropped: their user kept `sessions.keptPerUser`.
+    pub sessions_dropped: IntCounter,
     /// Connections closed, by reason.
     pub closed: IntCounterVec,
     /// Commands received.
@@ -148,6 +150,10 @@ impl Metrics {
             refused: counter(
                 "chatgateway_connections_refused_total",
                 "Connections closed as they were accepted: their IP held limits.handshakesPerIp connections that were not WebSockets yet.",
+            ),
+            sessions_dropped: counter(
+                "chatgateway_sessions_dropped_total",
+                "Stored sessions of ended connections dropped before their expiry: their user had sessions.keptPerUser newer ones on this pod.",
             ),
             closed: counter_vec(
                 "chatgateway_connections_closed_total",

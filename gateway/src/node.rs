@@ -4,8 +4,10 @@ use crate::auth::Authenticator;
 use crate::client_ip::limit_key;
 use crate::config::Namespaces;
 use crate::config::{Config, EngineKind};
+use crate::connection::session::Hex;
 use crate::control::{ConnCtl, SessionCtl};
 use crate::disconnect::CloseReason;
+use crate::ended_sessions::EndedSessions;
 use crate::engine::redis::{RedisCounters, RedisEngine};
 use crate::engine::{memory::MemoryEngine, Engine};
 use crate::hub::{ConnId, Hub};
@@ -57,6 +59,8 @@ pub struct Node {
     per_ip: Mutex<HashMap<IpAddr, u32>>,
     handshakes_per_ip: Mutex<HashMap<IpAddr, u32>>,
     per_user: Mutex<HashMap<String, u32>>,
+    /// Sessions of ended connections this node stored (`sessions.keptPerUser`).
+    ended: Mutex<EndedSessions<Hex<16>>>,
     next_conn: AtomicU64,
     /// Room namespaces (permissions and storage rules per room-name prefix).
     pub namespaces: Namespaces,
@@ -178,6 +182,8 @@ impl Node {
             }
         };
         let linger = crate::linger::Linger::new(engine.clone(), config.limits.presence_linger);
+        let s = &config.sessions;
+        let ended = EndedSessions::new(s.kept_per_user as usize, s.resume_ttl.as_millis() as u64);
         Ok(Arc::new(Node {
             id: node_id(&config),
             namespaces: Namespaces::new(&config.namespaces),
@@ -202,6 +208,7 @@ impl Node {
             queue_high_water: Default::default(),
             per_ip: Mutex::new(HashMap::new()),
             handshakes_per_ip: Mutex::new(HashMap::new()),
+            ended: Mutex::new(ended),
             next_conn: AtomicU64::new(1),
             started: tokio::time::Instant::now(),
         }))
@@ -246,6 +253,27 @@ impl Node {
     /// One upgrade of `user` against its admission bucket.
     pub fn admit_user(&self, user: &str) -> bool {
         lock(&self.user_buckets).take_at(user.to_string(), std::time::Instant::now())
+    }
+
+    /// A connection of `user` ended and stored its session under `token`. When that makes
+    /// one more than `sessions.keptPerUser` ended sessions of the user stored by this node,
+    /// the oldest is dropped from the store: a user reconnecting in a loop would otherwise
+    /// keep `admission.perUserRate` × `sessions.resumeTtl` of them.
+    pub async fn session_ended(&self, user: &str, token: Hex<16>) {
+        let oldest = lock(&self.ended).record(user, token, self.clock_ms());
+        let Some(oldest) = oldest else { return };
+        self.metrics.sessions_dropped.inc();
+        if let Err(e) = self.engine.take_session(&oldest.to_string()).await {
+            tracing::warn!(%user, error = %e, "an ended session over sessions.keptPerUser not dropped");
+        }
+    }
+
+    /// `user` resumed the session stored under `token`: it no longer counts as one of the
+    /// user's ended sessions here.
+    pub fn session_resumed(&self, user: &str, token: &str) {
+        if let Some(token) = Hex::parse(token) {
+            lock(&self.ended).taken(user, &token);
+        }
     }
 
     /// Registers a connection of `user` so the node can close it (drain, the server API);

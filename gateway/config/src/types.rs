@@ -283,6 +283,9 @@ pub struct SessionsConfig {
     /// How long a client `msg_id` is remembered for de-duplication.
     #[serde(with = "humantime_serde")]
     pub dedup_window: Duration,
+    /// Sessions of ended connections a node keeps resumable per user; beyond, the user's
+    /// oldest is dropped. 0: no limit.
+    pub kept_per_user: u32,
 }
 
 impl Default for SessionsConfig {
@@ -290,6 +293,7 @@ impl Default for SessionsConfig {
         SessionsConfig {
             resume_ttl: Duration::from_secs(300),
             dedup_window: Duration::from_secs(300),
+            kept_per_user: 100,
         }
     }
 }

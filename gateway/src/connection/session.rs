@@ -331,6 +331,8 @@ impl Session {
         )
         .await;
         self.persist(written).await;
+        let user = &self.identity.user;
+        self.node.session_ended(user, self.resume_token).await;
     }
 
     /// This device has the inbox up to `at`: its own position and the user's cursor
@@ -416,6 +418,20 @@ impl<const N: usize> Hex<N> {
     /// Fresh random bytes.
     pub fn random() -> Self {
         Hex(rand::random())
+    }
+
+    /// The bytes `text` spells in `2 * N` hex digits (either case), if it does.
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.as_bytes();
+        if text.len() != 2 * N {
+            return None;
+        }
+        let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        let mut out = [0u8; N];
+        for (b, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+            *b = digit(pair[0])? << 4 | digit(pair[1])?;
+        }
+        Some(Hex(out))
     }
 }
 

@@ -331,3 +331,17 @@ fn a_session_id_shows_as_lowercase_hex_of_its_bytes() {
     assert_eq!(token.to_string().len(), 32);
     assert_ne!(token, super::session::Hex::<16>::random(), "random");
 }
+
+#[test]
+fn a_token_reads_back_from_its_hex_and_nothing_else_does() {
+    use super::session::Hex;
+    let token = Hex::<16>::random();
+    assert_eq!(Hex::<16>::parse(&token.to_string()), Some(token));
+    assert_eq!(
+        Hex::<4>::parse("000FA0ff"),
+        Some(Hex([0x00, 0x0f, 0xa0, 0xff]))
+    );
+    for bad in ["", "000fa0f", "000fa0fff", "000fa0fg", "+00fa0ff", "00é0ff"] {
+        assert_eq!(Hex::<4>::parse(bad), None, "{bad:?}");
+    }
+}

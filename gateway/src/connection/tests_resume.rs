@@ -266,3 +266,40 @@ fn resume_positions_merge_stored_and_client_ones() {
     );
     assert_eq!(merge_positions(None, client.clone()), client);
 }
+
+/// A user's ended sessions past `sessions.keptPerUser` are dropped from the store, oldest
+/// first; one resumed here no longer counts, and another user's are not touched.
+#[tokio::test]
+async fn a_user_keeps_at_most_kept_per_user_ended_sessions() {
+    let mut c = config();
+    c.sessions.kept_per_user = 2;
+    let node = crate::node::Node::new(c, Default::default()).expect("node");
+    async fn end(node: &Arc<crate::node::Node>, user: &str) -> String {
+        let mut h = Harness::on(node.clone(), user).await;
+        h.cmd(json!({"type": "join", "id": 1, "room": "r"})).await;
+        let token = h.session.resume_token.to_string();
+        h.session.close(&HashMap::new()).await;
+        token
+    }
+    let m0 = end(&node, "mallory").await;
+    let m1 = end(&node, "mallory").await;
+    let a0 = end(&node, "alice").await;
+    let m2 = end(&node, "mallory").await;
+    let dropped = || node.metrics.sessions_dropped.get();
+    assert_eq!(dropped(), 1, "the third of mallory's drops the first");
+
+    // m1 resumed here: mallory's ended sessions are m2 and, after one more, m3.
+    let mut back = Harness::on(node.clone(), "mallory").await;
+    back.cmd(json!({"type": "resume", "id": 1, "resume_token": m1}))
+        .await;
+    assert_eq!(back.reply_of(1)["type"], "ok");
+    let m3 = end(&node, "mallory").await;
+    assert_eq!(dropped(), 1, "a resumed session does not count");
+
+    let stored = |t: String| {
+        let node = node.clone();
+        async move { node.engine.take_session(&t).await.expect("take").is_some() }
+    };
+    assert!(!stored(m0).await, "dropped");
+    assert!(stored(m2).await && stored(m3).await && stored(a0).await);
+}

@@ -39,13 +39,14 @@ pub(super) async fn handle(s: &mut Session, cmd: Resume) -> Handled {
                 "resume token belongs to another user",
             ));
         }
+        Some(_) => s.node.session_resumed(s.user(), &cmd.resume_token),
         None if cmd.positions.is_empty() => {
             return Err(Refusal::new(
                 ErrorCode::SessionNotFound,
                 "resume token unknown or expired; join rooms again",
             ));
         }
-        _ => {}
+        None => {}
     }
     let grants = record
         .as_ref()
