@@ -167,6 +167,7 @@ fn gateway_section(config: &mut Config, g: &GatewaySpec) -> Result<()> {
             s.dedup_window.as_deref(),
             c.dedup_window,
         )?;
+        set(&mut c.kept_per_user, s.kept_per_user)?;
     }
     if let Some(r) = &g.rebalance {
         let c = &mut config.rebalance;

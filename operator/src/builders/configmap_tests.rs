@@ -93,6 +93,7 @@ fn full_spec_round_trips_through_the_gateway_loader() {
     assert_eq!(c.history.max_messages, 500);
     assert_eq!(c.history.max_age.as_secs(), 12 * 3600);
     assert_eq!(c.sessions.resume_ttl.as_secs(), 600);
+    assert_eq!(c.sessions.kept_per_user, 12);
     assert_eq!(c.server.allowed_origins, ["https://chat.example"]);
     assert_eq!(c.drain.timeout.as_secs(), 90);
     assert_eq!(c.drain.accept_grace.as_secs(), 5);

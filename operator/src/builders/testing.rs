@@ -99,7 +99,7 @@ gateway:
      handshakesPerIp: 32, historyPageBytes: 65536, replayChunkBytes: 32768, presenceUsers: 200,
      presenceLinger: 2s, presenceBatch: 250ms, fanoutBatch: 10ms}
   history: {maxMessages: 500, maxAge: 12h}
-  sessions: {resumeTtl: 10m}
+  sessions: {resumeTtl: 10m, keptPerUser: 12}
   rebalance: {enabled: true, tolerancePercent: 30, rate: 10, absThreshold: 50, interval: 5s}
   admission: {rate: 500, perIpRate: 10, perIpBurst: 30, perUserRate: 2, perUserBurst: 8}
   namespaces:

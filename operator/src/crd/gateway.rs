@@ -305,6 +305,11 @@ pub struct SessionsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(DURATION_PATTERN))]
     pub dedup_window: Option<String>,
+    /// Sessions of ended connections one pod keeps resumable per user (the oldest is
+    /// dropped beyond); 0 disables the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub kept_per_user: Option<i64>,
 }
 
 /// Connection rebalancing between pods.
