@@ -3,9 +3,10 @@
 //!
 //! Every connection's end stores its session for `sessions.resumeTtl` under a token of its
 //! own. Without a bound, a user reconnecting as fast as `admission.perUserRate` lets it
-//! kept rate × TTL of them per pod (1,520 at the defaults; 26 MB of Redis with 100 long
-//! room names each). The node remembers the ended sessions it stored, newest last, and
-//! past the user's allowance hands back the oldest for its owner to drop from the store.
+//! kept rate × TTL of them per pod (1,520 at the defaults; about 26 MB of Redis with 100
+//! long room names each). The node remembers the ended sessions it stored, newest last,
+//! and past the user's allowance hands back the oldest for its owner to drop from the
+//! store.
 //!
 //! Pure bookkeeping, no clock and no store: the caller passes the time and drops what it
 //! is handed. Every operation is O(1) amortised (a `taken` scans one user's list, at most

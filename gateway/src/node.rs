@@ -264,7 +264,8 @@ impl Node {
         let Some(oldest) = oldest else { return };
         self.metrics.sessions_dropped.inc();
         if let Err(e) = self.engine.take_session(&oldest.to_string()).await {
-            tracing::warn!(%user, error = %e, "an ended session over sessions.keptPerUser not dropped");
+            let msg = "the oldest ended session (past sessions.keptPerUser) not dropped";
+            tracing::warn!(%user, error = %e, "{msg}");
         }
     }
 
