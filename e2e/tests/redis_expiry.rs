@@ -1,7 +1,9 @@
 //! A room's keys in a real redis-server expire (its stream two max ages after the last
 //! refresh, its meta a week later), and a publish refreshes them only when less than one
 //! and a half max ages are left or the stream has none yet, not on every message. A
-//! listing of some of a big room's users costs Redis what it lists, not the room. A user
+//! listing of some of a big room's users costs Redis what it lists, not the room. A room
+//! whose meta went from over its stream starts a new epoch at its next message; a Redis at
+//! `maxmemory` answers a send `unavailable`, with nothing half-written. A user
 //! reconnecting in a loop keeps `sessions.keptPerUser` stored sessions, not one per
 //! connection for `sessions.resumeTtl`.
 
@@ -84,6 +86,68 @@ async fn a_stream_gone_under_its_meta_gets_an_expiry_again() {
     assert!(
         s > HOUR_MS && s <= 2 * HOUR_MS,
         "the new stream expires: {s} ms"
+    );
+}
+
+/// The other way round: a meta gone from over its stream (evicted first under an evicting
+/// `maxmemory-policy`, or deleted by hand). Every publish to the room was refused
+/// (`internal`: XADD will not take seq 1 under the stream's top) until the seq counter,
+/// starting over, passed the old top: as many failed sends as the room had messages. Now
+/// the first publish starts a new epoch on an empty stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meta_gone_from_over_its_stream_starts_a_new_epoch_at_once() {
+    let redis = RedisServer::start();
+    let prefix = fresh_prefix();
+    let engine = engine(&redis, &prefix, Duration::from_secs(3600)).await;
+    for n in 1..=3 {
+        publish(&*engine, "r", n).await;
+    }
+    let all = || chat_gateway::engine::HistoryQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    let old = engine.history("r", all()).await.expect("page");
+    assert_eq!(old.messages.len(), 3);
+    redis
+        .command(&["DEL", &format!("{prefix}:{{r}}:m")])
+        .expect("DEL");
+    let published = engine.publish(message("r", 4)).await.expect("publish");
+    assert_eq!(published.at.seq, 1);
+    assert_ne!(published.at.epoch, old.epoch, "a new epoch");
+    let page = engine.history("r", all()).await.expect("page");
+    assert_eq!(page.epoch, published.at.epoch);
+    let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [1], "the new epoch's message alone");
+}
+
+/// A Redis at `maxmemory` under `noeviction` refuses writes. A send answered `internal`
+/// with Redis' own text (the script's sha and line); it is `unavailable` now, the
+/// client's cue to retry, and the retry with the same msg id is the message's only copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_answers_unavailable_and_a_retry_stores_the_message_once() {
+    let redis = RedisServer::start();
+    let prefix = fresh_prefix();
+    let engine = engine(&redis, &prefix, Duration::from_secs(3600)).await;
+    publish(&*engine, "r", 1).await;
+    // One byte: every write is refused.
+    for (k, v) in [("maxmemory-policy", "noeviction"), ("maxmemory", "1")] {
+        redis.command(&["CONFIG", "SET", k, v]).expect("CONFIG SET");
+    }
+    let refused = engine.publish(message("r", 2)).await;
+    match &refused {
+        Err(chat_gateway::engine::EngineError::Unavailable(m)) => {
+            assert!(m.contains("out of memory"), "{m}")
+        }
+        other => panic!("a full Redis answered {other:?}"),
+    }
+    redis
+        .command(&["CONFIG", "SET", "maxmemory", "0"])
+        .expect("CONFIG SET");
+    let retried = engine.publish(message("r", 2)).await.expect("retry");
+    assert_eq!(
+        (retried.at.seq, retried.duplicate),
+        (2, false),
+        "nothing was half-stored"
     );
 }
 

@@ -32,6 +32,17 @@ enum Failure {
     Error(String),
 }
 
+/// What a client is told when Redis is full.
+const OUT_OF_MEMORY: &str = "redis is out of memory (maxmemory) and refuses writes; retry later";
+
+/// Redis at `maxmemory` refused a write (`OOM`: `maxmemory-policy noeviction`, or nothing
+/// left to evict). Redis decides it once, before a command or a script runs, so a script
+/// stops at its first write with nothing written (ours only read or free memory before
+/// theirs): the operation did not happen, and a retry (the same msg id) is safe.
+fn out_of_memory(e: &redis::RedisError) -> bool {
+    e.code() == Some("OOM")
+}
+
 /// Redis refused the command before running it for a passing reason of the deployment: a
 /// slot elsewhere or in mid-migration (`MOVED`, `ASK`, `TRYAGAIN`: the cluster client
 /// follows them, this is what is left when its retries ran out during a failover), a
@@ -208,7 +219,12 @@ impl Shared {
             Ok(Err(e)) => {
                 self.mark_down();
                 let text = format!("redis: {e}");
-                if e.is_connection_refusal() || refused_unrun(&e) {
+                if out_of_memory(&e) {
+                    // Up (reads still work: readiness stays), but full. Counted as an
+                    // error above, for the operator's alert; `unavailable` to the client.
+                    self.ok();
+                    Err(Failure::NotRun(OUT_OF_MEMORY.into()))
+                } else if e.is_connection_refusal() || refused_unrun(&e) {
                     Err(Failure::NotRun(text))
                 } else if e.is_timeout() || e.is_connection_dropped() || e.is_io_error() {
                     if e.is_timeout() {

@@ -6,10 +6,15 @@ if epoch and epoch == ARGV[9] and tonumber(meta[2] or '0') < tonumber(ARGV[10]) 
   -- The epoch rule: the store is behind what the publishing node has seen of this epoch
   -- (restored from an older snapshot, or a lagging replica took over). Numbering on would
   -- reuse seqs clients already have; a new epoch makes them see the gap instead.
-  redis.call('DEL', KEYS[2])
   epoch = false
 end
 if not epoch then
+  -- A new epoch starts with an empty stream. Besides the rule above, a stream can be left
+  -- without its meta (evicted under maxmemory, deleted by hand: by design the meta
+  -- outlives it): its entries belong to an epoch nobody can name any more, and numbering
+  -- from 1 under them would be refused by XADD (an id at or below the top) on every
+  -- publish until the seq passed them.
+  redis.call('DEL', KEYS[2])
   epoch = ARGV[2]
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
   lives_until = 0
