@@ -73,10 +73,11 @@ impl<T: PartialEq> EndedSessions<T> {
         };
         let list = self.users.entry(user.clone()).or_default();
         list.push_back(Kept { token, seq });
-        let over = (list.len() > self.per_user)
-            .then(|| list.pop_front())
-            .flatten()
-            .map(|k| k.token);
+        let over = if list.len() > self.per_user {
+            list.pop_front().map(|k| k.token)
+        } else {
+            None
+        };
         self.order.push_back((user, seq, now_ms));
         over
     }
@@ -89,11 +90,6 @@ impl<T: PartialEq> EndedSessions<T> {
                 self.users.remove(user);
             }
         }
-    }
-
-    /// Ended sessions tracked (their order entries, some of them already taken).
-    pub fn tracked(&self) -> usize {
-        self.order.len()
     }
 
     /// Forgets what the store has expired by `now_ms`.
@@ -166,11 +162,11 @@ mod tests {
         e.record("carol", 1, 0);
         e.record("carol", 2, 10);
         assert_eq!(e.record("carol", 3, TTL), None, "1 expired at TTL");
-        assert_eq!(e.tracked(), 2);
+        assert_eq!(e.order.len(), 2);
         assert_eq!(e.record("carol", 4, TTL + 5), Some(2));
         // Long after, nothing is left of anyone.
         e.record("dave", 1, 10 * TTL);
-        assert_eq!(e.tracked(), 1);
+        assert_eq!(e.order.len(), 1);
         assert_eq!(e.users.len(), 1);
     }
 
@@ -179,7 +175,7 @@ mod tests {
         let mut e = EndedSessions::with_max(3, TTL, 4);
         for i in 0..1000u64 {
             assert_eq!(e.record(&format!("u{i}"), i, i), None);
-            assert!(e.tracked() <= 4);
+            assert!(e.order.len() <= 4);
             assert!(e.users.len() <= 4);
         }
         // Forgotten early, a session no longer counts (nor is it handed back: the store
@@ -195,7 +191,7 @@ mod tests {
         );
         assert_eq!(e.users["mallory"].len(), 2);
         assert_eq!(e.record("mallory", 3, 0), None);
-        assert_eq!(e.tracked(), 3);
+        assert_eq!(e.order.len(), 3);
     }
 
     #[test]
@@ -217,6 +213,6 @@ mod tests {
         for t in 0..10 {
             assert_eq!(e.record("frank", t, 0), None);
         }
-        assert_eq!(e.tracked(), 0);
+        assert_eq!(e.order.len(), 0);
     }
 }
