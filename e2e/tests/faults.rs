@@ -1,6 +1,6 @@
 //! Faults under a real Redis (issue 18): a resume that fails half-way, a Redis restored
 //! from an older snapshot, a Redis behind a black hole (a TCP proxy that stops forwarding
-//! without a reset), and reads that must not create state.
+//! without a reset), a Redis that answers an error, and reads that must not create state.
 
 use chat_gateway::config::{Config, EngineKind, NamespaceConfig};
 use chat_gateway::engine::{Broker, Engine, History, HistoryQuery, Publish};
@@ -290,6 +290,48 @@ async fn a_black_holed_redis_makes_calls_fail_in_bounded_time_and_readiness_reco
     assert_eq!(alice.send("r", json!("back")).await["type"], "ok");
     let m = bob.next_msg().await;
     assert_eq!(m["body"], "back", "{m}");
+}
+
+/// A Redis that answers an error (here a room's meta of the wrong type: another
+/// application's key under the prefix, or a hand-made one) fails the send `internal`. The
+/// client read Redis' own text (the script's hash and line); it reads a fixed one now, and
+/// the pod's log has Redis' text instead, one line for a burst of failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_error_tells_the_client_a_fixed_text_and_the_log_redis_own() {
+    let redis = RedisServer::start();
+    let gw = GatewayProcess::start(&[
+        ("CHATGW_AUTH__MODE", "insecure"),
+        ("CHATGW_ENGINE", "redis"),
+        ("CHATGW_REDIS__URL", &redis.url()),
+        ("CHATGW_REDIS__KEY_PREFIX", "e"),
+    ]);
+    gw.wait_ready(200, Duration::from_secs(30));
+    let mut alice = Client::connect(&gw.ws_url("user=alice"))
+        .await
+        .expect("alice");
+    alice.join("r").await;
+    redis.command(&["SET", "e:{r}:m", "x"]).expect("SET");
+    for i in 0..3 {
+        let r = alice
+            .request(json!({"type": "send", "room": "r", "msg_id": format!("m{i}"), "body": 1}))
+            .await;
+        assert_eq!(r["code"], "internal", "{r}");
+        let told = r["message"].as_str().unwrap_or_default();
+        assert!(told.starts_with("redis refused the operation"), "{r}");
+    }
+    until(
+        "the log names Redis' error",
+        Duration::from_secs(10),
+        || gw.log_tail().contains("WRONGTYPE"),
+    )
+    .await;
+    let lines = gw.log_tail().matches("redis operation failed").count();
+    assert!(
+        lines < 3,
+        "{lines} log lines for 3 failures:\n{}",
+        gw.log_tail()
+    );
+    assert!(gw.metric("chatgateway_redis_errors_total") >= 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@
 mod channels;
 mod conn;
 mod delivery;
+mod failure;
 mod fast_path;
 mod heads;
 mod keys;

@@ -3,6 +3,7 @@
 //! uses to fill gaps). Key and channel names are in [`keys`](super::keys).
 
 use super::conn::{Backend, Conn};
+use super::failure::{Effect, Failure, LogGate, LOG_EVERY};
 use super::keys::Keys;
 use super::scripts;
 use crate::config::{Namespaces, RetentionConfig};
@@ -20,50 +21,6 @@ use std::time::Duration;
 /// Longest wait for one Redis operation (and for a pub/sub subscribe, unsubscribe, ping
 /// or connect) before answering `unavailable` (or `unknown_outcome` for a write).
 pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Why an operation failed, as far as its effect goes.
-enum Failure {
-    /// Redis refused the connection or is not connected: the operation did not run.
-    NotRun(String),
-    /// Redis was asked and did not answer (a timeout, a connection dropped mid-call): the
-    /// operation may have run.
-    Unknown(String),
-    /// Redis answered with an error.
-    Error(String),
-}
-
-/// What a client is told when Redis is full.
-const OUT_OF_MEMORY: &str = "redis is out of memory (maxmemory) and refuses writes; retry later";
-
-/// Redis at `maxmemory` refused a write (`OOM`: `maxmemory-policy noeviction`, or nothing
-/// left to evict). Redis decides it once, before a command or a script runs, so a script
-/// stops at its first write with nothing written (ours only read or free memory before
-/// theirs): the operation did not happen, and a retry (the same msg id) is safe.
-fn out_of_memory(e: &redis::RedisError) -> bool {
-    e.code() == Some("OOM")
-}
-
-/// Redis refused the command before running it for a passing reason of the deployment: a
-/// slot elsewhere or in mid-migration (`MOVED`, `ASK`, `TRYAGAIN`: the cluster client
-/// follows them, this is what is left when its retries ran out during a failover), a
-/// cluster or master down (`CLUSTERDOWN`, `MASTERDOWN`), a node loading its data
-/// (`LOADING`), a demoted master (`READONLY`, until the new one is found). The client may
-/// retry: `unavailable`, not `internal`.
-fn refused_unrun(e: &redis::RedisError) -> bool {
-    use redis::{ErrorKind, ServerErrorKind as S};
-    matches!(
-        e.kind(),
-        ErrorKind::Server(
-            S::Moved
-                | S::Ask
-                | S::TryAgain
-                | S::ClusterDown
-                | S::MasterDown
-                | S::BusyLoading
-                | S::ReadOnly
-        )
-    )
-}
 
 /// Shared by the engine and its background tasks.
 pub(crate) struct Shared {
@@ -96,6 +53,8 @@ pub(crate) struct Shared {
     pub(crate) seen: SeenTops,
     /// Bumped when Sentinel names another master: the subscriber moves to it.
     pub(crate) generation: AtomicU64,
+    /// Failed operations' log lines, at most one every [`LOG_EVERY`].
+    failure_log: LogGate,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -142,6 +101,7 @@ impl Shared {
             reconnects: p.reconnects,
             seen: SeenTops::default(),
             generation: AtomicU64::new(0),
+            failure_log: LogGate::new(LOG_EVERY),
         })
     }
 
@@ -211,38 +171,43 @@ impl Shared {
         &self,
         op: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, Failure> {
-        match tokio::time::timeout(OP_TIMEOUT, op).await {
+        let failure = match tokio::time::timeout(OP_TIMEOUT, op).await {
             Ok(Ok(v)) => {
                 self.ok();
-                Ok(v)
+                return Ok(v);
             }
             Ok(Err(e)) => {
+                let failure = self.note_failure("redis operation", &e);
                 self.mark_down();
-                let text = format!("redis: {e}");
-                if out_of_memory(&e) {
-                    // Up (reads still work: readiness stays), but full. Counted as an
-                    // error above, for the operator's alert; `unavailable` to the client.
+                if failure.redis_up() {
                     self.ok();
-                    Err(Failure::NotRun(OUT_OF_MEMORY.into()))
-                } else if e.is_connection_refusal() || refused_unrun(&e) {
-                    Err(Failure::NotRun(text))
-                } else if e.is_timeout() || e.is_connection_dropped() || e.is_io_error() {
-                    if e.is_timeout() {
-                        self.unanswered();
-                    }
-                    Err(Failure::Unknown(text))
-                } else {
-                    // Redis answered: it is up, the operation itself failed.
-                    self.ok();
-                    Err(Failure::Error(text))
                 }
+                if e.is_timeout() {
+                    self.unanswered();
+                }
+                failure
             }
             Err(_) => {
                 self.mark_down();
+                self.failure_log.log(
+                    now_ms(),
+                    "redis operation",
+                    Effect::Unknown,
+                    &Failure::TIMED_OUT.told,
+                );
                 self.unanswered();
-                Err(Failure::Unknown("redis did not answer in time".into()))
+                Failure::TIMED_OUT
             }
-        }
+        };
+        Err(failure)
+    }
+
+    /// Logs a failed operation (`what`), at most one line every [`LOG_EVERY`], and says
+    /// what it means.
+    pub(super) fn note_failure(&self, what: &str, e: &redis::RedisError) -> Failure {
+        let failure = Failure::of(e);
+        self.failure_log.log(now_ms(), what, failure.effect, e);
+        failure
     }
 
     /// Runs one Redis operation with a deadline: a stalled or unreachable Redis turns into
@@ -251,9 +216,9 @@ impl Shared {
         &self,
         op: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, EngineError> {
-        self.attempt(op).await.map_err(|f| match f {
-            Failure::NotRun(m) | Failure::Unknown(m) => EngineError::Unavailable(m),
-            Failure::Error(m) => EngineError::Internal(m),
+        self.attempt(op).await.map_err(|f| match f.effect {
+            Effect::NotRun | Effect::Unknown => EngineError::Unavailable(f.told.into()),
+            Effect::Error => EngineError::Internal(f.told.into()),
         })
     }
 
@@ -263,10 +228,10 @@ impl Shared {
         &self,
         op: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, EngineError> {
-        self.attempt(op).await.map_err(|f| match f {
-            Failure::NotRun(m) => EngineError::Unavailable(m),
-            Failure::Unknown(m) => EngineError::UnknownOutcome(m),
-            Failure::Error(m) => EngineError::Internal(m),
+        self.attempt(op).await.map_err(|f| match f.effect {
+            Effect::NotRun => EngineError::Unavailable(f.told.into()),
+            Effect::Unknown => EngineError::UnknownOutcome(f.told.into()),
+            Effect::Error => EngineError::Internal(f.told.into()),
         })
     }
 

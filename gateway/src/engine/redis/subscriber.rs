@@ -419,9 +419,10 @@ impl Batch {
 }
 
 impl Shared {
-    /// Counts a pub/sub failure and maps it (the connection is replaced by the caller).
+    /// Counts and logs a pub/sub failure and maps it (the connection is replaced by the
+    /// caller).
     pub(super) fn fail_pubsub(&self, e: &redis::RedisError) -> EngineError {
         self.errors.inc();
-        EngineError::Unavailable(format!("redis pub/sub: {e}"))
+        EngineError::Unavailable(self.note_failure("redis pub/sub", e).told.into())
     }
 }
