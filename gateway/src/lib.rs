@@ -23,6 +23,7 @@ pub mod httpio;
 pub mod hub;
 pub mod inbound;
 pub mod linger;
+pub mod log_gate;
 pub mod metrics;
 pub mod node;
 pub mod outbound;

@@ -210,3 +210,39 @@ async fn a_full_connection_asks_the_backend_about_no_room_more() {
         assert_eq!(gw.sample(&calls).await, None, "{outcome}");
     }
 }
+
+/// A dead backend fails every hook call, each client's at once. Each failure was a line in
+/// the log (about 200 bytes, and more CPU than the failed call itself); now a hook logs one
+/// line a period, with the count of those left out, while its metric counts every call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_backend_is_one_log_line_not_one_per_call() {
+    let dead = format!("http://127.0.0.1:{}/send", e2e::process::free_port());
+    let gw = e2e::process::GatewayProcess::start(&[
+        ("CHATGW_AUTH__MODE", "insecure"),
+        ("CHATGW_HOOKS__SEND__URL", &dead),
+        ("CHATGW_HOOKS__SEND__ON_FAILURE", "allow"),
+    ]);
+    gw.wait_ready(200, Duration::from_secs(30));
+    let mut alice = Client::connect(&gw.ws_url("user=alice"))
+        .await
+        .expect("alice");
+    alice.join("r").await;
+    for i in 0..20 {
+        assert_eq!(alice.send("r", json!(i)).await["type"], "ok", "allowed");
+    }
+    let failed: f64 = ["unavailable", "circuit_open"]
+        .iter()
+        .filter_map(|o| {
+            gw.sample(&format!(
+                "chatgateway_hook_calls_total{{hook=\"send\",outcome=\"{o}\"}}"
+            ))
+        })
+        .sum();
+    assert_eq!(failed, 20.0, "every call counted");
+    let log = gw.log_tail();
+    let lines = log.matches("hook failed").count();
+    assert!(
+        (1..3).contains(&lines),
+        "{lines} lines for 20 failures:\n{log}"
+    );
+}

@@ -56,6 +56,8 @@ pub struct HookClient {
     pub cfg: HookConfig,
     client: Client<HttpConnector, Full<Bytes>>,
     breaker: Mutex<Breaker>,
+    /// Its failures' log lines (one a period: a dead backend fails every call).
+    pub(super) failure_log: crate::log_gate::LogGate,
 }
 
 impl HookClient {
@@ -70,6 +72,7 @@ impl HookClient {
                 .build(connector),
             cfg,
             breaker: Mutex::new(Breaker::default()),
+            failure_log: Default::default(),
         }
     }
 

@@ -261,7 +261,10 @@ async fn decide<Q: Serialize, A: Default + serde::de::DeserializeOwned>(
             Verdict::Deny(a.reason.unwrap_or_else(|| "refused by the backend".into())),
         ),
         Err(e) => {
-            tracing::warn!(hook = name, error = %e, policy = ?hook.cfg.on_failure, "hook failed");
+            if let Some(unlogged) = hook.failure_log.pass_now() {
+                let policy = hook.cfg.on_failure;
+                tracing::warn!(hook = name, error = %e, ?policy, unlogged, "hook failed");
+            }
             let verdict = match hook.cfg.on_failure {
                 FailurePolicy::Allow => Verdict::Allow(A::default()),
                 FailurePolicy::Refuse => Verdict::Failed(e.clone()),

@@ -5,16 +5,9 @@
 //! - The client's message: a fixed text per cause. Redis' own text names keys, script
 //!   hashes and lines, and node addresses; a chat client has no use for them, and a
 //!   hostile one learns the deployment from them.
-//! - The operator's line: Redis' own text, in the pod's log, at most once every
-//!   [`LOG_EVERY`] (a Redis outage fails every client's commands at once), with how many
-//!   failures went unlogged since the last line. `chatgateway_redis_errors_total` counts
-//!   them all.
-
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
-/// At most one log line about failed Redis operations in this long, per node.
-pub(super) const LOG_EVERY: Duration = Duration::from_secs(10);
+//! - The operator's line: Redis' own text, in the pod's log, through a
+//!   [`LogGate`](crate::log_gate::LogGate) (a Redis outage fails every client's commands
+//!   at once). `chatgateway_redis_errors_total` counts them all.
 
 /// Whether a failed operation happened, as far as the gateway can tell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,7 +22,8 @@ pub(super) enum Effect {
 }
 
 impl Effect {
-    fn name(self) -> &'static str {
+    /// The log line's `outcome`.
+    pub(super) fn name(self) -> &'static str {
         match self {
             Effect::NotRun => "not run",
             Effect::Unknown => "unknown",
@@ -117,61 +111,6 @@ fn refused_unrun(e: &redis::RedisError) -> bool {
     )
 }
 
-/// Lets one log line through every so often and counts the ones held back.
-#[derive(Debug)]
-pub(super) struct LogGate {
-    every_ms: u64,
-    /// Unix ms from which the next line may be logged.
-    next_ms: AtomicU64,
-    held: AtomicU64,
-}
-
-impl LogGate {
-    pub(super) fn new(every: Duration) -> LogGate {
-        LogGate {
-            every_ms: every.as_millis().try_into().unwrap_or(u64::MAX),
-            next_ms: AtomicU64::new(0),
-            held: AtomicU64::new(0),
-        }
-    }
-
-    /// At `now_ms`: `Some(lines held back since the last one)` when this line may be
-    /// logged, `None` (and counted) when it is held back.
-    pub(super) fn pass(&self, now_ms: u64) -> Option<u64> {
-        let next = self.next_ms.load(Ordering::Relaxed);
-        let open = now_ms >= next
-            && self
-                .next_ms
-                .compare_exchange(
-                    next,
-                    now_ms.saturating_add(self.every_ms),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok();
-        if open {
-            Some(self.held.swap(0, Ordering::Relaxed))
-        } else {
-            self.held.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    }
-
-    /// Logs a failed operation's Redis text (`error`), unless a line went out within
-    /// [`LOG_EVERY`].
-    pub(super) fn log(
-        &self,
-        now_ms: u64,
-        what: &str,
-        effect: Effect,
-        error: &dyn std::fmt::Display,
-    ) {
-        if let Some(unlogged) = self.pass(now_ms) {
-            tracing::warn!(%error, outcome = effect.name(), unlogged, "{what} failed");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,17 +181,5 @@ mod tests {
         assert!(!Failure::of(&io(std::io::ErrorKind::ConnectionRefused)).redis_up());
         assert!(!Failure::of(&io(std::io::ErrorKind::ConnectionReset)).redis_up());
         assert!(!Failure::TIMED_OUT.redis_up());
-    }
-
-    #[test]
-    fn the_gate_lets_one_line_through_a_period_and_counts_the_rest() {
-        let gate = LogGate::new(Duration::from_secs(10));
-        assert_eq!(gate.pass(1_000), Some(0), "the first line goes out");
-        assert_eq!(gate.pass(1_001), None);
-        assert_eq!(gate.pass(10_999), None);
-        assert_eq!(gate.pass(11_000), Some(2), "with the two held back");
-        assert_eq!(gate.pass(11_000), None);
-        assert_eq!(gate.pass(30_000), Some(1));
-        assert_eq!(gate.pass(40_000), Some(0));
     }
 }

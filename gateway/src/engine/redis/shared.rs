@@ -3,7 +3,7 @@
 //! uses to fill gaps). Key and channel names are in [`keys`](super::keys).
 
 use super::conn::{Backend, Conn};
-use super::failure::{Effect, Failure, LogGate, LOG_EVERY};
+use super::failure::{Effect, Failure};
 use super::keys::Keys;
 use super::scripts;
 use crate::config::{Namespaces, RetentionConfig};
@@ -12,6 +12,7 @@ use crate::engine::{
     new_epoch, now_ms, EngineError, Envelope, HistoryPage, HistoryQuery, EMPTY_EPOCH,
 };
 use crate::hub::Hub;
+use crate::log_gate::LogGate;
 use redis::aio::ConnectionManagerConfig;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,7 +54,7 @@ pub(crate) struct Shared {
     pub(crate) seen: SeenTops,
     /// Bumped when Sentinel names another master: the subscriber moves to it.
     pub(crate) generation: AtomicU64,
-    /// Failed operations' log lines, at most one every [`LOG_EVERY`].
+    /// Failed operations' log lines (one a period).
     failure_log: LogGate,
 }
 
@@ -101,7 +102,7 @@ impl Shared {
             reconnects: p.reconnects,
             seen: SeenTops::default(),
             generation: AtomicU64::new(0),
-            failure_log: LogGate::new(LOG_EVERY),
+            failure_log: LogGate::default(),
         })
     }
 
@@ -189,12 +190,7 @@ impl Shared {
             }
             Err(_) => {
                 self.mark_down();
-                self.failure_log.log(
-                    now_ms(),
-                    "redis operation",
-                    Effect::Unknown,
-                    &Failure::TIMED_OUT.told,
-                );
+                self.log_failure("redis operation", Effect::Unknown, &Failure::TIMED_OUT.told);
                 self.unanswered();
                 Failure::TIMED_OUT
             }
@@ -202,12 +198,17 @@ impl Shared {
         Err(failure)
     }
 
-    /// Logs a failed operation (`what`), at most one line every [`LOG_EVERY`], and says
-    /// what it means.
+    /// Logs a failed operation (`what`), one line a period, and says what it means.
     pub(super) fn note_failure(&self, what: &str, e: &redis::RedisError) -> Failure {
         let failure = Failure::of(e);
-        self.failure_log.log(now_ms(), what, failure.effect, e);
+        self.log_failure(what, failure.effect, e);
         failure
+    }
+
+    fn log_failure(&self, what: &str, effect: Effect, error: &dyn std::fmt::Display) {
+        if let Some(unlogged) = self.failure_log.pass_now() {
+            tracing::warn!(%error, outcome = effect.name(), unlogged, "{what} failed");
+        }
     }
 
     /// Runs one Redis operation with a deadline: a stalled or unreachable Redis turns into
