@@ -92,6 +92,19 @@ impl TestGateway {
         find_metric(&body, sample)
     }
 
+    /// Two new clients join a room and chat: what a test of bad input or a limit checks
+    /// last (the gateway is still up and serving others). Panics if they cannot.
+    pub async fn bystanders_still_chat(&self) {
+        let mut a = self.connect("by-a").await;
+        let mut b = self.connect("by-b").await;
+        a.join("calm").await;
+        b.join("calm").await;
+        let ack = a.send("calm", serde_json::json!("still here")).await;
+        assert_eq!(ack["type"], "ok");
+        let m = b.next_msg().await;
+        assert_eq!(m["body"], "still here");
+    }
+
     /// Stops the gateway.
     pub async fn stop(self) {
         self.gateway.shutdown(Duration::from_secs(5)).await;
