@@ -5,7 +5,8 @@
 //! whose meta went from over its stream starts a new epoch at its next message; a Redis at
 //! `maxmemory` answers a send `unavailable`, with nothing half-written. A user
 //! reconnecting in a loop keeps `sessions.keptPerUser` stored sessions, not one per
-//! connection for `sessions.resumeTtl`.
+//! connection for `sessions.resumeTtl`; and starts at most `limits.newRoomsPerHour` rooms
+//! and inboxes an hour.
 
 use chat_gateway::config::Config;
 use chat_gateway::engine::Engine;
@@ -197,12 +198,17 @@ async fn listing_some_of_a_big_rooms_users_never_lists_them_all() {
     assert_eq!(redis.calls("hkeys"), hkeys + 1);
 }
 
-/// The stored sessions (`<prefix>:sess:<token>`) on `redis`.
-fn stored_sessions(redis: &RedisServer) -> usize {
-    match redis.command(&["KEYS", "*:sess:*"]) {
+/// The keys on `redis` matching `pattern`.
+fn keys(redis: &RedisServer, pattern: &str) -> usize {
+    match redis.command(&["KEYS", pattern]) {
         Ok(redis::Value::Array(keys)) => keys.len(),
         other => panic!("KEYS: {other:?}"),
     }
+}
+
+/// The stored sessions (`<prefix>:sess:<token>`) on `redis`.
+fn stored_sessions(redis: &RedisServer) -> usize {
+    keys(redis, "*:sess:*")
 }
 
 /// Before `sessions.keptPerUser`, each of mallory's ten connections left a stored session
@@ -230,5 +236,48 @@ async fn a_user_reconnecting_in_a_loop_keeps_kept_per_user_sessions() {
         stored_sessions(&redis),
         1 + 3,
         "alice's and mallory's last three"
+    );
+}
+
+/// A room's or inbox's first message creates keys kept for days (a one-message room about
+/// 7 KB for two `history.maxAge`, an inbox 5.5 KB for two weeks), and one connection
+/// started them at its command rate: 6.7 rooms or 20 inboxes a second, measured. Past
+/// `limits.newRoomsPerHour` a user's send to a room without messages is refused and
+/// writes nothing; rooms with messages still take it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_past_new_rooms_per_hour_starts_no_room_or_inbox() {
+    let redis = RedisServer::start();
+    let gws = Gateways::start(&redis, 1, &[("CHATGW_LIMITS__NEW_ROOMS_PER_HOUR", "3")]);
+    let mut mallory = gws.connect(0, "mallory").await;
+    let mut codes = Vec::new();
+    for i in 0..5 {
+        let room = format!("spam{i}");
+        assert_eq!(mallory.join(&room).await["type"], "ok");
+        let r = mallory.send(&room, serde_json::json!("hi")).await;
+        codes.push(r["code"].as_str().unwrap_or("ok").to_string());
+    }
+    let r = mallory.send("user:nobody", serde_json::json!("hi")).await;
+    codes.push(r["code"].as_str().unwrap_or("ok").to_string());
+    assert_eq!(
+        codes,
+        [
+            "ok",
+            "ok",
+            "ok",
+            "quota_exceeded",
+            "quota_exceeded",
+            "quota_exceeded"
+        ]
+    );
+    assert_eq!(keys(&redis, "*{spam*}:m"), 3, "three rooms started");
+    assert_eq!(keys(&redis, "*{user:nobody}*"), 0, "no inbox started");
+    assert_eq!(
+        mallory.send("spam0", serde_json::json!("again")).await["type"],
+        "ok",
+        "a room with messages"
+    );
+    assert_eq!(
+        gws.procs[0].metric("chatgateway_new_rooms_refused_total"),
+        3.0
     );
 }

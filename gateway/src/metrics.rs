@@ -24,6 +24,8 @@ pub struct Metrics {
     pub refused: IntCounter,
     /// Stored sessions of ended connections dropped: their user kept `sessions.keptPerUser`.
     pub sessions_dropped: IntCounter,
+    /// Sends refused: their user started `limits.newRoomsPerHour` rooms or inboxes.
+    pub new_rooms_refused: IntCounter,
     /// Connections closed, by reason.
     pub closed: IntCounterVec,
     /// Commands received.
@@ -154,6 +156,10 @@ impl Metrics {
             sessions_dropped: counter(
                 "chatgateway_sessions_dropped_total",
                 "Stored sessions of ended connections dropped before their expiry: their user had sessions.keptPerUser newer ones on this pod.",
+            ),
+            new_rooms_refused: counter(
+                "chatgateway_new_rooms_refused_total",
+                "Sends to a room or inbox without messages refused: their user started limits.newRoomsPerHour rooms or inboxes on this pod in the last hour.",
             ),
             closed: counter_vec(
                 "chatgateway_connections_closed_total",

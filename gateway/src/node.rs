@@ -61,6 +61,8 @@ pub struct Node {
     per_user: Mutex<HashMap<String, u32>>,
     /// Sessions of ended connections this node stored (`sessions.keptPerUser`).
     ended: Mutex<EndedSessions<Hex<16>>>,
+    /// Rooms and inboxes each user's sends started (`limits.newRoomsPerHour`).
+    new_rooms: Mutex<KeyedBuckets<String>>,
     next_conn: AtomicU64,
     /// Room namespaces (permissions and storage rules per room-name prefix).
     pub namespaces: Namespaces,
@@ -164,6 +166,8 @@ impl Node {
         let a = &config.admission;
         let ip_buckets = KeyedBuckets::new(a.per_ip_rate, a.per_ip_burst, MAX_BUCKET_KEYS);
         let user_buckets = KeyedBuckets::new(a.per_user_rate, a.per_user_burst, MAX_BUCKET_KEYS);
+        let per_hour = config.limits.new_rooms_per_hour;
+        let new_rooms = KeyedBuckets::new(f64::from(per_hour) / 3600.0, per_hour, MAX_BUCKET_KEYS);
         let metrics = Metrics::new();
         let hub = Arc::new(
             Hub::new(config.limits.presence_batch, config.limits.fanout_batch)
@@ -191,6 +195,7 @@ impl Node {
             on_delivered: crate::connection::count_deliveries(&metrics),
             ip_buckets: Mutex::new(ip_buckets),
             user_buckets: Mutex::new(user_buckets),
+            new_rooms: Mutex::new(new_rooms),
             per_user: Mutex::new(HashMap::new()),
             config,
             engine,
@@ -253,6 +258,16 @@ impl Node {
     /// One upgrade of `user` against its admission bucket.
     pub fn admit_user(&self, user: &str) -> bool {
         lock(&self.user_buckets).take_at(user.to_string(), std::time::Instant::now())
+    }
+
+    /// Whether `user` may start another room or inbox now (`limits.newRoomsPerHour`).
+    pub fn may_start_room(&self, user: &str) -> bool {
+        lock(&self.new_rooms).allows_at(user, std::time::Instant::now())
+    }
+
+    /// A send of `user` started a room or inbox: one of its `limits.newRoomsPerHour`.
+    pub fn room_started(&self, user: &str) {
+        lock(&self.new_rooms).take_at(user.to_string(), std::time::Instant::now());
     }
 
     /// A connection of `user` ended and stored its session under `token`. When that makes

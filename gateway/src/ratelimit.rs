@@ -1,5 +1,7 @@
-//! Token buckets: per-connection command rates, and per-key (client IP, user) admission.
+//! Token buckets: per-connection command rates, and per-key (client IP, user) admission
+//! and new rooms.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::Instant;
@@ -46,6 +48,12 @@ impl TokenBucket {
     /// Takes one token now.
     pub fn take(&mut self) -> bool {
         self.take_at(Instant::now())
+    }
+
+    /// Whether a token is there at `now` (none is taken).
+    fn has_token_at(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        (self.tokens + elapsed * self.rate).min(self.burst) >= 1.0
     }
 
     /// Whether the bucket would be full at `now` (an idle key that can be forgotten).
@@ -101,6 +109,16 @@ impl<K: Hash + Eq> KeyedBuckets<K> {
             .take_at(now)
     }
 
+    /// Whether `key` has a token at `now`, taking none: for a cost known only afterwards
+    /// (then [`take_at`](Self::take_at)). A key without a bucket has a full one.
+    pub fn allows_at<Q>(&self, key: &Q, now: Instant) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.rate <= 0.0 || self.buckets.get(key).is_none_or(|b| b.has_token_at(now))
+    }
+
     /// Live buckets.
     pub fn len(&self) -> usize {
         self.buckets.len()
@@ -154,6 +172,28 @@ mod tests {
         // A second later the flooder has one token again.
         assert!(k.take_at("flooder", t0 + Duration::from_secs(1)));
         assert!(!k.take_at("flooder", t0 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn allows_looks_without_taking() {
+        let t0 = Instant::now();
+        let mut k = KeyedBuckets::new(1.0, 2, 100);
+        assert!(k.allows_at("u", t0), "no bucket yet: a full one");
+        assert!(k.take_at("u".to_string(), t0));
+        assert!(
+            k.allows_at("u", t0) && k.allows_at("u", t0),
+            "looking took nothing"
+        );
+        assert!(k.take_at("u".to_string(), t0));
+        assert!(!k.allows_at("u", t0), "both taken");
+        assert!(
+            k.allows_at("u", t0 + Duration::from_secs(1)),
+            "refilled one"
+        );
+        assert!(
+            KeyedBuckets::<String>::new(0.0, 1, 1).allows_at("u", t0),
+            "rate 0"
+        );
     }
 
     #[test]

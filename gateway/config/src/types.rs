@@ -179,6 +179,10 @@ pub struct LimitsConfig {
     pub handshakes_per_ip: u32,
     /// Open connections per user on one pod; 0 disables the limit.
     pub connections_per_user: u32,
+    /// Rooms and inboxes one user's sends may start per hour on one pod (a room's first
+    /// message creates its keys, kept for days); past it, sends go only to rooms that
+    /// exist. `0` = no limit.
+    pub new_rooms_per_hour: u32,
     /// Frames queued for one connection before it is closed as a slow consumer (1013).
     pub outbound_queue_frames: usize,
     /// Bytes queued for one connection before it is closed as a slow consumer (1013).
@@ -226,6 +230,7 @@ impl Default for LimitsConfig {
             connections_per_ip: 1000,
             handshakes_per_ip: 256,
             connections_per_user: 100,
+            new_rooms_per_hour: 100,
             outbound_queue_frames: 1024,
             outbound_queue_bytes: 1024 * 1024,
             max_errors_in_row: 10,

@@ -343,3 +343,69 @@ async fn an_inbox_head_read_by_the_subscription_is_not_read_again() {
     );
     assert_eq!(reads(), before, "neither connection read the inbox's head");
 }
+
+/// A user past `limits.newRoomsPerHour` sends only to rooms and inboxes with messages: a
+/// send that would start one is refused (`quota_exceeded`), counted, and starts nothing.
+/// Another user's allowance is its own, and a room someone else started takes the
+/// user's messages again.
+#[tokio::test]
+async fn a_user_starts_at_most_new_rooms_per_hour() {
+    let mut c = config();
+    c.limits.new_rooms_per_hour = 2;
+    c.limits.rooms_per_connection = 10;
+    let node = Node::new(c, Default::default()).expect("node");
+    let mut mallory = Harness::on(node.clone(), "mallory").await;
+    let mut bob = Harness::on(node.clone(), "bob").await;
+    async fn send(h: &mut Harness, id: u64, room: &str) -> Value {
+        h.cmd(json!({"type": "join", "id": id * 100, "room": room}))
+            .await;
+        h.drain();
+        h.cmd(json!({"type": "send", "id": id, "room": room, "body": "hi"}))
+            .await;
+        h.reply_of(id)
+    }
+    assert_eq!(send(&mut bob, 1, "old").await["type"], "ok");
+    assert_eq!(send(&mut mallory, 2, "a").await["type"], "ok");
+    assert_eq!(send(&mut mallory, 3, "b").await["type"], "ok");
+    assert_eq!(
+        error_code(&send(&mut mallory, 4, "c").await),
+        "quota_exceeded"
+    );
+    mallory
+        .cmd(json!({"type": "send", "id": 5, "room": "user:nobody", "body": "hi"}))
+        .await;
+    assert_eq!(
+        error_code(&mallory.reply_of(5)),
+        "quota_exceeded",
+        "an inbox too"
+    );
+    assert_eq!(
+        send(&mut mallory, 6, "old").await["type"],
+        "ok",
+        "it has messages"
+    );
+    assert_eq!(send(&mut mallory, 7, "a").await["type"], "ok");
+    assert_eq!(node.metrics.new_rooms_refused.get(), 2);
+    let top = |room: &'static str| {
+        let node = node.clone();
+        async move {
+            let page = node.engine.history(room, HistoryQuery::default()).await;
+            page.expect("history").top
+        }
+    };
+    assert_eq!(
+        (top("c").await, top("user:nobody").await),
+        (0, 0),
+        "nothing started"
+    );
+    assert_eq!(
+        send(&mut bob, 8, "c").await["type"],
+        "ok",
+        "bob's allowance"
+    );
+    assert_eq!(
+        send(&mut mallory, 9, "c").await["type"],
+        "ok",
+        "c has messages now"
+    );
+}

@@ -5,7 +5,7 @@
 use super::{Handled, Refusal, Session};
 use crate::config::DmPolicy;
 use crate::connection::session::new_msg_id;
-use crate::engine::Publish;
+use crate::engine::{HistoryQuery, Publish, EMPTY_EPOCH};
 use crate::hooks::{SendAnswer, SendRequest, Verdict};
 use crate::protocol::command::Send;
 use crate::protocol::reply::{Reply, SendOk};
@@ -57,6 +57,7 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
         Some(m) => m,
         None => new_msg_id(),
     };
+    may_start(s, &cmd.room).await?;
     // Only a well-formed W3C traceparent goes on (dropped, not refused, otherwise): it
     // rides in the pub/sub payload and the msg frame of every member.
     let mut traceparent = cmd.traceparent.filter(|t| protocol::valid_traceparent(t));
@@ -104,6 +105,9 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
         .observe(started.elapsed().as_secs_f64());
     if !published.duplicate {
         metrics.received.inc();
+        if !published.ephemeral && published.at.seq == 1 {
+            s.node.room_started(s.user());
+        }
     }
     if let Some(body) = copy {
         s.node
@@ -117,6 +121,34 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
         duplicate: published.duplicate,
     })
     .into())
+}
+
+/// A user past `limits.newRoomsPerHour` sends only to rooms and inboxes that have
+/// messages: a room's first message creates keys kept for days, and one connection could
+/// start rooms at its command rate (docs/operations.md, "Redis memory"). The store is read
+/// only for such a user.
+async fn may_start(s: &Session, room: &str) -> Result<(), Refusal> {
+    if !s.node.namespaces.of(room).keep_history || s.node.may_start_room(s.user()) {
+        return Ok(());
+    }
+    let head = HistoryQuery {
+        limit: 1,
+        max_bytes: 1,
+        ..Default::default()
+    };
+    let page = s.node.engine.history(room, head).await?;
+    if page.top > 0 || &*page.epoch != EMPTY_EPOCH {
+        return Ok(());
+    }
+    s.node.metrics.new_rooms_refused.inc();
+    let n = s.node.config.limits.new_rooms_per_hour;
+    Err(Refusal::new(
+        ErrorCode::QuotaExceeded,
+        format!(
+            "you started {n} rooms or inboxes in the last hour (limits.newRoomsPerHour); \
+             send to one with messages"
+        ),
+    ))
 }
 
 /// Asks the backend's send hook: refused, or the body to store (the sent one, or the
