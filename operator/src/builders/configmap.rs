@@ -272,6 +272,7 @@ fn limits(c: &mut LimitsConfig, l: &LimitsSpec) -> Result<()> {
     set(&mut c.connections_per_ip, l.connections_per_ip)?;
     set(&mut c.handshakes_per_ip, l.handshakes_per_ip)?;
     set(&mut c.connections_per_user, l.connections_per_user)?;
+    set(&mut c.new_rooms_per_hour, l.new_rooms_per_hour)?;
     set(&mut c.outbound_queue_frames, l.outbound_queue_frames)?;
     set(&mut c.outbound_queue_bytes, l.outbound_queue_bytes)?;
     set(&mut c.max_errors_in_row, l.max_errors_in_row)?;

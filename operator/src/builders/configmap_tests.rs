@@ -58,6 +58,7 @@ fn full_spec_round_trips_through_the_gateway_loader() {
     assert_eq!(c.auth.expiry_warning, Duration::from_secs(120));
     assert!(!c.auth.dangerously_allow_insecure_on_network);
     assert_eq!(c.limits.connections_per_user, 20);
+    assert_eq!(c.limits.new_rooms_per_hour, 30);
     let a = &c.admission;
     assert_eq!(
         (
