@@ -317,7 +317,7 @@ async fn a_redis_error_tells_the_client_a_fixed_text_and_the_log_redis_own() {
             .await;
         assert_eq!(r["code"], "internal", "{r}");
         let told = r["message"].as_str().unwrap_or_default();
-        assert!(told.starts_with("redis refused the operation"), "{r}");
+        assert!(told.starts_with("the redis operation failed"), "{r}");
     }
     until(
         "the log names Redis' error",

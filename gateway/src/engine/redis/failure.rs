@@ -45,7 +45,7 @@ const UNREACHABLE: &str = "redis is unreachable";
 const NOT_READY: &str = "redis is failing over or not ready";
 const NO_ANSWER: &str = "redis did not answer in time";
 const LOST: &str = "the connection to redis was lost";
-const REFUSED: &str = "redis refused the operation (the gateway logged why)";
+const FAILED: &str = "the redis operation failed (the gateway logged why)";
 
 impl Failure {
     /// No answer within the deadline.
@@ -67,7 +67,7 @@ impl Failure {
         } else if e.is_connection_dropped() || e.is_io_error() {
             (Effect::Unknown, LOST)
         } else {
-            (Effect::Error, REFUSED)
+            (Effect::Error, FAILED)
         };
         Failure { effect, told }
     }
@@ -137,12 +137,12 @@ mod tests {
             (
                 reply(&format!("WRONGTYPE Operation against a key {script}")),
                 error,
-                REFUSED,
+                FAILED,
             ),
             (
                 reply("ERR Script attempted to access nonexistent global"),
                 error,
-                REFUSED,
+                FAILED,
             ),
             (
                 reply(&format!("OOM command not allowed {script}")),
