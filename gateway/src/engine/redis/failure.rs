@@ -32,11 +32,15 @@ impl Effect {
     }
 }
 
-/// A failed operation: its effect and what the client is told.
+/// A failed operation: its effect, what the client is told, and whether Redis is up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Failure {
     pub effect: Effect,
     pub told: &'static str,
+    /// Redis is up and taking commands, whatever this one's fate: the node's readiness
+    /// does not count it as down. (Not while it fails over or loads: after
+    /// `redis.readinessGrace` of that the pod turns unready.)
+    up: bool,
 }
 
 /// What a client is told when Redis is full.
@@ -52,31 +56,30 @@ impl Failure {
     pub(super) const TIMED_OUT: Failure = Failure {
         effect: Effect::Unknown,
         told: NO_ANSWER,
+        up: false,
     };
 
     /// What `e` means.
     pub(super) fn of(e: &redis::RedisError) -> Failure {
-        let (effect, told) = if out_of_memory(e) {
-            (Effect::NotRun, OUT_OF_MEMORY)
+        let (effect, told, up) = if out_of_memory(e) {
+            (Effect::NotRun, OUT_OF_MEMORY, true)
         } else if e.is_connection_refusal() {
-            (Effect::NotRun, UNREACHABLE)
+            (Effect::NotRun, UNREACHABLE, false)
         } else if refused_unrun(e) {
-            (Effect::NotRun, NOT_READY)
+            (Effect::NotRun, NOT_READY, false)
         } else if e.is_timeout() {
-            (Effect::Unknown, NO_ANSWER)
+            (Effect::Unknown, NO_ANSWER, false)
         } else if e.is_connection_dropped() || e.is_io_error() {
-            (Effect::Unknown, LOST)
+            (Effect::Unknown, LOST, false)
         } else {
-            (Effect::Error, FAILED)
+            (Effect::Error, FAILED, true)
         };
-        Failure { effect, told }
+        Failure { effect, told, up }
     }
 
-    /// Whether Redis is up and taking commands, whatever this one's fate: the node's
-    /// readiness does not count it as down. (Not while it fails over or loads: after
-    /// `redis.readinessGrace` of that the pod turns unready.)
+    /// Whether Redis is up (see the field).
     pub(super) fn redis_up(&self) -> bool {
-        self.effect == Effect::Error || self.told == OUT_OF_MEMORY
+        self.up
     }
 }
 
