@@ -54,6 +54,7 @@ impl Gateways {
                 ("CHATGW_ENGINE", "redis"),
                 ("CHATGW_REDIS__KEY_PREFIX", prefix.as_str()),
                 ("CHATGW_LIMITS__MESSAGE_RATE", "1000"),
+                ("CHATGW_LIMITS__USER_MESSAGE_RATE", "0"),
                 ("CHATGW_LIMITS__MESSAGE_BURST", "1000"),
                 ("CHATGW_LIMITS__CONNECTIONS_PER_IP", "0"),
                 ("CHATGW_LIMITS__HANDSHAKES_PER_IP", "0"),

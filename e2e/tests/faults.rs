@@ -28,6 +28,7 @@ fn gateway_config(redis: &RedisServer) -> Config {
     c.redis.key_prefix = format!("f{:08x}", rand::random::<u32>());
     c.limits.presence_linger = Duration::from_millis(200);
     c.limits.message_rate = 1000.0;
+    c.limits.user_message_rate = 0.0;
     c.limits.message_burst = 1000;
     c
 }
@@ -228,6 +229,7 @@ async fn a_black_holed_redis_makes_calls_fail_in_bounded_time_and_readiness_reco
         ("CHATGW_REDIS__URL", &url),
         ("CHATGW_REDIS__READINESS_GRACE", "2s"),
         ("CHATGW_LIMITS__MESSAGE_RATE", "1000"),
+        ("CHATGW_LIMITS__USER_MESSAGE_RATE", "0"),
         ("CHATGW_LIMITS__MESSAGE_BURST", "1000"),
     ]);
     gw.wait_ready(200, Duration::from_secs(30));

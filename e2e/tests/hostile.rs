@@ -87,6 +87,7 @@ async fn a_history_bomb_keeps_rss_bounded_and_the_reader_connected() {
         ("CHATGW_REDIS__URL", &url),
         ("CHATGW_REDIS__KEY_PREFIX", &prefix),
         ("CHATGW_LIMITS__MESSAGE_RATE", "1000"),
+        ("CHATGW_LIMITS__USER_MESSAGE_RATE", "0"),
         ("CHATGW_LIMITS__MESSAGE_BURST", "1000"),
     ]);
     gw.wait_ready(200, Duration::from_secs(30));
@@ -204,6 +205,7 @@ async fn a_client_that_stops_reading_is_closed_within_two_heartbeats() {
     // Nothing else may close it first: a queue far larger than what is sent.
     c.limits.outbound_queue_bytes = 256 << 20;
     c.limits.message_rate = 1000.0;
+    c.limits.user_message_rate = 0.0;
     c.limits.message_burst = 1000;
     let gw = TestGateway::start(c).await;
     let mut stalled = small_window_client(&gw, "stalled").await;

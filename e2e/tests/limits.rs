@@ -165,6 +165,47 @@ async fn flood_above_the_rate_is_rate_limited_then_closed() {
     gw.stop().await;
 }
 
+/// `limits.userMessageRate` is one budget for all of a user's connections on the pod, so
+/// opening more of them (up to `connectionsPerUser`) does not multiply the user's rate;
+/// it outlives the connections, so reconnecting does not refill it either. A connection
+/// over its own `messageRate` is refused before it spends the user's budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_connections_share_one_command_rate() {
+    let mut cfg = test_config();
+    // Next to no refill during the test: the bursts are the whole budgets.
+    (cfg.limits.message_rate, cfg.limits.message_burst) = (0.001, 7);
+    (cfg.limits.user_message_rate, cfg.limits.user_message_burst) = (0.001, 10);
+    let gw = TestGateway::start(cfg).await;
+    let mut answers = Vec::new();
+    for pings in [8, 5, 1] {
+        let mut c = gw.connect("multi").await;
+        for _ in 0..pings {
+            let r = c.request(json!({"type": "ping"})).await;
+            let code = r["code"].as_str().unwrap_or("ok");
+            let user = r["message"].as_str().is_some_and(|m| m.contains("user"));
+            answers.push(match (code, user) {
+                ("rate_limited", true) => "user",
+                ("rate_limited", false) => "connection",
+                ("ok", _) => "ok",
+                _ => panic!("{r}"),
+            });
+        }
+    }
+    let expected = [
+        ["ok"; 7].as_slice(),
+        &["connection"],
+        &["ok"; 3],
+        &["user"; 3],
+    ]
+    .concat();
+    assert_eq!(answers, expected);
+    let drops = |reason: &str| format!("chatgateway_drops_total{{reason=\"{reason}\"}}");
+    assert_eq!(gw.metric(&drops("rate_limited")).await, 1.0);
+    assert_eq!(gw.metric(&drops("user_rate_limited")).await, 3.0);
+    gw.bystanders_still_chat().await;
+    gw.stop().await;
+}
+
 /// Pings, and the empty fragments of a message that never ends, are frames the message
 /// rate never sees (tungstenite answers and joins them before a command exists): a flood
 /// of either closes with 1008 `too many frames`, while pings within the budget and
@@ -251,6 +292,7 @@ async fn too_many_rooms() {
 async fn slow_consumer_is_closed_1013_and_its_queue_stays_bounded() {
     let mut cfg = test_config();
     cfg.limits.message_rate = 100_000.0;
+    cfg.limits.user_message_rate = 0.0;
     cfg.limits.message_burst = 100_000;
     cfg.limits.outbound_queue_frames = 64;
     cfg.limits.outbound_queue_bytes = 256 * 1024;

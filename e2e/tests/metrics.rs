@@ -66,6 +66,7 @@ async fn scripted_session_gives_exact_metrics() {
     cfg.limits.outbound_queue_frames = 16;
     cfg.limits.outbound_queue_bytes = 64 * 1024;
     cfg.limits.message_rate = 100_000.0;
+    cfg.limits.user_message_rate = 0.0;
     cfg.limits.message_burst = 100_000;
     let gw = TestGateway::start(cfg).await;
 

@@ -94,6 +94,7 @@ async fn every_command_gets_exactly_one_reply() {
 async fn total_order_by_seq_under_concurrent_senders() {
     let mut config = test_config();
     config.limits.message_rate = 10_000.0;
+    config.limits.user_message_rate = 0.0;
     config.limits.message_burst = 10_000;
     let gw = TestGateway::start(config).await;
     let mut watcher = gw.connect("watcher").await;
@@ -161,6 +162,7 @@ async fn retried_send_is_deduplicated() {
 async fn history_paging() {
     let mut config = test_config();
     config.limits.message_rate = 1000.0;
+    config.limits.user_message_rate = 0.0;
     let gw = TestGateway::start(config).await;
     let mut a = gw.connect("alice").await;
     a.join("h").await;
@@ -283,6 +285,7 @@ async fn a_join_storm_costs_each_member_a_few_presence_frames() {
 async fn resume_after_dropped_socket_returns_exactly_the_missed_messages() {
     let mut config = test_config();
     config.limits.message_rate = 1000.0;
+    config.limits.user_message_rate = 0.0;
     let gw = TestGateway::start(config).await;
     let mut sender = gw.connect("sender").await;
     sender.join("room1").await;
@@ -351,6 +354,7 @@ async fn resume_after_dropped_socket_returns_exactly_the_missed_messages() {
 async fn resume_past_retention_or_epoch_says_not_recovered() {
     let mut config = test_config();
     config.limits.message_rate = 1000.0;
+    config.limits.user_message_rate = 0.0;
     config.history.max_messages = 5;
     let gw = TestGateway::start(config).await;
     let mut s = gw.connect("s").await;

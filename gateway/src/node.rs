@@ -63,6 +63,8 @@ pub struct Node {
     ended: Mutex<EndedSessions<Hex<16>>>,
     /// Rooms and inboxes each user's sends started (`limits.newRoomsPerHour`).
     new_rooms: Mutex<KeyedBuckets<String>>,
+    /// Commands of each user, all their connections together (`limits.userMessageRate`).
+    user_commands: Mutex<KeyedBuckets<String>>,
     next_conn: AtomicU64,
     /// Room namespaces (permissions and storage rules per room-name prefix).
     pub namespaces: Namespaces,
@@ -74,7 +76,8 @@ pub struct Node {
     started: tokio::time::Instant,
 }
 
-/// Most keys each admission bucket map tracks (about 100 bytes each).
+/// Most keys each per-key bucket map (admission, new rooms, user commands) tracks (about
+/// 100 bytes each); past it a new key is not limited.
 const MAX_BUCKET_KEYS: usize = 100_000;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -168,6 +171,9 @@ impl Node {
         let user_buckets = KeyedBuckets::new(a.per_user_rate, a.per_user_burst, MAX_BUCKET_KEYS);
         let per_hour = config.limits.new_rooms_per_hour;
         let new_rooms = KeyedBuckets::new(f64::from(per_hour) / 3600.0, per_hour, MAX_BUCKET_KEYS);
+        let l = &config.limits;
+        let user_commands =
+            KeyedBuckets::new(l.user_message_rate, l.user_message_burst, MAX_BUCKET_KEYS);
         let metrics = Metrics::new();
         let hub = Arc::new(
             Hub::new(config.limits.presence_batch, config.limits.fanout_batch)
@@ -196,6 +202,7 @@ impl Node {
             ip_buckets: Mutex::new(ip_buckets),
             user_buckets: Mutex::new(user_buckets),
             new_rooms: Mutex::new(new_rooms),
+            user_commands: Mutex::new(user_commands),
             per_user: Mutex::new(HashMap::new()),
             config,
             engine,
@@ -252,12 +259,12 @@ impl Node {
 
     /// One upgrade attempt from `ip` against its client's ([`limit_key`]) admission bucket.
     pub fn admit_ip(&self, ip: IpAddr) -> bool {
-        lock(&self.ip_buckets).take_at(limit_key(ip), std::time::Instant::now())
+        lock(&self.ip_buckets).take_at(&limit_key(ip), std::time::Instant::now())
     }
 
     /// One upgrade of `user` against its admission bucket.
     pub fn admit_user(&self, user: &str) -> bool {
-        lock(&self.user_buckets).take_at(user.to_string(), std::time::Instant::now())
+        lock(&self.user_buckets).take_at(user, std::time::Instant::now())
     }
 
     /// Whether `user` may start another room or inbox now (`limits.newRoomsPerHour`).
@@ -267,7 +274,13 @@ impl Node {
 
     /// A send of `user` started a room or inbox: one of its `limits.newRoomsPerHour`.
     pub fn room_started(&self, user: &str) {
-        lock(&self.new_rooms).take_at(user.to_string(), std::time::Instant::now());
+        lock(&self.new_rooms).take_at(user, std::time::Instant::now());
+    }
+
+    /// One command of `user` against `limits.userMessageRate`, which all the user's
+    /// connections on this node share (each also has its own `messageRate`).
+    pub fn take_user_command(&self, user: &str) -> bool {
+        lock(&self.user_commands).take_at(user, std::time::Instant::now())
     }
 
     /// A connection of `user` ended and stored its session under `token`. When that makes

@@ -1,5 +1,5 @@
-//! Token buckets: per-connection command rates, and per-key (client IP, user) admission
-//! and new rooms.
+//! Token buckets: per-connection command rates, and per-key (client IP, user) admission,
+//! command rates and new rooms.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -87,8 +87,13 @@ impl<K: Hash + Eq> KeyedBuckets<K> {
         }
     }
 
-    /// Takes one token of `key`'s bucket at `now`.
-    pub fn take_at(&mut self, key: K, now: Instant) -> bool {
+    /// Takes one token of `key`'s bucket at `now`. The key is copied only into a new
+    /// bucket: a per-command caller (`limits.userMessageRate`) allocates nothing.
+    pub fn take_at<Q>(&mut self, key: &Q, now: Instant) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         if self.rate <= 0.0 {
             return true;
         }
@@ -96,17 +101,19 @@ impl<K: Hash + Eq> KeyedBuckets<K> {
         if self.calls % 1024 == 0 || self.buckets.len() >= self.max_keys {
             self.buckets.retain(|_, b| !b.full_at(now));
         }
-        if !self.buckets.contains_key(&key) && self.buckets.len() >= self.max_keys {
+        if let Some(bucket) = self.buckets.get_mut(key) {
+            return bucket.take_at(now);
+        }
+        if self.buckets.len() >= self.max_keys {
             return true;
         }
-        let (rate, burst) = (self.rate, self.burst);
-        self.buckets
-            .entry(key)
-            .or_insert_with(|| TokenBucket {
-                last: now,
-                ..TokenBucket::new(rate, burst)
-            })
-            .take_at(now)
+        let mut bucket = TokenBucket {
+            last: now,
+            ..TokenBucket::new(self.rate, self.burst)
+        };
+        let taken = bucket.take_at(now);
+        self.buckets.insert(key.to_owned(), bucket);
+        taken
     }
 
     /// Whether `key` has a token at `now`, taking none: for a cost known only afterwards
@@ -166,7 +173,7 @@ mod tests {
     #[test]
     fn one_key_running_dry_leaves_the_others_alone() {
         let t0 = Instant::now();
-        let mut k = KeyedBuckets::new(1.0, 3, 100);
+        let mut k = KeyedBuckets::<String>::new(1.0, 3, 100);
         assert_eq!((0..10).filter(|_| k.take_at("flooder", t0)).count(), 3);
         assert!(k.take_at("someone else", t0));
         // A second later the flooder has one token again.
@@ -177,14 +184,14 @@ mod tests {
     #[test]
     fn allows_looks_without_taking() {
         let t0 = Instant::now();
-        let mut k = KeyedBuckets::new(1.0, 2, 100);
+        let mut k = KeyedBuckets::<String>::new(1.0, 2, 100);
         assert!(k.allows_at("u", t0), "no bucket yet: a full one");
-        assert!(k.take_at("u".to_string(), t0));
+        assert!(k.take_at("u", t0));
         assert!(
             k.allows_at("u", t0) && k.allows_at("u", t0),
             "looking took nothing"
         );
-        assert!(k.take_at("u".to_string(), t0));
+        assert!(k.take_at("u", t0));
         assert!(!k.allows_at("u", t0), "both taken");
         assert!(
             k.allows_at("u", t0 + Duration::from_secs(1)),
@@ -199,16 +206,16 @@ mod tests {
     #[test]
     fn memory_stays_bounded_and_refilled_keys_are_forgotten() {
         let t0 = Instant::now();
-        let mut k = KeyedBuckets::new(1.0, 1, 10);
+        let mut k = KeyedBuckets::<i32>::new(1.0, 1, 10);
         for i in 0..50 {
-            assert!(k.take_at(i, t0), "a new key always gets its first token");
+            assert!(k.take_at(&i, t0), "a new key always gets its first token");
         }
         assert_eq!(k.len(), 10, "no more than max_keys buckets");
         // Once every bucket refilled, they are swept on the next call at the bound.
-        assert!(k.take_at(999, t0 + Duration::from_secs(5)));
+        assert!(k.take_at(&999, t0 + Duration::from_secs(5)));
         assert_eq!(k.len(), 1);
         assert!(
-            KeyedBuckets::new(0.0, 1, 1).take_at(1, t0),
+            KeyedBuckets::<i32>::new(0.0, 1, 1).take_at(&1, t0),
             "rate 0: no limit"
         );
     }

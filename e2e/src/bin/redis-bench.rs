@@ -33,6 +33,7 @@ async fn main() {
             ("CHATGW_REDIS__URL", url.as_str()),
             ("CHATGW_NODE__ID", id),
             ("CHATGW_LIMITS__MESSAGE_RATE", "1000000"),
+            ("CHATGW_LIMITS__USER_MESSAGE_RATE", "0"),
             ("CHATGW_LIMITS__MESSAGE_BURST", "1000000"),
             ("CHATGW_HISTORY__MAX_MESSAGES", "1000"),
         ]

@@ -53,6 +53,7 @@ async fn main() {
         ("CHATGW_AUTH__MODE", "insecure"),
         ("CHATGW_ENGINE", "redis"),
         ("CHATGW_LIMITS__MESSAGE_RATE", "1000000"),
+        ("CHATGW_LIMITS__USER_MESSAGE_RATE", "0"),
         ("CHATGW_LIMITS__MESSAGE_BURST", "1000000"),
         ("CHATGW_LIMITS__CONNECTIONS_PER_IP", "0"),
         ("CHATGW_LIMITS__HANDSHAKES_PER_IP", "0"),

@@ -339,6 +339,7 @@ mod tests {
         let mut config = crate::test_config();
         config.heartbeat.interval = Duration::from_millis(150);
         config.limits.message_rate = 1000.0;
+        config.limits.user_message_rate = 0.0;
         config.limits.message_burst = 1000;
         let gw = crate::TestGateway::start(config).await;
         let common = Common::for_test(gw.gateway.addr);

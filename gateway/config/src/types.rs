@@ -159,6 +159,12 @@ pub struct LimitsConfig {
     pub message_rate: f64,
     /// Token bucket size: commands allowed in a burst.
     pub message_burst: u32,
+    /// Sustained commands per second of one user, all their connections on one pod
+    /// together (token bucket refill): without it a user's command rate is
+    /// `messageRate` × `connectionsPerUser`. 0 disables the limit.
+    pub user_message_rate: f64,
+    /// Token bucket size of `userMessageRate`: one user's commands allowed in a burst.
+    pub user_message_burst: u32,
     /// Frames other than whole text messages (pings, pongs, a message's fragments) per
     /// second per connection (token bucket refill); beyond, close 1008. Bounds the CPU
     /// one client can cost below the message rate, which counts whole commands only.
@@ -224,6 +230,8 @@ impl Default for LimitsConfig {
             max_frame_bytes: 64 * 1024,
             message_rate: 20.0,
             message_burst: 40,
+            user_message_rate: 100.0,
+            user_message_burst: 200,
             frame_rate: 500.0,
             frame_burst: 1000,
             rooms_per_connection: 100,

@@ -23,6 +23,11 @@ impl Config {
         if l.message_burst == 0 {
             return bad("limits.messageBurst must be at least 1");
         }
+        if !(l.user_message_rate >= 0.0 && l.user_message_rate.is_finite())
+            || (l.user_message_rate > 0.0 && l.user_message_burst == 0)
+        {
+            return bad("limits.userMessageRate must be 0 (no limit) or a positive number, with limits.userMessageBurst at least 1");
+        }
         if !(l.frame_rate >= 0.0 && l.frame_rate.is_finite())
             || (l.frame_rate > 0.0 && l.frame_burst == 0)
         {
@@ -375,19 +380,27 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_budget_needs_a_rate_and_a_burst() {
-        let mut c = on_loopback();
-        (c.limits.frame_rate, c.limits.frame_burst) = (0.5, 1);
-        c.validate().expect("valid");
-        (c.limits.frame_rate, c.limits.frame_burst) = (0.0, 0);
-        c.validate().expect("0: no limit");
-        for (rate, burst) in [(10.0, 0), (-1.0, 100), (f64::NAN, 100), (f64::INFINITY, 1)] {
-            (c.limits.frame_rate, c.limits.frame_burst) = (rate, burst);
-            let err = c.validate().expect_err("refused");
-            assert!(
-                err.to_string().contains("limits.frameRate"),
-                "{rate} {burst}: {err}"
-            );
+    fn an_optional_budget_needs_a_rate_and_a_burst() {
+        type Set = fn(&mut Config, f64, u32);
+        let budgets: [(&str, Set); 2] = [
+            ("limits.frameRate", |c, r, b| {
+                (c.limits.frame_rate, c.limits.frame_burst) = (r, b)
+            }),
+            ("limits.userMessageRate", |c, r, b| {
+                (c.limits.user_message_rate, c.limits.user_message_burst) = (r, b)
+            }),
+        ];
+        for (key, set) in budgets {
+            let mut c = on_loopback();
+            set(&mut c, 0.5, 1);
+            c.validate().expect("valid");
+            set(&mut c, 0.0, 0);
+            c.validate().expect("0: no limit");
+            for (rate, burst) in [(10.0, 0), (-1.0, 100), (f64::NAN, 100), (f64::INFINITY, 1)] {
+                set(&mut c, rate, burst);
+                let err = c.validate().expect_err("refused");
+                assert!(err.to_string().contains(key), "{key} {rate} {burst}: {err}");
+            }
         }
     }
 

@@ -313,21 +313,28 @@ where
                 }
             };
             node.metrics.commands.inc();
-            let (client_fault, steps) = if bucket.take() {
-                // Boxed, as every occasional step of this loop: the future of a command is
-                // ~2 KiB, which the task of every idle connection would otherwise carry.
-                Box::pin(run_command(&mut session, &text)).await
+            // The connection's own rate first: a flooding connection does not spend the
+            // tokens its user's other connections share.
+            let over = if !bucket.take() {
+                Some(("rate_limited", "over the command rate limit; slow down"))
+            } else if !node.take_user_command(&session.identity.user) {
+                let text = "over the user's command rate limit (all their connections); slow down";
+                Some(("user_rate_limited", text))
             } else {
-                node.metrics
-                    .drops
-                    .with_label_values(&["rate_limited"])
-                    .inc();
+                None
+            };
+            let (client_fault, steps) = if let Some((reason, message)) = over {
+                node.metrics.drops.with_label_values(&[reason]).inc();
                 let refused = error_frame(
                     protocol::command::salvage_id(&text).as_ref(),
                     ErrorCode::RateLimited,
-                    "over the command rate limit; slow down",
+                    message,
                 );
                 (true, vec![Step::Frame(refused)])
+            } else {
+                // Boxed, as every occasional step of this loop: the future of a command is
+                // ~2 KiB, which the task of every idle connection would otherwise carry.
+                Box::pin(run_command(&mut session, &text)).await
             };
             if !Box::pin(deliver_reading(&session, steps, &mut reader, &mut backlog)).await {
                 break;
