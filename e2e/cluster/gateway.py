@@ -276,7 +276,7 @@ def redis_gateway(ns: str, cluster, flow: str, name: str = "chat", replicas: int
         "gateway": {"auth": {"mode": "jwt", "jwt": {"algorithm": "HS256", "audience": jwt.audience,
                                                    "secretRef": {"name": f"{name}-jwt", "key": "secret"}}},
                     "redis": {"urlSecretRef": {"name": "chat-redis", "key": "url"}},
-                    "limits": {"messageRate": 200, "messageBurst": 200}},
+                    "limits": {"messageRate": 200, "messageBurst": 200, "userMessageRate": 0}},
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
     }
     for k, v in spec.items():

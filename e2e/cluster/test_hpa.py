@@ -22,7 +22,7 @@ def test_hpa_scales_up_rebalances_and_scales_down(namespace, cluster):
         autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 3, "targetConnectionsPerPod": TARGET,
                      "scaleDown": {"stabilizationWindowSeconds": 15, "podsPerPeriod": 1, "periodSeconds": 15}},
         gateway={"rebalance": {"enabled": True, "tolerancePercent": 20, "rate": 20},
-                 "limits": {"messageRate": 200, "messageBurst": 200}})
+                 "limits": {"messageRate": 200, "messageBurst": 200, "userMessageRate": 0}})
     # kubectl's default HPA version (autoscaling/v1) has no metrics list: ask for v2.
     version = "v2" if "autoscaling/v2\n" in kube.kubectl("api-versions") else "v2beta2"
     kind = f"horizontalpodautoscalers.{version}.autoscaling"

@@ -266,6 +266,8 @@ fn limits(c: &mut LimitsConfig, l: &LimitsSpec) -> Result<()> {
     set(&mut c.max_frame_bytes, l.max_frame_bytes)?;
     set_rate(&mut c.message_rate, l.message_rate);
     set(&mut c.message_burst, l.message_burst)?;
+    set_rate(&mut c.user_message_rate, l.user_message_rate);
+    set(&mut c.user_message_burst, l.user_message_burst)?;
     set_rate(&mut c.frame_rate, l.frame_rate);
     set(&mut c.frame_burst, l.frame_burst)?;
     set(&mut c.rooms_per_connection, l.rooms_per_connection)?;

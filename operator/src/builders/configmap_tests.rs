@@ -59,6 +59,10 @@ fn full_spec_round_trips_through_the_gateway_loader() {
     assert!(!c.auth.dangerously_allow_insecure_on_network);
     assert_eq!(c.limits.connections_per_user, 20);
     assert_eq!(c.limits.new_rooms_per_hour, 30);
+    assert_eq!(
+        (c.limits.user_message_rate, c.limits.user_message_burst),
+        (40.0, 90)
+    );
     let a = &c.admission;
     assert_eq!(
         (

@@ -95,10 +95,10 @@ gateway:
       roomsClaim: chat_rooms
   heartbeat: {interval: 20s}
   limits:
-    {maxFrameBytes: 32768, messageRate: 10, connectionsPerUser: 20, newRoomsPerHour: 30,
-     frameRate: 50, frameBurst: 80, handshakesPerIp: 32, historyPageBytes: 65536,
-     replayChunkBytes: 32768, presenceUsers: 200, presenceLinger: 2s, presenceBatch: 250ms,
-     fanoutBatch: 10ms}
+    {maxFrameBytes: 32768, messageRate: 10, userMessageRate: 40, userMessageBurst: 90,
+     connectionsPerUser: 20, newRoomsPerHour: 30, frameRate: 50, frameBurst: 80,
+     handshakesPerIp: 32, historyPageBytes: 65536, replayChunkBytes: 32768, presenceUsers: 200,
+     presenceLinger: 2s, presenceBatch: 250ms, fanoutBatch: 10ms}
   history: {maxMessages: 500, maxAge: 12h}
   sessions: {resumeTtl: 10m, keptPerUser: 12}
   rebalance: {enabled: true, tolerancePercent: 30, rate: 10, absThreshold: 50, interval: 5s}

@@ -213,6 +213,15 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]
     pub message_burst: Option<i64>,
+    /// Sustained commands per second of one user, all their connections on one pod
+    /// together; 0 disables the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub user_message_rate: Option<i64>,
+    /// One user's commands allowed in a burst.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub user_message_burst: Option<i64>,
     /// Rooms one connection may join.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]
