@@ -1,5 +1,6 @@
 //! At most one log line a period for a failure that comes with every client's requests at
-//! once: Redis down or refusing, a backend hook down. A line per request buried everything
+//! once: Redis down or refusing, a backend hook down, and what each connection fails to do
+//! in such an outage. A line per request buried everything
 //! else in the log and cost more than the failure itself (a dead send hook on a release
 //! build: 203 bytes of log and about 13 µs of CPU per message, 96 against 82.5 µs a send,
 //! where the hook's own failed call cost about 7). The gate lets one line through every
@@ -10,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The period of the gates on failure lines (each gate its own: one per hook, one for a
-/// node's Redis operations).
+/// node's Redis operations, one for its connections' failed engine calls).
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Lets one log line through every so often and counts the ones held back.

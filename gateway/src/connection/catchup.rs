@@ -96,7 +96,9 @@ impl Session {
             let page = match self.node.engine.history(&r.room, q).await {
                 Ok(page) => page,
                 Err(e) => {
-                    tracing::warn!(room = %r.room, error = %e, "replay failed");
+                    if let Some(unlogged) = self.node.connection_failure_log.pass_now() {
+                        tracing::warn!(room = %r.room, error = %e, unlogged, "replay failed");
+                    }
                     self.queue.close(disconnect::REPLAY_INTERRUPTED);
                     return false;
                 }
@@ -220,7 +222,10 @@ impl Session {
                 Some(replay)
             }
             Err(e) => {
-                tracing::warn!(user = %self.user(), error = %e, "inbox replay failed");
+                if let Some(unlogged) = self.node.connection_failure_log.pass_now() {
+                    let user = self.user();
+                    tracing::warn!(%user, error = %e, unlogged, "inbox replay failed");
+                }
                 self.queue.push(Outbound::Release(inbox));
                 None
             }

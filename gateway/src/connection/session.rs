@@ -127,7 +127,10 @@ impl Session {
         match self.subscribe(&inbox).await {
             Ok(head) => self.inbox_head = head.map(Box::new),
             Err(e) => {
-                tracing::warn!(user = %self.identity.user, error = %e, "inbox subscribe failed");
+                if let Some(unlogged) = self.node.connection_failure_log.pass_now() {
+                    let user = &self.identity.user;
+                    tracing::warn!(%user, error = %e, unlogged, "inbox subscribe failed");
+                }
                 self.queue.frame(protocol::error_frame(
                     None,
                     protocol::ErrorCode::Unavailable,
@@ -197,7 +200,9 @@ impl Session {
         if self.node.hub.unsubscribe(room, self.id) {
             self.update_room_gauge();
             if let Err(e) = self.node.engine.unsubscribe(room).await {
-                tracing::warn!(room, error = %e, "engine unsubscribe failed");
+                if let Some(unlogged) = self.node.connection_failure_log.pass_now() {
+                    tracing::warn!(room, error = %e, unlogged, "engine unsubscribe failed");
+                }
             }
         }
     }
@@ -397,7 +402,10 @@ impl Session {
             .save_session(&self.resume_token.to_string(), &record)
             .await
         {
-            tracing::warn!(user = %self.identity.user, error = %e, "session not saved");
+            if let Some(unlogged) = self.node.connection_failure_log.pass_now() {
+                let user = &self.identity.user;
+                tracing::warn!(%user, error = %e, unlogged, "session not saved");
+            }
         }
     }
 }
