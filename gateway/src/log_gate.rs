@@ -1,11 +1,11 @@
 //! At most one log line a period for a failure that comes with every client's requests at
 //! once: Redis down or refusing, a backend hook down, and what each connection fails to do
-//! in such an outage. A line per request buried everything
-//! else in the log and cost more than the failure itself (a dead send hook on a release
-//! build: 203 bytes of log and about 13 µs of CPU per message, 96 against 82.5 µs a send,
-//! where the hook's own failed call cost about 7). The gate lets one line through every
-//! [`LOG_EVERY`] and counts the ones it held back, for the next line's `unlogged` field;
-//! the metrics still count every failure.
+//! in such an outage. A line per request buried everything else in the log and cost more
+//! than the failure itself (a dead send hook on a release build: 203 bytes of log and
+//! about 13 µs of CPU per message, 96 against 82.5 µs a send, where the hook's own failed
+//! call cost about 7). The gate lets one line through every [`LOG_EVERY`] and counts the
+//! ones it held back, for the next line's `unlogged` field; the metrics still count every
+//! failure.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -70,10 +70,11 @@ pub struct Node {
     pub namespaces: Namespaces,
     /// Hooks on the application's backend.
     pub hooks: crate::hooks::Hooks,
-    /// One line a period for a connection's failed engine call (its session not saved, its
-    /// inbox not subscribed or replayed, a room not replayed or unsubscribed): a Redis
-    /// outage fails them for every connection at once (measured: 500 connections closing,
-    /// 500 `session not saved` lines). The engine logs the cause itself.
+    /// One line a period for what a connection failed to do (its session not saved, its
+    /// inbox not subscribed or replayed, a room not replayed or unsubscribed, a connect
+    /// hook's room not joined): a Redis outage, or a backend naming a bad room, fails it
+    /// for every connection at once (measured: 500 connections closing, 500 `session not
+    /// saved` lines). The engine logs the cause itself.
     pub connection_failure_log: crate::log_gate::LogGate,
     /// Counts a delivery; one for all connections (it only touches the node's metrics).
     pub on_delivered: crate::outbound::OnDelivered,

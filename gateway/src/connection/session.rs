@@ -143,7 +143,11 @@ impl Session {
             match self.join_for_backend(&room).await {
                 Ok(replay) => replays.push(replay),
                 Err(e) => {
-                    tracing::warn!(user = %self.identity.user, %room, error = %e.message, "connect hook room not joined");
+                    if let Some(unlogged) = self.node.connection_failure_log.pass_now() {
+                        let (user, error) = (&self.identity.user, &e.message);
+                        let msg = "connect hook room not joined";
+                        tracing::warn!(%user, %room, %error, unlogged, "{msg}");
+                    }
                     self.queue.frame(protocol::error_frame(
                         None,
                         e.code,
