@@ -14,6 +14,17 @@ use std::time::Duration;
 /// node's Redis operations, one for its connections' failed engine calls).
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// `warn_gated!(gate, fields.., "message")`: a `tracing::warn!` line when `gate`
+/// ([`LogGate`]) lets it through, with an `unlogged` field for the lines held back since.
+macro_rules! warn_gated {
+    ($gate:expr, $($line:tt)+) => {
+        if let Some(unlogged) = $gate.pass_now() {
+            tracing::warn!(unlogged, $($line)+);
+        }
+    };
+}
+pub(crate) use warn_gated;
+
 /// Lets one log line through every so often and counts the ones held back.
 #[derive(Debug)]
 pub struct LogGate {

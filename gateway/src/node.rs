@@ -11,6 +11,7 @@ use crate::ended_sessions::EndedSessions;
 use crate::engine::redis::{RedisCounters, RedisEngine};
 use crate::engine::{memory::MemoryEngine, Engine};
 use crate::hub::{ConnId, Hub};
+use crate::log_gate::warn_gated;
 use crate::metrics::Metrics;
 use crate::outbound::OutboundQueue;
 use crate::ratelimit::KeyedBuckets;
@@ -299,10 +300,8 @@ impl Node {
         let Some(oldest) = oldest else { return };
         self.metrics.sessions_dropped.inc();
         if let Err(e) = self.engine.take_session(&oldest.to_string()).await {
-            if let Some(unlogged) = self.connection_failure_log.pass_now() {
-                let msg = "the oldest ended session (past sessions.keptPerUser) not dropped";
-                tracing::warn!(%user, error = %e, unlogged, "{msg}");
-            }
+            let msg = "the oldest ended session (past sessions.keptPerUser) not dropped";
+            warn_gated!(self.connection_failure_log, %user, error = %e, "{msg}");
         }
     }
 

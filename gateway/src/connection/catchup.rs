@@ -15,6 +15,7 @@ use super::cmd::Refusal;
 use super::session::{Joined, Session};
 use crate::disconnect;
 use crate::engine::{EngineError, HistoryPage, HistoryQuery, SessionRecord};
+use crate::log_gate::warn_gated;
 use crate::outbound::Outbound;
 use crate::permissions::Membership;
 use crate::protocol::{ErrorCode, Since, StreamPosition, MAX_HISTORY_LIMIT};
@@ -96,9 +97,8 @@ impl Session {
             let page = match self.node.engine.history(&r.room, q).await {
                 Ok(page) => page,
                 Err(e) => {
-                    if let Some(unlogged) = self.node.connection_failure_log.pass_now() {
-                        tracing::warn!(room = %r.room, error = %e, unlogged, "replay failed");
-                    }
+                    let gate = &self.node.connection_failure_log;
+                    warn_gated!(gate, room = %r.room, error = %e, "replay failed");
                     self.queue.close(disconnect::REPLAY_INTERRUPTED);
                     return false;
                 }
@@ -222,10 +222,8 @@ impl Session {
                 Some(replay)
             }
             Err(e) => {
-                if let Some(unlogged) = self.node.connection_failure_log.pass_now() {
-                    let user = self.user();
-                    tracing::warn!(%user, error = %e, unlogged, "inbox replay failed");
-                }
+                let (gate, user) = (&self.node.connection_failure_log, self.user());
+                warn_gated!(gate, %user, error = %e, "inbox replay failed");
                 self.queue.push(Outbound::Release(inbox));
                 None
             }

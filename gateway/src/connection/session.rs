@@ -6,6 +6,7 @@ use crate::auth::Identity;
 use crate::engine::{EngineError, HistoryPage, SessionRecord, StoredGrant};
 use crate::hooks::ConnectAnswer;
 use crate::hub::ConnId;
+use crate::log_gate::warn_gated;
 use crate::node::Node;
 use crate::outbound::{Outbound, OutboundQueue};
 use crate::permissions::Membership;
@@ -127,10 +128,8 @@ impl Session {
         match self.subscribe(&inbox).await {
             Ok(head) => self.inbox_head = head.map(Box::new),
             Err(e) => {
-                if let Some(unlogged) = self.node.connection_failure_log.pass_now() {
-                    let user = &self.identity.user;
-                    tracing::warn!(%user, error = %e, unlogged, "inbox subscribe failed");
-                }
+                let (gate, user) = (&self.node.connection_failure_log, &self.identity.user);
+                warn_gated!(gate, %user, error = %e, "inbox subscribe failed");
                 self.queue.frame(protocol::error_frame(
                     None,
                     protocol::ErrorCode::Unavailable,
@@ -143,11 +142,9 @@ impl Session {
             match self.join_for_backend(&room).await {
                 Ok(replay) => replays.push(replay),
                 Err(e) => {
-                    if let Some(unlogged) = self.node.connection_failure_log.pass_now() {
-                        let (user, error) = (&self.identity.user, &e.message);
-                        let msg = "connect hook room not joined";
-                        tracing::warn!(%user, %room, %error, unlogged, "{msg}");
-                    }
+                    let (gate, user) = (&self.node.connection_failure_log, &self.identity.user);
+                    let error = &e.message;
+                    warn_gated!(gate, %user, %room, %error, "connect hook room not joined");
                     self.queue.frame(protocol::error_frame(
                         None,
                         e.code,
@@ -204,9 +201,8 @@ impl Session {
         if self.node.hub.unsubscribe(room, self.id) {
             self.update_room_gauge();
             if let Err(e) = self.node.engine.unsubscribe(room).await {
-                if let Some(unlogged) = self.node.connection_failure_log.pass_now() {
-                    tracing::warn!(room, error = %e, unlogged, "engine unsubscribe failed");
-                }
+                let gate = &self.node.connection_failure_log;
+                warn_gated!(gate, room, error = %e, "engine unsubscribe failed");
             }
         }
     }
@@ -406,10 +402,8 @@ impl Session {
             .save_session(&self.resume_token.to_string(), &record)
             .await
         {
-            if let Some(unlogged) = self.node.connection_failure_log.pass_now() {
-                let user = &self.identity.user;
-                tracing::warn!(%user, error = %e, unlogged, "session not saved");
-            }
+            let (gate, user) = (&self.node.connection_failure_log, &self.identity.user);
+            warn_gated!(gate, %user, error = %e, "session not saved");
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod events;
 
 use crate::config::namespaces::matches_pattern;
 use crate::config::{FailurePolicy, HooksConfig};
+use crate::log_gate::warn_gated;
 use crate::metrics::Metrics;
 use client::{HookClient, HookError};
 use serde::{Deserialize, Serialize};
@@ -261,10 +262,8 @@ async fn decide<Q: Serialize, A: Default + serde::de::DeserializeOwned>(
             Verdict::Deny(a.reason.unwrap_or_else(|| "refused by the backend".into())),
         ),
         Err(e) => {
-            if let Some(unlogged) = hook.failure_log.pass_now() {
-                let policy = hook.cfg.on_failure;
-                tracing::warn!(hook = name, error = %e, ?policy, unlogged, "hook failed");
-            }
+            let policy = hook.cfg.on_failure;
+            warn_gated!(hook.failure_log, hook = name, error = %e, ?policy, "hook failed");
             let verdict = match hook.cfg.on_failure {
                 FailurePolicy::Allow => Verdict::Allow(A::default()),
                 FailurePolicy::Refuse => Verdict::Failed(e.clone()),

@@ -12,7 +12,7 @@ use crate::engine::{
     new_epoch, now_ms, EngineError, Envelope, HistoryPage, HistoryQuery, EMPTY_EPOCH,
 };
 use crate::hub::Hub;
-use crate::log_gate::LogGate;
+use crate::log_gate::{warn_gated, LogGate};
 use redis::aio::ConnectionManagerConfig;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -206,9 +206,8 @@ impl Shared {
     }
 
     fn log_failure(&self, what: &str, effect: Effect, error: &dyn std::fmt::Display) {
-        if let Some(unlogged) = self.failure_log.pass_now() {
-            tracing::warn!(%error, outcome = effect.name(), unlogged, "{what} failed");
-        }
+        let outcome = effect.name();
+        warn_gated!(self.failure_log, %error, outcome, "{what} failed");
     }
 
     /// Runs one Redis operation with a deadline: a stalled or unreachable Redis turns into
