@@ -6,7 +6,7 @@
 //! `maxmemory` answers a send `unavailable`, with nothing half-written. A user
 //! reconnecting in a loop keeps `sessions.keptPerUser` stored sessions, not one per
 //! connection for `sessions.resumeTtl`; and starts at most `limits.newRoomsPerHour` rooms
-//! and inboxes an hour.
+//! and inboxes an hour, on all pods together.
 
 use chat_gateway::config::Config;
 use chat_gateway::engine::Engine;
@@ -279,5 +279,43 @@ async fn a_user_past_new_rooms_per_hour_starts_no_room_or_inbox() {
     assert_eq!(
         gws.procs[0].metric("chatgateway_new_rooms_refused_total"),
         3.0
+    );
+}
+
+/// `limits.newRoomsPerHour` counts a user's starts on every pod together (Redis keeps one
+/// bucket per user): past it, a pod the user had not yet started a room on lets one more
+/// through (it had not seen the others' starts) and then refuses, as does the first.
+/// Each pod counting alone, the user started the limit on each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_rooms_per_hour_counts_a_users_starts_on_every_pod() {
+    let redis = RedisServer::start();
+    let gws = Gateways::start(&redis, 2, &[("CHATGW_LIMITS__NEW_ROOMS_PER_HOUR", "3")]);
+    let mut on = [
+        gws.connect(0, "mallory").await,
+        gws.connect(1, "mallory").await,
+    ];
+    let mut codes = Vec::new();
+    for (i, pod) in [0, 0, 0, 1, 1, 0].into_iter().enumerate() {
+        let room = format!("spam{i}");
+        assert_eq!(on[pod].join(&room).await["type"], "ok");
+        let r = on[pod].send(&room, serde_json::json!("hi")).await;
+        codes.push(r["code"].as_str().unwrap_or("ok").to_string());
+    }
+    assert_eq!(
+        codes,
+        ["ok", "ok", "ok", "ok", "quota_exceeded", "quota_exceeded"]
+    );
+    assert_eq!(keys(&redis, "*{spam*}:m"), 4, "the limit and one more");
+    let bucket = match redis.command(&["KEYS", "*:nr:mallory"]) {
+        Ok(redis::Value::Array(k)) if k.len() == 1 => {
+            redis::from_redis_value::<String>(k[0].clone())
+        }
+        other => panic!("mallory's bucket: {other:?}"),
+    };
+    let ttl = pttl(&redis, &bucket.expect("a key name"));
+    // Four taken of three (a debt of one): full again after four thirds of an hour.
+    assert!(
+        ttl > 4 * HOUR_MS / 3 - 60_000 && ttl <= 4 * HOUR_MS / 3,
+        "the bucket goes once full again: {ttl} ms"
     );
 }

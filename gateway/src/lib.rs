@@ -33,6 +33,7 @@ pub mod protocol;
 pub mod ratelimit;
 pub mod rebalance;
 pub mod rejection;
+pub mod room_starts;
 pub mod server;
 pub mod upgrade;
 

@@ -63,7 +63,7 @@ pub struct Node {
     /// Sessions of ended connections this node stored (`sessions.keptPerUser`).
     ended: Mutex<EndedSessions<Hex<16>>>,
     /// Rooms and inboxes each user's sends started (`limits.newRoomsPerHour`).
-    new_rooms: Mutex<KeyedBuckets<String>>,
+    pub room_starts: crate::room_starts::RoomStarts,
     /// Commands of each user, all their connections together (`limits.userMessageRate`).
     user_commands: Mutex<KeyedBuckets<String>>,
     next_conn: AtomicU64,
@@ -176,8 +176,6 @@ impl Node {
         let a = &config.admission;
         let ip_buckets = KeyedBuckets::new(a.per_ip_rate, a.per_ip_burst, MAX_BUCKET_KEYS);
         let user_buckets = KeyedBuckets::new(a.per_user_rate, a.per_user_burst, MAX_BUCKET_KEYS);
-        let per_hour = config.limits.new_rooms_per_hour;
-        let new_rooms = KeyedBuckets::new(f64::from(per_hour) / 3600.0, per_hour, MAX_BUCKET_KEYS);
         let l = &config.limits;
         let user_commands =
             KeyedBuckets::new(l.user_message_rate, l.user_message_burst, MAX_BUCKET_KEYS);
@@ -209,7 +207,10 @@ impl Node {
             on_delivered: crate::connection::count_deliveries(&metrics),
             ip_buckets: Mutex::new(ip_buckets),
             user_buckets: Mutex::new(user_buckets),
-            new_rooms: Mutex::new(new_rooms),
+            room_starts: crate::room_starts::RoomStarts::new(
+                config.limits.new_rooms_per_hour,
+                MAX_BUCKET_KEYS,
+            ),
             user_commands: Mutex::new(user_commands),
             per_user: Mutex::new(HashMap::new()),
             config,
@@ -273,16 +274,6 @@ impl Node {
     /// One upgrade of `user` against its admission bucket.
     pub fn admit_user(&self, user: &str) -> bool {
         lock(&self.user_buckets).take_at(user, std::time::Instant::now())
-    }
-
-    /// Whether `user` may start another room or inbox now (`limits.newRoomsPerHour`).
-    pub fn may_start_room(&self, user: &str) -> bool {
-        lock(&self.new_rooms).allows_at(user, std::time::Instant::now())
-    }
-
-    /// A send of `user` started a room or inbox: one of its `limits.newRoomsPerHour`.
-    pub fn room_started(&self, user: &str) {
-        lock(&self.new_rooms).take_at(user, std::time::Instant::now());
     }
 
     /// One command of `user` against `limits.userMessageRate`, which all the user's

@@ -50,6 +50,13 @@ impl TokenBucket {
         self.take_at(Instant::now())
     }
 
+    /// Sets what the bucket holds at `now` (at most its burst; below zero it refills
+    /// from there): for a bucket that follows one kept elsewhere.
+    pub fn set_at(&mut self, tokens: f64, now: Instant) {
+        self.tokens = tokens.min(self.burst);
+        self.last = now;
+    }
+
     /// Whether a token is there at `now` (none is taken).
     fn has_token_at(&self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
@@ -126,6 +133,26 @@ impl<K: Hash + Eq> KeyedBuckets<K> {
         self.rate <= 0.0 || self.buckets.get(key).is_none_or(|b| b.has_token_at(now))
     }
 
+    /// Sets what `key`'s bucket holds at `now` (see [`TokenBucket::set_at`]); beyond
+    /// `max_keys` live buckets a new key gets none, as in [`take_at`](Self::take_at).
+    pub fn set_at<Q>(&mut self, key: &Q, tokens: f64, now: Instant)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if self.rate <= 0.0 {
+            return;
+        }
+        if let Some(bucket) = self.buckets.get_mut(key) {
+            return bucket.set_at(tokens, now);
+        }
+        if self.buckets.len() < self.max_keys {
+            let mut bucket = TokenBucket::new(self.rate, self.burst);
+            bucket.set_at(tokens, now);
+            self.buckets.insert(key.to_owned(), bucket);
+        }
+    }
+
     /// Live buckets.
     pub fn len(&self) -> usize {
         self.buckets.len()
@@ -200,6 +227,33 @@ mod tests {
         assert!(
             KeyedBuckets::<String>::new(0.0, 1, 1).allows_at("u", t0),
             "rate 0"
+        );
+    }
+
+    #[test]
+    fn a_bucket_set_from_elsewhere_refills_from_what_it_was_set_to() {
+        let t0 = Instant::now();
+        let mut k = KeyedBuckets::<String>::new(1.0, 5, 100);
+        k.set_at("u", 0.5, t0);
+        assert!(!k.allows_at("u", t0), "half a token");
+        assert!(k.allows_at("u", t0 + Duration::from_millis(500)));
+        k.set_at("u", -1.0, t0);
+        assert!(
+            !k.take_at("u", t0 + Duration::from_millis(1500)),
+            "a debt is paid first"
+        );
+        k.set_at("u", 99.0, t0);
+        assert_eq!(
+            (0..10).filter(|_| k.take_at("u", t0)).count(),
+            5,
+            "at most the burst"
+        );
+        let mut full = KeyedBuckets::<String>::new(1.0, 5, 1);
+        full.set_at("a", 0.0, t0);
+        full.set_at("b", 0.0, t0);
+        assert!(
+            full.take_at("b", t0),
+            "past max_keys a new key gets no bucket"
         );
     }
 

@@ -145,6 +145,14 @@ impl Nodes for Faulty {
     async fn admit(&self, rate: u32) -> Result<Option<bool>, EngineError> {
         self.inner.admit(rate).await
     }
+    async fn start_room(
+        &self,
+        user: &str,
+        rate: f64,
+        burst: u32,
+    ) -> Result<Option<f64>, EngineError> {
+        self.inner.start_room(user, rate, burst).await
+    }
 }
 
 #[async_trait]

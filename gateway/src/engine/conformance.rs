@@ -2,6 +2,7 @@
 
 mod bounded;
 mod head;
+mod nodes;
 mod presence;
 mod trace;
 
@@ -39,25 +40,13 @@ pub async fn run_all(factory: &impl Factory) {
     sessions_take_once_and_expire(factory).await;
     inbox_cursor_only_moves_forward(factory).await;
     concurrent_publishers_keep_seq_order(factory).await;
-    nodes_registry(factory).await;
+    nodes::registry(factory).await;
+    nodes::room_starts_count_down_per_user_to_a_bounded_debt(factory).await;
     bounded::history_pages_by_bytes_and_says_more(factory).await;
     bounded::a_store_behind_this_node_starts_a_new_epoch(factory).await;
     bounded::a_lost_room_starts_a_new_epoch(factory).await;
     trace::only_a_valid_traceparent_travels(factory).await;
     head::a_head_handed_back_is_the_rooms_head(factory).await;
-}
-
-async fn nodes_registry(f: &impl Factory) {
-    let hub = Arc::new(Hub::default());
-    let engine = f.make(hub.clone(), &config()).await;
-    let report = super::NodeReport {
-        id: "n9".into(),
-        connections: 12,
-        draining: false,
-        heartbeat: super::now_ms(),
-    };
-    engine.report_node(&report).await.expect("report");
-    assert!(engine.nodes().await.expect("nodes").contains(&report));
 }
 
 fn config() -> Config {

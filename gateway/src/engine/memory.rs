@@ -438,6 +438,9 @@ impl Nodes for MemoryEngine {
     async fn admit(&self, _rate: u32) -> Result<Option<bool>, EngineError> {
         Ok(None) // one node: the node's own window is the whole cluster
     }
+    async fn start_room(&self, _: &str, _: f64, _: u32) -> Result<Option<f64>, EngineError> {
+        Ok(None) // one node: the node's own bucket is the whole cluster's
+    }
 }
 
 #[async_trait]

@@ -387,7 +387,8 @@ pub trait Sessions: Send + Sync {
     async fn ack_inbox(&self, user: &str, at: &StreamPosition) -> Result<(), EngineError>;
 }
 
-/// The cluster's nodes: their load (for rebalancing) and the admission counter.
+/// The cluster's nodes: their load (for rebalancing), the admission counter and the
+/// users' room starts.
 #[async_trait]
 pub trait Nodes: Send + Sync {
     /// Publishes this node's load in the node registry (expires unless refreshed).
@@ -397,6 +398,17 @@ pub trait Nodes: Send + Sync {
     /// Counts one admission in the current second against a cluster-wide `rate`;
     /// `None` when the engine has no cluster-wide counter (the node counts itself).
     async fn admit(&self, rate: u32) -> Result<Option<bool>, EngineError>;
+    /// Takes one of `user`'s room starts (`limits.newRoomsPerHour`) from the cluster's
+    /// token bucket of them (`burst` tokens refilling at `rate` a second) and returns what
+    /// it holds after: below 1 the user may start no more for now, below 0 the cluster's
+    /// nodes together started more than it held (never below `-burst`). `None` when the
+    /// engine keeps no cluster-wide bucket (the node's own is the whole cluster's).
+    async fn start_room(
+        &self,
+        user: &str,
+        rate: f64,
+        burst: u32,
+    ) -> Result<Option<f64>, EngineError>;
 }
 
 /// Everything a gateway node needs from its engine. Both engines pass one conformance

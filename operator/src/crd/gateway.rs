@@ -234,8 +234,8 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000000))]
     pub connections_per_user: Option<i64>,
-    /// Rooms and inboxes one user's sends may start per hour on one pod (past it, sends
-    /// go only to rooms with messages); 0 disables the limit.
+    /// Rooms and inboxes one user's sends may start per hour, on all pods together (past
+    /// it, sends go only to rooms with messages); 0 disables the limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000000))]
     pub new_rooms_per_hour: Option<i64>,

@@ -106,7 +106,7 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
     if !published.duplicate {
         metrics.received.inc();
         if !published.ephemeral && published.at.seq == 1 {
-            s.node.room_started(s.user());
+            s.node.room_starts.started(&*s.node.engine, s.user()).await;
         }
     }
     if let Some(body) = copy {
@@ -128,7 +128,7 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
 /// start rooms at its command rate (docs/operations.md, "Redis memory"). The store is read
 /// only for such a user.
 async fn may_start(s: &Session, room: &str) -> Result<(), Refusal> {
-    if !s.node.namespaces.of(room).keep_history || s.node.may_start_room(s.user()) {
+    if !s.node.namespaces.of(room).keep_history || s.node.room_starts.allows(s.user()) {
         return Ok(());
     }
     let head = HistoryQuery {
@@ -141,7 +141,7 @@ async fn may_start(s: &Session, room: &str) -> Result<(), Refusal> {
         return Ok(());
     }
     s.node.metrics.new_rooms_refused.inc();
-    let n = s.node.config.limits.new_rooms_per_hour;
+    let n = s.node.room_starts.per_hour();
     Err(Refusal::new(
         ErrorCode::QuotaExceeded,
         format!(

@@ -139,6 +139,9 @@ impl Keys {
     pub(crate) fn inbox_cursor(&self, user: &str) -> String {
         [&self.prefix, ":ic:", user].concat()
     }
+    pub(crate) fn room_starts(&self, user: &str) -> String {
+        [&self.prefix, ":nr:", user].concat()
+    }
     pub(crate) fn node(&self, id: &str) -> String {
         [&self.prefix, ":node:", id].concat()
     }
@@ -181,6 +184,7 @@ mod tests {
             assert_eq!((route.channel, route.prefix), (channel, String::new()));
             assert_eq!(k.session("t0k"), "cg:sess:t0k");
             assert_eq!(k.inbox_cursor("ann"), "cg:ic:ann");
+            assert_eq!(k.room_starts("ann"), "cg:nr:ann");
             assert_eq!(k.node("n1"), "cg:node:n1");
             assert_eq!(k.admission(7), "cg:adm:7");
             assert_eq!(k.nodes(), "cg:nodes");

@@ -10,6 +10,7 @@
 //! P:{R}:q:<from>  zset   seqs of the sender's retained messages (inboxes with a DM quota)
 //! P:{R}:pc  zset   "<user>\0<conn>" scored by expiry ms
 //! P:{R}:pu  hash   user -> connection count
+//! P:nr:<user>  hash  t (tokens), at (ms): the user's room starts (`newRoomsPerHour`)
 //! P:c:R     channel: "m <seq> <epoch> <ts> <traceparent|-> <frame>", "p <frame>"
 //!           (presence), or "e <ts> <traceparent|-> <frame>" (ephemeral, never stored)
 //! ```
@@ -80,3 +81,9 @@ pub static PRESENCE_SWEEP: LazyLock<Script> =
 /// Advances a user's inbox cursor `"<seq> <epoch>"`. KEYS: cursor. ARGV: seq, epoch, ttl ms.
 pub static INBOX_ACK: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/inbox_ack.lua")));
+
+/// Takes one of a user's room starts from their token bucket (`limits.newRoomsPerHour`,
+/// one for the whole cluster). Returns the tokens left as a string (at least -burst).
+/// KEYS: the bucket. ARGV: now ms, rate per second, burst.
+pub static ROOM_STARTS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/room_starts.lua")));

@@ -1,6 +1,6 @@
-//! Sessions, inbox cursors and the node registry on Redis: each is one key per call
-//! (single-slot in a cluster), except the registry read, an MGET the cluster client splits
-//! by slot.
+//! Sessions, inbox cursors, the node registry and the users' room starts on Redis: each is
+//! one key per call (single-slot in a cluster), except the registry read, an MGET the
+//! cluster client splits by slot.
 
 use super::RedisEngine;
 use super::{scripts, NODE_TTL};
@@ -119,5 +119,28 @@ impl Nodes for RedisEngine {
             )
             .await?;
         Ok(Some(count <= u64::from(rate)))
+    }
+    async fn start_room(
+        &self,
+        user: &str,
+        rate: f64,
+        burst: u32,
+    ) -> Result<Option<f64>, EngineError> {
+        let s = &self.shared;
+        let mut c = s.conn();
+        // A string: a Lua number comes back cut to an integer.
+        let left: String = s
+            .run(
+                scripts::ROOM_STARTS
+                    .key(s.keys.room_starts(user))
+                    .arg(now_ms())
+                    .arg(rate)
+                    .arg(burst)
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        left.parse()
+            .map(Some)
+            .map_err(|_| EngineError::Internal(format!("room starts left: {left:?}")))
     }
 }
