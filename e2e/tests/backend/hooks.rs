@@ -246,3 +246,38 @@ async fn a_dead_backend_is_one_log_line_not_one_per_call() {
         "{lines} lines for 20 failures:\n{log}"
     );
 }
+
+/// A connect hook naming a room no connection can join fails it for every connection: each
+/// client hears it (an error frame naming the room), the log has one line a period (with
+/// the count of those left out), not one per connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_hooks_room_failing_every_connection_is_one_log_line() {
+    let backend = Backend::start(0);
+    let connect = backend.hook("/connect").url;
+    // "announcements", the room the backend names, is longer than this.
+    let gw = e2e::process::GatewayProcess::start(&[
+        ("CHATGW_AUTH__MODE", "insecure"),
+        ("CHATGW_HOOKS__CONNECT__URL", &connect),
+        ("CHATGW_LIMITS__MAX_ROOM_NAME", "8"),
+    ]);
+    gw.wait_ready(200, Duration::from_secs(30));
+    for i in 0..20 {
+        let mut c = Client::connect(&gw.ws_url(&format!("user=u{i}")))
+            .await
+            .expect("connects");
+        let e = c.next_of("error").await;
+        assert_eq!(e["code"], "invalid_room", "{e}");
+        assert!(
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("announcements: ")),
+            "{e}"
+        );
+    }
+    let log = gw.log_tail();
+    let lines = log.matches("connect hook room not joined").count();
+    assert!(
+        (1..3).contains(&lines),
+        "{lines} lines for 20 connections:\n{log}"
+    );
+}
