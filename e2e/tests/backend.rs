@@ -361,4 +361,20 @@ async fn disconnect_and_unsubscribe_reach_the_user_on_every_process() {
         Some(4100),
         "reconnect allowed"
     );
+    // A user no token can name is refused, not sent to every pod.
+    for (path, body) in [
+        ("/api/v1/disconnect", json!({"user": "x".repeat(129)})),
+        ("/api/v1/disconnect", json!({"user": ""})),
+        (
+            "/api/v1/unsubscribe",
+            json!({"user": "a\u{7}b", "room": "r"}),
+        ),
+    ] {
+        let (status, err) = api(apis[0], "POST", path, Some(KEY), Some(body)).await;
+        assert_eq!(
+            (status, err["error"].as_str()),
+            (400, Some("bad_request")),
+            "{path}: {err}"
+        );
+    }
 }

@@ -140,12 +140,18 @@ pub fn apply(node: &Node, msg: Control) {
     }
 }
 
+/// How many control messages (frames, bytes) may wait for the node: a burst of server API
+/// calls (a backend banning thousands of users at once) arrives faster than the node
+/// applies them, each one a look through all its connections.
+const QUEUE_FRAMES: usize = 16_384;
+const QUEUE_BYTES: usize = 8 << 20;
+
 /// Subscribes the node to [`CONTROL_ROOM`] and applies what arrives, until shutdown. The
 /// engine's subscriber re-subscribes after a Redis reconnect like any room.
 pub async fn run(node: Arc<Node>) {
-    let (queue, mut rx) = outbound::queue(1024, 1 << 20);
-    node.hub
-        .subscribe(&Arc::from(CONTROL_ROOM), CONTROL_SUBSCRIBER, queue);
+    let room: Arc<str> = Arc::from(CONTROL_ROOM);
+    let (queue, mut rx) = outbound::queue(QUEUE_FRAMES, QUEUE_BYTES);
+    node.hub.subscribe(&room, CONTROL_SUBSCRIBER, queue);
     // Redis may not be up yet: retry until the subscription is live. The node is not
     // ready before (a disconnect sent meanwhile would miss it).
     let mut wait = std::time::Duration::from_millis(50);
@@ -159,20 +165,34 @@ pub async fn run(node: Arc<Node>) {
     }
     node.control_ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
+    while apply_until_overflow(&node, &mut rx).await {
+        // The queue overflowed and dropped what it held: those messages are lost, as a
+        // pub/sub message is to a node that is away. Listening again matters more: a loop
+        // that ended here left the node ready but deaf to every later disconnect and ban.
+        tracing::error!(
+            "control messages lost: this node fell behind a burst of server API calls \
+             (disconnect, unsubscribe); repeat them"
+        );
+        let (queue, fresh) = outbound::queue(QUEUE_FRAMES, QUEUE_BYTES);
+        node.hub.subscribe(&room, CONTROL_SUBSCRIBER, queue);
+        rx = fresh;
+    }
+}
+
+/// Applies control messages until shutdown (false) or until the queue overflowed (true).
+async fn apply_until_overflow(node: &Node, rx: &mut outbound::OutboundReceiver) -> bool {
     loop {
         let item = tokio::select! {
-            _ = node.shutdown.cancelled() => return,
+            _ = node.shutdown.cancelled() => return false,
             item = rx.recv() => item,
         };
-        let Some(Outbound::Msg(env)) = item else {
-            if item.is_none() {
-                return;
-            }
-            continue;
-        };
-        match parse(&env.frame) {
-            Some(msg) => apply(&node, msg),
-            None => tracing::warn!("malformed control message dropped"),
+        match item {
+            Some(Outbound::Msg(env)) => match parse(&env.frame) {
+                Some(msg) => apply(node, msg),
+                None => tracing::warn!("malformed control message dropped"),
+            },
+            Some(_) => {}
+            None => return !node.shutdown.is_cancelled(),
         }
     }
 }
@@ -210,5 +230,59 @@ mod tests {
         );
         assert_eq!(parse(&frame), Some(msg));
         assert_eq!(parse(r#"{"body":{"op":"dance"}}"#), None);
+    }
+
+    /// A burst of control messages larger than the node's queue loses what was waiting,
+    /// and the node listens on: before, its control loop ended there for good, the node
+    /// still ready, and no later disconnect or unsubscribe reached its connections.
+    #[tokio::test]
+    async fn a_node_that_fell_behind_a_burst_listens_on() {
+        let mut config = crate::config::Config::default();
+        config.auth.mode = crate::config::AuthMode::Insecure;
+        config.server.listen = "127.0.0.1:0".parse().expect("addr");
+        let node = Node::new(config, Default::default()).expect("node");
+        tokio::spawn(run(node.clone()));
+        while !node
+            .control_ready
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            tokio::task::yield_now().await;
+        }
+        let ctl = Arc::new(ConnCtl::default());
+        let (queue, _rx) = outbound::queue(8, 1024);
+        node.register(queue, "bob", Some(ctl.clone()));
+        let unsubscribe = |room: &str| Control::Unsubscribe {
+            user: "bob".into(),
+            room: room.into(),
+        };
+        // One runtime thread: the control loop runs only once this task waits, and the
+        // memory engine publishes without waiting.
+        for _ in 0..=QUEUE_FRAMES {
+            send(&node, &unsubscribe("burst")).await.expect("send");
+        }
+        send(&node, &unsubscribe("after")).await.expect("send");
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(ctl.take().is_empty(), "the burst overflowed the queue");
+        send(&node, &unsubscribe("later")).await.expect("send");
+        let told = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                let told = ctl.take();
+                if !told.is_empty() {
+                    return told;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the node listens again");
+        assert_eq!(
+            told,
+            [SessionCtl::Unsubscribe {
+                room: "later".into(),
+                reason: "removed by the server"
+            }]
+        );
     }
 }

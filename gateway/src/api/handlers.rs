@@ -68,6 +68,20 @@ fn room_name(node: &Node, room: &str) -> Result<(), ApiError> {
     protocol::validate_room(room, node.config.limits.max_room_name).map_err(ApiError::bad)
 }
 
+/// A user id as tokens carry them: 1 to 128 bytes, no control characters. Anything else
+/// names no connection, and travels to every node for nothing.
+fn user_name(user: &str) -> Result<(), ApiError> {
+    if user.is_empty()
+        || user.len() > crate::auth::MAX_USER_LEN
+        || user.chars().any(char::is_control)
+    {
+        return Err(ApiError::bad(
+            "user must be 1..128 bytes without control characters",
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PublishRequest {
@@ -235,9 +249,7 @@ struct Done {
 }
 
 async fn disconnect(node: &Node, req: DisconnectRequest) -> Result<Response<Body>, ApiError> {
-    if req.user.is_empty() {
-        return Err(ApiError::bad("user is required"));
-    }
+    user_name(&req.user)?;
     let msg = Control::Disconnect {
         user: req.user,
         reconnect: req.reconnect,
@@ -255,6 +267,7 @@ struct UnsubscribeRequest {
 }
 
 async fn unsubscribe(node: &Node, req: UnsubscribeRequest) -> Result<Response<Body>, ApiError> {
+    user_name(&req.user)?;
     room_name(node, &req.room)?;
     let msg = Control::Unsubscribe {
         user: req.user,
