@@ -67,8 +67,9 @@ pub struct HookConfig {
     /// How long the breaker stays open before one call tries again.
     #[serde(with = "humantime_serde")]
     pub breaker_cooldown: Duration,
-    /// Room-name patterns (`name` or `prefix*`) the hook is asked about (`join`, `send`);
-    /// empty: every room.
+    /// Room-name patterns (`name` or `prefix*`) whose sends the `send` hook is asked
+    /// about; empty: every room. Only `send` reads it: the `join` hook is asked about every
+    /// room of a namespace with `join: backend`.
     pub rooms: Vec<String>,
 }
 

@@ -43,11 +43,13 @@ impl HookError {
     }
 }
 
-/// Consecutive failures and, once they reach the threshold, when the breaker closes.
+/// Consecutive failures and, once they reach the threshold, when the breaker closes;
+/// after that, until when the one trial call may take (it is out meanwhile).
 #[derive(Debug, Default)]
 struct Breaker {
     failures: u32,
     open_until: Option<Instant>,
+    trial_until: Option<Instant>,
 }
 
 /// A configured hook endpoint.
@@ -81,29 +83,74 @@ impl HookClient {
     }
 
     /// POSTs `request` and decodes the answer, retrying what cannot have had an effect.
+    /// An answer that is not the expected JSON counts as a failure for the breaker.
     pub async fn call<Q: Serialize, A: DeserializeOwned>(
         &self,
         request: &Q,
         traceparent: Option<&str>,
     ) -> Result<A, HookError> {
-        if self.cfg.breaker_failures > 0 {
-            let b = self.breaker();
-            if b.open_until.is_some_and(|t| Instant::now() < t) {
-                return Err(HookError::CircuitOpen);
+        self.exchange(request, traceparent, |text| {
+            serde_json::from_slice(text).map_err(|e| HookError::BadAnswer(e.to_string()))
+        })
+        .await
+    }
+
+    /// POSTs `request`; any 2xx answer will do, whatever its body (a notification's
+    /// endpoint may well answer 204 No Content).
+    pub async fn post_only<Q: Serialize>(&self, request: &Q) -> Result<(), HookError> {
+        self.exchange(request, None, |_| Ok(())).await
+    }
+
+    /// The breaker, the POST with its retries, and `read` of the answer's body.
+    async fn exchange<Q: Serialize, A>(
+        &self,
+        request: &Q,
+        traceparent: Option<&str>,
+        read: impl FnOnce(&[u8]) -> Result<A, HookError>,
+    ) -> Result<A, HookError> {
+        self.admit()?;
+        let body = match serde_json::to_vec(request) {
+            Ok(body) => Bytes::from(body),
+            Err(e) => {
+                self.record(false);
+                return Err(HookError::BadAnswer(e.to_string()));
             }
-        }
-        let body = serde_json::to_vec(request).map_err(|e| HookError::BadAnswer(e.to_string()))?;
+        };
         let mut attempt = 0;
         let result = loop {
-            let r = self.post(Bytes::from(body.clone()), traceparent).await;
-            match r {
+            match self.post(body.clone(), traceparent).await {
                 Err(HookError::Unavailable(_)) if attempt < self.cfg.retries => attempt += 1,
                 other => break other,
             }
         };
-        self.record(result.is_ok());
-        let text = result?;
-        serde_json::from_slice(&text).map_err(|e| HookError::BadAnswer(e.to_string()))
+        let answer = result.and_then(|text| read(&text));
+        self.record(answer.is_ok());
+        answer
+    }
+
+    /// Whether a call may go out: not while the breaker is open, and once its cooldown
+    /// is over only one trial call until that call's outcome is known (a backend that
+    /// hangs would otherwise hold every call made meanwhile for the whole timeout). A
+    /// trial whose caller went away without an outcome frees the way after its deadline.
+    fn admit(&self) -> Result<(), HookError> {
+        if self.cfg.breaker_failures == 0 {
+            return Ok(());
+        }
+        let mut b = self.breaker();
+        let now = Instant::now();
+        match b.open_until {
+            Some(t) if now < t => Err(HookError::CircuitOpen),
+            Some(_) if b.trial_until.is_some_and(|t| now < t) => Err(HookError::CircuitOpen),
+            Some(_) => {
+                let longest = self
+                    .cfg
+                    .timeout
+                    .saturating_mul(self.cfg.retries.saturating_add(1));
+                b.trial_until = now.checked_add(longest);
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     fn record(&self, ok: bool) {
@@ -116,6 +163,7 @@ impl HookClient {
             return;
         }
         b.failures += 1;
+        b.trial_until = None;
         if b.failures >= self.cfg.breaker_failures {
             // Open, or re-open after the one trial call failed.
             b.open_until = Some(Instant::now() + self.cfg.breaker_cooldown);

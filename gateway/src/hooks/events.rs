@@ -1,7 +1,7 @@
 //! Notifications after the fact: `message` (stored), `connected`, `disconnected`. Events
 //! wait in a bounded in-memory queue (the oldest dropped and counted beyond it) and are
-//! posted in batches, retried with backoff until the backend answers 2xx: at least once
-//! while the gateway runs (a crashed gateway loses what was still queued).
+//! posted in batches, retried with backoff until the backend answers 2xx (any body): at
+//! least once while the gateway runs (a crashed gateway loses what was still queued).
 
 use super::client::HookClient;
 use crate::config::{EventsConfig, FailurePolicy, HookConfig};
@@ -83,6 +83,9 @@ pub struct Notifier {
     wake: Notify,
     client: HookClient,
     dropped: prometheus::IntCounter,
+    /// Held while a batch is out: at shutdown [`flush`](Self::flush) and [`run`](Self::run)
+    /// both post, and two posts at once would send the queue's front twice, out of order.
+    posting: tokio::sync::Mutex<()>,
 }
 
 impl Notifier {
@@ -102,6 +105,7 @@ impl Notifier {
             client,
             dropped,
             cfg,
+            posting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -133,6 +137,7 @@ impl Notifier {
 
     /// Posts the oldest batch; `Ok(false)` when the queue was empty.
     async fn post_batch(&self) -> Result<bool, super::client::HookError> {
+        let _posting = self.posting.lock().await;
         let (last, batch): (u64, Vec<Event>) = {
             let guard = self.queue();
             let taken: Vec<&(u64, Event)> = guard.1.iter().take(self.cfg.batch).collect();
@@ -142,7 +147,7 @@ impl Notifier {
         if batch.is_empty() {
             return Ok(false);
         }
-        let _: serde_json::Value = self.client.call(&Batch { events: &batch }, None).await?;
+        self.client.post_only(&Batch { events: &batch }).await?;
         // By id: the queue may have dropped some of the batch meanwhile.
         let mut guard = self.queue();
         while guard.1.front().is_some_and(|(id, _)| *id <= last) {

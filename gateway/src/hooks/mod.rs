@@ -6,6 +6,8 @@
 
 pub mod client;
 pub mod events;
+#[cfg(test)]
+mod tests;
 
 use crate::config::namespaces::matches_pattern;
 use crate::config::{FailurePolicy, HooksConfig};

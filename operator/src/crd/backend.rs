@@ -89,8 +89,9 @@ pub struct HookSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(DURATION_PATTERN), extend("default" = "5s"))]
     pub breaker_cooldown: Option<String>,
-    /// Room-name patterns (`name` or `prefix*`) the `join` and `send` hooks are asked
-    /// about; empty: every room.
+    /// Room-name patterns (`name` or `prefix*`) whose sends the `send` hook is asked
+    /// about; empty: every room. (The `join` hook is asked about every room of a
+    /// namespace with `join: backend`.)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     pub rooms: Vec<String>,

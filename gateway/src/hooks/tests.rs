@@ -1,0 +1,163 @@
+//! The hook client and the notifier against a real HTTP server on loopback: what a 2xx
+//! without JSON means for a notification, the breaker's one trial call, and the posts at
+//! shutdown.
+
+use super::client::{HookClient, HookError};
+use super::events::{Event, Notifier};
+use crate::config::{EventsConfig, HookConfig};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The bodies a backend received, in order of arrival.
+type Received = Arc<Mutex<Vec<String>>>;
+
+/// A backend on loopback that answers every POST with `status` and no body, after
+/// `delay` (`None`: never answers). Returns its address and what it received.
+async fn backend(status: u16, delay: Option<Duration>) -> (SocketAddr, Received) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let received: Received = Arc::default();
+    let seen = received.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let seen = seen.clone();
+                async move {
+                    let body = req.into_body().collect().await?.to_bytes();
+                    seen.lock()
+                        .expect("lock")
+                        .push(String::from_utf8_lossy(&body).into_owned());
+                    match delay {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => std::future::pending().await,
+                    }
+                    let mut answer = hyper::Response::new(Full::new(Bytes::new()));
+                    *answer.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
+                    Ok::<_, hyper::Error>(answer)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    (addr, received)
+}
+
+fn notifier(addr: SocketAddr, batch: usize) -> Notifier {
+    let cfg = EventsConfig {
+        url: format!("http://{addr}/events"),
+        batch,
+        kinds: vec!["connected".into()],
+        ..Default::default()
+    };
+    Notifier::new(cfg, prometheus::IntCounter::new("d", "d").expect("counter"))
+}
+
+fn connected(session: &str) -> Event {
+    Event::Connected {
+        user: "ann".into(),
+        session: session.into(),
+        node: "n".into(),
+        ts: 1,
+    }
+}
+
+/// The sessions of the `connected` events in each batch a backend received.
+fn sessions(received: &Received) -> Vec<String> {
+    let batches = received.lock().expect("lock").clone();
+    batches
+        .iter()
+        .flat_map(|b| {
+            let v: serde_json::Value = serde_json::from_str(b).unwrap_or_default();
+            let events = v["events"].as_array().cloned().unwrap_or_default();
+            events
+                .into_iter()
+                .map(|e| e["session"].as_str().unwrap_or_default().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// A backend answering a notification 204 No Content (or 200 with no body) took it:
+/// before, the answer was read as JSON, failed, and the batch was posted again every few
+/// seconds for as long as the gateway ran.
+#[tokio::test]
+async fn a_notification_answered_without_a_body_is_delivered_once() {
+    for status in [204, 200] {
+        let (addr, received) = backend(status, Some(Duration::ZERO)).await;
+        let n = notifier(addr, 100);
+        n.notify(connected("s1"));
+        n.flush().await;
+        n.flush().await;
+        assert_eq!(sessions(&received), ["s1"], "HTTP {status}");
+    }
+}
+
+/// At shutdown the gateway flushes while the poster may still have a batch out: each
+/// event reaches the backend once and in order (before, both posted the queue's front).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shutdown_flush_and_the_poster_post_each_batch_once_in_order() {
+    let (addr, received) = backend(204, Some(Duration::from_millis(200))).await;
+    let n = Arc::new(notifier(addr, 1));
+    for s in ["s1", "s2", "s3"] {
+        n.notify(connected(s));
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let poster = tokio::spawn({
+        let (n, stop) = (n.clone(), stop.clone());
+        async move { n.run(stop).await }
+    });
+    while received.lock().expect("lock").is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel(); // the first batch is out
+    n.flush().await;
+    let _ = poster.await;
+    assert_eq!(sessions(&received), ["s1", "s2", "s3"]);
+}
+
+/// Once the breaker's cooldown is over, one call tries the backend; the others are
+/// refused at once until it answers, instead of each waiting out a hung backend.
+#[tokio::test]
+async fn after_the_cooldown_one_trial_call_goes_out() {
+    let (addr, received) = backend(200, None).await;
+    let c = Arc::new(HookClient::new(HookConfig {
+        url: format!("http://{addr}/join"),
+        timeout: Duration::from_millis(500),
+        retries: 0,
+        breaker_failures: 1,
+        breaker_cooldown: Duration::from_millis(10),
+        ..Default::default()
+    }));
+    let first: Result<serde_json::Value, _> = c.call(&serde_json::json!({}), None).await;
+    assert_eq!(first, Err(HookError::Timeout), "the breaker opens");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let trial = tokio::spawn({
+        let c = c.clone();
+        async move {
+            c.call::<_, serde_json::Value>(&serde_json::json!({}), None)
+                .await
+        }
+    });
+    while received.lock().expect("lock").len() < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let other: Result<serde_json::Value, _> = c.call(&serde_json::json!({}), None).await;
+    assert_eq!(other, Err(HookError::CircuitOpen), "while the trial is out");
+    assert_eq!(trial.await.ok(), Some(Err(HookError::Timeout)));
+    assert_eq!(
+        received.lock().expect("lock").len(),
+        2,
+        "the refused call sent nothing"
+    );
+}
