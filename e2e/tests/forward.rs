@@ -185,6 +185,13 @@ async fn longest_prefix_strip_and_forwarded_headers() {
         Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         "the client's trace context goes through"
     );
+    // The longest prefix of the normalised path wins, not of the raw one (`/api`).
+    let mut c = connect(&gw, "/api/x/../deep//y?user=carol")
+        .await
+        .expect("a route");
+    assert_eq!(echo_once(&mut c, "hello dots").await, "hello dots");
+    let s = seen2.lock().expect("seen").get(1).map(|s| s.path.clone());
+    assert_eq!(s.as_deref(), Some("/base/api/deep/y"), "on the deep route");
     let mut b = connect(&gw, "/api/y?user=bob").await.expect("short route");
     assert_eq!(echo_once(&mut b, "hello short").await, "hello short");
     let s = seen1.lock().expect("seen")[0].clone();

@@ -46,6 +46,15 @@ impl Drop for RouteSlot {
     }
 }
 
+/// A request path matched to its route ([`Router::route`]).
+pub struct Routed {
+    /// The route with the longest prefix of the normalised path; for a refused path,
+    /// the route of the raw path (the one it left).
+    route: Arc<Route>,
+    /// The normalised path, or None when the path leaves the route (refused, 400).
+    path: Option<String>,
+}
+
 /// Routes, longest prefix first.
 #[derive(Default)]
 pub struct Router {
@@ -69,8 +78,33 @@ impl Router {
         Ok(Router { routes })
     }
 
-    /// The route with the longest prefix matching `path` on a segment boundary.
-    pub fn find(&self, path: &str) -> Option<Arc<Route>> {
+    /// The route for a request's raw path, or None (404) when no prefix matches it.
+    ///
+    /// The route is chosen on the path the upstream will see, the normalised one: chosen
+    /// on the raw path, `/a/x/../b/y` and `/a//b/y` went to the route of `/a` and were
+    /// forwarded there as `/a/b/y`, although the route of `/a/b` has the longer prefix.
+    /// The raw path still decides whether there is a route at all and which one a path
+    /// that cannot be normalised, or climbs out of its prefix, is refused for (400).
+    pub fn route(&self, raw: &str) -> Option<Routed> {
+        let named = self.find(raw)?;
+        let Some(path) = named.normalize(raw) else {
+            return Some(Routed {
+                route: named,
+                path: None,
+            });
+        };
+        // The normalised path is inside `named`'s prefix, so this finds `named` or a
+        // route with a longer prefix: never none.
+        let route = self.find(&path).unwrap_or(named);
+        Some(Routed {
+            route,
+            path: Some(path),
+        })
+    }
+
+    /// The route with the longest prefix matching `path` on a segment boundary (the
+    /// raw path: see [`Router::route`]).
+    fn find(&self, path: &str) -> Option<Arc<Route>> {
         self.routes
             .iter()
             .find(|r| {
@@ -223,11 +257,12 @@ async fn dial(
 /// answers 101 and pipes.
 pub async fn upgrade(
     node: Arc<Node>,
-    route: Arc<Route>,
+    routed: Routed,
     mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let Some(path) = route.normalize(req.uri().path()) else {
+    let Routed { route, path } = routed;
+    let Some(path) = path else {
         return reject(
             &node,
             Rejection::BadPath,
@@ -350,108 +385,4 @@ fn user_header(user: &str) -> HeaderValue {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn route(prefix: &str, upstream: &str, strip: bool) -> RouteConfig {
-        RouteConfig {
-            name: "r".into(),
-            path_prefix: prefix.into(),
-            upstream: upstream.into(),
-            strip_prefix: strip,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn longest_prefix_on_segment_boundaries() {
-        let mut a = route("/a", "up1:1", false);
-        a.name = "a".into();
-        let mut ab = route("/a/b", "up2:2", false);
-        ab.name = "ab".into();
-        let r = Router::new(&[a, ab]).expect("router");
-        assert_eq!(
-            r.find("/a/b/c").map(|x| x.cfg.name.clone()),
-            Some("ab".into())
-        );
-        assert_eq!(
-            r.find("/a/b").map(|x| x.cfg.name.clone()),
-            Some("ab".into())
-        );
-        assert_eq!(r.find("/a/x").map(|x| x.cfg.name.clone()), Some("a".into()));
-        assert_eq!(
-            r.find("/ab").map(|x| x.cfg.name.clone()),
-            None,
-            "not a segment boundary"
-        );
-        assert!(r.find("/other").is_none());
-    }
-
-    #[test]
-    fn paths_that_leave_the_route_are_refused() {
-        let r =
-            Router::new(&[route("/bots", "ws://127.0.0.1:19000/public", true)]).expect("router");
-        let bots = r.find("/bots/x").expect("route");
-        for bad in [
-            "/bots/%2e%2e/%2e%2e/admin",
-            "/bots/../admin",
-            "/bots/%2E%2e/x",
-            "/bots/a/../../admin",
-            "/bots/..",
-            "/bots/a%2fb",
-            "/bots/a%5C..%5Cadmin",
-            "/bots/a\\b",
-        ] {
-            assert_eq!(bots.normalize(bad), None, "{bad}");
-        }
-        for (ok, normal) in [
-            ("/bots", "/bots"),
-            ("/bots/", "/bots/"),
-            ("/bots/x/./y", "/bots/x/y"),
-            ("/bots/x/%2e%2e/y", "/bots/y"),
-            ("/bots//x", "/bots/x"),
-            ("/bots/a%2eb", "/bots/a%2eb"),
-        ] {
-            assert_eq!(bots.normalize(ok).as_deref(), Some(normal), "{ok}");
-        }
-        let path = bots.normalize("/bots/x/../y").expect("inside");
-        assert_eq!(
-            bots.target(&path, None).as_str(),
-            "ws://127.0.0.1:19000/public/y"
-        );
-    }
-
-    #[test]
-    fn user_ids_are_encoded_not_dropped() {
-        assert_eq!(user_header("alice@example.com"), "alice@example.com");
-        assert_eq!(user_header("a b%c"), "a%20b%25c");
-        assert_eq!(user_header("zoë\r\nX-Evil: 1"), "zo%C3%AB%0D%0AX-Evil:%201");
-    }
-
-    #[test]
-    fn dials_in_progress_count_against_the_cap() {
-        let mut cfg = route("/bots", "b:9", false);
-        cfg.max_connections = 2;
-        let r = Router::new(&[cfg]).expect("router");
-        let bots = r.find("/bots").expect("route");
-        let a = bots.reserve().expect("first");
-        let _b = bots.reserve().expect("second");
-        assert!(bots.reserve().is_none(), "at the cap");
-        drop(a);
-        assert!(bots.reserve().is_some(), "a slot came back");
-    }
-
-    #[test]
-    fn target_strips_prefix_and_credentials() {
-        let strip = Router::new(&[route("/bots", "ws://b:9/base", true)]).expect("router");
-        let r = strip.find("/bots/x").expect("route");
-        assert_eq!(
-            r.target("/bots/x", Some("token=t&user=u&room=7")).as_str(),
-            "ws://b:9/base/x?room=7"
-        );
-        assert_eq!(r.target("/bots", None).as_str(), "ws://b:9/base/");
-        let keep = Router::new(&[route("/bots", "b:9", false)]).expect("router");
-        let r = keep.find("/bots/x").expect("route");
-        assert_eq!(r.target("/bots/x", None).as_str(), "ws://b:9/bots/x");
-    }
-}
+mod tests;

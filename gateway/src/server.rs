@@ -129,9 +129,10 @@ async fn route(
         (_, path) if path == "/" || crate::config::RESERVED_PATHS.contains(&path) => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
-        // Forwarding routes: longest prefix wins; no match is a 404 before any upgrade.
-        (&Method::GET, path) => match node.router.find(path) {
-            Some(route) => crate::forward::upgrade(node.clone(), route, req, peer).await,
+        // Forwarding routes: the longest prefix of the normalised path wins; no match is
+        // a 404 before any upgrade.
+        (&Method::GET, path) => match node.router.route(path) {
+            Some(routed) => crate::forward::upgrade(node.clone(), routed, req, peer).await,
             None => text(StatusCode::NOT_FOUND, "not found\n"),
         },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),

@@ -177,9 +177,19 @@ pub(super) async fn pipe<C>(
                     .send(Message::Close(close_frame(disconnect::CLIENT_GONE)))
                     .await;
             }
-            (false, End::ReadFailed | End::WriteFailed) => {
+            (false, End::ReadFailed) => {
+                // The upstream's socket failed: only the client is left to tell.
                 let _ = c_tx
                     .send(Message::Close(close_frame(disconnect::UPSTREAM_FAILED)))
+                    .await;
+            }
+            (false, End::WriteFailed) => {
+                // The client could not be written: it is gone (a reset, a closed socket),
+                // and the upstream is told so as when the client's read fails first.
+                // Untold, the upstream waited a second (`hear_end`) to see its socket
+                // end without a close frame. Nothing more goes to the client.
+                let _ = u_tx
+                    .send(Message::Close(close_frame(disconnect::CLIENT_GONE)))
                     .await;
             }
             (_, End::Idle) => {
@@ -216,4 +226,114 @@ pub(super) async fn pipe<C>(
         }
     };
     tokio::join!(client, upstream);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AuthMode, Config, RouteConfig};
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    /// A client socket that was reset while the upstream streamed to it: the gateway has
+    /// nothing from it to read yet, and every write to it fails. The down relay's write
+    /// meets the failure before the up relay's read does.
+    struct Gone;
+
+    impl tokio::io::AsyncRead for Gone {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Gone {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_cannot_be_written_is_gone_for_the_upstream() {
+        let mut config = Config::default();
+        config.auth.mode = AuthMode::Insecure;
+        config.server.listen = "127.0.0.1:0".parse().expect("addr");
+        let node = Node::new(config, Default::default()).expect("node");
+        let cfg = RouteConfig {
+            name: "r".into(),
+            path_prefix: "/r".into(),
+            upstream: "127.0.0.1:1".into(),
+            ..Default::default()
+        };
+        let route = super::super::Router::new(&[cfg])
+            .expect("router")
+            .find("/r")
+            .expect("route");
+        let ip = "127.0.0.1".parse().expect("ip");
+        let slots = Slots {
+            ip: node.take_ip_slot(ip).expect("ip slot"),
+            user: node.take_user_slot("u").expect("user slot"),
+        };
+        let route_slot = route.reserve().expect("route slot");
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (dialled, server) = tokio::join!(
+            tokio_tungstenite::connect_async(format!("ws://{addr}/")),
+            async {
+                let (tcp, _) = listener.accept().await.expect("accept");
+                tokio_tungstenite::accept_async(tcp)
+                    .await
+                    .expect("handshake")
+            }
+        );
+        let (upstream, _) = dialled.expect("dial");
+        let mut server = server;
+        let client =
+            WebSocketStream::from_raw_socket(Metered::new(Gone, 0.0, 0, &[]), Role::Server, None)
+                .await;
+        tokio::spawn(pipe(
+            node,
+            route,
+            client,
+            upstream,
+            "u",
+            (slots, route_slot),
+        ));
+
+        server
+            .send(Message::text("to a client that is gone"))
+            .await
+            .expect("send");
+        // Without the close, the gateway drops the socket after `CLOSE_HANDSHAKE_WAIT`
+        // and the upstream reads the end of the stream or a reset, not a close frame.
+        let heard = tokio::time::timeout(Duration::from_secs(5), server.next())
+            .await
+            .expect("the upstream hears of it in time");
+        match heard {
+            Some(Ok(Message::Close(Some(frame)))) => assert_eq!(
+                (u16::from(frame.code), frame.reason.as_str()),
+                (1001, "client gone")
+            ),
+            other => panic!("the upstream got {other:?}, not a close 1001"),
+        }
+    }
 }
