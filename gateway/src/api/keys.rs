@@ -27,9 +27,6 @@ fn read(cfg: &ApiConfig) -> Result<(Vec<String>, Option<String>), String> {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(str::to_string);
     let keys: Vec<String> = cfg.keys.iter().cloned().chain(from_file).collect();
-    if keys.is_empty() {
-        return Err("no API key configured".into());
-    }
     Ok((keys, text))
 }
 
@@ -39,14 +36,25 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl ApiKeys {
-    /// Reads the keys.
+    /// Reads the keys; at least one is needed to start.
     pub fn new(cfg: &ApiConfig) -> Result<ApiKeys, String> {
         let (keys, stamp) = read(cfg)?;
+        if keys.is_empty() {
+            return Err("no API key configured".into());
+        }
         Ok(ApiKeys {
             cfg: cfg.clone(),
             keys: RwLock::new(keys),
             stamp: Mutex::new(stamp),
         })
+    }
+
+    /// Whether no key is in force (the file was emptied of them).
+    pub fn is_empty(&self) -> bool {
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
     }
 
     /// Whether `key` is one of the keys in force.
@@ -58,7 +66,9 @@ impl ApiKeys {
     }
 
     /// Re-reads the key file if it changed; `Ok(true)` when new keys are in force. A file
-    /// that cannot be read keeps the keys in force.
+    /// that cannot be read keeps the keys in force (a Secret being remounted); one read
+    /// that names no key (and no inline key) revokes them all: emptying the file is how
+    /// an operator takes every key back, and the API then refuses every call.
     pub fn reload(&self) -> Result<bool, String> {
         if self.cfg.keys_file.is_none() {
             return Ok(false);
@@ -96,6 +106,33 @@ mod tests {
         std::fs::write(&file, "new-key\n").expect("write");
         assert!(keys.reload().expect("reload"));
         assert!(keys.accepts("new-key") && !keys.accepts("old-key") && keys.accepts("inline"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_emptied_of_keys_revokes_them() {
+        let dir = std::env::temp_dir().join(format!("chatgw-apikeys-e-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("keys");
+        std::fs::write(&file, "old-key\n").expect("write");
+        let cfg = ApiConfig {
+            keys_file: Some(file.clone()),
+            ..Default::default()
+        };
+        let keys = ApiKeys::new(&cfg).expect("keys");
+        std::fs::write(&file, "# all revoked\n").expect("write");
+        assert!(keys.reload().expect("reload"));
+        assert!(!keys.accepts("old-key") && !keys.accepts(""));
+        std::fs::remove_file(&file).expect("remove");
+        assert!(
+            keys.reload().is_err(),
+            "a file that cannot be read changes nothing"
+        );
+        std::fs::write(&file, "new-key\n").expect("write");
+        assert!(keys.reload().expect("reload") && keys.accepts("new-key"));
+        assert!(ApiKeys::new(&cfg).is_ok());
+        std::fs::write(&file, "").expect("write");
+        assert!(ApiKeys::new(&cfg).is_err(), "no key to start with");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

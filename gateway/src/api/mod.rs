@@ -116,6 +116,9 @@ pub async fn run(node: Arc<Node>, listener: TcpListener, keys: Arc<ApiKeys>) {
                     _ = tick.tick() => {}
                 }
                 match keys.reload() {
+                    Ok(true) if keys.is_empty() => tracing::error!(
+                        "the API keys file names no key: every API call is refused until it does"
+                    ),
                     Ok(true) => tracing::info!("new API keys in force"),
                     Ok(false) => {}
                     Err(e) => {
