@@ -177,12 +177,15 @@ async fn api_publish_reaches_clients_on_another_process_in_order_once_per_msg_id
         "POST",
         "/api/v1/broadcast",
         Some(KEY),
-        Some(json!({"rooms": ["news", "other", "bad room"], "body": "all", "msg_id": "b1"})),
+        Some(
+            json!({"rooms": ["news", "other", "bad room", "user:"], "body": "all", "msg_id": "b1"}),
+        ),
     )
     .await;
     let results = b["results"].as_array().expect("results");
-    assert_eq!(results.len(), 3);
+    assert_eq!(results.len(), 4);
     assert_eq!(results[2]["error"], "bad_request", "{b}");
+    assert_eq!(results[3]["error"], "bad_request", "no user's inbox: {b}");
     assert_eq!(bob.next_msg().await["body"], "all");
     // Read side.
     let (_, h) = api(

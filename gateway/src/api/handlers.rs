@@ -65,7 +65,12 @@ fn number(query: &str, name: &str) -> Result<Option<u64>, ApiError> {
 }
 
 fn room_name(node: &Node, room: &str) -> Result<(), ApiError> {
-    protocol::validate_room(room, node.config.limits.max_room_name).map_err(ApiError::bad)
+    protocol::validate_room(room, node.config.limits.max_room_name).map_err(ApiError::bad)?;
+    if room == protocol::INBOX_PREFIX {
+        // As a client's send: no user's inbox is `user:`.
+        return Err(ApiError::bad("user:<id> needs a user id"));
+    }
+    Ok(())
 }
 
 /// A user id as tokens carry them: 1 to 128 bytes, no control characters. Anything else
