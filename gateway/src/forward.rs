@@ -335,7 +335,7 @@ pub async fn upgrade(
     let task_node = node.clone();
     let task_route = route.clone();
     let slots = a.slots;
-    let user = a.identity.user;
+    let identity = a.identity;
     tokio::spawn(
         async move {
             match on_upgrade.await {
@@ -356,7 +356,7 @@ pub async fn upgrade(
                         task_route,
                         client,
                         upstream,
-                        &user,
+                        &identity,
                         (slots, route_slot),
                     )
                     .await;

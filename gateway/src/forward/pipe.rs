@@ -1,8 +1,10 @@
 //! The pipe of one forwarded connection: a relay per direction, each awaiting its write
-//! before reading on (backpressure), an idle timeout over both, and the close passed on
-//! with its code to whichever side is still there.
+//! before reading on (backpressure), an idle timeout over both, the client's token held
+//! to its expiry and its key, and the close passed on with its code to whichever side is
+//! still there.
 
 use super::{Route, RouteSlot, Upstream};
+use crate::auth::Identity;
 use crate::closing;
 use crate::disconnect::{self, CloseReason};
 use crate::inbound::Metered;
@@ -31,8 +33,8 @@ enum End {
     WriteFailed,
     /// Nothing in either direction for the route's idle timeout.
     Idle,
-    /// The gateway closed the connection (drain, rebalance, the server API), with this
-    /// frame for both sides.
+    /// The gateway closed the connection (drain, rebalance, the server API, the client's
+    /// token expired or its key was removed), with this frame for both sides.
     Evicted(Option<CloseFrame>),
 }
 
@@ -98,6 +100,41 @@ where
     End::ReadFailed
 }
 
+/// Resolves when the client's token no longer holds, as a chat connection's: it expired
+/// (`auth.jwt.leeway` after its `exp`: 4401), or the JWKS key that verified it was removed
+/// (4403, seen within one `auth.jwt.reloadInterval` of the reload that removed it).
+/// Never for a token without either (insecure mode, a single configured key).
+async fn token_lapses(node: &Node, identity: &Identity) -> CloseReason {
+    let leeway = node.config.auth.jwt.leeway.as_millis() as u64;
+    let expiry = async {
+        match identity.expires_at {
+            Some(exp) => {
+                let at = exp.saturating_mul(1000).saturating_add(leeway);
+                let wait = at.saturating_sub(crate::engine::now_ms());
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                disconnect::TOKEN_EXPIRED
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let revoked = async {
+        let Some(kid) = identity.kid.as_deref() else {
+            return std::future::pending().await;
+        };
+        let mut every = tokio::time::interval(node.config.auth.jwt.reload_interval);
+        loop {
+            every.tick().await;
+            if !node.auth.has_kid(kid) {
+                return disconnect::KEY_REVOKED;
+            }
+        }
+    };
+    tokio::select! {
+        reason = expiry => reason,
+        reason = revoked => reason,
+    }
+}
+
 fn close_frame(reason: CloseReason) -> Option<CloseFrame> {
     Some(CloseFrame {
         code: CloseCode::from(reason.code),
@@ -110,7 +147,7 @@ pub(super) async fn pipe<C>(
     route: Arc<Route>,
     client: WebSocketStream<Metered<C>>,
     upstream: Upstream,
-    user: &str,
+    identity: &Identity,
     slots: (Slots, RouteSlot),
 ) where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -120,7 +157,7 @@ pub(super) async fn pipe<C>(
     // disconnect close it too (close 1012 on a drain: a goaway cannot be put into a stream
     // the gateway does not speak).
     let handle = OutboundQueue::opaque();
-    let id = node.register(handle.clone(), user, None);
+    let id = node.register(handle.clone(), &identity.user, None);
     let gauge = node.metrics.forward_connections.with_label_values(&[&name]);
     gauge.inc();
     let (mut c_tx, mut c_rx) = client.split();
@@ -133,6 +170,7 @@ pub(super) async fn pipe<C>(
         end = relay(&mut c_rx, &mut u_tx, &node, &name, "up", &activity) => (true, end),
         end = relay(&mut u_rx, &mut c_tx, &node, &name, "down", &activity) => (false, end),
         _ = activity.idle_for(route.cfg.idle_timeout) => (false, End::Idle),
+        reason = token_lapses(&node, identity) => (false, End::Evicted(close_frame(reason))),
         _ = handle.closed() => {
             let reason = handle.close_reason().unwrap_or(disconnect::SHUTTING_DOWN);
             (false, End::Evicted(close_frame(reason)))
@@ -310,14 +348,21 @@ mod tests {
         let client =
             WebSocketStream::from_raw_socket(Metered::new(Gone, 0.0, 0, &[]), Role::Server, None)
                 .await;
-        tokio::spawn(pipe(
-            node,
-            route,
-            client,
-            upstream,
-            "u",
-            (slots, route_slot),
-        ));
+        let identity = Identity {
+            user: "u".into(),
+            ..Default::default()
+        };
+        tokio::spawn(async move {
+            pipe(
+                node,
+                route,
+                client,
+                upstream,
+                &identity,
+                (slots, route_slot),
+            )
+            .await
+        });
 
         server
             .send(Message::text("to a client that is gone"))
