@@ -1,6 +1,7 @@
 //! A forwarded connection's token is held as a chat connection's: its expiry closes it
 //! (4401) and so does the removal of the JWKS key that verified it (4403), the same close
-//! to the client and to the upstream. Before, a forwarded connection outlived both.
+//! to the client and to the upstream. Before, a forwarded connection outlived both. And a
+//! token offered as the only subprotocol is refused before any dial.
 
 use chat_gateway::config::{AuthMode, Config, RouteConfig};
 use e2e::{jwt, keys, test_config, TestGateway};
@@ -141,4 +142,33 @@ async fn a_forwarded_connection_closes_when_its_key_is_removed() {
     );
     gw.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A token offered as the only subprotocol (`bearer.<jwt>`) would get a 101 naming none
+/// of the client's offers (the token is never passed on), which a browser fails: refused
+/// with 400 before the upstream is dialled, as on the chat endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_offered_as_the_only_subprotocol_is_refused_before_a_dial() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    const SECRET: &str = "forward-token-test-secret-0123456789abcdef";
+    let (up, mut heard) = upstream().await;
+    let mut c = with_route(test_config(), &up);
+    c.auth.jwt.secret = Some(SECRET.into());
+    let gw = TestGateway::start(c).await;
+    let token = jwt::hs256_with(SECRET, None, &jwt::claims("ann", 300, json!({})));
+    let offer = |protocols: String| {
+        let mut req = format!("ws://{}/bots", gw.gateway.addr)
+            .into_client_request()
+            .expect("request");
+        let v = protocols.parse().expect("header");
+        req.headers_mut().insert("sec-websocket-protocol", v);
+        req
+    };
+    match tokio_tungstenite::connect_async(offer(format!("bearer.{token}"))).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 400),
+        other => panic!("not refused: {:?}", other.map(|(_, r)| r.status())),
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(heard.try_recv().is_err(), "nothing was dialled");
+    gw.stop().await;
 }

@@ -273,6 +273,22 @@ pub async fn upgrade(
         Ok(a) => a,
         Err(refused) => return refused,
     };
+    // Subprotocols go to the upstream, except the one carrying the client's token. A
+    // client that offered only that one would get a 101 naming none of its offers, which
+    // a browser fails: refused before anything is dialled, as on the chat endpoint.
+    let offers: Vec<&str> = a
+        .offered
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !p.starts_with(crate::auth::SUBPROTOCOL_TOKEN_PREFIX))
+        .collect();
+    if offers.is_empty() && !a.offered.is_empty() {
+        return reject(
+            &node,
+            Rejection::BadUpgrade,
+            "offer the upstream's subprotocol beside bearer.<jwt>",
+        );
+    }
     let Some(route_slot) = route.reserve() else {
         return reject(
             &node,
@@ -310,13 +326,6 @@ pub async fn upgrade(
             h.insert("traceparent", v);
         }
     }
-    // Subprotocols go through, except the one carrying the client's token.
-    let offers: Vec<&str> = a
-        .offered
-        .iter()
-        .map(String::as_str)
-        .filter(|p| !p.starts_with(crate::auth::SUBPROTOCOL_TOKEN_PREFIX))
-        .collect();
     if !offers.is_empty() {
         if let Ok(v) = HeaderValue::from_str(&offers.join(", ")) {
             h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
