@@ -302,6 +302,36 @@ async fn the_api_needs_a_key_and_is_not_on_the_public_port() {
         (400, json!("bad_request")),
         "{err}"
     );
+    // Errors are JSON on every path of the API, a wrong one or a wrong method too.
+    for (method, path, want) in [
+        ("GET", "/api/v1/nope", (404, "not_found")),
+        ("GET", "/api/v1/publish", (405, "method_not_allowed")),
+    ] {
+        let (status, err) = api(apis[0], method, path, Some(KEY), None).await;
+        assert_eq!(
+            (status, err["error"].as_str()),
+            (want.0, Some(want.1)),
+            "{path}"
+        );
+    }
+    // A body that cannot be read (a chunk size that is not hex) is a bad request, not
+    // one too large.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut raw = tokio::net::TcpStream::connect(apis[0])
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /api/v1/publish HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {KEY}\r\n\
+         Transfer-Encoding: chunked\r\n\r\nzz\r\n"
+    );
+    raw.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = vec![0; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut answer))
+        .await
+        .expect("answered")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

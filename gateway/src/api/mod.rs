@@ -7,7 +7,7 @@ mod handlers;
 pub mod keys;
 
 use crate::node::Node;
-use crate::upgrade::{text, Body};
+use crate::upgrade::Body;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -176,12 +176,26 @@ async fn route(node: &Arc<Node>, keys: &ApiKeys, req: Request<Incoming>) -> Resp
         .iter()
         .find(|(method, p, _)| *p == path && req.method().as_str() == *method);
     let Some((_, _, name)) = route else {
-        let known = ROUTES.iter().any(|(_, p, _)| *p == path);
-        return if known {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-        } else {
-            text(StatusCode::NOT_FOUND, "not found\n")
-        };
+        // Errors are JSON here as everywhere in the API (docs/openapi.json).
+        let allowed: Vec<&str> = ROUTES
+            .iter()
+            .filter(|(_, p, _)| *p == path)
+            .map(|(m, _, _)| *m)
+            .collect();
+        if allowed.is_empty() {
+            let e = ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API path");
+            return error_response(&e);
+        }
+        let e = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{path} takes {}", allowed.join(", ")),
+        );
+        let mut r = error_response(&e);
+        if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+            r.headers_mut().insert(header::ALLOW, v);
+        }
+        return r;
     };
     let result = if *name == "openapi" {
         let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
@@ -229,11 +243,16 @@ async fn read_body(node: &Node, req: Request<Incoming>) -> Result<Bytes, ApiErro
         .await
         .map(|c| c.to_bytes())
         .map_err(|e| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("request body: {e} (at most {max} bytes)"),
-            )
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("request body: {e} (at most {max} bytes)"),
+                )
+            } else {
+                // Cut off, or badly chunked: not a size the client can fix by sending less.
+                ApiError::bad(format!("request body not read: {e}"))
+            }
         })
 }
 
