@@ -409,3 +409,45 @@ async fn a_user_starts_at_most_new_rooms_per_hour() {
         "c has messages now"
     );
 }
+
+/// The send hook's replacement body is held to what the client's was: its namespace's
+/// `maxBodyBytes` too, not only `limits.maxFrameBytes` (docs/backend.md: "the same depth
+/// and size limits").
+#[tokio::test]
+async fn a_send_hooks_replacement_is_held_to_the_namespaces_body_limit() {
+    let long = r#"{"allow": true, "body": "a replacement of forty bytes or so...."}"#;
+    let (addr, received) =
+        crate::hooks::tests::answering(200, long, Some(Default::default())).await;
+    let mut c = config();
+    c.hooks.send = Some(crate::config::HookConfig {
+        url: format!("http://{addr}/send"),
+        ..Default::default()
+    });
+    c.namespaces = vec![crate::config::NamespaceConfig {
+        prefix: "short:".into(),
+        max_body_bytes: 16,
+        ..Default::default()
+    }];
+    let node = Node::new(c, Default::default()).expect("node");
+    let mut h = Harness::on(node, "ann").await;
+    for (id, room) in [(1, "short:a"), (3, "long")] {
+        h.cmd(json!({"type": "join", "id": id, "room": room})).await;
+        h.drain();
+    }
+    h.cmd(json!({"type": "send", "id": 2, "room": "short:a", "body": "hi"}))
+        .await;
+    let refused = h.reply_of(2);
+    assert_eq!(refused["code"], "internal", "{refused}");
+    h.cmd(json!({"type": "send", "id": 4, "room": "long", "body": "hi"}))
+        .await;
+    assert_eq!(
+        h.reply_of(4)["type"],
+        "ok",
+        "no body limit in that namespace"
+    );
+    assert_eq!(
+        received.lock().expect("lock").len(),
+        2,
+        "the hook was asked twice"
+    );
+}

@@ -7,7 +7,7 @@
 pub mod client;
 pub mod events;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use crate::config::namespaces::matches_pattern;
 use crate::config::{FailurePolicy, HooksConfig};

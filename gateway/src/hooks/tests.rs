@@ -14,11 +14,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The bodies a backend received, in order of arrival.
-type Received = Arc<Mutex<Vec<String>>>;
+pub(crate) type Received = Arc<Mutex<Vec<String>>>;
 
 /// A backend on loopback that answers every POST with `status` and no body, after
 /// `delay` (`None`: never answers). Returns its address and what it received.
 async fn backend(status: u16, delay: Option<Duration>) -> (SocketAddr, Received) {
+    answering(status, "", delay).await
+}
+
+/// [`backend`] answering with `answer` as its body (JSON for a decision hook).
+pub(crate) async fn answering(
+    status: u16,
+    answer: &'static str,
+    delay: Option<Duration>,
+) -> (SocketAddr, Received) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -39,7 +48,7 @@ async fn backend(status: u16, delay: Option<Duration>) -> (SocketAddr, Received)
                         Some(d) => tokio::time::sleep(d).await,
                         None => std::future::pending().await,
                     }
-                    let mut answer = hyper::Response::new(Full::new(Bytes::new()));
+                    let mut answer = hyper::Response::new(Full::new(Bytes::from(answer)));
                     *answer.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
                     Ok::<_, hyper::Error>(answer)
                 }

@@ -169,7 +169,11 @@ async fn backend_body(
         Verdict::Allow(SendAnswer { body: Some(new) }) => {
             let new = serde_json::value::to_raw_value(&new)
                 .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
-            let max = s.node.config.limits.max_frame_bytes;
+            // The limits a client's body is held to: a replacement is the same message.
+            let max = match s.node.namespaces.of(room).max_body_bytes {
+                0 => s.node.config.limits.max_frame_bytes,
+                n => n.min(s.node.config.limits.max_frame_bytes),
+            };
             if protocol::command::nesting_depth(new.get()) > protocol::MAX_BODY_DEPTH
                 || new.get().len() > max
             {
