@@ -59,6 +59,23 @@ pub(super) async fn history_pages_by_bytes_and_says_more(f: &impl Factory) {
         .await
         .expect("history");
     assert_eq!(seqs(&one), [1], "a page always holds one message");
+    // The ends of what a client can name: nothing after the largest seq, nothing before
+    // 1, and the page still says where the room is.
+    for (since, before) in [
+        (Some(u64::MAX), None),
+        (Some(u64::MAX), Some(u64::MAX)),
+        (None, Some(1)),
+    ] {
+        let page = engine
+            .history("r8", q(since, before))
+            .await
+            .expect("history");
+        assert_eq!(
+            (seqs(&page), page.top),
+            (vec![], 10),
+            "{since:?} {before:?}"
+        );
+    }
 }
 
 /// The epoch rule: a store restored from an older snapshot (top below what this node

@@ -380,14 +380,17 @@ impl Shared {
     }
 
     async fn read_history(&self, room: &str, q: HistoryQuery) -> Result<HistoryPage, EngineError> {
+        // Nothing comes before seq 1 or after the largest seq a client can name: an empty
+        // page (with the room's head), not an id that overflows.
+        let empty = matches!(q.before, Some(b) if b <= 1) || q.since == Some(u64::MAX);
+        let after = |s: u64| format!("{}-0", s.saturating_add(1));
         let (start, end, reverse) = match (q.since, q.before) {
-            (_, Some(b)) if b <= 1 => ("-".to_string(), "-".to_string(), false),
-            (Some(s), Some(b)) => (format!("{}-0", s + 1), format!("{}-1", b - 1), false),
-            (Some(s), None) => (format!("{}-0", s + 1), "+".to_string(), false),
+            _ if empty => ("-".to_string(), "-".to_string(), false),
+            (Some(s), Some(b)) => (after(s), format!("{}-1", b - 1), false),
+            (Some(s), None) => (after(s), "+".to_string(), false),
             (None, Some(b)) => ("-".to_string(), format!("{}-1", b - 1), true),
             (None, None) => ("-".to_string(), "+".to_string(), true),
         };
-        let empty = matches!(q.before, Some(b) if b <= 1);
         let limit = if empty { 0 } else { q.limit.min(1_000_000) };
         let max_age = self.retention(room).max_age.as_millis() as u64;
         let mut conn = self.conn();
