@@ -225,6 +225,26 @@ async fn join_without_since_replays_nothing_and_a_stale_epoch_is_not_recovered()
     );
 }
 
+/// Identity providers' user ids carry `|` (Auth0: `auth0|…`, `google-oauth2|…`) and `+`
+/// (e-mail addresses): their inboxes take DMs, and their owners read them.
+#[tokio::test]
+async fn users_whose_ids_carry_a_bar_or_a_plus_get_direct_messages() {
+    let mut alice = Harness::new("alice").await;
+    let mut bob = Harness::on(alice.node.clone(), "auth0|bob").await;
+    bob.cmd(json!({"type": "ping", "id": 0})).await;
+    bob.drain();
+    for (id, to) in [(1, "user:auth0|bob"), (2, "user:ann+chat@example.com")] {
+        alice
+            .cmd(json!({"type": "send", "id": id, "room": to, "body": "hi"}))
+            .await;
+        assert_eq!(alice.reply_of(id)["type"], "ok", "{to}");
+    }
+    bob.cmd(json!({"type": "history", "id": 3, "room": "user:auth0|bob"}))
+        .await;
+    let page = bob.reply_of(3);
+    assert_eq!(page["messages"][0]["body"], "hi", "{page}");
+}
+
 #[tokio::test]
 async fn every_refusal_has_its_code_and_counts_as_a_client_error() {
     let mut h = Harness::new("alice").await;

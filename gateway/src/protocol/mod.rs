@@ -101,11 +101,15 @@ pub fn validate_room(name: &str, max_len: usize) -> Result<(), String> {
     if name.len() > max_len {
         return Err(format!("room name longer than {max_len} bytes"));
     }
-    let ok = name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@'));
+    // `|` and `+` because user ids carry them (`auth0|5f7c…`, `google-oauth2|1…`,
+    // `ann+chat@example.com`) and an inbox is `user:<id>`. Never a space (an inbox's
+    // name is a field of the Redis engine's space-separated inbox payloads) nor `{}`
+    // (Redis Cluster hash tags).
+    let ok = name.bytes().all(|b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@' | b'|' | b'+')
+    });
     if !ok {
-        return Err("room names use only A-Z a-z 0-9 _ - . : @".into());
+        return Err("room names use only A-Z a-z 0-9 _ - . : @ | +".into());
     }
     Ok(())
 }
@@ -162,6 +166,12 @@ mod tests {
     #[test]
     fn room_names() {
         assert!(validate_room("lobby-1.a:b@c_d", 128).is_ok());
+        assert!(
+            validate_room("user:auth0|5f7c8ec7", 128).is_ok(),
+            "an Auth0 user's inbox"
+        );
+        assert!(validate_room("user:ann+chat@example.com", 128).is_ok());
+        assert!(validate_room("{tag}", 128).is_err());
         assert!(validate_room("", 128).is_err());
         assert!(validate_room("has space", 128).is_err());
         assert!(validate_room("ünï", 128).is_err());
