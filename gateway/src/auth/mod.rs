@@ -22,6 +22,20 @@ pub const SUBPROTOCOL_TOKEN_PREFIX: &str = "bearer.";
 /// Longest accepted user id.
 pub const MAX_USER_LEN: usize = 128;
 
+/// The latest `exp` taken as it is (the end of year 9999, Unix seconds): a later one is
+/// read as this. The gateway counts expiries in milliseconds, and an `exp` past about
+/// 1.8e16 made `exp * 1000` overflow: a panic of the connection's task in a debug build,
+/// a wrap to an immediate expiry in a release build.
+const LATEST_EXP: u64 = 253_402_300_799;
+
+/// A token's `exp`, at most [`LATEST_EXP`].
+fn expiry(claims: &Map<String, Value>) -> Option<u64> {
+    claims
+        .get("exp")
+        .and_then(Value::as_u64)
+        .map(|e| e.min(LATEST_EXP))
+}
+
 /// Verifies credentials: connection tokens, refreshes and subscription tokens.
 pub struct Authenticator {
     config: AuthConfig,
@@ -207,7 +221,7 @@ impl Authenticator {
             return Err(AuthError::Invalid("token is for another user".into()));
         }
         Ok(Identity {
-            expires_at: claims.get("exp").and_then(Value::as_u64),
+            expires_at: expiry(&claims),
             kid: kid.map(Into::into),
             grants: Grants::from_claim(claims.get(&self.config.jwt.rooms_claim)),
             claims: ClaimValues::pick(&claims, &self.wanted_claims),
@@ -232,7 +246,7 @@ impl Authenticator {
         }
         Ok(RoomGrant {
             rights: claims::room_rights(&claims),
-            expires_at: claims.get("exp").and_then(Value::as_u64).unwrap_or(0),
+            expires_at: expiry(&claims).unwrap_or(0),
         })
     }
 }

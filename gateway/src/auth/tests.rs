@@ -278,3 +278,21 @@ fn jwks_keys_by_kid_reload_and_revocation() {
     assert!(a.reload().is_err(), "short oct keys are refused too");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An `exp` the gateway's millisecond clock cannot hold (u64::MAX seconds) is read as the
+/// end of year 9999: before, `exp * 1000` overflowed wherever the expiry was used.
+#[test]
+fn an_exp_past_year_9999_is_read_as_its_end() {
+    let a = auth(|_| {});
+    let far = |extra: Value| {
+        let mut c = good(extra);
+        c["exp"] = json!(u64::MAX);
+        sign(SECRET, None, c)
+    };
+    let id = a.authenticate(&bearer(far(json!({})))).expect("valid");
+    assert_eq!(id.expires_at, Some(253_402_300_799));
+    let t = far(json!({"room": "r"}));
+    let g = a.room_token(&t, "alice", "r").expect("grant");
+    assert_eq!(g.expires_at, 253_402_300_799);
+    assert!(g.expires_at.checked_mul(1000).is_some());
+}
