@@ -167,7 +167,7 @@ impl Session {
         match self.catch_up(room, since, head).await {
             Ok(caught) => {
                 let joined = Joined {
-                    at: caught.at.clone(),
+                    at: self.standing(room, &caught.replay.from),
                     member,
                     warned: false,
                 };
@@ -178,6 +178,20 @@ impl Session {
                 self.detach(room).await;
                 Err(e.into())
             }
+        }
+    }
+
+    /// Where the client stands in `room` as a replay from `from` begins: what a session
+    /// save names until the writer reports what it delivered. Not the room's top: the
+    /// replay is streamed after the reply (a resume's rooms one after another), and a
+    /// connection that ends before it reached the writer must resume from here, not past
+    /// messages it never got. `from` is in the room's current epoch (a position of an
+    /// older one starts at the top: nothing is replayed). A room already joined keeps a
+    /// later position of that epoch it had: the client has that too.
+    fn standing(&self, room: &str, from: &StreamPosition) -> StreamPosition {
+        match self.rooms.get(room) {
+            Some(j) if j.at.epoch == from.epoch && j.at.seq > from.seq => j.at.clone(),
+            _ => from.clone(),
         }
     }
 

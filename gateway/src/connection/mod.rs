@@ -27,6 +27,8 @@ mod tests_footprint;
 mod tests_presence;
 #[cfg(test)]
 mod tests_resume;
+#[cfg(test)]
+mod tests_resume_save;
 
 use crate::auth::Identity;
 use crate::control::ConnCtl;

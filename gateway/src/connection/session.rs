@@ -18,7 +18,9 @@ use std::sync::Arc;
 /// A room the connection is in.
 #[derive(Debug, Clone)]
 pub struct Joined {
-    /// The position seen when it was (re)joined.
+    /// Where the client stood when it was (re)joined: the start of its replay (the top
+    /// when there is nothing to replay), never a position the replay has yet to deliver.
+    /// A session save falls back to it for a room the writer reported nothing of.
     pub at: StreamPosition,
     /// What the grant that let it in allows, and until when.
     pub member: Membership,
@@ -364,8 +366,10 @@ impl Session {
     }
 
     /// Saves the session for a later resume now; `written` (the writer's positions at the
-    /// end) overrides the positions known at join time. The inbox's position is the
-    /// acknowledged one, not the written one: bytes reaching a socket are not a read.
+    /// end) overrides the positions known at join time, which are where each room's replay
+    /// started: a room whose replay never reached the writer is saved where the client
+    /// stood. The inbox's position is the acknowledged one, not the written one: bytes
+    /// reaching a socket are not a read.
     pub(super) async fn persist(&mut self, written: &HashMap<Arc<str>, StreamPosition>) {
         self.save_due = None;
         let mut rooms: std::collections::BTreeMap<String, StreamPosition> = self

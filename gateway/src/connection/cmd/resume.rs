@@ -83,6 +83,8 @@ pub(super) async fn handle(s: &mut Session, cmd: Resume) -> Handled {
         };
         rooms.insert(room, resumed);
     }
+    // Saved at once (a node that dies mid-replay leaves this record): each room at where
+    // its replay starts, none of which has been delivered yet.
     s.persist(&HashMap::new()).await;
     Ok(Outcome {
         reply: Reply::Resume(ResumeOk { rooms }),

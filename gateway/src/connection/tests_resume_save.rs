@@ -1,0 +1,151 @@
+//! What a session record names for a room a `resume` is replaying: where the client stood
+//! until the writer reports delivering more. A connection that ends before a room's
+//! replay reached the writer (a goaway, a drop, a 1013 during an earlier room's replay, a
+//! node that dies after the resume's save) must resume from there, not from the top.
+
+use super::tests::*;
+use crate::engine::SessionRecord;
+use crate::outbound;
+use crate::protocol::StreamPosition;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio_tungstenite::tungstenite::{Error, Message};
+
+/// The record saved under `token` (taking it).
+async fn saved(h: &Harness, token: &str) -> SessionRecord {
+    let record = h.node.engine.take_session(token).await.expect("take");
+    record.expect("a saved session")
+}
+
+/// Closes a session of alice's that had `r` up to seq 1, then publishes seqs 2 and 3;
+/// returns its resume token and `r`'s epoch.
+async fn known_at_one(a: &mut Harness) -> (String, Arc<str>) {
+    a.cmd(json!({"type": "join", "id": 1, "room": "r"})).await;
+    a.publish("r", "bob", "m1").await;
+    a.drain();
+    let epoch = a.epoch("r").await;
+    let written = HashMap::from([(Arc::from("r"), StreamPosition::new(epoch.clone(), 1))]);
+    let token = a.session.resume_token.to_string();
+    a.session.close(&written).await;
+    a.publish("r", "bob", "m2").await;
+    a.publish("r", "bob", "m3").await;
+    (token, epoch)
+}
+
+/// Runs `cmd` (a resume with id 1) on `b`; checks that `r` is recovered up to 3 and
+/// returns what was queued.
+async fn resume(b: &mut Harness, cmd: Value, epoch: &str) -> Vec<Item> {
+    b.cmd(cmd).await;
+    let items = b.drain();
+    let reply = items.iter().find_map(|i| match i {
+        Item::Frame(f) if f["ref"] == 1 => Some(f),
+        _ => None,
+    });
+    let r = json!({"recovered": true, "epoch": epoch, "seq": 3});
+    assert_eq!(reply.map(|f| &f["rooms"]["r"]), Some(&r), "{items:?}");
+    items
+}
+
+#[tokio::test]
+async fn a_room_whose_replay_never_reached_the_writer_is_saved_where_the_client_stood() {
+    let mut a = Harness::new("alice").await;
+    let (token, epoch) = known_at_one(&mut a).await;
+    let at_one = StreamPosition::new(epoch.clone(), 1);
+    let from_session = json!({"type": "resume", "id": 1, "resume_token": token});
+    let from_positions = json!({"type": "resume", "id": 1, "resume_token": "unknown",
+        "positions": {"r": {"seq": 1, "epoch": &*epoch}}});
+    for cmd in [from_session, from_positions] {
+        let mut b = Harness::on(a.node.clone(), "alice").await;
+        resume(&mut b, cmd.clone(), &epoch).await;
+        let token = b.session.resume_token.to_string();
+        // The resume's own save: what a node that dies mid-replay leaves.
+        assert_eq!(saved(&b, &token).await.rooms["r"], at_one, "{cmd}");
+        // Closed with r's replay queued but never written: the writer reports nothing.
+        b.session.close(&HashMap::new()).await;
+        let record = saved(&b, &token).await;
+        assert_eq!(record.rooms["r"], at_one, "{cmd}");
+
+        // So the next resume, without positions, still replays what the client never got.
+        let engine = &b.node.engine;
+        engine.save_session(&token, &record).await.expect("save");
+        let mut c = Harness::on(a.node.clone(), "alice").await;
+        let again = json!({"type": "resume", "id": 1, "resume_token": token});
+        let items = resume(&mut c, again, &epoch).await;
+        let replay = Item::Replay("r".into(), 1, vec![2, 3]);
+        assert!(items.contains(&replay), "{cmd}: {items:?}");
+    }
+}
+
+/// A sink standing for the socket: every message written goes to the channel.
+fn socket() -> (
+    impl futures_util::Sink<Message, Error = Error> + Unpin,
+    tokio::sync::mpsc::UnboundedReceiver<Message>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let sink = futures_util::sink::unfold(tx, |tx, msg: Message| async move {
+        let _ = tx.send(msg);
+        Ok::<_, Error>(tx)
+    });
+    (Box::pin(sink), rx)
+}
+
+#[tokio::test]
+async fn a_replay_the_writer_delivered_is_saved_at_what_it_delivered() {
+    let mut a = Harness::new("alice").await;
+    let (token, epoch) = known_at_one(&mut a).await;
+    let mut b = Harness::on(a.node.clone(), "alice").await;
+    // A real writer takes b's queue (the harness drains a queue nobody writes to).
+    let (_unused, idle) = outbound::queue(1, 1);
+    let rx = std::mem::replace(&mut b.rx, idle);
+    let (sink, mut wire) = socket();
+    let writer = tokio::spawn(outbound::run_writer(
+        sink,
+        rx,
+        super::writer_settings(&b.node),
+    ));
+    b.cmd(json!({"type": "resume", "id": 1, "resume_token": token}))
+        .await;
+    let mut seqs = Vec::new();
+    while !seqs.contains(&3) {
+        let Some(Message::Text(text)) = wire.recv().await else {
+            panic!("the socket ended before r's replay: {seqs:?}");
+        };
+        let frame: Value = serde_json::from_str(&text).expect("JSON");
+        if frame["type"] == "msg" && frame["room"] == "r" {
+            seqs.push(frame["seq"].as_u64().expect("seq"));
+        }
+    }
+    assert_eq!(seqs, [2, 3], "the replay from 1");
+    b.session.queue.stop();
+    let outcome = writer.await.expect("writer");
+    let token = b.session.resume_token.to_string();
+    b.session.close(&outcome.positions).await;
+    let at_three = StreamPosition::new(epoch, 3);
+    assert_eq!(saved(&b, &token).await.rooms["r"], at_three);
+}
+
+/// Nothing to replay: a plain join stands at the top, and a resume naming a room the
+/// connection already has up to a later seq keeps that seq.
+#[tokio::test]
+async fn a_plain_join_and_a_room_already_had_are_saved_at_what_the_client_has() {
+    let mut h = Harness::new("alice").await;
+    for m in ["m1", "m2", "m3"] {
+        h.publish("r", "bob", m).await;
+    }
+    let epoch = h.epoch("r").await;
+    h.cmd(json!({"type": "join", "id": 1, "room": "r"})).await;
+    h.drain();
+    let at_three = StreamPosition::new(epoch.clone(), 3);
+    assert_eq!(h.session.rooms["r"].at, at_three);
+    let behind = json!({"type": "resume", "id": 1, "resume_token": "unknown",
+        "positions": {"r": {"seq": 1, "epoch": &*epoch}}});
+    resume(&mut h, behind, &epoch).await;
+    assert_eq!(
+        h.session.rooms["r"].at, at_three,
+        "the client had 3 already"
+    );
+    let token = h.session.resume_token.to_string();
+    h.session.close(&HashMap::new()).await;
+    assert_eq!(saved(&h, &token).await.rooms["r"], at_three);
+}
