@@ -93,7 +93,7 @@ pub fn updates(snapshot: &Snapshot, pods: &Store<Pod>) -> Vec<Update> {
 }
 
 /// Writes `updates` (server-side apply of the one annotation); returns how many were
-/// written. A pod gone since it was read is skipped.
+/// written. A pod gone since it was read is skipped, and the others still written.
 pub async fn write(client: &Client, updates: &[Update]) -> Result<usize> {
     let params = PatchParams::apply(MANAGER).force();
     let mut written = 0;
@@ -106,8 +106,12 @@ pub async fn write(client: &Client, updates: &[Update]) -> Result<usize> {
         let pods = Api::<Pod>::namespaced(client.clone(), &u.namespace);
         match pods.patch(&u.pod, &params, &Patch::Apply(body)).await {
             Ok(_) => written += 1,
-            // Gone since the reading: nothing to rank.
-            Err(kube::Error::Api(s)) if s.is_not_found() => {}
+            // Gone since the reading: nothing to rank. An apply creates what does not
+            // exist, so a pod deleted meanwhile is usually not a 404 but a create from the
+            // bare annotation, which fails validation (422: a pod needs containers).
+            Err(kube::Error::Api(s)) if s.is_not_found() || s.is_invalid() => {
+                tracing::debug!(pod = %format!("{}/{}", u.namespace, u.pod), reason = %s.reason, "pod gone: no deletion cost written");
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -130,7 +134,7 @@ pub async fn run(client: Client, values: Values, pods: Store<Pod>) {
 mod tests {
     use super::*;
     use crate::custom_metrics::scrape::PodSample;
-    use crate::reconcile::tests::{context, not_found, serve, step};
+    use crate::reconcile::tests::{context, invalid, not_found, serve, step};
     use crate::reconcile::ServedKinds;
     use http::Method;
     use k8s_openapi::jiff::Timestamp;
@@ -228,22 +232,29 @@ mod tests {
     #[tokio::test]
     async fn a_pass_writes_the_annotation_alone_and_skips_pods_gone_since() {
         let (ctx, handle) = context(ServedKinds::ALL, false);
-        let path = "/api/v1/namespaces/apps/pods";
-        let mut patch = step(Method::PATCH, &format!("{path}/chat-a"));
-        patch.apply_as = (MANAGER, true);
-        let mut gone = not_found(Method::PATCH, &format!("{path}/chat-b"));
-        gone.apply_as = (MANAGER, true);
-        let server = serve(handle, vec![patch, gone]);
+        let path = |pod: &str| format!("/api/v1/namespaces/apps/pods/{pod}");
+        // chat-b is gone (404); chat-c was deleted meanwhile, so the apply tried to create
+        // it and failed validation (422); chat-d is still written.
+        let mut steps = vec![
+            step(Method::PATCH, &path("chat-a")),
+            not_found(Method::PATCH, &path("chat-b")),
+            invalid(Method::PATCH, &path("chat-c")),
+            step(Method::PATCH, &path("chat-d")),
+        ];
+        for s in &mut steps {
+            s.apply_as = (MANAGER, true);
+        }
+        let server = serve(handle, steps);
         let update = |pod: &str, cost| Update {
             namespace: "apps".into(),
             pod: pod.into(),
             cost,
         };
-        let written = write(&ctx.client, &[update("chat-a", 250), update("chat-b", 3)])
-            .await
-            .expect("pass");
-        assert_eq!(written, 1);
+        let all = ["chat-a", "chat-b", "chat-c", "chat-d"].map(|p| update(p, 250));
+        let written = write(&ctx.client, &all).await.expect("pass");
+        assert_eq!(written, 2);
         let seen = server.await.expect("server");
+        assert_eq!(seen.len(), 4);
         assert_eq!(
             seen[0].1,
             json!({"apiVersion": "v1", "kind": "Pod",

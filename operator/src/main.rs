@@ -149,7 +149,7 @@ async fn operate(args: RunArgs) -> anyhow::Result<()> {
     let served = ServedKinds::discover(&client)
         .await
         .context("discovering API kinds")?;
-    tracing::info!(hpa = ?served.hpa, pdb = ?served.pdb, native_sidecars = served.native_sidecars, "API versions the cluster serves");
+    tracing::info!(hpa = ?served.hpa, pdb = ?served.pdb, native_sidecars = served.native_sidecars, pdb_eviction_policy = served.pdb_eviction_policy, "API versions the cluster serves");
     if served.hpa.is_none() || served.pdb.is_none() {
         tracing::warn!("the cluster serves no HorizontalPodAutoscaler or PodDisruptionBudget version the operator writes; affected ChatGateways will report it in their Degraded condition");
     }

@@ -275,7 +275,7 @@ async fn apply_all(cgw: &ChatGateway, ctx: &Context) -> Result<Action> {
     let mut kind_problems = Vec::new();
     match (&children.hpa, &hpas) {
         (Some(hpa), Some((api, version))) => {
-            let applied = apply_versioned(api, hpa, version).await?;
+            let applied = apply_versioned(api, hpa, version, &ctx.served).await?;
             seen.hpa_conditions(&ChildCondition::list(applied.data.get("status")));
         }
         (Some(_), None) => kind_problems.push(unserved::<HorizontalPodAutoscaler>(HPA_VERSIONS)),
@@ -283,7 +283,7 @@ async fn apply_all(cgw: &ChatGateway, ctx: &Context) -> Result<Action> {
     }
     match (&children.pdb, &pdbs) {
         (Some(pdb), Some((api, version))) => {
-            apply_versioned(api, pdb, version).await?;
+            apply_versioned(api, pdb, version, &ctx.served).await?;
         }
         (Some(_), None) => kind_problems.push(unserved::<PodDisruptionBudget>(PDB_VERSIONS)),
         (None, Some((api, version))) => {
@@ -350,11 +350,13 @@ fn fit_to_cluster(
     )
 }
 
-/// Server-side apply of a child in the version the cluster serves.
+/// Server-side apply of a child in the version the cluster serves, without the fields it
+/// does not declare.
 async fn apply_versioned<K>(
     api: &Api<DynamicObject>,
     obj: &K,
     version: &str,
+    served: &ServedKinds,
 ) -> Result<DynamicObject>
 where
     K: Resource<DynamicType = ()> + Serialize,
@@ -364,7 +366,7 @@ where
         .name
         .clone()
         .ok_or(Error::MissingObjectKey("metadata.name"))?;
-    let body = serde_json::to_value(served::versioned(obj, version)?)
+    let body = serde_json::to_value(served::versioned(obj, version, served)?)
         .map_err(|e| Error::Serialize(e.to_string()))?;
     children::apply_json(api, &name, body).await
 }

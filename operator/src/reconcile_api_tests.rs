@@ -157,3 +157,26 @@ async fn a_keys_secret_without_a_key_is_reported_not_applied() {
         "{said}"
     );
 }
+
+#[tokio::test]
+async fn a_name_too_long_for_the_api_service_touches_no_child() {
+    // 60 characters: a valid Service name alone, but `<name>-api` would have 64.
+    let name = "a".repeat(60);
+    let (ctx, handle) = context(ServedKinds::ALL, true);
+    let status = format!("/apis/chatgateway.io/v1beta1/namespaces/apps/chatgateways/{name}/status");
+    let server = serve(
+        handle,
+        vec![step(Method::POST, EVENTS), step(Method::PATCH, &status)],
+    );
+    let mut c = cgw(BACKEND);
+    c.metadata.name = Some(name.clone());
+    let err = reconcile(Arc::new(c), ctx).await.expect_err("refused");
+    assert_eq!(err.reason(), "InvalidSpec");
+    let seen = server.await.expect("server");
+    assert_eq!(condition(&seen[1].1, "Degraded"), ("True", "InvalidSpec"));
+    assert!(
+        message(&seen[1].1, "Degraded").contains(&format!("{name}-api")),
+        "{}",
+        seen[1].1
+    );
+}

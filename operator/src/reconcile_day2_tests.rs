@@ -38,7 +38,7 @@ async fn unserved_kinds_are_reported_not_fatal() {
     let served = ServedKinds {
         hpa: None,
         pdb: None,
-        native_sidecars: true,
+        ..ServedKinds::ALL
     };
     let (ctx, handle) = context(served, false);
     let server = serve(
@@ -207,7 +207,44 @@ async fn discovery_tells_served_from_unserved_kinds() {
             hpa: None,
             pdb: Some("policy/v1"),
             native_sidecars: false,
+            pdb_eviction_policy: true,
         }
+    );
+}
+
+#[tokio::test]
+async fn policy_v1_before_1_26_gets_no_eviction_policy() {
+    // 1.21 to 1.25 serve policy/v1 without the field: an apply with it is refused.
+    let served = discovered(vec![
+        not_found(Method::GET, "/apis/autoscaling/v2"),
+        not_found(Method::GET, "/apis/autoscaling/v2beta2"),
+        serves("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+        version("25"),
+    ])
+    .await;
+    assert_eq!(
+        (served.pdb, served.pdb_eviction_policy),
+        (Some("policy/v1"), false)
+    );
+    let (ctx, handle) = context(served, false);
+    let mut steps = lookups();
+    steps.remove(4); // no HPA version served: no lookup
+    let server = serve(
+        handle,
+        with(steps, applies(&[CM, DEPLOY, SVC, PDB, STATUS])),
+    );
+    reconcile(Arc::new(cgw(MINIMAL)), ctx)
+        .await
+        .expect("reconcile");
+    let seen = server.await.expect("server");
+    let pdb = &seen[8].1;
+    assert_eq!(
+        (&pdb["apiVersion"], &pdb["spec"]["maxUnavailable"]),
+        (&json!("policy/v1"), &json!(1))
+    );
+    assert!(
+        pdb["spec"].get("unhealthyPodEvictionPolicy").is_none(),
+        "{pdb}"
     );
 }
 

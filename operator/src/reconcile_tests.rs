@@ -41,33 +41,40 @@ pub(crate) fn step(method: Method, path: &str) -> Step {
     }
 }
 
-fn status_body(code: u16, reason: &str, message: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-           "reason": reason, "code": code, "message": message})
+/// A request the API server refuses with a Status of `code` and `reason`.
+fn refused(method: Method, path: &str, code: StatusCode, reason: &str, message: &str) -> Step {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                      "reason": reason, "code": code.as_u16(), "message": message});
+    Step {
+        status: code,
+        reply: Some(body),
+        ..step(method, path)
+    }
 }
 
 pub(crate) fn not_found(method: Method, path: &str) -> Step {
-    Step {
-        status: StatusCode::NOT_FOUND,
-        reply: Some(status_body(404, "NotFound", "not found")),
-        ..step(method, path)
-    }
+    refused(method, path, StatusCode::NOT_FOUND, "NotFound", "not found")
 }
 
 pub(crate) fn server_error(method: Method, path: &str) -> Step {
-    Step {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        reply: Some(status_body(500, "InternalError", "etcd is on fire")),
-        ..step(method, path)
-    }
+    let code = StatusCode::INTERNAL_SERVER_ERROR;
+    refused(method, path, code, "InternalError", "etcd is on fire")
 }
 
 pub(crate) fn conflict(method: Method, path: &str) -> Step {
-    Step {
-        status: StatusCode::CONFLICT,
-        reply: Some(status_body(409, "Conflict", "conflict")),
-        ..step(method, path)
-    }
+    refused(method, path, StatusCode::CONFLICT, "Conflict", "conflict")
+}
+
+/// A validation failure, e.g. a server-side apply that would create an incomplete object.
+pub(crate) fn invalid(method: Method, path: &str) -> Step {
+    let code = StatusCode::UNPROCESSABLE_ENTITY;
+    refused(
+        method,
+        path,
+        code,
+        "Invalid",
+        "spec.containers: Required value",
+    )
 }
 
 pub(crate) fn ok_with(method: Method, path: &str, reply: Value) -> Step {

@@ -5,7 +5,7 @@
 //! `InvalidSpec`. Every rule with a CEL twin in `crd.rs` is run on the same specs as its
 //! twin in `crd/cel_tests.rs`, so the two cannot drift apart.
 
-use crate::builders::HTTP_PORT;
+use crate::builders::{API_SERVICE_SUFFIX, HTTP_PORT};
 use crate::crd::{
     ApiSpec, AuthModeSpec, AuthSpec, ChatGatewaySpec, JwtAlgorithmSpec, RedisSpec, RolloutStrategy,
 };
@@ -23,6 +23,43 @@ pub const OPERATOR_ENV: &[&str] = &[
     "OTEL_TRACES_SAMPLER_ARG",
     "OTEL_RESOURCE_ATTRIBUTES",
 ];
+
+/// Longest ChatGateway name. The name is the Service's name: Service names are DNS-1035
+/// labels of at most 63 characters. That also bounds the `app.kubernetes.io/instance`
+/// label value (63) and the other children (`<name>-config`, `<name>-otel-collector`:
+/// ConfigMap names, DNS-1123 subdomains of up to 253; the Deployment, HPA, PDB and
+/// NetworkPolicy: `<name>`).
+pub const MAX_NAME_LEN: usize = 63;
+/// Longest ChatGateway name with the server API on: `<name>-api` is a Service too.
+pub const MAX_NAME_LEN_WITH_API: usize = MAX_NAME_LEN - API_SERVICE_SUFFIX.len();
+
+/// Refuses a ChatGateway name its children cannot carry. The API server accepts any
+/// DNS-1123 subdomain as a ChatGateway's name (dots, a leading digit, 253 characters), but
+/// the Services need DNS-1035 labels: without this check the ConfigMap and Deployment of
+/// such a name would be created and the Service refused on every reconcile.
+/// With the server API on (`api`), `<name>-api` must fit as well: a gateway of a longer
+/// name (60 to 63 characters) runs without it, and turning it on is refused.
+pub fn check_name(name: &str, api: bool) -> Result<()> {
+    let label = name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let (max, services) = if api {
+        (
+            MAX_NAME_LEN_WITH_API,
+            format!("{name}, {name}{API_SERVICE_SUFFIX}"),
+        )
+    } else {
+        (MAX_NAME_LEN, name.to_string())
+    };
+    if label && name.len() <= max {
+        return Ok(());
+    }
+    Err(Error::InvalidSpec(format!(
+        "metadata.name {name:?} cannot name the gateway's Services ({services}): use at most {max} lowercase letters, digits and '-', starting with a letter and ending with a letter or digit"
+    )))
+}
 
 /// Replicas of a new gateway whose spec names none: one chat server with the memory engine
 /// (every pod would be a separate one), two with Redis.
@@ -118,6 +155,9 @@ pub fn check(spec: &ChatGatewaySpec) -> Result<()> {
         if r.max_surge.is_some() && r.strategy != Some(RolloutStrategy::Rolling) {
             return invalid("rollout.maxSurge applies to strategy Rolling only (SurgeAll starts every new pod first)");
         }
+        if let Some(surge) = &r.max_surge {
+            check_max_surge(surge)?;
+        }
     }
     for (i, e) in spec.env.iter().enumerate() {
         if e.name.starts_with(chat_gateway_config::ENV_PREFIX) {
@@ -132,6 +172,52 @@ pub fn check(spec: &ChatGatewaySpec) -> Result<()> {
                 e.name
             )));
         }
+    }
+    for (i, e) in spec.env_from.iter().enumerate() {
+        // Every variable of a source gets the prefix. The sources' own keys are not
+        // checked: the operator does not read the ConfigMaps and Secrets they name.
+        if let Some(prefix) = e
+            .prefix
+            .as_deref()
+            .filter(|p| p.starts_with(chat_gateway_config::ENV_PREFIX))
+        {
+            return Err(Error::InvalidSpec(format!(
+                "envFrom[{i}].prefix {prefix:?}: CHATGW_* variables would bypass the checked config; use gateway.config"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `rollout.maxSurge` as the API server takes it beside the operator's `maxUnavailable: 0`
+/// (see `builders::rollout`): a count or `N%`, not negative, and not 0, since a
+/// Deployment with both at 0 could never replace a pod and is refused.
+fn check_max_surge(surge: &IntOrString) -> Result<()> {
+    let n = match surge {
+        IntOrString::Int(n) => i64::from(*n),
+        IntOrString::String(s) => {
+            // Kubernetes' percent syntax: digits, then `%` (no sign, no plain number).
+            let percent = s
+                .strip_suffix('%')
+                .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|d| d.parse::<i64>().ok());
+            match percent {
+                Some(p) => p,
+                None => {
+                    return Err(Error::InvalidSpec(format!(
+                        "rollout.maxSurge {s:?} is neither a number of pods nor a percentage like \"25%\""
+                    )))
+                }
+            }
+        }
+    };
+    if n < 0 {
+        return Err(Error::InvalidSpec(
+            "rollout.maxSurge must not be negative".into(),
+        ));
+    }
+    if n == 0 {
+        return Err(Error::InvalidSpec("rollout.maxSurge must be at least 1 (or 1%): the operator keeps maxUnavailable at 0 so that no pod drains before its replacement is ready, and Kubernetes refuses a Deployment whose maxSurge and maxUnavailable are both 0".into()));
     }
     Ok(())
 }
@@ -270,6 +356,8 @@ mod tests {
         check(&crate::yaml::from_str(spec).expect("spec"))
     }
 
+    const REDIS: &str = "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, redis: {urlSecretRef: {name: r, key: u}}}";
+
     #[test]
     fn the_fixtures_pass() {
         for spec in [MINIMAL, FULL, SIDECARS, BACKEND] {
@@ -296,6 +384,78 @@ mod tests {
             "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nenv: [{name: RUST_LOG, value: debug}]"
         )
         .is_ok());
+    }
+
+    #[test]
+    fn names_the_services_cannot_carry_are_refused() {
+        let fits_alone = "a".repeat(MAX_NAME_LEN_WITH_API + 1);
+        for (name, api) in [
+            ("a".repeat(64), false),
+            ("chat.v2".into(), false),
+            ("1chat".into(), false),
+            (fits_alone.clone(), true),
+        ] {
+            let err = check_name(&name, api).expect_err(&name);
+            assert!(
+                matches!(&err, Error::InvalidSpec(m) if m.starts_with("metadata.name")),
+                "{name}: {err}"
+            );
+        }
+        for name in ["Chat", "chat-", "-chat", "chat_v2", ""] {
+            assert!(check_name(name, false).is_err(), "{name}");
+        }
+        for (name, api) in [
+            ("chat".to_string(), true),
+            ("chat-v2".into(), true),
+            ("a".repeat(MAX_NAME_LEN_WITH_API), true),
+            (fits_alone, false),
+            ("a".repeat(MAX_NAME_LEN), false),
+        ] {
+            assert!(check_name(&name, api).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn rolling_needs_a_surge_kubernetes_accepts_beside_no_unavailable_pod() {
+        let spec =
+            |surge: &str| format!("{REDIS}\nrollout: {{strategy: Rolling, maxSurge: {surge}}}");
+        for (surge, want) in [
+            ("0", "must be at least 1"),
+            ("'0%'", "must be at least 1"),
+            ("'000%'", "must be at least 1"),
+            ("-1", "must not be negative"),
+            ("'-5%'", "neither a number of pods nor a percentage"),
+            ("'2'", "neither a number of pods nor a percentage"),
+            ("'%'", "neither a number of pods nor a percentage"),
+            ("'25 %'", "neither a number of pods nor a percentage"),
+            ("many", "neither a number of pods nor a percentage"),
+        ] {
+            let err = check_yaml(&spec(surge)).expect_err(surge);
+            assert!(
+                matches!(&err, Error::InvalidSpec(m) if m.contains("rollout.maxSurge") && m.contains(want)),
+                "{surge}: {err}"
+            );
+        }
+        for surge in ["1", "3", "'1%'", "'25%'", "'150%'"] {
+            assert!(check_yaml(&spec(surge)).is_ok(), "{surge}");
+        }
+    }
+
+    #[test]
+    fn env_from_must_not_make_chatgw_variables() {
+        let spec = |prefix: &str| {
+            format!("{REDIS}\nenvFrom: [{{configMapRef: {{name: a}}}}, {{prefix: '{prefix}', secretRef: {{name: b}}}}]")
+        };
+        for prefix in ["CHATGW_", "CHATGW_REDIS__"] {
+            let err = check_yaml(&spec(prefix)).expect_err(prefix);
+            assert!(
+                matches!(&err, Error::InvalidSpec(m) if m.starts_with(&format!("envFrom[1].prefix {prefix:?}: CHATGW_*"))),
+                "{prefix}: {err}"
+            );
+        }
+        for prefix in ["APP_", "chatgw_", ""] {
+            assert!(check_yaml(&spec(prefix)).is_ok(), "{prefix:?}");
+        }
     }
 
     #[test]

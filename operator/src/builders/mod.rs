@@ -47,6 +47,10 @@ pub const SECRET_HASH_ANNOTATION: &str = "chatgateway.io/secret-hash";
 pub const TEMPLATE_HASH_ANNOTATION: &str = "chatgateway.io/template-hash";
 /// Container port of the gateway (WebSocket, health and metrics).
 pub const HTTP_PORT: i32 = 8080;
+/// Suffix of the server API's Service name: the longest suffix of a child whose name must
+/// be a DNS-1035 label, so it sets the longest name of a ChatGateway with the API on
+/// (`validate::MAX_NAME_LEN_WITH_API`).
+pub const API_SERVICE_SUFFIX: &str = "-api";
 
 /// What every builder needs to know about the owning resource.
 #[derive(Clone, Debug)]
@@ -116,7 +120,7 @@ impl Owner {
 
     /// Name of the server API's Service.
     pub fn api_service_name(&self) -> String {
-        format!("{}-api", self.name)
+        format!("{}{API_SERVICE_SUFFIX}", self.name)
     }
 
     /// Name of the ConfigMap holding the OpenTelemetry Collector's config.
@@ -158,8 +162,9 @@ pub struct Inputs {
     pub default_image: Option<String>,
 }
 
-/// Builds every child of `cgw`, after refusing a spec that cannot work.
+/// Builds every child of `cgw`, after refusing a name or spec that cannot work.
 pub fn build(cgw: &ChatGateway, owner: &Owner, inputs: &Inputs) -> Result<Children> {
+    crate::validate::check_name(&owner.name, backend::api_port(&cgw.spec).is_some())?;
     crate::validate::check(&cgw.spec)?;
     let (config_map, hash) = configmap::build(cgw, owner)?;
     let (collector_config_map, collector_hash) = match collector::build_config_map(cgw, owner)? {
@@ -349,6 +354,38 @@ mod tests {
                 "policy/v1/PodDisruptionBudget"
             ]
         );
+    }
+
+    #[test]
+    fn the_longest_name_fits_every_child_and_a_longer_one_builds_nothing() {
+        for spec in [MINIMAL, FULL, SIDECARS, BACKEND] {
+            let mut c = cgw(spec);
+            let longest = match backend::api_port(&c.spec) {
+                Some(_) => "a".repeat(crate::validate::MAX_NAME_LEN_WITH_API),
+                None => "a".repeat(crate::validate::MAX_NAME_LEN),
+            };
+            c.metadata.name = Some(longest.clone());
+            let owner = Owner::of(&c, "d").expect("owner");
+            let yaml = build(&c, &owner, &Inputs::default())
+                .expect("build")
+                .to_yaml()
+                .expect("yaml");
+            for doc in yaml.split("---\n") {
+                let v: serde_json::Value = crate::yaml::from_str(doc).expect("doc");
+                let name = v["metadata"]["name"].as_str().expect("name");
+                // Services: DNS-1035 labels; the other kinds: DNS-1123 subdomains.
+                let max = if v["kind"] == "Service" { 63 } else { 253 };
+                assert!(name.len() <= max, "{} {name}", v["kind"]);
+                let labels = v["metadata"]["labels"].as_object().expect("labels");
+                assert!(labels
+                    .values()
+                    .all(|l| l.as_str().is_some_and(|l| l.len() <= 63)));
+            }
+            c.metadata.name = Some(format!("{longest}a"));
+            let owner = Owner::of(&c, "d").expect("owner");
+            let err = build(&c, &owner, &Inputs::default()).expect_err("too long");
+            assert_eq!(err.reason(), "InvalidSpec", "{err}");
+        }
     }
 
     #[test]
