@@ -85,6 +85,16 @@ impl ConnCtl {
             .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Whether a message was left or the keys changed, without waiting or taking them.
+    pub fn has_news(&self) -> bool {
+        self.keys_changed.load(std::sync::atomic::Ordering::Relaxed)
+            || !self
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+    }
+
     /// Waits until a message is left (or the keys changed).
     pub async fn wait(&self) {
         self.notify.notified().await;

@@ -76,6 +76,31 @@ impl Session {
         None
     }
 
+    /// The session's deadline passed (a token's warning or expiry, a save): false when
+    /// the connection closes (its token expired).
+    pub(super) async fn deadline_passed(&mut self) -> bool {
+        match self.on_deadline(crate::engine::now_ms()).await {
+            Some(reason) => {
+                self.queue.close(reason);
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// The node left word in the connection's mailbox (new keys, a server unsubscribe):
+    /// false when the connection closes (the key of its token was removed).
+    pub(super) async fn control_news(&mut self, ctl: &crate::control::ConnCtl) -> bool {
+        if ctl.take_keys_changed() && self.key_revoked() {
+            self.queue.close(disconnect::KEY_REVOKED);
+            return false;
+        }
+        for msg in ctl.take() {
+            self.on_control(msg).await;
+        }
+        true
+    }
+
     /// Whether the key that verified the connection token was removed from the key set.
     pub fn key_revoked(&self) -> bool {
         self.identity

@@ -265,6 +265,24 @@ where
             if queue.is_closing() {
                 break; // commands left in the backlog have nobody to answer
             }
+            if !backlog.is_empty() {
+                // Commands read while a delivery waited run back to back and never reach
+                // the select below: the token's deadline and the node's messages are
+                // looked at here too, or a client that keeps the backlog fed (one command
+                // per reply it reads) would put off its token's expiry, a key's
+                // revocation and the server's unsubscribes for good.
+                let due = expiry.deadline() <= tokio::time::Instant::now();
+                if due && !Box::pin(session.deadline_passed()).await {
+                    break;
+                }
+                let told = ctl.has_news();
+                if told && !Box::pin(session.control_news(&ctl)).await {
+                    break;
+                }
+                if due || told {
+                    expiry.as_mut().reset(instant_of(session.next_deadline()));
+                }
+            }
             let text = match backlog.pop_front() {
                 Some(text) => text,
                 None => {
@@ -283,24 +301,16 @@ where
                             continue;
                         }
                         _ = &mut expiry => {
-                            if let Some(reason) = Box::pin(session.on_deadline(crate::engine::now_ms())).await {
-                                queue.close(reason);
+                            if !Box::pin(session.deadline_passed()).await {
                                 break;
                             }
                             expiry.as_mut().reset(instant_of(session.next_deadline()));
                             continue;
                         }
                         _ = ctl.wait() => {
-                            if ctl.take_keys_changed() && session.key_revoked() {
-                                queue.close(disconnect::KEY_REVOKED);
+                            if !Box::pin(session.control_news(&ctl)).await {
                                 break;
                             }
-                            Box::pin(async {
-                                for msg in ctl.take() {
-                                    session.on_control(msg).await;
-                                }
-                            })
-                            .await;
                             // Leaving a room puts a session save on the timer.
                             expiry.as_mut().reset(instant_of(session.next_deadline()));
                             continue;
