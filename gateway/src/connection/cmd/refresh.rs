@@ -1,5 +1,6 @@
-//! `refresh`: replaces the connection token (same user; its rooms claim and expiry take
-//! effect at once) or, with `room`, a joined room's subscription token, before it expires.
+//! `refresh`: replaces the connection token (same user; its expiry takes effect at once,
+//! its rooms claim for later joins: joined rooms keep what their join granted) or, with
+//! `room`, a joined room's subscription token, before it expires.
 
 use super::{Handled, Refusal, Session};
 use crate::hooks::{RefreshRequest, Verdict};
