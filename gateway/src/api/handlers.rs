@@ -73,18 +73,11 @@ fn room_name(node: &Node, room: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A user id as tokens carry them: 1 to 128 bytes, no control characters. Anything else
-/// names no connection, and travels to every node for nothing.
+/// A user id as tokens carry them (the authenticator's own rule): anything else names no
+/// connection, and would travel to every node for nothing.
 fn user_name(user: &str) -> Result<(), ApiError> {
-    if user.is_empty()
-        || user.len() > crate::auth::MAX_USER_LEN
-        || user.chars().any(char::is_control)
-    {
-        return Err(ApiError::bad(
-            "user must be 1..128 bytes without control characters",
-        ));
-    }
-    Ok(())
+    crate::auth::check_user(user)
+        .map_err(|_| ApiError::bad("user must be 1..128 bytes without control characters"))
 }
 
 #[derive(Deserialize)]

@@ -259,7 +259,8 @@ fn subject(claims: &Map<String, Value>) -> Result<String, AuthError> {
         .ok_or_else(|| AuthError::Invalid("sub must be a string".into()))
 }
 
-fn check_user(user: &str) -> Result<(), AuthError> {
+/// A user id as a token may carry it: 1 to 128 bytes, no control characters.
+pub(crate) fn check_user(user: &str) -> Result<(), AuthError> {
     if user.is_empty() || user.len() > MAX_USER_LEN || user.chars().any(char::is_control) {
         return Err(AuthError::BadUser);
     }
