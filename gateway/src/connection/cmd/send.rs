@@ -3,7 +3,7 @@
 //! the original seq and `duplicate: true`.
 
 use super::{Handled, Refusal, Session};
-use crate::config::DmPolicy;
+use crate::config::{DmPolicy, NamespaceConfig};
 use crate::connection::session::new_msg_id;
 use crate::engine::{HistoryQuery, Publish, EMPTY_EPOCH};
 use crate::hooks::{SendAnswer, SendRequest, Verdict};
@@ -40,7 +40,9 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
             return Err(s.deny("send", "you may read this room but not send to it"));
         }
     }
-    let max_body = s.node.namespaces.of(&cmd.room).max_body_bytes;
+    // Looked up once: the body cap, the new-room bound and a hook's replacement use it.
+    let ns = s.node.namespaces.of(&cmd.room);
+    let max_body = ns.max_body_bytes;
     if max_body > 0 && cmd.body.get().len() > max_body {
         return Err(Refusal::new(
             ErrorCode::BadRequest,
@@ -57,12 +59,12 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
         Some(m) => m,
         None => new_msg_id(),
     };
-    may_start(s, &cmd.room).await?;
+    may_start(s, ns, &cmd.room).await?;
     // Only a well-formed W3C traceparent goes on (dropped, not refused, otherwise): it
     // rides in the pub/sub payload and the msg frame of every member.
     let mut traceparent = cmd.traceparent.filter(|t| protocol::valid_traceparent(t));
     let body = if s.node.hooks.sends_through(&cmd.room) {
-        backend_body(s, &cmd.room, &msg_id, cmd.body).await?
+        backend_body(s, ns, &cmd.room, &msg_id, cmd.body).await?
     } else {
         cmd.body
     };
@@ -127,8 +129,8 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
 /// messages: a room's first message creates keys kept for days, and one connection could
 /// start rooms at its command rate (docs/operations.md, "Redis memory"). The store is read
 /// only for such a user.
-async fn may_start(s: &Session, room: &str) -> Result<(), Refusal> {
-    if !s.node.namespaces.of(room).keep_history || s.node.room_starts.allows(s.user()) {
+async fn may_start(s: &Session, ns: &NamespaceConfig, room: &str) -> Result<(), Refusal> {
+    if !ns.keep_history || s.node.room_starts.allows(s.user()) {
         return Ok(());
     }
     let head = HistoryQuery {
@@ -155,6 +157,7 @@ async fn may_start(s: &Session, room: &str) -> Result<(), Refusal> {
 /// backend's replacement, held to the same depth and size rules).
 async fn backend_body(
     s: &Session,
+    ns: &NamespaceConfig,
     room: &str,
     msg_id: &str,
     body: Box<serde_json::value::RawValue>,
@@ -170,7 +173,7 @@ async fn backend_body(
             let new = serde_json::value::to_raw_value(&new)
                 .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?;
             // The limits a client's body is held to: a replacement is the same message.
-            let max = match s.node.namespaces.of(room).max_body_bytes {
+            let max = match ns.max_body_bytes {
                 0 => s.node.config.limits.max_frame_bytes,
                 n => n.min(s.node.config.limits.max_frame_bytes),
             };
