@@ -66,10 +66,7 @@ fn number(query: &str, name: &str) -> Result<Option<u64>, ApiError> {
 
 fn room_name(node: &Node, room: &str) -> Result<(), ApiError> {
     protocol::validate_room(room, node.config.limits.max_room_name).map_err(ApiError::bad)?;
-    if room == protocol::INBOX_PREFIX {
-        // As a client's send: no user's inbox is `user:`.
-        return Err(ApiError::bad("user:<id> needs a user id"));
-    }
+    protocol::inbox_owner(room).map_err(ApiError::bad)?;
     Ok(())
 }
 

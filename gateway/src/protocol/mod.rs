@@ -129,6 +129,17 @@ pub fn is_inbox(room: &str) -> bool {
     room.starts_with(INBOX_PREFIX)
 }
 
+/// Whose inbox a room is: `Ok(Some(user))` for `user:<id>`, `Ok(None)` for a room that
+/// is no inbox, an error for `user:` alone, which is nobody's (a client's send and the
+/// server API's publish both refuse it).
+pub fn inbox_owner(room: &str) -> Result<Option<&str>, &'static str> {
+    match room.strip_prefix(INBOX_PREFIX) {
+        None => Ok(None),
+        Some("") => Err("user:<id> needs a user id"),
+        Some(user) => Ok(Some(user)),
+    }
+}
+
 /// Whether `tp` is a W3C `traceparent` (version 00 form: `vv-<32 hex>-<16 hex>-ff`, lowercase
 /// hex, version not `ff`, neither id all zeros). Anything else a client sends is dropped
 /// before it can reach a pub/sub payload or an upstream header.

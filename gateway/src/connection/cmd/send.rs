@@ -20,15 +20,10 @@ const MAX_MSG_ID: usize = 128;
 
 pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
     s.check_room(&cmd.room)?;
-    let is_inbox = protocol::is_inbox(&cmd.room);
-    if is_inbox && cmd.room.len() == protocol::INBOX_PREFIX.len() {
-        return Err(Refusal::new(
-            ErrorCode::InvalidRoom,
-            "user:<id> needs a user id",
-        ));
-    }
-    if is_inbox {
-        may_dm(s, &cmd.room[protocol::INBOX_PREFIX.len()..]).await?;
+    let inbox_owner =
+        protocol::inbox_owner(&cmd.room).map_err(|e| Refusal::new(ErrorCode::InvalidRoom, e))?;
+    if let Some(recipient) = inbox_owner {
+        may_dm(s, recipient).await?;
     } else {
         let Some(joined) = s.rooms.get(cmd.room.as_str()) else {
             return Err(Refusal::new(
