@@ -13,7 +13,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DynamicObject, PartialObjectMeta};
 use kube::runtime::controller::Controller;
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::{predicates, reflector, watcher, WatchStreamExt};
 use kube::ResourceExt;
 use std::future::Future;
 use std::sync::Arc;
@@ -25,14 +25,26 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let client = ctx.client.clone();
     let children =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
-    let mut controller = Controller::new(
+    // Only a change of spec (a new generation) starts a reconcile: a reconcile reads
+    // nothing else of the ChatGateway. Its status is written by the reconciler itself
+    // and, as connections come and go, by the metrics reporter (status.connections,
+    // every scrape round while the numbers move); each such write would otherwise
+    // re-apply every child of the gateway. Children, Secrets and the periodic resync
+    // still start reconciles as before.
+    let (store, writer) = reflector::store();
+    let gateways = watcher(
         Api::<ChatGateway>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
-    .owns(Api::<Deployment>::all(client.clone()), children.clone())
-    .owns(Api::<Service>::all(client.clone()), children.clone())
-    .owns(Api::<NetworkPolicy>::all(client.clone()), children.clone());
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(predicates::generation, Default::default());
+    let mut controller = Controller::for_stream(gateways, store)
+        .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
+        .owns(Api::<Deployment>::all(client.clone()), children.clone())
+        .owns(Api::<Service>::all(client.clone()), children.clone())
+        .owns(Api::<NetworkPolicy>::all(client.clone()), children.clone());
     // HPA and PDB in the version the cluster serves (autoscaling/v2beta2 and
     // policy/v1beta1 on Kubernetes 1.20).
     let versioned = [

@@ -466,16 +466,9 @@ async fn operator_against_a_real_apiserver() {
     );
     assert!(http_get(metrics_port, "/healthz").contains(" 200 OK"));
     // Status writes that change nothing must not trigger further reconciles (no hot loop).
-    let count = |text: &str| {
-        text.lines()
-            .find(|l| l.starts_with("chatgateway_operator_reconciles_total{outcome=\"ok\"}"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|n| n.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let before = count(&metrics);
+    let before = reconciles_ok(metrics_port);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = count(&http_get(metrics_port, "/metrics"));
+    let after = reconciles_ok(metrics_port);
     eprintln!("reconciles: {before} then {after} after 3 idle seconds");
     assert!(
         after - before <= 2.0,

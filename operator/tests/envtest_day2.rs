@@ -6,7 +6,8 @@
 
 mod support;
 
-use chat_gateway_operator::crd::ChatGateway;
+use chat_gateway_operator::crd::{ChatGateway, ConnectionsStatus};
+use chat_gateway_operator::custom_metrics::report;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
@@ -166,7 +167,8 @@ async fn day_two_against_a_real_apiserver() {
     .await
     .expect("rotating");
 
-    let mut operator = Operator::start(&env, "day2", free_port());
+    let metrics_port = free_port();
+    let mut operator = Operator::start(&env, "day2", metrics_port);
     let reconciled = |name: &'static str, generation: i64| {
         let cgws = cgws.clone();
         move || {
@@ -393,6 +395,38 @@ async fn day_two_against_a_real_apiserver() {
         }
     })
     .await;
+
+    // --- status.connections moving with every scrape round starts no reconcile: the
+    // reporter's writes are the operator's own, and each reconcile re-applies every child.
+    let before = reconciles_ok(metrics_port);
+    for total in 1..=6 {
+        let connections = ConnectionsStatus {
+            total,
+            pods_read: 1,
+            per_pod: Some(total),
+            ..Default::default()
+        };
+        report::write(&client, NS, "old", &connections)
+            .await
+            .expect("status.connections");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = reconciles_ok(metrics_port);
+    eprintln!("reconciles: {before} then {after} over six status.connections writes");
+    assert!(
+        after - before < 3.0,
+        "status.connections writes started reconciles: {before} -> {after}"
+    );
+    // A spec change after them still does (the filter keys on the generation).
+    cgws.patch(
+        "old",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"gateway": {"heartbeatInterval": "12s"}}})),
+    )
+    .await
+    .expect("spec change");
+    eventually("old reconciled again", LONG, reconciled("old", 2)).await;
 
     // --- The Ready printer column, as `kubectl get cgw` shows it (server-side table).
     let request = http::Request::get(format!(

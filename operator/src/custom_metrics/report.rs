@@ -131,7 +131,8 @@ pub async fn run(
     }
 }
 
-async fn write(
+/// Applies `status.connections` of one gateway under [`STATUS_MANAGER`].
+pub async fn write(
     client: &Client,
     ns: &str,
     name: &str,

@@ -198,6 +198,16 @@ pub fn http_get(port: u16, path: &str) -> String {
     out
 }
 
+/// `chatgateway_operator_reconciles_total{outcome="ok"}` on the operator's /metrics.
+pub fn reconciles_ok(metrics_port: u16) -> f64 {
+    http_get(metrics_port, "/metrics")
+        .lines()
+        .find(|l| l.starts_with("chatgateway_operator_reconciles_total{outcome=\"ok\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
 pub fn condition(cgw: &ChatGateway, type_: &str) -> Option<(String, String, String)> {
     let c = cgw
         .status
