@@ -44,17 +44,26 @@ pub struct KeySet {
 
 impl KeySet {
     /// The key for a token's `kid`: the JWKS key of that id; without a `kid`, the single
-    /// configured key (or the JWKS key, when the set holds exactly one). With it, the
-    /// checks a token verified by that key must pass.
-    pub fn find(&self, kid: Option<&str>) -> Option<(&Key, &Validation)> {
-        let key = match kid {
-            Some(kid) => self.by_kid.get(kid),
-            None => self
-                .single
-                .as_ref()
-                .or_else(|| (self.by_kid.len() == 1).then(|| self.by_kid.values().next())?),
+    /// configured key (or the JWKS key, when the set holds exactly one). With it, the id of
+    /// the JWKS key chosen (what a connection is revoked by when the key is removed, also
+    /// for a token that named none) and the checks a token verified by that key must pass.
+    pub fn find(&self, kid: Option<&str>) -> Option<(Option<&str>, &Key, &Validation)> {
+        let (kid, key) = match kid {
+            Some(kid) => self
+                .by_kid
+                .get_key_value(kid)
+                .map(|(k, v)| (Some(k.as_str()), v)),
+            None => match &self.single {
+                Some(key) => Some((None, key)),
+                None if self.by_kid.len() == 1 => self
+                    .by_kid
+                    .iter()
+                    .next()
+                    .map(|(k, v)| (Some(k.as_str()), v)),
+                None => None,
+            },
         }?;
-        Some((key, self.validations.get(&key.alg)?))
+        Some((kid, key, self.validations.get(&key.alg)?))
     }
 
     /// Whether a JWKS key of this id is (still) in the set.

@@ -28,12 +28,19 @@ pub const MAX_USER_LEN: usize = 128;
 /// a wrap to an immediate expiry in a release build.
 const LATEST_EXP: u64 = 253_402_300_799;
 
-/// A token's `exp`, at most [`LATEST_EXP`].
+/// A token's `exp`, at most [`LATEST_EXP`]. A fraction is rounded, as the JWT library
+/// does when it checks the claim (`time.time() + 300` in Python gives one): read as an
+/// integer only, a fractional `exp` passed verification and then gave a connection that
+/// never expired.
 fn expiry(claims: &Map<String, Value>) -> Option<u64> {
-    claims
-        .get("exp")
-        .and_then(Value::as_u64)
-        .map(|e| e.min(LATEST_EXP))
+    let exp = claims.get("exp")?;
+    let secs = exp.as_u64().or_else(|| {
+        exp.as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.0)
+            // Saturating: a later exp is clamped below anyway.
+            .map(|f| f.round() as u64)
+    })?;
+    Some(secs.min(LATEST_EXP))
 }
 
 /// Verifies credentials: connection tokens, refreshes and subscription tokens.
@@ -168,7 +175,8 @@ impl Authenticator {
         self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Verifies a token's signature and standard claims; returns its claims and `kid`.
+    /// Verifies a token's signature and standard claims; returns its claims and the id of
+    /// the JWKS key that verified it.
     fn verify(&self, token: &str) -> Result<(Map<String, Value>, Option<String>), AuthError> {
         let invalid = |e: &dyn std::fmt::Display| AuthError::Invalid(e.to_string());
         let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(&e))?;
@@ -177,10 +185,10 @@ impl Authenticator {
             Some(kid) => AuthError::Invalid(format!("unknown key id {kid:?}")),
             None => AuthError::Invalid("token has no kid and no default key is configured".into()),
         };
-        let (key, validation) = keys.find(header.kid.as_deref()).ok_or_else(unknown)?;
+        let (kid, key, validation) = keys.find(header.kid.as_deref()).ok_or_else(unknown)?;
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation)
             .map_err(|e| invalid(&e))?;
-        Ok((data.claims, header.kid))
+        Ok((data.claims, kid.map(str::to_string)))
     }
 
     /// Verifies the credentials of an upgrade; returns who connects and what they may do.

@@ -255,6 +255,13 @@ fn jwks_keys_by_kid_reload_and_revocation() {
         a.authenticate(&by("one", k1)).map(|i| i.kid),
         Ok(Some("one".into()))
     );
+    // A token naming no key, verified by the set's only key, is revoked with that key:
+    // its connection carries the key's id.
+    let kidless = bearer(sign(k1, None, good(json!({}))));
+    assert_eq!(
+        a.authenticate(&kidless).map(|i| i.kid),
+        Ok(Some("one".into()))
+    );
     assert!(a.authenticate(&by("two", k2)).is_err(), "unknown kid");
     assert!(!a.reload().expect("reload"), "unchanged");
     std::fs::write(&file, json!({"keys": [oct("two", k2)]}).to_string()).expect("write");
@@ -295,4 +302,26 @@ fn an_exp_past_year_9999_is_read_as_its_end() {
     let g = a.room_token(&t, "alice", "r").expect("grant");
     assert_eq!(g.expires_at, 253_402_300_799);
     assert!(g.expires_at.checked_mul(1000).is_some());
+}
+
+/// A fractional `exp` (Python's `time.time() + 300`) passes the JWT library's checks,
+/// which round it; the gateway reads the same expiry: before, it read none, and the
+/// connection (and a subscription by such a token) never expired.
+#[test]
+fn a_fractional_exp_is_an_expiry() {
+    let a = auth(|_| {});
+    let exp = now() + 60;
+    let fractional = |extra: Value| {
+        let mut c = good(extra);
+        c["exp"] = json!(exp as f64 + 0.4);
+        sign(SECRET, None, c)
+    };
+    let id = a
+        .authenticate(&bearer(fractional(json!({}))))
+        .expect("valid");
+    assert_eq!(id.expires_at, Some(exp));
+    let g = a
+        .room_token(&fractional(json!({"room": "r"})), "alice", "r")
+        .expect("grant");
+    assert_eq!(g.expires_at, exp);
 }
