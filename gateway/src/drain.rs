@@ -67,7 +67,7 @@ pub async fn drain(node: &Arc<Node>, force: &CancellationToken) -> DrainOutcome 
     }
     tracing::info!(connections = open, rate, "accept grace over: evicting");
     let mut out = DrainOutcome::default();
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let mut tick = tokio::time::interval(crate::ratelimit::gap_at(rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         node.metrics

@@ -4,7 +4,7 @@
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A token bucket: `rate` tokens per second, at most `burst` saved up.
 #[derive(Debug)]
@@ -164,6 +164,21 @@ impl<K: Hash + Eq> KeyedBuckets<K> {
     }
 }
 
+/// The gap between events at `rate` per second, held to 1 µs..1 h. Drain and rebalance
+/// pace evictions with it: `1 / rate` of a valid but extreme rate is zero (a timer
+/// interval panics on it) or too large for a `Duration` (`from_secs_f64` panics), and
+/// either panic would skip the drain at shutdown.
+pub fn gap_at(rate: f64) -> Duration {
+    const SHORTEST: Duration = Duration::from_micros(1);
+    const LONGEST: Duration = Duration::from_secs(3600);
+    if rate.is_nan() || rate <= 0.0 {
+        return LONGEST;
+    }
+    Duration::try_from_secs_f64(1.0 / rate)
+        .unwrap_or(LONGEST)
+        .clamp(SHORTEST, LONGEST)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,5 +287,19 @@ mod tests {
             KeyedBuckets::<i32>::new(0.0, 1, 1).take_at(&1, t0),
             "rate 0: no limit"
         );
+    }
+
+    #[tokio::test]
+    async fn gaps_of_extreme_rates_stay_usable() {
+        assert_eq!(gap_at(100.0), Duration::from_millis(10));
+        assert_eq!(gap_at(1e10), Duration::from_micros(1));
+        assert_eq!(gap_at(f64::INFINITY), Duration::from_micros(1));
+        assert_eq!(gap_at(1e-30), Duration::from_secs(3600));
+        assert_eq!(gap_at(0.0), Duration::from_secs(3600));
+        assert_eq!(gap_at(f64::NAN), Duration::from_secs(3600));
+        // A timer takes every one of them.
+        for rate in [1e10, 1e-30] {
+            drop(tokio::time::interval(gap_at(rate)));
+        }
     }
 }

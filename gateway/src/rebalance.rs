@@ -4,7 +4,6 @@
 use crate::drain::evict_one;
 use crate::node::Node;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// How many connections a node should shed now, given every node's count (its own
 /// included, fresh) — 0 unless it is above the mean by both thresholds. Never sheds
@@ -68,7 +67,7 @@ pub async fn run(node: Arc<Node>) {
             shed = budget,
             "rebalance: shedding connections"
         );
-        let gap = Duration::from_secs_f64(1.0 / cfg.rate);
+        let gap = crate::ratelimit::gap_at(cfg.rate);
         let floor = mine - shed; // the mean: never go below it
         for _ in 0..budget {
             if node.is_draining() || (node.connection_count() as u64) <= floor {
