@@ -2,10 +2,9 @@
 
 use chat_gateway::config::Config;
 use chat_gateway::engine::conformance::run_all;
-use chat_gateway::engine::{Engine, HistoryPage};
+use chat_gateway::engine::Engine;
 use chat_gateway::hub::Hub;
-use chat_gateway::outbound::OutboundReceiver;
-use e2e::engines::message;
+use e2e::engines::{engine_on_hub, engine_with_prefix, listen, message, next_msg, two_nodes};
 use e2e::redis::RedisServer;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,42 +15,6 @@ async fn redis_engine_passes_the_conformance_suite() {
     let mut base = Config::default();
     base.redis.url = redis.url();
     run_all(&e2e::engines::Fresh(base)).await;
-}
-
-async fn engine_with_prefix(url: &str, prefix: &str) -> Arc<dyn Engine> {
-    engine_on_hub(Arc::new(Hub::default()), url, prefix).await
-}
-
-/// A Redis engine delivering to `hub`, once healthy.
-async fn engine_on_hub(hub: Arc<Hub>, url: &str, prefix: &str) -> Arc<dyn Engine> {
-    let mut config = Config::default();
-    config.redis.url = url.to_string();
-    config.redis.key_prefix = prefix.to_string();
-    e2e::engines::start(&config, hub).await
-}
-
-/// A subscribing engine on a hub (at `sub_url`) and a publishing one (at `pub_url`)
-/// sharing a fresh key prefix: two nodes of one deployment.
-async fn two_nodes(sub_url: &str, pub_url: &str) -> (Arc<Hub>, Arc<dyn Engine>, Arc<dyn Engine>) {
-    let prefix = format!("t{:08x}", rand::random::<u32>());
-    let hub = Arc::new(Hub::default());
-    let subscriber = engine_on_hub(hub.clone(), sub_url, &prefix).await;
-    let publisher = engine_with_prefix(pub_url, &prefix).await;
-    (hub, subscriber, publisher)
-}
-
-/// A connection `conn` in `room` on `hub` and its node's subscription, which may hand back
-/// the room's head (see `Broker::subscribe`).
-async fn listen(
-    hub: &Hub,
-    engine: &dyn Engine,
-    room: &str,
-    conn: u64,
-) -> (OutboundReceiver, Option<HistoryPage>) {
-    let (q, rx) = chat_gateway::outbound::queue(100, 1 << 20);
-    hub.subscribe(&Arc::from(room), conn, q);
-    let head = engine.subscribe(room).await.expect("subscribe");
-    (rx, head)
 }
 
 /// The node registry lists every node of a cluster (rebalancing compares against all of
@@ -102,60 +65,6 @@ async fn the_node_registry_lists_every_node_of_its_prefix_only() {
         .map(|n| n.id)
         .collect();
     assert_eq!(theirs, ["stranger"]);
-}
-
-/// Messages published while a node's pub/sub connection is reconnecting are filled in
-/// from history once it is back, from the position each room had: the first message of a
-/// room subscribed while empty included.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_published_while_pubsub_reconnects_are_delivered() {
-    let redis = RedisServer::start();
-    let (hub, subscriber, publisher) = two_nodes(&redis.url(), &redis.url()).await;
-    let rooms: Vec<String> = (0..20).map(|i| format!("gap{i}")).collect();
-    let mut receivers = Vec::new();
-    for (i, room) in rooms.iter().enumerate() {
-        receivers.push(listen(&hub, &*subscriber, room, i as u64 + 1).await.0);
-    }
-    let mut admin = redis.admin();
-    admin.start_pubsub_outage();
-    for room in &rooms {
-        let published = publisher.publish(message(room, 1)).await.expect("publish");
-        assert_eq!(published.at.seq, 1);
-    }
-    admin.end_outage();
-    for (room, mut rx) in rooms.iter().zip(receivers) {
-        assert_eq!(next_msg(&mut rx).await, Some((room.clone(), 1)), "{room}");
-    }
-}
-
-/// A gap fill starts where the node was in each room, not from the room's start (a
-/// reconnect must not re-read every local room whole), unless the room was lost and
-/// numbered again meanwhile: then all of its new epoch is new.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gap_fill_starts_at_the_rooms_top_or_over_in_a_new_epoch() {
-    let redis = RedisServer::start();
-    let (hub, subscriber, publisher) = two_nodes(&redis.url(), &redis.url()).await;
-    let send = |room: &str, n: u64| publisher.publish(message(room, n));
-    let mut receivers = Vec::new();
-    for (i, room) in ["kept", "lost"].into_iter().enumerate() {
-        // Three messages before the node subscribes: its top is 3 in this epoch.
-        for n in 1..=3 {
-            send(room, n).await.expect("publish");
-        }
-        receivers.push(listen(&hub, &*subscriber, room, i as u64 + 1).await.0);
-    }
-    let mut admin = redis.admin();
-    admin.start_pubsub_outage();
-    assert_eq!(send("kept", 4).await.expect("publish").at.seq, 4);
-    // "lost" loses its history and starts again: seq 1 of a new epoch.
-    publisher.rewind_for_test("lost", None).await;
-    let renumbered = send("lost", 1).await.expect("publish");
-    assert_eq!(renumbered.at.seq, 1);
-    admin.end_outage();
-    let mut rx = receivers.into_iter();
-    let (mut kept, mut lost) = (rx.next().expect("kept"), rx.next().expect("lost"));
-    assert_eq!(next_msg(&mut kept).await, Some(("kept".into(), 4)));
-    assert_eq!(next_msg(&mut lost).await, Some(("lost".into(), 1)));
 }
 
 /// An inbox's subscription on a node that does not deliver it yet hands back the head the
@@ -326,78 +235,6 @@ async fn entering_a_room_hands_back_its_head_unless_the_store_is_behind() {
 }
 
 /// The next message the queue hands out within 10 s, as (room, seq).
-async fn next_msg(rx: &mut chat_gateway::outbound::OutboundReceiver) -> Option<(String, u64)> {
-    use chat_gateway::outbound::Outbound;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match rx.try_recv_for_test() {
-            Some(Outbound::Msg(env)) => return Some((env.room.to_string(), env.seq)),
-            Some(_) => {}
-            None if tokio::time::Instant::now() > deadline => return None,
-            None => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
-}
-
-/// A gap fill that fails (here the store refuses the subscribing node's scripts for a
-/// while, as a stale route to a dead node does after a failover) is tried again until it
-/// succeeds; the room's live messages wait meanwhile, so the gap is never skipped.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_gap_fill_is_tried_again_before_live_messages_go_on() {
-    let redis = RedisServer::start();
-    let mut admin = redis.admin();
-    let user = ["ACL", "SETUSER", "sub", "on", ">pw", "~*", "&*", "+@all"];
-    assert_eq!(admin.command(&user), "+OK");
-    let url = redis.url().replace("redis://", "redis://sub:pw@");
-    let (hub, subscriber, publisher) = two_nodes(&url, &redis.url()).await;
-    let (mut rx, _) = listen(&hub, &*subscriber, "held", 1).await;
-    let send = |n: u64| publisher.publish(message("held", n));
-    send(1).await.expect("publish 1");
-    assert_eq!(next_msg(&mut rx).await, Some(("held".into(), 1)));
-
-    // From now on every gap fill fails. Pub/sub drops and cannot come back while 2 and 3
-    // are published: a gap.
-    assert_eq!(
-        admin.command(&["ACL", "SETUSER", "sub", "-evalsha", "-eval"]),
-        "+OK"
-    );
-    admin.start_pubsub_outage();
-    for n in 2..=3 {
-        send(n).await.expect("publish");
-    }
-    admin.end_outage();
-    // Once the subscriber is back (its fill failing), live messages reach it.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let pubsub = redis.command(&["CLIENT", "LIST", "TYPE", "pubsub"]);
-        if matches!(&pubsub, Ok(redis::Value::BulkString(b)) if !b.is_empty()) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "pub/sub never came back"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    for n in 4..=8 {
-        send(n).await.expect("publish");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(admin.command(&["ACL", "SETUSER", "sub", "+@all"]), "+OK");
-    let mut got = Vec::new();
-    while let Some((_, seq)) = next_msg(&mut rx).await {
-        got.push(seq);
-        if seq == 8 {
-            break;
-        }
-    }
-    assert_eq!(
-        got,
-        (2..=8).collect::<Vec<_>>(),
-        "the gap first, then live, in order"
-    );
-}
-
 /// A crashed node's presence entries are swept (here by a `presence` listing on another
 /// node) and the leave the sweep script announces reaches members elsewhere as the
 /// `presence` frame every other change uses.

@@ -14,6 +14,7 @@
 mod members;
 mod wakes;
 
+use crate::disconnect::CloseReason;
 use crate::engine::Envelope;
 use crate::metrics::Deliveries;
 use crate::outbound::{Delivered, Outbound, OutboundQueue, Pusher, Via};
@@ -247,6 +248,22 @@ impl Hub {
             return true;
         }
         false
+    }
+
+    /// Closes the connection of every local subscriber of `room` with `reason`; returns
+    /// how many. For a gap that cannot be delivered (see the Redis engine's gap fill): a
+    /// member that went on reading past it would never learn it missed anything.
+    pub fn close_members(&self, room: &str, reason: CloseReason) -> usize {
+        let shard = self.shard(room);
+        let Some(r) = shard.get(room) else {
+            return 0;
+        };
+        let mut n = 0;
+        for queue in r.subs.queues() {
+            queue.close(reason);
+            n += 1;
+        }
+        n
     }
 
     /// Delivers a room message to every local subscriber, straight to its socket or

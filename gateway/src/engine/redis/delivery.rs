@@ -8,6 +8,11 @@
 //! failed is held: its live messages are not handed on (each one is in history already,
 //! stored before it was published) and the fill is tried again until it succeeds, which
 //! delivers them in order. Handing them on instead would skip the gap for good.
+//!
+//! A fill can also find that history no longer holds the whole gap (an outage longer than
+//! the room's retention). Its local members are then closed with 1013 `replay
+//! interrupted` before anything past the gap reaches them: they resume from the last
+//! message they got and learn `recovered: false`, instead of reading on past a hole.
 
 use super::fast_path::FastPath;
 use super::payload::{frame_ts, parse_payload, parse_routed, Payload};
@@ -294,7 +299,21 @@ impl Delivery {
                 };
                 continue;
             }
+            // Where the node was is known only with its epoch: a room whose top could not
+            // be read at subscribe is filled from its start, and a trimmed start is no gap.
+            let known = seen.epoch.is_some();
             seen.epoch = Some(page.epoch.clone());
+            let next = page.messages.first().map_or(page.top, |m| m.seq);
+            let trimmed = next > seen.seq.saturating_add(1)
+                || (page.messages.is_empty() && page.top > seen.seq);
+            if known && trimmed {
+                let closed = self
+                    .shared
+                    .hub
+                    .close_members(room, crate::disconnect::REPLAY_INTERRUPTED);
+                tracing::warn!(%room, after = seen.seq, resumes_at = next, members = closed,
+                    "gap fill: history no longer holds every missed message; members closed to resume");
+            }
             for env in &page.messages {
                 self.shared.hub.deliver(env);
                 seen.seq = env.seq;
@@ -302,7 +321,7 @@ impl Delivery {
                 seen.ts = seen.ts.max(frame_ts(&env.frame).unwrap_or(0));
             }
             if page.messages.is_empty() {
-                seen.seq = seen.seq.max(page.top); // trimmed meanwhile: nothing to fill
+                seen.seq = seen.seq.max(page.top); // trimmed meanwhile (members closed above)
             }
             if !page.more || page.messages.is_empty() {
                 break;
