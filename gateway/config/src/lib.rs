@@ -4,7 +4,8 @@
 //! reads is exactly what [`Config::from_yaml`] parses: one source of truth. It lives in its
 //! own small crate so the operator shares it without linking the gateway's network stack.
 //!
-//! - [`types`]: every key and its default ([`auth`], [`namespaces`] and [`redis`] apart);
+//! - [`types`]: every key and its default ([`auth`], [`namespaces`], [`redis`] and
+//!   [`retention`] apart);
 //! - [`load`]: YAML text or file, environment overrides, printing;
 //! - [`validate`]: relations between values that serde alone cannot check.
 
@@ -14,12 +15,13 @@ pub mod load;
 pub mod namespaces;
 pub mod redis;
 pub mod redis_tls;
+pub mod retention;
 pub mod types;
 pub mod validate;
 
 pub use auth::*;
 pub use backend::{ApiConfig, EventsConfig, FailurePolicy, HookConfig, HooksConfig};
-pub use load::{to_yaml, Loaded, Overrides, ENV_PREFIX};
+pub use load::{to_yaml, Loaded, Overrides, ENV_PREFIX, VERBATIM_ENV_PATHS};
 pub use namespaces::{DmPolicy, JoinPolicy, NamespaceConfig, Namespaces, SendPolicy};
 pub use redis::{RedisConfig, RedisMode, SentinelConfig};
 pub use redis_tls::RedisTlsConfig;

@@ -14,6 +14,32 @@ use serde_json::Value;
 /// Prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "CHATGW_";
 
+/// Config paths whose environment overrides are taken verbatim, never read as YAML: the
+/// strings that come from Secrets or name a file or a node, which are strings whatever
+/// they look like. Read as YAML, a password `0123` became the number 123, a JWT secret
+/// lost everything after ` #` (a comment), its quotes or its padding, and an audience
+/// `2024` or a secret shaped `a: b` was a number or a map the loader refused. Each path
+/// names a string (or optional string or path) key; the tests check each one loads.
+pub const VERBATIM_ENV_PATHS: [&[&str]; 17] = [
+    &["node", "id"],
+    &["redis", "url"],
+    &["redis", "username"],
+    &["redis", "password"],
+    &["redis", "sentinel", "username"],
+    &["redis", "sentinel", "password"],
+    &["redis", "tls", "caFile"],
+    &["redis", "tls", "certFile"],
+    &["redis", "tls", "keyFile"],
+    &["auth", "jwt", "secret"],
+    &["auth", "jwt", "secretFile"],
+    &["auth", "jwt", "publicKey"],
+    &["auth", "jwt", "publicKeyFile"],
+    &["auth", "jwt", "jwksFile"],
+    &["auth", "jwt", "audience"],
+    &["auth", "jwt", "issuer"],
+    &["api", "keysFile"],
+];
+
 /// Command-line flags, applied over the file and the environment (before validation).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -127,11 +153,13 @@ pub fn to_yaml<T: serde::Serialize>(value: &T) -> Result<String, String> {
 }
 
 fn from_value(value: Value, origin: &str) -> Result<Config, ConfigError> {
-    let value = if value.is_null() {
+    let mut value = if value.is_null() {
         Value::Object(Default::default())
     } else {
         value
     };
+    // What a retention leaves out depends on where it is (docs/configuration.md).
+    crate::retention::fill_left_out(&mut value);
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         ConfigError::Parse {
@@ -220,8 +248,9 @@ fn apply_env_override(
     }
     // A one-line value is read as YAML so numbers, booleans, durations and flow lists keep
     // their type; anything YAML rejects, every multi-line value (a PEM key: YAML would
-    // fold its lines) and the Redis URL and credentials (Secrets) stay the plain string.
-    let verbatim = crate::redis::VERBATIM_ENV_PATHS
+    // fold its lines) and the secrets, ids and paths of VERBATIM_ENV_PATHS stay the plain
+    // string.
+    let verbatim = VERBATIM_ENV_PATHS
         .iter()
         .any(|p| p.iter().copied().eq(path.iter().map(String::as_str)));
     let value = if raw.contains('\n') || verbatim {
@@ -342,6 +371,36 @@ mod tests {
         )
         .expect_err("not a service link: no proto:// value");
         assert!(e.to_string().contains("redisPort"), "{e}");
+    }
+
+    /// Each verbatim path names a string key, and a value YAML would change (a comment, a
+    /// number, a map, quotes, padding) reaches it byte for byte.
+    #[test]
+    fn every_verbatim_path_is_a_string_key_taken_as_is() {
+        let raw = " '0123' #x: y ";
+        for path in VERBATIM_ENV_PATHS {
+            let rest: Vec<String> = path
+                .iter()
+                .map(|level| {
+                    let mut snake = String::new();
+                    for c in level.chars() {
+                        if c.is_ascii_uppercase() {
+                            snake.push('_');
+                        }
+                        snake.push(c.to_ascii_uppercase());
+                    }
+                    snake
+                })
+                .collect();
+            let rest = rest.join("__");
+            let mut tree = Value::Null;
+            apply_env_override(&mut tree, &format!("{ENV_PREFIX}{rest}"), &rest, raw)
+                .expect("override");
+            let config = from_value(tree, "").unwrap_or_else(|e| panic!("{path:?}: {e}"));
+            let printed = serde_json::to_value(&config).expect("serialises");
+            let at = path.iter().try_fold(&printed, |node, key| node.get(key));
+            assert_eq!(at, Some(&Value::String(raw.into())), "{path:?}");
+        }
     }
 
     #[test]

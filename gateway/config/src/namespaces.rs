@@ -120,7 +120,8 @@ pub struct NamespaceConfig {
     /// Keep messages (history, resume). Off: ephemeral, delivered live only (typing
     /// indicators, cursors); no seq, nothing stored.
     pub keep_history: bool,
-    /// Retention of this namespace's rooms; unset: `history` (or `inbox` for `user:`).
+    /// Retention of this namespace's rooms; unset: `history` (or `inbox` for `user:`). A
+    /// field the YAML leaves out is that one's too ([`crate::retention`]).
     pub retention: Option<RetentionConfig>,
     /// Track presence (`presence` command, presence entries).
     pub presence: bool,

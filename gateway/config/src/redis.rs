@@ -39,7 +39,8 @@ pub struct RedisConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     /// Password for every Redis node; overrides one in the URLs. Usually from a Secret via
-    /// `CHATGW_REDIS__PASSWORD` (taken verbatim, never read as YAML).
+    /// `CHATGW_REDIS__PASSWORD` (taken verbatim, never read as YAML:
+    /// [`VERBATIM_ENV_PATHS`](crate::VERBATIM_ENV_PATHS)).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
     /// Certificates for `rediss://`: a private CA, a client certificate for mutual TLS.
@@ -85,20 +86,6 @@ pub struct SentinelConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
 }
-
-/// Config paths whose environment overrides are taken verbatim, never parsed as YAML: a
-/// password `0123` or `true` from a Secret must stay the string it is, and so must a file
-/// path (`/certs/true` is fine as YAML, but a path is never a number or a boolean).
-pub const VERBATIM_ENV_PATHS: [&[&str]; 8] = [
-    &["redis", "url"],
-    &["redis", "username"],
-    &["redis", "password"],
-    &["redis", "sentinel", "username"],
-    &["redis", "sentinel", "password"],
-    &["redis", "tls", "caFile"],
-    &["redis", "tls", "certFile"],
-    &["redis", "tls", "keyFile"],
-];
 
 impl RedisConfig {
     /// The cluster's seed URLs: `nodes`, else `url`.

@@ -1,6 +1,7 @@
 //! The configuration types and their defaults: every key the gateway understands, in the
 //! camelCase spelling of the YAML file. Every field has a default.
 
+pub use crate::retention::RetentionConfig;
 use crate::{ApiConfig, AuthConfig, HooksConfig, NamespaceConfig, RedisConfig};
 use serde::{Deserialize, Serialize};
 use std::{net::SocketAddr, time::Duration};
@@ -23,9 +24,10 @@ pub struct Config {
     pub heartbeat: HeartbeatConfig,
     /// Per-connection and per-client limits.
     pub limits: LimitsConfig,
-    /// Room history retention and de-duplication.
+    /// Room history retention; a field left out keeps its default.
     pub history: RetentionConfig,
-    /// Retention of users' inboxes (direct messages).
+    /// Retention of users' inboxes (direct messages); a field left out keeps the inbox's
+    /// default, not history's.
     pub inbox: RetentionConfig,
     /// Resume sessions.
     pub sessions: SessionsConfig,
@@ -56,14 +58,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             heartbeat: HeartbeatConfig::default(),
             limits: LimitsConfig::default(),
-            history: RetentionConfig {
-                max_messages: 1000,
-                max_age: Duration::from_secs(24 * 3600),
-            },
-            inbox: RetentionConfig {
-                max_messages: 1000,
-                max_age: Duration::from_secs(7 * 24 * 3600),
-            },
+            history: RetentionConfig::HISTORY,
+            inbox: RetentionConfig::INBOX,
             sessions: SessionsConfig::default(),
             drain: DrainConfig::default(),
             rebalance: RebalanceConfig::default(),
@@ -266,23 +262,6 @@ impl LimitsConfig {
         self.replay_chunk_bytes
             .min(self.outbound_queue_bytes / 2)
             .max(1)
-    }
-}
-
-/// Retention of a message stream (a room's history or a user's inbox).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
-pub struct RetentionConfig {
-    /// Messages kept per stream.
-    pub max_messages: usize,
-    /// Age after which messages are dropped.
-    #[serde(with = "humantime_serde")]
-    pub max_age: Duration,
-}
-
-impl Default for RetentionConfig {
-    fn default() -> Self {
-        Config::default().history
     }
 }
 

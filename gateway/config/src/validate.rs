@@ -9,6 +9,13 @@ use crate::{is_reserved_prefix, AuthMode, Config, ConfigError, JoinPolicy};
 pub const MIN_HS256_SECRET: usize = 32;
 use std::time::Duration;
 
+/// Shortest duration the Redis engine can store. It gives stored durations to Redis in
+/// whole milliseconds (`SET … PX`, `PSETEX`, `PEXPIRE`, truncated), and 0 there is an
+/// error or a deletion: `PX 0` in publish.lua fails after the message was appended
+/// (stored, never published), `PSETEX 0` saves no session, `PEXPIRE 0` deletes a room's
+/// stream as it is written.
+const MIN_STORED_DURATION: Duration = Duration::from_millis(1);
+
 impl Config {
     /// Checks relations between values that serde alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -65,6 +72,15 @@ impl Config {
         // hyper's floor: below it, its builder panics.
         if self.server.max_header_bytes < 8192 {
             return bad("server.maxHeaderBytes must be at least 8192");
+        }
+        let stored = [
+            ("sessions.resumeTtl", self.sessions.resume_ttl),
+            ("sessions.dedupWindow", self.sessions.dedup_window),
+            ("history.maxAge", self.history.max_age),
+            ("inbox.maxAge", self.inbox.max_age),
+        ];
+        if let Some((key, _)) = stored.iter().find(|(_, d)| *d < MIN_STORED_DURATION) {
+            return Err(ConfigError::Invalid(format!("{key} must be at least 1ms")));
         }
         if self.heartbeat.interval < Duration::from_millis(50) {
             return bad("heartbeat.interval must be at least 50ms");
@@ -129,7 +145,29 @@ impl Config {
                 if j.reload_interval < Duration::from_millis(100) {
                     return bad("auth.jwt.reloadInterval must be at least 100ms".into());
                 }
+                // Read from an empty variable these are set, not unset (taken verbatim):
+                // an empty audience or issuer would be required of every token.
+                let empty = [
+                    ("audience", j.audience.as_deref().is_some_and(str::is_empty)),
+                    ("issuer", j.issuer.as_deref().is_some_and(str::is_empty)),
+                    ("secretFile", is_empty_path(&j.secret_file)),
+                    ("publicKeyFile", is_empty_path(&j.public_key_file)),
+                    ("jwksFile", is_empty_path(&j.jwks_file)),
+                ];
+                if let Some((key, _)) = empty.iter().find(|(_, empty)| *empty) {
+                    return bad(format!(
+                        "auth.jwt.{key} is set but empty: give it a value, or leave it out"
+                    ));
+                }
             }
+        }
+        // The token check (jsonwebtoken) counts the leeway in whole seconds, the 4401 close
+        // timer in milliseconds: `1500ms` would be 1 s at connect and 1.5 s at the close.
+        if auth.jwt.leeway.subsec_nanos() != 0 {
+            return bad(format!(
+                "auth.jwt.leeway must be whole seconds (tokens are checked to the second), not {}",
+                humantime_serde::re::humantime::format_duration(auth.jwt.leeway)
+            ));
         }
         if auth.expiry_warning.is_zero() {
             return bad("auth.expiryWarning must be positive".into());
@@ -155,6 +193,12 @@ impl Config {
             if n.retention.as_ref().is_some_and(|r| r.max_messages == 0) {
                 return what("retention.maxMessages must be at least 1");
             }
+            if n.retention
+                .as_ref()
+                .is_some_and(|r| r.max_age < MIN_STORED_DURATION)
+            {
+                return what("retention.maxAge must be at least 1ms");
+            }
         }
         Ok(())
     }
@@ -166,6 +210,9 @@ impl Config {
                 return bad(format!(
                     "api.listen {api} is the public port: the server API needs a port of its own"
                 ));
+            }
+            if is_empty_path(&self.api.keys_file) {
+                return bad("api.keysFile is set but empty: name the file, or leave it out".into());
             }
             if self.api.keys.is_empty() && self.api.keys_file.is_none() {
                 return bad(
@@ -245,9 +292,19 @@ impl Config {
             if r.max_frame_bytes < 256 {
                 return what("maxFrameBytes must be at least 256");
             }
+            // Every dial would time out at once: a 502 for every client.
+            if r.connect_timeout.is_zero() {
+                return what("connectTimeout must be positive");
+            }
         }
         Ok(())
     }
+}
+
+/// Whether an optional path is set to the empty path (an empty environment variable: the
+/// value is taken verbatim), which names no file.
+fn is_empty_path(path: &Option<std::path::PathBuf>) -> bool {
+    path.as_ref().is_some_and(|p| p.as_os_str().is_empty())
 }
 
 /// Checks a hook URL: `http://host:port/path` (TLS is a sidecar's job inside a cluster).

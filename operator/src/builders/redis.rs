@@ -2,7 +2,7 @@
 //! cluster seeds, the Sentinels and the master's name, key prefix, readiness grace) goes
 //! into the ConfigMap; the URL and every credential reach the pod only as environment
 //! variables from their Secrets (`secretKeyRef`), under the names the gateway's loader
-//! takes verbatim (`chat_gateway_config::redis::VERBATIM_ENV_PATHS`). The TLS CA and
+//! takes verbatim (`chat_gateway_config::VERBATIM_ENV_PATHS`). The TLS CA and
 //! client certificate are files: one projected volume holds each referenced Secret key
 //! under a fixed name, and the ConfigMap's `redis.tls` names the files.
 

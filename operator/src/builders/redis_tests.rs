@@ -184,7 +184,7 @@ fn every_secret_variable_is_one_the_gateway_takes_verbatim() {
             .map(str::to_ascii_lowercase)
             .collect();
         assert!(
-            chat_gateway_config::redis::VERBATIM_ENV_PATHS
+            chat_gateway_config::VERBATIM_ENV_PATHS
                 .iter()
                 .any(|p| p.iter().copied().eq(path.iter().map(String::as_str))),
             "{var}"

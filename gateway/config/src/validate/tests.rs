@@ -229,3 +229,92 @@ fn a_hook_timeout_of_zero_is_refused() {
         },
     );
 }
+
+/// The Redis engine hands these to Redis in whole milliseconds (`SET … PX`, `PSETEX`,
+/// `PEXPIRE`): 0 ms is refused by `PX`/`PSETEX` (in publish.lua after the message was
+/// already appended: stored, never published) and deletes the key under `PEXPIRE`.
+#[test]
+fn stored_durations_under_1ms_are_refused() {
+    type Set = fn(&mut Config, Duration);
+    let durations: [(&str, Set); 4] = [
+        ("sessions.dedupWindow", |c, d| c.sessions.dedup_window = d),
+        ("sessions.resumeTtl", |c, d| c.sessions.resume_ttl = d),
+        ("history.maxAge", |c, d| c.history.max_age = d),
+        ("inbox.maxAge", |c, d| c.inbox.max_age = d),
+    ];
+    for (key, set) in durations {
+        for under in [Duration::ZERO, Duration::from_micros(999)] {
+            holds_the_edge(
+                &format!("{key} must be at least 1ms"),
+                |c| set(c, Duration::from_millis(1)),
+                |c| set(c, under),
+            );
+        }
+    }
+}
+
+#[test]
+fn a_namespace_retention_max_age_under_1ms_is_refused() {
+    let with_max_age = |max_age| {
+        let mut c = on_loopback();
+        c.namespaces = vec![crate::NamespaceConfig {
+            prefix: "game:".into(),
+            retention: Some(crate::RetentionConfig {
+                max_messages: 10,
+                max_age,
+            }),
+            ..Default::default()
+        }];
+        c.validate()
+    };
+    with_max_age(Duration::from_millis(1)).expect("1ms is valid");
+    for under in [Duration::ZERO, Duration::from_micros(500)] {
+        let err = with_max_age(under).expect_err("refused").to_string();
+        assert!(
+            err.contains("namespaces[0]") && err.contains("retention.maxAge must be at least 1ms"),
+            "{err}"
+        );
+    }
+}
+
+/// The token check counts the leeway in whole seconds (jsonwebtoken's `leeway`), the 4401
+/// close timer in milliseconds: `1500ms` would be 1 s at connect and 1.5 s at the close.
+#[test]
+fn a_jwt_leeway_that_is_not_whole_seconds_is_refused() {
+    holds_the_edge(
+        "auth.jwt.leeway must be whole seconds",
+        |c| c.auth.jwt.leeway = Duration::from_secs(2),
+        |c| c.auth.jwt.leeway = Duration::from_millis(1500),
+    );
+    holds_the_edge(
+        "auth.jwt.leeway must be whole seconds",
+        |c| c.auth.jwt.leeway = Duration::ZERO,
+        |c| c.auth.jwt.leeway = Duration::from_millis(500),
+    );
+}
+
+/// Every dial would time out at once: the route answers 502 to every client.
+#[test]
+fn a_route_connect_timeout_of_zero_is_refused() {
+    let route = || RouteConfig {
+        name: "bots".into(),
+        path_prefix: "/bots".into(),
+        upstream: "bots:9000".into(),
+        ..Default::default()
+    };
+    holds_the_edge(
+        "connectTimeout must be positive",
+        |c| {
+            c.routes = vec![RouteConfig {
+                connect_timeout: Duration::from_millis(1),
+                ..route()
+            }]
+        },
+        |c| {
+            c.routes = vec![RouteConfig {
+                connect_timeout: Duration::ZERO,
+                ..route()
+            }]
+        },
+    );
+}
