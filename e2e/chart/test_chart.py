@@ -354,6 +354,33 @@ def test_operator_security_context_probes_and_leader_election(default_objects):
     assert dep["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] != "chat-gateway"
 
 
+@pytest.mark.parametrize("values,key", [
+    ({"operator": {"leaderElection": {"leaseDuration": "2s"}}}, "leaseDuration"),
+    ({"operator": {"leaderElection": {"leaseDuration": "2s999ms"}}}, "leaseDuration"),
+    ({"operator": {"leaderElection": {"leaseDuration": "2900ms"}}}, "leaseDuration"),
+    ({"customMetrics": {"scrapeInterval": "499ms"}}, "scrapeInterval"),
+])
+def test_durations_the_operator_refuses_fail_the_install(values, key):
+    """The schema admits any duration; the operator refuses a Lease under 3s and a scrape
+    interval under 500ms at start: the render fails instead of a crash-looping release."""
+    with pytest.raises(helm.HelmError) as err:
+        render(values)
+    assert key in str(err.value), err.value
+    # The shortest accepted, in mixed units, and a short interval nobody scrapes with.
+    for ok in ({"operator": {"leaderElection": {"leaseDuration": "2s1000ms"}}},
+               {"operator": {"leaderElection": {"leaseDuration": "1m"}}},
+               {"customMetrics": {"scrapeInterval": "500ms"}},
+               {"customMetrics": {"enabled": False, "scrapeInterval": "1ms"}}):
+        render(ok)
+
+
+def test_grafana_dashboard_without_extra_labels_renders():
+    objs = objects({"grafanaDashboard": {"enabled": True, "labels": {"grafana_dashboard": None}}})
+    (cm,) = [o for o in by_kind(objs, "ConfigMap") if o["metadata"]["name"].endswith("-dashboard")]
+    assert "grafana_dashboard" not in cm["metadata"]["labels"]
+    assert cm["metadata"]["labels"]["app.kubernetes.io/component"] == "dashboard"
+
+
 def test_crd_is_the_one_the_operator_serves():
     c = crd()
     assert c["metadata"]["name"] == "chatgateways.chatgateway.io"

@@ -104,3 +104,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- join ", " $found -}}
 {{- end -}}
+
+{{/* Milliseconds in a duration of the schema's form ("1m30s", "500ms"): the operator
+     refuses a Lease under 3s and a scrape interval under 500ms at start, which would
+     crash-loop a release `helm install` reported as installed. */}}
+{{- define "chat-gateway.durationMs" -}}
+{{- $ms := 0 -}}
+{{- $unit := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 -}}
+{{- range regexFindAll "[0-9]+(ms|s|m|h)" . -1 -}}
+{{- $n := regexFind "^[0-9]+" . | atoi -}}
+{{- $ms = add $ms (mul $n (get $unit (regexReplaceAll "^[0-9]+" . ""))) -}}
+{{- end -}}
+{{- $ms -}}
+{{- end -}}
