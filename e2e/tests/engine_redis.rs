@@ -269,6 +269,43 @@ async fn a_swept_entry_is_announced_as_a_left_user() {
     );
 }
 
+/// Presence entries Redis lost (a restart without persistence, an evicted key, another
+/// node's sweep while this one was cut off) come back with the node's next refresh for
+/// the connections it still holds, and only for those: one that left stays gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_lost_from_redis_is_restored_for_connections_still_there() {
+    let redis = RedisServer::start();
+    let prefix = format!("t{:08x}", rand::random::<u32>());
+    let node = engine_with_prefix(&redis.url(), &prefix).await;
+    let other = engine_with_prefix(&redis.url(), &prefix).await;
+    for (user, conn) in [("alice", "n.1"), ("bob", "n.2")] {
+        node.presence_join("lost", user, conn).await.expect("join");
+    }
+    node.presence_leave("lost", "bob", "n.2")
+        .await
+        .expect("leave");
+    assert_eq!(other.presence("lost").await.expect("list"), ["alice"]);
+    let mut admin = redis.admin();
+    for key in ["pc", "pu"] {
+        assert_eq!(
+            admin.command(&["DEL", &format!("{prefix}:{{lost}}:{key}")]),
+            ":1"
+        );
+    }
+    assert!(other.presence("lost").await.expect("list").is_empty());
+    // The refresh runs every 10 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    while other.presence("lost").await.expect("list").is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alice's entry was never restored"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(other.presence("lost").await.expect("list"), ["alice"]);
+    assert!(other.is_present("lost", "alice").await.expect("is_present"));
+}
+
 /// The channels of `room` this Redis has a subscriber for (its own server: any prefix).
 fn room_channels(redis: &RedisServer, room: &str) -> Vec<String> {
     let pattern = format!("*:c:{room}");

@@ -89,7 +89,7 @@ pub(super) async fn refresh_presence(shared: Arc<Shared>, stop: CancellationToke
         let now = now_ms();
         let expiry = now + PRESENCE_TTL.as_millis() as u64;
         let key_ttl = PRESENCE_KEY_TTL.as_millis() as u64;
-        let failed = futures_util::stream::iter(by_room)
+        let results = futures_util::stream::iter(by_room)
             .map(|(room, members)| {
                 let shared = shared.clone();
                 async move {
@@ -98,20 +98,55 @@ pub(super) async fn refresh_presence(shared: Arc<Shared>, stop: CancellationToke
                         call.arg(m);
                     }
                     let mut conn = shared.conn();
-                    shared
-                        .run(call.invoke_async::<(usize, Vec<String>)>(&mut conn))
-                        .await
-                        .err()
+                    let swept = shared
+                        .run(call.invoke_async::<(usize, Vec<String>, Vec<String>)>(&mut conn))
+                        .await;
+                    match swept {
+                        Ok((_, _, missing)) => Ok(restore(&shared, &room, missing).await),
+                        Err(e) => Err(e),
+                    }
                 }
             })
             .buffer_unordered(REFRESH_PARALLEL)
-            .filter_map(|e| async move { e })
             .collect::<Vec<_>>()
             .await;
+        let restored: usize = results.iter().filter_map(|r| r.as_ref().ok()).sum();
+        if restored > 0 {
+            tracing::info!(restored, "presence entries lost from Redis restored");
+        }
+        let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
         if let Some(e) = failed.first() {
             tracing::warn!(error = %e, failed = failed.len(), "presence refresh failed");
         }
     }
+}
+
+/// Joins again the local connections whose entries the refresh found missing from Redis
+/// (a restart without persistence, a failover that lost recent writes, an evicted key,
+/// another node's sweep while this one was cut off): without it they stayed absent, to
+/// `presence` and to a `dm: sharedRoom` check, until they reconnected. Only connections
+/// still local now: one that left since the refresh listed it is not brought back (its
+/// leave took it out of the local set before its script was sent). Returns how many.
+async fn restore(s: &Shared, room: &str, missing: Vec<String>) -> usize {
+    let mut n = 0;
+    for member in missing {
+        let Some((user, conn)) = member.split_once('\0') else {
+            continue;
+        };
+        let key = (room.to_string(), user.to_string(), conn.to_string());
+        if !lock(&s.local_presence).contains(&key) {
+            continue;
+        }
+        // Not `enter`: that adds the connection to the local set, and one that leaves
+        // meanwhile would then be refreshed for good. A leave racing this call can leave
+        // an entry behind, which nobody refreshes: swept (and announced) after
+        // PRESENCE_TTL.
+        match join_script(s, room, user, conn).await {
+            Ok(_) => n += 1,
+            Err(e) => tracing::warn!(room, error = %e, "presence entry not restored"),
+        }
+    }
+    n
 }
 
 /// Marks a connection present (the presence join script) and returns the room's head the
@@ -125,38 +160,10 @@ pub(super) async fn enter(
     user: &str,
     conn: &str,
 ) -> Result<Option<HistoryPage>, EngineError> {
-    let ns = s.namespaces.of(room);
-    if !ns.presence {
+    if !s.namespaces.of(room).presence {
         return Ok(None);
     }
-    // An empty frame tells the script not to announce the join.
-    let frame = if ns.join_leave_events {
-        PresencePush::change(room, user, true).frame()
-    } else {
-        String::new()
-    };
-    let route = s.keys.route(room);
-    let expiry = now_ms() + PRESENCE_TTL.as_millis() as u64;
-    let mut c = s.conn();
-    let raw: Vec<redis::Value> = s
-        .run(
-            scripts::PRESENCE_JOIN
-                .key(s.keys.presence_conns(room))
-                .key(s.keys.presence_users(room))
-                .key(s.keys.meta(room))
-                .key(s.keys.stream(room))
-                .arg(presence_member(user, conn))
-                .arg(user)
-                .arg(expiry)
-                .arg(&route.channel)
-                .arg(frame)
-                .arg(PRESENCE_KEY_TTL.as_millis() as u64)
-                .arg(route.command)
-                .arg(&route.prefix)
-                .arg(s.retention(room).max_age.as_millis() as u64)
-                .invoke_async(&mut c),
-        )
-        .await?;
+    let raw = join_script(s, room, user, conn).await?;
     lock(&s.local_presence).insert((room.to_string(), user.to_string(), conn.to_string()));
     // The entry is in: a head that does not parse only means the caller reads its own.
     match parse_history(room, raw) {
@@ -166,6 +173,44 @@ pub(super) async fn enter(
             Ok(None)
         }
     }
+}
+
+/// The presence join script for a connection: its entry added (a no-op when it is
+/// there), the user's join announced when it is the user's first entry; returns the
+/// room's head the script read.
+async fn join_script(
+    s: &Shared,
+    room: &str,
+    user: &str,
+    conn: &str,
+) -> Result<Vec<redis::Value>, EngineError> {
+    // An empty frame tells the script not to announce the join.
+    let frame = if s.namespaces.of(room).join_leave_events {
+        PresencePush::change(room, user, true).frame()
+    } else {
+        String::new()
+    };
+    let route = s.keys.route(room);
+    let expiry = now_ms() + PRESENCE_TTL.as_millis() as u64;
+    let mut c = s.conn();
+    s.run(
+        scripts::PRESENCE_JOIN
+            .key(s.keys.presence_conns(room))
+            .key(s.keys.presence_users(room))
+            .key(s.keys.meta(room))
+            .key(s.keys.stream(room))
+            .arg(presence_member(user, conn))
+            .arg(user)
+            .arg(expiry)
+            .arg(&route.channel)
+            .arg(frame)
+            .arg(PRESENCE_KEY_TTL.as_millis() as u64)
+            .arg(route.command)
+            .arg(&route.prefix)
+            .arg(s.retention(room).max_age.as_millis() as u64)
+            .invoke_async(&mut c),
+    )
+    .await
 }
 
 #[async_trait]
@@ -284,7 +329,8 @@ impl PresenceManager for RedisEngine {
         let s = &self.shared;
         let mut c = s.conn();
         let call = sweep(s, room, now_ms(), 0, 0, List::UpTo(limit));
-        let (count, users): (usize, Vec<String>) = s.run(call.invoke_async(&mut c)).await?;
+        let (count, users, _): (usize, Vec<String>, Vec<String>) =
+            s.run(call.invoke_async(&mut c)).await?;
         // Sorted, and once each: a scan may return a user twice while Redis rehashes.
         let users: BTreeSet<String> = users.into_iter().collect();
         Ok(Present {

@@ -1,11 +1,20 @@
 -- Drops a room's presence entries nobody refreshed (a crashed node's), announcing the
--- users who left with them, and returns how many users are present and up to `limit` of
--- them. A node refreshing its own connections passes their members (refreshed first) and
--- a key ttl (the keys then live that much longer; 0 leaves them as they are).
+-- users who left with them, and returns how many users are present, up to `limit` of
+-- them, and the refreshed members that were missing. A node refreshing its own
+-- connections passes their members (refreshed first) and a key ttl (the keys then live
+-- that much longer; 0 leaves them as they are).
+-- A missing member is not added back here: it may have left since the node listed it.
+-- The node joins it again if it is still there (presence.rs, `refresh_presence`): entries
+-- a Redis restart, a failover or another node's sweep took are restored that way.
 -- ARGV: now ms, expiry ms, key ttl ms, channel (`` announces nothing), room, publish
 -- command, payload prefix, limit (0: the count alone, -1: every user), member...
+local missing = {}
 for i = 9, #ARGV do
-  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[i])
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i])
+  else
+    missing[#missing + 1] = ARGV[i]
+  end
 end
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])) do
   redis.call('ZREM', KEYS[1], m)
@@ -26,8 +35,8 @@ end
 -- users took 50 ms, and Redis runs nothing else meanwhile.
 local limit = tonumber(ARGV[8])
 local count = redis.call('HLEN', KEYS[2])
-if limit == 0 then return {count, {}} end
-if limit < 0 or limit >= count then return {count, redis.call('HKEYS', KEYS[2])} end
+if limit == 0 then return {count, {}, missing} end
+if limit < 0 or limit >= count then return {count, redis.call('HKEYS', KEYS[2]), missing} end
 local users, cursor = {}, '0'
 repeat
   local page = redis.call('HSCAN', KEYS[2], cursor, 'COUNT', limit)
@@ -36,4 +45,4 @@ repeat
     if #users < limit then users[#users + 1] = page[2][i] end
   end
 until cursor == '0' or #users >= limit
-return {count, users}
+return {count, users, missing}
