@@ -2,7 +2,6 @@
 
 use chat_gateway::config::Config;
 use chat_gateway::engine::conformance::run_all;
-use chat_gateway::engine::Engine;
 use chat_gateway::hub::Hub;
 use e2e::engines::{engine_on_hub, engine_with_prefix, listen, message, next_msg, two_nodes};
 use e2e::redis::RedisServer;
