@@ -7,8 +7,9 @@
 //! is out. Producers never block: a full queue closes the connection as a slow consumer.
 //! The one exception is pacing: a replay (and a command's reply) waits for room in the
 //! queue instead ([`OutboundQueue::push_paced`]), so a large backlog goes out at the
-//! client's pace. Live messages held back during a catch-up still count: more than the
-//! queue's byte limit of them closes the connection like an overflow.
+//! client's pace, in at most half the queue's bytes (live traffic keeps the rest). Live
+//! messages held back during a catch-up still count: more than the queue's byte limit of
+//! them closes the connection like an overflow.
 //!
 //! A write that cannot complete within two heartbeat periods (the client stopped reading,
 //! even if it still sends) closes the connection: nothing waits on a socket forever.
@@ -165,13 +166,13 @@ struct Items {
     /// The writer took items and has not written them all yet: live messages queue
     /// behind them rather than take the fast path.
     busy: bool,
+    /// Producer handles alive. In what would be padding: keeps `Shared` in its size class.
+    senders: u32,
     /// The socket, for the fast path (none for a consumer that is not a socket).
     fast: Option<Arc<wire::Wire>>,
     queue: VecDeque<Outbound>,
     /// What was written per room, and what is held back.
     order: Order,
-    /// Producer handles alive.
-    senders: usize,
 }
 
 impl Shared {
@@ -369,9 +370,10 @@ impl OutboundQueue {
     }
 
     /// Queues an item once there is room for it: waits while the queue holds too many
-    /// bytes (or items) to take it, so the client's reading sets the pace. An item heavier
-    /// than the whole byte limit goes into an empty queue. Returns false if the
-    /// connection closes first.
+    /// bytes (or items) to take it, so the client's reading sets the pace. Only up to half
+    /// the byte bound: the other half stays for live traffic, which never waits (a replay
+    /// into a slow reader must not make the next live message an overflow). An item
+    /// heavier than that goes into an empty queue. False if the connection closes first.
     pub async fn push_paced(&self, item: Outbound) -> bool {
         // Most replies: the client waits for them before sending more.
         if let Outbound::Frame(text) = &item {
@@ -382,7 +384,7 @@ impl OutboundQueue {
         let weight = item.weight();
         let fits = |q: &Self| {
             let queued = q.shared.bytes.load(Ordering::Relaxed);
-            (queued == 0 || queued + weight <= q.shared.max_bytes) && q.has_slot()
+            (queued == 0 || queued + weight <= q.shared.max_bytes / 2) && q.has_slot()
         };
         loop {
             if self.is_closing() {

@@ -3,7 +3,9 @@
 //! The order that makes this gap-free: the writer starts holding the room's live messages
 //! (`BeginCatchup`), the node subscribes, the room's top is read, the reply goes out, then
 //! the replay streams history up to that top in chunks, each queued only when the queue has
-//! room for it (the client's pace, never a slow-consumer close); then `Release` hands the
+//! room for it (the client's pace, never a slow-consumer close; a chunk, at most half the
+//! queue, is let in only while the queue stays within half its bytes, so live traffic
+//! meanwhile keeps the other half: `push_paced`); then `Release` hands the
 //! held live messages over, and the writer drops any seq it already wrote. Joins, resumes
 //! and the inbox enter rooms through the one path here.
 //!

@@ -9,7 +9,9 @@ use crate::outbound;
 use crate::protocol::StreamPosition;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use tokio_tungstenite::tungstenite::{Error, Message};
 
 /// The record saved under `token` (taking it).
@@ -148,4 +150,71 @@ async fn a_plain_join_and_a_room_already_had_are_saved_at_what_the_client_has() 
     let token = h.session.resume_token.to_string();
     h.session.close(&HashMap::new()).await;
     assert_eq!(saved(&h, &token).await.rooms["r"], at_three);
+}
+
+/// A socket that takes every frame into its buffer but never gets them out (the client
+/// stopped reading): a flush never completes.
+struct Unflushed(tokio::sync::mpsc::UnboundedSender<Message>);
+
+impl futures_util::Sink<Message> for Unflushed {
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(self: Pin<&mut Self>, msg: Message) -> Result<(), Error> {
+        let _ = self.0.send(msg);
+        Ok(())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Pending // never woken: the writer's timeouts end the wait
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Pending
+    }
+}
+
+/// A replay the writer took but never got onto the socket (its flush was cut by the
+/// close) is not saved as delivered: a resume with the token alone replays it.
+#[tokio::test]
+async fn a_replay_cut_off_before_the_socket_is_replayed_by_a_token_only_resume() {
+    let mut a = Harness::new("alice").await;
+    let (token, epoch) = known_at_one(&mut a).await;
+    let mut b = Harness::on(a.node.clone(), "alice").await;
+    // Queued before a writer starts: the writer takes the reply and r's replay in one batch.
+    b.cmd(json!({"type": "resume", "id": 1, "resume_token": token}))
+        .await;
+    let (_unused, idle) = outbound::queue(1, 1);
+    let rx = std::mem::replace(&mut b.rx, idle);
+    let (tx, mut fed) = tokio::sync::mpsc::unbounded_channel();
+    let settings = super::writer_settings(&b.node);
+    let writer = tokio::spawn(outbound::run_writer(Unflushed(tx), rx, settings));
+    let mut seqs = Vec::new();
+    while !seqs.contains(&3) {
+        let Some(Message::Text(text)) = fed.recv().await else {
+            panic!("the writer stopped before r's replay: {seqs:?}");
+        };
+        let frame: Value = serde_json::from_str(&text).expect("JSON");
+        if frame["type"] == "msg" && frame["room"] == "r" {
+            seqs.push(frame["seq"].as_u64().expect("seq"));
+        }
+    }
+    assert_eq!(seqs, [2, 3], "handed to the socket's buffer, never flushed");
+    b.session.queue.close(crate::disconnect::DRAINING);
+    let outcome = writer.await.expect("writer");
+    let token = b.session.resume_token.to_string();
+    b.session.close(&outcome.positions).await;
+    let record = saved(&b, &token).await;
+    assert_eq!(record.rooms["r"], StreamPosition::new(epoch.clone(), 1));
+
+    let engine = &b.node.engine;
+    engine.save_session(&token, &record).await.expect("save");
+    let mut c = Harness::on(a.node.clone(), "alice").await;
+    let again = json!({"type": "resume", "id": 1, "resume_token": token});
+    let items = resume(&mut c, again, &epoch).await;
+    let replay = Item::Replay("r".into(), 1, vec![2, 3]);
+    assert!(items.contains(&replay), "{items:?}");
 }

@@ -2,6 +2,13 @@
 //! held back until its replay is out. Kept with the queue (under its lock) rather than in
 //! the writer, because the fan-out fast path ([`super::wire`]) writes live messages
 //! itself while the writer is idle, and must decide exactly as the writer would.
+//!
+//! A room's position moves when a message is taken for the socket (the dedup needs that:
+//! a message taken must not be taken again), but the positions reported at the end (what
+//! the session saves for a resume) must name only what reached the socket. So the first
+//! change to each room since the socket last took everything is noted with the position
+//! before it (`unsent`): the writer drops these notes once its batch is flushed, and an
+//! end with some left puts them back first.
 
 use crate::engine::Envelope;
 use crate::protocol::StreamPosition;
@@ -104,6 +111,10 @@ pub(super) struct Order {
     pub(super) delivered: u64,
     /// Bytes of live messages held back while their rooms catch up.
     pub(super) held_bytes: usize,
+    /// Each room whose position moved past what the socket took, with the position the
+    /// socket did take (at most one entry per room). Empty, without an allocation, while
+    /// the connection is idle: the fast path writes whole frames without a note.
+    unsent: Vec<(Arc<str>, Option<StreamPosition>)>,
 }
 
 impl Order {
@@ -132,12 +143,38 @@ impl Order {
     }
 
     /// Notes that the live message `env`, found at `slot` by [`live`](Self::live) with
-    /// nothing changed since, was written.
+    /// nothing changed since, was written: all of its frame is on the socket.
     pub(super) fn written(&mut self, slot: Slot, env: &Envelope) {
         self.delivered += 1;
         if let Some((name, state)) = self.rooms.0.get_mut(slot.0) {
             debug_assert_eq!(**name, *env.room, "a slot of another room");
             note(state, env);
+        }
+    }
+
+    /// [`written`](Self::written) for a message taken for the socket that is not all on
+    /// it yet (in a writer's batch, or sent in part): reported only once
+    /// [`sent`](Self::sent) says it went.
+    pub(super) fn written_unsent(&mut self, slot: Slot, env: &Envelope) {
+        self.unsent_at(slot.0);
+        self.written(slot, env);
+    }
+
+    /// Everything taken for the socket so far is on it: the positions stand.
+    pub(super) fn sent(&mut self) {
+        if !self.unsent.is_empty() {
+            self.unsent = Vec::new(); // an idle connection holds no allocation
+        }
+    }
+
+    /// Notes the position of the room at `i` before it moves past what the socket took,
+    /// unless it moved already since the socket last took everything.
+    fn unsent_at(&mut self, i: usize) {
+        let Some((name, state)) = self.rooms.0.get(i) else {
+            return;
+        };
+        if !self.unsent.iter().any(|(r, _)| same_name(r, name)) {
+            self.unsent.push((name.clone(), state.written.clone()));
         }
     }
 
@@ -147,7 +184,7 @@ impl Order {
     }
 
     /// A replay from `from`: the messages of `msgs` to write, in order, each already
-    /// noted as written.
+    /// noted as written (not yet sent: see [`sent`](Self::sent)).
     pub(super) fn replay(
         &mut self,
         room: Arc<str>,
@@ -155,9 +192,11 @@ impl Order {
         msgs: Vec<Arc<Envelope>>,
     ) -> Vec<Arc<Envelope>> {
         let state = self.rooms.entry(room.clone());
-        match &mut state.written {
-            Some(wr) if wr.epoch == from.epoch => wr.seq = wr.seq.max(from.seq),
-            _ => state.written = Some(from),
+        raise(&mut state.written, &from);
+        // The client has `from` itself, whatever of this batch reaches it: what the
+        // socket took moves there too.
+        if let Some((_, at)) = self.unsent.iter_mut().find(|(r, _)| same_name(r, &room)) {
+            raise(at, &from);
         }
         self.admit(&room, msgs)
     }
@@ -183,8 +222,14 @@ impl Order {
         }
     }
 
-    /// Last position written per room, for the rooms whose epoch is known.
+    /// Last position on the socket per room, for the rooms whose epoch is known: what
+    /// was taken but never all sent (the end cut a batch or a frame short) is not in it.
     pub(super) fn positions(&mut self) -> HashMap<Arc<str>, StreamPosition> {
+        for (room, at) in std::mem::take(&mut self.unsent) {
+            if let Some(state) = self.rooms.get_mut(&room) {
+                state.written = at;
+            }
+        }
         std::mem::take(&mut self.rooms.0)
             .into_iter()
             .filter_map(|(r, c)| Some((r, c.written?)))
@@ -192,11 +237,15 @@ impl Order {
     }
 
     /// The messages of `room` (a replay, or what was held) not written yet, in order,
-    /// noted as written.
+    /// noted as written (not yet sent).
     fn admit(&mut self, room: &str, msgs: Vec<Arc<Envelope>>) -> Vec<Arc<Envelope>> {
-        let Some(state) = self.rooms.get_mut(room) else {
+        let Ok(i) = self.rooms.find(room) else {
             return Vec::new();
         };
+        if !msgs.is_empty() {
+            self.unsent_at(i);
+        }
+        let state = &mut self.rooms.0[i].1;
         let mut out = Vec::with_capacity(msgs.len());
         for env in msgs {
             if fresh(state, &env) {
@@ -207,6 +256,20 @@ impl Order {
         self.delivered += out.len() as u64;
         out
     }
+}
+
+/// Moves a room's position up to `from` (a replay's start, which the client has): within
+/// an epoch it only goes up; another epoch replaces it.
+fn raise(at: &mut Option<StreamPosition>, from: &StreamPosition) {
+    match at {
+        Some(wr) if wr.epoch == from.epoch => wr.seq = wr.seq.max(from.seq),
+        _ => *at = Some(from.clone()),
+    }
+}
+
+/// Whether two room names are one: most often the same allocation (the hub's copy).
+fn same_name(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
 }
 
 /// Notes `env` as the room's last written message.

@@ -217,12 +217,12 @@ async fn live_messages_held_behind_a_catch_up_count_against_the_byte_limit() {
 
 #[tokio::test]
 async fn a_paced_push_waits_for_room_instead_of_overflowing() {
-    let (q, mut rx) = queue(100, 30);
+    let (q, mut rx) = queue(100, 60);
     assert!(q.push(Outbound::Msg(env("r", 1)))); // 9 bytes
     let chunk = Outbound::Replay {
         room: "r".into(),
         from: StreamPosition::new("e", 1),
-        msgs: vec![env("r", 2), env("r", 3)], // 18 bytes: 27 <= 30 fits
+        msgs: vec![env("r", 2), env("r", 3)], // 18 bytes: 27 <= 30 (half of 60) fits
     };
     assert!(q.push_paced(chunk).await);
     let big = Outbound::Replay {
@@ -247,6 +247,65 @@ async fn a_paced_push_waits_for_room_instead_of_overflowing() {
         .expect("woken")
         .expect("task"));
     drop(sink_tx);
+}
+
+/// A replay streaming into a client that does not read takes at most half the queue's
+/// bytes: live traffic keeps the other half, and a live message that fits in it is queued,
+/// not a slow-consumer close (docs/protocol.md, "Replays go at your pace").
+#[tokio::test]
+async fn a_replay_into_a_slow_reader_leaves_live_traffic_half_the_queue() {
+    let (q, _rx) = queue(100, 40);
+    // Chunks of one 9-byte message, nobody reading: as many as pacing lets in.
+    let mut paced = 0;
+    for seq in 1..10 {
+        let chunk = Outbound::Replay {
+            room: "r".into(),
+            from: StreamPosition::new("e", seq - 1),
+            msgs: vec![env("r", seq)],
+        };
+        let push = tokio::time::timeout(Duration::from_millis(50), q.push_paced(chunk));
+        match push.await {
+            Ok(pushed) => assert!(pushed, "queued"),
+            Err(_) => break, // waits: the replay has all the queue it may take
+        }
+        paced += 1;
+    }
+    assert_eq!((paced, q.queued_bytes()), (2, 18), "half of 40 at most");
+    // A live message of the other half's size (its frame is 20 bytes) is queued.
+    let live = Envelope::for_test("other", 1, "x".repeat(20));
+    assert_eq!(live.frame.len(), 20);
+    assert_eq!(q.pusher().deliver(&live, Via::Direct), Delivered::Queued);
+    assert_eq!(q.close_reason(), None, "not a slow consumer");
+    // More than the queue's bound of bytes is still an overflow.
+    assert!(!q.push(Outbound::Frame("x".repeat(3).into())));
+    assert_eq!(q.close_reason(), Some(SLOW_CONSUMER));
+}
+
+/// Messages the writer took but never got onto the socket (the write timed out) are not
+/// in the positions it reports: the session saved at the close must not skip them.
+#[tokio::test]
+async fn messages_a_timed_out_write_never_sent_are_not_reported_written() {
+    let (q, rx) = queue(100, 1 << 20);
+    let room: Arc<str> = "r".into();
+    assert!(q.push(Outbound::BeginCatchup(room.clone())));
+    assert!(q.push(Outbound::Replay {
+        room: room.clone(),
+        from: StreamPosition::new("e", 1),
+        msgs: vec![env("r", 2), env("r", 3)],
+    }));
+    assert!(q.push(Outbound::Release(room.clone())));
+    assert!(q.push(Outbound::Msg(env("r", 4))));
+    let task = tokio::spawn(run_writer(stalled_sink(), rx, settings(100)));
+    let outcome = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("writer gives up")
+        .expect("writer");
+    assert_eq!(q.close_reason(), Some(WRITE_TIMEOUT));
+    // Where the client stood before the replay: none of 2, 3, 4 reached it.
+    assert_eq!(
+        outcome.positions.get("r"),
+        Some(&StreamPosition::new("e", 1))
+    );
 }
 
 #[tokio::test]

@@ -264,6 +264,20 @@ fn fill(c: &Conn, body: usize) -> u64 {
     sent
 }
 
+/// The last frame `fill` sent went in part (its rest waits in the wire) or was queued;
+/// the client never reads, so it is not wholly on the socket when the connection closes:
+/// the positions the writer reports (what the session saves) stop before it.
+#[tokio::test]
+async fn a_frame_not_wholly_on_the_socket_at_the_close_is_not_reported_written() {
+    let c = connect(64 << 20).await;
+    let last = fill(&c, 8000);
+    tokio::time::sleep(Duration::from_millis(50)).await; // the writer waits on the socket
+    c.q.close(crate::disconnect::DRAINING);
+    let outcome = c.writer.await.expect("writer");
+    let before_it = StreamPosition::new("e", last - 1);
+    assert_eq!(outcome.positions.get("r"), Some(&before_it), "{last} sent");
+}
+
 /// A slow consumer that keeps reading gets its close frame behind everything the socket
 /// holds for it, though reading that backlog takes longer than the close frame's grace
 /// on a socket that takes nothing.

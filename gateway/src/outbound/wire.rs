@@ -167,8 +167,12 @@ impl Shared {
             Live::Hold => return None,
         };
         let whole = items.fast.as_ref()?.try_frame(env.wire())?;
-        items.order.written(slot, env);
-        if !whole {
+        if whole {
+            items.order.written(slot, env);
+        } else {
+            // The rest goes out with the writer's next flush, which a close may cut
+            // short: the position stands only once it went.
+            items.order.written_unsent(slot, env);
             self.rest_to_writer(guard);
         }
         Some(Delivered::Written)

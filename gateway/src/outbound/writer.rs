@@ -28,7 +28,8 @@ pub type OnDelivered = Arc<dyn Fn(&Envelope) + Send + Sync>;
 #[derive(Debug, Default)]
 pub struct WriterOutcome {
     /// Last position written per room (where a resume would start), for the rooms whose
-    /// epoch the writer learned.
+    /// epoch the writer learned: only messages whose frames reached the socket whole (a
+    /// batch or a frame the close cut short is not in it).
     pub positions: HashMap<Arc<str>, StreamPosition>,
     /// Messages written to the socket.
     pub delivered: u64,
@@ -179,7 +180,7 @@ where
     let mut n = 0;
     while let Some(item) = next.take() {
         if let Outbound::Close(reason) = item {
-            texts.finish(sink).await?;
+            texts.finish(sink, &rx.shared).await?;
             rx.shared.stop(Some(reason));
             return Ok(());
         }
@@ -197,7 +198,7 @@ where
             next = rx.try_next().ok();
         }
     }
-    texts.finish(sink).await
+    texts.finish(sink, &rx.shared).await
 }
 
 /// A batch's text frames. With a wire (the socket itself) they are encoded into one
@@ -238,8 +239,11 @@ impl Texts<'_> {
     }
 
     /// Writes the buffer, then flushes the sink (its own frames, and what waits in the
-    /// wire): ready once everything is on the socket.
-    async fn finish<S>(&mut self, sink: &mut S) -> Result<(), Error>
+    /// wire): ready once everything is on the socket. Only then do the positions of what
+    /// the batch took stand ([`Order::sent`](super::order::Order::sent)): a batch cut
+    /// short (the write timeout, a close) leaves them to be put back at the end, so the
+    /// session saved then does not skip what never reached the client.
+    async fn finish<S>(&mut self, sink: &mut S, shared: &Shared) -> Result<(), Error>
     where
         S: Sink<Message, Error = Error> + Unpin,
     {
@@ -249,7 +253,9 @@ impl Texts<'_> {
                 self.buf = Vec::new();
             }
         }
-        sink.flush().await
+        sink.flush().await?;
+        shared.items().order.sent();
+        Ok(())
     }
 }
 
@@ -278,7 +284,7 @@ where
             Outbound::Frame(_) | Outbound::Ping => return Ok(()), // written above
             Outbound::Msg(env) => match order.live(&env) {
                 Live::Write(slot) => {
-                    order.written(slot, &env);
+                    order.written_unsent(slot, &env); // on the socket at the batch's flush
                     vec![env]
                 }
                 Live::Hold => {
