@@ -237,7 +237,9 @@ impl Shared {
         }
         let weight = item.weight();
         let queued = self.bytes.fetch_add(weight, Ordering::Relaxed) + weight;
-        if queued > self.max_bytes {
+        // One item heavier than the bound still goes into an empty queue: a message of
+        // `maxFrameBytes` is a bigger frame (its envelope), and the bound may be as small.
+        if queued > self.max_bytes && queued != weight {
             self.bytes.fetch_sub(weight, Ordering::Relaxed);
             self.stop(Some(SLOW_CONSUMER));
             return false;

@@ -25,6 +25,18 @@ fn overflow_by_bytes_closes_as_slow_consumer() {
     assert!(!q.frame("late"), "closing queue refuses items");
 }
 
+/// A live frame heavier than the whole byte bound goes into an empty queue (a message of
+/// `limits.maxFrameBytes`, allowed up to `outboundQueueBytes`, is a bigger frame), and
+/// anything behind it overflows as usual.
+#[test]
+fn one_frame_heavier_than_the_bound_goes_into_an_empty_queue() {
+    let (q, _rx) = queue(100, 25);
+    assert!(q.push(Outbound::Frame("x".repeat(40).into())));
+    assert_eq!(q.close_reason(), None);
+    assert!(!q.push(Outbound::Frame("y".into())));
+    assert_eq!(q.close_reason(), Some(SLOW_CONSUMER));
+}
+
 #[test]
 fn overflow_by_frames_closes_as_slow_consumer() {
     let (q, _rx) = queue(2, 1 << 20);
