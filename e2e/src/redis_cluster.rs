@@ -4,7 +4,10 @@
 //! and removed on drop. [`RedisCluster::start_tls`] starts one that speaks TLS only, on its
 //! cluster bus and between replicas too.
 
+mod node;
 mod slots;
+
+pub use node::Node;
 
 pub use slots::slot;
 
@@ -12,90 +15,9 @@ use crate::process::free_port;
 use crate::tls::TlsFiles;
 use slots::NodeLine;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// One node of the cluster.
-pub struct Node {
-    child: Option<Child>,
-    /// Its port on 127.0.0.1.
-    pub port: u16,
-    /// Its cluster bus port. Not the default port + 10000: that one is only checked free,
-    /// and the next node's [`free_port`] may be handed it before this node binds it.
-    bus_port: u16,
-    dir: PathBuf,
-    tls: Option<Arc<TlsFiles>>,
-}
-
-impl Node {
-    fn spawn(&mut self) {
-        let mut cmd = Command::new("redis-server");
-        match &self.tls {
-            // The bus and replication speak TLS as well: no plain port.
-            Some(files) => cmd.args(files.server_args(self.port, false)).args([
-                "--tls-cluster",
-                "yes",
-                "--tls-replication",
-                "yes",
-            ]),
-            None => cmd.args(["--port", &self.port.to_string()]),
-        };
-        let child = cmd
-            .args(["--cluster-port", &self.bus_port.to_string()])
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                // Fast failure detection: a killed master's replica takes over in ~2 s.
-                "--cluster-node-timeout",
-                "1000",
-                "--cluster-replica-validity-factor",
-                "0",
-                "--appendonly",
-                "no",
-                "--save",
-                "",
-            ])
-            .current_dir(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (make deps installs it: apt-get install redis-server)");
-        self.child = Some(child);
-    }
-
-    /// Runs one command on this node.
-    pub fn command(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
-        command_on(self.port, self.tls.as_deref(), args)
-    }
-
-    /// URL of the node: `redis://`, `rediss://` in a TLS cluster.
-    pub fn url(&self) -> String {
-        let scheme = if self.tls.is_some() {
-            "rediss"
-        } else {
-            "redis"
-        };
-        format!("{scheme}://127.0.0.1:{}", self.port)
-    }
-
-    /// Whether the process runs.
-    pub fn alive(&self) -> bool {
-        self.child.is_some()
-    }
-
-    /// Kills the node (SIGKILL).
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// Runs one command on the server at `port` (5 s timeouts).
 pub fn command(port: u16, args: &[&str]) -> redis::RedisResult<redis::Value> {
@@ -185,6 +107,7 @@ impl RedisCluster {
                 bus_port: free_port(),
                 dir,
                 tls: tls.clone(),
+                frozen: false,
             };
             n.spawn();
             nodes.push(n);
@@ -382,6 +305,22 @@ impl RedisCluster {
         if let Some(n) = self.nodes.iter_mut().find(|n| n.port == port) {
             n.kill();
         }
+        self.wait_promoted(slot, port);
+        port
+    }
+
+    /// Freezes the master serving `slot` (SIGSTOP, see [`Node::freeze`]) and waits until
+    /// its replica took over.
+    pub fn freeze_master_of_slot(&mut self, slot: u16) -> u16 {
+        let port = self.master_of_slot(slot);
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.port == port) {
+            n.freeze();
+        }
+        self.wait_promoted(slot, port);
+        port
+    }
+
+    fn wait_promoted(&self, slot: u16, port: u16) {
         self.wait("a replica promoted", || {
             self.cluster_nodes().iter().any(|l| {
                 l.port != port
@@ -390,7 +329,6 @@ impl RedisCluster {
                     && l.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot))
             })
         });
-        port
     }
 
     /// Moves `count` slots from the master on port `from` to the one on port `to` with

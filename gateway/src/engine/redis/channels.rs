@@ -7,6 +7,9 @@
 //! - A confirmation after a channel's first means it was subscribed again: messages may
 //!   have been missed, so its gap is filled.
 //! - Rounds that keep failing for [`RENEW_AFTER`] replace the client.
+//! - A ping of every master that goes unanswered loses every channel (a node that froze
+//!   or vanished sends no reset: its subscriptions would stay dead on an open socket),
+//!   once per outage; pings unanswered for [`RENEW_AFTER`] replace the client.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -23,6 +26,8 @@ pub(super) struct Channels {
     lost: HashSet<String>,
     /// Since when rounds have failed (one outage, until nothing is lost).
     failing_since: Option<Instant>,
+    /// Since when pings have gone unanswered.
+    unanswered_since: Option<Instant>,
 }
 
 /// What a confirmation push means.
@@ -34,6 +39,17 @@ pub(super) struct Confirmed {
     pub all_back: bool,
     /// ... after failed rounds (the end of an outage, logged once).
     pub outage_over: bool,
+}
+
+/// What an unanswered ping means.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Unanswered {
+    /// Nothing was lost: every channel must be subscribed again.
+    LoseAll,
+    /// Channels are being subscribed again already (the same outage).
+    Ongoing,
+    /// Unanswered for [`RENEW_AFTER`]: replace the client.
+    Renew,
 }
 
 /// What a round with a failed `SSUBSCRIBE` means.
@@ -120,6 +136,33 @@ impl Channels {
             Some(since) if now.duration_since(since) >= RENEW_AFTER => Failed::Renew,
             Some(_) => Failed::Ongoing,
         })
+    }
+
+    /// A ping of every master was answered.
+    pub fn answered(&mut self) {
+        self.unanswered_since = None;
+    }
+
+    /// A ping of every master went unanswered at `now`. Only the first of an outage
+    /// loses the channels: while the silent node stays in the client's view, later pings
+    /// fail too, and losing every channel each time would subscribe and fill everything
+    /// again every second. Unanswered that long, the client is replaced instead.
+    pub fn unanswered(&mut self, now: Instant) -> Unanswered {
+        match self.unanswered_since {
+            None => {
+                self.unanswered_since = Some(now);
+                if self.lost.is_empty() {
+                    Unanswered::LoseAll
+                } else {
+                    Unanswered::Ongoing
+                }
+            }
+            Some(since) if now.duration_since(since) >= RENEW_AFTER => {
+                self.unanswered_since = Some(now);
+                Unanswered::Renew
+            }
+            Some(_) => Unanswered::Ongoing,
+        }
     }
 
     /// The client was replaced at `now`: every channel in `all` is lost, and the wait
@@ -240,5 +283,32 @@ mod tests {
             Some(Failed::First),
             "a new outage"
         );
+    }
+
+    #[test]
+    fn unanswered_pings_lose_everything_once_then_renew_the_client() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut c = Channels::new(names(&["a", "b"]));
+        c.confirm("a");
+        c.confirm("b");
+        assert_eq!(c.unanswered(t0), Unanswered::LoseAll);
+        c.lose(names(&["a", "b"]));
+        // Later unanswered pings of the same outage lose nothing more, even once every
+        // channel is back (no re-subscription every second)...
+        assert_eq!(c.unanswered(t0 + s), Unanswered::Ongoing);
+        c.confirm("a");
+        c.confirm("b");
+        assert_eq!(c.unanswered(t0 + s * 2), Unanswered::Ongoing);
+        // ... until it lasted RENEW_AFTER: a new client, and the wait starts again.
+        assert_eq!(c.unanswered(t0 + RENEW_AFTER), Unanswered::Renew);
+        assert_eq!(c.unanswered(t0 + RENEW_AFTER + s), Unanswered::Ongoing);
+        // An answer ends the outage: the next silence is a new one.
+        c.answered();
+        assert_eq!(c.unanswered(t0 + RENEW_AFTER * 2), Unanswered::LoseAll);
+        // One that starts while channels are lost leaves them to the rounds.
+        c.answered();
+        c.lose(names(&["a"]));
+        assert_eq!(c.unanswered(t0 + RENEW_AFTER * 3), Unanswered::Ongoing);
     }
 }

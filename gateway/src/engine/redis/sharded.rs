@@ -16,9 +16,14 @@
 //! - every confirmation after a channel's first one means the subscription was made
 //!   again, so messages may have been missed: the gap is filled from history before any
 //!   later push of the channel is handed on (pushes arrive in order on one queue); a fill
-//!   that failed is tried again on a timer until it succeeds ([`Delivery::fill_held`]).
+//!   that failed is tried again on a timer until it succeeds ([`Delivery::fill_held`]);
+//! - every master is pinged each second through the client: a node that froze or
+//!   vanished without a reset (a hung host, a partition) sends no `Disconnection`, and its
+//!   subscriptions would stay dead on an open socket while the pod looked ready. An
+//!   unanswered ping is handled like a `Disconnection`, and the client is replaced if
+//!   pings stay unanswered (see [`Channels::unanswered`]).
 
-use super::channels::{Channels, Failed};
+use super::channels::{Channels, Failed, Unanswered};
 use super::conn::CONNECT_TIMEOUT;
 use super::delivery::Delivery;
 use super::shared::{Shared, OP_TIMEOUT};
@@ -39,6 +44,8 @@ use tokio_util::sync::CancellationToken;
 const RETRY_EVERY: Duration = Duration::from_millis(200);
 /// At most this many subscriptions are in flight at once (the inbox buckets at start).
 const PARALLEL: usize = 32;
+/// How often every master is pinged through the pub/sub client.
+const PING_EVERY: Duration = Duration::from_secs(1);
 
 struct Task {
     shared: Arc<Shared>,
@@ -47,6 +54,8 @@ struct Task {
     /// Which channels are held; the lost ones are retried every [`RETRY_EVERY`].
     channels: Channels,
     up: Arc<AtomicBool>,
+    /// Clients replaced so far: a ping's answer counts only for the client it asked.
+    renewals: u64,
 }
 
 /// Runs the cluster subscriber until stopped.
@@ -70,6 +79,7 @@ pub(super) async fn run(
         delivery,
         conn,
         up,
+        renewals: 0,
     };
     let mut retry = tokio::time::interval(RETRY_EVERY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -78,10 +88,25 @@ pub(super) async fn run(
     let mut resubscribing = false;
     let mut held = tokio::time::interval(RETRY_EVERY);
     held.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One ping at a time, beside this loop (an unanswered one takes OP_TIMEOUT).
+    let (pong_tx, mut pong_rx) = mpsc::unbounded_channel::<(u64, bool)>();
+    let mut pinging = false;
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = held.tick() => task.delivery.fill_held().await,
+            _ = ping.tick(), if !pinging => {
+                pinging = true;
+                task.ping(pong_tx.clone());
+            }
+            Some((client, answered)) = pong_rx.recv() => {
+                pinging = false;
+                if let Some(renewed) = task.pong(client, answered) {
+                    pushes = renewed;
+                }
+            }
             _ = retry.tick(), if !resubscribing => {
                 resubscribing = task.subscribe_lost(done_tx.clone());
             }
@@ -188,6 +213,52 @@ impl Task {
         }
     }
 
+    /// Pings every master (PING's cluster routing) through the pub/sub client in a task
+    /// of its own, which reports whether all answered in time.
+    fn ping(&self, pong: mpsc::UnboundedSender<(u64, bool)>) {
+        let mut conn = self.conn.clone();
+        let client = self.renewals;
+        tokio::spawn(async move {
+            let ping = redis::cmd("PING");
+            let answer =
+                tokio::time::timeout(OP_TIMEOUT, ping.query_async::<Value>(&mut conn)).await;
+            // The loop may have stopped meanwhile: then nobody wants the report.
+            let _ = pong.send((client, matches!(answer, Ok(Ok(_)))));
+        });
+    }
+
+    /// Takes a ping's report: an unanswered one loses every channel (see the module
+    /// docs), or renews the client; its push queue is then returned.
+    fn pong(&mut self, client: u64, answered: bool) -> Option<mpsc::UnboundedReceiver<PushInfo>> {
+        if client != self.renewals {
+            return None; // asked of a client replaced since
+        }
+        if answered {
+            self.channels.answered();
+            return None;
+        }
+        self.shared.errors.inc();
+        match self.channels.unanswered(Instant::now()) {
+            Unanswered::LoseAll => {
+                tracing::warn!(
+                    "a redis cluster node did not answer a ping on the pub/sub client; subscribing again"
+                );
+                self.lose_all();
+                None
+            }
+            Unanswered::Ongoing => None,
+            Unanswered::Renew => self.renew(),
+        }
+    }
+
+    /// Every channel is to be subscribed again (a node dropped or went silent).
+    fn lose_all(&mut self) {
+        let mut all = self.shared.keys.inbox_channels();
+        all.extend(self.delivery.room_channels());
+        self.channels.lose(all);
+        self.down();
+    }
+
     /// Replaces the pub/sub client: a client that keeps failing to subscribe (or whose
     /// replies went astray) is dropped with every subscription it holds, and a new one
     /// subscribes everything again; each confirmation then fills its gap from history.
@@ -204,6 +275,7 @@ impl Task {
             "redis cluster pub/sub: channels still not subscribed; connecting a new client"
         );
         self.conn = conn;
+        self.renewals += 1;
         let mut all = self.shared.keys.inbox_channels();
         all.extend(self.delivery.room_channels());
         self.channels.renewed(Instant::now(), all);
@@ -266,10 +338,7 @@ impl Task {
                 tracing::warn!(
                     "a redis cluster node dropped its pub/sub connection; subscribing again"
                 );
-                let mut all = self.shared.keys.inbox_channels();
-                all.extend(self.delivery.room_channels());
-                self.channels.lose(all);
-                self.down();
+                self.lose_all();
             }
             _ => {}
         }
