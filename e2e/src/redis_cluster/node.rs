@@ -12,7 +12,8 @@ pub struct Node {
     /// Its port on 127.0.0.1.
     pub port: u16,
     /// Its cluster bus port. Not the default port + 10000: that one is only checked free,
-    /// and the next node's [`free_port`] may be handed it before this node binds it.
+    /// and the next node's [`free_port`](crate::process::free_port) may be handed it
+    /// before this node binds it.
     pub(super) bus_port: u16,
     pub(super) dir: PathBuf,
     pub(super) tls: Option<Arc<TlsFiles>>,

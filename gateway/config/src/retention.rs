@@ -5,7 +5,7 @@
 //! `inbox` their own defaults, in a namespace's `retention` the configured `history`
 //! (the configured `inbox` for the `user:` namespace, whose rooms are inboxes). Which one
 //! depends on where the retention is, which serde's per-struct defaults cannot see, so
-//! the loader fills the tree in ([`fill_left_out`]) before it is deserialised. The
+//! the loader fills the tree in (`fill_left_out`) before it is deserialised. The
 //! operator builds these structs the same way, starting from the configured sections.
 
 use crate::namespaces::INBOX_PREFIX;
