@@ -146,6 +146,19 @@ impl RedisServer {
         ran
     }
 
+    /// How many times this server refused `command` (lowercase) before running it (an
+    /// ACL), from `INFO commandstats`.
+    pub fn rejected(&self, command: &str) -> u64 {
+        let info = self
+            .command(&["INFO", "commandstats"])
+            .expect("INFO commandstats");
+        let info: String = redis::from_redis_value(info).expect("INFO text");
+        let rejected = command_stats(&info)
+            .find(|(name, _)| *name == command)
+            .map_or(0, |(_, s)| s.rejected_calls);
+        rejected
+    }
+
     /// Starts a server that keeps its data across [`stop`](Self::stop) and
     /// [`start_again`](Self::start_again) (append-only file, fsync on every write).
     pub fn start_persistent() -> RedisServer {
@@ -264,6 +277,8 @@ pub struct CommandStats {
     pub calls: u64,
     /// The calls answered with an error.
     pub failed_calls: u64,
+    /// The calls refused before they ran (an ACL, wrong arguments), not in `calls`.
+    pub rejected_calls: u64,
 }
 
 /// The commands of an `INFO commandstats` reply, each with its counts (0 for a count the
@@ -277,12 +292,12 @@ pub fn command_stats(info: &str) -> impl Iterator<Item = (&str, CommandStats)> {
                 .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
                 .unwrap_or(0)
         };
-        let (calls, failed_calls) = (field("calls"), field("failed_calls"));
         Some((
             name,
             CommandStats {
-                calls,
-                failed_calls,
+                calls: field("calls"),
+                failed_calls: field("failed_calls"),
+                rejected_calls: field("rejected_calls"),
             },
         ))
     })

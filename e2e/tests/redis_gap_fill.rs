@@ -162,3 +162,53 @@ async fn a_gap_past_the_rooms_retention_closes_its_members_to_resume() {
         "nothing past the gap reaches a closed member"
     );
 }
+
+/// A reconnect's gap fill stops at its first failure: the other rooms are held untried
+/// (their messages wait in history) and left to the retries, which also stop at their
+/// first failure. Each failure can take the command timeout (a route to a node that died
+/// after a failover), and a round that tried every room stalled the subscriber, its joins
+/// and every room's live messages for as many timeouts. Here fills fail at once (an ACL):
+/// the first round tries one room, not twenty; once allowed, every room gets its gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_fill_stops_at_its_first_failure() {
+    let redis = RedisServer::start();
+    let mut admin = redis.admin();
+    let user = ["ACL", "SETUSER", "sub", "on", ">pw", "~*", "&*", "+@all"];
+    assert_eq!(admin.command(&user), "+OK");
+    let url = redis.url().replace("redis://", "redis://sub:pw@");
+    let (hub, subscriber, publisher) = two_nodes(&url, &redis.url()).await;
+    let rooms: Vec<String> = (0..20).map(|i| format!("stall{i}")).collect();
+    let mut receivers = Vec::new();
+    for (i, room) in rooms.iter().enumerate() {
+        receivers.push(listen(&hub, &*subscriber, room, i as u64 + 1).await.0);
+    }
+    let refused = || redis.rejected("evalsha") + redis.rejected("eval");
+    assert_eq!(
+        admin.command(&["ACL", "SETUSER", "sub", "-evalsha", "-eval"]),
+        "+OK"
+    );
+    admin.start_pubsub_outage();
+    for room in &rooms {
+        publisher.publish(message(room, 1)).await.expect("publish");
+    }
+    admin.end_outage();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while refused() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no gap fill was tried"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Well within the retries' first wait (100 ms, then a round per second).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let tried = refused();
+    assert!(
+        tried < 5,
+        "the reconnect's round tried {tried} fills after one failed"
+    );
+    assert_eq!(admin.command(&["ACL", "SETUSER", "sub", "+@all"]), "+OK");
+    for (room, mut rx) in rooms.iter().zip(receivers) {
+        assert_eq!(next_msg(&mut rx).await, Some((room.clone(), 1)), "{room}");
+    }
+}

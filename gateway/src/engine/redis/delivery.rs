@@ -219,9 +219,7 @@ impl Delivery {
     /// Fills the gap of every room (a lost connection to one server).
     pub(super) async fn fill_all(&mut self) {
         let names: Vec<String> = self.rooms.keys().map(|r| r.to_string()).collect();
-        for room in names {
-            self.fill(&room).await;
-        }
+        self.fill_each(names).await;
     }
 
     /// Fills the gap of what a channel carries: its room, or the local inboxes of an
@@ -241,8 +239,27 @@ impl Delivery {
                 .map(|r| vec![r.to_string()])
                 .unwrap_or_default()
         };
-        for room in names {
-            self.fill(&room).await;
+        self.fill_each(names).await;
+    }
+
+    /// Fills each room in turn until one fails; the rest are then held untried (their live
+    /// messages wait in history) and left to [`fill_held`](Self::fill_held)'s rounds, for
+    /// the reason those end at their first failure: each failure can take
+    /// [`OP_TIMEOUT`](super::shared::OP_TIMEOUT) (a route to a node that died), and a
+    /// reconnect's fill of 100 rooms then stalled this task, every join and every room's
+    /// live messages for minutes.
+    async fn fill_each(&mut self, rooms: Vec<String>) {
+        let mut rooms = rooms.into_iter();
+        for room in rooms.by_ref() {
+            if !self.fill(&room).await {
+                break;
+            }
+        }
+        let retry = Instant::now() + FILL_RETRY;
+        for room in rooms {
+            self.owed
+                .entry(room.into())
+                .or_insert((retry, FILL_RETRY * 2));
         }
     }
 
