@@ -319,40 +319,38 @@ impl PresenceManager for MemoryEngine {
         if !ns.presence {
             return Ok(());
         }
-        let first = {
-            let mut p = lock(&self.presence);
-            let conns = p
-                .entry(room.to_string())
-                .or_default()
-                .entry(user.to_string())
-                .or_default();
-            let first = conns.is_empty();
-            conns.insert(conn.to_string());
-            first
-        };
+        let mut p = lock(&self.presence);
+        let conns = p
+            .entry(room.to_string())
+            .or_default()
+            .entry(user.to_string())
+            .or_default();
+        let first = conns.is_empty();
+        conns.insert(conn.to_string());
+        // Told under the lock: a user's last leave and next first join (another thread)
+        // must reach the hub in the order they changed the map, or members would see
+        // `left` for a user who is present.
         if first && ns.join_leave_events {
             self.hub.presence(room, user, true);
         }
         Ok(())
     }
     async fn presence_leave(&self, room: &str, user: &str, conn: &str) -> Result<(), EngineError> {
-        let last = {
-            let mut p = lock(&self.presence);
-            let Some(users) = p.get_mut(room) else {
-                return Ok(());
-            };
-            let Some(conns) = users.get_mut(user) else {
-                return Ok(());
-            };
-            let last = conns.remove(conn) && conns.is_empty();
-            if conns.is_empty() {
-                users.remove(user);
-            }
-            if users.is_empty() {
-                p.remove(room);
-            }
-            last
+        let mut p = lock(&self.presence);
+        let Some(users) = p.get_mut(room) else {
+            return Ok(());
         };
+        let Some(conns) = users.get_mut(user) else {
+            return Ok(());
+        };
+        let last = conns.remove(conn) && conns.is_empty();
+        if conns.is_empty() {
+            users.remove(user);
+        }
+        if users.is_empty() {
+            p.remove(room);
+        }
+        // Under the lock, as in presence_join.
         if last && self.namespaces.of(room).join_leave_events {
             self.hub.presence(room, user, false);
         }

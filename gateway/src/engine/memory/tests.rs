@@ -72,3 +72,41 @@ async fn expired_sessions_are_swept() {
     let left: Vec<String> = lock(&engine.sessions).map.keys().cloned().collect();
     assert_eq!(left, ["fresh"]);
 }
+
+/// A user's last leave and next first join racing on two threads reach the hub in the
+/// order they changed the presence map: the last presence frame members get says what
+/// the map holds. Told after the lock was released, a join could overtake the leave and
+/// members saw `left` for a present user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_racing_leave_and_join_are_announced_in_map_order() {
+    use crate::outbound::Outbound;
+    let hub = Arc::new(Hub::default()); // no presence window: one frame per change
+    let e = Arc::new(MemoryEngine::new(hub.clone(), &Config::default()));
+    let (q, mut rx) = crate::outbound::queue(1 << 20, 1 << 30);
+    hub.subscribe(&Arc::from("r"), 0, q);
+    let mut wrong = 0;
+    for i in 0..2000u32 {
+        let (old, new) = (format!("a{i}"), format!("b{i}"));
+        e.presence_join("r", "u", &old).await.expect("join");
+        let (leave, join) = (e.clone(), e.clone());
+        let left = tokio::spawn(async move { leave.presence_leave("r", "u", &old).await });
+        let joined = tokio::spawn(async move { join.presence_join("r", "u", &new).await });
+        left.await.expect("task").expect("leave");
+        joined.await.expect("task").expect("join");
+        let mut last = None;
+        while let Some(item) = rx.try_recv_for_test() {
+            if let Outbound::Frame(f) = item {
+                last = Some(f.contains("\"joined\":[\"u\"]"));
+            }
+        }
+        let present = e.is_present("r", "u").await.expect("is_present");
+        if last.is_some_and(|joined| joined != present) {
+            wrong += 1;
+        }
+        e.presence_leave("r", "u", &format!("b{i}"))
+            .await
+            .expect("leave");
+        while rx.try_recv_for_test().is_some() {}
+    }
+    assert_eq!(wrong, 0, "frames out of the map's order");
+}
