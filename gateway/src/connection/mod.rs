@@ -26,6 +26,8 @@ mod tests_footprint;
 #[cfg(test)]
 mod tests_presence;
 #[cfg(test)]
+mod tests_pump;
+#[cfg(test)]
 mod tests_resume;
 #[cfg(test)]
 mod tests_resume_save;
@@ -132,6 +134,12 @@ const MAX_BACKLOG: usize = 32;
 /// Runs `work` (queueing a command's output: possibly a long replay at the client's pace)
 /// while still reading the socket, so the client's pongs keep the heartbeat alive;
 /// commands read meanwhile wait in `backlog`. False when the connection must stop.
+///
+/// With the backlog full the socket is not read, so the client's pongs wait unread
+/// behind its commands: the heartbeat is kept alive by this loop instead, each interval,
+/// since it is the gateway that stopped reading a client that was sending. A client that
+/// dies meanwhile is caught by the write timeout (a replay writes), or by the heartbeat
+/// once reading resumes.
 async fn pump<S>(
     work: impl std::future::Future<Output = bool>,
     reader: &mut Reader<S>,
@@ -141,6 +149,7 @@ where
     S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
     tokio::pin!(work);
+    let interval = reader.node.config.heartbeat.interval;
     loop {
         tokio::select! {
             biased;
@@ -150,6 +159,9 @@ where
                 Read::Skip => {}
                 Read::Stop => return false,
             },
+            _ = tokio::time::sleep(interval), if backlog.len() >= MAX_BACKLOG => {
+                reader.queue.heard(reader.node.clock_ms());
+            }
         }
     }
 }
