@@ -204,4 +204,23 @@ mod tests {
             .count() as u64;
         assert_eq!(timed_out, outcome.forced);
     }
+
+    /// A connection that registers once the node closed them all (its connect hook
+    /// answered after the drain ended) is closed at once with the same reason: before,
+    /// it got its welcome and was dropped without a close frame when the process exited.
+    #[tokio::test]
+    async fn a_connection_registered_after_close_all_is_closed_too() {
+        let mut config = crate::config::Config::default();
+        config.auth.mode = crate::config::AuthMode::Insecure;
+        config.server.listen = "127.0.0.1:0".parse().expect("addr");
+        let node = Node::new(config, CancellationToken::new()).expect("node");
+        let (early, _rx) = outbound::queue(16, 1 << 16);
+        node.register(early.clone(), "u", None);
+        node.close_all(disconnect::SHUTTING_DOWN);
+        let (late, _rx) = outbound::queue(16, 1 << 16);
+        node.register(late.clone(), "v", None);
+        for q in [early, late] {
+            assert_eq!(q.close_reason(), Some(disconnect::SHUTTING_DOWN));
+        }
+    }
 }

@@ -56,6 +56,9 @@ pub struct Node {
     ip_buckets: Mutex<KeyedBuckets<IpAddr>>,
     user_buckets: Mutex<KeyedBuckets<String>>,
     conns: Mutex<HashMap<ConnId, Registered>>,
+    /// Set by [`close_all`](Self::close_all), under the `conns` lock: a connection that
+    /// registers later (its connect hook answered after the drain ended) is closed too.
+    closed_all: std::sync::OnceLock<CloseReason>,
     queue_high_water: std::sync::atomic::AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
     handshakes_per_ip: Mutex<HashMap<IpAddr, u32>>,
@@ -226,6 +229,7 @@ impl Node {
             control_ready: Default::default(),
             admission: Mutex::new((0, 0)),
             conns: Mutex::new(HashMap::new()),
+            closed_all: std::sync::OnceLock::new(),
             queue_high_water: Default::default(),
             per_ip: Mutex::new(HashMap::new()),
             handshakes_per_ip: Mutex::new(HashMap::new()),
@@ -308,12 +312,17 @@ impl Node {
     /// a chat connection also gets a control mailbox (`ctl`). Returns its id.
     pub fn register(&self, queue: OutboundQueue, user: &str, ctl: Option<Arc<ConnCtl>>) -> ConnId {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let mut conns = lock(&self.conns);
+        if let Some(reason) = self.closed_all.get() {
+            queue.close(*reason);
+        }
         let entry = Registered {
             queue,
             user: user.into(),
             ctl,
         };
-        lock(&self.conns).insert(id, entry);
+        conns.insert(id, entry);
+        drop(conns);
         self.metrics.connections.inc();
         id
     }
@@ -386,9 +395,12 @@ impl Node {
         lock(&self.conns).len()
     }
 
-    /// Asks every open connection to close.
+    /// Asks every open connection to close, and every one that registers from now on
+    /// (the node is ending: the drain's deadline, shutdown).
     pub fn close_all(&self, reason: CloseReason) {
-        for c in lock(&self.conns).values() {
+        let conns = lock(&self.conns);
+        let _ = self.closed_all.set(reason);
+        for c in conns.values() {
             c.queue.close(reason);
         }
     }
