@@ -5,7 +5,10 @@
 //!   channels and takes one confirmation as its reply, so the others answer whatever is
 //!   sent next on that node connection, and a refused `SSUBSCRIBE` can be told `Ok`.
 //! - A confirmation after a channel's first means it was subscribed again: messages may
-//!   have been missed, so its gap is filled.
+//!   have been missed, so its gap is filled. So does a first confirmation that came only
+//!   after a retry round subscribed the channel again: the join that asked first was told
+//!   `Ok` and read the room's head long before, and what was published in between reached
+//!   neither its catch-up nor the channel.
 //! - Rounds that keep failing for [`RENEW_AFTER`] replace the client.
 //! - A ping of every master that goes unanswered loses every channel (a node that froze
 //!   or vanished sends no reset: its subscriptions would stay dead on an open socket),
@@ -24,6 +27,8 @@ pub(super) struct Channels {
     confirmed: HashSet<String>,
     /// Channels not subscribed (lost, or not confirmed yet).
     lost: HashSet<String>,
+    /// Channels a round subscribed before Redis ever confirmed them (see the module docs).
+    retried: HashSet<String>,
     /// Since when rounds have failed (one outage, until nothing is lost).
     failing_since: Option<Instant>,
     /// Since when pings have gone unanswered.
@@ -85,7 +90,8 @@ impl Channels {
 
     /// Redis confirmed a subscription.
     pub fn confirm(&mut self, channel: &str) -> Confirmed {
-        let again = !self.confirmed.insert(channel.to_string());
+        let first = self.confirmed.insert(channel.to_string());
+        let again = self.retried.remove(channel) || !first;
         let all_back = self.lost.remove(channel) && self.lost.is_empty();
         let outage_over = all_back && self.failing_since.take().is_some();
         Confirmed {
@@ -104,6 +110,7 @@ impl Channels {
             self.lost.insert(channel.to_string());
         } else {
             self.confirmed.remove(channel);
+            self.retried.remove(channel);
         }
         wanted
     }
@@ -111,11 +118,23 @@ impl Channels {
     /// This node left the channel: no longer retried.
     pub fn forget(&mut self, channel: &str) {
         self.lost.remove(channel);
+        self.retried.remove(channel);
     }
 
-    /// The channels to subscribe in the next round.
+    /// The channels lost now.
     pub fn lost(&self) -> Vec<String> {
         self.lost.iter().cloned().collect()
+    }
+
+    /// The channels a round subscribes again now: [`lost`](Self::lost), those never
+    /// confirmed noted as retried.
+    pub fn round(&mut self) -> Vec<String> {
+        for channel in &self.lost {
+            if !self.confirmed.contains(channel) {
+                self.retried.insert(channel.clone());
+            }
+        }
+        self.lost()
     }
 
     pub fn lost_count(&self) -> usize {
@@ -210,6 +229,24 @@ mod tests {
             r.all_back && !r.again,
             "a first confirmation fills nothing: {r:?}"
         );
+    }
+
+    /// A join's `SSUBSCRIBE` told `Ok` (another command's reply) whose confirmation only
+    /// a later round brings: messages published since the join read the room's head
+    /// reached nobody, so that first confirmation fills the gap.
+    #[test]
+    fn a_first_confirmation_after_a_retry_round_fills_the_gap() {
+        let mut c = Channels::new(Vec::new());
+        c.await_confirmation("r".into());
+        assert_eq!(c.round(), ["r"]);
+        let r = c.confirm("r");
+        assert!(r.all_back && r.again, "{r:?}");
+        // Once: its next confirmation is a re-subscription anyway, and a channel left
+        // meanwhile forgets it.
+        c.await_confirmation("s".into());
+        c.round();
+        c.forget("s");
+        assert!(!c.confirm("s").again, "left before its confirmation");
     }
 
     #[test]

@@ -14,9 +14,11 @@
 //!   never on a command's reply (the crate can hand a reply to the wrong command); a
 //!   client that still cannot subscribe everything after seconds of trying is replaced;
 //! - every confirmation after a channel's first one means the subscription was made
-//!   again, so messages may have been missed: the gap is filled from history before any
-//!   later push of the channel is handed on (pushes arrive in order on one queue); a fill
-//!   that failed is tried again on a timer until it succeeds ([`Delivery::fill_held`]);
+//!   again, so messages may have been missed (as does a first one that a retry round
+//!   brought, long after the join that asked read the room's head): the gap is filled
+//!   from history before any later push of the channel is handed on (pushes arrive in
+//!   order on one queue); a fill that failed is tried again on a timer until it succeeds
+//!   ([`Delivery::fill_held`]);
 //! - every master is pinged each second through the client: a node that froze or
 //!   vanished without a reset (a hung host, a partition) sends no `Disconnection`, and its
 //!   subscriptions would stay dead on an open socket while the pod looked ready. An
@@ -164,7 +166,7 @@ impl Task {
     /// Starts subscribing the lost channels again (a few at a time) in a task of its own,
     /// which reports on `done`; false when nothing is lost.
     fn subscribe_lost(&mut self, done: mpsc::UnboundedSender<Vec<Attempt>>) -> bool {
-        let channels = self.channels.lost();
+        let channels = self.channels.round();
         if channels.is_empty() {
             return false;
         }
