@@ -136,27 +136,26 @@ impl RedisServer {
     /// whose `calls` also counts the failures: an `EVALSHA` answered `NOSCRIPT` (the
     /// client then loads the script and calls again) would count twice.
     pub fn calls(&self, command: &str) -> u64 {
-        let info = self
-            .command(&["INFO", "commandstats"])
-            .expect("INFO commandstats");
-        let info: String = redis::from_redis_value(info).expect("INFO text");
-        let ran = command_stats(&info)
-            .find(|(name, _)| *name == command)
-            .map_or(0, |(_, s)| s.calls.saturating_sub(s.failed_calls));
-        ran
+        self.stats(command)
+            .map_or(0, |s| s.calls.saturating_sub(s.failed_calls))
     }
 
     /// How many times this server refused `command` (lowercase) before running it (an
     /// ACL), from `INFO commandstats`.
     pub fn rejected(&self, command: &str) -> u64 {
+        self.stats(command).map_or(0, |s| s.rejected_calls)
+    }
+
+    /// `command`'s line of `INFO commandstats`, if it has one.
+    fn stats(&self, command: &str) -> Option<CommandStats> {
         let info = self
             .command(&["INFO", "commandstats"])
             .expect("INFO commandstats");
         let info: String = redis::from_redis_value(info).expect("INFO text");
-        let rejected = command_stats(&info)
+        let found = command_stats(&info)
             .find(|(name, _)| *name == command)
-            .map_or(0, |(_, s)| s.rejected_calls);
-        rejected
+            .map(|(_, s)| s);
+        found
     }
 
     /// Starts a server that keeps its data across [`stop`](Self::stop) and
@@ -206,12 +205,7 @@ impl RedisServer {
 
     /// URL of the server: `redis://`, or `rediss://` when it speaks TLS.
     pub fn url(&self) -> String {
-        let scheme = if self.tls.is_some() {
-            "rediss"
-        } else {
-            "redis"
-        };
-        format!("{scheme}://127.0.0.1:{}", self.port)
+        loopback_url(self.tls.is_some(), self.port)
     }
 
     /// Whether the server answers PING.
@@ -269,6 +263,12 @@ impl Drop for RedisServer {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// The URL of a Redis on 127.0.0.1:`port`: `redis://`, `rediss://` with `tls`.
+pub fn loopback_url(tls: bool, port: u16) -> String {
+    let scheme = if tls { "rediss" } else { "redis" };
+    format!("{scheme}://127.0.0.1:{port}")
 }
 
 /// One command's line of `INFO commandstats`.

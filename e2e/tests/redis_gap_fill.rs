@@ -63,6 +63,18 @@ async fn a_gap_fill_starts_at_the_rooms_top_or_over_in_a_new_epoch() {
     assert_eq!(next_msg(&mut lost).await, Some(("lost".into(), 1)));
 }
 
+/// Two nodes whose subscriber connects as the ACL user `sub` (all allowed for now), so a
+/// test can refuse that node's scripts while the publisher goes on.
+async fn with_a_restricted_subscriber(
+    redis: &RedisServer,
+    admin: &mut e2e::redis::RedisAdmin,
+) -> (Arc<Hub>, Arc<dyn Engine>, Arc<dyn Engine>) {
+    let user = ["ACL", "SETUSER", "sub", "on", ">pw", "~*", "&*", "+@all"];
+    assert_eq!(admin.command(&user), "+OK");
+    let url = redis.url().replace("redis://", "redis://sub:pw@");
+    two_nodes(&url, &redis.url()).await
+}
+
 /// A gap fill that fails (here the store refuses the subscribing node's scripts for a
 /// while, as a stale route to a dead node does after a failover) is tried again until it
 /// succeeds; the room's live messages wait meanwhile, so the gap is never skipped.
@@ -70,10 +82,7 @@ async fn a_gap_fill_starts_at_the_rooms_top_or_over_in_a_new_epoch() {
 async fn a_failed_gap_fill_is_tried_again_before_live_messages_go_on() {
     let redis = RedisServer::start();
     let mut admin = redis.admin();
-    let user = ["ACL", "SETUSER", "sub", "on", ">pw", "~*", "&*", "+@all"];
-    assert_eq!(admin.command(&user), "+OK");
-    let url = redis.url().replace("redis://", "redis://sub:pw@");
-    let (hub, subscriber, publisher) = two_nodes(&url, &redis.url()).await;
+    let (hub, subscriber, publisher) = with_a_restricted_subscriber(&redis, &mut admin).await;
     let (mut rx, _) = listen(&hub, &*subscriber, "held", 1).await;
     let send = |n: u64| publisher.publish(message("held", n));
     send(1).await.expect("publish 1");
@@ -173,10 +182,7 @@ async fn a_gap_past_the_rooms_retention_closes_its_members_to_resume() {
 async fn a_reconnect_fill_stops_at_its_first_failure() {
     let redis = RedisServer::start();
     let mut admin = redis.admin();
-    let user = ["ACL", "SETUSER", "sub", "on", ">pw", "~*", "&*", "+@all"];
-    assert_eq!(admin.command(&user), "+OK");
-    let url = redis.url().replace("redis://", "redis://sub:pw@");
-    let (hub, subscriber, publisher) = two_nodes(&url, &redis.url()).await;
+    let (hub, subscriber, publisher) = with_a_restricted_subscriber(&redis, &mut admin).await;
     let rooms: Vec<String> = (0..20).map(|i| format!("stall{i}")).collect();
     let mut receivers = Vec::new();
     for (i, room) in rooms.iter().enumerate() {

@@ -68,12 +68,7 @@ impl Node {
 
     /// URL of the node: `redis://`, `rediss://` in a TLS cluster.
     pub fn url(&self) -> String {
-        let scheme = if self.tls.is_some() {
-            "rediss"
-        } else {
-            "redis"
-        };
-        format!("{scheme}://127.0.0.1:{}", self.port)
+        crate::redis::loopback_url(self.tls.is_some(), self.port)
     }
 
     /// Whether the process runs and answers.
