@@ -484,5 +484,5 @@ fn writer_settings(node: &Arc<Node>) -> WriterSettings {
 /// a time (a fan-out counts what it writes itself: [`crate::hub::Hub::counting`]).
 pub(crate) fn count_deliveries(metrics: &crate::metrics::Metrics) -> outbound::OnDelivered {
     let deliveries = metrics.deliveries();
-    Arc::new(move |env| deliveries.one(env))
+    Arc::new(move |env, live| deliveries.one(env, live))
 }

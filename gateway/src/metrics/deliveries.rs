@@ -27,10 +27,11 @@ impl Deliveries {
         Deliveries { delivered, latency }
     }
 
-    /// Counts one delivery (a writer's: its batches are few and far between).
-    pub fn one(&self, env: &Envelope) {
+    /// Counts one delivery (a writer's: its batches are few and far between); its latency
+    /// only when it went out `live` (not replayed from history).
+    pub fn one(&self, env: &Envelope, live: bool) {
         self.delivered.inc();
-        if env.ts > 0 {
+        if live && env.ts > 0 {
             self.latency.observe(age_s(now_ms(), env.ts));
         }
     }
@@ -159,8 +160,12 @@ mod tests {
     fn a_writers_delivery_counts_at_once() {
         let d = deliveries();
         let env = Envelope::new("r".into(), 1, "e".into(), now_ms() - 2_000, None, "{}");
-        d.one(&env);
+        d.one(&env, true);
         assert_eq!(d.delivered.get(), 1);
         assert!(d.latency.get_sample_sum() >= 2.0);
+        // Replayed from history: counted, its age no delivery latency.
+        d.one(&env, false);
+        assert_eq!(d.delivered.get(), 2);
+        assert_eq!(d.latency.get_sample_count(), 1);
     }
 }

@@ -131,7 +131,13 @@ async fn writer_orders_replay_before_held_live_and_drops_duplicates() {
     q.push(Outbound::Msg(env("r", 5)));
     q.push(Outbound::Msg(env("other", 9))); // not joined
     let closer = q.clone();
-    let task = tokio::spawn(run_writer(sink_tx, rx, settings(60_000)));
+    let counted = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut recording = settings(60_000);
+    let record = counted.clone();
+    recording.on_delivered = Arc::new(move |env: &Envelope, live| {
+        record.lock().expect("record").push((env.seq, live));
+    });
+    let task = tokio::spawn(run_writer(sink_tx, rx, recording));
     let mut seen = Vec::new();
     while seen.len() < 4 {
         match sink_rx.recv().await {
@@ -151,6 +157,12 @@ async fn writer_orders_replay_before_held_live_and_drops_duplicates() {
         Some(&StreamPosition::new("e", 5))
     );
     assert_eq!(outcome.delivered, 4);
+    // Each counted; only the live ones (the released 4 among them) as live: a replayed
+    // message's age is no delivery latency.
+    assert_eq!(
+        *counted.lock().expect("counted"),
+        [(2, false), (3, false), (4, true), (5, true)]
+    );
     // The writer ends with the close frame of the reason, code and text.
     let mut close = None;
     while let Ok(m) = sink_rx.try_recv() {
@@ -204,7 +216,7 @@ async fn a_second_catchup_of_a_room_writes_nothing_twice() {
 fn settings(heartbeat_ms: u64) -> WriterSettings {
     WriterSettings {
         heartbeat: Duration::from_millis(heartbeat_ms),
-        on_delivered: Arc::new(|_| {}),
+        on_delivered: Arc::new(|_, _| {}),
     }
 }
 

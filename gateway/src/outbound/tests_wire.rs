@@ -40,7 +40,7 @@ async fn connect(max_bytes: usize) -> Conn {
     let (q, rx) = queue(100_000, max_bytes);
     let delivered = Arc::new(AtomicU64::new(0));
     let counter = delivered.clone();
-    let on_delivered: OnDelivered = Arc::new(move |_| {
+    let on_delivered: OnDelivered = Arc::new(move |_, _| {
         counter.fetch_add(1, Ordering::Relaxed);
     });
     q.attach(wire);

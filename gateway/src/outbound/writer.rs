@@ -21,8 +21,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error, Message, Utf8Bytes};
 
-/// Counts a delivery the writer made (metrics).
-pub type OnDelivered = Arc<dyn Fn(&Envelope) + Send + Sync>;
+/// Counts a delivery the writer made (metrics): the message, and whether it went out live
+/// (its age is a delivery latency) rather than replayed from history (its age is how old
+/// the backlog was: an hour-old message a rejoin replays is no slow delivery).
+pub type OnDelivered = Arc<dyn Fn(&Envelope, bool) + Send + Sync>;
 
 /// What the writer observed when it stopped.
 #[derive(Debug, Default)]
@@ -277,6 +279,7 @@ where
         Outbound::Ping => return sink.feed(Message::Ping(Default::default())).await,
         _ => {}
     }
+    let live = !matches!(item, Outbound::Replay { .. });
     let msgs = {
         let mut items = shared.items();
         let order = &mut items.order;
@@ -309,7 +312,7 @@ where
     };
     for env in &msgs {
         texts.write_msg(sink, env).await?;
-        (settings.on_delivered)(env);
+        (settings.on_delivered)(env, live);
     }
     Ok(())
 }
