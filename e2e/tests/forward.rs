@@ -206,6 +206,11 @@ async fn longest_prefix_strip_and_forwarded_headers() {
             .await,
         1.0
     );
+    // Each forwarded upgrade counts as accepted, as its refusals count as rejected.
+    assert_eq!(
+        gw.metric("chatgateway_connections_accepted_total").await,
+        3.0
+    );
     assert!(
         gw.metric("chatgateway_forward_frames_total{direction=\"up\",route=\"deep\"}")
             .await

@@ -158,6 +158,9 @@ pub(super) async fn pipe<C>(
     // the gateway does not speak).
     let handle = OutboundQueue::opaque();
     let id = node.register(handle.clone(), &identity.user, None);
+    // An accepted upgrade as a chat connection's is: its refusals count in
+    // upgrades_rejected_total, and the refusal-ratio alert divides by both.
+    node.metrics.accepted.inc();
     let gauge = node.metrics.forward_connections.with_label_values(&[&name]);
     gauge.inc();
     let (mut c_tx, mut c_rx) = client.split();
