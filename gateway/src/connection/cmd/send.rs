@@ -94,12 +94,14 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
             traceparent,
         })
         .instrument(span.clone())
-        .await?;
-    span.record("seq", published.at.seq);
+        .await;
+    // Failed and timed-out publishes too: left out, the p99 fell as the store got worse.
     let metrics = &s.node.metrics;
     metrics
         .publish_seconds
         .observe(started.elapsed().as_secs_f64());
+    let published = published?;
+    span.record("seq", published.at.seq);
     if !published.duplicate {
         metrics.received.inc();
         if !published.ephemeral && published.at.seq == 1 {
