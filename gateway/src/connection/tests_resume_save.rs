@@ -38,13 +38,18 @@ async fn known_at_one(a: &mut Harness) -> (String, Arc<str>) {
 /// Runs `cmd` (a resume with id 1) on `b`; checks that `r` is recovered up to 3 and
 /// returns what was queued.
 async fn resume(b: &mut Harness, cmd: Value, epoch: &str) -> Vec<Item> {
+    resume_says(b, cmd, epoch, true).await
+}
+
+/// [`resume`], the room `r` reported `recovered` as given.
+async fn resume_says(b: &mut Harness, cmd: Value, epoch: &str, recovered: bool) -> Vec<Item> {
     b.cmd(cmd).await;
     let items = b.drain();
     let reply = items.iter().find_map(|i| match i {
         Item::Frame(f) if f["ref"] == 1 => Some(f),
         _ => None,
     });
-    let r = json!({"recovered": true, "epoch": epoch, "seq": 3});
+    let r = json!({"recovered": recovered, "epoch": epoch, "seq": 3});
     assert_eq!(reply.map(|f| &f["rooms"]["r"]), Some(&r), "{items:?}");
     items
 }
@@ -128,7 +133,9 @@ async fn a_replay_the_writer_delivered_is_saved_at_what_it_delivered() {
 }
 
 /// Nothing to replay: a plain join stands at the top, and a resume naming a room the
-/// connection already has up to a later seq keeps that seq.
+/// connection already has up to a later seq keeps that seq. The gap below it is never
+/// written on this connection: the room is reported `recovered: false` (before, `true`
+/// with nothing replayed).
 #[tokio::test]
 async fn a_plain_join_and_a_room_already_had_are_saved_at_what_the_client_has() {
     let mut h = Harness::new("alice").await;
@@ -142,7 +149,7 @@ async fn a_plain_join_and_a_room_already_had_are_saved_at_what_the_client_has() 
     assert_eq!(h.session.rooms["r"].at, at_three);
     let behind = json!({"type": "resume", "id": 1, "resume_token": "unknown",
         "positions": {"r": {"seq": 1, "epoch": &*epoch}}});
-    resume(&mut h, behind, &epoch).await;
+    resume_says(&mut h, behind, &epoch, false).await;
     assert_eq!(
         h.session.rooms["r"].at, at_three,
         "the client had 3 already"
@@ -217,4 +224,41 @@ async fn a_replay_cut_off_before_the_socket_is_replayed_by_a_token_only_resume()
     let items = resume(&mut c, again, &epoch).await;
     let replay = Item::Replay("r".into(), 1, vec![2, 3]);
     assert!(items.contains(&replay), "{items:?}");
+}
+
+/// A room the connect hook joined at welcome (at its top) resumed from an older
+/// position: the writer stands past the gap and never writes below what it wrote, so
+/// nothing of the gap would reach the client. Reported `recovered: false` (read the gap
+/// with `history`); before, `recovered: true` with the missed messages never written.
+#[tokio::test]
+async fn a_connect_hook_room_resumed_from_behind_is_not_recovered() {
+    let mut h = Harness::new("alice").await;
+    for m in ["m1", "m2", "m3"] {
+        h.publish("r", "bob", m).await;
+    }
+    let epoch = h.epoch("r").await;
+    // Alice's next connection, whose connect hook put her in `r`.
+    let (queue, rx) = outbound::queue(1024, 1 << 20);
+    let id = h.node.register(queue.clone(), "alice", None);
+    let identity = crate::auth::Identity {
+        user: "alice".into(),
+        ..Default::default()
+    };
+    let mut session = super::session::Session::new(h.node.clone(), id, identity, queue);
+    let answer = crate::hooks::ConnectAnswer {
+        rooms: vec!["r".into()],
+        data: None,
+    };
+    let joined = session.welcome(answer).await;
+    let steps = joined.into_iter().map(super::Step::Replay).collect();
+    session.deliver(steps).await;
+    let mut b = Harness {
+        node: h.node.clone(),
+        session,
+        rx,
+    };
+    b.drain();
+    let behind = json!({"type": "resume", "id": 1, "resume_token": "unknown",
+        "positions": {"r": {"seq": 1, "epoch": &*epoch}}});
+    resume_says(&mut b, behind, &epoch, false).await;
 }

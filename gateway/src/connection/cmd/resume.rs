@@ -71,11 +71,27 @@ pub(super) async fn handle(s: &mut Session, cmd: Resume) -> Handled {
     }
     for (room, since) in wanted {
         let grant = grants.get(&room).copied();
+        // A room this connection already stands in past the client's position (the
+        // connect hook's rooms, joined at welcome at their top; a plain join before the
+        // resume): the writer is past the gap and never writes below what it wrote, so
+        // nothing of it would reach the client. Caught up from where the connection
+        // stands, and said plainly: `recovered: false`, read the gap with `history`.
+        let ahead = s
+            .rooms
+            .get(room.as_str())
+            .filter(|j| since.epoch.as_deref().is_none_or(|e| e == &*j.at.epoch))
+            .filter(|j| j.at.seq > since.seq)
+            .map(|j| Since {
+                seq: j.at.seq,
+                epoch: Some(j.at.epoch.clone()),
+            });
+        let gap = ahead.is_some();
+        let since = ahead.unwrap_or(since);
         let resumed = match resume_room(s, &room, &since, grant).await {
             Ok(caught) => {
                 then.push(caught.replay);
                 RoomResumed::CaughtUp {
-                    recovered: caught.recovered,
+                    recovered: caught.recovered && !gap,
                     at: caught.at,
                 }
             }
