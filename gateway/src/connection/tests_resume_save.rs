@@ -232,7 +232,7 @@ async fn a_replay_cut_off_before_the_socket_is_replayed_by_a_token_only_resume()
 /// with `history`); before, `recovered: true` with the missed messages never written.
 #[tokio::test]
 async fn a_connect_hook_room_resumed_from_behind_is_not_recovered() {
-    let mut h = Harness::new("alice").await;
+    let h = Harness::new("alice").await;
     for m in ["m1", "m2", "m3"] {
         h.publish("r", "bob", m).await;
     }
