@@ -230,6 +230,39 @@ async fn a_resume_whose_inbox_fails_releases_the_held_inbox_and_says_so() {
         .contains(&Item::Replay("user:alice".into(), 0, vec![1])));
 }
 
+/// The device's inbox position survives a resume whose inbox part failed: its session
+/// saves it, and the next resume replays from there. Before, the record had no inbox
+/// entry and that resume fell back to the user's cursor, which another device had moved
+/// past DMs this one never got.
+#[tokio::test]
+async fn a_failed_inbox_resume_keeps_the_devices_position_for_the_next_one() {
+    let (node, faulty) = Faulty::node(config());
+    let mut h = Harness::on(node.clone(), "alice").await;
+    for m in ["d1", "d2", "d3"] {
+        h.publish("user:alice", "bob", m).await;
+    }
+    let epoch = h.epoch("user:alice").await;
+    h.drain();
+    faulty.fail_history_of(Some("user:alice"));
+    h.cmd(json!({"type": "resume", "id": 1, "resume_token": "gone",
+        "positions": {"user:alice": {"seq": 1, "epoch": &*epoch}}}))
+        .await;
+    faulty.fail_history_of(None);
+    // Another device acknowledges all three meanwhile.
+    let acked = StreamPosition::new(epoch.clone(), 3);
+    node.engine.ack_inbox("alice", &acked).await.expect("ack");
+    let token = h.session.resume_token.to_string();
+    h.session.close(&Default::default()).await;
+    let mut next = Harness::on(node, "alice").await;
+    next.cmd(json!({"type": "resume", "id": 2, "resume_token": token}))
+        .await;
+    assert!(
+        next.drain()
+            .contains(&Item::Replay("user:alice".into(), 1, vec![2, 3])),
+        "replayed from the device's own position"
+    );
+}
+
 #[tokio::test]
 async fn a_send_whose_store_did_not_answer_is_unknown_outcome_not_a_client_fault() {
     let (node, faulty) = Faulty::node(config());

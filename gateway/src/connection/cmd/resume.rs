@@ -119,8 +119,13 @@ async fn resume_inbox(s: &mut Session, since: &Since) -> (RoomResumed, Option<Re
         Ok(caught) => caught,
         Err(e) => {
             // Nothing may stay held back: live direct messages flow again; nothing was
-            // acknowledged, so a later resume replays what this one could not.
+            // acknowledged, so a later resume replays what this one could not. From this
+            // device's position, which its session keeps (the stored record was taken
+            // with the old token): the user's cursor may be past what it got.
             s.queue.push(Outbound::Release(inbox));
+            if let (None, Some(epoch)) = (&s.inbox_acked, &since.epoch) {
+                s.inbox_acked = Some(StreamPosition::new(epoch.clone(), since.seq));
+            }
             let refusal = Refusal::from(e);
             return (RoomResumed::refused(refusal.code, refusal.message), None);
         }
