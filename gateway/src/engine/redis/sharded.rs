@@ -19,11 +19,11 @@
 //!   from history before any later push of the channel is handed on (pushes arrive in
 //!   order on one queue); a fill that failed is tried again on a timer until it succeeds
 //!   ([`Delivery::fill_held`]);
-//! - every master is pinged each second through the client: a node that froze or
-//!   vanished without a reset (a hung host, a partition) sends no `Disconnection`, and its
-//!   subscriptions would stay dead on an open socket while the pod looked ready. An
-//!   unanswered ping is handled like a `Disconnection`, and the client is replaced if
-//!   pings stay unanswered (see [`Channels::unanswered`]).
+//! - every master is pinged each second (through the command client, see [`Task::ping`]):
+//!   a node that froze or vanished without a reset (a hung host, a partition) sends no
+//!   `Disconnection`, and its subscriptions would stay dead on an open socket while the
+//!   pod looked ready. An unanswered ping is handled like a `Disconnection`, and the
+//!   pub/sub client is replaced if pings stay unanswered (see [`Channels::unanswered`]).
 
 use super::channels::{Channels, Failed, Unanswered};
 use super::conn::CONNECT_TIMEOUT;
@@ -215,10 +215,14 @@ impl Task {
         }
     }
 
-    /// Pings every master (PING's cluster routing) through the pub/sub client in a task
-    /// of its own, which reports whether all answered in time.
+    /// Pings every master (PING's cluster routing) in a task of its own, which reports
+    /// whether all answered in time. Through the command client, not the pub/sub one: the
+    /// crate matches a node connection's replies to commands in order, and confirmations
+    /// of its own re-subscriptions there were taken as the pings' replies (so channels
+    /// were never confirmed, and their gaps never filled: messages lost in the failover
+    /// test). The command client reaches the same masters; a silent one is silent to both.
     fn ping(&self, pong: mpsc::UnboundedSender<(u64, bool)>) {
-        let mut conn = self.conn.clone();
+        let mut conn = self.shared.conn();
         let client = self.renewals;
         tokio::spawn(async move {
             let ping = redis::cmd("PING");
