@@ -220,3 +220,69 @@ async fn spans_keep_flowing_during_a_drain_until_exit() {
     assert!(spans.iter().all(|s| s.service == "gw-drain"));
     otlp.stop();
 }
+
+/// The backend's hooks are part of the traces they decide: the connect hook's span is a
+/// child of the `connect` span, the send hook's a child of the `send` span (in the
+/// client's trace when it brought one). Before, the connect hook started a trace of its
+/// own and the send hook ran before the `send` span existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hook_calls_are_children_of_the_spans_they_decide() {
+    let otlp = Receiver::start().await;
+    let backend_addr = std::net::SocketAddr::from(([127, 0, 0, 1], e2e::process::free_port()));
+    let mut backend = std::process::Command::new(env!("CARGO_BIN_EXE_chat-backend"))
+        .args(["--listen", &backend_addr.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("chat-backend starts");
+    let hook = |path: &str| format!("http://{backend_addr}{path}");
+    let (connect, send) = (hook("/connect"), hook("/send"));
+    let gw = GatewayProcess::start(&[
+        ("CHATGW_AUTH__MODE", "insecure"),
+        ("CHATGW_HOOKS__CONNECT__URL", &connect),
+        ("CHATGW_HOOKS__SEND__URL", &send),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp.endpoint()),
+        ("OTEL_SERVICE_NAME", "gw-hooks"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ]);
+    gw.wait_ready(200, Duration::from_secs(20));
+    let mut carol = Client::connect(&gw.ws_url("user=carol"))
+        .await
+        .expect("carol");
+    carol.join("hooked").await;
+    let client_trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let r = carol
+        .request(json!({"type": "send", "room": "hooked", "body": "hello",
+                        "traceparent": format!("00-{client_trace}-10f067aa0ba902b8-01")}))
+        .await;
+    assert_eq!(r["type"], "ok", "{r}");
+    let hook_of =
+        |s: &e2e::otlp::Span, which: &str| s.name == "hook" && s.attr("hook") == Some(which);
+    let spans = otlp
+        .wait_for(Duration::from_secs(20), "both hook spans", |s| {
+            s.iter().any(|x| hook_of(x, "connect")) && s.iter().any(|x| hook_of(x, "send"))
+        })
+        .await;
+    let connect = spans
+        .iter()
+        .find(|x| x.name == "connect" && x.attr("user") == Some("carol"))
+        .expect("connect span");
+    let connect_hook = spans.iter().find(|x| hook_of(x, "connect")).expect("hook");
+    assert_eq!(
+        (
+            connect_hook.trace_id.as_str(),
+            connect_hook.parent_span_id.as_str()
+        ),
+        (connect.trace_id.as_str(), connect.span_id.as_str()),
+        "the connect hook in the connect span"
+    );
+    let send = spans
+        .iter()
+        .find(|x| x.name == "send" && x.trace_id == client_trace)
+        .expect("send span");
+    let send_hook = spans.iter().find(|x| hook_of(x, "send")).expect("hook");
+    assert_eq!(send_hook.trace_id, client_trace, "in the client's trace");
+    assert_eq!(send_hook.parent_span_id, send.span_id, "a child of send");
+    let _ = backend.kill();
+    let _ = backend.wait();
+    otlp.stop();
+}

@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
+use tracing::Instrument;
 
 /// Binds the public port with a listen queue of `backlog` connections (tokio's own `bind`
 /// asks for 128, as std does): a burst of reconnects beyond the queue loses SYNs, which
@@ -159,6 +160,7 @@ async fn upgrade(
     if chosen.is_none() && offers_bearer {
         // A browser fails a handshake that echoes none of its offers, and a bearer token
         // is never echoed (it would land in logs): the client must offer chatgw.v1 too.
+        a.span.record("outcome", Rejection::BadUpgrade.reason());
         return reject(
             &node,
             Rejection::BadUpgrade,
@@ -172,12 +174,17 @@ async fn upgrade(
         user: &a.identity.user,
         ip: peer.ip().to_string(),
     };
-    let extras = match node.hooks.connect(&node.metrics, &connect).await {
+    // Under the `connect` span: the hook's call (and its traceparent) is part of it.
+    let asked = node.hooks.connect(&node.metrics, &connect);
+    let extras = match asked.instrument(a.span.clone()).await {
         Verdict::Allow(extras) => extras,
         Verdict::Deny(reason) => {
+            a.span.record("outcome", Rejection::HookRefused.reason());
             return reject(&node, Rejection::HookRefused, reason);
         }
         Verdict::Failed(e) => {
+            a.span
+                .record("outcome", Rejection::HookUnavailable.reason());
             let detail = format!("the backend did not decide: {e}");
             return reject(&node, Rejection::HookUnavailable, detail);
         }

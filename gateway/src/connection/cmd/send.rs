@@ -58,18 +58,13 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
     // Only a well-formed W3C traceparent goes on (dropped, not refused, otherwise): it
     // rides in the pub/sub payload and the msg frame of every member.
     let mut traceparent = cmd.traceparent.filter(|t| protocol::valid_traceparent(t));
-    let body = if s.node.hooks.sends_through(&cmd.room) {
-        backend_body(s, ns, &cmd.room, &msg_id, cmd.body).await?
-    } else {
-        cmd.body
-    };
-    let copy = s.node.hooks.wants_messages().then(|| body.clone());
     // A joined room's name as the session holds it, the hub's copy: each member's write
     // order then finds the room by pointer (outbound/order.rs).
     let room: Arc<str> = match s.rooms.get_key_value(cmd.room.as_str()) {
         Some((name, _)) => name.clone(),
         None => cmd.room.into(),
     };
+    // Before the send hook: its call is part of the message's trace.
     let span = if telemetry::enabled() {
         let span = tracing::info_span!("send", room = %room, msg_id = %msg_id, user = %s.user(), seq = tracing::field::Empty, trace_id = tracing::field::Empty);
         if let Some(tp) = &traceparent {
@@ -82,6 +77,14 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
     } else {
         tracing::Span::none()
     };
+    let body = if s.node.hooks.sends_through(&room) {
+        backend_body(s, ns, &room, &msg_id, cmd.body)
+            .instrument(span.clone())
+            .await?
+    } else {
+        cmd.body
+    };
+    let copy = s.node.hooks.wants_messages().then(|| body.clone());
     let started = Instant::now();
     let published = s
         .node
