@@ -55,6 +55,10 @@ async fn client_js_chats_reconnects_and_resumes_in_node() {
     jwt_config.auth.mode = AuthMode::Jwt;
     jwt_config.auth.jwt.secret = Some(SECRET.into());
     let c = TestGateway::start(jwt_config).await;
+    // A fourth with a small command burst: a client's gap refill must pace itself.
+    let mut slow_config = test_config();
+    slow_config.limits.message_burst = 4;
+    let d = TestGateway::start(slow_config).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/client_node.mjs");
     let mut cmd = tokio::process::Command::new(node);
     cmd.args(&flags)
@@ -62,6 +66,7 @@ async fn client_js_chats_reconnects_and_resumes_in_node() {
         .env("GATEWAY_A", a.http_url(""))
         .env("GATEWAY_B", b.http_url(""))
         .env("GATEWAY_JWT", c.http_url(""))
+        .env("GATEWAY_SLOW", d.http_url(""))
         .env("TOKEN_OK", jwt::hs256(SECRET, "tina", 300))
         .env("TOKEN_BAD", jwt::hs256("not-the-secret", "tina", 300))
         .env("CLIENT_JS_HARNESS", "1")
@@ -101,9 +106,9 @@ async fn client_js_chats_reconnects_and_resumes_in_node() {
         }
         transcript
     };
-    let transcript = tokio::time::timeout(Duration::from_secs(60), conversation)
+    let transcript = tokio::time::timeout(Duration::from_secs(120), conversation)
         .await
-        .expect("client_node.mjs finished within 60 s");
+        .expect("client_node.mjs finished within 120 s");
     let status = child.wait().await.expect("node exit status");
     let stderr = stderr_text.await.unwrap_or_default();
     assert!(
@@ -119,6 +124,7 @@ async fn client_js_chats_reconnects_and_resumes_in_node() {
     a.stop().await;
     b.stop().await;
     c.stop().await;
+    d.stop().await;
 }
 
 /// One raw HTTP/1.1 exchange: (status, lower-cased headers, body).

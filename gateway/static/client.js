@@ -4,13 +4,18 @@
 
 const SUBPROTOCOL = "chatgw.v1";
 const CONNECT_TIMEOUT_MS = 10000;
+// A connection must stay up this long before the backoff starts over: one that keeps
+// failing soon after its welcome (a resume refused, a frame the server closes on) backs off.
+const STABLE_MS = 10000;
+// History errors a gap refill waits out and retries instead of skipping the gap.
+const REFILL_RETRY = new Set(["rate_limited", "unavailable", "timeout"]);
 
 /** A command refused by the server (`error` frame) or by the client (`code` below). */
 export class ChatError extends Error {
   constructor(code, message, frame) {
     super(message || code);
     this.name = "ChatError";
-    this.code = code; // protocol error code, or "timeout" / "closed" from the client
+    this.code = code; // protocol error code, or timeout/closed/too_big/unauthorized (client)
     this.frame = frame;
   }
 }
@@ -24,6 +29,8 @@ export function backoffDelay(attempt, initialMs = 1000, maxMs = 30000, random = 
   const ceiling = Math.min(maxMs, initialMs * 2 ** Math.min(attempt, 30));
   return Math.floor(random() * ceiling);
 }
+
+const byteLength = (cmd) => new TextEncoder().encode(JSON.stringify(cmd)).length;
 
 function randomId() {
   const bytes = new Uint8Array(12);
@@ -60,6 +67,8 @@ export class ChatClient {
    * @param {number} [opts.timeoutMs=15000]     a command's deadline, reconnects included
    * @param {boolean} [opts.autoAck=true]       acknowledge direct messages once delivered
    *                                            to the app (false: call ackInbox yourself)
+   * @param {number} [opts.maxFrameBytes]       the gateway's limits.maxFrameBytes: bigger
+   *                                            commands are refused (too_big) unsent
    */
   constructor(opts = {}) {
     this.opts = {
@@ -72,6 +81,8 @@ export class ChatClient {
       timeoutMs: opts.timeoutMs ?? 15000,
       autoAck: opts.autoAck ?? true,
     };
+    // Longer commands (bytes) are refused unsent: from the option, or learned from a 1009.
+    this._maxFrame = opts.maxFrameBytes ?? Infinity;
     this.WebSocketImpl = opts.WebSocket ?? globalThis.WebSocket;
     if (typeof this.WebSocketImpl !== "function") {
       throw new Error("ChatClient: no WebSocket (Node 20: run with --experimental-websocket)");
@@ -87,6 +98,9 @@ export class ChatClient {
     this._rooms = new Set(); // joined rooms (confirmed by `ok`)
     this._pos = new Map(); // room (and own inbox) -> {seq, epoch}: the last seq delivered
     this._filling = new Map(); // room -> buffered live msgs while a gap is refilled
+    this._fillChain = Promise.resolve(); // refills run one after another
+    this._resumeFrom = null; // the welcome whose session the next resume restores
+    this._gen = 0; // bumped by every _open and close(): an older _open gives up
     this._attempt = 0;
     this._goawayDelay = null;
     this._timers = new Set();
@@ -133,6 +147,7 @@ export class ChatClient {
   /** Closes for good: no reconnect; pending commands fail with code "closed". */
   close() {
     this.state = "closed";
+    this._gen += 1;
     for (const t of this._timers) clearTimeout(t);
     this._timers.clear();
     clearInterval(this._pinger);
@@ -148,6 +163,9 @@ export class ChatClient {
     }
     for (const [id, p] of this._pending) this._fail(id, p, new ChatError("closed", "client closed"));
     this._queue = [];
+    // Held messages were not delivered: positions stay before them, a resume replays them.
+    this._filling.clear();
+    this._fillChain = Promise.resolve();
   }
 
   get connected() {
@@ -173,14 +191,20 @@ export class ChatClient {
     return t;
   }
 
+  _clear(t) {
+    clearTimeout(t);
+    this._timers.delete(t);
+  }
+
   async _open() {
+    const gen = ++this._gen;
     this.state = "connecting";
     let ws;
     try {
       const base = await resolve(this.opts.url);
       const token = await resolve(this.opts.token);
       const user = await resolve(this.opts.user);
-      if (this.state !== "connecting") return; // closed meanwhile
+      if (gen !== this._gen) return; // closed (or connected anew) meanwhile
       const url = new URL(base);
       const protocols = [SUBPROTOCOL];
       // Browsers cannot set Authorization on a WebSocket: the token rides in the
@@ -189,6 +213,7 @@ export class ChatClient {
       else if (user) url.searchParams.set("user", user);
       ws = new this.WebSocketImpl(url.toString(), protocols);
     } catch (e) {
+      if (gen !== this._gen) return;
       this._emit("error", { error: e });
       this._scheduleReconnect({ code: 0, reason: String(e?.message ?? e) });
       return;
@@ -197,13 +222,13 @@ export class ChatClient {
     let opened = false;
     // Runs once per socket, whichever of close, error-before-open or timeout comes first.
     const gone = (code, reason) => {
-      clearTimeout(openTimer);
+      this._clear(openTimer);
       if (this._ws !== ws) return;
       this._ws = null;
       this._onClose({ code, reason, opened });
     };
     // A SYN into a black hole can take minutes to fail on its own.
-    const openTimer = setTimeout(() => {
+    const openTimer = this._later(CONNECT_TIMEOUT_MS, () => {
       if (!opened) {
         gone(4002, "connect timeout");
         try {
@@ -212,10 +237,10 @@ export class ChatClient {
           /* never opened */
         }
       }
-    }, CONNECT_TIMEOUT_MS);
+    });
     ws.onopen = () => {
       opened = true;
-      clearTimeout(openTimer);
+      this._clear(openTimer);
     };
     ws.onmessage = (ev) => {
       if (this._ws === ws) this._onText(ev.data);
@@ -230,9 +255,22 @@ export class ChatClient {
     ws.onclose = (ev) => gone(ev.code, ev.reason);
   }
 
+  // Drops a socket that is still open as if it had closed (the close event is ignored).
+  _abandon(ws, code, reason) {
+    if (this._ws !== ws) return;
+    this._ws = null;
+    try {
+      ws.close(code, reason);
+    } catch {
+      /* closing already */
+    }
+    this._onClose({ code, reason, opened: true });
+  }
+
   _onClose({ code, reason, opened }) {
     clearInterval(this._pinger);
     const wasConnected = this.state === "connected" || this.state === "resuming";
+    if (code === 1009) this._refuseTooBig();
     // Commands on the dead socket may or may not have reached the server. All of them
     // are safe to repeat (send keeps its msg_id, which the server dedups), so they go
     // back to the queue and are sent again after the resume.
@@ -248,17 +286,35 @@ export class ChatClient {
       if (p) p.sent = false;
     }
     if (this.state === "closed") return;
-    // The application's backend disconnected this user and asked it not to come back.
-    if (code === 4101) {
+    // Token expired (4401) or its key was revoked (4403): reconnect at once with a fresh
+    // token from `token`/`getToken` rather than backing off; a fixed token would only be
+    // refused again. 4101: the backend disconnected this user and asked it not to come back.
+    const auth = code === 4401 || code === 4403;
+    if (auth && typeof this.opts.token === "function") this._goawayDelay = 0;
+    else if (auth || code === 4101) {
       this.close();
+      const why = `${reason || "token refused"} (close ${code}) and no token function for a new one`;
+      if (auth) this._emit("error", { error: new ChatError("unauthorized", why) });
       this._emit("disconnected", { code, reason, reconnectInMs: null, permanent: true });
       return;
     }
-    // Token expired (4401) or its key was revoked (4403): reconnect at once with a fresh
-    // token from `token`/`getToken` rather than backing off.
-    if (code === 4401 || code === 4403) this._goawayDelay = 0;
     const delay = this._scheduleReconnect({ code, reason });
     if (wasConnected || opened) this._emit("disconnected", { code, reason, reconnectInMs: delay });
+  }
+
+  // The server closed on a frame over its limit (1009). The biggest command written to
+  // that socket and not answered is over it (the refused one, or bigger): it fails with
+  // too_big instead of being sent again, and commands that big are refused from now on.
+  _refuseTooBig() {
+    let worst = null;
+    for (const [id, p] of this._pending) {
+      const n = p.sent ? byteLength(p.cmd) : 0;
+      if (n > (worst?.n ?? 0)) worst = { id, p, n };
+    }
+    if (!worst) return;
+    this._maxFrame = Math.min(this._maxFrame, worst.n - 1);
+    const why = `${worst.p.cmd.type} of ${worst.n} bytes is over the gateway's frame limit (close 1009)`;
+    this._fail(worst.id, worst.p, new ChatError("too_big", why));
   }
 
   _scheduleReconnect({ code, reason }) {
@@ -275,7 +331,7 @@ export class ChatClient {
     this.state = "waiting";
     this.reconnectAt = Date.now() + delay;
     this._emit("reconnecting", { delayMs: delay, attempt: this._attempt, code, reason });
-    this._later(delay, () => {
+    this._reconnectTimer = this._later(delay, () => {
       if (this.state === "waiting") this._open();
     });
     return delay;
@@ -284,8 +340,7 @@ export class ChatClient {
   /** Drops the socket now and reconnects at once (e.g. on the browser's `online`). */
   reconnectNow() {
     if (this.state === "waiting") {
-      for (const t of this._timers) clearTimeout(t);
-      this._timers.clear();
+      this._clear(this._reconnectTimer);
       this._open();
     } else if (this._ws) {
       this._ws.close(4000, "reconnect");
@@ -329,7 +384,8 @@ export class ChatClient {
   }
 
   async _onWelcome(w) {
-    const previous = this.welcome;
+    const ws = this._ws;
+    const previous = this._resumeFrom;
     this.welcome = w;
     this._startPinger(w.heartbeat_ms);
     const inbox = "user:" + w.user;
@@ -349,16 +405,27 @@ export class ChatClient {
       }
       try {
         resumed = await this._command({ type: "resume", resume_token: previous.resume_token, positions }, { now: true });
-        this._applyResume(resumed);
       } catch (e) {
-        // session_not_found with no positions: nothing to restore. Anything else (the
-        // socket died meanwhile) is handled by the close that follows.
-        if (e.code !== "session_not_found") this._emit("error", { error: e });
+        if (this._ws !== ws) return; // lost during the resume: the close reconnects
+        if (e.code !== "session_not_found") {
+          // Nothing was restored (`unavailable`: the store stalled; a timeout): a failed
+          // connection. Rooms, positions and the token to resume stay for the next one.
+          this._emit("error", { error: e });
+          this._abandon(ws, 4000, "resume failed");
+          return;
+        }
+        // No session and no positions: rooms joined without a position are gone.
+        for (const room of this._rooms) this._emit("error", { room, error: e });
+        this._rooms.clear();
       }
-      if (this._ws === null) return; // lost again during the resume
+      if (this._ws !== ws) return;
+      this._applyResume(resumed);
     }
+    this._resumeFrom = w;
     this.state = "connected";
-    this._attempt = 0;
+    this._later(STABLE_MS, () => {
+      if (this._ws === ws) this._attempt = 0;
+    });
     this.lastResume = resumed;
     this._emit("connected", { welcome: w, resumed: previous != null, rooms: resumed?.rooms ?? {} });
     this._flush();
@@ -389,33 +456,55 @@ export class ChatClient {
   // and deliver everything in seq order, so the app sees one ordered stream per room.
   _refill(room, st) {
     const old = this._pos.get(room);
-    const sameEpoch = old && old.epoch === st.epoch;
-    const since = sameEpoch ? old.seq : 0;
-    this._pos.set(room, { seq: since, epoch: st.epoch ?? old?.epoch });
-    this._emit("reset", { room, epoch: st.epoch, seq: st.seq, previous: old ?? null });
+    this._emit("reset", { room, epoch: st.epoch, seq: st.seq, previous: old ?? null, reason: st.reason });
+    // No epoch: a late resume, whose inbox the server replayed from the acknowledged
+    // cursor already. The position stays: moved back, the next resume would replay (and
+    // this client deliver) every retained direct message again.
+    if (typeof st.epoch !== "string") return;
+    const since = old && old.epoch === st.epoch ? old.seq : 0;
+    this._pos.set(room, { seq: since, epoch: st.epoch });
     if (room.startsWith("user:") && this.welcome && room !== "user:" + this.welcome.user) return;
     if (typeof st.seq !== "number" || st.seq <= since) return;
     // A refill still running from an earlier reconnect hands its held messages over.
-    const fill = { held: this._filling.get(room)?.held ?? [] };
+    const fill = { room, from: since, until: st.seq, held: this._filling.get(room)?.held ?? [] };
     this._filling.set(room, fill);
-    // Pages are capped by bytes as well as count: page on while the server says `more`.
-    const page = async (from) => {
-      const ok = await this._command({ type: "history", room, since: from, limit: 500 }, { now: true });
-      if (this._filling.get(room) !== fill) return;
+    // One room, one page at a time: a burst of history commands (a room each after a
+    // gateway lost its memory) would hit the rate limit, and refusals in a row close (1008).
+    this._fillChain = this._fillChain.then(() => this._fillRoom(fill)).catch(() => {});
+  }
+
+  // Pages are capped by bytes as well as count: page on while the server says `more`. A
+  // page refused for the moment (rate, store) is asked again later; the gap is not skipped.
+  async _fillRoom(fill) {
+    const { room, until } = fill;
+    const current = () => this._filling.get(room) === fill;
+    for (let from = fill.from, failures = 0; current(); ) {
+      let ok;
+      try {
+        ok = await this._command({ type: "history", room, since: from, limit: 500 });
+      } catch (e) {
+        if (!current()) return;
+        if (!REFILL_RETRY.has(e.code)) {
+          this._emit("error", { room, error: e });
+          break;
+        }
+        const ms = Math.min(4000, 250 * 2 ** failures++) * (0.5 + Math.random() / 2);
+        await new Promise((r) => this._later(ms, r));
+        continue;
+      }
+      if (!current()) return;
+      failures = 0;
       let last = from;
       for (const m of ok.messages ?? []) {
-        if (m.seq <= st.seq) this._deliver(m, true);
+        if (m.seq <= until) this._deliver(m, true);
         last = Math.max(last, m.seq);
       }
-      if (ok.more && last > from && last < st.seq) await page(last);
-    };
-    page(since)
-      .catch((e) => this._emit("error", { room, error: e }))
-      .finally(() => {
-        if (this._filling.get(room) !== fill) return;
-        this._filling.delete(room);
-        for (const m of fill.held) this._deliver(m, false);
-      });
+      if (!ok.more || last <= from || last >= until) break;
+      from = last;
+    }
+    if (!current()) return;
+    this._filling.delete(room);
+    for (const m of fill.held) this._deliver(m, false);
   }
 
   _onMsg(m) {
@@ -455,8 +544,7 @@ export class ChatClient {
   }
 
   // A token expires soon: get a new one from the app and `refresh` it in place. Without
-  // a callback the connection closes at the expiry (4401) and reconnects with whatever
-  // `token` gives then.
+  // a callback the connection closes at the expiry (4401), and a fixed token ends there.
   async _onExpiring(f) {
     this._emit("expiring", f);
     const source = f.room ? this.opts.getRoomToken : this.opts.token;
@@ -503,6 +591,10 @@ export class ChatClient {
 
   _command(cmd, { now = false, timeoutMs = this.opts.timeoutMs } = {}) {
     if (this.state === "closed") return Promise.reject(new ChatError("closed", "client closed"));
+    const n = this._maxFrame < Infinity ? byteLength({ ...cmd, id: this._nextId }) : 0;
+    if (n > this._maxFrame) {
+      return Promise.reject(new ChatError("too_big", `${cmd.type} of ${n} bytes is over the frame limit`));
+    }
     const id = this._nextId++;
     return new Promise((resolve, reject) => {
       const p = { cmd: { ...cmd, id }, resolve, reject, sent: false, deadline: Date.now() + timeoutMs };
@@ -595,7 +687,13 @@ export class ChatClient {
     if (cmd.type === "join") {
       this._rooms.add(cmd.room);
       const pos = this._pos.get(cmd.room);
-      if (cmd.since !== undefined && ok.recovered) {
+      if (cmd.since !== undefined && ok.recovered === false) {
+        // Nothing is replayed: refill from `since` (in the room's epoch when none was
+        // given and `since` is not past its top), as after a resume.
+        const epoch = cmd.epoch ?? (cmd.since <= ok.seq ? ok.epoch : undefined);
+        if (!pos) this._pos.set(cmd.room, { seq: cmd.since, epoch });
+        this._refill(cmd.room, ok);
+      } else if (cmd.since !== undefined && ok.recovered) {
         if (!pos || pos.epoch !== ok.epoch) this._pos.set(cmd.room, { seq: cmd.since, epoch: ok.epoch });
       } else if (!pos || pos.epoch !== ok.epoch || pos.seq < ok.seq) {
         // Live messages start after `seq`; older ones come from history().
