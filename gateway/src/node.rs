@@ -146,12 +146,24 @@ fn release<K: std::hash::Hash + Eq>(map: &Mutex<HashMap<K, u32>>, key: &K) {
     }
 }
 
-/// The slots a chat connection holds for its life.
+/// The slots a connection holds for its life.
 pub struct Slots {
     /// Its client IP's.
     pub ip: Slot,
     /// Its user's.
     pub user: Slot,
+    /// The connection registered under them, unregistered when they are dropped: at its
+    /// end, and also when its task panicked (the open-connections gauge, which the HPA
+    /// reads, and the drain's count would otherwise keep it for good).
+    pub registered: Option<ConnId>,
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        if let Some(id) = self.registered.take() {
+            self.ip.node.unregister(id);
+        }
+    }
 }
 
 impl Node {

@@ -225,7 +225,11 @@ pub(crate) async fn admit_upgrade(
         identity,
         key,
         offered,
-        slots: Slots { ip, user },
+        slots: Slots {
+            ip,
+            user,
+            registered: None,
+        },
         span,
     })
 }

@@ -193,7 +193,7 @@ pub fn serve<S>(
     ws: S,
     wire: Option<Arc<outbound::Wire>>,
     identity: Identity,
-    slots: Slots,
+    mut slots: Slots,
     extras: ConnectAnswer,
 ) -> impl std::future::Future<Output = ()> + Send
 where
@@ -207,6 +207,7 @@ where
     let (queue, rx) = outbound::queue(limits.outbound_queue_frames, limits.outbound_queue_bytes);
     let ctl = Arc::new(ConnCtl::default());
     let id = node.register(queue.clone(), &identity.user, Some(ctl.clone()));
+    slots.registered = Some(id);
     node.metrics.accepted.inc();
     queue.heard(node.clock_ms());
     let (sink, stream) = ws.split();
@@ -394,8 +395,9 @@ where
         node.metrics.closed.with_label_values(&[reason]).inc();
         session.notify_disconnected(reason);
         Box::pin(session.close(&outcome.positions)).await;
-        node.unregister(id);
-        drop(slots); // held until here: the connection counted against its IP and user
+        // Held until here: the connection is unregistered and no longer counts against
+        // its IP and user.
+        drop(slots);
         if queue.close_reason().is_some() {
             // Last: the connection is gone from every count, only its socket is left. In
             // a task of its own: one more wait here would grow the state every

@@ -365,3 +365,29 @@ fn a_token_reads_back_from_its_hex_and_nothing_else_does() {
         assert_eq!(Hex::<4>::parse(bad), None, "{bad:?}");
     }
 }
+
+/// A connection is unregistered with its slots, also when its task panics: the open
+/// connections gauge (what the HPA reads) and the drain's count do not keep it for good.
+#[tokio::test]
+async fn a_panicking_connection_task_is_unregistered() {
+    let node = Node::new(config(), Default::default()).expect("node");
+    let (queue, _rx) = outbound::queue(8, 1024);
+    let mut slots = crate::node::Slots {
+        ip: node.take_ip_slot([127, 0, 0, 1].into()).expect("ip slot"),
+        user: node.take_user_slot("u").expect("user slot"),
+        registered: None,
+    };
+    slots.registered = Some(node.register(queue, "u", None));
+    assert_eq!(node.connection_count(), 1);
+    let task = tokio::spawn(async move {
+        let _slots = slots;
+        panic!("a bug in a connection's task");
+    });
+    assert!(task.await.is_err(), "the task panicked");
+    assert_eq!(node.connection_count(), 0);
+    assert_eq!(node.metrics.connections.get(), 0);
+    assert!(
+        node.take_user_slot("u").is_some(),
+        "its slots are free again"
+    );
+}

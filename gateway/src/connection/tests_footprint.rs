@@ -40,6 +40,7 @@ async fn an_idle_connections_tasks_stay_small() {
     let slots = crate::node::Slots {
         ip: h.node.take_ip_slot([127, 0, 0, 1].into()).expect("ip slot"),
         user: h.node.take_user_slot("u").expect("user slot"),
+        registered: None,
     };
     let identity = h.session.identity.clone();
     let socket_loop = super::serve(
@@ -60,6 +61,7 @@ async fn an_idle_connections_tasks_stay_small() {
     let slots = crate::node::Slots {
         ip: h.node.take_ip_slot([127, 0, 0, 1].into()).expect("ip slot"),
         user: h.node.take_user_slot("u").expect("user slot"),
+        registered: None,
     };
     let start = Box::new((h.session.identity.clone(), slots, Default::default()));
     let mut req = http::Request::new(());

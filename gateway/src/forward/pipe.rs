@@ -148,7 +148,7 @@ pub(super) async fn pipe<C>(
     client: WebSocketStream<Metered<C>>,
     upstream: Upstream,
     identity: &Identity,
-    slots: (Slots, RouteSlot),
+    mut slots: (Slots, RouteSlot),
 ) where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -158,6 +158,7 @@ pub(super) async fn pipe<C>(
     // the gateway does not speak).
     let handle = OutboundQueue::opaque();
     let id = node.register(handle.clone(), &identity.user, None);
+    slots.0.registered = Some(id);
     // An accepted upgrade as a chat connection's is: its refusals count in
     // upgrades_rejected_total, and the refusal-ratio alert divides by both.
     node.metrics.accepted.inc();
@@ -242,12 +243,11 @@ pub(super) async fn pipe<C>(
     })
     .await;
     gauge.dec();
-    node.unregister(id);
     node.metrics
         .closed
         .with_label_values(&[disconnect::FORWARD_ENDED])
         .inc();
-    drop(slots); // the connection no longer counts against its IP, user and route
+    drop(slots); // unregistered; no longer counts against its IP, user and route
     let until = tokio::time::Instant::now() + closing::CLOSE_HANDSHAKE_WAIT;
     let client = async move {
         if !client_ended {
@@ -330,6 +330,7 @@ mod tests {
         let slots = Slots {
             ip: node.take_ip_slot(ip).expect("ip slot"),
             user: node.take_user_slot("u").expect("user slot"),
+            registered: None,
         };
         let route_slot = route.reserve().expect("route slot");
 
