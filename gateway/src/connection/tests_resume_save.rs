@@ -113,17 +113,7 @@ async fn a_replay_the_writer_delivered_is_saved_at_what_it_delivered() {
     ));
     b.cmd(json!({"type": "resume", "id": 1, "resume_token": token}))
         .await;
-    let mut seqs = Vec::new();
-    while !seqs.contains(&3) {
-        let Some(Message::Text(text)) = wire.recv().await else {
-            panic!("the socket ended before r's replay: {seqs:?}");
-        };
-        let frame: Value = serde_json::from_str(&text).expect("JSON");
-        if frame["type"] == "msg" && frame["room"] == "r" {
-            seqs.push(frame["seq"].as_u64().expect("seq"));
-        }
-    }
-    assert_eq!(seqs, [2, 3], "the replay from 1");
+    assert_eq!(r_until_3(&mut wire).await, [2, 3], "the replay from 1");
     b.session.queue.stop();
     let outcome = writer.await.expect("writer");
     let token = b.session.resume_token.to_string();
@@ -157,6 +147,21 @@ async fn a_plain_join_and_a_room_already_had_are_saved_at_what_the_client_has() 
     let token = h.session.resume_token.to_string();
     h.session.close(&HashMap::new()).await;
     assert_eq!(saved(&h, &token).await.rooms["r"], at_three);
+}
+
+/// The seqs of `r`'s messages written to `frames`, up to seq 3.
+async fn r_until_3(frames: &mut tokio::sync::mpsc::UnboundedReceiver<Message>) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    while !seqs.contains(&3) {
+        let Some(Message::Text(text)) = frames.recv().await else {
+            panic!("the writer stopped before r's replay: {seqs:?}");
+        };
+        let frame: Value = serde_json::from_str(&text).expect("JSON");
+        if frame["type"] == "msg" && frame["room"] == "r" {
+            seqs.push(frame["seq"].as_u64().expect("seq"));
+        }
+    }
+    seqs
 }
 
 /// A socket that takes every frame into its buffer but never gets them out (the client
@@ -199,17 +204,11 @@ async fn a_replay_cut_off_before_the_socket_is_replayed_by_a_token_only_resume()
     let (tx, mut fed) = tokio::sync::mpsc::unbounded_channel();
     let settings = super::writer_settings(&b.node);
     let writer = tokio::spawn(outbound::run_writer(Unflushed(tx), rx, settings));
-    let mut seqs = Vec::new();
-    while !seqs.contains(&3) {
-        let Some(Message::Text(text)) = fed.recv().await else {
-            panic!("the writer stopped before r's replay: {seqs:?}");
-        };
-        let frame: Value = serde_json::from_str(&text).expect("JSON");
-        if frame["type"] == "msg" && frame["room"] == "r" {
-            seqs.push(frame["seq"].as_u64().expect("seq"));
-        }
-    }
-    assert_eq!(seqs, [2, 3], "handed to the socket's buffer, never flushed");
+    assert_eq!(
+        r_until_3(&mut fed).await,
+        [2, 3],
+        "handed to the socket's buffer, never flushed"
+    );
     b.session.queue.close(crate::disconnect::DRAINING);
     let outcome = writer.await.expect("writer");
     let token = b.session.resume_token.to_string();
