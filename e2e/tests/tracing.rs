@@ -229,11 +229,13 @@ async fn spans_keep_flowing_during_a_drain_until_exit() {
 async fn hook_calls_are_children_of_the_spans_they_decide() {
     let otlp = Receiver::start().await;
     let backend_addr = std::net::SocketAddr::from(([127, 0, 0, 1], e2e::process::free_port()));
-    let mut backend = std::process::Command::new(env!("CARGO_BIN_EXE_chat-backend"))
+    let backend = std::process::Command::new(env!("CARGO_BIN_EXE_chat-backend"))
         .args(["--listen", &backend_addr.to_string()])
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("chat-backend starts");
+    // Killed when the test ends, a failed assertion included.
+    let _backend = KillOnDrop(backend);
     let hook = |path: &str| format!("http://{backend_addr}{path}");
     let (connect, send) = (hook("/connect"), hook("/send"));
     let gw = GatewayProcess::start(&[
@@ -282,7 +284,15 @@ async fn hook_calls_are_children_of_the_spans_they_decide() {
     let send_hook = spans.iter().find(|x| hook_of(x, "send")).expect("hook");
     assert_eq!(send_hook.trace_id, client_trace, "in the client's trace");
     assert_eq!(send_hook.parent_span_id, send.span_id, "a child of send");
-    let _ = backend.kill();
-    let _ = backend.wait();
     otlp.stop();
+}
+
+/// A child process killed (and reaped) when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
