@@ -74,14 +74,29 @@ async fn a_room_whose_replay_never_reached_the_writer_is_saved_where_the_client_
         assert_eq!(record.rooms["r"], at_one, "{cmd}");
 
         // So the next resume, without positions, still replays what the client never got.
-        let engine = &b.node.engine;
-        engine.save_session(&token, &record).await.expect("save");
-        let mut c = Harness::on(a.node.clone(), "alice").await;
-        let again = json!({"type": "resume", "id": 1, "resume_token": token});
-        let items = resume(&mut c, again, &epoch).await;
-        let replay = Item::Replay("r".into(), 1, vec![2, 3]);
-        assert!(items.contains(&replay), "{cmd}: {items:?}");
+        replays_from_one(&b, &token, &record, &epoch, &cmd.to_string()).await;
     }
+}
+
+/// Saves `record` under `token` again (the close took it) and resumes it, token only, on
+/// a fresh connection: `r` is replayed from 1 (seqs 2 and 3).
+async fn replays_from_one(
+    h: &Harness,
+    token: &str,
+    record: &SessionRecord,
+    epoch: &str,
+    why: &str,
+) {
+    h.node
+        .engine
+        .save_session(token, record)
+        .await
+        .expect("save");
+    let mut c = Harness::on(h.node.clone(), "alice").await;
+    let again = json!({"type": "resume", "id": 1, "resume_token": token});
+    let items = resume(&mut c, again, epoch).await;
+    let replay = Item::Replay("r".into(), 1, vec![2, 3]);
+    assert!(items.contains(&replay), "{why}: {items:?}");
 }
 
 /// A sink standing for the socket: every message written goes to the channel.
@@ -215,14 +230,7 @@ async fn a_replay_cut_off_before_the_socket_is_replayed_by_a_token_only_resume()
     b.session.close(&outcome.positions).await;
     let record = saved(&b, &token).await;
     assert_eq!(record.rooms["r"], StreamPosition::new(epoch.clone(), 1));
-
-    let engine = &b.node.engine;
-    engine.save_session(&token, &record).await.expect("save");
-    let mut c = Harness::on(a.node.clone(), "alice").await;
-    let again = json!({"type": "resume", "id": 1, "resume_token": token});
-    let items = resume(&mut c, again, &epoch).await;
-    let replay = Item::Replay("r".into(), 1, vec![2, 3]);
-    assert!(items.contains(&replay), "{items:?}");
+    replays_from_one(&b, &token, &record, &epoch, "cut off").await;
 }
 
 /// A room the connect hook joined at welcome (at its top) resumed from an older
