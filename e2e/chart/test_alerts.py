@@ -19,6 +19,19 @@ OTHER_POD = "chat-6f7d9c8b5-k8v4w"
 APPS = 'namespace="apps"'
 
 
+def owners(pod: str, replicaset: str, deployment: str, values: str = "1x45") -> list[dict]:
+    """kube-state-metrics' series tying a pod to its ReplicaSet and that to its Deployment."""
+    return [{"series": f'kube_pod_owner{{{APPS},pod="{pod}",owner_kind="ReplicaSet",owner_name="{replicaset}",'
+                       'owner_is_controller="true"}', "values": values},
+            {"series": f'kube_replicaset_owner{{{APPS},replicaset="{replicaset}",owner_kind="Deployment",'
+                       f'owner_name="{deployment}",owner_is_controller="true"}}', "values": values}]
+
+
+# Every gateway pod's owners, and a web app's.
+OWNERS = [*owners(POD, "chat-6f7d9c8b5", "chat"), *owners(OTHER_POD, "chat-6f7d9c8b5", "chat"),
+          *owners("web-5d8f-abcde", "web-5d8f", "web"), *owners("fixed-7c9d5b6f4-q2w3e", "fixed-7c9d5b6f4", "fixed")]
+
+
 def bucket(metric: str, le_values: dict[str, str]) -> list[dict]:
     return [{"series": f'{metric}_bucket{{{APPS},pod="{POD}",le="{le}"}}', "values": v}
             for le, v in le_values.items()]
@@ -30,7 +43,8 @@ FIRING = {
         [{"series": f'kube_pod_container_status_ready{{{APPS},pod="{POD}",container="gateway"}}', "values": "0x10"},
          {"series": f'kube_pod_container_status_ready{{{APPS},pod="{OTHER_POD}",container="gateway"}}', "values": "0x10"},
          # Another app's pods are not chatgateway's business.
-         {"series": f'kube_pod_container_status_ready{{{APPS},pod="web-5d8f-abcde",container="web"}}', "values": "0x10"}],
+         {"series": f'kube_pod_container_status_ready{{{APPS},pod="web-5d8f-abcde",container="web"}}', "values": "0x10"},
+         *OWNERS],
         "5m", {"severity": "critical", "namespace": "apps", "chatgateway": "chat"}),
     "ChatGatewayUpgradeRefusals": (
         [{"series": f'chatgateway_upgrades_rejected_total{{{APPS},pod="{POD}",reason="auth_invalid"}}', "values": "0+60x30"},
@@ -67,7 +81,8 @@ FIRING = {
         # `chat` and `fixed` are ChatGateways (their pods serve chatgateway_connections);
         # `web` is not; `fixed` cannot scale (min == max).
         + [{"series": f'chatgateway_connections{{{APPS},pod="{p}"}}', "values": "100x45"}
-           for p in (POD, "fixed-7c9d5b6f4-q2w3e")],
+           for p in (POD, "fixed-7c9d5b6f4-q2w3e")]
+        + OWNERS,
         "40m", {"severity": "warning", "namespace": "apps", "horizontalpodautoscaler": "chat"}),
     "ChatGatewayOperatorReconcileErrors": (
         [{"series": 'chatgateway_operator_reconcile_errors_total{namespace="chatgateway-system",reason="ApiError"}',
@@ -95,6 +110,7 @@ HEALTHY = [
     {"series": f'kube_horizontalpodautoscaler_spec_max_replicas{{{APPS},horizontalpodautoscaler="chat"}}', "values": "20x45"},
     {"series": f'kube_horizontalpodautoscaler_spec_min_replicas{{{APPS},horizontalpodautoscaler="chat"}}', "values": "3x45"},
     {"series": f'chatgateway_connections{{{APPS},pod="{POD}"}}', "values": "100x45"},
+    *OWNERS,
     {"series": 'chatgateway_operator_reconcile_errors_total{namespace="chatgateway-system",reason="ApiError"}',
      "values": "0+1x2 2x43"},
 ]
@@ -156,6 +172,33 @@ def test_no_alert_fires_on_healthy_series(tmp_path):
     checks = [{"eval_time": at, "alertname": name, "exp_alerts": []}
               for name in FIRING for at in ("10m", "44m")]
     out = run_promtool(tmp_path, rule, [{"interval": "1m", "input_series": HEALTHY, "alert_rule_test": checks}])
+    assert out.returncode == 0, f"promtool test rules:\n{out.stdout}{out.stderr}"
+
+
+def test_a_gateway_with_a_long_name_is_known_by_its_pods_owners(tmp_path):
+    """A ChatGateway of the longest name (63): its ReplicaSet's name is 74 characters and
+    Kubernetes cuts its pods' generated names at 58 plus 5 random ones, so no pattern on
+    the pod name finds the Deployment (or the HPA, of the same name)."""
+    name = "a" * 55 + "-gateway"
+    replicaset = f"{name}-6f7d9c8b5"
+    pods = [replicaset[:58] + suffix for suffix in ("x2x7q", "k8v4w")]
+    assert len(name) == 63 and not any(name in p for p in pods)
+    long = f'{APPS},horizontalpodautoscaler="{name}"'
+    series = [s for p in pods for s in owners(p, replicaset, name)]
+    series += [{"series": f'kube_pod_container_status_ready{{{APPS},pod="{p}",container="gateway"}}', "values": "0x45"}
+               for p in pods]
+    series += [{"series": f'chatgateway_connections{{{APPS},pod="{p}"}}', "values": "100x45"} for p in pods]
+    series += [{"series": f'kube_horizontalpodautoscaler_status_current_replicas{{{long}}}', "values": "20x45"},
+               {"series": f'kube_horizontalpodautoscaler_spec_max_replicas{{{long}}}', "values": "20x45"},
+               {"series": f'kube_horizontalpodautoscaler_spec_min_replicas{{{long}}}', "values": "3x45"}]
+    rule = rule_object()
+    checks = [{"eval_time": "40m", "alertname": "ChatGatewayNoReadyPods",
+               "exp_alerts": expected(rule, "ChatGatewayNoReadyPods",
+                                      {"severity": "critical", "namespace": "apps", "chatgateway": name})},
+              {"eval_time": "40m", "alertname": "ChatGatewayHPAAtMax",
+               "exp_alerts": expected(rule, "ChatGatewayHPAAtMax",
+                                      {"severity": "warning", "namespace": "apps", "horizontalpodautoscaler": name})}]
+    out = run_promtool(tmp_path, rule, [{"interval": "1m", "input_series": series, "alert_rule_test": checks}])
     assert out.returncode == 0, f"promtool test rules:\n{out.stdout}{out.stderr}"
 
 

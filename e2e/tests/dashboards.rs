@@ -18,6 +18,8 @@ use tokio_tungstenite::tungstenite::Message;
 /// Metrics the queries may use that neither chatgateway process serves: kube-state-metrics.
 const EXTERNAL: &[&str] = &[
     "kube_pod_container_status_ready",
+    "kube_pod_owner",
+    "kube_replicaset_owner",
     "kube_horizontalpodautoscaler_status_current_replicas",
     "kube_horizontalpodautoscaler_status_desired_replicas",
     "kube_horizontalpodautoscaler_spec_max_replicas",
@@ -144,7 +146,8 @@ fn dashboard_exprs() -> Vec<String> {
     out
 }
 
-/// Every `expr: |` block of the PrometheusRule template, Helm actions removed.
+/// Every `expr: |` block of the PrometheusRule template, Helm actions removed, and the
+/// PromQL fragments of _helpers.tpl those blocks include.
 fn alert_exprs() -> Vec<String> {
     let text = std::fs::read_to_string(chart().join("templates/prometheusrule.yaml"))
         .expect("prometheusrule template");
@@ -169,6 +172,13 @@ fn alert_exprs() -> Vec<String> {
             }
             out.push(expr);
         }
+    }
+    // The PromQL the rules include from _helpers.tpl (`chat-gateway.promql.*`).
+    let helpers =
+        std::fs::read_to_string(chart().join("templates/_helpers.tpl")).expect("chart helpers");
+    for part in helpers.split("define \"chat-gateway.promql.").skip(1) {
+        let body = part.split_once("}}").map_or("", |(_, body)| body);
+        out.extend(body.split("{{").next().map(str::to_string));
     }
     out
 }

@@ -117,3 +117,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- $ms -}}
 {{- end -}}
+
+{{/* PromQL: one series per pod of a Deployment, labelled namespace, pod and chatgateway
+     (the Deployment's name, which is its ChatGateway's), from kube-state-metrics' owner
+     series: pod -> ReplicaSet -> Deployment. Pod names cannot be read for it: Kubernetes
+     cuts a pod name's prefix at 58 characters, so a ChatGateway named with more than about
+     46 has pods whose names hold neither its whole name nor the ReplicaSet's hash. */}}
+{{- define "chat-gateway.promql.podGateway" -}}
+group by (namespace, pod, chatgateway) (
+  label_replace(kube_pod_owner{owner_kind="ReplicaSet"}, "replicaset", "$1", "owner_name", "(.+)")
+  * on (namespace, replicaset) group_left (chatgateway)
+    group by (namespace, replicaset, chatgateway) (
+      label_replace(kube_replicaset_owner{owner_kind="Deployment"}, "chatgateway", "$1", "owner_name", "(.+)")
+    )
+)
+{{- end -}}
