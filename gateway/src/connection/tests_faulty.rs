@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::{
     Broker, Engine, EngineError, History, HistoryPage, HistoryQuery, NodeReport, Nodes,
-    PresenceManager, Present, Publish, Published, SessionRecord, Sessions,
+    PresenceManager, Present, Publish, Published, SessionRecord, Sessions, TakenSession,
 };
 use crate::hub::Hub;
 use crate::node::Node;
@@ -123,8 +123,8 @@ impl Sessions for Faulty {
     async fn save_session(&self, token: &str, s: &SessionRecord) -> Result<(), EngineError> {
         self.inner.save_session(token, s).await
     }
-    async fn take_session(&self, token: &str) -> Result<Option<SessionRecord>, EngineError> {
-        self.inner.take_session(token).await
+    async fn take_session(&self, token: &str, user: &str) -> Result<TakenSession, EngineError> {
+        self.inner.take_session(token, user).await
     }
     async fn inbox_cursor(&self, user: &str) -> Result<Option<StreamPosition>, EngineError> {
         self.inner.inbox_cursor(user).await

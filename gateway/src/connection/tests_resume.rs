@@ -5,7 +5,7 @@
 use super::catchup::merge_positions;
 use super::session::SAVE_DELAY;
 use super::tests::*;
-use crate::engine::SessionRecord;
+use crate::engine::{SessionRecord, TakenSession};
 use crate::protocol::{Since, StreamPosition};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
@@ -130,9 +130,11 @@ async fn another_users_token_is_refused_and_left_in_place() {
         matches!(items.last(), Some(Item::Frame(f)) if f["code"] == "forbidden"),
         "{items:?}"
     );
+    let take = |user| h.node.engine.take_session("bobs", user);
+    assert_eq!(take("alice").await.expect("take"), TakenSession::OtherUsers);
     assert_eq!(
-        h.node.engine.take_session("bobs").await.expect("take"),
-        Some(record)
+        take("bob").await.expect("take"),
+        TakenSession::Taken(record)
     );
 }
 
@@ -155,8 +157,13 @@ async fn a_resume_naming_more_rooms_than_a_connection_holds_is_refused() {
     assert!(reply["message"]
         .as_str()
         .is_some_and(|m| m.contains("at most 3 positions")));
-    let kept = h.node.engine.take_session("t").await.expect("take");
-    assert_eq!(kept, Some(record), "the token stays good");
+    let kept = h
+        .node
+        .engine
+        .take_session("t", "alice")
+        .await
+        .expect("take");
+    assert_eq!(kept, TakenSession::Taken(record), "the token stays good");
 }
 
 /// A stored session of `user` without rooms.
@@ -173,8 +180,11 @@ fn no_rooms(user: &str) -> SessionRecord {
 
 /// The rooms of the session record saved under `token` (taking it).
 async fn saved_rooms(h: &Harness, token: &str) -> Option<Vec<String>> {
-    let record = h.node.engine.take_session(token).await.expect("take");
-    record.map(|r| r.rooms.into_keys().collect())
+    let record = h.node.engine.take_session(token, "alice").await;
+    record
+        .expect("take")
+        .record()
+        .map(|r| r.rooms.into_keys().collect())
 }
 
 #[tokio::test]
@@ -296,10 +306,12 @@ async fn a_user_keeps_at_most_kept_per_user_ended_sessions() {
     let m3 = end(&node, "mallory").await;
     assert_eq!(dropped(), 1, "a resumed session does not count");
 
-    let stored = |t: String| {
+    let stored = |t: String, user: &'static str| {
         let node = node.clone();
-        async move { node.engine.take_session(&t).await.expect("take").is_some() }
+        async move { node.engine.take_session(&t, user).await.expect("take") != TakenSession::Missing }
     };
-    assert!(!stored(m0).await, "dropped");
-    assert!(stored(m2).await && stored(m3).await && stored(a0).await);
+    assert!(!stored(m0, "mallory").await, "dropped");
+    assert!(
+        stored(m2, "mallory").await && stored(m3, "mallory").await && stored(a0, "alice").await
+    );
 }

@@ -16,8 +16,13 @@ use tokio_tungstenite::tungstenite::{Error, Message};
 
 /// The record saved under `token` (taking it).
 async fn saved(h: &Harness, token: &str) -> SessionRecord {
-    let record = h.node.engine.take_session(token).await.expect("take");
-    record.expect("a saved session")
+    let record = h
+        .node
+        .engine
+        .take_session(token, "alice")
+        .await
+        .expect("take");
+    record.record().expect("a saved session")
 }
 
 /// Closes a session of alice's that had `r` up to seq 1, then publishes seqs 2 and 3;

@@ -6,7 +6,7 @@ mod nodes;
 mod presence;
 mod trace;
 
-use super::{Engine, HistoryQuery, Publish, SessionRecord, EMPTY_EPOCH};
+use super::{Engine, HistoryQuery, Publish, SessionRecord, TakenSession, EMPTY_EPOCH};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::outbound::{queue, Outbound, OutboundReceiver};
@@ -379,23 +379,29 @@ async fn sessions_take_once_and_expire(f: &impl Factory) {
         .into(),
     };
     engine.save_session("tok1", &rec).await.expect("save");
+    let take = |token, user| engine.take_session(token, user);
+    let other = take("tok1", "bob").await.expect("take");
     assert_eq!(
-        engine.take_session("tok1").await.expect("take"),
-        Some(rec.clone())
+        other,
+        TakenSession::OtherUsers,
+        "another user's is not taken"
     );
-    assert_eq!(
-        engine.take_session("tok1").await.expect("take"),
-        None,
-        "taken once"
-    );
+    let taken = take("tok1", "alice").await.expect("take");
+    assert_eq!(taken, TakenSession::Taken(rec.clone()));
+    let again = take("tok1", "alice").await.expect("take");
+    assert_eq!(again, TakenSession::Missing, "taken once");
+
+    // Sessions live `sessions.resumeTtl` (300 ms here) from their save; another user's
+    // attempt does not extend that (it may come after the expiry on a slow machine).
     engine.save_session("tok2", &rec).await.expect("save");
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(
-        engine.take_session("tok2").await.expect("take"),
-        None,
-        "expired"
-    );
-    assert_eq!(engine.take_session("unknown").await.expect("take"), None);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let other = take("tok2", "bob").await.expect("take");
+    assert_ne!(other, TakenSession::Taken(rec.clone()));
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let expired = take("tok2", "alice").await.expect("take");
+    assert_eq!(expired, TakenSession::Missing, "expired on its own time");
+    let unknown = take("unknown", "alice").await.expect("take");
+    assert_eq!(unknown, TakenSession::Missing);
 }
 
 async fn inbox_cursor_only_moves_forward(f: &impl Factory) {

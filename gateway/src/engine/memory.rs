@@ -4,13 +4,14 @@ use super::seen::SeenTops;
 use super::{
     cut_page, new_epoch, now_ms, Broker, Engine, EngineError, Envelope, History, HistoryPage,
     HistoryQuery, NodeReport, Nodes, PresenceManager, Present, Publish, Published, SessionRecord,
-    Sessions,
+    Sessions, TakenSession,
 };
 use crate::config::{Config, Namespaces, RetentionConfig};
 use crate::hub::Hub;
 use crate::protocol::push::msg_frame;
 use crate::protocol::StreamPosition;
 use async_trait::async_trait;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -401,13 +402,21 @@ impl Sessions for MemoryEngine {
             .insert(token.to_string(), (session.clone(), now + self.session_ttl));
         Ok(())
     }
-    async fn take_session(&self, token: &str) -> Result<Option<SessionRecord>, EngineError> {
+    async fn take_session(&self, token: &str, user: &str) -> Result<TakenSession, EngineError> {
         let now = Instant::now();
-        Ok(lock(&self.sessions)
-            .map
-            .remove(token)
-            .filter(|(_, until)| *until > now)
-            .map(|(s, _)| s))
+        let mut sessions = lock(&self.sessions);
+        let Entry::Occupied(stored) = sessions.map.entry(token.to_string()) else {
+            return Ok(TakenSession::Missing);
+        };
+        let (record, until) = stored.get();
+        Ok(if *until <= now {
+            stored.remove();
+            TakenSession::Missing
+        } else if record.user != user {
+            TakenSession::OtherUsers
+        } else {
+            TakenSession::Taken(stored.remove().0)
+        })
     }
     async fn inbox_cursor(&self, user: &str) -> Result<Option<StreamPosition>, EngineError> {
         Ok(lock(&self.inbox_cursors).get(user).cloned())

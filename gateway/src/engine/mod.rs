@@ -260,6 +260,27 @@ pub struct SessionRecord {
     pub grants: BTreeMap<String, StoredGrant>,
 }
 
+/// What [`Sessions::take_session`] found under a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TakenSession {
+    /// The user's session, removed from the store.
+    Taken(SessionRecord),
+    /// Nothing: never saved, taken already, or expired.
+    Missing,
+    /// Another user's session, left in the store as it was (its expiry unchanged).
+    OtherUsers,
+}
+
+impl TakenSession {
+    /// The record, if it was the user's.
+    pub fn record(self) -> Option<SessionRecord> {
+        match self {
+            TakenSession::Taken(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
 /// A subscription token's grant, kept in a session record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredGrant {
@@ -377,8 +398,10 @@ pub trait PresenceManager: Send + Sync {
 pub trait Sessions: Send + Sync {
     /// Stores (or refreshes) a session under its resume token.
     async fn save_session(&self, token: &str, session: &SessionRecord) -> Result<(), EngineError>;
-    /// Removes and returns a session, if it exists and has not expired.
-    async fn take_session(&self, token: &str) -> Result<Option<SessionRecord>, EngineError>;
+    /// Removes and returns `user`'s session, if it exists and has not expired. Another
+    /// user's is left in place in the same step: a resume with a stolen or mistyped token
+    /// can neither take it from its owner nor extend its life.
+    async fn take_session(&self, token: &str, user: &str) -> Result<TakenSession, EngineError>;
     /// The user's inbox cursor: the highest position any of the user's devices
     /// acknowledged (where a connection without a session starts its inbox replay).
     async fn inbox_cursor(&self, user: &str) -> Result<Option<StreamPosition>, EngineError>;

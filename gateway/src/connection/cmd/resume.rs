@@ -9,7 +9,7 @@
 use super::{Handled, Outcome, Refusal, Session};
 use crate::auth::Rights;
 use crate::connection::catchup::{merge_positions, CaughtUp, Replay};
-use crate::engine::StoredGrant;
+use crate::engine::{StoredGrant, TakenSession};
 use crate::outbound::Outbound;
 use crate::protocol::command::Resume;
 use crate::protocol::reply::{Reply, ResumeOk, RoomResumed};
@@ -29,25 +29,26 @@ pub(super) async fn handle(s: &mut Session, cmd: Resume) -> Handled {
         ));
     }
     let engine = s.node.engine.clone();
-    let record = engine.take_session(&cmd.resume_token).await?;
-    match &record {
-        Some(rec) if rec.user != s.user() => {
-            // Not ours: put it back untouched.
-            engine.save_session(&cmd.resume_token, rec).await?;
+    let record = match engine.take_session(&cmd.resume_token, s.user()).await? {
+        TakenSession::Taken(record) => {
+            s.node.session_resumed(s.user(), &cmd.resume_token);
+            Some(record)
+        }
+        // Left in the store as it was.
+        TakenSession::OtherUsers => {
             return Err(Refusal::new(
                 ErrorCode::Forbidden,
                 "resume token belongs to another user",
             ));
         }
-        Some(_) => s.node.session_resumed(s.user(), &cmd.resume_token),
-        None if cmd.positions.is_empty() => {
+        TakenSession::Missing if cmd.positions.is_empty() => {
             return Err(Refusal::new(
                 ErrorCode::SessionNotFound,
                 "resume token unknown or expired; join rooms again",
             ));
         }
-        None => {}
-    }
+        TakenSession::Missing => None,
+    };
     let grants = record
         .as_ref()
         .map(|r| r.grants.clone())

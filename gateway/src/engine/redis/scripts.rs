@@ -82,6 +82,11 @@ pub static PRESENCE_SWEEP: LazyLock<Script> =
 pub static INBOX_ACK: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/inbox_ack.lua")));
 
+/// Takes a stored session if it is the given user's; leaves another user's untouched.
+/// Returns the record's JSON, 0 (another user's) or nil. KEYS: session. ARGV: user.
+pub static SESSION_TAKE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/session_take.lua")));
+
 /// Takes one of a user's room starts from their token bucket (`limits.newRoomsPerHour`,
 /// one for the whole cluster). Returns the tokens left as a string (at least -burst).
 /// KEYS: the bucket. ARGV: now ms, rate per second, burst.

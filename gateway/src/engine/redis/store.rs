@@ -4,7 +4,9 @@
 
 use super::RedisEngine;
 use super::{scripts, NODE_TTL};
-use crate::engine::{now_ms, EngineError, NodeReport, Nodes, SessionRecord, Sessions};
+use crate::engine::{
+    now_ms, EngineError, NodeReport, Nodes, SessionRecord, Sessions, TakenSession,
+};
 use crate::protocol::StreamPosition;
 use async_trait::async_trait;
 use redis::AsyncCommands;
@@ -25,16 +27,29 @@ impl Sessions for RedisEngine {
             .await?;
         Ok(())
     }
-    async fn take_session(&self, token: &str) -> Result<Option<SessionRecord>, EngineError> {
+    async fn take_session(&self, token: &str, user: &str) -> Result<TakenSession, EngineError> {
         let s = &self.shared;
         let mut c = s.conn();
-        let json: Option<String> = s.run(c.get_del(s.keys.session(token))).await?;
-        match json {
-            None => Ok(None),
-            Some(j) => serde_json::from_str(&j)
-                .map(Some)
-                .map_err(|e| EngineError::Internal(format!("stored session: {e}"))),
-        }
+        let taken: redis::Value = s
+            .run(
+                scripts::SESSION_TAKE
+                    .key(s.keys.session(token))
+                    .arg(user)
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        let json = match taken {
+            redis::Value::Nil => return Ok(TakenSession::Missing),
+            redis::Value::Int(_) => return Ok(TakenSession::OtherUsers),
+            redis::Value::BulkString(json) => json,
+            other => {
+                let e = format!("stored session: unexpected reply {other:?}");
+                return Err(EngineError::Internal(e));
+            }
+        };
+        serde_json::from_slice(&json)
+            .map(TakenSession::Taken)
+            .map_err(|e| EngineError::Internal(format!("stored session: {e}")))
     }
     async fn inbox_cursor(&self, user: &str) -> Result<Option<StreamPosition>, EngineError> {
         let s = &self.shared;
