@@ -62,7 +62,8 @@ redis_cpu_us() {
   awk -v tck="$(getconf CLK_TCK)" '{ printf "%d\n", ($14 + $15) * 1000000 / tck }' "/proc/$REDIS_PID/stat"
 }
 
-# Redis commands executed so far (INFO commandstats), for commands per message.
+# Redis commands executed so far (INFO commandstats), for commands per churn cycle (the
+# cross-process runs read theirs over their measured window: chat-loadgen fanout --redis).
 redis_calls() {
   redis-cli -p "$REDIS_PORT" INFO commandstats |
     python3 -c 'import re,sys; print(sum(int(m) for m in re.findall(r"calls=(\d+)", sys.stdin.read())))'
@@ -197,13 +198,14 @@ if [ -n "$QUICK" ]; then RATES="500"; else RATES="2000 10000"; fi
 # after another, each send waiting for its Redis round trip, so 4 publishers at 2,500/s
 # each measured that round trip (~0.5 ms on a busy machine caps a connection at ~2,000/s),
 # not the path between two gateways.
+# The load generator reads Redis' command count (INFO commandstats) and redis-server's CPU
+# at its measured window's start and end, and counts the messages acknowledged in that
+# window: per message, totals and count over the same span (read from out here, they took
+# in the set-up and warm-up too).
 for XR in $RATES; do
-  before=$(redis_calls) cpu_before=$(redis_cpu_us)
   run "redis cross-process 100 rooms x 1, $XR/s" "$B" fanout --target "127.0.0.1:$pb" --publish-to "127.0.0.1:$pa" \
-    --rooms 100 --members 1 --publishers 100 --rate "$XR" --duration "$DUR"
-  # Every Redis command during the run (both gateways, set-up and idle work included).
-  last=${results[-1]}
-  results[-1]="{\"redis_commands\":$(( $(redis_calls) - before )),\"redis_cpu_us\":$(( $(redis_cpu_us) - cpu_before )),\"duration_s\":${DUR%s},${last#\{}"
+    --rooms 100 --members 1 --publishers 100 --rate "$XR" --duration "$DUR" \
+    --redis "127.0.0.1:$REDIS_PORT" --redis-pid "$REDIS_PID"
 done
 fi
 

@@ -15,6 +15,8 @@
 //!   and the operator binary under exactly the chart's RBAC reconciling every example; on a
 //!   second fresh server the chart's CRD story (crds.enabled installs it, crds.keep keeps it
 //!   on uninstall, a ChatGateway beside its CRD needs install then upgrade).
+//! - `bench_summary_judges_targets`: bench/summarize.py (what `make bench` reports) marks a
+//!   target unmet on a run with errors, drops, a missing figure or a short delivery rate.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -83,6 +85,11 @@ fn chart_and_manifests_render_and_validate() {
         "e2e/chart/test_alerts.py",
         "e2e/chart/test_example_tokens.py",
     ]);
+}
+
+#[test]
+fn bench_summary_judges_targets() {
+    pytest(&["bench/test_summarize.py"]);
 }
 
 #[test]

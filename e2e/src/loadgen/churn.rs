@@ -5,10 +5,14 @@ use super::conn::{command, finish, gateway_usage, open};
 use super::stats::cpu_us_per;
 use super::Common;
 use crate::procstat;
+use futures_util::StreamExt;
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 /// `churn`: connect/auth/join/leave/close cycles at a rate.
 pub async fn churn(
@@ -49,8 +53,8 @@ pub async fn churn(
                     json!({"type": "leave", "id": 2, "room": format!("churn{}", i % 100)}),
                 )
                 .await?;
-                let _ = ws.close(None).await;
-                Ok::<_, String>(())
+                ws.close(None).await.map_err(|e| format!("close: {e}"))?;
+                closed(&mut ws, CLOSE_WAIT).await
             }
             .await;
             match r {
@@ -90,9 +94,40 @@ pub async fn churn(
     ))
 }
 
+/// The most a cycle waits for the server's side of the close.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits for the server's close frame or the end of the stream, after sending ours: a
+/// cycle is done when the server has closed, not when the close was sent (a gateway that
+/// lags behind its closes would look faster otherwise). Past `within`, an error.
+async fn closed<S>(ws: &mut WebSocketStream<S>, within: Duration) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let wait = async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) | None => return Ok(()),
+                Some(Ok(_)) => {}
+                // Read after the close handshake completed, or an end without a close
+                // frame: the server has closed either way.
+                Some(Err(WsError::ConnectionClosed))
+                | Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
+                    return Ok(())
+                }
+                Some(Err(e)) => return Err(format!("closing: {e}")),
+            }
+        }
+    };
+    tokio::time::timeout(within, wait)
+        .await
+        .map_err(|_| format!("no close from the server within {within:?}"))?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_tungstenite::tungstenite::protocol::Role;
 
     /// A short churn against an in-process gateway: every cycle completes, and both CPU
     /// figures (the gateway's, here this process's, and the generator's own) are there.
@@ -111,5 +146,37 @@ mod tests {
         assert!(cycles >= 10, "{out}");
         assert!(out["loadgen_cpu_us_per_cycle"].as_f64().is_some(), "{out}");
         assert!(out["gateway_cpu_us_per_cycle"].as_f64().is_some(), "{out}");
+    }
+
+    /// A client stream and the server's end of it, in memory.
+    async fn pair() -> (
+        WebSocketStream<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+    ) {
+        let (client, server) = tokio::io::duplex(4096);
+        let ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        (ws, server)
+    }
+
+    /// The server answers the close (tungstenite replies when it reads one): the cycle is
+    /// done.
+    #[tokio::test]
+    async fn a_cycle_ends_with_the_servers_close() {
+        let (mut ws, server) = pair().await;
+        let mut server = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let answer = tokio::spawn(async move { while let Some(Ok(_)) = server.next().await {} });
+        ws.close(None).await.expect("send close");
+        assert_eq!(closed(&mut ws, Duration::from_secs(30)).await, Ok(()));
+        answer.await.expect("server");
+    }
+
+    /// A server that never answers the close (its socket open, unread): an error, not a
+    /// done cycle.
+    #[tokio::test]
+    async fn a_close_the_server_never_answers_is_an_error() {
+        let (mut ws, _server_never_reads) = pair().await;
+        ws.close(None).await.expect("send close");
+        let r = closed(&mut ws, Duration::from_millis(100)).await;
+        assert!(r.is_err_and(|e| e.contains("no close")));
     }
 }

@@ -4,6 +4,7 @@
 
 use super::conn::{command, finish, gateway_usage, open};
 use super::raw::{self, Readers};
+use super::redis_stats;
 use super::stats::{cpu_us_per, number_after, Latencies};
 use super::Common;
 use super::Reader;
@@ -68,6 +69,13 @@ pub struct Shape {
     /// raw frames over epoll (see `raw`).
     #[arg(long, value_enum, default_value_t = Reader::Tungstenite)]
     pub reader: Reader,
+    /// A Redis to read `INFO commandstats` from at the measured window's start and end:
+    /// the commands it ran per message acknowledged in that window (loopback only).
+    #[arg(long)]
+    pub redis: Option<SocketAddr>,
+    /// redis-server's pid: its CPU over the measured window, per message.
+    #[arg(long)]
+    pub redis_pid: Option<u32>,
 }
 
 /// `fanout`: rooms x members with publishers.
@@ -82,6 +90,8 @@ pub async fn fanout(c: &Common, shape: Shape) -> Result<serde_json::Value, Strin
         duration,
         publish_to,
         reader,
+        redis,
+        redis_pid,
     } = shape;
     let sh = Arc::new(Shared {
         epoch: Instant::now(),
@@ -142,15 +152,25 @@ pub async fn fanout(c: &Common, shape: Shape) -> Result<serde_json::Value, Strin
                     }
                 }
             });
+            // Burst: ticks behind their time fire at once, message k due at start + k /
+            // rate whenever it goes; `due` follows that schedule.
+            let mut due = Instant::now();
             let mut tick = (per_pub_rate > 0.0).then(|| {
-                let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / per_pub_rate));
+                let period = Duration::from_secs_f64(1.0 / per_pub_rate);
+                let mut t = tokio::time::interval_at(due.into(), period);
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 t
             });
+            // Per message sent in the measured window at a rate: how long after its
+            // scheduled time it went out (ns). Its latency is stamped when it is sent, so
+            // a publisher running behind (coordinated omission) shows here, not there.
+            let mut lags = Vec::new();
             let mut n: u64 = 0;
             loop {
+                let scheduled = due;
                 if let Some(t) = tick.as_mut() {
                     tokio::select! { _ = sh.stop.cancelled() => break, _ = t.tick() => {} }
+                    due += t.period();
                 } else {
                     tokio::select! {
                         _ = sh.stop.cancelled() => break,
@@ -159,7 +179,11 @@ pub async fn fanout(c: &Common, shape: Shape) -> Result<serde_json::Value, Strin
                 }
                 n += 1;
                 let room = &rooms[(n as usize) % rooms.len()];
-                let t = sh.epoch.elapsed().as_nanos() as u64;
+                let now = Instant::now();
+                if tick.is_some() && sh.measuring.load(Ordering::Relaxed) {
+                    lags.push(now.saturating_duration_since(scheduled).as_nanos() as u64);
+                }
+                let t = now.duration_since(sh.epoch).as_nanos() as u64;
                 let frame = format!(
                     r#"{{"type":"send","id":{n},"room":"{room}","body":{{"t":{t},"p":"{pad}"}}}}"#
                 );
@@ -168,16 +192,19 @@ pub async fn fanout(c: &Common, shape: Shape) -> Result<serde_json::Value, Strin
                 }
             }
             reader.abort();
-            n
+            lags
         }));
     }
     let deadline = Instant::now() + c.max_time;
+    let mut probe = redis_stats::Probe::connect(redis, redis_pid).await;
     // Warm-up, then the measured window.
     tokio::time::sleep(
         Duration::from_secs(1).min(deadline.saturating_duration_since(Instant::now())),
     )
     .await;
     let window_len = duration.min(deadline.saturating_duration_since(Instant::now()));
+    let redis0 = probe.read().await;
+    let acked0 = sh.acked.load(Ordering::Relaxed);
     let cpu0 = gateway_usage(c);
     let own0 = procstat::usage(std::process::id()).ok();
     let r0 = sh.received.load(Ordering::Relaxed);
@@ -189,14 +216,15 @@ pub async fn fanout(c: &Common, shape: Shape) -> Result<serde_json::Value, Strin
     let r1 = sh.received.load(Ordering::Relaxed);
     let cpu1 = gateway_usage(c);
     let own1 = procstat::usage(std::process::id()).ok();
+    let acked1 = sh.acked.load(Ordering::Relaxed);
+    let (redis_commands, redis_cpu_us) = redis_stats::between(redis0, probe.read().await);
     // Stop publishing, let in-flight messages arrive, then count what never did.
+    let mut lags = Vec::new();
     let acked_at_stop = {
         sh.stop.cancel();
-        let mut sent = 0;
         for p in pubs {
-            sent += p.await.unwrap_or(0);
+            lags.extend(p.await.unwrap_or_default());
         }
-        let _ = sent;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         sh.acked.load(Ordering::Relaxed)
     };
@@ -224,8 +252,16 @@ pub async fn fanout(c: &Common, shape: Shape) -> Result<serde_json::Value, Strin
             "cross_process": publish_to.is_some(),
             "target_rate": rate, "window": window, "body_bytes": body,
             "published_per_s": (acked_at_stop as f64 / (secs + 1.0)).round(),
+            // Every acknowledged send of the run (warm-up and drain included), and those
+            // of the measured window: the Redis figures below are over that window.
+            "published_total": acked_at_stop,
+            "published_in_window": acked1 - acked0,
+            "redis_commands_in_window": redis_commands,
+            "redis_cpu_us_in_window": redis_cpu_us,
             "delivered_per_s": (delivered_in_window as f64 / secs).round(),
             "latency_ms": lat.json(),
+            // Null without a rate: sends then follow the acknowledgements, not a schedule.
+            "send_lag_ms": if rate > 0.0 { Latencies::new(lags).tail_json() } else { json!(null) },
             "drops": expected.saturating_sub(received_total),
             "send_errors": sh.errors.load(Ordering::Relaxed),
             "gateway_cpu_us_per_delivery": cpu_us.map(|x| (x * 1000.0).round() / 1000.0),
@@ -353,6 +389,8 @@ mod tests {
             duration: Duration::from_millis(800),
             publish_to: None,
             reader,
+            redis: None,
+            redis_pid: None,
         };
         let out = fanout(&common, shape).await.expect("fanout");
         assert_eq!(out["drops"], 0, "{out}");
@@ -362,6 +400,7 @@ mod tests {
         let delivered = out["delivered_per_s"].as_f64().unwrap_or(0.0);
         assert!(delivered > 150.0, "{out}");
         assert!(out["latency_ms"]["p99"].as_f64().is_some(), "{out}");
+        assert!(out["send_lag_ms"]["p99"].as_f64().is_some(), "{out}");
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ pub mod fanout;
 pub mod floor;
 pub mod idle;
 mod raw;
+mod redis_stats;
 pub mod stats;
 pub mod storm;
 pub mod stub;
@@ -202,7 +203,7 @@ pub async fn run(cli: Cli) -> Result<serde_json::Value, String> {
         }
         Mode::Fanout { common, shape } => {
             check_loopback(&common.target)?;
-            if let Some(p) = &shape.publish_to {
+            for p in shape.publish_to.iter().chain(&shape.redis) {
                 check_loopback(p)?;
             }
             let needed = shape.rooms * shape.members + shape.publishers;

@@ -26,6 +26,12 @@ impl Latencies {
             "p50": r(self.ms(0.5)), "p90": r(self.ms(0.9)), "p99": r(self.ms(0.99)), "max": r(self.ms(1.0)),
         })
     }
+
+    /// p99/max as JSON (null without samples).
+    pub fn tail_json(&self) -> serde_json::Value {
+        let r = |x: f64| (x * 1000.0).round() / 1000.0;
+        serde_json::json!({"p99": r(self.ms(0.99)), "max": r(self.ms(1.0))})
+    }
 }
 
 /// The unsigned integer right after `key` in `text` (a frame's `seq` or send time: no
