@@ -104,8 +104,18 @@ fn error_response(e: &ApiError) -> Response<Body> {
     r
 }
 
+/// Connections the API serves at once. A backend needs a pool of a few per pod; past the
+/// bound, connections wait in the listen backlog until one ends (idle ones end after the
+/// 10 s header timeout), so a client opening connections in a loop cannot take the file
+/// descriptors the gateway's WebSockets need (its process has one limit for both).
+pub const MAX_CONNECTIONS: usize = 1024;
+
 /// Serves the API until shutdown; the keys file is re-read every `reloadInterval`.
 pub async fn run(node: Arc<Node>, listener: TcpListener, keys: Arc<ApiKeys>) {
+    serve(node, listener, keys, MAX_CONNECTIONS).await
+}
+
+async fn serve(node: Arc<Node>, listener: TcpListener, keys: Arc<ApiKeys>, max: usize) {
     let reload = {
         let (node, keys) = (node.clone(), keys.clone());
         async move {
@@ -129,7 +139,16 @@ pub async fn run(node: Arc<Node>, listener: TcpListener, keys: Arc<ApiKeys>) {
         }
     };
     tokio::spawn(reload);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
     loop {
+        // Taken before the accept: past the bound, connections wait in the backlog.
+        let slot = tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+        };
         let (stream, peer) = tokio::select! {
             _ = node.shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -156,6 +175,7 @@ pub async fn run(node: Arc<Node>, listener: TcpListener, keys: Arc<ApiKeys>) {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "api connection ended with error");
             }
+            drop(slot);
         });
     }
 }
@@ -259,6 +279,43 @@ async fn read_body(node: &Node, req: Request<Incoming>) -> Result<Bytes, ApiErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Connections past the bound wait in the backlog until one ends, then are served.
+    #[tokio::test]
+    async fn connections_past_the_bound_wait_for_a_free_one() {
+        let mut config = crate::config::Config::default();
+        config.auth.mode = crate::config::AuthMode::Insecure;
+        config.server.listen = ([127, 0, 0, 1], 0).into();
+        config.api.keys = vec!["k".into()];
+        let keys = Arc::new(ApiKeys::new(&config.api).expect("keys"));
+        let node = Node::new(config, Default::default()).expect("node");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(serve(node, listener, keys, 2));
+        let request = b"GET /api/v1/openapi.json HTTP/1.1\r\nHost: x\r\nX-Api-Key: k\r\n\r\n";
+        let answered = |mut c: TcpStream| async move {
+            c.write_all(request).await.expect("write");
+            let mut status = [0; 12];
+            c.read_exact(&mut status).await.expect("answer");
+            assert_eq!(&status, b"HTTP/1.1 200");
+            c
+        };
+        let first = answered(TcpStream::connect(addr).await.expect("connect")).await;
+        let _second = answered(TcpStream::connect(addr).await.expect("connect")).await;
+        let mut late = TcpStream::connect(addr).await.expect("connect (backlog)");
+        late.write_all(request).await.expect("write");
+        let mut byte = [0; 1];
+        let waiting = tokio::time::timeout(Duration::from_millis(300), late.read(&mut byte)).await;
+        assert!(waiting.is_err(), "served past the bound: {waiting:?}");
+        drop(first);
+        let mut status = [0; 12];
+        late.read_exact(&mut status)
+            .await
+            .expect("answer once a slot is free");
+        assert_eq!(&status, b"HTTP/1.1 200");
+    }
 
     #[test]
     fn the_openapi_document_describes_exactly_the_served_routes() {
