@@ -159,7 +159,7 @@ impl Metrics {
             ),
             new_rooms_refused: counter(
                 "chatgateway_new_rooms_refused_total",
-                "Sends to a room or inbox without messages refused: their user started limits.newRoomsPerHour rooms or inboxes on this pod in the last hour.",
+                "Sends to a room or inbox without messages refused: their user started limits.newRoomsPerHour rooms or inboxes in the last hour (on all pods together with the Redis engine).",
             ),
             closed: counter_vec(
                 "chatgateway_connections_closed_total",

@@ -181,9 +181,10 @@ pub struct LimitsConfig {
     pub handshakes_per_ip: u32,
     /// Open connections per user on one pod; 0 disables the limit.
     pub connections_per_user: u32,
-    /// Rooms and inboxes one user's sends may start per hour on one pod (a room's first
-    /// message creates its keys, kept for days); past it, sends go only to rooms that
-    /// exist. `0` = no limit.
+    /// Rooms and inboxes one user's sends may start per hour, on all pods together with the
+    /// Redis engine (a token bucket per user in Redis). A room's first message creates its
+    /// keys, kept for days; past the limit, sends go only to rooms that exist. `0` = no
+    /// limit.
     pub new_rooms_per_hour: u32,
     /// Frames queued for one connection before it is closed as a slow consumer (1013).
     pub outbound_queue_frames: usize,
