@@ -29,7 +29,8 @@ pub async fn serve(listener: TcpListener, metrics: Metrics) {
 }
 
 /// Like [`serve`], with `/readyz` answering 503 while `ready()` is false (a replica
-/// serving the custom metrics API is ready once it has its certificate).
+/// serving the custom metrics API is ready once it has its certificate and fresh
+/// readings).
 pub async fn serve_with_readiness<R>(listener: TcpListener, metrics: Metrics, ready: R)
 where
     R: Fn() -> bool + Clone + Send + Sync + 'static,
@@ -83,7 +84,7 @@ async fn handle(
         "/readyz" => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
-            "not ready: no custom metrics serving certificate yet\n".to_string(),
+            "not ready: no custom metrics serving certificate or no fresh scrape yet\n".to_string(),
         ),
         _ => (
             StatusCode::NOT_FOUND,
@@ -137,7 +138,11 @@ mod tests {
             let closed = tokio::time::timeout(3 * HEADER_READ_TIMEOUT, until_closed(c)).await;
             assert_eq!(closed.as_deref(), Ok(""), "never closed");
         }
-        assert!(started.elapsed() >= HEADER_READ_TIMEOUT, "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= HEADER_READ_TIMEOUT,
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     /// A request head past the buffer bound is refused, not buffered.
@@ -152,7 +157,10 @@ mod tests {
         // The server may close before reading it all.
         let _ = c.write_all(head.as_bytes()).await;
         let answer = until_closed(&mut c).await;
-        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 431"), "{answer}");
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+            "{answer}"
+        );
     }
 
     /// Connections past the bound wait until one ends, then are served.

@@ -3,7 +3,8 @@
 //! `chatgateway_connections` with nothing else installed.
 //!
 //! One job per module:
-//! - [`scrape`]: finds the running pods of every ChatGateway and reads their gauge;
+//! - [`scrape`]: finds the running pods of every ChatGateway and reads their gauge
+//!   ([`gauge`]: one pod's, over HTTP);
 //! - [`readings`]: the watches and the scrape loop, the operator's one reader of the
 //!   gauge (the pod-deletion cost uses the same readings);
 //! - [`api`] (with [`selector`]): discovery documents and metric lists;
@@ -25,6 +26,7 @@ pub mod apiservice;
 pub mod authn;
 pub mod authz;
 pub mod certs;
+pub mod gauge;
 pub mod readings;
 pub mod report;
 pub mod scrape;
@@ -214,16 +216,17 @@ impl CustomMetrics {
         })
     }
 
-    /// Whether this replica can serve (its certificate is loaded): the operator's
-    /// /readyz, so the Service routes only to replicas that can answer.
+    /// Whether this replica can serve (its certificate is loaded and its readings are
+    /// fresh): the operator's /readyz, so the Service routes only to replicas that can
+    /// answer.
     pub fn is_ready(&self) -> bool {
-        self.serving.is_loaded()
+        ready(&self.serving, &self.values)
     }
 
     /// A readiness check to hand to the HTTP endpoints.
     pub fn readiness(&self) -> impl Fn() -> bool + Clone + Send + Sync + 'static {
-        let serving = self.serving.clone();
-        move || serving.is_loaded()
+        let (serving, values) = (self.serving.clone(), self.values.clone());
+        move || ready(&serving, &values)
     }
 
     /// Starts the leader's jobs (Secret, caBundle, status, Events published as
@@ -264,6 +267,17 @@ impl CustomMetrics {
     }
 }
 
+/// Ready to serve: the certificate is loaded and a scrape round has published within the
+/// snapshot's max age. Without the second, a replica joining the Service during a rollout
+/// answers the HPA empty lists until its first round ends (`FailedGetPodsMetric`, nothing
+/// scales for a cycle or two). A round that found no gateway pods publishes too, so a
+/// cluster without ChatGateways still gets a ready operator, as soon as its watches have
+/// listed the pods and gateways; rounds are bounded ([`scrape::round_budget`]), so a
+/// running scraper keeps it ready however slow the pods are.
+fn ready(serving: &tls::ServingCert, values: &scrape::Values) -> bool {
+    serving.is_loaded() && values.is_fresh()
+}
+
 impl Drop for CustomMetrics {
     fn drop(&mut self) {
         for t in &self.tasks {
@@ -292,6 +306,41 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         args: Args,
+    }
+
+    /// Ready once the certificate is loaded and the readings published, not before.
+    #[test]
+    fn ready_with_a_certificate_and_a_published_round() {
+        let material = certs::renew(
+            None,
+            &certs::Policy {
+                ca_validity: Duration::from_secs(3600),
+                cert_validity: Duration::from_secs(1200),
+                dns_names: certs::Policy::service_names("cm", "ops"),
+            },
+            std::time::SystemTime::now(),
+            true,
+        )
+        .expect("issue")
+        .expect("material")
+        .material;
+        let serving = tls::ServingCert::default();
+        let values = scrape::Values::new(Duration::from_secs(60));
+        values.set(scrape::Snapshot::default());
+        assert!(!ready(&serving, &values), "no certificate yet");
+        serving
+            .set(&material.cert, &material.key)
+            .expect("usable pair");
+        let never = scrape::Values::new(Duration::from_secs(60));
+        assert!(!ready(&serving, &never), "no round published yet");
+        // A round that found no gateway pods at all counts.
+        never.set(scrape::Snapshot::default());
+        assert!(ready(&serving, &never));
+        assert!(ready(&serving, &values));
+        let stale = scrape::Values::new(Duration::ZERO);
+        stale.set(scrape::Snapshot::default());
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!ready(&serving, &stale), "the scraper stopped");
     }
 
     #[test]

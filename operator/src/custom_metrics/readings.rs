@@ -58,7 +58,7 @@ impl Readings {
             .register(Box::new(scrapes.clone()))
             .context("registering chatgateway_operator_pod_scrapes_total")?;
         // Stale after three missed rounds: answers then say "unknown", never old numbers.
-        let values = Values::new(interval * 3 + Duration::from_secs(3));
+        let values = Values::new(scrape::max_age(interval));
         let (pods, pod_writer) = reflector::store::<Pod>();
         let (gateways, gateway_writer) = reflector::store::<ChatGateway>();
         let pod_watch = watcher(

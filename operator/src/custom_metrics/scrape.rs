@@ -7,13 +7,19 @@
 //! running pod of every ChatGateway is read each interval (seconds), concurrently, with a
 //! short timeout; a pod that cannot be read is recorded as unread and left out of every
 //! answer, never reported as 0.
+//!
+//! A round never outlives the snapshot it replaces. Pods whose address stops answering
+//! (their node lost) each cost a whole timeout, and enough of them would make a round
+//! longer than [`max_age`]: every list would then be empty until it ended, for every HPA.
+//! So a round publishes what it has after [`round_budget`], reads the pods that answered
+//! last time before the others, keeps the previous reading of a pod it did not get to,
+//! and skips a pod that timed out for a few rounds ([`MAX_SKIPPED_ROUNDS`]).
 
+use super::gauge::read_connections;
+pub use super::gauge::{parse_connections, ScrapeError, GAUGE};
 use crate::builders::{Owner, HTTP_PORT, LABEL_INSTANCE};
 use crate::crd::ChatGateway;
 use futures::StreamExt;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::Store;
@@ -23,12 +29,34 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-/// The gauge read from each pod.
-pub const GAUGE: &str = "chatgateway_connections";
-/// Largest /metrics body read (a gateway's is a few KiB).
-const MAX_BODY: usize = 4 << 20;
 /// Pods read at the same time.
 const CONCURRENCY: usize = 64;
+/// Longest a pod whose reads keep timing out goes unasked, in rounds (a minute at the
+/// default 5 s): the skips double per consecutive timeout up to this, so pods on a lost
+/// node stop costing a timeout each round, and one whose node came back is read again
+/// within a minute.
+pub const MAX_SKIPPED_ROUNDS: u32 = 12;
+
+/// How long one pod may take to answer: a round should not wait longer than its interval
+/// for one pod, and a gateway answers /metrics in milliseconds.
+pub fn read_timeout(interval: Duration) -> Duration {
+    interval.min(Duration::from_secs(3))
+}
+
+/// How long a round reads before it publishes what it has: two intervals, so a round
+/// gets at least one [`read_timeout`] in (a pod that does not answer is then known to
+/// time out and skipped next round) and publishes are at most interval + budget = three
+/// intervals apart, less than [`max_age`].
+pub fn round_budget(interval: Duration) -> Duration {
+    interval * 2
+}
+
+/// How old the last publish may be before nothing is served: three missed rounds and 3 s
+/// to spare. Rounds that run publish more often than this (see [`round_budget`]), so
+/// only a scraper that stopped makes the snapshot stale.
+pub fn max_age(interval: Duration) -> Duration {
+    interval * 3 + Duration::from_secs(3)
+}
 
 /// One gateway pod as the last scrape saw it.
 #[derive(Clone, Debug, PartialEq)]
@@ -154,6 +182,14 @@ impl Values {
             _ => Arc::new(Snapshot::default()),
         }
     }
+
+    /// Whether a snapshot was published within `max_age`, one that found no pods
+    /// included: what [`current`](Values::current) serves is then the scrape's, not the
+    /// empty stand-in.
+    pub fn is_fresh(&self) -> bool {
+        let guard = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        guard.1.is_some_and(|t| t.elapsed() <= self.max_age)
+    }
 }
 
 /// A pod to read and where its gauge is served.
@@ -246,98 +282,166 @@ fn scrape_addr(pod: &Pod) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, u16::try_from(port).ok()?))
 }
 
-/// Why a pod could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum ScrapeError {
-    /// No answer within the timeout.
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    /// TCP connect failed.
-    #[error("connecting: {0}")]
-    Connect(#[from] std::io::Error),
-    /// HTTP failed.
-    #[error("HTTP: {0}")]
-    Http(String),
-    /// Answered, but not 200.
-    #[error("HTTP status {0}")]
-    Status(u16),
-    /// Answered 200 without the gauge.
-    #[error("no {GAUGE} sample in the response")]
-    NoGauge,
-}
-
-/// `GET http://addr/metrics` and the gauge's value.
-pub async fn read_connections(addr: SocketAddr, timeout: Duration) -> Result<u64, ScrapeError> {
-    tokio::time::timeout(timeout, async {
-        let stream = tokio::net::TcpStream::connect(addr).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ScrapeError::Http(e.to_string()))?;
-        let conn = tokio::spawn(conn);
-        let request = hyper::Request::get("/metrics")
-            .header(hyper::header::HOST, addr.to_string())
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| ScrapeError::Http(e.to_string()))?;
-        let result = async {
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| ScrapeError::Http(e.to_string()))?;
-            if response.status() != hyper::StatusCode::OK {
-                return Err(ScrapeError::Status(response.status().as_u16()));
-            }
-            let body = Limited::new(response.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| ScrapeError::Http(e.to_string()))?
-                .to_bytes();
-            parse_connections(&String::from_utf8_lossy(&body)).ok_or(ScrapeError::NoGauge)
-        }
-        .await;
-        conn.abort();
-        result
-    })
-    .await
-    .map_err(|_| ScrapeError::Timeout(timeout))?
-}
-
-/// The unlabelled `chatgateway_connections` sample in Prometheus text; `None` when it is
-/// missing or not a non-negative whole number.
-pub fn parse_connections(text: &str) -> Option<u64> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let rest = line.strip_prefix(GAUGE)?;
-            let rest = rest.strip_prefix("{}").unwrap_or(rest);
-            if !rest.starts_with([' ', '\t']) {
-                return None; // another metric with this prefix, or labels
-            }
-            let value: f64 = rest.split_whitespace().next()?.parse().ok()?;
-            (value.is_finite() && value >= 0.0 && value.fract() == 0.0 && value < 9.0e15)
-                .then_some(value as u64)
-        })
-}
-
-/// Reads every target once; unread pods keep `connections: None`.
-pub async fn scrape_round(
-    targets: Vec<Target>,
+/// Reads `targets` in order, [`CONCURRENCY`] at a time, for at most `budget`: the answer
+/// of each, `None` for those not answered by then (not started, or still waiting).
+async fn read_all(
+    targets: &[Target],
     timeout: Duration,
-) -> Vec<(PodSample, Option<ScrapeError>)> {
-    futures::stream::iter(targets)
-        .map(|t| async move {
-            let mut sample = t.sample;
-            match read_connections(t.addr, timeout).await {
-                Ok(n) => {
-                    sample.connections = Some(n);
-                    (sample, None)
-                }
-                Err(e) => (sample, Some(e)),
+    budget: Duration,
+) -> Vec<Option<Result<u64, ScrapeError>>> {
+    let mut answers: Vec<_> = std::iter::repeat_with(|| None)
+        .take(targets.len())
+        .collect();
+    // Owned addresses: a stream of futures borrowing `targets` is not `Send` for
+    // `tokio::spawn` (higher-ranked lifetimes).
+    let addrs: Vec<SocketAddr> = targets.iter().map(|t| t.addr).collect();
+    let mut reads = futures::stream::iter(addrs.into_iter().enumerate())
+        .map(|(i, addr)| async move { (i, read_connections(addr, timeout).await) })
+        .buffer_unordered(CONCURRENCY);
+    // Dropping the stream at the budget cancels the reads still waiting.
+    let _ = tokio::time::timeout(budget, async {
+        while let Some((i, answer)) = reads.next().await {
+            answers[i] = Some(answer);
+        }
+    })
+    .await;
+    answers
+}
+
+/// What the scraper remembers of a pod from the rounds before.
+enum Last {
+    /// Read: the reading and when, kept for a round that does not get to the pod.
+    Read {
+        connections: u64,
+        at: Timestamp,
+        when: Instant,
+    },
+    /// Failed `timeouts` consecutive times by timing out (0: failed otherwise); not
+    /// asked again for `skip` more rounds.
+    Failed { timeouts: u32, skip: u32 },
+}
+
+impl Last {
+    /// Reading order: pods that answered last time first, so pods that stopped answering
+    /// cannot crowd them out of a round's budget; then new pods, then failing ones.
+    fn rank(last: Option<&Last>) -> u8 {
+        match last {
+            Some(Last::Read { .. }) => 0,
+            None => 1,
+            Some(Last::Failed { .. }) => 2,
+        }
+    }
+
+    /// After a failed read: a timeout skips the next 1, 2, 4, ... rounds (at most
+    /// [`MAX_SKIPPED_ROUNDS`]); a quick failure (refused, 404) costs nothing to retry.
+    fn failed(previous: Option<&Last>, timed_out: bool) -> Last {
+        let before = match previous {
+            Some(Last::Failed { timeouts, .. }) => *timeouts,
+            _ => 0,
+        };
+        if !timed_out {
+            return Last::Failed {
+                timeouts: 0,
+                skip: 0,
+            };
+        }
+        let timeouts = before.saturating_add(1);
+        let skip = 1u32
+            .checked_shl(timeouts - 1)
+            .unwrap_or(u32::MAX)
+            .min(MAX_SKIPPED_ROUNDS);
+        Last::Failed { timeouts, skip }
+    }
+}
+
+type Key = (String, String);
+
+fn key(sample: &PodSample) -> Key {
+    (sample.namespace.clone(), sample.name.clone())
+}
+
+/// One round: reads `targets` (in the order of [`Last::rank`], skipping pods in their
+/// back-off) within `budget`, updates `memory`, and returns every target's sample.
+async fn round(
+    targets: Vec<Target>,
+    memory: &mut HashMap<Key, Last>,
+    timeout: Duration,
+    budget: Duration,
+    max_age: Duration,
+    scrapes: &prometheus::IntCounterVec,
+) -> Vec<PodSample> {
+    let current: HashSet<Key> = targets.iter().map(|t| key(&t.sample)).collect();
+    memory.retain(|k, _| current.contains(k));
+    let mut samples = Vec::with_capacity(targets.len());
+    let mut to_read = Vec::with_capacity(targets.len());
+    for t in targets {
+        match memory.get_mut(&key(&t.sample)) {
+            Some(Last::Failed { skip, .. }) if *skip > 0 => {
+                *skip -= 1;
+                samples.push(t.sample); // unread
             }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await
+            _ => to_read.push(t),
+        }
+    }
+    to_read.sort_by_key(|t| Last::rank(memory.get(&key(&t.sample))));
+    let answers = read_all(&to_read, timeout, budget).await;
+    let mut unanswered = 0usize;
+    for (t, answer) in to_read.into_iter().zip(answers) {
+        let mut sample = t.sample;
+        let k = key(&sample);
+        let pod = || format!("{}/{}", k.0, k.1);
+        match answer {
+            Some(Ok(n)) => {
+                scrapes.with_label_values(&["ok"]).inc();
+                if matches!(memory.get(&k), Some(Last::Failed { .. })) {
+                    tracing::info!(pod = %pod(), "gateway pod readable again");
+                }
+                sample.connections = Some(n);
+                let (at, when) = (sample.at, Instant::now());
+                let read = Last::Read {
+                    connections: n,
+                    at,
+                    when,
+                };
+                memory.insert(k, read);
+            }
+            Some(Err(e)) => {
+                scrapes.with_label_values(&["error"]).inc();
+                let previous = memory.get(&k);
+                if !matches!(previous, Some(Last::Failed { .. })) {
+                    tracing::warn!(pod = %pod(), error = %e,
+                        "cannot read {GAUGE} from a gateway pod; it is left out of the custom metrics API until it answers");
+                }
+                let next = Last::failed(previous, matches!(e, ScrapeError::Timeout(_)));
+                memory.insert(k, next);
+            }
+            None => {
+                // Not the pod's fault: the round ran out of time. Its reading from a
+                // round before stands while it is younger than a snapshot may be.
+                unanswered += 1;
+                if let Some(Last::Read {
+                    connections,
+                    at,
+                    when,
+                }) = memory.get(&k)
+                {
+                    if when.elapsed() <= max_age {
+                        (sample.connections, sample.at) = (Some(*connections), *at);
+                    }
+                }
+            }
+        }
+        samples.push(sample);
+    }
+    if unanswered > 0 {
+        tracing::warn!(
+            unanswered,
+            ?budget,
+            "a scrape round ran out of time: the pods it did not get to keep their last reading"
+        );
+    }
+    samples.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    samples
 }
 
 /// Scrapes every `interval` until dropped, publishing each round into `values`.
@@ -348,38 +452,23 @@ pub async fn run(
     interval: Duration,
     scrapes: prometheus::IntCounterVec,
 ) {
-    let timeout = interval.min(Duration::from_secs(3));
-    let mut failing: HashSet<(String, String)> = HashSet::new();
+    let (timeout, budget) = (read_timeout(interval), round_budget(interval));
+    let mut memory = HashMap::new();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let at = Timestamp::now();
         let (targets, known) = targets(&pods.state(), &gateways.state(), at);
-        let mut samples = Vec::with_capacity(targets.len());
-        let mut now_failing = HashSet::new();
-        for (sample, error) in scrape_round(targets, timeout).await {
-            let key = (sample.namespace.clone(), sample.name.clone());
-            match error {
-                None => {
-                    scrapes.with_label_values(&["ok"]).inc();
-                    if failing.contains(&key) {
-                        tracing::info!(pod = %format!("{}/{}", key.0, key.1), "gateway pod readable again");
-                    }
-                }
-                Some(e) => {
-                    scrapes.with_label_values(&["error"]).inc();
-                    if !failing.contains(&key) {
-                        tracing::warn!(pod = %format!("{}/{}", key.0, key.1), error = %e,
-                            "cannot read {GAUGE} from a gateway pod; it is left out of the custom metrics API until it answers");
-                    }
-                    now_failing.insert(key);
-                }
-            }
-            samples.push(sample);
-        }
-        failing = now_failing;
-        samples.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        let samples = round(
+            targets,
+            &mut memory,
+            timeout,
+            budget,
+            max_age(interval),
+            &scrapes,
+        )
+        .await;
         values.set(Snapshot {
             pods: samples,
             gateways: known,

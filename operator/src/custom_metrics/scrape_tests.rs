@@ -1,4 +1,4 @@
-//! Targets, parsing, totals and a real gateway read over HTTP.
+//! Targets, totals, staleness, and rounds that take longer than a snapshot may be old.
 
 use super::*;
 use serde_json::json;
@@ -84,27 +84,6 @@ fn targets_are_running_pods_of_known_gateways_on_their_http_port() {
 }
 
 #[test]
-fn parses_the_unlabelled_gauge_only() {
-    let text = "# HELP chatgateway_connections open\n# TYPE chatgateway_connections gauge\n\
-                chatgateway_connections_accepted_total 9\nchatgateway_connections 42\n";
-    assert_eq!(parse_connections(text), Some(42));
-    assert_eq!(
-        parse_connections("chatgateway_connections{} 3 1700000000000\n"),
-        Some(3)
-    );
-    for bad in [
-        "",
-        "chatgateway_connections -1\n",
-        "chatgateway_connections NaN\n",
-        "chatgateway_connections 1.5\n",
-        "chatgateway_connections\n",
-        "chatgateway_connections_accepted_total 4\n",
-    ] {
-        assert_eq!(parse_connections(bad), None, "{bad:?}");
-    }
-}
-
-#[test]
 fn totals_need_every_pod_and_stale_snapshots_are_not_served() {
     let sample = |name: &str, n: Option<u64>| PodSample {
         namespace: "apps".into(),
@@ -148,24 +127,203 @@ fn totals_need_every_pod_and_stale_snapshots_are_not_served() {
     assert_eq!(*values.current(), s);
 }
 
-/// A real gateway (the gateway crate, in this process) with real WebSocket clients is
-/// read; a closed port is an error, not a zero.
+fn store<K>(objects: Vec<Arc<K>>) -> (Store<K>, kube::runtime::reflector::store::Writer<K>)
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, mut writer) = kube::runtime::reflector::store::<K>();
+    for o in objects {
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply((*o).clone()));
+    }
+    (reader, writer)
+}
+
+fn counter() -> prometheus::IntCounterVec {
+    prometheus::IntCounterVec::new(prometheus::Opts::new("scrapes", "test"), &["outcome"])
+        .expect("counter")
+}
+
+/// Pods on lost nodes (a listener that never answers), so many that reading them all
+/// takes longer than a snapshot may be old, join a gateway whose one live pod has been
+/// read: that pod's reading is served all along, never an empty list.
 #[tokio::test]
-async fn reads_a_real_gateway_and_refuses_a_dead_port() {
-    let gw = e2e::TestGateway::default().await;
-    let addr = gw.gateway.addr;
-    let read = || read_connections(addr, Duration::from_secs(5));
-    assert_eq!(read().await.expect("read"), 0);
-    let alice = gw.connect("alice").await;
-    let bob = gw.connect("bob").await;
-    assert_eq!(read().await.expect("read"), 2);
-    drop((alice, bob));
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let dead_addr = dead.local_addr().expect("addr");
-    drop(dead);
-    let err = read_connections(dead_addr, Duration::from_secs(5))
-        .await
-        .expect_err("dead port");
-    assert!(matches!(err, ScrapeError::Connect(_)), "{err}");
-    gw.stop().await;
+async fn a_slow_round_never_blanks_pods_that_were_read() {
+    let interval = crate::custom_metrics::readings::MIN_INTERVAL;
+    let (live, lost) = (
+        crate::custom_metrics::testing::serve_metrics(b"chatgateway_connections 7\n".to_vec())
+            .await,
+        crate::custom_metrics::testing::serve_nothing().await,
+    );
+    let (gateways, _gateway_writer) = store(vec![gateway("apps", "chat")]);
+    let live_pod = pod(
+        "apps",
+        "z-live",
+        "chat",
+        "Running",
+        Some("127.0.0.1"),
+        Some(i32::from(live.port())),
+    );
+    let (pods, mut pod_writer) = store(vec![live_pod]);
+    let values = Values::new(max_age(interval));
+    let scraper = tokio::spawn(run(pods, gateways, values.clone(), interval, counter()));
+    let served = |values: &Values| {
+        values
+            .current()
+            .pods
+            .iter()
+            .find(|p| p.name == "z-live")
+            .and_then(|p| p.connections)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while served(&values) != Some(7) {
+        assert!(Instant::now() < deadline, "the live pod is never read");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Reading them all, a timeout each, 64 at a time, would take 8 s (without a bound on
+    // the round), longer than the 4.5 s a snapshot is served for.
+    let lost_pods: usize = 1024;
+    let per_round = lost_pods.div_ceil(CONCURRENCY) as u32 * read_timeout(interval);
+    assert!(per_round > max_age(interval) + interval * 3);
+    for i in 0..lost_pods {
+        let p = pod(
+            "apps",
+            &format!("a-lost-{i:04}"),
+            "chat",
+            "Running",
+            Some("127.0.0.1"),
+            Some(i32::from(lost.port())),
+        );
+        pod_writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply((*p).clone()));
+    }
+    // Long enough for an unbounded round to let the snapshot go stale (at most one
+    // interval to start it, max_age after the publish before it), with time to spare.
+    let watch = max_age(interval) + interval * 3;
+    let until = Instant::now() + watch;
+    let mut saw_lost = false;
+    while Instant::now() < until {
+        assert_eq!(
+            served(&values),
+            Some(7),
+            "the live pod's reading was not served while lost pods were read"
+        );
+        saw_lost |= values.current().pods.len() == lost_pods + 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(saw_lost, "the lost pods were never listed (as unread)");
+    let snapshot = values.current();
+    assert!(snapshot
+        .pods
+        .iter()
+        .filter(|p| p.name.starts_with("a-lost-"))
+        .all(|p| p.connections.is_none()));
+    scraper.abort();
+}
+
+#[test]
+fn timeouts_back_off_and_the_read_go_first() {
+    let timed_out = |previous: Option<&Last>| Last::failed(previous, true);
+    let mut last = None;
+    let mut skips = Vec::new();
+    for _ in 0..6 {
+        let next = timed_out(last.as_ref());
+        if let Last::Failed { skip, .. } = next {
+            skips.push(skip);
+        }
+        last = Some(next);
+    }
+    assert_eq!(skips, [1, 2, 4, 8, 12, 12]);
+    assert!(matches!(
+        Last::failed(last.as_ref(), false),
+        Last::Failed {
+            timeouts: 0,
+            skip: 0
+        }
+    ));
+    let read = Last::Read {
+        connections: 1,
+        at: Timestamp::UNIX_EPOCH,
+        when: Instant::now(),
+    };
+    assert!(Last::rank(Some(&read)) < Last::rank(None));
+    assert!(Last::rank(None) < Last::rank(last.as_ref()));
+}
+
+/// A pod that timed out is not asked in the next round (it is listed, unread), then is
+/// asked again; a pod the round did not get to keeps its reading from before, unless
+/// that reading is too old.
+#[tokio::test]
+async fn a_timed_out_pod_is_skipped_and_an_unanswered_one_keeps_its_reading() {
+    let lost = crate::custom_metrics::testing::serve_nothing().await;
+    let target = |name: &str| Target {
+        sample: PodSample {
+            namespace: "apps".into(),
+            name: name.into(),
+            gateway: "chat".into(),
+            labels: BTreeMap::new(),
+            connections: None,
+            at: Timestamp::now(),
+        },
+        addr: lost,
+    };
+    let scrapes = counter();
+    let errors = || scrapes.with_label_values(&["error"]).get();
+    let mut memory = HashMap::new();
+    let (timeout, budget, max_age) = (
+        Duration::from_millis(200),
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+    );
+    let mut rounds = Vec::new();
+    for _ in 0..4 {
+        let samples = round(
+            vec![target("lost")],
+            &mut memory,
+            timeout,
+            budget,
+            max_age,
+            &scrapes,
+        )
+        .await;
+        assert_eq!(samples.len(), 1);
+        assert_eq!(samples[0].connections, None);
+        rounds.push(errors());
+    }
+    // Timed out; skipped one round; timed out again; skipped two.
+    assert_eq!(rounds, [1, 1, 2, 2]);
+
+    // A round with no time left gets to nobody: the reading from before stands...
+    let key = ("apps".to_string(), "held".to_string());
+    let at = Timestamp::UNIX_EPOCH;
+    memory.insert(
+        key.clone(),
+        Last::Read {
+            connections: 9,
+            at,
+            when: Instant::now(),
+        },
+    );
+    let samples = round(
+        vec![target("held")],
+        &mut memory,
+        timeout,
+        Duration::ZERO,
+        max_age,
+        &scrapes,
+    )
+    .await;
+    assert_eq!((samples[0].connections, samples[0].at), (Some(9), at));
+    // ... while it is younger than a snapshot may be.
+    std::thread::sleep(Duration::from_millis(5));
+    let samples = round(
+        vec![target("held")],
+        &mut memory,
+        timeout,
+        Duration::ZERO,
+        Duration::ZERO,
+        &scrapes,
+    )
+    .await;
+    assert_eq!(samples[0].connections, None);
 }

@@ -8,16 +8,67 @@ use super::scrape::Values;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{HeaderMap, Method, Request, Response, Uri};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::ServerConfig;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 /// A handshake that takes longer than this is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time to send a request's head, as on the gateway's own ports: without it (hyper has no
+/// timer unless given one) any pod that reaches the port, no certificate needed, could
+/// hold a connection for ever with an unfinished head. hyper also starts it while a
+/// kept-alive connection waits for its next request, so it is the idle bound too: the
+/// aggregator's idle connections are closed after 10 s and it opens new ones, as it does
+/// after any close.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most bytes of a request's head (hyper's read buffer; over it: 431). The aggregator
+/// sends the user's own small headers plus `X-Remote-User`, one `X-Remote-Group` per
+/// group and `X-Remote-Extra-*`: the HPA's is well under 1 KiB, and 64 KiB holds a user in
+/// 500 groups of 100-character names, more than identity providers put in a token (Entra
+/// ID stops at 200, then sends an overage claim). hyper's default is ~408 KiB.
+pub const MAX_REQUEST_HEAD: usize = 64 << 10;
+
+/// Connections served at once; the next waits (unaccepted, in the listen queue) until
+/// one ends. Legitimate load is the aggregators': a few connections per kube-apiserver
+/// replica, HPA syncs run five at a time by default. A stranger's connection holds at
+/// most about 200 KiB (the head above, rustls' handshake, record and plaintext buffers, a
+/// 401), so 256 of them stay under 50 MiB of the operator's 256 MiB, which also runs the
+/// reconciler.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// How often, at most, waiting at [`MAX_CONNECTIONS`] is logged.
+const AT_BOUND_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// The listener's bounds; [`Limits::default`] is what the operator serves with (tests
+/// shorten them).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// See [`HANDSHAKE_TIMEOUT`].
+    pub handshake_timeout: Duration,
+    /// See [`HEADER_READ_TIMEOUT`].
+    pub header_read_timeout: Duration,
+    /// See [`MAX_REQUEST_HEAD`]; at least 8192 (hyper's floor).
+    pub max_request_head: usize,
+    /// See [`MAX_CONNECTIONS`].
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            max_request_head: MAX_REQUEST_HEAD,
+            max_connections: MAX_CONNECTIONS,
+        }
+    }
+}
 
 /// What a request needs.
 pub struct State {
@@ -33,8 +84,38 @@ pub struct State {
 
 /// Serves HTTPS on `listener` until dropped.
 pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, state: Arc<State>) {
+    serve_with(listener, tls, state, Limits::default()).await
+}
+
+/// [`serve`] within `limits`.
+pub async fn serve_with(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    state: Arc<State>,
+    limits: Limits,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    // Taken before accepting, so that a connection costs nothing (beyond the kernel's
+    // listen queue) until it has a slot, and held until the connection ends.
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut logged_at_bound: Option<Instant> = None;
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if logged_at_bound.is_none_or(|t| t.elapsed() >= AT_BOUND_LOG_EVERY) {
+                    logged_at_bound = Some(Instant::now());
+                    tracing::warn!(
+                        max = limits.max_connections,
+                        "custom metrics connections at their bound: new ones wait until one ends"
+                    );
+                }
+                match slots.clone().acquire_owned().await {
+                    Ok(slot) => slot,
+                    Err(_) => return, // closed: never, the semaphore is ours
+                }
+            }
+        };
         let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(e) => {
@@ -47,7 +128,9 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, state: Arc<Sta
         let acceptor = acceptor.clone();
         let state = state.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let _slot = slot;
+            let handshake = acceptor.accept(stream);
+            let tls = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -73,7 +156,13 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, state: Arc<Sta
                     Ok::<_, Infallible>(response(reply))
                 }
             });
+            // Request bodies are never read (every request is a GET), and an
+            // unauthenticated client only ever gets a short 401, so the head is all a
+            // stranger can make the server hold.
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_request_head)
                 .serve_connection(TokioIo::new(tls), service)
                 .await
             {

@@ -31,6 +31,11 @@ struct Fixture {
 
 /// The server on a free port, and the mocked API server its SubjectAccessReviews go to.
 async fn start() -> (Fixture, Handle) {
+    start_with(Limits::default()).await
+}
+
+/// [`start`] with other limits.
+async fn start_with(limits: Limits) -> (Fixture, Handle) {
     let material = certs::renew(
         None,
         &Policy {
@@ -86,7 +91,7 @@ async fn start() -> (Fixture, Handle) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let tls = Arc::new(server_config(serving).expect("tls config"));
-    tokio::spawn(serve(listener, tls, state.clone()));
+    tokio::spawn(serve_with(listener, tls, state.clone(), limits));
     let fixture = Fixture {
         addr,
         serving_ca: material.bundle,
@@ -97,8 +102,11 @@ async fn start() -> (Fixture, Handle) {
     (fixture, api)
 }
 
-/// GET over TLS, verifying the server as `cm.ops.svc` (what the aggregator checks).
-async fn get(f: &Fixture, cert: Option<&TestCert>, user: Option<&str>) -> (u16, Value) {
+/// A TLS connection, verifying the server as `cm.ops.svc` (what the aggregator checks).
+async fn connect(
+    f: &Fixture,
+    cert: Option<&TestCert>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     for der in certs::parse_bundle(&f.serving_ca) {
         roots.add(der).expect("root");
@@ -122,10 +130,22 @@ async fn get(f: &Fixture, cert: Option<&TestCert>, user: Option<&str>) -> (u16, 
     let tcp = tokio::net::TcpStream::connect(f.addr)
         .await
         .expect("connect");
-    let tls = connector
+    connector
         .connect(ServerName::try_from("cm.ops.svc").expect("name"), tcp)
         .await
-        .expect("TLS handshake with the service name");
+        .expect("TLS handshake with the service name")
+}
+
+/// GET over TLS.
+async fn get(f: &Fixture, cert: Option<&TestCert>, user: Option<&str>) -> (u16, Value) {
+    get_on(connect(f, cert).await, user).await
+}
+
+/// GET on a connection made with [`connect`].
+async fn get_on(
+    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    user: Option<&str>,
+) -> (u16, Value) {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .expect("http");
@@ -203,4 +223,112 @@ async fn unauthenticated_forbidden_and_allowed_over_tls() {
     );
     let counted = |code: &str| f.state.requests.with_label_values(&[code]).get();
     assert_eq!((counted("401"), counted("403"), counted("200")), (3, 1, 1));
+}
+
+/// Reads until the server closes the connection (EOF, or a reset); `false` when it is
+/// still open after `within`.
+async fn closed_within(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    within: Duration,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    tokio::time::timeout(within, async {
+        let mut buf = [0u8; 1024];
+        while matches!(tls.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await
+    .is_ok()
+}
+
+/// A client without a certificate that never finishes its request's head is cut off at
+/// the header timeout; so is a kept-alive connection that sends nothing more.
+#[tokio::test]
+async fn an_unfinished_head_and_an_idle_connection_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let header_read_timeout = Duration::from_secs(1);
+    let (f, _api) = start_with(Limits {
+        header_read_timeout,
+        ..Limits::default()
+    })
+    .await;
+    let margin = Duration::from_secs(30);
+    let mut tls = connect(&f, None).await;
+    tls.write_all(b"GET /apis/custom.metrics.k8s.io/v1beta1 HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    tls.flush().await.expect("flush");
+    assert!(
+        closed_within(&mut tls, header_read_timeout + margin).await,
+        "a connection with an unfinished head is still open"
+    );
+
+    let mut tls = connect(&f, None).await;
+    tls.write_all(b"GET /apis/custom.metrics.k8s.io/v1beta1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    tls.flush().await.expect("flush");
+    // The 401, then nothing: closed as idle.
+    assert!(
+        closed_within(&mut tls, header_read_timeout + margin).await,
+        "an idle connection is still open"
+    );
+}
+
+/// Over the connection bound a new connection waits (not even its TLS handshake is
+/// answered) and is served once a connection ends; one below the bound is served.
+#[tokio::test]
+async fn connections_over_the_bound_wait_for_a_slot() {
+    let (f, _api) = start_with(Limits {
+        max_connections: 2,
+        // Idle connections hold their slots for the whole test.
+        header_read_timeout: Duration::from_secs(600),
+        ..Limits::default()
+    })
+    .await;
+    let f = Arc::new(f);
+    let first = connect(&f, None).await;
+    // Below the bound: served (401: no client certificate). The connection ends with
+    // the exchange, and a new one gets its slot once the server has seen it go.
+    let (status, _) = get(&f, None, Some("admin")).await;
+    assert_eq!(status, 401);
+    let second = connect(&f, None).await;
+    let waiting = tokio::spawn({
+        let f = f.clone();
+        async move { get(&f, None, Some("admin")).await.0 }
+    });
+    // How fast it would be served is not the point: it must not be, while both slots
+    // are held.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a connection over the bound was served"
+    );
+    drop(first);
+    let status = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("served once a slot is free")
+        .expect("task");
+    assert_eq!(status, 401);
+    drop(second);
+}
+
+/// A head longer than the bound is refused (431) and the connection closed, before the
+/// server has buffered more of it.
+#[tokio::test]
+async fn a_head_over_the_bound_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (f, _api) = start().await;
+    let mut tls = connect(&f, None).await;
+    let long = format!(
+        "GET /apis/custom.metrics.k8s.io/v1beta1 HTTP/1.1\r\nHost: x\r\nX-Remote-Group: {}\r\n",
+        "g".repeat(MAX_REQUEST_HEAD)
+    );
+    // The server may stop reading (and close) before all of it is written.
+    let _ = tls.write_all(long.as_bytes()).await;
+    let _ = tls.flush().await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), tls.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "still open");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
 }

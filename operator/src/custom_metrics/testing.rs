@@ -81,3 +81,58 @@ pub fn front_proxy_data(ca_pem: &str, allowed: &[&str]) -> BTreeMap<String, Stri
         ),
     ])
 }
+
+/// A pod's `/metrics` on loopback: every request is answered 200 with `body`, then the
+/// connection is closed.
+pub async fn serve_metrics(body: Vec<u8>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let body = std::sync::Arc::new(body);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                // The reader may hang up once it has what it needs.
+                if stream.write_all(head.as_bytes()).await.is_ok() {
+                    let _ = stream.write_all(&body).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A pod on a lost node, as near as loopback gets: connections are accepted (by the
+/// kernel and then the listener) and never answered; each is held until the reader gives
+/// up and closes it.
+pub async fn serve_nothing() -> std::net::SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
