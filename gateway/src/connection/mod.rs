@@ -128,8 +128,17 @@ impl<S> Reader<S> {
 }
 
 /// Commands read while a command's output was still being queued wait here; beyond this
-/// many the socket is not read until they ran (TCP pushes back on the client).
+/// many, or once they hold `limits.maxFrameBytes` (see [`backlog_full`]), the socket is
+/// not read until they ran (TCP pushes back on the client).
 const MAX_BACKLOG: usize = 32;
+
+/// Whether the backlog stops the socket's reading: [`MAX_BACKLOG`] commands, or commands
+/// of `max_bytes` in all. By count alone, 32 commands of the largest frame would hold
+/// 2 MiB per connection at the defaults, twice what the outbound queue may; by bytes
+/// too, a backlog holds less than two frames' worth (the last command read may pass it).
+fn backlog_full(backlog: &VecDeque<tungstenite::Utf8Bytes>, max_bytes: usize) -> bool {
+    backlog.len() >= MAX_BACKLOG || backlog.iter().map(|c| c.len()).sum::<usize>() >= max_bytes
+}
 
 /// Runs `work` (queueing a command's output: possibly a long replay at the client's pace)
 /// while still reading the socket, so the client's pongs keep the heartbeat alive;
@@ -150,16 +159,18 @@ where
 {
     tokio::pin!(work);
     let interval = reader.node.config.heartbeat.interval;
+    let max_bytes = reader.node.config.limits.max_frame_bytes;
     loop {
+        let full = backlog_full(backlog, max_bytes);
         tokio::select! {
             biased;
             done = &mut work => return done,
-            msg = reader.stream.next(), if backlog.len() < MAX_BACKLOG => match reader.take(msg) {
+            msg = reader.stream.next(), if !full => match reader.take(msg) {
                 Read::Command(text) => backlog.push_back(text),
                 Read::Skip => {}
                 Read::Stop => return false,
             },
-            _ = tokio::time::sleep(interval), if backlog.len() >= MAX_BACKLOG => {
+            _ = tokio::time::sleep(interval), if full => {
                 reader.queue.heard(reader.node.clock_ms());
             }
         }
