@@ -44,6 +44,8 @@ pub struct Session {
     pub(super) rooms: BTreeMap<Arc<str>, Joined>,
     /// The inbox's replay waits for `resume` (up to the grace period) or another command.
     pub(super) inbox_pending: bool,
+    /// A `resume` was taken: one per connection (each catches up every room it names).
+    pub(super) resumed: bool,
     /// The inbox's head as the engine read it when it started delivering the inbox (see
     /// [`Broker::subscribe`](crate::engine::Broker::subscribe)), for that replay to start
     /// from instead of reading it again. Boxed: held only until the replay starts, and
@@ -87,6 +89,7 @@ impl Session {
             queue,
             rooms: BTreeMap::new(),
             inbox_pending: true,
+            resumed: false,
             inbox_head: None,
             inbox_acked: None,
             connected_at: crate::engine::now_ms(),

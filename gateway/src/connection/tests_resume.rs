@@ -108,9 +108,10 @@ async fn resume_restores_a_closed_sessions_rooms_on_a_new_connection() {
     );
 
     // The token is used up.
-    b.cmd(json!({"type": "resume", "id": 6, "resume_token": token}))
+    let mut c = Harness::on(a.node.clone(), "alice").await;
+    c.cmd(json!({"type": "resume", "id": 6, "resume_token": token}))
         .await;
-    assert_eq!(error_code(&b.reply()), "session_not_found");
+    assert_eq!(error_code(&c.reply()), "session_not_found");
 }
 
 #[tokio::test]
@@ -163,6 +164,26 @@ async fn a_resume_naming_more_rooms_than_a_connection_holds_is_refused() {
         .take_session("t", "alice")
         .await
         .expect("take");
+    assert_eq!(kept, TakenSession::Taken(record), "the token stays good");
+}
+
+/// One resume per connection: each catches up every room it names again, so a second is
+/// refused before it takes anything, and the token it names stays good.
+#[tokio::test]
+async fn a_second_resume_on_one_connection_is_refused() {
+    let mut h = Harness::new("alice").await;
+    let positions = json!({"r": 0});
+    h.cmd(json!({"type": "resume", "id": 1, "resume_token": "none", "positions": positions}))
+        .await;
+    assert_eq!(h.reply_of(1)["type"], "ok");
+    let record = no_rooms("alice");
+    let engine = h.node.engine.clone();
+    engine.save_session("t", &record).await.expect("save");
+    h.cmd(json!({"type": "resume", "id": 2, "resume_token": "t"}))
+        .await;
+    let reply = h.reply_of(2);
+    assert_eq!(error_code(&reply), "bad_request", "{reply}");
+    let kept = engine.take_session("t", "alice").await.expect("take");
     assert_eq!(kept, TakenSession::Taken(record), "the token stays good");
 }
 

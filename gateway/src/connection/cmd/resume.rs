@@ -28,6 +28,16 @@ pub(super) async fn handle(s: &mut Session, cmd: Resume) -> Handled {
             format!("at most {max} positions: limits.roomsPerConnection rooms and the inbox"),
         ));
     }
+    // Each resume catches up every room it names again (a head read each, the join hook
+    // for a room it refused): repeated on one connection, that is up to a hundred engine
+    // or backend calls per command. A client resumes once, after its welcome.
+    if s.resumed {
+        return Err(Refusal::new(
+            ErrorCode::BadRequest,
+            "one resume per connection: reconnect to resume again",
+        ));
+    }
+    s.resumed = true;
     let engine = s.node.engine.clone();
     let record = match engine.take_session(&cmd.resume_token, s.user()).await? {
         TakenSession::Taken(record) => {
