@@ -1,10 +1,14 @@
 //! The in-memory engine: one node, no dependencies; the embedded default.
 
+mod cursors;
+mod stream;
+
+use self::cursors::InboxCursors;
+use self::stream::Stream;
 use super::seen::SeenTops;
 use super::{
-    cut_page, new_epoch, now_ms, Broker, Engine, EngineError, Envelope, History, HistoryPage,
-    HistoryQuery, NodeReport, Nodes, PresenceManager, Present, Publish, Published, SessionRecord,
-    Sessions, TakenSession,
+    now_ms, Broker, Engine, EngineError, Envelope, History, HistoryPage, HistoryQuery, NodeReport,
+    Nodes, PresenceManager, Present, Publish, Published, SessionRecord, Sessions, TakenSession,
 };
 use crate::config::{Config, Namespaces, RetentionConfig};
 use crate::hub::Hub;
@@ -12,112 +16,12 @@ use crate::protocol::push::msg_frame;
 use crate::protocol::StreamPosition;
 use async_trait::async_trait;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How often idle streams are swept (trimmed by age; dropped when nothing is left).
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
-
-/// One room's (or inbox's) stream of messages.
-struct Stream {
-    epoch: Arc<str>,
-    top: u64,
-    /// (append time in Unix ms, message), oldest first.
-    msgs: VecDeque<(u64, Arc<Envelope>)>,
-    /// "from\0msg_id" -> (seq, its epoch, remembered until).
-    dedup: HashMap<String, (u64, Arc<str>, Instant)>,
-    dedup_order: VecDeque<(Instant, String)>,
-    /// Inboxes with a DM quota: sender -> seqs of their messages (those below the first
-    /// retained seq are dropped lazily).
-    by_sender: HashMap<String, VecDeque<u64>>,
-}
-
-impl Stream {
-    fn new() -> Self {
-        Stream {
-            epoch: new_epoch().into(),
-            top: 0,
-            msgs: VecDeque::new(),
-            dedup: HashMap::new(),
-            dedup_order: VecDeque::new(),
-            by_sender: HashMap::new(),
-        }
-    }
-
-    /// Whether `from` has fewer than `quota` retained messages here (0: no quota).
-    fn under_quota(&mut self, from: &str, quota: u32) -> bool {
-        if quota == 0 {
-            return true;
-        }
-        let first = self.first();
-        let Some(seqs) = self.by_sender.get_mut(from) else {
-            return true;
-        };
-        while seqs.front().is_some_and(|s| *s < first) {
-            seqs.pop_front();
-        }
-        seqs.len() < quota as usize
-    }
-
-    /// The epoch rule: a new epoch, numbering from 1 again; the old epoch's messages go.
-    fn restart_epoch(&mut self) {
-        self.epoch = new_epoch().into();
-        self.top = 0;
-        self.msgs.clear();
-        self.by_sender.clear();
-    }
-
-    fn trim(&mut self, retention: &RetentionConfig, now: u64) {
-        let max_age = retention.max_age.as_millis() as u64;
-        while self.msgs.len() > retention.max_messages
-            || self
-                .msgs
-                .front()
-                .is_some_and(|(ts, _)| now.saturating_sub(*ts) > max_age)
-        {
-            self.msgs.pop_front();
-        }
-    }
-
-    fn forget_expired_ids(&mut self, now: Instant) {
-        while let Some((until, _)) = self.dedup_order.front() {
-            if *until > now {
-                break;
-            }
-            if let Some((_, key)) = self.dedup_order.pop_front() {
-                if self.dedup.get(&key).is_some_and(|(_, _, u)| *u <= now) {
-                    self.dedup.remove(&key);
-                }
-            }
-        }
-    }
-
-    fn first(&self) -> u64 {
-        self.msgs.front().map_or(self.top + 1, |(_, m)| m.seq)
-    }
-
-    fn page(&self, q: HistoryQuery) -> HistoryPage {
-        let in_range =
-            |seq: u64| q.since.is_none_or(|since| seq > since) && q.before.is_none_or(|b| seq < b);
-        let all = self.msgs.iter().map(|(_, m)| m);
-        let (messages, more) = if q.since.is_some() {
-            cut_page(all.filter(|m| in_range(m.seq)), q.limit, q.max_bytes)
-        } else {
-            let (mut newest, more) =
-                cut_page(all.rev().filter(|m| in_range(m.seq)), q.limit, q.max_bytes);
-            newest.reverse();
-            (newest, more)
-        };
-        HistoryPage {
-            epoch: self.epoch.clone(),
-            top: self.top,
-            first: self.first(),
-            messages,
-            more,
-        }
-    }
-}
 
 /// Stored sessions by resume token, with their expiry.
 #[derive(Default)]
@@ -138,7 +42,7 @@ pub struct MemoryEngine {
     presence: Mutex<HashMap<String, BTreeMap<String, BTreeSet<String>>>>,
     sessions: Mutex<SessionStore>,
     session_ttl: Duration,
-    inbox_cursors: Mutex<HashMap<String, StreamPosition>>,
+    inbox_cursors: Mutex<InboxCursors>,
     nodes: Mutex<BTreeMap<String, NodeReport>>,
     /// What this engine handed out (the epoch rule's witness, see [`SeenTops`]).
     seen: SeenTops,
@@ -164,7 +68,7 @@ impl MemoryEngine {
             presence: Mutex::new(HashMap::new()),
             sessions: Mutex::new(SessionStore::default()),
             session_ttl: config.sessions.resume_ttl,
-            inbox_cursors: Mutex::new(HashMap::new()),
+            inbox_cursors: Mutex::new(InboxCursors::default()),
             nodes: Mutex::new(BTreeMap::new()),
             seen: SeenTops::default(),
             pruned: Mutex::new(Instant::now()),
@@ -419,16 +323,14 @@ impl Sessions for MemoryEngine {
         })
     }
     async fn inbox_cursor(&self, user: &str) -> Result<Option<StreamPosition>, EngineError> {
-        Ok(lock(&self.inbox_cursors).get(user).cloned())
+        Ok(lock(&self.inbox_cursors).get(user, Instant::now()))
     }
     async fn ack_inbox(&self, user: &str, at: &StreamPosition) -> Result<(), EngineError> {
-        let mut c = lock(&self.inbox_cursors);
-        match c.get_mut(user) {
-            Some(cur) if cur.epoch == at.epoch => cur.seq = cur.seq.max(at.seq),
-            _ => {
-                c.insert(user.to_string(), at.clone());
-            }
-        }
+        // 2 × the inbox's maxAge (as in Redis): every message the cursor could skip has
+        // aged out by then, so forgetting it replays nothing that was acknowledged.
+        let inbox = crate::protocol::inbox_of(user);
+        let ttl = self.retention(&inbox).max_age.saturating_mul(2);
+        lock(&self.inbox_cursors).ack(user, at, ttl, Instant::now());
         Ok(())
     }
 }

@@ -110,3 +110,118 @@ async fn a_racing_leave_and_join_are_announced_in_map_order() {
     }
     assert_eq!(wrong, 0, "frames out of the map's order");
 }
+
+/// Inbox cursors are forgotten 2 × the inbox's maxAge after the last ack, as the Redis
+/// engine's keys expire: kept for the process's life they grew with every user who ever
+/// acknowledged. An expired cursor reads as none before any sweep, and the next ack's
+/// sweep drops it.
+#[test]
+fn inbox_cursors_expire_their_ttl_after_the_last_ack_and_are_swept() {
+    let ttl = Duration::from_secs(3600);
+    let at = |seq| StreamPosition::new("e", seq);
+    let t0 = Instant::now();
+    let mut cursors = InboxCursors::default();
+    cursors.ack("a", &at(3), ttl, t0);
+    cursors.ack("b", &at(1), ttl, t0);
+    let later = t0 + ttl / 2;
+    cursors.ack("b", &at(2), ttl, later);
+    let expired = t0 + ttl;
+    assert_eq!(
+        cursors.get("a", expired - Duration::from_millis(1)),
+        Some(at(3))
+    );
+    assert_eq!(cursors.get("a", expired), None, "expired: none");
+    assert_eq!(
+        cursors.get("b", expired),
+        Some(at(2)),
+        "kept from its last ack"
+    );
+    cursors.ack("c", &at(1), ttl, expired);
+    assert_eq!(
+        cursors.len(),
+        2,
+        "the ack's sweep dropped the expired cursor"
+    );
+    cursors.ack("b", &at(1), ttl, later + ttl);
+    assert_eq!(
+        cursors.get("b", later + ttl),
+        Some(at(1)),
+        "an expired seq is not kept"
+    );
+}
+
+/// The engine keeps a cursor for 2 × the inbox's maxAge (a namespace's retention of
+/// `user:` applies, as to the inbox's messages).
+#[tokio::test]
+async fn an_ack_keeps_the_cursor_two_inbox_max_ages() {
+    let mut config = Config::default();
+    config.inbox.max_age = Duration::from_secs(3600);
+    let engine = MemoryEngine::new(Arc::new(Hub::default()), &config);
+    let before = Instant::now();
+    let at = StreamPosition::new("e", 1);
+    engine.ack_inbox("u", &at).await.expect("ack");
+    let after = Instant::now();
+    let until = lock(&engine.inbox_cursors).expiry("u").flatten();
+    let ttl = Duration::from_secs(7200);
+    assert!(
+        until.is_some_and(|u| u >= before + ttl && u <= after + ttl),
+        "{until:?}"
+    );
+}
+
+/// An ack at seq 0 acknowledges nothing and is read as no cursor: it stores none (every
+/// user resuming with an empty inbox left one behind), and moves no stored one back.
+#[tokio::test]
+async fn an_ack_at_seq_zero_stores_no_cursor() {
+    let engine = MemoryEngine::new(Arc::new(Hub::default()), &Config::default());
+    let at = |seq| StreamPosition::new("e", seq);
+    engine.ack_inbox("u", &at(0)).await.expect("ack");
+    assert_eq!(lock(&engine.inbox_cursors).len(), 0);
+    assert_eq!(engine.inbox_cursor("u").await.expect("cursor"), None);
+    engine.ack_inbox("u", &at(4)).await.expect("ack");
+    engine.ack_inbox("u", &at(0)).await.expect("ack");
+    assert_eq!(engine.inbox_cursor("u").await.expect("cursor"), Some(at(4)));
+}
+
+async fn dm(engine: &MemoryEngine, from: &str, id: u32) -> Result<Published, EngineError> {
+    let body = serde_json::value::RawValue::from_string("1".into()).expect("raw");
+    engine
+        .publish(Publish {
+            room: "user:support".into(),
+            from: from.into(),
+            msg_id: id.to_string(),
+            body,
+            traceparent: None,
+        })
+        .await
+}
+
+/// A busy inbox's DM-quota map keeps the senders of retained messages, not one entry per
+/// sender it ever had; the quota still counts what is retained.
+#[tokio::test]
+async fn a_busy_inbox_forgets_senders_whose_messages_were_trimmed() {
+    let mut config = Config::default();
+    config.inbox.max_messages = 10;
+    config.namespaces = vec![crate::config::NamespaceConfig {
+        dm_quota: 2,
+        ..crate::config::NamespaceConfig::inbox()
+    }];
+    let engine = MemoryEngine::new(Arc::new(Hub::default()), &config);
+    for i in 0..5000 {
+        dm(&engine, &format!("s{i}"), 0).await.expect("dm");
+    }
+    let stream = engine.existing("user:support").expect("stream");
+    let senders = lock(&stream).by_sender.len();
+    assert!(senders <= 2 * 10, "{senders} senders for 10 messages");
+
+    dm(&engine, "x", 1).await.expect("dm");
+    dm(&engine, "x", 2).await.expect("dm");
+    let refused = dm(&engine, "x", 3).await;
+    assert!(matches!(refused, Err(EngineError::Quota(_))), "{refused:?}");
+    for i in 0..10 {
+        dm(&engine, &format!("t{i}"), 0).await.expect("dm");
+    }
+    dm(&engine, "x", 4)
+        .await
+        .expect("x's messages were trimmed: under quota again");
+}

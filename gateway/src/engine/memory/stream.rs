@@ -1,0 +1,128 @@
+//! One room's (or inbox's) stream of messages in the memory engine.
+
+use crate::config::RetentionConfig;
+use crate::engine::{cut_page, new_epoch, Envelope, HistoryPage, HistoryQuery};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A stream's DM-quota map is pruned once it holds more than this many senders per
+/// retained message: past one, some have none left (a busy inbox kept one per distinct
+/// sender until its epoch ended); at two, a prune (a walk of the map) comes after at least
+/// as many sends or trims as the map keeps entries: amortised constant work per send.
+const SENDERS_PER_RETAINED: usize = 2;
+
+/// One room's (or inbox's) stream of messages.
+pub(super) struct Stream {
+    pub(super) epoch: Arc<str>,
+    pub(super) top: u64,
+    /// (append time in Unix ms, message), oldest first.
+    pub(super) msgs: VecDeque<(u64, Arc<Envelope>)>,
+    /// "from\0msg_id" -> (seq, its epoch, remembered until).
+    pub(super) dedup: HashMap<String, (u64, Arc<str>, Instant)>,
+    pub(super) dedup_order: VecDeque<(Instant, String)>,
+    /// Inboxes with a DM quota: sender -> seqs of their messages (those below the first
+    /// retained seq are dropped lazily: on the sender's next send, or in
+    /// [`forget_gone_senders`](Self::forget_gone_senders) as [`trim`](Self::trim) goes).
+    pub(super) by_sender: HashMap<String, VecDeque<u64>>,
+}
+
+impl Stream {
+    pub(super) fn new() -> Self {
+        Stream {
+            epoch: new_epoch().into(),
+            top: 0,
+            msgs: VecDeque::new(),
+            dedup: HashMap::new(),
+            dedup_order: VecDeque::new(),
+            by_sender: HashMap::new(),
+        }
+    }
+
+    /// Whether `from` has fewer than `quota` retained messages here (0: no quota).
+    pub(super) fn under_quota(&mut self, from: &str, quota: u32) -> bool {
+        if quota == 0 {
+            return true;
+        }
+        let first = self.first();
+        let Some(seqs) = self.by_sender.get_mut(from) else {
+            return true;
+        };
+        while seqs.front().is_some_and(|s| *s < first) {
+            seqs.pop_front();
+        }
+        seqs.len() < quota as usize
+    }
+
+    /// The epoch rule: a new epoch, numbering from 1 again; the old epoch's messages go.
+    pub(super) fn restart_epoch(&mut self) {
+        self.epoch = new_epoch().into();
+        self.top = 0;
+        self.msgs.clear();
+        self.by_sender.clear();
+    }
+
+    pub(super) fn trim(&mut self, retention: &RetentionConfig, now: u64) {
+        let max_age = retention.max_age.as_millis() as u64;
+        while self.msgs.len() > retention.max_messages
+            || self
+                .msgs
+                .front()
+                .is_some_and(|(ts, _)| now.saturating_sub(*ts) > max_age)
+        {
+            self.msgs.pop_front();
+        }
+        if self.by_sender.len() > SENDERS_PER_RETAINED * self.msgs.len() {
+            self.forget_gone_senders();
+        }
+    }
+
+    /// Drops the DM-quota seqs of messages no longer retained, and senders left with none.
+    fn forget_gone_senders(&mut self) {
+        let first = self.first();
+        self.by_sender.retain(|_, seqs| {
+            while seqs.front().is_some_and(|s| *s < first) {
+                seqs.pop_front();
+            }
+            !seqs.is_empty()
+        });
+    }
+
+    pub(super) fn forget_expired_ids(&mut self, now: Instant) {
+        while let Some((until, _)) = self.dedup_order.front() {
+            if *until > now {
+                break;
+            }
+            if let Some((_, key)) = self.dedup_order.pop_front() {
+                if self.dedup.get(&key).is_some_and(|(_, _, u)| *u <= now) {
+                    self.dedup.remove(&key);
+                }
+            }
+        }
+    }
+
+    pub(super) fn first(&self) -> u64 {
+        self.msgs.front().map_or(self.top + 1, |(_, m)| m.seq)
+    }
+
+    pub(super) fn page(&self, q: HistoryQuery) -> HistoryPage {
+        let in_range =
+            |seq: u64| q.since.is_none_or(|since| seq > since) && q.before.is_none_or(|b| seq < b);
+        let all = self.msgs.iter().map(|(_, m)| m);
+        let (messages, more) = if q.since.is_some() {
+            cut_page(all.filter(|m| in_range(m.seq)), q.limit, q.max_bytes)
+        } else {
+            let (mut newest, more) =
+                cut_page(all.rev().filter(|m| in_range(m.seq)), q.limit, q.max_bytes);
+            newest.reverse();
+            (newest, more)
+        };
+        HistoryPage {
+            epoch: self.epoch.clone(),
+            top: self.top,
+            first: self.first(),
+            messages,
+            more,
+        }
+    }
+}
