@@ -1,17 +1,22 @@
 //! Notifications after the fact: `message` (stored), `connected`, `disconnected`. Events
-//! wait in a bounded in-memory queue (the oldest dropped and counted beyond it) and are
-//! posted in batches, retried with backoff until the backend answers 2xx (any body): at
+//! wait in an in-memory queue bounded by count (`queueSize`) and by bytes
+//! ([`MAX_QUEUED_BYTES`]), the oldest dropped and counted beyond either, and are posted in
+//! batches, retried with backoff until the backend answers 2xx (any body): at
 //! least once while the gateway runs (a crashed gateway loses what was still queued).
 
 use super::client::HookClient;
 use crate::config::{EventsConfig, FailurePolicy, HookConfig};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+mod queue;
+
+use queue::Queue;
+pub use queue::MAX_QUEUED_BYTES;
 
 /// One notification.
 #[derive(Debug, Clone, Serialize)]
@@ -72,14 +77,14 @@ impl Event {
 
 #[derive(Serialize)]
 struct Batch<'a> {
-    events: &'a [Event],
+    events: &'a [Arc<Event>],
 }
 
 /// The queue and its poster.
 pub struct Notifier {
     cfg: EventsConfig,
-    /// (id, event), oldest first; ids grow by one per queued event.
-    queue: Mutex<(u64, VecDeque<(u64, Event)>)>,
+    /// Oldest first, within `queueSize` events and [`MAX_QUEUED_BYTES`].
+    queue: Mutex<Queue>,
     wake: Notify,
     client: HookClient,
     dropped: prometheus::IntCounter,
@@ -100,7 +105,7 @@ impl Notifier {
             ..Default::default()
         });
         Notifier {
-            queue: Mutex::new((0, VecDeque::new())),
+            queue: Mutex::new(Queue::new(cfg.queue_size, MAX_QUEUED_BYTES)),
             wake: Notify::new(),
             client,
             dropped,
@@ -109,7 +114,7 @@ impl Notifier {
         }
     }
 
-    fn queue(&self) -> std::sync::MutexGuard<'_, (u64, VecDeque<(u64, Event)>)> {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -118,41 +123,27 @@ impl Notifier {
         self.cfg.kinds.iter().any(|k| k == kind)
     }
 
-    /// Queues an event of a configured kind (never blocks).
+    /// Queues an event of a configured kind (never blocks), dropping the oldest to keep
+    /// within both bounds.
     pub fn notify(&self, event: Event) {
         if !self.wants(event.kind()) {
             return;
         }
-        let mut guard = self.queue();
-        let (next, q) = &mut *guard;
-        if q.len() >= self.cfg.queue_size {
-            q.pop_front();
-            self.dropped.inc();
-        }
-        *next += 1;
-        q.push_back((*next, event));
-        drop(guard);
+        let dropped = self.queue().push(event);
+        self.dropped.inc_by(dropped);
         self.wake.notify_one();
     }
 
     /// Posts the oldest batch; `Ok(false)` when the queue was empty.
     async fn post_batch(&self) -> Result<bool, super::client::HookError> {
         let _posting = self.posting.lock().await;
-        let (last, batch): (u64, Vec<Event>) = {
-            let guard = self.queue();
-            let taken: Vec<&(u64, Event)> = guard.1.iter().take(self.cfg.batch).collect();
-            let last = taken.last().map_or(0, |(id, _)| *id);
-            (last, taken.into_iter().map(|(_, e)| e.clone()).collect())
-        };
+        let (last, batch) = self.queue().front(self.cfg.batch);
         if batch.is_empty() {
             return Ok(false);
         }
         self.client.post_only(&Batch { events: &batch }).await?;
         // By id: the queue may have dropped some of the batch meanwhile.
-        let mut guard = self.queue();
-        while guard.1.front().is_some_and(|(id, _)| *id <= last) {
-            guard.1.pop_front();
-        }
+        self.queue().remove_through(last);
         Ok(true)
     }
 
@@ -184,5 +175,77 @@ impl Notifier {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hooks::tests::answering;
+
+    fn message(body_len: usize) -> Event {
+        Event::Message {
+            room: "team:blue".into(),
+            seq: 1,
+            epoch: "e".into(),
+            msg_id: "m".into(),
+            from: "ann".into(),
+            ts: 1,
+            body: RawValue::from_string(format!("\"{}\"", "x".repeat(body_len)))
+                .expect("a JSON string"),
+        }
+    }
+
+    fn connected(session: &str) -> Event {
+        Event::Connected {
+            user: "ann".into(),
+            session: session.into(),
+            node: "n".into(),
+            ts: 1,
+        }
+    }
+
+    /// While nothing is posted, large bodies stop at the byte bound (the oldest dropped and
+    /// counted) instead of filling `queueSize`; small events queued after them still reach
+    /// the backend, and once it has everything the queue holds nothing.
+    #[tokio::test]
+    async fn large_bodies_are_bounded_by_bytes_and_small_events_still_flow() {
+        let (addr, received) = answering(204, "", Some(Duration::ZERO)).await;
+        let dropped = prometheus::IntCounter::new("d", "d").expect("counter");
+        let n = Notifier::new(
+            EventsConfig {
+                url: format!("http://{addr}/events"),
+                // Batches of 64 KiB bodies are megabytes: room for a loaded machine.
+                timeout: Duration::from_secs(60),
+                kinds: vec!["message".into(), "connected".into()],
+                ..Default::default()
+            },
+            dropped.clone(),
+        );
+        for _ in 0..1_000 {
+            n.notify(message(64 * 1024));
+            assert!(n.queue().bytes() <= MAX_QUEUED_BYTES);
+        }
+        let held = n.queue().len();
+        assert!(held < 1_000, "the byte bound binds before queueSize");
+        assert_eq!(dropped.get() as usize, 1_000 - held);
+
+        for s in ["s1", "s2", "s3"] {
+            n.notify(connected(s));
+        }
+        n.flush().await;
+        let left = n.queue();
+        assert_eq!((left.len(), left.bytes()), (0, 0));
+        drop(left);
+        let batches = received.lock().expect("lock").clone();
+        let sessions: Vec<String> = batches
+            .iter()
+            .flat_map(|b| {
+                let v: serde_json::Value = serde_json::from_str(b).unwrap_or_default();
+                v["events"].as_array().cloned().unwrap_or_default()
+            })
+            .filter_map(|e| e["session"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(sessions, ["s1", "s2", "s3"]);
     }
 }
