@@ -63,12 +63,15 @@ pub struct ConnCtl {
 }
 
 impl ConnCtl {
-    /// Leaves a message for the session.
+    /// Leaves a message for the session; one equal to a message still waiting is the same
+    /// request and is not kept twice (the session reads its mailbox between commands, not
+    /// during a long replay, and a backend may repeat an unsubscribe meanwhile).
     pub fn tell(&self, msg: SessionCtl) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(msg);
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if !pending.contains(&msg) {
+            pending.push(msg);
+        }
+        drop(pending);
         self.notify.notify_one();
     }
 
@@ -219,6 +222,22 @@ fn parse(frame: &str) -> Option<Control> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A repeated unsubscribe while the session is busy (a long replay) is kept once.
+    #[test]
+    fn a_repeated_message_waits_once() {
+        let ctl = ConnCtl::default();
+        let unsubscribe = |room: &str| SessionCtl::Unsubscribe {
+            room: room.into(),
+            reason: "removed by the server",
+        };
+        for _ in 0..1000 {
+            ctl.tell(unsubscribe("a"));
+        }
+        ctl.tell(unsubscribe("b"));
+        assert_eq!(ctl.take(), [unsubscribe("a"), unsubscribe("b")]);
+        assert!(!ctl.has_news());
+    }
 
     #[test]
     fn control_messages_round_trip_through_a_msg_frame() {
