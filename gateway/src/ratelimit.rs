@@ -80,6 +80,8 @@ pub struct KeyedBuckets<K> {
     max_keys: usize,
     buckets: HashMap<K, TokenBucket>,
     calls: u64,
+    /// `calls` at the last sweep.
+    swept_at: u64,
 }
 
 impl<K: Hash + Eq> KeyedBuckets<K> {
@@ -91,6 +93,7 @@ impl<K: Hash + Eq> KeyedBuckets<K> {
             max_keys,
             buckets: HashMap::new(),
             calls: 0,
+            swept_at: 0,
         }
     }
 
@@ -105,8 +108,16 @@ impl<K: Hash + Eq> KeyedBuckets<K> {
             return true;
         }
         self.calls += 1;
-        if self.calls % 1024 == 0 || self.buckets.len() >= self.max_keys {
+        // A sweep walks every bucket: one every 1024 calls, and at the bound one every
+        // `max_keys / 64` calls, so a call costs at most about 64 buckets' walk on average.
+        // (Sweeping on every call at the bound cost 100,000 a call while buckets that
+        // refill slowly, a user's room starts, kept the map full.) Meanwhile a new key is
+        // admitted without a bucket, as when a sweep frees none.
+        let since = self.calls - self.swept_at;
+        let full = self.buckets.len() >= self.max_keys;
+        if since >= 1024 || (full && since as usize >= self.max_keys / 64) {
             self.buckets.retain(|_, b| !b.full_at(now));
+            self.swept_at = self.calls;
         }
         if let Some(bucket) = self.buckets.get_mut(key) {
             return bucket.take_at(now);
@@ -287,6 +298,26 @@ mod tests {
             KeyedBuckets::<i32>::new(0.0, 1, 1).take_at(&1, t0),
             "rate 0: no limit"
         );
+    }
+
+    /// At the bound with buckets that stay (slow refills), a sweep comes once every
+    /// `max_keys / 64` calls, not on every call.
+    #[test]
+    fn a_full_map_is_swept_once_in_a_while_not_on_every_call() {
+        let t0 = Instant::now();
+        let mut k = KeyedBuckets::<u32>::new(0.001, 1, 6400);
+        for i in 0..6400 {
+            assert!(k.take_at(&i, t0));
+        }
+        let sweeps = k.calls / 1024;
+        assert_eq!(k.swept_at, sweeps * 1024, "only the periodic sweeps so far");
+        for i in 6400..6600 {
+            assert!(k.take_at(&i, t0), "admitted without a bucket");
+        }
+        // 200 calls at the bound sweep at calls 6401 (257 since the periodic one at 6144)
+        // and 6501 (100 later), not on each of them.
+        assert_eq!(k.swept_at, 6501);
+        assert_eq!(k.len(), 6400);
     }
 
     #[tokio::test]
