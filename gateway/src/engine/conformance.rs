@@ -39,6 +39,7 @@ pub async fn run_all(factory: &impl Factory) {
     presence::a_listing_holds_at_most_its_limit_and_counts_all(factory).await;
     sessions_take_once_and_expire(factory).await;
     inbox_cursor_only_moves_forward(factory).await;
+    inbox_cursor_lives_twice_the_inbox_namespaces_max_age(factory).await;
     concurrent_publishers_keep_seq_order(factory).await;
     nodes::registry(factory).await;
     nodes::room_starts_count_down_per_user_to_a_bounded_debt(factory).await;
@@ -421,6 +422,28 @@ async fn inbox_cursor_only_moves_forward(f: &impl Factory) {
         Some(at("e2", 1)),
         "a new epoch replaces the cursor"
     );
+}
+
+/// A cursor is forgotten 2 × the inbox's max age after its last ack: the `user:`
+/// namespace's retention when it sets one, not `inbox:`'s (a cursor kept shorter than
+/// the messages it skips would replay acknowledged direct messages).
+async fn inbox_cursor_lives_twice_the_inbox_namespaces_max_age(f: &impl Factory) {
+    let hub = Arc::new(Hub::default());
+    let mut c = config();
+    c.inbox.max_age = Duration::from_secs(3600);
+    let mut retention = c.inbox.clone();
+    retention.max_age = Duration::from_millis(200);
+    c.namespaces = vec![crate::config::NamespaceConfig {
+        retention: Some(retention),
+        ..crate::config::NamespaceConfig::inbox()
+    }];
+    let engine = f.make(hub, &c).await;
+    let at = StreamPosition::new("e1", 5);
+    engine.ack_inbox("yan", &at).await.expect("ack");
+    // Past 2 × 200 ms (a slow machine only sleeps longer).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let cursor = engine.inbox_cursor("yan").await.expect("cursor");
+    assert_eq!(cursor, None, "kept past 2 × the namespace's max age");
 }
 
 async fn concurrent_publishers_keep_seq_order(f: &impl Factory) {

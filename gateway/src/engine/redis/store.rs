@@ -63,6 +63,8 @@ impl Sessions for RedisEngine {
     }
     async fn ack_inbox(&self, user: &str, at: &StreamPosition) -> Result<(), EngineError> {
         let s = &self.shared;
+        // The inbox's retention: the `user:` namespace's when it sets one.
+        let max_age = s.retention(&crate::protocol::inbox_of(user)).max_age;
         let mut c = s.conn();
         let _: i64 = s
             .run(
@@ -70,7 +72,7 @@ impl Sessions for RedisEngine {
                     .key(s.keys.inbox_cursor(user))
                     .arg(at.seq)
                     .arg(&*at.epoch)
-                    .arg(s.inbox.max_age.as_millis() as u64 * 2)
+                    .arg(max_age.as_millis() as u64 * 2)
                     .invoke_async(&mut c),
             )
             .await?;
