@@ -42,6 +42,13 @@ pub const MAX_REQUEST_HEAD: usize = 64 << 10;
 /// reconciler.
 pub const MAX_CONNECTIONS: usize = 256;
 
+/// Connections one address may hold of [`MAX_CONNECTIONS`]; past it a new one is closed
+/// at once. Without it, one pod opening connections faster than the handshake timeout
+/// ends them would hold every slot, and the aggregator's requests would wait behind it
+/// (every HPA without its metric). A kube-apiserver opens a few, one per concurrent
+/// request it proxies (HPA syncs run five at a time by default).
+pub const MAX_CONNECTIONS_PER_IP: usize = 64;
+
 /// How often, at most, waiting at [`MAX_CONNECTIONS`] is logged.
 const AT_BOUND_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -57,6 +64,8 @@ pub struct Limits {
     pub max_request_head: usize,
     /// See [`MAX_CONNECTIONS`].
     pub max_connections: usize,
+    /// See [`MAX_CONNECTIONS_PER_IP`].
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Limits {
@@ -66,6 +75,7 @@ impl Default for Limits {
             header_read_timeout: HEADER_READ_TIMEOUT,
             max_request_head: MAX_REQUEST_HEAD,
             max_connections: MAX_CONNECTIONS,
+            max_connections_per_ip: MAX_CONNECTIONS_PER_IP,
         }
     }
 }
@@ -98,6 +108,7 @@ pub async fn serve_with(
     // Taken before accepting, so that a connection costs nothing (beyond the kernel's
     // listen queue) until it has a slot, and held until the connection ends.
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let per_ip = PerIp::default();
     let mut logged_at_bound: Option<Instant> = None;
     loop {
         let slot = match slots.clone().try_acquire_owned() {
@@ -125,10 +136,14 @@ pub async fn serve_with(
                 continue;
             }
         };
+        let Some(of_ip) = per_ip.take(peer.ip(), limits.max_connections_per_ip) else {
+            tracing::debug!(%peer, "closed at accept: too many connections from its address");
+            continue; // the stream and the slot are dropped
+        };
         let acceptor = acceptor.clone();
         let state = state.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _held = (slot, of_ip);
             let handshake = acceptor.accept(stream);
             let tls = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
                 Ok(Ok(tls)) => tls,
@@ -169,6 +184,44 @@ pub async fn serve_with(
                 tracing::debug!(%peer, error = %e, "custom metrics connection ended");
             }
         });
+    }
+}
+
+/// Open connections per client address (at most [`MAX_CONNECTIONS`] entries: each has
+/// one at least).
+#[derive(Clone, Default)]
+struct PerIp(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+/// One connection of an address, counted until dropped.
+struct OfIp {
+    per_ip: PerIp,
+    ip: std::net::IpAddr,
+}
+
+impl PerIp {
+    fn take(&self, ip: std::net::IpAddr, max: usize) -> Option<OfIp> {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(ip).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(OfIp {
+            per_ip: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for OfIp {
+    fn drop(&mut self) {
+        let mut counts = self.per_ip.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
     }
 }
 

@@ -312,6 +312,43 @@ async fn connections_over_the_bound_wait_for_a_slot() {
     drop(second);
 }
 
+/// Past its share of the connections an address's new connection is closed at once;
+/// one of its connections ending makes room again.
+#[tokio::test]
+async fn an_address_past_its_share_is_closed_at_once() {
+    use tokio::io::AsyncReadExt;
+    let (f, _api) = start_with(Limits {
+        max_connections_per_ip: 2,
+        // Unfinished handshakes hold their connections for the whole test.
+        handshake_timeout: Duration::from_secs(600),
+        ..Limits::default()
+    })
+    .await;
+    let tcp = || tokio::net::TcpStream::connect(f.addr);
+    let first = tcp().await.expect("connect");
+    let _second = tcp().await.expect("connect");
+    let mut third = tcp().await.expect("connect");
+    let mut byte = [0; 1];
+    let read = tokio::time::timeout(Duration::from_secs(30), third.read(&mut byte)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "the third connection of one address is still open: {read:?}"
+    );
+    drop(first);
+    // Once the server has seen the first go, a new connection is kept (waiting for its
+    // handshake) instead of closed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut next = tcp().await.expect("connect");
+        let read = tokio::time::timeout(Duration::from_millis(300), next.read(&mut byte)).await;
+        if read.is_err() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never kept again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A head longer than the bound is refused (431) and the connection closed, before the
 /// server has buffered more of it.
 #[tokio::test]
