@@ -172,6 +172,10 @@ async fn a_resume_naming_more_rooms_than_a_connection_holds_is_refused() {
 #[tokio::test]
 async fn a_second_resume_on_one_connection_is_refused() {
     let mut h = Harness::new("alice").await;
+    // Refused before any room: that one may be tried again.
+    h.cmd(json!({"type": "resume", "id": 9, "resume_token": "none"}))
+        .await;
+    assert_eq!(error_code(&h.reply_of(9)), "session_not_found");
     let positions = json!({"r": 0});
     h.cmd(json!({"type": "resume", "id": 1, "resume_token": "none", "positions": positions}))
         .await;

@@ -30,14 +30,15 @@ pub(super) async fn handle(s: &mut Session, cmd: Resume) -> Handled {
     }
     // Each resume catches up every room it names again (a head read each, the join hook
     // for a room it refused): repeated on one connection, that is up to a hundred engine
-    // or backend calls per command. A client resumes once, after its welcome.
+    // or backend calls per command. A client resumes once, after its welcome; one
+    // refused before any room (unknown token, another user's, the store unreachable) may
+    // be tried again.
     if s.resumed {
         return Err(Refusal::new(
             ErrorCode::BadRequest,
             "one resume per connection: reconnect to resume again",
         ));
     }
-    s.resumed = true;
     let engine = s.node.engine.clone();
     let record = match engine.take_session(&cmd.resume_token, s.user()).await? {
         TakenSession::Taken(record) => {
@@ -59,6 +60,7 @@ pub(super) async fn handle(s: &mut Session, cmd: Resume) -> Handled {
         }
         TakenSession::Missing => None,
     };
+    s.resumed = true;
     let grants = record
         .as_ref()
         .map(|r| r.grants.clone())
