@@ -181,29 +181,7 @@ impl Notifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hooks::tests::answering;
-
-    fn message(body_len: usize) -> Event {
-        Event::Message {
-            room: "team:blue".into(),
-            seq: 1,
-            epoch: "e".into(),
-            msg_id: "m".into(),
-            from: "ann".into(),
-            ts: 1,
-            body: RawValue::from_string(format!("\"{}\"", "x".repeat(body_len)))
-                .expect("a JSON string"),
-        }
-    }
-
-    fn connected(session: &str) -> Event {
-        Event::Connected {
-            user: "ann".into(),
-            session: session.into(),
-            node: "n".into(),
-            ts: 1,
-        }
-    }
+    use crate::hooks::tests::{answering, connected, message};
 
     /// While nothing is posted, large bodies stop at the byte bound (the oldest dropped and
     /// counted) instead of filling `queueSize`; small events queued after them still reach

@@ -72,12 +72,27 @@ fn notifier(addr: SocketAddr, batch: usize) -> Notifier {
     Notifier::new(cfg, prometheus::IntCounter::new("d", "d").expect("counter"))
 }
 
-fn connected(session: &str) -> Event {
+/// A `connected` event of `session`.
+pub(crate) fn connected(session: &str) -> Event {
     Event::Connected {
         user: "ann".into(),
         session: session.into(),
         node: "n".into(),
         ts: 1,
+    }
+}
+
+/// A `message` event whose body is a JSON string of `len` bytes.
+pub(crate) fn message(len: usize) -> Event {
+    let body = format!("\"{}\"", "x".repeat(len.saturating_sub(2)));
+    Event::Message {
+        room: "team:blue".into(),
+        seq: 1,
+        epoch: "e".into(),
+        msg_id: "m".into(),
+        from: "ann".into(),
+        ts: 1,
+        body: serde_json::value::RawValue::from_string(body).expect("a JSON string"),
     }
 }
 

@@ -141,21 +141,7 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::value::RawValue;
-
-    /// A `message` event whose body is a JSON string of `len` bytes.
-    fn message(len: usize) -> Event {
-        let body = format!("\"{}\"", "x".repeat(len.saturating_sub(2)));
-        Event::Message {
-            room: "team:blue".into(),
-            seq: 1,
-            epoch: "e".into(),
-            msg_id: "m".into(),
-            from: "ann".into(),
-            ts: 1,
-            body: RawValue::from_string(body).expect("a JSON string"),
-        }
-    }
+    use crate::hooks::tests::message;
 
     /// The byte count recomputed from what is queued.
     fn recount(q: &Queue) -> usize {
