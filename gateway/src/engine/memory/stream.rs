@@ -48,9 +48,7 @@ impl Stream {
         let Some(seqs) = self.by_sender.get_mut(from) else {
             return true;
         };
-        while seqs.front().is_some_and(|s| *s < first) {
-            seqs.pop_front();
-        }
+        drop_below(seqs, first);
         seqs.len() < quota as usize
     }
 
@@ -81,9 +79,7 @@ impl Stream {
     fn forget_gone_senders(&mut self) {
         let first = self.first();
         self.by_sender.retain(|_, seqs| {
-            while seqs.front().is_some_and(|s| *s < first) {
-                seqs.pop_front();
-            }
+            drop_below(seqs, first);
             !seqs.is_empty()
         });
     }
@@ -124,5 +120,12 @@ impl Stream {
             messages,
             more,
         }
+    }
+}
+
+/// Drops a sender's seqs of messages already trimmed (below `first`, the oldest kept).
+fn drop_below(seqs: &mut VecDeque<u64>, first: u64) {
+    while seqs.front().is_some_and(|s| *s < first) {
+        seqs.pop_front();
     }
 }
