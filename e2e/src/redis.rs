@@ -131,6 +131,23 @@ impl RedisServer {
         cmd.query(&mut conn)
     }
 
+    /// The session stored for a resume under `token` (`<prefix>:sess:<token>`, any
+    /// prefix), parsed; None while there is none.
+    pub fn stored_session(&self, token: &str) -> Option<serde_json::Value> {
+        let pattern = format!("*:sess:{token}");
+        let Ok(redis::Value::Array(keys)) = self.command(&["KEYS", &pattern]) else {
+            return None;
+        };
+        let Some(redis::Value::BulkString(key)) = keys.first() else {
+            return None;
+        };
+        let key = String::from_utf8_lossy(key).into_owned();
+        match self.command(&["GET", &key]) {
+            Ok(redis::Value::BulkString(v)) => serde_json::from_slice(&v).ok(),
+            _ => None,
+        }
+    }
+
     /// How many times this server ran `command` (lowercase) without an error so far, a
     /// script's own commands included; 0 for one it never ran. From `INFO commandstats`,
     /// whose `calls` also counts the failures: an `EVALSHA` answered `NOSCRIPT` (the

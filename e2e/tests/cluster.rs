@@ -1,6 +1,7 @@
 //! Several real gateway processes sharing one real Redis behave as one chat service.
 //! They verify JWTs, as in production.
 
+use e2e::fleet::wait_until;
 use e2e::gateways::Gateways;
 use e2e::presence::{assert_storm_batched, join_storm};
 use e2e::redis::RedisServer;
@@ -157,6 +158,18 @@ async fn client_of_a_killed_process_resumes_on_another_exactly() {
     let seen = reader.drain_msgs(Duration::from_millis(500)).await;
     assert_eq!(seqs(&seen), [1, 2, 3]);
     let token = reader.resume_token();
+    // A killed process saves nothing at the end: only the save its joins scheduled
+    // (200 ms after the first) holds the rooms.
+    wait_until(
+        "the session saved with both rooms",
+        Duration::from_secs(10),
+        || {
+            redis
+                .stored_session(&token)
+                .is_some_and(|s| s["rooms"].get("sports").is_some())
+        },
+    )
+    .await;
     gws.procs[0].kill_and_reap();
     drop(reader);
     for i in 4..=7 {
@@ -296,6 +309,13 @@ async fn redis_restarted_empty_means_not_recovered_then_new_messages_flow() {
     redis.restart_empty();
     for gw in &gws.procs {
         gw.wait_ready(200, Duration::from_secs(20));
+        // Ready stays 200 for `readinessGrace` while pub/sub is down, and a join refuses
+        // until it is back: wait for each gateway's pub/sub reconnect.
+        wait_until("pub/sub reconnected", Duration::from_secs(20), || {
+            gw.sample("chatgateway_redis_reconnects_total")
+                .is_some_and(|n| n >= 1.0)
+        })
+        .await;
     }
     let mut leaver = connect(&gws, 1, "leaver").await;
     let reply = leaver
@@ -345,6 +365,14 @@ async fn a_send_retried_on_another_node_after_a_reconnect_is_posted_once() {
     // The server got it before the socket broke (bob sees it).
     assert_eq!(next_in(&mut bob, "deals").await["msg_id"], "a-1");
     assert_eq!(next_in(&mut bob, "deals").await["msg_id"], "a-2");
+    // Bob's copy does not mean node 0 has seen the socket end and saved the session:
+    // it is unregistered only after.
+    wait_until(
+        "node 0 closed alice's connection",
+        Duration::from_secs(10),
+        || gws.procs[0].metric("chatgateway_connections") == 0.0,
+    )
+    .await;
     // It reconnects to the other node, resumes, and retries both with the same msg_ids.
     let mut alice = connect(&gws, 1, "alice").await;
     let resumed = alice
