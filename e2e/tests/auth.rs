@@ -256,7 +256,15 @@ async fn origin_allow_list_and_per_ip_limit() {
         }
     }
     drop((a, b));
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // A slot is freed once the connection's task has closed its session.
+    let freed = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gw.gateway.node.connection_count() > 0 {
+        assert!(
+            std::time::Instant::now() < freed,
+            "connections never closed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert!(
         Client::connect(&gw.ws_url("user=o")).await.is_ok(),
         "slots are freed on close"

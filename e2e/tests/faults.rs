@@ -103,13 +103,21 @@ async fn a_resume_that_fails_half_way_leaks_nothing() {
         node.connection_count() == 0 && node.hub.room_count() == own_rooms
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // the presence linger
-    assert!(node
+    // Presence goes after its linger, from a task of its own.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !node
         .engine
         .presence("lobby")
         .await
         .expect("presence")
-        .is_empty());
+        .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "presence stayed behind in lobby"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Nothing was acknowledged: alice's next device gets both DMs.
     let mut a3 = gw.connect("alice").await;
     a3.request(json!({"type": "ping"})).await;

@@ -1,5 +1,6 @@
 //! Protocol v1 over real sockets against an in-process gateway (memory engine).
 
+use e2e::fleet::wait_until;
 use e2e::presence::{assert_storm_batched, join_storm};
 use e2e::{test_config, TestGateway};
 use serde_json::{json, Value};
@@ -300,7 +301,14 @@ async fn resume_after_dropped_socket_returns_exactly_the_missed_messages() {
     assert_eq!(seqs(&seen), [1, 2, 3]);
     let token = r.resume_token();
     r.kill();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Gone from the node only after its session is saved: a resume before that could be
+    // followed by the old connection's save, and the token resumed twice below.
+    wait_until(
+        "the reader's connection closed",
+        Duration::from_secs(10),
+        || gw.gateway.node.connection_count() == 1,
+    )
+    .await;
     for i in 4..=7 {
         sender.send("room1", json!(i)).await;
     }
