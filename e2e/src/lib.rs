@@ -92,6 +92,22 @@ impl TestGateway {
         find_metric(&body, sample)
     }
 
+    /// Polls `sample` until it reaches `at_least` and returns its value; panics naming it
+    /// after 10 s. For what a connection's task counts after its socket is already gone.
+    pub async fn wait_sample(&self, sample: &str, at_least: f64) -> f64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match self.sample(sample).await {
+                Some(v) if v >= at_least => return v,
+                v => assert!(
+                    std::time::Instant::now() < deadline,
+                    "{sample} is {v:?} after 10 s, not {at_least}"
+                ),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Two new clients join a room and chat: what a test of bad input or a limit checks
     /// last (the gateway is still up and serving others). Panics if they cannot.
     pub async fn bystanders_still_chat(&self) {

@@ -91,8 +91,12 @@ async fn a_token_expires_while_its_commands_wait_behind_a_slow_delivery() {
         "still open {:?} after the token expired",
         started.elapsed()
     );
+    // Counted by the connection's task after its close frame went out.
     let expired = gw
-        .metric("chatgateway_connections_closed_total{reason=\"token expired\"}")
+        .wait_sample(
+            "chatgateway_connections_closed_total{reason=\"token expired\"}",
+            1.0,
+        )
         .await;
     assert_eq!(expired, 1.0, "closed because the token expired");
     gw.stop().await;

@@ -406,10 +406,12 @@ async fn heartbeat_pings_and_silent_clients_are_closed() {
     drop(alive);
     // A client that never reads never answers pings: closed after two intervals.
     let mut silent = gw.connect("silent").await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
-        gw.metric("chatgateway_connections_closed_total{reason=\"heartbeat timeout\"}")
-            .await,
+        gw.wait_sample(
+            "chatgateway_connections_closed_total{reason=\"heartbeat timeout\"}",
+            1.0
+        )
+        .await,
         1.0
     );
     // The close frame (1001) may be lost: the silent client's late pong hits a socket the
