@@ -468,7 +468,16 @@ mod tests {
             .collect();
         assert_eq!(unmasked, b"abc");
         server.write_all(&[0x88, 0]).expect("close");
-        std::thread::sleep(Duration::from_millis(100));
+        // The member's socket closes when it is dropped (and counted): wait for that, not
+        // for a guess at when the thread gets to it.
+        server
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut rest = [0u8; 16];
+        assert_eq!(
+            server.read(&mut rest).expect("the member's socket closes"),
+            0
+        );
         let finished = reading.stop().await.expect("stop");
         let texts = finished.on_text.0;
         assert_eq!(
