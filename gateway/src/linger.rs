@@ -202,7 +202,9 @@ mod tests {
         )
     }
 
-    #[tokio::test]
+    // Paused: the linger's timer fires before the test's longer sleeps, however late
+    // the thread runs.
+    #[tokio::test(start_paused = true)]
     async fn a_leave_happens_after_the_linger_unless_the_connection_rejoins() {
         let (l, engine) = linger(100);
         let room: Arc<str> = "r".into();
