@@ -348,7 +348,7 @@ def test_operator_with_the_chart_rbac_reconciles_every_example(envtest):
                        "subsets": [{"addresses": [{"ip": host}], "ports": [{"name": "https", "port": cm_port}]}]},
                       INSTALL_NS)
         proc = subprocess.Popen([str(operator_binary()), "run", "--log-format", "text",
-                                 "--metrics-addr", f"127.0.0.1:{port}", "--lease-duration", "6s",
+                                 "--metrics-addr", f"127.0.0.1:{port}", "--lease-duration", "30s",
                                  "--custom-metrics-addr", f"{host}:{cm_port}",
                                  "--custom-metrics-service", CUSTOM_METRICS_SERVICE,
                                  "--custom-metrics-secret", CUSTOM_METRICS_SECRET],
@@ -378,7 +378,10 @@ def test_operator_with_the_chart_rbac_reconciles_every_example(envtest):
                 status = cgw.get("status") or {}
                 if status.get("observedGeneration") != cgw["metadata"]["generation"]:
                     return None
-                return cgw if status.get("conditions") else None
+                # A failed reconcile also records the generation (Reconciled False, retried
+                # in seconds): wait for one that succeeded.
+                conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
+                return cgw if conditions.get("Reconciled") == "True" else None
             cgw = eventually(f"status of ChatGateway {ns}/{name}\n(operator log: {log})", reconciled, 45)
             uid = cgw["metadata"]["uid"]
             for kind, child in (("ConfigMap", f"{name}-config"), ("Deployment", name), ("Service", name)):
@@ -445,7 +448,7 @@ def test_operator_with_the_chart_rbac_reconciles_every_example(envtest):
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(20)
+                proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
