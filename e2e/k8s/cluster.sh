@@ -39,7 +39,7 @@ DOCKER_SOCK=$RUN/docker.sock
 DOCKER=/usr/bin/docker   # Debian's 20.10 client (a newer client may sit first on PATH)
 PAUSE_IMAGE=k8s.gcr.io/pause:3.2
 
-running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+running() { pidfile_pid "$RUN/$1.pid" >/dev/null; }
 
 # spawn NAME CMD...: start a component in its own session, logging to $LOGS/NAME.log.
 spawn() {
@@ -48,7 +48,7 @@ spawn() {
   log "starting $name"
   # fd 9 is the cluster lock: the component must not hold it after up returns.
   setsid "$@" >>"$LOGS/$name.log" 2>&1 < /dev/null 9>&- &
-  echo $! > "$RUN/$name.pid"
+  write_pidfile "$RUN/$name.pid" $!
 }
 
 wait_for() {
@@ -336,7 +336,7 @@ down() {
 status() {
   local c
   for c in dockerd etcd apiserver controller-manager scheduler dns-sync dnsmasq kubelet kube-proxy; do
-    if running "$c"; then echo "$c: running (pid $(cat "$RUN/$c.pid"))"; else echo "$c: stopped"; fi
+    if running "$c"; then echo "$c: running (pid $(pidfile_pid "$RUN/$c.pid"))"; else echo "$c: stopped"; fi
   done
 }
 

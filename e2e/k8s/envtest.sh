@@ -40,7 +40,7 @@ start() {
   "$bin/etcd" --data-dir "$dir/etcd" --listen-client-urls "http://127.0.0.1:$ep" \
     --advertise-client-urls "http://127.0.0.1:$ep" --listen-peer-urls "http://127.0.0.1:$pp" \
     >"$dir/etcd.log" 2>&1 &
-  echo $! > "$dir/etcd.pid"
+  write_pidfile "$dir/etcd.pid" $!
   "$bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$ep" --bind-address=127.0.0.1 \
     --advertise-address=127.0.0.1 --secure-port="$ap" \
     --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
@@ -55,7 +55,7 @@ start() {
     --requestheader-extra-headers-prefix=X-Remote-Extra- \
     --proxy-client-cert-file="$pki/front-proxy-client.crt" --proxy-client-key-file="$pki/front-proxy-client.key" \
     --enable-aggregator-routing=true >"$dir/apiserver.log" 2>&1 &
-  echo $! > "$dir/apiserver.pid"
+  write_pidfile "$dir/apiserver.pid" $!
 
   cat > "$dir/kubeconfig" <<KC
 apiVersion: v1
@@ -85,7 +85,7 @@ ENV
     if curl -sf --cacert "$pki/ca.crt" -H "Authorization: Bearer $TOKEN" "https://127.0.0.1:$ap/readyz" >/dev/null 2>&1; then
       log "envtest ready: KUBECONFIG=$dir/kubeconfig"; return 0
     fi
-    kill -0 "$(cat "$dir/apiserver.pid")" 2>/dev/null || break
+    pidfile_pid "$dir/apiserver.pid" >/dev/null || break
     sleep 0.5
   done
   log "kube-apiserver did not become ready; last lines of $dir/apiserver.log:"

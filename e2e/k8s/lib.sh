@@ -59,12 +59,30 @@ pki_cert() {
   rm -f "$dir/$name.csr" "$ext"
 }
 
+# proc_start PID: the process's start time (field 22 of /proc/PID/stat, counted after the
+# parenthesised command name, which may hold spaces); empty when there is no such process.
+proc_start() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $20}'; }
+
+# write_pidfile FILE PID: the PID with its start time. PIDs wrap (a test run spawns
+# thousands of processes): a later reader must not take another process for ours.
+write_pidfile() { echo "$2 $(proc_start "$2")" > "$1"; }
+
+# pidfile_pid FILE: the PID in FILE if that process still runs and is the one written
+# there (same start time; a file written with the PID alone is taken at its word).
+pidfile_pid() {
+  local pid start
+  [ -f "$1" ] || return 1
+  read -r pid start < "$1" || [ -n "${pid:-}" ] || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  [ -z "${start:-}" ] || [ "$(proc_start "$pid")" = "$start" ] || return 1
+  echo "$pid"
+}
+
 # stop_pidfile FILE [SECONDS]: SIGTERM the process in FILE, wait, SIGKILL if it lingers.
 stop_pidfile() {
   local file=$1 secs=${2:-20} pid i
   [ -f "$file" ] || return 0
-  pid=$(cat "$file")
-  if kill "$pid" 2>/dev/null; then
+  if pid=$(pidfile_pid "$file") && kill "$pid" 2>/dev/null; then
     for i in $(seq 1 $((secs * 5))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     kill -9 "$pid" 2>/dev/null || true
   fi
