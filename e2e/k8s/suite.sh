@@ -47,12 +47,14 @@ else
   bash "$here/cluster.sh" down
 fi
 started=$SECONDS
-t=$SECONDS
-env_file=$(bash "$here/cluster.sh" up)
-phase "cluster up" "$t"
+# Set before `up`: an `up` that fails half way leaves processes, rules and mounts behind,
+# and the next run would take that cluster for a running one.
 if ! $was_up && [ "${CHATGW_KEEP_CLUSTER:-0}" != 1 ]; then
   trap 'bash "$here/cluster.sh" down || true' EXIT
 fi
+t=$SECONDS
+env_file=$(bash "$here/cluster.sh" up)
+phase "cluster up" "$t"
 # shellcheck disable=SC1090
 . "$env_file"
 t=$SECONDS
