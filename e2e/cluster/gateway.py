@@ -74,7 +74,8 @@ class Gateway:
     def cgw(self) -> dict:
         cgw = kube.get("chatgateway", self.name, self.ns)
         if cgw is None:
-            kube.fail(self.flow, f"ChatGateway {self.ns}/{self.name} is gone", self.ns, self.selector)
+            # Failed, not the flow's failure: a wait (kube.eventually) retries it.
+            raise kube.Failed(f"ChatGateway {self.ns}/{self.name} is gone")
         return cgw
 
     def conditions(self) -> dict:
@@ -85,6 +86,15 @@ class Gateway:
 
     def ready_pods(self) -> list[dict]:
         return [p for p in self.pods() if kube.pod_ready(p)]
+
+    def ready_names(self, n: int, timeout: float = 60) -> list[str]:
+        """The names of exactly `n` Ready pods, sorted, waiting for them: a pod Ready at an
+        earlier wait may miss a probe under load (one unready pod broke an unpacking)."""
+        def check():
+            names = sorted(p["metadata"]["name"] for p in self.ready_pods())
+            return names if len(names) == n else None
+        return kube.eventually(self.flow, f"{n} Ready pods of {self.name}", check, timeout, self.ns,
+                               self.selector)
 
     def wait_ready(self, replicas: int, timeout: float = 240) -> dict:
         """The ChatGateway reports Ready for its current generation with `replicas` ready
@@ -117,7 +127,7 @@ class Gateway:
     def service(self) -> tuple[str, int]:
         svc = kube.get("service", self.name, self.ns)
         if not svc:
-            self.fail(f"Service {self.name} missing")
+            raise kube.Failed(f"Service {self.name} missing")
         return svc["spec"]["clusterIP"], svc["spec"]["ports"][0]["port"]
 
     def url(self) -> str:

@@ -27,9 +27,19 @@ def kubectl(*args: str, ns: str | None = None, input: str | None = None, check: 
 
 
 def get(kind: str, name: str, ns: str | None = None) -> dict | None:
-    out = subprocess.run(["kubectl", *(["-n", ns] if ns else []), "get", kind, name, "-o", "json"],
-                         capture_output=True, text=True, timeout=60)
-    return json.loads(out.stdout) if out.returncode == 0 else None
+    """The object, or None when it does not exist. Any other error (an API server busy for
+    a moment, a timeout) raises Failed, which `eventually` retries: taking it for "gone"
+    ended a wait on the first hiccup."""
+    cmd = ["kubectl", *(["-n", ns] if ns else []), "get", kind, name, "-o", "json"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise Failed(f"`{' '.join(cmd)}` did not finish within 60s") from None
+    if out.returncode == 0:
+        return json.loads(out.stdout)
+    if "(NotFound)" in out.stderr:
+        return None
+    raise Failed(f"`{' '.join(cmd)}` failed: {out.stderr.strip()}")
 
 
 def items(kind: str, ns: str, selector: str | None = None) -> list[dict]:
@@ -94,7 +104,7 @@ def eventually(flow: str, what: str, check, timeout: float, ns: str | None = Non
     while time.monotonic() < deadline:
         try:
             last = check()
-        except Failed as e:
+        except (Failed, OSError) as e:  # OSError: a pod's HTTP endpoint not answering yet
             last = f"error: {e}"
         else:
             if last:

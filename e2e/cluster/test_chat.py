@@ -10,7 +10,7 @@ FLOW = "chat through the Service"
 
 def test_rooms_and_direct_messages_across_pods(namespace, cluster):
     gw = redis_gateway(namespace, cluster, FLOW)
-    a, b = sorted(p["metadata"]["name"] for p in gw.ready_pods())
+    a, b = gw.ready_names(2)
     alice, bob = gw.connect_on("alice", a), gw.connect_on("bob", b)
     for ws in (alice, bob):
         r = command(ws, {"type": "join", "id": 1, "room": "lobby"})

@@ -110,7 +110,7 @@ def test_eviction_respects_the_disruption_budget(namespace, cluster):
     try:
         with gw.failing_with_diagnosis():
             fleet.wait_ready()
-            first, second = (p["metadata"]["name"] for p in gw.ready_pods())
+            first, second = gw.ready_names(2)
             allowed, msg = evict(gw.ns, first)
             if not allowed:
                 gw.fail(f"evicting {first} with one disruption allowed was refused: {msg}")

@@ -45,7 +45,7 @@ def test_one_message_one_trace_across_two_pods(namespace, cluster):
     # The gateway resolves the receiver by its Service name (cluster DNS).
     gw = redis_gateway(ns, cluster, FLOW, telemetry={"otlpEndpoint": f"http://otlp.{ns}.svc:4317",
                                                     "samplingRatio": 1.0})
-    a, b = sorted(p["metadata"]["name"] for p in gw.ready_pods())
+    a, b = gw.ready_names(2)
     alice, bob = gw.connect_on("alice", a), gw.connect_on("bob", b)
     for ws in (alice, bob):
         assert command(ws, {"type": "join", "id": 1, "room": "traced"})["type"] == "ok"
