@@ -113,13 +113,15 @@ impl Operator {
     }
 
     /// The operator with `args` after `run --log-format text --identity IDENTITY
-    /// --lease-duration 6s`.
+    /// --lease-duration 30s`. No test waits for the Lease to expire (a SIGTERM releases
+    /// it), and a short one ends the operator when the API server is slow for a moment
+    /// (each renewal must land within two thirds of it).
     pub fn start_with(env: &Envtest, identity: &str, args: &[&str]) -> Operator {
         let log = env.dir.join(format!("operator-{identity}.log"));
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_chat-gateway-operator"))
             .args(["run", "--log-format", "text", "--identity", identity])
-            .args(["--lease-duration", "6s"])
+            .args(["--lease-duration", "30s"])
             .args(args)
             .env("KUBECONFIG", env.kubeconfig())
             .env("RUST_LOG", "info,chat_gateway_operator=debug")
