@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +85,19 @@ def operator_render(path: Path) -> list[dict]:
     out = subprocess.run([str(operator_binary()), "render", "-f", str(path)], capture_output=True,
                          text=True, check=True)
     return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A free port on `host` for a server started next, from 20000-29999 as the Rust tests'
+    `e2e::process::free_port`: below the ephemeral ports every outgoing connection takes one
+    of (a port `bind(0)` gives may be taken by one before the server binds it) and below
+    NodePorts."""
+    for _ in range(10000):
+        port = random.randrange(20000, 30000)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in 20000-29999 on {host}")

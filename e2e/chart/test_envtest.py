@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -24,7 +23,7 @@ import helm_python as helm
 import pytest
 import yaml
 
-from conftest import CHART, MANIFESTS, ROOT, load_values, operator_binary, yaml_docs
+from conftest import CHART, MANIFESTS, ROOT, free_port, load_values, operator_binary, yaml_docs
 
 SCRIPT = ROOT / "e2e" / "k8s" / "envtest.sh"
 INSTALL_NS = "chatgateway-system"
@@ -120,12 +119,6 @@ def host_address() -> str:
     addresses = [line.split()[3].split("/")[0] for line in out.splitlines() if len(line.split()) > 3]
     assert addresses, "this machine has no non-loopback IPv4 address for the Endpoints"
     return addresses[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def eventually(what: str, check, timeout: float = 30.0):
@@ -341,9 +334,7 @@ def test_operator_with_the_chart_rbac_reconciles_every_example(envtest):
         # on an address of this machine that the Service's Endpoints name (no kube-proxy or
         # endpoints controller here: the test writes them, as for a pod).
         host = host_address()
-        with socket.socket() as probe:
-            probe.bind((host, 0))
-            cm_port = probe.getsockname()[1]
+        cm_port = free_port(host)
         api.apply_new({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": CUSTOM_METRICS_SERVICE},
                        "subsets": [{"addresses": [{"ip": host}], "ports": [{"name": "https", "port": cm_port}]}]},
                       INSTALL_NS)

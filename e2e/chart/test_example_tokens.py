@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import MANIFESTS, ROOT, example_values, load_values, objects, yaml_docs
+from conftest import MANIFESTS, ROOT, example_values, free_port, load_values, objects, yaml_docs
 
 MIN_HS256 = 32
 
@@ -177,12 +177,6 @@ def api_get(port: int, key: str, path: str = "/api/v1/nodes") -> tuple[int, str]
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), body.decode(errors="replace")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def upgrade(port: int, path: str = "/ws", headers: dict[str, str] | None = None) -> tuple[int, dict | None]:

@@ -22,8 +22,26 @@ apt_install() {
     || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2; }
 }
 
+# free_port: a free port on 127.0.0.1 for a server started next. Drawn from 20000-29999, as
+# e2e::process::free_port does: below the ephemeral ports every outgoing connection takes
+# one of (the tests open thousands meanwhile) and below NodePorts (kube-proxy holds them).
 free_port() {
-  python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'
+  python3 -c '
+import random, socket
+for _ in range(10000):
+    port = random.randrange(20000, 30000)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(port)
+    break
+else:
+    raise SystemExit("no free port in 20000-29999")
+'
 }
 
 # with_lock FILE CMD...: one builder at a time (tests start envtests in parallel).

@@ -50,26 +50,38 @@ pub fn package_bin(package: &str, name: &str) -> PathBuf {
     path
 }
 
+/// Ports [`free_port`] hands out: below Linux's ephemeral range (32768-60999 by default,
+/// where a client socket's local port comes from) and below Kubernetes' NodePorts
+/// (30000-32767, which kube-proxy holds open).
+const TEST_PORTS: std::ops::Range<u16> = 20_000..30_000;
+
 /// A free TCP port on 127.0.0.1, never one this process handed out before.
 ///
-/// The port is released before returning, and the server meant to take it binds it some
-/// time later (a child process starting up): meanwhile the kernel may offer the same port
-/// to the next caller, say the next node of a Redis Cluster still being spawned. Keeping
-/// the handed-out ports closes that race between the tests of one process (they run in
-/// parallel threads); other processes are left to the kernel's random choice.
+/// The port is free when handed out, and the server meant to take it binds it some time
+/// later (a child process starting up). Two things could take it meanwhile:
+/// - the next caller: keeping the handed-out ports closes that race between the tests of
+///   one process (they run in parallel threads);
+/// - any outgoing connection: a port the kernel picks for `bind(0)` is one of the
+///   ephemeral ports it also gives every `connect`, and the tests open thousands of
+///   connections. So the port is drawn from [`TEST_PORTS`], outside that range, and
+///   checked by binding it.
 pub fn free_port() -> u16 {
+    free_port_on(std::net::Ipv4Addr::LOCALHOST.into())
+}
+
+/// [`free_port`] on another local address.
+pub fn free_port_on(ip: std::net::IpAddr) -> u16 {
     static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
+    for _ in 0..10_000 {
+        let port = rand::random_range(TEST_PORTS);
         let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-        if !handed_out.contains(&port) {
-            handed_out.push(port);
-            return port;
+        if handed_out.contains(&port) || TcpListener::bind((ip, port)).is_err() {
+            continue;
         }
+        handed_out.push(port);
+        return port;
     }
+    panic!("no free port in {TEST_PORTS:?} on {ip}");
 }
 
 /// A running gateway process; killed on drop.

@@ -71,11 +71,6 @@ fn host_address() -> IpAddr {
         .expect("this machine has no non-loopback IPv4 address for the Endpoints")
 }
 
-fn free_port_on(ip: IpAddr) -> u16 {
-    let l = std::net::TcpListener::bind((ip, 0)).expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 /// `kubectl get --raw PATH` through the API client: the aggregator proxies it.
 async fn get_raw(client: &Client, path: &str) -> Result<Value, kube::Error> {
     let req = http::Request::get(path).body(Vec::new()).expect("request");
@@ -182,7 +177,7 @@ async fn hpa_metric_from_real_gateways_through_the_aggregated_api() {
         .await;
     }
     let host = host_address();
-    let port = free_port_on(host);
+    let port = e2e::process::free_port_on(host);
     let operator_addr = SocketAddr::new(host, port);
     create(
         &Api::<Service>::namespaced(client.clone(), OPS),

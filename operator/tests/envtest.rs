@@ -47,7 +47,7 @@ async fn operator_against_a_real_apiserver() {
     // The generated CRD is accepted (the server checks the schema is structural).
     install_crd(&client).await;
 
-    let metrics_port = free_port();
+    let metrics_port = e2e::process::free_port();
     let mut operator = Operator::start(&env, "op-1", metrics_port);
 
     // --- create: ConfigMap, Deployment, Service by server-side apply; status written.

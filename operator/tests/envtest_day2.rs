@@ -167,7 +167,7 @@ async fn day_two_against_a_real_apiserver() {
     .await
     .expect("rotating");
 
-    let metrics_port = free_port();
+    let metrics_port = e2e::process::free_port();
     let mut operator = Operator::start(&env, "day2", metrics_port);
     let reconciled = |name: &'static str, generation: i64| {
         let cgws = cgws.clone();

@@ -187,11 +187,6 @@ where
     }
 }
 
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 pub fn http_get(port: u16, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to operator");
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("write");
