@@ -268,10 +268,12 @@ async fn drain_without_connections_exits_promptly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_refuses_late_upgrades_and_ends_at_the_timeout_with_forced_closes() {
     let mut cfg = test_config();
-    cfg.drain.accept_grace = Duration::from_millis(300);
+    // A second of grace: the probe's readiness read and its connect must fit in it on a
+    // loaded machine; evictions then run from 1 s to the timeout.
+    cfg.drain.accept_grace = Duration::from_secs(1);
     cfg.drain.evict_rate = 1.0; // far too slow for 10 clients within the timeout
-    cfg.drain.timeout = Duration::from_secs(3);
-    let cfg_timeout = cfg.drain.timeout;
+    cfg.drain.timeout = Duration::from_secs(4);
+    let (cfg_grace, cfg_timeout) = (cfg.drain.accept_grace, cfg.drain.timeout);
     let gw = TestGateway::start(cfg).await;
     let mut cs = Vec::new();
     for i in 0..10 {
@@ -295,7 +297,7 @@ async fn drain_refuses_late_upgrades_and_ends_at_the_timeout_with_forced_closes(
             Client::connect(&gw.ws_url("user=early")).await.is_ok(),
             "accepted during the grace"
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep_until((started + cfg_grace + Duration::from_millis(300)).into()).await;
         let req = gw.ws_url("user=late").into_client_request().expect("req");
         let Upgrade::Refused(refused) = Client::upgrade(req).await else {
             panic!("an upgrade after the accept grace must be refused");
@@ -306,7 +308,7 @@ async fn drain_refuses_late_upgrades_and_ends_at_the_timeout_with_forced_closes(
             "a draining gateway says when to retry (1-3 s): {refused:?}"
         );
     };
-    // Ends at its timeout (3 s), by force: evicting at 1/s would take 10 s. The bound on
+    // Ends at its timeout (4 s), by force: evicting at 1/s would take 10 s. The bound on
     // the wait only keeps a hung drain from hanging the test.
     let waited = tokio::time::timeout(cfg_timeout + e2e::client::WAIT, async {
         tokio::join!(drain, probe)

@@ -338,13 +338,19 @@ async fn a_traceparent_built_to_break_the_payload_reaches_no_client() {
 
 /// A WebSocket upstream recording the path and headers of each upgrade; with `delay` it
 /// answers the handshake that late (a dial in progress).
-async fn upstream(delay: Duration) -> (String, Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>) {
+/// What an [`upstream`] saw: each handshake's path and headers, and how many TCP
+/// connections it accepted (a dial under way before its handshake is answered).
+type Handshakes = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
+
+async fn upstream(delay: Duration) -> (String, Handshakes, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let (log, count) = (seen.clone(), accepted.clone());
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
             let log = log.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
@@ -372,7 +378,7 @@ async fn upstream(delay: Duration) -> (String, Arc<Mutex<Vec<(String, Vec<(Strin
             });
         }
     });
-    (addr, seen)
+    (addr, seen, accepted)
 }
 
 fn upgrade_request(path: &str, extra: &str) -> String {
@@ -384,7 +390,7 @@ fn upgrade_request(path: &str, extra: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_paths_stay_under_the_route_and_values_stay_in_their_lane() {
-    let (up, seen) = upstream(Duration::ZERO).await;
+    let (up, seen, _) = upstream(Duration::ZERO).await;
     let mut c = test_config();
     c.routes = vec![RouteConfig {
         name: "bots".into(),
@@ -448,7 +454,7 @@ async fn forwarded_paths_stay_under_the_route_and_values_stay_in_their_lane() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_routes_connection_cap_counts_dials_in_progress() {
-    let (up, _seen) = upstream(Duration::from_millis(1500)).await;
+    let (up, _, accepted) = upstream(Duration::from_millis(1500)).await;
     let mut c = test_config();
     c.routes = vec![RouteConfig {
         name: "slow".into(),
@@ -466,7 +472,10 @@ async fn a_routes_connection_cap_counts_dials_in_progress() {
             .await
             .0
     });
-    tokio::time::sleep(Duration::from_millis(300)).await; // the first dial is under way
+    // The first dial is under way once the upstream accepted it: its handshake is then
+    // answered 1.5 s later, the time the second has to be refused in.
+    let dialled = || accepted.load(Ordering::SeqCst) == 1;
+    e2e::fleet::wait_until("the first dial", Duration::from_secs(10), dialled).await;
     let (second, _) = http_request(addr, &upgrade_request("/slow/b?user=two", "")).await;
     assert_eq!(second, 503, "the dial in progress holds the only slot");
     assert_eq!(first.await.expect("first"), 101);
