@@ -10,9 +10,9 @@ pub const MIN_HS256_SECRET: usize = 32;
 use std::time::Duration;
 
 /// Shortest duration the Redis engine can store. It gives stored durations to Redis in
-/// whole milliseconds (`SET … PX`, `PSETEX`, `PEXPIRE`, truncated), and 0 there is an
-/// error or a deletion: `PX 0` in publish.lua fails after the message was appended
-/// (stored, never published), `PSETEX 0` saves no session, `PEXPIRE 0` deletes a room's
+/// whole milliseconds (`SET … PX`, `PEXPIRE`, truncated), and 0 there is an error or a
+/// deletion: `PX 0` in publish.lua fails after the message was appended (stored, never
+/// published), and in a session save stores no session; `PEXPIRE 0` deletes a room's
 /// stream as it is written.
 const MIN_STORED_DURATION: Duration = Duration::from_millis(1);
 

@@ -3,7 +3,7 @@
 //! session record a later `resume` starts from.
 
 use crate::auth::Identity;
-use crate::engine::{EngineError, HistoryPage, SessionRecord, StoredGrant};
+use crate::engine::{EngineError, HistoryPage, SaveOutcome, SessionRecord, StoredGrant};
 use crate::hooks::ConnectAnswer;
 use crate::hub::ConnId;
 use crate::log_gate::warn_gated;
@@ -340,9 +340,12 @@ impl Session {
             self.unsubscribe(&inbox),
         )
         .await;
-        self.persist(written).await;
-        let user = &self.identity.user;
-        self.node.session_ended(user, self.resume_token).await;
+        // A session a resume took before this save is not stored again, and so is not one
+        // of the user's ended sessions here (`sessions.keptPerUser`).
+        if self.persist(written).await != Some(SaveOutcome::Taken) {
+            let user = &self.identity.user;
+            self.node.session_ended(user, self.resume_token).await;
+        }
     }
 
     /// This device has the inbox up to `at`: its own position and the user's cursor
@@ -372,8 +375,11 @@ impl Session {
     /// end) overrides the positions known at join time, which are where each room's replay
     /// started: a room whose replay never reached the writer is saved where the client
     /// stood. The inbox's position is the acknowledged one, not the written one: bytes
-    /// reaching a socket are not a read.
-    pub(super) async fn persist(&mut self, written: &HashMap<Arc<str>, StreamPosition>) {
+    /// reaching a socket are not a read. Returns what the store did (`None`: it failed).
+    pub(super) async fn persist(
+        &mut self,
+        written: &HashMap<Arc<str>, StreamPosition>,
+    ) -> Option<SaveOutcome> {
         self.save_due = None;
         let mut rooms: std::collections::BTreeMap<String, StreamPosition> = self
             .rooms
@@ -403,14 +409,14 @@ impl Session {
             last_seen: crate::engine::now_ms(),
             grants,
         };
-        if let Err(e) = self
-            .node
-            .engine
-            .save_session(&self.resume_token.to_string(), &record)
-            .await
-        {
-            let (gate, user) = (&self.node.connection_failure_log, &self.identity.user);
-            warn_gated!(gate, %user, error = %e, "session not saved");
+        let token = self.resume_token.to_string();
+        match self.node.engine.save_session(&token, &record).await {
+            Ok(outcome) => Some(outcome),
+            Err(e) => {
+                let (gate, user) = (&self.node.connection_failure_log, &self.identity.user);
+                warn_gated!(gate, %user, error = %e, "session not saved");
+                None
+            }
         }
     }
 }

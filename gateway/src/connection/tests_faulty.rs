@@ -5,7 +5,8 @@ use crate::config::Config;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::{
     Broker, Engine, EngineError, History, HistoryPage, HistoryQuery, NodeReport, Nodes,
-    PresenceManager, Present, Publish, Published, SessionRecord, Sessions, TakenSession,
+    PresenceManager, Present, Publish, Published, SaveOutcome, SessionRecord, Sessions,
+    TakenSession,
 };
 use crate::hub::Hub;
 use crate::node::Node;
@@ -120,11 +121,18 @@ impl PresenceManager for Faulty {
 
 #[async_trait]
 impl Sessions for Faulty {
-    async fn save_session(&self, token: &str, s: &SessionRecord) -> Result<(), EngineError> {
+    async fn save_session(
+        &self,
+        token: &str,
+        s: &SessionRecord,
+    ) -> Result<SaveOutcome, EngineError> {
         self.inner.save_session(token, s).await
     }
     async fn take_session(&self, token: &str, user: &str) -> Result<TakenSession, EngineError> {
         self.inner.take_session(token, user).await
+    }
+    async fn peek_session_for_test(&self, token: &str) -> Option<SessionRecord> {
+        self.inner.peek_session_for_test(token).await
     }
     async fn inbox_cursor(&self, user: &str) -> Result<Option<StreamPosition>, EngineError> {
         self.inner.inbox_cursor(user).await

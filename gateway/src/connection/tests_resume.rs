@@ -203,13 +203,10 @@ fn no_rooms(user: &str) -> SessionRecord {
     }
 }
 
-/// The rooms of the session record saved under `token` (taking it).
+/// The rooms of the session record saved under `token`.
 async fn saved_rooms(h: &Harness, token: &str) -> Option<Vec<String>> {
-    let record = h.node.engine.take_session(token, "alice").await;
-    record
-        .expect("take")
-        .record()
-        .map(|r| r.rooms.into_keys().collect())
+    let record = h.node.engine.peek_session_for_test(token).await;
+    record.map(|r| r.rooms.into_keys().collect())
 }
 
 #[tokio::test]
@@ -339,4 +336,41 @@ async fn a_user_keeps_at_most_kept_per_user_ended_sessions() {
     assert!(
         stored(m2, "mallory").await && stored(m3, "mallory").await && stored(a0, "alice").await
     );
+}
+
+/// A connection whose session a resume took while it was still open (its client came back
+/// on another connection before this one's end was seen: a half-open socket) stores
+/// nothing at its close. The old token resumes once, and it is not one of the user's
+/// ended sessions (`sessions.keptPerUser`) either.
+#[tokio::test]
+async fn a_close_after_a_resume_took_its_session_stores_nothing() {
+    let mut c = config();
+    c.sessions.kept_per_user = 1;
+    let node = crate::node::Node::new(c, Default::default()).expect("node");
+    let mut old = Harness::on(node.clone(), "alice").await;
+    old.cmd(json!({"type": "join", "id": 1, "room": "r1"}))
+        .await;
+    let due = old.session.next_deadline().expect("the join's save");
+    assert_eq!(old.session.on_deadline(due).await, None);
+    let token = old.session.resume_token.to_string();
+
+    let mut back = Harness::on(node.clone(), "alice").await;
+    back.cmd(json!({"type": "resume", "id": 1, "resume_token": token}))
+        .await;
+    assert_eq!(back.reply_of(1)["type"], "ok");
+    old.session.close(&HashMap::new()).await;
+    let left = node.engine.peek_session_for_test(&token).await;
+    assert_eq!(
+        left, None,
+        "the old connection's close stored its session again"
+    );
+    let mut again = Harness::on(node.clone(), "alice").await;
+    again
+        .cmd(json!({"type": "resume", "id": 2, "resume_token": token}))
+        .await;
+    assert_eq!(error_code(&again.reply()), "session_not_found");
+
+    // alice's one ended session is the next one to end, not the spent token.
+    back.session.close(&HashMap::new()).await;
+    assert_eq!(node.metrics.sessions_dropped.get(), 0);
 }

@@ -14,15 +14,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio_tungstenite::tungstenite::{Error, Message};
 
-/// The record saved under `token` (taking it).
+/// The record saved under `token`.
 async fn saved(h: &Harness, token: &str) -> SessionRecord {
-    let record = h
-        .node
-        .engine
-        .take_session(token, "alice")
-        .await
-        .expect("take");
-    record.record().expect("a saved session")
+    let record = h.node.engine.peek_session_for_test(token).await;
+    record.expect("a saved session")
 }
 
 /// Closes a session of alice's that had `r` up to seq 1, then publishes seqs 2 and 3;
@@ -79,24 +74,13 @@ async fn a_room_whose_replay_never_reached_the_writer_is_saved_where_the_client_
         assert_eq!(record.rooms["r"], at_one, "{cmd}");
 
         // So the next resume, without positions, still replays what the client never got.
-        replays_from_one(&b, &token, &record, &epoch, &cmd.to_string()).await;
+        replays_from_one(&b, &token, &epoch, &cmd.to_string()).await;
     }
 }
 
-/// Saves `record` under `token` again (the close took it) and resumes it, token only, on
-/// a fresh connection: `r` is replayed from 1 (seqs 2 and 3).
-async fn replays_from_one(
-    h: &Harness,
-    token: &str,
-    record: &SessionRecord,
-    epoch: &str,
-    why: &str,
-) {
-    h.node
-        .engine
-        .save_session(token, record)
-        .await
-        .expect("save");
+/// Resumes `token`'s saved session, token only, on a fresh connection: `r` is replayed
+/// from 1 (seqs 2 and 3).
+async fn replays_from_one(h: &Harness, token: &str, epoch: &str, why: &str) {
     let mut c = Harness::on(h.node.clone(), "alice").await;
     let again = json!({"type": "resume", "id": 1, "resume_token": token});
     let items = resume(&mut c, again, epoch).await;
@@ -235,7 +219,7 @@ async fn a_replay_cut_off_before_the_socket_is_replayed_by_a_token_only_resume()
     b.session.close(&outcome.positions).await;
     let record = saved(&b, &token).await;
     assert_eq!(record.rooms["r"], StreamPosition::new(epoch.clone(), 1));
-    replays_from_one(&b, &token, &record, &epoch, "cut off").await;
+    replays_from_one(&b, &token, &epoch, "cut off").await;
 }
 
 /// A room the connect hook joined at welcome (at its top) resumed from an older

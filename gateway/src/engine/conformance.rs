@@ -4,13 +4,13 @@ mod bounded;
 mod head;
 mod nodes;
 mod presence;
+mod sessions;
 mod trace;
 
-use super::{Engine, HistoryQuery, Publish, SessionRecord, TakenSession, EMPTY_EPOCH};
+use super::{Engine, HistoryQuery, Publish, EMPTY_EPOCH};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::outbound::{queue, Outbound, OutboundReceiver};
-use crate::protocol::StreamPosition;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,9 +37,10 @@ pub async fn run_all(factory: &impl Factory) {
     presence_join_leave(factory).await;
     presence::many_leaves_at_once_are_each_a_leave(factory).await;
     presence::a_listing_holds_at_most_its_limit_and_counts_all(factory).await;
-    sessions_take_once_and_expire(factory).await;
-    inbox_cursor_only_moves_forward(factory).await;
-    inbox_cursor_lives_twice_the_inbox_namespaces_max_age(factory).await;
+    sessions::take_once_and_expire(factory).await;
+    sessions::a_taken_token_is_not_saved_again(factory).await;
+    sessions::inbox_cursor_only_moves_forward(factory).await;
+    sessions::inbox_cursor_lives_twice_the_inbox_namespaces_max_age(factory).await;
     concurrent_publishers_keep_seq_order(factory).await;
     nodes::registry(factory).await;
     nodes::room_starts_count_down_per_user_to_a_bounded_debt(factory).await;
@@ -359,91 +360,6 @@ async fn presence_join_leave(f: &impl Factory) {
             ("alice".into(), "leave".into())
         ]
     );
-}
-
-async fn sessions_take_once_and_expire(f: &impl Factory) {
-    let hub = Arc::new(Hub::default());
-    let engine = f.make(hub.clone(), &config()).await;
-    let rec = SessionRecord {
-        user: "alice".into(),
-        node: "n1".into(),
-        rooms: [("lobby".to_string(), StreamPosition::new("e", 4))].into(),
-        connected_at: 1,
-        last_seen: 2,
-        grants: [(
-            "lobby".to_string(),
-            super::StoredGrant {
-                send: false,
-                expires_at: 99,
-            },
-        )]
-        .into(),
-    };
-    engine.save_session("tok1", &rec).await.expect("save");
-    let take = |token, user| engine.take_session(token, user);
-    let other = take("tok1", "bob").await.expect("take");
-    assert_eq!(
-        other,
-        TakenSession::OtherUsers,
-        "another user's is not taken"
-    );
-    let taken = take("tok1", "alice").await.expect("take");
-    assert_eq!(taken, TakenSession::Taken(rec.clone()));
-    let again = take("tok1", "alice").await.expect("take");
-    assert_eq!(again, TakenSession::Missing, "taken once");
-
-    // Sessions live `sessions.resumeTtl` (300 ms here) from their save; another user's
-    // attempt does not extend that (it may come after the expiry on a slow machine).
-    engine.save_session("tok2", &rec).await.expect("save");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let other = take("tok2", "bob").await.expect("take");
-    assert_ne!(other, TakenSession::Taken(rec.clone()));
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    let expired = take("tok2", "alice").await.expect("take");
-    assert_eq!(expired, TakenSession::Missing, "expired on its own time");
-    let unknown = take("unknown", "alice").await.expect("take");
-    assert_eq!(unknown, TakenSession::Missing);
-}
-
-async fn inbox_cursor_only_moves_forward(f: &impl Factory) {
-    let hub = Arc::new(Hub::default());
-    let engine = f.make(hub.clone(), &config()).await;
-    assert_eq!(engine.inbox_cursor("zed").await.expect("cursor"), None);
-    let at = |e: &str, s| StreamPosition::new(e, s);
-    engine.ack_inbox("zed", &at("e1", 5)).await.expect("ack");
-    engine.ack_inbox("zed", &at("e1", 3)).await.expect("ack");
-    assert_eq!(
-        engine.inbox_cursor("zed").await.expect("cursor"),
-        Some(at("e1", 5))
-    );
-    engine.ack_inbox("zed", &at("e2", 1)).await.expect("ack");
-    assert_eq!(
-        engine.inbox_cursor("zed").await.expect("cursor"),
-        Some(at("e2", 1)),
-        "a new epoch replaces the cursor"
-    );
-}
-
-/// A cursor is forgotten 2 × the inbox's max age after its last ack: the `user:`
-/// namespace's retention when it sets one, not `inbox:`'s (a cursor kept shorter than
-/// the messages it skips would replay acknowledged direct messages).
-async fn inbox_cursor_lives_twice_the_inbox_namespaces_max_age(f: &impl Factory) {
-    let hub = Arc::new(Hub::default());
-    let mut c = config();
-    c.inbox.max_age = Duration::from_secs(3600);
-    let mut retention = c.inbox.clone();
-    retention.max_age = Duration::from_millis(200);
-    c.namespaces = vec![crate::config::NamespaceConfig {
-        retention: Some(retention),
-        ..crate::config::NamespaceConfig::inbox()
-    }];
-    let engine = f.make(hub, &c).await;
-    let at = StreamPosition::new("e1", 5);
-    engine.ack_inbox("yan", &at).await.expect("ack");
-    // Past 2 × 200 ms (a slow machine only sleeps longer).
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let cursor = engine.inbox_cursor("yan").await.expect("cursor");
-    assert_eq!(cursor, None, "kept past 2 × the namespace's max age");
 }
 
 async fn concurrent_publishers_keep_seq_order(f: &impl Factory) {

@@ -8,7 +8,8 @@ use self::stream::Stream;
 use super::seen::SeenTops;
 use super::{
     now_ms, Broker, Engine, EngineError, Envelope, History, HistoryPage, HistoryQuery, NodeReport,
-    Nodes, PresenceManager, Present, Publish, Published, SessionRecord, Sessions, TakenSession,
+    Nodes, PresenceManager, Present, Publish, Published, SaveOutcome, SessionRecord, Sessions,
+    TakenSession,
 };
 use crate::config::{Config, Namespaces, RetentionConfig};
 use crate::hub::Hub;
@@ -23,10 +24,11 @@ use std::time::{Duration, Instant};
 /// How often idle streams are swept (trimmed by age; dropped when nothing is left).
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
-/// Stored sessions by resume token, with their expiry.
+/// Stored sessions by resume token, with their expiry; `None` marks a token a resume took
+/// (until the session would have expired: [`Sessions::take_session`]).
 #[derive(Default)]
 struct SessionStore {
-    map: HashMap<String, (SessionRecord, Instant)>,
+    map: HashMap<String, (Option<SessionRecord>, Instant)>,
     swept: Option<Instant>,
 }
 
@@ -289,7 +291,11 @@ impl PresenceManager for MemoryEngine {
 
 #[async_trait]
 impl Sessions for MemoryEngine {
-    async fn save_session(&self, token: &str, session: &SessionRecord) -> Result<(), EngineError> {
+    async fn save_session(
+        &self,
+        token: &str,
+        session: &SessionRecord,
+    ) -> Result<SaveOutcome, EngineError> {
         let now = Instant::now();
         let mut sessions = lock(&self.sessions);
         // Expired sessions are swept at most once a second, not on every save: a sweep
@@ -301,26 +307,37 @@ impl Sessions for MemoryEngine {
             sessions.map.retain(|_, (_, until)| *until > now);
             sessions.swept = Some(now);
         }
-        sessions
-            .map
-            .insert(token.to_string(), (session.clone(), now + self.session_ttl));
-        Ok(())
+        if matches!(sessions.map.get(token), Some((None, until)) if *until > now) {
+            return Ok(SaveOutcome::Taken);
+        }
+        let until = now + self.session_ttl;
+        let record = (Some(session.clone()), until);
+        sessions.map.insert(token.to_string(), record);
+        Ok(SaveOutcome::Stored)
     }
     async fn take_session(&self, token: &str, user: &str) -> Result<TakenSession, EngineError> {
         let now = Instant::now();
         let mut sessions = lock(&self.sessions);
-        let Entry::Occupied(stored) = sessions.map.entry(token.to_string()) else {
+        let Entry::Occupied(mut stored) = sessions.map.entry(token.to_string()) else {
             return Ok(TakenSession::Missing);
         };
-        let (record, until) = stored.get();
-        Ok(if *until <= now {
+        if stored.get().1 <= now {
             stored.remove();
-            TakenSession::Missing
-        } else if record.user != user {
-            TakenSession::OtherUsers
-        } else {
-            TakenSession::Taken(stored.remove().0)
+            return Ok(TakenSession::Missing);
+        }
+        // The user's record is taken out; the entry stays as the mark, its expiry kept.
+        let record = &mut stored.get_mut().0;
+        Ok(match record.take_if(|r| r.user == user) {
+            Some(taken) => TakenSession::Taken(taken),
+            None if record.is_some() => TakenSession::OtherUsers,
+            None => TakenSession::Missing,
         })
+    }
+    #[cfg(any(test, feature = "testing"))]
+    async fn peek_session_for_test(&self, token: &str) -> Option<SessionRecord> {
+        let sessions = lock(&self.sessions);
+        let (record, until) = sessions.map.get(token)?;
+        record.clone().filter(|_| *until > Instant::now())
     }
     async fn inbox_cursor(&self, user: &str) -> Result<Option<StreamPosition>, EngineError> {
         Ok(lock(&self.inbox_cursors).get(user, Instant::now()))

@@ -260,6 +260,15 @@ pub struct SessionRecord {
     pub grants: BTreeMap<String, StoredGrant>,
 }
 
+/// What [`Sessions::save_session`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveOutcome {
+    /// Stored for `sessions.resumeTtl`.
+    Stored,
+    /// Not stored: a resume took the token (on any node) since the last save.
+    Taken,
+}
+
 /// What [`Sessions::take_session`] found under a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TakenSession {
@@ -396,12 +405,24 @@ pub trait PresenceManager: Send + Sync {
 /// acknowledged.
 #[async_trait]
 pub trait Sessions: Send + Sync {
-    /// Stores (or refreshes) a session under its resume token.
-    async fn save_session(&self, token: &str, session: &SessionRecord) -> Result<(), EngineError>;
+    /// Stores (or refreshes) a session under its resume token, unless a resume took the
+    /// token since: a connection that ends after its client resumed elsewhere (its socket
+    /// half-open until the heartbeat gave up) must not make the token good again.
+    async fn save_session(
+        &self,
+        token: &str,
+        session: &SessionRecord,
+    ) -> Result<SaveOutcome, EngineError>;
     /// Removes and returns `user`'s session, if it exists and has not expired. Another
     /// user's is left in place in the same step: a resume with a stolen or mistyped token
-    /// can neither take it from its owner nor extend its life.
+    /// can neither take it from its owner nor extend its life. What is left under the
+    /// token until the session would have expired is a mark that it was taken: a token
+    /// resumes once.
     async fn take_session(&self, token: &str, user: &str) -> Result<TakenSession, EngineError>;
+    /// Tests only: the session stored under `token`, left in place (`None`: none, or one
+    /// a resume took).
+    #[cfg(any(test, feature = "testing"))]
+    async fn peek_session_for_test(&self, token: &str) -> Option<SessionRecord>;
     /// The user's inbox cursor: the highest position any of the user's devices
     /// acknowledged (where a connection without a session starts its inbox replay).
     async fn inbox_cursor(&self, user: &str) -> Result<Option<StreamPosition>, EngineError>;

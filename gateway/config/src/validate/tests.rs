@@ -230,9 +230,9 @@ fn a_hook_timeout_of_zero_is_refused() {
     );
 }
 
-/// The Redis engine hands these to Redis in whole milliseconds (`SET … PX`, `PSETEX`,
-/// `PEXPIRE`): 0 ms is refused by `PX`/`PSETEX` (in publish.lua after the message was
-/// already appended: stored, never published) and deletes the key under `PEXPIRE`.
+/// The Redis engine hands these to Redis in whole milliseconds (`SET … PX`, `PEXPIRE`):
+/// 0 ms is refused by `PX` (in publish.lua after the message was already appended:
+/// stored, never published) and deletes the key under `PEXPIRE`.
 #[test]
 fn stored_durations_under_1ms_are_refused() {
     type Set = fn(&mut Config, Duration);

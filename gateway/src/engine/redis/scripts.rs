@@ -82,10 +82,15 @@ pub static PRESENCE_SWEEP: LazyLock<Script> =
 pub static INBOX_ACK: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/inbox_ack.lua")));
 
-/// Takes a stored session if it is the given user's; leaves another user's untouched.
-/// Returns the record's JSON, 0 (another user's) or nil. KEYS: session. ARGV: user.
+/// Takes a stored session if it is the given user's, leaving [`SESSION_TAKEN`] in its
+/// place; leaves another user's untouched. Returns the record's JSON, 0 (another user's)
+/// or nil (none, or taken already). KEYS: session. ARGV: user, [`SESSION_TAKEN`].
 pub static SESSION_TAKE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/session_take.lua")));
+
+/// What a taken session's key holds until the session would have expired (no JSON, so no
+/// record): a save finding it there puts it back.
+pub const SESSION_TAKEN: &str = "taken";
 
 /// Takes one of a user's room starts from their token bucket (`limits.newRoomsPerHour`,
 /// one for the whole cluster). Returns the tokens left as a string (at least -burst).

@@ -5,7 +5,7 @@
 use super::RedisEngine;
 use super::{scripts, NODE_TTL};
 use crate::engine::{
-    now_ms, EngineError, NodeReport, Nodes, SessionRecord, Sessions, TakenSession,
+    now_ms, EngineError, NodeReport, Nodes, SaveOutcome, SessionRecord, Sessions, TakenSession,
 };
 use crate::protocol::StreamPosition;
 use async_trait::async_trait;
@@ -13,19 +13,31 @@ use redis::AsyncCommands;
 
 #[async_trait]
 impl Sessions for RedisEngine {
-    async fn save_session(&self, token: &str, session: &SessionRecord) -> Result<(), EngineError> {
+    async fn save_session(
+        &self,
+        token: &str,
+        session: &SessionRecord,
+    ) -> Result<SaveOutcome, EngineError> {
         let s = &self.shared;
         let json =
             serde_json::to_string(session).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let key = s.keys.session(token);
+        let ttl = s.session_ttl.as_millis() as u64;
         let mut c = s.conn();
-        let _: () = s
-            .run(c.pset_ex(
-                s.keys.session(token),
-                json,
-                s.session_ttl.as_millis() as u64,
-            ))
-            .await?;
-        Ok(())
+        // One SET that hands back what it replaced, rather than a script that looks first:
+        // a script costs Redis about five times a SET, and saves come three per connection
+        // (join, leave, close). The rare save that replaced a taken mark puts it back; the
+        // record is there for that one round trip.
+        let mut set = redis::cmd("SET");
+        set.arg(&key).arg(json).arg("PX").arg(ttl).arg("GET");
+        let replaced: Option<Vec<u8>> = s.run(set.query_async(&mut c)).await?;
+        if replaced.as_deref() != Some(scripts::SESSION_TAKEN.as_bytes()) {
+            return Ok(SaveOutcome::Stored);
+        }
+        let mut mark = redis::cmd("SET");
+        mark.arg(&key).arg(scripts::SESSION_TAKEN).arg("KEEPTTL");
+        let _: () = s.run(mark.query_async(&mut c)).await?;
+        Ok(SaveOutcome::Taken)
     }
     async fn take_session(&self, token: &str, user: &str) -> Result<TakenSession, EngineError> {
         let s = &self.shared;
@@ -35,6 +47,7 @@ impl Sessions for RedisEngine {
                 scripts::SESSION_TAKE
                     .key(s.keys.session(token))
                     .arg(user)
+                    .arg(scripts::SESSION_TAKEN)
                     .invoke_async(&mut c),
             )
             .await?;
@@ -50,6 +63,13 @@ impl Sessions for RedisEngine {
         serde_json::from_slice(&json)
             .map(TakenSession::Taken)
             .map_err(|e| EngineError::Internal(format!("stored session: {e}")))
+    }
+    #[cfg(any(test, feature = "testing"))]
+    async fn peek_session_for_test(&self, token: &str) -> Option<SessionRecord> {
+        let s = &self.shared;
+        let mut c = s.conn();
+        let json: Option<String> = s.run(c.get(s.keys.session(token))).await.ok()?;
+        serde_json::from_str(&json?).ok()
     }
     async fn inbox_cursor(&self, user: &str) -> Result<Option<StreamPosition>, EngineError> {
         let s = &self.shared;
