@@ -81,7 +81,7 @@ const copy = path.join(os.tmpdir(), `chatgw-client-${process.pid}.mjs`);
 // CLIENT_JS=path imports a working copy instead (no gateway rebuild while editing).
 fs.writeFileSync(copy, process.env.CLIENT_JS ? fs.readFileSync(process.env.CLIENT_JS) : await res.text());
 process.on("exit", () => fs.rmSync(copy, { force: true }));
-const { ChatClient, backoffDelay } = await import(url.pathToFileURL(copy).href);
+const { ChatClient, backoffDelay, inboxOf } = await import(url.pathToFileURL(copy).href);
 
 const wsOf = (base) => base.replace(/^http/, "ws") + "/ws";
 const DEAD = "ws://127.0.0.1:1/ws"; // refused at once: "the gateway is down"
@@ -186,6 +186,17 @@ await waitFor("d1", () => bob.texts("user:bob").includes("d1"));
 assert.equal(bob.log.messages.find((m) => m.body === "d1").from, "alice");
 const hist = await bob.client.history("lobby");
 assert.deepEqual(hist.messages.map((m) => m.body.text), ["m1"]);
+
+step("a user id outside the room-name characters gets DMs at its escaped inbox");
+assert.equal(inboxOf("zoë a"), "user:zo%C3%AB%20a");
+assert.equal(inboxOf("50%"), "user:50%25");
+assert.equal(inboxOf("auth0|x+y@z.io"), "user:auth0|x+y@z.io");
+const zoe = makeUser("zoë a");
+await zoe.client.connect();
+await alice.client.sendDirect("zoë a", "z1");
+await waitFor("z1", () => zoe.texts("user:zo%C3%AB%20a").includes("z1"));
+assert.equal((await zoe.client.history("user:zo%C3%AB%20a")).messages[0].body, "z1");
+zoe.client.close();
 
 step("errors reject the command's promise");
 await assert.rejects(bob.client.send("nojoin", "x"), { name: "ChatError", code: "not_joined" });

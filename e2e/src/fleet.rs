@@ -145,7 +145,10 @@ pub fn verdict(records: &[Finished], require_resume: bool) -> Verdict {
         for r in rooms {
             members.entry(r.clone()).or_default().push(i);
         }
-        members.entry(format!("user:{user}")).or_default().push(i);
+        members
+            .entry(chat_gateway::protocol::inbox_of(user))
+            .or_default()
+            .push(i);
     }
     let recs: Vec<_> = records
         .iter()

@@ -376,7 +376,7 @@ async fn session(
                 st.counter += 1;
                 let n = st.counter;
                 let room = if n % 3 == 0 && !plan.dm_to.is_empty() {
-                    format!("user:{}", plan.dm_to[(n as usize / 3) % plan.dm_to.len()])
+                    chat_gateway::protocol::inbox_of(&plan.dm_to[(n as usize / 3) % plan.dm_to.len()])
                 } else {
                     plan.rooms[(n as usize) % plan.rooms.len()].clone()
                 };

@@ -108,7 +108,7 @@ impl Traffic {
         }
         for (i, user) in dm_users.iter().enumerate() {
             let c = connect(&urls[i % urls.len()], user).await;
-            let inbox = format!("user:{user}");
+            let inbox = chat_gateway::protocol::inbox_of(user);
             receivers.push((
                 user.clone(),
                 vec![inbox],
@@ -120,12 +120,12 @@ impl Traffic {
         let targets = rooms
             .iter()
             .cloned()
-            .chain(dm_users.iter().map(|u| format!("user:{u}")));
+            .chain(dm_users.iter().map(|u| chat_gateway::protocol::inbox_of(u)));
         for (i, room) in targets.enumerate() {
             let url = &urls[(i + 1) % urls.len()];
             let name = format!("tx{i}");
             let mut c = connect(url, &name).await;
-            if !room.starts_with("user:") {
+            if !chat_gateway::protocol::is_inbox(&room) {
                 c.join(&room).await; // only members send
             }
             senders.push(tokio::spawn(send(

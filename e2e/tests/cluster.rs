@@ -74,6 +74,16 @@ async fn users_on_different_processes_chat_and_dm() {
             (Some("carol"), Some("psst"))
         );
     }
+    // A user id outside the room-name characters has its inbox written with %XX escapes.
+    let mut zoe = connect(&gws, 2, "zoë a").await;
+    zoe.request(json!({"type": "ping"})).await;
+    let ack = bob.send("user:zo%C3%AB%20a", json!("hej")).await;
+    assert_eq!(ack["type"], "ok", "{ack}");
+    let m = next_in(&mut zoe, "user:zo%C3%AB%20a").await;
+    assert_eq!(
+        (m["from"].as_str(), m["body"].as_str()),
+        (Some("bob"), Some("hej"))
+    );
     // Presence leave crosses processes too. Bob knows everyone from the `presence`
     // answer; pushes of the joins may still be unread and change nothing.
     drop(carol);

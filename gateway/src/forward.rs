@@ -19,6 +19,7 @@ use crate::upgrade::{admit_upgrade, reject, switching, Body};
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use pipe::pipe;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -381,14 +382,8 @@ pub async fn upgrade(
 /// The user id as a header value: bytes that are not visible ASCII, and `%` itself,
 /// percent-encoded (UTF-8), so every id gets through and decodes back to itself.
 fn user_header(user: &str) -> HeaderValue {
-    let mut out = String::with_capacity(user.len());
-    for b in user.bytes() {
-        if (0x21..=0x7e).contains(&b) && b != b'%' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
+    const ESCAPED: &AsciiSet = &CONTROLS.add(b' ').add(b'%');
+    let out = utf8_percent_encode(user, ESCAPED).to_string();
     // Only visible ASCII is left: always a valid header value.
     HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static("%3F"))
 }

@@ -1,6 +1,6 @@
 // The demo chat page, built only on the public API of /client.js (docs/client.md).
 // Everything is rendered with textContent: message bodies are never parsed as HTML.
-import { ChatClient } from "/client.js";
+import { ChatClient, inboxOf } from "/client.js";
 
 const $ = (id) => document.getElementById(id);
 const MAX_SHOWN = 500; // per conversation; older ones stay reachable via history
@@ -44,7 +44,7 @@ function byTime([, a], [, b]) {
 
 // A message from the server: a room message, or one in my inbox (a DM to me).
 function onServerMsg(m) {
-  if (m.room === "user:" + me) {
+  if (m.room === inboxOf(me)) {
     conv(dmKeyOf(m)).msgs.delete("sent:" + m.msg_id); // a DM to myself
     addMsg(dmKeyOf(m), `${m.epoch}:${m.seq}`, m);
   } else if (m.room.startsWith("user:")) {
@@ -213,7 +213,7 @@ async function sendText(text) {
   const c = current && convs.get(current);
   if (!c || !text) return;
   const msgId = crypto.randomUUID();
-  const room = c.kind === "dm" ? "user:" + c.name : c.name;
+  const room = c.kind === "dm" ? inboxOf(c.name) : c.name;
   const echoKey = (c.kind === "dm" ? "sent:" : "local:") + msgId;
   // Shown at once; a room message is replaced by the real one when it comes back, a
   // DM (which lands in the other user's inbox, not ours) stays as our copy.
@@ -313,7 +313,7 @@ function start({ name, token }) {
 
 async function loadInbox() {
   try {
-    const page = await client.history("user:" + me, { limit: 100 });
+    const page = await client.history(inboxOf(me), { limit: 100 });
     for (const m of page.messages ?? []) onServerMsg(m);
   } catch {
     /* the inbox replay still delivers what is new */

@@ -32,6 +32,20 @@ export function backoffDelay(attempt, initialMs = 1000, maxMs = 30000, random = 
 
 const byteLength = (cmd) => new TextEncoder().encode(JSON.stringify(cmd)).length;
 
+/**
+ * The inbox room of user `id` (where its direct messages go): `user:` and the id, each
+ * UTF-8 byte that is no room-name character (A-Z a-z 0-9 _ - . : @ | +), `%` included,
+ * written as `%XX`. `inboxOf("zoë a")` is `"user:zo%C3%AB%20a"`; most ids stay as they are.
+ */
+export function inboxOf(id) {
+  let name = "user:";
+  for (const b of new TextEncoder().encode(id)) {
+    const c = String.fromCharCode(b);
+    name += /^[A-Za-z0-9_.:@|+-]$/.test(c) ? c : "%" + b.toString(16).toUpperCase().padStart(2, "0");
+  }
+  return name;
+}
+
 function randomId() {
   const bytes = new Uint8Array(12);
   globalThis.crypto.getRandomValues(bytes);
@@ -388,7 +402,7 @@ export class ChatClient {
     const previous = this._resumeFrom;
     this.welcome = w;
     this._startPinger(w.heartbeat_ms);
-    const inbox = "user:" + w.user;
+    const inbox = inboxOf(w.user);
     if (previous && previous.user !== w.user) {
       // Another identity (e.g. a new token for another user): nothing to resume.
       this._pos.clear();
@@ -463,7 +477,7 @@ export class ChatClient {
     if (typeof st.epoch !== "string") return;
     const since = old && old.epoch === st.epoch ? old.seq : 0;
     this._pos.set(room, { seq: since, epoch: st.epoch });
-    if (room.startsWith("user:") && this.welcome && room !== "user:" + this.welcome.user) return;
+    if (room.startsWith("user:") && this.welcome && room !== inboxOf(this.welcome.user)) return;
     if (typeof st.seq !== "number" || st.seq <= since) return;
     // A refill still running from an earlier reconnect hands its held messages over.
     const fill = { room, from: since, until: st.seq, held: this._filling.get(room)?.held ?? [] };
@@ -528,7 +542,7 @@ export class ChatClient {
     }
     this._pos.set(m.room, { seq: m.seq, epoch: m.epoch });
     this._emit("message", replayed ? { ...m, replayed: true } : m);
-    if (this.opts.autoAck && this.welcome && m.room === "user:" + this.welcome.user) this._scheduleAck();
+    if (this.opts.autoAck && this.welcome && m.room === inboxOf(this.welcome.user)) this._scheduleAck();
   }
 
   // Direct messages are replayed to this device until it acknowledges them: one `ack` for
@@ -730,7 +744,7 @@ export class ChatClient {
 
   /** Sends a direct message to user `to`. */
   sendDirect(to, body, opts) {
-    return this.send("user:" + to, body, opts);
+    return this.send(inboxOf(to), body, opts);
   }
 
   /** Reads history: newest `limit`, or before/since a seq. Resolves to the ok frame. */
@@ -748,7 +762,7 @@ export class ChatClient {
    */
   ackInbox(seq, epoch) {
     if (!this.welcome) return Promise.reject(new ChatError("closed", "not connected yet"));
-    const pos = this._pos.get("user:" + this.welcome.user);
+    const pos = this._pos.get(inboxOf(this.welcome.user));
     const cmd = { type: "ack", seq: seq ?? pos?.seq ?? 0 };
     const e = epoch ?? (seq === undefined ? pos?.epoch : undefined);
     if (e) cmd.epoch = e;

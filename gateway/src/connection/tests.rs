@@ -83,7 +83,7 @@ impl Harness {
         let welcome = h.drain();
         assert_eq!(welcome.len(), 2, "{welcome:?}");
         assert!(matches!(&welcome[0], Item::Frame(f) if f["type"] == "welcome"));
-        assert_eq!(welcome[1], Item::Hold(format!("user:{user}")));
+        assert_eq!(welcome[1], Item::Hold(crate::protocol::inbox_of(user)));
         h
     }
 
@@ -243,6 +243,35 @@ async fn users_whose_ids_carry_a_bar_or_a_plus_get_direct_messages() {
         .await;
     let page = bob.reply_of(3);
     assert_eq!(page["messages"][0]["body"], "hi", "{page}");
+}
+
+/// User ids outside the room-name characters (a space, non-ASCII, a directory's
+/// `CN=…,OU=…`) get DMs at their inbox written with `%XX` escapes, live and in history;
+/// the same id escaped another way names no inbox.
+#[tokio::test]
+async fn users_whose_ids_need_escapes_get_direct_messages_at_the_escaped_inbox() {
+    let mut alice = Harness::new("alice").await;
+    for (user, inbox) in [
+        ("zoë a", "user:zo%C3%AB%20a"),
+        ("CN=Ann,OU=x", "user:CN%3DAnn%2COU%3Dx"),
+    ] {
+        let mut to = Harness::on(alice.node.clone(), user).await;
+        to.cmd(json!({"type": "ping", "id": 0})).await;
+        to.drain();
+        alice
+            .cmd(json!({"type": "send", "id": 1, "room": inbox, "body": "hi"}))
+            .await;
+        assert_eq!(alice.reply_of(1)["type"], "ok", "{inbox}");
+        let live = to.drain();
+        assert!(live.contains(&Item::Msg(inbox.into(), 1)), "{live:?}");
+        to.cmd(json!({"type": "history", "id": 2, "room": inbox}))
+            .await;
+        let page = to.reply_of(2);
+        assert_eq!(page["messages"][0]["body"], "hi", "{page}");
+    }
+    let lowercase = json!({"type": "send", "id": 3, "room": "user:zo%c3%ab%20a", "body": 1});
+    alice.cmd(lowercase).await;
+    assert_eq!(error_code(&alice.reply_of(3)), "invalid_room");
 }
 
 #[tokio::test]

@@ -7,10 +7,12 @@
 //! Nothing else in the crate writes a frame by hand.
 
 pub mod command;
+mod inbox;
 pub mod push;
 pub mod reply;
 
 pub use command::{Command, CommandError, CommandId};
+pub use inbox::{inbox_of, inbox_owner, is_inbox, INBOX_PREFIX};
 pub use reply::{error_frame, ok_frame, ErrorCode, Reply};
 
 use serde::{Deserialize, Serialize};
@@ -21,9 +23,6 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Subprotocol name a browser offers alongside `bearer.<jwt>`.
 pub const SUBPROTOCOL: &str = "chatgw.v1";
-
-/// Prefix of the room name of a user's inbox.
-pub const INBOX_PREFIX: &str = "user:";
 
 /// Deepest nesting of arrays/objects accepted in a `send` body (clients parse bodies
 /// recursively; a 10k-deep body would crash some of them).
@@ -101,43 +100,25 @@ pub fn validate_room(name: &str, max_len: usize) -> Result<(), String> {
     if name.len() > max_len {
         return Err(format!("room name longer than {max_len} bytes"));
     }
-    // `|` and `+` because user ids carry them (`auth0|5f7c…`, `google-oauth2|1…`,
-    // `ann+chat@example.com`) and an inbox is `user:<id>`. Never a space (an inbox's
-    // name is a field of the Redis engine's space-separated inbox payloads) nor `{}`
-    // (Redis Cluster hash tags).
-    let ok = name.bytes().all(|b| {
-        b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@' | b'|' | b'+')
-    });
-    if !ok {
-        return Err("room names use only A-Z a-z 0-9 _ - . : @ | +".into());
+    // `%` only in an inbox, as its user id's escapes (protocol/inbox.rs).
+    let escapes = is_inbox(name);
+    if !name
+        .bytes()
+        .all(|b| inbox::is_room_byte(b) || (escapes && b == b'%'))
+    {
+        return Err(
+            "room names use only A-Z a-z 0-9 _ - . : @ | + (and %XX escapes in user:<id>)".into(),
+        );
+    }
+    if escapes && name.contains('%') {
+        inbox_owner(name)?;
     }
     Ok(())
-}
-
-/// The inbox room of a user.
-pub fn inbox_of(user: &str) -> String {
-    format!("{INBOX_PREFIX}{user}")
 }
 
 /// Whether a room is internal to the gateway (`$control`): clients cannot name it.
 pub fn is_internal(room: &str) -> bool {
     room.starts_with('$')
-}
-
-/// Whether a room name is an inbox (`user:<id>`).
-pub fn is_inbox(room: &str) -> bool {
-    room.starts_with(INBOX_PREFIX)
-}
-
-/// Whose inbox a room is: `Ok(Some(user))` for `user:<id>`, `Ok(None)` for a room that
-/// is no inbox, an error for `user:` alone, which is nobody's (a client's send and the
-/// server API's publish both refuse it).
-pub fn inbox_owner(room: &str) -> Result<Option<&str>, &'static str> {
-    match room.strip_prefix(INBOX_PREFIX) {
-        None => Ok(None),
-        Some("") => Err("user:<id> needs a user id"),
-        Some(user) => Ok(Some(user)),
-    }
 }
 
 /// Whether `tp` is a W3C `traceparent` (version 00 form: `vv-<32 hex>-<16 hex>-ff`, lowercase
@@ -186,6 +167,18 @@ mod tests {
         assert!(validate_room("", 128).is_err());
         assert!(validate_room("has space", 128).is_err());
         assert!(validate_room("ünï", 128).is_err());
+        assert!(
+            validate_room("user:zo%C3%AB%20a", 128).is_ok(),
+            "zoë a's inbox"
+        );
+        assert!(
+            validate_room("user:zo%c3%ab", 128).is_err(),
+            "not as inbox_of writes it"
+        );
+        assert!(
+            validate_room("lobby%20b", 128).is_err(),
+            "% only in an inbox"
+        );
         assert!(validate_room(&"a".repeat(129), 128).is_err());
     }
 

@@ -23,7 +23,7 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
     let inbox_owner =
         protocol::inbox_owner(&cmd.room).map_err(|e| Refusal::new(ErrorCode::InvalidRoom, e))?;
     if let Some(recipient) = inbox_owner {
-        may_dm(s, recipient).await?;
+        may_dm(s, &recipient).await?;
     } else {
         let Some(joined) = s.rooms.get(cmd.room.as_str()) else {
             return Err(Refusal::new(
