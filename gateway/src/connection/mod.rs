@@ -20,6 +20,8 @@ mod tests;
 #[cfg(test)]
 mod tests_bounded;
 #[cfg(test)]
+mod tests_dm;
+#[cfg(test)]
 mod tests_faulty;
 #[cfg(test)]
 mod tests_footprint;

@@ -20,6 +20,8 @@ pub(super) struct Faulty {
     inner: MemoryEngine,
     /// History reads of this room fail (engine unavailable).
     history_of: Mutex<Option<String>>,
+    /// Presence lookups in this room fail (engine unavailable).
+    presence_of: Mutex<Option<String>>,
     /// Publishes fail as if Redis had not answered.
     pub(super) publish_unknown: AtomicBool,
     /// An inbox's subscription hands back the inbox's head, as the Redis engine's does.
@@ -37,6 +39,7 @@ impl Faulty {
             let f = Arc::new(Faulty {
                 inner: MemoryEngine::new(hub, &engine_config),
                 history_of: Mutex::new(None),
+                presence_of: Mutex::new(None),
                 publish_unknown: AtomicBool::new(false),
                 inbox_heads: AtomicBool::new(false),
                 inbox_head_reads: AtomicUsize::new(0),
@@ -55,6 +58,10 @@ impl Faulty {
 
     pub(super) fn fail_history_of(&self, room: Option<&str>) {
         *self.history_of.lock().unwrap_or_else(|p| p.into_inner()) = room.map(Into::into);
+    }
+
+    pub(super) fn fail_presence_of(&self, room: Option<&str>) {
+        *self.presence_of.lock().unwrap_or_else(|p| p.into_inner()) = room.map(Into::into);
     }
 }
 
@@ -112,6 +119,14 @@ impl PresenceManager for Faulty {
         self.inner.presence_upto(room, limit).await
     }
     async fn is_present(&self, room: &str, user: &str) -> Result<bool, EngineError> {
+        let failing = self
+            .presence_of
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if failing.as_deref() == Some(room) {
+            return Err(EngineError::Unavailable("injected".into()));
+        }
         self.inner.is_present(room, user).await
     }
     async fn active_rooms(&self, limit: usize) -> Result<Vec<(String, usize)>, EngineError> {

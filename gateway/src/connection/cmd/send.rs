@@ -11,6 +11,7 @@ use crate::protocol::command::Send;
 use crate::protocol::reply::{Reply, SendOk};
 use crate::protocol::{self, ErrorCode};
 use crate::telemetry;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
@@ -211,10 +212,25 @@ async fn may_dm(s: &Session, recipient: &str) -> Result<(), Refusal> {
     if recipient == s.user() {
         return Ok(());
     }
-    for room in s.rooms.keys() {
-        if s.node.namespaces.of(room).presence && s.node.engine.is_present(room, recipient).await? {
-            return Ok(());
+    // Every room is asked at once (one round trip for all, not one per room), and the
+    // first that has the recipient decides. A lookup that failed refuses the DM only
+    // when no other room has them.
+    let mut lookups: FuturesUnordered<_> = s
+        .rooms
+        .keys()
+        .filter(|room| s.node.namespaces.of(room).presence)
+        .map(|room| s.node.engine.is_present(room, recipient))
+        .collect();
+    let mut failed = None;
+    while let Some(present) = lookups.next().await {
+        match present {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => failed = Some(e),
         }
     }
-    Err(s.deny("dm", "you share no room with this user"))
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Err(s.deny("dm", "you share no room with this user")),
+    }
 }
