@@ -213,7 +213,7 @@ impl Node {
         let oldest = lock(&self.ended).record(user, token, self.clock_ms());
         let Some(oldest) = oldest else { return };
         self.metrics.sessions_dropped.inc();
-        if let Err(e) = self.engine.take_session(&oldest.to_string(), user).await {
+        if let Err(e) = self.engine.drop_session(&oldest.to_string(), user).await {
             let msg = "the oldest ended session (past sessions.keptPerUser) not dropped";
             warn_gated!(self.connection_failure_log, %user, error = %e, "{msg}");
         }

@@ -146,6 +146,9 @@ impl Sessions for Faulty {
     async fn take_session(&self, token: &str, user: &str) -> Result<TakenSession, EngineError> {
         self.inner.take_session(token, user).await
     }
+    async fn drop_session(&self, token: &str, user: &str) -> Result<(), EngineError> {
+        self.inner.drop_session(token, user).await
+    }
     async fn peek_session_for_test(&self, token: &str) -> Option<SessionRecord> {
         self.inner.peek_session_for_test(token).await
     }

@@ -333,6 +333,13 @@ impl Sessions for MemoryEngine {
             None => TakenSession::Missing,
         })
     }
+    async fn drop_session(&self, token: &str, user: &str) -> Result<(), EngineError> {
+        let mut sessions = lock(&self.sessions);
+        if matches!(sessions.map.get(token), Some((Some(record), _)) if record.user == user) {
+            sessions.map.remove(token);
+        }
+        Ok(())
+    }
     #[cfg(any(test, feature = "testing"))]
     async fn peek_session_for_test(&self, token: &str) -> Option<SessionRecord> {
         let sessions = lock(&self.sessions);

@@ -419,6 +419,11 @@ pub trait Sessions: Send + Sync {
     /// token until the session would have expired is a mark that it was taken: a token
     /// resumes once.
     async fn take_session(&self, token: &str, user: &str) -> Result<TakenSession, EngineError>;
+    /// Deletes `user`'s session stored under `token` (another user's stays), leaving no
+    /// mark: for an ended connection's session past `sessions.keptPerUser`, which nothing
+    /// saves again, so that its drop frees its key instead of holding a mark for
+    /// `sessions.resumeTtl`.
+    async fn drop_session(&self, token: &str, user: &str) -> Result<(), EngineError>;
     /// Tests only: the session stored under `token`, left in place (`None`: none, or one
     /// a resume took).
     #[cfg(any(test, feature = "testing"))]

@@ -59,7 +59,7 @@ pub(super) async fn take_once_and_expire(f: &impl Factory) {
 /// A connection that ends after its client resumed elsewhere (a half-open socket the
 /// heartbeat only gives up on later) saves its session under a token a resume took: that
 /// save must not make the token good again, and the mark saying so lasts no longer than
-/// the session would have (`sessions.resumeTtl`, 300 ms here).
+/// the session would have (`sessions.resumeTtl`, 300 ms here). A drop leaves no mark.
 pub(super) async fn a_taken_token_is_not_saved_again(f: &impl Factory) {
     let hub = Arc::new(Hub::default());
     let engine = f.make(hub, &config()).await;
@@ -73,6 +73,18 @@ pub(super) async fn a_taken_token_is_not_saved_again(f: &impl Factory) {
         let again = engine.take_session("tok3", user).await.expect("take");
         assert_eq!(again, TakenSession::Missing, "{user}: resumed once");
     }
+    // A drop (an ended session past `sessions.keptPerUser`) leaves nothing behind: not
+    // another user's, and no mark.
+    assert_eq!(save("tok4").await.expect("save"), SaveOutcome::Stored);
+    engine.drop_session("tok4", "bob").await.expect("drop");
+    assert_eq!(
+        engine.peek_session_for_test("tok4").await,
+        Some(rec.clone())
+    );
+    engine.drop_session("tok4", "alice").await.expect("drop");
+    assert_eq!(engine.peek_session_for_test("tok4").await, None);
+    assert_eq!(save("tok4").await.expect("save"), SaveOutcome::Stored);
+
     // Past the session's own expiry (a slow machine only sleeps longer) the mark is gone:
     // the token is stored like any other.
     tokio::time::sleep(Duration::from_millis(400)).await;

@@ -83,8 +83,9 @@ pub static INBOX_ACK: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/inbox_ack.lua")));
 
 /// Takes a stored session if it is the given user's, leaving [`SESSION_TAKEN`] in its
-/// place; leaves another user's untouched. Returns the record's JSON, 0 (another user's)
-/// or nil (none, or taken already). KEYS: session. ARGV: user, [`SESSION_TAKEN`].
+/// place (or nothing, to drop it); leaves another user's untouched. Returns the record's
+/// JSON, 0 (another user's) or nil (none, or taken already). KEYS: session. ARGV: user,
+/// [`SESSION_TAKEN`], `1` to leave it (`0`: delete).
 pub static SESSION_TAKE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/session_take.lua")));
 

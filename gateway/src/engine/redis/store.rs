@@ -40,29 +40,10 @@ impl Sessions for RedisEngine {
         Ok(SaveOutcome::Taken)
     }
     async fn take_session(&self, token: &str, user: &str) -> Result<TakenSession, EngineError> {
-        let s = &self.shared;
-        let mut c = s.conn();
-        let taken: redis::Value = s
-            .run(
-                scripts::SESSION_TAKE
-                    .key(s.keys.session(token))
-                    .arg(user)
-                    .arg(scripts::SESSION_TAKEN)
-                    .invoke_async(&mut c),
-            )
-            .await?;
-        let json = match taken {
-            redis::Value::Nil => return Ok(TakenSession::Missing),
-            redis::Value::Int(_) => return Ok(TakenSession::OtherUsers),
-            redis::Value::BulkString(json) => json,
-            other => {
-                let e = format!("stored session: unexpected reply {other:?}");
-                return Err(EngineError::Internal(e));
-            }
-        };
-        serde_json::from_slice(&json)
-            .map(TakenSession::Taken)
-            .map_err(|e| EngineError::Internal(format!("stored session: {e}")))
+        self.take_or_drop(token, user, true).await
+    }
+    async fn drop_session(&self, token: &str, user: &str) -> Result<(), EngineError> {
+        self.take_or_drop(token, user, false).await.map(|_| ())
     }
     #[cfg(any(test, feature = "testing"))]
     async fn peek_session_for_test(&self, token: &str) -> Option<SessionRecord> {
@@ -97,6 +78,42 @@ impl Sessions for RedisEngine {
             )
             .await?;
         Ok(())
+    }
+}
+
+impl RedisEngine {
+    /// The user's session under `token`, taken out of the store; `mark`: a mark is left in
+    /// its place ([`Sessions::take_session`]), otherwise the key is deleted.
+    async fn take_or_drop(
+        &self,
+        token: &str,
+        user: &str,
+        mark: bool,
+    ) -> Result<TakenSession, EngineError> {
+        let s = &self.shared;
+        let mut c = s.conn();
+        let taken: redis::Value = s
+            .run(
+                scripts::SESSION_TAKE
+                    .key(s.keys.session(token))
+                    .arg(user)
+                    .arg(scripts::SESSION_TAKEN)
+                    .arg(if mark { "1" } else { "0" })
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        let json = match taken {
+            redis::Value::Nil => return Ok(TakenSession::Missing),
+            redis::Value::Int(_) => return Ok(TakenSession::OtherUsers),
+            redis::Value::BulkString(json) => json,
+            other => {
+                let e = format!("stored session: unexpected reply {other:?}");
+                return Err(EngineError::Internal(e));
+            }
+        };
+        serde_json::from_slice(&json)
+            .map(TakenSession::Taken)
+            .map_err(|e| EngineError::Internal(format!("stored session: {e}")))
     }
 }
 
