@@ -89,17 +89,19 @@ impl Broker for Faulty {
     }
 }
 
+/// The fault injected for `room`, if `failing` names it (the engine unavailable).
+fn injected(failing: &Mutex<Option<String>>, room: &str) -> Result<(), EngineError> {
+    let failing = failing.lock().unwrap_or_else(|p| p.into_inner());
+    match failing.as_deref() == Some(room) {
+        true => Err(EngineError::Unavailable("injected".into())),
+        false => Ok(()),
+    }
+}
+
 #[async_trait]
 impl History for Faulty {
     async fn history(&self, room: &str, q: HistoryQuery) -> Result<HistoryPage, EngineError> {
-        let failing = self
-            .history_of
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if failing.as_deref() == Some(room) {
-            return Err(EngineError::Unavailable("injected".into()));
-        }
+        injected(&self.history_of, room)?;
         if crate::protocol::is_inbox(room) && q == HistoryQuery::default() {
             self.inbox_head_reads.fetch_add(1, Ordering::Relaxed);
         }
@@ -119,14 +121,7 @@ impl PresenceManager for Faulty {
         self.inner.presence_upto(room, limit).await
     }
     async fn is_present(&self, room: &str, user: &str) -> Result<bool, EngineError> {
-        let failing = self
-            .presence_of
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if failing.as_deref() == Some(room) {
-            return Err(EngineError::Unavailable("injected".into()));
-        }
+        injected(&self.presence_of, room)?;
         self.inner.is_present(room, user).await
     }
     async fn active_rooms(&self, limit: usize) -> Result<Vec<(String, usize)>, EngineError> {
