@@ -7,6 +7,7 @@ const MAX_SHOWN = 500; // per conversation; older ones stay reachable via histor
 
 let client = null;
 let me = "";
+let myInbox = ""; // inboxOf(me), named once per welcome
 let current = null; // key of the open conversation: a room name, or "dm:<user>"
 // key -> {kind: "room"|"dm", name, msgs: Map(msgKey -> msg), unread, notes: []}
 const convs = new Map();
@@ -44,7 +45,7 @@ function byTime([, a], [, b]) {
 
 // A message from the server: a room message, or one in my inbox (a DM to me).
 function onServerMsg(m) {
-  if (m.room === inboxOf(me)) {
+  if (m.room === myInbox) {
     conv(dmKeyOf(m)).msgs.delete("sent:" + m.msg_id); // a DM to myself
     addMsg(dmKeyOf(m), `${m.epoch}:${m.seq}`, m);
   } else if (m.room.startsWith("user:")) {
@@ -262,6 +263,7 @@ function start({ name, token }) {
   setStatus("connecting", "connecting…");
   client.on("connected", async ({ welcome, resumed }) => {
     me = welcome.user;
+    myInbox = inboxOf(me);
     $("me").textContent = "signed in as " + me;
     setStatus("connected", "connected · " + welcome.node);
     if (!everConnected) {
@@ -313,7 +315,7 @@ function start({ name, token }) {
 
 async function loadInbox() {
   try {
-    const page = await client.history(inboxOf(me), { limit: 100 });
+    const page = await client.history(myInbox, { limit: 100 });
     for (const m of page.messages ?? []) onServerMsg(m);
   } catch {
     /* the inbox replay still delivers what is new */
@@ -345,6 +347,7 @@ function init() {
     $("chat").hidden = false;
     $("logout").hidden = false;
     me = name;
+    myInbox = inboxOf(me);
     start({ name, token });
   });
   $("logout").addEventListener("click", () => {

@@ -103,6 +103,7 @@ export class ChatClient {
     }
     this.state = "idle"; // idle | connecting | resuming | connected | waiting | closed
     this.welcome = null; // the last welcome frame
+    this._inbox = null; // inboxOf(welcome.user), named once per welcome
     this.lastResume = null; // the last resume reply (rooms and their recovered flags)
     this._listeners = new Map();
     this._ws = null;
@@ -401,8 +402,9 @@ export class ChatClient {
     const ws = this._ws;
     const previous = this._resumeFrom;
     this.welcome = w;
+    this._inbox = inboxOf(w.user);
     this._startPinger(w.heartbeat_ms);
-    const inbox = inboxOf(w.user);
+    const inbox = this._inbox;
     if (previous && previous.user !== w.user) {
       // Another identity (e.g. a new token for another user): nothing to resume.
       this._pos.clear();
@@ -477,7 +479,7 @@ export class ChatClient {
     if (typeof st.epoch !== "string") return;
     const since = old && old.epoch === st.epoch ? old.seq : 0;
     this._pos.set(room, { seq: since, epoch: st.epoch });
-    if (room.startsWith("user:") && this.welcome && room !== inboxOf(this.welcome.user)) return;
+    if (room.startsWith("user:") && this.welcome && room !== this._inbox) return;
     if (typeof st.seq !== "number" || st.seq <= since) return;
     // A refill still running from an earlier reconnect hands its held messages over.
     const fill = { room, from: since, until: st.seq, held: this._filling.get(room)?.held ?? [] };
@@ -542,7 +544,7 @@ export class ChatClient {
     }
     this._pos.set(m.room, { seq: m.seq, epoch: m.epoch });
     this._emit("message", replayed ? { ...m, replayed: true } : m);
-    if (this.opts.autoAck && this.welcome && m.room === inboxOf(this.welcome.user)) this._scheduleAck();
+    if (this.opts.autoAck && this.welcome && m.room === this._inbox) this._scheduleAck();
   }
 
   // Direct messages are replayed to this device until it acknowledges them: one `ack` for
@@ -762,7 +764,7 @@ export class ChatClient {
    */
   ackInbox(seq, epoch) {
     if (!this.welcome) return Promise.reject(new ChatError("closed", "not connected yet"));
-    const pos = this._pos.get(inboxOf(this.welcome.user));
+    const pos = this._pos.get(this._inbox);
     const cmd = { type: "ack", seq: seq ?? pos?.seq ?? 0 };
     const e = epoch ?? (seq === undefined ? pos?.epoch : undefined);
     if (e) cmd.epoch = e;
