@@ -18,6 +18,8 @@ pub struct Config {
     pub engine: EngineKind,
     /// Redis connection (engine `redis`).
     pub redis: RedisConfig,
+    /// What the memory engine may hold (engine `memory`).
+    pub memory: MemoryConfig,
     /// How clients authenticate at the WebSocket upgrade.
     pub auth: AuthConfig,
     /// Keep-alive settings.
@@ -55,6 +57,7 @@ impl Default for Config {
             node: NodeConfig::default(),
             engine: EngineKind::Memory,
             redis: RedisConfig::default(),
+            memory: MemoryConfig::default(),
             auth: AuthConfig::default(),
             heartbeat: HeartbeatConfig::default(),
             limits: LimitsConfig::default(),
@@ -126,6 +129,25 @@ pub enum EngineKind {
     Memory,
     /// Any number of processes sharing one Redis.
     Redis,
+}
+
+/// What the memory engine may hold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct MemoryConfig {
+    /// Most bytes of messages (rooms' history and inboxes together) kept in the process;
+    /// past it the oldest room messages are dropped first, inbox messages only once no
+    /// room has any left. Unset: half the container's memory limit, or
+    /// [`MemoryConfig::UNLIMITED_CONTAINER_BYTES`] in a container without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+}
+
+impl MemoryConfig {
+    /// `maxBytes` when unset and the process has no memory limit (a laptop's `make run`).
+    pub const UNLIMITED_CONTAINER_BYTES: u64 = 1 << 30;
+    /// The smallest `maxBytes`: below it a few large messages would empty every room.
+    pub const MIN_BYTES: u64 = 1 << 20;
 }
 
 /// Keep-alive settings.

@@ -2,7 +2,9 @@
 //! at start and the operator runs it on the config a ChatGateway asks for, so a spec the
 //! gateway would refuse is reported before any pod starts.
 
-use crate::{is_reserved_prefix, AuthMode, Config, ConfigError, JoinPolicy};
+use crate::{
+    is_reserved_prefix, AuthMode, Config, ConfigError, EngineKind, JoinPolicy, MemoryConfig,
+};
 
 /// Shortest HS256 secret accepted, in bytes (the length of the hash: shorter secrets make
 /// the key brute-forceable).
@@ -99,6 +101,7 @@ impl Config {
         if self.history.max_messages == 0 || self.inbox.max_messages == 0 {
             return bad("history.maxMessages and inbox.maxMessages must be at least 1");
         }
+        self.validate_memory()?;
         self.validate_auth()?;
         self.redis.validate()?;
         self.validate_namespaces()?;
@@ -107,6 +110,26 @@ impl Config {
         let rate_ok = |r: f64| r.is_finite() && r >= 0.0;
         if !rate_ok(a.per_ip_rate) || !rate_ok(a.per_user_rate) {
             return bad("admission.perIpRate and admission.perUserRate must be >= 0");
+        }
+        Ok(())
+    }
+
+    fn validate_memory(&self) -> Result<(), ConfigError> {
+        let Some(max) = self.memory.max_bytes else {
+            return Ok(());
+        };
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.engine != EngineKind::Memory {
+            // Redis's own `maxmemory` bounds what the Redis engine stores; a budget here
+            // would look like it did.
+            return bad("memory.maxBytes applies to engine: memory only (with Redis, its maxmemory bounds the messages)".into());
+        }
+        // Four of the largest messages at least, so one room's newest ones always fit.
+        let min = MemoryConfig::MIN_BYTES.max(4 * self.limits.max_frame_bytes as u64);
+        if max < min {
+            return bad(format!(
+                "memory.maxBytes must be at least {min} (1 MiB, and 4 × limits.maxFrameBytes)"
+            ));
         }
         Ok(())
     }

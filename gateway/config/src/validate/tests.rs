@@ -70,6 +70,32 @@ fn a_presence_users_of_zero_is_refused() {
 }
 
 #[test]
+fn a_memory_budget_holds_a_mebibyte_and_four_of_the_largest_frames() {
+    holds_the_edge(
+        "memory.maxBytes",
+        |c| c.memory.max_bytes = Some(1 << 20),
+        |c| c.memory.max_bytes = Some((1 << 20) - 1),
+    );
+    holds_the_edge(
+        "memory.maxBytes",
+        |c| {
+            c.limits.max_frame_bytes = 512 << 10;
+            c.memory.max_bytes = Some(2 << 20);
+        },
+        |c| c.limits.max_frame_bytes += 1,
+    );
+}
+
+#[test]
+fn a_memory_budget_with_the_redis_engine_is_refused() {
+    holds_the_edge(
+        "memory.maxBytes applies to engine: memory",
+        |c| c.engine = EngineKind::Redis,
+        |c| c.memory.max_bytes = Some(1 << 30),
+    );
+}
+
+#[test]
 fn a_presence_batch_over_5s_is_refused() {
     holds_the_edge(
         "limits.presenceBatch",
