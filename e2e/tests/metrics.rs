@@ -158,3 +158,42 @@ async fn scripted_session_gives_exact_metrics() {
     assert_eq!(get(&m, "chatgateway_redis_errors_total"), 0.0);
     gw.stop().await;
 }
+
+/// `memory.maxBytes` through a whole node: the memory engine's gauge and eviction counter
+/// are the node's (`/metrics`), and a room past the budget starts later in `history`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_engines_budget_is_metered_and_evicts_the_oldest() {
+    const MAX: u64 = 1 << 20;
+    let mut cfg = test_config();
+    cfg.memory.max_bytes = Some(MAX);
+    cfg.limits.max_frame_bytes = 8192;
+    cfg.limits.message_rate = 100_000.0;
+    cfg.limits.user_message_rate = 0.0;
+    cfg.limits.message_burst = 100_000;
+    let gw = TestGateway::start(cfg).await;
+    let mut alice = gw.connect("alice").await;
+    alice.join("a").await;
+    let big = "z".repeat(7000);
+    // 200 messages of about 7.3 KB each: 1.4 MiB sent into a budget of 1.
+    for _ in 0..10 {
+        for _ in 0..20 {
+            assert_eq!(alice.send("a", json!(big)).await["type"], "ok");
+        }
+        alice.drain_msgs(Duration::from_millis(1)).await;
+    }
+    let m = scrape(&gw).await;
+    let held = get(&m, "chatgateway_memory_engine_bytes");
+    assert!(held > 0.0 && held <= MAX as f64, "held {held}");
+    let evicted = get(&m, "chatgateway_memory_engine_evicted_total{kind=\"room\"}");
+    assert!(evicted > 0.0, "evicted {evicted}");
+    let page = alice
+        .request(json!({"type": "history", "room": "a", "limit": 1}))
+        .await;
+    assert_eq!(page["top"], 200);
+    assert_eq!(
+        page["first"].as_f64(),
+        Some(evicted + 1.0),
+        "the oldest went: {page}"
+    );
+    gw.stop().await;
+}

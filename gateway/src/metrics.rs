@@ -78,6 +78,10 @@ pub struct Metrics {
     pub hook_events_dropped: IntCounter,
     /// Server API requests, by endpoint and HTTP status.
     pub api_requests: IntCounterVec,
+    /// Bytes of messages the memory engine holds (`memory.maxBytes`).
+    pub memory_engine_bytes: IntGauge,
+    /// Messages the memory engine dropped to stay within `memory.maxBytes`, by kind.
+    pub memory_engine_evicted: IntCounterVec,
 }
 
 /// Latency buckets, seconds: 100 µs .. 10 s.
@@ -290,8 +294,27 @@ impl Metrics {
                 "Server API requests, by endpoint and HTTP status.",
                 &["endpoint", "status"],
             ),
+            memory_engine_bytes: gauge(
+                "chatgateway_memory_engine_bytes",
+                "Bytes of messages (history and inboxes) the memory engine holds, frames and bookkeeping; at most memory.maxBytes.",
+            ),
+            memory_engine_evicted: counter_vec(
+                "chatgateway_memory_engine_evicted_total",
+                "Messages the memory engine dropped before their retention to stay within memory.maxBytes, by kind (room, inbox).",
+                "kind",
+            ),
         };
         Metrics { registry, ..m }
+    }
+
+    /// The memory engine's counters (`memory.maxBytes`).
+    pub fn memory_engine(&self) -> crate::engine::memory::BudgetCounters {
+        let evicted = |kind: &str| self.memory_engine_evicted.with_label_values(&[kind]);
+        crate::engine::memory::BudgetCounters {
+            held: self.memory_engine_bytes.clone(),
+            evicted_rooms: evicted("room"),
+            evicted_inboxes: evicted("inbox"),
+        }
     }
 
     /// The delivery counter and latency histogram, for the hub's fan-outs and the writers.

@@ -140,7 +140,11 @@ impl Node {
         let router = crate::forward::Router::new(&config.routes).map_err(anyhow::Error::msg)?;
         let engine: Arc<dyn Engine> = match (make, config.engine) {
             (Some(make), _) => make(hub.clone()),
-            (None, EngineKind::Memory) => Arc::new(MemoryEngine::new(hub.clone(), &config)),
+            (None, EngineKind::Memory) => Arc::new(MemoryEngine::counting(
+                hub.clone(),
+                &config,
+                metrics.memory_engine(),
+            )),
             (None, EngineKind::Redis) => {
                 let counters = RedisCounters {
                     errors: metrics.redis_errors.clone(),

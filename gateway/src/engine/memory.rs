@@ -1,8 +1,11 @@
 //! The in-memory engine: one node, no dependencies; the embedded default.
 
+mod budget;
 mod cursors;
 mod stream;
 
+use self::budget::Budget;
+pub use self::budget::BudgetCounters;
 use self::cursors::InboxCursors;
 use self::stream::Stream;
 use super::seen::SeenTops;
@@ -50,6 +53,8 @@ pub struct MemoryEngine {
     seen: SeenTops,
     /// When idle streams were last swept.
     pruned: Mutex<Instant>,
+    /// The bytes of messages held against `memory.maxBytes` (every stream's too).
+    budget: Arc<Budget>,
 }
 
 /// Locks a mutex, tolerating poison: the maps stay usable after a panic elsewhere.
@@ -60,6 +65,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl MemoryEngine {
     /// Creates an engine delivering into `hub`.
     pub fn new(hub: Arc<Hub>, config: &Config) -> Self {
+        Self::counting(hub, config, BudgetCounters::unregistered())
+    }
+
+    /// Creates an engine delivering into `hub` that counts in `counters` the bytes of
+    /// messages it holds and those it evicts (`memory.maxBytes`).
+    pub fn counting(hub: Arc<Hub>, config: &Config, counters: BudgetCounters) -> Self {
+        let (max_bytes, source) = budget::resolve(&config.memory);
+        tracing::info!(
+            max_bytes,
+            source,
+            "memory engine: most bytes of messages kept"
+        );
         MemoryEngine {
             hub,
             history: config.history.clone(),
@@ -74,6 +91,7 @@ impl MemoryEngine {
             nodes: Mutex::new(BTreeMap::new()),
             seen: SeenTops::default(),
             pruned: Mutex::new(Instant::now()),
+            budget: Arc::new(Budget::new(max_bytes, counters)),
         }
     }
 
@@ -83,7 +101,7 @@ impl MemoryEngine {
         if let Some(s) = streams.get(room) {
             return s.clone();
         }
-        let s = Arc::new(Mutex::new(Stream::new()));
+        let s = Arc::new(Mutex::new(Stream::new(self.budget.clone())));
         streams.insert(room.into(), s.clone());
         s
     }
@@ -113,7 +131,7 @@ impl MemoryEngine {
             let mut s = lock(stream);
             s.trim(self.retention(room), now_ms);
             s.forget_expired_ids(now);
-            !(s.msgs.is_empty() && s.dedup.is_empty())
+            !(s.is_empty() && s.dedup.is_empty())
         });
     }
 
@@ -173,7 +191,7 @@ impl Broker for MemoryEngine {
             trace,
             &frame,
         ));
-        s.msgs.push_back((ts, env.clone()));
+        s.push(ts, env.clone());
         s.trim(self.retention(&msg.room), ts);
         let until = now + self.dedup_window;
         let epoch = s.epoch.clone();
@@ -188,8 +206,13 @@ impl Broker for MemoryEngine {
         self.seen.observe(&msg.room, &s.epoch, seq);
         // Delivered under the stream lock so hub order equals seq order.
         self.hub.deliver(&env);
+        let at = StreamPosition::new(s.epoch.clone(), seq);
+        drop(s);
+        if self.budget.over() {
+            self.evict();
+        }
         Ok(Published {
-            at: StreamPosition::new(s.epoch.clone(), seq),
+            at,
             duplicate: false,
             ephemeral: false,
             ts,
@@ -390,9 +413,7 @@ impl Engine for MemoryEngine {
             }
             Some(keep) => {
                 if let Some(stream) = self.existing(room) {
-                    let mut s = lock(&stream);
-                    s.msgs.retain(|(_, m)| m.seq <= keep);
-                    s.top = s.top.min(keep);
+                    lock(&stream).rewind(keep);
                 }
             }
         }
@@ -401,3 +422,5 @@ impl Engine for MemoryEngine {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_budget;

@@ -215,6 +215,10 @@ fn free_form_config_is_checked_by_the_gateway_and_keeps_out_of_operator_keys() {
             "{limits: {messageBurst: 0}}",
             "limits.messageBurst must be at least 1",
         ),
+        (
+            "{memory: {maxBytes: 1000}}",
+            "memory.maxBytes must be at least 1048576",
+        ),
     ] {
         let cgw = cgw(&format!(
             "gateway: {{auth: {{mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}, config: {config}}}"
@@ -230,6 +234,19 @@ fn free_form_config_is_checked_by_the_gateway_and_keeps_out_of_operator_keys() {
     );
     let c = parsed(&cm);
     assert_eq!(c.redis.key_prefix, "x");
+    let (cm, _) = config_of(
+        "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, config: {memory: {maxBytes: 67108864}}}",
+    );
+    assert_eq!(parsed(&cm).memory.max_bytes, Some(64 << 20));
+    // A pod on Redis has no memory engine to bound.
+    let on_redis = cgw(
+        "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, redis: {}, config: {memory: {maxBytes: 67108864}}}",
+    );
+    let err = build(&on_redis, &Owner::of(&on_redis, "default").expect("owner")).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidSpec(ref m) if m.contains("memory.maxBytes applies to engine: memory")),
+        "{err}"
+    );
     assert_eq!(
         c.routes.len(),
         1,

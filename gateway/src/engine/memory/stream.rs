@@ -1,5 +1,6 @@
 //! One room's (or inbox's) stream of messages in the memory engine.
 
+use super::budget::Budget;
 use crate::config::RetentionConfig;
 use crate::engine::{cut_page, new_epoch, Envelope, HistoryPage, HistoryQuery};
 use std::collections::{HashMap, VecDeque};
@@ -16,8 +17,11 @@ const SENDERS_PER_RETAINED: usize = 2;
 pub(super) struct Stream {
     pub(super) epoch: Arc<str>,
     pub(super) top: u64,
-    /// (append time in Unix ms, message), oldest first.
-    pub(super) msgs: VecDeque<(u64, Arc<Envelope>)>,
+    /// (append time in Unix ms, message), oldest first; changed only through
+    /// [`push`](Self::push), [`pop`](Self::pop) and [`clear`](Self::clear), which keep
+    /// the budget's total.
+    msgs: VecDeque<(u64, Arc<Envelope>)>,
+    budget: Arc<Budget>,
     /// "from\0msg_id" -> (seq, its epoch, remembered until).
     pub(super) dedup: HashMap<String, (u64, Arc<str>, Instant)>,
     pub(super) dedup_order: VecDeque<(Instant, String)>,
@@ -28,11 +32,12 @@ pub(super) struct Stream {
 }
 
 impl Stream {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(budget: Arc<Budget>) -> Self {
         Stream {
             epoch: new_epoch().into(),
             top: 0,
             msgs: VecDeque::new(),
+            budget,
             dedup: HashMap::new(),
             dedup_order: VecDeque::new(),
             by_sender: HashMap::new(),
@@ -56,8 +61,48 @@ impl Stream {
     pub(super) fn restart_epoch(&mut self) {
         self.epoch = new_epoch().into();
         self.top = 0;
-        self.msgs.clear();
+        self.clear();
         self.by_sender.clear();
+    }
+
+    /// Appends a message (appended at `ts`, Unix ms).
+    pub(super) fn push(&mut self, ts: u64, env: Arc<Envelope>) {
+        self.budget.add(Budget::cost(&env));
+        self.msgs.push_back((ts, env));
+    }
+
+    /// Drops the oldest message, if any.
+    pub(super) fn pop(&mut self) -> bool {
+        let Some((_, env)) = self.msgs.pop_front() else {
+            return false;
+        };
+        self.budget.sub(Budget::cost(&env));
+        true
+    }
+
+    fn clear(&mut self) {
+        while self.pop() {}
+    }
+
+    /// Drops the messages after `keep` (tests: a store that lost its newest writes).
+    #[cfg(any(test, feature = "testing"))]
+    pub(super) fn rewind(&mut self, keep: u64) {
+        while self.msgs.back().is_some_and(|(_, m)| m.seq > keep) {
+            if let Some((_, env)) = self.msgs.pop_back() {
+                self.budget.sub(Budget::cost(&env));
+            }
+        }
+        self.top = self.top.min(keep);
+    }
+
+    /// Whether no message is left.
+    pub(super) fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+
+    /// When the oldest message was appended (Unix ms), if there is one.
+    pub(super) fn oldest(&self) -> Option<u64> {
+        self.msgs.front().map(|(ts, _)| *ts)
     }
 
     pub(super) fn trim(&mut self, retention: &RetentionConfig, now: u64) {
@@ -68,7 +113,7 @@ impl Stream {
                 .front()
                 .is_some_and(|(ts, _)| now.saturating_sub(*ts) > max_age)
         {
-            self.msgs.pop_front();
+            self.pop();
         }
         if self.by_sender.len() > SENDERS_PER_RETAINED * self.msgs.len() {
             self.forget_gone_senders();
@@ -120,6 +165,13 @@ impl Stream {
             messages,
             more,
         }
+    }
+}
+
+impl Drop for Stream {
+    /// A stream dropped (pruned, or its engine gone) gives its messages' bytes back.
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
