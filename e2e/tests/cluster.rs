@@ -216,6 +216,33 @@ async fn client_of_a_killed_process_resumes_on_another_exactly() {
     assert_eq!(sports, [1]);
 }
 
+/// A client whose old socket is still open (it changed networks: the gateway would see
+/// that socket die only at the heartbeat's timeout) resumes on another process: the
+/// connection left behind is closed there at once (4409), not kept receiving until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_on_another_process_closes_the_connection_left_behind() {
+    let redis = RedisServer::start();
+    let gws = cluster(&redis, 2, &[]);
+    let mut old = connect(&gws, 0, "reader").await;
+    old.join("news").await;
+    let token = old.resume_token();
+    wait_until("the session saved, open", Duration::from_secs(10), || {
+        redis
+            .stored_session(&token)
+            .is_some_and(|s| s["open"] == true)
+    })
+    .await;
+    let mut new = connect(&gws, 1, "reader").await;
+    let reply = new
+        .request(json!({"type": "resume", "resume_token": token}))
+        .await;
+    assert_eq!(reply["rooms"]["news"]["recovered"], true, "{reply}");
+    assert_eq!(
+        old.expect_close().await,
+        Some((4409, "session resumed elsewhere".to_string()))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_loses_no_acknowledged_message() {
     let mut redis = RedisServer::start_persistent();

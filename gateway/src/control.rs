@@ -4,6 +4,7 @@
 //! every node subscribes to at start, so they use the engine's own fan-out: local on the
 //! memory engine, Redis pub/sub across pods.
 
+use crate::connection::session::Hex;
 use crate::engine::Publish;
 use crate::hub::ConnId;
 use crate::node::Node;
@@ -38,6 +39,14 @@ pub enum Control {
         /// The room.
         room: String,
     },
+    /// A resume took the session of `user`'s connection with resume token `token` while
+    /// that connection was open: close it (4409).
+    SessionResumed {
+        /// The user.
+        user: String,
+        /// The resume token the connection was given at its `welcome`.
+        token: String,
+    },
 }
 
 /// What a session is told by the node (through its [`ConnCtl`]).
@@ -53,9 +62,12 @@ pub enum SessionCtl {
 }
 
 /// A chat connection's mailbox for [`SessionCtl`] messages: small (most connections never
-/// get one), woken through a `Notify` the socket loop waits on.
-#[derive(Default)]
+/// get one), woken through a `Notify` the socket loop waits on. It also names the
+/// connection's resume token, for a resume elsewhere to close it by
+/// ([`Control::SessionResumed`]).
 pub struct ConnCtl {
+    /// The resume token of the connection's session (given at its `welcome`).
+    pub resume_token: Hex<16>,
     pending: Mutex<Vec<SessionCtl>>,
     /// New verification keys came in force since the session last looked.
     keys_changed: std::sync::atomic::AtomicBool,
@@ -63,6 +75,16 @@ pub struct ConnCtl {
 }
 
 impl ConnCtl {
+    /// The mailbox of the connection whose session has resume token `resume_token`.
+    pub fn new(resume_token: Hex<16>) -> Self {
+        ConnCtl {
+            resume_token,
+            pending: Mutex::default(),
+            keys_changed: Default::default(),
+            notify: Notify::new(),
+        }
+    }
+
     /// Leaves a message for the session; one equal to a message still waiting is the same
     /// request and is not kept twice (the session reads its mailbox between commands, not
     /// during a long replay, and a backend may repeat an unsubscribe meanwhile).
@@ -140,6 +162,11 @@ pub fn apply(node: &Node, msg: Control) {
             };
             let n = node.close_user(&user, close);
             tracing::info!(%user, reconnect, %reason, connections = n, "disconnected by the server API");
+        }
+        Control::SessionResumed { user, token } => {
+            if let Some(token) = Hex::parse(&token) {
+                node.close_session(&user, &token, crate::disconnect::SESSION_RESUMED);
+            }
         }
         Control::Unsubscribe { user, room } => {
             node.tell_user(
@@ -226,7 +253,7 @@ mod tests {
     /// A repeated unsubscribe while the session is busy (a long replay) is kept once.
     #[test]
     fn a_repeated_message_waits_once() {
-        let ctl = ConnCtl::default();
+        let ctl = ConnCtl::new(Hex::random());
         let unsubscribe = |room: &str| SessionCtl::Unsubscribe {
             room: room.into(),
             reason: "removed by the server",
@@ -277,7 +304,7 @@ mod tests {
         {
             tokio::task::yield_now().await;
         }
-        let ctl = Arc::new(ConnCtl::default());
+        let ctl = Arc::new(ConnCtl::new(Hex::random()));
         let (queue, _rx) = outbound::queue(8, 1024);
         node.register(queue, "bob", Some(ctl.clone()));
         let unsubscribe = |room: &str| Control::Unsubscribe {

@@ -35,6 +35,9 @@ pub mod code {
     pub const BACKEND_DISCONNECT: u16 = 4100;
     /// The application's backend disconnected the user and asks it not to reconnect.
     pub const BACKEND_BAN: u16 = 4101;
+    /// Another connection resumed this one's session (mnemonic: HTTP 409 Conflict): its
+    /// client moved on, or another copy of it (a duplicated browser tab) took the token.
+    pub const SESSION_RESUMED: u16 = 4409;
 }
 
 /// Why and how a connection is closed: the code and the short reason of the close frame.
@@ -118,6 +121,11 @@ pub const BACKEND_DISCONNECT: CloseReason =
 /// The server API disconnected the user with "do not reconnect".
 pub const BACKEND_BAN: CloseReason = reason(code::BACKEND_BAN, "disconnected, do not reconnect");
 
+/// Another connection resumed this connection's session (its resume token): the client
+/// left it behind (a socket that died without a close, seen by the node only at the
+/// heartbeat's timeout) or a copy of the client took over the token.
+pub const SESSION_RESUMED: CloseReason = reason(code::SESSION_RESUMED, "session resumed elsewhere");
+
 /// Metrics label of a chat connection the client closed (no close reason of ours).
 pub const CLIENT_CLOSED: &str = "client closed";
 /// Metrics label of every forwarded connection that ended.
@@ -176,6 +184,7 @@ mod tests {
             KEY_REVOKED,
             BACKEND_DISCONNECT,
             BACKEND_BAN,
+            SESSION_RESUMED,
         ] {
             assert!(documented(&c), "{c:?} is not in docs/protocol.md's table");
         }

@@ -78,7 +78,8 @@ mod tests {
     fn connect(node: &Arc<Node>) -> (OutboundQueue, outbound::OutboundReceiver) {
         let (queue, rx) = outbound::queue(8, 1024);
         queue.heard(node.clock_ms());
-        node.register(queue.clone(), "u", Some(Default::default()));
+        let ctl = crate::control::ConnCtl::new(crate::connection::session::Hex::random());
+        node.register(queue.clone(), "u", Some(Arc::new(ctl)));
         (queue, rx)
     }
 

@@ -286,6 +286,17 @@ impl Node {
         of_user.map(|c| c.queue.close(reason)).count()
     }
 
+    /// Closes the chat connection of `user` whose session has resume token `token`, if it
+    /// is on this node; returns whether it was.
+    pub fn close_session(&self, user: &str, token: &Hex<16>, reason: CloseReason) -> bool {
+        let conns = lock(&self.conns);
+        let mut of_user = conns.values().filter(|c| &*c.user == user);
+        of_user
+            .find(|c| c.ctl.as_ref().is_some_and(|ctl| ctl.resume_token == *token))
+            .map(|c| c.queue.close(reason))
+            .is_some()
+    }
+
     /// Tells every chat connection of `user` on this node; returns how many.
     pub fn tell_user(&self, user: &str, msg: SessionCtl) -> usize {
         let conns = lock(&self.conns);

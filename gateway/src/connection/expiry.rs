@@ -40,7 +40,7 @@ impl Session {
     /// Returns the close reason when the connection token expired.
     pub async fn on_deadline(&mut self, now: u64) -> Option<CloseReason> {
         if self.save_due.is_some_and(|at| now >= at.get()) {
-            self.persist(&HashMap::new()).await;
+            self.persist(&HashMap::new(), true).await;
         }
         let warning = self.node.config.auth.expiry_warning.as_millis() as u64;
         let leeway = self.node.config.auth.jwt.leeway.as_millis() as u64;

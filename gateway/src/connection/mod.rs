@@ -26,6 +26,8 @@ mod tests_faulty;
 #[cfg(test)]
 mod tests_footprint;
 #[cfg(test)]
+mod tests_left_behind;
+#[cfg(test)]
 mod tests_presence;
 #[cfg(test)]
 mod tests_pump;
@@ -218,13 +220,14 @@ where
 {
     let limits = &node.config.limits;
     let (queue, rx) = outbound::queue(limits.outbound_queue_frames, limits.outbound_queue_bytes);
-    let ctl = Arc::new(ConnCtl::default());
+    let resume_token = session::Hex::random();
+    let ctl = Arc::new(ConnCtl::new(resume_token));
     let id = node.register(queue.clone(), &identity.user, Some(ctl.clone()));
     slots.registered = Some(id);
     node.metrics.accepted.inc();
     queue.heard(node.clock_ms());
     let (sink, stream) = ws.split();
-    let session = Session::new(node.clone(), id, identity, queue.clone());
+    let session = Session::new(node.clone(), id, identity, queue.clone(), resume_token);
     let settings = writer_settings(&node);
     if let Some(wire) = wire {
         queue.attach(wire);

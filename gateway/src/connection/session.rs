@@ -76,13 +76,20 @@ pub struct Session {
 pub const SAVE_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Session {
-    /// A new session of `identity`, writing to `queue`, registered on the node as `id`.
-    pub fn new(node: Arc<Node>, id: ConnId, identity: Identity, queue: OutboundQueue) -> Session {
+    /// A new session of `identity`, writing to `queue`, registered on the node as `id`
+    /// (with `resume_token`, the one it will give the client).
+    pub fn new(
+        node: Arc<Node>,
+        id: ConnId,
+        identity: Identity,
+        queue: OutboundQueue,
+        resume_token: Hex<16>,
+    ) -> Session {
         Session {
             node,
             id,
             session: Hex::random(),
-            resume_token: Hex::random(),
+            resume_token,
             inbox: protocol::inbox_of(&identity.user).into(),
             identity,
             warned: false,
@@ -342,7 +349,7 @@ impl Session {
         .await;
         // A session a resume took before this save is not stored again, and so is not one
         // of the user's ended sessions here (`sessions.keptPerUser`).
-        if self.persist(written).await != Some(SaveOutcome::Taken) {
+        if self.persist(written, false).await != Some(SaveOutcome::Taken) {
             let user = &self.identity.user;
             self.node.session_ended(user, self.resume_token).await;
         }
@@ -375,10 +382,13 @@ impl Session {
     /// end) overrides the positions known at join time, which are where each room's replay
     /// started: a room whose replay never reached the writer is saved where the client
     /// stood. The inbox's position is the acknowledged one, not the written one: bytes
-    /// reaching a socket are not a read. Returns what the store did (`None`: it failed).
+    /// reaching a socket are not a read. `open`: saved by a connection that goes on (not
+    /// its close), so a resume of it closes this connection. Returns what the store did
+    /// (`None`: it failed).
     pub(super) async fn persist(
         &mut self,
         written: &HashMap<Arc<str>, StreamPosition>,
+        open: bool,
     ) -> Option<SaveOutcome> {
         self.save_due = None;
         let mut rooms: std::collections::BTreeMap<String, StreamPosition> = self
@@ -408,6 +418,7 @@ impl Session {
             connected_at: self.connected_at,
             last_seen: crate::engine::now_ms(),
             grants,
+            open,
         };
         let token = self.resume_token.to_string();
         match self.node.engine.save_session(&token, &record).await {

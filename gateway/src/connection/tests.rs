@@ -71,12 +71,14 @@ impl Harness {
     /// A second connection on the same node.
     pub(super) async fn on(node: Arc<Node>, user: &str) -> Harness {
         let (queue, rx) = outbound::queue(1024, 1 << 20);
-        let id = node.register(queue.clone(), user, None);
+        let token = super::session::Hex::random();
+        let ctl = Some(Arc::new(crate::control::ConnCtl::new(token)));
+        let id = node.register(queue.clone(), user, ctl);
         let identity = crate::auth::Identity {
             user: user.into(),
             ..Default::default()
         };
-        let mut session = Session::new(node.clone(), id, identity, queue.clone());
+        let mut session = Session::new(node.clone(), id, identity, queue.clone(), token);
         let joined = session.welcome(Default::default()).await;
         assert!(joined.is_empty(), "no connect hook, no rooms");
         let mut h = Harness { node, session, rx };

@@ -200,6 +200,7 @@ fn no_rooms(user: &str) -> SessionRecord {
         connected_at: 0,
         last_seen: 0,
         grants: BTreeMap::new(),
+        open: false,
     }
 }
 
@@ -257,6 +258,7 @@ fn resume_positions_merge_stored_and_client_ones() {
         connected_at: 0,
         last_seen: 0,
         grants: BTreeMap::new(),
+        open: false,
     };
     let client = BTreeMap::from([
         (

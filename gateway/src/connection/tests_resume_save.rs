@@ -240,7 +240,8 @@ async fn a_connect_hook_room_resumed_from_behind_is_not_recovered() {
         user: "alice".into(),
         ..Default::default()
     };
-    let mut session = super::session::Session::new(h.node.clone(), id, identity, queue);
+    let token = super::session::Hex::random();
+    let mut session = super::session::Session::new(h.node.clone(), id, identity, queue, token);
     let answer = crate::hooks::ConnectAnswer {
         rooms: vec!["r".into()],
         data: None,

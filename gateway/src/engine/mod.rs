@@ -258,6 +258,11 @@ pub struct SessionRecord {
     /// keeps the membership until the token's expiry.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub grants: BTreeMap<String, StoredGrant>,
+    /// Saved while its connection was open (false: by the connection's close, or by a
+    /// version that did not say). A resume of such a session closes that connection, on
+    /// whichever node it is: its client has moved on (4409, `session resumed elsewhere`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub open: bool,
 }
 
 /// What [`Sessions::save_session`] did.

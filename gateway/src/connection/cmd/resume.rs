@@ -9,7 +9,10 @@
 use super::{Handled, Outcome, Refusal, Session};
 use crate::auth::Rights;
 use crate::connection::catchup::{merge_positions, CaughtUp, Replay};
+use crate::connection::session::Hex;
+use crate::control::Control;
 use crate::engine::{StoredGrant, TakenSession};
+use crate::log_gate::warn_gated;
 use crate::outbound::Outbound;
 use crate::protocol::command::Resume;
 use crate::protocol::reply::{Reply, ResumeOk, RoomResumed};
@@ -39,10 +42,20 @@ pub(super) async fn handle(s: &mut Session, cmd: Resume) -> Handled {
             "one resume per connection: reconnect to resume again",
         ));
     }
+    // Taking its own session would leave this connection saving under a spent token.
+    if Hex::parse(&cmd.resume_token) == Some(s.resume_token) {
+        return Err(Refusal::new(
+            ErrorCode::BadRequest,
+            "that is this connection's own resume token: resume an earlier connection's",
+        ));
+    }
     let engine = s.node.engine.clone();
     let record = match engine.take_session(&cmd.resume_token, s.user()).await? {
         TakenSession::Taken(record) => {
             s.node.session_resumed(s.user(), &cmd.resume_token);
+            if record.open {
+                close_left_behind(s, &cmd.resume_token).await;
+            }
             Some(record)
         }
         // Left in the store as it was.
@@ -114,11 +127,28 @@ pub(super) async fn handle(s: &mut Session, cmd: Resume) -> Handled {
     }
     // Saved at once (a node that dies mid-replay leaves this record): each room at where
     // its replay starts, none of which has been delivered yet.
-    s.persist(&HashMap::new()).await;
+    s.persist(&HashMap::new(), true).await;
     Ok(Outcome {
         reply: Reply::Resume(ResumeOk { rooms }),
         then,
     })
+}
+
+/// The connection that last saved the session taken was open then, and may still be: its
+/// client moved on without closing it (a socket that died without a close stays open
+/// until the heartbeat's timeout), or a copy of the client took over its token. It is
+/// told to close (4409) on whichever node holds it. A session its connection's close
+/// saved is not: nothing is left to close, and a reconnect storm (a rolling update's
+/// drain) sends no message per resume to every node.
+async fn close_left_behind(s: &Session, token: &str) {
+    let msg = Control::SessionResumed {
+        user: s.user().to_string(),
+        token: token.to_string(),
+    };
+    if let Err(e) = crate::control::send(&s.node, &msg).await {
+        let (gate, user) = (&s.node.connection_failure_log, s.user());
+        warn_gated!(gate, %user, error = %e, "the connection a resume left behind not told to close");
+    }
 }
 
 /// The inbox from the device's position: the position it resumes from is one it has, so

@@ -23,6 +23,8 @@ fn record(user: &str) -> SessionRecord {
             },
         )]
         .into(),
+        // Round-trips like every field (a resume acts on it).
+        open: true,
     }
 }
 

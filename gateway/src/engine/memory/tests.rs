@@ -59,6 +59,7 @@ async fn expired_sessions_are_swept() {
         connected_at: 0,
         last_seen: 0,
         grants: Default::default(),
+        open: false,
     };
     for i in 0..10 {
         engine
