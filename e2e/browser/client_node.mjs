@@ -369,6 +369,34 @@ check("a late resume (inbox `recovered:false`, no epoch) keeps the inbox positio
   assert.deepEqual(hal.texts("user:hal"), ["h1", "h2"]);
 });
 
+check("a copy that takes over the token (a duplicated tab): the original is closed 4409 and resumes from its positions", async () => {
+  const lea = makeUser("lea");
+  const gus = makeUser("gus5");
+  await Promise.all([lea.client.connect(), gus.client.connect()]);
+  await lea.client.join("l-room");
+  await gus.client.join("l-room");
+  await gus.client.send("l-room", "l1");
+  await waitFor("l1 at lea", () => lea.texts("l-room").includes("l1"));
+  await sleep(400); // the session saved (200 ms after the join)
+  const closes = [];
+  lea.client.on("disconnected", (d) => closes.push(d.code));
+  const back = once(lea.client, "connected");
+  const copy = new WebSocket(wsOf(A) + "?user=lea");
+  const frames = [];
+  copy.onmessage = (ev) => frames.push(JSON.parse(ev.data));
+  await waitFor("the copy's welcome", () => frames.some((f) => f.type === "welcome"));
+  copy.send(JSON.stringify({ type: "resume", id: 1, resume_token: lea.client._resumeFrom.resume_token }));
+  await waitFor("the copy resumed", () => frames.some((f) => f.ref === 1));
+  assert.equal(frames.find((f) => f.ref === 1).rooms?.["l-room"]?.recovered, true);
+  const r = await back;
+  assert.deepEqual(closes, [4409]);
+  assert.equal(r.rooms["l-room"]?.recovered, true, JSON.stringify(r.rooms));
+  await gus.client.send("l-room", "l2");
+  await waitFor("l2 at lea and at the copy", () => lea.texts("l-room").includes("l2") && frames.some((f) => f.body === "l2"));
+  assert.deepEqual(lea.texts("l-room"), ["l1", "l2"]);
+  copy.close();
+});
+
 check("a send over the frame limit (1009) is refused with too_big, never sent again", async () => {
   const ivy = makeUser("ivy", { timeoutMs: 5000 });
   await ivy.client.connect();
