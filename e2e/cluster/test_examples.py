@@ -101,6 +101,13 @@ def test_example_chatgateway_runs(example, namespace, cluster):
     # Every pod answers on its own address, and the Service reaches the gateway.
     for p in pods:
         assert "chatgateway_connections" in gw.metrics(p)
+    # The memory engine's budget follows the container's memory limit: the gateway reads
+    # its cgroup (docs/operations.md, "Memory engine memory").
+    if not gateway.get("redis"):
+        limit = quantity(((spec.get("resources") or {}).get("limits") or {}).get("memory", "512Mi"))
+        for p in pods:
+            budget = gw.metric(p, "chatgateway_memory_engine_max_bytes")
+            assert budget == limit // 2, f"[{flow}] budget {budget}, limit {limit}"
 
     # Users chat with tokens minted the documented way (the example's comments), sent in
     # the Authorization header (the production example turns `?token=` off). Rooms need a
@@ -126,6 +133,14 @@ def test_example_chatgateway_runs(example, namespace, cluster):
         carol.close()
     alice.close()
     bob.close()
+
+
+def quantity(q: str) -> int:
+    """A Kubernetes memory quantity in bytes (the suffixes the examples and defaults use)."""
+    for suffix, factor in (("Ki", 1 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30)):
+        if q.endswith(suffix):
+            return int(q[: -len(suffix)]) * factor
+    return int(q)
 
 
 def secret_refs(node, found: dict | None = None) -> dict[str, set[str]]:

@@ -182,6 +182,7 @@ async fn the_memory_engines_budget_is_metered_and_evicts_the_oldest() {
         alice.drain_msgs(Duration::from_millis(1)).await;
     }
     let m = scrape(&gw).await;
+    assert_eq!(get(&m, "chatgateway_memory_engine_max_bytes"), MAX as f64);
     let held = get(&m, "chatgateway_memory_engine_bytes");
     assert!(held > 0.0 && held <= MAX as f64, "held {held}");
     let evicted = get(&m, "chatgateway_memory_engine_evicted_total{kind=\"room\"}");

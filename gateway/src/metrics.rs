@@ -80,6 +80,8 @@ pub struct Metrics {
     pub api_requests: IntCounterVec,
     /// Bytes of messages the memory engine holds (`memory.maxBytes`).
     pub memory_engine_bytes: IntGauge,
+    /// The memory engine's budget in force (`memory.maxBytes`, or what it was resolved to).
+    pub memory_engine_max_bytes: IntGauge,
     /// Messages the memory engine dropped to stay within `memory.maxBytes`, by kind.
     pub memory_engine_evicted: IntCounterVec,
 }
@@ -298,6 +300,10 @@ impl Metrics {
                 "chatgateway_memory_engine_bytes",
                 "Bytes of messages (history and inboxes) the memory engine holds, frames and bookkeeping; at most memory.maxBytes.",
             ),
+            memory_engine_max_bytes: gauge(
+                "chatgateway_memory_engine_max_bytes",
+                "The memory engine's budget: memory.maxBytes, or half the container's memory limit when unset.",
+            ),
             memory_engine_evicted: counter_vec(
                 "chatgateway_memory_engine_evicted_total",
                 "Messages the memory engine dropped before their retention to stay within memory.maxBytes, by kind (room, inbox).",
@@ -312,6 +318,7 @@ impl Metrics {
         let evicted = |kind: &str| self.memory_engine_evicted.with_label_values(&[kind]);
         crate::engine::memory::BudgetCounters {
             held: self.memory_engine_bytes.clone(),
+            max: self.memory_engine_max_bytes.clone(),
             evicted_rooms: evicted("room"),
             evicted_inboxes: evicted("inbox"),
         }

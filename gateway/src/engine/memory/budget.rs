@@ -48,6 +48,8 @@ pub(super) struct Budget {
 pub struct BudgetCounters {
     /// Bytes of messages held.
     pub held: IntGauge,
+    /// The budget in force (set once, at the start).
+    pub max: IntGauge,
     /// Room messages evicted.
     pub evicted_rooms: IntCounter,
     /// Inbox messages evicted.
@@ -60,6 +62,7 @@ impl BudgetCounters {
         let counter = |name: &str| IntCounter::new(name, name).expect("valid metric name");
         BudgetCounters {
             held: IntGauge::new("held", "held").expect("valid metric name"),
+            max: IntGauge::new("max", "max").expect("valid metric name"),
             evicted_rooms: counter("evicted_rooms"),
             evicted_inboxes: counter("evicted_inboxes"),
         }
@@ -68,6 +71,7 @@ impl BudgetCounters {
 
 impl Budget {
     pub(super) fn new(max: u64, counters: BudgetCounters) -> Self {
+        counters.max.set(i64::try_from(max).unwrap_or(i64::MAX));
         Budget {
             max,
             held: counters.held,
