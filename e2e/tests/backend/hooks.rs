@@ -188,13 +188,14 @@ async fn a_full_connection_asks_the_backend_about_no_room_more() {
     );
     c.limits.rooms_per_connection = 1;
     let gw = TestGateway::start(c).await;
+    // A token of an earlier connection (a connection's own is `bad_request`).
+    let token = gw.connect("erin").await.resume_token();
     let mut erin = gw.connect("erin").await;
     erin.join("lobby").await;
     let r = erin
         .request(json!({"type": "join", "room": "team:x"}))
         .await;
     assert_eq!(r["code"], "too_many_rooms", "{r}");
-    let token = erin.resume_token();
     let positions = json!({"team:a": 0, "team:b": 0});
     let r = erin
         .request(json!({"type": "resume", "resume_token": token, "positions": positions}))
