@@ -219,6 +219,19 @@ pub async fn run(node: Arc<Node>) {
     }
 }
 
+/// Starts [`run`] for `node` and waits until it listens (tests: the server starts it
+/// beside the listener).
+#[cfg(test)]
+pub(crate) async fn started(node: &Arc<Node>) {
+    tokio::spawn(run(node.clone()));
+    while !node
+        .control_ready
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Applies control messages until shutdown (false) or until the queue overflowed (true).
 async fn apply_until_overflow(node: &Node, rx: &mut outbound::OutboundReceiver) -> bool {
     loop {
@@ -297,13 +310,7 @@ mod tests {
         config.auth.mode = crate::config::AuthMode::Insecure;
         config.server.listen = "127.0.0.1:0".parse().expect("addr");
         let node = Node::new(config, Default::default()).expect("node");
-        tokio::spawn(run(node.clone()));
-        while !node
-            .control_ready
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            tokio::task::yield_now().await;
-        }
+        started(&node).await;
         let ctl = Arc::new(ConnCtl::new(Hex::random()));
         let (queue, _rx) = outbound::queue(8, 1024);
         node.register(queue, "bob", Some(ctl.clone()));

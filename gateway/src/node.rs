@@ -279,32 +279,42 @@ impl Node {
         }
     }
 
+    /// Calls `visit` with the connections of `user` on this node, under the registry's lock.
+    fn of_user<R>(
+        &self,
+        user: &str,
+        visit: impl FnOnce(&mut dyn Iterator<Item = &Registered>) -> R,
+    ) -> R {
+        let conns = lock(&self.conns);
+        visit(&mut conns.values().filter(|c| &*c.user == user))
+    }
+
     /// Closes every connection of `user` on this node; returns how many.
     pub fn close_user(&self, user: &str, reason: CloseReason) -> usize {
-        let conns = lock(&self.conns);
-        let of_user = conns.values().filter(|c| &*c.user == user);
-        of_user.map(|c| c.queue.close(reason)).count()
+        self.of_user(user, |conns| conns.map(|c| c.queue.close(reason)).count())
     }
 
     /// Closes the chat connection of `user` whose session has resume token `token`, if it
-    /// is on this node; returns whether it was.
-    pub fn close_session(&self, user: &str, token: &Hex<16>, reason: CloseReason) -> bool {
-        let conns = lock(&self.conns);
-        let mut of_user = conns.values().filter(|c| &*c.user == user);
-        of_user
-            .find(|c| c.ctl.as_ref().is_some_and(|ctl| ctl.resume_token == *token))
-            .map(|c| c.queue.close(reason))
-            .is_some()
+    /// is on this node.
+    pub fn close_session(&self, user: &str, token: &Hex<16>, reason: CloseReason) {
+        self.of_user(user, |conns| {
+            for c in conns {
+                if c.ctl.as_ref().is_some_and(|ctl| ctl.resume_token == *token) {
+                    c.queue.close(reason);
+                    return;
+                }
+            }
+        })
     }
 
     /// Tells every chat connection of `user` on this node; returns how many.
     pub fn tell_user(&self, user: &str, msg: SessionCtl) -> usize {
-        let conns = lock(&self.conns);
-        let of_user = conns.values().filter(|c| &*c.user == user);
-        of_user
-            .filter_map(|c| c.ctl.as_ref())
-            .map(|ctl| ctl.tell(msg.clone()))
-            .count()
+        self.of_user(user, |conns| {
+            conns
+                .filter_map(|c| c.ctl.as_ref())
+                .map(|ctl| ctl.tell(msg.clone()))
+                .count()
+        })
     }
 
     /// Forgets a closed connection.

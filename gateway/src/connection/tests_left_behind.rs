@@ -8,17 +8,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A node whose control plane runs (the server starts it beside the listener).
+/// `h`'s node, its control plane running (the server starts it beside the listener).
 async fn with_control(h: &Harness) -> Arc<crate::node::Node> {
-    let node = h.node.clone();
-    tokio::spawn(crate::control::run(node.clone()));
-    while !node
-        .control_ready
-        .load(std::sync::atomic::Ordering::Relaxed)
-    {
-        tokio::task::yield_now().await;
-    }
-    node
+    crate::control::started(&h.node).await;
+    h.node.clone()
 }
 
 /// The close code `h`'s connection was closed with, waiting up to 5 s for one.
