@@ -12,6 +12,12 @@ use std::time::{Duration, Instant};
 /// The master's name in the sentinels' configuration.
 pub const MASTER_NAME: &str = "chat";
 
+/// The ACL user the sentinels log in as (created on both servers at start): the tests
+/// change the default user's rights (what the gateways log in as) to provoke faults, and
+/// that must not also cut the sentinels' own links (their hello channel is a SUBSCRIBE).
+const SENTINEL_USER: &str = "sentinel";
+const SENTINEL_PASS: &str = "sentinel-test-pass";
+
 struct Proc {
     child: Option<Child>,
     port: u16,
@@ -94,6 +100,19 @@ impl RedisSentinel {
                 args.extend(["--tls-replication", "yes"]);
             }
             args.extend(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+            let sentinel_pass = format!(">{SENTINEL_PASS}");
+            args.extend([
+                "--user",
+                SENTINEL_USER,
+                "on",
+                &sentinel_pass,
+                "~*",
+                "&*",
+                "+@all",
+            ]);
+            let log = s.root.join(format!("server-{port}.log"));
+            let log = log.to_string_lossy().to_string();
+            args.extend(["--logfile", &log]);
             let of = replica_of.map(|m| m.to_string());
             if let Some(of) = &of {
                 args.extend(["--replicaof", "127.0.0.1", of]);
@@ -123,7 +142,11 @@ impl RedisSentinel {
                     "{listen}bind 127.0.0.1\nsentinel monitor {MASTER_NAME} 127.0.0.1 {master} 2\n\
                      sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
                      sentinel failover-timeout {MASTER_NAME} 5000\n\
-                     sentinel parallel-syncs {MASTER_NAME} 1\n"
+                     sentinel parallel-syncs {MASTER_NAME} 1\n\
+                     sentinel auth-user {MASTER_NAME} {SENTINEL_USER}\n\
+                     sentinel auth-pass {MASTER_NAME} {SENTINEL_PASS}\n\
+                     logfile {}\n",
+                    s.root.join(format!("sentinel-{i}.log")).display()
                 ),
             )
             .expect("sentinel.conf");
@@ -157,12 +180,32 @@ impl RedisSentinel {
     fn wait_up_to(&self, what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
         let deadline = Instant::now() + limit;
         while !ok() {
-            assert!(
-                Instant::now() < deadline,
-                "redis sentinel: {what} timed out"
-            );
+            if Instant::now() >= deadline {
+                panic!("redis sentinel: {what} timed out\n{}", self.log_tails());
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The last lines of every process's log, for a failure message: what the sentinels
+    /// decided and the servers did is the only way to tell why a wait ran out.
+    fn log_tails(&self) -> String {
+        let mut logs: Vec<_> = std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.sort();
+        let mut out = String::new();
+        for path in logs {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(30)..];
+            out.push_str(&format!("--- {}\n{}\n", path.display(), tail.join("\n")));
+        }
+        out
     }
 
     /// The port of the master as the first live sentinel names it.
@@ -275,7 +318,8 @@ impl RedisSentinel {
         });
         // Sentinel turns the old master into a replica only after it has reported itself
         // master for a while (INFO every 10 s), then the sync waits out the diskless
-        // delay: ~16 s on an idle machine here; one CI run went past 40 s.
+        // delay: ~16 s on an idle machine here; one CI run went past 40 s, one past 90 s
+        // while the sentinels still logged in as the default user the test's ACLs change.
         let demoted = Duration::from_secs(90);
         self.wait_up_to("the old master in sync with the new one", demoted, || {
             text(self.run(old, &["INFO", "replication"])).contains("master_link_status:up")
