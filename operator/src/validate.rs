@@ -121,7 +121,11 @@ pub fn check(spec: &ChatGatewaySpec) -> Result<()> {
         };
         let blocks = match &d.min_available {
             Some(IntOrString::Int(n)) => *n >= floor,
-            Some(IntOrString::String(s)) => s == "100%",
+            // The disruption controller rounds a percentage up: 50% of one pod is one.
+            Some(IntOrString::String(s)) => percent(s).is_some_and(|p| {
+                let floor = i64::from(floor.max(0));
+                (p * floor + 99) / 100 >= floor
+            }),
             None => false,
         };
         if blocks {
@@ -195,21 +199,12 @@ pub fn check(spec: &ChatGatewaySpec) -> Result<()> {
 fn check_max_surge(surge: &IntOrString) -> Result<()> {
     let n = match surge {
         IntOrString::Int(n) => i64::from(*n),
-        IntOrString::String(s) => {
-            // Kubernetes' percent syntax: digits, then `%` (no sign, no plain number).
-            let percent = s
-                .strip_suffix('%')
-                .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|d| d.parse::<i64>().ok());
-            match percent {
-                Some(p) => p,
-                None => {
-                    return Err(Error::InvalidSpec(format!(
-                        "rollout.maxSurge {s:?} is neither a number of pods nor a percentage like \"25%\""
-                    )))
-                }
-            }
-        }
+        IntOrString::String(s) => match percent(s) {
+            Some(p) => p,
+            None => return Err(Error::InvalidSpec(format!(
+                "rollout.maxSurge {s:?} is neither a number of pods nor a percentage like \"25%\""
+            ))),
+        },
     };
     if n < 0 {
         return Err(Error::InvalidSpec(
@@ -220,6 +215,13 @@ fn check_max_surge(surge: &IntOrString) -> Result<()> {
         return Err(Error::InvalidSpec("rollout.maxSurge must be at least 1 (or 1%): the operator keeps maxUnavailable at 0 so that no pod drains before its replacement is ready, and Kubernetes refuses a Deployment whose maxSurge and maxUnavailable are both 0".into()));
     }
     Ok(())
+}
+
+/// A percentage in Kubernetes' syntax: digits, then `%` (no sign, no plain number).
+fn percent(s: &str) -> Option<i64> {
+    s.strip_suffix('%')
+        .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|d| d.parse::<i64>().ok())
 }
 
 /// The CEL rules of `gateway.auth` and `gateway.auth.jwt` (crd/auth.rs), same messages.

@@ -72,6 +72,8 @@ fn valid_specs_pass_both_versions_and_the_operator() {
         with_redis("disruptionBudget: {minAvailable: 1}"),
         with_redis("autoscaling: {enabled: true, minReplicas: 4}\ndisruptionBudget: {minAvailable: 3}"),
         with_redis("disruptionBudget: {minAvailable: '50%'}"),
+        with_redis("autoscaling: {enabled: true, minReplicas: 4}\ndisruptionBudget: {minAvailable: '75%'}"),
+        "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\ndisruptionBudget: {minAvailable: '0%'}".into(),
         "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nreplicas: 1\ndisruptionBudget: {enabled: false, minAvailable: 1}".into(),
         "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\ndisruptionBudget: {maxUnavailable: '25%'}".into(),
         "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\ndrain: {acceptGrace: 5s, timeout: 6s}".into(),
@@ -195,6 +197,19 @@ fn invalid_specs_are_refused_by_cel_and_by_the_operator() {
         ),
         (
             with_redis("disruptionBudget: {minAvailable: '100%'}"),
+            "minAvailable must stay below the replica floor",
+        ),
+        // Percentages round up: 51% of two pods is two, 1% of one pod is one.
+        (
+            with_redis("disruptionBudget: {minAvailable: '51%'}"),
+            "minAvailable must stay below the replica floor",
+        ),
+        (
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\ndisruptionBudget: {minAvailable: '1%'}".into(),
+            "minAvailable must stay below the replica floor",
+        ),
+        (
+            with_redis("autoscaling: {enabled: true, minReplicas: 4}\ndisruptionBudget: {minAvailable: '76%'}"),
             "minAvailable must stay below the replica floor",
         ),
         (
