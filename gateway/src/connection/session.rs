@@ -348,7 +348,11 @@ impl Session {
         )
         .await;
         // A session a resume took before this save is not stored again, and so is not one
-        // of the user's ended sessions here (`sessions.keptPerUser`).
+        // of the user's ended sessions here (`sessions.keptPerUser`); nor is one closed
+        // because a resume took its token (which may have found nothing stored to take).
+        if self.queue.close_reason() == Some(crate::disconnect::SESSION_RESUMED) {
+            return;
+        }
         if self.persist(written, false).await != Some(SaveOutcome::Taken) {
             let user = &self.identity.user;
             self.node.session_ended(user, self.resume_token).await;

@@ -82,3 +82,42 @@ async fn a_connection_cannot_resume_its_own_token() {
     let kept = h.node.engine.peek_session_for_test(&token).await;
     assert!(kept.is_some(), "the token stays good");
 }
+
+/// A connection with nothing in the store (it never joined a room, or its last save
+/// expired): a resume from the client's positions still closes it, and its close stores
+/// nothing under the spent token.
+#[tokio::test]
+async fn a_resume_closes_an_open_connection_that_stored_nothing() {
+    let mut laptop = Harness::new("bob").await;
+    let node = with_control(&laptop).await;
+    let token = laptop.session.resume_token.to_string();
+    assert!(node.engine.peek_session_for_test(&token).await.is_none());
+
+    let mut phone = Harness::on(node.clone(), "bob").await;
+    phone
+        .cmd(
+            json!({"type": "resume", "id": 2, "resume_token": token, "positions": {"user:bob": 0}}),
+        )
+        .await;
+    assert_eq!(phone.reply_of(2)["type"], "ok");
+    assert_eq!(closed_with(&laptop).await, Some(4409));
+    laptop.session.close(&HashMap::new()).await;
+    let stored = node.engine.peek_session_for_test(&token).await;
+    assert!(stored.is_none(), "the spent token stays spent: {stored:?}");
+}
+
+/// Without positions the resume fails (`session_not_found`): it took nothing, and the
+/// connection holding the token goes on.
+#[tokio::test]
+async fn a_failed_resume_closes_nothing() {
+    let laptop = Harness::new("bob").await;
+    let node = with_control(&laptop).await;
+    let token = laptop.session.resume_token.to_string();
+    let mut phone = Harness::on(node.clone(), "bob").await;
+    phone
+        .cmd(json!({"type": "resume", "id": 2, "resume_token": token}))
+        .await;
+    assert_eq!(error_code(&phone.reply_of(2)), "session_not_found");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!laptop.session.queue.is_closing());
+}

@@ -71,7 +71,14 @@ pub(super) async fn handle(s: &mut Session, cmd: Resume) -> Handled {
                 "resume token unknown or expired; join rooms again",
             ));
         }
-        TakenSession::Missing => None,
+        // Nothing stored: an expired or unknown token, or one whose connection may still
+        // be open: one that never saved (only direct messages, only the connect hook's
+        // rooms) or whose last save expired (`sessions.resumeTtl` after its last join).
+        // The resume goes on from the client's positions, so it is told all the same.
+        TakenSession::Missing => {
+            close_left_behind(s, &cmd.resume_token).await;
+            None
+        }
     };
     s.resumed = true;
     let grants = record
@@ -134,12 +141,13 @@ pub(super) async fn handle(s: &mut Session, cmd: Resume) -> Handled {
     })
 }
 
-/// The connection that last saved the session taken was open then, and may still be: its
-/// client moved on without closing it (a socket that died without a close stays open
-/// until the heartbeat's timeout), or a copy of the client took over its token. It is
-/// told to close (4409) on whichever node holds it. A session its connection's close
-/// saved is not: nothing is left to close, and a reconnect storm (a rolling update's
-/// drain) sends no message per resume to every node.
+/// The connection that last saved the session taken was open then, or saved nothing the
+/// store still has, and may still be open: its client moved on without closing it (a
+/// socket that died without a close stays open until the heartbeat's timeout), or a copy
+/// of the client took over its token. It is told to close (4409) on whichever node holds
+/// it, and its close stores nothing. A session its connection's close saved is not:
+/// nothing is left to close, and a reconnect storm (a rolling update's drain) sends no
+/// message per resume to every node.
 async fn close_left_behind(s: &Session, token: &str) {
     let msg = Control::SessionResumed {
         user: s.user().to_string(),
