@@ -319,3 +319,30 @@ async fn new_rooms_per_hour_counts_a_users_starts_on_every_pod() {
         "the bucket goes once full again: {ttl} ms"
     );
 }
+
+/// Whether a send starts a room is known only once it is published, and every send in
+/// flight used to pass the check on the tokens left: ten connections of one user sending
+/// to ten new rooms at once started ten. A send in flight holds one of the user's starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_in_flight_at_once_start_no_more_rooms_than_the_limit() {
+    let redis = RedisServer::start();
+    let gws = Gateways::start(&redis, 1, &[("CHATGW_LIMITS__NEW_ROOMS_PER_HOUR", "3")]);
+    let mut conns = Vec::new();
+    for i in 0..10 {
+        let mut c = gws.connect(0, "mallory").await;
+        assert_eq!(c.join(&format!("burst{i}")).await["type"], "ok");
+        conns.push(c);
+    }
+    let sends = conns
+        .iter_mut()
+        .enumerate()
+        .map(|(i, c)| async move { c.send(&format!("burst{i}"), serde_json::json!("hi")).await });
+    let replies = futures_util::future::join_all(sends).await;
+    let ok = replies.iter().filter(|r| r["type"] == "ok").count();
+    let refused = replies
+        .iter()
+        .filter(|r| r["code"] == "quota_exceeded")
+        .count();
+    assert_eq!((ok, refused), (3, 7), "{replies:?}");
+    assert_eq!(keys(&redis, "*{burst*}:m"), 3, "three rooms started");
+}

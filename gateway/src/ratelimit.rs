@@ -33,9 +33,7 @@ impl TokenBucket {
 
     /// Takes `n` tokens at `now`; false (and none taken) when fewer are left.
     pub fn take_n_at(&mut self, n: u32, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.refill(now);
         let n = f64::from(n);
         if self.tokens >= n {
             self.tokens -= n;
@@ -55,6 +53,25 @@ impl TokenBucket {
     pub fn set_at(&mut self, tokens: f64, now: Instant) {
         self.tokens = tokens.min(self.burst);
         self.last = now;
+    }
+
+    /// Puts back one token taken ahead of a cost that did not occur (at most the burst).
+    pub fn give_back_at(&mut self, now: Instant) {
+        self.refill(now);
+        self.tokens = (self.tokens + 1.0).min(self.burst);
+    }
+
+    /// Holds at most `tokens` at `now`: for a bucket that follows one kept elsewhere but
+    /// has taken tokens that one has not counted yet.
+    pub fn lower_to_at(&mut self, tokens: f64, now: Instant) {
+        self.refill(now);
+        self.tokens = self.tokens.min(tokens);
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
     }
 
     /// Whether a token is there at `now` (none is taken).
@@ -161,6 +178,32 @@ impl<K: Hash + Eq> KeyedBuckets<K> {
             let mut bucket = TokenBucket::new(self.rate, self.burst);
             bucket.set_at(tokens, now);
             self.buckets.insert(key.to_owned(), bucket);
+        }
+    }
+
+    /// Puts back one token of `key`'s bucket (see [`TokenBucket::give_back_at`]); a key
+    /// without a bucket has a full one.
+    pub fn give_back_at<Q>(&mut self, key: &Q, now: Instant)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if let Some(bucket) = self.buckets.get_mut(key) {
+            bucket.give_back_at(now);
+        }
+    }
+
+    /// Lowers `key`'s bucket to at most `tokens` at `now` (see
+    /// [`TokenBucket::lower_to_at`]); a key without a bucket is set to them, as by
+    /// [`set_at`](Self::set_at).
+    pub fn lower_to_at<Q>(&mut self, key: &Q, tokens: f64, now: Instant)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        match self.buckets.get_mut(key) {
+            Some(bucket) => bucket.lower_to_at(tokens, now),
+            None => self.set_at(key, tokens, now),
         }
     }
 
@@ -281,6 +324,35 @@ mod tests {
             full.take_at("b", t0),
             "past max_keys a new key gets no bucket"
         );
+    }
+
+    #[test]
+    fn a_token_given_back_counts_again_and_lowering_never_raises() {
+        let t0 = Instant::now();
+        let mut k = KeyedBuckets::<String>::new(1.0, 2, 100);
+        assert!(k.take_at("u", t0) && k.take_at("u", t0));
+        assert!(!k.allows_at("u", t0));
+        k.give_back_at("u", t0);
+        assert!(k.take_at("u", t0), "the token given back");
+        k.give_back_at("u", t0);
+        k.give_back_at("u", t0);
+        k.give_back_at("u", t0);
+        assert_eq!(
+            (0..5).filter(|_| k.take_at("u", t0)).count(),
+            2,
+            "at most the burst"
+        );
+        k.lower_to_at("u", 5.0, t0);
+        assert!(
+            !k.allows_at("u", t0),
+            "lowering to more than it holds adds nothing"
+        );
+        k.lower_to_at("v", -1.0, t0);
+        assert!(
+            !k.allows_at("v", t0 + Duration::from_millis(1500)),
+            "a new key: set"
+        );
+        assert!(k.allows_at("v", t0 + Duration::from_millis(2000)));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::hooks::{SendAnswer, SendRequest, Verdict};
 use crate::protocol::command::Send;
 use crate::protocol::reply::{Reply, SendOk};
 use crate::protocol::{self, ErrorCode};
+use crate::room_starts::Reserved;
 use crate::telemetry;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::sync::Arc;
@@ -55,7 +56,7 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
         Some(m) => m,
         None => new_msg_id(),
     };
-    may_start(s, ns, &cmd.room).await?;
+    let reserved = may_start(s, ns, &cmd.room).await?;
     // Only a well-formed W3C traceparent goes on (dropped, not refused, otherwise): it
     // rides in the pub/sub payload and the msg frame of every member.
     let mut traceparent = cmd.traceparent.filter(|t| protocol::valid_traceparent(t));
@@ -109,7 +110,8 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
     if !published.duplicate {
         metrics.received.inc();
         if !published.ephemeral && published.at.seq == 1 {
-            s.node.room_starts.started(&*s.node.engine, s.user()).await;
+            let starts = &s.node.room_starts;
+            starts.started(&*s.node.engine, s.user(), reserved).await;
         }
     }
     if let Some(body) = copy {
@@ -128,11 +130,19 @@ pub(super) async fn handle(s: &mut Session, cmd: Send) -> Handled {
 
 /// A user past `limits.newRoomsPerHour` sends only to rooms and inboxes that have
 /// messages: a room's first message creates keys kept for days, and one connection could
-/// start rooms at its command rate (docs/operations.md, "Redis memory"). The store is read
-/// only for such a user.
-async fn may_start(s: &Session, ns: &NamespaceConfig, room: &str) -> Result<(), Refusal> {
-    if !ns.keep_history || s.node.room_starts.allows(s.user()) {
-        return Ok(());
+/// start rooms at its command rate (docs/operations.md, "Redis memory"). A send holds one
+/// of the user's starts while it runs (given back unless it started a room); the store is
+/// read only for a user with none left, whose send goes on holding nothing.
+async fn may_start<'a>(
+    s: &'a Session,
+    ns: &NamespaceConfig,
+    room: &str,
+) -> Result<Option<Reserved<'a>>, Refusal> {
+    if !ns.keep_history {
+        return Ok(None);
+    }
+    if let Some(reserved) = s.node.room_starts.reserve(s.user()) {
+        return Ok(Some(reserved));
     }
     let head = HistoryQuery {
         limit: 1,
@@ -141,7 +151,7 @@ async fn may_start(s: &Session, ns: &NamespaceConfig, room: &str) -> Result<(), 
     };
     let page = s.node.engine.history(room, head).await?;
     if page.top > 0 || &*page.epoch != EMPTY_EPOCH {
-        return Ok(());
+        return Ok(None);
     }
     s.node.metrics.new_rooms_refused.inc();
     let n = s.node.room_starts.per_hour();
