@@ -199,12 +199,11 @@ pub fn check(spec: &ChatGatewaySpec) -> Result<()> {
 fn check_max_surge(surge: &IntOrString) -> Result<()> {
     let n = match surge {
         IntOrString::Int(n) => i64::from(*n),
-        IntOrString::String(s) => match percent(s) {
-            Some(p) => p,
-            None => return Err(Error::InvalidSpec(format!(
+        IntOrString::String(s) => percent(s).ok_or_else(|| {
+            Error::InvalidSpec(format!(
                 "rollout.maxSurge {s:?} is neither a number of pods nor a percentage like \"25%\""
-            ))),
-        },
+            ))
+        })?,
     };
     if n < 0 {
         return Err(Error::InvalidSpec(
