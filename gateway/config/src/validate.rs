@@ -90,6 +90,10 @@ impl Config {
         if !(self.drain.evict_rate > 0.0 && self.drain.evict_rate.is_finite()) {
             return bad("drain.evictRate must be a positive number");
         }
+        // The operator's CRD refuses this too, but `gateway.config` reaches here unchecked.
+        if self.drain.accept_grace >= self.drain.timeout {
+            return bad("drain.acceptGrace must be shorter than drain.timeout: the drain would end before the gateway stopped accepting, and close every connection at once");
+        }
         let r = &self.rebalance;
         let rel_ok = r.rel_threshold.is_finite() && r.rel_threshold >= 0.0;
         if !(r.rate > 0.0 && r.rate.is_finite() && rel_ok)

@@ -219,6 +219,11 @@ fn free_form_config_is_checked_by_the_gateway_and_keeps_out_of_operator_keys() {
             "{memory: {maxBytes: 1000}}",
             "memory.maxBytes must be at least 1048576",
         ),
+        // The CRD's rule on spec.drain, which gateway.config goes around.
+        (
+            "{drain: {acceptGrace: 2m}}",
+            "drain.acceptGrace must be shorter than drain.timeout",
+        ),
     ] {
         let cgw = cgw(&format!(
             "gateway: {{auth: {{mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}, config: {config}}}"

@@ -34,6 +34,15 @@ fn holds_the_edge(key: &str, at: impl FnOnce(&mut Config), past: impl FnOnce(&mu
 }
 
 #[test]
+fn an_accept_grace_not_shorter_than_the_drain_timeout_is_refused() {
+    holds_the_edge(
+        "drain.acceptGrace",
+        |c| c.drain.accept_grace = c.drain.timeout - Duration::from_millis(1),
+        |c| c.drain.accept_grace = c.drain.timeout,
+    );
+}
+
+#[test]
 fn an_api_reload_interval_under_100ms_is_refused() {
     holds_the_edge(
         "api.reloadInterval",
