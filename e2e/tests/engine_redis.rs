@@ -352,3 +352,31 @@ async fn an_emptied_room_lingers_subscribed_then_its_channel_goes() {
     )
     .await;
 }
+
+/// `history` with `limit: 0` through a gateway on Redis: no message, and whether the range
+/// holds any (the history script said `more: false` where the memory engine said true; the
+/// handler asks the engine for one message and leaves it out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_of_limit_zero_says_whether_there_is_more() {
+    let redis = RedisServer::start();
+    let gws = e2e::gateways::Gateways::start(&redis, 1, &[]);
+    let mut c = gws.connect(0, "alice").await;
+    assert_eq!(c.join("r").await["type"], "ok");
+    for i in 0..3 {
+        assert_eq!(c.send("r", serde_json::json!(i)).await["type"], "ok");
+    }
+    for (since, more) in [(0, true), (2, true), (3, false)] {
+        let page = c
+            .request(
+                serde_json::json!({"type": "history", "room": "r", "limit": 0, "since": since}),
+            )
+            .await;
+        assert_eq!(
+            page["messages"],
+            serde_json::json!([]),
+            "since {since}: {page}"
+        );
+        assert_eq!(page["more"], more, "since {since}: {page}");
+        assert_eq!(page["top"], 3, "{page}");
+    }
+}

@@ -422,3 +422,36 @@ async fn a_panicking_connection_task_is_unregistered() {
         "its slots are free again"
     );
 }
+
+/// `history` with `limit: 0`: the room's top and first, no message, and whether the range
+/// holds any (the engines answered it differently; the handler asks them for one).
+#[tokio::test]
+async fn a_history_of_limit_zero_says_whether_there_is_more_without_messages() {
+    let mut h = Harness::new("alice").await;
+    h.cmd(json!({"type": "join", "id": 1, "room": "r"})).await;
+    h.cmd(json!({"type": "join", "id": 2, "room": "empty"}))
+        .await;
+    for i in 0..3 {
+        h.cmd(json!({"type": "send", "id": 10 + i, "room": "r", "body": i}))
+            .await;
+    }
+    h.drain();
+    let cases = [
+        (None, "r", true, 3),
+        (Some(2), "r", true, 3),
+        (Some(3), "r", false, 3),
+        (None, "empty", false, 0),
+    ];
+    for (since, room, more, top) in cases {
+        let mut cmd = json!({"type": "history", "id": 20, "room": room, "limit": 0});
+        if let Some(since) = since {
+            cmd["since"] = json!(since);
+        }
+        h.cmd(cmd).await;
+        let page = h.reply();
+        let case = format!("{room} since {since:?}: {page}");
+        assert_eq!(page["messages"], json!([]), "{case}");
+        assert_eq!(page["more"], more, "{case}");
+        assert_eq!(page["top"], top, "{case}");
+    }
+}

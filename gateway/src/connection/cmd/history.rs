@@ -35,17 +35,26 @@ pub(super) async fn handle(s: &mut Session, cmd: History) -> Handled {
     let query = HistoryQuery {
         since: cmd.since,
         before: cmd.before,
-        limit,
+        // `limit: 0` asks for the room's top and first only: the engines (which answered
+        // it differently) are asked for one message, which is left out; `more` then says
+        // whether the asked range holds any.
+        limit: limit.max(1),
         max_bytes: s.node.config.limits.history_page_cap(),
     };
     let page = s.node.engine.history(&cmd.room, query).await?;
+    let (more, messages) = if limit == 0 {
+        (page.more || !page.messages.is_empty(), Vec::new())
+    } else {
+        let frames = page.messages.iter().map(|m| m.frame.clone()).collect();
+        (page.more, frames)
+    };
     Ok(Reply::History(HistoryOk {
         room: cmd.room,
         epoch: page.epoch,
         top: page.top,
         first: page.first,
-        more: page.more,
-        messages: page.messages.iter().map(|m| m.frame.clone()).collect(),
+        more,
+        messages,
     })
     .into())
 }
