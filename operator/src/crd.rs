@@ -298,6 +298,10 @@ pub struct CollectorSpec {
 /// Service in front of the pods.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.externalTrafficPolicy) || (has(self.type) && self.type != 'ClusterIP')",
+     "message": "service.externalTrafficPolicy applies to type LoadBalancer or NodePort"}
+]))]
 pub struct ServiceSpec {
     /// Service type.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
@@ -310,6 +314,31 @@ pub struct ServiceSpec {
     /// Annotations, e.g. for a cloud load balancer.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// For LoadBalancer and NodePort: `Local` keeps the client's address (the gateway's
+    /// per-IP limits then count clients; with `Cluster` a node forwarding the connection
+    /// puts its own address in place, and they count nodes) and sends outside traffic
+    /// only to nodes with a gateway pod. Unset: Kubernetes' default, `Cluster`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_traffic_policy: Option<ExternalTrafficPolicy>,
+}
+
+/// Where a Service's outside traffic may go (`spec.externalTrafficPolicy`).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ExternalTrafficPolicy {
+    /// Any node's pods; the client's address is replaced by a node's.
+    Cluster,
+    /// The receiving node's own pods; the client's address is kept.
+    Local,
+}
+
+impl ExternalTrafficPolicy {
+    /// The string Kubernetes expects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExternalTrafficPolicy::Cluster => "Cluster",
+            ExternalTrafficPolicy::Local => "Local",
+        }
+    }
 }
 
 /// Kubernetes Service type.

@@ -8,6 +8,7 @@
 use crate::builders::{API_SERVICE_SUFFIX, HTTP_PORT};
 use crate::crd::{
     ApiSpec, AuthModeSpec, AuthSpec, ChatGatewaySpec, JwtAlgorithmSpec, RedisSpec, RolloutStrategy,
+    ServiceType,
 };
 use crate::error::{Error, Result};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -97,6 +98,17 @@ pub fn check(spec: &ChatGatewaySpec) -> Result<()> {
         {
             return invalid(
                 "set gateway.heartbeat.interval or the old gateway.heartbeatInterval, not both",
+            );
+        }
+    }
+    if let Some(s) = &spec.service {
+        let outside = matches!(
+            s.type_,
+            Some(ServiceType::LoadBalancer | ServiceType::NodePort)
+        );
+        if s.external_traffic_policy.is_some() && !outside {
+            return invalid(
+                "service.externalTrafficPolicy applies to type LoadBalancer or NodePort",
             );
         }
     }

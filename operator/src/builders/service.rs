@@ -25,6 +25,7 @@ pub fn build(cgw: &ChatGateway, owner: &Owner) -> Service {
                     .to_string(),
             ),
             selector: Some(owner.selector_labels()),
+            external_traffic_policy: s.external_traffic_policy.map(|p| p.as_str().to_string()),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
                 port: s.port.unwrap_or(DEFAULT_PORT),
@@ -81,9 +82,18 @@ mod tests {
         );
         let spec = svc.spec.expect("spec");
         assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+        assert_eq!(spec.external_traffic_policy, None, "Kubernetes' default");
         let port = &spec.ports.expect("ports")[0];
         assert_eq!(port.port, 443);
         assert_eq!(port.target_port, Some(IntOrString::String("http".into())));
+    }
+
+    #[test]
+    fn a_load_balancer_may_keep_client_addresses() {
+        let c = cgw("gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nservice: {type: LoadBalancer, externalTrafficPolicy: Local}");
+        let svc = build(&c, &Owner::of(&c, "d").expect("owner"));
+        let spec = svc.spec.expect("spec");
+        assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
     }
 
     #[test]

@@ -72,6 +72,8 @@ fn valid_specs_pass_both_versions_and_the_operator() {
         with_redis("disruptionBudget: {minAvailable: 1}"),
         with_redis("autoscaling: {enabled: true, minReplicas: 4}\ndisruptionBudget: {minAvailable: 3}"),
         with_redis("disruptionBudget: {minAvailable: '50%'}"),
+        "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nservice: {type: LoadBalancer, externalTrafficPolicy: Local}".into(),
+        "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nservice: {type: NodePort, externalTrafficPolicy: Cluster}".into(),
         with_redis("autoscaling: {enabled: true, minReplicas: 4}\ndisruptionBudget: {minAvailable: '75%'}"),
         "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\ndisruptionBudget: {minAvailable: '0%'}".into(),
         "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nreplicas: 1\ndisruptionBudget: {enabled: false, minAvailable: 1}".into(),
@@ -198,6 +200,14 @@ fn invalid_specs_are_refused_by_cel_and_by_the_operator() {
         (
             with_redis("disruptionBudget: {minAvailable: '100%'}"),
             "minAvailable must stay below the replica floor",
+        ),
+        (
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nservice: {externalTrafficPolicy: Local}".into(),
+            "externalTrafficPolicy applies to type LoadBalancer or NodePort",
+        ),
+        (
+            "gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}\nservice: {type: ClusterIP, externalTrafficPolicy: Local}".into(),
+            "externalTrafficPolicy applies to type LoadBalancer or NodePort",
         ),
         // Percentages round up: 51% of two pods is two, 1% of one pod is one.
         (
