@@ -237,6 +237,11 @@ fn route(i: usize, r: &RouteSpec) -> Result<RouteConfig> {
         r.retry_backoff.as_deref(),
         c.retry_backoff,
     )?;
+    c.idle_timeout = parse_duration(
+        &field("idleTimeout"),
+        r.idle_timeout.as_deref(),
+        c.idle_timeout,
+    )?;
     set(&mut c.retries, r.retries.map(i64::from))?;
     set(&mut c.max_connections, r.max_connections)?;
     set(&mut c.max_frame_bytes, r.max_frame_bytes)?;

@@ -133,17 +133,24 @@ fn full_spec_round_trips_through_the_gateway_loader() {
     assert_eq!(bots.connect_timeout, std::time::Duration::from_secs(3));
     assert_eq!(bots.retries, 4);
     assert_eq!(bots.retry_backoff, std::time::Duration::from_millis(100));
+    assert_eq!(bots.idle_timeout, std::time::Duration::from_secs(1800));
     assert_eq!(bots.max_connections, 500);
     assert_eq!(bots.max_frame_bytes, 65536);
     let games = &c.routes[1];
     let defaults = RouteConfig::default();
     assert_eq!(games.upstream, "ws://localhost:9100/base");
     assert_eq!(
-        (games.retries, games.max_connections, games.max_frame_bytes),
+        (
+            games.retries,
+            games.max_connections,
+            games.max_frame_bytes,
+            games.idle_timeout
+        ),
         (
             defaults.retries,
             defaults.max_connections,
-            defaults.max_frame_bytes
+            defaults.max_frame_bytes,
+            defaults.idle_timeout
         )
     );
 }

@@ -118,6 +118,7 @@ gateway:
       connectTimeout: 3s
       retries: 4
       retryBackoff: 100ms
+      idleTimeout: 30m
       maxConnections: 500
       maxFrameBytes: 65536
     - name: games

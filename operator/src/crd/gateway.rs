@@ -195,6 +195,11 @@ pub struct RouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 256, max = 67108864))]
     pub max_frame_bytes: Option<i64>,
+    /// No frame in either direction this long closes both sides (1001), e.g. `30m`;
+    /// `0s` never; default 5m. Raise it for an upstream that stays quiet between events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub idle_timeout: Option<String>,
 }
 
 /// Per-connection limits; unset fields keep the gateway's defaults.
