@@ -212,6 +212,33 @@ fn sidecar_name_clash_is_an_invalid_spec() {
 }
 
 #[test]
+fn a_sidecar_port_the_gateway_or_collector_listens_on_is_an_invalid_spec() {
+    let with = |extra: &str, port: u16| {
+        format!(
+            "gateway: {{auth: {{mode: insecure, dangerouslyAllowInsecureOnNetwork: true}}{extra}}}\nsidecars: [{{name: bot, image: x, ports: [{{containerPort: {port}}}]}}]\ntelemetry: {{otlpEndpoint: 'http://c:4317', collector: {{enabled: true}}}}"
+        )
+    };
+    let api = ", api: {port: 9091, keysSecretRef: {name: k, key: keys}}";
+    for (spec, whose) in [
+        (with("", 8080), "the gateway's"),
+        (with(api, 9091), "the gateway's"),
+        (with("", 4317), "the collector's"),
+        (with("", 4318), "the collector's"),
+    ] {
+        let err = children(&spec).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidSpec(ref m) if m.contains(whose) && m.contains("sidecars[0]")),
+            "{spec}: {err}"
+        );
+    }
+    assert!(children(&with("", 9000)).is_ok(), "a port of its own");
+    assert!(
+        children(&with("", 9091)).is_ok(),
+        "the API's port with the API off"
+    );
+}
+
+#[test]
 fn disabling_the_collector_removes_it_and_its_config_map() {
     let off = SIDECARS.replace("enabled: true", "enabled: false");
     let c = children(&off).expect("build");

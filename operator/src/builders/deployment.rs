@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use sha2::{Digest, Sha256};
 
 pub use super::pod::{
-    check_sidecar_names, default_drain_timeout, CONTAINER, DEFAULT_IMAGE, DRAIN_MARGIN_SECONDS,
+    check_sidecars, default_drain_timeout, CONTAINER, DEFAULT_IMAGE, DRAIN_MARGIN_SECONDS,
 };
 
 /// Content hashes put on the pod template, so a change to any of them rolls the pods.

@@ -53,10 +53,29 @@ pub fn grace_period_seconds(cgw: &ChatGateway) -> Result<i64> {
 }
 
 /// Refuses sidecars named like the operator's own containers or like each other (the
-/// schema refuses them too, but CEL and list keys are not enforced by every API server).
-pub fn check_sidecar_names(cgw: &ChatGateway) -> Result<()> {
+/// schema refuses them too, but CEL and list keys are not enforced by every API server),
+/// and sidecars declaring a port the gateway or the collector listens on: the pod's
+/// containers share one network, and the second to bind would crash-loop, seen only as a
+/// rollout that never progresses. (A port a sidecar uses without declaring it cannot be
+/// checked.)
+pub fn check_sidecars(cgw: &ChatGateway) -> Result<()> {
+    let mut taken: Vec<(i32, &str)> = ports(cgw)
+        .into_iter()
+        .map(|p| (p.container_port, "the gateway's"))
+        .collect();
+    if collector::enabled(cgw).is_some() {
+        taken.extend([(4317, "the collector's"), (4318, "the collector's")]);
+    }
     let mut seen = std::collections::BTreeSet::new();
     for (i, c) in cgw.spec.sidecars.iter().enumerate() {
+        for p in c.ports.iter().flatten() {
+            if let Some((port, whose)) = taken.iter().find(|(t, _)| *t == p.container_port) {
+                return Err(Error::InvalidSpec(format!(
+                    "sidecars[{i}] ({:?}) declares port {port}, {whose} in the same pod: pick another",
+                    c.name
+                )));
+            }
+        }
         if c.name == CONTAINER || c.name == collector::CONTAINER {
             return Err(Error::InvalidSpec(format!(
                 "sidecars[{i}].name {:?} clashes with the operator's own container {:?}",
@@ -81,7 +100,7 @@ pub fn native_sidecars(cgw: &ChatGateway) -> bool {
 
 /// The pod spec; `image` is the gateway image to run.
 pub fn spec(cgw: &ChatGateway, owner: &Owner, image: &str) -> Result<PodSpec> {
-    check_sidecar_names(cgw)?;
+    check_sidecars(cgw)?;
     let spec = &cgw.spec;
     let (mut volumes, mounts) = volumes(cgw, owner);
     let container = Container {
