@@ -30,7 +30,8 @@ pub struct RoomStarts {
 
 impl RoomStarts {
     /// `per_hour` starts a user (0: unlimited); at most `max_keys` users tracked, past
-    /// that a new user is not limited on this node (the cluster's bucket still counts).
+    /// that a new user is not limited on this node until buckets refill (the cluster's
+    /// bucket still counts their starts, but only a tracked user's refusals follow it).
     pub fn new(per_hour: u32, max_keys: usize) -> Self {
         let rate = f64::from(per_hour) / 3600.0;
         RoomStarts {
