@@ -143,7 +143,10 @@ async fn redis_gateway(redis: &RedisServer, prefix: &str, id: &str) -> TestGatew
     cfg.rebalance.rel_threshold = 0.2;
     cfg.rebalance.rate = 50.0;
     cfg.rebalance.interval = Duration::from_millis(200);
+    // A drain that stays in its accept grace until forced (the grace must be shorter
+    // than the drain's deadline).
     cfg.drain.accept_grace = Duration::from_secs(120);
+    cfg.drain.timeout = Duration::from_secs(180);
     TestGateway::start(cfg).await
 }
 
