@@ -375,7 +375,12 @@ def test_operator_with_the_chart_rbac_reconciles_every_example(envtest):
                 return cgw if conditions.get("Reconciled") == "True" else None
             cgw = eventually(f"status of ChatGateway {ns}/{name}\n(operator log: {log})", reconciled, 45)
             uid = cgw["metadata"]["uid"]
-            for kind, child in (("ConfigMap", f"{name}-config"), ("Deployment", name), ("Service", name)):
+            # The config's ConfigMap is named by its content: the one the pods mount.
+            deployment = api.get("Deployment", name, ns) or {}
+            volumes = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("volumes") or []
+            config = next((v["configMap"]["name"] for v in volumes if v["name"] == "config"), None)
+            assert config and config.startswith(f"{name}-config-"), volumes
+            for kind, child in (("ConfigMap", config), ("Deployment", name), ("Service", name)):
                 obj = api.get(kind, child, ns)
                 assert obj is not None, f"{ns}/{name}: no {kind} {child}"
                 owners = obj["metadata"].get("ownerReferences", [])

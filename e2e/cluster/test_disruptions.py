@@ -29,18 +29,26 @@ def judge(flow: str, gw, verdict: dict, moved_at_least: int) -> None:
           f"reconnected, {verdict['resumes']} resumes, {verdict['duplicates_dropped']} duplicates dropped")
 
 
+def config_maps(gw) -> list[str]:
+    """The gateway's config ConfigMaps (named by their content), not the collector's."""
+    names = (c["metadata"]["name"] for c in kube.items("configmaps", gw.ns, gw.selector))
+    return sorted(n for n in names if n.startswith(f"{gw.name}-config-"))
+
+
 def test_rolling_update_while_200_clients_send(namespace, cluster):
     flow = "rolling update"
     gw = redis_gateway(namespace, cluster, flow, replicas=2, drain={"timeout": "30s"})
     old = {p["metadata"]["name"] for p in gw.pods()}
+    (old_config,) = config_maps(gw)
     fleet = Fleet(gw.url(), f"roll{RUN_ID}u", clients=200, rooms=20, send_every_ms=1000, jwt=gw.jwt)
     try:
         with gw.failing_with_diagnosis():
             fleet.wait_ready()
             time.sleep(3)
-            # A template change rolls every pod (the operator's strategy: surge, no unavailable).
-            kube.kubectl("patch", "chatgateway", gw.name, "--type=merge", "-p",
-                         json.dumps({"spec": {"podAnnotations": {"e2e/rolled-at": str(time.time())}}}), ns=gw.ns)
+            # A config change rolls every pod (the operator's strategy: surge, no unavailable);
+            # the new pods mount a new ConfigMap, the old ones keep theirs.
+            change = {"spec": {"gateway": {"limits": {"messageBurst": 201}}}}
+            kube.kubectl("patch", "chatgateway", gw.name, "--type=merge", "-p", json.dumps(change), ns=gw.ns)
             kube.eventually(flow, "every old pod replaced by a Ready new one",
                             lambda: (lambda pods: len(pods) == 2 and not old & {p["metadata"]["name"] for p in pods}
                                      and all(kube.pod_ready(p) for p in pods))(gw.pods()), 300, gw.ns, gw.selector)
@@ -50,6 +58,14 @@ def test_rolling_update_while_200_clients_send(namespace, cluster):
     finally:
         fleet.kill()
     judge(flow, gw, verdict, moved_at_least=200)
+    # Once no pod of the old template is left, the old config's ConfigMap goes.
+    def only_the_new_one():
+        configs = config_maps(gw)
+        return configs if len(configs) == 1 and configs[0] != old_config else None
+    configs = kube.eventually(flow, "the old config's ConfigMap deleted, the new one kept", only_the_new_one,
+                              120, gw.ns, gw.selector, detail=lambda: config_maps(gw))
+    mounted = {v["configMap"]["name"] for p in gw.pods() for v in p["spec"]["volumes"] if v["name"] == "config"}
+    assert mounted == set(configs), f"[{flow}] the pods mount {mounted}, the namespace holds {configs}"
 
 
 def test_docker_kill_of_a_gateway_container(namespace, cluster):

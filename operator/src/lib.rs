@@ -12,6 +12,7 @@ pub mod handoff;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod old_configs;
 pub mod reconcile;
 pub mod render;
 pub mod secrets;

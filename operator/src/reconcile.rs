@@ -8,6 +8,7 @@ use crate::crd::{ChatGateway, ChatGatewayStatus};
 use crate::error::{Error, Result};
 use crate::handoff::{self, Plan};
 use crate::metrics::Metrics;
+use crate::old_configs;
 use crate::served::{self, HPA_VERSIONS, PDB_VERSIONS};
 use crate::status::{self, ChildCondition, Observed};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -161,8 +162,11 @@ async fn apply_all(cgw: &ChatGateway, ctx: &Context) -> Result<Action> {
     let (fitted, mut seen_problems) = fit_to_cluster(cgw, ctx.served);
     let cgw = fitted.as_ref().unwrap_or(cgw);
     // A spec that cannot work touches nothing (API servers without CEL let it through):
-    // building is pure, so build once before any call to find every spec error.
-    builders::build(cgw, &owner, &Inputs::default())?;
+    // building is pure, so build once before any call to find every spec error. The
+    // config's ConfigMap is named by its content, which the inputs do not change.
+    let config_name = builders::build(cgw, &owner, &Inputs::default())?
+        .config_map
+        .name_any();
     let client = &ctx.client;
     let secret_hash = crate::secrets::hash(client, &ns, &cgw.spec).await?;
 
@@ -173,7 +177,7 @@ async fn apply_all(cgw: &ChatGateway, ctx: &Context) -> Result<Action> {
     let services = Api::<Service>::namespaced(client.clone(), &ns);
     let hpas = versioned_api::<HorizontalPodAutoscaler>(client, &ns, ctx.served.hpa);
     let pdbs = versioned_api::<PodDisruptionBudget>(client, &ns, ctx.served.pdb);
-    let config_found = found(&config_maps, &owner.config_map_name(), &uid).await?;
+    let config_found = found(&config_maps, &config_name, &uid).await?;
     let collector_name = owner.collector_config_map_name();
     let collector_found = found(&config_maps, &collector_name, &uid).await?;
     let live = deployments.get_opt(&owner.name).await?;
@@ -212,7 +216,7 @@ async fn apply_all(cgw: &ChatGateway, ctx: &Context) -> Result<Action> {
     };
     let children = builders::build(cgw, &owner, &inputs)?;
     let name = owner.name.as_str();
-    children::writable(&config_found, "ConfigMap", &ns, &owner.config_map_name())?;
+    children::writable(&config_found, "ConfigMap", &ns, &config_name)?;
     if children.collector_config_map.is_some() {
         children::writable(&collector_found, "ConfigMap", &ns, &collector_name)?;
     }
@@ -272,6 +276,9 @@ async fn apply_all(cgw: &ChatGateway, ctx: &Context) -> Result<Action> {
     }
 
     let mut seen = Observed::from_deployment(&deployment);
+    if old_configs::rolled_out(&seen) {
+        old_configs::prune(&config_maps, &owner, &config_name, &uid).await?;
+    }
     let mut kind_problems = Vec::new();
     match (&children.hpa, &hpas) {
         (Some(hpa), Some((api, version))) => {

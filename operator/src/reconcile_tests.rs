@@ -11,6 +11,8 @@ use serde_json::{json, Value};
 
 #[path = "reconcile_api_tests.rs"]
 mod api;
+#[path = "reconcile_config_tests.rs"]
+mod configs;
 #[path = "reconcile_day2_tests.rs"]
 mod day2;
 #[path = "reconcile_secret_tests.rs"]
@@ -112,8 +114,14 @@ pub(crate) fn serve(
                 panic!("step {i}: no request came for {} {}", s.method, s.path)
             };
             let uri = request.uri().clone();
+            // A path ending in `*` matches by prefix: the config's ConfigMap is named by
+            // its content's hash (the builders' tests check the name itself).
+            let path = match s.path.strip_suffix('*') {
+                Some(prefix) if uri.path().starts_with(prefix) => s.path.as_str(),
+                _ => uri.path(),
+            };
             assert_eq!(
-                (request.method(), uri.path()),
+                (request.method(), path),
                 (&s.method, s.path.as_str()),
                 "step {i}: unexpected request {uri}"
             );
@@ -175,7 +183,8 @@ pub(crate) fn context(served: ServedKinds, events: bool) -> (Arc<Context>, Handl
 }
 
 pub(crate) const NS: &str = "/api/v1/namespaces/apps";
-pub(crate) const CM: &str = "/api/v1/namespaces/apps/configmaps/chat-config";
+/// The config's ConfigMap, whatever its content hash.
+pub(crate) const CM: &str = "/api/v1/namespaces/apps/configmaps/chat-config-*";
 pub(crate) const COLLECTOR_CM: &str = "/api/v1/namespaces/apps/configmaps/chat-otel-collector";
 pub(crate) const DEPLOY: &str = "/apis/apps/v1/namespaces/apps/deployments/chat";
 pub(crate) const SVC: &str = "/api/v1/namespaces/apps/services/chat";
@@ -420,6 +429,12 @@ async fn ready_when_the_deployment_reports_every_pod_ready() {
                 step(Method::PATCH, CM),
                 ok_with(Method::PATCH, DEPLOY, live),
                 step(Method::PATCH, SVC),
+                // Rolled out: the older configs' ConfigMaps go (none here).
+                ok_with(
+                    Method::GET,
+                    "/api/v1/namespaces/apps/configmaps",
+                    json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": []}),
+                ),
                 step(Method::PATCH, PDB),
                 step(Method::PATCH, STATUS),
             ],
@@ -429,7 +444,7 @@ async fn ready_when_the_deployment_reports_every_pod_ready() {
         .await
         .expect("reconcile");
     let seen = server.await.expect("server");
-    let status = &seen[10].1;
+    let status = &seen[11].1;
     assert_eq!(condition(status, "Ready"), ("True", "AllPodsReady"));
     assert_eq!(condition(status, "Available"), ("True", "PodsAvailable"));
     assert_eq!(

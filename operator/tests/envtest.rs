@@ -9,7 +9,7 @@ use chat_gateway_operator::crd::ChatGateway;
 use chat_gateway_operator::leader::LeaderElector;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -115,10 +115,7 @@ async fn operator_against_a_real_apiserver() {
         "app.kubernetes.io/instance=chat,app.kubernetes.io/name=chat-gateway"
     );
 
-    let cm = Api::<ConfigMap>::namespaced(client.clone(), "team-a")
-        .get("chat-config")
-        .await
-        .expect("ConfigMap");
+    let cm = mounted_config(&client, "team-a", "chat").await;
     let text = cm
         .data
         .as_ref()

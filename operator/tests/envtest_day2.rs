@@ -186,10 +186,8 @@ async fn day_two_against_a_real_apiserver() {
         Some("True")
     );
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), NS);
-    let text = config_maps
-        .get("old-config")
+    let text = mounted_config(&client, NS, "old")
         .await
-        .expect("old-config")
         .data
         .and_then(|d| d.get("config.yaml").cloned())
         .unwrap_or_default();
@@ -224,11 +222,10 @@ async fn day_two_against_a_real_apiserver() {
             .any(|m| m.manager.as_deref() == Some("chatgateway-operator")),
         "the operator wrote to someone else's Service"
     );
-    assert!(config_maps
-        .get_opt("taken-config")
-        .await
-        .expect("get")
-        .is_none());
+    // Nothing written: not even the config's ConfigMap (named by its content).
+    let theirs = ListParams::default().labels("app.kubernetes.io/instance=taken");
+    let written = config_maps.list(&theirs).await.expect("list");
+    assert!(written.items.is_empty(), "{:?}", written.items);
     let events = Api::<Event>::namespaced(client.clone(), NS);
     eventually("NotOwned Warning Event", LONG, || {
         let events = events.clone();

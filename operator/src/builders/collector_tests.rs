@@ -290,7 +290,8 @@ fn collector_without_an_endpoint_is_an_invalid_spec() {
 
 #[test]
 fn render_lists_the_collector_config_map_after_the_gateway_config() {
-    let yaml = children(SIDECARS).expect("build").to_yaml().expect("yaml");
+    let children = children(SIDECARS).expect("build");
+    let yaml = children.to_yaml().expect("yaml");
     let names: Vec<String> = yaml
         .split("---\n")
         .map(|d| {
@@ -305,7 +306,16 @@ fn render_lists_the_collector_config_map_after_the_gateway_config() {
     assert_eq!(
         names[..3],
         [
-            "ConfigMap/chat-config",
+            format!(
+                "ConfigMap/{}",
+                children
+                    .config_map
+                    .metadata
+                    .name
+                    .clone()
+                    .unwrap_or_default()
+            )
+            .as_str(),
             "ConfigMap/chat-otel-collector",
             "Deployment/chat"
         ]

@@ -314,16 +314,23 @@ fn retention(
 }
 
 /// The ConfigMap and the hash of its content (for the pod template annotation).
+///
+/// Named by that hash: a pod mounts the whole ConfigMap, so the kubelet rewrites the file
+/// in running pods when the ConfigMap changes, and an old pod restarting during a rollout
+/// (or after a Deployment the API server refused) would start its old image with the new
+/// config: one naming files its volumes do not hold, or fields its gateway does not know,
+/// crash-loops. A new config is a new ConfigMap; the reconciler deletes the old ones once
+/// no pod of an older template is left.
 pub fn build(cgw: &ChatGateway, owner: &Owner) -> Result<(ConfigMap, String)> {
     let redis = cgw.spec.gateway.as_ref().and_then(|g| g.redis.as_ref());
     let yaml = redis::config_yaml(&gateway_config(cgw)?, redis);
-    let hash = format!("{:x}", Sha256::digest(yaml.as_bytes()));
+    let hash = format!("{:x}", Sha256::digest(yaml.as_bytes()))[..16].to_string();
     let cm = ConfigMap {
-        metadata: owner.meta(&owner.config_map_name()),
+        metadata: owner.meta(&owner.config_map_name(&hash)),
         data: Some(BTreeMap::from([(CONFIG_KEY.to_string(), yaml)])),
         ..ConfigMap::default()
     };
-    Ok((cm, hash[..16].to_string()))
+    Ok((cm, hash))
 }
 
 #[cfg(test)]

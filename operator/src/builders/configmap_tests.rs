@@ -31,7 +31,12 @@ fn minimal_spec_gives_gateway_defaults_with_insecure_auth() {
     assert!(config.auth.dangerously_allow_insecure_on_network);
     assert_eq!(config.engine, EngineKind::Memory);
     assert_eq!(config.limits, Config::default().limits);
-    assert_eq!(cm.metadata.name.as_deref(), Some("chat-config"));
+    let (_, hash) = config_of(MINIMAL);
+    assert_eq!(
+        cm.metadata.name.as_deref(),
+        Some(format!("chat-config-{hash}").as_str()),
+        "named by its content"
+    );
 }
 
 #[test]
@@ -297,11 +302,36 @@ fn jwt_without_a_key_is_refused_like_the_gateway_would() {
 
 #[test]
 fn config_hash_changes_with_the_config_only() {
-    let (_, a) = config_of(MINIMAL);
+    let (a_cm, a) = config_of(MINIMAL);
     let (_, b) = config_of(MINIMAL);
-    let (_, c) = config_of("gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, heartbeatInterval: 10s}");
+    let (c_cm, c) = config_of("gateway: {auth: {mode: insecure, dangerouslyAllowInsecureOnNetwork: true}, heartbeatInterval: 10s}");
     assert_eq!(a, b);
     assert_ne!(a, c);
+    assert_ne!(
+        a_cm.metadata.name, c_cm.metadata.name,
+        "a new config, a new ConfigMap"
+    );
+}
+
+/// The pods mount the ConfigMap of their own template's config: an old pod keeps its own.
+#[test]
+fn the_pods_mount_the_config_map_of_their_config() {
+    let c = cgw(MINIMAL);
+    let owner = Owner::of(&c, "default").expect("owner");
+    let children = crate::builders::build(&c, &owner, &Default::default()).expect("build");
+    let pod = children
+        .deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod");
+    let mounted = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "config")
+        .and_then(|v| v.config_map.as_ref())
+        .map(|c| c.name.clone());
+    assert_eq!(mounted, children.config_map.metadata.name);
 }
 
 #[test]

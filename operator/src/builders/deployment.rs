@@ -56,7 +56,7 @@ pub fn build(
             annotations: Some(pod_annotations),
             ..ObjectMeta::default()
         }),
-        spec: Some(pod::spec(cgw, owner, &image)?),
+        spec: Some(pod::spec(cgw, owner, &image, hashes.config)?),
     };
 
     let replicas = replicas(cgw, inputs.live_replicas);

@@ -113,8 +113,15 @@ impl Owner {
         }
     }
 
-    /// Name of the ConfigMap holding `config.yaml`.
-    pub fn config_map_name(&self) -> String {
+    /// Name of the ConfigMap holding `config.yaml` whose content hash is `hash`: one
+    /// ConfigMap per config, never changed in place (see `configmap::build`).
+    pub fn config_map_name(&self, hash: &str) -> String {
+        format!("{}-{hash}", self.config_map_prefix())
+    }
+
+    /// What every name of this gateway's config ConfigMaps starts with, and the whole
+    /// name of the one ConfigMap that releases before content-named ones wrote.
+    pub fn config_map_prefix(&self) -> String {
         format!("{}-config", self.name)
     }
 

@@ -99,10 +99,10 @@ pub fn native_sidecars(cgw: &ChatGateway) -> bool {
 }
 
 /// The pod spec; `image` is the gateway image to run.
-pub fn spec(cgw: &ChatGateway, owner: &Owner, image: &str) -> Result<PodSpec> {
+pub fn spec(cgw: &ChatGateway, owner: &Owner, image: &str, config_hash: &str) -> Result<PodSpec> {
     check_sidecars(cgw)?;
     let spec = &cgw.spec;
-    let (mut volumes, mounts) = volumes(cgw, owner);
+    let (mut volumes, mounts) = volumes(cgw, owner, config_hash);
     let container = Container {
         name: CONTAINER.into(),
         image: Some(image.to_string()),
@@ -215,14 +215,14 @@ fn ports(cgw: &ChatGateway) -> Vec<ContainerPort> {
         .collect()
 }
 
-/// The config volume, the key files from their Secrets and the Redis TLS files, with their
-/// mounts.
-fn volumes(cgw: &ChatGateway, owner: &Owner) -> (Vec<Volume>, Vec<VolumeMount>) {
+/// The config volume (the ConfigMap of the config whose hash is `config_hash`), the key
+/// files from their Secrets and the Redis TLS files, with their mounts.
+fn volumes(cgw: &ChatGateway, owner: &Owner, config_hash: &str) -> (Vec<Volume>, Vec<VolumeMount>) {
     let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
     volumes.push(Volume {
         name: "config".into(),
         config_map: Some(ConfigMapVolumeSource {
-            name: owner.config_map_name(),
+            name: owner.config_map_name(config_hash),
             items: Some(vec![KeyToPath {
                 key: CONFIG_KEY.into(),
                 path: CONFIG_KEY.into(),

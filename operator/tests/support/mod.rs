@@ -274,3 +274,33 @@ pub async fn install_crd(client: &Client) {
     })
     .await;
 }
+
+/// The gateway config ConfigMap the Deployment `name` mounts (named by its content).
+pub async fn mounted_config(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> k8s_openapi::api::core::v1::ConfigMap {
+    let deployment = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .expect("the Deployment");
+    let config_map = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.volumes)
+        .into_iter()
+        .flatten()
+        .find(|v| v.name == "config")
+        .and_then(|v| v.config_map)
+        .map(|c| c.name)
+        .expect("a config volume");
+    assert!(
+        config_map.starts_with(&format!("{name}-config-")),
+        "{config_map}"
+    );
+    Api::namespaced(client.clone(), ns)
+        .get(&config_map)
+        .await
+        .expect("the ConfigMap the pods mount")
+}
