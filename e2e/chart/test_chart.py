@@ -266,9 +266,12 @@ def test_every_object_carries_the_standard_labels():
             pod = obj["spec"]["template"]["metadata"]["labels"]
             assert {k: labels[k] for k in STANDARD_LABELS} == {k: pod[k] for k in STANDARD_LABELS}
             assert "team" not in obj["spec"]["selector"]["matchLabels"], "commonLabels stay out of selectors"
-    # A commonLabels key may not override a selector label.
-    with pytest.raises(helm.HelmValuesError):
-        helm.Chart.load(CHART).validate_schema({"commonLabels": {"app.kubernetes.io/name": "x"}})
+    # A commonLabels or podLabels key may not override a selector label (a pod template
+    # whose labels miss the selector is refused by the API server).
+    for values in ("commonLabels", "podLabels"):
+        with pytest.raises(helm.HelmValuesError):
+            helm.Chart.load(CHART).validate_schema({values: {"app.kubernetes.io/name": "x"}})
+    helm.Chart.load(CHART).validate_schema({"podLabels": {"team": "chat"}})
 
 
 def test_kube_version_admits_the_oldest_tested_cluster():
