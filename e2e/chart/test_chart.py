@@ -274,6 +274,16 @@ def test_every_object_carries_the_standard_labels():
     helm.Chart.load(CHART).validate_schema({"podLabels": {"team": "chat"}})
 
 
+def test_the_demo_gateway_name_is_one_the_operator_takes():
+    """The operator refuses a ChatGateway name that cannot name a Service (a DNS-1035
+    label: a letter first); the chart refuses it before installing anything."""
+    chart = helm.Chart.load(CHART)
+    chart.validate_schema({"chatGateway": {"name": "chat-1"}})
+    for name in ("1chat", "chat-", "Chat"):
+        with pytest.raises(helm.HelmValuesError):
+            chart.validate_schema({"chatGateway": {"name": name}})
+
+
 def test_kube_version_admits_the_oldest_tested_cluster():
     """Helm refuses to install on a cluster outside kubeVersion; the envtest suite installs
     the chart on a real v1.20.2 API server, which proves the range admits it."""

@@ -27,7 +27,7 @@ pub const OPERATOR_ENV: &[&str] = &[
 
 /// Longest ChatGateway name. The name is the Service's name: Service names are DNS-1035
 /// labels of at most 63 characters. That also bounds the `app.kubernetes.io/instance`
-/// label value (63) and the other children (`<name>-config`, `<name>-otel-collector`:
+/// label value (63) and the other children (`<name>-config-<hash>`, `<name>-otel-collector`:
 /// ConfigMap names, DNS-1123 subdomains of up to 253; the Deployment, HPA, PDB and
 /// NetworkPolicy: `<name>`).
 pub const MAX_NAME_LEN: usize = 63;
