@@ -9,29 +9,20 @@
 use crate::builders::Owner;
 use crate::children::{self, Found};
 use crate::error::Result;
-use crate::status::Observed;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams, ResourceExt};
 
-/// Whether `seen` (the applied Deployment) has rolled out: the controller saw the current
-/// template, and every pod it counts is of that template.
-pub fn rolled_out(seen: &Observed) -> bool {
-    seen.deployment_current
-        && seen.replicas == seen.updated
-        && seen.desired.is_none_or(|d| seen.updated >= d)
-}
-
 /// Deletes this gateway's config ConfigMaps other than `current` (owned by it only: the
-/// label selector lists its own, the owner check keeps anyone else's); returns their names.
+/// label selector lists its own, the owner check keeps anyone else's). Called once the
+/// Deployment has rolled out ([`Observed::rolled_out`](crate::status::Observed::rolled_out)).
 pub async fn prune(
     api: &Api<ConfigMap>,
     owner: &Owner,
     current: &str,
     owner_uid: &str,
-) -> Result<Vec<String>> {
+) -> Result<()> {
     let params = ListParams::default().labels(&owner.selector_string());
     let prefix = owner.config_map_prefix();
-    let mut deleted = Vec::new();
     for cm in api.list_metadata(&params).await? {
         let name = cm.name_any();
         if name == current || !is_config_name(&name, &prefix) {
@@ -42,10 +33,9 @@ pub async fn prune(
             && children::delete_owned(api, &name, &found).await?
         {
             tracing::info!(config_map = %name, "deleted: no pod of its template is left");
-            deleted.push(name);
         }
     }
-    Ok(deleted)
+    Ok(())
 }
 
 /// `<prefix>` itself (the fixed name of older releases) or `<prefix>-<16 hex digits>`.
@@ -80,27 +70,5 @@ mod tests {
         ] {
             assert!(!is_config_name(other, "chat-config"), "{other}");
         }
-    }
-
-    #[test]
-    fn rolled_out_once_every_pod_is_of_the_current_template() {
-        let seen = |current, desired, replicas, updated| Observed {
-            desired,
-            replicas,
-            updated,
-            deployment_current: current,
-            ..Observed::default()
-        };
-        assert!(rolled_out(&seen(true, Some(3), 3, 3)));
-        assert!(
-            !rolled_out(&seen(false, Some(3), 3, 3)),
-            "template not seen yet"
-        );
-        assert!(!rolled_out(&seen(true, Some(3), 4, 3)), "an old pod left");
-        assert!(
-            !rolled_out(&seen(true, Some(3), 2, 2)),
-            "not all new pods yet"
-        );
-        assert!(rolled_out(&seen(true, None, 2, 2)), "the HPA's count");
     }
 }

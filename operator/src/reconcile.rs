@@ -276,7 +276,7 @@ async fn apply_all(cgw: &ChatGateway, ctx: &Context) -> Result<Action> {
     }
 
     let mut seen = Observed::from_deployment(&deployment);
-    if old_configs::rolled_out(&seen) {
+    if seen.rolled_out() {
         old_configs::prune(&config_maps, &owner, &config_name, &uid).await?;
     }
     let mut kind_problems = Vec::new();

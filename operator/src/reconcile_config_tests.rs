@@ -25,6 +25,18 @@ fn item(name: &str, owned: bool) -> Value {
     json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": metadata})
 }
 
+/// A reconcile of the minimal spec whose Deployment apply answers `live`, with `prune` (the
+/// list and deletes of older configs) after the Service.
+fn sequence(live: Value, prune: Vec<Step>) -> Vec<Step> {
+    let applies = vec![
+        step(Method::PATCH, CM),
+        ok_with(Method::PATCH, DEPLOY, live),
+        step(Method::PATCH, SVC),
+    ];
+    let rest = vec![step(Method::PATCH, PDB), step(Method::PATCH, STATUS)];
+    with(with(with(lookups(), applies), prune), rest)
+}
+
 #[tokio::test]
 async fn older_config_maps_go_once_the_deployment_rolled_out() {
     let (ctx, handle) = context(ServedKinds::ALL, false);
@@ -42,24 +54,14 @@ async fn older_config_maps_go_once_the_deployment_rolled_out() {
         item("chat-config-2222222222222222", false),
         item("chat-otel-collector", true),
     ]});
-    let server = serve(
-        handle,
-        with(
-            lookups(),
-            vec![
-                step(Method::PATCH, CM),
-                ok_with(Method::PATCH, DEPLOY, live(true)),
-                step(Method::PATCH, SVC),
-                ok_with(Method::GET, CONFIG_MAPS, list),
-                // The fixed name of releases before content names, and an older config;
-                // not the current one, not someone else's, not the collector's.
-                deleted(&format!("{CONFIG_MAPS}/chat-config")),
-                deleted(&format!("{CONFIG_MAPS}/chat-config-1111111111111111")),
-                step(Method::PATCH, PDB),
-                step(Method::PATCH, STATUS),
-            ],
-        ),
-    );
+    let prune = vec![
+        ok_with(Method::GET, CONFIG_MAPS, list),
+        // The fixed name of releases before content names, and an older config; not the
+        // current one, not someone else's, not the collector's.
+        deleted(&format!("{CONFIG_MAPS}/chat-config")),
+        deleted(&format!("{CONFIG_MAPS}/chat-config-1111111111111111")),
+    ];
+    let server = serve(handle, sequence(live(true), prune));
     reconcile(Arc::new(cgw), ctx).await.expect("reconcile");
     server.await.expect("server");
 }
@@ -67,19 +69,7 @@ async fn older_config_maps_go_once_the_deployment_rolled_out() {
 #[tokio::test]
 async fn older_config_maps_stay_while_pods_of_their_template_run() {
     let (ctx, handle) = context(ServedKinds::ALL, false);
-    let server = serve(
-        handle,
-        with(
-            lookups(),
-            vec![
-                step(Method::PATCH, CM),
-                ok_with(Method::PATCH, DEPLOY, live(false)),
-                step(Method::PATCH, SVC),
-                step(Method::PATCH, PDB),
-                step(Method::PATCH, STATUS),
-            ],
-        ),
-    );
+    let server = serve(handle, sequence(live(false), Vec::new()));
     reconcile(Arc::new(cgw(MINIMAL)), ctx)
         .await
         .expect("reconcile");

@@ -104,6 +104,13 @@ impl Observed {
         seen
     }
 
+    /// Whether the Deployment has rolled out: its controller saw the current template, and
+    /// every pod it counts (as many as it wants, or the HPA's count) is of that template.
+    pub fn rolled_out(&self) -> bool {
+        let desired = self.desired.unwrap_or(self.replicas);
+        self.deployment_current && self.updated >= desired && self.replicas == self.updated
+    }
+
     /// Records something the spec asks for that cannot be done.
     pub fn problem(&mut self, reason: &str, message: String) {
         self.problems.push((reason.to_string(), message));
@@ -133,8 +140,7 @@ pub fn desired(cgw: &ChatGateway, seen: &Observed, selector: &str) -> ChatGatewa
     let old = cgw.status.clone().unwrap_or_default();
     let generation = cgw.metadata.generation;
     let desired = seen.desired.unwrap_or(seen.replicas);
-    let rolled_out =
-        seen.deployment_current && seen.updated >= desired && seen.replicas == seen.updated;
+    let rolled_out = seen.rolled_out();
     let ready = seen.ready >= desired && desired > 0 && rolled_out;
     let pods = format!("{}/{} pods ready", seen.ready, desired);
     let (ready_reason, ready_msg) = match (ready, desired) {

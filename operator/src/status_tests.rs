@@ -138,3 +138,25 @@ fn a_first_failure_says_unknown_about_the_pods() {
     assert_eq!(get(&s, DEGRADED), Some(("True", "SecretNotFound")));
     assert_eq!(get(&s, RECONCILED), Some(("False", "SecretNotFound")));
 }
+
+#[test]
+fn rolled_out_once_every_pod_is_of_the_current_template() {
+    let seen = |current, desired, replicas, updated| Observed {
+        desired,
+        replicas,
+        updated,
+        deployment_current: current,
+        ..Observed::default()
+    };
+    assert!(seen(true, Some(3), 3, 3).rolled_out());
+    assert!(
+        !seen(false, Some(3), 3, 3).rolled_out(),
+        "template not seen yet"
+    );
+    assert!(!seen(true, Some(3), 4, 3).rolled_out(), "an old pod left");
+    assert!(
+        !seen(true, Some(3), 2, 2).rolled_out(),
+        "not all new pods yet"
+    );
+    assert!(seen(true, None, 2, 2).rolled_out(), "the HPA's count");
+}

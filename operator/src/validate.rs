@@ -282,7 +282,7 @@ fn check_api(spec: &ChatGatewaySpec, api: &ApiSpec) -> Result<()> {
         .as_ref()
         .and_then(|t| t.collector.as_ref())
         .is_some_and(|c| c.enabled);
-    if collector && matches!(port, Some(4317 | 4318)) {
+    if collector && port.is_some_and(|p| crate::builders::collector::PORTS.contains(&p)) {
         return Err(Error::InvalidSpec(format!(
             "gateway.api.port {} is the OpenTelemetry Collector's in the same pod (4317, 4318): pick another",
             port.unwrap_or_default()

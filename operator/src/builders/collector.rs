@@ -23,6 +23,9 @@ pub const CONFIG_KEY: &str = "collector.yaml";
 pub const CONFIG_DIR: &str = "/etc/otelcol";
 /// Name of the pod volume holding the collector config.
 pub const VOLUME: &str = "otel-collector-config";
+/// The ports the collector listens on in the pod (OTLP/gRPC, OTLP/HTTP): no other
+/// container of the pod may take them.
+pub const PORTS: [i32; 2] = [4317, 4318];
 /// OTLP/gRPC receiver address inside the pod.
 pub const GRPC_ENDPOINT: &str = "localhost:4317";
 /// OTLP/HTTP receiver address inside the pod.

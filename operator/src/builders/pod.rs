@@ -64,7 +64,7 @@ pub fn check_sidecars(cgw: &ChatGateway) -> Result<()> {
         .map(|p| (p.container_port, "the gateway's"))
         .collect();
     if collector::enabled(cgw).is_some() {
-        taken.extend([(4317, "the collector's"), (4318, "the collector's")]);
+        taken.extend(collector::PORTS.map(|p| (p, "the collector's")));
     }
     let mut seen = std::collections::BTreeSet::new();
     for (i, c) in cgw.spec.sidecars.iter().enumerate() {
