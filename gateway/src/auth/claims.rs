@@ -137,11 +137,15 @@ pub struct RoomGrant {
 }
 
 /// Reads a subscription token's grant: its `rights` claim (`["join", "send"]`, the
-/// default when absent).
+/// default when absent), or one word as a string, like the connection token's rooms.
+/// Anything else (`null`, a number, an object) grants nothing: a malformed grant must not
+/// read as the widest one.
 pub fn room_rights(claims: &Map<String, Value>) -> Rights {
     match claims.get("rights") {
+        None => Rights::ALL,
         Some(Value::Array(words)) => Rights::from_words(words),
-        _ => Rights::ALL,
+        Some(word @ Value::String(_)) => Rights::from_words([word]),
+        Some(_) => Rights::default(),
     }
 }
 
@@ -199,5 +203,22 @@ mod tests {
             }
         );
         assert_eq!(room_rights(&Map::new()), Rights::ALL);
+    }
+
+    #[test]
+    fn a_room_tokens_malformed_rights_grant_nothing_and_one_word_grants_that_word() {
+        let rights = |v: Value| {
+            let mut m = Map::new();
+            m.insert("rights".into(), v);
+            room_rights(&m)
+        };
+        let join_only = Rights {
+            join: true,
+            send: false,
+        };
+        assert_eq!(rights(json!("join")), join_only);
+        for bad in [json!(null), json!(1), json!({"join": true}), json!(true)] {
+            assert_eq!(rights(bad.clone()), Rights::default(), "{bad}");
+        }
     }
 }
