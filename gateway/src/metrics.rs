@@ -271,7 +271,7 @@ impl Metrics {
             ),
             hook_calls: labelled(
                 "chatgateway_hook_calls_total",
-                "Backend hook calls, by hook and outcome (allowed, denied, timeout, unavailable, bad_answer, circuit_open).",
+                "Backend hook calls, by hook and outcome (allowed, denied, timeout, unavailable, bad_answer, circuit_open, busy).",
                 &["hook", "outcome"],
             ),
             hook_seconds: {
@@ -289,7 +289,7 @@ impl Metrics {
             },
             hook_events_dropped: counter(
                 "chatgateway_hook_events_dropped_total",
-                "Backend notifications dropped because their queue was full.",
+                "Backend notifications dropped because their queue was full, or the backend refused one alone as too large (413).",
             ),
             api_requests: labelled(
                 "chatgateway_api_requests_total",

@@ -185,7 +185,7 @@ async fn upgrade(
         Verdict::Failed(e) => {
             a.span
                 .record("outcome", Rejection::HookUnavailable.reason());
-            let detail = format!("the backend did not decide: {e}");
+            let detail = e.for_client();
             return reject(&node, Rejection::HookUnavailable, detail);
         }
     };

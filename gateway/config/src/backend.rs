@@ -56,9 +56,13 @@ pub struct HookConfig {
     /// Deadline of one call.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// Extra attempts after a failure that cannot have had an effect (connection
-    /// refused, 5xx before any answer body); none after a timeout.
+    /// Extra attempts after a failure that cannot have had an effect (no connection, a
+    /// 5xx); none after a timeout or a connection lost once the request went out.
     pub retries: u32,
+    /// Calls in flight at once on a pod; a call finding none free waits for one up to
+    /// `timeout`, then fails `busy` (taking the failure policy). Bounds the sockets a
+    /// slow backend costs the pod: each call in flight holds one.
+    pub max_concurrent: u32,
     /// On failure (after retries, or while the breaker is open).
     pub on_failure: FailurePolicy,
     /// Consecutive failures that open the circuit breaker (calls fail at once, taking the
@@ -79,6 +83,7 @@ impl Default for HookConfig {
             url: String::new(),
             timeout: Duration::from_millis(500),
             retries: 1,
+            max_concurrent: 256,
             on_failure: FailurePolicy::Refuse,
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(5),

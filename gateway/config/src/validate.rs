@@ -265,6 +265,9 @@ impl Config {
             if h.timeout.is_zero() {
                 return bad(format!("hooks.{name}.timeout must be positive"));
             }
+            if h.max_concurrent == 0 {
+                return bad(format!("hooks.{name}.maxConcurrent must be at least 1"));
+            }
         }
         if let Some(e) = &self.hooks.events {
             if let Err(err) = http_url(&e.url) {

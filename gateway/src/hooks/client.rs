@@ -1,5 +1,11 @@
 //! One hook endpoint: a JSON POST with a deadline, retries only where the request cannot
-//! have had an effect, and a circuit breaker so a dead backend costs nothing per call.
+//! have had an effect, a bound on the calls in flight, and a circuit breaker so a dead
+//! backend costs nothing per call.
+//!
+//! The breaker counts only what says the backend is down or hung (no connection, a
+//! lost one, a 5xx, a timeout). A 4xx or an answer that is not the hook's JSON fails
+//! its own call: a backend that answers is up, and what it answers to is partly the
+//! client's input, so counting those would let one client open the breaker for everyone.
 
 use crate::config::HookConfig;
 use bytes::Bytes;
@@ -23,12 +29,22 @@ pub enum HookError {
     /// Could not connect, or a 5xx: the backend did not take the request.
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// An answer that is not the expected JSON (or a 4xx).
+    /// The connection failed after the request went out (the backend may have acted:
+    /// not retried).
+    #[error("connection lost: {0}")]
+    Lost(String),
+    /// An answer that is not the expected JSON.
     #[error("bad answer: {0}")]
     BadAnswer(String),
+    /// An answer neither 2xx nor 5xx (a 4xx, mostly).
+    #[error("the backend answered HTTP {0}")]
+    Status(u16),
     /// The breaker is open after repeated failures.
     #[error("circuit open after repeated failures")]
     CircuitOpen,
+    /// `maxConcurrent` calls were in flight for the whole timeout.
+    #[error("too many calls in flight")]
+    Busy,
 }
 
 impl HookError {
@@ -36,10 +52,25 @@ impl HookError {
     pub fn label(&self) -> &'static str {
         match self {
             HookError::Timeout => "timeout",
-            HookError::Unavailable(_) => "unavailable",
-            HookError::BadAnswer(_) => "bad_answer",
+            HookError::Unavailable(_) | HookError::Lost(_) => "unavailable",
+            HookError::BadAnswer(_) | HookError::Status(_) => "bad_answer",
             HookError::CircuitOpen => "circuit_open",
+            HookError::Busy => "busy",
         }
+    }
+
+    /// What a client is told: the kind of failure, not the backend's statuses or what
+    /// the parser quoted of its answer (those go to the log).
+    pub fn for_client(&self) -> String {
+        format!("the backend did not decide ({})", self.label())
+    }
+
+    /// Whether this failure says the backend is down or hung (counted by the breaker).
+    fn is_outage(&self) -> bool {
+        matches!(
+            self,
+            HookError::Timeout | HookError::Unavailable(_) | HookError::Lost(_)
+        )
     }
 }
 
@@ -57,6 +88,8 @@ pub struct HookClient {
     /// Its configuration.
     pub cfg: HookConfig,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Calls in flight (`maxConcurrent`): each holds a socket to the backend.
+    slots: tokio::sync::Semaphore,
     breaker: Mutex<Breaker>,
     /// Its failures' log lines (one a period: a dead backend fails every call).
     pub(super) failure_log: crate::log_gate::LogGate,
@@ -72,6 +105,7 @@ impl HookClient {
             client: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(connector),
+            slots: tokio::sync::Semaphore::new(cfg.max_concurrent as usize),
             cfg,
             breaker: Mutex::new(Breaker::default()),
             failure_log: Default::default(),
@@ -83,7 +117,8 @@ impl HookClient {
     }
 
     /// POSTs `request` and decodes the answer, retrying what cannot have had an effect.
-    /// An answer that is not the expected JSON counts as a failure for the breaker.
+    /// An answer that is not the expected JSON fails this call only (not counted by the
+    /// breaker).
     pub async fn call<Q: Serialize, A: DeserializeOwned>(
         &self,
         request: &Q,
@@ -108,14 +143,15 @@ impl HookClient {
         traceparent: Option<&str>,
         read: impl FnOnce(&[u8]) -> Result<A, HookError>,
     ) -> Result<A, HookError> {
+        let body = serde_json::to_vec(request)
+            .map(Bytes::from)
+            .map_err(|e| HookError::BadAnswer(e.to_string()))?;
+        // Admitted before waiting for a slot: while the breaker is open, calls fail at once.
         self.admit()?;
-        let body = match serde_json::to_vec(request) {
-            Ok(body) => Bytes::from(body),
-            Err(e) => {
-                self.record(false);
-                return Err(HookError::BadAnswer(e.to_string()));
-            }
-        };
+        let _slot = tokio::time::timeout(self.cfg.timeout, self.slots.acquire())
+            .await
+            .map_err(|_| HookError::Busy)?
+            .map_err(|_| HookError::Busy)?;
         let mut attempt = 0;
         let result = loop {
             match self.post(body.clone(), traceparent).await {
@@ -123,9 +159,8 @@ impl HookClient {
                 other => break other,
             }
         };
-        let answer = result.and_then(|text| read(&text));
-        self.record(answer.is_ok());
-        answer
+        self.record(!result.as_ref().is_err_and(HookError::is_outage));
+        result.and_then(|text| read(&text))
     }
 
     /// Whether a call may go out: not while the breaker is open, and once its cooldown
@@ -142,10 +177,11 @@ impl HookClient {
             Some(t) if now < t => Err(HookError::CircuitOpen),
             Some(_) if b.trial_until.is_some_and(|t| now < t) => Err(HookError::CircuitOpen),
             Some(_) => {
+                // The wait for a slot, then every attempt.
                 let longest = self
                     .cfg
                     .timeout
-                    .saturating_mul(self.cfg.retries.saturating_add(1));
+                    .saturating_mul(self.cfg.retries.saturating_add(2));
                 b.trial_until = now.checked_add(longest);
                 Ok(())
             }
@@ -181,11 +217,15 @@ impl HookClient {
             .body(Full::new(body))
             .map_err(|e| HookError::Unavailable(e.to_string()))?;
         let exchange = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| HookError::Unavailable(e.to_string()))?;
+            let resp = self.client.request(req).await.map_err(|e| {
+                // Only a failed connect certainly sent nothing (hyper itself resends a
+                // request a pooled connection closed before taking).
+                if e.is_connect() {
+                    HookError::Unavailable(e.to_string())
+                } else {
+                    HookError::Lost(e.to_string())
+                }
+            })?;
             let status = resp.status();
             if status.is_server_error() {
                 return Err(HookError::Unavailable(format!("HTTP {status}")));
@@ -197,7 +237,7 @@ impl HookClient {
                 .map_err(|e| HookError::BadAnswer(e.to_string()))?
                 .to_bytes();
             if !status.is_success() {
-                return Err(HookError::BadAnswer(format!("HTTP {status}")));
+                return Err(HookError::Status(status.as_u16()));
             }
             Ok(bytes)
         };
@@ -239,5 +279,25 @@ mod tests {
         assert!(matches!(r, Err(HookError::Unavailable(_))), "{r:?}");
         let r: Result<serde_json::Value, _> = c.call(&serde_json::json!({}), None).await;
         assert_eq!(r, Err(HookError::CircuitOpen));
+    }
+
+    #[tokio::test]
+    async fn a_call_finding_every_slot_taken_for_its_timeout_is_busy() {
+        let c = HookClient::new(HookConfig {
+            url: "http://127.0.0.1:1/hook".into(),
+            max_concurrent: 1,
+            timeout: Duration::from_millis(50),
+            breaker_failures: 1,
+            ..Default::default()
+        });
+        let held = c.slots.acquire().await.expect("slot");
+        let r: Result<serde_json::Value, _> = c.call(&serde_json::json!({}), None).await;
+        assert_eq!(r, Err(HookError::Busy));
+        drop(held);
+        let r: Result<serde_json::Value, _> = c.call(&serde_json::json!({}), None).await;
+        assert!(
+            matches!(r, Err(HookError::Unavailable(_))),
+            "a busy call is not a backend failure: the next one goes out, {r:?}"
+        );
     }
 }

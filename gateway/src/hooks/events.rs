@@ -3,11 +3,14 @@
 //! ([`MAX_QUEUED_BYTES`]), the oldest dropped and counted beyond either, and are posted in
 //! batches, retried with backoff until the backend answers 2xx (any body): at
 //! least once while the gateway runs (a crashed gateway loses what was still queued).
+//! A batch answered 413 (too large for the backend) goes again in halves; one event
+//! answered so by itself is dropped and counted, or it would block the queue for good.
 
-use super::client::HookClient;
+use super::client::{HookClient, HookError};
 use crate::config::{EventsConfig, FailurePolicy, HookConfig};
 use serde::Serialize;
 use serde_json::value::RawValue;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -88,6 +91,9 @@ pub struct Notifier {
     wake: Notify,
     client: HookClient,
     dropped: prometheus::IntCounter,
+    /// Events in the next post: `batch`, halved after a 413, doubled back after each
+    /// post the backend took.
+    batch: AtomicUsize,
     /// Held while a batch is out: at shutdown [`flush`](Self::flush) and [`run`](Self::run)
     /// both post, and two posts at once would send the queue's front twice, out of order.
     posting: tokio::sync::Mutex<()>,
@@ -109,6 +115,7 @@ impl Notifier {
             wake: Notify::new(),
             client,
             dropped,
+            batch: AtomicUsize::new(cfg.batch),
             cfg,
             posting: tokio::sync::Mutex::new(()),
         }
@@ -134,14 +141,33 @@ impl Notifier {
         self.wake.notify_one();
     }
 
-    /// Posts the oldest batch; `Ok(false)` when the queue was empty.
-    async fn post_batch(&self) -> Result<bool, super::client::HookError> {
+    /// Posts the oldest batch; `Ok(false)` when the queue was empty. A batch too large
+    /// for the backend (413) is halved for the next post (`Ok(true)`: go on at once).
+    async fn post_batch(&self) -> Result<bool, HookError> {
         let _posting = self.posting.lock().await;
-        let (last, batch) = self.queue().front(self.cfg.batch);
+        let size = self.batch.load(Ordering::Relaxed);
+        let (last, batch) = self.queue().front(size);
         if batch.is_empty() {
             return Ok(false);
         }
-        self.client.post_only(&Batch { events: &batch }).await?;
+        match self.client.post_only(&Batch { events: &batch }).await {
+            Ok(()) => self.batch.store(
+                size.saturating_mul(2).min(self.cfg.batch),
+                Ordering::Relaxed,
+            ),
+            Err(HookError::Status(413)) if batch.len() > 1 => {
+                self.batch.store(batch.len() / 2, Ordering::Relaxed);
+                return Ok(true);
+            }
+            Err(HookError::Status(413)) => {
+                tracing::warn!(
+                    kind = batch[0].kind(),
+                    "an event the backend refuses as too large (413) by itself: dropped"
+                );
+                self.dropped.inc();
+            }
+            Err(e) => return Err(e),
+        }
         // By id: the queue may have dropped some of the batch meanwhile.
         self.queue().remove_through(last);
         Ok(true)

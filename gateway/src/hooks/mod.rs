@@ -43,7 +43,7 @@ pub struct ConnectRequest<'a> {
 #[derive(Debug, Default, Deserialize)]
 pub struct ConnectAnswer {
     /// Rooms the connection joins right after `welcome` (granted by the backend).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub rooms: Vec<String>,
     /// Any JSON, passed to the client in `welcome.data`.
     #[serde(default)]
@@ -63,12 +63,24 @@ pub struct JoinRequest<'a> {
 #[derive(Debug, Default, Deserialize)]
 pub struct JoinAnswer {
     /// Whether the member may send (default true; the namespace's `send` policy applies).
-    #[serde(default = "yes")]
+    #[serde(default = "yes", deserialize_with = "null_as_yes")]
     pub send: bool,
 }
 
 fn yes() -> bool {
     true
+}
+
+/// A field's `null` read as its absence: backends written in JavaScript often send
+/// `"rooms": null` for none.
+fn null_as_default<'de, D: serde::Deserializer<'de>, T: Default + Deserialize<'de>>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+fn null_as_yes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(true))
 }
 
 /// `send` hook request.
@@ -112,15 +124,37 @@ pub struct RefreshAnswer {
     pub expires_at: Option<u64>,
 }
 
-/// Every decision answer: `allow` (required) and a `reason` when refused, around the
-/// hook's own fields.
-#[derive(Debug, Deserialize)]
-struct Answer<T> {
-    allow: bool,
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(flatten)]
-    rest: T,
+/// A decision answer: `allow` (required, true or false), then a `reason` when refused or
+/// the hook's own fields when allowed.
+#[derive(Debug)]
+enum Answer<T> {
+    Allow(T),
+    Deny(String),
+}
+
+/// Reason of a refusal that gave none (or not as a string).
+const NO_REASON: &str = "refused by the backend";
+
+/// Reads a decision answer, `allow` first: a refusal stands whatever else the answer
+/// holds. Read in one piece, `{"allow": false, "reason": 42}` or a refusal with a field
+/// of the wrong type was a bad answer, which `onFailure: allow` turned into an allow.
+/// The hook's fields are read only when allowed; wrong ones are a bad answer then.
+fn read_answer<T: serde::de::DeserializeOwned>(
+    answer: serde_json::Value,
+) -> Result<Answer<T>, HookError> {
+    match answer.get("allow") {
+        Some(serde_json::Value::Bool(true)) => T::deserialize(answer)
+            .map(Answer::Allow)
+            .map_err(|e| HookError::BadAnswer(e.to_string())),
+        Some(serde_json::Value::Bool(false)) => Ok(Answer::Deny(
+            answer
+                .get("reason")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or(NO_REASON)
+                .to_string(),
+        )),
+        _ => Err(HookError::BadAnswer("`allow` must be true or false".into())),
+    }
 }
 
 /// The configured hooks of a node.
@@ -249,20 +283,18 @@ async fn decide<Q: Serialize, A: Default + serde::de::DeserializeOwned>(
     };
     let traceparent = crate::telemetry::traceparent(&span);
     let started = Instant::now();
-    let answer: Result<Answer<A>, HookError> = hook
+    let answer = hook
         .call(req, traceparent.as_deref())
         .instrument(span.clone())
-        .await;
+        .await
+        .and_then(read_answer::<A>);
     metrics
         .hook_seconds
         .with_label_values(&[name])
         .observe(started.elapsed().as_secs_f64());
     let (outcome, verdict) = match answer {
-        Ok(a) if a.allow => ("allowed", Verdict::Allow(a.rest)),
-        Ok(a) => (
-            "denied",
-            Verdict::Deny(a.reason.unwrap_or_else(|| "refused by the backend".into())),
-        ),
+        Ok(Answer::Allow(a)) => ("allowed", Verdict::Allow(a)),
+        Ok(Answer::Deny(reason)) => ("denied", Verdict::Deny(reason)),
         Err(e) => {
             let policy = hook.cfg.on_failure;
             warn_gated!(hook.failure_log, hook = name, error = %e, ?policy, "hook failed");

@@ -28,6 +28,15 @@ pub(crate) async fn answering(
     answer: &'static str,
     delay: Option<Duration>,
 ) -> (SocketAddr, Received) {
+    judging(move |_| status, answer, delay).await
+}
+
+/// [`answering`] with the status `judge` gives each request's body.
+async fn judging(
+    judge: impl Fn(&[u8]) -> u16 + Clone + Send + Sync + 'static,
+    answer: &'static str,
+    delay: Option<Duration>,
+) -> (SocketAddr, Received) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -37,10 +46,13 @@ pub(crate) async fn answering(
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let seen = seen.clone();
+            let judge = judge.clone();
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let seen = seen.clone();
+                let judge = judge.clone();
                 async move {
                     let body = req.into_body().collect().await?.to_bytes();
+                    let status = judge(&body);
                     seen.lock()
                         .expect("lock")
                         .push(String::from_utf8_lossy(&body).into_owned());
@@ -183,5 +195,157 @@ async fn after_the_cooldown_one_trial_call_goes_out() {
         received.lock().expect("lock").len(),
         2,
         "the refused call sent nothing"
+    );
+}
+
+/// A refusal stands whatever else the answer holds; the hook's own fields matter only
+/// when allowed, and their `null` is their absence.
+#[test]
+fn a_refusal_is_read_before_the_hooks_own_fields() {
+    use super::{read_answer, Answer, ConnectAnswer, JoinAnswer};
+    use serde_json::json;
+    let connect = |v: serde_json::Value| read_answer::<ConnectAnswer>(v);
+    for (answer, reason) in [
+        (
+            json!({"allow": false, "reason": "banned", "rooms": 3}),
+            "banned",
+        ),
+        (
+            json!({"allow": false, "reason": 42, "rooms": null}),
+            super::NO_REASON,
+        ),
+        (json!({"allow": false}), super::NO_REASON),
+    ] {
+        match connect(answer.clone()) {
+            Ok(Answer::Deny(r)) => assert_eq!(r, reason, "{answer}"),
+            other => panic!("{answer}: {other:?}"),
+        }
+    }
+    match connect(json!({"allow": true, "rooms": null, "data": null})) {
+        Ok(Answer::Allow(a)) => assert!(a.rooms.is_empty() && a.data.is_none()),
+        other => panic!("{other:?}"),
+    }
+    match read_answer::<JoinAnswer>(json!({"allow": true, "send": null})) {
+        Ok(Answer::Allow(a)) => assert!(a.send, "null is the default"),
+        other => panic!("{other:?}"),
+    }
+    for bad in [
+        json!({"allow": true, "rooms": 3}),
+        json!({"allow": "yes"}),
+        json!({"reason": "no allow"}),
+        json!([true]),
+    ] {
+        assert!(
+            matches!(connect(bad.clone()), Err(HookError::BadAnswer(_))),
+            "{bad}"
+        );
+    }
+}
+
+/// An answer the hook cannot use fails its own call, but does not open the breaker: the
+/// backend is up, and what it answers 4xx to is partly the client's input.
+#[tokio::test]
+async fn a_4xx_or_an_answer_that_is_not_json_does_not_open_the_breaker() {
+    for (status, answer) in [(400, "{}"), (404, ""), (200, "not json")] {
+        let (addr, received) = answering(status, answer, Some(Duration::ZERO)).await;
+        let c = HookClient::new(HookConfig {
+            url: format!("http://{addr}/send"),
+            breaker_failures: 1,
+            ..Default::default()
+        });
+        for _ in 0..3 {
+            let r: Result<serde_json::Value, _> = c.call(&serde_json::json!({}), None).await;
+            assert!(
+                matches!(r, Err(HookError::BadAnswer(_) | HookError::Status(_))),
+                "{status}: {r:?}"
+            );
+        }
+        assert_eq!(
+            received.lock().expect("lock").len(),
+            3,
+            "{status}: all sent"
+        );
+    }
+}
+
+/// A connection the backend drops after taking the request is not retried: the backend
+/// may have acted on it.
+#[tokio::test]
+async fn a_connection_lost_after_the_request_went_out_is_not_retried() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            drop(stream);
+        }
+    });
+    let c = HookClient::new(HookConfig {
+        url: format!("http://{addr}/send"),
+        retries: 3,
+        ..Default::default()
+    });
+    let r: Result<serde_json::Value, _> = c.call(&serde_json::json!({}), None).await;
+    assert!(matches!(r, Err(HookError::Lost(_))), "{r:?}");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// A batch too large for the backend (413) goes again in halves, down to one event; an
+/// event refused so by itself is dropped and counted instead of blocking the queue (it was
+/// posted again every few seconds for as long as the gateway ran, and everything newer
+/// waited behind it until dropped). Every other event reaches the backend, in order.
+#[tokio::test]
+async fn a_batch_answered_413_goes_again_in_halves_and_an_event_too_large_alone_is_dropped() {
+    const LIMIT: usize = 4_000;
+    let (addr, received) = judging(
+        |body| if body.len() > LIMIT { 413 } else { 204 },
+        "",
+        Some(Duration::ZERO),
+    )
+    .await;
+    let dropped = prometheus::IntCounter::new("d", "d").expect("counter");
+    let n = Notifier::new(
+        EventsConfig {
+            url: format!("http://{addr}/events"),
+            batch: 16,
+            kinds: vec!["message".into(), "connected".into()],
+            ..Default::default()
+        },
+        dropped.clone(),
+    );
+    for i in 0..12 {
+        n.notify(connected(&format!("s{i}")));
+        n.notify(message(if i == 5 { 2 * LIMIT } else { 1_000 }));
+    }
+    n.flush().await;
+    assert_eq!(
+        dropped.get(),
+        1,
+        "the one event larger than the backend takes"
+    );
+    let taken: Vec<serde_json::Value> = received
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|b| b.len() <= LIMIT)
+        .flat_map(|b| {
+            let v: serde_json::Value = serde_json::from_str(b).unwrap_or_default();
+            v["events"].as_array().cloned().unwrap_or_default()
+        })
+        .collect();
+    let sessions: Vec<&str> = taken.iter().filter_map(|e| e["session"].as_str()).collect();
+    let expected: Vec<String> = (0..12).map(|i| format!("s{i}")).collect();
+    assert_eq!(sessions, expected, "every connected event, once, in order");
+    assert_eq!(
+        taken.iter().filter(|e| e["kind"] == "message").count(),
+        11,
+        "every message but the one too large"
     );
 }

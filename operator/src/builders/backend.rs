@@ -84,6 +84,7 @@ fn decision_hook(name: &str, h: &HookSpec) -> Result<HookConfig> {
     };
     c.timeout = parse_duration(&field("timeout"), h.timeout.as_deref(), c.timeout)?;
     super::set(&mut c.retries, h.retries.map(i64::from))?;
+    super::set(&mut c.max_concurrent, h.max_concurrent.map(i64::from))?;
     if let Some(policy) = h.on_failure {
         c.on_failure = match policy {
             FailurePolicySpec::Refuse => FailurePolicy::Refuse,
@@ -166,6 +167,8 @@ mod tests {
         assert_eq!(connect.retries, HookConfig::default().retries);
         let join = c.hooks.join.expect("join");
         assert_eq!((join.retries, join.breaker_failures), (0, 3));
+        assert_eq!(join.max_concurrent, 32);
+        assert_eq!(connect.max_concurrent, HookConfig::default().max_concurrent);
         assert_eq!(join.breaker_cooldown, Duration::from_secs(10));
         assert_eq!(join.on_failure, FailurePolicy::Refuse);
         assert_eq!(join.rooms, ["team:*"]);

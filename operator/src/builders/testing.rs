@@ -59,7 +59,7 @@ gateway:
     allowFrom: [{namespaceSelector: {matchLabels: {team: backend}}}]
   hooks:
     connect: {url: "http://backend:8000/connect", timeout: 300ms, onFailure: allow}
-    join: {url: "http://backend:8000/join", retries: 0, breakerFailures: 3, breakerCooldown: 10s, rooms: ["team:*"]}
+    join: {url: "http://backend:8000/join", retries: 0, maxConcurrent: 32, breakerFailures: 3, breakerCooldown: 10s, rooms: ["team:*"]}
     send: {url: "http://backend:8000/send", rooms: ["support:*", "lobby"]}
     refresh: {url: "http://backend:8000/refresh"}
     events: {url: "http://backend:8000/events", timeout: 5s, queueSize: 500, batch: 20, kinds: [message]}

@@ -71,11 +71,16 @@ pub struct HookSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(DURATION_PATTERN), extend("default" = "500ms"))]
     pub timeout: Option<String>,
-    /// Extra attempts after a failure that cannot have had an effect (connection refused,
-    /// 5xx); never after a timeout.
+    /// Extra attempts after a failure that cannot have had an effect (no connection, a
+    /// 5xx); never after a timeout or a connection lost once the request went out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 10), extend("default" = 1))]
     pub retries: Option<i32>,
+    /// Calls in flight at once per pod (each holds a socket to the backend); a call
+    /// finding none free waits up to `timeout`, then fails (`busy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000), extend("default" = 256))]
+    pub max_concurrent: Option<i32>,
     /// On failure (after retries, or while the breaker is open): `refuse` or `allow`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = "refuse"))]

@@ -306,6 +306,11 @@ fn schema_defaults_are_what_the_code_defaults_to() {
         assert_eq!(duration("breakerCooldown"), hook.breaker_cooldown, "{name}");
         assert_eq!(props["retries"]["default"], json!(hook.retries), "{name}");
         assert_eq!(
+            props["maxConcurrent"]["default"],
+            json!(hook.max_concurrent),
+            "{name}"
+        );
+        assert_eq!(
             props["breakerFailures"]["default"],
             json!(hook.breaker_failures),
             "{name}"

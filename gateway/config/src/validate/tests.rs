@@ -248,6 +248,17 @@ fn a_hook_timeout_of_zero_is_refused() {
             })
         },
     );
+    // No call could ever go out.
+    holds_the_edge(
+        "hooks.join.maxConcurrent",
+        |c| c.hooks.join = Some(hook()),
+        |c| {
+            c.hooks.join = Some(crate::backend::HookConfig {
+                max_concurrent: 0,
+                ..hook()
+            })
+        },
+    );
     let events = || crate::backend::EventsConfig {
         url: "http://backend:8000/events".into(),
         ..Default::default()

@@ -111,10 +111,7 @@ impl Session {
                 match self.node.hooks.join(&self.node.metrics, &req).await {
                     Verdict::Allow(answer) => Ok(permissions::backend_grant(ns, answer.send)),
                     Verdict::Deny(reason) => Err(self.deny("join", &reason)),
-                    Verdict::Failed(e) => Err(Refusal::new(
-                        ErrorCode::Unavailable,
-                        format!("the backend did not decide: {e}"),
-                    )),
+                    Verdict::Failed(e) => Err(Refusal::new(ErrorCode::Unavailable, e.for_client())),
                 }
             }
         }

@@ -74,9 +74,6 @@ async fn backend_expiry(s: &Session, room: Option<&str>, expires_at: u64) -> Res
     match s.node.hooks.refresh(&s.node.metrics, &req).await {
         Verdict::Allow(answer) => Ok(answer.expires_at.map_or(expires_at, |e| e.min(expires_at))),
         Verdict::Deny(reason) => Err(s.deny("refresh", &reason)),
-        Verdict::Failed(e) => Err(Refusal::new(
-            ErrorCode::Unavailable,
-            format!("the backend did not decide: {e}"),
-        )),
+        Verdict::Failed(e) => Err(Refusal::new(ErrorCode::Unavailable, e.for_client())),
     }
 }

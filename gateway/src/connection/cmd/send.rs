@@ -200,10 +200,7 @@ async fn backend_body(
         }
         Verdict::Allow(SendAnswer { body: None }) => Ok(body),
         Verdict::Deny(reason) => Err(s.deny("send", &reason)),
-        Verdict::Failed(e) => Err(Refusal::new(
-            ErrorCode::Unavailable,
-            format!("the backend did not decide: {e}"),
-        )),
+        Verdict::Failed(e) => Err(Refusal::new(ErrorCode::Unavailable, e.for_client())),
     }
 }
 
