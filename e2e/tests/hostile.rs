@@ -1,7 +1,8 @@
 //! Hostile clients (issue 18), over real sockets: a poisoned history read by page and by
 //! replay in a real gateway process (its RSS measured from /proc), a client that stops
 //! reading, a second device and unacknowledged DMs, a traceparent built to break the
-//! pub/sub payload, and forwarded paths that try to leave their route.
+//! pub/sub payload, forwarded paths that try to leave their route, and a client that pings
+//! but never reads (`pings`).
 
 use chat_gateway::config::RouteConfig;
 use chat_gateway::engine::{Broker, Publish};
@@ -18,6 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
+
+#[path = "hostile/pings.rs"]
+mod pings;
 
 /// What the history bomb may add to the gateway's resident memory while one client pages
 /// through 500 messages of 63 KB (32 MB) and then replays all of them. Before issue 18 one

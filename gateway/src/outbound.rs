@@ -28,6 +28,8 @@ mod receiver;
 mod tests;
 #[cfg(test)]
 mod tests_wire;
+#[cfg(test)]
+mod tests_writer;
 mod wire;
 mod writer;
 

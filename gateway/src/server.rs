@@ -261,20 +261,28 @@ pub(crate) fn connection_task(
     upgraded.flatten()
 }
 
+/// Most bytes of control frames (pings, pongs, the close) waiting in tungstenite's write
+/// buffer: about 60 pongs of the largest payload.
+pub const CONTROL_BUFFER_BYTES: usize = 8 * 1024;
+
 /// tungstenite's defaults (128 KiB read and write buffers) would dominate the memory of an
 /// idle connection; chat frames are small. The read buffer is allocated with the
 /// connection and kept for its life, and is also the most one read takes from the
 /// socket: 256 bytes hold a typical command (a `send` of a 100-byte body is about 180;
 /// a larger frame takes a read per 256 bytes). 512 cost every idle connection 256 bytes
 /// more (bench/summary.md).
-/// Writes collect up to 16 KiB and go out in one syscall per batch (the writer flushes
-/// after each batch) instead of one per frame.
+/// Text frames go to the socket through the [`Wire`], never through tungstenite's write
+/// buffer, which holds only pings, pongs and the close frame until the writer's flush. Its
+/// bound ([`CONTROL_BUFFER_BYTES`]) is what a client that pings but never reads can pin:
+/// tungstenite queues a pong per ping there while the socket is full. At the old bound
+/// (the outbound queue's bytes and a frame) that was about 1 MiB per connection; past this
+/// one the writer's next ping fails and closes the connection as a slow consumer.
 fn ws_config(node: &Node) -> WebSocketConfig {
     let limits = &node.config.limits;
     WebSocketConfig::default()
         .read_buffer_size(256)
-        .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(limits.outbound_queue_bytes + limits.max_frame_bytes + 4096)
+        .write_buffer_size(CONTROL_BUFFER_BYTES / 2)
+        .max_write_buffer_size(CONTROL_BUFFER_BYTES)
         .max_message_size(Some(limits.max_frame_bytes))
         .max_frame_size(Some(limits.max_frame_bytes))
 }

@@ -1,14 +1,15 @@
-//! The queue and the writer: overflow, pacing, holding, ordering, the write timeout.
+//! The queue and the writer: overflow, pacing, holding, ordering (how the writer ends:
+//! `tests_writer.rs`).
 
 use super::*;
 use crate::disconnect::WRITE_TIMEOUT;
 use crate::protocol::StreamPosition;
 use futures_util::Sink;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-fn env(room: &str, seq: u64) -> Arc<Envelope> {
+pub(super) fn env(room: &str, seq: u64) -> Arc<Envelope> {
     Envelope::for_test(room, seq, format!("{{\"seq\":{seq}}}"))
 }
 
@@ -213,7 +214,7 @@ async fn a_second_catchup_of_a_room_writes_nothing_twice() {
     assert_eq!(outcome.delivered, 4, "nothing written twice");
 }
 
-fn settings(heartbeat_ms: u64) -> WriterSettings {
+pub(super) fn settings(heartbeat_ms: u64) -> WriterSettings {
     WriterSettings {
         heartbeat: Duration::from_millis(heartbeat_ms),
         on_delivered: Arc::new(|_, _| {}),
@@ -303,80 +304,6 @@ async fn a_replay_into_a_slow_reader_leaves_live_traffic_half_the_queue() {
     // More than the queue's bound of bytes is still an overflow.
     assert!(!q.push(Outbound::Frame("x".repeat(3).into())));
     assert_eq!(q.close_reason(), Some(SLOW_CONSUMER));
-}
-
-/// Messages the writer took but never got onto the socket (the write timed out) are not
-/// in the positions it reports: the session saved at the close must not skip them.
-#[tokio::test]
-async fn messages_a_timed_out_write_never_sent_are_not_reported_written() {
-    let (q, rx) = queue(100, 1 << 20);
-    let room: Arc<str> = "r".into();
-    assert!(q.push(Outbound::BeginCatchup(room.clone())));
-    assert!(q.push(Outbound::Replay {
-        room: room.clone(),
-        from: StreamPosition::new("e", 1),
-        msgs: vec![env("r", 2), env("r", 3)],
-    }));
-    assert!(q.push(Outbound::Release(room.clone())));
-    assert!(q.push(Outbound::Msg(env("r", 4))));
-    let task = tokio::spawn(run_writer(stalled_sink(), rx, settings(100)));
-    let outcome = tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .expect("writer gives up")
-        .expect("writer");
-    assert_eq!(q.close_reason(), Some(WRITE_TIMEOUT));
-    // Where the client stood before the replay: none of 2, 3, 4 reached it.
-    assert_eq!(
-        outcome.positions.get("r"),
-        Some(&StreamPosition::new("e", 1))
-    );
-}
-
-#[tokio::test]
-async fn a_write_that_never_completes_closes_within_two_heartbeats() {
-    let (q, rx) = queue(100, 1 << 20);
-    let started = Instant::now();
-    let task = tokio::spawn(run_writer(stalled_sink(), rx, settings(100)));
-    assert!(q.frame("hello"));
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .expect("writer gives up")
-        .expect("writer");
-    assert_eq!(q.close_reason(), Some(WRITE_TIMEOUT));
-    assert!(started.elapsed() >= Duration::from_millis(200));
-}
-
-/// A socket whose peer stopped reading: every send stays pending.
-fn stalled_sink() -> impl Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin {
-    Box::pin(futures_util::sink::unfold(
-        (),
-        |_, _msg: Message| async move {
-            std::future::pending::<()>().await;
-            Ok::<_, tokio_tungstenite::tungstenite::Error>(())
-        },
-    ))
-}
-
-/// The close frame is a write like any other: after a slow-consumer close it gets the
-/// write timeout (a client still reading gets it behind its backlog); after a write
-/// timeout (the socket is known stalled) or in a drain it gets one second.
-#[tokio::test(start_paused = true)]
-async fn the_close_frame_gets_the_write_timeout_unless_the_write_timed_out() {
-    let draining = crate::disconnect::DRAINING;
-    for (close, took) in [(Some(SLOW_CONSUMER), 20), (None, 21), (Some(draining), 1)] {
-        let (q, rx) = queue(100, 1 << 20);
-        let started = tokio::time::Instant::now();
-        let task = tokio::spawn(run_writer(stalled_sink(), rx, settings(10_000)));
-        assert!(q.frame("hello"));
-        tokio::task::yield_now().await;
-        if let Some(reason) = close {
-            q.close(reason);
-        }
-        task.await.expect("writer");
-        // Paused time: the clock moves only to the next timer, so this is exact.
-        assert_eq!(started.elapsed().as_secs(), took, "{close:?}");
-        assert_eq!(q.close_reason(), Some(close.unwrap_or(WRITE_TIMEOUT)));
-    }
 }
 
 /// A sink backed by an unbounded channel, standing in for the socket.

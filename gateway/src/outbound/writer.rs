@@ -89,7 +89,11 @@ where
             let written = Box::pin(within(batch, write_timeout, &shared)).await;
             let Some(written) = written else { break };
             shared.drained.notify_waiters();
-            if written.is_err() {
+            if let Err(e) = written {
+                // The queue stops with the writer: the socket loop waits on it, and the
+                // heartbeat sees it closed. Left open, a connection whose writer had
+                // ended lived on as long as its client sent anything now and then.
+                shared.stop(failed_write_reason(&e));
                 break;
             }
             rx.settle();
@@ -108,6 +112,13 @@ where
             wire,
         }
     }
+}
+
+/// Why a failed write closes the connection: tungstenite's write buffer full (of the
+/// pongs to a client that pings but does not read) is a slow consumer; otherwise the
+/// socket failed, the client is gone, and the close counts as the client's.
+fn failed_write_reason(e: &Error) -> Option<CloseReason> {
+    matches!(e, Error::WriteBufferFull(_)).then_some(SLOW_CONSUMER)
 }
 
 /// How long the close frame may wait where waiting for the client is pointless.
