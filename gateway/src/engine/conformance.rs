@@ -1,6 +1,7 @@
 //! Engine conformance suite: every engine must pass these, unchanged.
 
 mod bounded;
+mod expiry;
 mod head;
 mod nodes;
 mod presence;
@@ -34,6 +35,8 @@ pub async fn run_all(factory: &impl Factory) {
     duplicate_msg_id_returns_original_seq(factory).await;
     history_paging(factory).await;
     retention_by_count_and_age(factory).await;
+    expiry::a_backlog_of_expired_messages_leaves_at_once(factory).await;
+    expiry::expired_dms_no_longer_count_against_the_quota(factory).await;
     presence_join_leave(factory).await;
     presence::many_leaves_at_once_are_each_a_leave(factory).await;
     presence::a_listing_holds_at_most_its_limit_and_counts_all(factory).await;

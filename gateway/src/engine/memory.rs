@@ -173,12 +173,15 @@ impl Broker for MemoryEngine {
         } else {
             0
         };
+        // Expired messages go first: a sender whose messages all expired is under its
+        // quota again, without waiting for the next publish's trim or the idle prune.
+        let ts = now_ms();
+        s.trim(self.retention(&msg.room), ts);
         if !s.under_quota(&msg.from, quota) {
             return Err(EngineError::Quota(format!(
                 "you have {quota} messages in this inbox already; wait until some expire"
             )));
         }
-        let ts = now_ms();
         s.top += 1;
         let seq = s.top;
         let frame = msg_frame(msg.content(), seq, &s.epoch, ts);

@@ -23,14 +23,19 @@ use std::sync::LazyLock;
 /// quota. KEYS: meta, stream, dedup, sender quota. ARGV: channel, epoch candidate, frame
 /// head, frame tail, max messages, max age ms, dedup window ms, traceparent (or `-`),
 /// epoch this node saw (or ``), seq this node saw in it, quota (0: none).
-pub static PUBLISH: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/publish.lua")));
+pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/trim.lua"),
+        include_str!("lua/publish.lua")
+    ))
+});
 
 /// Reads a page of history, creating nothing. Returns {epoch (`` without meta), top,
 /// first, more, seq1, frame1, seq2, frame2, ...}. KEYS: meta, stream. ARGV: start id, end
 /// id, reverse (0/1), limit, max age ms, max bytes (0: no cap).
 pub static HISTORY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
+        include_str!("lua/trim.lua"),
         include_str!("lua/head.lua"),
         include_str!("lua/history.lua")
     ))
@@ -41,6 +46,7 @@ pub static HISTORY: LazyLock<Script> = LazyLock::new(|| {
 /// room. Keys of several rooms in one call only outside a cluster.
 pub static HEADS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
+        include_str!("lua/trim.lua"),
         include_str!("lua/head.lua"),
         include_str!("lua/heads.lua")
     ))
@@ -58,6 +64,7 @@ pub static EPOCH_BUMP: LazyLock<Script> =
 /// ttl ms, publish command, channel prefix, max age ms.
 pub static PRESENCE_JOIN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
+        include_str!("lua/trim.lua"),
         include_str!("lua/head.lua"),
         include_str!("lua/presence_join.lua")
     ))

@@ -1,6 +1,6 @@
--- A room's head, for the scripts that start with this file (history, presence join):
--- its epoch ('' without meta: reading creates nothing), top and first retained seq.
--- Expired messages go from the front first; the oldest alone is looked at (see publish).
+-- A room's head, for the scripts that start with this file (history, presence join,
+-- heads; trim.lua comes first): its epoch ('' without meta: reading creates nothing), top
+-- and first retained seq, after the expired messages left.
 local function head(meta_key, stream_key, max_age)
   local meta = redis.call('HMGET', meta_key, 'epoch', 'seq')
   local epoch = meta[1]
@@ -8,14 +8,8 @@ local function head(meta_key, stream_key, max_age)
   local top = tonumber(meta[2] or '0')
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local oldest = redis.call('XRANGE', stream_key, '-', '+', 'COUNT', 1)
-  if oldest[1] and now - tonumber(oldest[1][2][4]) > max_age then
-    for _, e in ipairs(redis.call('XRANGE', stream_key, '-', '+', 'COUNT', 32)) do
-      if now - tonumber(e[2][4]) > max_age then redis.call('XDEL', stream_key, e[1]) else break end
-    end
-    oldest = redis.call('XRANGE', stream_key, '-', '+', 'COUNT', 1)
-  end
+  local oldest = trim_expired(stream_key, now, max_age)
   local first = top + 1
-  if oldest[1] then first = tonumber(string.match(oldest[1][1], '^(%d+)')) end
+  if oldest then first = seq_of(oldest) end
   return epoch, top, first
 end

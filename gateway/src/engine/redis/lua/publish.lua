@@ -26,12 +26,18 @@ if dup then
   -- An id is a duplicate within its epoch; one stored in a replaced epoch is stored again.
   if depoch == epoch then return {tonumber(dseq), epoch, 1, 0} end
 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local max_age = tonumber(ARGV[6])
+-- Expired messages go before the quota is counted: a sender whose messages all expired
+-- was refused until someone else's publish or read trimmed them (`trim_expired` comes
+-- from trim.lua, which this script starts with).
+local oldest = trim_expired(KEYS[2], now, max_age)
 -- DM quota: the sender's seqs still retained in this inbox (KEYS[4]), at most ARGV[11].
 local quota = tonumber(ARGV[11])
 if quota > 0 then
-  local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
   if oldest then
-    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. string.match(oldest[1], '^%d+'))
+    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. seq_of(oldest))
   else
     -- Nothing retained (expired, or a new epoch): none of the sender's seqs count.
     redis.call('DEL', KEYS[4])
@@ -39,26 +45,15 @@ if quota > 0 then
   if redis.call('ZCARD', KEYS[4]) >= quota then return {0, epoch, 2, 0} end
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local frame = ARGV[3] .. seq .. ',"epoch":"' .. epoch .. '","ts":' .. now .. ARGV[4]
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], seq .. '-1', 'f', frame, 't', now)
-local max_age = tonumber(ARGV[6])
--- Expired messages go from the front. The oldest alone is looked at first: reading 32
--- entries into Lua on every publish cost Redis more than the rest of the script.
-local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
-if oldest and now - tonumber(oldest[2][4]) > max_age then
-  for _, e in ipairs(redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 32)) do
-    if now - tonumber(e[2][4]) > max_age then redis.call('XDEL', KEYS[2], e[1]) else break end
-  end
-end
 -- The stream lives two max ages after its last refresh, the meta (the seq counter) a week
 -- longer so an idle room keeps its epoch. Refreshing them on every publish cost two of its
 -- commands; now only once less than one and a half max ages are left (a message appended
 -- now still outlives its own max age; a longer max age in the config refreshes at once),
--- or when this message is the stream's oldest: the stream is new (a new room or epoch, or
--- it expired or was evicted under its meta) and has no expiry yet.
-if lives_until - now < max_age * 1.5 or (oldest and oldest[1] == seq .. '-1') then
+-- or when the stream held nothing before this message: it may be new (a new room or
+-- epoch, or it expired or was evicted under its meta) and without an expiry yet.
+if lives_until - now < max_age * 1.5 or not oldest then
   redis.call('PEXPIRE', KEYS[1], max_age * 2 + 604800000)
   redis.call('PEXPIRE', KEYS[2], max_age * 2)
   redis.call('HSET', KEYS[1], 'e', now + max_age * 2)
