@@ -380,3 +380,40 @@ async fn a_history_of_limit_zero_says_whether_there_is_more() {
         assert_eq!(page["top"], 3, "{page}");
     }
 }
+
+/// Two deployments on one Redis that differ only by database: pub/sub ignores databases,
+/// so with the same key prefix each heard the other's rooms (and control commands) until
+/// channel names carried the database. A message published on database 2 reaches no
+/// member on database 1; one published on 1 after it does, first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_on_two_databases_of_one_redis_hear_only_their_own() {
+    let redis = RedisServer::start();
+    let prefix = format!("t{:08x}", rand::random::<u32>());
+    let hub = Arc::new(Hub::default());
+    let ours = engine_on_hub(hub.clone(), &format!("{}/1", redis.url()), &prefix).await;
+    let theirs = engine_with_prefix(&format!("{}/2", redis.url()), &prefix).await;
+    let (mut member, _) = listen(&hub, &*ours, "lobby", 1).await;
+    let (mut dm, _) = listen(&hub, &*ours, "user:ann", 2).await;
+    // Theirs has its own room and inbox of those names, at seq 1 and 2 each.
+    for n in 1..=2 {
+        theirs.publish(message("lobby", n)).await.expect("publish");
+        theirs
+            .publish(message("user:ann", n))
+            .await
+            .expect("publish");
+    }
+    ours.publish(message("lobby", 1)).await.expect("publish");
+    ours.publish(message("user:ann", 1)).await.expect("publish");
+    assert_eq!(next_msg(&mut member).await, Some(("lobby".into(), 1)));
+    assert_eq!(next_msg(&mut dm).await, Some(("user:ann".into(), 1)));
+    assert_eq!(
+        member.try_recv_for_test().map(|_| "more"),
+        None,
+        "nothing of theirs"
+    );
+    assert_eq!(
+        dm.try_recv_for_test().map(|_| "more"),
+        None,
+        "nothing of theirs"
+    );
+}

@@ -177,6 +177,15 @@ impl Backend {
         }
     }
 
+    /// The database commands go to: the single server's URL's, else 0 (a cluster has only
+    /// database 0; a Sentinel's master is used on 0).
+    pub(crate) fn db(&self) -> i64 {
+        match self {
+            Backend::Single(c) => c.get_connection_info().redis_settings().db(),
+            Backend::Cluster { .. } | Backend::Sentinel(_) => 0,
+        }
+    }
+
     /// Whether this is a Redis Cluster.
     pub(crate) fn is_cluster(&self) -> bool {
         matches!(self, Backend::Cluster { .. })

@@ -23,6 +23,11 @@ pub(crate) struct Route {
 #[derive(Clone)]
 pub(crate) struct Keys {
     pub(crate) prefix: String,
+    /// What channel names start with: the prefix, and on a database other than 0 its
+    /// number (`chatgw@2`). Pub/sub ignores databases: two deployments on one Redis that
+    /// differ only by database would otherwise hear each other's messages and control
+    /// commands.
+    channels: String,
     /// Redis Cluster layout: sharded channels named with hash tags, inbox buckets.
     pub(crate) cluster: bool,
 }
@@ -41,6 +46,19 @@ pub(crate) fn bucket(room: &str) -> u32 {
 // starts with an argument starts from an empty buffer and grows it, a reallocation and a
 // copy each time (1.6% of the gateway's CPU in a churn of connects).
 impl Keys {
+    /// The names of a deployment with key prefix `prefix` on database `db`.
+    pub(crate) fn new(prefix: &str, db: i64, cluster: bool) -> Keys {
+        let channels = match db {
+            0 => prefix.to_string(),
+            n => format!("{prefix}@{n}"),
+        };
+        Keys {
+            prefix: prefix.to_string(),
+            channels,
+            cluster,
+        }
+    }
+
     fn room(&self, room: &str, suffix: &str) -> String {
         if self.cluster && crate::protocol::is_inbox(room) {
             // `#` is never in a room name: no room's tag can equal a bucket's.
@@ -77,14 +95,14 @@ impl Keys {
     /// The channel of a room (not an inbox: see [`route`](Self::route)).
     pub(crate) fn channel(&self, room: &str) -> String {
         if self.cluster {
-            [&self.prefix, ":{", room, "}:c"].concat()
+            [&self.channels, ":{", room, "}:c"].concat()
         } else {
-            [&self.prefix, ":c:", room].concat()
+            [&self.channels, ":c:", room].concat()
         }
     }
     /// The room a room channel belongs to.
     pub(crate) fn room_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
-        let rest = channel.strip_prefix(&self.prefix)?;
+        let rest = channel.strip_prefix(&self.channels)?;
         if self.cluster {
             rest.strip_prefix(":{")?.strip_suffix("}:c")
         } else {
@@ -96,16 +114,16 @@ impl Keys {
     pub(crate) fn inbox_channels(&self) -> Vec<String> {
         if self.cluster {
             (0..INBOX_BUCKETS)
-                .map(|b| format!("{}:{{#{b}}}:i", self.prefix))
+                .map(|b| format!("{}:{{#{b}}}:i", self.channels))
                 .collect()
         } else {
-            vec![format!("{}:i", self.prefix)]
+            vec![format!("{}:i", self.channels)]
         }
     }
     /// Whether a channel is a node-wide inbox channel.
     pub(crate) fn is_inbox_channel(&self, channel: &str) -> bool {
         channel
-            .strip_prefix(&self.prefix)
+            .strip_prefix(&self.channels)
             .is_some_and(|rest| rest == ":i" || (rest.starts_with(":{#") && rest.ends_with("}:i")))
     }
     /// Where a room's (or an inbox's) traffic goes. An inbox has no channel of its own:
@@ -116,9 +134,9 @@ impl Keys {
         let command = if self.cluster { "SPUBLISH" } else { "PUBLISH" };
         if crate::protocol::is_inbox(room) {
             let channel = if self.cluster {
-                format!("{}:{{#{}}}:i", self.prefix, bucket(room))
+                format!("{}:{{#{}}}:i", self.channels, bucket(room))
             } else {
-                [&self.prefix, ":i"].concat()
+                [&self.channels, ":i"].concat()
             };
             Route {
                 channel,
@@ -158,10 +176,7 @@ mod tests {
     use super::*;
 
     fn keys(cluster: bool) -> Keys {
-        Keys {
-            prefix: "cg".into(),
-            cluster,
-        }
+        Keys::new("cg", 0, cluster)
     }
 
     #[test]
@@ -191,6 +206,20 @@ mod tests {
         }
         assert_eq!(keys(false).channel("lobby"), "cg:c:lobby");
         assert_eq!(keys(true).channel("lobby"), "cg:{lobby}:c");
+    }
+
+    #[test]
+    fn channels_on_a_database_other_than_0_carry_it_and_keys_do_not() {
+        let k = Keys::new("cg", 2, false);
+        assert_eq!(k.meta("lobby"), "cg:{lobby}:m");
+        assert_eq!(k.session("t0k"), "cg:sess:t0k");
+        assert_eq!(k.channel("lobby"), "cg@2:c:lobby");
+        assert_eq!(k.room_of_channel("cg@2:c:lobby"), Some("lobby"));
+        assert_eq!(k.room_of_channel("cg:c:lobby"), None, "database 0's");
+        assert_eq!(k.inbox_channels(), ["cg@2:i"]);
+        assert!(k.is_inbox_channel("cg@2:i") && !k.is_inbox_channel("cg:i"));
+        assert_eq!(k.route("user:ann").channel, "cg@2:i");
+        assert_eq!(Keys::new("cg", 0, false).channel("lobby"), "cg:c:lobby");
     }
 
     #[test]

@@ -104,10 +104,7 @@ impl RedisEngine {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
         let shared = Arc::new(Shared::new(SharedParts {
-            keys: Keys {
-                prefix: config.redis.key_prefix.clone(),
-                cluster: backend.is_cluster(),
-            },
+            keys: Keys::new(&config.redis.key_prefix, backend.db(), backend.is_cluster()),
             backend,
             manager_config,
             hub,
