@@ -64,6 +64,12 @@ async fn the_node_registry_lists_every_node_of_its_prefix_only() {
         .map(|n| n.id)
         .collect();
     assert_eq!(theirs, ["stranger"]);
+    // The registry expires with its nodes' entries (it outlived every gateway before).
+    let ttl = redis.command(&["PTTL", &format!("{ours}:nodes")]);
+    assert!(
+        matches!(ttl, Ok(redis::Value::Int(ms)) if ms > 0 && ms <= 15_000),
+        "{ttl:?}"
+    );
 }
 
 /// An inbox's subscription on a node that does not deliver it yet hands back the head the

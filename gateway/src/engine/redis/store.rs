@@ -124,7 +124,9 @@ impl Nodes for RedisEngine {
         let mut c = s.conn();
         let key = s.keys.node(&r.id);
         let json = serde_json::to_string(r).map_err(|e| EngineError::Internal(e.to_string()))?;
-        // The entry and the registry are two keys (two slots in a cluster): two calls.
+        // The entry and the registry are two keys (two slots in a cluster): two calls. The
+        // registry expires with the last node's entry: without one it outlived every
+        // gateway of its prefix (the only key without an expiry).
         let mut c2 = c.clone();
         let entry = s.run(c.pset_ex::<_, _, ()>(&key, json, NODE_TTL.as_millis() as u64));
         let mut pipe = redis::pipe();
@@ -135,6 +137,8 @@ impl Nodes for RedisEngine {
                 "-inf",
                 r.heartbeat.saturating_sub(NODE_TTL.as_millis() as u64),
             )
+            .ignore()
+            .pexpire(s.keys.nodes(), NODE_TTL.as_millis() as i64)
             .ignore();
         let registry = s.run(pipe.query_async::<()>(&mut c2));
         let (a, b) = futures_util::future::join(entry, registry).await;
