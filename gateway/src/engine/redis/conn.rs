@@ -206,6 +206,18 @@ pub(crate) fn cluster_builder(
     }
 }
 
+/// The address a master's client is known by: the one it connects to, whatever a
+/// Sentinel was asked before (see [`SentinelTarget::refresh`]); the asked one only for a
+/// client on a Unix socket.
+fn known_as(asked: (String, u16), client: &redis::Client) -> (String, u16) {
+    match client.get_connection_info().addr() {
+        ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+            (host.clone(), *port)
+        }
+        _ => asked,
+    }
+}
+
 /// The master Sentinel names, as last found.
 pub(crate) struct SentinelTarget {
     master_name: String,
@@ -293,7 +305,13 @@ impl SentinelTarget {
         .map_err(|e| EngineError::Unavailable(format!("redis sentinel: {e}")))?;
         let at = client.get_connection_info().addr().to_string();
         tracing::warn!(master = %self.master_name, at, "redis master (from sentinel)");
-        *super::shared::lock(&self.current) = Some((addr.0, addr.1, client));
+        // Stored under the address of the client the crate built, not the one asked: the
+        // crate asks the Sentinels again, in their order, and during a failover one may
+        // still name the old master. Stored under the asked (new) address, that client to
+        // the old master was never replaced: every later answer matched, and once the old
+        // master was demoted every write failed READONLY for good.
+        let (host, port) = known_as(addr, &client);
+        *super::shared::lock(&self.current) = Some((host, port, client));
         Ok(true)
     }
 
@@ -338,5 +356,17 @@ impl SentinelTarget {
                 }))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_master_is_known_by_the_address_its_client_connects_to() {
+        let client = redis::Client::open("redis://10.0.0.1:6379").expect("client");
+        let asked = ("10.0.0.2".to_string(), 6379);
+        assert_eq!(known_as(asked, &client), ("10.0.0.1".to_string(), 6379));
     }
 }
