@@ -4,9 +4,12 @@
 //! published messages to the node's [`Hub`](crate::hub::Hub) and pass the same
 //! conformance suite (`engine::conformance`).
 
+mod history;
 pub mod memory;
 pub mod redis;
 pub mod seen;
+
+pub use history::{cut_page, page, History, HistoryPage, HistoryQuery, EMPTY_EPOCH};
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
@@ -164,83 +167,6 @@ pub fn retention<'a>(
     }
 }
 
-/// Which part of a room's history to read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HistoryQuery {
-    /// Only seq > since, oldest first.
-    pub since: Option<u64>,
-    /// Only seq < before; without `since`, the newest `limit` of those.
-    pub before: Option<u64>,
-    /// At most this many messages.
-    pub limit: usize,
-    /// At most this many bytes of frames (0: no cap). The first message of the page is
-    /// always included, so a page makes progress whatever the cap.
-    pub max_bytes: usize,
-}
-
-/// The epoch a room without any stored message reports. Reading a room creates nothing,
-/// so a room nobody wrote to has no epoch of its own yet; its first message starts a
-/// random one. A client position at seq 0 is covered in any epoch (it has seen nothing).
-pub const EMPTY_EPOCH: &str = "0000000000000000";
-
-/// A slice of history plus where the retained history starts and ends.
-#[derive(Debug, Clone)]
-pub struct HistoryPage {
-    /// Epoch of the room.
-    pub epoch: Arc<str>,
-    /// Highest seq assigned so far (0 when none).
-    pub top: u64,
-    /// Lowest seq still retained (`top + 1` when nothing is retained).
-    pub first: u64,
-    /// Messages, in ascending seq.
-    pub messages: Vec<Arc<Envelope>>,
-    /// Messages of the asked range were left out by `limit` or `max_bytes`.
-    pub more: bool,
-}
-
-impl HistoryPage {
-    /// Whether everything after `seq` (in `epoch`) is still retained. Seq 0 means "nothing
-    /// seen yet": any epoch covers it while nothing was trimmed. [`EMPTY_EPOCH`] says no
-    /// more than a missing epoch (a position taken before the room's first message).
-    pub fn covers(&self, seq: u64, epoch: Option<&str>) -> bool {
-        let same_epoch = seq == 0 || epoch.is_none_or(|e| e == &*self.epoch || e == EMPTY_EPOCH);
-        same_epoch && seq <= self.top && self.first <= seq + 1
-    }
-
-    /// An empty page of a room with no stored message.
-    pub fn empty() -> HistoryPage {
-        HistoryPage {
-            epoch: EMPTY_EPOCH.into(),
-            top: 0,
-            first: 1,
-            messages: Vec::new(),
-            more: false,
-        }
-    }
-}
-
-/// Cuts a run of messages (in the order a page is filled: oldest first for `since`,
-/// newest first otherwise) to `limit` messages and `max_bytes` bytes (0: no byte cap),
-/// always keeping the first one. Returns the kept ones and whether any were left out.
-pub fn cut_page<'a>(
-    run: impl Iterator<Item = &'a Arc<Envelope>>,
-    limit: usize,
-    max_bytes: usize,
-) -> (Vec<Arc<Envelope>>, bool) {
-    let mut out: Vec<Arc<Envelope>> = Vec::new();
-    let mut bytes = 0usize;
-    for env in run {
-        let full = out.len() >= limit
-            || (max_bytes > 0 && !out.is_empty() && bytes + env.frame.len() > max_bytes);
-        if full {
-            return (out, true);
-        }
-        bytes += env.frame.len();
-        out.push(env.clone());
-    }
-    (out, false)
-}
-
 /// What a disconnected session leaves behind for a resume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionRecord {
@@ -338,13 +264,6 @@ pub trait Broker: Send + Sync {
     async fn subscribe(&self, room: &str) -> Result<Option<HistoryPage>, EngineError>;
     /// This node no longer wants the room's messages (last local subscriber left).
     async fn unsubscribe(&self, room: &str) -> Result<(), EngineError>;
-}
-
-/// Stored messages of rooms and inboxes.
-#[async_trait]
-pub trait History: Send + Sync {
-    /// Reads history.
-    async fn history(&self, room: &str, query: HistoryQuery) -> Result<HistoryPage, EngineError>;
 }
 
 /// A connection leaving a room's presence ([`PresenceManager::presence_leave_all`]).

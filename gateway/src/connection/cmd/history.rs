@@ -35,26 +35,17 @@ pub(super) async fn handle(s: &mut Session, cmd: History) -> Handled {
     let query = HistoryQuery {
         since: cmd.since,
         before: cmd.before,
-        // `limit: 0` asks for the room's top and first only: the engines (which answered
-        // it differently) are asked for one message, which is left out; `more` then says
-        // whether the asked range holds any.
-        limit: limit.max(1),
+        limit,
         max_bytes: s.node.config.limits.history_page_cap(),
     };
-    let page = s.node.engine.history(&cmd.room, query).await?;
-    let (more, messages) = if limit == 0 {
-        (page.more || !page.messages.is_empty(), Vec::new())
-    } else {
-        let frames = page.messages.iter().map(|m| m.frame.clone()).collect();
-        (page.more, frames)
-    };
+    let page = crate::engine::page(&*s.node.engine, &cmd.room, query).await?;
     Ok(Reply::History(HistoryOk {
         room: cmd.room,
         epoch: page.epoch,
         top: page.top,
         first: page.first,
-        more,
-        messages,
+        more: page.more,
+        messages: page.messages.iter().map(|m| m.frame.clone()).collect(),
     })
     .into())
 }
