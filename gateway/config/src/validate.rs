@@ -241,6 +241,11 @@ impl Config {
             if is_empty_path(&self.api.keys_file) {
                 return bad("api.keysFile is set but empty: name the file, or leave it out".into());
             }
+            if let Some(i) = self.api.keys.iter().position(|k| k.trim().is_empty()) {
+                return bad(format!(
+                    "api.keys[{i}] is empty: it would admit a request with an empty key"
+                ));
+            }
             if self.api.keys.is_empty() && self.api.keys_file.is_none() {
                 return bad(
                     "api.listen is set but no key is: set api.keysFile (or api.keys)".into(),

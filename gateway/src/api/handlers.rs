@@ -168,7 +168,12 @@ fn message_parts(
         )));
     }
     if body.get().len() > node.config.limits.max_frame_bytes {
-        return Err(ApiError::bad("body larger than limits.maxFrameBytes"));
+        // 413 as for a request too large to read: one error, one status.
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "body larger than limits.maxFrameBytes",
+        ));
     }
     let msg_id = match msg_id {
         Some(m) if m.is_empty() || m.len() > 128 => {
@@ -331,18 +336,13 @@ async fn history(node: &Node, query: &str) -> Result<Response<Body>, ApiError> {
     let limit = number(query, "limit")?
         .map_or(50, |l| l as usize)
         .min(protocol::MAX_HISTORY_LIMIT);
-    let page = node
-        .engine
-        .history(
-            &room,
-            HistoryQuery {
-                since: number(query, "since")?,
-                before: number(query, "before")?,
-                limit,
-                max_bytes: node.config.limits.history_page_cap(),
-            },
-        )
-        .await?;
+    let asked = HistoryQuery {
+        since: number(query, "since")?,
+        before: number(query, "before")?,
+        limit,
+        max_bytes: node.config.limits.history_page_cap(),
+    };
+    let page = crate::engine::page(&*node.engine, &room, asked).await?;
     let reply = HistoryOk {
         room,
         epoch: page.epoch,

@@ -180,14 +180,17 @@ async fn serve(node: Arc<Node>, listener: TcpListener, keys: Arc<ApiKeys>, max: 
     }
 }
 
-/// The key presented in `Authorization: Bearer` or `X-Api-Key`.
-fn presented_key(req: &Request<Incoming>) -> Option<&str> {
-    let h = req.headers();
+/// The key presented in `Authorization: Bearer` (the scheme in any case, as HTTP has
+/// it) or `X-Api-Key`; an empty one is none.
+fn presented_key(h: &http::HeaderMap) -> Option<&str> {
     h.get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|a| a.strip_prefix("Bearer "))
+        .and_then(|a| a.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key)
         .or_else(|| h.get("x-api-key").and_then(|v| v.to_str().ok()))
         .map(str::trim)
+        .filter(|key| !key.is_empty())
 }
 
 async fn route(node: &Arc<Node>, keys: &ApiKeys, req: Request<Incoming>) -> Response<Body> {
@@ -224,7 +227,7 @@ async fn route(node: &Arc<Node>, keys: &ApiKeys, req: Request<Incoming>) -> Resp
             HeaderValue::from_static("application/json"),
         );
         Ok(r)
-    } else if !presented_key(&req).is_some_and(|k| keys.accepts(k)) {
+    } else if !presented_key(req.headers()).is_some_and(|k| keys.accepts(k)) {
         Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -339,5 +342,60 @@ mod tests {
         documented.sort();
         served.sort();
         assert_eq!(documented, served);
+    }
+
+    #[test]
+    fn a_key_is_taken_from_a_bearer_of_any_case_or_x_api_key_and_never_empty() {
+        let key = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = http::HeaderMap::new();
+            for (name, value) in pairs {
+                h.insert(*name, http::HeaderValue::from_static(value));
+            }
+            presented_key(&h).map(str::to_string)
+        };
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            let value: &'static str = Box::leak(format!("{scheme} k1").into_boxed_str());
+            assert_eq!(key(&[("authorization", value)]).as_deref(), Some("k1"));
+        }
+        assert_eq!(key(&[("x-api-key", " k2 ")]).as_deref(), Some("k2"));
+        assert_eq!(key(&[("authorization", "Basic k3")]), None);
+        assert_eq!(key(&[("x-api-key", "")]), None, "an empty key is none");
+        assert_eq!(key(&[("authorization", "Bearer  ")]), None);
+    }
+
+    /// The room pattern of docs/openapi.json admits the characters the gateway does in an
+    /// inbox's name (`|`, `+` and the `%` of escapes were missing: generated clients
+    /// refused `user:auth0|…`), and no other.
+    #[test]
+    fn the_openapi_room_pattern_has_the_gateways_room_characters() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("JSON");
+        let schemas = &doc["components"]["schemas"];
+        let pattern = schemas["PublishRequest"]["properties"]["room"]["pattern"]
+            .as_str()
+            .expect("pattern");
+        let class = pattern
+            .strip_prefix("^[")
+            .and_then(|p| p.strip_suffix("]+$"))
+            .expect("^[class]+$");
+        let mut allowed = Vec::new();
+        let b = class.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if i + 2 < b.len() && b[i + 1] == b'-' {
+                allowed.extend(b[i]..=b[i + 2]);
+                i += 3;
+            } else {
+                allowed.push(b[i]);
+                i += 1;
+            }
+        }
+        for c in 0x21u8..0x7f {
+            let name = match c {
+                b'%' => "user:a%C3%AB".to_string(), // `%` only as an escape, in an inbox
+                _ => format!("user:a{}", c as char),
+            };
+            let ok = crate::protocol::validate_room(&name, 128).is_ok();
+            assert_eq!(allowed.contains(&c), ok, "{:?}", c as char);
+        }
     }
 }

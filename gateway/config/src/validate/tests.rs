@@ -233,6 +233,18 @@ fn routes_may_not_shadow_the_gateways_own_paths() {
 }
 
 #[test]
+fn an_empty_api_key_is_refused() {
+    holds_the_edge(
+        "api.keys[1]",
+        |c| {
+            c.api.listen = Some("127.0.0.1:9090".parse().expect("addr"));
+            c.api.keys = vec!["k".into(), "k2".into()];
+        },
+        |c| c.api.keys[1] = " ".into(),
+    );
+}
+
+#[test]
 fn a_hook_timeout_of_zero_is_refused() {
     let hook = || crate::backend::HookConfig {
         url: "http://backend:8000/join".into(),
