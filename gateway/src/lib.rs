@@ -150,12 +150,18 @@ impl Gateway {
         while self.node.connection_count() > 0 && tokio::time::Instant::now() < until {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        // The last disconnects and messages reach the backend if it answers in time.
-        if let Some(events) = &self.node.hooks.events {
-            let _ = tokio::time::timeout_at(until, events.flush()).await;
-        }
-        // Presence of the connections just closed would otherwise linger past the process.
-        let _ = tokio::time::timeout_at(until, self.node.linger.flush()).await;
+        // The flushes get a deadline of their own, side by side: after a wait that used up
+        // the first, they were cut off at once, and the connections closed last (a forced
+        // drain's) lost their disconnect events and presence leaves.
+        // The last disconnects and messages reach the backend if it answers in time, and
+        // the presence of the connections just closed does not linger past the process.
+        let events = async {
+            if let Some(events) = &self.node.hooks.events {
+                events.flush().await;
+            }
+        };
+        let flushes = futures_util::future::join(events, self.node.linger.flush());
+        let _ = tokio::time::timeout(deadline, flushes).await;
         // Presence changes waiting for their window are flushed, not dropped: whoever is
         // still connected hears of them (other nodes batch these leaves themselves).
         self.node.hub.flush_presence();

@@ -43,6 +43,8 @@ pub struct Linger {
     state: Mutex<State>,
     wake: Notify,
     started: OnceLock<()>,
+    /// Failed leaves' log lines: during a Redis outage every close fails its leaves.
+    failures: crate::log_gate::LogGate,
 }
 
 impl Linger {
@@ -54,6 +56,7 @@ impl Linger {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             started: OnceLock::new(),
+            failures: Default::default(),
         })
     }
 
@@ -68,7 +71,7 @@ impl Linger {
             if let Err(e) = self.engine.presence_leave(room, user, &member).await {
                 // Presence entries expire on their own; a failed leave only shows the
                 // user for a little longer.
-                tracing::warn!(room = %room, error = %e, "presence leave failed");
+                crate::log_gate::warn_gated!(self.failures, room = %room, error = %e, "presence leave failed");
             }
             return;
         }
@@ -153,7 +156,7 @@ impl Linger {
             })
             .collect();
         if let Err(e) = self.engine.presence_leave_all(&leaves).await {
-            tracing::warn!(leaves = leaves.len(), error = %e, "presence leaves failed");
+            crate::log_gate::warn_gated!(self.failures, leaves = leaves.len(), error = %e, "presence leaves failed");
         }
     }
 

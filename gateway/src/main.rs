@@ -191,6 +191,9 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(run(config));
     // Spans of the last moments (the drain) are flushed before exit.
     runtime.block_on(async move { telemetry.shutdown() });
+    // Not a plain drop, which waits for every blocking task (a DNS lookup with CoreDNS
+    // down can take tens of seconds past the pod's grace period).
+    runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
