@@ -307,6 +307,7 @@ async fn jwks_keys_rotate_without_a_restart_and_removed_keys_revoke() {
     c.auth.mode = AuthMode::Jwt;
     c.auth.jwt.jwks_file = Some(file.clone());
     c.auth.jwt.reload_interval = Duration::from_millis(200);
+    c.namespaces = vec![namespace("vip:", |n| n.join = JoinPolicy::Grant)];
     let gw = TestGateway::start(c).await;
     let token = |key: &keys::TestKey, alg, kid: &str, user: &str| {
         jwt::sign_pem(
@@ -344,11 +345,31 @@ async fn jwks_keys_rotate_without_a_restart_and_removed_keys_revoke() {
     new.join("r").await;
     assert_eq!(old.send("r", json!("still connected")).await["type"], "ok");
     assert_eq!(new.next_msg().await["body"], "still connected");
+    // The new key's connection holds a room through a subscription token of the old key.
+    let vip = jwt::sign_pem(
+        ES256,
+        &es.private_pem,
+        Some("es-1"),
+        &jwt::claims("ned", 300, json!({"room": "vip:x"})),
+    );
+    let joined = new
+        .request(json!({"type": "join", "room": "vip:x", "token": vip}))
+        .await;
+    assert_eq!(joined["type"], "ok", "{joined}");
 
-    // Step 2: the old key is removed: its connections close with 4403, the others stay.
+    // Step 2: the old key is removed: its connections close with 4403, the others stay;
+    // the memberships its subscription tokens granted end (they stayed until their exp).
     write(vec![&ed.jwk]);
     assert_eq!(old.expect_close().await.map(|c| c.0), Some(4403));
+    let ended = new.next_of("unsubscribed").await;
+    assert_eq!(
+        (&ended["room"], &ended["reason"]),
+        (&json!("vip:x"), &json!("key revoked")),
+        "{ended}"
+    );
     assert_eq!(new.send("r", json!("unaffected")).await["type"], "ok");
+    let refused = new.send("vip:x", json!("no longer")).await;
+    assert_eq!(refused["code"], "not_joined", "{refused}");
     assert!(
         gw.metric("chatgateway_key_reloads_total{outcome=\"changed\"}")
             .await

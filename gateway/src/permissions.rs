@@ -3,20 +3,23 @@
 //! precedence: the connection token's rooms claim, then a subscription token, then the
 //! namespace's policy (public, a claim, or the backend). docs/protocol.md "Permissions".
 
-use crate::auth::{Identity, Rights};
+use crate::auth::{Identity, RoomGrant};
 use crate::config::{JoinPolicy, NamespaceConfig, SendPolicy};
+use std::sync::Arc;
 
 /// How a join was allowed; what the membership may do afterwards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Membership {
     /// May send (the namespace's send policy and the grant agree).
     pub send: bool,
     /// The subscription token's expiry (Unix seconds) when that is what granted the join.
     pub expires_at: Option<u64>,
+    /// The JWKS key of that subscription token: removing the key ends the membership.
+    pub kid: Option<Arc<str>>,
 }
 
 /// A decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Allowed.
     Allow(Membership),
@@ -26,20 +29,23 @@ pub enum Decision {
     AskBackend,
 }
 
-/// Whether `who` may join `room` of namespace `ns`, given the rights of a verified
-/// subscription token for it (`sub`, with its expiry).
+/// Whether `who` may join `room` of namespace `ns`, given a verified subscription token
+/// for it (`sub`: its rights, expiry and key).
 pub fn may_join(
     ns: &NamespaceConfig,
     room: &str,
     who: &Identity,
-    sub: Option<(Rights, u64)>,
+    sub: Option<&RoomGrant>,
 ) -> Decision {
     let token = who.grants.rights(room);
     if token.join {
         return Decision::Allow(membership(ns, token.send, None));
     }
-    if let Some((rights, expires_at)) = sub.filter(|(r, _)| r.join) {
-        return Decision::Allow(membership(ns, rights.send, Some(expires_at)));
+    if let Some(g) = sub.filter(|g| g.rights.join) {
+        return Decision::Allow(Membership {
+            kid: g.kid.clone(),
+            ..membership(ns, g.rights.send, Some(g.expires_at))
+        });
     }
     match &ns.join {
         JoinPolicy::Public => Decision::Allow(membership(ns, true, None)),
@@ -62,7 +68,11 @@ fn membership(ns: &NamespaceConfig, granted_send: bool, expires_at: Option<u64>)
         SendPolicy::Grant => granted_send,
         SendPolicy::None => false,
     };
-    Membership { send, expires_at }
+    Membership {
+        send,
+        expires_at,
+        kid: None,
+    }
 }
 
 /// The membership the backend grants (its join hook, or its connect hook's rooms): send
@@ -70,7 +80,7 @@ fn membership(ns: &NamespaceConfig, granted_send: bool, expires_at: Option<u64>)
 pub fn backend_grant(ns: &NamespaceConfig, send: bool) -> Membership {
     Membership {
         send: send && ns.send != SendPolicy::None,
-        expires_at: None,
+        ..Membership::default()
     }
 }
 
@@ -88,8 +98,17 @@ pub fn may_read_without_joining(ns: &NamespaceConfig, room: &str, who: &Identity
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{claims::ClaimValues, Grants};
+    use crate::auth::{claims::ClaimValues, Grants, Rights};
     use serde_json::json;
+
+    /// A subscription token's grant, from no particular key.
+    fn grant(rights: Rights, expires_at: u64) -> RoomGrant {
+        RoomGrant {
+            rights,
+            expires_at,
+            kid: None,
+        }
+    }
 
     fn ns(join: JoinPolicy, send: SendPolicy) -> NamespaceConfig {
         NamespaceConfig {
@@ -130,7 +149,8 @@ mod tests {
             d,
             Decision::Allow(Membership {
                 send: true,
-                expires_at: None
+                expires_at: None,
+                kid: None
             })
         );
     }
@@ -149,15 +169,17 @@ mod tests {
             may_join(&room, "team:x", &reader, None),
             Decision::Allow(Membership {
                 send: false,
-                expires_at: None
+                expires_at: None,
+                kid: None
             })
         );
         // Subscription token with send, expiring.
         assert_eq!(
-            may_join(&room, "team:x", &nobody, Some((SEND, 99))),
+            may_join(&room, "team:x", &nobody, Some(&grant(SEND, 99))),
             Decision::Allow(Membership {
                 send: true,
-                expires_at: Some(99)
+                expires_at: Some(99),
+                kid: None
             })
         );
         // A subscription token without join grants nothing.
@@ -166,7 +188,7 @@ mod tests {
             send: true,
         };
         assert!(matches!(
-            may_join(&room, "team:x", &nobody, Some((no_join, 9))),
+            may_join(&room, "team:x", &nobody, Some(&grant(no_join, 9))),
             Decision::Deny(_)
         ));
         // The token claim wins over a subscription token (no expiry then).
@@ -175,11 +197,12 @@ mod tests {
                 &room,
                 "team:x",
                 &who(json!(["team:x"]), &[]),
-                Some((READ, 5))
+                Some(&grant(READ, 5))
             ),
             Decision::Allow(Membership {
                 send: true,
-                expires_at: None
+                expires_at: None,
+                kid: None
             })
         );
     }
@@ -205,7 +228,8 @@ mod tests {
             d,
             Decision::Allow(Membership {
                 send: false,
-                expires_at: None
+                expires_at: None,
+                kid: None
             })
         );
     }

@@ -134,6 +134,8 @@ pub struct RoomGrant {
     pub rights: Rights,
     /// `exp` in Unix seconds.
     pub expires_at: u64,
+    /// The JWKS key that verified the token: its removal ends the membership.
+    pub kid: Option<Arc<str>>,
 }
 
 /// Reads a subscription token's grant: its `rights` claim (`["join", "send"]`, the

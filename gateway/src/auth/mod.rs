@@ -245,7 +245,7 @@ impl Authenticator {
                 "subscription tokens need auth.mode: jwt".into(),
             ));
         }
-        let (claims, _) = self.verify(token)?;
+        let (claims, kid) = self.verify(token)?;
         if subject(&claims)? != user {
             return Err(AuthError::Invalid("token is for another user".into()));
         }
@@ -255,6 +255,7 @@ impl Authenticator {
         Ok(RoomGrant {
             rights: claims::room_rights(&claims),
             expires_at: expiry(&claims).unwrap_or(0),
+            kid: kid.map(Into::into),
         })
     }
 }

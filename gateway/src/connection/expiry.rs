@@ -1,7 +1,9 @@
 //! Token lifecycle: the connection token and rooms' subscription tokens expire. Ahead of
 //! that (`auth.expiryWarning`) the client gets an `expiring` push and may `refresh`; at
 //! the expiry (plus `auth.jwt.leeway`) the connection closes with 4401, or, for a
-//! subscription token, the connection leaves the room with an `unsubscribed` push.
+//! subscription token, the connection leaves the room with an `unsubscribed` push. Removing
+//! the JWKS key that signed a token ends it the same way (close 4403, or `unsubscribed`
+//! with reason `key revoked`).
 //! The same timer saves the session record a moment after a join or a leave
 //! ([`SAVE_DELAY`](super::session::SAVE_DELAY)).
 
@@ -91,14 +93,38 @@ impl Session {
     /// The node left word in the connection's mailbox (new keys, a server unsubscribe):
     /// false when the connection closes (the key of its token was removed).
     pub(super) async fn control_news(&mut self, ctl: &crate::control::ConnCtl) -> bool {
-        if ctl.take_keys_changed() && self.key_revoked() {
-            self.queue.close(disconnect::KEY_REVOKED);
-            return false;
+        if ctl.take_keys_changed() {
+            if self.key_revoked() {
+                self.queue.close(disconnect::KEY_REVOKED);
+                return false;
+            }
+            self.end_revoked_grants().await;
         }
         for msg in ctl.take() {
             self.on_control(msg).await;
         }
         true
+    }
+
+    /// Leaves the rooms a subscription token let in whose key was removed from the key
+    /// set, as if the token had expired. They used to stay joined until the token's `exp`
+    /// (one the holder of a leaked key chose), and through a resume.
+    async fn end_revoked_grants(&mut self) {
+        let auth = &self.node.auth;
+        let revoked: Vec<Arc<str>> = self
+            .rooms
+            .iter()
+            .filter(|(_, j)| j.member.kid.as_deref().is_some_and(|k| !auth.has_kid(k)))
+            .map(|(room, _)| room.clone())
+            .collect();
+        for room in &revoked {
+            self.detach(room).await;
+            self.queue
+                .frame(push::unsubscribed_frame(room, "key revoked"));
+        }
+        if !revoked.is_empty() {
+            self.persist_soon();
+        }
     }
 
     /// Whether the key that verified the connection token was removed from the key set.

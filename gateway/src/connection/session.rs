@@ -407,9 +407,12 @@ impl Session {
             .rooms
             .iter()
             .filter_map(|(room, joined)| {
-                let expires_at = joined.member.expires_at?;
-                let send = joined.member.send;
-                Some((room.to_string(), StoredGrant { send, expires_at }))
+                let grant = StoredGrant {
+                    send: joined.member.send,
+                    expires_at: joined.member.expires_at?,
+                    kid: joined.member.kid.as_deref().map(str::to_string),
+                };
+                Some((room.to_string(), grant))
             })
             .collect();
         if let Some(at) = &self.inbox_acked {

@@ -222,12 +222,15 @@ impl TakenSession {
 }
 
 /// A subscription token's grant, kept in a session record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredGrant {
     /// It allowed sending.
     pub send: bool,
     /// Its expiry, Unix seconds.
     pub expires_at: u64,
+    /// The JWKS key that signed it: a resume after the key's removal does not count it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
 }
 
 /// Engine failures, mapped to protocol error codes by the connection.

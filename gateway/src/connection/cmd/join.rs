@@ -28,11 +28,11 @@ pub(super) async fn handle(s: &mut Session, cmd: Join) -> Handled {
                 .auth
                 .room_token(token, s.user(), &room)
                 .map_err(|e| Refusal::new(ErrorCode::InvalidToken, e.to_string()))?;
-            Some((grant.rights, grant.expires_at))
+            Some(grant)
         }
         None => None,
     };
-    let member = s.decide_join(&room, sub).await?;
+    let member = s.decide_join(&room, sub.as_ref()).await?;
     let caught = s.enter_room(&room, cmd.since.as_ref(), member).await?;
     s.persist_soon();
     Ok(Outcome {

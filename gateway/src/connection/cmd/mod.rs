@@ -95,7 +95,7 @@ impl Session {
     async fn decide_join(
         &self,
         room: &str,
-        sub: Option<(crate::auth::Rights, u64)>,
+        sub: Option<&crate::auth::RoomGrant>,
     ) -> Result<crate::permissions::Membership, Refusal> {
         use crate::hooks::{JoinRequest, Verdict};
         use crate::permissions::{self, Decision};

@@ -48,17 +48,17 @@ pub(super) async fn handle(s: &mut Session, cmd: Refresh) -> Handled {
         .auth
         .room_token(&cmd.token, s.user(), &room)
         .map_err(invalid)?;
-    let sub = Some((grant.rights, grant.expires_at));
-    let mut member = s.decide_join(&room, sub).await?;
+    let mut member = s.decide_join(&room, Some(&grant)).await?;
     let expires_at = backend_expiry(s, Some(&room), grant.expires_at * 1000).await?;
     member.expires_at = member.expires_at.map(|e| e.min(expires_at / 1000));
+    let reply_expires_at = member.expires_at.map_or(expires_at, |e| e * 1000);
     if let Some(joined) = s.rooms.get_mut(&room) {
         joined.member = member;
         joined.warned = false;
     }
     Ok(Reply::Refresh(RefreshOk {
         room: Some(room),
-        expires_at: member.expires_at.map_or(expires_at, |e| e * 1000),
+        expires_at: reply_expires_at,
     })
     .into())
 }

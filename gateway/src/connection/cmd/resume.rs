@@ -7,7 +7,7 @@
 //! entirely (or, for the inbox, its held-back live messages are released).
 
 use super::{Handled, Outcome, Refusal, Session};
-use crate::auth::Rights;
+use crate::auth::{Rights, RoomGrant};
 use crate::connection::catchup::{merge_positions, CaughtUp, Replay};
 use crate::connection::session::Hex;
 use crate::control::Control;
@@ -103,7 +103,7 @@ pub(super) async fn handle(s: &mut Session, cmd: Resume) -> Handled {
         None => {}
     }
     for (room, since) in wanted {
-        let grant = grants.get(&room).copied();
+        let grant = grants.get(&room).cloned();
         // A room this connection already stands in past the client's position (the
         // connect hook's rooms, joined at welcome at their top; a plain join before the
         // resume): the writer is past the gap and never writes below what it wrote, so
@@ -202,7 +202,7 @@ async fn resume_inbox(s: &mut Session, since: &Since) -> (RoomResumed, Option<Re
 
 /// Re-enters one room of the resumed session. Permissions are checked again (the token
 /// may grant less now); a subscription token's grant stored with the session counts until
-/// its expiry.
+/// its expiry, while the key that signed it is in force.
 async fn resume_room(
     s: &mut Session,
     room: &str,
@@ -215,18 +215,23 @@ async fn resume_room(
     }
     let room: Arc<str> = room.into();
     let member = match s.rooms.get(&room) {
-        Some(joined) => joined.member,
+        Some(joined) => joined.member.clone(),
         None => {
             s.room_to_spare()?;
             let now = crate::engine::now_ms() / 1000;
-            let sub = grant.filter(|g| g.expires_at > now).map(|g| {
-                let rights = Rights {
-                    join: true,
-                    send: g.send,
-                };
-                (rights, g.expires_at)
-            });
-            s.decide_join(&room, sub).await?
+            let auth = &s.node.auth;
+            let sub = grant
+                .filter(|g| g.expires_at > now)
+                .filter(|g| g.kid.as_deref().is_none_or(|kid| auth.has_kid(kid)))
+                .map(|g| RoomGrant {
+                    rights: Rights {
+                        join: true,
+                        send: g.send,
+                    },
+                    expires_at: g.expires_at,
+                    kid: g.kid.map(Into::into),
+                });
+            s.decide_join(&room, sub.as_ref()).await?
         }
     };
     s.enter_room(&room, Some(since), member).await

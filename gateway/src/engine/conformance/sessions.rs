@@ -20,6 +20,7 @@ fn record(user: &str) -> SessionRecord {
             StoredGrant {
                 send: false,
                 expires_at: 99,
+                kid: Some("k1".into()),
             },
         )]
         .into(),
