@@ -260,6 +260,28 @@ impl Shared {
         }
     }
 
+    /// Queues `last` whatever the bounds: a `goaway` and the close after it, once per
+    /// connection and a few dozen bytes. Through [`push`](Self::push) a queue near its
+    /// bound overflowed on them: a drain or a rebalance closed that client 1013 `slow
+    /// consumer` (dropping its backlog and the goaway) instead of 1012 after its backlog.
+    fn push_last(&self, last: impl IntoIterator<Item = Outbound>) -> bool {
+        if self.stopping.load(Ordering::Relaxed) {
+            return false;
+        }
+        {
+            let mut items = self.items();
+            if items.closed {
+                return false;
+            }
+            for item in last {
+                self.bytes.fetch_add(item.weight(), Ordering::Relaxed);
+                items.queue.push_back(item);
+            }
+        }
+        self.queued.notify_one();
+        true
+    }
+
     /// Appends an item if the queue has a slot and a consumer.
     fn try_send(&self, item: Outbound, mut wake: bool) -> Result<(), Refused> {
         {
@@ -438,7 +460,13 @@ impl OutboundQueue {
             self.close(reason);
             return true;
         }
-        if !(self.frame(frame) && self.push(Outbound::Close(reason))) {
+        let text = frame.into();
+        let close = Outbound::Close(reason);
+        let queued = match self.frame_now(&text) {
+            Some(written) => written && self.shared.push_last([close]),
+            None => self.shared.push_last([Outbound::Frame(text), close]),
+        };
+        if !queued {
             self.close(reason);
         }
         true

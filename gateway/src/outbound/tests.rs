@@ -414,3 +414,34 @@ fn the_fast_paths_fields_fill_the_first_two_cache_lines() {
     let second_line = [end_of(p, n), end_of(r, m)];
     assert!(second_line.iter().all(|&end| end <= 128), "{second_line:?}");
 }
+
+/// A drain's `goaway` to a queue at its bound still goes, after the backlog, with its
+/// close: it used to overflow it (1013 `slow consumer`, the backlog and the goaway
+/// dropped) where the client should have read its backlog and then reconnected.
+#[test]
+fn a_goaway_to_a_full_queue_goes_behind_the_backlog_and_is_no_overflow() {
+    let (q, mut rx) = queue(2, 1 << 20);
+    assert!(q.frame("a") && q.frame("b"));
+    assert!(!q.has_slot(), "full by count");
+    assert!(q.goaway("{\"type\":\"goaway\"}", crate::disconnect::DRAINING));
+    assert_eq!(q.close_reason(), None, "not a slow consumer");
+    let items: Vec<Outbound> = std::iter::from_fn(|| rx.try_recv_for_test()).collect();
+    assert!(
+        matches!(
+            items.as_slice(),
+            [
+                Outbound::Frame(_),
+                Outbound::Frame(_),
+                Outbound::Frame(g),
+                Outbound::Close(r),
+            ] if g.contains("goaway") && *r == crate::disconnect::DRAINING
+        ),
+        "{items:?}"
+    );
+    let weights: usize = items.iter().map(Outbound::weight).sum();
+    assert_eq!(
+        q.queued_bytes(),
+        weights,
+        "counted as the writer takes them off"
+    );
+}
