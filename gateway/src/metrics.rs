@@ -224,7 +224,7 @@ impl Metrics {
             ),
             drain_forced: counter(
                 "chatgateway_drain_forced_closes_total",
-                "Connections closed at the drain deadline or on a forced exit.",
+                "Connections never told to go, closed at the drain deadline or on a forced exit.",
             ),
             rebalance_shed: counter(
                 "chatgateway_rebalance_shed_total",

@@ -340,13 +340,19 @@ impl Node {
     }
 
     /// Asks every open connection to close, and every one that registers from now on
-    /// (the node is ending: the drain's deadline, shutdown).
-    pub fn close_all(&self, reason: CloseReason) {
+    /// (the node is ending: the drain's deadline, shutdown). Returns how many of them had
+    /// not been told to go (a `goaway`) nor were closing already.
+    pub fn close_all(&self, reason: CloseReason) -> u64 {
         let conns = lock(&self.conns);
         let _ = self.closed_all.set(reason);
+        let mut untold = 0;
         for c in conns.values() {
+            if !c.queue.told_to_go() && !c.queue.is_closing() {
+                untold += 1;
+            }
             c.queue.close(reason);
         }
+        untold
     }
 
     /// Whether the node should receive traffic.
