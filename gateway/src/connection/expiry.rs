@@ -67,15 +67,19 @@ impl Session {
                 self.queue.frame(push::expiring_frame(Some(room), exp));
             }
         }
-        for room in &expired {
+        self.end_memberships(&expired, "token expired").await;
+        None
+    }
+
+    /// Leaves `rooms` whose grant ended, telling the client why (`unsubscribed`).
+    async fn end_memberships(&mut self, rooms: &[Arc<str>], reason: &str) {
+        for room in rooms {
             self.detach(room).await;
-            self.queue
-                .frame(push::unsubscribed_frame(room, "token expired"));
+            self.queue.frame(push::unsubscribed_frame(room, reason));
         }
-        if !expired.is_empty() {
+        if !rooms.is_empty() {
             self.persist_soon();
         }
-        None
     }
 
     /// The session's deadline passed (a token's warning or expiry, a save): false when
@@ -117,14 +121,7 @@ impl Session {
             .filter(|(_, j)| j.member.kid.as_deref().is_some_and(|k| !auth.has_kid(k)))
             .map(|(room, _)| room.clone())
             .collect();
-        for room in &revoked {
-            self.detach(room).await;
-            self.queue
-                .frame(push::unsubscribed_frame(room, "key revoked"));
-        }
-        if !revoked.is_empty() {
-            self.persist_soon();
-        }
+        self.end_memberships(&revoked, "key revoked").await;
     }
 
     /// Whether the key that verified the connection token was removed from the key set.
