@@ -94,6 +94,9 @@ pub struct Notifier {
     /// Events in the next post: `batch`, halved after a 413, doubled back after each
     /// post the backend took.
     batch: AtomicUsize,
+    /// Log lines of events dropped as too large (a backend whose limit is below the
+    /// bodies clients send refuses many).
+    too_large_log: crate::log_gate::LogGate,
     /// Held while a batch is out: at shutdown [`flush`](Self::flush) and [`run`](Self::run)
     /// both post, and two posts at once would send the queue's front twice, out of order.
     posting: tokio::sync::Mutex<()>,
@@ -116,6 +119,7 @@ impl Notifier {
             client,
             dropped,
             batch: AtomicUsize::new(cfg.batch),
+            too_large_log: Default::default(),
             cfg,
             posting: tokio::sync::Mutex::new(()),
         }
@@ -160,7 +164,8 @@ impl Notifier {
                 return Ok(true);
             }
             Err(HookError::Status(413)) => {
-                tracing::warn!(
+                crate::log_gate::warn_gated!(
+                    self.too_large_log,
                     kind = batch[0].kind(),
                     "an event the backend refuses as too large (413) by itself: dropped"
                 );
