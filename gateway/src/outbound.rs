@@ -21,6 +21,7 @@
 //! messages are queued without waking the writer ([`Via::Quiet`]): the hub wakes it a
 //! window later, to write them all at once.
 
+mod closed;
 mod order;
 mod pusher;
 mod receiver;
@@ -41,6 +42,7 @@ pub use writer::{run_writer, OnDelivered, WriterOutcome, WriterSettings};
 use crate::disconnect::{CloseReason, SLOW_CONSUMER};
 use crate::engine::Envelope;
 use crate::protocol::StreamPosition;
+use closed::Closed;
 use order::Order;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
@@ -129,34 +131,6 @@ struct Shared {
     /// When the client was last heard from, in ms on the node's clock (the reader notes
     /// every frame; the heartbeat closes a connection silent for too long).
     heard: AtomicU64,
-}
-
-pin_project_lite::pin_project! {
-    /// [`Shared::closed`]'s future. Written out rather than an async fn: it sits in the
-    /// socket loop's `select!`, whose state every connection carries for its life, and
-    /// an async fn's state (the `Notified`, a reference, its own state) was 24 bytes more.
-    struct Closed<'a> {
-        // Created with the future: it sees every `notify_waiters` from then on, and the
-        // flag covers a stop before it, so a stop in between is not missed.
-        #[pin]
-        notified: tokio::sync::futures::Notified<'a>,
-        stopping: &'a AtomicBool,
-    }
-}
-
-impl std::future::Future for Closed<'_> {
-    type Output = ();
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        let this = self.project();
-        if this.stopping.load(Ordering::Acquire) {
-            return std::task::Poll::Ready(());
-        }
-        this.notified.poll(cx)
-    }
 }
 
 /// In the order the fast path reads them (see [`Shared`]).
