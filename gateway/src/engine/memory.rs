@@ -176,7 +176,8 @@ impl Broker for MemoryEngine {
         // Expired messages go first: a sender whose messages all expired is under its
         // quota again, without waiting for the next publish's trim or the idle prune.
         let ts = now_ms();
-        s.trim(self.retention(&msg.room), ts);
+        let retention = self.retention(&msg.room);
+        s.trim(retention, ts);
         if !s.under_quota(&msg.from, quota) {
             return Err(EngineError::Quota(format!(
                 "you have {quota} messages in this inbox already; wait until some expire"
@@ -195,7 +196,7 @@ impl Broker for MemoryEngine {
             &frame,
         ));
         s.push(ts, env.clone());
-        s.trim(self.retention(&msg.room), ts);
+        s.trim(retention, ts);
         let until = now + self.dedup_window;
         let epoch = s.epoch.clone();
         s.dedup.insert(key.clone(), (seq, epoch, until));
