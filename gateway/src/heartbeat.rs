@@ -8,7 +8,7 @@
 //! [`SLICES`] ticks, each visiting one slice of the connections (by id), so a node's
 //! pings are spread over the interval instead of leaving in one burst.
 
-use crate::disconnect::HEARTBEAT_TIMEOUT;
+use crate::disconnect::{CloseReason, HEARTBEAT_TIMEOUT, SLOW_CONSUMER};
 use crate::node::Node;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,17 +20,24 @@ pub const SLICES: u64 = 16;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Beat {
     Ping,
-    Close,
+    Close(CloseReason),
 }
 
 /// The beat of a connection last heard from at `heard`, at `now` (both in ms on the
-/// node's clock): closed once silent for more than two intervals. Checked once an
-/// interval, a silent client goes between two and three intervals after its last frame.
-pub fn beat(now: u64, heard: u64, interval: Duration) -> Beat {
-    if now.saturating_sub(heard) > 2 * interval.as_millis() as u64 {
-        Beat::Close
-    } else {
+/// node's clock), with `backlog` bytes of frames still queued for it: closed once silent
+/// for more than two intervals. Checked once an interval, a silent client goes between
+/// two and three intervals after its last frame.
+///
+/// A silent client with frames still waiting for it is closed as a slow consumer, not
+/// for its silence: our pings queue behind those frames, so a client reading slowly has
+/// not yet received the ping it would answer.
+pub fn beat(now: u64, heard: u64, interval: Duration, backlog: usize) -> Beat {
+    if now.saturating_sub(heard) <= 2 * interval.as_millis() as u64 {
         Beat::Ping
+    } else if backlog > 0 {
+        Beat::Close(SLOW_CONSUMER)
+    } else {
+        Beat::Close(HEARTBEAT_TIMEOUT)
     }
 }
 
@@ -47,10 +54,10 @@ pub async fn run(node: Arc<Node>) {
         }
         let now = node.clock_ms();
         node.each_chat_queue(slice, SLICES, |queue| {
-            match beat(now, queue.heard_at(), interval) {
+            match beat(now, queue.heard_at(), interval, queue.queued_bytes()) {
                 // A queue too full for a ping is being written to: no ping needed.
                 Beat::Ping => _ = queue.ping(),
-                Beat::Close => queue.close(HEARTBEAT_TIMEOUT),
+                Beat::Close(reason) => queue.close(reason),
             }
         });
     }
@@ -64,14 +71,25 @@ mod tests {
     #[test]
     fn silent_for_more_than_two_intervals_closes() {
         let i = Duration::from_millis(100);
-        assert_eq!(beat(1_000, 1_000, i), Beat::Ping);
-        assert_eq!(beat(1_200, 1_000, i), Beat::Ping, "two intervals exactly");
-        assert_eq!(beat(1_201, 1_000, i), Beat::Close);
+        assert_eq!(beat(1_000, 1_000, i, 0), Beat::Ping);
         assert_eq!(
-            beat(900, 1_000, i),
+            beat(1_200, 1_000, i, 0),
+            Beat::Ping,
+            "two intervals exactly"
+        );
+        assert_eq!(beat(1_201, 1_000, i, 0), Beat::Close(HEARTBEAT_TIMEOUT));
+        assert_eq!(
+            beat(900, 1_000, i, 0),
             Beat::Ping,
             "heard after `now` was read"
         );
+    }
+
+    #[test]
+    fn silent_behind_a_backlog_is_a_slow_consumer() {
+        let i = Duration::from_millis(100);
+        assert_eq!(beat(1_200, 1_000, i, 4096), Beat::Ping);
+        assert_eq!(beat(1_201, 1_000, i, 1), Beat::Close(SLOW_CONSUMER));
     }
 
     /// A chat connection registered on `node` as the socket loop does, heard from now.
@@ -98,6 +116,8 @@ mod tests {
         let node = Node::new(config, Default::default()).expect("node");
         let (talks, mut talks_rx) = connect(&node);
         let (silent, mut silent_rx) = connect(&node);
+        let (behind, _behind_rx) = connect(&node);
+        assert!(behind.frame("{}"), "a frame it never reads");
         let forwarded = OutboundQueue::opaque();
         node.register(forwarded.clone(), "f", None);
         tokio::spawn(run(node.clone()));
@@ -113,6 +133,11 @@ mod tests {
             "pinged until silent for two intervals"
         );
         assert_eq!(silent.close_reason(), Some(HEARTBEAT_TIMEOUT));
+        assert_eq!(
+            behind.close_reason(),
+            Some(SLOW_CONSUMER),
+            "pings wait behind"
+        );
         assert_eq!(talks.close_reason(), None);
         assert_eq!(
             forwarded.close_reason(),
