@@ -15,13 +15,16 @@ run:
 test: deps venv envtest
 	$(MAKE) lint
 	$(CARGO) deny check bans licenses sources
-	$(CARGO) test --workspace
+	NODE=$$(bash e2e/browser/node.sh) $(CARGO) test --workspace
 
 ## deps: system packages the tests use (Debian; needs root): redis-server (Redis 7: the
 ## cluster and Sentinel tests run it as cluster nodes and as `redis-server --sentinel`),
 ## redis-tools (redis-cli: `--cluster create`/`reshard`), and promtool from prometheus for
-## the alert tests (on a systemd machine Debian also enables a Prometheus service); and
-## cargo-deny (deny.toml), built into ~/.cargo/bin when missing (about 3 minutes on 2 cores)
+## the alert tests (on a systemd machine Debian also enables a Prometheus service), the C
+## and C++ compilers some crates build with (ring, jemalloc; libFuzzer for `make fuzz`),
+## python3-venv for `make venv`; cargo-deny (deny.toml), built into ~/.cargo/bin when
+## missing (about 3 minutes on 2 cores); and Node 20+ for the tests of /client.js
+## (e2e/browser/node.sh: from the npm registry into a cache when the machine's is older)
 CARGO_DENY_VERSION := 0.20.2
 deps:
 	@$(CARGO) deny --version 2>/dev/null | grep -qx 'cargo-deny $(CARGO_DENY_VERSION)' || { \
@@ -31,11 +34,15 @@ deps:
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v cc >/dev/null || missing="$$missing gcc libc6-dev"; \
+	command -v c++ >/dev/null || missing="$$missing g++"; \
+	python3 -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3 python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+	@bash e2e/browser/node.sh >/dev/null
 
 ## envtest: a real kube-apiserver + etcd for the operator and chart tests (built once from
 ## Debian's kubernetes source into $CHATGW_K8S_CACHE, default /var/cache/chatgateway-k8s)
@@ -87,7 +94,7 @@ test-browser: deps
 	@command -v chromium >/dev/null || { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 	$(CARGO) build -p chat-gateway
-	cd e2e/browser && npm ci --no-audit --no-fund && node --test chat.test.mjs
+	node=$$(bash e2e/browser/node.sh) && cd e2e/browser && npm ci --no-audit --no-fund && "$$node" --test chat.test.mjs
 
 ## mutants: mutation testing of the gateway's connection, outbound, hub, heartbeat, protocol, drain and engine
 ## modules (cargo-mutants, installed once into ~/.cargo/bin); slow, not in CI. Scope and test
@@ -136,8 +143,10 @@ fuzz: fuzz-tools
 fuzz-smoke:
 	$(MAKE) fuzz FUZZ_SECONDS=10
 
+CARGO_FUZZ_VERSION := 0.13.2
 fuzz-tools:
-	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+	@cargo-fuzz --version 2>/dev/null | grep -qF '$(CARGO_FUZZ_VERSION)' || \
+	  $(CARGO) install --locked --quiet cargo-fuzz --version $(CARGO_FUZZ_VERSION)
 
 ## e2e-cluster: the cluster suite (e2e/cluster). With KUBECONFIG set, against that cluster;
 ## otherwise it starts the local single-node Kubernetes (built from source, first run ~30 min),

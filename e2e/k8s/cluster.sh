@@ -271,8 +271,11 @@ ENV
 up() {
   local started=$SECONDS
   bash "$here/build.sh" ensure all >/dev/null
+  # apparmor: docker.io only recommends it, but where the kernel has AppArmor on (Debian's
+  # default) Docker loads its profile with apparmor_parser and no container starts without
+  # it. kmod for modprobe, iproute2 for ip.
   apt_install docker.io containernetworking-plugins iptables conntrack socat dnsmasq-base curl openssl \
-    ethtool util-linux python3
+    ethtool util-linux python3 apparmor kmod iproute2
   mkdir -p "$RUN" "$LOGS"
   pki
   network

@@ -51,6 +51,11 @@ started=$SECONDS
 # and the next run would take that cluster for a running one.
 if ! $was_up && [ "${CHATGW_KEEP_CLUSTER:-0}" != 1 ]; then
   trap 'bash "$here/cluster.sh" down || true' EXIT
+  # Bash runs the EXIT trap on a signal only through an `exit`: a CI timeout's TERM would
+  # otherwise leave the cluster's daemons (setsid) running for the next run to reuse.
+  trap 'exit 143' TERM
+  trap 'exit 130' INT
+  trap 'exit 129' HUP
 fi
 t=$SECONDS
 env_file=$(bash "$here/cluster.sh" up)

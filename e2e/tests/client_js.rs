@@ -36,7 +36,7 @@ fn node() -> (PathBuf, Vec<&'static str>) {
         },
         Err(e) => panic!(
             "node not found ({}: {e}). This test runs gateway/static/client.js in Node 20+: \
-             `apt-get install nodejs` (Debian 12 has 18: needs 20+), or set NODE=/path/to/node",
+             `make test` sets NODE to one (e2e/browser/node.sh), or set NODE=/path/to/node",
             node.display()
         ),
     }
