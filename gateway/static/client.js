@@ -83,6 +83,8 @@ export class ChatClient {
    *                                            to the app (false: call ackInbox yourself)
    * @param {number} [opts.maxFrameBytes]       the gateway's limits.maxFrameBytes: bigger
    *                                            commands are refused (too_big) unsent
+   * @param {number} [opts.connectTimeoutMs=10000] from the start of a connect (the token
+   *                                            function included) to its welcome
    */
   constructor(opts = {}) {
     this.opts = {
@@ -94,6 +96,7 @@ export class ChatClient {
       maxDelayMs: opts.maxDelayMs ?? 30000,
       timeoutMs: opts.timeoutMs ?? 15000,
       autoAck: opts.autoAck ?? true,
+      connectTimeoutMs: opts.connectTimeoutMs ?? CONNECT_TIMEOUT_MS,
     };
     // Longer commands (bytes) are refused unsent: from the option, or learned from a 1009.
     this._maxFrame = opts.maxFrameBytes ?? Infinity;
@@ -120,7 +123,12 @@ export class ChatClient {
     this._goawayDelay = null;
     this._timers = new Set();
     this._lastFrameAt = 0;
+    this._pingSentAt = 0; // the last keep-alive ping that went out
     this._ackTimer = null;
+    this._connectTimer = null;
+    this._onClosed = new Set(); // connect() promises waiting for their welcome
+    // Set while the own inbox could not be resumed (see _applyResume): {from, seen}.
+    this._inboxGap = null;
   }
 
   // ---- events -----------------------------------------------------------------------
@@ -145,15 +153,23 @@ export class ChatClient {
 
   // ---- connection -------------------------------------------------------------------
 
-  /** Connects (and keeps reconnecting until close()). Resolves on the first welcome. */
+  /** Connects (and keeps reconnecting until close()). Resolves on the first welcome;
+   * rejects with code `closed` if the client is closed first (close(), or a permanent
+   * disconnect). */
   connect() {
     if (this.state === "connected") return Promise.resolve(this.welcome);
     if (this.state === "closed") this.state = "idle";
-    const first = new Promise((resolve) => {
+    const first = new Promise((resolve, reject) => {
+      const closed = (err) => {
+        off();
+        reject(err);
+      };
       const off = this.on("connected", (d) => {
         off();
+        this._onClosed.delete(closed);
         resolve(d.welcome);
       });
+      this._onClosed.add(closed);
     });
     if (this.state === "idle") this._open();
     return first;
@@ -167,6 +183,8 @@ export class ChatClient {
     this._timers.clear();
     clearInterval(this._pinger);
     clearTimeout(this._ackTimer);
+    for (const closed of this._onClosed) closed(new ChatError("closed", "client closed"));
+    this._onClosed.clear();
     const ws = this._ws;
     this._ws = null;
     if (ws) {
@@ -215,6 +233,30 @@ export class ChatClient {
     const gen = ++this._gen;
     this.state = "connecting";
     let ws;
+    let opened = false;
+    let gone;
+    // One deadline from here to the welcome: a token or URL function that never settles,
+    // a SYN into a black hole (which can take minutes to fail on its own), an upgrade
+    // that never sends its welcome.
+    this._clear(this._connectTimer);
+    this._connectTimer = this._later(this.opts.connectTimeoutMs, () => {
+      if (gen !== this._gen) return;
+      if (!ws) {
+        // Still resolving url/token/user: this attempt is given up (its result ignored).
+        this._gen += 1;
+        this._emit("error", { error: new Error("connect timeout (url, token or user did not resolve)") });
+        this._scheduleReconnect({ code: 4002, reason: "connect timeout" });
+      } else if (!opened) {
+        gone(4002, "connect timeout");
+        try {
+          ws.close();
+        } catch {
+          /* never opened */
+        }
+      } else {
+        this._abandon(ws, 4002, "no welcome");
+      }
+    });
     try {
       const base = await resolve(this.opts.url);
       const token = await resolve(this.opts.token);
@@ -234,28 +276,15 @@ export class ChatClient {
       return;
     }
     this._ws = ws;
-    let opened = false;
     // Runs once per socket, whichever of close, error-before-open or timeout comes first.
-    const gone = (code, reason) => {
-      this._clear(openTimer);
+    gone = (code, reason) => {
       if (this._ws !== ws) return;
+      this._clear(this._connectTimer);
       this._ws = null;
       this._onClose({ code, reason, opened });
     };
-    // A SYN into a black hole can take minutes to fail on its own.
-    const openTimer = this._later(CONNECT_TIMEOUT_MS, () => {
-      if (!opened) {
-        gone(4002, "connect timeout");
-        try {
-          ws.close();
-        } catch {
-          /* never opened */
-        }
-      }
-    });
     ws.onopen = () => {
       opened = true;
-      this._clear(openTimer);
     };
     ws.onmessage = (ev) => {
       if (this._ws === ws) this._onText(ev.data);
@@ -284,6 +313,7 @@ export class ChatClient {
 
   _onClose({ code, reason, opened }) {
     clearInterval(this._pinger);
+    this._clear(this._connectTimer);
     const wasConnected = this.state === "connected" || this.state === "resuming";
     if (code === 1009) this._refuseTooBig();
     // Commands on the dead socket may or may not have reached the server. All of them
@@ -301,11 +331,16 @@ export class ChatClient {
       if (p) p.sent = false;
     }
     if (this.state === "closed") return;
-    // Token expired (4401) or its key was revoked (4403): reconnect at once with a fresh
-    // token from `token`/`getToken` rather than backing off; a fixed token would only be
-    // refused again. 4101: the backend disconnected this user and asked it not to come back.
+    // Token expired (4401) or its key was revoked (4403): reconnect soon with a fresh
+    // token from `token`/`getToken` rather than backing off, within the first backoff
+    // ceiling: a revoked key closes every client of it at once, and they must not all ask
+    // the token service and the gateway in the same millisecond. A fixed token would only
+    // be refused again. 4101: the backend disconnected this user and asked it not to
+    // come back.
     const auth = code === 4401 || code === 4403;
-    if (auth && typeof this.opts.token === "function") this._goawayDelay = 0;
+    if (auth && typeof this.opts.token === "function") {
+      this._goawayDelay = backoffDelay(0, this.opts.initialDelayMs, this.opts.maxDelayMs);
+    }
     else if (auth || code === 4101) {
       this.close();
       const why = `${reason || "token refused"} (close ${code}) and no token function for a new one`;
@@ -358,7 +393,8 @@ export class ChatClient {
       this._clear(this._reconnectTimer);
       this._open();
     } else if (this._ws) {
-      this._ws.close(4000, "reconnect");
+      // Not close() and wait: on a dead path the close event may not come for minutes.
+      this._abandon(this._ws, 4000, "reconnect");
     }
   }
 
@@ -401,19 +437,36 @@ export class ChatClient {
   async _onWelcome(w) {
     const ws = this._ws;
     const previous = this._resumeFrom;
+    this._clear(this._connectTimer);
     this.welcome = w;
     this._inbox = inboxOf(w.user);
     this._startPinger(w.heartbeat_ms);
     const inbox = this._inbox;
     if (previous && previous.user !== w.user) {
-      // Another identity (e.g. a new token for another user): nothing to resume.
+      // Another identity (e.g. a new token for another user): nothing to resume, and
+      // nothing the old user queued may go out as the new one.
       this._pos.clear();
       this._rooms.clear();
+      this._inboxGap = null;
+      const err = new ChatError("closed", `signed in as ${w.user}, no longer as ${previous.user}`);
+      for (const [id, p] of this._pending) this._fail(id, p, err);
+    }
+    // Rooms the backend's connect hook joined: ours like any other (a repeated join of
+    // one resolves `already`).
+    for (const room of Array.isArray(w.rooms) ? w.rooms : []) {
+      if (typeof room === "string") this._rooms.add(room);
     }
     let resumed = null;
     if (previous && previous.user === w.user) {
       // resume must be the FIRST command: the server holds the inbox replay for it.
       this.state = "resuming";
+      const gap = this._inboxGap;
+      if (gap && !gap.resumed) {
+        // The last connection's inbox was not resumed: ask again from before its live
+        // DMs (delivered, never acknowledged), so the ones missed before them come now.
+        if (gap.from) this._pos.set(inbox, gap.from);
+        else this._pos.delete(inbox);
+      }
       const positions = {};
       for (const room of [...this._rooms, inbox]) {
         const p = this._pos.get(room);
@@ -456,14 +509,20 @@ export class ChatClient {
         // Could not be resumed on this node (e.g. unavailable): the room is dropped;
         // the app hears about it and may join again.
         if (!isInbox) this._rooms.delete(room);
+        else if (room === this._inbox) this._inboxNotResumed();
         this._emit("error", { room, error: new ChatError(st.error, st.message) });
         continue;
       }
-      if (!isInbox) this._rooms.add(room);
-      if (st.recovered === false) this._refill(room, st);
-      else if (typeof st.epoch === "string" && !this._pos.has(room)) {
-        this._pos.set(room, { seq: 0, epoch: st.epoch });
+      if (room === this._inbox && this._inboxGap) {
+        this._inboxGap.resumed = true;
+        // Nothing was shown while it was not resumed: nothing to tell apart in the replay.
+        if (this._inboxGap.seen.size === 0) this._inboxGap = null;
       }
+      if (!isInbox) this._rooms.add(room);
+      // A room without a position of ours keeps none: the next resume then leaves it to
+      // the server's saved position. (A made-up `seq: 0` asked for the whole history
+      // again, replaying acknowledged DMs as new.)
+      if (st.recovered === false) this._refill(room, st);
     }
   }
 
@@ -537,6 +596,7 @@ export class ChatClient {
   // a room's messages arrive in seq order, so anything at or below the last delivered
   // seq of the same epoch was seen already.
   _deliver(m, replayed) {
+    if (this._inboxGap && this.welcome && m.room === this._inbox) return this._deliverInGap(m, replayed);
     const p = this._pos.get(m.room);
     if (p && p.epoch === m.epoch && m.seq <= p.seq) {
       this._emit("duplicate", m);
@@ -545,6 +605,42 @@ export class ChatClient {
     this._pos.set(m.room, { seq: m.seq, epoch: m.epoch });
     this._emit("message", replayed ? { ...m, replayed: true } : m);
     if (this.opts.autoAck && this.welcome && m.room === this._inbox) this._scheduleAck();
+  }
+
+  // A resume could not restore the own inbox (`error` in its reply): its live DMs flow at
+  // once, but those missed before them come only on a later connection, and only if
+  // nothing past them is acknowledged. So until then nothing is, and the next resume asks
+  // from the position before them (`from`); the DMs shown meanwhile (`seen`) are not
+  // shown again when that replay brings them.
+  _inboxNotResumed() {
+    const gap = this._inboxGap;
+    if (!gap) this._inboxGap = { from: this._pos.get(this._inbox) ?? null, seen: new Set(), top: 0 };
+    else if (gap.resumed) Object.assign(gap, { resumed: false, from: this._pos.get(this._inbox) ?? null });
+  }
+
+  _deliverInGap(m, replayed) {
+    const gap = this._inboxGap;
+    const p = this._pos.get(m.room);
+    const key = `${m.epoch}:${m.seq}`;
+    if ((p && p.epoch === m.epoch && m.seq <= p.seq) || gap.seen.has(key)) {
+      this._emit("duplicate", m);
+    } else {
+      if (!gap.resumed) {
+        gap.seen.add(key);
+        gap.top = m.epoch === gap.epoch ? Math.max(gap.top, m.seq) : m.seq;
+        gap.epoch = m.epoch;
+      }
+      this._pos.set(m.room, { seq: m.seq, epoch: m.epoch });
+      this._emit("message", replayed ? { ...m, replayed: true } : m);
+    }
+    // Resumed, the replay has reached the last DM shown while it was not (or another
+    // epoch began): positions and acknowledgements are as usual again.
+    if (gap.resumed && (m.epoch !== gap.epoch || m.seq >= gap.top)) {
+      this._inboxGap = null;
+      const at = this._pos.get(m.room);
+      if (!at || at.epoch !== m.epoch || at.seq < m.seq) this._pos.set(m.room, { seq: m.seq, epoch: m.epoch });
+      if (this.opts.autoAck) this._scheduleAck();
+    }
   }
 
   // Direct messages are replayed to this device until it acknowledges them: one `ack` for
@@ -579,27 +675,38 @@ export class ChatClient {
     const ms = Number(f.reconnect_after_ms);
     this._goawayDelay = Number.isFinite(ms) && ms >= 0 ? Math.min(ms, 5 * 60_000) : 0;
     this._emit("goaway", f);
-    // The server closes with 1012 right after; if that close never comes, close here.
+    // The server closes with 1012 right after; if that close never comes, drop it here.
     const ws = this._ws;
     this._later(5000, () => {
-      if (ws && this._ws === ws) ws.close(4000, "goaway");
+      if (ws) this._abandon(ws, 4000, "goaway");
     });
   }
 
   // Browsers answer the server's WebSocket pings, but a page cannot see a dead TCP
   // connection (laptop lid, NAT timeout) for minutes. An app-level ping every half
-  // heartbeat keeps middleboxes awake and notices silence.
+  // heartbeat keeps middleboxes awake and notices silence: a ping of ours that nothing
+  // at all followed for two periods means a dead socket, dropped at once (its close
+  // event may not come for minutes on a dead path). Silence is counted from the ping,
+  // not from the last frame: a background tab's timers may run once a minute, and a
+  // quiet room is not a dead socket.
   _startPinger(heartbeatMs) {
     clearInterval(this._pinger);
     const every = Math.max(500, Math.floor((Number(heartbeatMs) || 25000) / 2));
     this._lastFrameAt = Date.now();
+    this._pingSentAt = 0;
     this._pinger = setInterval(() => {
-      if (!this._ws) return;
-      if (Date.now() - this._lastFrameAt > 2 * every + 1000) {
-        this._ws.close(4001, "no traffic");
+      const ws = this._ws;
+      if (!ws) return;
+      const now = Date.now();
+      const waiting = this._pingSentAt > this._lastFrameAt;
+      if (waiting && now - this._pingSentAt > 2 * every + 1000) {
+        this._abandon(ws, 4001, "no traffic");
         return;
       }
-      if (this.state === "connected") this.ping().catch(() => {});
+      if (this.state === "connected" && !waiting) {
+        this._pingSentAt = now;
+        this.ping().catch(() => {});
+      }
     }, every);
   }
 
@@ -764,6 +871,9 @@ export class ChatClient {
    */
   ackInbox(seq, epoch) {
     if (!this.welcome) return Promise.reject(new ChatError("closed", "not connected yet"));
+    // Not past DMs a failed inbox resume may still owe (see _inboxNotResumed): resolves
+    // with null, unsent; the inbox is acknowledged once a resume has restored it.
+    if (seq === undefined && this._inboxGap) return Promise.resolve(null);
     const pos = this._pos.get(this._inbox);
     const cmd = { type: "ack", seq: seq ?? pos?.seq ?? 0 };
     const e = epoch ?? (seq === undefined ? pos?.epoch : undefined);
