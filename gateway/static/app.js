@@ -43,16 +43,20 @@ function byTime([, a], [, b]) {
   return (a.ts ?? 0) - (b.ts ?? 0) || (a.seq ?? 0) - (b.seq ?? 0);
 }
 
+let ephemerals = 0;
+
 // A message from the server: a room message, or one in my inbox (a DM to me).
 function onServerMsg(m) {
+  // Ephemeral messages have no seq (nothing to tell two apart by): each is its own.
+  const msgKey = m.ephemeral ? `eph:${++ephemerals}` : `${m.epoch}:${m.seq}`;
   if (m.room === myInbox) {
     conv(dmKeyOf(m)).msgs.delete("sent:" + m.msg_id); // a DM to myself
-    addMsg(dmKeyOf(m), `${m.epoch}:${m.seq}`, m);
+    addMsg(dmKeyOf(m), msgKey, m);
   } else if (m.room.startsWith("user:")) {
     return; // not ours to show
   } else {
     if (m.from === me) conv(m.room).msgs.delete("local:" + m.msg_id); // our echo arrived
-    addMsg(m.room, `${m.epoch}:${m.seq}`, m);
+    addMsg(m.room, msgKey, m);
   }
 }
 
@@ -184,6 +188,7 @@ async function joinRoom(room) {
   render();
   try {
     const ok = await client.join(room);
+    conv(room).removed = false;
     saveRooms();
     // Exactly the messages up to the join's seq: later ones arrive live, no overlap.
     if (ok.seq > 0) {
@@ -237,7 +242,7 @@ function roomsKey() {
 }
 
 function saveRooms() {
-  const rooms = [...convs.values()].filter((c) => c.kind === "room").map((c) => c.name);
+  const rooms = [...convs.values()].filter((c) => c.kind === "room" && !c.removed).map((c) => c.name);
   try {
     localStorage.setItem(roomsKey(), JSON.stringify(rooms));
   } catch {
@@ -282,7 +287,17 @@ function start({ name, token }) {
     const hint = everConnected ? "" : " (is the gateway up, and in this auth mode?)";
     setStatus("reconnecting", `reconnecting in ${(delayMs / 1000).toFixed(1)} s${hint}`);
   });
-  client.on("disconnected", ({ code }) => setStatus("reconnecting", `disconnected (${code})`));
+  client.on("disconnected", ({ code, reason, permanent }) => {
+    if (permanent) setStatus("closed", `disconnected for good: ${reason || "no reason given"} (${code}); log in again`);
+    else setStatus("reconnecting", `disconnected (${code})`);
+  });
+  // The server took us out of a room (its subscription token expired, a key was revoked).
+  client.on("unsubscribed", ({ room, reason }) => {
+    note(room, `removed from this room: ${reason ?? "no reason given"}`);
+    conv(room).removed = true;
+    saveRooms();
+    render();
+  });
   // The server could not tell whether a send was stored (unknown_outcome): the client
   // sends it again with the same msg_id, which stores it at most once.
   client.on("retrying", ({ command }) => {
@@ -310,7 +325,9 @@ function start({ name, token }) {
     presence.set(room, set);
     renderPresence();
   });
-  client.connect();
+  client.connect().catch(() => {
+    /* closed before the first welcome (logout, or a permanent disconnect: shown above) */
+  });
 }
 
 async function loadInbox() {
@@ -365,7 +382,16 @@ function init() {
     const room = $("join-room").value.trim();
     $("join-room").value = "";
     if (!room) return;
-    if (convs.has(room)) return open(room);
+    if (room.startsWith("dm:")) {
+      // This page keys its direct-message threads "dm:<user>".
+      const input = $("join-room");
+      input.value = room;
+      input.setCustomValidity("this page keeps dm:<user> for direct messages: pick another name");
+      input.reportValidity();
+      input.addEventListener("input", () => input.setCustomValidity(""), { once: true });
+      return;
+    }
+    if (convs.has(room) && !convs.get(room).removed) return open(room);
     joinRoom(room).then(() => open(room));
   });
   $("dm-form").addEventListener("submit", (ev) => {
