@@ -48,6 +48,18 @@ impl HistoryPage {
         same_epoch && seq <= self.top && self.first <= seq + 1
     }
 
+    /// A page of a room that holds no message now, up to `at`: its epoch and top stay
+    /// (its messages aged out), the next seq follows.
+    pub fn idle(at: &crate::protocol::StreamPosition) -> HistoryPage {
+        HistoryPage {
+            epoch: at.epoch.clone(),
+            top: at.seq,
+            first: at.seq + 1,
+            messages: Vec::new(),
+            more: false,
+        }
+    }
+
     /// An empty page of a room with no stored message.
     pub fn empty() -> HistoryPage {
         HistoryPage {

@@ -53,6 +53,10 @@ pub struct MemoryEngine {
     seen: SeenTops,
     /// When idle streams were last swept.
     pruned: Mutex<Instant>,
+    /// The epoch and top of rooms whose streams were swept (every message aged out): the
+    /// store's record of them, as Redis keeps a room's meta past its messages, bounded the
+    /// same way as `seen`.
+    idle_heads: SeenTops,
     /// The bytes of messages held against `memory.maxBytes` (every stream's too).
     budget: Arc<Budget>,
 }
@@ -91,17 +95,20 @@ impl MemoryEngine {
             nodes: Mutex::new(BTreeMap::new()),
             seen: SeenTops::default(),
             pruned: Mutex::new(Instant::now()),
+            idle_heads: SeenTops::default(),
             budget: Arc::new(Budget::new(max_bytes, counters)),
         }
     }
 
-    /// The room's stream, created for a write.
+    /// The room's stream, created for a write: in its epoch and after its top if its
+    /// stream was pruned.
     fn stream(&self, room: &str) -> Arc<Mutex<Stream>> {
         let mut streams = lock(&self.streams);
         if let Some(s) = streams.get(room) {
             return s.clone();
         }
-        let s = Arc::new(Mutex::new(Stream::new(self.budget.clone())));
+        let known = self.idle_heads.get(room);
+        let s = Arc::new(Mutex::new(Stream::new(self.budget.clone(), known)));
         streams.insert(room.into(), s.clone());
         s
     }
@@ -131,7 +138,11 @@ impl MemoryEngine {
             let mut s = lock(stream);
             s.trim(self.retention(room), now_ms);
             s.forget_expired_ids(now);
-            !(s.is_empty() && s.dedup.is_empty())
+            let idle = s.is_empty() && s.dedup.is_empty();
+            if idle {
+                self.idle_heads.observe(room, &s.epoch, s.top);
+            }
+            !idle
         });
     }
 
@@ -235,7 +246,11 @@ impl History for MemoryEngine {
     async fn history(&self, room: &str, q: HistoryQuery) -> Result<HistoryPage, EngineError> {
         self.prune_idle();
         let Some(stream) = self.existing(room) else {
-            return Ok(HistoryPage::empty());
+            // Pruned once its messages aged out: it keeps its epoch and top.
+            return Ok(self
+                .idle_heads
+                .get(room)
+                .map_or_else(HistoryPage::empty, |at| HistoryPage::idle(&at)));
         };
         let mut s = lock(&stream);
         if self.seen.behind(room, &s.epoch, s.top) {
@@ -334,10 +349,15 @@ impl Sessions for MemoryEngine {
             sessions.map.retain(|_, (_, until)| *until > now);
             sessions.swept = Some(now);
         }
-        if matches!(sessions.map.get(token), Some((None, until)) if *until > now) {
-            return Ok(SaveOutcome::Taken);
-        }
         let until = now + self.session_ttl;
+        if let Some((None, mark)) = sessions.map.get_mut(token) {
+            if *mark > now {
+                // The mark lives `resumeTtl` from this save, as on Redis: it must outlive
+                // whatever this token's connection could still save.
+                *mark = until;
+                return Ok(SaveOutcome::Taken);
+            }
+        }
         let record = (Some(session.clone()), until);
         sessions.map.insert(token.to_string(), record);
         Ok(SaveOutcome::Stored)
@@ -414,6 +434,7 @@ impl Engine for MemoryEngine {
         match keep {
             None => {
                 lock(&self.streams).remove(room);
+                self.idle_heads.forget(room);
             }
             Some(keep) => {
                 if let Some(stream) = self.existing(room) {

@@ -49,6 +49,13 @@ impl SeenTops {
         g.young.insert(room.into(), at);
     }
 
+    /// Forgets `room`.
+    pub fn forget(&self, room: &str) {
+        let mut g = self.lock();
+        g.young.remove(room);
+        g.old.remove(room);
+    }
+
     /// The highest position seen of `room`, if remembered.
     pub fn get(&self, room: &str) -> Option<StreamPosition> {
         let g = self.lock();

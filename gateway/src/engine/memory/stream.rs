@@ -3,6 +3,7 @@
 use super::budget::Budget;
 use crate::config::RetentionConfig;
 use crate::engine::{cut_page, new_epoch, Envelope, HistoryPage, HistoryQuery};
+use crate::protocol::StreamPosition;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,10 +33,16 @@ pub(super) struct Stream {
 }
 
 impl Stream {
-    pub(super) fn new(budget: Arc<Budget>) -> Self {
+    /// A stream with no message: of a new room, or (`known`) of a room whose stream was
+    /// pruned once its messages aged out, which keeps its epoch and numbers on.
+    pub(super) fn new(budget: Arc<Budget>, known: Option<StreamPosition>) -> Self {
+        let (epoch, top) = match known {
+            Some(at) => (at.epoch, at.seq),
+            None => (new_epoch().into(), 0),
+        };
         Stream {
-            epoch: new_epoch().into(),
-            top: 0,
+            epoch,
+            top,
             msgs: VecDeque::new(),
             budget,
             dedup: HashMap::new(),

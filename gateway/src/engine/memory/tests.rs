@@ -45,6 +45,48 @@ async fn reads_create_nothing_and_idle_empty_streams_are_pruned() {
     );
 }
 
+/// A room idle past its max age and dedup window is pruned, but keeps its epoch and top
+/// (as Redis keeps a room's meta past its messages): a client at its top missed nothing,
+/// and the next message numbers on. Before, it read as a room never written to (epoch
+/// `0000000000000000`), so a resume reported `recovered: false` and the next message
+/// started a new epoch (and counted as a room start).
+#[tokio::test]
+async fn a_pruned_room_keeps_its_epoch_and_numbers_on() {
+    let mut c = Config::default();
+    c.history.max_age = Duration::from_millis(50);
+    c.sessions.dedup_window = Duration::from_millis(50);
+    let e = MemoryEngine::new(Arc::new(Hub::default()), &c);
+    let publish = |id: &str| Publish {
+        room: "r".into(),
+        from: "a".into(),
+        msg_id: id.into(),
+        body: serde_json::value::RawValue::from_string("1".into()).expect("raw"),
+        traceparent: None,
+    };
+    e.publish(publish("m1")).await.expect("publish");
+    let second = e.publish(publish("m2")).await.expect("publish");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    if let Some(past) = Instant::now().checked_sub(PRUNE_EVERY * 2) {
+        *lock(&e.pruned) = past;
+    }
+    let q = HistoryQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    let page = e.history("r", q).await.expect("history");
+    assert!(lock(&e.streams).is_empty(), "pruned");
+    assert_eq!(
+        (&*page.epoch, page.top, page.first),
+        (&*second.at.epoch, 2, 3)
+    );
+    assert!(
+        page.covers(2, Some(&second.at.epoch)),
+        "nothing missed at the top"
+    );
+    let third = e.publish(publish("m3")).await.expect("publish");
+    assert_eq!(third.at, StreamPosition::new(second.at.epoch.clone(), 3));
+}
+
 /// Sessions nobody resumes must not pile up: expired ones are swept on a later save
 /// (at most once a second), so memory stays bounded by the sessions of the last TTL.
 #[tokio::test]
