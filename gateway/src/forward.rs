@@ -207,13 +207,16 @@ impl Route {
         WebSocketConfig::default()
             .read_buffer_size(4096)
             .write_buffer_size(0)
-            .max_write_buffer_size(max + 4096)
+            .max_write_buffer_size(max.saturating_add(4096))
             .max_message_size(Some(max))
             .max_frame_size(Some(max))
     }
 }
 
 type Upstream = WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The longest wait between two dials: `retryBackoff` doubles up to this.
+const MAX_RETRY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Dials the upstream with retries; returns the socket and the subprotocol it chose.
 async fn dial(
@@ -225,7 +228,7 @@ async fn dial(
     for attempt in 0..=route.cfg.retries {
         if attempt > 0 {
             tokio::time::sleep(backoff).await;
-            backoff *= 2;
+            backoff = backoff.saturating_mul(2).min(MAX_RETRY_WAIT);
         }
         let fut = tokio_tungstenite::connect_async_with_config(
             req.clone(),

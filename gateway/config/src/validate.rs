@@ -11,6 +11,11 @@ use crate::{
 pub const MIN_HS256_SECRET: usize = 32;
 use std::time::Duration;
 
+/// Most extra dials of a forwarding route (as the CRD allows).
+pub const MAX_ROUTE_RETRIES: u32 = 10;
+/// Largest `maxFrameBytes` of a forwarding route (as the CRD allows): 64 MiB.
+pub const MAX_ROUTE_FRAME_BYTES: usize = 64 << 20;
+
 /// Shortest duration the Redis engine can store. It gives stored durations to Redis in
 /// whole milliseconds (`SET … PX`, `PEXPIRE`, truncated), and 0 there is an error or a
 /// deletion: `PX 0` in publish.lua fails after the message was appended (stored, never
@@ -324,8 +329,13 @@ impl Config {
             if let Err(e) = upstream_url(&r.upstream) {
                 return what(&e);
             }
-            if r.max_frame_bytes < 256 {
-                return what("maxFrameBytes must be at least 256");
+            // The CRD's bounds: a client waits out every dial while it holds its slots,
+            // and each piped connection may buffer a message of this size each way.
+            if !(256..=MAX_ROUTE_FRAME_BYTES).contains(&r.max_frame_bytes) {
+                return what("maxFrameBytes must be from 256 to 67108864 (64 MiB)");
+            }
+            if r.retries > MAX_ROUTE_RETRIES {
+                return what("retries must be at most 10");
             }
             // Every dial would time out at once: a 502 for every client.
             if r.connect_timeout.is_zero() {

@@ -351,6 +351,49 @@ fn a_jwt_leeway_that_is_not_whole_seconds_is_refused() {
     );
 }
 
+/// The CRD's bounds of a route, held by the gateway too: at most 10 retries (each one a
+/// wait a client sits out holding its slots) and messages of at most 64 MiB (whose
+/// buffer size overflowed near `usize::MAX`).
+#[test]
+fn a_route_holds_the_crds_bounds() {
+    let route = || RouteConfig {
+        name: "bots".into(),
+        path_prefix: "/bots".into(),
+        upstream: "bots:9000".into(),
+        ..Default::default()
+    };
+    holds_the_edge(
+        "retries must be at most 10",
+        |c| {
+            c.routes = vec![RouteConfig {
+                retries: 10,
+                ..route()
+            }]
+        },
+        |c| {
+            c.routes = vec![RouteConfig {
+                retries: 11,
+                ..route()
+            }]
+        },
+    );
+    holds_the_edge(
+        "maxFrameBytes must be from 256",
+        |c| {
+            c.routes = vec![RouteConfig {
+                max_frame_bytes: 64 << 20,
+                ..route()
+            }]
+        },
+        |c| {
+            c.routes = vec![RouteConfig {
+                max_frame_bytes: usize::MAX,
+                ..route()
+            }]
+        },
+    );
+}
+
 /// Every dial would time out at once: the route answers 502 to every client.
 #[test]
 fn a_route_connect_timeout_of_zero_is_refused() {
