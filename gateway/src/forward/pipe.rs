@@ -31,6 +31,8 @@ enum End {
     Refused(CloseReason),
     /// The receiving side could not be written.
     WriteFailed,
+    /// The receiving side took nothing for two heartbeat periods (it stopped reading).
+    WriteTimedOut,
     /// Nothing in either direction for the route's idle timeout.
     Idle,
     /// The gateway closed the connection (drain, rebalance, the server API, the client's
@@ -81,6 +83,10 @@ where
 {
     let frames = node.metrics.forward_frames.with_label_values(&[route, dir]);
     let bytes = node.metrics.forward_bytes.with_label_values(&[route, dir]);
+    // As a chat connection's: nothing waits on a socket forever. Without it a client that
+    // read nothing but kept sending pings (each one activity) held its slots, the route's
+    // and the upstream connection for good.
+    let write_timeout = node.config.heartbeat.interval * 2;
     while let Some(msg) = from.next().await {
         activity.touch();
         let msg = match msg {
@@ -93,8 +99,10 @@ where
         frames.inc();
         bytes.inc_by(msg.len() as u64);
         // Awaiting the write is the backpressure: nothing more is read meanwhile.
-        if to.send(msg).await.is_err() {
-            return End::WriteFailed;
+        match tokio::time::timeout(write_timeout, to.send(msg)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return End::WriteFailed,
+            Err(_) => return End::WriteTimedOut,
         }
     }
     End::ReadFailed
@@ -225,6 +233,25 @@ pub(super) async fn pipe<C>(
                     .send(Message::Close(close_frame(disconnect::UPSTREAM_FAILED)))
                     .await;
             }
+            (true, End::WriteTimedOut) => {
+                // The upstream stopped reading: the client is told it failed.
+                let _ = c_tx
+                    .send(Message::Close(close_frame(disconnect::UPSTREAM_FAILED)))
+                    .await;
+                let _ = u_tx
+                    .send(Message::Close(close_frame(disconnect::CLIENT_GONE)))
+                    .await;
+            }
+            (false, End::WriteTimedOut) => {
+                // The client stopped reading: the upstream first (the client's full socket
+                // may take nothing more, the close frame included, within the second).
+                let _ = u_tx
+                    .send(Message::Close(close_frame(disconnect::CLIENT_GONE)))
+                    .await;
+                let _ = c_tx
+                    .send(Message::Close(close_frame(disconnect::WRITE_TIMEOUT)))
+                    .await;
+            }
             (false, End::WriteFailed) => {
                 // The client could not be written: it is gone (a reset, a closed socket),
                 // and the upstream is told so as when the client's read fails first.
@@ -310,11 +337,49 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_client_that_cannot_be_written_is_gone_for_the_upstream() {
+    /// A client socket that takes nothing and sends nothing: it stopped reading (its
+    /// receive window is full) and has nothing to say.
+    struct Stalled;
+
+    impl tokio::io::AsyncRead for Stalled {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Stalled {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Pending
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Pipes `client` (raw, the gateway's side of it) to a real upstream on loopback
+    /// through a route, with `heartbeat` as the node's heartbeat period; returns the
+    /// upstream's side.
+    async fn piped<C>(client: C, heartbeat: Duration) -> WebSocketStream<tokio::net::TcpStream>
+    where
+        C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let mut config = Config::default();
         config.auth.mode = AuthMode::Insecure;
         config.server.listen = "127.0.0.1:0".parse().expect("addr");
+        config.heartbeat.interval = heartbeat;
         let node = Node::new(config, Default::default()).expect("node");
         let cfg = RouteConfig {
             name: "r".into(),
@@ -348,9 +413,8 @@ mod tests {
             }
         );
         let (upstream, _) = dialled.expect("dial");
-        let mut server = server;
         let client =
-            WebSocketStream::from_raw_socket(Metered::new(Gone, 0.0, 0, &[]), Role::Server, None)
+            WebSocketStream::from_raw_socket(Metered::new(client, 0.0, 0, &[]), Role::Server, None)
                 .await;
         let identity = Identity {
             user: "u".into(),
@@ -367,22 +431,48 @@ mod tests {
             )
             .await
         });
+        server
+    }
 
+    /// What the upstream hears next, within `within`: the close frame's code and reason.
+    async fn close_heard(
+        server: &mut WebSocketStream<tokio::net::TcpStream>,
+        within: Duration,
+    ) -> (u16, String) {
+        let heard = tokio::time::timeout(within, server.next())
+            .await
+            .expect("the upstream hears of it in time");
+        match heard {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                (u16::from(frame.code), frame.reason.to_string())
+            }
+            other => panic!("the upstream got {other:?}, not a close frame"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_cannot_be_written_is_gone_for_the_upstream() {
+        let mut server = piped(Gone, Duration::from_secs(25)).await;
         server
             .send(Message::text("to a client that is gone"))
             .await
             .expect("send");
         // Without the close, the gateway drops the socket after `CLOSE_HANDSHAKE_WAIT`
         // and the upstream reads the end of the stream or a reset, not a close frame.
-        let heard = tokio::time::timeout(Duration::from_secs(5), server.next())
+        let heard = close_heard(&mut server, Duration::from_secs(5)).await;
+        assert_eq!(heard, (1001, "client gone".to_string()));
+    }
+
+    /// A client that stopped reading held the pipe, its slots and the upstream for good
+    /// (the idle timeout counts reads, and such a client may keep sending pings).
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_gone_after_two_heartbeats() {
+        let mut server = piped(Stalled, Duration::from_millis(200)).await;
+        server
+            .send(Message::text("to a client that reads nothing"))
             .await
-            .expect("the upstream hears of it in time");
-        match heard {
-            Some(Ok(Message::Close(Some(frame)))) => assert_eq!(
-                (u16::from(frame.code), frame.reason.as_str()),
-                (1001, "client gone")
-            ),
-            other => panic!("the upstream got {other:?}, not a close 1001"),
-        }
+            .expect("send");
+        let heard = close_heard(&mut server, Duration::from_secs(10)).await;
+        assert_eq!(heard, (1001, "client gone".to_string()));
     }
 }
