@@ -298,7 +298,7 @@ impl Metrics {
             ),
             memory_engine_bytes: gauge(
                 "chatgateway_memory_engine_bytes",
-                "Bytes of messages (history and inboxes) the memory engine holds, frames and bookkeeping; at most memory.maxBytes.",
+                "Bytes of messages (history and inboxes) and of remembered msg ids the memory engine holds, frames and bookkeeping; at most memory.maxBytes.",
             ),
             memory_engine_max_bytes: gauge(
                 "chatgateway_memory_engine_max_bytes",
@@ -306,7 +306,7 @@ impl Metrics {
             ),
             memory_engine_evicted: counter_vec(
                 "chatgateway_memory_engine_evicted_total",
-                "Messages the memory engine dropped before their retention to stay within memory.maxBytes, by kind (room, inbox).",
+                "Messages the memory engine dropped before their retention, and msg ids before their dedup window, to stay within memory.maxBytes, by kind (room, inbox, msg_id).",
                 "kind",
             ),
         };
@@ -321,6 +321,7 @@ impl Metrics {
             max: self.memory_engine_max_bytes.clone(),
             evicted_rooms: evicted("room"),
             evicted_inboxes: evicted("inbox"),
+            evicted_ids: evicted("msg_id"),
         }
     }
 

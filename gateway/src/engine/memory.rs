@@ -138,7 +138,7 @@ impl MemoryEngine {
             let mut s = lock(stream);
             s.trim(self.retention(room), now_ms);
             s.forget_expired_ids(now);
-            let idle = s.is_empty() && s.dedup.is_empty();
+            let idle = s.is_empty() && !s.remembers_ids();
             if idle {
                 self.idle_heads.observe(room, &s.epoch, s.top);
             }
@@ -171,9 +171,9 @@ impl Broker for MemoryEngine {
         let key = format!("{}\0{}", msg.from, msg.msg_id);
         // An id is a duplicate within its epoch; one stored in an epoch since replaced is
         // stored again (its old copy went with that epoch).
-        if let Some((seq, _, _)) = s.dedup.get(&key).filter(|(_, e, _)| *e == s.epoch) {
+        if let Some((seq, _)) = s.stored_id(&key).filter(|(_, e)| **e == s.epoch) {
             return Ok(Published {
-                at: StreamPosition::new(s.epoch.clone(), *seq),
+                at: StreamPosition::new(s.epoch.clone(), seq),
                 duplicate: true,
                 ephemeral: false,
                 ts: 0,
@@ -208,10 +208,7 @@ impl Broker for MemoryEngine {
         ));
         s.push(ts, env.clone());
         s.trim(retention, ts);
-        let until = now + self.dedup_window;
-        let epoch = s.epoch.clone();
-        s.dedup.insert(key.clone(), (seq, epoch, until));
-        s.dedup_order.push_back((until, key));
+        s.remember_id(&key, seq, now + self.dedup_window);
         if quota > 0 {
             s.by_sender
                 .entry(msg.from.clone())

@@ -1,5 +1,6 @@
-//! The memory engine's budget (`memory.maxBytes`): how many bytes of messages the process
-//! holds, and which go first when that is too many.
+//! The memory engine's budget (`memory.maxBytes`): how many bytes of messages (and of the
+//! msg ids remembered for deduplication) the process holds, and which go first when that
+//! is too many.
 //!
 //! Retention alone bounds a room, not the pod: every room keeps `history.maxMessages`
 //! for `history.maxAge`, and rooms are as many as users start (a user's sends start
@@ -19,11 +20,19 @@ use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What a stored message costs beyond its frame: the envelope and its `Arc`, the stream's
-/// slot, its msg-id entry (which expires on its own after `sessions.dedupWindow` but comes
-/// with the message), the allocator's rounding. Measured on a gateway's RSS while 38,000
-/// messages went into 40 rooms: 924 bytes a message with 100-byte bodies, 1,821 with
-/// 1,000-byte bodies, where frame plus this counted 888 and 1,788.
-pub(super) const PER_MESSAGE: u64 = 640;
+/// slot, the allocator's rounding. Measured on a gateway's RSS while 38,000 messages went
+/// into 40 rooms: 924 bytes a message with 100-byte bodies, 1,821 with 1,000-byte bodies,
+/// where frame plus 640 counted 888 and 1,788. That 640 held the message's msg-id entry
+/// too (then two copies of its key, about 225 bytes), which is counted on its own now
+/// ([`PER_MSG_ID`]): an id outlives its message for `sessions.dedupWindow` when the
+/// message is trimmed or evicted, and a pod taking 2,000 sends a second held 600,000 of
+/// them (about 150 MB) outside the budget.
+pub(super) const PER_MESSAGE: u64 = 416;
+
+/// What a remembered msg id costs beyond its key's bytes: its map slot (key, seq, epoch,
+/// expiry), its slot in the expiry order, the key's one allocation, rounding (estimated
+/// from the layout).
+pub(super) const PER_MSG_ID: u64 = 144;
 
 /// Where the cgroup v2 memory limit of the process's container is (`max`: none).
 const CGROUP_V2_MAX: &str = "/sys/fs/cgroup/memory.max";
@@ -40,6 +49,7 @@ pub(super) struct Budget {
     held: IntGauge,
     pub(super) evicted_rooms: IntCounter,
     pub(super) evicted_inboxes: IntCounter,
+    pub(super) evicted_ids: IntCounter,
     /// One eviction at a time: a second publisher over the budget leaves it to the first.
     evicting: AtomicBool,
 }
@@ -54,6 +64,8 @@ pub struct BudgetCounters {
     pub evicted_rooms: IntCounter,
     /// Inbox messages evicted.
     pub evicted_inboxes: IntCounter,
+    /// Msg ids forgotten before their dedup window ended.
+    pub evicted_ids: IntCounter,
 }
 
 impl BudgetCounters {
@@ -65,6 +77,7 @@ impl BudgetCounters {
             max: IntGauge::new("max", "max").expect("valid metric name"),
             evicted_rooms: counter("evicted_rooms"),
             evicted_inboxes: counter("evicted_inboxes"),
+            evicted_ids: counter("evicted_ids"),
         }
     }
 }
@@ -77,6 +90,7 @@ impl Budget {
             held: counters.held,
             evicted_rooms: counters.evicted_rooms,
             evicted_inboxes: counters.evicted_inboxes,
+            evicted_ids: counters.evicted_ids,
             evicting: AtomicBool::new(false),
         }
     }
@@ -84,6 +98,11 @@ impl Budget {
     /// What holding `env` costs.
     pub(super) fn cost(env: &Envelope) -> u64 {
         env.wire().len() as u64 + PER_MESSAGE
+    }
+
+    /// What remembering the msg id `key` (`"from\0msg_id"`) costs.
+    pub(super) fn id_cost(key: &str) -> u64 {
+        key.len() as u64 + PER_MSG_ID
     }
 
     pub(super) fn add(&self, bytes: u64) {
@@ -134,7 +153,9 @@ impl Drop for Evicting<'_> {
 
 impl MemoryEngine {
     /// Drops the oldest messages until nine tenths of the budget are held: rooms' first,
-    /// inboxes' once no room has any left, oldest first within each.
+    /// inboxes' once no room has any left, oldest first within each; then, if msg ids
+    /// alone hold more, the ids expiring first (a send retried with one of those is
+    /// stored again).
     ///
     /// Takes the streams map's lock only to list the streams, then one stream's lock at a
     /// time: publishers (which lock the map, then their stream) never wait on it for more
@@ -170,6 +191,25 @@ impl MemoryEngine {
                 }
                 s.pop();
                 self.budget.evicted(inbox);
+            }
+        }
+        if !self.budget.above_low_water() {
+            return;
+        }
+        let mut ids: BinaryHeap<_> = streams
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, s))| Some(Reverse((lock(s).oldest_id()?, i))))
+            .collect();
+        while self.budget.above_low_water() {
+            let Some(Reverse((_, i))) = ids.pop() else {
+                break;
+            };
+            let mut s = lock(&streams[i].1);
+            s.forget_oldest_id();
+            self.budget.evicted_ids.inc();
+            if let Some(next) = s.oldest_id() {
+                ids.push(Reverse((next, i)));
             }
         }
     }

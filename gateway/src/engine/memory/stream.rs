@@ -23,9 +23,12 @@ pub(super) struct Stream {
     /// the budget's total.
     msgs: VecDeque<(u64, Arc<Envelope>)>,
     budget: Arc<Budget>,
-    /// "from\0msg_id" -> (seq, its epoch, remembered until).
-    pub(super) dedup: HashMap<String, (u64, Arc<str>, Instant)>,
-    pub(super) dedup_order: VecDeque<(Instant, String)>,
+    /// "from\0msg_id" -> (seq, its epoch, remembered until); changed only through
+    /// [`remember_id`](Self::remember_id) and the `forget_*` methods, which keep the
+    /// budget's total (an id costs [`Budget::id_cost`] until it is forgotten).
+    dedup: HashMap<Arc<str>, (u64, Arc<str>, Instant)>,
+    /// The ids in the order they were remembered (one key shared with the map).
+    dedup_order: VecDeque<(Instant, Arc<str>)>,
     /// Inboxes with a DM quota: sender -> seqs of their messages (those below the first
     /// retained seq are dropped lazily: on the sender's next send, or in
     /// [`forget_gone_senders`](Self::forget_gone_senders) as [`trim`](Self::trim) goes).
@@ -136,17 +139,53 @@ impl Stream {
         });
     }
 
-    pub(super) fn forget_expired_ids(&mut self, now: Instant) {
-        while let Some((until, _)) = self.dedup_order.front() {
-            if *until > now {
-                break;
-            }
-            if let Some((_, key)) = self.dedup_order.pop_front() {
-                if self.dedup.get(&key).is_some_and(|(_, _, u)| *u <= now) {
-                    self.dedup.remove(&key);
-                }
-            }
+    /// The seq (and its epoch) stored under a msg id (`"from\0msg_id"`), if remembered.
+    pub(super) fn stored_id(&self, key: &str) -> Option<(u64, &Arc<str>)> {
+        self.dedup.get(key).map(|(seq, epoch, _)| (*seq, epoch))
+    }
+
+    /// Remembers a msg id until `until`: a repeat is answered with `seq` meanwhile.
+    pub(super) fn remember_id(&mut self, key: &str, seq: u64, until: Instant) {
+        let key: Arc<str> = key.into();
+        let epoch = self.epoch.clone();
+        if self
+            .dedup
+            .insert(key.clone(), (seq, epoch, until))
+            .is_none()
+        {
+            self.budget.add(Budget::id_cost(&key));
         }
+        self.dedup_order.push_back((until, key));
+    }
+
+    /// Whether any msg id is remembered.
+    pub(super) fn remembers_ids(&self) -> bool {
+        !self.dedup.is_empty()
+    }
+
+    /// When the oldest remembered msg id expires, if there is one.
+    pub(super) fn oldest_id(&self) -> Option<Instant> {
+        self.dedup_order.front().map(|(until, _)| *until)
+    }
+
+    pub(super) fn forget_expired_ids(&mut self, now: Instant) {
+        while self.oldest_id().is_some_and(|until| until <= now) {
+            self.forget_oldest_id();
+        }
+    }
+
+    /// Forgets the oldest msg id (expired, or evicted by the budget). False if none is left.
+    pub(super) fn forget_oldest_id(&mut self) -> bool {
+        let Some((until, key)) = self.dedup_order.pop_front() else {
+            return false;
+        };
+        // A key remembered twice (stored again in a new epoch) has a newer entry further
+        // on, whose `until` the map holds: the key goes at that entry's turn.
+        if self.dedup.get(&key).is_some_and(|(_, _, u)| *u == until) {
+            self.dedup.remove(&key);
+            self.budget.sub(Budget::id_cost(&key));
+        }
+        true
     }
 
     pub(super) fn first(&self) -> u64 {
@@ -176,9 +215,13 @@ impl Stream {
 }
 
 impl Drop for Stream {
-    /// A stream dropped (pruned, or its engine gone) gives its messages' bytes back.
+    /// A stream dropped (pruned, or its engine gone) gives its messages' and msg ids'
+    /// bytes back.
     fn drop(&mut self) {
         self.clear();
+        for key in self.dedup.keys() {
+            self.budget.sub(Budget::id_cost(key));
+        }
     }
 }
 

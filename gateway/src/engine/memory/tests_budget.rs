@@ -6,7 +6,8 @@ use crate::config::MemoryConfig;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const MAX: u64 = 1 << 20;
-/// A body of about a kilobyte: a message costs about 1.8 KB with its frame and bookkeeping.
+/// A body of about a kilobyte: a message costs about 1.7 KB with its frame, bookkeeping and
+/// msg id.
 const BODY: usize = 1000;
 
 /// Every message its own id (a repeated one would be a duplicate, not stored).
@@ -69,10 +70,10 @@ async fn the_oldest_room_messages_go_first_and_inboxes_wait_for_the_rooms() {
     publish(&e, "old", 200).await;
     publish(&e, "new", 200).await;
     assert_eq!(evicted(&e, false), 0, "500 messages fit in 1 MiB");
-    publish(&e, "new", 100).await;
+    publish(&e, "new", 150).await;
     let (old_first, _) = kept(&e, "old").await;
     assert!(old_first > 1, "the oldest room gave up its oldest messages");
-    assert_eq!(kept(&e, "new").await, (1, 300), "the newer room kept all");
+    assert_eq!(kept(&e, "new").await, (1, 350), "the newer room kept all");
     assert_eq!(kept(&e, "user:bob").await, (1, 100), "the inbox kept all");
     assert_eq!(evicted(&e, false), old_first - 1, "each one counted");
 
@@ -89,13 +90,13 @@ async fn the_oldest_room_messages_go_first_and_inboxes_wait_for_the_rooms() {
 #[tokio::test]
 async fn with_no_room_messages_left_the_oldest_inbox_goes_first() {
     let e = engine();
-    publish(&e, "user:bob", 200).await;
-    publish(&e, "user:carol", 200).await;
-    publish(&e, "user:dave", 200).await;
+    publish(&e, "user:bob", 250).await;
+    publish(&e, "user:carol", 250).await;
+    publish(&e, "user:dave", 250).await;
     let (bob_first, _) = kept(&e, "user:bob").await;
     assert!(bob_first > 1, "the oldest inbox gave up its oldest DMs");
-    assert_eq!(kept(&e, "user:carol").await, (1, 200));
-    assert_eq!(kept(&e, "user:dave").await, (1, 200));
+    assert_eq!(kept(&e, "user:carol").await, (1, 250));
+    assert_eq!(kept(&e, "user:dave").await, (1, 250));
     assert_eq!(evicted(&e, true), bob_first - 1);
 }
 
@@ -107,9 +108,11 @@ async fn trimmed_and_pruned_messages_give_their_bytes_back() {
     c.sessions.dedup_window = Duration::from_millis(50);
     let e = MemoryEngine::new(Arc::new(Hub::default()), &c);
     publish(&e, "r", 100).await;
+    // Ten messages, and the msg ids of all 100 (each remembered for the dedup window).
     let ten = e.budget.held();
+    let ids = 100 * budget::PER_MSG_ID;
     assert!(
-        ten > 10 * BODY as u64 && ten < 10 * (BODY as u64 + 1000),
+        ten > 10 * BODY as u64 + ids && ten < 10 * (BODY as u64 + 1000) + ids + 100 * 64,
         "{ten}"
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -126,6 +129,39 @@ async fn trimmed_and_pruned_messages_give_their_bytes_back() {
     assert!(e.budget.held() > 0);
     e.rewind_for_test("s", None).await;
     assert_eq!(e.budget.held(), 0);
+}
+
+/// Msg ids outlive their messages for the dedup window: a room trimmed to one message that
+/// takes thousands of sends held them all outside the budget (about 150 MB at 2,000 sends
+/// a second for the default 5 minutes). They count now, and go (oldest first) once no
+/// message is left to drop.
+#[tokio::test]
+async fn msg_ids_count_against_the_budget_and_go_last() {
+    let mut c = Config::default();
+    c.memory.max_bytes = Some(MAX);
+    c.history.max_messages = 1;
+    let e = MemoryEngine::new(Arc::new(Hub::default()), &c);
+    let ids_fit = MAX / (budget::PER_MSG_ID + 16);
+    for i in 0..ids_fit + 1000 {
+        let body = serde_json::value::RawValue::from_string("1".into()).expect("raw");
+        e.publish(Publish {
+            room: "busy".into(),
+            from: "a".into(),
+            msg_id: format!("id-{i}"),
+            body,
+            traceparent: None,
+        })
+        .await
+        .expect("publish");
+        let held = e.budget.held();
+        assert!(held <= MAX, "held {held} after {i} sends");
+    }
+    assert!(e.budget.evicted_ids.get() > 0, "the oldest ids went");
+    assert_eq!(
+        kept(&e, "busy").await.1,
+        ids_fit + 1000,
+        "every send stored once"
+    );
 }
 
 #[test]
