@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 /// How often idle streams are swept (trimmed by age; dropped when nothing is left).
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
+/// Streams swept per hold of the streams map's lock.
+const PRUNE_CHUNK: usize = 256;
 
 /// Stored sessions by resume token, with their expiry; `None` marks a token a resume took
 /// (until the session would have expired: [`Sessions::take_session`]).
@@ -121,6 +123,10 @@ impl MemoryEngine {
     /// Drops streams with nothing left (every message aged out, no msg id remembered), at
     /// most every [`PRUNE_EVERY`]. A stream someone holds right now is kept: only the map
     /// holds an idle one (publishers clone it under the same map lock).
+    ///
+    /// The map's lock is taken for [`PRUNE_CHUNK`] streams at a time, not for the whole
+    /// walk: every publish and history read of the pod takes it, and a sweep of 100,000
+    /// rooms under it held them all for tens of milliseconds.
     fn prune_idle(&self) {
         let now = Instant::now();
         {
@@ -131,19 +137,31 @@ impl MemoryEngine {
             *last = now;
         }
         let now_ms = now_ms();
-        lock(&self.streams).retain(|room, stream| {
-            if Arc::strong_count(stream) > 1 {
-                return true;
+        let rooms: Vec<Arc<str>> = lock(&self.streams).keys().cloned().collect();
+        for chunk in rooms.chunks(PRUNE_CHUNK) {
+            let mut streams = lock(&self.streams);
+            for room in chunk {
+                let Entry::Occupied(entry) = streams.entry(room.clone()) else {
+                    continue;
+                };
+                if Arc::strong_count(entry.get()) > 1 {
+                    continue;
+                }
+                let idle = {
+                    let mut s = lock(entry.get());
+                    s.trim(self.retention(room), now_ms);
+                    s.forget_expired_ids(now);
+                    let idle = s.is_empty() && !s.remembers_ids();
+                    if idle {
+                        self.idle_heads.observe(room, &s.epoch, s.top);
+                    }
+                    idle
+                };
+                if idle {
+                    entry.remove();
+                }
             }
-            let mut s = lock(stream);
-            s.trim(self.retention(room), now_ms);
-            s.forget_expired_ids(now);
-            let idle = s.is_empty() && !s.remembers_ids();
-            if idle {
-                self.idle_heads.observe(room, &s.epoch, s.top);
-            }
-            !idle
-        });
+        }
     }
 
     fn retention(&self, room: &str) -> &RetentionConfig {
