@@ -107,6 +107,7 @@ impl Config {
             return bad("rebalance.rate must be positive, rebalance.relThreshold >= 0, rebalance.interval >= 100ms");
         }
         self.validate_routes()?;
+        self.validate_bounds()?;
         if self.history.max_messages == 0 || self.inbox.max_messages == 0 {
             return bad("history.maxMessages and inbox.maxMessages must be at least 1");
         }
@@ -395,5 +396,8 @@ pub fn upstream_url(upstream: &str) -> Result<url::Url, String> {
     Ok(url)
 }
 
+mod bounds;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_bounds;

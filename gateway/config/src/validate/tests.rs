@@ -15,7 +15,7 @@ fn a_routes_idle_timeout_defaults_to_five_minutes() {
 
 /// A config that validates: insecure auth, as the tests use it, on loopback (insecure
 /// auth refuses any other address).
-fn on_loopback() -> Config {
+pub(super) fn on_loopback() -> Config {
     let mut c = Config::default();
     c.auth.mode = AuthMode::Insecure;
     c.server.listen = "127.0.0.1:8080".parse().expect("addr");
@@ -24,7 +24,11 @@ fn on_loopback() -> Config {
 
 /// A setting at its edge (`at`) is valid; past it (`past`) it is refused, the error
 /// naming `key`.
-fn holds_the_edge(key: &str, at: impl FnOnce(&mut Config), past: impl FnOnce(&mut Config)) {
+pub(super) fn holds_the_edge(
+    key: &str,
+    at: impl FnOnce(&mut Config),
+    past: impl FnOnce(&mut Config),
+) {
     let mut c = on_loopback();
     at(&mut c);
     c.validate().expect("valid");
