@@ -304,12 +304,16 @@ mod tests {
     use std::task::{Context, Poll};
     use tokio_tungstenite::tungstenite::protocol::Role;
 
-    /// A client socket that was reset while the upstream streamed to it: the gateway has
-    /// nothing from it to read yet, and every write to it fails. The down relay's write
-    /// meets the failure before the up relay's read does.
-    struct Gone;
+    /// The client's socket as the gateway sees it. `Gone`: reset while the upstream
+    /// streamed to it, so there is nothing from it to read yet and every write fails (the
+    /// down relay's write meets the failure before the up relay's read does). `Stalled`:
+    /// it takes nothing and sends nothing (it stopped reading, its receive window full).
+    enum Peer {
+        Gone,
+        Stalled,
+    }
 
-    impl tokio::io::AsyncRead for Gone {
+    impl tokio::io::AsyncRead for Peer {
         fn poll_read(
             self: Pin<&mut Self>,
             _: &mut Context<'_>,
@@ -319,49 +323,23 @@ mod tests {
         }
     }
 
-    impl tokio::io::AsyncWrite for Gone {
+    impl tokio::io::AsyncWrite for Peer {
         fn poll_write(
             self: Pin<&mut Self>,
             _: &mut Context<'_>,
             _: &[u8],
         ) -> Poll<std::io::Result<usize>> {
-            Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()))
+            match *self {
+                Peer::Gone => Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into())),
+                Peer::Stalled => Poll::Pending,
+            }
         }
 
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    /// A client socket that takes nothing and sends nothing: it stopped reading (its
-    /// receive window is full) and has nothing to say.
-    struct Stalled;
-
-    impl tokio::io::AsyncRead for Stalled {
-        fn poll_read(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            _: &mut tokio::io::ReadBuf<'_>,
-        ) -> Poll<std::io::Result<()>> {
-            Poll::Pending
-        }
-    }
-
-    impl tokio::io::AsyncWrite for Stalled {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            _: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            Poll::Pending
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Pending
+            match *self {
+                Peer::Gone => Poll::Ready(Ok(())),
+                Peer::Stalled => Poll::Pending,
+            }
         }
 
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -452,7 +430,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_cannot_be_written_is_gone_for_the_upstream() {
-        let mut server = piped(Gone, Duration::from_secs(25)).await;
+        let mut server = piped(Peer::Gone, Duration::from_secs(25)).await;
         server
             .send(Message::text("to a client that is gone"))
             .await
@@ -467,7 +445,7 @@ mod tests {
     /// (the idle timeout counts reads, and such a client may keep sending pings).
     #[tokio::test]
     async fn a_client_that_stops_reading_is_gone_after_two_heartbeats() {
-        let mut server = piped(Stalled, Duration::from_millis(200)).await;
+        let mut server = piped(Peer::Stalled, Duration::from_millis(200)).await;
         server
             .send(Message::text("to a client that reads nothing"))
             .await

@@ -355,29 +355,33 @@ fn a_jwt_leeway_that_is_not_whole_seconds_is_refused() {
     );
 }
 
+/// A valid route, `/bots` to `bots:9000`.
+pub(super) fn bots_route() -> RouteConfig {
+    RouteConfig {
+        name: "bots".into(),
+        path_prefix: "/bots".into(),
+        upstream: "bots:9000".into(),
+        ..Default::default()
+    }
+}
+
 /// The CRD's bounds of a route, held by the gateway too: at most 10 retries (each one a
 /// wait a client sits out holding its slots) and messages of at most 64 MiB (whose
 /// buffer size overflowed near `usize::MAX`).
 #[test]
 fn a_route_holds_the_crds_bounds() {
-    let route = || RouteConfig {
-        name: "bots".into(),
-        path_prefix: "/bots".into(),
-        upstream: "bots:9000".into(),
-        ..Default::default()
-    };
     holds_the_edge(
         "retries must be at most 10",
         |c| {
             c.routes = vec![RouteConfig {
                 retries: 10,
-                ..route()
+                ..bots_route()
             }]
         },
         |c| {
             c.routes = vec![RouteConfig {
                 retries: 11,
-                ..route()
+                ..bots_route()
             }]
         },
     );
@@ -386,13 +390,13 @@ fn a_route_holds_the_crds_bounds() {
         |c| {
             c.routes = vec![RouteConfig {
                 max_frame_bytes: 64 << 20,
-                ..route()
+                ..bots_route()
             }]
         },
         |c| {
             c.routes = vec![RouteConfig {
                 max_frame_bytes: usize::MAX,
-                ..route()
+                ..bots_route()
             }]
         },
     );
@@ -401,24 +405,18 @@ fn a_route_holds_the_crds_bounds() {
 /// Every dial would time out at once: the route answers 502 to every client.
 #[test]
 fn a_route_connect_timeout_of_zero_is_refused() {
-    let route = || RouteConfig {
-        name: "bots".into(),
-        path_prefix: "/bots".into(),
-        upstream: "bots:9000".into(),
-        ..Default::default()
-    };
     holds_the_edge(
         "connectTimeout must be positive",
         |c| {
             c.routes = vec![RouteConfig {
                 connect_timeout: Duration::from_millis(1),
-                ..route()
+                ..bots_route()
             }]
         },
         |c| {
             c.routes = vec![RouteConfig {
                 connect_timeout: Duration::ZERO,
-                ..route()
+                ..bots_route()
             }]
         },
     );

@@ -1,6 +1,6 @@
 //! The upper bounds (`bounds.rs`), each at its edge: the most a key takes, and one more.
 
-use super::tests::holds_the_edge;
+use super::tests::{bots_route, holds_the_edge};
 use super::*;
 use crate::RouteConfig;
 
@@ -17,11 +17,8 @@ fn durations_past_their_bound_are_refused() {
     };
     let route = |c: &mut Config, d| {
         c.routes = vec![RouteConfig {
-            name: "bots".into(),
-            path_prefix: "/bots".into(),
-            upstream: "bots:9000".into(),
             retry_backoff: d,
-            ..Default::default()
+            ..bots_route()
         }]
     };
     let retention = |c: &mut Config, d| {
