@@ -6,6 +6,7 @@ import {
   DEAD,
   dropByServer,
   listen,
+  made,
   makeUser,
   once,
   sleep,
@@ -410,4 +411,39 @@ check("a reconnect as another user fails what the old one queued", async () => {
   assert.equal(val.client.welcome.user, "wes");
   await sleep(200);
   assert.deepEqual(gus.texts("user:gus11"), []);
+});
+
+check("a refresh refused for the moment is asked again; none goes out without its connection", async () => {
+  const JWT = process.env.GATEWAY_JWT;
+  if (!JWT) return;
+  let refreshes = 0;
+  const unavailable = (c) => ({ reply: { type: "error", ref: c.id, code: "unavailable", message: "injected" } });
+  const outgoing = (c) => (c.type === "refresh" && refreshes++ === 0 ? unavailable(c) : null);
+  const tia = new ChatClient({
+    url: wsOf(JWT),
+    token: () => process.env.TOKEN_OK,
+    WebSocket: tampered({ outgoing }),
+    initialDelayMs: 50,
+    maxDelayMs: 100,
+    timeoutMs: 1000,
+  });
+  made.push(tia);
+  const errors = [];
+  // (Failed connects to DEAD below report errors without a code.)
+  listen(tia, "error", (e) => e.error?.code && errors.push(e.error.code));
+  await tia.connect();
+  tia._onText(JSON.stringify({ type: "expiring", expires_at: Date.now() + 10_000 }));
+  await waitFor("a second refresh", () => refreshes === 2, 8000);
+  await sleep(300);
+  assert.deepEqual(errors, [], "answered on the second try, no error");
+  // Warned while its connection is gone: nothing to refresh (the next connection gets a
+  // fresh token), and no error at the command's deadline.
+  tia.opts.url = DEAD;
+  const gone = once(tia, "disconnected");
+  dropByServer(tia);
+  await gone;
+  tia._onText(JSON.stringify({ type: "expiring", expires_at: Date.now() + 10_000 }));
+  await sleep(1500);
+  assert.deepEqual(errors, []);
+  assert.equal(refreshes, 2);
 });

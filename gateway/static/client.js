@@ -657,17 +657,32 @@ export class ChatClient {
 
   // A token expires soon: get a new one from the app and `refresh` it in place. Without
   // a callback the connection closes at the expiry (4401), and a fixed token ends there.
+  // A refresh belongs to the connection that was warned: after a reconnect the new one
+  // connected (and resumed its rooms) with a fresh token already, and nothing may go
+  // before a resume. One refused for the moment (`unavailable`: the backend's refresh hook
+  // did not decide; `timeout`) is asked again until the expiry.
   async _onExpiring(f) {
     this._emit("expiring", f);
     const source = f.room ? this.opts.getRoomToken : this.opts.token;
     if (typeof source !== "function") return;
-    try {
-      const token = f.room ? await source(f.room) : await source();
-      if (!token) return;
-      const cmd = f.room ? { type: "refresh", room: f.room, token } : { type: "refresh", token };
-      await this._command(cmd, { now: true });
-    } catch (e) {
-      this._emit("error", { room: f.room, error: e });
+    const ws = this._ws;
+    const current = () => ws && this._ws === ws && this.state === "connected";
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const token = f.room ? await source(f.room) : await source();
+        if (!token || !current()) return;
+        const cmd = f.room ? { type: "refresh", room: f.room, token } : { type: "refresh", token };
+        await this._command(cmd, { now: true });
+        return;
+      } catch (e) {
+        if (!current()) return;
+        const left = Number(f.expires_at) - Date.now();
+        if (!(e?.code === "unavailable" || e?.code === "timeout") || !(left > 0)) {
+          this._emit("error", { room: f.room, error: e });
+          return;
+        }
+        await new Promise((r) => this._later(Math.min(left, 250 + backoffDelay(attempt, 1000, 8000)), r));
+      }
     }
   }
 
